@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from framework.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""The error hierarchy: one class per error type of the contract (DESIGN.md sections 4 and 5).
+
+Every error a caller can see carries its contract `type` (the class name) and the HTTP `status` it maps to.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FaasError(Exception):
+    """Base of every error the platform reports to a caller."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def type(self) -> str:
+        """The contract's name for this error, e.g. `Timeout`."""
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+class BadRequest(FaasError):
+    """The HTTP body is not valid JSON."""
+
+    status = 400
+
+
+class Unauthorized(FaasError):
+    """`FAAS_API_KEYS` is set and the request carries no valid bearer key."""
+
+    status = 401
+
+
+class NotFound(FaasError):
+    """Unknown UUID, or a function that is not productive."""
+
+    status = 404
+
+
+class PayloadTooLarge(FaasError):
+    """A body or record over `FAAS_MAX_PAYLOAD_BYTES`."""
+
+    status = 413
+
+
+class Overloaded(FaasError):
+    """The function is at its max instances and its queue is full, or a request waited too long in it."""
+
+    status = 429
+
+
+class FunctionError(FaasError):
+    """The handler raised, or returned something that is not JSON."""
+
+    status = 500
+
+
+class InstanceCrashed(FaasError):
+    """The instance holding the request died (or was killed) before answering."""
+
+    status = 502
+
+
+class Timeout(FaasError):
+    """The handler ran past its function's `timeout`."""
+
+    status = 504
+
+
+class BadEvent(FaasError):
+    """A Kafka record that is not a valid CloudEvent; it is answered and dead-lettered."""
+
+    status = 400
+
+
+class ManifestError(Exception):
+    """`functions.yaml` is invalid: `errors` holds every `functions.yaml:LINE:COL: message` line found."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# Errors an invocation can end with, by their contract name (used to rebuild errors sent between processes).
+INVOCATION_ERRORS: dict[str, type[FaasError]] = {
+    cls.__name__: cls for cls in (FunctionError, Timeout, InstanceCrashed, Overloaded, NotFound, BadEvent)
+}

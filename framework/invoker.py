@@ -1,0 +1,152 @@
+"""Invoke one function, or fan an event out to its productive listeners and combine their replies.
+
+The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads and get results back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from framework.context import Trigger
+from framework.errors import FaasError, FunctionError, NotFound
+from framework.manifest import FunctionSpec
+from framework.registry import Registry
+from framework.types import Invocation, InvokeResult
+
+if TYPE_CHECKING:
+    from framework.metrics import Metrics
+    from framework.runtime.pool import Runtime
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class EventReply:
+    """The combined reply of DESIGN.md section 4. `results` holds each finished listener, in manifest order."""
+
+    id: str | None
+    event: str | None
+    results: list[tuple[FunctionSpec, InvokeResult]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def error_type(self) -> str | None:
+        return None if self.error is None else str(self.error["type"])
+
+    @classmethod
+    def bad_event(cls, event_id: str | None, event: str | None, message: str) -> EventReply:
+        return cls(event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event": self.event,
+            "ok": self.ok,
+            "results": [
+                {"function": spec.name, "uuid": spec.uuid, "ok": True,
+                 # The handler's JSON goes into the reply as it came from the instance: never re-encoded.
+                 "result": orjson.Fragment(res.result), "duration_ms": round(res.duration_ms, 3)}
+                for spec, res in self.results
+            ],
+            "error": self.error,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+class Invoker:
+    """Runs invocations through the runtime and counts them. `registry` is swapped by the node on reload."""
+
+    def __init__(self, runtime: Runtime, registry: Registry, metrics: Metrics | None = None) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.metrics = metrics
+
+    async def call(self, spec: FunctionSpec, payload: bytes, trigger: Trigger,
+                   event: str | None = None, invocation_id: str | None = None) -> InvokeResult:
+        """Invoke `spec` once; raises the FaasError the invocation ended with."""
+        inv = Invocation(invocation_id or new_id(), trigger, event, payload)
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self.runtime.invoke(spec, inv)
+        except FaasError as exc:
+            outcome = exc.type
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.invocations.labels(spec.name, trigger, outcome).inc()
+                self.metrics.duration.labels(spec.name, trigger).observe(time.perf_counter() - started)
+
+    async def direct(self, uuid: str, payload: bytes) -> InvokeResult:
+        """HTTP direct invocation: only productive functions; anything else is NotFound."""
+        spec = self.lookup(uuid)
+        return await self.call(spec, payload, "direct")
+
+    def lookup(self, uuid: str) -> FunctionSpec:
+        spec = self.registry.productive(uuid)
+        if spec is None:
+            raise NotFound(f"no productive function with uuid {uuid}")
+        return spec
+
+    async def event(self, event_type: str, event_id: str, payload: bytes) -> EventReply:
+        """Run every productive listener of `event_type` concurrently; the first failure aborts the chain."""
+        reply = EventReply(event_id, event_type)
+        listeners = self.registry.listeners(event_type)
+        if not listeners:
+            return reply
+        tasks = {asyncio.create_task(self.call(spec, payload, "event", event_type)): spec for spec in listeners}
+        finished: dict[str, InvokeResult] = {}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    spec = tasks[task]
+                    exc = task.exception()
+                    if exc is None:
+                        finished[spec.name] = task.result()
+                    elif reply.error is None:
+                        err = exc if isinstance(exc, FaasError) else FunctionError(repr(exc))
+                        reply.error = {"function": spec.name, "uuid": spec.uuid, **err.to_dict()}
+                if reply.error is not None:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        reply.results = [(spec, finished[spec.name]) for spec in listeners if spec.name in finished]
+        return reply
+
+    async def warmup(self, spec: FunctionSpec) -> int:
+        """Keep-warm: ensure a live instance and run the `warmup` hook in each; never reaches `handle`."""
+        outcome = "ok"
+        try:
+            return await self.runtime.warmup(spec)
+        except FaasError as exc:
+            outcome = exc.type
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.warmups.labels(spec.name, outcome).inc()
+
+    def instance_count(self, name: str) -> int:
+        """Live instances of a function on this node (for listings; sources never reach instances)."""
+        return self.runtime.instance_count(name)

@@ -1,0 +1,56 @@
+"""Node logging: `text` for a terminal, `json` (one object a line) for collectors.
+
+Records from instances carry `function`, `invocation_id` and `instance_id` in their `extra`; both formats
+print them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import orjson
+
+TAGS = ("function", "invocation_id", "instance_id", "trigger", "event")
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        tags = " ".join(f"{k}={getattr(record, k)}" for k in TAGS if getattr(record, k, None) is not None)
+        return f"{line} [{tags}]" if tags else line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{record.msecs:03.0f}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in TAGS:
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        return orjson.dumps(out, default=str).decode()
+
+
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    """Route every log record (ours, uvicorn's, aiokafka's) to stderr in one format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiokafka logs every lost connection at ERROR with a traceback; our own code reports outages.
+    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,206 @@
+"""The composition root: wires sources → invoker → runtime, starts them, and stops them gracefully.
+
+Signal handlers only set a flag (uvicorn's habit); the main task does the work: stop taking new work
+(HTTP, Kafka, schedules), drain what is in flight for at most `FAAS_SHUTDOWN_GRACE` seconds, commit,
+stop the instances, then the embedded broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from framework import logs
+from framework.broker import BrokerError, EmbeddedBroker, port_open
+from framework.errors import ManifestError
+from framework.invoker import Invoker
+from framework.manifest import Manifest, load_manifest
+from framework.metrics import Metrics
+from framework.registry import Registry
+from framework.runtime.pool import Runtime
+from framework.settings import Settings
+from framework.sources.http import create_app
+from framework.sources.kafka import KafkaSource
+from framework.sources.schedule import Scheduler
+from framework.watch import ManifestWatcher
+
+log = logging.getLogger("faas.node")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal capture: the node owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Node:
+    def __init__(self, settings: Settings, manifest: Manifest, kafka: bool = True) -> None:
+        self.settings = settings
+        self.kafka_enabled = kafka
+        self.metrics = Metrics()
+        self.runtime = Runtime(settings, self.metrics)
+        self.invoker = Invoker(self.runtime, Registry(manifest), self.metrics)
+        self.manifest_errors: list[str] = []
+        self.broker: EmbeddedBroker | None = None
+        self.kafka: KafkaSource | None = None
+        self.scheduler: Scheduler | None = None
+        self.should_exit = asyncio.Event()
+        self.started = False
+
+    @property
+    def registry(self) -> Registry:
+        return self.invoker.registry
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready once started and (unless Kafka is off) joined to the consumer group.
+
+        A rejected manifest edit is reported but keeps the node ready: the last good manifest serves.
+        """
+        reasons: list[str] = []
+        if not self.started:
+            reasons.append("node is starting")
+        if self.kafka_enabled:
+            reasons.extend(self.kafka.not_ready() if self.kafka else ["kafka source not started"])
+        body: dict[str, Any] = {"ready": not reasons, "reasons": reasons,
+                                "functions": len(self.registry.functions),
+                                "manifest_errors": self.manifest_errors}
+        return not reasons, body
+
+    # ---- reload ----
+
+    def apply_manifest(self, manifest: Manifest, changed_modules: set[Path]) -> None:
+        registry = Registry(manifest)
+        stale = {f.name for f in registry.functions if _module_path(f.root, f.handler) in changed_modules}
+        if stale:  # their code changed: retire their instances, fresh ones start on the next request
+            self.runtime.apply([f for f in registry.functions if f.name not in stale])
+        self.runtime.apply(registry.functions)
+        self.invoker.registry = registry
+        if self.scheduler is not None:
+            self.scheduler.apply(registry)
+        self.manifest_errors = []
+        self.metrics.manifest_reloads.labels("ok").inc()
+        log.info("manifest reloaded: %d functions, %d productive", len(registry.functions),
+                 sum(f.productive for f in registry.functions))
+
+    def reject_manifest(self, errors: list[str]) -> None:
+        self.manifest_errors = errors
+        self.metrics.manifest_reloads.labels("rejected").inc()
+
+    # ---- lifecycle ----
+
+    def _bootstrap(self) -> str:
+        if self.settings.kafka_bootstrap_servers:
+            return self.settings.kafka_bootstrap_servers
+        port = self.settings.embedded_broker_port
+        if port_open("127.0.0.1", port):
+            log.warning("port %d is taken: using the Kafka broker already listening there", port)
+            return f"127.0.0.1:{port}"
+        self.broker = EmbeddedBroker(port=port).start()
+        log.info("embedded broker (Tansu, memory only) on %s", self.broker.bootstrap)
+        return self.broker.bootstrap
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self.should_exit.is_set():
+            log.warning("second %s: stopping without waiting", signal.Signals(sig).name)
+            self.settings.shutdown_grace = 0
+        log.info("%s received: draining", signal.Signals(sig).name)
+        self.should_exit.set()
+
+    async def main(self) -> int:
+        self._install_signal_handlers()
+        await self.runtime.start()
+        bootstrap = self._bootstrap() if self.kafka_enabled else None
+        if bootstrap is not None:
+            self.kafka = KafkaSource(self.settings, self.invoker, self.metrics, bootstrap)
+            await self.kafka.start()
+        self.scheduler = Scheduler(self.settings, self.invoker, self.metrics, bootstrap)
+        self.scheduler.apply(self.registry)
+        await self.scheduler.start()
+        config = uvicorn.Config(create_app(self), host=self.settings.http_host, port=self.settings.http_port,
+                                lifespan="off", log_config=None, access_log=False,
+                                timeout_graceful_shutdown=int(self.settings.shutdown_grace) or None)
+        server = _EmbeddedServer(config)
+        watcher = ManifestWatcher(self.settings.manifest, self.apply_manifest, self.reject_manifest)
+        stop_watch = asyncio.Event()
+        tasks = [asyncio.create_task(server.serve(), name="http"),
+                 asyncio.create_task(watcher.run(stop_watch), name="watch")]
+        self.started = True
+        log.info("serving %d functions on http://%s:%d (kafka: %s)", len(self.registry.functions),
+                 self.settings.http_host, self.settings.http_port, bootstrap or "off")
+        stop_wait = asyncio.create_task(self.should_exit.wait())
+        await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if not self.should_exit.is_set():  # a task ended on its own: that is a failure (e.g. port in use)
+            for t in tasks:
+                if t.done() and (t.cancelled() or t.exception() or t.get_name() == "http"):
+                    log.error("%s stopped unexpectedly: %r", t.get_name(), None if t.cancelled() else t.exception())
+                    code = 1
+        stop_wait.cancel()
+        await self._shutdown(server, stop_watch, tasks)
+        return code
+
+    async def _shutdown(self, server: uvicorn.Server, stop_watch: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+        grace = self.settings.shutdown_grace
+        self.started = False
+        server.should_exit = True  # stop accepting; uvicorn waits for in-flight requests
+        stop_watch.set()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.kafka is not None:
+            await self.kafka.stop(grace)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), grace + 1)
+        await self.runtime.stop(grace)
+        if self.broker is not None:
+            self.broker.stop()
+        log.info("stopped")
+
+
+def _module_path(root: Path, handler: str) -> Path:
+    module = handler.partition(":")[0]
+    return (root / Path(*module.split("."))).with_suffix(".py").resolve()
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def serve(settings: Settings, kafka: bool = True) -> int:
+    """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        manifest = load_manifest(settings.manifest)
+    except ManifestError as exc:
+        log.error("invalid manifest:\n%s", "\n".join(exc.errors))
+        return 1
+    except OSError as exc:
+        log.error("cannot read the manifest %s: %s", settings.manifest, exc)
+        return 1
+
+    async def run() -> int:
+        return await Node(settings, manifest, kafka).main()
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(run())
+    except BrokerError as exc:
+        log.error("%s", exc)
+        return 1

@@ -1,0 +1,64 @@
+"""Node settings (DESIGN.md section 7): environment variables with the `FAAS_` prefix, also read from `.env`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_log_format() -> Literal["text", "json"]:
+    return "text" if sys.stderr.isatty() else "json"
+
+
+class Settings(BaseSettings):
+    """Every setting of the node. Each CLI option has one of these as its environment twin."""
+
+    model_config = SettingsConfigDict(env_prefix="FAAS_", env_file=".env", extra="ignore")
+
+    manifest: Path = Path("functions.yaml")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    kafka_bootstrap_servers: str = ""
+    """Comma-separated `host:port` list; empty starts the embedded broker (DESIGN.md section 8)."""
+    kafka_group_id: str = "faas"
+    events_topic: str = "faas.events"
+    replies_topic: str = "faas.replies"
+    deadletter_topic: str = "faas.deadletter"
+    scheduler_topic: str = "faas.scheduler"
+    topic_partitions: int = Field(6, ge=1)
+    """Partitions of topics the node creates when they are missing."""
+    queue_timeout: float = Field(30.0, gt=0)
+    """Seconds a request may wait for a free instance before it is answered `Overloaded`."""
+    api_keys: str = ""
+    """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one."""
+    max_payload_bytes: int = Field(1_048_576, ge=1)
+    max_inflight_events: int = Field(1000, ge=1)
+    embedded_broker_port: int = Field(9092, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(default_factory=_default_log_format)
+    shutdown_grace: float = Field(30.0, ge=0)
+    """Seconds a stopping node waits for in-flight work before it cancels what is left."""
+
+    # Production Kafka options (Apache Kafka); the embedded broker needs none of them.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    kafka_idempotence: Literal["auto", "on", "off"] = "auto"
+    """`auto`: idempotent producer with acks=all on Apache Kafka, off on the embedded broker (no support)."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,0 +1,35 @@
+"""Session fixtures: one real Tansu broker on a free port for the whole run, and node starters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from framework.broker import EmbeddedBroker
+from tests.support import LOGS, Node
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """A real broker; when it fails to start, the error carries its log."""
+    b = EmbeddedBroker(log_path=LOGS / "broker-session.log").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., Node]]:
+    """Start `faas run` nodes (`nodes(root, bootstrap, ...)`); each is SIGKILLed at the end if still up."""
+    started: list[Node] = []
+
+    def start(*args: Any, **kw: Any) -> Node:
+        n = Node(*args, **kw)
+        started.append(n)
+        return n
+
+    yield start
+    for n in started:
+        if n.proc.poll() is None:
+            n.kill()

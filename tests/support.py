@@ -1,0 +1,195 @@
+"""Helpers the tests share: temporary projects, `faas run` nodes, CLI runs, Kafka as the "other system"."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from framework.broker import free_port
+
+LOGS = Path(tempfile.gettempdir()) / "faas-test-logs"
+LOGS.mkdir(parents=True, exist_ok=True)
+
+Header = tuple[str, bytes]
+Record = tuple[bytes | None, bytes | None, list[Header]]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout} s")
+        time.sleep(interval)
+
+
+def write_project(root: Path, manifest: str, modules: dict[str, str] | None = None) -> Path:
+    """Write `functions.yaml` and `functions/<name>.py` modules under `root`; returns `root`."""
+    (root / "functions").mkdir(parents=True, exist_ok=True)
+    (root / "functions" / "__init__.py").write_text("")
+    for name, src in (modules or {}).items():
+        (root / "functions" / f"{name}.py").write_text(textwrap.dedent(src))
+    (root / "functions.yaml").write_text(textwrap.dedent(manifest).lstrip("\n"))
+    return root
+
+
+def run_cli(root: Path, *args: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m framework ARGS` in `root` with `FAAS_MANIFEST` pointing at its manifest."""
+    e = os.environ.copy()
+    e["FAAS_MANIFEST"] = str(root / "functions.yaml")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "framework", *args], cwd=root, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Node:
+    """One `faas run` process on a free HTTP port, with topics of its own unless `tag` is shared."""
+
+    def __init__(self, root: Path, bootstrap: str | None, tag: str | None = None,
+                 env: dict[str, str] | None = None, kafka: bool = True) -> None:
+        self.root = root
+        self.port = free_port()
+        self.tag = tag or uuid.uuid4().hex[:8]
+        self.events = f"t.events.{self.tag}"
+        self.replies = f"t.replies.{self.tag}"
+        self.deadletter = f"t.dead.{self.tag}"
+        full = os.environ.copy()
+        full.update({
+            "FAAS_MANIFEST": str(root / "functions.yaml"),
+            "FAAS_HTTP_HOST": "127.0.0.1",
+            "FAAS_HTTP_PORT": str(self.port),
+            "FAAS_EVENTS_TOPIC": self.events,
+            "FAAS_REPLIES_TOPIC": self.replies,
+            "FAAS_DEADLETTER_TOPIC": self.deadletter,
+            "FAAS_SCHEDULER_TOPIC": f"t.scheduler.{self.tag}",
+            "FAAS_KAFKA_GROUP_ID": f"t-{self.tag}",
+            "FAAS_LOG_FORMAT": "text",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if bootstrap:
+            full["FAAS_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+        full.update(env or {})
+        self.log = LOGS / f"node-{self.tag}-{self.port}.log"
+        args = [sys.executable, "-m", "framework", "run"] + ([] if kafka else ["--no-kafka"])
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(args, cwd=root, env=full, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = 45) -> Node:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"faas run exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node not ready in {timeout} s:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, instances included, as a machine failure would."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(10)
+
+
+# ---- Kafka as the other system ----
+
+def ce_headers(type_: str, id_: str, replyto: str | None = None) -> list[Header]:
+    h = [("ce_specversion", b"1.0"), ("ce_type", type_.encode()), ("ce_id", id_.encode()),
+         ("ce_source", b"tests"), ("content-type", b"application/json")]
+    if replyto:
+        h.append(("ce_replyto", replyto.encode()))
+    return h
+
+
+async def produce_async(bootstrap: str, topic: str, records: list[Record]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8_000_000)
+    await p.start()
+    try:
+        futs = [await p.send(topic, value=v, key=k, headers=h) for k, v, h in records]
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+
+def produce(bootstrap: str, topic: str, records: list[Record]) -> None:
+    asyncio.run(produce_async(bootstrap, topic, records))
+
+
+async def consume_async(bootstrap: str, topic: str, want: int, timeout: float,
+                        ids: set[str] | None = None) -> list[dict[str, Any]]:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"t-reader-{uuid.uuid4().hex[:8]}",
+                         auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    pending = set(ids or ())
+    try:
+        while time.monotonic() < deadline and len(out) < want and not (ids and not pending):
+            batch = await c.getmany(timeout_ms=300)
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        value = json.loads(m.value) if m.value else None
+                    except ValueError:
+                        value = m.value
+                    out.append({"key": m.key, "value": value, "partition": m.partition, "offset": m.offset,
+                                "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])}})
+                    if isinstance(value, dict):
+                        pending.discard(str(value.get("id")))
+    finally:
+        await c.stop()
+    return out
+
+
+def consume(bootstrap: str, topic: str, want: int, timeout: float = 30,
+            ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """Read `topic` from the start until `want` records, or every id in `ids` (the value's "id"), or timeout."""
+    return asyncio.run(consume_async(bootstrap, topic, want, timeout, ids))
