@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from framework.manifest import FunctionSpec, Manifest
+from pathlib import Path
+
+from framework.manifest import FunctionSpec, Manifest, load_manifest
 
 
 class Registry:
@@ -19,6 +21,11 @@ class Registry:
                 for event in f.events:
                     listeners.setdefault(event, []).append(f)
         self._listeners = {k: tuple(v) for k, v in listeners.items()}
+
+    @classmethod
+    def load(cls, path: Path, check_handlers: bool = True) -> Registry:
+        """Load `path` (see `load_manifest`; raises ManifestError) into a new Registry."""
+        return cls(load_manifest(path, check_handlers=check_handlers))
 
     def by_uuid(self, uuid: str) -> FunctionSpec | None:
         return self._by_uuid.get(uuid.lower())

@@ -1,0 +1,104 @@
+"""Events over Kafka: events/s end to end with 1, 3 and 8 listeners, and latency at half that rate.
+
+The baseline is the raw aiokafka relay (`relay.py`) on the same broker, with its own topics of the same
+partitioning; both are driven by the same client (`eventload.py`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from functools import partial
+
+from benchmarks.env import Env, baseline, guarded
+from benchmarks.eventload import EventClient
+from benchmarks.project import EVENT_TYPES
+from benchmarks.stats import Series, percentile
+
+RELAY = "raw aiokafka relay (consume, produce same bytes, commit)"
+
+
+async def _start_client(env: Env, target: str) -> EventClient:
+    if target == "node":
+        env.node_ok()
+        client = EventClient(env.bootstrap, env.topics["events"], env.topics["replies"], check_ok=True)
+    else:
+        if env.relay is None:
+            raise RuntimeError("relay not started")
+        await env.relay.wait_log_line("ready", 60)  # its first group join takes seconds on Tansu
+        client = EventClient(env.bootstrap, env.topics["relay_in"], env.topics["relay_out"], check_ok=False)
+    await client.start()
+    return client
+
+
+async def _latencies(
+    client: EventClient, event_type: str, rate: float, seconds: float
+) -> tuple[float, float]:
+    lat = await client.latency(event_type, rate, seconds)
+    return percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3
+
+
+async def run(env: Env) -> list[Series]:
+    p = env.profile
+    tput: dict[int, Series] = {}
+    lat: dict[int, tuple[Series, Series]] = {}
+    for n in EVENT_TYPES:
+        tput[n] = Series(
+            f"events {n} listener(s) throughput",
+            "events/s",
+            "higher",
+            RELAY,
+            extra={"instances": "{max: 1, concurrency: 1000} per listener"},
+        )
+        lat[n] = (
+            Series(f"events {n} listener(s) p50 at half rate", "ms", "lower", RELAY),
+            Series(f"events {n} listener(s) p99 at half rate", "ms", "lower", RELAY),
+        )
+    every = [s for n in EVENT_TYPES for s in (tput[n], *lat[n])]
+    relay = await baseline(every, partial(_start_client, env, "relay"))
+    node = await guarded(every, partial(_start_client, env, "node"))
+    try:
+        # Warm-up: connections, instances of every listener, the relay's first fetches.
+        if relay is not None:
+            await baseline(every, partial(relay.throughput, "bench.e1", p.event_warmup))
+        if node is not None:
+            for n, event_type in EVENT_TYPES.items():
+                await guarded([tput[n], *lat[n]], partial(node.throughput, event_type, p.event_warmup))
+        for _ in range(p.repeats):
+            if relay is not None:
+                b = await baseline(every, partial(relay.throughput, "bench.e1", p.event_count))
+                for n in EVENT_TYPES:
+                    if b is not None:
+                        tput[n].baseline_samples.append(b)
+            for n, event_type in EVENT_TYPES.items():
+                if node is not None:
+                    r = await guarded([tput[n], *lat[n]], partial(node.throughput, event_type, p.event_count))
+                    if r is not None:
+                        tput[n].samples.append(r)
+        # Latency at half the rate each side sustained, so queueing does not dominate.
+        for _ in range(p.repeats):
+            if relay is not None and tput[1].baseline_samples:
+                rate = statistics.median(tput[1].baseline_samples) / 2
+                b2 = await baseline(
+                    every, partial(_latencies, relay, "bench.e1", rate, p.event_latency_seconds)
+                )
+                for n in EVENT_TYPES:
+                    lat[n][0].extra["baseline_rate"] = round(rate, 1)
+                    if b2 is not None:
+                        lat[n][0].baseline_samples.append(b2[0])
+                        lat[n][1].baseline_samples.append(b2[1])
+            for n, event_type in EVENT_TYPES.items():
+                if node is None or not tput[n].samples:
+                    continue
+                rate = statistics.median(tput[n].samples) / 2
+                lat[n][0].extra["rate"] = round(rate, 1)
+                r2 = await guarded(
+                    list(lat[n]), partial(_latencies, node, event_type, rate, p.event_latency_seconds)
+                )
+                if r2 is not None:
+                    lat[n][0].samples.append(r2[0])
+                    lat[n][1].samples.append(r2[1])
+    finally:
+        for client in (relay, node):
+            if client is not None:
+                await client.stop()
+    return every

@@ -1,0 +1,53 @@
+"""Sample counts of a full run (`make bench`, ~4-5 min on 2 cores) and of `--quick` (end-to-end check)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    repeats: int
+    """Repetitions of every case; the median is reported."""
+    direct_warmup: float
+    direct_duration: float
+    """Seconds of load per repetition of a direct-invoke case."""
+    batch_requests: int
+    cold_warmup: int
+    cold_samples: int
+    """Cold starts per repetition (each on a function that has never run)."""
+    event_warmup: int
+    event_count: int
+    """Events per throughput repetition."""
+    event_latency_seconds: float
+    warm_calls: int
+    """In-process Runtime.invoke calls per repetition."""
+
+
+FULL = Profile(
+    name="full",
+    repeats=3,
+    direct_warmup=2.0,
+    direct_duration=4.0,
+    batch_requests=1000,
+    cold_warmup=2,
+    cold_samples=10,
+    event_warmup=300,
+    event_count=3000,
+    event_latency_seconds=4.0,
+    warm_calls=3000,
+)
+QUICK = Profile(
+    name="quick",
+    repeats=3,
+    direct_warmup=0.2,
+    direct_duration=0.4,
+    batch_requests=1000,
+    cold_warmup=1,
+    cold_samples=3,
+    event_warmup=20,
+    event_count=100,
+    event_latency_seconds=0.5,
+    warm_calls=200,
+)

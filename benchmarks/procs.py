@@ -1,0 +1,135 @@
+"""Child processes of the suite: the node (`python -m framework run`), the bare server and the relay.
+
+Each logs to a file in the run's folder; failures carry the tail of that log. Every child gets its own
+session so a stop reaches its whole process group (the node's instances included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.httpclient import fetch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child: ours, with the repository importable (`benchmarks` is not installed)."""
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+class Proc:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(env),
+                cwd=cwd or REPO,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+
+    async def wait_http_ready(self, port: int, path: str, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        last = "no answer"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                status, body = await fetch("127.0.0.1", port, "GET", path, limit=2)
+                if status == 200:
+                    return
+                last = f"{status} {body[:300]!r}"
+            except OSError as exc:
+                last = repr(exc)
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {limit} s (last: {last}):\n{self.tail()}")
+
+    async def wait_log_line(self, line: str, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if line in self.log.read_text(errors="replace").splitlines():
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not print {line!r} within {limit} s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        # Whatever is left of the group (instances of a node that did not stop cleanly).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        if self.popen.poll() is None:
+            self.popen.wait(5)
+
+
+def start_node(root: Path, port: int, bootstrap: str, topics: dict[str, str], group: str, logs: Path) -> Proc:
+    """`python -m framework run`, configured only through FAAS_* variables, as a user would start it."""
+    env = {
+        "FAAS_MANIFEST": str(root / "functions.yaml"),
+        "FAAS_HTTP_HOST": "127.0.0.1",
+        "FAAS_HTTP_PORT": str(port),
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "FAAS_EVENTS_TOPIC": topics["events"],
+        "FAAS_REPLIES_TOPIC": topics["replies"],
+        "FAAS_DEADLETTER_TOPIC": topics["deadletter"],
+        "FAAS_SCHEDULER_TOPIC": topics["scheduler"],
+        "FAAS_KAFKA_GROUP_ID": group,
+        "FAAS_LOG_LEVEL": "WARNING",
+        "FAAS_LOG_FORMAT": "text",
+        "FAAS_SHUTDOWN_GRACE": "5",
+    }
+    return Proc("node", [sys.executable, "-m", "framework", "run"], logs / "node.log", env, cwd=root)
+
+
+def start_bare(root: Path, port: int, handlers: dict[str, str], logs: Path) -> Proc:
+    args = [
+        sys.executable,
+        "-m",
+        "benchmarks.bare",
+        str(port),
+        str(root),
+        *(f"{k}={v}" for k, v in handlers.items()),
+    ]
+    return Proc("bare server", args, logs / "bare.log")
+
+
+def start_relay(bootstrap: str, in_topic: str, out_topic: str, group: str, logs: Path) -> Proc:
+    args = [sys.executable, "-m", "benchmarks.relay", bootstrap, in_topic, out_topic, group]
+    return Proc("relay", args, logs / "relay.log", {"PYTHONUNBUFFERED": "1"})

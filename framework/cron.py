@@ -1,0 +1,99 @@
+"""Cron expressions in a timezone: a small wrapper over croniter.
+
+An expression has 5 fields (`minute hour day month weekday`) or 6, the 6th being seconds (croniter's form,
+e.g. `* * * * * */10` fires every 10 s); croniter's `@hourly`-style aliases work too. Fire times are computed
+in the schedule's IANA timezone, so daylight-saving changes do what croniter does: a wall-clock time that a
+spring-forward skips fires at the first instant after the gap, and one that a fall-back repeats fires twice
+(once per UTC offset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+
+FIELDS = (5, 6)
+"""Accepted field counts: croniter's 7-field form (with years) is not part of the contract."""
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA timezone `name`, e.g. `Europe/Berlin`; ValueError when unknown."""
+    if not name or not name.strip():
+        raise ValueError("empty timezone: expected an IANA name such as 'UTC' or 'Europe/Berlin'")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {name!r}: expected an IANA name such as 'Europe/Berlin'") from exc
+
+
+def check_expression(cron: str) -> None:
+    """Raise ValueError with a readable message unless `cron` is a valid 5- or 6-field expression."""
+    if not isinstance(cron, str) or not cron.strip():
+        raise ValueError("empty cron expression: expected 5 fields, or 6 with seconds as the 6th")
+    fields = cron.split()
+    if not cron.lstrip().startswith("@") and len(fields) not in FIELDS:
+        raise ValueError(
+            f"bad cron {cron!r}: {len(fields)} fields, expected 5 "
+            "(minute hour day month weekday), or 6 with seconds as the 6th"
+        )
+    try:
+        croniter(cron)
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ValueError(f"bad cron {cron!r}: {exc}") from exc
+    try:  # valid fields can still name a date that never comes, e.g. `0 0 31 2 *`
+        croniter(cron, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterError as exc:
+        raise ValueError(f"bad cron {cron!r}: it never fires") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Cron:
+    """A validated expression with its timezone. Build it with `parse`."""
+
+    expression: str
+    tz: ZoneInfo
+
+    @property
+    def timezone(self) -> str:
+        return self.tz.key
+
+    def _start(self, after: datetime | None) -> datetime:
+        # Naive datetimes are taken as UTC; croniter computes in the schedule's own zone.
+        if after is None:
+            after = datetime.now(UTC)
+        elif after.tzinfo is None:
+            after = after.replace(tzinfo=UTC)
+        return after.astimezone(self.tz)
+
+    def ticks(self, after: datetime | None = None) -> Iterator[datetime]:
+        """Fire times strictly after `after` (default: now), ascending, timezone-aware in `tz`; endless."""
+        it = croniter(self.expression, self._start(after))
+        while True:
+            yield it.get_next(datetime)
+
+    def next(self, after: datetime | None = None) -> datetime:
+        """The first fire time strictly after `after` (default: now), aware, in `tz`."""
+        return next(self.ticks(after))
+
+    def previous(self, before: datetime | None = None) -> datetime:
+        """The last fire time strictly before `before` (default: now), aware, in `tz`."""
+        result: datetime = croniter(self.expression, self._start(before)).get_prev(datetime)
+        return result
+
+
+def parse(cron: str, timezone: str = "UTC") -> Cron:
+    """Validate `cron` and `timezone` (IANA name, default UTC); ValueError with a clear message if bad."""
+    check_expression(cron)
+    return Cron(cron.strip(), zone(timezone))
+
+
+def next_fire(cron: str, timezone: str = "UTC", after: datetime | None = None) -> datetime:
+    """Next fire time of `cron` in `timezone` strictly after `after` (default: now; naive = UTC).
+
+    The result is timezone-aware, in `timezone`. Raises ValueError for a bad expression or timezone.
+    """
+    return parse(cron, timezone).next(after)

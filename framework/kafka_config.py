@@ -1,0 +1,121 @@
+"""aiokafka options shared by every Kafka client of the platform: security, topics, the producer.
+
+Every client (the node's consumer, producer, admin and probe clients, the scheduler's, the EventClient)
+takes its TLS/SASL options from `security_options`, so one set of `FAAS_KAFKA_*` settings covers them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
+
+from framework.settings import Settings
+
+log = logging.getLogger("faas.kafka")
+
+MIB = 1024 * 1024
+ADMIN_TIMEOUT_MS = 10_000
+"""Milliseconds an admin request (topic creation) may take."""
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """`security_protocol`, SASL and TLS keyword arguments for any aiokafka client (empty ones left out)."""
+    opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        opts["sasl_plain_username"] = settings.kafka_sasl_username or None
+        opts["sasl_plain_password"] = settings.kafka_sasl_password or None
+    if settings.kafka_security_protocol.endswith("SSL"):
+        opts["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    return opts
+
+
+def max_request_size(settings: Settings) -> int:
+    """Producer request limit: room for a dead-letter copy of a record a good deal over the payload limit.
+
+    Records over FAAS_MAX_PAYLOAD_BYTES are still copied whole to the dead-letter topic, and the broker
+    may have accepted records of several MiB (the conformance test sends 2 MiB), so: 16 MiB, or four times
+    the payload limit if that is more.
+    """
+    return max(16 * MIB, 4 * settings.max_payload_bytes)
+
+
+async def ensure_topics(
+    bootstrap: str, topics: list[str], partitions: int, options: dict[str, Any]
+) -> list[str]:
+    """Create the `topics` that do not exist, with `partitions` partitions each; returns those created.
+
+    "Already exists" is fine (another node may create them at the same moment). The replication factor is
+    the number of brokers, at most 3 (aiokafka's CreateTopics version cannot ask for the broker default).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS, **options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not missing:
+            return []
+        brokers = len((await admin.describe_cluster())["brokers"]) or 1
+        new = [NewTopic(t, partitions, min(3, brokers)) for t in missing]
+        response = await admin.create_topics(new, timeout_ms=ADMIN_TIMEOUT_MS)
+        created = []
+        for topic, code, *rest in response.topic_errors:
+            error = for_code(code)
+            if code == 0:
+                created.append(topic)
+            elif error is not TopicAlreadyExistsError:
+                raise error(f"cannot create topic {topic}: {rest[0] if rest else ''}")
+        if created:
+            log.info("created topics %s with %d partitions", ", ".join(created), partitions)
+        return created
+    finally:
+        await admin.close()
+
+
+async def start_producer(bootstrap: str, settings: Settings, **extra: Any) -> AIOKafkaProducer:
+    """Start a producer with acks=all and the idempotence FAAS_KAFKA_IDEMPOTENCE asks for.
+
+    `auto` tries an idempotent producer and falls back to a plain one when the broker refuses
+    InitProducerId: Tansu advertises the API but answers it with an error, so feature detection by
+    ApiVersions does not work and trying is the simple, reliable test. `on` fails instead of falling back.
+    """
+    opts: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "linger_ms": 2,
+        "max_request_size": max_request_size(settings),
+        **security_options(settings),
+        **extra,
+    }
+    if settings.kafka_idempotence != "off":
+        producer = AIOKafkaProducer(enable_idempotence=True, **opts)
+        sender_log = logging.getLogger("aiokafka.producer.sender")
+        level = sender_log.level
+        if settings.kafka_idempotence == "auto":  # the refusal is expected here: no ERROR line for it
+            sender_log.setLevel(logging.CRITICAL)
+        try:
+            await producer.start()
+            return producer
+        except KafkaError as exc:
+            await producer.stop()
+            if settings.kafka_idempotence == "on" or isinstance(exc, KafkaConnectionError):
+                raise
+            log.info("broker has no idempotent producer (%r): using acks=all without idempotence", exc)
+        finally:
+            sender_log.setLevel(level)
+    producer = AIOKafkaProducer(**opts)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer

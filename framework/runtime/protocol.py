@@ -1,0 +1,141 @@
+"""Frames between the node and its instances.
+
+A frame is `length (4 bytes, big-endian) | kind (1 byte) | header length (4 bytes) | header | tail`.
+The header is a small orjson object; the tail is raw bytes spliced in as is. Payloads and results travel in
+the tail, so the node never parses or re-encodes a handler's JSON (the hot path stays a memcpy).
+
+Each instance has two socket pairs to its node:
+- the *main* channel (asyncio on both ends): HELLO / INIT_ERROR, REQUEST, REPLY, CANCEL;
+- the *log* channel (blocking writes from any thread of the instance, so a watchdog can still report while
+  the instance's loop is blocked): LOG records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, cast
+
+import orjson
+
+Header = dict[str, Any]
+FrameHandler = Callable[[int, Header, bytes], None]
+
+_LEN = struct.Struct(">I")
+_HEAD = struct.Struct(">IBI")  # frame length (bytes after these 4), kind, header length
+MAX_FRAME = 256 * 1024 * 1024
+"""Frames above this (bytes) are a protocol error: the channel is closed."""
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    """instance → node, once the handler imported: `{"pid"}`."""
+    INIT_ERROR = 2
+    """instance → node: the handler failed to import: `{"msg", "tb"}`."""
+    REQUEST = 3
+    """node → instance: `{"id", "inv", "t" (trigger), "e" (event), "c" (cold start)}` + raw payload JSON."""
+    REPLY = 4
+    """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`."""
+    CANCEL = 5
+    """node → instance: `{"id"}`; the caller gave up (no reply expected)."""
+    LOG = 6
+    """instance → node on the log channel: `{"lvl", "name", "msg", "inv", "blocked"}`."""
+
+
+def encode(kind: int, header: Header, tail: bytes = b"") -> bytes:
+    """One frame as bytes (the tail is copied once, into the frame)."""
+    head = orjson.dumps(header)
+    return _HEAD.pack(5 + len(head) + len(tail), kind, len(head)) + head + tail
+
+
+class FrameProtocol(asyncio.Protocol):
+    """asyncio side of a channel: splits the byte stream into frames and hands each to `on_frame`.
+
+    `on_close(exc)` runs once when the peer closes or the connection breaks (EOF = the peer process is gone).
+    """
+
+    def __init__(self, on_frame: FrameHandler, on_close: Callable[[Exception | None], None]) -> None:
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self._buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        off, n = 0, len(buf)
+        while n - off >= 9:
+            size, kind, hlen = _HEAD.unpack_from(buf, off)
+            if size > MAX_FRAME or hlen > size - 5:
+                self.close()
+                return
+            end = off + 4 + size
+            if end > n:
+                break
+            hs = off + 9
+            header = orjson.loads(memoryview(buf)[hs : hs + hlen])
+            tail = bytes(buf[hs + hlen : end])
+            off = end
+            self._on_frame(kind, header, tail)
+        if off:
+            del buf[:off]
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_close(exc)
+
+    def send(self, kind: int, header: Header, tail: bytes = b"") -> None:
+        """Queue one frame; silently dropped when the channel is already closed (the peer is gone)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(kind, header, tail))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def connect(
+    sock: socket.socket, on_frame: FrameHandler, on_close: Callable[[Exception | None], None]
+) -> FrameProtocol:
+    """Wrap one end of a socket pair in a `FrameProtocol` on the running loop."""
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_unix_connection(lambda: FrameProtocol(on_frame, on_close), sock=sock)
+    return proto
+
+
+class BlockingSender:
+    """Thread-safe blocking writer of frames on one socket (the instance's log channel).
+
+    Blocking on purpose: it must work from the watchdog thread while the instance's loop is stuck.
+    Errors (the node is gone) are swallowed; the instance exits on its own when its main channel closes.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, kind: int, header: Header, tail: bytes = b"") -> None:
+        frame = encode(kind, header, tail)
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.sendall(frame)
+
+
+def read_frame(data: bytes) -> tuple[int, Header, bytes]:
+    """Decode one whole frame from `data` (tests and tools; the hot path uses `FrameProtocol`)."""
+    (size,) = _LEN.unpack_from(data, 0)
+    _, kind, hlen = _HEAD.unpack_from(data, 0)
+    return kind, orjson.loads(data[9 : 9 + hlen]), data[9 + hlen : 4 + size]

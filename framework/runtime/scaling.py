@@ -1,0 +1,232 @@
+"""One function's instances on this node: scale out, route, queue, reap.
+
+Routing: the least-loaded ready instance with room (load < `concurrency`); else a starting instance with
+room (the request waits for it: a cold start); else a new instance if fewer than `max`; else the queue
+(FIFO, at most `queue` requests, each waiting at most `queue_timeout` seconds), served as slots free up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+
+from prometheus_client import Histogram
+
+from framework.errors import FaasError, Overloaded
+from framework.manifest import FunctionSpec
+from framework.metrics import Metrics
+from framework.runtime.supervisor import Instance
+from framework.runtime.template import Template
+from framework.types import Invocation, InvokeResult
+
+log = logging.getLogger("faas.runtime")
+
+Slot = tuple[Instance, bool]
+"""An instance reserved for one request, and whether that request is a cold start."""
+
+
+class FunctionPool:
+    """The instances of one function built from one spec. `retired` pools take no new requests."""
+
+    def __init__(
+        self, spec: FunctionSpec, template: Template, metrics: Metrics, queue_timeout: float, log_level: str
+    ) -> None:
+        self.spec = spec
+        self.instances: list[Instance] = []
+        self.exiting: set[Instance] = set()
+        """Instances that stopped serving but whose process has not exited yet."""
+        self.retired = False
+        self._waiters: deque[asyncio.Future[Slot]] = deque()
+        self._template = template
+        self._queue_timeout = queue_timeout
+        self._log_level = log_level
+        self._boots: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
+        name = spec.name
+        self._m_duration: dict[str, Histogram] = {}
+        self._m_queued = metrics.queued.labels(name)
+        self._m_instances = metrics.instances.labels(name)
+        self._m_blocked = metrics.blocked_loop.labels(name)
+
+    # ---- requests ----
+
+    async def invoke(self, inv: Invocation) -> InvokeResult:
+        inst, cold = self._acquire() or await self._queue()
+        try:
+            result, ms = await inst.call(inv, cold)
+        finally:
+            self._release(inst)
+        histogram = self._m_duration.get(inv.trigger)
+        if histogram is None:  # labels() costs microseconds: look each child up once
+            histogram = self._m_duration[inv.trigger] = self._metrics.duration.labels(
+                self.spec.name, inv.trigger
+            )
+        histogram.observe(ms / 1000)
+        return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
+
+    async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
+        """Run `inv` on this very instance (warm-ups), whatever its load."""
+        self._reserve(inst)
+        try:
+            result, ms = await inst.call(inv, False)
+        finally:
+            self._release(inst)
+        return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def load(self) -> int:
+        """Requests held: routed to an instance or waiting in the queue."""
+        return sum(i.load for i in self.instances) + len(self._waiters)
+
+    def _pick(self) -> Instance | None:
+        best: Instance | None = None
+        starting: Instance | None = None
+        limit = self.spec.instances.concurrency
+        for inst in self.instances:
+            if inst.load >= limit or inst.dead:
+                continue
+            if inst.ready:
+                if best is None or inst.load < best.load:
+                    best = inst
+            elif starting is None:
+                starting = inst
+        return best or starting
+
+    def _acquire(self) -> Slot | None:
+        """A slot right now, or None (the caller queues). Newcomers never overtake queued requests."""
+        inst = None if self._waiters else self._pick()
+        if inst is None and len(self.instances) < self.spec.instances.max:
+            inst = self.start(warm=False)
+        if inst is None:
+            return None
+        return inst, self._reserve(inst)
+
+    async def _queue(self) -> Slot:
+        if len(self._waiters) >= self.spec.instances.queue:
+            raise Overloaded(
+                f"function {self.spec.name}: {self.spec.instances.max} instance(s) busy and "
+                f"{len(self._waiters)} request(s) queued"
+            )
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._m_queued.inc()
+        try:
+            async with asyncio.timeout(self._queue_timeout):
+                return await fut
+        except BaseException as e:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result()[0])  # a slot arrived as we gave up: hand it back
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            if isinstance(e, TimeoutError):
+                raise Overloaded(
+                    f"function {self.spec.name}: no free instance within {self._queue_timeout:g} s"
+                ) from None
+            raise
+        finally:
+            self._m_queued.dec()
+
+    def _reserve(self, inst: Instance) -> bool:
+        inst.load += 1
+        return not inst.ready and not inst.warm
+
+    def _release(self, inst: Instance) -> None:
+        inst.load -= 1
+        inst.last_used = time.monotonic()
+        if self._waiters:
+            self._dispatch()
+        elif self.retired and inst.load == 0:
+            inst.close()
+
+    def _dispatch(self) -> None:
+        """Hand free slots (or new instances, up to max) to queued requests, oldest first."""
+        while self._waiters:
+            inst = self._pick()
+            if inst is None and len(self.instances) < self.spec.instances.max:
+                inst = self.start(warm=False)
+            if inst is None:
+                return
+            fut = self._waiters.popleft()
+            if not fut.done():  # a cancelled waiter may linger until its task runs
+                fut.set_result((inst, self._reserve(inst)))
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # ---- instances ----
+
+    def start(self, warm: bool) -> Instance:
+        """Start one instance in the background; requests may reserve it while it starts."""
+        inst = Instance(self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm)
+        self.instances.append(inst)
+        self._m_instances.inc()
+        task = asyncio.get_running_loop().create_task(self._boot(inst))
+        self._boots.add(task)
+        task.add_done_callback(self._boots.discard)
+        return inst
+
+    async def _boot(self, inst: Instance) -> None:
+        t0 = time.perf_counter()
+        try:
+            await inst.start(self._template)
+        except FaasError as e:
+            # Requests reserved on it get the error from `inst.started`; fail the queue too rather than
+            # retrying a broken handler once per queued request.
+            self._fail_waiters(type(e)(e.message))
+            return
+        except Exception:
+            return
+        if not inst.warm:
+            self._metrics.cold_starts.labels(self.spec.name).inc()
+            self._metrics.cold_start_seconds.labels(self.spec.name).observe(time.perf_counter() - t0)
+        log.debug(
+            "instance %s of %s ready in %.1f ms", inst.id, self.spec.name, (time.perf_counter() - t0) * 1e3
+        )
+        self._dispatch()
+
+    def _on_exit(self, inst: Instance, reason: str | None) -> None:
+        if not inst.exited.is_set():
+            self.exiting.add(inst)
+            inst.on_gone = self.exiting.discard
+        if inst in self.instances:
+            self.instances.remove(inst)
+            self._m_instances.dec()
+        if reason is not None:
+            self._metrics.instance_crashes.labels(self.spec.name, reason).inc()
+        if self._waiters:
+            self._dispatch()
+
+    def reap(self, now: float) -> None:
+        """Close instances idle for `idle_timeout` seconds (all idle ones once retired)."""
+        idle = self.spec.instances.idle_timeout
+        for inst in list(self.instances):
+            if inst.ready and inst.load == 0 and (self.retired or now - inst.last_used >= idle):
+                log.info(
+                    "instance %s of %s %s: stopping it",
+                    inst.id,
+                    self.spec.name,
+                    "retired" if self.retired else f"idle for {idle:g} s",
+                )
+                inst.close()
+
+    def retire(self) -> None:
+        """No new requests come here; instances stop once they hold nothing."""
+        self.retired = True
+        if not self._waiters:
+            self.reap(time.monotonic())
+
+    def kill(self) -> None:
+        self._fail_waiters(Overloaded("the node is stopping"))
+        for inst in list(self.instances):
+            inst.kill()

@@ -1,0 +1,138 @@
+"""The template process (a zygote): a pre-started interpreter that forks instances on request.
+
+The node cannot fork itself safely (its loop runs alongside aiokafka and uvicorn threads) and a fresh
+interpreter per instance costs ~100 ms+ of imports. So the node starts this small, single-threaded process
+once; it imports the instance code (asyncio, uvloop, orjson, logging, the framework) and then waits on a
+SOCK_SEQPACKET control socket. Each message is an instance config plus two file descriptors (the instance's
+main and log sockets, passed with SCM_RIGHTS); the template forks, and the child becomes the instance.
+
+Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
+instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. SIGCHLD is ignored
+here so the kernel reaps exited instances (no zombies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+_MAX_CONFIG = 1 << 20
+"""Largest instance config message, in bytes."""
+
+
+class Template:
+    """Node-side handle of the template process. Call `start` from the node's loop thread: Linux ties
+    PR_SET_PDEATHSIG to the thread that started the process, so a short-lived worker thread would take the
+    template (and every instance) down with it."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctrl: socket.socket | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Start the template process. Returns at once: it is ready in ~100 ms, requests queue meanwhile."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = os.environ.copy()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        args = [sys.executable, "-m", "framework.runtime.template", str(theirs.fileno()), str(os.getpid())]
+        try:
+            self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._ctrl = ours
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def spawn(self, config: dict[str, Any]) -> tuple[socket.socket, socket.socket]:
+        """Ask for one instance; returns the node's ends of its main and log sockets.
+
+        Restarts the template once if it died. Failures after that surface as EOF on the main socket.
+        """
+        main_ours, main_theirs = socket.socketpair()
+        log_ours, log_theirs = socket.socketpair()
+        try:
+            for attempt in (1, 2):
+                if not self.alive():
+                    self.stop()
+                    self.start()
+                assert self._ctrl is not None
+                try:
+                    socket.send_fds(
+                        self._ctrl, [orjson.dumps(config)], [main_theirs.fileno(), log_theirs.fileno()]
+                    )
+                    break
+                except OSError:
+                    if attempt == 2:
+                        raise
+                    self.stop()
+        finally:
+            main_theirs.close()
+            log_theirs.close()
+        return main_ours, log_ours
+
+    def stop(self) -> None:
+        """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+
+def _serve(ctrl: socket.socket) -> None:
+    from framework.runtime import instance  # the preload: everything an instance needs, imported once
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    me = os.getpid()
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctrl, _MAX_CONFIG, 2)
+        except OSError:
+            return
+        if not msg:
+            return  # the node closed the control socket (stopping, or gone)
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        try:
+            pid = os.fork()
+        except OSError:
+            pid = -1  # the node sees EOF on the instance's socket and reports the failed start
+        if pid == 0:
+            ctrl.close()
+            instance.main(orjson.loads(msg), fds[0], fds[1], me)
+        for fd in fds:
+            os.close(fd)
+
+
+def main() -> None:
+    """`python -m framework.runtime.template CONTROL_FD NODE_PID` (started by `Template.start`)."""
+    from framework.runtime.instance import die_with_parent
+
+    ctrl_fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    die_with_parent(parent)
+    # Ctrl-C reaches the whole process group: let the node drain, it stops us (and so the instances) itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _serve(socket.socket(fileno=ctrl_fd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Inside an instance: forward logs and stdio to the node, and watch the event loop for blocking code.
+
+Everything here writes through the instance's log channel with blocking sends, so it works from any thread,
+including while the loop is blocked (which is exactly when the watchdog has something to say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+import threading
+import time
+import traceback
+from contextvars import ContextVar
+
+from framework.runtime.protocol import BlockingSender, Kind
+
+current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
+"""The invocation the running code serves (set per request task; copied into handler threads)."""
+
+BLOCK_THRESHOLD = 0.1
+"""Seconds the loop may be blocked before the watchdog reports it."""
+BEAT = 0.025
+"""Seconds between the loop's heartbeats (the watchdog's resolution)."""
+
+
+class ForwardHandler(logging.Handler):
+    """Root handler of an instance: every record goes to the node, tagged with the invocation."""
+
+    def __init__(self, sender: BlockingSender) -> None:
+        super().__init__()
+        self._sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            inv = getattr(record, "invocation_id", None) or current_invocation.get()
+            header = {
+                "lvl": record.levelno,
+                "name": record.name,
+                "msg": msg,
+                "inv": inv,
+                "blocked": bool(getattr(record, "blocked", False)),
+            }
+            self._sender.send(Kind.LOG, header)
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # The default prints to sys.stderr, which is forwarded through this very handler: avoid the loop.
+        traceback.print_exc(file=sys.__stderr__)
+
+
+class LogStream(io.TextIOBase):
+    """Stands in for sys.stdout / sys.stderr: each complete line becomes a log record at `level`."""
+
+    def __init__(self, sender: BlockingSender, name: str, level: int) -> None:
+        self._sender = sender
+        self._name = name
+        self._level = level
+        self._buf = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            self._buf += s
+            if "\n" not in self._buf:
+                return len(s)
+            *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            line, self._buf = self._buf, ""
+        if line:
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        header = {
+            "lvl": self._level,
+            "name": self._name,
+            "msg": line,
+            "inv": current_invocation.get(),
+            "blocked": False,
+        }
+        self._sender.send(Kind.LOG, header)
+
+
+class Watchdog:
+    """Notices when the loop is blocked for more than `BLOCK_THRESHOLD` seconds.
+
+    The loop bumps a heartbeat every `BEAT` seconds; a daemon thread checks it. Once per blocking episode it
+    logs a WARNING (flagged `blocked`, which the node counts) naming the function, the invocation whose task
+    was running, and the loop thread's stack.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, function: str, instance_id: str) -> None:
+        self._loop = loop
+        self._function = function
+        self._instance_id = instance_id
+        self._beat = time.monotonic()
+        self._loop_thread = threading.get_ident()
+        self._log = logging.getLogger("faas.watchdog")
+
+    def start(self) -> None:
+        self._loop.call_soon(self._tick)
+        threading.Thread(target=self._watch, name="faas-watchdog", daemon=True).start()
+
+    def _tick(self) -> None:
+        self._beat = time.monotonic()
+        self._loop.call_later(BEAT, self._tick)
+
+    def _watch(self) -> None:
+        reported = False
+        while True:
+            time.sleep(BEAT)
+            blocked = time.monotonic() - self._beat > BLOCK_THRESHOLD + BEAT
+            if blocked and not reported:
+                reported = True
+                self._report()
+            elif not blocked:
+                reported = False
+
+    def _report(self) -> None:
+        task = asyncio.current_task(self._loop)  # read from this thread: the task running on the loop
+        inv = task.get_name() if task is not None else None
+        frame = sys._current_frames().get(self._loop_thread)
+        stack = "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(no stack)"
+        self._log.warning(
+            "function %s blocked the event loop of instance %s for over %d ms in invocation %s; every other "
+            "request this instance holds is stalled meanwhile (use `await`, or a `def` handler). Stack:\n%s",
+            self._function,
+            self._instance_id,
+            BLOCK_THRESHOLD * 1000,
+            inv,
+            stack,
+            extra={"invocation_id": inv, "blocked": True},
+        )

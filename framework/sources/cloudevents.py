@@ -1,0 +1,201 @@
+"""Kafka record ↔ CloudEvent mapping (CloudEvents 1.0 Kafka protocol binding, DESIGN.md section 4).
+
+Hand-written rather than the `cloudevents` SDK: the SDK decodes every header, parses the JSON data into
+Python objects and builds a validated event object, so the payload would have to be encoded again before it
+reaches the invoker. Here the binary-mode value is validated once with orjson and passed on as the very
+bytes that came off the wire. Measured with `python -m timeit` per record (binary mode, 80 B payload, five
+headers): cloudevents 2.2 `from_binary` + re-encode ≈ 15 µs, this ≈ 5 µs (orjson validation ≈ 1 µs of it).
+
+Choices where the binding leaves room:
+
+- a binary-mode record without `ce_specversion` is taken as 1.0 (only a present, different value is bad);
+- header names are matched case-insensitively; a header value that is not UTF-8 makes the record bad;
+- structured mode accepts `data` (any JSON, missing = null) or `data_base64` (bytes that must be JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+SPECVERSION = "1.0"
+STRUCTURED = "application/cloudevents+json"
+JSON = b"application/json"
+REPLY_TYPE = b"faas.reply"
+REPLY_SOURCE = b"faas"
+ERROR_HEADER = "faas_error"
+MAX_MESSAGE = 500
+"""Characters of an error message kept in a BadEvent reply and the `faas_error` header."""
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+@dataclass(slots=True)
+class Event:
+    """A valid event. `payload` is raw JSON bytes: the record value itself in binary mode."""
+
+    type: str
+    id: str
+    payload: bytes
+    source: str | None = None
+    replyto: str | None = None
+
+
+@dataclass(slots=True)
+class BadRecord:
+    """A record that is not a valid event; `id`, `type` and `replyto` are set when they were readable."""
+
+    message: str
+    id: str | None = None
+    type: str | None = None
+    replyto: str | None = None
+
+
+class _Bad(Exception):
+    pass
+
+
+def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | BadRecord:
+    """Map one Kafka record to an Event, or say why it is not one. Never raises.
+
+    `max_payload` is FAAS_MAX_PAYLOAD_BYTES: a larger record value is bad in either mode.
+    """
+    attrs: dict[str, str] = {}
+    bad_header: str | None = None
+    for name, raw in headers:
+        lname = name.lower()
+        if raw is None or not (lname.startswith("ce_") or lname == "content-type"):
+            continue
+        try:
+            attrs[lname] = raw.decode()
+        except UnicodeDecodeError:
+            bad_header = bad_header or f"header {name} is not UTF-8"
+    if attrs.get("content-type", "").lower().startswith(STRUCTURED):
+        return _structured(value, bad_header, max_payload)
+    event_id = attrs.get("ce_id") or None
+    event_type = attrs.get("ce_type") or None
+    try:
+        replyto = _replyto(attrs.get("ce_replyto"))
+    except _Bad as exc:
+        return BadRecord(str(exc), event_id, event_type)
+    try:
+        if bad_header:
+            raise _Bad(bad_header)
+        if attrs.get("ce_specversion", SPECVERSION) != SPECVERSION:
+            raise _Bad(f"unsupported ce_specversion {attrs['ce_specversion']!r} (want {SPECVERSION})")
+        if event_type is None:
+            raise _Bad("missing ce_type header")
+        if event_id is None:
+            raise _Bad("missing ce_id header")
+        _check_json(value, max_payload)
+    except _Bad as exc:
+        return BadRecord(str(exc)[:MAX_MESSAGE], event_id, event_type, replyto)
+    assert value is not None  # _check_json rejects empty values
+    return Event(event_type, event_id, value, attrs.get("ce_source"), replyto)
+
+
+def _structured(value: bytes | None, bad_header: str | None, max_payload: int) -> Event | BadRecord:
+    try:
+        doc = _check_json(value, max_payload)
+    except _Bad as exc:
+        return BadRecord(f"structured mode: {exc}")
+    if not isinstance(doc, dict):
+        return BadRecord("structured mode: the value is not a JSON object")
+    event_id, event_type = doc.get("id"), doc.get("type")
+    event_id = event_id if isinstance(event_id, str) and event_id else None
+    event_type = event_type if isinstance(event_type, str) and event_type else None
+    try:
+        replyto = _replyto(doc.get("replyto"))
+    except _Bad as exc:
+        return BadRecord(str(exc), event_id, event_type)
+    bad = BadRecord("", event_id, event_type, replyto)
+    if bad_header:
+        return _with(bad, bad_header)
+    if doc.get("specversion") != SPECVERSION:
+        got = doc.get("specversion")
+        return _with(bad, f"structured mode: specversion must be {SPECVERSION!r}, got {got!r}")
+    if event_type is None:
+        return _with(bad, "structured mode: missing or empty 'type'")
+    if event_id is None:
+        return _with(bad, "structured mode: missing or empty 'id'")
+    source = doc.get("source")
+    if "data_base64" in doc:
+        try:
+            payload = base64.b64decode(doc["data_base64"], validate=True)
+            _check_json(payload, max_payload)
+        except (_Bad, binascii.Error, TypeError, ValueError) as exc:
+            return _with(bad, f"structured mode: bad data_base64: {exc}")
+    else:
+        # The data is embedded in the envelope, so here (and only here) it is encoded again.
+        payload = orjson.dumps(doc.get("data"))
+    return Event(event_type, event_id, payload, source if isinstance(source, str) else None, replyto)
+
+
+def _check_json(value: bytes | None, max_payload: int) -> object:
+    if not value:
+        raise _Bad("empty record value (want a JSON payload)")
+    if len(value) > max_payload:
+        raise _Bad(f"record value of {len(value)} bytes is over FAAS_MAX_PAYLOAD_BYTES ({max_payload})")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            raise _Bad("record value is not UTF-8") from None
+        raise _Bad(f"record value is not JSON: {exc}") from None
+
+
+def _replyto(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _TOPIC.fullmatch(value) or value in (".", ".."):
+        raise _Bad(f"invalid reply topic {value!r}")
+    return value
+
+
+def _with(bad: BadRecord, message: str) -> BadRecord:
+    return BadRecord(message[:MAX_MESSAGE], bad.id, bad.type, bad.replyto)
+
+
+def reply_headers(correlation_id: str | None) -> list[tuple[str, bytes]]:
+    """Headers of a combined reply (binary mode); `correlation_id` is the event's ce_id when known."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", REPLY_TYPE),
+        ("ce_id", str(uuid.uuid4()).encode()),
+        ("ce_source", REPLY_SOURCE),
+        ("content-type", JSON),
+    ]
+    if correlation_id is not None:
+        headers.append(("ce_correlationid", correlation_id.encode()))
+    return headers
+
+
+def deadletter_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:
+    """The record's own headers, unchanged and in order, plus `faas_error` with the reason."""
+    return [*headers, (ERROR_HEADER, message[:MAX_MESSAGE].encode())]
+
+
+def event_headers(
+    type_: str, id_: str, *, source: str = "faas-client", replyto: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Binary-mode headers of an outgoing event (used by the EventClient)."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", type_.encode()),
+        ("ce_id", id_.encode()),
+        ("ce_source", source.encode()),
+        ("content-type", JSON),
+    ]
+    if replyto:
+        headers.append(("ce_replyto", replyto.encode()))
+    return headers

@@ -1,0 +1,347 @@
+"""Events in, replies out: the Kafka source (DESIGN.md section 4).
+
+One consumer in group FAAS_KAFKA_GROUP_ID reads FAAS_EVENTS_TOPIC. The poll loop never waits for a
+handler: it hands each record to a per-key chain (`keyed.py`) and goes back to fetching, pausing its
+partitions while FAAS_MAX_INFLIGHT_EVENTS records are held. Each record is answered (and dead-lettered when
+bad) and only after the broker acknowledged that is it marked done (`offsets.py`); done prefixes are
+committed every COMMIT_INTERVAL, on revocation and on stop. So a crash means replies sent twice, never zero
+times, and a graceful stop or rebalance redoes nothing.
+
+Outages: a supervisor recreates the consumer whenever it fails, sends are retried until acknowledged
+(`replies.py`) and a metadata probe (`probe.py`) turns `/readyz` 503 while the broker is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+from framework.invoker import EventReply
+from framework.kafka_config import MIB, ensure_topics, security_options
+from framework.sources import cloudevents
+from framework.sources.keyed import KeyedRunner
+from framework.sources.offsets import OffsetTracker, PartitionOffsets
+from framework.sources.probe import BrokerProbe
+from framework.sources.replies import PermanentSendError, ReplySender
+
+if TYPE_CHECKING:
+    from framework.invoker import Invoker
+    from framework.metrics import Metrics
+    from framework.settings import Settings
+
+log = logging.getLogger("faas.kafka")
+
+COMMIT_INTERVAL = 0.5
+"""Seconds between commits of finished offsets."""
+REVOKE_WAIT = 5.0
+"""Seconds a rebalance waits for the in-flight events of revoked partitions before cancelling them."""
+LAG_INTERVAL = 2.0
+"""Seconds between updates of the consumer-lag gauge."""
+CONSUMER_OPTIONS: dict[str, Any] = {
+    "auto_offset_reset": "earliest",  # a new group starts at the beginning: nothing produced earlier is lost
+    "enable_auto_commit": False,
+    "session_timeout_ms": 10_000,  # a SIGKILLed node's partitions move on within ~13 s
+    "heartbeat_interval_ms": 3_000,
+    "max_poll_interval_ms": 300_000,  # far above the 30 s function limit; the poll loop never blocks anyway
+    "metadata_max_age_ms": 30_000,
+}
+
+
+class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Consume events, invoke their listeners through the invoker, produce the combined replies."""
+
+    def __init__(self, settings: Settings, invoker: Invoker, metrics: Metrics, bootstrap: str) -> None:
+        self.settings = settings
+        self.invoker = invoker
+        self.metrics = metrics
+        self.bootstrap = bootstrap
+        self.options = security_options(settings)
+        self.sender = ReplySender(bootstrap, settings)
+        self.probe = BrokerProbe(bootstrap, self.options, self._topics_seen)
+        self.runner: KeyedRunner[TopicPartition] = KeyedRunner(settings.max_inflight_events)
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.joined = False
+        self.failure: str | None = None
+        self._stopping = False
+        self._commit_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Start in the background and return at once: joining takes seconds, and an unreachable broker
+        must not keep the node from serving HTTP. `not_ready()` tells when the group is joined."""
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="kafka-consume"),
+            asyncio.create_task(self.probe.run(), name="kafka-probe"),
+            asyncio.create_task(self._housekeeping(), name="kafka-commit"),
+        ]
+
+    def not_ready(self) -> list[str]:
+        """Reasons the node cannot take events now; empty once joined and the broker answers."""
+        if self._stopping:
+            return ["kafka: stopping"]
+        away = self.probe.unreachable_for()
+        if away is not None:
+            return [f"kafka: broker {self.bootstrap} unreachable for {away:.0f} s ({self.probe.error})"]
+        if not self.joined:
+            return [f"kafka: {self.failure}" if self.failure else "kafka: joining consumer group"]
+        return []
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching, give in-flight events up to `grace` seconds to be answered, commit, close."""
+        self._stopping = True
+        supervisor = self._tasks[0]
+        with contextlib.suppress(TimeoutError):  # the poll loop sees the flag within its fetch timeout
+            await asyncio.wait_for(asyncio.shield(supervisor), 2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        dropped = self.runner.drop_queued()
+        held = self.runner.held()
+        if held:
+            log.info(
+                "draining %d in-flight events (up to %.0f s); %d not started are left to the group",
+                held,
+                grace,
+                dropped,
+            )
+        if not await self.runner.drain(None, grace):
+            log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
+        await self._commit(None)
+        await self._close_consumer()
+        await self.sender.stop()
+
+    # ---- consuming ----
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            try:
+                await self._open()
+                backoff = 0.5
+                self.failure = None
+                await self._poll()
+            except Exception as exc:
+                self.failure = f"consumer failed: {exc!r}"
+                log.warning("kafka consumer failed (%r); starting a new one in %.1f s", exc, backoff)
+                await self._abandon()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _open(self) -> None:
+        s = self.settings
+        await ensure_topics(
+            self.bootstrap,
+            [s.events_topic, s.replies_topic, s.deadletter_topic],
+            s.topic_partitions,
+            self.options,
+        )
+        await self.sender.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=s.kafka_group_id,
+            max_partition_fetch_bytes=max(MIB, 2 * s.max_payload_bytes),
+            **CONSUMER_OPTIONS,
+            **self.options,
+        )
+        consumer.subscribe([s.events_topic], listener=self)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self.consumer = consumer
+
+    async def _poll(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        while not self._stopping:
+            room = self.runner.room
+            if room <= 0:  # full: keep polling (heartbeats, poll interval) but fetch nothing
+                consumer.pause(*consumer.assignment())
+            elif consumer.paused():
+                consumer.resume(*consumer.paused())
+            batch = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 1000)))
+            for tp, records in batch.items():
+                for record in records:
+                    part = self.tracker.take(tp, record.offset)
+                    self.metrics.events_consumed.inc()
+                    self.runner.submit(tp, record.key, functools.partial(self._handle, part, record))
+
+    async def _abandon(self) -> None:
+        """After a consumer failure: cancel its in-flight events (the group redoes them) and close it."""
+        self.joined = False
+        self.runner.drop_queued()
+        await self.runner.drain(None, 0)
+        self.tracker.forget(list(self.tracker.partitions))
+        await self._close_consumer()
+
+    async def _close_consumer(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), 10)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("closing the kafka consumer: %r", exc)
+
+    # ---- one record ----
+
+    async def _handle(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            await self._answer(record)
+        except Exception:  # nothing more can be done for it; the partition must not stall behind it
+            log.exception(
+                "record %s-%d@%d could not be answered: skipped",
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+        part.done(record.offset)  # not reached on cancellation: the record stays uncommitted
+
+    async def _answer(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        headers = list(record.headers or ())
+        event = cloudevents.parse(record.value, headers, self.settings.max_payload_bytes)
+        if isinstance(event, cloudevents.BadRecord):
+            log.warning(
+                "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
+            )
+            reply = EventReply.bad_event(event.id, event.type, event.message)
+            copy = self._deadletter(
+                record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
+            )
+            await asyncio.gather(self._reply(event.replyto, record.key, reply, event.id), copy)
+            return
+        try:
+            reply = await self.invoker.event(event.type, event.id, event.payload)
+        except Exception as exc:  # a bug in the invoker; the event still gets an answer
+            log.exception("event %s (%s) failed in the invoker", event.id, event.type)
+            reply = EventReply(
+                event.id,
+                event.type,
+                error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
+            )
+        await self._reply(event.replyto, record.key, reply, event.id)
+
+    async def _reply(
+        self, replyto: str | None, key: bytes | None, reply: EventReply, event_id: str | None
+    ) -> None:
+        topic = replyto or self.settings.replies_topic
+        value, headers = reply.to_json(), cloudevents.reply_headers(event_id)
+        # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
+        # answers: that is permanent. While the broker is away, everything is retried.
+        gone = None if replyto is None else self._missing_topic
+        try:
+            await self.sender.send(topic, value, key, headers, permanent_if=gone)
+        except PermanentSendError as exc:
+            if topic == self.settings.replies_topic:
+                log.error("reply to event %s dropped: %s", event_id, exc)
+                return
+            # The caller's reply topic refused it: the default topic gets it, saying why.
+            log.warning(
+                "reply topic %s refused the reply to %s (%s): using %s",
+                topic,
+                event_id,
+                exc,
+                self.settings.replies_topic,
+            )
+            await self._reply(None, key, reply, event_id)
+            return
+        self.metrics.events_replied.labels(str(reply.ok).lower()).inc()
+
+    async def _deadletter(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
+        try:
+            await self.sender.send(self.settings.deadletter_topic, value, key, headers)
+        except PermanentSendError as exc:
+            # E.g. bigger than the topic allows: keep the key, headers and the reason at least.
+            log.error("dead-letter copy refused (%s): sending it without its value", exc)
+            await self.sender.send(
+                self.settings.deadletter_topic,
+                None,
+                key,
+                [*headers, ("faas_deadletter_error", str(exc).encode())],
+            )
+        self.metrics.events_deadlettered.inc()
+
+    def _missing_topic(self, exc: BaseException) -> bool:
+        return isinstance(exc, KafkaTimeoutError) and self.probe.unreachable_for() is None
+
+    # ---- rebalance (ConsumerRebalanceListener) ----
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before a rebalance: stop taking records of `revoked`, let their running events finish
+        (REVOKE_WAIT at most), commit what is done, so the next owner redoes nothing."""
+        tps = list(revoked)
+        if not tps:
+            return
+        self.runner.drop_queued(tps)
+        if not await self.runner.drain(tps, REVOKE_WAIT):
+            log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
+        await self._commit(tps)
+        self.tracker.forget(tps)
+        for tp in tps:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(tp.partition))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.joined = True
+        log.info(
+            "joined group %s with partitions %s",
+            self.settings.kafka_group_id,
+            sorted(tp.partition for tp in assigned),
+        )
+
+    # ---- housekeeping ----
+
+    async def _commit(self, tps: list[TopicPartition] | None) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            offsets = self.tracker.committable(tps)
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except (KafkaError, OSError, AssertionError) as exc:  # aiokafka asserts on unassigned partitions
+                log.info("commit of %d partitions failed (%r); will retry", len(offsets), exc)
+                return
+            self.tracker.committed(offsets)
+
+    async def _housekeeping(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            await self._commit(None)
+            ticks += 1
+            if ticks % int(LAG_INTERVAL / COMMIT_INTERVAL) == 0:
+                await self._update_lag()
+
+    async def _update_lag(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1)
+            except (KafkaError, TimeoutError, AssertionError):
+                continue
+            if highwater is not None:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - position))
+
+    async def _topics_seen(self, topics: set[str]) -> None:
+        """After a probe: a memory-only broker that restarted has lost our topics; create them again."""
+        s = self.settings
+        wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
+        if self.joined and not set(wanted) <= topics:
+            await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)

@@ -1,0 +1,94 @@
+"""Is the Kafka broker reachable? A small metadata probe behind the node's `/readyz`.
+
+aiokafka retries quietly while the broker is away, so the node asks for itself: every `INTERVAL` seconds
+it fetches cluster metadata with a client of its own. `/readyz` turns 503 once no probe has succeeded for
+`STALE_AFTER` seconds, well within the 10 s the contract allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger("faas.kafka")
+
+INTERVAL = 2.0
+"""Seconds between probes."""
+TIMEOUT = 2.5
+"""Seconds one probe may take."""
+STALE_AFTER = 5.0
+"""Seconds without a successful probe after which the broker counts as unreachable."""
+
+
+class BrokerProbe:
+    """Probe the cluster; `on_metadata(topics)` runs after each success (e.g. to recreate lost topics)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        options: dict[str, Any],
+        on_metadata: Callable[[set[str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.options = options
+        self.on_metadata = on_metadata
+        self.last_ok = time.monotonic()  # optimistic at start: the join reason covers the first seconds
+        self.error: str | None = None
+        self._client: AIOKafkaClient | None = None
+
+    def unreachable_for(self) -> float | None:
+        """Seconds since the last successful probe, once that is over STALE_AFTER; else None."""
+        age = time.monotonic() - self.last_ok
+        return age if age > STALE_AFTER else None
+
+    async def once(self) -> bool:
+        try:
+            topics = await asyncio.wait_for(self._metadata(), TIMEOUT)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if self.error is None:
+                log.warning("kafka broker unreachable: %r", exc)
+            self.error = repr(exc)
+            return False
+        if self.on_metadata is not None:  # before counting as reachable: readiness implies it ran
+            try:
+                await self.on_metadata(topics)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("kafka probe hook failed: %r", exc)
+        if self.error is not None:
+            log.info("kafka broker reachable again")
+        self.error = None
+        self.last_ok = time.monotonic()
+        return True
+
+    async def _metadata(self) -> set[str]:
+        if self._client is None:
+            client = AIOKafkaClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=int(TIMEOUT * 1000), **self.options
+            )
+            try:
+                await client.bootstrap()
+            except BaseException:
+                await client.close()
+                raise
+            self._client = client
+        cluster = await self._client.fetch_all_metadata()
+        return set(cluster.topics())
+
+    async def run(self) -> None:
+        """Probe every INTERVAL seconds until cancelled."""
+        try:
+            while True:
+                try:
+                    await self.once()
+                except Exception:  # a bug in the hook must not end the probe
+                    log.exception("kafka probe failed")
+                await asyncio.sleep(INTERVAL)
+        finally:
+            if self._client is not None:
+                await self._client.close()

@@ -1,0 +1,147 @@
+"""Fixtures for the runtime tests: one project of handlers, a started `Runtime`, spec and call helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from framework.manifest import FunctionSpec, InstancesSpec
+from framework.runtime import Runtime
+from framework.settings import Settings
+from framework.types import Invocation, InvokeResult
+from tests.support import write_project
+
+HANDLERS = """
+import asyncio, os, threading, time
+
+async def echo(payload, ctx):
+    return {"payload": payload, "instance": ctx.instance_id, "pid": os.getpid(), "cold": ctx.cold_start,
+            "trigger": ctx.trigger, "remaining": ctx.remaining(), "greeting": ctx.env.get("GREETING")}
+
+async def sleep(payload, ctx):
+    await asyncio.sleep(payload.get("sleep", 0.5))
+    return {"instance": ctx.instance_id, "pid": os.getpid()}
+
+def sync_sleep(payload, ctx):
+    time.sleep(payload["sleep"])
+    return {"thread": threading.current_thread().name, "instance": ctx.instance_id}
+
+async def block(payload, ctx):
+    time.sleep(payload["block"])
+    return "unblocked"
+
+async def boom(payload, ctx):
+    raise ValueError(f"bad input: {payload}")
+
+async def notjson(payload, ctx):
+    return {1, 2}
+
+async def exit1(payload, ctx):
+    os._exit(1)
+
+async def setenv(payload, ctx):
+    if payload.get("set"):
+        os.environ["FLAG"] = payload["set"]
+    await asyncio.sleep(payload.get("sleep", 0))
+    env = os.environ
+    return {"flag": env.get("FLAG"), "instance": ctx.instance_id, "greeting": env.get("GREETING")}
+
+async def logs(payload, ctx):
+    ctx.log.info("ctx log says %s", payload)
+    print("printed", payload)
+    return "ok"
+"""
+
+WARM = """
+import os
+from pathlib import Path
+
+def handle(payload, ctx):
+    Path("handle-called").write_text(ctx.invocation_id)
+    return "handled"
+
+async def warmup(ctx):
+    Path(f"warmup-{os.getpid()}").write_text(ctx.trigger)
+"""
+
+BROKEN = """
+raise RuntimeError("cannot import me")
+"""
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_project(
+        tmp_path_factory.mktemp("rt"), "functions: []\n", {"rt": HANDLERS, "warm": WARM, "broken": BROKEN}
+    )
+
+
+SpecFactory = Callable[..., FunctionSpec]
+
+
+@pytest.fixture
+def spec(project: Path) -> SpecFactory:
+    """`spec("echo", timeout=1, max=2, concurrency=5, ...)`: a FunctionSpec for a handler in `project`."""
+
+    def make(
+        attr: str,
+        module: str = "rt",
+        name: str | None = None,
+        timeout: float = 10,
+        env: dict[str, str] | None = None,
+        root: Path | None = None,
+        **instances: Any,
+    ) -> FunctionSpec:
+        return FunctionSpec(
+            name=name or attr.replace("_", "-"),
+            uuid=str(uuid.uuid4()),
+            handler=f"functions.{module}:{attr}",
+            timeout=timeout,
+            env=env or {},
+            instances=InstancesSpec(**instances),
+            root=root or project,
+        )
+
+    return make
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(queue_timeout=5, log_level="INFO")
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    rt = Runtime(settings)
+    await rt.start()
+    yield rt
+    await rt.stop(0)
+
+
+def inv(payload: object = None, trigger: str = "direct") -> Invocation:
+    return Invocation(str(uuid.uuid4()), trigger, None, orjson.dumps(payload))  # type: ignore[arg-type]
+
+
+async def call(rt: Runtime, spec: FunctionSpec, payload: object = None) -> tuple[Any, InvokeResult]:
+    """Invoke and decode: (result value, InvokeResult)."""
+    res = await rt.invoke(spec, inv(payload))
+    return orjson.loads(res.result), res
+
+
+async def until(condition: Callable[[], object], timeout: float = 10, message: str = "condition") -> Any:  # noqa: ASYNC109
+    """Async twin of `tests.support.wait_for`: poll without blocking the loop the runtime runs on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout} s")
+        await asyncio.sleep(0.02)

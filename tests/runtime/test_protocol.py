@@ -1,0 +1,24 @@
+"""Framing: frames split across reads and batched in one read come out whole, tails untouched."""
+
+from __future__ import annotations
+
+from framework.runtime.protocol import FrameProtocol, Header, Kind, encode, read_frame
+
+
+def test_roundtrip_split_and_batched() -> None:
+    got: list[tuple[int, Header, bytes]] = []
+    closed: list[Exception | None] = []
+    proto = FrameProtocol(lambda k, h, t: got.append((k, h, t)), closed.append)
+    payload = b'{"big": "' + b"x" * 100_000 + b'"}'
+    frames = encode(Kind.REQUEST, {"id": 1, "inv": "a"}, payload) + encode(Kind.CANCEL, {"id": 1})
+    for i in range(0, len(frames), 7001):  # odd chunk size: headers and tails cut mid-way
+        proto.data_received(frames[i : i + 7001])
+    assert got == [(Kind.REQUEST, {"id": 1, "inv": "a"}, payload), (Kind.CANCEL, {"id": 1}, b"")]
+    assert read_frame(encode(Kind.REPLY, {"id": 2, "ms": 0.5}, b"null")) == (
+        Kind.REPLY,
+        {"id": 2, "ms": 0.5},
+        b"null",
+    )
+    proto.connection_lost(None)
+    proto.connection_lost(None)
+    assert closed == [None]

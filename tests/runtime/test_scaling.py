@@ -1,0 +1,80 @@
+"""Batching, scale-out, queueing and idle reaping, against real instance processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from framework.errors import Overloaded
+from framework.runtime import Runtime
+from framework.settings import Settings
+from tests.runtime.conftest import SpecFactory, call, until
+
+
+async def test_batching_on_one_instance(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("sleep", max=1, concurrency=1000)
+    t = time.monotonic()
+    results = await asyncio.gather(*(call(runtime, s, {"sleep": 0.5}) for _ in range(500)))
+    took = time.monotonic() - t
+    assert took < 10, f"500 concurrent 0.5 s sleeps took {took:.1f} s"
+    assert len({value["instance"] for value, _ in results}) == 1
+    assert runtime.instance_count(s.name) == 1
+
+
+async def test_spreads_over_max_instances(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("sleep", max=4, concurrency=50)
+    results = await asyncio.gather(*(call(runtime, s, {"sleep": 0.5}) for _ in range(300)))
+    instances = {value["instance"] for value, _ in results}
+    assert len(instances) == 4 and len({value["pid"] for value, _ in results}) == 4
+    assert runtime.instance_count(s.name) == 4
+
+
+async def test_least_loaded_routing_and_cold_flags(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("sleep", max=2, concurrency=2)
+    results = await asyncio.gather(*(call(runtime, s, {"sleep": 0.3}) for _ in range(4)))
+    assert all(res.cold_start for _, res in results)  # all four waited for their instance to start
+    by_instance: dict[str, int] = {}
+    for value, _ in results:
+        by_instance[value["instance"]] = by_instance.get(value["instance"], 0) + 1
+    assert sorted(by_instance.values()) == [2, 2]
+    _, res = await call(runtime, s, {"sleep": 0})
+    assert not res.cold_start
+
+
+async def test_idle_instance_goes_cold(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("echo", max=1, idle_timeout=1)
+    first, r1 = await call(runtime, s)
+    second, r2 = await call(runtime, s)
+    assert r1.cold_start and first["cold"] and not r2.cold_start and not second["cold"]
+    await until(lambda: runtime.instance_count(s.name) == 0, timeout=5, message="idle instance stopped")
+    third, r3 = await call(runtime, s)
+    assert r3.cold_start and third["pid"] != first["pid"]
+    assert runtime.metrics.cold_starts.labels(s.name)._value.get() == 2
+
+
+async def test_queue_full_is_overloaded_at_once(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("sleep", max=1, concurrency=1, queue=1)
+    busy = asyncio.ensure_future(call(runtime, s, {"sleep": 1}))
+    queued = asyncio.ensure_future(call(runtime, s, {"sleep": 0}))
+    await until(lambda: runtime.inflight() == 2)
+    t = time.monotonic()
+    with pytest.raises(Overloaded):
+        await call(runtime, s, {"sleep": 0})
+    assert time.monotonic() - t < 0.5
+    await busy
+    await queued  # the queued one is served once the slot frees
+
+
+@pytest.mark.parametrize("settings", [Settings(queue_timeout=0.5)])
+async def test_queue_timeout_is_overloaded(runtime: Runtime, spec: SpecFactory, settings: Settings) -> None:
+    s = spec("sleep", max=1, concurrency=1)
+    busy = asyncio.ensure_future(call(runtime, s, {"sleep": 3}))
+    await until(lambda: runtime.inflight() == 1)
+    t = time.monotonic()
+    with pytest.raises(Overloaded, match=r"0\.5 s"):
+        await call(runtime, s, {"sleep": 0})
+    assert 0.4 < time.monotonic() - t < 2
+    assert runtime.inflight() == 1  # the timed-out waiter left the queue
+    busy.cancel()

