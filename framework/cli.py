@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from framework import __version__
 from framework.cron import next_fire
 from framework.errors import FaasError, ManifestError
-from framework.manifest import NAME_PATTERN, Manifest, State, add_function, load_manifest, set_state
+from framework.manifest import NAME_PATTERN, Manifest, State, load_manifest
+from framework.manifest_edit import add_function, set_state
 from framework.registry import Registry
 from framework.settings import Settings
 

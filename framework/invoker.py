@@ -30,7 +30,7 @@ def new_id() -> str:
 
 @dataclass(slots=True)
 class EventReply:
-    """The combined reply of DESIGN.md section 4. `results` holds each finished listener, in manifest order."""
+    """The combined reply of section 4: `results` holds each finished listener, in manifest order."""
 
     id: str | None
     event: str | None
@@ -47,7 +47,9 @@ class EventReply:
 
     @classmethod
     def bad_event(cls, event_id: str | None, event: str | None, message: str) -> EventReply:
-        return cls(event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message})
+        return cls(
+            event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,9 +57,14 @@ class EventReply:
             "event": self.event,
             "ok": self.ok,
             "results": [
-                {"function": spec.name, "uuid": spec.uuid, "ok": True,
-                 # The handler's JSON goes into the reply as it came from the instance: never re-encoded.
-                 "result": orjson.Fragment(res.result), "duration_ms": round(res.duration_ms, 3)}
+                {
+                    "function": spec.name,
+                    "uuid": spec.uuid,
+                    "ok": True,
+                    # The handler's JSON goes into the reply as it came from the instance: never re-encoded.
+                    "result": orjson.Fragment(res.result),
+                    "duration_ms": round(res.duration_ms, 3),
+                }
                 for spec, res in self.results
             ],
             "error": self.error,
@@ -75,8 +82,14 @@ class Invoker:
         self.registry = registry
         self.metrics = metrics
 
-    async def call(self, spec: FunctionSpec, payload: bytes, trigger: Trigger,
-                   event: str | None = None, invocation_id: str | None = None) -> InvokeResult:
+    async def call(
+        self,
+        spec: FunctionSpec,
+        payload: bytes,
+        trigger: Trigger,
+        event: str | None = None,
+        invocation_id: str | None = None,
+    ) -> InvokeResult:
         """Invoke `spec` once; raises the FaasError the invocation ended with."""
         inv = Invocation(invocation_id or new_id(), trigger, event, payload)
         started = time.perf_counter()
@@ -111,7 +124,9 @@ class Invoker:
         listeners = self.registry.listeners(event_type)
         if not listeners:
             return reply
-        tasks = {asyncio.create_task(self.call(spec, payload, "event", event_type)): spec for spec in listeners}
+        tasks = {
+            asyncio.create_task(self.call(spec, payload, "event", event_type)): spec for spec in listeners
+        }
         finished: dict[str, InvokeResult] = {}
         pending = set(tasks)
         try:

@@ -1,18 +1,13 @@
-"""`functions.yaml`: the models of DESIGN.md section 2, loading with positions, and round-trip edits.
+"""`functions.yaml`: the models of DESIGN.md section 2 and loading them with positions.
 
-Every error is reported as `functions.yaml:LINE:COL: message` (1-based), all of them at once. Edits
-(`set_state`, `add_function`) change only the lines they must, so comments and layout survive.
+Every error is reported as `functions.yaml:LINE:COL: message` (1-based), all of them at once. Handlers
+are import-checked by framework.handler_check; round-trip edits live in framework.manifest_edit.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +22,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework import cron
 from framework.errors import ManifestError
+from framework.handler_check import import_errors
 
 State = Literal["draft", "productive", "undeployed"]
 STATES: tuple[State, ...] = ("draft", "productive", "undeployed")
@@ -330,179 +326,3 @@ def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
     if errors.found:
         raise ManifestError(errors.lines())
     return Manifest(path=path, functions=tuple(specs))
-
-
-# ---- handler import check (one subprocess for all handlers) ----
-
-IMPORT_TIMEOUT = 30.0
-"""Seconds one import-check subprocess may run before its current handler is blamed."""
-
-_MARK = "@@faas-check@@ "
-_CHECK = f"""
-import importlib, json, os, sys
-sys.path.insert(0, os.getcwd())
-out, sys.stdout = sys.stdout, sys.stderr  # a module's prints must not mix with the report
-
-def check(handler, env):
-    os.environ.update(env)
-    module, _, attr = handler.partition(":")
-    try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except BaseException as exc:
-        return "does not import: %s: %s" % (type(exc).__name__, exc)
-    return None if callable(obj) else "is not callable"
-
-for line in sys.stdin:
-    handler, env = json.loads(line)
-    out.write({_MARK!r} + json.dumps([handler, check(handler, env)]) + "\\n")
-    out.flush()
-"""
-
-
-def import_errors(root: Path, handlers: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Import each `module:attr` handler (with its env) in a subprocess run in `root`.
-
-    Returns the problem of each handler that fails, e.g. `does not import: ModuleNotFoundError: ...`.
-    A handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
-    """
-    results: dict[str, str | None] = {}
-    pending = list(handlers)
-    while pending:
-        stdin = "".join(json.dumps([h, handlers[h]]) + "\n" for h in pending)
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHECK],
-                input=stdin,
-                capture_output=True,
-                text=True,
-                cwd=root,
-                timeout=IMPORT_TIMEOUT,
-            )
-            out, failure = proc.stdout, f"does not import: the import exited the process ({proc.returncode})"
-        except subprocess.TimeoutExpired as exc:
-            raw = exc.stdout or ""
-            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-            failure = f"does not import: the import did not finish within {IMPORT_TIMEOUT:g} s"
-        for line in out.splitlines():
-            if line.startswith(_MARK):
-                handler, problem = json.loads(line[len(_MARK) :])
-                results[handler] = problem
-        pending = [h for h in pending if h not in results]
-        if pending:
-            results[pending.pop(0)] = failure
-    return {h: p for h, p in results.items() if p is not None}
-
-
-# ---- round-trip edits: change only the lines that must change ----
-
-_SCALAR = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|[^\s#,\]}]+")
-
-
-def _find(doc: Any, name: str) -> CommentedMap:
-    items = doc.get("functions") if isinstance(doc, CommentedMap) else None
-    for item in items if isinstance(items, CommentedSeq) else ():
-        if isinstance(item, CommentedMap) and item.get("name") == name:
-            return item
-    raise LookupError(f"no function named {name!r} in the manifest")
-
-
-def _read(path: Path) -> tuple[list[str], Any]:
-    errors = _Errors(str(path))
-    doc = _parse(path, errors)
-    if errors.found:
-        raise ManifestError(errors.lines())
-    with path.open(encoding="utf-8", newline="") as f:  # keep \r\n line ends as they are
-        return f.read().splitlines(keepends=True), doc
-
-
-def _write(path: Path, lines: list[str], check: Any) -> None:
-    """Check the edited text parses to what we meant, then replace the file atomically (a node watches it)."""
-    text = "".join(lines)
-    if not check(_yaml().load(text)):
-        raise RuntimeError(f"could not edit {path} safely; edit it by hand")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
-
-
-def _eol(line: str) -> str:
-    return "\r\n" if line.endswith("\r\n") else "\n"
-
-
-def set_state(path: Path, name: str, state: State) -> None:
-    """Set function `name`'s `state:`, changing only that line (or inserting one after `handler:`).
-
-    Raises LookupError for an unknown name and ManifestError when the file is not valid YAML.
-    """
-    if state not in STATES:
-        raise ValueError(f"state must be one of {', '.join(STATES)}")
-    lines, doc = _read(path)
-    item = _find(doc, name)
-    own = item.lc.data  # key -> [key line, key col, value line, value col]; merged (`<<:`) keys are absent
-    if "state" in own and isinstance(item["state"], str) and own["state"][2] == own["state"][0]:
-        line, col = own["state"][2:]
-        match = _SCALAR.match(lines[line], col)
-        assert match is not None
-        lines[line] = lines[line][: match.start()] + state + lines[line][match.end() :]
-    elif "state" in own:  # an empty or odd value: rewrite the whole key line
-        line, col = own["state"][:2]
-        lines[line] = " " * col + f"state: {state}" + _eol(lines[line])
-    else:
-        anchor = "handler" if "handler" in own else next(iter(own))
-        line, col, value_line, _ = own[anchor]
-        if item.fa.flow_style():
-            lines[line] = lines[line][:col] + f"state: {state}, " + lines[line][col:]
-        else:
-            lines[value_line] += "" if lines[value_line].endswith("\n") else "\n"
-            lines.insert(value_line + 1, " " * col + f"state: {state}" + _eol(lines[value_line]))
-    _write(path, lines, lambda new: _find(new, name).get("state") == state)
-
-
-def add_function(path: Path, entry: dict[str, Any]) -> None:
-    """Append `entry` (a function's keys, in order) to `functions:`; the other lines stay byte-identical.
-
-    Lists in `entry` are written in flow style (`events: [a.b]`). Creates `functions:` when missing.
-    """
-    lines, doc = _read(path) if path.exists() else ([], None)
-    if doc is not None and not isinstance(doc, CommentedMap):
-        raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
-    body = CommentedMap()
-    for key, value in entry.items():
-        if isinstance(value, list):
-            value = CommentedSeq(value)
-            value.fa.set_flow_style()
-        body[key] = value
-    dumper = YAML(typ="rt")
-    dumper.indent(mapping=2, sequence=4, offset=2)
-    buf = io.StringIO()
-    dumper.dump(body, buf)
-    rendered = buf.getvalue().splitlines()
-    eol = _eol(lines[0]) if lines else "\n"
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += eol
-    items = doc.get("functions") if doc is not None else None
-    if doc is None or "functions" not in doc:
-        at, dash, content = len(lines), 2, 4
-        lines.append("functions:" + eol)
-        at += 1
-    elif isinstance(items, CommentedSeq) and items and not items.fa.flow_style():
-        line, content = items.lc.item(0)
-        dash = lines[line].rfind("-", 0, content)
-        later = list(doc)[list(doc).index("functions") + 1 :]
-        at = doc.lc.key(later[0])[0] if later else len(lines)
-        while later and at > 0 and (not lines[at - 1].strip() or lines[at - 1].startswith("#")):
-            at -= 1  # blank lines and comments just above the next key belong to it
-    elif not items:  # `functions:` or `functions: []`
-        line, col = doc.lc.key("functions")
-        dash, content, at = col + 2, col + 4, line + 1
-        lines[line] = re.sub(r":\s*\[\s*\]", ":", lines[line], count=1)
-    else:
-        raise ManifestError([f"{path}:1:1: cannot append to a flow-style functions list; use block style"])
-    block = [" " * dash + "-" + " " * (content - dash - 1) + rendered[0] + eol]
-    block += [" " * content + r + eol for r in rendered[1:]]
-    lines[at:at] = block
-    _write(path, lines, lambda new: _find(new, str(entry["name"])) is not None)

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class Metrics:
@@ -12,40 +28,78 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.invocations = Counter("faas_invocations", "Invocations by function, trigger and outcome.",
-                                   ["function", "trigger", "outcome"], registry=r)
-        self.duration = Histogram("faas_invocation_duration_seconds",
-                                  "Handler duration measured in the instance.", ["function", "trigger"],
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.cold_starts = Counter("faas_cold_starts", "Instances started on demand.", ["function"], registry=r)
-        self.cold_start_seconds = Histogram("faas_cold_start_seconds", "Time to start an instance.",
-                                            ["function"], buckets=DURATION_BUCKETS, registry=r)
+        self.invocations = Counter(
+            "faas_invocations",
+            "Invocations by function, trigger and outcome.",
+            ["function", "trigger", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "faas_invocation_duration_seconds",
+            "Handler duration measured in the instance.",
+            ["function", "trigger"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.cold_starts = Counter(
+            "faas_cold_starts", "Instances started on demand.", ["function"], registry=r
+        )
+        self.cold_start_seconds = Histogram(
+            "faas_cold_start_seconds",
+            "Time to start an instance.",
+            ["function"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.instances = Gauge("faas_instances", "Live instances per function.", ["function"], registry=r)
-        self.inflight = Gauge("faas_inflight_requests", "Requests in flight per function.", ["function"],
-                              registry=r)
-        self.queued = Gauge("faas_queued_requests", "Requests waiting for a free instance.", ["function"],
-                            registry=r)
-        self.instance_crashes = Counter("faas_instance_crashes", "Instances that died or were killed.",
-                                        ["function", "reason"], registry=r)
-        self.blocked_loop = Counter("faas_blocked_loop", "Times a handler blocked its instance's loop >100 ms.",
-                                    ["function"], registry=r)
-        self.warmups = Counter("faas_warmups", "Keep-warm invocations (apart from real ones).",
-                               ["function", "outcome"], registry=r)
-        self.events_consumed = Counter("faas_events_consumed", "Kafka records taken from the events topic.",
-                                       registry=r)
-        self.events_replied = Counter("faas_events_replied", "Combined replies acknowledged by the broker.",
-                                      ["ok"], registry=r)
-        self.events_deadlettered = Counter("faas_events_deadlettered", "Records copied to the dead-letter topic.",
-                                           registry=r)
-        self.consumer_lag = Gauge("faas_consumer_lag", "Records behind the partition end.", ["partition"],
-                                  registry=r)
-        self.schedule_runs = Counter("faas_schedule_runs", "Scheduled runs by function and outcome.",
-                                     ["function", "outcome"], registry=r)
-        self.schedule_skipped = Counter("faas_schedule_skipped",
-                                        "Ticks skipped: missed while down, or the previous run still going.",
-                                        ["function", "reason"], registry=r)
-        self.manifest_reloads = Counter("faas_manifest_reloads", "Manifest reloads by outcome.", ["outcome"],
-                                        registry=r)
+        self.inflight = Gauge(
+            "faas_inflight_requests", "Requests in flight per function.", ["function"], registry=r
+        )
+        self.queued = Gauge(
+            "faas_queued_requests", "Requests waiting for a free instance.", ["function"], registry=r
+        )
+        self.instance_crashes = Counter(
+            "faas_instance_crashes", "Instances that died or were killed.", ["function", "reason"], registry=r
+        )
+        self.blocked_loop = Counter(
+            "faas_blocked_loop",
+            "Times a handler blocked its instance's loop >100 ms.",
+            ["function"],
+            registry=r,
+        )
+        self.warmups = Counter(
+            "faas_warmups",
+            "Keep-warm invocations (apart from real ones).",
+            ["function", "outcome"],
+            registry=r,
+        )
+        self.events_consumed = Counter(
+            "faas_events_consumed", "Kafka records taken from the events topic.", registry=r
+        )
+        self.events_replied = Counter(
+            "faas_events_replied", "Combined replies acknowledged by the broker.", ["ok"], registry=r
+        )
+        self.events_deadlettered = Counter(
+            "faas_events_deadlettered", "Records copied to the dead-letter topic.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "faas_consumer_lag", "Records behind the partition end.", ["partition"], registry=r
+        )
+        self.schedule_runs = Counter(
+            "faas_schedule_runs",
+            "Scheduled runs by function and outcome.",
+            ["function", "outcome"],
+            registry=r,
+        )
+        self.schedule_skipped = Counter(
+            "faas_schedule_skipped",
+            "Ticks skipped: missed while down, or the previous run still going.",
+            ["function", "reason"],
+            registry=r,
+        )
+        self.manifest_reloads = Counter(
+            "faas_manifest_reloads", "Manifest reloads by outcome.", ["outcome"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -70,9 +70,12 @@ class Node:
             reasons.append("node is starting")
         if self.kafka_enabled:
             reasons.extend(self.kafka.not_ready() if self.kafka else ["kafka source not started"])
-        body: dict[str, Any] = {"ready": not reasons, "reasons": reasons,
-                                "functions": len(self.registry.functions),
-                                "manifest_errors": self.manifest_errors}
+        body: dict[str, Any] = {
+            "ready": not reasons,
+            "reasons": reasons,
+            "functions": len(self.registry.functions),
+            "manifest_errors": self.manifest_errors,
+        }
         return not reasons, body
 
     # ---- reload ----
@@ -88,8 +91,11 @@ class Node:
             self.scheduler.apply(registry)
         self.manifest_errors = []
         self.metrics.manifest_reloads.labels("ok").inc()
-        log.info("manifest reloaded: %d functions, %d productive", len(registry.functions),
-                 sum(f.productive for f in registry.functions))
+        log.info(
+            "manifest reloaded: %d functions, %d productive",
+            len(registry.functions),
+            sum(f.productive for f in registry.functions),
+        )
 
     def reject_manifest(self, errors: list[str]) -> None:
         self.manifest_errors = errors
@@ -130,30 +136,47 @@ class Node:
         self.scheduler = Scheduler(self.settings, self.invoker, self.metrics, bootstrap)
         self.scheduler.apply(self.registry)
         await self.scheduler.start()
-        config = uvicorn.Config(create_app(self), host=self.settings.http_host, port=self.settings.http_port,
-                                lifespan="off", log_config=None, access_log=False,
-                                timeout_graceful_shutdown=int(self.settings.shutdown_grace) or None)
+        config = uvicorn.Config(
+            create_app(self),
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(self.settings.shutdown_grace) or None,
+        )
         server = _EmbeddedServer(config)
         watcher = ManifestWatcher(self.settings.manifest, self.apply_manifest, self.reject_manifest)
         stop_watch = asyncio.Event()
-        tasks = [asyncio.create_task(server.serve(), name="http"),
-                 asyncio.create_task(watcher.run(stop_watch), name="watch")]
+        tasks = [
+            asyncio.create_task(server.serve(), name="http"),
+            asyncio.create_task(watcher.run(stop_watch), name="watch"),
+        ]
         self.started = True
-        log.info("serving %d functions on http://%s:%d (kafka: %s)", len(self.registry.functions),
-                 self.settings.http_host, self.settings.http_port, bootstrap or "off")
+        log.info(
+            "serving %d functions on http://%s:%d (kafka: %s)",
+            len(self.registry.functions),
+            self.settings.http_host,
+            self.settings.http_port,
+            bootstrap or "off",
+        )
         stop_wait = asyncio.create_task(self.should_exit.wait())
         await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         code = 0
         if not self.should_exit.is_set():  # a task ended on its own: that is a failure (e.g. port in use)
             for t in tasks:
                 if t.done() and (t.cancelled() or t.exception() or t.get_name() == "http"):
-                    log.error("%s stopped unexpectedly: %r", t.get_name(), None if t.cancelled() else t.exception())
+                    log.error(
+                        "%s stopped unexpectedly: %r", t.get_name(), None if t.cancelled() else t.exception()
+                    )
                     code = 1
         stop_wait.cancel()
         await self._shutdown(server, stop_watch, tasks)
         return code
 
-    async def _shutdown(self, server: uvicorn.Server, stop_watch: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _shutdown(
+        self, server: uvicorn.Server, stop_watch: asyncio.Event, tasks: list[asyncio.Task[Any]]
+    ) -> None:
         grace = self.settings.shutdown_grace
         self.started = False
         server.should_exit = True  # stop accepting; uvicorn waits for in-flight requests

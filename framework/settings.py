@@ -1,4 +1,4 @@
-"""Node settings (DESIGN.md section 7): environment variables with the `FAAS_` prefix, also read from `.env`."""
+"""Node settings: environment variables with the `FAAS_` prefix, also read from `.env`."""
 
 from __future__ import annotations
 

@@ -21,10 +21,14 @@ DEBOUNCE_MS = 150
 
 
 class ManifestWatcher:
-    """Calls `on_change(manifest, changed_modules)` after each valid edit, `on_error(lines)` after a bad one."""
+    """Calls `on_change(manifest, changed_modules)` after a valid edit, `on_error(lines)` after a bad one."""
 
-    def __init__(self, path: Path, on_change: Callable[[Manifest, set[Path]], None],
-                 on_error: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[Manifest, set[Path]], None],
+        on_error: Callable[[list[str]], None],
+    ) -> None:
         self.path = path.resolve()
         self.root = self.path.parent
         self.on_change = on_change
@@ -36,9 +40,15 @@ class ManifestWatcher:
     async def run(self, stop: asyncio.Event) -> None:
         from watchfiles import awatch
 
-        async for changes in awatch(self.root, stop_event=stop, debounce=DEBOUNCE_MS, step=50,
-                                    recursive=True, ignore_permission_denied=True):
-            paths = {Path(p).resolve() for _, p in changes}
+        async for changes in awatch(
+            self.root,
+            stop_event=stop,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            recursive=True,
+            ignore_permission_denied=True,
+        ):
+            paths = {Path(p) for _, p in changes}  # absolute: the watched root is resolved
             relevant = {p for p in paths if self._relevant(p)}
             if relevant:
                 await self.reload({p for p in relevant if p.suffix == ".py"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -27,8 +28,9 @@ Header = tuple[str, bytes]
 Record = tuple[bytes | None, bytes | None, list[Header]]
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
+) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -50,14 +52,21 @@ def write_project(root: Path, manifest: str, modules: dict[str, str] | None = No
     return root
 
 
-def run_cli(root: Path, *args: str, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    root: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m framework ARGS` in `root` with `FAAS_MANIFEST` pointing at its manifest."""
     e = os.environ.copy()
     e["FAAS_MANIFEST"] = str(root / "functions.yaml")
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "framework", *args], cwd=root, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "framework", *args],
+        cwd=root,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def new_id() -> str:
@@ -67,8 +76,14 @@ def new_id() -> str:
 class Node:
     """One `faas run` process on a free HTTP port, with topics of its own unless `tag` is shared."""
 
-    def __init__(self, root: Path, bootstrap: str | None, tag: str | None = None,
-                 env: dict[str, str] | None = None, kafka: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        bootstrap: str | None,
+        tag: str | None = None,
+        env: dict[str, str] | None = None,
+        kafka: bool = True,
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.tag = tag or uuid.uuid4().hex[:8]
@@ -76,26 +91,29 @@ class Node:
         self.replies = f"t.replies.{self.tag}"
         self.deadletter = f"t.dead.{self.tag}"
         full = os.environ.copy()
-        full.update({
-            "FAAS_MANIFEST": str(root / "functions.yaml"),
-            "FAAS_HTTP_HOST": "127.0.0.1",
-            "FAAS_HTTP_PORT": str(self.port),
-            "FAAS_EVENTS_TOPIC": self.events,
-            "FAAS_REPLIES_TOPIC": self.replies,
-            "FAAS_DEADLETTER_TOPIC": self.deadletter,
-            "FAAS_SCHEDULER_TOPIC": f"t.scheduler.{self.tag}",
-            "FAAS_KAFKA_GROUP_ID": f"t-{self.tag}",
-            "FAAS_LOG_FORMAT": "text",
-            "PYTHONUNBUFFERED": "1",
-        })
+        full.update(
+            {
+                "FAAS_MANIFEST": str(root / "functions.yaml"),
+                "FAAS_HTTP_HOST": "127.0.0.1",
+                "FAAS_HTTP_PORT": str(self.port),
+                "FAAS_EVENTS_TOPIC": self.events,
+                "FAAS_REPLIES_TOPIC": self.replies,
+                "FAAS_DEADLETTER_TOPIC": self.deadletter,
+                "FAAS_SCHEDULER_TOPIC": f"t.scheduler.{self.tag}",
+                "FAAS_KAFKA_GROUP_ID": f"t-{self.tag}",
+                "FAAS_LOG_FORMAT": "text",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if bootstrap:
             full["FAAS_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         full.update(env or {})
         self.log = LOGS / f"node-{self.tag}-{self.port}.log"
         args = [sys.executable, "-m", "framework", "run"] + ([] if kafka else ["--no-kafka"])
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(args, cwd=root, env=full, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, cwd=root, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def tail(self, n: int = 60) -> str:
@@ -128,18 +146,22 @@ class Node:
 
     def kill(self) -> None:
         """SIGKILL the whole process group, instances included, as a machine failure would."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait(10)
 
 
 # ---- Kafka as the other system ----
 
+
 def ce_headers(type_: str, id_: str, replyto: str | None = None) -> list[Header]:
-    h = [("ce_specversion", b"1.0"), ("ce_type", type_.encode()), ("ce_id", id_.encode()),
-         ("ce_source", b"tests"), ("content-type", b"application/json")]
+    h = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", type_.encode()),
+        ("ce_id", id_.encode()),
+        ("ce_source", b"tests"),
+        ("content-type", b"application/json"),
+    ]
     if replyto:
         h.append(("ce_replyto", replyto.encode()))
     return h
@@ -161,12 +183,18 @@ def produce(bootstrap: str, topic: str, records: list[Record]) -> None:
     asyncio.run(produce_async(bootstrap, topic, records))
 
 
-async def consume_async(bootstrap: str, topic: str, want: int, timeout: float,
-                        ids: set[str] | None = None) -> list[dict[str, Any]]:
+async def consume_async(
+    bootstrap: str, topic: str, want: int, timeout: float, ids: set[str] | None = None
+) -> list[dict[str, Any]]:
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"t-reader-{uuid.uuid4().hex[:8]}",
-                         auto_offset_reset="earliest", enable_auto_commit=False)
+    c = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"t-reader-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await c.start()
     out: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
@@ -180,8 +208,15 @@ async def consume_async(bootstrap: str, topic: str, want: int, timeout: float,
                         value = json.loads(m.value) if m.value else None
                     except ValueError:
                         value = m.value
-                    out.append({"key": m.key, "value": value, "partition": m.partition, "offset": m.offset,
-                                "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])}})
+                    out.append(
+                        {
+                            "key": m.key,
+                            "value": value,
+                            "partition": m.partition,
+                            "offset": m.offset,
+                            "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
+                        }
+                    )
                     if isinstance(value, dict):
                         pending.discard(str(value.get("id")))
     finally:
@@ -189,7 +224,8 @@ async def consume_async(bootstrap: str, topic: str, want: int, timeout: float,
     return out
 
 
-def consume(bootstrap: str, topic: str, want: int, timeout: float = 30,
-            ids: set[str] | None = None) -> list[dict[str, Any]]:
-    """Read `topic` from the start until `want` records, or every id in `ids` (the value's "id"), or timeout."""
+def consume(
+    bootstrap: str, topic: str, want: int, timeout: float = 30, ids: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Read `topic` from the start until `want` records, or every id in `ids` (by value "id"), or timeout."""
     return asyncio.run(consume_async(bootstrap, topic, want, timeout, ids))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from framework import manifest as manifest_module
+from framework import handler_check, manifest_edit
 from framework.errors import ManifestError
 from framework.manifest import FunctionSpec, ScheduleSpec, check_cron, load_manifest
 from tests.support import write_project
@@ -241,7 +241,7 @@ def test_handler_import_is_isolated_and_sees_its_env(tmp_path: Path) -> None:
 def test_a_hanging_import_is_blamed_after_the_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manifest_module, "IMPORT_TIMEOUT", 0.5)
+    monkeypatch.setattr(handler_check, "IMPORT_TIMEOUT", 0.5)
     modules = {**MODULES, "hang": "while True:\n    pass\n"}
     root = write_project(tmp_path, edit({5: "    handler: functions.hang:handle"}), modules)
     errors = errors_of(root)
@@ -302,7 +302,7 @@ def test_set_state_changes_only_the_value(tmp_path: Path) -> None:
     Result: each time only the state line differs, and its comment survives.
     """
     path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
-    manifest_module.set_state(path, "alpha", "productive")
+    manifest_edit.set_state(path, "alpha", "productive")
     after = path.read_text()
     assert changed(COMMENTED, after) == [
         (
@@ -310,14 +310,14 @@ def test_set_state_changes_only_the_value(tmp_path: Path) -> None:
             "    state: productive    # quoted, with a comment",
         )
     ]
-    manifest_module.set_state(path, "alpha", "undeployed")
+    manifest_edit.set_state(path, "alpha", "undeployed")
     assert "    state: undeployed    # quoted, with a comment" in path.read_text()
     assert load_manifest(path).functions[0].state == "undeployed"
 
 
 def test_set_state_inserts_a_missing_state_after_the_handler(tmp_path: Path) -> None:
     path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
-    manifest_module.set_state(path, "beta", "productive")
+    manifest_edit.set_state(path, "beta", "productive")
     lines = path.read_text().splitlines()
     assert lines[12:14] == ["    handler: functions.mod:handle", "    state: productive"]
     assert lines[:12] + lines[14:] == COMMENTED.splitlines()[:12] + COMMENTED.splitlines()[13:]
@@ -325,7 +325,7 @@ def test_set_state_inserts_a_missing_state_after_the_handler(tmp_path: Path) -> 
 
 def test_set_state_on_a_flow_style_entry(tmp_path: Path) -> None:
     path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
-    manifest_module.set_state(path, "gamma", "productive")
+    manifest_edit.set_state(path, "gamma", "productive")
     ((_, new),) = changed(COMMENTED, path.read_text())
     assert new == (
         "  - {name: gamma, uuid: 2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03, state: productive, "
@@ -338,7 +338,7 @@ def test_set_state_keeps_crlf_line_ends(tmp_path: Path) -> None:
     path = tmp_path / "functions.yaml"
     write_project(tmp_path, "", MODULES)
     path.write_bytes(COMMENTED.replace("\n", "\r\n").encode())
-    manifest_module.set_state(path, "beta", "draft")
+    manifest_edit.set_state(path, "beta", "draft")
     data = path.read_bytes()
     assert b"    state: draft\r\n" in data and data.count(b"\r\n") == data.count(b"\n")
 
@@ -346,7 +346,7 @@ def test_set_state_keeps_crlf_line_ends(tmp_path: Path) -> None:
 def test_set_state_with_a_merged_state_adds_its_own(tmp_path: Path) -> None:
     path = write_project(tmp_path, ANCHORED, MODULES) / "functions.yaml"
     assert load_manifest(path).functions[0].timeout == 5
-    manifest_module.set_state(path, "alpha", "productive")
+    manifest_edit.set_state(path, "alpha", "productive")
     lines = path.read_text().splitlines()
     assert lines[7] == "    state: productive" and lines[:7] + lines[8:] == ANCHORED.splitlines()
     assert load_manifest(path).functions[0].productive
@@ -355,9 +355,9 @@ def test_set_state_with_a_merged_state_adds_its_own(tmp_path: Path) -> None:
 def test_set_state_unknown_name_and_bad_state(tmp_path: Path) -> None:
     path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
     with pytest.raises(LookupError):
-        manifest_module.set_state(path, "nobody", "productive")
+        manifest_edit.set_state(path, "nobody", "productive")
     with pytest.raises(ValueError):
-        manifest_module.set_state(path, "alpha", "live")  # type: ignore[arg-type]
+        manifest_edit.set_state(path, "alpha", "live")  # type: ignore[arg-type]
     assert path.read_text() == COMMENTED
 
 
@@ -375,7 +375,7 @@ def test_add_function_before_the_next_top_level_key(tmp_path: Path) -> None:
     Result: the entry is inserted after gamma, every other line is unchanged, and it loads.
     """
     path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
-    manifest_module.add_function(path, ENTRY)
+    manifest_edit.add_function(path, ENTRY)
     lines = path.read_text().splitlines()
     block = [
         "  - name: delta",
@@ -404,7 +404,7 @@ def test_add_function_before_the_next_top_level_key(tmp_path: Path) -> None:
 def test_add_function_to_other_layouts(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "functions.yaml"
     path.write_text(text)
-    manifest_module.add_function(path, ENTRY)
+    manifest_edit.add_function(path, ENTRY)
     after = path.read_text()
     assert expected in after and after.startswith(text.split("[]")[0])
     assert load_manifest(path, check_handlers=False).functions[-1].name == "delta"

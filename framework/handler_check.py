@@ -1,0 +1,72 @@
+"""The handler import check: import every `module:attribute` handler in one subprocess.
+
+Run in the manifest's folder, so a broken module can neither crash nor pollute the calling process; a
+handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+IMPORT_TIMEOUT = 30.0
+"""Seconds one import-check subprocess may run before its current handler is blamed."""
+
+_MARK = "@@faas-check@@ "
+_CHECK = f"""
+import importlib, json, os, sys
+sys.path.insert(0, os.getcwd())
+out, sys.stdout = sys.stdout, sys.stderr  # a module's prints must not mix with the report
+
+def check(handler, env):
+    os.environ.update(env)
+    module, _, attr = handler.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except BaseException as exc:
+        return "does not import: %s: %s" % (type(exc).__name__, exc)
+    return None if callable(obj) else "is not callable"
+
+for line in sys.stdin:
+    handler, env = json.loads(line)
+    out.write({_MARK!r} + json.dumps([handler, check(handler, env)]) + "\\n")
+    out.flush()
+"""
+
+
+def import_errors(root: Path, handlers: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Import each `module:attr` handler (with its env) in a subprocess run in `root`.
+
+    Returns the problem of each handler that fails, e.g. `does not import: ModuleNotFoundError: ...`.
+    A handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
+    """
+    results: dict[str, str | None] = {}
+    pending = list(handlers)
+    while pending:
+        stdin = "".join(json.dumps([h, handlers[h]]) + "\n" for h in pending)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHECK],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                cwd=root,
+                timeout=IMPORT_TIMEOUT,
+            )
+            out, failure = proc.stdout, f"does not import: the import exited the process ({proc.returncode})"
+        except subprocess.TimeoutExpired as exc:
+            raw = exc.stdout or ""
+            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            failure = f"does not import: the import did not finish within {IMPORT_TIMEOUT:g} s"
+        for line in out.splitlines():
+            if line.startswith(_MARK):
+                handler, problem = json.loads(line[len(_MARK) :])
+                results[handler] = problem
+        pending = [h for h in pending if h not in results]
+        if pending:
+            results[pending.pop(0)] = failure
+    return {h: p for h, p in results.items() if p is not None}
