@@ -70,6 +70,8 @@ class Node:
             reasons.append("node is starting")
         if self.kafka_enabled:
             reasons.extend(self.kafka.not_ready() if self.kafka else ["kafka source not started"])
+            # The schedule leader is elected through a consumer group too: joined means ready to fire.
+            reasons.extend(self.scheduler.not_ready() if self.scheduler else [])
         body: dict[str, Any] = {
             "ready": not reasons,
             "reasons": reasons,

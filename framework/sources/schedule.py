@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -92,7 +92,7 @@ class Entry:
     """The next tick while the function is productive, else None."""
     task: asyncio.Task[None] | None = None
     last: dict[str, Any] | None = None
-    _ticks: Any = field(default=None, repr=False)
+    _ticks: Iterator[datetime] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return f"{self.spec.name}[{self.index}] {self.cron.expression!r} ({self.cron.timezone})"
