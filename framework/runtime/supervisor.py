@@ -209,7 +209,7 @@ class Instance:
             self.on_gone(self)
 
     def _late(self) -> None:
-        """Kill the instance if its oldest request passed its time limit + GRACE unanswered (the loop is stuck)."""
+        """Kill the instance if its oldest request is GRACE past its time limit, unanswered (loop stuck)."""
         self._sweeper = None
         first = next(iter(self._pending.values()), None)
         if self.dead or first is None:

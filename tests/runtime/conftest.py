@@ -135,7 +135,7 @@ async def call(rt: Runtime, spec: FunctionSpec, payload: object = None) -> tuple
     return orjson.loads(res.result), res
 
 
-async def until(condition: Callable[[], object], timeout: float = 10, message: str = "condition") -> Any:  # noqa: ASYNC109
+async def until(condition: Callable[[], object], timeout: float = 10, message: str = "condition") -> Any:
     """Async twin of `tests.support.wait_for`: poll without blocking the loop the runtime runs on."""
     deadline = time.monotonic() + timeout
     while True:

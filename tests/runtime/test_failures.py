@@ -27,10 +27,10 @@ async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFac
 
 async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("block", timeout=1, max=1)
+    await call(runtime, s, {"block": 0})  # started: the timeline below begins when the request is sent
+    [pid] = runtime.instance_pids(s.name)
     t = time.monotonic()
     blocked = asyncio.ensure_future(call(runtime, s, {"block": 8}))
-    await until(lambda: runtime.instance_pids(s.name))
-    [pid] = runtime.instance_pids(s.name)
     # Timeline, not a wait: the node kills at limit + 1 s grace; a request sent inside that window is not
     # past its own limit then, so it is answered InstanceCrashed rather than Timeout.
     await asyncio.sleep(max(0.0, t + 1.3 - time.monotonic()))
@@ -42,7 +42,7 @@ async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) 
         await other
     await until(lambda: not _alive(pid), message="blocked instance killed")
     value, res = await call(runtime, s, {"block": 0})
-    assert value == "unblocked" and res.cold_start
+    assert value == "unblocked" and res.cold_start and runtime.instance_pids(s.name) != [pid]
     assert runtime.metrics.instance_crashes.labels(s.name, "blocked")._value.get() == 1
 
 
