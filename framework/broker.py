@@ -75,8 +75,16 @@ class EmbeddedBroker:
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.bootstrap} is already in use; set FAAS_EMBEDDED_BROKER_PORT")
         url = f"tcp://{self.bootstrap}"
-        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
+        cmd = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         with self.log_path.open("wb") as log:
             # Own process group: a Ctrl-C in the terminal reaches the node, which then stops the broker last.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
