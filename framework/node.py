@@ -148,7 +148,9 @@ class Node:
             timeout_graceful_shutdown=int(self.settings.shutdown_grace) or None,
         )
         server = _EmbeddedServer(config)
-        watcher = ManifestWatcher(self.settings.manifest, self.apply_manifest, self.reject_manifest)
+        watcher = ManifestWatcher(
+            self.settings.manifest, self.registry.manifest, self.apply_manifest, self.reject_manifest
+        )
         stop_watch = asyncio.Event()
         tasks = [
             asyncio.create_task(server.serve(), name="http"),

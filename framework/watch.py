@@ -1,7 +1,9 @@
-"""Manifest hot reload: watch `functions.yaml` and the modules under its folder, validate, swap.
+"""Manifest hot reload: watch `functions.yaml` and the handler packages it names, validate, swap.
 
-watchfiles (inotify on Linux) reports changes; an edit is applied only when it passes everything
-`faas validate` checks, handlers importing included. A rejected edit leaves the last good manifest serving.
+watchfiles (inotify on Linux) reports changes. Only the manifest's folder (not recursively: a project
+folder may hold a `.venv` of thousands of folders) and the top-level packages of the handlers are
+watched. An edit is applied only when it passes everything `faas validate` checks, handlers importing
+included; a rejected edit leaves the last good manifest serving.
 """
 
 from __future__ import annotations
@@ -20,38 +22,67 @@ DEBOUNCE_MS = 150
 """watchfiles groups changes within this window; a deploy is served well within the contract's 2 s."""
 
 
+def handler_packages(manifest: Manifest) -> set[Path]:
+    """Folders of the handlers' top-level packages (a module beside the manifest needs none)."""
+    out: set[Path] = set()
+    for spec in manifest.functions:
+        top = spec.handler.partition(":")[0].split(".")[0]
+        folder = (spec.root / top).resolve()
+        if folder.is_dir():
+            out.add(folder)
+    return out
+
+
 class ManifestWatcher:
     """Calls `on_change(manifest, changed_modules)` after a valid edit, `on_error(lines)` after a bad one."""
 
     def __init__(
         self,
         path: Path,
+        manifest: Manifest,
         on_change: Callable[[Manifest, set[Path]], None],
         on_error: Callable[[list[str]], None],
     ) -> None:
         self.path = path.resolve()
-        self.root = self.path.parent
         self.on_change = on_change
         self.on_error = on_error
-
-    def _relevant(self, path: Path) -> bool:
-        return path == self.path or (path.suffix == ".py" and ".venv" not in path.parts)
+        self.packages = handler_packages(manifest)
+        self._packages_changed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(self._watch_manifest(stop), self._watch_packages(stop))
+
+    async def _watch_manifest(self, stop: asyncio.Event) -> None:
         from watchfiles import awatch
 
         async for changes in awatch(
-            self.root,
-            stop_event=stop,
-            debounce=DEBOUNCE_MS,
-            step=50,
-            recursive=True,
-            ignore_permission_denied=True,
+            self.path.parent, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=False
         ):
-            paths = {Path(p) for _, p in changes}  # absolute: the watched root is resolved
-            relevant = {p for p in paths if self._relevant(p)}
-            if relevant:
-                await self.reload({p for p in relevant if p.suffix == ".py"})
+            paths = {Path(p) for _, p in changes}  # absolute: the watched folder is resolved
+            modules = {p for p in paths if p.suffix == ".py"}
+            if self.path in paths or modules:
+                await self.reload(modules)
+
+    async def _watch_packages(self, stop: asyncio.Event) -> None:
+        from watchfiles import awatch
+
+        while not stop.is_set():
+            if not self.packages:
+                await _first(stop, self._packages_changed)
+                self._packages_changed.clear()
+                continue
+            either = asyncio.Event()  # restart the watch when a reload names other packages
+            relay = asyncio.create_task(_relay(either, stop, self._packages_changed))
+            try:
+                async for changes in awatch(
+                    *self.packages, stop_event=either, debounce=DEBOUNCE_MS, step=50, recursive=True
+                ):
+                    modules = {Path(p) for _, p in changes if p.endswith(".py")}
+                    if modules:
+                        await self.reload(modules)
+            finally:
+                relay.cancel()
+            self._packages_changed.clear()
 
     async def reload(self, changed_modules: set[Path] | None = None) -> None:
         try:
@@ -65,4 +96,22 @@ class ManifestWatcher:
             log.error("manifest not readable, still serving the last good one: %s", exc)
             self.on_error([f"{self.path.name}: {exc}"])
             return
+        packages = handler_packages(manifest)
+        if packages != self.packages:
+            self.packages = packages
+            self._packages_changed.set()
         self.on_change(manifest, changed_modules or set())
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _relay(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    await _first(*sources)
+    target.set()
