@@ -55,3 +55,4 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     # aiokafka logs every lost connection at ERROR with a traceback; our own code reports outages.
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected" on every edit

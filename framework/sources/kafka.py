@@ -98,21 +98,16 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def stop(self, grace: float) -> None:
         """Stop fetching, give in-flight events up to `grace` seconds to be answered, commit, close."""
         self._stopping = True
-        supervisor = self._tasks[0]
-        with contextlib.suppress(TimeoutError):  # the poll loop sees the flag within its fetch timeout
-            await asyncio.wait_for(asyncio.shield(supervisor), 2)
+        if self._tasks:  # the poll loop sees the flag within its fetch timeout
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        dropped = self.runner.drop_queued()
-        held = self.runner.held()
-        if held:
-            log.info(
-                "draining %d in-flight events (up to %.0f s); %d not started are left to the group",
-                held,
-                grace,
-                dropped,
-            )
+        # Queued records are run too, not dropped: a dropped one would hold the commit point below records
+        # of other keys that did finish, and the next owner would answer those twice.
+        if self.runner.size:
+            log.info("draining %d taken events (up to %.0f s)", self.runner.size, grace)
         if not await self.runner.drain(None, grace):
             log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
         await self._commit(None)
@@ -278,12 +273,12 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- rebalance (ConsumerRebalanceListener) ----
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Before a rebalance: stop taking records of `revoked`, let their running events finish
-        (REVOKE_WAIT at most), commit what is done, so the next owner redoes nothing."""
+        """Before a rebalance: no records are fetched now; let those taken from `revoked` finish
+        (REVOKE_WAIT at most, then cancel), commit what is done, so the next owner redoes nothing."""
         tps = list(revoked)
         if not tps:
             return
-        self.runner.drop_queued(tps)
+        # Queued records of these partitions run too (see `stop`), within the same bound.
         if not await self.runner.drain(tps, REVOKE_WAIT):
             log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
         await self._commit(tps)

@@ -1,116 +1,31 @@
-"""Unit tests of the HTTP app (DESIGN.md section 5), in-process: the real Invoker over a fake runtime."""
+"""Unit tests of the HTTP app (DESIGN.md section 5), in-process: invocation, listings and HTTP events."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httpx
 import orjson
 import pytest
-from openapi_spec_validator import validate
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Message
 
-from framework.errors import FaasError, FunctionError, InstanceCrashed, Overloaded, Timeout
-from framework.invoker import Invoker
-from framework.manifest import FunctionSpec, Manifest, ScheduleSpec
-from framework.metrics import Metrics
-from framework.registry import Registry
-from framework.settings import Settings
 from framework.sources.http import create_app
-from framework.sources.http_auth import BearerAuth
-from framework.types import Invocation, InvokeResult
+from tests.sources.http_fakes import (
+    DRAFT,
+    ECHO,
+    FAILING,
+    LIMIT,
+    UNKNOWN,
+    UUIDS,
+    FakeNode,
+    FakeScheduler,
+    client_for,
+    err,
+)
 
 if TYPE_CHECKING:
     from framework.node import Node
-
-ECHO = "aaaaaaaa-0000-4000-8000-000000000001"
-BOOM = "aaaaaaaa-0000-4000-8000-000000000002"
-DRAFT = "aaaaaaaa-0000-4000-8000-000000000003"
-UNKNOWN = "aaaaaaaa-0000-4000-8000-0000000000ff"
-FAILING: dict[str, FaasError] = {
-    "boom": FunctionError("ValueError: kaboom"),
-    "busy": Overloaded("queue full"),
-    "crash": InstanceCrashed("instance died"),
-    "late": Timeout("past 1 s"),
-}
-UUIDS = {name: f"bbbbbbbb-0000-4000-8000-00000000000{i}" for i, name in enumerate(FAILING)}
-LIMIT = 1024
-
-
-class FakeRuntime:
-    """Answers `echo` with `{"echo": <payload as sent>}`, the names in FAILING with their error."""
-
-    def __init__(self) -> None:
-        self.payloads: list[bytes] = []
-        self.bug: Exception | None = None
-
-    async def invoke(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
-        self.payloads.append(inv.payload)
-        if self.bug is not None:
-            raise self.bug
-        if spec.name in FAILING:
-            raise FAILING[spec.name]
-        # Splice the payload: a re-encoding anywhere on the way would show in the bytes.
-        return InvokeResult(inv.invocation_id, b'{"echo":' + inv.payload + b"}", 1.23456, True, "i-1")
-
-    def instance_count(self, name: str) -> int:
-        return 2 if name == "echo" else 0
-
-
-class FakeScheduler:
-    def status(self, name: str) -> list[dict[str, Any]]:
-        entry = {
-            "cron": "* * * * *",
-            "timezone": "UTC",
-            "payload": None,
-            "next_fire": "2030-01-01T00:00:00Z",
-            "last": None,
-        }
-        return [entry] if name == "echo" else []
-
-
-class FakeNode:
-    """What the HTTP source reads of a Node."""
-
-    def __init__(self, keys: str = "", scheduler: FakeScheduler | None = None) -> None:
-        specs = [
-            FunctionSpec(
-                name="echo",
-                uuid=ECHO,
-                handler="f:h",
-                state="productive",
-                events=("ping",),
-                schedules=(ScheduleSpec(cron="* * * * *"),),
-            ),
-            FunctionSpec(name="drafty", uuid=DRAFT, handler="f:h", events=("ping",)),
-            *(
-                FunctionSpec(name=n, uuid=UUIDS[n], handler="f:h", state="productive", events=(f"fail.{n}",))
-                for n in FAILING
-            ),
-        ]
-        self.settings = Settings(api_keys=keys, max_payload_bytes=LIMIT)
-        self.metrics = Metrics()
-        self.runtime = FakeRuntime()
-        registry = Registry(Manifest(path=Path("functions.yaml"), functions=tuple(specs)))
-        self.invoker = Invoker(cast(Any, self.runtime), registry, self.metrics)
-        self.scheduler = scheduler
-        self.ready = True
-
-    @property
-    def registry(self) -> Registry:
-        return self.invoker.registry
-
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        return self.ready, {
-            "ready": self.ready,
-            "reasons": [] if self.ready else ["kafka"],
-            "functions": 6,
-            "manifest_errors": ["functions.yaml:3:5: bad"],
-        }
 
 
 @pytest.fixture
@@ -118,19 +33,10 @@ def fake() -> FakeNode:
     return FakeNode()
 
 
-def client_for(node: FakeNode) -> httpx.AsyncClient:
-    app = create_app(cast("Node", node))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node")
-
-
 @pytest.fixture
 async def client(fake: FakeNode) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(fake) as c:
         yield c
-
-
-def err(r: httpx.Response) -> str:
-    return str(r.json()["error"]["type"])
 
 
 # ---- POST /functions/{uuid}/invoke ----
@@ -327,110 +233,3 @@ async def test_event_bad_body(client: httpx.AsyncClient, fake: FakeNode) -> None
     r = await client.post("/events/ping", content=b"1" * (LIMIT + 1))
     assert r.status_code == 413 and err(r) == "PayloadTooLarge"
     assert fake.runtime.payloads == []
-
-
-# ---- auth ----
-
-
-@pytest.fixture
-async def keyed() -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(FakeNode(keys=" k-one , k-two")) as c:
-        yield c
-
-
-@pytest.mark.parametrize("header", [None, "Bearer nope", "Bearer", "Basic k-one", "Bearer k-one-x", "k-one"])
-async def test_auth_refuses(keyed: httpx.AsyncClient, header: str | None) -> None:
-    headers = {"Authorization": header} if header else {}
-    for method, path in [
-        ("POST", f"/functions/{ECHO}/invoke"),
-        ("GET", "/functions"),
-        ("GET", f"/functions/{ECHO}"),
-        ("GET", "/events/ping/listeners"),
-        ("POST", "/events/ping"),
-    ]:
-        r = await keyed.request(method, path, headers=headers, json={})
-        assert r.status_code == 401 and err(r) == "Unauthorized", (method, path)
-        assert r.headers["www-authenticate"] == "Bearer"
-
-
-async def test_auth_accepts_each_key(keyed: httpx.AsyncClient) -> None:
-    for key in ("k-one", "k-two"):
-        r = await keyed.post(f"/functions/{ECHO}/invoke", json={}, headers={"Authorization": f"bearer {key}"})
-        assert r.status_code == 200
-
-
-async def test_auth_comes_first(keyed: httpx.AsyncClient) -> None:
-    """401 before 404, 413 and 400."""
-    for uuid, body in [(UNKNOWN, b"{}"), (ECHO, b"1" * (LIMIT + 1)), (ECHO, b"{")]:
-        assert (await keyed.post(f"/functions/{uuid}/invoke", content=body)).status_code == 401
-
-
-async def test_open_routes_need_no_key(keyed: httpx.AsyncClient) -> None:
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
-        assert (await keyed.get(path)).status_code == 200, path
-
-
-def test_auth_matches_exact_bytes() -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError
-
-    auth = BearerAuth(app, ["k"])
-    assert auth.matches(b"k") and not auth.matches(b"") and not auth.matches(b"K") and not auth.matches(b"kk")
-
-
-# ---- operations ----
-
-
-async def test_healthz(client: httpx.AsyncClient) -> None:
-    r = await client.get("/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
-
-
-async def test_readyz(client: httpx.AsyncClient, fake: FakeNode) -> None:
-    r = await client.get("/readyz")
-    assert r.status_code == 200 and r.json()["manifest_errors"] == ["functions.yaml:3:5: bad"]
-    fake.ready = False
-    r = await client.get("/readyz")
-    assert r.status_code == 503 and r.json()["reasons"] == ["kafka"]
-
-
-async def test_metrics(client: httpx.AsyncClient) -> None:
-    await client.post(f"/functions/{ECHO}/invoke", json={})
-    r = await client.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"] == CONTENT_TYPE_LATEST
-    assert 'faas_invocations_total{function="echo",outcome="ok",trigger="direct"} 1.0' in r.text
-
-
-@pytest.mark.parametrize("keys", ["", "k"])
-async def test_openapi_validates(keys: str) -> None:
-    async with client_for(FakeNode(keys=keys)) as c:
-        spec = (await c.get("/openapi.json")).json()
-    validate(spec)
-    assert spec["openapi"].startswith("3")
-    assert set(spec["paths"]) == {
-        "/functions/{uuid}/invoke",
-        "/functions",
-        "/functions/{uuid}",
-        "/events/{type}/listeners",
-        "/events/{type}",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-    }
-    invoke = spec["paths"]["/functions/{uuid}/invoke"]["post"]
-    expected = {"200", "400", "404", "413", "429", "500", "502", "504"} | ({"401"} if keys else set())
-    assert set(invoke["responses"]) == expected
-    assert ("security" in invoke) == bool(keys)
-
-
-async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
-    r = await client.get("/nowhere")
-    assert r.status_code == 404 and err(r) == "NotFound"
-    r = await client.get(f"/functions/{ECHO}/invoke")
-    assert r.status_code == 405 and err(r) == "MethodNotAllowed" and "POST" in r.headers["allow"]
-
-
-async def test_concurrent_invocations(client: httpx.AsyncClient) -> None:
-    rs = await asyncio.gather(*(client.post(f"/functions/{ECHO}/invoke", json=i) for i in range(50)))
-    assert sorted(r.json()["result"]["echo"] for r in rs) == list(range(50))

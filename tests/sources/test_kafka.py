@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -18,7 +19,10 @@ from aiokafka import AIOKafkaConsumer
 
 from framework.broker import EmbeddedBroker, free_port
 from framework.client import EventClient
-from tests.support import Header, Node, Record, ce_headers, consume, new_id, produce, run_cli, write_project
+from framework.metrics import Metrics
+from framework.settings import Settings
+from framework.sources.kafka import KafkaSource
+from tests.support import Header, Node, Record, ce_headers, new_id, produce, run_cli, write_project
 
 MANIFEST = """
 functions:
@@ -106,6 +110,13 @@ def reply_to(broker: EmbeddedBroker, topic: str, eid: str, timeout: float = 20) 
     replies = by_id(consume(broker.bootstrap, topic, 100_000, timeout=timeout, ids={eid}))
     assert eid in replies, f"no reply to {eid} on {topic}"
     return replies[eid]
+
+
+def test_not_ready_until_the_group_is_joined() -> None:
+    source = KafkaSource(Settings(), cast(Any, None), Metrics(), "127.0.0.1:1")
+    assert source.not_ready() == ["kafka: joining consumer group"]
+    source.joined = True
+    assert source.not_ready() == []
 
 
 def test_fan_out_combines_productive_listeners_in_manifest_order(node: Node, broker: EmbeddedBroker) -> None:
@@ -198,24 +209,57 @@ def bad_records() -> list[tuple[str | None, Record]]:
     ]
 
 
-async def consume_raw(bootstrap: str, topic: str, want: int, wait: float) -> list[Any]:
+async def consume_raw(
+    bootstrap: str, topic: str, want: int, wait: float, ids: set[str] | None = None
+) -> list[Any]:
+    """Read `topic` from the start until `want` records or every id in `ids` (the value's "id").
+
+    No consumer group (so no 3-5 s join on Tansu): the reader is assigned every partition at once.
+    """
     c = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"t-raw-{new_id()[:8]}",
+        group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_partition_fetch_bytes=8_000_000,
+        metadata_max_age_ms=500,
     )
     await c.start()
     out: list[Any] = []
+    pending = set(ids or ())
     deadline = time.monotonic() + wait
     try:
-        while len(out) < want and time.monotonic() < deadline:
+        while len(out) < want and time.monotonic() < deadline and not (ids and not pending):
             for msgs in (await c.getmany(timeout_ms=300)).values():
                 out.extend(msgs)
+                for m in msgs:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        pending.discard(orjson.loads(m.value).get("id"))
     finally:
         await c.stop()
+    return out
+
+
+def consume(
+    bootstrap: str, topic: str, want: int, timeout: float = 30, ids: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Like tests.support.consume (same record dicts), without a consumer group."""
+    out = []
+    for m in asyncio.run(consume_raw(bootstrap, topic, want, timeout, ids)):
+        try:
+            value = json.loads(m.value) if m.value else None
+        except ValueError:
+            value = m.value
+        out.append(
+            {
+                "key": m.key,
+                "value": value,
+                "partition": m.partition,
+                "offset": m.offset,
+                "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
+            }
+        )
     return out
 
 
