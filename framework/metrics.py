@@ -36,7 +36,7 @@ class Metrics:
         )
         self.duration = Histogram(
             "faas_invocation_duration_seconds",
-            "Handler duration measured in the instance.",
+            "Invocation time seen by the node: queueing and cold starts included.",
             ["function", "trigger"],
             buckets=DURATION_BUCKETS,
             registry=r,
