@@ -64,7 +64,13 @@ def table(meta: dict[str, Any], cases: list[Series]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append("baselines: " + "; ".join(sorted({f"{s.unit}: {s.baseline_name}" for s in cases})))
+    lines.append("baselines (same run, same machine):")
+    legend: dict[str, list[str]] = {}
+    for s in cases:
+        prefix = " ".join(s.case.split()[:2])
+        if prefix not in legend.setdefault(s.baseline_name, []):
+            legend[s.baseline_name].append(prefix)
+    lines += [f"  {', '.join(prefixes)}: {name}" for name, prefixes in legend.items()]
     for s in cases:
         d = s.to_dict()
         if d["error"]:

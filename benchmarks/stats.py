@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import traceback
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         raise ValueError("percentile of no values")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

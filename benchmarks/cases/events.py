@@ -30,9 +30,8 @@ async def _start_client(env: Env, target: str) -> EventClient:
     return client
 
 
-async def _latencies(
-    client: EventClient, event_type: str, rate: float, seconds: float
-) -> tuple[float, float]:
+async def _latencies(env: Env, client: EventClient, event_type: str, rate: float) -> tuple[float, float]:
+    seconds = min(env.profile.event_latency_seconds, env.profile.event_latency_max / rate)
     lat = await client.latency(event_type, rate, seconds)
     return percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3
 
@@ -78,9 +77,7 @@ async def run(env: Env) -> list[Series]:
         for _ in range(p.repeats):
             if relay is not None and tput[1].baseline_samples:
                 rate = statistics.median(tput[1].baseline_samples) / 2
-                b2 = await baseline(
-                    every, partial(_latencies, relay, "bench.e1", rate, p.event_latency_seconds)
-                )
+                b2 = await baseline(every, partial(_latencies, env, relay, "bench.e1", rate))
                 for n in EVENT_TYPES:
                     lat[n][0].extra["baseline_rate"] = round(rate, 1)
                     if b2 is not None:
@@ -91,9 +88,7 @@ async def run(env: Env) -> list[Series]:
                     continue
                 rate = statistics.median(tput[n].samples) / 2
                 lat[n][0].extra["rate"] = round(rate, 1)
-                r2 = await guarded(
-                    list(lat[n]), partial(_latencies, node, event_type, rate, p.event_latency_seconds)
-                )
+                r2 = await guarded(list(lat[n]), partial(_latencies, env, node, event_type, rate))
                 if r2 is not None:
                     lat[n][0].samples.append(r2[0])
                     lat[n][1].samples.append(r2[1])

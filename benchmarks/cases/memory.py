@@ -48,7 +48,8 @@ async def _instance(env: Env) -> tuple[int, dict[str, object]]:
         raise RuntimeError("no new process under the node after invoking a function that never ran")
     inst = max(new, key=lambda p: p.create_time())
     others = {p.name(): round(p.memory_full_info().uss / MB, 1) for p in before.values()}
-    return inst.pid, {"instance_cmdline": " ".join(inst.cmdline())[:120], "other_children_uss_mb": others}
+    # Forked from the template, an instance shows the template's command line; its parent tells them apart.
+    return inst.pid, {"instance_parent_pid": inst.ppid(), "node_children_before_uss_mb": others}
 
 
 async def _bare_interpreter() -> tuple[float, float]:

@@ -1,0 +1,62 @@
+"""The benchmark suite runs end to end (`python -m benchmarks --quick`) and writes a well-formed JSON.
+
+It checks the harness, not the figures: every case is measured against its baseline and nothing failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.stats import Series, percentile
+
+REPO = Path(__file__).resolve().parent.parent
+GROUPS = [
+    "memory node RSS", "memory node USS", "memory idle instance RSS", "memory idle instance USS",
+    "direct invoke c=1 throughput", "direct invoke c=64 p99", "batching", "cold start trivial p50",
+    "cold start heavy p99", "events 1 listener", "events 3 listener", "events 8 listener",
+    "warm invoke c=1 p50", "warm invoke c=64",
+]  # fmt: skip
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_series_reports_median_ratio_and_failures() -> None:
+    s = Series("c", "ms", "lower", "base", samples=[1.0, 3.0, 2.0], baseline_samples=[1.0, 1.0, 1.0])
+    assert (s.figure, s.baseline, s.ratio) == (2.0, 1.0, 2.0)
+    s.fail("boom")
+    d = s.to_dict()
+    assert d["status"] == "failed" and d["error"] == "boom" and d["figure"] is None and d["baseline"] == 1.0
+
+
+@pytest.mark.timeout(170)
+def test_quick_suite_writes_well_formed_json(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=160,
+    )  # fmt: skip
+    assert out.exists(), f"no JSON written (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    assert {"date", "cpu", "cores", "python", "loadgen"} <= data["meta"].keys()
+    cases = data["cases"]
+    for group in GROUPS:
+        assert any(c["case"].startswith(group) for c in cases), f"no case {group!r}"
+    for c in cases:
+        assert {"case", "figure", "baseline", "ratio", "unit", "status", "error"} <= c.keys(), c
+    failed = [f"{c['case']}: {c['error']}" for c in cases if c["status"] != "ok"]
+    assert not failed, "\n".join(failed) + f"\n{proc.stdout[-3000:]}"
+    for c in cases:
+        assert all(isinstance(c[k], (int, float)) for k in ("figure", "baseline", "ratio")), c
+        assert c["figure"] > 0 and c["baseline"] > 0, c
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "case" in proc.stdout and "ratio" in proc.stdout  # the table was printed
