@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from framework.kafka_config import ensure_topics, security_options, start_producer
 from framework.settings import Settings
@@ -72,8 +73,14 @@ class EventClient:
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     async def start(self) -> EventClient:
-        """Create the reply topic if missing, position a reader at its end, start the producer."""
-        await ensure_topics(self.bootstrap, [self.reply_topic], 1, self.options)
+        """Create the reply topic if missing, position a reader at its end, start the producer.
+
+        Raises ConnectionError when the broker cannot be reached.
+        """
+        try:
+            await ensure_topics(self.bootstrap, [self.reply_topic], 1, self.options)
+        except KafkaConnectionError as exc:
+            raise ConnectionError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
         consumer = AIOKafkaConsumer(
             self.reply_topic,
             bootstrap_servers=self.bootstrap,
@@ -123,7 +130,7 @@ class EventClient:
         payload: Any = None,
         *,
         key: bytes | None = None,
-        timeout: float = 30,  # noqa: ASYNC109 - the documented signature; applied with asyncio.timeout
+        timeout: float = 30,
         id: str | None = None,
     ) -> dict[str, Any]:
         """Produce one event (payload encoded as JSON) and return its combined reply as a dict.

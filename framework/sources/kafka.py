@@ -70,6 +70,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = False
         self.failure: str | None = None
         self._stopping = False
+        self._reread = False
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -289,6 +290,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True
+        if self._reread and self.consumer is not None and assigned:
+            self._reread = False
+            for tp in assigned:
+                self.consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
         log.info(
             "joined group %s with partitions %s",
             self.settings.kafka_group_id,
@@ -339,4 +344,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         s = self.settings
         wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
         if self.joined and not set(wanted) <= topics:
+            if s.events_topic not in topics:
+                # Its log is new, so offsets committed into it (a commit retried across the restart
+                # lands there) point past records never read: the next assignment starts at 0.
+                self._reread = True
+                self.tracker.forget(list(self.tracker.partitions))
             await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)
