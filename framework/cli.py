@@ -297,6 +297,8 @@ def emit(settings: Settings, event_type: str, data: bytes, timeout: float, boots
         )
     except TimeoutError:
         fail(f"no reply to the {event_type!r} event within {timeout:g} s (is a node running on {servers}?)")
+    except ConnectionError as exc:
+        fail(f"cannot reach the Kafka broker at {servers}: {exc}")
     click.echo(json.dumps(reply))
     if not reply.get("ok"):
         sys.exit(1)

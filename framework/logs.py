@@ -45,6 +45,33 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one record per logger and message template through every `interval` seconds (default 10).
+
+    During a broker outage aiokafka logs the same connection error about a hundred times a second.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            return False
+        if len(self._last) > 1000:  # templates are few; this only bounds the map against odd callers
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+class _AiokafkaRepeats(RepeatFilter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("aiokafka") or super().filter(record)
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Route every log record (ours, uvicorn's, aiokafka's) to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -53,6 +80,9 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiokafka logs every lost connection at ERROR with a traceback; our own code reports outages.
-    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.setLevel(max(logging.getLevelName(level), logging.WARNING))
+    if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+        handler.addFilter(_AiokafkaRepeats())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected" on every edit
