@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import time
@@ -15,14 +14,24 @@ from typing import Any, cast
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from framework.broker import EmbeddedBroker, free_port
 from framework.client import EventClient
 from framework.metrics import Metrics
 from framework.settings import Settings
 from framework.sources.kafka import KafkaSource
-from tests.support import Header, Node, Record, ce_headers, new_id, produce, run_cli, write_project
+from tests.support import (
+    Header,
+    Node,
+    Record,
+    ce_headers,
+    consume,
+    consume_raw,
+    new_id,
+    produce,
+    run_cli,
+    write_project,
+)
 
 MANIFEST = """
 functions:
@@ -207,60 +216,6 @@ def bad_records() -> list[tuple[str | None, Record]]:
         (ids[8], (None, b"{}", h(ids[8], ce_type=b"\xff\xfe"))),
         (ids[9], (None, b"{}", h(ids[9], ce_replyto=b"not a topic!"))),
     ]
-
-
-async def consume_raw(
-    bootstrap: str, topic: str, want: int, wait: float, ids: set[str] | None = None
-) -> list[Any]:
-    """Read `topic` from the start until `want` records or every id in `ids` (the value's "id").
-
-    No consumer group (so no 3-5 s join on Tansu): the reader is assigned every partition at once.
-    """
-    c = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8_000_000,
-        metadata_max_age_ms=500,
-    )
-    await c.start()
-    out: list[Any] = []
-    pending = set(ids or ())
-    deadline = time.monotonic() + wait
-    try:
-        while len(out) < want and time.monotonic() < deadline and not (ids and not pending):
-            for msgs in (await c.getmany(timeout_ms=300)).values():
-                out.extend(msgs)
-                for m in msgs:
-                    with contextlib.suppress(ValueError, AttributeError):
-                        pending.discard(orjson.loads(m.value).get("id"))
-    finally:
-        await c.stop()
-    return out
-
-
-def consume(
-    bootstrap: str, topic: str, want: int, timeout: float = 30, ids: set[str] | None = None
-) -> list[dict[str, Any]]:
-    """Like tests.support.consume (same record dicts), without a consumer group."""
-    out = []
-    for m in asyncio.run(consume_raw(bootstrap, topic, want, timeout, ids)):
-        try:
-            value = json.loads(m.value) if m.value else None
-        except ValueError:
-            value = m.value
-        out.append(
-            {
-                "key": m.key,
-                "value": value,
-                "partition": m.partition,
-                "offset": m.offset,
-                "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
-            }
-        )
-    return out
 
 
 def test_bad_records_get_badevent_replies_and_exact_dead_letter_copies(
