@@ -227,14 +227,17 @@ def _post(url: str, payload: bytes, key: str | None) -> Any:
         fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
 
 
-@main.command()
-@click.argument("name_or_uuid")
-@click.option(
+data_option = click.option(
     "--data",
     callback=json_data,
     show_envvar=True,
     help="JSON payload, or @FILE holding one.  [default: null]",
 )
+
+
+@main.command()
+@click.argument("name_or_uuid")
+@data_option
 @click.option(
     "--url",
     show_envvar=True,
@@ -270,12 +273,7 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
 
 @main.command()
 @click.argument("event_type")
-@click.option(
-    "--data",
-    callback=json_data,
-    show_envvar=True,
-    help="JSON payload, or @FILE holding one.  [default: null]",
-)
+@data_option
 @click.option(
     "--timeout", show_envvar=True, type=click.FloatRange(min=0, min_open=True), default=30.0, help="Seconds."
 )
