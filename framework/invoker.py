@@ -84,8 +84,11 @@ class Invoker:
         # prometheus-client's labels() costs microseconds per call: keep the children of the hot path.
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
+        self.completed = [0, 0]
+        """Invocations that ended, [succeeded, failed]: the node's shutdown summary."""
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
+        self.completed[outcome != "ok"] += 1
         if self.metrics is None:
             return
         counter = self._counters.get((name, trigger, outcome))

@@ -185,16 +185,26 @@ class Node:
         self.started = False
         server.should_exit = True  # stop accepting; uvicorn waits for in-flight requests
         stop_watch.set()
+        # The three sources drain side by side, so the whole stop stays within one grace period.
+        draining: list[Any] = [asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), grace + 1)]
         if self.scheduler is not None:
-            await self.scheduler.stop()
+            draining.append(self.scheduler.stop())
         if self.kafka is not None:
-            await self.kafka.stop(grace)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), grace + 1)
+            draining.append(self.kafka.stop(grace))
+        for result in await asyncio.gather(*draining, return_exceptions=True):
+            if isinstance(result, Exception) and not isinstance(result, TimeoutError):
+                log.error("error while draining: %r", result)
+        left = self.runtime.inflight()
         await self.runtime.stop(grace)
         if self.broker is not None:
             self.broker.stop()
-        log.info("stopped")
+        done = self.invoker.completed
+        log.info(
+            "stopped: %d invocations complete, %d failed, %d still in flight at the end",
+            done[0],
+            done[1],
+            left,
+        )
 
 
 def _module_path(root: Path, handler: str) -> Path:
