@@ -6,8 +6,8 @@ The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads an
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +17,13 @@ from framework.context import Trigger
 from framework.errors import FaasError, FunctionError, NotFound
 from framework.manifest import FunctionSpec
 from framework.registry import Registry
-from framework.types import Invocation, InvokeResult
+from framework.types import Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
     from framework.metrics import Metrics
     from framework.runtime.pool import Runtime
 
-
-def new_id() -> str:
-    return str(uuid.uuid4())
+__all__ = ["EventReply", "Invoker", "new_id"]
 
 
 @dataclass(slots=True)
@@ -140,33 +138,51 @@ class Invoker:
         """Run every productive listener of `event_type` concurrently; the first failure aborts the chain."""
         reply = EventReply(event_id, event_type)
         listeners = self.registry.listeners(event_type)
-        if not listeners:
-            return reply
-        tasks = {
-            asyncio.create_task(self.call(spec, payload, "event", event_type)): spec for spec in listeners
-        }
-        finished: dict[str, InvokeResult] = {}
-        pending = set(tasks)
+        if len(listeners) == 1:  # the common case: no task, no waiting set
+            spec = listeners[0]
+            try:
+                reply.results = [(spec, await self.call(spec, payload, "event", event_type))]
+            except Exception as exc:
+                reply.error = _chain_error(spec, exc)
+        elif listeners:
+            await self._fan_out(reply, listeners, payload)
+        return reply
+
+    async def _fan_out(self, reply: EventReply, listeners: tuple[FunctionSpec, ...], payload: bytes) -> None:
+        """One task per listener; done-callbacks count them down and wake this coroutine once, when all
+        finished or at the first failure (cheaper than looping over `asyncio.wait`)."""
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[None] = loop.create_future()
+        results: list[InvokeResult | None] = [None] * len(listeners)
+        left = len(listeners)
+
+        def finished(i: int, task: asyncio.Task[InvokeResult]) -> None:
+            nonlocal left
+            left -= 1
+            if settled.done() or task.cancelled():
+                return  # aborted meanwhile: what ends now is not part of the reply
+            exc = task.exception()
+            if exc is None:
+                results[i] = task.result()
+            else:
+                reply.error = _chain_error(listeners[i], exc)
+            if left == 0 or exc is not None:
+                settled.set_result(None)
+
+        tasks = []
+        for i, spec in enumerate(listeners):
+            task = loop.create_task(self.call(spec, payload, "event", reply.event))
+            task.add_done_callback(functools.partial(finished, i))
+            tasks.append(task)
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    spec = tasks[task]
-                    exc = task.exception()
-                    if exc is None:
-                        finished[spec.name] = task.result()
-                    elif reply.error is None:
-                        err = exc if isinstance(exc, FaasError) else FunctionError(repr(exc))
-                        reply.error = {"function": spec.name, "uuid": spec.uuid, **err.to_dict()}
-                if reply.error is not None:
-                    break
+            await settled
         finally:
+            pending = [t for t in tasks if not t.done()]
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        reply.results = [(spec, finished[spec.name]) for spec in listeners if spec.name in finished]
-        return reply
+        reply.results = [(spec, res) for spec, res in zip(listeners, results, strict=True) if res is not None]
 
     async def warmup(self, spec: FunctionSpec) -> int:
         """Keep-warm: ensure a live instance and run the `warmup` hook in each; never reaches `handle`."""
@@ -183,3 +199,9 @@ class Invoker:
     def instance_count(self, name: str) -> int:
         """Live instances of a function on this node (for listings; sources never reach instances)."""
         return self.runtime.instance_count(name)
+
+
+def _chain_error(spec: FunctionSpec, exc: BaseException) -> dict[str, Any]:
+    """The `error` of a combined reply: the failing listener and its contract error type."""
+    err = exc if isinstance(exc, FaasError) else FunctionError(repr(exc))
+    return {"function": spec.name, "uuid": spec.uuid, **err.to_dict()}

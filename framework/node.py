@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 from collections.abc import Iterator
@@ -146,6 +147,9 @@ class Node:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(self.settings.shutdown_grace) or None,
+            # The C parser when installed (what "auto" would pick, stated so a missing one is visible in
+            # review); the loop is ours: `serve` runs on the uvloop loop `serve()` below created.
+            http="httptools" if importlib.util.find_spec("httptools") else "h11",
         )
         server = _EmbeddedServer(config)
         watcher = ManifestWatcher(

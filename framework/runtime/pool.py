@@ -131,6 +131,7 @@ class Runtime:
     def _pool(self, spec: FunctionSpec) -> FunctionPool:
         pool = self._pools.get(spec.name)
         if pool is not None and (pool.spec is spec or pool.spec == spec):
+            pool.spec = spec  # an equal spec from a reloaded manifest: compare by identity from now on
             return pool
         if pool is not None:
             self._retire(spec.name)

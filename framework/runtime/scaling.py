@@ -13,8 +13,6 @@ import logging
 import time
 from collections import deque
 
-from prometheus_client import Histogram
-
 from framework.errors import FaasError, Overloaded
 from framework.manifest import FunctionSpec
 from framework.metrics import Metrics
@@ -46,7 +44,6 @@ class FunctionPool:
         self._boots: set[asyncio.Task[None]] = set()
         self._metrics = metrics
         name = spec.name
-        self._m_duration: dict[str, Histogram] = {}
         self._m_queued = metrics.queued.labels(name)
         self._m_instances = metrics.instances.labels(name)
         self._m_blocked = metrics.blocked_loop.labels(name)
@@ -54,17 +51,12 @@ class FunctionPool:
     # ---- requests ----
 
     async def invoke(self, inv: Invocation) -> InvokeResult:
+        # The duration histogram is the invoker's to observe (once per invocation, wall time).
         inst, cold = self._acquire() or await self._queue()
         try:
             result, ms = await inst.call(inv, cold)
         finally:
             self._release(inst)
-        histogram = self._m_duration.get(inv.trigger)
-        if histogram is None:  # labels() costs microseconds: look each child up once
-            histogram = self._m_duration[inv.trigger] = self._metrics.duration.labels(
-                self.spec.name, inv.trigger
-            )
-        histogram.observe(ms / 1000)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
     async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+
+from framework.types import new_id
 
 SPECVERSION = "1.0"
 STRUCTURED = "application/cloudevents+json"
@@ -171,7 +172,7 @@ def reply_headers(correlation_id: str | None) -> list[tuple[str, bytes]]:
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_type", REPLY_TYPE),
-        ("ce_id", str(uuid.uuid4()).encode()),
+        ("ce_id", new_id().encode()),
         ("ce_source", REPLY_SOURCE),
         ("content-type", JSON),
     ]

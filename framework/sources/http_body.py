@@ -4,32 +4,37 @@ from __future__ import annotations
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope
 
 from framework.errors import BadRequest, PayloadTooLarge
 
 NULL = b"null"
 
 
-def declared_length(request: Request) -> int | None:
+def declared_length(scope: Scope) -> int | None:
     """The `Content-Length` header as an int, or None; read from the raw ASGI headers (no Headers object)."""
-    for name, value in request.scope["headers"]:
+    for name, value in scope["headers"]:
         if name == b"content-length":
             return int(value) if value.isdigit() else None
     return None
 
 
 async def read_payload(request: Request, limit: int) -> bytes:
+    """`read_body` of a Starlette request."""
+    return await read_body(request.scope, request.receive, limit)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The body as raw JSON bytes, validated but not re-encoded; an empty body is `null`.
 
     `limit` is in bytes (`FAAS_MAX_PAYLOAD_BYTES`). A declared `Content-Length` over it is refused before
     anything is read; otherwise streamed bytes are counted, so a chunked body without a length cannot
     slip past it, and reading stops at the first chunk that goes over the limit.
     """
-    declared = declared_length(request)
+    declared = declared_length(scope)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     # The ASGI messages directly rather than `request.stream()`: this is the invoke route's hot path.
-    receive = request.receive
     body = b""
     chunks: list[bytes] | None = None
     size = 0

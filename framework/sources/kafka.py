@@ -2,10 +2,15 @@
 
 One consumer in group FAAS_KAFKA_GROUP_ID reads FAAS_EVENTS_TOPIC. The poll loop never waits for a
 handler: it hands each record to a per-key chain (`keyed.py`) and goes back to fetching, pausing its
-partitions while FAAS_MAX_INFLIGHT_EVENTS records are held. Each record is answered (and dead-lettered when
-bad) and only after the broker acknowledged that is it marked done (`offsets.py`); done prefixes are
-committed every COMMIT_INTERVAL, on revocation and on stop. So a crash means replies sent twice, never zero
-times, and a graceful stop or rebalance redoes nothing.
+partitions while FAAS_MAX_INFLIGHT_EVENTS records are held (running, queued, or awaiting their reply's
+acknowledgement). Each record is answered (and dead-lettered when bad) and only after the broker
+acknowledged that is it marked done (`offsets.py`); done prefixes are committed every COMMIT_INTERVAL, on
+revocation and on stop. So a crash means replies sent twice, never zero times, and a graceful stop or
+rebalance redoes nothing.
+
+Replies are pipelined: once a record's result is known its reply is handed to the producer and the chain
+goes on with the next record of that key; the acknowledgement marks the record done when it comes. Replies
+of one key are handed over in processing order, so they land in order (see `ReplySender.submit`).
 
 Outages: a supervisor recreates the consumer whenever it fails, sends are retried until acknowledged
 (`replies.py`) and a metadata probe (`probe.py`) turns `/readyz` 503 while the broker is away.
@@ -17,18 +22,20 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
 from framework.invoker import EventReply
 from framework.kafka_config import MIB, ensure_topics, security_options
 from framework.sources import cloudevents
+from framework.sources.answers import Answers
 from framework.sources.keyed import KeyedRunner
 from framework.sources.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.probe import BrokerProbe
-from framework.sources.replies import PermanentSendError, ReplySender
+from framework.sources.replies import ReplySender
 
 if TYPE_CHECKING:
     from framework.invoker import Invoker
@@ -50,6 +57,9 @@ CONSUMER_OPTIONS: dict[str, Any] = {
     "heartbeat_interval_ms": 3_000,
     "max_poll_interval_ms": 300_000,  # far above the 30 s function limit; the poll loop never blocks anyway
     "metadata_max_age_ms": 30_000,
+    # How long a fetch may wait for records. aiokafka's 500 ms default was most of an event's latency:
+    # Tansu holds a fetch that long even once records arrive.
+    "fetch_max_wait_ms": 20,
 }
 
 
@@ -73,6 +83,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._reread = False
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.answers = Answers(settings, metrics, self.sender, self.probe.unreachable_for)
 
     # ---- lifecycle ----
 
@@ -109,9 +120,12 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         # of other keys that did finish, and the next owner would answer those twice.
         if self.runner.size:
             log.info("draining %d taken events (up to %.0f s)", self.runner.size, grace)
+        deadline = time.monotonic() + grace
         if not await self.runner.drain(None, grace):
             log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
+        await self.answers.settle(self.tracker, None, deadline)
         await self._commit(None)
+        self.answers.cancel()
         await self._close_consumer()
         await self.sender.stop()
 
@@ -160,16 +174,16 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self.consumer
         assert consumer is not None
         while not self._stopping:
-            room = self.runner.room
+            room = self.runner.room - self.answers.unacked
             if room <= 0:  # full: keep polling (heartbeats, poll interval) but fetch nothing
                 consumer.pause(*consumer.assignment())
             elif consumer.paused():
                 consumer.resume(*consumer.paused())
             batch = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 1000)))
             for tp, records in batch.items():
+                self.metrics.events_consumed.inc(len(records))
                 for record in records:
                     part = self.tracker.take(tp, record.offset)
-                    self.metrics.events_consumed.inc()
                     self.runner.submit(tp, record.key, functools.partial(self._handle, part, record))
 
     async def _abandon(self) -> None:
@@ -177,6 +191,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = False
         self.runner.drop_queued()
         await self.runner.drain(None, 0)
+        self.answers.cancel()  # what still waits for an ack is redone by the group
         self.tracker.forget(list(self.tracker.partitions))
         await self._close_consumer()
 
@@ -192,7 +207,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _handle(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
-            await self._answer(record)
+            if await self._answer(part, record):
+                return  # handed to the producer: the acknowledgement marks it done
         except Exception:  # nothing more can be done for it; the partition must not stall behind it
             log.exception(
                 "record %s-%d@%d could not be answered: skipped",
@@ -202,7 +218,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         part.done(record.offset)  # not reached on cancellation: the record stays uncommitted
 
-    async def _answer(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _answer(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Answer one record. True: its reply was handed over and will mark it done once acknowledged;
+        False: answered and acknowledged already (bad records: the reply and the dead-letter copy)."""
         headers = list(record.headers or ())
         event = cloudevents.parse(record.value, headers, self.settings.max_payload_bytes)
         if isinstance(event, cloudevents.BadRecord):
@@ -210,11 +228,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
             )
             reply = EventReply.bad_event(event.id, event.type, event.message)
-            copy = self._deadletter(
+            copy = self.answers.deadletter(
                 record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
             )
-            await asyncio.gather(self._reply(event.replyto, record.key, reply, event.id), copy)
-            return
+            await asyncio.gather(self.answers.reply(event.replyto, record.key, reply, event.id), copy)
+            return False
         try:
             reply = await self.invoker.event(event.type, event.id, event.payload)
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
@@ -224,52 +242,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 event.type,
                 error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
             )
-        await self._reply(event.replyto, record.key, reply, event.id)
-
-    async def _reply(
-        self, replyto: str | None, key: bytes | None, reply: EventReply, event_id: str | None
-    ) -> None:
-        topic = replyto or self.settings.replies_topic
-        value, headers = reply.to_json(), cloudevents.reply_headers(event_id)
-        # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
-        # answers: that is permanent. While the broker is away, everything is retried.
-        gone = None if replyto is None else self._missing_topic
-        try:
-            await self.sender.send(topic, value, key, headers, permanent_if=gone)
-        except PermanentSendError as exc:
-            if topic == self.settings.replies_topic:
-                log.error("reply to event %s dropped: %s", event_id, exc)
-                return
-            # The caller's reply topic refused it: the default topic gets it, saying why.
-            log.warning(
-                "reply topic %s refused the reply to %s (%s): using %s",
-                topic,
-                event_id,
-                exc,
-                self.settings.replies_topic,
-            )
-            await self._reply(None, key, reply, event_id)
-            return
-        self.metrics.events_replied.labels(str(reply.ok).lower()).inc()
-
-    async def _deadletter(
-        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
-    ) -> None:
-        try:
-            await self.sender.send(self.settings.deadletter_topic, value, key, headers)
-        except PermanentSendError as exc:
-            # E.g. bigger than the topic allows: keep the key, headers and the reason at least.
-            log.error("dead-letter copy refused (%s): sending it without its value", exc)
-            await self.sender.send(
-                self.settings.deadletter_topic,
-                None,
-                key,
-                [*headers, ("faas_deadletter_error", str(exc).encode())],
-            )
-        self.metrics.events_deadlettered.inc()
-
-    def _missing_topic(self, exc: BaseException) -> bool:
-        return isinstance(exc, KafkaTimeoutError) and self.probe.unreachable_for() is None
+        await self.answers.reply_later(part, record, event, reply)
+        return True
 
     # ---- rebalance (ConsumerRebalanceListener) ----
 
@@ -280,8 +254,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if not tps:
             return
         # Queued records of these partitions run too (see `stop`), within the same bound.
+        deadline = time.monotonic() + REVOKE_WAIT
         if not await self.runner.drain(tps, REVOKE_WAIT):
             log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
+        await self.answers.settle(self.tracker, tps, deadline)
         await self._commit(tps)
         self.tracker.forget(tps)
         for tp in tps:

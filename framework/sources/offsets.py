@@ -16,11 +16,13 @@ P = TypeVar("P")  # a partition: aiokafka's TopicPartition in the source, anythi
 class PartitionOffsets:
     """Offsets taken from one partition, in the order the consumer returned them (increasing)."""
 
-    __slots__ = ("_done", "_pending", "committed", "next_offset")
+    __slots__ = ("_done", "_pending", "acking", "committed", "next_offset")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
+        self.acking = 0
+        """Records whose reply was handed to the producer and is not acknowledged yet."""
         self.next_offset: int | None = None
         """One past the highest offset taken: what to commit once nothing is pending."""
         self.committed: int | None = None
@@ -88,6 +90,10 @@ class OffsetTracker(Generic[P]):
             part = self.partitions.get(tp)
             if part is not None:
                 part.committed = offset
+
+    def acking(self, tps: list[P] | None = None) -> int:
+        """Replies handed to the producer and not acknowledged yet, in `tps` (default: all)."""
+        return sum(p.acking for tp, p in self.partitions.items() if tps is None or tp in tps)
 
     def in_flight(self, tps: list[P] | None = None) -> int:
         return sum(p.in_flight for tp, p in self.partitions.items() if tps is None or tp in tps)
