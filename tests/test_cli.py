@@ -275,7 +275,7 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, fl
         def __init__(self, bootstrap: str, settings: Any) -> None:
             self.bootstrap = bootstrap
 
-        async def emit(self, type_: str, payload: Any, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+        async def emit(self, type_: str, payload: Any, timeout: float) -> dict[str, Any]:
             calls.append((self.bootstrap, type_, payload, timeout))
             if type_ == "silent":
                 raise TimeoutError
