@@ -104,6 +104,8 @@ class FunctionSpec(BaseModel):
     keep_warm: str | None = None
     instances: InstancesSpec = Field(default_factory=InstancesSpec)
     root: Path = Path(".")
+    code: Path | None = None
+    """Where instances import the handler from: the node's snapshot of the last good code (None: `root`)."""
 
     @field_validator("uuid")
     @classmethod
@@ -308,8 +310,9 @@ def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
                 if first != i:
                     errors.add(pos, f"duplicate {key} {value!r} (first at line {line + 1})")
         data = _merge(defaults, _plain(item))
-        if "root" in data:
-            errors.add(_key_at(item, "root", at), "unknown key 'root'")
+        for internal in ("root", "code"):  # set by the loader and the node, never by the user
+            if internal in data:
+                errors.add(_key_at(item, internal, at), f"unknown key {internal!r}")
         spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})
         if spec is not None:
             specs.append(spec)

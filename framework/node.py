@@ -13,7 +13,6 @@ import importlib.util
 import logging
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -27,6 +26,7 @@ from framework.metrics import Metrics
 from framework.registry import Registry
 from framework.runtime.pool import Runtime
 from framework.settings import Settings
+from framework.snapshot import CodeSnapshots
 from framework.sources.http import create_app
 from framework.sources.kafka import KafkaSource
 from framework.sources.schedule import Scheduler
@@ -49,7 +49,8 @@ class Node:
         self.kafka_enabled = kafka
         self.metrics = Metrics()
         self.runtime = Runtime(settings, self.metrics)
-        self.invoker = Invoker(self.runtime, Registry(manifest), self.metrics)
+        self.snapshots = CodeSnapshots()
+        self.invoker = Invoker(self.runtime, Registry(self._snapshot(manifest)), self.metrics)
         self.manifest_errors: list[str] = []
         self.broker: EmbeddedBroker | None = None
         self.kafka: KafkaSource | None = None
@@ -83,11 +84,16 @@ class Node:
 
     # ---- reload ----
 
-    def apply_manifest(self, manifest: Manifest, changed_modules: set[Path]) -> None:
-        registry = Registry(manifest)
-        stale = {f.name for f in registry.functions if _module_path(f.root, f.handler) in changed_modules}
-        if stale:  # their code changed: retire their instances, fresh ones start on the next request
-            self.runtime.apply([f for f in registry.functions if f.name not in stale])
+    def _snapshot(self, manifest: Manifest) -> Manifest:
+        try:
+            return self.snapshots.take(manifest)
+        except OSError as exc:  # without a snapshot, new instances read the code from the project folder
+            log.error("cannot snapshot the handler code, instances import it from disk: %s", exc)
+            return manifest
+
+    def apply_manifest(self, manifest: Manifest) -> None:
+        # A function whose spec or code snapshot changed gets fresh instances once its in-flight work ends.
+        registry = Registry(self._snapshot(manifest))
         self.runtime.apply(registry.functions)
         self.invoker.registry = registry
         if self.scheduler is not None:
@@ -200,6 +206,7 @@ class Node:
                 log.error("error while draining: %r", result)
         left = self.runtime.inflight()
         await self.runtime.stop(grace)
+        self.snapshots.remove()
         if self.broker is not None:
             self.broker.stop()
         done = self.invoker.completed
@@ -209,11 +216,6 @@ class Node:
             done[1],
             left,
         )
-
-
-def _module_path(root: Path, handler: str) -> Path:
-    module = handler.partition(":")[0]
-    return (root / Path(*module.split("."))).with_suffix(".py").resolve()
 
 
 def _loop_factory() -> Any:

@@ -34,13 +34,13 @@ def handler_packages(manifest: Manifest) -> set[Path]:
 
 
 class ManifestWatcher:
-    """Calls `on_change(manifest, changed_modules)` after a valid edit, `on_error(lines)` after a bad one."""
+    """Calls `on_change(manifest)` after a valid edit, `on_error(lines)` after a bad one."""
 
     def __init__(
         self,
         path: Path,
         manifest: Manifest,
-        on_change: Callable[[Manifest, set[Path]], None],
+        on_change: Callable[[Manifest], None],
         on_error: Callable[[list[str]], None],
     ) -> None:
         self.path = path.resolve()
@@ -59,9 +59,8 @@ class ManifestWatcher:
             self.path.parent, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=False
         ):
             paths = {Path(p) for _, p in changes}  # absolute: the watched folder is resolved
-            modules = {p for p in paths if p.suffix == ".py"}
-            if self.path in paths or modules:
-                await self.reload(modules)
+            if self.path in paths or any(p.suffix == ".py" for p in paths):
+                await self.reload()
 
     async def _watch_packages(self, stop: asyncio.Event) -> None:
         from watchfiles import awatch
@@ -77,14 +76,13 @@ class ManifestWatcher:
                 async for changes in awatch(
                     *self.packages, stop_event=either, debounce=DEBOUNCE_MS, step=50, recursive=True
                 ):
-                    modules = {Path(p) for _, p in changes if p.endswith(".py")}
-                    if modules:
-                        await self.reload(modules)
+                    if any(p.endswith(".py") for _, p in changes):
+                        await self.reload()
             finally:
                 relay.cancel()
             self._packages_changed.clear()
 
-    async def reload(self, changed_modules: set[Path] | None = None) -> None:
+    async def reload(self) -> None:
         try:
             # Handlers are imported in a subprocess: keep the loop free meanwhile.
             manifest = await asyncio.to_thread(load_manifest, self.path)
@@ -100,7 +98,7 @@ class ManifestWatcher:
         if packages != self.packages:
             self.packages = packages
             self._packages_changed.set()
-        self.on_change(manifest, changed_modules or set())
+        self.on_change(manifest)
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -95,6 +95,7 @@ class Instance:
             "uuid": self.spec.uuid,
             "handler": self.spec.handler,
             "root": str(self.spec.root.resolve()),
+            "code": str((self.spec.code or self.spec.root).resolve()),
             "env": self.spec.env,
             "timeout": self.spec.timeout,
             "concurrency": self.spec.instances.concurrency,
