@@ -11,7 +11,6 @@ of it, so many replies share one produce request instead of each waiting for its
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,12 +21,14 @@ from aiokafka.errors import (
     InvalidTopicError,
     KafkaError,
     MessageSizeTooLargeError,
+    ProducerClosed,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
 
-from framework.kafka_config import start_producer
+from framework.kafka_config import max_request_size, start_producer
 from framework.settings import Settings
+from framework.sources.batching import Batches
 
 log = logging.getLogger("faas.kafka")
 
@@ -44,8 +45,15 @@ RECREATE_AFTER = 30.0
 """Seconds of failing sends after which the producer is closed and a new one started."""
 
 
-_Retry = Callable[[BaseException, AIOKafkaProducer | None], Coroutine[Any, Any, None]]
-"""`ReplySender._retry` with the record bound: takes the failure and the producer that failed."""
+_Entry = tuple[
+    "asyncio.Future[None]",
+    str,
+    "bytes | None",
+    "bytes | None",
+    Sequence[tuple[str, "bytes | None"]],
+    "Callable[[BaseException], bool] | None",
+]
+"""A submitted record: its future, then `ReplySender._retry`'s arguments."""
 
 
 class PermanentSendError(Exception):
@@ -63,6 +71,7 @@ class ReplySender:
         self._failing_since: float | None = None
         self._closed = False
         self._retries: set[asyncio.Task[None]] = set()
+        self._batches: Batches | None = None
 
     async def start(self) -> None:
         await self._get()
@@ -130,34 +139,44 @@ class ReplySender:
         """Hand one record to the producer without waiting for its acknowledgement.
 
         Returns a future that resolves once the broker acknowledged the record (retrying as `send` does,
-        in a task of this sender) or fails with PermanentSendError. Records submitted one after another
-        to one partition land in that order (aiokafka keeps one batch per partition in flight) unless one
-        has to be retried here. `stop` and `cancel_retries` cancel the retries (the futures too).
+        in a task of this sender) or fails with PermanentSendError. Records go into per-partition batches
+        (`batching.py`); records submitted one after another to one partition land in that order unless
+        one has to be retried here. `stop` and `cancel_retries` cancel the retries (the futures too).
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        retry = functools.partial(self._retry, done, topic, value, key, headers, permanent_if)
+        entry: _Entry = (done, topic, value, key, headers, permanent_if)
         producer = self._producer
         try:
             if producer is None or self._closed:
                 producer = await self._get()
-            ack = await producer.send(topic, value=value, key=key, headers=list(headers))
+            batches = self._batches
+            if batches is None or batches.producer is not producer:
+                batches = self._batches = self._new_batches(producer)
+            await batches.add(topic, value, key, headers, entry)
         except Exception as exc:
-            self._spawn(retry(exc, producer))
-            return done
-        ack.add_done_callback(functools.partial(self._acked, done, retry, producer))
+            self._spawn(self._retry(*entry, exc, producer))
         return done
 
-    def _acked(
-        self, done: asyncio.Future[None], retry: _Retry, producer: AIOKafkaProducer, ack: asyncio.Future[Any]
-    ) -> None:
-        if done.done():
-            return
-        exc = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+    def _new_batches(self, producer: AIOKafkaProducer) -> Batches:
+        if self._batches is not None:  # a replaced producer: what it did not take yet is sent again
+            self._batches.close(ProducerClosed())
+        return Batches(producer, max_request_size(self.settings), self._settle)
+
+    def _settle(self, producer: AIOKafkaProducer, entries: list[_Entry], exc: BaseException | None) -> None:
+        """A batch of submitted records ended: acknowledged, or each is retried on its own."""
         if exc is None:
             self._failing_since = None
-            done.set_result(None)
-        else:
-            self._spawn(retry(exc, producer))
+            for entry in entries:
+                if not entry[0].done():
+                    entry[0].set_result(None)
+            return
+        for entry in entries:
+            if entry[0].done():
+                continue
+            if isinstance(exc, asyncio.CancelledError):
+                entry[0].cancel()  # the sender stopped: the record stays uncommitted, the group redoes it
+            else:
+                self._spawn(self._retry(*entry, exc, producer))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro, name="kafka-resend")
@@ -224,6 +243,9 @@ class ReplySender:
     async def stop(self) -> None:
         """Flush and close the producer (pending sends are acknowledged or fail)."""
         self.cancel_retries()
+        if self._batches is not None:  # after the source settled: nothing it waits for is left here
+            self._batches.close(asyncio.CancelledError())
+            self._batches = None
         async with self._lock:
             self._closed = True
             producer, self._producer = self._producer, None
