@@ -20,17 +20,6 @@ if TYPE_CHECKING:
     from framework.node import Node
 
 
-@pytest.fixture
-def fake() -> FakeNode:
-    return FakeNode()
-
-
-@pytest.fixture
-async def client(fake: FakeNode) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(fake) as c:
-        yield c
-
-
 # ---- auth ----
 
 
