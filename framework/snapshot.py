@@ -23,7 +23,7 @@ from framework.manifest import FunctionSpec, Manifest
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
-def _top_level(spec: FunctionSpec) -> Path | None:
+def top_level(spec: FunctionSpec) -> Path | None:
     """The handler's top-level package folder or module file under `root`, if it is there."""
     top = spec.handler.partition(":")[0].split(".")[0]
     folder = spec.root / top
@@ -52,7 +52,7 @@ class CodeSnapshots:
         """`manifest` with each function's `code` pointing at a snapshot of its handler's package."""
         specs = []
         for spec in manifest.functions:
-            source = _top_level(spec)
+            source = top_level(spec)
             if source is None:
                 specs.append(spec)
                 continue

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from framework.errors import ManifestError
 from framework.manifest import Manifest, load_manifest
+from framework.snapshot import top_level
 
 log = logging.getLogger("faas.reload")
 
@@ -24,13 +25,8 @@ DEBOUNCE_MS = 150
 
 def handler_packages(manifest: Manifest) -> set[Path]:
     """Folders of the handlers' top-level packages (a module beside the manifest needs none)."""
-    out: set[Path] = set()
-    for spec in manifest.functions:
-        top = spec.handler.partition(":")[0].split(".")[0]
-        folder = (spec.root / top).resolve()
-        if folder.is_dir():
-            out.add(folder)
-    return out
+    found = (top_level(spec) for spec in manifest.functions)
+    return {path.resolve() for path in found if path is not None and path.is_dir()}
 
 
 class ManifestWatcher:
