@@ -24,7 +24,7 @@ from benchmarks.env import Env
 from benchmarks.eventload import create_topics
 from benchmarks.project import fn_uuid, write_project
 from benchmarks.stats import Series, describe
-from framework.broker import EmbeddedBroker, free_port
+from framework.kafka.embedded import EmbeddedBroker, free_port
 
 Group = Callable[[Env], Awaitable[list[Series]]]
 NODE_READY_TIMEOUT = 90.0

@@ -29,7 +29,23 @@ class Context:
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
     instance_id: str
     cold_start: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    # The event's identity (DESIGN.md section 10): None (extensions empty) for direct and scheduled calls.
+    event_id: str | None = None
+    source: str | None = None
+    subject: str | None = None
+    time: str | None = None
+    key: str | None = None
+    extensions: Mapping[str, str] = field(default_factory=dict)
+    # Trace context of this invocation's span (section 11): 32 and 16 lowercase hex digits.
+    trace_id: str = "0" * 32
+    span_id: str = "0" * 16
+    traceparent: str = ""
+    revision: int | None = None
+    """The deployed revision this instance runs (section 12); None for a test run."""
+    attempt: int = 1
+    """1 for the first try, 2, 3, ... for retries (section 15)."""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    """The secrets the function lists, name -> value (section 14)."""
 
     def remaining(self) -> float:
         """Seconds left before the time limit (never negative)."""

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from framework.context import Trigger
+from framework.control.manifest import FunctionSpec
+from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
-from framework.manifest import FunctionSpec
-from framework.registry import Registry
 from framework.types import Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
-    from framework.metrics import Metrics
-    from framework.runtime.pool import Runtime
+    from framework.observe.metrics import Metrics
+    from framework.runtime.pools import Runtime
 
 __all__ = ["EventReply", "Invoker", "new_id"]
 

@@ -17,20 +17,20 @@ from typing import Any
 
 import uvicorn
 
-from framework import logs
-from framework.broker import BrokerError, EmbeddedBroker, port_open
+from framework.control.manifest import Manifest, load_manifest
+from framework.control.registry import Registry
+from framework.control.snapshot import CodeSnapshots
+from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
 from framework.invoker import Invoker
-from framework.manifest import Manifest, load_manifest
-from framework.metrics import Metrics
-from framework.registry import Registry
-from framework.runtime.pool import Runtime
+from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open
+from framework.observe import logs
+from framework.observe.metrics import Metrics
+from framework.runtime.pools import Runtime
 from framework.settings import Settings
-from framework.snapshot import CodeSnapshots
-from framework.sources.http import create_app
-from framework.sources.kafka import KafkaSource
-from framework.sources.schedule import Scheduler
-from framework.watch import ManifestWatcher
+from framework.sources.http.app import create_app
+from framework.sources.kafka.source import KafkaSource
+from framework.sources.schedule.scheduler import Scheduler
 
 log = logging.getLogger("faas.node")
 

@@ -42,6 +42,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default_factory=_default_log_format)
     shutdown_grace: float = Field(30.0, ge=0)
     """Seconds a stopping node waits for in-flight work before it cancels what is left."""
+    watch: bool = True
+    """Deploy every valid edit of the working copy (DESIGN.md section 12); off: edits show as `modified`."""
+    deployments_topic: str = "faas.deployments"
+    invocations_topic: str = "faas.invocations"
+    recent_invocations: int = Field(1000, ge=0)
+    """Invocation records each node keeps in memory for `GET /invocations`."""
+    log_entries: int = Field(10, ge=0)
+    """Log entries kept per invocation record."""
+    log_chars: int = Field(5000, ge=0)
+    """Characters of log message text kept per invocation record."""
+    secrets_dir: Path = Path("secrets")
+    """Folder of secret files (relative to the manifest's folder)."""
+    cache_dir: Path = Path(".faas")
+    """Folder of unpacked revision code (relative to the manifest's folder)."""
+    max_code_bytes: int = Field(1_048_576, ge=1)
+    """Largest zipped handler package a revision may carry."""
 
     # Production Kafka options (Apache Kafka); the embedded broker needs none of them.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

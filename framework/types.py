@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from framework.context import Trigger
 
@@ -21,6 +22,29 @@ def new_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class EventIdentity:
+    """Who an event is (DESIGN.md section 10): its CloudEvents attributes, as the handler sees them."""
+
+    event_id: str | None
+    source: str | None = None
+    subject: str | None = None
+    time: str | None = None
+    key: str | None = None
+    """The Kafka key decoded as UTF-8 (None for HTTP events and null keys)."""
+    extensions: Mapping[str, str] = field(default_factory=dict)
+
+    def as_header(self) -> dict[str, object]:
+        return {
+            "id": self.event_id,
+            "src": self.source,
+            "sub": self.subject,
+            "time": self.time,
+            "key": self.key,
+            "ext": dict(self.extensions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Invocation:
     """One request for one function. `payload` is raw JSON bytes: the node forwards it without re-encoding."""
 
@@ -28,6 +52,23 @@ class Invocation:
     trigger: Trigger
     event: str | None
     payload: bytes
+    identity: EventIdentity | None = None
+    """The event's identity; None for direct and scheduled invocations."""
+    traceparent: str | None = None
+    """W3C `traceparent` of this invocation's own span, when the source knows its trace."""
+    attempt: int = 1
+    """1 for the first try; retries count up (DESIGN.md section 15)."""
+
+    def frame_fields(self) -> dict[str, object]:
+        """Optional request-frame header fields (`ev`, `tp`, `a`): those that differ from the default."""
+        fields: dict[str, object] = {}
+        if self.identity is not None:
+            fields["ev"] = self.identity.as_header()
+        if self.traceparent is not None:
+            fields["tp"] = self.traceparent
+        if self.attempt != 1:
+            fields["a"] = self.attempt
+        return fields
 
 
 @dataclass(frozen=True, slots=True)

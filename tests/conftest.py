@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from tests.support import LOGS, Node
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from framework.broker import free_port
+from framework.kafka.embedded import free_port
 
 LOGS = Path(tempfile.gettempdir()) / "faas-test-logs"
 LOGS.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from framework.broker import free_port, port_open
 from framework.cli import main
+from framework.control.manifest import load_manifest
 from framework.errors import Timeout
-from framework.manifest import load_manifest
+from framework.kafka.embedded import free_port, port_open
 from framework.types import InvokeResult
 from tests.support import run_cli, wait_for, write_project
 
@@ -192,7 +192,7 @@ def test_invalid_data_is_a_usage_error(project: Path) -> None:
 
 @pytest.fixture
 def fake_pool(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
-    """Replace framework.runtime.pool with one whose invoke_once echoes the payload (Timeout for 'slow')."""
+    """Replace framework.runtime.pools with one whose invoke_once echoes the payload (Timeout for 'slow')."""
     calls: list[tuple[str, bytes]] = []
 
     async def invoke_once(spec: Any, payload: bytes, settings: Any) -> InvokeResult:
@@ -201,7 +201,9 @@ def fake_pool(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
             raise Timeout("took longer than 30 s")
         return InvokeResult("inv-1", payload, 1.0, True, "i-1")
 
-    monkeypatch.setitem(sys.modules, "framework.runtime.pool", types.SimpleNamespace(invoke_once=invoke_once))
+    monkeypatch.setitem(
+        sys.modules, "framework.runtime.pools", types.SimpleNamespace(invoke_once=invoke_once)
+    )
     return calls
 
 
@@ -268,7 +270,7 @@ def test_invoke_over_http(project: Path, http_node: str) -> None:
 
 @pytest.fixture
 def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, float]]:
-    """Replace framework.client with an EventClient that answers by event type."""
+    """Replace framework.kafka.client with an EventClient that answers by event type."""
     calls: list[tuple[str, str, Any, float]] = []
 
     class EventClient:
@@ -281,7 +283,7 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, fl
                 raise TimeoutError
             return {"id": "e1", "event": type_, "ok": type_ != "bad", "results": [], "error": None}
 
-    monkeypatch.setitem(sys.modules, "framework.client", types.SimpleNamespace(EventClient=EventClient))
+    monkeypatch.setitem(sys.modules, "framework.kafka.client", types.SimpleNamespace(EventClient=EventClient))
     return calls
 
 

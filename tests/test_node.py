@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from framework.broker import EmbeddedBroker, free_port, port_open
+from framework.kafka.embedded import EmbeddedBroker, free_port, port_open
 from tests.support import Node, run_cli, wait_for, write_project
 
 ECHO = "cccccccc-0000-4000-8000-000000000001"

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from framework.settings import Settings
 from tests.support import Node, run_cli
 

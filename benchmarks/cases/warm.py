@@ -17,9 +17,9 @@ from benchmarks.env import Env, baseline, guarded
 from benchmarks.project import fn_uuid
 from benchmarks.stats import Series, percentile
 from framework.context import Context
-from framework.manifest import FunctionSpec
-from framework.metrics import Metrics
-from framework.runtime.pool import Runtime
+from framework.control.manifest import FunctionSpec
+from framework.observe.metrics import Metrics
+from framework.runtime.pools import Runtime
 from framework.settings import Settings
 from framework.types import Invocation
 

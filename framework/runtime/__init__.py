@@ -1,7 +1,7 @@
 """Instances: the template (zygote), the instance process, the framing between them and the node's pools.
 
 `Runtime` and `invoke_once` are imported lazily so the template process, which imports
-`framework.runtime.instance`, does not pay for the node-side modules (pydantic, prometheus).
+`framework.runtime.worker.server`, does not pay for the node-side modules (pydantic, prometheus).
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from framework.runtime.pool import Runtime, invoke_once
+    from framework.runtime.pools import Runtime, invoke_once
 
 __all__ = ["Runtime", "invoke_once"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from framework.runtime import pool
+        from framework.runtime import pools
 
-        return getattr(pool, name)
+        return getattr(pools, name)
     raise AttributeError(name)

@@ -1,6 +1,8 @@
-"""The node's runtime: one pool of instances per function, the template they fork from, and the reaper.
+"""One function's instances on this node: scale out, route, queue, reap.
 
-The node, the invoker and the CLI talk only to `Runtime` (and `invoke_once` for `faas invoke NAME`).
+Routing: the least-loaded ready instance with room (load < `concurrency`); else a starting instance with
+room (the request waits for it: a cold start); else a new instance if fewer than `max`; else the queue
+(FIFO, at most `queue` requests, each waiting at most `queue_timeout` seconds), served as slots free up.
 """
 
 from __future__ import annotations
@@ -9,168 +11,214 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Sequence
+from collections import deque
 
-from framework.errors import Overloaded
-from framework.manifest import FunctionSpec
-from framework.metrics import Metrics
-from framework.runtime.scaling import FunctionPool
+from framework.control.manifest import FunctionSpec
+from framework.errors import FaasError, Overloaded
+from framework.observe.metrics import Metrics
+from framework.runtime.handle import Instance
 from framework.runtime.template import Template
-from framework.settings import Settings
 from framework.types import Invocation, InvokeResult
 
 log = logging.getLogger("faas.runtime")
 
-REAP_TICK = (0.05, 1.0)
-"""Bounds (seconds) of the reaper's tick; within them it is a quarter of the shortest idle timeout."""
+Slot = tuple[Instance, bool]
+"""An instance reserved for one request, and whether that request is a cold start."""
 
 
-class Runtime:
-    """Runs function instances on this node.
+class FunctionPool:
+    """The instances of one function built from one spec. `retired` pools take no new requests."""
 
-    `invoke` raises FunctionError, Timeout, InstanceCrashed or Overloaded. Pools are keyed by function
-    name and rebuilt (the old one retired) whenever the spec a caller passes differs from the pool's.
-    """
+    def __init__(
+        self, spec: FunctionSpec, template: Template, metrics: Metrics, queue_timeout: float, log_level: str
+    ) -> None:
+        self.spec = spec
+        self.instances: list[Instance] = []
+        self.exiting: set[Instance] = set()
+        """Instances that stopped serving but whose process has not exited yet."""
+        self.retired = False
+        self._waiters: deque[asyncio.Future[Slot]] = deque()
+        self._template = template
+        self._queue_timeout = queue_timeout
+        self._log_level = log_level
+        self._boots: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
+        name = spec.name
+        self._m_queued = metrics.queued.labels(name)
+        self._m_instances = metrics.instances.labels(name)
+        self._m_blocked = metrics.blocked_loop.labels(name)
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics or Metrics()
-        self._template = Template()
-        self._pools: dict[str, FunctionPool] = {}
-        self._retired: list[FunctionPool] = []
-        self._reaper: asyncio.Task[None] | None = None
-        self._stopping = False
+    # ---- requests ----
 
-    async def start(self) -> None:
-        """Start the template process and the idle reaper. Call it on the node's loop thread."""
-        if not self._template.alive():
-            self._template.start()
-        if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="faas-reaper")
+    async def invoke(self, inv: Invocation) -> InvokeResult:
+        # The duration histogram is the invoker's to observe (once per invocation, wall time).
+        inst, cold = self._acquire() or await self._queue()
+        try:
+            result, ms = await inst.call(inv, cold)
+        finally:
+            self._release(inst)
+        return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
-    async def stop(self, grace: float) -> None:
-        """Refuse new requests, wait up to `grace` seconds for in-flight ones, then kill every instance
-        (requests still held get InstanceCrashed) and the template."""
-        self._stopping = True
-        deadline = time.monotonic() + grace
-        # Polls a sum over pools: simpler than an Event wired through every pool and instance.
-        while self.inflight() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
-        instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
-        for pool in self._all_pools():
-            pool.kill()
-        if instances:  # let their log channels drain (last words), then close them
-            _, pending = await asyncio.wait(
-                [asyncio.ensure_future(i.exited.wait()) for i in instances], timeout=2
+    async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
+        """Run `inv` on this very instance (warm-ups), whatever its load."""
+        self._reserve(inst)
+        try:
+            result, ms = await inst.call(inv, False)
+        finally:
+            self._release(inst)
+        return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def load(self) -> int:
+        """Requests held: routed to an instance or waiting in the queue."""
+        return sum(i.load for i in self.instances) + len(self._waiters)
+
+    def _pick(self) -> Instance | None:
+        best: Instance | None = None
+        starting: Instance | None = None
+        limit = self.spec.instances.concurrency
+        for inst in self.instances:
+            if inst.load >= limit or inst.dead:
+                continue
+            if inst.ready:
+                if best is None or inst.load < best.load:
+                    best = inst
+            elif starting is None:
+                starting = inst
+        return best or starting
+
+    def _acquire(self) -> Slot | None:
+        """A slot right now, or None (the caller queues). Newcomers never overtake queued requests."""
+        inst = None if self._waiters else self._pick()
+        if inst is None and len(self.instances) < self.spec.instances.max:
+            inst = self.start(warm=False)
+        if inst is None:
+            return None
+        return inst, self._reserve(inst)
+
+    async def _queue(self) -> Slot:
+        if len(self._waiters) >= self.spec.instances.queue:
+            raise Overloaded(
+                f"function {self.spec.name}: {self.spec.instances.max} instance(s) busy and "
+                f"{len(self._waiters)} request(s) queued"
             )
-            for waiter in pending:
-                waiter.cancel()
-            for inst in instances:
-                inst.close_logs()
-        self._pools.clear()
-        self._retired.clear()
-        self._template.stop()
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._m_queued.inc()
+        try:
+            async with asyncio.timeout(self._queue_timeout):
+                return await fut
+        except BaseException as e:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result()[0])  # a slot arrived as we gave up: hand it back
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            if isinstance(e, TimeoutError):
+                raise Overloaded(
+                    f"function {self.spec.name}: no free instance within {self._queue_timeout:g} s"
+                ) from None
+            raise
+        finally:
+            self._m_queued.dec()
 
-    async def invoke(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
-        if self._stopping:
-            raise Overloaded("the node is stopping")
-        return await self._pool(spec).invoke(inv)
+    def _reserve(self, inst: Instance) -> bool:
+        inst.load += 1
+        return not inst.ready and not inst.warm
 
-    async def warmup(self, spec: FunctionSpec) -> int:
-        """Call the module's `warmup(ctx)` hook (never `handle`) in every live instance of `spec`, starting
-        one first if there is none (that start is not a cold start for later requests). Returns how many
-        instances ran it; raises the first error when none did."""
-        if self._stopping:
-            raise Overloaded("the node is stopping")
-        pool = self._pool(spec)
-        if not pool.instances:
-            pool.start(warm=True)
-        targets = [i for i in pool.instances if not i.dead]
-        results = await asyncio.gather(
-            *(pool.call_on(i, Invocation(str(uuid.uuid4()), "warmup", None, b"null")) for i in targets),
-            return_exceptions=True,
+    def _release(self, inst: Instance) -> None:
+        inst.load -= 1
+        inst.last_used = time.monotonic()
+        if self._waiters:
+            self._dispatch()
+        elif self.retired and inst.load == 0:
+            inst.close()
+
+    def _dispatch(self) -> None:
+        """Hand free slots (or new instances, up to max) to queued requests, oldest first."""
+        while self._waiters:
+            inst = self._pick()
+            if inst is None and len(self.instances) < self.spec.instances.max:
+                inst = self.start(warm=False)
+            if inst is None:
+                return
+            fut = self._waiters.popleft()
+            if not fut.done():  # a cancelled waiter may linger until its task runs
+                fut.set_result((inst, self._reserve(inst)))
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # ---- instances ----
+
+    def start(self, warm: bool) -> Instance:
+        """Start one instance in the background; requests may reserve it while it starts."""
+        inst = Instance(self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm)
+        self.instances.append(inst)
+        self._m_instances.inc()
+        task = asyncio.get_running_loop().create_task(self._boot(inst))
+        self._boots.add(task)
+        task.add_done_callback(self._boots.discard)
+        return inst
+
+    async def _boot(self, inst: Instance) -> None:
+        t0 = time.perf_counter()
+        try:
+            await inst.start(self._template)
+        except FaasError as e:
+            # Requests reserved on it get the error from `inst.started`; fail the queue too rather than
+            # retrying a broken handler once per queued request.
+            self._fail_waiters(type(e)(e.message))
+            return
+        except Exception:
+            return
+        if not inst.warm:
+            self._metrics.cold_starts.labels(self.spec.name).inc()
+            self._metrics.cold_start_seconds.labels(self.spec.name).observe(time.perf_counter() - t0)
+        log.debug(
+            "instance %s of %s ready in %.1f ms", inst.id, self.spec.name, (time.perf_counter() - t0) * 1e3
         )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors and len(errors) == len(results):
-            raise errors[0]
-        return len(results) - len(errors)
+        self._dispatch()
 
-    def apply(self, functions: Sequence[FunctionSpec]) -> None:
-        """Manifest reload: retire the pool of every function whose spec changed or that vanished."""
-        new = {f.name: f for f in functions}
-        for name, pool in list(self._pools.items()):
-            if new.get(name) != pool.spec:
-                self._retire(name)
+    def _on_exit(self, inst: Instance, reason: str | None) -> None:
+        if not inst.exited.is_set():
+            self.exiting.add(inst)
+            inst.on_gone = self.exiting.discard
+        if inst in self.instances:
+            self.instances.remove(inst)
+            self._m_instances.dec()
+        if reason is not None:
+            self._metrics.instance_crashes.labels(self.spec.name, reason).inc()
+        if self._waiters:
+            self._dispatch()
 
-    def instance_count(self, name: str) -> int:
-        """Live (or starting) instances of function `name`, those draining after a reload included."""
-        return len(self.instance_ids(name))
+    def reap(self, now: float) -> None:
+        """Close instances idle for `idle_timeout` seconds (all idle ones once retired)."""
+        idle = self.spec.instances.idle_timeout
+        for inst in list(self.instances):
+            if inst.ready and inst.load == 0 and (self.retired or now - inst.last_used >= idle):
+                log.info(
+                    "instance %s of %s %s: stopping it",
+                    inst.id,
+                    self.spec.name,
+                    "retired" if self.retired else f"idle for {idle:g} s",
+                )
+                inst.close()
 
-    def instance_ids(self, name: str) -> list[str]:
-        return [i.id for p in self._all_pools() if p.spec.name == name for i in p.instances]
+    def retire(self) -> None:
+        """No new requests come here; instances stop once they hold nothing."""
+        self.retired = True
+        if not self._waiters:
+            self.reap(time.monotonic())
 
-    def instance_pids(self, name: str) -> list[int]:
-        """Process ids of the ready instances of `name` (tests, diagnostics)."""
-        return [i.pid for p in self._all_pools() if p.spec.name == name for i in p.instances if i.pid]
-
-    def inflight(self) -> int:
-        """Requests held by all pools (in flight or queued), for draining."""
-        return sum(p.load for p in self._all_pools())
-
-    # ---- internals ----
-
-    def _inflight_of(self, name: str) -> int:
-        return sum(p.load for p in self._all_pools() if p.spec.name == name)
-
-    def _pool(self, spec: FunctionSpec) -> FunctionPool:
-        pool = self._pools.get(spec.name)
-        if pool is not None and (pool.spec is spec or pool.spec == spec):
-            pool.spec = spec  # an equal spec from a reloaded manifest: compare by identity from now on
-            return pool
-        if pool is not None:
-            self._retire(spec.name)
-        if not self._template.alive():
-            self._template.start()
-        # Read when scraped, not counted per request (a gauge update costs microseconds on the hot path).
-        self.metrics.inflight.labels(spec.name).set_function(lambda: self._inflight_of(spec.name))
-        pool = self._pools[spec.name] = FunctionPool(
-            spec, self._template, self.metrics, self.settings.queue_timeout, self.settings.log_level
-        )
-        return pool
-
-    def _retire(self, name: str) -> None:
-        pool = self._pools.pop(name)
-        log.info(
-            "function %s changed or left the manifest: retiring its %d instance(s)", name, len(pool.instances)
-        )
-        pool.retire()
-        self._retired.append(pool)
-
-    def _all_pools(self) -> list[FunctionPool]:
-        return [*self._pools.values(), *self._retired]
-
-    async def _reap_forever(self) -> None:
-        while True:
-            pools = self._all_pools()
-            shortest = min((p.spec.instances.idle_timeout for p in pools), default=REAP_TICK[1] * 4)
-            await asyncio.sleep(min(max(shortest / 4, REAP_TICK[0]), REAP_TICK[1]))
-            now = time.monotonic()
-            for pool in pools:
-                pool.reap(now)
-            self._retired = [p for p in self._retired if p.instances or p.queued or p.exiting]
-
-
-async def invoke_once(spec: FunctionSpec, payload: bytes, settings: Settings | None = None) -> InvokeResult:
-    """`faas invoke NAME` without `--url`: run `spec` (any state) once in a fresh instance, then stop."""
-    runtime = Runtime(settings or Settings())
-    await runtime.start()
-    try:
-        return await runtime.invoke(spec, Invocation(str(uuid.uuid4()), "direct", None, payload))
-    finally:
-        await runtime.stop(0)
+    def kill(self) -> None:
+        self._fail_waiters(Overloaded("the node is stopping"))
+        for inst in list(self.instances):
+            inst.kill()

@@ -38,7 +38,9 @@ class Kind(IntEnum):
     INIT_ERROR = 2
     """instance → node: the handler failed to import: `{"msg", "tb"}`."""
     REQUEST = 3
-    """node → instance: `{"id", "inv", "t" (trigger), "e" (event), "c" (cold start)}` + raw payload JSON."""
+    """node → instance: `{"id", "inv", "t" (trigger), "e" (event), "c" (cold start)}` + raw payload JSON;
+    optional `"ev"` (event identity: `{"id", "src", "sub", "time", "key", "ext"}`), `"tp"` (traceparent),
+    `"a"` (attempt, default 1)."""
     REPLY = 4
     """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`."""
     CANCEL = 5

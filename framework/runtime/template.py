@@ -97,7 +97,7 @@ class Template:
 
 
 def _serve(ctrl: socket.socket) -> None:
-    from framework.runtime import instance  # the preload: everything an instance needs, imported once
+    from framework.runtime.worker import server  # the preload: everything an instance needs, imported once
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     me = os.getpid()
@@ -118,14 +118,14 @@ def _serve(ctrl: socket.socket) -> None:
             pid = -1  # the node sees EOF on the instance's socket and reports the failed start
         if pid == 0:
             ctrl.close()
-            instance.main(orjson.loads(msg), fds[0], fds[1], me)
+            server.main(orjson.loads(msg), fds[0], fds[1], me)
         for fd in fds:
             os.close(fd)
 
 
 def main() -> None:
     """`python -m framework.runtime.template CONTROL_FD NODE_PID` (started by `Template.start`)."""
-    from framework.runtime.instance import die_with_parent
+    from framework.runtime.worker.server import die_with_parent
 
     ctrl_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     die_with_parent(parent)

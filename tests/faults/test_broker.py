@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from framework.broker import EmbeddedBroker, free_port
+from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, send_all
 from tests.support import LOGS, Node, ce_headers, new_id

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, rss_by_process, send_all, tree_rss
 from tests.support import Header, Node, Record, ce_headers, new_id

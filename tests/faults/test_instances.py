@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import BUSY_A, BUSY_B, HOLD, STUCK
 from tests.faults.kit import ReplyReader, events, metric, producer, send_all
 from tests.support import Node, wait_for

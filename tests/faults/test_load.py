@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import SLOW, TICK
 from tests.faults.kit import ReplyReader, events, percentile, producer, raw_post, send_all
 from tests.support import Node

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.kit import ReplyReader, events, partitions, producer, send_all
 from tests.support import Node, ce_headers, new_id, wait_for
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from framework.broker import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, raw_post, send_all, tree_rss
 from tests.support import Node

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from framework.manifest import FunctionSpec, InstancesSpec
+from framework.control.manifest import FunctionSpec, InstancesSpec
 from framework.runtime import Runtime
 from framework.settings import Settings
 from framework.types import Invocation, InvokeResult

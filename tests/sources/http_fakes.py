@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
+from framework.control.manifest import FunctionSpec, Manifest, ScheduleSpec
+from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, InstanceCrashed, Overloaded, Timeout
 from framework.invoker import Invoker
-from framework.manifest import FunctionSpec, Manifest, ScheduleSpec
-from framework.metrics import Metrics
-from framework.registry import Registry
+from framework.observe.metrics import Metrics
 from framework.settings import Settings
-from framework.sources.http import create_app
+from framework.sources.http.app import create_app
 from framework.types import Invocation, InvokeResult
 
 if TYPE_CHECKING:

@@ -1,0 +1,373 @@
+"""`functions.yaml`: the models of DESIGN.md section 2 and loading them with positions.
+
+Every error is reported as `functions.yaml:LINE:COL: message` (1-based), all of them at once. Handlers
+are import-checked by `control.handler_check`; round-trip edits live in `control.manifest_edit`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from croniter import CroniterBadDateError, croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
+
+from framework.control import cron
+from framework.control.handler_check import import_errors
+from framework.errors import ManifestError
+
+State = Literal["draft", "productive", "undeployed"]
+STATES: tuple[State, ...] = ("draft", "productive", "undeployed")
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def check_cron(expr: str) -> str:
+    """Return `expr` if it is a valid 5- or 6-field cron (see framework.control.cron) that ever fires."""
+    cron.check_expression(expr)
+    try:
+        croniter(expr).get_next(float)
+    except CroniterBadDateError:
+        raise ValueError(f"cron expression {expr!r} never fires") from None
+    return expr
+
+
+class ScheduleSpec(BaseModel):
+    """One cron entry: `cron` (5 fields, or 6 with seconds last), IANA `timezone`, any JSON `payload`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str
+    timezone: str = "UTC"
+    payload: Any = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        cron.zone(value)
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: Any) -> Any:
+        try:  # a round trip turns YAML-only values (non-string keys) into their JSON form
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"payload is not a JSON value: {exc}") from None
+
+
+class InstancesSpec(BaseModel):
+    """Per-node instance limits of one function."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max: int = Field(4, ge=1)
+    """Instances of this function per node."""
+    concurrency: int = Field(100, ge=1)
+    """In-flight requests per instance before another instance starts."""
+    idle_timeout: float = Field(300, gt=0)
+    """Seconds an idle instance lives before it goes cold."""
+    queue: int = Field(1000, ge=0)
+    """Requests that may wait when every instance is full; beyond that: Overloaded."""
+    memory_mb: int | None = Field(None, ge=32)
+    """Resident memory limit of one instance in MiB (DESIGN.md section 14); None: no limit."""
+
+
+RETRYABLE = ("Timeout", "InstanceCrashed", "Overloaded", "FunctionError")
+"""Error types a `retry.on` list may name (BadEvent and NotFound never change on a retry)."""
+SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+class RetrySpec(BaseModel):
+    """`retry:` of DESIGN.md section 15: event and scheduled invocations only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(0, ge=0, le=10)
+    """Extra attempts after a failure."""
+    backoff: float = Field(0.5, gt=0, le=30)
+    """Seconds before the first retry, doubled each time, capped at 30 s."""
+    on: tuple[str, ...] = ("Timeout", "InstanceCrashed", "Overloaded")
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in RETRYABLE:
+                raise ValueError(f"{name!r} is not a retryable error type (one of {', '.join(RETRYABLE)})")
+        return value
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before `attempt` (2, 3, ...): backoff doubled per retry, at most 30."""
+        return float(min(30.0, self.backoff * 2 ** (attempt - 2)))
+
+
+class FunctionSpec(BaseModel):
+    """One entry of `functions:`. `root` is the manifest's folder, where `handler` is imported from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    uuid: str
+    """RFC 4122 form, stored lower-case."""
+    handler: str
+    """`module:attribute`, e.g. `functions.greet:handle`."""
+    state: State = "draft"
+    events: tuple[str, ...] = ()
+    timeout: float = Field(30, gt=0, le=30)
+    """Seconds, counted from when the instance receives the request."""
+    env: dict[str, str] = Field(default_factory=dict)
+    schedules: tuple[ScheduleSpec, ...] = ()
+    keep_warm: str | None = None
+    instances: InstancesSpec = Field(default_factory=InstancesSpec)
+    secrets: tuple[str, ...] = ()
+    """Names of the secrets the handler reads as `ctx.secrets[name]` (DESIGN.md section 14)."""
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    root: Path = Path(".")
+    code: Path | None = None
+    """Where instances import the handler from: the node's snapshot of the last good code (None: `root`)."""
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if not _UUID.match(value.lower()):
+            raise ValueError(f"{value!r} is not an RFC 4122 UUID (e.g. 2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10)")
+        return value.lower()
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        if not _HANDLER.match(value):
+            raise ValueError(f"handler {value!r} must have the form module:attribute")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.match(SECRET_NAME, name):
+                raise ValueError(f"secret name {name!r} must match [A-Za-z0-9_.-]{{1,128}}")
+        return value
+
+    @field_validator("keep_warm")
+    @classmethod
+    def _keep_warm(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value)
+
+    @property
+    def productive(self) -> bool:
+        return self.state == "productive"
+
+
+class DefaultsSpec(BaseModel):
+    """The top-level `defaults:` mapping; a function's own values override it key by key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float | None = Field(None, gt=0, le=30)
+    instances: InstancesSpec | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """The whole file, with `defaults` already merged into each function."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    functions: tuple[FunctionSpec, ...] = ()
+
+
+def _yaml() -> YAML:
+    return YAML(typ="rt")
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip nodes as plain JSON-like Python values (dates become ISO strings)."""
+    if isinstance(node, dict):
+        return {_plain(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, ScalarBoolean):
+        return bool(node)
+    for kind in (bool, int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    if isinstance(node, date):
+        return node.isoformat()
+    return node
+
+
+class _Errors:
+    """Collects `(line, col, message)` problems (0-based positions) and formats them sorted, once each."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.found: set[tuple[int, int, str]] = set()
+
+    def add(self, pos: tuple[int, int], message: str) -> None:
+        self.found.add((pos[0], pos[1], message))
+
+    def lines(self) -> list[str]:
+        return [f"{self.label}:{line + 1}:{col + 1}: {msg}" for line, col, msg in sorted(self.found)]
+
+
+def _key_at(node: CommentedMap, key: Any, fallback: tuple[int, int]) -> tuple[int, int]:
+    """Where `key` is written; keys brought in by a `<<:` merge have no position of their own."""
+    data = node.lc.data.get(key)
+    return (data[0], data[1]) if data else fallback
+
+
+def _position(node: Any, loc: tuple[int | str, ...], fallback: tuple[int, int]) -> tuple[int, int]:
+    """The deepest key or item of `loc` present in the YAML nodes (values merged from defaults are not)."""
+    pos = fallback
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            pos, node = _key_at(node, part, pos), node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            pos, node = tuple(node.lc.item(part)), node[part]
+        else:
+            break
+    return pos
+
+
+def _message(err: ErrorDetails, prefix: str) -> str:
+    """A pydantic error as `where: what`, `where` being the dotted key path, e.g. `schedules[0].cron`."""
+    loc = [prefix, *(p for p in err["loc"] if p != "[key]")]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).strip(".")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {where!r}"
+    if kind == "missing":
+        return f"missing required key {where!r}"
+    if kind == "value_error":
+        what = str(err.get("ctx", {}).get("error", err["msg"]))
+    elif kind in ("tuple_type", "list_type"):
+        what = "should be a list"
+    elif kind in ("dict_type", "model_type"):
+        what = "should be a mapping"
+    elif err["loc"] and err["loc"][-1] == "[key]":
+        what = "keys must be strings"
+    else:
+        what = err["msg"]
+    return f"{where}: {what}" if where else what
+
+
+def _validate(
+    model: type[BaseModel],
+    node: Any,
+    at: tuple[int, int],
+    errors: _Errors,
+    data: Any = None,
+    prefix: str = "",
+) -> Any:
+    """`model` validated from `data` (default: `node` as plain values); errors located through `node`."""
+    try:
+        return model.model_validate(_plain(node) if data is None else data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            errors.add(_position(node, err["loc"], at), _message(err, prefix))
+    return None
+
+
+def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` over `defaults`: `instances` field by field, `env` variable by variable, the rest per key."""
+    merged = {**{k: v for k, v in defaults.items() if k not in ("instances", "env")}, **data}
+    for key in ("instances", "env"):
+        if isinstance(defaults.get(key), dict) and isinstance(data.get(key, {}), dict):
+            merged[key] = {**defaults[key], **data.get(key, {})}
+    return merged
+
+
+def _parse(path: Path, errors: _Errors) -> Any:
+    """The round-trip document of `path` (None for an empty file); syntax errors go to `errors`."""
+    try:
+        return _yaml().load(path.read_text(encoding="utf-8"))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" ({exc.context} started at line {exc.context_mark.line + 1})" if exc.context_mark else ""
+        problem = (exc.problem or "invalid YAML").replace("\n", " ")
+        errors.add((mark.line, mark.column) if mark else (0, 0), f"YAML syntax error: {problem}{where}")
+    except (YAMLError, OSError, UnicodeDecodeError) as exc:
+        errors.add((0, 0), f"cannot read the manifest: {exc}")
+    return None
+
+
+def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
+    """Load and check `path`; raise ManifestError listing every problem as `path:LINE:COL: message`.
+
+    `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
+    folder, so a broken module can neither crash nor pollute this process.
+    """
+    errors = _Errors(str(path))
+    root = path.resolve().parent
+    doc = _parse(path, errors)
+    if errors.found:
+        raise ManifestError(errors.lines())
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, CommentedMap):
+        raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
+    for key in doc:  # `x-` keys are free, e.g. to hold YAML anchors (`x-common: &common`)
+        if key not in ("functions", "defaults") and not str(key).startswith("x-"):
+            errors.add(_key_at(doc, key, (0, 0)), f"unknown key {key!r} (expected 'functions' or 'defaults')")
+    defaults: dict[str, Any] = {}
+    if doc.get("defaults") is not None:
+        at = _key_at(doc, "defaults", (0, 0))
+        if _validate(DefaultsSpec, doc["defaults"], at, errors, prefix="defaults"):
+            defaults = _plain(doc["defaults"])
+    items = doc.get("functions")
+    if items is None:
+        items = CommentedSeq()
+    elif not isinstance(items, CommentedSeq):
+        errors.add(_key_at(doc, "functions", (0, 0)), "functions: should be a list of functions")
+        items = CommentedSeq()
+    specs: list[FunctionSpec] = []
+    seen: dict[tuple[str, str], tuple[int, int]] = {}  # (key, value) -> (item index, line)
+    handlers: dict[str, tuple[dict[str, str], list[tuple[int, int]]]] = {}
+    for i, item in enumerate(items):
+        at = tuple(items.lc.item(i))
+        if not isinstance(item, CommentedMap):
+            errors.add(at, "each function should be a mapping with name, uuid and handler")
+            continue
+        for key in ("name", "uuid"):
+            value = item.get(key)
+            if isinstance(value, str):
+                pos = _key_at(item, key, at)
+                first, line = seen.setdefault((key, value.lower()), (i, pos[0]))
+                if first != i:
+                    errors.add(pos, f"duplicate {key} {value!r} (first at line {line + 1})")
+        data = _merge(defaults, _plain(item))
+        for internal in ("root", "code"):  # set by the loader and the node, never by the user
+            if internal in data:
+                errors.add(_key_at(item, internal, at), f"unknown key {internal!r}")
+        spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})
+        if spec is not None:
+            specs.append(spec)
+        handler = item.get("handler")
+        if isinstance(handler, str) and _HANDLER.match(handler):
+            env = data.get("env")
+            env = env if isinstance(env, dict) and all(isinstance(v, str) for v in env.values()) else {}
+            handlers.setdefault(handler, (env, []))[1].append(_key_at(item, "handler", at))
+    if check_handlers and handlers:
+        found = import_errors(root, {h: env for h, (env, _) in handlers.items()})
+        for handler, problem in found.items():
+            for pos in handlers[handler][1]:
+                errors.add(pos, f"handler {handler!r} {problem}")
+    if errors.found:
+        raise ManifestError(errors.lines())
+    return Manifest(path=path, functions=tuple(specs))

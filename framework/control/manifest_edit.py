@@ -1,0 +1,130 @@
+"""Round-trip edits of `functions.yaml`: `set_state` and `add_function` change only the lines they must.
+
+Comments, layout and line ends survive; each edit is checked to parse to what was meant, then written
+atomically (a node watches the file).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from framework.control.manifest import STATES, State, _Errors, _parse, _yaml
+from framework.errors import ManifestError
+
+_SCALAR = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|[^\s#,\]}]+")
+
+
+def _find(doc: Any, name: str) -> CommentedMap:
+    items = doc.get("functions") if isinstance(doc, CommentedMap) else None
+    for item in items if isinstance(items, CommentedSeq) else ():
+        if isinstance(item, CommentedMap) and item.get("name") == name:
+            return item
+    raise LookupError(f"no function named {name!r} in the manifest")
+
+
+def _read(path: Path) -> tuple[list[str], Any]:
+    errors = _Errors(str(path))
+    doc = _parse(path, errors)
+    if errors.found:
+        raise ManifestError(errors.lines())
+    with path.open(encoding="utf-8", newline="") as f:  # keep \r\n line ends as they are
+        return f.read().splitlines(keepends=True), doc
+
+
+def _write(path: Path, lines: list[str], check: Any) -> None:
+    """Check the edited text parses to what we meant, then replace the file atomically (a node watches it)."""
+    text = "".join(lines)
+    if not check(_yaml().load(text)):
+        raise RuntimeError(f"could not edit {path} safely; edit it by hand")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+
+
+def _eol(line: str) -> str:
+    return "\r\n" if line.endswith("\r\n") else "\n"
+
+
+def set_state(path: Path, name: str, state: State) -> None:
+    """Set function `name`'s `state:`, changing only that line (or inserting one after `handler:`).
+
+    Raises LookupError for an unknown name and ManifestError when the file is not valid YAML.
+    """
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}")
+    lines, doc = _read(path)
+    item = _find(doc, name)
+    own = item.lc.data  # key -> [key line, key col, value line, value col]; merged (`<<:`) keys are absent
+    if "state" in own and isinstance(item["state"], str) and own["state"][2] == own["state"][0]:
+        line, col = own["state"][2:]
+        match = _SCALAR.match(lines[line], col)
+        assert match is not None
+        lines[line] = lines[line][: match.start()] + state + lines[line][match.end() :]
+    elif "state" in own:  # an empty or odd value: rewrite the whole key line
+        line, col = own["state"][:2]
+        lines[line] = " " * col + f"state: {state}" + _eol(lines[line])
+    else:
+        anchor = "handler" if "handler" in own else next(iter(own))
+        line, col, value_line, _ = own[anchor]
+        if item.fa.flow_style():
+            lines[line] = lines[line][:col] + f"state: {state}, " + lines[line][col:]
+        else:
+            lines[value_line] += "" if lines[value_line].endswith("\n") else "\n"
+            lines.insert(value_line + 1, " " * col + f"state: {state}" + _eol(lines[value_line]))
+    _write(path, lines, lambda new: _find(new, name).get("state") == state)
+
+
+def add_function(path: Path, entry: dict[str, Any]) -> None:
+    """Append `entry` (a function's keys, in order) to `functions:`; the other lines stay byte-identical.
+
+    Lists in `entry` are written in flow style (`events: [a.b]`). Creates `functions:` when missing.
+    """
+    lines, doc = _read(path) if path.exists() else ([], None)
+    if doc is not None and not isinstance(doc, CommentedMap):
+        raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
+    body = CommentedMap()
+    for key, value in entry.items():
+        if isinstance(value, list):
+            value = CommentedSeq(value)
+            value.fa.set_flow_style()
+        body[key] = value
+    dumper = YAML(typ="rt")
+    dumper.indent(mapping=2, sequence=4, offset=2)
+    buf = io.StringIO()
+    dumper.dump(body, buf)
+    rendered = buf.getvalue().splitlines()
+    eol = _eol(lines[0]) if lines else "\n"
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += eol
+    items = doc.get("functions") if doc is not None else None
+    if doc is None or "functions" not in doc:
+        at, dash, content = len(lines), 2, 4
+        lines.append("functions:" + eol)
+        at += 1
+    elif isinstance(items, CommentedSeq) and items and not items.fa.flow_style():
+        line, content = items.lc.item(0)
+        dash = lines[line].rfind("-", 0, content)
+        later = list(doc)[list(doc).index("functions") + 1 :]
+        at = doc.lc.key(later[0])[0] if later else len(lines)
+        while later and at > 0 and (not lines[at - 1].strip() or lines[at - 1].startswith("#")):
+            at -= 1  # blank lines and comments just above the next key belong to it
+    elif not items:  # `functions:` or `functions: []`
+        line, col = doc.lc.key("functions")
+        dash, content, at = col + 2, col + 4, line + 1
+        lines[line] = re.sub(r":\s*\[\s*\]", ":", lines[line], count=1)
+    else:
+        raise ManifestError([f"{path}:1:1: cannot append to a flow-style functions list; use block style"])
+    block = [" " * dash + "-" + " " * (content - dash - 1) + rendered[0] + eol]
+    block += [" " * content + r + eol for r in rendered[1:]]
+    lines[at:at] = block
+    _write(path, lines, lambda new: _find(new, str(entry["name"])) is not None)

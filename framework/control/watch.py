@@ -1,0 +1,111 @@
+"""Manifest hot reload: watch `functions.yaml` and the handler packages it names, validate, swap.
+
+watchfiles (inotify on Linux) reports changes. Only the manifest's folder (not recursively: a project
+folder may hold a `.venv` of thousands of folders) and the top-level packages of the handlers are
+watched. An edit is applied only when it passes everything `faas validate` checks, handlers importing
+included; a rejected edit leaves the last good manifest serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from framework.control.manifest import Manifest, load_manifest
+from framework.control.snapshot import top_level
+from framework.errors import ManifestError
+
+log = logging.getLogger("faas.reload")
+
+DEBOUNCE_MS = 150
+"""watchfiles groups changes within this window; a deploy is served well within the contract's 2 s."""
+
+
+def handler_packages(manifest: Manifest) -> set[Path]:
+    """Folders of the handlers' top-level packages (a module beside the manifest needs none)."""
+    found = (top_level(spec) for spec in manifest.functions)
+    return {path.resolve() for path in found if path is not None and path.is_dir()}
+
+
+class ManifestWatcher:
+    """Calls `on_change(manifest)` after a valid edit, `on_error(lines)` after a bad one."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        on_change: Callable[[Manifest], None],
+        on_error: Callable[[list[str]], None],
+    ) -> None:
+        self.path = path.resolve()
+        self.on_change = on_change
+        self.on_error = on_error
+        self.packages = handler_packages(manifest)
+        self._packages_changed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(self._watch_manifest(stop), self._watch_packages(stop))
+
+    async def _watch_manifest(self, stop: asyncio.Event) -> None:
+        from watchfiles import awatch
+
+        async for changes in awatch(
+            self.path.parent, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=False
+        ):
+            paths = {Path(p) for _, p in changes}  # absolute: the watched folder is resolved
+            if self.path in paths or any(p.suffix == ".py" for p in paths):
+                await self.reload()
+
+    async def _watch_packages(self, stop: asyncio.Event) -> None:
+        from watchfiles import awatch
+
+        while not stop.is_set():
+            if not self.packages:
+                await _first(stop, self._packages_changed)
+                self._packages_changed.clear()
+                continue
+            either = asyncio.Event()  # restart the watch when a reload names other packages
+            relay = asyncio.create_task(_relay(either, stop, self._packages_changed))
+            try:
+                async for changes in awatch(
+                    *self.packages, stop_event=either, debounce=DEBOUNCE_MS, step=50, recursive=True
+                ):
+                    if any(p.endswith(".py") for _, p in changes):
+                        await self.reload()
+            finally:
+                relay.cancel()
+            self._packages_changed.clear()
+
+    async def reload(self) -> None:
+        try:
+            # Handlers are imported in a subprocess: keep the loop free meanwhile.
+            manifest = await asyncio.to_thread(load_manifest, self.path)
+        except ManifestError as exc:
+            log.error("manifest edit rejected, still serving the last good one:\n%s", "\n".join(exc.errors))
+            self.on_error(exc.errors)
+            return
+        except OSError as exc:  # the file is mid-replace or gone: keep serving, say why
+            log.error("manifest not readable, still serving the last good one: %s", exc)
+            self.on_error([f"{self.path.name}: {exc}"])
+            return
+        packages = handler_packages(manifest)
+        if packages != self.packages:
+            self.packages = packages
+            self._packages_changed.set()
+        self.on_change(manifest)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _relay(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    await _first(*sources)
+    target.set()

@@ -1,0 +1,2 @@
+"""Shared Kafka plumbing: client options and topics, the CloudEvents codec, the reachability
+probe, the embedded broker and `EventClient`."""

@@ -1,0 +1,1 @@
+"""Seeing what happened: logging setup and Prometheus metrics."""

@@ -1,0 +1,284 @@
+"""Node-side handle of one instance process.
+
+Starts it through the template, sends requests and matches replies, enforces the backstop deadline (a
+request not answered `GRACE` seconds after its time limit means the instance's loop is stuck: it is killed),
+forwards its logs into the node's log, and notices its death (EOF on its socket) at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from framework.control.manifest import FunctionSpec
+from framework.errors import INVOCATION_ERRORS, FunctionError, InstanceCrashed, Timeout
+from framework.runtime.protocol import FrameProtocol, Header, Kind, connect
+from framework.runtime.template import Template
+from framework.types import Invocation
+
+GRACE = 1.0
+"""Seconds an instance gets, past a request's time limit, to answer it before the node kills the instance."""
+START_TIMEOUT = 60.0
+"""Seconds an instance may take to import its handler and report ready."""
+CLOSE_GRACE = 2.0
+"""Seconds a closed (idle or retired) instance gets to exit on its own before SIGKILL."""
+
+log = logging.getLogger("faas.runtime")
+instance_log = logging.getLogger("faas.instance")
+
+ExitCallback = Callable[["Instance", "str | None"], None]
+"""Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`) or None."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    fut: asyncio.Future[tuple[bytes, float]]
+    deadline: float
+    """Loop time at which the request's time limit passes."""
+
+
+class Instance:
+    """One instance process of one function, as the node sees it.
+
+    `load` (requests routed here: waiting for the start or in flight) is kept by the pool. `warm` marks an
+    instance started by a warm-up, whose waiting requests are not cold starts.
+    """
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        log_level: str,
+        on_exit: ExitCallback,
+        on_blocked: Callable[[], None],
+        warm: bool = False,
+    ) -> None:
+        self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        self.spec = spec
+        self.warm = warm
+        self.load = 0
+        self.last_used = time.monotonic()
+        self.pid = 0
+        self.ready = False
+        self.dead = False
+        self.exited = asyncio.Event()
+        """Set when the process is gone (its log channel closed)."""
+        self.on_gone: Callable[[Instance], None] | None = None
+        """Called when the process is gone (after `on_exit`, which fires as soon as it stops serving)."""
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+        self._log_level = log_level
+        self._on_exit = on_exit
+        self._on_blocked = on_blocked
+        # Requests sent, in send order = deadline order (one timeout per spec): one timer armed at the
+        # earliest backstop deadline watches them all, cheaper than a timer per request.
+        self._pending: dict[int, _Pending] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._seq = 0
+        self._main: FrameProtocol | None = None
+        self._logs: FrameProtocol | None = None
+        self._extra = {"function": spec.name, "instance_id": self.id}
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.id} pid={self.pid} load={self.load}>"
+
+    async def start(self, template: Template) -> None:
+        """Fork the instance and wait for it to import its handler; failures land in `started` too."""
+        config = {
+            "function": self.spec.name,
+            "uuid": self.spec.uuid,
+            "handler": self.spec.handler,
+            "root": str(self.spec.root.resolve()),
+            "code": str((self.spec.code or self.spec.root).resolve()),
+            "env": self.spec.env,
+            "timeout": self.spec.timeout,
+            "concurrency": self.spec.instances.concurrency,
+            "instance_id": self.id,
+            "log_level": self._log_level,
+        }
+        try:
+            main, logs = template.spawn(config)
+            self._logs = await connect(logs, self._on_log, self._on_logs_closed)
+            self._main = await connect(main, self._on_frame, self._on_main_closed)
+            async with asyncio.timeout(START_TIMEOUT):
+                await asyncio.shield(self.started)
+        except BaseException as e:
+            if not self.started.done():
+                msg = f"instance {self.id} of {self.spec.name} failed to start: {type(e).__name__}: {e}"
+                self.started.set_exception(InstanceCrashed(msg))
+            self._die(None if isinstance(e, FunctionError) else "start", hard=True)
+            raise
+
+    async def call(self, inv: Invocation, cold: bool) -> tuple[bytes, float]:
+        """Run one request; returns (raw result JSON, duration ms). Raises the request's error."""
+        if not self.ready:
+            await asyncio.shield(self.started)
+        if self.dead or self._main is None:
+            raise InstanceCrashed(f"instance {self.id} of function {self.spec.name} is gone")
+        loop = asyncio.get_running_loop()
+        self._seq = rid = self._seq + 1
+        fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
+        deadline = loop.time() + self.spec.timeout
+        self._pending[rid] = _Pending(fut, deadline)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline + GRACE, self._late)
+        header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
+        if inv.identity is not None or inv.traceparent is not None or inv.attempt != 1:
+            header.update(inv.frame_fields())
+        self._main.send(Kind.REQUEST, header, inv.payload)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
+                self._main.send(Kind.CANCEL, {"id": rid})
+            raise
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Graceful stop (idle or retired): the instance exits when its main channel closes."""
+        if not self.dead:
+            self._die(None, hard=False)
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, self._kill)
+
+    def kill(self) -> None:
+        """Hard stop: SIGKILL now; requests it still holds are answered InstanceCrashed."""
+        self._die(None, hard=True)
+
+    def close_logs(self) -> None:
+        """Close the log channel (normally it closes by itself when the process exits)."""
+        if self._logs is not None:
+            self._logs.close()
+
+    # ---- channel callbacks ----
+
+    def _on_frame(self, kind: int, header: Header, tail: bytes) -> None:
+        if kind == Kind.REPLY:
+            pending = self._pending.pop(header["id"], None)
+            if pending is None or pending.fut.done():
+                return  # cancelled meanwhile
+            err = header.get("err")
+            if err is None:
+                pending.fut.set_result((tail, header["ms"]))
+            else:
+                exc = INVOCATION_ERRORS.get(err, FunctionError)(header["msg"])
+                if header.get("tb"):
+                    exc.add_note(header["tb"])
+                pending.fut.set_exception(exc)
+        elif kind == Kind.HELLO:
+            self.pid = header["pid"]
+            self.ready = True
+            if not self.started.done():
+                self.started.set_result(None)
+        elif kind == Kind.INIT_ERROR and not self.started.done():
+            exc = FunctionError(header["msg"])
+            exc.add_note(header.get("tb", ""))
+            self.started.set_exception(exc)
+            instance_log.error("%s\n%s", header["msg"], header.get("tb", ""), extra=self._extra)
+            self._die(None, hard=False)  # not a crash; gone before the waiting requests resume
+
+    def _on_main_closed(self, exc: Exception | None) -> None:
+        if not self.dead:
+            log.warning(
+                "instance %s (pid %s) of function %s exited with %d request(s) in flight",
+                self.id,
+                self.pid,
+                self.spec.name,
+                len(self._pending),
+                extra=self._extra,
+            )
+            crashed = self.ready or not self.started.done()
+            self._die("exit" if crashed else None, hard=False)
+
+    def _on_log(self, kind: int, header: Header, tail: bytes) -> None:
+        if kind != Kind.LOG:
+            return
+        extra = {**self._extra, "invocation_id": header.get("inv"), "source": header.get("name")}
+        instance_log.log(header.get("lvl", logging.INFO), header.get("msg", ""), extra=extra)
+        if header.get("blocked"):
+            self._on_blocked()
+
+    def _on_logs_closed(self, exc: Exception | None) -> None:
+        self.exited.set()
+        if self.on_gone is not None:
+            self.on_gone(self)
+
+    def _late(self) -> None:
+        """Kill the instance if its oldest request is GRACE past its time limit, unanswered (loop stuck)."""
+        self._sweeper = None
+        first = next(iter(self._pending.values()), None)
+        if self.dead or first is None:
+            return
+        loop = asyncio.get_running_loop()
+        if first.deadline + GRACE > loop.time() + 0.001:
+            self._sweeper = loop.call_at(first.deadline + GRACE, self._late)
+            return
+        log.warning(
+            "instance %s (pid %s) of function %s did not cut off a request %.1f s past its "
+            "%g s limit: killing it",
+            self.id,
+            self.pid,
+            self.spec.name,
+            GRACE,
+            self.spec.timeout,
+            extra=self._extra,
+        )
+        self._die("blocked", hard=True, late=asyncio.get_running_loop().time())
+
+    # ---- death ----
+
+    def _die(self, reason: str | None, hard: bool, late: float | None = None) -> None:
+        """Mark dead and answer every request held: Timeout for those past their limit at `late`, else
+        InstanceCrashed. Runs once."""
+        if self.dead:
+            return
+        self.dead = True
+        self.ready = False
+        if not self.started.done():
+            self.started.set_exception(
+                InstanceCrashed(f"instance {self.id} of function {self.spec.name} exited while starting")
+            )
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for pending in self._pending.values():
+            if pending.fut.done():
+                continue
+            if late is not None and late >= pending.deadline:
+                pending.fut.set_exception(
+                    Timeout(
+                        f"function {self.spec.name} ran past its "
+                        f"{self.spec.timeout:g} s limit (instance killed)"
+                    )
+                )
+            else:
+                pending.fut.set_exception(
+                    InstanceCrashed(
+                        f"instance {self.id} of function {self.spec.name} "
+                        + (
+                            "was killed: another request blocked its loop"
+                            if reason == "blocked"
+                            else "exited"
+                        )
+                    )
+                )
+        self._pending.clear()
+        if hard:
+            self._kill()
+        if self._main is not None:
+            self._main.close()
+        self._on_exit(self, reason)
+
+    def _kill(self) -> None:
+        if self.pid and not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self._logs is not None and self.pid == 0:
+            self._logs.close()

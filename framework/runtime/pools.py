@@ -1,0 +1,176 @@
+"""The node's runtime: one pool of instances per function, the template they fork from, and the reaper.
+
+The node, the invoker and the CLI talk only to `Runtime` (and `invoke_once` for `faas invoke NAME`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+from framework.control.manifest import FunctionSpec
+from framework.errors import Overloaded
+from framework.observe.metrics import Metrics
+from framework.runtime.pool import FunctionPool
+from framework.runtime.template import Template
+from framework.settings import Settings
+from framework.types import Invocation, InvokeResult
+
+log = logging.getLogger("faas.runtime")
+
+REAP_TICK = (0.05, 1.0)
+"""Bounds (seconds) of the reaper's tick; within them it is a quarter of the shortest idle timeout."""
+
+
+class Runtime:
+    """Runs function instances on this node.
+
+    `invoke` raises FunctionError, Timeout, InstanceCrashed or Overloaded. Pools are keyed by function
+    name and rebuilt (the old one retired) whenever the spec a caller passes differs from the pool's.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._template = Template()
+        self._pools: dict[str, FunctionPool] = {}
+        self._retired: list[FunctionPool] = []
+        self._reaper: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the template process and the idle reaper. Call it on the node's loop thread."""
+        if not self._template.alive():
+            self._template.start()
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="faas-reaper")
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new requests, wait up to `grace` seconds for in-flight ones, then kill every instance
+        (requests still held get InstanceCrashed) and the template."""
+        self._stopping = True
+        deadline = time.monotonic() + grace
+        # Polls a sum over pools: simpler than an Event wired through every pool and instance.
+        while self.inflight() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
+        for pool in self._all_pools():
+            pool.kill()
+        if instances:  # let their log channels drain (last words), then close them
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(i.exited.wait()) for i in instances], timeout=2
+            )
+            for waiter in pending:
+                waiter.cancel()
+            for inst in instances:
+                inst.close_logs()
+        self._pools.clear()
+        self._retired.clear()
+        self._template.stop()
+
+    async def invoke(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
+        if self._stopping:
+            raise Overloaded("the node is stopping")
+        return await self._pool(spec).invoke(inv)
+
+    async def warmup(self, spec: FunctionSpec) -> int:
+        """Call the module's `warmup(ctx)` hook (never `handle`) in every live instance of `spec`, starting
+        one first if there is none (that start is not a cold start for later requests). Returns how many
+        instances ran it; raises the first error when none did."""
+        if self._stopping:
+            raise Overloaded("the node is stopping")
+        pool = self._pool(spec)
+        if not pool.instances:
+            pool.start(warm=True)
+        targets = [i for i in pool.instances if not i.dead]
+        results = await asyncio.gather(
+            *(pool.call_on(i, Invocation(str(uuid.uuid4()), "warmup", None, b"null")) for i in targets),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and len(errors) == len(results):
+            raise errors[0]
+        return len(results) - len(errors)
+
+    def apply(self, functions: Sequence[FunctionSpec]) -> None:
+        """Manifest reload: retire the pool of every function whose spec changed or that vanished."""
+        new = {f.name: f for f in functions}
+        for name, pool in list(self._pools.items()):
+            if new.get(name) != pool.spec:
+                self._retire(name)
+
+    def instance_count(self, name: str) -> int:
+        """Live (or starting) instances of function `name`, those draining after a reload included."""
+        return len(self.instance_ids(name))
+
+    def instance_ids(self, name: str) -> list[str]:
+        return [i.id for p in self._all_pools() if p.spec.name == name for i in p.instances]
+
+    def instance_pids(self, name: str) -> list[int]:
+        """Process ids of the ready instances of `name` (tests, diagnostics)."""
+        return [i.pid for p in self._all_pools() if p.spec.name == name for i in p.instances if i.pid]
+
+    def inflight(self) -> int:
+        """Requests held by all pools (in flight or queued), for draining."""
+        return sum(p.load for p in self._all_pools())
+
+    # ---- internals ----
+
+    def _inflight_of(self, name: str) -> int:
+        return sum(p.load for p in self._all_pools() if p.spec.name == name)
+
+    def _pool(self, spec: FunctionSpec) -> FunctionPool:
+        pool = self._pools.get(spec.name)
+        if pool is not None and (pool.spec is spec or pool.spec == spec):
+            pool.spec = spec  # an equal spec from a reloaded manifest: compare by identity from now on
+            return pool
+        if pool is not None:
+            self._retire(spec.name)
+        if not self._template.alive():
+            self._template.start()
+        # Read when scraped, not counted per request (a gauge update costs microseconds on the hot path).
+        self.metrics.inflight.labels(spec.name).set_function(lambda: self._inflight_of(spec.name))
+        pool = self._pools[spec.name] = FunctionPool(
+            spec, self._template, self.metrics, self.settings.queue_timeout, self.settings.log_level
+        )
+        return pool
+
+    def _retire(self, name: str) -> None:
+        pool = self._pools.pop(name)
+        log.info(
+            "function %s changed or left the manifest: retiring its %d instance(s)", name, len(pool.instances)
+        )
+        pool.retire()
+        self._retired.append(pool)
+
+    def _all_pools(self) -> list[FunctionPool]:
+        return [*self._pools.values(), *self._retired]
+
+    async def _reap_forever(self) -> None:
+        while True:
+            pools = self._all_pools()
+            shortest = min((p.spec.instances.idle_timeout for p in pools), default=REAP_TICK[1] * 4)
+            await asyncio.sleep(min(max(shortest / 4, REAP_TICK[0]), REAP_TICK[1]))
+            now = time.monotonic()
+            for pool in pools:
+                pool.reap(now)
+            self._retired = [p for p in self._retired if p.instances or p.queued or p.exiting]
+
+
+async def invoke_once(spec: FunctionSpec, payload: bytes, settings: Settings | None = None) -> InvokeResult:
+    """`faas invoke NAME` without `--url`: run `spec` (any state) once in a fresh instance, then stop."""
+    runtime = Runtime(settings or Settings())
+    await runtime.start()
+    try:
+        return await runtime.invoke(spec, Invocation(str(uuid.uuid4()), "direct", None, payload))
+    finally:
+        await runtime.stop(0)

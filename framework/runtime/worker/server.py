@@ -1,0 +1,256 @@
+"""The instance: a child process that imports one handler once and serves many requests at once.
+
+Forked by the template (see template.py) with two sockets to the node. `async def` handlers run on the
+instance's own loop (uvloop when installed); `def` handlers run in a small thread pool. Each request gets
+its own task, its own deadline (`timeout` seconds from when the instance received it) and its own reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import ctypes
+import functools
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn
+
+import orjson
+
+from framework.context import Context
+from framework.runtime.protocol import BlockingSender, FrameProtocol, Header, Kind, connect
+from framework.runtime.worker.watchdog import ForwardHandler, LogStream, Watchdog, current_invocation
+
+try:
+    import uvloop
+
+    _loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - uvloop is an optional speed-up
+    _loop_factory = None
+
+PR_SET_PDEATHSIG = 1
+MAX_THREADS = 16
+"""Threads for `def` handlers per instance (fewer when `concurrency` is lower)."""
+_DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies (Linux), so instances never outlive their node."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
+    """Entry point in the forked child; never returns. `config` is built by `supervisor.Instance`."""
+    code = 1
+    try:
+        die_with_parent(parent)
+        # The template ignores SIGCHLD to auto-reap; handlers that run subprocesses need the default.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        code = _main(config, main_fd, log_fd)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _main(config: Header, main_fd: int, log_fd: int) -> int:
+    sender = BlockingSender(socket.socket(fileno=log_fd))
+    root = logging.getLogger()
+    root.handlers[:] = [ForwardHandler(sender)]
+    root.setLevel(config.get("log_level", "INFO"))
+    sys.stdout = LogStream(sender, "stdout", logging.INFO)
+    sys.stderr = LogStream(sender, "stderr", logging.WARNING)
+    os.environ.update(config["env"])
+    # The snapshot of the last good code first, then the project folder for anything not in it.
+    sys.path[:0] = dict.fromkeys([str(config.get("code") or config["root"]), str(config["root"])])
+    with contextlib.suppress(OSError):
+        os.chdir(config["root"])
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        return runner.run(Server(config).serve(socket.socket(fileno=main_fd)))
+
+
+def load_handler(handler: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    """Import `module:attr`; returns the handler and the module's optional `warmup` hook."""
+    module_name, _, attr = handler.partition(":")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise TypeError(f"{handler} is not callable")
+    hook = getattr(module, "warmup", None)
+    return fn, hook if callable(hook) else None
+
+
+def _is_async(fn: Callable[..., Any] | None) -> bool:
+    # Other callables run in the thread pool; an awaitable they return is awaited on the loop.
+    return inspect.iscoroutinefunction(fn)
+
+
+class Server:
+    """Serves requests from the node on the main channel until it closes."""
+
+    def __init__(self, config: Header) -> None:
+        self.function: str = config["function"]
+        self.uuid: str = config["uuid"]
+        self.instance_id: str = config["instance_id"]
+        self.timeout: float = config["timeout"]
+        self.handler: str = config["handler"]
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.log = logging.getLogger(f"function.{self.function}")
+        self.pool = ThreadPoolExecutor(
+            max(1, min(MAX_THREADS, config.get("concurrency", MAX_THREADS))),
+            thread_name_prefix=f"handler-{self.function}",
+        )
+        self.expired: set[int] = set()
+        # Deadlines (loop time) of running requests, in arrival order = deadline order (one timeout for all),
+        # checked by one timer armed at the earliest: cheaper than a timer per request.
+        self.deadlines: dict[int, float] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.conn: FrameProtocol | None = None
+        self.closed: asyncio.Future[None] | None = None
+
+    async def serve(self, sock: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
+        self.conn = conn = await connect(sock, self.on_frame, self.on_close)
+        try:
+            self.fn, self.hook = load_handler(self.handler)
+        except BaseException as e:
+            conn.send(
+                Kind.INIT_ERROR,
+                {
+                    "msg": f"handler {self.handler!r} of function {self.function} failed "
+                    f"to import: {type(e).__name__}: {e}",
+                    "tb": traceback.format_exc(),
+                },
+            )
+            conn.close()
+            return 1
+        self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
+        Watchdog(loop, self.function, self.instance_id).start()
+        conn.send(Kind.HELLO, {"pid": os.getpid()})
+        await self.closed
+        return 0
+
+    def on_close(self, exc: Exception | None) -> None:
+        # The node closed the channel (idle, retired, stopping, or gone): leave at once.
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+    def on_frame(self, kind: int, header: Header, tail: bytes) -> None:
+        if kind == Kind.REQUEST:
+            rid: int = header["id"]
+            loop = asyncio.get_running_loop()
+            self.tasks[rid] = loop.create_task(self.run(rid, header, tail), name=header["inv"])
+            self.deadlines[rid] = deadline = loop.time() + self.timeout
+            if self.sweeper is None:
+                self.sweeper = loop.call_at(deadline, self._sweep)
+        elif kind == Kind.CANCEL:
+            running = self.tasks.get(header["id"])
+            if running is not None:
+                running.cancel()
+
+    async def run(self, rid: int, header: Header, tail: bytes) -> None:
+        t0 = time.perf_counter()
+        deadline = time.time() + self.timeout
+        inv: str = header["inv"]
+        current_invocation.set(inv)
+        reply: Header = {"id": rid}
+        body = b""
+        try:
+            body = await self._call(rid, header, tail, inv, deadline)
+        except asyncio.CancelledError:
+            if rid not in self.expired:
+                return  # cancelled by the node: the caller is gone, nobody waits for a reply
+            reply.update(err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit")
+        except _NotJson as e:
+            reply.update(err="FunctionError", msg=str(e))
+        except Exception as e:
+            reply.update(err="FunctionError", msg=f"{type(e).__name__}: {e}", tb=traceback.format_exc())
+            self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
+        finally:
+            self.tasks.pop(rid, None)
+            self.deadlines.pop(rid, None)
+            self.expired.discard(rid)
+        reply["ms"] = (time.perf_counter() - t0) * 1000
+        assert self.conn is not None
+        self.conn.send(Kind.REPLY, reply, body)
+
+    async def _call(self, rid: int, header: Header, tail: bytes, inv: str, deadline: float) -> bytes:
+        trigger = header["t"]
+        log = logging.LoggerAdapter(self.log, {"invocation_id": inv})
+        ctx = Context(
+            invocation_id=inv,
+            function=self.function,
+            uuid=self.uuid,
+            trigger=trigger,
+            event=header["e"],
+            deadline=deadline,
+            env=os.environ,
+            log=log,
+            instance_id=self.instance_id,
+            cold_start=header["c"],
+            attempt=header.get("a", 1),
+        )
+        ev: Header | None = header.get("ev")
+        if ev is not None:
+            ctx.event_id, ctx.source, ctx.subject = ev["id"], ev["src"], ev["sub"]
+            ctx.time, ctx.key, ctx.extensions = ev["time"], ev["key"], ev["ext"]
+        tp: str | None = header.get("tp")
+        if tp is not None:
+            ctx.traceparent, ctx.trace_id, ctx.span_id = tp, tp[3:35], tp[36:52]
+        args: tuple[Any, ...]
+        if trigger == "warmup":
+            fn, is_async, args = self.hook, self.hook_async, (ctx,)
+        else:
+            fn, is_async, args = self.fn, self.fn_async, (orjson.loads(tail), ctx)
+        if fn is None:
+            return b"null"
+        if is_async:
+            result = await fn(*args)
+        else:
+            call = functools.partial(contextvars.copy_context().run, fn, *args)
+            result = await asyncio.get_running_loop().run_in_executor(self.pool, call)
+        if inspect.isawaitable(result):
+            result = await result
+        try:
+            return orjson.dumps(result, option=_DUMPS_OPTS)
+        except orjson.JSONEncodeError as e:
+            raise _NotJson(
+                f"function {self.function} returned a value that is not JSON: {type(result).__name__} ({e})"
+            ) from None
+
+    def _sweep(self) -> None:
+        """Cancel every request past its time limit (remembering why: it is answered Timeout)."""
+        loop = asyncio.get_running_loop()
+        self.sweeper = None
+        now = loop.time() + 0.001  # timers may fire a hair early
+        due: list[int] = []
+        for rid, deadline in self.deadlines.items():
+            if deadline > now:
+                self.sweeper = loop.call_at(deadline, self._sweep)
+                break
+            due.append(rid)
+        for rid in due:
+            del self.deadlines[rid]
+            task = self.tasks.get(rid)
+            if task is not None:
+                self.expired.add(rid)
+                task.cancel()
+
+
+class _NotJson(Exception):
+    """The handler's return value is not JSON-serialisable."""

@@ -1,0 +1,245 @@
+"""The HTTP source (DESIGN.md section 5): direct invocation, listings, HTTP events and the ops endpoints.
+
+Plain `Route` endpoints and no middleware beyond the bearer check (installed only when `FAAS_API_KEYS` is
+set). Each endpoint turns a `FaasError` into its contract status and `{"error": {"type", "message"}}` body
+itself, which is cheaper than raising through Starlette's handlers. `POST /functions/{uuid}/invoke`, the hot
+path, is answered in front of Starlette (`App.__call__`) on the raw ASGI messages, with the same checks in
+the same order: Starlette's middleware stack, router, Request and Response objects cost more per request
+than the whole platform path behind them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from framework.control.manifest import FunctionSpec
+from framework.errors import FaasError, NotFound
+from framework.invoker import new_id
+from framework.sources.http.auth import BearerAuth
+from framework.sources.http.body import read_body, read_payload
+from framework.sources.http.openapi import openapi_document
+from framework.sources.http.responses import (
+    INTERNAL_ERROR,
+    JSONResponse,
+    error_body,
+    error_response,
+    status_of,
+)
+
+if TYPE_CHECKING:
+    from framework.node import Node
+
+log = logging.getLogger("faas.http")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(endpoint: Endpoint) -> Endpoint:
+    """Answer a `FaasError` with its status and body, and anything unexpected with a logged 500."""
+
+    @functools.wraps(endpoint)
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except FaasError as exc:
+            return error_response(exc)
+        except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
+            return Response(status_code=400)
+        except Exception:
+            # A bug of the node, not of a function (the runtime reports those as FaasErrors).
+            log.exception("unexpected error serving %s %s", request.method, request.url.path)
+            return JSONResponse(error_body(INTERNAL_ERROR, "internal error; see the node's log"), 500)
+
+    return run
+
+
+class HttpSource:
+    """The endpoints, bound to one node. The node's registry is read per request: reloads swap it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.limit = node.settings.max_payload_bytes
+        self.openapi = orjson.dumps(openapi_document(auth=bool(node.settings.keys)))
+
+    # ---- functions ----
+
+    async def invoke(self, request: Request) -> Response:
+        return JSONResponse(
+            await self.invoke_body(request.path_params["uuid"], request.scope, request.receive)
+        )
+
+    async def invoke_body(self, uuid: str, scope: Scope, receive: Receive) -> bytes:
+        """Direct invocation: the 200 body, or the FaasError to answer."""
+        invoker = self.node.invoker
+        invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
+        payload = await read_body(scope, receive, self.limit)
+        # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
+        res = await invoker.direct(uuid, payload)
+        return orjson.dumps(
+            {
+                "invocation_id": res.invocation_id,
+                "result": orjson.Fragment(res.result),  # the handler's JSON as the instance sent it
+                "duration_ms": round(res.duration_ms, 3),
+                "cold_start": res.cold_start,
+            }
+        )
+
+    async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The invoke route on raw ASGI messages; answers exactly as `_guarded(self.invoke)` does."""
+        content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        try:
+            status, body = 200, await self.invoke_body(uuid, scope, receive)
+        except FaasError as exc:
+            status, body = exc.status, error_body(exc.type, exc.message)
+        except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
+            status, body, content_type = 400, b"", []
+        except Exception:
+            log.exception("unexpected error serving POST %s", scope["path"])
+            status, body = 500, error_body(INTERNAL_ERROR, "internal error; see the node's log")
+        headers = [(b"content-length", str(len(body)).encode()), *content_type]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def list_functions(self, request: Request) -> Response:
+        return JSONResponse({"functions": [self.describe(spec) for spec in self.node.registry.functions]})
+
+    async def get_function(self, request: Request) -> Response:
+        uuid: str = request.path_params["uuid"]
+        spec = self.node.registry.productive(uuid)
+        if spec is None:
+            raise NotFound(f"no productive function with uuid {uuid}")
+        return JSONResponse(self.describe(spec))
+
+    def describe(self, spec: FunctionSpec) -> dict[str, Any]:
+        """The listing entry of one function; `schedules` from the scheduler (next fire, last result)."""
+        scheduler = self.node.scheduler
+        schedules: list[Any] = (
+            scheduler.status(spec.name)
+            if scheduler is not None  # not started yet: the manifest's entries, nothing fired
+            else [{**s.model_dump(mode="json"), "next_fire": None, "last": None} for s in spec.schedules]
+        )
+        return {
+            "name": spec.name,
+            "uuid": spec.uuid,
+            "state": spec.state,
+            "events": list(spec.events),
+            "schedules": schedules,
+            "instances": self.node.invoker.instance_count(spec.name),
+        }
+
+    # ---- events ----
+
+    async def listeners(self, request: Request) -> Response:
+        event: str = request.path_params["type"]
+        functions = [{"name": f.name, "uuid": f.uuid} for f in self.node.registry.listeners(event)]
+        return JSONResponse({"event": event, "functions": functions})
+
+    async def emit(self, request: Request) -> Response:
+        event: str = request.path_params["type"]
+        event_id = request.headers.get("ce-id") or new_id()
+        try:
+            payload = await read_payload(request, self.limit)
+        except FaasError as exc:
+            # Still the combined reply's shape, so callers read one format from this route.
+            body = {
+                "id": event_id,
+                "event": event,
+                "ok": False,
+                "results": [],
+                "error": {"function": None, "uuid": None, **exc.to_dict()},
+            }
+            return JSONResponse(body, exc.status)
+        reply = await self.node.invoker.event(event, event_id, payload)
+        return JSONResponse(reply.to_json(), 200 if reply.ok else status_of(reply.error_type))
+
+    # ---- operations ----
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse(b'{"status":"ok"}')
+
+    async def readyz(self, request: Request) -> Response:
+        ready, body = self.node.readiness()
+        return JSONResponse(body, 200 if ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.node.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi_json(self, request: Request) -> Response:
+        return JSONResponse(self.openapi)
+
+    def routes(self) -> list[Route]:
+        g = _guarded
+        return [
+            Route("/functions/{uuid}/invoke", g(self.invoke), methods=["POST"]),
+            Route("/functions", g(self.list_functions), methods=["GET"]),
+            Route("/functions/{uuid}", g(self.get_function), methods=["GET"]),
+            Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
+            Route("/events/{type}", g(self.emit), methods=["POST"]),
+            Route("/healthz", g(self.healthz), methods=["GET"]),
+            Route("/readyz", g(self.readyz), methods=["GET"]),
+            Route("/metrics", g(self.metrics), methods=["GET"]),
+            Route("/openapi.json", g(self.openapi_json), methods=["GET"]),
+        ]
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Unknown routes and wrong methods, in the contract's error shape instead of Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no route {request.method} {request.url.path}"), headers=exc.headers)
+    error_type = "MethodNotAllowed" if exc.status_code == 405 else "BadRequest"
+    return JSONResponse(error_body(error_type, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+
+_INVOKE_PREFIX, _INVOKE_SUFFIX = "/functions/", "/invoke"
+
+
+class App(Starlette):
+    """Starlette, with `POST /functions/{uuid}/invoke` answered before its middleware stack."""
+
+    def __init__(self, source: HttpSource, auth: BearerAuth | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
+                uuid = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
+                # The route's `{uuid}` is one non-empty path segment; the bearer check comes first.
+                if uuid and "/" not in uuid and (self.auth is None or self.auth.allowed(scope)):
+                    await self.source.invoke_asgi(uuid, scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(node: Node) -> Starlette:
+    """The Starlette app the node serves with uvicorn."""
+    keys = node.settings.keys
+    middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
+    source = HttpSource(node)
+    return App(
+        source,
+        BearerAuth(_no_app, keys) if keys else None,
+        routes=source.routes(),
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_exception},
+    )
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("only BearerAuth.allowed is used on this instance")

@@ -1,0 +1,54 @@
+"""Bearer-key check for `/functions*` and `/events*` when `FAAS_API_KEYS` is set (DESIGN.md section 5).
+
+A pure ASGI wrapper rather than `BaseHTTPMiddleware`: it adds one function call per request, and the app
+installs it only when keys are configured. It runs before routing, so 401 comes before any 404.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from framework.errors import Unauthorized
+from framework.sources.http.responses import error_response
+
+PROTECTED_PREFIXES = ("/functions", "/events")
+"""Paths that need a key; health, readiness, metrics and the OpenAPI document stay open."""
+
+
+class BearerAuth:
+    """Answers 401 `Unauthorized` unless `Authorization: Bearer <key>` carries one of `keys`."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith(PROTECTED_PREFIXES)
+            and not self.allowed(scope)
+        ):
+            response = error_response(
+                Unauthorized("a valid 'Authorization: Bearer <key>' header is required"),
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and self.matches(token.strip())
+        return False
+
+    def matches(self, token: bytes) -> bool:
+        # Compare with every key, without stopping at a match: the timing reveals nothing about the keys.
+        found = False
+        for key in self.keys:
+            found |= hmac.compare_digest(token, key)
+        return found

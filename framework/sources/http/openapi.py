@@ -1,0 +1,193 @@
+"""The OpenAPI 3.1 document of the HTTP source (`GET /openapi.json`), hand-written from DESIGN.md section 5.
+
+Hand-built rather than generated: the routes are few, and the contract (status codes, error types, the
+combined event reply) is richer than what docstring-based generators describe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from framework import __version__
+from framework.sources.http.openapi_schemas import ANY_JSON, SCHEMAS, ref
+
+INVOKE_ERRORS = {
+    400: "BadRequest: the body is not valid JSON",
+    404: "NotFound: unknown UUID, or the function is not productive",
+    413: "PayloadTooLarge: the body is over FAAS_MAX_PAYLOAD_BYTES",
+    429: "Overloaded: the function is at its max instances and its queue is full",
+    500: "FunctionError: the handler raised or returned something that is not JSON",
+    502: "InstanceCrashed: the instance died before answering",
+    504: "Timeout: the handler ran past its timeout",
+}
+
+EVENT_ERRORS = {
+    400: "BadRequest: the body is not valid JSON",
+    413: INVOKE_ERRORS[413],
+    429: "A listener failed with Overloaded",
+    500: "A listener failed with FunctionError",
+    502: "A listener failed with InstanceCrashed",
+    504: "A listener failed with Timeout",
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(ref("Error"), description)
+
+
+UUID_PARAM = {
+    "name": "uuid",
+    "in": "path",
+    "required": True,
+    "description": "The function's UUID.",
+    "schema": {"type": "string"},
+}
+TYPE_PARAM = {
+    "name": "type",
+    "in": "path",
+    "required": True,
+    "description": "CloudEvent type, e.g. `conversation.created`.",
+    "schema": {"type": "string"},
+}
+PAYLOAD_BODY = {
+    "required": False,
+    "description": "The JSON payload; an empty body is `null`.",
+    "content": {"application/json": {"schema": ANY_JSON}},
+}
+
+
+def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
+    secured = {"security": auth} if auth else {}
+    unauthorized = {"401": _error("Unauthorized: missing or wrong bearer key")} if auth else {}
+    return {
+        "/functions/{uuid}/invoke": {
+            "post": {
+                "summary": "Invoke a productive function directly",
+                "operationId": "invoke",
+                **secured,
+                "parameters": [UUID_PARAM],
+                "requestBody": PAYLOAD_BODY,
+                "responses": {
+                    "200": _json(ref("InvokeResult"), "The handler's result"),
+                    **unauthorized,
+                    **{str(code): _error(text) for code, text in INVOKE_ERRORS.items()},
+                },
+            }
+        },
+        "/functions": {
+            "get": {
+                "summary": "Every function of the manifest, in any state",
+                "operationId": "listFunctions",
+                **secured,
+                "responses": {"200": _json(ref("FunctionList"), "The functions"), **unauthorized},
+            }
+        },
+        "/functions/{uuid}": {
+            "get": {
+                "summary": "The function if it is productive",
+                "operationId": "getFunction",
+                **secured,
+                "parameters": [UUID_PARAM],
+                "responses": {
+                    "200": _json(ref("Function"), "The function is productive"),
+                    **unauthorized,
+                    "404": _error("NotFound: unknown UUID, or not productive"),
+                },
+            }
+        },
+        "/events/{type}/listeners": {
+            "get": {
+                "summary": "Productive functions listening to an event type",
+                "operationId": "listeners",
+                **secured,
+                "parameters": [TYPE_PARAM],
+                "responses": {
+                    "200": _json(ref("Listeners"), "The listeners, in manifest order"),
+                    **unauthorized,
+                },
+            }
+        },
+        "/events/{type}": {
+            "post": {
+                "summary": "Raise an event on this node (not via Kafka)",
+                "operationId": "emit",
+                **secured,
+                "parameters": [
+                    TYPE_PARAM,
+                    {
+                        "name": "ce-id",
+                        "in": "header",
+                        "required": False,
+                        "description": "Event id (default: a new UUID).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": PAYLOAD_BODY,
+                "responses": {
+                    "200": _json(ref("EventReply"), "Every listener succeeded"),
+                    **unauthorized,
+                    **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": {"200": _json({"type": "object"}, "The process serves")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness",
+                "operationId": "readyz",
+                "responses": {
+                    "200": _json(ref("Readiness"), "Ready"),
+                    "503": _json(ref("Readiness"), "Not ready, with reasons"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document")},
+            }
+        },
+    }
+
+
+def openapi_document(auth: bool = False) -> dict[str, Any]:
+    """The document; with `auth` (API keys configured) `/functions*` and `/events*` require a bearer key."""
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if auth else []
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "faas node",
+            "version": __version__,
+            "description": "Direct invocation, listings, HTTP events and operations of one node.",
+        },
+        "paths": _paths(security),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "One of FAAS_API_KEYS."}
+            },
+        },
+    }

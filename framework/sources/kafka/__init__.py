@@ -1,0 +1,1 @@
+"""Kafka source: events in (`source`), per-key ordering, offsets, replies and dead letters out."""

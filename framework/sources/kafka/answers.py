@@ -1,0 +1,175 @@
+"""The answering half of the Kafka source: combined replies and dead-letter copies, until acknowledged.
+
+`reply_later` hands a reply to the producer and returns; the broker's acknowledgement (a done-callback)
+marks the record done in its partition's offsets, so commits only ever pass acknowledged replies
+(at-least-once) while the record's key chain already runs the next record. Replies of one key are handed
+over in processing order and land in that order (see `ReplySender.submit`). A reply the broker refuses for
+good falls back as `reply` does: to the default reply topic, or dropped with an error when that was it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
+from framework.invoker import EventReply
+from framework.kafka import cloudevents
+from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
+from framework.sources.kafka.replies import PermanentSendError, ReplySender
+
+if TYPE_CHECKING:
+    from framework.observe.metrics import Metrics
+    from framework.settings import Settings
+
+log = logging.getLogger("faas.kafka")
+
+
+class Answers:
+    """Sends the replies and dead-letter copies of one Kafka source through its `ReplySender`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        sender: ReplySender,
+        broker_away: Callable[[], float | None],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.sender = sender
+        self._broker_away = broker_away
+        self.unacked = 0
+        """Replies handed over and not acknowledged yet: their records still hold room in the source."""
+        self._fallbacks: set[asyncio.Task[None]] = set()
+        self._replied = {ok: metrics.events_replied.labels(str(ok).lower()) for ok in (True, False)}
+
+    async def reply_later(
+        self,
+        part: PartitionOffsets,
+        record: ConsumerRecord[bytes, bytes],
+        event: cloudevents.Event,
+        reply: EventReply,
+    ) -> None:
+        """Hand `reply` to the producer; `part.done(record.offset)` once the broker acknowledged it."""
+        topic = event.replyto or self.settings.replies_topic
+        value, headers = reply.to_json(), cloudevents.reply_headers(event.id)
+        gone = None if event.replyto is None else self._missing_topic
+        acked = await self.sender.submit(topic, value, record.key, headers, permanent_if=gone)
+        self.unacked += 1
+        part.acking += 1
+        acked.add_done_callback(functools.partial(self._acked, part, record, event, reply))
+
+    def _acked(
+        self,
+        part: PartitionOffsets,
+        record: ConsumerRecord[bytes, bytes],
+        event: cloudevents.Event,
+        reply: EventReply,
+        acked: asyncio.Future[None],
+    ) -> None:
+        if acked.cancelled():  # given up (consumer failure, stop): stays uncommitted, the group redoes it
+            self._release(part)
+        elif acked.exception() is None:
+            self._replied[reply.ok].inc()
+            self._release(part)
+            part.done(record.offset)
+        else:  # refused for good: the fallback of `reply` (the default topic, or dropped) decides
+            why = acked.exception()
+            task = asyncio.get_running_loop().create_task(self._fall_back(part, record, event, reply, why))
+            self._fallbacks.add(task)
+            task.add_done_callback(self._fallbacks.discard)
+
+    async def _fall_back(
+        self,
+        part: PartitionOffsets,
+        record: ConsumerRecord[bytes, bytes],
+        event: cloudevents.Event,
+        reply: EventReply,
+        why: BaseException | None,
+    ) -> None:
+        try:
+            if event.replyto is not None and event.replyto != self.settings.replies_topic:
+                log.warning(
+                    "reply topic %s refused the reply to %s (%s): using %s",
+                    event.replyto,
+                    event.id,
+                    why,
+                    self.settings.replies_topic,
+                )
+                await self.reply(None, record.key, reply, event.id)
+            else:
+                log.error("reply to event %s dropped: %s", event.id, why)
+        finally:
+            self._release(part)
+        part.done(record.offset)  # not reached on cancellation
+
+    def _release(self, part: PartitionOffsets) -> None:
+        self.unacked -= 1
+        part.acking -= 1
+
+    def cancel(self) -> None:
+        """Give up on replies not acknowledged yet (their records stay uncommitted: redone by the group)."""
+        for task in list(self._fallbacks):
+            task.cancel()
+        self.sender.cancel_retries()
+
+    async def settle(
+        self, tracker: OffsetTracker[TopicPartition], tps: list[TopicPartition] | None, deadline: float
+    ) -> None:
+        """Wait until the replies handed over for `tps` are acknowledged, up to `deadline` (monotonic;
+        at least one second, so a drain that used its whole time still lets sent replies land)."""
+        deadline = max(deadline, time.monotonic() + 1.0)
+        while tracker.acking(tps) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # rare (rebalance, stop): polling beats wiring an event per ack
+
+    async def reply(
+        self, replyto: str | None, key: bytes | None, reply: EventReply, event_id: str | None
+    ) -> None:
+        topic = replyto or self.settings.replies_topic
+        value, headers = reply.to_json(), cloudevents.reply_headers(event_id)
+        # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
+        # answers: that is permanent. While the broker is away, everything is retried.
+        gone = None if replyto is None else self._missing_topic
+        try:
+            await self.sender.send(topic, value, key, headers, permanent_if=gone)
+        except PermanentSendError as exc:
+            if topic == self.settings.replies_topic:
+                log.error("reply to event %s dropped: %s", event_id, exc)
+                return
+            # The caller's reply topic refused it: the default topic gets it, saying why.
+            log.warning(
+                "reply topic %s refused the reply to %s (%s): using %s",
+                topic,
+                event_id,
+                exc,
+                self.settings.replies_topic,
+            )
+            await self.reply(None, key, reply, event_id)
+            return
+        self._replied[reply.ok].inc()
+
+    async def deadletter(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    ) -> None:
+        try:
+            await self.sender.send(self.settings.deadletter_topic, value, key, headers)
+        except PermanentSendError as exc:
+            # E.g. bigger than the topic allows: keep the key, headers and the reason at least.
+            log.error("dead-letter copy refused (%s): sending it without its value", exc)
+            await self.sender.send(
+                self.settings.deadletter_topic,
+                None,
+                key,
+                [*headers, ("faas_deadletter_error", str(exc).encode())],
+            )
+        self.metrics.events_deadlettered.inc()
+
+    def _missing_topic(self, exc: BaseException) -> bool:
+        return isinstance(exc, KafkaTimeoutError) and self._broker_away() is None

@@ -1,0 +1,328 @@
+"""Events in, replies out: the Kafka source (DESIGN.md section 4).
+
+One consumer in group FAAS_KAFKA_GROUP_ID reads FAAS_EVENTS_TOPIC. The poll loop never waits for a
+handler: it hands each record to a per-key chain (`keyed.py`) and goes back to fetching, pausing its
+partitions while FAAS_MAX_INFLIGHT_EVENTS records are held (running, queued, or awaiting their reply's
+acknowledgement). Each record is answered (and dead-lettered when bad) and only after the broker
+acknowledged that is it marked done (`offsets.py`); done prefixes are committed every COMMIT_INTERVAL, on
+revocation and on stop. So a crash means replies sent twice, never zero times, and a graceful stop or
+rebalance redoes nothing.
+
+Replies are pipelined: once a record's result is known its reply is handed to the producer and the chain
+goes on with the next record of that key; the acknowledgement marks the record done when it comes. Replies
+of one key are handed over in processing order, so they land in order (see `ReplySender.submit`).
+
+Outages: a supervisor recreates the consumer whenever it fails, sends are retried until acknowledged
+(`replies.py`) and a metadata probe (`probe.py`) turns `/readyz` 503 while the broker is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from framework.invoker import EventReply
+from framework.kafka import cloudevents
+from framework.kafka.options import MIB, ensure_topics, security_options
+from framework.kafka.probe import BrokerProbe
+from framework.sources.kafka.answers import Answers
+from framework.sources.kafka.keyed import KeyedRunner
+from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
+from framework.sources.kafka.replies import ReplySender
+
+if TYPE_CHECKING:
+    from framework.invoker import Invoker
+    from framework.observe.metrics import Metrics
+    from framework.settings import Settings
+
+log = logging.getLogger("faas.kafka")
+
+COMMIT_INTERVAL = 0.5
+"""Seconds between commits of finished offsets."""
+REVOKE_WAIT = 5.0
+"""Seconds a rebalance waits for the in-flight events of revoked partitions before cancelling them."""
+LAG_INTERVAL = 2.0
+"""Seconds between updates of the consumer-lag gauge."""
+CONSUMER_OPTIONS: dict[str, Any] = {
+    "auto_offset_reset": "earliest",  # a new group starts at the beginning: nothing produced earlier is lost
+    "enable_auto_commit": False,
+    "session_timeout_ms": 10_000,  # a SIGKILLed node's partitions move on within ~13 s
+    "heartbeat_interval_ms": 3_000,
+    "max_poll_interval_ms": 300_000,  # far above the 30 s function limit; the poll loop never blocks anyway
+    "metadata_max_age_ms": 30_000,
+    # How long a fetch may wait for records. aiokafka's 500 ms default was most of an event's latency:
+    # Tansu holds a fetch that long even once records arrive.
+    "fetch_max_wait_ms": 20,
+}
+
+
+class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Consume events, invoke their listeners through the invoker, produce the combined replies."""
+
+    def __init__(self, settings: Settings, invoker: Invoker, metrics: Metrics, bootstrap: str) -> None:
+        self.settings = settings
+        self.invoker = invoker
+        self.metrics = metrics
+        self.bootstrap = bootstrap
+        self.options = security_options(settings)
+        self.sender = ReplySender(bootstrap, settings)
+        self.probe = BrokerProbe(bootstrap, self.options, self._topics_seen)
+        self.runner: KeyedRunner[TopicPartition] = KeyedRunner(settings.max_inflight_events)
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.joined = False
+        self.failure: str | None = None
+        self._stopping = False
+        self._reread = False
+        self._commit_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.answers = Answers(settings, metrics, self.sender, self.probe.unreachable_for)
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Start in the background and return at once: joining takes seconds, and an unreachable broker
+        must not keep the node from serving HTTP. `not_ready()` tells when the group is joined."""
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="kafka-consume"),
+            asyncio.create_task(self.probe.run(), name="kafka-probe"),
+            asyncio.create_task(self._housekeeping(), name="kafka-commit"),
+        ]
+
+    def not_ready(self) -> list[str]:
+        """Reasons the node cannot take events now; empty once joined and the broker answers."""
+        if self._stopping:
+            return ["kafka: stopping"]
+        away = self.probe.unreachable_for()
+        if away is not None:
+            return [f"kafka: broker {self.bootstrap} unreachable for {away:.0f} s ({self.probe.error})"]
+        if not self.joined:
+            return [f"kafka: {self.failure}" if self.failure else "kafka: joining consumer group"]
+        return []
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching, give in-flight events up to `grace` seconds to be answered, commit, close."""
+        self._stopping = True
+        if self._tasks:  # the poll loop sees the flag within its fetch timeout
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Queued records are run too, not dropped: a dropped one would hold the commit point below records
+        # of other keys that did finish, and the next owner would answer those twice.
+        if self.runner.size:
+            log.info("draining %d taken events (up to %.0f s)", self.runner.size, grace)
+        deadline = time.monotonic() + grace
+        if not await self.runner.drain(None, grace):
+            log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
+        await self.answers.settle(self.tracker, None, deadline)
+        await self._commit(None)
+        self.answers.cancel()
+        await self._close_consumer()
+        await self.sender.stop()
+
+    # ---- consuming ----
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            try:
+                await self._open()
+                backoff = 0.5
+                self.failure = None
+                await self._poll()
+            except Exception as exc:
+                self.failure = f"consumer failed: {exc!r}"
+                log.warning("kafka consumer failed (%r); starting a new one in %.1f s", exc, backoff)
+                await self._abandon()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _open(self) -> None:
+        s = self.settings
+        await ensure_topics(
+            self.bootstrap,
+            [s.events_topic, s.replies_topic, s.deadletter_topic],
+            s.topic_partitions,
+            self.options,
+        )
+        await self.sender.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=s.kafka_group_id,
+            max_partition_fetch_bytes=max(MIB, 2 * s.max_payload_bytes),
+            **CONSUMER_OPTIONS,
+            **self.options,
+        )
+        consumer.subscribe([s.events_topic], listener=self)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self.consumer = consumer
+
+    async def _poll(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        while not self._stopping:
+            room = self.runner.room - self.answers.unacked
+            if room <= 0:  # full: keep polling (heartbeats, poll interval) but fetch nothing
+                consumer.pause(*consumer.assignment())
+            elif consumer.paused():
+                consumer.resume(*consumer.paused())
+            batch = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 1000)))
+            for tp, records in batch.items():
+                self.metrics.events_consumed.inc(len(records))
+                for record in records:
+                    part = self.tracker.take(tp, record.offset)
+                    self.runner.submit(tp, record.key, functools.partial(self._handle, part, record))
+
+    async def _abandon(self) -> None:
+        """After a consumer failure: cancel its in-flight events (the group redoes them) and close it."""
+        self.joined = False
+        self.runner.drop_queued()
+        await self.runner.drain(None, 0)
+        self.answers.cancel()  # what still waits for an ack is redone by the group
+        self.tracker.forget(list(self.tracker.partitions))
+        await self._close_consumer()
+
+    async def _close_consumer(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), 10)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("closing the kafka consumer: %r", exc)
+
+    # ---- one record ----
+
+    async def _handle(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            if await self._answer(part, record):
+                return  # handed to the producer: the acknowledgement marks it done
+        except Exception:  # nothing more can be done for it; the partition must not stall behind it
+            log.exception(
+                "record %s-%d@%d could not be answered: skipped",
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+        part.done(record.offset)  # not reached on cancellation: the record stays uncommitted
+
+    async def _answer(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Answer one record. True: its reply was handed over and will mark it done once acknowledged;
+        False: answered and acknowledged already (bad records: the reply and the dead-letter copy)."""
+        headers = list(record.headers or ())
+        event = cloudevents.parse(record.value, headers, self.settings.max_payload_bytes)
+        if isinstance(event, cloudevents.BadRecord):
+            log.warning(
+                "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
+            )
+            reply = EventReply.bad_event(event.id, event.type, event.message)
+            copy = self.answers.deadletter(
+                record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
+            )
+            await asyncio.gather(self.answers.reply(event.replyto, record.key, reply, event.id), copy)
+            return False
+        try:
+            reply = await self.invoker.event(event.type, event.id, event.payload)
+        except Exception as exc:  # a bug in the invoker; the event still gets an answer
+            log.exception("event %s (%s) failed in the invoker", event.id, event.type)
+            reply = EventReply(
+                event.id,
+                event.type,
+                error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
+            )
+        await self.answers.reply_later(part, record, event, reply)
+        return True
+
+    # ---- rebalance (ConsumerRebalanceListener) ----
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Before a rebalance: no records are fetched now; let those taken from `revoked` finish
+        (REVOKE_WAIT at most, then cancel), commit what is done, so the next owner redoes nothing."""
+        tps = list(revoked)
+        if not tps:
+            return
+        # Queued records of these partitions run too (see `stop`), within the same bound.
+        deadline = time.monotonic() + REVOKE_WAIT
+        if not await self.runner.drain(tps, REVOKE_WAIT):
+            log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
+        await self.answers.settle(self.tracker, tps, deadline)
+        await self._commit(tps)
+        self.tracker.forget(tps)
+        for tp in tps:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(tp.partition))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.joined = True
+        if self._reread and self.consumer is not None and assigned:
+            self._reread = False
+            for tp in assigned:
+                self.consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
+        log.info(
+            "joined group %s with partitions %s",
+            self.settings.kafka_group_id,
+            sorted(tp.partition for tp in assigned),
+        )
+
+    # ---- housekeeping ----
+
+    async def _commit(self, tps: list[TopicPartition] | None) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            offsets = self.tracker.committable(tps)
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except (KafkaError, OSError, AssertionError) as exc:  # aiokafka asserts on unassigned partitions
+                log.info("commit of %d partitions failed (%r); will retry", len(offsets), exc)
+                return
+            self.tracker.committed(offsets)
+
+    async def _housekeeping(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            await self._commit(None)
+            ticks += 1
+            if ticks % int(LAG_INTERVAL / COMMIT_INTERVAL) == 0:
+                await self._update_lag()
+
+    async def _update_lag(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1)
+            except (KafkaError, TimeoutError, AssertionError):
+                continue
+            if highwater is not None:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - position))
+
+    async def _topics_seen(self, topics: set[str]) -> None:
+        """After a probe: a memory-only broker that restarted has lost our topics; create them again."""
+        s = self.settings
+        wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
+        if self.joined and not set(wanted) <= topics:
+            if s.events_topic not in topics:
+                # Its log is new, so offsets committed into it (a commit retried across the restart
+                # lands there) point past records never read: the next assignment starts at 0.
+                self._reread = True
+                self.tracker.forget(list(self.tracker.partitions))
+            await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)

@@ -1,0 +1,1 @@
+"""Schedule source: cron and keep-warm ticks (`scheduler`), fired on the leader elected by `leader`."""

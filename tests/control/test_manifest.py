@@ -1,0 +1,410 @@
+"""control.manifest: loading with positions, every error at its line, defaults, handler import checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from framework.control import handler_check, manifest_edit
+from framework.control.manifest import FunctionSpec, ScheduleSpec, check_cron, load_manifest
+from framework.errors import ManifestError
+from tests.support import write_project
+
+BASE = """\
+# test manifest
+functions:
+  - name: alpha
+    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+    handler: functions.mod:handle
+    state: productive
+    events: [ping]
+  - name: beta
+    uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02
+    handler: functions.mod:handle
+"""
+MODULES = {
+    "mod": "VALUE = 5\nasync def handle(payload, ctx):\n    return payload\n",
+    "broken": "def handle(payload, ctx)\n    return 1\n",
+}
+
+
+def edit(replace: dict[int, str] | None = None, append: list[str] | None = None, base: str = BASE) -> str:
+    """BASE with 1-based lines replaced and lines appended (appended lines belong to `beta`)."""
+    lines = base.splitlines()
+    for n, text in (replace or {}).items():
+        lines[n - 1] = text
+    return "\n".join(lines + (append or [])) + "\n"
+
+
+def errors_of(root: Path, check_handlers: bool = True) -> list[str]:
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(root / "functions.yaml", check_handlers=check_handlers)
+    return exc.value.errors
+
+
+def lines_of(errors: list[str]) -> list[int]:
+    return [int(m.group(1)) for m in re.finditer(r"functions\.yaml:(\d+):\d+:", "\n".join(errors))]
+
+
+ANCHORED = """\
+x-common: &common           # `x-` keys are free, e.g. for anchors
+  handler: functions.mod:handle
+  timeout: 5
+  state: draft
+functions:
+  - <<: *common
+    name: alpha
+    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+"""
+SCHEDULE = ["    schedules:", '      - cron: "* * * * *"']
+UPPER_UUID = "    uuid: 0B6F3C1E-3F1D-4C1A-9A7E-5D2F8E4B6A01"
+# case: (manifest, the line the single error must name, a fragment of its message)
+CASES: dict[str, tuple[str, int, str]] = {
+    "duplicate-uuid": (edit({9: "    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01"}), 9, "duplicate uuid"),
+    "duplicate-uuid-case": (edit({9: UPPER_UUID}), 9, "first at line 4"),
+    "duplicate-name": (edit({8: "  - name: alpha"}), 8, "duplicate name 'alpha'"),
+    "bad-uuid": (edit({9: "    uuid: not-a-uuid"}), 9, "RFC 4122"),
+    "uuid-variant": (edit({9: "    uuid: 1c7a4d2f-4e2a-4d2b-cb8f-6e3a9f5c7b02"}), 9, "RFC 4122"),
+    "timeout-31": (edit(append=["    timeout: 31"]), 11, "less than or equal to 30"),
+    "timeout-0": (edit(append=["    timeout: 0"]), 11, "greater than 0"),
+    "bad-state": (edit({6: "    state: live"}), 6, "'draft', 'productive' or 'undeployed'"),
+    "unknown-key": (edit(append=["    colour: blue"]), 11, "unknown key 'colour'"),
+    "root-key": (edit(append=["    root: /etc"]), 11, "unknown key 'root'"),
+    "bad-name": (edit({8: "  - name: Beta"}), 8, "name: String should match pattern"),
+    "missing-uuid": (edit({9: "    state: draft"}), 8, "missing required key 'uuid'"),
+    "bad-cron": (edit(append=[*SCHEDULE[:1], '      - cron: "61 * * * *"']), 12, "bad cron '61 * * * *'"),
+    "bad-seconds": (edit(append=[*SCHEDULE[:1], '      - cron: "* * * * * 61"']), 12, "schedules[0].cron"),
+    "seven-fields": (edit(append=[*SCHEDULE[:1], '      - cron: "* * * * * * *"']), 12, "7 fields"),
+    "never-fires": (edit(append=[*SCHEDULE[:1], '      - cron: "0 0 31 2 *"']), 12, "never fires"),
+    "bad-keep-warm": (edit(append=['    keep_warm: "every 4 minutes"']), 11, "keep_warm: bad cron"),
+    "bad-timezone": (edit(append=[*SCHEDULE, "        timezone: Mars/Olympus"]), 13, "unknown timezone"),
+    "payload-nan": (edit(append=[*SCHEDULE, "        payload: .nan"]), 13, "not a JSON value"),
+    "schedule-key": (edit(append=[*SCHEDULE, "        every: 5"]), 13, "'schedules[0].every'"),
+    "handler-form": (edit({10: "    handler: functions.mod"}), 10, "module:attribute"),
+    "handler-missing": (edit({10: "    handler: functions.nope:handle"}), 10, "ModuleNotFoundError"),
+    "handler-attr": (edit({10: "    handler: functions.mod:nope"}), 10, "AttributeError"),
+    "handler-value": (edit({10: "    handler: functions.mod:VALUE"}), 10, "is not callable"),
+    "handler-syntax": (edit({10: "    handler: functions.broken:handle"}), 10, "SyntaxError"),
+    "yaml-syntax": (edit({7: "    events: [ping"}), 8, "started at line 7"),
+    "yaml-duplicate-key": (edit(append=["    handler: functions.mod:handle"]), 11, "duplicate key"),
+    "events-int": (edit({7: "    events: 5"}), 7, "events: should be a list"),
+    "events-item": (edit({7: "    events: [ping, 5]"}), 7, "events[1]: Input should be a valid string"),
+    "env-value": (edit(append=["    env: {PORT: 8080}"]), 11, "env.PORT: Input should be a valid string"),
+    "env-list": (edit(append=["    env: [A]"]), 11, "env: should be a mapping"),
+    "instances-max": (edit(append=["    instances:", "      max: 0"]), 12, "instances.max"),
+    "instances-concurrency": (edit(append=["    instances:", "      concurrency: 0"]), 12, "concurrency"),
+    "instances-idle": (edit(append=["    instances:", "      idle_timeout: 0"]), 12, "greater than 0"),
+    "instances-queue": (edit(append=["    instances:", "      queue: -1"]), 12, "instances.queue"),
+    "top-level-key": (edit(append=["version: 2"]), 11, "unknown key 'version'"),
+    "top-level-list": ("- name: alpha\n", 1, "top level must be a mapping"),
+    "functions-not-list": ("# nothing\nfunctions: 5\n", 2, "functions: should be a list"),
+    "item-not-mapping": (edit(append=["  - beta"]), 11, "should be a mapping"),
+    "flow-duplicate-name": (
+        "functions: [{name: a, uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01, handler: functions.mod:handle},\n"
+        "            {name: a, uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02, handler: functions.mod:handle}]\n",
+        2,
+        "duplicate name 'a' (first at line 1)",
+    ),
+    "merged-timeout": (ANCHORED.replace("timeout: 5", "timeout: 40"), 6, "timeout: Input should be less"),
+    "defaults-timeout": ("defaults:\n  timeout: 31\n" + BASE, 2, "defaults.timeout"),
+    "defaults-key": ("defaults:\n  colour: x\n" + BASE, 2, "unknown key 'defaults.colour'"),
+    "defaults-instances": (
+        "defaults:\n  env: {}\n  instances: {max: 0}\n" + BASE,
+        3,
+        "defaults.instances.max",
+    ),
+    "defaults-env": ("defaults:\n  env:\n    PORT: 1\n" + BASE, 3, "defaults.env.PORT"),
+    "defaults-merge-env": ("defaults:\n  env: {A: a}\n" + edit(append=["    env: 5"]), 13, "env: should be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_broken_manifest_names_the_line(tmp_path: Path, case: str) -> None:
+    manifest, line, fragment = CASES[case]
+    root = write_project(tmp_path, manifest, MODULES)
+    errors = errors_of(root)
+    assert lines_of(errors) == [line], errors
+    assert fragment in errors[0], errors
+
+
+def test_good_manifest_loads_with_root_and_defaults(tmp_path: Path) -> None:
+    root = write_project(tmp_path, BASE, MODULES)
+    m = load_manifest(root / "functions.yaml")
+    assert [f.name for f in m.functions] == ["alpha", "beta"]
+    alpha, beta = m.functions
+    assert alpha.productive and alpha.events == ("ping",) and not beta.productive
+    assert beta.state == "draft" and beta.timeout == 30 and beta.instances.max == 4
+    assert alpha.root == root.resolve()
+
+
+def test_every_error_is_reported_in_line_order(tmp_path: Path) -> None:
+    """1. Write a manifest with a duplicate name, a timeout of 31, a bad cron and a missing handler module.
+    2. Load it.
+    Result: one error per problem, sorted by line, each at its own line.
+    """
+    manifest = edit(
+        {3: "  - name: beta", 5: "    handler: functions.gone:handle"},
+        ["    timeout: 31", "    schedules:", '      - cron: "61 * * * *"'],
+    )
+    errors = errors_of(write_project(tmp_path, manifest, MODULES))
+    assert lines_of(errors) == [5, 8, 11, 13], errors
+    assert "duplicate name 'beta' (first at line 3)" in errors[1]
+
+
+def test_defaults_merge_field_by_field(tmp_path: Path) -> None:
+    manifest = """\
+        defaults:
+          timeout: 7
+          instances: {max: 2, queue: 10}
+          env: {A: a, B: b}
+        functions:
+          - name: alpha
+            uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+            handler: functions.mod:handle
+            instances: {queue: 3}
+            env: {B: own}
+          - name: beta
+            uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02
+            handler: functions.mod:handle
+            timeout: 2
+    """
+    m = load_manifest(write_project(tmp_path, manifest, MODULES) / "functions.yaml")
+    alpha, beta = m.functions
+    assert alpha.timeout == 7 and beta.timeout == 2
+    assert (alpha.instances.max, alpha.instances.queue, alpha.instances.concurrency) == (2, 3, 100)
+    assert (beta.instances.max, beta.instances.queue) == (2, 10)
+    assert alpha.env == {"A": "a", "B": "own"} and beta.env == {"A": "a", "B": "b"}
+
+
+def test_values_are_plain_and_uuid_lower_case(tmp_path: Path) -> None:
+    manifest = edit(
+        {4: UPPER_UUID},
+        [
+            *SCHEDULE,
+            "        payload: {when: 2024-01-31, n: 1.5, ok: true, 1: one}",
+            "        timezone: Europe/Berlin",
+        ],
+    )
+    alpha, beta = load_manifest(write_project(tmp_path, manifest, MODULES) / "functions.yaml").functions
+    assert alpha.uuid == "0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01"
+    assert beta.schedules == (
+        ScheduleSpec(
+            cron="* * * * *",
+            timezone="Europe/Berlin",
+            payload={"when": "2024-01-31", "n": 1.5, "ok": True, "1": "one"},
+        ),
+    )
+    assert type(beta.schedules[0].payload) is dict
+
+
+def test_empty_file_has_no_functions(tmp_path: Path) -> None:
+    root = write_project(tmp_path, "# nothing yet\n")
+    assert load_manifest(root / "functions.yaml").functions == ()
+
+
+def test_missing_file_is_a_manifest_error(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path)
+    assert "cannot read the manifest" in errors[0]
+
+
+def test_check_handlers_false_skips_imports(tmp_path: Path) -> None:
+    root = write_project(tmp_path, edit({10: "    handler: functions.nope:handle"}), MODULES)
+    assert len(load_manifest(root / "functions.yaml", check_handlers=False).functions) == 2
+
+
+def test_handler_import_is_isolated_and_sees_its_env(tmp_path: Path) -> None:
+    """1. Modules that print to stdout, read their env at import, and kill their process with os._exit.
+    2. Load the manifest with handler checks.
+    Result: only the one that exits is blamed; this process never imported any of them.
+    """
+    modules = {
+        "loud": "print('hello from import')\ndef handle(payload, ctx):\n    return 1\n",
+        "needs_env": "import os\nGREET = os.environ['GREETING']\ndef handle(payload, ctx):\n    return 1\n",
+        "killer": "import os\nos._exit(3)\n",
+    }
+    manifest = edit(
+        {5: "    handler: functions.loud:handle", 10: "    handler: functions.killer:handle"},
+        ["    env: {GREETING: hi}"],
+    )
+    manifest += "  - name: gamma\n    uuid: 2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03\n"
+    manifest += "    handler: functions.needs_env:handle\n    env: {GREETING: hi}\n"
+    errors = errors_of(write_project(tmp_path, manifest, modules))
+    assert lines_of(errors) == [10], errors
+    assert "exited the process (3)" in errors[0]
+    import sys
+
+    assert not any(name.startswith("functions.") for name in sys.modules)
+
+
+def test_a_hanging_import_is_blamed_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handler_check, "IMPORT_TIMEOUT", 0.5)
+    modules = {**MODULES, "hang": "while True:\n    pass\n"}
+    root = write_project(tmp_path, edit({5: "    handler: functions.hang:handle"}), modules)
+    errors = errors_of(root)
+    assert lines_of(errors) == [5] and "did not finish within 0.5 s" in errors[0], errors
+
+
+def test_check_cron_accepts_croniter_forms() -> None:
+    for good in ("* * * * *", "*/5 * * * *", "* * * * * */1", "0 9 * * mon-fri", "@hourly"):
+        assert check_cron(good) == good
+    for bad in ("61 * * * *", "* * * *", "* * * * * 61", ""):
+        with pytest.raises(ValueError):
+            check_cron(bad)
+
+
+def test_function_spec_is_frozen_and_productive() -> None:
+    spec = FunctionSpec(
+        name="a", uuid="0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01", handler="m:h", state="productive"
+    )
+    assert spec.productive
+    with pytest.raises(ValueError):
+        spec.name = "b"  # type: ignore[misc]
+
+
+# ---- round-trip edits ----
+
+COMMENTED = """\
+# our functions
+functions:
+  - name: alpha   # the first
+    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+    handler: functions.mod:handle
+    state: "draft"    # quoted, with a comment
+    events: [ping, pong]
+    env: {A: 'x', B: "y"}
+
+  # beta has no state yet
+  - name: beta
+    uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02
+    handler: functions.mod:handle
+    schedules:
+      - {cron: "*/5 * * * *", payload: {k: [1, 2]}}
+  - {name: gamma, uuid: 2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03, handler: functions.mod:handle}
+
+# trailing comment
+defaults:
+  timeout: 5
+"""
+
+
+def changed(before: str, after: str) -> list[tuple[str, str]]:
+    a, b = before.splitlines(), after.splitlines()
+    assert len(a) == len(b), (before, after)
+    return [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+
+
+def test_set_state_changes_only_the_value(tmp_path: Path) -> None:
+    """1. Set alpha (quoted value, trailing comment) to productive, then to undeployed.
+    Result: each time only the state line differs, and its comment survives.
+    """
+    path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
+    manifest_edit.set_state(path, "alpha", "productive")
+    after = path.read_text()
+    assert changed(COMMENTED, after) == [
+        (
+            '    state: "draft"    # quoted, with a comment',
+            "    state: productive    # quoted, with a comment",
+        )
+    ]
+    manifest_edit.set_state(path, "alpha", "undeployed")
+    assert "    state: undeployed    # quoted, with a comment" in path.read_text()
+    assert load_manifest(path).functions[0].state == "undeployed"
+
+
+def test_set_state_inserts_a_missing_state_after_the_handler(tmp_path: Path) -> None:
+    path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
+    manifest_edit.set_state(path, "beta", "productive")
+    lines = path.read_text().splitlines()
+    assert lines[12:14] == ["    handler: functions.mod:handle", "    state: productive"]
+    assert lines[:12] + lines[14:] == COMMENTED.splitlines()[:12] + COMMENTED.splitlines()[13:]
+
+
+def test_set_state_on_a_flow_style_entry(tmp_path: Path) -> None:
+    path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
+    manifest_edit.set_state(path, "gamma", "productive")
+    ((_, new),) = changed(COMMENTED, path.read_text())
+    assert new == (
+        "  - {name: gamma, uuid: 2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03, state: productive, "
+        "handler: functions.mod:handle}"
+    )
+    assert load_manifest(path).functions[2].productive
+
+
+def test_set_state_keeps_crlf_line_ends(tmp_path: Path) -> None:
+    path = tmp_path / "functions.yaml"
+    write_project(tmp_path, "", MODULES)
+    path.write_bytes(COMMENTED.replace("\n", "\r\n").encode())
+    manifest_edit.set_state(path, "beta", "draft")
+    data = path.read_bytes()
+    assert b"    state: draft\r\n" in data and data.count(b"\r\n") == data.count(b"\n")
+
+
+def test_set_state_with_a_merged_state_adds_its_own(tmp_path: Path) -> None:
+    path = write_project(tmp_path, ANCHORED, MODULES) / "functions.yaml"
+    assert load_manifest(path).functions[0].timeout == 5
+    manifest_edit.set_state(path, "alpha", "productive")
+    lines = path.read_text().splitlines()
+    assert lines[7] == "    state: productive" and lines[:7] + lines[8:] == ANCHORED.splitlines()
+    assert load_manifest(path).functions[0].productive
+
+
+def test_set_state_unknown_name_and_bad_state(tmp_path: Path) -> None:
+    path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
+    with pytest.raises(LookupError):
+        manifest_edit.set_state(path, "nobody", "productive")
+    with pytest.raises(ValueError):
+        manifest_edit.set_state(path, "alpha", "live")  # type: ignore[arg-type]
+    assert path.read_text() == COMMENTED
+
+
+ENTRY = {
+    "name": "delta",
+    "uuid": "3e9c6f4b-6a4c-4f4d-8d0b-8a5c1b7e9d04",
+    "handler": "functions.mod:handle",
+    "state": "draft",
+    "events": ["a.b"],
+}
+
+
+def test_add_function_before_the_next_top_level_key(tmp_path: Path) -> None:
+    """1. Append an entry to a manifest whose `functions:` is followed by a comment and `defaults:`.
+    Result: the entry is inserted after gamma, every other line is unchanged, and it loads.
+    """
+    path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
+    manifest_edit.add_function(path, ENTRY)
+    lines = path.read_text().splitlines()
+    block = [
+        "  - name: delta",
+        "    uuid: 3e9c6f4b-6a4c-4f4d-8d0b-8a5c1b7e9d04",
+        "    handler: functions.mod:handle",
+        "    state: draft",
+        "    events: [a.b]",
+    ]
+    old = COMMENTED.splitlines()
+    assert lines == old[:16] + block + old[16:]
+    assert [f.name for f in load_manifest(path).functions] == ["alpha", "beta", "gamma", "delta"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "functions:\n  - name: delta\n"),
+        ("# start\n", "# start\nfunctions:\n  - name: delta\n"),
+        ("functions: []  # none yet\n", "functions:  # none yet\n  - name: delta\n"),
+        (
+            "functions:\n- name: x\n  uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02\n  handler: m:h",
+            "  handler: m:h\n- name: delta\n",
+        ),
+    ],
+)
+def test_add_function_to_other_layouts(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "functions.yaml"
+    path.write_text(text)
+    manifest_edit.add_function(path, ENTRY)
+    after = path.read_text()
+    assert expected in after and after.startswith(text.split("[]")[0])
+    assert load_manifest(path, check_handlers=False).functions[-1].name == "delta"

@@ -1,0 +1,125 @@
+"""The Kafka record ↔ CloudEvent mapping, without a broker."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from framework.kafka.cloudevents import (
+    BadRecord,
+    Event,
+    deadletter_headers,
+    event_headers,
+    parse,
+    reply_headers,
+)
+
+MAX = 1024
+
+
+def binary(
+    type_: str | None = "order.created", id_: str | None = "e1", **extra: bytes
+) -> list[tuple[str, bytes]]:
+    h = [("ce_specversion", b"1.0"), ("ce_source", b"tests"), ("content-type", b"application/json")]
+    if type_ is not None:
+        h.append(("ce_type", type_.encode()))
+    if id_ is not None:
+        h.append(("ce_id", id_.encode()))
+    return h + [(k, v) for k, v in extra.items()]
+
+
+STRUCTURED = [("content-type", b"application/cloudevents+json; charset=utf-8")]
+
+
+def envelope(**fields: object) -> bytes:
+    doc: dict[str, object] = {"specversion": "1.0", "type": "order.created", "id": "e1", "source": "s"}
+    doc.update(fields)
+    return orjson.dumps({k: v for k, v in doc.items() if v is not ...})
+
+
+def test_binary_event_passes_the_value_through_untouched() -> None:
+    value = b'{"item": 7,  "note": "spaces kept"}'
+    event = parse(value, binary(ce_replyto=b"my.replies"), MAX)
+    assert event == Event("order.created", "e1", value, "tests", "my.replies")
+    assert isinstance(event, Event) and event.payload is value
+
+
+def test_header_names_are_case_insensitive_and_specversion_may_be_absent() -> None:
+    headers = [("CE_TYPE", b"t"), ("Ce_Id", b"i")]
+    assert parse(b"null", headers, MAX) == Event("t", "i", b"null")
+
+
+def test_structured_event() -> None:
+    event = parse(envelope(data={"item": 1}, replyto="r.t"), STRUCTURED, MAX)
+    assert event == Event("order.created", "e1", b'{"item":1}', "s", "r.t")
+
+
+def test_structured_without_data_is_null_and_data_base64_is_decoded() -> None:
+    assert parse(envelope(), STRUCTURED, MAX) == Event("order.created", "e1", b"null", "s")
+    raw = base64.b64encode(b'{"a": [1]}').decode()
+    event = parse(envelope(data_base64=raw), STRUCTURED, MAX)
+    assert isinstance(event, Event) and event.payload == b'{"a": [1]}'
+
+
+BAD = [
+    # (value, headers, expected id, expected type, words in the message)
+    (b"{not json", binary(), "e1", "order.created", "not JSON"),
+    (b"\xff\xfe\x00", binary(), "e1", "order.created", "not UTF-8"),
+    (b"", binary(), "e1", "order.created", "empty"),
+    (None, binary(), "e1", "order.created", "empty"),
+    (b"x" * (MAX + 1), binary(), "e1", "order.created", "over FAAS_MAX_PAYLOAD_BYTES"),
+    (b"{}", binary(type_=None), "e1", None, "missing ce_type"),
+    (b"{}", binary(id_=None), None, "order.created", "missing ce_id"),
+    (b"{}", binary(id_=""), None, "order.created", "missing ce_id"),
+    (b"{}", [*binary()[1:], ("ce_specversion", b"0.3")], "e1", "order.created", "ce_specversion"),
+    (b"{}", [*binary(type_=None), ("ce_type", b"\xffbad")], "e1", None, "not UTF-8"),
+    (b"{}", binary(ce_replyto=b"no spaces allowed"), "e1", "order.created", "invalid reply topic"),
+    (b"{bad", STRUCTURED, None, None, "structured mode: record value is not JSON"),
+    (b"[1, 2]", STRUCTURED, None, None, "not a JSON object"),
+    (envelope(type=...), STRUCTURED, "e1", None, "'type'"),
+    (envelope(id=...), STRUCTURED, None, "order.created", "'id'"),
+    (envelope(specversion="0.3"), STRUCTURED, "e1", "order.created", "specversion"),
+    (envelope(data_base64="!!"), STRUCTURED, "e1", "order.created", "data_base64"),
+    (envelope(replyto=5), STRUCTURED, "e1", "order.created", "invalid reply topic"),
+]
+
+
+@pytest.mark.parametrize(("value", "headers", "id_", "type_", "words"), BAD)
+def test_bad_records(
+    value: bytes | None, headers: list[tuple[str, bytes]], id_: str | None, type_: str | None, words: str
+) -> None:
+    bad = parse(value, headers, MAX)
+    assert isinstance(bad, BadRecord)
+    assert words in bad.message
+    assert (bad.id, bad.type) == (id_, type_)
+    assert len(bad.message) <= 500
+
+
+def test_bad_record_keeps_a_valid_reply_topic() -> None:
+    bad = parse(b"{nope", binary(ce_replyto=b"caller.replies"), MAX)
+    assert isinstance(bad, BadRecord) and bad.replyto == "caller.replies"
+
+
+def test_null_header_values_are_ignored() -> None:
+    headers: list[tuple[str, bytes | None]] = [*binary(), ("ce_extra", None)]
+    assert isinstance(parse(b"1", headers, MAX), Event)
+
+
+def test_reply_headers() -> None:
+    h = dict(reply_headers("e1"))
+    assert h["ce_specversion"] == b"1.0" and h["ce_type"] == b"faas.reply" and h["ce_source"] == b"faas"
+    assert h["ce_correlationid"] == b"e1" and h["content-type"] == b"application/json"
+    assert h["ce_id"] != dict(reply_headers("e1"))["ce_id"]
+    assert "ce_correlationid" not in dict(reply_headers(None))
+
+
+def test_deadletter_headers_keep_the_originals_in_order() -> None:
+    original: list[tuple[str, bytes | None]] = [("b", b"1"), ("a", None), ("b", b"2")]
+    assert deadletter_headers(original, "why") == [*original, ("faas_error", b"why")]
+
+
+def test_event_headers_round_trip() -> None:
+    headers = event_headers("t.x", "id-1", replyto="r")
+    assert parse(b"{}", headers, MAX) == Event("t.x", "id-1", b"{}", "faas-client", "r")

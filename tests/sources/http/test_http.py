@@ -1,0 +1,362 @@
+"""The HTTP contract (DESIGN.md section 5) end to end: a real `faas run` process on a real socket.
+
+Every status code comes from a real request; one module-scoped node serves most checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+from framework.kafka.embedded import EmbeddedBroker
+from tests.support import Node, wait_for, write_project
+
+ECHO = "aaaaaaaa-0000-4000-8000-000000000001"
+BOOM = "aaaaaaaa-0000-4000-8000-000000000002"
+SLOW = "aaaaaaaa-0000-4000-8000-000000000003"
+DRAFT = "aaaaaaaa-0000-4000-8000-000000000004"
+NOJSON = "aaaaaaaa-0000-4000-8000-000000000005"
+CRASH = "aaaaaaaa-0000-4000-8000-000000000006"
+BUSY = "aaaaaaaa-0000-4000-8000-000000000007"
+UNKNOWN = "aaaaaaaa-0000-4000-8000-0000000000ff"
+
+MANIFEST = f"""
+functions:
+  - name: echo
+    uuid: {ECHO}
+    handler: functions.h:echo
+    state: productive
+    events: [ping]
+    schedules:
+      - cron: "0 0 1 1 *"
+        payload: {{kind: yearly}}
+  - name: boom
+    uuid: {BOOM}
+    handler: functions.h:boom
+    state: productive
+  - name: slow
+    uuid: {SLOW}
+    handler: functions.h:slow
+    state: productive
+    timeout: 1
+  - name: drafty
+    uuid: {DRAFT}
+    handler: functions.h:echo
+    state: draft
+    events: [ping]
+  - name: nojson
+    uuid: {NOJSON}
+    handler: functions.h:nojson
+    state: productive
+  - name: crash
+    uuid: {CRASH}
+    handler: functions.h:crash
+    state: productive
+  - name: busy
+    uuid: {BUSY}
+    handler: functions.h:hold
+    state: productive
+    instances: {{max: 1, concurrency: 1, queue: 0}}
+"""
+MODULES = {
+    "h": """
+import asyncio
+import os
+import re
+
+async def echo(payload, ctx):
+    return {"echo": payload, "trigger": ctx.trigger, "fn": ctx.function}
+
+async def boom(payload, ctx):
+    raise ValueError("kaboom")
+
+def nojson(payload, ctx):
+    return object()
+
+async def crash(payload, ctx):
+    os._exit(3)
+
+async def slow(payload, ctx):
+    await asyncio.sleep(10)
+
+async def hold(payload, ctx):
+    await asyncio.sleep((payload or {}).get("sleep", 0))
+    return "held"
+"""
+}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
+    root = write_project(tmp_path_factory.mktemp("http"), MANIFEST, MODULES)
+    n = Node(root, broker.bootstrap).wait_ready()
+    yield n
+    n.kill()
+
+
+def invoke(node: Node, uuid: str, **kw: Any) -> httpx.Response:
+    return httpx.post(f"{node.url}/functions/{uuid}/invoke", timeout=30, **kw)
+
+
+def err(r: httpx.Response) -> str:
+    return str(r.json()["error"]["type"])
+
+
+def test_invoke_200(node: Node) -> None:
+    r = invoke(node, ECHO, json={"name": "Ann"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["result"] == {"echo": {"name": "Ann"}, "trigger": "direct", "fn": "echo"}
+    assert set(body) == {"invocation_id", "result", "duration_ms", "cold_start"}
+    assert isinstance(body["cold_start"], bool) and isinstance(body["duration_ms"], float)
+    assert invoke(node, ECHO).json()["result"]["echo"] is None  # empty body = null
+
+
+def test_400_bad_json(node: Node) -> None:
+    r = invoke(node, ECHO, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and err(r) == "BadRequest"
+
+
+@pytest.mark.parametrize("uuid", [UNKNOWN, DRAFT])
+def test_404_unknown_and_draft(node: Node, uuid: str) -> None:
+    r = invoke(node, uuid, json={})
+    assert r.status_code == 404 and err(r) == "NotFound"
+
+
+def test_404_before_413_before_400(node: Node) -> None:
+    too_big_and_bad = b"{" * (1024 * 1024 + 1)
+    assert invoke(node, DRAFT, content=too_big_and_bad).status_code == 404
+    assert invoke(node, ECHO, content=too_big_and_bad).status_code == 413
+
+
+def test_413_by_content_length(node: Node) -> None:
+    big = b'"' + b"x" * (2 * 1024 * 1024) + b'"'
+    r = invoke(node, ECHO, content=big)
+    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+    assert invoke(node, ECHO, json=1).status_code == 200  # the connection pool and node are fine after it
+
+
+def test_413_chunked_without_content_length(node: Node) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'"'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"'
+
+    r = invoke(node, ECHO, content=chunks())
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+
+
+def test_limit_is_exact(node: Node) -> None:
+    at_limit = b'"' + b"x" * (1024 * 1024 - 2) + b'"'
+    assert invoke(node, ECHO, content=at_limit).status_code == 200
+    assert invoke(node, ECHO, content=at_limit + b" ").status_code == 413
+
+
+def metric(node: Node, name: str, **labels: str) -> float:
+    """The value of one sample of the node's /metrics (0 when absent)."""
+    text = httpx.get(f"{node.url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_429_overloaded(node: Node) -> None:
+    assert invoke(node, BUSY, json={"sleep": 0}).status_code == 200  # warm: the holder below is not cold
+    held: list[httpx.Response] = []
+    holder = threading.Thread(target=lambda: held.append(invoke(node, BUSY, json={"sleep": 3})))
+    holder.start()
+    try:
+        wait_for(
+            lambda: metric(node, "faas_inflight_requests", function="busy") >= 1,
+            timeout=2,
+            message="the holder in flight",
+        )
+        # The single instance holds one request and nothing may queue: the next one is Overloaded.
+        r = invoke(node, BUSY, json={"sleep": 0})
+        assert r.status_code == 429 and err(r) == "Overloaded", r.text
+    finally:
+        holder.join(10)
+    assert held and held[0].status_code == 200
+
+
+def test_500_function_error(node: Node) -> None:
+    r = invoke(node, BOOM, json={})
+    assert r.status_code == 500 and err(r) == "FunctionError" and "kaboom" in r.json()["error"]["message"]
+    r = invoke(node, NOJSON, json={})
+    assert r.status_code == 500 and err(r) == "FunctionError"
+
+
+def test_502_instance_crashed(node: Node) -> None:
+    r = invoke(node, CRASH, json={})
+    assert r.status_code == 502 and err(r) == "InstanceCrashed"
+    assert invoke(node, CRASH, json={}).status_code == 502  # a fresh instance, crashing again
+    assert invoke(node, ECHO, json={}).status_code == 200
+
+
+def test_504_timeout(node: Node) -> None:
+    started = time.monotonic()
+    r = invoke(node, SLOW, json={})
+    assert r.status_code == 504 and err(r) == "Timeout"
+    assert time.monotonic() - started < 4
+
+
+def test_productive_check(node: Node) -> None:
+    r = httpx.get(f"{node.url}/functions/{ECHO}")
+    assert r.status_code == 200 and r.json()["name"] == "echo"
+    for uuid in (DRAFT, UNKNOWN):
+        r = httpx.get(f"{node.url}/functions/{uuid}")
+        assert r.status_code == 404 and err(r) == "NotFound"
+
+
+def test_list_functions(node: Node) -> None:
+    invoke(node, ECHO, json={})
+    listed = {f["name"]: f for f in httpx.get(f"{node.url}/functions").json()["functions"]}
+    assert set(listed) == {"echo", "boom", "slow", "drafty", "nojson", "crash", "busy"}
+    assert listed["drafty"]["state"] == "draft" and listed["echo"]["state"] == "productive"
+    echo = listed["echo"]
+    assert echo["uuid"] == ECHO and echo["events"] == ["ping"] and echo["instances"] >= 1
+    (schedule,) = echo["schedules"]
+    assert schedule["cron"] == "0 0 1 1 *" and schedule["payload"] == {"kind": "yearly"}
+    assert schedule["next_fire"] and schedule["last"] is None
+    assert listed["drafty"]["instances"] == 0
+
+
+def test_listeners_productive_only(node: Node) -> None:
+    r = httpx.get(f"{node.url}/events/ping/listeners")
+    assert r.json() == {"event": "ping", "functions": [{"name": "echo", "uuid": ECHO}]}
+    assert httpx.get(f"{node.url}/events/nothing.here/listeners").json()["functions"] == []
+
+
+def test_http_event(node: Node) -> None:
+    r = httpx.post(f"{node.url}/events/ping", json={"n": 1}, headers={"ce-id": "ev-42"}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "ev-42" and body["ok"] is True and body["error"] is None
+    assert [(x["function"], x["result"]["trigger"]) for x in body["results"]] == [("echo", "event")]
+
+
+def test_ops_endpoints(node: Node) -> None:
+    assert httpx.get(f"{node.url}/healthz").status_code == 200
+    r = httpx.get(f"{node.url}/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True
+
+
+def test_metrics_families(node: Node) -> None:
+    invoke(node, ECHO, json={})
+    r = httpx.get(f"{node.url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name for f in text_string_to_metric_families(r.text)}
+    assert {
+        "faas_invocations",
+        "faas_invocation_duration_seconds",
+        "faas_cold_starts",
+        "faas_instances",
+        "faas_inflight_requests",
+        "faas_queued_requests",
+        "faas_events_consumed",
+    } <= families
+
+
+def test_openapi_validates(node: Node) -> None:
+    spec = httpx.get(f"{node.url}/openapi.json").json()
+    validate(spec)
+    assert "/functions/{uuid}/invoke" in spec["paths"] and spec["openapi"].startswith("3")
+
+
+HOOKS = '''
+import schemathesis
+
+FUNCTION_ERRORS = {500: "FunctionError", 502: "InstanceCrashed", 504: "Timeout"}
+
+
+@schemathesis.check
+def only_function_server_errors(ctx, response, case):
+    """A 5xx only as a function's documented error (boom, nojson, crash, slow), never the node's own."""
+    if response.status_code >= 500:
+        error_type = response.json()["error"]["type"]
+        assert FUNCTION_ERRORS.get(response.status_code) == error_type, (response.status_code, response.text)
+'''
+
+
+def test_schemathesis(node: Node, tmp_path: Path) -> None:
+    """Property-based run of every operation of /openapi.json: responses conform and no unexpected 5xx."""
+    exe = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
+    assert exe, "schemathesis is not installed next to this interpreter"
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(HOOKS)
+    cmd = [
+        exe,
+        "run",
+        f"{node.url}/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "not_a_server_error",
+        "--max-examples",
+        "40",
+        "--max-time",
+        "30",
+        "--workers",
+        "4",
+        "--request-timeout",
+        "15",
+        "--seed",
+        "7",
+        "--suppress-health-check",
+        "all",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    generated = re.search(r"(\d+) generated", proc.stdout)
+    assert generated and int(generated.group(1)) >= 200, proc.stdout[-3000:]
+    assert httpx.get(f"{node.url}/healthz").status_code == 200
+
+
+# ---- a node with API keys ----
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, nodes: Callable[..., Node]) -> Node:
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    return nodes(root, None, kafka=False, env={"FAAS_API_KEYS": "k-one, k-two"}).wait_ready()
+
+
+def test_401_before_everything(keyed: Node) -> None:
+    for uuid, content in [(ECHO, b"{}"), (UNKNOWN, b"{}"), (ECHO, b"{"), (ECHO, b"1" * (2 << 20))]:
+        r = invoke(keyed, uuid, content=content, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401 and err(r) == "Unauthorized"
+    for path in ("/functions", f"/functions/{ECHO}", "/events/ping/listeners"):
+        assert httpx.get(keyed.url + path).status_code == 401
+    assert httpx.post(keyed.url + "/events/ping", json={}).status_code == 401
+
+
+def test_keys_accepted_and_open_routes(keyed: Node) -> None:
+    for key in ("k-one", "k-two"):
+        assert invoke(keyed, ECHO, json={}, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert invoke(keyed, UNKNOWN, json={}, headers={"Authorization": "Bearer k-one"}).status_code == 404
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert httpx.get(keyed.url + path).status_code == 200, path

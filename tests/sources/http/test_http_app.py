@@ -1,0 +1,224 @@
+"""Unit tests of the HTTP app (DESIGN.md section 5), in-process: invocation, listings and HTTP events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
+
+import httpx
+import orjson
+import pytest
+from starlette.types import Message
+
+from framework.sources.http.app import create_app
+from tests.sources.http_fakes import (
+    DRAFT,
+    ECHO,
+    FAILING,
+    LIMIT,
+    UNKNOWN,
+    UUIDS,
+    FakeNode,
+    FakeScheduler,
+    client_for,
+    err,
+)
+
+if TYPE_CHECKING:
+    from framework.node import Node
+
+
+# ---- POST /functions/{uuid}/invoke ----
+
+
+async def test_invoke_splices_result(client: httpx.AsyncClient, fake: FakeNode) -> None:
+    r = await client.post(f"/functions/{ECHO}/invoke", content=b'{"name": "Ann",  "n": 1.50}')
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["result"] == {"echo": {"name": "Ann", "n": 1.5}}
+    assert body["cold_start"] is True and body["duration_ms"] == 1.235 and body["invocation_id"]
+    # The payload reached the runtime as sent, and the result came back without re-encoding.
+    assert fake.runtime.payloads == [b'{"name": "Ann",  "n": 1.50}']
+    assert b'"result":{"echo":{"name": "Ann",  "n": 1.50}}' in r.content
+
+
+async def test_invoke_uuid_case_insensitive(client: httpx.AsyncClient) -> None:
+    assert (await client.post(f"/functions/{ECHO.upper()}/invoke", json=1)).status_code == 200
+
+
+async def test_empty_body_is_null(client: httpx.AsyncClient, fake: FakeNode) -> None:
+    r = await client.post(f"/functions/{ECHO}/invoke")
+    assert r.status_code == 200 and r.json()["result"] == {"echo": None}
+    assert fake.runtime.payloads == [b"null"]
+
+
+@pytest.mark.parametrize("uuid", [UNKNOWN, DRAFT, "not-a-uuid"])
+async def test_invoke_not_found(client: httpx.AsyncClient, uuid: str) -> None:
+    r = await client.post(f"/functions/{uuid}/invoke", json={})
+    assert r.status_code == 404 and err(r) == "NotFound" and r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"   ", b"\xff\xfe", b'{"a": 1} x', b"NaN"])
+async def test_invoke_bad_json(client: httpx.AsyncClient, fake: FakeNode, body: bytes) -> None:
+    r = await client.post(f"/functions/{ECHO}/invoke", content=body)
+    assert r.status_code == 400 and err(r) == "BadRequest"
+    assert fake.runtime.payloads == []
+
+
+async def test_limit_is_inclusive(client: httpx.AsyncClient) -> None:
+    at_limit = b'"' + b"x" * (LIMIT - 2) + b'"'
+    assert (await client.post(f"/functions/{ECHO}/invoke", content=at_limit)).status_code == 200
+    r = await client.post(f"/functions/{ECHO}/invoke", content=at_limit + b" ")
+    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+
+
+async def test_too_large_by_content_length_is_not_read(fake: FakeNode) -> None:
+    """A declared length over the limit is answered before the app asks for a single body chunk."""
+    app = create_app(cast("Node", fake))
+    received = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": f"/functions/{ECHO}/invoke",
+        "raw_path": b"",
+        "query_string": b"",
+        "headers": [(b"content-length", str(LIMIT * 10).encode())],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("node", 80),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    assert received == 0 and sent[0]["status"] == 413
+    assert orjson.loads(sent[1]["body"])["error"]["type"] == "PayloadTooLarge"
+
+
+async def test_too_large_chunked(client: httpx.AsyncClient, fake: FakeNode) -> None:
+    pulled = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(100):
+            pulled += 1
+            yield b"1" * 100
+
+    r = await client.post(f"/functions/{ECHO}/invoke", content=chunks())
+    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+    assert "content-length" not in r.request.headers
+    assert pulled == LIMIT // 100 + 1  # reading stopped at the first chunk over the limit
+    assert fake.runtime.payloads == []
+
+
+async def test_chunked_within_limit(client: httpx.AsyncClient, fake: FakeNode) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b'{"a":', b" [1, ", b"2]}"):
+            yield part
+
+    r = await client.post(f"/functions/{ECHO}/invoke", content=chunks())
+    assert r.status_code == 200 and r.json()["result"] == {"echo": {"a": [1, 2]}}
+    assert fake.runtime.payloads == [b'{"a": [1, 2]}']
+
+
+@pytest.mark.parametrize(("name", "status"), [("boom", 500), ("busy", 429), ("crash", 502), ("late", 504)])
+async def test_invoke_errors(client: httpx.AsyncClient, name: str, status: int) -> None:
+    r = await client.post(f"/functions/{UUIDS[name]}/invoke", json={})
+    assert r.status_code == status
+    assert r.json() == {"error": FAILING[name].to_dict()}
+
+
+async def test_node_bug_is_internal_error(
+    client: httpx.AsyncClient, fake: FakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.runtime.bug = RuntimeError("a bug in the node")
+    r = await client.post(f"/functions/{ECHO}/invoke", json={})
+    assert r.status_code == 500 and err(r) == "InternalError"
+    assert "a bug in the node" not in r.text  # internals stay in the log
+    assert any(rec.exc_info and "a bug in the node" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
+async def test_check_order_404_before_413_before_400(client: httpx.AsyncClient) -> None:
+    big_bad = b"{" * (LIMIT + 1)
+    assert (await client.post(f"/functions/{DRAFT}/invoke", content=big_bad)).status_code == 404
+    assert (await client.post(f"/functions/{ECHO}/invoke", content=big_bad)).status_code == 413
+    assert (await client.post(f"/functions/{ECHO}/invoke", content=b"{")).status_code == 400
+
+
+# ---- listings ----
+
+
+async def test_list_functions_all_states(client: httpx.AsyncClient) -> None:
+    r = await client.get("/functions")
+    assert r.status_code == 200
+    listed = {f["name"]: f for f in r.json()["functions"]}
+    assert listed["drafty"]["state"] == "draft" and listed["echo"]["state"] == "productive"
+    echo = listed["echo"]
+    assert set(echo) >= {"name", "uuid", "state", "events", "schedules", "instances"}
+    assert echo["instances"] == 2 and echo["events"] == ["ping"] and echo["uuid"] == ECHO
+    # No scheduler: the manifest's entries.
+    assert echo["schedules"] == [
+        {"cron": "* * * * *", "timezone": "UTC", "payload": None, "next_fire": None, "last": None}
+    ]
+
+
+async def test_list_uses_scheduler_status() -> None:
+    async with client_for(FakeNode(scheduler=FakeScheduler())) as c:
+        listed = {f["name"]: f for f in (await c.get("/functions")).json()["functions"]}
+    assert listed["echo"]["schedules"][0]["next_fire"] == "2030-01-01T00:00:00Z"
+
+
+async def test_get_function_is_the_productive_check(client: httpx.AsyncClient) -> None:
+    r = await client.get(f"/functions/{ECHO}")
+    assert r.status_code == 200 and r.json()["name"] == "echo"
+    for uuid in (DRAFT, UNKNOWN):
+        r = await client.get(f"/functions/{uuid}")
+        assert r.status_code == 404 and err(r) == "NotFound"
+
+
+async def test_listeners_productive_only(client: httpx.AsyncClient) -> None:
+    r = await client.get("/events/ping/listeners")
+    assert r.json() == {"event": "ping", "functions": [{"name": "echo", "uuid": ECHO}]}
+    assert (await client.get("/events/nothing.here/listeners")).json()["functions"] == []
+
+
+# ---- POST /events/{type} ----
+
+
+async def test_event_ok(client: httpx.AsyncClient) -> None:
+    r = await client.post("/events/ping", content=b'{"n": 1}', headers={"ce-id": "ev-1"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"] == "ev-1" and body["event"] == "ping" and body["ok"] is True and body["error"] is None
+    assert [(x["function"], x["result"]) for x in body["results"]] == [("echo", {"echo": {"n": 1}})]
+
+
+async def test_event_without_listeners_or_id(client: httpx.AsyncClient) -> None:
+    r = await client.post("/events/nobody.listens")
+    body = r.json()
+    assert r.status_code == 200 and body["ok"] is True and body["results"] == [] and len(body["id"]) == 36
+
+
+@pytest.mark.parametrize(("name", "status"), [("boom", 500), ("busy", 429), ("crash", 502), ("late", 504)])
+async def test_event_failure_status(client: httpx.AsyncClient, name: str, status: int) -> None:
+    r = await client.post(f"/events/fail.{name}", json={})
+    body = r.json()
+    assert r.status_code == status and body["ok"] is False
+    assert body["error"]["type"] == FAILING[name].type and body["error"]["function"] == name
+
+
+async def test_event_bad_body(client: httpx.AsyncClient, fake: FakeNode) -> None:
+    r = await client.post("/events/ping", content=b"{nope", headers={"ce-id": "e-2"})
+    assert r.status_code == 400 and err(r) == "BadRequest"
+    assert r.json()["ok"] is False and r.json()["id"] == "e-2"
+    r = await client.post("/events/ping", content=b"1" * (LIMIT + 1))
+    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+    assert fake.runtime.payloads == []

@@ -1,0 +1,158 @@
+"""Unit tests of the HTTP app (DESIGN.md section 5), in-process: auth, operations, routing, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import Message
+
+from framework.sources.http.app import create_app
+from framework.sources.http.auth import BearerAuth
+from tests.sources.http_fakes import ECHO, LIMIT, UNKNOWN, FakeNode, client_for, err
+
+if TYPE_CHECKING:
+    from framework.node import Node
+
+
+# ---- auth ----
+
+
+@pytest.fixture
+async def keyed() -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(FakeNode(keys=" k-one , k-two")) as c:
+        yield c
+
+
+@pytest.mark.parametrize("header", [None, "Bearer nope", "Bearer", "Basic k-one", "Bearer k-one-x", "k-one"])
+async def test_auth_refuses(keyed: httpx.AsyncClient, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    for method, path in [
+        ("POST", f"/functions/{ECHO}/invoke"),
+        ("GET", "/functions"),
+        ("GET", f"/functions/{ECHO}"),
+        ("GET", "/events/ping/listeners"),
+        ("POST", "/events/ping"),
+    ]:
+        r = await keyed.request(method, path, headers=headers, json={})
+        assert r.status_code == 401 and err(r) == "Unauthorized", (method, path)
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_auth_accepts_each_key(keyed: httpx.AsyncClient) -> None:
+    for key in ("k-one", "k-two"):
+        r = await keyed.post(f"/functions/{ECHO}/invoke", json={}, headers={"Authorization": f"bearer {key}"})
+        assert r.status_code == 200
+
+
+async def test_auth_comes_first(keyed: httpx.AsyncClient) -> None:
+    """401 before 404, 413 and 400."""
+    for uuid, body in [(UNKNOWN, b"{}"), (ECHO, b"1" * (LIMIT + 1)), (ECHO, b"{")]:
+        assert (await keyed.post(f"/functions/{uuid}/invoke", content=body)).status_code == 401
+
+
+async def test_open_routes_need_no_key(keyed: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert (await keyed.get(path)).status_code == 200, path
+
+
+def test_auth_matches_exact_bytes() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError
+
+    auth = BearerAuth(app, ["k"])
+    assert auth.matches(b"k") and not auth.matches(b"") and not auth.matches(b"K") and not auth.matches(b"kk")
+
+
+# ---- operations ----
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    r = await client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+async def test_readyz(client: httpx.AsyncClient, fake: FakeNode) -> None:
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["manifest_errors"] == ["functions.yaml:3:5: bad"]
+    fake.ready = False
+    r = await client.get("/readyz")
+    assert r.status_code == 503 and r.json()["reasons"] == ["kafka"]
+
+
+async def test_metrics(client: httpx.AsyncClient) -> None:
+    await client.post(f"/functions/{ECHO}/invoke", json={})
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert 'faas_invocations_total{function="echo",outcome="ok",trigger="direct"} 1.0' in r.text
+
+
+@pytest.mark.parametrize("keys", ["", "k"])
+async def test_openapi_validates(keys: str) -> None:
+    async with client_for(FakeNode(keys=keys)) as c:
+        spec = (await c.get("/openapi.json")).json()
+    validate(spec)
+    assert spec["openapi"].startswith("3")
+    assert set(spec["paths"]) == {
+        "/functions/{uuid}/invoke",
+        "/functions",
+        "/functions/{uuid}",
+        "/events/{type}/listeners",
+        "/events/{type}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    }
+    invoke = spec["paths"]["/functions/{uuid}/invoke"]["post"]
+    expected = {"200", "400", "404", "413", "429", "500", "502", "504"} | ({"401"} if keys else set())
+    assert set(invoke["responses"]) == expected
+    assert ("security" in invoke) == bool(keys)
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    r = await client.get("/nowhere")
+    assert r.status_code == 404 and err(r) == "NotFound"
+    r = await client.get(f"/functions/{ECHO}/invoke")
+    assert r.status_code == 405 and err(r) == "MethodNotAllowed" and "POST" in r.headers["allow"]
+
+
+async def test_concurrent_invocations(client: httpx.AsyncClient) -> None:
+    rs = await asyncio.gather(*(client.post(f"/functions/{ECHO}/invoke", json=i) for i in range(50)))
+    assert sorted(r.json()["result"]["echo"] for r in rs) == list(range(50))
+
+
+async def test_client_gone_mid_body(fake: FakeNode) -> None:
+    """A caller that disconnects while sending its body gets no invocation and no logged error."""
+    app = create_app(cast("Node", fake))
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": f"/functions/{ECHO}/invoke",
+        "raw_path": b"",
+        "query_string": b"",
+        "headers": [],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("node", 80),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400 and fake.runtime.payloads == []

@@ -1,0 +1,382 @@
+"""The Kafka source end to end: `faas run` nodes as a user starts them, plain aiokafka as the other system."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import orjson
+import pytest
+
+from framework.kafka.client import EventClient
+from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.observe.metrics import Metrics
+from framework.settings import Settings
+from framework.sources.kafka.source import KafkaSource
+from tests.support import (
+    Header,
+    Node,
+    Record,
+    ce_headers,
+    consume,
+    consume_raw,
+    new_id,
+    produce,
+    run_cli,
+    write_project,
+)
+
+MANIFEST = """
+functions:
+  - name: a
+    uuid: cccccccc-0000-4000-8000-000000000001
+    handler: functions.ev:a
+    state: productive
+    events: [order.created, order.slow]
+  - name: b
+    uuid: cccccccc-0000-4000-8000-000000000002
+    handler: functions.ev:b
+    state: productive
+    events: [order.created]
+  - name: c
+    uuid: cccccccc-0000-4000-8000-000000000003
+    handler: functions.ev:b
+    state: draft
+    events: [order.created]
+  - name: failer
+    uuid: cccccccc-0000-4000-8000-000000000004
+    handler: functions.ev:failer
+    state: productive
+    events: [order.failed]
+  - name: waiter
+    uuid: cccccccc-0000-4000-8000-000000000005
+    handler: functions.ev:waiter
+    state: productive
+    events: [order.failed, order.slow]
+  - name: slowpoke
+    uuid: cccccccc-0000-4000-8000-000000000006
+    handler: functions.ev:slowpoke
+    state: productive
+    timeout: 1
+    events: [order.slow]
+  - name: seq
+    uuid: cccccccc-0000-4000-8000-000000000007
+    handler: functions.ev:seq
+    state: productive
+    events: [seq]
+"""
+MODULES = {
+    "ev": """
+import asyncio, os, random
+
+async def a(payload, ctx):
+    return {"by": "a", "event": ctx.event, "trigger": ctx.trigger, "got": payload}
+
+def b(payload, ctx):
+    return {"by": "b"}
+
+async def failer(payload, ctx):
+    raise RuntimeError("no stock")
+
+async def waiter(payload, ctx):
+    await asyncio.sleep(3)
+    return "done"
+
+async def slowpoke(payload, ctx):
+    await asyncio.sleep(10)
+
+async def seq(payload, ctx):
+    await asyncio.sleep(random.random() / 200)
+    return {**payload, "node": os.getppid()}
+"""
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_project(tmp_path_factory.mktemp("kafka"), MANIFEST, MODULES)
+
+
+@pytest.fixture(scope="module")
+def node(project: Path, broker: EmbeddedBroker) -> Iterator[Node]:
+    n = Node(project, broker.bootstrap).wait_ready()
+    yield n
+    n.kill()
+
+
+def by_id(replies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["value"]["id"]: r for r in replies if isinstance(r["value"], dict) and r["value"].get("id")}
+
+
+def reply_to(broker: EmbeddedBroker, topic: str, eid: str, timeout: float = 20) -> dict[str, Any]:
+    replies = by_id(consume(broker.bootstrap, topic, 100_000, timeout=timeout, ids={eid}))
+    assert eid in replies, f"no reply to {eid} on {topic}"
+    return replies[eid]
+
+
+def test_not_ready_until_the_group_is_joined() -> None:
+    source = KafkaSource(Settings(), cast(Any, None), Metrics(), "127.0.0.1:1")
+    assert source.not_ready() == ["kafka: joining consumer group"]
+    source.joined = True
+    assert source.not_ready() == []
+
+
+def test_fan_out_combines_productive_listeners_in_manifest_order(node: Node, broker: EmbeddedBroker) -> None:
+    eid = new_id()
+    produce(broker.bootstrap, node.events, [(b"k1", b'{"item": 7}', ce_headers("order.created", eid))])
+    r = reply_to(broker, node.replies, eid)
+    assert r["key"] == b"k1"
+    h = r["headers"]
+    assert h["ce_specversion"] == "1.0" and h["ce_type"] == "faas.reply" and h["ce_source"] == "faas"
+    assert h["ce_correlationid"] == eid and h["ce_id"] not in ("", eid)
+    assert h["content-type"] == "application/json"
+    v = r["value"]
+    assert v["ok"] is True and v["id"] == eid and v["event"] == "order.created" and v["error"] is None
+    assert [x["function"] for x in v["results"]] == ["a", "b"], "the draft listener c must not run"
+    assert v["results"][0]["result"] == {
+        "by": "a",
+        "event": "order.created",
+        "trigger": "event",
+        "got": {"item": 7},
+    }
+    assert v["results"][0]["uuid"] == "cccccccc-0000-4000-8000-000000000001"
+
+
+def test_structured_mode_with_own_reply_topic(node: Node, broker: EmbeddedBroker) -> None:
+    eid, mine = new_id(), f"t.mine.{new_id()[:8]}"
+    doc = {
+        "specversion": "1.0",
+        "type": "order.created",
+        "id": eid,
+        "source": "t",
+        "data": [1],
+        "replyto": mine,
+    }
+    produce(
+        broker.bootstrap,
+        node.events,
+        [(b"s", orjson.dumps(doc), [("content-type", b"application/cloudevents+json")])],
+    )
+    v = reply_to(broker, mine, eid)["value"]
+    assert v["ok"] is True and v["results"][0]["result"]["got"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("event", "function", "error"),
+    [("order.failed", "failer", "FunctionError"), ("order.slow", "slowpoke", "Timeout")],
+)
+def test_failing_listener_aborts_the_chain(
+    node: Node, broker: EmbeddedBroker, event: str, function: str, error: str
+) -> None:
+    eid = new_id()
+    started = time.monotonic()
+    produce(broker.bootstrap, node.events, [(None, b"{}", ce_headers(event, eid))])
+    v = reply_to(broker, node.replies, eid)["value"]
+    assert v["ok"] is False
+    assert v["error"]["function"] == function and v["error"]["type"] == error and v["error"]["message"]
+    assert "waiter" not in [x["function"] for x in v["results"]], "the 3 s sibling must be cancelled"
+    assert time.monotonic() - started < 3 + 2.5
+
+
+def test_no_listener_is_ok_with_empty_results(node: Node, broker: EmbeddedBroker) -> None:
+    eid = new_id()
+    produce(broker.bootstrap, node.events, [(None, b"null", ce_headers("nobody.listens", eid))])
+    v = reply_to(broker, node.replies, eid)["value"]
+    assert v == {"id": eid, "event": "nobody.listens", "ok": True, "results": [], "error": None}
+
+
+def bad_records() -> list[tuple[str | None, Record]]:
+    """Twelve kinds of bad record, each marked with a `t_mark` header; with the id a reply must carry."""
+    structured = [("content-type", b"application/cloudevents+json")]
+
+    def h(eid: str, **changes: bytes | None) -> list[Header]:
+        base = dict(ce_headers("order.created", eid))
+        base.update(changes)  # type: ignore[arg-type]
+        return [(k, v) for k, v in base.items() if v is not None]
+
+    ids = [new_id() for _ in range(10)]
+    return [
+        (ids[0], (b"k", b"{not json", h(ids[0]))),
+        (ids[1], (b"k", b"\xff\xfe\x00", h(ids[1]))),
+        (None, (None, b"{}", h("x", ce_type=None, ce_id=None))),
+        (ids[2], (None, b"{}", h(ids[2], ce_type=None))),
+        (ids[3], (b"e", b"", h(ids[3]))),
+        (ids[4], (b"e", None, h(ids[4]))),
+        (ids[5], (None, b"{}", h(ids[5], ce_specversion=b"0.3"))),
+        (ids[6], (None, b'{"x": "' + b"y" * (2 * 1024 * 1024) + b'"}', h(ids[6]))),
+        (None, (b"s", b"{bad", structured)),
+        (ids[7], (b"s", orjson.dumps({"specversion": "1.0", "id": ids[7], "source": "t"}), structured)),
+        (ids[8], (None, b"{}", h(ids[8], ce_type=b"\xff\xfe"))),
+        (ids[9], (None, b"{}", h(ids[9], ce_replyto=b"not a topic!"))),
+    ]
+
+
+def test_bad_records_get_badevent_replies_and_exact_dead_letter_copies(
+    node: Node, broker: EmbeddedBroker
+) -> None:
+    cases = bad_records()
+    marked = [(k, v, [*hs, ("t_mark", str(i).encode())]) for i, (_, (k, v, hs)) in enumerate(cases)]
+    produce(broker.bootstrap, node.events, marked)
+    good = new_id()
+    produce(broker.bootstrap, node.events, [(None, b"{}", ce_headers("order.created", good))])
+    dead = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, len(cases), wait=30))
+    assert len(dead) == len(cases), f"{len(dead)} dead letters; log:\n{node.tail()}"
+    for d in dead:
+        headers = list(d.headers)
+        assert headers[-1][0] == "faas_error" and headers[-1][1]
+        i = int(dict(headers)["t_mark"])
+        key, value, original = marked[i]
+        assert (d.key, d.value, headers[:-1]) == (key, value, original), f"copy of case {i} differs"
+    known = {eid for eid, _ in cases if eid}
+    replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=20, ids={good, *known}))
+    assert replies[good]["value"]["ok"] is True, "a good event after bad ones is answered"
+    for eid in known:
+        v = replies[eid]["value"]
+        assert v["ok"] is False and v["results"] == []
+        assert v["error"]["type"] == "BadEvent" and v["error"]["function"] is None and v["error"]["message"]
+    assert replies[cases[0][0]]["key"] == b"k"  # type: ignore[index]
+
+
+def test_event_client_round_trip(node: Node, broker: EmbeddedBroker) -> None:
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        async with EventClient(broker.bootstrap, events_topic=node.events) as client:
+            one = await client.emit("order.created", {"n": 1}, key=b"c1", id="client-fixed-id")
+            many = await asyncio.gather(*(client.emit("order.created", {"n": i}) for i in range(20)))
+        oneshot = await EventClient(broker.bootstrap, events_topic=node.events).emit("order.failed", {})
+        return one, list(many), oneshot
+
+    one, many, oneshot = asyncio.run(go())
+    assert one["id"] == "client-fixed-id" and one["results"][0]["result"]["got"] == {"n": 1}
+    assert sorted(r["results"][0]["result"]["got"]["n"] for r in many) == list(range(20))
+    assert oneshot["ok"] is False and oneshot["error"]["function"] == "failer"
+
+
+def test_event_client_times_out(broker: EmbeddedBroker) -> None:
+    async def go() -> None:
+        await EventClient(broker.bootstrap, events_topic=f"t.nobody.{new_id()[:8]}").emit("x", 1, timeout=1.5)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(go())
+
+
+def test_cli_emit(node: Node, broker: EmbeddedBroker, project: Path) -> None:
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_EVENTS_TOPIC": node.events}
+    ok = run_cli(project, "emit", "order.created", "--data", '{"who": "cli"}', "--timeout", "20", env=env)
+    assert ok.returncode == 0, ok.stderr
+    reply = json.loads(ok.stdout)
+    assert reply["ok"] is True and reply["results"][0]["result"]["got"] == {"who": "cli"}
+    failed = run_cli(project, "emit", "order.failed", "--timeout", "20", env=env)
+    assert failed.returncode == 1 and json.loads(failed.stdout)["error"]["type"] == "FunctionError"
+    env["FAAS_EVENTS_TOPIC"] = f"t.nobody.{new_id()[:8]}"
+    silent = run_cli(project, "emit", "order.created", "--timeout", "2", env=env)
+    assert silent.returncode == 1 and "no reply" in silent.stderr
+
+
+def seq_records(start: int, count: int, keys: int) -> tuple[list[str], list[Record]]:
+    ids: list[str] = []
+    recs: list[Record] = []
+    for n in range(start, start + count):
+        eid = new_id()
+        key = f"key-{n % keys}"
+        ids.append(eid)
+        recs.append((key.encode(), orjson.dumps({"seq": n, "key": key}), ce_headers("seq", eid)))
+    return ids, recs
+
+
+def seq_replies(broker: EmbeddedBroker, topic: str, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    got = consume(broker.bootstrap, topic, 1_000_000, timeout=timeout, ids=set(ids))
+    return [r for r in got if isinstance(r["value"], dict) and r["value"].get("event") == "seq"]
+
+
+def assert_per_key_order(replies: list[dict[str, Any]]) -> None:
+    seen: dict[str, list[int]] = {}
+    firsts: dict[str, dict[str, Any]] = {}
+    for r in sorted(replies, key=lambda r: (r["partition"], r["offset"])):
+        firsts.setdefault(r["value"]["id"], r)
+    for r in sorted(firsts.values(), key=lambda r: (r["partition"], r["offset"])):
+        res = r["value"]["results"][0]["result"]
+        seen.setdefault(res["key"], []).append(res["seq"])
+    for key, seqs in seen.items():
+        assert seqs == sorted(seqs), f"{key} out of order: {seqs[:20]}"
+
+
+def test_5000_events_in_order_then_sigterm_hands_over_without_duplicates(
+    project: Path, broker: EmbeddedBroker, nodes: Any
+) -> None:
+    tag = "load" + new_id()[:6]
+    a = nodes(project, broker.bootstrap, tag=tag).wait_ready()
+    ids, recs = seq_records(0, 5000, 50)
+    started = time.monotonic()
+    produce(broker.bootstrap, a.events, recs)
+    got = seq_replies(broker, a.replies, ids, timeout=60)
+    elapsed = time.monotonic() - started
+    answered = {r["value"]["id"] for r in got}
+    assert answered >= set(ids), f"{len(set(ids) - answered)} unanswered; log:\n{a.tail()}"
+    print(f"\n5000 events, 50 keys, 6 partitions: {5000 / elapsed:.0f} events/s (produce to last reply)")
+    assert_per_key_order(got)
+
+    more_ids, more = seq_records(5000, 3000, 50)
+    produce(broker.bootstrap, a.events, more)
+    time.sleep(0.4)
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(40) == 0, a.tail()
+    b = nodes(project, broker.bootstrap, tag=tag).wait_ready()
+    got = seq_replies(broker, a.replies, ids + more_ids, timeout=60)
+    counts = Counter(r["value"]["id"] for r in got)
+    missing = set(ids + more_ids) - set(counts)
+    duplicates = sum(n - 1 for n in counts.values())
+    by_node = Counter(
+        r["value"]["results"][0]["result"]["node"] for r in got if r["value"]["id"] in set(more_ids)
+    )
+    print(
+        f"after SIGTERM: {len(missing)} unanswered, {duplicates} duplicates, replies per node {dict(by_node)}"
+    )
+    assert not missing, f"{len(missing)} never answered; log:\n{b.tail()}"
+    assert duplicates == 0, "a drained, committed node's work was redone"
+    assert_per_key_order(got)
+
+
+def test_two_nodes_share_the_partitions(project: Path, broker: EmbeddedBroker, nodes: Any) -> None:
+    tag = "pair" + new_id()[:6]
+    a = nodes(project, broker.bootstrap, tag=tag).wait_ready()
+    b = nodes(project, broker.bootstrap, tag=tag).wait_ready()
+    time.sleep(2)  # let a's side of the rebalance b's join started settle
+    ids, recs = seq_records(0, 600, 60)
+    produce(broker.bootstrap, a.events, recs)
+    got = seq_replies(broker, a.replies, ids, timeout=60)
+    assert {r["value"]["id"] for r in got} >= set(ids), f"a:\n{a.tail()}\nb:\n{b.tail()}"
+    per_node = Counter(r["value"]["results"][0]["result"]["node"] for r in got)
+    assert len(per_node) == 2, f"one node answered everything: {per_node}"
+
+
+def test_broker_outage_turns_readyz_503_and_recovers(project: Path, nodes: Any) -> None:
+    port = free_port()
+    own = EmbeddedBroker(port=port).start()
+    try:
+        n = nodes(project, own.bootstrap).wait_ready()
+        eid = new_id()
+        produce(own.bootstrap, n.events, [(None, b"{}", ce_headers("order.created", eid))])
+        reply_to(own, n.replies, eid)
+        own.kill()
+        went_down = time.monotonic()
+        while httpx.get(n.url + "/readyz", timeout=2).status_code == 200:
+            assert time.monotonic() - went_down < 10, "readyz still 200 10 s after the broker died"
+            time.sleep(0.2)
+        invoke = httpx.post(
+            f"{n.url}/functions/cccccccc-0000-4000-8000-000000000001/invoke", json=1, timeout=10
+        )
+        assert invoke.status_code == 200, "HTTP keeps serving without Kafka"
+        own = EmbeddedBroker(port=port).start()
+        n.wait_ready(timeout=40)
+        eid = new_id()
+        produce(own.bootstrap, n.events, [(None, b"{}", ce_headers("order.created", eid))])
+        assert reply_to(own, n.replies, eid, timeout=45)["value"]["ok"] is True, n.tail()
+    finally:
+        own.stop()
