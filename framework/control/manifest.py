@@ -140,6 +140,8 @@ class FunctionSpec(BaseModel):
     root: Path = Path(".")
     code: Path | None = None
     """Where instances import the handler from: the node's snapshot of the last good code (None: `root`)."""
+    revision: int | None = None
+    """The deployed revision this spec is (DESIGN.md section 12); None for the working copy or a test run."""
 
     @field_validator("uuid")
     @classmethod
