@@ -32,6 +32,7 @@ from framework.invoker import EventReply, new_id
 from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
+from framework.sources.http.dashboard import Dashboard
 from framework.sources.http.openapi import openapi_document
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
@@ -286,7 +287,7 @@ def create_app(
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
-        routes=source.routes(),
+        routes=[*source.routes(), *Dashboard(keys).routes()],
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
     )

@@ -1,0 +1,97 @@
+"""The web dashboard at `GET /ui` (DESIGN.md section 16): static files, served from the package itself.
+
+The dashboard is one HTML page (its views are `<template>` elements), one stylesheet and one script, in the
+`dashboard/` folder next to this module; the wheel ships them as package data. No build step, no framework,
+nothing fetched from outside: the page reads the same routes of section 5 any client reads, with the user's
+key as a bearer token. The files are read once, when the app is built, and served from memory.
+
+Routes, all open (the API keys guard `/functions*`, `/events*` and `/invocations*`, never `/ui`):
+
+- `GET /ui` (and `/ui/`): the page. `GET /ui/app.js`, `GET /ui/app.css`: its script and stylesheet.
+- `GET /ui/session`: `{"auth", "key_ok", "routes"}`, always 200. `auth` says whether a key is needed,
+  `key_ok` whether the request's `Authorization: Bearer` key is one of them (true without keys), `routes`
+  the app's route paths (e.g. `/invocations`), so the page calls only routes this node serves. A browser logs
+  every non-2xx answer as a console error, so checking a key or a route by trying it would not be clean.
+
+Every answer carries a Content-Security-Policy that allows only the node itself (`'self'`): no inline script,
+no other origin, no framing; even a bug that inserted HTML could neither run script nor call out. The script
+inserts all text with `textContent`, never as HTML. Cache-Control `no-cache` makes a browser revalidate the
+files, so a node upgrade shows its own dashboard at the next load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from framework.sources.http.auth import BearerAuth
+from framework.sources.http.responses import JSONResponse
+
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+"""The dashboard's files (in `dashboard/`) and their media types; nothing else under `/ui` is served."""
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def load_assets() -> dict[str, bytes]:
+    """The dashboard's files, read from the installed package."""
+    folder = resources.files("framework.sources.http").joinpath("dashboard")
+    return {name: folder.joinpath(name).read_bytes() for name in ASSETS}
+
+
+class Dashboard:
+    """The `/ui` routes; `keys` are the node's API keys (empty: the API is open)."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = list(keys)
+        self.auth = BearerAuth(_no_app, self.keys) if self.keys else None
+        self.assets = load_assets()
+
+    def asset(self, name: str) -> Response:
+        return Response(self.assets[name], media_type=ASSETS[name], headers=HEADERS)
+
+    async def page(self, request: Request) -> Response:
+        return self.asset("index.html")
+
+    async def script(self, request: Request) -> Response:
+        return self.asset("app.js")
+
+    async def stylesheet(self, request: Request) -> Response:
+        return self.asset("app.css")
+
+    async def session(self, request: Request) -> Response:
+        key_ok = self.auth is None or self.auth.allowed(request.scope)
+        routes = sorted({path for route in request.app.routes if (path := getattr(route, "path", None))})
+        body: dict[str, Any] = {"auth": self.auth is not None, "key_ok": key_ok, "routes": routes}
+        return JSONResponse(body, headers={**HEADERS, "Cache-Control": "no-store"})
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/ui", self.page, methods=["GET"]),
+            Route("/ui/", self.page, methods=["GET"]),
+            Route("/ui/app.js", self.script, methods=["GET"]),
+            Route("/ui/app.css", self.stylesheet, methods=["GET"]),
+            Route("/ui/session", self.session, methods=["GET"]),
+        ]
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("only BearerAuth.allowed is used on this instance")

@@ -1,0 +1,680 @@
+// The faas dashboard (DESIGN.md section 16). Plain DOM, no framework, no build step.
+//
+// - Views are <template>s of index.html, chosen by the URL's hash (#/, #/fn/UUID, #/events, #/failed).
+//   A view is built once when it is opened; polling then refreshes only its data parts, so a payload
+//   being typed or an expanded log survives the refresh.
+// - Every text reaches the page through textContent (el() below), never as HTML.
+// - It calls only the routes this node serves (GET /ui/session lists them): a browser logs every non-2xx
+//   answer as a console error, so a route that is missing shows "-" instead of being tried.
+// - A fetch that fails (node down) shows "disconnected"; polling goes on and the page recovers by itself.
+"use strict";
+
+const POLL_MS = 2000;
+const WINDOW_MIN = 15;
+const KEY_STORE = "faas.apiKey";
+
+const state = { auth: false, routes: new Set(), key: null, online: null, view: null, timer: null,
+  busy: false, again: false, resync: true };
+
+class Offline extends Error {}
+class Unauthorized extends Error {}
+
+// ---- DOM helpers ----
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = String(v);
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function svg(tag, attrs) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+
+function parts(root) {
+  const out = {};
+  for (const e of root.querySelectorAll("[data-f]")) out[e.dataset.f] = e;
+  return out;
+}
+
+function replace(target, ...children) {
+  target.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
+const dash = "-";
+const show = (v) => (v === null || v === undefined || v === "" ? dash : String(v));
+const ms = (v) => (typeof v === "number" ? (v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)) + " ms" : dash);
+const when = (iso) => (typeof iso === "string" ? iso.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, " UTC") : dash);
+const pretty = (v) => JSON.stringify(v, null, 2);
+
+// ---- the API ----
+
+function headers(extra) {
+  const h = { Accept: "application/json", ...(extra || {}) };
+  if (state.key) h.Authorization = "Bearer " + state.key;
+  return h;
+}
+
+// {status, ok, body}; throws Offline when the node does not answer, Unauthorized on 401.
+async function api(path, opts) {
+  let resp;
+  try {
+    resp = await fetch(path, { cache: "no-store", ...(opts || {}), headers: headers(opts && opts.headers) });
+  } catch (e) {
+    setOnline(false);
+    throw new Offline(String(e));
+  }
+  setOnline(true);
+  const text = await resp.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+  if (resp.status === 401 && path !== "/ui/session") {
+    forgetKey("The key was not accepted any more; enter a valid one.");
+    throw new Unauthorized();
+  }
+  return { status: resp.status, ok: resp.ok, body };
+}
+
+// Route templates compared without their parameter names: "/functions/{uuid}/revisions" ~ "/functions/{id}/revisions".
+const shape = (route) => route.replace(/\{[^}]*\}/g, "{}");
+const has = (route) => state.routes.has(shape(route));
+
+async function getJSON(route, path) {
+  if (!has(route)) return null;
+  const r = await api(path);
+  return r.ok ? r.body : null;
+}
+
+function setOnline(on) {
+  if (state.online === on) return;
+  if (on && state.online === false) state.resync = true;
+  state.online = on;
+  document.getElementById("offline").hidden = on;
+  const c = document.getElementById("conn");
+  c.textContent = on ? "connected" : "disconnected";
+  c.className = "conn " + (on ? "ok" : "bad");
+}
+
+function stamp() {
+  if (!state.online) return;
+  const c = document.getElementById("conn");
+  c.textContent = "connected, updated " + new Date().toLocaleTimeString();
+}
+
+function problem(text) {
+  const p = document.getElementById("problem");
+  p.textContent = text || "";
+  p.hidden = !text;
+}
+
+// ---- session and key ----
+
+async function session() {
+  const r = await api("/ui/session");
+  if (!r.ok || !r.body) throw new Error("GET /ui/session answered " + r.status);
+  state.auth = !!r.body.auth;
+  state.routes = new Set((r.body.routes || []).map(shape));
+  state.resync = false;
+  document.getElementById("signout").hidden = !(state.auth && state.key);
+  return !!r.body.key_ok;
+}
+
+function forgetKey(message) {
+  state.key = null;
+  sessionStorage.removeItem(KEY_STORE);
+  document.getElementById("signout").hidden = true;
+  openView(loginView(message));
+}
+
+function loginView(message) {
+  return {
+    name: "login",
+    build(root, p) {
+      if (message) p.error.textContent = message;
+      p.form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const key = p.key.value.trim();
+        if (!key) { p.error.textContent = "Enter a key."; p.key.focus(); return; }
+        state.key = key;
+        let ok = false;
+        try { ok = await session(); } catch (e) { p.error.textContent = "The node did not answer; try again."; state.key = null; return; }
+        if (!ok) {
+          state.key = null;
+          p.error.textContent = "That key was not accepted.";
+          p.key.select();
+          return;
+        }
+        sessionStorage.setItem(KEY_STORE, key);
+        document.getElementById("signout").hidden = false;
+        route();
+      });
+      p.key.focus();
+    },
+    async update() {},
+  };
+}
+
+// ---- invocation statistics (15 one-minute buckets, oldest first) ----
+
+function percentile(sorted, q) {
+  if (!sorted.length) return null;
+  return sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)];
+}
+
+// From the node's /invocations/stats when it serves it, else computed from its recent records.
+async function loadStats() {
+  const byUuid = new Map();
+  if (has("/invocations/stats")) {
+    const body = await getJSON("/invocations/stats", "/invocations/stats");
+    for (const s of (body && body.functions) || []) byUuid.set(s.uuid, s);
+    return byUuid;
+  }
+  if (!has("/invocations")) return null;
+  const body = await getJSON("/invocations", "/invocations?limit=1000");
+  const now = Math.floor(Date.now() / 60000);
+  const groups = new Map();
+  for (const r of (body && body.invocations) || []) {
+    const t = Date.parse(r.started_at);
+    if (Number.isNaN(t)) continue;
+    const slot = Math.floor(t / 60000) - (now - WINDOW_MIN + 1);
+    if (slot < 0 || slot >= WINDOW_MIN) continue;
+    if (!groups.has(r.uuid)) groups.set(r.uuid, Array.from({ length: WINDOW_MIN }, () => ({ d: [], f: 0 })));
+    const b = groups.get(r.uuid)[slot];
+    b.d.push(Number(r.duration_ms) || 0);
+    if (!r.ok) b.f += 1;
+  }
+  for (const [uuid, buckets] of groups) {
+    const all = buckets.flatMap((b) => b.d).sort((a, b) => a - b);
+    const minutes = buckets.map((b) => {
+      const d = b.d.slice().sort((x, y) => x - y);
+      return { count: d.length, failures: b.f, p50_ms: percentile(d, 0.5), p99_ms: percentile(d, 0.99) };
+    });
+    byUuid.set(uuid, { count: all.length, failures: minutes.reduce((a, m) => a + m.failures, 0),
+      p50_ms: percentile(all, 0.5), p99_ms: percentile(all, 0.99), minutes });
+  }
+  return byUuid;
+}
+
+const EMPTY_STATS = { count: 0, failures: 0, p50_ms: null, p99_ms: null, minutes: [] };
+
+function countChart(stats) {
+  const W = 90, H = 24, n = WINDOW_MIN, bw = W / n;
+  const mins = stats.minutes || [];
+  const max = Math.max(1, ...mins.map((m) => m.count || 0));
+  const s = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
+    "aria-label": `${stats.count} invocations in ${WINDOW_MIN} minutes, per minute` });
+  s.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
+  mins.forEach((m, i) => {
+    const c = m.count || 0, f = m.failures || 0;
+    if (!c) return;
+    const h = Math.max(1.5, (c / max) * (H - 2)), fh = (f / c) * h;
+    s.append(svg("rect", { x: i * bw + 0.5, y: H - h, width: bw - 1, height: h - fh, class: "bar" }));
+    if (f) s.append(svg("rect", { x: i * bw + 0.5, y: H - fh, width: bw - 1, height: fh, class: "bar-fail" }));
+  });
+  return s;
+}
+
+function durationChart(stats) {
+  const W = 90, H = 24, n = WINDOW_MIN, step = W / (n - 1);
+  const mins = stats.minutes || [];
+  const max = Math.max(0.001, ...mins.map((m) => m.p99_ms || 0));
+  const s = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
+    "aria-label": `p50 ${ms(stats.p50_ms)}, p99 ${ms(stats.p99_ms)} over ${WINDOW_MIN} minutes, per minute` });
+  s.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
+  for (const [key, cls] of [["p99_ms", "p99"], ["p50_ms", "p50"]]) {
+    const pts = mins.map((m, i) => (typeof m[key] === "number"
+      ? `${(i * step).toFixed(1)},${(H - 1 - (m[key] / max) * (H - 3)).toFixed(1)}` : null)).filter(Boolean);
+    if (pts.length === 1) {
+      const [x, y] = pts[0].split(",");
+      s.append(svg("circle", { cx: x, cy: y, r: 1.8, class: cls }));
+    } else if (pts.length) {
+      s.append(svg("polyline", { points: pts.join(" "), class: cls }));
+    }
+  }
+  return s;
+}
+
+// ---- the functions list ----
+
+function fnLink(f) {
+  return el("a", { href: "#/fn/" + encodeURIComponent(f.uuid), text: f.name });
+}
+
+function stateBadge(value) {
+  return el("span", { class: "state state-" + String(value).replace(/[^a-z]/g, ""), text: show(value) });
+}
+
+function revisionText(f) {
+  return typeof f.revision === "number" ? "r" + f.revision : dash;
+}
+
+function modifiedText(f) {
+  if (f.modified === true) return el("span", { class: "warn", text: "modified" });
+  if (f.modified === false) return "no";
+  return dash;
+}
+
+function schedulesCell(f) {
+  const list = f.schedules || [];
+  if (!list.length) return dash;
+  return el("ul", { class: "plain" }, list.map((s) => {
+    const last = s.last;
+    const lastText = last ? (last.ok ? "ok" : "failed" + (last.error ? " (" + (last.error.type || last.error) + ")" : ""))
+      + " at " + when(last.at) : "not run yet";
+    return el("li", {}, el("code", { text: s.cron }), " next ", when(s.next_fire), el("br"),
+      el("span", { class: last && !last.ok ? "error" : "hint", text: "last: " + lastText }));
+  }));
+}
+
+function td(label, ...children) {
+  return el("td", { "data-label": label }, ...children);
+}
+
+function functionsView() {
+  let last = "";
+  return {
+    name: "functions",
+    build() {},
+    async update(root, p) {
+      const [list, stats] = await Promise.all([getJSON("/functions", "/functions"), loadStats()]);
+      if (!list) return;
+      const fns = list.functions || [];
+      const sig = JSON.stringify([fns, stats && [...stats]]);
+      if (sig === last) return;
+      last = sig;
+      p.empty.hidden = fns.length > 0;
+      replace(p.rows, fns.map((f) => {
+        const st = stats ? stats.get(f.uuid) || EMPTY_STATS : null;
+        const failing = st && st.failures > 0;
+        return el("tr", { class: failing ? "failing" : null, "data-uuid": f.uuid },
+          td("Function", fnLink(f)),
+          td("State", stateBadge(f.state)),
+          td("Revision", revisionText(f)),
+          td("Modified", modifiedText(f)),
+          td("Events", (f.events || []).length ? (f.events || []).join(", ") : dash),
+          td("Instances", show(f.instances)),
+          td("Schedules", schedulesCell(f)),
+          td("Invocations", st ? el("span", { class: "metric" }, countChart(st), el("span", { text: st.count + " in 15 min" })) : dash),
+          td("Failures", st ? el("span", { class: failing ? "error strong" : "", text: String(st.failures) }) : dash),
+          td("Duration", st ? el("span", { class: "metric" }, durationChart(st),
+            el("span", { text: "p50 " + ms(st.p50_ms) + " / p99 " + ms(st.p99_ms) })) : dash));
+      }));
+    },
+  };
+}
+
+// ---- invocation records (a function's page, the failed view) ----
+
+function outcome(r) {
+  if (r.ok) return el("span", { class: "ok", text: "ok" });
+  const type = (r.error && r.error.type) || "failed";
+  return el("span", { class: "error strong", text: type });
+}
+
+function recordDetails(r) {
+  const logs = r.logs || [];
+  return el("div", { class: "details" },
+    r.error ? el("p", { class: "error" }, el("strong", { text: show(r.error.type) + ": " }), show(r.error.message)) : null,
+    el("p", { class: "hint", text: `invocation ${show(r.invocation_id)} · instance ${show(r.instance_id)} · node ${show(r.node)}`
+      + ` · trace ${show(r.trace_id)}` + (r.event_id ? ` · event id ${r.event_id}` : "") }),
+    logs.length
+      ? el("ol", { class: "logs" }, logs.map((l) => el("li", {},
+        el("span", { class: "hint", text: when(l.time) + " " }), el("span", { class: "lvl lvl-" + String(l.level).toLowerCase(), text: show(l.level) }),
+        " ", el("span", { class: "msg", text: show(l.message) }))))
+      : el("p", { class: "hint", text: "No log lines." }));
+}
+
+// A table of records; `expanded` (a Set of invocation ids) survives re-renders.
+function recordsTable(records, expanded, withFunction) {
+  if (!records.length) return el("p", { class: "hint", text: "No invocations yet." });
+  const head = ["Started", ...(withFunction ? ["Function"] : []), "Trigger", "Outcome", "Duration", "Cold", "Attempt", "Revision", "Logs"];
+  const body = el("tbody");
+  for (const r of records) {
+    const id = String(r.invocation_id);
+    const open = expanded.has(id);
+    const detailId = "inv-" + id.replace(/[^A-Za-z0-9_-]/g, "");
+    const btn = el("button", { type: "button", class: "small", "aria-expanded": open ? "true" : "false", "aria-controls": detailId,
+      text: open ? "Hide" : "Show" });
+    btn.addEventListener("click", () => {
+      const now = !expanded.has(id);
+      if (now) expanded.add(id); else expanded.delete(id);
+      btn.setAttribute("aria-expanded", now ? "true" : "false");
+      btn.textContent = now ? "Hide" : "Show";
+      document.getElementById(detailId).hidden = !now;
+    });
+    body.append(el("tr", { class: r.ok ? null : "failing" },
+      td("Started", when(r.started_at)),
+      withFunction ? td("Function", el("a", { href: "#/fn/" + encodeURIComponent(r.uuid || ""), text: show(r.function) })) : null,
+      td("Trigger", show(r.trigger) + (r.event ? " (" + r.event + ")" : "")),
+      td("Outcome", outcome(r), r.error && r.error.message ? el("span", { class: "hint clip", text: " " + r.error.message }) : null),
+      td("Duration", ms(r.duration_ms)),
+      td("Cold", r.cold_start ? "cold" : "warm"),
+      td("Attempt", show(r.attempt)),
+      td("Revision", typeof r.revision === "number" ? "r" + r.revision : dash),
+      td("Logs", btn)));
+    const detail = el("tr", { id: detailId, class: "detail" }, el("td", { colspan: head.length }, recordDetails(r)));
+    detail.hidden = !open;
+    body.append(detail);
+  }
+  return el("table", { class: "list records" },
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col", text: h })))), body);
+}
+
+function noRecords() {
+  return el("p", { class: "hint", text: "- (this node does not keep invocation records)" });
+}
+
+// ---- a function's page ----
+
+function facts(entries) {
+  return entries.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]);
+}
+
+function readPayload(textarea, out) {
+  const raw = textarea.value.trim();
+  if (!raw) return { body: undefined };
+  try {
+    JSON.parse(raw);
+  } catch (e) {
+    replace(out, el("p", { class: "error" }, el("strong", { text: "Invalid JSON, not sent: " }), e.message));
+    textarea.setAttribute("aria-invalid", "true");
+    textarea.focus();
+    return null;
+  }
+  textarea.removeAttribute("aria-invalid");
+  return { body: raw };
+}
+
+function ctrlEnter(textarea, form) {
+  textarea.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); form.requestSubmit(); }
+  });
+}
+
+function errorOut(r) {
+  const err = (r.body && r.body.error) || {};
+  return el("div", {},
+    el("p", { class: "error" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), show(err.message)),
+    el("p", { class: "hint", text: "HTTP " + r.status }));
+}
+
+function functionView(uuid) {
+  const expanded = new Set();
+  let lastRecords = "", lastRevisions = "", lastFacts = "";
+  return {
+    name: "function",
+    build(root, p) {
+      ctrlEnter(p.payload, p.form);
+      p.form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const payload = readPayload(p.payload, p.out);
+        if (!payload) return;
+        const button = p.form.querySelector("button[type=submit]");
+        button.disabled = true;
+        replace(p.out, el("p", { class: "hint", text: "Invoking…" }));
+        try {
+          const r = await api("/functions/" + encodeURIComponent(uuid) + "/invoke",
+            { method: "POST", body: payload.body, headers: { "Content-Type": "application/json" } });
+          if (r.ok && r.body) {
+            replace(p.out, el("p", { class: "ok" }, el("strong", { text: "ok" }),
+              ` in ${ms(r.body.duration_ms)}${r.body.cold_start ? ", cold start" : ""} · invocation ${show(r.body.invocation_id)}`),
+            el("pre", { class: "code", text: pretty(r.body.result) }));
+          } else {
+            replace(p.out, errorOut(r));
+          }
+          tick();
+        } catch (e) {
+          if (e instanceof Offline) replace(p.out, el("p", { class: "error", text: "The node did not answer." }));
+        } finally {
+          button.disabled = false;
+        }
+      });
+    },
+    async update(root, p) {
+      const list = await getJSON("/functions", "/functions");
+      if (!list) return;
+      const f = (list.functions || []).find((x) => x.uuid === uuid);
+      if (!f) {
+        p.name.textContent = "Unknown function";
+        replace(p.facts, facts([["uuid", uuid], ["state", "not in this node's manifest"]]));
+        return;
+      }
+      const [revs, recs] = await Promise.all([
+        getJSON("/functions/{uuid}/revisions", "/functions/" + encodeURIComponent(uuid) + "/revisions"),
+        getJSON("/invocations", "/invocations?limit=50&function=" + encodeURIComponent(uuid)),
+      ]);
+      document.title = f.name + " · faas dashboard";
+      p.name.textContent = f.name;
+      const revisions = revs ? revs.revisions || [] : null;
+      const live = typeof f.revision === "number" ? f.revision
+        : revisions && revisions.length && revisions[0].action === "deploy" ? revisions[0].revision : null;
+      const sigFacts = JSON.stringify([f, live]);
+      if (sigFacts !== lastFacts) {
+        lastFacts = sigFacts;
+        replace(p.facts, facts([
+          ["State", stateBadge(f.state)], ["UUID", el("code", { text: f.uuid })],
+          ["Live revision", typeof live === "number" ? "r" + live : dash], ["Modified", modifiedText(f)],
+          ["Deployed at", when(f.deployed_at)], ["Events", (f.events || []).join(", ") || dash],
+          ["Instances", show(f.instances)], ["Schedules", schedulesCell(f)]]));
+        const liveRev = revisions && revisions.find((r) => r.revision === live);
+        p.spec.textContent = pretty(liveRev && liveRev.spec ? liveRev.spec
+          : { name: f.name, uuid: f.uuid, state: f.state, events: f.events, schedules: f.schedules });
+      }
+      const sigRevs = JSON.stringify([revisions, live]);
+      if (sigRevs !== lastRevisions) {
+        lastRevisions = sigRevs;
+        replace(p.revisions, revisions === null ? el("p", { class: "hint", text: dash + " (this node keeps no revisions)" })
+          : !revisions.length ? el("p", { class: "hint", text: "Never deployed." })
+          : el("table", { class: "list" },
+            el("thead", {}, el("tr", {}, ["Revision", "Action", "Deployed at", "By", "Message"].map((h) => el("th", { scope: "col", text: h })))),
+            el("tbody", {}, revisions.map((r) => el("tr", { class: r.revision === live ? "live" : null },
+              td("Revision", "r" + r.revision, r.revision === live ? el("span", { class: "badge", text: "live" }) : null),
+              td("Action", show(r.action) + (r.rollback_of ? " (rollback of r" + r.rollback_of + ")" : "")),
+              td("Deployed at", when(r.deployed_at)), td("By", show(r.deployed_by)), td("Message", show(r.message)))))));
+      }
+      const records = recs ? recs.invocations || [] : null;
+      const sigRecs = JSON.stringify(records);
+      if (sigRecs !== lastRecords) {
+        lastRecords = sigRecs;
+        replace(p.invocations, records === null ? noRecords() : recordsTable(records, expanded, false));
+      }
+    },
+  };
+}
+
+// ---- events ----
+
+function replyOut(r) {
+  const reply = r.body || {};
+  const results = reply.results || [];
+  const err = reply.error;
+  return el("div", {},
+    el("p", { class: reply.ok ? "ok" : "error" }, el("strong", { text: reply.ok ? "ok" : "failed" }),
+      ` · event ${show(reply.event)} · id ${show(reply.id)} · HTTP ${r.status}`),
+    err ? el("p", { class: "error" }, el("strong", { text: show(err.type) + ": " }), show(err.message),
+      err.function ? " (function " + err.function + ")" : "") : null,
+    results.length ? el("table", { class: "list" },
+      el("thead", {}, el("tr", {}, ["Function", "Outcome", "Duration", "Result"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, results.map((x) => el("tr", {},
+        td("Function", show(x.function)), td("Outcome", x.ok ? el("span", { class: "ok", text: "ok" }) : el("span", { class: "error", text: "failed" })),
+        td("Duration", ms(x.duration_ms)), td("Result", el("pre", { class: "code inline", text: pretty(x.result) }))))))
+      : el("p", { class: "hint", text: "No listener answered." }),
+    el("details", {}, el("summary", { text: "Combined reply (JSON)" }), el("pre", { class: "code", text: pretty(reply) })));
+}
+
+function eventsView() {
+  let last = "";
+  return {
+    name: "events",
+    build(root, p) {
+      ctrlEnter(p.payload, p.form);
+      p.form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const type = p.type.value.trim();
+        if (!type) {
+          replace(p.out, el("p", { class: "error", text: "Enter an event type." }));
+          p.type.focus();
+          return;
+        }
+        const payload = readPayload(p.payload, p.out);
+        if (!payload) return;
+        const button = p.form.querySelector("button[type=submit]");
+        button.disabled = true;
+        replace(p.out, el("p", { class: "hint", text: "Raising…" }));
+        try {
+          const r = await api("/events/" + encodeURIComponent(type),
+            { method: "POST", body: payload.body, headers: { "Content-Type": "application/json" } });
+          replace(p.out, r.body && "results" in r.body ? replyOut(r) : errorOut(r));
+        } catch (e) {
+          if (e instanceof Offline) replace(p.out, el("p", { class: "error", text: "The node did not answer." }));
+        } finally {
+          button.disabled = false;
+        }
+      });
+    },
+    async update(root, p) {
+      const list = await getJSON("/functions", "/functions");
+      if (!list) return;
+      const types = [...new Set((list.functions || []).flatMap((f) => f.events || []))].sort();
+      const listeners = await Promise.all(types.map((t) =>
+        getJSON("/events/{type}/listeners", "/events/" + encodeURIComponent(t) + "/listeners")));
+      const sig = JSON.stringify([types, listeners]);
+      if (sig === last) return;
+      last = sig;
+      replace(p.typelist, types.map((t) => el("option", { value: t })));
+      if (!types.length) { replace(p.types, el("p", { class: "hint", text: "No function listens to an event." })); return; }
+      replace(p.types, el("table", { class: "list" },
+        el("thead", {}, el("tr", {}, ["Event type", "Productive listeners", ""].map((h) => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, types.map((t, i) => {
+          const fns = listeners[i] ? listeners[i].functions || [] : null;
+          const use = el("button", { type: "button", class: "small", text: "Raise…", "aria-label": "Raise " + t });
+          use.addEventListener("click", () => { p.type.value = t; p.payload.focus(); });
+          return el("tr", {},
+            td("Event type", el("code", { text: t })),
+            td("Productive listeners", fns === null ? dash : fns.length
+              ? fns.flatMap((f, j) => [j ? ", " : null, fnLink(f)]) : "none"),
+            td("", use));
+        }))));
+    },
+  };
+}
+
+// ---- failed invocations ----
+
+function failedView() {
+  const expanded = new Set();
+  let last = "";
+  return {
+    name: "failed",
+    build() {},
+    async update(root, p) {
+      if (!has("/invocations")) { if (last !== "none") { last = "none"; replace(p.failed, noRecords()); } return; }
+      const body = await getJSON("/invocations", "/invocations?ok=false&limit=100");
+      if (!body) return;
+      const records = body.invocations || [];
+      const sig = JSON.stringify(records);
+      if (sig === last) return;
+      last = sig;
+      replace(p.failed, records.length ? recordsTable(records, expanded, true)
+        : el("p", { class: "hint", text: "No failed invocations." }));
+    },
+  };
+}
+
+// ---- routing and polling ----
+
+function openView(view) {
+  const main = document.getElementById("main");
+  const tpl = document.getElementById("t-" + (view.name === "function" ? "function" : view.name));
+  const root = tpl.content.cloneNode(true);
+  const p = parts(root);
+  replace(main, root);
+  view.root = main;
+  view.parts = p;
+  state.view = view;
+  view.build(main, p);
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    if (a.dataset.nav === view.name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  if (view.name !== "function") document.title = "faas dashboard";
+}
+
+function viewFor(hash) {
+  const m = /^#\/fn\/([^/]+)$/.exec(hash);
+  if (m) return functionView(decodeURIComponent(m[1]));
+  if (hash === "#/events") return eventsView();
+  if (hash === "#/failed") return failedView();
+  return functionsView();
+}
+
+function route() {
+  if (state.auth && !state.key) { openView(loginView()); return; }
+  openView(viewFor(location.hash));
+  tick();
+}
+
+async function tick() {
+  clearTimeout(state.timer);
+  if (state.busy) { state.again = true; return; }
+  state.busy = true;
+  try {
+    if (state.resync) {
+      const ok = await session();
+      if (state.auth && !ok) {
+        if (state.view && state.view.name !== "login") forgetKey(state.key ? "The key was not accepted any more; enter a valid one." : "");
+      } else if (state.view && state.view.name === "login" && (!state.auth || state.key)) {
+        openView(viewFor(location.hash));
+      }
+    }
+    const view = state.view;
+    if (view && view.name !== "login") {
+      await view.update(view.root, view.parts);
+      if (state.view === view) { problem(""); stamp(); }
+    }
+  } catch (e) {
+    if (!(e instanceof Offline) && !(e instanceof Unauthorized)) problem("Could not show this view: " + e.message);
+  } finally {
+    state.busy = false;
+    state.timer = setTimeout(tick, state.again ? 0 : POLL_MS);
+    state.again = false;
+  }
+}
+
+async function start() {
+  document.getElementById("signout").addEventListener("click", () => forgetKey("Key forgotten."));
+  state.key = sessionStorage.getItem(KEY_STORE);
+  window.addEventListener("hashchange", route);
+  let ok = false;
+  try {
+    ok = await session();
+  } catch (e) {
+    // Offline from the start: show the last view empty; polling resyncs once the node answers.
+    state.resync = true;
+    openView(viewFor(location.hash));
+    tick();
+    return;
+  }
+  if (state.auth && !ok) {
+    const hadKey = !!state.key;
+    state.key = null;
+    sessionStorage.removeItem(KEY_STORE);
+    openView(loginView(hadKey ? "The stored key was not accepted; enter a valid one." : ""));
+    return;
+  }
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", start);
