@@ -30,6 +30,7 @@ from framework.errors import FaasError, NotFound
 from framework.invoker import new_id
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
+from framework.sources.http.invocations import InvocationRoutes
 from framework.sources.http.openapi import openapi_document
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
@@ -232,10 +233,11 @@ def create_app(node: Node) -> Starlette:
     keys = node.settings.keys
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
     source = HttpSource(node)
+    invocations = InvocationRoutes(node.records, lambda: [(f.name, f.uuid) for f in node.registry.functions])
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
-        routes=source.routes(),
+        routes=[*source.routes(), *invocations.routes(_guarded)],
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
     )
