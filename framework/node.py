@@ -26,6 +26,7 @@ from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open
 from framework.observe import logs
 from framework.observe.metrics import Metrics
+from framework.observe.records import InvocationRecords
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
 from framework.sources.http.app import create_app
@@ -49,6 +50,8 @@ class Node:
         self.kafka_enabled = kafka
         self.metrics = Metrics()
         self.runtime = Runtime(settings, self.metrics)
+        self.records = InvocationRecords(settings, self.metrics)
+        self.runtime.recorder = self.records
         self.snapshots = CodeSnapshots()
         self.invoker = Invoker(self.runtime, Registry(self._snapshot(manifest)), self.metrics)
         self.manifest_errors: list[str] = []
@@ -140,13 +143,15 @@ class Node:
         await self.runtime.start()
         bootstrap = self._bootstrap() if self.kafka_enabled else None
         if bootstrap is not None:
+            self.records.send_to(bootstrap)
+        if bootstrap is not None:
             self.kafka = KafkaSource(self.settings, self.invoker, self.metrics, bootstrap)
             await self.kafka.start()
         self.scheduler = Scheduler(self.settings, self.invoker, self.metrics, bootstrap)
         self.scheduler.apply(self.registry)
         await self.scheduler.start()
         config = uvicorn.Config(
-            create_app(self.settings, self.invoker, self.scheduler, self, self.metrics),
+            create_app(self.settings, self.invoker, self.scheduler, self, self.metrics, self.records),
             host=self.settings.http_host,
             port=self.settings.http_port,
             lifespan="off",
@@ -206,6 +211,7 @@ class Node:
                 log.error("error while draining: %r", result)
         left = self.runtime.inflight()
         await self.runtime.stop(grace)
+        await self.records.stop(grace)
         self.snapshots.remove()
         if self.broker is not None:
             self.broker.stop()

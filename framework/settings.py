@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     """Log entries kept per invocation record."""
     log_chars: int = Field(5000, ge=0)
     """Characters of log message text kept per invocation record."""
+    records_buffer: int = Field(10_000, ge=0)
+    """Invocation records waiting to be produced, at most; beyond that the oldest are dropped and counted."""
+    node_name: str = ""
+    """This node's name in invocation records; empty: `<hostname>:<http port>`."""
     secrets_dir: Path = Path("secrets")
     """Folder of secret files (relative to the manifest's folder)."""
     cache_dir: Path = Path(".faas")

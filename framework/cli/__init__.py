@@ -300,3 +300,8 @@ def emit(settings: Settings, event_type: str, data: bytes, timeout: float, boots
     click.echo(json.dumps(reply))
     if not reply.get("ok"):
         sys.exit(1)
+
+
+from framework.cli.logs import logs as _logs  # noqa: E402 - verb groups register after the group exists
+
+main.add_command(_logs)

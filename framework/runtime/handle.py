@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import INVOCATION_ERRORS, FunctionError, InstanceCrashed, Timeout
@@ -42,6 +43,8 @@ class _Pending:
     fut: asyncio.Future[tuple[bytes, float]]
     deadline: float
     """Loop time at which the request's time limit passes."""
+    logs: list[Any] | None = None
+    """Where the reply's captured log entries go (the caller's list), if the caller wants them."""
 
 
 class Instance:
@@ -58,7 +61,10 @@ class Instance:
         on_exit: ExitCallback,
         on_blocked: Callable[[], None],
         warm: bool = False,
+        log_caps: tuple[int, int] = (10, 5000),
     ) -> None:
+        self.log_caps = log_caps
+        """Log entries and characters an invocation's record keeps (FAAS_LOG_ENTRIES, FAAS_LOG_CHARS)."""
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.spec = spec
         self.warm = warm
@@ -101,6 +107,8 @@ class Instance:
             "concurrency": self.spec.instances.concurrency,
             "instance_id": self.id,
             "log_level": self._log_level,
+            "log_entries": self.log_caps[0],
+            "log_chars": self.log_caps[1],
         }
         try:
             main, logs = template.spawn(config)
@@ -115,8 +123,10 @@ class Instance:
             self._die(None if isinstance(e, FunctionError) else "start", hard=True)
             raise
 
-    async def call(self, inv: Invocation, cold: bool) -> tuple[bytes, float]:
-        """Run one request; returns (raw result JSON, duration ms). Raises the request's error."""
+    async def call(self, inv: Invocation, cold: bool, logs: list[Any] | None = None) -> tuple[bytes, float]:
+        """Run one request; returns (raw result JSON, duration ms). Raises the request's error.
+
+        `logs`, when given, is extended with the log entries the instance captured for the request."""
         if not self.ready:
             await asyncio.shield(self.started)
         if self.dead or self._main is None:
@@ -125,7 +135,7 @@ class Instance:
         self._seq = rid = self._seq + 1
         fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
         deadline = loop.time() + self.spec.timeout
-        self._pending[rid] = _Pending(fut, deadline)
+        self._pending[rid] = _Pending(fut, deadline, logs)
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadline + GRACE, self._late)
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
@@ -165,6 +175,8 @@ class Instance:
             pending = self._pending.pop(header["id"], None)
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
+            if pending.logs is not None and "logs" in header:
+                pending.logs.extend(header["logs"])
             err = header.get("err")
             if err is None:
                 pending.fut.set_result((tail, header["ms"]))

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError, Overloaded
@@ -19,6 +20,9 @@ from framework.observe.metrics import Metrics
 from framework.runtime.handle import Instance
 from framework.runtime.template import Template
 from framework.types import Invocation, InvokeResult
+
+if TYPE_CHECKING:
+    from framework.observe.records import Recorder
 
 log = logging.getLogger("faas.runtime")
 
@@ -30,9 +34,19 @@ class FunctionPool:
     """The instances of one function built from one spec. `retired` pools take no new requests."""
 
     def __init__(
-        self, spec: FunctionSpec, template: Template, metrics: Metrics, queue_timeout: float, log_level: str
+        self,
+        spec: FunctionSpec,
+        template: Template,
+        metrics: Metrics,
+        queue_timeout: float,
+        log_level: str,
+        recorder: Recorder | None = None,
+        log_caps: tuple[int, int] = (10, 5000),
     ) -> None:
         self.spec = spec
+        self._recorder = recorder
+        """Told of every invocation that ends here (DESIGN.md section 13): this is where all of them pass."""
+        self._log_caps = log_caps
         self.instances: list[Instance] = []
         self.exiting: set[Instance] = set()
         """Instances that stopped serving but whose process has not exited yet."""
@@ -52,6 +66,8 @@ class FunctionPool:
 
     async def invoke(self, inv: Invocation) -> InvokeResult:
         # The duration histogram is the invoker's to observe (once per invocation, wall time).
+        if self._recorder is not None:
+            return await self._recorded(inv, None)
         inst, cold = self._acquire() or await self._queue()
         try:
             result, ms = await inst.call(inv, cold)
@@ -61,12 +77,39 @@ class FunctionPool:
 
     async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
         """Run `inv` on this very instance (warm-ups), whatever its load."""
+        if self._recorder is not None:
+            return await self._recorded(inv, inst)
         self._reserve(inst)
         try:
             result, ms = await inst.call(inv, False)
         finally:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
+
+    async def _recorded(self, inv: Invocation, on: Instance | None) -> InvokeResult:
+        """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened."""
+        assert self._recorder is not None
+        started, t0 = time.time(), time.perf_counter()
+        logs: list[Any] = []
+        inst: Instance | None = None
+        cold = False
+        try:
+            if on is None:
+                inst, cold = self._acquire() or await self._queue()
+            else:
+                self._reserve(on)
+                inst = on
+            try:
+                result, ms = await inst.call(inv, cold, logs)
+            finally:
+                self._release(inst)
+        except BaseException as exc:
+            wall = (time.perf_counter() - t0) * 1000
+            where = None if inst is None else inst.id
+            self._recorder.finish(self.spec, inv, started, wall, cold, where, exc, logs)
+            raise
+        self._recorder.finish(self.spec, inv, started, ms, cold, inst.id, None, logs)
+        return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
     @property
     def queued(self) -> int:
@@ -160,7 +203,9 @@ class FunctionPool:
 
     def start(self, warm: bool) -> Instance:
         """Start one instance in the background; requests may reserve it while it starts."""
-        inst = Instance(self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm)
+        inst = Instance(
+            self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm, log_caps=self._log_caps
+        )
         self.instances.append(inst)
         self._m_instances.inc()
         task = asyncio.get_running_loop().create_task(self._boot(inst))

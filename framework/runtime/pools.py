@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import Overloaded
@@ -19,6 +20,9 @@ from framework.runtime.pool import FunctionPool
 from framework.runtime.template import Template
 from framework.settings import Settings
 from framework.types import Invocation, InvokeResult
+
+if TYPE_CHECKING:
+    from framework.observe.records import Recorder
 
 log = logging.getLogger("faas.runtime")
 
@@ -41,6 +45,8 @@ class Runtime:
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self.recorder: Recorder | None = None
+        """Told of every invocation's end (the node's invocation records); None: no records."""
 
     async def start(self) -> None:
         """Start the template process and the idle reaper. Call it on the node's loop thread."""
@@ -140,7 +146,13 @@ class Runtime:
         # Read when scraped, not counted per request (a gauge update costs microseconds on the hot path).
         self.metrics.inflight.labels(spec.name).set_function(lambda: self._inflight_of(spec.name))
         pool = self._pools[spec.name] = FunctionPool(
-            spec, self._template, self.metrics, self.settings.queue_timeout, self.settings.log_level
+            spec,
+            self._template,
+            self.metrics,
+            self.settings.queue_timeout,
+            self.settings.log_level,
+            self.recorder,
+            (self.settings.log_entries, self.settings.log_chars),
         )
         return pool
 

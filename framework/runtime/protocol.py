@@ -42,7 +42,8 @@ class Kind(IntEnum):
     optional `"ev"` (event identity: `{"id", "src", "sub", "time", "key", "ext"}`), `"tp"` (traceparent),
     `"a"` (attempt, default 1)."""
     REPLY = 4
-    """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`."""
+    """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`; optional
+    `"logs"` (what the invocation logged, capped: `[{"time", "level", "message"}]`, see worker/capture.py)."""
     CANCEL = 5
     """node → instance: `{"id"}`; the caller gave up (no reply expected)."""
     LOG = 6

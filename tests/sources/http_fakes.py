@@ -13,6 +13,7 @@ from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, InstanceCrashed, Overloaded, Timeout
 from framework.invoker import Invoker
 from framework.observe.metrics import Metrics
+from framework.observe.records import InvocationRecords
 from framework.settings import Settings
 from framework.sources.http.app import create_app
 from framework.types import Invocation, InvokeResult
@@ -88,6 +89,7 @@ class FakeNode:
         registry = Registry(Manifest(path=Path("functions.yaml"), functions=tuple(specs)))
         self.invoker = Invoker(cast(Any, self.runtime), registry, self.metrics)
         self.scheduler = scheduler
+        self.records = InvocationRecords(self.settings, self.metrics)
         self.ready = True
 
     @property
@@ -104,7 +106,7 @@ class FakeNode:
 
 
 def app_for(node: FakeNode) -> Starlette:
-    return create_app(node.settings, node.invoker, node.scheduler, node, node.metrics)
+    return create_app(node.settings, node.invoker, node.scheduler, node, node.metrics, node.records)
 
 
 def client_for(node: FakeNode) -> httpx.AsyncClient:

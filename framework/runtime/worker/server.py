@@ -29,6 +29,7 @@ import orjson
 
 from framework.context import Context
 from framework.runtime.protocol import BlockingSender, FrameProtocol, Header, Kind, connect
+from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text
 from framework.runtime.worker.watchdog import ForwardHandler, LogStream, Watchdog, current_invocation
 
 try:
@@ -68,7 +69,8 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
 
 
 def _main(config: Header, main_fd: int, log_fd: int) -> int:
-    sender = BlockingSender(socket.socket(fileno=log_fd))
+    capture = LogCapture(config.get("log_entries", 10), config.get("log_chars", 5000))
+    sender = CapturingSender(BlockingSender(socket.socket(fileno=log_fd)), capture)
     root = logging.getLogger()
     root.handlers[:] = [ForwardHandler(sender)]
     root.setLevel(config.get("log_level", "INFO"))
@@ -80,7 +82,7 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     with contextlib.suppress(OSError):
         os.chdir(config["root"])
     with asyncio.Runner(loop_factory=_loop_factory) as runner:
-        return runner.run(Server(config).serve(socket.socket(fileno=main_fd)))
+        return runner.run(Server(config, capture).serve(socket.socket(fileno=main_fd)))
 
 
 def load_handler(handler: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
@@ -102,7 +104,8 @@ def _is_async(fn: Callable[..., Any] | None) -> bool:
 class Server:
     """Serves requests from the node on the main channel until it closes."""
 
-    def __init__(self, config: Header) -> None:
+    def __init__(self, config: Header, capture: LogCapture | None = None) -> None:
+        self.capture = capture or LogCapture(0, 0)
         self.function: str = config["function"]
         self.uuid: str = config["uuid"]
         self.instance_id: str = config["instance_id"]
@@ -168,12 +171,14 @@ class Server:
         deadline = time.time() + self.timeout
         inv: str = header["inv"]
         current_invocation.set(inv)
+        self.capture.begin(inv)
         reply: Header = {"id": rid}
         body = b""
         try:
             body = await self._call(rid, header, tail, inv, deadline)
         except asyncio.CancelledError:
             if rid not in self.expired:
+                self.capture.end(inv)
                 return  # cancelled by the node: the caller is gone, nobody waits for a reply
             reply.update(err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit")
         except _NotJson as e:
@@ -186,6 +191,12 @@ class Server:
             self.deadlines.pop(rid, None)
             self.expired.discard(rid)
         reply["ms"] = (time.perf_counter() - t0) * 1000
+        logs = self.capture.end(inv)
+        if logs is not None:
+            reply["logs"] = logs
+        for text in ("msg", "tb"):  # an error text with lone surrogates would not encode
+            if text in reply:
+                reply[text] = clean_text(reply[text])
         assert self.conn is not None
         self.conn.send(Kind.REPLY, reply, body)
 

@@ -14,8 +14,12 @@ import threading
 import time
 import traceback
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from framework.runtime.protocol import BlockingSender, Kind
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
 """The invocation the running code serves (set per request task; copied into handler threads)."""
@@ -69,6 +73,11 @@ class LogStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def buffer(self) -> BinaryLines:
+        """`sys.stdout.buffer`: bytes written there become lines too (UTF-8, bad bytes replaced)."""
+        return BinaryLines(self)
+
     def write(self, s: str) -> int:
         with self._lock:
             self._buf += s
@@ -94,6 +103,24 @@ class LogStream(io.TextIOBase):
             "blocked": False,
         }
         self._sender.send(Kind.LOG, header)
+
+
+class BinaryLines(io.RawIOBase):
+    """The binary side of a `LogStream`: a handler writing raw (even garbage) bytes to stdout still logs."""
+
+    def __init__(self, text: LogStream) -> None:
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: ReadableBuffer) -> int:
+        data = bytes(b)
+        self._text.write(data.decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()
 
 
 class Watchdog:

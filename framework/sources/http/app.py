@@ -33,6 +33,7 @@ from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
 from framework.sources.http.dashboard import Dashboard
+from framework.sources.http.invocations import InvocationLog, InvocationRoutes
 from framework.sources.http.openapi import openapi_document
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
@@ -279,15 +280,22 @@ def create_app(
     schedules: ScheduleStatus | None,
     readiness: Readiness,
     metrics: MetricsRenderer,
+    records: InvocationLog | None = None,
 ) -> Starlette:
     """The Starlette app the node serves with uvicorn."""
     keys = settings.keys
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
     source = HttpSource(settings, invoker, schedules, readiness, metrics)
+    extra = []
+    if records is not None:
+        invocations = InvocationRoutes(
+            records, lambda: [(f.name, f.uuid) for f in invoker.registry.functions]
+        )
+        extra = invocations.routes(_guarded)
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
-        routes=[*source.routes(), *Dashboard(keys).routes()],
+        routes=[*source.routes(), *extra, *Dashboard(keys).routes()],
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
     )

@@ -1,4 +1,5 @@
-"""Bearer-key check for `/functions*` and `/events*` when `FAAS_API_KEYS` is set (DESIGN.md section 5).
+"""Bearer-key check for `/functions*`, `/events*` and `/invocations*` when `FAAS_API_KEYS` is set
+(DESIGN.md section 5).
 
 A pure ASGI wrapper rather than `BaseHTTPMiddleware`: it adds one function call per request, and the app
 installs it only when keys are configured. It runs before routing, so 401 comes before any 404.
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from framework.errors import Unauthorized
 from framework.sources.http.responses import error_response
 
-PROTECTED_PREFIXES = ("/functions", "/events")
+PROTECTED_PREFIXES = ("/functions", "/events", "/invocations")
 """Paths that need a key; health, readiness, metrics and the OpenAPI document stay open."""
 
 

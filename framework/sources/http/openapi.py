@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from framework import __version__
+from framework.sources.http import invocations
 from framework.sources.http.openapi_schemas import ANY_JSON, SCHEMAS, ref
 
 INVOKE_ERRORS = {
@@ -183,9 +184,9 @@ def openapi_document(auth: bool = False) -> dict[str, Any]:
             "version": __version__,
             "description": "Direct invocation, listings, HTTP events and operations of one node.",
         },
-        "paths": _paths(security),
+        "paths": {**_paths(security), **invocations.openapi_paths(auth)},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **invocations.SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "One of FAAS_API_KEYS."}
             },

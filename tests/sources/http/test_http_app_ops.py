@@ -107,6 +107,10 @@ async def test_openapi_validates(keys: str) -> None:
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/invocations",
+        "/invocations/stats",
+        "/invocations/{invocation_id}",
+        "/functions/{uuid}/stats",
     }
     invoke = spec["paths"]["/functions/{uuid}/invoke"]["post"]
     expected = {"200", "400", "404", "413", "429", "500", "502", "504"} | ({"401"} if keys else set())

@@ -1,0 +1,277 @@
+"""`faas logs [NAME] [--since 10m] [--failed] [--invocation ID] [--follow] [--json]` (DESIGN.md section 13).
+
+Reads FAAS_INVOCATIONS_TOPIC, where every node produces its invocation records, so it shows every node's
+invocations. It reads with no consumer group (nothing to join, nothing committed, any number of readers at
+once): every partition is assigned, positioned by `offsets_for_times` at `--since` (a hint only: the
+embedded broker answers offset 0 for every time), and each record's own timestamp is checked against it.
+Without `--follow` it reads up to the end offsets it saw at start, prints what it kept ordered by
+`started_at`, and exits 0; with `--follow` it then prints records as they arrive until Ctrl-C (exit 0).
+
+`--invocation ID` looks through the whole topic unless `--since` is given too. Output: one line per
+invocation (time, function, the full invocation id, trigger, event, outcome, duration, cold/warm, the
+attempt when over 1, the node), its log lines indented below; colours only on a terminal (and never with
+`NO_COLOR`); `--json` prints each record as one JSON line. Values on the topic that are not invocation
+records are skipped and counted on stderr. An unreachable broker is one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from framework.settings import Settings
+
+CONNECT_TIMEOUT = 15.0
+"""Seconds to reach the broker before giving up."""
+STALL_TIMEOUT = 30.0
+"""Seconds without progress after which a read to the end gives up (a partition that never fills)."""
+SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class Unreachable(Exception):
+    """The broker could not be reached."""
+
+
+def parse_since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`30s`, `10m`, `2h`, `7d` as seconds (None when not given)."""
+    if value is None:
+        return None
+    match = SINCE.match(value)
+    if match is None:
+        raise click.BadParameter(f"{value!r} is not a duration such as 30s, 10m, 2h or 7d")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+class Selection:
+    """Which records to print."""
+
+    def __init__(self, name: str | None, failed: bool, invocation: str | None, cutoff_ms: int | None) -> None:
+        self.name = name
+        self.failed = failed
+        self.invocation = invocation
+        self.cutoff_ms = cutoff_ms
+        self.skipped = 0
+
+    def pick(self, timestamp: int, value: bytes | None) -> dict[str, Any] | None:
+        if self.cutoff_ms is not None and timestamp < self.cutoff_ms:
+            return None
+        try:
+            record = json.loads(value or b"")
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
+            self.skipped += 1
+            return None
+        if self.name is not None and self.name not in (record["function"], record["uuid"]):
+            return None
+        if self.failed and record["ok"] is not False:
+            return None
+        if self.invocation is not None and record["invocation_id"] != self.invocation:
+            return None
+        return record
+
+
+def _duration(ms: Any) -> str:
+    if not isinstance(ms, (int, float)):
+        return "?"
+    return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
+
+
+def render(record: dict[str, Any]) -> str:
+    """The human form: the invocation's line, then its log lines indented."""
+    ok = record.get("ok") is True
+    error: dict[str, Any] = record["error"] if isinstance(record.get("error"), dict) else {}
+    outcome = (
+        click.style("ok", fg="green")
+        if ok
+        else click.style(f"{error.get('type', 'failed')}: {str(error.get('message', ''))[:300]}", fg="red")
+    )
+    parts = [
+        click.style(str(record.get("started_at")), dim=True),
+        click.style(str(record.get("function")), bold=True),
+        str(record.get("invocation_id")),
+        str(record.get("trigger")),
+        str(record.get("event") or "-"),
+        outcome.replace("\n", " "),
+        _duration(record.get("duration_ms")),
+        "cold" if record.get("cold_start") else "warm",
+    ]
+    if isinstance(record.get("attempt"), int) and record["attempt"] > 1:
+        parts.append(f"attempt {record['attempt']}")
+    if record.get("node"):
+        parts.append(click.style(f"on {record['node']}", dim=True))
+    lines = ["  ".join(parts)]
+    for entry in record.get("logs") or []:
+        if not isinstance(entry, dict):
+            continue
+        level = str(entry.get("level", ""))
+        colour = "red" if level in ("ERROR", "CRITICAL") else "yellow" if level == "WARNING" else None
+        text = str(entry.get("message", "")) + (" …" if entry.get("truncated") else "")
+        when = str(entry.get("time", ""))[11:23]  # the record's line has the date
+        head = f"    {click.style(when, dim=True)} {click.style(f'{level:<7}', fg=colour)} "
+        body = text.replace("\n", "\n" + " " * 8)
+        lines.append(head + body)
+    return "\n".join(lines)
+
+
+async def read(
+    servers: str,
+    topic: str,
+    selection: Selection,
+    follow: bool,
+    show: Callable[[dict[str, Any]], None],
+    options: dict[str, Any],
+) -> None:
+    """Print the selected records of `topic` (ordered by started_at), then, with `follow`, new ones."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        metadata_max_age_ms=2000,
+        **options,
+    )
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await consumer.start()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        raise Unreachable(str(exc) or type(exc).__name__) from exc
+    try:
+        tps = await _assign(consumer, topic, selection, follow)
+        if not tps:
+            return
+        end = await consumer.end_offsets(tps)
+        kept: list[dict[str, Any]] = []
+        stalled_at, last = time.monotonic(), -1
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= end[tp] for tp in tps):
+                break
+            progress = sum(positions.values())
+            if progress != last:
+                stalled_at, last = time.monotonic(), progress
+            elif time.monotonic() - stalled_at > STALL_TIMEOUT:
+                break
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                kept.extend(r for m in messages if (r := selection.pick(m.timestamp, m.value)) is not None)
+        for record in sorted(kept, key=lambda r: str(r.get("started_at"))):
+            show(record)
+        while follow:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for m in messages:
+                    new = selection.pick(m.timestamp, m.value)
+                    if new is not None:
+                        show(new)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def _assign(
+    consumer: AIOKafkaConsumer, topic: str, selection: Selection, follow: bool
+) -> list[TopicPartition]:
+    """Assign every partition of `topic` and seek to `--since`; waits for the topic when following."""
+    while True:
+        if topic in await consumer.topics():
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if partitions:
+                break
+        if not follow:
+            return []
+        await asyncio.sleep(1)
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    if selection.cutoff_ms is None:
+        await consumer.seek_to_beginning(*tps)
+        return tps
+    found = await consumer.offsets_for_times({tp: selection.cutoff_ms for tp in tps})
+    late = [tp for tp in tps if found.get(tp) is None]
+    for tp, at in found.items():
+        if at is not None:
+            consumer.seek(tp, at.offset)
+    if late:  # nothing that recent: only what comes next
+        await consumer.seek_to_end(*late)
+    return tps
+
+
+@click.command(name="logs")
+@click.argument("name", required=False)
+@click.option(
+    "--since",
+    callback=parse_since,
+    help="How far back: 30s, 10m, 2h, 7d.  [default: 1h; the whole topic with --invocation]",
+)
+@click.option("--failed", is_flag=True, help="Only invocations that failed.")
+@click.option("--invocation", "invocation_id", help="Only this invocation id.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+@click.option(
+    "--bootstrap",
+    envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
+    show_envvar=True,
+    help="Kafka host:port list.  [default: the local embedded broker]",
+)
+@pass_settings
+def logs(
+    settings: Settings,
+    name: str | None,
+    since: float | None,
+    failed: bool,
+    invocation_id: str | None,
+    follow: bool,
+    as_json: bool,
+    bootstrap: str | None,
+) -> None:
+    """Invocation records and their logs, from every node (FAAS_INVOCATIONS_TOPIC). NAME: a function's name
+    or uuid."""
+    from framework.kafka.options import security_options
+
+    if since is None and invocation_id is None:
+        since = 3600.0
+    cutoff = None if since is None else int((time.time() - since) * 1000)
+    selection = Selection(name, failed, invocation_id, cutoff)
+    servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
+    colour = False if os.environ.get("NO_COLOR") else None  # None: click colours only on a terminal
+
+    def show(record: dict[str, Any]) -> None:
+        text = json.dumps(record, ensure_ascii=False) if as_json else render(record)
+        click.echo(text, color=colour)
+
+    # aiokafka reports connection trouble through logging; the one line below says it instead.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
+    try:
+        asyncio.run(
+            read(servers, settings.invocations_topic, selection, follow, show, security_options(settings))
+        )
+    except Unreachable as exc:
+        click.echo(f"faas logs: cannot reach the Kafka broker at {servers}: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends --follow: quietly, exit 0
+    except BrokenPipeError:  # `faas logs | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's exit flush quiet
+        return
+    if selection.skipped:
+        click.echo(
+            f"faas logs: skipped {selection.skipped} records that are not invocation records", err=True
+        )

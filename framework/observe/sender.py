@@ -1,0 +1,217 @@
+"""Producing invocation records to FAAS_INVOCATIONS_TOPIC, off the invocations' path (DESIGN.md section 13).
+
+`offer` (on the path) appends the record to a bounded buffer and wakes the sender's task; it never awaits
+and never fails. The task waits `LINGER` seconds so records arriving together travel together, then
+serialises up to `MAX_BATCH` of them, groups them by partition (murmur2 of the key, the function's uuid, as
+aiokafka's default partitioner does, so one function's records stay in order on one partition) and hands
+each partition's records to the producer as one batch (`send_batch`): no future, no coroutine per record.
+
+Failure handling trades completeness for never slowing an invocation down:
+- the buffer holds `FAAS_RECORDS_BUFFER` records at most (default 10,000, a few MB); when full, the oldest
+  one is dropped;
+- while the broker is unreachable no producer can start: records wait in the buffer, the task retries with
+  backoff (0.5 s doubling to 5 s);
+- a batch the broker does not acknowledge within `SEND_TIMEOUT` seconds is dropped (not resent: it may have
+  landed, and a record is not worth a duplicate) and the producer is replaced;
+- at shutdown the buffer gets `FAAS_SHUTDOWN_GRACE` (at most `STOP_FLUSH`) seconds to drain; what is left is
+  dropped.
+Every drop is counted (`faas_invocation_records_dropped_total`), every acknowledged record too
+(`faas_invocation_records_sent_total`), so sent + dropped = made once the buffer is empty, and warnings are
+logged at most every `WARN_EVERY` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from framework.kafka.options import ensure_topics, security_options, start_producer
+
+if TYPE_CHECKING:
+    from framework.observe.records import RecordCounters
+    from framework.settings import Settings
+
+log = logging.getLogger("faas.records")
+
+LINGER = 0.05
+"""Seconds the task waits after waking, so one batch carries the records of a burst."""
+MAX_BATCH = 2000
+"""Records taken from the buffer per round."""
+SEND_TIMEOUT = 10.0
+"""Seconds a round may take (metadata, send, acknowledgement) before its records are dropped."""
+BACKOFF = (0.5, 5.0)
+"""First and longest pause (seconds) between attempts to reach an unreachable broker."""
+STOP_FLUSH = 5.0
+"""Seconds, at most, a stopping node gives the buffer to drain."""
+WARN_EVERY = 30.0
+"""Seconds between warnings about dropped records."""
+
+
+class RecordSender:
+    """A bounded buffer of records and the task that produces them."""
+
+    def __init__(self, bootstrap: str, settings: Settings, counters: RecordCounters) -> None:
+        self.bootstrap = bootstrap
+        self.settings = settings
+        self.topic = settings.invocations_topic
+        self.capacity = settings.records_buffer
+        self.counters = counters
+        self._buf: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: list[int] = []
+        self._inflight = 0
+        self._dropped_since_warning = 0
+        self._warned_at = 0.0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) + self._inflight
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="faas-records")
+
+    def offer(self, record: dict[str, Any]) -> None:
+        """Queue one record (the invocation's path: no await, no failure)."""
+        if len(self._buf) >= self.capacity:
+            if self.capacity == 0:
+                self._drop(1, "the record buffer has no room (FAAS_RECORDS_BUFFER=0)")
+                return
+            self._buf.popleft()
+            self._drop(1, "the record buffer is full")
+        self._buf.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Give the buffer up to `grace` seconds (at most STOP_FLUSH) to drain, then drop what is left."""
+        deadline = time.monotonic() + min(grace, STOP_FLUSH)
+        while self.buffered and self._task is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._buf:
+            self._drop(len(self._buf), "still buffered at shutdown")
+            self._buf.clear()
+        await self._close()
+
+    # ---- the task ----
+
+    async def _run(self) -> None:
+        pause = BACKOFF[0]
+        while True:
+            if not self._buf:
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(LINGER)
+            try:
+                producer = await self._get()
+            except Exception as exc:
+                self._warn(f"cannot reach Kafka at {self.bootstrap} for invocation records: {exc!r}")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKOFF[1])
+                continue
+            batch = [self._buf.popleft() for _ in range(min(MAX_BATCH, len(self._buf)))]
+            self._inflight = len(batch)
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    failed = await self._send(producer, batch)
+                pause = BACKOFF[0]
+            except asyncio.CancelledError:
+                self._drop(len(batch), "cancelled at shutdown")
+                raise
+            except Exception as exc:
+                failed = len(batch)
+                self._warn(f"invocation records not acknowledged: {exc!r}")
+            finally:
+                self._inflight = 0
+            self.counters.sent.inc(len(batch) - failed)
+            if failed:
+                self._drop(failed, "the broker did not acknowledge them")
+                await self._close()  # a fresh producer next round: aiokafka's may be stuck
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKOFF[1])
+
+    async def _get(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            options = security_options(self.settings)
+            with contextlib.suppress(Exception):  # Tansu auto-creates; Kafka may forbid creating
+                await ensure_topics(self.bootstrap, [self.topic], self.settings.topic_partitions, options)
+            producer = await start_producer(
+                self.bootstrap,
+                self.settings,
+                client_id="faas-records",
+                request_timeout_ms=int(SEND_TIMEOUT * 1000),
+            )
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    self._partitions = sorted(await producer.partitions_for(self.topic))
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _send(self, producer: AIOKafkaProducer, records: list[dict[str, Any]]) -> int:
+        """Produce `records`, one batch per partition; returns how many were not acknowledged."""
+        partitions = self._partitions
+        lanes: dict[int, list[tuple[bytes, bytes]]] = {}
+        for record in records:
+            key = str(record["uuid"]).encode()
+            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            lanes.setdefault(partition, []).append((key, orjson.dumps(record)))
+        acks: list[tuple[int, asyncio.Future[Any]]] = []
+        for partition, items in lanes.items():
+            builder, count = producer.create_batch(), 0
+            for key, value in items:
+                if builder.append(key=key, value=value, timestamp=None, headers=[]) is None:
+                    acks.append((count, await producer.send_batch(builder, self.topic, partition=partition)))
+                    builder, count = producer.create_batch(), 0
+                    builder.append(key=key, value=value, timestamp=None, headers=[])  # an empty one takes it
+                count += 1
+            acks.append((count, await producer.send_batch(builder, self.topic, partition=partition)))
+        # Shielded: a timed-out round must not cancel futures aiokafka still owns.
+        outcomes = await asyncio.gather(*(asyncio.shield(ack) for _, ack in acks), return_exceptions=True)
+        failed = 0
+        for (count, _), outcome in zip(acks, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed += count
+                self._warn(f"invocation records not acknowledged: {outcome!r}")
+        return failed
+
+    async def _close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await producer.stop()
+
+    def _drop(self, count: int, why: str) -> None:
+        self.counters.dropped.inc(count)
+        self._dropped_since_warning += count
+        self._warn(why)
+
+    def _warn(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < WARN_EVERY:
+            return
+        self._warned_at = now
+        log.warning(
+            "invocation records: %s (%d dropped since the last warning; buffered %d)",
+            why,
+            self._dropped_since_warning,
+            self.buffered,
+        )
+        self._dropped_since_warning = 0

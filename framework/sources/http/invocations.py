@@ -1,0 +1,292 @@
+"""The invocation routes (DESIGN.md sections 5 and 13): this node's recent records and per-function stats.
+
+- `GET /invocations?function=&ok=&trigger=&limit=`: `{"invocations": [...]}`, newest first. `function` is a
+  name or a uuid, `ok` is `true` or `false`, `trigger` one of `event`, `direct`, `schedule`, `warmup`,
+  `limit` 0..FAAS_RECENT_INVOCATIONS (default 100). A bad value is 400 `BadRequest` naming the parameter.
+- `GET /invocations/{invocation_id}`: the record with its logs, 404 `NotFound` if this node has none.
+- `GET /functions/{uuid}/stats`: the function's last 15 minutes (count, failures, p50_ms, p99_ms, and the
+  same per minute, oldest first): what the dashboard charts. 404 for a uuid the manifest does not know.
+- `GET /invocations/stats`: the same for every function of the manifest, in manifest order.
+
+The routes depend on `InvocationLog` (the node's records) and a listing of the manifest's functions, never on
+the node. They sit under `/functions` and `/invocations`, so the API keys guard them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from framework.errors import BadRequest, NotFound
+from framework.sources.http.openapi_schemas import ref
+from framework.sources.http.responses import JSONResponse
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+TRIGGERS = ("event", "direct", "schedule", "warmup")
+DEFAULT_LIMIT = 100
+
+
+class InvocationLog(Protocol):
+    """What the routes read: the node's invocation records and aggregates."""
+
+    keep: int
+    """How many records are kept (FAAS_RECENT_INVOCATIONS)."""
+
+    def recent(
+        self, function: str | None, ok: bool | None, trigger: str | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+    def get(self, invocation_id: str) -> dict[str, Any] | None: ...
+
+    def function_stats(self, uuid: str, name: str) -> dict[str, Any]: ...
+
+
+Functions = Callable[[], Sequence[tuple[str, str]]]
+"""The manifest's functions as (name, uuid), in manifest order."""
+
+
+def _bool(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    low = value.lower()
+    if low in ("true", "1"):
+        return True
+    if low in ("false", "0"):
+        return False
+    raise BadRequest(f"query parameter {name!r} must be true or false, not {value!r}")
+
+
+def _limit(value: str | None, most: int) -> int:
+    if value is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        raise BadRequest(f"query parameter 'limit' must be an integer, not {value!r}") from None
+    if limit < 0:
+        raise BadRequest(f"query parameter 'limit' must be 0 or more, not {limit}")
+    return min(limit, max(most, 0))
+
+
+class InvocationRoutes:
+    def __init__(self, log: InvocationLog, functions: Functions) -> None:
+        self.log = log
+        self.functions = functions
+
+    async def listing(self, request: Request) -> Response:
+        q = request.query_params
+        trigger = q.get("trigger")
+        if trigger is not None and trigger not in TRIGGERS:
+            raise BadRequest(
+                f"query parameter 'trigger' must be one of {', '.join(TRIGGERS)}, not {trigger!r}"
+            )
+        records = self.log.recent(
+            q.get("function") or None,
+            _bool("ok", q.get("ok")),
+            trigger,
+            _limit(q.get("limit"), self.log.keep),
+        )
+        return JSONResponse({"invocations": records})
+
+    async def one(self, request: Request) -> Response:
+        invocation_id: str = request.path_params["invocation_id"]
+        record = self.log.get(invocation_id)
+        if record is None:
+            raise NotFound(
+                f"no invocation {invocation_id} on this node (it keeps the newest {self.log.keep})"
+            )
+        return JSONResponse(record)
+
+    async def function_stats(self, request: Request) -> Response:
+        uuid: str = request.path_params["uuid"]
+        for name, known in self.functions():
+            if known.lower() == uuid.lower():
+                return JSONResponse(self.log.function_stats(known, name))
+        raise NotFound(f"no function with uuid {uuid}")
+
+    async def all_stats(self, request: Request) -> Response:
+        stats = [self.log.function_stats(uuid, name) for name, uuid in self.functions()]
+        return JSONResponse({"functions": stats})
+
+    def routes(self, guard: Callable[[Endpoint], Endpoint]) -> list[Route]:
+        return [
+            Route("/invocations", guard(self.listing), methods=["GET"]),
+            Route("/invocations/stats", guard(self.all_stats), methods=["GET"]),
+            Route("/invocations/{invocation_id}", guard(self.one), methods=["GET"]),
+            Route("/functions/{uuid}/stats", guard(self.function_stats), methods=["GET"]),
+        ]
+
+
+# ---- OpenAPI ----
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_paths(auth: bool) -> dict[str, Any]:
+    """The routes' entries for `openapi.json`; with `auth` they require the bearer key."""
+    secured: dict[str, Any] = {"security": [{"bearer": []}]} if auth else {}
+    unauthorized = {"401": _json(ref("Error"), "Unauthorized: missing or wrong bearer key")} if auth else {}
+    bad = {"400": _json(ref("Error"), "BadRequest: a query parameter has a bad value")}
+    return {
+        "/invocations": {
+            "get": {
+                "summary": "This node's recent invocation records, newest first",
+                "operationId": "listInvocations",
+                **secured,
+                "parameters": [
+                    _query("function", "A function's name or uuid.", {"type": "string"}),
+                    _query("ok", "Only successes (`true`) or failures (`false`).", {"type": "boolean"}),
+                    _query("trigger", "Only this trigger.", {"type": "string", "enum": list(TRIGGERS)}),
+                    _query("limit", "Records at most.", {"type": "integer", "minimum": 0, "default": 100}),
+                ],
+                "responses": {
+                    "200": _json(ref("InvocationList"), "The records"),
+                    **bad,
+                    **unauthorized,
+                },
+            }
+        },
+        "/invocations/stats": {
+            "get": {
+                "summary": "Every function's last 15 minutes on this node",
+                "operationId": "invocationStats",
+                **secured,
+                "responses": {"200": _json(ref("StatsList"), "One entry per function"), **unauthorized},
+            }
+        },
+        "/invocations/{invocation_id}": {
+            "get": {
+                "summary": "One invocation record with its logs",
+                "operationId": "getInvocation",
+                **secured,
+                "parameters": [
+                    {
+                        "name": "invocation_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The invocation's id.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(ref("InvocationRecord"), "The record"),
+                    **unauthorized,
+                    "404": _json(ref("Error"), "NotFound: this node keeps no such record"),
+                },
+            }
+        },
+        "/functions/{uuid}/stats": {
+            "get": {
+                "summary": "A function's invocations over the last 15 minutes on this node",
+                "operationId": "functionStats",
+                **secured,
+                "parameters": [
+                    {
+                        "name": "uuid",
+                        "in": "path",
+                        "required": True,
+                        "description": "The function's UUID.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(ref("FunctionStats"), "Counts and percentiles"),
+                    **unauthorized,
+                    "404": _json(ref("Error"), "NotFound: unknown uuid"),
+                },
+            }
+        },
+    }
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_WINDOW = {
+    "count": {"type": "integer"},
+    "failures": {"type": "integer"},
+    "p50_ms": _NUMBER_OR_NULL,
+    "p99_ms": _NUMBER_OR_NULL,
+}
+
+SCHEMAS: dict[str, Any] = {
+    "InvocationRecord": {
+        "type": "object",
+        "required": ["invocation_id", "function", "uuid", "trigger", "ok", "logs"],
+        "properties": {
+            "invocation_id": {"type": "string"},
+            "function": {"type": "string"},
+            "uuid": {"type": "string"},
+            "revision": {"type": ["integer", "null"]},
+            "trigger": {"type": "string", "enum": list(TRIGGERS)},
+            "event": {"type": ["string", "null"]},
+            "event_id": {"type": ["string", "null"]},
+            "trace_id": {"type": ["string", "null"]},
+            "node": {"type": "string"},
+            "instance_id": {"type": ["string", "null"]},
+            "started_at": {"type": "string", "format": "date-time"},
+            "duration_ms": {"type": "number"},
+            "cold_start": {"type": "boolean"},
+            "attempt": {"type": "integer"},
+            "ok": {"type": "boolean"},
+            "error": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["type", "message"],
+                        "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                ]
+            },
+            "logs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["time", "level", "message"],
+                    "properties": {
+                        "time": {"type": "string"},
+                        "level": {"type": "string"},
+                        "message": {"type": "string"},
+                        "truncated": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    },
+    "InvocationList": {
+        "type": "object",
+        "required": ["invocations"],
+        "properties": {"invocations": {"type": "array", "items": ref("InvocationRecord")}},
+    },
+    "FunctionStats": {
+        "type": "object",
+        "required": ["function", "uuid", "window_s", "count", "failures", "minutes"],
+        "properties": {
+            "function": {"type": "string"},
+            "uuid": {"type": "string"},
+            "window_s": {"type": "integer"},
+            **_WINDOW,
+            "minutes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"minute": {"type": "string", "format": "date-time"}, **_WINDOW},
+                },
+            },
+        },
+    },
+    "StatsList": {
+        "type": "object",
+        "required": ["functions"],
+        "properties": {"functions": {"type": "array", "items": ref("FunctionStats")}},
+    },
+}
