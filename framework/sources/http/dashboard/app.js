@@ -227,7 +227,7 @@ function countChart(stats) {
 }
 
 function durationChart(stats) {
-  const W = 90, H = 24, n = WINDOW_MIN, step = W / (n - 1);
+  const W = 90, H = 24, n = WINDOW_MIN, step = (W - 4) / (n - 1);
   const mins = stats.minutes || [];
   const max = Math.max(0.001, ...mins.map((m) => m.p99_ms || 0));
   const s = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
@@ -235,7 +235,7 @@ function durationChart(stats) {
   s.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
   for (const [key, cls] of [["p99_ms", "p99"], ["p50_ms", "p50"]]) {
     const pts = mins.map((m, i) => (typeof m[key] === "number"
-      ? `${(i * step).toFixed(1)},${(H - 1 - (m[key] / max) * (H - 3)).toFixed(1)}` : null)).filter(Boolean);
+      ? `${(2 + i * step).toFixed(1)},${(H - 1 - (m[key] / max) * (H - 3)).toFixed(1)}` : null)).filter(Boolean);
     if (pts.length === 1) {
       const [x, y] = pts[0].split(",");
       s.append(svg("circle", { cx: x, cy: y, r: 1.8, class: cls }));
@@ -278,8 +278,9 @@ function schedulesCell(f) {
   }));
 }
 
+// One wrapper per cell: below 760 px a cell is a grid of its label and this wrapper.
 function td(label, ...children) {
-  return el("td", { "data-label": label }, ...children);
+  return el("td", { "data-label": label }, el("div", {}, ...children));
 }
 
 function functionsView() {

@@ -1,0 +1,483 @@
+"""The dashboard (DESIGN.md section 16) in a real headless Chromium, against real `faas run` nodes.
+
+Each test records every request the page makes (all must go to the node), every console error, every
+uncaught page error and every dialog (an executed `alert` would open one), and checks them at its end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from framework.kafka.embedded import EmbeddedBroker
+from tests.sources.http.browser import CHROMIUM_ARGS, CONTRAST_JS, Recorder, require_chromium
+from tests.support import Node, wait_for, write_project
+
+CHROMIUM = require_chromium()
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402 - after the check
+
+GREETER = "eeeeeeee-0000-4000-8000-000000000001"
+BREAKER = "eeeeeeee-0000-4000-8000-000000000002"
+SKETCH = "eeeeeeee-0000-4000-8000-000000000003"
+STATES = {"greeter": "productive", "breaker": "productive", "sketch": "draft"}
+INJECTION = "<script>alert(1)</script>"
+
+MANIFEST = f"""
+functions:
+  - name: greeter
+    uuid: {GREETER}
+    handler: functions.uih:greeter
+    state: productive
+    events: [ui.hello]
+  - name: breaker
+    uuid: {BREAKER}
+    handler: functions.uih:breaker
+    state: productive
+    events: [ui.hello]
+  - name: sketch
+    uuid: {SKETCH}
+    handler: functions.uih:greeter
+    state: draft
+    events: [ui.hello]
+"""
+MODULES = {
+    "uih": """
+    async def greeter(payload, ctx):
+        word = (payload or {}).get("word", "nobody")
+        ctx.log.info("greeting %s", word)
+        return {"shout": word.upper(), "fn": ctx.function}
+
+    async def breaker(payload, ctx):
+        if (payload or {}).get("fail"):
+            ctx.log.warning("about to fail: %s", payload.get("say", ""))
+            raise ValueError(payload.get("say") or "breaker was told to fail")
+        return {"fine": (payload or {}).get("n")}
+    """
+}
+WAIT = 30_000
+"""Milliseconds a page gets to show something (a deadline, not a sleep: the machine is shared)."""
+
+expect.set_options(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
+    root = write_project(tmp_path_factory.mktemp("ui"), MANIFEST, MODULES)
+    n = Node(root, broker.bootstrap).wait_ready()
+    yield n
+    n.kill()
+
+
+@pytest.fixture
+def ui(browser: Browser) -> Iterator[Callable[..., Recorder]]:
+    """`ui(node, width=1280)`: a fresh browser context (its own sessionStorage) on a node's dashboard."""
+    made: list[Recorder] = []
+
+    def make(n: Node, width: int = 1280) -> Recorder:
+        rec = Recorder(browser.new_context(viewport={"width": width, "height": 900}), n.url)
+        made.append(rec)
+        return rec
+
+    yield make
+    for rec in made:
+        rec.context.close()
+
+
+def invoke(n: Node, uuid: str, body: Any, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{n.url}/functions/{uuid}/invoke", json=body, headers=headers, timeout=30)
+
+
+def row_of(page: Page, name: str) -> Any:
+    return page.locator("tbody tr").filter(has=page.get_by_role("link", name=name, exact=True))
+
+
+def open_function(page: Page, name: str) -> None:
+    page.get_by_role("link", name=name, exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(name)
+
+
+# ---- the functions list ----
+
+
+def test_list_matches_the_manifest(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. A manifest of greeter and breaker (productive) and sketch (draft), all listening to ui.hello.
+    2. Open /ui.
+    Result: one row per function, each with its name as a link, its state, its events and its live
+    instance count; nothing else is listed; no request left the node and the console stayed clean.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    listing = httpx.get(f"{node.url}/functions", timeout=30).json()["functions"]
+    for f in listing:
+        row = row_of(page, f["name"])
+        expect(row).to_have_count(1)
+        expect(row.locator("td[data-label=State]")).to_have_text(STATES[f["name"]])
+        expect(row.locator("td[data-label=Events]")).to_have_text("ui.hello")
+        expect(row.locator("td[data-label=Instances]")).to_have_text(re.compile(r"^\d+$"))
+    rec.assert_clean()
+
+
+def test_list_updates_without_reload_after_outside_invocations(
+    node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. Open /ui; mark the page's window (a reload would lose the mark).
+    2. Invoke breaker 2 times successfully and once failing, over HTTP, from outside the page.
+    Result: breaker's row counts 3 more invocations and shows a failure count of at least 1, highlighted,
+    with no reload (the mark is still there).
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    row = row_of(page, "breaker")
+    invocations = row.locator("td[data-label=Invocations]")
+    expect(invocations).to_have_text(re.compile(r"\d+ in 15 min"))
+    before = int(invocations.inner_text().split()[0])
+    page.evaluate("window.notReloaded = true")
+    assert [invoke(node, BREAKER, b).status_code for b in ({"n": 1}, {"fail": True}, {"n": 2})] == [
+        200,
+        500,
+        200,
+    ]
+    expect(invocations).to_have_text(re.compile(rf"^{before + 3} in 15 min"))
+    expect(row.locator("td[data-label=Failures] .error")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    expect(row).to_have_class(re.compile(r"\bfailing\b"))
+    expect(row.locator("td[data-label=Invocations] svg rect.bar-fail")).not_to_have_count(0)
+    assert page.evaluate("window.notReloaded") is True
+    rec.assert_clean()
+
+
+# ---- a function's page ----
+
+
+def test_invoke_from_the_page_shows_the_result(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Open /ui, click greeter, enter {"word": "marmalade"} and press Invoke.
+    2. Enter invalid JSON and press Invoke.
+    Result: 1 shows greeter's result, MARMALADE, and adds the invocation to its recent ones; 2 shows the
+    parse error and sends nothing (still one POST).
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "greeter")
+    payload = page.get_by_label("Payload")
+    payload.fill('{"word": "marmalade"}')
+    page.get_by_role("button", name="Invoke").click()
+    out = page.locator("[data-f=out]")
+    expect(out).to_contain_text('"shout": "MARMALADE"')
+    expect(out).to_contain_text("ok")
+    invocation_id = re.search(r"invocation (\S+)", out.inner_text())
+    assert invocation_id is not None
+    expect(page.locator(f"#inv-{invocation_id.group(1)}")).to_be_attached()
+
+    payload.fill('{"word": ')
+    page.get_by_role("button", name="Invoke").click()
+    expect(out).to_contain_text("Invalid JSON, not sent")
+    expect(payload).to_have_attribute("aria-invalid", "true")
+    assert len(rec.calls("POST", "/functions/")) == 1
+    rec.assert_clean()
+
+
+def test_failing_invocation_shows_its_error_type_and_log_line_as_text(
+    node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. Invoke breaker over HTTP so that it logs and raises `<script>alert(1)</script>`.
+    2. Open /ui, click breaker, press Show on the failed invocation; then open the Failed view.
+    Result: the invocation shows FunctionError; its details show the log line and the error message with
+    the markup as text: no script element was inserted and no dialog opened. The Failed view lists it.
+    """
+    r = invoke(node, BREAKER, {"fail": True, "say": INJECTION})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "FunctionError"
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "breaker")
+    failed = page.locator("table.records tbody tr.failing").filter(has_text=INJECTION).first
+    expect(failed.locator("td[data-label=Outcome]")).to_contain_text("FunctionError")
+    failed.get_by_role("button", name="Show").click()
+    details = page.locator("tr.detail:not([hidden])").first
+    expect(details.locator("ol.logs")).to_contain_text(f"about to fail: {INJECTION}")
+    expect(details.locator("p.error")).to_contain_text(f"FunctionError: ValueError: {INJECTION}")
+    expect(failed.get_by_role("button", name="Hide")).to_have_attribute("aria-expanded", "true")
+    assert page.locator("main script").count() == 0
+
+    page.get_by_role("link", name="Failed", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Failed invocations")
+    row = page.locator("table.records tbody tr.failing").filter(has_text=INJECTION).first
+    expect(row.locator("td[data-label=Function]")).to_have_text("breaker")
+    expect(row.locator("td[data-label=Outcome]")).to_contain_text("FunctionError")
+    assert page.locator("main script").count() == 0
+    rec.assert_clean()
+
+
+def test_function_page_updates_without_reload(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Open greeter's page and start typing a payload.
+    2. Invoke greeter over HTTP from outside.
+    Result: that invocation appears among the recent ones by itself; the payload being typed is kept.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "greeter")
+    page.get_by_label("Payload").fill('{"word": "half-typed')
+    r = invoke(node, GREETER, {"word": "outside"})
+    assert r.status_code == 200
+    expect(page.locator(f"#inv-{r.json()['invocation_id']}")).to_be_attached()
+    expect(page.get_by_label("Payload")).to_have_value('{"word": "half-typed')
+    rec.assert_clean()
+
+
+def test_invoke_error_and_html_result_render_as_text(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. On breaker's page, invoke with {"fail": true, "say": "<img src=x onerror=alert(2)>"}.
+    2. On greeter's page, invoke with a word that is a script tag.
+    Result: 1 shows the FunctionError and its message as text; 2 shows the upper-cased tag as text; no
+    image or script element was inserted, no dialog opened; the only console error is the browser's note
+    of the 500 answer of the failing invoke.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "breaker")
+    page.get_by_label("Payload").fill('{"fail": true, "say": "<img src=x onerror=alert(2)>"}')
+    page.get_by_role("button", name="Invoke").click()
+    out = page.locator("[data-f=out]")
+    expect(out).to_contain_text("FunctionError: ValueError: <img src=x onerror=alert(2)>")
+    expect(out).to_contain_text("HTTP 500")
+    page.get_by_role("link", name="Functions", exact=True).first.click()
+    open_function(page, "greeter")
+    page.get_by_label("Payload").fill('{"word": "<script>alert(1)</script>"}')
+    page.get_by_role("button", name="Invoke").click()
+    expect(page.locator("[data-f=out]")).to_contain_text('"shout": "<SCRIPT>ALERT(1)</SCRIPT>"')
+    assert page.locator("main script, main img").count() == 0
+    rec.assert_clean(expected_failures=(f"/functions/{BREAKER}/invoke",))
+
+
+def test_keyboard_only_invoke(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Open greeter's page; focus the payload field by its label, type a payload, press Ctrl+Enter.
+    2. Type another payload, Tab to the Invoke button and press Enter.
+    Result: both show their result.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "greeter")
+    payload = page.get_by_label("Payload")
+    payload.focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type('{"word": "keys"}')
+    page.keyboard.press("Control+Enter")
+    out = page.locator("[data-f=out]")
+    expect(out).to_contain_text('"shout": "KEYS"')
+    payload.fill('{"word": "tabbed"}')
+    payload.focus()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Invoke")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(out).to_contain_text('"shout": "TABBED"')
+    rec.assert_clean()
+
+
+# ---- events ----
+
+
+def test_event_raised_from_the_page_shows_both_listeners(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Open the Events view: ui.hello with its productive listeners.
+    2. Raise ui.hello with {"word": "tea"} from the form.
+    3. Raise an event with invalid JSON.
+    Result: the listeners are greeter and breaker (not the draft sketch); the combined reply is ok with both
+    results (greeter's TEA, breaker's); the invalid JSON is refused without a request.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    page.get_by_role("link", name="Events", exact=True).click()
+    row = page.locator("tbody tr").filter(has=page.locator("code", has_text="ui.hello"))
+    expect(row.locator("td[data-label='Productive listeners']")).to_have_text("greeter, breaker")
+    row.get_by_role("button", name="Raise ui.hello").click()
+    expect(page.get_by_label("Event type")).to_have_value("ui.hello")
+    page.get_by_label("Payload").fill('{"word": "tea"}')
+    page.get_by_role("button", name="Raise event").click()
+    out = page.locator("[data-f=out]")
+    expect(out.locator("p.ok").first).to_contain_text("ok · event ui.hello")
+    results = out.locator("tbody tr")
+    expect(results).to_have_count(2)
+    expect(results.nth(0)).to_contain_text("greeter")
+    expect(results.nth(0)).to_contain_text('"shout": "TEA"')
+    expect(results.nth(1)).to_contain_text("breaker")
+    expect(results.nth(1)).to_contain_text('"fine": null')
+
+    page.get_by_label("Payload").fill("{oops")
+    page.get_by_role("button", name="Raise event").click()
+    expect(out).to_contain_text("Invalid JSON, not sent")
+    assert len(rec.calls("POST", "/events/")) == 1
+    rec.assert_clean()
+
+
+def test_event_with_a_failing_listener_shows_the_error(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Raise ui.hello from the page with {"fail": true}: breaker fails, which aborts the chain.
+    2. Raise an event type no function listens to; then submit an empty type.
+    Result: 1 shows failed with FunctionError naming breaker; 2 shows ok with no listener answering; the
+    empty type is refused in the page.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page(), "#/events")
+    page.get_by_label("Event type").fill("ui.hello")
+    page.get_by_label("Payload").fill('{"fail": true}')
+    page.get_by_role("button", name="Raise event").click()
+    out = page.locator("[data-f=out]")
+    expect(out).to_contain_text("FunctionError")
+    expect(out).to_contain_text("(function breaker)")
+    page.get_by_label("Event type").fill("nobody.listens")
+    page.get_by_role("button", name="Raise event").click()
+    expect(out).to_contain_text("No listener answered.")
+    page.get_by_label("Event type").fill("  ")
+    page.get_by_role("button", name="Raise event").click()
+    expect(out).to_contain_text("Enter an event type.")
+    assert len(rec.calls("POST", "/events/")) == 2
+    rec.assert_clean(expected_failures=("/events/ui.hello",))
+
+
+# ---- keys, outages, small screens, contrast ----
+
+
+def test_api_key_flow(tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]) -> None:
+    """1. A node with FAAS_API_KEYS=k-right; open /ui.
+    2. Submit an empty key, then a wrong one, then the right one.
+    3. Reload the tab; then open the dashboard in a new tab of another browser context; then Forget key.
+    Result: before the right key the page shows the key form and an error, never a function; no call of the
+    API was made without the key. With it, the list shows and every API call carries it as a bearer token;
+    the reload keeps it (sessionStorage), the other context asks again, Forget key asks again.
+    """
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, None, kafka=False, env={"FAAS_API_KEYS": "k-right"}).wait_ready()
+    rec = ui(n)
+    page = rec.open(rec.page())
+    key = page.get_by_label("API key", exact=True)
+    expect(key).to_be_visible()
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator(".error")).to_have_text("Enter a key.")
+    key.fill("k-wrong")
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator(".error")).to_have_text("That key was not accepted.")
+    for name in STATES:
+        expect(page.get_by_text(name)).to_have_count(0)
+    assert not rec.calls("GET", "/functions"), "the API was called without a valid key"
+
+    key.fill("k-right")
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    assert page.evaluate("sessionStorage.getItem('faas.apiKey')") == "k-right"
+    api_calls = rec.calls("GET", "/functions") + rec.calls("GET", "/invocations")
+    assert api_calls and all(h.get("authorization") == "Bearer k-right" for _, _, h in api_calls)
+
+    page.reload()
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    other = ui(n)
+    other_page = other.open(other.page())
+    expect(other_page.get_by_label("API key", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Forget key").click()
+    expect(page.get_by_label("API key", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="greeter")).to_have_count(0)
+    assert page.evaluate("sessionStorage.getItem('faas.apiKey')") is None
+    rec.assert_clean()
+    other.assert_clean()
+
+
+def test_stale_key_is_refused_and_shows_no_data(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node with FAAS_API_KEYS=k-new; a tab whose sessionStorage holds k-old (a rotated key).
+    2. Open /ui.
+    Result: the key form with the message that the stored key was not accepted; no function shown, the key
+    dropped from sessionStorage.
+    """
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, None, kafka=False, env={"FAAS_API_KEYS": "k-new"}).wait_ready()
+    rec = ui(n)
+    rec.context.add_init_script("sessionStorage.setItem('faas.apiKey', 'k-old')")
+    page = rec.page()
+    page.goto(f"{n.url}/ui", wait_until="domcontentloaded")
+    expect(page.locator(".error")).to_have_text("The stored key was not accepted; enter a valid one.")
+    expect(page.get_by_role("link", name="greeter")).to_have_count(0)
+    rec.assert_clean()
+
+
+def test_disconnected_then_recovers_by_itself(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node (no Kafka); open /ui and wait for the list.
+    2. Kill the node.
+    3. Start a node on the same port.
+    Result: 2 shows "disconnected" (the page keeps the last list); 3 brings back "connected" and the list
+    without a reload. The only console errors are the browser's notes of refused connections.
+    """
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    first = nodes(root, None, kafka=False).wait_ready()
+    rec = ui(first)
+    page = rec.open(rec.page())
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    expect(page.locator("#conn")).to_contain_text("connected")
+    page.evaluate("window.notReloaded = true")
+    first.kill()
+    expect(page.get_by_role("alert").filter(has_text="Disconnected")).to_be_visible()
+    expect(page.locator("#conn")).to_have_text("disconnected")
+    second = nodes(root, None, kafka=False, env={"FAAS_HTTP_PORT": str(first.port)})
+    second.port, second.url = first.port, first.url
+    second.wait_ready()
+    expect(page.locator("#offline")).to_be_hidden()
+    expect(page.locator("#conn")).to_contain_text("connected, updated")
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    assert page.evaluate("window.notReloaded") is True
+    assert all("ERR_CONNECTION_REFUSED" in text for text, _ in rec.console_errors), rec.console_errors
+    rec.assert_clean(expected_failures=("/",))
+
+
+def test_usable_at_390_pixels(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. A 390 px wide viewport: open /ui, then greeter's page, invoke it.
+    Result: nothing is wider than the screen (no sideways scrolling), cells show their column's name, the
+    link, the form and the result are usable.
+    """
+    rec = ui(node, width=390)
+    page = rec.open(rec.page())
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    state = row_of(page, "greeter").locator("td[data-label=State]")
+    assert page.evaluate("e => getComputedStyle(e, '::before').content", state.element_handle()) == '"State"'
+    open_function(page, "greeter")
+    page.get_by_label("Payload").fill('{"word": "small"}')
+    page.get_by_role("button", name="Invoke").click()
+    expect(page.locator("[data-f=out]")).to_contain_text('"shout": "SMALL"')
+    wait_for(
+        lambda: page.evaluate("document.documentElement.scrollWidth") <= 390, 10, message="no sideways scroll"
+    )
+    rec.assert_clean()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_text_contrast_on_every_view(node: Node, ui: Callable[..., Recorder], width: int) -> None:
+    """1. Open each view (functions, a function's page with an invocation, events, failed).
+    Result: every visible text has a contrast of at least 4.5:1 with its background (WCAG AA).
+    """
+    assert invoke(node, BREAKER, {"fail": True}).status_code == 500
+    rec = ui(node, width=width)
+    page = rec.open(rec.page())
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    views = [("", "tbody[data-f=rows] tr"), (f"#/fn/{BREAKER}", "table.records tr.failing")]
+    views += [
+        ("#/events", "td[data-label='Productive listeners'] a"),
+        ("#/failed", "table.records tr.failing"),
+    ]
+    for hash_, ready in views:
+        page.evaluate("h => { location.hash = h }", hash_ or "#/")
+        expect(page.locator(ready).first).to_be_visible()
+        bad = page.evaluate(CONTRAST_JS)
+        assert not bad, f"{hash_ or '#/'}: {bad}"
+    rec.assert_clean()
