@@ -118,7 +118,8 @@ def test_list_matches_the_manifest(node: Node, ui: Callable[..., Recorder]) -> N
     """1. A manifest of greeter and breaker (productive) and sketch (draft), all listening to ui.hello.
     2. Open /ui.
     Result: one row per function, each with its name as a link, its state, its events and its live
-    instance count; nothing else is listed; no request left the node and the console stayed clean.
+    instance count, an invocation chart; nothing else is listed, nothing is wider than 1280 px; no request
+    left the node and the console stayed clean.
     """
     rec = ui(node)
     page = rec.open(rec.page())
@@ -130,6 +131,8 @@ def test_list_matches_the_manifest(node: Node, ui: Callable[..., Recorder]) -> N
         expect(row.locator("td[data-label=State]")).to_have_text(STATES[f["name"]])
         expect(row.locator("td[data-label=Events]")).to_have_text("ui.hello")
         expect(row.locator("td[data-label=Instances]")).to_have_text(re.compile(r"^\d+$"))
+    expect(row_of(page, "greeter").locator("td[data-label=Invocations] svg")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280, "wider than the window"
     rec.assert_clean()
 
 
