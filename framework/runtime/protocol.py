@@ -177,4 +177,3 @@ class BlockingSender:
         frame = encode(kind, header, tail)
         with self._lock, contextlib.suppress(OSError):
             self._sock.sendall(frame)
-

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
-from framework.errors import FaasError, NotFound
+from framework.errors import FaasError, NotFound, status_of
 from framework.invoker import EventReply, new_id
 from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
@@ -38,7 +38,6 @@ from framework.sources.http.responses import (
     JSONResponse,
     error_body,
     error_response,
-    status_of,
 )
 from framework.types import InvokeResult
 
@@ -188,14 +187,7 @@ class HttpSource:
             payload = await read_payload(request, self.limit)
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route.
-            body = {
-                "id": event_id,
-                "event": event,
-                "ok": False,
-                "results": [],
-                "error": {"function": None, "uuid": None, **exc.to_dict()},
-            }
-            return JSONResponse(body, exc.status)
+            return JSONResponse(EventReply.failed(event_id, event, exc).to_json(), exc.status)
         reply = await self.invoker.event(event, event_id, payload)
         return JSONResponse(reply.to_json(), 200 if reply.ok else status_of(reply.error_type))
 

@@ -127,13 +127,15 @@ async def test_null_keys_do_not_wait_for_each_other() -> None:
 
 async def test_room_and_drop_and_cancel() -> None:
     runner: KeyedRunner[str] = KeyedRunner(limit=3)
-    gate = asyncio.Event()
+    gate, both_started = asyncio.Event(), asyncio.Event()
     started: list[str] = []
     finished: list[str] = []
 
     def job(name: str) -> Job:
         async def run() -> None:
             started.append(name)
+            if len(started) == 2:
+                both_started.set()
             await gate.wait()
             finished.append(name)
 
@@ -143,9 +145,8 @@ async def test_room_and_drop_and_cancel() -> None:
     runner.submit("p0", b"a", job("a2"))
     runner.submit("p1", b"b", job("b1"))
     assert runner.room == 0
-    async with asyncio.timeout(5):
-        while sorted(started) != ["a1", "b1"]:  # both chains run their first job; a2 waits behind a1
-            await asyncio.sleep(0)
+    await asyncio.wait_for(both_started.wait(), 5)
+    assert sorted(started) == ["a1", "b1"]  # both chains run their first job; a2 waits behind a1
     assert runner.drop_queued(["p0"]) == 1  # a2 never starts
     assert runner.room == 1
     assert not await runner.drain(["p1"], 0.01), "b1 is blocked: cancelled"
