@@ -151,7 +151,7 @@ class Node:
         self.scheduler.apply(self.registry)
         await self.scheduler.start()
         config = uvicorn.Config(
-            create_app(self),
+            create_app(self.settings, self.invoker, self.scheduler, self, self.metrics, self.records),
             host=self.settings.http_host,
             port=self.settings.http_port,
             lifespan="off",

@@ -9,9 +9,10 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
-from framework.runtime.protocol import BlockingSender, Kind, read_frame
+from framework.runtime.protocol import BlockingSender, Kind
 from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text, utc_ms
 from framework.runtime.worker.watchdog import LogStream, current_invocation
 
@@ -116,9 +117,9 @@ def _frames(sock: socket.socket, n: int) -> list[dict[str, object]]:
             size = int.from_bytes(data[:4], "big")
             if len(data) < 4 + size:
                 break
-            kind, header, _ = read_frame(data[: 4 + size])
+            kind, hlen = data[4], int.from_bytes(data[5:9], "big")  # frame: length, kind, header length
             assert kind == Kind.LOG
-            out.append(header)
+            out.append(orjson.loads(data[9 : 9 + hlen]))
             data = data[4 + size :]
     return out
 
