@@ -44,10 +44,11 @@ class EventReply:
         return None if self.error is None else str(self.error["type"])
 
     @classmethod
-    def bad_event(cls, event_id: str | None, event: str | None, message: str) -> EventReply:
-        return cls(
-            event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message}
-        )
+    def failed(
+        cls, event_id: str | None, event: str | None, exc: BaseException, spec: FunctionSpec | None = None
+    ) -> EventReply:
+        """A reply whose chain failed with `exc`, in `spec` (None: before any listener ran)."""
+        return cls(event_id, event, error=chain_error(exc, spec))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,7 +144,7 @@ class Invoker:
             try:
                 reply.results = [(spec, await self.call(spec, payload, "event", event_type))]
             except Exception as exc:
-                reply.error = _chain_error(spec, exc)
+                reply.error = chain_error(exc, spec)
         elif listeners:
             await self._fan_out(reply, listeners, payload)
         return reply
@@ -165,7 +166,7 @@ class Invoker:
             if exc is None:
                 results[i] = task.result()
             else:
-                reply.error = _chain_error(listeners[i], exc)
+                reply.error = chain_error(exc, listeners[i])
             if left == 0 or exc is not None:
                 settled.set_result(None)
 
@@ -201,7 +202,8 @@ class Invoker:
         return self.runtime.instance_count(name)
 
 
-def _chain_error(spec: FunctionSpec, exc: BaseException) -> dict[str, Any]:
-    """The `error` of a combined reply: the failing listener and its contract error type."""
+def chain_error(exc: BaseException, spec: FunctionSpec | None = None) -> dict[str, Any]:
+    """The `error` of a combined reply (section 4): the failing listener, or None for the event itself, and
+    the contract error (anything else is reported as a `FunctionError`)."""
     err = exc if isinstance(exc, FaasError) else FunctionError(repr(exc))
-    return {"function": spec.name, "uuid": spec.uuid, **err.to_dict()}
+    return {"function": spec and spec.name, "uuid": spec and spec.uuid, **err.to_dict()}

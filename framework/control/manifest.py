@@ -12,7 +12,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
@@ -22,7 +21,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control import cron
 from framework.control.handler_check import import_errors
-from framework.errors import ManifestError
+from framework.errors import INVOCATION_ERRORS, ManifestError
 
 State = Literal["draft", "productive", "undeployed"]
 STATES: tuple[State, ...] = ("draft", "productive", "undeployed")
@@ -32,12 +31,8 @@ _HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\
 
 
 def check_cron(expr: str) -> str:
-    """Return `expr` if it is a valid 5- or 6-field cron (see framework.control.cron) that ever fires."""
+    """Return `expr` if it is a valid 5- or 6-field cron that ever fires (`cron.check_expression`)."""
     cron.check_expression(expr)
-    try:
-        croniter(expr).get_next(float)
-    except CroniterBadDateError:
-        raise ValueError(f"cron expression {expr!r} never fires") from None
     return expr
 
 
@@ -87,8 +82,6 @@ class InstancesSpec(BaseModel):
     """Resident memory limit of one instance in MiB (DESIGN.md section 14); None: no limit."""
 
 
-RETRYABLE = ("Timeout", "InstanceCrashed", "Overloaded", "FunctionError")
-"""Error types a `retry.on` list may name (BadEvent and NotFound never change on a retry)."""
 SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
@@ -107,8 +100,9 @@ class RetrySpec(BaseModel):
     @classmethod
     def _on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if name not in RETRYABLE:
-                raise ValueError(f"{name!r} is not a retryable error type (one of {', '.join(RETRYABLE)})")
+            if name not in INVOCATION_ERRORS:  # BadEvent and NotFound never change on a retry
+                choices = ", ".join(INVOCATION_ERRORS)
+                raise ValueError(f"{name!r} is not a retryable error type (one of {choices})")
         return value
 
     def delay(self, attempt: int) -> float:

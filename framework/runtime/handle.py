@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from framework.control.manifest import FunctionSpec
-from framework.errors import INVOCATION_ERRORS, FunctionError, InstanceCrashed, Timeout
+from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.runtime.protocol import FrameProtocol, Header, Kind, connect
 from framework.runtime.template import Template
 from framework.types import Invocation
@@ -181,7 +181,7 @@ class Instance:
             if err is None:
                 pending.fut.set_result((tail, header["ms"]))
             else:
-                exc = INVOCATION_ERRORS.get(err, FunctionError)(header["msg"])
+                exc = from_name(err, header["msg"])
                 if header.get("tb"):
                     exc.add_note(header["tb"])
                 pending.fut.set_exception(exc)

@@ -121,10 +121,6 @@ class Runtime:
     def instance_ids(self, name: str) -> list[str]:
         return [i.id for p in self._all_pools() if p.spec.name == name for i in p.instances]
 
-    def instance_pids(self, name: str) -> list[int]:
-        """Process ids of the ready instances of `name` (tests, diagnostics)."""
-        return [i.pid for p in self._all_pools() if p.spec.name == name for i in p.instances if i.pid]
-
     def inflight(self) -> int:
         """Requests held by all pools (in flight or queued), for draining."""
         return sum(p.load for p in self._all_pools())

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
-from framework.errors import FaasError, NotFound
+from framework.errors import FaasError, NotFound, status_of
 from framework.invoker import EventReply, new_id
 from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
@@ -40,7 +40,6 @@ from framework.sources.http.responses import (
     JSONResponse,
     error_body,
     error_response,
-    status_of,
 )
 from framework.types import InvokeResult
 
@@ -190,14 +189,7 @@ class HttpSource:
             payload = await read_payload(request, self.limit)
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route.
-            body = {
-                "id": event_id,
-                "event": event,
-                "ok": False,
-                "results": [],
-                "error": {"function": None, "uuid": None, **exc.to_dict()},
-            }
-            return JSONResponse(body, exc.status)
+            return JSONResponse(EventReply.failed(event_id, event, exc).to_json(), exc.status)
         reply = await self.invoker.event(event, event_id, payload)
         return JSONResponse(reply.to_json(), 200 if reply.ok else status_of(reply.error_type))
 
@@ -280,22 +272,23 @@ def create_app(
     schedules: ScheduleStatus | None,
     readiness: Readiness,
     metrics: MetricsRenderer,
-    records: InvocationLog | None = None,
+    invocations: InvocationLog | None = None,
 ) -> Starlette:
-    """The Starlette app the node serves with uvicorn."""
+    """The Starlette app the node serves with uvicorn; `invocations` adds the routes of section 13."""
     keys = settings.keys
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
     source = HttpSource(settings, invoker, schedules, readiness, metrics)
-    extra = []
-    if records is not None:
-        invocations = InvocationRoutes(
-            records, lambda: [(f.name, f.uuid) for f in invoker.registry.functions]
+    routes = source.routes()
+    if invocations is not None:
+        listing = InvocationRoutes(
+            invocations, lambda: [(f.name, f.uuid) for f in invoker.registry.functions]
         )
-        extra = invocations.routes(_guarded)
+        routes += listing.routes(_guarded)
+    routes += Dashboard(keys).routes()
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
-        routes=[*source.routes(), *extra, *Dashboard(keys).routes()],
+        routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},
     )

@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.responses import JSONResponse
@@ -83,7 +83,7 @@ class Dashboard:
         body: dict[str, Any] = {"auth": self.auth is not None, "key_ok": key_ok, "routes": routes}
         return JSONResponse(body, headers={**HEADERS, "Cache-Control": "no-store"})
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> list[Route]:
         return [
             Route("/ui", self.page, methods=["GET"]),
             Route("/ui/", self.page, methods=["GET"]),

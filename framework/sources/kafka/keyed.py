@@ -37,8 +37,6 @@ class KeyedRunner(Generic[G]):
         self.size = 0
         """Jobs submitted and not yet finished or dropped."""
         self._chains: dict[object, _Chain] = {}
-        self._room = asyncio.Event()
-        self._room.set()
 
     @property
     def room(self) -> int:
@@ -49,8 +47,6 @@ class KeyedRunner(Generic[G]):
         chain_id: object = object() if key is None else (group, key)
         chain = self._chains.get(chain_id)
         self.size += 1
-        if self.size >= self.limit:
-            self._room.clear()
         if chain is None:
             chain = self._chains[chain_id] = _Chain(group)
             chain.jobs.append(job)
@@ -76,8 +72,6 @@ class KeyedRunner(Generic[G]):
 
     def _release(self, n: int) -> None:
         self.size -= n
-        if self.size < self.limit:
-            self._room.set()
 
     def _select(self, groups: Collection[G] | None) -> list[_Chain]:
         return [c for c in self._chains.values() if groups is None or c.group in groups]
@@ -90,10 +84,6 @@ class KeyedRunner(Generic[G]):
             chain.jobs.clear()
         self._release(dropped)
         return dropped
-
-    def held(self, groups: Collection[G] | None = None) -> int:
-        """Chains with a job running or queued in `groups`."""
-        return len(self._select(groups))
 
     async def drain(self, groups: Collection[G] | None = None, wait: float = 5.0) -> bool:
         """Wait up to `wait` seconds for the chains of `groups`; cancel what is left.
@@ -110,11 +100,3 @@ class KeyedRunner(Generic[G]):
         if pending:
             await asyncio.wait(pending)
         return not pending
-
-    async def wait_for_room(self, wait: float) -> bool:
-        """Wait up to `wait` seconds until fewer than `limit` jobs are held."""
-        try:
-            await asyncio.wait_for(self._room.wait(), wait)
-        except TimeoutError:
-            return False
-        return True

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.options import MIB, ensure_topics, security_options
@@ -227,7 +228,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning(
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
             )
-            reply = EventReply.bad_event(event.id, event.type, event.message)
+            reply = EventReply.failed(event.id, event.type, BadEvent(event.message))
             copy = self.answers.deadletter(
                 record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
             )
@@ -237,11 +238,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             reply = await self.invoker.event(event.type, event.id, event.payload)
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
-            reply = EventReply(
-                event.id,
-                event.type,
-                error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
-            )
+            reply = EventReply.failed(event.id, event.type, exc)
         await self.answers.reply_later(part, record, event, reply)
         return True
 

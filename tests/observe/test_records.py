@@ -1,0 +1,227 @@
+"""Invocation records in the node's process (framework/observe/records.py, sender.py): the record's
+fields, the in-memory ring and its filters, and producing to a real broker: acknowledged, buffered,
+dropped, counted."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+
+from framework.control.manifest import FunctionSpec
+from framework.errors import Overloaded, Timeout
+from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.observe.metrics import Metrics
+from framework.observe.records import MAX_ERROR_CHARS, InvocationRecords, error_of
+from framework.settings import Settings
+from framework.types import EventIdentity, Invocation, new_id
+
+ECHO = FunctionSpec(name="echo", uuid="7e7e7e7e-0000-4000-8000-00000000000a", handler="f:h", revision=3)
+OTHER = FunctionSpec(name="other", uuid="7e7e7e7e-0000-4000-8000-00000000000b", handler="f:h")
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def make(settings: Settings | None = None) -> tuple[InvocationRecords, Metrics]:
+    metrics = Metrics()
+    return InvocationRecords(settings or Settings(node_name="n1"), metrics), metrics
+
+
+def finish(
+    records: InvocationRecords,
+    spec: FunctionSpec = ECHO,
+    error: BaseException | None = None,
+    trigger: str = "direct",
+    **kw: object,
+) -> str:
+    inv = Invocation(new_id(), trigger, kw.pop("event", None), b"null", **kw)  # type: ignore[arg-type]
+    records.finish(spec, inv, time.time(), 1.5, False, "echo-1", error, [])
+    return inv.invocation_id
+
+
+def metric(metrics: Metrics, name: str) -> float:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"no metric {name}")
+
+
+def test_record_fields() -> None:
+    records, _ = make()
+    identity = EventIdentity("ce-1", source="src")
+    inv = Invocation("inv-1", "event", "thing.happened", b"{}", identity=identity, traceparent=TP, attempt=2)
+    logs = [{"time": "t", "level": "INFO", "message": "hi"}]
+    records.finish(ECHO, inv, 1_700_000_000.25, 12.3456, True, "echo-1", None, logs)
+    rec = records.get("inv-1")
+    assert rec == {
+        "invocation_id": "inv-1",
+        "function": "echo",
+        "uuid": ECHO.uuid,
+        "revision": 3,
+        "trigger": "event",
+        "event": "thing.happened",
+        "event_id": "ce-1",
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "node": "n1",
+        "instance_id": "echo-1",
+        "started_at": "2023-11-14T22:13:20.250Z",
+        "duration_ms": 12.346,
+        "cold_start": True,
+        "attempt": 2,
+        "ok": True,
+        "error": None,
+        "logs": logs,
+    }
+
+
+def test_errors() -> None:
+    assert error_of(Timeout("too slow")) == {"type": "Timeout", "message": "too slow"}
+    assert error_of(asyncio.CancelledError())["type"] == "Cancelled"
+    assert error_of(RuntimeError("x")) == {"type": "FunctionError", "message": "RuntimeError('x')"}
+    long = error_of(Overloaded("m" * 100_000))["message"]
+    assert len(long) == MAX_ERROR_CHARS + 1 and long.endswith("…")
+
+
+def test_default_node_name_is_host_and_port() -> None:
+    records, _ = make(Settings(http_port=8123))
+    assert re.fullmatch(r".+:8123", records.node)
+
+
+def test_recent_newest_first_with_filters_and_the_ring_bound() -> None:
+    records, _ = make(Settings(recent_invocations=5))
+    ids = [finish(records) for _ in range(3)]
+    failed = finish(records, error=Timeout("t"))
+    other = finish(records, OTHER, trigger="schedule")
+    newest = [r["invocation_id"] for r in records.recent()]
+    assert newest == [other, failed, *reversed(ids)]
+    assert [r["invocation_id"] for r in records.recent(function="echo")] == [failed, *reversed(ids)]
+    assert [r["invocation_id"] for r in records.recent(function=OTHER.uuid)] == [other]
+    assert [r["invocation_id"] for r in records.recent(ok=False)] == [failed]
+    assert [r["invocation_id"] for r in records.recent(trigger="schedule")] == [other]
+    assert len(records.recent(limit=2)) == 2 and records.recent(limit=0) == []
+    pushed = finish(records)  # a sixth: the oldest leaves the ring and the index
+    assert records.get(ids[0]) is None and records.get(pushed) is not None
+    assert len(records.recent(limit=100)) == 5
+
+
+def test_nothing_kept_when_recent_is_zero_but_stats_still_count() -> None:
+    records, _ = make(Settings(recent_invocations=0))
+    finish(records)
+    finish(records, error=Timeout("t"))
+    assert records.recent() == []
+    stats = records.function_stats(ECHO.uuid, "echo")
+    assert stats["count"] == 2 and stats["failures"] == 1
+
+
+def test_without_kafka_nothing_is_made_for_the_topic() -> None:
+    records, metrics = make()
+    finish(records)
+    assert metric(metrics, "faas_invocation_records_total") == 0
+
+
+async def read_topic(
+    bootstrap: str, topic: str, want: int, timeout: float = 30
+) -> list[tuple[bytes, dict[str, Any]]]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=500,
+    )
+    await consumer.start()
+    out: list[tuple[bytes, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < want and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                out.extend((m.key, orjson.loads(m.value)) for m in messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_records_reach_the_topic_keyed_by_uuid(broker: EmbeddedBroker) -> None:
+    """1. 300 records of two functions are made on a node producing to the real broker.
+    Result: all acknowledged (sent = made = 300, dropped 0), each on the topic once, keyed by its function's
+    uuid, one function's records in the order they were made."""
+    topic = f"t.inv.unit.{new_id()[:8]}"
+    records, metrics = make(Settings(invocations_topic=topic, node_name="n1"))
+    records.send_to(broker.bootstrap)
+    try:
+        made = [finish(records, ECHO if i % 3 else OTHER) for i in range(300)]
+        await wait_until(lambda: metric(metrics, "faas_invocation_records_sent_total") == 300, 30, "all sent")
+        got = await read_topic(broker.bootstrap, topic, 300)
+    finally:
+        await records.stop(1)
+    assert sorted(v["invocation_id"] for _, v in got) == sorted(made)
+    assert all(k == v["uuid"].encode() for k, v in got)
+    echo_order = [v["invocation_id"] for _, v in got if v["function"] == "echo"]
+    assert echo_order == [i for n, i in enumerate(made) if n % 3]
+    assert metric(metrics, "faas_invocation_records_total") == 300
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+
+
+async def test_unreachable_broker_buffers_then_drops_and_counts() -> None:
+    """1. A node whose broker is unreachable makes 25 records with a buffer of 10.
+    2. It stops.
+    Result: making a record never waits (25 in well under a second); 15 dropped at once (buffer full), the
+    other 10 at shutdown; sent + dropped = made."""
+    records, metrics = make(Settings(records_buffer=10, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}"))
+    records.send_to(f"127.0.0.1:{free_port()}")
+    t0 = time.perf_counter()
+    for _ in range(25):
+        finish(records)
+    assert time.perf_counter() - t0 < 0.5
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 15
+    await records.stop(0.5)
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 25
+    assert metric(metrics, "faas_invocation_records_sent_total") == 0
+    assert metric(metrics, "faas_invocation_records_total") == 25
+
+
+async def test_records_wait_for_a_broker_that_comes_up(tmp_path: Path) -> None:
+    """1. Records are made while no broker listens on the port.
+    2. A broker starts there.
+    Result: the buffered records are sent once it is up; none dropped."""
+    port = free_port()
+    topic = f"t.inv.late.{new_id()[:8]}"
+    records, metrics = make(Settings(invocations_topic=topic))
+    records.send_to(f"127.0.0.1:{port}")
+    made = [finish(records) for _ in range(20)]
+    await asyncio.sleep(0)  # the sender's first attempt fails meanwhile (nothing listens)
+    late = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
+    try:
+        await wait_until(lambda: metric(metrics, "faas_invocation_records_sent_total") == 20, 60, "sent")
+        got = await read_topic(late.bootstrap, topic, 20)
+        assert sorted(v["invocation_id"] for _, v in got) == sorted(made)
+        assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+    finally:
+        await records.stop(1)
+        late.stop()
+
+
+@pytest.mark.parametrize("buffer", [0])
+async def test_a_zero_buffer_drops_everything_counted(buffer: int) -> None:
+    records, metrics = make(Settings(records_buffer=buffer))
+    records.send_to(f"127.0.0.1:{free_port()}")
+    finish(records)
+    finish(records)
+    await records.stop(0)
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 2
+    assert len(records.recent()) == 2  # memory keeps them regardless

@@ -1,0 +1,53 @@
+"""Per-function 15-minute aggregates (framework/observe/stats.py): counts, failures, percentiles and
+the window."""
+
+from __future__ import annotations
+
+from framework.observe.stats import BOUNDS, WINDOW_MINUTES, FunctionStats, StatsBook
+
+T0 = 1_800_000_000.0  # a minute boundary (divisible by 60)
+
+
+def test_counts_failures_and_percentiles_within_a_bin() -> None:
+    s = FunctionStats("u", "f")
+    for i in range(1, 101):  # 1..100 ms
+        s.observe(T0 + 1, float(i), ok=i % 10 != 0)
+    snap = s.snapshot(T0 + 30)
+    assert snap["count"] == 100 and snap["failures"] == 10
+    assert snap["window_s"] == WINDOW_MINUTES * 60 and snap["function"] == "f" and snap["uuid"] == "u"
+    assert 50 <= snap["p50_ms"] <= 50 * 1.25
+    assert 99 <= snap["p99_ms"] <= 100  # capped by the longest duration seen
+    minutes = snap["minutes"]
+    assert len(minutes) == WINDOW_MINUTES
+    assert minutes[-1]["count"] == 100 and minutes[-1]["minute"].endswith(":00Z")
+    assert all(m["count"] == 0 and m["p50_ms"] is None for m in minutes[:-1])
+
+
+def test_old_minutes_leave_the_window_and_slots_are_reused() -> None:
+    s = FunctionStats("u", "f")
+    s.observe(T0, 5.0, ok=False)
+    s.observe(T0 + 60 * 3, 7.0, ok=True)
+    assert s.snapshot(T0 + 60 * 3)["count"] == 2
+    assert s.snapshot(T0 + 60 * WINDOW_MINUTES)["count"] == 1  # the first minute left the window
+    s.observe(T0 + 60 * WINDOW_MINUTES, 9.0, ok=True)  # same ring slot as T0: reset, not added
+    snap = s.snapshot(T0 + 60 * WINDOW_MINUTES)
+    assert snap["count"] == 2 and snap["failures"] == 0
+    assert s.snapshot(T0 + 60 * 40)["count"] == 0 and s.snapshot(T0 + 60 * 40)["p99_ms"] is None
+
+
+def test_extremes_land_in_the_edge_bins() -> None:
+    s = FunctionStats("u", "f")
+    s.observe(T0, 0.0, ok=True)
+    s.observe(T0, 120_000.0, ok=True)
+    snap = s.snapshot(T0)
+    assert snap["p50_ms"] == BOUNDS[0]  # the upper edge of the first bin
+    assert snap["p99_ms"] == 120_000.0
+
+
+def test_book_gives_zeros_for_a_function_that_never_ran() -> None:
+    book = StatsBook()
+    book.observe("u1", "one", T0, 3.0, ok=True)
+    assert book.of("u1", "one", T0)["count"] == 1
+    empty = book.of("u2", "two", T0)
+    assert empty["count"] == 0 and empty["function"] == "two" and len(empty["minutes"]) == WINDOW_MINUTES
+    assert book.of("u1", "renamed", T0)["count"] == 0  # a renamed function starts a fresh history

@@ -1,0 +1,152 @@
+"""Per-invocation log capture inside an instance (framework/runtime/worker/capture.py): caps, the dropped
+note, lines of other invocations and of no invocation, text that would not encode, the binary stdout."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text, utc_ms
+from framework.runtime.worker.watchdog import LogStream, current_invocation
+
+
+def test_keeps_entries_then_counts_the_rest() -> None:
+    cap = LogCapture(entries=3, chars=1000)
+    cap.begin("a")
+    for i in range(10):
+        cap.add("a", logging.INFO, f"line {i}")
+    logs = cap.end("a")
+    assert logs is not None
+    assert [e["message"] for e in logs] == ["line 0", "line 1", "line 2", "7 more log entries dropped"]
+    assert [e["level"] for e in logs] == ["INFO", "INFO", "INFO", "WARNING"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in logs)
+
+
+def test_character_cap_cuts_the_crossing_line() -> None:
+    """A 10 MB line keeps exactly the character budget, flagged truncated; later lines are only counted."""
+    cap = LogCapture(entries=10, chars=50)
+    cap.begin("a")
+    cap.add("a", logging.INFO, "x" * 30)
+    cap.add("a", logging.ERROR, "y" * 10_000_000)
+    cap.add("a", logging.INFO, "after")
+    logs = cap.end("a")
+    assert logs is not None
+    assert logs[0] == {"time": logs[0]["time"], "level": "INFO", "message": "x" * 30}
+    assert logs[1]["message"] == "y" * 20 and logs[1]["truncated"] is True and logs[1]["level"] == "ERROR"
+    assert logs[2]["message"] == "1 more log entries dropped"
+    assert sum(len(e["message"]) for e in logs[:-1]) == 50
+
+
+def test_zero_caps_keep_only_the_note() -> None:
+    cap = LogCapture(entries=0, chars=0)
+    cap.begin("b")
+    cap.add("b", logging.INFO, "hi")
+    cap.add("b", logging.INFO, "ho")
+    logs = cap.end("b")
+    assert logs is not None and [e["message"] for e in logs] == ["2 more log entries dropped"]
+
+
+def test_invocations_are_kept_apart_and_closed_ones_ignored() -> None:
+    cap = LogCapture(entries=10, chars=1000)
+    cap.begin("a")
+    cap.begin("b")
+    cap.add("a", logging.INFO, "for a")
+    cap.add("b", logging.INFO, "for b")
+    cap.add("nobody", logging.INFO, "not open")
+    a = cap.end("a")
+    cap.add("a", logging.INFO, "after a ended")
+    b = cap.end("b")
+    assert a is not None and [e["message"] for e in a] == ["for a"]
+    assert b is not None and [e["message"] for e in b] == ["for b"]
+    assert cap.end("a") is None  # ended once
+    cap.begin("quiet")
+    assert cap.end("quiet") is None  # logged nothing: no `logs` field in the reply
+
+
+def test_concurrent_threads_respect_the_caps() -> None:
+    cap = LogCapture(entries=10, chars=5000)
+    cap.begin("a")
+
+    def spam() -> None:
+        for _ in range(2000):
+            cap.add("a", logging.INFO, "z" * 3)
+
+    threads = [threading.Thread(target=spam) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    logs = cap.end("a")
+    assert logs is not None and len(logs) == 11
+    assert logs[-1]["message"] == "7990 more log entries dropped"
+
+
+def test_clean_text_replaces_lone_surrogates() -> None:
+    garbage = b"ok \xff\xfe end".decode("utf-8", "surrogateescape")
+    assert clean_text(garbage) == "ok ?? end"
+    assert clean_text("plain") == "plain" and clean_text("héllo ✓") == "héllo ✓"
+
+
+def test_utc_ms() -> None:
+    assert utc_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert utc_ms(1_700_000_000.1234) == "2023-11-14T22:13:20.123Z"
+
+
+@pytest.fixture
+def channel() -> Iterator[tuple[CapturingSender, socket.socket]]:
+    a, b = socket.socketpair()
+    b.settimeout(5)
+    yield CapturingSender(BlockingSender(a), LogCapture(entries=10, chars=1000)), b
+    a.close()
+    b.close()
+
+
+def _frames(sock: socket.socket, n: int) -> list[dict[str, object]]:
+    data = b""
+    out: list[dict[str, object]] = []
+    while len(out) < n:
+        data += sock.recv(65536)
+        while len(data) >= 4:
+            size = int.from_bytes(data[:4], "big")
+            if len(data) < 4 + size:
+                break
+            kind, hlen = data[4], int.from_bytes(data[5:9], "big")  # frame: length, kind, header length
+            assert kind == Kind.LOG
+            out.append(orjson.loads(data[9 : 9 + hlen]))
+            data = data[4 + size :]
+    return out
+
+
+def test_sender_forwards_every_line_and_keeps_the_invocations(
+    channel: tuple[CapturingSender, socket.socket],
+) -> None:
+    """Lines still reach the node (all of them, cleaned); only those of an open invocation are kept."""
+    sender, peer = channel
+    sender.capture.begin("inv-1")
+    stream = LogStream(sender, "stdout", logging.INFO)
+    token = current_invocation.set("inv-1")
+    try:
+        stream.write("mine\n")
+        stream.write(b"bad \xff".decode("utf-8", "surrogateescape") + "\n")
+    finally:
+        current_invocation.reset(token)
+
+    def other_thread() -> None:  # a thread the invocation did not start: empty context
+        stream.write("background\n")
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    stream.buffer.write(b"raw \xff\xfe bytes\n")  # sys.stdout.buffer, outside any invocation
+    frames = _frames(peer, 4)
+    assert [f["msg"] for f in frames] == ["mine", "bad ?", "background", "raw \ufffd\ufffd bytes"]
+    assert [f["inv"] for f in frames] == ["inv-1", "inv-1", None, None]
+    kept = sender.capture.end("inv-1")
+    assert kept is not None and [e["message"] for e in kept] == ["mine", "bad ?"]
