@@ -215,11 +215,10 @@ class Node:
         self.snapshots.remove()
         if self.broker is not None:
             self.broker.stop()
-        done = self.invoker.completed
         log.info(
             "stopped: %d invocations complete, %d failed, %d still in flight at the end",
-            done[0],
-            done[1],
+            self.invoker.succeeded,
+            self.invoker.failed,
             left,
         )
 

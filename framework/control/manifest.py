@@ -188,7 +188,7 @@ class Manifest(BaseModel):
     functions: tuple[FunctionSpec, ...] = ()
 
 
-def _yaml() -> YAML:
+def round_trip_yaml() -> YAML:
     return YAML(typ="rt")
 
 
@@ -208,7 +208,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-class _Errors:
+class ErrorCollector:
     """Collects `(line, col, message)` problems (0-based positions) and formats them sorted, once each."""
 
     def __init__(self, label: str) -> None:
@@ -267,7 +267,7 @@ def _validate(
     model: type[BaseModel],
     node: Any,
     at: tuple[int, int],
-    errors: _Errors,
+    errors: ErrorCollector,
     data: Any = None,
     prefix: str = "",
 ) -> Any:
@@ -289,10 +289,10 @@ def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _parse(path: Path, errors: _Errors) -> Any:
+def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     """The round-trip document of `path` (None for an empty file); syntax errors go to `errors`."""
     try:
-        return _yaml().load(path.read_text(encoding="utf-8"))
+        return round_trip_yaml().load(path.read_text(encoding="utf-8"))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" ({exc.context} started at line {exc.context_mark.line + 1})" if exc.context_mark else ""
@@ -309,9 +309,9 @@ def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
     `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
     folder, so a broken module can neither crash nor pollute this process.
     """
-    errors = _Errors(str(path))
+    errors = ErrorCollector(str(path))
     root = path.resolve().parent
-    doc = _parse(path, errors)
+    doc = parse_yaml(path, errors)
     if errors.found:
         raise ManifestError(errors.lines())
     if doc is None:

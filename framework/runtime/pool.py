@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError, Overloaded
 from framework.observe.metrics import Metrics
-from framework.runtime.handle import Instance
+from framework.runtime.handle import InstanceHandle
 from framework.runtime.template import Template
 from framework.types import Invocation, InvokeResult
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("faas.runtime")
 
-Slot = tuple[Instance, bool]
+Slot = tuple[InstanceHandle, bool]
 """An instance reserved for one request, and whether that request is a cold start."""
 
 
@@ -47,8 +47,8 @@ class FunctionPool:
         self._recorder = recorder
         """Told of every invocation that ends here (DESIGN.md section 13): this is where all of them pass."""
         self._log_caps = log_caps
-        self.instances: list[Instance] = []
-        self.exiting: set[Instance] = set()
+        self.instances: list[InstanceHandle] = []
+        self.exiting: set[InstanceHandle] = set()
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
@@ -75,7 +75,7 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
-    async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
+    async def call_on(self, inst: InstanceHandle, inv: Invocation) -> InvokeResult:
         """Run `inv` on this very instance (warm-ups), whatever its load."""
         if self._recorder is not None:
             return await self._recorded(inv, inst)
@@ -86,12 +86,12 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
 
-    async def _recorded(self, inv: Invocation, on: Instance | None) -> InvokeResult:
+    async def _recorded(self, inv: Invocation, on: InstanceHandle | None) -> InvokeResult:
         """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened."""
         assert self._recorder is not None
         started, t0 = time.time(), time.perf_counter()
         logs: list[Any] = []
-        inst: Instance | None = None
+        inst: InstanceHandle | None = None
         cold = False
         try:
             if on is None:
@@ -120,9 +120,9 @@ class FunctionPool:
         """Requests held: routed to an instance or waiting in the queue."""
         return sum(i.load for i in self.instances) + len(self._waiters)
 
-    def _pick(self) -> Instance | None:
-        best: Instance | None = None
-        starting: Instance | None = None
+    def _pick(self) -> InstanceHandle | None:
+        best: InstanceHandle | None = None
+        starting: InstanceHandle | None = None
         limit = self.spec.instances.concurrency
         for inst in self.instances:
             if inst.load >= limit or inst.dead:
@@ -169,11 +169,11 @@ class FunctionPool:
         finally:
             self._m_queued.dec()
 
-    def _reserve(self, inst: Instance) -> bool:
+    def _reserve(self, inst: InstanceHandle) -> bool:
         inst.load += 1
         return not inst.ready and not inst.warm
 
-    def _release(self, inst: Instance) -> None:
+    def _release(self, inst: InstanceHandle) -> None:
         inst.load -= 1
         inst.last_used = time.monotonic()
         if self._waiters:
@@ -201,9 +201,9 @@ class FunctionPool:
 
     # ---- instances ----
 
-    def start(self, warm: bool) -> Instance:
+    def start(self, warm: bool) -> InstanceHandle:
         """Start one instance in the background; requests may reserve it while it starts."""
-        inst = Instance(
+        inst = InstanceHandle(
             self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm, log_caps=self._log_caps
         )
         self.instances.append(inst)
@@ -213,7 +213,7 @@ class FunctionPool:
         task.add_done_callback(self._boots.discard)
         return inst
 
-    async def _boot(self, inst: Instance) -> None:
+    async def _boot(self, inst: InstanceHandle) -> None:
         t0 = time.perf_counter()
         try:
             await inst.start(self._template)
@@ -232,7 +232,7 @@ class FunctionPool:
         )
         self._dispatch()
 
-    def _on_exit(self, inst: Instance, reason: str | None) -> None:
+    def _on_exit(self, inst: InstanceHandle, reason: str | None) -> None:
         if not inst.exited.is_set():
             self.exiting.add(inst)
             inst.on_gone = self.exiting.discard

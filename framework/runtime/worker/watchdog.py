@@ -16,7 +16,7 @@ import traceback
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -51,7 +51,7 @@ class ForwardHandler(logging.Handler):
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
-            self._sender.send(Kind.LOG, header)
+            self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
 
@@ -102,7 +102,7 @@ class LogStream(io.TextIOBase):
             "inv": current_invocation.get(),
             "blocked": False,
         }
-        self._sender.send(Kind.LOG, header)
+        self._sender.send(FrameKind.LOG, header)
 
 
 class BinaryLines(io.RawIOBase):
