@@ -2,7 +2,7 @@
 
 Starts `faas run --no-kafka` on the example project (this folder's functions.yaml) on a free port, makes
 some invocations (a few of `add` fail on purpose), then lets Playwright drive the system's Chromium
-(`FAAS_CHROMIUM`, default /usr/bin/chromium) and writes docs/dashboard-functions.png and
+(`CHROMIUM_PATH`, default /usr/bin/chromium) and writes docs/dashboard-functions.png and
 docs/dashboard-function.png.
 """
 
@@ -22,7 +22,7 @@ from framework.kafka.embedded import free_port
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 ADD = "9ed35194-3b1f-46c8-a953-ca9db008e163"
-CHROMIUM = os.environ.get("FAAS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
 def start_node(port: int) -> subprocess.Popen[bytes]:

@@ -1,6 +1,6 @@
 """A real headless Chromium for the dashboard tests: Playwright's Python API on Debian's `chromium`.
 
-No browser is downloaded: Playwright launches the system's Chromium by its path (`FAAS_CHROMIUM`, default
+No browser is downloaded: Playwright launches the system's Chromium by its path (`CHROMIUM_PATH`, default
 `/usr/bin/chromium`). Without one, the dashboard tests do not run and say so in one line, except under CI
 (`CI=true`), where a missing Chromium fails the run: `.ci/run` installs it.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("FAAS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
 ]
 NOT_RUN = (
     f"dashboard browser tests did not run: no Chromium at {CHROMIUM} "
-    "(install it with `apt-get install chromium`, or set FAAS_CHROMIUM, then run `make test`)"
+    "(install it with `apt-get install chromium`, or set CHROMIUM_PATH, then run `make test`)"
 )
 
 

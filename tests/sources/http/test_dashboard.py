@@ -265,6 +265,33 @@ def test_invoke_error_and_html_result_render_as_text(node: Node, ui: Callable[..
     rec.assert_clean(expected_failures=(f"/functions/{BREAKER}/invoke",))
 
 
+@pytest.mark.parametrize(
+    ("hash_", "heading"),
+    [
+        ("#/fn/%3Cscript%3Ealert(1)%3C%2Fscript%3E", "Unknown function"),
+        ("#/fn/%E0%A4%A", "Unknown function"),
+        ("#/fn/" + SKETCH.upper(), "sketch"),
+        ("#/nowhere", "Functions"),
+        ("#<img src=x onerror=alert(1)>", "Functions"),
+    ],
+)
+def test_broken_addresses_show_a_page_not_an_error(
+    node: Node, ui: Callable[..., Recorder], hash_: str, heading: str
+) -> None:
+    """1. Open /ui with a hash that names no view, a function that does not exist, markup, a malformed
+    escape, or a known uuid in upper case.
+    Result: the functions list, an "Unknown function" page, or the function's page (uuids compare without
+    case); no page error, no dialog, no script inserted.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page(), hash_)
+    expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+    if heading == "Unknown function":
+        expect(page.locator("[data-f=facts]")).to_contain_text("not in this node's manifest")
+    assert page.locator("main script, main img").count() == 0
+    rec.assert_clean()
+
+
 def test_keyboard_only_invoke(node: Node, ui: Callable[..., Recorder]) -> None:
     """1. Open greeter's page; focus the payload field by its label, type a payload, press Ctrl+Enter.
     2. Type another payload, Tab to the Invoke button and press Enter.

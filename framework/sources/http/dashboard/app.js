@@ -414,6 +414,7 @@ function errorOut(r) {
 function functionView(uuid) {
   const expanded = new Set();
   let lastRecords = "", lastRevisions = "", lastFacts = "";
+  let target = uuid;  // the manifest's spelling of the uuid, once the listing has shown it
   return {
     name: "function",
     build(root, p) {
@@ -426,7 +427,7 @@ function functionView(uuid) {
         button.disabled = true;
         replace(p.out, el("p", { class: "hint", text: "Invoking…" }));
         try {
-          const r = await api("/functions/" + encodeURIComponent(uuid) + "/invoke",
+          const r = await api("/functions/" + encodeURIComponent(target) + "/invoke",
             { method: "POST", body: payload.body, headers: { "Content-Type": "application/json" } });
           if (r.ok && r.body) {
             replace(p.out, el("p", { class: "ok" }, el("strong", { text: "ok" }),
@@ -446,15 +447,16 @@ function functionView(uuid) {
     async update(root, p) {
       const list = await getJSON("/functions", "/functions");
       if (!list) return;
-      const f = (list.functions || []).find((x) => x.uuid === uuid);
+      const f = (list.functions || []).find((x) => String(x.uuid).toLowerCase() === uuid.toLowerCase());
+      if (f) target = f.uuid;
       if (!f) {
         p.name.textContent = "Unknown function";
         replace(p.facts, facts([["uuid", uuid], ["state", "not in this node's manifest"]]));
         return;
       }
       const [revs, recs] = await Promise.all([
-        getJSON("/functions/{uuid}/revisions", "/functions/" + encodeURIComponent(uuid) + "/revisions"),
-        getJSON("/invocations", "/invocations?limit=50&function=" + encodeURIComponent(uuid)),
+        getJSON("/functions/{uuid}/revisions", "/functions/" + encodeURIComponent(f.uuid) + "/revisions"),
+        getJSON("/invocations", "/invocations?limit=50&function=" + encodeURIComponent(f.uuid)),
       ]);
       document.title = f.name + " · faas dashboard";
       p.name.textContent = f.name;
@@ -615,7 +617,11 @@ function openView(view) {
 
 function viewFor(hash) {
   const m = /^#\/fn\/([^/]+)$/.exec(hash);
-  if (m) return functionView(decodeURIComponent(m[1]));
+  if (m) {
+    let uuid = m[1];
+    try { uuid = decodeURIComponent(uuid); } catch (e) { /* a malformed escape: shown as typed */ }
+    return functionView(uuid);
+  }
   if (hash === "#/events") return eventsView();
   if (hash === "#/failed") return failedView();
   return functionsView();
@@ -641,7 +647,7 @@ async function tick() {
       }
     }
     const view = state.view;
-    if (view && view.name !== "login") {
+    if (view && view.name !== "login" && !document.hidden) {  // a hidden tab does not poll the node
       await view.update(view.root, view.parts);
       if (state.view === view) { problem(""); stamp(); }
     }
@@ -658,6 +664,7 @@ async function start() {
   document.getElementById("signout").addEventListener("click", () => forgetKey("Key forgotten."));
   state.key = sessionStorage.getItem(KEY_STORE);
   window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(); });
   let ok = false;
   try {
     ok = await session();
