@@ -241,6 +241,42 @@ def test_function_page_updates_without_reload(node: Node, ui: Callable[..., Reco
     rec.assert_clean()
 
 
+def test_revisions_match_what_the_node_serves(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Open greeter's page.
+    Result: when the node serves `GET /functions/{uuid}/revisions` (GET /ui/session lists it), the page
+    lists each kept revision newest first with its action and author, and marks as live the revision
+    GET /functions names; the spec shown is that revision's. When the node does not serve it, the section
+    shows "-" and the page never asked for it.
+    """
+    routes = httpx.get(f"{node.url}/ui/session", timeout=30).json()["routes"]
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "greeter")
+    section = page.locator("[data-f=revisions]")
+    if "/functions/{uuid}/revisions" not in routes:
+        expect(section).to_have_text("- (this node keeps no revisions)")
+        expect(page.locator("#conn")).to_contain_text("updated")
+        assert not rec.calls("GET", f"/functions/{GREETER}/revisions")
+        rec.assert_clean()
+        return
+    kept = httpx.get(f"{node.url}/functions/{GREETER}/revisions", timeout=30).json()["revisions"]
+    entry = next(
+        f
+        for f in httpx.get(f"{node.url}/functions", timeout=30).json()["functions"]
+        if f["name"] == "greeter"
+    )
+    rows = section.locator("tbody tr")
+    expect(rows).to_have_count(len(kept))
+    for i, r in enumerate(kept):
+        expect(rows.nth(i).locator("td[data-label=Revision]")).to_contain_text(f"r{r['revision']}")
+        expect(rows.nth(i).locator("td[data-label=Action]")).to_contain_text(r["action"])
+        expect(rows.nth(i).locator("td[data-label=By]")).to_have_text(r["deployed_by"])
+    expect(section.locator("tr.live td[data-label=Revision]")).to_have_text(f"r{entry['revision']}live")
+    expect(page.locator("[data-f=facts]")).to_contain_text(f"Live revisionr{entry['revision']}")
+    expect(page.locator("[data-f=spec]")).to_contain_text('"handler": "functions.uih:greeter"')
+    rec.assert_clean()
+
+
 def test_invoke_error_and_html_result_render_as_text(node: Node, ui: Callable[..., Recorder]) -> None:
     """1. On breaker's page, invoke with {"fail": true, "say": "<img src=x onerror=alert(2)>"}.
     2. On greeter's page, invoke with a word that is a script tag.
