@@ -93,5 +93,41 @@ class Dashboard:
         ]
 
 
+def openapi_paths() -> dict[str, Any]:
+    """The dashboard's page and its session answer, for `/openapi.json` (its script and stylesheet are not
+    described: they are parts of the page)."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    session = {
+        "type": "object",
+        "required": ["auth", "key_ok", "routes"],
+        "properties": {
+            "auth": {"type": "boolean", "description": "whether the API needs a key (FAAS_API_KEYS)"},
+            "key_ok": {"type": "boolean", "description": "whether this request's bearer key is valid"},
+            "routes": {"type": "array", "items": {"type": "string"}, "description": "the node's routes"},
+        },
+    }
+    return {
+        "/ui": {
+            "get": {
+                "summary": "The web dashboard (DESIGN.md section 16); open even with API keys",
+                "operationId": "dashboard",
+                "responses": {"200": {"description": "the dashboard's page", "content": html}},
+            }
+        },
+        "/ui/session": {
+            "get": {
+                "summary": "For the dashboard: is a key needed, is this one valid, which routes",
+                "operationId": "dashboardSession",
+                "responses": {
+                    "200": {
+                        "description": "always 200, so checking a key logs no failed request",
+                        "content": {"application/json": {"schema": session}},
+                    }
+                },
+            }
+        },
+    }
+
+
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise RuntimeError("only BearerAuth.allowed is used on this instance")

@@ -10,7 +10,7 @@ from typing import Any
 
 from framework import __version__
 from framework.errors import ERRORS, INVOCATION_ERRORS
-from framework.sources.http import invocations
+from framework.sources.http import dashboard, invocations
 from framework.sources.http.openapi_schemas import ANY_JSON, SCHEMAS, ref
 
 
@@ -181,7 +181,7 @@ def openapi_document(auth: bool = False) -> dict[str, Any]:
             "version": __version__,
             "description": "Direct invocation, listings, HTTP events and operations of one node.",
         },
-        "paths": {**_paths(security), **invocations.openapi_paths(auth)},
+        "paths": {**_paths(security), **invocations.openapi_paths(auth), **dashboard.openapi_paths()},
         "components": {
             "schemas": {**SCHEMAS, **invocations.SCHEMAS},
             "securitySchemes": {

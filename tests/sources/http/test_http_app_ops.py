@@ -111,6 +111,8 @@ async def test_openapi_validates(keys: str) -> None:
         "/invocations/stats",
         "/invocations/{invocation_id}",
         "/functions/{uuid}/stats",
+        "/ui",
+        "/ui/session",
     }
     invoke = spec["paths"]["/functions/{uuid}/invoke"]["post"]
     expected = {"200", "400", "404", "413", "429", "500", "502", "504"} | ({"401"} if keys else set())
