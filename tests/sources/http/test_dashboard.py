@@ -164,6 +164,44 @@ def test_list_updates_without_reload_after_outside_invocations(
     rec.assert_clean()
 
 
+def test_list_degrades_to_dashes_without_records_and_computes_stats_from_them(
+    node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. Invoke greeter and breaker (one failure) over HTTP; open /ui.
+    2. In the page, compute the 15-minute figures from GET /invocations alone (as for a node without
+       /invocations/stats) and compare them with the node's own.
+    3. Make the page believe the node serves no invocation records at all.
+    Result: 2 gives the same counts and failures per function, and percentiles within the node's bin width
+    (25 %); 3 shows "-" in the invocation columns at the next refresh, with no failed request.
+    """
+    assert invoke(node, GREETER, {"word": "x"}).status_code == 200
+    assert invoke(node, BREAKER, {"fail": True}).status_code == 500
+    rec = ui(node)
+    page = rec.open(rec.page())
+    expect(row_of(page, "breaker").locator("td[data-label=Invocations]")).to_contain_text("in 15 min")
+    both = page.evaluate(
+        """async () => {
+          const own = await loadStats();
+          state.routes.delete("/invocations/stats");
+          const computed = await loadStats();
+          state.routes.add("/invocations/stats");
+          return [Object.fromEntries(own), Object.fromEntries(computed)];
+        }"""
+    )
+    own, computed = both
+    for uuid in (GREETER, BREAKER):
+        assert computed[uuid]["count"] == own[uuid]["count"] > 0
+        assert computed[uuid]["failures"] == own[uuid]["failures"]
+        for q in ("p50_ms", "p99_ms"):
+            assert computed[uuid][q] == pytest.approx(own[uuid][q], rel=0.25), (uuid, q)
+    assert own[BREAKER]["failures"] >= 1
+
+    page.evaluate('() => { state.routes.delete("/invocations/stats"); state.routes.delete("/invocations"); }')
+    for label in ("Invocations", "Failures", "Duration"):
+        expect(row_of(page, "greeter").locator(f"td[data-label={label}]")).to_have_text("-")
+    rec.assert_clean()
+
+
 # ---- a function's page ----
 
 
