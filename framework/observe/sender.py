@@ -68,7 +68,6 @@ class RecordSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._partitions: list[int] = []
         self._inflight = 0
         self._dropped_since_warning = 0
         self._warned_at = 0.0
@@ -157,7 +156,7 @@ class RecordSender:
             )
             try:
                 async with asyncio.timeout(SEND_TIMEOUT):
-                    self._partitions = sorted(await producer.partitions_for(self.topic))
+                    await producer.partitions_for(self.topic)  # the client follows this topic from now on
             except BaseException:
                 await producer.stop()
                 raise
@@ -166,7 +165,13 @@ class RecordSender:
 
     async def _send(self, producer: AIOKafkaProducer, records: list[dict[str, Any]]) -> int:
         """Produce `records`, one batch per partition; returns how many were not acknowledged."""
-        partitions = self._partitions
+        # Fresh metadata every round (one small request): a broker replaced by an empty one (the embedded
+        # broker keeps nothing across a restart) acknowledges writes to partitions its topic does not have,
+        # and readers never see them, so a stale partition list would lose records counted as sent.
+        await producer.client.force_metadata_update()
+        partitions = sorted(producer.client.cluster.partitions_for_topic(self.topic) or ())
+        if not partitions:
+            partitions = sorted(await producer.partitions_for(self.topic))
         lanes: dict[int, list[tuple[bytes, bytes]]] = {}
         for record in records:
             key = str(record["uuid"]).encode()
