@@ -51,7 +51,8 @@ class Node:
         self.metrics = Metrics()
         self.runtime = Runtime(settings, self.metrics)
         self.records = InvocationRecords(settings, self.metrics)
-        self.runtime.recorder = self.records
+        if settings.records:
+            self.runtime.recorder = self.records
         self.snapshots = CodeSnapshots()
         self.invoker = Invoker(self.runtime, Registry(self._snapshot(manifest)), self.metrics)
         self.manifest_errors: list[str] = []
@@ -142,7 +143,7 @@ class Node:
         self._install_signal_handlers()
         await self.runtime.start()
         bootstrap = self._bootstrap() if self.kafka_enabled else None
-        if bootstrap is not None:
+        if bootstrap is not None and self.settings.records:
             self.records.send_to(bootstrap)
         if bootstrap is not None:
             self.kafka = KafkaSource(self.settings, self.invoker, self.metrics, bootstrap)

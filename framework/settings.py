@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     """Log entries kept per invocation record."""
     log_chars: int = Field(5000, ge=0)
     """Characters of log message text kept per invocation record."""
+    records: bool = True
+    """Invocation records (DESIGN.md section 13); off: none kept, produced or aggregated (for comparisons)."""
     records_buffer: int = Field(10_000, ge=0)
     """Invocation records waiting to be produced, at most; beyond that the oldest are dropped and counted."""
     node_name: str = ""

@@ -79,9 +79,12 @@ def test_documented_routes_answer(tmp_path: Path, broker: EmbeddedBroker, nodes:
     productive = next(f for f in listed if f["state"] == "productive" and not f["events"])
     event = next(e for f in listed if f["state"] == "productive" for e in f["events"])
     routes = _routes()
-    assert len(routes) == 9
+    assert len(routes) == 13
+    invoked = httpx.post(f"{node.url}/functions/{productive['uuid']}/invoke", json={"a": 1}, timeout=30)
+    invocation = invoked.json()["invocation_id"]
     for method, path in routes:
         url = node.url + path.replace("{uuid}", productive["uuid"]).replace("{type}", event)
+        url = url.replace("{invocation_id}", invocation)
         r = httpx.request(method, url, json={"a": 1, "b": 2}, timeout=30)
         assert r.status_code not in (404, 405), (method, path, r.status_code, r.text)
         assert r.status_code < 500, (method, path, r.status_code, r.text)

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -36,7 +37,7 @@ from aiokafka.partitioner import murmur2
 from framework.kafka.options import ensure_topics, security_options, start_producer
 
 if TYPE_CHECKING:
-    from framework.observe.records import RecordCounters
+    from framework.observe.records import Ended, RecordCounters
     from framework.settings import Settings
 
 log = logging.getLogger("faas.records")
@@ -58,17 +59,23 @@ WARN_EVERY = 30.0
 class RecordSender:
     """A bounded buffer of records and the task that produces them."""
 
-    def __init__(self, bootstrap: str, settings: Settings, counters: RecordCounters) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        settings: Settings,
+        counters: RecordCounters,
+        render: Callable[[Ended], dict[str, Any]],
+    ) -> None:
+        self.render = render
         self.bootstrap = bootstrap
         self.settings = settings
         self.topic = settings.invocations_topic
         self.capacity = settings.records_buffer
         self.counters = counters
-        self._buf: deque[dict[str, Any]] = deque()
+        self._buf: deque[Ended] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._partitions: list[int] = []
         self._inflight = 0
         self._dropped_since_warning = 0
         self._warned_at = 0.0
@@ -80,7 +87,7 @@ class RecordSender:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="faas-records")
 
-    def offer(self, record: dict[str, Any]) -> None:
+    def offer(self, record: Ended) -> None:
         """Queue one record (the invocation's path: no await, no failure)."""
         if len(self._buf) >= self.capacity:
             if self.capacity == 0:
@@ -137,7 +144,7 @@ class RecordSender:
                 self._warn(f"invocation records not acknowledged: {exc!r}")
             finally:
                 self._inflight = 0
-            self.counters.sent.inc(len(batch) - failed)
+            self.counters.sent += len(batch) - failed
             if failed:
                 self._drop(failed, "the broker did not acknowledge them")
                 await self._close()  # a fresh producer next round: aiokafka's may be stuck
@@ -157,18 +164,25 @@ class RecordSender:
             )
             try:
                 async with asyncio.timeout(SEND_TIMEOUT):
-                    self._partitions = sorted(await producer.partitions_for(self.topic))
+                    await producer.partitions_for(self.topic)  # the client follows this topic from now on
             except BaseException:
                 await producer.stop()
                 raise
             self._producer = producer
         return self._producer
 
-    async def _send(self, producer: AIOKafkaProducer, records: list[dict[str, Any]]) -> int:
+    async def _send(self, producer: AIOKafkaProducer, records: list[Ended]) -> int:
         """Produce `records`, one batch per partition; returns how many were not acknowledged."""
-        partitions = self._partitions
+        # Fresh metadata every round (one small request): a broker replaced by an empty one (the embedded
+        # broker keeps nothing across a restart) acknowledges writes to partitions its topic does not have,
+        # and readers never see them, so a stale partition list would lose records counted as sent.
+        await producer.client.force_metadata_update()
+        partitions = sorted(producer.client.cluster.partitions_for_topic(self.topic) or ())
+        if not partitions:
+            partitions = sorted(await producer.partitions_for(self.topic))
         lanes: dict[int, list[tuple[bytes, bytes]]] = {}
-        for record in records:
+        for ended in records:
+            record = self.render(ended)
             key = str(record["uuid"]).encode()
             partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             lanes.setdefault(partition, []).append((key, orjson.dumps(record)))
@@ -199,7 +213,7 @@ class RecordSender:
                     await producer.stop()
 
     def _drop(self, count: int, why: str) -> None:
-        self.counters.dropped.inc(count)
+        self.counters.dropped += count
         self._dropped_since_warning += count
         self._warn(why)
 

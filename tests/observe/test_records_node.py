@@ -313,3 +313,15 @@ def test_records_of_a_node_without_kafka_stay_in_memory(tmp_path: Path, nodes: C
     assert one(n, r.json()["invocation_id"])["ok"] is True
     metrics = httpx.get(f"{n.url}/metrics", timeout=10).text
     assert "faas_invocation_records_total 0.0" in metrics
+
+
+def test_records_off(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. `faas run --no-kafka` with FAAS_RECORDS=false; invoke echo.
+    Result: the invocation answers; no record is kept, aggregated or made."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, None, kafka=False, env={"FAAS_RECORDS": "false"}).wait_ready(60)
+    r = invoke(n, ECHO, {"tok": "off"})
+    assert r.status_code == 200, r.text
+    assert httpx.get(f"{n.url}/invocations", timeout=10).json() == {"invocations": []}
+    assert httpx.get(f"{n.url}/functions/{ECHO}/stats", timeout=10).json()["count"] == 0
+    assert httpx.get(f"{n.url}/invocations/{r.json()['invocation_id']}", timeout=10).status_code == 404
