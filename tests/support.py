@@ -90,6 +90,7 @@ class Node:
         self.events = f"t.events.{self.tag}"
         self.replies = f"t.replies.{self.tag}"
         self.deadletter = f"t.dead.{self.tag}"
+        self.deployments = f"t.deploy.{self.tag}"
         full = os.environ.copy()
         full.update(
             {
@@ -99,6 +100,7 @@ class Node:
                 "FAAS_EVENTS_TOPIC": self.events,
                 "FAAS_REPLIES_TOPIC": self.replies,
                 "FAAS_DEADLETTER_TOPIC": self.deadletter,
+                "FAAS_DEPLOYMENTS_TOPIC": self.deployments,
                 "FAAS_SCHEDULER_TOPIC": f"t.scheduler.{self.tag}",
                 "FAAS_KAFKA_GROUP_ID": f"t-{self.tag}",
                 "FAAS_LOG_FORMAT": "text",

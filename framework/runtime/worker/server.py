@@ -108,6 +108,7 @@ class Server:
         self.instance_id: str = config["instance_id"]
         self.timeout: float = config["timeout"]
         self.handler: str = config["handler"]
+        self.revision: int | None = config.get("revision")
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.log = logging.getLogger(f"function.{self.function}")
         self.pool = ThreadPoolExecutor(
@@ -204,6 +205,7 @@ class Server:
             instance_id=self.instance_id,
             cold_start=header["c"],
             attempt=header.get("a", 1),
+            revision=self.revision,
         )
         ev: Header | None = header.get("ev")
         if ev is not None:

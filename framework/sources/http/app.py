@@ -138,7 +138,24 @@ class HttpSource:
             "events": list(spec.events),
             "schedules": schedules,
             "instances": self.node.invoker.instance_count(spec.name),
+            **self._deployment(spec.uuid),
         }
+
+    def _deployment(self, uuid: str) -> dict[str, Any]:
+        """`revision`, `modified`, `deployed_at` (section 12); null, false, null before the log is read."""
+        deployments = getattr(self.node, "deployments", None)
+        if deployments is None:
+            return {"revision": None, "modified": False, "deployed_at": None}
+        status: dict[str, Any] = deployments.status(uuid)
+        return status
+
+    async def function_revisions(self, request: Request) -> Response:
+        uuid: str = request.path_params["uuid"]
+        deployments = getattr(self.node, "deployments", None)
+        kept = deployments.revisions(uuid) if deployments is not None else None
+        if kept is None and self.node.registry.by_uuid(uuid) is None:
+            raise NotFound(f"no function with uuid {uuid}")
+        return JSONResponse({"revisions": kept or []})
 
     # ---- events ----
 
@@ -186,6 +203,7 @@ class HttpSource:
             Route("/functions/{uuid}/invoke", g(self.invoke), methods=["POST"]),
             Route("/functions", g(self.list_functions), methods=["GET"]),
             Route("/functions/{uuid}", g(self.get_function), methods=["GET"]),
+            Route("/functions/{uuid}/revisions", g(self.function_revisions), methods=["GET"]),
             Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
             Route("/events/{type}", g(self.emit), methods=["POST"]),
             Route("/healthz", g(self.healthz), methods=["GET"]),
