@@ -99,7 +99,7 @@ def register(main: click.Group) -> None:
 def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str | None) -> None:
     """Validate the working copy and publish a revision of each NAME (that changed)."""
     if not names and not all_:
-        raise click.UsageError("name a function to deploy, or --all")
+        raise click.UsageError("Missing argument 'NAMES...': name a function to deploy, or use --all")
     manifest = load(settings)
     specs = _targets(manifest, names, all_)
     found = candidates(manifest, settings.max_code_bytes, message)
@@ -114,17 +114,17 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
         return
 
     async def publish(log: KafkaLog) -> list[str]:
-        lines = []
+        items = []
         for spec in specs:
             cand = found[spec.uuid]
             assert cand.revision is not None
-            rev, new = await log.publish(cand.revision, cand.code)
-            lines.append(
-                f"{spec.name}: revision {rev.revision} deployed"
-                if new
-                else f"{spec.name}: unchanged, revision {rev.revision}"
-            )
-        return lines
+            items.append((cand.revision, cand.code))
+        return [
+            f"{rev.function}: revision {rev.revision} deployed"
+            if new
+            else f"{rev.function}: unchanged, revision {rev.revision}"
+            for rev, new in await log.publish_all(items)
+        ]
 
     try:
         lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)

@@ -35,6 +35,8 @@ log = logging.getLogger("faas.deployments")
 
 POLL_MS = 200
 """Milliseconds one fetch of the follower waits for new records."""
+FETCH_WAIT_MS = 100
+"""Milliseconds the broker may hold a fetch with no new records: bounds how late a revision is seen."""
 CHECK_EVERY = 2.0
 """Seconds between checks of the end offset, to notice a log that was lost (broker restarted empty)."""
 READ_BACK_TIMEOUT = 10.0
@@ -59,30 +61,50 @@ class DeploymentLog:
     async def catch_up(self) -> None:
         """Return once every record written before the call is applied."""
 
-    async def write(self, key: str, value: bytes | None) -> None:
-        """Write one record and wait for its acknowledgement."""
+    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        """Write `records` in order and wait until every one is acknowledged."""
         raise NotImplementedError
 
     async def publish(self, candidate: Revision, code: bytes | None) -> tuple[Revision, bool]:
         """Publish `candidate` as the next revision of its function, unless it equals the newest one.
 
-        Returns (the revision now newest, whether it is new). Publications are serialised per log and
-        numbered after reading the log to its end, so concurrent writers rarely pick the same number;
-        when they do, the last record of the key wins, as in any compacted topic.
+        Returns (the revision now newest, whether it is new). See `publish_all`.
+        """
+        return (await self.publish_all([(candidate, code)]))[0]
+
+    async def publish_all(self, items: list[tuple[Revision, bytes | None]]) -> list[tuple[Revision, bool]]:
+        """Publish each candidate (one per function) that differs from its function's newest revision.
+
+        The code records go first and are acknowledged before any revision record is written (a revision
+        is never on the log without its code); then the revision records and the tombstones of the
+        revisions that fall out of the newest `KEPT`; then the log is read back up to them. Publications
+        are serialised per log and numbered after reading the log to its end, so concurrent writers rarely
+        pick the same number; when they do, the last record of the key wins, as in a compacted topic.
         """
         async with self._lock:
             await self.catch_up()
-            newest = self.state.newest(candidate.uuid)
-            if newest is not None and candidate.same_as(newest):
-                return newest, False
-            rev = candidate.numbered(self.state.next_number(candidate.uuid))
-            if code is not None and rev.code_sha256 is not None and rev.code_sha256 not in self.state.codes:
-                await self.write(code_key(rev.code_sha256), code)
-            await self.write(rev.key, encode(rev))
-            if rev.revision > KEPT:
-                await self.write(revision_key(rev.uuid, rev.revision - KEPT), None)
-            await self.catch_up()
-            return rev, True
+            out: list[tuple[Revision, bool]] = []
+            codes: dict[str, bytes] = {}
+            records: list[tuple[str, bytes | None]] = []
+            for candidate, code in items:
+                newest = self.state.newest(candidate.uuid)
+                if newest is not None and candidate.same_as(newest):
+                    out.append((newest, False))
+                    continue
+                rev = candidate.numbered(self.state.next_number(candidate.uuid))
+                sha = rev.code_sha256
+                if code is not None and sha is not None and sha not in self.state.codes:
+                    codes[code_key(sha)] = code
+                records.append((rev.key, encode(rev)))
+                if rev.revision > KEPT:
+                    records.append((revision_key(rev.uuid, rev.revision - KEPT), None))
+                out.append((rev, True))
+            if codes:
+                await self.write(list(codes.items()))
+            if records:
+                await self.write(records)
+                await self.catch_up()
+            return out
 
     async def republish(self, revisions: list[Revision], code: Callable[[str], bytes | None]) -> int:
         """Write again the `revisions` (and their code) the log no longer holds; returns how many."""
@@ -98,8 +120,8 @@ class DeploymentLog:
                     if data is None:
                         log.error("cannot publish %s again: its code %s is not cached", rev.key, sha[:12])
                         continue
-                    await self.write(code_key(sha), data)
-                await self.write(rev.key, encode(rev))
+                    await self.write([(code_key(sha), data)])
+                await self.write([(rev.key, encode(rev))])
                 count += 1
             await self.catch_up()
         return count
@@ -112,8 +134,11 @@ class DeploymentLog:
 class MemoryLog(DeploymentLog):
     """The log in this process only (`faas run --no-kafka`): a write is applied at once."""
 
-    async def write(self, key: str, value: bytes | None) -> None:
-        if self.state.apply(key, value, "in memory"):
+    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        changed = False
+        for key, value in records:
+            changed |= self.state.apply(key, value, "in memory")
+        if changed:
             self._changed()
 
 
@@ -133,6 +158,7 @@ class KafkaLog(DeploymentLog):
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._moved = asyncio.Event()
+        self._low = 0
 
     @property
     def fetch_bytes(self) -> int:
@@ -149,6 +175,7 @@ class KafkaLog(DeploymentLog):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.fetch_bytes,
             fetch_max_bytes=self.fetch_bytes,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             **security_options(self.settings),
         )
         await consumer.start()
@@ -169,12 +196,15 @@ class KafkaLog(DeploymentLog):
                 with contextlib.suppress(KafkaError, OSError):
                     await client.stop()
 
-    async def write(self, key: str, value: bytes | None) -> None:
+    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
         if self._producer is None:
             self._producer = await start_producer(
                 self.bootstrap, self.settings, max_request_size=max(self.fetch_bytes, 16 * 1024 * 1024)
             )
-        await self._producer.send_and_wait(self.topic, value=value, key=key.encode(), partition=0)
+        for key, value in records:
+            # One record per request: Tansu reports a high watermark of base offset + 1 after a batch of
+            # several records, which would make readers stop short of the end.
+            await self._producer.send_and_wait(self.topic, value=value, key=key.encode(), partition=0)
 
     async def end_offset(self) -> int:
         assert self._consumer is not None
@@ -182,8 +212,6 @@ class KafkaLog(DeploymentLog):
 
     async def catch_up(self) -> None:
         end = await self.end_offset()
-        if end < self.position:
-            self._reset(end)
         while self.position < end:
             if self._task is not None and not self._task.done():
                 self._moved.clear()
@@ -241,7 +269,12 @@ class KafkaLog(DeploymentLog):
             options = security_options(self.settings)
             await asyncio.wait_for(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_EVERY * 2)
             end = await asyncio.wait_for(self.end_offset(), CHECK_EVERY)
-        if end < self.position:
+        if end >= self.position:
+            self._low = 0
+            return
+        self._low += 1
+        if self._low >= 2:  # twice in a row, CHECK_EVERY apart: not a passing glitch
+            self._low = 0
             self._reset(end)
 
 

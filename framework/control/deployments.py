@@ -163,6 +163,7 @@ class Deployments:
         self.refresh()
 
     async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> None:
+        changed = []
         for uuid, cand in after.items():
             old = before.get(uuid)
             if not cand.spec.productive:
@@ -177,24 +178,28 @@ class Deployments:
                 and cand.revision.same_as(old.revision)
             )
             if not unchanged:
-                await self._deploy(cand)
+                changed.append(cand)
+        await self._deploy(*changed)
         for uuid, old in before.items():
             if uuid not in after and old.spec.productive:
                 await self._undeploy(old.spec)
 
     async def _bootstrap(self) -> None:
-        for uuid, cand in self.candidates.items():
-            if cand.spec.productive and not self.log.state.kept(uuid):
-                await self._deploy(cand)
+        missing = [c for u, c in self.candidates.items() if c.spec.productive and not self.log.state.kept(u)]
+        await self._deploy(*missing)
 
-    async def _deploy(self, cand: Candidate) -> None:
-        if cand.revision is None:
-            log.error("function %s not deployed: %s", cand.spec.name, cand.error)
+    async def _deploy(self, *cands: Candidate) -> None:
+        for cand in cands:
+            if cand.revision is None:
+                log.error("function %s not deployed: %s", cand.spec.name, cand.error)
+        items = [(c.revision, c.code) for c in cands if c.revision is not None]
+        if not items:
             return
         async with self._queue:
-            rev, new = await self.log.publish(cand.revision, cand.code)
-        if new:
-            log.info("function %s: revision %d deployed", rev.function, rev.revision)
+            published = await self.log.publish_all(items)
+        for rev, new in published:
+            if new:
+                log.info("function %s: revision %d deployed", rev.function, rev.revision)
 
     async def _undeploy(self, spec: FunctionSpec) -> None:
         newest = self.log.state.newest(spec.uuid)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +9,7 @@ from typing import Any
 import httpx
 
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Node, consume, new_id, run_cli, wait_for, write_project
+from tests.support import Node, new_id, run_cli, wait_for, write_project
 
 NO_WATCH = {"FAAS_WATCH": "false"}
 
@@ -91,7 +87,7 @@ def test_nodes_serve_code_deployed_from_another_folder(
     out = deploy(third, cli_env(a, broker.bootstrap), "alpha", "-m", "from the third folder")
     assert "alpha: revision 2 deployed" in out
     for n in (a, b):
-        wait_for(lambda n=n: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")  # noqa: B023
     assert "v1" in (one / "functions" / "m.py").read_text()
     late = nodes(one, broker.bootstrap, tag=tag, env=NO_WATCH).wait_ready()
     assert served(late, u) == {"v": "v2", "rev": 2}
