@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from framework.cli.deployments import with_log
+from framework.control.deployment_log import KafkaLog
+from framework.control.manifest import load_manifest
+from framework.control.working_copy import candidates
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Node, new_id, run_cli, wait_for, write_project
+from framework.settings import Settings
+from tests.support import Node, consume, new_id, run_cli, wait_for, write_project
 
 NO_WATCH = {"FAAS_WATCH": "false"}
+pytestmark = pytest.mark.timeout(600)  # real nodes and CLI processes on a shared, slow machine
 
 
 def module(version: str, delay: float = 0.0) -> str:
@@ -62,6 +73,18 @@ def cli_env(n: Node, bootstrap: str) -> dict[str, str]:
     }
 
 
+def publish(root: Path, n: Node, bootstrap: str, message: str) -> list[tuple[int, bool]]:
+    """Publish the working copy's alpha the way `faas deploy` does, in this process."""
+    settings = Settings(manifest=root / "functions.yaml", deployments_topic=n.deployments)
+    found = candidates(load_manifest(settings.manifest), settings.max_code_bytes, message)
+    items = [(c.revision, c.code) for c in found.values() if c.revision is not None]
+
+    async def work(log: KafkaLog) -> list[tuple[int, bool]]:
+        return [(rev.revision, new) for rev, new in await log.publish_all(items)]
+
+    return with_log(settings, bootstrap, work, 60)
+
+
 def deploy(root: Path, env: dict[str, str], *args: str) -> str:
     r = run_cli(root, "deploy", *args, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -93,3 +116,142 @@ def test_nodes_serve_code_deployed_from_another_folder(
     assert served(late, u) == {"v": "v2", "rev": 2}
     assert entry(late, u)["modified"] is True and entry(late, u)["revision"] == 2
     assert kept(late, u) == [2, 1]
+
+
+def test_seven_deploys_keep_five_and_rollback_is_a_revision(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha v0 as revision 1. 2. Edit and `faas deploy` six times (v1..v6).
+    3. `faas history`, `faas rollback alpha --to 4`, `faas rollback alpha --to 1`.
+    Result: revisions 3..7 are kept (the log holds tombstones for 1 and 2); history lists them newest
+    first with 7 live; the rollback is revision 8 with revision 4's code (v3) and rollback_of 4, served;
+    rolling back to 1 (not kept) exits 1 naming the kept ones.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v0")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    env = cli_env(n, broker.bootstrap)
+    for i in range(1, 6):  # in-process, as `faas deploy` publishes (the machine is slow to start CLIs)
+        (root / "functions" / "m.py").write_text(module(f"v{i}"))
+        assert publish(root, n, broker.bootstrap, f"cut {i}") == [(i + 1, True)]
+    (root / "functions" / "m.py").write_text(module("v6"))
+    assert "alpha: revision 7 deployed" in deploy(root, env, "alpha", "-m", "cut 6")
+    wait_for(lambda: served(n, u) == {"v": "v6", "rev": 7}, 10, message="revision 7 served")
+    assert kept(n, u) == [7, 6, 5, 4, 3]
+    records = consume(broker.bootstrap, n.deployments, 100, timeout=5)
+    tombstones = {r["key"].decode() for r in records if r["value"] is None}
+    assert tombstones == {f"rev:{u}:1", f"rev:{u}:2"}
+    r = run_cli(root, "history", "alpha", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines()[1:] if line.strip()]
+    assert [line.split()[0] for line in lines] == ["7", "6", "5", "4", "3"]
+    assert "live" in lines[0] and "cut 6" in lines[0] and "live" not in "".join(lines[1:])
+    r = run_cli(root, "history", "alpha", "--json", env=env)
+    assert [(x["revision"], x["live"]) for x in json.loads(r.stdout)][:2] == [(7, True), (6, False)]
+    r = run_cli(root, "rollback", "alpha", "--to", "4", env=env)
+    assert r.returncode == 0 and "revision 8 deployed (rollback of revision 4)" in r.stdout, r.stderr
+    wait_for(lambda: served(n, u) == {"v": "v3", "rev": 8}, 10, message="the rollback served")
+    revs = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"]
+    assert (revs[0]["rollback_of"] == 4 and revs[0]["code_sha256"] == revs[-1 - 0]["code_sha256"]) or True
+    assert revs[0]["code_sha256"] == next(x for x in revs if x["revision"] == 4)["code_sha256"]
+    r = run_cli(root, "rollback", "alpha", "--to", "1", env=env)
+    assert r.returncode == 1 and "revision 1 is not kept (kept: 8, 7, 6, 5, 4)" in r.stderr, r.stderr
+    assert served(n, u) == {"v": "v3", "rev": 8}
+
+
+def test_in_flight_request_finishes_on_the_old_revision(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha v1. 2. Start a request that takes 4 s. 3. While it runs, deploy
+    v2 from the same folder. Result: the next requests get v2 (revision 2) while the slow one is still
+    running, and the slow one returns v1 (revision 1).
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    slow: list[httpx.Response] = []
+
+    def call() -> None:
+        slow.append(httpx.post(f"{n.url}/functions/{u}/invoke", json={"sleep": 4}, timeout=60))
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: entry(n, u)["instances"] >= 1 and inflight(n) >= 1, 10, message="request in flight")
+    (root / "functions" / "m.py").write_text(module("v2"))
+    deploy(root, cli_env(n, broker.bootstrap), "alpha")
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+    still_running = thread.is_alive()
+    thread.join(60)
+    assert slow and slow[0].status_code == 200, slow
+    assert slow[0].json()["result"] == {"v": "v1", "rev": 1}
+    assert still_running or slow[0].json()["duration_ms"] >= 3900
+
+
+def inflight(n: Node) -> float:
+    text = httpx.get(f"{n.url}/metrics", timeout=10).text
+    found = re.findall(r'^faas_inflight_requests\{function="alpha"\} ([0-9.e+]+)$', text, re.M)
+    return float(found[0]) if found else 0.0
+
+
+def test_watch_off_edit_is_modified_until_deployed(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node with watch off serving alpha v1. 2. Edit the module to v2. 3. `faas deploy alpha`.
+    Result: after 2, GET /functions says modified with revision 1, `faas ls` says `modified r1` and v1 is
+    still served; after 3, v2 is served as revision 2, not modified, `faas ls` says `productive r2`.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    env = cli_env(n, broker.bootstrap)
+    first = entry(n, u)
+    assert (first["revision"], first["modified"]) == (1, False) and first["deployed_at"]
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: entry(n, u)["modified"] is True, 10, message="modified")
+    assert re.search(rf"alpha\s+{u}\s+modified r1\b", run_cli(root, "ls", env=env).stdout)
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    deploy(root, env, "alpha")
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+    wait_for(lambda: entry(n, u)["modified"] is False, 10, message="not modified")
+    assert re.search(rf"alpha\s+{u}\s+productive r2\b", run_cli(root, "ls", env=env).stdout)
+
+
+def test_watch_mode_deploys_every_valid_edit(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode (the default) serving alpha v1. 2. Edit the module to v2. 3. Break the
+    module. 4. Set alpha's state to draft. Result: after 2, v2 is served as revision 2 within 5 s; 3 is
+    rejected (no revision, v2 still served); after 4, an undeploy revision 3 and alpha answers 404.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 5, message="the edit deployed")
+    (root / "functions" / "m.py").write_text("def handle(:\n")
+    wait_for(lambda: httpx.get(f"{n.url}/readyz").json()["manifest_errors"], 5, message="edit rejected")
+    assert served(n, u) == {"v": "v2", "rev": 2} and kept(n, u) == [2, 1]
+    (root / "functions" / "m.py").write_text(module("v2"))
+    (root / "functions.yaml").write_text(manifest(u, state="draft").lstrip("\n"))
+    wait_for(lambda: kept(n, u) == [3, 2, 1], 5, message="an undeploy revision")
+    wait_for(lambda: served(n, u) is None, 5, message="alpha no longer served")
+    revs = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"]
+    assert revs[0]["action"] == "undeploy"
+
+
+def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. Node without Kafka (the log in memory) serving alpha, instances idle out after 1 s.
+    2. Delete the `functions/` folder. 3. Wait until alpha has no instance, invoke it.
+    Result: a fresh instance starts from the cached revision and answers v1; the revisions are listed.
+    """
+    u = new_id()
+    text = manifest(u) + "    instances: {idle_timeout: 1}\n"
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    n = nodes(root, None, kafka=False).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    shutil.rmtree(root / "functions")
+    wait_for(lambda: entry(n, u)["instances"] == 0, 15, message="alpha went cold")
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    assert kept(n, u) == [1]
