@@ -17,9 +17,9 @@ from framework.cli.deployments import with_log
 from framework.control.deployment_log import KafkaLog
 from framework.control.manifest import load_manifest
 from framework.control.working_copy import candidates
-from framework.kafka.embedded import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
-from tests.support import Node, consume, new_id, run_cli, wait_for, write_project
+from tests.support import LOGS, Node, Record, consume, new_id, produce, run_cli, wait_for, write_project
 
 NO_WATCH = {"FAAS_WATCH": "false"}
 pytestmark = pytest.mark.timeout(600)  # real nodes and CLI processes on a shared, slow machine
@@ -255,3 +255,101 @@ def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable
     wait_for(lambda: entry(n, u)["instances"] == 0, 15, message="alpha went cold")
     assert served(n, u) == {"v": "v1", "rev": 1}
     assert kept(n, u) == [1]
+
+
+def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. A broker of its own; a node (watch off) serving alpha, deployed twice (revisions 1 and 2).
+    2. The broker is stopped and a new, empty one starts on the same port. Result: the node keeps
+    serving revision 2 throughout, and the log holds `rev:<uuid>:1` and `rev:<uuid>:2` again (with
+    their code records), published again by the node; the numbers go on from 3 afterwards.
+    """
+    port = free_port()
+    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}.log").start()]
+    try:
+        u = new_id()
+        root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+        n = nodes(root, own[0].bootstrap, env=NO_WATCH).wait_ready()
+        (root / "functions" / "m.py").write_text(module("v2"))
+        assert publish(root, n, own[0].bootstrap, "second") == [(2, True)]
+        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+        own[0].stop()
+        assert served(n, u) == {"v": "v2", "rev": 2}
+        own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}-2.log").start())
+
+        def republished() -> bool:
+            keys = {r["key"].decode() for r in consume(own[1].bootstrap, n.deployments, 10, timeout=2)}
+            return {f"rev:{u}:1", f"rev:{u}:2"} <= keys and sum(k.startswith("code:") for k in keys) == 2
+
+        wait_for(republished, 60, interval=0.5, message="the log republished")
+        assert served(n, u) == {"v": "v2", "rev": 2}
+        (root / "functions" / "m.py").write_text(module("v3"))
+        assert publish(root, n, own[1].bootstrap, "third") == [(3, True)]
+        wait_for(lambda: served(n, u) == {"v": "v3", "rev": 3}, 10, message="revision 3 served")
+    finally:
+        for b in own:
+            b.stop()
+
+
+def test_two_nodes_bootstrapping_the_same_files_publish_one_revision(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Two nodes start at once on a fresh deployment log, each with a copy of the same project.
+    Result: both serve revision 1 and the log holds one revision of alpha (an identical publication is
+    no new revision).
+    """
+    u, tag = new_id(), new_id()[:8]
+    one = write_project(tmp_path / "one", manifest(u), {"m": module("v1")})
+    two = write_project(tmp_path / "two", manifest(u), {"m": module("v1")})
+    a = nodes(one, broker.bootstrap, tag=tag, env=NO_WATCH)
+    b = nodes(two, broker.bootstrap, tag=tag, env=NO_WATCH)
+    a.wait_ready()
+    b.wait_ready()
+    assert served(a, u) == served(b, u) == {"v": "v1", "rev": 1}
+    assert kept(a, u) == kept(b, u) == [1]
+    keys = {r["key"].decode() for r in consume(broker.bootstrap, a.deployments, 10, timeout=3)}
+    assert {k for k in keys if k.startswith("rev:")} == {f"rev:{u}:1"}
+
+
+def test_corrupt_records_are_skipped_and_the_node_keeps_serving(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha revision 1. 2. Produce to its deployment log: a value that is not
+    JSON, an unknown action, a deploy whose code record is missing, a code record whose value does not
+    match its sha256, a foreign key. 3. Deploy v2. Result: each bad record is logged as skipped and alpha
+    keeps serving revision 1 meanwhile; revision 2 is then served.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    good = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"][0]
+    bad: list[Record] = [
+        (f"rev:{u}:2".encode(), b"not json {", []),
+        (f"rev:{u}:2".encode(), json.dumps({**good, "revision": 2, "action": "explode"}).encode(), []),
+        (f"rev:{u}:2".encode(), json.dumps({**good, "revision": 2, "code_sha256": "ab" * 32}).encode(), []),
+        (f"code:{'cd' * 32}".encode(), b"PK-not-this", []),
+        (b"someone-elses-key", b"{}", []),
+    ]
+    produce(broker.bootstrap, n.deployments, bad)
+    wait_for(lambda: n.tail(200).count("deployment log: skipped the record") >= 5, 20, message="skips logged")
+    for why in ("not JSON", "unknown action 'explode'", "is missing", "sha256 is", "not a key"):
+        assert why in n.tail(200), why
+    assert served(n, u) == {"v": "v1", "rev": 1} and kept(n, u) == [1]
+    (root / "functions" / "m.py").write_text(module("v2"))
+    assert publish(root, n, broker.bootstrap, "after the junk") == [(2, True)]
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+
+
+def test_no_kafka_keeps_the_log_in_memory_with_watch_on(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. `faas run --no-kafka` with FAAS_WATCH=false serving alpha v1. 2. Edit the module.
+    Result: revision 1 at start; the edit is deployed anyway (watch mode is on without Kafka) as
+    revision 2; an unknown uuid's revisions answer 404 NotFound.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, None, kafka=False, env=NO_WATCH).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="the edit deployed")
+    assert kept(n, u) == [2, 1]
+    r = httpx.get(f"{n.url}/functions/{new_id()}/revisions", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
