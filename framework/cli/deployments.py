@@ -25,6 +25,7 @@ from framework.control.manifest_edit import set_state
 from framework.control.registry import Registry
 from framework.control.revisions import Revision, author, now
 from framework.control.working_copy import candidates, is_modified, undeploy_of
+from framework.errors import ManifestError
 from framework.kafka.embedded import port_open
 from framework.settings import Settings
 
@@ -82,7 +83,11 @@ def _targets(manifest: Manifest, names: tuple[str, ...], all_: bool) -> list[Fun
 def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> None:
     for spec in specs:
         if spec.state != state:
-            set_state(settings.manifest, spec.name, state)
+            try:
+                set_state(settings.manifest, spec.name, state)
+            except (OSError, RuntimeError, LookupError, ManifestError) as exc:
+                # Published already (e.g. from a read-only checkout in a container): say so, not fail.
+                click.echo(f"{spec.name}: could not set state: {state} in {settings.manifest}: {exc}", err=True)
 
 
 def register(main: click.Group) -> None:
