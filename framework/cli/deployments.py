@@ -87,7 +87,8 @@ def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> 
                 set_state(settings.manifest, spec.name, state)
             except (OSError, RuntimeError, LookupError, ManifestError) as exc:
                 # Published already (e.g. from a read-only checkout in a container): say so, not fail.
-                click.echo(f"{spec.name}: could not set state: {state} in {settings.manifest}: {exc}", err=True)
+                why = f"published, but could not set state: {state} in {settings.manifest}: {exc}"
+                click.echo(f"{spec.name}: {why}", err=True)
 
 
 def register(main: click.Group) -> None:

@@ -75,7 +75,7 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     sys.stdout = LogStream(sender, "stdout", logging.INFO)
     sys.stderr = LogStream(sender, "stderr", logging.WARNING)
     os.environ.update(config["env"])
-    # The snapshot of the last good code first, then the project folder for anything not in it.
+    # The revision's code (FAAS_CACHE_DIR/<sha256>) first, then the project folder for anything not in it.
     sys.path[:0] = dict.fromkeys([str(config.get("code") or config["root"]), str(config["root"])])
     with contextlib.suppress(OSError):
         os.chdir(config["root"])
