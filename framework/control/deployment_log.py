@@ -30,6 +30,7 @@ from framework.control.log_state import LogState
 from framework.control.revisions import KEPT, Revision, code_key, encode, revision_key
 from framework.kafka.options import ADMIN_TIMEOUT_MS, security_options, start_producer
 from framework.settings import Settings
+from framework.tasks import cancel_and_wait
 
 log = logging.getLogger("faas.deployments")
 
@@ -187,10 +188,7 @@ class KafkaLog(DeploymentLog):
             self._task = asyncio.create_task(self._follow(), name="deployment-log")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         for client in (self._consumer, self._producer):
             if client is not None:
                 with contextlib.suppress(KafkaError, OSError):

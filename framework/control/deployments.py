@@ -30,6 +30,7 @@ from framework.control.registry import Registry
 from framework.control.revisions import Revision, spec_from
 from framework.control.working_copy import Candidate, candidates, is_modified, undeploy_of
 from framework.settings import Settings
+from framework.tasks import cancel_and_wait
 
 log = logging.getLogger("faas.deployments")
 
@@ -96,9 +97,7 @@ class Deployments:
         return [f"deployments: {self.error or 'reading the deployment log'}"]
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         await self.log.stop()
 
     # ---- what is served ----
