@@ -252,11 +252,7 @@ def open_deployments(
 ) -> Deployments:
     """The node's deployments on the Kafka log, or (no Kafka) on a log in memory with watch mode on."""
     cache = CodeCache(cache_dir(settings))
-
-    def unpack(sha: str, data: bytes) -> None:
-        cache.store(sha, data)
-
-    state = LogState(on_code=unpack)
+    state = LogState(on_code=cache.store)
     if bootstrap is None:
         return Deployments(MemoryLog(state), cache, manifest, True, settings.max_code_bytes, on_registry)
     deployment_log = KafkaLog(state, settings, bootstrap)

@@ -21,7 +21,7 @@ log = logging.getLogger("faas.deployments")
 _REV_KEY = re.compile(r"^rev:([0-9a-fA-F-]{36}):([1-9][0-9]*)$")
 _CODE_KEY = re.compile(r"^code:([0-9a-f]{64})$")
 
-CodeSink = Callable[[str, bytes], None]
+CodeSink = Callable[[str, bytes], object]
 """Called with (sha256, zip) for each code record; raises ValueError when the zip is unusable."""
 
 

@@ -353,3 +353,47 @@ def test_no_kafka_keeps_the_log_in_memory_with_watch_on(tmp_path: Path, nodes: C
     assert kept(n, u) == [2, 1]
     r = httpx.get(f"{n.url}/functions/{new_id()}/revisions", timeout=10)
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+
+
+async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Path) -> None:
+    """In process, on the in-memory log with watch off. 1. A working copy with productive alpha and draft
+    beta; start (bootstrap). 2. Publish a function only the log knows (gamma, from another folder).
+    3. Edit alpha's code past the code size limit. Result: alpha is served as revision 1 from the cache;
+    beta is listed, not served, and never deployed (null, false, null); gamma is served as well; after 3
+    alpha still serves revision 1 and is modified; an unknown uuid has no revisions.
+    """
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+
+    ua, ub, ug = new_id(), new_id(), new_id()
+    text = manifest(ua) + f"  - name: beta\n    uuid: {ub}\n    handler: functions.m:handle\n"
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    cache = CodeCache(tmp_path / "cache")
+    state = LogState(on_code=cache.store)
+    served_now: list[Registry] = []
+    working = load_manifest(root / "functions.yaml")
+    d = Deployments(MemoryLog(state), cache, working, False, 1 << 20, served_now.append)
+    await d.start()
+    reg = served_now[-1]
+    alpha = reg.productive(ua)
+    assert alpha is not None and alpha.revision == 1 and alpha.code is not None
+    assert (alpha.code / "functions" / "m.py").read_text() == module("v1")
+    assert reg.productive(ub) is None and reg.by_uuid(ub) is not None
+    assert d.status(ub) == {"revision": None, "modified": False, "deployed_at": None}
+    other = write_project(tmp_path / "other", manifest(ug).replace("alpha", "gamma"), {"m": module("g")})
+    found = candidates(load_manifest(other / "functions.yaml"), 1 << 20)[ug]
+    assert found.revision is not None
+    await d.log.publish(found.revision, found.code)
+    gamma = served_now[-1].productive(ug)
+    assert gamma is not None and gamma.name == "gamma" and gamma.revision == 1
+    (root / "functions" / "m.py").write_text(module("v2") + f"BLOB = {'x' * 3000!r}\n")
+    big = load_manifest(root / "functions.yaml")
+    d.limit = 500
+    d.working_copy_changed(big)
+    assert served_now[-1].productive(ua) == alpha
+    assert d.status(ua)["modified"] is True and d.status(ua)["revision"] == 1
+    assert d.revisions(new_id()) is None and [r["revision"] for r in d.revisions(ua) or []] == [1]
+    await d.stop()
