@@ -39,6 +39,10 @@ MODULES = {
         async def handle(payload, ctx):
             return payload
     """,
+    "revision": """
+        async def handle(payload, ctx):
+            return ctx.revision
+    """,
     "probe": """
         import sys
 
@@ -89,6 +93,7 @@ def write_project(root: Path, profile: Profile) -> Project:
         _entry("noop", "noop"),
         _entry("memprobe", "noop"),
         _entry("probe", "probe"),
+        _entry("deployed", "revision"),
         _entry("sleep", "sleep", instances=single),
     ]
     for i in range(1, 9):
