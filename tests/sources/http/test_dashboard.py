@@ -164,6 +164,33 @@ def test_list_updates_without_reload_after_outside_invocations(
     rec.assert_clean()
 
 
+def test_list_shows_live_revision_and_modified(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node with watch mode off (FAAS_WATCH=false); open /ui.
+    2. Edit the handlers' module in the working copy.
+    Result: 1 shows each productive function's live revision as GET /functions gives it, not modified;
+    2 shows them modified, by itself, still on the same live revision; the draft shows no revision.
+    """
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, broker.bootstrap, env={"FAAS_WATCH": "false"}).wait_ready()
+    listing = {f["name"]: f for f in httpx.get(f"{n.url}/functions", timeout=30).json()["functions"]}
+    rec = ui(n)
+    page = rec.open(rec.page())
+    for name in ("greeter", "breaker"):
+        row = row_of(page, name)
+        expect(row.locator("td[data-label=Revision]")).to_have_text(f"r{listing[name]['revision']}")
+        expect(row.locator("td[data-label=Modified]")).to_have_text("no")
+    expect(row_of(page, "sketch").locator("td[data-label=Revision]")).to_have_text("-")
+    module = root / "functions" / "uih.py"
+    module.write_text(module.read_text() + "\n# an edit that is not deployed\n")
+    for name in ("greeter", "breaker"):
+        row = row_of(page, name)
+        expect(row.locator("td[data-label=Modified]")).to_have_text("modified")
+        expect(row.locator("td[data-label=Revision]")).to_have_text(f"r{listing[name]['revision']}")
+    rec.assert_clean()
+
+
 def test_list_degrades_to_dashes_without_records_and_computes_stats_from_them(
     node: Node, ui: Callable[..., Recorder]
 ) -> None:
