@@ -393,6 +393,25 @@ def test_broken_addresses_show_a_page_not_an_error(
     rec.assert_clean()
 
 
+def test_draft_function_page_offers_no_invoke(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. Open /ui, click sketch (a draft).
+    2. Press Ctrl+Enter in its payload field.
+    Result: its page shows its state and says it is not invocable here (with the test-run command); the
+    Invoke button is disabled and nothing is sent.
+    """
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "sketch")
+    expect(page.locator("[data-f=facts]")).to_contain_text("draft")
+    expect(page.get_by_role("button", name="Invoke")).to_be_disabled()
+    expect(page.locator("[data-f=invokehint]")).to_contain_text("faas invoke sketch")
+    page.get_by_label("Payload").focus()
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("[data-f=out]")).to_be_empty()
+    assert not rec.calls("POST", "/functions/")
+    rec.assert_clean()
+
+
 def test_keyboard_only_invoke(node: Node, ui: Callable[..., Recorder]) -> None:
     """1. Open greeter's page; focus the payload field by its label, type a payload, press Ctrl+Enter.
     2. Type another payload, Tab to the Invoke button and press Enter.

@@ -346,12 +346,14 @@ function recordsTable(records, expanded, withFunction) {
     const id = String(r.invocation_id);
     const open = expanded.has(id);
     const detailId = "inv-" + id.replace(/[^A-Za-z0-9_-]/g, "");
+    const what = ` logs and error of the invocation at ${when(r.started_at)}`;
     const btn = el("button", { type: "button", class: "small", "aria-expanded": open ? "true" : "false", "aria-controls": detailId,
-      text: open ? "Hide" : "Show" });
+      "aria-label": (open ? "Hide" : "Show") + what, text: open ? "Hide" : "Show" });
     btn.addEventListener("click", () => {
       const now = !expanded.has(id);
       if (now) expanded.add(id); else expanded.delete(id);
       btn.setAttribute("aria-expanded", now ? "true" : "false");
+      btn.setAttribute("aria-label", (now ? "Hide" : "Show") + what);
       btn.textContent = now ? "Hide" : "Show";
       document.getElementById(detailId).hidden = !now;
     });
@@ -421,9 +423,10 @@ function functionView(uuid) {
       ctrlEnter(p.payload, p.form);
       p.form.addEventListener("submit", async (ev) => {
         ev.preventDefault();
+        if (p.invoke.disabled) return;  // Ctrl+Enter on a function that is not served
         const payload = readPayload(p.payload, p.out);
         if (!payload) return;
-        const button = p.form.querySelector("button[type=submit]");
+        const button = p.invoke;
         button.disabled = true;
         replace(p.out, el("p", { class: "hint", text: "Invoking…" }));
         try {
@@ -460,6 +463,11 @@ function functionView(uuid) {
       ]);
       document.title = f.name + " · faas dashboard";
       p.name.textContent = f.name;
+      // Only productive functions are invocable over HTTP; a try would only earn a 404.
+      const invocable = f.state === "productive";
+      p.invoke.disabled = !invocable;
+      p.invokehint.textContent = invocable ? "Ctrl+Enter in the field invokes too."
+        : `Not invocable here: only productive functions are served (try it with: faas invoke ${f.name}).`;
       const revisions = revs ? revs.revisions || [] : null;
       const live = typeof f.revision === "number" ? f.revision
         : revisions && revisions.length && revisions[0].action === "deploy" ? revisions[0].revision : null;
