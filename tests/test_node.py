@@ -123,19 +123,25 @@ def test_bad_yaml_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
 
 
 def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
+    """1. A `hold` request (12 s) is in flight. 2. Its module is edited so that it no longer imports.
+    Result: the edit is rejected (a located error in `/readyz`) while the request is still in flight (the
+    in-flight gauge says so after the rejection); that request then answers 200; `echo` keeps serving;
+    3. a fixed module gives fresh instances and clears the error."""
     n = start(nodes, tmp_path)
     module = n.root / "functions" / "h.py"
     assert status(n, ECHO) == 200
     in_flight: list[httpx.Response] = []
-    holder = threading.Thread(target=lambda: in_flight.append(invoke(n, HOLD, {"sleep": 1.5})))
+    holder = threading.Thread(target=lambda: in_flight.append(invoke(n, HOLD, {"sleep": 12})))
     holder.start()
-    wait_for(lambda: inflight(n, "hold") >= 1, timeout=5, message="the hold request in flight")
+    wait_for(lambda: inflight(n, "hold") >= 1, timeout=10, message="the hold request in flight")
 
     module.write_text("import not_a_module_anywhere_xyz\n" + module.read_text())
-    errors = wait_for(lambda: readyz(n).json()["manifest_errors"], timeout=5, message="the edit rejected")
+    errors = wait_for(lambda: readyz(n).json()["manifest_errors"], timeout=10, message="the edit rejected")
     assert any(LOCATED.search(e) for e in errors), errors
-    holder.join(10)
+    assert inflight(n, "hold") >= 1 and not in_flight, "the request was no longer in flight at the rejection"
+    holder.join(30)
     assert in_flight and in_flight[0].status_code == 200  # nothing in flight failed because of it
+    assert in_flight[0].json()["result"] == "held"
     assert status(n, ECHO) == 200
 
     module.write_text(HANDLERS.replace('"fn": ctx.function', '"fn": ctx.function, "v": 2'))
