@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, procs
-from benchmarks.cases import batching, cold, direct, events, memory, warm
+from benchmarks.cases import batching, cold, direct, events, memory, overload, warm
 from benchmarks.config import Profile
 from benchmarks.env import Env
 from benchmarks.eventload import create_topics
@@ -146,6 +146,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
             ("memory", memory.run),
             ("direct", direct.run),
             ("batching", batching.run),
+            ("overload", overload.run),
             ("cold", cold.run),
             ("events", events.run),
         ):

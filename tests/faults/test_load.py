@@ -16,7 +16,7 @@ import pytest
 from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import SLOW, TICK
 from tests.faults.kit import ReplyReader, events, percentile, producer, raw_post, send_all
-from tests.support import Node
+from tests.support import Node, metric
 
 pytestmark = pytest.mark.faults
 
@@ -58,8 +58,9 @@ def test_overload_is_refused_with_429(project: Path, nodes: Callable[..., Node])
     """1. Function `slow`: one instance, concurrency 4, queue 8, 0.1 s per request (capacity 40 req/s).
     2. Direct invocations arrive at 400 req/s (10x) for 4 s, open loop (raw HTTP/1.1, see `raw_post`).
     Result: only 200s and 429 `Overloaded` (every 429 naming `Overloaded`); no accepted request waits
-    longer than its queue allows (< 2 s). How fast a 429 comes and how much of the capacity is served under
-    overload are speed, measured by `make bench` (benchmarks/cases/overload.py), not asserted here."""
+    longer than its queue allows: the node's own duration histogram (queueing included) has every one of
+    them under 2.5 s. How fast a 429 comes, how much of the capacity is served under overload and the
+    latency the client sees are speed, measured by `make bench` (benchmarks/cases/overload.py)."""
     node = nodes(project, None, kafka=False).wait_ready()
     out, start, refused_by_type = asyncio.run(overload(node))
     refused_types = set(refused_by_type)
@@ -77,19 +78,23 @@ def test_overload_is_refused_with_429(project: Path, nodes: Callable[..., Node])
     )
     assert set(statuses) == {200, 429}, statuses
     assert refused_types == {"Overloaded"}, refused_types
-    assert max(lat for lat, _ in accepted) < 2.0
+    labels = {"function": "slow", "trigger": "direct"}
+    seen = metric(node, "faas_invocation_duration_seconds_count", **labels)
+    within = metric(node, "faas_invocation_duration_seconds_bucket", le="2.5", **labels)
+    assert seen >= statuses[200] + 1, f"the node measured {seen} invocations of {statuses[200]} accepted"
+    assert within == seen, f"{seen - within} invocations took over 2.5 s on the node (queueing included)"
 
 
 INVALID_EDITS: list[tuple[str, Callable[[str], str], str]] = [
     (
         "yaml syntax",
         lambda m: m.replace("functions:\n", "functions:\n  - name: [unclosed\n", 1),
-        r"functions\.yaml:\d+:\d+: ",
+        r"functions\.yaml:\d+:\d+: YAML syntax error",
     ),
     (
         "duplicate uuid",
         lambda m: m.replace("ffffffff-0000-4000-8000-000000000002", TICK),
-        r"functions\.yaml:\d+:\d+: .*duplicate uuid",
+        r"functions\.yaml:\d+:\d+: duplicate uuid '[0-9a-f-]+' \(first at line \d+\)",
     ),
     (
         "handler does not import",
@@ -99,7 +104,7 @@ INVALID_EDITS: list[tuple[str, Callable[[str], str], str]] = [
     (
         "timeout over 30",
         lambda m: m.replace("    state: productive\n", "    state: productive\n    timeout: 99\n", 1),
-        r"functions\.yaml:\d+:\d+: .*timeout",
+        r"functions\.yaml:\d+:\d+: timeout: .*30",
     ),
     (
         "unknown key",
