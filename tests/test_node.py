@@ -173,18 +173,19 @@ def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
 def test_signal_drains_in_flight_requests(
     tmp_path: Path, nodes: Nodes, broker: EmbeddedBroker, sig: signal.Signals
 ) -> None:
-    """1. 20 requests of 10 s each are in flight (the in-flight gauge says so). 2. SIGTERM, or SIGINT.
+    """1. 20 requests of 20 s each are in flight (the in-flight gauge says so). 2. SIGTERM, or SIGINT.
     Result: all 20 answer 200; the node exits 0 and says it drained on that signal."""
     n = start(nodes, tmp_path, broker.bootstrap)
     assert status(n, HOLD) == 200  # warm
     with ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(invoke, n, HOLD, {"sleep": 10}) for _ in range(20)]
-        # Before the first of them could end: the signal must find all 20 in flight.
-        wait_for(lambda: inflight(n, "hold") >= 20, timeout=9, message="20 requests in flight")
+        futures = [pool.submit(invoke, n, HOLD, {"sleep": 20}, 60) for _ in range(20)]
+        # Before the first of them could end: the signal must find all 20 in flight. On a loaded machine
+        # 20 requests can take seconds to arrive, hence their length.
+        wait_for(lambda: inflight(n, "hold") >= 20, timeout=18, message="20 requests in flight")
         n.proc.send_signal(sig)
         codes = [f.result().status_code for f in futures]
     assert codes == [200] * 20
-    assert n.proc.wait(30) == 0, n.tail()
+    assert n.proc.wait(40) == 0, n.tail()
     assert f"{sig.name} received: draining" in n.tail(200)
 
 
