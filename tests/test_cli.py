@@ -274,8 +274,9 @@ def test_invoke_url_against_a_real_node(project: Path, nodes: Callable[..., Node
 def test_emit_against_a_real_node(project: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]) -> None:
     """1. A real node on the test broker; `alpha` listens to `ping`. 2. `faas emit ping --data JSON`.
     3. `faas emit nobody.listens`. 4. `faas emit ping --timeout 3` to a topic no node reads.
+    5. `faas emit ping` with the broker named by `--bootstrap`, then by FAAS_EMBEDDED_BROKER_PORT alone.
     Result: 2 prints the combined reply (ok, alpha's result = the payload); 3 an ok reply with no results;
-    4 exits 1 saying no reply came."""
+    4 exits 1 saying no reply came; 5 reaches the same node both ways."""
     n = nodes(project, broker.bootstrap).wait_ready()
     env = {
         "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
@@ -291,6 +292,16 @@ def test_emit_against_a_real_node(project: Path, broker: EmbeddedBroker, nodes: 
     assert r.returncode == 0 and json.loads(r.stdout)["results"] == [], r.stderr
     r = run_cli(project, "emit", "ping", "--timeout", "3", env={**env, "FAAS_EVENTS_TOPIC": f"{n.events}.x"})
     assert r.returncode == 1 and "no reply" in r.stderr, r.stderr
+    topics = {
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": "",
+        "FAAS_EVENTS_TOPIC": n.events,
+        "FAAS_REPLIES_TOPIC": n.replies,
+    }
+    r = run_cli(project, "emit", "ping", "--bootstrap", broker.bootstrap, "--data", "2", env=topics)
+    assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["result"] == 2, r.stderr
+    port = {**topics, "FAAS_EMBEDDED_BROKER_PORT": str(broker.port)}
+    r = run_cli(project, "emit", "ping", "--data", "3", env=port)
+    assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["result"] == 3, r.stderr
 
 
 class _Handler(BaseHTTPRequestHandler):
