@@ -19,6 +19,8 @@ import uvicorn
 
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
+from framework.control.secrets import readiness_reasons
+from framework.control.secrets_watch import SecretsWatcher
 from framework.control.snapshot import CodeSnapshots
 from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
@@ -65,7 +67,8 @@ class Node:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready once started and (unless Kafka is off) joined to the consumer group.
 
-        A rejected manifest edit is reported but keeps the node ready: the last good manifest serves.
+        A rejected manifest edit is reported but keeps the node ready: the last good manifest serves. So
+        does a secret this node lacks: listed among the reasons, its function answers InstanceCrashed.
         """
         reasons: list[str] = []
         if not self.started:
@@ -74,13 +77,15 @@ class Node:
             reasons.extend(self.kafka.not_ready() if self.kafka else ["kafka source not started"])
             # The schedule leader is elected through a consumer group too: joined means ready to fire.
             reasons.extend(self.scheduler.not_ready() if self.scheduler else [])
+        ready = not reasons
+        reasons.extend(readiness_reasons(self.registry.functions, self.runtime.secrets))
         body: dict[str, Any] = {
-            "ready": not reasons,
+            "ready": ready,
             "reasons": reasons,
             "functions": len(self.registry.functions),
             "manifest_errors": self.manifest_errors,
         }
-        return not reasons, body
+        return ready, body
 
     # ---- reload ----
 
@@ -159,12 +164,18 @@ class Node:
         )
         server = _EmbeddedServer(config)
         watcher = ManifestWatcher(
-            self.settings.manifest, self.registry.manifest, self.apply_manifest, self.reject_manifest
+            self.settings.manifest,
+            self.registry.manifest,
+            self.apply_manifest,
+            self.reject_manifest,
+            secrets_dir=self.settings.secrets_path,
         )
+        secrets = SecretsWatcher(self.settings.secrets_path, self.runtime.refresh_secrets)
         stop_watch = asyncio.Event()
         tasks = [
             asyncio.create_task(server.serve(), name="http"),
             asyncio.create_task(watcher.run(stop_watch), name="watch"),
+            asyncio.create_task(secrets.run(stop_watch), name="secrets"),
         ]
         self.started = True
         log.info(
@@ -230,7 +241,7 @@ def serve(settings: Settings, kafka: bool = True) -> int:
     """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     logs.configure(settings.log_level, settings.log_format)
     try:
-        manifest = load_manifest(settings.manifest)
+        manifest = load_manifest(settings.manifest, secrets_dir=settings.secrets_path)
     except ManifestError as exc:
         log.error("invalid manifest:\n%s", "\n".join(exc.errors))
         return 1

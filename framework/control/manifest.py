@@ -22,6 +22,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control import cron
 from framework.control.handler_check import import_errors
+from framework.control.secrets import SecretError, SecretStore, name_problem
 from framework.errors import ManifestError
 
 State = Literal["draft", "productive", "undeployed"]
@@ -161,8 +162,9 @@ class FunctionSpec(BaseModel):
     @classmethod
     def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if not re.match(SECRET_NAME, name):
-                raise ValueError(f"secret name {name!r} must match [A-Za-z0-9_.-]{{1,128}}")
+            problem = name_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("keep_warm")
@@ -309,12 +311,27 @@ def _parse(path: Path, errors: _Errors) -> Any:
     return None
 
 
-def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
+def _check_secrets(item: CommentedMap, store: SecretStore, errors: _Errors) -> None:
+    """Each listed secret that cannot be read is an error at its own item of the `secrets:` list."""
+    names = item.get("secrets")
+    if not isinstance(names, CommentedSeq):
+        return
+    for j, name in enumerate(names):
+        if isinstance(name, str) and name_problem(name) is None:
+            try:
+                store.read(name)
+            except SecretError as exc:
+                errors.add(tuple(names.lc.item(j)), str(exc))
+
+
+def load_manifest(path: Path, check_handlers: bool = True, secrets_dir: Path | None = None) -> Manifest:
     """Load and check `path`; raise ManifestError listing every problem as `path:LINE:COL: message`.
 
     `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
-    folder, so a broken module can neither crash nor pollute this process.
+    folder, so a broken module can neither crash nor pollute this process. With `secrets_dir` (absolute),
+    every secret a function lists must be readable there (`control.secrets`), else it is an error at its item.
     """
+    store = SecretStore(secrets_dir) if secrets_dir is not None else None
     errors = _Errors(str(path))
     root = path.resolve().parent
     doc = _parse(path, errors)
@@ -358,6 +375,8 @@ def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
             if internal in data:
                 errors.add(_key_at(item, internal, at), f"unknown key {internal!r}")
         spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})
+        if store is not None:
+            _check_secrets(item, store, errors)
         if spec is not None:
             specs.append(spec)
         handler = item.get("handler")
