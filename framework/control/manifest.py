@@ -10,10 +10,10 @@ import json
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from croniter import CroniterBadDateError, croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -93,6 +93,17 @@ RETRYABLE = ("Timeout", "InstanceCrashed", "Overloaded", "FunctionError")
 SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
+def _secret_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+SecretName = Annotated[str, AfterValidator(_secret_name)]
+"""A secret's name, checked item by item so each bad one is reported at its own position."""
+
+
 class RetrySpec(BaseModel):
     """`retry:` of DESIGN.md section 15: event and scheduled invocations only."""
 
@@ -135,7 +146,7 @@ class FunctionSpec(BaseModel):
     schedules: tuple[ScheduleSpec, ...] = ()
     keep_warm: str | None = None
     instances: InstancesSpec = Field(default_factory=InstancesSpec)
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[SecretName, ...] = ()
     """Names of the secrets the handler reads as `ctx.secrets[name]` (DESIGN.md section 14)."""
     retry: RetrySpec = Field(default_factory=RetrySpec)
     root: Path = Path(".")
@@ -156,15 +167,6 @@ class FunctionSpec(BaseModel):
     def _handler(cls, value: str) -> str:
         if not _HANDLER.match(value):
             raise ValueError(f"handler {value!r} must have the form module:attribute")
-        return value
-
-    @field_validator("secrets")
-    @classmethod
-    def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            problem = name_problem(name)
-            if problem is not None:
-                raise ValueError(problem)
         return value
 
     @field_validator("keep_warm")
