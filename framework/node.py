@@ -59,6 +59,8 @@ class Node:
         self.scheduler: Scheduler | None = None
         self.should_exit = asyncio.Event()
         self.started = False
+        self.watcher: ManifestWatcher | None = None
+        self._rechecks: set[asyncio.Task[None]] = set()
 
     @property
     def registry(self) -> Registry:
@@ -110,6 +112,15 @@ class Node:
             len(registry.functions),
             sum(f.productive for f in registry.functions),
         )
+
+    def secrets_changed(self, event: bool) -> None:
+        """The secrets folder changed: fresh instances where values changed; and a manifest edit rejected
+        for a missing secret is checked again, since adding the file may be what makes it valid."""
+        self.runtime.refresh_secrets()
+        if event and self.manifest_errors and self.watcher is not None:
+            task = asyncio.get_running_loop().create_task(self.watcher.reload())
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
 
     def reject_manifest(self, errors: list[str]) -> None:
         self.manifest_errors = errors
@@ -163,14 +174,14 @@ class Node:
             http="httptools" if importlib.util.find_spec("httptools") else "h11",
         )
         server = _EmbeddedServer(config)
-        watcher = ManifestWatcher(
+        self.watcher = watcher = ManifestWatcher(
             self.settings.manifest,
             self.registry.manifest,
             self.apply_manifest,
             self.reject_manifest,
             secrets_dir=self.settings.secrets_path,
         )
-        secrets = SecretsWatcher(self.settings.secrets_path, self.runtime.refresh_secrets)
+        secrets = SecretsWatcher(self.settings.secrets_path, self.secrets_changed)
         stop_watch = asyncio.Event()
         tasks = [
             asyncio.create_task(server.serve(), name="http"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import re
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Node, wait_for, write_project
+from tests.support import Node, run_cli, wait_for, write_project
 
 READER = "5ec5ec00-0000-4000-8000-000000000011"
 LEAK = "5ec5ec00-0000-4000-8000-000000000012"
@@ -213,8 +214,10 @@ def test_a_secret_the_node_lacks(tmp_path: Path, nodes: Start) -> None:
 
 
 def test_watch_rejects_an_edit_listing_a_missing_secret(tmp_path: Path, nodes: Start) -> None:
-    """1. A running node's manifest is edited so that `reader` also lists `not_there`.
-    Result: the edit is rejected with the item's LINE:COL in /readyz (still 200); `reader` keeps serving."""
+    """1. A running node's manifest is edited so that `reader` also lists `not_there`. 2. The file
+    `not_there` is added to the secrets folder.
+    Result: 1. the edit is rejected with the item's LINE:COL in /readyz (still 200); `reader` keeps
+    serving. 2. the edit is applied: no manifest errors left."""
     root, folder, _ = project(tmp_path)
     n = start(nodes, root, folder)
     text = MANIFEST.replace(
@@ -232,6 +235,8 @@ def test_watch_rejects_an_edit_listing_a_missing_secret(tmp_path: Path, nodes: S
     assert any(re.search(r"functions\.yaml:8:9: secret 'not_there' is missing", e) for e in errors), errors
     assert httpx.get(n.url + "/readyz", timeout=10).status_code == 200
     assert invoke(n, READER).status_code == 200
+    (folder / "not_there").write_text("here now\n")
+    wait_for(lambda: not rejected(), 20, message="edit applied once the secret exists")
 
 
 @pytest.mark.parametrize(
@@ -307,3 +312,15 @@ def test_memory_limit_on_a_real_node(tmp_path: Path, nodes: Start) -> None:
     assert 'faas_instance_kills_total{function="hog",reason="memory"} 1.0' in metrics
     r = invoke(n, HOG)
     assert r.status_code == 200 and r.json()["result"]["pid"] != first and r.json()["cold_start"]
+
+
+def test_a_local_test_run_reads_secrets_too(tmp_path: Path) -> None:
+    """1. `faas invoke reader` (a local test run) with the secrets folder. 2. Without the secret.
+    Result: 1 prints the result made with the value; 2 exits 1 naming the missing secret."""
+    root, folder, value = project(tmp_path)
+    r = run_cli(root, "invoke", "reader", env={"FAAS_SECRETS_DIR": str(folder)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["sha256"] == sha(value)
+    (folder / "api_token").unlink()
+    r = run_cli(root, "invoke", "reader", env={"FAAS_SECRETS_DIR": str(folder)})
+    assert r.returncode == 1 and "InstanceCrashed" in r.stderr and "secret 'api_token' is missing" in r.stderr

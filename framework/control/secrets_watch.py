@@ -25,9 +25,10 @@ RECHECK = 10.0
 
 
 class SecretsWatcher:
-    """Calls `on_change()` after each change in `folder` (and every `RECHECK` seconds)."""
+    """Calls `on_change(True)` after each change in `folder`, and `on_change(False)` every `RECHECK`
+    seconds (a re-check, whether or not anything changed)."""
 
-    def __init__(self, folder: Path, on_change: Callable[[], object]) -> None:
+    def __init__(self, folder: Path, on_change: Callable[[bool], object]) -> None:
         self.folder = folder
         self.on_change = on_change
 
@@ -52,17 +53,17 @@ class SecretsWatcher:
         from watchfiles import awatch
 
         async for _ in awatch(self.folder, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=True):
-            self._changed()
+            self._changed(True)
 
     async def _recheck(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RECHECK)
             if not stop.is_set():
-                self._changed()
+                self._changed(False)
 
-    def _changed(self) -> None:
+    def _changed(self, event: bool) -> None:
         try:
-            self.on_change()
+            self.on_change(event)
         except Exception:  # a bug here must not end rotation for good
             log.exception("re-reading the secrets failed")

@@ -80,6 +80,19 @@ def test_unusable_folders(tmp_path: Path) -> None:
         SecretStore(tmp_path / "file").read("name")
 
 
+def test_an_unreadable_folder(store: SecretStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Permissions cannot be taken from root (the tests may run as root): the listing fails instead."""
+
+    def denied(self: Path) -> object:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(
+        SecretError, match=r"secrets folder .*sec \(FAAS_SECRETS_DIR\) is not readable: Permission"
+    ):
+        store.read("name")
+
+
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "", "x" * 129, "sp ace"])
 def test_bad_names_are_refused(store: SecretStore, name: str) -> None:
     with pytest.raises(SecretError, match="secret name"):
