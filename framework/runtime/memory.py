@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from framework.runtime.handle import Instance
+from framework.runtime.handle import InstanceHandle
 
 PERIOD = 0.1
 """Seconds between two samples of the same instance."""
@@ -43,7 +43,7 @@ def resident_bytes(pid: int) -> int | None:
 class MemoryGuard:
     """Kills instances over their function's `memory_mb`; `limited()` lists (instance, limit MiB) pairs."""
 
-    def __init__(self, limited: Callable[[], Iterable[tuple[Instance, int]]]) -> None:
+    def __init__(self, limited: Callable[[], Iterable[tuple[InstanceHandle, int]]]) -> None:
         self._limited = limited
         self._task: asyncio.Task[None] | None = None
         self._warned = False

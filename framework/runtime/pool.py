@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError, InstanceCrashed, Overloaded
 from framework.observe.metrics import Metrics
-from framework.runtime.handle import Instance
+from framework.runtime.handle import InstanceHandle
 from framework.runtime.template import Template
 from framework.types import Invocation, InvokeResult
 
 log = logging.getLogger("faas.runtime")
 
-Slot = tuple[Instance, bool]
+Slot = tuple[InstanceHandle, bool]
 """An instance reserved for one request, and whether that request is a cold start."""
 
 KILL_REASONS = {"memory": "memory", "blocked": "timeout", "exit": "crash", "start": "crash"}
@@ -48,8 +48,8 @@ class FunctionPool:
         """Values of the secrets `spec` lists, read when this pool was built (a rotation builds a new one)."""
         self.unavailable = unavailable
         """Why no instance can start (a secret the node lacks): every request is answered InstanceCrashed."""
-        self.instances: list[Instance] = []
-        self.exiting: set[Instance] = set()
+        self.instances: list[InstanceHandle] = []
+        self.exiting: set[InstanceHandle] = set()
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
@@ -82,7 +82,7 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
-    async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
+    async def call_on(self, inst: InstanceHandle, inv: Invocation) -> InvokeResult:
         """Run `inv` on this very instance (warm-ups), whatever its load."""
         self._reserve(inst)
         try:
@@ -100,9 +100,9 @@ class FunctionPool:
         """Requests held: routed to an instance or waiting in the queue."""
         return sum(i.load for i in self.instances) + len(self._waiters)
 
-    def _pick(self) -> Instance | None:
-        best: Instance | None = None
-        starting: Instance | None = None
+    def _pick(self) -> InstanceHandle | None:
+        best: InstanceHandle | None = None
+        starting: InstanceHandle | None = None
         limit = self.spec.instances.concurrency
         for inst in self.instances:
             if inst.load >= limit or inst.dead:
@@ -149,11 +149,11 @@ class FunctionPool:
         finally:
             self._m_queued.dec()
 
-    def _reserve(self, inst: Instance) -> bool:
+    def _reserve(self, inst: InstanceHandle) -> bool:
         inst.load += 1
         return not inst.ready and not inst.warm
 
-    def _release(self, inst: Instance) -> None:
+    def _release(self, inst: InstanceHandle) -> None:
         inst.load -= 1
         inst.last_used = time.monotonic()
         if self._waiters:
@@ -181,9 +181,9 @@ class FunctionPool:
 
     # ---- instances ----
 
-    def start(self, warm: bool) -> Instance:
+    def start(self, warm: bool) -> InstanceHandle:
         """Start one instance in the background; requests may reserve it while it starts."""
-        inst = Instance(
+        inst = InstanceHandle(
             self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm, secrets=self.secrets
         )
         self.instances.append(inst)
@@ -193,7 +193,7 @@ class FunctionPool:
         task.add_done_callback(self._boots.discard)
         return inst
 
-    async def _boot(self, inst: Instance) -> None:
+    async def _boot(self, inst: InstanceHandle) -> None:
         t0 = time.perf_counter()
         try:
             await inst.start(self._template)
@@ -212,7 +212,7 @@ class FunctionPool:
         )
         self._dispatch()
 
-    def _on_exit(self, inst: Instance, reason: str | None) -> None:
+    def _on_exit(self, inst: InstanceHandle, reason: str | None) -> None:
         if not inst.exited.is_set():
             self.exiting.add(inst)
             inst.on_gone = self.exiting.discard

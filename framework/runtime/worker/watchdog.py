@@ -15,7 +15,7 @@ import time
 import traceback
 from contextvars import ContextVar
 
-from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind
 from framework.runtime.worker.redact import redact
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
@@ -48,7 +48,7 @@ class ForwardHandler(logging.Handler):
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
-            self._sender.send(Kind.LOG, header)
+            self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
 
@@ -94,7 +94,7 @@ class LogStream(io.TextIOBase):
             "inv": current_invocation.get(),
             "blocked": False,
         }
-        self._sender.send(Kind.LOG, header)
+        self._sender.send(FrameKind.LOG, header)
 
 
 class Watchdog:
