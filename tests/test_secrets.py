@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Node, run_cli, wait_for, write_project
+from framework.kafka.embedded import EmbeddedBroker
+from tests.support import Node, ce_headers, consume, new_id, produce, run_cli, wait_for, write_project
 
 READER = "5ec5ec00-0000-4000-8000-000000000011"
 LEAK = "5ec5ec00-0000-4000-8000-000000000012"
@@ -66,6 +67,7 @@ functions:
     uuid: {LEAK}
     handler: functions.sec:leak
     state: productive
+    events: [secret.leak]
     secrets: [api_token]
   - name: hog
     uuid: {HOG}
@@ -324,3 +326,18 @@ def test_a_local_test_run_reads_secrets_too(tmp_path: Path) -> None:
     (folder / "api_token").unlink()
     r = run_cli(root, "invoke", "reader", env={"FAAS_SECRETS_DIR": str(folder)})
     assert r.returncode == 1 and "InstanceCrashed" in r.stderr and "secret 'api_token' is missing" in r.stderr
+
+
+def test_event_replies_carry_redacted_errors(tmp_path: Path, broker: EmbeddedBroker, nodes: Start) -> None:
+    """1. A node on the test broker; an event of type `secret.leak` is produced to its events topic.
+    Result: the combined reply (and any dead-letter copy) says `***`, never the value."""
+    root, folder, value = project(tmp_path)
+    n = nodes(root, broker.bootstrap, env={"FAAS_SECRETS_DIR": str(folder)}).wait_ready(90)
+    eid = new_id()
+    produce(broker.bootstrap, n.events, [(b"k", b"{}", ce_headers("secret.leak", eid))])
+    [reply] = consume(broker.bootstrap, n.replies, 1, 60, ids={eid})
+    assert reply["value"]["ok"] is False
+    assert reply["value"]["error"]["message"] == "RuntimeError: could not use ***", reply
+    dead = consume(broker.bootstrap, n.deadletter, 1, 30)
+    assert all(value not in str(d) for d in dead)
+    assert value not in n.log.read_text()
