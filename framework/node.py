@@ -19,7 +19,7 @@ import uvicorn
 
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
-from framework.control.secrets import readiness_reasons
+from framework.control.secrets import folder_setting_problem, readiness_reasons
 from framework.control.secrets_watch import SecretsWatcher
 from framework.control.snapshot import CodeSnapshots
 from framework.control.watch import ManifestWatcher
@@ -250,6 +250,10 @@ def _loop_factory() -> Any:
 def serve(settings: Settings, kafka: bool = True) -> int:
     """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     logs.configure(settings.log_level, settings.log_format)
+    problem = folder_setting_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
     try:
         manifest = load_manifest(settings.manifest, secrets_dir=settings.secrets_path)
     except ManifestError as exc:

@@ -263,14 +263,31 @@ def test_the_node_never_starts_half_configured(
     assert value not in log
 
 
-def test_a_missing_secrets_folder_stops_the_start(tmp_path: Path, nodes: Start) -> None:
+def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Path, nodes: Start) -> None:
+    """FAAS_SECRETS_DIR not set, no `secrets/` beside the manifest, functions listing a secret: no start,
+    each listed secret reported at its LINE:COL."""
     root, _, _ = project(tmp_path)
-    n = nodes(root, None, kafka=False, env={"FAAS_SECRETS_DIR": str(tmp_path / "nowhere")})
+    n = nodes(root, None, kafka=False)
     assert n.proc.wait(60) == 1
+    log = n.log.read_text()
     assert re.search(
-        r"functions\.yaml:6:15: .*secrets folder .*nowhere \(FAAS_SECRETS_DIR\) does not exist",
-        n.log.read_text(),
+        r"functions\.yaml:6:15: .*secrets folder .*proj/secrets \(FAAS_SECRETS_DIR\) does not exist", log
     )
+    assert re.search(r"functions\.yaml:12:15: .*does not exist", log), log
+
+
+def test_a_secrets_dir_set_to_nowhere_stops_the_start(tmp_path: Path, nodes: Start) -> None:
+    """A FAAS_SECRETS_DIR the user set must exist even when no function lists a secret (a typo shows)."""
+    root = write_project(
+        tmp_path / "proj",
+        MANIFEST.split("  - name: leak")[0].replace("    secrets: [api_token]\n", ""),
+        MODULES,
+    )
+    n = nodes(root, None, kafka=False, env={"FAAS_SECRETS_DIR": str(tmp_path / "typo")})
+    assert n.proc.wait(60) == 1
+    assert re.search(r"secrets folder .*typo \(FAAS_SECRETS_DIR\) does not exist", n.log.read_text())
+    # The default folder (`secrets` beside the manifest) may be absent.
+    assert nodes(root, None, kafka=False).wait_ready().proc.poll() is None
 
 
 def test_api_keys_from_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from framework.control.manifest import FunctionSpec
+    from framework.settings import Settings
 
 MAX_BYTES = 64 * 1024
 """Largest secret file, in bytes."""
@@ -121,3 +122,14 @@ def readiness_reasons(functions: Iterable[FunctionSpec], store: SecretStore) -> 
             for problem in store.problems(spec.secrets).values():
                 reasons.append(f"function {spec.name}: {problem}")
     return reasons
+
+
+def folder_setting_problem(settings: Settings) -> str | None:
+    """Why a `FAAS_SECRETS_DIR` the user set is unusable (missing, not a folder, not readable), or None.
+
+    Only a folder set explicitly must exist: the default `secrets` may be absent while no function lists a
+    secret, and a function that does is checked at its own item of the manifest.
+    """
+    if "secrets_dir" not in settings.model_fields_set:
+        return None
+    return SecretStore(settings.secrets_path).folder_problem()
