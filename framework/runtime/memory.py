@@ -5,7 +5,7 @@ limit (one `pread` on a descriptor kept open per instance: no open/close per sam
 over it: their in-flight requests are answered `InstanceCrashed` naming the limit, and the next request
 gets a fresh instance. At 0.1 s, a handler allocating 100 MB/s is caught at most ~10 MB past its limit.
 Functions without a limit cost nothing: the guard's task starts with the first limited pool. Cost, from
-`make bench`: about 0.4 % of one core for 20 idle limited instances (200 samples a second).
+`make bench`: about 0.3 % of one core for 20 idle limited instances (200 samples a second).
 
 Resident memory is the process's whole RSS, pages it still shares with the template it was forked from
 included (a fresh instance holds ~20-30 MB of them), as `ps` and the container runtimes count it.
