@@ -59,13 +59,16 @@ def _start(root: Path, logs: Path, tag: str) -> tuple[procs.Proc, int]:
 
 
 async def _warm(proc: procs.Proc, port: int) -> int:
-    """Start one instance of each function; returns how many."""
+    """Start one instance of each function (all at once); returns how many."""
     await proc.wait_http_ready(port, "/readyz", 60)
-    for i in range(INSTANCES):
+
+    async def one(i: int) -> None:
         path = f"/functions/{fn_uuid(f'idle-{i:02d}')}/invoke"
         status, body = await fetch("127.0.0.1", port, "POST", path, b"1")
         if status != 200:
             raise RuntimeError(f"idle-{i:02d}: {status} {body[:300]!r}")
+
+    await asyncio.gather(*(one(i) for i in range(INSTANCES)))
     return INSTANCES
 
 
@@ -97,11 +100,12 @@ async def run(env: Env) -> list[Series]:
     with_limit, at_on = _start(_project(base / "limits-on", LIMIT_MB), env.logs, "limits on")
     without, at_off = _start(_project(base / "limits-off", None), env.logs, "limits off")
     try:
-        if await guarded([on], lambda: _warm(with_limit, at_on)) is None:
+        warmed = await asyncio.gather(
+            guarded([on], lambda: _warm(with_limit, at_on)), baseline([on], lambda: _warm(without, at_off))
+        )
+        if None in warmed:
             return [on]
-        if await baseline([on], lambda: _warm(without, at_off)) is None:
-            return [on]
-        await asyncio.sleep(1.0)  # let the start-up work (imports, logging) settle
+        await asyncio.sleep(0.5)  # let the start-up work (imports, logging) settle
         for _ in range(env.profile.repeats):
             if (v := await guarded([on], lambda: _cpu(with_limit, window))) is not None:
                 on.samples.append(v)
