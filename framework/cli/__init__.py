@@ -58,9 +58,11 @@ def fail(*lines: str) -> NoReturn:
     sys.exit(1)
 
 
-def load(settings: Settings, check_handlers: bool = True) -> Manifest:
+def load(settings: Settings, check_handlers: bool = True, check_secrets: bool = False) -> Manifest:
+    """The manifest, or exit 1 with its errors; `check_secrets`: listed secrets must be readable."""
+    secrets = settings.secrets_path if check_secrets else None
     try:
-        return load_manifest(settings.manifest, check_handlers=check_handlers)
+        return load_manifest(settings.manifest, check_handlers=check_handlers, secrets_dir=secrets)
     except ManifestError as exc:
         fail(*exc.errors)
 
@@ -97,15 +99,18 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
     try:
         ctx.obj = Settings(manifest=manifest) if manifest is not None else Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"FAAS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"FAAS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
         raise click.UsageError(f"invalid setting: {problems}") from None
 
 
 @main.command()
 @pass_settings
 def validate(settings: Settings) -> None:
-    """Check the manifest and import every handler."""
-    manifest = load(settings)
+    """Check the manifest, import every handler and read every listed secret."""
+    manifest = load(settings, check_secrets=True)
     click.echo(f"ok: {len(manifest.functions)} functions")
 
 

@@ -106,7 +106,8 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     """Validate the working copy and publish a revision of each NAME (that changed)."""
     if not names and not all_:
         raise click.UsageError("Missing argument 'NAMES...': name a function to deploy, or use --all")
-    manifest = load(settings)
+    # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
+    manifest = load(settings, check_secrets=settings.secrets_path.is_dir())
     specs = _targets(manifest, names, all_)
     found = candidates(manifest, settings.max_code_bytes, message)
     errors = [e for s in specs if (e := found[s.uuid].error) is not None]

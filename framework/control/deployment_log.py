@@ -227,6 +227,8 @@ class KafkaLog(DeploymentLog):
             key = msg.key.decode(errors="replace") if msg.key is not None else None
             changed |= self.state.apply(key, msg.value, f"at offset {msg.offset}")
             self.position = msg.offset + 1
+        # Past offsets compaction removed too (the consumer's position skips them; ours would wait).
+        self.position = max(self.position, await self._consumer.position(self.tp))
         if changed and self.follow:
             self._changed()
         self._moved.set()

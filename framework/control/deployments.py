@@ -131,7 +131,8 @@ class Deployments:
         return spec_from(rev.spec, self.root, self.cache.path(rev.code_sha256), rev.revision)
 
     def refresh(self) -> None:
-        self.on_registry(self.registry())
+        if self.ready:  # a log read halfway is not served: the end of it may change everything
+            self.on_registry(self.registry())
 
     def status(self, uuid: str) -> dict[str, Any]:
         """`revision`, `modified` and `deployed_at` of a `GET /functions` entry (null, false, null: never)."""

@@ -13,8 +13,11 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
-from framework.control.revisions import Revision, sha256
+from pydantic import ValidationError
+
+from framework.control.revisions import Revision, sha256, spec_from
 
 log = logging.getLogger("faas.deployments")
 
@@ -99,9 +102,23 @@ class LogState:
             raise ValueError(f"value is revision {revision.revision} of {revision.uuid}, not of its key")
         if revision.action == "deploy" and revision.code_sha256 not in self.codes:
             raise ValueError(f"its code record code:{revision.code_sha256} is missing")
+        if revision.action == "deploy":
+            _check_spec(revision)
         self.keys.add(key)
         kept = self.revisions.setdefault(uuid, {})
         if kept.get(number) == revision:
             return False
         kept[number] = revision
         return True
+
+
+def _check_spec(revision: Revision) -> None:
+    """A deploy revision's spec must be a function this node can serve, with the record's uuid."""
+    try:
+        spec = spec_from(revision.spec, Path("."), None, revision.revision)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"its spec is not a valid function ({where}: {first['msg']})") from None
+    if spec.uuid != revision.uuid:
+        raise ValueError(f"its spec is function {spec.uuid}, not {revision.uuid}")

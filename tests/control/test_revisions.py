@@ -114,14 +114,15 @@ def record(rev: Revision) -> tuple[str, bytes]:
 
 def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """1. Apply a code record and a good revision. 2. Apply: a value that is not JSON, an unknown action,
-    a deploy whose code record is missing, a value for another key, a foreign key, a code record whose
-    sha256 does not match. Result: each is skipped with a log line naming why; the good revision stays
-    the newest."""
+    a deploy whose code record is missing, a value for another key, specs that are no valid function, a
+    foreign key, a code record whose sha256 does not match. Result: each is skipped with a log line naming
+    why; the good revision stays the newest."""
     root = project(tmp_path)
     rev = candidate(root).numbered(1)
     spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
     data = code_zip(spec, 1 << 20)
     state = LogState()
+    slow = {**rev.spec, "timeout": 99}
     assert state.apply(code_key(sha256(data)), data) is False
     assert state.apply(*record(rev)) is True
     bad = [
@@ -129,6 +130,8 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "action": "explode"}).encode()),
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "code_sha256": "ab" * 32}).encode()),
         (revision_key(U, 3), json.dumps({**rev.to_json(), "revision": 2}).encode()),
+        (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "spec": {"name": "x"}}).encode()),
+        (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "spec": slow}).encode()),
         ("something-else", b"{}"),
         (code_key("cd" * 32), data),
     ]
@@ -136,7 +139,8 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         for key, value in bad:
             assert state.apply(key, value, "at offset 9") is False
     reasons = " | ".join(r.getMessage() for r in caplog.records)
-    for why in ("not JSON", "unknown action", "is missing", "not of its key", "not a key", "sha256 is"):
+    whys = ("not JSON", "unknown action", "is missing", "not of its key", "not a key", "sha256 is", "timeout")
+    for why in whys:
         assert why in reasons, reasons
     assert state.skipped == len(bad)
     assert state.newest(U) == rev and [r.revision for r in state.kept(U)] == [1]

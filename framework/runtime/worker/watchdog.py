@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from framework.runtime.protocol import BlockingSender, FrameKind
+from framework.runtime.worker.redact import redact
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -47,7 +48,7 @@ class ForwardHandler(logging.Handler):
             header = {
                 "lvl": record.levelno,
                 "name": record.name,
-                "msg": msg,
+                "msg": redact(msg),
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
@@ -98,7 +99,7 @@ class LogStream(io.TextIOBase):
         header = {
             "lvl": self._level,
             "name": self._name,
-            "msg": line,
+            "msg": redact(line),
             "inv": current_invocation.get(),
             "blocked": False,
         }
