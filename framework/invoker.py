@@ -17,6 +17,7 @@ from framework.context import Trigger
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
+from framework.tasks import cancel_and_wait
 from framework.types import Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
@@ -83,11 +84,15 @@ class Invoker:
         # prometheus-client's labels() costs microseconds per call: keep the children of the hot path.
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
-        self.completed = [0, 0]
-        """Invocations that ended, [succeeded, failed]: the node's shutdown summary."""
+        # Invocations that ended, for the node's shutdown summary.
+        self.succeeded = 0
+        self.failed = 0
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
-        self.completed[outcome != "ok"] += 1
+        if outcome == "ok":
+            self.succeeded += 1
+        else:
+            self.failed += 1
         if self.metrics is None:
             return
         counter = self._counters.get((name, trigger, outcome))
@@ -178,11 +183,7 @@ class Invoker:
         try:
             await settled
         finally:
-            pending = [t for t in tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(tasks)
         reply.results = [(spec, res) for spec, res in zip(listeners, results, strict=True) if res is not None]
 
     async def warmup(self, spec: FunctionSpec) -> int:

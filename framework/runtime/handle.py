@@ -14,13 +14,13 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
-from framework.runtime.protocol import FrameProtocol, Header, Kind, connect
+from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.template import Template
 from framework.types import Invocation
 
@@ -34,8 +34,9 @@ CLOSE_GRACE = 2.0
 log = logging.getLogger("faas.runtime")
 instance_log = logging.getLogger("faas.instance")
 
-ExitCallback = Callable[["Instance", "str | None"], None]
-"""Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`) or None."""
+ExitCallback = Callable[["InstanceHandle", "str | None"], None]
+"""Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`, `memory`) or
+None."""
 
 
 @dataclass(slots=True)
@@ -47,7 +48,7 @@ class _Pending:
     """Where the reply's captured log entries go (the caller's list), if the caller wants them."""
 
 
-class Instance:
+class InstanceHandle:
     """One instance process of one function, as the node sees it.
 
     `load` (requests routed here: waiting for the start or in flight) is kept by the pool. `warm` marks an
@@ -61,11 +62,14 @@ class Instance:
         on_exit: ExitCallback,
         on_blocked: Callable[[], None],
         warm: bool = False,
+        secrets: Mapping[str, str] | None = None,
         log_caps: tuple[int, int] = (10, 5000),
     ) -> None:
         self.log_caps = log_caps
         """Log entries and characters an invocation's record keeps (FAAS_LOG_ENTRIES, FAAS_LOG_CHARS)."""
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        self._secrets = dict(secrets or {})
+        """The values of the secrets the function lists; they reach the process in its start message only."""
         self.spec = spec
         self.warm = warm
         self.load = 0
@@ -75,7 +79,7 @@ class Instance:
         self.dead = False
         self.exited = asyncio.Event()
         """Set when the process is gone (its log channel closed)."""
-        self.on_gone: Callable[[Instance], None] | None = None
+        self.on_gone: Callable[[InstanceHandle], None] | None = None
         """Called when the process is gone (after `on_exit`, which fires as soon as it stops serving)."""
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
@@ -92,7 +96,7 @@ class Instance:
         self._extra = {"function": spec.name, "instance_id": self.id}
 
     def __repr__(self) -> str:
-        return f"<Instance {self.id} pid={self.pid} load={self.load}>"
+        return f"<InstanceHandle {self.id} pid={self.pid} load={self.load}>"
 
     async def start(self, template: Template) -> None:
         """Fork the instance and wait for it to import its handler; failures land in `started` too."""
@@ -107,6 +111,7 @@ class Instance:
             "concurrency": self.spec.instances.concurrency,
             "instance_id": self.id,
             "log_level": self._log_level,
+            "secrets": self._secrets,
             "log_entries": self.log_caps[0],
             "log_chars": self.log_caps[1],
         }
@@ -141,12 +146,12 @@ class Instance:
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
         if inv.identity is not None or inv.traceparent is not None or inv.attempt != 1:
             header.update(inv.frame_fields())
-        self._main.send(Kind.REQUEST, header, inv.payload)
+        self._main.send(FrameKind.REQUEST, header, inv.payload)
         try:
             return await fut
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
-                self._main.send(Kind.CANCEL, {"id": rid})
+                self._main.send(FrameKind.CANCEL, {"id": rid})
             raise
 
     @property
@@ -163,6 +168,11 @@ class Instance:
         """Hard stop: SIGKILL now; requests it still holds are answered InstanceCrashed."""
         self._die(None, hard=True)
 
+    def kill_for(self, reason: str, message: str) -> None:
+        """SIGKILL now for `reason` (e.g. `memory`); requests it holds get InstanceCrashed(`message`)."""
+        log.warning("%s", message, extra=self._extra)
+        self._die(reason, hard=True, message=message)
+
     def close_logs(self) -> None:
         """Close the log channel (normally it closes by itself when the process exits)."""
         if self._logs is not None:
@@ -171,7 +181,7 @@ class Instance:
     # ---- channel callbacks ----
 
     def _on_frame(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind == Kind.REPLY:
+        if kind == FrameKind.REPLY:
             pending = self._pending.pop(header["id"], None)
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
@@ -185,12 +195,12 @@ class Instance:
                 if header.get("tb"):
                     exc.add_note(header["tb"])
                 pending.fut.set_exception(exc)
-        elif kind == Kind.HELLO:
+        elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
             self.ready = True
             if not self.started.done():
                 self.started.set_result(None)
-        elif kind == Kind.INIT_ERROR and not self.started.done():
+        elif kind == FrameKind.INIT_ERROR and not self.started.done():
             exc = FunctionError(header["msg"])
             exc.add_note(header.get("tb", ""))
             self.started.set_exception(exc)
@@ -211,7 +221,7 @@ class Instance:
             self._die("exit" if crashed else None, hard=False)
 
     def _on_log(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind != Kind.LOG:
+        if kind != FrameKind.LOG:
             return
         extra = {**self._extra, "invocation_id": header.get("inv"), "source": header.get("name")}
         instance_log.log(header.get("lvl", logging.INFO), header.get("msg", ""), extra=extra)
@@ -247,9 +257,11 @@ class Instance:
 
     # ---- death ----
 
-    def _die(self, reason: str | None, hard: bool, late: float | None = None) -> None:
+    def _die(
+        self, reason: str | None, hard: bool, late: float | None = None, message: str | None = None
+    ) -> None:
         """Mark dead and answer every request held: Timeout for those past their limit at `late`, else
-        InstanceCrashed. Runs once."""
+        InstanceCrashed (with `message` when given). Runs once."""
         if self.dead:
             return
         self.dead = True
@@ -270,6 +282,8 @@ class Instance:
                         f"{self.spec.timeout:g} s limit (instance killed)"
                     )
                 )
+            elif message is not None:
+                pending.fut.set_exception(InstanceCrashed(message))
             else:
                 pending.fut.set_exception(
                     InstanceCrashed(

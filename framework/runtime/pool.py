@@ -12,12 +12,13 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from framework.control.manifest import FunctionSpec
-from framework.errors import FaasError, Overloaded
+from framework.errors import FaasError, InstanceCrashed, Overloaded
 from framework.observe.metrics import Metrics
-from framework.runtime.handle import Instance
+from framework.runtime.handle import InstanceHandle
 from framework.runtime.template import Template
 from framework.types import Invocation, InvokeResult
 
@@ -26,8 +27,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("faas.runtime")
 
-Slot = tuple[Instance, bool]
+Slot = tuple[InstanceHandle, bool]
 """An instance reserved for one request, and whether that request is a cold start."""
+
+KILL_REASONS = {"memory": "memory", "blocked": "timeout", "exit": "crash", "start": "crash"}
+"""`faas_instance_kills_total` reason of each way an instance ends against its will."""
 
 
 class FunctionPool:
@@ -40,15 +44,21 @@ class FunctionPool:
         metrics: Metrics,
         queue_timeout: float,
         log_level: str,
+        secrets: Mapping[str, str] | None = None,
+        unavailable: str | None = None,
         recorder: Recorder | None = None,
         log_caps: tuple[int, int] = (10, 5000),
     ) -> None:
         self.spec = spec
+        self.secrets = dict(secrets or {})
+        """Values of the secrets `spec` lists, read when this pool was built (a rotation builds a new one)."""
+        self.unavailable = unavailable
+        """Why no instance can start (a secret the node lacks): every request is answered InstanceCrashed."""
         self._recorder = recorder
         """Told of every invocation that ends here (DESIGN.md section 13): this is where all of them pass."""
         self._log_caps = log_caps
-        self.instances: list[Instance] = []
-        self.exiting: set[Instance] = set()
+        self.instances: list[InstanceHandle] = []
+        self.exiting: set[InstanceHandle] = set()
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
@@ -61,13 +71,21 @@ class FunctionPool:
         self._m_queued = metrics.queued.labels(name)
         self._m_instances = metrics.instances.labels(name)
         self._m_blocked = metrics.blocked_loop.labels(name)
+        for reason in dict.fromkeys(KILL_REASONS.values()):  # shown as 0 before the first kill
+            metrics.instance_kills.labels(name, reason)
 
     # ---- requests ----
+
+    def check_available(self) -> None:
+        """Raise InstanceCrashed when no instance of this pool can start (see `unavailable`)."""
+        if self.unavailable is not None:
+            raise InstanceCrashed(f"function {self.spec.name} cannot start an instance: {self.unavailable}")
 
     async def invoke(self, inv: Invocation) -> InvokeResult:
         # The duration histogram is the invoker's to observe (once per invocation, wall time).
         if self._recorder is not None:
             return await self._recorded(inv, None)
+        self.check_available()
         inst, cold = self._acquire() or await self._queue()
         try:
             result, ms = await inst.call(inv, cold)
@@ -75,7 +93,7 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
-    async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
+    async def call_on(self, inst: InstanceHandle, inv: Invocation) -> InvokeResult:
         """Run `inv` on this very instance (warm-ups), whatever its load."""
         if self._recorder is not None:
             return await self._recorded(inv, inst)
@@ -86,15 +104,16 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
 
-    async def _recorded(self, inv: Invocation, on: Instance | None) -> InvokeResult:
+    async def _recorded(self, inv: Invocation, on: InstanceHandle | None) -> InvokeResult:
         """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened."""
         assert self._recorder is not None
         started, t0 = time.time(), time.perf_counter()
         logs: list[Any] = []
-        inst: Instance | None = None
+        inst: InstanceHandle | None = None
         cold = False
         try:
             if on is None:
+                self.check_available()
                 inst, cold = self._acquire() or await self._queue()
             else:
                 self._reserve(on)
@@ -120,9 +139,9 @@ class FunctionPool:
         """Requests held: routed to an instance or waiting in the queue."""
         return sum(i.load for i in self.instances) + len(self._waiters)
 
-    def _pick(self) -> Instance | None:
-        best: Instance | None = None
-        starting: Instance | None = None
+    def _pick(self) -> InstanceHandle | None:
+        best: InstanceHandle | None = None
+        starting: InstanceHandle | None = None
         limit = self.spec.instances.concurrency
         for inst in self.instances:
             if inst.load >= limit or inst.dead:
@@ -169,11 +188,11 @@ class FunctionPool:
         finally:
             self._m_queued.dec()
 
-    def _reserve(self, inst: Instance) -> bool:
+    def _reserve(self, inst: InstanceHandle) -> bool:
         inst.load += 1
         return not inst.ready and not inst.warm
 
-    def _release(self, inst: Instance) -> None:
+    def _release(self, inst: InstanceHandle) -> None:
         inst.load -= 1
         inst.last_used = time.monotonic()
         if self._waiters:
@@ -201,10 +220,16 @@ class FunctionPool:
 
     # ---- instances ----
 
-    def start(self, warm: bool) -> Instance:
+    def start(self, warm: bool) -> InstanceHandle:
         """Start one instance in the background; requests may reserve it while it starts."""
-        inst = Instance(
-            self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm, log_caps=self._log_caps
+        inst = InstanceHandle(
+            self.spec,
+            self._log_level,
+            self._on_exit,
+            self._m_blocked.inc,
+            warm=warm,
+            secrets=self.secrets,
+            log_caps=self._log_caps,
         )
         self.instances.append(inst)
         self._m_instances.inc()
@@ -213,7 +238,7 @@ class FunctionPool:
         task.add_done_callback(self._boots.discard)
         return inst
 
-    async def _boot(self, inst: Instance) -> None:
+    async def _boot(self, inst: InstanceHandle) -> None:
         t0 = time.perf_counter()
         try:
             await inst.start(self._template)
@@ -232,7 +257,7 @@ class FunctionPool:
         )
         self._dispatch()
 
-    def _on_exit(self, inst: Instance, reason: str | None) -> None:
+    def _on_exit(self, inst: InstanceHandle, reason: str | None) -> None:
         if not inst.exited.is_set():
             self.exiting.add(inst)
             inst.on_gone = self.exiting.discard
@@ -241,6 +266,7 @@ class FunctionPool:
             self._m_instances.dec()
         if reason is not None:
             self._metrics.instance_crashes.labels(self.spec.name, reason).inc()
+            self._metrics.instance_kills.labels(self.spec.name, KILL_REASONS.get(reason, "crash")).inc()
         if self._waiters:
             self._dispatch()
 

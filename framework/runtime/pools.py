@@ -6,7 +6,6 @@ The node, the invoker and the CLI talk only to `Runtime` (and `invoke_once` for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -14,11 +13,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from framework.control.manifest import FunctionSpec
+from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
 from framework.observe.metrics import Metrics
+from framework.runtime.handle import InstanceHandle
+from framework.runtime.memory import MemoryGuard
 from framework.runtime.pool import FunctionPool
 from framework.runtime.template import Template
 from framework.settings import Settings
+from framework.tasks import cancel_and_wait, wait_or_cancel
 from framework.types import Invocation, InvokeResult
 
 if TYPE_CHECKING:
@@ -45,6 +48,9 @@ class Runtime:
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self.secrets = SecretStore(settings.secrets_path)
+        """Where instances' secret values are read from (DESIGN.md section 14)."""
+        self._memory = MemoryGuard(self._limited)
         self.recorder: Recorder | None = None
         """Told of every invocation's end (the node's invocation records); None: no records."""
 
@@ -63,20 +69,14 @@ class Runtime:
         # Polls a sum over pools: simpler than an Event wired through every pool and instance.
         while self.inflight() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        await cancel_and_wait([self._reaper])
+        self._reaper = None
+        await self._memory.stop()
         instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
         for pool in self._all_pools():
             pool.kill()
         if instances:  # let their log channels drain (last words), then close them
-            _, pending = await asyncio.wait(
-                [asyncio.ensure_future(i.exited.wait()) for i in instances], timeout=2
-            )
-            for waiter in pending:
-                waiter.cancel()
+            await wait_or_cancel([asyncio.ensure_future(i.exited.wait()) for i in instances], 2)
             for inst in instances:
                 inst.close_logs()
         self._pools.clear()
@@ -95,6 +95,7 @@ class Runtime:
         if self._stopping:
             raise Overloaded("the node is stopping")
         pool = self._pool(spec)
+        pool.check_available()
         if not pool.instances:
             pool.start(warm=True)
         targets = [i for i in pool.instances if not i.dead]
@@ -113,6 +114,21 @@ class Runtime:
         for name, pool in list(self._pools.items()):
             if new.get(name) != pool.spec:
                 self._retire(name)
+
+    def refresh_secrets(self) -> list[str]:
+        """The secrets folder changed: retire the pool of every function whose secret values changed (or
+        became unreadable, or readable again), so its next request gets a fresh instance while in-flight
+        ones finish on the old. Returns the names of those functions."""
+        changed = []
+        for name, pool in list(self._pools.items()):
+            if not pool.spec.secrets:
+                continue
+            values, problem = self._read_secrets(pool.spec)
+            if values != pool.secrets or problem != pool.unavailable:
+                changed.append(name)
+                log.info("secrets of function %s changed: its next request gets a fresh instance", name)
+                self._retire(name)
+        return changed
 
     def instance_count(self, name: str) -> int:
         """Live (or starting) instances of function `name`, those draining after a reload included."""
@@ -141,16 +157,39 @@ class Runtime:
             self._template.start()
         # Read when scraped, not counted per request (a gauge update costs microseconds on the hot path).
         self.metrics.inflight.labels(spec.name).set_function(lambda: self._inflight_of(spec.name))
+        values, problem = self._read_secrets(spec)
+        if problem is not None:
+            log.error("function %s cannot start instances: %s", spec.name, problem)
         pool = self._pools[spec.name] = FunctionPool(
             spec,
             self._template,
             self.metrics,
             self.settings.queue_timeout,
             self.settings.log_level,
-            self.recorder,
-            (self.settings.log_entries, self.settings.log_chars),
+            secrets=values,
+            unavailable=problem,
+            recorder=self.recorder,
+            log_caps=(self.settings.log_entries, self.settings.log_chars),
         )
+        if spec.instances.memory_mb is not None:
+            self._memory.ensure_started()
         return pool
+
+    def _read_secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], str | None]:
+        """The values of the secrets `spec` lists, or ({}, why one cannot be read)."""
+        try:
+            return self.secrets.values(spec.secrets), None
+        except SecretError as exc:
+            return {}, str(exc)
+
+    def _limited(self) -> list[tuple[InstanceHandle, int]]:
+        """Instances whose function has `instances.memory_mb`, with that limit (for the memory guard)."""
+        return [
+            (inst, limit)
+            for pool in self._all_pools()
+            if (limit := pool.spec.instances.memory_mb) is not None
+            for inst in pool.instances
+        ]
 
     def _retire(self, name: str) -> None:
         pool = self._pools.pop(name)

@@ -32,7 +32,7 @@ MAX_FRAME = 256 * 1024 * 1024
 """Frames above this (bytes) are a protocol error: the channel is closed."""
 
 
-class Kind(IntEnum):
+class FrameKind(IntEnum):
     HELLO = 1
     """instance → node, once the handler imported: `{"pid"}`."""
     INIT_ERROR = 2

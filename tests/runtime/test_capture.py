@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind
 from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text, utc_ms
 from framework.runtime.worker.watchdog import LogStream, current_invocation
 
@@ -118,7 +118,7 @@ def _frames(sock: socket.socket, n: int) -> list[dict[str, object]]:
             if len(data) < 4 + size:
                 break
             kind, hlen = data[4], int.from_bytes(data[5:9], "big")  # frame: length, kind, header length
-            assert kind == Kind.LOG
+            assert kind == FrameKind.LOG
             out.append(orjson.loads(data[9 : 9 + hlen]))
             data = data[4 + size :]
     return out

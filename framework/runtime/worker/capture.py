@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from framework.runtime.protocol import BlockingSender, Header, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind, Header
 
 LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 
@@ -111,7 +111,7 @@ class CapturingSender(BlockingSender):
         self.capture = capture
 
     def send(self, kind: int, header: Header, tail: bytes = b"") -> None:
-        if kind == Kind.LOG:
+        if kind == FrameKind.LOG:
             msg = header.get("msg")
             if isinstance(msg, str):
                 header["msg"] = msg = clean_text(msg)

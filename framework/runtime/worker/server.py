@@ -23,12 +23,14 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import orjson
 
 from framework.context import Context
-from framework.runtime.protocol import BlockingSender, FrameProtocol, Header, Kind, connect
+from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
+from framework.runtime.worker import redact
 from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text
 from framework.runtime.worker.watchdog import ForwardHandler, LogStream, Watchdog, current_invocation
 
@@ -55,7 +57,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
-    """Entry point in the forked child; never returns. `config` is built by `supervisor.Instance`."""
+    """Entry point in the forked child; never returns. `config` is built by `handle.InstanceHandle`."""
     code = 1
     try:
         die_with_parent(parent)
@@ -69,6 +71,9 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
 
 
 def _main(config: Header, main_fd: int, log_fd: int) -> int:
+    # Before anything can log: every value of the function's secrets is `***` in what leaves the process.
+    redact.install(config.get("secrets", {}).values())
+    # Lines are redacted before they reach the sender, so what an invocation's record keeps is too.
     capture = LogCapture(config.get("log_entries", 10), config.get("log_chars", 5000))
     sender = CapturingSender(BlockingSender(socket.socket(fileno=log_fd)), capture)
     root = logging.getLogger()
@@ -111,6 +116,8 @@ class Server:
         self.instance_id: str = config["instance_id"]
         self.timeout: float = config["timeout"]
         self.handler: str = config["handler"]
+        # Read-only, and only the secrets the function lists (the node sends no others).
+        self.secrets = MappingProxyType(dict(config.get("secrets", {})))
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.log = logging.getLogger(f"function.{self.function}")
         self.pool = ThreadPoolExecutor(
@@ -133,18 +140,20 @@ class Server:
             self.fn, self.hook = load_handler(self.handler)
         except BaseException as e:
             conn.send(
-                Kind.INIT_ERROR,
+                FrameKind.INIT_ERROR,
                 {
-                    "msg": f"handler {self.handler!r} of function {self.function} failed "
-                    f"to import: {type(e).__name__}: {e}",
-                    "tb": traceback.format_exc(),
+                    "msg": redact.redact(
+                        f"handler {self.handler!r} of function {self.function} failed "
+                        f"to import: {type(e).__name__}: {e}"
+                    ),
+                    "tb": redact.redact(traceback.format_exc()),
                 },
             )
             conn.close()
             return 1
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
         Watchdog(loop, self.function, self.instance_id).start()
-        conn.send(Kind.HELLO, {"pid": os.getpid()})
+        conn.send(FrameKind.HELLO, {"pid": os.getpid()})
         await self.closed
         return 0
 
@@ -154,14 +163,14 @@ class Server:
             self.closed.set_result(None)
 
     def on_frame(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind == Kind.REQUEST:
+        if kind == FrameKind.REQUEST:
             rid: int = header["id"]
             loop = asyncio.get_running_loop()
             self.tasks[rid] = loop.create_task(self.run(rid, header, tail), name=header["inv"])
             self.deadlines[rid] = deadline = loop.time() + self.timeout
             if self.sweeper is None:
                 self.sweeper = loop.call_at(deadline, self._sweep)
-        elif kind == Kind.CANCEL:
+        elif kind == FrameKind.CANCEL:
             running = self.tasks.get(header["id"])
             if running is not None:
                 running.cancel()
@@ -182,9 +191,13 @@ class Server:
                 return  # cancelled by the node: the caller is gone, nobody waits for a reply
             reply.update(err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit")
         except _NotJson as e:
-            reply.update(err="FunctionError", msg=str(e))
+            reply.update(err="FunctionError", msg=redact.redact(str(e)))
         except Exception as e:
-            reply.update(err="FunctionError", msg=f"{type(e).__name__}: {e}", tb=traceback.format_exc())
+            reply.update(
+                err="FunctionError",
+                msg=redact.redact(f"{type(e).__name__}: {e}"),
+                tb=redact.redact(traceback.format_exc()),
+            )
             self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
         finally:
             self.tasks.pop(rid, None)
@@ -198,7 +211,7 @@ class Server:
             if text in reply:
                 reply[text] = clean_text(reply[text])
         assert self.conn is not None
-        self.conn.send(Kind.REPLY, reply, body)
+        self.conn.send(FrameKind.REPLY, reply, body)
 
     async def _call(self, rid: int, header: Header, tail: bytes, inv: str, deadline: float) -> bytes:
         trigger = header["t"]
@@ -215,6 +228,7 @@ class Server:
             instance_id=self.instance_id,
             cold_start=header["c"],
             attempt=header.get("a", 1),
+            secrets=self.secrets,
         )
         ev: Header | None = header.get("ev")
         if ev is not None:

@@ -16,7 +16,8 @@ import traceback
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind
+from framework.runtime.worker.redact import redact
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -47,11 +48,11 @@ class ForwardHandler(logging.Handler):
             header = {
                 "lvl": record.levelno,
                 "name": record.name,
-                "msg": msg,
+                "msg": redact(msg),
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
-            self._sender.send(Kind.LOG, header)
+            self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
 
@@ -98,11 +99,11 @@ class LogStream(io.TextIOBase):
         header = {
             "lvl": self._level,
             "name": self._name,
-            "msg": line,
+            "msg": redact(line),
             "inv": current_invocation.get(),
             "blocked": False,
         }
-        self._sender.send(Kind.LOG, header)
+        self._sender.send(FrameKind.LOG, header)
 
 
 class BinaryLines(io.RawIOBase):

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
+from framework.tasks import wait_or_cancel
+
 log = logging.getLogger("faas.kafka")
 
 G = TypeVar("G", bound=Hashable)  # the group a chain belongs to: a partition
@@ -91,12 +93,4 @@ class KeyedRunner(Generic[G]):
         Returns True when everything finished in time. Callers drop queued jobs first when they only
         want the running ones to finish.
         """
-        tasks = [c.task for c in self._select(groups) if c.task is not None]
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=wait)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-        return not pending
+        return await wait_or_cancel([c.task for c in self._select(groups) if c.task is not None], wait)
