@@ -216,9 +216,10 @@ class InvocationRecords:
         out: list[dict[str, Any]] = []
         if limit <= 0:
             return out
+        lowered = function.lower() if function is not None else None  # uuids in any case
         for ended in reversed(self._recent):
             spec = ended[1]
-            if function is not None and function != spec.name and function != spec.uuid:
+            if function is not None and function != spec.name and lowered != spec.uuid.lower():
                 continue
             if ok is not None and (ended[11] is None) is not ok:
                 continue

@@ -104,6 +104,7 @@ def test_recent_newest_first_with_filters_and_the_ring_bound() -> None:
     assert newest == [other, failed, *reversed(ids)]
     assert [r["invocation_id"] for r in records.recent(function="echo")] == [failed, *reversed(ids)]
     assert [r["invocation_id"] for r in records.recent(function=OTHER.uuid)] == [other]
+    assert [r["invocation_id"] for r in records.recent(function=OTHER.uuid.upper())] == [other]
     assert [r["invocation_id"] for r in records.recent(ok=False)] == [failed]
     assert [r["invocation_id"] for r in records.recent(trigger="schedule")] == [other]
     assert len(records.recent(limit=2)) == 2 and records.recent(limit=0) == []

@@ -27,6 +27,8 @@ GARBAGE = "5e5e5e5e-0000-4000-8000-000000000006"
 TICKER = "5e5e5e5e-0000-4000-8000-000000000007"
 WARM = "5e5e5e5e-0000-4000-8000-000000000008"
 NOISY = "5e5e5e5e-0000-4000-8000-000000000009"
+SECRETIVE = "5e5e5e5e-0000-4000-8000-00000000000a"
+SECRET = "s3cr3t-value-42"
 
 MANIFEST = f"""
 functions:
@@ -47,6 +49,11 @@ functions:
     state: productive
     keep_warm: "* * * * * */1"
   - {{name: noisy, uuid: {NOISY}, handler: functions.noisy:handle, state: productive}}
+  - name: secretive
+    uuid: {SECRETIVE}
+    handler: functions.rec:secretive
+    state: productive
+    secrets: [api_key]
 """
 MODULES = {
     "rec": """
@@ -80,6 +87,11 @@ MODULES = {
             print(b"bad \\xff\\xfe".decode("utf-8", "surrogateescape"))
             raise ValueError(b"worse \\xff".decode("utf-8", "surrogateescape"))
 
+        async def secretive(payload, ctx):
+            ctx.log.info("the key is %s", ctx.secrets["api_key"])
+            print("printed", ctx.secrets["api_key"])
+            raise RuntimeError(f"failed with {ctx.secrets['api_key']}")
+
         async def ticker(payload, ctx):
             ctx.log.info("tick %s", payload)
             return payload
@@ -112,9 +124,16 @@ RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ENTRIES, CHARS = 6, 3000
 
 
+def project(root: Path) -> Path:
+    write_project(root, MANIFEST, MODULES)
+    (root / "secrets").mkdir()
+    (root / "secrets" / "api_key").write_text(SECRET + "\n")
+    return root
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
-    root = write_project(tmp_path_factory.mktemp("records"), MANIFEST, MODULES)
+    root = project(tmp_path_factory.mktemp("records"))
     env = {"FAAS_LOG_ENTRIES": str(ENTRIES), "FAAS_LOG_CHARS": str(CHARS), "FAAS_NODE_NAME": "node-a"}
     n = Node(root, broker.bootstrap, env=env).wait_ready(90)
     yield n
@@ -306,7 +325,7 @@ def test_stats_count_the_invocations(node: Node) -> None:
 
 def test_records_of_a_node_without_kafka_stay_in_memory(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. `faas run --no-kafka`; invoke echo. Result: its record is listed; /metrics made 0 for the topic."""
-    root = write_project(tmp_path, MANIFEST, MODULES)
+    root = project(tmp_path)
     n = nodes(root, None, kafka=False).wait_ready(60)
     r = invoke(n, ECHO, {"tok": "mem"})
     assert r.status_code == 200, r.text
@@ -318,10 +337,22 @@ def test_records_of_a_node_without_kafka_stay_in_memory(tmp_path: Path, nodes: C
 def test_records_off(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. `faas run --no-kafka` with FAAS_RECORDS=false; invoke echo.
     Result: the invocation answers; no record is kept, aggregated or made."""
-    root = write_project(tmp_path, MANIFEST, MODULES)
+    root = project(tmp_path)
     n = nodes(root, None, kafka=False, env={"FAAS_RECORDS": "false"}).wait_ready(60)
     r = invoke(n, ECHO, {"tok": "off"})
     assert r.status_code == 200, r.text
     assert httpx.get(f"{n.url}/invocations", timeout=10).json() == {"invocations": []}
     assert httpx.get(f"{n.url}/functions/{ECHO}/stats", timeout=10).json()["count"] == 0
     assert httpx.get(f"{n.url}/invocations/{r.json()['invocation_id']}", timeout=10).status_code == 404
+
+
+def test_secret_values_never_reach_a_record(node: Node, broker: EmbeddedBroker) -> None:
+    """1. `secretive` logs its secret through ctx.log and print, then raises with it in the message.
+    Result: its record (in memory and on the topic) shows `***` in the logs and the error, never the value."""
+    r = invoke(node, SECRETIVE)
+    assert r.status_code == 500, r.text
+    rec = listed(node, lambda rs: rs[0] if rs else None, function="secretive")
+    assert messages(rec)[:2] == ["the key is ***", "printed ***"], messages(rec)
+    assert rec["error"]["message"] == "RuntimeError: failed with ***"
+    _, sent = on_topic(node, broker.bootstrap, {rec["invocation_id"]})[rec["invocation_id"]]
+    assert SECRET not in json.dumps(sent) and SECRET not in json.dumps(rec)
