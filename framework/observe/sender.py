@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("faas.records")
 
-LINGER = 0.05
+LINGER = 0.1
 """Seconds the task waits after waking, so one batch carries the records of a burst."""
 MAX_BATCH = 2000
 """Records taken from the buffer per round."""
