@@ -1,6 +1,7 @@
 """Invoke one function, or fan an event out to its productive listeners and combine their replies.
 
 The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads and get results back.
+Event and scheduled invocations go through their function's retry policy (`framework.retry`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from framework.context import Trigger
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
+from framework.retry import RETRIED_TRIGGERS, with_retries
 from framework.types import Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ class EventReply:
     event: str | None
     results: list[tuple[FunctionSpec, InvokeResult]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    attempts: int = 1
+    """Attempts the failing listener made (its last `ctx.attempt`): the dead-letter copy's `faas_attempts`."""
 
     @property
     def ok(self) -> bool:
@@ -48,6 +52,11 @@ class EventReply:
         return cls(
             event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message}
         )
+
+    def fail(self, spec: FunctionSpec, exc: BaseException) -> None:
+        """`spec` failed with `exc`: the chain's error."""
+        self.error = _chain_error(spec, exc)
+        self.attempts = exc.attempts if isinstance(exc, FaasError) else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +93,7 @@ class Invoker:
         self._histograms: dict[tuple[str, str], Any] = {}
         self.completed = [0, 0]
         """Invocations that ended, [succeeded, failed]: the node's shutdown summary."""
+        self._retries: dict[tuple[str, str], Any] = {}
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
         self.completed[outcome != "ok"] += 1
@@ -108,8 +118,34 @@ class Invoker:
         event: str | None = None,
         invocation_id: str | None = None,
     ) -> InvokeResult:
-        """Invoke `spec` once; raises the FaasError the invocation ended with."""
-        inv = Invocation(invocation_id or new_id(), trigger, event, payload)
+        """Invoke `spec` (event and scheduled invocations with its retry policy); raises the FaasError the
+        last attempt ended with."""
+        if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
+            attempt = functools.partial(self._attempt, spec, payload, trigger, event)
+            return await with_retries(
+                spec, invocation_id, attempt, functools.partial(self._retried, spec.name)
+            )
+        return await self._attempt(spec, payload, trigger, event, invocation_id)
+
+    def _retried(self, name: str, error_type: str) -> None:
+        if self.metrics is None:
+            return
+        counter = self._retries.get((name, error_type))
+        if counter is None:
+            counter = self._retries[name, error_type] = self.metrics.retries.labels(name, error_type)
+        counter.inc()
+
+    async def _attempt(
+        self,
+        spec: FunctionSpec,
+        payload: bytes,
+        trigger: Trigger,
+        event: str | None,
+        invocation_id: str | None,
+        attempt: int = 1,
+    ) -> InvokeResult:
+        """One invocation of `spec`; raises the FaasError it ended with."""
+        inv = Invocation(invocation_id or new_id(), trigger, event, payload, attempt=attempt)
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -143,7 +179,7 @@ class Invoker:
             try:
                 reply.results = [(spec, await self.call(spec, payload, "event", event_type))]
             except Exception as exc:
-                reply.error = _chain_error(spec, exc)
+                reply.fail(spec, exc)
         elif listeners:
             await self._fan_out(reply, listeners, payload)
         return reply
@@ -165,7 +201,7 @@ class Invoker:
             if exc is None:
                 results[i] = task.result()
             else:
-                reply.error = _chain_error(listeners[i], exc)
+                reply.fail(listeners[i], exc)
             if left == 0 or exc is not None:
                 settled.set_result(None)
 

@@ -10,10 +10,10 @@ import json
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from croniter import CroniterBadDateError, croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -92,6 +92,12 @@ RETRYABLE = ("Timeout", "InstanceCrashed", "Overloaded", "FunctionError")
 SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
+def _retryable(name: str) -> str:
+    if name not in RETRYABLE:
+        raise ValueError(f"{name!r} is not a retryable error type (one of {', '.join(RETRYABLE)})")
+    return name
+
+
 class RetrySpec(BaseModel):
     """`retry:` of DESIGN.md section 15: event and scheduled invocations only."""
 
@@ -101,15 +107,8 @@ class RetrySpec(BaseModel):
     """Extra attempts after a failure."""
     backoff: float = Field(0.5, gt=0, le=30)
     """Seconds before the first retry, doubled each time, capped at 30 s."""
-    on: tuple[str, ...] = ("Timeout", "InstanceCrashed", "Overloaded")
-
-    @field_validator("on")
-    @classmethod
-    def _on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in RETRYABLE:
-                raise ValueError(f"{name!r} is not a retryable error type (one of {', '.join(RETRYABLE)})")
-        return value
+    on: tuple[Annotated[str, AfterValidator(_retryable)], ...] = ("Timeout", "InstanceCrashed", "Overloaded")
+    """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before `attempt` (2, 3, ...): backoff doubled per retry, at most 30."""
