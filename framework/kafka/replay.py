@@ -1,7 +1,6 @@
 """Re-drive dead-lettered events (DESIGN.md section 15): what `faas replay` does.
 
-The dead-letter topic is read from its start to the end it had when the replay began, with no consumer
-group (nothing is committed, so a replay can be repeated and never disturbs another reader). Each record
+The dead-letter topic is read from its start until nothing more comes, with no consumer group (nothing is committed, so a replay can be repeated and never disturbs another reader). Each record
 is classified (`deadletter.classify`); failed-event copies that match the selection are produced to the
 events topic again with their original key, value and headers (`faas_*` removed, `faas_replayed: n`
 added), in their dead-letter order per partition (so per key). Choices:
@@ -31,6 +30,9 @@ from framework.settings import Settings
 
 READ_STALL = 30.0
 """Seconds without a new record before reading the dead-letter topic is given up as stuck."""
+QUIET_FETCHES = 2
+FETCH_WAIT_MS = 300
+"""Reading ends after QUIET_FETCHES fetches in a row found nothing new, each waiting FETCH_WAIT_MS."""
 PROGRESS_EVERY = 500
 """Records produced between two progress lines (only replays longer than that print them)."""
 
@@ -78,13 +80,14 @@ class Report:
 async def read_topic(
     bootstrap: str, topic: str, options: dict[str, Any]
 ) -> list[ConsumerRecord[bytes, bytes]] | None:
-    """Every record of `topic` up to its current end; None when the topic does not exist."""
+    """Every record of `topic`, read until nothing more comes; None when the topic does not exist."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_wait_ms=20,  # Tansu holds a fetch this long even with records there: keep it short
         **options,
     )
     try:
@@ -102,12 +105,17 @@ async def read_topic(
         left = {tp for tp in tps if ends[tp] > 0}
         out: list[ConsumerRecord[bytes, bytes]] = []
         stalled_at = time.monotonic() + READ_STALL
-        while left:
+        quiet = 0
+        # The end offsets are a floor only: Tansu counts a batch of records as one there. So reading goes
+        # on past them until the fetches come back empty QUIET_FETCHES times in a row.
+        while left or quiet < QUIET_FETCHES:
             if time.monotonic() > stalled_at:
                 raise KafkaError(f"reading {topic} stalled with {len(left)} partitions unread")
-            for tp, records in (await consumer.getmany(*left, timeout_ms=500)).items():
+            batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS)
+            quiet = 0 if batch else quiet + 1
+            for tp, records in batch.items():
                 stalled_at = time.monotonic() + READ_STALL
-                out.extend(r for r in records if r.offset < ends[tp])
+                out.extend(records)
                 if records and records[-1].offset + 1 >= ends[tp]:
                     left.discard(tp)
         return out
