@@ -102,10 +102,10 @@ async def with_retries(
         )
         if retried is not None:
             retried(error.type)
-        await _backoff(delay)
+        await _backoff(spec.name, delay)
 
 
-async def _backoff(delay: float) -> None:
+async def _backoff(name: str, delay: float) -> None:
     handover = HANDOVER.get()
     if handover is None:
         await asyncio.sleep(delay)
@@ -113,7 +113,9 @@ async def _backoff(delay: float) -> None:
     handover.waiting += 1
     try:
         if handover.requested and handover.owner is not None:
-            handover.owner.cancel()  # handed over before this backoff began; the sleep below ends at once
+            # Handed over before this backoff began; the sleep below ends at once.
+            log.info("%s: event handed over instead of waiting for its next attempt", name)
+            handover.owner.cancel()
         await asyncio.sleep(delay)
     finally:
         handover.waiting -= 1

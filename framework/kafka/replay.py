@@ -1,9 +1,10 @@
 """Re-drive dead-lettered events (DESIGN.md section 15): what `faas replay` does.
 
-The dead-letter topic is read from its start until nothing more comes, with no consumer group (nothing is committed, so a replay can be repeated and never disturbs another reader). Each record
-is classified (`deadletter.classify`); failed-event copies that match the selection are produced to the
-events topic again with their original key, value and headers (`faas_*` removed, `faas_replayed: n`
-added), in their dead-letter order per partition (so per key). Choices:
+The dead-letter topic is read from its start until nothing more comes, with no consumer group (nothing
+is committed, so a replay can be repeated and never disturbs another reader). Each record is classified
+(`deadletter.classify`); failed-event copies that match the selection are produced to the events topic
+again with their original key, value and headers (`faas_*` removed, `faas_replayed: n` added), in their
+dead-letter order per partition (so per key). Choices:
 
 - An event dead-lettered more than once (it failed, was replayed and failed again) is replayed once, from
   its newest copy; the older copies count as `superseded`. Its `faas_replayed` is one more than the
