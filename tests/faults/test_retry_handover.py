@@ -108,3 +108,36 @@ def test_event_between_attempts_is_answered_by_the_other_node(
     assert answered[0]["results"][0]["result"] == {"node": other, "attempt": 1}
     rows = attempts(out, eid)
     assert [(r["node"], r["attempt"]) for r in rows] == [(first["node"], 1), (other, 1)], rows
+
+
+def test_rebalance_hands_a_waiting_event_over_without_waiting_out_its_backoff(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node a alone; `brittle` fails its first attempt and waits 25 s for the next.
+    2. The fix lands (`broken` removed) and node b joins the group: a rebalance.
+    Result: the event is answered ok from a fresh attempt 1 (on whichever node owns its partition now)
+    long before the 25 s backoff would have ended: the revocation did not wait for it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    root = write_project(tmp_path / "proj", MANIFEST, MODULES)
+    (out / "broken").write_text("")
+    tag = "rb" + new_id()[:6]
+    a = nodes(root, broker.bootstrap, tag=tag, env={"T_NODE": "a", "T_OUT": str(out)}).wait_ready()
+    eid = new_id()
+    produce(
+        broker.bootstrap, a.events, [(b"k", json.dumps({"id": eid}).encode(), ce_headers("rt.handover", eid))]
+    )
+    wait_for(lambda: attempts(out, eid), timeout=60, message="attempt 1")
+    failed_at = time.monotonic()
+    (out / "broken").unlink()
+    nodes(root, broker.bootstrap, tag=tag, env={"T_NODE": "b", "T_OUT": str(out)})
+
+    def replies() -> list[dict[str, Any]]:
+        got = consume(broker.bootstrap, a.replies, 100_000, timeout=3, ids={eid})
+        return [r["value"] for r in got if isinstance(r["value"], dict) and r["value"].get("id") == eid]
+
+    answered = wait_for(replies, timeout=60, interval=0.5, message=f"a reply to {eid}")
+    assert time.monotonic() - failed_at < BACKOFF - 3, "the rebalance waited out the backoff"
+    assert len(answered) == 1 and answered[0]["ok"] is True, answered
+    assert answered[0]["results"][0]["result"]["attempt"] == 1
+    assert [r["attempt"] for r in attempts(out, eid)] == [1, 1]
