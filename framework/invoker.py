@@ -19,6 +19,7 @@ from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
 from framework.retry import RETRIED_TRIGGERS, with_retries
+from framework.tasks import cancel_and_wait
 from framework.types import Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
@@ -48,14 +49,15 @@ class EventReply:
         return None if self.error is None else str(self.error["type"])
 
     @classmethod
-    def bad_event(cls, event_id: str | None, event: str | None, message: str) -> EventReply:
-        return cls(
-            event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message}
-        )
+    def failed(
+        cls, event_id: str | None, event: str | None, exc: BaseException, spec: FunctionSpec | None = None
+    ) -> EventReply:
+        """A reply whose chain failed with `exc`, in `spec` (None: before any listener ran)."""
+        return cls(event_id, event, error=chain_error(exc, spec))
 
     def fail(self, spec: FunctionSpec, exc: BaseException) -> None:
-        """`spec` failed with `exc`: the chain's error."""
-        self.error = _chain_error(spec, exc)
+        """Listener `spec` ended the chain with `exc` (after its retries)."""
+        self.error = chain_error(exc, spec)
         self.attempts = exc.attempts if isinstance(exc, FaasError) else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,12 +93,16 @@ class Invoker:
         # prometheus-client's labels() costs microseconds per call: keep the children of the hot path.
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
-        self.completed = [0, 0]
-        """Invocations that ended, [succeeded, failed]: the node's shutdown summary."""
+        # Invocations that ended, for the node's shutdown summary.
+        self.succeeded = 0
+        self.failed = 0
         self._retries: dict[tuple[str, str], Any] = {}
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
-        self.completed[outcome != "ok"] += 1
+        if outcome == "ok":
+            self.succeeded += 1
+        else:
+            self.failed += 1
         if self.metrics is None:
             return
         counter = self._counters.get((name, trigger, outcome))
@@ -118,14 +124,13 @@ class Invoker:
         event: str | None = None,
         invocation_id: str | None = None,
     ) -> InvokeResult:
-        """Invoke `spec` (event and scheduled invocations with its retry policy); raises the FaasError the
+        """Invoke `spec` (event and scheduled invocations under its retry policy); raises the FaasError the
         last attempt ended with."""
+        inv = Invocation(invocation_id or new_id(), trigger, event, payload)
         if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
-            attempt = functools.partial(self._attempt, spec, payload, trigger, event)
-            return await with_retries(
-                spec, invocation_id, attempt, functools.partial(self._retried, spec.name)
-            )
-        return await self._attempt(spec, payload, trigger, event, invocation_id)
+            # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
+            return await with_retries(spec, inv, invocation_id is not None, self._attempt, self._retried)
+        return await self._attempt(spec, inv)
 
     def _retried(self, name: str, error_type: str) -> None:
         if self.metrics is None:
@@ -135,17 +140,9 @@ class Invoker:
             counter = self._retries[name, error_type] = self.metrics.retries.labels(name, error_type)
         counter.inc()
 
-    async def _attempt(
-        self,
-        spec: FunctionSpec,
-        payload: bytes,
-        trigger: Trigger,
-        event: str | None,
-        invocation_id: str | None,
-        attempt: int = 1,
-    ) -> InvokeResult:
-        """One invocation of `spec`; raises the FaasError it ended with."""
-        inv = Invocation(invocation_id or new_id(), trigger, event, payload, attempt=attempt)
+    async def _attempt(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
+        """One invocation; raises the FaasError it ended with."""
+        trigger = inv.trigger
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -213,11 +210,7 @@ class Invoker:
         try:
             await settled
         finally:
-            pending = [t for t in tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(tasks)
         reply.results = [(spec, res) for spec, res in zip(listeners, results, strict=True) if res is not None]
 
     async def warmup(self, spec: FunctionSpec) -> int:
@@ -237,7 +230,8 @@ class Invoker:
         return self.runtime.instance_count(name)
 
 
-def _chain_error(spec: FunctionSpec, exc: BaseException) -> dict[str, Any]:
-    """The `error` of a combined reply: the failing listener and its contract error type."""
+def chain_error(exc: BaseException, spec: FunctionSpec | None = None) -> dict[str, Any]:
+    """The `error` of a combined reply (section 4): the failing listener, or None for the event itself, and
+    the contract error (anything else is reported as a `FunctionError`)."""
     err = exc if isinstance(exc, FaasError) else FunctionError(repr(exc))
-    return {"function": spec.name, "uuid": spec.uuid, **err.to_dict()}
+    return {"function": spec and spec.name, "uuid": spec and spec.uuid, **err.to_dict()}

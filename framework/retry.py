@@ -23,18 +23,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import replace
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError
-from framework.types import InvokeResult, new_id
+from framework.types import Invocation, InvokeResult, new_id
 
 log = logging.getLogger("faas.retry")
 
 RETRIED_TRIGGERS = frozenset({"event", "schedule"})
 """Triggers the retry policy applies to."""
 
-Attempt = Callable[[str, int], Awaitable[InvokeResult]]
-"""Runs one attempt: (invocation id, attempt number) -> result, or raises its FaasError."""
+Attempt = Callable[[FunctionSpec, Invocation], Awaitable[InvokeResult]]
+"""Runs one attempt: the result, or raises the FaasError it ended with."""
 
 
 class Handover:
@@ -72,18 +73,22 @@ def attempt_id(invocation_id: str | None, attempt: int) -> str:
 
 async def with_retries(
     spec: FunctionSpec,
-    invocation_id: str | None,
+    first: Invocation,
+    derived_ids: bool,
     attempt: Attempt,
-    retried: Callable[[str], None] | None = None,
+    retried: Callable[[str, str], None] | None = None,
 ) -> InvokeResult:
-    """Run `attempt` until it succeeds, fails with an error type not in `spec.retry.on`, or the attempts
-    run out; `retried(error_type)` is called before each retry. Raises the last attempt's FaasError with
-    its `attempts` set."""
+    """Run `attempt` with `first`, then with copies of it (attempt n, its own id: `first`'s id plus `:n`
+    when `derived_ids`, else a fresh one), until one succeeds, fails with an error type not in
+    `spec.retry.on`, or the attempts run out; `retried(function, error_type)` is called before each retry.
+    Raises the last attempt's FaasError with its `attempts` set."""
     policy = spec.retry
+    given = first.invocation_id if derived_ids else None
     n = 1
     while True:
+        inv = first if n == 1 else replace(first, invocation_id=attempt_id(given, n), attempt=n)
         try:
-            return await attempt(attempt_id(invocation_id, n), n)
+            return await attempt(spec, inv)
         except FaasError as exc:
             exc.attempts = n
             if n > policy.attempts or exc.type not in policy.on:
@@ -101,7 +106,7 @@ async def with_retries(
             extra={"function": spec.name},
         )
         if retried is not None:
-            retried(error.type)
+            retried(spec.name, error.type)
         await _backoff(spec.name, delay)
 
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from framework.control.manifest import FunctionSpec
-from framework.errors import INVOCATION_ERRORS, FunctionError, InstanceCrashed, Timeout
-from framework.runtime.protocol import FrameProtocol, Header, Kind, connect
+from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
+from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.template import Template
 from framework.types import Invocation
 
@@ -131,12 +131,12 @@ class Instance:
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
         if inv.identity is not None or inv.traceparent is not None or inv.attempt != 1:
             header.update(inv.frame_fields())
-        self._main.send(Kind.REQUEST, header, inv.payload)
+        self._main.send(FrameKind.REQUEST, header, inv.payload)
         try:
             return await fut
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
-                self._main.send(Kind.CANCEL, {"id": rid})
+                self._main.send(FrameKind.CANCEL, {"id": rid})
             raise
 
     @property
@@ -161,7 +161,7 @@ class Instance:
     # ---- channel callbacks ----
 
     def _on_frame(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind == Kind.REPLY:
+        if kind == FrameKind.REPLY:
             pending = self._pending.pop(header["id"], None)
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
@@ -169,16 +169,16 @@ class Instance:
             if err is None:
                 pending.fut.set_result((tail, header["ms"]))
             else:
-                exc = INVOCATION_ERRORS.get(err, FunctionError)(header["msg"])
+                exc = from_name(err, header["msg"])
                 if header.get("tb"):
                     exc.add_note(header["tb"])
                 pending.fut.set_exception(exc)
-        elif kind == Kind.HELLO:
+        elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
             self.ready = True
             if not self.started.done():
                 self.started.set_result(None)
-        elif kind == Kind.INIT_ERROR and not self.started.done():
+        elif kind == FrameKind.INIT_ERROR and not self.started.done():
             exc = FunctionError(header["msg"])
             exc.add_note(header.get("tb", ""))
             self.started.set_exception(exc)
@@ -199,7 +199,7 @@ class Instance:
             self._die("exit" if crashed else None, hard=False)
 
     def _on_log(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind != Kind.LOG:
+        if kind != FrameKind.LOG:
             return
         extra = {**self._extra, "invocation_id": header.get("inv"), "source": header.get("name")}
         instance_log.log(header.get("lvl", logging.INFO), header.get("msg", ""), extra=extra)

@@ -15,7 +15,7 @@ import time
 import traceback
 from contextvars import ContextVar
 
-from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
 """The invocation the running code serves (set per request task; copied into handler threads)."""
@@ -47,7 +47,7 @@ class ForwardHandler(logging.Handler):
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
-            self._sender.send(Kind.LOG, header)
+            self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
 
@@ -93,7 +93,7 @@ class LogStream(io.TextIOBase):
             "inv": current_invocation.get(),
             "blocked": False,
         }
-        self._sender.send(Kind.LOG, header)
+        self._sender.send(FrameKind.LOG, header)
 
 
 class Watchdog:

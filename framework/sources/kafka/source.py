@@ -10,7 +10,7 @@ rebalance redoes nothing.
 
 Replies are pipelined: once a record's result is known its reply is handed to the producer and the chain
 goes on with the next record of that key; the acknowledgement marks the record done when it comes. Replies
-of one key are handed over in processing order, so they land in order (see `ReplySender.submit`).
+of one key are handed over in processing order, so they land in order (see `ReplyProducer.submit`).
 
 Failed events (a reply with `ok: false` after retries, `framework.retry`) are copied to the dead-letter
 topic before their reply is handed over, so the offset passes them only once both are acknowledged. While
@@ -29,28 +29,38 @@ import contextlib
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.deadletter import failed_headers
 from framework.kafka.options import MIB, ensure_topics, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.retry import HANDOVER, Handover
-from framework.sources.kafka.answers import Answers
 from framework.sources.kafka.keyed import KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
-from framework.sources.kafka.replies import ReplySender
+from framework.sources.kafka.outbox import ReplyOutbox
+from framework.sources.kafka.replies import ReplyProducer
+from framework.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from framework.invoker import Invoker
     from framework.observe.metrics import Metrics
     from framework.settings import Settings
 
 log = logging.getLogger("faas.kafka")
+
+
+class Invoker(Protocol):
+    """What the Kafka source asks of the invoker (`framework.invoker.Invoker` fits)."""
+
+    async def event(self, event_type: str, event_id: str, payload: bytes) -> EventReply:
+        """Run every productive listener of `event_type`; the combined reply."""
+        ...
+
 
 COMMIT_INTERVAL = 0.5
 """Seconds between commits of finished offsets."""
@@ -80,7 +90,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.options = security_options(settings)
-        self.sender = ReplySender(bootstrap, settings)
+        self.sender = ReplyProducer(bootstrap, settings)
         self.probe = BrokerProbe(bootstrap, self.options, self._topics_seen)
         self.runner: KeyedRunner[TopicPartition] = KeyedRunner(settings.max_inflight_events)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
@@ -91,11 +101,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._reread = False
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.outbox = ReplyOutbox(settings, metrics, self.sender, self.probe.unreachable_for)
         self._handovers: dict[Handover, TopicPartition] = {}
         """The events running now, by partition: those waiting between attempts can be handed over."""
         self._leaving: set[TopicPartition] = set()
         """Partitions being revoked: their events that start now are handed over at their first backoff."""
-        self.answers = Answers(settings, metrics, self.sender, self.probe.unreachable_for)
 
     # ---- lifecycle ----
 
@@ -126,9 +136,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._tasks:  # the poll loop sees the flag within its fetch timeout
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         # Queued records are run too, not dropped: a dropped one would hold the commit point below records
         # of other keys that did finish, and the next owner would answer those twice.
         if self.runner.size:
@@ -136,9 +144,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         deadline = time.monotonic() + grace
         if not await self.runner.drain(None, grace):
             log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
-        await self.answers.settle(self.tracker, None, deadline)
+        await self.outbox.settle(self.tracker, None, deadline)
         await self._commit(None)
-        self.answers.cancel()
+        self.outbox.cancel()
         await self._close_consumer()
         await self.sender.stop()
 
@@ -187,7 +195,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self.consumer
         assert consumer is not None
         while not self._stopping:
-            room = self.runner.room - self.answers.unacked
+            room = self.runner.room - self.outbox.unacked
             if room <= 0:  # full: keep polling (heartbeats, poll interval) but fetch nothing
                 consumer.pause(*consumer.assignment())
             elif consumer.paused():
@@ -204,7 +212,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = False
         self.runner.drop_queued()
         await self.runner.drain(None, 0)
-        self.answers.cancel()  # what still waits for an ack is redone by the group
+        self.outbox.cancel()  # what still waits for an ack is redone by the group
         self.tracker.forget(list(self.tracker.partitions))
         await self._close_consumer()
 
@@ -254,29 +262,25 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning(
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
             )
-            reply = EventReply.bad_event(event.id, event.type, event.message)
-            copy = self.answers.deadletter(
+            reply = EventReply.failed(event.id, event.type, BadEvent(event.message))
+            copy = self.outbox.deadletter(
                 record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
             )
-            await asyncio.gather(self.answers.reply(event.replyto, record.key, reply, event.id), copy)
+            await asyncio.gather(self.outbox.reply(event.replyto, record.key, reply, event.id), copy)
             return False
         try:
             reply = await self.invoker.event(event.type, event.id, event.payload)
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
-            reply = EventReply(
-                event.id,
-                event.type,
-                error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
-            )
+            reply = EventReply.failed(event.id, event.type, exc)
         if not reply.ok and reply.error is not None:
             # Acknowledged before the reply is handed over: the reply's ack then marks the record done.
             error = reply.error
             marked = failed_headers(
                 headers, error["type"], error["message"], error["function"], reply.attempts
             )
-            await self.answers.deadletter(record.key, record.value, marked, "failed")
-        await self.answers.reply_later(part, record, event, reply)
+            await self.outbox.deadletter(record.key, record.value, marked, "failed")
+        await self.outbox.reply_later(part, record, event, reply)
         return True
 
     # ---- rebalance (ConsumerRebalanceListener) ----
@@ -296,7 +300,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
         finally:
             self._leaving.difference_update(tps)
-        await self.answers.settle(self.tracker, tps, deadline)
+        await self.outbox.settle(self.tracker, tps, deadline)
         await self._commit(tps)
         self.tracker.forget(tps)
         for tp in tps:
