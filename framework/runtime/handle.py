@@ -33,7 +33,7 @@ CLOSE_GRACE = 2.0
 log = logging.getLogger("faas.runtime")
 instance_log = logging.getLogger("faas.instance")
 
-ExitCallback = Callable[["Instance", "str | None"], None]
+ExitCallback = Callable[["InstanceHandle", "str | None"], None]
 """Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`) or None."""
 
 
@@ -44,7 +44,7 @@ class _Pending:
     """Loop time at which the request's time limit passes."""
 
 
-class Instance:
+class InstanceHandle:
     """One instance process of one function, as the node sees it.
 
     `load` (requests routed here: waiting for the start or in flight) is kept by the pool. `warm` marks an
@@ -69,7 +69,7 @@ class Instance:
         self.dead = False
         self.exited = asyncio.Event()
         """Set when the process is gone (its log channel closed)."""
-        self.on_gone: Callable[[Instance], None] | None = None
+        self.on_gone: Callable[[InstanceHandle], None] | None = None
         """Called when the process is gone (after `on_exit`, which fires as soon as it stops serving)."""
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
@@ -86,7 +86,7 @@ class Instance:
         self._extra = {"function": spec.name, "instance_id": self.id}
 
     def __repr__(self) -> str:
-        return f"<Instance {self.id} pid={self.pid} load={self.load}>"
+        return f"<InstanceHandle {self.id} pid={self.pid} load={self.load}>"
 
     async def start(self, template: Template) -> None:
         """Fork the instance and wait for it to import its handler; failures land in `started` too."""

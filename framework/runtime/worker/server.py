@@ -54,7 +54,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
-    """Entry point in the forked child; never returns. `config` is built by `supervisor.Instance`."""
+    """Entry point in the forked child; never returns. `config` is built by `handle.InstanceHandle`."""
     code = 1
     try:
         die_with_parent(parent)
