@@ -74,6 +74,8 @@ def replay_command(
         raise click.ClickException(f"replay failed: {exc!r}") from None
     if report.topic_missing:
         click.echo(f"no dead-letter topic {settings.deadletter_topic!r}: nothing to replay", err=True)
+    for event_id in report.missing:
+        click.echo(f"no failed event with ce_id {event_id!r} on {settings.deadletter_topic}", err=True)
     for event_id in report.replayed:
         click.echo(event_id)
     click.echo(report.summary())

@@ -71,11 +71,16 @@ class Report:
     dry_run: bool = False
     topic_missing: bool = False
 
+    missing: list[str] = field(default_factory=list)
+    """`--id`s with no failed-event copy on the topic."""
+
     def summary(self) -> str:
+        """`replayed N, skipped M (reasons)`; a dry run replays nothing and says how many it would."""
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
-        done = "would replay" if self.dry_run else "replayed"
         total = sum(self.skipped.values())
-        return f"{done} {len(self.replayed)}, skipped {total}" + (f" ({reasons})" if reasons else "")
+        done = 0 if self.dry_run else len(self.replayed)
+        line = f"replayed {done}, skipped {total}" + (f" ({reasons})" if reasons else "")
+        return f"dry run: {line}; {len(self.replayed)} would be replayed" if self.dry_run else line
 
 
 async def read_topic(
@@ -153,6 +158,7 @@ def select(
         newest[letter.event_id] = (record, letter)  # records come in offset order: later is newer
     chosen = sorted(newest.values(), key=lambda rl: (rl[0].partition, rl[0].offset))
     report.replayed = [letter.event_id or "" for _, letter in chosen]
+    report.missing = sorted(selection.ids - counts.keys())
     return [
         Outgoing(
             record.key,

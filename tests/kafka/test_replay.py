@@ -122,12 +122,14 @@ def test_every_failed_event_replayed_once_others_counted_apart(topics: Topics) -
         (("--since", "1h"), ["a", "b"]),
         (("--since", "1d"), ["a", "b", "c"]),
         (("--function", "nobody"), []),
+        (("--id", "ghost", "--id", "a"), ["a"]),
     ],
 )
 def test_selection(topics: Topics, args: tuple[str, ...], expected: list[str]) -> None:
     """1. Failed copies of a (t.one, f1), b (t.two, f2) and c (t.one, f3, dead-lettered 5 hours ago).
     2. `faas replay --dry-run` with a selection.
-    Result: exactly the selected ce_ids are listed, the others counted as not selected, nothing produced."""
+    Result: exactly the selected ce_ids are listed, the others counted as not selected, nothing produced;
+    an `--id` with no copy on the topic is named on stderr."""
     ids = {n: str(uuid.uuid4()) for n in "abc"}
     old = int((time.time() - 5 * 3600) * 1000)
     k, v, h, _ = failed(ids["c"], "t.one", "f3")
@@ -137,10 +139,10 @@ def test_selection(topics: Topics, args: tuple[str, ...], expected: list[str]) -
     lines = r.stdout.splitlines()
     assert sorted(lines[:-1]) == sorted(ids[n] for n in expected), r.stdout
     skipped = 3 - len(expected)
-    assert lines[-1] == f"would replay {len(expected)}, skipped {skipped}" + (
-        f" ({skipped} not selected)" if skipped else ""
-    )
+    reasons = f" ({skipped} not selected)" if skipped else ""
+    assert lines[-1] == f"dry run: replayed 0, skipped {skipped}{reasons}; {len(expected)} would be replayed"
     assert topics.produced(1, wait=2) == []
+    assert ("no failed event with ce_id 'ghost'" in r.stderr) == ("ghost" in args), r.stderr
 
 
 def test_long_replay_prints_progress(topics: Topics) -> None:
