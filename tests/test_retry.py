@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from framework.control.registry import Registry
 from framework.errors import FunctionError, Timeout
 from framework.invoker import Invoker
 from framework.observe.metrics import Metrics
-from framework.retry import HANDOVER, Handover, attempt_id
+from framework.retry import HANDOVER, Handover, attempt_id, with_retries
 from framework.runtime import Runtime
 from framework.settings import Settings
+from framework.types import EventIdentity, Invocation, InvokeResult
 from tests.support import write_project
 
 HANDLERS = """
@@ -212,3 +214,30 @@ async def test_handover_requested_mid_attempt_lets_it_finish_then_hands_over(
         await task
     took = time.monotonic() - started
     assert 1 <= took < 8, took
+
+
+async def test_every_attempt_keeps_the_event_identity_and_trace() -> None:
+    """with_retries on its own: attempt n is the first invocation with its own id and `attempt` n, and
+    the same trigger, event, payload, identity and traceparent (what the handler sees as ctx.event_id...)."""
+    spec = FunctionSpec(
+        name="f",
+        uuid=str(uuid.uuid4()),
+        handler="functions.h:until",
+        retry=RetrySpec(attempts=2, backoff=0.01, on=["Timeout"]),
+    )
+    trace = f"00-{'a' * 32}-{'b' * 16}-01"
+    identity = EventIdentity("ev-9", key="k")
+    first = Invocation("id-1", "event", "t.x", b"{}", identity=identity, traceparent=trace)
+    seen: list[Invocation] = []
+
+    async def attempt(s: FunctionSpec, inv: Invocation) -> InvokeResult:
+        seen.append(inv)
+        if inv.attempt < 3:
+            raise Timeout("slow")
+        return InvokeResult(inv.invocation_id, b"1", 1.0, False, "i")
+
+    res = await with_retries(spec, first, False, attempt)
+    assert [i.attempt for i in seen] == [1, 2, 3] and seen[0] is first
+    assert len({i.invocation_id for i in seen}) == 3 and res.invocation_id == seen[2].invocation_id
+    for inv in seen[1:]:
+        assert replace(inv, invocation_id="id-1", attempt=1) == first
