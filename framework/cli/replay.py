@@ -63,8 +63,11 @@ def replay_command(
     servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
     selection = Selection(frozenset(ids), function, event_type, since)
 
-    def progress(done: int, total: int) -> None:
-        click.echo(f"replaying: {done} of {total}", err=True)
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage == "read":
+            click.echo(f"reading {settings.deadletter_topic}: {done} records", err=True)
+        else:
+            click.echo(f"replaying: {done} of {total}", err=True)
 
     try:
         report = asyncio.run(replay(servers, settings, selection, dry_run, progress))

@@ -36,6 +36,11 @@ FETCH_WAIT_MS = 300
 """Reading ends after QUIET_FETCHES fetches in a row found nothing new, each waiting FETCH_WAIT_MS."""
 PROGRESS_EVERY = 500
 """Records produced between two progress lines (only replays longer than that print them)."""
+READ_PROGRESS_EVERY = 10_000
+"""Dead-letter records read between two progress lines."""
+
+Progress = Callable[[str, int, int | None], None]
+"""`(stage, done, total)`: stage `read` (total unknown: None) or `replay`."""
 
 
 class BrokerUnreachable(Exception):
@@ -84,7 +89,7 @@ class Report:
 
 
 async def read_topic(
-    bootstrap: str, topic: str, options: dict[str, Any]
+    bootstrap: str, topic: str, options: dict[str, Any], progress: Progress | None = None
 ) -> list[ConsumerRecord[bytes, bytes]] | None:
     """Every record of `topic`, read until nothing more comes; None when the topic does not exist."""
     consumer = AIOKafkaConsumer(
@@ -121,7 +126,10 @@ async def read_topic(
             quiet = 0 if batch else quiet + 1
             for tp, records in batch.items():
                 stalled_at = time.monotonic() + READ_STALL
+                before = len(out)
                 out.extend(records)
+                if progress is not None and len(out) // READ_PROGRESS_EVERY > before // READ_PROGRESS_EVERY:
+                    progress("read", len(out), None)
                 if records and records[-1].offset + 1 >= ends[tp]:
                     left.discard(tp)
         return out
@@ -177,16 +185,17 @@ async def replay(
     settings: Settings,
     selection: Selection,
     dry_run: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Replay the selected failed events of FAAS_DEADLETTER_TOPIC to FAAS_EVENTS_TOPIC.
 
     Raises BrokerUnreachable when the broker does not answer, KafkaError when producing fails (events
-    produced before that stay produced). `progress(done, total)` is called every PROGRESS_EVERY records.
+    produced before that stay produced). `progress` is called every READ_PROGRESS_EVERY records read and
+    every PROGRESS_EVERY records produced (when more than that are to be).
     """
     options = security_options(settings)
     report = Report(dry_run=dry_run)
-    records = await read_topic(bootstrap, settings.deadletter_topic, options)
+    records = await read_topic(bootstrap, settings.deadletter_topic, options, progress)
     if records is None:
         report.topic_missing = True
         return report
@@ -207,7 +216,7 @@ async def replay(
                 await future
             done = min(start + PROGRESS_EVERY, len(chosen))
             if progress is not None and len(chosen) > PROGRESS_EVERY:
-                progress(done, len(chosen))
+                progress("replay", done, len(chosen))
     finally:
         await producer.stop()
     return report

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from framework.kafka import replay as replay_module
 from framework.kafka.deadletter import classify, failed_headers, replay_headers
 from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.settings import Settings
 from tests.support import Header, ce_headers, consume_raw, run_cli
 
 Letter = tuple[bytes | None, bytes | None, list[Header], int | None]  # key, value, headers, timestamp_ms
@@ -201,3 +203,21 @@ def test_classify_and_replay_headers() -> None:
         ("ce_id", b"1"),
         ("faas_replayed", b"4"),
     ]
+
+
+async def test_progress_while_reading_and_replaying(topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay()` in process with progress every 2 records read and every 2 produced: 5 failed copies give
+    reads at 2 and 4 (or more at once: a fetch may bring several) and replays at 2, 4, 5 of 5."""
+    await asyncio.to_thread(topics.write, [failed(f"p-{i}") for i in range(5)])
+    monkeypatch.setattr(replay_module, "READ_PROGRESS_EVERY", 2)
+    monkeypatch.setattr(replay_module, "PROGRESS_EVERY", 2)
+    calls: list[tuple[str, int, int | None]] = []
+    settings = Settings(deadletter_topic=topics.dead, events_topic=topics.events)
+    report = await replay_module.replay(
+        topics.bootstrap, settings, replay_module.Selection(), progress=lambda *a: calls.append(a)
+    )
+    assert len(report.replayed) == 5
+    reads = [c for c in calls if c[0] == "read"]
+    assert reads and all(total is None for _, _, total in reads), calls
+    assert reads[-1][1] in (4, 5) and [n for _, n, _ in reads] == sorted({n for _, n, _ in reads}), calls
+    assert [c for c in calls if c[0] == "replay"] == [("replay", 2, 5), ("replay", 4, 5), ("replay", 5, 5)]
