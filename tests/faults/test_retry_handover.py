@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
-from tests.faults.kit import partitions
-from tests.support import Node, ce_headers, consume, new_id, produce, wait_for, write_project
+from tests.support import Node, ce_headers, consume, new_id, partitions, produce, wait_for, write_project
 
 pytestmark = pytest.mark.faults
 

@@ -16,6 +16,7 @@ import traceback
 from contextvars import ContextVar
 
 from framework.runtime.protocol import BlockingSender, FrameKind
+from framework.runtime.worker.redact import redact
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
 """The invocation the running code serves (set per request task; copied into handler threads)."""
@@ -43,7 +44,7 @@ class ForwardHandler(logging.Handler):
             header = {
                 "lvl": record.levelno,
                 "name": record.name,
-                "msg": msg,
+                "msg": redact(msg),
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
@@ -89,7 +90,7 @@ class LogStream(io.TextIOBase):
         header = {
             "lvl": self._level,
             "name": self._name,
-            "msg": line,
+            "msg": redact(line),
             "inv": current_invocation.get(),
             "blocked": False,
         }
