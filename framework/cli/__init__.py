@@ -313,5 +313,7 @@ def emit(settings: Settings, event_type: str, data: bytes, timeout: float, boots
 
 
 from framework.cli.logs import logs as _logs  # noqa: E402 - verb groups register after the group exists
+from framework.cli.replay import replay_command  # noqa: E402  (verb groups register themselves here)
 
 main.add_command(_logs)
+main.add_command(replay_command)
