@@ -1,6 +1,7 @@
 """Invoke one function, or fan an event out to its productive listeners and combine their replies.
 
 The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads and get results back.
+Event and scheduled invocations go through their function's retry policy (`framework.retry`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from framework.context import Trigger
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
+from framework.retry import RETRIED_TRIGGERS, with_retries
 from framework.tasks import cancel_and_wait
 from framework.types import Invocation, InvokeResult, new_id
 
@@ -35,6 +37,8 @@ class EventReply:
     event: str | None
     results: list[tuple[FunctionSpec, InvokeResult]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    attempts: int = 1
+    """Attempts the failing listener made (its last `ctx.attempt`): the dead-letter copy's `faas_attempts`."""
 
     @property
     def ok(self) -> bool:
@@ -50,6 +54,11 @@ class EventReply:
     ) -> EventReply:
         """A reply whose chain failed with `exc`, in `spec` (None: before any listener ran)."""
         return cls(event_id, event, error=chain_error(exc, spec))
+
+    def fail(self, spec: FunctionSpec, exc: BaseException) -> None:
+        """Listener `spec` ended the chain with `exc` (after its retries)."""
+        self.error = chain_error(exc, spec)
+        self.attempts = exc.attempts if isinstance(exc, FaasError) else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +96,7 @@ class Invoker:
         # Invocations that ended, for the node's shutdown summary.
         self.succeeded = 0
         self.failed = 0
+        self._retries: dict[tuple[str, str], Any] = {}
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
         if outcome == "ok":
@@ -114,8 +124,25 @@ class Invoker:
         event: str | None = None,
         invocation_id: str | None = None,
     ) -> InvokeResult:
-        """Invoke `spec` once; raises the FaasError the invocation ended with."""
+        """Invoke `spec` (event and scheduled invocations under its retry policy); raises the FaasError the
+        last attempt ended with."""
         inv = Invocation(invocation_id or new_id(), trigger, event, payload)
+        if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
+            # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
+            return await with_retries(spec, inv, invocation_id is not None, self._attempt, self._retried)
+        return await self._attempt(spec, inv)
+
+    def _retried(self, name: str, error_type: str) -> None:
+        if self.metrics is None:
+            return
+        counter = self._retries.get((name, error_type))
+        if counter is None:
+            counter = self._retries[name, error_type] = self.metrics.retries.labels(name, error_type)
+        counter.inc()
+
+    async def _attempt(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
+        """One invocation; raises the FaasError it ended with."""
+        trigger = inv.trigger
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -149,7 +176,7 @@ class Invoker:
             try:
                 reply.results = [(spec, await self.call(spec, payload, "event", event_type))]
             except Exception as exc:
-                reply.error = chain_error(exc, spec)
+                reply.fail(spec, exc)
         elif listeners:
             await self._fan_out(reply, listeners, payload)
         return reply
@@ -171,7 +198,7 @@ class Invoker:
             if exc is None:
                 results[i] = task.result()
             else:
-                reply.error = chain_error(exc, listeners[i])
+                reply.fail(listeners[i], exc)
             if left == 0 or exc is not None:
                 settled.set_result(None)
 

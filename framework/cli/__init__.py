@@ -300,3 +300,7 @@ def emit(settings: Settings, event_type: str, data: bytes, timeout: float, boots
 from framework.cli import deployments as _deployments  # noqa: E402  (the verbs use the helpers above)
 
 _deployments.register(main)
+
+from framework.cli.replay import replay_command  # noqa: E402  (verb groups register themselves here)
+
+main.add_command(replay_command)
