@@ -34,6 +34,11 @@ from framework.tasks import cancel_and_wait
 
 log = logging.getLogger("faas.deployments")
 
+FALLBACK_AFTER = 5.0
+"""Seconds after start without the log read before the node serves its working copy meanwhile."""
+START_TIMEOUT = 30.0
+"""Seconds one attempt to read the log may take before it is retried."""
+
 
 class Deployments:
     """Reads and follows the log, publishes on bootstrap and in watch mode, builds the served registry."""
@@ -56,6 +61,8 @@ class Deployments:
         self.root = working.path.resolve().parent
         self.candidates = candidates(working, max_code_bytes)
         self.ready = False
+        self.fallback = False
+        """The log could not be read in time: the working copy is served until it is."""
         self.booted = False
         self.error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,12 +75,24 @@ class Deployments:
     def begin(self) -> None:
         """Start in the background: an unreachable broker must not keep the node from serving HTTP."""
         self._spawn(self._start_retrying(), "deployments-start")
+        self._spawn(self._fall_back_later(), "deployments-fallback")
+
+    async def _fall_back_later(self) -> None:
+        """Serve the working copy while the log cannot be read (the broker down at start): HTTP and
+        schedules keep working, as they do when the broker goes away later. The log wins once read."""
+        await asyncio.sleep(FALLBACK_AFTER)
+        if not self.ready:
+            log.warning(
+                "deployment log not read after %g s: serving the working copy until it is", FALLBACK_AFTER
+            )
+            self.fallback = True
+            self.refresh()
 
     async def _start_retrying(self) -> None:
         delay = 0.5
         while True:
             try:
-                await self.start()
+                await asyncio.wait_for(self.start(), START_TIMEOUT)
                 return
             except (KafkaError, OSError, TimeoutError) as exc:
                 self.error = f"cannot read the deployment log: {exc!r}"
@@ -104,6 +123,8 @@ class Deployments:
 
     def registry(self) -> Registry:
         """The working copy's functions, each replaced by its served revision where there is one."""
+        if not self.ready:
+            return Registry(self.working) if self.fallback else unserved(self.working)
         live = self.log.state.live()
         specs: list[FunctionSpec] = []
         seen: set[str] = set()
@@ -131,7 +152,7 @@ class Deployments:
         return spec_from(rev.spec, self.root, self.cache.path(rev.code_sha256), rev.revision)
 
     def refresh(self) -> None:
-        if self.ready:  # a log read halfway is not served: the end of it may change everything
+        if self.ready or self.fallback:  # a log read halfway is not served: its end may change everything
             self.on_registry(self.registry())
 
     def status(self, uuid: str) -> dict[str, Any]:

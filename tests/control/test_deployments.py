@@ -397,3 +397,27 @@ async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Pa
     assert d.status(ua)["modified"] is True and d.status(ua)["revision"] == 1
     assert d.revisions(new_id()) is None and [r["revision"] for r in d.revisions(ua) or []] == [1]
     await d.stop()
+
+
+def test_broker_down_at_start_serves_the_working_copy_meanwhile(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node whose FAAS_KAFKA_BOOTSTRAP_SERVERS names a port where nothing listens.
+    Result: `/readyz` is 503 naming the deployment log; alpha answers from the working copy (no revision)
+    after the fallback delay, so HTTP keeps working while the broker is away.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, f"127.0.0.1:{free_port()}", env=NO_WATCH)
+
+    def unready() -> list[str]:
+        try:
+            r = httpx.get(f"{n.url}/readyz", timeout=2)
+        except httpx.HTTPError:
+            return []
+        reasons: list[str] = r.json()["reasons"] if r.status_code == 503 else []
+        return [x for x in reasons if x.startswith("deployments:")]
+
+    assert wait_for(unready, 60, interval=0.2, message="readyz names the deployment log")
+    wait_for(lambda: served(n, u) == {"v": "v1", "rev": None}, 30, message="the working copy served")
+    assert unready()
