@@ -1,6 +1,9 @@
 """Invoke one function, or fan an event out to its productive listeners and combine their replies.
 
 The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads and get results back.
+Sources also hand it the event's identity and the span of the trace their work belongs to
+(`observe/tracing.py`): each invocation is a child span of it (a direct invocation's span is the one the
+source started), carried to the instance as `traceparent`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from framework.context import Trigger
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
-from framework.types import Invocation, InvokeResult, new_id
+from framework.observe import tracing
+from framework.types import EventIdentity, Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
     from framework.observe.metrics import Metrics
@@ -34,6 +38,8 @@ class EventReply:
     event: str | None
     results: list[tuple[FunctionSpec, InvokeResult]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    traceparent: str | None = None
+    """The event's span (section 11): replies carry it as `ce_traceparent`, HTTP answers as `traceparent`."""
 
     @property
     def ok(self) -> bool:
@@ -84,6 +90,8 @@ class Invoker:
         self._histograms: dict[tuple[str, str], Any] = {}
         self.completed = [0, 0]
         """Invocations that ended, [succeeded, failed]: the node's shutdown summary."""
+        self.exporter: tracing.Exporter | None = None
+        """Set by the node when OpenTelemetry export is on: every invocation then ends a span there."""
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
         self.completed[outcome != "ok"] += 1
@@ -107,13 +115,23 @@ class Invoker:
         trigger: Trigger,
         event: str | None = None,
         invocation_id: str | None = None,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
     ) -> InvokeResult:
-        """Invoke `spec` once; raises the FaasError the invocation ended with."""
-        inv = Invocation(invocation_id or new_id(), trigger, event, payload)
+        """Invoke `spec` once; raises the FaasError the invocation ended with.
+
+        `span` is the invocation's own span (a new trace when None); the instance sees it as `ctx.span_id`.
+        """
+        if span is None:
+            span = tracing.start()
+        inv = Invocation(invocation_id or new_id(), trigger, event, payload, identity, span.traceparent)
+        token = tracing.current.set(span)
         started = time.perf_counter()
         outcome = "ok"
+        result: InvokeResult | None = None
         try:
-            return await self.runtime.invoke(spec, inv)
+            result = await self.runtime.invoke(spec, inv)
+            return result
         except FaasError as exc:
             outcome = exc.type
             raise
@@ -121,12 +139,40 @@ class Invoker:
             outcome = "cancelled"
             raise
         finally:
+            tracing.current.reset(token)
             self._observe(spec.name, trigger, outcome, time.perf_counter() - started)
+            if self.exporter is not None:
+                self._export(spec, inv, span, outcome, result)
 
-    async def direct(self, uuid: str, payload: bytes) -> InvokeResult:
+    def _export(
+        self, spec: FunctionSpec, inv: Invocation, span: tracing.Span, outcome: str, res: InvokeResult | None
+    ) -> None:
+        """The `invoke <function>` span, with the OpenTelemetry FaaS attributes (section 11)."""
+        assert self.exporter is not None
+        attributes: dict[str, str | bool | int | float] = {
+            "faas.name": spec.name,
+            "faas.id": spec.uuid,
+            "faas.trigger": _OTEL_TRIGGER.get(inv.trigger, "other"),
+            "faas.invocation_id": inv.invocation_id,
+            "faas.coldstart": bool(res is not None and res.cold_start),
+            "faas.attempt": inv.attempt,
+        }
+        if res is not None:
+            attributes["faas.instance"] = res.instance_id
+        if inv.identity is not None:
+            attributes["cloudevents.event_id"] = inv.identity.event_id or ""
+            attributes["cloudevents.event_type"] = inv.event or ""
+            if inv.identity.source is not None:
+                attributes["cloudevents.event_source"] = inv.identity.source
+            if inv.identity.subject is not None:
+                attributes["cloudevents.event_subject"] = inv.identity.subject
+        error = None if outcome == "ok" else outcome
+        self.exporter.end(f"invoke {spec.name}", span, "internal", attributes, error)
+
+    async def direct(self, uuid: str, payload: bytes, span: tracing.Span | None = None) -> InvokeResult:
         """HTTP direct invocation: only productive functions; anything else is NotFound."""
         spec = self.lookup(uuid)
-        return await self.call(spec, payload, "direct")
+        return await self.call(spec, payload, "direct", span=span)
 
     def lookup(self, uuid: str) -> FunctionSpec:
         spec = self.registry.productive(uuid)
@@ -134,21 +180,43 @@ class Invoker:
             raise NotFound(f"no productive function with uuid {uuid}")
         return spec
 
-    async def event(self, event_type: str, event_id: str, payload: bytes) -> EventReply:
-        """Run every productive listener of `event_type` concurrently; the first failure aborts the chain."""
-        reply = EventReply(event_id, event_type)
+    async def event(
+        self,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
+    ) -> EventReply:
+        """Run every productive listener of `event_type` concurrently; the first failure aborts the chain.
+
+        `span` is the event's span (a new trace when None); each listener's invocation is a child of it.
+        """
+        if span is None:
+            span = tracing.start()
+        if identity is None:
+            identity = EventIdentity(event_id)
+        reply = EventReply(event_id, event_type, traceparent=span.traceparent)
         listeners = self.registry.listeners(event_type)
         if len(listeners) == 1:  # the common case: no task, no waiting set
             spec = listeners[0]
             try:
-                reply.results = [(spec, await self.call(spec, payload, "event", event_type))]
+                res = await self.call(spec, payload, "event", event_type, None, identity, span.child())
+                reply.results = [(spec, res)]
             except Exception as exc:
                 reply.error = _chain_error(spec, exc)
         elif listeners:
-            await self._fan_out(reply, listeners, payload)
+            await self._fan_out(reply, listeners, payload, identity, span)
         return reply
 
-    async def _fan_out(self, reply: EventReply, listeners: tuple[FunctionSpec, ...], payload: bytes) -> None:
+    async def _fan_out(
+        self,
+        reply: EventReply,
+        listeners: tuple[FunctionSpec, ...],
+        payload: bytes,
+        identity: EventIdentity,
+        span: tracing.Span,
+    ) -> None:
         """One task per listener; done-callbacks count them down and wake this coroutine once, when all
         finished or at the first failure (cheaper than looping over `asyncio.wait`)."""
         loop = asyncio.get_running_loop()
@@ -171,7 +239,8 @@ class Invoker:
 
         tasks = []
         for i, spec in enumerate(listeners):
-            task = loop.create_task(self.call(spec, payload, "event", reply.event))
+            call = self.call(spec, payload, "event", reply.event, None, identity, span.child())
+            task = loop.create_task(call)
             task.add_done_callback(functools.partial(finished, i))
             tasks.append(task)
         try:
@@ -199,6 +268,10 @@ class Invoker:
     def instance_count(self, name: str) -> int:
         """Live instances of a function on this node (for listings; sources never reach instances)."""
         return self.runtime.instance_count(name)
+
+
+_OTEL_TRIGGER = {"event": "pubsub", "direct": "http", "schedule": "timer", "warmup": "timer"}
+"""`faas.trigger` values of the OpenTelemetry FaaS conventions for our triggers."""
 
 
 def _chain_error(spec: FunctionSpec, exc: BaseException) -> dict[str, Any]:

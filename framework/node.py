@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from framework import __version__
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
 from framework.control.snapshot import CodeSnapshots
@@ -24,7 +25,7 @@ from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
 from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open
-from framework.observe import logs
+from framework.observe import logs, otel
 from framework.observe.metrics import Metrics
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
@@ -51,6 +52,8 @@ class Node:
         self.runtime = Runtime(settings, self.metrics)
         self.snapshots = CodeSnapshots()
         self.invoker = Invoker(self.runtime, Registry(self._snapshot(manifest)), self.metrics)
+        self.spans = otel.NodeExporter(__version__) if otel.enabled() else None
+        self.invoker.exporter = self.spans
         self.manifest_errors: list[str] = []
         self.broker: EmbeddedBroker | None = None
         self.kafka: KafkaSource | None = None
@@ -207,6 +210,8 @@ class Node:
         left = self.runtime.inflight()
         await self.runtime.stop(grace)
         self.snapshots.remove()
+        if self.spans is not None:
+            self.spans.shutdown()
         if self.broker is not None:
             self.broker.stop()
         done = self.invoker.completed

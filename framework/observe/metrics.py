@@ -83,7 +83,7 @@ class Metrics:
             "faas_events_deadlettered", "Records copied to the dead-letter topic.", registry=r
         )
         self.consumer_lag = Gauge(
-            "faas_consumer_lag", "Records behind the partition end.", ["partition"], registry=r
+            "faas_consumer_lag", "Records behind the partition end.", ["topic", "partition"], registry=r
         )
         self.schedule_runs = Counter(
             "faas_schedule_runs",

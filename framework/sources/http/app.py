@@ -28,8 +28,11 @@ from starlette.types import Receive, Scope, Send
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError, NotFound
 from framework.invoker import new_id
+from framework.observe import tracing
+from framework.observe.spans import export_event
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
+from framework.sources.http.cloudevents import receive, typed_event
 from framework.sources.http.openapi import openapi_document
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
@@ -77,17 +80,17 @@ class HttpSource:
     # ---- functions ----
 
     async def invoke(self, request: Request) -> Response:
-        return JSONResponse(
-            await self.invoke_body(request.path_params["uuid"], request.scope, request.receive)
-        )
+        span = tracing.from_headers(request.scope["headers"])
+        body = await self.invoke_body(request.path_params["uuid"], request.scope, request.receive, span)
+        return JSONResponse(body, headers={"traceparent": span.traceparent})
 
-    async def invoke_body(self, uuid: str, scope: Scope, receive: Receive) -> bytes:
-        """Direct invocation: the 200 body, or the FaasError to answer."""
+    async def invoke_body(self, uuid: str, scope: Scope, receive: Receive, span: tracing.Span) -> bytes:
+        """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's."""
         invoker = self.node.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
         payload = await read_body(scope, receive, self.limit)
         # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
-        res = await invoker.direct(uuid, payload)
+        res = await invoker.direct(uuid, payload, span)
         return orjson.dumps(
             {
                 "invocation_id": res.invocation_id,
@@ -100,8 +103,9 @@ class HttpSource:
     async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The invoke route on raw ASGI messages; answers exactly as `_guarded(self.invoke)` does."""
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        span = tracing.from_headers(scope["headers"])
         try:
-            status, body = 200, await self.invoke_body(uuid, scope, receive)
+            status, body = 200, await self.invoke_body(uuid, scope, receive, span)
         except FaasError as exc:
             status, body = exc.status, error_body(exc.type, exc.message)
         except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
@@ -109,7 +113,11 @@ class HttpSource:
         except Exception:
             log.exception("unexpected error serving POST %s", scope["path"])
             status, body = 500, error_body(INTERNAL_ERROR, "internal error; see the node's log")
-        headers = [(b"content-length", str(len(body)).encode()), *content_type]
+        headers = [
+            (b"content-length", str(len(body)).encode()),
+            *content_type,
+            (b"traceparent", span.traceparent.encode()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -162,8 +170,16 @@ class HttpSource:
                 "error": {"function": None, "uuid": None, **exc.to_dict()},
             }
             return JSONResponse(body, exc.status)
-        reply = await self.node.invoker.event(event, event_id, payload)
-        return JSONResponse(reply.to_json(), 200 if reply.ok else status_of(reply.error_type))
+        ev, span = typed_event(event, event_id, request, payload)
+        invoker = self.node.invoker
+        reply = await invoker.event(event, event_id, payload, ev.identity(), span)
+        if invoker.exporter is not None:
+            export_event(invoker.exporter, span, ev, reply, "server", None)
+        status = 200 if reply.ok else status_of(reply.error_type)
+        return JSONResponse(reply.to_json(), status, headers={"traceparent": span.traceparent})
+
+    async def cloudevent(self, request: Request) -> Response:
+        return await receive(self.node.invoker, request, self.limit)
 
     # ---- operations ----
 
@@ -188,6 +204,7 @@ class HttpSource:
             Route("/functions/{uuid}", g(self.get_function), methods=["GET"]),
             Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
             Route("/events/{type}", g(self.emit), methods=["POST"]),
+            Route("/events", g(self.cloudevent), methods=["POST"]),
             Route("/healthz", g(self.healthz), methods=["GET"]),
             Route("/readyz", g(self.readyz), methods=["GET"]),
             Route("/metrics", g(self.metrics), methods=["GET"]),

@@ -32,6 +32,8 @@ from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.options import MIB, ensure_topics, security_options
 from framework.kafka.probe import BrokerProbe
+from framework.observe import tracing
+from framework.observe.spans import export_event
 from framework.sources.kafka.answers import Answers
 from framework.sources.kafka.keyed import KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
@@ -233,16 +235,26 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             await asyncio.gather(self.answers.reply(event.replyto, record.key, reply, event.id), copy)
             return False
+        for why in event.dropped:
+            log.warning(
+                "event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why
+            )
+        span = tracing.start(event.traceparent, event.tracestate)
         try:
-            reply = await self.invoker.event(event.type, event.id, event.payload)
+            reply = await self.invoker.event(
+                event.type, event.id, event.payload, event.identity(record.key), span
+            )
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
             reply = EventReply(
                 event.id,
                 event.type,
                 error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
+                traceparent=span.traceparent,
             )
         await self.answers.reply_later(part, record, event, reply)
+        if self.invoker.exporter is not None:
+            export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
         return True
 
     # ---- rebalance (ConsumerRebalanceListener) ----
@@ -262,7 +274,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.tracker.forget(tps)
         for tp in tps:
             with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(str(tp.partition))
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True
@@ -313,7 +325,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             except (KafkaError, TimeoutError, AssertionError):
                 continue
             if highwater is not None:
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - position))
+                lag = max(0, highwater - position)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def _topics_seen(self, topics: set[str]) -> None:
         """After a probe: a memory-only broker that restarted has lost our topics; create them again."""
