@@ -60,6 +60,16 @@ PAYLOAD_BODY = {
 }
 
 
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
 def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
     secured = {"security": auth} if auth else {}
     unauthorized = {"401": _error("Unauthorized: missing or wrong bearer key")} if auth else {}
@@ -131,6 +141,42 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
                     "200": _json(ref("EventReply"), "Every listener succeeded"),
                     **unauthorized,
                     **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                },
+            }
+        },
+        "/events": {
+            "post": {
+                "summary": "CloudEvents HTTP sink: one event, binary or structured mode",
+                "description": "Binary mode: `ce-*` headers and the data as the body. Structured mode: "
+                "`Content-Type: application/cloudevents+json` and the event as the body. The answer is the "
+                "combined reply as a binary-mode CloudEvent (`ce-specversion`, `ce-type: faas.reply`, "
+                "`ce-id`, `ce-source: faas`, `ce-correlationid`, `traceparent`).",
+                "operationId": "receiveCloudEvent",
+                **secured,
+                "parameters": [
+                    _header("ce-specversion", "`1.0` (binary mode; default 1.0)."),
+                    _header("ce-type", "Event type (binary mode; required there)."),
+                    _header("ce-id", "Event id (binary mode; required there)."),
+                    _header("ce-source", "Producer."),
+                    _header("ce-subject", "Subject."),
+                    _header("ce-time", "Time, passed on as given."),
+                    _header("traceparent", "W3C trace context of the caller."),
+                    _header("tracestate", "W3C trace state, passed on."),
+                ],
+                "requestBody": {
+                    "required": False,
+                    "description": "Binary mode: the JSON data (empty = null). Structured mode: the event.",
+                    "content": {
+                        "application/json": {"schema": ANY_JSON},
+                        "application/cloudevents+json": {"schema": {"type": "object"}},
+                    },
+                },
+                "responses": {
+                    "200": _json(ref("EventReply"), "Every listener succeeded"),
+                    **unauthorized,
+                    **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                    "400": _error("BadRequest: not JSON, or an event without its type or id"),
+                    "413": _error(INVOKE_ERRORS[413]),
                 },
             }
         },
