@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
 from framework.sources.http.cloudevents import receive, typed_event
 from framework.sources.http.openapi import openapi_document
+from framework.sources.http.requests import RequestMetrics
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
     JSONResponse,
@@ -100,8 +102,9 @@ class HttpSource:
             }
         )
 
-    async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """The invoke route on raw ASGI messages; answers exactly as `_guarded(self.invoke)` does."""
+    async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> int:
+        """The invoke route on raw ASGI messages; answers exactly as `_guarded(self.invoke)` does.
+        Returns the status sent."""
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         span = tracing.from_headers(scope["headers"])
         try:
@@ -120,6 +123,7 @@ class HttpSource:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return status
 
     async def list_functions(self, request: Request) -> Response:
         return JSONResponse({"functions": [self.describe(spec) for spec in self.node.registry.functions]})
@@ -222,6 +226,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/functions/", "/invoke"
+_INVOKE_ROUTE = "/functions/{uuid}/invoke"
 
 
 class App(Starlette):
@@ -231,17 +236,23 @@ class App(Starlette):
         super().__init__(**kwargs)
         self.source = source
         self.auth = auth
+        self.requests = RequestMetrics(source.node.metrics, self.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if scope["method"] == "POST" and not scope.get("root_path"):
             path: str = scope["path"]
             if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
                 uuid = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
                 # The route's `{uuid}` is one non-empty path segment; the bearer check comes first.
                 if uuid and "/" not in uuid and (self.auth is None or self.auth.allowed(scope)):
-                    await self.source.invoke_asgi(uuid, scope, receive, send)
+                    started = time.perf_counter()
+                    status = await self.source.invoke_asgi(uuid, scope, receive, send)
+                    self.requests.observe(_INVOKE_ROUTE, "POST", status, time.perf_counter() - started)
                     return
-        await super().__call__(scope, receive, send)
+        await self.requests.track(super().__call__, scope, receive, send)
 
 
 def create_app(node: Node) -> Starlette:
