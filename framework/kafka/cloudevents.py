@@ -50,6 +50,8 @@ _EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
 CORE = frozenset(("specversion", "type", "id", "source", "subject", "time", "replyto"))
 """Attributes with a place of their own; every other one is an extension."""
 _STRUCTURED_OWN = CORE | {"data", "data_base64", "datacontenttype"}
+_STRING_ATTRIBUTES = ("source", "subject", "time", "datacontenttype", "dataschema")
+"""Structured-mode attributes that must be strings when present (a wrong type makes the event bad)."""
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -190,6 +192,9 @@ def _structured(
         return _with(bad, "structured mode: missing or empty 'type'")
     if event_id is None:
         return _with(bad, "structured mode: missing or empty 'id'")
+    for name in _STRING_ATTRIBUTES:
+        if doc.get(name) is not None and not isinstance(doc[name], str):
+            return _with(bad, f"structured mode: {name!r} must be a string, got {type(doc[name]).__name__}")
     source = doc.get("source")
     if "data_base64" in doc:
         try:

@@ -19,6 +19,8 @@ from framework.observe import tracing
 TAGS = ("function", "invocation_id", "instance_id", "trigger", "event", "trace_id")
 STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 """Attributes every LogRecord has: anything else on a record came from a caller's `extra`."""
+_SKIPPED = STANDARD | {"color_message"}
+"""Left out of JSON lines: uvicorn's `color_message` repeats `message` with terminal colour codes."""
 
 
 class TextFormatter(logging.Formatter):
@@ -41,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in STANDARD and key not in out and value is not None:
+            if key not in _SKIPPED and key not in out and value is not None:
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -20,8 +20,9 @@ reply is the response.
 from __future__ import annotations
 
 import logging
+import string
 from typing import TYPE_CHECKING
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("faas.http")
 
 _PASSED = (b"content-type", b"traceparent", b"tracestate")
+_SAFE = "".join(c for c in string.printable if 0x21 <= ord(c) <= 0x7E and c not in '"%')
 
 
 def kafka_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, bytes | None]]:
@@ -56,11 +58,17 @@ def kafka_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, bytes | Non
     return out
 
 
+def header_value(value: str) -> str:
+    """A `ce-*` header value as the HTTP binding writes it: printable ASCII other than space, `"` and `%`
+    as is, everything else percent-encoded as UTF-8."""
+    return quote(value, safe=_SAFE, errors="replace")
+
+
 def response_headers(reply: EventReply) -> dict[str, str]:
     """The binary-mode CloudEvent headers of a combined reply."""
     headers = {"ce-specversion": "1.0", "ce-type": "faas.reply", "ce-id": new_id(), "ce-source": "faas"}
     if reply.id is not None:
-        headers["ce-correlationid"] = reply.id
+        headers["ce-correlationid"] = header_value(reply.id)
     if reply.traceparent is not None:
         headers["traceparent"] = reply.traceparent
     return headers

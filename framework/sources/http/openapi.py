@@ -39,6 +39,24 @@ def _error(description: str) -> dict[str, Any]:
     return _json(ref("Error"), description)
 
 
+STRUCTURED_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["specversion", "type", "id"],
+    "properties": {
+        "specversion": {"const": "1.0"},
+        "type": {"type": "string", "minLength": 1},
+        "id": {"type": "string", "minLength": 1},
+        "source": {"type": ["string", "null"]},
+        "subject": {"type": ["string", "null"]},
+        "time": {"type": ["string", "null"]},
+        "datacontenttype": {"type": ["string", "null"]},
+        "data": ANY_JSON,
+    },
+    "additionalProperties": True,
+    "description": "A CloudEvent in structured mode; other attributes are extensions (strings, numbers, "
+    "booleans). A null attribute counts as absent.",
+}
+
 UUID_PARAM = {
     "name": "uuid",
     "in": "path",
@@ -58,16 +76,6 @@ PAYLOAD_BODY = {
     "description": "The JSON payload; an empty body is `null`.",
     "content": {"application/json": {"schema": ANY_JSON}},
 }
-
-
-def _header(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "header",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string"},
-    }
 
 
 def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
@@ -147,29 +155,18 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
         "/events": {
             "post": {
                 "summary": "CloudEvents HTTP sink: one event, binary or structured mode",
-                "description": "Binary mode: `ce-*` headers and the data as the body. Structured mode: "
-                "`Content-Type: application/cloudevents+json` and the event as the body. The answer is the "
-                "combined reply as a binary-mode CloudEvent (`ce-specversion`, `ce-type: faas.reply`, "
-                "`ce-id`, `ce-source: faas`, `ce-correlationid`, `traceparent`).",
+                "description": "Structured mode (below): `Content-Type: application/cloudevents+json` and "
+                "the event as the body; other attributes are extensions. Binary mode: the headers "
+                "`ce-specversion` (1.0), `ce-type` and `ce-id` (required), `ce-source`, `ce-subject`, "
+                "`ce-time` and `ce-<extension>`, the JSON data as the body (empty = null). Either mode "
+                "may carry `traceparent` / `tracestate`. The answer is the combined reply as a "
+                "binary-mode CloudEvent: headers `ce-specversion`, `ce-type: faas.reply`, `ce-id`, "
+                "`ce-source: faas`, `ce-correlationid` and `traceparent`.",
                 "operationId": "receiveCloudEvent",
                 **secured,
-                "parameters": [
-                    _header("ce-specversion", "`1.0` (binary mode; default 1.0)."),
-                    _header("ce-type", "Event type (binary mode; required there)."),
-                    _header("ce-id", "Event id (binary mode; required there)."),
-                    _header("ce-source", "Producer."),
-                    _header("ce-subject", "Subject."),
-                    _header("ce-time", "Time, passed on as given."),
-                    _header("traceparent", "W3C trace context of the caller."),
-                    _header("tracestate", "W3C trace state, passed on."),
-                ],
                 "requestBody": {
-                    "required": False,
-                    "description": "Binary mode: the JSON data (empty = null). Structured mode: the event.",
-                    "content": {
-                        "application/json": {"schema": ANY_JSON},
-                        "application/cloudevents+json": {"schema": {"type": "object"}},
-                    },
+                    "required": True,
+                    "content": {"application/cloudevents+json": {"schema": STRUCTURED_EVENT}},
                 },
                 "responses": {
                     "200": _json(ref("EventReply"), "Every listener succeeded"),

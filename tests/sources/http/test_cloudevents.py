@@ -195,10 +195,12 @@ def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> Non
 
 
 def test_openapi_describes_the_sink(node: Node) -> None:
-    """`GET /openapi.json` documents `POST /events` with its binary-mode headers and its statuses."""
+    """`GET /openapi.json` documents `POST /events`: the structured event's schema, the binary-mode headers
+    and the statuses."""
     doc = httpx.get(f"{node.url}/openapi.json", timeout=30).json()
     op = doc["paths"]["/events"]["post"]
-    names = {p["name"] for p in op.get("parameters", [])}
-    assert {"ce-type", "ce-id", "traceparent"} <= names, op
+    for header in ("ce-type", "ce-id", "ce-source", "traceparent", "ce-correlationid"):
+        assert header in op["description"], header
+    schema = op["requestBody"]["content"]["application/cloudevents+json"]["schema"]
+    assert set(schema["required"]) == {"specversion", "type", "id"}, schema
     assert {"200", "400", "413"} <= set(op["responses"]), op
-    assert "application/cloudevents+json" in op["requestBody"]["content"], op
