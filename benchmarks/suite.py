@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, procs
-from benchmarks.cases import batching, cold, direct, events, memory, warm
+from benchmarks.cases import batching, cold, direct, events, memory, tracing, warm
 from benchmarks.config import Profile
 from benchmarks.env import Env
 from benchmarks.eventload import create_topics
@@ -154,6 +154,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
             if proc is not None:
                 proc.stop()
         series += await _group("warm", warm.run, env)
+        series += await _group("tracing", tracing.run, env)
     finally:
         for proc in (env.node, env.bare, env.relay):
             if proc is not None:

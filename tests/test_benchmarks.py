@@ -19,7 +19,8 @@ GROUPS = [
     "memory node RSS", "memory node USS", "memory idle instance RSS", "memory idle instance USS",
     "direct invoke c=1 throughput", "direct invoke c=64 p99", "batching", "cold start trivial p50",
     "cold start heavy p99", "events 1 listener", "events 3 listener", "events 8 listener",
-    "warm invoke c=1 p50", "warm invoke c=64",
+    "warm invoke c=1 p50", "warm invoke c=64", "tracing traceparent per event",
+    "tracing OTel export per span",
 ]  # fmt: skip
 
 
