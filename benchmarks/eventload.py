@@ -1,8 +1,12 @@
 """The event client: produces CloudEvents to a topic and times the replies read back from another.
 
-Used the same way against the node and against the raw relay. Replies are matched by Kafka key (the node
-and the relay both keep the event's key), so reading needs no group: the reply topic's partitions are
-assigned directly and read from their end.
+Used the same way against the node and against the raw relay. Replies are matched by the event's id: the
+node's reply carries it as `ce_correlationid`, the relay's copy as the event's own `ce_id`. Reading needs no
+group: the reply topic's partitions are assigned directly and read from their end.
+
+Load shapes (`keys`): `None` gives every event a key of its own (no ordering constraint between events);
+a number spreads the events round-robin over that many keys, so events of one key queue behind each other
+on both sides, as a real producer keyed by conversation or customer would.
 """
 
 from __future__ import annotations
@@ -15,6 +19,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 PAYLOAD = b'{"n":1}'
+KEYED = 64
+"""Keys of the keyed load shape."""
+
+
+def _event_id(headers: list[tuple[str, bytes]]) -> bytes | None:
+    """The id of the event a reply answers: `ce_correlationid` (the node's reply) or `ce_id` (the relay)."""
+    found = None
+    for name, value in headers:
+        if name == "ce_correlationid":
+            return value
+        if name == "ce_id":
+            found = value
+    return found
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> str:
@@ -90,7 +107,8 @@ class EventClient:
             now = time.perf_counter()
             for msgs in batch.values():
                 for m in msgs:
-                    sent = self._waiting.pop(m.key, None)
+                    event_id = _event_id(m.headers)
+                    sent = None if event_id is None else self._waiting.pop(event_id, None)
                     if sent is None:
                         continue  # a duplicate (at-least-once) or a leftover of an earlier run
                     self._latencies.append(now - sent)
@@ -107,11 +125,12 @@ class EventClient:
         self._all_in = asyncio.Event()
         return uuid.uuid4().hex[:12]
 
-    async def _send(self, event_type: str, tag: str, i: int) -> asyncio.Future[object]:
-        key = f"{tag}-{i}".encode()
-        self._waiting[key] = time.perf_counter()
+    async def _send(self, event_type: str, tag: str, i: int, keys: int | None) -> asyncio.Future[object]:
+        event_id = f"{tag}-{i}"
+        key = (event_id if keys is None else f"{tag}-k{i % keys}").encode()
+        self._waiting[event_id.encode()] = time.perf_counter()
         fut: asyncio.Future[object] = await self.producer.send(
-            self.events_topic, PAYLOAD, key, headers=headers(event_type, key.decode())
+            self.events_topic, PAYLOAD, key, headers=headers(event_type, event_id)
         )
         return fut
 
@@ -124,15 +143,19 @@ class EventClient:
         if self._failed:
             raise RuntimeError(f"{len(self._failed)} replies not ok, e.g. {self._failed[0][:300]!r}")
 
-    async def throughput(self, event_type: str, count: int, limit: float = 120.0) -> float:
+    async def throughput(
+        self, event_type: str, count: int, keys: int | None = KEYED, limit: float = 120.0
+    ) -> float:
         """Produce `count` events as fast as possible; events/s from the first send to the last reply."""
         tag = self._reset()
         start = time.perf_counter()
-        sends = [await self._send(event_type, tag, i) for i in range(count)]
+        sends = [await self._send(event_type, tag, i, keys) for i in range(count)]
         await self._finish(sends, limit)
         return count / (self._last_reply - start)
 
-    async def latency(self, event_type: str, rate: float, seconds: float, limit: float = 60.0) -> list[float]:
+    async def latency(
+        self, event_type: str, rate: float, seconds: float, keys: int | None = KEYED, limit: float = 60.0
+    ) -> list[float]:
         """Produce at a fixed `rate` for `seconds`; returns every event-to-reply latency in seconds."""
         tag = self._reset()
         count = max(10, int(rate * seconds))
@@ -142,6 +165,6 @@ class EventClient:
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            sends.append(await self._send(event_type, tag, i))
+            sends.append(await self._send(event_type, tag, i, keys))
         await self._finish(sends, limit)
         return list(self._latencies)

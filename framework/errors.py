@@ -1,6 +1,8 @@
 """The error hierarchy: one class per error type of the contract (DESIGN.md sections 4 and 5).
 
 Every error a caller can see carries its contract `type` (the class name) and the HTTP `status` it maps to.
+`ERRORS` is the one registry of them by name: statuses, the OpenAPI document and errors rebuilt from their
+names (frames from instances, retry policies) all read it.
 """
 
 from __future__ import annotations
@@ -88,7 +90,32 @@ class ManifestError(Exception):
         self.errors = errors
 
 
-# Errors an invocation can end with, by their contract name (used to rebuild errors sent between processes).
-INVOCATION_ERRORS: dict[str, type[FaasError]] = {
-    cls.__name__: cls for cls in (FunctionError, Timeout, InstanceCrashed, Overloaded, NotFound, BadEvent)
+ERRORS: dict[str, type[FaasError]] = {
+    cls.__name__: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        Overloaded,
+        FunctionError,
+        InstanceCrashed,
+        Timeout,
+        BadEvent,
+    )
 }
+"""Every contract error type by its name."""
+
+INVOCATION_ERRORS: tuple[str, ...] = ("FunctionError", "Timeout", "InstanceCrashed", "Overloaded")
+"""The types an invocation can end with (a listener's chain error, a retry policy's `on`)."""
+
+
+def status_of(error_type: str | None) -> int:
+    """The HTTP status of a contract error type given by name (e.g. `Timeout` → 504); 500 if unknown."""
+    cls = ERRORS.get(error_type or "")
+    return 500 if cls is None else cls.status
+
+
+def from_name(error_type: str, message: str) -> FaasError:
+    """Rebuild an error from its contract name (unknown names become `FunctionError`)."""
+    return ERRORS.get(error_type, FunctionError)(message)

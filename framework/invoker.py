@@ -21,6 +21,7 @@ from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
 from framework.observe import tracing
+from framework.tasks import cancel_and_wait
 from framework.types import EventIdentity, Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
@@ -50,10 +51,11 @@ class EventReply:
         return None if self.error is None else str(self.error["type"])
 
     @classmethod
-    def bad_event(cls, event_id: str | None, event: str | None, message: str) -> EventReply:
-        return cls(
-            event_id, event, error={"function": None, "uuid": None, "type": "BadEvent", "message": message}
-        )
+    def failed(
+        cls, event_id: str | None, event: str | None, exc: BaseException, spec: FunctionSpec | None = None
+    ) -> EventReply:
+        """A reply whose chain failed with `exc`, in `spec` (None: before any listener ran)."""
+        return cls(event_id, event, error=chain_error(exc, spec))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,13 +90,17 @@ class Invoker:
         # prometheus-client's labels() costs microseconds per call: keep the children of the hot path.
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
-        self.completed = [0, 0]
-        """Invocations that ended, [succeeded, failed]: the node's shutdown summary."""
+        # Invocations that ended, for the node's shutdown summary.
+        self.succeeded = 0
+        self.failed = 0
         self.exporter: tracing.Exporter | None = None
         """Set by the node when OpenTelemetry export is on: every invocation then ends a span there."""
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
-        self.completed[outcome != "ok"] += 1
+        if outcome == "ok":
+            self.succeeded += 1
+        else:
+            self.failed += 1
         if self.metrics is None:
             return
         counter = self._counters.get((name, trigger, outcome))
@@ -204,7 +210,7 @@ class Invoker:
                 res = await self.call(spec, payload, "event", event_type, None, identity, span.child())
                 reply.results = [(spec, res)]
             except Exception as exc:
-                reply.error = _chain_error(spec, exc)
+                reply.error = chain_error(exc, spec)
         elif listeners:
             await self._fan_out(reply, listeners, payload, identity, span)
         return reply
@@ -233,7 +239,7 @@ class Invoker:
             if exc is None:
                 results[i] = task.result()
             else:
-                reply.error = _chain_error(listeners[i], exc)
+                reply.error = chain_error(exc, listeners[i])
             if left == 0 or exc is not None:
                 settled.set_result(None)
 
@@ -246,11 +252,7 @@ class Invoker:
         try:
             await settled
         finally:
-            pending = [t for t in tasks if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(tasks)
         reply.results = [(spec, res) for spec, res in zip(listeners, results, strict=True) if res is not None]
 
     async def warmup(self, spec: FunctionSpec) -> int:
@@ -274,7 +276,8 @@ _OTEL_TRIGGER = {"event": "pubsub", "direct": "http", "schedule": "timer", "warm
 """`faas.trigger` values of the OpenTelemetry FaaS conventions for our triggers."""
 
 
-def _chain_error(spec: FunctionSpec, exc: BaseException) -> dict[str, Any]:
-    """The `error` of a combined reply: the failing listener and its contract error type."""
+def chain_error(exc: BaseException, spec: FunctionSpec | None = None) -> dict[str, Any]:
+    """The `error` of a combined reply (section 4): the failing listener, or None for the event itself, and
+    the contract error (anything else is reported as a `FunctionError`)."""
     err = exc if isinstance(exc, FaasError) else FunctionError(repr(exc))
-    return {"function": spec.name, "uuid": spec.uuid, **err.to_dict()}
+    return {"function": spec and spec.name, "uuid": spec and spec.uuid, **err.to_dict()}

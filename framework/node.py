@@ -149,7 +149,7 @@ class Node:
         self.scheduler.apply(self.registry)
         await self.scheduler.start()
         config = uvicorn.Config(
-            create_app(self),
+            create_app(self.settings, self.invoker, self.scheduler, self, self.metrics),
             host=self.settings.http_host,
             port=self.settings.http_port,
             lifespan="off",
@@ -214,11 +214,10 @@ class Node:
             self.spans.shutdown()
         if self.broker is not None:
             self.broker.stop()
-        done = self.invoker.completed
         log.info(
             "stopped: %d invocations complete, %d failed, %d still in flight at the end",
-            done[0],
-            done[1],
+            self.invoker.succeeded,
+            self.invoker.failed,
             left,
         )
 

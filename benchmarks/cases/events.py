@@ -1,7 +1,9 @@
-"""Events over Kafka: events/s end to end with 1, 3 and 8 listeners, and latency at half that rate.
+"""Events over Kafka: events/s end to end with 1, 3 and 8 listeners, and latency at one common rate.
 
 The baseline is the raw aiokafka relay (`relay.py`) on the same broker, with its own topics of the same
-partitioning; both are driven by the same client (`eventload.py`).
+partitioning; both are driven by the same client (`eventload.py`) with the same two load shapes: 64 keys
+(events of a key queue behind each other) and a key per event. Latency is measured on both sides at the
+same rate, half of what the relay sustained with 64 keys, so the ratio compares the same offered load.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import statistics
 from functools import partial
 
 from benchmarks.env import Env, baseline, guarded
-from benchmarks.eventload import EventClient
+from benchmarks.eventload import KEYED, EventClient
 from benchmarks.project import EVENT_TYPES
 from benchmarks.stats import Series, percentile
 
-RELAY = "raw aiokafka relay (consume, produce same bytes, commit)"
+RELAY = "raw aiokafka relay on uvloop (consume, produce same bytes, commit after acks)"
+SHAPES: dict[str, int | None] = {f"{KEYED} keys": KEYED, "unique keys": None}
 
 
 async def _start_client(env: Env, target: str) -> EventClient:
@@ -38,21 +41,22 @@ async def _latencies(env: Env, client: EventClient, event_type: str, rate: float
 
 async def run(env: Env) -> list[Series]:
     p = env.profile
-    tput: dict[int, Series] = {}
+    tput: dict[tuple[int, str], Series] = {}
     lat: dict[int, tuple[Series, Series]] = {}
     for n in EVENT_TYPES:
-        tput[n] = Series(
-            f"events {n} listener(s) throughput",
-            "events/s",
-            "higher",
-            RELAY,
-            extra={"instances": "{max: 1, concurrency: 1000} per listener"},
-        )
+        for shape in SHAPES:
+            tput[n, shape] = Series(
+                f"events {n} listener(s) throughput, {shape}",
+                "events/s",
+                "higher",
+                RELAY,
+                extra={"instances": "{max: 1, concurrency: 1000} per listener"},
+            )
         lat[n] = (
-            Series(f"events {n} listener(s) p50 at half rate", "ms", "lower", RELAY),
-            Series(f"events {n} listener(s) p99 at half rate", "ms", "lower", RELAY),
+            Series(f"events {n} listener(s) p50 at half the relay's rate", "ms", "lower", RELAY),
+            Series(f"events {n} listener(s) p99 at half the relay's rate", "ms", "lower", RELAY),
         )
-    every = [s for n in EVENT_TYPES for s in (tput[n], *lat[n])]
+    every = [*tput.values(), *(s for pair in lat.values() for s in pair)]
     relay = await baseline(every, partial(_start_client, env, "relay"))
     node = await guarded(every, partial(_start_client, env, "node"))
     try:
@@ -61,33 +65,36 @@ async def run(env: Env) -> list[Series]:
             await baseline(every, partial(relay.throughput, "bench.e1", p.event_warmup))
         if node is not None:
             for n, event_type in EVENT_TYPES.items():
-                await guarded([tput[n], *lat[n]], partial(node.throughput, event_type, p.event_warmup))
+                mine = [s for (m, _), s in tput.items() if m == n]
+                await guarded([*mine, *lat[n]], partial(node.throughput, event_type, p.event_warmup))
+        for _ in range(p.repeats):
+            for shape, keys in SHAPES.items():
+                if relay is not None:
+                    b = await baseline(every, partial(relay.throughput, "bench.e1", p.event_count, keys))
+                    for n in EVENT_TYPES:
+                        if b is not None:
+                            tput[n, shape].baseline_samples.append(b)
+                for n, event_type in EVENT_TYPES.items():
+                    if node is not None:
+                        run = partial(node.throughput, event_type, p.event_count, keys)
+                        r = await guarded([tput[n, shape]], run)
+                        if r is not None:
+                            tput[n, shape].samples.append(r)
+        keyed = tput[1, f"{KEYED} keys"].baseline_samples
+        if not keyed:
+            return every
+        rate = statistics.median(keyed) / 2
         for _ in range(p.repeats):
             if relay is not None:
-                b = await baseline(every, partial(relay.throughput, "bench.e1", p.event_count))
-                for n in EVENT_TYPES:
-                    if b is not None:
-                        tput[n].baseline_samples.append(b)
-            for n, event_type in EVENT_TYPES.items():
-                if node is not None:
-                    r = await guarded([tput[n], *lat[n]], partial(node.throughput, event_type, p.event_count))
-                    if r is not None:
-                        tput[n].samples.append(r)
-        # Latency at half the rate each side sustained, so queueing does not dominate.
-        for _ in range(p.repeats):
-            if relay is not None and tput[1].baseline_samples:
-                rate = statistics.median(tput[1].baseline_samples) / 2
                 b2 = await baseline(every, partial(_latencies, env, relay, "bench.e1", rate))
                 for n in EVENT_TYPES:
-                    lat[n][0].extra["baseline_rate"] = round(rate, 1)
+                    lat[n][0].extra["rate"] = round(rate, 1)
                     if b2 is not None:
                         lat[n][0].baseline_samples.append(b2[0])
                         lat[n][1].baseline_samples.append(b2[1])
             for n, event_type in EVENT_TYPES.items():
-                if node is None or not tput[n].samples:
+                if node is None:
                     continue
-                rate = statistics.median(tput[n].samples) / 2
-                lat[n][0].extra["rate"] = round(rate, 1)
                 r2 = await guarded(list(lat[n]), partial(_latencies, env, node, event_type, rate))
                 if r2 is not None:
                     lat[n][0].samples.append(r2[0])

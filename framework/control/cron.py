@@ -79,11 +79,6 @@ class Cron:
         """The first fire time strictly after `after` (default: now), aware, in `tz`."""
         return next(self.ticks(after))
 
-    def previous(self, before: datetime | None = None) -> datetime:
-        """The last fire time strictly before `before` (default: now), aware, in `tz`."""
-        result: datetime = croniter(self.expression, self._start(before)).get_prev(datetime)
-        return result
-
 
 def parse(cron: str, timezone: str = "UTC") -> Cron:
     """Validate `cron` and `timezone` (IANA name, default UTC); ValueError with a clear message if bad."""

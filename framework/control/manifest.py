@@ -12,7 +12,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
@@ -22,7 +21,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control import cron
 from framework.control.handler_check import import_errors
-from framework.errors import ManifestError
+from framework.errors import INVOCATION_ERRORS, ManifestError
 
 State = Literal["draft", "productive", "undeployed"]
 STATES: tuple[State, ...] = ("draft", "productive", "undeployed")
@@ -32,12 +31,8 @@ _HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\
 
 
 def check_cron(expr: str) -> str:
-    """Return `expr` if it is a valid 5- or 6-field cron (see framework.control.cron) that ever fires."""
+    """Return `expr` if it is a valid 5- or 6-field cron that ever fires (`cron.check_expression`)."""
     cron.check_expression(expr)
-    try:
-        croniter(expr).get_next(float)
-    except CroniterBadDateError:
-        raise ValueError(f"cron expression {expr!r} never fires") from None
     return expr
 
 
@@ -87,8 +82,6 @@ class InstancesSpec(BaseModel):
     """Resident memory limit of one instance in MiB (DESIGN.md section 14); None: no limit."""
 
 
-RETRYABLE = ("Timeout", "InstanceCrashed", "Overloaded", "FunctionError")
-"""Error types a `retry.on` list may name (BadEvent and NotFound never change on a retry)."""
 SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
@@ -107,8 +100,9 @@ class RetrySpec(BaseModel):
     @classmethod
     def _on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if name not in RETRYABLE:
-                raise ValueError(f"{name!r} is not a retryable error type (one of {', '.join(RETRYABLE)})")
+            if name not in INVOCATION_ERRORS:  # BadEvent and NotFound never change on a retry
+                choices = ", ".join(INVOCATION_ERRORS)
+                raise ValueError(f"{name!r} is not a retryable error type (one of {choices})")
         return value
 
     def delay(self, attempt: int) -> float:
@@ -194,7 +188,7 @@ class Manifest(BaseModel):
     functions: tuple[FunctionSpec, ...] = ()
 
 
-def _yaml() -> YAML:
+def round_trip_yaml() -> YAML:
     return YAML(typ="rt")
 
 
@@ -214,7 +208,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-class _Errors:
+class ErrorCollector:
     """Collects `(line, col, message)` problems (0-based positions) and formats them sorted, once each."""
 
     def __init__(self, label: str) -> None:
@@ -273,7 +267,7 @@ def _validate(
     model: type[BaseModel],
     node: Any,
     at: tuple[int, int],
-    errors: _Errors,
+    errors: ErrorCollector,
     data: Any = None,
     prefix: str = "",
 ) -> Any:
@@ -295,10 +289,10 @@ def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _parse(path: Path, errors: _Errors) -> Any:
+def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     """The round-trip document of `path` (None for an empty file); syntax errors go to `errors`."""
     try:
-        return _yaml().load(path.read_text(encoding="utf-8"))
+        return round_trip_yaml().load(path.read_text(encoding="utf-8"))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" ({exc.context} started at line {exc.context_mark.line + 1})" if exc.context_mark else ""
@@ -315,9 +309,9 @@ def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
     `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
     folder, so a broken module can neither crash nor pollute this process.
     """
-    errors = _Errors(str(path))
+    errors = ErrorCollector(str(path))
     root = path.resolve().parent
-    doc = _parse(path, errors)
+    doc = parse_yaml(path, errors)
     if errors.found:
         raise ManifestError(errors.lines())
     if doc is None:

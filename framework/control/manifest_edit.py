@@ -16,7 +16,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from framework.control.manifest import STATES, State, _Errors, _parse, _yaml
+from framework.control.manifest import STATES, ErrorCollector, State, parse_yaml, round_trip_yaml
 from framework.errors import ManifestError
 
 _SCALAR = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|[^\s#,\]}]+")
@@ -31,8 +31,8 @@ def _find(doc: Any, name: str) -> CommentedMap:
 
 
 def _read(path: Path) -> tuple[list[str], Any]:
-    errors = _Errors(str(path))
-    doc = _parse(path, errors)
+    errors = ErrorCollector(str(path))
+    doc = parse_yaml(path, errors)
     if errors.found:
         raise ManifestError(errors.lines())
     with path.open(encoding="utf-8", newline="") as f:  # keep \r\n line ends as they are
@@ -42,7 +42,7 @@ def _read(path: Path) -> tuple[list[str], Any]:
 def _write(path: Path, lines: list[str], check: Any) -> None:
     """Check the edited text parses to what we meant, then replace the file atomically (a node watches it)."""
     text = "".join(lines)
-    if not check(_yaml().load(text)):
+    if not check(round_trip_yaml().load(text)):
         raise RuntimeError(f"could not edit {path} safely; edit it by hand")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:

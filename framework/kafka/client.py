@@ -14,7 +14,6 @@ read it independently (no consumer group) and each keeps only the replies to its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
@@ -30,6 +29,7 @@ from aiokafka.errors import KafkaConnectionError
 from framework.kafka.cloudevents import event_headers
 from framework.kafka.options import ensure_topics, security_options, start_producer
 from framework.settings import Settings
+from framework.tasks import cancel_and_wait
 
 log = logging.getLogger("faas.client")
 
@@ -155,11 +155,8 @@ class EventClient:
             self._waiting.pop(event_id, None)
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
+        await cancel_and_wait([self._reader])
+        self._reader = None
         for client in (self._producer, self._consumer):
             if client is not None:
                 try:

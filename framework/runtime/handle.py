@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from framework.control.manifest import FunctionSpec
-from framework.errors import INVOCATION_ERRORS, FunctionError, InstanceCrashed, Timeout
+from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.logs import STANDARD
-from framework.runtime.protocol import FrameProtocol, Header, Kind, connect
+from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.template import Template
 from framework.types import Invocation
 
@@ -34,7 +34,7 @@ CLOSE_GRACE = 2.0
 log = logging.getLogger("faas.runtime")
 instance_log = logging.getLogger("faas.instance")
 
-ExitCallback = Callable[["Instance", "str | None"], None]
+ExitCallback = Callable[["InstanceHandle", "str | None"], None]
 """Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`) or None."""
 
 
@@ -45,7 +45,7 @@ class _Pending:
     """Loop time at which the request's time limit passes."""
 
 
-class Instance:
+class InstanceHandle:
     """One instance process of one function, as the node sees it.
 
     `load` (requests routed here: waiting for the start or in flight) is kept by the pool. `warm` marks an
@@ -70,7 +70,7 @@ class Instance:
         self.dead = False
         self.exited = asyncio.Event()
         """Set when the process is gone (its log channel closed)."""
-        self.on_gone: Callable[[Instance], None] | None = None
+        self.on_gone: Callable[[InstanceHandle], None] | None = None
         """Called when the process is gone (after `on_exit`, which fires as soon as it stops serving)."""
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
@@ -87,7 +87,7 @@ class Instance:
         self._extra = {"function": spec.name, "instance_id": self.id}
 
     def __repr__(self) -> str:
-        return f"<Instance {self.id} pid={self.pid} load={self.load}>"
+        return f"<InstanceHandle {self.id} pid={self.pid} load={self.load}>"
 
     async def start(self, template: Template) -> None:
         """Fork the instance and wait for it to import its handler; failures land in `started` too."""
@@ -132,12 +132,12 @@ class Instance:
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
         if inv.identity is not None or inv.traceparent is not None or inv.attempt != 1:
             header.update(inv.frame_fields())
-        self._main.send(Kind.REQUEST, header, inv.payload)
+        self._main.send(FrameKind.REQUEST, header, inv.payload)
         try:
             return await fut
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
-                self._main.send(Kind.CANCEL, {"id": rid})
+                self._main.send(FrameKind.CANCEL, {"id": rid})
             raise
 
     @property
@@ -162,7 +162,7 @@ class Instance:
     # ---- channel callbacks ----
 
     def _on_frame(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind == Kind.REPLY:
+        if kind == FrameKind.REPLY:
             pending = self._pending.pop(header["id"], None)
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
@@ -170,16 +170,16 @@ class Instance:
             if err is None:
                 pending.fut.set_result((tail, header["ms"]))
             else:
-                exc = INVOCATION_ERRORS.get(err, FunctionError)(header["msg"])
+                exc = from_name(err, header["msg"])
                 if header.get("tb"):
                     exc.add_note(header["tb"])
                 pending.fut.set_exception(exc)
-        elif kind == Kind.HELLO:
+        elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
             self.ready = True
             if not self.started.done():
                 self.started.set_result(None)
-        elif kind == Kind.INIT_ERROR and not self.started.done():
+        elif kind == FrameKind.INIT_ERROR and not self.started.done():
             exc = FunctionError(header["msg"])
             exc.add_note(header.get("tb", ""))
             self.started.set_exception(exc)
@@ -200,7 +200,7 @@ class Instance:
             self._die("exit" if crashed else None, hard=False)
 
     def _on_log(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind != Kind.LOG:
+        if kind != FrameKind.LOG:
             return
         extra = {**self._extra, "invocation_id": header.get("inv"), "source": header.get("name")}
         tp = header.get("tp")

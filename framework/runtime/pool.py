@@ -16,13 +16,13 @@ from collections import deque
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError, Overloaded
 from framework.observe.metrics import Metrics
-from framework.runtime.handle import Instance
+from framework.runtime.handle import InstanceHandle
 from framework.runtime.template import Template
 from framework.types import Invocation, InvokeResult
 
 log = logging.getLogger("faas.runtime")
 
-Slot = tuple[Instance, bool]
+Slot = tuple[InstanceHandle, bool]
 """An instance reserved for one request, and whether that request is a cold start."""
 
 
@@ -33,8 +33,8 @@ class FunctionPool:
         self, spec: FunctionSpec, template: Template, metrics: Metrics, queue_timeout: float, log_level: str
     ) -> None:
         self.spec = spec
-        self.instances: list[Instance] = []
-        self.exiting: set[Instance] = set()
+        self.instances: list[InstanceHandle] = []
+        self.exiting: set[InstanceHandle] = set()
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
@@ -59,7 +59,7 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
-    async def call_on(self, inst: Instance, inv: Invocation) -> InvokeResult:
+    async def call_on(self, inst: InstanceHandle, inv: Invocation) -> InvokeResult:
         """Run `inv` on this very instance (warm-ups), whatever its load."""
         self._reserve(inst)
         try:
@@ -77,9 +77,9 @@ class FunctionPool:
         """Requests held: routed to an instance or waiting in the queue."""
         return sum(i.load for i in self.instances) + len(self._waiters)
 
-    def _pick(self) -> Instance | None:
-        best: Instance | None = None
-        starting: Instance | None = None
+    def _pick(self) -> InstanceHandle | None:
+        best: InstanceHandle | None = None
+        starting: InstanceHandle | None = None
         limit = self.spec.instances.concurrency
         for inst in self.instances:
             if inst.load >= limit or inst.dead:
@@ -126,11 +126,11 @@ class FunctionPool:
         finally:
             self._m_queued.dec()
 
-    def _reserve(self, inst: Instance) -> bool:
+    def _reserve(self, inst: InstanceHandle) -> bool:
         inst.load += 1
         return not inst.ready and not inst.warm
 
-    def _release(self, inst: Instance) -> None:
+    def _release(self, inst: InstanceHandle) -> None:
         inst.load -= 1
         inst.last_used = time.monotonic()
         if self._waiters:
@@ -158,9 +158,9 @@ class FunctionPool:
 
     # ---- instances ----
 
-    def start(self, warm: bool) -> Instance:
+    def start(self, warm: bool) -> InstanceHandle:
         """Start one instance in the background; requests may reserve it while it starts."""
-        inst = Instance(self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm)
+        inst = InstanceHandle(self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm)
         self.instances.append(inst)
         self._m_instances.inc()
         task = asyncio.get_running_loop().create_task(self._boot(inst))
@@ -168,7 +168,7 @@ class FunctionPool:
         task.add_done_callback(self._boots.discard)
         return inst
 
-    async def _boot(self, inst: Instance) -> None:
+    async def _boot(self, inst: InstanceHandle) -> None:
         t0 = time.perf_counter()
         try:
             await inst.start(self._template)
@@ -187,7 +187,7 @@ class FunctionPool:
         )
         self._dispatch()
 
-    def _on_exit(self, inst: Instance, reason: str | None) -> None:
+    def _on_exit(self, inst: InstanceHandle, reason: str | None) -> None:
         if not inst.exited.is_set():
             self.exiting.add(inst)
             inst.on_gone = self.exiting.discard

@@ -6,7 +6,6 @@ The node, the invoker and the CLI talk only to `Runtime` (and `invoke_once` for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -18,6 +17,7 @@ from framework.observe.metrics import Metrics
 from framework.runtime.pool import FunctionPool
 from framework.runtime.template import Template
 from framework.settings import Settings
+from framework.tasks import cancel_and_wait, wait_or_cancel
 from framework.types import Invocation, InvokeResult
 
 log = logging.getLogger("faas.runtime")
@@ -57,20 +57,13 @@ class Runtime:
         # Polls a sum over pools: simpler than an Event wired through every pool and instance.
         while self.inflight() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        await cancel_and_wait([self._reaper])
+        self._reaper = None
         instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
         for pool in self._all_pools():
             pool.kill()
         if instances:  # let their log channels drain (last words), then close them
-            _, pending = await asyncio.wait(
-                [asyncio.ensure_future(i.exited.wait()) for i in instances], timeout=2
-            )
-            for waiter in pending:
-                waiter.cancel()
+            await wait_or_cancel([asyncio.ensure_future(i.exited.wait()) for i in instances], 2)
             for inst in instances:
                 inst.close_logs()
         self._pools.clear()
@@ -114,10 +107,6 @@ class Runtime:
 
     def instance_ids(self, name: str) -> list[str]:
         return [i.id for p in self._all_pools() if p.spec.name == name for i in p.instances]
-
-    def instance_pids(self, name: str) -> list[int]:
-        """Process ids of the ready instances of `name` (tests, diagnostics)."""
-        return [i.pid for p in self._all_pools() if p.spec.name == name for i in p.instances if i.pid]
 
     def inflight(self) -> int:
         """Requests held by all pools (in flight or queued), for draining."""

@@ -32,7 +32,7 @@ MAX_FRAME = 256 * 1024 * 1024
 """Frames above this (bytes) are a protocol error: the channel is closed."""
 
 
-class Kind(IntEnum):
+class FrameKind(IntEnum):
     HELLO = 1
     """instance → node, once the handler imported: `{"pid"}`."""
     INIT_ERROR = 2
@@ -178,10 +178,3 @@ class BlockingSender:
         frame = encode(kind, header, tail)
         with self._lock, contextlib.suppress(OSError):
             self._sock.sendall(frame)
-
-
-def read_frame(data: bytes) -> tuple[int, Header, bytes]:
-    """Decode one whole frame from `data` (tests and tools; the hot path uses `FrameProtocol`)."""
-    (size,) = _LEN.unpack_from(data, 0)
-    _, kind, hlen = _HEAD.unpack_from(data, 0)
-    return kind, orjson.loads(data[9 : 9 + hlen]), data[9 + hlen : 4 + size]

@@ -31,7 +31,7 @@ def test_six_fields_seconds_last() -> None:
 def test_strictly_after() -> None:
     on_tick = datetime(2024, 1, 1, 10, 10, tzinfo=UTC)
     assert next_fire("*/5 * * * *", "UTC", on_tick) == on_tick + timedelta(minutes=5)
-    assert parse("*/5 * * * *").previous(on_tick) == on_tick - timedelta(minutes=5)
+    assert parse("*/5 * * * *").next(on_tick - timedelta(seconds=1)) == on_tick
 
 
 def test_timezone_is_applied_and_result_is_aware() -> None:

@@ -35,7 +35,7 @@ def sync_sleep(payload, ctx):
 
 async def block(payload, ctx):
     time.sleep(payload["block"])
-    return "unblocked"
+    return {"unblocked": os.getpid()}
 
 async def boom(payload, ctx):
     raise ValueError(f"bad input: {payload}")

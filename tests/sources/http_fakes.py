@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import httpx
+from starlette.applications import Starlette
 
 from framework.control.manifest import FunctionSpec, Manifest, ScheduleSpec
 from framework.control.registry import Registry
@@ -15,9 +16,6 @@ from framework.observe.metrics import Metrics
 from framework.settings import Settings
 from framework.sources.http.app import create_app
 from framework.types import Invocation, InvokeResult
-
-if TYPE_CHECKING:
-    from framework.node import Node
 
 ECHO = "aaaaaaaa-0000-4000-8000-000000000001"
 BOOM = "aaaaaaaa-0000-4000-8000-000000000002"
@@ -105,8 +103,12 @@ class FakeNode:
         }
 
 
+def app_for(node: FakeNode) -> Starlette:
+    return create_app(node.settings, node.invoker, node.scheduler, node, node.metrics)
+
+
 def client_for(node: FakeNode) -> httpx.AsyncClient:
-    app = create_app(cast("Node", node))
+    app = app_for(node)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node")
 
 

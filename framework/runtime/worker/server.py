@@ -29,7 +29,7 @@ import orjson
 
 from framework.context import Context
 from framework.observe import otel, tracing
-from framework.runtime.protocol import BlockingSender, FrameProtocol, Header, Kind, connect
+from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker.watchdog import (
     ForwardHandler,
     InvocationLog,
@@ -62,7 +62,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
-    """Entry point in the forked child; never returns. `config` is built by `supervisor.Instance`."""
+    """Entry point in the forked child; never returns. `config` is built by `handle.InstanceHandle`."""
     code = 1
     try:
         die_with_parent(parent)
@@ -143,7 +143,7 @@ class Server:
             self.fn, self.hook = load_handler(self.handler)
         except BaseException as e:
             conn.send(
-                Kind.INIT_ERROR,
+                FrameKind.INIT_ERROR,
                 {
                     "msg": f"handler {self.handler!r} of function {self.function} failed "
                     f"to import: {type(e).__name__}: {e}",
@@ -154,7 +154,7 @@ class Server:
             return 1
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
         Watchdog(loop, self.function, self.instance_id).start()
-        conn.send(Kind.HELLO, {"pid": os.getpid()})
+        conn.send(FrameKind.HELLO, {"pid": os.getpid()})
         await self.closed
         return 0
 
@@ -164,14 +164,14 @@ class Server:
             self.closed.set_result(None)
 
     def on_frame(self, kind: int, header: Header, tail: bytes) -> None:
-        if kind == Kind.REQUEST:
+        if kind == FrameKind.REQUEST:
             rid: int = header["id"]
             loop = asyncio.get_running_loop()
             self.tasks[rid] = loop.create_task(self.run(rid, header, tail), name=header["inv"])
             self.deadlines[rid] = deadline = loop.time() + self.timeout
             if self.sweeper is None:
                 self.sweeper = loop.call_at(deadline, self._sweep)
-        elif kind == Kind.CANCEL:
+        elif kind == FrameKind.CANCEL:
             running = self.tasks.get(header["id"])
             if running is not None:
                 running.cancel()
@@ -204,7 +204,7 @@ class Server:
             self.expired.discard(rid)
         reply["ms"] = (time.perf_counter() - t0) * 1000
         assert self.conn is not None
-        self.conn.send(Kind.REPLY, reply, body)
+        self.conn.send(FrameKind.REPLY, reply, body)
 
     async def _call(self, rid: int, header: Header, tail: bytes, inv: str, deadline: float, tp: str) -> bytes:
         trigger = header["t"]

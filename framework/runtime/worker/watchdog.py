@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from framework.observe.logs import STANDARD
-from framework.runtime.protocol import BlockingSender, Kind
+from framework.runtime.protocol import BlockingSender, FrameKind
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
 """The invocation the running code serves (set per request task; copied into handler threads)."""
@@ -82,7 +82,7 @@ class ForwardHandler(logging.Handler):
             extra = extra_fields(record)
             if extra:
                 header["x"] = extra
-            self._sender.send(Kind.LOG, header)
+            self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
 
@@ -131,7 +131,7 @@ class LogStream(io.TextIOBase):
         tp = current_traceparent.get()
         if tp is not None:
             header["tp"] = tp
-        self._sender.send(Kind.LOG, header)
+        self._sender.send(FrameKind.LOG, header)
 
 
 class Watchdog:

@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,29 +27,71 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from framework.control.manifest import FunctionSpec
-from framework.errors import FaasError, NotFound
-from framework.invoker import new_id
+from framework.control.registry import Registry
+from framework.errors import FaasError, NotFound, status_of
+from framework.invoker import EventReply, new_id
 from framework.observe import tracing
 from framework.observe.spans import export_event
+from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
 from framework.sources.http.cloudevents import receive, typed_event
 from framework.sources.http.openapi import openapi_document
-from framework.sources.http.requests import RequestMetrics
+from framework.sources.http.requests import RequestCounters, RequestMetrics
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
     JSONResponse,
     error_body,
     error_response,
-    status_of,
 )
-
-if TYPE_CHECKING:
-    from framework.node import Node
+from framework.types import EventIdentity, InvokeResult
 
 log = logging.getLogger("faas.http")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Invoker(Protocol):
+    """What the HTTP source asks of the invoker. Its `registry` is read per request: reloads swap it."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def exporter(self) -> tracing.Exporter | None: ...
+
+    def lookup(self, uuid: str) -> FunctionSpec: ...
+
+    async def direct(self, uuid: str, payload: bytes, span: tracing.Span | None = None) -> InvokeResult: ...
+
+    async def event(
+        self,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
+    ) -> EventReply: ...
+
+    def instance_count(self, name: str) -> int: ...
+
+
+class ScheduleStatus(Protocol):
+    def status(self, name: str) -> list[dict[str, Any]]:
+        """A function's schedules with their next fire time and last result."""
+        ...
+
+
+class Readiness(Protocol):
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, the `/readyz` body)."""
+        ...
+
+
+class MetricsRenderer(RequestCounters, Protocol):
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        ...
 
 
 def _guarded(endpoint: Endpoint) -> Endpoint:
@@ -72,23 +114,28 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
 
 
 class HttpSource:
-    """The endpoints, bound to one node. The node's registry is read per request: reloads swap it."""
+    """The endpoints, over the small views above (never the node itself)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.limit = node.settings.max_payload_bytes
-        self.openapi = orjson.dumps(openapi_document(auth=bool(node.settings.keys)))
+    def __init__(
+        self,
+        settings: Settings,
+        invoker: Invoker,
+        schedules: ScheduleStatus | None,
+        readiness: Readiness,
+        metrics: MetricsRenderer,
+    ) -> None:
+        self.invoker = invoker
+        self.schedules = schedules
+        self.readiness_view = readiness
+        self.metrics_renderer = metrics
+        self.limit = settings.max_payload_bytes
+        self.openapi = orjson.dumps(openapi_document(auth=bool(settings.keys)))
 
     # ---- functions ----
 
-    async def invoke(self, request: Request) -> Response:
-        span = tracing.from_headers(request.scope["headers"])
-        body = await self.invoke_body(request.path_params["uuid"], request.scope, request.receive, span)
-        return JSONResponse(body, headers={"traceparent": span.traceparent})
-
     async def invoke_body(self, uuid: str, scope: Scope, receive: Receive, span: tracing.Span) -> bytes:
         """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's."""
-        invoker = self.node.invoker
+        invoker = self.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
         payload = await read_body(scope, receive, self.limit)
         # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
@@ -103,8 +150,8 @@ class HttpSource:
         )
 
     async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> int:
-        """The invoke route on raw ASGI messages; answers exactly as `_guarded(self.invoke)` does.
-        Returns the status sent."""
+        """`POST /functions/{uuid}/invoke` on raw ASGI messages: the route's one implementation.
+        Returns the status sent; the response carries the invocation's `traceparent`."""
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         span = tracing.from_headers(scope["headers"])
         try:
@@ -126,21 +173,17 @@ class HttpSource:
         return status
 
     async def list_functions(self, request: Request) -> Response:
-        return JSONResponse({"functions": [self.describe(spec) for spec in self.node.registry.functions]})
+        functions = [self.describe(spec) for spec in self.invoker.registry.functions]
+        return JSONResponse({"functions": functions})
 
     async def get_function(self, request: Request) -> Response:
-        uuid: str = request.path_params["uuid"]
-        spec = self.node.registry.productive(uuid)
-        if spec is None:
-            raise NotFound(f"no productive function with uuid {uuid}")
-        return JSONResponse(self.describe(spec))
+        return JSONResponse(self.describe(self.invoker.lookup(request.path_params["uuid"])))
 
     def describe(self, spec: FunctionSpec) -> dict[str, Any]:
         """The listing entry of one function; `schedules` from the scheduler (next fire, last result)."""
-        scheduler = self.node.scheduler
         schedules: list[Any] = (
-            scheduler.status(spec.name)
-            if scheduler is not None  # not started yet: the manifest's entries, nothing fired
+            self.schedules.status(spec.name)
+            if self.schedules is not None  # no scheduler: the manifest's entries, nothing fired
             else [{**s.model_dump(mode="json"), "next_fire": None, "last": None} for s in spec.schedules]
         )
         return {
@@ -149,14 +192,14 @@ class HttpSource:
             "state": spec.state,
             "events": list(spec.events),
             "schedules": schedules,
-            "instances": self.node.invoker.instance_count(spec.name),
+            "instances": self.invoker.instance_count(spec.name),
         }
 
     # ---- events ----
 
     async def listeners(self, request: Request) -> Response:
         event: str = request.path_params["type"]
-        functions = [{"name": f.name, "uuid": f.uuid} for f in self.node.registry.listeners(event)]
+        functions = [{"name": f.name, "uuid": f.uuid} for f in self.invoker.registry.listeners(event)]
         return JSONResponse({"event": event, "functions": functions})
 
     async def emit(self, request: Request) -> Response:
@@ -166,16 +209,9 @@ class HttpSource:
             payload = await read_payload(request, self.limit)
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route.
-            body = {
-                "id": event_id,
-                "event": event,
-                "ok": False,
-                "results": [],
-                "error": {"function": None, "uuid": None, **exc.to_dict()},
-            }
-            return JSONResponse(body, exc.status)
+            return JSONResponse(EventReply.failed(event_id, event, exc).to_json(), exc.status)
         ev, span = typed_event(event, event_id, request, payload)
-        invoker = self.node.invoker
+        invoker = self.invoker
         reply = await invoker.event(event, event_id, payload, ev.identity(), span)
         if invoker.exporter is not None:
             export_event(invoker.exporter, span, ev, reply, "server", None)
@@ -183,7 +219,7 @@ class HttpSource:
         return JSONResponse(reply.to_json(), status, headers={"traceparent": span.traceparent})
 
     async def cloudevent(self, request: Request) -> Response:
-        return await receive(self.node.invoker, request, self.limit)
+        return await receive(self.invoker, request, self.limit)
 
     # ---- operations ----
 
@@ -191,11 +227,11 @@ class HttpSource:
         return JSONResponse(b'{"status":"ok"}')
 
     async def readyz(self, request: Request) -> Response:
-        ready, body = self.node.readiness()
+        ready, body = self.readiness_view.readiness()
         return JSONResponse(body, 200 if ready else 503)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.node.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(self.metrics_renderer.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_json(self, request: Request) -> Response:
         return JSONResponse(self.openapi)
@@ -203,7 +239,7 @@ class HttpSource:
     def routes(self) -> list[Route]:
         g = _guarded
         return [
-            Route("/functions/{uuid}/invoke", g(self.invoke), methods=["POST"]),
+            Route("/functions/{uuid}/invoke", _InvokeRoute(self), methods=["POST"]),
             Route("/functions", g(self.list_functions), methods=["GET"]),
             Route("/functions/{uuid}", g(self.get_function), methods=["GET"]),
             Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
@@ -214,6 +250,17 @@ class HttpSource:
             Route("/metrics", g(self.metrics), methods=["GET"]),
             Route("/openapi.json", g(self.openapi_json), methods=["GET"]),
         ]
+
+
+class _InvokeRoute:
+    """The router's entry for the invoke route (reached when `App` did not answer it first, e.g. under
+    `root_path`): the same ASGI implementation, `HttpSource.invoke_asgi`."""
+
+    def __init__(self, source: HttpSource) -> None:
+        self.source = source
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.source.invoke_asgi(scope["path_params"]["uuid"], scope, receive, send)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -232,11 +279,13 @@ _INVOKE_ROUTE = "/functions/{uuid}/invoke"
 class App(Starlette):
     """Starlette, with `POST /functions/{uuid}/invoke` answered before its middleware stack."""
 
-    def __init__(self, source: HttpSource, auth: BearerAuth | None, **kwargs: Any) -> None:
+    def __init__(
+        self, source: HttpSource, auth: BearerAuth | None, counters: RequestCounters, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.auth = auth
-        self.requests = RequestMetrics(source.node.metrics, self.router.routes)
+        self.requests = RequestMetrics(counters, self.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -255,14 +304,21 @@ class App(Starlette):
         await self.requests.track(super().__call__, scope, receive, send)
 
 
-def create_app(node: Node) -> Starlette:
+def create_app(
+    settings: Settings,
+    invoker: Invoker,
+    schedules: ScheduleStatus | None,
+    readiness: Readiness,
+    metrics: MetricsRenderer,
+) -> Starlette:
     """The Starlette app the node serves with uvicorn."""
-    keys = node.settings.keys
+    keys = settings.keys
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
-    source = HttpSource(node)
+    source = HttpSource(settings, invoker, schedules, readiness, metrics)
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
+        metrics,
         routes=source.routes(),
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},

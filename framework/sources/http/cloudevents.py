@@ -27,17 +27,17 @@ from urllib.parse import quote, unquote_to_bytes
 from starlette.requests import Request
 from starlette.responses import Response
 
-from framework.errors import BadRequest
+from framework.errors import BadRequest, status_of
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.observe import tracing
 from framework.observe.spans import export_event
 from framework.sources.http.body import read_payload
-from framework.sources.http.responses import JSONResponse, status_of
+from framework.sources.http.responses import JSONResponse
 from framework.types import new_id
 
 if TYPE_CHECKING:
-    from framework.invoker import Invoker
+    from framework.sources.http.app import Invoker
 
 log = logging.getLogger("faas.http")
 

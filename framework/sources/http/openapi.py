@@ -9,25 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from framework import __version__
+from framework.errors import ERRORS, INVOCATION_ERRORS
 from framework.sources.http.openapi_schemas import ANY_JSON, SCHEMAS, ref
 
+
+def _described(name: str) -> str:
+    return f"{name}: {ERRORS[name].__doc__}"
+
+
 INVOKE_ERRORS = {
-    400: "BadRequest: the body is not valid JSON",
-    404: "NotFound: unknown UUID, or the function is not productive",
-    413: "PayloadTooLarge: the body is over FAAS_MAX_PAYLOAD_BYTES",
-    429: "Overloaded: the function is at its max instances and its queue is full",
-    500: "FunctionError: the handler raised or returned something that is not JSON",
-    502: "InstanceCrashed: the instance died before answering",
-    504: "Timeout: the handler ran past its timeout",
+    ERRORS[name].status: _described(name)
+    for name in ("BadRequest", "NotFound", "PayloadTooLarge", *INVOCATION_ERRORS)
 }
 
 EVENT_ERRORS = {
-    400: "BadRequest: the body is not valid JSON",
-    413: INVOKE_ERRORS[413],
-    429: "A listener failed with Overloaded",
-    500: "A listener failed with FunctionError",
-    502: "A listener failed with InstanceCrashed",
-    504: "A listener failed with Timeout",
+    **{ERRORS[name].status: _described(name) for name in ("BadRequest", "PayloadTooLarge")},
+    **{ERRORS[name].status: f"A listener failed with {name}" for name in INVOCATION_ERRORS},
 }
 
 

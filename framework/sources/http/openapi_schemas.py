@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-ERROR_TYPES = [
-    "BadRequest",
-    "Unauthorized",
-    "NotFound",
-    "PayloadTooLarge",
-    "Overloaded",
-    "FunctionError",
-    "InstanceCrashed",
-    "Timeout",
-    "BadEvent",
-    "MethodNotAllowed",
-    "InternalError",
-]
+from framework.errors import ERRORS
+
+ERROR_TYPES = [*ERRORS, "MethodNotAllowed", "InternalError"]
 """`error.type` values: the contract's, plus `MethodNotAllowed` (405) and `InternalError` (a node bug)."""
 
 

@@ -9,20 +9,29 @@ before routing is labelled with the route it would have matched. Label children 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from framework.observe.metrics import Metrics
-
 UNMATCHED = "none"
+
+
+class RequestCounters(Protocol):
+    """The two families requests are recorded in (`framework.observe.metrics.Metrics` has them)."""
+
+    @property
+    def http_requests(self) -> Counter: ...
+
+    @property
+    def http_duration(self) -> Histogram: ...
 
 
 class RequestMetrics:
     """Counts and times requests; `track` wraps an ASGI call, `observe` records one already timed."""
 
-    def __init__(self, metrics: Metrics, routes: list[BaseRoute]) -> None:
+    def __init__(self, metrics: RequestCounters, routes: list[BaseRoute]) -> None:
         self.metrics = metrics
         self.routes = routes
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from framework import errors
 from framework.errors import FaasError
 
 
@@ -32,14 +31,6 @@ def error_body(error_type: str, message: str) -> bytes:
 
 def error_response(exc: FaasError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(exc.type, exc.message), exc.status, headers=headers)
-
-
-def status_of(error_type: str | None) -> int:
-    """The HTTP status of a contract error type given by name (e.g. `Timeout` → 504); 500 if unknown."""
-    cls = getattr(errors, error_type or "", None)
-    if isinstance(cls, type) and issubclass(cls, FaasError):
-        return cls.status
-    return 500
 
 
 INTERNAL_ERROR = "InternalError"

@@ -22,9 +22,9 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-Entry = Any
+Attachment = Any
 """What the caller attaches to a record; handed back to `settle` with the batch's outcome."""
-Settle = Callable[[AIOKafkaProducer, list[Entry], BaseException | None], None]
+Settle = Callable[[AIOKafkaProducer, list[Attachment], BaseException | None], None]
 """Called once per batch: the producer, the entries of its records, None (acknowledged) or the failure."""
 
 
@@ -35,12 +35,12 @@ class _Lane:
 
     def __init__(self) -> None:
         self.builder: Any = None
-        self.entries: list[Entry] = []
-        self.full: deque[tuple[Any, list[Entry]]] = deque()
+        self.entries: list[Attachment] = []
+        self.full: deque[tuple[Any, list[Attachment]]] = deque()
         self.task: asyncio.Task[None] | None = None
 
 
-class Batches:
+class ReplyBatches:
     """The open reply batches of one producer; `settle` learns how each batch ended."""
 
     def __init__(self, producer: AIOKafkaProducer, max_request_size: int, settle: Settle) -> None:
@@ -63,7 +63,7 @@ class Batches:
         value: bytes | None,
         key: bytes | None,
         headers: Sequence[tuple[str, bytes | None]],
-        entry: Entry,
+        entry: Attachment,
     ) -> None:
         """Append one record to its partition's open batch. Raises as `producer.send` would before the
         record is queued (unknown topic, too large); otherwise `entry` is settled with its batch."""
@@ -117,7 +117,7 @@ class Batches:
         finally:
             lane.task = None
 
-    def _acked(self, entries: list[Entry], ack: asyncio.Future[Any]) -> None:
+    def _acked(self, entries: list[Attachment], ack: asyncio.Future[Any]) -> None:
         if ack.cancelled():
             self._settle(self.producer, entries, asyncio.CancelledError())
         else:

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
+from framework.tasks import wait_or_cancel
+
 log = logging.getLogger("faas.kafka")
 
 G = TypeVar("G", bound=Hashable)  # the group a chain belongs to: a partition
@@ -37,8 +39,6 @@ class KeyedRunner(Generic[G]):
         self.size = 0
         """Jobs submitted and not yet finished or dropped."""
         self._chains: dict[object, _Chain] = {}
-        self._room = asyncio.Event()
-        self._room.set()
 
     @property
     def room(self) -> int:
@@ -49,8 +49,6 @@ class KeyedRunner(Generic[G]):
         chain_id: object = object() if key is None else (group, key)
         chain = self._chains.get(chain_id)
         self.size += 1
-        if self.size >= self.limit:
-            self._room.clear()
         if chain is None:
             chain = self._chains[chain_id] = _Chain(group)
             chain.jobs.append(job)
@@ -76,8 +74,6 @@ class KeyedRunner(Generic[G]):
 
     def _release(self, n: int) -> None:
         self.size -= n
-        if self.size < self.limit:
-            self._room.set()
 
     def _select(self, groups: Collection[G] | None) -> list[_Chain]:
         return [c for c in self._chains.values() if groups is None or c.group in groups]
@@ -91,30 +87,10 @@ class KeyedRunner(Generic[G]):
         self._release(dropped)
         return dropped
 
-    def held(self, groups: Collection[G] | None = None) -> int:
-        """Chains with a job running or queued in `groups`."""
-        return len(self._select(groups))
-
     async def drain(self, groups: Collection[G] | None = None, wait: float = 5.0) -> bool:
         """Wait up to `wait` seconds for the chains of `groups`; cancel what is left.
 
         Returns True when everything finished in time. Callers drop queued jobs first when they only
         want the running ones to finish.
         """
-        tasks = [c.task for c in self._select(groups) if c.task is not None]
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=wait)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-        return not pending
-
-    async def wait_for_room(self, wait: float) -> bool:
-        """Wait up to `wait` seconds until fewer than `limit` jobs are held."""
-        try:
-            await asyncio.wait_for(self._room.wait(), wait)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_or_cancel([c.task for c in self._select(groups) if c.task is not None], wait)

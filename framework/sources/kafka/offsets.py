@@ -43,11 +43,6 @@ class PartitionOffsets:
         else:
             self._done.add(offset)
 
-    @property
-    def in_flight(self) -> int:
-        """Records taken and not yet done."""
-        return len(self._pending) - len(self._done)
-
     def committable(self) -> int | None:
         """The offset to commit now (Kafka's "next record to read"), or None when it would not move."""
         point = self._pending[0] if self._pending else self.next_offset
@@ -94,9 +89,6 @@ class OffsetTracker(Generic[P]):
     def acking(self, tps: list[P] | None = None) -> int:
         """Replies handed to the producer and not acknowledged yet, in `tps` (default: all)."""
         return sum(p.acking for tp, p in self.partitions.items() if tps is None or tp in tps)
-
-    def in_flight(self, tps: list[P] | None = None) -> int:
-        return sum(p.in_flight for tp, p in self.partitions.items() if tps is None or tp in tps)
 
     def forget(self, tps: list[P]) -> None:
         for tp in tps:

@@ -28,7 +28,7 @@ from aiokafka.errors import (
 
 from framework.kafka.options import max_request_size, start_producer
 from framework.settings import Settings
-from framework.sources.kafka.batching import Batches
+from framework.sources.kafka.batching import ReplyBatches
 
 log = logging.getLogger("faas.kafka")
 
@@ -45,7 +45,7 @@ RECREATE_AFTER = 30.0
 """Seconds of failing sends after which the producer is closed and a new one started."""
 
 
-_Entry = tuple[
+_Submission = tuple[
     "asyncio.Future[None]",
     str,
     "bytes | None",
@@ -53,14 +53,14 @@ _Entry = tuple[
     Sequence[tuple[str, "bytes | None"]],
     "Callable[[BaseException], bool] | None",
 ]
-"""A submitted record: its future, then `ReplySender._retry`'s arguments."""
+"""A submitted record: its future, then `ReplyProducer._retry`'s arguments."""
 
 
 class PermanentSendError(Exception):
     """The broker refused the record for good (too large, bad topic, not authorised)."""
 
 
-class ReplySender:
+class ReplyProducer:
     """One shared producer (acks=all) that sends each record until it is acknowledged."""
 
     def __init__(self, bootstrap: str, settings: Settings) -> None:
@@ -71,7 +71,7 @@ class ReplySender:
         self._failing_since: float | None = None
         self._closed = False
         self._retries: set[asyncio.Task[None]] = set()
-        self._batches: Batches | None = None
+        self._batches: ReplyBatches | None = None
 
     async def start(self) -> None:
         await self._get()
@@ -144,7 +144,7 @@ class ReplySender:
         one has to be retried here. `stop` and `cancel_retries` cancel the retries (the futures too).
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry: _Entry = (done, topic, value, key, headers, permanent_if)
+        entry: _Submission = (done, topic, value, key, headers, permanent_if)
         producer = self._producer
         try:
             if producer is None or self._closed:
@@ -157,12 +157,14 @@ class ReplySender:
             self._spawn(self._retry(*entry, exc, producer))
         return done
 
-    def _new_batches(self, producer: AIOKafkaProducer) -> Batches:
+    def _new_batches(self, producer: AIOKafkaProducer) -> ReplyBatches:
         if self._batches is not None:  # a replaced producer: what it did not take yet is sent again
             self._batches.close(ProducerClosed())
-        return Batches(producer, max_request_size(self.settings), self._settle)
+        return ReplyBatches(producer, max_request_size(self.settings), self._settle)
 
-    def _settle(self, producer: AIOKafkaProducer, entries: list[_Entry], exc: BaseException | None) -> None:
+    def _settle(
+        self, producer: AIOKafkaProducer, entries: list[_Submission], exc: BaseException | None
+    ) -> None:
         """A batch of submitted records ended: acknowledged, or each is retried on its own."""
         if exc is None:
             self._failing_since = None

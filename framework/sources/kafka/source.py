@@ -10,7 +10,7 @@ rebalance redoes nothing.
 
 Replies are pipelined: once a record's result is known its reply is handed to the producer and the chain
 goes on with the next record of that key; the acknowledgement marks the record done when it comes. Replies
-of one key are handed over in processing order, so they land in order (see `ReplySender.submit`).
+of one key are handed over in processing order, so they land in order (see `ReplyProducer.submit`).
 
 Outages: a supervisor recreates the consumer whenever it fails, sends are retried until acknowledged
 (`replies.py`) and a metadata probe (`probe.py`) turns `/readyz` 503 while the broker is away.
@@ -23,28 +23,51 @@ import contextlib
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.options import MIB, ensure_topics, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
 from framework.observe.spans import export_event
-from framework.sources.kafka.answers import Answers
 from framework.sources.kafka.keyed import KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
-from framework.sources.kafka.replies import ReplySender
+from framework.sources.kafka.outbox import ReplyOutbox
+from framework.sources.kafka.replies import ReplyProducer
+from framework.tasks import cancel_and_wait
+from framework.types import EventIdentity
 
 if TYPE_CHECKING:
-    from framework.invoker import Invoker
     from framework.observe.metrics import Metrics
     from framework.settings import Settings
 
 log = logging.getLogger("faas.kafka")
+
+
+class Invoker(Protocol):
+    """What the Kafka source asks of the invoker (`framework.invoker.Invoker` fits)."""
+
+    @property
+    def exporter(self) -> tracing.Exporter | None:
+        """Where event spans go when OpenTelemetry export is on."""
+        ...
+
+    async def event(
+        self,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
+    ) -> EventReply:
+        """Run every productive listener of `event_type`, each a child span of `span`; the combined reply."""
+        ...
+
 
 COMMIT_INTERVAL = 0.5
 """Seconds between commits of finished offsets."""
@@ -74,7 +97,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.options = security_options(settings)
-        self.sender = ReplySender(bootstrap, settings)
+        self.sender = ReplyProducer(bootstrap, settings)
         self.probe = BrokerProbe(bootstrap, self.options, self._topics_seen)
         self.runner: KeyedRunner[TopicPartition] = KeyedRunner(settings.max_inflight_events)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
@@ -85,7 +108,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._reread = False
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self.answers = Answers(settings, metrics, self.sender, self.probe.unreachable_for)
+        self.outbox = ReplyOutbox(settings, metrics, self.sender, self.probe.unreachable_for)
 
     # ---- lifecycle ----
 
@@ -115,9 +138,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._tasks:  # the poll loop sees the flag within its fetch timeout
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         # Queued records are run too, not dropped: a dropped one would hold the commit point below records
         # of other keys that did finish, and the next owner would answer those twice.
         if self.runner.size:
@@ -125,9 +146,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         deadline = time.monotonic() + grace
         if not await self.runner.drain(None, grace):
             log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
-        await self.answers.settle(self.tracker, None, deadline)
+        await self.outbox.settle(self.tracker, None, deadline)
         await self._commit(None)
-        self.answers.cancel()
+        self.outbox.cancel()
         await self._close_consumer()
         await self.sender.stop()
 
@@ -176,7 +197,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self.consumer
         assert consumer is not None
         while not self._stopping:
-            room = self.runner.room - self.answers.unacked
+            room = self.runner.room - self.outbox.unacked
             if room <= 0:  # full: keep polling (heartbeats, poll interval) but fetch nothing
                 consumer.pause(*consumer.assignment())
             elif consumer.paused():
@@ -193,7 +214,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = False
         self.runner.drop_queued()
         await self.runner.drain(None, 0)
-        self.answers.cancel()  # what still waits for an ack is redone by the group
+        self.outbox.cancel()  # what still waits for an ack is redone by the group
         self.tracker.forget(list(self.tracker.partitions))
         await self._close_consumer()
 
@@ -229,11 +250,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning(
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
             )
-            reply = EventReply.bad_event(event.id, event.type, event.message)
-            copy = self.answers.deadletter(
+            reply = EventReply.failed(event.id, event.type, BadEvent(event.message))
+            copy = self.outbox.deadletter(
                 record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
             )
-            await asyncio.gather(self.answers.reply(event.replyto, record.key, reply, event.id), copy)
+            await asyncio.gather(self.outbox.reply(event.replyto, record.key, reply, event.id), copy)
             return False
         for why in event.dropped:
             log.warning(
@@ -246,13 +267,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
-            reply = EventReply(
-                event.id,
-                event.type,
-                error={"function": None, "uuid": None, "type": "FunctionError", "message": repr(exc)},
-                traceparent=span.traceparent,
-            )
-        await self.answers.reply_later(part, record, event, reply)
+            reply = EventReply.failed(event.id, event.type, exc)
+            reply.traceparent = span.traceparent
+        await self.outbox.reply_later(part, record, event, reply)
         if self.invoker.exporter is not None:
             export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
         return True
@@ -269,7 +286,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         deadline = time.monotonic() + REVOKE_WAIT
         if not await self.runner.drain(tps, REVOKE_WAIT):
             log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
-        await self.answers.settle(self.tracker, tps, deadline)
+        await self.outbox.settle(self.tracker, tps, deadline)
         await self._commit(tps)
         self.tracker.forget(tps)
         for tp in tps:

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from framework.kafka.options import ensure_topics, security_options
 from framework.settings import Settings
+from framework.tasks import cancel_and_wait
 
 log = logging.getLogger("faas.scheduler.leader")
 
@@ -107,11 +108,8 @@ class KafkaElection:
         self._task = asyncio.create_task(self._run(), name="scheduler-election")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         self.set_leader(False)
 
     async def _run(self) -> None:

@@ -33,6 +33,7 @@ from framework.control.cron import Cron, parse
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError
 from framework.sources.schedule.leader import AlwaysLeader, KafkaElection
+from framework.tasks import cancel_and_wait, wait_or_cancel
 from framework.types import InvokeResult
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ MAX_SLEEP = 30.0
 MAX_COUNTED = 10_000
 """Missed ticks counted one by one after a late wake-up; beyond that the count is capped (and says so)."""
 
-Kind = Literal["schedule", "warm"]
+CronKind = Literal["schedule", "warm"]
 
 
 class Target(Protocol):
@@ -80,10 +81,10 @@ class Election(Protocol):
 
 
 @dataclass(eq=False)
-class Entry:
+class CronEntry:
     """One schedule (or the keep-warm cron) of one function, and its firing state."""
 
-    kind: Kind
+    kind: CronKind
     spec: FunctionSpec
     index: int
     cron: Cron
@@ -155,7 +156,7 @@ class Scheduler:
             AlwaysLeader() if bootstrap is None else KafkaElection(settings, bootstrap)
         )
         self.clock = clock
-        self.entries: dict[tuple[str, Kind, int], Entry] = {}
+        self.entries: dict[tuple[str, CronKind, int], CronEntry] = {}
         self._runs: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
@@ -176,16 +177,16 @@ class Scheduler:
     def apply(self, registry: Registry) -> None:
         """Rebuild the table from `registry`: new and changed crons start, removed ones stop, runs go on."""
         now = self._now()
-        table: dict[tuple[str, Kind, int], Entry] = {}
+        table: dict[tuple[str, CronKind, int], CronEntry] = {}
         for spec in registry.functions:
-            crons: list[tuple[Kind, int, str, str, Any]] = [
+            crons: list[tuple[CronKind, int, str, str, Any]] = [
                 ("schedule", i, s.cron, s.timezone, s.payload) for i, s in enumerate(spec.schedules)
             ]
             if spec.keep_warm:
                 crons.append(("warm", 0, spec.keep_warm, "UTC", None))
             for kind, index, expr, tz, payload in crons:
                 try:
-                    entry = Entry(kind, spec, index, parse(expr, tz), payload)
+                    entry = CronEntry(kind, spec, index, parse(expr, tz), payload)
                 except ValueError as exc:  # the manifest check should have caught it; never stop the loop
                     log.error("function %s: %s: not scheduled", spec.name, exc)
                     continue
@@ -230,7 +231,7 @@ class Scheduler:
                 wake = min(wake, entry.next_at.timestamp())
         return wake
 
-    def _fire(self, entry: Entry, tick: datetime, missed: int) -> None:
+    def _fire(self, entry: CronEntry, tick: datetime, missed: int) -> None:
         name = entry.spec.name
         if missed:
             more = "at least " if missed >= MAX_COUNTED - 1 else ""
@@ -250,7 +251,7 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.schedule_skipped.labels(name, reason).inc(count)
 
-    async def _schedule(self, entry: Entry, tick: datetime) -> None:
+    async def _schedule(self, entry: CronEntry, tick: datetime) -> None:
         spec = entry.spec
         invocation_id = f"{spec.name}:{entry.index}:{int(tick.timestamp())}"
         payload = orjson.dumps(entry.payload)
@@ -274,7 +275,7 @@ class Scheduler:
         else:
             log.warning("schedule run failed in %.1f ms: %s", duration_ms, error, extra=tags)
 
-    async def _warm(self, entry: Entry) -> None:
+    async def _warm(self, entry: CronEntry) -> None:
         try:
             warmed = await self.invoker.warmup(entry.spec)  # the invoker counts faas_warmups
             log.debug("keep-warm %s: %d instance(s) warm", entry.spec.name, warmed)
@@ -299,15 +300,9 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop firing, leave the election, let runs in flight finish (at most `FAAS_SHUTDOWN_GRACE` s)."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-            self._loop = None
+        await cancel_and_wait([self._loop])
+        self._loop = None
         await self.election.stop()
         runs = list(self._runs)
         if runs:
-            _, pending = await asyncio.wait(runs, timeout=self.settings.shutdown_grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await wait_or_cancel(runs, self.settings.shutdown_grace)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import httpx
 import orjson
 import pytest
 from starlette.types import Message
 
-from framework.sources.http.app import create_app
 from tests.sources.http_fakes import (
     DRAFT,
     ECHO,
@@ -20,12 +19,13 @@ from tests.sources.http_fakes import (
     UUIDS,
     FakeNode,
     FakeScheduler,
+    app_for,
     client_for,
     err,
 )
 
 if TYPE_CHECKING:
-    from framework.node import Node
+    pass
 
 
 # ---- POST /functions/{uuid}/invoke ----
@@ -74,7 +74,7 @@ async def test_limit_is_inclusive(client: httpx.AsyncClient) -> None:
 
 async def test_too_large_by_content_length_is_not_read(fake: FakeNode) -> None:
     """A declared length over the limit is answered before the app asks for a single body chunk."""
-    app = create_app(cast("Node", fake))
+    app = app_for(fake)
     received = 0
     sent: list[Message] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -13,12 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Message
 
 from framework import __version__
-from framework.sources.http.app import create_app
 from framework.sources.http.auth import BearerAuth
-from tests.sources.http_fakes import ECHO, LIMIT, UNKNOWN, FakeNode, client_for, err
+from tests.sources.http_fakes import ECHO, LIMIT, UNKNOWN, FakeNode, app_for, client_for, err
 
 if TYPE_CHECKING:
-    from framework.node import Node
+    pass
 
 
 # ---- auth ----
@@ -154,7 +153,7 @@ async def test_concurrent_invocations(client: httpx.AsyncClient) -> None:
 
 async def test_client_gone_mid_body(fake: FakeNode) -> None:
     """A caller that disconnects while sending its body gets no invocation and no logged error."""
-    app = create_app(cast("Node", fake))
+    app = app_for(fake)
     messages: list[Message] = [
         {"type": "http.request", "body": b'{"a":', "more_body": True},
         {"type": "http.disconnect"},

@@ -3,7 +3,7 @@
 `reply_later` hands a reply to the producer and returns; the broker's acknowledgement (a done-callback)
 marks the record done in its partition's offsets, so commits only ever pass acknowledged replies
 (at-least-once) while the record's key chain already runs the next record. Replies of one key are handed
-over in processing order and land in that order (see `ReplySender.submit`). A reply the broker refuses for
+over in processing order and land in that order (see `ReplyProducer.submit`). A reply the broker refuses for
 good falls back as `reply` does: to the default reply topic, or dropped with an error when that was it.
 """
 
@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaTimeoutError
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
-from framework.sources.kafka.replies import PermanentSendError, ReplySender
+from framework.sources.kafka.replies import PermanentSendError, ReplyProducer
 
 if TYPE_CHECKING:
     from framework.observe.metrics import Metrics
@@ -31,14 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("faas.kafka")
 
 
-class Answers:
-    """Sends the replies and dead-letter copies of one Kafka source through its `ReplySender`."""
+class ReplyOutbox:
+    """Sends the replies and dead-letter copies of one Kafka source through its `ReplyProducer`."""
 
     def __init__(
         self,
         settings: Settings,
         metrics: Metrics,
-        sender: ReplySender,
+        sender: ReplyProducer,
         broker_away: Callable[[], float | None],
     ) -> None:
         self.settings = settings
@@ -95,17 +95,8 @@ class Answers:
         why: BaseException | None,
     ) -> None:
         try:
-            if event.replyto is not None and event.replyto != self.settings.replies_topic:
-                log.warning(
-                    "reply topic %s refused the reply to %s (%s): using %s",
-                    event.replyto,
-                    event.id,
-                    why,
-                    self.settings.replies_topic,
-                )
+            if self._falls_back(event.replyto, event.id, why):
                 await self.reply(None, record.key, reply, event.id)
-            else:
-                log.error("reply to event %s dropped: %s", event.id, why)
         finally:
             self._release(part)
         part.done(record.offset)  # not reached on cancellation
@@ -140,20 +131,20 @@ class Answers:
         try:
             await self.sender.send(topic, value, key, headers, permanent_if=gone)
         except PermanentSendError as exc:
-            if topic == self.settings.replies_topic:
-                log.error("reply to event %s dropped: %s", event_id, exc)
-                return
-            # The caller's reply topic refused it: the default topic gets it, saying why.
-            log.warning(
-                "reply topic %s refused the reply to %s (%s): using %s",
-                topic,
-                event_id,
-                exc,
-                self.settings.replies_topic,
-            )
-            await self.reply(None, key, reply, event_id)
+            if self._falls_back(replyto, event_id, exc):
+                await self.reply(None, key, reply, event_id)
             return
         self._replied[reply.ok].inc()
+
+    def _falls_back(self, replyto: str | None, event_id: str | None, why: BaseException | None) -> bool:
+        """A reply refused for good: True when the caller's own reply topic refused it, so the default
+        topic gets it; False when that was the default topic (the reply is dropped). Logs either way."""
+        default = self.settings.replies_topic
+        if replyto is None or replyto == default:
+            log.error("reply to event %s dropped: %s", event_id, why)
+            return False
+        log.warning("reply topic %s refused the reply to %s (%s): using %s", replyto, event_id, why, default)
+        return True
 
     async def deadletter(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
