@@ -20,7 +20,7 @@ GROUPS = [
     "direct invoke c=1 throughput", "direct invoke c=64 p99", "batching", "cold start trivial p50",
     "cold start heavy p99", "events 1 listener", "events 3 listener", "events 8 listener",
     "warm invoke c=1 p50", "warm invoke c=64", "tracing traceparent per event",
-    "tracing OTel export per span",
+    "tracing OTel export per span", "direct invoke c=1 p50 with traceparent",
 ]  # fmt: skip
 
 
