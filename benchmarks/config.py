@@ -25,6 +25,8 @@ class Profile:
     """At most this many events per latency repetition (Tansu's in-memory log slows as topics grow)."""
     warm_calls: int
     """In-process Runtime.invoke calls per repetition."""
+    overload_seconds: float
+    """Seconds of open-loop overload per repetition (cases/overload.py)."""
 
 
 FULL = Profile(
@@ -40,6 +42,7 @@ FULL = Profile(
     event_latency_seconds=3.0,
     event_latency_max=2500,
     warm_calls=3000,
+    overload_seconds=4.0,
 )
 QUICK = Profile(
     name="quick",
@@ -54,4 +57,5 @@ QUICK = Profile(
     event_latency_seconds=0.5,
     event_latency_max=200,
     warm_calls=200,
+    overload_seconds=1.0,
 )

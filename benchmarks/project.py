@@ -90,6 +90,8 @@ def write_project(root: Path, profile: Profile) -> Project:
         _entry("memprobe", "noop"),
         _entry("probe", "probe"),
         _entry("sleep", "sleep", instances=single),
+        # cases/overload.py: capacity 40 req/s, a queue of 8, then 429 Overloaded.
+        _entry("overload", "sleep", instances="{max: 1, concurrency: 4, queue: 8}"),
     ]
     for i in range(1, 9):
         events = [t for n, t in EVENT_TYPES.items() if i <= n]

@@ -1,7 +1,8 @@
 """The run: set up the broker, the node, the bare server and the relay, run every case group, tear down.
 
-Order: memory first (processes still idle), then the HTTP cases, cold starts, events; the in-process
-warm-invoke case runs last, after the servers stopped, on a quiet machine. A group that fails is reported
+Order: memory first (processes still idle), then the HTTP cases, cold starts, events; then the idle-CPU
+cost of memory limits (two nodes of its own) and the in-process warm-invoke case, after the servers
+stopped, on a quiet machine. A group that fails is reported
 as failed with its reason; the rest of the suite carries on.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, procs
-from benchmarks.cases import batching, cold, direct, events, memory, tracing, warm
+from benchmarks.cases import batching, cold, direct, events, limits, memory, overload, tracing, warm
 from benchmarks.config import Profile
 from benchmarks.env import Env
 from benchmarks.eventload import create_topics
@@ -146,6 +147,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
             ("memory", memory.run),
             ("direct", direct.run),
             ("batching", batching.run),
+            ("overload", overload.run),
             ("cold", cold.run),
             ("events", events.run),
         ):
@@ -153,6 +155,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
         for proc in (env.node, env.bare, env.relay):
             if proc is not None:
                 proc.stop()
+        series += await _group("limits", limits.run, env)
         series += await _group("warm", warm.run, env)
         series += await _group("tracing", tracing.run, env)
     finally:

@@ -20,6 +20,8 @@ import uvicorn
 from framework import __version__
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
+from framework.control.secrets import folder_setting_problem, readiness_reasons
+from framework.control.secrets_watch import SecretsWatcher
 from framework.control.snapshot import CodeSnapshots
 from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
@@ -60,6 +62,8 @@ class Node:
         self.scheduler: Scheduler | None = None
         self.should_exit = asyncio.Event()
         self.started = False
+        self.watcher: ManifestWatcher | None = None
+        self._rechecks: set[asyncio.Task[None]] = set()
 
     @property
     def registry(self) -> Registry:
@@ -68,7 +72,8 @@ class Node:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready once started and (unless Kafka is off) joined to the consumer group.
 
-        A rejected manifest edit is reported but keeps the node ready: the last good manifest serves.
+        A rejected manifest edit is reported but keeps the node ready: the last good manifest serves. So
+        does a secret this node lacks: listed among the reasons, its function answers InstanceCrashed.
         """
         reasons: list[str] = []
         if not self.started:
@@ -77,13 +82,15 @@ class Node:
             reasons.extend(self.kafka.not_ready() if self.kafka else ["kafka source not started"])
             # The schedule leader is elected through a consumer group too: joined means ready to fire.
             reasons.extend(self.scheduler.not_ready() if self.scheduler else [])
+        ready = not reasons
+        reasons.extend(readiness_reasons(self.registry.functions, self.runtime.secrets))
         body: dict[str, Any] = {
-            "ready": not reasons,
+            "ready": ready,
             "reasons": reasons,
             "functions": len(self.registry.functions),
             "manifest_errors": self.manifest_errors,
         }
-        return not reasons, body
+        return ready, body
 
     # ---- reload ----
 
@@ -108,6 +115,15 @@ class Node:
             len(registry.functions),
             sum(f.productive for f in registry.functions),
         )
+
+    def secrets_changed(self, event: bool) -> None:
+        """The secrets folder changed: fresh instances where values changed; and a manifest edit rejected
+        for a missing secret is checked again, since adding the file may be what makes it valid."""
+        self.runtime.refresh_secrets()
+        if event and self.manifest_errors and self.watcher is not None:
+            task = asyncio.get_running_loop().create_task(self.watcher.reload())
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
 
     def reject_manifest(self, errors: list[str]) -> None:
         self.manifest_errors = errors
@@ -161,13 +177,19 @@ class Node:
             http="httptools" if importlib.util.find_spec("httptools") else "h11",
         )
         server = _EmbeddedServer(config)
-        watcher = ManifestWatcher(
-            self.settings.manifest, self.registry.manifest, self.apply_manifest, self.reject_manifest
+        self.watcher = watcher = ManifestWatcher(
+            self.settings.manifest,
+            self.registry.manifest,
+            self.apply_manifest,
+            self.reject_manifest,
+            secrets_dir=self.settings.secrets_path,
         )
+        secrets = SecretsWatcher(self.settings.secrets_path, self.secrets_changed)
         stop_watch = asyncio.Event()
         tasks = [
             asyncio.create_task(server.serve(), name="http"),
             asyncio.create_task(watcher.run(stop_watch), name="watch"),
+            asyncio.create_task(secrets.run(stop_watch), name="secrets"),
         ]
         self.started = True
         log.info(
@@ -233,8 +255,12 @@ def _loop_factory() -> Any:
 def serve(settings: Settings, kafka: bool = True) -> int:
     """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     logs.configure(settings.log_level, settings.log_format)
+    problem = folder_setting_problem(settings)
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
     try:
-        manifest = load_manifest(settings.manifest)
+        manifest = load_manifest(settings.manifest, secrets_dir=settings.secrets_path)
     except ManifestError as exc:
         log.error("invalid manifest:\n%s", "\n".join(exc.errors))
         return 1

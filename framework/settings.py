@@ -1,4 +1,11 @@
-"""Node settings: environment variables with the `FAAS_` prefix, also read from `.env`."""
+"""Node settings: environment variables with the `FAAS_` prefix, also read from `.env`.
+
+Secret settings (`FAAS_API_KEYS`, `FAAS_KAFKA_SASL_PASSWORD`) are `SecretStr`: their repr and str are
+`**********`, so printing or logging the settings shows no value. When neither the environment nor `.env`
+gives one, it is read from the file of the same name (`FAAS_API_KEYS`) in `FAAS_SECRETS_DIR`, with the
+same rules as function secrets (control.secrets). Only these settings are read from there: a stray file
+in a mounted folder must not change, say, the HTTP port.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,8 +40,8 @@ class Settings(BaseSettings):
     """Partitions of topics the node creates when they are missing."""
     queue_timeout: float = Field(30.0, gt=0)
     """Seconds a request may wait for a free instance before it is answered `Overloaded`."""
-    api_keys: str = ""
-    """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one."""
+    api_keys: SecretStr = SecretStr("")
+    """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one. Secret."""
     max_payload_bytes: int = Field(1_048_576, ge=1)
     max_inflight_events: int = Field(1000, ge=1)
     embedded_broker_port: int = Field(9092, ge=0, le=65535)
@@ -63,7 +70,7 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
     kafka_sasl_username: str = ""
-    kafka_sasl_password: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
     kafka_ssl_cafile: str = ""
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
@@ -75,6 +82,38 @@ class Settings(BaseSettings):
     def _upper(cls, value: str) -> str:
         return value.upper()
 
+    @model_validator(mode="after")
+    def _secret_files(self) -> Settings:
+        for name in SECRET_SETTINGS:
+            if not getattr(self, name).get_secret_value():
+                value = _secret_file(self.secrets_path, f"FAAS_{name.upper()}")
+                if value is not None:
+                    setattr(self, name, SecretStr(value))
+        return self
+
+    @property
+    def secrets_path(self) -> Path:
+        """`secrets_dir` as an absolute path (relative to the manifest's folder)."""
+        from framework.control.secrets import folder
+
+        return folder(self.manifest, self.secrets_dir)
+
     @property
     def keys(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+
+SECRET_SETTINGS = ("api_keys", "kafka_sasl_password")
+"""Settings never printed or logged, also read from files in `FAAS_SECRETS_DIR`."""
+
+
+def _secret_file(folder: Path, name: str) -> str | None:
+    """The value of the secret file `name` in `folder`, None when there is none; ValueError if unusable."""
+    from framework.control.secrets import SecretError, SecretStore
+
+    if not (folder / name).exists() and not (folder / name).is_symlink():
+        return None
+    try:
+        return SecretStore(folder).read(name)
+    except SecretError as exc:
+        raise ValueError(str(exc)) from None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from framework.kafka.embedded import free_port
 
 LOGS = Path(tempfile.gettempdir()) / "faas-test-logs"
 LOGS.mkdir(parents=True, exist_ok=True)
 
+JOINED = re.compile(r"joined group \S+ with partitions \[([\d, ]*)\]")
 Header = tuple[str, bytes]
 Record = tuple[bytes | None, bytes | None, list[Header]]
 
@@ -149,6 +152,35 @@ class Node:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+
+
+def partitions(node: Node) -> list[int] | None:
+    """The partitions the node's last "joined group" log line names (None before it joined)."""
+    found = JOINED.findall(node.log.read_text(errors="replace"))
+    if not found:
+        return None
+    return sorted(int(p) for p in found[-1].replace(" ", "").split(",") if p)
+
+
+def settled(a: Node, b: Node, count: int) -> None:
+    """Wait until the pair's last rebalance gave each node a share and every one of `count` partitions an
+    owner (read from each node's "joined group" log line): the condition, not a pause, ends a rebalance."""
+
+    def shared() -> bool:
+        pa, pb = partitions(a), partitions(b)
+        return bool(pa and pb and not set(pa) & set(pb) and sorted(pa + pb) == list(range(count)))
+
+    wait_for(shared, timeout=40, message=f"both nodes owning a share\na:\n{a.tail(5)}\nb:\n{b.tail(5)}")
+
+
+def metric(node: Node, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` matching `labels` in the node's /metrics."""
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{node.url}/metrics", timeout=5).text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
 
 
 # ---- Kafka as the other system ----

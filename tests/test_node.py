@@ -1,9 +1,11 @@
-"""`faas run` as a whole (DESIGN.md section 6): hot reload, rejected edits, SIGTERM drain, --no-kafka."""
+"""`faas run` as a whole (DESIGN.md sections 3, 6 and 8): hot reload, rejected edits, SIGTERM and SIGINT
+drain, --no-kafka, the embedded broker, what a handler sees and logs."""
 
 from __future__ import annotations
 
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,14 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from framework.kafka.embedded import EmbeddedBroker, free_port, port_open
-from tests.support import Node, run_cli, wait_for, write_project
+from tests.support import Node, ce_headers, consume, new_id, produce, run_cli, wait_for, write_project
 
 ECHO = "cccccccc-0000-4000-8000-000000000001"
 DRAFT = "cccccccc-0000-4000-8000-000000000002"
 HOLD = "cccccccc-0000-4000-8000-000000000003"
+PROBE = "cccccccc-0000-4000-8000-000000000004"
 
 MANIFEST = f"""
 # the node's functions
@@ -28,6 +33,7 @@ functions:
     uuid: {ECHO}
     handler: functions.h:echo
     state: productive
+    events: [node.ping]
   - name: drafty          # deployed by the test
     uuid: {DRAFT}
     handler: functions.h:echo
@@ -35,9 +41,14 @@ functions:
     uuid: {HOLD}
     handler: functions.h:hold
     state: productive
+  - name: probe
+    uuid: {PROBE}
+    handler: functions.h:probe
+    state: productive
+    timeout: 7
 """
 HANDLERS = """
-import asyncio
+import asyncio, sys, time
 
 async def echo(payload, ctx):
     return {"echo": payload, "fn": ctx.function}
@@ -45,6 +56,11 @@ async def echo(payload, ctx):
 async def hold(payload, ctx):
     await asyncio.sleep((payload or {}).get("sleep", 0))
     return "held"
+
+async def probe(payload, ctx):
+    print("to stderr:", payload, file=sys.stderr, flush=True)
+    return {"uuid": ctx.uuid, "deadline": ctx.deadline, "now": time.time(), "remaining": ctx.remaining(),
+            "invocation_id": ctx.invocation_id, "instance_id": ctx.instance_id}
 """
 LOCATED = re.compile(r"functions\.yaml:\d+:\d+")
 """A manifest error names its place: `functions.yaml:LINE:COL: message`."""
@@ -113,7 +129,7 @@ def test_bad_yaml_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
     manifest.write_text(good.replace("state: productive\n", "state: productive\n  - name: [unclosed\n", 1))
 
     errors = wait_for(lambda: readyz(n).json()["manifest_errors"], timeout=5, message="the edit rejected")
-    assert any(LOCATED.search(e) for e in errors), errors
+    assert any(LOCATED.search(e) and "YAML syntax error" in e for e in errors), errors
     assert status(n, ECHO) == 200 and status(n, DRAFT) == 404  # the last good manifest serves
     assert "manifest edit rejected" in n.tail(200)
 
@@ -123,19 +139,25 @@ def test_bad_yaml_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
 
 
 def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
+    """1. A `hold` request (12 s) is in flight. 2. Its module is edited so that it no longer imports.
+    Result: the edit is rejected (a located error in `/readyz`) while the request is still in flight (the
+    in-flight gauge says so after the rejection); that request then answers 200; `echo` keeps serving;
+    3. a fixed module gives fresh instances and clears the error."""
     n = start(nodes, tmp_path)
     module = n.root / "functions" / "h.py"
     assert status(n, ECHO) == 200
     in_flight: list[httpx.Response] = []
-    holder = threading.Thread(target=lambda: in_flight.append(invoke(n, HOLD, {"sleep": 1.5})))
+    holder = threading.Thread(target=lambda: in_flight.append(invoke(n, HOLD, {"sleep": 12})))
     holder.start()
-    wait_for(lambda: inflight(n, "hold") >= 1, timeout=5, message="the hold request in flight")
+    wait_for(lambda: inflight(n, "hold") >= 1, timeout=10, message="the hold request in flight")
 
     module.write_text("import not_a_module_anywhere_xyz\n" + module.read_text())
-    errors = wait_for(lambda: readyz(n).json()["manifest_errors"], timeout=5, message="the edit rejected")
-    assert any(LOCATED.search(e) for e in errors), errors
-    holder.join(10)
+    errors = wait_for(lambda: readyz(n).json()["manifest_errors"], timeout=10, message="the edit rejected")
+    assert any(LOCATED.search(e) and "not_a_module_anywhere_xyz" in e for e in errors), errors
+    assert inflight(n, "hold") >= 1 and not in_flight, "the request was no longer in flight at the rejection"
+    holder.join(30)
     assert in_flight and in_flight[0].status_code == 200  # nothing in flight failed because of it
+    assert in_flight[0].json()["result"] == "held"
     assert status(n, ECHO) == 200
 
     module.write_text(HANDLERS.replace('"fn": ctx.function', '"fn": ctx.function, "v": 2'))
@@ -147,16 +169,24 @@ def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
     assert readyz(n).json()["manifest_errors"] == []
 
 
-def test_sigterm_drains_in_flight_requests(tmp_path: Path, nodes: Nodes, broker: EmbeddedBroker) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_drains_in_flight_requests(
+    tmp_path: Path, nodes: Nodes, broker: EmbeddedBroker, sig: signal.Signals
+) -> None:
+    """1. 20 requests of 20 s each are in flight (the in-flight gauge says so). 2. SIGTERM, or SIGINT.
+    Result: all 20 answer 200; the node exits 0 and says it drained on that signal."""
     n = start(nodes, tmp_path, broker.bootstrap)
     assert status(n, HOLD) == 200  # warm
     with ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(invoke, n, HOLD, {"sleep": 4}) for _ in range(20)]
-        wait_for(lambda: inflight(n, "hold") >= 20, timeout=3.5, message="20 requests in flight")
-        n.proc.send_signal(signal.SIGTERM)
+        futures = [pool.submit(invoke, n, HOLD, {"sleep": 20}, 60) for _ in range(20)]
+        # Before the first of them could end: the signal must find all 20 in flight. On a loaded machine
+        # 20 requests can take seconds to arrive, hence their length.
+        wait_for(lambda: inflight(n, "hold") >= 20, timeout=18, message="20 requests in flight")
+        n.proc.send_signal(sig)
         codes = [f.result().status_code for f in futures]
     assert codes == [200] * 20
-    assert n.proc.wait(30) == 0, n.tail()
+    assert n.proc.wait(40) == 0, n.tail()
+    assert f"{sig.name} received: draining" in n.tail(200)
 
 
 def test_no_kafka_ready_without_a_broker(tmp_path: Path, nodes: Nodes) -> None:
@@ -173,3 +203,97 @@ def test_no_kafka_ready_without_a_broker(tmp_path: Path, nodes: Nodes) -> None:
     assert body["ready"] is True and body["reasons"] == []
     assert status(n, ECHO) == 200
     assert not port_open("127.0.0.1", embedded)  # and no embedded broker was started either
+
+
+def test_run_without_bootstrap_servers_starts_the_embedded_broker(tmp_path: Path, nodes: Nodes) -> None:
+    """1. `faas run` with FAAS_KAFKA_BOOTSTRAP_SERVERS empty and FAAS_EMBEDDED_BROKER_PORT free.
+    2. An event for `echo` is produced to that port. 3. SIGTERM.
+    Result: the node becomes ready on a broker it started there, answers the event `ok`, and on exit the
+    broker is gone with it."""
+    port = free_port()
+    root = write_project(tmp_path, MANIFEST, {"h": HANDLERS})
+    n = nodes(root, None, env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": "", "FAAS_EMBEDDED_BROKER_PORT": str(port)})
+    n.wait_ready(timeout=60)
+    assert port_open("127.0.0.1", port)
+    assert f"embedded broker (Tansu, memory only) on 127.0.0.1:{port}" in n.tail(200)
+    bootstrap = f"127.0.0.1:{port}"
+    eid = new_id()
+    produce(bootstrap, n.events, [(b"k", b'{"n": 1}', ce_headers("node.ping", eid))])
+    replies = [r for r in consume(bootstrap, n.replies, 1, timeout=30, ids={eid}) if r["value"]["id"] == eid]
+    assert replies, f"no reply on the embedded broker\n{n.tail()}"
+    reply = replies[0]["value"]
+    assert reply["ok"] is True and reply["results"][0]["result"] == {"echo": {"n": 1}, "fn": "echo"}, reply
+    assert n.stop() == 0, n.tail()
+    wait_for(lambda: not port_open("127.0.0.1", port), timeout=10, message="the embedded broker stopped")
+
+
+def test_embedded_broker_port_taken_is_a_clear_error(tmp_path: Path, nodes: Nodes) -> None:
+    """1. Something that is not Kafka listens on FAAS_EMBEDDED_BROKER_PORT (it accepts and says nothing).
+    2. `faas run` with no bootstrap servers.
+    Result: the log says the port is taken and which; `/readyz` is 503 naming the Kafka broker at that
+    port; HTTP invocations still work."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(64)
+        port = squatter.getsockname()[1]
+        root = write_project(tmp_path, MANIFEST, {"h": HANDLERS})
+        n = nodes(
+            root, None, env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": "", "FAAS_EMBEDDED_BROKER_PORT": str(port)}
+        )
+
+        def unready() -> httpx.Response | None:
+            assert n.proc.poll() is None, n.tail()
+            try:
+                r = httpx.get(f"{n.url}/readyz", timeout=2)
+            except httpx.HTTPError:
+                return None
+            return (
+                r
+                if r.status_code == 503 and any(f"127.0.0.1:{port}" in x for x in r.json()["reasons"])
+                else None
+            )
+
+        r = wait_for(unready, timeout=40, interval=0.2, message="readyz 503 naming the taken port")
+        print(f"\nreadyz with the port taken: {r.json()}")
+        assert f"port {port} is taken" in n.tail(200), n.tail()
+        assert status(n, ECHO) == 200
+
+
+def test_handler_stderr_reaches_the_node_log_tagged(tmp_path: Path, nodes: Nodes) -> None:
+    """1. A direct invocation of `probe`, which prints a line to stderr.
+    Result: the node's log (JSON lines) holds that line, tagged with the function, the invocation id the
+    response gave and the instance id the handler saw."""
+    n = start(nodes, tmp_path, env={"FAAS_LOG_FORMAT": "json"})
+    marker = new_id()
+    r = invoke(n, PROBE, marker)
+    assert r.status_code == 200, r.text
+    body = r.json()
+
+    def line() -> dict[str, Any] | None:
+        for raw in n.log.read_text(errors="replace").splitlines():
+            if marker in raw and raw.startswith("{"):
+                record: dict[str, Any] = orjson.loads(raw)
+                return record
+        return None
+
+    record = wait_for(line, timeout=10, message="the stderr line in the node log")
+    assert record["message"].strip() == f"to stderr: {marker}", record
+    assert record["function"] == "probe"
+    assert record["invocation_id"] == body["invocation_id"] == body["result"]["invocation_id"]
+    assert record["instance_id"] == body["result"]["instance_id"]
+
+
+def test_ctx_uuid_and_deadline(tmp_path: Path, nodes: Nodes) -> None:
+    """1. A direct invocation of `probe` (timeout 7 s).
+    Result: `ctx.uuid` is the function's uuid; `ctx.deadline` is epoch seconds 7 s after the instance got
+    the request (so between the request's start and its end, plus 7 s); `ctx.remaining()` agrees."""
+    n = start(nodes, tmp_path)
+    before = time.time()
+    r = invoke(n, PROBE, None)
+    after = time.time()
+    assert r.status_code == 200, r.text
+    got = r.json()["result"]
+    assert got["uuid"] == PROBE
+    assert before + 7 <= got["deadline"] <= after + 7, (before, got, after)
+    assert 6.0 < got["deadline"] - got["now"] <= 7.0, got
+    assert 6.0 < got["remaining"] <= 7.0, got

@@ -72,3 +72,45 @@ def test_invalid_setting_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FAAS_HTTP_PORT", "eighty")
     r = CliRunner().invoke(main, ["validate"])
     assert r.exit_code == 2 and "FAAS_HTTP_PORT" in r.output
+
+
+def test_secret_settings_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAAS_API_KEYS", "key-one,key-two")
+    monkeypatch.setenv("FAAS_KAFKA_SASL_PASSWORD", "sasl-pass-9")
+    s = Settings()
+    assert s.keys == ["key-one", "key-two"]
+    assert s.kafka_sasl_password.get_secret_value() == "sasl-pass-9"
+    shown = f"{s!r} {s} {s.model_dump()} {s.model_dump_json()}"
+    assert "key-one" not in shown and "sasl-pass-9" not in shown and "**********" in shown
+
+
+def test_secret_settings_from_files_in_the_secrets_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """1. `secrets/FAAS_API_KEYS` and `secrets/FAAS_KAFKA_SASL_PASSWORD` beside the manifest, and a stray
+    `secrets/FAAS_HTTP_PORT`. 2. Then FAAS_API_KEYS in the environment too.
+    Result: the files give the two secret settings (trailing newline removed), never the port; the
+    environment wins over the file."""
+    (tmp_path / "proj" / "secrets").mkdir(parents=True)
+    (tmp_path / "proj" / "secrets" / "FAAS_API_KEYS").write_text("file-key-1,file-key-2\n")
+    (tmp_path / "proj" / "secrets" / "FAAS_KAFKA_SASL_PASSWORD").write_text("file-pass\n")
+    (tmp_path / "proj" / "secrets" / "FAAS_HTTP_PORT").write_text("9999\n")
+    s = Settings(manifest=tmp_path / "proj" / "functions.yaml")
+    assert s.keys == ["file-key-1", "file-key-2"]
+    assert s.kafka_sasl_password.get_secret_value() == "file-pass"
+    assert s.http_port == 8080
+    monkeypatch.setenv("FAAS_API_KEYS", "env-key")
+    assert Settings(manifest=tmp_path / "proj" / "functions.yaml").keys == ["env-key"]
+
+
+def test_bad_secret_setting_file_is_a_clear_error_without_its_value(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "FAAS_API_KEYS").write_text("k1\n")
+    r = CliRunner().invoke(main, ["validate"])
+    assert r.exit_code == 2, r.output
+    assert "secret 'FAAS_API_KEYS'" in r.output and "under 4 characters" in r.output
+    assert "k1" not in r.output.replace("FAAS_API_KEYS", "")
+    (tmp_path / "secrets" / "FAAS_API_KEYS").unlink()
+    (tmp_path / "secrets" / "FAAS_API_KEYS").mkdir()
+    r = CliRunner().invoke(main, ["validate"])
+    assert r.exit_code == 2 and "is a folder, not a file" in r.output, r.output

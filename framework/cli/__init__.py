@@ -59,9 +59,11 @@ def fail(*lines: str) -> NoReturn:
     sys.exit(1)
 
 
-def load(settings: Settings, check_handlers: bool = True) -> Manifest:
+def load(settings: Settings, check_handlers: bool = True, check_secrets: bool = False) -> Manifest:
+    """The manifest, or exit 1 with its errors; `check_secrets`: listed secrets must be readable."""
+    secrets = settings.secrets_path if check_secrets else None
     try:
-        return load_manifest(settings.manifest, check_handlers=check_handlers)
+        return load_manifest(settings.manifest, check_handlers=check_handlers, secrets_dir=secrets)
     except ManifestError as exc:
         fail(*exc.errors)
 
@@ -81,7 +83,10 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
     try:
         ctx.obj = Settings(manifest=manifest) if manifest is not None else Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"FAAS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"FAAS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
         raise click.UsageError(f"invalid setting: {problems}") from None
 
 
@@ -89,16 +94,18 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_settings
 def validate(settings: Settings, as_json: bool) -> None:
-    """Check the manifest and import every handler."""
+    """Check the manifest, import every handler and read every listed secret."""
     if as_json:
         try:
-            manifest = load_manifest(settings.manifest, check_handlers=True)
+            manifest = load_manifest(
+                settings.manifest, check_handlers=True, secrets_dir=settings.secrets_path
+            )
         except ManifestError as exc:
             click.echo(scripting.validate_report(None, exc.errors))
             sys.exit(1)
         click.echo(scripting.validate_report(manifest, []))
         return
-    manifest = load(settings)
+    manifest = load(settings, check_secrets=True)
     click.echo(f"ok: {len(manifest.functions)} functions")
 
 
@@ -121,8 +128,10 @@ def list_functions(settings: Settings, as_json: bool) -> None:
         click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[4]]))
 
 
-def _set_state(settings: Settings, name: str, state: State, check_handlers: bool) -> None:
-    manifest = load(settings, check_handlers=check_handlers)
+def _set_state(
+    settings: Settings, name: str, state: State, check_handlers: bool, check_secrets: bool = False
+) -> None:
+    manifest = load(settings, check_handlers=check_handlers, check_secrets=check_secrets)
     if Registry(manifest).by_name(name) is None:
         fail(f"no function named {name!r} in {settings.manifest}")
     set_state(settings.manifest, name, state)
@@ -134,7 +143,10 @@ def _set_state(settings: Settings, name: str, state: State, check_handlers: bool
 @pass_settings
 def deploy(settings: Settings, name: str) -> None:
     """Set NAME's state to productive (refused unless the manifest is valid and every handler imports)."""
-    _set_state(settings, name, "productive", check_handlers=True)
+    # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
+    _set_state(
+        settings, name, "productive", check_handlers=True, check_secrets=settings.secrets_path.is_dir()
+    )
 
 
 @main.command()

@@ -10,9 +10,9 @@ import json
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -21,6 +21,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control import cron
 from framework.control.handler_check import import_errors
+from framework.control.secrets import SecretError, SecretStore, name_problem
 from framework.errors import INVOCATION_ERRORS, ManifestError
 
 State = Literal["draft", "productive", "undeployed"]
@@ -85,6 +86,17 @@ class InstancesSpec(BaseModel):
 SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
+def _secret_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+SecretName = Annotated[str, AfterValidator(_secret_name)]
+"""A secret's name, checked item by item so each bad one is reported at its own position."""
+
+
 class RetrySpec(BaseModel):
     """`retry:` of DESIGN.md section 15: event and scheduled invocations only."""
 
@@ -128,7 +140,7 @@ class FunctionSpec(BaseModel):
     schedules: tuple[ScheduleSpec, ...] = ()
     keep_warm: str | None = None
     instances: InstancesSpec = Field(default_factory=InstancesSpec)
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[SecretName, ...] = ()
     """Names of the secrets the handler reads as `ctx.secrets[name]` (DESIGN.md section 14)."""
     retry: RetrySpec = Field(default_factory=RetrySpec)
     root: Path = Path(".")
@@ -149,14 +161,6 @@ class FunctionSpec(BaseModel):
     def _handler(cls, value: str) -> str:
         if not _HANDLER.match(value):
             raise ValueError(f"handler {value!r} must have the form module:attribute")
-        return value
-
-    @field_validator("secrets")
-    @classmethod
-    def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if not re.match(SECRET_NAME, name):
-                raise ValueError(f"secret name {name!r} must match [A-Za-z0-9_.-]{{1,128}}")
         return value
 
     @field_validator("keep_warm")
@@ -303,12 +307,27 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     return None
 
 
-def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
+def _check_secrets(item: CommentedMap, store: SecretStore, errors: ErrorCollector) -> None:
+    """Each listed secret that cannot be read is an error at its own item of the `secrets:` list."""
+    names = item.get("secrets")
+    if not isinstance(names, CommentedSeq):
+        return
+    for j, name in enumerate(names):
+        if isinstance(name, str) and name_problem(name) is None:
+            try:
+                store.read(name)
+            except SecretError as exc:
+                errors.add(tuple(names.lc.item(j)), str(exc))
+
+
+def load_manifest(path: Path, check_handlers: bool = True, secrets_dir: Path | None = None) -> Manifest:
     """Load and check `path`; raise ManifestError listing every problem as `path:LINE:COL: message`.
 
     `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
-    folder, so a broken module can neither crash nor pollute this process.
+    folder, so a broken module can neither crash nor pollute this process. With `secrets_dir` (absolute),
+    every secret a function lists must be readable there (`control.secrets`), else it is an error at its item.
     """
+    store = SecretStore(secrets_dir) if secrets_dir is not None else None
     errors = ErrorCollector(str(path))
     root = path.resolve().parent
     doc = parse_yaml(path, errors)
@@ -352,6 +371,8 @@ def load_manifest(path: Path, check_handlers: bool = True) -> Manifest:
             if internal in data:
                 errors.add(_key_at(item, internal, at), f"unknown key {internal!r}")
         spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})
+        if store is not None:
+            _check_secrets(item, store, errors)
         if spec is not None:
             specs.append(spec)
         handler = item.get("handler")

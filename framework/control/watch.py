@@ -38,8 +38,11 @@ class ManifestWatcher:
         manifest: Manifest,
         on_change: Callable[[Manifest], None],
         on_error: Callable[[list[str]], None],
+        secrets_dir: Path | None = None,
     ) -> None:
         self.path = path.resolve()
+        self.secrets_dir = secrets_dir
+        """Where listed secrets must exist for an edit to pass (as `faas validate` checks them)."""
         self.on_change = on_change
         self.on_error = on_error
         self.packages = handler_packages(manifest)
@@ -81,7 +84,7 @@ class ManifestWatcher:
     async def reload(self) -> None:
         try:
             # Handlers are imported in a subprocess: keep the loop free meanwhile.
-            manifest = await asyncio.to_thread(load_manifest, self.path)
+            manifest = await asyncio.to_thread(load_manifest, self.path, True, self.secrets_dir)
         except ManifestError as exc:
             log.error("manifest edit rejected, still serving the last good one:\n%s", "\n".join(exc.errors))
             self.on_error(exc.errors)

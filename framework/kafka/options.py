@@ -29,7 +29,7 @@ def security_options(settings: Settings) -> dict[str, Any]:
     if settings.kafka_security_protocol.startswith("SASL"):
         opts["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         opts["sasl_plain_username"] = settings.kafka_sasl_username or None
-        opts["sasl_plain_password"] = settings.kafka_sasl_password or None
+        opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value() or None
     if settings.kafka_security_protocol.endswith("SSL"):
         opts["ssl_context"] = create_ssl_context(
             cafile=settings.kafka_ssl_cafile or None,

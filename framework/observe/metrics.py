@@ -99,6 +99,13 @@ class Metrics:
         self.instance_crashes = Counter(
             "faas_instance_crashes", "Instances that died or were killed.", ["function", "reason"], registry=r
         )
+        self.instance_kills = Counter(
+            "faas_instance_kills",
+            "Instances that ended against their will, by reason: memory (over instances.memory_mb), "
+            "timeout (loop stuck past a time limit), crash (the process died).",
+            ["function", "reason"],
+            registry=r,
+        )
         self.blocked_loop = Counter(
             "faas_blocked_loop",
             "Times a handler blocked its instance's loop >100 ms.",

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from framework.control.manifest import FunctionSpec
@@ -35,7 +35,8 @@ log = logging.getLogger("faas.runtime")
 instance_log = logging.getLogger("faas.instance")
 
 ExitCallback = Callable[["InstanceHandle", "str | None"], None]
-"""Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`) or None."""
+"""Called once when the instance is gone, with a crash reason (`exit`, `blocked`, `start`, `memory`) or
+None."""
 
 
 @dataclass(slots=True)
@@ -59,8 +60,11 @@ class InstanceHandle:
         on_exit: ExitCallback,
         on_blocked: Callable[[], None],
         warm: bool = False,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        self._secrets = dict(secrets or {})
+        """The values of the secrets the function lists; they reach the process in its start message only."""
         self.spec = spec
         self.warm = warm
         self.load = 0
@@ -102,6 +106,7 @@ class InstanceHandle:
             "concurrency": self.spec.instances.concurrency,
             "instance_id": self.id,
             "log_level": self._log_level,
+            "secrets": self._secrets,
         }
         try:
             main, logs = template.spawn(config)
@@ -153,6 +158,11 @@ class InstanceHandle:
     def kill(self) -> None:
         """Hard stop: SIGKILL now; requests it still holds are answered InstanceCrashed."""
         self._die(None, hard=True)
+
+    def kill_for(self, reason: str, message: str) -> None:
+        """SIGKILL now for `reason` (e.g. `memory`); requests it holds get InstanceCrashed(`message`)."""
+        log.warning("%s", message, extra=self._extra)
+        self._die(reason, hard=True, message=message)
 
     def close_logs(self) -> None:
         """Close the log channel (normally it closes by itself when the process exits)."""
@@ -242,9 +252,11 @@ class InstanceHandle:
 
     # ---- death ----
 
-    def _die(self, reason: str | None, hard: bool, late: float | None = None) -> None:
+    def _die(
+        self, reason: str | None, hard: bool, late: float | None = None, message: str | None = None
+    ) -> None:
         """Mark dead and answer every request held: Timeout for those past their limit at `late`, else
-        InstanceCrashed. Runs once."""
+        InstanceCrashed (with `message` when given). Runs once."""
         if self.dead:
             return
         self.dead = True
@@ -265,6 +277,8 @@ class InstanceHandle:
                         f"{self.spec.timeout:g} s limit (instance killed)"
                     )
                 )
+            elif message is not None:
+                pending.fut.set_exception(InstanceCrashed(message))
             else:
                 pending.fut.set_exception(
                     InstanceCrashed(

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from framework.control.manifest import FunctionSpec
-from framework.errors import FaasError, Overloaded
+from framework.errors import FaasError, InstanceCrashed, Overloaded
 from framework.observe.metrics import Metrics
 from framework.runtime.handle import InstanceHandle
 from framework.runtime.template import Template
@@ -25,14 +26,28 @@ log = logging.getLogger("faas.runtime")
 Slot = tuple[InstanceHandle, bool]
 """An instance reserved for one request, and whether that request is a cold start."""
 
+KILL_REASONS = {"memory": "memory", "blocked": "timeout", "exit": "crash", "start": "crash"}
+"""`faas_instance_kills_total` reason of each way an instance ends against its will."""
+
 
 class FunctionPool:
     """The instances of one function built from one spec. `retired` pools take no new requests."""
 
     def __init__(
-        self, spec: FunctionSpec, template: Template, metrics: Metrics, queue_timeout: float, log_level: str
+        self,
+        spec: FunctionSpec,
+        template: Template,
+        metrics: Metrics,
+        queue_timeout: float,
+        log_level: str,
+        secrets: Mapping[str, str] | None = None,
+        unavailable: str | None = None,
     ) -> None:
         self.spec = spec
+        self.secrets = dict(secrets or {})
+        """Values of the secrets `spec` lists, read when this pool was built (a rotation builds a new one)."""
+        self.unavailable = unavailable
+        """Why no instance can start (a secret the node lacks): every request is answered InstanceCrashed."""
         self.instances: list[InstanceHandle] = []
         self.exiting: set[InstanceHandle] = set()
         """Instances that stopped serving but whose process has not exited yet."""
@@ -47,11 +62,19 @@ class FunctionPool:
         self._m_queued = metrics.queued.labels(name)
         self._m_instances = metrics.instances.labels(name)
         self._m_blocked = metrics.blocked_loop.labels(name)
+        for reason in dict.fromkeys(KILL_REASONS.values()):  # shown as 0 before the first kill
+            metrics.instance_kills.labels(name, reason)
 
     # ---- requests ----
 
+    def check_available(self) -> None:
+        """Raise InstanceCrashed when no instance of this pool can start (see `unavailable`)."""
+        if self.unavailable is not None:
+            raise InstanceCrashed(f"function {self.spec.name} cannot start an instance: {self.unavailable}")
+
     async def invoke(self, inv: Invocation) -> InvokeResult:
         # The duration histogram is the invoker's to observe (once per invocation, wall time).
+        self.check_available()
         inst, cold = self._acquire() or await self._queue()
         try:
             result, ms = await inst.call(inv, cold)
@@ -160,7 +183,9 @@ class FunctionPool:
 
     def start(self, warm: bool) -> InstanceHandle:
         """Start one instance in the background; requests may reserve it while it starts."""
-        inst = InstanceHandle(self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm)
+        inst = InstanceHandle(
+            self.spec, self._log_level, self._on_exit, self._m_blocked.inc, warm=warm, secrets=self.secrets
+        )
         self.instances.append(inst)
         self._m_instances.inc()
         task = asyncio.get_running_loop().create_task(self._boot(inst))
@@ -196,6 +221,7 @@ class FunctionPool:
             self._m_instances.dec()
         if reason is not None:
             self._metrics.instance_crashes.labels(self.spec.name, reason).inc()
+            self._metrics.instance_kills.labels(self.spec.name, KILL_REASONS.get(reason, "crash")).inc()
         if self._waiters:
             self._dispatch()
 

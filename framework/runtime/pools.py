@@ -12,8 +12,11 @@ import uuid
 from collections.abc import Sequence
 
 from framework.control.manifest import FunctionSpec
+from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
 from framework.observe.metrics import Metrics
+from framework.runtime.handle import InstanceHandle
+from framework.runtime.memory import MemoryGuard
 from framework.runtime.pool import FunctionPool
 from framework.runtime.template import Template
 from framework.settings import Settings
@@ -41,6 +44,9 @@ class Runtime:
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self.secrets = SecretStore(settings.secrets_path)
+        """Where instances' secret values are read from (DESIGN.md section 14)."""
+        self._memory = MemoryGuard(self._limited)
 
     async def start(self) -> None:
         """Start the template process and the idle reaper. Call it on the node's loop thread."""
@@ -59,6 +65,7 @@ class Runtime:
             await asyncio.sleep(0.02)
         await cancel_and_wait([self._reaper])
         self._reaper = None
+        await self._memory.stop()
         instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
         for pool in self._all_pools():
             pool.kill()
@@ -82,6 +89,7 @@ class Runtime:
         if self._stopping:
             raise Overloaded("the node is stopping")
         pool = self._pool(spec)
+        pool.check_available()
         if not pool.instances:
             pool.start(warm=True)
         targets = [i for i in pool.instances if not i.dead]
@@ -100,6 +108,21 @@ class Runtime:
         for name, pool in list(self._pools.items()):
             if new.get(name) != pool.spec:
                 self._retire(name)
+
+    def refresh_secrets(self) -> list[str]:
+        """The secrets folder changed: retire the pool of every function whose secret values changed (or
+        became unreadable, or readable again), so its next request gets a fresh instance while in-flight
+        ones finish on the old. Returns the names of those functions."""
+        changed = []
+        for name, pool in list(self._pools.items()):
+            if not pool.spec.secrets:
+                continue
+            values, problem = self._read_secrets(pool.spec)
+            if values != pool.secrets or problem != pool.unavailable:
+                changed.append(name)
+                log.info("secrets of function %s changed: its next request gets a fresh instance", name)
+                self._retire(name)
+        return changed
 
     def instance_count(self, name: str) -> int:
         """Live (or starting) instances of function `name`, those draining after a reload included."""
@@ -128,10 +151,37 @@ class Runtime:
             self._template.start()
         # Read when scraped, not counted per request (a gauge update costs microseconds on the hot path).
         self.metrics.inflight.labels(spec.name).set_function(lambda: self._inflight_of(spec.name))
+        values, problem = self._read_secrets(spec)
+        if problem is not None:
+            log.error("function %s cannot start instances: %s", spec.name, problem)
         pool = self._pools[spec.name] = FunctionPool(
-            spec, self._template, self.metrics, self.settings.queue_timeout, self.settings.log_level
+            spec,
+            self._template,
+            self.metrics,
+            self.settings.queue_timeout,
+            self.settings.log_level,
+            secrets=values,
+            unavailable=problem,
         )
+        if spec.instances.memory_mb is not None:
+            self._memory.ensure_started()
         return pool
+
+    def _read_secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], str | None]:
+        """The values of the secrets `spec` lists, or ({}, why one cannot be read)."""
+        try:
+            return self.secrets.values(spec.secrets), None
+        except SecretError as exc:
+            return {}, str(exc)
+
+    def _limited(self) -> list[tuple[InstanceHandle, int]]:
+        """Instances whose function has `instances.memory_mb`, with that limit (for the memory guard)."""
+        return [
+            (inst, limit)
+            for pool in self._all_pools()
+            if (limit := pool.spec.instances.memory_mb) is not None
+            for inst in pool.instances
+        ]
 
     def _retire(self, name: str) -> None:
         pool = self._pools.pop(name)

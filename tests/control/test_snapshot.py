@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -68,7 +69,13 @@ def test_broken_module_never_reaches_a_new_instance(tmp_path: Path, nodes: Calla
     url = f"{node.url}/functions/{UUID}/invoke"
     assert httpx.post(url, json=1, timeout=30).json()["result"]["version"] == "one"
     (root / "functions" / "h.py").write_text("def echo(:\n")
-    wait_for(lambda: httpx.get(f"{node.url}/readyz").json()["manifest_errors"], 10, message="edit rejected")
+    errors = wait_for(
+        lambda: httpx.get(f"{node.url}/readyz").json()["manifest_errors"], 10, message="edit rejected"
+    )
+    assert any(
+        re.search(r"functions\.yaml:4:5: handler 'functions\.h:echo' does not import: SyntaxError", e)
+        for e in errors
+    ), errors
     wait_for(
         lambda: httpx.get(f"{node.url}/functions").json()["functions"][0]["instances"] == 0,
         10,

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Node, Record, ce_headers, new_id
-
-JOINED = re.compile(r"joined group \S+ with partitions \[([\d, ]*)\]")
+from tests.support import Record, ce_headers, new_id
 
 
 class ReplyReader:
@@ -145,24 +140,6 @@ async def raw_post(port: int, path: str, body: bytes = b"{}") -> tuple[int, byte
         writer.close()
     head, _, rest = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), rest
-
-
-def partitions(node: Node) -> list[int] | None:
-    """The partitions the node's last "joined group" log line names (None before it joined)."""
-    found = JOINED.findall(node.log.read_text(errors="replace"))
-    if not found:
-        return None
-    return sorted(int(p) for p in found[-1].replace(" ", "").split(",") if p)
-
-
-def metric(node: Node, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` matching `labels` in the node's /metrics."""
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{node.url}/metrics", timeout=5).text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 def tree_rss(pid: int) -> int:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, send_all
-from tests.support import LOGS, Node, ce_headers, new_id
+from tests.support import LOGS, Node, ce_headers, metric, new_id, wait_for, write_project
 
 pytestmark = pytest.mark.faults
 
@@ -136,3 +139,111 @@ def test_broker_outage_and_return(project: Path, nodes: Callable[..., Node]) -> 
     finally:
         for b in own:
             b.stop()
+
+
+TICKER = """
+functions:
+  - name: ticker
+    uuid: eeeeeeee-0000-4000-8000-000000000001
+    handler: functions.o:tick
+    state: productive
+    env: {{OUT: "{out}"}}
+    schedules:
+      - cron: "* * * * * */1"
+"""
+TICKER_MODULES = {
+    "o": """
+import json, os, time
+
+def tick(payload, ctx):
+    with open(os.path.join(os.environ["OUT"], "ticks"), "a") as f:
+        f.write(json.dumps({"id": ctx.invocation_id, "t": time.time()}) + "\\n")
+"""
+}
+
+
+def ticks(out: Path) -> list[int]:
+    """The tick numbers (a scheduled invocation's id ends with its tick) the ticker recorded, in order."""
+    path = out / "ticks"
+    if not path.exists():
+        return []
+    return [int(orjson.loads(line)["id"].rsplit(":", 1)[1]) for line in path.read_text().splitlines() if line]
+
+
+def unready(node: Node) -> bool:
+    return httpx.get(f"{node.url}/readyz", timeout=5).status_code == 503
+
+
+def test_schedules_keep_firing_while_the_broker_is_down(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. A node on a broker of its own, with a per-second schedule; two ticks fire.
+    2. The broker is SIGKILLed; `/readyz` turns 503.
+    Result: while the broker is still down (`/readyz` 503 before and after), the schedule fires at least
+    eight more ticks, each once, on consecutive seconds."""
+    out = tmp_path / "out"
+    out.mkdir()
+    root = write_project(tmp_path / "proj", TICKER.format(out=out), TICKER_MODULES)
+    port = free_port()
+    own = EmbeddedBroker(port=port, log_path=LOGS / f"broker-sched-{port}.log").start()
+    try:
+        node = nodes(root, own.bootstrap).wait_ready()
+        wait_for(lambda: len(ticks(out)) >= 2, timeout=30, message=f"two ticks\n{node.tail()}")
+        own.kill()
+        wait_for(lambda: unready(node), timeout=15, interval=0.2, message="readyz 503 once the broker died")
+        seen = len(ticks(out))
+        wait_for(
+            lambda: len(ticks(out)) >= seen + 8, timeout=40, message=f"ticks in the outage\n{node.tail()}"
+        )
+        assert unready(node), "the broker is down: readiness must still say so"
+        during = ticks(out)[seen:]
+        assert during == list(range(during[0], during[0] + len(during))), (
+            f"ticks skipped or doubled: {during}"
+        )
+        assert node.proc.poll() is None
+    finally:
+        own.stop()
+
+
+async def reply_after_outage(node: Node, own: EmbeddedBroker) -> dict[str, Any]:
+    """Produce one `fault.hold` event (5 s); freeze the broker while it runs; let it go once the handler
+    finished in the outage; returns the reply read after it."""
+    assert own.proc is not None
+    eid = new_id()
+    p = await producer(own.bootstrap)
+    try:
+        await send_all(p, node.events, [(b"k", b'{"sleep": 5}', ce_headers("fault.hold", eid))])
+    finally:
+        await p.stop()
+
+    def holding() -> bool:
+        return metric(node, "faas_inflight_requests", function="hold") >= 1
+
+    await asyncio.to_thread(wait_for, holding, 30, 0.05, "the event in flight")
+    own.proc.send_signal(signal.SIGSTOP)  # the broker stops answering: an outage that keeps its data
+    try:
+        await asyncio.to_thread(wait_for, lambda: unready(node), 20, 0.2, "readyz 503 in the outage")
+        await asyncio.to_thread(wait_for, lambda: not holding(), 30, 0.1, "the handler done in the outage")
+        assert await asyncio.to_thread(unready, node), "the broker is away: readyz must still say so"
+    finally:
+        own.proc.send_signal(signal.SIGCONT)
+    async with ReplyReader(own.bootstrap, node.replies) as reader:
+        missing = await reader.wait({eid}, 90)
+        assert not missing, f"the reply due in the outage never arrived after it\n{node.tail()}"
+        return reader.first[eid]
+
+
+def test_replies_due_in_an_outage_arrive_after_it(project: Path, nodes: Callable[..., Node]) -> None:
+    """1. A node on a broker of its own takes an event whose handler runs 5 s (the in-flight gauge shows it).
+    2. The broker is frozen (SIGSTOP) while it runs: `/readyz` turns 503; the handler finishes in the outage
+       (the gauge drops back to 0), so its reply cannot be sent then.
+    3. The broker answers again (SIGCONT).
+    Result: the reply arrives after the outage, `ok`, with the handler's result (at-least-once)."""
+    port = free_port()
+    own = EmbeddedBroker(port=port, log_path=LOGS / f"broker-replies-{port}.log").start()
+    try:
+        node = nodes(project, own.bootstrap).wait_ready()
+        reply = asyncio.run(reply_after_outage(node, own))
+        assert reply["ok"] is True, reply
+        assert reply["results"][0]["function"] == "hold" and "pid" in reply["results"][0]["result"], reply
+        assert node.proc.poll() is None
+    finally:
+        own.stop()

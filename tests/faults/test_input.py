@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, rss_by_process, send_all, tree_rss
-from tests.support import Header, Node, Record, ce_headers, new_id
+from tests.support import Header, Node, Record, ce_headers, consume_raw, new_id
 
 pytestmark = pytest.mark.faults
 
@@ -26,14 +27,17 @@ CE_NAMES = ["ce_specversion", "ce_type", "ce_id", "ce_source", "content-type"]
 
 
 def random_records(rng: random.Random, n: int) -> list[Record]:
-    """Random byte strings as keys, values and headers (sometimes with CloudEvents header names)."""
+    """Random byte strings as keys, values and headers (sometimes with CloudEvents header names).
+
+    A key, when there is one, starts with the record's number (two bytes), so that each keyed record can be
+    told apart by the key its reply and its dead-letter copy carry."""
     out: list[Record] = []
-    for _ in range(n):
+    for i in range(n):
         headers: list[Header] = [
             (rng.choice([*CE_NAMES, rng.randbytes(6).hex()]), rng.randbytes(rng.randrange(0, 40)))
             for _ in range(rng.randrange(0, 5))
         ]
-        key = rng.choice([None, rng.randbytes(rng.randrange(0, 30))])
+        key = rng.choice([None, b"\x00" + i.to_bytes(2, "big") + rng.randbytes(rng.randrange(0, 30))])
         out.append((key, rng.randbytes(rng.randrange(0, 3000)), headers))
     return out
 
@@ -76,7 +80,7 @@ def mutated_records(rng: random.Random, n: int) -> list[Record]:
             value = b'"' + b"y" * (1_100_000) + b'"'  # over FAAS_MAX_PAYLOAD_BYTES
         else:
             headers = [(k, v if k != "ce_type" else v + rng.randbytes(2)) for k, v in headers]
-        out.append((rng.choice([None, f"k{i % 37}".encode()]), value, headers))
+        out.append((rng.choice([None, f"k{i % 37}/{i}".encode()]), value, headers))  # unique, as above
     return out
 
 
@@ -137,6 +141,62 @@ async def http_storm(node: Node, rng: random.Random) -> Counter[str]:
     return statuses
 
 
+def is_storm_key(key: bytes | None) -> bool:
+    """Storm keys begin with a zero byte (random records) or hold a `/` (mutated ones); the warm-up and
+    valid events' keys are `kN`."""
+    return key is not None and (key[:1] == b"\x00" or b"/" in key)
+
+
+async def check_storm_answers(bootstrap: str, node: Node, bad: list[Record]) -> None:
+    """Every storm record has a reply, counted by distinct record (its unique key; the keyless ones by
+    number); every record answered `BadEvent` has one exact dead-letter copy, and nothing else is there."""
+    keyed = {k: (v, h) for k, v, h in bad if k is not None}
+    keyless = sum(1 for k, _, _ in bad if k is None)
+    assert len(keyed) + keyless == len(bad), "storm keys are not unique"
+    deadline = time.monotonic() + 60
+    while True:  # the topic is read from its start each time, until every storm record is answered
+        replies = await consume_raw(bootstrap, node.replies, 50 + len(bad) + 200, 20)
+        storm = [r for r in replies if r.key is None or is_storm_key(r.key)]
+        answered = {r.key for r in storm if r.key is not None}
+        if (answered >= keyed.keys() and len(storm) >= keyless) or time.monotonic() > deadline:
+            break
+    missing = keyed.keys() - answered
+    assert not missing, f"{len(missing)} of {len(keyed)} keyed storm records got no reply\n{node.tail()}"
+    assert answered == keyed.keys(), "a reply names a key no storm record had"
+    unkeyed_replies = len(storm) - sum(1 for r in storm if r.key is not None)
+    assert unkeyed_replies >= keyless, f"{unkeyed_replies} replies for {keyless} keyless storm records"
+
+    bad_event = [r for r in storm if orjson.loads(r.value)["error"] is not None]
+    types = Counter(orjson.loads(r.value)["error"]["type"] for r in bad_event)
+    assert set(types) == {"BadEvent"}, f"storm records failed otherwise than BadEvent: {types}"
+    expected = {r.key for r in bad_event if r.key is not None}
+    expected_keyless = sum(1 for r in bad_event if r.key is None)
+    assert len(expected) > 500, f"only {len(expected)} keyed storm records were bad: the storm proved little"
+
+    copies = await consume_raw(bootstrap, node.deadletter, len(bad_event), 60)
+    by_key = Counter(c.key for c in copies if c.key is not None)
+    assert set(by_key) == expected, (
+        f"dead letters: {len(expected - set(by_key))} BadEvent records without a copy, "
+        f"{len(set(by_key) - expected)} copies of records that were not bad"
+    )
+    twice = {k: n for k, n in by_key.items() if n > 1}
+    assert not twice, f"{len(twice)} records dead-lettered more than once"
+    assert sum(1 for c in copies if c.key is None) == expected_keyless
+    for c in copies:
+        if c.key is None:
+            continue
+        value, headers = keyed[c.key]
+        got = list(c.headers or ())
+        names = [name for name, _ in got]
+        assert names.count("faas_error") == 1 + sum(1 for n, _ in headers if n == "faas_error")
+        if "faas_deadletter_error" in names:  # too big for the topic: sent without its value, saying so
+            assert c.value is None
+            got = [h for h in got if h[0] != "faas_deadletter_error"]
+        else:
+            assert c.value == value, f"dead-letter copy of {c.key!r} differs from the record"
+        assert got[:-1] == list(headers) and got[-1][0] == "faas_error", f"headers of {c.key!r} changed"
+
+
 async def storm(node: Node, broker: EmbeddedBroker) -> tuple[int, int, Counter[str]]:
     rng = random.Random(20240607)
     p = await producer(broker.bootstrap)
@@ -163,6 +223,7 @@ async def storm(node: Node, broker: EmbeddedBroker) -> tuple[int, int, Counter[s
             assert all(reader.first[i]["ok"] for i in ids)
             total = 50 + 2000 + 200
             assert await reader.wait_records(total, 30) >= total, "some storm records got no reply"
+            await check_storm_answers(broker.bootstrap, node, bad)
             after = tree_rss(node.proc.pid)
             per_process.append(rss_by_process(node.proc.pid))
             print(f"\nRSS per process (MB) before {per_process[0]}, after {per_process[1]}")
@@ -175,8 +236,10 @@ def test_bad_input_storm(project: Path, broker: EmbeddedBroker, nodes: Callable[
     """1. 1,000 random byte strings and 1,000 mutated valid events go to the events topic.
     2. 1,000 malformed HTTP requests hit the node at the same time (40 at once).
     3. 200 valid events follow.
-    Result: the node stays up; every storm record got a reply; every malformed HTTP request got a 4xx (never
-    a 5xx); all 200 valid events are answered `ok`; the process tree's RSS grew by less than 60 MB."""
+    Result: the node stays up; every storm record got a reply (counted by distinct record, not by reply);
+    every storm record answered `BadEvent` has exactly one dead-letter copy with its key, value and headers
+    (plus `faas_error`), and no other record has one; every malformed HTTP request got a 4xx (never a 5xx);
+    all 200 valid events are answered `ok`; the process tree's RSS grew by less than 60 MB."""
     node = nodes(project, broker.bootstrap, env={"FAAS_MAX_PAYLOAD_BYTES": "1048576"}).wait_ready()
     before, after, statuses = asyncio.run(storm(node, broker))
     growth = after - before

@@ -17,8 +17,8 @@ import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.conftest import BUSY_A, BUSY_B, HOLD, STUCK
-from tests.faults.kit import ReplyReader, events, metric, producer, send_all
-from tests.support import Node, wait_for
+from tests.faults.kit import ReplyReader, events, producer, send_all
+from tests.support import Node, metric, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -98,7 +98,14 @@ async def stuck_among_others(node: Node) -> dict[str, Any]:
         old_pid = warm[0].json()["result"]["pid"]
         started = time.monotonic()
         blocker = asyncio.create_task(client.post(invoke_url(node, STUCK), json={"block": True}))
-        await asyncio.sleep(0.05)  # the blocker first, so its instance's loop is blocked for the rest
+        # The blocker first, so its instance's loop is blocked for the rest: wait until the node holds it.
+        await asyncio.to_thread(
+            wait_for,
+            lambda: metric(node, "faas_inflight_requests", function="stuck") >= 1,
+            10,
+            0.02,
+            "the blocking request in flight",
+        )
         neighbours = [asyncio.create_task(client.post(invoke_url(node, STUCK), json={})) for _ in range(4)]
         others = [
             asyncio.create_task(client.post(invoke_url(node, u), json={})) for u in [BUSY_A, BUSY_B] * 25

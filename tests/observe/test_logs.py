@@ -9,6 +9,7 @@ import orjson
 
 from framework.observe import tracing
 from framework.observe.logs import JsonFormatter, RepeatFilter, TextFormatter, TraceFilter
+from framework.runtime.worker import redact
 from framework.runtime.worker.watchdog import InvocationLog, extra_fields
 
 
@@ -78,3 +79,14 @@ def test_ctx_log_keeps_the_calls_own_extra() -> None:
     fields = extra_fields(seen[0])
     assert fields["order"] == 42 and isinstance(fields["obj"], str) and "invocation_id" not in fields
     assert extra_fields(seen[1]) == {}
+
+
+def test_forwarded_extra_fields_are_redacted() -> None:
+    """A secret value passed in a log call's `extra` leaves the instance as `***`, like the message."""
+    redact.install(["s3cr3t-value"])
+    try:
+        rec = _record(token="s3cr3t-value", note={"k": "s3cr3t-value"}, n=5)
+        fields = extra_fields(rec)
+    finally:
+        redact.install([])
+    assert fields == {"token": "***", "note": "{'k': '***'}", "n": 5}, fields

@@ -145,3 +145,8 @@ async def until(condition: Callable[[], object], timeout: float = 10, message: s
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+def sample(rt: Runtime, name: str, **labels: str) -> float:
+    """A sample of the runtime's metrics read through the registry's public API (0 when never set)."""
+    return rt.metrics.registry.get_sample_value(name, labels) or 0.0

@@ -11,7 +11,7 @@ import pytest
 
 from framework.errors import FunctionError, InstanceCrashed, Timeout
 from framework.runtime import Runtime
-from tests.runtime.conftest import SpecFactory, call, until
+from tests.runtime.conftest import SpecFactory, call, sample, until
 
 
 async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFactory) -> None:
@@ -43,10 +43,7 @@ async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) 
     await until(lambda: not _alive(pid), message="blocked instance killed")
     value, res = await call(runtime, s, {"block": 0})
     assert value["unblocked"] != pid and res.cold_start
-    crashes = runtime.metrics.registry.get_sample_value(
-        "faas_instance_crashes_total", {"function": s.name, "reason": "blocked"}
-    )
-    assert crashes == 1
+    assert sample(runtime, "faas_instance_crashes_total", function=s.name, reason="blocked") == 1
 
 
 async def test_exception_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from framework.runtime import Runtime, invoke_once
-from tests.runtime.conftest import WARM, SpecFactory, call, until
+from tests.runtime.conftest import WARM, SpecFactory, call, sample, until
 from tests.runtime.conftest import inv as _inv
 from tests.runtime.test_failures import _alive
 from tests.support import wait_for, write_project
@@ -56,7 +56,7 @@ async def test_warmup_calls_hook_never_handle(runtime: Runtime, spec: SpecFactor
     res = await runtime.invoke(s, _inv())
     assert not res.cold_start  # the instance a warm-up started is not a cold start
     assert (root / "handle-called").exists()
-    assert runtime.metrics.cold_starts.labels("warm")._value.get() == 0
+    assert sample(runtime, "faas_cold_starts_total", function="warm") == 0
 
 
 async def test_warmup_without_hook_is_a_noop(runtime: Runtime, spec: SpecFactory) -> None:
@@ -88,7 +88,7 @@ async def test_watchdog_reports_blocked_loop(
         "blocker" in msg and inv.invocation_id in msg and "time.sleep" in msg
     )  # the stack names the culprit
     assert record.function == "blocker" and record.instance_id == res.instance_id
-    assert runtime.metrics.blocked_loop.labels("blocker")._value.get() == 1
+    assert sample(runtime, "faas_blocked_loop_total", function="blocker") == 1
 
 
 async def test_logs_and_prints_reach_node_log(

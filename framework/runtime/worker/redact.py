@@ -1,0 +1,48 @@
+"""Inside an instance: replace every secret value by `***` in text that leaves the process.
+
+One hook, `redact(text)`, applied to each string the instance sends out other than the handler's result:
+log records (`ctx.log` and any logger), stdout and stderr lines, the watchdog's reports, and the message
+and traceback of an error it answers. The instance installs its function's secret values once, at start
+(`install`); until then, and for functions without secrets, `redact` returns the text as is.
+
+Besides each value itself, its forms as they show up in text are redacted too: escaped as in a `repr` or
+JSON string (a value with quotes or backslashes, in an exception's repr), and, for a multi-line value
+(a PEM key), each of its lines of at least 4 characters, since stdout reaches the node line by line.
+One compiled alternation, longest first, so a value that contains another is replaced whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+MASK = "***"
+MIN_PART = 4
+"""Shortest line of a multi-line value that is redacted on its own (shorter ones are common words)."""
+
+_pattern: re.Pattern[str] | None = None
+
+
+def forms(value: str) -> set[str]:
+    """The spellings of `value` to look for: itself, its escaped forms and its lines."""
+    found = {value, repr(value)[1:-1], json.dumps(value)[1:-1]}
+    if "\n" in value:
+        found.update(line.strip() for line in value.splitlines())
+    return {f for f in found if len(f) >= MIN_PART}
+
+
+def install(values: Iterable[str]) -> None:
+    """Redact `values` (the function's secrets) from now on in this process."""
+    global _pattern
+    every = set().union(*(forms(v) for v in values if v))
+    ordered = sorted(every, key=len, reverse=True)
+    _pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
+def redact(text: str) -> str:
+    """`text` with every installed secret value replaced by `***`."""
+    pattern = _pattern
+    if pattern is None or not text:
+        return text
+    return pattern.sub(MASK, text)

@@ -1,0 +1,88 @@
+"""control.secrets_watch: changes in the secrets folder reach the callback; the watch never ends early."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from framework.control import secrets_watch
+from framework.control.secrets_watch import SecretsWatcher
+from tests.runtime.conftest import until
+
+
+class Recorder(list[bool]):
+    """The watcher's callback: records each call; `changed` is set by the first file event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def __call__(self, event: bool) -> None:
+        self.append(event)
+        if event:
+            self.changed.set()
+
+
+async def write_until_seen(path: Path, seen: Recorder, timeout: float) -> None:
+    """Rewrite `path` every 0.2 s until a change is reported: the watch may still be setting itself up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    n = 0
+    while not seen.changed.is_set():
+        assert loop.time() < deadline, f"no change reported within {timeout} s"
+        n += 1
+        await asyncio.to_thread(path.write_text, f"value-{n}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(seen.changed.wait(), 0.2)
+
+
+async def test_a_changed_file_is_reported_within_a_second(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("one-value")
+    seen = Recorder()
+    stop = asyncio.Event()
+    task = asyncio.create_task(SecretsWatcher(tmp_path, seen).run(stop))
+    await write_until_seen(tmp_path / "token", seen, 1.5)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_folder_that_comes_and_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Watch a folder that does not exist. 2. Create it, change a file. 3. Remove it.
+    Result: re-checks run meanwhile, the change in the new folder is reported, and the watch keeps running
+    after the folder is gone, until stopped."""
+    monkeypatch.setattr(secrets_watch, "RECHECK", 0.2)
+    folder = tmp_path / "later"
+    seen = Recorder()
+    stop = asyncio.Event()
+    task = asyncio.create_task(SecretsWatcher(folder, seen).run(stop))
+    await until(lambda: False in seen, timeout=5, message="re-check while the folder is missing")
+    folder.mkdir()
+    await write_until_seen(folder / "token", seen, 5)  # the new folder is watched from the next re-check
+    shutil.rmtree(folder)
+    count = len(seen)
+    await until(lambda: len(seen) > count + 2, timeout=5, message="still re-checking")
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_failing_callback_does_not_end_the_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(secrets_watch, "RECHECK", 0.1)
+    calls: list[bool] = []
+
+    def broken(event: bool) -> None:
+        calls.append(event)
+        raise RuntimeError("bug")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(SecretsWatcher(tmp_path, broken).run(stop))
+    await until(lambda: len(calls) >= 3, timeout=5, message="called again after failing")
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 5)

@@ -1,0 +1,175 @@
+"""instances.memory_mb and secrets in the runtime: kills over the limit, ctx.secrets, rotation, redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from framework.errors import FunctionError, InstanceCrashed
+from framework.runtime import Runtime
+from framework.runtime.memory import resident_bytes
+from framework.settings import Settings
+from tests.runtime.conftest import SpecFactory, call, until
+from tests.support import write_project
+
+HANDLERS = """
+import asyncio, logging, os
+
+async def grow(payload, ctx):
+    payload = payload or {}
+    chunks = []
+    for _ in range(payload.get("mb", 0) // 10):
+        chunks.append(bytearray(10 * 1024 * 1024))  # zero-filled: every page touched
+        await asyncio.sleep(0.1)  # ~100 MB/s
+    await asyncio.sleep(payload.get("hold", 0))
+    return {"pid": os.getpid()}
+
+async def light(payload, ctx):
+    await asyncio.sleep((payload or {}).get("sleep", 0))
+    return {"pid": os.getpid()}
+
+async def secrets(payload, ctx):
+    listed = dict(ctx.secrets)
+    try:
+        ctx.secrets["x"] = "y"
+        writable = True
+    except TypeError:
+        writable = False
+    try:
+        other = ctx.secrets["unlisted"]
+    except KeyError:
+        other = None
+    await asyncio.sleep(payload.get("sleep", 0) if payload else 0)
+    return {"secrets": listed, "writable": writable, "other": other,
+            "environ": any(v in str(dict(os.environ)) for v in listed.values()), "pid": os.getpid()}
+
+async def leak(payload, ctx):
+    value = ctx.secrets["token"]
+    ctx.log.info("ctx.log %s", value)
+    logging.getLogger("lib").warning("library %s", value)
+    print("stdout", value)
+    raise RuntimeError(f"failed with {value}")
+"""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = write_project(tmp_path / "proj", "functions: []\n", {"lim": HANDLERS})
+    (root / "secrets").mkdir()
+    (root / "secrets" / "token").write_text("tok-0123456789\n")
+    (root / "secrets" / "unlisted").write_text("not-for-you\n")
+    return root
+
+
+@pytest.fixture
+async def rt(root: Path) -> AsyncIterator[Runtime]:
+    runtime = Runtime(Settings(manifest=root / "functions.yaml", queue_timeout=5))
+    await runtime.start()
+    yield runtime
+    await runtime.stop(0)
+
+
+def kills(rt: Runtime, name: str, reason: str) -> float:
+    value: float = rt.metrics.instance_kills.labels(name, reason)._value.get()
+    return value
+
+
+async def test_over_the_memory_limit_the_instance_is_killed(
+    rt: Runtime, spec: SpecFactory, root: Path
+) -> None:
+    """1. `grow` has memory_mb 64 and max 1; a light request starts its instance.
+    2. One request grows by 200 MB at ~100 MB/s while two light requests wait on the same instance.
+    Result: all three get InstanceCrashed naming the limit; the kill is counted as `memory`; the
+    instance's RSS never passed the limit by more than one sampling period of growth; the next request
+    runs on a fresh instance."""
+    s = spec("grow", module="lim", root=root, timeout=30, max=1, memory_mb=64)
+    first, _ = await call(rt, s)
+    peak = [0]
+
+    async def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], resident_bytes(first["pid"]) or 0)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.ensure_future(sample())
+    calls = [asyncio.ensure_future(call(rt, s, {"mb": 200, "hold": 20}))]
+    calls += [asyncio.ensure_future(call(rt, s, {"hold": 20})) for _ in range(2)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    sampler.cancel()
+    for r in results:
+        assert isinstance(r, InstanceCrashed), r
+        assert "memory" in r.message and "64" in r.message
+    assert kills(rt, s.name, "memory") == 1
+    assert peak[0] < (64 + 40) * 1024 * 1024, peak[0]
+    value, res = await call(rt, s)
+    assert value["pid"] != first["pid"] and res.cold_start
+
+
+async def test_without_a_limit_nothing_is_killed(rt: Runtime, spec: SpecFactory, root: Path) -> None:
+    s = spec("grow", module="lim", root=root, timeout=30, max=1)
+    value, _ = await call(rt, s, {"mb": 80})
+    assert value["pid"] and kills(rt, s.name, "memory") == 0
+
+
+async def test_crash_and_blocked_kills_are_counted(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("exit1", max=1)
+    with pytest.raises(InstanceCrashed):
+        await call(runtime, s)
+    assert kills(runtime, s.name, "crash") == 1
+    b = spec("block", timeout=0.5, max=1)
+    with pytest.raises(Exception, match="limit"):
+        await call(runtime, b, {"block": 4})
+    await until(lambda: kills(runtime, b.name, "timeout") == 1, message="timeout kill counted")
+
+
+async def test_ctx_secrets_holds_only_the_listed_ones(rt: Runtime, spec: SpecFactory, root: Path) -> None:
+    s = spec("secrets", module="lim", root=root).model_copy(update={"secrets": ("token",)})
+    value, _ = await call(rt, s)
+    assert value["secrets"] == {"token": "tok-0123456789"}  # trailing newline removed
+    assert value["writable"] is False and value["other"] is None and value["environ"] is False
+
+
+async def test_a_missing_secret_answers_instance_crashed(rt: Runtime, spec: SpecFactory, root: Path) -> None:
+    s = spec("secrets", module="lim", root=root).model_copy(update={"secrets": ("token", "absent")})
+    with pytest.raises(InstanceCrashed, match="secret 'absent' is missing") as info:
+        await call(rt, s)
+    assert "tok-0123456789" not in info.value.message
+    assert rt.instance_count(s.name) == 0
+
+
+async def test_rotation_gives_fresh_instances_and_in_flight_finish(
+    rt: Runtime, spec: SpecFactory, root: Path
+) -> None:
+    """1. A request holds an instance for 1 s. 2. The secret file changes; the runtime re-reads.
+    Result: the held request finishes with the old value; the next one runs on a new instance with the new
+    value; a function without secrets keeps its pool."""
+    s = spec("secrets", module="lim", root=root).model_copy(update={"secrets": ("token",)})
+    plain = spec("light", module="lim", root=root)
+    await call(rt, plain)
+    held = asyncio.ensure_future(call(rt, s, {"sleep": 1}))
+    await until(lambda: rt.inflight() == 1, message="request in flight")
+    (root / "secrets" / "token").write_text("tok-rotated-42")
+    assert rt.refresh_secrets() == [s.name]
+    old, _ = await held
+    new, _ = await call(rt, s)
+    assert old["secrets"]["token"] == "tok-0123456789" and new["secrets"]["token"] == "tok-rotated-42"
+    assert old["pid"] != new["pid"]
+    assert rt.refresh_secrets() == []  # nothing changed since
+
+
+async def test_values_are_redacted_from_logs_and_errors(
+    rt: Runtime, spec: SpecFactory, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    s = spec("leak", module="lim", root=root).model_copy(update={"secrets": ("token",)})
+    with pytest.raises(FunctionError) as info:
+        await call(rt, s)
+    notes = "".join(getattr(info.value, "__notes__", []))
+    assert info.value.message == "RuntimeError: failed with ***" and "Traceback" in notes
+    assert "tok-0123456789" not in notes
+    await until(lambda: "library ***" in caplog.text and "stdout ***" in caplog.text, message="logs arrived")
+    assert "ctx.log ***" in caplog.text and "tok-0123456789" not in caplog.text

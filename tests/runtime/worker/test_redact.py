@@ -1,0 +1,50 @@
+"""runtime.worker.redact: secret values become `***` in text that leaves an instance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from framework.runtime.worker import redact
+
+
+@pytest.fixture(autouse=True)
+def nothing_installed() -> Iterator[None]:
+    yield
+    redact.install(())
+
+
+def test_nothing_installed_returns_the_text() -> None:
+    assert redact.redact("tok-123 stays") == "tok-123 stays"
+
+
+def test_every_occurrence_is_replaced() -> None:
+    redact.install(["tok-123", "pass.word"])
+    assert redact.redact("a tok-123 b tok-123 c pass.word d passXword") == "a *** b *** c *** d passXword"
+
+
+def test_longer_value_containing_another_is_replaced_whole() -> None:
+    redact.install(["abcd", "abcd-efgh"])
+    assert redact.redact("[abcd-efgh] [abcd]") == "[***] [***]"
+
+
+def test_escaped_forms_are_replaced() -> None:
+    """A value with a quote and a backslash, as an exception's repr and as JSON show it."""
+    value = "it's\\secret"
+    redact.install([value])
+    assert redact.redact(repr(KeyError(value))) == 'KeyError("***")'
+    assert value not in redact.redact(f"{value} {value!r}")
+    assert redact.redact('{"k": "it\'s\\\\secret"}') == '{"k": "***"}'
+
+
+def test_lines_of_a_multi_line_value_are_replaced_one_by_one() -> None:
+    """stdout reaches the node line by line, so each line of a PEM key is redacted on its own."""
+    pem = "-----BEGIN KEY-----\nMIIBVgIBADANBgkq\nab\n-----END KEY-----\n"
+    redact.install([pem.rstrip("\n")])
+    assert redact.redact("MIIBVgIBADANBgkq") == "***"
+    assert redact.redact("ab") == "ab"  # under 4 characters: a common word, left alone
+
+
+def test_forms_skip_short_parts() -> None:
+    assert redact.forms("abc\nlonger") == {"abc\\nlonger", "longer"} | {"abc\nlonger"}

@@ -1,0 +1,360 @@
+"""Secrets and memory limits on real `faas run` nodes (DESIGN.md section 14).
+
+Nodes run without Kafka (`--no-kafka`) where Kafka plays no part: secrets and limits are the node's and
+the instance's business, and a node without a consumer group to join is ready in a second.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from framework.kafka.embedded import EmbeddedBroker
+from tests.support import Node, ce_headers, consume, new_id, produce, run_cli, wait_for, write_project
+
+READER = "5ec5ec00-0000-4000-8000-000000000011"
+LEAK = "5ec5ec00-0000-4000-8000-000000000012"
+HOG = "5ec5ec00-0000-4000-8000-000000000013"
+
+MODULES = {
+    "sec": """
+import asyncio, hashlib, logging, os
+
+async def reader(payload, ctx):
+    await asyncio.sleep((payload or {}).get("sleep", 0))
+    value = ctx.secrets["api_token"]
+    return {"sha256": hashlib.sha256(value.encode()).hexdigest(), "pid": os.getpid(),
+            "in_env": value in str(dict(ctx.env)) or value in str(dict(os.environ)),
+            "names": sorted(ctx.secrets)}
+
+async def leak(payload, ctx):
+    value = ctx.secrets["api_token"]
+    ctx.log.info("ctx.log line %s", value)
+    logging.getLogger("somelib").warning("library line %s", value)
+    print("print line", value)
+    raise RuntimeError(f"could not use {value}")
+
+async def hog(payload, ctx):
+    payload = payload or {}
+    chunks = []
+    for _ in range(payload.get("mb", 0) // 10):
+        chunks.append(bytearray(10 * 1024 * 1024))
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(payload.get("hold", 0))
+    return {"pid": os.getpid()}
+"""
+}
+
+MANIFEST = f"""\
+functions:
+  - name: reader
+    uuid: {READER}
+    handler: functions.sec:reader
+    state: productive
+    secrets: [api_token]
+  - name: leak
+    uuid: {LEAK}
+    handler: functions.sec:leak
+    state: productive
+    events: [secret.leak]
+    secrets: [api_token]
+  - name: hog
+    uuid: {HOG}
+    handler: functions.sec:hog
+    state: productive
+    timeout: 30
+    instances: {{max: 1, memory_mb: 64}}
+"""
+
+Start = Callable[..., Node]
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def project(tmp_path: Path, manifest: str = MANIFEST) -> tuple[Path, Path, str]:
+    """A project whose secrets folder lives outside it (a mount); returns (root, folder, value)."""
+    root = write_project(tmp_path / "proj", manifest, MODULES)
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    value = f"tok-{uuid.uuid4().hex}"
+    (folder / "api_token").write_text(value + "\n")
+    return root, folder, value
+
+
+def invoke(n: Node, u: str, payload: object = None) -> httpx.Response:
+    return httpx.post(f"{n.url}/functions/{u}/invoke", json=payload, timeout=60)
+
+
+def start(nodes: Start, root: Path, folder: Path, **env: str) -> Node:
+    return nodes(root, None, kafka=False, env={"FAAS_SECRETS_DIR": str(folder), **env}).wait_ready()
+
+
+def test_the_value_reaches_the_handler_and_nothing_else(tmp_path: Path, nodes: Start) -> None:
+    """1. A node serves `reader`, which lists api_token, from a folder outside the project.
+    2. Invoke it; list the functions; read /readyz and the node's log.
+    Result: the handler sees the value (sha256 equal, newline removed) and only the secrets it listed,
+    not in ctx.env or os.environ; the value is in no listing, readiness body or log line."""
+    root, folder, value = project(tmp_path)
+    (folder / "someone_elses").write_text("other-value\n")
+    n = start(nodes, root, folder)
+    r = invoke(n, READER)
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert res["sha256"] == sha(value) and res["names"] == ["api_token"] and res["in_env"] is False
+    for path in ("/functions", f"/functions/{READER}", "/readyz", "/metrics"):
+        body = httpx.get(n.url + path, timeout=10).text
+        assert value not in body, path
+    assert n.stop() == 0
+    assert value not in n.log.read_text()
+
+
+def test_values_are_redacted_before_they_leave_the_instance(tmp_path: Path, nodes: Start) -> None:
+    """1. `leak` logs the value with ctx.log and a library logger, prints it, and raises with it.
+    Result: the HTTP error says `***`; the node's log has each line with `***` and never the value."""
+    root, folder, value = project(tmp_path)
+    n = start(nodes, root, folder)
+    r = invoke(n, LEAK)
+    assert r.status_code == 500, r.text
+    assert r.json()["error"] == {"type": "FunctionError", "message": "RuntimeError: could not use ***"}
+    wanted = ("ctx.log line ***", "library line ***", "print line ***", "RuntimeError: could not use ***")
+    wait_for(lambda: all(w in n.log.read_text() for w in wanted), 20, message="redacted lines in the log")
+    assert value not in n.log.read_text()
+
+
+def test_rotation_gives_fresh_instances_within_2_s(tmp_path: Path, nodes: Start) -> None:
+    """1. A request holds a `reader` instance for 3 s. 2. The secret file is replaced (atomic rename).
+    3. Then a Kubernetes-style update: the `..data` symlink is swapped to a new timestamped folder.
+    Result: after each change, requests see the new value within 2 s on a new instance; the held
+    request finishes (200) on the instance it started on."""
+    root, folder, _ = project(tmp_path)
+    n = start(nodes, root, folder)
+    first = invoke(n, READER).json()["result"]
+    with httpx.Client(timeout=60) as client:
+        held = client.build_request("POST", f"{n.url}/functions/{READER}/invoke", json={"sleep": 3})
+        answer: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: answer.append(client.send(held)))
+        thread.start()
+        wait_for(
+            lambda: 'faas_inflight_requests{function="reader"} 1.0' in httpx.get(n.url + "/metrics").text,
+            20,
+            message="held request in flight",
+        )
+        new = f"rotated-{uuid.uuid4().hex}"
+        (folder / "tmp").write_text(new + "\n")
+        os.replace(folder / "tmp", folder / "api_token")
+        t = time.monotonic()
+        wait_for(
+            lambda: invoke(n, READER).json()["result"]["sha256"] == sha(new),
+            10,
+            0.05,
+            "new value served",
+        )
+        assert time.monotonic() - t < 2.0, time.monotonic() - t
+        thread.join(30)
+    assert answer and answer[0].status_code == 200 and answer[0].json()["result"]["pid"] == first["pid"]
+    assert invoke(n, READER).json()["result"]["pid"] != first["pid"]
+
+    # Kubernetes: api_token -> ..data/api_token, ..data -> ..2026_1; an update swaps ..data atomically.
+    k8s = tmp_path / "k8s"
+    (k8s / "..2026_1").mkdir(parents=True)
+    (k8s / "..2026_1" / "api_token").write_text("k8s-value-1")
+    (k8s / "..data").symlink_to("..2026_1")
+    (k8s / "api_token").symlink_to("..data/api_token")
+    n2 = start(nodes, root, k8s)
+    assert invoke(n2, READER).json()["result"]["sha256"] == sha("k8s-value-1")
+    (k8s / "..2026_2").mkdir()
+    (k8s / "..2026_2" / "api_token").write_text("k8s-value-2")
+    (k8s / "..data_tmp").symlink_to("..2026_2")
+    os.replace(k8s / "..data_tmp", k8s / "..data")
+    t = time.monotonic()
+    wait_for(
+        lambda: invoke(n2, READER).json()["result"]["sha256"] == sha("k8s-value-2"),
+        10,
+        0.05,
+        "Kubernetes update served",
+    )
+    assert time.monotonic() - t < 2.0
+
+
+def test_a_secret_the_node_lacks(tmp_path: Path, nodes: Start) -> None:
+    """1. A serving node's api_token file is deleted. 2. It comes back.
+    Result: 1. `reader` is answered 502 InstanceCrashed naming the secret (not its value); /readyz stays
+    200 and lists it; `hog`, which lists no secret, keeps serving. 2. `reader` serves again, reason gone."""
+    root, folder, value = project(tmp_path)
+    n = start(nodes, root, folder)
+    assert invoke(n, READER).status_code == 200
+    (folder / "api_token").unlink()
+
+    def crashed() -> httpx.Response | None:
+        r = invoke(n, READER)
+        return r if r.status_code == 502 else None
+
+    r = wait_for(crashed, 10, message="InstanceCrashed for the missing secret")
+    err = r.json()["error"]
+    assert err["type"] == "InstanceCrashed" and "secret 'api_token' is missing" in err["message"]
+    assert value not in r.text
+    ready = httpx.get(n.url + "/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert any("reader" in x and "api_token" in x for x in ready.json()["reasons"]), ready.text
+    assert invoke(n, HOG).status_code == 200
+    (folder / "api_token").write_text(value)
+    wait_for(lambda: invoke(n, READER).status_code == 200, 10, message="served again")
+    assert not httpx.get(n.url + "/readyz", timeout=10).json()["reasons"]
+
+
+def test_watch_rejects_an_edit_listing_a_missing_secret(tmp_path: Path, nodes: Start) -> None:
+    """1. A running node's manifest is edited so that `reader` also lists `not_there`. 2. The file
+    `not_there` is added to the secrets folder.
+    Result: 1. the edit is rejected with the item's LINE:COL in /readyz (still 200); `reader` keeps
+    serving. 2. the edit is applied: no manifest errors left."""
+    root, folder, _ = project(tmp_path)
+    n = start(nodes, root, folder)
+    text = MANIFEST.replace(
+        "    secrets: [api_token]\n  - name: leak",
+        "    secrets:\n      - api_token\n      - not_there\n  - name: leak",
+        1,
+    )
+    (root / "functions.yaml").write_text(text)
+
+    def rejected() -> list[str]:
+        errors: list[str] = httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"]
+        return errors
+
+    errors = wait_for(rejected, 20, message="edit rejected")
+    assert any(re.search(r"functions\.yaml:8:9: secret 'not_there' is missing", e) for e in errors), errors
+    assert httpx.get(n.url + "/readyz", timeout=10).status_code == 200
+    assert invoke(n, READER).status_code == 200
+    (folder / "not_there").write_text("here now\n")
+    wait_for(lambda: not rejected(), 20, message="edit applied once the secret exists")
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda f: (f / "api_token").unlink(), r"functions\.yaml:6:15: secret 'api_token' is missing"),
+        (lambda f: (f / "api_token").write_text("abc\n"), r"functions\.yaml:6:15: .* under 4 characters"),
+        (lambda f: (f / "FAAS_API_KEYS").write_text("k\n"), r"secret 'FAAS_API_KEYS' .* under 4 characters"),
+        (lambda f: (f / "FAAS_KAFKA_SASL_PASSWORD").mkdir(), r"FAAS_KAFKA_SASL_PASSWORD.* is a folder"),
+    ],
+    ids=["missing", "short", "api-keys-file", "sasl-password-folder"],
+)
+def test_the_node_never_starts_half_configured(
+    tmp_path: Path, nodes: Start, setup: Callable[[Path], object], message: str
+) -> None:
+    root, folder, value = project(tmp_path)
+    setup(folder)
+    n = nodes(root, None, kafka=False, env={"FAAS_SECRETS_DIR": str(folder)})
+    code = n.proc.wait(60)
+    log = n.log.read_text()
+    assert code in (1, 2) and re.search(message, log), log
+    assert value not in log
+
+
+def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Path, nodes: Start) -> None:
+    """FAAS_SECRETS_DIR not set, no `secrets/` beside the manifest, functions listing a secret: no start,
+    each listed secret reported at its LINE:COL."""
+    root, _, _ = project(tmp_path)
+    n = nodes(root, None, kafka=False)
+    assert n.proc.wait(60) == 1
+    log = n.log.read_text()
+    assert re.search(
+        r"functions\.yaml:6:15: .*secrets folder .*proj/secrets \(FAAS_SECRETS_DIR\) does not exist", log
+    )
+    assert re.search(r"functions\.yaml:12:15: .*does not exist", log), log
+
+
+def test_a_secrets_dir_set_to_nowhere_stops_the_start(tmp_path: Path, nodes: Start) -> None:
+    """A FAAS_SECRETS_DIR the user set must exist even when no function lists a secret (a typo shows)."""
+    root = write_project(
+        tmp_path / "proj",
+        MANIFEST.split("  - name: leak")[0].replace("    secrets: [api_token]\n", ""),
+        MODULES,
+    )
+    n = nodes(root, None, kafka=False, env={"FAAS_SECRETS_DIR": str(tmp_path / "typo")})
+    assert n.proc.wait(60) == 1
+    assert re.search(r"secrets folder .*typo \(FAAS_SECRETS_DIR\) does not exist", n.log.read_text())
+    # The default folder (`secrets` beside the manifest) may be absent.
+    assert nodes(root, None, kafka=False).wait_ready().proc.poll() is None
+
+
+def test_api_keys_from_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
+    """1. `FAAS_API_KEYS` is a file in the secrets folder. Result: calls need that key; it is never logged."""
+    root, folder, _ = project(tmp_path)
+    (folder / "FAAS_API_KEYS").write_text("key-from-a-file-77\n")
+    n = start(nodes, root, folder, FAAS_LOG_LEVEL="DEBUG")
+    assert invoke(n, READER).status_code == 401
+    r = httpx.post(
+        f"{n.url}/functions/{READER}/invoke", headers={"Authorization": "Bearer key-from-a-file-77"}
+    )
+    assert r.status_code == 200
+    n.stop()
+    assert "key-from-a-file-77" not in n.log.read_text()
+
+
+def test_memory_limit_on_a_real_node(tmp_path: Path, nodes: Start) -> None:
+    """1. `hog` (memory_mb 64, max 1) serves a light request. 2. One request grows to 200 MB while
+    another light one is held by the same instance.
+    Result: both get 502 InstanceCrashed naming the limit; `faas_instance_kills_total{function="hog",
+    reason="memory"}` is 1; the next request runs on a fresh instance."""
+    root, folder, _ = project(tmp_path)
+    n = start(nodes, root, folder)
+    first = invoke(n, HOG).json()["result"]["pid"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = pool.submit(invoke, n, HOG, {"hold": 20})
+        wait_for(
+            lambda: 'faas_inflight_requests{function="hog"} 1.0' in httpx.get(n.url + "/metrics").text,
+            20,
+            message="held request in flight",
+        )
+        heavy = pool.submit(invoke, n, HOG, {"mb": 200, "hold": 20})
+        for r in (heavy.result(60), held.result(60)):
+            assert r.status_code == 502, r.text
+            err = r.json()["error"]
+            assert (
+                err["type"] == "InstanceCrashed"
+                and "memory limit (instances.memory_mb: 64)" in err["message"]
+            )
+    metrics = httpx.get(n.url + "/metrics").text
+    assert 'faas_instance_kills_total{function="hog",reason="memory"} 1.0' in metrics
+    r = invoke(n, HOG)
+    assert r.status_code == 200 and r.json()["result"]["pid"] != first and r.json()["cold_start"]
+
+
+def test_a_local_test_run_reads_secrets_too(tmp_path: Path) -> None:
+    """1. `faas invoke reader` (a local test run) with the secrets folder. 2. Without the secret.
+    Result: 1 prints the result made with the value; 2 exits 1 naming the missing secret."""
+    root, folder, value = project(tmp_path)
+    r = run_cli(root, "invoke", "reader", env={"FAAS_SECRETS_DIR": str(folder)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["sha256"] == sha(value)
+    (folder / "api_token").unlink()
+    r = run_cli(root, "invoke", "reader", env={"FAAS_SECRETS_DIR": str(folder)})
+    assert r.returncode == 1 and "InstanceCrashed" in r.stderr and "secret 'api_token' is missing" in r.stderr
+
+
+def test_event_replies_carry_redacted_errors(tmp_path: Path, broker: EmbeddedBroker, nodes: Start) -> None:
+    """1. A node on the test broker; an event of type `secret.leak` is produced to its events topic.
+    Result: the combined reply (and any dead-letter copy) says `***`, never the value."""
+    root, folder, value = project(tmp_path)
+    n = nodes(root, broker.bootstrap, env={"FAAS_SECRETS_DIR": str(folder)}).wait_ready(90)
+    eid = new_id()
+    produce(broker.bootstrap, n.events, [(b"k", b"{}", ce_headers("secret.leak", eid))])
+    [reply] = consume(broker.bootstrap, n.replies, 1, 60, ids={eid})
+    assert reply["value"]["ok"] is False
+    assert reply["value"]["error"]["message"] == "RuntimeError: could not use ***", reply
+    dead = consume(broker.bootstrap, n.deadletter, 1, 30)
+    assert all(value not in str(d) for d in dead)
+    assert value not in n.log.read_text()
