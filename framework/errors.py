@@ -14,6 +14,8 @@ class FaasError(Exception):
     """Base of every error the platform reports to a caller."""
 
     status: ClassVar[int] = 500
+    attempts: int = 1
+    """Attempts made when this error ended an invocation's retries (DESIGN.md section 15)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

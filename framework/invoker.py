@@ -3,7 +3,8 @@
 The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads and get results back.
 Sources also hand it the event's identity and the span of the trace their work belongs to
 (`observe/tracing.py`): each invocation is a child span of it (a direct invocation's span is the one the
-source started), carried to the instance as `traceparent`.
+source started), carried to the instance as `traceparent`. Event and scheduled invocations go through their
+function's retry policy (`framework.retry`); the attempts of one invocation share its span.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
 from framework.observe import tracing
+from framework.retry import RETRIED_TRIGGERS, with_retries
 from framework.tasks import cancel_and_wait
 from framework.types import EventIdentity, Invocation, InvokeResult, new_id
 
@@ -41,6 +43,8 @@ class EventReply:
     error: dict[str, Any] | None = None
     traceparent: str | None = None
     """The event's span (section 11): replies carry it as `ce_traceparent`, HTTP answers as `traceparent`."""
+    attempts: int = 1
+    """Attempts the failing listener made (its last `ctx.attempt`): the dead-letter copy's `faas_attempts`."""
 
     @property
     def ok(self) -> bool:
@@ -56,6 +60,11 @@ class EventReply:
     ) -> EventReply:
         """A reply whose chain failed with `exc`, in `spec` (None: before any listener ran)."""
         return cls(event_id, event, error=chain_error(exc, spec))
+
+    def fail(self, spec: FunctionSpec, exc: BaseException) -> None:
+        """Listener `spec` ended the chain with `exc` (after its retries)."""
+        self.error = chain_error(exc, spec)
+        self.attempts = exc.attempts if isinstance(exc, FaasError) else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +104,7 @@ class Invoker:
         self.failed = 0
         self.exporter: tracing.Exporter | None = None
         """Set by the node when OpenTelemetry export is on: every invocation then ends a span there."""
+        self._retries: dict[tuple[str, str], Any] = {}
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
         if outcome == "ok":
@@ -124,7 +134,8 @@ class Invoker:
         identity: EventIdentity | None = None,
         span: tracing.Span | None = None,
     ) -> InvokeResult:
-        """Invoke `spec` once; raises the FaasError the invocation ended with.
+        """Invoke `spec` (event and scheduled invocations under its retry policy); raises the FaasError the
+        last attempt ended with.
 
         `span` is the invocation's own span (a new trace when None); the instance sees it as `ctx.span_id`.
         """
@@ -132,11 +143,15 @@ class Invoker:
             span = tracing.start()
         inv = Invocation(invocation_id or new_id(), trigger, event, payload, identity, span.traceparent)
         token = tracing.current.set(span)
-        started = time.perf_counter()
         outcome = "ok"
         result: InvokeResult | None = None
         try:
-            result = await self.runtime.invoke(spec, inv)
+            if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
+                # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
+                derived = invocation_id is not None
+                result = await with_retries(spec, inv, derived, self._attempt, self._retried)
+            else:
+                result = await self._attempt(spec, inv)
             return result
         except FaasError as exc:
             outcome = exc.type
@@ -146,9 +161,32 @@ class Invoker:
             raise
         finally:
             tracing.current.reset(token)
-            self._observe(spec.name, trigger, outcome, time.perf_counter() - started)
             if self.exporter is not None:
                 self._export(spec, inv, span, outcome, result)
+
+    def _retried(self, name: str, error_type: str) -> None:
+        if self.metrics is None:
+            return
+        counter = self._retries.get((name, error_type))
+        if counter is None:
+            counter = self._retries[name, error_type] = self.metrics.retries.labels(name, error_type)
+        counter.inc()
+
+    async def _attempt(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
+        """One invocation; raises the FaasError it ended with."""
+        trigger = inv.trigger
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self.runtime.invoke(spec, inv)
+        except FaasError as exc:
+            outcome = exc.type
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._observe(spec.name, trigger, outcome, time.perf_counter() - started)
 
     def _export(
         self, spec: FunctionSpec, inv: Invocation, span: tracing.Span, outcome: str, res: InvokeResult | None
@@ -161,7 +199,6 @@ class Invoker:
             "faas.trigger": _OTEL_TRIGGER.get(inv.trigger, "other"),
             "faas.invocation_id": inv.invocation_id,
             "faas.coldstart": bool(res is not None and res.cold_start),
-            "faas.attempt": inv.attempt,
         }
         if res is not None:
             attributes["faas.instance"] = res.instance_id
@@ -210,7 +247,7 @@ class Invoker:
                 res = await self.call(spec, payload, "event", event_type, None, identity, span.child())
                 reply.results = [(spec, res)]
             except Exception as exc:
-                reply.error = chain_error(exc, spec)
+                reply.fail(spec, exc)
         elif listeners:
             await self._fan_out(reply, listeners, payload, identity, span)
         return reply
@@ -239,7 +276,7 @@ class Invoker:
             if exc is None:
                 results[i] = task.result()
             else:
-                reply.error = chain_error(exc, listeners[i])
+                reply.fail(listeners[i], exc)
             if left == 0 or exc is not None:
                 settled.set_result(None)
 

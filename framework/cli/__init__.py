@@ -345,3 +345,8 @@ def emit(
     click.echo(json.dumps(reply))
     if not reply.get("ok"):
         sys.exit(1)
+
+
+from framework.cli.replay import replay_command  # noqa: E402  (verb groups register themselves here)
+
+main.add_command(replay_command)

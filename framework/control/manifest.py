@@ -86,6 +86,12 @@ class InstancesSpec(BaseModel):
 SECRET_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
+def _retryable(name: str) -> str:
+    if name not in INVOCATION_ERRORS:  # BadEvent and NotFound never change on a retry
+        raise ValueError(f"{name!r} is not a retryable error type (one of {', '.join(INVOCATION_ERRORS)})")
+    return name
+
+
 def _secret_name(name: str) -> str:
     problem = name_problem(name)
     if problem is not None:
@@ -106,16 +112,8 @@ class RetrySpec(BaseModel):
     """Extra attempts after a failure."""
     backoff: float = Field(0.5, gt=0, le=30)
     """Seconds before the first retry, doubled each time, capped at 30 s."""
-    on: tuple[str, ...] = ("Timeout", "InstanceCrashed", "Overloaded")
-
-    @field_validator("on")
-    @classmethod
-    def _on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in INVOCATION_ERRORS:  # BadEvent and NotFound never change on a retry
-                choices = ", ".join(INVOCATION_ERRORS)
-                raise ValueError(f"{name!r} is not a retryable error type (one of {choices})")
-        return value
+    on: tuple[Annotated[str, AfterValidator(_retryable)], ...] = ("Timeout", "InstanceCrashed", "Overloaded")
+    """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before `attempt` (2, 3, ...): backoff doubled per retry, at most 30."""

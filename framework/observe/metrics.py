@@ -125,7 +125,16 @@ class Metrics:
             "faas_events_replied", "Combined replies acknowledged by the broker.", ["ok"], registry=r
         )
         self.events_deadlettered = Counter(
-            "faas_events_deadlettered", "Records copied to the dead-letter topic.", registry=r
+            "faas_events_deadlettered",
+            "Records copied to the dead-letter topic, by reason (bad_event, failed).",
+            ["reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "faas_retries",
+            "Attempts retried (DESIGN.md section 15), by function and the error type that failed them.",
+            ["function", "error"],
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "faas_consumer_lag", "Records behind the partition end.", ["topic", "partition"], registry=r

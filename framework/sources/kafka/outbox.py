@@ -147,8 +147,14 @@ class ReplyOutbox:
         return True
 
     async def deadletter(
-        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]],
+        reason: str = "bad_event",
     ) -> None:
+        """Copy a record to the dead-letter topic and wait for the acknowledgement; `reason` is the
+        metric's label: `bad_event` or `failed`."""
         try:
             await self.sender.send(self.settings.deadletter_topic, value, key, headers)
         except PermanentSendError as exc:
@@ -160,7 +166,7 @@ class ReplyOutbox:
                 key,
                 [*headers, ("faas_deadletter_error", str(exc).encode())],
             )
-        self.metrics.events_deadlettered.inc()
+        self.metrics.events_deadlettered.labels(reason).inc()
 
     def _missing_topic(self, exc: BaseException) -> bool:
         return isinstance(exc, KafkaTimeoutError) and self._broker_away() is None

@@ -12,6 +12,12 @@ Replies are pipelined: once a record's result is known its reply is handed to th
 goes on with the next record of that key; the acknowledgement marks the record done when it comes. Replies
 of one key are handed over in processing order, so they land in order (see `ReplyProducer.submit`).
 
+Failed events (a reply with `ok: false` after retries, `framework.retry`) are copied to the dead-letter
+topic before their reply is handed over, so the offset passes them only once both are acknowledged. While
+an event waits between attempts its key's later records wait behind it (the chain) and other keys go on;
+the poll loop never waits for it. A rebalance or stop hands such an event over instead of waiting out its
+backoff (`retry.Handover`): it stays uncommitted and the partition's next owner redoes it.
+
 Outages: a supervisor recreates the consumer whenever it fails, sends are retried until acknowledged
 (`replies.py`) and a metadata probe (`probe.py`) turns `/readyz` 503 while the broker is away.
 """
@@ -31,10 +37,12 @@ from aiokafka.errors import KafkaError
 from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
+from framework.kafka.deadletter import failed_headers
 from framework.kafka.options import MIB, ensure_topics, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
 from framework.observe.spans import export_event
+from framework.retry import HANDOVER, Handover
 from framework.sources.kafka.keyed import KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.kafka.outbox import ReplyOutbox
@@ -109,6 +117,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.outbox = ReplyOutbox(settings, metrics, self.sender, self.probe.unreachable_for)
+        self._handovers: dict[Handover, TopicPartition] = {}
+        """The events running now, by partition: those waiting between attempts can be handed over."""
+        self._leaving: set[TopicPartition] = set()
+        """Partitions being revoked: their events that start now are handed over at their first backoff."""
 
     # ---- lifecycle ----
 
@@ -135,6 +147,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def stop(self, grace: float) -> None:
         """Stop fetching, give in-flight events up to `grace` seconds to be answered, commit, close."""
         self._stopping = True
+        self._hand_over(None)
         if self._tasks:  # the poll loop sees the flag within its fetch timeout
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2)
@@ -229,6 +242,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- one record ----
 
     async def _handle(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
+        handover = Handover()
+        HANDOVER.set(handover)  # this chain task's context: its listeners' tasks inherit it
+        tp = TopicPartition(record.topic, record.partition)
+        handover.requested = self._stopping or tp in self._leaving
+        self._handovers[handover] = tp
         try:
             if await self._answer(part, record):
                 return  # handed to the producer: the acknowledgement marks it done
@@ -239,7 +257,16 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 record.partition,
                 record.offset,
             )
+        finally:
+            self._handovers.pop(handover, None)
         part.done(record.offset)  # not reached on cancellation: the record stays uncommitted
+
+    def _hand_over(self, tps: list[TopicPartition] | None) -> None:
+        """Events of `tps` (None: all) waiting between attempts are cancelled now, and those running an
+        attempt as soon as they would wait: their records stay uncommitted, the next owner redoes them."""
+        now = sum(h.request() for h, tp in list(self._handovers.items()) if tps is None or tp in tps)
+        if now:
+            log.info("handed over %d events waiting between attempts", now)
 
     async def _answer(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Answer one record. True: its reply was handed over and will mark it done once acknowledged;
@@ -269,6 +296,13 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
             reply = EventReply.failed(event.id, event.type, exc)
             reply.traceparent = span.traceparent
+        if not reply.ok and reply.error is not None:
+            # Acknowledged before the reply is handed over: the reply's ack then marks the record done.
+            error = reply.error
+            marked = failed_headers(
+                headers, error["type"], error["message"], error["function"], reply.attempts
+            )
+            await self.outbox.deadletter(record.key, record.value, marked, "failed")
         await self.outbox.reply_later(part, record, event, reply)
         if self.invoker.exporter is not None:
             export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
@@ -284,8 +318,13 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         # Queued records of these partitions run too (see `stop`), within the same bound.
         deadline = time.monotonic() + REVOKE_WAIT
-        if not await self.runner.drain(tps, REVOKE_WAIT):
-            log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
+        self._leaving.update(tps)
+        self._hand_over(tps)
+        try:
+            if not await self.runner.drain(tps, REVOKE_WAIT):
+                log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
+        finally:
+            self._leaving.difference_update(tps)
         await self.outbox.settle(self.tracker, tps, deadline)
         await self._commit(tps)
         self.tracker.forget(tps)

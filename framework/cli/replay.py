@@ -1,0 +1,84 @@
+"""`faas replay`: re-drive dead-lettered events after a fix (DESIGN.md section 15; `framework.kafka.replay`).
+
+Prints the ce_id of each event replayed (or, with `--dry-run`, that would be), a progress line on stderr
+every few hundred records of a long replay, then `replayed N, skipped M (reasons)`. Exit 0 with the counts,
+1 when the broker cannot be reached or producing fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import click
+from aiokafka.errors import KafkaError
+
+from framework.kafka.replay import BrokerUnreachable, Selection, replay
+from framework.settings import Settings
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`30s`, `10m`, `2h`, `7d` as seconds."""
+    if value is None:
+        return None
+    m = _DURATION.match(value)
+    if m is None:
+        raise click.BadParameter(f"{value!r} is not a duration such as 30s, 10m, 2h or 7d")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+@click.command(name="replay")
+@click.option("--id", "ids", multiple=True, help="Replay the event with this ce_id (repeatable).")
+@click.option("--function", show_envvar=True, help="Only events whose failing function is NAME.")
+@click.option("--type", "event_type", show_envvar=True, help="Only events of this CloudEvent type.")
+@click.option(
+    "--since",
+    callback=parse_duration,
+    show_envvar=True,
+    help="Only events dead-lettered within this long: 30s, 10m, 2h, 7d.  [default: all]",
+)
+@click.option(
+    "--dry-run", is_flag=True, show_envvar=True, help="List what would be replayed; produce nothing."
+)
+@click.option(
+    "--bootstrap",
+    envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
+    show_envvar=True,
+    help="Kafka host:port list.  [default: the local embedded broker]",
+)
+@click.pass_obj
+def replay_command(
+    settings: Settings,
+    ids: tuple[str, ...],
+    function: str | None,
+    event_type: str | None,
+    since: float | None,
+    dry_run: bool,
+    bootstrap: str | None,
+) -> None:
+    """Produce dead-lettered failed events to the events topic again (none selected: every one)."""
+    servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
+    selection = Selection(frozenset(ids), function, event_type, since)
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage == "read":
+            click.echo(f"reading {settings.deadletter_topic}: {done} records", err=True)
+        else:
+            click.echo(f"replaying: {done} of {total}", err=True)
+
+    try:
+        report = asyncio.run(replay(servers, settings, selection, dry_run, progress))
+    except BrokerUnreachable as exc:
+        raise click.ClickException(f"cannot reach the Kafka broker at {servers}: {exc}") from None
+    except KafkaError as exc:
+        raise click.ClickException(f"replay failed: {exc!r}") from None
+    if report.topic_missing:
+        click.echo(f"no dead-letter topic {settings.deadletter_topic!r}: nothing to replay", err=True)
+    for event_id in report.missing:
+        click.echo(f"no failed event with ce_id {event_id!r} on {settings.deadletter_topic}", err=True)
+    for event_id in report.replayed:
+        click.echo(event_id)
+    click.echo(report.summary())

@@ -1,0 +1,110 @@
+"""Dead-letter records (DESIGN.md sections 4 and 15): the copies the platform writes, and reading them back.
+
+A dead-letter record is an exact copy of the event record (key, value and headers, in order) plus `faas_*`
+headers saying why it is there:
+
+- a record that is not a valid event (BadEvent): `faas_error` (the reason) only;
+- a failed event (its reply was `ok: false` after any retries): `faas_error` (`Type: message`),
+  `faas_function` (the failing function, empty when no function was to blame) and `faas_attempts` (the
+  attempts it made: its last `ctx.attempt`).
+
+`classify` reads a record back for `faas replay`: only failed-event copies can be replayed. BadEvent copies
+would fail the same way again, and records the platform did not write (no `faas_*` headers, a value or
+headers that do not make an event, a non-numeric `faas_attempts`) are foreign. A replayed record is the
+original again: `faas_*` headers removed, `faas_replayed: <n>` added (n = 1 the first time; an event
+dead-lettered again after a replay carries its count on, so the next replay says n + 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from framework.kafka import cloudevents
+
+ERROR = cloudevents.ERROR_HEADER
+FUNCTION = "faas_function"
+ATTEMPTS = "faas_attempts"
+REPLAYED = "faas_replayed"
+PREFIX = "faas_"
+MAX_MESSAGE = cloudevents.MAX_MESSAGE
+
+Headers = Sequence[tuple[str, bytes | None]]
+Kind = Literal["failed", "bad_event", "foreign"]
+
+
+def failed_headers(
+    headers: Headers, error_type: str, message: str, function: str | None, attempts: int
+) -> list[tuple[str, bytes | None]]:
+    """The event's own headers, unchanged and in order, plus why it failed."""
+    return [
+        *headers,
+        (ERROR, f"{error_type}: {message}"[:MAX_MESSAGE].encode()),
+        (FUNCTION, (function or "").encode()),
+        (ATTEMPTS, str(attempts).encode()),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-letter record read back. `event_id`, `type`, `function` are set for failed-event copies."""
+
+    kind: Kind
+    reason: str = ""
+    """Why a record is not replayable (empty for a failed-event copy)."""
+    event_id: str | None = None
+    type: str | None = None
+    function: str | None = None
+    replayed: int = 0
+    """How often the copied event had been replayed already (its `faas_replayed`, 0 when none)."""
+
+
+def _header(headers: Headers, name: str) -> bytes | None:
+    """The last value of `name` (the platform appends its headers after the event's own)."""
+    found = None
+    for key, value in headers:
+        if key == name:
+            found = value if value is not None else b""
+    return found
+
+
+def _count(raw: bytes | None) -> int | None:
+    try:
+        n = int((raw or b"").decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return n if n >= 0 else None
+
+
+def classify(value: bytes | None, headers: Headers) -> DeadLetter:
+    """What a dead-letter record is; never raises."""
+    error = _header(headers, ERROR)
+    if error is None:
+        return DeadLetter("foreign", "no faas_error header")
+    function, attempts = _header(headers, FUNCTION), _header(headers, ATTEMPTS)
+    if function is None and attempts is None:
+        return DeadLetter("bad_event", "a BadEvent copy")
+    if function is None or attempts is None or not _count(attempts):
+        return DeadLetter("foreign", "faas_function or faas_attempts missing or not valid")
+    # The original headers: what the event was before the platform copied it.
+    event = cloudevents.parse(value, strip(headers), max_payload=len(value or b"") + 1)
+    if isinstance(event, cloudevents.BadRecord):
+        return DeadLetter("foreign", f"not an event: {event.message}")
+    replayed = _header(headers, REPLAYED)
+    count = _count(replayed) if replayed is not None else 0
+    try:
+        name = function.decode()
+    except UnicodeDecodeError:
+        return DeadLetter("foreign", "faas_function is not UTF-8")
+    return DeadLetter("failed", event_id=event.id, type=event.type, function=name, replayed=count or 0)
+
+
+def strip(headers: Headers) -> list[tuple[str, bytes | None]]:
+    """`headers` without the platform's `faas_*` ones."""
+    return [(k, v) for k, v in headers if not k.lower().startswith(PREFIX)]
+
+
+def replay_headers(headers: Headers, replayed: int) -> list[tuple[str, bytes | None]]:
+    """The original event's headers again, with `faas_replayed: <replayed>`."""
+    return [*strip(headers), (REPLAYED, str(replayed).encode())]

@@ -1,0 +1,126 @@
+"""The retry policy of event and scheduled invocations (DESIGN.md section 15).
+
+A failed attempt whose error type is in the function's `retry.on` is tried again after `retry.delay(n)`
+seconds (`backoff`, doubled per retry, at most 30 s), up to `retry.attempts` more times. Invariants:
+
+- Only the `event` and `schedule` triggers are retried; direct and warm-up invocations never are.
+- Each attempt is its own invocation with its own time limit and `ctx.attempt` (1, 2, ...): events get a
+  fresh random invocation id per attempt; a scheduled one's given id gains `:<attempt>` from attempt 2 on,
+  so every node derives the same ids.
+- The error that ends the attempts carries `attempts` (the last `ctx.attempt`), which the Kafka source
+  writes into the dead-letter copy.
+
+Handing over: a source that must give its event back while the event waits between attempts (a
+rebalance took its partition, the node stops) does not wait out the backoff. It sets a `Handover` in the
+context of the task that runs the event (`HANDOVER`); `Handover.request()` cancels that task at once if
+it is in a backoff, or as soon as it enters one. Its record then stays uncommitted and the partition's
+next owner redoes the event from attempt 1 (at-least-once). A running attempt is never cut short by this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import replace
+
+from framework.control.manifest import FunctionSpec
+from framework.errors import FaasError
+from framework.types import Invocation, InvokeResult, new_id
+
+log = logging.getLogger("faas.retry")
+
+RETRIED_TRIGGERS = frozenset({"event", "schedule"})
+"""Triggers the retry policy applies to."""
+
+Attempt = Callable[[FunctionSpec, Invocation], Awaitable[InvokeResult]]
+"""Runs one attempt: the result, or raises the FaasError it ended with."""
+
+
+class Handover:
+    """Lets a source take back the event a task runs while that event waits between attempts."""
+
+    __slots__ = ("owner", "requested", "waiting")
+
+    def __init__(self, owner: asyncio.Task[object] | None = None) -> None:
+        self.owner = owner or asyncio.current_task()
+        """The task to cancel: the one that runs the event (its listeners' tasks go with it)."""
+        self.requested = False
+        self.waiting = 0
+        """Backoffs in progress under this handover (one per retrying listener of the event)."""
+
+    def request(self) -> bool:
+        """Hand the event over: cancel its task now if it waits between attempts (True), else as soon as
+        it starts to wait (False: it is running an attempt, or has none to retry)."""
+        self.requested = True
+        if self.waiting and self.owner is not None:
+            self.owner.cancel()
+            return True
+        return False
+
+
+HANDOVER: ContextVar[Handover | None] = ContextVar("faas_retry_handover", default=None)
+"""The handover of the event the current task runs, if its source set one."""
+
+
+def attempt_id(invocation_id: str | None, attempt: int) -> str:
+    """The invocation id of `attempt`: a given id is kept for attempt 1 and suffixed after; else random."""
+    if invocation_id is None:
+        return new_id()
+    return invocation_id if attempt == 1 else f"{invocation_id}:{attempt}"
+
+
+async def with_retries(
+    spec: FunctionSpec,
+    first: Invocation,
+    derived_ids: bool,
+    attempt: Attempt,
+    retried: Callable[[str, str], None] | None = None,
+) -> InvokeResult:
+    """Run `attempt` with `first`, then with copies of it (attempt n, its own id: `first`'s id plus `:n`
+    when `derived_ids`, else a fresh one), until one succeeds, fails with an error type not in
+    `spec.retry.on`, or the attempts run out; `retried(function, error_type)` is called before each retry.
+    Raises the last attempt's FaasError with its `attempts` set."""
+    policy = spec.retry
+    given = first.invocation_id if derived_ids else None
+    n = 1
+    while True:
+        inv = first if n == 1 else replace(first, invocation_id=attempt_id(given, n), attempt=n)
+        try:
+            return await attempt(spec, inv)
+        except FaasError as exc:
+            exc.attempts = n
+            if n > policy.attempts or exc.type not in policy.on:
+                raise
+            error = exc
+        n += 1
+        delay = policy.delay(n)
+        log.info(
+            "%s failed with %s on attempt %d: attempt %d in %.3g s",
+            spec.name,
+            error.type,
+            n - 1,
+            n,
+            delay,
+            extra={"function": spec.name},
+        )
+        if retried is not None:
+            retried(spec.name, error.type)
+        await _backoff(spec.name, delay)
+
+
+async def _backoff(name: str, delay: float) -> None:
+    handover = HANDOVER.get()
+    if handover is None:
+        await asyncio.sleep(delay)
+        return
+    handover.waiting += 1
+    try:
+        if handover.requested and handover.owner is not None:
+            # Handed over before this backoff began; the sleep below ends at once.
+            log.info("%s: event handed over instead of waiting for its next attempt", name)
+            handover.owner.cancel()
+        await asyncio.sleep(delay)
+    finally:
+        handover.waiting -= 1

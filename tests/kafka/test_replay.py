@@ -1,0 +1,223 @@
+"""`faas replay` against the real broker, on dead-letter topics the tests write themselves (DESIGN.md 15).
+
+Each test has topics of its own: a dead-letter topic holding the records it needs (platform copies of
+failed events, BadEvent copies, foreign records) and an events topic that no node reads, so what the
+replay produced can be read back exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from framework.kafka import replay as replay_module
+from framework.kafka.deadletter import classify, failed_headers, replay_headers
+from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.settings import Settings
+from tests.support import Header, ce_headers, consume_raw, run_cli
+
+Letter = tuple[bytes | None, bytes | None, list[Header], int | None]  # key, value, headers, timestamp_ms
+
+
+def failed(eid: str, type_: str = "t.one", function: str = "f1", replayed: int | None = None) -> Letter:
+    headers = [*ce_headers(type_, eid), ("ce_subject", b"s")]
+    if replayed is not None:
+        headers.append(("faas_replayed", str(replayed).encode()))
+    copy = failed_headers(headers, "FunctionError", "boom", function, 2)
+    return (f"key-{eid}".encode(), f'{{"id": "{eid}"}}'.encode(), [(k, v or b"") for k, v in copy], None)
+
+
+def bad_event(eid: str) -> Letter:
+    return (
+        b"k",
+        b"{not json",
+        [*ce_headers("t.one", eid), ("faas_error", b"record value is not JSON")],
+        None,
+    )
+
+
+class Topics:
+    def __init__(self, broker: EmbeddedBroker, root: Path) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.bootstrap = broker.bootstrap
+        self.root = root
+        self.dead, self.events = f"t.rdead.{tag}", f"t.revents.{tag}"
+
+    def write(self, letters: list[Letter]) -> None:
+        async def go() -> None:
+            p = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+            await p.start()
+            try:
+                futures = [
+                    await p.send(self.dead, value=v, key=k, headers=h, timestamp_ms=ts)
+                    for k, v, h, ts in letters
+                ]
+                await asyncio.gather(*futures)
+            finally:
+                await p.stop()
+
+        asyncio.run(go())
+
+    def replay(self, *args: str, bootstrap: str | None = None) -> Any:
+        env = {
+            "FAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap or self.bootstrap,
+            "FAAS_DEADLETTER_TOPIC": self.dead,
+            "FAAS_EVENTS_TOPIC": self.events,
+        }
+        return run_cli(self.root, "replay", *args, env=env, timeout=120)
+
+    def produced(self, want: int, wait: float = 10) -> list[Any]:
+        return asyncio.run(consume_raw(self.bootstrap, self.events, want, wait))
+
+
+@pytest.fixture
+def topics(broker: EmbeddedBroker, tmp_path: Path) -> Topics:
+    return Topics(broker, tmp_path)
+
+
+def test_every_failed_event_replayed_once_others_counted_apart(topics: Topics) -> None:
+    """1. The dead-letter topic holds: failed copies of a (t.one, f1) and b (t.two, f2), a BadEvent copy,
+       a record with no headers, one with faas_* headers but a value that is no event, and a newer copy of
+       a that had been replayed once already.
+    2. Run `faas replay`.
+    Result: exit 0; a and b are produced once each with their original key, value and headers (no
+    faas_error/faas_function/faas_attempts), a with faas_replayed 2 and b with 1; the summary counts the
+    skipped records by reason."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    junk = ("faas_error", b"X: y"), ("faas_function", b"f"), ("faas_attempts", b"1")
+    letters = [
+        failed(a),
+        failed(b, "t.two", "f2"),
+        bad_event(str(uuid.uuid4())),
+        (b"z", b"\x00\x01 foreign", [], None),
+        (None, b"\xff not an event", list(junk), None),
+        failed(a, replayed=1),
+    ]
+    topics.write(letters)
+    r = topics.replay()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[:2] == [b, a] or r.stdout.splitlines()[:2] == [a, b], r.stdout
+    assert r.stdout.splitlines()[-1] == "replayed 2, skipped 4 (1 bad_event, 2 foreign, 1 superseded)"
+    out = {dict(m.headers)["ce_id"].decode(): m for m in topics.produced(2)}
+    assert set(out) == {a, b}
+    for eid, replayed, source in ((a, b"2", letters[5]), (b, b"1", letters[1])):
+        m = out[eid]
+        assert (m.key, m.value) == (source[0], source[1])
+        original = [(k, v) for k, v in source[2] if not k.startswith("faas_")]
+        assert list(m.headers) == [*original, ("faas_replayed", replayed)]
+    assert len(topics.produced(3, wait=3)) == 2, "something produced twice"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--function", "f2"), ["b"]),
+        (("--type", "t.one"), ["a", "c"]),
+        (("--id", "c", "--id", "b"), ["b", "c"]),
+        (("--type", "t.one", "--function", "f3"), ["c"]),
+        (("--since", "1h"), ["a", "b"]),
+        (("--since", "1d"), ["a", "b", "c"]),
+        (("--function", "nobody"), []),
+        (("--id", "ghost", "--id", "a"), ["a"]),
+    ],
+)
+def test_selection(topics: Topics, args: tuple[str, ...], expected: list[str]) -> None:
+    """1. Failed copies of a (t.one, f1), b (t.two, f2) and c (t.one, f3, dead-lettered 5 hours ago).
+    2. `faas replay --dry-run` with a selection.
+    Result: exactly the selected ce_ids are listed, the others counted as not selected, nothing produced;
+    an `--id` with no copy on the topic is named on stderr."""
+    ids = {n: str(uuid.uuid4()) for n in "abc"}
+    old = int((time.time() - 5 * 3600) * 1000)
+    k, v, h, _ = failed(ids["c"], "t.one", "f3")
+    topics.write([failed(ids["a"]), failed(ids["b"], "t.two", "f2"), (k, v, h, old)])
+    r = topics.replay("--dry-run", *[ids.get(x, x) for x in args])
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert sorted(lines[:-1]) == sorted(ids[n] for n in expected), r.stdout
+    skipped = 3 - len(expected)
+    reasons = f" ({skipped} not selected)" if skipped else ""
+    assert lines[-1] == f"dry run: replayed 0, skipped {skipped}{reasons}; {len(expected)} would be replayed"
+    assert topics.produced(1, wait=2) == []
+    assert ("no failed event with ce_id 'ghost'" in r.stderr) == ("ghost" in args), r.stderr
+
+
+def test_long_replay_prints_progress(topics: Topics) -> None:
+    """1. 1,200 failed copies on the dead-letter topic.
+    2. `faas replay`.
+    Result: progress lines at 500, 1,000 and 1,200 on stderr; all 1,200 produced."""
+    topics.write([failed(f"e-{i}") for i in range(1200)])
+    r = topics.replay()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("replaying:")] == [
+        "replaying: 500 of 1200",
+        "replaying: 1000 of 1200",
+        "replaying: 1200 of 1200",
+    ]
+    assert r.stdout.splitlines()[-1] == "replayed 1200, skipped 0"
+    assert len(topics.produced(1200, wait=30)) == 1200
+
+
+def test_missing_topic_replays_nothing(topics: Topics) -> None:
+    r = topics.replay()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "replayed 0, skipped 0" and "no dead-letter topic" in r.stderr
+
+
+def test_unreachable_broker_exits_1(topics: Topics) -> None:
+    r = topics.replay(bootstrap=f"127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "cannot reach the Kafka broker" in r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("since", ["ten minutes", "5", "-1h", "1w"])
+def test_bad_since_is_a_usage_error(topics: Topics, since: str) -> None:
+    r = topics.replay("--since", since)
+    assert r.returncode == 2 and "--since" in r.stderr and "not a duration" in r.stderr, r.stderr
+
+
+def test_classify_and_replay_headers() -> None:
+    """The record kinds one by one, and the headers of a replayed record."""
+    eid = str(uuid.uuid4())
+    _k, v, h, _ = failed(eid, replayed=3)
+    letter = classify(v, h)
+    assert (letter.kind, letter.event_id, letter.type, letter.function, letter.replayed) == (
+        "failed",
+        eid,
+        "t.one",
+        "f1",
+        3,
+    )
+    assert classify(b"{}", ce_headers("t", "i")).kind == "foreign"
+    assert classify(b"{}", [("faas_error", b"x")]).kind == "bad_event"
+    assert classify(v, [*h[:-1], ("faas_attempts", b"many")]).kind == "foreign"
+    assert classify(v, [*h[:-1], ("faas_attempts", b"0")]).kind == "foreign"
+    assert classify(v, [(n, x) for n, x in h if n != "faas_function"]).kind == "foreign"
+    assert classify(b"[1", h).kind == "foreign"
+    assert classify(v, [*h, ("faas_function", b"\xff")]).kind == "foreign"
+    assert replay_headers([("ce_id", b"1"), ("FAAS_x", b"y"), ("faas_error", None)], 4) == [
+        ("ce_id", b"1"),
+        ("faas_replayed", b"4"),
+    ]
+
+
+async def test_progress_while_reading_and_replaying(topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay()` in process with progress every 2 records read and every 2 produced: 5 failed copies give
+    reads at 2 and 4 (or more at once: a fetch may bring several) and replays at 2, 4, 5 of 5."""
+    await asyncio.to_thread(topics.write, [failed(f"p-{i}") for i in range(5)])
+    monkeypatch.setattr(replay_module, "READ_PROGRESS_EVERY", 2)
+    monkeypatch.setattr(replay_module, "PROGRESS_EVERY", 2)
+    calls: list[tuple[str, int, int | None]] = []
+    settings = Settings(deadletter_topic=topics.dead, events_topic=topics.events)
+    report = await replay_module.replay(
+        topics.bootstrap, settings, replay_module.Selection(), progress=lambda *a: calls.append(a)
+    )
+    assert len(report.replayed) == 5
+    reads = [c for c in calls if c[0] == "read"]
+    assert reads and all(total is None for _, _, total in reads), calls
+    assert reads[-1][1] in (4, 5) and [n for _, n, _ in reads] == sorted({n for _, n, _ in reads}), calls
+    assert [c for c in calls if c[0] == "replay"] == [("replay", 2, 5), ("replay", 4, 5), ("replay", 5, 5)]
