@@ -29,6 +29,7 @@ WARM = "5e5e5e5e-0000-4000-8000-000000000008"
 NOISY = "5e5e5e5e-0000-4000-8000-000000000009"
 SECRETIVE = "5e5e5e5e-0000-4000-8000-00000000000a"
 SECRET = "s3cr3t-value-42"
+FLAKY = "5e5e5e5e-0000-4000-8000-00000000000b"
 
 MANIFEST = f"""
 functions:
@@ -49,6 +50,12 @@ functions:
     state: productive
     keep_warm: "* * * * * */1"
   - {{name: noisy, uuid: {NOISY}, handler: functions.noisy:handle, state: productive}}
+  - name: flaky
+    uuid: {FLAKY}
+    handler: functions.rec:flaky
+    state: productive
+    events: [rec.flaky]
+    retry: {{attempts: 2, backoff: 0.1, on: [FunctionError]}}
   - name: secretive
     uuid: {SECRETIVE}
     handler: functions.rec:secretive
@@ -86,6 +93,10 @@ MODULES = {
             sys.stdout.buffer.write(bytes(range(256)) + b"\\n")
             print(b"bad \\xff\\xfe".decode("utf-8", "surrogateescape"))
             raise ValueError(b"worse \\xff".decode("utf-8", "surrogateescape"))
+
+        async def flaky(payload, ctx):
+            ctx.log.info("attempt %s of %s", ctx.attempt, payload["tok"])
+            raise RuntimeError(f"flaky attempt {ctx.attempt}")
 
         async def secretive(payload, ctx):
             ctx.log.info("the key is %s", ctx.secrets["api_key"])
@@ -356,3 +367,26 @@ def test_secret_values_never_reach_a_record(node: Node, broker: EmbeddedBroker) 
     assert rec["error"]["message"] == "RuntimeError: failed with ***"
     _, sent = on_topic(node, broker.bootstrap, {rec["invocation_id"]})[rec["invocation_id"]]
     assert SECRET not in json.dumps(sent) and SECRET not in json.dumps(rec)
+
+
+def test_every_retry_attempt_is_a_record(node: Node) -> None:
+    """1. POST /events/rec.flaky: its one listener fails every time and is retried twice.
+    Result: three records, attempts 1, 2, 3, each its own invocation id, trigger event, its own log line
+    and error."""
+    tok = new_id()[:8]
+    r = httpx.post(f"{node.url}/events/rec.flaky", json={"tok": tok}, timeout=60)
+    assert r.status_code == 500 and r.json()["ok"] is False, r.text
+
+    def attempts(rs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        mine = [x for x in rs if any(tok in m for m in messages(x))]
+        return mine if len(mine) == 3 else None
+
+    recs = listed(node, attempts, function="flaky", trigger="event")
+    assert [x["attempt"] for x in recs] == [3, 2, 1]  # newest first
+    assert len({x["invocation_id"] for x in recs}) == 3
+    for x in recs:
+        assert messages(x)[0] == f"attempt {x['attempt']} of {tok}"
+        assert (
+            x["error"]["message"] == f"RuntimeError: flaky attempt {x['attempt']}"
+            and x["event"] == "rec.flaky"
+        )
