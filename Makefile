@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,embedded,speed]'
+	$(BIN)/python -m pip install -q -e '.[dev,embedded,speed,otel]'
 	touch $(STAMP)
 
 run: $(STAMP)

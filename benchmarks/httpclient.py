@@ -10,10 +10,13 @@ import asyncio
 from typing import cast
 
 
-def encode_request(method: str, host: str, port: int, path: str, body: bytes = b"") -> bytes:
+def encode_request(
+    method: str, host: str, port: int, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 

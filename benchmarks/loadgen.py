@@ -100,7 +100,9 @@ async def _phase(conns: list[Connection], raw: bytes, duration: float, count: in
 
 async def _main(cfg: dict[str, Any]) -> dict[str, Any]:
     host, port = cfg["host"], int(cfg["port"])
-    raw = encode_request(cfg.get("method", "POST"), host, port, cfg["path"], cfg.get("body", "").encode())
+    raw = encode_request(
+        cfg.get("method", "POST"), host, port, cfg["path"], cfg.get("body", "").encode(), cfg.get("headers")
+    )
     conns = await asyncio.gather(*(Connection.open(host, port) for _ in range(int(cfg["connections"]))))
     try:
         duration, count = float(cfg.get("duration", 0)), int(cfg.get("count", 0))
@@ -123,9 +125,12 @@ async def run(
     count: int = 0,
     warmup: float = 0.0,
     limit: float = 120.0,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """Spawn the load generator process with this config and return what it measured."""
+    """Spawn the load generator process with this config and return what it measured; `headers` are
+    added to every request."""
     cfg = {
+        "headers": headers or {},
         "host": host,
         "port": port,
         "path": path,

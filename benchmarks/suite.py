@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, procs
-from benchmarks.cases import batching, cold, deploy, direct, events, limits, memory, overload, warm
+from benchmarks.cases import batching, cold, deploy, direct, events, limits, memory, overload, tracing, warm
 from benchmarks.config import Profile
 from benchmarks.env import Env
 from benchmarks.eventload import create_topics
@@ -158,6 +158,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
                 proc.stop()
         series += await _group("limits", limits.run, env)
         series += await _group("warm", warm.run, env)
+        series += await _group("tracing", tracing.run, env)
     finally:
         for proc in (env.node, env.bare, env.relay):
             if proc is not None:

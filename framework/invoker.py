@@ -1,7 +1,10 @@
 """Invoke one function, or fan an event out to its productive listeners and combine their replies.
 
 The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads and get results back.
-Event and scheduled invocations go through their function's retry policy (`framework.retry`).
+Sources also hand it the event's identity and the span of the trace their work belongs to
+(`observe/tracing.py`): each invocation is a child span of it (a direct invocation's span is the one the
+source started), carried to the instance as `traceparent`. Event and scheduled invocations go through their
+function's retry policy (`framework.retry`); the attempts of one invocation share its span.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from framework.context import Trigger
 from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, FunctionError, NotFound
+from framework.observe import tracing
 from framework.retry import RETRIED_TRIGGERS, with_retries
 from framework.tasks import cancel_and_wait
-from framework.types import Invocation, InvokeResult, new_id
+from framework.types import EventIdentity, Invocation, InvokeResult, new_id
 
 if TYPE_CHECKING:
     from framework.observe.metrics import Metrics
@@ -37,6 +41,8 @@ class EventReply:
     event: str | None
     results: list[tuple[FunctionSpec, InvokeResult]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    traceparent: str | None = None
+    """The event's span (section 11): replies carry it as `ce_traceparent`, HTTP answers as `traceparent`."""
     attempts: int = 1
     """Attempts the failing listener made (its last `ctx.attempt`): the dead-letter copy's `faas_attempts`."""
 
@@ -96,6 +102,8 @@ class Invoker:
         # Invocations that ended, for the node's shutdown summary.
         self.succeeded = 0
         self.failed = 0
+        self.exporter: tracing.Exporter | None = None
+        """Set by the node when OpenTelemetry export is on: every invocation then ends a span there."""
         self._retries: dict[tuple[str, str], Any] = {}
 
     def _observe(self, name: str, trigger: str, outcome: str, seconds: float) -> None:
@@ -123,14 +131,38 @@ class Invoker:
         trigger: Trigger,
         event: str | None = None,
         invocation_id: str | None = None,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
     ) -> InvokeResult:
         """Invoke `spec` (event and scheduled invocations under its retry policy); raises the FaasError the
-        last attempt ended with."""
-        inv = Invocation(invocation_id or new_id(), trigger, event, payload)
-        if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
-            # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
-            return await with_retries(spec, inv, invocation_id is not None, self._attempt, self._retried)
-        return await self._attempt(spec, inv)
+        last attempt ended with.
+
+        `span` is the invocation's own span (a new trace when None); the instance sees it as `ctx.span_id`.
+        """
+        if span is None:
+            span = tracing.start()
+        inv = Invocation(invocation_id or new_id(), trigger, event, payload, identity, span.traceparent)
+        token = tracing.current.set(span)
+        outcome = "ok"
+        result: InvokeResult | None = None
+        try:
+            if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
+                # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
+                derived = invocation_id is not None
+                result = await with_retries(spec, inv, derived, self._attempt, self._retried)
+            else:
+                result = await self._attempt(spec, inv)
+            return result
+        except FaasError as exc:
+            outcome = exc.type
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            tracing.current.reset(token)
+            if self.exporter is not None:
+                self._export(spec, inv, span, outcome, result)
 
     def _retried(self, name: str, error_type: str) -> None:
         if self.metrics is None:
@@ -156,10 +188,34 @@ class Invoker:
         finally:
             self._observe(spec.name, trigger, outcome, time.perf_counter() - started)
 
-    async def direct(self, uuid: str, payload: bytes) -> InvokeResult:
+    def _export(
+        self, spec: FunctionSpec, inv: Invocation, span: tracing.Span, outcome: str, res: InvokeResult | None
+    ) -> None:
+        """The `invoke <function>` span, with the OpenTelemetry FaaS attributes (section 11)."""
+        assert self.exporter is not None
+        attributes: dict[str, str | bool | int | float] = {
+            "faas.name": spec.name,
+            "faas.id": spec.uuid,
+            "faas.trigger": _OTEL_TRIGGER.get(inv.trigger, "other"),
+            "faas.invocation_id": inv.invocation_id,
+            "faas.coldstart": bool(res is not None and res.cold_start),
+        }
+        if res is not None:
+            attributes["faas.instance"] = res.instance_id
+        if inv.identity is not None:
+            attributes["cloudevents.event_id"] = inv.identity.event_id or ""
+            attributes["cloudevents.event_type"] = inv.event or ""
+            if inv.identity.source is not None:
+                attributes["cloudevents.event_source"] = inv.identity.source
+            if inv.identity.subject is not None:
+                attributes["cloudevents.event_subject"] = inv.identity.subject
+        error = None if outcome == "ok" else outcome
+        self.exporter.end(f"invoke {spec.name}", span, "internal", attributes, error)
+
+    async def direct(self, uuid: str, payload: bytes, span: tracing.Span | None = None) -> InvokeResult:
         """HTTP direct invocation: only productive functions; anything else is NotFound."""
         spec = self.lookup(uuid)
-        return await self.call(spec, payload, "direct")
+        return await self.call(spec, payload, "direct", span=span)
 
     def lookup(self, uuid: str) -> FunctionSpec:
         spec = self.registry.productive(uuid)
@@ -167,21 +223,43 @@ class Invoker:
             raise NotFound(f"no productive function with uuid {uuid}")
         return spec
 
-    async def event(self, event_type: str, event_id: str, payload: bytes) -> EventReply:
-        """Run every productive listener of `event_type` concurrently; the first failure aborts the chain."""
-        reply = EventReply(event_id, event_type)
+    async def event(
+        self,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
+    ) -> EventReply:
+        """Run every productive listener of `event_type` concurrently; the first failure aborts the chain.
+
+        `span` is the event's span (a new trace when None); each listener's invocation is a child of it.
+        """
+        if span is None:
+            span = tracing.start()
+        if identity is None:
+            identity = EventIdentity(event_id)
+        reply = EventReply(event_id, event_type, traceparent=span.traceparent)
         listeners = self.registry.listeners(event_type)
         if len(listeners) == 1:  # the common case: no task, no waiting set
             spec = listeners[0]
             try:
-                reply.results = [(spec, await self.call(spec, payload, "event", event_type))]
+                res = await self.call(spec, payload, "event", event_type, None, identity, span.child())
+                reply.results = [(spec, res)]
             except Exception as exc:
                 reply.fail(spec, exc)
         elif listeners:
-            await self._fan_out(reply, listeners, payload)
+            await self._fan_out(reply, listeners, payload, identity, span)
         return reply
 
-    async def _fan_out(self, reply: EventReply, listeners: tuple[FunctionSpec, ...], payload: bytes) -> None:
+    async def _fan_out(
+        self,
+        reply: EventReply,
+        listeners: tuple[FunctionSpec, ...],
+        payload: bytes,
+        identity: EventIdentity,
+        span: tracing.Span,
+    ) -> None:
         """One task per listener; done-callbacks count them down and wake this coroutine once, when all
         finished or at the first failure (cheaper than looping over `asyncio.wait`)."""
         loop = asyncio.get_running_loop()
@@ -204,7 +282,8 @@ class Invoker:
 
         tasks = []
         for i, spec in enumerate(listeners):
-            task = loop.create_task(self.call(spec, payload, "event", reply.event))
+            call = self.call(spec, payload, "event", reply.event, None, identity, span.child())
+            task = loop.create_task(call)
             task.add_done_callback(functools.partial(finished, i))
             tasks.append(task)
         try:
@@ -228,6 +307,10 @@ class Invoker:
     def instance_count(self, name: str) -> int:
         """Live instances of a function on this node (for listings; sources never reach instances)."""
         return self.runtime.instance_count(name)
+
+
+_OTEL_TRIGGER = {"event": "pubsub", "direct": "http", "schedule": "timer", "warmup": "timer"}
+"""`faas.trigger` values of the OpenTelemetry FaaS conventions for our triggers."""
 
 
 def chain_error(exc: BaseException, spec: FunctionSpec | None = None) -> dict[str, Any]:

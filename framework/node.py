@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from framework import __version__
 from framework.control.deployments import Deployments, open_deployments, unserved
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
@@ -26,7 +27,7 @@ from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
 from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open
-from framework.observe import logs
+from framework.observe import logs, otel
 from framework.observe.metrics import Metrics
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
@@ -55,6 +56,8 @@ class Node:
         self.working = manifest
         self.deployments: Deployments | None = None
         self.invoker = Invoker(self.runtime, unserved(manifest), self.metrics)
+        self.spans = otel.NodeExporter(__version__) if otel.enabled() else None
+        self.invoker.exporter = self.spans
         self.manifest_errors: list[str] = []
         self.broker: EmbeddedBroker | None = None
         self.kafka: KafkaSource | None = None
@@ -234,6 +237,8 @@ class Node:
         await self.runtime.stop(grace)
         if self.deployments is not None:
             await self.deployments.stop()
+        if self.spans is not None:
+            self.spans.shutdown()
         if self.broker is not None:
             self.broker.stop()
         log.info(

@@ -20,8 +20,9 @@ GROUPS = [
     "direct invoke c=1 throughput", "direct invoke c=64 p99", "batching", "cold start trivial p50",
     "cold start heavy p99", "overload 429 p50", "overload accepted throughput", "overload accepted max",
     "events 1 listener", "events 3 listener", "events 8 listener",
-    "warm invoke c=1 p50", "warm invoke c=64", "deploy one function to served",
-    "idle node CPU, 20 instances, memory limits on",
+    "warm invoke c=1 p50", "warm invoke c=64", "idle node CPU, 20 instances, memory limits on",
+    "tracing traceparent per event", "tracing OTel export per span", "direct invoke c=1 p50 with traceparent",
+    "deploy one function to served",
 ]  # fmt: skip
 
 

@@ -358,10 +358,12 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, fl
     calls: list[tuple[str, str, Any, float]] = []
 
     class EventClient:
-        def __init__(self, bootstrap: str, settings: Any) -> None:
+        def __init__(self, bootstrap: str, settings: Any, source: str = "faas-client") -> None:
             self.bootstrap = bootstrap
 
-        async def emit(self, type_: str, payload: Any, timeout: float) -> dict[str, Any]:
+        async def emit(
+            self, type_: str, payload: Any, timeout: float, key: bytes | None = None, id: str | None = None
+        ) -> dict[str, Any]:
             calls.append((self.bootstrap, type_, payload, timeout))
             if type_ == "silent":
                 raise TimeoutError

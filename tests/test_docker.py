@@ -53,3 +53,20 @@ def test_dockerfile_copies_files_that_exist() -> None:
     assert 'ENTRYPOINT ["faas"]' in text and 'CMD ["run"]' in text
     env_names = set(re.findall(r"\b(FAAS_[A-Z_]+)=", text))
     assert env_names <= _settings_names(), env_names - _settings_names()
+
+
+def test_nodes_run_under_an_init_and_the_context_leaves_out_local_state() -> None:
+    """1. Parse docker/compose.yaml and .dockerignore.
+    Result: every node service has `init: true` (signals reach `faas run`, orphans are reaped); the build
+    context leaves out the venv, git, caches, local secrets and `.env`, but not what the Dockerfile copies."""
+    compose = YAML(typ="safe").load((DOCKER / "compose.yaml").read_text())
+    nodes = {name: s for name, s in compose["services"].items() if "build" in s}
+    assert nodes and all(s.get("init") is True for s in nodes.values()), nodes
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env", "secrets"} <= ignored, ignored
+    copied = re.findall(r"^COPY (\S+)", (DOCKER / "Dockerfile").read_text(), re.MULTILINE)
+    assert copied and not ignored & set(copied), (copied, ignored)

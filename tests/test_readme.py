@@ -79,7 +79,7 @@ def test_documented_routes_answer(tmp_path: Path, broker: EmbeddedBroker, nodes:
     productive = next(f for f in listed if f["state"] == "productive" and not f["events"])
     event = next(e for f in listed if f["state"] == "productive" for e in f["events"])
     routes = _routes()
-    assert len(routes) >= 10
+    assert len(routes) >= 11
     for method, path in routes:
         url = node.url + path.replace("{uuid}", productive["uuid"]).replace("{type}", event)
         r = httpx.request(method, url, json={"a": 1, "b": 2}, timeout=30)

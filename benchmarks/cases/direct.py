@@ -1,4 +1,6 @@
-"""Direct invoke over HTTP: requests/s and p50/p99 at concurrency 1 and 64, node vs the bare server."""
+"""Direct invoke over HTTP: requests/s and p50/p99 at concurrency 1 and 64, node vs the bare server; and
+the node's c=1 p50 with a caller's `traceparent` against the same node without one (what continuing a
+trace costs on this figure, export off)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from benchmarks.stats import Series
 
 BARE = "bare Starlette+uvicorn, handler in-process"
 BODY = '{"n":1}'
+TRACED = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "a=1"}
 
 
-async def _load(env: Env, target: str, connections: int, warmup: float) -> LoadResult:
+async def _load(
+    env: Env, target: str, connections: int, warmup: float, headers: dict[str, str] | None = None
+) -> LoadResult:
     res = await loadgen.run(
         "127.0.0.1",
         env.port(target),
@@ -23,6 +28,7 @@ async def _load(env: Env, target: str, connections: int, warmup: float) -> LoadR
         connections=connections,
         duration=env.profile.direct_duration,
         warmup=warmup,
+        headers=headers,
     )
     return res.check()
 
@@ -50,4 +56,12 @@ async def run(env: Env) -> list[Series]:
                 p99.samples.append(r.p99_ms)
         if c == 1 and p50.samples:
             env.facts["warm_p50_ms"] = statistics.median(p50.samples)
+    traced = Series("direct invoke c=1 p50 with traceparent", "ms", "lower", "the node, no traceparent")
+    out.append(traced)
+    for _ in range(env.profile.repeats):
+        warmup = env.profile.direct_warmup / 4
+        if (b := await baseline([traced], partial(_load, env, "node", 1, warmup))) is not None:
+            traced.baseline_samples.append(b.p50_ms)
+        if (r := await guarded([traced], partial(_load, env, "node", 1, warmup, TRACED))) is not None:
+            traced.samples.append(r.p50_ms)
     return out

@@ -23,6 +23,7 @@ import click
 from pydantic import ValidationError
 
 from framework import __version__
+from framework.cli import scripting
 from framework.control.cron import next_fire
 from framework.control.manifest import NAME_PATTERN, Manifest, load_manifest
 from framework.control.manifest_edit import add_function
@@ -67,23 +68,6 @@ def load(settings: Settings, check_handlers: bool = True, check_secrets: bool = 
         fail(*exc.errors)
 
 
-def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes:
-    """`--data`: a JSON text, or `@file` holding one; the payload's bytes (`null` when not given)."""
-    if value is None:
-        return b"null"
-    raw: str | bytes = value
-    if value.startswith("@"):
-        try:
-            raw = Path(value[1:]).read_bytes()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
-    try:
-        json.loads(raw)
-    except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}") from None
-    return raw.strip() if isinstance(raw, bytes) else raw.strip().encode()
-
-
 @click.group(context_settings={"auto_envvar_prefix": "FAAS", "show_default": True})
 @click.option(
     "--manifest",
@@ -107,19 +91,34 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_settings
-def validate(settings: Settings) -> None:
+def validate(settings: Settings, as_json: bool) -> None:
     """Check the manifest, import every handler and read every listed secret."""
+    if as_json:
+        try:
+            manifest = load_manifest(
+                settings.manifest, check_handlers=True, secrets_dir=settings.secrets_path
+            )
+        except ManifestError as exc:
+            click.echo(scripting.validate_report(None, exc.errors))
+            sys.exit(1)
+        click.echo(scripting.validate_report(manifest, []))
+        return
     manifest = load(settings, check_secrets=True)
     click.echo(f"ok: {len(manifest.functions)} functions")
 
 
 @main.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the functions as JSON on stdout.")
 @pass_settings
-def list_functions(settings: Settings) -> None:
+def list_functions(settings: Settings, as_json: bool) -> None:
     """List the functions with their schedules' next fire times."""
     from framework.cli.deployments import revision_cells
 
+    if as_json:
+        click.echo(scripting.listing(load(settings, check_handlers=False)))
+        return
     rows = [("NAME", "UUID", "STATE", "EVENTS", "SCHEDULES")]
     manifest = load(settings, check_handlers=False)
     cells = revision_cells(settings, manifest)  # `productive r7` / `modified r7` from the deployment log
@@ -193,6 +192,17 @@ def broker(settings: Settings, port: int | None) -> None:
 
 @main.command()
 @click.option("--no-kafka", is_flag=True, show_envvar=True, help="Serve HTTP and schedules only.")
+@click.option("--host", envvar="FAAS_HTTP_HOST", show_envvar=True, help="HTTP address.  [default: 127.0.0.1]")
+@click.option(
+    "--port", type=int, envvar="FAAS_HTTP_PORT", show_envvar=True, help="HTTP port.  [default: 8080]"
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    envvar="FAAS_LOG_LEVEL",
+    show_envvar=True,
+    help="[default: INFO]",
+)
 @click.option(
     "--watch/--no-watch",
     default=None,
@@ -201,12 +211,28 @@ def broker(settings: Settings, port: int | None) -> None:
     help="Deploy every valid edit of the working copy.  [default: on]",
 )
 @pass_settings
-def run(settings: Settings, no_kafka: bool, watch: bool | None) -> None:
+def run(
+    settings: Settings,
+    no_kafka: bool,
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    watch: bool | None,
+) -> None:
     """Serve: instances, HTTP, Kafka events and schedules, until SIGTERM or SIGINT."""
     from framework.node import serve
 
+    if host is not None:
+        settings.http_host = host
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise click.BadParameter(f"{port} is not a port (0-65535)", param_hint="--port")
+        settings.http_port = port
+    if log_level is not None:
+        settings.log_level = log_level.upper()
     if watch is not None:
         settings.watch = watch
+
     sys.exit(serve(settings, kafka=not no_kafka))
 
 
@@ -224,9 +250,9 @@ def _post(url: str, payload: bytes, key: str | None) -> Any:
 
 data_option = click.option(
     "--data",
-    callback=json_data,
+    callback=scripting.json_data,
     show_envvar=True,
-    help="JSON payload, or @FILE holding one.  [default: null]",
+    help="JSON payload, @FILE holding one, or @- to read standard input.  [default: null]",
 )
 
 
@@ -278,15 +304,29 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
     show_envvar=True,
     help="Kafka host:port list.  [default: the local embedded broker]",
 )
+@click.option("--key", show_envvar=True, help="The event's Kafka key (UTF-8).  [default: none]")
+@click.option("--id", "event_id", show_envvar=True, help="The event's ce_id.  [default: a new UUID]")
+@click.option("--source", show_envvar=True, help="The event's ce_source.  [default: faas-client]")
 @pass_settings
-def emit(settings: Settings, event_type: str, data: bytes, timeout: float, bootstrap: str | None) -> None:
+def emit(
+    settings: Settings,
+    event_type: str,
+    data: bytes,
+    timeout: float,
+    bootstrap: str | None,
+    key: str | None,
+    event_id: str | None,
+    source: str | None,
+) -> None:
     """Produce a CloudEvent of EVENT_TYPE, wait for its combined reply and print it (exit 1 unless ok)."""
     from framework.kafka.client import EventClient
 
     servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
+    client = EventClient(servers, settings=settings, source=source or "faas-client")
+    kafka_key = key.encode() if key is not None else None
     try:
         reply = asyncio.run(
-            EventClient(servers, settings=settings).emit(event_type, json.loads(data), timeout=timeout)
+            client.emit(event_type, json.loads(data), key=kafka_key, timeout=timeout, id=event_id or None)
         )
     except TimeoutError:
         fail(f"no reply to the {event_type!r} event within {timeout:g} s (is a node running on {servers}?)")

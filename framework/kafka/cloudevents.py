@@ -9,7 +9,15 @@ headers): cloudevents 2.2 `from_binary` + re-encode ≈ 15 µs, this ≈ 5 µs (
 Choices where the binding leaves room:
 
 - a binary-mode record without `ce_specversion` is taken as 1.0 (only a present, different value is bad);
-- header names are matched case-insensitively; a header value that is not UTF-8 makes the record bad;
+- header names are matched case-insensitively; a core attribute (`ce_specversion`, `ce_type`, `ce_id`,
+  `ce_source`, `ce_subject`, `ce_time`, `ce_replyto`, `content-type`) that is not UTF-8 makes the record bad;
+- every other `ce_*` header is an extension, handed to the handler as `ctx.extensions` (section 3). An
+  extension that is not UTF-8, is over `MAX_EXTENSION_BYTES`, or whose name is not 1-20 lower-case letters
+  and digits (the CloudEvents naming rule) is dropped with a warning (`Event.dropped`): the event is
+  still served. Structured mode: other top-level attributes are extensions, scalars as strings;
+- the trace context is `ce_traceparent` (distributed-tracing extension) or else a plain `traceparent`
+  header, likewise `ce_tracestate` / `tracestate`; it is never validated here (`observe/tracing.py` is);
+- `ce_time` is passed on as the string it is: a malformed time never fails an event;
 - structured mode accepts `data` (any JSON, missing = null) or `data_base64` (bytes that must be JSON).
 """
 
@@ -19,11 +27,11 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
-from framework.types import new_id
+from framework.types import EventIdentity, new_id
 
 SPECVERSION = "1.0"
 STRUCTURED = "application/cloudevents+json"
@@ -34,7 +42,16 @@ ERROR_HEADER = "faas_error"
 MAX_MESSAGE = 500
 """Characters of an error message kept in a BadEvent reply and the `faas_error` header."""
 
+MAX_EXTENSION_BYTES = 4096
+"""Largest extension value (bytes) passed to a handler; larger ones are dropped with a warning."""
+
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
+CORE = frozenset(("specversion", "type", "id", "source", "subject", "time", "replyto"))
+"""Attributes with a place of their own; every other one is an extension."""
+_STRUCTURED_OWN = CORE | {"data", "data_base64", "datacontenttype"}
+_STRING_ATTRIBUTES = ("source", "subject", "time", "datacontenttype", "dataschema")
+"""Structured-mode attributes that must be strings when present (a wrong type makes the event bad)."""
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -48,6 +65,20 @@ class Event:
     payload: bytes
     source: str | None = None
     replyto: str | None = None
+    subject: str | None = None
+    time: str | None = None
+    extensions: dict[str, str] = field(default_factory=dict)
+    traceparent: str | None = None
+    tracestate: str | None = None
+    dropped: list[str] = field(default_factory=list)
+    """Why extensions were left out (each worth a warning); the event is served all the same."""
+
+    def identity(self, key: bytes | None = None) -> EventIdentity:
+        """What the handler sees of this event (section 10); `key` is the Kafka key (None over HTTP)."""
+        text_key = None
+        if key is not None:
+            text_key = key.decode(errors="replace")
+        return EventIdentity(self.id, self.source, self.subject, self.time, text_key, self.extensions)
 
 
 @dataclass(slots=True)
@@ -70,17 +101,37 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
     `max_payload` is FAAS_MAX_PAYLOAD_BYTES: a larger record value is bad in either mode.
     """
     attrs: dict[str, str] = {}
+    extensions: dict[str, str] = {}
+    dropped: list[str] = []
+    trace: dict[str, str] = {}
     bad_header: str | None = None
     for name, raw in headers:
+        if raw is None:
+            continue
         lname = name.lower()
-        if raw is None or not (lname.startswith("ce_") or lname == "content-type"):
+        if lname.startswith("ce_") and lname[3:] not in CORE:
+            ext = lname[3:]
+            if not _EXT_NAME.fullmatch(ext):
+                dropped.append(f"extension header {name!r}: the name is not 1-20 lower-case letters/digits")
+            elif len(raw) > MAX_EXTENSION_BYTES:
+                dropped.append(f"extension header {name}: {len(raw)} bytes, over {MAX_EXTENSION_BYTES}")
+            else:
+                try:
+                    extensions[ext] = raw.decode()
+                except UnicodeDecodeError:
+                    dropped.append(f"extension header {name} is not UTF-8")
+            continue
+        if lname in ("traceparent", "tracestate"):
+            trace[lname] = raw.decode("latin-1")
+            continue
+        if not (lname.startswith("ce_") or lname == "content-type"):
             continue
         try:
             attrs[lname] = raw.decode()
         except UnicodeDecodeError:
             bad_header = bad_header or f"header {name} is not UTF-8"
     if attrs.get("content-type", "").lower().startswith(STRUCTURED):
-        return _structured(value, bad_header, max_payload)
+        return _structured(value, bad_header, max_payload, trace)
     event_id = attrs.get("ce_id") or None
     event_type = attrs.get("ce_type") or None
     try:
@@ -100,10 +151,24 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
     except _Bad as exc:
         return BadRecord(str(exc)[:MAX_MESSAGE], event_id, event_type, replyto)
     assert value is not None  # _check_json rejects empty values
-    return Event(event_type, event_id, value, attrs.get("ce_source"), replyto)
+    return Event(
+        event_type,
+        event_id,
+        value,
+        attrs.get("ce_source"),
+        replyto,
+        attrs.get("ce_subject"),
+        attrs.get("ce_time"),
+        extensions,
+        extensions.get("traceparent") or trace.get("traceparent"),
+        extensions.get("tracestate") or trace.get("tracestate"),
+        dropped,
+    )
 
 
-def _structured(value: bytes | None, bad_header: str | None, max_payload: int) -> Event | BadRecord:
+def _structured(
+    value: bytes | None, bad_header: str | None, max_payload: int, trace: dict[str, str]
+) -> Event | BadRecord:
     try:
         doc = _check_json(value, max_payload)
     except _Bad as exc:
@@ -127,6 +192,9 @@ def _structured(value: bytes | None, bad_header: str | None, max_payload: int) -
         return _with(bad, "structured mode: missing or empty 'type'")
     if event_id is None:
         return _with(bad, "structured mode: missing or empty 'id'")
+    for name in _STRING_ATTRIBUTES:
+        if doc.get(name) is not None and not isinstance(doc[name], str):
+            return _with(bad, f"structured mode: {name!r} must be a string, got {type(doc[name]).__name__}")
     source = doc.get("source")
     if "data_base64" in doc:
         try:
@@ -137,7 +205,47 @@ def _structured(value: bytes | None, bad_header: str | None, max_payload: int) -
     else:
         # The data is embedded in the envelope, so here (and only here) it is encoded again.
         payload = orjson.dumps(doc.get("data"))
-    return Event(event_type, event_id, payload, source if isinstance(source, str) else None, replyto)
+    extensions, dropped = _structured_extensions(doc)
+    return Event(
+        event_type,
+        event_id,
+        payload,
+        source if isinstance(source, str) else None,
+        replyto,
+        _text(doc.get("subject")),
+        _text(doc.get("time")),
+        extensions,
+        extensions.get("traceparent") or trace.get("traceparent"),
+        extensions.get("tracestate") or trace.get("tracestate"),
+        dropped,
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _structured_extensions(doc: dict[str, object]) -> tuple[dict[str, str], list[str]]:
+    """Top-level attributes other than the core ones, as strings (`true`/`false` for booleans)."""
+    extensions: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, raw in doc.items():
+        if name in _STRUCTURED_OWN or raw is None:
+            continue
+        if isinstance(raw, bool):
+            text = "true" if raw else "false"
+        elif isinstance(raw, str | int | float):
+            text = str(raw)
+        else:
+            dropped.append(f"extension {name!r}: a {type(raw).__name__} is not an attribute value")
+            continue
+        if not _EXT_NAME.fullmatch(name):
+            dropped.append(f"extension {name!r}: the name is not 1-20 lower-case letters/digits")
+        elif len(text.encode()) > MAX_EXTENSION_BYTES:
+            dropped.append(f"extension {name}: over {MAX_EXTENSION_BYTES} bytes")
+        else:
+            extensions[name] = text
+    return extensions, dropped
 
 
 def _check_json(value: bytes | None, max_payload: int) -> object:
@@ -167,8 +275,9 @@ def _with(bad: BadRecord, message: str) -> BadRecord:
     return BadRecord(message[:MAX_MESSAGE], bad.id, bad.type, bad.replyto)
 
 
-def reply_headers(correlation_id: str | None) -> list[tuple[str, bytes]]:
-    """Headers of a combined reply (binary mode); `correlation_id` is the event's ce_id when known."""
+def reply_headers(correlation_id: str | None, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+    """Headers of a combined reply (binary mode); `correlation_id` is the event's ce_id when known,
+    `traceparent` the event's span (section 11)."""
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_type", REPLY_TYPE),
@@ -178,6 +287,8 @@ def reply_headers(correlation_id: str | None) -> list[tuple[str, bytes]]:
     ]
     if correlation_id is not None:
         headers.append(("ce_correlationid", correlation_id.encode()))
+    if traceparent is not None:
+        headers.append(("ce_traceparent", traceparent.encode()))
     return headers
 
 
@@ -187,7 +298,12 @@ def deadletter_headers(headers: Headers, message: str) -> list[tuple[str, bytes 
 
 
 def event_headers(
-    type_: str, id_: str, *, source: str = "faas-client", replyto: str | None = None
+    type_: str,
+    id_: str,
+    *,
+    source: str = "faas-client",
+    replyto: str | None = None,
+    traceparent: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """Binary-mode headers of an outgoing event (used by the EventClient)."""
     headers = [
@@ -199,4 +315,6 @@ def event_headers(
     ]
     if replyto:
         headers.append(("ce_replyto", replyto.encode()))
+    if traceparent:
+        headers.append(("ce_traceparent", traceparent.encode()))
     return headers

@@ -1,7 +1,9 @@
 """Node logging: `text` for a terminal, `json` (one object a line) for collectors.
 
 Records from instances carry `function`, `invocation_id` and `instance_id` in their `extra`; both formats
-print them.
+print them. The JSON format keeps every field a caller passes in `extra` (anything not a standard
+`LogRecord` attribute), values that are not JSON as their `str()`. Records logged while the node serves an
+invocation, and records an instance forwards, carry `trace_id` and `span_id` (section 11).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import time
 
 import orjson
 
-TAGS = ("function", "invocation_id", "instance_id", "trigger", "event")
+from framework.observe import tracing
+
+TAGS = ("function", "invocation_id", "instance_id", "trigger", "event", "trace_id")
+STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+"""Attributes every LogRecord has: anything else on a record came from a caller's `extra`."""
+_SKIPPED = STANDARD | {"color_message"}
+"""Left out of JSON lines: uvicorn's `color_message` repeats `message` with terminal colour codes."""
 
 
 class TextFormatter(logging.Formatter):
@@ -34,15 +42,25 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in TAGS:
-            value = getattr(record, key, None)
-            if value is not None:
+        for key, value in record.__dict__.items():
+            if key not in _SKIPPED and key not in out and value is not None:
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack"] = record.stack_info
         return orjson.dumps(out, default=str).decode()
+
+
+class TraceFilter(logging.Filter):
+    """Tags a record with the trace and span of the invocation being served, unless it has its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span = tracing.current.get()
+        if span is not None and getattr(record, "trace_id", None) is None:
+            record.trace_id = span.trace_id
+            record.span_id = span.span_id
+        return True
 
 
 class RepeatFilter(logging.Filter):
@@ -84,5 +102,6 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     aiokafka.setLevel(max(logging.getLevelName(level), logging.WARNING))
     if not any(isinstance(f, RepeatFilter) for f in handler.filters):
         handler.addFilter(_AiokafkaRepeats())
+    handler.addFilter(TraceFilter())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected" on every edit

@@ -1,8 +1,29 @@
-"""Prometheus metrics of one node. Instances report to the node, which alone owns these."""
+"""Prometheus metrics of one node. Instances report to the node, which alone owns these.
+
+Besides the `faas_*` families, a node's registry carries what Prometheus users expect of any process:
+`process_*` (CPU, memory, file descriptors), `python_*` (interpreter info and GC) and
+`faas_build_info{version}`. Counters have no `_created` series (one extra series per label set that few
+dashboards use): `disable_created_metrics` is process-wide, so it is called once here.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from framework import __version__
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DURATION_BUCKETS = (
     0.0005,
@@ -28,6 +49,23 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Info("faas_build", "The version of the faas node.", registry=r).info({"version": __version__})
+        self.http_requests = Counter(
+            "faas_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "faas_http_request_duration_seconds",
+            "HTTP request time, from the request to the last byte of the response.",
+            ["route", "method", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.invocations = Counter(
             "faas_invocations",
             "Invocations by function, trigger and outcome.",
@@ -99,7 +137,7 @@ class Metrics:
             registry=r,
         )
         self.consumer_lag = Gauge(
-            "faas_consumer_lag", "Records behind the partition end.", ["partition"], registry=r
+            "faas_consumer_lag", "Records behind the partition end.", ["topic", "partition"], registry=r
         )
         self.schedule_runs = Counter(
             "faas_schedule_runs",

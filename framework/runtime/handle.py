@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
+from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.template import Template
 from framework.types import Invocation
@@ -213,6 +214,12 @@ class InstanceHandle:
         if kind != FrameKind.LOG:
             return
         extra = {**self._extra, "invocation_id": header.get("inv"), "source": header.get("name")}
+        tp = header.get("tp")
+        if tp is not None:
+            extra["trace_id"], extra["span_id"] = tp[3:35], tp[36:52]
+        own = header.get("x")
+        if own:  # the handler's own `extra` fields; those that would clash with LogRecord's are left out
+            extra = {**{k: v for k, v in own.items() if k not in STANDARD}, **extra}
         instance_log.log(header.get("lvl", logging.INFO), header.get("msg", ""), extra=extra)
         if header.get("blocked"):
             self._on_blocked()

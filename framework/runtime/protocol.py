@@ -46,7 +46,8 @@ class FrameKind(IntEnum):
     CANCEL = 5
     """node → instance: `{"id"}`; the caller gave up (no reply expected)."""
     LOG = 6
-    """instance → node on the log channel: `{"lvl", "name", "msg", "inv", "blocked"}`."""
+    """instance → node on the log channel: `{"lvl", "name", "msg", "inv", "blocked"}`; optional `"tp"` (the
+    invocation's traceparent) and `"x"` (the record's own `extra` fields)."""
 
 
 def encode(kind: int, header: Header, tail: bytes = b"") -> bytes:

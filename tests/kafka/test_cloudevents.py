@@ -7,6 +7,7 @@ import base64
 import orjson
 import pytest
 
+from framework.kafka import cloudevents
 from framework.kafka.cloudevents import (
     BadRecord,
     Event,
@@ -123,3 +124,92 @@ def test_deadletter_headers_keep_the_originals_in_order() -> None:
 def test_event_headers_round_trip() -> None:
     headers = event_headers("t.x", "id-1", replyto="r")
     assert parse(b"{}", headers, MAX) == Event("t.x", "id-1", b"{}", "faas-client", "r")
+
+
+# ---- identity, extensions and trace context (DESIGN.md sections 3, 10, 11) ----
+
+
+def test_binary_identity_extensions_and_trace() -> None:
+    """Subject, time (any string: never parsed), extensions (other ce_ headers, case-insensitive names) and
+    the trace context from ce_traceparent; the key decoded as UTF-8 (replacement characters if it is not)."""
+    tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    headers = [
+        *binary(),
+        ("ce_subject", b"order-1"),
+        ("ce_time", b"not a time"),
+        ("CE_PartitionKey", b"p-1"),
+        ("ce_traceparent", tp.encode()),
+        ("ce_tracestate", b"v=1"),
+        ("other", b"ignored"),
+    ]
+    ev = cloudevents.parse(b"{}", headers, 1000)
+    assert isinstance(ev, cloudevents.Event)
+    assert (ev.subject, ev.time, ev.traceparent, ev.tracestate) == ("order-1", "not a time", tp, "v=1")
+    assert ev.extensions == {"partitionkey": "p-1", "traceparent": tp, "tracestate": "v=1"}
+    ident = ev.identity(b"k\xff")
+    assert (ident.event_id, ident.source, ident.key) == ("e1", ev.source, "k\ufffd")
+    assert ev.identity().key is None and not ev.dropped
+
+
+def test_plain_trace_headers_count_when_no_ce_traceparent() -> None:
+    headers = [*binary(), ("traceparent", b"00-x"), ("tracestate", b"s=1")]
+    ev = cloudevents.parse(b"{}", headers, 1000)
+    assert isinstance(ev, cloudevents.Event)
+    assert (ev.traceparent, ev.tracestate) == ("00-x", "s=1") and ev.extensions == {}
+    ev = cloudevents.parse(b"{}", [*headers, ("ce_traceparent", b"00-y")], 1000)
+    assert isinstance(ev, cloudevents.Event) and ev.traceparent == "00-y"
+
+
+def test_bad_extensions_are_dropped_not_fatal() -> None:
+    """Non-UTF-8, oversized, or badly named extension headers are dropped with a reason each; the event
+    stays valid. A core attribute that is not UTF-8 still makes the record bad."""
+    headers = [
+        *binary(),
+        ("ce_bin", b"\xff"),
+        ("ce_big", b"x" * (cloudevents.MAX_EXTENSION_BYTES + 1)),
+        ("ce_bad-name", b"v"),
+        ("ce_ok", b"fine"),
+    ]
+    ev = cloudevents.parse(b"{}", headers, 1000)
+    assert isinstance(ev, cloudevents.Event)
+    assert ev.extensions == {"ok": "fine"}
+    assert len(ev.dropped) == 3
+    assert any("ce_bin" in d and "UTF-8" in d for d in ev.dropped)
+    assert any("ce_big" in d for d in ev.dropped) and any("ce_bad-name" in d for d in ev.dropped)
+    bad = cloudevents.parse(b"{}", [*binary(), ("ce_subject", b"\xff")], 1000)
+    assert isinstance(bad, cloudevents.BadRecord) and "ce_subject" in bad.message
+
+
+def test_structured_identity_and_extensions() -> None:
+    doc = {
+        "specversion": "1.0",
+        "type": "t",
+        "id": "i",
+        "source": "s",
+        "subject": "sub",
+        "time": "2024-01-01T00:00:00Z",
+        "datacontenttype": "application/json",
+        "flag": True,
+        "count": 3,
+        "traceparent": "00-z",
+        "nested": {"a": 1},
+        "Upper": "x",
+        "data": [1],
+    }
+    ev = cloudevents.parse(orjson.dumps(doc), STRUCTURED, 1000)
+    assert isinstance(ev, cloudevents.Event)
+    assert (ev.subject, ev.time, ev.traceparent, ev.payload) == (
+        "sub",
+        "2024-01-01T00:00:00Z",
+        "00-z",
+        b"[1]",
+    )
+    assert ev.extensions == {"flag": "true", "count": "3", "traceparent": "00-z"}
+    assert len(ev.dropped) == 2
+
+
+def test_reply_headers_carry_the_traceparent() -> None:
+    names = dict(cloudevents.reply_headers("e1", "00-t"))
+    assert names["ce_traceparent"] == b"00-t" and names["ce_correlationid"] == b"e1"
+    assert "ce_traceparent" not in dict(cloudevents.reply_headers("e1"))
+    assert dict(cloudevents.event_headers("t", "i", traceparent="00-u"))["ce_traceparent"] == b"00-u"

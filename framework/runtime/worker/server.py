@@ -29,9 +29,17 @@ from typing import Any, NoReturn
 import orjson
 
 from framework.context import Context
+from framework.observe import otel, tracing
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact
-from framework.runtime.worker.watchdog import ForwardHandler, LogStream, Watchdog, current_invocation
+from framework.runtime.worker.watchdog import (
+    ForwardHandler,
+    InvocationLog,
+    LogStream,
+    Watchdog,
+    current_invocation,
+    current_traceparent,
+)
 
 try:
     import uvloop
@@ -83,8 +91,13 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     sys.path[:0] = dict.fromkeys([str(config.get("code") or config["root"]), str(config["root"])])
     with contextlib.suppress(OSError):
         os.chdir(config["root"])
-    with asyncio.Runner(loop_factory=_loop_factory) as runner:
-        return runner.run(Server(config).serve(socket.socket(fileno=main_fd)))
+    if otel.enabled():  # after the fork: the provider's export thread must be this process's own
+        otel.setup_instance(config["function"], config["instance_id"])
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory) as runner:
+            return runner.run(Server(config).serve(socket.socket(fileno=main_fd)))
+    finally:
+        otel.shutdown()
 
 
 def load_handler(handler: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
@@ -177,10 +190,14 @@ class Server:
         deadline = time.time() + self.timeout
         inv: str = header["inv"]
         current_invocation.set(inv)
+        # A request without one (an older node) still gets a span of a trace of its own.
+        tp: str = header.get("tp") or tracing.start().traceparent
+        current_traceparent.set(tp)
         reply: Header = {"id": rid}
         body = b""
         try:
-            body = await self._call(rid, header, tail, inv, deadline)
+            with otel.invocation_context(tp):
+                body = await self._call(rid, header, tail, inv, deadline, tp)
         except asyncio.CancelledError:
             if rid not in self.expired:
                 return  # cancelled by the node: the caller is gone, nobody waits for a reply
@@ -202,9 +219,9 @@ class Server:
         assert self.conn is not None
         self.conn.send(FrameKind.REPLY, reply, body)
 
-    async def _call(self, rid: int, header: Header, tail: bytes, inv: str, deadline: float) -> bytes:
+    async def _call(self, rid: int, header: Header, tail: bytes, inv: str, deadline: float, tp: str) -> bytes:
         trigger = header["t"]
-        log = logging.LoggerAdapter(self.log, {"invocation_id": inv})
+        log = InvocationLog(self.log, {"invocation_id": inv})
         ctx = Context(
             invocation_id=inv,
             function=self.function,
@@ -224,9 +241,7 @@ class Server:
         if ev is not None:
             ctx.event_id, ctx.source, ctx.subject = ev["id"], ev["src"], ev["sub"]
             ctx.time, ctx.key, ctx.extensions = ev["time"], ev["key"], ev["ext"]
-        tp: str | None = header.get("tp")
-        if tp is not None:
-            ctx.traceparent, ctx.trace_id, ctx.span_id = tp, tp[3:35], tp[36:52]
+        ctx.traceparent, ctx.trace_id, ctx.span_id = tp, tp[3:35], tp[36:52]
         args: tuple[Any, ...]
         if trigger == "warmup":
             fn, is_async, args = self.hook, self.hook_async, (ctx,)

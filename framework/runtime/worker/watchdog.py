@@ -13,13 +13,43 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import MutableMapping
 from contextvars import ContextVar
+from typing import Any
 
+from framework.observe.logs import STANDARD
 from framework.runtime.protocol import BlockingSender, FrameKind
 from framework.runtime.worker.redact import redact
 
 current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", default=None)
 """The invocation the running code serves (set per request task; copied into handler threads)."""
+current_traceparent: ContextVar[str | None] = ContextVar("faas_traceparent", default=None)
+"""The `traceparent` of that invocation's span: its log records carry `trace_id` and `span_id`."""
+_OWN = STANDARD | {"invocation_id", "blocked", "trace_id", "span_id"}
+_NUMBERS = (int, float, bool)
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The fields a caller passed in `extra`, JSON-safe (anything else as its `str()`) and text redacted
+    (secrets), for the node."""
+    out: dict[str, object] = {}
+    for key, value in record.__dict__.items():
+        if key not in _OWN and value is not None:
+            out[key] = value if isinstance(value, _NUMBERS) else redact(str(value))
+    return out
+
+
+class InvocationLog(logging.LoggerAdapter[logging.Logger]):
+    """`ctx.log`: tags records with the invocation and keeps the call's own `extra` beside the tags
+    (the stock adapter replaces a call's `extra` with its own)."""
+
+    def process(
+        self, msg: object, kwargs: MutableMapping[str, Any]
+    ) -> tuple[object, MutableMapping[str, Any]]:
+        own = kwargs.get("extra")
+        kwargs["extra"] = {**own, **(self.extra or {})} if own else self.extra
+        return msg, kwargs
+
 
 BLOCK_THRESHOLD = 0.1
 """Seconds the loop may be blocked before the watchdog reports it."""
@@ -41,13 +71,19 @@ class ForwardHandler(logging.Handler):
             if record.exc_info:
                 msg += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
             inv = getattr(record, "invocation_id", None) or current_invocation.get()
-            header = {
+            header: dict[str, object] = {
                 "lvl": record.levelno,
                 "name": record.name,
                 "msg": redact(msg),
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
+            tp = current_traceparent.get()
+            if tp is not None:
+                header["tp"] = tp
+            extra = extra_fields(record)
+            if extra:
+                header["x"] = extra
             self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
@@ -87,13 +123,16 @@ class LogStream(io.TextIOBase):
             self._emit(line)
 
     def _emit(self, line: str) -> None:
-        header = {
+        header: dict[str, object] = {
             "lvl": self._level,
             "name": self._name,
             "msg": redact(line),
             "inv": current_invocation.get(),
             "blocked": False,
         }
+        tp = current_traceparent.get()
+        if tp is not None:
+            header["tp"] = tp
         self._sender.send(FrameKind.LOG, header)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -29,17 +30,21 @@ from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
 from framework.errors import FaasError, NotFound, status_of
 from framework.invoker import EventReply, new_id
+from framework.observe import tracing
+from framework.observe.spans import export_event
 from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import read_body, read_payload
+from framework.sources.http.cloudevents import receive, typed_event
 from framework.sources.http.openapi import openapi_document
+from framework.sources.http.requests import RequestCounters, RequestMetrics
 from framework.sources.http.responses import (
     INTERNAL_ERROR,
     JSONResponse,
     error_body,
     error_response,
 )
-from framework.types import InvokeResult
+from framework.types import EventIdentity, InvokeResult
 
 log = logging.getLogger("faas.http")
 
@@ -52,11 +57,21 @@ class Invoker(Protocol):
     @property
     def registry(self) -> Registry: ...
 
+    @property
+    def exporter(self) -> tracing.Exporter | None: ...
+
     def lookup(self, uuid: str) -> FunctionSpec: ...
 
-    async def direct(self, uuid: str, payload: bytes) -> InvokeResult: ...
+    async def direct(self, uuid: str, payload: bytes, span: tracing.Span | None = None) -> InvokeResult: ...
 
-    async def event(self, event_type: str, event_id: str, payload: bytes) -> EventReply: ...
+    async def event(
+        self,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
+    ) -> EventReply: ...
 
     def instance_count(self, name: str) -> int: ...
 
@@ -85,7 +100,7 @@ class Deployments(Protocol):
         ...
 
 
-class MetricsRenderer(Protocol):
+class MetricsRenderer(RequestCounters, Protocol):
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         ...
@@ -132,13 +147,13 @@ class HttpSource:
 
     # ---- functions ----
 
-    async def invoke_body(self, uuid: str, scope: Scope, receive: Receive) -> bytes:
-        """Direct invocation: the 200 body, or the FaasError to answer."""
+    async def invoke_body(self, uuid: str, scope: Scope, receive: Receive, span: tracing.Span) -> bytes:
+        """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's."""
         invoker = self.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
         payload = await read_body(scope, receive, self.limit)
         # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
-        res = await invoker.direct(uuid, payload)
+        res = await invoker.direct(uuid, payload, span)
         return orjson.dumps(
             {
                 "invocation_id": res.invocation_id,
@@ -148,11 +163,13 @@ class HttpSource:
             }
         )
 
-    async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """`POST /functions/{uuid}/invoke` on raw ASGI messages: the route's one implementation."""
+    async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> int:
+        """`POST /functions/{uuid}/invoke` on raw ASGI messages: the route's one implementation.
+        Returns the status sent; the response carries the invocation's `traceparent`."""
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        span = tracing.from_headers(scope["headers"])
         try:
-            status, body = 200, await self.invoke_body(uuid, scope, receive)
+            status, body = 200, await self.invoke_body(uuid, scope, receive, span)
         except FaasError as exc:
             status, body = exc.status, error_body(exc.type, exc.message)
         except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
@@ -160,9 +177,14 @@ class HttpSource:
         except Exception:
             log.exception("unexpected error serving POST %s", scope["path"])
             status, body = 500, error_body(INTERNAL_ERROR, "internal error; see the node's log")
-        headers = [(b"content-length", str(len(body)).encode()), *content_type]
+        headers = [
+            (b"content-length", str(len(body)).encode()),
+            *content_type,
+            (b"traceparent", span.traceparent.encode()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return status
 
     async def list_functions(self, request: Request) -> Response:
         functions = [self.describe(spec) for spec in self.invoker.registry.functions]
@@ -216,8 +238,16 @@ class HttpSource:
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route.
             return JSONResponse(EventReply.failed(event_id, event, exc).to_json(), exc.status)
-        reply = await self.invoker.event(event, event_id, payload)
-        return JSONResponse(reply.to_json(), 200 if reply.ok else status_of(reply.error_type))
+        ev, span = typed_event(event, event_id, request, payload)
+        invoker = self.invoker
+        reply = await invoker.event(event, event_id, payload, ev.identity(), span)
+        if invoker.exporter is not None:
+            export_event(invoker.exporter, span, ev, reply, "server", None)
+        status = 200 if reply.ok else status_of(reply.error_type)
+        return JSONResponse(reply.to_json(), status, headers={"traceparent": span.traceparent})
+
+    async def cloudevent(self, request: Request) -> Response:
+        return await receive(self.invoker, request, self.limit)
 
     # ---- operations ----
 
@@ -243,6 +273,7 @@ class HttpSource:
             Route("/functions/{uuid}/revisions", g(self.function_revisions), methods=["GET"]),
             Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
             Route("/events/{type}", g(self.emit), methods=["POST"]),
+            Route("/events", g(self.cloudevent), methods=["POST"]),
             Route("/healthz", g(self.healthz), methods=["GET"]),
             Route("/readyz", g(self.readyz), methods=["GET"]),
             Route("/metrics", g(self.metrics), methods=["GET"]),
@@ -271,26 +302,35 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/functions/", "/invoke"
+_INVOKE_ROUTE = "/functions/{uuid}/invoke"
 
 
 class App(Starlette):
     """Starlette, with `POST /functions/{uuid}/invoke` answered before its middleware stack."""
 
-    def __init__(self, source: HttpSource, auth: BearerAuth | None, **kwargs: Any) -> None:
+    def __init__(
+        self, source: HttpSource, auth: BearerAuth | None, counters: RequestCounters, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.auth = auth
+        self.requests = RequestMetrics(counters, self.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if scope["method"] == "POST" and not scope.get("root_path"):
             path: str = scope["path"]
             if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
                 uuid = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
                 # The route's `{uuid}` is one non-empty path segment; the bearer check comes first.
                 if uuid and "/" not in uuid and (self.auth is None or self.auth.allowed(scope)):
-                    await self.source.invoke_asgi(uuid, scope, receive, send)
+                    started = time.perf_counter()
+                    status = await self.source.invoke_asgi(uuid, scope, receive, send)
+                    self.requests.observe(_INVOKE_ROUTE, "POST", status, time.perf_counter() - started)
                     return
-        await super().__call__(scope, receive, send)
+        await self.requests.track(super().__call__, scope, receive, send)
 
 
 def create_app(
@@ -308,6 +348,7 @@ def create_app(
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
+        metrics,
         routes=source.routes(),
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},

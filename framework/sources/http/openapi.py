@@ -36,6 +36,24 @@ def _error(description: str) -> dict[str, Any]:
     return _json(ref("Error"), description)
 
 
+STRUCTURED_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["specversion", "type", "id"],
+    "properties": {
+        "specversion": {"const": "1.0"},
+        "type": {"type": "string", "minLength": 1},
+        "id": {"type": "string", "minLength": 1},
+        "source": {"type": ["string", "null"]},
+        "subject": {"type": ["string", "null"]},
+        "time": {"type": ["string", "null"]},
+        "datacontenttype": {"type": ["string", "null"]},
+        "data": ANY_JSON,
+    },
+    "additionalProperties": True,
+    "description": "A CloudEvent in structured mode; other attributes are extensions (strings, numbers, "
+    "booleans). A null attribute counts as absent.",
+}
+
 UUID_PARAM = {
     "name": "uuid",
     "in": "path",
@@ -141,6 +159,31 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
                     "200": _json(ref("EventReply"), "Every listener succeeded"),
                     **unauthorized,
                     **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                },
+            }
+        },
+        "/events": {
+            "post": {
+                "summary": "CloudEvents HTTP sink: one event, binary or structured mode",
+                "description": "Structured mode (below): `Content-Type: application/cloudevents+json` and "
+                "the event as the body; other attributes are extensions. Binary mode: the headers "
+                "`ce-specversion` (1.0), `ce-type` and `ce-id` (required), `ce-source`, `ce-subject`, "
+                "`ce-time` and `ce-<extension>`, the JSON data as the body (empty = null). Either mode "
+                "may carry `traceparent` / `tracestate`. The answer is the combined reply as a "
+                "binary-mode CloudEvent: headers `ce-specversion`, `ce-type: faas.reply`, `ce-id`, "
+                "`ce-source: faas`, `ce-correlationid` and `traceparent`.",
+                "operationId": "receiveCloudEvent",
+                **secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/cloudevents+json": {"schema": STRUCTURED_EVENT}},
+                },
+                "responses": {
+                    "200": _json(ref("EventReply"), "Every listener succeeded"),
+                    **unauthorized,
+                    **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                    "400": _error("BadRequest: not JSON, or an event without its type or id"),
+                    "413": _error(INVOKE_ERRORS[413]),
                 },
             }
         },

@@ -59,7 +59,7 @@ class ReplyOutbox:
     ) -> None:
         """Hand `reply` to the producer; `part.done(record.offset)` once the broker acknowledged it."""
         topic = event.replyto or self.settings.replies_topic
-        value, headers = reply.to_json(), cloudevents.reply_headers(event.id)
+        value, headers = reply.to_json(), cloudevents.reply_headers(event.id, reply.traceparent)
         gone = None if event.replyto is None else self._missing_topic
         acked = await self.sender.submit(topic, value, record.key, headers, permanent_if=gone)
         self.unacked += 1
@@ -124,7 +124,7 @@ class ReplyOutbox:
         self, replyto: str | None, key: bytes | None, reply: EventReply, event_id: str | None
     ) -> None:
         topic = replyto or self.settings.replies_topic
-        value, headers = reply.to_json(), cloudevents.reply_headers(event_id)
+        value, headers = reply.to_json(), cloudevents.reply_headers(event_id, reply.traceparent)
         # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
         # answers: that is permanent. While the broker is away, everything is retried.
         gone = None if replyto is None else self._missing_topic

@@ -40,12 +40,15 @@ from framework.kafka import cloudevents
 from framework.kafka.deadletter import failed_headers
 from framework.kafka.options import MIB, ensure_topics, security_options
 from framework.kafka.probe import BrokerProbe
+from framework.observe import tracing
+from framework.observe.spans import export_event
 from framework.retry import HANDOVER, Handover
 from framework.sources.kafka.keyed import KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.kafka.outbox import ReplyOutbox
 from framework.sources.kafka.replies import ReplyProducer
 from framework.tasks import cancel_and_wait
+from framework.types import EventIdentity
 
 if TYPE_CHECKING:
     from framework.observe.metrics import Metrics
@@ -57,8 +60,20 @@ log = logging.getLogger("faas.kafka")
 class Invoker(Protocol):
     """What the Kafka source asks of the invoker (`framework.invoker.Invoker` fits)."""
 
-    async def event(self, event_type: str, event_id: str, payload: bytes) -> EventReply:
-        """Run every productive listener of `event_type`; the combined reply."""
+    @property
+    def exporter(self) -> tracing.Exporter | None:
+        """Where event spans go when OpenTelemetry export is on."""
+        ...
+
+    async def event(
+        self,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        identity: EventIdentity | None = None,
+        span: tracing.Span | None = None,
+    ) -> EventReply:
+        """Run every productive listener of `event_type`, each a child span of `span`; the combined reply."""
         ...
 
 
@@ -268,11 +283,19 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             await asyncio.gather(self.outbox.reply(event.replyto, record.key, reply, event.id), copy)
             return False
+        for why in event.dropped:
+            log.warning(
+                "event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why
+            )
+        span = tracing.start(event.traceparent, event.tracestate)
         try:
-            reply = await self.invoker.event(event.type, event.id, event.payload)
+            reply = await self.invoker.event(
+                event.type, event.id, event.payload, event.identity(record.key), span
+            )
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
             reply = EventReply.failed(event.id, event.type, exc)
+            reply.traceparent = span.traceparent
         if not reply.ok and reply.error is not None:
             # Acknowledged before the reply is handed over: the reply's ack then marks the record done.
             error = reply.error
@@ -281,6 +304,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             await self.outbox.deadletter(record.key, record.value, marked, "failed")
         await self.outbox.reply_later(part, record, event, reply)
+        if self.invoker.exporter is not None:
+            export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
         return True
 
     # ---- rebalance (ConsumerRebalanceListener) ----
@@ -305,7 +330,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.tracker.forget(tps)
         for tp in tps:
             with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(str(tp.partition))
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True
@@ -356,7 +381,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             except (KafkaError, TimeoutError, AssertionError):
                 continue
             if highwater is not None:
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, highwater - position))
+                lag = max(0, highwater - position)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def _topics_seen(self, topics: set[str]) -> None:
         """After a probe: a memory-only broker that restarted has lost our topics; create them again."""

@@ -12,6 +12,7 @@ from openapi_spec_validator import validate
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Message
 
+from framework import __version__
 from framework.sources.http.auth import BearerAuth
 from tests.sources.http_fakes import ECHO, LIMIT, UNKNOWN, FakeNode, app_for, client_for, err
 
@@ -91,6 +92,29 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert 'faas_invocations_total{function="echo",outcome="ok",trigger="direct"} 1.0' in r.text
 
 
+async def test_metrics_as_prometheus_users_expect(client: httpx.AsyncClient) -> None:
+    """1. Invoke once (200), call an unknown uuid (404), an unknown route (404) and GET /healthz.
+    2. Read /metrics.
+    Result: process_* and python_* families and faas_build_info{version} are there; no `_created` series;
+    requests are counted and timed by route template, method and status (the raw path never appears)."""
+    await client.post(f"/functions/{ECHO}/invoke", json={})
+    await client.post("/functions/00000000-0000-4000-8000-000000000000/invoke", json={})
+    await client.get("/nowhere")
+    await client.get("/healthz")
+    text = (await client.get("/metrics")).text
+    for family in ("process_cpu_seconds_total", "process_resident_memory_bytes", "python_info", "python_gc_"):
+        assert family in text, family
+    assert f'faas_build_info{{version="{__version__}"}} 1.0' in text
+    assert "_created" not in text
+    route = 'method="POST",route="/functions/{uuid}/invoke"'
+    assert f'faas_http_requests_total{{{route},status="200"}} 1.0' in text
+    assert f'faas_http_requests_total{{{route},status="404"}} 1.0' in text
+    assert 'faas_http_requests_total{method="GET",route="none",status="404"} 1.0' in text
+    assert 'faas_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert f'faas_http_request_duration_seconds_count{{{route},status="200"}} 1.0' in text
+    assert "00000000-0000" not in text
+
+
 @pytest.mark.parametrize("keys", ["", "k"])
 async def test_openapi_validates(keys: str) -> None:
     async with client_for(FakeNode(keys=keys)) as c:
@@ -104,6 +128,7 @@ async def test_openapi_validates(keys: str) -> None:
         "/functions/{uuid}/revisions",
         "/events/{type}/listeners",
         "/events/{type}",
+        "/events",
         "/healthz",
         "/readyz",
         "/metrics",

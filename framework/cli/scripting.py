@@ -1,0 +1,96 @@
+"""The CLI's forms for scripts (DESIGN.md section 6): JSON reports and `--data` read from a file or stdin.
+
+`faas ls --json` prints `{"functions": [{"name", "uuid", "state", "events", "schedules": [{"cron",
+"timezone", "payload", "next_fire"}], "keep_warm": {"cron", "next_fire"} | null}]}`;
+`faas validate --json` prints `{"ok": true, "functions": N}` (exit 0) or `{"ok": false, "errors":
+[{"file", "line", "column", "message", "text"}]}` (exit 1), `line` and `column` 1-based (null when an error
+names no place), `text` the same `functions.yaml:LINE:COL: message` line the plain form prints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from framework.control.cron import next_fire
+from framework.control.manifest import Manifest
+
+_PLACE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$", re.DOTALL)
+
+
+def error_entry(text: str) -> dict[str, Any]:
+    """One `file:LINE:COL: message` line as a JSON object (no place: file, line and column are null)."""
+    m = _PLACE.match(text)
+    if m is None:
+        return {"file": None, "line": None, "column": None, "message": text, "text": text}
+    return {
+        "file": m["file"],
+        "line": int(m["line"]),
+        "column": int(m["column"]),
+        "message": m["message"],
+        "text": text,
+    }
+
+
+def validate_report(manifest: Manifest | None, errors: list[str]) -> str:
+    if manifest is not None:
+        return json.dumps({"ok": True, "functions": len(manifest.functions)})
+    return json.dumps({"ok": False, "errors": [error_entry(e) for e in errors]})
+
+
+def listing(manifest: Manifest) -> str:
+    """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone)."""
+    out = []
+    for f in manifest.functions:
+        schedules = [
+            {
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "payload": s.payload,
+                "next_fire": next_fire(s.cron, s.timezone).isoformat(timespec="seconds"),
+            }
+            for s in f.schedules
+        ]
+        warm = None
+        if f.keep_warm:
+            warm = {
+                "cron": f.keep_warm,
+                "next_fire": next_fire(f.keep_warm, "UTC").isoformat(timespec="seconds"),
+            }
+        out.append(
+            {
+                "name": f.name,
+                "uuid": f.uuid,
+                "state": f.state,
+                "events": list(f.events),
+                "schedules": schedules,
+                "keep_warm": warm,
+            }
+        )
+    return json.dumps({"functions": out}, default=str)
+
+
+def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes:
+    """`--data`: a JSON text, `@file` holding one, or `@-` for standard input; the payload's bytes (`null`
+    when not given)."""
+    if value is None:
+        return b"null"
+    raw: str | bytes = value
+    if value == "@-":
+        raw = sys.stdin.buffer.read()
+    elif value.startswith("@"):
+        try:
+            raw = Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        where = " (from standard input)" if value == "@-" else ""
+        raise click.BadParameter(f"not valid JSON{where}: {exc}") from None
+    return raw.strip() if isinstance(raw, bytes) else raw.strip().encode()

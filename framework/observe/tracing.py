@@ -1,0 +1,138 @@
+"""W3C Trace Context (DESIGN.md section 11): parse a caller's `traceparent`, start spans of its trace.
+
+A node continues the trace of what triggered it: the `traceparent` (and `tracestate`) of an HTTP request, or
+the `ce_traceparent` / `traceparent` header of a Kafka record. Each event and each invocation is a span of
+that trace; a missing or malformed header starts a new trace (never an error: tracing must not fail work).
+
+Parsing is strict, as the W3C recommendation asks of a receiver: version `00` is exactly
+`00-<32 hex>-<16 hex>-<2 hex>` in lower case, with neither id all zeros; a higher version (not `ff`) may
+carry more fields after the flags, which are ignored. `tracestate` is passed through unchanged (at most
+`MAX_TRACESTATE` characters, else dropped), never parsed.
+
+Ids: 128-bit trace ids and 64-bit span ids from `random.getrandbits`, as OpenTelemetry's own
+`RandomIdGenerator` draws them (unique, not secret: a trace id is not a credential). The whole cost without
+an exporter is this parse and one `getrandbits` call per span, a few microseconds per event (`make bench`,
+`tracing traceparent per event`); the OpenTelemetry SDK is only imported by `observe/otel.py`, and only
+when an endpoint is configured.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+MAX_TRACESTATE = 512
+"""Characters of `tracestate` passed on (the W3C limit for what a vendor must propagate)."""
+_HEX = frozenset("0123456789abcdef")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+current: contextvars.ContextVar[Span | None] = contextvars.ContextVar("faas_span", default=None)
+"""The span the running code serves (node: set by the invoker per invocation; read by the log filter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One span of a trace: its ids, the caller's span (`parent_id`) and the trace's flags and state.
+
+    `start_ns` (epoch nanoseconds) is when it began, for exporters; `remote_parent` says the parent came
+    from outside (a caller's header) rather than from a span of this node.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None
+    flags: str = "01"
+    tracestate: str | None = None
+    start_ns: int = 0
+    remote_parent: bool = False
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+    @property
+    def sampled(self) -> bool:
+        return int(self.flags, 16) & 1 == 1
+
+    def child(self) -> Span:
+        """A new span of this trace whose parent is this one."""
+        return Span(self.trace_id, new_span_id(), self.span_id, self.flags, self.tracestate, time.time_ns())
+
+
+def new_trace_id() -> str:
+    while True:
+        value = random.getrandbits(128)
+        if value:
+            return f"{value:032x}"
+
+
+def new_span_id() -> str:
+    while True:
+        value = random.getrandbits(64)
+        if value:
+            return f"{value:016x}"
+
+
+def _is_hex(text: str) -> bool:
+    return _HEX.issuperset(text)
+
+
+def parse_traceparent(header: str | None) -> tuple[str, str, str] | None:
+    """`(trace_id, parent_span_id, flags)` of a valid W3C `traceparent`, else None. Never raises."""
+    if not header or not isinstance(header, str):
+        return None
+    value = header.strip()
+    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+        return None
+    version, trace_id, span_id, flags = value[:2], value[3:35], value[36:52], value[53:55]
+    if not (_is_hex(version) and _is_hex(trace_id) and _is_hex(span_id) and _is_hex(flags)):
+        return None
+    if version == "ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    if version == "00" and len(value) != 55:
+        return None
+    if len(value) > 55 and value[55] != "-":  # a later version: more fields may follow, after a dash
+        return None
+    return trace_id, span_id, flags
+
+
+def start(traceparent: str | None = None, tracestate: str | None = None) -> Span:
+    """A new span continuing the caller's trace when `traceparent` is valid, else the root of a new trace."""
+    parsed = parse_traceparent(traceparent)
+    now = time.time_ns()
+    if parsed is None:
+        return Span(new_trace_id(), new_span_id(), start_ns=now)
+    trace_id, parent_id, flags = parsed
+    state = tracestate.strip() if tracestate else None
+    if state is not None and (len(state) > MAX_TRACESTATE or not state.isprintable()):
+        state = None
+    return Span(trace_id, new_span_id(), parent_id, flags, state or None, now, remote_parent=True)
+
+
+def from_headers(headers: list[tuple[bytes, bytes]]) -> Span:
+    """`start` from raw ASGI headers (lower-case names); values that are not ASCII count as missing."""
+    traceparent = tracestate = None
+    for name, value in headers:
+        if name == b"traceparent":
+            traceparent = value.decode("latin-1")
+        elif name == b"tracestate":
+            tracestate = value.decode("latin-1")
+    return start(traceparent, tracestate)
+
+
+class Exporter(Protocol):
+    """Where finished spans go when OpenTelemetry export is on (`observe/otel.py`); None otherwise."""
+
+    def end(
+        self,
+        name: str,
+        span: Span,
+        kind: str,
+        attributes: dict[str, str | bool | int | float],
+        error: str | None = None,
+    ) -> None:
+        """Record `span` as ended now. `kind`: `server`, `consumer` or `internal`; `error`: its message."""

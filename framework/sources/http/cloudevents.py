@@ -1,0 +1,117 @@
+"""`POST /events`: a CloudEvents HTTP sink (DESIGN.md section 11), the binding Knative Eventing, Dapr and
+Argo Events deliver with.
+
+Binary mode: `ce-*` headers (percent-decoded, as the HTTP binding asks) and the body as the data; structured
+mode: `Content-Type: application/cloudevents+json` and the event as the body. Both are mapped onto the Kafka
+binding's header names (`ce-type` → `ce_type`) and read by the one codec (`framework/kafka/cloudevents.py`),
+so an event means the same over HTTP as over Kafka: same attributes, extensions, limits and trace context.
+The `traceparent` / `tracestate` HTTP headers count as the trace context when no `ce-traceparent` is given.
+
+The answer is the combined reply of section 4 as a binary-mode CloudEvent: `ce-specversion: 1.0`,
+`ce-type: faas.reply`, a new `ce-id`, `ce-source: faas`, `ce-correlationid` (the event's id) and
+`traceparent` (the event's span); the body is the reply JSON. Status 200 when `ok`, else the failing
+error's status; 400 `BadRequest` for a body that is not JSON or an event missing its type or id.
+
+Checks run in the contract's order: auth (the middleware), body size (413), JSON (400), then the event.
+The data must be JSON (handlers take JSON payloads); an empty body is `null`. `ce-replyto` is ignored: the
+reply is the response.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote_to_bytes
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from framework.errors import BadRequest, status_of
+from framework.invoker import EventReply
+from framework.kafka import cloudevents
+from framework.observe import tracing
+from framework.observe.spans import export_event
+from framework.sources.http.body import read_payload
+from framework.sources.http.responses import JSONResponse
+from framework.types import new_id
+
+if TYPE_CHECKING:
+    from framework.sources.http.app import Invoker
+
+log = logging.getLogger("faas.http")
+
+_PASSED = (b"content-type", b"traceparent", b"tracestate")
+_SAFE = "".join(c for c in string.printable if 0x21 <= ord(c) <= 0x7E and c not in '"%')
+
+
+def kafka_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, bytes | None]]:
+    """ASGI request headers as Kafka-binding headers: `ce-x` → `ce_x` (percent-decoded), plus
+    `content-type`, `traceparent` and `tracestate`; every other header is left out."""
+    out: list[tuple[str, bytes | None]] = []
+    for name, value in raw:
+        if name.startswith(b"ce-"):
+            decoded = unquote_to_bytes(value) if b"%" in value else value
+            out.append(("ce_" + name[3:].decode("latin-1"), decoded))
+        elif name in _PASSED:
+            out.append((name.decode("latin-1"), value))
+    return out
+
+
+def header_value(value: str) -> str:
+    """A `ce-*` header value as the HTTP binding writes it: printable ASCII other than space, `"` and `%`
+    as is, everything else percent-encoded as UTF-8."""
+    return quote(value, safe=_SAFE, errors="replace")
+
+
+def response_headers(reply: EventReply) -> dict[str, str]:
+    """The binary-mode CloudEvent headers of a combined reply."""
+    headers = {"ce-specversion": "1.0", "ce-type": "faas.reply", "ce-id": new_id(), "ce-source": "faas"}
+    if reply.id is not None:
+        headers["ce-correlationid"] = header_value(reply.id)
+    if reply.traceparent is not None:
+        headers["traceparent"] = reply.traceparent
+    return headers
+
+
+def reply_response(reply: EventReply) -> Response:
+    return JSONResponse(
+        reply.to_json(), 200 if reply.ok else status_of(reply.error_type), headers=response_headers(reply)
+    )
+
+
+async def receive(invoker: Invoker, request: Request, limit: int) -> Response:
+    """Serve one CloudEvent delivered over HTTP; FaasErrors (413, 400) propagate to the caller's guard."""
+    body = await read_payload(request, limit)
+    headers = kafka_headers(request.scope["headers"])
+    event = cloudevents.parse(body, headers, limit)
+    if isinstance(event, cloudevents.BadRecord):
+        raise BadRequest(event.message.replace("ce_", "ce-"))
+    for why in event.dropped:
+        log.warning("event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why)
+    span = tracing.start(event.traceparent, event.tracestate)
+    reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
+    if invoker.exporter is not None:
+        export_event(invoker.exporter, span, event, reply, "server", None)
+    return reply_response(reply)
+
+
+def typed_event(
+    event_type: str, event_id: str, request: Request, payload: bytes
+) -> tuple[cloudevents.Event, tracing.Span]:
+    """`POST /events/{type}`: the event (identity from optional `ce-*` headers) and its span.
+
+    The optional `ce-*` headers are read as in binary mode; when they do not form a valid event (a wrong
+    `ce-specversion`, say) they are ignored rather than refused, as this route always did.
+    """
+    headers = kafka_headers(request.scope["headers"])
+    own = [(n, v) for n, v in headers if n.lower() not in ("ce_type", "ce_id", "content-type")]
+    own += [("ce_type", event_type.encode()), ("ce_id", event_id.encode())]
+    event = cloudevents.parse(payload, own, len(payload))
+    if isinstance(event, cloudevents.BadRecord):
+        return cloudevents.Event(event_type, event_id, payload), tracing.from_headers(
+            request.scope["headers"]
+        )
+    for why in event.dropped:
+        log.warning("event %s (%s): %s: dropped, the event is served without it", event_id, event_type, why)
+    return event, tracing.start(event.traceparent, event.tracestate)

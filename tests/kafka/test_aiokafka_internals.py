@@ -1,0 +1,48 @@
+"""The aiokafka internals the node relies on, checked against the installed release (pyproject pins aiokafka
+below the next minor version for them): when a release moves or renames one, this fails before a node does.
+
+Used by `sources/kafka/batching.py` (hand-built reply batches) and `kafka/probe.py` (the metadata probe).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+
+def _params(fn: object) -> list[str]:
+    return list(inspect.signature(fn).parameters)  # type: ignore[arg-type]
+
+
+async def test_batching_internals_are_where_batching_uses_them() -> None:
+    """`producer.client.cluster` listeners, `create_batch`/`send_batch`, the batch builder's `append` and
+    size estimate, and murmur2 partitioning as DefaultPartitioner does it."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    try:
+        assert isinstance(producer.client, AIOKafkaClient)
+        assert isinstance(producer.client.cluster, ClusterMetadata)
+        batch = producer.create_batch()
+        assert batch.append(key=b"k", value=b"{}", timestamp=None, headers=[("h", b"v")]) is not None
+    finally:
+        await producer.stop()  # never started: stopping closes its client without a broker
+    assert {"batch", "topic", "partition"} <= set(_params(AIOKafkaProducer.send_batch))
+    cluster = ClusterMetadata()
+    cluster.add_listener(lambda c: None)
+    assert cluster.available_partitions_for_topic("none") is None
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(b"k", b"{}", [("h", b"v")])
+    assert isinstance(size, int) and size > 0
+    assert DefaultPartitioner()(b"key", [0, 1, 2], [0, 1, 2]) == (murmur2(b"key") & 0x7FFFFFFF) % 3
+
+
+def test_probe_internals() -> None:
+    """`AIOKafkaClient(bootstrap_servers=, request_timeout_ms=)`, `bootstrap`, `fetch_all_metadata`,
+    `close` and the metadata's `topics()`."""
+    assert {"bootstrap_servers", "request_timeout_ms"} <= set(_params(AIOKafkaClient.__init__))
+    for name in ("bootstrap", "fetch_all_metadata", "close"):
+        assert inspect.iscoroutinefunction(getattr(AIOKafkaClient, name)), name
+    assert ClusterMetadata().topics() == set()

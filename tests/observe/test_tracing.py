@@ -1,0 +1,74 @@
+"""W3C trace context (DESIGN.md section 11): strict parsing, continuing a caller's trace, new spans."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from framework.observe import tracing
+
+T, S = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+VALID = f"00-{T}-{S}-01"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "garbage",
+        f"00-{T.upper()}-{S}-01",  # upper case is not allowed
+        f"00-{'0' * 32}-{S}-01",  # all-zero trace id
+        f"00-{T}-{'0' * 16}-01",  # all-zero parent id
+        f"ff-{T}-{S}-01",  # version ff is invalid
+        f"00-{T}-{S}-01-extra",  # version 00 has exactly four fields
+        f"00-{T}-{S}-0",  # short flags
+        f"00-{T[:-1]}g-{S}-01",  # not hex
+        f"00_{T}_{S}_01",
+        f"0-{T}-{S}-01",
+        f"01-{T}-{S}-01x",  # a later version: more fields only after a dash
+    ],
+)
+def test_malformed_traceparent_starts_a_new_trace(header: str | None) -> None:
+    assert tracing.parse_traceparent(header) is None
+    span = tracing.start(header, "k=v")
+    assert span.trace_id != T and re.fullmatch(r"[0-9a-f]{32}", span.trace_id)
+    assert span.parent_id is None and span.tracestate is None and span.flags == "01"
+    assert span.trace_id != "0" * 32 and span.span_id != "0" * 16
+
+
+def test_valid_traceparent_is_continued() -> None:
+    """A valid header (also a later version with extra fields, and surrounding blanks): same trace, the
+    caller's span as parent, the caller's flags, tracestate passed through; a new span id of 16 hex."""
+    for header in (VALID, f"  {VALID} ", f"cc-{T}-{S}-01-what-ever"):
+        span = tracing.start(header, " congo=t61rcWkgMzE ")
+        assert (span.trace_id, span.parent_id, span.flags) == (T, S, "01"), header
+        assert span.span_id != S and re.fullmatch(r"[0-9a-f]{16}", span.span_id)
+        assert span.tracestate == "congo=t61rcWkgMzE" and span.remote_parent
+        assert span.traceparent == f"00-{T}-{span.span_id}-01"
+    unsampled = tracing.start(f"00-{T}-{S}-00")
+    assert not unsampled.sampled and unsampled.traceparent.endswith("-00")
+
+
+def test_tracestate_over_the_limit_or_unprintable_is_dropped() -> None:
+    assert tracing.start(VALID, "a=" + "x" * tracing.MAX_TRACESTATE).tracestate is None
+    assert tracing.start(VALID, "a=b\x00").tracestate is None
+    assert tracing.start(VALID, "").tracestate is None
+
+
+def test_child_spans_and_raw_headers() -> None:
+    """`child` keeps the trace, flags and state with the parent's span as parent; `from_headers` reads raw
+    ASGI headers (the last of each name wins, as a proxy appending one would expect)."""
+    parent = tracing.start(VALID, "k=v")
+    kids = [parent.child() for _ in range(100)]
+    assert {k.trace_id for k in kids} == {T} and {k.parent_id for k in kids} == {parent.span_id}
+    assert len({k.span_id for k in kids}) == 100 and all(k.tracestate == "k=v" for k in kids)
+    span = tracing.from_headers([(b"traceparent", VALID.encode()), (b"tracestate", b"a=1"), (b"x", b"y")])
+    assert (span.trace_id, span.parent_id, span.tracestate) == (T, S, "a=1")
+    assert tracing.from_headers([(b"traceparent", b"\xff\xfe")]).trace_id != T
+
+
+def test_ids_are_unique() -> None:
+    assert len({tracing.new_trace_id() for _ in range(10_000)}) == 10_000
+    assert len({tracing.new_span_id() for _ in range(10_000)}) == 10_000

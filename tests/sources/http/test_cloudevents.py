@@ -1,0 +1,206 @@
+"""CloudEvents over HTTP (`POST /events`) and trace context on the HTTP routes (DESIGN.md sections 5, 10, 11),
+against a real `faas run` node: the way Knative, Dapr or Argo Events deliver."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import Node, new_id, write_project
+
+IDENT = "acacacac-0000-4000-8000-000000000001"
+FAILER = "acacacac-0000-4000-8000-000000000002"
+MANIFEST = f"""
+functions:
+  - name: ident
+    uuid: {IDENT}
+    handler: functions.idm:ident
+    state: productive
+    events: [ce.seen]
+  - name: failer
+    uuid: {FAILER}
+    handler: functions.idm:failer
+    state: productive
+    events: [ce.fail]
+"""
+MODULE = """
+def ident(payload, ctx):
+    fields = ("invocation_id", "trigger", "event", "event_id", "source", "subject", "time", "key",
+              "trace_id", "span_id", "traceparent")
+    out = {name: getattr(ctx, name) for name in fields}
+    out["extensions"] = dict(ctx.extensions)
+    out["payload"] = payload
+    return out
+
+async def failer(payload, ctx):
+    raise RuntimeError("no")
+"""
+TP = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    root = write_project(tmp_path_factory.mktemp("cehttp"), MANIFEST, {"idm": MODULE})
+    n = Node(root, None, kafka=False, env={"FAAS_MAX_PAYLOAD_BYTES": "2048"}).wait_ready()
+    yield n
+    n.kill()
+
+
+def _binary(eid: str, type_: str = "ce.seen", **extra: str) -> dict[str, str]:
+    return {
+        "ce-specversion": "1.0",
+        "ce-type": type_,
+        "ce-id": eid,
+        "ce-source": "knative/test",
+        "content-type": "application/json",
+        **extra,
+    }
+
+
+def _result(body: dict[str, Any]) -> dict[str, Any]:
+    assert body["ok"] is True and body["results"][0]["function"] == "ident", body
+    return dict(body["results"][0]["result"])
+
+
+def test_binary_mode_with_trace_and_percent_encoded_extension(node: Node) -> None:
+    """1. POST /events in binary mode with subject, time, a percent-encoded extension and a caller's
+       `traceparent` + `tracestate`.
+    Result: 200; reply headers ce-specversion/ce-type/ce-id/ce-source/ce-correlationid and a `traceparent`
+    of the caller's trace; the handler saw the identity, the decoded extension and the caller's trace id."""
+    eid, tid = new_id(), secrets.token_hex(16)
+    headers = _binary(
+        eid,
+        **{
+            "ce-subject": "s-1",
+            "ce-time": "2024-06-01T08:30:00Z",
+            "ce-comexampleext": "caf%C3%A9 %25",
+            "traceparent": f"00-{tid}-{secrets.token_hex(8)}-01",
+            "tracestate": "k=v",
+        },
+    )
+    r = httpx.post(f"{node.url}/events", content=b'{"n": 2}', headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    h = r.headers
+    assert (h["ce-specversion"], h["ce-type"], h["ce-source"]) == ("1.0", "faas.reply", "faas"), h
+    assert h["ce-correlationid"] == eid and h["ce-id"] and h["ce-id"] != eid, h
+    m = TP.match(h["traceparent"])
+    assert m is not None and m.group(1) == tid, h
+    res = _result(r.json())
+    assert (res["trigger"], res["event"], res["payload"]) == ("event", "ce.seen", {"n": 2}), res
+    assert (res["event_id"], res["source"], res["subject"], res["time"]) == (
+        eid,
+        "knative/test",
+        "s-1",
+        "2024-06-01T08:30:00Z",
+    ), res
+    assert res["extensions"] == {"comexampleext": "café %"}, res
+    assert res["trace_id"] == tid and res["key"] is None, res
+
+
+def test_structured_mode_with_base64_data(node: Node) -> None:
+    """1. POST /events in structured mode with `data_base64` and an extension.
+    Result: 200, the decoded data is the payload; ce-correlationid is the event id; a new trace (no caller
+    trace) is reported in the `traceparent` response header and matches ctx.trace_id."""
+    eid = new_id()
+    event = {
+        "specversion": "1.0",
+        "type": "ce.seen",
+        "id": eid,
+        "source": "dapr",
+        "partitionkey": "p-1",
+        "data_base64": "eyJiIjogMX0=",  # {"b": 1}
+    }
+    r = httpx.post(
+        f"{node.url}/events",
+        content=json.dumps(event),
+        headers={"content-type": "application/cloudevents+json; charset=utf-8"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    res = _result(r.json())
+    assert res["payload"] == {"b": 1} and res["extensions"] == {"partitionkey": "p-1"}, res
+    assert r.headers["ce-correlationid"] == eid
+    m = TP.match(r.headers["traceparent"])
+    assert m is not None and m.group(1) == res["trace_id"], (r.headers, res)
+
+
+def test_failing_listener_and_bad_deliveries(node: Node) -> None:
+    """1. A binary event whose listener raises. 2. Broken deliveries: no ce-id, no ce-type, structured
+       without id, a body that is not JSON, a body over FAAS_MAX_PAYLOAD_BYTES, a wrong ce-specversion.
+    Result: 1 is 500 with the combined reply (ok false, FunctionError) still as a binary-mode CloudEvent;
+    2 are 400 BadRequest (413 PayloadTooLarge for the big one) naming what is wrong; the node still serves."""
+    eid = new_id()
+    r = httpx.post(f"{node.url}/events", content=b"{}", headers=_binary(eid, "ce.fail"), timeout=30)
+    assert r.status_code == 500, r.text
+    assert r.json()["error"]["type"] == "FunctionError" and r.headers["ce-correlationid"] == eid
+    cases: list[tuple[dict[str, str], bytes, int, str]] = [
+        ({k: v for k, v in _binary(new_id()).items() if k != "ce-id"}, b"{}", 400, "ce-id"),
+        ({k: v for k, v in _binary(new_id()).items() if k != "ce-type"}, b"{}", 400, "ce-type"),
+        (
+            {"content-type": "application/cloudevents+json"},
+            json.dumps({"specversion": "1.0", "type": "ce.seen", "data": {}}).encode(),
+            400,
+            "id",
+        ),
+        (_binary(new_id()), b"{not json", 400, "JSON"),
+        (_binary(new_id()), b'"' + b"x" * 3000 + b'"', 413, "limit"),
+        ({**_binary(new_id()), "ce-specversion": "0.3"}, b"{}", 400, "specversion"),
+    ]
+    for headers, body, status, word in cases:
+        r = httpx.post(f"{node.url}/events", content=body, headers=headers, timeout=30)
+        assert r.status_code == status, (headers, r.text)
+        err = r.json()["error"]
+        assert err["type"] == ("PayloadTooLarge" if status == 413 else "BadRequest"), r.text
+        assert word in err["message"], err
+    ok = httpx.post(f"{node.url}/events", content=b"null", headers=_binary(new_id()), timeout=30)
+    assert ok.status_code == 200, ok.text
+
+
+def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> None:
+    """1. Invoke directly with a caller's traceparent; 2. with a malformed one; 3. POST /events/{type} with
+       a traceparent and ce-source.
+    Result: 1 the response `traceparent` has the caller's trace id and the invocation's own span (=
+    ctx.span_id); 2 a new trace, answered 200; 3 the reply's trace id is the caller's and the handler saw
+    the ce-source and the caller's trace."""
+    tid = secrets.token_hex(16)
+    tp = f"00-{tid}-{secrets.token_hex(8)}-01"
+    r = httpx.post(f"{node.url}/functions/{IDENT}/invoke", json=1, headers={"traceparent": tp}, timeout=30)
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    m = TP.match(r.headers["traceparent"])
+    assert m is not None and m.groups()[:2] == (tid, res["span_id"]) and res["trace_id"] == tid, res
+    assert res["event_id"] is None and res["extensions"] == {}, res
+    r = httpx.post(
+        f"{node.url}/functions/{IDENT}/invoke", json=1, headers={"traceparent": "00-zz-01"}, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["result"]["trace_id"] != tid, r.text
+    assert TP.match(r.headers["traceparent"]), r.headers
+    r = httpx.post(
+        f"{node.url}/events/ce.seen",
+        json={"x": 1},
+        headers={"traceparent": tp, "ce-source": "curl", "ce-id": "given-id"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    res = _result(r.json())
+    assert (res["event_id"], res["source"], res["trace_id"]) == ("given-id", "curl", tid), res
+    m = TP.match(r.headers["traceparent"])
+    assert m is not None and m.group(1) == tid, r.headers
+
+
+def test_openapi_describes_the_sink(node: Node) -> None:
+    """`GET /openapi.json` documents `POST /events`: the structured event's schema, the binary-mode headers
+    and the statuses."""
+    doc = httpx.get(f"{node.url}/openapi.json", timeout=30).json()
+    op = doc["paths"]["/events"]["post"]
+    for header in ("ce-type", "ce-id", "ce-source", "traceparent", "ce-correlationid"):
+        assert header in op["description"], header
+    schema = op["requestBody"]["content"]["application/cloudevents+json"]["schema"]
+    assert set(schema["required"]) == {"specversion", "type", "id"}, schema
+    assert {"200", "400", "413"} <= set(op["responses"]), op

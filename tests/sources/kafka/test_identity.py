@@ -1,0 +1,211 @@
+"""Event identity and trace context over Kafka (DESIGN.md sections 3, 4, 10, 11), against a real broker and a
+real `faas run` node: what a handler sees of the event, what the reply carries, what the log lines say."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from framework.kafka.embedded import EmbeddedBroker
+from tests.support import Node, Record, ce_headers, consume, new_id, produce, wait_for, write_project
+
+IDENT = "abababab-0000-4000-8000-000000000001"
+MANIFEST = f"""
+functions:
+  - name: ident
+    uuid: {IDENT}
+    handler: functions.idm:ident
+    state: productive
+    events: [ident.seen]
+"""
+MODULE = """
+FIELDS = ("invocation_id", "event_id", "source", "subject", "time", "key", "trace_id", "span_id",
+          "traceparent", "attempt", "revision")
+
+def ident(payload, ctx):
+    ctx.log.info("serving %s", ctx.event_id, extra={"order_ref": "o-17"})
+    out = {name: getattr(ctx, name) for name in FIELDS}
+    out["extensions"] = dict(ctx.extensions)
+    out["payload"] = payload
+    return out
+"""
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
+    root = write_project(tmp_path_factory.mktemp("identity"), MANIFEST, {"idm": MODULE})
+    n = Node(root, broker.bootstrap, env={"FAAS_LOG_FORMAT": "json"}).wait_ready()
+    yield n
+    n.kill()
+
+
+def _replies(node: Node, broker: EmbeddedBroker, eid: str, want: int = 1) -> list[dict[str, Any]]:
+    def got() -> list[dict[str, Any]]:
+        recs = consume(broker.bootstrap, node.replies, 10_000, timeout=5, ids={eid})
+        mine = [r for r in recs if isinstance(r["value"], dict) and r["value"].get("id") == eid]
+        return mine if len(mine) >= want else []
+
+    found: list[dict[str, Any]] = wait_for(got, timeout=60, message=f"{want} replies to {eid}")
+    return found
+
+
+def _result(reply: dict[str, Any]) -> dict[str, Any]:
+    value = reply["value"]
+    assert value["ok"] is True, value
+    return dict(value["results"][0]["result"])
+
+
+def test_redelivered_event_keeps_its_id_and_gets_new_invocation_ids(
+    node: Node, broker: EmbeddedBroker
+) -> None:
+    """1. Produce the same event (same ce_id, key and headers) twice, as a redelivery would.
+    2. Read both replies.
+    Result: both handlers saw the same ctx.event_id, key, source, subject and time; their invocation ids
+    differ and are random UUIDs (not consecutive)."""
+    eid, key = new_id(), f"k-{new_id()[:8]}"
+    headers = [
+        *ce_headers("ident.seen", eid),
+        ("ce_subject", b"order-1"),
+        ("ce_time", b"2024-05-01T12:00:00Z"),
+    ]
+    record = (key.encode(), b'{"n": 1}', headers)
+    produce(broker.bootstrap, node.events, [record, record])
+    first, second = (_result(r) for r in _replies(node, broker, eid, want=2)[:2])
+    for res in (first, second):
+        assert (res["event_id"], res["key"], res["source"]) == (eid, key, "tests"), res
+        assert (res["subject"], res["time"], res["attempt"]) == ("order-1", "2024-05-01T12:00:00Z", 1), res
+    a, b = first["invocation_id"], second["invocation_id"]
+    assert a != b
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", a), a
+    assert abs(int(a[-12:], 16) - int(b[-12:], 16)) > 1000, "ids look sequential"
+
+
+def test_caller_trace_reaches_ctx_reply_and_json_logs(node: Node, broker: EmbeddedBroker) -> None:
+    """1. Produce an event with `ce_traceparent: 00-T-S-01`, a `ce_tracestate` and an extension.
+    2. Read its reply; read the node's JSON log.
+    Result: ctx.trace_id is T, ctx.span_id is a new span (not S); the reply has `ce_traceparent` of trace T;
+    ctx.extensions holds traceparent, tracestate and the extension; the instance's log line of that
+    invocation carries trace_id T, the invocation's span_id and the handler's own `extra` field."""
+    eid, tid, sid = new_id(), secrets.token_hex(16), secrets.token_hex(8)
+    tp = f"00-{tid}-{sid}-01"
+    headers = [
+        *ce_headers("ident.seen", eid),
+        ("ce_traceparent", tp.encode()),
+        ("ce_tracestate", b"vendor=abc"),
+        ("ce_partitionkey", b"pk-1"),
+    ]
+    produce(broker.bootstrap, node.events, [(None, b"{}", headers)])
+    reply = _replies(node, broker, eid)[0]
+    res = _result(reply)
+    assert res["trace_id"] == tid and res["span_id"] != sid, res
+    m = TRACEPARENT.match(res["traceparent"])
+    assert m is not None and m.groups() == (res["trace_id"], res["span_id"]), res
+    assert res["extensions"] == {"traceparent": tp, "tracestate": "vendor=abc", "partitionkey": "pk-1"}, res
+    assert res["key"] is None, res
+    out = TRACEPARENT.match(reply["headers"].get("ce_traceparent", ""))
+    assert out is not None and out.group(1) == tid, reply["headers"]
+    assert out.group(2) != res["span_id"], "the reply carries the event's span, the invocation's parent"
+
+    def log_line() -> dict[str, Any] | None:
+        for line in node.log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and eid in line:
+                entry: dict[str, Any] = json.loads(line)
+                if entry.get("message") == f"serving {eid}":
+                    return entry
+        return None
+
+    entry = wait_for(log_line, timeout=30, message="the handler's log line")
+    assert (entry["trace_id"], entry["span_id"]) == (tid, res["span_id"]), entry
+    assert entry["invocation_id"] == res["invocation_id"] and entry["function"] == "ident", entry
+    assert entry["order_ref"] == "o-17", entry
+
+
+def test_plain_traceparent_header_and_malformed_ones(node: Node, broker: EmbeddedBroker) -> None:
+    """1. Produce an event with a plain `traceparent` header (no ce_ prefix).
+    2. Produce events with malformed trace contexts (upper case, all-zero trace id, short) and a malformed
+       ce_time.
+    Result: 1 continues that trace (and it is not an extension); 2 are all answered ok, each in a new
+    trace, with ce_time passed on as it came."""
+    eid, tid = new_id(), secrets.token_hex(16)
+    plain = ("traceparent", f"00-{tid}-{secrets.token_hex(8)}-01".encode())
+    headers = [*ce_headers("ident.seen", eid), plain]
+    produce(broker.bootstrap, node.events, [(None, b"1", headers)])
+    res = _result(_replies(node, broker, eid)[0])
+    assert res["trace_id"] == tid and "traceparent" not in res["extensions"], res
+    bad = [
+        f"00-{tid.upper()}-{'a' * 16}-01",
+        f"00-{'0' * 32}-{'a' * 16}-01",
+        "00-abc-def-01",
+    ]
+    ids = [new_id() for _ in bad]
+    records: list[Record] = [
+        (None, b"2", [*ce_headers("ident.seen", i), ("ce_traceparent", t.encode()), ("ce_time", b"yes")])
+        for i, t in zip(ids, bad, strict=True)
+    ]
+    produce(broker.bootstrap, node.events, records)
+    for i in ids:
+        res = _result(_replies(node, broker, i)[0])
+        assert re.fullmatch(r"[0-9a-f]{32}", res["trace_id"]) and res["trace_id"] != tid, res
+        assert res["trace_id"] != "0" * 32 and res["time"] == "yes", res
+
+
+def test_bad_extension_headers_are_dropped_with_a_warning(node: Node, broker: EmbeddedBroker) -> None:
+    """1. Produce an event with a non-UTF-8 extension header, an oversized one and a good one.
+    Result: the event is answered ok; the handler sees only the good extension; the node's log warns about
+    each dropped header, naming the event."""
+    eid = new_id()
+    headers = [
+        *ce_headers("ident.seen", eid),
+        ("ce_badbytes", b"\xff\xfe"),
+        ("ce_huge", b"x" * 5000),
+        ("ce_good", b"yes"),
+    ]
+    produce(broker.bootstrap, node.events, [(None, b"{}", headers)])
+    res = _result(_replies(node, broker, eid)[0])
+    assert res["extensions"] == {"good": "yes"}, res
+
+    def warned() -> bool:
+        text = node.log.read_text(errors="replace")
+        lines = [x for x in text.splitlines() if eid in x and "dropped" in x]
+        return any("ce_badbytes" in x for x in lines) and any("ce_huge" in x for x in lines)
+
+    wait_for(warned, timeout=30, message="warnings about the dropped headers")
+
+
+def test_structured_event_from_a_plain_producer(node: Node, broker: EmbeddedBroker) -> None:
+    """A KafkaJS-style client: a plain aiokafka producer sending a structured-mode CloudEvent (the whole
+    event as the value, `content-type: application/cloudevents+json`) and a binary one with only the
+    required headers (no ce_specversion, mixed-case names).
+    Result: both are answered ok with the event's identity in ctx (structured: subject, an extension, the
+    data as payload)."""
+    s_id, b_id = new_id(), new_id()
+    event = {
+        "specversion": "1.0",
+        "type": "ident.seen",
+        "id": s_id,
+        "source": "kafkajs/app",
+        "subject": "cart-9",
+        "comexample": 7,
+        "datacontenttype": "application/json",
+        "data": {"items": [1, 2]},
+    }
+    structured = (b"cart-9", json.dumps(event).encode(), [("content-type", b"application/cloudevents+json")])
+    binary = (None, b'"plain"', [("CE_Type", b"ident.seen"), ("ce_id", b_id.encode())])
+    produce(broker.bootstrap, node.events, [structured, binary])
+    res = _result(_replies(node, broker, s_id)[0])
+    assert res["payload"] == {"items": [1, 2]}, res
+    assert (res["event_id"], res["source"], res["subject"], res["key"]) == (
+        s_id,
+        "kafkajs/app",
+        "cart-9",
+        "cart-9",
+    ), res
+    assert res["extensions"] == {"comexample": "7"}, res
+    res = _result(_replies(node, broker, b_id)[0])
+    assert (res["payload"], res["event_id"], res["source"]) == ("plain", b_id, None), res
