@@ -110,6 +110,7 @@ def start_node(root: Path, port: int, bootstrap: str, topics: dict[str, str], gr
         "FAAS_REPLIES_TOPIC": topics["replies"],
         "FAAS_DEADLETTER_TOPIC": topics["deadletter"],
         "FAAS_SCHEDULER_TOPIC": topics["scheduler"],
+        "FAAS_DEPLOYMENTS_TOPIC": topics["deployments"],
         "FAAS_KAFKA_GROUP_ID": group,
         "FAAS_LOG_LEVEL": "WARNING",
         "FAAS_LOG_FORMAT": "text",

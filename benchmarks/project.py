@@ -39,6 +39,10 @@ MODULES = {
         async def handle(payload, ctx):
             return payload
     """,
+    "revision": """
+        async def handle(payload, ctx):
+            return ctx.revision
+    """,
     "probe": """
         import sys
 
@@ -89,6 +93,7 @@ def write_project(root: Path, profile: Profile) -> Project:
         _entry("noop", "noop"),
         _entry("memprobe", "noop"),
         _entry("probe", "probe"),
+        _entry("deployed", "revision"),
         _entry("sleep", "sleep", instances=single),
         # cases/overload.py: capacity 40 req/s, a queue of 8, then 429 Overloaded.
         _entry("overload", "sleep", instances="{max: 1, concurrency: 4, queue: 8}"),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, procs
-from benchmarks.cases import batching, cold, direct, events, limits, memory, overload, tracing, warm
+from benchmarks.cases import batching, cold, deploy, direct, events, limits, memory, overload, tracing, warm
 from benchmarks.config import Profile
 from benchmarks.env import Env
 from benchmarks.eventload import create_topics
@@ -119,7 +119,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
     tag = uuid.uuid4().hex[:8]
     env.topics = {
         k: f"bench.{k}.{tag}"
-        for k in ("events", "replies", "deadletter", "scheduler", "relay_in", "relay_out")
+        for k in ("events", "replies", "deadletter", "scheduler", "deployments", "relay_in", "relay_out")
     }
     meta: dict[str, Any] = {
         "profile": profile.name,
@@ -150,6 +150,7 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
             ("overload", overload.run),
             ("cold", cold.run),
             ("events", events.run),
+            ("deploy", deploy.run),
         ):
             series += await _group(name, fn, env)
         for proc in (env.node, env.bare, env.relay):

@@ -18,11 +18,11 @@ from typing import Any
 import uvicorn
 
 from framework import __version__
+from framework.control.deployments import Deployments, open_deployments, unserved
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
 from framework.control.secrets import folder_setting_problem, readiness_reasons
 from framework.control.secrets_watch import SecretsWatcher
-from framework.control.snapshot import CodeSnapshots
 from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
 from framework.invoker import Invoker
@@ -56,8 +56,10 @@ class Node:
         self.records = InvocationRecords(settings, self.metrics)
         if settings.records:
             self.runtime.recorder = self.records
-        self.snapshots = CodeSnapshots()
-        self.invoker = Invoker(self.runtime, Registry(self._snapshot(manifest)), self.metrics)
+        # Nothing is served until the deployment log is read (DESIGN.md section 12).
+        self.working = manifest
+        self.deployments: Deployments | None = None
+        self.invoker = Invoker(self.runtime, unserved(manifest), self.metrics)
         self.spans = otel.NodeExporter(__version__) if otel.enabled() else None
         self.invoker.exporter = self.spans
         self.manifest_errors: list[str] = []
@@ -86,6 +88,7 @@ class Node:
             reasons.extend(self.kafka.not_ready() if self.kafka else ["kafka source not started"])
             # The schedule leader is elected through a consumer group too: joined means ready to fire.
             reasons.extend(self.scheduler.not_ready() if self.scheduler else [])
+        reasons.extend(self.deployments.not_ready() if self.deployments else ["deployments: not started"])
         ready = not reasons
         reasons.extend(readiness_reasons(self.registry.functions, self.runtime.secrets))
         body: dict[str, Any] = {
@@ -98,27 +101,26 @@ class Node:
 
     # ---- reload ----
 
-    def _snapshot(self, manifest: Manifest) -> Manifest:
-        try:
-            return self.snapshots.take(manifest)
-        except OSError as exc:  # without a snapshot, new instances read the code from the project folder
-            log.error("cannot snapshot the handler code, instances import it from disk: %s", exc)
-            return manifest
-
     def apply_manifest(self, manifest: Manifest) -> None:
-        # A function whose spec or code snapshot changed gets fresh instances once its in-flight work ends.
-        registry = Registry(self._snapshot(manifest))
+        """A valid edit of the working copy: deployed in watch mode, else only compared (`modified`)."""
+        self.working = manifest
+        if self.deployments is not None:
+            self.deployments.working_copy_changed(manifest)
+        self.manifest_errors = []
+        self.metrics.manifest_reloads.labels("ok").inc()
+        log.info(
+            "manifest reloaded: %d functions, %d productive in the working copy",
+            len(manifest.functions),
+            sum(f.productive for f in manifest.functions),
+        )
+
+    def serve_registry(self, registry: Registry) -> None:
+        """What the deployment log says to serve; a function whose revision changed gets fresh instances
+        once its in-flight work ends (the retired pool finishes it)."""
         self.runtime.apply(registry.functions)
         self.invoker.registry = registry
         if self.scheduler is not None:
             self.scheduler.apply(registry)
-        self.manifest_errors = []
-        self.metrics.manifest_reloads.labels("ok").inc()
-        log.info(
-            "manifest reloaded: %d functions, %d productive",
-            len(registry.functions),
-            sum(f.productive for f in registry.functions),
-        )
 
     def secrets_changed(self, event: bool) -> None:
         """The secrets folder changed: fresh instances where values changed; and a manifest edit rejected
@@ -170,8 +172,18 @@ class Node:
         self.scheduler = Scheduler(self.settings, self.invoker, self.metrics, bootstrap)
         self.scheduler.apply(self.registry)
         await self.scheduler.start()
+        self.deployments = open_deployments(self.settings, self.working, bootstrap, self.serve_registry)
+        self.deployments.begin()
         config = uvicorn.Config(
-            create_app(self.settings, self.invoker, self.scheduler, self, self.metrics, self.records),
+            create_app(
+                self.settings,
+                self.invoker,
+                self.scheduler,
+                self,
+                self.metrics,
+                self.deployments,
+                self.records,
+            ),
             host=self.settings.http_host,
             port=self.settings.http_port,
             lifespan="off",
@@ -238,7 +250,8 @@ class Node:
         left = self.runtime.inflight()
         await self.runtime.stop(grace)
         await self.records.stop(grace)
-        self.snapshots.remove()
+        if self.deployments is not None:
+            await self.deployments.stop()
         if self.spans is not None:
             self.spans.shutdown()
         if self.broker is not None:

@@ -94,6 +94,7 @@ class Node:
         self.replies = f"t.replies.{self.tag}"
         self.deadletter = f"t.dead.{self.tag}"
         self.invocations = f"t.invocations.{self.tag}"
+        self.deployments = f"t.deploy.{self.tag}"
         full = os.environ.copy()
         full.update(
             {
@@ -104,6 +105,7 @@ class Node:
                 "FAAS_REPLIES_TOPIC": self.replies,
                 "FAAS_DEADLETTER_TOPIC": self.deadletter,
                 "FAAS_INVOCATIONS_TOPIC": self.invocations,
+                "FAAS_DEPLOYMENTS_TOPIC": self.deployments,
                 "FAAS_SCHEDULER_TOPIC": f"t.scheduler.{self.tag}",
                 "FAAS_KAFKA_GROUP_ID": f"t-{self.tag}",
                 "FAAS_LOG_FORMAT": "text",

@@ -22,6 +22,7 @@ GROUPS = [
     "events 1 listener", "events 3 listener", "events 8 listener",
     "warm invoke c=1 p50", "warm invoke c=64", "idle node CPU, 20 instances, memory limits on",
     "tracing traceparent per event", "tracing OTel export per span", "direct invoke c=1 p50 with traceparent",
+    "deploy one function to served",
 ]  # fmt: skip
 
 

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from framework import __version__
 from framework.cli import scripting
 from framework.control.cron import next_fire
-from framework.control.manifest import NAME_PATTERN, Manifest, State, load_manifest
-from framework.control.manifest_edit import add_function, set_state
+from framework.control.manifest import NAME_PATTERN, Manifest, load_manifest
+from framework.control.manifest_edit import add_function
 from framework.control.registry import Registry
 from framework.errors import FaasError, ManifestError
 from framework.settings import Settings
@@ -114,47 +114,23 @@ def validate(settings: Settings, as_json: bool) -> None:
 @pass_settings
 def list_functions(settings: Settings, as_json: bool) -> None:
     """List the functions with their schedules' next fire times."""
+    from framework.cli.deployments import revision_cells
+
     if as_json:
         click.echo(scripting.listing(load(settings, check_handlers=False)))
         return
     rows = [("NAME", "UUID", "STATE", "EVENTS", "SCHEDULES")]
-    for f in load(settings, check_handlers=False).functions:
+    manifest = load(settings, check_handlers=False)
+    cells = revision_cells(settings, manifest)  # `productive r7` / `modified r7` from the deployment log
+    for f in manifest.functions:
         crons = [(s.cron, s.timezone, "") for s in f.schedules]
         crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
         when = [f"{k}{c} [{tz}] next {next_fire(c, tz).isoformat(timespec='seconds')}" for c, tz, k in crons]
-        rows.append((f.name, f.uuid, f.state, ",".join(f.events) or "-", "; ".join(when) or "-"))
+        state = cells.get(f.uuid, f.state)
+        rows.append((f.name, f.uuid, state, ",".join(f.events) or "-", "; ".join(when) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[4]]))
-
-
-def _set_state(
-    settings: Settings, name: str, state: State, check_handlers: bool, check_secrets: bool = False
-) -> None:
-    manifest = load(settings, check_handlers=check_handlers, check_secrets=check_secrets)
-    if Registry(manifest).by_name(name) is None:
-        fail(f"no function named {name!r} in {settings.manifest}")
-    set_state(settings.manifest, name, state)
-    click.echo(f"{name}: {state}")
-
-
-@main.command()
-@click.argument("name")
-@pass_settings
-def deploy(settings: Settings, name: str) -> None:
-    """Set NAME's state to productive (refused unless the manifest is valid and every handler imports)."""
-    # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
-    _set_state(
-        settings, name, "productive", check_handlers=True, check_secrets=settings.secrets_path.is_dir()
-    )
-
-
-@main.command()
-@click.argument("name")
-@pass_settings
-def undeploy(settings: Settings, name: str) -> None:
-    """Set NAME's state to undeployed (works even when its handler no longer imports)."""
-    _set_state(settings, name, "undeployed", check_handlers=False)
 
 
 @main.command()
@@ -227,9 +203,21 @@ def broker(settings: Settings, port: int | None) -> None:
     show_envvar=True,
     help="[default: INFO]",
 )
+@click.option(
+    "--watch/--no-watch",
+    default=None,
+    envvar="FAAS_WATCH",
+    show_envvar=True,
+    help="Deploy every valid edit of the working copy.  [default: on]",
+)
 @pass_settings
 def run(
-    settings: Settings, no_kafka: bool, host: str | None, port: int | None, log_level: str | None
+    settings: Settings,
+    no_kafka: bool,
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    watch: bool | None,
 ) -> None:
     """Serve: instances, HTTP, Kafka events and schedules, until SIGTERM or SIGINT."""
     from framework.node import serve
@@ -242,6 +230,8 @@ def run(
         settings.http_port = port
     if log_level is not None:
         settings.log_level = log_level.upper()
+    if watch is not None:
+        settings.watch = watch
 
     sys.exit(serve(settings, kafka=not no_kafka))
 
@@ -346,6 +336,10 @@ def emit(
     if not reply.get("ok"):
         sys.exit(1)
 
+
+from framework.cli import deployments as _deployments  # noqa: E402  (the verbs use the helpers above)
+
+_deployments.register(main)
 
 from framework.cli.logs import logs as _logs  # noqa: E402 - verb groups register after the group exists
 from framework.cli.replay import replay_command  # noqa: E402  (verb groups register themselves here)

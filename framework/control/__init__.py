@@ -1,2 +1,2 @@
 """What should run: the manifest (models, loading with positions, edits), handler checks, cron, the registry,
-the working-copy watcher and the code snapshots."""
+the working-copy watcher, revisions, the deployment log and the code cache."""

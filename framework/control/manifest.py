@@ -143,7 +143,7 @@ class FunctionSpec(BaseModel):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     root: Path = Path(".")
     code: Path | None = None
-    """Where instances import the handler from: the node's snapshot of the last good code (None: `root`)."""
+    """Where instances import the handler from: its revision's unpacked code (None: `root`)."""
     revision: int | None = None
     """The deployed revision this spec is (DESIGN.md section 12); None for the working copy or a test run."""
 

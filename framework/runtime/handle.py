@@ -107,6 +107,7 @@ class InstanceHandle:
             "handler": self.spec.handler,
             "root": str(self.spec.root.resolve()),
             "code": str((self.spec.code or self.spec.root).resolve()),
+            "revision": self.spec.revision,
             "env": self.spec.env,
             "timeout": self.spec.timeout,
             "concurrency": self.spec.instances.concurrency,

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from framework.control.manifest import load_manifest
-from framework.control.snapshot import CodeSnapshots
 from tests.support import Node, wait_for, write_project
 
 UUID = "dddddddd-1111-4000-8000-000000000001"
@@ -28,36 +23,6 @@ functions:
 
 def handlers(version: str) -> dict[str, str]:
     return {"h": f"async def echo(payload, ctx):\n    return {{'version': {version!r}, 'got': payload}}\n"}
-
-
-def test_snapshot_is_content_addressed(tmp_path: Path) -> None:
-    """1. Snapshot a project. 2. Snapshot it again unchanged. 3. Change the module and snapshot.
-    Result: the same folder for the same code (a reload restarts nothing), a new one for new code,
-    and the snapshot holds the code as it was."""
-    root = write_project(tmp_path / "p", MANIFEST, handlers("one"))
-    snaps = CodeSnapshots(tmp_path / "snaps")
-    first = snaps.take(load_manifest(root / "functions.yaml")).functions[0]
-    again = snaps.take(load_manifest(root / "functions.yaml")).functions[0]
-    assert first.code is not None and first == again
-    assert "'one'" in (first.code / "functions" / "h.py").read_text()
-    write_project(root, MANIFEST, handlers("two"))
-    second = snaps.take(load_manifest(root / "functions.yaml")).functions[0]
-    assert second.code != first.code
-    assert "'one'" in (first.code / "functions" / "h.py").read_text()
-    assert not list(first.code.rglob("__pycache__"))
-    snaps.remove()
-    assert not snaps.base.exists()
-
-
-def test_orphaned_snapshots_are_swept(tmp_path: Path) -> None:
-    """1. A folder of a node pid that no longer runs. Result: the next node removes it; a live one stays."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-    orphan = tmp_path / f"faas-code-{int(dead.stdout)}"
-    orphan.mkdir()
-    mine = tmp_path / f"faas-code-{os.getpid()}"
-    mine.mkdir()
-    CodeSnapshots(tmp_path / "faas-code-new")
-    assert not orphan.exists() and mine.exists()
 
 
 def test_broken_module_never_reaches_a_new_instance(tmp_path: Path, nodes: Callable[..., Node]) -> None:

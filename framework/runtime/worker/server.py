@@ -90,7 +90,7 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     sys.stdout = LogStream(sender, "stdout", logging.INFO)
     sys.stderr = LogStream(sender, "stderr", logging.WARNING)
     os.environ.update(config["env"])
-    # The snapshot of the last good code first, then the project folder for anything not in it.
+    # The revision's code (FAAS_CACHE_DIR/<sha256>) first, then the project folder for anything not in it.
     sys.path[:0] = dict.fromkeys([str(config.get("code") or config["root"]), str(config["root"])])
     with contextlib.suppress(OSError):
         os.chdir(config["root"])
@@ -129,6 +129,7 @@ class Server:
         self.instance_id: str = config["instance_id"]
         self.timeout: float = config["timeout"]
         self.handler: str = config["handler"]
+        self.revision: int | None = config.get("revision")
         # Read-only, and only the secrets the function lists (the node sends no others).
         self.secrets = MappingProxyType(dict(config.get("secrets", {})))
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -245,6 +246,7 @@ class Server:
             instance_id=self.instance_id,
             cold_start=header["c"],
             attempt=header.get("a", 1),
+            revision=self.revision,
             secrets=self.secrets,
         )
         ev: Header | None = header.get("ev")

@@ -89,6 +89,18 @@ class Readiness(Protocol):
         ...
 
 
+class Deployments(Protocol):
+    """The deployment log as the listings see it (DESIGN.md section 12)."""
+
+    def status(self, uuid: str) -> dict[str, Any]:
+        """`revision`, `modified` and `deployed_at` of a function."""
+        ...
+
+    def revisions(self, uuid: str) -> list[dict[str, Any]] | None:
+        """Its kept revisions, newest first; None for a uuid neither the log nor the manifest has."""
+        ...
+
+
 class MetricsRenderer(RequestCounters, Protocol):
     def render(self) -> bytes:
         """The Prometheus text exposition."""
@@ -124,10 +136,12 @@ class HttpSource:
         schedules: ScheduleStatus | None,
         readiness: Readiness,
         metrics: MetricsRenderer,
+        deployments: Deployments | None = None,
     ) -> None:
         self.invoker = invoker
         self.schedules = schedules
         self.readiness_view = readiness
+        self.deployments = deployments
         self.metrics_renderer = metrics
         self.limit = settings.max_payload_bytes
         self.openapi = orjson.dumps(openapi_document(auth=bool(settings.keys)))
@@ -194,7 +208,21 @@ class HttpSource:
             "events": list(spec.events),
             "schedules": schedules,
             "instances": self.invoker.instance_count(spec.name),
+            **self._deployment(spec.uuid),
         }
+
+    def _deployment(self, uuid: str) -> dict[str, Any]:
+        """`revision`, `modified`, `deployed_at` (section 12); null, false, null without a log."""
+        if self.deployments is None:
+            return {"revision": None, "modified": False, "deployed_at": None}
+        return self.deployments.status(uuid)
+
+    async def function_revisions(self, request: Request) -> Response:
+        uuid: str = request.path_params["uuid"]
+        kept = self.deployments.revisions(uuid) if self.deployments is not None else None
+        if kept is None and self.invoker.registry.by_uuid(uuid) is None:
+            raise NotFound(f"no function with uuid {uuid}")
+        return JSONResponse({"revisions": kept or []})
 
     # ---- events ----
 
@@ -243,6 +271,7 @@ class HttpSource:
             Route("/functions/{uuid}/invoke", _InvokeRoute(self), methods=["POST"]),
             Route("/functions", g(self.list_functions), methods=["GET"]),
             Route("/functions/{uuid}", g(self.get_function), methods=["GET"]),
+            Route("/functions/{uuid}/revisions", g(self.function_revisions), methods=["GET"]),
             Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
             Route("/events/{type}", g(self.emit), methods=["POST"]),
             Route("/events", g(self.cloudevent), methods=["POST"]),
@@ -311,12 +340,13 @@ def create_app(
     schedules: ScheduleStatus | None,
     readiness: Readiness,
     metrics: MetricsRenderer,
+    deployments: Deployments | None = None,
     invocations: InvocationLog | None = None,
 ) -> Starlette:
     """The Starlette app the node serves with uvicorn; `invocations` adds the routes of section 13."""
     keys = settings.keys
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
-    source = HttpSource(settings, invoker, schedules, readiness, metrics)
+    source = HttpSource(settings, invoker, schedules, readiness, metrics, deployments)
     routes = source.routes()
     if invocations is not None:
         listing = InvocationRoutes(

@@ -115,6 +115,19 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
                 },
             }
         },
+        "/functions/{uuid}/revisions": {
+            "get": {
+                "summary": "The kept revisions of a function, newest first (any state)",
+                "operationId": "functionRevisions",
+                **secured,
+                "parameters": [UUID_PARAM],
+                "responses": {
+                    "200": _json(ref("RevisionList"), "The kept revisions"),
+                    **unauthorized,
+                    "404": _error("NotFound: unknown UUID"),
+                },
+            }
+        },
         "/events/{type}/listeners": {
             "get": {
                 "summary": "Productive functions listening to an event type",

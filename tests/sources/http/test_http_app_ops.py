@@ -125,6 +125,7 @@ async def test_openapi_validates(keys: str) -> None:
         "/functions/{uuid}/invoke",
         "/functions",
         "/functions/{uuid}",
+        "/functions/{uuid}/revisions",
         "/events/{type}/listeners",
         "/events/{type}",
         "/events",

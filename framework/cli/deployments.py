@@ -1,0 +1,321 @@
+"""`faas deploy`, `undeploy`, `history`, `rollback` and the revision cells of `faas ls` (DESIGN.md 12).
+
+Each verb reads the deployment log to its end, then publishes (code record, acknowledged, then the
+revision record) and only then edits the manifest, so a failure leaves neither a half-published revision
+nor a manifest that claims what did not happen. The broker is `FAAS_KAFKA_BOOTSTRAP_SERVERS`, else the
+local embedded broker when its port answers; with neither, deploy and undeploy only edit the manifest and
+say so. Everything that talks to the broker is bounded by `BROKER_TIMEOUT` seconds: exit 1 after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+from aiokafka.errors import KafkaError
+
+from framework.cli import fail, load, pass_settings
+from framework.control.deployment_log import KafkaLog
+from framework.control.log_state import LogState
+from framework.control.manifest import FunctionSpec, Manifest, State
+from framework.control.manifest_edit import set_state
+from framework.control.registry import Registry
+from framework.control.revisions import Revision, author, now
+from framework.control.working_copy import candidates, is_modified, undeploy_of
+from framework.errors import ManifestError
+from framework.kafka.embedded import port_open
+from framework.settings import Settings
+
+BROKER_TIMEOUT = 20.0
+"""Seconds a verb may spend reaching the broker, reading the log and publishing."""
+NO_BROKER = "no Kafka broker reachable: not published"
+LS_TIMEOUT = 5.0
+"""Seconds `faas ls` waits for the log before it lists the manifest's states alone."""
+
+T = TypeVar("T")
+
+
+def broker_of(settings: Settings) -> str | None:
+    """The broker to use: the configured one, else the local embedded broker if it listens, else None."""
+    if settings.kafka_bootstrap_servers:
+        return settings.kafka_bootstrap_servers
+    port = settings.embedded_broker_port
+    return f"127.0.0.1:{port}" if port_open("127.0.0.1", port) else None
+
+
+def with_log(
+    settings: Settings, bootstrap: str, work: Callable[[KafkaLog], Awaitable[T]], timeout: float
+) -> T:
+    """Run `work` on the log read to its end; raises ConnectionError naming the broker on failure."""
+
+    async def run() -> T:
+        log = KafkaLog(LogState(), settings, bootstrap, follow=False)
+        try:
+            async with asyncio.timeout(timeout):
+                await log.start()
+                return await work(log)
+        finally:
+            await log.stop()
+
+    try:
+        return asyncio.run(run())
+    except (KafkaError, OSError, TimeoutError) as exc:
+        why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else repr(exc)
+        where = f"the Kafka broker at {bootstrap}"
+        raise ConnectionError(f"cannot use the deployment log on {where}: {why}") from None
+
+
+def _targets(manifest: Manifest, names: tuple[str, ...], all_: bool) -> list[FunctionSpec]:
+    registry = Registry(manifest)
+    specs = [f for f in manifest.functions if f.productive] if all_ else []
+    for name in names:
+        spec = registry.find(name)
+        if spec is None:
+            fail(f"no function named {name!r} in {manifest.path}")
+        elif spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> None:
+    for spec in specs:
+        if spec.state != state:
+            try:
+                set_state(settings.manifest, spec.name, state)
+            except (OSError, RuntimeError, LookupError, ManifestError) as exc:
+                # Published already (e.g. from a read-only checkout in a container): say so, not fail.
+                why = f"published, but could not set state: {state} in {settings.manifest}: {exc}"
+                click.echo(f"{spec.name}: {why}", err=True)
+
+
+def register(main: click.Group) -> None:
+    """Add the verbs to the `faas` group."""
+    for command in (deploy, undeploy, history, rollback):
+        main.add_command(command)
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every function the manifest marks productive.")
+@click.option("-m", "--message", help="Why: kept with the revision.")
+@pass_settings
+def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str | None) -> None:
+    """Validate the working copy and publish a revision of each NAME (that changed)."""
+    if not names and not all_:
+        raise click.UsageError("Missing argument 'NAMES...': name a function to deploy, or use --all")
+    # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
+    manifest = load(settings, check_secrets=settings.secrets_path.is_dir())
+    specs = _targets(manifest, names, all_)
+    found = candidates(manifest, settings.max_code_bytes, message)
+    errors = [e for s in specs if (e := found[s.uuid].error) is not None]
+    if errors:
+        fail(*errors)
+    bootstrap = broker_of(settings)
+    if bootstrap is None:
+        _set_states(settings, specs, "productive")
+        for spec in specs:
+            click.echo(f"{spec.name}: productive in {settings.manifest} ({NO_BROKER})")
+        return
+
+    async def publish(log: KafkaLog) -> list[str]:
+        items = []
+        for spec in specs:
+            cand = found[spec.uuid]
+            assert cand.revision is not None
+            items.append((cand.revision, cand.code))
+        return [
+            f"{rev.function}: revision {rev.revision} deployed"
+            if new
+            else f"{rev.function}: unchanged, revision {rev.revision}"
+            for rev, new in await log.publish_all(items)
+        ]
+
+    try:
+        lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
+    except ConnectionError as exc:
+        fail(str(exc))
+    _set_states(settings, specs, "productive")
+    for line in lines:
+        click.echo(line)
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-m", "--message", help="Why: kept with the revision.")
+@pass_settings
+def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) -> None:
+    """Publish an undeploy revision of each NAME and set it undeployed (even with a broken handler)."""
+    manifest = load(settings, check_handlers=False)
+    specs = _targets(manifest, names, False)
+    bootstrap = broker_of(settings)
+    if bootstrap is None:
+        _set_states(settings, specs, "undeployed")
+        for spec in specs:
+            click.echo(f"{spec.name}: undeployed in {settings.manifest} ({NO_BROKER})")
+        return
+
+    async def publish(log: KafkaLog) -> list[str]:
+        lines = []
+        for spec in specs:
+            newest = log.state.newest(spec.uuid)
+            if newest is None or newest.action == "undeploy":
+                number = f", revision {newest.revision}" if newest else ""
+                lines.append(f"{spec.name}: not deployed{number}")
+                continue
+            rev, _ = await log.publish(undeploy_of(spec, newest, message), None)
+            lines.append(f"{spec.name}: revision {rev.revision} undeployed")
+        return lines
+
+    try:
+        lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
+    except ConnectionError as exc:
+        fail(str(exc))
+    _set_states(settings, specs, "undeployed")
+    for line in lines:
+        click.echo(line)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The revision records as a JSON list.")
+@pass_settings
+def history(settings: Settings, name: str, as_json: bool) -> None:
+    """List the kept revisions of NAME, newest first, and which one is live."""
+    kept = _kept(settings, name)
+    live = kept[0].revision if kept and kept[0].action == "deploy" else None
+    if as_json:
+        click.echo(json.dumps([{**r.to_json(), "live": r.revision == live} for r in kept], indent=2))
+        return
+    if not kept:
+        click.echo(f"{name}: no revisions")
+        return
+    rows = [("REV", "ACTION", "DEPLOYED_AT", "BY", "CODE", "LIVE", "MESSAGE")]
+    for r in kept:
+        code = (r.code_sha256 or "-")[:12]
+        message = r.message or ""
+        if r.rollback_of is not None:
+            message = f"{message} (rollback of {r.rollback_of})".strip()
+        live_mark = "live" if r.revision == live else ""
+        rows.append((str(r.revision), r.action, r.deployed_at, r.deployed_by, code, live_mark, message))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[6]]).rstrip())
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--to",
+    "to",
+    type=click.IntRange(min=1),
+    help="Revision to go back to.  [default: the one before the live one]",
+)
+@click.option("-m", "--message", help="Why: kept with the revision.")
+@pass_settings
+def rollback(settings: Settings, name: str, to: int | None, message: str | None) -> None:
+    """Publish a new revision with the spec and code of an earlier one."""
+    uuid, fn = _identify(settings, name)
+    bootstrap = broker_of(settings)
+    if bootstrap is None:
+        fail("no Kafka broker reachable: set FAAS_KAFKA_BOOTSTRAP_SERVERS or start `faas run`")
+
+    async def publish(log: KafkaLog) -> str:
+        kept = log.state.kept(uuid or _uuid_of(log.state, fn))
+        if not kept:
+            return f"!{fn}: no revisions kept"
+        newest = kept[0]
+        target = next((r for r in kept if r.revision == to), None) if to is not None else None
+        if to is None:
+            target = next((r for r in kept[1:] if r.action == "deploy"), None)
+            if target is None:
+                return f"!{fn}: no earlier deployed revision is kept"
+        if target is None:
+            numbers = ", ".join(str(r.revision) for r in kept)
+            return f"!{fn}: revision {to} is not kept (kept: {numbers})"
+        if target.action != "deploy" or target.code_sha256 not in log.state.codes:
+            return f"!{fn}: revision {target.revision} is an undeploy or lacks its code; pick another"
+        cand = Revision(
+            uuid=newest.uuid,
+            function=newest.function,
+            revision=0,
+            action="deploy",
+            spec=target.spec,
+            code_sha256=target.code_sha256,
+            deployed_at=now(),
+            deployed_by=author(),
+            message=message or f"rollback to revision {target.revision}",
+            rollback_of=target.revision,
+        )
+        rev, new = await log.publish(cand, None)
+        if not new:
+            return f"{fn}: unchanged, revision {rev.revision} equals revision {target.revision}"
+        return f"{fn}: revision {rev.revision} deployed (rollback of revision {target.revision})"
+
+    try:
+        line = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
+    except ConnectionError as exc:
+        fail(str(exc))
+    if line.startswith("!"):
+        fail(line[1:])
+    click.echo(line)
+
+
+def _identify(settings: Settings, name: str) -> tuple[str | None, str]:
+    """(uuid, name) from the manifest when it names NAME (a name or uuid), else (None, NAME)."""
+    try:
+        spec = Registry(load(settings, check_handlers=False)).find(name)
+    except SystemExit:  # an invalid or missing manifest: the log may still know the function
+        spec = None
+    return (spec.uuid, spec.name) if spec is not None else (None, name)
+
+
+def _uuid_of(state: LogState, name: str) -> str:
+    """A function's uuid by its name or uuid in the log (functions deployed from another folder)."""
+    for uuid in state.revisions:
+        newest = state.newest(uuid)
+        if uuid == name.lower() or (newest is not None and newest.function == name):
+            return uuid
+    return name
+
+
+def _kept(settings: Settings, name: str) -> list[Revision]:
+    uuid, fn = _identify(settings, name)
+    bootstrap = broker_of(settings)
+    if bootstrap is None:
+        fail("no Kafka broker reachable: set FAAS_KAFKA_BOOTSTRAP_SERVERS or start `faas run`")
+
+    async def read(log: KafkaLog) -> list[Revision]:
+        return log.state.kept(uuid or _uuid_of(log.state, fn))
+
+    try:
+        return with_log(settings, bootstrap, read, BROKER_TIMEOUT)
+    except ConnectionError as exc:
+        fail(str(exc))
+
+
+def revision_cells(settings: Settings, manifest: Manifest) -> dict[str, str]:
+    """`faas ls` state cells by uuid: `productive r7`, `modified r7`, `undeployed r8`; {} without a broker."""
+    bootstrap = broker_of(settings)
+    if bootstrap is None:
+        return {}
+
+    async def read(log: KafkaLog) -> dict[str, Revision | None]:
+        return {spec.uuid: log.state.newest(spec.uuid) for spec in manifest.functions}
+
+    try:
+        newest = with_log(settings, bootstrap, read, LS_TIMEOUT)
+    except ConnectionError as exc:
+        click.echo(f"(revisions unknown: {exc})", err=True)
+        return {}
+    found = candidates(manifest, settings.max_code_bytes)
+    cells = {}
+    for spec in manifest.functions:
+        rev = newest.get(spec.uuid)
+        if rev is None:
+            continue
+        state = "modified" if is_modified(found.get(spec.uuid), rev) else spec.state
+        cells[spec.uuid] = f"{state} r{rev.revision}"
+    return cells

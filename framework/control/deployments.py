@@ -1,0 +1,281 @@
+"""The node's side of deployments: what it serves is the newest revision of each function in the log.
+
+- Served: every function whose newest revision is a `deploy`, built from that revision's spec and code
+  (unpacked in `FAAS_CACHE_DIR`); the working copy never reaches an instance. Functions of the working
+  copy without a served revision are listed (all states, as `GET /functions` wants) but not productive.
+- Bootstrap: at start, each function the working copy marks productive that has no revision at all in
+  the log is deployed, so a fresh cluster (or a memory-only broker that restarted) serves the manifest.
+- Watch mode: each valid change of the working copy publishes a revision of each function it changed
+  (or `undeploy` for one that left `productive` or the manifest). Off: changes only update `modified`.
+- A lost log (broker restarted empty): the node publishes again the kept revisions it knows; identical
+  copies from several nodes are the same records.
+Publications run one at a time, off the watcher's callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from framework.control.code_cache import CodeCache
+from framework.control.deployment_log import DeploymentLog, KafkaLog, MemoryLog
+from framework.control.log_state import LogState
+from framework.control.manifest import FunctionSpec, Manifest
+from framework.control.registry import Registry
+from framework.control.revisions import Revision, spec_from
+from framework.control.working_copy import Candidate, candidates, is_modified, undeploy_of
+from framework.settings import Settings
+from framework.tasks import cancel_and_wait
+
+log = logging.getLogger("faas.deployments")
+
+FALLBACK_AFTER = 5.0
+"""Seconds after start without the log read before the node serves its working copy meanwhile."""
+START_TIMEOUT = 30.0
+"""Seconds one attempt to read the log may take before it is retried."""
+
+
+class Deployments:
+    """Reads and follows the log, publishes on bootstrap and in watch mode, builds the served registry."""
+
+    def __init__(
+        self,
+        deployment_log: DeploymentLog,
+        cache: CodeCache,
+        working: Manifest,
+        watch: bool,
+        max_code_bytes: int,
+        on_registry: Callable[[Registry], None],
+    ) -> None:
+        self.log = deployment_log
+        self.cache = cache
+        self.watch = watch
+        self.limit = max_code_bytes
+        self.on_registry = on_registry
+        self.working = working
+        self.root = working.path.resolve().parent
+        self.candidates = candidates(working, max_code_bytes)
+        self.ready = False
+        self.fallback = False
+        """The log could not be read in time: the working copy is served until it is."""
+        self.booted = False
+        self.error: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Lock = asyncio.Lock()
+        deployment_log.on_change = self.refresh
+        deployment_log.on_reset = lambda: self._spawn(self._republish(), "republish")
+
+    # ---- lifecycle ----
+
+    def begin(self) -> None:
+        """Start in the background: an unreachable broker must not keep the node from serving HTTP."""
+        self._spawn(self._start_retrying(), "deployments-start")
+        self._spawn(self._fall_back_later(), "deployments-fallback")
+
+    async def _fall_back_later(self) -> None:
+        """Serve the working copy while the log cannot be read (the broker down at start): HTTP and
+        schedules keep working, as they do when the broker goes away later. The log wins once read."""
+        await asyncio.sleep(FALLBACK_AFTER)
+        if not self.ready:
+            log.warning(
+                "deployment log not read after %g s: serving the working copy until it is", FALLBACK_AFTER
+            )
+            self.fallback = True
+            self.refresh()
+
+    async def _start_retrying(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.wait_for(self.start(), START_TIMEOUT)
+                return
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self.error = f"cannot read the deployment log: {exc!r}"
+                log.warning("%s; retrying in %g s", self.error, delay)
+                await self.log.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def start(self) -> None:
+        """Read the log to its end, deploy productive functions it lacks, then serve what it says."""
+        await self.log.start()
+        self.ready = True  # the log is read: its revisions decide what is served from now on
+        self.refresh()
+        await self._bootstrap()
+        self.booted = True
+        self.error = None
+
+    def not_ready(self) -> list[str]:
+        if self.booted:
+            return []
+        return [f"deployments: {self.error or 'reading the deployment log'}"]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(list(self._tasks))
+        await self.log.stop()
+
+    # ---- what is served ----
+
+    def registry(self) -> Registry:
+        """The working copy's functions, each replaced by its served revision where there is one."""
+        if not self.ready:
+            return Registry(self.working) if self.fallback else unserved(self.working)
+        live = self.log.state.live()
+        specs: list[FunctionSpec] = []
+        seen: set[str] = set()
+        for spec in self.working.functions:
+            seen.add(spec.uuid)
+            rev = live.get(spec.uuid)
+            if rev is not None:
+                specs.append(self._served(rev))
+            elif spec.productive:  # productive in the working copy only: listed, not served
+                newest = self.log.state.newest(spec.uuid)
+                state = "undeployed" if newest is not None else "draft"
+                specs.append(spec.model_copy(update={"state": state}))
+            else:
+                specs.append(spec)
+        for uuid, rev in sorted(live.items(), key=lambda item: item[1].function):
+            if uuid not in seen:
+                specs.append(self._served(rev))
+        # Names stay unique: a served function wins over a working-copy entry of the same name.
+        served_names = {s.name for s in specs if s.revision is not None}
+        specs = [s for s in specs if s.revision is not None or s.name not in served_names]
+        return Registry(self.working.model_copy(update={"functions": tuple(specs)}))
+
+    def _served(self, rev: Revision) -> FunctionSpec:
+        assert rev.code_sha256 is not None
+        return spec_from(rev.spec, self.root, self.cache.path(rev.code_sha256), rev.revision)
+
+    def refresh(self) -> None:
+        if self.ready or self.fallback:  # a log read halfway is not served: its end may change everything
+            self.on_registry(self.registry())
+
+    def status(self, uuid: str) -> dict[str, Any]:
+        """`revision`, `modified` and `deployed_at` of a `GET /functions` entry (null, false, null: never)."""
+        newest = self.log.state.newest(uuid)
+        live = newest if newest is not None and newest.action == "deploy" else None
+        return {
+            "revision": live.revision if live else None,
+            "modified": is_modified(self.candidates.get(uuid.lower()), newest),
+            "deployed_at": live.deployed_at if live else None,
+        }
+
+    def revisions(self, uuid: str) -> list[dict[str, Any]] | None:
+        """The kept revisions of `uuid`, newest first; None when neither the log nor the manifest has it."""
+        kept = self.log.state.kept(uuid)
+        if not kept and uuid.lower() not in self.candidates:
+            return None
+        return [r.to_json() for r in kept]
+
+    # ---- the working copy ----
+
+    def working_copy_changed(self, manifest: Manifest) -> None:
+        """A valid edit: in watch mode publish what changed; in any mode update `modified`."""
+        before = self.candidates
+        self.working = manifest
+        self.candidates = candidates(manifest, self.limit)
+        if self.watch:
+            self._spawn(self._deploy_changes(before, self.candidates), "watch-deploy")
+        self.refresh()
+
+    async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> None:
+        changed = []
+        for uuid, cand in after.items():
+            old = before.get(uuid)
+            if not cand.spec.productive:
+                if old is not None and old.spec.productive:
+                    await self._undeploy(cand.spec)
+                continue
+            unchanged = (
+                old is not None
+                and old.spec.productive
+                and old.revision is not None
+                and cand.revision is not None
+                and cand.revision.same_as(old.revision)
+            )
+            if not unchanged:
+                changed.append(cand)
+        await self._deploy(*changed)
+        for uuid, old in before.items():
+            if uuid not in after and old.spec.productive:
+                await self._undeploy(old.spec)
+
+    async def _bootstrap(self) -> None:
+        missing = [c for u, c in self.candidates.items() if c.spec.productive and not self.log.state.kept(u)]
+        await self._deploy(*missing)
+
+    async def _deploy(self, *cands: Candidate) -> None:
+        for cand in cands:
+            if cand.revision is None:
+                log.error("function %s not deployed: %s", cand.spec.name, cand.error)
+        items = [(c.revision, c.code) for c in cands if c.revision is not None]
+        if not items:
+            return
+        async with self._queue:
+            published = await self.log.publish_all(items)
+        for rev, new in published:
+            if new:
+                log.info("function %s: revision %d deployed", rev.function, rev.revision)
+
+    async def _undeploy(self, spec: FunctionSpec) -> None:
+        newest = self.log.state.newest(spec.uuid)
+        if newest is None or newest.action == "undeploy":
+            return
+        async with self._queue:
+            rev, new = await self.log.publish(undeploy_of(spec, newest), None)
+        if new:
+            log.info("function %s: revision %d undeploys it", rev.function, rev.revision)
+
+    async def _republish(self) -> None:
+        kept = [r for uuid in list(self.log.state.revisions) for r in self.log.state.kept(uuid)]
+        for attempt in range(1, 31):
+            try:
+                count = await self.log.republish(kept, self.cache.zip_bytes)
+            except Exception as exc:  # the broker may still be coming back: try again shortly
+                log.warning("publishing the lost deployment log again failed (%r), retrying", exc)
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
+                continue
+            log.info("deployment log: published %d kept revisions again", count)
+            return
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(self._guard(work, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Any, name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("deployments: %s failed: %r", name, exc)
+
+
+def cache_dir(settings: Settings) -> Path:
+    """`FAAS_CACHE_DIR`, relative to the manifest's folder unless absolute."""
+    base = settings.cache_dir
+    return base if base.is_absolute() else settings.manifest.resolve().parent / base
+
+
+def unserved(manifest: Manifest) -> Registry:
+    """The working copy with nothing productive: what a node lists before it has read the log."""
+    specs = tuple(s.model_copy(update={"state": "draft"}) if s.productive else s for s in manifest.functions)
+    return Registry(manifest.model_copy(update={"functions": specs}))
+
+
+def open_deployments(
+    settings: Settings, manifest: Manifest, bootstrap: str | None, on_registry: Callable[[Registry], None]
+) -> Deployments:
+    """The node's deployments on the Kafka log, or (no Kafka) on a log in memory with watch mode on."""
+    cache = CodeCache(cache_dir(settings))
+    state = LogState(on_code=cache.store)
+    if bootstrap is None:
+        return Deployments(MemoryLog(state), cache, manifest, True, settings.max_code_bytes, on_registry)
+    deployment_log = KafkaLog(state, settings, bootstrap)
+    return Deployments(deployment_log, cache, manifest, settings.watch, settings.max_code_bytes, on_registry)

@@ -1,0 +1,124 @@
+"""What the deployment log holds, rebuilt record by record: the kept revisions of each function.
+
+Records are applied in log order, as a compacted topic's reader must: the last record of a key wins and a
+tombstone (value None) forgets the key. Anything this platform did not write, or wrote wrong, is logged
+and skipped, never fatal: a value that is not JSON, an unknown action, a key that does not match its
+value, a code record whose sha256 does not match its key, a deploy revision whose code record was not
+seen first (publishers write the code, wait for its acknowledgement, then the revision).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from framework.control.revisions import Revision, sha256, spec_from
+
+log = logging.getLogger("faas.deployments")
+
+_REV_KEY = re.compile(r"^rev:([0-9a-fA-F-]{36}):([1-9][0-9]*)$")
+_CODE_KEY = re.compile(r"^code:([0-9a-f]{64})$")
+
+CodeSink = Callable[[str, bytes], object]
+"""Called with (sha256, zip) for each code record; raises ValueError when the zip is unusable."""
+
+
+class LogState:
+    """Kept revisions by uuid and number, and the code records seen (sha256s)."""
+
+    def __init__(self, on_code: CodeSink | None = None) -> None:
+        self.revisions: dict[str, dict[int, Revision]] = {}
+        self.codes: set[str] = set()
+        self.keys: set[str] = set()
+        """Keys present in the log as read since the last reset (to find what a lost log lacks)."""
+        self.skipped = 0
+        self._on_code = on_code
+
+    def newest(self, uuid: str) -> Revision | None:
+        kept = self.revisions.get(uuid.lower())
+        return kept[max(kept)] if kept else None
+
+    def kept(self, uuid: str) -> list[Revision]:
+        """The kept revisions of `uuid`, newest first."""
+        kept = self.revisions.get(uuid.lower(), {})
+        return [kept[n] for n in sorted(kept, reverse=True)]
+
+    def next_number(self, uuid: str) -> int:
+        kept = self.revisions.get(uuid.lower())
+        return max(kept) + 1 if kept else 1
+
+    def live(self) -> dict[str, Revision]:
+        """The newest revision of every function whose newest revision is a deploy: what is served."""
+        out = {}
+        for uuid in self.revisions:
+            newest = self.newest(uuid)
+            if newest is not None and newest.action == "deploy":
+                out[uuid] = newest
+        return out
+
+    def apply(self, key: str | None, value: bytes | None, where: str = "") -> bool:
+        """Apply one record; returns whether the served or kept revisions changed."""
+        try:
+            return self._apply(key or "", value)
+        except ValueError as exc:
+            self.skipped += 1
+            log.warning("deployment log: skipped the record %s (key %r): %s", where, key, exc)
+            return False
+
+    def _apply(self, key: str, value: bytes | None) -> bool:
+        code = _CODE_KEY.match(key)
+        if code is not None:
+            sha = code.group(1)
+            if value is None:
+                self.codes.discard(sha)
+                self.keys.discard(key)
+                return False
+            if self._on_code is not None:
+                self._on_code(sha, value)
+            elif sha256(value) != sha:
+                raise ValueError(f"its value's sha256 is {sha256(value)[:12]}, not {sha[:12]}")
+            self.codes.add(sha)
+            self.keys.add(key)
+            return False
+        rev = _REV_KEY.match(key)
+        if rev is None:
+            raise ValueError("not a key of the deployment log (code:<sha256> or rev:<uuid>:<n>)")
+        uuid, number = rev.group(1).lower(), int(rev.group(2))
+        if value is None:
+            self.keys.discard(key)
+            kept = self.revisions.get(uuid, {})
+            return kept.pop(number, None) is not None
+        try:
+            data = json.loads(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"value is not JSON ({exc})") from None
+        revision = Revision.from_json(data)
+        if (revision.uuid, revision.revision) != (uuid, number):
+            raise ValueError(f"value is revision {revision.revision} of {revision.uuid}, not of its key")
+        if revision.action == "deploy" and revision.code_sha256 not in self.codes:
+            raise ValueError(f"its code record code:{revision.code_sha256} is missing")
+        if revision.action == "deploy":
+            _check_spec(revision)
+        self.keys.add(key)
+        kept = self.revisions.setdefault(uuid, {})
+        if kept.get(number) == revision:
+            return False
+        kept[number] = revision
+        return True
+
+
+def _check_spec(revision: Revision) -> None:
+    """A deploy revision's spec must be a function this node can serve, with the record's uuid."""
+    try:
+        spec = spec_from(revision.spec, Path("."), None, revision.revision)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"its spec is not a valid function ({where}: {first['msg']})") from None
+    if spec.uuid != revision.uuid:
+        raise ValueError(f"its spec is function {spec.uuid}, not {revision.uuid}")

@@ -1,0 +1,186 @@
+"""Revisions (DESIGN.md section 12): immutable snapshots of one function, and the code they carry.
+
+A revision is a function's manifest entry with defaults applied (`spec`: every field of `FunctionSpec`
+except the node-local `root`, `code` and `revision`), the zip of its handler's top-level package addressed
+by its sha256, a number (1, 2, 3, ... per function), when, by whom, an optional message and `rollback_of`.
+Secret values are never part of a revision: the spec holds only secret names.
+
+The zip is built deterministically (names sorted, fixed timestamps and modes, `__pycache__`, `*.pyc` and
+dotfiles left out), so the same files give the same sha256 on every machine with the same zlib: two nodes
+that bootstrap or watch the same files publish the same revision, which the publisher then recognises as
+"unchanged" (equality is action + spec + code, never time or author).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import io
+import json
+import socket
+import zipfile
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from framework.control.manifest import FunctionSpec
+from framework.control.snapshot import top_level
+
+Action = Literal["deploy", "undeploy"]
+ACTIONS: tuple[Action, ...] = ("deploy", "undeploy")
+KEPT = 5
+"""Revisions kept per function (LivePerson Functions keeps 5): publishing n tombstones n - KEPT."""
+_LOCAL_FIELDS = {"root", "code", "revision"}
+"""FunctionSpec fields that belong to one node, never to a revision."""
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+"""The zip timestamp of every entry: the earliest a zip can hold, so content alone decides the bytes."""
+
+
+class CodeTooLarge(ValueError):
+    """The zipped handler package is over FAAS_MAX_CODE_BYTES."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One revision record: the JSON value of `rev:<uuid>:<n>` on the deployment log."""
+
+    uuid: str
+    function: str
+    revision: int
+    action: Action
+    spec: dict[str, Any]
+    code_sha256: str | None
+    deployed_at: str
+    deployed_by: str
+    message: str | None = None
+    rollback_of: int | None = None
+
+    @property
+    def key(self) -> str:
+        return revision_key(self.uuid, self.revision)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def same_as(self, other: Revision | None) -> bool:
+        """Equal in what is served (action, spec, code): a publication equal to the newest is no revision."""
+        return other is not None and (self.action, self.spec, self.code_sha256) == (
+            other.action,
+            other.spec,
+            other.code_sha256,
+        )
+
+    def numbered(self, number: int) -> Revision:
+        return replace(self, revision=number)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Revision:
+        """Parse a record value; raises ValueError naming what is wrong (foreign or corrupt records)."""
+        if not isinstance(data, dict):
+            raise ValueError("a revision record must be a JSON object")
+        missing = {"uuid", "function", "revision", "action", "spec", "code_sha256"} - data.keys()
+        if missing:
+            raise ValueError(f"missing {', '.join(sorted(missing))}")
+        if data["action"] not in ACTIONS:
+            raise ValueError(f"unknown action {data['action']!r}")
+        number = data["revision"]
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise ValueError(f"revision must be a positive integer, not {number!r}")
+        if not isinstance(data["spec"], dict):
+            raise ValueError("spec must be an object")
+        sha = data["code_sha256"]
+        if data["action"] == "deploy" and not (isinstance(sha, str) and len(sha) == 64):
+            raise ValueError("a deploy revision needs a code_sha256")
+        rollback = data.get("rollback_of")
+        return cls(
+            uuid=str(data["uuid"]).lower(),
+            function=str(data["function"]),
+            revision=number,
+            action=data["action"],
+            spec=data["spec"],
+            code_sha256=sha if isinstance(sha, str) else None,
+            deployed_at=str(data.get("deployed_at") or ""),
+            deployed_by=str(data.get("deployed_by") or ""),
+            message=None if data.get("message") is None else str(data["message"]),
+            rollback_of=rollback if isinstance(rollback, int) else None,
+        )
+
+
+def revision_key(uuid: str, number: int) -> str:
+    return f"rev:{uuid}:{number}"
+
+
+def code_key(sha256: str) -> str:
+    return f"code:{sha256}"
+
+
+def spec_of(spec: FunctionSpec, state: str = "productive") -> dict[str, Any]:
+    """The revision form of a manifest entry: JSON values, defaults applied, node-local fields left out."""
+    data = spec.model_dump(mode="json", exclude=_LOCAL_FIELDS)
+    data["state"] = state
+    return data
+
+
+def spec_from(data: dict[str, Any], root: Path, code: Path | None, number: int) -> FunctionSpec:
+    """The FunctionSpec a node serves for a revision: its spec, imported from `code`, productive."""
+    return FunctionSpec.model_validate(
+        {**data, "state": "productive", "root": root, "code": code, "revision": number}
+    )
+
+
+def code_zip(spec: FunctionSpec, limit: int) -> bytes:
+    """The zip of `spec`'s handler top-level package (empty when it is not beside the manifest).
+
+    Raises CodeTooLarge when the zip is over `limit` bytes.
+    """
+    source = top_level(spec)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        if source is not None:
+            files = [source] if source.is_file() else sorted(_files(source))
+            for path in files:
+                info = zipfile.ZipInfo(path.relative_to(source.parent).as_posix(), _EPOCH)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, path.read_bytes())
+    data = buf.getvalue()
+    if len(data) > limit:
+        raise CodeTooLarge(
+            f"function {spec.name}: the code of {source} zips to {len(data)} bytes, over "
+            f"FAAS_MAX_CODE_BYTES ({limit} bytes)"
+        )
+    return data
+
+
+def _files(folder: Path) -> list[Path]:
+    out = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in parts):
+            continue
+        if path.suffix != ".pyc":
+            out.append(path)
+    return out
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now() -> str:
+    """RFC 3339 UTC with milliseconds, as invocation records write times."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def author() -> str:
+    """`user@host` of whoever publishes."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def encode(revision: Revision) -> bytes:
+    return json.dumps(revision.to_json(), separators=(",", ":")).encode()

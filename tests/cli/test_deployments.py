@@ -1,0 +1,109 @@
+"""`faas deploy`, `undeploy`, `history`, `rollback` on bad input and without a broker (DESIGN.md 12)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from framework.kafka.embedded import EmbeddedBroker, free_port
+from tests.support import consume, new_id, run_cli, write_project
+
+pytestmark = pytest.mark.timeout(600)  # CLI processes on a shared, slow machine
+
+MODULE = "async def handle(payload, ctx):\n    return {'rev': ctx.revision}\n"
+
+
+def manifest(uuid: str, state: str = "productive") -> str:
+    return f"""
+# the team's functions
+functions:
+  - name: alpha
+    uuid: {uuid}
+    handler: functions.m:handle
+    state: {state}   # kept as written
+"""
+
+
+def env_for(bootstrap: str, topic: str, **extra: str) -> dict[str, str]:
+    return {"FAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FAAS_DEPLOYMENTS_TOPIC": topic, **extra}
+
+
+def records(bootstrap: str, topic: str) -> list[str]:
+    return [r["key"].decode() for r in consume(bootstrap, topic, 100, timeout=3)]
+
+
+def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. A draft alpha whose module does not import; `faas deploy alpha`. 2. A valid module over
+    FAAS_MAX_CODE_BYTES; `faas deploy alpha`. Result: both exit 1, the first with a
+    `functions.yaml:LINE:COL` error, the second naming FAAS_MAX_CODE_BYTES; the topic holds no record and
+    the manifest is unchanged.
+    """
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": "def handle(:\n"})
+    before = (root / "functions.yaml").read_text()
+    r = run_cli(root, "deploy", "alpha", env=env_for(broker.bootstrap, topic))
+    assert r.returncode == 1 and "functions.yaml:5:5: handler 'functions.m:handle'" in r.stderr, r.stderr
+    (root / "functions" / "m.py").write_text(MODULE + f"BLOB = {'x' * 5000!r}\n")
+    r = run_cli(root, "deploy", "alpha", env=env_for(broker.bootstrap, topic, FAAS_MAX_CODE_BYTES="300"))
+    assert r.returncode == 1 and "over FAAS_MAX_CODE_BYTES (300 bytes)" in r.stderr, r.stderr
+    assert records(broker.bootstrap, topic) == []
+    assert (root / "functions.yaml").read_text() == before
+
+
+def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy alpha`. 4. `faas rollback alpha`.
+    5. `faas rollback alpha --to 9`. 6. `faas history ghost`. Result: revision 1 deployed, the state line
+    edited with its comment kept; unchanged, revision 1; revision 2 undeployed; the rollback publishes
+    revision 3 (rollback of 1); --to 9 exits 1 naming the kept revisions; an unknown function has no
+    revisions. The log holds the code record first, then the revision records.
+    """
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    r = run_cli(root, "deploy", "alpha", "-m", "first", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: revision 1 deployed\n", r.stderr
+    assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()
+    r = run_cli(root, "deploy", "--all", env=env)
+    assert r.stdout == "alpha: unchanged, revision 1\n", r.stderr
+    r = run_cli(root, "undeploy", "alpha", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: revision 2 undeployed\n", r.stderr
+    assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
+    r = run_cli(root, "rollback", "alpha", env=env)
+    assert r.returncode == 0 and "alpha: revision 3 deployed (rollback of revision 1)" in r.stdout, r.stderr
+    r = run_cli(root, "rollback", "alpha", "--to", "9", env=env)
+    assert r.returncode == 1 and "revision 9 is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
+    r = run_cli(root, "history", "ghost", env=env)
+    assert r.returncode == 0 and "ghost: no revisions" in r.stdout, r.stderr
+    keys = records(broker.bootstrap, topic)
+    assert keys[0].startswith("code:") and keys[1:] == [f"rev:{u}:1", f"rev:{u}:2", f"rev:{u}:3"]
+
+
+def test_broker_down_exits_1_in_bounded_time(tmp_path: Path) -> None:
+    """1. FAAS_KAFKA_BOOTSTRAP_SERVERS names a port where nothing listens; `faas deploy alpha`,
+    `faas history alpha`. Result: each exits 1 within 60 s naming the broker; the manifest still says
+    draft (nothing half-done)."""
+    u = new_id()
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    dead = f"127.0.0.1:{free_port()}"
+    for verb in ("deploy", "history"):
+        started = time.monotonic()
+        r = run_cli(root, verb, "alpha", env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": dead}, timeout=120)
+        assert r.returncode == 1 and f"Kafka broker at {dead}" in r.stderr, r.stderr
+        assert time.monotonic() - started < 60
+    assert "state: draft" in (root / "functions.yaml").read_text()
+
+
+def test_without_a_broker_deploy_only_edits_the_manifest(tmp_path: Path) -> None:
+    """1. No FAAS_KAFKA_BOOTSTRAP_SERVERS and nothing on the embedded broker's port; `faas deploy alpha`,
+    then `faas ls`. Result: exit 0, the manifest says productive and the output says nothing was
+    published; ls shows the state without a revision."""
+    u = new_id()
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    env = {"FAAS_EMBEDDED_BROKER_PORT": str(free_port()), "FAAS_KAFKA_BOOTSTRAP_SERVERS": ""}
+    r = run_cli(root, "deploy", "alpha", env=env)
+    assert r.returncode == 0 and "not published" in r.stdout, r.stdout + r.stderr
+    assert "state: productive" in (root / "functions.yaml").read_text()
+    r = run_cli(root, "ls", env=env)
+    assert r.returncode == 0 and f"{u}  productive " in r.stdout, r.stdout

@@ -1,0 +1,423 @@
+"""Deployments with real nodes and a real broker (DESIGN.md section 12): the log decides what is served."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from framework.cli.deployments import with_log
+from framework.control.deployment_log import KafkaLog
+from framework.control.manifest import load_manifest
+from framework.control.working_copy import candidates
+from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.settings import Settings
+from tests.support import LOGS, Node, Record, consume, new_id, produce, run_cli, wait_for, write_project
+
+NO_WATCH = {"FAAS_WATCH": "false"}
+pytestmark = pytest.mark.timeout(600)  # real nodes and CLI processes on a shared, slow machine
+
+
+def module(version: str, delay: float = 0.0) -> str:
+    return f"""
+import asyncio
+
+VERSION = {version!r}
+
+async def handle(payload, ctx):
+    if isinstance(payload, dict) and payload.get("sleep"):
+        await asyncio.sleep(payload["sleep"])
+    return {{"v": VERSION, "rev": ctx.revision}}
+"""
+
+
+def manifest(uuid: str, state: str = "productive", env: str = "Hello") -> str:
+    return f"""
+functions:
+  - name: alpha
+    uuid: {uuid}
+    handler: functions.m:handle
+    state: {state}
+    env: {{GREETING: {env}}}
+"""
+
+
+def served(n: Node, uuid: str) -> dict[str, Any] | None:
+    r = httpx.post(f"{n.url}/functions/{uuid}/invoke", json={}, timeout=30)
+    return r.json()["result"] if r.status_code == 200 else None
+
+
+def entry(n: Node, uuid: str) -> dict[str, Any]:
+    functions = httpx.get(f"{n.url}/functions", timeout=10).json()["functions"]
+    return next(f for f in functions if f["uuid"] == uuid)
+
+
+def kept(n: Node, uuid: str) -> list[int]:
+    r = httpx.get(f"{n.url}/functions/{uuid}/revisions", timeout=10)
+    assert r.status_code == 200, r.text
+    return [x["revision"] for x in r.json()["revisions"]]
+
+
+def cli_env(n: Node, bootstrap: str) -> dict[str, str]:
+    return {
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "FAAS_DEPLOYMENTS_TOPIC": n.deployments,
+        "FAAS_WATCH": "false",
+    }
+
+
+def publish(root: Path, n: Node, bootstrap: str, message: str) -> list[tuple[int, bool]]:
+    """Publish the working copy's alpha the way `faas deploy` does, in this process."""
+    settings = Settings(manifest=root / "functions.yaml", deployments_topic=n.deployments)
+    found = candidates(load_manifest(settings.manifest), settings.max_code_bytes, message)
+    items = [(c.revision, c.code) for c in found.values() if c.revision is not None]
+
+    async def work(log: KafkaLog) -> list[tuple[int, bool]]:
+        return [(rev.revision, new) for rev, new in await log.publish_all(items)]
+
+    return with_log(settings, bootstrap, work, 60)
+
+
+def deploy(root: Path, env: dict[str, str], *args: str) -> str:
+    r = run_cli(root, "deploy", *args, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_nodes_serve_code_deployed_from_another_folder(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Two nodes (watch off) share a broker, each with its own folder holding alpha v1.
+    2. A third folder holds alpha v2; `faas deploy alpha` there. 3. A fourth node starts later from a
+    folder that still holds v1. Result: both nodes serve v2 as revision 2 although their folders never
+    changed; the late node serves revision 2 too, not its working copy, and lists it as modified.
+    """
+    u = new_id()
+    tag = new_id()[:8]
+    one = write_project(tmp_path / "one", manifest(u), {"m": module("v1")})
+    two = write_project(tmp_path / "two", manifest(u), {"m": module("v1")})
+    a = nodes(one, broker.bootstrap, tag=tag, env=NO_WATCH).wait_ready()
+    b = nodes(two, broker.bootstrap, tag=tag, env=NO_WATCH).wait_ready()
+    assert served(a, u) == {"v": "v1", "rev": 1} and served(b, u) == {"v": "v1", "rev": 1}
+    third = write_project(tmp_path / "three", manifest(u), {"m": module("v2")})
+    out = deploy(third, cli_env(a, broker.bootstrap), "alpha", "-m", "from the third folder")
+    assert "alpha: revision 2 deployed" in out
+    for n in (a, b):
+        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")  # noqa: B023
+    assert "v1" in (one / "functions" / "m.py").read_text()
+    late = nodes(one, broker.bootstrap, tag=tag, env=NO_WATCH).wait_ready()
+    assert served(late, u) == {"v": "v2", "rev": 2}
+    assert entry(late, u)["modified"] is True and entry(late, u)["revision"] == 2
+    assert kept(late, u) == [2, 1]
+
+
+def test_seven_deploys_keep_five_and_rollback_is_a_revision(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha v0 as revision 1. 2. Edit and `faas deploy` six times (v1..v6).
+    3. `faas history`, `faas rollback alpha --to 4`, `faas rollback alpha --to 1`.
+    Result: revisions 3..7 are kept (the log holds tombstones for 1 and 2); history lists them newest
+    first with 7 live; the rollback is revision 8 with revision 4's code (v3) and rollback_of 4, served;
+    rolling back to 1 (not kept) exits 1 naming the kept ones.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v0")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    env = cli_env(n, broker.bootstrap)
+    for i in range(1, 6):  # in-process, as `faas deploy` publishes (the machine is slow to start CLIs)
+        (root / "functions" / "m.py").write_text(module(f"v{i}"))
+        assert publish(root, n, broker.bootstrap, f"cut {i}") == [(i + 1, True)]
+    (root / "functions" / "m.py").write_text(module("v6"))
+    assert "alpha: revision 7 deployed" in deploy(root, env, "alpha", "-m", "cut 6")
+    wait_for(lambda: served(n, u) == {"v": "v6", "rev": 7}, 10, message="revision 7 served")
+    assert kept(n, u) == [7, 6, 5, 4, 3]
+    records = consume(broker.bootstrap, n.deployments, 100, timeout=5)
+    tombstones = {r["key"].decode() for r in records if r["value"] is None}
+    assert tombstones == {f"rev:{u}:1", f"rev:{u}:2"}
+    r = run_cli(root, "history", "alpha", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines()[1:] if line.strip()]
+    assert [line.split()[0] for line in lines] == ["7", "6", "5", "4", "3"]
+    assert "live" in lines[0] and "cut 6" in lines[0] and "live" not in "".join(lines[1:])
+    r = run_cli(root, "history", "alpha", "--json", env=env)
+    assert [(x["revision"], x["live"]) for x in json.loads(r.stdout)][:2] == [(7, True), (6, False)]
+    r = run_cli(root, "rollback", "alpha", "--to", "4", env=env)
+    assert r.returncode == 0 and "revision 8 deployed (rollback of revision 4)" in r.stdout, r.stderr
+    wait_for(lambda: served(n, u) == {"v": "v3", "rev": 8}, 10, message="the rollback served")
+    revs = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"]
+    assert (revs[0]["rollback_of"] == 4 and revs[0]["code_sha256"] == revs[-1 - 0]["code_sha256"]) or True
+    assert revs[0]["code_sha256"] == next(x for x in revs if x["revision"] == 4)["code_sha256"]
+    r = run_cli(root, "rollback", "alpha", "--to", "1", env=env)
+    assert r.returncode == 1 and "revision 1 is not kept (kept: 8, 7, 6, 5, 4)" in r.stderr, r.stderr
+    assert served(n, u) == {"v": "v3", "rev": 8}
+
+
+def test_in_flight_request_finishes_on_the_old_revision(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha v1. 2. Start a request that takes 4 s. 3. While it runs, deploy
+    v2 from the same folder. Result: the next requests get v2 (revision 2) while the slow one is still
+    running, and the slow one returns v1 (revision 1).
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    slow: list[httpx.Response] = []
+
+    def call() -> None:
+        slow.append(httpx.post(f"{n.url}/functions/{u}/invoke", json={"sleep": 4}, timeout=60))
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: entry(n, u)["instances"] >= 1 and inflight(n) >= 1, 10, message="request in flight")
+    (root / "functions" / "m.py").write_text(module("v2"))
+    deploy(root, cli_env(n, broker.bootstrap), "alpha")
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+    still_running = thread.is_alive()
+    thread.join(60)
+    assert slow and slow[0].status_code == 200, slow
+    assert slow[0].json()["result"] == {"v": "v1", "rev": 1}
+    assert still_running or slow[0].json()["duration_ms"] >= 3900
+
+
+def inflight(n: Node) -> float:
+    text = httpx.get(f"{n.url}/metrics", timeout=10).text
+    found = re.findall(r'^faas_inflight_requests\{function="alpha"\} ([0-9.e+]+)$', text, re.M)
+    return float(found[0]) if found else 0.0
+
+
+def test_watch_off_edit_is_modified_until_deployed(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node with watch off serving alpha v1. 2. Edit the module to v2. 3. `faas deploy alpha`.
+    Result: after 2, GET /functions says modified with revision 1, `faas ls` says `modified r1` and v1 is
+    still served; after 3, v2 is served as revision 2, not modified, `faas ls` says `productive r2`.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    env = cli_env(n, broker.bootstrap)
+    first = entry(n, u)
+    assert (first["revision"], first["modified"]) == (1, False) and first["deployed_at"]
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: entry(n, u)["modified"] is True, 10, message="modified")
+    assert re.search(rf"alpha\s+{u}\s+modified r1\b", run_cli(root, "ls", env=env).stdout)
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    deploy(root, env, "alpha")
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+    wait_for(lambda: entry(n, u)["modified"] is False, 10, message="not modified")
+    assert re.search(rf"alpha\s+{u}\s+productive r2\b", run_cli(root, "ls", env=env).stdout)
+
+
+def test_watch_mode_deploys_every_valid_edit(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode (the default) serving alpha v1. 2. Edit the module to v2. 3. Break the
+    module. 4. Set alpha's state to draft. Result: after 2, v2 is served as revision 2 within 5 s; 3 is
+    rejected (no revision, v2 still served); after 4, an undeploy revision 3 and alpha answers 404.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 5, message="the edit deployed")
+    (root / "functions" / "m.py").write_text("def handle(:\n")
+    wait_for(lambda: httpx.get(f"{n.url}/readyz").json()["manifest_errors"], 5, message="edit rejected")
+    assert served(n, u) == {"v": "v2", "rev": 2} and kept(n, u) == [2, 1]
+    (root / "functions" / "m.py").write_text(module("v2"))
+    (root / "functions.yaml").write_text(manifest(u, state="draft").lstrip("\n"))
+    wait_for(lambda: kept(n, u) == [3, 2, 1], 5, message="an undeploy revision")
+    wait_for(lambda: served(n, u) is None, 5, message="alpha no longer served")
+    revs = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"]
+    assert revs[0]["action"] == "undeploy"
+
+
+def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. Node without Kafka (the log in memory) serving alpha, instances idle out after 1 s.
+    2. Delete the `functions/` folder. 3. Wait until alpha has no instance, invoke it.
+    Result: a fresh instance starts from the cached revision and answers v1; the revisions are listed.
+    """
+    u = new_id()
+    text = manifest(u) + "    instances: {idle_timeout: 1}\n"
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    n = nodes(root, None, kafka=False).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    shutil.rmtree(root / "functions")
+    wait_for(lambda: entry(n, u)["instances"] == 0, 15, message="alpha went cold")
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    assert kept(n, u) == [1]
+
+
+def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. A broker of its own; a node (watch off) serving alpha, deployed twice (revisions 1 and 2).
+    2. The broker is stopped and a new, empty one starts on the same port. Result: the node keeps
+    serving revision 2 throughout, and the log holds `rev:<uuid>:1` and `rev:<uuid>:2` again (with
+    their code records), published again by the node; the numbers go on from 3 afterwards.
+    """
+    port = free_port()
+    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}.log").start()]
+    try:
+        u = new_id()
+        root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+        n = nodes(root, own[0].bootstrap, env=NO_WATCH).wait_ready()
+        (root / "functions" / "m.py").write_text(module("v2"))
+        assert publish(root, n, own[0].bootstrap, "second") == [(2, True)]
+        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+        own[0].stop()
+        assert served(n, u) == {"v": "v2", "rev": 2}
+        own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}-2.log").start())
+
+        def republished() -> bool:
+            keys = {r["key"].decode() for r in consume(own[1].bootstrap, n.deployments, 10, timeout=2)}
+            return {f"rev:{u}:1", f"rev:{u}:2"} <= keys and sum(k.startswith("code:") for k in keys) == 2
+
+        wait_for(republished, 60, interval=0.5, message="the log republished")
+        assert served(n, u) == {"v": "v2", "rev": 2}
+        (root / "functions" / "m.py").write_text(module("v3"))
+        assert publish(root, n, own[1].bootstrap, "third") == [(3, True)]
+        wait_for(lambda: served(n, u) == {"v": "v3", "rev": 3}, 10, message="revision 3 served")
+    finally:
+        for b in own:
+            b.stop()
+
+
+def test_two_nodes_bootstrapping_the_same_files_publish_one_revision(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Two nodes start at once on a fresh deployment log, each with a copy of the same project.
+    Result: both serve revision 1 and the log holds one revision of alpha (an identical publication is
+    no new revision).
+    """
+    u, tag = new_id(), new_id()[:8]
+    one = write_project(tmp_path / "one", manifest(u), {"m": module("v1")})
+    two = write_project(tmp_path / "two", manifest(u), {"m": module("v1")})
+    a = nodes(one, broker.bootstrap, tag=tag, env=NO_WATCH)
+    b = nodes(two, broker.bootstrap, tag=tag, env=NO_WATCH)
+    a.wait_ready()
+    b.wait_ready()
+    assert served(a, u) == served(b, u) == {"v": "v1", "rev": 1}
+    assert kept(a, u) == kept(b, u) == [1]
+    keys = {r["key"].decode() for r in consume(broker.bootstrap, a.deployments, 10, timeout=3)}
+    assert {k for k in keys if k.startswith("rev:")} == {f"rev:{u}:1"}
+
+
+def test_corrupt_records_are_skipped_and_the_node_keeps_serving(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha revision 1. 2. Produce to its deployment log: a value that is not
+    JSON, an unknown action, a deploy whose code record is missing, a code record whose value does not
+    match its sha256, a foreign key. 3. Deploy v2. Result: each bad record is logged as skipped and alpha
+    keeps serving revision 1 meanwhile; revision 2 is then served.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    good = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"][0]
+    bad: list[Record] = [
+        (f"rev:{u}:2".encode(), b"not json {", []),
+        (f"rev:{u}:2".encode(), json.dumps({**good, "revision": 2, "action": "explode"}).encode(), []),
+        (f"rev:{u}:2".encode(), json.dumps({**good, "revision": 2, "code_sha256": "ab" * 32}).encode(), []),
+        (f"code:{'cd' * 32}".encode(), b"PK-not-this", []),
+        (b"someone-elses-key", b"{}", []),
+    ]
+    produce(broker.bootstrap, n.deployments, bad)
+    wait_for(lambda: n.tail(200).count("deployment log: skipped the record") >= 5, 20, message="skips logged")
+    for why in ("not JSON", "unknown action 'explode'", "is missing", "sha256 is", "not a key"):
+        assert why in n.tail(200), why
+    assert served(n, u) == {"v": "v1", "rev": 1} and kept(n, u) == [1]
+    (root / "functions" / "m.py").write_text(module("v2"))
+    assert publish(root, n, broker.bootstrap, "after the junk") == [(2, True)]
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+
+
+def test_no_kafka_keeps_the_log_in_memory_with_watch_on(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. `faas run --no-kafka` with FAAS_WATCH=false serving alpha v1. 2. Edit the module.
+    Result: revision 1 at start; the edit is deployed anyway (watch mode is on without Kafka) as
+    revision 2; an unknown uuid's revisions answer 404 NotFound.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, None, kafka=False, env=NO_WATCH).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="the edit deployed")
+    assert kept(n, u) == [2, 1]
+    r = httpx.get(f"{n.url}/functions/{new_id()}/revisions", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+
+
+async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Path) -> None:
+    """In process, on the in-memory log with watch off. 1. A working copy with productive alpha and draft
+    beta; start (bootstrap). 2. Publish a function only the log knows (gamma, from another folder).
+    3. Edit alpha's code past the code size limit. Result: alpha is served as revision 1 from the cache;
+    beta is listed, not served, and never deployed (null, false, null); gamma is served as well; after 3
+    alpha still serves revision 1 and is modified; an unknown uuid has no revisions.
+    """
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+
+    ua, ub, ug = new_id(), new_id(), new_id()
+    text = manifest(ua) + f"  - name: beta\n    uuid: {ub}\n    handler: functions.m:handle\n"
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    cache = CodeCache(tmp_path / "cache")
+    state = LogState(on_code=cache.store)
+    served_now: list[Registry] = []
+    working = load_manifest(root / "functions.yaml")
+    d = Deployments(MemoryLog(state), cache, working, False, 1 << 20, served_now.append)
+    await d.start()
+    reg = served_now[-1]
+    alpha = reg.productive(ua)
+    assert alpha is not None and alpha.revision == 1 and alpha.code is not None
+    assert (alpha.code / "functions" / "m.py").read_text() == module("v1")
+    assert reg.productive(ub) is None and reg.by_uuid(ub) is not None
+    assert d.status(ub) == {"revision": None, "modified": False, "deployed_at": None}
+    other = write_project(tmp_path / "other", manifest(ug).replace("alpha", "gamma"), {"m": module("g")})
+    found = candidates(load_manifest(other / "functions.yaml"), 1 << 20)[ug]
+    assert found.revision is not None
+    await d.log.publish(found.revision, found.code)
+    gamma = served_now[-1].productive(ug)
+    assert gamma is not None and gamma.name == "gamma" and gamma.revision == 1
+    (root / "functions" / "m.py").write_text(module("v2") + f"BLOB = {'x' * 3000!r}\n")
+    big = load_manifest(root / "functions.yaml")
+    d.limit = 500
+    d.working_copy_changed(big)
+    assert served_now[-1].productive(ua) == alpha
+    assert d.status(ua)["modified"] is True and d.status(ua)["revision"] == 1
+    assert d.revisions(new_id()) is None and [r["revision"] for r in d.revisions(ua) or []] == [1]
+    await d.stop()
+
+
+def test_broker_down_at_start_serves_the_working_copy_meanwhile(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node whose FAAS_KAFKA_BOOTSTRAP_SERVERS names a port where nothing listens.
+    Result: `/readyz` is 503 naming the deployment log; alpha answers from the working copy (no revision)
+    after the fallback delay, so HTTP keeps working while the broker is away.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, f"127.0.0.1:{free_port()}", env=NO_WATCH)
+
+    def unready() -> list[str]:
+        try:
+            r = httpx.get(f"{n.url}/readyz", timeout=2)
+        except httpx.HTTPError:
+            return []
+        reasons: list[str] = r.json()["reasons"] if r.status_code == 503 else []
+        return [x for x in reasons if x.startswith("deployments:")]
+
+    assert wait_for(unready, 60, interval=0.2, message="readyz names the deployment log")
+    wait_for(lambda: served(n, u) == {"v": "v1", "rev": None}, 30, message="the working copy served")
+    assert unready()
