@@ -219,6 +219,7 @@ def test_direct_record_in_memory_and_on_the_topic(node: Node, broker: EmbeddedBr
     assert rec["event"] is None and rec["event_id"] is None and rec["attempt"] == 1
     assert rec["ok"] is True and rec["error"] is None and rec["node"] == "node-a"
     assert re.fullmatch(r"[0-9a-f]{32}", rec["trace_id"]), rec["trace_id"]
+    assert isinstance(rec["revision"], int) and rec["revision"] >= 1  # the deployed revision it ran
     assert rec["cold_start"] is r.json()["cold_start"] and rec["instance_id"].startswith("echo-")
     assert rec["duration_ms"] == pytest.approx(r.json()["duration_ms"], abs=0.01)
     assert RFC3339_MS.match(rec["started_at"]), rec["started_at"]
