@@ -79,7 +79,7 @@ def test_documented_routes_answer(tmp_path: Path, broker: EmbeddedBroker, nodes:
     productive = next(f for f in listed if f["state"] == "productive" and not f["events"])
     event = next(e for f in listed if f["state"] == "productive" for e in f["events"])
     routes = _routes()
-    assert len(routes) >= 14
+    assert len(routes) >= 15
     invoked = httpx.post(f"{node.url}/functions/{productive['uuid']}/invoke", json={"a": 1}, timeout=30)
     invocation = invoked.json()["invocation_id"]
     for method, path in routes:

@@ -337,12 +337,12 @@ def emit(
         sys.exit(1)
 
 
+from framework.cli import deployments as _deployments  # noqa: E402  (the verbs use the helpers above)
+
+_deployments.register(main)
+
 from framework.cli.logs import logs as _logs  # noqa: E402 - verb groups register after the group exists
 from framework.cli.replay import replay_command  # noqa: E402  (verb groups register themselves here)
 
 main.add_command(_logs)
 main.add_command(replay_command)
-
-from framework.cli import deployments as _deployments  # noqa: E402  (the verbs use the helpers above)
-
-_deployments.register(main)

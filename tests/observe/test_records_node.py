@@ -218,6 +218,8 @@ def test_direct_record_in_memory_and_on_the_topic(node: Node, broker: EmbeddedBr
     assert rec["function"] == "echo" and rec["uuid"] == ECHO and rec["trigger"] == "direct"
     assert rec["event"] is None and rec["event_id"] is None and rec["attempt"] == 1
     assert rec["ok"] is True and rec["error"] is None and rec["node"] == "node-a"
+    assert re.fullmatch(r"[0-9a-f]{32}", rec["trace_id"]), rec["trace_id"]
+    assert isinstance(rec["revision"], int) and rec["revision"] >= 1  # the deployed revision it ran
     assert rec["cold_start"] is r.json()["cold_start"] and rec["instance_id"].startswith("echo-")
     assert rec["duration_ms"] == pytest.approx(r.json()["duration_ms"], abs=0.01)
     assert RFC3339_MS.match(rec["started_at"]), rec["started_at"]
@@ -232,8 +234,8 @@ def test_direct_record_in_memory_and_on_the_topic(node: Node, broker: EmbeddedBr
 
 def test_event_record(node: Node, broker: EmbeddedBroker) -> None:
     """1. Produce a `rec.ping` CloudEvent with a fresh ce_id to the node's events topic.
-    Result: once replied, a record with trigger event, event rec.ping, the handler's logs, and the event's
-    id as `event_id` wherever the source hands the invoker the event's identity (DESIGN.md section 10)."""
+    Result: once replied, a record with trigger event, event rec.ping, the event's ce_id as `event_id`, a
+    trace id, and the handler's logs."""
     eid, tok = new_id(), new_id()[:8]
     produce(
         broker.bootstrap,
@@ -248,7 +250,7 @@ def test_event_record(node: Node, broker: EmbeddedBroker) -> None:
         trigger="event",
     )
     assert rec["trigger"] == "event" and rec["event"] == "rec.ping" and rec["ok"] is True
-    assert rec["event_id"] in (eid, None)  # None until the Kafka source passes the identity along
+    assert rec["event_id"] == eid and re.fullmatch(r"[0-9a-f]{32}", rec["trace_id"])
 
 
 def test_schedule_and_warmup_records(node: Node) -> None:
@@ -371,8 +373,8 @@ def test_secret_values_never_reach_a_record(node: Node, broker: EmbeddedBroker) 
 
 def test_every_retry_attempt_is_a_record(node: Node) -> None:
     """1. POST /events/rec.flaky: its one listener fails every time and is retried twice.
-    Result: three records, attempts 1, 2, 3, each its own invocation id, trigger event, its own log line
-    and error."""
+    Result: three records, attempts 1, 2, 3, each its own invocation id, the same event id, trigger event,
+    its own log line and error."""
     tok = new_id()[:8]
     r = httpx.post(f"{node.url}/events/rec.flaky", json={"tok": tok}, timeout=60)
     assert r.status_code == 500 and r.json()["ok"] is False, r.text
@@ -384,6 +386,7 @@ def test_every_retry_attempt_is_a_record(node: Node) -> None:
     recs = listed(node, attempts, function="flaky", trigger="event")
     assert [x["attempt"] for x in recs] == [3, 2, 1]  # newest first
     assert len({x["invocation_id"] for x in recs}) == 3
+    assert len({x["event_id"] for x in recs}) == 1 and recs[0]["event_id"] is not None  # one event
     for x in recs:
         assert messages(x)[0] == f"attempt {x['attempt']} of {tok}"
         assert (

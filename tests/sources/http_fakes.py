@@ -106,7 +106,9 @@ class FakeNode:
 
 
 def app_for(node: FakeNode) -> Starlette:
-    return create_app(node.settings, node.invoker, node.scheduler, node, node.metrics, node.records)
+    return create_app(
+        node.settings, node.invoker, node.scheduler, node, node.metrics, invocations=node.records
+    )
 
 
 def client_for(node: FakeNode) -> httpx.AsyncClient:

@@ -341,8 +341,8 @@ def create_app(
     schedules: ScheduleStatus | None,
     readiness: Readiness,
     metrics: MetricsRenderer,
-    invocations: InvocationLog | None = None,
     deployments: Deployments | None = None,
+    invocations: InvocationLog | None = None,
 ) -> Starlette:
     """The Starlette app the node serves with uvicorn; `invocations` adds the routes of section 13."""
     keys = settings.keys
