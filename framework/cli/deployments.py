@@ -17,7 +17,7 @@ from typing import TypeVar
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli import fail, load, pass_settings
+from framework.cli.common import fail, load, pass_settings
 from framework.control.deployment_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest, State

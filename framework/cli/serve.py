@@ -1,0 +1,82 @@
+"""Verbs that serve: `faas run` (a node) and `faas broker` (the embedded broker in the foreground)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import click
+
+from framework.cli.common import fail, pass_settings
+from framework.settings import Settings
+
+
+@click.command()
+@click.option(
+    "--port", type=int, envvar="FAAS_EMBEDDED_BROKER_PORT", show_envvar=True, help="[default: 9092]"
+)
+@pass_settings
+def broker(settings: Settings, port: int | None) -> None:
+    """Run the embedded (memory-only) Kafka broker in the foreground until SIGINT or SIGTERM."""
+    from framework.kafka.embedded import BrokerError, EmbeddedBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    b = EmbeddedBroker(port=settings.embedded_broker_port if port is None else port)
+    try:
+        b.start()
+    except BrokerError as exc:
+        fail(str(exc))
+    click.echo(f"broker listening on {b.bootstrap} (memory only: a restart loses its topics)")
+    while not stop.wait(0.5):
+        if b.proc is None or b.proc.poll() is not None:
+            fail(f"the broker exited:\n{b.log_tail()}")
+    b.stop()
+
+
+@click.command()
+@click.option("--no-kafka", is_flag=True, show_envvar=True, help="Serve HTTP and schedules only.")
+@click.option("--host", envvar="FAAS_HTTP_HOST", show_envvar=True, help="HTTP address.  [default: 127.0.0.1]")
+@click.option(
+    "--port", type=int, envvar="FAAS_HTTP_PORT", show_envvar=True, help="HTTP port.  [default: 8080]"
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    envvar="FAAS_LOG_LEVEL",
+    show_envvar=True,
+    help="[default: INFO]",
+)
+@click.option(
+    "--watch/--no-watch",
+    default=None,
+    envvar="FAAS_WATCH",
+    show_envvar=True,
+    help="Deploy every valid edit of the working copy.  [default: on]",
+)
+@pass_settings
+def run(
+    settings: Settings,
+    no_kafka: bool,
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    watch: bool | None,
+) -> None:
+    """Serve: instances, HTTP, Kafka events and schedules, until SIGTERM or SIGINT."""
+    from framework.node import serve
+
+    if host is not None:
+        settings.http_host = host
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise click.BadParameter(f"{port} is not a port (0-65535)", param_hint="--port")
+        settings.http_port = port
+    if log_level is not None:
+        settings.log_level = log_level.upper()
+    if watch is not None:
+        settings.watch = watch
+
+    sys.exit(serve(settings, kafka=not no_kafka))

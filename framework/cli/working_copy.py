@@ -1,0 +1,110 @@
+"""Verbs on the working copy: `faas validate`, `faas ls` and `faas new`."""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from typing import Any
+
+import click
+
+from framework.cli import scripting
+from framework.cli.common import fail, load, pass_settings
+from framework.control.cron import next_fire
+from framework.control.manifest import NAME_PATTERN, load_manifest
+from framework.control.manifest_edit import add_function
+from framework.control.registry import Registry
+from framework.errors import ManifestError
+from framework.settings import Settings
+
+SCAFFOLD = '''\
+"""{name}: describe what this function does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from framework import Context
+
+
+async def handle(payload: Any, ctx: Context) -> Any:
+    ctx.log.info("%s invoked (trigger %s)", ctx.function, ctx.trigger)
+    return {{"function": ctx.function, "payload": payload}}
+'''
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@pass_settings
+def validate(settings: Settings, as_json: bool) -> None:
+    """Check the manifest, import every handler and read every listed secret."""
+    if as_json:
+        try:
+            manifest = load_manifest(
+                settings.manifest, check_handlers=True, secrets_dir=settings.secrets_path
+            )
+        except ManifestError as exc:
+            click.echo(scripting.validate_report(None, exc.errors))
+            sys.exit(1)
+        click.echo(scripting.validate_report(manifest, []))
+        return
+    manifest = load(settings, check_secrets=True)
+    click.echo(f"ok: {len(manifest.functions)} functions")
+
+
+@click.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the functions as JSON on stdout.")
+@pass_settings
+def list_functions(settings: Settings, as_json: bool) -> None:
+    """List the functions with their schedules' next fire times."""
+    from framework.cli.deployments import revision_cells
+
+    if as_json:
+        click.echo(scripting.listing(load(settings, check_handlers=False)))
+        return
+    rows = [("NAME", "UUID", "STATE", "EVENTS", "SCHEDULES")]
+    manifest = load(settings, check_handlers=False)
+    cells = revision_cells(settings, manifest)  # `productive r7` / `modified r7` from the deployment log
+    for f in manifest.functions:
+        crons = [(s.cron, s.timezone, "") for s in f.schedules]
+        crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
+        when = [f"{k}{c} [{tz}] next {next_fire(c, tz).isoformat(timespec='seconds')}" for c, tz, k in crons]
+        state = cells.get(f.uuid, f.state)
+        rows.append((f.name, f.uuid, state, ",".join(f.events) or "-", "; ".join(when) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[4]]))
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--event", "events", show_envvar=True, multiple=True, help="Event type it listens to (repeatable)."
+)
+@pass_settings
+def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
+    """Scaffold functions/NAME.py and a draft manifest entry with a fresh UUID."""
+    if not re.match(NAME_PATTERN, name):
+        fail(f"invalid name {name!r}: lower-case letters, digits, '_' and '-', starting with a letter")
+    path = settings.manifest
+    if path.exists() and Registry(load(settings, check_handlers=False)).by_name(name) is not None:
+        fail(f"a function named {name!r} already exists in {path}")
+    module = name.replace("-", "_")
+    package = path.resolve().parent / "functions"
+    source = package / f"{module}.py"
+    if source.exists():
+        fail(f"{source} already exists")
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").touch()
+    source.write_text(SCAFFOLD.format(name=name))
+    entry: dict[str, Any] = {"name": name, "uuid": str(uuid.uuid4()), "handler": f"functions.{module}:handle"}
+    entry["state"] = "draft"
+    if events:
+        entry["events"] = list(events)
+    try:
+        add_function(path, entry)
+    except (ManifestError, RuntimeError) as exc:
+        source.unlink()
+        fail(str(exc))
+    click.echo(f"created {source} and a draft entry {name} ({entry['uuid']}) in {path}")
