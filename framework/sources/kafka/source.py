@@ -394,4 +394,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 # lands there) point past records never read: the next assignment starts at 0.
                 self._reread = True
                 self.tracker.forget(list(self.tracker.partitions))
+                # The group may never rebalance (same member, same partitions): without a new
+                # assignment the fetcher would go on at the old log's positions and skip the new
+                # log's first records. Read the new log from its start now; a rejoin does it again.
+                consumer = self.consumer
+                if consumer is not None:
+                    for tp in consumer.assignment():
+                        consumer.seek(tp, 0)
             await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)
