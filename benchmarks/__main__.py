@@ -1,4 +1,5 @@
-"""`python -m benchmarks [--quick] [--output PATH]`: run the suite, print the table, write the JSON.
+"""`python -m benchmarks [--quick] [--only GROUP,...] [--output PATH]`: run the suite, print the table, write
+the JSON.
 
 Exits 0 when every case was measured, 1 when any case failed (the table and the JSON say which and why).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.config import FULL, QUICK
 from benchmarks.report import machine, table, write_json
-from benchmarks.suite import run_suite
+from benchmarks.suite import GROUPS, run_suite
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -23,15 +24,30 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny sample counts: checks the suite end to end"
     )
     parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file (default: %(default)s)"
+        "--output",
+        type=Path,
+        default=None,
+        help=f"JSON file (default: {DEFAULT_OUTPUT}; with --only, GROUP-....json beside it)",
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda v: [g for g in v.split(",") if g],
+        default=None,
+        metavar="GROUP,...",
+        help=f"run only these case groups (of: {', '.join(GROUPS)})",
     )
     args = parser.parse_args(argv)
+    if args.only and set(args.only) - set(GROUPS):
+        parser.error(f"unknown group(s): {', '.join(sorted(set(args.only) - set(GROUPS)))}")
     profile = QUICK if args.quick else FULL
+    if args.output is None:  # a partial run never overwrites the full run's figures
+        name = "latest" if args.only is None else "-".join(args.only)
+        args.output = DEFAULT_OUTPUT.with_name(f"{name}.json")
 
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        meta, cases = runner.run(run_suite(profile, args.output))
+        meta, cases = runner.run(run_suite(profile, args.output, args.only))
     meta = {**machine(), **meta}
     write_json(args.output, meta, cases)
     print(table(meta, cases), flush=True)

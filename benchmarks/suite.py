@@ -111,7 +111,25 @@ async def _group(name: str, fn: Group, env: Env) -> list[Series]:
         env.facts.setdefault("group_seconds", {})[name] = round(time.monotonic() - started, 1)
 
 
-async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], list[Series]]:
+SERVED: dict[str, Group] = {
+    "memory": memory.run,
+    "direct": direct.run,
+    "batching": batching.run,
+    "overload": overload.run,
+    "cold": cold.run,
+    "events": events.run,
+    "deploy": deploy.run,
+}
+"""Groups measured against the shared broker, node, bare server and relay, in this order."""
+QUIET: dict[str, Group] = {"limits": limits.run, "warm": warm.run, "tracing": tracing.run}
+"""Groups run after those servers stopped (their own processes, or in this process)."""
+GROUPS = [*SERVED, *QUIET]
+
+
+async def run_suite(
+    profile: Profile, output: Path, only: list[str] | None = None
+) -> tuple[dict[str, Any], list[Series]]:
+    """Run every group (or those in `only`); the run's facts and every series."""
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="faas-bench-"))
     (tmp / "logs").mkdir()
@@ -143,22 +161,15 @@ async def run_suite(profile: Profile, output: Path) -> tuple[dict[str, Any], lis
             meta["loadgen"]["ceiling_rps_c64"] = round(await _ceiling(env))
         except Exception as exc:
             meta["loadgen"]["ceiling_error"] = describe(exc)
-        for name, fn in (
-            ("memory", memory.run),
-            ("direct", direct.run),
-            ("batching", batching.run),
-            ("overload", overload.run),
-            ("cold", cold.run),
-            ("events", events.run),
-            ("deploy", deploy.run),
-        ):
-            series += await _group(name, fn, env)
+        for name, fn in SERVED.items():
+            if only is None or name in only:
+                series += await _group(name, fn, env)
         for proc in (env.node, env.bare, env.relay):
             if proc is not None:
                 proc.stop()
-        series += await _group("limits", limits.run, env)
-        series += await _group("warm", warm.run, env)
-        series += await _group("tracing", tracing.run, env)
+        for name, fn in QUIET.items():
+            if only is None or name in only:
+                series += await _group(name, fn, env)
     finally:
         for proc in (env.node, env.bare, env.relay):
             if proc is not None:
