@@ -19,7 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, procs
-from benchmarks.cases import batching, cold, deploy, direct, events, limits, memory, overload, tracing, warm
+from benchmarks.cases import (
+    batching,
+    cold,
+    deploy,
+    direct,
+    events,
+    limits,
+    memory,
+    overload,
+    partitions,
+    tracing,
+    warm,
+)
 from benchmarks.config import Profile
 from benchmarks.env import Env
 from benchmarks.eventload import create_topics
@@ -118,6 +130,7 @@ SERVED: dict[str, Group] = {
     "overload": overload.run,
     "cold": cold.run,
     "events": events.run,
+    "partitions": partitions.run,
     "deploy": deploy.run,
 }
 """Groups measured against the shared broker, node, bare server and relay, in this order."""
