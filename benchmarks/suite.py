@@ -29,6 +29,7 @@ from benchmarks.cases import (
     limits,
     memory,
     overload,
+    partitions,
     tracing,
     warm,
 )
@@ -130,6 +131,7 @@ SERVED: dict[str, Group] = {
     "overload": overload.run,
     "cold": cold.run,
     "events": events.run,
+    "partitions": partitions.run,
     "deploy": deploy.run,
 }
 """Groups measured against the shared broker, node, bare server and relay, in this order."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from framework import __version__
+from framework import __version__, heap
 from framework.control.deployments import Deployments, open_deployments, unserved
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
@@ -210,6 +210,7 @@ class Node:
             asyncio.create_task(secrets.run(stop_watch), name="secrets"),
         ]
         self.started = True
+        heap.settle()  # everything long-lived exists now: the collector need not walk it again
         log.info(
             "serving %d functions on http://%s:%d (kafka: %s)",
             len(self.registry.functions),

@@ -4,15 +4,22 @@ The baseline is the raw aiokafka relay (`relay.py`) on the same broker, with its
 partitioning; both are driven by the same client (`eventload.py`) with the same two load shapes: 64 keys
 (events of a key queue behind each other) and a key per event. Latency is measured on both sides at the
 same rate, half of what the relay sustained with 64 keys, so the ratio compares the same offered load.
+CPU per event (user + system seconds of the node and its instances, or of the relay process, over a
+64-key throughput run, divided by its events) tells what each event and each listener costs, whatever the
+machine's other load did to the rates.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Awaitable, Callable
 from functools import partial
+
+import psutil
 
 from benchmarks.env import Env, baseline, guarded
 from benchmarks.eventload import KEYED, EventClient
+from benchmarks.procs import Proc
 from benchmarks.project import EVENT_TYPES
 from benchmarks.stats import Series, percentile
 
@@ -31,6 +38,26 @@ async def _start_client(env: Env, target: str) -> EventClient:
         client = EventClient(env.bootstrap, env.topics["relay_in"], env.topics["relay_out"], check_ok=False)
     await client.start()
     return client
+
+
+def _cpu_seconds(proc: Proc) -> float:
+    """User + system CPU seconds of `proc` and of its children alive now (a node's instances)."""
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:  # exited meanwhile
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def _with_cpu(proc: Proc, count: int, run: Callable[[], Awaitable[float]]) -> tuple[float, float]:
+    """(events/s, CPU microseconds per event of `proc` and its children) of one throughput run."""
+    before = _cpu_seconds(proc)
+    rate = await run()
+    return rate, (_cpu_seconds(proc) - before) / count * 1e6
 
 
 async def _latencies(env: Env, client: EventClient, event_type: str, rate: float) -> tuple[float, float]:
@@ -56,7 +83,17 @@ async def run(env: Env) -> list[Series]:
             Series(f"events {n} listener(s) p50 at half the relay's rate", "ms", "lower", RELAY),
             Series(f"events {n} listener(s) p99 at half the relay's rate", "ms", "lower", RELAY),
         )
-    every = [*tput.values(), *(s for pair in lat.values() for s in pair)]
+    cpu = {
+        n: Series(
+            f"events {n} listener(s) CPU per event, {KEYED} keys",
+            "us",
+            "lower",
+            "raw aiokafka relay process, same load",
+            extra={"what": "user+system CPU of the node and its instances / events"},
+        )
+        for n in EVENT_TYPES
+    }
+    every = [*tput.values(), *cpu.values(), *(s for pair in lat.values() for s in pair)]
     relay = await baseline(every, partial(_start_client, env, "relay"))
     node = await guarded(every, partial(_start_client, env, "node"))
     try:
@@ -69,17 +106,22 @@ async def run(env: Env) -> list[Series]:
                 await guarded([*mine, *lat[n]], partial(node.throughput, event_type, p.event_warmup))
         for _ in range(p.repeats):
             for shape, keys in SHAPES.items():
-                if relay is not None:
-                    b = await baseline(every, partial(relay.throughput, "bench.e1", p.event_count, keys))
+                if relay is not None and env.relay is not None:
+                    measure = partial(relay.throughput, "bench.e1", p.event_count, keys)
+                    b = await baseline(every, partial(_with_cpu, env.relay, p.event_count, measure))
                     for n in EVENT_TYPES:
                         if b is not None:
-                            tput[n, shape].baseline_samples.append(b)
+                            tput[n, shape].baseline_samples.append(b[0])
+                            if keys is not None:
+                                cpu[n].baseline_samples.append(b[1])
                 for n, event_type in EVENT_TYPES.items():
-                    if node is not None:
+                    if node is not None and env.node is not None:
                         run = partial(node.throughput, event_type, p.event_count, keys)
-                        r = await guarded([tput[n, shape]], run)
+                        r = await guarded([tput[n, shape]], partial(_with_cpu, env.node, p.event_count, run))
                         if r is not None:
-                            tput[n, shape].samples.append(r)
+                            tput[n, shape].samples.append(r[0])
+                            if keys is not None:
+                                cpu[n].samples.append(r[1])
         keyed = tput[1, f"{KEYED} keys"].baseline_samples
         if not keyed:
             return every

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from framework.kafka.options import ensure_topics, security_options, start_producer
+from framework.kafka.partitioner import KeyHashes
 
 if TYPE_CHECKING:
     from framework.observe.records import Ended, RecordCounters
@@ -79,8 +79,7 @@ class RecordSender:
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._inflight = 0
-        self._hashes: dict[bytes, int] = {}
-        """murmur2 of each key (a function's uuid) seen."""
+        self._hashes = KeyHashes()
         self._dropped_since_warning = 0
         self._warned_at = 0.0
 
@@ -186,14 +185,10 @@ class RecordSender:
         if not partitions:
             partitions = sorted(await producer.partitions_for(self.topic))
         lanes: dict[int, list[tuple[bytes, bytes]]] = {}
-        hashes = self._hashes
         for ended in records:
             record = self.render(ended)
             key = str(record["uuid"]).encode()
-            hashed = hashes.get(key)
-            if hashed is None:  # aiokafka's murmur2 is pure Python (~30 us): once per function, not record
-                hashed = hashes[key] = murmur2(key) & 0x7FFFFFFF
-            partition = partitions[hashed % len(partitions)]
+            partition = self._hashes.partition(key, partitions)
             lanes.setdefault(partition, []).append((key, orjson.dumps(record)))
         acks: list[tuple[int, asyncio.Future[Any]]] = []
         for partition, items in lanes.items():

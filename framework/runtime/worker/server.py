@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from framework import heap
 from framework.context import Context
 from framework.observe import otel, tracing
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
@@ -166,6 +167,7 @@ class Server:
             conn.close()
             return 1
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
+        heap.settle(collect=False)  # the handler is imported: what exists now lives as long as we do
         Watchdog(loop, self.function, self.instance_id).start()
         conn.send(FrameKind.HELLO, {"pid": os.getpid()})
         await self.closed

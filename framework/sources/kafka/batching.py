@@ -19,8 +19,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from framework.kafka.partitioner import KeyHashes
 
 Attachment = Any
 """What the caller attaches to a record; handed back to `settle` with the batch's outcome."""
@@ -49,6 +50,7 @@ class ReplyBatches:
         self._settle = settle
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._partitions: dict[str, list[int]] = {}
+        self._hashes = KeyHashes()
         # Partition lists are cached (aiokafka rebuilds a set per record) and dropped on every metadata
         # update, so a topic that grew partitions is picked up as aiokafka's own partitioner would.
         self._cluster: ClusterMetadata = producer.client.cluster
@@ -78,7 +80,7 @@ class ReplyBatches:
             available = self._cluster.available_partitions_for_topic(topic)
             partition = random.choice(sorted(available) if available else partitions)
         else:
-            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            partition = self._hashes.partition(key, partitions)
         lane = self._lanes.get((topic, partition))
         if lane is None:
             lane = self._lanes[topic, partition] = _Lane()
