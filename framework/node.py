@@ -26,7 +26,7 @@ from framework.control.secrets_watch import SecretsWatcher
 from framework.control.watch import ManifestWatcher
 from framework.errors import ManifestError
 from framework.invoker import Invoker
-from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open
+from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open, speaks_kafka
 from framework.observe import logs, otel
 from framework.observe.metrics import Metrics
 from framework.observe.records import InvocationRecords
@@ -142,6 +142,12 @@ class Node:
             return self.settings.kafka_bootstrap_servers
         port = self.settings.embedded_broker_port
         if port_open("127.0.0.1", port):
+            if not speaks_kafka("127.0.0.1", port):
+                raise BrokerError(
+                    f"port {port} (FAAS_EMBEDDED_BROKER_PORT) is taken by something that is not a Kafka "
+                    "broker: free the port, set FAAS_EMBEDDED_BROKER_PORT to a free one, or set "
+                    "FAAS_KAFKA_BOOTSTRAP_SERVERS to your Kafka cluster"
+                )
             log.warning("port %d is taken: using the Kafka broker already listening there", port)
             return f"127.0.0.1:{port}"
         self.broker = EmbeddedBroker(port=port).start()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,41 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout} s")
         time.sleep(interval)
+
+
+class _Plain(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"not kafka\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test's output is for the test
+
+
+@contextlib.contextmanager
+def http_server() -> Iterator[int]:
+    """A real HTTP server (the standard library's: GET answers 200 `not kafka`) on a free port; yields it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Plain)
+    thread = threading.Thread(target=server.serve_forever, name="http-server", daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A TCP port that accepts connections (the kernel's backlog) and never says anything; yields it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield int(s.getsockname()[1])
 
 
 def write_project(root: Path, manifest: str, modules: dict[str, str] | None = None) -> Path:

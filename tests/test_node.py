@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -225,38 +224,6 @@ def test_run_without_bootstrap_servers_starts_the_embedded_broker(tmp_path: Path
     assert reply["ok"] is True and reply["results"][0]["result"] == {"echo": {"n": 1}, "fn": "echo"}, reply
     assert n.stop() == 0, n.tail()
     wait_for(lambda: not port_open("127.0.0.1", port), timeout=10, message="the embedded broker stopped")
-
-
-def test_embedded_broker_port_taken_is_a_clear_error(tmp_path: Path, nodes: Nodes) -> None:
-    """1. Something that is not Kafka listens on FAAS_EMBEDDED_BROKER_PORT (it accepts and says nothing).
-    2. `faas run` with no bootstrap servers.
-    Result: the log says the port is taken and which; `/readyz` is 503 naming the Kafka broker at that
-    port; HTTP invocations still work."""
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen(64)
-        port = squatter.getsockname()[1]
-        root = write_project(tmp_path, MANIFEST, {"h": HANDLERS})
-        n = nodes(
-            root, None, env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": "", "FAAS_EMBEDDED_BROKER_PORT": str(port)}
-        )
-
-        def unready() -> httpx.Response | None:
-            assert n.proc.poll() is None, n.tail()
-            try:
-                r = httpx.get(f"{n.url}/readyz", timeout=2)
-            except httpx.HTTPError:
-                return None
-            return (
-                r
-                if r.status_code == 503 and any(f"127.0.0.1:{port}" in x for x in r.json()["reasons"])
-                else None
-            )
-
-        r = wait_for(unready, timeout=40, interval=0.2, message="readyz 503 naming the taken port")
-        print(f"\nreadyz with the port taken: {r.json()}")
-        assert f"port {port} is taken" in n.tail(200), n.tail()
-        assert status(n, ECHO) == 200
 
 
 def test_handler_stderr_reaches_the_node_log_tagged(tmp_path: Path, nodes: Nodes) -> None:

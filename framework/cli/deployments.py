@@ -91,6 +91,32 @@ def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> 
                 click.echo(f"{spec.name}: {why}", err=True)
 
 
+def _publish_then_set(
+    settings: Settings,
+    specs: list[FunctionSpec],
+    state: State,
+    publish: Callable[[KafkaLog], Awaitable[list[str]]],
+) -> None:
+    """Run `publish` on the log, then set `state` in the manifest and print its lines.
+
+    Without a broker only the manifest is edited, and each line says nothing was published. A broker
+    that fails exits 1 before the manifest is touched.
+    """
+    bootstrap = broker_of(settings)
+    if bootstrap is None:
+        _set_states(settings, specs, state)
+        for spec in specs:
+            click.echo(f"{spec.name}: {state} in {settings.manifest} ({NO_BROKER})")
+        return
+    try:
+        lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
+    except ConnectionError as exc:
+        fail(str(exc))
+    _set_states(settings, specs, state)
+    for line in lines:
+        click.echo(line)
+
+
 def register(main: click.Group) -> None:
     """Add the verbs to the `faas` group."""
     for command in (deploy, undeploy, history, rollback):
@@ -113,12 +139,6 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     errors = [e for s in specs if (e := found[s.uuid].error) is not None]
     if errors:
         fail(*errors)
-    bootstrap = broker_of(settings)
-    if bootstrap is None:
-        _set_states(settings, specs, "productive")
-        for spec in specs:
-            click.echo(f"{spec.name}: productive in {settings.manifest} ({NO_BROKER})")
-        return
 
     async def publish(log: KafkaLog) -> list[str]:
         items = []
@@ -133,13 +153,7 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
             for rev, new in await log.publish_all(items)
         ]
 
-    try:
-        lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
-    except ConnectionError as exc:
-        fail(str(exc))
-    _set_states(settings, specs, "productive")
-    for line in lines:
-        click.echo(line)
+    _publish_then_set(settings, specs, "productive", publish)
 
 
 @click.command()
@@ -150,12 +164,6 @@ def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) ->
     """Publish an undeploy revision of each NAME and set it undeployed (even with a broken handler)."""
     manifest = load(settings, check_handlers=False)
     specs = _targets(manifest, names, False)
-    bootstrap = broker_of(settings)
-    if bootstrap is None:
-        _set_states(settings, specs, "undeployed")
-        for spec in specs:
-            click.echo(f"{spec.name}: undeployed in {settings.manifest} ({NO_BROKER})")
-        return
 
     async def publish(log: KafkaLog) -> list[str]:
         lines = []
@@ -169,13 +177,7 @@ def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) ->
             lines.append(f"{spec.name}: revision {rev.revision} undeployed")
         return lines
 
-    try:
-        lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
-    except ConnectionError as exc:
-        fail(str(exc))
-    _set_states(settings, specs, "undeployed")
-    for line in lines:
-        click.echo(line)
+    _publish_then_set(settings, specs, "undeployed", publish)
 
 
 @click.command()

@@ -31,6 +31,7 @@ import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framework.kafka.options import reader
 from framework.settings import Settings
 
 CONNECT_TIMEOUT = 15.0
@@ -132,22 +133,15 @@ def render(record: dict[str, Any]) -> str:
 
 async def read(
     servers: str,
-    topic: str,
+    settings: Settings,
     selection: Selection,
     follow: bool,
     show: Callable[[dict[str, Any]], None],
-    options: dict[str, Any],
 ) -> None:
-    """Print the selected records of `topic` (ordered by started_at), then, with `follow`, new ones."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        metadata_max_age_ms=2000,
-        **options,
-    )
+    """Print the selected records of FAAS_INVOCATIONS_TOPIC (ordered by started_at), then, with `follow`,
+    new ones."""
+    topic = settings.invocations_topic
+    consumer = reader(servers, settings, max_partition_fetch_bytes=8 * 1024 * 1024, metadata_max_age_ms=2000)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             await consumer.start()
@@ -243,8 +237,6 @@ def logs(
 ) -> None:
     """Invocation records and their logs, from every node (FAAS_INVOCATIONS_TOPIC). NAME: a function's name
     or uuid."""
-    from framework.kafka.options import security_options
-
     if since is None and invocation_id is None:
         since = 3600.0
     cutoff = None if since is None else int((time.time() - since) * 1000)
@@ -259,9 +251,7 @@ def logs(
     # aiokafka reports connection trouble through logging; the one line below says it instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
     try:
-        asyncio.run(
-            read(servers, settings.invocations_topic, selection, follow, show, security_options(settings))
-        )
+        asyncio.run(read(servers, settings, selection, follow, show))
     except Unreachable as exc:
         click.echo(f"faas logs: cannot reach the Kafka broker at {servers}: {exc}", err=True)
         sys.exit(1)

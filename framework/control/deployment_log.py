@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from framework.control.log_state import LogState
 from framework.control.revisions import KEPT, Revision, code_key, encode, revision_key
-from framework.kafka.options import ADMIN_TIMEOUT_MS, security_options, start_producer
+from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait
 
@@ -169,15 +169,12 @@ class KafkaLog(DeploymentLog):
         await self.stop()  # a start that failed halfway leaves clients behind
         self._consumer = self._producer = self._task = None
         await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        consumer = reader(
+            self.bootstrap,
+            self.settings,
             max_partition_fetch_bytes=self.fetch_bytes,
             fetch_max_bytes=self.fetch_bytes,
             fetch_max_wait_ms=FETCH_WAIT_MS,
-            **security_options(self.settings),
         )
         await consumer.start()
         self._consumer = consumer

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from framework.kafka.cloudevents import event_headers
-from framework.kafka.options import ensure_topics, security_options, start_producer
+from framework.kafka.options import ensure_topics, reader, security_options, start_producer
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait
 
@@ -66,6 +66,7 @@ class EventClient:
         self.events_topic = events_topic or self.settings.events_topic
         self.reply_topic = reply_topic or default_reply_topic(self.settings.replies_topic)
         self.source = source
+        self._overrides = kafka_options  # the caller's own options, over the settings'
         self.options = {**security_options(self.settings), **kafka_options}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -81,13 +82,8 @@ class EventClient:
             await ensure_topics(self.bootstrap, [self.reply_topic], 1, self.options)
         except KafkaConnectionError as exc:
             raise ConnectionError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
-        consumer = AIOKafkaConsumer(
-            self.reply_topic,
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            auto_offset_reset="latest",
-            enable_auto_commit=False,
-            **self.options,
+        consumer = reader(
+            self.bootstrap, self.settings, self.reply_topic, auto_offset_reset="latest", **self._overrides
         )
         await consumer.start()
         self._consumer = consumer

@@ -49,6 +49,12 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
 CORE = frozenset(("specversion", "type", "id", "source", "subject", "time", "replyto"))
 """Attributes with a place of their own; every other one is an extension."""
+_TRACE, _ATTRIBUTE = "trace", "attribute"
+_ROLES = {**{f"ce_{name}": _ATTRIBUTE for name in CORE}, "content-type": _ATTRIBUTE} | {
+    "traceparent": _TRACE,
+    "tracestate": _TRACE,
+}
+"""Binary-mode headers with a place of their own, by lower-case name; other `ce_*` ones are extensions."""
 _STRUCTURED_OWN = CORE | {"data", "data_base64", "datacontenttype"}
 _STRING_ATTRIBUTES = ("source", "subject", "time", "datacontenttype", "dataschema")
 """Structured-mode attributes that must be strings when present (a wrong type makes the event bad)."""
@@ -108,8 +114,11 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
     for name, raw in headers:
         if raw is None:
             continue
-        lname = name.lower()
-        if lname.startswith("ce_") and lname[3:] not in CORE:
+        lname = name if name in _ROLES else name.lower()  # producers mostly send the lower-case names
+        role = _ROLES.get(lname)
+        if role is None:
+            if not lname.startswith("ce_"):
+                continue  # not ours (a producer's own header)
             ext = lname[3:]
             if not _EXT_NAME.fullmatch(ext):
                 dropped.append(f"extension header {name!r}: the name is not 1-20 lower-case letters/digits")
@@ -121,10 +130,8 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
                 except UnicodeDecodeError:
                     dropped.append(f"extension header {name} is not UTF-8")
             continue
-        if lname in ("traceparent", "tracestate"):
+        if role is _TRACE:
             trace[lname] = raw.decode("latin-1")
-            continue
-        if not (lname.startswith("ce_") or lname == "content-type"):
             continue
         try:
             attrs[lname] = raw.decode()

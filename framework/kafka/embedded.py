@@ -7,8 +7,10 @@ Tansu is memory-only: a restart loses every topic, so it is for development and 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -17,10 +19,18 @@ from types import TracebackType
 
 START_TIMEOUT = 20.0
 """Seconds to wait for the broker to accept connections (it is usually ready in milliseconds)."""
+ANSWER_TIMEOUT = 5.0
+"""Seconds a listener has to answer `speaks_kafka`. A broker answers in milliseconds; the margin is for a
+loaded machine, and only a listener that is not Kafka (silent, or waiting for more bytes) waits it out."""
+API_VERSIONS = 18
+"""The Kafka API key of ApiVersions, the first request every client sends (version 0 is never retired)."""
+UNSUPPORTED_VERSION = 35
+"""A Kafka error code: still a Kafka broker answering, one that would rather hear a newer version."""
 
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be found or did not start; the message carries its log."""
+    """The embedded broker could not be found, did not start, or its port is held by something that is not
+    Kafka; the message says which (with the broker's log when it ran)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,6 +45,33 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def speaks_kafka(host: str, port: int, timeout: float = ANSWER_TIMEOUT) -> bool:
+    """Does what listens on host:port answer a Kafka ApiVersions request (v0) as a Kafka broker does?
+
+    Sends one request and reads the head of the answer: its size, the request's random correlation id
+    echoed back and the error code. False when nothing listens, or the listener closes, stays silent
+    for `timeout` seconds, or answers anything else (an HTTP server's `400 Bad Request`, say).
+    """
+    correlation = secrets.randbits(31)
+    client_id = b"faas-port-check"
+    header = struct.pack(">hhih", API_VERSIONS, 0, correlation, len(client_id)) + client_id
+    deadline = time.monotonic() + timeout
+    answer = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(header)) + header)
+            while len(answer) < 10:  # size (int32), correlation id (int32), error code (int16)
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                answer += chunk
+    except OSError:  # refused, reset, or timed out
+        return False
+    size, echoed, error = struct.unpack_from(">iih", answer)
+    return echoed == correlation and 6 <= size <= 1024 * 1024 and error in (0, UNSUPPORTED_VERSION)
 
 
 def broker_binary() -> str:

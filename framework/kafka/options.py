@@ -2,6 +2,8 @@
 
 Every client (the node's consumer, producer, admin and probe clients, the scheduler's, the EventClient)
 takes its TLS/SASL options from `security_options`, so one set of `FAAS_KAFKA_*` settings covers them all.
+The readers that belong to no consumer group (`faas logs`, `faas replay`, the deployment log, the
+EventClient's replies) come from `reader`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
@@ -37,6 +39,23 @@ def security_options(settings: Settings) -> dict[str, Any]:
             keyfile=settings.kafka_ssl_keyfile or None,
         )
     return opts
+
+
+def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer in no consumer group (not started): nothing to join, nothing committed, any number at once.
+
+    It reads what it is assigned (or `topics`, every partition of them) from the earliest offset, with
+    auto-commit off and the TLS/SASL options of `security_options(settings)`. `extra` (e.g.
+    `auto_offset_reset="latest"`, fetch sizes, or a client's own `security_protocol`) overrides any of
+    these but the group. Create it on the loop that will use it (aiokafka binds it there).
+    """
+    options: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        **security_options(settings),
+        **extra,
+    }
+    return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, **options)
 
 
 def max_request_size(settings: Settings) -> int:

@@ -20,13 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from framework.kafka.deadletter import DeadLetter, classify, replay_headers
-from framework.kafka.options import security_options, start_producer
+from framework.kafka.options import reader, start_producer
 from framework.settings import Settings
 
 READ_STALL = 30.0
@@ -89,17 +88,14 @@ class Report:
 
 
 async def read_topic(
-    bootstrap: str, topic: str, options: dict[str, Any], progress: Progress | None = None
+    bootstrap: str, topic: str, settings: Settings, progress: Progress | None = None
 ) -> list[ConsumerRecord[bytes, bytes]] | None:
     """Every record of `topic`, read until nothing more comes; None when the topic does not exist."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = reader(
+        bootstrap,
+        settings,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_wait_ms=20,  # Tansu holds a fetch this long even with records there: keep it short
-        **options,
     )
     try:
         await consumer.start()
@@ -193,9 +189,8 @@ async def replay(
     produced before that stay produced). `progress` is called every READ_PROGRESS_EVERY records read and
     every PROGRESS_EVERY records produced (when more than that are to be).
     """
-    options = security_options(settings)
     report = Report(dry_run=dry_run)
-    records = await read_topic(bootstrap, settings.deadletter_topic, options, progress)
+    records = await read_topic(bootstrap, settings.deadletter_topic, settings, progress)
     if records is None:
         report.topic_missing = True
         return report

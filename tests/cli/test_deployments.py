@@ -95,10 +95,11 @@ def test_broker_down_exits_1_in_bounded_time(tmp_path: Path) -> None:
     assert "state: draft" in (root / "functions.yaml").read_text()
 
 
-def test_without_a_broker_deploy_only_edits_the_manifest(tmp_path: Path) -> None:
+def test_without_a_broker_deploy_and_undeploy_only_edit_the_manifest(tmp_path: Path) -> None:
     """1. No FAAS_KAFKA_BOOTSTRAP_SERVERS and nothing on the embedded broker's port; `faas deploy alpha`,
-    then `faas ls`. Result: exit 0, the manifest says productive and the output says nothing was
-    published; ls shows the state without a revision."""
+    then `faas ls`, then `faas undeploy alpha`. Result: each verb exits 0, the manifest says productive,
+    then undeployed (its comments kept), and the output says nothing was published; ls shows the state
+    without a revision."""
     u = new_id()
     root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
     env = {"FAAS_EMBEDDED_BROKER_PORT": str(free_port()), "FAAS_KAFKA_BOOTSTRAP_SERVERS": ""}
@@ -107,3 +108,8 @@ def test_without_a_broker_deploy_only_edits_the_manifest(tmp_path: Path) -> None
     assert "state: productive" in (root / "functions.yaml").read_text()
     r = run_cli(root, "ls", env=env)
     assert r.returncode == 0 and f"{u}  productive " in r.stdout, r.stdout
+    r = run_cli(root, "undeploy", "alpha", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "alpha: undeployed in " in r.stdout and "not published" in r.stdout, r.stdout
+    text = (root / "functions.yaml").read_text()
+    assert "state: undeployed   # kept as written" in text, text

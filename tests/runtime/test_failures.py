@@ -26,14 +26,26 @@ async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFac
 
 
 async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A started instance (limit 1 s) gets a request that blocks its loop for 8 s. 2. Once that request
+    is past its limit, and before the node kills the instance (1 s after that limit), a second request.
+    Result: the first is answered Timeout within 3 s, the second InstanceCrashed (it is not past its own
+    limit when the instance dies); the instance is killed, the next request gets a fresh one (a cold
+    start) and the crash is counted as `blocked`."""
     s = spec("block", timeout=1, max=1)
-    first, _ = await call(runtime, s, {"block": 0})  # started: the timeline begins when the request is sent
+    first, _ = await call(runtime, s, {"block": 0})  # started: the request goes in as soon as it is sent
     pid = first["unblocked"]
     t = time.monotonic()
     blocked = asyncio.ensure_future(call(runtime, s, {"block": 8}))
-    # Timeline, not a wait: the node kills at limit + 1 s grace; a request sent inside that window is not
-    # past its own limit then, so it is answered InstanceCrashed rather than Timeout.
-    await asyncio.sleep(max(0.0, t + 1.3 - time.monotonic()))
+    await until(lambda: runtime.inflight() == 1, message="the blocking request in flight")
+    # Its limit runs from when the node sent it, which is no later than now.
+    past_limit = time.monotonic() + s.timeout
+    await until(
+        lambda: time.monotonic() >= past_limit,
+        timeout=s.timeout + 1,
+        message="the blocking request past its time limit",
+    )
+    # The window is open: the instance still lives (it dies 1 s past that limit) and holds the request.
+    assert not blocked.done() and runtime.instance_ids(s.name), "killed before the second request"
     other = asyncio.ensure_future(call(runtime, s, {"block": 0}))
     with pytest.raises(Timeout):
         await blocked

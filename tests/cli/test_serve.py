@@ -1,0 +1,74 @@
+"""`faas run` and the embedded broker's port (framework/cli/serve.py, framework/node.py; DESIGN.md 6, 8)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from framework.kafka.embedded import EmbeddedBroker, free_port
+from tests.support import Node, http_server, new_id, run_cli, silent_listener, write_project
+
+pytestmark = pytest.mark.timeout(300)  # a CLI process on a shared, slow machine
+
+MODULE = "async def handle(payload, ctx):\n    return payload\n"
+
+
+def manifest() -> str:
+    return f"""
+functions:
+  - name: alpha
+    uuid: {new_id()}
+    handler: functions.m:handle
+    state: productive
+"""
+
+
+@pytest.mark.parametrize("listener", [http_server, silent_listener], ids=["http", "tcp"])
+def test_run_refuses_a_port_held_by_something_that_is_not_kafka(
+    tmp_path: Path, listener: Callable[[], AbstractContextManager[int]]
+) -> None:
+    """1. A real HTTP server, or a TCP listener that never answers, holds FAAS_EMBEDDED_BROKER_PORT.
+    2. `faas run` with no FAAS_KAFKA_BOOTSTRAP_SERVERS. Result: exit 1 (as for the other setting errors)
+    within 60 s, with one error that names the port, says it is not a Kafka broker and what to do (free
+    the port or set FAAS_KAFKA_BOOTSTRAP_SERVERS), and no traceback; the HTTP server is left serving."""
+    root = write_project(tmp_path, manifest(), {"m": MODULE})
+    with listener() as port:
+        env = {
+            "FAAS_KAFKA_BOOTSTRAP_SERVERS": "",
+            "FAAS_EMBEDDED_BROKER_PORT": str(port),
+            "FAAS_HTTP_PORT": str(free_port()),
+            "FAAS_LOG_FORMAT": "text",
+        }
+        started = time.monotonic()
+        r = run_cli(root, "run", env=env, timeout=120)
+        took = time.monotonic() - started
+        print(f"\nfaas run with port {port} taken, after {took:.1f} s:\n{r.stderr}")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert took < 60
+        errors = [line for line in r.stderr.splitlines() if "not a Kafka broker" in line]
+        assert len(errors) == 1, r.stderr
+        assert f"port {port} " in errors[0] and "FAAS_KAFKA_BOOTSTRAP_SERVERS" in errors[0], errors
+        assert "free the port" in errors[0], errors
+        assert "Traceback" not in r.stderr, r.stderr
+        if listener is http_server:
+            assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "not kafka\n"
+
+
+def test_run_uses_a_kafka_broker_already_on_the_port(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. The test broker (Tansu) listens on FAAS_EMBEDDED_BROKER_PORT. 2. `faas run` with no
+    FAAS_KAFKA_BOOTSTRAP_SERVERS. Result: the node starts no broker of its own, says it uses the one
+    there, and turns ready on it."""
+    root = write_project(tmp_path, manifest(), {"m": MODULE})
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": "", "FAAS_EMBEDDED_BROKER_PORT": str(broker.port)}
+    n = nodes(root, None, env=env).wait_ready(timeout=90)
+    tail = n.tail(200)
+    assert f"port {broker.port} is taken: using the Kafka broker already listening there" in tail, tail
+    assert "embedded broker (Tansu" not in tail, tail
+    assert n.stop() == 0, n.tail()
