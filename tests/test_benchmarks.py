@@ -23,6 +23,9 @@ GROUPS = [
     "warm invoke c=1 p50", "warm invoke c=64", "idle node CPU, 20 instances, memory limits on",
     "tracing traceparent per event", "tracing OTel export per span", "direct invoke c=1 p50 with traceparent",
     "deploy one function to served",
+    "records on, direct invoke c=64 throughput", "records on, events 1 listener throughput",
+    "OTel export on, direct invoke c=64 throughput", "OTel export on, direct invoke c=1 p50",
+    "OTel export on, events 1 listener throughput",
 ]  # fmt: skip
 
 
