@@ -264,3 +264,28 @@ def test_ctx_uuid_and_deadline(tmp_path: Path, nodes: Nodes) -> None:
     assert before + 7 <= got["deadline"] <= after + 7, (before, got, after)
     assert 6.0 < got["deadline"] - got["now"] <= 7.0, got
     assert 6.0 < got["remaining"] <= 7.0, got
+
+
+def test_a_stop_step_that_hangs_is_left_behind_and_named(caplog: pytest.LogCaptureFixture) -> None:
+    """1. A stop step that never finishes, bounded to 0.2 s. 2. A step that finishes in time.
+    Result: the first returns after its bound with a warning naming it; the second says nothing."""
+    import asyncio
+
+    from framework.node import _bounded
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    async def steps() -> float:
+        started = time.monotonic()
+        await _bounded("the stuck part", hangs(), 0.2)
+        took = time.monotonic() - started
+        await _bounded("the quick part", asyncio.sleep(0), 5)
+        return took
+
+    with caplog.at_level("WARNING", logger="faas"):
+        took = asyncio.run(steps())
+    assert 0.2 <= took < 2, took
+    assert [r.getMessage() for r in caplog.records] == [
+        "stopping the stuck part took over 0 s: going on without it"
+    ]

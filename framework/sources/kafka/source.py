@@ -81,6 +81,8 @@ COMMIT_INTERVAL = 0.5
 """Seconds between commits of finished offsets."""
 REVOKE_WAIT = 5.0
 """Seconds a rebalance waits for the in-flight events of revoked partitions before cancelling them."""
+FINAL_COMMIT_WAIT = 5.0
+"""Seconds a stopping node waits for its last commit (what it leaves uncommitted is answered again)."""
 LAG_INTERVAL = 2.0
 """Seconds between updates of the consumer-lag gauge."""
 CONSUMER_OPTIONS: dict[str, Any] = {
@@ -160,7 +162,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if not await self.runner.drain(None, grace):
             log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
         await self.outbox.settle(self.tracker, None, deadline)
-        await self._commit(None)
+        try:  # aiokafka retries a commit during a rebalance for as long as it lasts: bounded here
+            await asyncio.wait_for(self._commit(None), FINAL_COMMIT_WAIT)
+        except TimeoutError:
+            log.warning("final commit not done in %.0f s: the group redoes it", FINAL_COMMIT_WAIT)
         self.outbox.cancel()
         await self._close_consumer()
         await self.sender.stop()
