@@ -1,4 +1,5 @@
-"""Sample counts of a full run (`make bench`, ~4-5 min on 2 cores) and of `--quick` (end-to-end check)."""
+"""Sample counts of a full run (`make bench`, ~4-5 min on 2 cores, plus ~3 for `costs`) and of `--quick`
+(end-to-end check)."""
 
 from __future__ import annotations
 

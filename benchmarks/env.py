@@ -21,6 +21,8 @@ class Env:
     project: Project
     logs: Path
     bootstrap: str = ""
+    broker_pid: int = 0
+    """The embedded broker's process (0: none), for cases that read its CPU time."""
     topics: dict[str, str] = field(default_factory=dict)
     node: Proc | None = None
     node_port: int = 0

@@ -34,6 +34,8 @@ class LoadResult:
     p99_ms: float
     statuses: dict[str, int]
     sample_error: str
+    warmup_requests: int = 0
+    """Requests answered during the warm-up (not in the figures; for totals such as CPU per request)."""
 
     def check(self) -> LoadResult:
         """Raise when any request failed: a figure over failed requests would be meaningless."""
@@ -106,9 +108,10 @@ async def _main(cfg: dict[str, Any]) -> dict[str, Any]:
     conns = await asyncio.gather(*(Connection.open(host, port) for _ in range(int(cfg["connections"]))))
     try:
         duration, count = float(cfg.get("duration", 0)), int(cfg.get("count", 0))
+        warmed = 0
         if cfg.get("warmup"):  # seconds in duration mode; one full round in count mode
-            await _phase(conns, raw, float(cfg["warmup"]), count)
-        return await _phase(conns, raw, duration, count)
+            warmed = (await _phase(conns, raw, float(cfg["warmup"]), count))["requests"]
+        return {**await _phase(conns, raw, duration, count), "warmup_requests": warmed}
     finally:
         for c in conns:
             c.close()

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from benchmarks.httpclient import fetch
@@ -20,11 +21,16 @@ from benchmarks.httpclient import fetch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a child: ours, with the repository importable (`benchmarks` is not installed)."""
+def child_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The environment of a child: ours, with the repository importable (`benchmarks` is not installed),
+    then `extra` (a None value removes that variable)."""
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.update(extra or {})
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
@@ -34,7 +40,7 @@ class Proc:
         name: str,
         args: list[str],
         log: Path,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         cwd: Path | None = None,
     ) -> None:
         self.name = name
@@ -99,9 +105,20 @@ class Proc:
             self.popen.wait(5)
 
 
-def start_node(root: Path, port: int, bootstrap: str, topics: dict[str, str], group: str, logs: Path) -> Proc:
-    """`python -m framework run`, configured only through FAAS_* variables, as a user would start it."""
-    env = {
+def start_node(
+    root: Path,
+    port: int,
+    bootstrap: str,
+    topics: dict[str, str],
+    group: str,
+    logs: Path,
+    name: str = "node",
+    extra: Mapping[str, str | None] | None = None,
+) -> Proc:
+    """`python -m framework run`, configured only through FAAS_* variables, as a user would start it.
+
+    `extra` adds (or, with None, removes) variables; the log is `logs/<name>.log`."""
+    env: dict[str, str | None] = {
         "FAAS_MANIFEST": str(root / "functions.yaml"),
         "FAAS_HTTP_HOST": "127.0.0.1",
         "FAAS_HTTP_PORT": str(port),
@@ -115,8 +132,10 @@ def start_node(root: Path, port: int, bootstrap: str, topics: dict[str, str], gr
         "FAAS_LOG_LEVEL": "WARNING",
         "FAAS_LOG_FORMAT": "text",
         "FAAS_SHUTDOWN_GRACE": "5",
+        **(extra or {}),
     }
-    return Proc("node", [sys.executable, "-m", "framework", "run"], logs / "node.log", env, cwd=root)
+    log = logs / f"{name.replace(' ', '-')}.log"
+    return Proc(name, [sys.executable, "-m", "framework", "run"], log, env, cwd=root)
 
 
 def start_bare(root: Path, port: int, handlers: dict[str, str], logs: Path) -> Proc:

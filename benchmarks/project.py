@@ -67,7 +67,7 @@ class Project:
         return self.root / "functions.yaml"
 
 
-def _entry(name: str, module: str, events: list[str] | None = None, instances: str | None = None) -> str:
+def entry(name: str, module: str, events: list[str] | None = None, instances: str | None = None) -> str:
     lines = [
         f"  - name: {name}",
         f"    uuid: {fn_uuid(name)}",
@@ -81,29 +81,37 @@ def _entry(name: str, module: str, events: list[str] | None = None, instances: s
     return "\n".join(lines)
 
 
-def write_project(root: Path, profile: Profile) -> Project:
+def write_functions(root: Path, entries: list[str]) -> Project:
+    """A project of `entries` (from `entry`) with every module of MODULES."""
     (root / "functions").mkdir(parents=True, exist_ok=True)
     (root / "functions" / "__init__.py").write_text("")
     for name, src in MODULES.items():
         (root / "functions" / f"{name}.py").write_text(textwrap.dedent(src).lstrip("\n"))
     project = Project(root)
+    project.manifest.write_text("functions:\n" + "\n".join(entries) + "\n")
+    return project
+
+
+def write_project(root: Path, profile: Profile) -> Project:
+    cold: dict[str, list[str]] = {}
     # One instance each: on a small machine more processes do not help a trivial async handler.
     single = "{max: 1, concurrency: 1000}"
     entries = [
-        _entry("noop", "noop"),
-        _entry("memprobe", "noop"),
-        _entry("probe", "probe"),
-        _entry("deployed", "revision"),
-        _entry("sleep", "sleep", instances=single),
+        entry("noop", "noop"),
+        entry("memprobe", "noop"),
+        entry("probe", "probe"),
+        entry("deployed", "revision"),
+        entry("sleep", "sleep", instances=single),
         # cases/overload.py: capacity 40 req/s, a queue of 8, then 429 Overloaded.
-        _entry("overload", "sleep", instances="{max: 1, concurrency: 4, queue: 8}"),
+        entry("overload", "sleep", instances="{max: 1, concurrency: 4, queue: 8}"),
     ]
     for i in range(1, 9):
         events = [t for n, t in EVENT_TYPES.items() if i <= n]
-        entries.append(_entry(f"listener-{i}", "noop", events, single))
+        entries.append(entry(f"listener-{i}", "noop", events, single))
     per_kind = profile.cold_warmup + profile.repeats * profile.cold_samples
     for kind, module in (("trivial", "noop"), ("heavy", "heavy")):
-        project.cold[kind] = [f"cold-{kind}-{i:03d}" for i in range(per_kind)]
-        entries += [_entry(n, module, instances="{max: 1, idle_timeout: 1}") for n in project.cold[kind]]
-    project.manifest.write_text("functions:\n" + "\n".join(entries) + "\n")
+        cold[kind] = [f"cold-{kind}-{i:03d}" for i in range(per_kind)]
+        entries += [entry(n, module, instances="{max: 1, idle_timeout: 1}") for n in cold[kind]]
+    project = write_functions(root, entries)
+    project.cold = cold
     return project

@@ -67,7 +67,7 @@ def table(meta: dict[str, Any], cases: list[Series]) -> str:
     lines.append("baselines (same run, same machine):")
     legend: dict[str, list[str]] = {}
     for s in cases:
-        prefix = " ".join(s.case.split()[:2])
+        prefix = " ".join(s.case.split()[:2]).rstrip(",:")
         if prefix not in legend.setdefault(s.baseline_name, []):
             legend[s.baseline_name].append(prefix)
     lines += [f"  {', '.join(prefixes)}: {name}" for name, prefixes in legend.items()]

@@ -22,6 +22,7 @@ from benchmarks import loadgen, procs
 from benchmarks.cases import (
     batching,
     cold,
+    costs,
     deploy,
     direct,
     events,
@@ -134,8 +135,13 @@ SERVED: dict[str, Group] = {
     "deploy": deploy.run,
 }
 """Groups measured against the shared broker, node, bare server and relay, in this order."""
-QUIET: dict[str, Group] = {"limits": limits.run, "warm": warm.run, "tracing": tracing.run}
-"""Groups run after those servers stopped (their own processes, or in this process)."""
+QUIET: dict[str, Group] = {
+    "costs": costs.run,
+    "limits": limits.run,
+    "warm": warm.run,
+    "tracing": tracing.run,
+}
+"""Groups run after those servers stopped (their own processes on the shared broker, or in this process)."""
 GROUPS = [*SERVED, *QUIET]
 
 
@@ -165,6 +171,7 @@ async def run_suite(
         try:
             broker = EmbeddedBroker(log_path=env.logs / "broker.log").start()
             env.bootstrap = broker.bootstrap
+            env.broker_pid = broker.proc.pid if broker.proc is not None else 0
             names = [env.topics[k] for k in ("events", "replies", "relay_in", "relay_out")]
             meta["topics"] = await create_topics(env.bootstrap, names, 6)
         except Exception as exc:

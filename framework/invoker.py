@@ -153,11 +153,8 @@ class Invoker:
             else:
                 result = await self._attempt(spec, inv)
             return result
-        except FaasError as exc:
-            outcome = exc.type
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
+        except BaseException as exc:
+            outcome = outcome_of(exc)
             raise
         finally:
             tracing.current.reset(token)
@@ -174,19 +171,15 @@ class Invoker:
 
     async def _attempt(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
         """One invocation; raises the FaasError it ended with."""
-        trigger = inv.trigger
         started = time.perf_counter()
         outcome = "ok"
         try:
             return await self.runtime.invoke(spec, inv)
-        except FaasError as exc:
-            outcome = exc.type
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
+        except BaseException as exc:
+            outcome = outcome_of(exc)
             raise
         finally:
-            self._observe(spec.name, trigger, outcome, time.perf_counter() - started)
+            self._observe(spec.name, inv.trigger, outcome, time.perf_counter() - started)
 
     def _export(
         self, spec: FunctionSpec, inv: Invocation, span: tracing.Span, outcome: str, res: InvokeResult | None
@@ -297,8 +290,8 @@ class Invoker:
         outcome = "ok"
         try:
             return await self.runtime.warmup(spec)
-        except FaasError as exc:
-            outcome = exc.type
+        except BaseException as exc:
+            outcome = outcome_of(exc)
             raise
         finally:
             if self.metrics is not None:
@@ -311,6 +304,16 @@ class Invoker:
 
 _OTEL_TRIGGER = {"event": "pubsub", "direct": "http", "schedule": "timer", "warmup": "timer"}
 """`faas.trigger` values of the OpenTelemetry FaaS conventions for our triggers."""
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The `outcome` label of an invocation that raised `exc`: its contract error type, `cancelled`, or
+    `FunctionError` for anything else (a bug, reported as the function's failure, as `chain_error` does)."""
+    if isinstance(exc, FaasError):
+        return exc.type
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return FunctionError.__name__
 
 
 def chain_error(exc: BaseException, spec: FunctionSpec | None = None) -> dict[str, Any]:

@@ -122,12 +122,19 @@ def setup_instance(function: str, instance_id: str) -> None:
     _provider = provider
 
 
-@contextlib.contextmanager
-def invocation_context(traceparent: str) -> Iterator[None]:
-    """Make the invocation's span (`traceparent`, from the node) the current OpenTelemetry context."""
+_NOTHING = contextlib.nullcontext()
+
+
+def invocation_context(traceparent: str) -> contextlib.AbstractContextManager[None]:
+    """Make the invocation's span (`traceparent`, from the node) the current OpenTelemetry context; without
+    export, a shared context manager that does nothing (no generator made per invocation)."""
     if _provider is None:
-        yield
-        return
+        return _NOTHING
+    return _attached(traceparent)
+
+
+@contextlib.contextmanager
+def _attached(traceparent: str) -> Iterator[None]:
     from opentelemetry import context, trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 

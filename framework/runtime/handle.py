@@ -82,7 +82,9 @@ class InstanceHandle:
         """Set when the process is gone (its log channel closed)."""
         self.on_gone: Callable[[InstanceHandle], None] | None = None
         """Called when the process is gone (after `on_exit`, which fires as soon as it stops serving)."""
-        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: `asyncio.get_running_loop()` costs a getpid() system call per call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
+        self.started: asyncio.Future[None] = self._loop.create_future()
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         self._log_level = log_level
         self._on_exit = on_exit
@@ -138,7 +140,7 @@ class InstanceHandle:
             await asyncio.shield(self.started)
         if self.dead or self._main is None:
             raise InstanceCrashed(f"instance {self.id} of function {self.spec.name} is gone")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._seq = rid = self._seq + 1
         fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
         deadline = loop.time() + self.spec.timeout

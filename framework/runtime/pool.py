@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from framework.control.manifest import FunctionSpec
@@ -81,10 +81,15 @@ class FunctionPool:
         if self.unavailable is not None:
             raise InstanceCrashed(f"function {self.spec.name} cannot start an instance: {self.unavailable}")
 
-    async def invoke(self, inv: Invocation) -> InvokeResult:
-        # The duration histogram is the invoker's to observe (once per invocation, wall time).
+    def invoke(self, inv: Invocation) -> Coroutine[Any, Any, InvokeResult]:
+        """Run `inv` on an instance (queueing for one when all are busy); await the result.
+
+        The duration histogram is the invoker's to observe (once per invocation, wall time)."""
         if self._recorder is not None:
-            return await self._recorded(inv, None)
+            return self._recorded(inv, None)
+        return self._invoke(inv)
+
+    async def _invoke(self, inv: Invocation) -> InvokeResult:
         self.check_available()
         inst, cold = self._acquire() or await self._queue()
         try:

@@ -9,8 +9,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from framework.control.manifest import FunctionSpec
 from framework.control.secrets import SecretError, SecretStore
@@ -83,10 +83,12 @@ class Runtime:
         self._retired.clear()
         self._template.stop()
 
-    async def invoke(self, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
+    def invoke(self, spec: FunctionSpec, inv: Invocation) -> Coroutine[Any, Any, InvokeResult]:
+        """Run `inv` on an instance of `spec`; await the result. A plain function handing back the pool's
+        coroutine: one coroutine frame less to pass through on every call and every resumption."""
         if self._stopping:
             raise Overloaded("the node is stopping")
-        return await self._pool(spec).invoke(inv)
+        return self._pool(spec).invoke(inv)
 
     async def warmup(self, spec: FunctionSpec) -> int:
         """Call the module's `warmup(ctx)` hook (never `handle`) in every live instance of `spec`, starting

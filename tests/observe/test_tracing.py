@@ -72,3 +72,50 @@ def test_child_spans_and_raw_headers() -> None:
 def test_ids_are_unique() -> None:
     assert len({tracing.new_trace_id() for _ in range(10_000)}) == 10_000
     assert len({tracing.new_span_id() for _ in range(10_000)}) == 10_000
+
+
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+UNSAMPLED_CALLER = CALLER[:-2] + "00"
+
+
+def test_default_sampler_samples_new_traces_and_keeps_a_callers_decision() -> None:
+    sampler = tracing.Sampler.from_environ({})
+    assert sampler.flags(tracing.new_trace_id(), None) == "01"
+    assert sampler.flags("4bf92f3577b34da6a3ce929d0e0e4736", "00") == "00"
+    assert tracing.start(UNSAMPLED_CALLER).flags == "00"
+
+
+@pytest.mark.parametrize(
+    ("name", "root", "after_sampled_caller"),
+    [
+        ("always_off", "00", "00"),
+        ("parentbased_always_off", "00", "01"),
+        ("always_on", "01", "01"),
+        ("no_such_sampler", "01", "01"),
+    ],
+)
+def test_named_samplers(name: str, root: str, after_sampled_caller: str) -> None:
+    sampler = tracing.Sampler.from_environ({"OTEL_TRACES_SAMPLER": name})
+    assert sampler.flags(tracing.new_trace_id(), None) == root
+    assert sampler.flags("4bf92f3577b34da6a3ce929d0e0e4736", "01") == after_sampled_caller
+
+
+def test_ratio_sampler_decides_as_the_opentelemetry_sdk_does() -> None:
+    """Every process (node, instances, the SDK in a handler) must take the same decision for a trace."""
+    sdk = pytest.importorskip("opentelemetry.sdk.trace.sampling")
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    sampler = tracing.Sampler.from_environ(env)
+    theirs = sdk.TraceIdRatioBased(0.25)
+    ids = [tracing.new_trace_id() for _ in range(4000)]
+    ours = [sampler.flags(t, None) == "01" for t in ids]
+    assert ours == [theirs.should_sample(None, int(t, 16), "x").decision.is_sampled() for t in ids]
+    assert 800 < sum(ours) < 1200  # about a quarter
+    assert sampler.flags(ids[0], "01") == "01"  # parent-based: the caller decided
+
+
+@pytest.mark.parametrize("arg", ["abc", "", "-1", "7"])
+def test_ratio_sampler_with_a_bad_argument_is_clamped_or_ignored(arg: str) -> None:
+    env = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": arg}
+    sampler = tracing.Sampler.from_environ(env)
+    expected = "00" if arg == "-1" else "01"
+    assert {sampler.flags(tracing.new_trace_id(), None) for _ in range(50)} == {expected}

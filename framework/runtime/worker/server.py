@@ -148,7 +148,7 @@ class Server:
         self.closed: asyncio.Future[None] | None = None
 
     async def serve(self, sock: socket.socket) -> int:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()  # kept: asking costs a getpid() per call on 3.11
         self.closed = loop.create_future()
         self.conn = conn = await connect(sock, self.on_frame, self.on_close)
         try:
@@ -181,7 +181,7 @@ class Server:
     def on_frame(self, kind: int, header: Header, tail: bytes) -> None:
         if kind == FrameKind.REQUEST:
             rid: int = header["id"]
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.tasks[rid] = loop.create_task(self.run(rid, header, tail), name=header["inv"])
             self.deadlines[rid] = deadline = loop.time() + self.timeout
             if self.sweeper is None:

@@ -51,6 +51,7 @@ class ReplyBatches:
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._partitions: dict[str, list[int]] = {}
         self._hashes = KeyHashes()
+        self._loop = asyncio.get_running_loop()  # made on the loop; kept, since asking costs a getpid()
         # Partition lists are cached (aiokafka rebuilds a set per record) and dropped on every metadata
         # update, so a topic that grew partitions is picked up as aiokafka's own partitioner would.
         self._cluster: ClusterMetadata = producer.client.cluster
@@ -93,7 +94,7 @@ class ReplyBatches:
             lane.builder.append(key=key, value=value, timestamp=None, headers=headers)
         lane.entries.append(entry)
         if lane.task is None:  # starts after this loop iteration: records appended meanwhile ride along
-            lane.task = asyncio.get_running_loop().create_task(self._ship(topic, partition, lane))
+            lane.task = self._loop.create_task(self._ship(topic, partition, lane))
 
     async def _ship(self, topic: str, partition: int, lane: _Lane) -> None:
         """Hand the lane's batches over one after another (each waits until the previous one left the

@@ -72,6 +72,7 @@ class ReplyProducer:
         self._closed = False
         self._retries: set[asyncio.Task[None]] = set()
         self._batches: ReplyBatches | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         await self._get()
@@ -143,7 +144,10 @@ class ReplyProducer:
         (`batching.py`); records submitted one after another to one partition land in that order unless
         one has to be retried here. `stop` and `cancel_retries` cancel the retries (the futures too).
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # kept: `asyncio.get_running_loop()` is a getpid() system call on Python 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         entry: _Submission = (done, topic, value, key, headers, permanent_if)
         producer = self._producer
         try:
