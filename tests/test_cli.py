@@ -374,10 +374,15 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, fl
 
 
 def test_emit_prints_the_reply(
-    project: Path, fake_client: list[tuple[str, str, Any, float]], monkeypatch: pytest.MonkeyPatch
+    project: Path,
+    fake_client: list[tuple[str, str, Any, float]],
+    monkeypatch: pytest.MonkeyPatch,
+    broker: EmbeddedBroker,
 ) -> None:
+    """`faas emit` hands the client the broker: the embedded broker's port (it answers as Kafka), else
+    FAAS_KAFKA_BOOTSTRAP_SERVERS, else `--bootstrap`; the client here is a fake."""
     monkeypatch.delenv("FAAS_KAFKA_BOOTSTRAP_SERVERS", raising=False)
-    env = {"FAAS_EMBEDDED_BROKER_PORT": "9999"}
+    env = {"FAAS_EMBEDDED_BROKER_PORT": str(broker.port)}
     r = CliRunner().invoke(main, ["emit", "ping", "--data", '{"x": 1}', "--timeout", "3"], env=env)
     assert r.exit_code == 0 and json.loads(r.output)["ok"] is True, r.output
     r = CliRunner().invoke(main, ["emit", "bad"], env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": "k:1"})
@@ -385,7 +390,7 @@ def test_emit_prints_the_reply(
     r = CliRunner().invoke(main, ["emit", "silent", "--bootstrap", "b:2"])
     assert r.exit_code == 1 and "no reply" in r.output
     assert fake_client == [
-        ("127.0.0.1:9999", "ping", {"x": 1}, 3.0),
+        (broker.bootstrap, "ping", {"x": 1}, 3.0),
         ("k:1", "bad", None, 30.0),
         ("b:2", "silent", None, 30.0),
     ]

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from framework.cli import scripting
-from framework.cli.common import fail, load, pass_settings
+from framework.cli.common import fail, load, need_broker, pass_settings
 from framework.control.registry import Registry
 from framework.errors import FaasError
 from framework.settings import Settings
@@ -107,7 +107,7 @@ def emit(
     """Produce a CloudEvent of EVENT_TYPE, wait for its combined reply and print it (exit 1 unless ok)."""
     from framework.kafka.client import EventClient
 
-    servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
+    servers = need_broker(settings, bootstrap)
     client = EventClient(servers, settings=settings, source=source or "faas-client")
     kafka_key = key.encode() if key is not None else None
     try:

@@ -3,8 +3,9 @@
 Each verb reads the deployment log to its end, then publishes (code record, acknowledged, then the
 revision record) and only then edits the manifest, so a failure leaves neither a half-published revision
 nor a manifest that claims what did not happen. The broker is `FAAS_KAFKA_BOOTSTRAP_SERVERS`, else the
-local embedded broker when its port answers; with neither, deploy and undeploy only edit the manifest and
-say so. Everything that talks to the broker is bounded by `BROKER_TIMEOUT` seconds: exit 1 after that.
+local embedded broker when its port answers as Kafka (`common.find_broker`); with neither, deploy and
+undeploy only edit the manifest and say so, `ls` shows no revisions, history and rollback exit 1.
+Everything that talks to the broker is bounded by `BROKER_TIMEOUT` seconds: exit 1 after that.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TypeVar
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import fail, load, pass_settings
+from framework.cli.common import broker_of, fail, load, need_broker, pass_settings
 from framework.control.deployment_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest, State
@@ -26,7 +27,6 @@ from framework.control.registry import Registry
 from framework.control.revisions import Revision, author, now
 from framework.control.working_copy import candidates, is_modified, undeploy_of
 from framework.errors import ManifestError
-from framework.kafka.embedded import port_open
 from framework.settings import Settings
 
 BROKER_TIMEOUT = 20.0
@@ -36,14 +36,6 @@ LS_TIMEOUT = 5.0
 """Seconds `faas ls` waits for the log before it lists the manifest's states alone."""
 
 T = TypeVar("T")
-
-
-def broker_of(settings: Settings) -> str | None:
-    """The broker to use: the configured one, else the local embedded broker if it listens, else None."""
-    if settings.kafka_bootstrap_servers:
-        return settings.kafka_bootstrap_servers
-    port = settings.embedded_broker_port
-    return f"127.0.0.1:{port}" if port_open("127.0.0.1", port) else None
 
 
 def with_log(
@@ -220,9 +212,7 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
 def rollback(settings: Settings, name: str, to: int | None, message: str | None) -> None:
     """Publish a new revision with the spec and code of an earlier one."""
     uuid, fn = _identify(settings, name)
-    bootstrap = broker_of(settings)
-    if bootstrap is None:
-        fail("no Kafka broker reachable: set FAAS_KAFKA_BOOTSTRAP_SERVERS or start `faas run`")
+    bootstrap = need_broker(settings)
 
     async def publish(log: KafkaLog) -> str:
         kept = log.state.kept(uuid or _uuid_of(log.state, fn))
@@ -285,9 +275,7 @@ def _uuid_of(state: LogState, name: str) -> str:
 
 def _kept(settings: Settings, name: str) -> list[Revision]:
     uuid, fn = _identify(settings, name)
-    bootstrap = broker_of(settings)
-    if bootstrap is None:
-        fail("no Kafka broker reachable: set FAAS_KAFKA_BOOTSTRAP_SERVERS or start `faas run`")
+    bootstrap = need_broker(settings)
 
     async def read(log: KafkaLog) -> list[Revision]:
         return log.state.kept(uuid or _uuid_of(log.state, fn))

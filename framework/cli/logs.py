@@ -31,6 +31,7 @@ import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framework.cli.common import need_broker, pass_settings
 from framework.kafka.options import reader
 from framework.settings import Settings
 
@@ -41,8 +42,6 @@ STALL_TIMEOUT = 30.0
 SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
-
-pass_settings = click.make_pass_decorator(Settings)
 
 
 class Unreachable(Exception):
@@ -241,7 +240,7 @@ def logs(
         since = 3600.0
     cutoff = None if since is None else int((time.time() - since) * 1000)
     selection = Selection(name, failed, invocation_id, cutoff)
-    servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
+    servers = need_broker(settings, bootstrap)
     colour = False if os.environ.get("NO_COLOR") else None  # None: click colours only on a terminal
 
     def show(record: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import re
 import click
 from aiokafka.errors import KafkaError
 
+from framework.cli.common import need_broker
 from framework.kafka.replay import BrokerUnreachable, Selection, replay
 from framework.settings import Settings
 
@@ -60,7 +61,7 @@ def replay_command(
     bootstrap: str | None,
 ) -> None:
     """Produce dead-lettered failed events to the events topic again (none selected: every one)."""
-    servers = bootstrap or settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.embedded_broker_port}"
+    servers = need_broker(settings, bootstrap)
     selection = Selection(frozenset(ids), function, event_type, since)
 
     def progress(stage: str, done: int, total: int | None) -> None:
