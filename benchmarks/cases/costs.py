@@ -35,6 +35,9 @@ node: read the difference. Each export series' `extra` also holds the spans of i
 (`spans_expected`, warm-ups included): fewer means the exporter's queue dropped some. A series none of
 whose spans reached the receiver is failed.
 
+Before each round every node is let go quiet (`_quiet`): an exporter still sending the last round's spans,
+or a records buffer still draining, would otherwise charge its CPU to whichever node is measured next.
+
 Trade-offs: the three nodes, the receiver, the broker and the load clients share the machine's cores. The
 receiver's decoding takes some CPU from the node, as a collector on the same host would; the idle nodes
 take a little. Export serialises and sends on the exporter's own thread, so what the export ratios show
@@ -48,6 +51,7 @@ import importlib.util
 import os
 import statistics
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -151,6 +155,24 @@ def _cpu(pid: int) -> float:
 def _cpu_now(env: Env, node: procs.Proc) -> tuple[float, float]:
     """CPU seconds so far of the node (with its instances) and of the broker (0 when unknown)."""
     return _cpu(node.pid), _cpu(env.broker_pid) if env.broker_pid else 0.0
+
+
+QUIET_SHARE = 0.05
+"""A node is quiet when it (with its instances) uses less than this share of a core."""
+QUIET_LIMIT = 20.0
+"""Seconds to wait for quiet nodes before a round starts anyway."""
+
+
+async def _quiet(nodes: dict[str, Node]) -> None:
+    """Wait until every node is quiet: what one round left behind (an exporter's queue of spans, a
+    records buffer) is done on that node's own time, not on the next round's node."""
+    pids = [n.proc.pid for n in nodes.values() if n.proc is not None and n.proc.popen.poll() is None]
+    deadline = time.monotonic() + QUIET_LIMIT
+    while time.monotonic() < deadline:
+        before, started = sum(_cpu(pid) for pid in pids), time.monotonic()
+        await asyncio.sleep(0.3)
+        if sum(_cpu(pid) for pid in pids) - before < QUIET_SHARE * (time.monotonic() - started):
+            return
 
 
 def _per_unit(before: tuple[float, float], after: tuple[float, float], units: int) -> tuple[float, float]:
@@ -350,6 +372,7 @@ async def run(env: Env) -> list[Series]:
             for rep in range(p.repeats):
                 warmup = p.direct_warmup if rep == 0 else p.direct_warmup / 4
                 for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+                    await _quiet(nodes)
                     if figure == "events":
                         await _measure(mine, key, partial(_events, env, nodes[key]))
                     else:
