@@ -42,6 +42,7 @@ def test_defaults() -> None:
         30,
     )
     assert s.keys == []
+    assert s.kafka_fetch_wait_ms == 20  # the embedded broker's wait (README: Performance)
 
 
 def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -72,6 +73,15 @@ def test_invalid_setting_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FAAS_HTTP_PORT", "eighty")
     r = CliRunner().invoke(main, ["validate"])
     assert r.exit_code == 2 and "FAAS_HTTP_PORT" in r.output
+
+
+def test_fetch_wait_out_of_range_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("0", "10001", "soon"):
+        monkeypatch.setenv("FAAS_KAFKA_FETCH_WAIT_MS", value)
+        r = CliRunner().invoke(main, ["validate"])
+        assert r.exit_code == 2 and "FAAS_KAFKA_FETCH_WAIT_MS" in r.output, (value, r.output)
+    monkeypatch.setenv("FAAS_KAFKA_FETCH_WAIT_MS", "500")
+    assert Settings().kafka_fetch_wait_ms == 500
 
 
 def test_secret_settings_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -157,8 +157,9 @@ def _cpu_now(env: Env, node: procs.Proc) -> tuple[float, float]:
     return _cpu(node.pid), _cpu(env.broker_pid) if env.broker_pid else 0.0
 
 
-QUIET_SHARE = 0.05
-"""A node is quiet when it (with its instances) uses less than this share of a core."""
+QUIET_SHARE = 0.15
+"""A node is quiet when it (with its instances) uses less than this share of a core (an idle node polls
+Kafka: about 6% of a core here)."""
 QUIET_LIMIT = 20.0
 """Seconds to wait for quiet nodes before a round starts anyway."""
 
@@ -171,7 +172,7 @@ async def _quiet(nodes: dict[str, Node]) -> None:
     while time.monotonic() < deadline:
         before, started = sum(_cpu(pid) for pid in pids), time.monotonic()
         await asyncio.sleep(0.3)
-        if sum(_cpu(pid) for pid in pids) - before < QUIET_SHARE * (time.monotonic() - started):
+        if sum(_cpu(pid) for pid in pids) - before < QUIET_SHARE * len(pids) * (time.monotonic() - started):
             return
 
 

@@ -92,8 +92,8 @@ CONSUMER_OPTIONS: dict[str, Any] = {
     "heartbeat_interval_ms": 3_000,
     "max_poll_interval_ms": 300_000,  # far above the 30 s function limit; the poll loop never blocks anyway
     "metadata_max_age_ms": 30_000,
-    # How long a fetch may wait for records. aiokafka's 500 ms default was most of an event's latency:
-    # Tansu holds a fetch that long even once records arrive.
+    # How long a fetch may wait for records (FAAS_KAFKA_FETCH_WAIT_MS, this default). aiokafka's 500 ms
+    # default was most of an event's latency: Tansu holds a fetch that long even once records arrive.
     "fetch_max_wait_ms": 20,
 }
 
@@ -200,7 +200,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             bootstrap_servers=self.bootstrap,
             group_id=s.kafka_group_id,
             max_partition_fetch_bytes=max(MIB, 2 * s.max_payload_bytes),
-            **CONSUMER_OPTIONS,
+            **{**CONSUMER_OPTIONS, "fetch_max_wait_ms": s.kafka_fetch_wait_ms},
             **self.options,
         )
         consumer.subscribe([s.events_topic], listener=self)
