@@ -47,7 +47,7 @@ FULL = Profile(
 )
 QUICK = Profile(
     name="quick",
-    repeats=3,
+    repeats=2,  # a check of the harness (every case measured), not of the figures
     direct_warmup=0.2,
     direct_duration=0.4,
     batch_requests=1000,

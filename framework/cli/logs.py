@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from framework.cli.common import need_broker, pass_settings
 from framework.kafka.options import reader
 from framework.settings import Settings
 
+CLOSE_TIMEOUT = 5.0
+"""Seconds closing the reader may take before the command exits anyway."""
 CONNECT_TIMEOUT = 15.0
 """Seconds to reach the broker before giving up."""
 STALL_TIMEOUT = 30.0
@@ -168,7 +171,15 @@ async def read(
                 kept.extend(r for m in messages if (r := selection.pick(m.timestamp, m.value)) is not None)
         for record in sorted(kept, key=lambda r: str(r.get("started_at"))):
             show(record)
-        while follow:
+        if not follow:
+            return
+        # Ctrl-C (and SIGTERM) only set a flag: the loop sees it within one fetch (0.5 s) and ends the
+        # read itself, so the consumer is closed in order however busy the machine is.
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        while not stopping.is_set():
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for m in messages:
                     new = selection.pick(m.timestamp, m.value)
@@ -176,7 +187,7 @@ async def read(
                         show(new)
     finally:
         with contextlib.suppress(Exception):
-            await consumer.stop()
+            await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT)
 
 
 async def _assign(

@@ -24,6 +24,14 @@ from tests.support import http_server, new_id, run_cli, silent_listener, write_p
 
 pytestmark = pytest.mark.timeout(300)  # CLI runs on a shared, slow machine
 
+
+@pytest.fixture(autouse=True)
+def quick_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, a silent listener is given up on after 0.5 s instead of ANSWER_TIMEOUT: the same path,
+    a shorter wait (Tansu answers in milliseconds; the subprocess runs keep the real timeout)."""
+    monkeypatch.setattr("framework.cli.common.ANSWER_TIMEOUT", 0.5)
+
+
 MODULE = "async def handle(payload, ctx):\n    return payload\n"
 PROMPT = ANSWER_TIMEOUT + 3
 """Seconds a verb may take on a port that is not Kafka (before, they waited 10-40 s for a broker)."""
