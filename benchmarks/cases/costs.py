@@ -24,16 +24,15 @@ concerned, in an order that rotates every repetition, so drift on a shared machi
 the median of `repeats` rounds is reported. `default` is the "on" side of the records comparison and the
 "off" side of the export one: its samples serve both.
 
-Every series' `extra` holds the median CPU time per request (or event) of the node with its instances
-and of the broker, on both sides (psutil's 10 ms ticks over the whole round: meaningful in the full
-profile only). On a busy shared machine it moves less than throughput does, and it shows what records
-cost the broker (one more record stored per invocation), which throughput on a machine with idle cores
-would not. The broker's figure includes its background work (the other nodes' polls), alike for every
-node: read the difference. Each export series' `extra` also holds the spans of its kind the receiver got
-(`spans_received`, once the `export on` node stopped, which flushes its exporter;
+Every series' `extra` holds the median CPU time per request (or event) of the node with its instances and of
+the broker, on both sides (`procs.cpu_seconds`). On a busy shared machine it moves less than throughput does,
+and it shows what records cost the broker (one more record stored per invocation), which throughput on a
+machine with idle cores would not. The broker's figure includes its background work (the other nodes' polls),
+alike for every node: read the difference. Each export series' `extra` also holds the spans of its kind the
+receiver got (`spans_received`, once the `export on` node stopped, which flushes its exporter;
 `spans_received_while_running`, before that) against the invocations and events that node handled
-(`spans_expected`, warm-ups included): fewer means the exporter's queue dropped some. A series none of
-whose spans reached the receiver is failed.
+(`spans_expected`, warm-ups included): fewer means the exporter's queue dropped some. A series none of whose
+spans reached the receiver is failed.
 
 Before each round every node is let go quiet (`_quiet`): an exporter still sending the last round's spans,
 or a records buffer still draining, would otherwise charge its CPU to whichever node is measured next.
@@ -59,7 +58,6 @@ from functools import partial
 from typing import Any, Literal
 
 import orjson
-import psutil
 
 from benchmarks import loadgen, procs
 from benchmarks.env import Env
@@ -139,22 +137,10 @@ def _pairs() -> list[Pair]:
     ]
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds of a process and its children so far (0 when it is gone)."""
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            times = proc.cpu_times()
-            total += times.user + times.system
-    except psutil.Error:
-        pass
-    return total
-
-
 def _cpu_now(env: Env, node: procs.Proc) -> tuple[float, float]:
     """CPU seconds so far of the node (with its instances) and of the broker (0 when unknown)."""
-    return _cpu(node.pid), _cpu(env.broker_pid) if env.broker_pid else 0.0
+    broker = procs.cpu_seconds(env.broker_pid) if env.broker_pid else 0.0
+    return procs.cpu_seconds(node.pid, children=True), broker
 
 
 QUIET_SHARE = 0.15
@@ -164,15 +150,22 @@ QUIET_LIMIT = 20.0
 """Seconds to wait for quiet nodes before a round starts anyway."""
 
 
+def _busy(pids: list[int]) -> float:
+    """CPU seconds so far of these nodes with their instances."""
+    return sum(procs.cpu_seconds(pid, children=True) for pid in pids)
+
+
 async def _quiet(nodes: dict[str, Node]) -> None:
     """Wait until every node is quiet: what one round left behind (an exporter's queue of spans, a
     records buffer) is done on that node's own time, not on the next round's node."""
     pids = [n.proc.pid for n in nodes.values() if n.proc is not None and n.proc.popen.poll() is None]
     deadline = time.monotonic() + QUIET_LIMIT
     while time.monotonic() < deadline:
-        before, started = sum(_cpu(pid) for pid in pids), time.monotonic()
+        before, started = sum(procs.cpu_seconds(pid, children=True) for pid in pids), time.monotonic()
         await asyncio.sleep(0.3)
-        if sum(_cpu(pid) for pid in pids) - before < QUIET_SHARE * len(pids) * (time.monotonic() - started):
+        if sum(procs.cpu_seconds(pid, children=True) for pid in pids) - before < QUIET_SHARE * len(pids) * (
+            time.monotonic() - started
+        ):
             return
 
 

@@ -4,7 +4,7 @@ The baseline is the raw aiokafka relay (`relay.py`) on the same broker, with its
 partitioning; both are driven by the same client (`eventload.py`) with the same two load shapes: 64 keys
 (events of a key queue behind each other) and a key per event. Latency is measured on both sides at the
 same rate, half of what the relay sustained with 64 keys, so the ratio compares the same offered load.
-CPU per event (user + system seconds of the node and its instances, or of the relay process, over a
+CPU per event (CPU time of every thread of the node and its instances, or of the relay process, over a
 64-key throughput run, divided by its events) tells what each event and each listener costs, whatever the
 machine's other load did to the rates.
 """
@@ -15,11 +15,9 @@ import statistics
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import psutil
-
 from benchmarks.env import Env, baseline, guarded
 from benchmarks.eventload import KEYED, EventClient
-from benchmarks.procs import Proc
+from benchmarks.procs import Proc, cpu_seconds
 from benchmarks.project import EVENT_TYPES
 from benchmarks.stats import Series, percentile
 
@@ -40,32 +38,11 @@ async def _start_client(env: Env, target: str) -> EventClient:
     return client
 
 
-def _cpu_seconds(proc: Proc) -> float:
-    """CPU seconds of `proc` and of its children alive now (a node's instances), to the nanosecond from
-    /proc/PID/schedstat where there is one (user + system times come in 10 ms ticks: too coarse for the
-    100 events of `--quick`)."""
-    root = psutil.Process(proc.pid)
-    total = 0.0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            with open(f"/proc/{p.pid}/schedstat") as f:
-                total += int(f.read().split()[0]) / 1e9
-            continue
-        except (OSError, ValueError, IndexError):
-            pass
-        try:
-            times = p.cpu_times()
-        except psutil.Error:  # exited meanwhile
-            continue
-        total += times.user + times.system
-    return total
-
-
 async def _with_cpu(proc: Proc, count: int, run: Callable[[], Awaitable[float]]) -> tuple[float, float]:
     """(events/s, CPU microseconds per event of `proc` and its children) of one throughput run."""
-    before = _cpu_seconds(proc)
+    before = cpu_seconds(proc.pid, children=True)
     rate = await run()
-    return rate, (_cpu_seconds(proc) - before) / count * 1e6
+    return rate, (cpu_seconds(proc.pid, children=True) - before) / count * 1e6
 
 
 async def _latencies(env: Env, client: EventClient, event_type: str, rate: float) -> tuple[float, float]:
@@ -97,7 +74,7 @@ async def run(env: Env) -> list[Series]:
             "us",
             "lower",
             "raw aiokafka relay process, same load",
-            extra={"what": "user+system CPU of the node and its instances / events"},
+            extra={"what": "CPU time of the node and its instances / events (procs.cpu_seconds)"},
         )
         for n in EVENT_TYPES
     }

@@ -13,11 +13,8 @@ short window), else from psutil.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
-
-import psutil
 
 from benchmarks import procs
 from benchmarks.env import Env, baseline, guarded
@@ -72,25 +69,12 @@ async def _warm(proc: procs.Proc, port: int) -> int:
     return INSTANCES
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of `pid` so far, in seconds."""
-    try:
-        total = 0
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-                total += int((task / "schedstat").read_text().split()[0])
-        return total / 1e9
-    except OSError:
-        times = psutil.Process(pid).cpu_times()
-        return float(times.user + times.system)
-
-
 async def _cpu(proc: procs.Proc, window: float) -> float:
     """Percent of one core the node process used over `window` seconds."""
     proc.check_alive()
-    before = _cpu_seconds(proc.pid)
+    before = procs.cpu_seconds(proc.pid)
     await asyncio.sleep(window)
-    return 100 * (_cpu_seconds(proc.pid) - before) / window
+    return 100 * (procs.cpu_seconds(proc.pid) - before) / window
 
 
 async def run(env: Env) -> list[Series]:
