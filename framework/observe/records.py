@@ -1,20 +1,21 @@
 """Invocation records (DESIGN.md section 13): one per invocation that ends on this node, whatever its trigger.
 
 Every invocation (event, direct, schedule, warm-up, and each retry attempt, which is an invocation of its
-own) passes through a function pool, which calls `Recorder.finish` once it has ended: success, error,
-timeout, crash, overload, or cancellation (a listener cancelled by its chain's abort ends with error type
+own) passes through a function pool, which tells the recorder once it has ended: success, error, timeout,
+crash, overload, or cancellation (a listener cancelled by its chain's abort ends with error type
 `Cancelled`, not a contract error type: it did not fail, it was stopped).
 
-`finish` runs on the invocation's path, after its result is known but before it is handed back, so it only
-does cheap things (about 2 us): keep a tuple of the facts on the in-memory ring of the newest
-`FAAS_RECENT_INVOCATIONS`, count it in the function's 15-minute aggregates (`stats.py`), and offer it to
-the `RecordSender` (`sender.py`), which builds the record, serialises and produces it later from its own
-task. Nothing here awaits, so the answer never waits for its record.
+Records arrive as JSON bytes (`record_json.py`): rendered by the instance that answered (`keep`), or here
+when none did (`finish`: crash, backstop timeout, overload, cancellation). Either way this runs on the
+invocation's path, after its result is known but before it is handed back, so it only does cheap things
+(about 2 us): keep the bytes on the in-memory ring of the newest `FAAS_RECENT_INVOCATIONS` with the few
+fields the filters need, count the invocation in the function's 15-minute aggregates (`stats.py`), and
+offer the bytes to the `RecordSender` (`sender.py`), which produces them later from its own task. Nothing
+here awaits, so the answer never waits for its record; records are parsed only when read (GET, the
+dashboard), which most never are.
 
-Record fields: `started_at` is when the pool took the request (RFC 3339 UTC, ms); `duration_ms` is the
-instance's own measure when the instance answered (the figure the caller's response carries), else the
-time the node waited (timeouts that killed the instance, crashes, overload, cancellation). Error messages
-are cut at `MAX_ERROR_CHARS`.
+`started_at` is when the pool took the request; `duration_ms` is the instance's own measure when the
+instance answered (the figure the caller's response carries), else the time the node waited.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 from prometheus_client.core import CounterMetricFamily
 
 from framework.errors import FaasError
+from framework.observe.record_json import error_fields, render
 from framework.observe.stats import StatsBook
-from framework.runtime.worker.capture import utc_ms
 
 if TYPE_CHECKING:
     from framework.control.manifest import FunctionSpec
@@ -38,12 +40,20 @@ if TYPE_CHECKING:
     from framework.settings import Settings
     from framework.types import Invocation
 
-MAX_ERROR_CHARS = 4000
-"""Characters of an error message a record keeps."""
-
 
 class Recorder(Protocol):
     """What a function pool tells when an invocation ends."""
+
+    @property
+    def node(self) -> str:
+        """The node's name, for the records its instances render (FAAS_NODE_NAME)."""
+        ...
+
+    def keep(
+        self, spec: FunctionSpec, inv: Invocation, started: float, duration_ms: float, ok: bool, record: bytes
+    ) -> None:
+        """An invocation an instance answered, with the record the instance rendered."""
+        ...
 
     def finish(
         self,
@@ -54,8 +64,9 @@ class Recorder(Protocol):
         cold: bool,
         instance_id: str | None,
         error: BaseException | None,
-        logs: list[Any],
-    ) -> None: ...
+    ) -> None:
+        """An invocation no instance answered: its record is rendered here."""
+        ...
 
 
 def node_name(settings: Settings) -> str:
@@ -71,9 +82,7 @@ def error_of(exc: BaseException) -> dict[str, str]:
         kind, message = "Cancelled", "the invocation was cancelled before it ended (chain abort, shutdown)"
     else:
         kind, message = "FunctionError", repr(exc)
-    if len(message) > MAX_ERROR_CHARS:
-        message = message[:MAX_ERROR_CHARS] + "…"
-    return {"type": kind, "message": message}
+    return error_fields(kind, message)
 
 
 class RecordCounters:
@@ -99,25 +108,9 @@ class RecordCounters:
         )
 
 
-Ended = tuple[
-    str,
-    "FunctionSpec",
-    str,
-    "str | None",
-    "str | None",
-    "str | None",
-    int,
-    "str | None",
-    float,
-    float,
-    bool,
-    "dict[str, str] | None",
-    list[Any],
-]
-"""An invocation that ended, as `finish` keeps it: (invocation id, spec, trigger, event, event id,
-traceparent, attempt, instance id, started (epoch s), duration ms, cold, error, logs). The record dict is
-built from it only when someone reads it (GET, the sender): a tuple is cheaper to make than a 17-key dict
-with a formatted time, and most records are never read. It holds no payload."""
+Kept = tuple[str, "FunctionSpec", str, bool, bytes]
+"""A record on the ring: (invocation id, spec, trigger, ok, the record's JSON) — the filters' fields beside
+the bytes, which are parsed only when read."""
 
 
 class InvocationRecords:
@@ -126,12 +119,22 @@ class InvocationRecords:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.node = node_name(settings)
-        self.keep = settings.recent_invocations
-        self._recent: deque[Ended] = deque(maxlen=max(self.keep, 0))
+        self.capacity = max(settings.recent_invocations, 0)
+        """Records kept in memory (FAAS_RECENT_INVOCATIONS)."""
+        self._recent: deque[Kept] = deque(maxlen=self.capacity)
         self.stats = StatsBook()
         self.counters = RecordCounters(metrics)
         self.sender: RecordSender | None = None
         """Set once Kafka is known; records made before (or without Kafka) stay in memory only."""
+
+    def keep(
+        self, spec: FunctionSpec, inv: Invocation, started: float, duration_ms: float, ok: bool, record: bytes
+    ) -> None:
+        self._recent.append((inv.invocation_id, spec, inv.trigger, ok, record))
+        self.stats.observe(spec.uuid, spec.name, started, duration_ms, ok)
+        if self.sender is not None:
+            self.counters.made += 1
+            self.sender.offer(spec.uuid.encode(), record)
 
     def finish(
         self,
@@ -142,60 +145,33 @@ class InvocationRecords:
         cold: bool,
         instance_id: str | None,
         error: BaseException | None,
-        logs: list[Any],
     ) -> None:
         identity = inv.identity
-        ended: Ended = (
+        record = render(
             inv.invocation_id,
-            spec,
+            spec.name,
+            spec.uuid,
+            spec.revision,
             inv.trigger,
             inv.event,
             identity.event_id if identity is not None else None,
             inv.traceparent,
-            inv.attempt,
+            self.node,
             instance_id,
             started,
             duration_ms,
             cold,
+            inv.attempt,
             None if error is None else error_of(error),
-            logs,
+            None,
         )
-        self._recent.append(ended)
-        self.stats.observe(spec.uuid, spec.name, started, duration_ms, error is None)
-        if self.sender is not None:
-            self.counters.made += 1
-            self.sender.offer(ended)
-
-    def record(self, ended: Ended) -> dict[str, Any]:
-        """The record of section 13."""
-        inv_id, spec, trigger, event, event_id, tp, attempt, instance_id, started, ms, cold, error, logs = (
-            ended
-        )
-        return {
-            "invocation_id": inv_id,
-            "function": spec.name,
-            "uuid": spec.uuid,
-            "revision": spec.revision,
-            "trigger": trigger,
-            "event": event,
-            "event_id": event_id,
-            "trace_id": tp[3:35] if tp else None,
-            "node": self.node,
-            "instance_id": instance_id,
-            "started_at": utc_ms(started),
-            "duration_ms": round(ms, 3),
-            "cold_start": cold,
-            "attempt": attempt,
-            "ok": error is None,
-            "error": error,
-            "logs": logs,
-        }
+        self.keep(spec, inv, started, duration_ms, error is None, record)
 
     def send_to(self, bootstrap: str) -> None:
         """Produce every record from now on to FAAS_INVOCATIONS_TOPIC on `bootstrap` (call on the loop)."""
         from framework.observe.sender import RecordSender
 
-        self.sender = RecordSender(bootstrap, self.settings, self.counters, self.record)
+        self.sender = RecordSender(bootstrap, self.settings, self.counters)
         self.sender.start()
 
     async def stop(self, grace: float) -> None:
@@ -217,24 +193,23 @@ class InvocationRecords:
         if limit <= 0:
             return out
         lowered = function.lower() if function is not None else None  # uuids in any case
-        for ended in reversed(self._recent):
-            spec = ended[1]
+        for _, spec, kept_trigger, kept_ok, record in reversed(self._recent):
             if function is not None and function != spec.name and lowered != spec.uuid.lower():
                 continue
-            if ok is not None and (ended[11] is None) is not ok:
+            if ok is not None and kept_ok is not ok:
                 continue
-            if trigger is not None and ended[2] != trigger:
+            if trigger is not None and kept_trigger != trigger:
                 continue
-            out.append(self.record(ended))
+            out.append(orjson.loads(record))
             if len(out) >= limit:
                 break
         return out
 
     def get(self, invocation_id: str) -> dict[str, Any] | None:
         """One record by id (a scan of at most FAAS_RECENT_INVOCATIONS: cheaper than an index per record)."""
-        for ended in reversed(self._recent):
-            if ended[0] == invocation_id:
-                return self.record(ended)
+        for kept in reversed(self._recent):
+            if kept[0] == invocation_id:
+                return orjson.loads(kept[4])  # type: ignore[no-any-return]
         return None
 
     def function_stats(self, uuid: str, name: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Producing invocation records to FAAS_INVOCATIONS_TOPIC, off the invocations' path (DESIGN.md section 13).
 
-`offer` (on the path) appends the record to a bounded buffer and wakes the sender's task; it never awaits
-and never fails. The task waits `LINGER` seconds so records arriving together travel together, then
-serialises up to `MAX_BATCH` of them, groups them by partition (murmur2 of the key, the function's uuid, as
-aiokafka's default partitioner does, so one function's records stay in order on one partition) and hands
-each partition's records to the producer as one batch (`send_batch`): no future, no coroutine per record.
+`offer` (on the path) appends the record's JSON (rendered already, `record_json.py`) to a bounded buffer
+and wakes the sender's task; it never awaits and never fails. The task waits `LINGER` seconds so records
+arriving together travel together, then takes up to `MAX_BATCH` of them, groups them by partition
+(murmur2 of the key, the function's uuid, as aiokafka's default partitioner does, so one function's
+records stay in order on one partition) and hands each partition's records to the producer as one batch
+(`send_batch`): no future, no coroutine per record.
 
 Failure handling trades completeness for never slowing an invocation down:
 - the buffer holds `FAAS_RECORDS_BUFFER` records at most (default 10,000, a few MB); when full, the oldest
@@ -27,17 +28,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from framework.kafka.options import ensure_topics, security_options, start_producer
 from framework.kafka.partitioner import KeyHashes
 
 if TYPE_CHECKING:
-    from framework.observe.records import Ended, RecordCounters
+    from framework.observe.records import RecordCounters
     from framework.settings import Settings
 
 log = logging.getLogger("faas.records")
@@ -66,15 +65,14 @@ class RecordSender:
         bootstrap: str,
         settings: Settings,
         counters: RecordCounters,
-        render: Callable[[Ended], dict[str, Any]],
     ) -> None:
-        self.render = render
         self.bootstrap = bootstrap
         self.settings = settings
         self.topic = settings.invocations_topic
         self.capacity = settings.records_buffer
         self.counters = counters
-        self._buf: deque[Ended] = deque()
+        self._buf: deque[tuple[bytes, bytes]] = deque()
+        """(key: the function's uuid, value: the record's JSON) of each record not handed over yet."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -90,7 +88,7 @@ class RecordSender:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="faas-records")
 
-    def offer(self, record: Ended) -> None:
+    def offer(self, key: bytes, record: bytes) -> None:
         """Queue one record (the invocation's path: no await, no failure)."""
         if len(self._buf) >= self.capacity:
             if self.capacity == 0:
@@ -98,7 +96,7 @@ class RecordSender:
                 return
             self._buf.popleft()
             self._drop(1, "the record buffer is full")
-        self._buf.append(record)
+        self._buf.append((key, record))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -175,7 +173,7 @@ class RecordSender:
             self._producer = producer
         return self._producer
 
-    async def _send(self, producer: AIOKafkaProducer, records: list[Ended]) -> int:
+    async def _send(self, producer: AIOKafkaProducer, records: list[tuple[bytes, bytes]]) -> int:
         """Produce `records`, one batch per partition; returns how many were not acknowledged."""
         # Fresh metadata every round (one small request): a broker replaced by an empty one (the embedded
         # broker keeps nothing across a restart) acknowledges writes to partitions its topic does not have,
@@ -185,11 +183,8 @@ class RecordSender:
         if not partitions:
             partitions = sorted(await producer.partitions_for(self.topic))
         lanes: dict[int, list[tuple[bytes, bytes]]] = {}
-        for ended in records:
-            record = self.render(ended)
-            key = str(record["uuid"]).encode()
-            partition = self._hashes.partition(key, partitions)
-            lanes.setdefault(partition, []).append((key, orjson.dumps(record)))
+        for key, value in records:
+            lanes.setdefault(self._hashes.partition(key, partitions), []).append((key, value))
         acks: list[tuple[int, asyncio.Future[Any]]] = []
         for partition, items in lanes.items():
             builder, count = producer.create_batch(), 0

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
@@ -45,8 +44,9 @@ class _Pending:
     fut: asyncio.Future[tuple[bytes, float]]
     deadline: float
     """Loop time at which the request's time limit passes."""
-    logs: list[Any] | None = None
-    """Where the reply's captured log entries go (the caller's list), if the caller wants them."""
+    answered: list[tuple[bytes, float, bool]] | None = None
+    """Where the record the instance rendered goes, with its duration (ms) and success (the caller's list),
+    if the caller asked for one."""
 
 
 class InstanceHandle:
@@ -65,9 +65,12 @@ class InstanceHandle:
         warm: bool = False,
         secrets: Mapping[str, str] | None = None,
         log_caps: tuple[int, int] = (10, 5000),
+        node: str | None = None,
     ) -> None:
         self.log_caps = log_caps
         """Log entries and characters an invocation's record keeps (FAAS_LOG_ENTRIES, FAAS_LOG_CHARS)."""
+        self.node = node
+        """The node's name, which the records the instance renders carry (None: records are off)."""
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self._secrets = dict(secrets or {})
         """The values of the secrets the function lists; they reach the process in its start message only."""
@@ -118,6 +121,7 @@ class InstanceHandle:
             "secrets": self._secrets,
             "log_entries": self.log_caps[0],
             "log_chars": self.log_caps[1],
+            "node": self.node,
         }
         try:
             main, logs = template.spawn(config)
@@ -132,10 +136,17 @@ class InstanceHandle:
             self._die(None if isinstance(e, FunctionError) else "start", hard=True)
             raise
 
-    async def call(self, inv: Invocation, cold: bool, logs: list[Any] | None = None) -> tuple[bytes, float]:
+    async def call(
+        self,
+        inv: Invocation,
+        cold: bool,
+        started: float | None = None,
+        answered: list[tuple[bytes, float, bool]] | None = None,
+    ) -> tuple[bytes, float]:
         """Run one request; returns (raw result JSON, duration ms). Raises the request's error.
 
-        `logs`, when given, is extended with the log entries the instance captured for the request."""
+        With `answered`, the instance renders the request's invocation record (`started`: epoch seconds,
+        when the pool took it) and, once it replies, (record JSON, duration ms, ok) is appended there."""
         if not self.ready:
             await asyncio.shield(self.started)
         if self.dead or self._main is None:
@@ -144,12 +155,14 @@ class InstanceHandle:
         self._seq = rid = self._seq + 1
         fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
         deadline = loop.time() + self.spec.timeout
-        self._pending[rid] = _Pending(fut, deadline, logs)
+        self._pending[rid] = _Pending(fut, deadline, answered)
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadline + GRACE, self._late)
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
         if inv.identity is not None or inv.traceparent is not None or inv.attempt != 1:
             header.update(inv.frame_fields())
+        if answered is not None:
+            header["s"] = started
         self._main.send(FrameKind.REQUEST, header, inv.payload)
         try:
             return await fut
@@ -189,9 +202,12 @@ class InstanceHandle:
             pending = self._pending.pop(header["id"], None)
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
-            if pending.logs is not None and "logs" in header:
-                pending.logs.extend(header["logs"])
             err = header.get("err")
+            size = header.get("r")
+            if size:  # the record rides at the end of the tail
+                record, tail = tail[-size:], tail[:-size]
+                if pending.answered is not None:
+                    pending.answered.append((record, header["ms"], err is None))
             if err is None:
                 pending.fut.set_result((tail, header["ms"]))
             else:

@@ -110,10 +110,13 @@ class FunctionPool:
         return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
 
     async def _recorded(self, inv: Invocation, on: InstanceHandle | None) -> InvokeResult:
-        """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened."""
+        """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened.
+
+        The instance that answers renders the record itself (`record_json.py`) and sends it with its
+        reply; only an invocation no instance answered has its record made here."""
         assert self._recorder is not None
         started, t0 = time.time(), time.perf_counter()
-        logs: list[Any] = []
+        answered: list[tuple[bytes, float, bool]] = []
         inst: InstanceHandle | None = None
         cold = False
         try:
@@ -124,15 +127,22 @@ class FunctionPool:
                 self._reserve(on)
                 inst = on
             try:
-                result, ms = await inst.call(inv, cold, logs)
+                result, ms = await inst.call(inv, cold, started, answered)
             finally:
                 self._release(inst)
         except BaseException as exc:
-            wall = (time.perf_counter() - t0) * 1000
-            where = None if inst is None else inst.id
-            self._recorder.finish(self.spec, inv, started, wall, cold, where, exc, logs)
+            if answered:  # the instance answered with an error and rendered its record
+                record, ms, ok = answered[0]
+                self._recorder.keep(self.spec, inv, started, ms, ok, record)
+            else:
+                wall = (time.perf_counter() - t0) * 1000
+                where = None if inst is None else inst.id
+                self._recorder.finish(self.spec, inv, started, wall, cold, where, exc)
             raise
-        self._recorder.finish(self.spec, inv, started, ms, cold, inst.id, None, logs)
+        if answered:
+            self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
+        else:  # not expected (an instance renders whenever asked), but a record is never lost
+            self._recorder.finish(self.spec, inv, started, ms, cold, inst.id, None)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
     @property
@@ -235,6 +245,7 @@ class FunctionPool:
             warm=warm,
             secrets=self.secrets,
             log_caps=self._log_caps,
+            node=None if self._recorder is None else self._recorder.node,
         )
         self.instances.append(inst)
         self._m_instances.inc()

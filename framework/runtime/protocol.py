@@ -40,10 +40,11 @@ class FrameKind(IntEnum):
     REQUEST = 3
     """node → instance: `{"id", "inv", "t" (trigger), "e" (event), "c" (cold start)}` + raw payload JSON;
     optional `"ev"` (event identity: `{"id", "src", "sub", "time", "key", "ext"}`), `"tp"` (traceparent),
-    `"a"` (attempt, default 1)."""
+    `"a"` (attempt, default 1), `"s"` (epoch seconds the pool took it: the node wants its record)."""
     REPLY = 4
-    """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`; optional
-    `"logs"` (what the invocation logged, capped: `[{"time", "level", "message"}]`, see worker/capture.py)."""
+    """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`; when the
+    request had `"s"`, `"r"` (bytes of the invocation record's JSON, with what it logged, at the tail's end:
+    see observe/record_json.py and worker/capture.py)."""
     CANCEL = 5
     """node → instance: `{"id"}`; the caller gave up (no reply expected)."""
     LOG = 6

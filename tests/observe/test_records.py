@@ -20,7 +20,8 @@ from framework.control.manifest import FunctionSpec
 from framework.errors import Overloaded, Timeout
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.observe.metrics import Metrics
-from framework.observe.records import MAX_ERROR_CHARS, InvocationRecords, error_of
+from framework.observe.record_json import MAX_ERROR_CHARS
+from framework.observe.records import InvocationRecords, error_of
 from framework.settings import Settings
 from framework.types import EventIdentity, Invocation, new_id
 
@@ -42,7 +43,7 @@ def finish(
     **kw: object,
 ) -> str:
     inv = Invocation(new_id(), trigger, kw.pop("event", None), b"null", **kw)  # type: ignore[arg-type]
-    records.finish(spec, inv, time.time(), 1.5, False, "echo-1", error, [])
+    records.finish(spec, inv, time.time(), 1.5, False, "echo-1", error)
     return inv.invocation_id
 
 
@@ -55,11 +56,11 @@ def metric(metrics: Metrics, name: str) -> float:
 
 
 def test_record_fields() -> None:
+    """A record the node makes (no instance answered): every field of section 13, no logs."""
     records, _ = make()
     identity = EventIdentity("ce-1", source="src")
     inv = Invocation("inv-1", "event", "thing.happened", b"{}", identity=identity, traceparent=TP, attempt=2)
-    logs = [{"time": "t", "level": "INFO", "message": "hi"}]
-    records.finish(ECHO, inv, 1_700_000_000.25, 12.3456, True, "echo-1", None, logs)
+    records.finish(ECHO, inv, 1_700_000_000.25, 12.3456, True, "echo-1", Timeout("too slow"))
     rec = records.get("inv-1")
     assert rec == {
         "invocation_id": "inv-1",
@@ -76,10 +77,26 @@ def test_record_fields() -> None:
         "duration_ms": 12.346,
         "cold_start": True,
         "attempt": 2,
-        "ok": True,
-        "error": None,
-        "logs": logs,
+        "ok": False,
+        "error": {"type": "Timeout", "message": "too slow"},
+        "logs": [],
     }
+
+
+def test_a_record_an_instance_rendered_is_kept_as_sent() -> None:
+    """1. An instance's record (bytes) is kept for an invocation that succeeded, one for a failure.
+    Result: GET-style reads return them parsed, unchanged; the ok filter and the stats use what the pool
+    said, not a parse of the bytes."""
+    records, _ = make()
+    body = {"invocation_id": "inv-9", "function": "echo", "ok": True, "logs": [{"message": "hi"}]}
+    inv = Invocation("inv-9", "direct", None, b"{}")
+    records.keep(ECHO, inv, time.time(), 2.0, True, orjson.dumps(body))
+    bad = Invocation("inv-10", "direct", None, b"{}")
+    records.keep(ECHO, bad, time.time(), 3.0, False, orjson.dumps({"invocation_id": "inv-10", "ok": False}))
+    assert records.get("inv-9") == body
+    assert [r["invocation_id"] for r in records.recent(ok=False)] == ["inv-10"]
+    stats = records.function_stats(ECHO.uuid, "echo")
+    assert stats["count"] == 2 and stats["failures"] == 1
 
 
 def test_errors() -> None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from framework.runtime.protocol import BlockingSender, FrameKind
-from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text, utc_ms
+from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text
 from framework.runtime.worker.watchdog import LogStream, current_invocation
 
 
@@ -92,11 +92,6 @@ def test_clean_text_replaces_lone_surrogates() -> None:
     garbage = b"ok \xff\xfe end".decode("utf-8", "surrogateescape")
     assert clean_text(garbage) == "ok ?? end"
     assert clean_text("plain") == "plain" and clean_text("héllo ✓") == "héllo ✓"
-
-
-def test_utc_ms() -> None:
-    assert utc_ms(0) == "1970-01-01T00:00:00.000Z"
-    assert utc_ms(1_700_000_000.1234) == "2023-11-14T22:13:20.123Z"
 
 
 @pytest.fixture

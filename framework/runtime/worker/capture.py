@@ -23,25 +23,10 @@ import threading
 import time
 from typing import Any
 
+from framework.observe.record_json import utc_ms
 from framework.runtime.protocol import BlockingSender, FrameKind, Header
 
 LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
-
-
-_second: tuple[int, str] = (-1, "")
-"""The last whole second formatted, and its text: consecutive times rarely change second (one tuple, so
-threads racing here at worst format a second twice)."""
-
-
-def utc_ms(t: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds, e.g. `2026-12-01T21:40:00.123Z`."""
-    global _second
-    ms = int(t * 1000)
-    second, text = _second
-    if ms // 1000 != second:
-        second, text = ms // 1000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
-        _second = (second, text)
-    return f"{text}.{ms % 1000:03d}Z"
 
 
 def level_name(level: int) -> str:

@@ -30,7 +30,7 @@ import orjson
 
 from framework import heap
 from framework.context import Context
-from framework.observe import otel, tracing
+from framework.observe import otel, record_json, tracing
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact
 from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text
@@ -131,6 +131,8 @@ class Server:
         self.timeout: float = config["timeout"]
         self.handler: str = config["handler"]
         self.revision: int | None = config.get("revision")
+        self.node: str = config.get("node") or ""
+        """The node's name, for the invocation records this instance renders."""
         # Read-only, and only the secrets the function lists (the node sends no others).
         self.secrets = MappingProxyType(dict(config.get("secrets", {})))
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -196,7 +198,9 @@ class Server:
         deadline = time.time() + self.timeout
         inv: str = header["inv"]
         current_invocation.set(inv)
-        self.capture.begin(inv)
+        started: float | None = header.get("s")  # set when the node wants the invocation's record
+        if started is not None:
+            self.capture.begin(inv)
         # A request without one (an older node) still gets a span of a trace of its own.
         tp: str = header.get("tp") or tracing.start().traceparent
         current_traceparent.set(tp)
@@ -207,7 +211,8 @@ class Server:
                 body = await self._call(rid, header, tail, inv, deadline, tp)
         except asyncio.CancelledError:
             if rid not in self.expired:
-                self.capture.end(inv)
+                if started is not None:
+                    self.capture.end(inv)
                 return  # cancelled by the node: the caller is gone, nobody waits for a reply
             reply.update(err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit")
         except _NotJson as e:
@@ -223,15 +228,42 @@ class Server:
             self.tasks.pop(rid, None)
             self.deadlines.pop(rid, None)
             self.expired.discard(rid)
-        reply["ms"] = (time.perf_counter() - t0) * 1000
-        logs = self.capture.end(inv)
-        if logs is not None:
-            reply["logs"] = logs
+        ms = (time.perf_counter() - t0) * 1000
+        if reply.get("err") == "Timeout":  # its timer counts from the frame's arrival, before t0
+            ms = max(ms, self.timeout * 1000)
+        reply["ms"] = ms
         for text in ("msg", "tb"):  # an error text with lone surrogates would not encode
             if text in reply:
                 reply[text] = clean_text(reply[text])
+        if started is not None:
+            record = self._record(header, inv, started, ms, reply)
+            reply["r"] = len(record)
+            body += record
         assert self.conn is not None
         self.conn.send(FrameKind.REPLY, reply, body)
+
+    def _record(self, header: Header, inv: str, started: float, ms: float, reply: Header) -> bytes:
+        """The invocation's record (DESIGN.md section 13), with what it logged; sent after the result."""
+        ev: Header | None = header.get("ev")
+        err: str | None = reply.get("err")
+        return record_json.render(
+            inv,
+            self.function,
+            self.uuid,
+            self.revision,
+            header["t"],
+            header["e"],
+            None if ev is None else ev["id"],
+            header.get("tp"),
+            self.node,
+            self.instance_id,
+            started,
+            ms,
+            header["c"],
+            header.get("a", 1),
+            None if err is None else record_json.error_fields(err, reply["msg"]),
+            self.capture.end(inv),
+        )
 
     async def _call(self, rid: int, header: Header, tail: bytes, inv: str, deadline: float, tp: str) -> bytes:
         trigger = header["t"]

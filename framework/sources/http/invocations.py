@@ -33,7 +33,7 @@ DEFAULT_LIMIT = 100
 class InvocationLog(Protocol):
     """What the routes read: the node's invocation records and aggregates."""
 
-    keep: int
+    capacity: int
     """How many records are kept (FAAS_RECENT_INVOCATIONS)."""
 
     def recent(
@@ -88,7 +88,7 @@ class InvocationRoutes:
             q.get("function") or None,
             _bool("ok", q.get("ok")),
             trigger,
-            _limit(q.get("limit"), self.log.keep),
+            _limit(q.get("limit"), self.log.capacity),
         )
         return JSONResponse({"invocations": records})
 
@@ -97,7 +97,7 @@ class InvocationRoutes:
         record = self.log.get(invocation_id)
         if record is None:
             raise NotFound(
-                f"no invocation {invocation_id} on this node (it keeps the newest {self.log.keep})"
+                f"no invocation {invocation_id} on this node (it keeps the newest {self.log.capacity})"
             )
         return JSONResponse(record)
 

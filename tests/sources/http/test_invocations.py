@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from framework.errors import Timeout
+from framework.observe.record_json import render
+from framework.observe.records import error_of
 from framework.types import Invocation, new_id
 from tests.sources.http_fakes import DRAFT, ECHO, UNKNOWN, FakeNode, client_for, err
 
@@ -20,7 +22,12 @@ def record(
     assert spec is not None
     inv = Invocation(new_id(), trigger, None, b"null")  # type: ignore[arg-type]
     logs = [{"time": "2026-01-01T00:00:00.000Z", "level": "INFO", "message": f"log of {inv.invocation_id}"}]
-    fake.records.finish(spec, inv, time.time(), 2.0, False, f"{name}-1", error, logs)
+    now, failure = time.time(), None if error is None else error_of(error)
+    rendered = render(
+        inv.invocation_id, name, spec.uuid, spec.revision, trigger, None, None, None, "n1", f"{name}-1", now,
+        2.0, False, 1, failure, logs,
+    )  # fmt: skip
+    fake.records.keep(spec, inv, now, 2.0, error is None, rendered)  # as an instance's reply brings it
     return inv.invocation_id
 
 
