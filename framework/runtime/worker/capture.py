@@ -4,8 +4,9 @@ Every line an instance logs (`ctx.log`, any logger, stdout, stderr) already trav
 channel, tagged with the invocation the running code serves (`current_invocation`, a contextvar set per
 request task and copied into the handler's thread). `CapturingSender` sits in front of that channel: the one
 hook point. A line tagged with an invocation that is open here is also kept for that invocation; the server
-sends the kept lines back with the invocation's REPLY frame (`logs` header field), so the node has them the
-moment the invocation ends, with no second channel to join.
+puts the kept lines in the invocation's record (`observe/record_json.py`), which travels with its REPLY
+frame, so the node has them the moment the invocation ends, with no second channel to join. An invocation
+is open only when the node asked for its record (records on).
 
 A line printed by a thread the invocation did not start carries no invocation (threads start with an empty
 context), so it reaches the node's log but no record. Lines logged after an invocation ended (a `def`
