@@ -113,6 +113,23 @@ Kept = tuple[str, "FunctionSpec", str, bool, bytes]
 the bytes, which are parsed only when read."""
 
 
+def _parsed(kept: Kept) -> dict[str, Any]:
+    """A kept record, parsed. Instances render them, and a handler runs in the same process: one that
+    mangled its instance's renderer must not break the node's reads (the node checked only the head)."""
+    invocation_id, spec, trigger, ok, record = kept
+    try:
+        return orjson.loads(record)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError as exc:
+        return {
+            "invocation_id": invocation_id,
+            "function": spec.name,
+            "uuid": spec.uuid,
+            "trigger": trigger,
+            "ok": ok,
+            "unreadable": f"the instance sent a record that is not JSON: {exc}",
+        }
+
+
 class InvocationRecords:
     """The node's records: the newest in memory, aggregates per function, and the topic (via `sender`)."""
 
@@ -193,14 +210,15 @@ class InvocationRecords:
         if limit <= 0:
             return out
         lowered = function.lower() if function is not None else None  # uuids in any case
-        for _, spec, kept_trigger, kept_ok, record in reversed(self._recent):
+        for kept in reversed(self._recent):
+            _, spec, kept_trigger, kept_ok, _ = kept
             if function is not None and function != spec.name and lowered != spec.uuid.lower():
                 continue
             if ok is not None and kept_ok is not ok:
                 continue
             if trigger is not None and kept_trigger != trigger:
                 continue
-            out.append(orjson.loads(record))
+            out.append(_parsed(kept))
             if len(out) >= limit:
                 break
         return out
@@ -209,7 +227,7 @@ class InvocationRecords:
         """One record by id (a scan of at most FAAS_RECENT_INVOCATIONS: cheaper than an index per record)."""
         for kept in reversed(self._recent):
             if kept[0] == invocation_id:
-                return orjson.loads(kept[4])  # type: ignore[no-any-return]
+                return _parsed(kept)
         return None
 
     def function_stats(self, uuid: str, name: str) -> dict[str, Any]:

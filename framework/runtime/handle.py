@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import orjson
+
 from framework.control.manifest import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.logs import STANDARD
@@ -47,6 +49,7 @@ class _Pending:
     answered: list[tuple[bytes, float, bool]] | None = None
     """Where the record the instance rendered goes, with its duration (ms) and success (the caller's list),
     if the caller asked for one."""
+    invocation_id: str = ""
 
 
 class InstanceHandle:
@@ -100,6 +103,9 @@ class InstanceHandle:
         self._main: FrameProtocol | None = None
         self._logs: FrameProtocol | None = None
         self._extra = {"function": spec.name, "instance_id": self.id}
+        name, uuid_ = orjson.dumps(spec.name), orjson.dumps(spec.uuid)
+        self._record_head = b',"function":' + name + b',"uuid":' + uuid_ + b","
+        """What follows the invocation id in the records this instance must send (`_record_of`)."""
 
     def __repr__(self) -> str:
         return f"<InstanceHandle {self.id} pid={self.pid} load={self.load}>"
@@ -155,7 +161,7 @@ class InstanceHandle:
         self._seq = rid = self._seq + 1
         fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
         deadline = loop.time() + self.spec.timeout
-        self._pending[rid] = _Pending(fut, deadline, answered)
+        self._pending[rid] = _Pending(fut, deadline, answered, inv.invocation_id)
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadline + GRACE, self._late)
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
@@ -203,11 +209,17 @@ class InstanceHandle:
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
             err = header.get("err")
-            size = header.get("r")
-            if size:  # the record rides at the end of the tail
-                record, tail = tail[-size:], tail[:-size]
-                if pending.answered is not None:
+            record: bytes | None = header.get("r")  # the frame's trailer
+            if record is not None and pending.answered is not None:
+                if self._record_of(record, pending.invocation_id):
                     pending.answered.append((record, header["ms"], err is None))
+                else:  # the pool makes the record itself: a handler cannot pose as another invocation
+                    log.warning(
+                        "instance %s sent a record that is not invocation %s's: ignored",
+                        self.id,
+                        pending.invocation_id,
+                        extra=self._extra,
+                    )
             if err is None:
                 pending.fut.set_result((tail, header["ms"]))
             else:
@@ -226,6 +238,13 @@ class InstanceHandle:
             self.started.set_exception(exc)
             instance_log.error("%s\n%s", header["msg"], header.get("tb", ""), extra=self._extra)
             self._die(None, hard=False)  # not a crash; gone before the waiting requests resume
+
+    def _record_of(self, record: bytes, invocation_id: str) -> bool:
+        """Whether `record` is what `record_json.render` makes for this invocation of this function: its
+        first three fields are checked (render's key order is fixed), not the whole, which would cost a
+        parse per invocation on the node's loop."""
+        head = b'{"invocation_id":' + orjson.dumps(invocation_id) + self._record_head
+        return record.startswith(head) and record.endswith(b"}")
 
     def _on_main_closed(self, exc: Exception | None) -> None:
         if not self.dead:

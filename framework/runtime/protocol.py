@@ -2,7 +2,9 @@
 
 A frame is `length (4 bytes, big-endian) | kind (1 byte) | header length (4 bytes) | header | tail`.
 The header is a small orjson object; the tail is raw bytes spliced in as is. Payloads and results travel in
-the tail, so the node never parses or re-encodes a handler's JSON (the hot path stays a memcpy).
+the tail, so the node never parses or re-encodes a handler's JSON (the hot path stays a memcpy). A header
+with an integer `"r"` says the tail's last `r` bytes are a trailer (an invocation record), handed over
+apart.
 
 Each instance has two socket pairs to its node:
 - the *main* channel (asyncio on both ends): HELLO / INIT_ERROR, REQUEST, REPLY, CANCEL;
@@ -43,8 +45,8 @@ class FrameKind(IntEnum):
     `"a"` (attempt, default 1), `"s"` (epoch seconds the pool took it: the node wants its record)."""
     REPLY = 4
     """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`; when the
-    request had `"s"`, `"r"` (bytes of the invocation record's JSON, with what it logged, at the tail's end:
-    see observe/record_json.py and worker/capture.py)."""
+    request had `"s"`, the invocation's record (JSON, with what it logged: observe/record_json.py,
+    worker/capture.py) as the frame's trailer (`"r"`, see `FrameProtocol.send`)."""
     CANCEL = 5
     """node → instance: `{"id"}`; the caller gave up (no reply expected)."""
     LOG = 6
@@ -104,7 +106,14 @@ class FrameProtocol(asyncio.Protocol):
                 break
             hs = off + 9
             header = orjson.loads(memoryview(buf)[hs : hs + hlen])
-            tail = bytes(buf[hs + hlen : end])
+            trailer = header.get("r")
+            if type(trailer) is int and 0 < trailer <= end - hs - hlen:
+                header["r"] = bytes(buf[end - trailer : end])  # each part copied once, straight out
+                end_of_tail = end - trailer
+            else:
+                header.pop("r", None)
+                end_of_tail = end
+            tail = bytes(buf[hs + hlen : end_of_tail])
             off = end
             self._on_frame(kind, header, tail)
         return off
@@ -117,8 +126,11 @@ class FrameProtocol(asyncio.Protocol):
             self.closed = True
             self._on_close(exc)
 
-    def send(self, kind: int, header: Header, tail: bytes = b"") -> None:
+    def send(self, kind: int, header: Header, tail: bytes = b"", trailer: bytes = b"") -> None:
         """Send one frame; silently dropped when the channel is already closed (the peer is gone).
+
+        A `trailer` goes after the tail, its length in the header's `r`; the receiver hands it over apart,
+        as `header["r"]` (bytes), so neither side copies the tail to join or split the two.
 
         The first frame of a loop iteration is written at once (no added latency for a lone request);
         frames after it in the same iteration are queued and go out together in one write at its end:
@@ -127,14 +139,18 @@ class FrameProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if trailer:
+            header["r"] = len(trailer)
         head = orjson.dumps(header)
-        prefix = _HEAD.pack(5 + len(head) + len(tail), kind, len(head)) + head
+        prefix = _HEAD.pack(5 + len(head) + len(tail) + len(trailer), kind, len(head)) + head
         if self._window:
             self._out.append(prefix)
             if tail:
                 self._out.append(tail)
+            if trailer:
+                self._out.append(trailer)
             return
-        transport.write(prefix + tail if tail else prefix)
+        transport.write(b"".join((prefix, tail, trailer)) if tail or trailer else prefix)
         self._window = True
         self._loop.call_soon(self.flush)
 

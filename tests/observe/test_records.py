@@ -91,12 +91,22 @@ def test_a_record_an_instance_rendered_is_kept_as_sent() -> None:
     body = {"invocation_id": "inv-9", "function": "echo", "ok": True, "logs": [{"message": "hi"}]}
     inv = Invocation("inv-9", "direct", None, b"{}")
     records.keep(ECHO, inv, time.time(), 2.0, True, orjson.dumps(body))
-    bad = Invocation("inv-10", "direct", None, b"{}")
-    records.keep(ECHO, bad, time.time(), 3.0, False, orjson.dumps({"invocation_id": "inv-10", "ok": False}))
+    bad = Invocation("inv-10", "direct", None, b"{}")  # the bytes say ok, the pool says failed
+    records.keep(ECHO, bad, time.time(), 3.0, False, orjson.dumps({"invocation_id": "inv-10", "ok": True}))
     assert records.get("inv-9") == body
     assert [r["invocation_id"] for r in records.recent(ok=False)] == ["inv-10"]
+    assert [r["invocation_id"] for r in records.recent(ok=True)] == ["inv-9"]
     stats = records.function_stats(ECHO.uuid, "echo")
     assert stats["count"] == 2 and stats["failures"] == 1
+
+
+def test_a_record_that_is_not_json_does_not_break_reads() -> None:
+    records, _ = make()
+    records.keep(ECHO, Invocation("inv-11", "event", "e", b"{}"), time.time(), 1.0, True, b'{"invocation_id"')
+    rec = records.get("inv-11")
+    assert rec is not None and rec["invocation_id"] == "inv-11" and rec["function"] == "echo"
+    assert rec["ok"] is True and "not JSON" in rec["unreadable"]
+    assert records.recent(trigger="event") == [rec]
 
 
 def test_errors() -> None:

@@ -53,6 +53,11 @@ async def setenv(payload, ctx):
     env = os.environ
     return {"flag": env.get("FLAG"), "instance": ctx.instance_id, "greeting": env.get("GREETING")}
 
+async def self_cancel(payload, ctx):
+    inner = asyncio.ensure_future(asyncio.sleep(10))
+    inner.cancel()
+    await inner  # raises CancelledError in the handler: its own, not the node's
+
 async def logs(payload, ctx):
     ctx.log.info("ctx log says %s", payload)
     print("printed", payload)

@@ -67,7 +67,7 @@ def test_invocations_are_kept_apart_and_closed_ones_ignored() -> None:
     assert b is not None and [e["message"] for e in b] == ["for b"]
     assert cap.end("a") is None  # ended once
     cap.begin("quiet")
-    assert cap.end("quiet") is None  # logged nothing: no `logs` field in the reply
+    assert cap.end("quiet") is None  # logged nothing: the record's logs are empty
 
 
 def test_concurrent_threads_respect_the_caps() -> None:

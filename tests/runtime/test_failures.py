@@ -64,6 +64,20 @@ async def test_exception_is_function_error(runtime: Runtime, spec: SpecFactory) 
     assert "Traceback" in "".join(getattr(info.value, "__notes__", []))
 
 
+async def test_a_handlers_own_cancellation_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A handler awaits a task of its own that was cancelled (CancelledError escapes it).
+    Result: FunctionError at once, not a wait for the limit and a killed instance; the instance serves on."""
+    s = spec("self_cancel", timeout=5, max=1)
+    t = time.monotonic()
+    with pytest.raises(FunctionError, match="CancelledError"):
+        await call(runtime, s, {})
+    assert time.monotonic() - t < 2
+    [iid] = runtime.instance_ids(s.name)
+    with pytest.raises(FunctionError):
+        await call(runtime, s, {})
+    assert runtime.instance_ids(s.name) == [iid]
+
+
 async def test_non_json_return_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:
     with pytest.raises(FunctionError, match="returned a value that is not JSON: set"):
         await call(runtime, spec("notjson"))

@@ -67,25 +67,27 @@ class LogCapture:
 
     def end(self, invocation_id: str) -> list[dict[str, Any]] | None:
         """Close the invocation; its kept entries (with the dropped note), or None when it logged nothing."""
-        with self._lock:
+        with self._lock:  # a handler's thread may be adding a line right now: the note closes the list
             kept = self._open.pop(invocation_id, None)
-        if kept is None or not (kept.entries or kept.dropped):
-            return None
-        if kept.dropped:
-            kept.entries.append(
-                {
-                    "time": utc_ms(time.time()),
-                    "level": "WARNING",
-                    "message": f"{kept.dropped} more log entries dropped",
-                }
-            )
-        return kept.entries
+            if kept is None or not (kept.entries or kept.dropped):
+                return None
+            if kept.dropped:
+                kept.entries.append(
+                    {
+                        "time": utc_ms(time.time()),
+                        "level": "WARNING",
+                        "message": f"{kept.dropped} more log entries dropped",
+                    }
+                )
+            return kept.entries
 
     def add(self, invocation_id: str, level: int, message: str) -> None:
         kept = self._open.get(invocation_id)
         if kept is None:
             return
         with self._lock:
+            if self._open.get(invocation_id) is not kept:  # ended meanwhile
+                return
             room = self.max_chars - kept.chars
             if len(kept.entries) >= self.max_entries or room <= 0:
                 kept.dropped += 1

@@ -142,6 +142,9 @@ class Server:
             thread_name_prefix=f"handler-{self.function}",
         )
         self.expired: set[int] = set()
+        """Requests cancelled for running past their limit (answered Timeout)."""
+        self.cancelled: set[int] = set()
+        """Requests the node cancelled (answered by nobody)."""
         # Deadlines (loop time) of running requests, in arrival order = deadline order (one timeout for all),
         # checked by one timer armed at the earliest: cheaper than a timer per request.
         self.deadlines: dict[int, float] = {}
@@ -189,8 +192,11 @@ class Server:
             if self.sweeper is None:
                 self.sweeper = loop.call_at(deadline, self._sweep)
         elif kind == FrameKind.CANCEL:
-            running = self.tasks.get(header["id"])
+            rid = header["id"]
+            running = self.tasks.pop(rid, None)  # popped here too: a task cancelled before it began never
+            self.deadlines.pop(rid, None)  # runs its own `finally`
             if running is not None:
+                self.cancelled.add(rid)
                 running.cancel()
 
     async def run(self, rid: int, header: Header, tail: bytes) -> None:
@@ -210,11 +216,16 @@ class Server:
             with otel.invocation_context(tp):
                 body = await self._call(rid, header, tail, inv, deadline, tp)
         except asyncio.CancelledError:
-            if rid not in self.expired:
+            if rid in self.cancelled:
                 if started is not None:
                     self.capture.end(inv)
                 return  # cancelled by the node: the caller is gone, nobody waits for a reply
-            reply.update(err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit")
+            if rid in self.expired:
+                reply.update(
+                    err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit"
+                )
+            else:  # the handler's own CancelledError (e.g. an awaited task of its own was cancelled)
+                reply.update(err="FunctionError", msg=f"function {self.function} raised CancelledError")
         except _NotJson as e:
             reply.update(err="FunctionError", msg=redact.redact(str(e)))
         except Exception as e:
@@ -228,6 +239,7 @@ class Server:
             self.tasks.pop(rid, None)
             self.deadlines.pop(rid, None)
             self.expired.discard(rid)
+            self.cancelled.discard(rid)
         ms = (time.perf_counter() - t0) * 1000
         if reply.get("err") == "Timeout":  # its timer counts from the frame's arrival, before t0
             ms = max(ms, self.timeout * 1000)
@@ -235,12 +247,15 @@ class Server:
         for text in ("msg", "tb"):  # an error text with lone surrogates would not encode
             if text in reply:
                 reply[text] = clean_text(reply[text])
+        record = b""
         if started is not None:
-            record = self._record(header, inv, started, ms, reply)
-            reply["r"] = len(record)
-            body += record
+            try:
+                record = self._record(header, inv, started, ms, reply)
+            except Exception:  # the reply must still go: the node then makes the record itself
+                self.capture.end(inv)
+                self.log.exception("invocation %s: its record could not be made", inv)
         assert self.conn is not None
-        self.conn.send(FrameKind.REPLY, reply, body)
+        self.conn.send(FrameKind.REPLY, reply, body, record)
 
     def _record(self, header: Header, inv: str, started: float, ms: float, reply: Header) -> bytes:
         """The invocation's record (DESIGN.md section 13), with what it logged; sent after the result."""

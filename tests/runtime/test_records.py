@@ -1,0 +1,178 @@
+"""Invocation records made by real instances (runtime/pool.py, handle.py, worker/server.py): the instance
+renders its invocation's record and sends it as its REPLY's trailer; the node keeps it as sent, checks it
+is that invocation's, and makes the record itself when no instance answered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from framework.control.manifest import FunctionSpec, InstancesSpec
+from framework.errors import FunctionError, Overloaded, Timeout
+from framework.observe.records import InvocationRecords
+from framework.runtime import Runtime
+from framework.settings import Settings
+from framework.types import EventIdentity, Invocation
+from tests.support import write_project
+
+HANDLERS = """
+import asyncio
+
+async def hello(payload, ctx):
+    ctx.log.info("hello %s", payload)
+    print("printed")
+    return {"ok": payload}
+
+async def fail(payload, ctx):
+    ctx.log.warning("about to fail")
+    raise ValueError("no good")
+
+async def slow(payload, ctx):
+    await asyncio.sleep(5)
+
+async def forge(payload, ctx):
+    # A handler runs in its instance's process: it can replace the renderer the instance uses.
+    from framework.runtime.worker import server
+    real = server.record_json.render
+    server.record_json.render = lambda *args: real("someone-else", *args[1:])
+    return "forged"
+"""
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_project(tmp_path_factory.mktemp("rec"), "functions: []\n", {"rec": HANDLERS})
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[tuple[Runtime, InvocationRecords]]:
+    settings = Settings(queue_timeout=5, node_name="node-7")
+    rt = Runtime(settings)
+    records = InvocationRecords(settings)
+    rt.recorder = records
+    await rt.start()
+    yield rt, records
+    await rt.stop(0)
+
+
+def spec(project: Path, attr: str, timeout: float = 10) -> FunctionSpec:
+    return FunctionSpec(
+        name=attr,
+        uuid=str(uuid.uuid4()),
+        handler=f"functions.rec:{attr}",
+        timeout=timeout,
+        instances=InstancesSpec(max=1),
+        root=project,
+        revision=4,
+    )
+
+
+async def test_the_instance_renders_the_record(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. An event invocation (second attempt, with a trace) logs two lines and returns.
+    Result: the record holds every field with the request's values and the node's name, the lines as its
+    logs; the caller's result holds the handler's value only."""
+    rt, records = runtime
+    hello = spec(project, "hello")
+    identity = EventIdentity("ce-5", source="s")
+    inv = Invocation("inv-a", "event", "thing.done", b'"x"', identity, TP, attempt=2)
+    before = time.time()
+    res = await rt.invoke(hello, inv)
+    assert orjson.loads(res.result) == {"ok": "x"}
+    rec = records.get("inv-a")
+    assert rec is not None
+    logs = rec.pop("logs")
+    started = rec.pop("started_at")
+    assert rec == {
+        "invocation_id": "inv-a",
+        "function": "hello",
+        "uuid": hello.uuid,
+        "revision": 4,
+        "trigger": "event",
+        "event": "thing.done",
+        "event_id": "ce-5",
+        "trace_id": TP[3:35],
+        "node": "node-7",
+        "instance_id": res.instance_id,
+        "duration_ms": round(res.duration_ms, 3),
+        "cold_start": True,
+        "attempt": 2,
+        "ok": True,
+        "error": None,
+    }
+    assert [(e["level"], e["message"]) for e in logs] == [("INFO", "hello x"), ("INFO", "printed")]
+    assert started[:16] == time.strftime("%Y-%m-%dT%H:%M", time.gmtime(before))
+
+
+async def test_failures_the_instance_answered(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. A handler raises after logging. 2. A handler runs past its 0.3 s limit.
+    Result: both records come from the instance: the error and the lines logged (the warning, then the
+    instance's report of the failure); Timeout with the limit as the duration."""
+    rt, records = runtime
+    with pytest.raises(FunctionError):
+        await rt.invoke(spec(project, "fail"), Invocation("inv-f", "direct", None, b"1"))
+    with pytest.raises(Timeout):
+        await rt.invoke(spec(project, "slow", timeout=0.3), Invocation("inv-s", "direct", None, b"1"))
+    failed, slow = records.get("inv-f"), records.get("inv-s")
+    assert failed is not None and slow is not None
+    assert failed["error"]["type"] == "FunctionError" and "no good" in failed["error"]["message"]
+    messages = [e["message"] for e in failed["logs"]]
+    assert messages[0] == "about to fail" and messages[1].startswith("invocation inv-f failed")
+    assert slow["error"]["type"] == "Timeout" and slow["duration_ms"] >= 300
+    assert [r["invocation_id"] for r in records.recent(ok=False)] == ["inv-s", "inv-f"]
+
+
+async def test_no_instance_answered_the_node_makes_the_record(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. One instance, one slot, no queue: a second invocation comes while the first runs.
+    Result: the second is Overloaded and its record is the node's (no instance, no logs)."""
+    rt, records = runtime
+    busy = spec(project, "slow", timeout=3).model_copy(
+        update={"instances": InstancesSpec(max=1, concurrency=1, queue=0)}
+    )
+    first = asyncio.ensure_future(rt.invoke(busy, Invocation("inv-busy", "direct", None, b"1")))
+    deadline = time.monotonic() + 10
+    while rt.inflight() < 1:
+        assert time.monotonic() < deadline, "the first invocation never started"
+        await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await rt.invoke(busy, Invocation("inv-over", "direct", None, b"1"))
+    first.cancel()
+    rec = records.get("inv-over")
+    assert rec is not None and rec["error"]["type"] == "Overloaded"
+    assert rec["instance_id"] is None and rec["logs"] == [] and rec["node"] == "node-7"
+    deadline = time.monotonic() + 10
+    while records.get("inv-busy") is None:  # the cancelled one ends with a record too
+        assert time.monotonic() < deadline, "no record of the cancelled invocation"
+        await asyncio.sleep(0.01)
+    cancelled = records.get("inv-busy")
+    assert cancelled is not None and cancelled["error"]["type"] == "Cancelled"
+
+
+async def test_a_record_posing_as_another_invocation_is_replaced(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. A handler replaces its instance's renderer with one that names another invocation.
+    2. The next invocation runs there.
+    Result: the node ignores that record and makes the invocation's own (no logs): every record is the
+    invocation's it claims to be."""
+    rt, records = runtime
+    forge = spec(project, "forge")
+    await rt.invoke(forge, Invocation("inv-1", "direct", None, b"1"))
+    res = await rt.invoke(forge, Invocation("inv-2", "direct", None, b"1"))
+    assert res.result == b'"forged"'
+    rec = records.get("inv-2")
+    assert rec is not None and rec["invocation_id"] == "inv-2" and rec["ok"] is True
+    assert rec["node"] == "node-7" and rec["instance_id"] == res.instance_id
+    assert records.get("someone-else") is None
