@@ -29,6 +29,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 PATH = "/v1/traces"
 
 
+def decode(body: bytes, encoding: str) -> ExportTraceServiceRequest:
+    """One export request's body (`content-encoding` gzip, deflate or none) as its protobuf message;
+    raises on a body that is not one. The receiver of `tests/observe/test_otel.py` decodes with it too."""
+    if encoding == "gzip":
+        body = gzip.decompress(body)
+    elif encoding == "deflate":
+        body = zlib.decompress(body)
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    return request
+
+
 class Counts:
     def __init__(self) -> None:
         self.requests = 0
@@ -43,12 +55,7 @@ class Counts:
             self.requests += 1
             self.bytes += len(body)
         try:
-            if encoding == "gzip":
-                body = gzip.decompress(body)
-            elif encoding == "deflate":
-                body = zlib.decompress(body)
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
+            request = decode(body, encoding)
         except Exception:
             with self.lock:
                 self.errors += 1

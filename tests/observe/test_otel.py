@@ -4,12 +4,10 @@ instances, over HTTP and Kafka."""
 
 from __future__ import annotations
 
-import gzip
 import secrets
 import subprocess
 import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from benchmarks.otlp import decode
 from framework.kafka.embedded import EmbeddedBroker
 from tests.support import Node, ce_headers, consume, new_id, produce, wait_for, write_project
 
@@ -81,13 +79,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            encoding = self.headers.get("content-encoding", "")
-            if encoding == "gzip":
-                body = gzip.decompress(body)
-            elif encoding == "deflate":
-                body = zlib.decompress(body)
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
+            request = decode(body, self.headers.get("content-encoding", ""))
             found = []
             for rs in request.resource_spans:
                 resource = {a.key: _value(a.value) for a in rs.resource.attributes}

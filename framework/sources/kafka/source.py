@@ -149,6 +149,12 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def stop(self, grace: float) -> None:
         """Stop fetching, give in-flight events up to `grace` seconds to be answered, commit, close."""
         self._stopping = True
+        started = time.monotonic()
+        log.info(
+            "stopping the kafka source: %d events taken, %d replies awaiting acknowledgement",
+            self.runner.size,
+            self.outbox.unacked,
+        )
         self._hand_over(None)
         if self._tasks:  # the poll loop sees the flag within its fetch timeout
             with contextlib.suppress(TimeoutError):
@@ -162,6 +168,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if not await self.runner.drain(None, grace):
             log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
         await self.outbox.settle(self.tracker, None, deadline)
+        if self.outbox.unacked:
+            log.warning("%d replies not acknowledged in time: the group redoes them", self.outbox.unacked)
         try:  # aiokafka retries a commit during a rebalance for as long as it lasts: bounded here
             await asyncio.wait_for(self._commit(None), FINAL_COMMIT_WAIT)
         except TimeoutError:
@@ -169,6 +177,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.outbox.cancel()
         await self._close_consumer()
         await self.sender.stop()
+        log.info("kafka source stopped in %.1f s", time.monotonic() - started)
 
     # ---- consuming ----
 
