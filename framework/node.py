@@ -35,6 +35,7 @@ from framework.settings import Settings
 from framework.sources.http.app import create_app
 from framework.sources.kafka.source import KafkaSource
 from framework.sources.schedule.scheduler import Scheduler
+from framework.tasks import within
 
 log = logging.getLogger("faas.node")
 
@@ -279,7 +280,7 @@ as after SIGKILL)."""
 
 async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
     try:
-        await asyncio.wait_for(stopping, seconds)
+        await within(stopping, seconds)
     except TimeoutError:
         log.warning("stopping %s took over %.0f s: going on without it", step, seconds)
 

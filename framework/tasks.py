@@ -1,14 +1,27 @@
-"""Stopping asyncio tasks: the one way the node cancels work and waits for it to be gone.
+"""Stopping asyncio tasks: the one way the node cancels work, waits for it to be gone, and bounds a wait.
 
 `cancel_and_wait` awaits with `gather(..., return_exceptions=True)` rather than `suppress(CancelledError)`
 around `await task`: the latter would also swallow a cancellation of the *caller* that lands while it waits.
+
+`within` is `asyncio.wait_for` without its Python 3.11 flaw: when the caller is cancelled just as the
+awaited work finishes, 3.11's `wait_for` returns the result and the cancellation is lost (gh-86296, fixed
+in 3.12 by building `wait_for` on `asyncio.timeout`). A loop that lost its cancellation runs on, and whoever
+cancelled it waits for it for ever: a node's stop hung that way, in a loop that bounded each lag query.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def within(work: Awaitable[T], seconds: float) -> T:
+    """Await `work` for at most `seconds`; TimeoutError after that (the work is cancelled)."""
+    async with asyncio.timeout(seconds):
+        return await work
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:

@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 from framework.cli.common import need_broker, pass_settings
 from framework.kafka.options import reader
 from framework.settings import Settings
+from framework.tasks import within
 
 CLOSE_TIMEOUT = 5.0
 """Seconds closing the reader may take before the command exits anyway."""
@@ -187,7 +188,7 @@ async def read(
                         show(new)
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT)
+            await within(consumer.stop(), CLOSE_TIMEOUT)
 
 
 async def _assign(

@@ -30,7 +30,7 @@ from framework.control.log_state import LogState
 from framework.control.revisions import KEPT, Revision, code_key, encode, revision_key
 from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
 from framework.settings import Settings
-from framework.tasks import cancel_and_wait
+from framework.tasks import cancel_and_wait, within
 
 log = logging.getLogger("faas.deployments")
 
@@ -210,7 +210,7 @@ class KafkaLog(DeploymentLog):
         while self.position < end:
             if self._task is not None and not self._task.done():
                 self._moved.clear()
-                await asyncio.wait_for(self._moved.wait(), READ_BACK_TIMEOUT)
+                await within(self._moved.wait(), READ_BACK_TIMEOUT)
             else:
                 await self._fetch()
 
@@ -261,11 +261,11 @@ class KafkaLog(DeploymentLog):
     async def _check_end(self) -> None:
         """Notice a lost log: its end offset below our position, or the topic gone (then create it)."""
         try:
-            end = await asyncio.wait_for(self.end_offset(), CHECK_EVERY)
+            end = await within(self.end_offset(), CHECK_EVERY)
         except KafkaError:
             options = security_options(self.settings)
-            await asyncio.wait_for(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_EVERY * 2)
-            end = await asyncio.wait_for(self.end_offset(), CHECK_EVERY)
+            await within(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_EVERY * 2)
+            end = await within(self.end_offset(), CHECK_EVERY)
         if end >= self.position:
             self._low = 0
             return

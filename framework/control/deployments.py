@@ -30,7 +30,7 @@ from framework.control.registry import Registry
 from framework.control.revisions import Revision, spec_from
 from framework.control.working_copy import Candidate, candidates, is_modified, undeploy_of
 from framework.settings import Settings
-from framework.tasks import cancel_and_wait
+from framework.tasks import cancel_and_wait, within
 
 log = logging.getLogger("faas.deployments")
 
@@ -92,7 +92,7 @@ class Deployments:
         delay = 0.5
         while True:
             try:
-                await asyncio.wait_for(self.start(), START_TIMEOUT)
+                await within(self.start(), START_TIMEOUT)
                 return
             except (KafkaError, OSError, TimeoutError) as exc:
                 self.error = f"cannot read the deployment log: {exc!r}"

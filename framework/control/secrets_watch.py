@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from framework.tasks import within
+
 log = logging.getLogger("faas.secrets")
 
 DEBOUNCE_MS = 100
@@ -43,7 +45,7 @@ class SecretsWatcher:
                         log.warning("watching the secrets folder %s stopped: %s", self.folder, exc)
                 if not stop.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), RECHECK)
+                        await within(stop.wait(), RECHECK)
         finally:
             recheck.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -58,7 +60,7 @@ class SecretsWatcher:
     async def _recheck(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RECHECK)
+                await within(stop.wait(), RECHECK)
             if not stop.is_set():
                 self._changed(False)
 

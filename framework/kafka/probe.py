@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
+from framework.tasks import within
+
 log = logging.getLogger("faas.kafka")
 
 INTERVAL = 2.0
@@ -49,7 +51,7 @@ class BrokerProbe:
 
     async def once(self) -> bool:
         try:
-            topics = await asyncio.wait_for(self._metadata(), TIMEOUT)
+            topics = await within(self._metadata(), TIMEOUT)
         except (KafkaError, OSError, TimeoutError) as exc:
             if self.error is None:
                 log.warning("kafka broker unreachable: %r", exc)

@@ -29,6 +29,7 @@ from aiokafka.errors import (
 from framework.kafka.options import max_request_size, start_producer
 from framework.settings import Settings
 from framework.sources.kafka.batching import ReplyBatches
+from framework.tasks import within
 
 log = logging.getLogger("faas.kafka")
 
@@ -96,7 +97,7 @@ class ReplyProducer:
             self._failing_since = None
         log.warning("kafka producer kept failing for %.0f s: starting a new one", RECREATE_AFTER)
         try:
-            await asyncio.wait_for(stop(), 5)
+            await within(stop(), 5)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.debug("closing the old producer: %r", exc)
 
@@ -257,6 +258,6 @@ class ReplyProducer:
             producer, self._producer = self._producer, None
         if producer is not None:
             try:
-                await asyncio.wait_for(producer.stop(), 10)
+                await within(producer.stop(), 10)
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("closing the kafka producer: %r", exc)

@@ -47,7 +47,7 @@ from framework.sources.kafka.keyed import KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.kafka.outbox import ReplyOutbox
 from framework.sources.kafka.replies import ReplyProducer
-from framework.tasks import cancel_and_wait
+from framework.tasks import cancel_and_wait, within
 from framework.types import EventIdentity
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._hand_over(None)
         if self._tasks:  # the poll loop sees the flag within its fetch timeout
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._tasks[0]), 2)
+                await within(asyncio.shield(self._tasks[0]), 2)
         await cancel_and_wait(self._tasks)
         # Queued records are run too, not dropped: a dropped one would hold the commit point below records
         # of other keys that did finish, and the next owner would answer those twice.
@@ -171,7 +171,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.outbox.unacked:
             log.warning("%d replies not acknowledged in time: the group redoes them", self.outbox.unacked)
         try:  # aiokafka retries a commit during a rebalance for as long as it lasts: bounded here
-            await asyncio.wait_for(self._commit(None), FINAL_COMMIT_WAIT)
+            await within(self._commit(None), FINAL_COMMIT_WAIT)
         except TimeoutError:
             log.warning("final commit not done in %.0f s: the group redoes it", FINAL_COMMIT_WAIT)
         self.outbox.cancel()
@@ -249,7 +249,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             try:
-                await asyncio.wait_for(consumer.stop(), 10)
+                await within(consumer.stop(), 10)
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("closing the kafka consumer: %r", exc)
 
@@ -377,7 +377,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _housekeeping(self) -> None:
         ticks = 0
-        while True:
+        while not self._stopping:  # the flag too: a stop must never wait on a loop that missed its cancel
             await asyncio.sleep(COMMIT_INTERVAL)
             await self._commit(None)
             ticks += 1
@@ -391,7 +391,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             try:
-                position = await asyncio.wait_for(consumer.position(tp), 1)
+                position = await within(consumer.position(tp), 1)
             except (KafkaError, TimeoutError, AssertionError):
                 continue
             if highwater is not None:

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 
 from framework.kafka.options import ensure_topics, security_options
 from framework.settings import Settings
-from framework.tasks import cancel_and_wait
+from framework.tasks import cancel_and_wait, within
 
 log = logging.getLogger("faas.scheduler.leader")
 
@@ -144,4 +144,4 @@ class KafkaElection:
                 if consumer is not None:
                     # Leaving the group hands partition 0 over at once instead of after the session timeout.
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(consumer.stop(), 5)
+                        await within(consumer.stop(), 5)

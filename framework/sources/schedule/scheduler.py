@@ -33,7 +33,7 @@ from framework.control.cron import Cron, parse
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError
 from framework.sources.schedule.leader import AlwaysLeader, KafkaElection
-from framework.tasks import cancel_and_wait, wait_or_cancel
+from framework.tasks import cancel_and_wait, wait_or_cancel, within
 from framework.types import InvokeResult
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ class Scheduler:
             self._wake.clear()
             wake = self.run_due(self.clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(max(wake - self.clock(), 0.0), MAX_SLEEP))
+                await within(self._wake.wait(), min(max(wake - self.clock(), 0.0), MAX_SLEEP))
 
     async def start(self) -> None:
         """Join the election (in the background) and start the firing loop."""
