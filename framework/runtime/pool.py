@@ -113,7 +113,8 @@ class FunctionPool:
         """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened.
 
         The instance that answers renders the record itself (`record_json.py`) and sends it with its
-        reply; only an invocation no instance answered has its record made here."""
+        reply; the record is made here only when no instance answered, or when the instance sent none the
+        node would keep (not that invocation's, or it failed to render one)."""
         assert self._recorder is not None
         started, t0 = time.time(), time.perf_counter()
         answered: list[tuple[bytes, float, bool]] = []
@@ -141,7 +142,7 @@ class FunctionPool:
             raise
         if answered:
             self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
-        else:  # not expected (an instance renders whenever asked), but a record is never lost
+        else:  # the instance's record was refused or missing (see the docstring): the node's own
             self._recorder.finish(self.spec, inv, started, ms, cold, inst.id, None)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
