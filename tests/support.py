@@ -17,9 +17,9 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +30,7 @@ LOGS = Path(tempfile.gettempdir()) / "faas-test-logs"
 LOGS.mkdir(parents=True, exist_ok=True)
 
 JOINED = re.compile(r"joined group \S+ with partitions \[([\d, ]*)\]")
+T = TypeVar("T")
 Header = tuple[str, bytes]
 Record = tuple[bytes | None, bytes | None, list[Header]]
 
@@ -58,6 +59,31 @@ class _Plain(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the test's output is for the test
+
+
+def run_async(main: Coroutine[Any, Any, T], grace: float = 10.0) -> T:
+    """`asyncio.run(main)`, except that the tasks `main` leaves behind get `grace` seconds to end once
+    cancelled, and those that do not are named on stderr instead of holding the test for ever.
+
+    A Kafka client stopped within a bound after its broker died can leave a background task that does not
+    end when cancelled; `asyncio.run` would wait for it until pytest-timeout, with the node under test fine.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in left:
+                task.cancel()
+            if left:
+                _, pending = loop.run_until_complete(asyncio.wait(left, timeout=grace))
+                for task in pending:
+                    print(f"still running {grace} s after its cancel: {task!r}", file=sys.stderr)
+                    task.print_stack(file=sys.stderr)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 @contextlib.contextmanager

@@ -121,6 +121,10 @@ class EmbeddedBroker:
             url,
             "--storage-engine",
             "memory://tansu/",
+            # A new id at each start: it keeps nothing, and a node that outlives it tells the new broker
+            # from the old one by the id (kafka/probe.py), not by which topics happen to exist yet.
+            "--cluster-id",
+            f"faas-embedded-{secrets.token_hex(4)}",
         ]
         with self.log_path.open("wb") as log:
             # Own process group: a Ctrl-C in the terminal reaches the node, which then stops the broker last.

@@ -10,8 +10,8 @@ records stay in order on one partition) and hands each partition's records to th
 Failure handling trades completeness for never slowing an invocation down:
 - the buffer holds `FAAS_RECORDS_BUFFER` records at most (default 10,000, a few MB); when full, the oldest
   one is dropped;
-- while the broker is unreachable no producer can start: records wait in the buffer, the task retries with
-  backoff (0.5 s doubling to 5 s);
+- while the broker is unreachable no producer can start, and a started one gets no metadata: records wait
+  in the buffer, the task retries with backoff (0.5 s doubling to 5 s);
 - a batch the broker does not acknowledge within `SEND_TIMEOUT` seconds is dropped (not resent: it may have
   landed, and a record is not worth a duplicate) and the producer is replaced;
 - at shutdown the buffer gets `FAAS_SHUTDOWN_GRACE` (at most `STOP_FLUSH`) seconds to drain; what is left is
@@ -58,6 +58,10 @@ STOP_FLUSH = 5.0
 """Seconds, at most, a stopping node gives the buffer to drain."""
 WARN_EVERY = 30.0
 """Seconds between warnings about dropped records."""
+
+
+class NotSent(Exception):
+    """A round found it could not send anything yet; its records stay buffered."""
 
 
 class RecordSender:
@@ -143,11 +147,19 @@ class RecordSender:
             except asyncio.CancelledError:
                 self._drop(len(batch), "cancelled at shutdown")
                 raise
+            except NotSent as exc:
+                self._put_back(batch)
+                self._warn(f"invocation records wait: {exc}")
+                failed = -1
             except Exception as exc:
                 failed = len(batch)
                 self._warn(f"invocation records not acknowledged: {exc!r}")
             finally:
                 self._inflight = 0
+            if failed < 0:  # nothing went out: the same records next round, after a pause
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKOFF[1])
+                continue
             self.counters.sent += len(batch) - failed
             if failed:
                 self._drop(failed, "the broker did not acknowledge them")
@@ -181,7 +193,10 @@ class RecordSender:
         # Fresh metadata every round (one small request): a broker replaced by an empty one (the embedded
         # broker keeps nothing across a restart) acknowledges writes to partitions its topic does not have,
         # and readers never see them, so a stale partition list would lose records counted as sent.
-        await producer.client.force_metadata_update()
+        if not await producer.client.force_metadata_update():
+            # The last partition list may be a lost broker's (sending during an outage lands the batch on
+            # whatever broker comes back, with that list): send nothing until the broker answers.
+            raise NotSent("no metadata from the broker")
         partitions = sorted(producer.client.cluster.partitions_for_topic(self.topic) or ())
         if not partitions:
             partitions = sorted(await producer.partitions_for(self.topic))
@@ -213,6 +228,16 @@ class RecordSender:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await producer.stop()
+
+    def _put_back(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """Return a round's records to the front of the buffer, in order; the oldest beyond its capacity
+        are dropped, as `offer` would have."""
+        self._buf.extendleft(reversed(batch))
+        excess = len(self._buf) - self.capacity
+        if excess > 0:
+            for _ in range(excess):
+                self._buf.popleft()
+            self._drop(excess, "the record buffer is full")
 
     def _drop(self, count: int, why: str) -> None:
         self.counters.dropped += count

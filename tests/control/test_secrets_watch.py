@@ -11,6 +11,7 @@ import pytest
 
 from framework.control import secrets_watch
 from framework.control.secrets_watch import SecretsWatcher
+from framework.tasks import within
 from tests.runtime.conftest import until
 
 
@@ -37,7 +38,7 @@ async def write_until_seen(path: Path, seen: Recorder, timeout: float) -> None:
         n += 1
         await asyncio.to_thread(path.write_text, f"value-{n}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(seen.changed.wait(), 0.2)
+            await within(seen.changed.wait(), 0.2)
 
 
 async def test_a_changed_file_is_reported_within_a_second(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ async def test_a_changed_file_is_reported_within_a_second(tmp_path: Path) -> Non
     task = asyncio.create_task(SecretsWatcher(tmp_path, seen).run(stop))
     await write_until_seen(tmp_path / "token", seen, 1.5)
     stop.set()
-    await asyncio.wait_for(task, 5)
+    await within(task, 5)
 
 
 async def test_a_folder_that_comes_and_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +68,7 @@ async def test_a_folder_that_comes_and_goes(tmp_path: Path, monkeypatch: pytest.
     await until(lambda: len(seen) > count + 2, timeout=5, message="still re-checking")
     assert not task.done()
     stop.set()
-    await asyncio.wait_for(task, 5)
+    await within(task, 5)
 
 
 async def test_a_failing_callback_does_not_end_the_watch(
@@ -85,4 +86,4 @@ async def test_a_failing_callback_does_not_end_the_watch(
     await until(lambda: len(calls) >= 3, timeout=5, message="called again after failing")
     assert not task.done()
     stop.set()
-    await asyncio.wait_for(task, 5)
+    await within(task, 5)

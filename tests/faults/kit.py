@@ -13,6 +13,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from framework.tasks import within
 from tests.support import Record, ce_headers, new_id
 
 
@@ -52,7 +53,7 @@ class ReplyReader:
                 await self._task
         if self._consumer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._consumer.stop(), 5)
+                await within(self._consumer.stop(), 5)
 
     async def _read(self) -> None:
         assert self._consumer is not None

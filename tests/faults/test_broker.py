@@ -16,9 +16,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.tasks import within
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, send_all
-from tests.support import LOGS, Node, ce_headers, metric, new_id, wait_for, write_project
+from tests.support import LOGS, Node, ce_headers, metric, new_id, run_async, wait_for, write_project
 
 pytestmark = pytest.mark.faults
 
@@ -36,7 +37,7 @@ class Flow:
         while True:
             eid = new_id()
             try:
-                await asyncio.wait_for(
+                await within(
                     self.p.send_and_wait(
                         self.topic, b"{}", key=eid.encode(), headers=ce_headers("fault.tick", eid)
                     ),
@@ -52,7 +53,7 @@ class Flow:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.p.stop(), 5)
+            await within(self.p.stop(), 5)
 
 
 async def readyz(client: httpx.AsyncClient, node: Node) -> int:
@@ -134,7 +135,7 @@ def test_broker_outage_and_return(project: Path, nodes: Callable[..., Node]) -> 
     try:
         node = nodes(project, own[0].bootstrap).wait_ready()
         pid = node.proc.pid
-        asyncio.run(outage(node, own))
+        run_async(outage(node, own))
         assert node.proc.poll() is None and node.proc.pid == pid
     finally:
         for b in own:
@@ -241,7 +242,7 @@ def test_replies_due_in_an_outage_arrive_after_it(project: Path, nodes: Callable
     own = EmbeddedBroker(port=port, log_path=LOGS / f"broker-replies-{port}.log").start()
     try:
         node = nodes(project, own.bootstrap).wait_ready()
-        reply = asyncio.run(reply_after_outage(node, own))
+        reply = run_async(reply_after_outage(node, own))
         assert reply["ok"] is True, reply
         assert reply["results"][0]["function"] == "hold" and "pid" in reply["results"][0]["result"], reply
         assert node.proc.poll() is None

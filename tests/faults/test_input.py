@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
+from framework.tasks import within
 from tests.faults.conftest import TICK
 from tests.faults.kit import ReplyReader, events, producer, rss_by_process, send_all, tree_rss
 from tests.support import Header, Node, Record, ce_headers, consume_raw, new_id
@@ -130,7 +131,7 @@ async def http_storm(node: Node, rng: random.Random) -> Counter[str]:
                 with contextlib.suppress(OSError):
                     await writer.drain()
                 with contextlib.suppress(TimeoutError, OSError):
-                    await asyncio.wait_for(reader.read(200), 0.5)
+                    await within(reader.read(200), 0.5)
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
+from framework.tasks import within
 from tests.faults.conftest import SLOW, TICK
 from tests.faults.kit import ReplyReader, events, percentile, producer, raw_post, send_all
 from tests.support import Node, metric
@@ -36,7 +37,7 @@ async def overload(node: Node) -> tuple[list[tuple[int, float, float]], float, C
 
     async def one() -> None:
         t0 = time.monotonic()
-        status, body = await asyncio.wait_for(raw_post(node.port, path), 60)
+        status, body = await within(raw_post(node.port, path), 60)
         t1 = time.monotonic()
         out.append((status, t1 - t0, t1))
         if status == 429:

@@ -244,6 +244,41 @@ async def test_records_wait_for_a_broker_that_comes_up(tmp_path: Path) -> None:
         late.stop()
 
 
+async def test_records_made_in_an_outage_land_on_the_broker_that_comes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A sender on a broker of its own sends 5 records.
+    2. The broker is SIGKILLed; 30 records are made; the sender's next round finds no metadata (logged).
+    3. A new, empty broker starts on the same port.
+    Result: the 30 wait in the buffer (none sent or dropped meanwhile) and then reach the new broker's
+    topic, where a reader finds them: they are not sent along the lost broker's partition list."""
+    port = free_port()
+    topic = f"t.inv.back.{new_id()[:8]}"
+    first = EmbeddedBroker(port=port, log_path=tmp_path / "first.log").start()
+    second: EmbeddedBroker | None = None
+    records, metrics = make(Settings(invocations_topic=topic))
+    records.send_to(first.bootstrap)
+    try:
+        for _ in range(5):
+            finish(records)
+        await wait_until(lambda: metric(metrics, "faas_invocation_records_sent_total") == 5, 30, "5 sent")
+        first.kill()
+        made = [finish(records) for _ in range(30)]
+        await wait_until(lambda: "invocation records wait" in caplog.text, 30, "a round without metadata")
+        assert metric(metrics, "faas_invocation_records_sent_total") == 5
+        assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+        second = EmbeddedBroker(port=port, log_path=tmp_path / "second.log").start()
+        await wait_until(lambda: metric(metrics, "faas_invocation_records_sent_total") == 35, 60, "35 sent")
+        got = await read_topic(second.bootstrap, topic, 30)
+        assert sorted(v["invocation_id"] for _, v in got) == sorted(made)
+        assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+    finally:
+        await records.stop(1)
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 @pytest.mark.parametrize("buffer", [0])
 async def test_a_zero_buffer_drops_everything_counted(buffer: int) -> None:
     records, metrics = make(Settings(records_buffer=buffer))

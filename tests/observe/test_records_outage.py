@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from tests.support import LOGS, Node, wait_for, write_project
+from tests.support import LOGS, Node, run_async, wait_for, write_project
 
 ECHO = "0a0a0a0a-0000-4000-8000-000000000001"
 MANIFEST = f"""
@@ -104,7 +104,7 @@ def test_records_during_a_broker_outage(tmp_path: Path, nodes: Callable[..., Nod
         wait_for(lambda: counts(n).get("sent") == 5, 30, 0.2, "the first 5 records sent")
 
         own[0].kill()
-        ids, slowest = asyncio.run(_during_outage(n))
+        ids, slowest = run_async(_during_outage(n))
         assert slowest < PROMPT, f"an invocation took {slowest:.1f} s during the outage"
         listed = httpx.get(f"{n.url}/invocations", params={"limit": "200"}, timeout=10).json()["invocations"]
         assert set(ids) <= {r["invocation_id"] for r in listed}
@@ -117,7 +117,7 @@ def test_records_during_a_broker_outage(tmp_path: Path, nodes: Callable[..., Nod
 
         final = wait_for(settled, 120, 0.5, f"sent + dropped = made ({counts(n)})")
         after = int(final["sent"]) - 5
-        on_topic = asyncio.run(_topic_ids(own[1].bootstrap, n.invocations, after, 30)) if after else set()
+        on_topic = run_async(_topic_ids(own[1].bootstrap, n.invocations, after, 30)) if after else set()
         assert len(on_topic) >= after and on_topic <= set(ids)
         print(
             f"\nrecords through an outage: slowest invocation {slowest * 1000:.0f} ms; "

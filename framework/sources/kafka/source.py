@@ -340,6 +340,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             self._leaving.difference_update(tps)
         await self.outbox.settle(self.tracker, tps, deadline)
+        # A rejoin follows a broker restart too: a probe first, so the old log's positions are not
+        # committed into a new cluster's group (it forgets them if the cluster id changed).
+        await self.probe.once()
         await self._commit(tps)
         self.tracker.forget(tps)
         for tp in tps:
@@ -384,6 +387,19 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             if ticks % int(LAG_INTERVAL / COMMIT_INTERVAL) == 0:
                 await self._update_lag()
 
+    def _read_from_start(self) -> None:
+        """The events log is new, so every position held, and every offset committed into it (a commit
+        retried across the restart, or the rejoin's own on revocation), points past records never read:
+        read it from its start, and so does the next assignment."""
+        self._reread = True
+        self.tracker.forget(list(self.tracker.partitions))
+        # The group may never rebalance (same member, same partitions): without a new assignment the
+        # fetcher would go on at the old log's positions and skip the new log's first records.
+        consumer = self.consumer
+        if consumer is not None:
+            for tp in consumer.assignment():
+                consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
+
     async def _update_lag(self) -> None:
         consumer = self.consumer
         if consumer is None:
@@ -398,21 +414,12 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 lag = max(0, highwater - position)
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
-    async def _topics_seen(self, topics: set[str]) -> None:
-        """After a probe: a memory-only broker that restarted has lost our topics; create them again."""
+    async def _topics_seen(self, topics: set[str], new_cluster: bool) -> None:
+        """After a probe: a new cluster (a memory-only broker that restarted, say) holds none of the logs
+        our positions point into; a broker that lost our topics needs them again."""
         s = self.settings
         wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
+        if new_cluster or (self.joined and s.events_topic not in topics):
+            self._read_from_start()
         if self.joined and not set(wanted) <= topics:
-            if s.events_topic not in topics:
-                # Its log is new, so offsets committed into it (a commit retried across the restart
-                # lands there) point past records never read: the next assignment starts at 0.
-                self._reread = True
-                self.tracker.forget(list(self.tracker.partitions))
-                # The group may never rebalance (same member, same partitions): without a new
-                # assignment the fetcher would go on at the old log's positions and skip the new
-                # log's first records. Read the new log from its start now; a rejoin does it again.
-                consumer = self.consumer
-                if consumer is not None:
-                    for tp in consumer.assignment():
-                        consumer.seek(tp, 0)
             await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)

@@ -9,6 +9,7 @@ import pytest
 
 from framework.sources.kafka.keyed import Job, KeyedRunner
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
+from framework.tasks import within
 
 # ---- offsets ----
 
@@ -148,7 +149,7 @@ async def test_room_and_drop_and_cancel() -> None:
     runner.submit("p0", b"a", job("a2"))
     runner.submit("p1", b"b", job("b1"))
     assert runner.room == 0
-    await asyncio.wait_for(both_started.wait(), 5)
+    await within(both_started.wait(), 5)
     assert sorted(started) == ["a1", "b1"]  # both chains run their first job; a2 waits behind a1
     assert runner.drop_queued(["p0"]) == 1  # a2 never starts
     assert runner.room == 1
