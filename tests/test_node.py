@@ -47,13 +47,17 @@ functions:
     timeout: 7
 """
 HANDLERS = """
-import asyncio, sys, time
+import asyncio, os, sys, time
 
 async def echo(payload, ctx):
     return {"echo": payload, "fn": ctx.function}
 
 async def hold(payload, ctx):
-    await asyncio.sleep((payload or {}).get("sleep", 0))
+    payload = payload or {}
+    await asyncio.sleep(payload.get("sleep", 0))
+    if "until" in payload:  # a file the test creates when the holding should end
+        while not os.path.exists(payload["until"]):
+            await asyncio.sleep(0.02)
     return "held"
 
 async def probe(payload, ctx):
@@ -172,16 +176,19 @@ def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
 def test_signal_drains_in_flight_requests(
     tmp_path: Path, nodes: Nodes, broker: EmbeddedBroker, sig: signal.Signals
 ) -> None:
-    """1. 20 requests of 20 s each are in flight (the in-flight gauge says so). 2. SIGTERM, or SIGINT.
-    Result: all 20 answer 200; the node exits 0 and says it drained on that signal."""
+    """1. 20 requests are in flight (the in-flight gauge says so), each held until a file exists.
+    2. SIGTERM, or SIGINT; the node says it is draining. 3. The file is created.
+    Result: none had answered before the file; all 20 answer 200; the node exits 0."""
     n = start(nodes, tmp_path, broker.bootstrap)
     assert status(n, HOLD) == 200  # warm
+    release = tmp_path / "release"
     with ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(invoke, n, HOLD, {"sleep": 20}, 60) for _ in range(20)]
-        # Before the first of them could end: the signal must find all 20 in flight. On a loaded machine
-        # 20 requests can take seconds to arrive, hence their length.
-        wait_for(lambda: inflight(n, "hold") >= 20, timeout=18, message="20 requests in flight")
+        futures = [pool.submit(invoke, n, HOLD, {"until": str(release)}, 60) for _ in range(20)]
+        wait_for(lambda: inflight(n, "hold") >= 20, timeout=30, message="20 requests in flight")
         n.proc.send_signal(sig)
+        wait_for(lambda: f"{sig.name} received: draining" in n.tail(200), timeout=10, message="draining")
+        assert not any(f.done() for f in futures), "a held request answered before its release"
+        release.touch()
         codes = [f.result().status_code for f in futures]
     assert codes == [200] * 20
     assert n.proc.wait(40) == 0, n.tail()
