@@ -23,30 +23,37 @@ from benchmarks.httpclient import fetch
 REPO = Path(__file__).resolve().parent.parent
 
 
+_seen: dict[tuple[int, bool], dict[tuple[int, int], float]] = {}
+"""Per (pid, children): the last CPU seconds read of each (process, thread) ever seen under it."""
+
+
 def cpu_seconds(pid: int, children: bool = False) -> float:
-    """CPU seconds so far of every thread of `pid` (and, with `children`, of its descendants alive now,
-    e.g. a node's instances); 0 for a process that is gone.
+    """CPU seconds so far of every thread of `pid` (and, with `children`, of its descendants), for
+    differences between two calls: a thread or a descendant that ended since an earlier call keeps what
+    that call saw of it (its last moments are lost), so the figure never goes down.
 
     Read from /proc/PID/task/*/schedstat, in nanoseconds: psutil's user + system times come in 10 ms ticks,
-    too coarse for the short windows of `--quick` and of an idle node. Elsewhere, those ticks.
+    too coarse for the short windows of `--quick` and of an idle node. Elsewhere, those ticks. Summing the
+    live threads alone is not enough: a thread that ends takes its time out of the sum (a figure of the
+    quick suite once came out negative that way).
     """
+    seen = _seen.setdefault((pid, children), {})
     try:
         pids = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))] if children else [pid]
     except psutil.Error:
-        return 0.0
-    total = 0.0
+        pids = []  # gone: what was seen of it stands
     for one in pids:
         try:
-            nanoseconds = 0
             for task in Path(f"/proc/{one}/task").iterdir():
-                with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-                    nanoseconds += int((task / "schedstat").read_text().split()[0])
-            total += nanoseconds / 1e9
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                    key = (one, int(task.name))
+                    now = int((task / "schedstat").read_text().split()[0]) / 1e9
+                    seen[key] = max(seen.get(key, 0.0), now)
         except OSError:
             with contextlib.suppress(psutil.Error):
                 times = psutil.Process(one).cpu_times()
-                total += times.user + times.system
-    return total
+                seen[(one, -1)] = max(seen.get((one, -1), 0.0), times.user + times.system)
+    return sum(seen.values())
 
 
 def child_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:

@@ -6,12 +6,16 @@ It checks the harness, not the figures: every case is measured against its basel
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.procs import cpu_seconds
 from benchmarks.stats import Series, percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +47,30 @@ def test_series_reports_median_ratio_and_failures() -> None:
     s.fail("boom")
     d = s.to_dict()
     assert d["status"] == "failed" and d["error"] == "boom" and d["figure"] is None and d["baseline"] == 1.0
+
+
+def test_cpu_seconds_keeps_the_time_of_a_thread_that_ended() -> None:
+    """1. Read this process's CPU. 2. A thread uses 0.2 s of CPU and waits; read again. 3. It ends; read
+    again. Result: the figure grew by the thread's time and did not fall when the thread ended (the live
+    threads' sum alone would, and once made a quick-suite figure negative)."""
+    spun, go = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        while time.thread_time() < 0.2:
+            pass
+        spun.set()
+        go.wait(10)
+
+    before = cpu_seconds(os.getpid())
+    thread = threading.Thread(target=spin)
+    thread.start()
+    assert spun.wait(30)
+    during = cpu_seconds(os.getpid())
+    go.set()
+    thread.join(10)
+    after = cpu_seconds(os.getpid())
+    assert during - before >= 0.15
+    assert after >= during
 
 
 @pytest.mark.timeout(260)
