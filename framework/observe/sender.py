@@ -140,6 +140,7 @@ class RecordSender:
                 continue
             batch = [self._buf.popleft() for _ in range(min(MAX_BATCH, len(self._buf)))]
             self._inflight = len(batch)
+            failed: int | None  # None: nothing went out, the same records go next round
             try:
                 async with asyncio.timeout(SEND_TIMEOUT):
                     failed = await self._send(producer, batch)
@@ -150,20 +151,18 @@ class RecordSender:
             except NotSent as exc:
                 self._put_back(batch)
                 self._warn(f"invocation records wait: {exc}")
-                failed = -1
+                failed = None
             except Exception as exc:
                 failed = len(batch)
                 self._warn(f"invocation records not acknowledged: {exc!r}")
             finally:
                 self._inflight = 0
-            if failed < 0:  # nothing went out: the same records next round, after a pause
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, BACKOFF[1])
-                continue
-            self.counters.sent += len(batch) - failed
-            if failed:
-                self._drop(failed, "the broker did not acknowledge them")
-                await self._close()  # a fresh producer next round: aiokafka's may be stuck
+            if failed is not None:
+                self.counters.sent += len(batch) - failed
+                if failed:
+                    self._drop(failed, "the broker did not acknowledge them")
+                    await self._close()  # a fresh producer next round: aiokafka's may be stuck
+            if failed != 0:  # a round that did not land whole: a pause before the next
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BACKOFF[1])
 

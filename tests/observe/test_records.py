@@ -184,6 +184,18 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.05)
 
 
+async def sent_and_on_the_topic(
+    metrics: Metrics, sent: int, bootstrap: str, topic: str, made: list[str]
+) -> None:
+    """Wait until the node counts `sent` records acknowledged; then the topic holds the records `made`
+    (by invocation id) and none was dropped."""
+    counted = "faas_invocation_records_sent_total"
+    await wait_until(lambda: metric(metrics, counted) == sent, 60, f"{sent} sent")
+    got = await read_topic(bootstrap, topic, len(made))
+    assert sorted(v["invocation_id"] for _, v in got) == sorted(made)
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+
+
 async def test_records_reach_the_topic_keyed_by_uuid(broker: EmbeddedBroker) -> None:
     """1. 300 records of two functions are made on a node producing to the real broker.
     Result: all acknowledged (sent = made = 300, dropped 0), each on the topic once, keyed by its function's
@@ -235,10 +247,7 @@ async def test_records_wait_for_a_broker_that_comes_up(tmp_path: Path) -> None:
     await asyncio.sleep(0)  # the sender's first attempt fails meanwhile (nothing listens)
     late = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").start()
     try:
-        await wait_until(lambda: metric(metrics, "faas_invocation_records_sent_total") == 20, 60, "sent")
-        got = await read_topic(late.bootstrap, topic, 20)
-        assert sorted(v["invocation_id"] for _, v in got) == sorted(made)
-        assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+        await sent_and_on_the_topic(metrics, 20, late.bootstrap, topic, made)
     finally:
         await records.stop(1)
         late.stop()
@@ -268,10 +277,7 @@ async def test_records_made_in_an_outage_land_on_the_broker_that_comes_back(
         assert metric(metrics, "faas_invocation_records_sent_total") == 5
         assert metric(metrics, "faas_invocation_records_dropped_total") == 0
         second = EmbeddedBroker(port=port, log_path=tmp_path / "second.log").start()
-        await wait_until(lambda: metric(metrics, "faas_invocation_records_sent_total") == 35, 60, "35 sent")
-        got = await read_topic(second.bootstrap, topic, 30)
-        assert sorted(v["invocation_id"] for _, v in got) == sorted(made)
-        assert metric(metrics, "faas_invocation_records_dropped_total") == 0
+        await sent_and_on_the_topic(metrics, 35, second.bootstrap, topic, made)
     finally:
         await records.stop(1)
         first.stop()
