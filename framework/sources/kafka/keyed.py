@@ -39,6 +39,8 @@ class KeyedRunner(Generic[G]):
         self.size = 0
         """Jobs submitted and not yet finished or dropped."""
         self._chains: dict[object, _Chain] = {}
+        self.on_release: Callable[[], None] | None = None
+        """Called whenever jobs finish or are dropped (the poll loop waits on it while full)."""
 
     @property
     def room(self) -> int:
@@ -74,6 +76,8 @@ class KeyedRunner(Generic[G]):
 
     def _release(self, n: int) -> None:
         self.size -= n
+        if self.on_release is not None:
+            self.on_release()
 
     def _select(self, groups: Collection[G] | None) -> list[_Chain]:
         return [c for c in self._chains.values() if groups is None or c.group in groups]

@@ -47,6 +47,8 @@ class ReplyOutbox:
         self._broker_away = broker_away
         self.unacked = 0
         """Replies handed over and not acknowledged yet: their records still hold room in the source."""
+        self.on_release: Callable[[], None] | None = None
+        """Called whenever a reply stops holding room (acknowledged, or given up)."""
         self._fallbacks: set[asyncio.Task[None]] = set()
         self._replied = {ok: metrics.events_replied.labels(str(ok).lower()) for ok in (True, False)}
 
@@ -104,6 +106,8 @@ class ReplyOutbox:
     def _release(self, part: PartitionOffsets) -> None:
         self.unacked -= 1
         part.acking -= 1
+        if self.on_release is not None:
+            self.on_release()
 
     def cancel(self) -> None:
         """Give up on replies not acknowledged yet (their records stay uncommitted: redone by the group)."""

@@ -1,12 +1,12 @@
 """Events in, replies out: the Kafka source (DESIGN.md section 4).
 
 One consumer in group FAAS_KAFKA_GROUP_ID reads FAAS_EVENTS_TOPIC. The poll loop never waits for a
-handler: it hands each record to a per-key chain (`keyed.py`) and goes back to fetching, pausing its
-partitions while FAAS_MAX_INFLIGHT_EVENTS records are held (running, queued, or awaiting their reply's
-acknowledgement). Each record is answered (and dead-lettered when bad) and only after the broker
-acknowledged that is it marked done (`offsets.py`); done prefixes are committed every COMMIT_INTERVAL, on
-revocation and on stop. So a crash means replies sent twice, never zero times, and a graceful stop or
-rebalance redoes nothing.
+handler: it hands each record to a per-key chain (`keyed.py`) and goes back to fetching; while
+FAAS_MAX_INFLIGHT_EVENTS records are held (running, queued, or awaiting their reply's acknowledgement) it
+fetches nothing and wakes as soon as one of them is done. Each record is answered (and dead-lettered when
+bad) and only after the broker acknowledged that is it marked done (`offsets.py`); done prefixes are
+committed every COMMIT_INTERVAL, on revocation and on stop. So a crash means replies sent twice, never zero
+times, and a graceful stop or rebalance redoes nothing.
 
 Replies are pipelined: once a record's result is known its reply is handed to the producer and the chain
 goes on with the next record of that key; the acknowledgement marks the record done when it comes. Replies
@@ -83,6 +83,8 @@ REVOKE_WAIT = 5.0
 """Seconds a rebalance waits for the in-flight events of revoked partitions before cancelling them."""
 FINAL_COMMIT_WAIT = 5.0
 """Seconds a stopping node waits for its last commit (what it leaves uncommitted is answered again)."""
+FULL_POLL = 1.0
+"""Seconds the poll loop waits for room before it polls with every partition paused (see `_wait_for_room`)."""
 LAG_INTERVAL = 2.0
 """Seconds between updates of the consumer-lag gauge."""
 CONSUMER_OPTIONS: dict[str, Any] = {
@@ -123,6 +125,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         """The events running now, by partition: those waiting between attempts can be handed over."""
         self._leaving: set[TopicPartition] = set()
         """Partitions being revoked: their events that start now are handed over at their first backoff."""
+        self._room_waiter: asyncio.Future[None] | None = None
+        """Set while the poll loop waits for room; done once there is some (or the source stops)."""
+        self.runner.on_release = self.outbox.on_release = self._room_freed
 
     # ---- lifecycle ----
 
@@ -149,6 +154,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def stop(self, grace: float) -> None:
         """Stop fetching, give in-flight events up to `grace` seconds to be answered, commit, close."""
         self._stopping = True
+        self._room_freed()
         started = time.monotonic()
         log.info(
             "stopping the kafka source: %d events taken, %d replies awaiting acknowledgement",
@@ -220,21 +226,49 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             raise
         self.consumer = consumer
 
+    @property
+    def room(self) -> int:
+        """Records the poll loop may take now: FAAS_MAX_INFLIGHT_EVENTS less those held (running, queued,
+        or waiting for their reply's acknowledgement)."""
+        return self.runner.room - self.outbox.unacked
+
     async def _poll(self) -> None:
         consumer = self.consumer
         assert consumer is not None
         while not self._stopping:
-            room = self.runner.room - self.outbox.unacked
-            if room <= 0:  # full: keep polling (heartbeats, poll interval) but fetch nothing
-                consumer.pause(*consumer.assignment())
-            elif consumer.paused():
+            room = self.room
+            if room <= 0:
+                await self._wait_for_room(consumer)
+                continue
+            if consumer.paused():
                 consumer.resume(*consumer.paused())
-            batch = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 1000)))
+            batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 1000))
             for tp, records in batch.items():
                 self.metrics.events_consumed.inc(len(records))
                 for record in records:
                     part = self.tracker.take(tp, record.offset)
                     self.runner.submit(tp, record.key, functools.partial(self._handle, part, record))
+
+    async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
+        """Full: wait until held records are done, at most FULL_POLL seconds. Waiting in a fetch instead
+        (partitions paused) held every round for the fetch's whole timeout however soon the records were
+        done: 1,000 events per 200 ms was the node's ceiling."""
+        self._room_waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await within(waiter, FULL_POLL)
+        except TimeoutError:
+            # Still full: a poll with every partition paused keeps the member in the group (aiokafka leaves
+            # it after max_poll_interval_ms without one) and takes nothing. Fetched records of paused
+            # partitions are dropped and fetched again on resume: only after a second of being full.
+            consumer.pause(*consumer.assignment())
+            await consumer.getmany(timeout_ms=0)
+        finally:
+            self._room_waiter = None
+
+    def _room_freed(self) -> None:
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done() and (self.room > 0 or self._stopping):
+            waiter.set_result(None)
 
     async def _abandon(self) -> None:
         """After a consumer failure: cancel its in-flight events (the group redoes them) and close it."""

@@ -1,0 +1,199 @@
+"""The source's room: FAAS_MAX_INFLIGHT_EVENTS records held at most, and fetching again once one is done.
+
+Unit tests drive the poll loop with a consumer double (what it asks of aiokafka is small: `getmany`,
+`pause`, `resume`, `paused`, `assignment`); the scenario runs a real node on the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aiokafka import TopicPartition
+
+from framework.kafka.embedded import EmbeddedBroker
+from framework.observe.metrics import Metrics
+from framework.settings import Settings
+from framework.sources.kafka import source as source_module
+from framework.sources.kafka.source import KafkaSource
+from framework.tasks import within
+from tests.support import ce_headers, consume, metric, new_id, produce, wait_for, write_project
+
+TP = TopicPartition("events", 0)
+
+
+class Consumer:
+    """The consumer's calls, recorded; `getmany` returns nothing after a short wait, as an empty fetch."""
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[int, int | None]] = []
+        """(timeout_ms, max_records) of every `getmany`."""
+        self.fetched = asyncio.Event()
+        self._paused: set[TopicPartition] = set()
+        self.pauses = 0
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.pauses += 1
+        self._paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused.difference_update(tps)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
+        self.fetches.append((timeout_ms, max_records))
+        self.fetched.set()
+        await asyncio.sleep(min(timeout_ms, 10) / 1000)
+        return {}
+
+
+def full_source(limit: int) -> tuple[KafkaSource, Consumer]:
+    """A source whose runner holds `limit` records already (nothing fetched can be taken)."""
+    source = KafkaSource(Settings(max_inflight_events=limit), cast(Any, None), Metrics(), "127.0.0.1:1")
+    consumer = Consumer()
+    source.consumer = cast(Any, consumer)
+    source.runner.size = limit
+    return source, consumer
+
+
+async def test_a_full_loop_fetches_again_as_soon_as_a_held_record_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. A source holds its limit of records; its poll loop runs (FULL_POLL raised to a minute).
+    2. One held record finishes.
+    Result: nothing is fetched while full; right after the release the loop fetches at most one record,
+    without the minute's wait and without having paused a partition."""
+    monkeypatch.setattr(source_module, "FULL_POLL", 60.0)
+    source, consumer = full_source(3)
+    poll = asyncio.create_task(source._poll())
+    try:
+        for _ in range(20):  # the loop runs its iterations: still nothing fetched
+            await asyncio.sleep(0)
+        assert consumer.fetches == []
+        source.runner._release(1)
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.fetches[0] == (200, 1), "takes only the room there is"
+        assert consumer.pauses == 0
+    finally:
+        source._stopping = True
+        source._room_freed()
+        await within(poll, 5)
+
+
+async def test_a_reply_acknowledged_makes_room_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. A source full of replies waiting for their acknowledgement (none running).
+    2. One is acknowledged (the outbox releases it).
+    Result: the loop fetches again at once."""
+    monkeypatch.setattr(source_module, "FULL_POLL", 60.0)
+    source, consumer = full_source(2)
+    source.runner.size = 0
+    source.outbox.unacked = 2
+    poll = asyncio.create_task(source._poll())
+    part = source.tracker.take(TP, 0)
+    part.acking = 1
+    try:
+        await asyncio.sleep(0)
+        assert consumer.fetches == []
+        source.outbox._release(part)
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.fetches == [(200, 1)]
+    finally:
+        source._stopping = True
+        source._room_freed()
+        await within(poll, 5)
+
+
+async def test_a_loop_full_for_long_polls_with_every_partition_paused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. A source stays full past FULL_POLL (shortened to 20 ms).
+    Result: it polls (so the group keeps the member) with its partitions paused and a zero timeout,
+    never asking for a record; once room comes back it resumes them before fetching."""
+    monkeypatch.setattr(source_module, "FULL_POLL", 0.02)
+    source, consumer = full_source(1)
+    poll = asyncio.create_task(source._poll())
+    try:
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.fetches[0] == (0, None)
+        assert consumer.paused() == {TP}
+        consumer.fetched.clear()
+        source.runner._release(1)
+
+        def fetched_records() -> bool:
+            return any(max_records == 1 for _, max_records in consumer.fetches)
+
+        while not fetched_records():
+            await within(consumer.fetched.wait(), 5)
+            consumer.fetched.clear()
+        assert consumer.paused() == set(), "resumed before taking records"
+    finally:
+        source._stopping = True
+        source._room_freed()
+        await within(poll, 5)
+
+
+async def test_stop_wakes_a_full_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full source told to stop ends its poll loop at once, not after FULL_POLL (raised to a minute)."""
+    monkeypatch.setattr(source_module, "FULL_POLL", 60.0)
+    source, consumer = full_source(1)
+    poll = asyncio.create_task(source._poll())
+    await asyncio.sleep(0)
+    source._stopping = True
+    source._room_freed()
+    await within(poll, 5)
+    assert consumer.fetches == []
+
+
+MANIFEST = """
+functions:
+  - name: hold
+    uuid: dddddddd-0000-4000-8000-000000000001
+    handler: functions.hold:hold
+    state: productive
+    events: [hold]
+"""
+MODULES = {
+    "hold": """
+import asyncio, os
+
+async def hold(payload, ctx):
+    open(os.path.join(payload["started"], ctx.event_id), "w").close()
+    while not os.path.exists(payload["until"]):
+        await asyncio.sleep(0.01)
+    return "released"
+"""
+}
+
+
+def test_a_node_holds_at_most_its_limit_of_events(tmp_path: Path, broker: EmbeddedBroker, nodes: Any) -> None:
+    """1. A node with FAAS_MAX_INFLIGHT_EVENTS=4; 12 events of 12 keys whose handler waits for a file.
+    2. Four start; the node has taken (consumed) four and leaves the other eight on the topic (lag 8).
+    3. The file appears.
+    Result: every event is answered ok and the lag falls to 0."""
+    root = write_project(tmp_path / "p", MANIFEST, MODULES)
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    n = nodes(root, broker.bootstrap, env={"FAAS_MAX_INFLIGHT_EVENTS": "4"}).wait_ready()
+    ids = [f"hold-{i}-{new_id()[:6]}" for i in range(12)]
+    payload = f'{{"started": "{started}", "until": "{release}"}}'.encode()
+    produce(broker.bootstrap, n.events, [(i.encode(), payload, ce_headers("hold", i)) for i in ids])
+    wait_for(lambda: len(list(started.iterdir())) == 4, timeout=30, message=f"4 events started\n{n.tail()}")
+    wait_for(  # the lag gauge is updated every 2 s
+        lambda: metric(n, "faas_consumer_lag") == 8,
+        timeout=30,
+        message=f"eight events left on the topic\n{n.tail()}",
+    )
+    assert metric(n, "faas_events_consumed_total") == 4
+    assert len(list(started.iterdir())) == 4
+    release.touch()
+    replies = consume(broker.bootstrap, n.replies, 12, timeout=60, ids=set(ids))
+    assert {r["value"]["id"] for r in replies} == set(ids)
+    assert all(r["value"]["ok"] for r in replies), replies
+    wait_for(lambda: metric(n, "faas_consumer_lag") == 0, timeout=30, message="lag back to 0")
