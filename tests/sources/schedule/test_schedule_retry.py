@@ -18,7 +18,7 @@ functions:
     state: productive
     env: {{OUT: "{out}"}}
     schedules:
-      - cron: "*/2 * * * * *"
+      - cron: "* * * * * */2"  # every 2 s: seconds are the 6th field
         payload: {{kind: tick}}
     retry: {{attempts: 2, backoff: 0.1, on: [FunctionError]}}
 """
