@@ -63,6 +63,13 @@ def full_source(limit: int) -> tuple[KafkaSource, Consumer]:
     return source, consumer
 
 
+async def stop(source: KafkaSource, poll: asyncio.Task[None]) -> None:
+    """Stop the source's poll loop as `KafkaSource.stop` does (the flag, then a wake-up); wait for it."""
+    source._stopping = True
+    source._room_freed()
+    await within(poll, 5)
+
+
 async def test_a_full_loop_fetches_again_as_soon_as_a_held_record_is_done(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -82,9 +89,7 @@ async def test_a_full_loop_fetches_again_as_soon_as_a_held_record_is_done(
         assert consumer.fetches[0] == (200, 1), "takes only the room there is"
         assert consumer.pauses == 0
     finally:
-        source._stopping = True
-        source._room_freed()
-        await within(poll, 5)
+        await stop(source, poll)
 
 
 async def test_a_reply_acknowledged_makes_room_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,9 +110,7 @@ async def test_a_reply_acknowledged_makes_room_too(monkeypatch: pytest.MonkeyPat
         await within(consumer.fetched.wait(), 5)
         assert consumer.fetches == [(200, 1)]
     finally:
-        source._stopping = True
-        source._room_freed()
-        await within(poll, 5)
+        await stop(source, poll)
 
 
 async def test_a_loop_full_for_long_polls_with_every_partition_paused(
@@ -134,9 +137,7 @@ async def test_a_loop_full_for_long_polls_with_every_partition_paused(
             consumer.fetched.clear()
         assert consumer.paused() == set(), "resumed before taking records"
     finally:
-        source._stopping = True
-        source._room_freed()
-        await within(poll, 5)
+        await stop(source, poll)
 
 
 async def test_stop_wakes_a_full_loop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,9 +146,7 @@ async def test_stop_wakes_a_full_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     source, consumer = full_source(1)
     poll = asyncio.create_task(source._poll())
     await asyncio.sleep(0)
-    source._stopping = True
-    source._room_freed()
-    await within(poll, 5)
+    await stop(source, poll)
     assert consumer.fetches == []
 
 
