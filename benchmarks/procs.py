@@ -185,6 +185,9 @@ def start_bare(root: Path, port: int, handlers: dict[str, str], logs: Path) -> P
     return Proc("bare server", args, logs / "bare.log")
 
 
-def start_relay(bootstrap: str, in_topic: str, out_topic: str, group: str, logs: Path) -> Proc:
+def start_relay(
+    bootstrap: str, in_topic: str, out_topic: str, group: str, logs: Path, name: str = "relay"
+) -> Proc:
+    """The raw relay (`relay.py`) in consumer group `group`; the log is `logs/<name>.log`."""
     args = [sys.executable, "-m", "benchmarks.relay", bootstrap, in_topic, out_topic, group]
-    return Proc("relay", args, logs / "relay.log", {"PYTHONUNBUFFERED": "1"})
+    return Proc(name, args, logs / f"{name.replace(' ', '-')}.log", {"PYTHONUNBUFFERED": "1"})

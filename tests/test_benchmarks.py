@@ -25,6 +25,7 @@ GROUPS = [
     "cold start heavy p99", "overload 429 p50", "overload accepted throughput", "overload accepted max",
     "events 1 listener", "events 3 listener", "events 8 listener", "events 1 listener(s) CPU per event",
     "events 1 listener(s) throughput, 64 keys, 24 partitions",
+    "events 1 listener(s) throughput, unique keys, 24 partitions, 2 nodes",
     "warm invoke c=1 p50", "warm invoke c=64", "idle node CPU, 20 instances, memory limits on",
     "tracing traceparent per event", "tracing OTel export per span", "direct invoke c=1 p50 with traceparent",
     "deploy one function to served",
