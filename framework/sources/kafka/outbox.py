@@ -3,8 +3,13 @@
 `reply_later` hands a reply to the producer and returns; the broker's acknowledgement (a done-callback)
 marks the record done in its partition's offsets, so commits only ever pass acknowledged replies
 (at-least-once) while the record's key chain already runs the next record. Replies of one key are handed
-over in processing order and land in that order (see `ReplyProducer.submit`). A reply the broker refuses for
-good falls back as `reply` does: to the default reply topic, or dropped with an error when that was it.
+over in processing order and land in that order (see `ReplyProducer.submit`).
+
+A reply refused for good (too large for the producer or the broker, a reply topic that does not exist)
+goes to the default reply topic instead. When that refuses it too, the event has failed, since it cannot be
+answered as it is: it is copied to the dead-letter topic like any failed event (`faas_error` says why) and
+answered with a small `ok: false` reply naming the listener with the largest result. Only when even that
+reply is refused is the event left without one (an error is logged): then no reply can get through at all.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import TYPE_CHECKING
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
+from framework.errors import FunctionError
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
+from framework.kafka.deadletter import failed_headers
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.kafka.replies import PermanentSendError, ReplyProducer
 
@@ -98,7 +105,9 @@ class ReplyOutbox:
     ) -> None:
         try:
             if self._falls_back(event.replyto, event.id, why):
-                await self.reply(None, record.key, reply, event.id)
+                await self.reply(None, record.key, reply, event.id, record)
+            else:
+                await self._refused(record, reply, why)
         finally:
             self._release(part)
         part.done(record.offset)  # not reached on cancellation
@@ -125,8 +134,15 @@ class ReplyOutbox:
             await asyncio.sleep(0.005)  # rare (rebalance, stop): polling beats wiring an event per ack
 
     async def reply(
-        self, replyto: str | None, key: bytes | None, reply: EventReply, event_id: str | None
+        self,
+        replyto: str | None,
+        key: bytes | None,
+        reply: EventReply,
+        event_id: str | None,
+        record: ConsumerRecord[bytes, bytes] | None = None,
     ) -> None:
+        """Send `reply` and wait for its acknowledgement. With the event's `record`, a reply the default
+        topic refuses for good fails the event (`_refused`); without it, it is dropped with an error."""
         topic = replyto or self.settings.replies_topic
         value, headers = reply.to_json(), cloudevents.reply_headers(event_id, reply.traceparent)
         # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
@@ -136,19 +152,41 @@ class ReplyOutbox:
             await self.sender.send(topic, value, key, headers, permanent_if=gone)
         except PermanentSendError as exc:
             if self._falls_back(replyto, event_id, exc):
-                await self.reply(None, key, reply, event_id)
+                await self.reply(None, key, reply, event_id, record)
+            elif record is not None:
+                await self._refused(record, reply, exc)
+            else:
+                log.error("reply to event %s dropped: %s", event_id, exc)
             return
         self._replied[reply.ok].inc()
 
     def _falls_back(self, replyto: str | None, event_id: str | None, why: BaseException | None) -> bool:
         """A reply refused for good: True when the caller's own reply topic refused it, so the default
-        topic gets it; False when that was the default topic (the reply is dropped). Logs either way."""
+        topic gets it (logged); False when that was the default topic."""
         default = self.settings.replies_topic
         if replyto is None or replyto == default:
-            log.error("reply to event %s dropped: %s", event_id, why)
             return False
         log.warning("reply topic %s refused the reply to %s (%s): using %s", replyto, event_id, why, default)
         return True
+
+    async def _refused(
+        self, record: ConsumerRecord[bytes, bytes], reply: EventReply, why: BaseException | None
+    ) -> None:
+        """The default reply topic refused `reply` for good: the event failed. It is dead-lettered (unless
+        it failed already, and so was) and answered `ok: false`, blaming the listener with the largest
+        result; a refusal of that small reply drops it (`reply` without the record)."""
+        message = f"the reply could not be produced to {self.settings.replies_topic}: {why}"
+        log.error("reply to event %s refused (%s): the event fails", reply.id, why)
+        spec = max(reply.results, key=lambda done: len(done[1].result))[0] if reply.results else None
+        failed = EventReply.failed(reply.id, reply.event, FunctionError(message), spec)
+        failed.traceparent, failed.attempts = reply.traceparent, reply.attempts
+        if reply.ok:
+            function = None if spec is None else spec.name
+            marked = failed_headers(
+                list(record.headers or ()), "FunctionError", message, function, reply.attempts
+            )
+            await self.deadletter(record.key, record.value, marked, "failed")
+        await self.reply(None, record.key, failed, reply.id)
 
     async def deadletter(
         self,

@@ -74,6 +74,11 @@ functions:
     handler: functions.ev:seq
     state: productive
     events: [seq]
+  - name: huge
+    uuid: cccccccc-0000-4000-8000-000000000008
+    handler: functions.ev:huge
+    state: productive
+    events: [order.huge]
 """
 MODULES = {
     "ev": """
@@ -94,6 +99,9 @@ async def waiter(payload, ctx):
 
 async def slowpoke(payload, ctx):
     await asyncio.sleep(10)
+
+async def huge(payload, ctx):
+    return "x" * (17 * 1024 * 1024)  # over the producer's 16 MiB request limit
 
 async def seq(payload, ctx):
     await asyncio.sleep(random.random() / 200)
@@ -253,6 +261,36 @@ def test_bad_records_get_badevent_replies_and_exact_dead_letter_copies(
         assert v["ok"] is False and v["results"] == []
         assert v["error"]["type"] == "BadEvent" and v["error"]["function"] is None and v["error"]["message"]
     assert replies[cases[0][0]]["key"] == b"k"  # type: ignore[index]
+
+
+def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: EmbeddedBroker) -> None:
+    """1. An event whose listener returns 17 MiB, more than a reply may have (16 MiB), then a good event.
+    2. Read the reply topic and the dead-letter topic.
+    Result: the event is answered `ok: false` with a FunctionError blaming that listener and saying why,
+    an exact copy of it is dead-lettered with `faas_error` and `faas_function`, and the next event is
+    answered: the event is not dropped without a trace."""
+    eid, good = new_id(), new_id()
+    headers = [*ce_headers("order.huge", eid), ("t_huge", eid.encode())]
+    produce(broker.bootstrap, node.events, [(b"big", b'{"n": 1}', headers)])
+    produce(broker.bootstrap, node.events, [(b"big", b"{}", ce_headers("order.created", good))])
+    replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids={eid, good}))
+    assert eid in replies, f"no reply to the event with the huge result; log:\n{node.tail()}"
+    v = replies[eid]["value"]
+    assert v["ok"] is False and v["results"] == [] and replies[eid]["key"] == b"big"
+    assert v["error"]["type"] == "FunctionError" and v["error"]["function"] == "huge"
+    assert "could not be produced" in v["error"]["message"], v["error"]
+    assert replies[good]["value"]["ok"] is True
+    copies: list[Any] = []
+    want, deadline = 1, time.monotonic() + 20
+    while not copies and time.monotonic() < deadline:  # other tests' copies share the topic
+        every = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, want, deadline - time.monotonic()))
+        copies = [d for d in every if dict(d.headers).get("t_huge") == eid.encode()]
+        want = len(every) + 1
+    assert len(copies) == 1, "one dead-letter copy of the event"
+    copy = copies[0]
+    marks = dict(copy.headers)
+    assert (copy.key, copy.value, list(copy.headers)[: len(headers)]) == (b"big", b'{"n": 1}', headers)
+    assert marks["faas_function"] == b"huge" and marks["faas_error"].startswith(b"FunctionError: ")
 
 
 def test_event_client_round_trip(node: Node, broker: EmbeddedBroker) -> None:
