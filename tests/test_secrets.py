@@ -215,6 +215,28 @@ def test_a_secret_the_node_lacks(tmp_path: Path, nodes: Start) -> None:
     assert not httpx.get(n.url + "/readyz", timeout=10).json()["reasons"]
 
 
+def test_a_fifo_in_place_of_a_secret_never_blocks_the_node(tmp_path: Path, nodes: Start) -> None:
+    """1. A serving node's api_token file is replaced by a FIFO (opening one for reading waits for a
+    writer). Result: /healthz and /readyz answer at once, /readyz lists the secret as not a regular file,
+    `reader` is answered 502 InstanceCrashed saying so, and `hog`, which lists no secret, keeps serving."""
+    root, folder, _ = project(tmp_path)
+    n = start(nodes, root, folder)
+    assert invoke(n, READER).status_code == 200
+    (folder / "api_token").unlink()
+    os.mkfifo(folder / "api_token")
+
+    def crashed() -> httpx.Response | None:
+        r = invoke(n, READER)
+        return r if r.status_code == 502 else None
+
+    r = wait_for(crashed, 10, message="InstanceCrashed for the FIFO")
+    assert "not a regular file" in r.json()["error"]["message"], r.text
+    assert httpx.get(n.url + "/healthz", timeout=5).status_code == 200
+    ready = httpx.get(n.url + "/readyz", timeout=5)
+    assert any("api_token" in x and "not a regular file" in x for x in ready.json()["reasons"]), ready.text
+    assert invoke(n, HOG).status_code == 200
+
+
 def test_watch_rejects_an_edit_listing_a_missing_secret(tmp_path: Path, nodes: Start) -> None:
     """1. A running node's manifest is edited so that `reader` also lists `not_there`. 2. The file
     `not_there` is added to the secrets folder.

@@ -5,9 +5,11 @@ project runs with a `secrets/` folder in development and a mount in production. 
 with its trailing newline removed (`echo value > secrets/name` works).
 
 Refused, each with an error naming the secret and the folder (never the value): a missing file, a folder
-where a file is expected, a file over `MAX_BYTES` (64 KiB), text that is not UTF-8, and a value shorter
-than `MIN_CHARS` (4): instances replace every value by `***` in what they log, and a value of one to three
-characters would turn ordinary words of every log line into stars.
+where a file is expected, anything else that is not a regular file (a FIFO, a socket, a device: opening a
+FIFO for reading would block the node's loop until a writer came, so the file is opened non-blocking and
+its type checked before anything is read), a file over `MAX_BYTES` (64 KiB), text that is not UTF-8, and
+a value shorter than `MIN_CHARS` (4): instances replace every value by `***` in what they log, and a value
+of one to three characters would turn ordinary words of every log line into stars.
 
 Files are read when needed (a pool starts, the folder changed, a readiness check), never cached here:
 the files are small, and reading them again is what makes a rotated value visible.
@@ -15,7 +17,9 @@ the files are small, and reading them again is what makes a rotated value visibl
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,14 +82,23 @@ class SecretStore:
         path = self.path / name
         where = f"secret {name!r} ({path})"
         try:
-            if path.is_dir():
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of blocking
+        except FileNotFoundError:  # also a link to nowhere
+            raise SecretError(f"secret {name!r} is missing: no file {name} in {self.path}") from None
+        except OSError as exc:
+            raise SecretError(f"{where} is not readable: {exc.strerror or exc}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
                 raise SecretError(f"{where} is a folder, not a file")
-            if not path.exists():
-                raise SecretError(f"secret {name!r} is missing: no file {name} in {self.path}")
-            with path.open("rb") as f:
+            if not stat.S_ISREG(mode):
+                raise SecretError(f"{where} is not a regular file (a FIFO, socket or device)")
+            with os.fdopen(fd, "rb", closefd=False) as f:
                 raw = f.read(MAX_BYTES + 1)
         except OSError as exc:
             raise SecretError(f"{where} is not readable: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
         if len(raw) > MAX_BYTES:
             raise SecretError(f"{where} is over {MAX_BYTES // 1024} KiB")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -57,14 +58,26 @@ def test_value_is_the_file_without_its_trailing_newline(store: SecretStore) -> N
         (lambda p: (p / "name").write_text("\n"), r"holds 0 character"),
         (lambda p: (p / "name").write_bytes(b"\xff\xfe\xfdvalue"), r"is not UTF-8 text"),
         (lambda p: (p / "name").symlink_to(p / "gone"), r"secret 'name' is missing"),
+        # Opening a FIFO for reading waits for a writer: the node's loop would hang on it.
+        (lambda p: os.mkfifo(p / "name"), r"is not a regular file \(a FIFO, socket or device\)"),
+        (lambda p: (p / "name").symlink_to("/dev/zero"), r"is not a regular file"),
     ],
-    ids=["missing", "folder", "too-big", "too-short", "empty", "not-utf8", "dangling-link"],
+    ids=["missing", "folder", "too-big", "too-short", "empty", "not-utf8", "dangling-link", "fifo", "device"],
 )
+@pytest.mark.timeout(20)
 def test_unusable_secret_files(store: SecretStore, setup: object, message: str) -> None:
     setup(store.path)  # type: ignore[operator]
     with pytest.raises(SecretError, match=message) as info:
         store.read("name")
     assert "x" * 10 not in str(info.value) and "\\xff" not in str(info.value)  # never the value
+
+
+def test_a_link_to_a_file_is_read(store: SecretStore) -> None:
+    """Kubernetes mounts each secret as a link into a hidden folder of the current version."""
+    (store.path / "..data").mkdir()
+    (store.path / "..data" / "token").write_text("linked-value\n")
+    (store.path / "token").symlink_to(store.path / "..data" / "token")
+    assert store.read("token") == "linked-value"
 
 
 def test_a_file_of_exactly_64_kib_is_accepted(store: SecretStore) -> None:
