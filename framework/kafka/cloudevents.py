@@ -173,6 +173,15 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
     )
 
 
+def _required_problem(name: str, value: object) -> str:
+    """Why a required string attribute of a structured event is unusable."""
+    if value is None:
+        return f"missing {name!r}"
+    if not isinstance(value, str):
+        return f"{name!r} must be a string, got {type(value).__name__}"
+    return f"{name!r} is empty"
+
+
 def _structured(
     value: bytes | None, bad_header: str | None, max_payload: int, trace: dict[str, str]
 ) -> Event | BadRecord:
@@ -195,10 +204,9 @@ def _structured(
     if doc.get("specversion") != SPECVERSION:
         got = doc.get("specversion")
         return _with(bad, f"structured mode: specversion must be {SPECVERSION!r}, got {got!r}")
-    if event_type is None:
-        return _with(bad, "structured mode: missing or empty 'type'")
-    if event_id is None:
-        return _with(bad, "structured mode: missing or empty 'id'")
+    for name, valid in (("type", event_type), ("id", event_id)):
+        if valid is None:
+            return _with(bad, f"structured mode: {_required_problem(name, doc.get(name))}")
     for name in _STRING_ATTRIBUTES:
         if doc.get(name) is not None and not isinstance(doc[name], str):
             return _with(bad, f"structured mode: {name!r} must be a string, got {type(doc[name]).__name__}")

@@ -61,5 +61,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        try:  # orjson words bad UTF-8 as "str is not valid UTF-8: surrogates not allowed"
+            body.decode()
+        except UnicodeDecodeError as bad:
+            raise BadRequest(f"body is not UTF-8 (byte {bad.start}): JSON must be UTF-8") from None
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     return body

@@ -65,6 +65,14 @@ async def test_invoke_bad_json(client: httpx.AsyncClient, fake: FakeNode, body: 
     assert fake.runtime.payloads == []
 
 
+async def test_a_body_that_is_not_utf8_is_named_so(client: httpx.AsyncClient) -> None:
+    r = await client.post(f"/functions/{ECHO}/invoke", content=b'{"a": "\xff"}')
+    assert (
+        r.status_code == 400
+        and r.json()["error"]["message"] == "body is not UTF-8 (byte 7): JSON must be UTF-8"
+    )
+
+
 async def test_limit_is_inclusive(client: httpx.AsyncClient) -> None:
     at_limit = b'"' + b"x" * (LIMIT - 2) + b'"'
     assert (await client.post(f"/functions/{ECHO}/invoke", content=at_limit)).status_code == 200
