@@ -7,12 +7,21 @@ are import-checked by `control.handler_check`; round-trip edits live in `control
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -35,6 +44,34 @@ def check_cron(expr: str) -> str:
     """Return `expr` if it is a valid 5- or 6-field cron that ever fires (`cron.check_expression`)."""
     cron.check_expression(expr)
     return expr
+
+
+def _not_bool(value: Any) -> Any:
+    # YAML `true` is a bool, which pydantic would take as 1 in a number field.
+    if isinstance(value, bool):
+        raise ValueError(f"a number is expected, not {str(value).lower()}")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    # Checked before the bounds, whose message would otherwise be the one shown (nan fails `le=30` first).
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a finite number is expected, not {value}")
+    return _not_bool(value)
+
+
+def _event_type(name: str) -> str:
+    if not name.strip():
+        raise ValueError("an event type must not be empty")
+    return name
+
+
+Count = Annotated[int, BeforeValidator(_not_bool)]
+"""A whole number of the manifest (`true` is not 1)."""
+Seconds = Annotated[float, BeforeValidator(_finite)]
+"""A finite number of seconds (`.nan`, `.inf` and `true` are refused)."""
+EventType = Annotated[str, AfterValidator(_event_type)]
+"""An event type a function listens to: any non-blank text (CloudEvents `type`)."""
 
 
 class ScheduleSpec(BaseModel):
@@ -71,15 +108,15 @@ class InstancesSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max: int = Field(4, ge=1)
+    max: Count = Field(4, ge=1)
     """Instances of this function per node."""
-    concurrency: int = Field(100, ge=1)
+    concurrency: Count = Field(100, ge=1)
     """In-flight requests per instance before another instance starts."""
-    idle_timeout: float = Field(300, gt=0)
+    idle_timeout: Seconds = Field(300, gt=0)
     """Seconds an idle instance lives before it goes cold."""
-    queue: int = Field(1000, ge=0)
+    queue: Count = Field(1000, ge=0)
     """Requests that may wait when every instance is full; beyond that: Overloaded."""
-    memory_mb: int | None = Field(None, ge=32)
+    memory_mb: Count | None = Field(None, ge=32)
     """Resident memory limit of one instance in MiB (DESIGN.md section 14); None: no limit."""
 
 
@@ -108,9 +145,9 @@ class RetrySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attempts: int = Field(0, ge=0, le=10)
+    attempts: Count = Field(0, ge=0, le=10)
     """Extra attempts after a failure."""
-    backoff: float = Field(0.5, gt=0, le=30)
+    backoff: Seconds = Field(0.5, gt=0, le=30)
     """Seconds before the first retry, doubled each time, capped at 30 s."""
     on: tuple[Annotated[str, AfterValidator(_retryable)], ...] = ("Timeout", "InstanceCrashed", "Overloaded")
     """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
@@ -131,8 +168,8 @@ class FunctionSpec(BaseModel):
     handler: str
     """`module:attribute`, e.g. `functions.greet:handle`."""
     state: State = "draft"
-    events: tuple[str, ...] = ()
-    timeout: float = Field(30, gt=0, le=30)
+    events: tuple[EventType, ...] = ()
+    timeout: Seconds = Field(30, gt=0, le=30)
     """Seconds, counted from when the instance receives the request."""
     env: dict[str, str] = Field(default_factory=dict)
     schedules: tuple[ScheduleSpec, ...] = ()
@@ -176,7 +213,7 @@ class DefaultsSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout: float | None = Field(None, gt=0, le=30)
+    timeout: Seconds | None = Field(None, gt=0, le=30)
     instances: InstancesSpec | None = None
     env: dict[str, str] = Field(default_factory=dict)
 

@@ -204,9 +204,10 @@ def _structured(
     if doc.get("specversion") != SPECVERSION:
         got = doc.get("specversion")
         return _with(bad, f"structured mode: specversion must be {SPECVERSION!r}, got {got!r}")
-    for name, valid in (("type", event_type), ("id", event_id)):
-        if valid is None:
-            return _with(bad, f"structured mode: {_required_problem(name, doc.get(name))}")
+    if event_type is None:
+        return _with(bad, f"structured mode: {_required_problem('type', doc.get('type'))}")
+    if event_id is None:
+        return _with(bad, f"structured mode: {_required_problem('id', doc.get('id'))}")
     for name in _STRING_ATTRIBUTES:
         if doc.get(name) is not None and not isinstance(doc[name], str):
             return _with(bad, f"structured mode: {name!r} must be a string, got {type(doc[name]).__name__}")

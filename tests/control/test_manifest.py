@@ -69,6 +69,32 @@ CASES: dict[str, tuple[str, int, str]] = {
     "uuid-variant": (edit({9: "    uuid: 1c7a4d2f-4e2a-4d2b-cb8f-6e3a9f5c7b02"}), 9, "RFC 4122"),
     "timeout-31": (edit(append=["    timeout: 31"]), 11, "less than or equal to 30"),
     "timeout-0": (edit(append=["    timeout: 0"]), 11, "greater than 0"),
+    "timeout-nan": (edit(append=["    timeout: .nan"]), 11, "timeout: a finite number is expected, not nan"),
+    "timeout-true": (
+        edit(append=["    timeout: true"]),
+        11,
+        "timeout: a number is expected, not true",
+    ),
+    "retry-attempts-true": (
+        edit(append=["    retry: {attempts: true}"]),
+        11,
+        "retry.attempts: a number is expected, not true",
+    ),
+    "events-empty": (
+        edit({7: "    events: [ping, '']"}),
+        7,
+        "events[1]: an event type must not be empty",
+    ),
+    "instances-max-true": (
+        edit(append=["    instances:", "      max: true"]),
+        12,
+        "instances.max: a number is expected, not true",
+    ),
+    "instances-idle-inf": (
+        edit(append=["    instances:", "      idle_timeout: .inf"]),
+        12,
+        "idle_timeout: a finite number is expected, not inf",
+    ),
     "bad-state": (edit({6: "    state: live"}), 6, "'draft', 'productive' or 'undeployed'"),
     "unknown-key": (edit(append=["    colour: blue"]), 11, "unknown key 'colour'"),
     "root-key": (edit(append=["    root: /etc"]), 11, "unknown key 'root'"),
