@@ -19,7 +19,7 @@ from framework.types import Invocation, InvokeResult
 from tests.support import write_project
 
 HANDLERS = """
-import asyncio, os, threading, time
+import asyncio, dataclasses, enum, os, threading, time
 
 async def echo(payload, ctx):
     return {"payload": payload, "instance": ctx.instance_id, "pid": os.getpid(), "cold": ctx.cold_start,
@@ -62,6 +62,49 @@ async def logs(payload, ctx):
     ctx.log.info("ctx log says %s", payload)
     print("printed", payload)
     return "ok"
+
+class BadStr(Exception):
+    def __str__(self):
+        raise ValueError("no")
+
+class MyBase(BaseException):
+    pass
+
+RAISES = {e.__name__: e for e in (BadStr, MyBase, SystemExit, KeyboardInterrupt, StopIteration)}
+
+async def raise_async(payload, ctx):
+    if payload.get("sleep"):
+        await asyncio.sleep(payload["sleep"])
+    if payload.get("raise"):
+        raise RAISES[payload["raise"]]()
+    return ctx.instance_id
+
+def raise_sync(payload, ctx):
+    if payload.get("raise"):
+        raise RAISES[payload["raise"]]()
+    return ctx.instance_id
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+class Level(enum.Enum):
+    TOP = float("inf")
+
+NON_FINITE = {
+    "nan": {"x": float("nan")},
+    "inf": float("inf"),
+    "deep": [1, None, {"y": [2.5, "null", float("-inf")]}],
+    "key": {float("nan"): 1},
+    "tuple": (None, float("nan")),
+    "dataclass": {"p": Point(1.0, float("nan"))},
+    "enum": [Level.TOP],
+}
+FINITE = {"a": None, "s": "null", "f": [1.5, -0.0, 1e308], "t": (None,), "p": Point(0.5, 2.0), 2.5: None}
+
+async def non_finite(payload, ctx):
+    return NON_FINITE[payload] if payload else FINITE
 """
 
 WARM = """

@@ -83,6 +83,64 @@ async def test_non_json_return_is_function_error(runtime: Runtime, spec: SpecFac
         await call(runtime, spec("notjson"))
 
 
+@pytest.mark.parametrize("handler", ["raise_async", "raise_sync"])
+@pytest.mark.parametrize("kind", ["BadStr", "MyBase", "SystemExit", "KeyboardInterrupt", "StopIteration"])
+async def test_any_exception_is_function_error(
+    runtime: Runtime, spec: SpecFactory, handler: str, kind: str
+) -> None:
+    """1. An `async def` or `def` handler raises an exception whose str() fails, or a BaseException that is
+    not an Exception (its own, SystemExit, KeyboardInterrupt), or StopIteration. 2. Another request.
+    Result: FunctionError at once naming the exception, with its traceback, not a wait for the limit and a
+    killed instance; the same instance serves the second request."""
+    s = spec(handler, timeout=3, max=1)
+    t = time.monotonic()
+    with pytest.raises(FunctionError, match=kind) as info:
+        await call(runtime, s, {"raise": kind})
+    assert time.monotonic() - t < 2
+    assert "Traceback" in "".join(getattr(info.value, "__notes__", []))
+    if kind == "BadStr":
+        assert "BadStr: <exception str() failed>" in str(info.value)
+    [iid] = runtime.instance_ids(s.name)
+    value, _ = await call(runtime, s, {})
+    assert value == iid
+
+
+async def test_a_base_exception_leaves_the_other_requests_alone(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A request sleeps 1 s in an instance. 2. Meanwhile a request to that instance raises SystemExit.
+    Result: the second is a FunctionError at once, the first still gets its result from that instance."""
+    s = spec("raise_async", timeout=5, max=1)
+    iid, _ = await call(runtime, s, {})  # started: both requests below go to this instance
+    sleeping = asyncio.ensure_future(call(runtime, s, {"sleep": 1}))
+    await until(lambda: runtime.inflight() == 1, message="the sleeping request in flight")
+    with pytest.raises(FunctionError, match="SystemExit"):
+        await call(runtime, s, {"raise": "SystemExit"})
+    assert not sleeping.done(), "the failure did not come at once"
+    value, _ = await sleeping
+    assert value == iid and runtime.instance_ids(s.name) == [iid]
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "deep", "key", "tuple", "dataclass", "enum"])
+async def test_non_finite_float_is_not_json(runtime: Runtime, spec: SpecFactory, case: str) -> None:
+    """1. A handler returns a value holding NaN or an infinity (nested, as a key, in a dataclass or enum).
+    Result: FunctionError saying the value is not JSON, not a result with `null` in its place."""
+    with pytest.raises(FunctionError, match=r"returned a value that is not JSON: .*not a JSON number"):
+        await call(runtime, spec("non_finite"), case)
+
+
+async def test_values_that_encode_as_null_stay_results(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A handler returns None, the string "null" and finite floats (also a float key).
+    Result: the value, as JSON."""
+    value, _ = await call(runtime, spec("non_finite"))
+    assert value == {
+        "a": None,
+        "s": "null",
+        "f": [1.5, -0.0, 1e308],
+        "t": [None],
+        "p": {"x": 0.5, "y": 2.0},
+        "2.5": None,
+    }
+
+
 async def test_import_error_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("handle", module="broken")
     with pytest.raises(FunctionError, match="RuntimeError: cannot import me"):

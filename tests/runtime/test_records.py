@@ -5,6 +5,7 @@ is that invocation's, and makes the record itself when no instance answered."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +36,22 @@ async def fail(payload, ctx):
 
 async def slow(payload, ctx):
     await asyncio.sleep(5)
+
+class BadStr(Exception):
+    def __str__(self):
+        raise ValueError("no")
+
+def fail_badly(payload, ctx):
+    ctx.log.warning("about to fail badly")
+    raise BadStr()
+
+async def log_deep(payload, ctx):
+    deep = []
+    for _ in range(1000):
+        deep = [deep]
+    ctx.log.info("deep %s", deep)
+    ctx.log.info("after the deep one")
+    return "logged"
 
 async def forge(payload, ctx):
     # A handler runs in its instance's process: it can replace the renderer the instance uses.
@@ -130,6 +147,58 @@ async def test_failures_the_instance_answered(
     assert messages[0] == "about to fail" and messages[1].startswith("invocation inv-f failed")
     assert slow["error"]["type"] == "Timeout" and slow["duration_ms"] >= 300
     assert [r["invocation_id"] for r in records.recent(ok=False)] == ["inv-s", "inv-f"]
+
+
+async def test_an_exception_with_a_broken_str_is_recorded(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. A `def` handler logs, then raises an exception whose str() raises.
+    Result: FunctionError at once; the instance's record names the exception (with the fallback text) and
+    keeps the line logged and the instance's report of the failure with its traceback."""
+    rt, records = runtime
+    t = time.monotonic()
+    with pytest.raises(FunctionError, match="BadStr"):
+        await rt.invoke(spec(project, "fail_badly", timeout=3), Invocation("inv-b", "direct", None, b"1"))
+    assert time.monotonic() - t < 2
+    rec = records.get("inv-b")
+    assert rec is not None and rec["error"] == {
+        "type": "FunctionError",
+        "message": "BadStr: <exception str() failed>",
+    }
+    [warning, failure] = rec["logs"]
+    assert warning["message"] == "about to fail badly"
+    assert failure["level"] == "ERROR" and failure["message"].startswith("invocation inv-b failed\nTraceback")
+    assert failure["message"].endswith("BadStr: <exception str() failed>")
+
+
+async def test_a_line_that_cannot_be_formatted_is_still_logged(
+    project: Path, runtime: tuple[Runtime, InvocationRecords], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A handler logs a 1000-level nested list (its str() overflows the stack), then another line.
+    Result: the invocation succeeds; its record and the node's log (tagged with the invocation) hold a line
+    saying the message could not be formatted and why, then the next line."""
+    caplog.set_level(logging.INFO)
+    rt, records = runtime
+    res = await rt.invoke(spec(project, "log_deep"), Invocation("inv-d", "direct", None, b"1"))
+    assert res.result == b'"logged"'
+    rec = records.get("inv-d")
+    assert rec is not None
+    [fallback, after] = [e["message"] for e in rec["logs"]]
+    assert fallback.startswith("log message 'deep %s' could not be formatted: RecursionError")
+    assert after == "after the deep one"
+
+    def tagged() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "faas.instance" and getattr(r, "invocation_id", None) == "inv-d"
+        ]
+
+    deadline = time.monotonic() + 10
+    while len(tagged()) < 2:  # log lines travel on their own channel: they may trail the reply
+        assert time.monotonic() < deadline, f"tagged lines: {tagged()}"
+        await asyncio.sleep(0.01)
+    assert tagged() == [fallback, after]
 
 
 async def test_no_instance_answered_the_node_makes_the_record(

@@ -3,6 +3,13 @@
 Forked by the template (see template.py) with two sockets to the node. `async def` handlers run on the
 instance's own loop (uvloop when installed); `def` handlers run in a small thread pool. Each request gets
 its own task, its own deadline (`timeout` seconds from when the instance received it) and its own reply.
+
+Every request the node does not cancel gets a reply, whatever the handler does: anything it raises (a
+BaseException too, SystemExit and KeyboardInterrupt included, or an exception whose `str()` raises) is a
+FunctionError, so one bad request never leaves the node waiting for a limit and then killing an instance
+that serves others. Only `asyncio.CancelledError` is told apart: the node's cancel, the time limit, or the
+handler's own. A result must be JSON: orjson writes NaN and infinities as `null`, so a body containing
+`null` (and only such a body: the common path pays one substring search) is checked for them.
 """
 
 from __future__ import annotations
@@ -11,10 +18,13 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import dataclasses
+import enum
 import functools
 import importlib
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -41,6 +51,7 @@ from framework.runtime.worker.watchdog import (
     Watchdog,
     current_invocation,
     current_traceparent,
+    exception_text,
 )
 
 try:
@@ -228,10 +239,12 @@ class Server:
                 reply.update(err="FunctionError", msg=f"function {self.function} raised CancelledError")
         except _NotJson as e:
             reply.update(err="FunctionError", msg=redact.redact(str(e)))
-        except Exception as e:
+        except GeneratorExit:  # this coroutine is being closed, not the handler failing: no reply to make
+            raise
+        except BaseException as e:  # not only Exception: whatever the handler raises, the caller gets a reply
             reply.update(
                 err="FunctionError",
-                msg=redact.redact(f"{type(e).__name__}: {e}"),
+                msg=redact.redact(exception_text(e)),
                 tb=redact.redact(traceback.format_exc()),
             )
             self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
@@ -313,16 +326,27 @@ class Server:
         if is_async:
             result = await fn(*args)
         else:
-            call = functools.partial(contextvars.copy_context().run, fn, *args)
+            call = functools.partial(contextvars.copy_context().run, _in_thread, fn, *args)
             result = await asyncio.get_running_loop().run_in_executor(self.pool, call)
         if inspect.isawaitable(result):
             result = await result
         try:
-            return orjson.dumps(result, option=_DUMPS_OPTS)
+            body = orjson.dumps(result, option=_DUMPS_OPTS)
         except orjson.JSONEncodeError as e:
             raise _NotJson(
                 f"function {self.function} returned a value that is not JSON: {type(result).__name__} ({e})"
             ) from None
+        # orjson writes NaN and infinities as `null`: only a body with `null` in it can hide one, so only such
+        # a body pays for a walk of the value; any other pays one substring search (`find`: `in` on bytes
+        # first tries its operand as an int, which costs twice as much).
+        if body.find(b"null") != -1:
+            bad = _non_finite(result)
+            if bad is not None:
+                raise _NotJson(
+                    f"function {self.function} returned a value that is not JSON: {type(result).__name__} "
+                    f"({bad!r} is not a JSON number)"
+                )
+        return body
 
     def _sweep(self) -> None:
         """Cancel every request past its time limit (remembering why: it is answered Timeout)."""
@@ -345,3 +369,49 @@ class Server:
 
 class _NotJson(Exception):
     """The handler's return value is not JSON-serialisable."""
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a `def` handler (in the pool). asyncio refuses StopIteration as a future's exception, and the
+    await would then never end: it leaves as a RuntimeError, as it does from a coroutine."""
+    try:
+        return fn(*args)
+    except StopIteration as e:
+        raise RuntimeError("handler raised StopIteration") from e
+
+
+def _non_finite(value: object) -> float | None:
+    """The first NaN or infinity in `value` wherever orjson would write it (dict keys and values, lists,
+    tuples, dataclasses, enums, numpy), or None. Only called on values orjson encoded, so they hold no cycle
+    and the walk ends; its own stack, not recursion, so depth costs no Python frames."""
+    numpy = sys.modules.get("numpy")  # a numpy value implies numpy is imported; never import it here
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        v = pop()
+        if type(v) in _LEAVES:  # most of a value: skipped with one set lookup
+            continue
+        if isinstance(v, float):  # numpy's float64 too
+            if not math.isfinite(v):
+                return v
+        elif isinstance(v, dict):
+            extend(v)
+            extend(v.values())
+        elif isinstance(v, list | tuple):
+            extend(v)
+        elif isinstance(v, enum.Enum):
+            stack.append(v.value)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            fields = getattr(v, "__dict__", None)  # orjson writes `__dict__`, else the declared fields
+            extend(
+                fields.values() if fields is not None else (getattr(v, f.name) for f in dataclasses.fields(v))
+            )
+        elif numpy is not None and isinstance(v, numpy.ndarray | numpy.floating) and v.dtype.kind == "f":
+            bad = numpy.asarray(v)[~numpy.isfinite(v)]
+            if bad.size:
+                return float(bad.flat[0])
+    return None
+
+
+_LEAVES = frozenset({str, int, bool, type(None)})
+"""Types that hold no float: the walk skips them first."""

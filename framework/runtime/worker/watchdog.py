@@ -2,6 +2,11 @@
 
 Everything here writes through the instance's log channel with blocking sends, so it works from any thread,
 including while the loop is blocked (which is exactly when the watchdog has something to say).
+
+Forwarding never loses a record to its formatting: a message that cannot be formatted (a `str()` that raises
+or overflows the stack, arguments that do not match the format) is sent as a line saying so and why, tagged
+as usual, so it reaches the node's log and the invocation's record; a field of `extra` likewise. The cost is
+a `try` block, free until something raises.
 """
 
 from __future__ import annotations
@@ -32,13 +37,45 @@ _OWN = STANDARD | {"invocation_id", "blocked", "trace_id", "span_id"}
 _NUMBERS = (int, float, bool)
 
 
+def exception_text(e: BaseException) -> str:
+    """`Type: message` of an exception, even one whose `str()` raises (then a fallback, as tracebacks do)."""
+    try:
+        text = str(e)
+    except BaseException:  # its own code: SystemExit or anything else may come out of it
+        text = "<exception str() failed>"
+    return f"{type(e).__name__}: {text}"
+
+
+def message_text(record: logging.LogRecord) -> str:
+    """The record's message with its traceback, if any; a message that cannot be formatted becomes a line
+    naming its format string (or type) and why."""
+    try:
+        msg = record.getMessage()
+    except BaseException as e:  # user code runs in there (`__str__`), it may raise anything
+        what = repr(record.msg) if type(record.msg) is str else f"of type {type(record.msg).__name__}"
+        msg = f"log message {what} could not be formatted: {exception_text(e)}"
+    if record.exc_info:
+        try:
+            msg += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        except BaseException as e:
+            msg += f"\n(its traceback could not be formatted: {exception_text(e)})"
+    return msg
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, object]:
-    """The fields a caller passed in `extra`, JSON-safe (anything else as its `str()`) and text redacted
-    (secrets), for the node."""
+    """The fields a caller passed in `extra`, JSON-safe (anything else as its `str()`, or a note when that
+    raises) and text redacted (secrets), for the node."""
     out: dict[str, object] = {}
     for key, value in record.__dict__.items():
         if key not in _OWN and value is not None:
-            out[key] = value if isinstance(value, _NUMBERS) else redact(str(value))
+            if isinstance(value, _NUMBERS):
+                out[key] = value
+                continue
+            try:
+                text = str(value)
+            except BaseException:
+                text = f"<{type(value).__name__} could not be formatted>"
+            out[key] = redact(text)
     return out
 
 
@@ -70,9 +107,7 @@ class ForwardHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            msg = record.getMessage()
-            if record.exc_info:
-                msg += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            msg = message_text(record)
             inv = getattr(record, "invocation_id", None) or current_invocation.get()
             header: dict[str, object] = {
                 "lvl": record.levelno,

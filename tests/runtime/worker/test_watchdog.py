@@ -1,0 +1,111 @@
+"""runtime.worker.watchdog: the instance's log forwarding survives records it cannot format."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from framework.runtime.protocol import BlockingSender, FrameKind, Header
+from framework.runtime.worker.watchdog import ForwardHandler, current_invocation
+
+
+class Frames(BlockingSender):
+    """A log channel that keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Header] = []
+
+    def send(self, kind: int, header: Header, tail: bytes = b"") -> None:
+        assert kind == FrameKind.LOG
+        self.sent.append(header)
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise SystemExit("not even str")
+
+
+@pytest.fixture
+def log() -> Iterator[tuple[logging.Logger, Frames]]:
+    frames = Frames()
+    logger = logging.Logger("test.forward")  # outside the hierarchy: only the handler under test sees it
+    logger.addHandler(ForwardHandler(frames))
+    token = current_invocation.set("inv-1")
+    yield logger, frames
+    current_invocation.reset(token)
+
+
+def _deep(levels: int) -> list[object]:
+    deep: list[object] = []
+    for _ in range(levels):
+        deep = [deep]
+    return deep
+
+
+@pytest.mark.parametrize(
+    ("msg", "args", "why"),
+    [
+        ("deep %s", (_deep(sys.getrecursionlimit()),), "RecursionError: maximum recursion depth exceeded"),
+        ("two %s %s", ("one",), "TypeError: not enough arguments for format string"),
+        ("bad %s", (BadStr(),), "ValueError: no"),
+        ("odd %s", (Unprintable(),), "SystemExit: not even str"),
+    ],
+    ids=["too-deep", "arguments", "str-raises", "str-exits"],
+)
+def test_a_message_that_cannot_be_formatted_is_sent_as_a_note(
+    log: tuple[logging.Logger, Frames], msg: str, args: tuple[object, ...], why: str
+) -> None:
+    """1. A record whose message formatting raises (stack overflow, wrong arguments, a broken str(), even a
+    BaseException). 2. A normal record.
+    Result: the first is sent, tagged with the invocation at its level, as a line naming its format string
+    and why it could not be formatted; the second as usual."""
+    logger, frames = log
+    logger.warning(msg, *args)
+    logger.info("fine %s", 1)
+    first, second = frames.sent
+    assert first["inv"] == "inv-1" and first["lvl"] == logging.WARNING and first["name"] == "test.forward"
+    assert first["msg"].startswith(f"log message {msg!r} could not be formatted: {why}")
+    assert second["msg"] == "fine 1" and second["inv"] == "inv-1"
+
+
+def test_a_message_object_that_cannot_be_printed_is_named_by_type(log: tuple[logging.Logger, Frames]) -> None:
+    """1. A record whose message is an object with a broken str() and repr().
+    Result: a line naming the object's type and why."""
+    logger, frames = log
+    logger.info(_deep(sys.getrecursionlimit()))
+    [sent] = frames.sent
+    assert sent["msg"].startswith("log message of type list could not be formatted: RecursionError")
+
+
+def test_an_exception_with_a_broken_str_keeps_its_traceback(log: tuple[logging.Logger, Frames]) -> None:
+    """1. `log.error(..., exc_info=True)` while handling an exception whose str() raises.
+    Result: the line, then the traceback ending in the exception's name and the fallback text."""
+    logger, frames = log
+    try:
+        raise BadStr()
+    except BadStr:
+        logger.error("invocation %s failed", "inv-1", exc_info=True)
+    [sent] = frames.sent
+    assert sent["msg"].startswith("invocation inv-1 failed\nTraceback (most recent call last):")
+    assert sent["msg"].endswith("BadStr: <exception str() failed>")
+
+
+def test_extra_values_that_cannot_be_printed_are_named_by_type(log: tuple[logging.Logger, Frames]) -> None:
+    """1. A record with `extra` values whose str() raises. Result: sent, those values replaced by a note."""
+    logger, frames = log
+    logger.info("with extra", extra={"payload": _deep(sys.getrecursionlimit()), "odd": Unprintable(), "n": 3})
+    [sent] = frames.sent
+    assert sent["msg"] == "with extra"
+    assert sent["x"] == {
+        "payload": "<list could not be formatted>",
+        "odd": "<Unprintable could not be formatted>",
+        "n": 3,
+    }
