@@ -5,6 +5,11 @@ copy, so deleting or editing `functions/` does not change what a node serves. A 
 a temporary name and renamed into place, so a folder that exists is complete; the zip itself is kept
 beside it (`<sha256>.zip`) so a node can publish the exact bytes again after the broker lost its log.
 Entries are never removed while the node runs (a retired instance may still import from one).
+
+The zips come from the log, so any bytes may arrive: `store` turns every way unpacking can fail (not a
+zip, corrupt deflate data, encryption, an unknown compression method, a path outside the folder, a name
+the file system refuses, ...) into ValueError, the one exception the log's reader skips a record for,
+and leaves nothing of it behind.
 """
 
 from __future__ import annotations
@@ -47,18 +52,40 @@ class CodeCache:
         self.base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
         try:
-            try:
-                with zipfile.ZipFile(io.BytesIO(data)) as z:
-                    for name in z.namelist():
-                        parts = PurePosixPath(name).parts
-                        if PurePosixPath(name).is_absolute() or ".." in parts:
-                            raise ValueError(f"code record {sha[:12]}: unsafe path {name!r} in the zip")
-                    z.extractall(tmp)
-            except (zipfile.BadZipFile, EOFError) as exc:
-                raise ValueError(f"code record {sha[:12]}: not a zip ({exc})") from None
+            _unpack(sha, data, tmp)
             (self.base / f"{sha}.zip").write_bytes(data)
             with contextlib.suppress(OSError):  # another process raced us to the same content
                 tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+class _Unsafe(ValueError):
+    """A zip entry that would land outside the folder it is unpacked into."""
+
+
+def _unpack(sha: str, data: bytes, into: Path) -> None:
+    """Extract the zip `data` into `into`; raises ValueError whatever the bytes make zipfile raise."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for name in z.namelist():
+                path = PurePosixPath(name)
+                if path.is_absolute() or ".." in path.parts:
+                    raise _Unsafe(f"code record {sha[:12]}: unsafe path {name!r} in the zip")
+            z.extractall(into)
+    except _Unsafe:
+        raise
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"code record {sha[:12]}: not a zip ({exc})") from None
+    except Exception as exc:
+        # The bytes come from the log, so anything goes: flipped deflate bytes (zlib.error), an encrypted
+        # entry (RuntimeError), an unknown compression method (NotImplementedError), a name the file
+        # system refuses (OSError), and whatever else zipfile raises. All mean one thing: unusable.
+        raise ValueError(f"code record {sha[:12]}: cannot unpack it ({_kind(exc)}: {exc})") from None
+
+
+def _kind(exc: BaseException) -> str:
+    """`zlib.error`, `RuntimeError`: the exception's type as a reader of the log would look it up."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

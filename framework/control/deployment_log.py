@@ -10,8 +10,14 @@ The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBa
 - tombstones forget: the newest `KEPT` revisions of each function stay.
 
 A lost log (a memory-only broker restarted: the end offset drops below what was read) is read again from
-0 and `on_reset` is called, so the node can publish again what it serves. `MemoryLog` is the same log in
-the node's memory, for `faas run --no-kafka`.
+0 and `on_reset` is called, so the node can publish again what it serves, in the order it was applied
+(`LogState.order`: validity depends on order). `MemoryLog` is the same log in the node's memory, for
+`faas run --no-kafka`.
+
+A bad record never stops the reader: `LogState.apply` skips it with a warning and never raises, and
+`position` moves past each record as it is applied, so the records after a bad one in the same fetch
+apply too. The follower survives any error (a broker error is retried quietly, anything else with a
+warning), so a node keeps applying what is published for as long as it runs.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ FETCH_WAIT_MS = 100
 """Milliseconds the broker may hold a fetch with no new records: bounds how late a revision is seen."""
 CHECK_EVERY = 2.0
 """Seconds between checks of the end offset, to notice a log that was lost (broker restarted empty)."""
+FOLLOW_RETRY = 0.5
+"""Seconds the follower waits after a failed fetch before the next one."""
 READ_BACK_TIMEOUT = 10.0
 """Seconds a publisher waits to read its own write back before it reports a failure."""
 
@@ -84,13 +92,14 @@ class DeploymentLog:
         """
         async with self._lock:
             await self.catch_up()
-            out: list[tuple[Revision, bool]] = []
+            out: dict[int, tuple[Revision, bool]] = {}
             codes: dict[str, bytes] = {}
             records: list[tuple[str, bytes | None]] = []
-            for candidate, code in items:
+            for i in sorted(range(len(items)), key=lambda i: self._claims(items[i][0])):
+                candidate, code = items[i]
                 newest = self.state.newest(candidate.uuid)
                 if newest is not None and candidate.same_as(newest):
-                    out.append((newest, False))
+                    out[i] = (newest, False)
                     continue
                 rev = candidate.numbered(self.state.next_number(candidate.uuid))
                 sha = rev.code_sha256
@@ -99,20 +108,29 @@ class DeploymentLog:
                 records.append((rev.key, encode(rev)))
                 if rev.revision > KEPT:
                     records.append((revision_key(rev.uuid, rev.revision - KEPT), None))
-                out.append((rev, True))
+                out[i] = (rev, True)
             if codes:
                 await self.write(list(codes.items()))
             if records:
                 await self.write(records)
                 await self.catch_up()
-            return out
+            return [out[i] for i in range(len(items))]
+
+    def _claims(self, candidate: Revision) -> bool:
+        """Whether `candidate` takes a name another live function holds now. A batch writes these last:
+        readers refuse a revision whose name is taken, and a rename in the same batch may free it."""
+        name = candidate.spec.get("name")
+        return candidate.action == "deploy" and self.state.holder(str(name), candidate.uuid) is not None
 
     async def republish(self, revisions: list[Revision], code: Callable[[str], bytes | None]) -> int:
         """Write again the `revisions` (and their code) the log no longer holds; returns how many."""
         count = 0
         async with self._lock:
             await self.catch_up()
-            for rev in sorted(revisions, key=lambda r: r.revision):
+            # In the order first applied: a reader of the copy then refuses and accepts what one of the
+            # original did (a revision taking a name is valid only after the rename that freed it).
+            order = self.state.order
+            for rev in sorted(revisions, key=lambda r: (order.get(r.key, 0), r.revision)):
                 if rev.key in self.state.keys:
                     continue
                 sha = rev.code_sha256
@@ -179,7 +197,10 @@ class KafkaLog(DeploymentLog):
         await consumer.start()
         self._consumer = consumer
         consumer.assign([self.tp])
-        await consumer.seek_to_beginning(self.tp)
+        if self.position:  # a start tried again: go on after what is applied, not from a "lost" log
+            consumer.seek(self.tp, self.position)
+        else:
+            await consumer.seek_to_beginning(self.tp)
         await self.catch_up()
         if self.follow:
             self._task = asyncio.create_task(self._follow(), name="deployment-log")
@@ -218,17 +239,20 @@ class KafkaLog(DeploymentLog):
         assert self._consumer is not None
         batch = await self._consumer.getmany(self.tp, timeout_ms=POLL_MS)
         changed = False
-        for msg in batch.get(self.tp, []):
-            if msg.offset < self.position:  # the consumer reset to the start: the log was lost
-                self._reset(msg.offset)
-            key = msg.key.decode(errors="replace") if msg.key is not None else None
-            changed |= self.state.apply(key, msg.value, f"at offset {msg.offset}")
-            self.position = msg.offset + 1
-        # Past offsets compaction removed too (the consumer's position skips them; ours would wait).
-        self.position = max(self.position, await self._consumer.position(self.tp))
-        if changed and self.follow:
-            self._changed()
-        self._moved.set()
+        try:
+            for msg in batch.get(self.tp, []):
+                if msg.offset < self.position:  # the consumer reset to the start: the log was lost
+                    self._reset(msg.offset)
+                key = msg.key.decode(errors="replace") if msg.key is not None else None
+                # Never raises: a bad record is a warning, and the ones after it in this batch still apply.
+                changed |= self.state.apply(key, msg.value, f"at offset {msg.offset}")
+                self.position = msg.offset + 1
+            # Past offsets compaction removed too (the consumer's position skips them; ours would wait).
+            self.position = max(self.position, await self._consumer.position(self.tp))
+        finally:
+            self._moved.set()  # first: a failing on_change must not keep a publisher waiting to read back
+            if changed and self.follow:
+                self._changed()
 
     def _reset(self, end: int) -> None:
         log.warning(
@@ -246,6 +270,8 @@ class KafkaLog(DeploymentLog):
             self.on_reset()
 
     async def _follow(self) -> None:
+        """Fetch and apply for as long as the node runs: no error ends it (a dead follower would leave
+        the node serving old revisions while reporting ready)."""
         loop = asyncio.get_running_loop()
         checked = loop.time()
         while True:
@@ -254,9 +280,12 @@ class KafkaLog(DeploymentLog):
                 if loop.time() - checked > CHECK_EVERY:
                     checked = loop.time()
                     await self._check_end()
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:  # the broker away: it comes back
                 log.debug("deployment log: %r (retrying)", exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(FOLLOW_RETRY)
+            except Exception as exc:
+                log.warning("deployment log: following it failed (%r); retrying in %g s", exc, FOLLOW_RETRY)
+                await asyncio.sleep(FOLLOW_RETRY)
 
     async def _check_end(self) -> None:
         """Notice a lost log: its end offset below our position, or the topic gone (then create it)."""

@@ -9,6 +9,10 @@
   (or `undeploy` for one that left `productive` or the manifest). Off: changes only update `modified`.
 - A lost log (broker restarted empty): the node publishes again the kept revisions it knows; identical
   copies from several nodes are the same records.
+- Start: reading the log is tried again, with backoff (0.5 s doubling to 5 s), after any failure, not
+  only a broker's: `/readyz` names the last error meanwhile and turns 200 once the log is read.
+- Names: a function is not published under a name another live function holds (readers would refuse
+  the revision, see `log_state`); that is logged as an error and the holder keeps serving.
 Publications run one at a time, off the watcher's callback.
 """
 
@@ -19,8 +23,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from aiokafka.errors import KafkaError
 
 from framework.control.code_cache import CodeCache
 from framework.control.deployment_log import DeploymentLog, KafkaLog, MemoryLog
@@ -38,6 +40,8 @@ FALLBACK_AFTER = 5.0
 """Seconds after start without the log read before the node serves its working copy meanwhile."""
 START_TIMEOUT = 30.0
 """Seconds one attempt to read the log may take before it is retried."""
+START_RETRY = (0.5, 5.0)
+"""Seconds before the first retry of a failed start, doubled per failure up to the second."""
 
 
 class Deployments:
@@ -89,17 +93,18 @@ class Deployments:
             self.refresh()
 
     async def _start_retrying(self) -> None:
-        delay = 0.5
+        """Start until it works: a node that gave up would stay not ready for good."""
+        delay, most = START_RETRY
         while True:
             try:
                 await within(self.start(), START_TIMEOUT)
                 return
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # not only the broker's errors: any failure is worth another try
                 self.error = f"cannot read the deployment log: {exc!r}"
                 log.warning("%s; retrying in %g s", self.error, delay)
                 await self.log.stop()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, most)
 
     async def start(self) -> None:
         """Read the log to its end, deploy productive functions it lacks, then serve what it says."""
@@ -200,10 +205,11 @@ class Deployments:
             )
             if not unchanged:
                 changed.append(cand)
-        await self._deploy(*changed)
+        # Undeploys first: a function that left may free the name one of the changed ones takes.
         for uuid, old in before.items():
             if uuid not in after and old.spec.productive:
                 await self._undeploy(old.spec)
+        await self._deploy(*changed)
 
     async def _bootstrap(self) -> None:
         missing = [c for u, c in self.candidates.items() if c.spec.productive and not self.log.state.kept(u)]
@@ -213,7 +219,7 @@ class Deployments:
         for cand in cands:
             if cand.revision is None:
                 log.error("function %s not deployed: %s", cand.spec.name, cand.error)
-        items = [(c.revision, c.code) for c in cands if c.revision is not None]
+        items = [(c.revision, c.code) for c in cands if c.revision is not None and self._name_free(c)]
         if not items:
             return
         async with self._queue:
@@ -221,6 +227,20 @@ class Deployments:
         for rev, new in published:
             if new:
                 log.info("function %s: revision %d deployed", rev.function, rev.revision)
+
+    def _name_free(self, cand: Candidate) -> bool:
+        """False (and an error logged) when another live function, deployed from another working copy,
+        holds `cand`'s name: every reader would refuse the revision."""
+        holder = self.log.state.holder(cand.spec.name, cand.spec.uuid)
+        if holder is None or holder.uuid in self.candidates:  # one of ours: a rename in this change
+            return True
+        log.error(
+            "function %s (%s) not deployed: live function %s, deployed from elsewhere, has that name",
+            cand.spec.name,
+            cand.spec.uuid,
+            holder.uuid,
+        )
+        return False
 
     async def _undeploy(self, spec: FunctionSpec) -> None:
         newest = self.log.state.newest(spec.uuid)

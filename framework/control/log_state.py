@@ -2,9 +2,19 @@
 
 Records are applied in log order, as a compacted topic's reader must: the last record of a key wins and a
 tombstone (value None) forgets the key. Anything this platform did not write, or wrote wrong, is logged
-and skipped, never fatal: a value that is not JSON, an unknown action, a key that does not match its
-value, a code record whose sha256 does not match its key, a deploy revision whose code record was not
-seen first (publishers write the code, wait for its acknowledgement, then the revision).
+as a warning naming the record's offset and why, and skipped, never fatal: a value that is not JSON, an
+unknown action, a key that does not match its value, a code record whose sha256 does not match its key
+or whose zip cannot be unpacked, a deploy revision whose code record was not seen first (publishers
+write the code, wait for its acknowledgement, then the revision). Each record is applied on its own and
+whole or not at all: whatever one raises, the state is as before it and the next record applies.
+
+Names are unique (DESIGN.md section 2) among what is served: a deploy revision whose spec takes the
+name of another function that is live at that point of the log is refused like an invalid record (the
+warning names both uuids); the function holding the name keeps serving, and the refused function keeps
+its previous revisions. The trade-off: validity depends on log order, so a rename that frees a name
+must come before the revision that takes it (publishers order a batch so; two functions cannot swap
+names in one step), and a log published again after a loss keeps the order of the original (`order`),
+so a reader of the copy refuses and accepts what a reader of the original did.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ _REV_KEY = re.compile(r"^rev:([0-9a-fA-F-]{36}):([1-9][0-9]*)$")
 _CODE_KEY = re.compile(r"^code:([0-9a-f]{64})$")
 
 CodeSink = Callable[[str, bytes], object]
-"""Called with (sha256, zip) for each code record; raises ValueError when the zip is unusable."""
+"""Called with (sha256, zip) for each code record; raises (ValueError, by convention) when unusable."""
 
 
 class LogState:
@@ -36,7 +46,10 @@ class LogState:
         self.codes: set[str] = set()
         self.keys: set[str] = set()
         """Keys present in the log as read since the last reset (to find what a lost log lacks)."""
+        self.order: dict[str, int] = {}
+        """For each kept revision's key, when it was applied (a count): the log order to publish it in."""
         self.skipped = 0
+        self._applied = 0
         self._on_code = on_code
 
     def newest(self, uuid: str) -> Revision | None:
@@ -61,13 +74,21 @@ class LogState:
                 out[uuid] = newest
         return out
 
+    def holder(self, name: str, besides: str) -> Revision | None:
+        """The live revision of a function other than `besides` that is served under `name`, if any."""
+        for uuid, rev in self.live().items():
+            if uuid != besides.lower() and rev.spec.get("name") == name:
+                return rev
+        return None
+
     def apply(self, key: str | None, value: bytes | None, where: str = "") -> bool:
-        """Apply one record; returns whether the served or kept revisions changed."""
+        """Apply one record; returns whether the served or kept revisions changed. Never raises."""
         try:
             return self._apply(key or "", value)
-        except ValueError as exc:
+        except Exception as exc:  # a record must never stop the reader, whatever its bytes make us raise
             self.skipped += 1
-            log.warning("deployment log: skipped the record %s (key %r): %s", where, key, exc)
+            why = str(exc) if isinstance(exc, ValueError) else repr(exc)
+            log.warning("deployment log: skipped the record %s (key %r): %s", where, key, why)
             return False
 
     def _apply(self, key: str, value: bytes | None) -> bool:
@@ -91,6 +112,7 @@ class LogState:
         uuid, number = rev.group(1).lower(), int(rev.group(2))
         if value is None:
             self.keys.discard(key)
+            self.order.pop(key, None)
             kept = self.revisions.get(uuid, {})
             return kept.pop(number, None) is not None
         try:
@@ -102,18 +124,28 @@ class LogState:
             raise ValueError(f"value is revision {revision.revision} of {revision.uuid}, not of its key")
         if revision.action == "deploy" and revision.code_sha256 not in self.codes:
             raise ValueError(f"its code record code:{revision.code_sha256} is missing")
-        if revision.action == "deploy":
-            _check_spec(revision)
-        self.keys.add(key)
-        kept = self.revisions.setdefault(uuid, {})
-        if kept.get(number) == revision:
+        name = _check_spec(revision) if revision.action == "deploy" else None
+        if self.revisions.get(uuid, {}).get(number) == revision:  # read again (a lost log): as before
+            self.keys.add(key)
             return False
-        kept[number] = revision
+        holder = self.holder(name, uuid) if name is not None else None
+        if holder is not None:
+            raise ValueError(
+                f"function {uuid} would be served as {name!r}, the name of live function {holder.uuid} "
+                f"(revision {holder.revision}): names are unique, {holder.uuid} keeps it"
+            )
+        self.keys.add(key)
+        self._applied += 1
+        self.order[key] = self._applied
+        self.revisions.setdefault(uuid, {})[number] = revision
         return True
 
 
-def _check_spec(revision: Revision) -> None:
-    """A deploy revision's spec must be a function this node can serve, with the record's uuid."""
+def _check_spec(revision: Revision) -> str:
+    """A deploy revision's spec must be a function this node can serve, with the record's uuid.
+
+    Returns the name it would be served under.
+    """
     try:
         spec = spec_from(revision.spec, Path("."), None, revision.revision)
     except ValidationError as exc:
@@ -122,3 +154,4 @@ def _check_spec(revision: Revision) -> None:
         raise ValueError(f"its spec is not a valid function ({where}: {first['msg']})") from None
     if spec.uuid != revision.uuid:
         raise ValueError(f"its spec is function {spec.uuid}, not {revision.uuid}")
+    return spec.name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import shutil
 import threading
@@ -16,9 +18,11 @@ import pytest
 from framework.cli.deployments import with_log
 from framework.control.deployment_log import KafkaLog
 from framework.control.manifest import load_manifest
+from framework.control.revisions import sha256
 from framework.control.working_copy import candidates
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
+from tests.control.zips import BROKEN
 from tests.support import LOGS, Node, Record, consume, new_id, produce, run_cli, wait_for, write_project
 
 NO_WATCH = {"FAAS_WATCH": "false"}
@@ -421,3 +425,159 @@ def test_broker_down_at_start_serves_the_working_copy_meanwhile(
     assert wait_for(unready, 60, interval=0.2, message="readyz names the deployment log")
     wait_for(lambda: served(n, u) == {"v": "v1", "rev": None}, 30, message="the working copy served")
     assert unready()
+
+
+def skips(n: Node) -> list[str]:
+    return [line for line in n.tail(400).splitlines() if "deployment log: skipped the record" in line]
+
+
+def test_unusable_code_records_are_skipped_by_running_and_new_nodes(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node a (watch off) serving alpha revision 1. 2. Produce to its deployment log one code record of
+    each unusable zip (flipped deflate bytes, encrypted, unknown compression method, 300-character name,
+    truncated), each keyed by the sha256 of its value. 3. Deploy v2. 4. Node b starts on the same log.
+    Result: a logs a warning per record naming its offset and why and keeps serving revision 1, then
+    serves revision 2 after 3 and stays ready; b turns ready, logs the same warnings and serves
+    revision 2.
+    """
+    u, tag = new_id(), new_id()[:8]
+    root = write_project(tmp_path / "a", manifest(u), {"m": module("v1")})
+    a = nodes(root, broker.bootstrap, tag=tag, env=NO_WATCH).wait_ready()
+    bad: list[Record] = []
+    for make, _ in BROKEN.values():
+        data = make()
+        bad.append((f"code:{sha256(data)}".encode(), data, []))
+    produce(broker.bootstrap, a.deployments, bad)
+    wait_for(lambda: len(skips(a)) >= len(BROKEN), 20, message="a's skips logged")
+    for line, (_, why) in zip(skips(a), BROKEN.values(), strict=True):
+        assert "WARNING" in line and re.search(r"at offset \d+ ", line) and why in line, line
+    assert served(a, u) == {"v": "v1", "rev": 1}
+    (root / "functions" / "m.py").write_text(module("v2"))
+    assert publish(root, a, broker.bootstrap, "after the broken zips") == [(2, True)]
+    wait_for(lambda: served(a, u) == {"v": "v2", "rev": 2}, 10, message="a serves revision 2")
+    assert httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200
+    other = write_project(tmp_path / "b", manifest(u), {"m": module("v1")})
+    b = nodes(other, broker.bootstrap, tag=tag, env=NO_WATCH).wait_ready()
+    assert served(b, u) == {"v": "v2", "rev": 2}
+    assert [which(line) for line in skips(b)] == [which(line) for line in skips(a)]
+
+
+def which(skip: str) -> str:
+    """`at offset N (key '...')` of a skip's log line."""
+    found = re.search(r"at offset \d+ \(key '[^']*'\)", skip)
+    assert found is not None, skip
+    return found.group(0)
+
+
+def test_a_revision_taking_a_live_functions_name_is_refused(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha (uuid U) as revision 1. 2. Produce a hand-made record rev:<V>:1
+    of a new uuid V whose spec is alpha's (named alpha), with alpha's code. 3. Produce rev:<V>:2, the same
+    spec named beta. Result: 2 is refused with a warning naming U, V and the record's offset; GET
+    /functions lists one function named alpha, U at revision 1, and V is not served; after 3, V is
+    served as beta next to alpha: the node goes on applying the log.
+    """
+    u, v = new_id(), new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    good = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"][0]
+    twin = {**good, "uuid": v, "revision": 1, "spec": {**good["spec"], "uuid": v}}
+    produce(broker.bootstrap, n.deployments, [(f"rev:{v}:1".encode(), json.dumps(twin).encode(), [])])
+    refusal = wait_for(lambda: [line for line in skips(n) if v in line], 20, message="the refusal logged")
+    assert len(refusal) == 1 and u in refusal[0] and "'alpha'" in refusal[0], refusal
+    assert re.search(r"WARNING .*at offset \d+ ", refusal[0]), refusal[0]
+    named = [
+        f for f in httpx.get(f"{n.url}/functions", timeout=10).json()["functions"] if f["name"] == "alpha"
+    ]
+    assert [(f["uuid"], f["revision"]) for f in named] == [(u, 1)]
+    assert served(n, v) is None and served(n, u) == {"v": "v1", "rev": 1}
+    beta = {**twin, "revision": 2, "function": "beta", "spec": {**twin["spec"], "name": "beta"}}
+    produce(broker.bootstrap, n.deployments, [(f"rev:{v}:2".encode(), json.dumps(beta).encode(), [])])
+    wait_for(lambda: served(n, v) == {"v": "v1", "rev": 2}, 10, message="beta served")
+    names = sorted(f["name"] for f in httpx.get(f"{n.url}/functions", timeout=10).json()["functions"])
+    assert names == ["alpha", "beta"] and served(n, u) == {"v": "v1", "rev": 1}
+
+
+async def test_a_failed_start_is_tried_again_until_the_log_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process. 1. Deployments over an in-memory log whose start fails twice, with errors that are not
+    a broker's (zlib.error, then RuntimeError). 2. `begin`, as a node does. Result: each failure is a
+    warning saying it retries; the third attempt reads the log, the node is ready and serves alpha as
+    revision 1."""
+    import zlib
+
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+
+    class Flaky(MemoryLog):
+        def __init__(self, state: LogState) -> None:
+            super().__init__(state)
+            self.failures: list[Exception] = [zlib.error("Error -3 while decompressing"), RuntimeError("odd")]
+
+        async def start(self) -> None:
+            if self.failures:
+                raise self.failures.pop(0)
+
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    cache = CodeCache(tmp_path / "cache")
+    served_now: list[Registry] = []
+    log = Flaky(LogState(on_code=cache.store))
+    d = Deployments(log, cache, load_manifest(root / "functions.yaml"), False, 1 << 20, served_now.append)
+    assert d.not_ready() == ["deployments: reading the deployment log"]
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        d.begin()
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not d.booted:
+                assert asyncio.get_running_loop().time() < deadline, d.not_ready()
+                await asyncio.sleep(0.05)
+        finally:
+            await d.stop()
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 2 and "zlib.error" not in retries[1], retries
+    assert "Error -3" in retries[0] and "RuntimeError('odd')" in retries[1], retries
+    assert d.not_ready() == [] and log.failures == []
+    alpha = served_now[-1].productive(u)
+    assert alpha is not None and alpha.revision == 1
+
+
+async def test_a_name_held_from_elsewhere_is_not_published(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process, on the in-memory log. 1. A function from another folder (uuid G) is live as alpha.
+    2. A node whose working copy has its own productive alpha (uuid U) starts (bootstrap). Result: U is
+    not published (no record a reader would refuse): an error names both uuids; G keeps serving as
+    alpha and U is listed, not served."""
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+
+    u, g = new_id(), new_id()
+    cache = CodeCache(tmp_path / "cache")
+    log = MemoryLog(LogState(on_code=cache.store))
+    elsewhere = write_project(tmp_path / "elsewhere", manifest(g), {"m": module("g")})
+    found = candidates(load_manifest(elsewhere / "functions.yaml"), 1 << 20)[g]
+    assert found.revision is not None
+    await log.publish(found.revision, found.code)
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    served_now: list[Registry] = []
+    d = Deployments(log, cache, load_manifest(root / "functions.yaml"), True, 1 << 20, served_now.append)
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        await d.start()
+    await d.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "not deployed" in messages[0], messages
+    assert u in messages[0] and g in messages[0]
+    assert log.state.kept(u) == [] and log.state.skipped == 0
+    reg = served_now[-1]
+    alpha = reg.by_name("alpha")
+    assert alpha is not None and alpha.uuid == g and alpha.productive and reg.productive(u) is None

@@ -1,0 +1,28 @@
+"""The code cache unpacks code records from the log: every unusable zip is a ValueError, nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from framework.control.code_cache import CodeCache
+from framework.control.revisions import sha256
+from tests.control.zips import BROKEN, package
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_an_unusable_zip_is_a_value_error_and_leaves_nothing(tmp_path: Path, broken: str) -> None:
+    """1. Store a zip under its own sha256 that opens but cannot be unpacked (see `zips.BROKEN`).
+    2. Store a good zip. Result: 1 raises ValueError naming the record and why (not zlib.error,
+    RuntimeError, NotImplementedError or OSError), and leaves neither a folder, a half-unpacked temporary
+    folder nor the zip behind; 2 is unpacked as usual afterwards."""
+    make, why = BROKEN[broken]
+    data = make()
+    cache = CodeCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match=f"code record {sha256(data)[:12]}: .*{why}"):
+        cache.store(sha256(data), data)
+    assert not cache.has(sha256(data)) and cache.zip_bytes(sha256(data)) is None
+    assert list(cache.base.iterdir()) == []
+    good = package("VALUE = 2\n")
+    assert (cache.store(sha256(good), good) / "functions" / "m.py").read_text() == "VALUE = 2\n"

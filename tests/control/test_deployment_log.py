@@ -1,0 +1,167 @@
+"""The deployment log: what a batch of bad records does to a reader, in which order revisions are written.
+
+The Kafka tests run `KafkaLog` in this process against the session's real broker, each on a topic of its
+own, with the node's code cache as the code sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from framework.control.code_cache import CodeCache
+from framework.control.deployment_log import KafkaLog, MemoryLog
+from framework.control.log_state import LogState
+from framework.control.revisions import Revision, code_key, encode, sha256
+from framework.kafka.embedded import EmbeddedBroker
+from framework.settings import Settings
+from tests.control.zips import BROKEN, package
+from tests.support import Record, new_id, produce_async
+
+MODULE = "async def handle(payload, ctx):\n    return 1\n"
+
+
+def revision(uuid: str, name: str, code: bytes, number: int = 1) -> Revision:
+    spec = {"name": name, "uuid": uuid, "handler": "functions.m:handle", "state": "productive"}
+    return Revision(uuid, name, number, "deploy", spec, sha256(code), "2026-01-01T00:00:00.000Z", "t@h")
+
+
+def code_record(data: bytes) -> Record:
+    return code_key(sha256(data)).encode(), data, []
+
+
+def rev_record(rev: Revision) -> Record:
+    return rev.key.encode(), encode(rev), []
+
+
+async def until(condition: Callable[[], object], timeout: float, message: str) -> None:
+    """Poll `condition` on the running loop until it holds; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{message} not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def kafka_log(tmp_path: Path, broker: EmbeddedBroker, topic: str, follow: bool) -> KafkaLog:
+    state = LogState(on_code=CodeCache(tmp_path / "cache").store)
+    return KafkaLog(state, Settings(deployments_topic=topic), broker.bootstrap, follow=follow)
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_records_after_a_bad_code_record_in_the_same_fetch_apply(
+    tmp_path: Path, broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A following log on an empty topic. 2. Produce in one batch (so one fetch reads them): a code
+    record whose zip holds a 300-character file name (unpacking fails with OSError), a good code record,
+    a revision of alpha using it. 3. Produce another revision. Result: the bad record is a warning naming
+    its offset and the OSError (not a debug line); alpha's revision 1 from the same fetch is applied,
+    then revision 2: the follower goes on."""
+    topic = f"t.deploy.{new_id()[:8]}"
+    log = kafka_log(tmp_path, broker, topic, follow=True)
+    u, code = new_id(), package(MODULE)
+    await log.start()
+    try:
+        with caplog.at_level(logging.WARNING, "faas.deployments"):
+            bad = BROKEN["300-character name"][0]()
+            await produce_async(
+                broker.bootstrap,
+                topic,
+                [code_record(bad), code_record(code), rev_record(revision(u, "alpha", code))],
+            )
+            await until(lambda: log.state.newest(u) is not None, 10, "revision 1 applied")
+            second = revision(u, "alpha", code, 2)
+            await produce_async(broker.bootstrap, topic, [rev_record(second)])
+            await until(lambda: log.state.newest(u) == second, 10, "revision 2 applied")
+        skips = [w for w in warnings(caplog) if "skipped the record" in w]
+        assert len(skips) == 1 and "at offset 0" in skips[0] and "File name too long" in skips[0], skips
+        assert log.state.codes == {sha256(code)}
+    finally:
+        await log.stop()
+
+
+async def test_a_new_reader_skips_every_kind_of_unusable_zip(
+    tmp_path: Path, broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A topic holding, in this order: a code record of each unusable zip (flipped deflate bytes,
+    encrypted, unknown compression method, 300-character name, truncated), a good code record and a
+    revision using it. 2. A reader starts (reads the log to its end, as a node does before /readyz).
+    Result: the start returns; each bad record is one warning naming its offset and why; the revision is
+    applied."""
+    topic = f"t.deploy.{new_id()[:8]}"
+    first = kafka_log(tmp_path / "first", broker, topic, follow=False)
+    await first.start()  # creates the topic as a node would (compacted, one partition)
+    await first.stop()
+    u, code = new_id(), package(MODULE)
+    records = [code_record(make()) for make, _ in BROKEN.values()]
+    records += [code_record(code), rev_record(revision(u, "alpha", code))]
+    for record in records:  # one at a time: every offset known
+        await produce_async(broker.bootstrap, topic, [record])
+    reader = kafka_log(tmp_path / "second", broker, topic, follow=False)
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        try:
+            await asyncio.wait_for(reader.start(), 30)
+        finally:
+            await reader.stop()
+    skips = [w for w in warnings(caplog) if "skipped the record" in w]
+    assert len(skips) == len(BROKEN), skips
+    for offset, (skip, (_, why)) in enumerate(zip(skips, BROKEN.values(), strict=True)):
+        assert f"at offset {offset}" in skip and why in skip, skip
+    assert reader.state.newest(u) == revision(u, "alpha", code)
+
+
+async def test_a_batch_frees_a_name_before_taking_it() -> None:
+    """1. alpha (uuid A) is live. 2. Publish one batch: B as alpha, then A renamed to gamma. Result: A's
+    rename is written first, so both are applied (B served as alpha, A as gamma), and the results come
+    back in the order asked."""
+    a, b, code = new_id(), new_id(), package(MODULE)
+    log = MemoryLog(LogState())
+    await log.publish(revision(a, "alpha", code), code)
+    out = await log.publish_all([(revision(b, "alpha", code), code), (revision(a, "gamma", code), code)])
+    assert [(r.uuid, r.revision, new) for r, new in out] == [(b, 1, True), (a, 2, True)]
+    assert {u: r.spec["name"] for u, r in log.state.live().items()} == {a: "gamma", b: "alpha"}
+
+
+class Recording(MemoryLog):
+    """A log in memory that keeps what was written."""
+
+    def __init__(self, state: LogState) -> None:
+        super().__init__(state)
+        self.written: list[tuple[str, bytes | None]] = []
+
+    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        self.written.extend(records)
+        await super().write(records)
+
+
+async def test_a_lost_log_is_published_again_in_the_order_first_applied() -> None:
+    """1. On one log: B as alpha (revision 1), A as beta (revision 1), B renamed to gamma (2), A renamed
+    to alpha (2). 2. The log is lost (its keys forgotten) and published again. 3. A new reader reads the
+    copy. Result: the copy holds the revisions in the order first applied (not by number), so the new
+    reader serves what the first did: A as alpha and B as gamma."""
+    a, b, code = new_id(), new_id(), package(MODULE)
+    log = Recording(LogState())
+    for rev in (revision(b, "alpha", code), revision(a, "beta", code)):
+        await log.publish(rev, code)
+    for rev in (revision(b, "gamma", code), revision(a, "alpha", code)):
+        await log.publish(rev, code)
+    served = {u: r.spec["name"] for u, r in log.state.live().items()}
+    assert served == {a: "alpha", b: "gamma"}
+    log.state.keys.clear()
+    log.written.clear()
+    kept = [r for u in (a, b) for r in log.state.kept(u)]
+    assert await log.republish(kept, lambda sha: code) == 4
+    copy = LogState()
+    for key, value in log.written:
+        copy.apply(key, value)
+    assert {u: r.spec["name"] for u, r in copy.live().items()} == served
+    names = [json.loads(v)["spec"]["name"] for k, v in log.written if k.startswith("rev:") and v]
+    assert names == ["alpha", "beta", "gamma", "alpha"]

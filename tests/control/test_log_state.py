@@ -1,0 +1,137 @@
+"""The log's state, record by record: bad records are skipped whatever they raise; names stay unique."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from typing import Any
+
+import pytest
+
+from framework.control.log_state import LogState
+from framework.control.revisions import Revision, code_key, encode, revision_key, sha256
+
+A = "2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10"
+B = "9b1d4c2e-0f3a-4e5b-8c6d-7e8f9a0b1c2d"
+CODE = b"the code"
+
+
+def spec(uuid: str, name: str) -> dict[str, Any]:
+    return {"name": name, "uuid": uuid, "handler": "functions.m:handle", "state": "productive"}
+
+
+def rev(uuid: str, number: int, name: str, action: str = "deploy") -> Revision:
+    return Revision.from_json(
+        {
+            "uuid": uuid,
+            "function": name,
+            "revision": number,
+            "action": action,
+            "spec": spec(uuid, name),
+            "code_sha256": sha256(CODE),
+        }
+    )
+
+
+def apply(state: LogState, r: Revision, offset: int) -> bool:
+    return state.apply(r.key, encode(r), f"at offset {offset}")
+
+
+def served(state: LogState) -> dict[str, str]:
+    """uuid -> the name it is served under."""
+    return {uuid: r.spec["name"] for uuid, r in state.live().items()}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        zlib.error("Error -3 while decompressing data"),
+        RuntimeError("File is encrypted, password required for extraction"),
+        NotImplementedError("That compression method is not supported"),
+        OSError(36, "File name too long"),
+        EOFError(),
+        KeyError("functions/m.py"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_code_record_failing_in_any_way_skips_only_itself(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A state whose code sink raises `error` for one zip. 2. Apply, as one fetch would: that code
+    record, a good code record, a revision using the good code, a revision using the bad one.
+    Result: apply never raises; the bad code record and the revision needing it are skipped with
+    warnings naming their offsets and why; the good code and its revision apply."""
+    bad = b"the broken code"
+
+    def sink(sha: str, data: bytes) -> None:
+        if data == bad:
+            raise error
+
+    state = LogState(on_code=sink)
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        assert state.apply(code_key(sha256(bad)), bad, "at offset 3") is False
+        assert state.apply(code_key(sha256(CODE)), CODE, "at offset 4") is False
+        assert apply(state, rev(A, 1, "alpha"), 5) is True
+        broken = Revision(**{**rev(B, 1, "beta").to_json(), "code_sha256": sha256(bad)})
+        assert apply(state, broken, 6) is False
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "at offset 3" in warnings[0] and type(error).__name__ in warnings[0]
+    assert "at offset 6" in warnings[1] and "is missing" in warnings[1]
+    assert state.codes == {sha256(CODE)} and served(state) == {A: "alpha"} and state.skipped == 2
+
+
+def test_a_revision_taking_a_live_functions_name_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """1. alpha (uuid A) is live. 2. A revision of another function B named alpha. 3. B as beta.
+    4. B renamed to alpha while A is live. 5. A undeploys. 6. B renamed to alpha again.
+    7. The records of 1 and 3 are read again (a lost log read anew). Result: 2 and 4 are refused with
+    warnings naming both uuids and the offset, A keeps serving as alpha (and B as beta after 3); after A
+    undeploys, 6 is accepted; reading again what was accepted warns about nothing."""
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE)
+    first = rev(A, 1, "alpha")
+    assert apply(state, first, 1) is True
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        assert apply(state, rev(B, 1, "alpha"), 2) is False
+        assert served(state) == {A: "alpha"} and state.kept(B) == []
+        assert apply(state, rev(B, 1, "beta"), 3) is True
+        assert apply(state, rev(B, 2, "alpha"), 4) is False
+        assert served(state) == {A: "alpha", B: "beta"}
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 2, refusals
+    for offset, message in zip((2, 4), refusals, strict=True):
+        assert f"at offset {offset}" in message and A in message and B in message, message
+        assert "'alpha'" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        assert apply(state, rev(A, 2, "alpha", "undeploy"), 5) is True
+        assert apply(state, rev(B, 2, "alpha"), 6) is True
+        assert served(state) == {B: "alpha"}
+        state.keys.clear()
+        assert apply(state, first, 7) is False and apply(state, rev(B, 1, "beta"), 8) is False
+    assert caplog.records == [] and served(state) == {B: "alpha"}
+    assert {revision_key(A, 1), revision_key(B, 1)} <= state.keys
+
+
+def test_order_is_the_order_revisions_were_applied_in() -> None:
+    """1. Apply B:1, A:1, B:2, then a tombstone of B:1. Result: `order` ranks A:1 before B:2 (log order,
+    not revision numbers) and forgets B:1."""
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE)
+    for offset, r in enumerate([rev(B, 1, "beta"), rev(A, 1, "alpha"), rev(B, 2, "gamma")]):
+        apply(state, r, offset)
+    state.apply(revision_key(B, 1), None)
+    assert sorted(state.order, key=state.order.__getitem__) == [revision_key(A, 1), revision_key(B, 2)]
+
+
+def test_a_refused_record_leaves_the_state_as_it_was() -> None:
+    """1. alpha live (A). 2. A revision of B named alpha. Result: nothing of B is kept: no key, no
+    number taken (B's next revision is 1), no order; the live set is unchanged."""
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE)
+    apply(state, rev(A, 1, "alpha"), 1)
+    before = (json.dumps(sorted(state.keys)), dict(state.order), served(state))
+    assert apply(state, rev(B, 1, "alpha"), 2) is False
+    assert (json.dumps(sorted(state.keys)), dict(state.order), served(state)) == before
+    assert state.next_number(B) == 1 and state.newest(B) is None
