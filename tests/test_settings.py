@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from framework.cli import main
-from framework.settings import Settings
+from framework.settings import Settings, bootstrap_servers
 
 
 @pytest.fixture(autouse=True)
@@ -124,3 +126,61 @@ def test_bad_secret_setting_file_is_a_clear_error_without_its_value(tmp_path: Pa
     (tmp_path / "secrets" / "FAAS_API_KEYS").mkdir()
     r = CliRunner().invoke(main, ["validate"])
     assert r.exit_code == 2 and "is a folder, not a file" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("", ""),
+        ("   ", ""),
+        ("kafka-1:9092", "kafka-1:9092"),
+        ("k1:9092, k2.example.com:19092 ,10.0.0.3:9093", "k1:9092,k2.example.com:19092,10.0.0.3:9093"),
+        ("broker_a", "broker_a"),  # no port: the client's 9092
+        ("[::1]:9092,[fe80::1%eth0]:1", "[::1]:9092,[fe80::1%eth0]:1"),
+        ("[2001:db8::7]", "[2001:db8::7]"),
+        ("::1", "::1"),  # aiokafka reads an unbracketed IPv6 address as one without a port
+        ("k:65535", "k:65535"),
+    ],
+)
+def test_bootstrap_servers_take_every_form_a_kafka_client_does(given: str, kept: str) -> None:
+    assert bootstrap_servers(given) == kept
+    assert Settings(kafka_bootstrap_servers=given).kafka_bootstrap_servers == kept
+
+
+BAD_BOOTSTRAP = [
+    ("host:abc", "port 'abc' is not a number"),
+    ("127.0.0.1:99999", "port 99999 is not between 1 and 65535"),
+    ("k:0", "port 0 is not between 1 and 65535"),
+    ("k:", "port '' is not a number"),
+    ("[::1", "no closing ']'"),
+    ("[::1]9092", "only ':port' may follow the ']'"),
+    ("[kafka]:9092", "'kafka' is not an IPv6 address"),
+    ("fe80::zz:9092", "an IPv6 address with a port goes in brackets"),
+    ("k1:9092,,k2:9092", "an empty entry"),
+    ("PLAINTEXT://k:9092", "no scheme"),
+    ("my host:9092", "'my host' is not a host name"),
+]
+
+
+@pytest.mark.parametrize(("value", "problem"), BAD_BOOTSTRAP)
+def test_malformed_bootstrap_servers_are_a_usage_error_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """1. FAAS_KAFKA_BOOTSTRAP_SERVERS malformed. 2. `faas run` (its node a fake that would serve), `faas
+    history x`, `faas emit x`. Result: each exits 2 with one `invalid setting: FAAS_KAFKA_BOOTSTRAP_SERVERS`
+    line naming the entry and what is wrong; the node never starts and no Kafka client is made."""
+    served: list[Settings] = []
+
+    def serve(settings: Settings, kafka: bool = True) -> int:
+        served.append(settings)
+        return 0
+
+    monkeypatch.setitem(sys.modules, "framework.node", types.SimpleNamespace(serve=serve))
+    monkeypatch.setenv("FAAS_KAFKA_BOOTSTRAP_SERVERS", value)
+    for args in (["run"], ["history", "x"], ["emit", "x", "--timeout", "1"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (args, r.output, r.exception)
+        error = r.stderr.splitlines()[-1]
+        assert error.startswith("Error: invalid setting: FAAS_KAFKA_BOOTSTRAP_SERVERS: "), error
+        assert problem in error and "Value error" not in error, error
+    assert served == []

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from framework import __version__
 from framework.cli import calls, deployments, logs, replay, serve, working_copy
@@ -36,10 +37,15 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
         ctx.obj = Settings(manifest=manifest) if manifest is not None else Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"FAAS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            f"FAAS_{'_'.join(map(str, e['loc'])).upper()}: {_message(e)}" if e["loc"] else _message(e)
             for e in exc.errors()
         )
         raise click.UsageError(f"invalid setting: {problems}") from None
+
+
+def _message(error: ErrorDetails) -> str:
+    # pydantic prefixes the text of a validator's ValueError with "Value error, ": noise on a CLI line.
+    return error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
 
 
 for command in (

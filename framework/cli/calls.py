@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import click
 
 from framework.cli import scripting
-from framework.cli.common import fail, load, need_broker, pass_settings
+from framework.cli.common import (
+    bootstrap_option,
+    check_event_type,
+    fail,
+    load,
+    looks_like_uuid,
+    need_broker,
+    pass_settings,
+    seconds,
+    utf8,
+)
 from framework.control.registry import Registry
 from framework.errors import FaasError
 from framework.settings import Settings
@@ -22,8 +32,47 @@ HTTP_TIMEOUT = 120.0
 """Seconds `invoke --url` waits for the node: longer than a queue wait plus the 30 s time limit."""
 
 
+def node_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--url`: an http or https URL naming a host. urllib fails on anything else with a traceback, and
+    on other schemes (ftp://) only after the whole HTTP_TIMEOUT."""
+    if value is None:
+        return None
+    if not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        raise click.BadParameter(f"{value!r}: only printable ASCII without spaces (percent-encode the rest)")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check (a number in 0-65535)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(
+            f"{value!r}: give an http or https URL with a host, e.g. http://127.0.0.1:8080"
+        )
+    return value
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot go in an `Authorization: Bearer` header, or None. The node compares the header's
+    bytes with the UTF-8 of its keys, so any UTF-8 text goes, except control characters (a line break
+    would start another header)."""
+    if not key.strip():
+        return "it is empty"
+    if any(not c.isprintable() and c != " " for c in key):
+        return "it holds control characters or bytes that are not UTF-8"
+    return None
+
+
+def _api_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = None if value is None else key_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"not a usable key: {problem}")
+    return value
+
+
 def _post(url: str, payload: bytes, key: str | None) -> Any:
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    # http.client sends header text as Latin-1: this text is the key's UTF-8 bytes, as the node reads them.
+    bearer = f"Bearer {key}".encode().decode("latin-1") if key else None
+    headers = {"Content-Type": "application/json"} | ({"Authorization": bearer} if bearer else {})
     request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
@@ -48,15 +97,19 @@ data_option = click.option(
 @click.option(
     "--url",
     show_envvar=True,
+    callback=node_url,
     help="A running node, e.g. http://127.0.0.1:8080; without it, run once locally.",
 )
 @click.option(
-    "--api-key", show_envvar=True, help="Bearer key for --url.  [default: the first of FAAS_API_KEYS]"
+    "--api-key",
+    show_envvar=True,
+    callback=_api_key,
+    help="Bearer key for --url.  [default: the first of FAAS_API_KEYS]",
 )
 @pass_settings
 def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, api_key: str | None) -> None:
     """Invoke a function once and print its result JSON (locally: any state, as a test run)."""
-    is_uuid = re.fullmatch(r"[0-9a-fA-F-]{36}", name_or_uuid) is not None
+    is_uuid = looks_like_uuid(name_or_uuid)
     spec = None
     if not (url and is_uuid):
         spec = Registry(load(settings, check_handlers=False)).find(name_or_uuid)
@@ -65,6 +118,8 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
     if url:
         target = spec.uuid if spec is not None else name_or_uuid.lower()
         key = api_key or next(iter(settings.keys), None)
+        if not api_key and key is not None and (problem := key_problem(key)) is not None:
+            raise click.UsageError(f"invalid setting: FAAS_API_KEYS: the first key is not usable: {problem}")
         body = _post(f"{url.rstrip('/')}/functions/{target}/invoke", data, key)
         click.echo(json.dumps(body.get("result") if isinstance(body, dict) else body))
         return
@@ -79,20 +134,19 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
 
 
 @click.command()
-@click.argument("event_type")
+@click.argument("event_type", callback=lambda ctx, param, value: check_event_type(value))
 @data_option
+@click.option("--timeout", show_envvar=True, type=float, callback=seconds, default=30.0, help="Seconds.")
+@bootstrap_option
 @click.option(
-    "--timeout", show_envvar=True, type=click.FloatRange(min=0, min_open=True), default=30.0, help="Seconds."
+    "--key", show_envvar=True, callback=utf8, help="The event's Kafka key (UTF-8).  [default: none]"
 )
 @click.option(
-    "--bootstrap",
-    envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
-    show_envvar=True,
-    help="Kafka host:port list.  [default: the local embedded broker]",
+    "--id", "event_id", show_envvar=True, callback=utf8, help="The event's ce_id.  [default: a new UUID]"
 )
-@click.option("--key", show_envvar=True, help="The event's Kafka key (UTF-8).  [default: none]")
-@click.option("--id", "event_id", show_envvar=True, help="The event's ce_id.  [default: a new UUID]")
-@click.option("--source", show_envvar=True, help="The event's ce_source.  [default: faas-client]")
+@click.option(
+    "--source", show_envvar=True, callback=utf8, help="The event's ce_source.  [default: faas-client]"
+)
 @pass_settings
 def emit(
     settings: Settings,

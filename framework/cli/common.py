@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import NoReturn
@@ -11,13 +13,23 @@ import click
 from framework.control.manifest import Manifest, load_manifest
 from framework.errors import ManifestError
 from framework.kafka.embedded import port_open, speaks_kafka
-from framework.settings import Settings
+from framework.settings import Settings, bootstrap_servers
 
 pass_settings = click.make_pass_decorator(Settings)
 
 ANSWER_TIMEOUT = 2.0
 """Seconds what listens on the embedded broker's port has to answer as Kafka (a broker answers in
 milliseconds; a listener that is not Kafka is either quick to say something else or silent until then)."""
+
+
+DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UUID_FORM = re.compile(r"[0-9a-fA-F-]{36}")
+
+
+def looks_like_uuid(text: str) -> bool:
+    """Whether `text` is shaped as a function's uuid (verbs then take it as one, not as a name)."""
+    return UUID_FORM.fullmatch(text) is not None
 
 
 def fail(*lines: str) -> NoReturn:
@@ -82,3 +94,74 @@ def need_broker(settings: Settings, given: str | None = None) -> str:
     if broker.bootstrap is None:
         fail(broker.missing)
     return broker.bootstrap
+
+
+# ---- option checks: a bad value is a usage error (exit 2) naming the option, never a traceback later ----
+
+
+def _bootstrap(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return bootstrap_servers(value) or None  # empty: not given (the embedded broker)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+bootstrap_option = click.option(
+    "--bootstrap",
+    envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
+    show_envvar=True,
+    callback=_bootstrap,
+    help="Kafka host:port list.  [default: the local embedded broker]",
+)
+"""`--bootstrap`, checked by the rule FAAS_KAFKA_BOOTSTRAP_SERVERS follows (`settings.bootstrap_servers`)."""
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`--since`: `30s`, `10m`, `2h`, `7d` as seconds (None when not given). Any length is a duration;
+    one reaching before 1970 means "from the start" (`cutoff_ms`)."""
+    if value is None:
+        return None
+    match = DURATION.match(value)
+    if match is None:
+        raise click.BadParameter(f"{value!r} is not a duration such as 30s, 10m, 2h or 7d")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def cutoff_ms(since: float, now: float) -> int:
+    """Epoch milliseconds `since` seconds before `now`, never before the epoch (Kafka refuses negative
+    timestamps; a huge duration may be infinite as a float)."""
+    return int(max(0.0, now - since) * 1000)
+
+
+def seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A timeout: finite and over 0 (click's FloatRange lets `nan` and `inf` through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value:g} is not a number of seconds over 0")
+    return value
+
+
+def utf8(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Text sent as UTF-8. Bytes in the command line that are not UTF-8 reach Python as lone surrogates,
+    which no encoder takes."""
+    if value is not None and not _is_utf8(value):
+        raise click.BadParameter(f"{value!r} is not valid UTF-8")
+    return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_event_type(value: str) -> str:
+    """A CloudEvent type as the CLI takes one (`emit TYPE`, `new --event`): non-empty UTF-8 text."""
+    if not value:
+        raise click.BadParameter("an event type cannot be empty")
+    if not _is_utf8(value):
+        raise click.BadParameter(f"{value!r} is not valid UTF-8")
+    return value

@@ -4,7 +4,8 @@ Each verb reads the deployment log to its end, then publishes (code record, ackn
 revision record) and only then edits the manifest, so a failure leaves neither a half-published revision
 nor a manifest that claims what did not happen. The broker is `FAAS_KAFKA_BOOTSTRAP_SERVERS`, else the
 local embedded broker when its port answers as Kafka (`common.find_broker`); with neither, deploy and
-undeploy only edit the manifest and say so, `ls` shows no revisions, history and rollback exit 1.
+undeploy only edit the manifest and say so, `ls` shows no revisions, history and rollback exit 1. History
+and rollback also exit 1 for a NAME that neither the manifest nor the log knows, as deploy does.
 Everything that talks to the broker is bounded by `BROKER_TIMEOUT` seconds: exit 1 after that.
 """
 
@@ -215,7 +216,10 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
     bootstrap = need_broker(settings)
 
     async def publish(log: KafkaLog) -> str:
-        kept = log.state.kept(uuid or _uuid_of(log.state, fn))
+        found = _uuid_of(log.state, uuid, fn)
+        if found is None:
+            return "!" + _unknown(settings, fn)
+        kept = log.state.kept(found)
         if not kept:
             return f"!{fn}: no revisions kept"
         newest = kept[0]
@@ -264,26 +268,40 @@ def _identify(settings: Settings, name: str) -> tuple[str | None, str]:
     return (spec.uuid, spec.name) if spec is not None else (None, name)
 
 
-def _uuid_of(state: LogState, name: str) -> str:
-    """A function's uuid by its name or uuid in the log (functions deployed from another folder)."""
-    for uuid in state.revisions:
-        newest = state.newest(uuid)
-        if uuid == name.lower() or (newest is not None and newest.function == name):
-            return uuid
-    return name
+def _uuid_of(state: LogState, uuid: str | None, name: str) -> str | None:
+    """The function's uuid: `uuid` (the manifest's), else the one the log knows by this name or uuid
+    (functions deployed from another folder, or since removed from the manifest); None when neither knows
+    it."""
+    if uuid is not None:
+        return uuid
+    for known in state.revisions:
+        newest = state.newest(known)
+        if known == name.lower() or (newest is not None and newest.function == name):
+            return known
+    return None
+
+
+def _unknown(settings: Settings, name: str) -> str:
+    return f"no function named {name!r} in {settings.manifest} or the deployment log"
 
 
 def _kept(settings: Settings, name: str) -> list[Revision]:
+    """The kept revisions of NAME, newest first (none for a function never deployed); exit 1 when neither
+    the manifest nor the log knows NAME."""
     uuid, fn = _identify(settings, name)
     bootstrap = need_broker(settings)
 
-    async def read(log: KafkaLog) -> list[Revision]:
-        return log.state.kept(uuid or _uuid_of(log.state, fn))
+    async def read(log: KafkaLog) -> list[Revision] | None:
+        found = _uuid_of(log.state, uuid, fn)
+        return None if found is None else log.state.kept(found)
 
     try:
-        return with_log(settings, bootstrap, read, BROKER_TIMEOUT)
+        kept = with_log(settings, bootstrap, read, BROKER_TIMEOUT)
     except ConnectionError as exc:
         fail(str(exc))
+    if kept is None:
+        fail(_unknown(settings, name))
+    return kept
 
 
 def revision_cells(settings: Settings, manifest: Manifest) -> dict[str, str]:

@@ -11,7 +11,9 @@ Without `--follow` it reads up to the end offsets it saw at start, prints what i
 invocation (time, function, the full invocation id, trigger, event, outcome, duration, cold/warm, the
 attempt when over 1, the node), its log lines indented below; colours only on a terminal (and never with
 `NO_COLOR`); `--json` prints each record as one JSON line. Values on the topic that are not invocation
-records are skipped and counted on stderr. An unreachable broker is one line on stderr and exit 1.
+records are skipped and counted on stderr. An unreachable broker is one line on stderr and exit 1. A NAME
+that matches no record and is neither a function of the manifest nor a uuid gets one warning line on
+stderr, exit 0: records of functions since removed stay on the topic, so only the topic can say.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -32,7 +33,17 @@ import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import need_broker, pass_settings
+from framework.cli.common import (
+    bootstrap_option,
+    cutoff_ms,
+    duration,
+    looks_like_uuid,
+    need_broker,
+    pass_settings,
+)
+from framework.control.manifest import load_manifest
+from framework.control.registry import Registry
+from framework.errors import ManifestError
 from framework.kafka.options import reader
 from framework.settings import Settings
 from framework.tasks import within
@@ -43,23 +54,11 @@ CONNECT_TIMEOUT = 15.0
 """Seconds to reach the broker before giving up."""
 STALL_TIMEOUT = 30.0
 """Seconds without progress after which a read to the end gives up (a partition that never fills)."""
-SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
 
 
 class Unreachable(Exception):
     """The broker could not be reached."""
-
-
-def parse_since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """`30s`, `10m`, `2h`, `7d` as seconds (None when not given)."""
-    if value is None:
-        return None
-    match = SINCE.match(value)
-    if match is None:
-        raise click.BadParameter(f"{value!r} is not a duration such as 30s, 10m, 2h or 7d")
-    return float(match.group(1)) * UNITS[match.group(2)]
 
 
 class Selection:
@@ -140,9 +139,10 @@ async def read(
     selection: Selection,
     follow: bool,
     show: Callable[[dict[str, Any]], None],
+    caught_up: Callable[[], None] = lambda: None,
 ) -> None:
-    """Print the selected records of FAAS_INVOCATIONS_TOPIC (ordered by started_at), then, with `follow`,
-    new ones."""
+    """Print the selected records of FAAS_INVOCATIONS_TOPIC (ordered by started_at), call `caught_up`, then,
+    with `follow`, print new ones."""
     topic = settings.invocations_topic
     consumer = reader(servers, settings, max_partition_fetch_bytes=8 * 1024 * 1024, metadata_max_age_ms=2000)
     try:
@@ -155,6 +155,7 @@ async def read(
     try:
         tps = await _assign(consumer, topic, selection, follow)
         if not tps:
+            caught_up()
             return
         end = await consumer.end_offsets(tps)
         kept: list[dict[str, Any]] = []
@@ -172,6 +173,7 @@ async def read(
                 kept.extend(r for m in messages if (r := selection.pick(m.timestamp, m.value)) is not None)
         for record in sorted(kept, key=lambda r: str(r.get("started_at"))):
             show(record)
+        caught_up()
         if not follow:
             return
         # Ctrl-C (and SIGTERM) only set a flag: the loop sees it within one fetch (0.5 s) and ends the
@@ -222,19 +224,14 @@ async def _assign(
 @click.argument("name", required=False)
 @click.option(
     "--since",
-    callback=parse_since,
+    callback=duration,
     help="How far back: 30s, 10m, 2h, 7d.  [default: 1h; the whole topic with --invocation]",
 )
 @click.option("--failed", is_flag=True, help="Only invocations that failed.")
 @click.option("--invocation", "invocation_id", help="Only this invocation id.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
-@click.option(
-    "--bootstrap",
-    envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
-    show_envvar=True,
-    help="Kafka host:port list.  [default: the local embedded broker]",
-)
+@bootstrap_option
 @pass_settings
 def logs(
     settings: Settings,
@@ -250,19 +247,30 @@ def logs(
     or uuid."""
     if since is None and invocation_id is None:
         since = 3600.0
-    cutoff = None if since is None else int((time.time() - since) * 1000)
+    cutoff = None if since is None else cutoff_ms(since, time.time())
     selection = Selection(name, failed, invocation_id, cutoff)
     servers = need_broker(settings, bootstrap)
     colour = False if os.environ.get("NO_COLOR") else None  # None: click colours only on a terminal
+    shown = 0
 
     def show(record: dict[str, Any]) -> None:
+        nonlocal shown
+        shown += 1
         text = json.dumps(record, ensure_ascii=False) if as_json else render(record)
         click.echo(text, color=colour)
+
+    def caught_up() -> None:
+        if not shown and name is not None and _unknown(settings, name):
+            click.echo(
+                f"faas logs: no function named {name!r} in {settings.manifest}, and no invocation records "
+                "of it matched",
+                err=True,
+            )
 
     # aiokafka reports connection trouble through logging; the one line below says it instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
     try:
-        asyncio.run(read(servers, settings, selection, follow, show))
+        asyncio.run(read(servers, settings, selection, follow, show, caught_up))
     except Unreachable as exc:
         click.echo(f"faas logs: cannot reach the Kafka broker at {servers}: {exc}", err=True)
         sys.exit(1)
@@ -276,3 +284,16 @@ def logs(
         click.echo(
             f"faas logs: skipped {selection.skipped} records that are not invocation records", err=True
         )
+
+
+def _unknown(settings: Settings, name: str) -> bool:
+    """NAME is no function of the manifest and not a uuid. Records of functions since removed (or deployed
+    from elsewhere) are still on the topic, so this only explains an empty answer; an unreadable manifest
+    proves nothing."""
+    if looks_like_uuid(name):
+        return False
+    try:
+        manifest = load_manifest(settings.manifest, check_handlers=False)
+    except (ManifestError, OSError):
+        return False
+    return Registry(manifest).find(name) is None

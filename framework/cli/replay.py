@@ -8,27 +8,13 @@ every few hundred records of a long replay, then `replayed N, skipped M (reasons
 from __future__ import annotations
 
 import asyncio
-import re
 
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import need_broker
+from framework.cli.common import bootstrap_option, duration, need_broker
 from framework.kafka.replay import BrokerUnreachable, Selection, replay
 from framework.settings import Settings
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """`30s`, `10m`, `2h`, `7d` as seconds."""
-    if value is None:
-        return None
-    m = _DURATION.match(value)
-    if m is None:
-        raise click.BadParameter(f"{value!r} is not a duration such as 30s, 10m, 2h or 7d")
-    return float(m.group(1)) * _UNIT[m.group(2)]
 
 
 @click.command(name="replay")
@@ -37,19 +23,14 @@ def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--type", "event_type", show_envvar=True, help="Only events of this CloudEvent type.")
 @click.option(
     "--since",
-    callback=parse_duration,
+    callback=duration,
     show_envvar=True,
     help="Only events dead-lettered within this long: 30s, 10m, 2h, 7d.  [default: all]",
 )
 @click.option(
     "--dry-run", is_flag=True, show_envvar=True, help="List what would be replayed; produce nothing."
 )
-@click.option(
-    "--bootstrap",
-    envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
-    show_envvar=True,
-    help="Kafka host:port list.  [default: the local embedded broker]",
-)
+@bootstrap_option
 @click.pass_obj
 def replay_command(
     settings: Settings,

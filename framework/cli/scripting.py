@@ -80,7 +80,6 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     when not given)."""
     if value is None:
         return b"null"
-    raw: str | bytes = value
     if value == "@-":
         raw = sys.stdin.buffer.read()
     elif value.startswith("@"):
@@ -88,9 +87,14 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
             raw = Path(value[1:]).read_bytes()
         except OSError as exc:
             raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
+    else:
+        try:
+            raw = value.encode()  # command-line bytes that are not UTF-8 arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise click.BadParameter("not valid JSON: the text is not valid UTF-8") from None
     try:
         json.loads(raw)
     except ValueError as exc:
         where = " (from standard input)" if value == "@-" else ""
         raise click.BadParameter(f"not valid JSON{where}: {exc}") from None
-    return raw.strip() if isinstance(raw, bytes) else raw.strip().encode()
+    return raw.strip()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from framework.cli import scripting
-from framework.cli.common import fail, load, pass_settings
+from framework.cli.common import check_event_type, fail, load, pass_settings
 from framework.control.cron import next_fire
 from framework.control.manifest import NAME_PATTERN, load_manifest
 from framework.control.manifest_edit import add_function
@@ -80,7 +80,12 @@ def list_functions(settings: Settings, as_json: bool) -> None:
 @click.command()
 @click.argument("name")
 @click.option(
-    "--event", "events", show_envvar=True, multiple=True, help="Event type it listens to (repeatable)."
+    "--event",
+    "events",
+    show_envvar=True,
+    multiple=True,
+    callback=lambda ctx, param, values: tuple(check_event_type(v) for v in values),
+    help="Event type it listens to (repeatable).",
 )
 @pass_settings
 def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:

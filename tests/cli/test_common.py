@@ -12,12 +12,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from framework.cli import main
-from framework.cli.common import ANSWER_TIMEOUT, find_broker
+from framework.cli.common import ANSWER_TIMEOUT, cutoff_ms, duration, find_broker
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
 from tests.support import http_server, new_id, run_cli, silent_listener, write_project
@@ -210,3 +211,43 @@ def test_with_the_broker_on_the_port_every_verb_uses_it(tmp_path: Path, broker: 
     assert r.returncode == 0 and "replayed 0" in r.stdout, r.stdout + r.stderr
     r = run("emit", "ping", "--timeout", "3")
     assert r.returncode == 1 and "no reply to the 'ping' event within 3 s" in r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("host:abc", "port 'abc' is not a number"),
+        ("127.0.0.1:99999", "port 99999 is not between 1 and 65535"),
+        ("[::1", "no closing ']'"),
+        ("k1:9092,", "an empty entry"),
+    ],
+)
+def test_a_malformed_bootstrap_option_is_a_usage_error_naming_it(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    """1. `--bootstrap` malformed (FAAS_KAFKA_BOOTSTRAP_SERVERS unset). 2. `faas emit`, `logs`, `replay`.
+    Result: each exits 2 at once with one error line naming --bootstrap, the entry and what is wrong,
+    by the same rule as the setting (a Kafka client would fail with a traceback)."""
+    root = project(tmp_path)
+    for args in (["emit", "ping", "--timeout", "5"], ["logs"], ["replay", "--dry-run"]):
+        r, took = faas(root, free_port(), *args, "--bootstrap", value)
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (args, r.output, r.exception)
+        error = r.stderr.splitlines()[-1]
+        assert error.startswith("Error: Invalid value for '--bootstrap'") and problem in error, error
+        assert took < PROMPT, (args, took)
+
+
+def test_since_takes_any_length_and_a_cutoff_never_precedes_1970() -> None:
+    """`--since` (logs and replay share it): 30000d and a length too long for a float are durations;
+    their cutoff is the epoch, where Kafka's timestamps start."""
+    assert duration(click.Context(main), _since(), "30000d") == 30000 * 86400
+    assert cutoff_ms(30000 * 86400, now=1_700_000_000.0) == 0
+    assert cutoff_ms(duration(click.Context(main), _since(), "9" * 400 + "d") or 0, now=1.0) == 0
+    assert cutoff_ms(60, now=1_700_000_000.0) == 1_699_999_940_000
+    for bad in ("10", "5x", "-1m", "m", "nan s"):
+        with pytest.raises(click.BadParameter):
+            duration(click.Context(main), _since(), bad)
+
+
+def _since() -> click.Parameter:
+    return click.Option(["--since"])

@@ -54,10 +54,10 @@ def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, bro
 
 def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy alpha`. 4. `faas rollback alpha`.
-    5. `faas rollback alpha --to 9`. 6. `faas history ghost`. Result: revision 1 deployed, the state line
-    edited with its comment kept; unchanged, revision 1; revision 2 undeployed; the rollback publishes
-    revision 3 (rollback of 1); --to 9 exits 1 naming the kept revisions; an unknown function has no
-    revisions. The log holds the code record first, then the revision records.
+    5. `faas rollback alpha --to 9`. Result: revision 1 deployed, the state line edited with its comment
+    kept; unchanged, revision 1; revision 2 undeployed; the rollback publishes revision 3 (rollback of 1);
+    --to 9 exits 1 naming the kept revisions. The log holds the code record first, then the revision
+    records.
     """
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
@@ -74,8 +74,6 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert r.returncode == 0 and "alpha: revision 3 deployed (rollback of revision 1)" in r.stdout, r.stderr
     r = run_cli(root, "rollback", "alpha", "--to", "9", env=env)
     assert r.returncode == 1 and "revision 9 is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
-    r = run_cli(root, "history", "ghost", env=env)
-    assert r.returncode == 0 and "ghost: no revisions" in r.stdout, r.stderr
     keys = records(broker.bootstrap, topic)
     assert keys[0].startswith("code:") and keys[1:] == [f"rev:{u}:1", f"rev:{u}:2", f"rev:{u}:3"]
 
@@ -113,3 +111,29 @@ def test_without_a_broker_deploy_and_undeploy_only_edit_the_manifest(tmp_path: P
     assert "alpha: undeployed in " in r.stdout and "not published" in r.stdout, r.stdout
     text = (root / "functions.yaml").read_text()
     assert "state: undeployed   # kept as written" in text, text
+
+
+def test_history_and_rollback_of_a_function_no_one_knows_exit_1(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. alpha in the manifest, never deployed: `faas history alpha` (and `--json`). 2. `faas history
+    ghost` (and `--json`), `faas rollback ghost`: neither the manifest nor the log knows ghost. 3. alpha
+    deployed, then removed from the manifest: `faas history alpha`. Result: 1 exits 0 with no revisions
+    (`[]`); 2 exits 1 with one line, as deploy does for an unknown name; 3 still lists revision 1 from
+    the log."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    r = run_cli(root, "history", "alpha", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: no revisions\n", r.stdout + r.stderr
+    r = run_cli(root, "history", "alpha", "--json", env=env)
+    assert r.returncode == 0 and r.stdout == "[]\n", r.stdout + r.stderr
+    unknown = f"no function named 'ghost' in {root / 'functions.yaml'} or the deployment log"
+    for args in (("history", "ghost"), ("history", "ghost", "--json"), ("rollback", "ghost")):
+        r = run_cli(root, *args, env=env)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.splitlines() == [unknown], (args, r.stderr)
+    r = run_cli(root, "deploy", "alpha", env=env)
+    assert r.returncode == 0, r.stderr
+    (root / "functions.yaml").write_text("functions: []\n")
+    r = run_cli(root, "history", "alpha", env=env)
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["1"], r.stdout

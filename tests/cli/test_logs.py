@@ -274,3 +274,74 @@ def test_bad_since_is_a_usage_error(tmp_path: Path, since: str) -> None:
     root = write_project(tmp_path, MANIFEST, MODULES)
     r = run_cli(root, "logs", "--since", since, timeout=60)
     assert r.returncode == 2 and "--since" in r.stderr
+
+
+def _record(function: str, uuid: str) -> bytes:
+    return json.dumps(
+        {
+            "invocation_id": new_id(),
+            "function": function,
+            "uuid": uuid,
+            "trigger": "direct",
+            "ok": True,
+            "started_at": "2030-01-01T00:00:00.000Z",
+            "logs": [],
+        }
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def topic(broker: EmbeddedBroker) -> str:
+    """An invocations topic holding one record of echo and one of `gone`, a function no manifest names."""
+    name = f"t.inv.{new_id()[:8]}"
+    now = int(time.time() * 1000)
+    gone = new_id()
+    asyncio.run(
+        _produce(
+            broker.bootstrap,
+            name,
+            [(ECHO.encode(), _record("echo", ECHO), now), (gone.encode(), _record("gone", gone), now)],
+        )
+    )
+    return name
+
+
+def test_since_reaching_before_1970_reads_the_whole_topic(
+    tmp_path: Path, broker: EmbeddedBroker, topic: str
+) -> None:
+    """`faas logs --since 30000d` (and a length too long for a float), as `faas replay --since 30000d`
+    takes it: exit 0 with the topic's records (Kafka refuses a negative time to look up)."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    for since in ("30000d", "9" * 400 + "d"):
+        r = run_cli(root, "logs", "--since", since, "--json", env=env, timeout=90)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert sorted(json.loads(line)["function"] for line in r.stdout.splitlines()) == ["echo", "gone"]
+
+
+def test_a_name_no_function_has_is_read_and_warned_about_when_nothing_matches(
+    tmp_path: Path, broker: EmbeddedBroker, topic: str
+) -> None:
+    """1. A topic with records of echo and of `gone` (removed from the manifest). 2. `faas logs gone`,
+    `faas logs nope`, `faas logs boom` (in the manifest, no records), `faas logs <a uuid no one has>`.
+    Result: all exit 0 (the topic legitimately holds removed functions' records); gone's record is shown
+    with no warning; only `nope`, neither a function of the manifest nor a uuid, gets one warning line on
+    stderr saying so."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+
+    def logs(name: str) -> subprocess.CompletedProcess[str]:
+        r = run_cli(root, "logs", name, "--json", env=env, timeout=90)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    r = logs("gone")
+    assert [json.loads(line)["function"] for line in r.stdout.splitlines()] == ["gone"] and r.stderr == ""
+    r = logs("nope")
+    assert r.stdout == "" and r.stderr.splitlines() == [
+        "faas logs: no function named 'nope' in "
+        f"{root / 'functions.yaml'}, and no invocation records of it matched"
+    ], r.stderr
+    for quiet in ("boom", new_id()):
+        r = logs(quiet)
+        assert r.stdout == "" and r.stderr == "", (quiet, r.stderr)

@@ -72,3 +72,18 @@ def test_run_uses_a_kafka_broker_already_on_the_port(
     assert f"port {broker.port} is taken: using the Kafka broker already listening there" in tail, tail
     assert "embedded broker (Tansu" not in tail, tail
     assert n.stop() == 0, n.tail()
+
+
+def test_run_exits_1_when_its_http_port_is_taken(tmp_path: Path) -> None:
+    """1. Something listens on the HTTP port. 2. `faas run --no-kafka --port PORT`. Result: exit 1 (the
+    contract's failure code, not uvicorn's 3) with the log line saying the address is in use, and no
+    traceback."""
+    root = write_project(tmp_path, manifest(), {"m": MODULE})
+    with silent_listener() as port:
+        env = {"FAAS_LOG_FORMAT": "text", "FAAS_WATCH": "false"}
+        r = run_cli(root, "run", "--no-kafka", "--port", str(port), env=env, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"error while attempting to bind on address ('127.0.0.1', {port}): address already in use" in (
+        r.stderr
+    ), r.stderr
+    assert "Traceback" not in r.stderr, r.stderr

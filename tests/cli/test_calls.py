@@ -1,0 +1,202 @@
+"""`faas invoke` and `faas emit` on option values they cannot send (framework/cli/calls.py; DESIGN.md 6):
+each is a usage error (exit 2) naming the option, never a traceback, a hang or a malformed event."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from framework.cli import main
+from framework.sources.http.auth import BearerAuth
+from tests.support import write_project
+
+ALPHA = "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b01"
+MANIFEST = f"""
+functions:
+  - {{name: alpha, uuid: {ALPHA}, handler: functions.m:handle}}
+"""
+MODULE = "async def handle(payload, ctx):\n    return payload\n"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return write_project(tmp_path, MANIFEST, {"m": MODULE})
+
+
+def faas(root: Path, *args: str, **env: str) -> Result:
+    environment = {"FAAS_MANIFEST": str(root / "functions.yaml"), "FAAS_KAFKA_BOOTSTRAP_SERVERS": "", **env}
+    return CliRunner().invoke(main, list(args), env=environment)
+
+
+def usage_error(r: Result, option: str) -> str:
+    """The one error line of a usage error naming `option`."""
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    error = r.stderr.splitlines()[-1]
+    assert error.startswith(f"Error: Invalid value for '{option}'"), error
+    return error
+
+
+class _Node(http.server.BaseHTTPRequestHandler):
+    """Answers every POST as a node would and keeps the Authorization header's bytes."""
+
+    seen: list[bytes] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        # http.server decodes header bytes as Latin-1: encoding back gives the bytes that were sent.
+        self.seen.append(self.headers.get("Authorization", "").encode("latin-1"))
+        body = json.dumps({"invocation_id": "i", "result": "done", "duration_ms": 1, "cold_start": False})
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Node)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Node.seen.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("notaurl", "give an http or https URL with a host"),
+        ("http://[::1", "is not a URL: Invalid IPv6 URL"),
+        ("ftp://127.0.0.1:21", "give an http or https URL with a host"),
+        ("http://", "give an http or https URL with a host"),
+        ("http://127.0.0.1:99999", "is not a URL: Port out of range"),
+        ("http://127.0.0.1:80a", "is not a URL: Port could not be cast"),
+        ("http://127.0.0.1/a b", "only printable ASCII without spaces"),
+        ("http://bücher.example/", "only printable ASCII without spaces"),
+    ],
+)
+def test_a_url_that_is_no_node_is_a_usage_error(
+    root: Path, monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    """`faas invoke alpha --url URL` (also by uuid) with a URL urllib cannot call as a node: exit 2 with one
+    line naming --url and what is wrong, at once (an ftp:// URL used to wait out the whole HTTP timeout,
+    here shortened so that a wait fails the test instead of stalling it)."""
+    monkeypatch.setattr("framework.cli.calls.HTTP_TIMEOUT", 1.0)
+    for target in ("alpha", ALPHA):
+        error = usage_error(faas(root, "invoke", target, "--url", url), "--url")
+        assert problem in error, error
+
+
+@pytest.mark.parametrize("key", ["k1\nX: 1", "k1\r", "tab\there", "\udcff-not-utf8", "", "   "], ids=repr)
+def test_an_api_key_that_cannot_go_in_a_header_is_a_usage_error(root: Path, node: str, key: str) -> None:
+    """`faas invoke alpha --url URL --api-key KEY` with a line break, a control character, bytes that are
+    not UTF-8, or nothing: exit 2 naming --api-key; the node is never called."""
+    error = usage_error(faas(root, "invoke", "alpha", "--url", node, "--api-key", key), "--api-key")
+    assert "not a usable key" in error, error
+    assert _Node.seen == []
+
+
+def test_the_default_key_from_faas_api_keys_is_checked_without_showing_it(root: Path, node: str) -> None:
+    r = faas(root, "invoke", "alpha", "--url", node, FAAS_API_KEYS="line\nbreak-key,k2")
+    assert r.exit_code == 2 and "invalid setting: FAAS_API_KEYS: the first key is not usable" in r.stderr
+    assert "break-key" not in r.output and _Node.seen == []
+
+
+def test_a_utf8_api_key_goes_as_the_node_reads_it(root: Path, node: str) -> None:
+    """`--api-key 你好`: sent as its UTF-8 bytes, which is how a node with FAAS_API_KEYS=你好 compares
+    keys (framework/sources/http/auth.py), so the node lets the call in."""
+    r = faas(root, "invoke", "alpha", "--url", node, "--api-key", "你好")
+    assert r.exit_code == 0 and r.stdout == '"done"\n', (r.output, r.exception)
+    assert _Node.seen == ["Bearer 你好".encode()]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    assert BearerAuth(app, ["你好"]).allowed({"headers": [(b"authorization", _Node.seen[0])]})
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """A fake framework.kafka.client whose EventClient records each emit and answers ok."""
+    calls: list[dict[str, Any]] = []
+
+    class EventClient:
+        def __init__(self, bootstrap: str, settings: Any, source: str = "faas-client") -> None:
+            self.bootstrap, self.source = bootstrap, source
+
+        async def emit(self, type_: str, payload: Any, **kw: Any) -> dict[str, Any]:
+            calls.append({"bootstrap": self.bootstrap, "source": self.source, "type": type_, **kw})
+            return {"id": "e1", "event": type_, "ok": True, "results": [], "error": None}
+
+    monkeypatch.setitem(sys.modules, "framework.kafka.client", types.SimpleNamespace(EventClient=EventClient))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "problem"),
+    [
+        (["", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type cannot be empty"),
+        (["\udcff", "--bootstrap", "k:1"], "EVENT_TYPE", "is not valid UTF-8"),
+        (["ping", "--key", "\udcff"], "--key", "is not valid UTF-8"),
+        (["ping", "--id", "id-\udcff"], "--id", "is not valid UTF-8"),
+        (["ping", "--source", "\udcff"], "--source", "is not valid UTF-8"),
+        (["ping", "--data", '"\udcff"'], "--data", "not valid UTF-8"),
+        (["ping", "--timeout", "nan"], "--timeout", "nan is not a number of seconds over 0"),
+        (["ping", "--timeout", "inf"], "--timeout", "inf is not a number of seconds over 0"),
+        (["ping", "--timeout", "0"], "--timeout", "0 is not a number of seconds over 0"),
+        (["ping", "--timeout", "-1"], "--timeout", "-1 is not a number of seconds over 0"),
+    ],
+)
+def test_emit_refuses_what_it_cannot_send(
+    root: Path, client: list[dict[str, Any]], args: list[str], option: str, problem: str
+) -> None:
+    """`faas emit` with an empty event type (a record without ce_type, answered BadEvent), command-line
+    bytes that are not UTF-8 in a value that goes on the wire, or a timeout that is not finite and over 0
+    (nan waited for ever): exit 2 naming the option or argument; nothing is produced."""
+    error = usage_error(faas(root, "emit", *args, FAAS_KAFKA_BOOTSTRAP_SERVERS="k:1"), option)
+    assert problem in error, error
+    assert client == []
+
+
+def test_emit_hands_the_client_the_bootstrap_list_and_values_it_was_given(
+    root: Path, client: list[dict[str, Any]]
+) -> None:
+    r = faas(
+        root,
+        "emit",
+        "ping.é",
+        "--bootstrap",
+        " [::1]:9092, k2:9093 ",
+        "--key",
+        "kéy",
+        "--id",
+        "i-1",
+        "--source",
+        "s/1",
+        "--timeout",
+        "2.5",
+    )
+    assert r.exit_code == 0 and json.loads(r.stdout)["ok"] is True, (r.output, r.exception)
+    assert client == [
+        {
+            "bootstrap": "[::1]:9092,k2:9093",
+            "source": "s/1",
+            "type": "ping.é",
+            "key": "kéy".encode(),
+            "timeout": 2.5,
+            "id": "i-1",
+        }
+    ]
