@@ -47,6 +47,15 @@ class _EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def serve_until_stopped(self) -> None:
+        """`serve`, with uvicorn's `sys.exit(3)` on a failed startup (e.g. the port in use) turned into an
+        error: a SystemExit leaving a task ends the loop at once, skipping the node's stop (instances and
+        the embedded broker would be left running). The node then exits 1, the contract's failure code."""
+        try:
+            await self.serve()
+        except SystemExit as exc:
+            raise RuntimeError(f"the HTTP server exited with code {exc.code} (see the error above)") from None
+
 
 class Node:
     def __init__(self, settings: Settings, manifest: Manifest, kafka: bool = True) -> None:
@@ -212,7 +221,7 @@ class Node:
         secrets = SecretsWatcher(self.settings.secrets_path, self.secrets_changed)
         stop_watch = asyncio.Event()
         tasks = [
-            asyncio.create_task(server.serve(), name="http"),
+            asyncio.create_task(server.serve_until_stopped(), name="http"),
             asyncio.create_task(watcher.run(stop_watch), name="watch"),
             asyncio.create_task(secrets.run(stop_watch), name="secrets"),
         ]

@@ -79,11 +79,4 @@ def run(
     if watch is not None:
         settings.watch = watch
 
-    try:
-        code = serve(settings, kafka=not no_kafka)
-    except SystemExit as exc:
-        # uvicorn exits 3 when it cannot bind (it has logged why); the contract knows 0, 1 and 2 only.
-        if isinstance(exc.code, int) and exc.code not in (0, 1, 2):
-            sys.exit(1)
-        raise
-    sys.exit(code)
+    sys.exit(serve(settings, kafka=not no_kafka))

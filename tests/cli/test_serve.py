@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.kafka.embedded import EmbeddedBroker, free_port, port_open
 from tests.support import Node, http_server, new_id, run_cli, silent_listener, write_project
 
 pytestmark = pytest.mark.timeout(300)  # a CLI process on a shared, slow machine
@@ -87,3 +87,28 @@ def test_run_exits_1_when_its_http_port_is_taken(tmp_path: Path) -> None:
         r.stderr
     ), r.stderr
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_taken_http_port_stops_the_embedded_broker_it_started(tmp_path: Path) -> None:
+    """1. Something listens on the HTTP port. 2. `faas run` on the embedded broker (a free broker port).
+    Result: exit 1 after the node's own stop ran ("stopped:" logged), and no broker is left listening on
+    the broker port (before, uvicorn's exit skipped the stop and left Tansu running, orphaned)."""
+    root = write_project(tmp_path, manifest(), {"m": MODULE})
+    broker_port = free_port()
+    with silent_listener() as port:
+        env = {
+            "FAAS_LOG_FORMAT": "text",
+            "FAAS_WATCH": "false",
+            "FAAS_KAFKA_BOOTSTRAP_SERVERS": "",
+            "FAAS_EMBEDDED_BROKER_PORT": str(broker_port),
+        }
+        r = run_cli(root, "run", "--port", str(port), env=env, timeout=180)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "embedded broker (Tansu" in r.stderr, r.stderr
+    assert "address already in use" in r.stderr, r.stderr
+    assert "stopped:" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    deadline = time.monotonic() + 10
+    while port_open("127.0.0.1", broker_port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not port_open("127.0.0.1", broker_port), f"a broker still listens on {broker_port}"
