@@ -73,6 +73,26 @@ def _targets(manifest: Manifest, names: tuple[str, ...], all_: bool) -> list[Fun
     return specs
 
 
+def _name_clashes(state: LogState, specs: list[FunctionSpec]) -> list[str]:
+    """A refusal line ("!" first) per spec whose name a live function outside this deploy holds, or
+    that one renames away from in this deploy: every reader would refuse the revision (`log_state`), so
+    publishing it would deploy nothing while saying "deployed"."""
+    names = {spec.uuid: spec.name for spec in specs}
+    lines = []
+    for spec in specs:
+        holder = state.holder(spec.name, spec.uuid)
+        if holder is not None and names.get(holder.uuid, spec.name) == spec.name:
+            lines.append(_clash_line(spec.name, holder))
+    return lines
+
+
+def _clash_line(name: str, holder: Revision) -> str:
+    return (
+        f"!{name}: not deployed: live function {holder.uuid} (revision {holder.revision}) has the name "
+        f"{name!r}; undeploy or rename it first (names are unique)"
+    )
+
+
 def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> None:
     for spec in specs:
         if spec.state != state:
@@ -105,6 +125,9 @@ def _publish_then_set(
         lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
     except ConnectionError as exc:
         fail(str(exc))
+    refused = [line[1:] for line in lines if line.startswith("!")]
+    if refused:
+        fail(*refused)  # nothing was published: the manifest stays as it was
     _set_states(settings, specs, state)
     for line in lines:
         click.echo(line)
@@ -134,6 +157,9 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
         fail(*errors)
 
     async def publish(log: KafkaLog) -> list[str]:
+        clashes = _name_clashes(log.state, specs)
+        if clashes:
+            return clashes
         items = []
         for spec in specs:
             cand = found[spec.uuid]
@@ -233,6 +259,9 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
             return f"!{fn}: revision {to} is not kept (kept: {numbers})"
         if target.action != "deploy" or target.code_sha256 not in log.state.codes:
             return f"!{fn}: revision {target.revision} is an undeploy or lacks its code; pick another"
+        holder = log.state.holder(str(target.spec.get("name")), newest.uuid)
+        if holder is not None:
+            return _clash_line(str(target.spec.get("name")), holder)
         cand = Revision(
             uuid=newest.uuid,
             function=newest.function,

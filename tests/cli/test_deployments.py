@@ -137,3 +137,34 @@ def test_history_and_rollback_of_a_function_no_one_knows_exit_1(
     (root / "functions.yaml").write_text("functions: []\n")
     r = run_cli(root, "history", "alpha", env=env)
     assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["1"], r.stdout
+
+
+def test_deploy_and_rollback_refuse_a_name_another_live_function_holds(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. Working copy A deploys alpha (uuid A). 2. Working copy B, whose draft alpha has uuid B, runs
+    `faas deploy alpha`. 3. A undeploys alpha; B deploys alpha. 4. A runs `faas rollback alpha`.
+    Result: step 2 exits 1 naming uuid A as the holder of 'alpha', publishes no revision of B and leaves B's
+    manifest a draft (before, it said "revision 1 deployed" for a revision every reader refuses); step 3
+    deploys B's revision 1; step 4 exits 1 naming uuid B, and A's log keeps revisions 1 and 2 only.
+    """
+    ua, ub, topic = new_id(), new_id(), f"t.deploy.{new_id()[:8]}"
+    a = write_project(tmp_path / "a", manifest(ua, "draft"), {"m": MODULE})
+    b = write_project(tmp_path / "b", manifest(ub, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    r = run_cli(a, "deploy", "alpha", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: revision 1 deployed\n", r.stderr
+    before = (b / "functions.yaml").read_text()
+    r = run_cli(b, "deploy", "alpha", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"alpha: not deployed: live function {ua} (revision 1) has the name 'alpha'" in r.stderr, r.stderr
+    assert (b / "functions.yaml").read_text() == before
+    assert not [k for k in records(broker.bootstrap, topic) if k.startswith(f"rev:{ub}:")]
+    assert run_cli(a, "undeploy", "alpha", env=env).returncode == 0
+    r = run_cli(b, "deploy", "alpha", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: revision 1 deployed\n", r.stderr
+    r = run_cli(a, "rollback", "alpha", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"live function {ub} (revision 1) has the name 'alpha'" in r.stderr, r.stderr
+    keys = records(broker.bootstrap, topic)
+    assert [k for k in keys if k.startswith(f"rev:{ua}:")] == [f"rev:{ua}:1", f"rev:{ua}:2"], keys
