@@ -34,7 +34,7 @@ from framework.observe import tracing
 from framework.observe.spans import export_event
 from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
-from framework.sources.http.body import read_body, read_payload
+from framework.sources.http.body import BodyReader
 from framework.sources.http.cloudevents import receive, typed_event
 from framework.sources.http.dashboard import Dashboard
 from framework.sources.http.invocations import InvocationLog, InvocationRoutes
@@ -144,7 +144,7 @@ class HttpSource:
         self.readiness_view = readiness
         self.deployments = deployments
         self.metrics_renderer = metrics
-        self.limit = settings.max_payload_bytes
+        self.body = BodyReader(settings.max_payload_bytes, settings.http_body_timeout)
         self.openapi = orjson.dumps(openapi_document(auth=bool(settings.keys)))
 
     # ---- functions ----
@@ -153,7 +153,7 @@ class HttpSource:
         """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's."""
         invoker = self.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
-        payload = await read_body(scope, receive, self.limit)
+        payload = await self.body.read(scope, receive)
         # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
         res = await invoker.direct(uuid, payload, span)
         return orjson.dumps(
@@ -236,7 +236,7 @@ class HttpSource:
         event: str = request.path_params["type"]
         event_id = request.headers.get("ce-id") or new_id()
         try:
-            payload = await read_payload(request, self.limit)
+            payload = await self.body.read_request(request)
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route.
             return JSONResponse(EventReply.failed(event_id, event, exc).to_json(), exc.status)
@@ -249,7 +249,7 @@ class HttpSource:
         return JSONResponse(reply.to_json(), status, headers={"traceparent": span.traceparent})
 
     async def cloudevent(self, request: Request) -> Response:
-        return await receive(self.invoker, request, self.limit)
+        return await receive(self.invoker, request, self.body)
 
     # ---- operations ----
 

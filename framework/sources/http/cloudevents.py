@@ -32,7 +32,7 @@ from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.observe import tracing
 from framework.observe.spans import export_event
-from framework.sources.http.body import read_payload
+from framework.sources.http.body import BodyReader
 from framework.sources.http.responses import JSONResponse
 from framework.types import new_id
 
@@ -80,11 +80,11 @@ def reply_response(reply: EventReply) -> Response:
     )
 
 
-async def receive(invoker: Invoker, request: Request, limit: int) -> Response:
+async def receive(invoker: Invoker, request: Request, reader: BodyReader) -> Response:
     """Serve one CloudEvent delivered over HTTP; FaasErrors (413, 400) propagate to the caller's guard."""
-    body = await read_payload(request, limit)
+    body = await reader.read_request(request)
     headers = kafka_headers(request.scope["headers"])
-    event = cloudevents.parse(body, headers, limit)
+    event = cloudevents.parse(body, headers, reader.limit)
     if isinstance(event, cloudevents.BadRecord):
         raise BadRequest(event.message.replace("ce_", "ce-"))
     for why in event.dropped:
