@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import click
 
-from framework.control.manifest import Manifest, load_manifest
+from framework.control.manifest import Manifest, event_type, load_manifest
 from framework.errors import ManifestError
 from framework.kafka.embedded import port_open, speaks_kafka
 from framework.settings import Settings, bootstrap_servers
@@ -159,9 +159,11 @@ def _is_utf8(text: str) -> bool:
 
 
 def check_event_type(value: str) -> str:
-    """A CloudEvent type as the CLI takes one (`emit TYPE`, `new --event`): non-empty UTF-8 text."""
-    if not value:
-        raise click.BadParameter("an event type cannot be empty")
+    """A CloudEvent type as the CLI takes one (`emit TYPE`, `new --event`): non-blank UTF-8 text."""
+    try:
+        event_type(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     if not _is_utf8(value):
         raise click.BadParameter(f"{value!r} is not valid UTF-8")
     return value

@@ -60,7 +60,9 @@ def _finite(value: Any) -> Any:
     return _not_bool(value)
 
 
-def _event_type(name: str) -> str:
+def event_type(name: str) -> str:
+    """`name` as an event type (the manifest's `events`, `faas emit TYPE`, `faas new --event`); ValueError
+    when it is blank."""
     if not name.strip():
         raise ValueError("an event type must not be empty")
     return name
@@ -70,7 +72,7 @@ Count = Annotated[int, BeforeValidator(_not_bool)]
 """A whole number of the manifest (`true` is not 1)."""
 Seconds = Annotated[float, BeforeValidator(_finite)]
 """A finite number of seconds (`.nan`, `.inf` and `true` are refused)."""
-EventType = Annotated[str, AfterValidator(_event_type)]
+EventType = Annotated[str, AfterValidator(event_type)]
 """An event type a function listens to: any non-blank text (CloudEvents `type`)."""
 
 

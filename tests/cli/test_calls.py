@@ -148,7 +148,8 @@ def client(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("args", "option", "problem"),
     [
-        (["", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type cannot be empty"),
+        (["", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type must not be empty"),
+        (["  ", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type must not be empty"),
         (["\udcff", "--bootstrap", "k:1"], "EVENT_TYPE", "is not valid UTF-8"),
         (["ping", "--key", "\udcff"], "--key", "is not valid UTF-8"),
         (["ping", "--id", "id-\udcff"], "--id", "is not valid UTF-8"),

@@ -16,7 +16,10 @@ functions: []
 """
 
 
-@pytest.mark.parametrize(("event", "problem"), [("", "cannot be empty"), ("\udcff", "is not valid UTF-8")])
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [("", "must not be empty"), (" ", "must not be empty"), ("\udcff", "is not valid UTF-8")],
+)
 def test_new_refuses_an_event_type_no_event_can_have(tmp_path: Path, event: str, problem: str) -> None:
     """`faas new ok1 --event EVENT` with an empty type (a CloudEvent's type is never empty) or command-line
     bytes that are not UTF-8: exit 2 naming --event; neither the manifest nor functions/ok1.py is written."""
