@@ -19,7 +19,7 @@ from typing import TypeVar
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import broker_of, fail, load, need_broker, pass_settings
+from framework.cli.common import broker_of, fail, load, need_broker, pass_settings, utf8
 from framework.control.deployment_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest, State
@@ -74,22 +74,23 @@ def _targets(manifest: Manifest, names: tuple[str, ...], all_: bool) -> list[Fun
 
 
 def _name_clashes(state: LogState, specs: list[FunctionSpec]) -> list[str]:
-    """A refusal line ("!" first) per spec whose name a live function outside this deploy holds, or
-    that one renames away from in this deploy: every reader would refuse the revision (`log_state`), so
-    publishing it would deploy nothing while saying "deployed"."""
-    names = {spec.uuid: spec.name for spec in specs}
-    lines = []
-    for spec in specs:
-        holder = state.holder(spec.name, spec.uuid)
-        if holder is not None and names.get(holder.uuid, spec.name) == spec.name:
-            lines.append(_clash_line(spec.name, holder))
-    return lines
+    """A refusal line ("!" first) per spec every reader of the log would refuse because another function
+    holds its name when the revision is read (`LogState.refused_names`): publishing it would deploy
+    nothing while saying "deployed"."""
+    refused = state.refused_names([(spec.uuid, spec.name) for spec in specs])
+    return [
+        _clash_line(state, spec.name, holder)
+        for spec in specs
+        if (holder := refused.get(spec.uuid.lower())) is not None
+    ]
 
 
-def _clash_line(name: str, holder: Revision) -> str:
+def _clash_line(state: LogState, name: str, holder: str) -> str:
+    live = state.newest(holder)
+    revision = f" (revision {live.revision})" if live is not None and live.action == "deploy" else ""
     return (
-        f"!{name}: not deployed: live function {holder.uuid} (revision {holder.revision}) has the name "
-        f"{name!r}; undeploy or rename it first (names are unique)"
+        f"!{name}: not deployed: live function {holder}{revision} has the name {name!r}; undeploy or rename "
+        "it first (names are unique; two functions cannot swap names in one deploy: go through a free name)"
     )
 
 
@@ -142,7 +143,7 @@ def register(main: click.Group) -> None:
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every function the manifest marks productive.")
-@click.option("-m", "--message", help="Why: kept with the revision.")
+@click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str | None) -> None:
     """Validate the working copy and publish a revision of each NAME (that changed)."""
@@ -177,7 +178,7 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
 
 @click.command()
 @click.argument("names", nargs=-1, required=True)
-@click.option("-m", "--message", help="Why: kept with the revision.")
+@click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) -> None:
     """Publish an undeploy revision of each NAME and set it undeployed (even with a broken handler)."""
@@ -234,7 +235,7 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
     type=click.IntRange(min=1),
     help="Revision to go back to.  [default: the one before the live one]",
 )
-@click.option("-m", "--message", help="Why: kept with the revision.")
+@click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def rollback(settings: Settings, name: str, to: int | None, message: str | None) -> None:
     """Publish a new revision with the spec and code of an earlier one."""
@@ -261,7 +262,7 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
             return f"!{fn}: revision {target.revision} is an undeploy or lacks its code; pick another"
         holder = log.state.holder(str(target.spec.get("name")), newest.uuid)
         if holder is not None:
-            return _clash_line(str(target.spec.get("name")), holder)
+            return _clash_line(log.state, str(target.spec.get("name")), holder.uuid)
         cand = Revision(
             uuid=newest.uuid,
             function=newest.function,
@@ -290,9 +291,11 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
 
 def _identify(settings: Settings, name: str) -> tuple[str | None, str]:
     """(uuid, name) from the manifest when it names NAME (a name or uuid), else (None, NAME)."""
+    if not settings.manifest.exists():  # outside a working copy: the log alone knows the function
+        return (None, name)
     try:
         spec = Registry(load(settings, check_handlers=False)).find(name)
-    except SystemExit:  # an invalid or missing manifest: the log may still know the function
+    except SystemExit:  # an invalid manifest (its errors are shown): the log may still know the function
         spec = None
     return (spec.uuid, spec.name) if spec is not None else (None, name)
 
@@ -303,11 +306,14 @@ def _uuid_of(state: LogState, uuid: str | None, name: str) -> str | None:
     it."""
     if uuid is not None:
         return uuid
-    for known in state.revisions:
-        newest = state.newest(known)
-        if known == name.lower() or (newest is not None and newest.function == name):
-            return known
-    return None
+    if name.lower() in state.revisions:
+        return name.lower()
+    # Several functions may have used a name over time (one at a time): the live one, else the newest.
+    named = [
+        rev for known in state.revisions if (rev := state.newest(known)) is not None and rev.function == name
+    ]
+    named.sort(key=lambda rev: (rev.action == "deploy", state.order.get(rev.key, -1)))
+    return named[-1].uuid.lower() if named else None
 
 
 def _unknown(settings: Settings, name: str) -> str:

@@ -109,7 +109,7 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
         entry["events"] = list(events)
     try:
         add_function(path, entry)
-    except (ManifestError, RuntimeError) as exc:
+    except (ManifestError, RuntimeError, OSError) as exc:
         source.unlink()
         fail(str(exc))
     click.echo(f"created {source} and a draft entry {name} ({entry['uuid']}) in {path}")

@@ -219,7 +219,24 @@ class Deployments:
         for cand in cands:
             if cand.revision is None:
                 log.error("function %s not deployed: %s", cand.spec.name, cand.error)
-        items = [(c.revision, c.code) for c in cands if c.revision is not None and self._name_free(c)]
+        refused = self.log.state.refused_names(
+            [(c.spec.uuid, c.spec.name) for c in cands if c.revision is not None]
+        )
+        for cand in cands:
+            holder = refused.get(cand.spec.uuid.lower())
+            if holder is not None:
+                log.error(
+                    "function %s (%s) not deployed: live function %s has that name (names are unique; "
+                    "two functions cannot swap names in one step: rename through a free name)",
+                    cand.spec.name,
+                    cand.spec.uuid,
+                    holder,
+                )
+        items = [
+            (c.revision, c.code)
+            for c in cands
+            if c.revision is not None and c.spec.uuid.lower() not in refused
+        ]
         if not items:
             return
         async with self._queue:
@@ -227,20 +244,6 @@ class Deployments:
         for rev, new in published:
             if new:
                 log.info("function %s: revision %d deployed", rev.function, rev.revision)
-
-    def _name_free(self, cand: Candidate) -> bool:
-        """False (and an error logged) when another live function, deployed from another working copy,
-        holds `cand`'s name: every reader would refuse the revision."""
-        holder = self.log.state.holder(cand.spec.name, cand.spec.uuid)
-        if holder is None or holder.uuid in self.candidates:  # one of ours: a rename in this change
-            return True
-        log.error(
-            "function %s (%s) not deployed: live function %s, deployed from elsewhere, has that name",
-            cand.spec.name,
-            cand.spec.uuid,
-            holder.uuid,
-        )
-        return False
 
     async def _undeploy(self, spec: FunctionSpec) -> None:
         newest = self.log.state.newest(spec.uuid)

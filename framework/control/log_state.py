@@ -81,6 +81,26 @@ class LogState:
                 return rev
         return None
 
+    def refused_names(self, batch: list[tuple[str, str]]) -> dict[str, str]:
+        """The deploy revisions, as (uuid, name), of one batch that every reader would refuse, each with
+        the uuid of the function holding its name when it is read.
+
+        The batch is taken in the order `DeploymentLog.publish_all` writes it: revisions whose name is
+        free first, then those taking a held name, so a rename in the batch frees its old name before it
+        is taken. A cycle (two functions swapping names) is refused: no order frees a name first.
+        """
+        served = {uuid: str(rev.spec.get("name")) for uuid, rev in self.live().items()}
+        free = [(u.lower(), n) for u, n in batch if self.holder(n, u) is None]
+        taking = [(u.lower(), n) for u, n in batch if self.holder(n, u) is not None]
+        refused = {}
+        for uuid, name in free + taking:
+            holder = next((u for u, n in served.items() if n == name and u != uuid), None)
+            if holder is None:
+                served[uuid] = name
+            else:
+                refused[uuid] = holder
+        return refused
+
     def apply(self, key: str | None, value: bytes | None, where: str = "") -> bool:
         """Apply one record; returns whether the served or kept revisions changed. Never raises."""
         try:

@@ -6,6 +6,7 @@ atomically (a node watches the file).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -45,10 +46,22 @@ def _write(path: Path, lines: list[str], check: Any) -> None:
     if not check(round_trip_yaml().load(text)):
         raise RuntimeError(f"could not edit {path} safely; edit it by hand")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        # An edited file keeps its mode; a new one gets what the umask allows (mkstemp's 0600 would not).
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _eol(line: str) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -168,3 +172,72 @@ def test_deploy_and_rollback_refuse_a_name_another_live_function_holds(
     assert f"live function {ub} (revision 1) has the name 'alpha'" in r.stderr, r.stderr
     keys = records(broker.bootstrap, topic)
     assert [k for k in keys if k.startswith(f"rev:{ua}:")] == [f"rev:{ua}:1", f"rev:{ua}:2"], keys
+
+
+def test_a_swap_of_two_names_in_one_deploy_is_refused(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. `faas deploy alpha beta` (revision 1 each). 2. The manifest swaps the two names; `faas deploy
+    --all`. Result: exit 1 with one line per function naming the other as the holder and saying names
+    cannot be swapped in one deploy; no revision 2 is published (before: both "revision 2 deployed", exit
+    0, and every reader refused both records)."""
+    ua, ub, topic = new_id(), new_id(), f"t.deploy.{new_id()[:8]}"
+    two = (
+        manifest(ua) + f"  - name: beta\n    uuid: {ub}\n    handler: functions.m:handle\n    state: draft\n"
+    )
+    root = write_project(tmp_path, two, {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    r = run_cli(root, "deploy", "alpha", "beta", env=env)
+    assert r.returncode == 0 and r.stdout.count("revision 1 deployed") == 2, r.stdout + r.stderr
+    text = (root / "functions.yaml").read_text()
+    swapped = text.replace("name: alpha", "name: tmp").replace("name: beta", "name: alpha")
+    (root / "functions.yaml").write_text(swapped.replace("name: tmp", "name: beta"))
+    r = run_cli(root, "deploy", "--all", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if "not deployed" in line]
+    assert len(lines) == 2 and all("cannot swap names in one deploy" in line for line in lines), r.stderr
+    assert any(ua in line for line in lines) and any(ub in line for line in lines), lines
+    published = sorted(k for k in records(broker.bootstrap, topic) if k.startswith("rev:"))
+    assert published == sorted([f"rev:{ua}:1", f"rev:{ub}:1"]), published
+
+
+def test_a_message_that_is_not_utf8_is_a_usage_error(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """`faas deploy alpha -m <bytes that are not UTF-8>` (and undeploy, rollback). Result: exit 2 naming
+    --message, nothing published (before: published, and the function's revisions route answered 500
+    on every node, unable to encode the message)."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    bad = b"\xff".decode(errors="surrogateescape")
+    for verb in (["deploy", "alpha"], ["undeploy", "alpha"], ["rollback", "alpha"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "framework", *verb, "-m", bad],
+            cwd=root,
+            env={**os.environ, "FAAS_MANIFEST": str(root / "functions.yaml"), **env},
+            capture_output=True,
+            timeout=60,
+        )
+        stderr = r.stderr.decode(errors="replace")
+        assert r.returncode == 2 and "Invalid value for '-m' / '--message'" in stderr, stderr
+    assert records(broker.bootstrap, topic) == []
+
+
+def test_history_outside_a_working_copy_shows_the_live_function_of_that_name(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. Working copy A deploys then undeploys alpha (uuid A). 2. Working copy B deploys its own alpha
+    (uuid B). 3. `faas history alpha` and `faas rollback alpha` from a folder with no manifest. Result:
+    history lists B's revision (the live alpha), without a "cannot read the manifest" line first;
+    rollback acts on B (nothing earlier to go back to), not on A."""
+    ua, ub, topic = new_id(), new_id(), f"t.deploy.{new_id()[:8]}"
+    a = write_project(tmp_path / "a", manifest(ua, "draft"), {"m": MODULE})
+    b = write_project(tmp_path / "b", manifest(ub, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
+    assert run_cli(a, "undeploy", "alpha", env=env).returncode == 0
+    assert run_cli(b, "deploy", "alpha", env=env).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli(empty, "history", "alpha", "--json", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [(rev["uuid"], rev["revision"], rev["live"]) for rev in json.loads(r.stdout)] == [(ub, 1, True)]
+    r = run_cli(empty, "rollback", "alpha", env=env)
+    assert r.returncode == 1 and "no earlier deployed revision" in r.stderr, r.stderr

@@ -34,3 +34,17 @@ def test_new_refuses_an_event_type_no_event_can_have(tmp_path: Path, event: str,
     assert not (root / "functions" / "ok1.py").exists()
     r = CliRunner().invoke(main, ["new", "ok1", "--event", "ping"], env=env)
     assert r.exit_code == 0 and "events: [ping]" in (root / "functions.yaml").read_text(), r.output
+
+
+def test_new_in_a_folder_without_a_manifest_creates_one(tmp_path: Path) -> None:
+    """`faas new hello` where no functions.yaml exists yet. Result: exit 0; functions.yaml is created with
+    the draft entry (readable by others as the umask allows, not mkstemp's 0600), functions/hello.py
+    exists and no temporary file is left (before: a FileNotFoundError traceback, a stray module and a
+    `.functions.yaml.*` file, so a second try failed on the module)."""
+    path = tmp_path / "functions.yaml"
+    r = CliRunner().invoke(main, ["new", "hello"], env={"FAAS_MANIFEST": str(path)})
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "name: hello" in path.read_text() and "state: draft" in path.read_text()
+    assert path.stat().st_mode & 0o044, oct(path.stat().st_mode)
+    assert (tmp_path / "functions" / "hello.py").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["functions", "functions.yaml"]

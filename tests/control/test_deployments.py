@@ -581,3 +581,55 @@ async def test_a_name_held_from_elsewhere_is_not_published(
     reg = served_now[-1]
     alpha = reg.by_name("alpha")
     assert alpha is not None and alpha.uuid == g and alpha.productive and reg.productive(u) is None
+
+
+async def test_a_swap_of_two_names_is_not_published(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """In process, on the in-memory log, watch on. 1. alpha (U1) and beta (U2) are deployed (bootstrap).
+    2. The working copy swaps their names. Result: neither is published (readers would refuse both: no
+    order frees a name first): one error each, naming the holder and saying names cannot be swapped in
+    one step; both keep serving their revision 1 under their old names, and the log has no skipped record.
+    """
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+
+    u1, u2 = new_id(), new_id()
+    text = (
+        manifest(u1)
+        + f"  - name: beta\n    uuid: {u2}\n    handler: functions.m:handle\n    state: productive\n"
+    )
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    log = MemoryLog(LogState(on_code=CodeCache(tmp_path / "cache").store))
+    served_now: list[Registry] = []
+    d = Deployments(
+        log,
+        CodeCache(tmp_path / "cache"),
+        load_manifest(root / "functions.yaml"),
+        True,
+        1 << 20,
+        served_now.append,
+    )
+    await d.start()
+    assert {f.name: f.uuid for f in served_now[-1].functions} == {"alpha": u1, "beta": u2}
+    swapped = (
+        text.replace("name: alpha", "name: tmp")
+        .replace("name: beta", "name: alpha")
+        .replace("name: tmp", "name: beta")
+    )
+    (root / "functions.yaml").write_text(swapped)
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        d.working_copy_changed(load_manifest(root / "functions.yaml"))
+        publishing = list(d._tasks)  # the watch's publication runs in a task of its own
+        assert publishing
+        done, _ = await asyncio.wait(publishing, timeout=10)
+        assert len(done) == len(publishing)
+    await d.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and all("cannot swap names" in m for m in messages), messages
+    assert u1 in messages[0] + messages[1] and u2 in messages[0] + messages[1]
+    assert [r.revision for r in log.state.kept(u1)] == [1] and [r.revision for r in log.state.kept(u2)] == [1]
+    assert log.state.skipped == 0
+    live = {r.spec["name"]: u for u, r in log.state.live().items()}
+    assert live == {"alpha": u1, "beta": u2}

@@ -135,3 +135,35 @@ def test_a_refused_record_leaves_the_state_as_it_was() -> None:
     assert apply(state, rev(B, 1, "alpha"), 2) is False
     assert (json.dumps(sorted(state.keys)), dict(state.order), served(state)) == before
     assert state.next_number(B) == 1 and state.newest(B) is None
+
+
+C = "5d2e7f10-3b4c-4d5e-9f60-718293a4b5c6"
+
+
+@pytest.mark.parametrize(
+    ("batch", "refused"),
+    [
+        ([(B, "alpha")], {B: A}),  # A holds alpha, outside the batch
+        ([(A, "gamma"), (B, "alpha")], {}),  # A renames away first: B may take alpha
+        ([(B, "alpha"), (A, "gamma")], {}),  # the same, whatever order it is given in
+        ([(A, "beta"), (B, "alpha")], {A: B, B: A}),  # a swap: no order frees a name first
+        ([(C, "gamma")], {}),  # a new function, a free name
+        ([(C, "beta"), (B, "delta")], {}),  # B frees beta for the new C
+    ],
+    ids=["held", "rename-frees", "rename-frees-any-order", "swap", "new", "new-takes-freed"],
+)
+def test_refused_names_predicts_what_readers_refuse(
+    batch: list[tuple[str, str]], refused: dict[str, str]
+) -> None:
+    """1. A is live as alpha and B as beta. 2. `refused_names(batch)`. 3. The batch's revisions applied in
+    the order publishers write them (free names first, then names held when the batch starts).
+    Result: the prediction names the holders expected, and exactly the predicted revisions are refused
+    when read."""
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE)
+    apply(state, rev(A, 1, "alpha"), 1)
+    apply(state, rev(B, 1, "beta"), 2)
+    assert state.refused_names(batch) == refused
+    order = sorted(batch, key=lambda item: state.holder(item[1], item[0]) is not None)
+    accepted = {uuid for uuid, name in order if apply(state, rev(uuid, state.next_number(uuid), name), 3)}
+    assert accepted == {uuid for uuid, _ in batch} - set(refused)
