@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 import click
+import orjson
 
 from framework.cli import scripting
 from framework.cli.common import (
@@ -166,7 +167,7 @@ def emit(
     kafka_key = key.encode() if key is not None else None
     try:
         reply = asyncio.run(
-            client.emit(event_type, json.loads(data), key=kafka_key, timeout=timeout, id=event_id or None)
+            client.emit(event_type, orjson.loads(data), key=kafka_key, timeout=timeout, id=event_id or None)
         )
     except TimeoutError:
         fail(f"no reply to the {event_type!r} event within {timeout:g} s (is a node running on {servers}?)")

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -75,7 +76,7 @@ class Selection:
         if self.cutoff_ms is not None and timestamp < self.cutoff_ms:
             return None
         try:
-            record = json.loads(value or b"")
+            record = orjson.loads(value or b"")  # not json: a lone surrogate escape is no text to print
         except ValueError:
             record = None
         if not isinstance(record, dict) or any(k not in record for k in REQUIRED):

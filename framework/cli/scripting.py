@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from framework.control.cron import next_fire
 from framework.control.manifest import Manifest
@@ -92,9 +93,9 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
             raw = value.encode()  # command-line bytes that are not UTF-8 arrive as lone surrogates
         except UnicodeEncodeError:
             raise click.BadParameter("not valid JSON: the text is not valid UTF-8") from None
-    try:
-        json.loads(raw)
-    except ValueError as exc:
+    try:  # orjson, as the node reads payloads: a lone surrogate escape ("\\udcff") is not valid JSON text
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         where = " (from standard input)" if value == "@-" else ""
         raise click.BadParameter(f"not valid JSON{where}: {exc}") from None
     return raw.strip()

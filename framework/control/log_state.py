@@ -19,12 +19,12 @@ so a reader of the copy refuses and accepts what a reader of the original did.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 from pydantic import ValidationError
 
 from framework.control.revisions import Revision, sha256, spec_from
@@ -135,10 +135,10 @@ class LogState:
             self.order.pop(key, None)
             kept = self.revisions.get(uuid, {})
             return kept.pop(number, None) is not None
-        try:
-            data = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"value is not JSON ({exc})") from None
+        try:  # orjson, not json: a lone surrogate (`"\\udcff"`) is not text every reader can encode again
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"value is not JSON text ({exc})") from None
         revision = Revision.from_json(data)
         if (revision.uuid, revision.revision) != (uuid, number):
             raise ValueError(f"value is revision {revision.revision} of {revision.uuid}, not of its key")

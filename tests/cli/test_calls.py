@@ -155,6 +155,7 @@ def client(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         (["ping", "--id", "id-\udcff"], "--id", "is not valid UTF-8"),
         (["ping", "--source", "\udcff"], "--source", "is not valid UTF-8"),
         (["ping", "--data", '"\udcff"'], "--data", "not valid UTF-8"),
+        (["ping", "--data", '"\\udcff"'], "--data", "invalid high surrogate"),
         (["ping", "--timeout", "nan"], "--timeout", "nan is not a number of seconds over 0"),
         (["ping", "--timeout", "inf"], "--timeout", "inf is not a number of seconds over 0"),
         (["ping", "--timeout", "0"], "--timeout", "0 is not a number of seconds over 0"),

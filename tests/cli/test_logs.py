@@ -188,7 +188,8 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes,
 
 
 def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) -> None:
-    """1. Put on the topic a record stamped 2 hours ago, and two values that are not records.
+    """1. Put on the topic a record stamped 2 hours ago, and three values that are not records (one is
+    JSON with a lone surrogate escape).
     2. `faas logs --since 1h`, `--since 3h`, `--invocation OLD_ID` (no --since).
     Result: 1h leaves the old record out (the embedded broker's offsets_for_times answers 0: the record's
     own time decides), 3h and --invocation show it; the bad values are skipped, counted on stderr, exit 0."""
@@ -212,6 +213,12 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
                 (ECHO.encode(), json.dumps(old).encode(), two_hours_ago),
                 (ECHO.encode(), b"\xff not json", now),
                 (ECHO.encode(), b'{"a": "record without the fields"}', now),
+                # A lone surrogate escape: JSON that names no character, which no terminal could print.
+                (
+                    ECHO.encode(),
+                    json.dumps({**old, "invocation_id": new_id(), "function": "\udcff"}).encode(),
+                    now,
+                ),
             ],
         )
     )
@@ -221,7 +228,7 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     cluster.json_until("--since", "3h", want={old_id, fresh})
     r = cluster.logs("--invocation", old_id, "--json")
     assert r.returncode == 0 and [json.loads(x)["invocation_id"] for x in r.stdout.splitlines()] == [old_id]
-    assert "skipped 2 records that are not invocation records" in r.stderr
+    assert "skipped 3 records that are not invocation records" in r.stderr
 
 
 def test_follow_prints_new_invocations_and_ctrl_c_ends_quietly(cluster: Cluster) -> None:

@@ -113,7 +113,8 @@ def record(rev: Revision) -> tuple[str, bytes]:
 
 
 def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """1. Apply a code record and a good revision. 2. Apply: a value that is not JSON, an unknown action,
+    """1. Apply a code record and a good revision. 2. Apply: a value that is not JSON, a message holding a
+    lone surrogate escape, an unknown action,
     a deploy whose code record is missing, a value for another key, specs that are no valid function, a
     foreign key, a code record whose sha256 does not match. Result: each is skipped with a log line naming
     why; the good revision stays the newest."""
@@ -127,6 +128,8 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
     assert state.apply(*record(rev)) is True
     bad = [
         (revision_key(U, 2), b"{not json"),
+        # A lone surrogate: JSON escapes that name no character (no reader could encode the message again).
+        (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "message": "\udcff"}).encode()),
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "action": "explode"}).encode()),
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "code_sha256": "ab" * 32}).encode()),
         (revision_key(U, 3), json.dumps({**rev.to_json(), "revision": 2}).encode()),
@@ -139,7 +142,16 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         for key, value in bad:
             assert state.apply(key, value, "at offset 9") is False
     reasons = " | ".join(r.getMessage() for r in caplog.records)
-    whys = ("not JSON", "unknown action", "is missing", "not of its key", "not a key", "sha256 is", "timeout")
+    whys = (
+        "not JSON",
+        "invalid high surrogate",
+        "unknown action",
+        "is missing",
+        "not of its key",
+        "not a key",
+        "sha256 is",
+        "timeout",
+    )
     for why in whys:
         assert why in reasons, reasons
     assert state.skipped == len(bad)
