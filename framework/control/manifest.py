@@ -47,9 +47,12 @@ def check_cron(expr: str) -> str:
 
 
 def _not_bool(value: Any) -> Any:
-    # YAML `true` is a bool, which pydantic would take as 1 in a number field.
+    # YAML `true` is a bool, which pydantic would take as 1 in a number field; a quoted '3' is text, which
+    # it would take as 3 (and a quoted 'inf' as infinity, past `_finite`).
     if isinstance(value, bool):
         raise ValueError(f"a number is expected, not {str(value).lower()}")
+    if isinstance(value, str):
+        raise ValueError(f"a number is expected, not the text {value!r} (numbers are written unquoted)")
     return value
 
 

@@ -183,4 +183,5 @@ def author() -> str:
 
 
 def encode(revision: Revision) -> bytes:
-    return json.dumps(revision.to_json(), separators=(",", ":")).encode()
+    """The record's value: JSON, strictly (ValueError for NaN or infinity, which JSON has no word for)."""
+    return json.dumps(revision.to_json(), separators=(",", ":"), allow_nan=False).encode()

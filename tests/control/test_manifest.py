@@ -95,6 +95,16 @@ CASES: dict[str, tuple[str, int, str]] = {
         12,
         "idle_timeout: a finite number is expected, not inf",
     ),
+    "instances-idle-quoted-inf": (
+        edit(append=["    instances:", "      idle_timeout: 'inf'"]),
+        12,
+        "idle_timeout: a number is expected, not the text 'inf'",
+    ),
+    "retry-attempts-quoted": (
+        edit(append=["    retry: {attempts: '3'}"]),
+        11,
+        "retry.attempts: a number is expected, not the text '3'",
+    ),
     "bad-state": (edit({6: "    state: live"}), 6, "'draft', 'productive' or 'undeployed'"),
     "unknown-key": (edit(append=["    colour: blue"]), 11, "unknown key 'colour'"),
     "root-key": (edit(append=["    root: /etc"]), 11, "unknown key 'root'"),

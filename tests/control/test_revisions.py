@@ -215,3 +215,12 @@ def test_modified_compares_with_the_newest_revision(tmp_path: Path) -> None:
     assert not is_modified(cand, live) and not is_modified(cand, None)
     assert is_modified(cand, Revision(**{**live.to_json(), "code_sha256": "ef" * 32}))
     assert is_modified(cand, Revision(**{**live.to_json(), "action": "undeploy"}))
+
+
+def test_a_revision_is_never_written_with_a_number_json_cannot_hold(tmp_path: Path) -> None:
+    """A revision whose spec holds an infinity (the manifest refuses one; this is the writer's own guard).
+    Result: `encode` raises ValueError instead of writing `Infinity`, which no reader would take."""
+    rev = candidate(project(tmp_path)).numbered(1)
+    broken = Revision.from_json({**rev.to_json(), "spec": {**rev.spec, "timeout": float("inf")}})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode(broken)

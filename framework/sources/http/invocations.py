@@ -52,10 +52,9 @@ Functions = Callable[[], Sequence[tuple[str, str]]]
 def _bool(name: str, value: str | None) -> bool | None:
     if value is None:
         return None
-    low = value.lower()
-    if low in ("true", "1"):
+    if value == "true":
         return True
-    if low in ("false", "0"):
+    if value == "false":
         return False
     raise BadRequest(f"query parameter {name!r} must be true or false, not {value!r}")
 
@@ -63,13 +62,11 @@ def _bool(name: str, value: str | None) -> bool | None:
 def _limit(value: str | None, most: int) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadRequest(f"query parameter 'limit' must be an integer, not {value!r}") from None
-    if limit < 0:
-        raise BadRequest(f"query parameter 'limit' must be 0 or more, not {limit}")
-    return min(limit, max(most, 0))
+    # ASCII digits only: int() would also take '+1', ' 1', '1_000' and other scripts' digits.
+    if not (value.isascii() and value.isdigit()):
+        shown = value if len(value) <= 40 else f"{value[:40]}..."
+        raise BadRequest(f"query parameter 'limit' must be a whole number 0 or more, not {shown!r}")
+    return min(int(value) if len(value) <= 18 else most, max(most, 0))
 
 
 class InvocationRoutes:
@@ -94,7 +91,7 @@ class InvocationRoutes:
 
     async def one(self, request: Request) -> Response:
         invocation_id: str = request.path_params["invocation_id"]
-        record = self.log.get(invocation_id)
+        record = self.log.get(invocation_id.lower())  # ids are uuids, written lower-case
         if record is None:
             raise NotFound(
                 f"no invocation {invocation_id} on this node (it keeps the newest {self.log.capacity})"

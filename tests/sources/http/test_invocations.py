@@ -62,6 +62,12 @@ async def test_list_newest_first_and_filters(fake: FakeNode, client: httpx.Async
         ({"trigger": "cron"}, "'trigger'"),
         ({"limit": "ten"}, "'limit'"),
         ({"limit": "-1"}, "'limit'"),
+        ({"limit": "+1"}, "'limit'"),
+        ({"limit": " 1"}, "'limit'"),
+        ({"limit": "1_000"}, "'limit'"),
+        ({"limit": "\u0663"}, "'limit'"),  # an Arabic-Indic 3: int() takes it, the contract does not
+        ({"ok": "1"}, "'ok'"),
+        ({"ok": "True"}, "'ok'"),
     ],
 )
 async def test_bad_query_values_are_400(
@@ -77,6 +83,7 @@ async def test_one_record_and_unknown(fake: FakeNode, client: httpx.AsyncClient)
     r = await client.get(f"/invocations/{inv}")
     assert r.status_code == 200
     assert r.json()["invocation_id"] == inv and r.json()["logs"][0]["message"] == f"log of {inv}"
+    assert (await client.get(f"/invocations/{inv.upper()}")).json()["invocation_id"] == inv
     missing = await client.get(f"/invocations/{new_id()}")
     assert missing.status_code == 404 and err(missing) == "NotFound"
 
