@@ -64,7 +64,7 @@ def test_delay_doubles_and_is_capped_at_30_s() -> None:
     [
         ("    retry: {attempts: 11}", "7:13", "retry.attempts: Input should be less than or equal to 10"),
         ("    retry: {attempts: -1}", "7:13", "retry.attempts: Input should be greater than or equal to 0"),
-        ("    retry: {attempts: many}", "7:13", "retry.attempts: Input should be a valid integer"),
+        ("    retry: {attempts: many}", "7:13", "retry.attempts: a number is expected, not the text 'many'"),
         ("    retry: {backoff: 0}", "7:13", "retry.backoff: Input should be greater than 0"),
         ("    retry: {backoff: -0.5}", "7:13", "retry.backoff: Input should be greater than 0"),
         ("    retry: {on: [Timeout, Bogus]}", "7:27", "retry.on[1]: 'Bogus' is not a retryable error type"),
