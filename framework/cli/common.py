@@ -145,17 +145,16 @@ def seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 def utf8(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Text sent as UTF-8. Bytes in the command line that are not UTF-8 reach Python as lone surrogates,
     which no encoder takes."""
-    if value is not None and not _is_utf8(value):
-        raise click.BadParameter(f"{value!r} is not valid UTF-8")
+    if value is not None:
+        _require_utf8(value)
     return value
 
 
-def _is_utf8(text: str) -> bool:
+def _require_utf8(text: str) -> None:
     try:
         text.encode()
     except UnicodeEncodeError:
-        return False
-    return True
+        raise click.BadParameter(f"{text!r} is not valid UTF-8") from None
 
 
 def check_event_type(value: str) -> str:
@@ -164,6 +163,5 @@ def check_event_type(value: str) -> str:
         event_type(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if not _is_utf8(value):
-        raise click.BadParameter(f"{value!r} is not valid UTF-8")
+    _require_utf8(value)
     return value

@@ -260,9 +260,10 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
             return f"!{fn}: revision {to} is not kept (kept: {numbers})"
         if target.action != "deploy" or target.code_sha256 not in log.state.codes:
             return f"!{fn}: revision {target.revision} is an undeploy or lacks its code; pick another"
-        holder = log.state.holder(str(target.spec.get("name")), newest.uuid)
+        name = str(target.spec.get("name"))
+        holder = log.state.holder(name, newest.uuid)
         if holder is not None:
-            return _clash_line(log.state, str(target.spec.get("name")), holder.uuid)
+            return _clash_line(log.state, name, holder.uuid)
         cand = Revision(
             uuid=newest.uuid,
             function=newest.function,

@@ -117,10 +117,10 @@ class DeploymentLog:
             return [out[i] for i in range(len(items))]
 
     def _claims(self, candidate: Revision) -> bool:
-        """Whether `candidate` takes a name another live function holds now. A batch writes these last:
-        readers refuse a revision whose name is taken, and a rename in the same batch may free it."""
-        name = candidate.spec.get("name")
-        return candidate.action == "deploy" and self.state.holder(str(name), candidate.uuid) is not None
+        """Whether `candidate` is a deploy taking a held name (`LogState.claims`): written last."""
+        return candidate.action == "deploy" and self.state.claims(
+            candidate.uuid, str(candidate.spec.get("name"))
+        )
 
     async def republish(self, revisions: list[Revision], code: Callable[[str], bytes | None]) -> int:
         """Write again the `revisions` (and their code) the log no longer holds; returns how many."""

@@ -81,6 +81,11 @@ class LogState:
                 return rev
         return None
 
+    def claims(self, uuid: str, name: str) -> bool:
+        """Whether serving `uuid` as `name` takes a name another live function holds now. Publishers
+        write such revisions last in a batch: a rename in the same batch may free the name first."""
+        return self.holder(name, uuid) is not None
+
     def refused_names(self, batch: list[tuple[str, str]]) -> dict[str, str]:
         """The deploy revisions, as (uuid, name), of one batch that every reader would refuse, each with
         the uuid of the function holding its name when it is read.
@@ -90,10 +95,9 @@ class LogState:
         is taken. A cycle (two functions swapping names) is refused: no order frees a name first.
         """
         served = {uuid: str(rev.spec.get("name")) for uuid, rev in self.live().items()}
-        free = [(u.lower(), n) for u, n in batch if self.holder(n, u) is None]
-        taking = [(u.lower(), n) for u, n in batch if self.holder(n, u) is not None]
         refused = {}
-        for uuid, name in free + taking:
+        for uuid, name in sorted(batch, key=lambda item: self.claims(*item)):  # stable, as publish_all's
+            uuid = uuid.lower()
             holder = next((u for u, n in served.items() if n == name and u != uuid), None)
             if holder is None:
                 served[uuid] = name
