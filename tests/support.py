@@ -87,9 +87,10 @@ def run_async(main: Coroutine[Any, Any, T], grace: float = 10.0) -> T:
 
 
 @contextlib.contextmanager
-def http_server() -> Iterator[int]:
-    """A real HTTP server (the standard library's: GET answers 200 `not kafka`) on a free port; yields it."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Plain)
+def http_server(handler: type[http.server.BaseHTTPRequestHandler] | None = None) -> Iterator[int]:
+    """A real HTTP server (the standard library's) on a free port, answering with `handler` (default: GET
+    answers 200 `not kafka`); yields the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler or _Plain)
     thread = threading.Thread(target=server.serve_forever, name="http-server", daemon=True)
     thread.start()
     try:

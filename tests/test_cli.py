@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from click.testing import CliRunner, Result
 from framework.cli import main
 from framework.control.manifest import load_manifest
 from framework.kafka.embedded import EmbeddedBroker, free_port, port_open
-from tests.support import Node, run_cli, wait_for, write_project
+from tests.support import Node, http_server, run_cli, wait_for, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = """\
@@ -325,13 +324,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_node() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _Handler.seen.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Handler) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_invoke_over_http(project: Path, http_node: str) -> None:

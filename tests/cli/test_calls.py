@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import sys
-import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from framework.cli import main
 from framework.sources.http.auth import BearerAuth
-from tests.support import write_project
+from tests.support import http_server, write_project
 
 ALPHA = "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b01"
 MANIFEST = f"""
@@ -66,13 +65,9 @@ class _Node(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def node() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Node)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _Node.seen.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Node) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize(
