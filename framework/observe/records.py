@@ -64,8 +64,10 @@ class Recorder(Protocol):
         cold: bool,
         instance_id: str | None,
         error: BaseException | None,
+        logs: list[Any] | None = None,
     ) -> None:
-        """An invocation no instance answered: its record is rendered here."""
+        """An invocation no instance answered: its record is rendered here, with `logs` (the lines its
+        instance sent before it died, capped as an instance caps them)."""
         ...
 
 
@@ -162,6 +164,7 @@ class InvocationRecords:
         cold: bool,
         instance_id: str | None,
         error: BaseException | None,
+        logs: list[Any] | None = None,
     ) -> None:
         identity = inv.identity
         record = render(
@@ -180,7 +183,7 @@ class InvocationRecords:
             cold,
             inv.attempt,
             None if error is None else error_of(error),
-            None,
+            logs,
         )
         self.keep(spec, inv, started, duration_ms, error is None, record)
 

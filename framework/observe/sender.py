@@ -78,6 +78,8 @@ class RecordSender:
         self.topic = settings.invocations_topic
         self.capacity = settings.records_buffer
         self.counters = counters
+        self._no_room = "the record buffer has no room (FAAS_RECORDS_BUFFER=0)"
+        """Why a record offered when `capacity` is 0 is dropped."""
         self._buf: deque[tuple[bytes, bytes]] = deque()
         """(key: the function's uuid, value: the record's JSON) of each record not handed over yet."""
         self._wake = asyncio.Event()
@@ -99,7 +101,7 @@ class RecordSender:
         """Queue one record (the invocation's path: no await, no failure)."""
         if len(self._buf) >= self.capacity:
             if self.capacity == 0:
-                self._drop(1, "the record buffer has no room (FAAS_RECORDS_BUFFER=0)")
+                self._drop(1, self._no_room)
                 return
             self._buf.popleft()
             self._drop(1, "the record buffer is full")
@@ -108,7 +110,8 @@ class RecordSender:
             self._wake.set()
 
     async def stop(self, grace: float) -> None:
-        """Give the buffer up to `grace` seconds (at most STOP_FLUSH) to drain, then drop what is left."""
+        """Give the buffer up to `grace` seconds (at most STOP_FLUSH) to drain, then drop what is left.
+        A record offered afterwards is dropped (and counted) at once: nothing sends it any more."""
         deadline = time.monotonic() + min(grace, STOP_FLUSH)
         while self.buffered and self._task is not None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
@@ -117,6 +120,7 @@ class RecordSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.capacity, self._no_room = 0, "made after the node stopped producing records"
         if self._buf:
             self._drop(len(self._buf), "still buffered at shutdown")
             self._buf.clear()

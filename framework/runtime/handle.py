@@ -3,6 +3,11 @@
 Starts it through the template, sends requests and matches replies, enforces the backstop deadline (a
 request not answered `GRACE` seconds after its time limit means the instance's loop is stuck: it is killed),
 forwards its logs into the node's log, and notices its death (EOF on its socket) at once.
+
+With records on, the lines an invocation in flight logs are also kept here (`lines_of`), capped as the
+instance caps them: an instance that dies mid-invocation takes its own copy with it, and those lines are
+what tells why. They travel on the log channel, which may be read after the main channel's EOF, so a crash's
+lines are read once the log channel has closed too (`LINES_WAIT` at most).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.template import Template
+from framework.runtime.worker.capture import LogCapture
 from framework.types import Invocation
 
 GRACE = 1.0
@@ -32,6 +38,9 @@ START_TIMEOUT = 60.0
 """Seconds an instance may take to import its handler and report ready."""
 CLOSE_GRACE = 2.0
 """Seconds a closed (idle or retired) instance gets to exit on its own before SIGKILL."""
+LINES_WAIT = 2.0
+"""Seconds, at most, the record of an invocation a dead instance held waits for the rest of its lines
+(the log channel's EOF)."""
 
 log = logging.getLogger("faas.runtime")
 instance_log = logging.getLogger("faas.instance")
@@ -74,6 +83,9 @@ class InstanceHandle:
         """Log entries and characters an invocation's record keeps (FAAS_LOG_ENTRIES, FAAS_LOG_CHARS)."""
         self.node = node
         """The node's name, which the records the instance renders carry (None: records are off)."""
+        self._lines = LogCapture(*log_caps) if node is not None else None
+        """Lines of the invocations in flight here that logged, for the records of those the instance
+        never answers (`lines_of`)."""
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self._secrets = dict(secrets or {})
         """The values of the secrets the function lists; they reach the process in its start message only."""
@@ -175,6 +187,8 @@ class InstanceHandle:
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
+                if self._lines is not None:
+                    self._lines.discard(inv.invocation_id)
             raise
 
     @property
@@ -208,6 +222,8 @@ class InstanceHandle:
             pending = self._pending.pop(header["id"], None)
             if pending is None or pending.fut.done():
                 return  # cancelled meanwhile
+            if self._lines is not None and pending.invocation_id in self._lines:
+                self._lines.discard(pending.invocation_id)  # the instance's record has them
             err = header.get("err")
             record: bytes | None = header.get("r")  # the frame's trailer
             if record is not None and pending.answered is not None:
@@ -270,8 +286,37 @@ class InstanceHandle:
         if own:  # the handler's own `extra` fields; those that would clash with LogRecord's are left out
             extra = {**{k: v for k, v in own.items() if k not in STANDARD}, **extra}
         instance_log.log(header.get("lvl", logging.INFO), header.get("msg", ""), extra=extra)
+        inv = header.get("inv")
+        if self._lines is not None and type(inv) is str:
+            self._keep_line(self._lines, inv, header.get("lvl", logging.INFO), header.get("msg", ""))
         if header.get("blocked"):
             self._on_blocked()
+
+    def _keep_line(self, lines: LogCapture, inv: str, level: object, msg: object) -> None:
+        """Keep a line of invocation `inv` if it is in flight here and wants a record (a line that trails
+        its invocation's REPLY is not kept: the instance's record has it already)."""
+        if inv not in lines:
+            if self.dead or not any(
+                p.invocation_id == inv and p.answered is not None for p in self._pending.values()
+            ):
+                return
+            lines.begin(inv)
+        lines.add(inv, level if type(level) is int else logging.INFO, msg if type(msg) is str else str(msg))
+
+    def holds_lines(self, invocation_id: str) -> bool:
+        """Whether lines of this invocation are kept here (always, with records on, for an invocation
+        this instance held when it died)."""
+        return self._lines is not None and invocation_id in self._lines
+
+    async def lines_of(self, invocation_id: str) -> list[dict[str, object]] | None:
+        """The lines of an invocation this dead instance held, once its log channel closed (at most
+        LINES_WAIT seconds): what `LogCapture.end` gives. Call once per invocation."""
+        if self._lines is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINES_WAIT):
+                await self.exited.wait()
+        return self._lines.end(invocation_id)
 
     def _on_logs_closed(self, exc: Exception | None) -> None:
         self.exited.set()
@@ -320,6 +365,9 @@ class InstanceHandle:
         for pending in self._pending.values():
             if pending.fut.done():
                 continue
+            lines, inv = self._lines, pending.invocation_id
+            if lines is not None and pending.answered is not None and inv not in lines:
+                lines.begin(inv)  # lines still on their way are its record's
             if late is not None and late >= pending.deadline:
                 pending.fut.set_exception(
                     Timeout(

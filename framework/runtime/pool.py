@@ -66,6 +66,8 @@ class FunctionPool:
         self._queue_timeout = queue_timeout
         self._log_level = log_level
         self._boots: set[asyncio.Task[None]] = set()
+        self.late_records: set[asyncio.Task[None]] = set()
+        """Records of invocations a dying instance held, waiting for its last lines (`_record_crash`)."""
         self._metrics = metrics
         name = spec.name
         self._m_queued = metrics.queued.labels(name)
@@ -114,7 +116,9 @@ class FunctionPool:
 
         The instance that answers renders the record itself (`record_json.py`) and sends it with its
         reply; the record is made here only when no instance answered, or when the instance sent none the
-        node would keep (not that invocation's, or it failed to render one)."""
+        node would keep (not that invocation's, or it failed to render one). The record of an invocation
+        whose instance died holds the lines it sent first, made once they are all in (`_record_crash`):
+        the caller's answer does not wait for it."""
         assert self._recorder is not None
         started, t0 = time.time(), time.perf_counter()
         answered: list[tuple[bytes, float, bool]] = []
@@ -137,14 +141,38 @@ class FunctionPool:
                 self._recorder.keep(self.spec, inv, started, ms, ok, record)
             else:
                 wall = (time.perf_counter() - t0) * 1000
-                where = None if inst is None else inst.id
-                self._recorder.finish(self.spec, inv, started, wall, cold, where, exc)
+                if inst is not None and inst.dead and inst.holds_lines(inv.invocation_id):
+                    task = asyncio.get_running_loop().create_task(
+                        self._record_crash(inst, inv, started, wall, cold, exc)
+                    )
+                    self.late_records.add(task)
+                    task.add_done_callback(self.late_records.discard)
+                else:
+                    where = None if inst is None else inst.id
+                    self._recorder.finish(self.spec, inv, started, wall, cold, where, exc)
             raise
         if answered:
             self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
         else:  # the instance's record was refused or missing (see the docstring): the node's own
             self._recorder.finish(self.spec, inv, started, ms, cold, inst.id, None)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
+
+    async def _record_crash(
+        self,
+        inst: InstanceHandle,
+        inv: Invocation,
+        started: float,
+        wall: float,
+        cold: bool,
+        exc: BaseException,
+    ) -> None:
+        """The record of an invocation `inst` held when it died, with the lines it logged."""
+        assert self._recorder is not None
+        logs: list[Any] | None = None
+        try:
+            logs = await inst.lines_of(inv.invocation_id)
+        finally:  # made even when the wait is cancelled (shutdown): without the lines, then
+            self._recorder.finish(self.spec, inv, started, wall, cold, inst.id, exc, logs)
 
     @property
     def queued(self) -> int:

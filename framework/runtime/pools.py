@@ -16,7 +16,7 @@ from framework.control.manifest import FunctionSpec
 from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
 from framework.observe.metrics import Metrics
-from framework.runtime.handle import InstanceHandle
+from framework.runtime.handle import LINES_WAIT, InstanceHandle
 from framework.runtime.memory import MemoryGuard
 from framework.runtime.pool import FunctionPool
 from framework.runtime.template import Template
@@ -79,6 +79,8 @@ class Runtime:
             await wait_or_cancel([asyncio.ensure_future(i.exited.wait()) for i in instances], 2)
             for inst in instances:
                 inst.close_logs()
+        # The records of what those instances held, now that their last lines are in.
+        await wait_or_cancel([t for p in self._all_pools() for t in p.late_records], LINES_WAIT)
         self._pools.clear()
         self._retired.clear()
         self._template.stop()

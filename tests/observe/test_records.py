@@ -294,3 +294,19 @@ async def test_a_zero_buffer_drops_everything_counted(buffer: int) -> None:
     await records.stop(0)
     assert metric(metrics, "faas_invocation_records_dropped_total") == 2
     assert len(records.recent()) == 2  # memory keeps them regardless
+
+
+async def test_a_record_made_after_the_stop_is_counted_dropped() -> None:
+    """1. A node producing records (broker unreachable) makes one and stops.
+    2. One more is made after the stop (the record of an invocation whose instance died during the stop).
+    Result: both are counted dropped (sent + dropped = made still holds); the second stays in memory."""
+    records, metrics = make(Settings(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}"))
+    records.send_to(f"127.0.0.1:{free_port()}")
+    finish(records)
+    await records.stop(0)
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 1
+    late = finish(records)
+    assert metric(metrics, "faas_invocation_records_total") == 2
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 2
+    assert metric(metrics, "faas_invocation_records_sent_total") == 0
+    assert records.get(late) is not None

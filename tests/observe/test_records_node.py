@@ -30,6 +30,7 @@ NOISY = "5e5e5e5e-0000-4000-8000-000000000009"
 SECRETIVE = "5e5e5e5e-0000-4000-8000-00000000000a"
 SECRET = "s3cr3t-value-42"
 FLAKY = "5e5e5e5e-0000-4000-8000-00000000000b"
+DIES = "5e5e5e5e-0000-4000-8000-00000000000c"
 
 MANIFEST = f"""
 functions:
@@ -37,6 +38,7 @@ functions:
   - {{name: boom, uuid: {BOOM}, handler: functions.rec:boom, state: productive}}
   - {{name: slow, uuid: {SLOW}, handler: functions.rec:slow, state: productive, timeout: 1}}
   - {{name: flood, uuid: {FLOOD}, handler: functions.rec:flood, state: productive, timeout: 30}}
+  - {{name: dies, uuid: {DIES}, handler: functions.rec:dies, state: productive}}
   - {{name: huge, uuid: {HUGE}, handler: functions.rec:huge, state: productive}}
   - {{name: garbage, uuid: {GARBAGE}, handler: functions.rec:garbage, state: productive}}
   - name: ticker
@@ -64,7 +66,7 @@ functions:
 """
 MODULES = {
     "rec": """
-        import asyncio, sys
+        import asyncio, os, sys
 
         async def echo(payload, ctx):
             tok = (payload or {}).get("tok")
@@ -80,6 +82,11 @@ MODULES = {
         async def slow(payload, ctx):
             print(f"started {payload['tok']}")
             await asyncio.sleep(10)
+
+        async def dies(payload, ctx):
+            ctx.log.error("out of options %s", payload["tok"])
+            print(f"goodbye {payload['tok']}")
+            os._exit(3)
 
         def flood(payload, ctx):
             sys.stdout.write("".join(f"line {i}\\n" for i in range(payload["n"])))
@@ -276,6 +283,27 @@ def test_failure_records(node: Node) -> None:
     slow = listed(node, lambda rs: rs[0] if rs else None, function="slow", ok="false")
     assert slow["error"]["type"] == "Timeout" and messages(slow) == [f"started {tok}"]
     assert slow["duration_ms"] >= 1000
+
+
+def test_a_crash_record_keeps_what_the_instance_logged_before_it_died(
+    node: Node, broker: EmbeddedBroker
+) -> None:
+    """1. dies logs an error, prints a line, then ends its own process.
+    Result: the caller gets 502 InstanceCrashed; the record, in memory and on the topic, has that error and
+    both lines (the instance that would have rendered it is gone: the node made it from the lines it had
+    received); the next call is served by a fresh instance."""
+    tok = new_id()[:8]
+    r = invoke(node, DIES, {"tok": tok})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "InstanceCrashed", r.text
+    rec = listed(node, lambda rs: rs[0] if rs else None, function="dies")
+    assert rec["ok"] is False and rec["error"]["type"] == "InstanceCrashed"
+    assert [(e["level"], e["message"]) for e in rec["logs"]] == [
+        ("ERROR", f"out of options {tok}"),
+        ("INFO", f"goodbye {tok}"),
+    ]
+    _, published = on_topic(node, broker.bootstrap, {rec["invocation_id"]})[rec["invocation_id"]]
+    assert published == rec
+    assert invoke(node, DIES, {"tok": tok}).status_code == 502
 
 
 def test_caps_hold_under_hostile_handlers(node: Node) -> None:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from framework.control.manifest import FunctionSpec, InstancesSpec
-from framework.errors import FunctionError, Overloaded, Timeout
+from framework.errors import FunctionError, InstanceCrashed, Overloaded, Timeout
 from framework.observe.records import InvocationRecords
 from framework.runtime import Runtime
 from framework.settings import Settings
@@ -23,7 +23,7 @@ from framework.types import EventIdentity, Invocation
 from tests.support import write_project
 
 HANDLERS = """
-import asyncio
+import asyncio, os, time
 
 async def hello(payload, ctx):
     ctx.log.info("hello %s", payload)
@@ -52,6 +52,19 @@ async def log_deep(payload, ctx):
     ctx.log.info("deep %s", deep)
     ctx.log.info("after the deep one")
     return "logged"
+
+async def die(payload, ctx):
+    ctx.log.warning("last words %s", payload)
+    print("printed before the exit")
+    os._exit(3)
+
+async def block(payload, ctx):
+    ctx.log.info("about to block")
+    time.sleep(5)  # the loop is stuck: only the node's backstop can end this
+
+async def log_then_wait(payload, ctx):
+    ctx.log.info("waiting")
+    await asyncio.sleep(5)
 
 async def forge(payload, ctx):
     # A handler runs in its instance's process: it can replace the renderer the instance uses.
@@ -245,3 +258,62 @@ async def test_a_record_posing_as_another_invocation_is_replaced(
     assert rec is not None and rec["invocation_id"] == "inv-2" and rec["ok"] is True
     assert rec["node"] == "node-7" and rec["instance_id"] == res.instance_id
     assert records.get("someone-else") is None
+
+
+async def test_an_instance_that_dies_leaves_its_lines_in_the_record(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. A handler logs a warning, prints a line, then ends its process (`os._exit`).
+    2. A handler logs a line, then blocks its instance's loop past its 0.3 s limit: the node kills it.
+    Result: InstanceCrashed and Timeout at once; the node's records of both (no instance answered) keep the
+    lines sent before the end, as the instance would have; the next invocation of each function runs."""
+    rt, records = runtime
+    die, block = spec(project, "die"), spec(project, "block", timeout=0.3)
+    with pytest.raises(InstanceCrashed):
+        await rt.invoke(die, Invocation("inv-die", "direct", None, b'"x"'))
+    with pytest.raises(Timeout):
+        await rt.invoke(block, Invocation("inv-block", "direct", None, b"1"))
+    deadline = time.monotonic() + 10
+    while records.get("inv-die") is None or records.get("inv-block") is None:
+        assert time.monotonic() < deadline, "no record of the invocations whose instance died"
+        await asyncio.sleep(0.01)
+    died, blocked = records.get("inv-die"), records.get("inv-block")
+    assert died is not None and blocked is not None
+    assert died["error"]["type"] == "InstanceCrashed" and died["instance_id"] is not None
+    assert [(e["level"], e["message"]) for e in died["logs"]] == [
+        ("WARNING", "last words x"),
+        ("INFO", "printed before the exit"),
+    ]
+    assert blocked["error"]["type"] == "Timeout"
+    assert blocked["logs"][0]["message"] == "about to block"
+    assert all(e["time"].endswith("Z") for e in died["logs"] + blocked["logs"])
+    with pytest.raises(InstanceCrashed):  # a fresh instance serves the next one
+        await rt.invoke(die, Invocation("inv-die-2", "direct", None, b'"y"'))
+
+
+async def test_the_node_keeps_lines_only_of_invocations_in_flight(
+    project: Path, runtime: tuple[Runtime, InvocationRecords], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. An invocation logs two lines and returns; its lines may reach the node after its reply.
+    2. Another logs a line and waits; its caller gives up.
+    Result: the node kept the second's line while it ran (for a crash record), and keeps nothing of either
+    once they ended: what it holds is bounded by what is in flight."""
+    caplog.set_level(logging.INFO)
+    rt, _ = runtime
+    hello, waiting = spec(project, "hello"), spec(project, "log_then_wait")
+    await rt.invoke(hello, Invocation("inv-h", "direct", None, b"1"))
+    inst = rt._pool(hello).instances[0]
+    deadline = time.monotonic() + 10
+    while sum(getattr(r, "invocation_id", None) == "inv-h" for r in caplog.records) < 2:
+        assert time.monotonic() < deadline, "the lines of inv-h never reached the node"
+        await asyncio.sleep(0.01)
+    assert not inst.holds_lines("inv-h")
+    task = asyncio.ensure_future(rt.invoke(waiting, Invocation("inv-w", "direct", None, b"1")))
+    deadline = time.monotonic() + 10
+    while not rt._pool(waiting).instances or not rt._pool(waiting).instances[0].holds_lines("inv-w"):
+        assert time.monotonic() < deadline, "the line of the running invocation was not kept"
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not rt._pool(waiting).instances[0].holds_lines("inv-w")

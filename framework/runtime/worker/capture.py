@@ -8,6 +8,11 @@ puts the kept lines in the invocation's record (`observe/record_json.py`), which
 frame, so the node has them the moment the invocation ends, with no second channel to join. An invocation
 is open only when the node asked for its record (records on).
 
+The node keeps a second `LogCapture` per instance (`runtime/handle.py`), fed by the same lines as they
+arrive on the log channel, for the invocations that get no REPLY: an instance that exits or is killed
+mid-invocation takes its own copy with it, and the lines it sent before are then what the node's record of
+that crash keeps. That copy costs nothing per invocation that logs nothing.
+
 A line printed by a thread the invocation did not start carries no invocation (threads start with an empty
 context), so it reaches the node's log but no record. Lines logged after an invocation ended (a `def`
 handler's thread still running past its time limit) are not kept either.
@@ -64,6 +69,15 @@ class LogCapture:
 
     def begin(self, invocation_id: str) -> None:
         self._open[invocation_id] = _Kept()
+
+    def __contains__(self, invocation_id: str) -> bool:
+        """Whether the invocation is open."""
+        return invocation_id in self._open
+
+    def discard(self, invocation_id: str) -> None:
+        """Close the invocation, dropping what it kept."""
+        with self._lock:
+            self._open.pop(invocation_id, None)
 
     def end(self, invocation_id: str) -> list[dict[str, Any]] | None:
         """Close the invocation; its kept entries (with the dropped note), or None when it logged nothing."""
