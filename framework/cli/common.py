@@ -12,8 +12,9 @@ import click
 
 from framework.control.manifest import Manifest, event_type, load_manifest
 from framework.errors import ManifestError
+from framework.kafka.address import bootstrap_servers
 from framework.kafka.embedded import port_open, speaks_kafka
-from framework.settings import Settings, bootstrap_servers
+from framework.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
 
@@ -115,7 +116,7 @@ bootstrap_option = click.option(
     callback=_bootstrap,
     help="Kafka host:port list.  [default: the local embedded broker]",
 )
-"""`--bootstrap`, checked by the rule FAAS_KAFKA_BOOTSTRAP_SERVERS follows (`settings.bootstrap_servers`)."""
+"""`--bootstrap`, checked by the rule FAAS_KAFKA_BOOTSTRAP_SERVERS follows (`kafka/address.py`)."""
 
 
 def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:

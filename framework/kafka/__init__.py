@@ -1,2 +1,2 @@
-"""Shared Kafka plumbing: client options and topics, the CloudEvents codec, the reachability
-probe, the embedded broker and `EventClient`."""
+"""Shared Kafka plumbing: the bootstrap address rule, client options and topics, the CloudEvents codec,
+the reachability probe, the embedded broker and `EventClient`."""
