@@ -32,9 +32,9 @@ def declared_length(scope: Scope) -> int | None:
 
 class BodyReader:
     """Reads bodies up to `limit` bytes (`FAAS_MAX_PAYLOAD_BYTES`), each chunk within `idle` seconds of
-    the one before (`FAAS_HTTP_BODY_TIMEOUT`, default 10)."""
+    the one before (`FAAS_HTTP_BODY_TIMEOUT`; its default lives with the settings)."""
 
-    def __init__(self, limit: int, idle: float = 10.0) -> None:
+    def __init__(self, limit: int, idle: float) -> None:
         self.limit = limit
         self.idle = idle
         self._reads: dict[asyncio.Task[object], float] = {}
