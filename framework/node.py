@@ -32,7 +32,7 @@ from framework.observe.metrics import Metrics
 from framework.observe.records import InvocationRecords
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
-from framework.sources.http.app import create_app
+from framework.sources.http.app import App, create_app
 from framework.sources.kafka.source import KafkaSource
 from framework.sources.schedule.scheduler import Scheduler
 from framework.tasks import within
@@ -190,16 +190,17 @@ class Node:
         await self.scheduler.start()
         self.deployments = open_deployments(self.settings, self.working, bootstrap, self.serve_registry)
         self.deployments.begin()
+        app = create_app(
+            self.settings,
+            self.invoker,
+            self.scheduler,
+            self,
+            self.metrics,
+            self.deployments,
+            self.records,
+        )
         config = uvicorn.Config(
-            create_app(
-                self.settings,
-                self.invoker,
-                self.scheduler,
-                self,
-                self.metrics,
-                self.deployments,
-                self.records,
-            ),
+            app,
             host=self.settings.http_host,
             port=self.settings.http_port,
             lifespan="off",
@@ -245,15 +246,18 @@ class Node:
                     )
                     code = 1
         stop_wait.cancel()
-        await self._shutdown(server, stop_watch, tasks)
+        await self._shutdown(server, app, stop_watch, tasks)
         return code
 
     async def _shutdown(
-        self, server: uvicorn.Server, stop_watch: asyncio.Event, tasks: list[asyncio.Task[Any]]
+        self, server: uvicorn.Server, app: App, stop_watch: asyncio.Event, tasks: list[asyncio.Task[Any]]
     ) -> None:
         grace = self.settings.shutdown_grace
         self.started = False
         server.should_exit = True  # stop accepting; uvicorn waits for in-flight requests
+        # uvicorn cancels what is left after int(grace) s (plus its 0.1-0.2 s of ticks): a request still
+        # waiting for its body is answered in the contract's shape just before that.
+        app.drain_by(asyncio.get_running_loop().time() + max(int(grace) - BODY_DRAIN_MARGIN, 0))
         stop_watch.set()
         # The three sources drain side by side, so the whole stop stays within one grace period.
         draining: list[Any] = [_bounded("http", asyncio.gather(*tasks, return_exceptions=True), grace + 1)]
@@ -281,6 +285,9 @@ class Node:
         )
 
 
+BODY_DRAIN_MARGIN = 0.5
+"""Seconds before uvicorn's graceful-shutdown timeout at which requests still waiting for their body are
+answered Overloaded."""
 STOP_MARGIN = 10.0
 """Seconds a stop step may run past its own grace before the node goes on without it: a stop never hangs
 (a step that hangs is logged by name; what it left is redone by Kafka's redelivery or lost with the process,

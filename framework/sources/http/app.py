@@ -318,6 +318,11 @@ class App(Starlette):
         self.auth = auth
         self.requests = RequestMetrics(counters, self.router.routes)
 
+    def drain_by(self, deadline: float) -> None:
+        """The node is stopping: requests still waiting for their body at loop time `deadline` are
+        answered 429 `Overloaded` (`body.py`)."""
+        self.source.body.drain_by(deadline)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
@@ -343,7 +348,7 @@ def create_app(
     metrics: MetricsRenderer,
     deployments: Deployments | None = None,
     invocations: InvocationLog | None = None,
-) -> Starlette:
+) -> App:
     """The Starlette app the node serves with uvicorn; `invocations` adds the routes of section 13."""
     keys = settings.keys
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []

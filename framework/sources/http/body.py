@@ -5,6 +5,11 @@ sends fewer bytes than its `Content-Length` (or stops a chunked body) would hold
 it queued for, for ever. A body that brings no byte for `FAAS_HTTP_BODY_TIMEOUT` seconds is answered 400.
 The deadline is kept by one sweep per second over the reads in progress, not a timer per request:
 `asyncio.timeout` costs about 5 us per request on this path, a dict entry about 0.2 us.
+
+A stopping node gives in-flight requests its grace, then uvicorn cancels what is left and answers it with a
+plain-text 500. So the node tells the reader when the grace is about to end (`drain_by`), and the requests
+still waiting for their body then are answered 429 `Overloaded` ("the node is stopping") in the contract's
+shape instead: the client learns to send it again, elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope
 
-from framework.errors import BadRequest, PayloadTooLarge
+from framework.errors import BadRequest, Overloaded, PayloadTooLarge
 
 NULL = b"null"
 SWEEP_EVERY = 1.0
@@ -39,8 +44,11 @@ class BodyReader:
         self.idle = idle
         self._reads: dict[asyncio.Task[object], float] = {}
         """Request task → loop time its body last made progress."""
-        self._expired: set[asyncio.Task[object]] = set()
+        self._expired: dict[asyncio.Task[object], bool] = {}
+        """Reads this reader cancelled: True for those the node's stop ended, False for stalled ones."""
         self._sweeper: asyncio.Task[None] | None = None
+        self._stop_at: float | None = None
+        """Loop time after which no body read may go on (`drain_by`)."""
 
     async def read_request(self, request: Request) -> bytes:
         """`read` of a Starlette request."""
@@ -87,11 +95,15 @@ class BodyReader:
                     break
                 reads[task] = loop.time()
         except asyncio.CancelledError:
-            if task not in self._expired:
+            stopping = self._expired.pop(task, None)
+            if stopping is None:
                 raise
-            self._expired.discard(task)
             task.uncancel()
             of = f" of the {declared} its Content-Length declares" if declared is not None else ""
+            if stopping:
+                raise Overloaded(
+                    f"the node is stopping: the request body had not arrived ({size} bytes{of})"
+                ) from None
             raise BadRequest(
                 f"body incomplete: no byte arrived for {self.idle:g} s (FAAS_HTTP_BODY_TIMEOUT) after "
                 f"{size} bytes{of}"
@@ -102,17 +114,35 @@ class BodyReader:
             body = b"".join(chunks)
         return _checked(body)
 
+    def drain_by(self, deadline: float) -> None:
+        """The node is stopping: end the reads still in progress at loop time `deadline` (and any after
+        it) with Overloaded, before the server cancels them."""
+        loop = asyncio.get_running_loop()
+        self._stop_at = deadline
+        loop.call_at(deadline, self._end_reads)
+
+    def _end_reads(self) -> None:
+        for task in list(self._reads):
+            if task not in self._expired:
+                self._expired[task] = True
+                task.cancel()
+
     async def _sweep(self) -> None:
-        """Cancel the reads that made no progress for `idle` seconds; ends when none is in progress
-        (the next read starts it again), so an idle node has no timer."""
+        """Cancel the reads that made no progress for `idle` seconds (all of them past the stop's
+        deadline); ends when none is in progress (the next read starts it again), so an idle node has no
+        timer."""
         loop = asyncio.get_running_loop()
         try:
             while self._reads:
                 await asyncio.sleep(SWEEP_EVERY)
-                stalled_since = loop.time() - self.idle
+                now = loop.time()
+                if self._stop_at is not None and now >= self._stop_at:
+                    self._end_reads()
+                    continue
+                stalled_since = now - self.idle
                 for task, progressed in list(self._reads.items()):
                     if progressed <= stalled_since and task not in self._expired:
-                        self._expired.add(task)
+                        self._expired[task] = False
                         task.cancel()
         finally:
             self._sweeper = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -422,3 +423,38 @@ def test_a_slow_body_that_keeps_coming_is_served(node: Node) -> None:
     head = f"POST /functions/{ECHO}/invoke HTTP/1.1\nHost: x\nContent-Length: 6\n"
     status, body, _ = raw_request(node, head, [bytes([b]) for b in b'"slow"'], pause=1.0)
     assert status == 200 and body["result"]["echo"] == "slow", body
+
+
+def test_a_stopping_node_answers_bodies_still_on_their_way_in_the_contract_shape(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node with FAAS_SHUTDOWN_GRACE=2 and a 30 s body timeout gets POST /functions/ECHO/invoke
+    declaring Content-Length: 100 and only 4 bytes. 2. A request on another connection is answered (the
+    first is being read by then). 3. SIGTERM.
+    Result: the stalled request is answered 429 Overloaded "the node is stopping" in JSON, saying how many
+    bytes came, before the grace ends (uvicorn would have cancelled it with a plain-text 500); the node
+    exits 0."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    grace = 2
+    env = {"FAAS_SHUTDOWN_GRACE": str(grace), "FAAS_HTTP_BODY_TIMEOUT": "30"}
+    node = nodes(root, None, kafka=False, env=env).wait_ready()
+    host, port = node.url.removeprefix("http://").split(":")
+    head = f"POST /functions/{ECHO}/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + b'"abc')
+        assert httpx.get(node.url + "/healthz").status_code == 200
+        stopped = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed with no full answer: {answer!r}"
+            answer += chunk
+        took = time.monotonic() - stopped
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = orjson.loads(rest.partition(b"\r\n\r\n")[2])
+    assert int(status_line.split()[1]) == 429 and body["error"]["type"] == "Overloaded", answer
+    message = body["error"]["message"]
+    assert message.startswith("the node is stopping") and "4 bytes of the 100" in message, message
+    assert took < grace + 1, took
+    assert node.proc.wait(30) == 0, node.tail()
