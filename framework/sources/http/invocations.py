@@ -59,6 +59,10 @@ def _bool(name: str, value: str | None) -> bool | None:
     raise BadRequest(f"query parameter {name!r} must be true or false, not {value!r}")
 
 
+QUERY = ("function", "ok", "trigger", "limit")
+"""The filters of `GET /invocations`."""
+
+
 def _limit(value: str | None, most: int) -> int:
     if value is None:
         return DEFAULT_LIMIT
@@ -76,6 +80,10 @@ class InvocationRoutes:
 
     async def listing(self, request: Request) -> Response:
         q = request.query_params
+        for name in QUERY:  # Starlette would take the last of them: say it rather than guess
+            given = len(q.getlist(name))
+            if given > 1:
+                raise BadRequest(f"query parameter {name!r} is given {given} times: give it once")
         trigger = q.get("trigger")
         if trigger is not None and trigger not in TRIGGERS:
             raise BadRequest(

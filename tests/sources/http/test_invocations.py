@@ -78,6 +78,17 @@ async def test_bad_query_values_are_400(
     assert names in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "query", ["limit=5&limit=10", "ok=true&ok=false", "function=a&function=b", "trigger=http&trigger=http"]
+)
+async def test_a_filter_given_twice_is_400(client: httpx.AsyncClient, query: str) -> None:
+    """A repeated filter is refused, naming it, not read as its last value (Starlette's reading)."""
+    r = await client.get(f"/invocations?{query}")
+    assert r.status_code == 400 and err(r) == "BadRequest"
+    name = query.partition("=")[0]
+    assert r.json()["error"]["message"] == f"query parameter {name!r} is given 2 times: give it once"
+
+
 async def test_one_record_and_unknown(fake: FakeNode, client: httpx.AsyncClient) -> None:
     inv = record(fake)
     r = await client.get(f"/invocations/{inv}")
