@@ -28,6 +28,8 @@ class Profile:
     """In-process Runtime.invoke calls per repetition."""
     overload_seconds: float
     """Seconds of open-loop overload per repetition (cases/overload.py)."""
+    producer_records: int
+    """Invocation records per repetition of the producer's CPU case (cases/producer.py)."""
 
 
 FULL = Profile(
@@ -47,6 +49,7 @@ FULL = Profile(
     event_latency_max=2500,
     warm_calls=3000,
     overload_seconds=4.0,
+    producer_records=50_000,
 )
 QUICK = Profile(
     name="quick",
@@ -62,4 +65,5 @@ QUICK = Profile(
     event_latency_max=200,
     warm_calls=200,
     overload_seconds=1.0,
+    producer_records=2_000,
 )

@@ -30,6 +30,7 @@ from benchmarks.cases import (
     memory,
     overload,
     partitions,
+    producer,
     tracing,
     warm,
 )
@@ -137,6 +138,7 @@ SERVED: dict[str, Group] = {
 """Groups measured against the shared broker, node, bare server and relay, in this order."""
 QUIET: dict[str, Group] = {
     "costs": costs.run,
+    "producer": producer.run,
     "limits": limits.run,
     "warm": warm.run,
     "tracing": tracing.run,

@@ -31,7 +31,7 @@ GROUPS = [
     "deploy one function to served",
     "records on, direct invoke c=64 throughput", "records on, events 1 listener throughput",
     "OTel export on, direct invoke c=64 throughput", "OTel export on, direct invoke c=1 p50",
-    "OTel export on, events 1 listener throughput",
+    "OTel export on, events 1 listener throughput", "records producer CPU per record",
 ]  # fmt: skip
 
 
