@@ -255,9 +255,11 @@ class Node:
         grace = self.settings.shutdown_grace
         self.started = False
         server.should_exit = True  # stop accepting; uvicorn waits for in-flight requests
-        # uvicorn cancels what is left after int(grace) s (plus its 0.1-0.2 s of ticks): a request still
-        # waiting for its body is answered in the contract's shape just before that.
-        app.drain_by(asyncio.get_running_loop().time() + max(int(grace) - BODY_DRAIN_MARGIN, 0))
+        # uvicorn cancels what is left after its graceful-shutdown timeout (plus its 0.1-0.2 s of ticks): a
+        # request still waiting for its body is answered in the contract's shape just before that. (None:
+        # uvicorn waits for ever, and the http step's own bound below ends the wait.)
+        cancels_after = server.config.timeout_graceful_shutdown or grace
+        app.drain_by(asyncio.get_running_loop().time() + max(cancels_after - BODY_DRAIN_MARGIN, 0))
         stop_watch.set()
         # The three sources drain side by side, so the whole stop stays within one grace period.
         draining: list[Any] = [_bounded("http", asyncio.gather(*tasks, return_exceptions=True), grace + 1)]

@@ -89,9 +89,9 @@ def error_of(exc: BaseException) -> dict[str, str]:
 
 class RecordCounters:
     """`faas_invocation_records_{total,sent_total,dropped_total}`: made, acknowledged by the broker, given
-    up (buffer full, send failed, or still buffered at shutdown). Once the buffer is empty, sent + dropped
-    = made, for records of a node with Kafka. Plain integers read when scraped: a prometheus_client
-    `Counter.inc` (a lock) per record would cost more than the rest of the record."""
+    up (buffer full, send failed, still buffered at shutdown, or made after it). Once the buffer is empty,
+    sent + dropped = made, for records of a node with Kafka. Plain integers read when scraped: a
+    prometheus_client `Counter.inc` (a lock) per record would cost more than the rest of the record."""
 
     def __init__(self, metrics: Metrics | None) -> None:
         self.made = self.sent = self.dropped = 0
@@ -105,7 +105,7 @@ class RecordCounters:
         )
         yield CounterMetricFamily(
             "faas_invocation_records_dropped",
-            "Invocation records given up: buffer full, send failed, or unsent at shutdown.",
+            "Invocation records given up: buffer full, send failed, unsent at shutdown, or made after it.",
             value=self.dropped,
         )
 

@@ -21,15 +21,16 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from framework.control.manifest import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
+from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.template import Template
-from framework.runtime.worker.capture import LogCapture
 from framework.types import Invocation
 
 GRACE = 1.0
@@ -59,6 +60,11 @@ class _Pending:
     """Where the record the instance rendered goes, with its duration (ms) and success (the caller's list),
     if the caller asked for one."""
     invocation_id: str = ""
+
+    @property
+    def wants_record(self) -> bool:
+        """The caller makes this invocation's record: its lines are worth keeping should the instance die."""
+        return self.answered is not None
 
 
 class InstanceHandle:
@@ -187,8 +193,8 @@ class InstanceHandle:
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
-                if self._lines is not None:
-                    self._lines.discard(inv.invocation_id)
+            if self._lines is not None and not self.dead:  # also when its REPLY came as it was cancelled
+                self._lines.discard(inv.invocation_id)
             raise
 
     @property
@@ -297,26 +303,28 @@ class InstanceHandle:
         its invocation's REPLY is not kept: the instance's record has it already)."""
         if inv not in lines:
             if self.dead or not any(
-                p.invocation_id == inv and p.answered is not None for p in self._pending.values()
+                p.invocation_id == inv and p.wants_record for p in self._pending.values()
             ):
                 return
             lines.begin(inv)
         lines.add(inv, level if type(level) is int else logging.INFO, msg if type(msg) is str else str(msg))
 
     def holds_lines(self, invocation_id: str) -> bool:
-        """Whether lines of this invocation are kept here (always, with records on, for an invocation
-        this instance held when it died)."""
+        """Whether lines of this invocation are kept here: with records on, while it is in flight and has
+        logged, and from its instance's death until they are taken (`take_lines`, `lines_of`)."""
         return self._lines is not None and invocation_id in self._lines
 
-    async def lines_of(self, invocation_id: str) -> list[dict[str, object]] | None:
-        """The lines of an invocation this dead instance held, once its log channel closed (at most
-        LINES_WAIT seconds): what `LogCapture.end` gives. Call once per invocation."""
-        if self._lines is None:
-            return None
+    def take_lines(self, invocation_id: str) -> list[dict[str, Any]] | None:
+        """The kept lines of an invocation (what `LogCapture.end` gives), no longer kept here; complete for
+        a dead instance once `exited` is set."""
+        return self._lines.end(invocation_id) if self._lines is not None else None
+
+    async def lines_of(self, invocation_id: str) -> list[dict[str, Any]] | None:
+        """`take_lines` once the log channel closed (at most LINES_WAIT seconds)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LINES_WAIT):
                 await self.exited.wait()
-        return self._lines.end(invocation_id)
+        return self.take_lines(invocation_id)
 
     def _on_logs_closed(self, exc: Exception | None) -> None:
         self.exited.set()
@@ -366,7 +374,7 @@ class InstanceHandle:
             if pending.fut.done():
                 continue
             lines, inv = self._lines, pending.invocation_id
-            if lines is not None and pending.answered is not None and inv not in lines:
+            if lines is not None and pending.wants_record and inv not in lines:
                 lines.begin(inv)  # lines still on their way are its record's
             if late is not None and late >= pending.deadline:
                 pending.fut.set_exception(

@@ -141,15 +141,18 @@ class FunctionPool:
                 self._recorder.keep(self.spec, inv, started, ms, ok, record)
             else:
                 wall = (time.perf_counter() - t0) * 1000
-                if inst is not None and inst.dead and inst.holds_lines(inv.invocation_id):
+                where = None if inst is None else inst.id
+                if inst is None or not inst.dead or not inst.holds_lines(inv.invocation_id):
+                    self._recorder.finish(self.spec, inv, started, wall, cold, where, exc)
+                elif inst.exited.is_set():  # every line is in already
+                    logs = inst.take_lines(inv.invocation_id)
+                    self._recorder.finish(self.spec, inv, started, wall, cold, where, exc, logs)
+                else:
                     task = asyncio.get_running_loop().create_task(
                         self._record_crash(inst, inv, started, wall, cold, exc)
                     )
                     self.late_records.add(task)
                     task.add_done_callback(self.late_records.discard)
-                else:
-                    where = None if inst is None else inst.id
-                    self._recorder.finish(self.spec, inv, started, wall, cold, where, exc)
             raise
         if answered:
             self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
@@ -172,7 +175,10 @@ class FunctionPool:
         try:
             logs = await inst.lines_of(inv.invocation_id)
         finally:  # made even when the wait is cancelled (shutdown): without the lines, then
-            self._recorder.finish(self.spec, inv, started, wall, cold, inst.id, exc, logs)
+            try:
+                self._recorder.finish(self.spec, inv, started, wall, cold, inst.id, exc, logs)
+            except Exception:  # no caller to hand it to: the node's log has it
+                log.exception("the record of invocation %s could not be made", inv.invocation_id)
 
     @property
     def queued(self) -> int:

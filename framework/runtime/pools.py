@@ -214,7 +214,9 @@ class Runtime:
             now = time.monotonic()
             for pool in pools:
                 pool.reap(now)
-            self._retired = [p for p in self._retired if p.instances or p.queued or p.exiting]
+            self._retired = [
+                p for p in self._retired if p.instances or p.queued or p.exiting or p.late_records
+            ]
 
 
 async def invoke_once(spec: FunctionSpec, payload: bytes, settings: Settings | None = None) -> InvokeResult:

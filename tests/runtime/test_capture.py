@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind
-from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text
+from framework.runtime.worker.capture import CapturingSender, clean_text
 from framework.runtime.worker.watchdog import LogStream, current_invocation
 
 

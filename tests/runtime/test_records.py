@@ -18,6 +18,8 @@ from framework.control.manifest import FunctionSpec, InstancesSpec
 from framework.errors import FunctionError, InstanceCrashed, Overloaded, Timeout
 from framework.observe.records import InvocationRecords
 from framework.runtime import Runtime
+from framework.runtime.handle import InstanceHandle
+from framework.runtime.protocol import FrameKind
 from framework.settings import Settings
 from framework.types import EventIdentity, Invocation
 from tests.support import write_project
@@ -61,6 +63,13 @@ async def die(payload, ctx):
 async def block(payload, ctx):
     ctx.log.info("about to block")
     time.sleep(5)  # the loop is stuck: only the node's backstop can end this
+
+async def mixed(payload, ctx):
+    ctx.log.info("started %s", payload)
+    if payload == "die":
+        await asyncio.sleep(0.2)  # the others are in flight by then
+        os._exit(3)
+    await asyncio.sleep(5)
 
 async def log_then_wait(payload, ctx):
     ctx.log.info("waiting")
@@ -317,3 +326,59 @@ async def test_the_node_keeps_lines_only_of_invocations_in_flight(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not rt._pool(waiting).instances[0].holds_lines("inv-w")
+
+
+class _Channel:
+    """A main channel that keeps what the handle sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, dict[str, object]]] = []
+
+    def send(self, kind: int, header: dict[str, object], tail: bytes = b"", trailer: bytes = b"") -> None:
+        self.sent.append((kind, header))
+
+
+async def test_a_reply_that_crosses_its_cancel_leaves_no_lines_behind(project: Path) -> None:
+    """1. An invocation in flight (records on) logs a line: the node keeps it, should the instance die.
+    2. Its caller gives up, and its REPLY arrives before the caller's coroutine runs again.
+    Result: the caller sees the cancellation and nothing of that invocation stays kept (no process here:
+    the handle's two channels are driven by hand, in the order that race takes)."""
+    handle = InstanceHandle(spec(project, "hello"), "INFO", lambda *_: None, lambda: None, node="node-7")
+    channel = _Channel()
+    handle._main = channel  # type: ignore[assignment]
+    handle.ready = True
+    call = asyncio.ensure_future(
+        handle.call(Invocation("inv-x", "direct", None, b"1"), False, time.time(), [])
+    )
+    await asyncio.sleep(0)  # the request went out
+    [(kind, request)] = channel.sent
+    assert kind == FrameKind.REQUEST
+    handle._on_log(FrameKind.LOG, {"inv": "inv-x", "lvl": logging.INFO, "msg": "working"}, b"")
+    assert handle.holds_lines("inv-x")
+    call.cancel()
+    handle._on_frame(FrameKind.REPLY, {"id": request["id"], "ms": 1.0}, b"null")
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert not handle.holds_lines("inv-x") and handle.inflight == 0
+
+
+async def test_each_invocation_a_dying_instance_held_keeps_its_own_lines(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. Three invocations run at once on one instance, each logging a line; one of them ends the process.
+    Result: all three are InstanceCrashed, and each record holds its own line and no other's."""
+    rt, records = runtime
+    mixed = spec(project, "mixed")
+    calls = [
+        rt.invoke(mixed, Invocation(f"inv-{p}", "direct", None, f'"{p}"'.encode())) for p in ("a", "b", "die")
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, InstanceCrashed) for o in outcomes), outcomes
+    deadline = time.monotonic() + 10
+    while any(records.get(f"inv-{p}") is None for p in ("a", "b", "die")):
+        assert time.monotonic() < deadline, "a record of the crash is missing"
+        await asyncio.sleep(0.01)
+    for p in ("a", "b", "die"):
+        rec = records.get(f"inv-{p}")
+        assert rec is not None and rec["error"]["type"] == "InstanceCrashed"
+        assert [e["message"] for e in rec["logs"]] == [f"started {p}"], rec

@@ -41,9 +41,10 @@ import orjson
 from framework import heap
 from framework.context import Context
 from framework.observe import otel, record_json, tracing
+from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact
-from framework.runtime.worker.capture import CapturingSender, LogCapture, clean_text
+from framework.runtime.worker.capture import CapturingSender, clean_text
 from framework.runtime.worker.watchdog import (
     ForwardHandler,
     InvocationLog,

@@ -68,6 +68,8 @@ class BodyReader:
         task: asyncio.Task[object] | None = asyncio.current_task()
         assert task is not None
         loop = task.get_loop()
+        if self._stop_at is not None and loop.time() >= self._stop_at:
+            raise Overloaded("the node is stopping: the request body was not read")
         reads = self._reads
         reads[task] = loop.time()
         if self._sweeper is None:
@@ -115,8 +117,8 @@ class BodyReader:
         return _checked(body)
 
     def drain_by(self, deadline: float) -> None:
-        """The node is stopping: end the reads still in progress at loop time `deadline` (and any after
-        it) with Overloaded, before the server cancels them."""
+        """The node is stopping: end the reads still in progress at loop time `deadline` with Overloaded,
+        before the server cancels them, and refuse any that starts after it."""
         loop = asyncio.get_running_loop()
         self._stop_at = deadline
         loop.call_at(deadline, self._end_reads)

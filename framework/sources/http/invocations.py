@@ -2,7 +2,8 @@
 
 - `GET /invocations?function=&ok=&trigger=&limit=`: `{"invocations": [...]}`, newest first. `function` is a
   name or a uuid, `ok` is `true` or `false`, `trigger` one of `event`, `direct`, `schedule`, `warmup`,
-  `limit` 0..FAAS_RECENT_INVOCATIONS (default 100). A bad value is 400 `BadRequest` naming the parameter.
+  `limit` 0..FAAS_RECENT_INVOCATIONS (default 100). A bad value, or a filter given twice, is 400
+  `BadRequest` naming the parameter; other parameters are ignored.
 - `GET /invocations/{invocation_id}`: the record with its logs, 404 `NotFound` if this node has none.
 - `GET /functions/{uuid}/stats`: the function's last 15 minutes (count, failures, p50_ms, p99_ms, and the
   same per minute, oldest first): what the dashboard charts. 404 for a uuid the manifest does not know.
@@ -27,6 +28,8 @@ from framework.sources.http.responses import JSONResponse
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 TRIGGERS = ("event", "direct", "schedule", "warmup")
+QUERY = ("function", "ok", "trigger", "limit")
+"""The filters of `GET /invocations` (the OpenAPI document describes each)."""
 DEFAULT_LIMIT = 100
 
 
@@ -57,10 +60,6 @@ def _bool(name: str, value: str | None) -> bool | None:
     if value == "false":
         return False
     raise BadRequest(f"query parameter {name!r} must be true or false, not {value!r}")
-
-
-QUERY = ("function", "ok", "trigger", "limit")
-"""The filters of `GET /invocations`."""
 
 
 def _limit(value: str | None, most: int) -> int:
