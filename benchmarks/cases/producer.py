@@ -5,7 +5,7 @@ share is lost in the noise of a saturated machine. This group takes that share a
 records (`record_json.render`, three functions, about 400 bytes each) go to the suite's broker once through
 a `RecordSender` (`observe/sender.py`: bounded buffer, a round per 0.5 s, fresh metadata each round, one
 batch per partition) and once through the strongest raw form of the same work: aiokafka's own
-`create_batch`/`send_batch` per partition, the keys' partitions computed once, every acknowledgement
+`create_batch`/`send_batch` per partition, each key's partition computed once, every acknowledgement
 awaited, no buffer and no metadata round. Both run in this process on the suite's loop, in alternating
 rounds, each on a fresh 6-partition topic (Tansu's in-memory log slows as a topic grows).
 
@@ -25,12 +25,12 @@ from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from benchmarks import procs
 from benchmarks.env import Env, baseline, guarded
 from benchmarks.eventload import create_topics
 from benchmarks.stats import Series
+from framework.kafka.partitioner import KeyHashes
 from framework.observe.record_json import render
 from framework.observe.records import RecordCounters
 from framework.observe.sender import BATCH_BYTES, MAX_BATCH, RecordSender
@@ -109,14 +109,11 @@ async def _raw(env: Env, records: list[Record], broker_cpu: list[float]) -> floa
     try:
         partitions = sorted(await producer.partitions_for(topic))
         before = _cpu(env)
-        hashes: dict[bytes, int] = {}
+        hashes = KeyHashes()  # the partitioner's rule, each key's hash computed once, as the sender's
         for start in range(0, len(records), MAX_BATCH):  # the rounds a sender would make of them
             lanes: dict[int, list[Record]] = {}
             for key, value in records[start : start + MAX_BATCH]:
-                partition = hashes.get(key)
-                if partition is None:
-                    partition = hashes[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-                lanes.setdefault(partition, []).append((key, value))
+                lanes.setdefault(hashes.partition(key, partitions), []).append((key, value))
             acks = []
             for partition, items in lanes.items():
                 builder = producer.create_batch()

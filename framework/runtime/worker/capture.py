@@ -25,8 +25,6 @@ from __future__ import annotations
 from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind, Header
 
-__all__ = ["CapturingSender", "LogCapture", "clean_text"]
-
 
 def clean_text(text: str) -> str:
     """`text` as valid UTF-8: lone surrogates (bytes decoded with `surrogateescape`, binary garbage) become

@@ -130,18 +130,13 @@ class BodyReader:
                 task.cancel()
 
     async def _sweep(self) -> None:
-        """Cancel the reads that made no progress for `idle` seconds (all of them past the stop's
-        deadline); ends when none is in progress (the next read starts it again), so an idle node has no
-        timer."""
+        """Cancel the reads that made no progress for `idle` seconds; ends when none is in progress
+        (the next read starts it again), so an idle node has no timer."""
         loop = asyncio.get_running_loop()
         try:
             while self._reads:
                 await asyncio.sleep(SWEEP_EVERY)
-                now = loop.time()
-                if self._stop_at is not None and now >= self._stop_at:
-                    self._end_reads()
-                    continue
-                stalled_since = now - self.idle
+                stalled_since = loop.time() - self.idle
                 for task, progressed in list(self._reads.items()):
                     if progressed <= stalled_since and task not in self._expired:
                         self._expired[task] = False

@@ -380,14 +380,19 @@ def raw_request(
             time.sleep(pause)
             sock.sendall(part)
         sent = time.monotonic()
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
-            chunk = sock.recv(65536)
-            assert chunk, f"connection closed with no full answer: {answer!r}"
-            answer += chunk
-    took = time.monotonic() - sent
+        status, body = _answer(sock)
+    return status, body, time.monotonic() - sent
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """Read one whole HTTP answer from `sock`: its status and JSON body."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed with no full answer: {answer!r}"
+        answer += chunk
     status_line, _, rest = answer.partition(b"\r\n")
-    return int(status_line.split()[1]), orjson.loads(rest.partition(b"\r\n\r\n")[2]), took
+    return int(status_line.split()[1]), orjson.loads(rest.partition(b"\r\n\r\n")[2])
 
 
 def _length(answer: bytes) -> int:
@@ -445,15 +450,9 @@ def test_a_stopping_node_answers_bodies_still_on_their_way_in_the_contract_shape
         assert httpx.get(node.url + "/healthz").status_code == 200
         stopped = time.monotonic()
         node.proc.send_signal(signal.SIGTERM)
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
-            chunk = sock.recv(65536)
-            assert chunk, f"connection closed with no full answer: {answer!r}"
-            answer += chunk
+        status, body = _answer(sock)
         took = time.monotonic() - stopped
-    status_line, _, rest = answer.partition(b"\r\n")
-    body = orjson.loads(rest.partition(b"\r\n\r\n")[2])
-    assert int(status_line.split()[1]) == 429 and body["error"]["type"] == "Overloaded", answer
+    assert status == 429 and body["error"]["type"] == "Overloaded", body
     message = body["error"]["message"]
     assert message.startswith("the node is stopping") and "4 bytes of the 100" in message, message
     assert took < grace + 1, took
