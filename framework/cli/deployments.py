@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import click
@@ -152,7 +153,7 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
     manifest = load(settings, check_secrets=settings.secrets_path.is_dir())
     specs = _targets(manifest, names, all_)
-    found = candidates(manifest, settings.max_code_bytes, message)
+    found = candidates(manifest, settings.max_code_bytes, message, secrets=settings.secrets_path)
     errors = [e for s in specs if (e := found[s.uuid].error) is not None]
     if errors:
         fail(*errors)
@@ -340,8 +341,20 @@ def _kept(settings: Settings, name: str) -> list[Revision]:
     return kept
 
 
-def revision_cells(settings: Settings, manifest: Manifest) -> dict[str, str]:
-    """`faas ls` state cells by uuid: `productive r7`, `modified r7`, `undeployed r8`; {} without a broker."""
+@dataclass(frozen=True)
+class LiveFacts:
+    """What the deployment log says of one function, for `faas ls` (the fields of `GET /functions`)."""
+
+    revision: int
+    """The newest revision's number."""
+    modified: bool
+    """Productive, and its working copy differs from that revision."""
+    deployed_at: str
+
+
+def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
+    """The log's facts of each function of `manifest` that has a revision, by uuid; {} without a broker
+    (and when it cannot be reached, which is said on stderr)."""
     bootstrap = broker_of(settings)
     if bootstrap is None:
         return {}
@@ -354,12 +367,11 @@ def revision_cells(settings: Settings, manifest: Manifest) -> dict[str, str]:
     except ConnectionError as exc:
         click.echo(f"(revisions unknown: {exc})", err=True)
         return {}
-    found = candidates(manifest, settings.max_code_bytes)
-    cells = {}
+    found = candidates(manifest, settings.max_code_bytes, secrets=settings.secrets_path)
+    facts = {}
     for spec in manifest.functions:
         rev = newest.get(spec.uuid)
-        if rev is None:
-            continue
-        state = "modified" if is_modified(found.get(spec.uuid), rev) else spec.state
-        cells[spec.uuid] = f"{state} r{rev.revision}"
-    return cells
+        if rev is not None:
+            modified = is_modified(found.get(spec.uuid), rev)
+            facts[spec.uuid] = LiveFacts(rev.revision, modified, rev.deployed_at)
+    return facts

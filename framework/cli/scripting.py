@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from framework.control.cron import next_fire
 from framework.control.manifest import Manifest
+
+if TYPE_CHECKING:
+    from framework.cli.deployments import LiveFacts
 
 _PLACE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$", re.DOTALL)
 
@@ -44,10 +48,13 @@ def validate_report(manifest: Manifest | None, errors: list[str]) -> str:
     return json.dumps({"ok": False, "errors": [error_entry(e) for e in errors]})
 
 
-def listing(manifest: Manifest) -> str:
-    """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone)."""
+def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
+    """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone) and
+    its newest revision's `revision`, `modified` and `deployed_at` (as `GET /functions` names them; null,
+    false, null for a function the log has no revision of, or when the log could not be read)."""
     out = []
     for f in manifest.functions:
+        live = facts.get(f.uuid)
         schedules = [
             {
                 "cron": s.cron,
@@ -71,6 +78,9 @@ def listing(manifest: Manifest) -> str:
                 "events": list(f.events),
                 "schedules": schedules,
                 "keep_warm": warm,
+                "revision": None if live is None else live.revision,
+                "modified": live is not None and live.modified,
+                "deployed_at": None if live is None else live.deployed_at,
             }
         )
     return json.dumps({"functions": out}, default=str)

@@ -58,19 +58,20 @@ def validate(settings: Settings, as_json: bool) -> None:
 @pass_settings
 def list_functions(settings: Settings, as_json: bool) -> None:
     """List the functions with their schedules' next fire times."""
-    from framework.cli.deployments import revision_cells
+    from framework.cli.deployments import live_facts
 
+    manifest = load(settings, check_handlers=False)
+    facts = live_facts(settings, manifest)  # the newest revision of each, from the deployment log
     if as_json:
-        click.echo(scripting.listing(load(settings, check_handlers=False)))
+        click.echo(scripting.listing(manifest, facts))
         return
     rows = [("NAME", "UUID", "STATE", "EVENTS", "SCHEDULES")]
-    manifest = load(settings, check_handlers=False)
-    cells = revision_cells(settings, manifest)  # `productive r7` / `modified r7` from the deployment log
     for f in manifest.functions:
         crons = [(s.cron, s.timezone, "") for s in f.schedules]
         crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
         when = [f"{k}{c} [{tz}] next {next_fire(c, tz).isoformat(timespec='seconds')}" for c, tz, k in crons]
-        state = cells.get(f.uuid, f.state)
+        live = facts.get(f.uuid)  # `productive r7`, `modified r7`, `undeployed r8`
+        state = f.state if live is None else f"{'modified' if live.modified else f.state} r{live.revision}"
         rows.append((f.name, f.uuid, state, ",".join(f.events) or "-", "; ".join(when) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:

@@ -55,15 +55,18 @@ class Deployments:
         watch: bool,
         max_code_bytes: int,
         on_registry: Callable[[Registry], None],
+        secrets: Path | None = None,
     ) -> None:
         self.log = deployment_log
         self.cache = cache
         self.watch = watch
         self.limit = max_code_bytes
+        self.secrets = secrets
+        """FAAS_SECRETS_DIR, left out of the code of what is published."""
         self.on_registry = on_registry
         self.working = working
         self.root = working.path.resolve().parent
-        self.candidates = candidates(working, max_code_bytes)
+        self.candidates = candidates(working, max_code_bytes, secrets=secrets)
         self.ready = False
         self.fallback = False
         """The log could not be read in time: the working copy is served until it is."""
@@ -183,7 +186,7 @@ class Deployments:
         """A valid edit: in watch mode publish what changed; in any mode update `modified`."""
         before = self.candidates
         self.working = manifest
-        self.candidates = candidates(manifest, self.limit)
+        self.candidates = candidates(manifest, self.limit, secrets=self.secrets)
         if self.watch:
             self._spawn(self._deploy_changes(before, self.candidates), "watch-deploy")
         self.refresh()
@@ -298,7 +301,8 @@ def open_deployments(
     """The node's deployments on the Kafka log, or (no Kafka) on a log in memory with watch mode on."""
     cache = CodeCache(cache_dir(settings))
     state = LogState(on_code=cache.store)
+    limit, secrets = settings.max_code_bytes, settings.secrets_path
     if bootstrap is None:
-        return Deployments(MemoryLog(state), cache, manifest, True, settings.max_code_bytes, on_registry)
+        return Deployments(MemoryLog(state), cache, manifest, True, limit, on_registry, secrets)
     deployment_log = KafkaLog(state, settings, bootstrap)
-    return Deployments(deployment_log, cache, manifest, settings.watch, settings.max_code_bytes, on_registry)
+    return Deployments(deployment_log, cache, manifest, settings.watch, limit, on_registry, secrets)

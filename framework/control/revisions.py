@@ -129,16 +129,18 @@ def spec_from(data: dict[str, Any], root: Path, code: Path | None, number: int) 
     )
 
 
-def code_zip(spec: FunctionSpec, limit: int) -> bytes:
+def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> bytes:
     """The zip of `spec`'s handler top-level package (empty when it is not beside the manifest).
 
+    A `secrets` folder (FAAS_SECRETS_DIR, absolute) inside the package is left out: secret values are
+    never part of a revision (DESIGN.md section 12), and every node reads them from its own folder.
     Raises CodeTooLarge when the zip is over `limit` bytes.
     """
     source = top_level(spec)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         if source is not None:
-            files = [source] if source.is_file() else sorted(_files(source))
+            files = [source] if source.is_file() else sorted(_files(source, secrets))
             for path in files:
                 info = zipfile.ZipInfo(path.relative_to(source.parent).as_posix(), _EPOCH)
                 info.external_attr = 0o644 << 16
@@ -153,15 +155,23 @@ def code_zip(spec: FunctionSpec, limit: int) -> bytes:
     return data
 
 
-def _files(folder: Path) -> list[Path]:
+def _files(folder: Path, secrets: Path | None = None) -> list[Path]:
     out = []
     for path in folder.rglob("*"):
         parts = path.relative_to(folder).parts
         if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in parts):
             continue
+        if secrets is not None and _within(path, secrets):
+            continue
         if path.suffix != ".pyc":
             out.append(path)
     return out
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path` is in `folder`, by its own name or by what it links to (a secret mount's files are
+    links: Kubernetes points them at a hidden folder beside them)."""
+    return path.absolute().is_relative_to(folder) or path.resolve().is_relative_to(folder)
 
 
 def sha256(data: bytes) -> str:

@@ -34,9 +34,14 @@ class Candidate:
 
 
 def candidates(
-    manifest: Manifest, limit: int, message: str | None = None, by: str | None = None
+    manifest: Manifest,
+    limit: int,
+    message: str | None = None,
+    by: str | None = None,
+    secrets: Path | None = None,
 ) -> dict[str, Candidate]:
-    """A deploy candidate (revision number 0, to be numbered by the log) for every function, by uuid."""
+    """A deploy candidate (revision number 0, to be numbered by the log) for every function, by uuid;
+    `secrets` (FAAS_SECRETS_DIR) is left out of the code (`code_zip`)."""
     zips: dict[Path | None, bytes | str] = {}
     who, when = by or author(), now()
     out: dict[str, Candidate] = {}
@@ -44,7 +49,7 @@ def candidates(
         source = top_level(spec)
         if source not in zips:
             try:
-                zips[source] = code_zip(spec, limit)
+                zips[source] = code_zip(spec, limit, secrets)
             except CodeTooLarge as exc:
                 zips[source] = str(exc)
             except OSError as exc:

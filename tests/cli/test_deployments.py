@@ -241,3 +241,56 @@ def test_history_outside_a_working_copy_shows_the_live_function_of_that_name(
     assert [(rev["uuid"], rev["revision"], rev["live"]) for rev in json.loads(r.stdout)] == [(ub, 1, True)]
     r = run_cli(empty, "rollback", "alpha", env=env)
     assert r.returncode == 1 and "no earlier deployed revision" in r.stderr, r.stderr
+
+
+def test_a_secrets_folder_inside_the_package_stays_out_of_the_revision(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. alpha reads secret `tok`, whose file is in `functions/secrets` (FAAS_SECRETS_DIR points there,
+    inside the handler's package). 2. `faas deploy alpha`. Result: it deploys; the code record's zip holds
+    the module but not the secrets folder, and no record on the log holds the secret's value."""
+    import io
+    import zipfile
+
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    text = manifest(u).replace("state: productive", "state: productive\n    secrets: [tok]")
+    root = write_project(tmp_path, text, {"m": MODULE})
+    (root / "functions" / "secrets").mkdir()
+    value = f"s3cret-{new_id()}"
+    (root / "functions" / "secrets" / "tok").write_text(value + "\n")
+    r = run_cli(
+        root, "deploy", "alpha", env=env_for(broker.bootstrap, topic, FAAS_SECRETS_DIR="functions/secrets")
+    )
+    assert r.returncode == 0 and "alpha: revision 1 deployed" in r.stdout, r.stderr
+    raw = consume(broker.bootstrap, topic, 2, timeout=10)
+    codes = [m["value"] for m in raw if m["key"].startswith(b"code:")]
+    assert len(codes) == 1 and isinstance(codes[0], bytes)
+    with zipfile.ZipFile(io.BytesIO(codes[0])) as z:
+        names = z.namelist()
+        assert "functions/m.py" in names and not any("secrets" in n for n in names), names
+        assert all(value.encode() not in z.read(n) for n in names)
+    assert all(value.encode() not in json.dumps(m["value"], default=repr).encode() for m in raw)
+
+
+def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. `faas ls --json` before any deploy. 2. `faas deploy alpha`, then `ls --json`. 3. Edit the module,
+    then `ls --json` and `ls`. Result: `revision`, `modified`, `deployed_at` are null, false, null at 1;
+    1, false and the revision's time at 2; 1 and true at 3, where the table says `modified r1`."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+
+    def listed() -> dict[str, object]:
+        r = run_cli(root, "ls", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        [entry] = json.loads(r.stdout)["functions"]
+        return {k: entry[k] for k in ("state", "revision", "modified", "deployed_at")}
+
+    assert listed() == {"state": "productive", "revision": None, "modified": False, "deployed_at": None}
+    assert run_cli(root, "deploy", "alpha", env=env).returncode == 0
+    facts = listed()
+    assert facts["revision"] == 1 and facts["modified"] is False, facts
+    assert isinstance(facts["deployed_at"], str) and facts["deployed_at"].endswith("Z"), facts
+    (root / "functions" / "m.py").write_text(MODULE.replace("ctx.revision", "ctx.revision, 'v': 2"))
+    assert listed() == {**facts, "modified": True}
+    assert "modified r1" in run_cli(root, "ls", env=env).stdout
