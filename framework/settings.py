@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(30.0, gt=0)
     """Seconds a request may wait for a free instance before it is answered `Overloaded`."""
     api_keys: SecretStr = SecretStr("")
-    """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one. Secret."""
+    """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one. Secret. A value that
+    is set but holds no key (`,`) is refused rather than read as "no auth"."""
     max_payload_bytes: int = Field(1_048_576, ge=1)
     http_body_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
     """Seconds an HTTP request body may go without a byte arriving before it is answered 400 (a client
@@ -110,6 +111,7 @@ class Settings(BaseSettings):
                 value = _secret_file(self.secrets_path, f"FAAS_{name.upper()}")
                 if value is not None:
                     setattr(self, name, SecretStr(value))
+        _check_keys(self.api_keys.get_secret_value(), self.keys)
         return self
 
     @property
@@ -122,6 +124,12 @@ class Settings(BaseSettings):
     @property
     def keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+
+def _check_keys(raw: str, keys: list[str]) -> None:
+    """ValueError when FAAS_API_KEYS is set but would turn auth off without a word."""
+    if raw.strip() and not keys:
+        raise ValueError("FAAS_API_KEYS is set but holds no key (keys are separated by commas)")
 
 
 SECRET_SETTINGS = ("api_keys", "kafka_sasl_password")

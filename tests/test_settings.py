@@ -88,6 +88,22 @@ def test_fetch_wait_out_of_range_is_a_usage_error(monkeypatch: pytest.MonkeyPatc
     assert Settings().kafka_fetch_wait_ms == 500
 
 
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [(",", "is set but holds no key"), (" , ,", "is set but holds no key")],
+)
+def test_api_keys_of_separators_only_are_refused(
+    monkeypatch: pytest.MonkeyPatch, keys: str, problem: str
+) -> None:
+    """FAAS_API_KEYS of separators only: read as "no key" it would serve every route without auth and say
+    nothing, so `faas run` (any command) exits 2 naming the setting; an empty value is auth off."""
+    monkeypatch.setenv("FAAS_API_KEYS", keys)
+    r = CliRunner().invoke(main, ["run"])
+    assert r.exit_code == 2 and "FAAS_API_KEYS" in r.output and problem in r.output, r.output
+    monkeypatch.setenv("FAAS_API_KEYS", "")
+    assert Settings().keys == []  # empty: auth off, as documented
+
+
 def test_secret_settings_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAAS_API_KEYS", "key-one,key-two")
     monkeypatch.setenv("FAAS_KAFKA_SASL_PASSWORD", "sasl-pass-9")

@@ -541,6 +541,23 @@ def test_api_key_flow(tmp_path: Path, nodes: Callable[..., Node], ui: Callable[.
     other.assert_clean()
 
 
+def test_a_key_beyond_latin1_works_in_the_browser(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node with FAAS_API_KEYS=ключ-1 (keys are compared as UTF-8 bytes, as `faas invoke` sends them).
+    2. Open /ui and enter the key. Result: the functions show (a browser cannot put U+043A in a header as a
+    character: the page sends the key's UTF-8 bytes); the page is not reported disconnected."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, None, kafka=False, env={"FAAS_API_KEYS": "ключ-1"}).wait_ready()
+    rec = ui(n)
+    page = rec.open(rec.page())
+    page.get_by_label("API key", exact=True).fill("ключ-1")
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    expect(page.locator("#offline")).to_be_hidden()
+    rec.assert_clean()
+
+
 def test_stale_key_is_refused_and_shows_no_data(
     tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
 ) -> None:

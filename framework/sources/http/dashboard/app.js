@@ -61,9 +61,13 @@ const pretty = (v) => JSON.stringify(v, null, 2);
 
 // ---- the API ----
 
+// A header carries bytes, and the node compares a key's UTF-8 bytes; fetch refuses characters above U+00FF
+// and sends the others as one byte each, so the key goes as a string of its UTF-8 bytes.
+const utf8Bytes = (text) => Array.from(new TextEncoder().encode(text), (b) => String.fromCharCode(b)).join("");
+
 function headers(extra) {
   const h = { Accept: "application/json", ...(extra || {}) };
-  if (state.key) h.Authorization = "Bearer " + state.key;
+  if (state.key) h.Authorization = "Bearer " + utf8Bytes(state.key);
   return h;
 }
 
