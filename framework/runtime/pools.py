@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from framework.control.manifest import FunctionSpec
 from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
+from framework.observe import tracing
 from framework.observe.metrics import Metrics
 from framework.runtime.handle import LINES_WAIT, InstanceHandle
 from framework.runtime.memory import MemoryGuard
@@ -103,9 +104,13 @@ class Runtime:
         if not pool.instances:
             pool.start(warm=True)
         targets = [i for i in pool.instances if not i.dead]
+        # Each warm-up is an invocation of its own, at the root of a trace of its own (nothing triggered it).
+        calls = [
+            Invocation(str(uuid.uuid4()), "warmup", None, b"null", None, tracing.start().traceparent)
+            for _ in targets
+        ]
         results = await asyncio.gather(
-            *(pool.call_on(i, Invocation(str(uuid.uuid4()), "warmup", None, b"null")) for i in targets),
-            return_exceptions=True,
+            *(pool.call_on(i, inv) for i, inv in zip(targets, calls, strict=True)), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors and len(errors) == len(results):

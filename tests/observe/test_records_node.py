@@ -119,7 +119,7 @@ MODULES = {
             return "handled"
 
         async def warmup(ctx):
-            ctx.log.info("warming %s", ctx.instance_id)
+            ctx.log.info("warming %s trace=%s", ctx.instance_id, ctx.trace_id)
     """,
     "noisy": """
         import threading, time
@@ -263,11 +263,14 @@ def test_event_record(node: Node, broker: EmbeddedBroker) -> None:
 def test_schedule_and_warmup_records(node: Node) -> None:
     """1. `ticker` has a per-second schedule, `warm` a per-second keep-warm.
     Result: records with trigger schedule (the handler's log of the payload) and trigger warmup (the
-    warmup hook's log), each ok."""
+    warmup hook's log), each ok, each with the 32-hex trace id its handler saw as `ctx.trace_id`."""
     tick = listed(node, lambda rs: rs[0] if rs else None, 60, function="ticker", trigger="schedule")
     assert tick["ok"] is True and tick["event"] is None and "tick {'kind': 'tick'}" in messages(tick)
+    assert re.fullmatch(r"[0-9a-f]{32}", tick["trace_id"] or ""), tick
     warm = listed(node, lambda rs: rs[0] if rs else None, 60, function=WARM, trigger="warmup")
     assert warm["ok"] is True and any(m.startswith("warming warm-") for m in messages(warm))
+    assert re.fullmatch(r"[0-9a-f]{32}", warm["trace_id"] or ""), warm
+    assert any(m.endswith(f"trace={warm['trace_id']}") for m in messages(warm)), warm
 
 
 def test_failure_records(node: Node) -> None:

@@ -264,14 +264,14 @@ class Server:
         record = b""
         if started is not None:
             try:
-                record = self._record(header, inv, started, ms, reply)
+                record = self._record(header, inv, started, ms, reply, tp)
             except Exception:  # the reply must still go: the node then makes the record itself
                 self.capture.end(inv)
                 self.log.exception("invocation %s: its record could not be made", inv)
         assert self.conn is not None
         self.conn.send(FrameKind.REPLY, reply, body, record)
 
-    def _record(self, header: Header, inv: str, started: float, ms: float, reply: Header) -> bytes:
+    def _record(self, header: Header, inv: str, started: float, ms: float, reply: Header, tp: str) -> bytes:
         """The invocation's record (DESIGN.md section 13), with what it logged; sent after the result."""
         ev: Header | None = header.get("ev")
         err: str | None = reply.get("err")
@@ -283,7 +283,7 @@ class Server:
             header["t"],
             header["e"],
             None if ev is None else ev["id"],
-            header.get("tp"),
+            tp,  # the request's, or the trace this instance started for it when it came without one
             self.node,
             self.instance_id,
             started,
