@@ -3,11 +3,14 @@
 Reads FAAS_INVOCATIONS_TOPIC, where every node produces its invocation records, so it shows every node's
 invocations. It reads with no consumer group (nothing to join, nothing committed, any number of readers at
 once): every partition is assigned, positioned by `offsets_for_times` at `--since` (a hint only: the
-embedded broker answers offset 0 for every time), and each record's own timestamp is checked against it.
+embedded broker answers offset 0 for every time), and each record's `started_at` is checked against it (not
+the time the record reached Kafka: a node buffers records while the broker is away and sends them later;
+a record is produced after its invocation started, so the seek skips none of those in the window).
 Without `--follow` it reads up to the end offsets it saw at start, prints what it kept ordered by
 `started_at`, and exits 0; with `--follow` it then prints records as they arrive until Ctrl-C (exit 0).
 
-`--invocation ID` looks through the whole topic unless `--since` is given too. Output: one line per
+`--invocation ID` looks through the whole topic unless `--since` is given too; finding no record of it is
+said on stderr (exit 0, as for a NAME). Output: one line per
 invocation (time, function, the full invocation id, trigger, event, outcome, duration, cold/warm, the
 attempt when over 1, the node), its log lines indented below; colours only on a terminal (and never with
 `NO_COLOR`); `--json` prints each record as one JSON line. Values on the topic that are not invocation
@@ -27,6 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import click
@@ -73,14 +77,16 @@ class Selection:
         self.skipped = 0
 
     def pick(self, timestamp: int, value: bytes | None) -> dict[str, Any] | None:
-        if self.cutoff_ms is not None and timestamp < self.cutoff_ms:
-            return None
+        """The record, parsed, if selected; `timestamp` (the Kafka record's, ms) stands in for `started_at`
+        only when that is not a time."""
         try:
             record = orjson.loads(value or b"")  # not json: a lone surrogate escape is no text to print
         except ValueError:
             record = None
         if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
             self.skipped += 1
+            return None
+        if self.cutoff_ms is not None and _started_ms(record["started_at"], timestamp) < self.cutoff_ms:
             return None
         if self.name is not None and self.name not in (record["function"], record["uuid"]):
             return None
@@ -89,6 +95,16 @@ class Selection:
         if self.invocation is not None and record["invocation_id"] != self.invocation:
             return None
         return record
+
+
+def _started_ms(started_at: object, fallback: int) -> int:
+    """`started_at` (RFC 3339) as epoch milliseconds; `fallback` when it is not such a time."""
+    if isinstance(started_at, str):
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(started_at)
+            if when.tzinfo is not None:
+                return int(when.timestamp() * 1000)
+    return fallback
 
 
 def _duration(ms: Any) -> str:
@@ -261,7 +277,10 @@ def logs(
         click.echo(text, color=colour)
 
     def caught_up() -> None:
-        if not shown and name is not None and _unknown(settings, name):
+        if not shown and invocation_id is not None:
+            window = "" if since is None else " started in the time --since covers"
+            click.echo(f"faas logs: no record of invocation {invocation_id!r}{window} on the topic", err=True)
+        elif not shown and name is not None and _unknown(settings, name):
             click.echo(
                 f"faas logs: no function named {name!r} in {settings.manifest}, and no invocation records "
                 "of it matched",

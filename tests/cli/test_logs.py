@@ -188,11 +188,13 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes,
 
 
 def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) -> None:
-    """1. Put on the topic a record stamped 2 hours ago, and three values that are not records (one is
+    """1. Put on the topic a record of an invocation that started 2 hours ago but reached Kafka just now (a
+    node sends what it buffered while the broker was away), and three values that are not records (one is
     JSON with a lone surrogate escape).
-    2. `faas logs --since 1h`, `--since 3h`, `--invocation OLD_ID` (no --since).
-    Result: 1h leaves the old record out (the embedded broker's offsets_for_times answers 0: the record's
-    own time decides), 3h and --invocation show it; the bad values are skipped, counted on stderr, exit 0."""
+    2. `faas logs --since 1h`, `--since 3h`, `--invocation OLD_ID` (no --since), `--invocation NOSUCH`.
+    Result: 1h leaves the old record out (its `started_at` decides, not when it reached Kafka; the
+    embedded broker's offsets_for_times answers 0 anyway), 3h and --invocation show it; the bad values are
+    skipped, counted on stderr, exit 0; an id with no record is said so on stderr, exit 0."""
     old_id = new_id()
     old = {
         "invocation_id": old_id,
@@ -200,17 +202,16 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
         "uuid": ECHO,
         "trigger": "direct",
         "ok": True,
-        "started_at": "2020-01-01T00:00:00.000Z",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 7200)),
         "logs": [],
     }
-    two_hours_ago = int((time.time() - 7200) * 1000)
     now = int(time.time() * 1000)
     asyncio.run(
         _produce(
             cluster.bootstrap,
             cluster.topic,
             [
-                (ECHO.encode(), json.dumps(old).encode(), two_hours_ago),
+                (ECHO.encode(), json.dumps(old).encode(), now),
                 (ECHO.encode(), b"\xff not json", now),
                 (ECHO.encode(), b'{"a": "record without the fields"}', now),
                 # A lone surrogate escape: JSON that names no character, which no terminal could print.
@@ -229,6 +230,9 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     r = cluster.logs("--invocation", old_id, "--json")
     assert r.returncode == 0 and [json.loads(x)["invocation_id"] for x in r.stdout.splitlines()] == [old_id]
     assert "skipped 3 records that are not invocation records" in r.stderr
+    r = cluster.logs("--invocation", "no-such-invocation")
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+    assert "no record of invocation 'no-such-invocation' on the topic" in r.stderr, r.stderr
 
 
 def test_follow_prints_new_invocations_and_ctrl_c_ends_quietly(cluster: Cluster) -> None:
