@@ -24,6 +24,7 @@ from framework.control.registry import Registry
 from framework.control.secrets import folder_setting_problem, readiness_reasons
 from framework.control.secrets_watch import SecretsWatcher
 from framework.control.watch import ManifestWatcher
+from framework.control.working_copy import code_check
 from framework.errors import ManifestError
 from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open, speaks_kafka
@@ -218,6 +219,7 @@ class Node:
             self.apply_manifest,
             self.reject_manifest,
             secrets_dir=self.settings.secrets_path,
+            max_code_bytes=self.settings.max_code_bytes,
         )
         secrets = SecretsWatcher(self.settings.secrets_path, self.secrets_changed)
         stop_watch = asyncio.Event()
@@ -303,11 +305,14 @@ async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
         log.warning("stopping %s took over %.0f s: going on without it", step, seconds)
 
 
-def _lacking_secrets(settings: Settings) -> list[str]:
-    """The `functions.yaml:LINE:COL` errors of the secrets the manifest lists that this node cannot read
-    (missing, unreadable, too short); the manifest is otherwise valid. Parsing only: no handler import."""
+def _start_problems(settings: Settings) -> list[str]:
+    """The `functions.yaml:LINE:COL` errors of a manifest otherwise valid: secrets it lists that this node
+    cannot read (missing, unreadable, too short) and code over FAAS_MAX_CODE_BYTES. No handler import."""
+    code = code_check(settings.max_code_bytes, settings.secrets_path)
     try:
-        load_manifest(settings.manifest, check_handlers=False, secrets_dir=settings.secrets_path)
+        load_manifest(
+            settings.manifest, check_handlers=False, secrets_dir=settings.secrets_path, check_code=code
+        )
     except ManifestError as exc:
         return exc.errors
     return []
@@ -330,7 +335,7 @@ def serve(settings: Settings, kafka: bool = True) -> int:
         return 1
     try:
         manifest = load_manifest(settings.manifest)
-        lacking = _lacking_secrets(settings)
+        problems = _start_problems(settings)
     except ManifestError as exc:
         log.error("invalid manifest:\n%s", "\n".join(exc.errors))
         return 1
@@ -340,11 +345,12 @@ def serve(settings: Settings, kafka: bool = True) -> int:
 
     async def run() -> int:
         node = Node(settings, manifest, kafka)
-        if lacking:
-            # Not a reason to refuse to start (DESIGN.md section 14): such a function is answered
-            # InstanceCrashed naming the secret, the others serve; the folder's watch re-checks them.
-            log.warning("secrets this node lacks:\n%s", "\n".join(lacking))
-            node.manifest_errors = lacking
+        if problems:
+            # Not reasons to refuse to start: a function lacking a secret is answered InstanceCrashed
+            # naming it (DESIGN.md section 14), one whose code cannot be deployed is not deployed, the
+            # others serve; edits and the secrets folder's watch re-check them.
+            log.warning("the working copy has problems, serving the rest:\n%s", "\n".join(problems))
+            node.manifest_errors = problems
         return await node.main()
 
     try:

@@ -151,7 +151,7 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     if not names and not all_:
         raise click.UsageError("Missing argument 'NAMES...': name a function to deploy, or use --all")
     # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
-    manifest = load(settings, check_secrets=settings.secrets_path.is_dir())
+    manifest = load(settings, check_secrets=settings.secrets_path.is_dir(), check_code=True)
     specs = _targets(manifest, names, all_)
     found = candidates(manifest, settings.max_code_bytes, message, secrets=settings.secrets_path)
     errors = [e for s in specs if (e := found[s.uuid].error) is not None]

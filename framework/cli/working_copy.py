@@ -15,6 +15,7 @@ from framework.control.cron import next_fire
 from framework.control.manifest import NAME_PATTERN, load_manifest
 from framework.control.manifest_edit import add_function
 from framework.control.registry import Registry
+from framework.control.working_copy import code_check
 from framework.errors import ManifestError
 from framework.settings import Settings
 
@@ -42,14 +43,17 @@ def validate(settings: Settings, as_json: bool) -> None:
     if as_json:
         try:
             manifest = load_manifest(
-                settings.manifest, check_handlers=True, secrets_dir=settings.secrets_path
+                settings.manifest,
+                check_handlers=True,
+                secrets_dir=settings.secrets_path,
+                check_code=code_check(settings.max_code_bytes, settings.secrets_path),
             )
         except ManifestError as exc:
             click.echo(scripting.validate_report(None, exc.errors))
             sys.exit(1)
         click.echo(scripting.validate_report(manifest, []))
         return
-    manifest = load(settings, check_secrets=True)
+    manifest = load(settings, check_secrets=True, check_code=True)
     click.echo(f"ok: {len(manifest.functions)} functions")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -360,12 +361,19 @@ def _check_secrets(item: CommentedMap, store: SecretStore, errors: ErrorCollecto
                 errors.add(tuple(names.lc.item(j)), str(exc))
 
 
-def load_manifest(path: Path, check_handlers: bool = True, secrets_dir: Path | None = None) -> Manifest:
+def load_manifest(
+    path: Path,
+    check_handlers: bool = True,
+    secrets_dir: Path | None = None,
+    check_code: Callable[[FunctionSpec], str | None] | None = None,
+) -> Manifest:
     """Load and check `path`; raise ManifestError listing every problem as `path:LINE:COL: message`.
 
     `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
     folder, so a broken module can neither crash nor pollute this process. With `secrets_dir` (absolute),
     every secret a function lists must be readable there (`control.secrets`), else it is an error at its item.
+    `check_code` (`working_copy.code_check`) says why a function's code cannot be deployed: an error at its
+    `handler`.
     """
     store = SecretStore(secrets_dir) if secrets_dir is not None else None
     errors = ErrorCollector(str(path))
@@ -415,6 +423,9 @@ def load_manifest(path: Path, check_handlers: bool = True, secrets_dir: Path | N
             _check_secrets(item, store, errors)
         if spec is not None:
             specs.append(spec)
+            problem = check_code(spec) if check_code is not None else None
+            if problem is not None:
+                errors.add(_key_at(item, "handler", at), problem)
         handler = item.get("handler")
         if isinstance(handler, str) and _HANDLER.match(handler):
             env = data.get("env")

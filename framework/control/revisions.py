@@ -149,8 +149,7 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
     data = buf.getvalue()
     if len(data) > limit:
         raise CodeTooLarge(
-            f"function {spec.name}: the code of {source} zips to {len(data)} bytes, over "
-            f"FAAS_MAX_CODE_BYTES ({limit} bytes)"
+            f"its code ({source}) zips to {len(data)} bytes, over FAAS_MAX_CODE_BYTES ({limit} bytes)"
         )
     return data
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.snapshot import top_level
+from framework.control.working_copy import code_check
 from framework.errors import ManifestError
 
 log = logging.getLogger("faas.reload")
@@ -39,10 +40,14 @@ class ManifestWatcher:
         on_change: Callable[[Manifest], None],
         on_error: Callable[[list[str]], None],
         secrets_dir: Path | None = None,
+        max_code_bytes: int | None = None,
     ) -> None:
         self.path = path.resolve()
         self.secrets_dir = secrets_dir
         """Where listed secrets must exist for an edit to pass (as `faas validate` checks them)."""
+        self.max_code_bytes = max_code_bytes
+        """FAAS_MAX_CODE_BYTES: an edit whose code zips to more is rejected, as `faas validate` rejects it
+        (None: not checked)."""
         self.on_change = on_change
         self.on_error = on_error
         self.packages = handler_packages(manifest)
@@ -84,7 +89,8 @@ class ManifestWatcher:
     async def reload(self) -> None:
         try:
             # Handlers are imported in a subprocess: keep the loop free meanwhile.
-            manifest = await asyncio.to_thread(load_manifest, self.path, True, self.secrets_dir)
+            code = None if self.max_code_bytes is None else code_check(self.max_code_bytes, self.secrets_dir)
+            manifest = await asyncio.to_thread(load_manifest, self.path, True, self.secrets_dir, code)
         except ManifestError as exc:
             log.error("manifest edit rejected, still serving the last good one:\n%s", "\n".join(exc.errors))
             self.on_error(exc.errors)

@@ -7,6 +7,7 @@ candidate: it cannot be deployed, and counts as modified.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,17 +47,9 @@ def candidates(
     who, when = by or author(), now()
     out: dict[str, Candidate] = {}
     for spec in manifest.functions:
-        source = top_level(spec)
-        if source not in zips:
-            try:
-                zips[source] = code_zip(spec, limit, secrets)
-            except CodeTooLarge as exc:
-                zips[source] = str(exc)
-            except OSError as exc:
-                zips[source] = f"function {spec.name}: cannot read its code: {exc}"
-        data = zips[source]
+        data = _zipped(zips, spec, limit, secrets)
         if isinstance(data, str):
-            out[spec.uuid] = Candidate(spec, None, None, data)
+            out[spec.uuid] = Candidate(spec, None, None, f"function {spec.name}: {data}")
             continue
         rev = Revision(
             uuid=spec.uuid,
@@ -71,6 +64,34 @@ def candidates(
         )
         out[spec.uuid] = Candidate(spec, rev, data)
     return out
+
+
+def _zipped(
+    zips: dict[Path | None, bytes | str], spec: FunctionSpec, limit: int, secrets: Path | None
+) -> bytes | str:
+    """`spec`'s code zip, or why it cannot be a revision's; each top-level package zipped once per `zips`."""
+    source = top_level(spec)
+    if source not in zips:
+        try:
+            zips[source] = code_zip(spec, limit, secrets)
+        except CodeTooLarge as exc:
+            zips[source] = str(exc)
+        except OSError as exc:
+            zips[source] = f"cannot read its code: {exc}"
+    return zips[source]
+
+
+def code_check(limit: int, secrets: Path | None = None) -> Callable[[FunctionSpec], str | None]:
+    """For `load_manifest(check_code=...)`: why a function's code cannot be deployed (over
+    FAAS_MAX_CODE_BYTES, unreadable), reported at its `handler`, so `faas validate`, `faas deploy` and
+    watch mode refuse it alike; None when it can. Each top-level package is zipped once per check."""
+    zips: dict[Path | None, bytes | str] = {}
+
+    def check(spec: FunctionSpec) -> str | None:
+        data = _zipped(zips, spec, limit, secrets)
+        return data if isinstance(data, str) else None
+
+    return check
 
 
 def undeploy_of(spec: FunctionSpec, newest: Revision | None, message: str | None = None) -> Revision:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -294,3 +295,33 @@ def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker
     (root / "functions" / "m.py").write_text(MODULE.replace("ctx.revision", "ctx.revision, 'v': 2"))
     assert listed() == {**facts, "modified": True}
     assert "modified r1" in run_cli(root, "ls", env=env).stdout
+
+
+def test_code_over_the_limit_fails_validate_and_deploy_at_each_functions_handler(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. alpha and gamma share the package `functions`, which holds a data file that zips over
+    FAAS_MAX_CODE_BYTES. 2. `faas validate`, `faas validate --json`, `faas deploy gamma`.
+    Result: each exits 1 with an error at each function's own `handler` LINE:COL naming the limit (the
+    deploy validates the whole working copy, as validate does; gamma's error is at gamma's line, not a
+    message naming alpha because they share the zip); nothing is published."""
+    u, g, topic = new_id(), new_id(), f"t.deploy.{new_id()[:8]}"
+    text = manifest(u) + f"  - name: gamma\n    uuid: {g}\n    handler: functions.m:handle\n"
+    root = write_project(tmp_path, text, {"m": MODULE})
+    (root / "functions" / "blob.bin").write_bytes(os.urandom(4000))
+    env = env_for(broker.bootstrap, topic, FAAS_MAX_CODE_BYTES="1000")
+    r = run_cli(root, "validate", env=env)
+    assert r.returncode == 1, r.stdout
+    limit = r"zips to \d+ bytes, over FAAS_MAX_CODE_BYTES \(1000 bytes\)"
+    assert re.search(rf"functions\.yaml:5:5: its code \(.*functions\) {limit}", r.stderr), r.stderr
+    assert re.search(rf"functions\.yaml:9:5: its code \(.*functions\) {limit}", r.stderr), r.stderr
+    r = run_cli(root, "validate", "--json", env=env)
+    assert r.returncode == 1, r.stdout
+    errors = json.loads(r.stdout)["errors"]
+    assert [(e["line"], e["column"]) for e in errors] == [(5, 5), (9, 5)], errors
+    assert all("FAAS_MAX_CODE_BYTES" in e["message"] for e in errors), errors
+    r = run_cli(root, "deploy", "gamma", env=env)
+    assert r.returncode == 1 and "functions.yaml:9:5: its code" in r.stderr, r.stderr
+    assert "function alpha" not in r.stderr, r.stderr  # once the only place named, for gamma's deploy
+    assert records(broker.bootstrap, topic) == []
+    assert run_cli(root, "validate", env={**env, "FAAS_MAX_CODE_BYTES": "1000000"}).returncode == 0

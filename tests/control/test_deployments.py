@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -633,3 +634,40 @@ async def test_a_swap_of_two_names_is_not_published(tmp_path: Path, caplog: pyte
     assert log.state.skipped == 0
     live = {r.spec["name"]: u for u, r in log.state.live().items()}
     assert live == {"alpha": u1, "beta": u2}
+
+
+def test_code_over_the_limit_is_a_manifest_error_at_start_and_in_watch_mode(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node (log in memory, watch on, FAAS_MAX_CODE_BYTES=2000) serving alpha v1. 2. A data file that
+    zips over the limit lands in the package, and the module is edited to v2. 3. The data file goes.
+    4. A second node starts on the working copy with the data file back in.
+    Result: 2. the edit is rejected: /readyz (200) lists alpha's `handler` LINE:COL naming the limit, v1 is
+    still served. 3. v2 is served, no errors. 4. the node starts and is ready, its /readyz lists the same
+    error, and alpha, which it could not deploy, is not served."""
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    env = {"FAAS_MAX_CODE_BYTES": "2000"}
+    n = nodes(root, None, kafka=False, env=env).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    blob = root / "functions" / "blob.bin"
+    blob.write_bytes(os.urandom(5000))
+    (root / "functions" / "m.py").write_text(module("v2"))
+
+    def errors(node: Node) -> list[str]:
+        found: list[str] = httpx.get(f"{node.url}/readyz", timeout=10).json()["manifest_errors"]
+        return found
+
+    found = wait_for(lambda: errors(n), 10, message="the edit rejected")
+    limit = r"functions\.yaml:4:5: its code .* over FAAS_MAX_CODE_BYTES \(2000"
+    assert any(re.search(limit, e) for e in found), found
+    assert httpx.get(f"{n.url}/readyz", timeout=10).status_code == 200
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    blob.unlink()
+    (root / "functions" / "m.py").write_text(module("v2") + "\n")  # the watch reloads on module edits
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="v2 deployed once the file left")
+    assert errors(n) == []
+    blob.write_bytes(os.urandom(5000))
+    second = nodes(root, None, kafka=False, env=env).wait_ready()
+    assert any("over FAAS_MAX_CODE_BYTES (2000" in e for e in errors(second)), errors(second)
+    assert served(second, u) is None
