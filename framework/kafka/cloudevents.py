@@ -27,7 +27,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -89,12 +89,15 @@ class Event:
 
 @dataclass(slots=True)
 class BadRecord:
-    """A record that is not a valid event; `id`, `type` and `replyto` are set when they were readable."""
+    """A record that is not a valid event; `id`, `type` and `replyto` are set when they were readable, and
+    the trace context as a valid event's would be taken (its BadEvent reply continues that trace)."""
 
     message: str
     id: str | None = None
     type: str | None = None
     replyto: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class _Bad(Exception):
@@ -141,10 +144,11 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
         return _structured(value, bad_header, max_payload, trace)
     event_id = attrs.get("ce_id") or None
     event_type = attrs.get("ce_type") or None
+    traceparent, tracestate = _trace(extensions, trace)
     try:
         replyto = _replyto(attrs.get("ce_replyto"))
     except _Bad as exc:
-        return BadRecord(str(exc), event_id, event_type)
+        return BadRecord(str(exc), event_id, event_type, None, traceparent, tracestate)
     try:
         if bad_header:
             raise _Bad(bad_header)
@@ -156,7 +160,7 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
             raise _Bad("missing ce_id header")
         _check_json(value, max_payload)
     except _Bad as exc:
-        return BadRecord(str(exc)[:MAX_MESSAGE], event_id, event_type, replyto)
+        return BadRecord(str(exc)[:MAX_MESSAGE], event_id, event_type, replyto, traceparent, tracestate)
     assert value is not None  # _check_json rejects empty values
     return Event(
         event_type,
@@ -167,9 +171,17 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
         attrs.get("ce_subject"),
         attrs.get("ce_time"),
         extensions,
-        extensions.get("traceparent") or trace.get("traceparent"),
-        extensions.get("tracestate") or trace.get("tracestate"),
+        traceparent,
+        tracestate,
         dropped,
+    )
+
+
+def _trace(extensions: dict[str, str], plain: dict[str, str]) -> tuple[str | None, str | None]:
+    """`(traceparent, tracestate)`: the distributed-tracing extension, else the plain headers."""
+    return (
+        extensions.get("traceparent") or plain.get("traceparent"),
+        extensions.get("tracestate") or plain.get("tracestate"),
     )
 
 
@@ -185,20 +197,23 @@ def _required_problem(name: str, value: object) -> str:
 def _structured(
     value: bytes | None, bad_header: str | None, max_payload: int, trace: dict[str, str]
 ) -> Event | BadRecord:
+    plain = _trace({}, trace)  # the envelope's attributes, when it has any, come first
     try:
         doc = _check_json(value, max_payload)
     except _Bad as exc:
-        return BadRecord(f"structured mode: {exc}")
+        return BadRecord(f"structured mode: {exc}", None, None, None, *plain)
     if not isinstance(doc, dict):
-        return BadRecord("structured mode: the value is not a JSON object")
+        return BadRecord("structured mode: the value is not a JSON object", None, None, None, *plain)
+    extensions, dropped = _structured_extensions(doc)
+    traceparent, tracestate = _trace(extensions, trace)
     event_id, event_type = doc.get("id"), doc.get("type")
     event_id = event_id if isinstance(event_id, str) and event_id else None
     event_type = event_type if isinstance(event_type, str) and event_type else None
     try:
         replyto = _replyto(doc.get("replyto"))
     except _Bad as exc:
-        return BadRecord(str(exc), event_id, event_type)
-    bad = BadRecord("", event_id, event_type, replyto)
+        return BadRecord(str(exc), event_id, event_type, None, traceparent, tracestate)
+    bad = BadRecord("", event_id, event_type, replyto, traceparent, tracestate)
     if bad_header:
         return _with(bad, bad_header)
     if doc.get("specversion") != SPECVERSION:
@@ -221,7 +236,6 @@ def _structured(
     else:
         # The data is embedded in the envelope, so here (and only here) it is encoded again.
         payload = orjson.dumps(doc.get("data"))
-    extensions, dropped = _structured_extensions(doc)
     return Event(
         event_type,
         event_id,
@@ -231,8 +245,8 @@ def _structured(
         _text(doc.get("subject")),
         _text(doc.get("time")),
         extensions,
-        extensions.get("traceparent") or trace.get("traceparent"),
-        extensions.get("tracestate") or trace.get("tracestate"),
+        traceparent,
+        tracestate,
         dropped,
     )
 
@@ -288,7 +302,7 @@ def _replyto(value: object) -> str | None:
 
 
 def _with(bad: BadRecord, message: str) -> BadRecord:
-    return BadRecord(message[:MAX_MESSAGE], bad.id, bad.type, bad.replyto)
+    return replace(bad, message=message[:MAX_MESSAGE])
 
 
 def reply_headers(correlation_id: str | None, traceparent: str | None = None) -> list[tuple[str, bytes]]:

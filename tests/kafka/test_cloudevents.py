@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import orjson
 import pytest
@@ -16,6 +17,7 @@ from framework.kafka.cloudevents import (
     parse,
     reply_headers,
 )
+from tests.support import Header, ce_headers
 
 MAX = 1024
 
@@ -216,3 +218,42 @@ def test_reply_headers_carry_the_traceparent() -> None:
     assert names["ce_traceparent"] == b"00-t" and names["ce_correlationid"] == b"e1"
     assert "ce_traceparent" not in dict(cloudevents.reply_headers("e1"))
     assert dict(cloudevents.event_headers("t", "i", traceparent="00-u"))["ce_traceparent"] == b"00-u"
+
+
+TP_A, TP_B = f"00-{'a' * 32}-{'1' * 16}-01", f"00-{'b' * 32}-{'2' * 16}-01"
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [
+        [],
+        [("ce_traceparent", TP_A.encode()), ("ce_tracestate", b"v=1")],
+        [("traceparent", TP_B.encode()), ("TraceState", b"v=2")],
+        [("traceparent", TP_B.encode()), ("CE_TRACEPARENT", TP_A.encode())],
+        [("traceparent", TP_B.encode()), ("ce_traceparent", b"\xff" + TP_A.encode())],
+        [("traceparent", TP_B.encode()), ("ce_traceparent", TP_A.encode() + b" " * 5000)],
+        [("traceparent", TP_B.encode()), ("ce_traceparent", b"")],
+        [("ce_traceparent", b"00-bad"), ("traceparent", TP_B.encode())],
+    ],
+)
+@pytest.mark.parametrize("mode", ["binary", "structured", "structured+attribute"])
+def test_trace_context_of_a_bad_record_is_chosen_as_for_a_valid_event(trace: list[Header], mode: str) -> None:
+    """1. Give a valid event these trace headers (binary mode; structured mode, without and with
+    `traceparent`/`tracestate` attributes in the envelope). 2. Break it: no ce_id / no id.
+    Result: the trace context `cloudevents.parse` gives the broken record (for its BadEvent reply) is what
+    it takes for the valid one."""
+    if mode == "binary":
+        headers: list[Header] = [*ce_headers("t", "i"), *trace]
+        value = broken = b"{}"
+    else:
+        doc: dict[str, Any] = {"specversion": "1.0", "type": "t", "id": "i"}
+        if mode == "structured+attribute":
+            doc |= {"traceparent": f"00-{'c' * 32}-{'3' * 16}-00", "tracestate": "v=3"}
+        headers = [("content-type", b"application/cloudevents+json"), *trace]
+        value, broken = orjson.dumps(doc), orjson.dumps({k: v for k, v in doc.items() if k != "id"})
+    event = cloudevents.parse(value, headers, 1000)
+    assert isinstance(event, cloudevents.Event)
+    headers = [h for h in headers if h[0] != "ce_id"]
+    bad = cloudevents.parse(broken, headers, 1000)
+    assert isinstance(bad, cloudevents.BadRecord)
+    assert (bad.traceparent, bad.tracestate) == (event.traceparent, event.tracestate)

@@ -27,13 +27,13 @@ from urllib.parse import quote, unquote_to_bytes
 from starlette.requests import Request
 from starlette.responses import Response
 
-from framework.errors import BadRequest, status_of
+from framework.errors import BadRequest, FaasError, status_of
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.observe import tracing
 from framework.observe.spans import export_event
 from framework.sources.http.body import BodyReader
-from framework.sources.http.responses import JSONResponse
+from framework.sources.http.responses import JSONResponse, error_response
 from framework.types import new_id
 
 if TYPE_CHECKING:
@@ -81,12 +81,16 @@ def reply_response(reply: EventReply) -> Response:
 
 
 async def receive(invoker: Invoker, request: Request, reader: BodyReader) -> Response:
-    """Serve one CloudEvent delivered over HTTP; FaasErrors (413, 400) propagate to the caller's guard."""
-    body = await reader.read_request(request)
+    """Serve one CloudEvent delivered over HTTP. A delivery refused (400, 413, 429) is answered in the trace
+    it came with, as an event is (section 11)."""
     headers = kafka_headers(request.scope["headers"])
+    try:
+        body = await reader.read_request(request)
+    except FaasError as exc:  # the body is what is wrong: the trace context the headers alone give
+        return _refused(exc, cloudevents.parse(b"null", headers, reader.limit))
     event = cloudevents.parse(body, headers, reader.limit)
     if isinstance(event, cloudevents.BadRecord):
-        raise BadRequest(event.message.replace("ce_", "ce-"))
+        return _refused(BadRequest(event.message.replace("ce_", "ce-")), event)
     for why in event.dropped:
         log.warning("event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why)
     span = tracing.start(event.traceparent, event.tracestate)
@@ -94,6 +98,11 @@ async def receive(invoker: Invoker, request: Request, reader: BodyReader) -> Res
     if invoker.exporter is not None:
         export_event(invoker.exporter, span, event, reply, "server", None)
     return reply_response(reply)
+
+
+def _refused(exc: FaasError, event: cloudevents.Event | cloudevents.BadRecord) -> Response:
+    span = tracing.start(event.traceparent, event.tracestate)
+    return error_response(exc, headers={"traceparent": span.traceparent})
 
 
 def typed_event(
@@ -109,8 +118,8 @@ def typed_event(
     own += [("ce_type", event_type.encode()), ("ce_id", event_id.encode())]
     event = cloudevents.parse(payload, own, len(payload))
     if isinstance(event, cloudevents.BadRecord):
-        return cloudevents.Event(event_type, event_id, payload), tracing.from_headers(
-            request.scope["headers"]
+        return cloudevents.Event(event_type, event_id, payload), tracing.start(
+            event.traceparent, event.tracestate
         )
     for why in event.dropped:
         log.warning("event %s (%s): %s: dropped, the event is served without it", event_id, event_type, why)

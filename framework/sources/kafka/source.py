@@ -325,7 +325,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning(
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message
             )
+            # Answered in the trace it came with, like any event (section 11); else in a new one.
+            span = tracing.start(event.traceparent, event.tracestate)
             reply = EventReply.failed(event.id, event.type, BadEvent(event.message))
+            reply.traceparent = span.traceparent
             copy = self.outbox.deadletter(
                 record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
             )

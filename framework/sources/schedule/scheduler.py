@@ -32,6 +32,7 @@ from framework.context import Trigger
 from framework.control.cron import Cron, parse
 from framework.control.manifest import FunctionSpec
 from framework.errors import FaasError
+from framework.observe import tracing
 from framework.sources.schedule.leader import AlwaysLeader, KafkaElection
 from framework.tasks import cancel_and_wait, wait_or_cancel, within
 from framework.types import InvokeResult
@@ -61,7 +62,11 @@ class Target(Protocol):
         trigger: Trigger,
         event: str | None = None,
         invocation_id: str | None = None,
-    ) -> InvokeResult: ...
+        *,
+        span: tracing.Span | None = None,
+    ) -> InvokeResult:
+        """Invoke `spec`; `span` is the invocation's own span (a new trace when None)."""
+        ...
 
     async def warmup(self, spec: FunctionSpec) -> int: ...
 
@@ -252,13 +257,17 @@ class Scheduler:
             self.metrics.schedule_skipped.labels(name, reason).inc(count)
 
     async def _schedule(self, entry: CronEntry, tick: datetime) -> None:
+        # The run's span is made here rather than by the invoker and made current for this run's task (see
+        # `_fire`): the log filter (`observe/logs.py`) then tags the run's own lines with it too.
+        span = tracing.start()
+        tracing.current.set(span)
         spec = entry.spec
         invocation_id = f"{spec.name}:{entry.index}:{int(tick.timestamp())}"
         payload = orjson.dumps(entry.payload)
         started = time.perf_counter()
         error: dict[str, str] | None = None
         try:
-            await self.invoker.call(spec, payload, "schedule", invocation_id=invocation_id)
+            await self.invoker.call(spec, payload, "schedule", invocation_id=invocation_id, span=span)
         except FaasError as exc:
             error = exc.to_dict()
         except Exception as exc:  # a bug below us must not kill the schedule

@@ -134,7 +134,9 @@ def test_failing_listener_and_bad_deliveries(node: Node) -> None:
     """1. A binary event whose listener raises. 2. Broken deliveries: no ce-id, no ce-type, structured
        without id, a body that is not JSON, a body over FAAS_MAX_PAYLOAD_BYTES, a wrong ce-specversion.
     Result: 1 is 500 with the combined reply (ok false, FunctionError) still as a binary-mode CloudEvent;
-    2 are 400 BadRequest (413 PayloadTooLarge for the big one) naming what is wrong; the node still serves."""
+    2 are 400 BadRequest (413 PayloadTooLarge for the big one) naming what is wrong, each in the trace
+    its `traceparent` header named (section 11: a response to an event carries its trace); the node
+    still serves."""
     eid = new_id()
     r = httpx.post(f"{node.url}/events", content=b"{}", headers=_binary(eid, "ce.fail"), timeout=30)
     assert r.status_code == 500, r.text
@@ -153,11 +155,15 @@ def test_failing_listener_and_bad_deliveries(node: Node) -> None:
         ({**_binary(new_id()), "ce-specversion": "0.3"}, b"{}", 400, "specversion"),
     ]
     for headers, body, status, word in cases:
-        r = httpx.post(f"{node.url}/events", content=body, headers=headers, timeout=30)
+        tid = secrets.token_hex(16)
+        traced = {**headers, "traceparent": f"00-{tid}-{secrets.token_hex(8)}-01"}
+        r = httpx.post(f"{node.url}/events", content=body, headers=traced, timeout=30)
         assert r.status_code == status, (headers, r.text)
         err = r.json()["error"]
         assert err["type"] == ("PayloadTooLarge" if status == 413 else "BadRequest"), r.text
         assert word in err["message"], err
+        m = TP.match(r.headers.get("traceparent", ""))
+        assert m is not None and m.group(1) == tid, (headers, r.headers)
     ok = httpx.post(f"{node.url}/events", content=b"null", headers=_binary(new_id()), timeout=30)
     assert ok.status_code == 200, ok.text
 

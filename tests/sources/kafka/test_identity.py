@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Node, Record, ce_headers, consume, new_id, produce, wait_for, write_project
+from tests.support import Header, Node, Record, ce_headers, consume, new_id, produce, wait_for, write_project
 
 IDENT = "abababab-0000-4000-8000-000000000001"
 MANIFEST = f"""
@@ -209,3 +209,63 @@ def test_structured_event_from_a_plain_producer(node: Node, broker: EmbeddedBrok
     assert res["extensions"] == {"comexample": "7"}, res
     res = _result(_replies(node, broker, b_id)[0])
     assert (res["payload"], res["event_id"], res["source"]) == ("plain", b_id, None), res
+
+
+def _replies_by_key(node: Node, broker: EmbeddedBroker, keys: set[bytes]) -> dict[bytes, dict[str, Any]]:
+    """The first reply to each Kafka key in `keys` (bad records may have no id to find their reply by)."""
+
+    def got() -> dict[bytes, dict[str, Any]] | None:
+        found: dict[bytes, dict[str, Any]] = {}
+        for r in consume(broker.bootstrap, node.replies, 100_000, timeout=5):
+            if r["key"] in keys:
+                found.setdefault(r["key"], r)
+        return found if len(found) == len(keys) else None
+
+    replies: dict[bytes, dict[str, Any]] = wait_for(got, timeout=60, message=f"replies to keys {keys}")
+    return replies
+
+
+def test_bad_records_are_answered_in_their_trace(node: Node, broker: EmbeddedBroker) -> None:
+    """1. Produce records that are not valid events, each under a key of its own: a value that is not JSON
+       with `ce_traceparent` of trace T1; a bad ce_specversion with a plain `traceparent` of T2; a value over
+       FAAS_MAX_PAYLOAD_BYTES with `ce_traceparent` of T3; a structured envelope without `id` whose
+       `traceparent` attribute is of T4; one with no trace context; one with a malformed `ce_traceparent`;
+       one with no headers at all.
+    2. Read their replies.
+    Result: every reply is a BadEvent reply carrying `ce_traceparent`: the first four continue T1-T4 in a
+    span of their own (not the caller's), the last three each start a new trace, as a valid event's reply
+    would."""
+    tids = [secrets.token_hex(16) for _ in range(4)]
+    caller = secrets.token_hex(8)
+    tps = [f"00-{t}-{caller}-01" for t in tids]
+    envelope = {"specversion": "1.0", "type": "ident.seen", "traceparent": tps[3]}
+    structured = [("content-type", b"application/cloudevents+json")]
+    big = b'{"x": "' + b"y" * (2 * 1024 * 1024) + b'"}'
+    keys = [f"bad-{new_id()}".encode() for _ in range(7)]
+
+    def h(*extra: Header, specversion: bytes = b"1.0") -> list[Header]:
+        return [("ce_specversion", specversion), *ce_headers("ident.seen", new_id())[1:], *extra]
+
+    records: list[Record] = [
+        (keys[0], b"not json", h(("ce_traceparent", tps[0].encode()))),
+        (keys[1], b"{}", h(("traceparent", tps[1].encode()), specversion=b"0.3")),
+        (keys[2], big, h(("ce_traceparent", tps[2].encode()))),
+        (keys[3], json.dumps(envelope).encode(), structured),
+        (keys[4], b"not json", h()),
+        (keys[5], b"{}", h(("ce_traceparent", tps[0].upper().encode()), specversion=b"0.3")),
+        (keys[6], b"not json", []),
+    ]
+    produce(broker.bootstrap, node.events, records)
+    replies = _replies_by_key(node, broker, set(keys))
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        reply = replies[key]
+        assert reply["value"]["error"]["type"] == "BadEvent", (i, reply)
+        m = TRACEPARENT.match(reply["headers"].get("ce_traceparent", ""))
+        assert m is not None, f"record {i}: no ce_traceparent in {reply['headers']}"
+        trace_id, span_id = m.groups()
+        if i < len(tids):
+            assert (trace_id, span_id != caller) == (tids[i], True), (i, reply["headers"])
+        else:
+            assert trace_id not in tids and trace_id not in seen, (i, reply["headers"])
+        seen.add(trace_id)

@@ -19,6 +19,8 @@ from framework.control.manifest import FunctionSpec, Manifest, ScheduleSpec
 from framework.control.registry import Registry
 from framework.errors import Timeout
 from framework.kafka.embedded import EmbeddedBroker
+from framework.observe import tracing
+from framework.observe.logs import TraceFilter
 from framework.observe.metrics import Metrics
 from framework.settings import Settings
 from framework.sources.schedule.leader import KafkaElection
@@ -38,6 +40,7 @@ class FakeInvoker:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, bytes, str, str | None]] = []
+        self.spans: list[tracing.Span | None] = []
         self.warmups: list[str] = []
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
@@ -49,8 +52,11 @@ class FakeInvoker:
         trigger: Trigger,
         event: str | None = None,
         invocation_id: str | None = None,
+        *,
+        span: tracing.Span | None = None,
     ) -> InvokeResult:
         self.calls.append((spec.name, payload, trigger, invocation_id))
+        self.spans.append(span)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
@@ -165,6 +171,33 @@ async def test_failure_is_recorded_and_counted() -> None:
     last = sched.status("job")[0]["last"]
     assert last["ok"] is False and last["error"] == {"type": "Timeout", "message": "ran past 1 s"}
     assert sample(metrics, "faas_schedule_runs_total", function="job", outcome="Timeout") == 1
+
+
+async def test_run_log_lines_carry_the_trace_of_their_invocation(caplog: pytest.LogCaptureFixture) -> None:
+    """1. A per-second schedule; the node's trace filter on the captured log lines. 2. Run a tick that
+    succeeds, then one that fails.
+    Result: each run hands the invoker a span of a new trace, and its "schedule run ok" / "schedule run
+    failed" line carries that span's trace_id and span_id; nothing is left current after the runs."""
+    caplog.handler.addFilter(TraceFilter())
+    caplog.set_level("INFO", "faas.scheduler")
+    sched, inv, clock, _, _ = make(spec())
+    for fail in (None, Timeout("ran past 1 s")):
+        inv.fail = fail
+        clock.now += 1
+        sched.run_due(clock.now)
+        await settle(sched)
+    lines = [r for r in caplog.records if r.name == "faas.scheduler"]
+    assert [r.getMessage().split(" in ")[0] for r in lines] == ["schedule run ok", "schedule run failed"]
+    for line, span, (_, _, _, invocation_id) in zip(lines, inv.spans, inv.calls, strict=True):
+        assert span is not None and span.parent_id is None, "a run starts a trace of its own"
+        assert getattr(line, "invocation_id", None) == invocation_id
+        assert (getattr(line, "trace_id", None), getattr(line, "span_id", None)) == (
+            span.trace_id,
+            span.span_id,
+        )
+    assert inv.spans[0] is not None and inv.spans[1] is not None
+    assert inv.spans[0].trace_id != inv.spans[1].trace_id
+    assert tracing.current.get() is None
 
 
 async def test_overlap_skips_the_tick() -> None:
@@ -401,6 +434,13 @@ def handle(payload, ctx):
 
 def warmup(ctx):
     _write("warmed", {"trigger": ctx.trigger, "pid": os.getpid()})
+
+def traced(payload, ctx):
+    _write("traced", {"fn": ctx.function, "id": ctx.invocation_id, "trace_id": ctx.trace_id,
+                      "span_id": ctx.span_id})
+    if payload["fail"]:
+        raise RuntimeError("failing on purpose")
+    return "ok"
 """
 }
 
@@ -560,3 +600,46 @@ def test_deploy_and_undeploy_on_a_running_node(
     clock = len(records(out / "ticks", "clock"))
     wait_for(lambda: len(records(out / "ticks", "clock")) >= clock + 3, 10, message="three more clock ticks")
     assert len(records(out / "ticks", "ticker")) <= fired + 1, "the undeployed schedule still fires"
+
+
+def test_json_log_lines_of_a_run_carry_its_trace(tmp_path: Path, nodes: StartNode) -> None:
+    """1. A `faas run --no-kafka` node logging JSON, with a per-second schedule that succeeds (`fine`) and one
+    that fails (`broken`); each handler records its ctx.invocation_id, trace_id and span_id.
+    2. Read the node's `faas.scheduler` lines of those runs.
+    Result: the "schedule run ok" line of a `fine` run and the "schedule run failed" line of a `broken` run
+    carry the trace_id and span_id the handler saw in that invocation."""
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = "functions:" + "".join(
+        f"""
+  - name: {name}
+    uuid: dddddddd-0000-4000-8000-00000000001{tail}
+    handler: functions.sch:traced
+    state: productive
+    env: {{OUT: "{out}"}}
+    schedules:
+      - cron: "* * * * * */1"
+        payload: {{fail: {fail}}}
+"""
+        for name, tail, fail in (("fine", 1, "false"), ("broken", 2, "true"))
+    )
+    root = write_project(tmp_path / "proj", manifest, MODULES)
+    node = nodes(root, None, kafka=False, env={"FAAS_LOG_FORMAT": "json"}).wait_ready()
+
+    def scheduler_lines() -> dict[str, dict[str, Any]]:
+        lines = [x for x in node.log.read_text(errors="replace").splitlines() if x.startswith("{")]
+        entries = [orjson.loads(x) for x in lines]
+        return {
+            e["invocation_id"]: e for e in entries if e["logger"] == "faas.scheduler" and "invocation_id" in e
+        }
+
+    def logged_runs() -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
+        logged = scheduler_lines()
+        runs = [(r, logged[r["id"]]) for r in records(out / "traced") if r["id"] in logged]
+        return runs if {r["fn"] for r, _ in runs} == {"fine", "broken"} else None
+
+    runs = wait_for(logged_runs, 30, message=f"logged runs of both schedules\n{node.tail()}")
+    for run, line in runs:
+        expected = "schedule run ok" if run["fn"] == "fine" else "schedule run failed"
+        assert line["message"].startswith(expected) and line["function"] == run["fn"], line
+        assert (line.get("trace_id"), line.get("span_id")) == (run["trace_id"], run["span_id"]), (run, line)
