@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -38,6 +39,11 @@ def fail(*lines: str) -> NoReturn:
     for line in lines:
         click.echo(line, err=True)
     sys.exit(1)
+
+
+def quiet_kafka_client() -> None:
+    """aiokafka reports connection trouble through logging; a verb says it in one line of its own."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
 
 
 def load(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -45,6 +44,7 @@ from framework.cli.common import (
     looks_like_uuid,
     need_broker,
     pass_settings,
+    quiet_kafka_client,
 )
 from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
@@ -287,8 +287,7 @@ def logs(
                 err=True,
             )
 
-    # aiokafka reports connection trouble through logging; the one line below says it instead.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
+    quiet_kafka_client()
     try:
         asyncio.run(read(servers, settings, selection, follow, show, caught_up))
     except Unreachable as exc:

@@ -12,7 +12,7 @@ import asyncio
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import bootstrap_option, duration, need_broker
+from framework.cli.common import bootstrap_option, duration, need_broker, quiet_kafka_client
 from framework.kafka.replay import BrokerUnreachable, Selection, replay
 from framework.settings import Settings
 
@@ -48,9 +48,12 @@ def replay_command(
     def progress(stage: str, done: int, total: int | None) -> None:
         if stage == "read":
             click.echo(f"reading {settings.deadletter_topic}: {done} records", err=True)
+        elif stage == "count":
+            click.echo(f"reading {settings.events_topic} for replay counts: {done} records", err=True)
         else:
             click.echo(f"replaying: {done} of {total}", err=True)
 
+    quiet_kafka_client()
     try:
         report = asyncio.run(replay(servers, settings, selection, dry_run, progress))
     except BrokerUnreachable as exc:

@@ -8,19 +8,32 @@ replay produced can be read back exactly.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from framework.kafka import replay as replay_module
 from framework.kafka.deadletter import classify, failed_headers, replay_headers
 from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.kafka.options import reader
 from framework.settings import Settings
-from tests.support import Header, ce_headers, consume_raw, run_cli
+from tests.support import (
+    Header,
+    Node,
+    ce_headers,
+    consume,
+    consume_raw,
+    produce,
+    run_cli,
+    wait_for,
+    write_project,
+)
 
 Letter = tuple[bytes | None, bytes | None, list[Header], int | None]  # key, value, headers, timestamp_ms
 
@@ -169,9 +182,13 @@ def test_missing_topic_replays_nothing(topics: Topics) -> None:
     assert r.stdout.strip() == "replayed 0, skipped 0" and "no dead-letter topic" in r.stderr
 
 
-def test_unreachable_broker_exits_1(topics: Topics) -> None:
+def test_unreachable_broker_exits_1_with_one_line(topics: Topics) -> None:
+    """1. `faas replay` with a bootstrap address nothing listens on.
+    Result: exit 1 and stderr is the one line saying so (none of aiokafka's own log lines)."""
     r = topics.replay(bootstrap=f"127.0.0.1:{free_port()}")
-    assert r.returncode == 1 and "cannot reach the Kafka broker" in r.stderr, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the Kafka broker at"), r.stderr
 
 
 @pytest.mark.parametrize("since", ["ten minutes", "5", "-1h", "1w"])
@@ -221,3 +238,192 @@ async def test_progress_while_reading_and_replaying(topics: Topics, monkeypatch:
     assert reads and all(total is None for _, _, total in reads), calls
     assert reads[-1][1] in (4, 5) and [n for _, n, _ in reads] == sorted({n for _, n, _ in reads}), calls
     assert [c for c in calls if c[0] == "replay"] == [("replay", 2, 5), ("replay", 4, 5), ("replay", 5, 5)]
+
+
+def test_null_header_value_stays_null(topics: Topics) -> None:
+    """1. A failed copy whose event had a header with a null value (and one with an empty value).
+    2. `faas replay`.
+    Result: the replayed record has the null header as null and the empty one as empty, in order."""
+    eid = str(uuid.uuid4())
+    headers: list[tuple[str, bytes | None]] = [*ce_headers("t.one", eid), ("x-null", None), ("x-empty", b"")]
+    copy = failed_headers(headers, "FunctionError", "boom", "f1", 1)
+    topics.write([(b"k", b'{"a": 1}', copy, None)])  # type: ignore[list-item]
+    r = topics.replay()
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = topics.produced(1)
+    assert list(m.headers) == [*headers, ("faas_replayed", b"1")]
+
+
+def test_back_to_back_replays_count_up(topics: Topics) -> None:
+    """1. One failed copy of a, never replayed; no node reads the events topic, so no replayed copy of it
+       fails again.
+    2. `faas replay --id a` twice, then `faas replay` (no selection).
+    Result: three copies of a on the events topic with faas_replayed 1, 2 and 3."""
+    a = str(uuid.uuid4())
+    topics.write([failed(a)])
+    for args in (("--id", a), ("--id", a), ()):
+        r = topics.replay(*args)
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "replayed 1, skipped 0", r.stdout + r.stderr
+    counts = sorted(dict(m.headers)["faas_replayed"] for m in topics.produced(3))
+    assert counts == [b"1", b"2", b"3"]
+
+
+def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics) -> None:
+    """1. The events topic holds a replayed copy of a stamped 10 hours ago (faas_replayed 7) and one of a
+       stamped now (faas_replayed 2); the dead-letter topic a failed copy of a stamped 1 hour ago.
+    2. `faas replay --id a`.
+    Result: the new copy says faas_replayed 3: the events topic was read from (about) the dead letter's
+    time on, not from its start."""
+    a = str(uuid.uuid4())
+    key, value, headers, _ = failed(a)
+    original = [(k, v) for k, v in headers if not k.startswith("faas_")]
+    hour_ms = 3600 * 1000
+    now_ms = int(time.time() * 1000)
+
+    async def events() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=topics.bootstrap)
+        await p.start()
+        try:
+            for n, ts in ((b"7", now_ms - 10 * hour_ms), (b"2", None)):
+                h = [*original, ("faas_replayed", n)]
+                await (await p.send(topics.events, value, key, partition=0, headers=h, timestamp_ms=ts))
+        finally:
+            await p.stop()
+
+    asyncio.run(events())
+    topics.write([(key, value, headers, now_ms - hour_ms)])
+    r = topics.replay("--id", a)
+    assert r.returncode == 0, r.stdout + r.stderr
+    replayed = [dict(m.headers)["faas_replayed"] for m in topics.produced(3)]
+    assert sorted(replayed) == [b"2", b"3", b"7"], replayed
+
+
+async def test_offsets_at_finds_the_first_record_of_a_time(topics: Topics) -> None:
+    """1. Partition 0 of a topic: 40 records stamped 10 hours ago, then 7 stamped now; partition 1 empty.
+    2. `offsets_at` for 1 hour ago, for 11 hours ago and for an hour from now.
+    Result: offset 40 (the first recent record), 0, and past the last record; partition 1 at its end."""
+    topic = topics.events
+    now_ms = int(time.time() * 1000)
+    old_ms, hour_ms = now_ms - 10 * 3600 * 1000, 3600 * 1000
+    p = AIOKafkaProducer(bootstrap_servers=topics.bootstrap, linger_ms=0)
+    await p.start()
+    try:
+        for i in range(47):
+            ts = old_ms + i if i < 40 else now_ms + i
+            await (await p.send(topic, b"v%d" % i, partition=0, timestamp_ms=ts))
+    finally:
+        await p.stop()
+    settings = Settings()
+    consumer = reader(topics.bootstrap, settings)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+
+        async def at(ms: int) -> dict[TopicPartition, int]:
+            return await replay_module.offsets_at(topics.bootstrap, settings, consumer, tps, ms)
+
+        recent = await at(now_ms - hour_ms)
+        assert recent[tps[0]] == 40, recent
+        assert (await at(old_ms - hour_ms))[tps[0]] == 0
+        ends = await consumer.end_offsets(tps)
+        future = await at(now_ms + hour_ms)
+        assert future[tps[0]] >= ends[tps[0]] and future[tps[1]] == ends[tps[1]], (future, ends)
+    finally:
+        await consumer.stop()
+
+
+FIXABLE = "2e721e00-0000-4000-8000-0000000000f1"
+FIXABLE_MANIFEST = f"""
+functions:
+  - name: fixable
+    uuid: {FIXABLE}
+    handler: functions.fix:fixable
+    state: productive
+    events: [rp.fix]
+    env: {{OUT: "{{out}}"}}
+"""
+FIXABLE_MODULE = """
+import os
+
+async def fixable(payload, ctx):
+    if os.path.exists(os.path.join(os.environ["OUT"], "broken")):
+        raise ValueError("broken until fixed")
+    return {"fixed": True}
+"""
+
+
+def test_replay_count_survives_successful_replays(
+    broker: EmbeddedBroker, nodes: Callable[..., Node], tmp_path: Path
+) -> None:
+    """1. A node serves `fixable`, which fails while OUT/broken exists; produce event E: it fails and is
+       dead-lettered.
+    2. Remove `broken` (the fix); `faas replay --id E`: E succeeds.
+    3. `faas replay --id E` again: E succeeds again.
+    4. Put `broken` back; `faas replay --id E`: E fails and is dead-lettered again.
+    5. Remove `broken`; `faas replay --id E`.
+    Result: the replayed copies of E on the events topic say faas_replayed 1, 2, 3 and 4 (each counts
+    every replay before it, the successful ones too); the second dead-letter copy says 3; the replies are
+    ok false, ok true, ok true, ok false, ok true."""
+    out = tmp_path / "out"
+    out.mkdir()
+    root = write_project(
+        tmp_path / "proj", FIXABLE_MANIFEST.replace("{out}", str(out)), {"fix": FIXABLE_MODULE}
+    )
+    node = nodes(root, broker.bootstrap).wait_ready()
+    env = {
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "FAAS_EVENTS_TOPIC": node.events,
+        "FAAS_DEADLETTER_TOPIC": node.deadletter,
+    }
+    eid = str(uuid.uuid4())
+
+    def replies(want: int) -> list[bool]:
+        def got() -> list[bool] | None:
+            found = [
+                r["value"]["ok"]
+                for r in consume(broker.bootstrap, node.replies, 100_000, timeout=3)
+                if isinstance(r["value"], dict) and r["value"].get("id") == eid
+            ]
+            return found if len(found) >= want else None
+
+        return list(wait_for(got, timeout=60, interval=0.5, message=f"{want} replies to E\n{node.tail()}"))
+
+    def dead_letters(want: int) -> list[Any]:
+        def got() -> list[Any] | None:
+            every = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, 100_000, wait=3))
+            found = [d for d in every if dict(d.headers or ()).get("ce_id") == eid.encode()]
+            return found if len(found) >= want else None
+
+        return list(wait_for(got, timeout=60, interval=0.5, message=f"{want} dead letters of E"))
+
+    def replay_e() -> None:
+        r = run_cli(root, "replay", "--id", eid, env=env, timeout=120)
+        assert r.returncode == 0 and r.stdout.splitlines()[0] == eid, r.stdout + r.stderr
+
+    (out / "broken").write_text("")
+    produce(
+        broker.bootstrap, node.events, [(b"k", json.dumps({"id": eid}).encode(), ce_headers("rp.fix", eid))]
+    )
+    assert replies(1) == [False]
+    dead_letters(1)
+
+    (out / "broken").unlink()
+    replay_e()
+    assert replies(2) == [False, True]
+    replay_e()
+    assert replies(3) == [False, True, True]
+
+    (out / "broken").write_text("")
+    replay_e()
+    assert replies(4) == [False, True, True, False]
+    assert dict(dead_letters(2)[1].headers)["faas_replayed"] == b"3"
+
+    (out / "broken").unlink()
+    replay_e()
+    assert replies(5) == [False, True, True, False, True]
+    events = [
+        e
+        for e in asyncio.run(consume_raw(broker.bootstrap, node.events, 100_000, wait=3))
+        if dict(e.headers).get("ce_id") == eid.encode()
+    ]
+    assert [dict(e.headers).get("faas_replayed") for e in events] == [None, b"1", b"2", b"3", b"4"]
