@@ -21,7 +21,7 @@ import click
 from aiokafka.errors import KafkaError
 
 from framework.cli.common import broker_of, fail, load, need_broker, pass_settings, utf8
-from framework.control.deployment_log import KafkaLog
+from framework.control.deployment_log import KafkaLog, PublishFailed
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest, State
 from framework.control.manifest_edit import set_state
@@ -56,6 +56,8 @@ def with_log(
 
     try:
         return asyncio.run(run())
+    except PublishFailed as exc:  # the log answered: not a connection problem
+        raise ConnectionError(f"not published: {exc.args[0] if exc.args else exc}") from None
     except (KafkaError, OSError, TimeoutError) as exc:
         why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else repr(exc)
         where = f"the Kafka broker at {bootstrap}"

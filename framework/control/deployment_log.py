@@ -5,9 +5,36 @@ The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBa
   `cleanup.policy=compact`), reads it from offset 0 up to its end offset, and only then returns;
 - then follow it: new records are applied as they arrive and `on_change` is called;
 - a write is done when read back: `publish` writes the code record, waits for its acknowledgement, then
-  the revision record, then the tombstone of revision n-5, and (when following) waits until the follower
-  has applied them, so the caller sees its own write;
+  the revision record, reads the log back to check that the revision is its own, then writes the
+  tombstone of revision n-5, and (when following) waits until the follower has applied them, so the
+  caller sees its own write;
 - tombstones forget: the newest `KEPT` revisions of each function stay.
+
+Concurrent publishers (two `faas deploy` at once, two watching nodes) cannot lock a topic, and the last record
+of a key wins, so two that pick the same number would both be told "revision N deployed" while N holds one of
+them. `publish_all` therefore numbers only after its code records are acknowledged (reading the log to its end
+right before writing the revision records: a rival picks the same number only within one read and one produce
+round trip, not during a code upload), and after writing reads the log back, then once more to a fresh end
+offset. A revision whose key then holds another writer's record (same number, written later) lost: it is
+numbered and written again as the next number, or reported "unchanged" when it now equals the newest revision
+(two nodes watching the same files: one revision, whoever's time it carries), up to `PUBLISH_ATTEMPTS` times,
+then PublishFailed. Of the writers of one number the last keeps it, so each attempt settles at least one of
+them. Followers apply the lost record and then the winning one, so a node may serve the loser's revision for
+that moment.
+
+Tombstones are written only for revisions read back as the publisher's own, after the check: a loser
+writes none for a number it lost, and after its retry as n+1 it forgets n-4, which the winner's n and its
+own n+1 have pushed out of the newest `KEPT`. Numbers never go down (each attempt numbers after reading
+further), so no tombstone reaches into the newest `KEPT` of what is on the log.
+
+What is left: a rival that read the log before our revision record was appended, and whose own record
+for the same number is appended only after our second read of the end offset, replaces ours after we
+checked. Both are then told N, and N holds the rival's. Its numbering-to-append must outlast our
+acknowledgement, read back and one more end-offset round trip (a few round trips, against its usual one),
+so it takes a stall: a paused process, a produce retried after a timeout, a stalled network or an older
+publisher that numbers before writing its code. The reverse also remains: a publisher that fails after
+its record was acknowledged (the read back timing out) reports a failure although the revision may be
+published; `faas history` shows what is.
 
 A lost log (a memory-only broker restarted: the end offset drops below what was read) is read again from
 0 and `on_reset` is called, so the node can publish again what it serves, in the order it was applied
@@ -24,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +78,20 @@ FOLLOW_RETRY = 0.5
 """Seconds the follower waits after a failed fetch before the next one."""
 READ_BACK_TIMEOUT = 10.0
 """Seconds a publisher waits to read its own write back before it reports a failure."""
+PUBLISH_ATTEMPTS = 5
+"""Times a publication numbers and writes a revision before it gives up. Of the publishers that pick one
+number at once, the one whose record comes last keeps it, so k publishers at once need at most k."""
+
+
+def as_read(rev: Revision) -> Revision:
+    """`rev` as a reader parses its record (the uuid lower case, the spec as JSON gives it back)."""
+    return Revision.from_json(json.loads(encode(rev)))
+
+
+class PublishFailed(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """A revision could not be published: other publishers took every number tried, or readers refused
+    its record. A KafkaError, so callers handle it as a failing log (`faas deploy` exits 1 naming it and
+    leaves the manifest as it was; a node logs it)."""
 
 
 class DeploymentLog:
@@ -84,37 +126,105 @@ class DeploymentLog:
     async def publish_all(self, items: list[tuple[Revision, bytes | None]]) -> list[tuple[Revision, bool]]:
         """Publish each candidate (one per function) that differs from its function's newest revision.
 
-        The code records go first and are acknowledged before any revision record is written (a revision
-        is never on the log without its code); then the revision records and the tombstones of the
-        revisions that fall out of the newest `KEPT`; then the log is read back up to them. Publications
-        are serialised per log and numbered after reading the log to its end, so concurrent writers rarely
-        pick the same number; when they do, the last record of the key wins, as in a compacted topic.
+        Returns, in the order asked, (the revision now newest, whether it is new). Steps (module
+        docstring, "Concurrent publishers"): the code records are written and acknowledged first (a
+        revision is never on the log without its code); then the log is read to its end and the
+        candidates are numbered; then the revision records are written, read back, and the log read once
+        more to a fresh end offset; each revision whose key now holds another writer's record is numbered
+        and written again (up to `PUBLISH_ATTEMPTS` times in all; "unchanged" if it now equals the
+        newest); only then are the tombstones of the revisions that fall out of the newest `KEPT`
+        written. Raises PublishFailed when a candidate keeps losing its number, or when readers refuse a
+        revision record (a warning says why); the others of the batch may be published then.
         """
         async with self._lock:
-            await self.catch_up()
             out: dict[int, tuple[Revision, bool]] = {}
-            codes: dict[str, bytes] = {}
-            records: list[tuple[str, bytes | None]] = []
-            for i in sorted(range(len(items)), key=lambda i: self._claims(items[i][0])):
-                candidate, code = items[i]
-                newest = self.state.newest(candidate.uuid)
-                if newest is not None and candidate.same_as(newest):
-                    out[i] = (newest, False)
-                    continue
-                rev = candidate.numbered(self.state.next_number(candidate.uuid))
-                sha = rev.code_sha256
-                if code is not None and sha is not None and sha not in self.state.codes:
-                    codes[code_key(sha)] = code
-                records.append((rev.key, encode(rev)))
-                if rev.revision > KEPT:
-                    records.append((revision_key(rev.uuid, rev.revision - KEPT), None))
-                out[i] = (rev, True)
-            if codes:
-                await self.write(list(codes.items()))
-            if records:
-                await self.write(records)
+            pending = list(range(len(items)))
+            tried: dict[int, list[int]] = {i: [] for i in pending}
+            failures: list[str] = []
+            for _ in range(PUBLISH_ATTEMPTS):
                 await self.catch_up()
+                codes = self._missing_codes([items[i] for i in pending])
+                if codes:
+                    await self.write(codes)
+                    # Number only now: a code record of up to FAAS_MAX_CODE_BYTES may take a while to
+                    # write, and numbers picked before it would be stale by then.
+                    await self.catch_up()
+                numbered: dict[int, Revision] = {}
+                for i in sorted(pending, key=lambda i: self._claims(items[i][0])):
+                    candidate = items[i][0]
+                    newest = self.state.newest(candidate.uuid)
+                    if newest is not None and candidate.same_as(newest):
+                        out[i] = (newest, False)
+                        continue
+                    numbered[i] = candidate.numbered(self.state.next_number(candidate.uuid))
+                if not numbered:  # each one unchanged
+                    pending = []
+                    break
+                await self.write([(rev.key, encode(rev)) for rev in numbered.values()])
+                await self.catch_up()
+                # Once more, to a fresh end offset: a rival's record for the same key acknowledged while
+                # we read back is seen too (what is left of the race: module docstring).
+                await self.catch_up()
+                pending, won = [], []
+                for i, rev in numbered.items():
+                    held = self._held(rev)
+                    if held == as_read(rev):
+                        out[i] = (rev, True)
+                        won.append(rev)
+                    elif held is None:
+                        failures.append(
+                            f"{rev.function}: revision {rev.revision} was written but the log does not "
+                            "hold it (readers refused it: see the warning naming its key)"
+                        )
+                    else:
+                        tried[i].append(rev.revision)
+                        pending.append(i)
+                        log.info(
+                            "%s: revision %d was taken by another publisher (%s at %s): publishing again",
+                            rev.function,
+                            rev.revision,
+                            held.deployed_by,
+                            held.deployed_at,
+                        )
+                await self._forget_old(won)
+                if not pending:
+                    break
+            for i in pending:
+                numbers = ", ".join(str(n) for n in tried[i])
+                failures.append(
+                    f"{items[i][0].function}: other publishers took revisions {numbers} in turn; gave up "
+                    f"after {PUBLISH_ATTEMPTS} attempts (none of them holds this revision): publish again"
+                )
+            if failures:
+                raise PublishFailed("; ".join(failures))
             return [out[i] for i in range(len(items))]
+
+    def _missing_codes(self, items: list[tuple[Revision, bytes | None]]) -> list[tuple[str, bytes | None]]:
+        """The code records the new revisions among `items` need and the log does not hold yet."""
+        codes: dict[str, bytes | None] = {}
+        for candidate, code in items:
+            sha = candidate.code_sha256
+            if code is None or sha is None or sha in self.state.codes:
+                continue
+            if not candidate.same_as(self.state.newest(candidate.uuid)):
+                codes[code_key(sha)] = code
+        return list(codes.items())
+
+    def _held(self, rev: Revision) -> Revision | None:
+        """The revision the log holds under `rev`'s key, whoever wrote it."""
+        return self.state.revisions.get(rev.uuid.lower(), {}).get(rev.revision)
+
+    async def _forget_old(self, won: list[Revision]) -> None:
+        """Tombstone, for each revision in `won` (each read back as ours), revision n-KEPT and any older
+        one still kept: written only for a number known to be ours, so a loser never forgets one."""
+        records: list[tuple[str, bytes | None]] = []
+        for rev in won:
+            old = {rev.revision - KEPT} if rev.revision > KEPT else set()
+            old |= {r.revision for r in self.state.kept(rev.uuid) if r.revision <= rev.revision - KEPT}
+            records += [(revision_key(rev.uuid, n), None) for n in sorted(old)]
+        if records:
+            await self.write(records)
+            await self.catch_up()
 
     def _claims(self, candidate: Revision) -> bool:
         """Whether `candidate` is a deploy taking a held name (`LogState.claims`): written last."""

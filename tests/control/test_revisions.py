@@ -161,7 +161,8 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
 async def test_memory_log_keeps_five_and_identical_is_one(tmp_path: Path) -> None:
     """1. Publish the same candidate twice. 2. Publish seven different specs. Result: the second
     publication is no revision; after the seven, revisions 4..8 are kept (tombstones for 1..3), the
-    newest is live, and `next_number` goes on from 9."""
+    newest is live, `next_number` goes on from 9, and on_change was called for each new revision and
+    each tombstone, not for the identical publication."""
     root = project(tmp_path)
     cand = candidate(root)
     spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
@@ -177,7 +178,7 @@ async def test_memory_log_keeps_five_and_identical_is_one(tmp_path: Path) -> Non
         await log.publish(Revision(**{**cand.to_json(), "spec": {**cand.spec, "timeout": timeout}}), code)
     assert [r.revision for r in log.state.kept(U)] == [8, 7, 6, 5, 4]
     assert log.state.live()[U].revision == 8 and log.state.next_number(U) == 9
-    assert len(changes) == 8
+    assert len(changes) == 8 + 3  # each new revision, then each tombstone (written once it is read back)
 
 
 def test_cache_unpacks_by_sha_and_refuses_bad_zips(tmp_path: Path) -> None:
