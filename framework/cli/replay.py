@@ -13,7 +13,8 @@ import click
 from aiokafka.errors import KafkaError
 
 from framework.cli.common import bootstrap_option, duration, need_broker, quiet_kafka_client
-from framework.kafka.replay import BrokerUnreachable, Selection, replay
+from framework.kafka.replay import Selection, replay
+from framework.kafka.topic_read import BrokerUnreachable
 from framework.settings import Settings
 
 

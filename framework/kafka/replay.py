@@ -18,15 +18,12 @@ whose value is null stays null), in their dead-letter order per partition (so pe
   (select with `--id`, `--since` to keep it short); a dry run skips it. Only records carrying
   `faas_replayed` are looked into, so memory stays small. Two replays of the same event running at the
   very same moment may both give the same n.
-- Finding that first record: Kafka answers `offsets_for_times` exactly; Tansu answers offset 0 for every
-  time. So the answer is checked against the timestamp of the record it names, and when that does not
-  match, the offset is found by a binary search on record timestamps (one small fetch per step). The
-  search takes timestamps to grow with offsets, which holds up to clock differences between producers:
-  CLOCK_SKEW covers those.
+- That first record is found by `topic_read.offsets_at` (a binary search on record timestamps on the
+  embedded broker, whose time lookups answer offset 0), which takes timestamps to grow with offsets: up to
+  clock differences between producers, which CLOCK_SKEW covers. Reads go on until fetches come back empty
+  (`topic_read`: the end offsets are a floor only).
 - `since` is checked against each dead-letter record's own timestamp, for the same reason (Tansu), and
   reading the dead-letter topic from the start costs only time.
-- The end offsets are a floor only (Tansu reports a partition's last batch base offset + 1), so every read
-  goes on until fetches come back empty.
 - Skipped records are counted by reason: `bad_event`, `foreign`, `not selected`, `superseded`.
 """
 
@@ -34,41 +31,32 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError
 
 from framework.kafka import cloudevents
 from framework.kafka.deadletter import REPLAYED, DeadLetter, classify, replay_headers, strip
-from framework.kafka.options import reader, start_producer
+from framework.kafka.options import start_producer
+from framework.kafka.topic_read import (
+    BrokerUnreachable,
+    Progress,
+    Record,
+    offsets_at,
+    partitions,
+    read_topic,
+    reader_of,
+    scan,
+    started,
+)
 from framework.settings import Settings
 
-READ_STALL = 30.0
-"""Seconds without a new record before reading a topic is given up as stuck."""
-QUIET_FETCHES = 2
-FETCH_WAIT_MS = 300
-"""Reading ends after QUIET_FETCHES fetches in a row found nothing new, each waiting FETCH_WAIT_MS."""
 PROGRESS_EVERY = 500
 """Records produced between two progress lines (only replays longer than that print them)."""
-READ_PROGRESS_EVERY = 10_000
-"""Records read (of either topic) between two progress lines."""
 CLOCK_SKEW = 300.0
 """Seconds the events topic is read from before the oldest selected dead letter: room for the clocks of
 the node that wrote it, of the host replaying, and of the events' producers to differ."""
-READ_FETCH_BYTES = 16 * 1024 * 1024
-PROBE_FETCH_BYTES = 64 * 1024
-"""Fetch size per partition (bytes) when reading a topic / when probing one record's timestamp."""
-
-Progress = Callable[[str, int, int | None], None]
-"""`(stage, done, total)`: stage `read` (the dead-letter topic) or `count` (the events topic, for the
-replay counts), total unknown: None; or `replay`."""
-
-
-class BrokerUnreachable(Exception):
-    """The broker did not answer; nothing was replayed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,138 +100,6 @@ class Report:
         return f"dry run: {line}; {len(self.replayed)} would be replayed" if self.dry_run else line
 
 
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-
-
-async def _started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
-    try:
-        await consumer.start()
-    except (KafkaConnectionError, OSError) as exc:
-        await consumer.stop()
-        raise BrokerUnreachable(str(exc)) from exc
-    return consumer
-
-
-def _reader(bootstrap: str, settings: Settings, fetch_bytes: int = READ_FETCH_BYTES) -> AIOKafkaConsumer:
-    return reader(
-        bootstrap,
-        settings,
-        max_partition_fetch_bytes=fetch_bytes,
-        fetch_max_wait_ms=20,  # Tansu holds a fetch this long even with records there: keep it short
-    )
-
-
-async def _scan(
-    consumer: AIOKafkaConsumer,
-    starts: Mapping[TopicPartition, int],
-    each: Callable[[Record], None],
-    stage: str,
-    progress: Progress | None,
-) -> None:
-    """Hand every record of the partitions in `starts`, from those offsets on, to `each`, until nothing
-    more comes."""
-    tps = list(starts)
-    consumer.assign(tps)
-    for tp, offset in starts.items():
-        consumer.seek(tp, offset)
-    ends = await consumer.end_offsets(tps)
-    left = {tp for tp in tps if ends[tp] > starts[tp]}
-    topic = tps[0].topic if tps else ""
-    seen = 0
-    stalled_at = time.monotonic() + READ_STALL
-    quiet = 0
-    # The end offsets are a floor only: Tansu counts a batch of records as one there. So reading goes
-    # on past them until the fetches come back empty QUIET_FETCHES times in a row.
-    while left or quiet < QUIET_FETCHES:
-        if time.monotonic() > stalled_at:
-            raise KafkaError(f"reading {topic} stalled with {len(left)} partitions unread")
-        batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS)
-        quiet = 0 if batch else quiet + 1
-        for tp, records in batch.items():
-            stalled_at = time.monotonic() + READ_STALL
-            for record in records:
-                each(record)
-            before, seen = seen, seen + len(records)
-            if progress is not None and seen // READ_PROGRESS_EVERY > before // READ_PROGRESS_EVERY:
-                progress(stage, seen, None)
-            if records and records[-1].offset + 1 >= ends[tp]:
-                left.discard(tp)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition] | None:
-    """The partitions of `topic`; None when it does not exist."""
-    if topic not in await consumer.topics():
-        return None
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-
-
-async def read_topic(
-    bootstrap: str, topic: str, settings: Settings, progress: Progress | None = None
-) -> list[Record] | None:
-    """Every record of `topic`, read until nothing more comes; None when the topic does not exist."""
-    consumer = await _started(_reader(bootstrap, settings))
-    try:
-        tps = await _partitions(consumer, topic)
-        if tps is None:
-            return None
-        out: list[Record] = []
-        await _scan(consumer, await consumer.beginning_offsets(tps), out.append, "read", progress)
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _probe(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> tuple[int, int] | None:
-    """(offset, timestamp ms) of the first record of `tp` at `offset` or later; None when there is none."""
-    consumer.assign([tp])
-    consumer.seek(tp, offset)
-    for _ in range(QUIET_FETCHES):
-        records = (await consumer.getmany(tp, timeout_ms=FETCH_WAIT_MS, max_records=1)).get(tp)
-        if records:
-            return records[0].offset, records[0].timestamp
-    return None
-
-
-async def _search(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int, at_ms: int) -> int:
-    """The first offset in [lo, hi] whose record is stamped `at_ms` or later, as if timestamps grew with
-    offsets (`hi`: none before it is)."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        found = await _probe(consumer, tp, mid)
-        if found is None or found[1] >= at_ms:
-            hi = mid
-        else:
-            lo = found[0] + 1
-    return min(lo, hi)
-
-
-async def offsets_at(
-    bootstrap: str, settings: Settings, consumer: AIOKafkaConsumer, tps: list[TopicPartition], at_ms: int
-) -> dict[TopicPartition, int]:
-    """Per partition, the offset of the first record stamped `at_ms` or later (or the end offset)."""
-    answers = await consumer.offsets_for_times({tp: at_ms for tp in tps})
-    begins = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    starts: dict[TopicPartition, int] = {}
-    # Small fetches: a probe wants one record's timestamp, not a batch of 16 MiB.
-    prober = await _started(_reader(bootstrap, settings, PROBE_FETCH_BYTES))
-    try:
-        for tp in tps:
-            answer = answers.get(tp)
-            if ends[tp] <= begins[tp] or answer is None:  # empty, or (Kafka) nothing that recent
-                starts[tp] = ends[tp]
-            elif answer.timestamp >= at_ms and await _probe(prober, tp, answer.offset) == (
-                answer.offset,
-                answer.timestamp,
-            ):
-                starts[tp] = answer.offset  # the answer names a record that is what it says: Kafka's
-            else:
-                starts[tp] = await _search(prober, tp, begins[tp], ends[tp], at_ms)
-    finally:
-        await prober.stop()
-    return starts
-
-
 def _replayed_copy(record: Record) -> tuple[str, int] | None:
     """(ce_id, faas_replayed) of a record `faas replay` produced; None for any other record."""
     headers = list(record.headers or ())
@@ -276,13 +132,13 @@ async def replay_counts(
         if found is not None and found[0] in wanted:
             counts[found[0]] = max(counts.get(found[0], 0), found[1])
 
-    consumer = await _started(_reader(bootstrap, settings))
+    consumer = await started(reader_of(bootstrap, settings))
     try:
-        tps = await _partitions(consumer, settings.events_topic)
+        tps = await partitions(consumer, settings.events_topic)
         if not tps:
             return counts
         starts = await offsets_at(bootstrap, settings, consumer, tps, since_ms)
-        await _scan(consumer, starts, count, "count", progress)
+        await scan(consumer, starts, count, "count", progress)
         return counts
     finally:
         await consumer.stop()

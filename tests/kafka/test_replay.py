@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from framework.kafka import replay as replay_module
+from framework.kafka import topic_read
 from framework.kafka.deadletter import classify, failed_headers, replay_headers
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.kafka.options import reader
@@ -226,7 +227,7 @@ async def test_progress_while_reading_and_replaying(topics: Topics, monkeypatch:
     """`replay()` in process with progress every 2 records read and every 2 produced: 5 failed copies give
     reads at 2 and 4 (or more at once: a fetch may bring several) and replays at 2, 4, 5 of 5."""
     await asyncio.to_thread(topics.write, [failed(f"p-{i}") for i in range(5)])
-    monkeypatch.setattr(replay_module, "READ_PROGRESS_EVERY", 2)
+    monkeypatch.setattr(topic_read, "READ_PROGRESS_EVERY", 2)
     monkeypatch.setattr(replay_module, "PROGRESS_EVERY", 2)
     calls: list[tuple[str, int, int | None]] = []
     settings = Settings(deadletter_topic=topics.dead, events_topic=topics.events)
@@ -320,7 +321,7 @@ async def test_offsets_at_finds_the_first_record_of_a_time(topics: Topics) -> No
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
 
         async def at(ms: int) -> dict[TopicPartition, int]:
-            return await replay_module.offsets_at(topics.bootstrap, settings, consumer, tps, ms)
+            return await topic_read.offsets_at(topics.bootstrap, settings, consumer, tps, ms)
 
         recent = await at(now_ms - hour_ms)
         assert recent[tps[0]] == 40, recent
