@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from framework.kafka import replay as replay_module
 from framework.kafka import topic_read
 from framework.kafka.deadletter import classify, failed_headers, replay_headers
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from framework.kafka.options import reader
 from framework.settings import Settings
 from tests.support import (
     Header,
@@ -297,40 +296,6 @@ def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics)
     assert r.returncode == 0, r.stdout + r.stderr
     replayed = [dict(m.headers)["faas_replayed"] for m in topics.produced(3)]
     assert sorted(replayed) == [b"2", b"3", b"7"], replayed
-
-
-async def test_offsets_at_finds_the_first_record_of_a_time(topics: Topics) -> None:
-    """1. Partition 0 of a topic: 40 records stamped 10 hours ago, then 7 stamped now; partition 1 empty.
-    2. `offsets_at` for 1 hour ago, for 11 hours ago and for an hour from now.
-    Result: offset 40 (the first recent record), 0, and past the last record; partition 1 at its end."""
-    topic = topics.events
-    now_ms = int(time.time() * 1000)
-    old_ms, hour_ms = now_ms - 10 * 3600 * 1000, 3600 * 1000
-    p = AIOKafkaProducer(bootstrap_servers=topics.bootstrap, linger_ms=0)
-    await p.start()
-    try:
-        for i in range(47):
-            ts = old_ms + i if i < 40 else now_ms + i
-            await (await p.send(topic, b"v%d" % i, partition=0, timestamp_ms=ts))
-    finally:
-        await p.stop()
-    settings = Settings()
-    consumer = reader(topics.bootstrap, settings)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
-
-        async def at(ms: int) -> dict[TopicPartition, int]:
-            return await topic_read.offsets_at(topics.bootstrap, settings, consumer, tps, ms)
-
-        recent = await at(now_ms - hour_ms)
-        assert recent[tps[0]] == 40, recent
-        assert (await at(old_ms - hour_ms))[tps[0]] == 0
-        ends = await consumer.end_offsets(tps)
-        future = await at(now_ms + hour_ms)
-        assert future[tps[0]] >= ends[tps[0]] and future[tps[1]] == ends[tps[1]], (future, ends)
-    finally:
-        await consumer.stop()
 
 
 FIXABLE = "2e721e00-0000-4000-8000-0000000000f1"
