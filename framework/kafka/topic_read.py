@@ -3,8 +3,10 @@
 `faas replay` reads the dead-letter topic whole and the events topic from a time on (`replay.py`). With no
 group nothing is joined or committed, so a read can be repeated and never disturbs another reader. Choices:
 
-- The end offsets are a floor only (Tansu reports a partition's end as its last batch's base offset + 1),
-  so a read goes on past them until QUIET_FETCHES fetches in a row come back empty.
+- A read ends at the end offsets seen when it starts, so records that keep coming do not keep it going.
+  Those offsets are a floor only on the embedded broker (Tansu reports a partition's end as its last
+  batch's base offset + 1); fetches return whole batches, so the records past the floor come with the one
+  at it, and a partition whose read starts at or past its floor is done after QUIET_FETCHES empty fetches.
 - The first record of a time: Kafka answers `offsets_for_times` exactly; Tansu answers offset 0 for every
   time. So the answer is checked against the timestamp of the record it names, and when that does not
   match the offset is found by a binary search on record timestamps (one small fetch per step), which
@@ -71,25 +73,31 @@ async def scan(
     stage: str,
     progress: Progress | None,
 ) -> None:
-    """Hand every record of the partitions in `starts`, from those offsets on, to `each`, until nothing
-    more comes."""
+    """Hand every record of the partitions in `starts`, from those offsets to the end offsets seen at the
+    start of the read, to `each` (records written meanwhile may come too: a busy topic does not keep the
+    read going).
+
+    A partition is done once a record at or past its end offset came (fetches return whole batches, so
+    under Tansu's floor the rest of the last batch came with it), or, when it starts at or past that offset
+    (the floor may be below what it holds), once QUIET_FETCHES fetches in a row brought it nothing."""
     tps = list(starts)
     consumer.assign(tps)
     for tp, offset in starts.items():
         consumer.seek(tp, offset)
     ends = await consumer.end_offsets(tps)
-    left = {tp for tp in tps if ends[tp] > starts[tp]}
+    left = set(tps)
     topic = tps[0].topic if tps else ""
     seen = 0
     stalled_at = time.monotonic() + READ_STALL
     quiet = 0
-    # The end offsets are a floor only: Tansu counts a batch of records as one there. So reading goes
-    # on past them until the fetches come back empty QUIET_FETCHES times in a row.
-    while left or quiet < QUIET_FETCHES:
+    while left:
         if time.monotonic() > stalled_at:
             raise KafkaError(f"reading {topic} stalled with {len(left)} partitions unread")
-        batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS)
+        batch = await consumer.getmany(*left, timeout_ms=FETCH_WAIT_MS)
         quiet = 0 if batch else quiet + 1
+        if quiet >= QUIET_FETCHES:  # nothing more where a partition's position reached its end offset
+            left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
+            quiet = 0
         for tp, records in batch.items():
             stalled_at = time.monotonic() + READ_STALL
             for record in records:

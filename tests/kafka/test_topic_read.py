@@ -3,6 +3,7 @@ whose time lookups answer offset 0: the binary search on record timestamps."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -46,3 +47,70 @@ async def test_offsets_at_finds_the_first_record_of_a_time(broker: EmbeddedBroke
         assert future[tps[0]] >= ends[tps[0]] and future[tps[1]] == ends[tps[1]], (future, ends)
     finally:
         await consumer.stop()
+
+
+async def _batches(bootstrap: str, topic: str, sizes: list[int]) -> None:
+    """Records to partition 0 of `topic`, `sizes[i]` of them in the i-th batch (one produce request each)."""
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await p.start()
+    try:
+        await p.partitions_for(topic)
+        n = 0
+        for size in sizes:
+            batch = p.create_batch()
+            for _ in range(size):
+                batch.append(key=None, value=b"v%d" % n, timestamp=None)
+                n += 1
+            await (await p.send_batch(batch, topic, partition=0))
+    finally:
+        await p.stop()
+
+
+async def _read(bootstrap: str, starts: dict[TopicPartition, int]) -> list[int]:
+    got: list[int] = []
+    consumer = reader(bootstrap, Settings())
+    await consumer.start()
+    try:
+        await topic_read.scan(consumer, starts, lambda r: got.append(r.offset), "read", None)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_a_read_gets_the_records_past_the_floor_of_the_end_offset(broker: EmbeddedBroker) -> None:
+    """1. Partition 0 holds two batches, offsets 0-9 and 10-14 (the embedded broker then reports its end
+    offset as 11, the last batch's base + 1). 2. Read it from 0; read it from 11, the reported end.
+    Result: 0-14, then 11-14: nothing past the floor is lost."""
+    topic = f"t.tread.{uuid.uuid4().hex[:8]}"
+    await _batches(broker.bootstrap, topic, [10, 5])
+    tp = TopicPartition(topic, 0)
+    assert await _read(broker.bootstrap, {tp: 0}) == list(range(15))
+    assert await _read(broker.bootstrap, {tp: 11}) == [11, 12, 13, 14]
+
+
+async def test_a_read_ends_while_records_keep_coming(broker: EmbeddedBroker) -> None:
+    """1. Partition 0 holds 20 records; partition 1 is empty. 2. While a producer writes a record to
+    partition 0 every 20 ms, read both from 0. Result: the read ends (within 30 s) with at least the 20
+    records that were there when it started, although the topic was never quiet."""
+    topic = f"t.tread.{uuid.uuid4().hex[:8]}"
+    await _batches(broker.bootstrap, topic, [20])
+    stop = asyncio.Event()
+
+    async def keep_writing() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+        await p.start()
+        try:
+            while not stop.is_set():
+                await (await p.send(topic, b"more", partition=0))
+                await asyncio.sleep(0.02)
+        finally:
+            await p.stop()
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        tps = {TopicPartition(topic, 0): 0, TopicPartition(topic, 1): 0}
+        got = await asyncio.wait_for(_read(broker.bootstrap, tps), 30)
+    finally:
+        stop.set()
+        await writer
+    assert got[:20] == list(range(20)), got[:25]
