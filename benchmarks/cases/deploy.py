@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from benchmarks.env import Env, baseline, guarded
 from benchmarks.httpclient import Connection, encode_request
 from benchmarks.stats import Series
-from framework.control.deployment_log import KafkaLog
+from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import load_manifest
 from framework.control.revisions import Revision

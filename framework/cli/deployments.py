@@ -21,7 +21,8 @@ import click
 from aiokafka.errors import KafkaError
 
 from framework.cli.common import broker_of, fail, load, need_broker, pass_settings, utf8
-from framework.control.deployment_log import KafkaLog, PublishFailed
+from framework.control.deployment_log import PublishFailed
+from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest, State
 from framework.control.manifest_edit import set_state

@@ -1,10 +1,9 @@
 """The deployment log (DESIGN.md section 12): a compacted, one-partition topic of code and revision records.
 
-The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBackingStore):
-- read to the end before serving: `start` creates the topic when missing (one partition,
-  `cleanup.policy=compact`), reads it from offset 0 up to its end offset, and only then returns;
-- then follow it: new records are applied as they arrive and `on_change` is called;
-- a write is done when read back: `publish` writes the code record, waits for its acknowledgement, then
+Here: the log's records applied to a `LogState`, and publishing. `KafkaLog` (`kafka_log.py`) moves the
+records through the topic; `MemoryLog` is the same log in the node's memory, for `faas run --no-kafka`.
+
+- A write is done when read back: `publish` writes the code record, waits for its acknowledgement, then
   the revision record, reads the log back to check that the revision is its own, then writes the
   tombstone of revision n-5, and (when following) waits until the follower has applied them, so the
   caller sees its own write;
@@ -36,48 +35,23 @@ publisher that numbers before writing its code. The reverse also remains: a publ
 its record was acknowledged (the read back timing out) reports a failure although the revision may be
 published; `faas history` shows what is.
 
-A lost log (a memory-only broker restarted: the end offset drops below what was read) is read again from
-0 and `on_reset` is called, so the node can publish again what it serves, in the order it was applied
-(`LogState.order`: validity depends on order). `MemoryLog` is the same log in the node's memory, for
-`faas run --no-kafka`.
-
-A bad record never stops the reader: `LogState.apply` skips it with a warning and never raises, and
-`position` moves past each record as it is applied, so the records after a bad one in the same fetch
-apply too. The follower survives any error (a broker error is retried quietly, anything else with a
-warning), so a node keeps applying what is published for as long as it runs.
+A bad record never stops the reader: `LogState.apply` skips it with a warning and never raises.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError
 
 from framework.control.log_state import LogState
 from framework.control.revisions import KEPT, Revision, code_key, encode, revision_key
-from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
-from framework.settings import Settings
-from framework.tasks import cancel_and_wait, within
 
 log = logging.getLogger("faas.deployments")
 
-POLL_MS = 200
-"""Milliseconds one fetch of the follower waits for new records."""
-FETCH_WAIT_MS = 100
-"""Milliseconds the broker may hold a fetch with no new records: bounds how late a revision is seen."""
-CHECK_EVERY = 2.0
-"""Seconds between checks of the end offset, to notice a log that was lost (broker restarted empty)."""
-FOLLOW_RETRY = 0.5
-"""Seconds the follower waits after a failed fetch before the next one."""
-READ_BACK_TIMEOUT = 10.0
-"""Seconds a publisher waits to read its own write back before it reports a failure."""
 PUBLISH_ATTEMPTS = 5
 """Times a publication numbers and writes a revision before it gives up. Of the publishers that pick one
 number at once, the one whose record comes last keeps it, so k publishers at once need at most k."""
@@ -269,166 +243,3 @@ class MemoryLog(DeploymentLog):
             changed |= self.state.apply(key, value, "in memory")
         if changed:
             self._changed()
-
-
-class KafkaLog(DeploymentLog):
-    """The log on the topic `FAAS_DEPLOYMENTS_TOPIC`. `follow=False` reads it once (the CLI)."""
-
-    def __init__(self, state: LogState, settings: Settings, bootstrap: str, follow: bool = True) -> None:
-        super().__init__(state)
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.topic = settings.deployments_topic
-        self.follow = follow
-        self.tp = TopicPartition(self.topic, 0)
-        self.position = 0
-        """The offset of the next record to apply."""
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._moved = asyncio.Event()
-        self._low = 0
-
-    @property
-    def fetch_bytes(self) -> int:
-        return self.settings.max_code_bytes + 1024 * 1024
-
-    async def start(self) -> None:
-        await self.stop()  # a start that failed halfway leaves clients behind
-        self._consumer = self._producer = self._task = None
-        await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
-        consumer = reader(
-            self.bootstrap,
-            self.settings,
-            max_partition_fetch_bytes=self.fetch_bytes,
-            fetch_max_bytes=self.fetch_bytes,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
-        await consumer.start()
-        self._consumer = consumer
-        consumer.assign([self.tp])
-        if self.position:  # a start tried again: go on after what is applied, not from a "lost" log
-            consumer.seek(self.tp, self.position)
-        else:
-            await consumer.seek_to_beginning(self.tp)
-        await self.catch_up()
-        if self.follow:
-            self._task = asyncio.create_task(self._follow(), name="deployment-log")
-
-    async def stop(self) -> None:
-        await cancel_and_wait([self._task])
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(KafkaError, OSError):
-                    await client.stop()
-
-    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
-        if self._producer is None:
-            self._producer = await start_producer(
-                self.bootstrap, self.settings, max_request_size=max(self.fetch_bytes, 16 * 1024 * 1024)
-            )
-        for key, value in records:
-            # One record per request: Tansu reports a high watermark of base offset + 1 after a batch of
-            # several records, which would make readers stop short of the end.
-            await self._producer.send_and_wait(self.topic, value=value, key=key.encode(), partition=0)
-
-    async def end_offset(self) -> int:
-        assert self._consumer is not None
-        return int((await self._consumer.end_offsets([self.tp]))[self.tp])
-
-    async def catch_up(self) -> None:
-        end = await self.end_offset()
-        while self.position < end:
-            if self._task is not None and not self._task.done():
-                self._moved.clear()
-                await within(self._moved.wait(), READ_BACK_TIMEOUT)
-            else:
-                await self._fetch()
-
-    async def _fetch(self) -> None:
-        assert self._consumer is not None
-        batch = await self._consumer.getmany(self.tp, timeout_ms=POLL_MS)
-        changed = False
-        try:
-            for msg in batch.get(self.tp, []):
-                if msg.offset < self.position:  # the consumer reset to the start: the log was lost
-                    self._reset(msg.offset)
-                key = msg.key.decode(errors="replace") if msg.key is not None else None
-                # Never raises: a bad record is a warning, and the ones after it in this batch still apply.
-                changed |= self.state.apply(key, msg.value, f"at offset {msg.offset}")
-                self.position = msg.offset + 1
-            # Past offsets compaction removed too (the consumer's position skips them; ours would wait).
-            self.position = max(self.position, await self._consumer.position(self.tp))
-        finally:
-            self._moved.set()  # first: a failing on_change must not keep a publisher waiting to read back
-            if changed and self.follow:
-                self._changed()
-
-    def _reset(self, end: int) -> None:
-        log.warning(
-            "deployment log %s: its end offset %d is below the %d records read (the broker lost it): "
-            "reading it again and publishing again what this node serves",
-            self.topic,
-            end,
-            self.position,
-        )
-        self.position = 0
-        self.state.keys.clear()
-        assert self._consumer is not None
-        self._consumer.seek(self.tp, 0)
-        if self.on_reset is not None:
-            self.on_reset()
-
-    async def _follow(self) -> None:
-        """Fetch and apply for as long as the node runs: no error ends it (a dead follower would leave
-        the node serving old revisions while reporting ready)."""
-        loop = asyncio.get_running_loop()
-        checked = loop.time()
-        while True:
-            try:
-                await self._fetch()
-                if loop.time() - checked > CHECK_EVERY:
-                    checked = loop.time()
-                    await self._check_end()
-            except (KafkaError, OSError, TimeoutError) as exc:  # the broker away: it comes back
-                log.debug("deployment log: %r (retrying)", exc)
-                await asyncio.sleep(FOLLOW_RETRY)
-            except Exception as exc:
-                log.warning("deployment log: following it failed (%r); retrying in %g s", exc, FOLLOW_RETRY)
-                await asyncio.sleep(FOLLOW_RETRY)
-
-    async def _check_end(self) -> None:
-        """Notice a lost log: its end offset below our position, or the topic gone (then create it)."""
-        try:
-            end = await within(self.end_offset(), CHECK_EVERY)
-        except KafkaError:
-            options = security_options(self.settings)
-            await within(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_EVERY * 2)
-            end = await within(self.end_offset(), CHECK_EVERY)
-        if end >= self.position:
-            self._low = 0
-            return
-        self._low += 1
-        if self._low >= 2:  # twice in a row, CHECK_EVERY apart: not a passing glitch
-            self._low = 0
-            self._reset(end)
-
-
-async def ensure_log_topic(bootstrap: str, topic: str, options: dict[str, Any]) -> bool:
-    """Create `topic` with one partition and `cleanup.policy=compact` when missing; True if created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS, **options)
-    await admin.start()
-    try:
-        if topic in set(await admin.list_topics()):
-            return False
-        brokers = len((await admin.describe_cluster())["brokers"]) or 1
-        new = NewTopic(topic, 1, min(3, brokers), topic_configs={"cleanup.policy": "compact"})
-        response = await admin.create_topics([new], timeout_ms=ADMIN_TIMEOUT_MS)
-        for _, code, *rest in response.topic_errors:
-            error = for_code(code)
-            if code != 0 and error is not TopicAlreadyExistsError:
-                raise error(f"cannot create the deployment log {topic}: {rest[0] if rest else ''}")
-        log.info("created the deployment log %s (1 partition, compacted)", topic)
-        return True
-    finally:
-        await admin.close()

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from framework.control.code_cache import CodeCache
-from framework.control.deployment_log import DeploymentLog, KafkaLog, MemoryLog
+from framework.control.deployment_log import DeploymentLog, MemoryLog
+from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest
 from framework.control.registry import Registry

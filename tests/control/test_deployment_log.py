@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from framework.control.code_cache import CodeCache
-from framework.control.deployment_log import KafkaLog, MemoryLog
+from framework.control.deployment_log import MemoryLog
+from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.revisions import Revision, code_key, encode, sha256
 from framework.kafka.embedded import EmbeddedBroker

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from framework.cli.deployments import with_log
-from framework.control.deployment_log import KafkaLog
+from framework.control.kafka_log import KafkaLog
 from framework.control.manifest import load_manifest
 from framework.control.revisions import sha256
 from framework.control.working_copy import candidates
