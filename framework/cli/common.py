@@ -46,19 +46,26 @@ def quiet_kafka_client() -> None:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
 
 
-def load(
+def checked(
     settings: Settings, check_handlers: bool = True, check_secrets: bool = False, check_code: bool = False
 ) -> Manifest:
-    """The manifest, or exit 1 with its errors; `check_secrets`: listed secrets must be readable;
+    """The manifest (ManifestError with its errors); `check_secrets`: listed secrets must be readable;
     `check_code`: every function's code must be deployable (FAAS_MAX_CODE_BYTES)."""
     from framework.control.working_copy import code_check
 
     secrets = settings.secrets_path if check_secrets else None
     code = code_check(settings.max_code_bytes, settings.secrets_path) if check_code else None
+    return load_manifest(
+        settings.manifest, check_handlers=check_handlers, secrets_dir=secrets, check_code=code
+    )
+
+
+def load(
+    settings: Settings, check_handlers: bool = True, check_secrets: bool = False, check_code: bool = False
+) -> Manifest:
+    """`checked`, or exit 1 with the manifest's errors."""
     try:
-        return load_manifest(
-            settings.manifest, check_handlers=check_handlers, secrets_dir=secrets, check_code=code
-        )
+        return checked(settings, check_handlers, check_secrets, check_code)
     except ManifestError as exc:
         fail(*exc.errors)
 

@@ -58,7 +58,7 @@ def with_log(
     try:
         return asyncio.run(run())
     except PublishFailed as exc:  # the log answered: not a connection problem
-        raise ConnectionError(f"not published: {exc.args[0] if exc.args else exc}") from None
+        raise ConnectionError(f"not published: {'; '.join(exc.failures)}") from None
     except (KafkaError, OSError, TimeoutError) as exc:
         why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else repr(exc)
         where = f"the Kafka broker at {bootstrap}"
@@ -109,13 +109,19 @@ def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> 
                 click.echo(f"{spec.name}: {why}", err=True)
 
 
+Outcome = tuple[list[str], list[FunctionSpec]]
+"""What a publication did: the lines to print (one starting with `!` says what failed: exit 1) and the
+functions published, whose state the manifest then takes."""
+
+
 def _publish_then_set(
     settings: Settings,
     specs: list[FunctionSpec],
     state: State,
-    publish: Callable[[KafkaLog], Awaitable[list[str]]],
+    publish: Callable[[KafkaLog], Awaitable[Outcome]],
 ) -> None:
-    """Run `publish` on the log, then set `state` in the manifest and print its lines.
+    """Run `publish` on the log, then set `state` in the manifest for what it published, print its lines,
+    and exit 1 naming what failed (a batch may be published in part: that part is said and kept).
 
     Without a broker only the manifest is edited, and each line says nothing was published. A broker
     that fails exits 1 before the manifest is touched.
@@ -127,15 +133,16 @@ def _publish_then_set(
             click.echo(f"{spec.name}: {state} in {settings.manifest} ({NO_BROKER})")
         return
     try:
-        lines = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
+        lines, published = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
     except ConnectionError as exc:
         fail(str(exc))
-    refused = [line[1:] for line in lines if line.startswith("!")]
-    if refused:
-        fail(*refused)  # nothing was published: the manifest stays as it was
-    _set_states(settings, specs, state)
+    _set_states(settings, published, state)
     for line in lines:
-        click.echo(line)
+        if not line.startswith("!"):
+            click.echo(line)
+    failed = [line[1:] for line in lines if line.startswith("!")]
+    if failed:
+        fail(*failed)
 
 
 def register(main: click.Group) -> None:
@@ -161,21 +168,27 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     if errors:
         fail(*errors)
 
-    async def publish(log: KafkaLog) -> list[str]:
+    async def publish(log: KafkaLog) -> Outcome:
         clashes = _name_clashes(log.state, specs)
         if clashes:
-            return clashes
+            return clashes, []  # refused before anything was published
         items = []
         for spec in specs:
             cand = found[spec.uuid]
             assert cand.revision is not None
             items.append((cand.revision, cand.code))
-        return [
+        try:
+            results = dict(enumerate(await log.publish_all(items)))
+            failures: list[str] = []
+        except PublishFailed as exc:
+            results, failures = exc.published, exc.failures
+        lines = [
             f"{rev.function}: revision {rev.revision} deployed"
             if new
             else f"{rev.function}: unchanged, revision {rev.revision}"
-            for rev, new in await log.publish_all(items)
+            for rev, new in (results[i] for i in sorted(results))
         ]
+        return lines + [f"!not published: {why}" for why in failures], [specs[i] for i in sorted(results)]
 
     _publish_then_set(settings, specs, "productive", publish)
 
@@ -189,17 +202,24 @@ def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) ->
     manifest = load(settings, check_handlers=False)
     specs = _targets(manifest, names, False)
 
-    async def publish(log: KafkaLog) -> list[str]:
-        lines = []
+    async def publish(log: KafkaLog) -> Outcome:
+        lines: list[str] = []
+        done: list[FunctionSpec] = []
         for spec in specs:
             newest = log.state.newest(spec.uuid)
             if newest is None or newest.action == "undeploy":
                 number = f", revision {newest.revision}" if newest else ""
                 lines.append(f"{spec.name}: not deployed{number}")
+                done.append(spec)
                 continue
-            rev, _ = await log.publish(undeploy_of(spec, newest, message), None)
+            try:
+                rev, _ = await log.publish(undeploy_of(spec, newest, message), None)
+            except PublishFailed as exc:  # the ones before it are published: said, and their state set
+                lines += [f"!not published: {why}" for why in exc.failures]
+                continue
             lines.append(f"{spec.name}: revision {rev.revision} undeployed")
-        return lines
+            done.append(spec)
+        return lines, done
 
     _publish_then_set(settings, specs, "undeployed", publish)
 
@@ -353,6 +373,7 @@ class LiveFacts:
     modified: bool
     """Productive, and its working copy differs from that revision."""
     deployed_at: str
+    """When that revision was published: RFC 3339 UTC with milliseconds."""
 
 
 def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:

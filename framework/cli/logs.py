@@ -278,8 +278,11 @@ def logs(
 
     def caught_up() -> None:
         if not shown and invocation_id is not None:
-            window = "" if since is None else " started in the time --since covers"
-            click.echo(f"faas logs: no record of invocation {invocation_id!r}{window} on the topic", err=True)
+            also = [f"of {name!r}"] if name is not None else []
+            also += ["failed"] if failed else []
+            also += ["started in the time --since covers"] if since is not None else []
+            which = f" {', '.join(also)}" if also else ""
+            click.echo(f"faas logs: no record of invocation {invocation_id!r}{which} on the topic", err=True)
         elif not shown and name is not None and _unknown(settings, name):
             click.echo(
                 f"faas logs: no function named {name!r} in {settings.manifest}, and no invocation records "

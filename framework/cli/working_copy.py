@@ -10,12 +10,11 @@ from typing import Any
 import click
 
 from framework.cli import scripting
-from framework.cli.common import check_event_type, fail, load, pass_settings
+from framework.cli.common import check_event_type, checked, fail, load, pass_settings
 from framework.control.cron import next_fire
-from framework.control.manifest import NAME_PATTERN, load_manifest
+from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
 from framework.control.registry import Registry
-from framework.control.working_copy import code_check
 from framework.errors import ManifestError
 from framework.settings import Settings
 
@@ -42,12 +41,7 @@ def validate(settings: Settings, as_json: bool) -> None:
     """Check the manifest, import every handler and read every listed secret."""
     if as_json:
         try:
-            manifest = load_manifest(
-                settings.manifest,
-                check_handlers=True,
-                secrets_dir=settings.secrets_path,
-                check_code=code_check(settings.max_code_bytes, settings.secrets_path),
-            )
+            manifest = checked(settings, check_secrets=True, check_code=True)
         except ManifestError as exc:
             click.echo(scripting.validate_report(None, exc.errors))
             sys.exit(1)

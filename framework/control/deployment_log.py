@@ -64,8 +64,15 @@ def as_read(rev: Revision) -> Revision:
 
 class PublishFailed(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
     """A revision could not be published: other publishers took every number tried, or readers refused
-    its record. A KafkaError, so callers handle it as a failing log (`faas deploy` exits 1 naming it and
-    leaves the manifest as it was; a node logs it)."""
+    its record. A KafkaError, so a caller that only knows the log failing handles it as such.
+
+    `failures` says why, one line per revision not published; `published` holds, by the index asked,
+    what `publish_all` would have returned for the others of the batch (they are on the log)."""
+
+    def __init__(self, failures: list[str], published: dict[int, tuple[Revision, bool]]) -> None:
+        super().__init__("; ".join(failures))
+        self.failures = failures
+        self.published = published
 
 
 class DeploymentLog:
@@ -170,7 +177,7 @@ class DeploymentLog:
                     f"after {PUBLISH_ATTEMPTS} attempts (none of them holds this revision): publish again"
                 )
             if failures:
-                raise PublishFailed("; ".join(failures))
+                raise PublishFailed(failures, out)
             return [out[i] for i in range(len(items))]
 
     def _missing_codes(self, items: list[tuple[Revision, bytes | None]]) -> list[tuple[str, bytes | None]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.control.code_cache import CodeCache
-from framework.control.deployment_log import DeploymentLog, MemoryLog
+from framework.control.deployment_log import DeploymentLog, MemoryLog, PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest
@@ -243,11 +243,17 @@ class Deployments:
         ]
         if not items:
             return
+        failures: list[str] = []
         async with self._queue:
-            published = await self.log.publish_all(items)
+            try:
+                published = await self.log.publish_all(items)
+            except PublishFailed as exc:  # the others of the batch are published: said as usual
+                published, failures = list(exc.published.values()), exc.failures
         for rev, new in published:
             if new:
                 log.info("function %s: revision %d deployed", rev.function, rev.revision)
+        for why in failures:
+            log.error("not deployed: %s", why)
 
     async def _undeploy(self, spec: FunctionSpec) -> None:
         newest = self.log.state.newest(spec.uuid)

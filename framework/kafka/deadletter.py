@@ -100,6 +100,17 @@ def classify(value: bytes | None, headers: Headers) -> DeadLetter:
     return DeadLetter("failed", event_id=event.id, type=event.type, function=name, replayed=count or 0)
 
 
+def replayed_copy(value: bytes | None, headers: Headers) -> tuple[str, int] | None:
+    """(ce_id, faas_replayed) of an events-topic record `faas replay` produced; None for any other. Only
+    a record carrying `faas_replayed` is parsed, so reading a busy events topic stays cheap."""
+    raw = _header(headers, REPLAYED)
+    count = _count(raw) if raw is not None else None
+    if not count:
+        return None
+    event = cloudevents.parse(value, strip(headers), max_payload=len(value or b"") + 1)
+    return None if isinstance(event, cloudevents.BadRecord) else (event.id, count)
+
+
 def strip(headers: Headers) -> list[tuple[str, bytes | None]]:
     """`headers` without the platform's `faas_*` ones."""
     return [(k, v) for k, v in headers if not k.lower().startswith(PREFIX)]

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 
 from aiokafka.errors import KafkaConnectionError
 
-from framework.kafka import cloudevents
-from framework.kafka.deadletter import REPLAYED, DeadLetter, classify, replay_headers, strip
+from framework.kafka.deadletter import DeadLetter, classify, replay_headers, replayed_copy
 from framework.kafka.options import start_producer
 from framework.kafka.topic_read import (
     BrokerUnreachable,
@@ -100,25 +99,6 @@ class Report:
         return f"dry run: {line}; {len(self.replayed)} would be replayed" if self.dry_run else line
 
 
-def _replayed_copy(record: Record) -> tuple[str, int] | None:
-    """(ce_id, faas_replayed) of a record `faas replay` produced; None for any other record."""
-    headers = list(record.headers or ())
-    raw = None
-    for key, value in headers:
-        if key == REPLAYED:
-            raw = value
-    if raw is None:
-        return None
-    try:
-        count = int(raw.decode())
-    except (UnicodeDecodeError, ValueError):
-        return None
-    event = cloudevents.parse(record.value, strip(headers), max_payload=len(record.value or b"") + 1)
-    if isinstance(event, cloudevents.BadRecord) or count < 1:
-        return None
-    return event.id, count
-
-
 async def replay_counts(
     bootstrap: str, settings: Settings, ids: Collection[str], since_ms: int, progress: Progress | None = None
 ) -> dict[str, int]:
@@ -128,7 +108,7 @@ async def replay_counts(
     counts: dict[str, int] = {}
 
     def count(record: Record) -> None:
-        found = _replayed_copy(record)
+        found = replayed_copy(record.value, list(record.headers or ()))
         if found is not None and found[0] in wanted:
             counts[found[0]] = max(counts.get(found[0], 0), found[1])
 

@@ -46,7 +46,8 @@ async def test_two_publishers_at_once_each_get_a_number_of_their_own(
     log. Result: each round both are told a new revision, the two numbers differ and are the next two;
     the reader holds under each reported number exactly what its publisher wrote (its code_sha256,
     deployed_at, deployed_by), keeps the newest 5 numbers with no gap, and both publishers hold the
-    same kept revisions as the reader."""
+    same kept revisions as the reader. Whether a round collides is up to the scheduler (the old code
+    collided in the first round here); the `Contended` tests below force the collision every time."""
     topic = f"t.deploy.{new_id()[:8]}"
     a = kafka_log(tmp_path / "a", broker, topic, follow=True)
     b = kafka_log(tmp_path / "b", broker, topic, follow=False)
@@ -84,8 +85,12 @@ class Contended(MemoryLog):
     """A log in memory where, `times` times, a rival's record for the same key lands right after ours:
     a concurrent publisher that picked the same number and came later. Keeps what was written."""
 
-    def __init__(self, state: LogState, rival_code: bytes, times: int, same_content: bool = False) -> None:
+    def __init__(
+        self, state: LogState, rival_code: bytes, times: int, same_content: bool = False, only: str = ""
+    ) -> None:
         super().__init__(state)
+        self.only = only
+        """Only this function's records get a rival (empty: every function's)."""
         self.rival_code = rival_code
         self.times = times
         self.same_content = same_content
@@ -97,6 +102,8 @@ class Contended(MemoryLog):
         await super().write(records)
         for key, value in records:
             if not key.startswith("rev:") or value is None or self.times == 0:
+                continue
+            if self.only and not key.startswith(f"rev:{self.only}:"):
                 continue
             self.times -= 1
             mine = Revision.from_json(json.loads(value))
@@ -165,3 +172,20 @@ async def test_a_batch_retries_only_the_revisions_that_lost() -> None:
     out = await log.publish_all([(cand_u, code_u), (cand_v, code_v)])
     assert [(r.uuid, r.revision, new) for r, new in out] == [(u, 2, True), (v, 1, True)]
     assert log.state.newest(u) == out[0][0] and log.state.newest(v) == out[1][0]
+
+
+async def test_a_batch_that_fails_in_part_says_what_it_published() -> None:
+    """1. Publish one batch of alpha and beta; a rival takes every number alpha picks. Result:
+    PublishFailed names alpha; its `published` holds beta's revision 1, which the log holds as ours, so
+    a caller can say (and keep) what went out."""
+    u, v = new_id(), new_id()
+    code_u, code_v = code_of("u"), code_of("v")
+    log = Contended(LogState(), code_of("rival"), times=PUBLISH_ATTEMPTS, only=u)
+    cand_u, cand_v = candidate(u, code_u, "me@here"), candidate(v, code_v, "me@here", "beta")
+    with pytest.raises(PublishFailed) as failed:
+        await log.publish_all([(cand_u, code_u), (cand_v, code_v)])
+    assert len(failed.value.failures) == 1 and failed.value.failures[0].startswith("alpha: ")
+    assert list(failed.value.published) == [1]
+    rev, new = failed.value.published[1]
+    assert (rev.uuid, rev.revision, new, rev.code_sha256) == (v, 1, True, sha256(code_v))
+    assert log.state.newest(v) == rev

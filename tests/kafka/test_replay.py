@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from framework.kafka import replay as replay_module
 from framework.kafka import topic_read
-from framework.kafka.deadletter import classify, failed_headers, replay_headers
+from framework.kafka.deadletter import classify, failed_headers, replay_headers, replayed_copy
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
 from tests.support import (
@@ -220,6 +220,27 @@ def test_classify_and_replay_headers() -> None:
         ("ce_id", b"1"),
         ("faas_replayed", b"4"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([("faas_replayed", b"2")], ("i", 2)),
+        ([("faas_replayed", b"1"), ("faas_replayed", b"5")], ("i", 5)),  # the last one, as the node reads it
+        ([], None),
+        ([("faas_replayed", b"0")], None),
+        ([("faas_replayed", b"-1")], None),
+        ([("faas_replayed", b"two")], None),
+        ([("faas_replayed", None)], None),
+    ],
+)
+def test_a_replayed_copy_on_the_events_topic_is_read_by_its_header(
+    extra: list[tuple[str, bytes | None]], expected: tuple[str, int] | None
+) -> None:
+    """The copies `faas replay` produced, as its count of earlier replays reads them: an event with a
+    usable `faas_replayed`; anything else (no header, not a count, a record that is no event) is not."""
+    assert replayed_copy(b"{}", [*ce_headers("t", "i"), *extra]) == expected
+    assert replayed_copy(b"{not json", [*ce_headers("t", "i"), ("faas_replayed", b"3")]) is None
 
 
 async def test_progress_while_reading_and_replaying(topics: Topics, monkeypatch: pytest.MonkeyPatch) -> None:

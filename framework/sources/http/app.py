@@ -238,8 +238,11 @@ class HttpSource:
         try:
             payload = await self.body.read_request(request)
         except FaasError as exc:
-            # Still the combined reply's shape, so callers read one format from this route.
-            return JSONResponse(EventReply.failed(event_id, event, exc).to_json(), exc.status)
+            # Still the combined reply's shape, so callers read one format from this route; in the
+            # trace the headers name, as any answer to an event (section 11).
+            _, span = typed_event(event, event_id, request, b"null")
+            failed = EventReply.failed(event_id, event, exc).to_json()
+            return JSONResponse(failed, exc.status, headers={"traceparent": span.traceparent})
         ev, span = typed_event(event, event_id, request, payload)
         invoker = self.invoker
         reply = await invoker.event(event, event_id, payload, ev.identity(), span)

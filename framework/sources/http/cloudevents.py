@@ -81,8 +81,8 @@ def reply_response(reply: EventReply) -> Response:
 
 
 async def receive(invoker: Invoker, request: Request, reader: BodyReader) -> Response:
-    """Serve one CloudEvent delivered over HTTP. A delivery refused (400, 413, 429) is answered in the trace
-    it came with, as an event is (section 11)."""
+    """Serve one CloudEvent delivered over HTTP. A delivery refused (400 bad, 413 too large, 429 from a
+    stopping node) is answered in the trace it came with, as an event is (section 11)."""
     headers = kafka_headers(request.scope["headers"])
     try:
         body = await reader.read_request(request)
