@@ -16,11 +16,22 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from framework.kafka.address import bootstrap_servers
+from framework.kafka.address import bootstrap_servers, topic_problem
 
 
 def _default_log_format() -> Literal["text", "json"]:
     return "text" if sys.stderr.isatty() else "json"
+
+
+TOPICS = (
+    "events_topic",
+    "replies_topic",
+    "deadletter_topic",
+    "scheduler_topic",
+    "deployments_topic",
+    "invocations_topic",
+)
+"""The settings naming a topic of the platform's: each its own (replies read as events would loop)."""
 
 
 class Settings(BaseSettings):
@@ -99,6 +110,21 @@ class Settings(BaseSettings):
     def _bootstrap(cls, value: str) -> str:
         return bootstrap_servers(value)
 
+    @field_validator(*TOPICS)
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        problem = topic_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} is no topic: {problem}")
+        return value
+
+    @field_validator("kafka_group_id")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a consumer group id must not be empty")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
@@ -112,6 +138,7 @@ class Settings(BaseSettings):
                 if value is not None:
                     setattr(self, name, SecretStr(value))
         _check_keys(self.api_keys.get_secret_value(), self.keys)
+        _check_distinct_topics({name: getattr(self, name) for name in TOPICS})
         return self
 
     @property
@@ -124,6 +151,17 @@ class Settings(BaseSettings):
     @property
     def keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+
+def _check_distinct_topics(topics: dict[str, str]) -> None:
+    seen: dict[str, str] = {}
+    for name, topic in topics.items():
+        other = seen.setdefault(topic, name)
+        if other != name:
+            raise ValueError(
+                f"FAAS_{name.upper()} and FAAS_{other.upper()} are both {topic!r}: each needs a topic of its "
+                "own (what one is written for, the other would read as its own: replies as events, say)"
+            )
 
 
 def _check_keys(raw: str, keys: list[str]) -> None:

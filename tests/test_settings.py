@@ -104,6 +104,33 @@ def test_api_keys_of_separators_only_are_refused(
     assert Settings().keys == []  # empty: auth off, as documented
 
 
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"FAAS_REPLIES_TOPIC": "faas.events"},
+            "FAAS_REPLIES_TOPIC and FAAS_EVENTS_TOPIC are both 'faas.events'",
+        ),
+        ({"FAAS_INVOCATIONS_TOPIC": "x", "FAAS_DEPLOYMENTS_TOPIC": "x"}, "are both 'x'"),
+        ({"FAAS_EVENTS_TOPIC": ""}, "FAAS_EVENTS_TOPIC: '' is no topic"),
+        ({"FAAS_REPLIES_TOPIC": "bad topic"}, "FAAS_REPLIES_TOPIC: 'bad topic' is no topic"),
+        ({"FAAS_DEADLETTER_TOPIC": ".."}, "FAAS_DEADLETTER_TOPIC: '..' is no topic"),
+        ({"FAAS_SCHEDULER_TOPIC": "t" * 250}, "FAAS_SCHEDULER_TOPIC"),
+        ({"FAAS_KAFKA_GROUP_ID": " "}, "FAAS_KAFKA_GROUP_ID: a consumer group id must not be empty"),
+    ],
+)
+def test_topics_and_group_a_node_cannot_work_with_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    """A topic name Kafka refuses, an empty group, or two settings naming one topic (replies produced to
+    the events topic would be consumed as events, for ever): exit 2 naming the settings, before anything
+    runs."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = CliRunner().invoke(main, ["run"])
+    assert r.exit_code == 2 and problem in r.output, r.output
+
+
 def test_secret_settings_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAAS_API_KEYS", "key-one,key-two")
     monkeypatch.setenv("FAAS_KAFKA_SASL_PASSWORD", "sasl-pass-9")

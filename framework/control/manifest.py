@@ -80,6 +80,26 @@ EventType = Annotated[str, AfterValidator(event_type)]
 """An event type a function listens to: any non-blank text (CloudEvents `type`)."""
 
 
+def _usable(key: str, value: str) -> bool:
+    """Whether the operating system takes `key=value` into a process's environment."""
+    return bool(key) and "=" not in key and "\0" not in key and "\0" not in value
+
+
+def _env(env: dict[str, str]) -> dict[str, str]:
+    # What the operating system refuses in an instance's environment, said here at the manifest's line
+    # (else the instance fails to start and the cause reads as a handler that does not import).
+    for key, value in env.items():
+        if not _usable(key, ""):
+            raise ValueError(f"{key!r} is no environment variable name (it is empty, or holds '=' or NUL)")
+        if not _usable(key, value):
+            raise ValueError(f"the value of {key!r} holds a NUL character")
+    return env
+
+
+Env = Annotated[dict[str, str], AfterValidator(_env)]
+"""`env`: names the operating system takes, values without NUL."""
+
+
 class ScheduleSpec(BaseModel):
     """One cron entry: `cron` (5 fields, or 6 with seconds last), IANA `timezone`, any JSON `payload`."""
 
@@ -177,7 +197,7 @@ class FunctionSpec(BaseModel):
     events: tuple[EventType, ...] = ()
     timeout: Seconds = Field(30, gt=0, le=30)
     """Seconds, counted from when the instance receives the request."""
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
     schedules: tuple[ScheduleSpec, ...] = ()
     keep_warm: str | None = None
     instances: InstancesSpec = Field(default_factory=InstancesSpec)
@@ -221,7 +241,7 @@ class DefaultsSpec(BaseModel):
 
     timeout: Seconds | None = Field(None, gt=0, le=30)
     instances: InstancesSpec | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
 
 
 class Manifest(BaseModel):
@@ -361,6 +381,19 @@ def _check_secrets(item: CommentedMap, store: SecretStore, errors: ErrorCollecto
                 errors.add(tuple(names.lc.item(j)), str(exc))
 
 
+def _check_listed_once(events: object, errors: ErrorCollector) -> None:
+    """An event type listed twice by one function is an error at the second (it would run twice)."""
+    if not isinstance(events, CommentedSeq):
+        return
+    first: dict[str, int] = {}
+    for j, value in enumerate(events):
+        if isinstance(value, str):
+            line, col = events.lc.item(j)
+            seen = first.setdefault(value, line)
+            if seen != line or list(events).index(value) != j:
+                errors.add((line, col), f"event type {value!r} listed twice (first at line {seen + 1})")
+
+
 def load_manifest(
     path: Path,
     check_handlers: bool = True,
@@ -407,6 +440,7 @@ def load_manifest(
         if not isinstance(item, CommentedMap):
             errors.add(at, "each function should be a mapping with name, uuid and handler")
             continue
+        _check_listed_once(item.get("events"), errors)
         for key in ("name", "uuid"):
             value = item.get(key)
             if isinstance(value, str):
@@ -430,6 +464,7 @@ def load_manifest(
         if isinstance(handler, str) and _HANDLER.match(handler):
             env = data.get("env")
             env = env if isinstance(env, dict) and all(isinstance(v, str) for v in env.values()) else {}
+            env = {k: v for k, v in env.items() if _usable(k, v)}  # a bad one is reported at `env`
             handlers.setdefault(handler, (env, []))[1].append(_key_at(item, "handler", at))
     if check_handlers and handlers:
         found = import_errors(root, {h: env for h, (env, _) in handlers.items()})

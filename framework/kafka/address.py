@@ -1,14 +1,26 @@
-"""The one rule for a Kafka bootstrap list (`FAAS_KAFKA_BOOTSTRAP_SERVERS`, every `--bootstrap`).
+"""The rules for what names a place on Kafka: a bootstrap list (`FAAS_KAFKA_BOOTSTRAP_SERVERS`, every
+`--bootstrap`) and a topic name (the `FAAS_*_TOPIC` settings, an event's `ce_replyto`).
 
-aiokafka takes any string and fails only once it connects, with a traceback a user cannot act on; this
-names the entry that is wrong and why, up front. Plain Python (no client imported), so the settings can use
-it.
+aiokafka takes any string and fails only once it connects (or, for a topic, once a request names it), with
+an error a user cannot act on; these name what is wrong and why, up front. Plain Python (no client
+imported), so the settings can use them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+
+TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+"""A topic name Kafka accepts (besides `.` and `..`)."""
+
+
+def topic_problem(name: str) -> str | None:
+    """Why `name` is no Kafka topic name; None when it is one."""
+    if not TOPIC.fullmatch(name) or name in (".", ".."):
+        return "a topic name is 1-249 of the characters A-Z a-z 0-9 . _ - (and not '.' or '..')"
+    return None
+
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 """A host name or IPv4 address as a Kafka client resolves it (underscores occur in container names)."""

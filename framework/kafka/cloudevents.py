@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
+from framework.kafka.address import topic_problem
 from framework.types import EventIdentity, new_id
 
 SPECVERSION = "1.0"
@@ -45,7 +46,6 @@ MAX_MESSAGE = 500
 MAX_EXTENSION_BYTES = 4096
 """Largest extension value (bytes) passed to a handler; larger ones are dropped with a warning."""
 
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
 CORE = frozenset(("specversion", "type", "id", "source", "subject", "time", "replyto"))
 """Attributes with a place of their own; every other one is an extension."""
@@ -296,7 +296,7 @@ def _check_json(value: bytes | None, max_payload: int) -> object:
 def _replyto(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _TOPIC.fullmatch(value) or value in (".", ".."):
+    if not isinstance(value, str) or topic_problem(value) is not None:
         raise _Bad(f"invalid reply topic {value!r}")
     return value
 

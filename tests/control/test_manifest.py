@@ -129,6 +129,17 @@ CASES: dict[str, tuple[str, int, str]] = {
     "events-item": (edit({7: "    events: [ping, 5]"}), 7, "events[1]: Input should be a valid string"),
     "env-value": (edit(append=["    env: {PORT: 8080}"]), 11, "env.PORT: Input should be a valid string"),
     "env-list": (edit(append=["    env: [A]"]), 11, "env: should be a mapping"),
+    # The operating system refuses these: the cause, at `env`, not a handler that "does not import".
+    "env-key-equals": (edit(append=['    env: {"A=B": x}']), 11, "'A=B' is no environment variable name"),
+    "env-key-empty": (edit(append=['    env: {"": x}']), 11, "'' is no environment variable name"),
+    "env-value-nul": (edit(append=['    env: {A: "a\\0b"}']), 11, "the value of 'A' holds a NUL"),
+    "defaults-env-key": ('defaults:\n  env: {"A=B": x}\n' + BASE, 2, "'A=B' is no environment"),
+    "events-twice": (edit({7: "    events: [ping, pong, ping]"}), 7, "event type 'ping' listed twice"),
+    "events-twice-block": (
+        edit({7: "    events:\n      - ping\n      - ping"}),
+        9,
+        "event type 'ping' listed twice (first at line 8)",
+    ),
     "instances-max": (edit(append=["    instances:", "      max: 0"]), 12, "instances.max"),
     "instances-concurrency": (edit(append=["    instances:", "      concurrency: 0"]), 12, "concurrency"),
     "instances-idle": (edit(append=["    instances:", "      idle_timeout: 0"]), 12, "greater than 0"),
