@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -23,6 +24,31 @@ async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFac
     [iid] = runtime.instance_ids(s.name)
     value, _ = await call(runtime, s, {"sleep": 0})
     assert value["instance"] == iid  # the instance cut it off itself and lives on
+
+
+async def test_def_handler_threads_all_stuck_past_the_limit_give_a_fresh_instance(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A `def` handler (limit 1 s, one instance, 2 threads) gets one call that sleeps 60 s: answered
+    Timeout; a quick call is still served by the same instance (one thread left). 2. A second 60 s call:
+    Timeout, and now both threads are stuck (a thread cannot be interrupted).
+    Result: the instance leaves and the next quick call is served at once by a fresh instance, not
+    answered Timeout for as long as the stuck calls run (before: every call timed out for 60 s)."""
+    s = spec("sync_sleep", timeout=1, max=1, concurrency=2)
+    with pytest.raises(Timeout):
+        await call(runtime, s, {"sleep": 60})
+    [first] = runtime.instance_ids(s.name)
+    value, _ = await call(runtime, s, {"sleep": 0})
+    assert value["instance"] == first
+    with pytest.raises(Timeout):
+        await call(runtime, s, {"sleep": 60})
+    deadline = time.monotonic() + 20
+    while True:  # calls the dying instance still took are answered Timeout or InstanceCrashed
+        with contextlib.suppress(Timeout, InstanceCrashed):
+            found, _ = await call(runtime, s, {"sleep": 0})
+            if found["instance"] != first:
+                break
+        assert time.monotonic() < deadline, "no call served by a fresh instance within 20 s"
 
 
 async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) -> None:

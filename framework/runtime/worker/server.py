@@ -32,7 +32,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -45,6 +44,7 @@ from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact
 from framework.runtime.worker.capture import CapturingSender, clean_text
+from framework.runtime.worker.threads import HandlerThreads
 from framework.runtime.worker.watchdog import (
     ForwardHandler,
     InvocationLog,
@@ -65,6 +65,8 @@ except ImportError:  # pragma: no cover - uvloop is an optional speed-up
 PR_SET_PDEATHSIG = 1
 MAX_THREADS = 16
 """Threads for `def` handlers per instance (fewer when `concurrency` is lower)."""
+EXIT_STUCK = 3
+"""Exit status of an instance whose handler threads were all stuck (`threads.py`)."""
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -149,10 +151,12 @@ class Server:
         self.secrets = MappingProxyType(dict(config.get("secrets", {})))
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.log = logging.getLogger(f"function.{self.function}")
-        self.pool = ThreadPoolExecutor(
+        self.threads = HandlerThreads(
             max(1, min(MAX_THREADS, config.get("concurrency", MAX_THREADS))),
-            thread_name_prefix=f"handler-{self.function}",
+            f"handler-{self.function}",
+            self._all_stuck,
         )
+        self.exit_code = 0
         self.expired: set[int] = set()
         """Requests cancelled for running past their limit (answered Timeout)."""
         self.cancelled: set[int] = set()
@@ -188,7 +192,23 @@ class Server:
         Watchdog(loop, self.function, self.instance_id).start()
         conn.send(FrameKind.HELLO, {"pid": os.getpid()})
         await self.closed
-        return 0
+        return self.exit_code
+
+    def _all_stuck(self, stuck: int) -> None:
+        """Every handler thread runs a call past its time limit: leave, so the node starts a fresh instance
+        (`threads.py`); the answers already given go out first."""
+        self.log.error(
+            "all %d handler threads of instance %s are stuck in calls that ran past the %g s limit (a def "
+            "handler cannot be interrupted): the instance exits and the node starts a fresh one",
+            stuck,
+            self.instance_id,
+            self.timeout,
+        )
+        if self.conn is not None:
+            self.conn.flush()
+        self.exit_code = EXIT_STUCK
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
 
     def on_close(self, exc: Exception | None) -> None:
         # The node closed the channel (idle, retired, stopping, or gone): leave at once.
@@ -328,7 +348,7 @@ class Server:
             result = await fn(*args)
         else:
             call = functools.partial(contextvars.copy_context().run, _in_thread, fn, *args)
-            result = await asyncio.get_running_loop().run_in_executor(self.pool, call)
+            result = await self.threads.run(call)
         if inspect.isawaitable(result):
             result = await result
         try:
