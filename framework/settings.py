@@ -154,6 +154,7 @@ class Settings(BaseSettings):
 
 
 def _check_distinct_topics(topics: dict[str, str]) -> None:
+    """ValueError naming the first two settings (of `TOPICS`, by name) that name one topic."""
     seen: dict[str, str] = {}
     for name, topic in topics.items():
         other = seen.setdefault(topic, name)

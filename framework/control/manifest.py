@@ -86,6 +86,7 @@ def _usable(key: str, value: str) -> bool:
 
 
 def _env(env: dict[str, str]) -> dict[str, str]:
+    """`env` as given; ValueError for a name or value the operating system refuses."""
     # What the operating system refuses in an instance's environment, said here at the manifest's line
     # (else the instance fails to start and the cause reads as a handler that does not import).
     for key, value in env.items():
@@ -389,9 +390,11 @@ def _check_listed_once(events: object, errors: ErrorCollector) -> None:
     for j, value in enumerate(events):
         if isinstance(value, str):
             line, col = events.lc.item(j)
-            seen = first.setdefault(value, line)
-            if seen != line or list(events).index(value) != j:
-                errors.add((line, col), f"event type {value!r} listed twice (first at line {seen + 1})")
+            if value in first:
+                twice = f"event type {value!r} listed twice (first at line {first[value] + 1})"
+                errors.add((line, col), twice)
+            else:
+                first[value] = line
 
 
 def load_manifest(
@@ -464,7 +467,7 @@ def load_manifest(
         if isinstance(handler, str) and _HANDLER.match(handler):
             env = data.get("env")
             env = env if isinstance(env, dict) and all(isinstance(v, str) for v in env.values()) else {}
-            env = {k: v for k, v in env.items() if _usable(k, v)}  # a bad one is reported at `env`
+            env = {k: v for k, v in env.items() if isinstance(k, str) and _usable(k, v)}  # bad: at `env`
             handlers.setdefault(handler, (env, []))[1].append(_key_at(item, "handler", at))
     if check_handlers and handlers:
         found = import_errors(root, {h: env for h, (env, _) in handlers.items()})

@@ -132,6 +132,7 @@ CASES: dict[str, tuple[str, int, str]] = {
     # The operating system refuses these: the cause, at `env`, not a handler that "does not import".
     "env-key-equals": (edit(append=['    env: {"A=B": x}']), 11, "'A=B' is no environment variable name"),
     "env-key-empty": (edit(append=['    env: {"": x}']), 11, "'' is no environment variable name"),
+    "env-key-int": (edit(append=["    env: {1: x}"]), 11, "env[1]"),
     "env-value-nul": (edit(append=['    env: {A: "a\\0b"}']), 11, "the value of 'A' holds a NUL"),
     "defaults-env-key": ('defaults:\n  env: {"A=B": x}\n' + BASE, 2, "'A=B' is no environment"),
     "events-twice": (edit({7: "    events: [ping, pong, ping]"}), 7, "event type 'ping' listed twice"),

@@ -51,6 +51,23 @@ async def test_def_handler_threads_all_stuck_past_the_limit_give_a_fresh_instanc
         assert time.monotonic() < deadline, "no call served by a fresh instance within 20 s"
 
 
+async def test_a_def_call_cancelled_before_its_limit_leaves_the_instance_serving(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A `def` handler (limit 5 s, one instance, one thread) runs a 1 s call whose caller gives up after
+    0.2 s (a chain abort or a client gone: the node cancels it). 2. A quick call.
+    Result: the quick call is served by the same instance once the thread is free: a call cancelled before
+    its limit does not count as stuck (it did, once: the instance left at the first cancel)."""
+    s = spec("sync_sleep", timeout=5, max=1, concurrency=1)
+    value, _ = await call(runtime, s, {"sleep": 0})
+    first = value["instance"]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await call(runtime, s, {"sleep": 1})
+    value, _ = await call(runtime, s, {"sleep": 0})
+    assert value["instance"] == first and runtime.instance_ids(s.name) == [first]
+
+
 async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) -> None:
     """1. A started instance (limit 1 s) gets a request that blocks its loop for 8 s. 2. Once that request
     is past its limit, and before the node kills the instance (1 s after that limit), a second request.

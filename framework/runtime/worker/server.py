@@ -65,8 +65,7 @@ except ImportError:  # pragma: no cover - uvloop is an optional speed-up
 PR_SET_PDEATHSIG = 1
 MAX_THREADS = 16
 """Threads for `def` handlers per instance (fewer when `concurrency` is lower)."""
-EXIT_STUCK = 3
-"""Exit status of an instance whose handler threads were all stuck (`threads.py`)."""
+
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -156,7 +155,7 @@ class Server:
             f"handler-{self.function}",
             self._all_stuck,
         )
-        self.exit_code = 0
+
         self.expired: set[int] = set()
         """Requests cancelled for running past their limit (answered Timeout)."""
         self.cancelled: set[int] = set()
@@ -192,11 +191,14 @@ class Server:
         Watchdog(loop, self.function, self.instance_id).start()
         conn.send(FrameKind.HELLO, {"pid": os.getpid()})
         await self.closed
-        return self.exit_code
+        return 0
 
     def _all_stuck(self, stuck: int) -> None:
         """Every handler thread runs a call past its time limit: leave, so the node starts a fresh instance
-        (`threads.py`); the answers already given go out first."""
+        (`threads.py`). Closing the main channel first (the answers already given go out with it) makes the
+        node answer what this instance still held `InstanceCrashed`, as for any instance that exits."""
+        if self.closed is None or self.closed.done():  # leaving already (the node closed the channel)
+            return
         self.log.error(
             "all %d handler threads of instance %s are stuck in calls that ran past the %g s limit (a def "
             "handler cannot be interrupted): the instance exits and the node starts a fresh one",
@@ -205,10 +207,8 @@ class Server:
             self.timeout,
         )
         if self.conn is not None:
-            self.conn.flush()
-        self.exit_code = EXIT_STUCK
-        if self.closed is not None and not self.closed.done():
-            self.closed.set_result(None)
+            self.conn.close()
+        self.closed.set_result(None)
 
     def on_close(self, exc: Exception | None) -> None:
         # The node closed the channel (idle, retired, stopping, or gone): leave at once.
@@ -348,7 +348,7 @@ class Server:
             result = await fn(*args)
         else:
             call = functools.partial(contextvars.copy_context().run, _in_thread, fn, *args)
-            result = await self.threads.run(call)
+            result = await self.threads.run(call, self.deadlines.get(rid, self.loop.time() + self.timeout))
         if inspect.isawaitable(result):
             result = await result
         try:
