@@ -24,7 +24,7 @@ from framework.control.registry import Registry
 from framework.control.secrets import folder_setting_problem, readiness_reasons
 from framework.control.secrets_watch import SecretsWatcher
 from framework.control.watch import ManifestWatcher
-from framework.control.working_copy import code_check
+from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError
 from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open, speaks_kafka
@@ -59,7 +59,9 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class Node:
-    def __init__(self, settings: Settings, manifest: Manifest, kafka: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, manifest: Manifest, kafka: bool = True, code: CodeZips | None = None
+    ) -> None:
         self.settings = settings
         self.kafka_enabled = kafka
         self.metrics = Metrics()
@@ -69,6 +71,8 @@ class Node:
             self.runtime.recorder = self.records
         # Nothing is served until the deployment log is read (DESIGN.md section 12).
         self.working = manifest
+        self.code = code if code is not None else CodeZips(settings.max_code_bytes, settings.secrets_path)
+        """The working copy's code as of the look `working` was checked with (its candidates reuse it)."""
         self.deployments: Deployments | None = None
         self.invoker = Invoker(self.runtime, unserved(manifest), self.metrics)
         self.spans = otel.NodeExporter(__version__) if otel.enabled() else None
@@ -112,11 +116,13 @@ class Node:
 
     # ---- reload ----
 
-    def apply_manifest(self, manifest: Manifest) -> None:
-        """A valid edit of the working copy: deployed in watch mode, else only compared (`modified`)."""
+    def apply_manifest(self, manifest: Manifest, code: CodeZips | None = None) -> None:
+        """A valid edit of the working copy: deployed in watch mode, else only compared (`modified`);
+        `code`: the look it was checked with."""
         self.working = manifest
+        self.code = code if code is not None else self.code.fresh()
         if self.deployments is not None:
-            self.deployments.working_copy_changed(manifest)
+            self.deployments.working_copy_changed(manifest, self.code)
         self.manifest_errors = []
         self.metrics.manifest_reloads.labels("ok").inc()
         log.info(
@@ -189,7 +195,9 @@ class Node:
         self.scheduler = Scheduler(self.settings, self.invoker, self.metrics, bootstrap)
         self.scheduler.apply(self.registry)
         await self.scheduler.start()
-        self.deployments = open_deployments(self.settings, self.working, bootstrap, self.serve_registry)
+        self.deployments = open_deployments(
+            self.settings, self.working, self.code, bootstrap, self.serve_registry
+        )
         self.deployments.begin()
         app = create_app(
             self.settings,
@@ -305,10 +313,10 @@ async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
         log.warning("stopping %s took over %.0f s: going on without it", step, seconds)
 
 
-def _start_problems(settings: Settings) -> list[str]:
+def _start_problems(settings: Settings, code: CodeZips) -> list[str]:
     """The `functions.yaml:LINE:COL` errors of a manifest otherwise valid: secrets it lists that this node
-    cannot read (missing, unreadable, too short) and code over FAAS_MAX_CODE_BYTES. No handler import."""
-    code = code_check(settings.max_code_bytes, settings.secrets_path)
+    cannot read (missing, unreadable, too short) and code over FAAS_MAX_CODE_BYTES (zipped into `code`).
+    No handler import."""
     try:
         load_manifest(
             settings.manifest, check_handlers=False, secrets_dir=settings.secrets_path, check_code=code
@@ -335,7 +343,8 @@ def serve(settings: Settings, kafka: bool = True) -> int:
         return 1
     try:
         manifest = load_manifest(settings.manifest)
-        problems = _start_problems(settings)
+        code = CodeZips(settings.max_code_bytes, settings.secrets_path)
+        problems = _start_problems(settings, code)
     except ManifestError as exc:
         log.error("invalid manifest:\n%s", "\n".join(exc.errors))
         return 1
@@ -344,7 +353,7 @@ def serve(settings: Settings, kafka: bool = True) -> int:
         return 1
 
     async def run() -> int:
-        node = Node(settings, manifest, kafka)
+        node = Node(settings, manifest, kafka, code)
         if problems:
             # Not reasons to refuse to start: a function lacking a secret is answered InstanceCrashed
             # naming it (DESIGN.md section 14), one whose code cannot be deployed is not deployed, the

@@ -27,7 +27,7 @@ from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.manifest import load_manifest
 from framework.control.revisions import Revision
-from framework.control.working_copy import candidates
+from framework.control.working_copy import CodeZips, candidates
 from framework.settings import Settings
 
 FUNCTION = "deployed"
@@ -52,7 +52,7 @@ async def _served(env: Env, conn: Connection, number: int) -> None:
 async def _deploy(env: Env, log: KafkaLog, conn: Connection, sample: int) -> float:
     started = time.perf_counter()
     manifest = load_manifest(env.project.manifest, check_handlers=False)
-    found = candidates(manifest, log.settings.max_code_bytes, f"bench sample {sample}")
+    found = candidates(manifest, CodeZips(log.settings.max_code_bytes), f"bench sample {sample}")
     spec = next(c for c in found.values() if c.spec.name == FUNCTION)
     assert spec.revision is not None
     changed = {**spec.revision.spec, "env": {"BENCH_SAMPLE": str(sample)}}

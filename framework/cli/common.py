@@ -7,7 +7,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -16,6 +16,9 @@ from framework.errors import ManifestError
 from framework.kafka.address import bootstrap_servers
 from framework.kafka.embedded import port_open, speaks_kafka
 from framework.settings import Settings
+
+if TYPE_CHECKING:
+    from framework.control.working_copy import CodeZips
 
 pass_settings = click.make_pass_decorator(Settings)
 
@@ -46,26 +49,37 @@ def quiet_kafka_client() -> None:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL + 1)
 
 
+def code_zips(settings: Settings) -> CodeZips:
+    """A look at the working copy's code, under FAAS_MAX_CODE_BYTES, FAAS_SECRETS_DIR left out."""
+    from framework.control.working_copy import CodeZips
+
+    return CodeZips(settings.max_code_bytes, settings.secrets_path)
+
+
 def checked(
-    settings: Settings, check_handlers: bool = True, check_secrets: bool = False, check_code: bool = False
+    settings: Settings,
+    check_handlers: bool = True,
+    check_secrets: bool = False,
+    code: CodeZips | None = None,
 ) -> Manifest:
     """The manifest (ManifestError with its errors); `check_secrets`: listed secrets must be readable;
-    `check_code`: every function's code must be deployable (FAAS_MAX_CODE_BYTES)."""
-    from framework.control.working_copy import code_check
-
+    `code` (`code_zips`): every function's code must be deployable (FAAS_MAX_CODE_BYTES), zipped into it,
+    so candidates made from the same `code` need no second zip."""
     secrets = settings.secrets_path if check_secrets else None
-    code = code_check(settings.max_code_bytes, settings.secrets_path) if check_code else None
     return load_manifest(
         settings.manifest, check_handlers=check_handlers, secrets_dir=secrets, check_code=code
     )
 
 
 def load(
-    settings: Settings, check_handlers: bool = True, check_secrets: bool = False, check_code: bool = False
+    settings: Settings,
+    check_handlers: bool = True,
+    check_secrets: bool = False,
+    code: CodeZips | None = None,
 ) -> Manifest:
     """`checked`, or exit 1 with the manifest's errors."""
     try:
-        return checked(settings, check_handlers, check_secrets, check_code)
+        return checked(settings, check_handlers, check_secrets, code)
     except ManifestError as exc:
         fail(*exc.errors)
 

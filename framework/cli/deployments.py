@@ -20,7 +20,7 @@ from typing import TypeVar
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import broker_of, fail, load, need_broker, pass_settings, utf8
+from framework.cli.common import broker_of, code_zips, fail, load, need_broker, pass_settings, utf8
 from framework.control.deployment_log import PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
@@ -161,12 +161,11 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     if not names and not all_:
         raise click.UsageError("Missing argument 'NAMES...': name a function to deploy, or use --all")
     # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
-    manifest = load(settings, check_secrets=settings.secrets_path.is_dir(), check_code=True)
+    # The candidates reuse the zips the check made: what was checked is what is published.
+    code = code_zips(settings)
+    manifest = load(settings, check_secrets=settings.secrets_path.is_dir(), code=code)
     specs = _targets(manifest, names, all_)
-    found = candidates(manifest, settings.max_code_bytes, message, secrets=settings.secrets_path)
-    errors = [e for s in specs if (e := found[s.uuid].error) is not None]
-    if errors:
-        fail(*errors)
+    found = candidates(manifest, code, message)
 
     async def publish(log: KafkaLog) -> Outcome:
         clashes = _name_clashes(log.state, specs)
@@ -391,7 +390,7 @@ def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
     except ConnectionError as exc:
         click.echo(f"(revisions unknown: {exc})", err=True)
         return {}
-    found = candidates(manifest, settings.max_code_bytes, secrets=settings.secrets_path)
+    found = candidates(manifest, code_zips(settings))
     facts = {}
     for spec in manifest.functions:
         rev = newest.get(spec.uuid)

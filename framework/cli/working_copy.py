@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from framework.cli import scripting
-from framework.cli.common import check_event_type, checked, fail, load, pass_settings
+from framework.cli.common import check_event_type, checked, code_zips, fail, load, pass_settings
 from framework.control.cron import next_fire
 from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
@@ -41,13 +41,13 @@ def validate(settings: Settings, as_json: bool) -> None:
     """Check the manifest, import every handler and read every listed secret."""
     if as_json:
         try:
-            manifest = checked(settings, check_secrets=True, check_code=True)
+            manifest = checked(settings, check_secrets=True, code=code_zips(settings))
         except ManifestError as exc:
             click.echo(scripting.validate_report(None, exc.errors))
             sys.exit(1)
         click.echo(scripting.validate_report(manifest, []))
         return
-    manifest = load(settings, check_secrets=True, check_code=True)
+    manifest = load(settings, check_secrets=True, code=code_zips(settings))
     click.echo(f"ok: {len(manifest.functions)} functions")
 
 

@@ -31,7 +31,7 @@ from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest
 from framework.control.registry import Registry
 from framework.control.revisions import Revision, spec_from
-from framework.control.working_copy import Candidate, candidates, is_modified, undeploy_of
+from framework.control.working_copy import Candidate, CodeZips, candidates, is_modified, undeploy_of
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
 
@@ -54,20 +54,19 @@ class Deployments:
         cache: CodeCache,
         working: Manifest,
         watch: bool,
-        max_code_bytes: int,
+        code: CodeZips,
         on_registry: Callable[[Registry], None],
-        secrets: Path | None = None,
     ) -> None:
         self.log = deployment_log
         self.cache = cache
         self.watch = watch
-        self.limit = max_code_bytes
-        self.secrets = secrets
-        """FAAS_SECRETS_DIR, left out of the code of what is published."""
+        self.code = code
+        """The working copy's code: the look `working` was checked with (FAAS_MAX_CODE_BYTES, FAAS_SECRETS_DIR
+        left out), so its candidates need no second zip."""
         self.on_registry = on_registry
         self.working = working
         self.root = working.path.resolve().parent
-        self.candidates = candidates(working, max_code_bytes, secrets=secrets)
+        self.candidates = candidates(working, code)
         self.ready = False
         self.fallback = False
         """The log could not be read in time: the working copy is served until it is."""
@@ -183,11 +182,13 @@ class Deployments:
 
     # ---- the working copy ----
 
-    def working_copy_changed(self, manifest: Manifest) -> None:
-        """A valid edit: in watch mode publish what changed; in any mode update `modified`."""
+    def working_copy_changed(self, manifest: Manifest, code: CodeZips | None = None) -> None:
+        """A valid edit: in watch mode publish what changed; in any mode update `modified`. `code` is the
+        look the edit was checked with (None: a new one)."""
         before = self.candidates
         self.working = manifest
-        self.candidates = candidates(manifest, self.limit, secrets=self.secrets)
+        self.code = code if code is not None else self.code.fresh()
+        self.candidates = candidates(manifest, self.code)
         if self.watch:
             self._spawn(self._deploy_changes(before, self.candidates), "watch-deploy")
         self.refresh()
@@ -303,13 +304,17 @@ def unserved(manifest: Manifest) -> Registry:
 
 
 def open_deployments(
-    settings: Settings, manifest: Manifest, bootstrap: str | None, on_registry: Callable[[Registry], None]
+    settings: Settings,
+    manifest: Manifest,
+    code: CodeZips,
+    bootstrap: str | None,
+    on_registry: Callable[[Registry], None],
 ) -> Deployments:
-    """The node's deployments on the Kafka log, or (no Kafka) on a log in memory with watch mode on."""
+    """The node's deployments on the Kafka log, or (no Kafka) on a log in memory with watch mode on;
+    `code` is the look `manifest` was checked with."""
     cache = CodeCache(cache_dir(settings))
     state = LogState(on_code=cache.store)
-    limit, secrets = settings.max_code_bytes, settings.secrets_path
     if bootstrap is None:
-        return Deployments(MemoryLog(state), cache, manifest, True, limit, on_registry, secrets)
+        return Deployments(MemoryLog(state), cache, manifest, True, code, on_registry)
     deployment_log = KafkaLog(state, settings, bootstrap)
-    return Deployments(deployment_log, cache, manifest, settings.watch, limit, on_registry, secrets)
+    return Deployments(deployment_log, cache, manifest, settings.watch, code, on_registry)

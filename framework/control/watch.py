@@ -15,7 +15,7 @@ from pathlib import Path
 
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.snapshot import top_level
-from framework.control.working_copy import code_check
+from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError
 
 log = logging.getLogger("faas.reload")
@@ -31,13 +31,14 @@ def handler_packages(manifest: Manifest) -> set[Path]:
 
 
 class ManifestWatcher:
-    """Calls `on_change(manifest)` after a valid edit, `on_error(lines)` after a bad one."""
+    """Calls `on_change(manifest, code)` after a valid edit (`code`: the zips it was checked with, None when
+    code is not checked), `on_error(lines)` after a bad one."""
 
     def __init__(
         self,
         path: Path,
         manifest: Manifest,
-        on_change: Callable[[Manifest], None],
+        on_change: Callable[[Manifest, CodeZips | None], None],
         on_error: Callable[[list[str]], None],
         secrets_dir: Path | None = None,
         max_code_bytes: int | None = None,
@@ -89,7 +90,7 @@ class ManifestWatcher:
     async def reload(self) -> None:
         try:
             # Handlers are imported in a subprocess: keep the loop free meanwhile.
-            code = None if self.max_code_bytes is None else code_check(self.max_code_bytes, self.secrets_dir)
+            code = None if self.max_code_bytes is None else CodeZips(self.max_code_bytes, self.secrets_dir)
             manifest = await asyncio.to_thread(load_manifest, self.path, True, self.secrets_dir, code)
         except ManifestError as exc:
             log.error("manifest edit rejected, still serving the last good one:\n%s", "\n".join(exc.errors))
@@ -103,7 +104,7 @@ class ManifestWatcher:
         if packages != self.packages:
             self.packages = packages
             self._packages_changed.set()
-        self.on_change(manifest)
+        self.on_change(manifest, code)
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -1,13 +1,12 @@
 """The working copy (the manifest and handler files on disk) as candidate revisions, and the `modified` check.
 
-Zips are built once per top-level package per look (fifty functions in `functions/` cost one zip). A
-function whose code cannot be zipped (unreadable, over FAAS_MAX_CODE_BYTES) has an error instead of a
-candidate: it cannot be deployed, and counts as modified.
+Zips are built once per top-level package per look (`CodeZips`). A function whose code cannot be zipped
+(unreadable, over FAAS_MAX_CODE_BYTES) has an error instead of a candidate: it cannot be deployed, and
+counts as modified.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,20 +33,53 @@ class Candidate:
     error: str | None = None
 
 
+class CodeZips:
+    """The code zips of one look at the working copy: each top-level package zipped at most once, however
+    many functions it holds (fifty in `functions/` cost one zip) and however many steps ask (the manifest's
+    code check, then the candidates made from that manifest), so both see the same bytes. A new look (an
+    edit, the next command) takes a new `CodeZips`.
+
+    `limit` is FAAS_MAX_CODE_BYTES; `secrets` (FAAS_SECRETS_DIR) is left out of the code (`code_zip`).
+    """
+
+    def __init__(self, limit: int, secrets: Path | None = None) -> None:
+        self.limit = limit
+        self.secrets = secrets
+        self._zips: dict[Path | None, bytes | str] = {}
+
+    def zip_of(self, spec: FunctionSpec) -> bytes | str:
+        """`spec`'s code zip, or why it cannot be a revision's (over the limit, unreadable)."""
+        source = top_level(spec)
+        if source not in self._zips:
+            try:
+                self._zips[source] = code_zip(spec, self.limit, self.secrets)
+            except CodeTooLarge as exc:
+                self._zips[source] = str(exc)
+            except OSError as exc:
+                self._zips[source] = f"cannot read its code: {exc}"
+        return self._zips[source]
+
+    def __call__(self, spec: FunctionSpec) -> str | None:
+        """For `load_manifest(check_code=...)`: why `spec`'s code cannot be deployed, reported at its
+        `handler`, so `faas validate`, `faas deploy`, watch mode and a starting node refuse it alike; None
+        when it can."""
+        data = self.zip_of(spec)
+        return data if isinstance(data, str) else None
+
+    def fresh(self) -> CodeZips:
+        """A new look with the same limit and secrets folder."""
+        return CodeZips(self.limit, self.secrets)
+
+
 def candidates(
-    manifest: Manifest,
-    limit: int,
-    message: str | None = None,
-    by: str | None = None,
-    secrets: Path | None = None,
+    manifest: Manifest, zips: CodeZips, message: str | None = None, by: str | None = None
 ) -> dict[str, Candidate]:
-    """A deploy candidate (revision number 0, to be numbered by the log) for every function, by uuid;
-    `secrets` (FAAS_SECRETS_DIR) is left out of the code (`code_zip`)."""
-    zips: dict[Path | None, bytes | str] = {}
+    """A deploy candidate (revision number 0, to be numbered by the log) for every function, by uuid,
+    made from `zips` (the look `manifest` was checked with, when it was)."""
     who, when = by or author(), now()
     out: dict[str, Candidate] = {}
     for spec in manifest.functions:
-        data = _zipped(zips, spec, limit, secrets)
+        data = zips.zip_of(spec)
         if isinstance(data, str):
             out[spec.uuid] = Candidate(spec, None, None, f"function {spec.name}: {data}")
             continue
@@ -64,34 +96,6 @@ def candidates(
         )
         out[spec.uuid] = Candidate(spec, rev, data)
     return out
-
-
-def _zipped(
-    zips: dict[Path | None, bytes | str], spec: FunctionSpec, limit: int, secrets: Path | None
-) -> bytes | str:
-    """`spec`'s code zip, or why it cannot be a revision's; each top-level package zipped once per `zips`."""
-    source = top_level(spec)
-    if source not in zips:
-        try:
-            zips[source] = code_zip(spec, limit, secrets)
-        except CodeTooLarge as exc:
-            zips[source] = str(exc)
-        except OSError as exc:
-            zips[source] = f"cannot read its code: {exc}"
-    return zips[source]
-
-
-def code_check(limit: int, secrets: Path | None = None) -> Callable[[FunctionSpec], str | None]:
-    """For `load_manifest(check_code=...)`: why a function's code cannot be deployed (over
-    FAAS_MAX_CODE_BYTES, unreadable), reported at its `handler`, so `faas validate`, `faas deploy` and
-    watch mode refuse it alike; None when it can. Each top-level package is zipped once per check."""
-    zips: dict[Path | None, bytes | str] = {}
-
-    def check(spec: FunctionSpec) -> str | None:
-        data = _zipped(zips, spec, limit, secrets)
-        return data if isinstance(data, str) else None
-
-    return check
 
 
 def undeploy_of(spec: FunctionSpec, newest: Revision | None, message: str | None = None) -> Revision:

@@ -20,7 +20,7 @@ from framework.cli.deployments import with_log
 from framework.control.kafka_log import KafkaLog
 from framework.control.manifest import load_manifest
 from framework.control.revisions import sha256
-from framework.control.working_copy import candidates
+from framework.control.working_copy import CodeZips, candidates
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
 from tests.control.zips import BROKEN
@@ -81,7 +81,7 @@ def cli_env(n: Node, bootstrap: str) -> dict[str, str]:
 def publish(root: Path, n: Node, bootstrap: str, message: str) -> list[tuple[int, bool]]:
     """Publish the working copy's alpha the way `faas deploy` does, in this process."""
     settings = Settings(manifest=root / "functions.yaml", deployments_topic=n.deployments)
-    found = candidates(load_manifest(settings.manifest), settings.max_code_bytes, message)
+    found = candidates(load_manifest(settings.manifest), CodeZips(settings.max_code_bytes), message)
     items = [(c.revision, c.code) for c in found.values() if c.revision is not None]
 
     async def work(log: KafkaLog) -> list[tuple[int, bool]]:
@@ -380,7 +380,7 @@ async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Pa
     state = LogState(on_code=cache.store)
     served_now: list[Registry] = []
     working = load_manifest(root / "functions.yaml")
-    d = Deployments(MemoryLog(state), cache, working, False, 1 << 20, served_now.append)
+    d = Deployments(MemoryLog(state), cache, working, False, CodeZips(1 << 20), served_now.append)
     await d.start()
     reg = served_now[-1]
     alpha = reg.productive(ua)
@@ -389,15 +389,14 @@ async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Pa
     assert reg.productive(ub) is None and reg.by_uuid(ub) is not None
     assert d.status(ub) == {"revision": None, "modified": False, "deployed_at": None}
     other = write_project(tmp_path / "other", manifest(ug).replace("alpha", "gamma"), {"m": module("g")})
-    found = candidates(load_manifest(other / "functions.yaml"), 1 << 20)[ug]
+    found = candidates(load_manifest(other / "functions.yaml"), CodeZips(1 << 20))[ug]
     assert found.revision is not None
     await d.log.publish(found.revision, found.code)
     gamma = served_now[-1].productive(ug)
     assert gamma is not None and gamma.name == "gamma" and gamma.revision == 1
     (root / "functions" / "m.py").write_text(module("v2") + f"BLOB = {'x' * 3000!r}\n")
     big = load_manifest(root / "functions.yaml")
-    d.limit = 500
-    d.working_copy_changed(big)
+    d.working_copy_changed(big, CodeZips(500))
     assert served_now[-1].productive(ua) == alpha
     assert d.status(ua)["modified"] is True and d.status(ua)["revision"] == 1
     assert d.revisions(new_id()) is None and [r["revision"] for r in d.revisions(ua) or []] == [1]
@@ -530,7 +529,9 @@ async def test_a_failed_start_is_tried_again_until_the_log_is_read(
     cache = CodeCache(tmp_path / "cache")
     served_now: list[Registry] = []
     log = Flaky(LogState(on_code=cache.store))
-    d = Deployments(log, cache, load_manifest(root / "functions.yaml"), False, 1 << 20, served_now.append)
+    d = Deployments(
+        log, cache, load_manifest(root / "functions.yaml"), False, CodeZips(1 << 20), served_now.append
+    )
     assert d.not_ready() == ["deployments: reading the deployment log"]
     with caplog.at_level(logging.WARNING, "faas.deployments"):
         d.begin()
@@ -566,12 +567,14 @@ async def test_a_name_held_from_elsewhere_is_not_published(
     cache = CodeCache(tmp_path / "cache")
     log = MemoryLog(LogState(on_code=cache.store))
     elsewhere = write_project(tmp_path / "elsewhere", manifest(g), {"m": module("g")})
-    found = candidates(load_manifest(elsewhere / "functions.yaml"), 1 << 20)[g]
+    found = candidates(load_manifest(elsewhere / "functions.yaml"), CodeZips(1 << 20))[g]
     assert found.revision is not None
     await log.publish(found.revision, found.code)
     root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
     served_now: list[Registry] = []
-    d = Deployments(log, cache, load_manifest(root / "functions.yaml"), True, 1 << 20, served_now.append)
+    d = Deployments(
+        log, cache, load_manifest(root / "functions.yaml"), True, CodeZips(1 << 20), served_now.append
+    )
     with caplog.at_level(logging.WARNING, "faas.deployments"):
         await d.start()
     await d.stop()
@@ -609,7 +612,7 @@ async def test_a_swap_of_two_names_is_not_published(tmp_path: Path, caplog: pyte
         CodeCache(tmp_path / "cache"),
         load_manifest(root / "functions.yaml"),
         True,
-        1 << 20,
+        CodeZips(1 << 20),
         served_now.append,
     )
     await d.start()

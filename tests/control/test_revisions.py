@@ -24,7 +24,7 @@ from framework.control.revisions import (
     sha256,
     spec_of,
 )
-from framework.control.working_copy import candidates, is_modified
+from framework.control.working_copy import CodeZips, candidates, is_modified
 from tests.support import write_project
 
 U = "2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10"
@@ -48,7 +48,9 @@ def project(tmp_path: Path, module: str = MODULE) -> Path:
 
 
 def candidate(root: Path, limit: int = 1 << 20) -> Revision:
-    rev = candidates(load_manifest(root / "functions.yaml", check_handlers=False), limit)[U].revision
+    rev = candidates(load_manifest(root / "functions.yaml", check_handlers=False), CodeZips(limit))[
+        U
+    ].revision
     assert rev is not None
     return rev
 
@@ -92,7 +94,7 @@ def test_code_over_the_limit_is_an_error_naming_it(tmp_path: Path) -> None:
     spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
     with pytest.raises(CodeTooLarge, match=r"over FAAS_MAX_CODE_BYTES \(1000 bytes\)"):
         code_zip(spec, 1000)
-    found = candidates(load_manifest(root / "functions.yaml", check_handlers=False), 1000)[U]
+    found = candidates(load_manifest(root / "functions.yaml", check_handlers=False), CodeZips(1000))[U]
     assert found.revision is None and found.error is not None and "FAAS_MAX_CODE_BYTES" in found.error
 
 
@@ -210,7 +212,7 @@ def test_modified_compares_with_the_newest_revision(tmp_path: Path) -> None:
     revision is an undeploy while the working copy says productive."""
     root = project(tmp_path)
     manifest = load_manifest(root / "functions.yaml", check_handlers=False)
-    cand = candidates(manifest, 1 << 20)[U]
+    cand = candidates(manifest, CodeZips(1 << 20))[U]
     assert cand.revision is not None
     live = cand.revision.numbered(3)
     assert not is_modified(cand, live) and not is_modified(cand, None)

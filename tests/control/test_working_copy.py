@@ -1,0 +1,63 @@
+"""Looks at the working copy's code (`CodeZips`): one zip per package per look, for check and candidates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from framework.control import working_copy
+from framework.control.manifest import load_manifest
+from framework.control.revisions import code_zip, sha256
+from framework.control.working_copy import CodeZips, candidates
+from tests.support import write_project
+
+UUIDS = [f"2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e1{i}" for i in range(3)]
+MANIFEST = "functions:\n" + "".join(
+    f"  - name: f{i}\n    uuid: {u}\n    handler: functions.m:handle\n    state: productive\n"
+    for i, u in enumerate(UUIDS)
+)
+MODULE = "async def handle(payload, ctx):\n    return 1\n"
+
+
+def test_a_look_zips_each_package_once_for_the_check_and_the_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Three functions in one package; the manifest is loaded with a code check, then candidates are
+    made from the same look. 2. A fresh look does the same.
+    Result: one zip per look (not one per function, not one for the check and another for the candidates);
+    every candidate carries the bytes the check measured."""
+    root = write_project(tmp_path / "p", MANIFEST, {"m": MODULE})
+    made: list[bytes] = []
+
+    def counting(*args: object) -> bytes:
+        data = code_zip(*args)  # type: ignore[arg-type]
+        made.append(data)
+        return data
+
+    monkeypatch.setattr(working_copy, "code_zip", counting)
+    code = CodeZips(1 << 20)
+    manifest = load_manifest(root / "functions.yaml", check_handlers=False, check_code=code)
+    found = candidates(manifest, code)
+    assert len(made) == 1
+    assert {c.code for c in found.values()} == {made[0]}
+    assert candidates(manifest, code.fresh()) and len(made) == 2
+
+
+def test_candidates_publish_what_was_checked_even_when_files_change_between(tmp_path: Path) -> None:
+    """1. The manifest is checked under a 4,000-byte limit. 2. A data file over the limit lands in the
+    package. 3. Candidates are made from the checked look, then from a fresh one.
+    Result: the checked look's candidates carry the code that passed (no error); the fresh look sees the
+    new file and gives every function the limit's error instead of a candidate."""
+    root = write_project(tmp_path / "p", MANIFEST, {"m": MODULE})
+    code = CodeZips(4000)
+    manifest = load_manifest(root / "functions.yaml", check_handlers=False, check_code=code)
+    checked = candidates(manifest, code)
+    (root / "functions" / "blob.bin").write_bytes(os.urandom(6000))
+    assert all(c.error is None and c.code is not None for c in checked.values())
+    assert {c.revision.code_sha256 for c in checked.values() if c.revision} == {
+        sha256(c.code) for c in checked.values() if c.code
+    }
+    later = candidates(manifest, code.fresh())
+    assert all(c.code is None and c.error and "FAAS_MAX_CODE_BYTES" in c.error for c in later.values())
