@@ -163,7 +163,10 @@ def emit(
     from framework.kafka.client import EventClient
 
     servers = need_broker(settings, bootstrap)
-    client = EventClient(servers, settings=settings, source=source or "faas-client")
+    try:
+        client = EventClient(servers, settings=settings, source=source or "faas-client")
+    except ValueError as exc:  # e.g. FAAS_REPLIES_TOPIC too long to name this host's reply topic after
+        fail(str(exc))
     kafka_key = key.encode() if key is not None else None
     try:
         reply = asyncio.run(

@@ -11,15 +11,30 @@ from __future__ import annotations
 import ipaddress
 import re
 
-TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+MAX_TOPIC = 249
+"""Characters of the longest topic name Kafka accepts."""
+TOPIC = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TOPIC}}}")
 """A topic name Kafka accepts (besides `.` and `..`)."""
+_NOT_TOPIC = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def topic_problem(name: str) -> str | None:
     """Why `name` is no Kafka topic name; None when it is one."""
     if not TOPIC.fullmatch(name) or name in (".", ".."):
-        return "a topic name is 1-249 of the characters A-Z a-z 0-9 . _ - (and not '.' or '..')"
+        return f"a topic name is 1-{MAX_TOPIC} of the characters A-Z a-z 0-9 . _ - (and not '.' or '..')"
     return None
+
+
+def topic_named(prefix: str, text: str, fallback: str) -> str:
+    """`prefix` + `text` as a topic name: characters a topic name may not hold become `-`, and `text` is cut
+    to fit MAX_TOPIC (`fallback` when nothing of it is left). ValueError when `prefix` leaves no room."""
+    room = MAX_TOPIC - len(prefix)
+    part = _NOT_TOPIC.sub("-", text)[:room] or fallback[:room]
+    name = prefix + part
+    problem = topic_problem(name) if room > 0 else f"{prefix!r} leaves no room under {MAX_TOPIC} characters"
+    if problem is not None:
+        raise ValueError(f"no topic name can be made from {prefix!r}: {problem}")
+    return name
 
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import time
 import uuid
@@ -26,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from framework.kafka.address import topic_named, topic_problem
 from framework.kafka.cloudevents import event_headers
 from framework.kafka.options import ensure_topics, reader, security_options, start_producer
 from framework.settings import Settings
@@ -38,9 +38,8 @@ ASSIGN_TIMEOUT = 10.0
 
 
 def default_reply_topic(replies_topic: str) -> str:
-    """`<replies_topic>.client-<hostname>`, with characters Kafka refuses in topic names replaced."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "host"
-    return f"{replies_topic}.client-{host}"
+    """`<replies_topic>.client-<hostname>`, the host name made a topic name's (`address.topic_named`)."""
+    return topic_named(f"{replies_topic}.client-", socket.gethostname(), "host")
 
 
 class EventClient:
@@ -65,6 +64,10 @@ class EventClient:
         self.bootstrap = bootstrap
         self.events_topic = events_topic or self.settings.events_topic
         self.reply_topic = reply_topic or default_reply_topic(self.settings.replies_topic)
+        for what, topic in (("events", self.events_topic), ("reply", self.reply_topic)):
+            problem = topic_problem(topic)
+            if problem is not None:  # else aiokafka fails at the first request naming it, unexplained
+                raise ValueError(f"{what} topic {topic!r}: {problem}")
         self.source = source
         self._overrides = kafka_options  # the caller's own options, over the settings'
         self.options = {**security_options(self.settings), **kafka_options}

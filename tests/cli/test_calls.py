@@ -197,3 +197,11 @@ def test_emit_hands_the_client_the_bootstrap_list_and_values_it_was_given(
             "id": "i-1",
         }
     ]
+
+
+def test_emit_with_no_room_for_this_hosts_reply_topic_says_so(root: Path) -> None:
+    """A FAAS_REPLIES_TOPIC of 245 characters (valid) leaves no room for `.client-<host>` under Kafka's 249:
+    exit 1 with one line naming it, before any connection (no traceback)."""
+    r = faas(root, "emit", "ping", FAAS_REPLIES_TOPIC="r" * 245, FAAS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "leaves no room under 249 characters" in r.stderr and "Traceback" not in r.output, r.output

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from framework.kafka.address import topic_problem
 from framework.kafka.client import EventClient, default_reply_topic
 from framework.kafka.embedded import EmbeddedBroker
 from framework.settings import Settings
@@ -28,6 +29,21 @@ def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_default_reply_topic_is_a_valid_topic_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("socket.gethostname", lambda: "my host/with:odd chars")
     assert default_reply_topic("faas.replies") == "faas.replies.client-my-host-with-odd-chars"
+    monkeypatch.setattr("socket.gethostname", lambda: "h" * 300)  # cut to fit Kafka's 249 characters
+    name = default_reply_topic("r" * 200)
+    assert len(name) == 249 and name.startswith("r" * 200 + ".client-h") and topic_problem(name) is None
+    monkeypatch.setattr("socket.gethostname", lambda: "")
+    assert default_reply_topic("faas.replies") == "faas.replies.client-host"
+    with pytest.raises(ValueError, match="leaves no room"):
+        default_reply_topic("r" * 245)
+
+
+def test_topics_kafka_would_refuse_are_refused_up_front() -> None:
+    """A reply or events topic Kafka refuses is a ValueError naming it, not a failure at the first request."""
+    with pytest.raises(ValueError, match="reply topic 'my replies'"):
+        EventClient("x:1", reply_topic="my replies")
+    with pytest.raises(ValueError, match=r"events topic '\.\.'"):
+        EventClient("x:1", events_topic="..")
 
 
 @contextlib.asynccontextmanager
