@@ -18,7 +18,9 @@ class Registry:
         listeners: dict[str, list[FunctionSpec]] = {}
         for f in self.functions:
             if f.productive:
-                for event in f.events:
+                # Once per type even when a revision lists it twice: the manifest refuses that, a revision
+                # written by another tool or an older version may not, and the function would run twice.
+                for event in dict.fromkeys(f.events):
                     listeners.setdefault(event, []).append(f)
         self._listeners = {k: tuple(v) for k, v in listeners.items()}
 

@@ -56,6 +56,16 @@ def test_listeners_are_productive_in_manifest_order(registry: Registry) -> None:
     assert registry.listeners("other") == ()
 
 
+def test_a_spec_listing_an_event_twice_listens_once(registry: Registry) -> None:
+    """A revision from another tool lists `ping` twice (the manifest refuses it; the log does not check):
+    the function is one listener of `ping`, so an event runs it once."""
+    first = registry.by_name("first")
+    assert first is not None
+    twice = first.model_copy(update={"events": ("ping", "pong", "ping")})
+    manifest = registry.manifest.model_copy(update={"functions": (twice,)})
+    assert [f.name for f in Registry(manifest).listeners("ping")] == ["first"]
+
+
 def test_load_raises_manifest_errors(tmp_path: Path) -> None:
     root = write_project(
         tmp_path, MANIFEST.replace("functions.mod:handle", "functions.gone:handle", 1), MODULES

@@ -12,6 +12,9 @@ def test_utc_ms() -> None:
     assert utc_ms(1_700_000_000.1234) == "2023-11-14T22:13:20.123Z"
     assert utc_ms(1_700_000_000.9999) == "2023-11-14T22:13:20.999Z"
     assert utc_ms(1_700_000_001.0) == "2023-11-14T22:13:21.000Z"  # the cached second moves on
+    assert utc_ms(1_700_000_001.0004) == "2023-11-14T22:13:21.000Z"  # the cached millisecond
+    assert utc_ms(1_700_000_002.0004) == "2023-11-14T22:13:22.000Z"  # same millisecond of another second
+    assert utc_ms(1_700_000_001.0) == "2023-11-14T22:13:21.000Z"  # and back
 
 
 def test_error_message_is_cut() -> None:
