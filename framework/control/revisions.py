@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from framework.control.manifest import FunctionSpec
-from framework.control.snapshot import top_level
+from framework.control.snapshot import is_code, top_level
 
 Action = Literal["deploy", "undeploy"]
 ACTIONS: tuple[Action, ...] = ("deploy", "undeploy")
@@ -157,13 +157,11 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
 def _files(folder: Path, secrets: Path | None = None) -> list[Path]:
     out = []
     for path in folder.rglob("*"):
-        parts = path.relative_to(folder).parts
-        if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in parts):
+        if not path.is_file() or not is_code(path.relative_to(folder)):
             continue
         if secrets is not None and _within(path, secrets):
             continue
-        if path.suffix != ".pyc":
-            out.append(path)
+        out.append(path)
     return out
 
 

@@ -8,12 +8,17 @@ and deployment refuses a module that does not import.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from framework.control.manifest import FunctionSpec
 
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+
+def is_code(relative: PurePath) -> bool:
+    """Whether the file at `relative` (to its package folder) is part of the code: not hidden, not in
+    `__pycache__`, not compiled. What a revision's zip holds and what the watcher reacts to, alike (the
+    secrets folder aside: `revisions.code_zip`)."""
+    hidden = any(p.startswith(".") or p == "__pycache__" for p in relative.parts)
+    return not hidden and relative.suffix != ".pyc"
 
 
 def top_level(spec: FunctionSpec) -> Path | None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from framework.control.manifest import Manifest, load_manifest
-from framework.control.snapshot import top_level
+from framework.control.snapshot import is_code, top_level
 from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError
 
@@ -81,11 +81,21 @@ class ManifestWatcher:
                 async for changes in awatch(
                     *self.packages, stop_event=either, debounce=DEBOUNCE_MS, step=50, recursive=True
                 ):
-                    if any(p.endswith(".py") for _, p in changes):
+                    if any(self._is_code(Path(p)) for _, p in changes):
                         await self.reload()
             finally:
                 relay.cancel()
             self._packages_changed.clear()
+
+    def _is_code(self, path: Path) -> bool:
+        """Whether a changed file is part of a package's code (a data file too: its revision holds it), not
+        the `.pyc` an import writes, nor a file of the secrets folder (watched on its own)."""
+        if self.secrets_dir is not None and path.is_relative_to(self.secrets_dir.resolve()):
+            return False
+        for package in self.packages:
+            if path.is_relative_to(package):
+                return is_code(path.relative_to(package))
+        return False
 
     async def reload(self) -> None:
         try:

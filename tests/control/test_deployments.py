@@ -246,6 +246,30 @@ def test_watch_mode_deploys_every_valid_edit(
     assert revs[0]["action"] == "undeploy"
 
 
+def test_watch_mode_deploys_an_edit_of_a_data_file_in_the_package(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode (log in memory) serving alpha, whose handler reads `greeting.txt` beside its
+    module. 2. Python writes a `.pyc` into the package. 3. Edit `greeting.txt`.
+    Result: the new text is served as revision 2 within 5 s (a data file is part of the revision's code,
+    so its edit is an edit of the function); the `.pyc` made no revision."""
+    u = new_id()
+    reader = (
+        "from pathlib import Path\n\n"
+        "async def handle(payload, ctx):\n"
+        "    return {'text': (Path(__file__).parent / 'greeting.txt').read_text(), 'rev': ctx.revision}\n"
+    )
+    root = write_project(tmp_path / "p", manifest(u), {"m": reader})
+    (root / "functions" / "greeting.txt").write_text("hi")
+    n = nodes(root, None, kafka=False).wait_ready()
+    assert served(n, u) == {"text": "hi", "rev": 1}
+    (root / "functions" / "__pycache__").mkdir(exist_ok=True)
+    (root / "functions" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0" * 16)
+    (root / "functions" / "greeting.txt").write_text("hello")
+    wait_for(lambda: served(n, u) == {"text": "hello", "rev": 2}, 5, message="the data edit deployed")
+    assert kept(n, u) == [2, 1]
+
+
 def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. Node without Kafka (the log in memory) serving alpha, instances idle out after 1 s.
     2. Delete the `functions/` folder. 3. Wait until alpha has no instance, invoke it.
