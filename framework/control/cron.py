@@ -9,25 +9,43 @@ spring-forward skips fires at the first instant after the gap, and one that a fa
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterError, croniter
 
 FIELDS = (5, 6)
 """Accepted field counts: croniter's 7-field form (with years) is not part of the contract."""
+ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+"""croniter's shortcuts for 5-field expressions (`@reboot` has no meaning on a cluster of nodes)."""
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Names the timezone database holds that are no IANA zone: the host's own zone (so each node may differ),
+a file of the database's build, and its placeholder."""
+_RANDOM = re.compile(r"(?:^|[,/-])R(?:$|[,/-])", re.IGNORECASE)
+"""croniter's random field `R`: a different fire time at every parse, so per node and per restart."""
 
 
 def zone(name: str) -> ZoneInfo:
     """The IANA timezone `name`, e.g. `Europe/Berlin`; ValueError when unknown."""
     if not name or not name.strip():
         raise ValueError("empty timezone: expected an IANA name such as 'UTC' or 'Europe/Berlin'")
+    unknown = f"unknown timezone {name!r}: expected an IANA name such as 'Europe/Berlin'"
+    if name != "UTC" and (name not in _zones() or name in NOT_ZONES):  # e.g. `posix/...`, `localtime`
+        raise ValueError(unknown)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown timezone {name!r}: expected an IANA name such as 'Europe/Berlin'") from exc
+        raise ValueError(unknown) from exc
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    """The IANA names the timezone database holds (read once: about 30 ms)."""
+    return frozenset(available_timezones())
 
 
 def check_expression(cron: str) -> None:
@@ -35,11 +53,16 @@ def check_expression(cron: str) -> None:
     if not isinstance(cron, str) or not cron.strip():
         raise ValueError("empty cron expression: expected 5 fields, or 6 with seconds as the 6th")
     fields = cron.split()
-    if not cron.lstrip().startswith("@") and len(fields) not in FIELDS:
+    if cron.lstrip().startswith("@"):
+        if cron.strip().lower() not in ALIASES:
+            raise ValueError(f"bad cron {cron!r}: the shortcuts are {', '.join(ALIASES)}")
+    elif len(fields) not in FIELDS:
         raise ValueError(
             f"bad cron {cron!r}: {len(fields)} fields, expected 5 "
             "(minute hour day month weekday), or 6 with seconds as the 6th"
         )
+    if any(_RANDOM.search(field) for field in fields):
+        raise ValueError(f"bad cron {cron!r}: the random field R fires at other times on every node")
     try:
         croniter(cron)
     except (CroniterError, ValueError, KeyError) as exc:

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -37,7 +38,7 @@ from framework.errors import INVOCATION_ERRORS, ManifestError
 State = Literal["draft", "productive", "undeployed"]
 STATES: tuple[State, ...] = ("draft", "productive", "undeployed")
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -125,9 +126,17 @@ class ScheduleSpec(BaseModel):
     @classmethod
     def _payload(cls, value: Any) -> Any:
         try:  # a round trip turns YAML-only values (non-string keys) into their JSON form
-            return json.loads(json.dumps(value, allow_nan=False))
+            payload = json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"payload is not a JSON value: {exc}") from None
+        try:  # the runs' frames and records are orjson's: checked here, not at every tick
+            orjson.dumps(payload)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(
+                f"payload is not a JSON value the platform carries ({exc}): integers are held to 64 bits "
+                "and nesting to 254 levels; write such a number as a string"
+            ) from None
+        return payload
 
 
 class InstancesSpec(BaseModel):
@@ -214,7 +223,7 @@ class FunctionSpec(BaseModel):
     @field_validator("uuid")
     @classmethod
     def _uuid(cls, value: str) -> str:
-        if not _UUID.match(value.lower()):
+        if not _UUID.fullmatch(value.lower()):  # not `match`: `$` would let a trailing newline in
             raise ValueError(f"{value!r} is not an RFC 4122 UUID (e.g. 2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10)")
         return value.lower()
 
@@ -358,13 +367,27 @@ def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     """The round-trip document of `path` (None for an empty file); syntax errors go to `errors`."""
     try:
-        return round_trip_yaml().load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as exc:
+        errors.add((0, 0), f"cannot read the manifest: {exc}")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # at the bad byte's line and column, as a YAML error would be
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[line_start : exc.start].decode("utf-8", "replace"))
+        errors.add((data.count(b"\n", 0, exc.start), column), f"not UTF-8 text: byte 0x{data[exc.start]:02x}")
+        return None
+    try:
+        return round_trip_yaml().load(text)
+    except RecursionError:  # the parser recurses per level: a few hundred levels of nesting exhaust it
+        errors.add((0, 0), "cannot read the manifest: nested too deeply (a few hundred levels)")
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" ({exc.context} started at line {exc.context_mark.line + 1})" if exc.context_mark else ""
         problem = (exc.problem or "invalid YAML").replace("\n", " ")
         errors.add((mark.line, mark.column) if mark else (0, 0), f"YAML syntax error: {problem}{where}")
-    except (YAMLError, OSError, UnicodeDecodeError) as exc:
+    except YAMLError as exc:
         errors.add((0, 0), f"cannot read the manifest: {exc}")
     return None
 
@@ -452,7 +475,7 @@ def load_manifest(
                 if first != i:
                     errors.add(pos, f"duplicate {key} {value!r} (first at line {line + 1})")
         data = _merge(defaults, _plain(item))
-        for internal in ("root", "code"):  # set by the loader and the node, never by the user
+        for internal in ("root", "code", "revision"):  # set by the loader and the node, never by the user
             if internal in data:
                 errors.add(_key_at(item, internal, at), f"unknown key {internal!r}")
         spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})

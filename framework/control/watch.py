@@ -43,7 +43,10 @@ class ManifestWatcher:
         secrets_dir: Path | None = None,
         max_code_bytes: int | None = None,
     ) -> None:
-        self.path = path.resolve()
+        self.path = path
+        """As the node was given it (FAAS_MANIFEST): errors name it so, as `faas validate` does."""
+        self.resolved = path.resolve()
+        """Where changes are looked for: watchfiles reports absolute paths."""
         self.secrets_dir = secrets_dir
         """Where listed secrets must exist for an edit to pass (as `faas validate` checks them)."""
         self.max_code_bytes = max_code_bytes
@@ -61,10 +64,10 @@ class ManifestWatcher:
         from watchfiles import awatch
 
         async for changes in awatch(
-            self.path.parent, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=False
+            self.resolved.parent, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=False
         ):
             paths = {Path(p) for _, p in changes}  # absolute: the watched folder is resolved
-            if self.path in paths or any(p.suffix == ".py" for p in paths):
+            if self.resolved in paths or any(p.suffix == ".py" for p in paths):
                 await self.reload()
 
     async def _watch_packages(self, stop: asyncio.Event) -> None:

@@ -270,6 +270,25 @@ def test_watch_mode_deploys_an_edit_of_a_data_file_in_the_package(
     assert kept(n, u) == [2, 1]
 
 
+def test_watch_mode_names_the_manifest_as_the_node_was_given_it(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode started in the project folder with `FAAS_MANIFEST=functions.yaml` (relative,
+    the default). 2. A bad edit. Result: `/readyz` lists `functions.yaml:LINE:COL: ...`, as `faas validate`
+    would, not the file's absolute path."""
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, None, kafka=False, env={"FAAS_MANIFEST": "functions.yaml"}).wait_ready()
+    (root / "functions.yaml").write_text(manifest(u).replace("state: productive", "state: live"))
+
+    def errors() -> list[str]:
+        found: list[str] = httpx.get(f"{n.url}/readyz", timeout=10).json()["manifest_errors"]
+        return found
+
+    wait_for(errors, 5, message="the edit rejected")
+    assert errors()[0].startswith("functions.yaml:6:5: state: "), errors()
+
+
 def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. Node without Kafka (the log in memory) serving alpha, instances idle out after 1 s.
     2. Delete the `functions/` folder. 3. Wait until alpha has no instance, invoke it.

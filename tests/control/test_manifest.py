@@ -117,6 +117,20 @@ CASES: dict[str, tuple[str, int, str]] = {
     "bad-keep-warm": (edit(append=['    keep_warm: "every 4 minutes"']), 11, "keep_warm: bad cron"),
     "bad-timezone": (edit(append=[*SCHEDULE, "        timezone: Mars/Olympus"]), 13, "unknown timezone"),
     "payload-nan": (edit(append=[*SCHEDULE, "        payload: .nan"]), 13, "not a JSON value"),
+    # Valid JSON the runs' orjson frames cannot carry: refused here, not by a node that then serves nothing.
+    "payload-big-int": (
+        edit(append=[*SCHEDULE, "        payload: {n: 123456789012345678901234567890}"]),
+        13,
+        "integers are held to 64 bits",
+    ),
+    "payload-deep": (edit(append=[*SCHEDULE, f"        payload: {'[' * 300}{']' * 300}"]), 1, "too deeply"),
+    "revision-key": (edit(append=["    revision: 7"]), 11, "unknown key 'revision'"),
+    "uuid-newline": (edit({9: '    uuid: "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02\\n"'}), 9, "RFC 4122"),
+    "timezone-localtime": (edit(append=[*SCHEDULE, "        timezone: localtime"]), 13, "unknown timezone"),
+    "timezone-posix": (edit(append=[*SCHEDULE, "        timezone: posix/Europe/Berlin"]), 13, "unknown"),
+    "timezone-factory": (edit(append=[*SCHEDULE, "        timezone: Factory"]), 13, "unknown timezone"),
+    "cron-random": (edit(append=[*SCHEDULE[:1], '      - cron: "R 9 * * *"']), 12, "random field R"),
+    "cron-reboot": (edit(append=[*SCHEDULE[:1], "      - cron: '@reboot'"]), 12, "the shortcuts are @yearly"),
     "schedule-key": (edit(append=[*SCHEDULE, "        every: 5"]), 13, "'schedules[0].every'"),
     "handler-form": (edit({10: "    handler: functions.mod"}), 10, "module:attribute"),
     "handler-missing": (edit({10: "    handler: functions.nope:handle"}), 10, "ModuleNotFoundError"),
@@ -175,6 +189,17 @@ def test_broken_manifest_names_the_line(tmp_path: Path, case: str) -> None:
     errors = errors_of(root)
     assert lines_of(errors) == [line], errors
     assert fragment in errors[0], errors
+
+
+def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_column(tmp_path: Path) -> None:
+    """A Latin-1 `é` (0xe9) in a name on line 8, after `  - name: b` and a UTF-8 `é` (one character):
+    the error is at 8:13 (the 13th character), naming the byte, not at 1:1."""
+    root = write_project(tmp_path, BASE, MODULES)
+    lines = (root / "functions.yaml").read_bytes().split(b"\n")
+    lines[7] = "  - name: bé".encode() + b"\xe9ta"
+    (root / "functions.yaml").write_bytes(b"\n".join(lines))
+    errors = errors_of(root)
+    assert len(errors) == 1 and errors[0].endswith("functions.yaml:8:13: not UTF-8 text: byte 0xe9"), errors
 
 
 def test_good_manifest_loads_with_root_and_defaults(tmp_path: Path) -> None:

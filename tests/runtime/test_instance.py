@@ -174,3 +174,18 @@ def test_instances_die_with_the_node(project: Path) -> None:
             node.wait()
         if node.stdout is not None:
             node.stdout.close()
+
+
+async def test_a_dotted_handler_attribute_is_followed(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """`functions.obj:Greeter.handle` (the manifest and `faas validate` take a dotted attribute): the
+    instance follows the dots, as the check does, instead of answering AttributeError."""
+    module = (
+        "class Greeter:\n    @staticmethod\n"
+        "    async def handle(payload, ctx):\n        return ['hi', payload]\n"
+    )
+    root = write_project(tmp_path, "functions: []\n", {"obj": module})
+    s = spec("Greeter.handle", module="obj", name="dotted", root=root)
+    value, _ = await call(runtime, s, 7)
+    assert value == ["hi", 7]

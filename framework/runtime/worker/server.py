@@ -118,10 +118,11 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
 
 
 def load_handler(handler: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
-    """Import `module:attr`; returns the handler and the module's optional `warmup` hook."""
+    """Import `module:attr` (`attr` may be dotted, `module:obj.method`, as `faas validate` checks it);
+    returns the handler and the module's optional `warmup` hook."""
     module_name, _, attr = handler.partition(":")
     module = importlib.import_module(module_name)
-    fn = getattr(module, attr)
+    fn = functools.reduce(getattr, attr.split("."), module)
     if not callable(fn):
         raise TypeError(f"{handler} is not callable")
     hook = getattr(module, "warmup", None)
