@@ -440,8 +440,8 @@ def load_manifest(
     doc = parse_yaml(path, errors)
     if errors.found:
         raise ManifestError(errors.lines())
-    if doc is None:
-        doc = CommentedMap()
+    if doc is None:  # an editor's truncate-then-write in watch mode would undeploy every function
+        raise ManifestError([f"{path}:1:1: the manifest is empty: write 'functions: []' for none"])
     if not isinstance(doc, CommentedMap):
         raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
     for key in doc:  # `x-` keys are free, e.g. to hold YAML anchors (`x-common: &common`)
@@ -453,7 +453,10 @@ def load_manifest(
         if _validate(DefaultsSpec, doc["defaults"], at, errors, prefix="defaults"):
             defaults = _plain(doc["defaults"])
     items = doc.get("functions")
-    if items is None:
+    if "functions" not in doc:
+        errors.add((0, 0), "no 'functions:' list ('functions: []' for none)")
+        items = CommentedSeq()
+    elif items is None:  # `functions:` with nothing under it: written, so meant
         items = CommentedSeq()
     elif not isinstance(items, CommentedSeq):
         errors.add(_key_at(doc, "functions", (0, 0)), "functions: should be a list of functions")

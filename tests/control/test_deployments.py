@@ -289,6 +289,26 @@ def test_watch_mode_names_the_manifest_as_the_node_was_given_it(
     assert errors()[0].startswith("functions.yaml:6:5: state: "), errors()
 
 
+def test_watch_mode_rejects_an_emptied_manifest(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. Node in watch mode (log in memory) serving alpha. 2. The manifest is emptied (an editor's
+    truncate-then-write, a bad checkout). 3. `functions: []` is written.
+    Result: 2 is rejected at 1:1 and alpha is still served at revision 1 (before, every function was
+    undeployed); 3 is taken as meant: alpha is undeployed (revision 2)."""
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, None, kafka=False).wait_ready()
+    (root / "functions.yaml").write_text("")
+    wait_for(lambda: httpx.get(f"{n.url}/readyz").json()["manifest_errors"], 5, message="edit rejected")
+    assert (
+        "functions.yaml:1:1: the manifest is empty"
+        in httpx.get(f"{n.url}/readyz").json()["manifest_errors"][0]
+    )
+    assert served(n, u) == {"v": "v1", "rev": 1} and kept(n, u) == [1]
+    (root / "functions.yaml").write_text("functions: []\n")
+    wait_for(lambda: served(n, u) is None, 5, message="alpha undeployed")
+    assert kept(n, u) == [2, 1]
+
+
 def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. Node without Kafka (the log in memory) serving alpha, instances idle out after 1 s.
     2. Delete the `functions/` folder. 3. Wait until alpha has no instance, invoke it.

@@ -125,6 +125,10 @@ CASES: dict[str, tuple[str, int, str]] = {
     ),
     "payload-deep": (edit(append=[*SCHEDULE, f"        payload: {'[' * 300}{']' * 300}"]), 1, "too deeply"),
     "revision-key": (edit(append=["    revision: 7"]), 11, "unknown key 'revision'"),
+    # No `functions:` at all is a mistake (an editor's truncated save), not "no functions": `[]` says that.
+    "empty": ("", 1, "the manifest is empty"),
+    "comments-only": ("# nothing yet\n", 1, "the manifest is empty"),
+    "defaults-only": ("defaults: {timeout: 5}\n", 1, "no 'functions:' list"),
     "uuid-newline": (edit({9: '    uuid: "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02\\n"'}), 9, "RFC 4122"),
     "timezone-localtime": (edit(append=[*SCHEDULE, "        timezone: localtime"]), 13, "unknown timezone"),
     "timezone-posix": (edit(append=[*SCHEDULE, "        timezone: posix/Europe/Berlin"]), 13, "unknown"),
@@ -272,9 +276,10 @@ def test_values_are_plain_and_uuid_lower_case(tmp_path: Path) -> None:
     assert type(beta.schedules[0].payload) is dict
 
 
-def test_empty_file_has_no_functions(tmp_path: Path) -> None:
-    root = write_project(tmp_path, "# nothing yet\n")
-    assert load_manifest(root / "functions.yaml").functions == ()
+def test_an_empty_functions_list_has_no_functions(tmp_path: Path) -> None:
+    for text in ("functions: []\n", "# nothing yet\nfunctions:\n"):
+        root = write_project(tmp_path, text)
+        assert load_manifest(root / "functions.yaml").functions == ()
 
 
 def test_missing_file_is_a_manifest_error(tmp_path: Path) -> None:
