@@ -18,7 +18,8 @@ from typing import Any
 import uvicorn
 
 from framework import __version__, heap
-from framework.control.deployments import Deployments, open_deployments, unserved
+from framework.control.code_cache import CodeCache
+from framework.control.deployments import Deployments, cache_dir, open_deployments, unserved
 from framework.control.manifest import Manifest, load_manifest
 from framework.control.registry import Registry
 from framework.control.secrets import folder_setting_problem, readiness_reasons
@@ -337,7 +338,7 @@ def _loop_factory() -> Any:
 def serve(settings: Settings, kafka: bool = True) -> int:
     """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     logs.configure(settings.log_level, settings.log_format)
-    problem = folder_setting_problem(settings)
+    problem = folder_setting_problem(settings) or CodeCache(cache_dir(settings)).folder_problem()
     if problem is not None:
         log.error("%s", problem)
         return 1

@@ -23,6 +23,8 @@ def _default_log_format() -> Literal["text", "json"]:
     return "text" if sys.stderr.isatty() else "json"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""`FAAS_LOG_LEVEL` values (any case)."""
 TOPICS = (
     "events_topic",
     "replies_topic",
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     scheduler_topic: str = "faas.scheduler"
     topic_partitions: int = Field(6, ge=1)
     """Partitions of topics the node creates when they are missing."""
-    queue_timeout: float = Field(30.0, gt=0)
+    queue_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     """Seconds a request may wait for a free instance before it is answered `Overloaded`."""
     api_keys: SecretStr = SecretStr("")
     """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one. Secret. A value that
@@ -69,7 +71,7 @@ class Settings(BaseSettings):
     embedded_broker_port: int = Field(9092, ge=0, le=65535)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(default_factory=_default_log_format)
-    shutdown_grace: float = Field(30.0, ge=0)
+    shutdown_grace: float = Field(30.0, ge=0, allow_inf_nan=False)
     """Seconds a stopping node waits for in-flight work before it cancels what is left."""
     watch: bool = True
     """Deploy every valid edit of the working copy (DESIGN.md section 12); off: edits show as `modified`."""
@@ -127,8 +129,18 @@ class Settings(BaseSettings):
 
     @field_validator("log_level")
     @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.upper()
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()  # in `.env` too, where no CLI option checks it first
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is no log level: one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("http_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip():  # uvicorn would bind every interface: say 0.0.0.0 (or ::) to mean that
+            raise ValueError("an empty host: give an address, 0.0.0.0 for every interface")
+        return value.strip()
 
     @model_validator(mode="after")
     def _secret_files(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from pathlib import Path
@@ -129,6 +130,30 @@ def test_topics_and_group_a_node_cannot_work_with_are_refused(
         monkeypatch.setenv(name, value)
     r = CliRunner().invoke(main, ["run"])
     assert r.exit_code == 2 and problem in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("FAAS_SHUTDOWN_GRACE=inf", "FAAS_SHUTDOWN_GRACE"),
+        ("FAAS_QUEUE_TIMEOUT=inf", "FAAS_QUEUE_TIMEOUT"),
+        ("FAAS_LOG_LEVEL=LOUD", "FAAS_LOG_LEVEL: 'LOUD' is no log level"),
+        ("FAAS_HTTP_HOST=", "an empty host"),
+    ],
+)
+def test_bad_values_in_dotenv_are_usage_errors(tmp_path: Path, line: str, problem: str) -> None:
+    """Values a node cannot run with, in `.env` (where no CLI option checks them first): `faas run` exits 2
+    naming the setting, not a traceback (inf crashed the start; `LOUD` crashed logging; an empty host bound
+    every interface)."""
+    (tmp_path / ".env").write_text(line + "\n")
+    with contextlib.chdir(tmp_path):
+        r = CliRunner().invoke(main, ["run"])
+    assert r.exit_code == 2 and problem in r.output, (r.output, r.exception)
+
+
+def test_an_empty_host_option_is_a_usage_error() -> None:
+    r = CliRunner().invoke(main, ["run", "--host", " "])
+    assert r.exit_code == 2 and "--host" in r.output and "an empty host" in r.output, r.output
 
 
 def test_secret_settings_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import threading
 import click
 
 from framework.cli.common import fail, pass_settings
-from framework.settings import Settings
+from framework.settings import LOG_LEVELS, Settings
 
 
 @click.command()
@@ -44,7 +44,7 @@ def broker(settings: Settings, port: int | None) -> None:
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
     envvar="FAAS_LOG_LEVEL",
     show_envvar=True,
     help="[default: INFO]",
@@ -69,7 +69,13 @@ def run(
     from framework.node import serve
 
     if host is not None:
-        settings.http_host = host
+        if (
+            not host.strip()
+        ):  # as the setting refuses it (`Settings._host`): uvicorn would bind every interface
+            raise click.BadParameter(
+                "an empty host: give an address, 0.0.0.0 for every interface", param_hint="--host"
+            )
+        settings.http_host = host.strip()
     if port is not None:
         if not 0 <= port <= 65535:
             raise click.BadParameter(f"{port} is not a port (0-65535)", param_hint="--port")

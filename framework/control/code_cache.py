@@ -30,6 +30,18 @@ class CodeCache:
     def __init__(self, base: Path) -> None:
         self.base = base
 
+    def folder_problem(self) -> str | None:
+        """Why revisions cannot be unpacked here (the folder cannot be made, or written to), or None.
+        Checked at start: otherwise every revision is skipped as unreadable and a "ready" node serves
+        nothing."""
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryDirectory(dir=self.base, prefix=".check-").cleanup()
+        except OSError as exc:
+            why = exc.strerror or exc
+            return f"FAAS_CACHE_DIR {self.base}: no revision code can be unpacked there ({why})"
+        return None
+
     def path(self, sha: str) -> Path:
         return self.base / sha
 

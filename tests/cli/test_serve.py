@@ -112,3 +112,16 @@ def test_a_taken_http_port_stops_the_embedded_broker_it_started(tmp_path: Path) 
     while port_open("127.0.0.1", broker_port) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not port_open("127.0.0.1", broker_port), f"a broker still listens on {broker_port}"
+
+
+def test_run_refuses_a_cache_folder_it_cannot_write(tmp_path: Path) -> None:
+    """1. FAAS_CACHE_DIR is a path under a regular file (no folder can be made there). 2. `faas run
+    --no-kafka`. Result: exit 1 within the start, one line naming FAAS_CACHE_DIR and the path; before, the
+    node said it was ready and answered every function NotFound (each revision skipped as unreadable)."""
+    root = write_project(tmp_path, manifest(), {"m": MODULE})
+    (tmp_path / "file").write_text("not a folder")
+    env = {"FAAS_LOG_FORMAT": "text", "FAAS_CACHE_DIR": str(tmp_path / "file" / "cache")}
+    r = run_cli(root, "run", "--no-kafka", "--port", str(free_port()), env=env, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"FAAS_CACHE_DIR {tmp_path / 'file' / 'cache'}: no revision code can be unpacked there" in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
