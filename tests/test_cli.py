@@ -173,12 +173,14 @@ def test_unknown_name_exits_1(project: Path) -> None:
 
 
 def test_new_refuses_existing_and_invalid_names(project: Path) -> None:
-    before = (project / "functions.yaml").read_text()
     assert faas(project, "new", "alpha").exit_code == 1
-    assert faas(project, "new", "Bad Name").exit_code == 1
+    for bad in ("Bad Name", "Hello", "9abc", "a" * 64):  # usage errors (exit 2), naming the argument
+        r = faas(project, "new", bad)
+        assert r.exit_code == 2 and "Invalid value for NAME" in r.output, r.output
+    assert faas(project, "new", "a" * 63).exit_code == 0  # the longest name
     (project / "functions" / "taken.py").write_text("")
     assert faas(project, "new", "taken").exit_code == 1
-    assert (project / "functions.yaml").read_text() == before
+    assert "taken" not in (project / "functions.yaml").read_text()
 
 
 def test_invalid_data_is_a_usage_error(project: Path) -> None:

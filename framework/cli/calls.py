@@ -22,6 +22,7 @@ from framework.cli.common import (
     looks_like_uuid,
     need_broker,
     pass_settings,
+    quiet_kafka_client,
     seconds,
     utf8,
 )
@@ -163,6 +164,7 @@ def emit(
     from framework.kafka.client import EventClient
 
     servers = need_broker(settings, bootstrap)
+    quiet_kafka_client()  # a failure is said in one line below
     try:
         client = EventClient(servers, settings=settings, source=source or "faas-client")
     except ValueError as exc:  # e.g. FAAS_REPLIES_TOPIC too long to name this host's reply topic after

@@ -20,7 +20,16 @@ from typing import TypeVar
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import broker_of, code_zips, fail, load, need_broker, pass_settings, utf8
+from framework.cli.common import (
+    broker_of,
+    code_zips,
+    fail,
+    load,
+    need_broker,
+    pass_settings,
+    quiet_kafka_client,
+    utf8,
+)
 from framework.control.deployment_log import PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
@@ -45,6 +54,7 @@ def with_log(
     settings: Settings, bootstrap: str, work: Callable[[KafkaLog], Awaitable[T]], timeout: float
 ) -> T:
     """Run `work` on the log read to its end; raises ConnectionError naming the broker on failure."""
+    quiet_kafka_client()  # a verb says what went wrong in one line of its own
 
     async def run() -> T:
         log = KafkaLog(LogState(), settings, bootstrap, follow=False)

@@ -12,7 +12,7 @@ import asyncio
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import bootstrap_option, duration, need_broker, quiet_kafka_client
+from framework.cli.common import bootstrap_option, duration, fail, need_broker, quiet_kafka_client
 from framework.kafka.replay import Selection, replay
 from framework.kafka.topic_read import BrokerUnreachable
 from framework.settings import Settings
@@ -58,9 +58,9 @@ def replay_command(
     try:
         report = asyncio.run(replay(servers, settings, selection, dry_run, progress))
     except BrokerUnreachable as exc:
-        raise click.ClickException(f"cannot reach the Kafka broker at {servers}: {exc}") from None
+        fail(f"cannot reach the Kafka broker at {servers}: {exc}")
     except KafkaError as exc:
-        raise click.ClickException(f"replay failed: {exc!r}") from None
+        fail(f"replay failed: {exc!r}")
     if report.topic_missing:
         click.echo(f"no dead-letter topic {settings.deadletter_topic!r}: nothing to replay", err=True)
     for event_id in report.missing:

@@ -20,7 +20,7 @@ import click
 import orjson
 
 from framework.control.cron import next_fire
-from framework.control.manifest import Manifest
+from framework.control.manifest import FunctionSpec, Manifest
 
 if TYPE_CHECKING:
     from framework.cli.deployments import LiveFacts
@@ -48,6 +48,12 @@ def validate_report(manifest: Manifest | None, errors: list[str]) -> str:
     return json.dumps({"ok": False, "errors": [error_entry(e) for e in errors]})
 
 
+def fires(spec: FunctionSpec, cron: str, timezone: str) -> str | None:
+    """When `cron` fires next for `spec` (ISO 8601 in `timezone`), or None: only productive functions fire
+    (as `GET /functions` says of the schedules it lists)."""
+    return next_fire(cron, timezone).isoformat(timespec="seconds") if spec.productive else None
+
+
 def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
     """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone) and
     its newest revision's `revision`, `modified` and `deployed_at` (as `GET /functions` names them; null,
@@ -60,16 +66,13 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
                 "cron": s.cron,
                 "timezone": s.timezone,
                 "payload": s.payload,
-                "next_fire": next_fire(s.cron, s.timezone).isoformat(timespec="seconds"),
+                "next_fire": fires(f, s.cron, s.timezone),
             }
             for s in f.schedules
         ]
         warm = None
         if f.keep_warm:
-            warm = {
-                "cron": f.keep_warm,
-                "next_fire": next_fire(f.keep_warm, "UTC").isoformat(timespec="seconds"),
-            }
+            warm = {"cron": f.keep_warm, "next_fire": fires(f, f.keep_warm, "UTC")}
         out.append(
             {
                 "name": f.name,

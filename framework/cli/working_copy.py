@@ -11,7 +11,6 @@ import click
 
 from framework.cli import scripting
 from framework.cli.common import check_event_type, checked, code_zips, fail, load, pass_settings
-from framework.control.cron import next_fire
 from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
 from framework.control.registry import Registry
@@ -67,7 +66,7 @@ def list_functions(settings: Settings, as_json: bool) -> None:
     for f in manifest.functions:
         crons = [(s.cron, s.timezone, "") for s in f.schedules]
         crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
-        when = [f"{k}{c} [{tz}] next {next_fire(c, tz).isoformat(timespec='seconds')}" for c, tz, k in crons]
+        when = [f"{k}{c} [{tz}] next {scripting.fires(f, c, tz) or '-'}" for c, tz, k in crons]
         live = facts.get(f.uuid)  # `productive r7`, `modified r7`, `undeployed r8`
         state = f.state if live is None else f"{'modified' if live.modified else f.state} r{live.revision}"
         rows.append((f.name, f.uuid, state, ",".join(f.events) or "-", "; ".join(when) or "-"))
@@ -90,7 +89,10 @@ def list_functions(settings: Settings, as_json: bool) -> None:
 def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
     """Scaffold functions/NAME.py and a draft manifest entry with a fresh UUID."""
     if not re.match(NAME_PATTERN, name):
-        fail(f"invalid name {name!r}: lower-case letters, digits, '_' and '-', starting with a letter")
+        raise click.BadParameter(
+            f"{name!r}: 1-63 lower-case letters, digits, '_' and '-', starting with a letter",
+            param_hint="NAME",
+        )
     path = settings.manifest
     if path.exists() and Registry(load(settings, check_handlers=False)).by_name(name) is not None:
         fail(f"a function named {name!r} already exists in {path}")

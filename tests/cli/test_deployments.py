@@ -325,3 +325,17 @@ def test_code_over_the_limit_fails_validate_and_deploy_at_each_functions_handler
     assert "function alpha" not in r.stderr, r.stderr  # once the only place named, for gamma's deploy
     assert records(broker.bootstrap, topic) == []
     assert run_cli(root, "validate", env={**env, "FAAS_MAX_CODE_BYTES": "1000000"}).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [["history", "alpha"], ["rollback", "alpha"], ["deploy", "alpha"], ["emit", "ping", "--timeout", "3"]],
+    ids=lambda v: v[0],
+)
+def test_an_unreachable_broker_is_one_line(tmp_path: Path, verb: list[str]) -> None:
+    """A verb of the log or of events against bootstrap servers where nothing listens: exit 1 with one line
+    on stderr naming the broker (aiokafka's own connection error was logged before it)."""
+    root = write_project(tmp_path, manifest(new_id()), {"m": MODULE})
+    r = run_cli(root, *verb, env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Kafka broker at 127.0.0.1:" in lines[0], r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ functions:
   - name: quiet
     uuid: aeaeaeae-0000-4000-8000-000000000002
     handler: functions.mod:handle
+    schedules: [{{cron: "0 9 * * *"}}]
 """
 MODULE = """
 def handle(payload, ctx):
@@ -57,7 +59,8 @@ def faas(root: Path, *args: str, stdin: str | None = None) -> Result:
 
 def test_ls_json(project: Path) -> None:
     """`faas ls --json`: every function with state, events, schedules (cron, timezone, payload, next fire
-    as ISO 8601 in its timezone) and keep-warm."""
+    as ISO 8601 in its timezone; null for a draft, which does not fire, as `GET /functions` says) and
+    keep-warm."""
     r = faas(project, "ls", "--json")
     assert r.exit_code == 0, r.output
     fns = {f["name"]: f for f in json.loads(r.output)["functions"]}
@@ -71,7 +74,11 @@ def test_ls_json(project: Path) -> None:
     )
     assert sched["next_fire"].endswith(("+01:00", "+02:00")) and "T09:00:00" in sched["next_fire"], sched
     assert echo["keep_warm"]["cron"] == "*/4 * * * *" and echo["keep_warm"]["next_fire"]
-    assert (quiet["state"], quiet["schedules"], quiet["keep_warm"]) == ("draft", [], None)
+    assert (quiet["state"], quiet["keep_warm"]) == ("draft", None)
+    (never,) = quiet["schedules"]
+    assert never == {"cron": "0 9 * * *", "timezone": "UTC", "payload": None, "next_fire": None}
+    table = faas(project, "ls").output
+    assert re.search(r"quiet .*draft .*0 9 \* \* \* \[UTC\] next -$", table, re.MULTILINE), table
 
 
 def test_validate_json(project: Path) -> None:
@@ -99,7 +106,7 @@ def test_validate_json(project: Path) -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is False and result.stderr == ""
     lines = {e["line"] for e in report["errors"]}
-    assert {4, 6, 16} <= lines, report
+    assert {4, 6, 17} <= lines, report  # the unknown key after the last line, quiet's schedules
     for e in report["errors"]:
         assert e["file"].endswith("functions.yaml") and e["column"] >= 1 and e["message"], e
         assert e["text"] == f"{e['file']}:{e['line']}:{e['column']}: {e['message']}", e
