@@ -26,9 +26,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from framework.control.manifest import FunctionSpec
+from framework.control.manifest import FunctionSpec, event_type
 from framework.control.registry import Registry
-from framework.errors import FaasError, NotFound, status_of
+from framework.errors import BadRequest, FaasError, NotFound, status_of
 from framework.invoker import EventReply, new_id
 from framework.observe import tracing
 from framework.observe.spans import export_event
@@ -236,6 +236,10 @@ class HttpSource:
         event: str = request.path_params["type"]
         event_id = request.headers.get("ce-id") or new_id()
         try:
+            try:
+                event_type(event)  # blank (`/events/%20`): no event can have it, as `faas emit` says
+            except ValueError as exc:
+                raise BadRequest(f"event type {event!r}: {exc}") from None
             payload = await self.body.read_request(request)
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route; in the
@@ -317,6 +321,9 @@ class App(Starlette):
         self, source: HttpSource, auth: BearerAuth | None, counters: RequestCounters, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        # A path with a trailing slash is another path: 404 in the contract's body, not an empty 307 that a
+        # client following redirects would turn into a GET (or replay a POST body to).
+        self.router.redirect_slashes = False
         self.source = source
         self.auth = auth
         self.requests = RequestMetrics(counters, self.router.routes)

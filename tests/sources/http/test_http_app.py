@@ -230,3 +230,22 @@ async def test_event_bad_body(client: httpx.AsyncClient, fake: FakeNode) -> None
     r = await client.post("/events/ping", content=b"1" * (LIMIT + 1))
     assert r.status_code == 413 and err(r) == "PayloadTooLarge"
     assert fake.runtime.payloads == []
+
+
+@pytest.mark.parametrize("event", ["%20", "%09%20"])
+async def test_a_blank_event_type_in_the_path_is_400(client: httpx.AsyncClient, event: str) -> None:
+    """`POST /events/%20`: no event can have a blank type (the manifest and `faas emit` refuse it), so it is
+    400 BadRequest in the combined reply's shape, not an event nobody listens to."""
+    r = await client.post(f"/events/{event}", json={})
+    body = r.json()
+    assert r.status_code == 400 and body["ok"] is False and body["error"]["type"] == "BadRequest", body
+    assert "must not be empty" in body["error"]["message"] and r.headers["traceparent"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", f"/functions/{ECHO}/invoke/"), ("GET", "/functions/"), ("GET", "/readyz/")]
+)
+async def test_a_trailing_slash_is_another_path(client: httpx.AsyncClient, method: str, path: str) -> None:
+    """A path with a trailing slash is 404 `NotFound` in the contract's body, not an empty 307 redirect."""
+    r = await client.request(method, path, json={})
+    assert r.status_code == 404 and err(r) == "NotFound", (r.status_code, r.text)
