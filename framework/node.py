@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Iterator
 from typing import Any
@@ -216,7 +217,9 @@ class Node:
             lifespan="off",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=int(self.settings.shutdown_grace) or None,
+            # A backstop only: requests still in flight when the grace is up are answered by the app first
+            # (`App.cut_at`); uvicorn's own cancel would answer them a plain-text 500.
+            timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace) + CUT_MARGIN,
             # The C parser when installed (what "auto" would pick, stated so a missing one is visible in
             # review); the loop is ours: `serve` runs on the uvloop loop `serve()` below created.
             http="httptools" if importlib.util.find_spec("httptools") else "h11",
@@ -266,14 +269,16 @@ class Node:
         grace = self.settings.shutdown_grace
         self.started = False
         server.should_exit = True  # stop accepting; uvicorn waits for in-flight requests
-        # uvicorn cancels what is left after its graceful-shutdown timeout (plus its 0.1-0.2 s of ticks): a
-        # request still waiting for its body is answered in the contract's shape just before that. (None:
-        # uvicorn waits for ever, and the http step's own bound below ends the wait.)
-        cancels_after = server.config.timeout_graceful_shutdown or grace
-        app.drain_by(asyncio.get_running_loop().time() + max(cancels_after - BODY_DRAIN_MARGIN, 0))
+        # When the grace is up, what is left is answered in the contract's shape: a request still waiting
+        # for its body 429 Overloaded (a little before), one whose function has not answered 502
+        # InstanceCrashed; uvicorn's own timeout, later, is only a backstop.
+        now = asyncio.get_running_loop().time()
+        app.drain_by(now + max(grace - BODY_DRAIN_MARGIN, 0))
+        app.cut_at(now + grace, grace)
         stop_watch.set()
         # The three sources drain side by side, so the whole stop stays within one grace period.
-        draining: list[Any] = [_bounded("http", asyncio.gather(*tasks, return_exceptions=True), grace + 1)]
+        http = asyncio.gather(*tasks, return_exceptions=True)
+        draining: list[Any] = [_bounded("http", http, math.ceil(grace) + CUT_MARGIN + 1)]
         if self.scheduler is not None:
             draining.append(_bounded("the scheduler", self.scheduler.stop(), grace + STOP_MARGIN))
         if self.kafka is not None:
@@ -299,8 +304,11 @@ class Node:
 
 
 BODY_DRAIN_MARGIN = 0.5
-"""Seconds before uvicorn's graceful-shutdown timeout at which requests still waiting for their body are
-answered Overloaded."""
+"""Seconds before the end of the grace at which requests still waiting for their body are answered
+Overloaded (before the cut, so such a request is told to retry, not that a function failed)."""
+CUT_MARGIN = 2
+"""Seconds after the grace (rounded up) at which uvicorn cancels what is still in flight, should the app's
+own cut (`App.cut_at`) have missed a request."""
 STOP_MARGIN = 10.0
 """Seconds a stop step may run past its own grace before the node goes on without it: a stop never hangs
 (a step that hangs is logged by name; what it left is redone by Kafka's redelivery or lost with the process,

@@ -10,6 +10,7 @@ than the whole platform path behind them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -46,6 +47,7 @@ from framework.sources.http.responses import (
     error_body,
     error_response,
 )
+from framework.sources.http.stopping import InflightRequests
 from framework.types import EventIdentity, InvokeResult
 
 log = logging.getLogger("faas.http")
@@ -145,6 +147,7 @@ class HttpSource:
         self.deployments = deployments
         self.metrics_renderer = metrics
         self.body = BodyReader(settings.max_payload_bytes, settings.http_body_timeout)
+        self.inflight = InflightRequests()
         self.openapi = orjson.dumps(openapi_document(auth=bool(settings.keys)))
 
     # ---- functions ----
@@ -171,7 +174,13 @@ class HttpSource:
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         span = tracing.from_headers(scope["headers"])
         try:
-            status, body = 200, await self.invoke_body(uuid, scope, receive, span)
+            try:
+                status, body = 200, await self.invoke_body(uuid, scope, receive, span)
+            except asyncio.CancelledError:
+                cut = self.inflight.error()  # the node's stop ran out of grace: said in the contract's body
+                if cut is None:
+                    raise
+                raise cut from None
         except FaasError as exc:
             status, body = exc.status, error_body(exc.type, exc.message)
         except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
@@ -249,14 +258,20 @@ class HttpSource:
             return JSONResponse(failed, exc.status, headers={"traceparent": span.traceparent})
         ev, span = typed_event(event, event_id, request, payload)
         invoker = self.invoker
-        reply = await invoker.event(event, event_id, payload, ev.identity(), span)
+        try:
+            reply = await invoker.event(event, event_id, payload, ev.identity(), span)
+        except asyncio.CancelledError:
+            cut = self.inflight.error()
+            if cut is None:
+                raise
+            reply = EventReply.failed(event_id, event, cut)
         if invoker.exporter is not None:
             export_event(invoker.exporter, span, ev, reply, "server", None)
         status = 200 if reply.ok else status_of(reply.error_type)
         return JSONResponse(reply.to_json(), status, headers={"traceparent": span.traceparent})
 
     async def cloudevent(self, request: Request) -> Response:
-        return await receive(self.invoker, request, self.body)
+        return await receive(self.invoker, request, self.body, self.inflight)
 
     # ---- operations ----
 
@@ -333,21 +348,32 @@ class App(Starlette):
         answered 429 `Overloaded` (`body.py`)."""
         self.source.body.drain_by(deadline)
 
+    def cut_at(self, deadline: float, grace: float) -> None:
+        """The node is stopping: requests whose function has not answered at loop time `deadline` are
+        answered 502 `InstanceCrashed` (`stopping.py`)."""
+        self.source.inflight.cut_at(deadline, grace)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if scope["method"] == "POST" and not scope.get("root_path"):
-            path: str = scope["path"]
-            if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
-                uuid = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
-                # The route's `{uuid}` is one non-empty path segment; the bearer check comes first.
-                if uuid and "/" not in uuid and (self.auth is None or self.auth.allowed(scope)):
-                    started = time.perf_counter()
-                    status = await self.source.invoke_asgi(uuid, scope, receive, send)
-                    self.requests.observe(_INVOKE_ROUTE, "POST", status, time.perf_counter() - started)
-                    return
-        await self.requests.track(super().__call__, scope, receive, send)
+        tasks, task = self.source.inflight.tasks, asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            if scope["method"] == "POST" and not scope.get("root_path"):
+                path: str = scope["path"]
+                if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
+                    uuid = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
+                    # The route's `{uuid}` is one non-empty path segment; the bearer check comes first.
+                    if uuid and "/" not in uuid and (self.auth is None or self.auth.allowed(scope)):
+                        started = time.perf_counter()
+                        status = await self.source.invoke_asgi(uuid, scope, receive, send)
+                        self.requests.observe(_INVOKE_ROUTE, "POST", status, time.perf_counter() - started)
+                        return
+            await self.requests.track(super().__call__, scope, receive, send)
+        finally:
+            tasks.discard(task)
 
 
 def create_app(

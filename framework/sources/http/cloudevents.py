@@ -19,6 +19,7 @@ reply is the response.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import string
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from framework.types import new_id
 
 if TYPE_CHECKING:
     from framework.sources.http.app import Invoker
+    from framework.sources.http.stopping import InflightRequests
 
 log = logging.getLogger("faas.http")
 
@@ -80,9 +82,12 @@ def reply_response(reply: EventReply) -> Response:
     )
 
 
-async def receive(invoker: Invoker, request: Request, reader: BodyReader) -> Response:
+async def receive(
+    invoker: Invoker, request: Request, reader: BodyReader, inflight: InflightRequests | None = None
+) -> Response:
     """Serve one CloudEvent delivered over HTTP. A delivery refused (400 bad, 413 too large, 429 from a
-    stopping node) is answered in the trace it came with, as an event is (section 11)."""
+    stopping node) is answered in the trace it came with, as an event is (section 11); one a stopping node
+    cut (`inflight`, `stopping.py`) gets a combined reply failed with InstanceCrashed."""
     headers = kafka_headers(request.scope["headers"])
     try:
         body = await reader.read_request(request)
@@ -94,7 +99,13 @@ async def receive(invoker: Invoker, request: Request, reader: BodyReader) -> Res
     for why in event.dropped:
         log.warning("event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why)
     span = tracing.start(event.traceparent, event.tracestate)
-    reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
+    try:
+        reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
+    except asyncio.CancelledError:
+        cut = inflight.error() if inflight is not None else None
+        if cut is None:
+            raise
+        reply = EventReply.failed(event.id, event.type, cut)
     if invoker.exporter is not None:
         export_event(invoker.exporter, span, event, reply, "server", None)
     return reply_response(reply)

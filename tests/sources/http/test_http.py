@@ -457,3 +457,63 @@ def test_a_stopping_node_answers_bodies_still_on_their_way_in_the_contract_shape
     assert message.startswith("the node is stopping") and "4 bytes of the 100" in message, message
     assert took < grace + 1, took
     assert node.proc.wait(30) == 0, node.tail()
+
+
+LINGER = "aaaaaaaa-0000-4000-8000-0000000000a1"
+LINGERING = f"""
+functions:
+  - name: linger
+    uuid: {LINGER}
+    handler: functions.l:handle
+    state: productive
+    events: [linger]
+"""
+LINGER_MODULE = """
+import asyncio, os, pathlib
+
+async def handle(payload, ctx):
+    pathlib.Path(os.environ["MARKS"], ctx.invocation_id).touch()
+    await asyncio.sleep(payload["sleep"])
+    return "done"
+"""
+
+
+def test_a_stopping_node_answers_calls_still_running_when_the_grace_is_up(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node with FAAS_SHUTDOWN_GRACE=1.5 runs a direct invocation and an event over HTTP, each of a
+    function that sleeps 20 s. 2. SIGTERM once both run.
+    Result: both are answered when the grace is up (not after 20 s), in the contract's shape: the invocation
+    502 `InstanceCrashed` naming FAAS_SHUTDOWN_GRACE, the event 502 with a combined reply failed with it
+    (uvicorn's own timeout answered them a plain-text 500, and a grace under 1 s waited for the
+    instances' stop); the node exits 0."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = write_project(tmp_path / "p", LINGERING, {"l": LINGER_MODULE})
+    env = {"FAAS_SHUTDOWN_GRACE": "1.5", "MARKS": str(marks)}
+    node = nodes(root, None, kafka=False, env=env).wait_ready()
+    answers: dict[str, httpx.Response] = {}
+
+    def call(name: str, path: str) -> None:
+        answers[name] = httpx.post(node.url + path, json={"sleep": 20}, timeout=60)
+
+    threads = [
+        threading.Thread(target=call, args=("invoke", f"/functions/{LINGER}/invoke")),
+        threading.Thread(target=call, args=("event", "/events/linger")),
+    ]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(list(marks.iterdir())) == 2, 30, message="both calls running")
+    stopped = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    took = time.monotonic() - stopped
+    invoke, event = answers["invoke"], answers["event"]
+    assert invoke.status_code == 502 and invoke.json()["error"]["type"] == "InstanceCrashed", invoke.text
+    assert "FAAS_SHUTDOWN_GRACE (1.5 s)" in invoke.json()["error"]["message"], invoke.text
+    body = event.json()
+    assert event.status_code == 502 and body["ok"] is False, event.text
+    assert body["error"]["type"] == "InstanceCrashed" and body["event"] == "linger", body
+    assert 1.4 < took < 6, took
+    assert node.proc.wait(30) == 0, node.tail()
