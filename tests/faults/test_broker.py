@@ -90,6 +90,7 @@ async def outage(node: Node, own: list[EmbeddedBroker]) -> None:
             body = (await client.get(f"{node.url}/readyz")).json()
             assert any("kafka" in reason for reason in body["reasons"]), body
 
+            joins = node.log.read_text().count("joined group")
             second = EmbeddedBroker(port=port, log_path=LOGS / f"broker-outage-{port}-2.log").start()
             own.append(second)
             back = time.monotonic()
@@ -98,6 +99,8 @@ async def outage(node: Node, own: list[EmbeddedBroker]) -> None:
                     f"not ready 45 s after the broker came back\n{node.tail()}"
                 )
                 await asyncio.sleep(0.2)
+            # Ready means joined to the new broker's group (a stale "joined" said 200 seconds before).
+            assert node.log.read_text().count("joined group") > joins, node.tail()
             ready_again = time.monotonic() - back
             async with ReplyReader(bootstrap, node.replies) as reader:
                 ids, records = events("fault.tick", 50)

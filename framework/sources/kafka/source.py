@@ -459,7 +459,13 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         our positions point into; a broker that lost our topics needs them again."""
         s = self.settings
         wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
-        if new_cluster or (self.joined and s.events_topic not in topics):
+        joined = self.joined
+        if new_cluster:
+            # Not a member of the new cluster's group until it assigns us partitions: not ready before
+            # (`/readyz` said 200 for seconds after a broker restart, events unread meanwhile). Set before
+            # any await, so an assignment arriving meanwhile is not undone.
+            self.joined = False
+        if new_cluster or (joined and s.events_topic not in topics):
             self._read_from_start()
-        if self.joined and not set(wanted) <= topics:
+        if joined and not set(wanted) <= topics:
             await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)
