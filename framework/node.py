@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import math
 import signal
+import socket
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
@@ -32,10 +33,11 @@ from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open, speaks_kafka
 from framework.observe import logs, otel
 from framework.observe.metrics import Metrics
-from framework.observe.records import InvocationRecords
+from framework.observe.records import InvocationRecords, node_name
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
 from framework.sources.http.app import App, create_app
+from framework.sources.http.listen import BindError, bind
 from framework.sources.kafka.source import KafkaSource
 from framework.sources.schedule.scheduler import Scheduler
 from framework.tasks import within
@@ -50,12 +52,12 @@ class _EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
-    async def serve_until_stopped(self) -> None:
+    async def serve_until_stopped(self, sockets: list[socket.socket]) -> None:
         """`serve`, with uvicorn's `sys.exit(3)` on a failed startup (e.g. the port in use) turned into an
         error: a SystemExit leaving a task ends the loop at once, skipping the node's stop (instances and
         the embedded broker would be left running). The node then exits 1, the contract's failure code."""
         try:
-            await self.serve()
+            await self.serve(sockets=sockets)
         except SystemExit as exc:
             raise RuntimeError(f"the HTTP server exited with code {exc.code} (see the error above)") from None
 
@@ -186,6 +188,14 @@ class Node:
         self.should_exit.set()
 
     async def main(self) -> int:
+        try:  # first: a port in use must fail the start before the node joins any consumer group
+            listening = bind(self.settings.http_host, self.settings.http_port)
+        except BindError as exc:
+            log.error("%s", exc)
+            return 1
+        if self.settings.http_port == 0:  # an ephemeral port: the real one in logs and the node's name
+            self.settings.http_port = listening.getsockname()[1]
+            self.records.node = node_name(self.settings)
         self._install_signal_handlers()
         await self.runtime.start()
         bootstrap = self._bootstrap() if self.kafka_enabled else None
@@ -236,7 +246,7 @@ class Node:
         secrets = SecretsWatcher(self.settings.secrets_path, self.secrets_changed)
         stop_watch = asyncio.Event()
         tasks = [
-            asyncio.create_task(server.serve_until_stopped(), name="http"),
+            asyncio.create_task(server.serve_until_stopped([listening]), name="http"),
             asyncio.create_task(watcher.run(stop_watch), name="watch"),
             asyncio.create_task(secrets.run(stop_watch), name="secrets"),
         ]

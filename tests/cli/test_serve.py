@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -89,10 +94,13 @@ def test_run_exits_1_when_its_http_port_is_taken(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr, r.stderr
 
 
-def test_a_taken_http_port_stops_the_embedded_broker_it_started(tmp_path: Path) -> None:
-    """1. Something listens on the HTTP port. 2. `faas run` on the embedded broker (a free broker port).
-    Result: exit 1 after the node's own stop ran ("stopped:" logged), and no broker is left listening on
-    the broker port (before, uvicorn's exit skipped the stop and left Tansu running, orphaned)."""
+def test_a_taken_http_port_fails_the_start_before_any_broker_or_group(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. Something listens on the HTTP port. 2. `faas run` on the embedded broker (a free broker port),
+    then on a real broker. Result: exit 1 naming the address, before an embedded broker starts (none is
+    left listening: once uvicorn's exit left Tansu orphaned) and before the node joins a consumer group
+    (it took the live nodes' partitions on its way out: two rebalances)."""
     root = write_project(tmp_path, manifest(), {"m": MODULE})
     broker_port = free_port()
     with silent_listener() as port:
@@ -103,15 +111,17 @@ def test_a_taken_http_port_stops_the_embedded_broker_it_started(tmp_path: Path) 
             "FAAS_EMBEDDED_BROKER_PORT": str(broker_port),
         }
         r = run_cli(root, "run", "--port", str(port), env=env, timeout=180)
+        external = run_cli(
+            root, "run", "--port", str(port), env={**env, "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}
+        )
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "embedded broker (Tansu" in r.stderr, r.stderr
-    assert "address already in use" in r.stderr, r.stderr
-    assert "stopped:" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr, r.stderr
-    deadline = time.monotonic() + 10
-    while port_open("127.0.0.1", broker_port) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not port_open("127.0.0.1", broker_port), f"a broker still listens on {broker_port}"
+    assert f"error while attempting to bind on address ('127.0.0.1', {port}): address already in use" in (
+        r.stderr
+    ), r.stderr
+    assert "embedded broker (Tansu" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not port_open("127.0.0.1", broker_port), f"a broker listens on {broker_port}"
+    assert external.returncode == 1 and "address already in use" in external.stderr, external.stderr
+    assert "joined group" not in external.stderr and "scheduler leadership" not in external.stderr
 
 
 def test_run_refuses_a_cache_folder_it_cannot_write(tmp_path: Path) -> None:
@@ -125,3 +135,26 @@ def test_run_refuses_a_cache_folder_it_cannot_write(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"FAAS_CACHE_DIR {tmp_path / 'file' / 'cache'}: no revision code can be unpacked there" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(tmp_path: Path) -> None:
+    """`faas run --no-kafka --port 0`: the log names the port the node really listens on (it said `:0`),
+    and that port answers."""
+    root = write_project(tmp_path, manifest(), {"m": MODULE})
+    env = {**os.environ, "FAAS_MANIFEST": str(root / "functions.yaml"), "FAAS_LOG_FORMAT": "text"}
+    args = [sys.executable, "-m", "framework", "run", "--no-kafka", "--port", "0"]
+    proc = subprocess.Popen(args, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        deadline, found = time.monotonic() + 60, None
+        while found is None and time.monotonic() < deadline:
+            found = re.search(r"serving \d+ functions on http://127\.0\.0\.1:(\d+) ", proc.stderr.readline())
+        assert found is not None, "no 'serving' line"
+        port = int(found.group(1))
+        assert port != 0 and httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert code == 0
