@@ -4,7 +4,8 @@ The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBa
 - read to the end before serving: `start` creates the topic when missing (one partition,
   `cleanup.policy=compact`), reads it from offset 0 up to its end offset, and only then returns;
 - then follow it: new records are applied as they arrive and `on_change` is called;
-- writes (`publish`, in `deployment_log.py`) are read back through the same reader.
+- writes (`publish`, in `deployment_log.py`) are read back through the same reader, and go only to a
+  topic the broker lists: one it lost is created again first, with a new producer (`_topic_present`).
 
 A lost log (a memory-only broker restarted: the end offset drops below what was read) is read again from
 0 and `on_reset` is called, so the node can publish again what it serves, in the order it was applied
@@ -99,6 +100,7 @@ class KafkaLog(DeploymentLog):
                     await client.stop()
 
     async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        await self._topic_present()
         if self._producer is None:
             self._producer = await start_producer(
                 self.bootstrap, self.settings, max_request_size=max(self.fetch_bytes, 16 * 1024 * 1024)
@@ -107,6 +109,28 @@ class KafkaLog(DeploymentLog):
             # One record per request: Tansu reports a high watermark of base offset + 1 after a batch of
             # several records, which would make readers stop short of the end.
             await self._producer.send_and_wait(self.topic, value=value, key=key.encode(), partition=0)
+
+    async def _topic_present(self) -> None:
+        """Before a write: create the topic (one partition, compacted) when the broker does not list it,
+        and drop a producer from before, so that the next one starts from the broker's metadata.
+
+        Invariant: each `write` produces only after the broker listed the topic (one metadata round trip
+        per write; `KafkaError` while the broker is away). A producer whose metadata still lists a topic
+        the broker lost (a memory-only broker restarted while the node's producer could not refresh, e.g.
+        after an outage of a few seconds) sends to it without asking: Tansu (0.6, memory storage)
+        acknowledges records for a topic it does not have, and once the topic exists again its end offset
+        counts them while no fetch returns them, and the next record at their offsets is refused. Kafka
+        answers UNKNOWN_TOPIC_OR_PARTITION instead. What is left: a broker lost between the check and the
+        write, within one round trip.
+        """
+        assert self._consumer is not None, "start() first"
+        if self.topic in await self._consumer.topics():
+            return
+        await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await producer.stop()
 
     async def end_offset(self) -> int:
         assert self._consumer is not None

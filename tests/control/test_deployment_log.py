@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from framework.control.code_cache import CodeCache
 from framework.control.deployment_log import MemoryLog
@@ -117,6 +118,43 @@ async def test_a_new_reader_skips_every_kind_of_unusable_zip(
     for offset, (skip, (_, why)) in enumerate(zip(skips, BROKEN.values(), strict=True)):
         assert f"at offset {offset}" in skip and why in skip, skip
     assert reader.state.newest(u) == revision(u, "alpha", code)
+
+
+async def test_a_write_after_the_broker_lost_the_topic_creates_it_again(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. A log (not following) writes a code record: its producer now holds the topic's metadata.
+    2. The topic is deleted, as a restarted memory-only broker loses it. 3. The same log writes the code
+    record and a revision of alpha using it. 4. A new reader starts (reads the log to its end).
+    Result: the topic is there again, one partition; the reader's start returns within 30 s and it holds
+    the revision. (Before: the producer wrote to the missing topic, which Tansu acknowledges and never
+    serves, so the reader's start waited for records no fetch returned.)"""
+    topic = f"t.deploy.{new_id()[:8]}"
+    u, code = new_id(), package(MODULE)
+    rev = revision(u, "alpha", code)
+    log = kafka_log(tmp_path / "writer", broker, topic, follow=False)
+    await log.start()
+    try:
+        await log.write([(code_key(sha256(code)), code)])
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([topic])
+            assert topic not in await admin.list_topics()
+            await log.write([(code_key(sha256(code)), code), (rev.key, encode(rev))])
+            assert topic in await admin.list_topics()  # listing all topics creates none
+            reader = kafka_log(tmp_path / "reader", broker, topic, follow=False)
+            try:
+                await asyncio.wait_for(reader.start(), 30)
+            finally:
+                await reader.stop()
+            assert reader.state.newest(u) == rev
+            described = await admin.describe_topics([topic])
+            assert [len(t["partitions"]) for t in described] == [1], described
+        finally:
+            await admin.close()
+    finally:
+        await log.stop()
 
 
 async def test_a_batch_frees_a_name_before_taking_it() -> None:

@@ -358,6 +358,53 @@ def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: 
             b.stop()
 
 
+def test_memory_broker_restarted_after_an_outage_serves_the_republished_log(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A broker of its own; a node (watch off) serving alpha, deployed twice (revisions 1 and 2).
+    2. The broker is stopped, and only once the node's `/readyz` reports it unreachable (seconds later:
+    its clients' metadata refreshes have failed meanwhile, so its producer still lists the lost topic)
+    does a new, empty one start on the same port. 3. The node publishes its kept revisions again.
+    4. `faas history alpha`; a second node on the same topics starts from a folder holding v1.
+    Result: the history lists revisions 2 and 1; the second node turns ready and serves revision 2 from
+    the log. (The node used to write them to a topic the new broker did not have, which Tansu acknowledged
+    and never served: the history timed out and the second node stayed 503.)
+    """
+    port = free_port()
+    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-outage-{port}.log").start()]
+    try:
+        u = new_id()
+        root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+        n = nodes(root, own[0].bootstrap, env=NO_WATCH).wait_ready()
+        (root / "functions" / "m.py").write_text(module("v2"))
+        assert publish(root, n, own[0].bootstrap, "second") == [(2, True)]
+        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+        own[0].stop()
+
+        def unreachable() -> bool:
+            r = httpx.get(f"{n.url}/readyz", timeout=5)
+            return r.status_code == 503 and "unreachable" in r.text
+
+        wait_for(unreachable, 30, interval=0.2, message="the node reports the broker unreachable")
+        own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-outage-{port}-2.log").start())
+        wait_for(
+            lambda: "published 2 kept revisions again" in n.log.read_text(errors="replace"),
+            60,
+            interval=0.5,
+            message="the kept revisions published again",
+        )
+        r = run_cli(root, "history", "alpha", env=cli_env(n, own[1].bootstrap))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert [line.split()[0] for line in r.stdout.splitlines()[1:] if line.strip()] == ["2", "1"]
+        late = write_project(tmp_path / "late", manifest(u), {"m": module("v1")})
+        second = nodes(late, own[1].bootstrap, tag=n.tag, env=NO_WATCH).wait_ready(60)
+        assert served(second, u) == {"v": "v2", "rev": 2} and kept(second, u) == [2, 1]
+        assert served(n, u) == {"v": "v2", "rev": 2}
+    finally:
+        for b in own:
+            b.stop()
+
+
 def test_two_nodes_bootstrapping_the_same_files_publish_one_revision(
     tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
 ) -> None:
