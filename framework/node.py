@@ -86,6 +86,8 @@ class Node:
         self.kafka: KafkaSource | None = None
         self.scheduler: Scheduler | None = None
         self.should_exit = asyncio.Event()
+        self.stop_now = asyncio.Event()
+        """A second SIGTERM/SIGINT: what is still in flight is cut at once, not at the end of the grace."""
         self.started = False
         self.watcher: ManifestWatcher | None = None
         self._rechecks: set[asyncio.Task[None]] = set()
@@ -183,7 +185,8 @@ class Node:
     def _on_signal(self, sig: int) -> None:
         if self.should_exit.is_set():
             log.warning("second %s: stopping without waiting", signal.Signals(sig).name)
-            self.settings.shutdown_grace = 0
+            self.stop_now.set()
+            return
         log.info("%s received: draining", signal.Signals(sig).name)
         self.should_exit.set()
 
@@ -293,9 +296,21 @@ class Node:
             draining.append(_bounded("the scheduler", self.scheduler.stop(), grace + STOP_MARGIN))
         if self.kafka is not None:
             draining.append(_bounded("the kafka source", self.kafka.stop(grace), grace + 3 * STOP_MARGIN))
-        for result in await asyncio.gather(*draining, return_exceptions=True):
-            if isinstance(result, Exception):
-                log.error("error while draining: %r", result)
+        drained = asyncio.gather(*draining, return_exceptions=True)
+        hurry = asyncio.create_task(self.stop_now.wait())
+        either: list[asyncio.Future[Any]] = [drained, hurry]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if not drained.done():  # a second signal: cut now what the grace would have waited for
+            app.cut_at(asyncio.get_running_loop().time(), grace, "a second signal said to stop at once")
+            drained.cancel()  # Kafka events not yet committed are delivered again, as after a crash
+            with contextlib.suppress(asyncio.CancelledError):
+                await drained
+            grace = 0
+        else:
+            for result in drained.result():
+                if isinstance(result, Exception):
+                    log.error("error while draining: %r", result)
         left = self.runtime.inflight()
         await _bounded("the instances", self.runtime.stop(grace), grace + STOP_MARGIN)
         await _bounded("invocation records", self.records.stop(grace), grace + STOP_MARGIN)

@@ -348,10 +348,10 @@ class App(Starlette):
         answered 429 `Overloaded` (`body.py`)."""
         self.source.body.drain_by(deadline)
 
-    def cut_at(self, deadline: float, grace: float) -> None:
+    def cut_at(self, deadline: float, grace: float, why: str | None = None) -> None:
         """The node is stopping: requests whose function has not answered at loop time `deadline` are
         answered 502 `InstanceCrashed` (`stopping.py`)."""
-        self.source.inflight.cut_at(deadline, grace)
+        self.source.inflight.cut_at(deadline, grace, why)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -25,11 +25,12 @@ class InflightRequests:
         self.tasks: set[asyncio.Task[object]] = set()
         self.cut = False
         """The grace is up: a request cancelled now was cancelled here (`error`)."""
-        self._grace = 0.0
+        self._why = ""
 
-    def cut_at(self, deadline: float, grace: float) -> None:
-        """Cut what is still in flight at loop time `deadline` (the end of the `grace` seconds)."""
-        self._grace = grace
+    def cut_at(self, deadline: float, grace: float, why: str | None = None) -> None:
+        """Cut what is still in flight at loop time `deadline` (the end of the `grace` seconds); `why`
+        replaces "its grace ran out" in what the callers are told."""
+        self._why = why or f"its FAAS_SHUTDOWN_GRACE ({grace:g} s) ran out"
         asyncio.get_running_loop().call_at(deadline, self._cut)
 
     def _cut(self) -> None:
@@ -44,7 +45,4 @@ class InflightRequests:
         if not self.cut or task is None or task not in self.tasks:
             return None
         task.uncancel()
-        return InstanceCrashed(
-            f"the node is stopping: its FAAS_SHUTDOWN_GRACE ({self._grace:g} s) ran out before the function "
-            "answered"
-        )
+        return InstanceCrashed(f"the node is stopping: {self._why} before the function answered")

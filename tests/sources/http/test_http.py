@@ -517,3 +517,33 @@ def test_a_stopping_node_answers_calls_still_running_when_the_grace_is_up(
     assert body["error"]["type"] == "InstanceCrashed" and body["event"] == "linger", body
     assert 1.4 < took < 6, took
     assert node.proc.wait(30) == 0, node.tail()
+
+
+def test_a_second_signal_cuts_what_is_in_flight_at_once(tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """1. A node with FAAS_SHUTDOWN_GRACE=30 runs a direct invocation of a function that sleeps 20 s.
+    2. SIGTERM; once it is draining, SIGTERM again.
+    Result: the invocation is answered 502 `InstanceCrashed` saying a second signal stopped the node, and
+    the node exits 0 within seconds of the second signal (it went on waiting for the whole grace)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root = write_project(tmp_path / "p", LINGERING, {"l": LINGER_MODULE})
+    node = nodes(root, None, kafka=False, env={"FAAS_SHUTDOWN_GRACE": "30", "MARKS": str(marks)}).wait_ready()
+    answers: list[httpx.Response] = []
+    call = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{node.url}/functions/{LINGER}/invoke", json={"sleep": 20}, timeout=60)
+        )
+    )
+    call.start()
+    wait_for(lambda: any(marks.iterdir()), 30, message="the call running")
+    node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "received: draining" in node.log.read_text(), 10, message="draining")
+    second = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    call.join(30)
+    assert node.proc.wait(30) == 0, node.tail()
+    took = time.monotonic() - second
+    (answer,) = answers
+    assert answer.status_code == 502 and answer.json()["error"]["type"] == "InstanceCrashed", answer.text
+    assert "a second signal said to stop at once" in answer.json()["error"]["message"], answer.text
+    assert took < 10, took
