@@ -325,6 +325,19 @@ def test_deleting_the_working_copy_keeps_serving(tmp_path: Path, nodes: Callable
     assert kept(n, u) == [1]
 
 
+def _serving_revision_2(
+    tmp_path: Path, nodes: Callable[..., Node], broker: EmbeddedBroker
+) -> tuple[str, Path, Node]:
+    """A node (watch off) on `broker` serving alpha deployed twice: (alpha's uuid, project, node)."""
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    (root / "functions" / "m.py").write_text(module("v2"))
+    assert publish(root, n, broker.bootstrap, "second") == [(2, True)]
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+    return u, root, n
+
+
 def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. A broker of its own; a node (watch off) serving alpha, deployed twice (revisions 1 and 2).
     2. The broker is stopped and a new, empty one starts on the same port. Result: the node keeps
@@ -334,12 +347,7 @@ def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: 
     port = free_port()
     own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}.log").start()]
     try:
-        u = new_id()
-        root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
-        n = nodes(root, own[0].bootstrap, env=NO_WATCH).wait_ready()
-        (root / "functions" / "m.py").write_text(module("v2"))
-        assert publish(root, n, own[0].bootstrap, "second") == [(2, True)]
-        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+        u, root, n = _serving_revision_2(tmp_path, nodes, own[0])
         own[0].stop()
         assert served(n, u) == {"v": "v2", "rev": 2}
         own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}-2.log").start())
@@ -371,14 +379,9 @@ def test_memory_broker_restarted_after_an_outage_serves_the_republished_log(
     and never served: the history timed out and the second node stayed 503.)
     """
     port = free_port()
-    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-outage-{port}.log").start()]
+    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}.log").start()]
     try:
-        u = new_id()
-        root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
-        n = nodes(root, own[0].bootstrap, env=NO_WATCH).wait_ready()
-        (root / "functions" / "m.py").write_text(module("v2"))
-        assert publish(root, n, own[0].bootstrap, "second") == [(2, True)]
-        wait_for(lambda: served(n, u) == {"v": "v2", "rev": 2}, 10, message="revision 2 served")
+        u, root, n = _serving_revision_2(tmp_path, nodes, own[0])
         own[0].stop()
 
         def unreachable() -> bool:
