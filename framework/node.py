@@ -302,15 +302,16 @@ class Node:
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
         if not drained.done():  # a second signal: cut now what the grace would have waited for
-            app.cut_at(asyncio.get_running_loop().time(), grace, "a second signal said to stop at once")
-            drained.cancel()  # Kafka events not yet committed are delivered again, as after a crash
-            with contextlib.suppress(asyncio.CancelledError):
-                await drained
-            grace = 0
-        else:
-            for result in drained.result():
-                if isinstance(result, Exception):
-                    log.error("error while draining: %r", result)
+            now = asyncio.get_running_loop().time()
+            app.drain_by(now)  # bodies still arriving: 429, as at the end of the grace
+            app.cut_at(now, grace, "a second signal said to stop at once")
+            if self.kafka is not None:  # its events are cancelled unanswered: the group redoes them
+                self.kafka.hurry()
+            grace = 0  # the steps below (instances, records) do not wait either
+            # Schedule runs in flight keep their grace (the scheduler's own stop bounds them).
+        for result in await drained:
+            if isinstance(result, Exception):
+                log.error("error while draining: %r", result)
         left = self.runtime.inflight()
         await _bounded("the instances", self.runtime.stop(grace), grace + STOP_MARGIN)
         await _bounded("invocation records", self.records.stop(grace), grace + STOP_MARGIN)

@@ -117,6 +117,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = False
         self.failure: str | None = None
         self._stopping = False
+        self._hurry = asyncio.Event()
+        """Set by `hurry`: a stop in progress stops waiting for in-flight events."""
         self._reread = False
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,8 +173,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.runner.size:
             log.info("draining %d taken events (up to %.0f s)", self.runner.size, grace)
         deadline = time.monotonic() + grace
-        if not await self.runner.drain(None, grace):
-            log.warning("in-flight events cancelled after %.0f s; the group will redo them", grace)
+        if not await self._drain_unless_hurried(grace):
+            log.warning("in-flight events cancelled; the group will redo them")
+        if self._hurry.is_set():
+            deadline = time.monotonic()
         await self.outbox.settle(self.tracker, None, deadline)
         if self.outbox.unacked:
             log.warning("%d replies not acknowledged in time: the group redoes them", self.outbox.unacked)
@@ -184,6 +188,24 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._close_consumer()
         await self.sender.stop()
         log.info("kafka source stopped in %.1f s", time.monotonic() - started)
+
+    def hurry(self) -> None:
+        """A second signal: end the stop's wait for in-flight events now. They are cancelled, unanswered and
+        uncommitted, so the group delivers them again (as when the grace runs out), never answered failed."""
+        self._hurry.set()
+
+    async def _drain_unless_hurried(self, grace: float) -> bool:
+        """`runner.drain` for up to `grace` seconds, cut short by `hurry`; True when everything finished."""
+        drain = asyncio.ensure_future(self.runner.drain(None, grace))
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait([drain, hurry], return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if drain.done():
+            return drain.result()
+        drain.cancel()  # its wait only: the events' tasks run on until the drain below cancels them
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        return await self.runner.drain(None, 0)
 
     # ---- consuming ----
 
