@@ -25,21 +25,28 @@ ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
 NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 """Names the timezone database holds that are no IANA zone: the host's own zone (so each node may differ),
 a file of the database's build, and its placeholder."""
-_RANDOM = re.compile(r"(?:^|[,/-])R(?:$|[,/-])", re.IGNORECASE)
+_RANDOM = re.compile(r"(?:^|[,/-])R(?:$|[,/(-])", re.IGNORECASE)
 """croniter's random field `R`: a different fire time at every parse, so per node and per restart."""
 
 
 def zone(name: str) -> ZoneInfo:
-    """The IANA timezone `name`, e.g. `Europe/Berlin`; ValueError when unknown."""
+    """The timezone `name`, e.g. `Europe/Berlin`; ValueError when the database has no such file. What a
+    schedule runs in: a revision on the log keeps working under it (`check_zone` is the manifest's rule)."""
     if not name or not name.strip():
         raise ValueError("empty timezone: expected an IANA name such as 'UTC' or 'Europe/Berlin'")
-    unknown = f"unknown timezone {name!r}: expected an IANA name such as 'Europe/Berlin'"
-    if name != "UTC" and (name not in _zones() or name in NOT_ZONES):  # e.g. `posix/...`, `localtime`
-        raise ValueError(unknown)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(unknown) from exc
+        raise ValueError(f"unknown timezone {name!r}: expected an IANA name such as 'Europe/Berlin'") from exc
+
+
+def check_zone(name: str) -> ZoneInfo:
+    """`zone`, for a name the manifest may use: an IANA zone of the database, not `localtime` (the host's
+    own zone, so each node may differ), `posix/...`, `right/...`, `posixrules` or `Factory`."""
+    found = zone(name)
+    if name != "UTC" and (name not in _zones() or name in NOT_ZONES):
+        raise ValueError(f"unknown timezone {name!r}: expected an IANA name such as 'Europe/Berlin'")
+    return found
 
 
 @functools.cache
@@ -48,8 +55,11 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-def check_expression(cron: str) -> None:
-    """Raise ValueError with a readable message unless `cron` is a valid 5- or 6-field expression."""
+def check_expression(cron: str, strict: bool = False) -> None:
+    """Raise ValueError with a readable message unless `cron` is a valid 5- or 6-field expression.
+
+    `strict` (the manifest's rule) also refuses croniter's random field `R`, which fires at other times on
+    every node; a revision already on the log keeps working without it."""
     if not isinstance(cron, str) or not cron.strip():
         raise ValueError("empty cron expression: expected 5 fields, or 6 with seconds as the 6th")
     fields = cron.split()
@@ -61,7 +71,7 @@ def check_expression(cron: str) -> None:
             f"bad cron {cron!r}: {len(fields)} fields, expected 5 "
             "(minute hour day month weekday), or 6 with seconds as the 6th"
         )
-    if any(_RANDOM.search(field) for field in fields):
+    if strict and any(_RANDOM.search(field) for field in fields):
         raise ValueError(f"bad cron {cron!r}: the random field R fires at other times on every node")
     try:
         croniter(cron)

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import ErrorDetails
@@ -42,9 +43,18 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-
 _HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def check_cron(expr: str) -> str:
+WORKING_COPY = {"working_copy": True}
+"""Validation context of the manifest on disk: its stricter rules (`cron.check_zone`, the random field R)
+are not applied to revisions read from the log, which keep working as they were published."""
+
+
+def _strict(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("working_copy"))
+
+
+def check_cron(expr: str, strict: bool = False) -> str:
     """Return `expr` if it is a valid 5- or 6-field cron that ever fires (`cron.check_expression`)."""
-    cron.check_expression(expr)
+    cron.check_expression(expr, strict)
     return expr
 
 
@@ -113,13 +123,16 @@ class ScheduleSpec(BaseModel):
 
     @field_validator("cron")
     @classmethod
-    def _cron(cls, value: str) -> str:
-        return check_cron(value)
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        return check_cron(value, _strict(info))
 
     @field_validator("timezone")
     @classmethod
-    def _timezone(cls, value: str) -> str:
-        cron.zone(value)
+    def _timezone(cls, value: str, info: ValidationInfo) -> str:
+        if _strict(info):
+            cron.check_zone(value)
+        else:
+            cron.zone(value)
         return value
 
     @field_validator("payload")
@@ -236,8 +249,8 @@ class FunctionSpec(BaseModel):
 
     @field_validator("keep_warm")
     @classmethod
-    def _keep_warm(cls, value: str | None) -> str | None:
-        return None if value is None else check_cron(value)
+    def _keep_warm(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_cron(value, _strict(info))
 
     @property
     def productive(self) -> bool:
@@ -348,7 +361,7 @@ def _validate(
 ) -> Any:
     """`model` validated from `data` (default: `node` as plain values); errors located through `node`."""
     try:
-        return model.model_validate(_plain(node) if data is None else data)
+        return model.model_validate(_plain(node) if data is None else data, context=WORKING_COPY)
     except ValidationError as exc:
         for err in exc.errors():
             errors.add(_position(node, err["loc"], at), _message(err, prefix))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from framework.control.code_cache import CodeCache
+from framework.control.cron import parse
 from framework.control.deployment_log import MemoryLog
 from framework.control.log_state import LogState
 from framework.control.manifest import load_manifest
@@ -22,9 +23,11 @@ from framework.control.revisions import (
     encode,
     revision_key,
     sha256,
+    spec_from,
     spec_of,
 )
 from framework.control.working_copy import CodeZips, candidates, is_modified
+from framework.errors import ManifestError
 from tests.support import write_project
 
 U = "2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10"
@@ -227,3 +230,24 @@ def test_a_revision_is_never_written_with_a_number_json_cannot_hold(tmp_path: Pa
     broken = Revision.from_json({**rev.to_json(), "spec": {**rev.spec, "timeout": float("inf")}})
     with pytest.raises(ValueError, match="JSON compliant"):
         encode(broken)
+
+
+def test_a_revision_keeps_the_schedule_forms_it_was_published_with(tmp_path: Path) -> None:
+    """A revision on the log published before the manifest refused `timezone: localtime` and croniter's
+    random field (their rules are the working copy's): it is still read as a function and its schedules
+    still parse, so upgrading a node does not take a live function away. The manifest refuses both."""
+    (tmp_path / "p").mkdir()
+    spec = load_manifest(project(tmp_path) / "functions.yaml", check_handlers=False).functions[0]
+    data = spec_of(spec)
+    data["schedules"] = [{"cron": "R 9 * * *", "timezone": "localtime", "payload": None}]
+    data["keep_warm"] = "R/5 * * * *"
+    old = spec_from(data, tmp_path, None, 3)
+    assert [s.cron for s in old.schedules] == ["R 9 * * *"] and old.keep_warm == "R/5 * * * *"
+    assert parse(old.schedules[0].cron, old.schedules[0].timezone).next() is not None
+    manifest = tmp_path / "strict.yaml"
+    manifest.write_text(
+        MANIFEST + '    schedules: [{cron: "R 9 * * *", timezone: localtime}]\n    keep_warm: "R/5 * * * *"\n'
+    )
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(manifest, check_handlers=False)
+    assert len(refused.value.errors) == 3, refused.value.errors
