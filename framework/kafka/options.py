@@ -69,9 +69,14 @@ def max_request_size(settings: Settings) -> int:
 
 
 async def ensure_topics(
-    bootstrap: str, topics: list[str], partitions: int, options: dict[str, Any]
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    options: dict[str, Any],
+    configs: dict[str, str] | None = None,
 ) -> list[str]:
-    """Create the `topics` that do not exist, with `partitions` partitions each; returns those created.
+    """Create the `topics` that do not exist, with `partitions` partitions each and the topic `configs`
+    (e.g. `retention.ms`; none: the broker's defaults); returns those created.
 
     "Already exists" is fine (another node may create them at the same moment). The replication factor is
     the number of brokers, at most 3 (aiokafka's CreateTopics version cannot ask for the broker default).
@@ -84,7 +89,7 @@ async def ensure_topics(
         if not missing:
             return []
         brokers = len((await admin.describe_cluster())["brokers"]) or 1
-        new = [NewTopic(t, partitions, min(3, brokers)) for t in missing]
+        new = [NewTopic(t, partitions, min(3, brokers), topic_configs=configs or {}) for t in missing]
         response = await admin.create_topics(new, timeout_ms=ADMIN_TIMEOUT_MS)
         created = []
         for topic, code, *rest in response.topic_errors:

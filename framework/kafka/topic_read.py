@@ -15,6 +15,7 @@ group nothing is joined or committed, so a read can be repeated and never distur
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeAlias
@@ -54,6 +55,9 @@ async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     except (KafkaConnectionError, OSError) as exc:
         await consumer.stop()
         raise BrokerUnreachable(str(exc)) from exc
+    # Let the consumer's own task start: a group-less consumer stopped before it ran raises CancelledError
+    # from `stop` (aiokafka 0.14 awaits that task, cancelled before its first step).
+    await asyncio.sleep(0)
     return consumer
 
 

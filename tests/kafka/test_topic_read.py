@@ -49,6 +49,26 @@ async def test_offsets_at_finds_the_first_record_of_a_time(broker: EmbeddedBroke
         await consumer.stop()
 
 
+async def test_offsets_at_on_empty_partitions_only(broker: EmbeddedBroker) -> None:
+    """1. A topic with nothing in it. 2. `offsets_at` for an hour ago on its partition 0.
+    Result: the end offset, and no CancelledError from stopping a prober that never had to probe."""
+    topic = f"t.tread.{uuid.uuid4().hex[:8]}"
+    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await p.start()
+    try:
+        await p.partitions_for(topic)  # the broker creates it
+    finally:
+        await p.stop()
+    settings = Settings()
+    consumer = await topic_read.started(reader(broker.bootstrap, settings))
+    try:
+        tp = TopicPartition(topic, 0)
+        at = await topic_read.offsets_at(broker.bootstrap, settings, consumer, [tp], int(time.time() * 1000))
+        assert at == await consumer.end_offsets([tp])
+    finally:
+        await consumer.stop()
+
+
 async def _batches(bootstrap: str, topic: str, sizes: list[int]) -> None:
     """Records to partition 0 of `topic`, `sizes[i]` of them in the i-th batch (one produce request each)."""
     p = AIOKafkaProducer(bootstrap_servers=bootstrap)

@@ -2,12 +2,14 @@
 
 Every node runs one consumer in the group `{FAAS_KAFKA_GROUP_ID}.scheduler`, subscribed to the one-partition
 topic `FAAS_SCHEDULER_TOPIC`. The group coordinator gives partition 0 to exactly one member: that member is
-the leader and fires the user schedules. Nothing is ever produced to the topic; the consumer only takes part
-in the group, and `getmany` keeps being called so the member never counts as stalled.
+the leader and fires the user schedules. The consumer only takes part in the group (what the leader writes
+to the topic, its tick log, is read by `ticklog.py`), and `getmany` keeps being called so the member never
+counts as stalled. Each time this node takes leadership `term` grows and `wake` is called: the scheduler
+then catches up on the ticks no node fired meanwhile before it fires anything (`catchup.py`).
 
 Takeover: when the leader dies (SIGKILL) the broker notices after `session_timeout_ms` (6 s here) and hands
 partition 0 to another member (Tansu adds about 3 s to that). A leader that stops cleanly leaves the group,
-so the handover is immediate.
+so Kafka hands over at once; Tansu takes about 4 s to rebalance.
 
 Trade-off when the broker is unreachable: the leader keeps its leadership (and keeps firing) until the group
 actually revokes it, because ticks fired at least once beat ticks silently lost. If other nodes still reach
@@ -20,12 +22,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from framework.kafka.options import ensure_topics, security_options
 from framework.settings import Settings
+from framework.sources.schedule.ticklog import TOPIC_CONFIGS
 from framework.tasks import cancel_and_wait, within
 
 log = logging.getLogger("faas.scheduler.leader")
@@ -45,6 +49,7 @@ class AlwaysLeader:
 
     is_leader = True
     joined = True
+    term = 1
 
     async def start(self) -> None:
         return None
@@ -68,17 +73,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaElection:
     """Leader election through the consumer group `{settings.kafka_group_id}.scheduler`.
 
-    `is_leader` flips as soon as the group assigns or takes partition 0 of `settings.scheduler_topic`.
-    `start` returns at once; joining (3-5 s on Tansu) and reconnecting happen in a background task.
+    `is_leader` flips as soon as the group assigns or takes partition 0 of `settings.scheduler_topic`, and
+    `wake` (when given) is called whenever it does. `start` returns at once; joining (3-5 s on Tansu) and
+    reconnecting happen in a background task.
     """
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, wake: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.group_id = f"{settings.kafka_group_id}.scheduler"
         self.topic = settings.scheduler_topic
+        self.wake = wake
         self.joined = False
         """True once the consumer has been assigned its share of the group at least once."""
+        self.term = 0
+        """How many times this node took leadership (kept through a rebalance, it was taken once)."""
         self._leader = False
         self._hold_until = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -91,8 +100,9 @@ class KafkaElection:
         """A rebalance started: a leader keeps firing for at most `HOLD_SECONDS` until its new assignment.
 
         Eager rebalancing revokes on every member join (a new node, a restart); holding leadership until the
-        new assignment arrives avoids seconds with no leader at all. The member that gets partition 0 learns
-        it at the same moment, so both fire together for milliseconds at most.
+        new assignment arrives avoids seconds with no leader at all. A member that gets partition 0 from
+        another first catches up from the tick log (`catchup.py`, which says when a tick can then fire on
+        both); the gap between the old leader's new assignment and the new one's is caught up there too.
         """
         if self._leader:
             self._leader = False
@@ -102,7 +112,11 @@ class KafkaElection:
         was = self.is_leader
         self._leader, self._hold_until = leader, 0.0
         if leader != was:
+            if leader:
+                self.term += 1
             log.info("scheduler leadership %s (group %s)", "taken" if leader else "lost", self.group_id)
+            if self.wake is not None:
+                self.wake()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler-election")
@@ -118,7 +132,8 @@ class KafkaElection:
             consumer: AIOKafkaConsumer | None = None
             try:
                 # One partition: brokers that auto-create topics (Tansu: 4) would give it several.
-                await ensure_topics(self.bootstrap, [self.topic], 1, security_options(self.settings))
+                options = security_options(self.settings)
+                await ensure_topics(self.bootstrap, [self.topic], 1, options, TOPIC_CONFIGS)
                 consumer = AIOKafkaConsumer(
                     bootstrap_servers=self.bootstrap,
                     group_id=self.group_id,

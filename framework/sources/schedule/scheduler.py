@@ -1,16 +1,19 @@
 """Scheduled and keep-warm invocations (DESIGN.md sections 1-3 and 7).
 
-One loop sleeps until the earliest fire time of a table of entries, fires what is due as tasks (the loop
-never waits for a run), and sleeps again. `apply(registry)` only rebuilds the table and wakes the loop, so a
-manifest reload is cheap and takes effect at once.
+One loop sleeps until the earliest fire time of a table of entries (`entry.py`), fires what is due as tasks
+(the loop never waits for a run, `runs.py`), and sleeps again. `apply(registry)` only rebuilds the table and
+wakes the loop, so a manifest reload is cheap and takes effect at once.
 
-- User schedules fire only on the leader (`leader`): once per tick across the nodes of
-  one `FAAS_KAFKA_GROUP_ID`. Keep-warm fires on every node, since each node keeps its own instances warm.
+- User schedules fire only on the leader (`leader.py`): once per tick across the nodes of one
+  `FAAS_KAFKA_GROUP_ID`. Keep-warm fires on every node, since each node keeps its own instances warm.
+- A handover delays ticks rather than losing them: the leader writes each tick it fires to the tick log
+  (`ticklog.py`), and a node that takes leadership first fires, late and in order, the ticks due since the
+  newest one recorded (`catchup.py`, which also says what can still be lost or doubled).
 - Only productive functions fire; the others keep their entries for `status` (with `next_fire` null).
 - No catch-up storm: a loop that wakes late (suspended machine, stalled loop) fires the latest due tick once
   and counts the ticks it missed (`faas_schedule_skipped{reason="missed"}`).
 - No overlap: a tick that comes while the schedule's previous run is still going is skipped
-  (`faas_schedule_skipped{reason="overlap"}`).
+  (`faas_schedule_skipped{reason="overlap"}`), except behind a catch-up, where it queues.
 - Each run's invocation id is deterministic, `{function}:{index}:{tick epoch seconds}` (arq's habit), so a
   tick fired on two nodes during a leader change shows up as the same id in both logs.
 """
@@ -21,21 +24,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
-from framework.context import Trigger
-from framework.control.cron import Cron, parse
-from framework.control.manifest import FunctionSpec
-from framework.errors import FaasError
-from framework.observe import tracing
+from framework.control.cron import parse
+from framework.sources.schedule.catchup import CATCH_UP_MAX, CATCH_UP_WINDOW, CatchUp, Ticks, read_newest
+from framework.sources.schedule.entry import EPOCH, MAX_COUNTED, CronEntry, CronKind
 from framework.sources.schedule.leader import AlwaysLeader, KafkaElection
+from framework.sources.schedule.runs import Runs, Target
+from framework.sources.schedule.ticklog import TickLog
 from framework.tasks import cancel_and_wait, wait_or_cancel, within
-from framework.types import InvokeResult
 
 if TYPE_CHECKING:
     from framework.control.registry import Registry
@@ -46,29 +45,6 @@ log = logging.getLogger("faas.scheduler")
 
 MAX_SLEEP = 30.0
 """Seconds the loop sleeps at most, so a wall-clock jump (NTP, suspend) is noticed within this time."""
-MAX_COUNTED = 10_000
-"""Missed ticks counted one by one after a late wake-up; beyond that the count is capped (and says so)."""
-
-CronKind = Literal["schedule", "warm"]
-
-
-class Target(Protocol):
-    """What the scheduler needs from the invoker (`framework.invoker.Invoker` fits)."""
-
-    async def call(
-        self,
-        spec: FunctionSpec,
-        payload: bytes,
-        trigger: Trigger,
-        event: str | None = None,
-        invocation_id: str | None = None,
-        *,
-        span: tracing.Span | None = None,
-    ) -> InvokeResult:
-        """Invoke `spec`; `span` is the invocation's own span (a new trace when None)."""
-        ...
-
-    async def warmup(self, spec: FunctionSpec) -> int: ...
 
 
 class Election(Protocol):
@@ -80,68 +56,21 @@ class Election(Protocol):
     @property
     def joined(self) -> bool: ...
 
+    @property
+    def term(self) -> int:
+        """How many times this node took leadership: a new value is a new term, to catch up first."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
 
-@dataclass(eq=False)
-class CronEntry:
-    """One schedule (or the keep-warm cron) of one function, and its firing state."""
-
-    kind: CronKind
-    spec: FunctionSpec
-    index: int
-    cron: Cron
-    payload: Any = None
-    next_at: datetime | None = None
-    """The next tick while the function is productive, else None."""
-    task: asyncio.Task[None] | None = None
-    last: dict[str, Any] | None = None
-    _ticks: Iterator[datetime] | None = field(default=None, repr=False)
-
-    def __str__(self) -> str:
-        return f"{self.spec.name}[{self.index}] {self.cron.expression!r} ({self.cron.timezone})"
-
-    @property
-    def same_as(self) -> tuple[Any, ...]:
-        return self.kind, self.cron, orjson.dumps(self.payload)
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-    def arm(self, now: datetime | None) -> None:
-        """Start ticking after `now`, or stop (`None`)."""
-        self._ticks = None if now is None else self.cron.ticks(now)
-        self.next_at = None if self._ticks is None else next(self._ticks)
-
-    def advance(self, now: datetime) -> tuple[datetime, int]:
-        """Consume every tick up to `now`: returns the latest of them and how many there were."""
-        assert self.next_at is not None and self._ticks is not None
-        latest, count = self.next_at, 0
-        while self.next_at <= now:
-            latest, count = self.next_at, count + 1
-            if count >= MAX_COUNTED:  # a very long suspend of a per-second cron: jump instead of iterating
-                self.arm(now)
-                break
-            self.next_at = next(self._ticks)
-        return latest, count
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "cron": self.cron.expression,
-            "timezone": self.cron.timezone,
-            "payload": self.payload,
-            "next_fire": None if self.next_at is None else self.next_at.isoformat(),
-            "last": self.last,
-        }
-
-
 class Scheduler:
     """Fires the schedules and keep-warm crons of the registry `apply` was last given.
 
-    `bootstrap` None means Kafka is off: this node is the leader. `clock` (epoch seconds) is for tests.
+    `bootstrap` None means Kafka is off: this node is the leader, and keeps no tick log. `election`,
+    `ticks` and `clock` (epoch seconds) are for tests.
     """
 
     def __init__(
@@ -152,19 +81,25 @@ class Scheduler:
         bootstrap: str | None,
         *,
         election: Election | None = None,
+        ticks: Ticks | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.invoker = invoker
-        self.metrics = metrics
+        self._wake = asyncio.Event()
         self.election: Election = election or (
-            AlwaysLeader() if bootstrap is None else KafkaElection(settings, bootstrap)
+            AlwaysLeader() if bootstrap is None else KafkaElection(settings, bootstrap, wake=self._wake.set)
         )
+        self.ticks = ticks or (None if bootstrap is None else TickLog(settings, bootstrap))
+        self.runs = Runs(invoker, metrics, self.ticks)
         self.clock = clock
         self.entries: dict[tuple[str, CronKind, int], CronEntry] = {}
         self._runs: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._term = 0
+        """The leadership term whose catch-up is done: user schedules fire while it is the election's."""
+        self._catchup: CatchUp | None = None
+        self._applied = False
+        """Whether `apply` ran: the first table is the node's start, not a deploy (`CronEntry.armed`)."""
 
     @property
     def is_leader(self) -> bool:
@@ -181,7 +116,8 @@ class Scheduler:
 
     def apply(self, registry: Registry) -> None:
         """Rebuild the table from `registry`: new and changed crons start, removed ones stop, runs go on."""
-        now = self._now()
+        now, first = self._now(), not self._applied
+        self._applied = True
         table: dict[tuple[str, CronKind, int], CronEntry] = {}
         for spec in registry.functions:
             crons: list[tuple[CronKind, int, str, str, Any]] = [
@@ -200,11 +136,19 @@ class Scheduler:
                     entry.task = old.task  # a changed cron must not start a second run next to the old one
                     if old.same_as == entry.same_as:
                         entry.last, entry.next_at, entry._ticks = old.last, old.next_at, old._ticks
+                        entry.armed = old.armed
+                        if spec.productive:  # its late ticks go on
+                            entry.owed, entry.drain = old.owed, old.drain
                 if not spec.productive:
                     entry.arm(None)
                 elif entry.next_at is None:
                     entry.arm(now)
+                    entry.armed = EPOCH if first else now
                 table[(spec.name, kind, index)] = entry
+        kept = {id(entry.owed) for entry in table.values()}
+        for old in self.entries.values():
+            if id(old.owed) not in kept:  # removed, changed or undeployed: its late ticks are dropped
+                old.owed.clear()
         self.entries = table
         self._wake.set()
 
@@ -222,6 +166,7 @@ class Scheduler:
     def run_due(self, now: float) -> float:
         """Fire every entry due at `now` (epoch seconds); returns when the next one is due."""
         at = datetime.fromtimestamp(now, UTC)
+        leading = self._leading(at)
         wake = now + MAX_SLEEP
         for entry in list(self.entries.values()):
             if entry.next_at is None:
@@ -230,68 +175,80 @@ class Scheduler:
                 tick, due = entry.advance(at)
                 if entry.kind == "warm":
                     self._fire(entry, tick, 0)
-                elif self.election.is_leader:  # followers advance too, so a new leader starts on time
+                elif leading:  # followers advance too, so a new leader starts on time
                     self._fire(entry, tick, due - 1)
+            if not leading:
+                entry.owed.clear()  # a former term's late ticks are the next leader's
             if entry.next_at is not None:
                 wake = min(wake, entry.next_at.timestamp())
+        if self._catchup is not None and self._catchup.read.done():
+            self._catch_up(self._catchup)
         return wake
+
+    def _leading(self, at: datetime) -> bool:
+        """Whether user schedules fire now: on the leader, once its term's catch-up read is done (a new
+        term starts that read here)."""
+        if not self.election.is_leader:
+            self._drop_catchup()
+            return False
+        term = self.election.term
+        if term == self._term:
+            return True
+        if self.ticks is None:  # nothing recorded, nothing to catch up (a node without Kafka)
+            self._term = term
+            return True
+        if self._catchup is None or self._catchup.term != term:
+            self._drop_catchup()
+            read = asyncio.create_task(read_newest(self.ticks, at.timestamp() - CATCH_UP_WINDOW))
+            read.add_done_callback(lambda _: self._wake.set())
+            self._catchup = CatchUp(term, at, read)
+        return False
+
+    def _drop_catchup(self) -> None:
+        if self._catchup is not None:
+            self._catchup.read.cancel()
+            self._catchup = None
+
+    def _catch_up(self, catchup: CatchUp) -> None:
+        """Queue the ticks owed since the last recorded ones (`catchup.py`); this term fires from now on."""
+        self._catchup, self._term = None, catchup.term
+        late = 0
+        for entry, ticks, missed in catchup.plan(self.entries.values()):
+            if missed:
+                log.warning(
+                    "schedule %s: %d ticks since the last recorded, %d skipped", entry, missed + 1, missed
+                )
+                self.runs.skipped(entry.spec.name, "missed", missed)
+            late += len(ticks)
+            entry.owed.extend(ticks)
+            if not entry.draining:
+                entry.drain = self._start(entry, self.runs.drain(entry, entry.task))
+        if late:
+            log.info("catch-up: firing %d tick(s) that fell due while no node led", late)
 
     def _fire(self, entry: CronEntry, tick: datetime, missed: int) -> None:
         name = entry.spec.name
         if missed:
             more = "at least " if missed >= MAX_COUNTED - 1 else ""
             log.warning("schedule %s: woke late, %s%d missed ticks skipped", entry, more, missed)
-            self._skipped(name, "missed", missed)
+            self.runs.skipped(name, "missed", missed)
         if entry.running:
-            if entry.kind == "schedule":
+            if entry.kind == "schedule" and entry.draining and len(entry.owed) < CATCH_UP_MAX:
+                entry.owed.append(tick)  # behind late ticks: in order, not an overlap
+            elif entry.kind == "schedule":
                 log.warning("schedule %s: previous run still going, tick %s skipped", entry, tick.isoformat())
-                self._skipped(name, "overlap", 1)
+                self.runs.skipped(name, "overlap", 1)
+                self.runs.record(entry, tick)  # dealt with: the next leader must not fire it either
             return
-        run = self._schedule(entry, tick) if entry.kind == "schedule" else self._warm(entry)
-        entry.task = task = asyncio.create_task(run, name=f"schedule:{name}:{entry.kind}:{entry.index}")
+        run = self.runs.schedule(entry, tick) if entry.kind == "schedule" else self.runs.warm(entry)
+        self._start(entry, run)
+
+    def _start(self, entry: CronEntry, run: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        name = f"schedule:{entry.spec.name}:{entry.kind}:{entry.index}"
+        entry.task = task = asyncio.create_task(run, name=name)
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
-
-    def _skipped(self, name: str, reason: str, count: int) -> None:
-        if self.metrics is not None:
-            self.metrics.schedule_skipped.labels(name, reason).inc(count)
-
-    async def _schedule(self, entry: CronEntry, tick: datetime) -> None:
-        # The run's span is made here rather than by the invoker and made current for this run's task (see
-        # `_fire`): the log filter (`observe/logs.py`) then tags the run's own lines with it too.
-        span = tracing.start()
-        tracing.current.set(span)
-        spec = entry.spec
-        invocation_id = f"{spec.name}:{entry.index}:{int(tick.timestamp())}"
-        payload = orjson.dumps(entry.payload)
-        started = time.perf_counter()
-        error: dict[str, str] | None = None
-        try:
-            await self.invoker.call(spec, payload, "schedule", invocation_id=invocation_id, span=span)
-        except FaasError as exc:
-            error = exc.to_dict()
-        except Exception as exc:  # a bug below us must not kill the schedule
-            log.exception("schedule %s: unexpected error", invocation_id)
-            error = {"type": type(exc).__name__, "message": str(exc)}
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        entry.last = {"at": tick.isoformat(), "ok": error is None, "duration_ms": duration_ms, "error": error}
-        outcome = "ok" if error is None else error["type"]
-        if self.metrics is not None:
-            self.metrics.schedule_runs.labels(spec.name, outcome).inc()
-        tags = {"function": spec.name, "invocation_id": invocation_id, "trigger": "schedule"}
-        if error is None:
-            log.info("schedule run ok in %.1f ms", duration_ms, extra=tags)
-        else:
-            log.warning("schedule run failed in %.1f ms: %s", duration_ms, error, extra=tags)
-
-    async def _warm(self, entry: CronEntry) -> None:
-        try:
-            warmed = await self.invoker.warmup(entry.spec)  # the invoker counts faas_warmups
-            log.debug("keep-warm %s: %d instance(s) warm", entry.spec.name, warmed)
-        except FaasError as exc:
-            log.debug("keep-warm %s failed: %s", entry.spec.name, exc)
-        except Exception:
-            log.exception("keep-warm %s: unexpected error", entry.spec.name)
+        return task
 
     # ---- lifecycle ----
 
@@ -303,14 +260,22 @@ class Scheduler:
                 await within(self._wake.wait(), min(max(wake - self.clock(), 0.0), MAX_SLEEP))
 
     async def start(self) -> None:
-        """Join the election (in the background) and start the firing loop."""
+        """Join the election (in the background) and start the tick log and the firing loop."""
+        if self.ticks is not None:
+            self.ticks.start()
         await self.election.start()
         self._loop = asyncio.create_task(self._run(), name="scheduler")
 
     async def stop(self) -> None:
-        """Stop firing, leave the election, let runs in flight finish (at most `FAAS_SHUTDOWN_GRACE` s)."""
+        """Stop firing, write the last ticks, leave the election, let runs in flight finish (at most
+        `FAAS_SHUTDOWN_GRACE` s)."""
         await cancel_and_wait([self._loop])
         self._loop = None
+        self._drop_catchup()
+        for entry in self.entries.values():
+            entry.owed.clear()  # not fired, not recorded: the next leader fires them
+        if self.ticks is not None:  # before leaving the group: the next leader reads this one's last ticks
+            await self.ticks.stop()
         await self.election.stop()
         runs = list(self._runs)
         if runs:

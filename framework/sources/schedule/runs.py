@@ -1,0 +1,112 @@
+"""One run of a schedule tick or a keep-warm cron, as the scheduler's tasks (`scheduler.py`) start them.
+
+A schedule run makes its own span and makes it current for its task, so the log filter (`observe/logs.py`)
+tags the run's lines with it; its invocation id is `{function}:{index}:{tick epoch seconds}`, the same on
+every node. The tick is written to the tick log (`ticklog.py`) as the run starts, not when it ends: a run
+that outlives its leader must not be fired again by the next one. A failing run is recorded in the entry's
+`last` and counted (`faas_schedule_runs{outcome}`), never raised: the loop must go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
+
+from framework.context import Trigger
+from framework.control.manifest import FunctionSpec
+from framework.errors import FaasError
+from framework.observe import tracing
+from framework.sources.schedule.catchup import Ticks
+from framework.sources.schedule.entry import CronEntry
+from framework.types import InvokeResult
+
+if TYPE_CHECKING:
+    from framework.observe.metrics import Metrics
+
+log = logging.getLogger("faas.scheduler")
+
+
+class Target(Protocol):
+    """What the scheduler needs from the invoker (`framework.invoker.Invoker` fits)."""
+
+    async def call(
+        self,
+        spec: FunctionSpec,
+        payload: bytes,
+        trigger: Trigger,
+        event: str | None = None,
+        invocation_id: str | None = None,
+        *,
+        span: tracing.Span | None = None,
+    ) -> InvokeResult:
+        """Invoke `spec`; `span` is the invocation's own span (a new trace when None)."""
+        ...
+
+    async def warmup(self, spec: FunctionSpec) -> int: ...
+
+
+class Runs:
+    """The runs of one scheduler: invoking through `invoker`, counting in `metrics`, writing to `ticks`."""
+
+    def __init__(self, invoker: Target, metrics: Metrics | None, ticks: Ticks | None) -> None:
+        self.invoker = invoker
+        self.metrics = metrics
+        self.ticks = ticks
+
+    def record(self, entry: CronEntry, tick: datetime) -> None:
+        """Write `tick` of `entry` to the tick log (none without Kafka): this leader dealt with it."""
+        if self.ticks is not None:
+            self.ticks.record(entry.key, int(tick.timestamp()))
+
+    def skipped(self, name: str, reason: str, count: int) -> None:
+        if self.metrics is not None:
+            self.metrics.schedule_skipped.labels(name, reason).inc(count)
+
+    async def schedule(self, entry: CronEntry, tick: datetime) -> None:
+        # The span is made here rather than by the invoker, and made current for this run's task.
+        self.record(entry, tick)
+        span = tracing.start()
+        tracing.current.set(span)
+        spec = entry.spec
+        invocation_id = f"{spec.name}:{entry.index}:{int(tick.timestamp())}"
+        payload = orjson.dumps(entry.payload)
+        started = time.perf_counter()
+        error: dict[str, str] | None = None
+        try:
+            await self.invoker.call(spec, payload, "schedule", invocation_id=invocation_id, span=span)
+        except FaasError as exc:
+            error = exc.to_dict()
+        except Exception as exc:  # a bug below us must not kill the schedule
+            log.exception("schedule %s: unexpected error", invocation_id)
+            error = {"type": type(exc).__name__, "message": str(exc)}
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        entry.last = {"at": tick.isoformat(), "ok": error is None, "duration_ms": duration_ms, "error": error}
+        outcome = "ok" if error is None else error["type"]
+        if self.metrics is not None:
+            self.metrics.schedule_runs.labels(spec.name, outcome).inc()
+        tags = {"function": spec.name, "invocation_id": invocation_id, "trigger": "schedule"}
+        if error is None:
+            log.info("schedule run ok in %.1f ms", duration_ms, extra=tags)
+        else:
+            log.warning("schedule run failed in %.1f ms: %s", duration_ms, error, extra=tags)
+
+    async def drain(self, entry: CronEntry, previous: asyncio.Task[None] | None) -> None:
+        """Run `entry.owed` one tick after another, once the run going before is done."""
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        while entry.owed:
+            await self.schedule(entry, entry.owed.popleft())
+
+    async def warm(self, entry: CronEntry) -> None:
+        try:
+            warmed = await self.invoker.warmup(entry.spec)  # the invoker counts faas_warmups
+            log.debug("keep-warm %s: %d instance(s) warm", entry.spec.name, warmed)
+        except FaasError as exc:
+            log.debug("keep-warm %s failed: %s", entry.spec.name, exc)
+        except Exception:
+            log.exception("keep-warm %s: unexpected error", entry.spec.name)
