@@ -11,6 +11,7 @@ import click
 
 from framework.cli import scripting
 from framework.cli.common import check_event_type, checked, code_zips, fail, load, pass_settings
+from framework.control import manifest_edit
 from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
 from framework.control.registry import Registry
@@ -94,7 +95,9 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
             param_hint="NAME",
         )
     path = settings.manifest
-    if path.exists() and Registry(load(settings, check_handlers=False)).by_name(name) is not None:
+    # A file without `functions:` yet (empty, comments, `defaults:`) is one `new` starts, not an error.
+    listed = manifest_edit.lists_functions(path)
+    if listed and Registry(load(settings, check_handlers=False)).by_name(name) is not None:
         fail(f"a function named {name!r} already exists in {path}")
     module = name.replace("-", "_")
     package = path.resolve().parent / "functions"

@@ -68,6 +68,19 @@ def _eol(line: str) -> str:
     return "\r\n" if line.endswith("\r\n") else "\n"
 
 
+def lists_functions(path: Path) -> bool:
+    """Whether the manifest at `path` has a `functions:` key to add to: False for a missing, empty or
+    comment-only file and one with only `defaults:` (what `faas new` starts or completes), True otherwise,
+    a file that does not parse included (loading it reports why)."""
+    if not path.exists():
+        return False
+    errors = ErrorCollector(str(path))
+    doc = parse_yaml(path, errors)
+    if errors.found:
+        return True
+    return doc is not None and not (isinstance(doc, CommentedMap) and "functions" not in doc)
+
+
 def set_state(path: Path, name: str, state: State) -> None:
     """Set function `name`'s `state:`, changing only that line (or inserting one after `handler:`).
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from framework.cli import main
+from framework.control.manifest import load_manifest
 from tests.support import write_project
 
 MANIFEST = """
@@ -48,3 +49,15 @@ def test_new_in_a_folder_without_a_manifest_creates_one(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o044, oct(path.stat().st_mode)
     assert (tmp_path / "functions" / "hello.py").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["functions", "functions.yaml"]
+
+
+@pytest.mark.parametrize("text", ["", "# functions come here\n", "defaults: {timeout: 5}\n"])
+def test_new_completes_a_manifest_without_a_functions_list(tmp_path: Path, text: str) -> None:
+    """`faas new hello` on an empty manifest, a comment-only one and one with `defaults:` only (which load
+    refuses as having no functions list): exit 0 and the manifest now lists hello, what was there kept."""
+    path = tmp_path / "functions.yaml"
+    path.write_text(text)
+    r = CliRunner().invoke(main, ["new", "hello"], env={"FAAS_MANIFEST": str(path)})
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert path.read_text().startswith(text) and "name: hello" in path.read_text()
+    assert [f.name for f in load_manifest(path, check_handlers=False).functions] == ["hello"]

@@ -53,9 +53,10 @@ def test_candidates_publish_what_was_checked_even_when_files_change_between(tmp_
     root = write_project(tmp_path / "p", MANIFEST, {"m": MODULE})
     code = CodeZips(4000)
     manifest = load_manifest(root / "functions.yaml", check_handlers=False, check_code=code)
+    (root / "functions" / "blob.bin").write_bytes(os.urandom(6000))  # after the check, before candidates
     checked = candidates(manifest, code)
-    (root / "functions" / "blob.bin").write_bytes(os.urandom(6000))
     assert all(c.error is None and c.code is not None for c in checked.values())
+    assert all(c.code is not None and b"blob.bin" not in c.code for c in checked.values())  # the checked zip
     assert {c.revision.code_sha256 for c in checked.values() if c.revision} == {
         sha256(c.code) for c in checked.values() if c.code
     }

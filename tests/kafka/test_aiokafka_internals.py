@@ -1,7 +1,8 @@
 """The aiokafka internals the node relies on, checked against the installed release (pyproject pins aiokafka
 below the next minor version for them): when a release moves or renames one, this fails before a node does.
 
-Used by `sources/kafka/batching.py` (hand-built reply batches) and `kafka/probe.py` (the metadata probe).
+Used by `sources/kafka/batching.py` (hand-built reply batches), `kafka/probe.py` (the metadata probe) and
+`sources/kafka/source.py` (a rejoin after a broker restart).
 """
 
 from __future__ import annotations
@@ -46,3 +47,10 @@ def test_probe_internals() -> None:
     for name in ("bootstrap", "fetch_all_metadata", "close"):
         assert inspect.iscoroutinefunction(getattr(AIOKafkaClient, name)), name
     assert ClusterMetadata().topics() == set()
+
+
+def test_the_rejoin_the_source_asks_for_after_a_broker_restart_exists() -> None:
+    """`sources/kafka/source.py` asks the group coordinator for a rejoin once it sees a new cluster."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert _params(GroupCoordinator.request_rejoin) == ["self"]

@@ -245,11 +245,11 @@ class HttpSource:
         event: str = request.path_params["type"]
         event_id = request.headers.get("ce-id") or new_id()
         try:
+            payload = await self.body.read_request(request)  # its 413 comes before any 400 (section 5)
             try:
                 event_type(event)  # blank (`/events/%20`): no event can have it, as `faas emit` says
             except ValueError as exc:
                 raise BadRequest(f"event type {event!r}: {exc}") from None
-            payload = await self.body.read_request(request)
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route; in the
             # trace the headers name, as any answer to an event (section 11).
