@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import math
 import signal
@@ -37,7 +36,7 @@ from framework.observe.records import InvocationRecords, node_name
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
 from framework.sources.http.app import App, create_app
-from framework.sources.http.listen import BindError, bind
+from framework.sources.http.listen import BindError, bind, protocol
 from framework.sources.kafka.source import KafkaSource
 from framework.sources.schedule.scheduler import Scheduler
 from framework.tasks import within
@@ -233,9 +232,9 @@ class Node:
             # A backstop only: requests still in flight when the grace is up are answered by the app first
             # (`App.cut_at`); uvicorn's own cancel would answer them a plain-text 500.
             timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace) + CUT_MARGIN,
-            # The C parser when installed (what "auto" would pick, stated so a missing one is visible in
-            # review); the loop is ours: `serve` runs on the uvloop loop `serve()` below created.
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
+            # uvicorn's protocol (the C parser when installed), its 400 for what does not parse in the
+            # contract's body; the loop is ours: `serve` runs on the uvloop loop `serve()` below created.
+            http=protocol(),
         )
         server = _EmbeddedServer(config)
         self.watcher = watcher = ManifestWatcher(

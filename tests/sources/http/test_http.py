@@ -547,3 +547,25 @@ def test_a_second_signal_cuts_what_is_in_flight_at_once(tmp_path: Path, nodes: C
     assert answer.status_code == 502 and answer.json()["error"]["type"] == "InstanceCrashed", answer.text
     assert "a second signal said to stop at once" in answer.json()["error"]["message"], answer.text
     assert took < 10, took
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        f"POST /functions/{ECHO}/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        f"POST /functions/{ECHO}/invoke HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        "GET / HTTP/9.9 extra\r\n\r\n",
+    ],
+    ids=["content-length", "control-char", "request-line"],
+)
+def test_bytes_that_are_not_http_get_the_contract_400(node: Node, head: str) -> None:
+    """A request uvicorn's parser refuses (a Content-Length that is no number, a control character in a
+    header, a broken request line): 400 `BadRequest` in the contract's JSON body saying it is not valid
+    HTTP/1.1 (uvicorn answered plain text), and the node serves the next request."""
+    host, port = node.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode("latin-1"))
+        status, body = _answer(sock)
+    assert status == 400 and body["error"]["type"] == "BadRequest", body
+    assert body["error"]["message"].startswith("not a valid HTTP/1.1 request"), body
+    assert httpx.post(f"{node.url}/functions/{ECHO}/invoke", json={"a": 1}, timeout=30).status_code == 200
