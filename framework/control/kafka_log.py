@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -44,6 +46,9 @@ CHECK_EVERY = 2.0
 """Seconds between checks of the end offset, to notice a log that was lost (broker restarted empty)."""
 FOLLOW_RETRY = 0.5
 """Seconds the follower waits after a failed fetch before the next one."""
+TOPIC_CHECK_EVERY = 1.0
+"""Seconds a check that the broker lists the log's topic holds for the writes after it (`_topic_present`):
+one publication's writes follow each other within it; a broker lost and restarted is not back that soon."""
 READ_BACK_TIMEOUT = 10.0
 """Seconds a publisher waits to read its own write back before it reports a failure."""
 
@@ -65,6 +70,8 @@ class KafkaLog(DeploymentLog):
         self._task: asyncio.Task[None] | None = None
         self._moved = asyncio.Event()
         self._low = 0
+        self._listed_at = -math.inf
+        """When (monotonic s) the broker last listed the topic before a write (`_topic_present`)."""
 
     @property
     def fetch_bytes(self) -> int:
@@ -114,17 +121,22 @@ class KafkaLog(DeploymentLog):
         """Before a write: create the topic (one partition, compacted) when the broker does not list it,
         and drop a producer from before, so that the next one starts from the broker's metadata.
 
-        Invariant: each `write` produces only after the broker listed the topic (one metadata round trip
-        per write; `KafkaError` while the broker is away). A producer whose metadata still lists a topic
-        the broker lost (a memory-only broker restarted while the node's producer could not refresh, e.g.
-        after an outage of a few seconds) sends to it without asking: Tansu (0.6, memory storage)
-        acknowledges records for a topic it does not have, and once the topic exists again its end offset
-        counts them while no fetch returns them, and the next record at their offsets is refused. Kafka
+        Invariant: each `write` produces only after the broker listed the topic, at most
+        `TOPIC_CHECK_EVERY` seconds before (one metadata round trip per publication, not per write: a
+        round trip between a revision's numbering and its write would widen the window in which two
+        publishers both keep one number; `KafkaError` while the broker is away). A producer whose metadata
+        still lists a topic the broker lost (a memory-only broker restarted while the node's producer could
+        not refresh, e.g. after an outage of a few seconds) sends to it without asking: Tansu (0.6, memory
+        storage) acknowledges records for a topic it does not have, and once the topic exists again its end
+        offset counts them while no fetch returns them, and the next record at their offsets is refused. Kafka
         answers UNKNOWN_TOPIC_OR_PARTITION instead. What is left: a broker lost between the check and the
         write, within one round trip.
         """
         assert self._consumer is not None, "start() first"
+        if time.monotonic() - self._listed_at < TOPIC_CHECK_EVERY:
+            return
         if self.topic in await self._consumer.topics():
+            self._listed_at = time.monotonic()
             return
         await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
         producer, self._producer = self._producer, None

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from framework.control import kafka_log as kafka_log_module
 from framework.control.code_cache import CodeCache
 from framework.control.deployment_log import MemoryLog
 from framework.control.kafka_log import KafkaLog
@@ -121,7 +122,7 @@ async def test_a_new_reader_skips_every_kind_of_unusable_zip(
 
 
 async def test_a_write_after_the_broker_lost_the_topic_creates_it_again(
-    tmp_path: Path, broker: EmbeddedBroker
+    tmp_path: Path, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1. A log (not following) writes a code record: its producer now holds the topic's metadata.
     2. The topic is deleted, as a restarted memory-only broker loses it. 3. The same log writes the code
@@ -129,6 +130,9 @@ async def test_a_write_after_the_broker_lost_the_topic_creates_it_again(
     Result: the topic is there again, one partition; the reader's start returns within 30 s and it holds
     the revision. (Before: the producer wrote to the missing topic, which Tansu acknowledges and never
     serves, so the reader's start waited for records no fetch returned.)"""
+    # Every write checks here: the topic is lost within the second a check holds for (a broker restarts
+    # slower than that).
+    monkeypatch.setattr(kafka_log_module, "TOPIC_CHECK_EVERY", 0.0)
     topic = f"t.deploy.{new_id()[:8]}"
     u, code = new_id(), package(MODULE)
     rev = revision(u, "alpha", code)

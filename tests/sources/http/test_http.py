@@ -320,7 +320,7 @@ def test_schemathesis(node: Node, tmp_path: Path) -> None:
         "--max-time",
         "50",  # a bound on the stateful phase above all, which would run on (330 scenarios in 37 s here)
         "--workers",
-        "4",
+        "1",
         "--request-timeout",
         "15",
         "--seed",
