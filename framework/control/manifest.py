@@ -444,8 +444,8 @@ def load_manifest(
     `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
     folder, so a broken module can neither crash nor pollute this process. With `secrets_dir` (absolute),
     every secret a function lists must be readable there (`control.secrets`), else it is an error at its item.
-    `check_code` (`working_copy.code_check`) says why a function's code cannot be deployed: an error at its
-    `handler`.
+    `check_code` (a `working_copy.CodeZips` look) says why a function's code cannot be deployed: an error at
+    its `handler`.
     """
     store = SecretStore(secrets_dir) if secrets_dir is not None else None
     errors = ErrorCollector(str(path))
