@@ -296,21 +296,12 @@ class Node:
         if self.kafka is not None:
             draining.append(_bounded("the kafka source", self.kafka.stop(grace), grace + 3 * STOP_MARGIN))
         drained = asyncio.gather(*draining, return_exceptions=True)
-        hurry = asyncio.create_task(self.stop_now.wait())
-        either: list[asyncio.Future[Any]] = [drained, hurry]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        hurry.cancel()
-        if not drained.done():  # a second signal: cut now what the grace would have waited for
-            now = asyncio.get_running_loop().time()
-            app.drain_by(now)  # bodies still arriving: 429, as at the end of the grace
-            app.cut_at(now, grace, "a second signal said to stop at once")
-            if self.kafka is not None:  # its events are cancelled unanswered: the group redoes them
-                self.kafka.hurry()
-            grace = 0  # the steps below (instances, records) do not wait either
-            # Schedule runs in flight keep their grace (the scheduler's own stop bounds them).
+        second = asyncio.create_task(self._cut_on_second_signal(app, grace), name="second-signal")
         for result in await drained:
             if isinstance(result, Exception):
                 log.error("error while draining: %r", result)
+        if self.stop_now.is_set():
+            grace = 0  # the steps below (instances, records) do not wait either
         left = self.runtime.inflight()
         await _bounded("the instances", self.runtime.stop(grace), grace + STOP_MARGIN)
         await _bounded("invocation records", self.records.stop(grace), grace + STOP_MARGIN)
@@ -318,6 +309,7 @@ class Node:
             await _bounded("the deployment log", self.deployments.stop(), STOP_MARGIN)
         if self.spans is not None:
             self.spans.shutdown()
+        second.cancel()
         if self.broker is not None:
             self.broker.stop()
         log.info(
@@ -326,6 +318,22 @@ class Node:
             self.invoker.failed,
             left,
         )
+
+    async def _cut_on_second_signal(self, app: App, grace: float) -> None:
+        """At a second SIGTERM/SIGINT, whenever it comes during the stop, cut at once what each step would
+        still have waited for: HTTP requests are answered as at the end of the grace, Kafka events are
+        cancelled unanswered (the group redoes them), schedule runs are cancelled, the instances are killed
+        and the records still buffered are dropped (counted)."""
+        await self.stop_now.wait()
+        now = asyncio.get_running_loop().time()
+        app.drain_by(now)  # bodies still arriving: 429, as at the end of the grace
+        app.cut_at(now, grace, "a second signal said to stop at once")
+        if self.kafka is not None:
+            self.kafka.hurry()
+        if self.scheduler is not None:
+            self.scheduler.hurry()
+        self.runtime.hurry()
+        self.records.hurry()
 
 
 BODY_DRAIN_MARGIN = 0.5

@@ -33,14 +33,28 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
         await asyncio.gather(*live, return_exceptions=True)
 
 
-async def wait_or_cancel(tasks: Iterable[asyncio.Future[Any]], timeout: float) -> bool:
-    """Wait up to `timeout` seconds for `tasks`, then cancel and wait for what is left.
+async def wait_or_cancel(
+    tasks: Iterable[asyncio.Future[Any]], timeout: float, hurry: asyncio.Event | None = None
+) -> bool:
+    """Wait up to `timeout` seconds for `tasks` (less if `hurry` is set meanwhile), then cancel and wait for
+    what is left.
 
     Returns True when everything ended in time.
     """
     tasks = list(tasks)
     if not tasks:
         return True
-    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    if hurry is None:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+    else:
+        hurried = asyncio.ensure_future(hurry.wait())
+        either: list[asyncio.Future[Any]] = [asyncio.gather(*tasks, return_exceptions=True), hurried]
+        await asyncio.wait(
+            either,
+            timeout=timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        hurried.cancel()
+        pending = {t for t in tasks if not t.done()}
     await cancel_and_wait(pending)
     return not pending

@@ -194,6 +194,11 @@ class InvocationRecords:
         self.sender = RecordSender(bootstrap, self.settings, self.counters)
         self.sender.start()
 
+    def hurry(self) -> None:
+        """A second signal: the flush (under way or to come) stops waiting; what is left is dropped."""
+        if self.sender is not None:
+            self.sender.hurried = True
+
     async def stop(self, grace: float) -> None:
         """Flush what is buffered (bounded), then stop producing."""
         if self.sender is not None:

@@ -89,6 +89,8 @@ class RecordSender:
         self._hashes = KeyHashes()
         self._dropped_since_warning = 0
         self._warned_at = 0.0
+        self.hurried = False
+        """A second signal: `stop` drops what is buffered now, not at the end of its grace."""
 
     @property
     def buffered(self) -> int:
@@ -113,7 +115,9 @@ class RecordSender:
         """Give the buffer up to `grace` seconds (at most STOP_FLUSH) to drain, then drop what is left.
         A record offered afterwards is dropped (and counted) at once: nothing sends it any more."""
         deadline = time.monotonic() + min(grace, STOP_FLUSH)
-        while self.buffered and self._task is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self.buffered and self._task is not None and time.monotonic() < deadline:
+            if self.hurried:  # a second signal: nothing more is waited for
+                break
             await asyncio.sleep(0.02)
         if self._task is not None:
             self._task.cancel()

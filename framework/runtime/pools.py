@@ -49,6 +49,8 @@ class Runtime:
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._hurried = False
+        """A second signal: `stop` kills the instances now, not at the end of its grace."""
         self.secrets = SecretStore(settings.secrets_path)
         """Where instances' secret values are read from (DESIGN.md section 14)."""
         self._memory = MemoryGuard(self._limited)
@@ -68,7 +70,7 @@ class Runtime:
         self._stopping = True
         deadline = time.monotonic() + grace
         # Polls a sum over pools: simpler than an Event wired through every pool and instance.
-        while self.inflight() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self.inflight() and time.monotonic() < deadline and not self._hurried:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await cancel_and_wait([self._reaper])
         self._reaper = None
@@ -85,6 +87,10 @@ class Runtime:
         self._pools.clear()
         self._retired.clear()
         self._template.stop()
+
+    def hurry(self) -> None:
+        """A second signal: `stop` (under way or to come) waits no longer for requests in flight."""
+        self._hurried = True
 
     def invoke(self, spec: FunctionSpec, inv: Invocation) -> Coroutine[Any, Any, InvokeResult]:
         """Run `inv` on an instance of `spec`; await the result. A plain function handing back the pool's

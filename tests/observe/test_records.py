@@ -310,3 +310,22 @@ async def test_a_record_made_after_the_stop_is_counted_dropped() -> None:
     assert metric(metrics, "faas_invocation_records_dropped_total") == 2
     assert metric(metrics, "faas_invocation_records_sent_total") == 0
     assert records.get(late) is not None
+
+
+async def test_a_second_signal_cuts_the_flush_short() -> None:
+    """1. A node producing records (broker unreachable) makes three and starts its stop with a 5 s grace.
+    2. A second signal (`hurry`) while the stop waits for the buffer to drain.
+    Result: the stop ends at once; the three are counted dropped (sent + dropped = made)."""
+    records, metrics = make(Settings(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}"))
+    records.send_to(f"127.0.0.1:{free_port()}")
+    for _ in range(3):
+        finish(records)
+    stopping = asyncio.ensure_future(records.stop(5))
+    await asyncio.sleep(0)  # one loop turn: the stop is in its wait for the buffer (no broker takes it)
+    assert not stopping.done()
+    started = time.perf_counter()
+    records.hurry()
+    await asyncio.wait_for(stopping, 3)
+    assert time.perf_counter() - started < 1
+    assert metric(metrics, "faas_invocation_records_dropped_total") == 3
+    assert metric(metrics, "faas_invocation_records_total") == 3

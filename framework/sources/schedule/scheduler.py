@@ -94,6 +94,8 @@ class Scheduler:
         self.clock = clock
         self.entries: dict[tuple[str, CronKind, int], CronEntry] = {}
         self._runs: set[asyncio.Task[None]] = set()
+        self._hurry = asyncio.Event()
+        """A second signal: runs in flight are cancelled at once, not at the end of the grace."""
         self._loop: asyncio.Task[None] | None = None
         self._term = 0
         """The leadership term whose catch-up is done: user schedules fire while it is the election's."""
@@ -279,4 +281,9 @@ class Scheduler:
         await self.election.stop()
         runs = list(self._runs)
         if runs:
-            await wait_or_cancel(runs, self.settings.shutdown_grace)
+            await wait_or_cancel(runs, self.settings.shutdown_grace, self._hurry)
+
+    def hurry(self) -> None:
+        """A second signal: cancel the runs in flight now (each is recorded `Cancelled`), during `stop` or
+        before it."""
+        self._hurry.set()

@@ -4,6 +4,7 @@ end-to-end runs of `faas run` nodes (DESIGN.md sections 2, 3 and 7)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -378,6 +379,25 @@ async def test_loop_fires_every_second_and_stop_drains_runs() -> None:
     assert len(invoker.calls) == n
 
 
+async def test_a_second_signal_cancels_runs_in_flight_at_once() -> None:
+    """1. A per-second schedule whose run is held; FAAS_SHUTDOWN_GRACE=30. 2. Stop, then `hurry` (the
+    node's second signal) while stop waits for the run. Result: the run is cancelled and stop returns at
+    once, not after the grace."""
+    invoker = FakeInvoker()
+    invoker.gate = asyncio.Event()
+    sched = Scheduler(Settings(shutdown_grace=30), invoker, Metrics(), None)
+    sched.apply(registry(spec()))
+    await sched.start()
+    await until(lambda: len(invoker.calls) >= 1, 3, "a held run")
+    stopping = asyncio.ensure_future(sched.stop())
+    await until(lambda: sched._loop is None, 3, "stop waiting for the run")
+    assert not stopping.done()
+    started = time.monotonic()
+    sched.hurry()
+    await asyncio.wait_for(stopping, 3)
+    assert time.monotonic() - started < 1
+
+
 async def test_apply_wakes_the_loop() -> None:
     """A function deployed while the loop sleeps (up to 30 s) fires on its first tick, not after the nap."""
     invoker = FakeInvoker()
@@ -509,6 +529,40 @@ def test_per_second_schedule_end_to_end(tmp_path: Path, broker: EmbeddedBroker, 
         datetime.fromisoformat(sched["next_fire"]).timestamp()
         > datetime.fromisoformat(sched["last"]["at"]).timestamp()
     )
+
+
+SLEEPER = """
+import asyncio, os, pathlib
+
+async def handle(payload, ctx):
+    pathlib.Path(os.environ["MARKS"], ctx.invocation_id.replace(":", "_")).touch()
+    await asyncio.sleep(20)
+"""
+
+
+def test_a_second_signal_stops_a_node_with_a_schedule_run_in_flight(tmp_path: Path, nodes: StartNode) -> None:
+    """1. A node (FAAS_SHUTDOWN_GRACE=30) whose per-second schedule runs a function that sleeps 20 s.
+    2. SIGTERM once a run is in flight; once the node drains, SIGTERM again.
+    Result: the node exits 0 within seconds of the second signal (it waited for the run, up to the grace)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    manifest = """
+functions:
+  - name: sleeper
+    uuid: aaaaaaaa-0000-4000-8000-0000000000b7
+    handler: functions.s:handle
+    state: productive
+    schedules: [{cron: "* * * * * */1"}]
+"""
+    root = write_project(tmp_path / "p", manifest, {"s": SLEEPER})
+    node = nodes(root, None, kafka=False, env={"FAAS_SHUTDOWN_GRACE": "30", "MARKS": str(marks)}).wait_ready()
+    wait_for(lambda: any(marks.iterdir()), 30, message="a run in flight")
+    node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "received: draining" in node.log.read_text(), 10, message="draining")
+    second = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(30) == 0, node.tail()
+    assert time.monotonic() - second < 8, node.tail()
 
 
 def test_keep_warm_keeps_instance_warm_without_handle(
