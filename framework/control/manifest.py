@@ -377,6 +377,31 @@ def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+MAX_VALUES = 100_000
+"""Values (scalars, lists, mappings) a manifest may hold once its YAML aliases are expanded: far more than a
+real manifest holds (a function is a few dozen), far fewer than an alias bomb's (eight levels of ten aliases
+are 10^8: minutes and gigabytes to read)."""
+
+
+def _expansion_problem(doc: Any) -> tuple[tuple[int, int], str] | None:
+    """Position and message when `doc`, aliases expanded, holds more than MAX_VALUES values; else None.
+    Each value is counted once per place it appears, up to the bound, so the check itself is bounded.
+    (ruamel's round-trip loader has no cycles to fear: an alias inside its own anchor's value reads None.)"""
+    seen = 0
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        seen += len(node)
+        if seen > MAX_VALUES:
+            lc = getattr(node, "lc", None)
+            where = (lc.line, lc.col) if lc is not None and lc.line is not None else (0, 0)
+            return where, f"the manifest holds over {MAX_VALUES:,} values once its YAML aliases are expanded"
+        stack.extend(node.values() if isinstance(node, dict) else node)
+    return None
+
+
 def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     """The round-trip document of `path` (None for an empty file); syntax errors go to `errors`."""
     try:
@@ -392,7 +417,11 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
         errors.add((data.count(b"\n", 0, exc.start), column), f"not UTF-8 text: byte 0x{data[exc.start]:02x}")
         return None
     try:
-        return round_trip_yaml().load(text)
+        doc = round_trip_yaml().load(text)
+        problem = _expansion_problem(doc)
+        if problem is None:
+            return doc
+        errors.add(*problem)
     except RecursionError:  # the parser recurses per level: a few hundred levels of nesting exhaust it
         errors.add((0, 0), "cannot read the manifest: nested too deeply (a few hundred levels)")
     except MarkedYAMLError as exc:

@@ -125,6 +125,14 @@ CASES: dict[str, tuple[str, int, str]] = {
     ),
     "payload-deep": (edit(append=[*SCHEDULE, f"        payload: {'[' * 300}{']' * 300}"]), 1, "too deeply"),
     "revision-key": (edit(append=["    revision: 7"]), 11, "unknown key 'revision'"),
+    # Eight levels of ten aliases: 10^8 values (minutes and gigabytes to read), refused at its anchors.
+    "alias-bomb": (
+        "x-0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(f"x-{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 8))
+        + edit(append=[*SCHEDULE[:2], "        payload: *a7"]),
+        1,
+        "over 100,000 values once its YAML aliases are expanded",
+    ),
     # No `functions:` at all is a mistake (an editor's truncated save), not "no functions": `[]` says that.
     "empty": ("", 1, "the manifest is empty"),
     "comments-only": ("# nothing yet\n", 1, "the manifest is empty"),
