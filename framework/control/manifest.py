@@ -418,10 +418,10 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
         return None
     try:
         doc = round_trip_yaml().load(text)
-        problem = _expansion_problem(doc)
-        if problem is None:
+        too_big = _expansion_problem(doc)
+        if too_big is None:
             return doc
-        errors.add(*problem)
+        errors.add(*too_big)
     except RecursionError:  # the parser recurses per level: a few hundred levels of nesting exhaust it
         errors.add((0, 0), "cannot read the manifest: nested too deeply (a few hundred levels)")
     except MarkedYAMLError as exc:
