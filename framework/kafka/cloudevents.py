@@ -16,7 +16,9 @@ Choices where the binding leaves room:
   and digits (the CloudEvents naming rule) is dropped with a warning (`Event.dropped`): the event is
   still served. Structured mode: other top-level attributes are extensions, scalars as strings;
 - the trace context is `ce_traceparent` (distributed-tracing extension) or else a plain `traceparent`
-  header, likewise `ce_tracestate` / `tracestate`; it is never validated here (`observe/tracing.py` is);
+  header, each with its own `tracestate`; over HTTP (`transport_first`) the transport's `traceparent` header
+  comes first (section 11). When both are given, the first valid one is taken (`observe/tracing.py`
+  validates); when only one is, it is passed on as it is (a malformed one starts a new trace there);
 - `ce_time` is passed on as the string it is: a malformed time never fails an event;
 - structured mode accepts `data` (any JSON, missing = null) or `data_base64` (bytes that must be JSON).
 """
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import orjson
 
 from framework.kafka.address import topic_problem
+from framework.observe.tracing import parse_traceparent
 from framework.types import EventIdentity, new_id
 
 SPECVERSION = "1.0"
@@ -104,10 +107,13 @@ class _Bad(Exception):
     pass
 
 
-def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | BadRecord:
+def parse(
+    value: bytes | None, headers: Headers, max_payload: int, transport_first: bool = False
+) -> Event | BadRecord:
     """Map one Kafka record to an Event, or say why it is not one. Never raises.
 
-    `max_payload` is FAAS_MAX_PAYLOAD_BYTES: a larger record value is bad in either mode.
+    `max_payload` is FAAS_MAX_PAYLOAD_BYTES: a larger record value is bad in either mode. `transport_first`:
+    a plain `traceparent` header (the HTTP hop's, over HTTP) comes before the event's own extension.
     """
     attrs: dict[str, str] = {}
     extensions: dict[str, str] = {}
@@ -141,10 +147,10 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
         except UnicodeDecodeError:
             bad_header = bad_header or f"header {name} is not UTF-8"
     if attrs.get("content-type", "").lower().startswith(STRUCTURED):
-        return _structured(value, bad_header, max_payload, trace)
+        return _structured(value, bad_header, max_payload, trace, transport_first)
     event_id = attrs.get("ce_id") or None
     event_type = attrs.get("ce_type") or None
-    traceparent, tracestate = _trace(extensions, trace)
+    traceparent, tracestate = _trace(extensions, trace, transport_first)
     try:
         replyto = _replyto(attrs.get("ce_replyto"))
     except _Bad as exc:
@@ -177,12 +183,17 @@ def parse(value: bytes | None, headers: Headers, max_payload: int) -> Event | Ba
     )
 
 
-def _trace(extensions: dict[str, str], plain: dict[str, str]) -> tuple[str | None, str | None]:
-    """`(traceparent, tracestate)`: the distributed-tracing extension, else the plain headers."""
-    return (
-        extensions.get("traceparent") or plain.get("traceparent"),
-        extensions.get("tracestate") or plain.get("tracestate"),
-    )
+def _trace(
+    extensions: dict[str, str], plain: dict[str, str], transport_first: bool = False
+) -> tuple[str | None, str | None]:
+    """`(traceparent, tracestate)`: the distributed-tracing extension's, else the plain headers' (the other
+    way round with `transport_first`), each traceparent with its own tracestate. When both traceparents are
+    given, the first valid one wins: one malformed copy does not cost the trace the other carries."""
+    first, second = (plain, extensions) if transport_first else (extensions, plain)
+    chosen, other = first.get("traceparent"), second.get("traceparent")
+    if not chosen or (other and parse_traceparent(chosen) is None and parse_traceparent(other) is not None):
+        first, chosen = second, other
+    return (chosen or None), (first.get("tracestate") if chosen else None) or None
 
 
 def _required_problem(name: str, value: object) -> str:
@@ -195,9 +206,13 @@ def _required_problem(name: str, value: object) -> str:
 
 
 def _structured(
-    value: bytes | None, bad_header: str | None, max_payload: int, trace: dict[str, str]
+    value: bytes | None,
+    bad_header: str | None,
+    max_payload: int,
+    trace: dict[str, str],
+    transport_first: bool = False,
 ) -> Event | BadRecord:
-    plain = _trace({}, trace)  # the envelope's attributes, when it has any, come first
+    plain = _trace({}, trace)  # the envelope's attributes, when it has any, count as _trace says
     try:
         doc = _check_json(value, max_payload)
     except _Bad as exc:
@@ -205,7 +220,7 @@ def _structured(
     if not isinstance(doc, dict):
         return BadRecord("structured mode: the value is not a JSON object", None, None, None, *plain)
     extensions, dropped = _structured_extensions(doc)
-    traceparent, tracestate = _trace(extensions, trace)
+    traceparent, tracestate = _trace(extensions, trace, transport_first)
     event_id, event_type = doc.get("id"), doc.get("type")
     event_id = event_id if isinstance(event_id, str) and event_id else None
     event_type = event_type if isinstance(event_type, str) and event_type else None

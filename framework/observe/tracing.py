@@ -69,6 +69,10 @@ class Span:
         return Span(self.trace_id, new_span_id(), self.span_id, self.flags, self.tracestate, time.time_ns())
 
 
+_KNOWN_FLAGS = ("00", "01")
+"""Trace flags by their `sampled` bit (index 0: not sampled)."""
+
+
 def new_trace_id() -> str:
     while True:
         value = random.getrandbits(128)
@@ -135,13 +139,13 @@ class Sampler:
         return cls(parent_based, round(ratio * (1 << 64)))
 
     def flags(self, trace_id: str, parent_flags: str | None) -> str:
-        """The flags of a span of `trace_id`; `parent_flags`: a caller's, None for a new trace."""
+        """The flags of a span of `trace_id`; `parent_flags`: a caller's, None for a new trace. Only the
+        `sampled` bit is passed on: Trace Context level 1 defines no other, and its unknown bits are not
+        to be propagated (a caller's `ff` continues as `01`)."""
         if parent_flags is not None and self.parent_based:
-            return parent_flags
+            return parent_flags if parent_flags in _KNOWN_FLAGS else _KNOWN_FLAGS[int(parent_flags, 16) & 1]
         sampled = self.bound > _LOW_BITS or int(trace_id[16:], 16) < self.bound
-        if parent_flags is None:
-            return "01" if sampled else "00"
-        return f"{(int(parent_flags, 16) & 0xFE) | sampled:02x}"
+        return "01" if sampled else "00"
 
 
 sampler = Sampler.from_environ()

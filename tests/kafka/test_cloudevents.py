@@ -156,6 +156,9 @@ def test_binary_identity_extensions_and_trace() -> None:
     assert ev.identity().key is None and not ev.dropped
 
 
+TP_A, TP_B = f"00-{'a' * 32}-{'1' * 16}-01", f"00-{'b' * 32}-{'2' * 16}-01"
+
+
 def test_plain_trace_headers_count_when_no_ce_traceparent() -> None:
     headers = [*binary(), ("traceparent", b"00-x"), ("tracestate", b"s=1")]
     ev = cloudevents.parse(b"{}", headers, 1000)
@@ -163,6 +166,29 @@ def test_plain_trace_headers_count_when_no_ce_traceparent() -> None:
     assert (ev.traceparent, ev.tracestate) == ("00-x", "s=1") and ev.extensions == {}
     ev = cloudevents.parse(b"{}", [*headers, ("ce_traceparent", b"00-y")], 1000)
     assert isinstance(ev, cloudevents.Event) and ev.traceparent == "00-y"
+
+
+@pytest.mark.parametrize(
+    ("trace", "transport_first", "want"),
+    [
+        # Kafka: the extension first, each traceparent with its own tracestate.
+        ([("ce_traceparent", TP_A), ("ce_tracestate", "a=1"), ("traceparent", TP_B)], False, (TP_A, "a=1")),
+        # A malformed extension beside a valid plain header: the valid one's trace is continued.
+        ([("ce_traceparent", "00-bad"), ("traceparent", TP_B), ("tracestate", "b=1")], False, (TP_B, "b=1")),
+        # HTTP: the hop's own header first (section 11), the event's extension when that one is malformed.
+        ([("ce_traceparent", TP_A), ("traceparent", TP_B), ("tracestate", "b=1")], True, (TP_B, "b=1")),
+        ([("ce_traceparent", TP_A), ("ce_tracestate", "a=1"), ("traceparent", "zz")], True, (TP_A, "a=1")),
+        # Only one, malformed: passed on as it is (the span starts a new trace); no tracestate of another.
+        ([("ce_traceparent", "00-bad"), ("tracestate", "b=1")], False, ("00-bad", None)),
+    ],
+)
+def test_the_first_valid_traceparent_wins(
+    trace: list[tuple[str, str]], transport_first: bool, want: Any
+) -> None:
+    headers = [*binary(), *((n, v.encode()) for n, v in trace)]
+    ev = cloudevents.parse(b"{}", headers, 1000, transport_first=transport_first)
+    assert isinstance(ev, cloudevents.Event)
+    assert (ev.traceparent, ev.tracestate) == want
 
 
 def test_bad_extensions_are_dropped_not_fatal() -> None:
@@ -218,9 +244,6 @@ def test_reply_headers_carry_the_traceparent() -> None:
     assert names["ce_traceparent"] == b"00-t" and names["ce_correlationid"] == b"e1"
     assert "ce_traceparent" not in dict(cloudevents.reply_headers("e1"))
     assert dict(cloudevents.event_headers("t", "i", traceparent="00-u"))["ce_traceparent"] == b"00-u"
-
-
-TP_A, TP_B = f"00-{'a' * 32}-{'1' * 16}-01", f"00-{'b' * 32}-{'2' * 16}-01"
 
 
 @pytest.mark.parametrize(

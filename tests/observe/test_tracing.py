@@ -85,6 +85,17 @@ def test_default_sampler_samples_new_traces_and_keeps_a_callers_decision() -> No
     assert tracing.start(UNSAMPLED_CALLER).flags == "00"
 
 
+@pytest.mark.parametrize(("caller", "passed_on"), [("ff", "01"), ("09", "01"), ("fe", "00"), ("02", "00")])
+def test_only_the_sampled_flag_is_passed_on(caller: str, passed_on: str) -> None:
+    """Trace Context level 1 defines only `sampled`: a caller's other bits are not propagated."""
+    span = tracing.start(f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{caller}")
+    assert span.flags == passed_on and span.traceparent.endswith(f"-{passed_on}")
+    ratio = tracing.Sampler.from_environ(
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1"}
+    )
+    assert ratio.flags("4bf92f3577b34da6a3ce929d0e0e4736", caller) == "01"
+
+
 @pytest.mark.parametrize(
     ("name", "root", "after_sampled_caller"),
     [

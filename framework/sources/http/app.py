@@ -36,7 +36,7 @@ from framework.observe.spans import export_event
 from framework.settings import Settings
 from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import BodyReader
-from framework.sources.http.cloudevents import receive, typed_event
+from framework.sources.http.cloudevents import kafka_headers, receive, typed_event, typed_event_id
 from framework.sources.http.dashboard import Dashboard
 from framework.sources.http.invocations import InvocationLog, InvocationRoutes
 from framework.sources.http.openapi import openapi_document
@@ -243,20 +243,27 @@ class HttpSource:
 
     async def emit(self, request: Request) -> Response:
         event: str = request.path_params["type"]
-        event_id = request.headers.get("ce-id") or new_id()
+        headers = kafka_headers(request.scope["headers"])
+        bad_id: BadRequest | None = None
+        try:
+            event_id = typed_event_id(headers) or new_id()
+        except BadRequest as exc:
+            event_id, bad_id = new_id(), exc
         try:
             payload = await self.body.read_request(request)  # its 413 comes before any 400 (section 5)
             try:
                 event_type(event)  # blank (`/events/%20`): no event can have it, as `faas emit` says
             except ValueError as exc:
                 raise BadRequest(f"event type {event!r}: {exc}") from None
+            if bad_id is not None:
+                raise bad_id
         except FaasError as exc:
             # Still the combined reply's shape, so callers read one format from this route; in the
             # trace the headers name, as any answer to an event (section 11).
-            _, span = typed_event(event, event_id, request, b"null")
+            _, span = typed_event(event, event_id, headers, b"null")
             failed = EventReply.failed(event_id, event, exc).to_json()
             return JSONResponse(failed, exc.status, headers={"traceparent": span.traceparent})
-        ev, span = typed_event(event, event_id, request, payload)
+        ev, span = typed_event(event, event_id, headers, payload)
         invoker = self.invoker
         try:
             reply = await invoker.event(event, event_id, payload, ev.identity(), span)

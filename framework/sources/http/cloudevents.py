@@ -5,7 +5,8 @@ Binary mode: `ce-*` headers (percent-decoded, as the HTTP binding asks) and the 
 mode: `Content-Type: application/cloudevents+json` and the event as the body. Both are mapped onto the Kafka
 binding's header names (`ce-type` → `ce_type`) and read by the one codec (`framework/kafka/cloudevents.py`),
 so an event means the same over HTTP as over Kafka: same attributes, extensions, limits and trace context.
-The `traceparent` / `tracestate` HTTP headers count as the trace context when no `ce-traceparent` is given.
+The trace context is the HTTP hop's `traceparent` / `tracestate` headers (section 11), else the event's own
+`ce-traceparent` extension (structured mode: its `traceparent` attribute), whichever valid one comes first.
 
 The answer is the combined reply of section 4 as a binary-mode CloudEvent: `ce-specversion: 1.0`,
 `ce-type: faas.reply`, a new `ce-id`, `ce-source: faas`, `ce-correlationid` (the event's id) and
@@ -92,8 +93,8 @@ async def receive(
     try:
         body = await reader.read_request(request)
     except FaasError as exc:  # the body is what is wrong: the trace context the headers alone give
-        return _refused(exc, cloudevents.parse(b"null", headers, reader.limit))
-    event = cloudevents.parse(body, headers, reader.limit)
+        return _refused(exc, cloudevents.parse(b"null", headers, reader.limit, transport_first=True))
+    event = cloudevents.parse(body, headers, reader.limit, transport_first=True)
     if isinstance(event, cloudevents.BadRecord):
         return _refused(BadRequest(event.message.replace("ce_", "ce-")), event)
     for why in event.dropped:
@@ -117,17 +118,17 @@ def _refused(exc: FaasError, event: cloudevents.Event | cloudevents.BadRecord) -
 
 
 def typed_event(
-    event_type: str, event_id: str, request: Request, payload: bytes
+    event_type: str, event_id: str, headers: list[tuple[str, bytes | None]], payload: bytes
 ) -> tuple[cloudevents.Event, tracing.Span]:
-    """`POST /events/{type}`: the event (identity from optional `ce-*` headers) and its span.
+    """`POST /events/{type}`: the event (identity from optional `ce-*` headers, `headers` as
+    `kafka_headers` gives them, `event_id` from `typed_event_id`) and its span.
 
     The optional `ce-*` headers are read as in binary mode; when they do not form a valid event (a wrong
     `ce-specversion`, say) they are ignored rather than refused, as this route always did.
     """
-    headers = kafka_headers(request.scope["headers"])
     own = [(n, v) for n, v in headers if n.lower() not in ("ce_type", "ce_id", "content-type")]
     own += [("ce_type", event_type.encode()), ("ce_id", event_id.encode())]
-    event = cloudevents.parse(payload, own, len(payload))
+    event = cloudevents.parse(payload, own, len(payload), transport_first=True)
     if isinstance(event, cloudevents.BadRecord):
         return cloudevents.Event(event_type, event_id, payload), tracing.start(
             event.traceparent, event.tracestate
@@ -135,3 +136,15 @@ def typed_event(
     for why in event.dropped:
         log.warning("event %s (%s): %s: dropped, the event is served without it", event_id, event_type, why)
     return event, tracing.start(event.traceparent, event.tracestate)
+
+
+def typed_event_id(headers: list[tuple[str, bytes | None]]) -> str | None:
+    """The optional `ce-id` of `POST /events/{type}`, decoded as `POST /events` decodes it (percent-decoded
+    UTF-8): None when absent or empty (a new id is made). BadRequest when it is not UTF-8."""
+    for name, value in headers:
+        if name.lower() == "ce_id" and value:
+            try:
+                return value.decode()
+            except UnicodeDecodeError:
+                raise BadRequest("header ce-id is not UTF-8") from None
+    return None

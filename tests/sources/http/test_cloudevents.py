@@ -204,6 +204,41 @@ def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> Non
     assert m is not None and m.group(1) == tid, r.headers
 
 
+def test_both_event_routes_read_one_ce_id_and_the_http_hop_trace_first(node: Node) -> None:
+    """1. The same percent-encoded UTF-8 `ce-id` (and one raw UTF-8) to `POST /events` and to
+       `POST /events/{type}`; 2. a `ce-id` that is not UTF-8 to `/events/{type}`; 3. both routes with an
+       HTTP `traceparent` and a different `ce-traceparent`; 4. a malformed HTTP `traceparent` beside a
+       valid `ce-traceparent`; 5. trace flags `ff`.
+    Result: 1 the handler sees one id from both routes (section 10: the same identity for every
+    binding); 2 400 as `/events` answers it; 3 the HTTP hop's trace is continued (section 11); 4 the
+    valid one is; 5 only the sampled bit is passed on (`01`)."""
+    for raw, want in ((b"caf%C3%A9-1", "caf\u00e9-1"), ("caf\u00e9-2".encode(), "caf\u00e9-2")):
+        seen = []
+        for url, extra in ((f"{node.url}/events", _binary("x")), (f"{node.url}/events/ce.seen", {})):
+            headers = [(k.encode(), v.encode()) for k, v in extra.items() if k != "ce-id"]
+            r = httpx.post(url, content=b"1", headers=[*headers, (b"ce-id", raw)], timeout=30)
+            assert r.status_code == 200, r.text
+            seen.append(_result(r.json())["event_id"])
+        assert seen == [want, want], seen
+    r = httpx.post(f"{node.url}/events/ce.seen", content=b"1", headers=[(b"ce-id", b"\xff")], timeout=30)
+    assert r.status_code == 400 and "ce-id is not UTF-8" in r.json()["error"]["message"], r.text
+    hop, event = secrets.token_hex(16), secrets.token_hex(16)
+    both = {
+        "traceparent": f"00-{hop}-{secrets.token_hex(8)}-01",
+        "ce-traceparent": f"00-{event}-{'1' * 16}-01",
+    }
+    for url, extra in ((f"{node.url}/events", _binary(new_id())), (f"{node.url}/events/ce.seen", {})):
+        r = httpx.post(url, content=b"1", headers={**extra, **both}, timeout=30)
+        assert r.status_code == 200 and _result(r.json())["trace_id"] == hop, r.text
+        bad_hop = {**both, "traceparent": "00-zz-01"}
+        r = httpx.post(url, content=b"1", headers={**extra, **bad_hop}, timeout=30)
+        assert r.status_code == 200 and _result(r.json())["trace_id"] == event, r.text
+    flags = f"00-{hop}-{secrets.token_hex(8)}-ff"
+    r = httpx.post(f"{node.url}/functions/{IDENT}/invoke", json=1, headers={"traceparent": flags}, timeout=30)
+    assert r.status_code == 200 and r.headers["traceparent"].endswith("-01"), r.headers
+    assert r.json()["result"]["traceparent"].endswith("-01"), r.text
+
+
 def test_openapi_describes_the_sink(node: Node) -> None:
     """`GET /openapi.json` documents `POST /events`: the structured event's schema, the binary-mode headers
     and the statuses."""
