@@ -121,6 +121,39 @@ def test_the_value_reaches_the_handler_and_nothing_else(tmp_path: Path, nodes: S
     assert value not in n.log.read_text()
 
 
+ENVIRON = "5ec5ec00-0000-4000-8000-000000000014"
+
+
+def test_the_nodes_own_secret_settings_never_reach_an_instance(tmp_path: Path, nodes: Start) -> None:
+    """1. A node started with FAAS_API_KEYS and FAAS_KAFKA_SASL_PASSWORD in its environment (one of them
+    in lower case, as pydantic-settings also reads it). 2. A handler returns what it finds of them in
+    `os.environ` and `ctx.env`.
+    Result: nothing: a function sees only the secrets it lists (section 14), and cannot print the node's."""
+    manifest = f"""\
+functions:
+  - name: environ
+    uuid: {ENVIRON}
+    handler: functions.env:handle
+    state: productive
+"""
+    module = """
+import os
+
+async def handle(payload, ctx):
+    return sorted({k for k in (*os.environ, *ctx.env) if "api_keys" in k.lower() or "sasl" in k.lower()})
+"""
+    root = write_project(tmp_path / "proj", manifest, {"env": module})
+    key, password = f"key-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
+    env = {"FAAS_API_KEYS": key, "faas_kafka_sasl_password": password, "OTHER_VARIABLE": "kept"}
+    n = nodes(root, None, kafka=False, env=env).wait_ready()
+    r = httpx.post(
+        f"{n.url}/functions/{ENVIRON}/invoke", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert r.status_code == 200 and r.json()["result"] == [], r.text
+    assert n.stop() == 0
+    assert key not in n.log.read_text() and password not in n.log.read_text()
+
+
 def test_values_are_redacted_before_they_leave_the_instance(tmp_path: Path, nodes: Start) -> None:
     """1. `leak` logs the value with ctx.log and a library logger, prints it, and raises with it.
     Result: the HTTP error says `***`; the node's log has each line with `***` and never the value."""

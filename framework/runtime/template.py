@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,17 @@ import orjson
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _MAX_CONFIG = 1 << 20
 """Largest instance config message, in bytes."""
+
+
+def instance_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The node's environment for its instances, without the node's secret settings (FAAS_API_KEYS,
+    FAAS_KAFKA_SASL_PASSWORD, in any case, as pydantic-settings reads them): a handler would otherwise see
+    them in `os.environ` and `ctx.env`, and could print them into logs and records. A function gets the
+    secrets it lists, from `ctx.secrets` (section 14)."""
+    from framework.settings import SECRET_SETTINGS  # here: the template process itself never needs it
+
+    secret = {f"FAAS_{name}".upper() for name in SECRET_SETTINGS}
+    return {k: v for k, v in environ.items() if k.upper() not in secret}
 
 
 class Template:
@@ -45,7 +57,7 @@ class Template:
     def start(self) -> None:
         """Start the template process. Returns at once: it is ready in ~100 ms, requests queue meanwhile."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = os.environ.copy()
+        env = instance_environ(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         args = [sys.executable, "-m", "framework.runtime.template", str(theirs.fileno()), str(os.getpid())]
         try:

@@ -5,8 +5,9 @@ log records (`ctx.log` and any logger), stdout and stderr lines, the watchdog's 
 and traceback of an error it answers. The instance installs its function's secret values once, at start
 (`install`); until then, and for functions without secrets, `redact` returns the text as is.
 
-Besides each value itself, its forms as they show up in text are redacted too: escaped as in a `repr` or
-JSON string (a value with quotes or backslashes, in an exception's repr), and, for a multi-line value
+Besides each value itself, its forms as they show up in text are redacted too: escaped as in a `repr`,
+`ascii()` or JSON string (a value with quotes, backslashes or non-ASCII characters, in an exception's
+repr), as in the repr of its UTF-8 bytes, and, for a multi-line value
 (a PEM key), each of its lines of at least 4 characters, since stdout reaches the node line by line.
 One compiled alternation, longest first, so a value that contains another is replaced whole.
 """
@@ -26,7 +27,8 @@ _pattern: re.Pattern[str] | None = None
 
 def forms(value: str) -> set[str]:
     """The spellings of `value` to look for: itself, its escaped forms and its lines."""
-    found = {value, repr(value)[1:-1], json.dumps(value)[1:-1]}
+    found = {value, repr(value)[1:-1], ascii(value)[1:-1], json.dumps(value)[1:-1]}
+    found.add(repr(value.encode("utf-8", "surrogatepass"))[2:-1])  # a `bytes` repr, as of `value.encode()`
     if "\n" in value:
         found.update(line.strip() for line in value.splitlines())
     return {f for f in found if len(f) >= MIN_PART}

@@ -48,3 +48,11 @@ def test_lines_of_a_multi_line_value_are_replaced_one_by_one() -> None:
 
 def test_forms_skip_short_parts() -> None:
     assert redact.forms("abc\nlonger") == {"abc\\nlonger", "longer"} | {"abc\nlonger"}
+
+
+def test_ascii_and_bytes_forms_of_a_non_ascii_value_are_replaced() -> None:
+    """`ascii(value)` and `repr(value.encode())` spell a non-ASCII value with escapes of their own."""
+    value = "pässwörd_ünïcode_€"
+    redact.install([value])
+    for text in (ascii(value), repr(value.encode()), repr(value), value):
+        assert redact.redact(f"x {text} y") in ("x '***' y", "x b'***' y", "x *** y"), text
