@@ -146,3 +146,38 @@ def test_sender_forwards_every_line_and_keeps_the_invocations(
     assert [f["inv"] for f in frames] == ["inv-1", "inv-1", None, None]
     kept = sender.capture.end("inv-1")
     assert kept is not None and [e["message"] for e in kept] == ["mine", "bad ?"]
+
+
+def test_partial_lines_are_kept_per_invocation_and_end_with_it(
+    channel: tuple[CapturingSender, socket.socket],
+) -> None:
+    """1. Invocation a writes a secret's halves with a flush between them, then "tail" with no newline;
+    invocation b writes "b1" and ends its line. 2. a ends.
+    Result: the halves go out as one line (a flush ends no line, so redaction sees it whole), b's line is
+    its own and not glued to a's, and a's unfinished "tail" goes out when a ends, tagged a."""
+    sender, peer = channel
+    stream = LogStream(sender, "stdout", logging.INFO)
+    a = current_invocation.set("a")
+    try:
+        stream.write("sec")
+        stream.flush()
+        stream.write("ret\n")
+        stream.write("tail")
+        b = current_invocation.set("b")
+        try:
+            stream.write("b1\n")
+        finally:
+            current_invocation.reset(b)
+        stream.end("a")
+    finally:
+        current_invocation.reset(a)
+    frames = _frames(peer, 3)
+    assert [(f["msg"], f["inv"]) for f in frames] == [("secret", "a"), ("b1", "b"), ("tail", "a")]
+
+
+def test_a_partial_line_goes_out_at_its_bound(channel: tuple[CapturingSender, socket.socket]) -> None:
+    sender, peer = channel
+    stream = LogStream(sender, "stdout", logging.INFO)
+    stream.write("x" * (LogStream.MAX_PARTIAL + 1))
+    (frame,) = _frames(peer, 1)
+    assert frame["msg"] == "x" * (LogStream.MAX_PARTIAL + 1) and frame["inv"] is None

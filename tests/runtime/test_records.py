@@ -75,6 +75,12 @@ async def log_then_wait(payload, ctx):
     ctx.log.info("waiting")
     await asyncio.sleep(5)
 
+async def unterminated(payload, ctx):
+    import sys
+    sys.stdout.write(f"no newline {payload}")
+    sys.stderr.write(f"err {payload}")
+    return payload
+
 async def forge(payload, ctx):
     # A handler runs in its instance's process: it can replace the renderer the instance uses.
     from framework.runtime.worker import server
@@ -382,3 +388,20 @@ async def test_each_invocation_a_dying_instance_held_keeps_its_own_lines(
         rec = records.get(f"inv-{p}")
         assert rec is not None and rec["error"]["type"] == "InstanceCrashed"
         assert [e["message"] for e in rec["logs"]] == [f"started {p}"], rec
+
+
+async def test_output_without_a_newline_is_its_own_invocations(
+    project: Path, runtime: tuple[Runtime, InvocationRecords]
+) -> None:
+    """1. An invocation writes to stdout and stderr without a newline (and no flush). 2. Another one on the
+    same instance does the same.
+    Result: each record holds its own two lines; neither is glued to the next invocation's output."""
+    rt, records = runtime
+    fn = spec(project, "unterminated")
+    await rt.invoke(fn, Invocation("u-1", "direct", None, b'"one"'))
+    await rt.invoke(fn, Invocation("u-2", "direct", None, b'"two"'))
+    for inv, word in (("u-1", "one"), ("u-2", "two")):
+        rec = records.get(inv)
+        assert rec is not None
+        logs = sorted((e["level"], e["message"]) for e in rec["logs"])
+        assert logs == [("INFO", f"no newline {word}"), ("WARNING", f"err {word}")], rec

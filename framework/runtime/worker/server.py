@@ -52,6 +52,7 @@ from framework.runtime.worker.watchdog import (
     Watchdog,
     current_invocation,
     current_traceparent,
+    end_lines,
     exception_text,
 )
 
@@ -114,6 +115,9 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
             return runner.run(Server(config, capture).serve(socket.socket(fileno=main_fd)))
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, LogStream):
+                stream.close_lines()
         otel.shutdown()
 
 
@@ -271,6 +275,7 @@ class Server:
             )
             self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
         finally:
+            end_lines(inv)  # what it printed without a newline is its log, not the next invocation's
             self.tasks.pop(rid, None)
             self.deadlines.pop(rid, None)
             self.expired.discard(rid)

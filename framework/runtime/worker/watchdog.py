@@ -132,13 +132,24 @@ class ForwardHandler(logging.Handler):
 
 
 class LogStream(io.TextIOBase):
-    """Stands in for sys.stdout / sys.stderr: each complete line becomes a log record at `level`."""
+    """Stands in for sys.stdout / sys.stderr: each complete line becomes a log record at `level`.
+
+    A line is complete at its newline, when the invocation that wrote it ends (`end`: its record gets what
+    it wrote without a newline, the next invocation does not), or at `MAX_PARTIAL` characters. Partial lines
+    are kept per invocation (`current_invocation`), since invocations run side by side. A `flush` ends no
+    line: a line written in parts goes out whole, so a secret among its parts is redacted (section 14).
+    Lines of no invocation (a thread of the handler's own) go out at their newline or when the instance
+    stops."""
+
+    MAX_PARTIAL = 64 * 1024
+    """Characters of a line without a newline kept before they go out as a line of their own."""
 
     def __init__(self, sender: BlockingSender, name: str, level: int) -> None:
         self._sender = sender
         self._name = name
         self._level = level
-        self._buf = ""
+        self._partial: dict[str | None, str] = {}
+        """The unfinished line of each invocation (None: of code serving none)."""
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
@@ -150,33 +161,56 @@ class LogStream(io.TextIOBase):
         return BinaryLines(self)
 
     def write(self, s: str) -> int:
+        inv = current_invocation.get()
         with self._lock:
-            self._buf += s
-            if "\n" not in self._buf:
+            text = self._partial.pop(inv, "") + s
+            if "\n" in text:
+                *lines, rest = text.split("\n")
+            elif len(text) > self.MAX_PARTIAL:
+                lines, rest = [text], ""
+            else:
+                self._partial[inv] = text
                 return len(s)
-            *lines, self._buf = self._buf.split("\n")
+            if rest:
+                self._partial[inv] = rest
         for line in lines:
-            self._emit(line)
+            self._emit(line, inv)
         return len(s)
 
     def flush(self) -> None:
-        with self._lock:
-            line, self._buf = self._buf, ""
-        if line:
-            self._emit(line)
+        """Nothing to do: lines go out as they end (see the class)."""
 
-    def _emit(self, line: str) -> None:
+    def end(self, inv: str | None) -> None:
+        """Send what `inv` wrote after its last newline, as a line of its own (its invocation ended)."""
+        with self._lock:
+            line = self._partial.pop(inv, "")
+        if line:
+            self._emit(line, inv)
+
+    def close_lines(self) -> None:
+        """Send every unfinished line (the instance stops)."""
+        for inv in list(self._partial):
+            self.end(inv)
+
+    def _emit(self, line: str, inv: str | None) -> None:
         header: dict[str, object] = {
             "lvl": self._level,
             "name": self._name,
             "msg": redact(line),
-            "inv": current_invocation.get(),
+            "inv": inv,
             "blocked": False,
         }
         tp = current_traceparent.get()
         if tp is not None:
             header["tp"] = tp
         self._sender.send(FrameKind.LOG, header)
+
+
+def end_lines(inv: str) -> None:
+    """The invocation `inv` ended: its unfinished stdout and stderr lines go out (and into its record)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, LogStream):
+            stream.end(inv)
 
 
 class BinaryLines(io.RawIOBase):
