@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
@@ -284,7 +285,10 @@ class FunctionPool:
         )
         self.instances.append(inst)
         self._m_instances.inc()
-        task = asyncio.get_running_loop().create_task(self._boot(inst))
+        # In an empty context, not the invocation's that made it start: the instance's channels run their
+        # callbacks (its log lines, its exit) in the context they were opened in, and the node's log lines
+        # would carry that first invocation's trace for the instance's whole life.
+        task = asyncio.get_running_loop().create_task(self._boot(inst), context=contextvars.Context())
         self._boots.add(task)
         task.add_done_callback(self._boots.discard)
         return inst

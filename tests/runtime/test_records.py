@@ -16,6 +16,8 @@ import pytest
 
 from framework.control.manifest import FunctionSpec, InstancesSpec
 from framework.errors import FunctionError, InstanceCrashed, Overloaded, Timeout
+from framework.observe import tracing
+from framework.observe.logs import TraceFilter
 from framework.observe.records import InvocationRecords
 from framework.runtime import Runtime
 from framework.runtime.handle import InstanceHandle
@@ -80,6 +82,13 @@ async def unterminated(payload, ctx):
     sys.stdout.write(f"no newline {payload}")
     sys.stderr.write(f"err {payload}")
     return payload
+
+async def thread_prints(payload, ctx):
+    import threading
+    t = threading.Thread(target=print, args=("from a plain thread",))
+    t.start()
+    t.join()
+    return "done"
 
 async def forge(payload, ctx):
     # A handler runs in its instance's process: it can replace the renderer the instance uses.
@@ -405,3 +414,32 @@ async def test_output_without_a_newline_is_its_own_invocations(
         assert rec is not None
         logs = sorted((e["level"], e["message"]) for e in rec["logs"])
         assert logs == [("INFO", f"no newline {word}"), ("WARNING", f"err {word}")], rec
+
+
+async def test_the_nodes_lines_of_an_instance_carry_no_stale_trace(
+    project: Path, runtime: tuple[Runtime, InvocationRecords], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. An invocation in a trace cold-starts an instance; a plain thread of its handler prints (a line of
+    no invocation, with no trace). 2. A second invocation in another trace does the same.
+    Result: neither untagged line is logged by the node with the first invocation's trace (the instance's
+    channels used to run in the context of the invocation that started it, for the instance's life)."""
+    caplog.handler.addFilter(TraceFilter())
+    caplog.set_level("INFO", "faas.instance")
+    rt, _ = runtime
+    fn = spec(project, "thread_prints")
+    first = tracing.start()
+    token = tracing.current.set(first)
+    try:
+        await rt.invoke(fn, Invocation("t-1", "direct", None, b"1", traceparent=first.traceparent))
+    finally:
+        tracing.current.reset(token)
+    await rt.invoke(fn, Invocation("t-2", "direct", None, b"2"))
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "from a plain thread"]
+
+    deadline = time.monotonic() + 10
+    while len(lines()) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls captured lines
+        await asyncio.sleep(0.02)
+    assert len(lines()) == 2
+    assert [getattr(r, "trace_id", None) for r in lines()] == [None, None]
