@@ -193,8 +193,8 @@ class InstanceHandle:
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
-            if self._lines is not None and not self.dead:  # also when its REPLY came as it was cancelled
-                self._lines.discard(inv.invocation_id)
+            if self._lines is not None and not self.dead and answered is None:  # nobody takes them
+                self._lines.discard(inv.invocation_id)  # also when its REPLY came as it was cancelled
             raise
 
     @property

@@ -143,7 +143,10 @@ class FunctionPool:
             else:
                 wall = (time.perf_counter() - t0) * 1000
                 where = None if inst is None else inst.id
-                if inst is None or not inst.dead or not inst.holds_lines(inv.invocation_id):
+                if inst is not None and not inst.dead:  # cancelled (a chain's abort), or the node gave up
+                    logs = inst.take_lines(inv.invocation_id)  # what it logged so far
+                    self._recorder.finish(self.spec, inv, started, wall, cold, where, exc, logs)
+                elif inst is None or not inst.holds_lines(inv.invocation_id):
                     self._recorder.finish(self.spec, inv, started, wall, cold, where, exc)
                 elif inst.exited.is_set():  # every line is in already
                     logs = inst.take_lines(inv.invocation_id)

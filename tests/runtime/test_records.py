@@ -323,7 +323,7 @@ async def test_the_node_keeps_lines_only_of_invocations_in_flight(
     Result: the node kept the second's line while it ran (for a crash record), and keeps nothing of either
     once they ended: what it holds is bounded by what is in flight."""
     caplog.set_level(logging.INFO)
-    rt, _ = runtime
+    rt, records = runtime
     hello, waiting = spec(project, "hello"), spec(project, "log_then_wait")
     await rt.invoke(hello, Invocation("inv-h", "direct", None, b"1"))
     inst = rt._pool(hello).instances[0]
@@ -341,6 +341,10 @@ async def test_the_node_keeps_lines_only_of_invocations_in_flight(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not rt._pool(waiting).instances[0].holds_lines("inv-w")
+    # A cancelled invocation (a chain's abort, a caller gone) still logged: its record keeps that.
+    rec = records.get("inv-w")
+    assert rec is not None and rec["error"]["type"] == "Cancelled", rec
+    assert [e["message"] for e in rec["logs"]] == ["waiting"], rec
 
 
 class _Channel:
@@ -356,8 +360,9 @@ class _Channel:
 async def test_a_reply_that_crosses_its_cancel_leaves_no_lines_behind(project: Path) -> None:
     """1. An invocation in flight (records on) logs a line: the node keeps it, should the instance die.
     2. Its caller gives up, and its REPLY arrives before the caller's coroutine runs again.
-    Result: the caller sees the cancellation and nothing of that invocation stays kept (no process here:
-    the handle's two channels are driven by hand, in the order that race takes)."""
+    Result: the caller sees the cancellation; the line waits for the record's maker alone, and once taken
+    nothing of that invocation stays kept (no process here: the handle's two channels are driven by hand,
+    in the order that race takes)."""
     handle = InstanceHandle(spec(project, "hello"), "INFO", lambda *_: None, lambda: None, node="node-7")
     channel = _Channel()
     handle._main = channel  # type: ignore[assignment]
@@ -374,6 +379,9 @@ async def test_a_reply_that_crosses_its_cancel_leaves_no_lines_behind(project: P
     handle._on_frame(FrameKind.REPLY, {"id": request["id"], "ms": 1.0}, b"null")
     with pytest.raises(asyncio.CancelledError):
         await call
+    # Left for the caller that wanted the record (the pool takes them for it), then nothing stays.
+    taken = handle.take_lines("inv-x")
+    assert taken is not None and [e["message"] for e in taken] == ["working"]
     assert not handle.holds_lines("inv-x") and handle.inflight == 0
 
 
