@@ -149,7 +149,7 @@ class Invoker:
             if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
                 # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
                 derived = invocation_id is not None
-                result = await with_retries(spec, inv, derived, self._attempt, self._retried)
+                result = await with_retries(spec, inv, derived, self._attempt, self._retried, self._served)
             else:
                 result = await self._attempt(spec, inv)
             return result
@@ -160,6 +160,10 @@ class Invoker:
             tracing.current.reset(token)
             if self.exporter is not None:
                 self._export(spec, inv, span, outcome, result)
+
+    def _served(self, uuid: str) -> FunctionSpec | None:
+        """The function's productive revision now (the registry is replaced at each deploy)."""
+        return self.registry.productive(uuid)
 
     def _retried(self, name: str, error_type: str) -> None:
         if self.metrics is None:
@@ -190,7 +194,7 @@ class Invoker:
             "faas.name": spec.name,
             "faas.id": spec.uuid,
             "faas.trigger": _OTEL_TRIGGER.get(inv.trigger, "other"),
-            "faas.invocation_id": inv.invocation_id,
+            "faas.invocation_id": inv.invocation_id if res is None else res.invocation_id,
             "faas.coldstart": bool(res is not None and res.cold_start),
         }
         if res is not None:

@@ -9,6 +9,8 @@ seconds (`backoff`, doubled per retry, at most 30 s), up to `retry.attempts` mor
   so every node derives the same ids.
 - The error that ends the attempts carries `attempts` (the last `ctx.attempt`), which the Kafka source
   writes into the dead-letter copy.
+- Each retry starts on the function's revision served at that moment (a fix deployed during a backoff
+  runs), under that revision's policy; a function no longer productive gets no more attempts.
 
 Handing over: a source that must give its event back while the event waits between attempts (a
 rebalance took its partition, the node stops) does not wait out the backoff. It sets a `Handover` in the
@@ -77,25 +79,37 @@ async def with_retries(
     derived_ids: bool,
     attempt: Attempt,
     retried: Callable[[str, str], None] | None = None,
+    current: Callable[[str], FunctionSpec | None] | None = None,
 ) -> InvokeResult:
     """Run `attempt` with `first`, then with copies of it (attempt n, its own id: `first`'s id plus `:n`
     when `derived_ids`, else a fresh one), until one succeeds, fails with an error type not in
     `spec.retry.on`, or the attempts run out; `retried(function, error_type)` is called before each retry.
-    Raises the last attempt's FaasError with its `attempts` set."""
-    policy = spec.retry
+    Raises the last attempt's FaasError with its `attempts` set.
+
+    `current(uuid)` gives the function's productive revision now (None: not productive any more). Each
+    retry runs on the revision served when it starts, under that revision's policy, as a new invocation
+    would: a fix deployed during the backoff is what the next attempt runs, and an undeploy ends the
+    attempts (the last error stands)."""
     given = first.invocation_id if derived_ids else None
+    error: FaasError | None = None
     n = 1
     while True:
         inv = first if n == 1 else replace(first, invocation_id=attempt_id(given, n), attempt=n)
+        if n > 1 and current is not None:
+            now = current(spec.uuid)
+            if now is None and error is not None:
+                log.info("%s is no longer productive: attempt %d not made", spec.name, n)
+                raise error
+            spec = now or spec
         try:
             return await attempt(spec, inv)
         except FaasError as exc:
             exc.attempts = n
-            if n > policy.attempts or exc.type not in policy.on:
+            if n > spec.retry.attempts or exc.type not in spec.retry.on:
                 raise
             error = exc
         n += 1
-        delay = policy.delay(n)
+        delay = spec.retry.delay(n)
         log.info(
             "%s failed with %s on attempt %d: attempt %d in %.3g s",
             spec.name,
