@@ -251,6 +251,13 @@ class InstanceHandle:
                 pending.fut.set_exception(exc)
         elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
+            if self.spec.instances.memory_mb is not None:
+                from framework.runtime.memory import check_at_start  # memory.py imports this module
+
+                over = check_at_start(self)
+                if over is not None:  # before it serves anything: its callers are told why
+                    self.kill_for("memory", over)
+                    return
             self.ready = True
             if not self.started.done():
                 self.started.set_result(None)
@@ -366,7 +373,9 @@ class InstanceHandle:
         self.ready = False
         if not self.started.done():
             self.started.set_exception(
-                InstanceCrashed(f"instance {self.id} of function {self.spec.name} exited while starting")
+                InstanceCrashed(
+                    message or f"instance {self.id} of function {self.spec.name} exited while starting"
+                )
             )
         if self._sweeper is not None:
             self._sweeper.cancel()

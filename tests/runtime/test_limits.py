@@ -73,6 +73,14 @@ async def rt(root: Path) -> AsyncIterator[Runtime]:
     await runtime.stop(0)
 
 
+HEAVY_IMPORT = """
+BALLAST = bytearray(150 * 1024 * 1024)  # zero-filled: every page touched, at import
+
+async def handle(payload, ctx):
+    return "served"
+"""
+
+
 def kills(rt: Runtime, name: str, reason: str) -> float:
     value: float = rt.metrics.instance_kills.labels(name, reason)._value.get()
     return value
@@ -107,6 +115,21 @@ async def test_over_the_memory_limit_the_instance_is_killed(
     assert peak[0] < (64 + 40) * 1024 * 1024, peak[0]
     value, res = await call(rt, s)
     assert value["pid"] != first["pid"] and res.cold_start
+
+
+async def test_an_instance_over_its_limit_after_its_import_serves_nothing(
+    rt: Runtime, spec: SpecFactory, root: Path
+) -> None:
+    """1. A function whose module allocates 150 MB at import, memory_mb 64. 2. Call it twice.
+    Result: each call is InstanceCrashed naming the limit (its instance was killed at its HELLO, before
+    serving: it used to answer the first call and be killed after), each kill counted as `memory`."""
+    (root / "functions" / "ballast.py").write_text(HEAVY_IMPORT)
+    s = spec("handle", module="ballast", root=root, timeout=30, max=1, memory_mb=64)
+    for n in (1, 2):
+        with pytest.raises(InstanceCrashed) as crashed:
+            await call(rt, s)
+        assert "memory limit (instances.memory_mb: 64)" in crashed.value.message
+        assert kills(rt, s.name, "memory") == n
 
 
 async def test_without_a_limit_nothing_is_killed(rt: Runtime, spec: SpecFactory, root: Path) -> None:
