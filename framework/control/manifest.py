@@ -64,7 +64,12 @@ def _not_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"a number is expected, not {str(value).lower()}")
     if isinstance(value, str):
-        raise ValueError(f"a number is expected, not the text {value!r} (numbers are written unquoted)")
+        try:
+            float(value)
+            hint = "numbers are written unquoted"
+        except ValueError:
+            hint = "a plain number, without a unit"
+        raise ValueError(f"a number is expected, not the text {value!r} ({hint})")
     return value
 
 
@@ -165,7 +170,7 @@ class InstancesSpec(BaseModel):
     """Seconds an idle instance lives before it goes cold."""
     queue: Count = Field(1000, ge=0)
     """Requests that may wait when every instance is full; beyond that: Overloaded."""
-    memory_mb: Count | None = Field(None, ge=32)
+    memory_mb: Count | None = Field(None, ge=32, le=1024 * 1024)
     """Resident memory limit of one instance in MiB (DESIGN.md section 14); None: no limit."""
 
 
@@ -196,7 +201,7 @@ class RetrySpec(BaseModel):
 
     attempts: Count = Field(0, ge=0, le=10)
     """Extra attempts after a failure."""
-    backoff: Seconds = Field(0.5, gt=0, le=30)
+    backoff: Seconds = Field(0.5, ge=0, le=30)
     """Seconds before the first retry, doubled each time, capped at 30 s."""
     on: tuple[Annotated[str, AfterValidator(_retryable)], ...] = ("Timeout", "InstanceCrashed", "Overloaded")
     """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
@@ -447,17 +452,16 @@ def _check_secrets(item: CommentedMap, store: SecretStore, errors: ErrorCollecto
                 errors.add(tuple(names.lc.item(j)), str(exc))
 
 
-def _check_listed_once(events: object, errors: ErrorCollector) -> None:
-    """An event type listed twice by one function is an error at the second (it would run twice)."""
-    if not isinstance(events, CommentedSeq):
+def _check_listed_once(items: object, errors: ErrorCollector, what: str = "event type") -> None:
+    """An item listed twice (an event type: it would run twice; a secret) is an error at the second."""
+    if not isinstance(items, CommentedSeq):
         return
     first: dict[str, int] = {}
-    for j, value in enumerate(events):
+    for j, value in enumerate(items):
         if isinstance(value, str):
-            line, col = events.lc.item(j)
+            line, col = items.lc.item(j)
             if value in first:
-                twice = f"event type {value!r} listed twice (first at line {first[value] + 1})"
-                errors.add((line, col), twice)
+                errors.add((line, col), f"{what} {value!r} listed twice (first at line {first[value] + 1})")
             else:
                 first[value] = line
 
@@ -512,6 +516,7 @@ def load_manifest(
             errors.add(at, "each function should be a mapping with name, uuid and handler")
             continue
         _check_listed_once(item.get("events"), errors)
+        _check_listed_once(item.get("secrets"), errors, "secret")
         for key in ("name", "uuid"):
             value = item.get(key)
             if isinstance(value, str):

@@ -167,6 +167,13 @@ CASES: dict[str, tuple[str, int, str]] = {
         9,
         "event type 'ping' listed twice (first at line 8)",
     ),
+    "secrets-twice": (edit(append=["    secrets: [a_key, b_key, a_key]"]), 11, "secret 'a_key' listed twice"),
+    "memory-unit": (
+        edit(append=["    instances:", "      memory_mb: 128MB"]),
+        12,
+        "not the text '128MB' (a plain number, without a unit)",
+    ),
+    "memory-huge": (edit(append=["    instances:", "      memory_mb: 99999999999999"]), 12, "memory_mb"),
     "instances-max": (edit(append=["    instances:", "      max: 0"]), 12, "instances.max"),
     "instances-concurrency": (edit(append=["    instances:", "      concurrency: 0"]), 12, "concurrency"),
     "instances-idle": (edit(append=["    instances:", "      idle_timeout: 0"]), 12, "greater than 0"),

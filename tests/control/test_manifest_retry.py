@@ -57,6 +57,7 @@ def test_delay_doubles_and_is_capped_at_30_s() -> None:
     assert [spec.delay(a) for a in (2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0]
     assert spec.delay(11) == 30.0  # 0.5 * 2**9 = 256 s, capped
     assert RetrySpec(backoff=30).delay(3) == 30.0
+    assert RetrySpec(backoff=0).delay(4) == 0.0  # retried at once
 
 
 @pytest.mark.parametrize(
@@ -65,8 +66,8 @@ def test_delay_doubles_and_is_capped_at_30_s() -> None:
         ("    retry: {attempts: 11}", "7:13", "retry.attempts: Input should be less than or equal to 10"),
         ("    retry: {attempts: -1}", "7:13", "retry.attempts: Input should be greater than or equal to 0"),
         ("    retry: {attempts: many}", "7:13", "retry.attempts: a number is expected, not the text 'many'"),
-        ("    retry: {backoff: 0}", "7:13", "retry.backoff: Input should be greater than 0"),
-        ("    retry: {backoff: -0.5}", "7:13", "retry.backoff: Input should be greater than 0"),
+        ("    retry: {backoff: 31}", "7:13", "retry.backoff: Input should be less than or equal to 30"),
+        ("    retry: {backoff: -0.5}", "7:13", "retry.backoff: Input should be greater than or equal to 0"),
         ("    retry: {on: [Timeout, Bogus]}", "7:27", "retry.on[1]: 'Bogus' is not a retryable error type"),
         ("    retry: {on: [BadEvent]}", "7:18", "retry.on[0]: 'BadEvent' is not a retryable error type"),
         ("    retry:\n      on:\n        - Timeout\n        - NotFound", "10:11", "retry.on[1]: 'NotFound'"),
@@ -87,8 +88,8 @@ def test_bad_retry_values_are_named_at_their_line(
 
 
 def test_every_bad_retry_value_is_reported(tmp_path: Path) -> None:
-    """1. attempts over 10, a zero backoff and an unknown error type in one block.
+    """1. attempts over 10, a negative backoff and an unknown error type in one block.
     Result: three errors, in line order, each at its own line."""
-    block = "    retry:\n      attempts: 99\n      backoff: 0\n      on: [Timeout, Nope]\n"
+    block = "    retry:\n      attempts: 99\n      backoff: -1\n      on: [Timeout, Nope]\n"
     errors = errors_of(write_project(tmp_path, HEAD + block, MODULES))
     assert [e.split(":")[1:3] for e in errors] == [["8", "7"], ["9", "7"], ["10", "21"]], errors
