@@ -191,8 +191,11 @@ def _secret_file(folder: Path, name: str) -> str | None:
     """The value of the secret file `name` in `folder`, None when there is none; ValueError if unusable."""
     from framework.control.secrets import SecretError, SecretStore
 
-    if not (folder / name).exists() and not (folder / name).is_symlink():
-        return None
+    try:
+        if not (folder / name).exists() and not (folder / name).is_symlink():
+            return None
+    except OSError as exc:  # the folder itself cannot be searched (its permissions)
+        raise ValueError(f"cannot look for {name} in the secrets folder {folder}: {exc.strerror}") from None
     try:
         return SecretStore(folder).read(name)
     except SecretError as exc:

@@ -225,3 +225,23 @@ def test_malformed_bootstrap_servers_are_a_usage_error_before_anything_runs(
         assert error.startswith("Error: invalid setting: FAAS_KAFKA_BOOTSTRAP_SERVERS: "), error
         assert problem in error and "Value error" not in error, error
     assert served == []
+
+
+def test_a_secrets_folder_that_cannot_be_searched_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secrets folder its user may not search (mode 000; as root the test stands in for the kernel's
+    EACCES) is a settings error naming it: every `faas` command printed a traceback."""
+    (tmp_path / "secrets").mkdir()
+    real = Path.exists
+
+    def denied(path: Path) -> bool:
+        if path.parent == tmp_path / "secrets":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(
+        ValueError, match=r"cannot look for FAAS_API_KEYS in the secrets folder .*Permission denied"
+    ):
+        Settings(secrets_dir=tmp_path / "secrets")
