@@ -39,6 +39,7 @@ from framework.types import EventIdentity, new_id
 
 SPECVERSION = "1.0"
 STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
 JSON = b"application/json"
 REPLY_TYPE = b"faas.reply"
 REPLY_SOURCE = b"faas"
@@ -160,10 +161,12 @@ def parse(
             raise _Bad(bad_header)
         if attrs.get("ce_specversion", SPECVERSION) != SPECVERSION:
             raise _Bad(f"unsupported ce_specversion {attrs['ce_specversion']!r} (want {SPECVERSION})")
+        if attrs.get("content-type", "").lower().startswith(BATCH):
+            raise _Bad(f"batch mode ({BATCH}) is not supported: send one event per message")
         if event_type is None:
-            raise _Bad("missing ce_type header")
+            raise _Bad("empty ce_type header" if "ce_type" in attrs else "missing ce_type header")
         if event_id is None:
-            raise _Bad("missing ce_id header")
+            raise _Bad("empty ce_id header" if "ce_id" in attrs else "missing ce_id header")
         _check_json(value, max_payload)
     except _Bad as exc:
         return BadRecord(str(exc)[:MAX_MESSAGE], event_id, event_type, replyto, traceparent, tracestate)
@@ -247,7 +250,8 @@ def _structured(
             payload = base64.b64decode(doc["data_base64"], validate=True)
             _check_json(payload, max_payload)
         except (_Bad, binascii.Error, TypeError, ValueError) as exc:
-            return _with(bad, f"structured mode: bad data_base64: {exc}")
+            problem = str(exc).replace("record value", "decoded data")
+            return _with(bad, f"structured mode: bad data_base64: {problem}")
     else:
         # The data is embedded in the envelope, so here (and only here) it is encoded again.
         payload = orjson.dumps(doc.get("data"))
