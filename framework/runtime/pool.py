@@ -105,12 +105,13 @@ class FunctionPool:
         """Run `inv` on this very instance (warm-ups), whatever its load."""
         if self._recorder is not None:
             return await self._recorded(inv, inst)
+        cold = not inst.ready  # a warm-up that started the instance waited for it (section 3)
         self._reserve(inst)
         try:
-            result, ms = await inst.call(inv, False)
+            result, ms = await inst.call(inv, cold)
         finally:
             self._release(inst)
-        return InvokeResult(inv.invocation_id, result, ms, False, inst.id)
+        return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
     async def _recorded(self, inv: Invocation, on: InstanceHandle | None) -> InvokeResult:
         """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened.
@@ -130,6 +131,7 @@ class FunctionPool:
                 self.check_available()
                 inst, cold = self._acquire() or await self._queue()
             else:
+                cold = not on.ready  # a warm-up that started the instance waited for it (section 3)
                 self._reserve(on)
                 inst = on
             try:

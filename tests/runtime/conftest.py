@@ -116,7 +116,7 @@ def handle(payload, ctx):
     return "handled"
 
 async def warmup(ctx):
-    Path(f"warmup-{os.getpid()}").write_text(ctx.trigger)
+    Path(f"warmup-{os.getpid()}").write_text(f"{ctx.trigger} cold={ctx.cold_start}")
 """
 
 BROKEN = """
