@@ -141,7 +141,15 @@ class Invoker:
         """
         if span is None:
             span = tracing.start()
-        inv = Invocation(invocation_id or new_id(), trigger, event, payload, identity, span.traceparent)
+        inv = Invocation(
+            invocation_id or new_id(),
+            trigger,
+            event,
+            payload,
+            identity,
+            span.traceparent,
+            tracestate=span.tracestate,
+        )
         token = tracing.current.set(span)
         outcome = "ok"
         result: InvokeResult | None = None

@@ -85,14 +85,19 @@ class Invocation:
     """W3C `traceparent` of this invocation's own span, when the source knows its trace."""
     attempt: int = 1
     """1 for the first try; retries count up (DESIGN.md section 15)."""
+    tracestate: str | None = None
+    """The W3C `tracestate` of the trace, passed on to the handler's own spans (section 11)."""
 
     def frame_fields(self) -> dict[str, object]:
-        """Optional request-frame header fields (`ev`, `tp`, `a`): those that differ from the default."""
+        """Optional request-frame header fields (`ev`, `tp`, `ts`, `a`): those that differ from the
+        default."""
         fields: dict[str, object] = {}
         if self.identity is not None:
             fields["ev"] = self.identity.as_header()
         if self.traceparent is not None:
             fields["tp"] = self.traceparent
+        if self.tracestate is not None:
+            fields["ts"] = self.tracestate
         if self.attempt != 1:
             fields["a"] = self.attempt
         return fields

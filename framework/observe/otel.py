@@ -125,21 +125,29 @@ def setup_instance(function: str, instance_id: str) -> None:
 _NOTHING = contextlib.nullcontext()
 
 
-def invocation_context(traceparent: str) -> contextlib.AbstractContextManager[None]:
-    """Make the invocation's span (`traceparent`, from the node) the current OpenTelemetry context; without
-    export, a shared context manager that does nothing (no generator made per invocation)."""
+def invocation_context(
+    traceparent: str, tracestate: str | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Make the invocation's span (`traceparent` and `tracestate`, from the node) the current OpenTelemetry
+    context; without export, a shared context manager that does nothing (no generator made per
+    invocation)."""
     if _provider is None:
         return _NOTHING
-    return _attached(traceparent)
+    return _attached(traceparent, tracestate)
 
 
 @contextlib.contextmanager
-def _attached(traceparent: str) -> Iterator[None]:
+def _attached(traceparent: str, tracestate: str | None) -> Iterator[None]:
     from opentelemetry import context, trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
+    state = TraceState.from_header([tracestate]) if tracestate else None
     parent = SpanContext(
-        int(traceparent[3:35], 16), int(traceparent[36:52], 16), True, TraceFlags(int(traceparent[53:55], 16))
+        int(traceparent[3:35], 16),
+        int(traceparent[36:52], 16),
+        True,
+        TraceFlags(int(traceparent[53:55], 16)),
+        state,
     )
     token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
     try:

@@ -42,7 +42,8 @@ class FrameKind(IntEnum):
     REQUEST = 3
     """node → instance: `{"id", "inv", "t" (trigger), "e" (event), "c" (cold start)}` + raw payload JSON;
     optional `"ev"` (event identity: `{"id", "src", "sub", "time", "key", "ext"}`), `"tp"` (traceparent),
-    `"a"` (attempt, default 1), `"s"` (epoch seconds the pool took it: the node wants its record)."""
+    `"ts"` (tracestate), `"a"` (attempt, default 1), `"s"` (epoch seconds the pool took it: the node wants
+    its record)."""
     REPLY = 4
     """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`; when the
     request had `"s"`, the invocation's record (JSON, with what it logged: observe/record_json.py,

@@ -56,6 +56,7 @@ class Received:
     kind: int
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    trace_state: str = ""
 
 
 @dataclass
@@ -95,6 +96,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                                 s.kind,
                                 attributes,
                                 resource,
+                                s.trace_state,
                             )
                         )
             with receiver.lock:
@@ -136,16 +138,17 @@ def node(
 
 @pytest.mark.parametrize(("uuid", "name"), [(TRACED, "traced"), (TRACED_SYNC, "traced-sync")])
 def test_direct_invocation_spans(node: Node, receiver: tuple[Receiver, str], uuid: str, name: str) -> None:
-    """1. Invoke an `async def` and a `def` handler over HTTP with a caller's traceparent (trace T, span S);
-       each handler starts its own span with the OpenTelemetry API.
+    """1. Invoke an `async def` and a `def` handler over HTTP with a caller's traceparent (trace T, span S)
+       and tracestate; each handler starts its own span with the OpenTelemetry API.
     Result: the receiver gets `invoke <fn>` (trace T, parent S, span id = ctx.span_id, the FaaS attributes)
-    and the handler's `handler-work` span as its child, from the instance (resource names the function)."""
+    and the handler's `handler-work` span as its child, from the instance (resource names the function),
+    with the caller's tracestate (section 11: the trace is continued with its state)."""
     rec, _ = receiver
     tid, sid = secrets.token_hex(16), secrets.token_hex(8)
     r = httpx.post(
         f"{node.url}/functions/{uuid}/invoke",
         json={},
-        headers={"traceparent": f"00-{tid}-{sid}-01"},
+        headers={"traceparent": f"00-{tid}-{sid}-01", "tracestate": "congo=t61rcWkgMzE"},
         timeout=30,
     )
     assert r.status_code == 200, r.text
@@ -159,6 +162,7 @@ def test_direct_invocation_spans(node: Node, receiver: tuple[Receiver, str], uui
     work = wait_for(lambda: rec.named("handler-work", tid), timeout=30, message="the handler's span")[0]
     assert work.parent == invoke.span_id, (work, invoke)
     assert work.attributes["inside"] == name and work.resource["faas.name"] == name, work
+    assert work.trace_state == "congo=t61rcWkgMzE", work
 
 
 def test_kafka_event_spans(node: Node, broker: EmbeddedBroker, receiver: tuple[Receiver, str]) -> None:

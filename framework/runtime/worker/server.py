@@ -250,7 +250,7 @@ class Server:
         reply: Header = {"id": rid}
         body = b""
         try:
-            with otel.invocation_context(tp):
+            with otel.invocation_context(tp, header.get("ts")):
                 body = await self._call(rid, header, tail, inv, deadline, tp)
         except asyncio.CancelledError:
             if rid in self.cancelled:
