@@ -287,6 +287,7 @@ class InstanceHandle:
             )
             crashed = self.ready or not self.started.done()
             self._die("exit" if crashed else None, hard=False)
+            self._kill()  # what its handlers started goes with it
 
     def _on_log(self, kind: int, header: Header, tail: bytes) -> None:
         if kind != FrameKind.LOG:
@@ -413,8 +414,10 @@ class InstanceHandle:
         self._on_exit(self, reason)
 
     def _kill(self) -> None:
-        if self.pid and not self.exited.is_set():
+        """SIGKILL the instance's process group: the instance (its leader) and what its handlers started,
+        also when the instance itself has already exited (its children may not have)."""
+        if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
         if self._logs is not None and self.pid == 0:
             self._logs.close()

@@ -43,6 +43,15 @@ async def boom(payload, ctx):
 async def notjson(payload, ctx):
     return {1, 2}
 
+async def spawn(payload, ctx):
+    import subprocess
+    child = subprocess.Popen(["sleep", "60"])
+    if payload and payload.get("exit"):
+        with open(payload["exit"], "w") as f:
+            f.write(str(child.pid))
+        os._exit(1)  # leaves its child behind
+    return {"child": child.pid, "pid": os.getpid()}
+
 async def exit1(payload, ctx):
     os._exit(1)
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -226,3 +227,29 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, only not reaped yet
     except OSError:
         return False
+
+
+async def test_the_processes_a_handler_starts_go_with_its_instance(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """1. A handler starts a long `sleep` child and returns. 2. The node kills the instance (as it does for
+    a memory or time limit, a retirement, or its stop). 3. Another starts a child and exits the process.
+    Result: each child is gone too (they lived on, reparented, past their instance and even its node)."""
+    s = spec("spawn", max=1)
+    value, _ = await call(runtime, s)
+    child = value["child"]
+    assert _alive(child)
+    [inst] = runtime._pool(s).instances
+    inst.kill()
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the handler's child outlived its instance"
+        await asyncio.sleep(0.02)
+    note = tmp_path / "child"
+    with pytest.raises(InstanceCrashed):
+        await call(runtime, s, {"exit": str(note)})
+    child = int(note.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child of an instance that exited outlived it"
+        await asyncio.sleep(0.02)

@@ -84,6 +84,10 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
     code = 1
     try:
         die_with_parent(parent)
+        # A process group of its own: the node's kill (`killpg`) then takes the processes its handlers
+        # started too, which would otherwise outlive it (a child in a new session of its own still can).
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
         # The template ignores SIGCHLD to auto-reap; handlers that run subprocesses need the default.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         code = _main(config, main_fd, log_fd)
