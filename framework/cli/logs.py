@@ -113,14 +113,26 @@ def _duration(ms: Any) -> str:
     return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c not in (9, 10)}
+"""Control characters a handler's text may hold (NUL, ESC, ...), shown escaped: written raw, they would
+drive the reader's terminal (colours, cursor moves, a cleared screen) or cut the line for `grep`."""
+
+
+def _shown(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 def render(record: dict[str, Any]) -> str:
-    """The human form: the invocation's line, then its log lines indented."""
+    """The human form: the invocation's line, then its log lines indented. Text that came from a handler
+    (its log lines and error message) has its control characters escaped."""
     ok = record.get("ok") is True
     error: dict[str, Any] = record["error"] if isinstance(record.get("error"), dict) else {}
     outcome = (
         click.style("ok", fg="green")
         if ok
-        else click.style(f"{error.get('type', 'failed')}: {str(error.get('message', ''))[:300]}", fg="red")
+        else click.style(
+            f"{error.get('type', 'failed')}: {_shown(str(error.get('message', ''))[:300])}", fg="red"
+        )
     )
     parts = [
         click.style(str(record.get("started_at")), dim=True),
@@ -142,9 +154,10 @@ def render(record: dict[str, Any]) -> str:
             continue
         level = str(entry.get("level", ""))
         colour = "red" if level in ("ERROR", "CRITICAL") else "yellow" if level == "WARNING" else None
-        text = str(entry.get("message", "")) + (" …" if entry.get("truncated") else "")
+        text = _shown(str(entry.get("message", ""))) + (" …" if entry.get("truncated") else "")
         when = str(entry.get("time", ""))[11:23]  # the record's line has the date
-        head = f"    {click.style(when, dim=True)} {click.style(f'{level:<7}', fg=colour)} "
+        shown_level = click.style(f"{level:<7}", fg=colour) if colour else f"{level:<7}"  # no bare reset code
+        head = f"    {click.style(when, dim=True)} {shown_level} "
         body = text.replace("\n", "\n" + " " * 8)
         lines.append(head + body)
     return "\n".join(lines)

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from framework.cli.logs import render
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.support import Node, new_id, run_cli, wait_for, write_project
 
@@ -356,3 +357,22 @@ def test_a_name_no_function_has_is_read_and_warned_about_when_nothing_matches(
     for quiet in ("boom", new_id()):
         r = logs(quiet)
         assert r.stdout == "" and r.stderr == "", (quiet, r.stderr)
+
+
+def test_a_handlers_control_characters_are_shown_escaped() -> None:
+    """A record whose log line and error message hold NUL and terminal escapes (a handler's binary output):
+    rendered with them escaped (they would drive the reader's terminal); tabs and line breaks stay; a level
+    without a colour gets no bare reset code."""
+    record = {
+        "started_at": "2026-12-03T10:00:00.000Z",
+        "function": "f",
+        "invocation_id": "i-1",
+        "trigger": "direct",
+        "ok": False,
+        "error": {"type": "FunctionError", "message": "bad\x00\x1b[2J"},
+        "logs": [{"time": "2026-12-03T10:00:00.001Z", "level": "INFO", "message": "a\x00b\x1b[31mc\td\ne"}],
+    }
+    text = render(record)
+    assert "FunctionError: bad\\x00\\x1b[2J" in text
+    assert "INFO    a\\x00b\\x1b[31mc\td\n" in text and "\x00" not in text and "\x1b[2J" not in text
+    assert "INFO   \x1b[0m" not in text
