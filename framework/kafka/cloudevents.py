@@ -10,7 +10,8 @@ Choices where the binding leaves room:
 
 - a binary-mode record without `ce_specversion` is taken as 1.0 (only a present, different value is bad);
 - header names are matched case-insensitively; a core attribute (`ce_specversion`, `ce_type`, `ce_id`,
-  `ce_source`, `ce_subject`, `ce_time`, `ce_replyto`, `content-type`) that is not UTF-8 makes the record bad;
+  `ce_source`, `ce_subject`, `ce_time`, `ce_replyto`, `content-type`) that is not UTF-8, or that is given
+  twice with different values, makes the record bad;
 - every other `ce_*` header is an extension, handed to the handler as `ctx.extensions` (section 3). An
   extension that is not UTF-8, is over `MAX_EXTENSION_BYTES`, or whose name is not 1-20 lower-case letters
   and digits (the CloudEvents naming rule) is dropped with a warning (`Event.dropped`): the event is
@@ -144,9 +145,12 @@ def parse(
             trace[lname] = raw.decode("latin-1")
             continue
         try:
-            attrs[lname] = raw.decode()
+            text = raw.decode()
         except UnicodeDecodeError:
             bad_header = bad_header or f"header {name} is not UTF-8"
+            continue
+        if attrs.setdefault(lname, text) != text:  # which one is the event's? neither is taken
+            bad_header = bad_header or f"header {name} is given twice, with different values"
     if attrs.get("content-type", "").lower().startswith(STRUCTURED):
         return _structured(value, bad_header, max_payload, trace, transport_first)
     event_id = attrs.get("ce_id") or None

@@ -78,8 +78,16 @@ BAD = [
     (b"{}", binary(id_=""), None, "order.created", "empty ce_id header"),
     (b"{}", binary(type_=""), "e1", None, "empty ce_type header"),
     (
+        b"{}",
+        [*binary(), ("ce_id", b"e2")],
+        "e1",
+        "order.created",
+        "ce_id is given twice, with different values",
+    ),
+    (b"{}", [*binary(), ("CE_TYPE", b"other")], "e1", "order.created", "CE_TYPE is given twice"),
+    (
         b"[{}]",
-        [*binary(), ("content-type", b"application/cloudevents-batch+json")],
+        [*binary()[:2], *binary()[3:], ("content-type", b"application/cloudevents-batch+json")],
         "e1",
         "order.created",
         "batch mode",

@@ -141,10 +141,12 @@ def typed_event(
 def typed_event_id(headers: list[tuple[str, bytes | None]]) -> str | None:
     """The optional `ce-id` of `POST /events/{type}`, decoded as `POST /events` decodes it (percent-decoded
     UTF-8): None when absent or empty (a new id is made). BadRequest when it is not UTF-8."""
-    for name, value in headers:
-        if name.lower() == "ce_id" and value:
-            try:
-                return value.decode()
-            except UnicodeDecodeError:
-                raise BadRequest("header ce-id is not UTF-8") from None
+    given = {value for name, value in headers if name.lower() == "ce_id" and value}
+    if len(given) > 1:
+        raise BadRequest("header ce-id is given twice, with different values")
+    for value in given:
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise BadRequest("header ce-id is not UTF-8") from None
     return None

@@ -222,6 +222,11 @@ def test_both_event_routes_read_one_ce_id_and_the_http_hop_trace_first(node: Nod
         assert seen == [want, want], seen
     r = httpx.post(f"{node.url}/events/ce.seen", content=b"1", headers=[(b"ce-id", b"\xff")], timeout=30)
     assert r.status_code == 400 and "ce-id is not UTF-8" in r.json()["error"]["message"], r.text
+    twice = [(b"ce-id", b"a-1"), (b"ce-id", b"a-2")]  # which is the event's? neither: 400 on both routes
+    for url, extra in ((f"{node.url}/events", _binary("x")), (f"{node.url}/events/ce.seen", {})):
+        headers = [(k.encode(), v.encode()) for k, v in extra.items() if k != "ce-id"]
+        r = httpx.post(url, content=b"1", headers=[*headers, *twice], timeout=30)
+        assert r.status_code == 400 and "given twice" in r.json()["error"]["message"], r.text
     hop, event = secrets.token_hex(16), secrets.token_hex(16)
     both = {
         "traceparent": f"00-{hop}-{secrets.token_hex(8)}-01",
