@@ -208,6 +208,8 @@ import asyncio, os, sys
 
 async def handle(payload, ctx):
     print("probe ran", ctx.invocation_id, file=sys.stderr, flush=True)
+    ctx.log.info("probe info line")
+    print("probe printed line")
     return {"payload": payload, "function": ctx.function, "uuid": ctx.uuid, "trigger": ctx.trigger,
             "pid": os.getpid(), "instance_id": ctx.instance_id}
 
@@ -234,7 +236,8 @@ def test_invoke_locally_in_a_fresh_instance(tmp_path: Path) -> None:
     """1. `faas invoke probe` (a draft) with a payload. 2. `faas invoke sleepy` (timeout 1 s, sleeps 20 s).
     3. `faas invoke broken` (raises).
     Result: 1 prints what the handler saw (its own name and uuid, trigger `direct`, the payload) from an
-    instance process that is not the test's, and its stderr line reaches the command's log; 2 exits 1 with
+    instance process that is not the test's, and its stderr, stdout and ctx.log lines reach the command's
+    stderr; 2 exits 1 with
     `Timeout` well before 20 s; 3 exits 1 with the `FunctionError` naming the exception."""
     root = write_project(tmp_path, PROBE_MANIFEST, {"probe": PROBE_MODULE})
     r = run_cli(root, "invoke", "probe", "--data", '{"n": 7}')
@@ -244,6 +247,8 @@ def test_invoke_locally_in_a_fresh_instance(tmp_path: Path) -> None:
     assert got["uuid"] == "2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03" and got["instance_id"]
     assert got["pid"] != os.getpid()
     assert "probe ran" in r.stderr, r.stderr
+    # What it logs at INFO and prints to stdout is shown too (on stderr: stdout holds the result alone).
+    assert "probe info line" in r.stderr and "probe printed line" in r.stderr, r.stderr
 
     started = time.monotonic()
     r = run_cli(root, "invoke", "sleepy")

@@ -125,9 +125,13 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
         body = _post(f"{url.rstrip('/')}/functions/{target}/invoke", data, key)
         click.echo(json.dumps(body.get("result") if isinstance(body, dict) else body))
         return
+    from framework.observe import logs
     from framework.runtime.pools import invoke_once
 
     assert spec is not None
+    # What the handler logs and prints goes to stderr (at FAAS_LOG_LEVEL), as a node's log would show it;
+    # the result alone goes to stdout, for scripts.
+    logs.configure(settings.log_level, settings.log_format)
     try:
         result = asyncio.run(invoke_once(spec, data, settings))
     except FaasError as exc:
