@@ -217,10 +217,13 @@ class Invoker:
         error = None if outcome == "ok" else outcome
         self.exporter.end(f"invoke {spec.name}", span, "internal", attributes, error)
 
-    async def direct(self, uuid: str, payload: bytes, span: tracing.Span | None = None) -> InvokeResult:
-        """HTTP direct invocation: only productive functions; anything else is NotFound."""
+    async def direct(
+        self, uuid: str, payload: bytes, span: tracing.Span | None = None, invocation_id: str | None = None
+    ) -> InvokeResult:
+        """HTTP direct invocation: only productive functions; anything else is NotFound. `invocation_id`:
+        the caller's (a new one when None), so it can name the invocation even when it fails."""
         spec = self.lookup(uuid)
-        return await self.call(spec, payload, "direct", span=span)
+        return await self.call(spec, payload, "direct", invocation_id=invocation_id, span=span)
 
     def lookup(self, uuid: str) -> FunctionSpec:
         spec = self.registry.productive(uuid)

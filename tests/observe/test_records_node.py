@@ -276,11 +276,15 @@ def test_schedule_and_warmup_records(node: Node) -> None:
 def test_failure_records(node: Node) -> None:
     """1. boom logs, then raises. 2. slow prints, then runs past its 1 s limit.
     Result: records ok false with error FunctionError (naming the exception) and Timeout; the lines logged
-    before the failure are kept; `ok=false` lists both."""
+    before the failure are kept; `ok=false` lists both; the failed answer's `faas-invocation-id` header
+    finds its record."""
     tok = new_id()[:8]
-    assert invoke(node, BOOM, {"tok": tok}).status_code == 500
+    failed = invoke(node, BOOM, {"tok": tok})
+    assert failed.status_code == 500
     assert invoke(node, SLOW, {"tok": tok}).status_code == 504
     boom = listed(node, lambda rs: rs[0] if rs else None, function="boom", ok="false")
+    # The failed answer names its invocation (the error body has no room for it): its record is found by it.
+    assert one(node, failed.headers["faas-invocation-id"])["invocation_id"] == boom["invocation_id"]
     assert boom["error"]["type"] == "FunctionError" and f"kaboom {tok}" in boom["error"]["message"]
     assert messages(boom)[0] == f"before {tok}" and boom["logs"][0]["level"] == "WARNING"
     slow = listed(node, lambda rs: rs[0] if rs else None, function="slow", ok="false")

@@ -52,6 +52,10 @@ from framework.types import EventIdentity, InvokeResult
 
 log = logging.getLogger("faas.http")
 
+RAN = frozenset({"FunctionError", "Timeout", "InstanceCrashed"})
+"""Error types of a direct invocation that ran (it has a record): its answer names it in the
+`faas-invocation-id` header."""
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -66,7 +70,9 @@ class Invoker(Protocol):
 
     def lookup(self, uuid: str) -> FunctionSpec: ...
 
-    async def direct(self, uuid: str, payload: bytes, span: tracing.Span | None = None) -> InvokeResult: ...
+    async def direct(
+        self, uuid: str, payload: bytes, span: tracing.Span | None = None, invocation_id: str | None = None
+    ) -> InvokeResult: ...
 
     async def event(
         self,
@@ -152,13 +158,15 @@ class HttpSource:
 
     # ---- functions ----
 
-    async def invoke_body(self, uuid: str, scope: Scope, receive: Receive, span: tracing.Span) -> bytes:
+    async def invoke_body(
+        self, uuid: str, scope: Scope, receive: Receive, span: tracing.Span, invocation_id: str
+    ) -> bytes:
         """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's."""
         invoker = self.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
         payload = await self.body.read(scope, receive)
         # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
-        res = await invoker.direct(uuid, payload, span)
+        res = await invoker.direct(uuid, payload, span, invocation_id)
         return orjson.dumps(
             {
                 "invocation_id": res.invocation_id,
@@ -173,9 +181,10 @@ class HttpSource:
         Returns the status sent; the response carries the invocation's `traceparent`."""
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         span = tracing.from_headers(scope["headers"])
+        invocation_id = new_id()
         try:
             try:
-                status, body = 200, await self.invoke_body(uuid, scope, receive, span)
+                status, body = 200, await self.invoke_body(uuid, scope, receive, span, invocation_id)
             except asyncio.CancelledError:
                 cut = self.inflight.error()  # the node's stop ran out of grace: said in the contract's body
                 if cut is None:
@@ -183,6 +192,8 @@ class HttpSource:
                 raise cut from None
         except FaasError as exc:
             status, body = exc.status, error_body(exc.type, exc.message)
+            if exc.type in RAN:  # its record is GET /invocations/{id}: the body has no room for the id
+                content_type = [*content_type, (b"faas-invocation-id", invocation_id.encode())]
         except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
             status, body, content_type = 400, b"", []
         except Exception:
