@@ -167,6 +167,11 @@ CASES: dict[str, tuple[str, int, str]] = {
         9,
         "event type 'ping' listed twice (first at line 8)",
     ),
+    "secrets-node-setting": (
+        edit(append=["    secrets: [FAAS_API_KEYS]"]),
+        11,
+        "'FAAS_API_KEYS' is the node's own secret setting",
+    ),
     "secrets-twice": (edit(append=["    secrets: [a_key, b_key, a_key]"]), 11, "secret 'a_key' listed twice"),
     "memory-unit": (
         edit(append=["    instances:", "      memory_mb: 128MB"]),
