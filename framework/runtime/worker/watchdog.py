@@ -182,6 +182,8 @@ class LogStream(io.TextIOBase):
 
     def end(self, inv: str | None) -> None:
         """Send what `inv` wrote after its last newline, as a line of its own (its invocation ended)."""
+        if inv not in self._partial:  # the common case, once per invocation: no lock taken
+            return
         with self._lock:
             line = self._partial.pop(inv, "")
         if line:
