@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -51,6 +52,20 @@ from framework.sources.http.stopping import InflightRequests
 from framework.types import EventIdentity, InvokeResult
 
 log = logging.getLogger("faas.http")
+
+
+def _event_route(path: str, endpoint: Endpoint, method: str) -> Route:
+    """A route whose `{type}` is an event type, `/` included (`com.acme/order.created` is a valid type;
+    Starlette's `{type}` stops at the first `/`, so such a type had no route). `POST /events/x/listeners`
+    stays the listeners route's (405), not an event of type `x/listeners`: such a type is raised through
+    `POST /events`. The path stays as written: it labels the metrics and `/ui/session` lists it."""
+    route = Route(path, endpoint, methods=[method])
+    pattern = route.path_regex.pattern.replace("(?P<type>[^/]+)", "(?P<type>(?s:.+))")
+    if not path.endswith("/listeners"):
+        pattern = pattern.removesuffix("$") + "(?<!/listeners)$"
+    route.path_regex = re.compile(pattern)
+    return route
+
 
 RAN = frozenset({"FunctionError", "Timeout", "InstanceCrashed"})
 """Error types of a direct invocation that ran (it has a record): its answer names it in the
@@ -313,8 +328,8 @@ class HttpSource:
             Route("/functions", g(self.list_functions), methods=["GET"]),
             Route("/functions/{uuid}", g(self.get_function), methods=["GET"]),
             Route("/functions/{uuid}/revisions", g(self.function_revisions), methods=["GET"]),
-            Route("/events/{type}/listeners", g(self.listeners), methods=["GET"]),
-            Route("/events/{type}", g(self.emit), methods=["POST"]),
+            _event_route("/events/{type}/listeners", g(self.listeners), "GET"),
+            _event_route("/events/{type}", g(self.emit), "POST"),
             Route("/events", g(self.cloudevent), methods=["POST"]),
             Route("/healthz", g(self.healthz), methods=["GET"]),
             Route("/readyz", g(self.readyz), methods=["GET"]),

@@ -22,7 +22,7 @@ functions:
     uuid: {IDENT}
     handler: functions.idm:ident
     state: productive
-    events: [ce.seen]
+    events: [ce.seen, "acme.com/order.created"]
   - name: failer
     uuid: {FAILER}
     handler: functions.idm:failer
@@ -242,6 +242,18 @@ def test_both_event_routes_read_one_ce_id_and_the_http_hop_trace_first(node: Nod
     r = httpx.post(f"{node.url}/functions/{IDENT}/invoke", json=1, headers={"traceparent": flags}, timeout=30)
     assert r.status_code == 200 and r.headers["traceparent"].endswith("-01"), r.headers
     assert r.json()["result"]["traceparent"].endswith("-01"), r.text
+
+
+def test_an_event_type_with_a_slash_has_its_routes(node: Node) -> None:
+    """`acme.com/order.created` is a valid event type: `GET /events/{type}/listeners` and
+    `POST /events/{type}` serve it, written with the `/` as is or percent-encoded (they answered 404)."""
+    for written in ("acme.com/order.created", "acme.com%2Forder.created"):
+        r = httpx.get(f"{node.url}/events/{written}/listeners", timeout=30)
+        assert r.status_code == 200 and [f["name"] for f in r.json()["functions"]] == ["ident"], r.text
+        assert r.json()["event"] == "acme.com/order.created", r.text
+        r = httpx.post(f"{node.url}/events/{written}", json={"n": 1}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["event"] == "acme.com/order.created" and _result(r.json())["payload"] == {"n": 1}
 
 
 def test_openapi_describes_the_sink(node: Node) -> None:
