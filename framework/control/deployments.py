@@ -276,6 +276,10 @@ class Deployments:
                 continue
             log.info("deployment log: published %d kept revisions again", count)
             return
+        log.error(
+            "gave up publishing the lost deployment log again after 30 attempts: nodes that start now will "
+            "not serve these revisions; restart this node (or deploy again) once the broker takes them"
+        )
 
     def _spawn(self, work: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(work, name), name=name)

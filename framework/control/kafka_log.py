@@ -49,6 +49,8 @@ FOLLOW_RETRY = 0.5
 TOPIC_CHECK_EVERY = 1.0
 """Seconds a check that the broker lists the log's topic holds for the writes after it (`_topic_present`):
 one publication's writes follow each other within it; a broker lost and restarted is not back that soon."""
+RECORD_OVERHEAD = 64 * 1024
+"""Bytes a produce request adds around one record's value (key, headers, batch and request framing)."""
 READ_BACK_TIMEOUT = 10.0
 """Seconds a publisher waits to read its own write back before it reports a failure."""
 
@@ -67,6 +69,8 @@ class KafkaLog(DeploymentLog):
         """The offset of the next record to apply."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._producer_limit = 0
+        """The producer's max_request_size (bytes)."""
         self._task: asyncio.Task[None] | None = None
         self._moved = asyncio.Event()
         self._low = 0
@@ -108,9 +112,17 @@ class KafkaLog(DeploymentLog):
 
     async def write(self, records: list[tuple[str, bytes | None]]) -> None:
         await self._topic_present()
+        # Room for the largest record: a code record published by a deployer with a higher
+        # FAAS_MAX_CODE_BYTES than this node's must still fit when this node republishes a lost log.
+        needed = max((len(value) + RECORD_OVERHEAD for _, value in records if value is not None), default=0)
+        if self._producer is not None and needed > self._producer_limit:
+            with contextlib.suppress(KafkaError, OSError):
+                await self._producer.stop()
+            self._producer = None
         if self._producer is None:
+            self._producer_limit = max(self.fetch_bytes, 16 * 1024 * 1024, needed)
             self._producer = await start_producer(
-                self.bootstrap, self.settings, max_request_size=max(self.fetch_bytes, 16 * 1024 * 1024)
+                self.bootstrap, self.settings, max_request_size=self._producer_limit
             )
         for key, value in records:
             # One record per request: Tansu reports a high watermark of base offset + 1 after a batch of

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from framework.control import kafka_log as kafka_log_module
@@ -159,6 +160,36 @@ async def test_a_write_after_the_broker_lost_the_topic_creates_it_again(
             await admin.close()
     finally:
         await log.stop()
+
+
+async def test_a_record_over_this_nodes_own_limits_is_still_written(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. A log whose node has the default FAAS_MAX_CODE_BYTES (1 MiB) writes a 17 MB record (a code record a
+    deployer with a higher limit published, now republished after the topic was lost).
+    Result: the write succeeds and a reader gets the record back (the producer was sized for its own
+    limit, 16 MiB, and every republish of such a log failed with MessageSizeTooLargeError)."""
+    topic = f"t.deploy.{new_id()[:8]}"
+    blob = bytes(range(256)) * (17 * 1024 * 1024 // 256)
+    log = kafka_log(tmp_path / "writer", broker, topic, follow=False)
+    await log.start()
+    try:
+        await log.write([("big", blob)])
+    finally:
+        await log.stop()
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=32 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    await reader.start()
+    try:
+        got = await asyncio.wait_for(reader.getone(), 30)
+    finally:
+        await reader.stop()
+    assert (got.key, got.value) == (b"big", blob)
 
 
 async def test_a_batch_frees_a_name_before_taking_it() -> None:
