@@ -30,6 +30,7 @@ from framework.cli.common import (
     quiet_kafka_client,
     utf8,
 )
+from framework.control.code_cache import verify
 from framework.control.deployment_log import PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
@@ -57,7 +58,7 @@ def with_log(
     quiet_kafka_client()  # a verb says what went wrong in one line of its own
 
     async def run() -> T:
-        log = KafkaLog(LogState(), settings, bootstrap, follow=False)
+        log = KafkaLog(LogState(on_code=verify), settings, bootstrap, follow=False)
         try:
             async with asyncio.timeout(timeout):
                 await log.start()

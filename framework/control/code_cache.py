@@ -73,6 +73,29 @@ class CodeCache:
         return target
 
 
+def verify(sha: str, data: bytes) -> None:
+    """What `store` checks, without unpacking: ValueError when `data` is not the zip `sha` names, or a zip
+    no node would unpack (an unsafe path, a corrupt entry). The CLI reads the log with it, so what
+    `faas history` and `faas rollback` take for a revision's code is what the nodes can serve."""
+    if sha256(data) != sha:
+        raise ValueError(f"code record {sha[:12]}: its value's sha256 is {sha256(data)[:12]}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for name in z.namelist():
+                path = PurePosixPath(name)
+                if path.is_absolute() or ".." in path.parts:
+                    raise _Unsafe(f"code record {sha[:12]}: unsafe path {name!r} in the zip")
+            bad = z.testzip()
+    except _Unsafe:
+        raise
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"code record {sha[:12]}: not a zip ({exc})") from None
+    except Exception as exc:
+        raise ValueError(f"code record {sha[:12]}: cannot unpack it ({_kind(exc)}: {exc})") from None
+    if bad is not None:
+        raise ValueError(f"code record {sha[:12]}: cannot unpack it (entry {bad!r} is corrupt)")
+
+
 class _Unsafe(ValueError):
     """A zip entry that would land outside the folder it is unpacked into."""
 

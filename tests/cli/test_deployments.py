@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from tests.support import consume, new_id, run_cli, write_project
+from tests.support import consume, new_id, produce, run_cli, write_project
 
 pytestmark = pytest.mark.timeout(600)  # CLI processes on a shared, slow machine
 
@@ -339,3 +340,32 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path, verb: list[str]) -> N
     r = run_cli(root, *verb, env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
     lines = r.stderr.splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "Kafka broker at 127.0.0.1:" in lines[0], r.stderr
+
+
+def test_a_revision_whose_code_no_node_can_unpack_is_not_taken_for_live(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. `faas deploy alpha` (revision 1). 2. Revision 2 is written by hand, its code record bytes that
+    match their sha256 but are no zip (the nodes skip it and keep serving revision 1).
+    3. `faas history alpha --json`; `faas rollback alpha --to 2`.
+    Result: history says revision 1 is live, as the nodes serve it, and lists no revision 2; the rollback
+    to 2 exits 1 (it published a revision no node could serve)."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(root, "deploy", "alpha", env=env).returncode == 0
+    [first] = [r for r in consume(broker.bootstrap, topic, 2, timeout=10) if r["key"].startswith(b"rev:")]
+    bad = b"PK-not-really-a-zip"
+    sha = hashlib.sha256(bad).hexdigest()
+    forged = {**first["value"], "revision": 2, "code_sha256": sha, "message": "forged"}
+    produce(
+        broker.bootstrap,
+        topic,
+        [(f"code:{sha}".encode(), bad, []), (f"rev:{u}:2".encode(), json.dumps(forged).encode(), [])],
+    )
+    r = run_cli(root, "history", "alpha", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [(h["revision"], h["live"]) for h in json.loads(r.stdout)] == [(1, True)], r.stdout
+    assert "not a zip" in r.stderr, r.stderr  # the skipped record is said
+    r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)
+    assert r.returncode == 1 and "revision 2 is not kept" in r.stderr, (r.stdout, r.stderr)
