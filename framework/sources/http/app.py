@@ -428,7 +428,7 @@ def create_app(
             invocations, lambda: [(f.name, f.uuid) for f in invoker.registry.functions]
         )
         routes += listing.routes(_guarded)
-    routes += Dashboard(keys).routes()
+    routes += Dashboard(keys, readiness.readiness).routes()
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,

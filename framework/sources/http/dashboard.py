@@ -8,10 +8,13 @@ key as a bearer token. The files are read once, when the app is built, and serve
 Routes, all open (the API keys guard `/functions*`, `/events*` and `/invocations*`, never `/ui`):
 
 - `GET /ui` (and `/ui/`): the page. `GET /ui/app.js`, `GET /ui/app.css`: its script and stylesheet.
-- `GET /ui/session`: `{"auth", "key_ok", "routes"}`, always 200. `auth` says whether a key is needed,
-  `key_ok` whether the request's `Authorization: Bearer` key is one of them (true without keys), `routes`
-  the app's route paths (e.g. `/invocations`), so the page calls only routes this node serves. A browser logs
-  every non-2xx answer as a console error, so checking a key or a route by trying it would not be clean.
+- `GET /ui/session`: `{"auth", "key_ok", "routes", "ready", "problems"}`, always 200. `auth` says whether
+  a key is needed, `key_ok` whether the request's `Authorization: Bearer` key is one of them (true without
+  keys), `routes` the app's route paths (e.g. `/invocations`), so the page calls only routes this node
+  serves; `ready` and `problems` are what `/readyz` says (its reasons and the manifest's errors), which the
+  page shows in a banner. A browser logs every non-2xx answer as a console error, so checking a key, a
+  route or readiness by trying it (`/readyz` answers 503) would not be clean. The session holds no secret:
+  readiness is as open as `/readyz`.
 
 Every answer carries a Content-Security-Policy that allows only the node itself (`'self'`): no inline script,
 no other origin, no framing; even a bug that inserted HTML could neither run script nor call out. The script
@@ -21,7 +24,7 @@ files, so a node upgrade shows its own dashboard at the next load.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -58,9 +61,13 @@ def load_assets() -> dict[str, bytes]:
 
 
 class Dashboard:
-    """The `/ui` routes; `keys` are the node's API keys (empty: the API is open)."""
+    """The `/ui` routes; `keys` are the node's API keys (empty: the API is open); `readiness` gives what
+    `/readyz` says, which the session passes on so the page can show a node that is not well."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(
+        self, keys: Iterable[str], readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
+    ) -> None:
+        self.readiness = readiness
         self.keys = list(keys)
         self.auth = BearerAuth(_no_app, self.keys) if self.keys else None
         self.assets = load_assets()
@@ -81,6 +88,11 @@ class Dashboard:
         key_ok = self.auth is None or self.auth.allowed(request.scope)
         routes = sorted({path for route in request.app.routes if (path := getattr(route, "path", None))})
         body: dict[str, Any] = {"auth": self.auth is not None, "key_ok": key_ok, "routes": routes}
+        if self.readiness is not None:
+            ready, health = self.readiness()
+            problems = [str(r) for r in health.get("reasons", [])]
+            problems += [str(e) for e in health.get("manifest_errors") or []]
+            body |= {"ready": ready, "problems": problems}
         return JSONResponse(body, headers={**HEADERS, "Cache-Control": "no-store"})
 
     def routes(self) -> list[Route]:
@@ -104,6 +116,12 @@ def openapi_paths() -> dict[str, Any]:
             "auth": {"type": "boolean", "description": "whether the API needs a key (FAAS_API_KEYS)"},
             "key_ok": {"type": "boolean", "description": "whether this request's bearer key is valid"},
             "routes": {"type": "array", "items": {"type": "string"}, "description": "the node's routes"},
+            "ready": {"type": "boolean", "description": "what /readyz says"},
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "/readyz's reasons and the manifest's errors",
+            },
         },
     }
     return {

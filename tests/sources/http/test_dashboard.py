@@ -197,7 +197,8 @@ def test_list_degrades_to_dashes_without_records_and_computes_stats_from_them(
     """1. Invoke greeter and breaker (one failure) over HTTP; open /ui.
     2. In the page, compute the 15-minute figures from GET /invocations alone (as for a node without
        /invocations/stats) and compare them with the node's own.
-    3. Make the page believe the node serves no invocation records at all.
+    3. Make the page believe the node serves no invocation records at all (its session lists no
+       /invocations routes).
     Result: 2 gives the same counts and failures per function, and percentiles within the node's bin width
     (25 %); 3 shows "-" in the invocation columns at the next refresh, with no failed request.
     """
@@ -208,11 +209,16 @@ def test_list_degrades_to_dashes_without_records_and_computes_stats_from_them(
     expect(row_of(page, "breaker").locator("td[data-label=Invocations]")).to_contain_text("in 15 min")
     both = page.evaluate(
         """async () => {
-          const own = await loadStats();
-          state.routes.delete("/invocations/stats");
-          const computed = await loadStats();
-          state.routes.add("/invocations/stats");
-          return [Object.fromEntries(own), Object.fromEntries(computed)];
+          state.busy = true;  // no polling round (whose session would restore the routes) meanwhile
+          try {
+            const own = await loadStats();
+            state.routes.delete("/invocations/stats");
+            const computed = await loadStats();
+            state.routes.add("/invocations/stats");
+            return [Object.fromEntries(own), Object.fromEntries(computed)];
+          } finally {
+            state.busy = false;
+          }
         }"""
     )
     own, computed = both
@@ -223,7 +229,13 @@ def test_list_degrades_to_dashes_without_records_and_computes_stats_from_them(
             assert computed[uuid][q] == pytest.approx(own[uuid][q], rel=0.25), (uuid, q)
     assert own[BREAKER]["failures"] >= 1
 
-    page.evaluate('() => { state.routes.delete("/invocations/stats"); state.routes.delete("/invocations"); }')
+    def without_records(route: Any) -> None:  # the node's session, as a node without records answers it
+        answer = route.fetch()
+        body = answer.json()
+        body["routes"] = [r for r in body["routes"] if not r.startswith("/invocations")]
+        route.fulfill(response=answer, json=body)
+
+    page.route("**/ui/session", without_records)
     for label in ("Invocations", "Failures", "Duration"):
         expect(row_of(page, "greeter").locator(f"td[data-label={label}]")).to_have_text("-")
     rec.assert_clean()
@@ -389,6 +401,7 @@ def test_broken_addresses_show_a_page_not_an_error(
     expect(page.get_by_role("heading", level=1)).to_have_text(heading)
     if heading == "Unknown function":
         expect(page.locator("[data-f=facts]")).to_contain_text("not in this node's manifest")
+        expect(page.get_by_role("button", name="Invoke")).to_be_disabled()  # a try would earn a 404
     assert page.locator("main script, main img").count() == 0
     rec.assert_clean()
 
@@ -605,6 +618,36 @@ def test_disconnected_then_recovers_by_itself(
     assert page.evaluate("window.notReloaded") is True
     assert all("ERR_CONNECTION_REFUSED" in text for text, _ in rec.console_errors), rec.console_errors
     rec.assert_clean(expected_failures=("/",))
+
+
+def test_what_readyz_says_shows_in_a_banner(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node (no Kafka) whose manifest lists a secret it lacks for greeter (it serves the rest).
+    2. Open /ui. 3. Write the secret's file.
+    Result: 2 a banner says the node serves with problems, naming the missing secret (as /readyz does),
+    while the list shows; 3 the banner goes away by itself, without a reload; no console error (the page
+    reads readiness through its session, never a 503)."""
+    manifest = MANIFEST.replace(
+        "    events: [ui.hello]\n  - name: breaker",
+        "    events: [ui.hello]\n    secrets: [ui_token]\n  - name: breaker",
+        1,
+    )
+    root = write_project(tmp_path, manifest, MODULES)
+    (root / "secrets").mkdir()
+    n = nodes(root, None, kafka=False).wait_ready()
+    rec = ui(n)
+    page = rec.open(rec.page())
+    expect(page.locator("tbody[data-f=rows] tr")).to_have_count(len(STATES))
+    banner = page.locator("#health")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("Serving, with problems")
+    expect(banner).to_contain_text("ui_token")
+    page.evaluate("window.notReloaded = true")
+    (root / "secrets" / "ui_token").write_text("tok-0123456789\n")
+    expect(banner).to_be_hidden()
+    assert page.evaluate("window.notReloaded") is True
+    rec.assert_clean()
 
 
 def test_usable_at_390_pixels(node: Node, ui: Callable[..., Recorder]) -> None:

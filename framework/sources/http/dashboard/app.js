@@ -7,6 +7,8 @@
 // - It calls only the routes this node serves (GET /ui/session lists them): a browser logs every non-2xx
 //   answer as a console error, so a route that is missing shows "-" instead of being tried.
 // - A fetch that fails (node down) shows "disconnected"; polling goes on and the page recovers by itself.
+// - Each round starts with GET /ui/session: what /readyz says shows in a banner (a broker outage, a refused
+//   manifest edit, a missing secret), without a 503 a browser would log.
 "use strict";
 
 const POLL_MS = 2000;
@@ -14,7 +16,7 @@ const WINDOW_MIN = 15;
 const KEY_STORE = "faas.apiKey";
 
 const state = { auth: false, routes: new Set(), key: null, online: null, view: null, timer: null,
-  busy: false, again: false, resync: true };
+  busy: false, again: false };
 
 class Offline extends Error {}
 class Unauthorized extends Error {}
@@ -103,7 +105,6 @@ async function getJSON(route, path) {
 
 function setOnline(on) {
   if (state.online === on) return;
-  if (on && state.online === false) state.resync = true;
   state.online = on;
   document.getElementById("offline").hidden = on;
   const c = document.getElementById("conn");
@@ -128,11 +129,26 @@ function problem(text) {
 async function session() {
   const r = await api("/ui/session");
   if (!r.ok || !r.body) throw new Error("GET /ui/session answered " + r.status);
+  health(r.body);
   state.auth = !!r.body.auth;
   state.routes = new Set((r.body.routes || []).map(shape));
-  state.resync = false;
   document.getElementById("signout").hidden = !(state.auth && state.key);
   return !!r.body.key_ok;
+}
+
+// What /readyz says (through the session, which always answers 200): a node that is not ready (its broker
+// unreachable, still starting) or has problems (a manifest edit refused, a secret missing) says so here.
+function health(body) {
+  const h = document.getElementById("health");
+  const problems = Array.isArray(body.problems) ? body.problems.map(String) : [];
+  if (body.ready === false) {
+    h.textContent = "Not ready: " + (problems.join("; ") || "see /readyz");
+  } else if (problems.length) {
+    h.textContent = "Serving, with problems: " + problems.join("; ");
+  } else {
+    h.textContent = "";
+  }
+  h.hidden = !h.textContent;
 }
 
 function forgetKey(message) {
@@ -459,6 +475,8 @@ function functionView(uuid) {
       if (!f) {
         p.name.textContent = "Unknown function";
         replace(p.facts, facts([["uuid", uuid], ["state", "not in this node's manifest"]]));
+        p.invoke.disabled = true;  // a try would only earn a 404
+        p.invokehint.textContent = "Not invocable: this node has no function with this uuid.";
         return;
       }
       const [revs, recs] = await Promise.all([
@@ -525,7 +543,7 @@ function replyOut(r) {
       el("tbody", {}, results.map((x) => el("tr", {},
         td("Function", show(x.function)), td("Outcome", x.ok ? el("span", { class: "ok", text: "ok" }) : el("span", { class: "error", text: "failed" })),
         td("Duration", ms(x.duration_ms)), td("Result", el("pre", { class: "code inline", text: pretty(x.result) }))))))
-      : el("p", { class: "hint", text: "No listener answered." }),
+      : el("p", { class: "hint", text: err ? "No listener finished: the failure above ended the chain." : "No listener answered." }),
     el("details", {}, el("summary", { text: "Combined reply (JSON)" }), el("pre", { class: "code", text: pretty(reply) })));
 }
 
@@ -650,13 +668,15 @@ async function tick() {
   if (state.busy) { state.again = true; return; }
   state.busy = true;
   try {
-    if (state.resync) {
-      const ok = await session();
-      if (state.auth && !ok) {
-        if (state.view && state.view.name !== "login") forgetKey(state.key ? "The key was not accepted any more; enter a valid one." : "");
-      } else if (state.view && state.view.name === "login" && (!state.auth || state.key)) {
-        openView(viewFor(location.hash));
+    // Every round asks the session first (always 200): the node's readiness for the banner, and whether
+    // it now wants a key (restarted with FAAS_API_KEYS) before a data route would answer 401.
+    const ok = await session();
+    if (state.auth && !ok) {
+      if (state.view && state.view.name !== "login") {
+        forgetKey(state.key ? "The key was not accepted any more; enter a valid one." : "This node now needs an API key.");
       }
+    } else if (state.view && state.view.name === "login" && (!state.auth || state.key)) {
+      openView(viewFor(location.hash));
     }
     const view = state.view;
     if (view && view.name !== "login" && !document.hidden) {  // a hidden tab does not poll the node
@@ -682,7 +702,6 @@ async function start() {
     ok = await session();
   } catch (e) {
     // Offline from the start: show the last view empty; polling resyncs once the node answers.
-    state.resync = true;
     openView(viewFor(location.hash));
     tick();
     return;
