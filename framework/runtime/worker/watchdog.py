@@ -273,6 +273,16 @@ class Watchdog:
         inv = task.get_name() if task is not None else None
         frame = sys._current_frames().get(self._loop_thread)
         stack = "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "(no stack)"
+        if inv is None:  # no request's code ran: the loop was held up, not blocked by the function
+            self._log.warning(
+                "the event loop of instance %s (function %s) did not run for over %d ms while no invocation "
+                "ran: the machine may be overloaded, or the process was paused. Stack:\n%s",
+                self._instance_id,
+                self._function,
+                BLOCK_THRESHOLD * 1000,
+                stack,
+            )
+            return
         self._log.warning(
             "function %s blocked the event loop of instance %s for over %d ms in invocation %s; every other "
             "request this instance holds is stalled meanwhile (use `await`, or a `def` handler). Stack:\n%s",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from framework.runtime.protocol import BlockingSender, FrameKind, Header
-from framework.runtime.worker.watchdog import ForwardHandler, current_invocation
+from framework.runtime.worker.watchdog import ForwardHandler, Watchdog, current_invocation
 
 
 class Frames(BlockingSender):
@@ -109,3 +111,43 @@ def test_extra_values_that_cannot_be_printed_are_named_by_type(log: tuple[loggin
         "odd": "<Unprintable could not be formatted>",
         "n": 3,
     }
+
+
+def test_a_loop_held_up_outside_any_invocation_blames_no_function(caplog: pytest.LogCaptureFixture) -> None:
+    """1. A watchdog on a loop. 2. A plain callback (no task: no invocation's code) blocks the loop 0.4 s;
+    then a task named like an invocation blocks it 0.4 s.
+    Result: the first report says the loop did not run while no invocation ran (the machine, not the
+    function) and is not flagged `blocked` (the node counts flagged ones against the function); the second
+    names the function and the invocation and is flagged."""
+    caplog.set_level(logging.WARNING, "faas.watchdog")
+    loop = asyncio.new_event_loop()
+    try:
+        Watchdog(loop, "fn", "fn-1").start()
+
+        async def invocation() -> None:
+            time.sleep(0.4)  # noqa: ASYNC251 - the blocking call under test
+
+        def reports() -> int:
+            return sum(r.name == "faas.watchdog" for r in caplog.records)
+
+        async def reported(n: int) -> None:
+            deadline = time.monotonic() + 10
+            while reports() < n:  # the watchdog's thread reports once the loop runs again
+                assert time.monotonic() < deadline, "no report"
+                await asyncio.sleep(0.02)
+
+        async def main() -> None:
+            loop.call_soon(time.sleep, 0.4)
+            await reported(1)
+            await asyncio.create_task(invocation(), name="inv-42")
+            await reported(2)
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    found = [r for r in caplog.records if r.name == "faas.watchdog"]
+    assert len(found) == 2, [r.getMessage() for r in found]
+    idle, busy = found
+    assert "while no invocation ran" in idle.getMessage() and not getattr(idle, "blocked", False)
+    assert "function fn blocked the event loop" in busy.getMessage() and "inv-42" in busy.getMessage()
+    assert getattr(busy, "blocked", False) is True
