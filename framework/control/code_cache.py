@@ -19,7 +19,9 @@ import io
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from framework.control.revisions import sha256
 
@@ -79,19 +81,7 @@ def verify(sha: str, data: bytes) -> None:
     `faas history` and `faas rollback` take for a revision's code is what the nodes can serve."""
     if sha256(data) != sha:
         raise ValueError(f"code record {sha[:12]}: its value's sha256 is {sha256(data)[:12]}")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for name in z.namelist():
-                path = PurePosixPath(name)
-                if path.is_absolute() or ".." in path.parts:
-                    raise _Unsafe(f"code record {sha[:12]}: unsafe path {name!r} in the zip")
-            bad = z.testzip()
-    except _Unsafe:
-        raise
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"code record {sha[:12]}: not a zip ({exc})") from None
-    except Exception as exc:
-        raise ValueError(f"code record {sha[:12]}: cannot unpack it ({_kind(exc)}: {exc})") from None
+    bad = _with_zip(sha, data, lambda z: z.testzip())
     if bad is not None:
         raise ValueError(f"code record {sha[:12]}: cannot unpack it (entry {bad!r} is corrupt)")
 
@@ -102,13 +92,21 @@ class _Unsafe(ValueError):
 
 def _unpack(sha: str, data: bytes, into: Path) -> None:
     """Extract the zip `data` into `into`; raises ValueError whatever the bytes make zipfile raise."""
+    _with_zip(sha, data, lambda z: z.extractall(into))
+
+
+T = TypeVar("T")
+
+
+def _with_zip(sha: str, data: bytes, use: Callable[[zipfile.ZipFile], T]) -> T:
+    """`use` the zip `data` once its entry names are checked safe; ValueError whatever zipfile raises."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             for name in z.namelist():
                 path = PurePosixPath(name)
                 if path.is_absolute() or ".." in path.parts:
                     raise _Unsafe(f"code record {sha[:12]}: unsafe path {name!r} in the zip")
-            z.extractall(into)
+            return use(z)
     except _Unsafe:
         raise
     except (zipfile.BadZipFile, EOFError) as exc:
