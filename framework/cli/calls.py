@@ -131,9 +131,9 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
     assert spec is not None
     # What the handler logs and prints goes to stderr (at FAAS_LOG_LEVEL), as a node's log would show it;
     # the result alone goes to stdout, for scripts.
-    logs.configure(settings.log_level, settings.log_format)
     try:
-        result = asyncio.run(invoke_once(spec, data, settings))
+        with logs.configured(settings.log_level, settings.log_format):
+            result = asyncio.run(invoke_once(spec, data, settings))
     except FaasError as exc:
         fail(f"{exc.type}: {exc.message}")
     click.echo(result.result.decode())

@@ -8,9 +8,11 @@ invocation, and records an instance forwards, carry `trace_id` and `span_id` (se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 
@@ -88,6 +90,22 @@ class RepeatFilter(logging.Filter):
 class _AiokafkaRepeats(RepeatFilter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.name.startswith("aiokafka") or super().filter(record)
+
+
+@contextlib.contextmanager
+def configured(level: str = "INFO", fmt: str = "text") -> Iterator[None]:
+    """`configure` for the duration of a block, then the logging setup as it was (a CLI command run in the
+    process of a caller, as `click`'s test runner runs it, must not leave its setup behind)."""
+    names = ("", "aiokafka", "uvicorn.access", "watchfiles")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    handlers = logging.getLogger().handlers[:]
+    configure(level, fmt)
+    try:
+        yield
+    finally:
+        logging.getLogger().handlers[:] = handlers
+        for logger, was in saved:
+            logger.setLevel(was)
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
