@@ -300,8 +300,6 @@ class Node:
         for result in await drained:
             if isinstance(result, Exception):
                 log.error("error while draining: %r", result)
-        if self.stop_now.is_set():
-            grace = 0  # the steps below (instances, records) do not wait either
         left = self.runtime.inflight()
         await _bounded("the instances", self.runtime.stop(grace), grace + STOP_MARGIN)
         await _bounded("invocation records", self.records.stop(grace), grace + STOP_MARGIN)

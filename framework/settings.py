@@ -185,6 +185,8 @@ def _check_keys(raw: str, keys: list[str]) -> None:
 
 SECRET_SETTINGS = ("api_keys", "kafka_sasl_password")
 """Settings never printed or logged, also read from files in `FAAS_SECRETS_DIR`."""
+SECRET_VARIABLES = frozenset(f"FAAS_{name.upper()}" for name in SECRET_SETTINGS)
+"""Their environment variables, which are also the names of their files in `FAAS_SECRETS_DIR`."""
 
 
 def _secret_file(folder: Path, name: str) -> str | None:

@@ -243,23 +243,28 @@ async def test_every_attempt_keeps_the_event_identity_and_trace() -> None:
         assert replace(inv, invocation_id="id-1", attempt=1) == first
 
 
-async def _after_first_attempt(project: Path, attr: str, tag: str) -> None:
+async def _deployed_in_the_backoff(
+    project: Path, runtime: Runtime, tag: str, attempts: int, **update: Any
+) -> asyncio.Future[InvokeResult]:
+    """An event of `until` (retry {attempts, backoff: 1}) whose attempt 1 fails; once it ran, revision 2 of
+    the function (`update` applied to its spec) is what the node serves. Returns the call, still waiting."""
+    spec = make(project, "until", attempts=attempts, backoff=1, on=["FunctionError"])
+    inv = invoker(runtime, spec)
+    call = asyncio.ensure_future(inv.call(spec, payload(ok_on=9, tag=tag), "event", "t.x"))
     deadline = time.monotonic() + 10
-    while not notes(project, attr, tag):
+    while not notes(project, "until", tag):
         assert time.monotonic() < deadline, "attempt 1 never ran"
         await asyncio.sleep(0.01)
+    revised = spec.model_copy(update={**update, "revision": 2})
+    inv.registry = Registry(Manifest(path=Path("functions.yaml"), functions=(revised,)))
+    return call
 
 
 async def test_a_retry_runs_the_revision_served_when_it_starts(project: Path, runtime: Runtime) -> None:
     """1. An event of `until` fails attempt 1; retry {attempts: 2, backoff: 1}. 2. During the backoff a new
     revision of the function is deployed, whose handler succeeds.
     Result: attempt 2 runs the new revision (a fix deployed meanwhile is what the next attempt gets)."""
-    spec = make(project, "until", attempts=2, backoff=1, on=["FunctionError"])
-    inv = invoker(runtime, spec)
-    call = asyncio.ensure_future(inv.call(spec, payload(ok_on=9, tag="fix"), "event", "t.x"))
-    await _after_first_attempt(project, "until", "fix")
-    fixed = spec.model_copy(update={"handler": "functions.h:fine", "revision": 2})
-    inv.registry = Registry(Manifest(path=Path("functions.yaml"), functions=(fixed,)))
+    call = await _deployed_in_the_backoff(project, runtime, "fix", 2, handler="functions.h:fine")
     res = await asyncio.wait_for(call, 15)
     assert orjson.loads(res.result) == "fine"
     assert [r["attempt"] for r in notes(project, "until", "fix")] == [1]
@@ -269,12 +274,7 @@ async def test_an_undeploy_during_the_backoff_ends_the_attempts(project: Path, r
     """1. An event of `until` fails attempt 1; retry {attempts: 3, backoff: 1}. 2. The function is undeployed
     during the backoff.
     Result: no attempt 2; the call ends with attempt 1's error (attempts = 1, for the dead letter)."""
-    spec = make(project, "until", attempts=3, backoff=1, on=["FunctionError"])
-    inv = invoker(runtime, spec)
-    call = asyncio.ensure_future(inv.call(spec, payload(ok_on=9, tag="gone"), "event", "t.x"))
-    await _after_first_attempt(project, "until", "gone")
-    gone = spec.model_copy(update={"state": "undeployed", "revision": 2})
-    inv.registry = Registry(Manifest(path=Path("functions.yaml"), functions=(gone,)))
+    call = await _deployed_in_the_backoff(project, runtime, "gone", 3, state="undeployed")
     with pytest.raises(FunctionError) as failed:
         await asyncio.wait_for(call, 15)
     assert failed.value.attempts == 1 and "attempt 1 fails" in failed.value.message

@@ -35,7 +35,7 @@ from framework.control import cron
 from framework.control.handler_check import import_errors
 from framework.control.secrets import SecretError, SecretStore, name_problem
 from framework.errors import INVOCATION_ERRORS, ManifestError
-from framework.settings import SECRET_SETTINGS
+from framework.settings import SECRET_VARIABLES
 
 State = Literal["draft", "productive", "undeployed"]
 STATES: tuple[State, ...] = ("draft", "productive", "undeployed")
@@ -188,13 +188,10 @@ def _secret_name(name: str, info: ValidationInfo) -> str:
     problem = name_problem(name)
     if problem is not None:
         raise ValueError(problem)
-    if _strict(info) and name.upper() in _NODE_SECRETS:
+    if _strict(info) and name.upper() in SECRET_VARIABLES:  # files of the same folder: never a function's
         raise ValueError(f"{name!r} is the node's own secret setting, not one a function can list")
     return name
 
-
-_NODE_SECRETS = {f"FAAS_{name.upper()}" for name in SECRET_SETTINGS}
-"""The node's secret settings (FAAS_API_KEYS, ...) may be files of the same folder: never a function's."""
 
 SecretName = Annotated[str, AfterValidator(_secret_name)]
 """A secret's name, checked item by item so each bad one is reported at its own position."""

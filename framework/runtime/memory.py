@@ -40,27 +40,24 @@ def resident_bytes(pid: int) -> int | None:
         return None
 
 
-def over_limit(instance_id: str, function: str, rss: int, limit_mb: int) -> str:
-    """What the requests of an instance killed for its memory are told (InstanceCrashed)."""
+def over_limit(inst: InstanceHandle, rss: int | None, limit_mb: int) -> str | None:
+    """What the requests of `inst` are told when its resident memory `rss` (bytes; None: unknown) is over
+    `limit_mb` (InstanceCrashed); None when it is within it."""
+    if rss is None or rss <= limit_mb * MIB:
+        return None
     return (
-        f"instance {instance_id} of function {function} was killed: its resident memory "
+        f"instance {inst.id} of function {inst.spec.name} was killed: its resident memory "
         f"({rss / MIB:.0f} MB) went over the function's memory limit (instances.memory_mb: {limit_mb})"
     )
 
 
 def check_at_start(inst: InstanceHandle) -> str | None:
-    """The kill message when `inst`, just ready, is already over its function's limit (an import that
-    allocates): checked once at its HELLO, before it serves a request, since the guard samples only every
-    PERIOD seconds. None when it is within it, has no limit, or cannot be sampled."""
+    """`over_limit` of `inst`, just ready (an import that allocates): checked once at its HELLO, before it
+    serves a request, since the guard samples only every PERIOD seconds. None without a limit too."""
     limit_mb = inst.spec.instances.memory_mb
     if limit_mb is None or not inst.pid:
         return None
-    rss = resident_bytes(inst.pid)
-    return (
-        over_limit(inst.id, inst.spec.name, rss, limit_mb)
-        if rss is not None and rss > limit_mb * MIB
-        else None
-    )
+    return over_limit(inst, resident_bytes(inst.pid), limit_mb)
 
 
 class MemoryGuard:
@@ -119,8 +116,8 @@ class MemoryGuard:
             if not inst.ready or inst.dead or not inst.pid:
                 continue
             seen.add(inst.pid)
-            rss = self._resident(inst.pid)
-            if rss is not None and rss > limit_mb * MIB:
-                inst.kill_for("memory", over_limit(inst.id, inst.spec.name, rss, limit_mb))
+            over = over_limit(inst, self._resident(inst.pid), limit_mb)
+            if over is not None:
+                inst.kill_for("memory", over)
         if len(self._fds) > len(seen):
             self._close(set(self._fds) - seen)

@@ -35,10 +35,9 @@ def instance_environ(environ: Mapping[str, str]) -> dict[str, str]:
     FAAS_KAFKA_SASL_PASSWORD, in any case, as pydantic-settings reads them): a handler would otherwise see
     them in `os.environ` and `ctx.env`, and could print them into logs and records. A function gets the
     secrets it lists, from `ctx.secrets` (section 14)."""
-    from framework.settings import SECRET_SETTINGS  # here: the template process itself never needs it
+    from framework.settings import SECRET_VARIABLES  # here: the template process itself never needs it
 
-    secret = {f"FAAS_{name}".upper() for name in SECRET_SETTINGS}
-    return {k: v for k, v in environ.items() if k.upper() not in secret}
+    return {k: v for k, v in environ.items() if k.upper() not in SECRET_VARIABLES}
 
 
 class Template:

@@ -50,6 +50,7 @@ from framework.runtime.worker.watchdog import (
     InvocationLog,
     LogStream,
     Watchdog,
+    close_lines,
     current_invocation,
     current_traceparent,
     end_lines,
@@ -119,9 +120,7 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
             return runner.run(Server(config, capture).serve(socket.socket(fileno=main_fd)))
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            if isinstance(stream, LogStream):
-                stream.close_lines()
+        close_lines()
         otel.shutdown()
 
 

@@ -208,11 +208,20 @@ class LogStream(io.TextIOBase):
         self._sender.send(FrameKind.LOG, header)
 
 
+def _streams() -> list[LogStream]:
+    return [stream for stream in (sys.stdout, sys.stderr) if isinstance(stream, LogStream)]
+
+
 def end_lines(inv: str) -> None:
     """The invocation `inv` ended: its unfinished stdout and stderr lines go out (and into its record)."""
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, LogStream):
-            stream.end(inv)
+    for stream in _streams():
+        stream.end(inv)
+
+
+def close_lines() -> None:
+    """The instance stops: every unfinished stdout and stderr line goes out."""
+    for stream in _streams():
+        stream.close_lines()
 
 
 class BinaryLines(io.RawIOBase):

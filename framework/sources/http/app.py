@@ -54,6 +54,13 @@ from framework.types import EventIdentity, InvokeResult
 log = logging.getLogger("faas.http")
 
 
+RAN = frozenset({"FunctionError", "Timeout", "InstanceCrashed"})
+"""Error types of a direct invocation that ran (it has a record): its answer names it in the
+`faas-invocation-id` header."""
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
 def _event_route(path: str, endpoint: Endpoint, method: str) -> Route:
     """A route whose `{type}` is an event type, `/` included (`com.acme/order.created` is a valid type;
     Starlette's `{type}` stops at the first `/`, so such a type had no route). `POST /events/x/listeners`
@@ -65,13 +72,6 @@ def _event_route(path: str, endpoint: Endpoint, method: str) -> Route:
         pattern = pattern.removesuffix("$") + "(?<!/listeners)$"
     route.path_regex = re.compile(pattern)
     return route
-
-
-RAN = frozenset({"FunctionError", "Timeout", "InstanceCrashed"})
-"""Error types of a direct invocation that ran (it has a record): its answer names it in the
-`faas-invocation-id` header."""
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Invoker(Protocol):
