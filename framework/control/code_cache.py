@@ -8,8 +8,8 @@ Entries are never removed while the node runs (a retired instance may still impo
 
 The zips come from the log, so any bytes may arrive: `store` turns every way unpacking can fail (not a
 zip, corrupt deflate data, encryption, an unknown compression method, a path outside the folder, a name
-the file system refuses, ...) into ValueError, the one exception the log's reader skips a record for,
-and leaves nothing of it behind.
+the file system refuses, more files or bytes than a revision may hold, ...) into ValueError, the one
+exception the log's reader skips a record for, and leaves nothing of it behind.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-from framework.control.revisions import sha256
+from framework.control.revisions import sha256, unpacked_problem
 
 
 class CodeCache:
@@ -86,8 +86,9 @@ def verify(sha: str, data: bytes) -> None:
         raise ValueError(f"code record {sha[:12]}: cannot unpack it (entry {bad!r} is corrupt)")
 
 
-class _Unsafe(ValueError):
-    """A zip entry that would land outside the folder it is unpacked into."""
+class _Refused(ValueError):
+    """A zip refused before anything is unpacked: an entry that would land outside the folder, or more
+    files or bytes than a revision's code may hold (`revisions.unpacked_problem`)."""
 
 
 def _unpack(sha: str, data: bytes, into: Path) -> None:
@@ -102,12 +103,17 @@ def _with_zip(sha: str, data: bytes, use: Callable[[zipfile.ZipFile], T]) -> T:
     """`use` the zip `data` once its entry names are checked safe; ValueError whatever zipfile raises."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for name in z.namelist():
-                path = PurePosixPath(name)
+            entries = z.infolist()
+            for entry in entries:
+                path = PurePosixPath(entry.filename)
                 if path.is_absolute() or ".." in path.parts:
-                    raise _Unsafe(f"code record {sha[:12]}: unsafe path {name!r} in the zip")
+                    raise _Refused(f"code record {sha[:12]}: unsafe path {entry.filename!r} in the zip")
+            # zipfile never extracts more than an entry declares, so the declared sizes bound the disk used.
+            problem = unpacked_problem(len(entries), sum(e.file_size for e in entries))
+            if problem is not None:
+                raise _Refused(f"code record {sha[:12]}: {problem}")
             return use(z)
-    except _Unsafe:
+    except _Refused:
         raise
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"code record {sha[:12]}: not a zip ({exc})") from None

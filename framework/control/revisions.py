@@ -37,8 +37,26 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 """The zip timestamp of every entry: the earliest a zip can hold, so content alone decides the bytes."""
 
 
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+"""Bytes a revision's code may hold unpacked (its files' sizes, summed). The zip's own limit
+(FAAS_MAX_CODE_BYTES) does not bound this: deflate packs zeros about 1,000 to 1, bzip2 and LZMA far more, so
+a crafted or damaged code record of 1 MiB could otherwise fill a node's disk. Real packages are far below."""
+MAX_FILES = 50_000
+"""Files a revision's code may hold."""
+
+
 class CodeTooLarge(ValueError):
-    """The zipped handler package is over FAAS_MAX_CODE_BYTES."""
+    """The zipped handler package is over FAAS_MAX_CODE_BYTES, or over MAX_UNPACKED_BYTES or MAX_FILES."""
+
+
+def unpacked_problem(files: int, size: int) -> str | None:
+    """Why code of `files` files and `size` bytes (unpacked) cannot be a revision's, or None."""
+    if files > MAX_FILES:
+        return f"it holds {files} files, over the {MAX_FILES} a revision's code may hold"
+    if size > MAX_UNPACKED_BYTES:
+        limit = MAX_UNPACKED_BYTES
+        return f"its files take {size} bytes, over the {limit} a revision's code may take unpacked"
+    return None
 
 
 @dataclass(frozen=True)
@@ -134,18 +152,25 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
 
     A `secrets` folder (FAAS_SECRETS_DIR, absolute) inside the package is left out: secret values are
     never part of a revision (DESIGN.md section 12), and every node reads them from its own folder.
-    Raises CodeTooLarge when the zip is over `limit` bytes.
+    Raises CodeTooLarge when the zip is over `limit` bytes, or its files over what a node unpacks
+    (`unpacked_problem`).
     """
     source = top_level(spec)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         if source is not None:
             files = [source] if source.is_file() else sorted(_files(source, secrets))
-            for path in files:
+            size = 0
+            for count, path in enumerate(files, 1):
+                content = path.read_bytes()
+                size += len(content)
+                problem = unpacked_problem(count, size)
+                if problem is not None:
+                    raise CodeTooLarge(f"its code ({source}): {problem}")
                 info = zipfile.ZipInfo(path.relative_to(source.parent).as_posix(), _EPOCH)
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
-                z.writestr(info, path.read_bytes())
+                z.writestr(info, content)
     data = buf.getvalue()
     if len(data) > limit:
         raise CodeTooLarge(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from framework.control import revisions
 from framework.control.code_cache import CodeCache
 from framework.control.revisions import sha256
-from tests.control.zips import BROKEN, package
+from tests.control.zips import BROKEN, package, zip_of
 
 
 @pytest.mark.parametrize("broken", list(BROKEN))
@@ -26,3 +27,18 @@ def test_an_unusable_zip_is_a_value_error_and_leaves_nothing(tmp_path: Path, bro
     assert list(cache.base.iterdir()) == []
     good = package("VALUE = 2\n")
     assert (cache.store(sha256(good), good) / "functions" / "m.py").read_text() == "VALUE = 2\n"
+
+
+def test_a_zip_of_more_files_than_a_revision_holds_is_refused_unopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Lower the file limit to 3. 2. Store a zip of 4 files, then one of 3. Result: the first is a
+    ValueError naming the count and the limit, nothing written; the second is unpacked."""
+    monkeypatch.setattr(revisions, "MAX_FILES", 3)
+    four = zip_of({f"functions/m{i}.py": "" for i in range(4)})
+    cache = CodeCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match="holds 4 files, over the 3"):
+        cache.store(sha256(four), four)
+    assert list(cache.base.iterdir()) == []
+    three = zip_of({f"functions/m{i}.py": "" for i in range(3)})
+    assert len(list((cache.store(sha256(three), three) / "functions").iterdir())) == 3

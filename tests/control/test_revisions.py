@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.control import revisions
 from framework.control.code_cache import CodeCache
 from framework.control.cron import parse
 from framework.control.deployment_log import MemoryLog
@@ -99,6 +100,22 @@ def test_code_over_the_limit_is_an_error_naming_it(tmp_path: Path) -> None:
         code_zip(spec, 1000)
     found = candidates(load_manifest(root / "functions.yaml", check_handlers=False), CodeZips(1000))[U]
     assert found.revision is None and found.error is not None and "FAAS_MAX_CODE_BYTES" in found.error
+
+
+def test_code_that_unpacks_over_what_a_node_takes_is_refused_before_it_zips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Lower the unpacked limit to 10,000 bytes. 2. A module with a comment of 20,000 `x` (it zips to a
+    few dozen bytes, far under FAAS_MAX_CODE_BYTES). Result: CodeTooLarge naming the size and the limit,
+    the error the candidate carries: nodes would refuse to unpack it (`code_cache`), so no revision is
+    made of it."""
+    monkeypatch.setattr(revisions, "MAX_UNPACKED_BYTES", 10_000)
+    root = project(tmp_path, MODULE + "# " + "x" * 20_000 + "\n")
+    manifest = load_manifest(root / "functions.yaml", check_handlers=False)
+    with pytest.raises(CodeTooLarge, match=r"its files take \d+ bytes, over the 10000"):
+        code_zip(manifest.functions[0], 1 << 20)
+    found = candidates(manifest, CodeZips(1 << 20))[U]
+    assert found.revision is None and found.error is not None and "over the 10000" in found.error
 
 
 def test_equality_is_action_spec_and_code(tmp_path: Path) -> None:

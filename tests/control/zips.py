@@ -2,14 +2,17 @@
 
 Each broken zip is a valid container whose headers point at an entry that cannot be extracted, so
 `ZipFile(...)` opens it and only `extractall` fails, as with a record whose bytes were damaged after the
-sha256 in its key was taken.
+sha256 in its key was taken; or one that would fill the disk (`bomb`), refused before anything is written.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from collections.abc import Callable
+
+from framework.control.revisions import MAX_UNPACKED_BYTES
 
 _CENTRAL = b"PK\x01\x02"
 
@@ -68,11 +71,26 @@ def truncated() -> bytes:
     return bytes(_only_entry())[:-30]
 
 
+@functools.cache
+def bomb() -> bytes:
+    """A zip of 256 KiB whose one entry (zeros) unpacks to 1 MiB over MAX_UNPACKED_BYTES; made once (~1 s)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        info = zipfile.ZipInfo("functions/zeros.bin")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        chunk = bytes(1 << 20)
+        with z.open(info, "w", force_zip64=True) as entry:
+            for _ in range(MAX_UNPACKED_BYTES // len(chunk) + 1):
+                entry.write(chunk)
+    return buf.getvalue()
+
+
 BROKEN: dict[str, tuple[Callable[[], bytes], str]] = {
     "flipped deflate bytes": (flipped_deflate, "zlib.error"),
     "encrypted": (encrypted, "RuntimeError"),
     "unknown compression method": (unknown_method, "NotImplementedError"),
     "300-character name": (long_name, "File name too long"),
     "truncated": (truncated, "not a zip"),
+    "zip bomb": (bomb, f"over the {MAX_UNPACKED_BYTES} a revision's code may take unpacked"),
 }
 """Each way a code record's zip may be unusable, and what the skip's warning says about it."""
