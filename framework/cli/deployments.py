@@ -208,30 +208,57 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
 @click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) -> None:
-    """Publish an undeploy revision of each NAME and set it undeployed (even with a broken handler)."""
-    manifest = load(settings, check_handlers=False)
-    specs = _targets(manifest, names, False)
+    """Publish an undeploy revision of each NAME and set it undeployed (even with a broken handler).
+
+    A NAME the manifest does not hold (deployed from another folder, or since removed from the manifest) is
+    looked up in the deployment log, as `history` and `rollback` do, and undeployed there: otherwise a
+    function removed from the manifest while live could not be taken down."""
+    manifest = load(settings, check_handlers=False) if settings.manifest.exists() else None
+    registry = Registry(manifest) if manifest is not None else None
+    specs: list[FunctionSpec] = []
+    elsewhere: list[str] = []
+    for name in names:
+        spec = registry.find(name) if registry is not None else None
+        if spec is None:
+            elsewhere.append(name)
+        elif spec not in specs:
+            specs.append(spec)
+    if elsewhere and broker_of(settings) is None:  # only the log could know them, and there is none
+        fail(*(f"no function named {name!r} in {settings.manifest}" for name in elsewhere))
 
     async def publish(log: KafkaLog) -> Outcome:
         lines: list[str] = []
         done: list[FunctionSpec] = []
         for spec in specs:
-            newest = log.state.newest(spec.uuid)
-            if newest is None or newest.action == "undeploy":
-                number = f", revision {newest.revision}" if newest else ""
-                lines.append(f"{spec.name}: not deployed{number}")
+            said = await _undeploy_one(log, spec.uuid, spec.name, spec, message)
+            lines += said
+            if not said[0].startswith("!"):
                 done.append(spec)
-                continue
-            try:
-                rev, _ = await log.publish(undeploy_of(spec, newest, message), None)
-            except PublishFailed as exc:  # the ones before it are published: said, and their state set
-                lines += [f"!not published: {why}" for why in exc.failures]
-                continue
-            lines.append(f"{spec.name}: revision {rev.revision} undeployed")
-            done.append(spec)
+        for name in elsewhere:
+            found = _uuid_of(log.state, None, name)
+            if found is None:
+                lines.append("!" + _unknown(settings, name))
+            else:
+                lines += await _undeploy_one(log, found, name, None, message)
         return lines, done
 
     _publish_then_set(settings, specs, "undeployed", publish)
+
+
+async def _undeploy_one(
+    log: KafkaLog, uuid: str, name: str, spec: FunctionSpec | None, message: str | None
+) -> list[str]:
+    """Publish the undeploy revision of function `uuid` (`spec`: the manifest's, None for one only the log
+    knows); the lines to print ("!" first when it failed)."""
+    newest = log.state.newest(uuid)
+    if newest is None or newest.action == "undeploy":
+        return [f"{name}: not deployed" + (f", revision {newest.revision}" if newest else "")]
+    try:
+        rev, _ = await log.publish(undeploy_of(spec, newest, message), None)
+    except PublishFailed as exc:  # the ones before it are published: said, and their state set
+        return [f"!not published: {why}" for why in exc.failures]
+    where = "" if spec is not None else " (in the deployment log; the manifest does not hold it)"
+    return [f"{name}: revision {rev.revision} undeployed{where}"]
 
 
 @click.command()

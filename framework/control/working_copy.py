@@ -98,12 +98,20 @@ def candidates(
     return out
 
 
-def undeploy_of(spec: FunctionSpec, newest: Revision | None, message: str | None = None) -> Revision:
-    """An undeploy revision of `spec`: the newest revision's spec and code, marked undeployed."""
-    base = spec_of(spec, "undeployed") if newest is None else {**newest.spec, "state": "undeployed"}
+def undeploy_of(spec: FunctionSpec | None, newest: Revision | None, message: str | None = None) -> Revision:
+    """An undeploy revision: the newest revision's spec and code, marked undeployed. `spec` is the
+    manifest's entry (its own spec stands in when nothing was published yet), None for a function only the
+    log knows (then `newest` names it)."""
+    if spec is not None:
+        uuid, name = spec.uuid, spec.name
+        base = spec_of(spec, "undeployed") if newest is None else {**newest.spec, "state": "undeployed"}
+    elif newest is not None:
+        uuid, name, base = newest.uuid, newest.function, {**newest.spec, "state": "undeployed"}
+    else:
+        raise ValueError("an undeploy needs the manifest's entry or a revision to go on")
     return Revision(
-        uuid=spec.uuid,
-        function=spec.name,
+        uuid=uuid,
+        function=name,
         revision=0,
         action="undeploy",
         spec=base,

@@ -245,6 +245,35 @@ def test_history_outside_a_working_copy_shows_the_live_function_of_that_name(
     assert r.returncode == 1 and "no earlier deployed revision" in r.stderr, r.stderr
 
 
+def test_undeploy_takes_down_a_live_function_the_manifest_no_longer_holds(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. Working copy A deploys alpha, then drops it from its manifest (beta stays). 2. `faas undeploy
+    alpha` in A, and `faas undeploy ghost` (known nowhere). Result: alpha gets an undeploy revision on the
+    log (revision 2, said to be the log's only), the manifest is left as it is; ghost exits 1 naming the
+    manifest and the log; a second undeploy of alpha says it is not deployed."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
+    other = manifest(new_id(), "draft").replace("name: alpha", "name: beta")
+    (a / "functions.yaml").write_text(other)
+    r = run_cli(a, "undeploy", "alpha", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "alpha: revision 2 undeployed (in the deployment log; the manifest does not hold it)" in r.stdout
+    assert (a / "functions.yaml").read_text() == other
+    r = run_cli(a, "history", "alpha", "--json", env=env)
+    assert [(rev["uuid"], rev["revision"], rev["action"]) for rev in json.loads(r.stdout)][0] == (
+        u,
+        2,
+        "undeploy",
+    )
+    r = run_cli(a, "undeploy", "ghost", env=env)
+    assert r.returncode == 1 and "no function named 'ghost'" in r.stderr and "deployment log" in r.stderr
+    r = run_cli(a, "undeploy", "alpha", env=env)
+    assert r.returncode == 0 and "alpha: not deployed, revision 2" in r.stdout, r.stdout + r.stderr
+
+
 def test_a_secrets_folder_inside_the_package_stays_out_of_the_revision(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
