@@ -39,12 +39,19 @@ class KeyedRunner(Generic[G]):
         self.size = 0
         """Jobs submitted and not yet finished or dropped."""
         self._chains: dict[object, _Chain] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.on_release: Callable[[], None] | None = None
         """Called whenever jobs finish or are dropped (the poll loop waits on it while full)."""
 
     @property
     def room(self) -> int:
         return self.limit - self.size
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the chains run on (set by the first `submit`)."""
+        assert self._loop is not None
+        return self._loop
 
     def submit(self, group: G, key: bytes | None, job: Job) -> None:
         """Queue `job` behind earlier jobs of the same (group, key); start a chain if there is none."""
@@ -54,7 +61,10 @@ class KeyedRunner(Generic[G]):
         if chain is None:
             chain = self._chains[chain_id] = _Chain(group)
             chain.jobs.append(job)
-            chain.task = asyncio.create_task(self._run(chain_id, chain), name="kafka-chain")
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            # `loop.create_task`: `asyncio.create_task` asks for the running loop (a getpid() each time).
+            chain.task = self._loop.create_task(self._run(chain_id, chain), name="kafka-chain")
         else:
             chain.jobs.append(job)
 

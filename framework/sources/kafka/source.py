@@ -312,7 +312,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- one record ----
 
     async def _handle(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
-        handover = Handover()
+        # The loop given: `current_task()` without one asks `get_running_loop()`, a getpid() per event.
+        handover = Handover(asyncio.current_task(self.runner.loop))
         HANDOVER.set(handover)  # this chain task's context: its listeners' tasks inherit it
         tp = TopicPartition(record.topic, record.partition)
         handover.requested = self._stopping or tp in self._leaving
