@@ -50,13 +50,12 @@ from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
 from framework.errors import ManifestError
 from framework.kafka.options import reader
+from framework.kafka.topic_read import CONNECT_TIMEOUT
 from framework.settings import Settings
 from framework.tasks import within
 
 CLOSE_TIMEOUT = 5.0
 """Seconds closing the reader may take before the command exits anyway."""
-CONNECT_TIMEOUT = 15.0
-"""Seconds to reach the broker before giving up."""
 STALL_TIMEOUT = 30.0
 """Seconds without progress after which a read to the end gives up (a partition that never fills)."""
 REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
@@ -181,7 +180,8 @@ async def read(
     except (KafkaError, OSError, TimeoutError) as exc:
         with contextlib.suppress(Exception):
             await consumer.stop()
-        raise Unreachable(str(exc) or type(exc).__name__) from exc
+        why = f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise Unreachable(why or type(exc).__name__) from exc
     try:
         tps = await _assign(consumer, topic, selection, follow)
         if not tps:

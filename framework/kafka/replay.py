@@ -29,6 +29,7 @@ whose value is null stays null), in their dead-letter order per partition (so pe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -39,6 +40,7 @@ from aiokafka.errors import KafkaConnectionError
 from framework.kafka.deadletter import DeadLetter, classify, replay_headers, replayed_copy
 from framework.kafka.options import start_producer
 from framework.kafka.topic_read import (
+    CONNECT_TIMEOUT,
     BrokerUnreachable,
     Progress,
     Record,
@@ -208,9 +210,11 @@ async def replay(
     counts = await replay_counts(bootstrap, settings, [c.event_id for c in chosen], since_ms, progress)
     records_out = outgoing(chosen, counts)
     try:
-        producer = await start_producer(bootstrap, settings)
-    except (KafkaConnectionError, OSError) as exc:
-        raise BrokerUnreachable(str(exc)) from exc
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            producer = await start_producer(bootstrap, settings)
+    except (KafkaConnectionError, OSError, TimeoutError) as exc:
+        why = f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise BrokerUnreachable(why) from exc
     try:
         for start in range(0, len(records_out), PROGRESS_EVERY):
             futures = [

@@ -42,6 +42,11 @@ Progress = Callable[[str, int, int | None], None]
 replay counts), total unknown: None; or `replay`."""
 
 
+CONNECT_TIMEOUT = 15.0
+"""Seconds a reader (or `faas replay`'s producer) may take to reach the broker. aiokafka alone waits its
+40 s request timeout on an address that accepts connections and never answers (a wrong port, a proxy)."""
+
+
 class BrokerUnreachable(Exception):
     """The broker did not answer; nothing was replayed."""
 
@@ -51,10 +56,12 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     try:
-        await consumer.start()
-    except (KafkaConnectionError, OSError) as exc:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await consumer.start()
+    except (KafkaConnectionError, OSError, TimeoutError) as exc:
         await consumer.stop()
-        raise BrokerUnreachable(str(exc)) from exc
+        why = f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise BrokerUnreachable(why) from exc
     # Let the consumer's own task start: a group-less consumer stopped before it ran raises CancelledError
     # from `stop` (aiokafka 0.14 awaits that task, cancelled before its first step).
     await asyncio.sleep(0)

@@ -31,6 +31,7 @@ from tests.support import (
     consume_raw,
     produce,
     run_cli,
+    silent_listener,
     wait_for,
     write_project,
 )
@@ -189,6 +190,18 @@ def test_unreachable_broker_exits_1_with_one_line(topics: Topics) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("cannot reach the Kafka broker at"), r.stderr
+
+
+async def test_an_address_that_never_answers_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. `replay()` against a TCP listener that accepts connections and never answers (a wrong port, a
+    proxy), the bound on reaching the broker lowered from 15 s to 1 s. Result: BrokerUnreachable saying
+    there was no answer within 1 s, raised after about that long (aiokafka alone waited 40 s)."""
+    monkeypatch.setattr(topic_read, "CONNECT_TIMEOUT", 1.0)
+    with silent_listener() as port:
+        started = time.monotonic()
+        with pytest.raises(topic_read.BrokerUnreachable, match="no answer within 1 s"):
+            await replay_module.replay(f"127.0.0.1:{port}", Settings(), replay_module.Selection())
+        assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("since", ["ten minutes", "5", "-1h", "1w"])
