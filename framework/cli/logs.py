@@ -50,7 +50,7 @@ from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
 from framework.errors import ManifestError
 from framework.kafka.options import reader
-from framework.kafka.topic_read import CONNECT_TIMEOUT
+from framework.kafka.topic_read import CONNECT_TIMEOUT, why_unreachable
 from framework.settings import Settings
 from framework.tasks import within
 
@@ -180,8 +180,7 @@ async def read(
     except (KafkaError, OSError, TimeoutError) as exc:
         with contextlib.suppress(Exception):
             await consumer.stop()
-        why = f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
-        raise Unreachable(why or type(exc).__name__) from exc
+        raise Unreachable(why_unreachable(exc) or type(exc).__name__) from exc
     try:
         tps = await _assign(consumer, topic, selection, follow)
         if not tps:

@@ -29,23 +29,19 @@ whose value is null stays null), in their dead-letter order per partition (so pe
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from aiokafka.errors import KafkaConnectionError
-
 from framework.kafka.deadletter import DeadLetter, classify, replay_headers, replayed_copy
 from framework.kafka.options import start_producer
 from framework.kafka.topic_read import (
-    CONNECT_TIMEOUT,
-    BrokerUnreachable,
     Progress,
     Record,
     offsets_at,
     partitions,
+    reach,
     read_topic,
     reader_of,
     scan,
@@ -209,12 +205,7 @@ async def replay(
     since_ms = max(0, min(c.first_ms for c in chosen) - int(CLOCK_SKEW * 1000))
     counts = await replay_counts(bootstrap, settings, [c.event_id for c in chosen], since_ms, progress)
     records_out = outgoing(chosen, counts)
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            producer = await start_producer(bootstrap, settings)
-    except (KafkaConnectionError, OSError, TimeoutError) as exc:
-        why = f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
-        raise BrokerUnreachable(why) from exc
+    producer = await reach(start_producer(bootstrap, settings))
     try:
         for start in range(0, len(records_out), PROGRESS_EVERY):
             futures = [

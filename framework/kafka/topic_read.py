@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from typing import TypeAlias
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -37,6 +37,7 @@ READ_FETCH_BYTES = 16 * 1024 * 1024
 PROBE_FETCH_BYTES = 64 * 1024
 """Fetch size per partition (bytes) when reading a topic / when probing one record's timestamp."""
 
+T = TypeVar("T")
 Progress = Callable[[str, int, int | None], None]
 """`(stage, done, total)`: stage `read` (the dead-letter topic) or `count` (the events topic, for the
 replay counts), total unknown: None; or `replay`."""
@@ -54,14 +55,26 @@ class BrokerUnreachable(Exception):
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
-async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+def why_unreachable(exc: BaseException) -> str:
+    """What to say of a failed attempt to reach the broker (a timeout says which bound ran out)."""
+    return f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
+
+
+async def reach(start: Awaitable[T]) -> T:
+    """`start` (a Kafka client starting) within CONNECT_TIMEOUT; BrokerUnreachable, saying why, if not."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            await consumer.start()
+            return await start
     except (KafkaConnectionError, OSError, TimeoutError) as exc:
+        raise BrokerUnreachable(why_unreachable(exc)) from exc
+
+
+async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    try:
+        await reach(consumer.start())
+    except BrokerUnreachable:
         await consumer.stop()
-        why = f"no answer within {CONNECT_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else str(exc)
-        raise BrokerUnreachable(why) from exc
+        raise
     # Let the consumer's own task start: a group-less consumer stopped before it ran raises CancelledError
     # from `stop` (aiokafka 0.14 awaits that task, cancelled before its first step).
     await asyncio.sleep(0)
