@@ -47,6 +47,24 @@ async def secrets(payload, ctx):
     return {"secrets": listed, "writable": writable, "other": other,
             "environ": any(v in str(dict(os.environ)) for v in listed.values()), "pid": os.getpid()}
 
+CHILD = '''
+import sys, time
+chunks = []
+for _ in range(int(sys.argv[1]) // 10):
+    chunks.append(bytearray(10 * 1024 * 1024))  # zero-filled: every page touched
+    time.sleep(0.1)  # ~100 MB/s
+time.sleep(float(sys.argv[2]))
+'''
+
+async def spawn(payload, ctx):
+    import sys
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(payload["mb"]), str(payload.get("hold", 0))
+    )
+    with open(payload["pidfile"], "w") as f:
+        f.write(str(proc.pid))
+    return {"code": await proc.wait(), "pid": os.getpid()}
+
 async def leak(payload, ctx):
     value = ctx.secrets["token"]
     ctx.log.info("ctx.log %s", value)
@@ -130,6 +148,34 @@ async def test_an_instance_over_its_limit_after_its_import_serves_nothing(
             await call(rt, s)
         assert "memory limit (instances.memory_mb: 64)" in crashed.value.message
         assert kills(rt, s.name, "memory") == n
+
+
+async def test_processes_a_handler_starts_count_toward_the_limit(
+    rt: Runtime, spec: SpecFactory, root: Path, tmp_path: Path
+) -> None:
+    """1. `spawn` has memory_mb 64: its handler starts a Python process that grows to 150 MB, then waits.
+    2. A second call starts one that allocates nothing and exits.
+    Result: the first call is InstanceCrashed naming the limit and the one process the instance started, the
+    kill is counted as `memory` and the child is gone with its instance; the second call succeeds."""
+    s = spec("spawn", module="lim", root=root, timeout=30, max=1, memory_mb=64)
+    pidfile = tmp_path / "child.pid"
+    with pytest.raises(InstanceCrashed) as crashed:
+        await call(rt, s, {"mb": 150, "hold": 30, "pidfile": str(pidfile)})
+    message = crashed.value.message
+    assert "memory limit (instances.memory_mb: 64)" in message and "in 1 process it started" in message
+    assert kills(rt, s.name, "memory") == 1
+    child = int(pidfile.read_text())
+    await until(lambda: _gone(child), message=f"child {child} gone")
+    value, _ = await call(rt, s, {"mb": 0, "pidfile": str(pidfile)})
+    assert value["code"] == 0 and kills(rt, s.name, "memory") == 1
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` no longer runs (gone, or a zombie waiting for its new parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
 
 
 async def test_without_a_limit_nothing_is_killed(rt: Runtime, spec: SpecFactory, root: Path) -> None:

@@ -1,0 +1,118 @@
+"""The memory guard's measure of an instance's family: the processes found, and which bytes count."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from framework.runtime.handle import InstanceHandle
+from framework.runtime.memory import (
+    MIB,
+    MemoryGuard,
+    anonymous_bytes,
+    descendants,
+    resident_bytes,
+    unique_bytes,
+)
+from tests.support import wait_for
+
+TREE = """
+import subprocess, threading, time
+# A child started by a worker thread (as a sync handler's would be), and a shell with a child of its own.
+threading.Thread(target=lambda: subprocess.Popen(["sleep", "60"])).start()
+subprocess.Popen(["sh", "-c", "sleep 61 & wait"])
+time.sleep(60)
+"""
+
+FORKED = """
+import os, sys, time
+ballast = bytearray(40 * 1024 * 1024)  # zero-filled: every page touched, then shared with the fork
+if os.fork() == 0:
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    own = bytearray(60 * 1024 * 1024)  # the child's own pages
+    open(sys.argv[1] + ".done", "w").close()
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts, each in a session of its own: its whole tree is killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def run(started: list[subprocess.Popen[bytes]], script: str, *args: str) -> int:
+    p = subprocess.Popen([sys.executable, "-c", script, *args], start_new_session=True)
+    started.append(p)
+    return p.pid
+
+
+class FakeInstance:
+    """What the guard reads of an instance, and the kill it asks for."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.ready, self.dead = pid, True, False
+        self.id, self.spec = "f-0", SimpleNamespace(name="f")
+        self.killed: list[str] = []
+
+    def kill_for(self, reason: str, message: str) -> None:
+        self.killed.append(f"{reason}: {message}")
+
+
+def test_the_family_holds_grandchildren_and_the_children_of_worker_threads(
+    started: list[subprocess.Popen[bytes]],
+) -> None:
+    """1. A process starts `sleep` from a worker thread and a shell that starts `sleep` of its own.
+    Result: its descendants are those three processes; a process that is gone has none."""
+    pid = run(started, TREE)
+    family = wait_for(lambda: d if len(d := descendants(pid)) == 3 else None, message="three descendants")
+    commands = sorted(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] for p in family)
+    assert commands == [b"sh", b"sleep", b"sleep"]
+    assert descendants(2**22 + 1) == []  # above pid_max: no such process
+
+
+def test_pages_a_fork_shares_with_the_instance_count_once(
+    started: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """1. An "instance" holds 40 MB and forks; the child shares those pages (copy-on-write).
+    2. The guard samples it with a limit 20 MB above the instance's own RSS.
+    3. The child allocates 60 MB of its own; the guard samples again.
+    Result: after 2 it is not killed, though the cheap bound (the child's anonymous memory) was over;
+    after 3 it is, the message naming the process it started."""
+    go = tmp_path / "go"
+    pid = run(started, FORKED, str(go))
+    [child] = wait_for(lambda: descendants(pid) or None, message="the fork")
+    rss = wait_for(lambda: r if (r := resident_bytes(pid) or 0) > 40 * MIB else None, message="ballast")
+    limit_mb = rss // MIB + 20
+    assert rss + anonymous_bytes(child) > limit_mb * MIB  # the bound alone would kill it
+    assert unique_bytes(child) < 20 * MIB
+    inst = FakeInstance(pid)
+    guard = MemoryGuard(lambda: [(cast(InstanceHandle, inst), limit_mb)])
+    guard.check()
+    assert inst.killed == []
+    go.touch()
+    wait_for(lambda: Path(f"{go}.done").exists(), message="the child's own 60 MB")
+    deadline = time.monotonic() + 10
+    while not inst.killed and time.monotonic() < deadline:
+        guard.check()
+        time.sleep(0.05)
+    [message] = inst.killed
+    assert message.startswith("memory: instance f-0 of function f was killed")
+    assert "MB of it in 1 process it started" in message
+    assert message.endswith(f"memory limit (instances.memory_mb: {limit_mb})")
