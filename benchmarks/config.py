@@ -53,7 +53,7 @@ FULL = Profile(
 )
 QUICK = Profile(
     name="quick",
-    repeats=2,  # a check of the harness (every case measured), not of the figures
+    repeats=1,  # a check of the harness (every case measured), not of the figures
     direct_warmup=0.2,
     direct_duration=0.4,
     batch_requests=1000,
