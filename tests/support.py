@@ -25,6 +25,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from framework.kafka.embedded import free_port
+from framework.settings import Settings
 
 LOGS = Path(tempfile.gettempdir()) / "faas-test-logs"
 LOGS.mkdir(parents=True, exist_ok=True)
@@ -325,19 +326,32 @@ def consume(
 
     Each record is a dict: key, value (parsed JSON when it is JSON), partition, offset, headers (str).
     """
-    out = []
-    for m in asyncio.run(consume_raw(bootstrap, topic, want, timeout, ids)):
-        try:
-            value = json.loads(m.value) if m.value else None
-        except ValueError:
-            value = m.value
-        out.append(
-            {
-                "key": m.key,
-                "value": value,
-                "partition": m.partition,
-                "offset": m.offset,
-                "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
-            }
-        )
-    return out
+    return [_as_dict(m) for m in asyncio.run(consume_raw(bootstrap, topic, want, timeout, ids))]
+
+
+def records_now(bootstrap: str, topic: str) -> list[Any]:
+    """Every record `topic` holds now ([] when it does not exist), without waiting for more: for checks
+    after whoever writes it has finished (its writes acknowledged). `faas replay`'s own reader, which ends
+    at the end offsets it finds (`topic_read.read_topic`)."""
+    from framework.kafka.topic_read import read_topic
+
+    return asyncio.run(read_topic(bootstrap, topic, Settings())) or []
+
+
+def topic_now(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """`records_now` as `consume` gives records."""
+    return [_as_dict(m) for m in records_now(bootstrap, topic)]
+
+
+def _as_dict(m: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(m.value) if m.value else None
+    except ValueError:
+        value = m.value
+    return {
+        "key": m.key,
+        "value": value,
+        "partition": m.partition,
+        "offset": m.offset,
+        "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
+    }

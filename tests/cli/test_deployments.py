@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from tests.support import consume, new_id, produce, run_cli, write_project
+from tests.support import consume, new_id, produce, run_cli, topic_now, write_project
 
 pytestmark = pytest.mark.timeout(600)  # CLI processes on a shared, slow machine
 
@@ -37,7 +37,7 @@ def env_for(bootstrap: str, topic: str, **extra: str) -> dict[str, str]:
 
 
 def records(bootstrap: str, topic: str) -> list[str]:
-    return [r["key"].decode() for r in consume(bootstrap, topic, 100, timeout=3)]
+    return [r["key"].decode() for r in topic_now(bootstrap, topic)]
 
 
 def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, broker: EmbeddedBroker) -> None:

@@ -24,7 +24,18 @@ from framework.control.working_copy import CodeZips, candidates
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
 from tests.control.zips import BROKEN
-from tests.support import LOGS, Node, Record, consume, new_id, produce, run_cli, wait_for, write_project
+from tests.support import (
+    LOGS,
+    Node,
+    Record,
+    consume,
+    new_id,
+    produce,
+    run_cli,
+    topic_now,
+    wait_for,
+    write_project,
+)
 
 NO_WATCH = {"FAAS_WATCH": "false"}
 pytestmark = pytest.mark.timeout(600)  # real nodes and CLI processes on a shared, slow machine
@@ -353,7 +364,7 @@ def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: 
         own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}-2.log").start())
 
         def republished() -> bool:
-            keys = {r["key"].decode() for r in consume(own[1].bootstrap, n.deployments, 10, timeout=2)}
+            keys = {r["key"].decode() for r in topic_now(own[1].bootstrap, n.deployments)}
             return {f"rev:{u}:1", f"rev:{u}:2"} <= keys and sum(k.startswith("code:") for k in keys) == 2
 
         wait_for(republished, 60, interval=0.5, message="the log republished")
@@ -424,7 +435,7 @@ def test_two_nodes_bootstrapping_the_same_files_publish_one_revision(
     b.wait_ready()
     assert served(a, u) == served(b, u) == {"v": "v1", "rev": 1}
     assert kept(a, u) == kept(b, u) == [1]
-    keys = {r["key"].decode() for r in consume(broker.bootstrap, a.deployments, 10, timeout=3)}
+    keys = {r["key"].decode() for r in topic_now(broker.bootstrap, a.deployments)}
     assert {k for k in keys if k.startswith("rev:")} == {f"rev:{u}:1"}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Node, ce_headers, consume, new_id, partitions, produce, wait_for, write_project
+from tests.support import Node, ce_headers, new_id, partitions, produce, topic_now, wait_for, write_project
 
 pytestmark = pytest.mark.faults
 
@@ -99,7 +99,7 @@ def test_event_between_attempts_is_answered_by_the_other_node(
         x.kill()
 
     def replies() -> list[dict[str, Any]]:
-        got = consume(broker.bootstrap, x.replies, 100_000, timeout=5, ids={eid})
+        got = topic_now(broker.bootstrap, x.replies)
         return [r["value"] for r in got if isinstance(r["value"], dict) and r["value"].get("id") == eid]
 
     answered = wait_for(replies, timeout=120, interval=1, message=f"a reply to {eid}")
@@ -132,7 +132,7 @@ def test_rebalance_hands_a_waiting_event_over_without_waiting_out_its_backoff(
     nodes(root, broker.bootstrap, tag=tag, env={"T_NODE": "b", "T_OUT": str(out)})
 
     def replies() -> list[dict[str, Any]]:
-        got = consume(broker.bootstrap, a.replies, 100_000, timeout=3, ids={eid})
+        got = topic_now(broker.bootstrap, a.replies)
         return [r["value"] for r in got if isinstance(r["value"], dict) and r["value"].get("id") == eid]
 
     answered = wait_for(replies, timeout=60, interval=0.5, message=f"a reply to {eid}")
