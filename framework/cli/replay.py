@@ -2,7 +2,10 @@
 
 Prints the ce_id of each event replayed (or, with `--dry-run`, that would be), a progress line on stderr
 every few hundred records of a long replay, then `replayed N, skipped M (reasons)`. Exit 0 with the counts,
-1 when the broker cannot be reached or producing fails.
+1 when the broker cannot be reached or producing fails. Then, on stderr, a warning for each function that
+failed replayed events and is no longer productive, and for each of their types no productive function
+listens to (read from the deployment log, as `faas ls` reads it): such events run nowhere, and their replies
+say ok with no results.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import click
 from aiokafka.errors import KafkaError
 
 from framework.cli.common import bootstrap_option, duration, fail, need_broker, quiet_kafka_client
-from framework.kafka.replay import Selection, replay
+from framework.control.kafka_log import KafkaLog
+from framework.control.log_state import LogState
+from framework.kafka.replay import Report, Selection, replay
 from framework.kafka.topic_read import BrokerUnreachable
 from framework.settings import Settings
 
@@ -68,3 +73,39 @@ def replay_command(
     for event_id in report.replayed:
         click.echo(event_id)
     click.echo(report.summary())
+    if report.replayed:
+        for line in unserved(settings, servers, report):
+            click.echo(line, err=True)
+
+
+def unserved(settings: Settings, bootstrap: str, report: Report) -> list[str]:
+    """Warnings for replayed events that nothing productive will run, or not the function that failed them,
+    by the deployment log's live revisions now (a replay after an undeploy reaches nobody, silently)."""
+    from framework.cli.deployments import LS_TIMEOUT, with_log
+
+    async def read(log: KafkaLog) -> LogState:
+        return log.state
+
+    try:
+        state = with_log(settings, bootstrap, read, LS_TIMEOUT)
+    except ConnectionError as exc:
+        return [f"(listeners not checked: {exc})"]
+    will = "would" if report.dry_run else "will"
+    lines = []
+    live = {str(rev.spec.get("name")) for rev in state.live().values()}
+    for function, n in sorted(report.functions.items()):
+        if function not in live:
+            lines.append(
+                f"warning: {function} is not productive now: it {will} not run the {_events(n)} it failed"
+            )
+    for event_type, n in sorted(report.types.items()):
+        if not state.listeners(event_type):
+            lines.append(
+                f"warning: no productive function listens to {event_type!r} now: {_events(n)} of it "
+                f"{will} be answered with no results"
+            )
+    return lines
+
+
+def _events(n: int) -> str:
+    return f"{n} replayed event" + ("s" if n != 1 else "")

@@ -81,6 +81,14 @@ class LogState:
                 return rev
         return None
 
+    def listeners(self, event_type: str) -> list[str]:
+        """The names of the functions served now that listen to `event_type`, sorted."""
+        return sorted(
+            str(rev.spec.get("name"))
+            for rev in self.live().values()
+            if event_type in (rev.spec.get("events") or ())
+        )
+
     def claims(self, uuid: str, name: str) -> bool:
         """Whether serving `uuid` as `name` takes a name another live function holds now. Publishers
         write such revisions last in a batch: a rename in the same batch may free the name first."""

@@ -87,6 +87,10 @@ class Report:
 
     missing: list[str] = field(default_factory=list)
     """`--id`s with no failed-event copy on the topic."""
+    types: Counter[str] = field(default_factory=Counter)
+    """The replayed events (or, in a dry run, those to be) by CloudEvent type."""
+    functions: Counter[str] = field(default_factory=Counter)
+    """The replayed events by the function that failed them (their copies' `faas_function`)."""
 
     def summary(self) -> str:
         """`replayed N, skipped M (reasons)`; a dry run replays nothing and says how many it would."""
@@ -145,7 +149,7 @@ class Outgoing:
 
 def select(records: Collection[Record], selection: Selection, now: float, report: Report) -> list[Candidate]:
     """The events to replay, in (partition, offset) order of their newest copy."""
-    newest: dict[str, Record] = {}
+    newest: dict[str, tuple[Record, DeadLetter]] = {}
     counts: dict[str, int] = {}
     first: dict[str, int] = {}
     for record in records:
@@ -161,11 +165,15 @@ def select(records: Collection[Record], selection: Selection, now: float, report
             continue
         if eid in newest:
             report.skipped["superseded"] += 1
-        newest[eid] = record  # records come in offset order: later is newer
-    chosen = sorted(newest.items(), key=lambda er: (er[1].partition, er[1].offset))
+        newest[eid] = (record, letter)  # records come in offset order: later is newer
+    chosen = sorted(newest.items(), key=lambda er: (er[1][0].partition, er[1][0].offset))
     report.replayed = [eid for eid, _ in chosen]
     report.missing = sorted(selection.ids - counts.keys())
-    return [Candidate(record, eid, counts[eid], first[eid]) for eid, record in chosen]
+    for _, (_, letter) in chosen:
+        report.types[letter.type or ""] += 1
+        if letter.function:
+            report.functions[letter.function] += 1
+    return [Candidate(record, eid, counts[eid], first[eid]) for eid, (record, _) in chosen]
 
 
 def outgoing(chosen: Collection[Candidate], counts: Mapping[str, int]) -> list[Outgoing]:

@@ -63,6 +63,8 @@ class Topics:
         self.bootstrap = broker.bootstrap
         self.root = root
         self.dead, self.events = f"t.rdead.{tag}", f"t.revents.{tag}"
+        self.deployments = f"t.rdeploy.{tag}"
+        """A deployment log of its own: its live revisions say which replayed events some function runs."""
 
     def write(self, letters: list[Letter]) -> None:
         async def go() -> None:
@@ -84,6 +86,7 @@ class Topics:
             "FAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap or self.bootstrap,
             "FAAS_DEADLETTER_TOPIC": self.dead,
             "FAAS_EVENTS_TOPIC": self.events,
+            "FAAS_DEPLOYMENTS_TOPIC": self.deployments,
         }
         return run_cli(self.root, "replay", *args, env=env, timeout=120)
 
@@ -160,6 +163,58 @@ def test_selection(topics: Topics, args: tuple[str, ...], expected: list[str]) -
     assert lines[-1] == f"dry run: replayed 0, skipped {skipped}{reasons}; {len(expected)} would be replayed"
     assert records_now(topics.bootstrap, topics.events) == []
     assert ("no failed event with ce_id 'ghost'" in r.stderr) == ("ghost" in args), r.stderr
+
+
+LISTENER = """
+functions:
+  - name: f2
+    uuid: {uuid}
+    handler: functions.m:handle
+    state: draft
+    events: [t.two]
+"""
+
+
+def test_events_replayed_to_no_productive_function_are_warned_of(topics: Topics, tmp_path: Path) -> None:
+    """1. The deployment log serves f2, listening to t.two; nothing listens to t.one and f1 is not deployed.
+    2. Failed copies of a (t.one, failed by f1), b (t.two, f2) and c (t.two, f1); `faas replay --dry-run`.
+    3. `faas undeploy f2`; `faas replay`.
+    Result: each run lists and counts the events as without the warnings; after 2, stderr warns that f1
+    (2 events) is not productive and that nothing listens to t.one (1 event), and says nothing of f2 or
+    t.two; after 3, it also warns of f2 and of t.two, and every event is replayed."""
+    project = write_project(
+        tmp_path / "fns", LISTENER.format(uuid=uuid.uuid4()), {"m": "def handle(p, c):\n    pass\n"}
+    )
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap, "FAAS_DEPLOYMENTS_TOPIC": topics.deployments}
+    r = run_cli(project, "deploy", "f2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = {n: str(uuid.uuid4()) for n in "abc"}
+    topics.write([failed(ids["a"]), failed(ids["b"], "t.two", "f2"), failed(ids["c"], "t.two", "f1")])
+
+    r = topics.replay("--dry-run")
+    assert r.returncode == 0 and sorted(r.stdout.splitlines()[:-1]) == sorted(ids.values()), r.stdout
+    assert r.stdout.splitlines()[-1] == "dry run: replayed 0, skipped 0; 3 would be replayed"
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: f1 is not productive now: it would not run the 2 replayed events it failed",
+        "warning: no productive function listens to 't.one' now: 1 replayed event of it would be answered "
+        "with no results",
+    ], r.stderr
+
+    r = run_cli(project, "undeploy", "f2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = topics.replay()
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "replayed 3, skipped 0", r.stdout + r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: f1 is not productive now: it will not run the 2 replayed events it failed",
+        "warning: f2 is not productive now: it will not run the 1 replayed event it failed",
+        "warning: no productive function listens to 't.one' now: 1 replayed event of it will be answered "
+        "with no results",
+        "warning: no productive function listens to 't.two' now: 2 replayed events of it will be answered "
+        "with no results",
+    ], r.stderr
+    assert len(records_now(topics.bootstrap, topics.events)) == 3
 
 
 def test_long_replay_prints_progress(topics: Topics) -> None:
@@ -375,6 +430,7 @@ def test_replay_count_survives_successful_replays(
         "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
         "FAAS_EVENTS_TOPIC": node.events,
         "FAAS_DEADLETTER_TOPIC": node.deadletter,
+        "FAAS_DEPLOYMENTS_TOPIC": node.deployments,
     }
     eid = str(uuid.uuid4())
 
@@ -402,6 +458,7 @@ def test_replay_count_survives_successful_replays(
     def replay_e() -> None:
         r = run_cli(root, "replay", "--id", eid, env=env, timeout=120)
         assert r.returncode == 0 and r.stdout.splitlines()[0] == eid, r.stdout + r.stderr
+        assert "warning" not in r.stderr, r.stderr  # the node deployed `fixable`: it runs the event
 
     (out / "broken").write_text("")
     produce(
