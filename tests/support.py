@@ -335,7 +335,7 @@ def records_now(bootstrap: str, topic: str) -> list[Any]:
     at the end offsets it finds (`topic_read.read_topic`)."""
     from framework.kafka.topic_read import read_topic
 
-    return asyncio.run(read_topic(bootstrap, topic, Settings())) or []
+    return asyncio.run(read_topic(bootstrap, topic, Settings(_env_file=None))) or []
 
 
 def topic_now(bootstrap: str, topic: str) -> list[dict[str, Any]]:

@@ -3,9 +3,9 @@
 Prints the ce_id of each event replayed (or, with `--dry-run`, that would be), a progress line on stderr
 every few hundred records of a long replay, then `replayed N, skipped M (reasons)`. Exit 0 with the counts,
 1 when the broker cannot be reached or producing fails. Then, on stderr, a warning for each function that
-failed replayed events and is no longer productive, and for each of their types no productive function
-listens to (read from the deployment log, as `faas ls` reads it): such events run nowhere, and their replies
-say ok with no results.
+failed replayed events and no longer listens to their type as a productive function (undeployed, renamed,
+or its `events` changed), and for each of their types no productive function listens to (read from the
+deployment log, as `faas ls` reads it): the latter run nowhere, and their replies say ok with no results.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from framework.cli.common import bootstrap_option, duration, fail, need_broker, 
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.kafka.replay import Report, Selection, replay
-from framework.kafka.topic_read import BrokerUnreachable
+from framework.kafka.topic_read import BrokerUnreachable, partitions, reader_of, started
 from framework.settings import Settings
 
 
@@ -79,24 +79,28 @@ def replay_command(
 
 
 def unserved(settings: Settings, bootstrap: str, report: Report) -> list[str]:
-    """Warnings for replayed events that nothing productive will run, or not the function that failed them,
-    by the deployment log's live revisions now (a replay after an undeploy reaches nobody, silently)."""
+    """Warnings for replayed events a function that failed them will not run again, or that nothing
+    productive will run, by the deployment log's live revisions now (a replay after an undeploy reaches
+    nobody, silently). Advisory: the events went out already, so a failure here is one line, not exit 1."""
     from framework.cli.deployments import LS_TIMEOUT, with_log
 
     async def read(log: KafkaLog) -> LogState:
         return log.state
 
     try:
+        if not asyncio.run(_log_exists(settings, bootstrap)):  # reading it would create it
+            topic = settings.deployments_topic
+            return [f"(listeners not checked: no deployment log {topic!r} on the broker)"]
         state = with_log(settings, bootstrap, read, LS_TIMEOUT)
-    except ConnectionError as exc:
+    except Exception as exc:
         return [f"(listeners not checked: {exc})"]
     will = "would" if report.dry_run else "will"
     lines = []
-    live = {str(rev.spec.get("name")) for rev in state.live().values()}
-    for function, n in sorted(report.functions.items()):
-        if function not in live:
+    for (function, event_type), n in sorted(report.failed_by.items()):
+        if function not in state.listeners(event_type):
             lines.append(
-                f"warning: {function} is not productive now: it {will} not run the {_events(n)} it failed"
+                f"warning: {function!r} is not a productive listener of {event_type!r} now: it {will} not "
+                f"run the {_events(n)} it failed"
             )
     for event_type, n in sorted(report.types.items()):
         if not state.listeners(event_type):
@@ -105,6 +109,14 @@ def unserved(settings: Settings, bootstrap: str, report: Report) -> list[str]:
                 f"{will} be answered with no results"
             )
     return lines
+
+
+async def _log_exists(settings: Settings, bootstrap: str) -> bool:
+    consumer = await started(reader_of(bootstrap, settings))
+    try:
+        return await partitions(consumer, settings.deployments_topic) is not None
+    finally:
+        await consumer.stop()
 
 
 def _events(n: int) -> str:

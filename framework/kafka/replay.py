@@ -89,8 +89,9 @@ class Report:
     """`--id`s with no failed-event copy on the topic."""
     types: Counter[str] = field(default_factory=Counter)
     """The replayed events (or, in a dry run, those to be) by CloudEvent type."""
-    functions: Counter[str] = field(default_factory=Counter)
-    """The replayed events by the function that failed them (their copies' `faas_function`)."""
+    failed_by: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """The replayed events by (the function that failed them, their type): their copies' `faas_function`
+    and `ce_type`."""
 
     def summary(self) -> str:
         """`replayed N, skipped M (reasons)`; a dry run replays nothing and says how many it would."""
@@ -172,7 +173,7 @@ def select(records: Collection[Record], selection: Selection, now: float, report
     for _, (_, letter) in chosen:
         report.types[letter.type or ""] += 1
         if letter.function:
-            report.functions[letter.function] += 1
+            report.failed_by[letter.function, letter.type or ""] += 1
     return [Candidate(record, eid, counts[eid], first[eid]) for eid, (record, _) in chosen]
 
 

@@ -11,16 +11,21 @@ What is counted: the instance's whole RSS, pages it still shares with the templa
 included (a fresh instance holds ~20-30 MB of them), as `ps` and the container runtimes count it; plus the
 processes its handlers started (`subprocess`, `multiprocessing`, and what those start), as a container's
 memory limit counts them. They are found every `FAMILY_PERIOD` seconds by walking `/proc/PID/task/*/children`
-(about 20 us an instance) and sampled with the instance. Each counts the memory that is its own, not the
-pages it shares with the instance or with the files it maps:
+(about 20 us an instance) and sampled with the instance. Each counts its own anonymous memory (what it
+allocated; file pages, reclaimable, are not counted), less the pages it still shares with the instance:
 - every sample takes a cheap upper bound, its anonymous resident memory (`statm`: resident - shared), which
   a process forked without `exec` over-states by the pages it still shares copy-on-write with the instance;
-- only when the bound puts the family over the limit is each process's unique set size read
-  (`smaps_rollup`: Private_Clean + Private_Dirty, about 0.6 ms for a 60 MB process), and that decides.
+- only when the bound puts the family over the limit is the smaller of that and each process's unique set
+  size taken (`smaps_rollup`: Private_Clean + Private_Dirty, about 0.6 ms for a 60 MB process), and that
+  decides. It is read again every FAMILY_PERIOD at most; in between, a process's figure grows with its
+  anonymous memory. A process whose `smaps_rollup` cannot be read (a non-dumpable or setuid program, a
+  kernel before 4.14) is counted by its bound.
 A process whose parent exited before it (a double fork) leaves the tree and is not counted; one started in
 a session of its own (`start_new_session=True`) is counted, though `InstanceHandle` cannot kill it with the
 instance's process group.
-Platforms without `/proc` (macOS) cannot be sampled; the guard then logs that once and stops.
+Platforms without `/proc` (macOS) cannot be sampled; the guard then logs that once and stops. A kernel
+without `/proc/PID/task/TID/children` (built without CONFIG_PROC_CHILDREN) counts the instances alone, and
+the guard says so once.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -74,18 +80,27 @@ def anonymous_bytes(pid: int) -> int:
         return 0
 
 
-def unique_bytes(pid: int) -> int:
-    """Unique set size of process `pid` (memory only it maps: what its exit frees), 0 when it is gone."""
+def unique_bytes(pid: int) -> int | None:
+    """Unique set size of process `pid` (memory only it maps: what its exit frees); None when it cannot be
+    read (gone, not ours to read, or a kernel without `smaps_rollup`)."""
     try:
         text = _read(f"/proc/{pid}/smaps_rollup")
     except OSError:
-        return 0
+        return None
     total = 0
     for line in text.splitlines():
         if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
             with contextlib.suppress(ValueError, IndexError):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def own_bytes(pid: int) -> int:
+    """What process `pid` counts toward its instance's limit: its anonymous resident memory, or its unique
+    set size when that is smaller (pages shared with the instance are the instance's); 0 when gone."""
+    anonymous = anonymous_bytes(pid)
+    unique = unique_bytes(pid)
+    return anonymous if unique is None else min(anonymous, unique)
 
 
 def descendants(pid: int, limit: int = MAX_FAMILY) -> list[int]:
@@ -148,6 +163,10 @@ class MemoryGuard:
         """pid -> open descriptor of its /proc/PID/statm."""
         self._families: dict[int, tuple[float, list[int]]] = {}
         """Instance pid -> (monotonic time of the walk, the processes it had started then)."""
+        self._owned: dict[int, dict[int, tuple[int, int]]] = {}
+        """Instance pid -> {process: (`own_bytes`, its anonymous bytes then)}, read since the last walk."""
+        self._walks = True
+        """False on a kernel that cannot list a process's children: instances are counted alone."""
 
     def ensure_started(self) -> None:
         """Start sampling (on the running loop) unless it runs already."""
@@ -158,6 +177,12 @@ class MemoryGuard:
                 self._warned = True
                 log.warning("no /proc on this platform: instances.memory_mb is not enforced")
             return
+        if not Path(f"/proc/self/task/{threading.get_native_id()}/children").exists():
+            self._walks = False
+            log.warning(
+                "this kernel lists no process's children (/proc/PID/task/TID/children): the processes "
+                "instances start are not counted toward instances.memory_mb"
+            )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="faas-memory-guard")
 
     async def stop(self) -> None:
@@ -171,6 +196,7 @@ class MemoryGuard:
     def _close(self, pids: set[int]) -> None:
         for pid in pids:
             self._families.pop(pid, None)
+            self._owned.pop(pid, None)
             with contextlib.suppress(KeyError, OSError):
                 os.close(self._fds.pop(pid))
 
@@ -186,10 +212,27 @@ class MemoryGuard:
 
     def _family(self, pid: int, now: float) -> list[int]:
         """The processes instance `pid` started, walked again every FAMILY_PERIOD seconds."""
+        if not self._walks:
+            return []
         walked = self._families.get(pid)
         if walked is None or now - walked[0] >= FAMILY_PERIOD:
             walked = self._families[pid] = (now, descendants(pid))
+            self._owned.pop(pid, None)  # read again, once needed
         return walked[1]
+
+    def _held(self, pid: int, family: list[int], bounds: list[int]) -> tuple[int, int]:
+        """(bytes, processes holding some) the family of instance `pid` counts: each process's `own_bytes`,
+        read once per walk, grown since by its anonymous memory (`bounds`, read now)."""
+        owned = self._owned.setdefault(pid, {})
+        total = count = 0
+        for child, anonymous in zip(family, bounds, strict=True):
+            known = owned.get(child)
+            if known is None:
+                known = owned[child] = (own_bytes(child), anonymous)
+            held = known[0] + max(0, anonymous - known[1])
+            if held:
+                total, count = total + held, count + 1
+        return total, count
 
     async def _run(self) -> None:
         while True:
@@ -208,10 +251,9 @@ class MemoryGuard:
             family = self._family(inst.pid, now) if rss is not None else []
             started = (0, 0)
             if family:
-                bound = sum(anonymous_bytes(p) for p in family)
-                if over_limit(inst, rss, limit_mb, (bound, len(family))) is not None:
-                    held = [n for n in map(unique_bytes, family) if n]  # decides; exited ones hold 0
-                    started = (sum(held), len(held))
+                bounds = [anonymous_bytes(p) for p in family]
+                if over_limit(inst, rss, limit_mb, (sum(bounds), len(family))) is not None:
+                    started = self._held(inst.pid, family, bounds)  # decides; exited ones hold 0
             over = over_limit(inst, rss, limit_mb, started)
             if over is not None:
                 inst.kill_for("memory", over)

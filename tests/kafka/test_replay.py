@@ -90,6 +90,13 @@ class Topics:
         }
         return run_cli(self.root, "replay", *args, env=env, timeout=120)
 
+    async def exists(self, topic: str) -> bool:
+        consumer = await topic_read.started(topic_read.reader_of(self.bootstrap, Settings(_env_file=None)))
+        try:
+            return await topic_read.partitions(consumer, topic) is not None
+        finally:
+            await consumer.stop()
+
     def produced(self, want: int, wait: float = 10) -> list[Any]:
         return asyncio.run(consume_raw(self.bootstrap, self.events, want, wait))
 
@@ -130,6 +137,10 @@ def test_every_failed_event_replayed_once_others_counted_apart(topics: Topics) -
         original = [(k, v) for k, v in source[2] if not k.startswith("faas_")]
         assert list(m.headers) == [*original, ("faas_replayed", replayed)]
     assert len(records_now(topics.bootstrap, topics.events)) == 2, "something produced twice"
+    # No deployment log on this broker: the listeners are not checked, and none is created.
+    no_log = f"(listeners not checked: no deployment log {topics.deployments!r} on the broker)"
+    assert r.stderr.splitlines()[-1] == no_log, r.stderr
+    assert not asyncio.run(topics.exists(topics.deployments))
 
 
 @pytest.mark.parametrize(
@@ -180,8 +191,8 @@ def test_events_replayed_to_no_productive_function_are_warned_of(topics: Topics,
     2. Failed copies of a (t.one, failed by f1), b (t.two, f2) and c (t.two, f1); `faas replay --dry-run`.
     3. `faas undeploy f2`; `faas replay`.
     Result: each run lists and counts the events as without the warnings; after 2, stderr warns that f1
-    (2 events) is not productive and that nothing listens to t.one (1 event), and says nothing of f2 or
-    t.two; after 3, it also warns of f2 and of t.two, and every event is replayed."""
+    listens to neither t.one nor t.two (1 event each) and that nothing listens to t.one (1 event), and says
+    nothing of f2 or of t.two; after 3, it also warns of f2 and of t.two, and every event is replayed."""
     project = write_project(
         tmp_path / "fns", LISTENER.format(uuid=uuid.uuid4()), {"m": "def handle(p, c):\n    pass\n"}
     )
@@ -196,7 +207,10 @@ def test_events_replayed_to_no_productive_function_are_warned_of(topics: Topics,
     assert r.stdout.splitlines()[-1] == "dry run: replayed 0, skipped 0; 3 would be replayed"
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
-        "warning: f1 is not productive now: it would not run the 2 replayed events it failed",
+        "warning: 'f1' is not a productive listener of 't.one' now: it would not run the 1 replayed event "
+        "it failed",
+        "warning: 'f1' is not a productive listener of 't.two' now: it would not run the 1 replayed event "
+        "it failed",
         "warning: no productive function listens to 't.one' now: 1 replayed event of it would be answered "
         "with no results",
     ], r.stderr
@@ -207,8 +221,12 @@ def test_events_replayed_to_no_productive_function_are_warned_of(topics: Topics,
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "replayed 3, skipped 0", r.stdout + r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
-        "warning: f1 is not productive now: it will not run the 2 replayed events it failed",
-        "warning: f2 is not productive now: it will not run the 1 replayed event it failed",
+        "warning: 'f1' is not a productive listener of 't.one' now: it will not run the 1 replayed event it "
+        "failed",
+        "warning: 'f1' is not a productive listener of 't.two' now: it will not run the 1 replayed event it "
+        "failed",
+        "warning: 'f2' is not a productive listener of 't.two' now: it will not run the 1 replayed event it "
+        "failed",
         "warning: no productive function listens to 't.one' now: 1 replayed event of it will be answered "
         "with no results",
         "warning: no productive function listens to 't.two' now: 2 replayed events of it will be answered "
@@ -458,7 +476,8 @@ def test_replay_count_survives_successful_replays(
     def replay_e() -> None:
         r = run_cli(root, "replay", "--id", eid, env=env, timeout=120)
         assert r.returncode == 0 and r.stdout.splitlines()[0] == eid, r.stdout + r.stderr
-        assert "warning" not in r.stderr, r.stderr  # the node deployed `fixable`: it runs the event
+        # The node deployed `fixable`, which listens to the event's type: it runs the event again.
+        assert "warning" not in r.stderr and "listeners not checked" not in r.stderr, r.stderr
 
     (out / "broken").write_text("")
     produce(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -207,3 +208,16 @@ async def until(condition: Callable[[], object], timeout: float = 10, message: s
 def sample(rt: Runtime, name: str, **labels: str) -> float:
     """A sample of the runtime's metrics read through the registry's public API (0 when never set)."""
     return rt.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie is dead, only not reaped yet by its new parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

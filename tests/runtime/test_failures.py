@@ -13,7 +13,7 @@ import pytest
 
 from framework.errors import FunctionError, InstanceCrashed, Timeout
 from framework.runtime import Runtime
-from tests.runtime.conftest import SpecFactory, call, sample, until
+from tests.runtime.conftest import SpecFactory, alive, call, sample, until
 
 
 async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFactory) -> None:
@@ -96,7 +96,7 @@ async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) 
     assert time.monotonic() - t < 3
     with pytest.raises(InstanceCrashed):
         await other
-    await until(lambda: not _alive(pid), message="blocked instance killed")
+    await until(lambda: not alive(pid), message="blocked instance killed")
     value, res = await call(runtime, s, {"block": 0})
     assert value["unblocked"] != pid and res.cold_start
     assert sample(runtime, "faas_instance_crashes_total", function=s.name, reason="blocked") == 1
@@ -217,18 +217,6 @@ async def test_kill_9_is_instance_crashed(runtime: Runtime, spec: SpecFactory) -
     assert value["pid"] != first["pid"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, only not reaped yet
-    except OSError:
-        return False
-
-
 async def test_the_processes_a_handler_starts_go_with_its_instance(
     runtime: Runtime, spec: SpecFactory, tmp_path: Path
 ) -> None:
@@ -238,11 +226,11 @@ async def test_the_processes_a_handler_starts_go_with_its_instance(
     s = spec("spawn", max=1)
     value, _ = await call(runtime, s)
     child = value["child"]
-    assert _alive(child)
+    assert alive(child)
     [inst] = runtime._pool(s).instances
     inst.kill()
     deadline = time.monotonic() + 10
-    while _alive(child):
+    while alive(child):
         assert time.monotonic() < deadline, "the handler's child outlived its instance"
         await asyncio.sleep(0.02)
     note = tmp_path / "child"
@@ -250,6 +238,6 @@ async def test_the_processes_a_handler_starts_go_with_its_instance(
         await call(runtime, s, {"exit": str(note)})
     child = int(note.read_text())
     deadline = time.monotonic() + 10
-    while _alive(child):
+    while alive(child):
         assert time.monotonic() < deadline, "the child of an instance that exited outlived it"
         await asyncio.sleep(0.02)

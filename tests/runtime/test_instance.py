@@ -16,9 +16,8 @@ import orjson
 import pytest
 
 from framework.runtime import Runtime, invoke_once
-from tests.runtime.conftest import WARM, SpecFactory, call, sample, until
+from tests.runtime.conftest import WARM, SpecFactory, alive, call, sample, until
 from tests.runtime.conftest import inv as _inv
-from tests.runtime.test_failures import _alive
 from tests.support import wait_for, write_project
 
 
@@ -138,7 +137,7 @@ async def test_invoke_once_runs_a_draft(spec: SpecFactory) -> None:
     res = await invoke_once(s, b'{"a": 1}')
     value = orjson.loads(res.result)
     assert value["payload"] == {"a": 1} and res.cold_start
-    await until(lambda: not _alive(value["pid"]), message="test-run instance stopped")
+    await until(lambda: not alive(value["pid"]), message="test-run instance stopped")
 
 
 def test_instances_die_with_the_node(project: Path) -> None:
@@ -167,10 +166,10 @@ def test_instances_die_with_the_node(project: Path) -> None:
     try:
         assert node.stdout is not None
         pid = orjson.loads(node.stdout.readline())["pid"]
-        assert _alive(pid)
+        assert alive(pid)
         os.kill(node.pid, signal.SIGKILL)
         node.wait(10)
-        wait_for(lambda: not _alive(pid), timeout=10, message="instance gone after its node was SIGKILLed")
+        wait_for(lambda: not alive(pid), timeout=10, message="instance gone after its node was SIGKILLed")
     finally:
         if node.poll() is None:
             node.kill()

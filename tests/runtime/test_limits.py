@@ -13,7 +13,7 @@ from framework.errors import FunctionError, InstanceCrashed
 from framework.runtime import Runtime
 from framework.runtime.memory import resident_bytes
 from framework.settings import Settings
-from tests.runtime.conftest import SpecFactory, call, until
+from tests.runtime.conftest import SpecFactory, alive, call, until
 from tests.support import write_project
 
 HANDLERS = """
@@ -165,17 +165,9 @@ async def test_processes_a_handler_starts_count_toward_the_limit(
     assert "memory limit (instances.memory_mb: 64)" in message and "in 1 process it started" in message
     assert kills(rt, s.name, "memory") == 1
     child = int(pidfile.read_text())
-    await until(lambda: _gone(child), message=f"child {child} gone")
+    await until(lambda: not alive(child), message=f"child {child} gone")
     value, _ = await call(rt, s, {"mb": 0, "pidfile": str(pidfile)})
     assert value["code"] == 0 and kills(rt, s.name, "memory") == 1
-
-
-def _gone(pid: int) -> bool:
-    """Whether process `pid` no longer runs (gone, or a zombie waiting for its new parent)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (OSError, IndexError):
-        return True
 
 
 async def test_without_a_limit_nothing_is_killed(rt: Runtime, spec: SpecFactory, root: Path) -> None:
