@@ -81,6 +81,11 @@ COMMIT_INTERVAL = 0.5
 """Seconds between commits of finished offsets."""
 REVOKE_WAIT = 5.0
 """Seconds a rebalance waits for the in-flight events of revoked partitions before cancelling them."""
+COMMIT_WAIT = 10.0
+"""Seconds one commit may take before it is given up (the next one tries again). aiokafka retries a commit
+for as long as its errors are retriable and looks for a coordinator it cannot reach for as long as that
+lasts: unbounded, one stuck commit would hold the commit lock, and with it every later commit and a
+rebalance's hand-over, which commits last (the group's rejoin would wait for it, and no event be taken)."""
 FINAL_COMMIT_WAIT = 5.0
 """Seconds a stopping node waits for its last commit (what it leaves uncommitted is answered again)."""
 FULL_POLL = 1.0
@@ -435,7 +440,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             if not offsets:
                 return
             try:
-                await consumer.commit(offsets)
+                await within(consumer.commit(offsets), COMMIT_WAIT)
+            except TimeoutError:
+                log.warning("commit of %d partitions took over %.0f s; will retry", len(offsets), COMMIT_WAIT)
+                return
             except (KafkaError, OSError, AssertionError) as exc:  # aiokafka asserts on unassigned partitions
                 log.info("commit of %d partitions failed (%r); will retry", len(offsets), exc)
                 return

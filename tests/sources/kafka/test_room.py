@@ -196,3 +196,35 @@ def test_a_node_holds_at_most_its_limit_of_events(tmp_path: Path, broker: Embedd
     assert {r["value"]["id"] for r in replies} == set(ids)
     assert all(r["value"]["ok"] for r in replies), replies
     wait_for(lambda: metric(n, "faas_consumer_lag") == 0, timeout=30, message="lag back to 0")
+
+
+class StuckCommits(Consumer):
+    """A consumer whose commits never return (aiokafka's, retrying a coordinator it cannot reach)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_commit_that_never_returns_holds_up_neither_commits_nor_a_rebalance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. A source has a finished record of a partition to commit; its consumer's commits never return.
+    2. The partition is revoked (a rebalance's hand-over commits last).
+    3. Another record is finished and the housekeeping's commit runs.
+    Result: the hand-over ends (once the commit is given up after COMMIT_WAIT, not waited for forever,
+    which held the group's rejoin), and the later commit is tried (the lock was released)."""
+    monkeypatch.setattr(source_module, "COMMIT_WAIT", 0.2)
+    source = KafkaSource(Settings(), cast(Any, None), Metrics(), "127.0.0.1:1")
+    consumer = StuckCommits()
+    source.consumer = cast(Any, consumer)
+    source.tracker.take(TP, 7).done(7)
+    await within(source.on_partitions_revoked([TP]), 30)
+    assert consumer.commits == 1
+    source.tracker.take(TP, 8).done(8)
+    await within(source._commit(None), 5)
+    assert consumer.commits == 2
