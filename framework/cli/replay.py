@@ -19,7 +19,7 @@ from framework.cli.common import bootstrap_option, duration, fail, need_broker, 
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.kafka.replay import Report, Selection, replay
-from framework.kafka.topic_read import BrokerUnreachable, partitions, reader_of, started
+from framework.kafka.topic_read import BrokerUnreachable, exists
 from framework.settings import Settings
 
 
@@ -88,35 +88,28 @@ def unserved(settings: Settings, bootstrap: str, report: Report) -> list[str]:
         return log.state
 
     try:
-        if not asyncio.run(_log_exists(settings, bootstrap)):  # reading it would create it
+        if not asyncio.run(exists(bootstrap, settings, settings.deployments_topic)):  # a read would make it
             topic = settings.deployments_topic
             return [f"(listeners not checked: no deployment log {topic!r} on the broker)"]
         state = with_log(settings, bootstrap, read, LS_TIMEOUT)
     except Exception as exc:
         return [f"(listeners not checked: {exc})"]
     will = "would" if report.dry_run else "will"
+    listeners = {event_type: state.listeners(event_type) for event_type in report.types}
     lines = []
     for (function, event_type), n in sorted(report.failed_by.items()):
-        if function not in state.listeners(event_type):
+        if function not in listeners[event_type]:
             lines.append(
                 f"warning: {function!r} is not a productive listener of {event_type!r} now: it {will} not "
                 f"run the {_events(n)} it failed"
             )
     for event_type, n in sorted(report.types.items()):
-        if not state.listeners(event_type):
+        if not listeners[event_type]:
             lines.append(
                 f"warning: no productive function listens to {event_type!r} now: {_events(n)} of it "
                 f"{will} be answered with no results"
             )
     return lines
-
-
-async def _log_exists(settings: Settings, bootstrap: str) -> bool:
-    consumer = await started(reader_of(bootstrap, settings))
-    try:
-        return await partitions(consumer, settings.deployments_topic) is not None
-    finally:
-        await consumer.stop()
 
 
 def _events(n: int) -> str:

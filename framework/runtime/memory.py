@@ -95,10 +95,10 @@ def unique_bytes(pid: int) -> int | None:
     return total
 
 
-def own_bytes(pid: int) -> int:
-    """What process `pid` counts toward its instance's limit: its anonymous resident memory, or its unique
-    set size when that is smaller (pages shared with the instance are the instance's); 0 when gone."""
-    anonymous = anonymous_bytes(pid)
+def own_bytes(pid: int, anonymous: int) -> int:
+    """What process `pid` counts toward its instance's limit: its anonymous resident memory (`anonymous`,
+    read by the caller), or its unique set size when that is smaller (pages shared with the instance are
+    the instance's)."""
     unique = unique_bytes(pid)
     return anonymous if unique is None else min(anonymous, unique)
 
@@ -197,7 +197,7 @@ class MemoryGuard:
         for pid in pids:
             self._families.pop(pid, None)
             self._owned.pop(pid, None)
-            with contextlib.suppress(KeyError, OSError):
+            with contextlib.suppress(OSError):
                 os.close(self._fds.pop(pid))
 
     def _resident(self, pid: int) -> int | None:
@@ -228,7 +228,7 @@ class MemoryGuard:
         for child, anonymous in zip(family, bounds, strict=True):
             known = owned.get(child)
             if known is None:
-                known = owned[child] = (own_bytes(child), anonymous)
+                known = owned[child] = (own_bytes(child, anonymous), anonymous)
             held = known[0] + max(0, anonymous - known[1])
             if held:
                 total, count = total + held, count + 1

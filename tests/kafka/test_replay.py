@@ -90,13 +90,6 @@ class Topics:
         }
         return run_cli(self.root, "replay", *args, env=env, timeout=120)
 
-    async def exists(self, topic: str) -> bool:
-        consumer = await topic_read.started(topic_read.reader_of(self.bootstrap, Settings(_env_file=None)))
-        try:
-            return await topic_read.partitions(consumer, topic) is not None
-        finally:
-            await consumer.stop()
-
     def produced(self, want: int, wait: float = 10) -> list[Any]:
         return asyncio.run(consume_raw(self.bootstrap, self.events, want, wait))
 
@@ -140,7 +133,7 @@ def test_every_failed_event_replayed_once_others_counted_apart(topics: Topics) -
     # No deployment log on this broker: the listeners are not checked, and none is created.
     no_log = f"(listeners not checked: no deployment log {topics.deployments!r} on the broker)"
     assert r.stderr.splitlines()[-1] == no_log, r.stderr
-    assert not asyncio.run(topics.exists(topics.deployments))
+    assert not asyncio.run(topic_read.exists(topics.bootstrap, Settings(_env_file=None), topics.deployments))
 
 
 @pytest.mark.parametrize(
