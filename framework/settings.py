@@ -36,10 +36,14 @@ TOPICS = (
 """The settings naming a topic of the platform's: each its own (replies read as events would loop)."""
 
 
+ENV_FILE = ".env"
+"""The file settings (and the CLI's option twins) are also read from, relative to the working directory."""
+
+
 class Settings(BaseSettings):
     """Every setting of the node. Each CLI option has one of these as its environment twin."""
 
-    model_config = SettingsConfigDict(env_prefix="FAAS_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FAAS_", env_file=ENV_FILE, extra="ignore")
 
     manifest: Path = Path("functions.yaml")
     http_host: str = "127.0.0.1"

@@ -338,6 +338,21 @@ def records_now(bootstrap: str, topic: str) -> list[Any]:
     return asyncio.run(read_topic(bootstrap, topic, Settings(_env_file=None))) or []
 
 
+def topic_exists(bootstrap: str, topic: str) -> bool:
+    """Whether the broker has `topic`, asked from its topic list (asking for the topic itself, as a reader
+    assigned to it does, would have the broker create it)."""
+    from framework.kafka.topic_read import partitions, reader_of, started
+
+    async def ask() -> bool:
+        consumer = await started(reader_of(bootstrap, Settings(_env_file=None)))
+        try:
+            return await partitions(consumer, topic) is not None
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(ask())
+
+
 def topic_now(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """`records_now` as `consume` gives records."""
     return [_as_dict(m) for m in records_now(bootstrap, topic)]

@@ -410,3 +410,24 @@ def test_run_calls_serve_and_exits_with_its_code(monkeypatch: pytest.MonkeyPatch
     r = CliRunner().invoke(main, ["run"], env={"FAAS_MANIFEST": "x.yaml", "FAAS_RUN_NO_KAFKA": "1"})
     assert r.exit_code == 3
     assert calls == [(project / "functions.yaml", False), (Path("x.yaml"), False)]
+
+
+def test_option_twins_are_read_from_dotenv_below_the_environment(
+    monkeypatch: pytest.MonkeyPatch, project: Path
+) -> None:
+    """1. A `.env` in the working directory sets `FAAS_RUN_NO_KAFKA=1` (click's twin of `run --no-kafka`,
+    no setting of its own) and `faas_manifest` in lower case; `faas run`. 2. The environment says
+    `FAAS_RUN_NO_KAFKA=0`. Result: 1 serves the `.env`'s manifest without Kafka; 2 with Kafka (the
+    environment wins over `.env`, as it does for the settings)."""
+    calls: list[tuple[Path, bool]] = []
+
+    def serve(settings: Any, kafka: bool = True) -> int:
+        calls.append((settings.manifest, kafka))
+        return 0
+
+    monkeypatch.setitem(sys.modules, "framework.node", types.SimpleNamespace(serve=serve))
+    monkeypatch.chdir(project)
+    (project / ".env").write_text("# local\nFAAS_RUN_NO_KAFKA=1\nfaas_manifest=functions.yaml\nOTHER=x\n")
+    assert CliRunner().invoke(main, ["run"], env={"FAAS_MANIFEST": None}).exit_code == 0
+    assert CliRunner().invoke(main, ["run"], env={"FAAS_RUN_NO_KAFKA": "0"}).exit_code == 0
+    assert calls == [(Path("functions.yaml"), False), (Path("functions.yaml"), True)]

@@ -52,16 +52,26 @@ T = TypeVar("T")
 
 
 def with_log(
-    settings: Settings, bootstrap: str, work: Callable[[KafkaLog], Awaitable[T]], timeout: float
+    settings: Settings,
+    bootstrap: str,
+    work: Callable[[KafkaLog], Awaitable[T]],
+    timeout: float,
+    create: bool = False,
 ) -> T:
-    """Run `work` on the log read to its end; raises ConnectionError naming the broker on failure."""
+    """Run `work` on the log read to its end; raises ConnectionError naming the broker on failure.
+
+    Only `deploy` creates a missing log (`create`): any other verb reads it as empty and says on stderr
+    that there is none, so a mistyped FAAS_DEPLOYMENTS_TOPIC is seen and leaves no stray topic behind.
+    """
     quiet_kafka_client()  # a verb says what went wrong in one line of its own
 
     async def run() -> T:
-        log = KafkaLog(LogState(on_code=verify), settings, bootstrap, follow=False)
+        log = KafkaLog(LogState(on_code=verify), settings, bootstrap, follow=False, create=create)
         try:
             async with asyncio.timeout(timeout):
                 await log.start()
+                if log.missing:
+                    click.echo(f"({no_log(settings)}: nothing was deployed through it)", err=True)
                 return await work(log)
         finally:
             await log.stop()
@@ -74,6 +84,11 @@ def with_log(
         why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else repr(exc)
         where = f"the Kafka broker at {bootstrap}"
         raise ConnectionError(f"cannot use the deployment log on {where}: {why}") from None
+
+
+def no_log(settings: Settings) -> str:
+    """What a verb says when the broker has no deployment log."""
+    return f"no deployment log {settings.deployments_topic!r} on the broker"
 
 
 def _targets(manifest: Manifest, names: tuple[str, ...], all_: bool) -> list[FunctionSpec]:
@@ -130,6 +145,7 @@ def _publish_then_set(
     specs: list[FunctionSpec],
     state: State,
     publish: Callable[[KafkaLog], Awaitable[Outcome]],
+    create: bool = False,
 ) -> None:
     """Run `publish` on the log, then set `state` in the manifest for what it published, print its lines,
     and exit 1 naming what failed (a batch may be published in part: that part is said and kept).
@@ -144,7 +160,7 @@ def _publish_then_set(
             click.echo(f"{spec.name}: {state} in {settings.manifest} ({NO_BROKER})")
         return
     try:
-        lines, published = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
+        lines, published = with_log(settings, bootstrap, publish, BROKER_TIMEOUT, create)
     except ConnectionError as exc:
         fail(str(exc))
     _set_states(settings, published, state)
@@ -200,7 +216,7 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
         ]
         return lines + [f"!not published: {why}" for why in failures], [specs[i] for i in sorted(results)]
 
-    _publish_then_set(settings, specs, "productive", publish)
+    _publish_then_set(settings, specs, "productive", publish, create=True)
 
 
 @click.command()

@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from framework.control.deployment_log import DeploymentLog
 from framework.control.log_state import LogState
 from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
+from framework.kafka.topic_read import partitions
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
 
@@ -56,14 +57,23 @@ READ_BACK_TIMEOUT = 10.0
 
 
 class KafkaLog(DeploymentLog):
-    """The log on the topic `FAAS_DEPLOYMENTS_TOPIC`. `follow=False` reads it once (the CLI)."""
+    """The log on the topic `FAAS_DEPLOYMENTS_TOPIC`. `follow=False` reads it once (the CLI).
 
-    def __init__(self, state: LogState, settings: Settings, bootstrap: str, follow: bool = True) -> None:
+    `create=False` (the CLI's reading verbs) leaves a missing topic missing and reads it as empty, with
+    `missing` set: a reader with a mistyped `FAAS_DEPLOYMENTS_TOPIC` must not leave a stray log behind.
+    """
+
+    def __init__(
+        self, state: LogState, settings: Settings, bootstrap: str, follow: bool = True, create: bool = True
+    ) -> None:
         super().__init__(state)
         self.settings = settings
         self.bootstrap = bootstrap
         self.topic = settings.deployments_topic
         self.follow = follow
+        self.create = create
+        self.missing = False
+        """Set by `start` when `create` is off and the broker has no such topic."""
         self.tp = TopicPartition(self.topic, 0)
         self.position = 0
         """The offset of the next record to apply."""
@@ -84,7 +94,8 @@ class KafkaLog(DeploymentLog):
     async def start(self) -> None:
         await self.stop()  # a start that failed halfway leaves clients behind
         self._consumer = self._producer = self._task = None
-        await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
+        if self.create:
+            await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
         consumer = reader(
             self.bootstrap,
             self.settings,
@@ -92,8 +103,12 @@ class KafkaLog(DeploymentLog):
             fetch_max_bytes=self.fetch_bytes,
             fetch_max_wait_ms=FETCH_WAIT_MS,
         )
+        self._consumer = consumer  # before its start: `stop` closes one whose start failed halfway
         await consumer.start()
-        self._consumer = consumer
+        # Asked from the cluster's topic list: assigning the partition would have the broker create it.
+        self.missing = not self.create and await partitions(consumer, self.topic) is None
+        if self.missing:
+            return
         consumer.assign([self.tp])
         if self.position:  # a start tried again: go on after what is applied, not from a "lost" log
             consumer.seek(self.tp, self.position)

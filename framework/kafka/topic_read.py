@@ -133,15 +133,6 @@ async def scan(
                 left.discard(tp)
 
 
-async def exists(bootstrap: str, settings: Settings, topic: str) -> bool:
-    """Whether the broker has `topic`, asked without creating it (as reading it through a log may)."""
-    consumer = await started(reader_of(bootstrap, settings))
-    try:
-        return await partitions(consumer, topic) is not None
-    finally:
-        await consumer.stop()
-
-
 async def partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition] | None:
     """The partitions of `topic`; None when it does not exist."""
     if topic not in await consumer.topics():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from tests.support import consume, new_id, produce, run_cli, topic_now, write_project
+from tests.support import consume, new_id, produce, run_cli, topic_exists, topic_now, write_project
 
 pytestmark = pytest.mark.timeout(600)  # CLI processes on a shared, slow machine
 
@@ -137,7 +137,10 @@ def test_history_and_rollback_of_a_function_no_one_knows_exit_1(
     unknown = f"no function named 'ghost' in {root / 'functions.yaml'} or the deployment log"
     for args in (("history", "ghost"), ("history", "ghost", "--json"), ("rollback", "ghost")):
         r = run_cli(root, *args, env=env)
-        assert r.returncode == 1 and r.stdout == "" and r.stderr.splitlines() == [unknown], (args, r.stderr)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.splitlines() == [no_log(topic), unknown], (
+            args,
+            r.stderr,
+        )
     r = run_cli(root, "deploy", "alpha", env=env)
     assert r.returncode == 0, r.stderr
     (root / "functions.yaml").write_text("functions: []\n")
@@ -298,6 +301,39 @@ def test_a_secrets_folder_inside_the_package_stays_out_of_the_revision(
         assert "functions/m.py" in names and not any("secrets" in n for n in names), names
         assert all(value.encode() not in z.read(n) for n in names)
     assert all(value.encode() not in json.dumps(m["value"], default=repr).encode() for m in raw)
+
+
+def no_log(topic: str) -> str:
+    return f"(no deployment log {topic!r} on the broker: nothing was deployed through it)"
+
+
+def test_only_deploy_creates_a_missing_deployment_log(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. A topic name no log has (as a mistyped FAAS_DEPLOYMENTS_TOPIC would be): `faas ls`, `faas history
+    alpha`, `faas rollback alpha`, `faas undeploy alpha`. 2. `faas deploy alpha`, then `faas history alpha`.
+    Result: at 1 each verb says on stderr that there is no such log and reads it as empty (ls: no revision;
+    history: no revisions; rollback: exit 1, none kept; undeploy: not deployed), and the broker still has
+    no such topic afterwards; at 2 deploy creates it and history lists revision 1 without the note."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    r = run_cli(root, "ls", env=env)
+    assert r.returncode == 0 and f"{u}  productive " in r.stdout and " r1" not in r.stdout, r.stdout
+    assert r.stderr.splitlines() == [no_log(topic)], r.stderr
+    r = run_cli(root, "history", "alpha", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "alpha: no revisions\n", no_log(topic) + "\n")
+    r = run_cli(root, "rollback", "alpha", env=env)
+    assert r.returncode == 1 and r.stderr.splitlines() == [no_log(topic), "alpha: no revisions kept"], (
+        r.stderr
+    )
+    r = run_cli(root, "undeploy", "alpha", env=env)
+    assert (r.returncode, r.stdout) == (0, "alpha: not deployed\n"), r.stdout + r.stderr
+    assert r.stderr.splitlines() == [no_log(topic)], r.stderr
+    assert not topic_exists(broker.bootstrap, topic)
+    (root / "functions.yaml").write_text(manifest(u))
+    r = run_cli(root, "deploy", "alpha", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "alpha: revision 1 deployed\n", ""), r.stderr
+    r = run_cli(root, "history", "alpha", env=env)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.splitlines()[1].split()[0] == "1", r.stdout
 
 
 def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker: EmbeddedBroker) -> None:
