@@ -16,10 +16,12 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
 from framework.cli import main
+from framework.cli.common import TwinOption, option
 from framework.control.manifest import load_manifest
 from framework.kafka.embedded import EmbeddedBroker, free_port, port_open
 from tests.support import Node, http_server, run_cli, wait_for, write_project
@@ -415,19 +417,66 @@ def test_run_calls_serve_and_exits_with_its_code(monkeypatch: pytest.MonkeyPatch
 def test_option_twins_are_read_from_dotenv_below_the_environment(
     monkeypatch: pytest.MonkeyPatch, project: Path
 ) -> None:
-    """1. A `.env` in the working directory sets `FAAS_RUN_NO_KAFKA=1` (click's twin of `run --no-kafka`,
-    no setting of its own) and `faas_manifest` in lower case; `faas run`. 2. The environment says
-    `FAAS_RUN_NO_KAFKA=0`. Result: 1 serves the `.env`'s manifest without Kafka; 2 with Kafka (the
-    environment wins over `.env`, as it does for the settings)."""
-    calls: list[tuple[Path, bool]] = []
+    """1. A `.env` in the working directory sets `faas_run_no_kafka=1` (click's twin of `run --no-kafka`,
+    no setting of its own; in lower case, as the settings accept it); `faas run`. 2. The environment sets
+    the twin empty. Result: 1 serves without Kafka; 2 with Kafka (a variable set in the environment, even
+    empty, decides alone, as it does for a setting)."""
+    calls: list[bool] = []
 
     def serve(settings: Any, kafka: bool = True) -> int:
-        calls.append((settings.manifest, kafka))
+        calls.append(kafka)
         return 0
 
     monkeypatch.setitem(sys.modules, "framework.node", types.SimpleNamespace(serve=serve))
     monkeypatch.chdir(project)
-    (project / ".env").write_text("# local\nFAAS_RUN_NO_KAFKA=1\nfaas_manifest=functions.yaml\nOTHER=x\n")
-    assert CliRunner().invoke(main, ["run"], env={"FAAS_MANIFEST": None}).exit_code == 0
-    assert CliRunner().invoke(main, ["run"], env={"FAAS_RUN_NO_KAFKA": "0"}).exit_code == 0
-    assert calls == [(Path("functions.yaml"), False), (Path("functions.yaml"), True)]
+    monkeypatch.delenv("FAAS_RUN_NO_KAFKA", raising=False)
+    (project / ".env").write_text("# local\nfaas_run_no_kafka=1\nOTHER=x\n")
+    assert CliRunner().invoke(main, ["run"]).exit_code == 0
+    assert CliRunner().invoke(main, ["run"], env={"FAAS_RUN_NO_KAFKA": ""}).exit_code == 0
+    assert calls == [False, True]
+
+
+def test_a_twin_from_dotenv_is_read_as_the_variable_would_be(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """1. A command with a repeatable option, a flag and a secret-looking option, their twins in `.env`
+    only. 2. The same with the repeatable option's twin in the environment, and with it on the command
+    line. 3. `--help`. Result: 1 splits the repeatable one on spaces and parses the flag, as click does
+    for a variable; 2 takes the environment's, then the command line's; 3 names the twins and shows no
+    value from `.env`."""
+    seen: list[tuple[tuple[str, ...], bool, str | None]] = []
+
+    @click.group(context_settings={"auto_envvar_prefix": "FAAS", "show_default": True})
+    def group() -> None:
+        pass
+
+    @group.command()
+    @option("--id", "ids", multiple=True, show_envvar=True)
+    @option("--dry-run", is_flag=True, show_envvar=True)
+    @option("--api-key", show_envvar=True)
+    def verb(ids: tuple[str, ...], dry_run: bool, api_key: str | None) -> None:
+        seen.append((ids, dry_run, api_key))
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("FAAS_VERB_IDS", "FAAS_VERB_DRY_RUN", "FAAS_VERB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text("FAAS_VERB_IDS=a b\nFAAS_VERB_DRY_RUN=false\nFAAS_VERB_API_KEY=sekrit\n")
+    assert CliRunner().invoke(group, ["verb"]).exit_code == 0
+    assert CliRunner().invoke(group, ["verb"], env={"FAAS_VERB_IDS": "c"}).exit_code == 0
+    assert CliRunner().invoke(group, ["verb", "--id", "d"], env={"FAAS_VERB_IDS": "c"}).exit_code == 0
+    assert seen == [(("a", "b"), False, "sekrit"), (("c",), False, "sekrit"), (("d",), False, "sekrit")]
+    shown = CliRunner().invoke(group, ["verb", "--help"]).output
+    assert "FAAS_VERB_API_KEY" in shown and "sekrit" not in shown and "a b" not in shown, shown
+
+
+def test_every_option_of_the_command_reads_dotenv() -> None:
+    """Every option of every verb is a `TwinOption` (made with `common.option`), so no twin ignores
+    `.env`."""
+    plain = [
+        f"{verb} {param.name}"
+        for verb, command in main.commands.items()
+        for param in command.params
+        if isinstance(param, click.Option) and not isinstance(param, TwinOption) and param.name != "help"
+    ]
+    assert plain == []
+    assert all(isinstance(p, TwinOption) for p in main.params if p.name not in ("help", "version"))

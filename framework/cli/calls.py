@@ -21,6 +21,7 @@ from framework.cli.common import (
     load,
     looks_like_uuid,
     need_broker,
+    option,
     pass_settings,
     quiet_kafka_client,
     seconds,
@@ -85,7 +86,7 @@ def _post(url: str, payload: bytes, key: str | None) -> Any:
         fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
 
 
-data_option = click.option(
+data_option = option(
     "--data",
     callback=scripting.json_data,
     show_envvar=True,
@@ -96,13 +97,13 @@ data_option = click.option(
 @click.command()
 @click.argument("name_or_uuid")
 @data_option
-@click.option(
+@option(
     "--url",
     show_envvar=True,
     callback=node_url,
     help="A running node, e.g. http://127.0.0.1:8080; without it, run once locally.",
 )
-@click.option(
+@option(
     "--api-key",
     show_envvar=True,
     callback=_api_key,
@@ -142,17 +143,11 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
 @click.command()
 @click.argument("event_type", callback=lambda ctx, param, value: check_event_type(value))
 @data_option
-@click.option("--timeout", show_envvar=True, type=float, callback=seconds, default=30.0, help="Seconds.")
+@option("--timeout", show_envvar=True, type=float, callback=seconds, default=30.0, help="Seconds.")
 @bootstrap_option
-@click.option(
-    "--key", show_envvar=True, callback=utf8, help="The event's Kafka key (UTF-8).  [default: none]"
-)
-@click.option(
-    "--id", "event_id", show_envvar=True, callback=utf8, help="The event's ce_id.  [default: a new UUID]"
-)
-@click.option(
-    "--source", show_envvar=True, callback=utf8, help="The event's ce_source.  [default: faas-client]"
-)
+@option("--key", show_envvar=True, callback=utf8, help="The event's Kafka key (UTF-8).  [default: none]")
+@option("--id", "event_id", show_envvar=True, callback=utf8, help="The event's ce_id.  [default: a new UUID]")
+@option("--source", show_envvar=True, callback=utf8, help="The event's ce_source.  [default: faas-client]")
 @pass_settings
 def emit(
     settings: Settings,

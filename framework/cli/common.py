@@ -4,23 +4,59 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from dotenv import dotenv_values
 
 from framework.control.manifest import Manifest, event_type, load_manifest
 from framework.errors import ManifestError
 from framework.kafka.address import bootstrap_servers
 from framework.kafka.embedded import port_open, speaks_kafka
-from framework.settings import Settings
+from framework.settings import ENV_FILE, Settings
 
 if TYPE_CHECKING:
     from framework.control.working_copy import CodeZips
 
 pass_settings = click.make_pass_decorator(Settings)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DOTENV = "faas.dotenv"
+"""`ctx.meta` key of the `.env` values, read once per command (upper-cased names)."""
+
+
+class TwinOption(click.Option):
+    """An option whose own environment twin (click's `FAAS_<COMMAND>_<OPTION>`) is also read from `.env`,
+    below the environment, as the settings are. A twin set in the environment, even empty, decides alone
+    (as for a setting: pydantic reads an empty variable as empty). A twin that is a setting's own name
+    (`envvar=`) is left to the settings, which read `.env` themselves. Going through click's own reading,
+    a `.env` value is split for repeatable options and parsed for flags exactly as a variable would be,
+    and never shown in `--help`."""
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        value = super().resolve_envvar_value(ctx)
+        if value is not None or self.envvar or not self.allow_from_autoenv or not self.name:
+            return value
+        if ctx.auto_envvar_prefix is None:
+            return None
+        twin = f"{ctx.auto_envvar_prefix}_{self.name.upper()}"
+        if twin in os.environ:
+            return None
+        dotenv = ctx.meta.get(_DOTENV)
+        if dotenv is None:  # names compared in upper case, as the settings compare them
+            dotenv = ctx.meta[_DOTENV] = {k.upper(): v for k, v in dotenv_values(ENV_FILE).items()}
+        return dotenv.get(twin) or None
+
+
+def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """`click.option`, making a `TwinOption`: every option of the `faas` command is one."""
+    return click.option(*decls, cls=TwinOption, **attrs)
+
 
 ANSWER_TIMEOUT = 2.0
 """Seconds what listens on the embedded broker's port has to answer as Kafka (a broker answers in
@@ -144,7 +180,7 @@ def _bootstrap(ctx: click.Context, param: click.Parameter, value: str | None) ->
         raise click.BadParameter(str(exc)) from None
 
 
-bootstrap_option = click.option(
+bootstrap_option = option(
     "--bootstrap",
     envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
     show_envvar=True,

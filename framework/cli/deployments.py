@@ -26,6 +26,7 @@ from framework.cli.common import (
     fail,
     load,
     need_broker,
+    option,
     pass_settings,
     quiet_kafka_client,
     utf8,
@@ -180,8 +181,8 @@ def register(main: click.Group) -> None:
 
 @click.command()
 @click.argument("names", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Every function the manifest marks productive.")
-@click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
+@option("--all", "all_", is_flag=True, help="Every function the manifest marks productive.")
+@option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str | None) -> None:
     """Validate the working copy and publish a revision of each NAME (that changed)."""
@@ -221,7 +222,7 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
 
 @click.command()
 @click.argument("names", nargs=-1, required=True)
-@click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
+@option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) -> None:
     """Publish an undeploy revision of each NAME and set it undeployed (even with a broken handler).
@@ -279,7 +280,7 @@ async def _undeploy_one(
 
 @click.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="The revision records as a JSON list.")
+@option("--json", "as_json", is_flag=True, help="The revision records as a JSON list.")
 @pass_settings
 def history(settings: Settings, name: str, as_json: bool) -> None:
     """List the kept revisions of NAME, newest first, and which one is live."""
@@ -306,13 +307,13 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option(
+@option(
     "--to",
     "to",
     type=click.IntRange(min=1),
     help="Revision to go back to.  [default: the one before the live one]",
 )
-@click.option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
+@option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def rollback(settings: Settings, name: str, to: int | None, message: str | None) -> None:
     """Publish a new revision with the spec and code of an earlier one."""

@@ -43,6 +43,7 @@ from framework.cli.common import (
     duration,
     looks_like_uuid,
     need_broker,
+    option,
     pass_settings,
     quiet_kafka_client,
 )
@@ -251,15 +252,15 @@ async def _assign(
 
 @click.command(name="logs")
 @click.argument("name", required=False)
-@click.option(
+@option(
     "--since",
     callback=duration,
     help="How far back: 30s, 10m, 2h, 7d.  [default: 1h; the whole topic with --invocation]",
 )
-@click.option("--failed", is_flag=True, help="Only invocations that failed.")
-@click.option("--invocation", "invocation_id", help="Only this invocation id.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new invocations until Ctrl-C.")
-@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+@option("--failed", is_flag=True, help="Only invocations that failed.")
+@option("--invocation", "invocation_id", help="Only this invocation id.")
+@option("--follow", "-f", is_flag=True, help="Keep printing new invocations until Ctrl-C.")
+@option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
 @bootstrap_option
 @pass_settings
 def logs(

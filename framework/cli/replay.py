@@ -15,7 +15,7 @@ import asyncio
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import bootstrap_option, duration, fail, need_broker, quiet_kafka_client
+from framework.cli.common import bootstrap_option, duration, fail, need_broker, option, quiet_kafka_client
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.kafka.replay import Report, Selection, replay
@@ -24,18 +24,16 @@ from framework.settings import Settings
 
 
 @click.command(name="replay")
-@click.option("--id", "ids", multiple=True, help="Replay the event with this ce_id (repeatable).")
-@click.option("--function", show_envvar=True, help="Only events whose failing function is NAME.")
-@click.option("--type", "event_type", show_envvar=True, help="Only events of this CloudEvent type.")
-@click.option(
+@option("--id", "ids", multiple=True, help="Replay the event with this ce_id (repeatable).")
+@option("--function", show_envvar=True, help="Only events whose failing function is NAME.")
+@option("--type", "event_type", show_envvar=True, help="Only events of this CloudEvent type.")
+@option(
     "--since",
     callback=duration,
     show_envvar=True,
     help="Only events dead-lettered within this long: 30s, 10m, 2h, 7d.  [default: all]",
 )
-@click.option(
-    "--dry-run", is_flag=True, show_envvar=True, help="List what would be replayed; produce nothing."
-)
+@option("--dry-run", is_flag=True, show_envvar=True, help="List what would be replayed; produce nothing.")
 @bootstrap_option
 @click.pass_obj
 def replay_command(

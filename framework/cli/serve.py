@@ -8,14 +8,12 @@ import threading
 
 import click
 
-from framework.cli.common import fail, pass_settings
+from framework.cli.common import fail, option, pass_settings
 from framework.settings import LOG_LEVELS, Settings
 
 
 @click.command()
-@click.option(
-    "--port", type=int, envvar="FAAS_EMBEDDED_BROKER_PORT", show_envvar=True, help="[default: 9092]"
-)
+@option("--port", type=int, envvar="FAAS_EMBEDDED_BROKER_PORT", show_envvar=True, help="[default: 9092]")
 @pass_settings
 def broker(settings: Settings, port: int | None) -> None:
     """Run the embedded (memory-only) Kafka broker in the foreground until SIGINT or SIGTERM."""
@@ -37,19 +35,17 @@ def broker(settings: Settings, port: int | None) -> None:
 
 
 @click.command()
-@click.option("--no-kafka", is_flag=True, show_envvar=True, help="Serve HTTP and schedules only.")
-@click.option("--host", envvar="FAAS_HTTP_HOST", show_envvar=True, help="HTTP address.  [default: 127.0.0.1]")
-@click.option(
-    "--port", type=int, envvar="FAAS_HTTP_PORT", show_envvar=True, help="HTTP port.  [default: 8080]"
-)
-@click.option(
+@option("--no-kafka", is_flag=True, show_envvar=True, help="Serve HTTP and schedules only.")
+@option("--host", envvar="FAAS_HTTP_HOST", show_envvar=True, help="HTTP address.  [default: 127.0.0.1]")
+@option("--port", type=int, envvar="FAAS_HTTP_PORT", show_envvar=True, help="HTTP port.  [default: 8080]")
+@option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     envvar="FAAS_LOG_LEVEL",
     show_envvar=True,
     help="[default: INFO]",
 )
-@click.option(
+@option(
     "--watch/--no-watch",
     default=None,
     envvar="FAAS_WATCH",

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from framework.cli import scripting
-from framework.cli.common import check_event_type, checked, code_zips, fail, load, pass_settings
+from framework.cli.common import check_event_type, checked, code_zips, fail, load, option, pass_settings
 from framework.control import manifest_edit
 from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
@@ -35,7 +35,7 @@ async def handle(payload: Any, ctx: Context) -> Any:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_settings
 def validate(settings: Settings, as_json: bool) -> None:
     """Check the manifest, import every handler and read every listed secret."""
@@ -52,7 +52,7 @@ def validate(settings: Settings, as_json: bool) -> None:
 
 
 @click.command(name="ls")
-@click.option("--json", "as_json", is_flag=True, help="Print the functions as JSON on stdout.")
+@option("--json", "as_json", is_flag=True, help="Print the functions as JSON on stdout.")
 @pass_settings
 def list_functions(settings: Settings, as_json: bool) -> None:
     """List the functions with their schedules' next fire times."""
@@ -78,7 +78,7 @@ def list_functions(settings: Settings, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option(
+@option(
     "--event",
     "events",
     show_envvar=True,

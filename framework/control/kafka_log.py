@@ -2,7 +2,8 @@
 
 The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBackingStore):
 - read to the end before serving: `start` creates the topic when missing (one partition,
-  `cleanup.policy=compact`), reads it from offset 0 up to its end offset, and only then returns;
+  `cleanup.policy=compact`; a log made with `create=False`, a CLI verb that only reads, reads a missing
+  one as empty instead), reads it from offset 0 up to its end offset, and only then returns;
 - then follow it: new records are applied as they arrive and `on_change` is called;
 - writes (`publish`, in `deployment_log.py`) are read back through the same reader, and go only to a
   topic the broker lists: one it lost is created again first, with a new producer (`_topic_present`).
@@ -126,6 +127,8 @@ class KafkaLog(DeploymentLog):
                     await client.stop()
 
     async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        # A log read as missing never publishes: its reader is not on the partition to read the write back.
+        assert not self.missing, "publishing to a deployment log opened without creating it"
         await self._topic_present()
         # Room for the largest record: a code record published by a deployer with a higher
         # FAAS_MAX_CODE_BYTES than this node's must still fit when this node republishes a lost log.
