@@ -221,16 +221,18 @@ class DeploymentLog:
             # In the order first applied: a reader of the copy then refuses and accepts what one of the
             # original did (a revision taking a name is valid only after the rename that freed it).
             order = self.state.order
+            written: set[str] = set()  # code records written here: read back only at the end
             for rev in sorted(revisions, key=lambda r: (order.get(r.key, 0), r.revision)):
                 if rev.key in self.state.keys:
                     continue
                 sha = rev.code_sha256
-                if sha is not None and code_key(sha) not in self.state.keys:
+                if sha is not None and code_key(sha) not in self.state.keys and code_key(sha) not in written:
                     data = code(sha)
                     if data is None:
                         log.error("cannot publish %s again: its code %s is not cached", rev.key, sha[:12])
                         continue
                     await self.write([(code_key(sha), data)])
+                    written.add(code_key(sha))
                 await self.write([(rev.key, encode(rev))])
                 count += 1
             await self.catch_up()

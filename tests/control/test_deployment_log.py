@@ -239,3 +239,35 @@ async def test_a_lost_log_is_published_again_in_the_order_first_applied() -> Non
     assert {u: r.spec["name"] for u, r in copy.live().items()} == served
     names = [json.loads(v)["spec"]["name"] for k, v in log.written if k.startswith("rev:") and v]
     assert names == ["alpha", "beta", "gamma", "alpha"]
+
+
+class Unread(Recording):
+    """A log whose writes are applied only when it is read (`catch_up`), as on Kafka."""
+
+    def __init__(self, state: LogState) -> None:
+        super().__init__(state)
+        self.unread: list[tuple[str, bytes | None]] = []
+
+    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        self.written.extend(records)
+        self.unread.extend(records)
+
+    async def catch_up(self) -> None:
+        records, self.unread = self.unread, []
+        await MemoryLog.write(self, records)
+
+
+async def test_a_lost_log_publishes_each_code_record_once() -> None:
+    """1. On a log applied only when read back (as Kafka's): A and B deployed with the same code, A
+    again with it (three revisions, one code record). 2. The log is lost and published again.
+    Result: one code record is written, before the first revision needing it, and all three revisions."""
+    a, b, code = new_id(), new_id(), package(MODULE)
+    log = Unread(LogState())
+    for rev in (revision(a, "alpha", code), revision(b, "beta", code), revision(a, "gamma", code)):
+        await log.publish(rev, code)
+    assert [k.split(":")[0] for k, v in log.written if v] == ["code", "rev", "rev", "rev"]
+    kept = [r for u in (a, b) for r in log.state.kept(u)]
+    log.state.keys.clear()
+    log.written.clear()
+    assert await log.republish(kept, lambda sha: code) == 3
+    assert [k.split(":")[0] for k, _ in log.written] == ["code", "rev", "rev", "rev"]
