@@ -83,11 +83,43 @@ async def unterminated(payload, ctx):
     sys.stderr.write(f"err {payload}")
     return payload
 
-async def thread_prints(payload, ctx):
-    import threading
-    t = threading.Thread(target=print, args=("from a plain thread",))
+import logging, queue, threading
+from concurrent.futures import ThreadPoolExecutor
+
+# A thread started at import, outside any invocation: what it prints is no invocation's line.
+asked, printed = queue.Queue(), threading.Semaphore(0)
+
+def _background():
+    while True:
+        print(asked.get())
+        printed.release()
+
+threading.Thread(target=_background, daemon=True).start()
+
+async def background_prints(payload, ctx):
+    asked.put("from a background thread")
+    printed.acquire(timeout=5)
+    return "done"
+
+class Worker(threading.Thread):
+    def run(self):
+        logging.getLogger("worker").warning("from a Thread subclass")
+
+def threads_log(payload, ctx):
+    t = threading.Thread(target=print, args=(f"from a plain thread {payload}",))
     t.start()
     t.join()
+    w = Worker()
+    w.start()
+    w.join()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(print, f"from a pool {payload}").result()
+    asked.put(f"from a background thread {payload}")
+    printed.acquire(timeout=5)
+    return "done"
+
+async def executor_logs(payload, ctx):
+    await asyncio.get_running_loop().run_in_executor(None, print, f"from the loop's executor {payload}")
     return "done"
 
 async def forge(payload, ctx):
@@ -427,14 +459,14 @@ async def test_output_without_a_newline_is_its_own_invocations(
 async def test_the_nodes_lines_of_an_instance_carry_no_stale_trace(
     project: Path, runtime: tuple[Runtime, InvocationRecords], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """1. An invocation in a trace cold-starts an instance; a plain thread of its handler prints (a line of
-    no invocation, with no trace). 2. A second invocation in another trace does the same.
+    """1. An invocation in a trace cold-starts an instance; it has a thread the module started at import
+    print (a line of no invocation, with no trace). 2. A second invocation in another trace does the same.
     Result: neither untagged line is logged by the node with the first invocation's trace (the instance's
     channels used to run in the context of the invocation that started it, for the instance's life)."""
     caplog.handler.addFilter(TraceFilter())
     caplog.set_level("INFO", "faas.instance")
     rt, _ = runtime
-    fn = spec(project, "thread_prints")
+    fn = spec(project, "background_prints")
     first = tracing.start()
     token = tracing.current.set(first)
     try:
@@ -444,10 +476,49 @@ async def test_the_nodes_lines_of_an_instance_carry_no_stale_trace(
     await rt.invoke(fn, Invocation("t-2", "direct", None, b"2"))
 
     def lines() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.getMessage() == "from a plain thread"]
+        return [r for r in caplog.records if r.getMessage() == "from a background thread"]
 
     deadline = time.monotonic() + 10
     while len(lines()) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls captured lines
         await asyncio.sleep(0.02)
     assert len(lines()) == 2
     assert [getattr(r, "trace_id", None) for r in lines()] == [None, None]
+
+
+async def test_lines_of_threads_an_invocation_starts_are_its_own(
+    project: Path, runtime: tuple[Runtime, InvocationRecords], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. Two invocations of a `def` handler, each printing from a `threading.Thread` it starts, logging from
+    a `Thread` subclass with its own `run`, printing from a `ThreadPoolExecutor` it makes, and having a
+    thread the module started at import print. 2. An `async def` handler prints through the loop's default
+    executor, twice (the pool's thread started by the first call serves the second).
+    Result: each record keeps its own invocation's lines from the threads it started, in order, and not the
+    import-time thread's line, which reaches the node's log with no invocation."""
+    caplog.set_level("INFO", "faas.instance")
+    rt, records = runtime
+    fn, ex = spec(project, "threads_log"), spec(project, "executor_logs")
+    for inv, word in (("th-1", "one"), ("th-2", "two")):
+        await rt.invoke(fn, Invocation(inv, "direct", None, orjson.dumps(word)))
+    for inv, word in (("ex-1", "one"), ("ex-2", "two")):
+        await rt.invoke(ex, Invocation(inv, "direct", None, orjson.dumps(word)))
+    for inv, word in (("th-1", "one"), ("th-2", "two")):
+        rec = records.get(inv)
+        assert rec is not None
+        assert [(e["level"], e["message"]) for e in rec["logs"]] == [
+            ("INFO", f"from a plain thread {word}"),
+            ("WARNING", "from a Thread subclass"),
+            ("INFO", f"from a pool {word}"),
+        ], rec["logs"]
+    for inv, word in (("ex-1", "one"), ("ex-2", "two")):
+        rec = records.get(inv)
+        assert rec is not None and [e["message"] for e in rec["logs"]] == [f"from the loop's executor {word}"]
+
+    def background() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("from a background thread")]
+
+    deadline = time.monotonic() + 10
+    while len(background()) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls captured lines
+        await asyncio.sleep(0.02)
+    assert [getattr(r, "invocation_id", None) for r in background()] == [None, None]
+    pool = [r for r in caplog.records if r.getMessage().startswith("from a pool")]
+    assert [getattr(r, "invocation_id", None) for r in pool] == ["th-1", "th-2"]

@@ -42,7 +42,7 @@ from framework.context import Context
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
-from framework.runtime.worker import redact
+from framework.runtime.worker import redact, thread_context
 from framework.runtime.worker.capture import CapturingSender, clean_text
 from framework.runtime.worker.threads import HandlerThreads
 from framework.runtime.worker.watchdog import (
@@ -110,6 +110,7 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     sys.stdout = LogStream(sender, "stdout", logging.INFO)
     sys.stderr = LogStream(sender, "stderr", logging.WARNING)
     os.environ.update(config["env"])
+    thread_context.install()  # before the handler's module is imported: its threads log as their invocation
     # The revision's code (FAAS_CACHE_DIR/<sha256>) first, then the project folder for anything not in it.
     sys.path[:0] = dict.fromkeys([str(config.get("code") or config["root"]), str(config["root"])])
     with contextlib.suppress(OSError):
