@@ -493,7 +493,8 @@ async def test_lines_of_threads_an_invocation_starts_are_its_own(
     thread the module started at import print. 2. An `async def` handler prints through the loop's default
     executor, twice (the pool's thread started by the first call serves the second).
     Result: each record keeps its own invocation's lines from the threads it started, in order, and not the
-    import-time thread's line, which reaches the node's log with no invocation."""
+    import-time thread's line, which reaches the node's log with no invocation; the node logs a thread's
+    line with its invocation's id and trace."""
     caplog.set_level("INFO", "faas.instance")
     rt, records = runtime
     fn, ex = spec(project, "threads_log"), spec(project, "executor_logs")
@@ -522,3 +523,7 @@ async def test_lines_of_threads_an_invocation_starts_are_its_own(
     assert [getattr(r, "invocation_id", None) for r in background()] == [None, None]
     pool = [r for r in caplog.records if r.getMessage().startswith("from a pool")]
     assert [getattr(r, "invocation_id", None) for r in pool] == ["th-1", "th-2"]
+    # A thread's lines carry its invocation's trace too.
+    plain = [r for r in caplog.records if r.getMessage().startswith("from a plain thread")]
+    traces = [records.get(inv)["trace_id"] for inv in ("th-1", "th-2")]  # type: ignore[index]
+    assert [getattr(r, "trace_id", None) for r in plain] == traces and None not in traces

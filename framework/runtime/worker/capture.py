@@ -13,10 +13,10 @@ arrive on the log channel, for the invocations that get no REPLY: an instance th
 mid-invocation takes its own copy with it, and the lines it sent before are then what the node's record of
 that crash keeps.
 
-A line printed by a thread the invocation did not start carries no invocation (a thread runs in the
-context of the code that started it, `thread_context.py`: one started at import has none), so it reaches
-the node's log but no record. Lines logged after an invocation ended (a `def` handler's thread still
-running past its time limit) are not kept either.
+A line printed by a thread carries the invocation of the code that started the thread
+(`thread_context.py`): one started at import carries none, so its lines reach the node's log but no
+record, and one another invocation started is that invocation's. Lines logged after an invocation ended
+(a `def` handler's thread still running past its time limit) are not kept either.
 
 The caps are `LogCapture`'s (`observe/log_capture.py`).
 """

@@ -138,8 +138,8 @@ class LogStream(io.TextIOBase):
     it wrote without a newline, the next invocation does not), or at `MAX_PARTIAL` characters. Partial lines
     are kept per invocation (`current_invocation`), since invocations run side by side. A `flush` ends no
     line: a line written in parts goes out whole, so a secret among its parts is redacted (section 14).
-    Lines of no invocation (a thread of the handler's own) go out at their newline or when the instance
-    stops."""
+    Lines of no invocation (a thread started outside any invocation, at import) go out at their newline or
+    when the instance stops."""
 
     MAX_PARTIAL = 64 * 1024
     """Characters of a line without a newline kept before they go out as a line of their own."""

@@ -7,10 +7,11 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 SCRIPT = textwrap.dedent(
     """
-    import contextvars, json, threading
+    import contextvars, json, threading, weakref
     from concurrent.futures import ThreadPoolExecutor
     from framework.runtime.worker import thread_context
 
@@ -40,6 +41,27 @@ SCRIPT = textwrap.dedent(
     timer = threading.Timer(0, look, args=("timer",))  # a Thread subclass with a run of its own
     timer.start()
     timer.join()
+    # A pool thread started by a call under c serves every later call: its own code (a done-callback) is
+    # no one's.
+    lazy, called = ThreadPoolExecutor(1), threading.Event()
+    token = var.set("c")
+    job = lazy.submit(called.wait, 10)
+    var.reset(token)
+    ran = threading.Event()
+    job.add_done_callback(lambda _: (look("done callback"), ran.set()))
+    called.set()
+    ran.wait(10)
+    # A finished thread is freed with its context copy at once, not left to the garbage collector.
+    t = threading.Thread(target=look, args=("freed",))
+    gone = weakref.ref(t)
+    t.start()
+    t.join()
+    del t
+    seen.append(("freed", str(gone() is None)))
+    try:
+        timer.start()
+    except RuntimeError:
+        seen.append(("second start", str("run" in vars(timer))))
     print(json.dumps(seen))
     print(hasattr(threading.Thread.start.__wrapped__, "__wrapped__"), ThreadPoolExecutor.submit.__name__)
     """
@@ -49,10 +71,15 @@ SCRIPT = textwrap.dedent(
 def test_threads_and_pool_calls_carry_the_context_of_who_starts_them() -> None:
     """1. A thread started before `install`. 2. `install` twice. 3. Threads and pool calls started with a
     context variable unset, set to a, set to b (the pool's one thread started by the call under a).
+    4. A done-callback run by a pool thread a call under c started. 5. A finished thread dropped. 6. A
+    thread started twice.
     Result: before install the thread sees nothing; after, each thread and each pool call sees the value
-    of its starter at the moment it started (b's pool call too, on the thread a's started), and a second
-    install wraps nothing twice."""
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    of its starter at the moment it started (b's pool call too, on the thread a's started); the
+    done-callback sees nothing (pool threads start empty); the thread is freed once dropped (no cycle
+    through its wrapper); the second start raises with nothing wrapped; a second install wraps nothing
+    twice."""
+    root = Path(__file__).resolve().parents[3]  # the project: `framework` is imported from there
+    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, cwd=root)
     assert r.returncode == 0, r.stderr
     seen, names = r.stdout.splitlines()
     assert [tuple(pair) for pair in json.loads(seen)] == [
@@ -64,5 +91,9 @@ def test_threads_and_pool_calls_carry_the_context_of_who_starts_them() -> None:
         ("pool b", "b"),
         ("pool outside", "changed after start"),
         ("timer", "changed after start"),
+        ("done callback", "none"),
+        ("freed", "changed after start"),
+        ("freed", "True"),
+        ("second start", "False"),
     ]
     assert names == "False submit_in_context"
