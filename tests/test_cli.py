@@ -480,3 +480,14 @@ def test_every_option_of_the_command_reads_dotenv() -> None:
     ]
     assert plain == []
     assert all(isinstance(p, TwinOption) for p in main.params if p.name not in ("help", "version"))
+
+
+def test_a_dotenv_that_is_not_text_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """1. A `.env` of binary garbage in the working directory; `faas ls`. Result: exit 2 (a usage error)
+    with one line naming the file and what is wrong with it, no traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"\xff\xfe FAAS_HTTP_PORT=1\n")
+    r = CliRunner().invoke(main, ["ls"])
+    assert r.exit_code == 2, r.output
+    assert f"cannot read {tmp_path / '.env'}: 'utf-8' codec can't decode byte 0xff" in r.output, r.output
+    assert "Traceback" not in r.output

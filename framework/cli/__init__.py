@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 from framework import __version__
 from framework.cli import calls, deployments, logs, replay, serve, working_copy
 from framework.cli.common import option
-from framework.settings import Settings
+from framework.settings import ENV_FILE, Settings
 
 
 @click.group(context_settings={"auto_envvar_prefix": "FAAS", "show_default": True})
@@ -43,6 +43,8 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
             for e in exc.errors()
         )
         raise click.UsageError(f"invalid setting: {problems}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # the settings' `.env` (not UTF-8, unreadable)
+        raise click.UsageError(f"cannot read {Path(ENV_FILE).resolve()}: {exc}") from None
 
 
 def _message(error: ErrorDetails) -> str:
