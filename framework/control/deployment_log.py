@@ -222,19 +222,22 @@ class DeploymentLog:
             # original did (a revision taking a name is valid only after the rename that freed it).
             order = self.state.order
             written: set[str] = set()  # code records written here: read back only at the end
+            lost: dict[str, list[str]] = {}  # code not cached: the revisions needing it, said once below
             for rev in sorted(revisions, key=lambda r: (order.get(r.key, 0), r.revision)):
                 if rev.key in self.state.keys:
                     continue
                 sha = rev.code_sha256
                 if sha is not None and code_key(sha) not in self.state.keys and code_key(sha) not in written:
-                    data = code(sha)
+                    data = None if sha in lost else code(sha)
                     if data is None:
-                        log.error("cannot publish %s again: its code %s is not cached", rev.key, sha[:12])
+                        lost.setdefault(sha, []).append(rev.key)
                         continue
                     await self.write([(code_key(sha), data)])
                     written.add(code_key(sha))
                 await self.write([(rev.key, encode(rev))])
                 count += 1
+            for sha, keys in lost.items():
+                log.error("cannot publish %s again: their code %s is not cached", ", ".join(keys), sha[:12])
             await self.catch_up()
         return count
 

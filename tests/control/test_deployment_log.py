@@ -271,3 +271,23 @@ async def test_a_lost_log_publishes_each_code_record_once() -> None:
     log.written.clear()
     assert await log.republish(kept, lambda sha: code) == 3
     assert [k.split(":")[0] for k, _ in log.written] == ["code", "rev", "rev", "rev"]
+
+
+async def test_a_lost_log_whose_code_is_not_cached_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """1. A and B deployed with the same code. 2. The log is lost and published again with the code no
+    longer cached. Result: nothing is written, the cache is asked once, and one error names both revisions
+    and the code."""
+    a, b, code = new_id(), new_id(), package(MODULE)
+    log = Unread(LogState())
+    for rev in (revision(a, "alpha", code), revision(b, "beta", code)):
+        await log.publish(rev, code)
+    kept = [r for u in (a, b) for r in log.state.kept(u)]
+    log.state.keys.clear()
+    log.written.clear()
+    asked: list[str] = []
+    assert await log.republish(kept, lambda sha: asked.append(sha)) == 0
+    assert log.written == [] and len(asked) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"cannot publish {kept[0].key}, {kept[1].key} again: their code {asked[0][:12]} is not cached"
+    ]
