@@ -452,6 +452,40 @@ def test_keyboard_only_invoke(node: Node, ui: Callable[..., Recorder]) -> None:
 # ---- events ----
 
 
+def test_events_view_asks_for_listeners_only_when_what_is_served_changes(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node in watch mode; open the Events view. 2. Let three more rounds of the view pass. 3. Make
+    breaker a draft in the manifest (watch mode serves the change).
+    Result: 1 shows greeter and breaker listening to ui.hello; over 2 the view asks for the listeners of
+    ui.hello no more (one request per type when what is served changes, not one per type every round);
+    at 3 it shows greeter alone, having asked again."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, broker.bootstrap).wait_ready()
+    rec = ui(n)
+    page = rec.open(rec.page())
+    page.get_by_role("link", name="Events", exact=True).click()
+    row = page.locator("tbody tr").filter(has=page.locator("code", has_text="ui.hello"))
+    cell = row.locator("td[data-label='Productive listeners']")
+    expect(cell).to_have_text("greeter, breaker")
+
+    def count(path: str) -> int:
+        return sum(1 for _, url, _ in list(rec.requests) if url.split("?")[0] == n.url + path)
+
+    asked = count("/events/ui.hello/listeners")
+    assert asked >= 1
+    for _ in range(3):  # three more rounds (the sync API delivers request events while it waits)
+        with page.expect_request(lambda r: r.url.split("?")[0] == n.url + "/functions", timeout=WAIT):
+            pass
+    assert count("/events/ui.hello/listeners") == asked
+    manifest = root / "functions.yaml"
+    edited = manifest.read_text().replace("breaker\n    state: productive", "breaker\n    state: draft")
+    manifest.write_text(edited)
+    expect(cell).to_have_text("greeter")
+    assert count("/events/ui.hello/listeners") > asked
+    rec.assert_clean()
+
+
 def test_event_raised_from_the_page_shows_both_listeners(node: Node, ui: Callable[..., Recorder]) -> None:
     """1. Open the Events view: ui.hello with its productive listeners.
     2. Raise ui.hello with {"word": "tea"} from the form.

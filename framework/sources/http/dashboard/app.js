@@ -549,6 +549,8 @@ function replyOut(r) {
 
 function eventsView() {
   let last = "";
+  let asked = "";  // what the listeners were last asked for: the types and each function's serving state
+  let listeners = [];
   return {
     name: "events",
     build(root, p) {
@@ -581,8 +583,14 @@ function eventsView() {
       const list = await getJSON("/functions", "/functions");
       if (!list) return;
       const types = [...new Set((list.functions || []).flatMap((f) => f.events || []))].sort();
-      const listeners = await Promise.all(types.map((t) =>
-        getJSON("/events/{type}/listeners", "/events/" + encodeURIComponent(t) + "/listeners")));
+      // Listeners change only with what the node serves: asked again when a function's name, state, revision or
+      // events change, not every round (one request per type).
+      const serving = JSON.stringify([types, (list.functions || []).map((f) => [f.uuid, f.name, f.state, f.revision, f.events])]);
+      if (serving !== asked || listeners.some((l) => !l)) {
+        listeners = await Promise.all(types.map((t) =>
+          getJSON("/events/{type}/listeners", "/events/" + encodeURIComponent(t) + "/listeners")));
+        asked = serving;
+      }
       const sig = JSON.stringify([types, listeners]);
       if (sig === last) return;
       last = sig;
