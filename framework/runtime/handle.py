@@ -116,6 +116,9 @@ class InstanceHandle:
         # Requests sent, in send order = deadline order (one timeout per spec): one timer armed at the
         # earliest backstop deadline watches them all, cheaper than a timer per request.
         self._pending: dict[int, _Pending] = {}
+        self._recording: dict[str, _Pending] = {}
+        """The requests of `_pending` whose caller wants a record, by invocation id: a line's invocation is
+        looked up here (a scan of `_pending` was O(requests in flight) per line of a finished one)."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._seq = 0
         self._main: FrameProtocol | None = None
@@ -179,7 +182,9 @@ class InstanceHandle:
         self._seq = rid = self._seq + 1
         fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
         deadline = loop.time() + self.spec.timeout
-        self._pending[rid] = _Pending(fut, deadline, answered, inv.invocation_id)
+        self._pending[rid] = pending = _Pending(fut, deadline, answered, inv.invocation_id)
+        if answered is not None:
+            self._recording[inv.invocation_id] = pending
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadline + GRACE, self._late)
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
@@ -191,6 +196,7 @@ class InstanceHandle:
         try:
             return await fut
         except asyncio.CancelledError:
+            self._recording.pop(inv.invocation_id, None)
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
             if self._lines is not None and not self.dead and answered is None:  # nobody takes them
@@ -226,7 +232,11 @@ class InstanceHandle:
     def _on_frame(self, kind: int, header: Header, tail: bytes) -> None:
         if kind == FrameKind.REPLY:
             pending = self._pending.pop(header["id"], None)
-            if pending is None or pending.fut.done():
+            if pending is None:
+                return  # cancelled meanwhile
+            if pending.answered is not None:
+                self._recording.pop(pending.invocation_id, None)
+            if pending.fut.done():
                 return  # cancelled meanwhile
             if self._lines is not None and pending.invocation_id in self._lines:
                 self._lines.discard(pending.invocation_id)  # the instance's record has them
@@ -310,9 +320,7 @@ class InstanceHandle:
         """Keep a line of invocation `inv` if it is in flight here and wants a record (a line that trails
         its invocation's REPLY is not kept: the instance's record has it already)."""
         if inv not in lines:
-            if self.dead or not any(
-                p.invocation_id == inv and p.wants_record for p in self._pending.values()
-            ):
+            if self.dead or inv not in self._recording:
                 return
             lines.begin(inv)
         lines.add(inv, level if type(level) is int else logging.INFO, msg if type(msg) is str else str(msg))
@@ -407,6 +415,7 @@ class InstanceHandle:
                     )
                 )
         self._pending.clear()
+        self._recording.clear()
         if hard:
             self._kill()
         if self._main is not None:
