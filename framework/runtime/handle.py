@@ -196,7 +196,8 @@ class InstanceHandle:
         try:
             return await fut
         except asyncio.CancelledError:
-            self._recording.pop(inv.invocation_id, None)
+            if self._recording.get(inv.invocation_id) is pending:  # ids repeat only in odd cases: its own
+                del self._recording[inv.invocation_id]
             if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
             if self._lines is not None and not self.dead and answered is None:  # nobody takes them
@@ -234,8 +235,8 @@ class InstanceHandle:
             pending = self._pending.pop(header["id"], None)
             if pending is None:
                 return  # cancelled meanwhile
-            if pending.answered is not None:
-                self._recording.pop(pending.invocation_id, None)
+            if self._recording.get(pending.invocation_id) is pending:
+                del self._recording[pending.invocation_id]
             if pending.fut.done():
                 return  # cancelled meanwhile
             if self._lines is not None and pending.invocation_id in self._lines:

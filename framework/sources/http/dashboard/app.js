@@ -551,6 +551,7 @@ function eventsView() {
   let last = "";
   let asked = "";  // what the listeners were last asked for: the types and each function's serving state
   let listeners = [];
+  let rounds = 0;
   return {
     name: "events",
     build(root, p) {
@@ -584,9 +585,10 @@ function eventsView() {
       if (!list) return;
       const types = [...new Set((list.functions || []).flatMap((f) => f.events || []))].sort();
       // Listeners change only with what the node serves: asked again when a function's name, state, revision or
-      // events change, not every round (one request per type).
+      // events change, not every round (one request per type); and once a minute all the same, in case the
+      // listing and the listeners were read either side of a change undone within a round.
       const serving = JSON.stringify([types, (list.functions || []).map((f) => [f.uuid, f.name, f.state, f.revision, f.events])]);
-      if (serving !== asked || listeners.some((l) => !l)) {
+      if (serving !== asked || listeners.some((l) => !l) || ++rounds % 30 === 0) {
         listeners = await Promise.all(types.map((t) =>
           getJSON("/events/{type}/listeners", "/events/" + encodeURIComponent(t) + "/listeners")));
         asked = serving;
