@@ -34,7 +34,6 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from framework.control.deployment_log import DeploymentLog
 from framework.control.log_state import LogState
 from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
-from framework.kafka.topic_read import partitions
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
 
@@ -106,8 +105,9 @@ class KafkaLog(DeploymentLog):
         )
         self._consumer = consumer  # before its start: `stop` closes one whose start failed halfway
         await consumer.start()
-        # Asked from the cluster's topic list: assigning the partition would have the broker create it.
-        self.missing = not self.create and await partitions(consumer, self.topic) is None
+        # Asked from the cluster's topic list, as `_topic_present` asks: assigning the partition would have
+        # the broker create it.
+        self.missing = not self.create and self.topic not in await consumer.topics()
         if self.missing:
             return
         consumer.assign([self.tp])
