@@ -471,7 +471,7 @@ def test_a_twin_from_dotenv_is_read_as_the_variable_would_be(
 
 def test_every_option_of_the_command_reads_dotenv() -> None:
     """Every option of every verb is a `TwinOption` (made with `common.option`), so no twin ignores
-    `.env`."""
+    `.env`, and `--help` names each one's twin."""
     plain = [
         f"{verb} {param.name}"
         for verb, command in main.commands.items()
@@ -480,6 +480,13 @@ def test_every_option_of_the_command_reads_dotenv() -> None:
     ]
     assert plain == []
     assert all(isinstance(p, TwinOption) for p in main.params if p.name not in ("help", "version"))
+    hidden = [
+        f"{verb} {param.name}"
+        for verb, command in main.commands.items()
+        for param in command.params
+        if isinstance(param, TwinOption) and not param.show_envvar
+    ]
+    assert hidden == [], "every option's --help names its environment twin"
 
 
 def test_a_dotenv_that_is_not_text_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -491,3 +498,16 @@ def test_a_dotenv_that_is_not_text_is_one_clear_line(monkeypatch: pytest.MonkeyP
     assert r.exit_code == 2, r.output
     assert f"cannot read {tmp_path / '.env'}: 'utf-8' codec can't decode byte 0xff" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_a_twin_in_dotenv_reaches_a_real_faas_process(project: Path) -> None:
+    """1. A `.env` beside the manifest sets `FAAS_LS_AS_JSON=1` (click's twin of `faas ls --json`, named
+    after its parameter `as_json`); the working directory is the project; `faas ls` in a process of its
+    own. 2. The environment sets the twin empty.
+    Result: 1 prints the JSON listing; 2 the table (the environment, even empty, wins)."""
+    (project / ".env").write_text("FAAS_LS_AS_JSON=1\n")
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": "", "FAAS_EMBEDDED_BROKER_PORT": str(free_port())}
+    r = run_cli(project, "ls", env=env)
+    assert r.returncode == 0 and "functions" in json.loads(r.stdout), r.stdout + r.stderr
+    r = run_cli(project, "ls", env={**env, "FAAS_LS_AS_JSON": ""})
+    assert r.returncode == 0 and r.stdout.startswith("NAME"), r.stdout + r.stderr

@@ -28,7 +28,6 @@ from framework.settings import ENV_FILE, Settings
     "--manifest",
     type=click.Path(path_type=Path, dir_okay=False),
     envvar="FAAS_MANIFEST",
-    show_envvar=True,
     help="The manifest.  [default: functions.yaml]",
 )
 @click.version_option(__version__, prog_name="faas")

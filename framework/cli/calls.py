@@ -89,7 +89,6 @@ def _post(url: str, payload: bytes, key: str | None) -> Any:
 data_option = option(
     "--data",
     callback=scripting.json_data,
-    show_envvar=True,
     help="JSON payload, @FILE holding one, or @- to read standard input.  [default: null]",
 )
 
@@ -99,13 +98,11 @@ data_option = option(
 @data_option
 @option(
     "--url",
-    show_envvar=True,
     callback=node_url,
     help="A running node, e.g. http://127.0.0.1:8080; without it, run once locally.",
 )
 @option(
     "--api-key",
-    show_envvar=True,
     callback=_api_key,
     help="Bearer key for --url.  [default: the first of FAAS_API_KEYS]",
 )
@@ -143,11 +140,11 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
 @click.command()
 @click.argument("event_type", callback=lambda ctx, param, value: check_event_type(value))
 @data_option
-@option("--timeout", show_envvar=True, type=float, callback=seconds, default=30.0, help="Seconds.")
+@option("--timeout", type=float, callback=seconds, default=30.0, help="Seconds.")
 @bootstrap_option
-@option("--key", show_envvar=True, callback=utf8, help="The event's Kafka key (UTF-8).  [default: none]")
-@option("--id", "event_id", show_envvar=True, callback=utf8, help="The event's ce_id.  [default: a new UUID]")
-@option("--source", show_envvar=True, callback=utf8, help="The event's ce_source.  [default: faas-client]")
+@option("--key", callback=utf8, help="The event's Kafka key (UTF-8).  [default: none]")
+@option("--id", "event_id", callback=utf8, help="The event's ce_id.  [default: a new UUID]")
+@option("--source", callback=utf8, help="The event's ce_source.  [default: faas-client]")
 @pass_settings
 def emit(
     settings: Settings,

@@ -54,7 +54,9 @@ class TwinOption(click.Option):
 
 
 def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
-    """`click.option`, making a `TwinOption`: every option of the `faas` command is one."""
+    """`click.option`, making a `TwinOption` that `--help` shows with its twin (`show_envvar`, default on):
+    every option of the `faas` command is one."""
+    attrs.setdefault("show_envvar", True)
     return click.option(*decls, cls=TwinOption, **attrs)
 
 
@@ -183,7 +185,6 @@ def _bootstrap(ctx: click.Context, param: click.Parameter, value: str | None) ->
 bootstrap_option = option(
     "--bootstrap",
     envvar="FAAS_KAFKA_BOOTSTRAP_SERVERS",
-    show_envvar=True,
     callback=_bootstrap,
     help="Kafka host:port list.  [default: the local embedded broker]",
 )

@@ -25,15 +25,14 @@ from framework.settings import Settings
 
 @click.command(name="replay")
 @option("--id", "ids", multiple=True, help="Replay the event with this ce_id (repeatable).")
-@option("--function", show_envvar=True, help="Only events whose failing function is NAME.")
-@option("--type", "event_type", show_envvar=True, help="Only events of this CloudEvent type.")
+@option("--function", help="Only events whose failing function is NAME.")
+@option("--type", "event_type", help="Only events of this CloudEvent type.")
 @option(
     "--since",
     callback=duration,
-    show_envvar=True,
     help="Only events dead-lettered within this long: 30s, 10m, 2h, 7d.  [default: all]",
 )
-@option("--dry-run", is_flag=True, show_envvar=True, help="List what would be replayed; produce nothing.")
+@option("--dry-run", is_flag=True, help="List what would be replayed; produce nothing.")
 @bootstrap_option
 @click.pass_obj
 def replay_command(

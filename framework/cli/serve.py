@@ -13,7 +13,7 @@ from framework.settings import LOG_LEVELS, Settings
 
 
 @click.command()
-@option("--port", type=int, envvar="FAAS_EMBEDDED_BROKER_PORT", show_envvar=True, help="[default: 9092]")
+@option("--port", type=int, envvar="FAAS_EMBEDDED_BROKER_PORT", help="[default: 9092]")
 @pass_settings
 def broker(settings: Settings, port: int | None) -> None:
     """Run the embedded (memory-only) Kafka broker in the foreground until SIGINT or SIGTERM."""
@@ -35,21 +35,19 @@ def broker(settings: Settings, port: int | None) -> None:
 
 
 @click.command()
-@option("--no-kafka", is_flag=True, show_envvar=True, help="Serve HTTP and schedules only.")
-@option("--host", envvar="FAAS_HTTP_HOST", show_envvar=True, help="HTTP address.  [default: 127.0.0.1]")
-@option("--port", type=int, envvar="FAAS_HTTP_PORT", show_envvar=True, help="HTTP port.  [default: 8080]")
+@option("--no-kafka", is_flag=True, help="Serve HTTP and schedules only.")
+@option("--host", envvar="FAAS_HTTP_HOST", help="HTTP address.  [default: 127.0.0.1]")
+@option("--port", type=int, envvar="FAAS_HTTP_PORT", help="HTTP port.  [default: 8080]")
 @option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     envvar="FAAS_LOG_LEVEL",
-    show_envvar=True,
     help="[default: INFO]",
 )
 @option(
     "--watch/--no-watch",
     default=None,
     envvar="FAAS_WATCH",
-    show_envvar=True,
     help="Deploy every valid edit of the working copy.  [default: on]",
 )
 @pass_settings

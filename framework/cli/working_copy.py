@@ -81,7 +81,6 @@ def list_functions(settings: Settings, as_json: bool) -> None:
 @option(
     "--event",
     "events",
-    show_envvar=True,
     multiple=True,
     callback=lambda ctx, param, values: tuple(check_event_type(v) for v in values),
     help="Event type it listens to (repeatable).",
