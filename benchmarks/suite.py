@@ -31,6 +31,7 @@ from benchmarks.cases import (
     overload,
     partitions,
     producer,
+    shape,
     tracing,
     warm,
 )
@@ -142,6 +143,7 @@ QUIET: dict[str, Group] = {
     "limits": limits.run,
     "warm": warm.run,
     "tracing": tracing.run,
+    "shape": shape.run,
 }
 """Groups run after those servers stopped (their own processes on the shared broker, or in this process)."""
 GROUPS = [*SERVED, *QUIET]

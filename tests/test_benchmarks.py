@@ -32,6 +32,7 @@ GROUPS = [
     "records on, direct invoke c=64 throughput", "records on, events 1 listener throughput",
     "OTel export on, direct invoke c=64 throughput", "OTel export on, direct invoke c=1 p50",
     "OTel export on, events 1 listener throughput", "records producer CPU per record",
+    "event scheduling per event, 64 keys", "event scheduling per event, unique keys",
 ]  # fmt: skip
 
 
@@ -96,3 +97,25 @@ def test_quick_suite_writes_well_formed_json(tmp_path: Path) -> None:
         assert c["figure"] > 0 and c["baseline"] > 0, c
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "case" in proc.stdout and "ratio" in proc.stdout  # the table was printed
+
+
+def test_ab_harness_measures_a_tree_and_refuses_a_tree_without_the_framework(tmp_path: Path) -> None:
+    """1. `python -m benchmarks.ab` on a folder with no `framework` package: a usage error naming it.
+    2. On this repository, one round of 200 events.
+    Result: the round and the median lines give events/s and the CPU per event of each part."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and f"{tmp_path}: no framework package there" in bad.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "--rounds", "1", "--events", "200", str(REPO)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("round 1 ", "median "))]
+    assert len(lines) == 2, proc.stdout
+    for line in lines:
+        rate = float(line.split(": ", 1)[1].split()[0])
+        assert rate > 0, line
+        for part in ("node", "instances", "broker", "client"):
+            assert f" {part} " in line, line
