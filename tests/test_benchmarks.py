@@ -33,6 +33,7 @@ GROUPS = [
     "OTel export on, direct invoke c=64 throughput", "OTel export on, direct invoke c=1 p50",
     "OTel export on, events 1 listener throughput", "records producer CPU per record",
     "event scheduling per event, 64 keys", "event scheduling per event, unique keys",
+    "warm invoke c=1 p50, against a raw round trip",
 ]  # fmt: skip
 
 
