@@ -420,14 +420,27 @@ def _kept(settings: Settings, name: str) -> list[Revision]:
 
 @dataclass(frozen=True)
 class LiveFacts:
-    """What the deployment log says of one function, for `faas ls` (the fields of `GET /functions`)."""
+    """What the deployment log says of one function, for `faas ls` (the fields of `GET /functions`): the log,
+    not the manifest, decides what is served (a rollback edits no manifest)."""
 
-    revision: int
-    """The newest revision's number."""
+    newest: int
+    """The newest revision's number (an undeploy's too)."""
+    live: bool
+    """Whether the newest revision is a deploy: the function is served (`productive`), else `undeployed`."""
     modified: bool
-    """Productive, and its working copy differs from that revision."""
+    """Live, productive in the working copy, and differing from the live revision."""
     deployed_at: str
-    """When that revision was published: RFC 3339 UTC with milliseconds."""
+    """When the newest revision was published: RFC 3339 UTC with milliseconds."""
+
+    @property
+    def state(self) -> str:
+        """The state every node serves the function in."""
+        return "productive" if self.live else "undeployed"
+
+    @property
+    def revision(self) -> int | None:
+        """The live revision's number, as `GET /functions` gives it (None when undeployed)."""
+        return self.newest if self.live else None
 
 
 def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
@@ -451,5 +464,5 @@ def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
         rev = newest.get(spec.uuid)
         if rev is not None:
             modified = is_modified(found.get(spec.uuid), rev)
-            facts[spec.uuid] = LiveFacts(rev.revision, modified, rev.deployed_at)
+            facts[spec.uuid] = LiveFacts(rev.revision, rev.action == "deploy", modified, rev.deployed_at)
     return facts

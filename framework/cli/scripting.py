@@ -55,9 +55,10 @@ def fires(spec: FunctionSpec, cron: str, timezone: str) -> str | None:
 
 
 def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
-    """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone) and
-    its newest revision's `revision`, `modified` and `deployed_at` (as `GET /functions` names them; null,
-    false, null for a function the log has no revision of, or when the log could not be read)."""
+    """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone) and,
+    as `GET /functions` gives them, the `state` it is served in and its live revision's `revision`,
+    `modified` and `deployed_at` (the manifest's state and null, false, null for a function the log has no
+    revision of, or when the log could not be read; null, false, null for an undeployed one)."""
     out = []
     for f in manifest.functions:
         live = facts.get(f.uuid)
@@ -77,13 +78,13 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
             {
                 "name": f.name,
                 "uuid": f.uuid,
-                "state": f.state,
+                "state": f.state if live is None else live.state,
                 "events": list(f.events),
                 "schedules": schedules,
                 "keep_warm": warm,
                 "revision": None if live is None else live.revision,
                 "modified": live is not None and live.modified,
-                "deployed_at": None if live is None else live.deployed_at,
+                "deployed_at": None if live is None or not live.live else live.deployed_at,
             }
         )
     return json.dumps({"functions": out}, default=str)

@@ -201,7 +201,10 @@ class DeploymentLog:
         records: list[tuple[str, bytes | None]] = []
         for rev in won:
             old = {rev.revision - KEPT} if rev.revision > KEPT else set()
-            old |= {r.revision for r in self.state.kept(rev.uuid) if r.revision <= rev.revision - KEPT}
+            # Beyond the newest KEPT held: one a race left (numbered, then not tombstoned). By position,
+            # not by number, so a gap in the numbers (a hand-written record) never forgets one of them.
+            beyond = self.state.kept(rev.uuid)[KEPT:]
+            old |= {r.revision for r in beyond if r.revision <= rev.revision - KEPT}
             records += [(revision_key(rev.uuid, n), None) for n in sorted(old)]
         if records:
             await self.write(records)

@@ -360,6 +360,45 @@ def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker
     assert "modified r1" in run_cli(root, "ls", env=env).stdout
 
 
+def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. `faas deploy alpha`, then `faas undeploy alpha` (the manifest says undeployed). 2. `faas rollback
+    alpha` (it edits no manifest). 3. From a second copy of the project (the manifest there still says
+    productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2` and, in JSON,
+    undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive, 3, false,
+    its time, though the manifest says undeployed; 3 `undeployed r4` and null, false, null in the first
+    copy, whose manifest says productive (not `modified`: nothing is live)."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path / "one", manifest(u), {"m": MODULE})
+    other = write_project(tmp_path / "two", manifest(u), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+
+    def listed(where: Path) -> tuple[str, dict[str, object]]:
+        r = run_cli(where, "ls", env=env)
+        assert r.returncode == 0, r.stderr
+        [row] = [line for line in r.stdout.splitlines() if line.startswith("alpha ")]
+        r = run_cli(where, "ls", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        [entry] = json.loads(r.stdout)["functions"]
+        return row.split()[2] + " " + row.split()[3], {
+            k: entry[k] for k in ("state", "revision", "modified", "deployed_at")
+        }
+
+    unserved = {"state": "undeployed", "revision": None, "modified": False, "deployed_at": None}
+    assert run_cli(root, "deploy", "alpha", env=env).returncode == 0
+    assert run_cli(root, "undeploy", "alpha", env=env).returncode == 0
+    assert listed(root) == ("undeployed r2", unserved)
+    r = run_cli(root, "rollback", "alpha", env=env)
+    assert r.returncode == 0 and "revision 3 deployed" in r.stdout, r.stdout + r.stderr
+    assert "state: undeployed" in (root / "functions.yaml").read_text()
+    row, facts = listed(root)
+    assert row == "productive r3", row
+    assert {**facts, "deployed_at": None} == {**unserved, "state": "productive", "revision": 3}
+    assert isinstance(facts["deployed_at"], str) and facts["deployed_at"].endswith("Z"), facts
+    assert run_cli(other, "undeploy", "alpha", env=env).returncode == 0
+    (root / "functions.yaml").write_text(manifest(u))  # productive again in the first copy, not deployed
+    assert listed(root) == ("undeployed r4", unserved)
+
+
 def test_code_over_the_limit_fails_validate_and_deploy_at_each_functions_handler(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:

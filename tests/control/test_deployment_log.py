@@ -7,6 +7,7 @@ own, with the node's code cache as the code sink.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -202,6 +203,30 @@ async def test_a_batch_frees_a_name_before_taking_it() -> None:
     out = await log.publish_all([(revision(b, "alpha", code), code), (revision(a, "gamma", code), code)])
     assert [(r.uuid, r.revision, new) for r, new in out] == [(b, 1, True), (a, 2, True)]
     assert {u: r.spec["name"] for u, r in log.state.live().items()} == {a: "gamma", b: "alpha"}
+
+
+async def test_a_gap_in_the_numbers_keeps_the_newest_five_held() -> None:
+    """1. Revisions 1 and 2 published; a revision 50 written by hand (a gap). 2. Publish a change (51), then
+    6 more (52..57). Result: after 1 every revision is kept (51, 50, 2, 1: fewer than five), only 46's
+    tombstone written; after 2 the newest five held are kept (57..53), the older ones tombstoned."""
+    a, code = new_id(), package(MODULE)
+    log = Recording(LogState())
+
+    def timed(timeout: int) -> Revision:
+        rev = revision(a, "alpha", code)
+        return dataclasses.replace(rev, spec={**rev.spec, "timeout": timeout})
+
+    await log.publish(revision(a, "alpha", code), code)
+    await log.publish(timed(2), None)
+    await log.write([(f"rev:{a}:50", encode(revision(a, "alpha", code, 50)))])
+    log.written.clear()
+    (rev, new) = await log.publish(timed(3), None)
+    assert (rev.revision, new) == (51, True)
+    assert [r.revision for r in log.state.kept(a)] == [51, 50, 2, 1]
+    assert [k for k, v in log.written if v is None] == [f"rev:{a}:46"]
+    for timeout in range(4, 10):
+        await log.publish(timed(timeout), None)
+    assert [r.revision for r in log.state.kept(a)] == [57, 56, 55, 54, 53]
 
 
 class Recording(MemoryLog):
