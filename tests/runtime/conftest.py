@@ -80,7 +80,10 @@ class BadStr(Exception):
 class MyBase(BaseException):
     pass
 
-RAISES = {e.__name__: e for e in (BadStr, MyBase, SystemExit, KeyboardInterrupt, StopIteration)}
+RAISES = {
+    e.__name__: e
+    for e in (BadStr, MyBase, SystemExit, KeyboardInterrupt, StopIteration, GeneratorExit, StopAsyncIteration)
+}
 
 async def raise_async(payload, ctx):
     if payload.get("sleep"):

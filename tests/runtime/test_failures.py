@@ -128,12 +128,24 @@ async def test_non_json_return_is_function_error(runtime: Runtime, spec: SpecFac
 
 
 @pytest.mark.parametrize("handler", ["raise_async", "raise_sync"])
-@pytest.mark.parametrize("kind", ["BadStr", "MyBase", "SystemExit", "KeyboardInterrupt", "StopIteration"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "BadStr",
+        "MyBase",
+        "SystemExit",
+        "KeyboardInterrupt",
+        "StopIteration",
+        "GeneratorExit",
+        "StopAsyncIteration",
+    ],
+)
 async def test_any_exception_is_function_error(
     runtime: Runtime, spec: SpecFactory, handler: str, kind: str
 ) -> None:
     """1. An `async def` or `def` handler raises an exception whose str() fails, or a BaseException that is
-    not an Exception (its own, SystemExit, KeyboardInterrupt), or StopIteration. 2. Another request.
+    not an Exception (its own, SystemExit, KeyboardInterrupt, GeneratorExit: not its coroutine being
+    closed), or StopIteration or StopAsyncIteration. 2. Another request.
     Result: FunctionError at once naming the exception, with its traceback, not a wait for the limit and a
     killed instance; the same instance serves the second request."""
     s = spec(handler, timeout=3, max=1)

@@ -269,9 +269,9 @@ class Server:
                 reply.update(err="FunctionError", msg=f"function {self.function} raised CancelledError")
         except _NotJson as e:
             reply.update(err="FunctionError", msg=redact.redact(str(e)))
-        except GeneratorExit:  # this coroutine is being closed, not the handler failing: no reply to make
-            raise
         except BaseException as e:  # not only Exception: whatever the handler raises, the caller gets a reply
+            if type(e) is GeneratorExit and asyncio.current_task(self.loop) is not self.tasks.get(rid):
+                raise  # this coroutine is being closed (collected, or its loop shut), not stepped: no reply
             reply.update(
                 err="FunctionError",
                 msg=redact.redact(exception_text(e)),
