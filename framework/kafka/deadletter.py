@@ -32,6 +32,9 @@ MAX_MESSAGE = cloudevents.MAX_MESSAGE
 
 Headers = Sequence[tuple[str, bytes | None]]
 Kind = Literal["failed", "bad_event", "foreign"]
+EventKey = tuple[str, str]
+"""(ce_source, ce_id): what names one event (CloudEvents: an id is unique within its source), the source
+empty when the event has none."""
 
 
 def failed_headers(
@@ -54,10 +57,16 @@ class DeadLetter:
     reason: str = ""
     """Why a record is not replayable (empty for a failed-event copy)."""
     event_id: str | None = None
+    source: str | None = None
     type: str | None = None
     function: str | None = None
     replayed: int = 0
     """How often the copied event had been replayed already (its `faas_replayed`, 0 when none)."""
+
+    @property
+    def event(self) -> EventKey | None:
+        """Which event a failed-event copy is of (None for any other record)."""
+        return None if self.event_id is None else (self.source or "", self.event_id)
 
 
 def _header(headers: Headers, name: str) -> bytes | None:
@@ -97,18 +106,20 @@ def classify(value: bytes | None, headers: Headers) -> DeadLetter:
         name = function.decode()
     except UnicodeDecodeError:
         return DeadLetter("foreign", "faas_function is not UTF-8")
-    return DeadLetter("failed", event_id=event.id, type=event.type, function=name, replayed=count or 0)
+    return DeadLetter(
+        "failed", event_id=event.id, source=event.source, type=event.type, function=name, replayed=count or 0
+    )
 
 
-def replayed_copy(value: bytes | None, headers: Headers) -> tuple[str, int] | None:
-    """(ce_id, faas_replayed) of an events-topic record `faas replay` produced; None for any other. Only
-    a record carrying `faas_replayed` is parsed, so reading a busy events topic stays cheap."""
+def replayed_copy(value: bytes | None, headers: Headers) -> tuple[EventKey, int] | None:
+    """((ce_source, ce_id), faas_replayed) of an events-topic record `faas replay` produced; None for any
+    other. Only a record carrying `faas_replayed` is parsed, so reading a busy events topic stays cheap."""
     raw = _header(headers, REPLAYED)
     count = _count(raw) if raw is not None else None
     if not count:
         return None
     event = cloudevents.parse(value, strip(headers), max_payload=len(value or b"") + 1)
-    return None if isinstance(event, cloudevents.BadRecord) else (event.id, count)
+    return None if isinstance(event, cloudevents.BadRecord) else ((event.source or "", event.id), count)
 
 
 def strip(headers: Headers) -> list[tuple[str, bytes | None]]:

@@ -6,8 +6,10 @@ is committed, so a replay can be repeated and never disturbs another reader). Ea
 again with their original key, value and headers (`faas_*` removed, `faas_replayed: n` added; a header
 whose value is null stays null), in their dead-letter order per partition (so per key). Choices:
 
-- An event dead-lettered more than once (it failed, was replayed and failed again) is replayed once, from
-  its newest copy; the older copies count as `superseded`.
+- An event is its (`ce_source`, `ce_id`): two events of different sources with one id are two events
+  (CloudEvents makes an id unique within its source only). One dead-lettered more than once (it failed,
+  was replayed and failed again) is replayed once, from its newest copy (by timestamp: copies of an event
+  without a key may sit on different partitions); the older copies count as `superseded`.
 - `faas_replayed` counts every replay, the successful ones too (a replay that succeeded leaves no
   dead-letter copy behind). The replayed copies themselves are the record of it: each is on the events
   topic with the event's id and its `faas_replayed`. So before producing, the events topic is read too,
@@ -34,7 +36,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from framework.kafka.deadletter import DeadLetter, classify, replay_headers, replayed_copy
+from framework.kafka.deadletter import DeadLetter, EventKey, classify, replay_headers, replayed_copy
 from framework.kafka.options import start_producer
 from framework.kafka.topic_read import (
     Progress,
@@ -103,12 +105,16 @@ class Report:
 
 
 async def replay_counts(
-    bootstrap: str, settings: Settings, ids: Collection[str], since_ms: int, progress: Progress | None = None
-) -> dict[str, int]:
-    """How often each of `ids` was replayed, as the highest `faas_replayed` on its copies on
-    FAAS_EVENTS_TOPIC stamped `since_ms` or later (read to the end); ids with none are left out."""
-    wanted = set(ids)
-    counts: dict[str, int] = {}
+    bootstrap: str,
+    settings: Settings,
+    events: Collection[EventKey],
+    since_ms: int,
+    progress: Progress | None = None,
+) -> dict[EventKey, int]:
+    """How often each of `events` was replayed, as the highest `faas_replayed` on its copies on
+    FAAS_EVENTS_TOPIC stamped `since_ms` or later (read to the end); events with none are left out."""
+    wanted = set(events)
+    counts: dict[EventKey, int] = {}
 
     def count(record: Record) -> None:
         found = replayed_copy(record.value, list(record.headers or ()))
@@ -132,7 +138,7 @@ class Candidate:
     """A failed event to replay: its newest dead-letter copy and what its copies say."""
 
     record: Record
-    event_id: str
+    event: EventKey
     replayed: int
     """The highest `faas_replayed` on any of its dead-letter copies (0: none)."""
     first_ms: int
@@ -150,41 +156,45 @@ class Outgoing:
 
 def select(records: Collection[Record], selection: Selection, now: float, report: Report) -> list[Candidate]:
     """The events to replay, in (partition, offset) order of their newest copy."""
-    newest: dict[str, tuple[Record, DeadLetter]] = {}
-    counts: dict[str, int] = {}
-    first: dict[str, int] = {}
+    newest: dict[EventKey, tuple[Record, DeadLetter]] = {}
+    counts: dict[EventKey, int] = {}
+    first: dict[EventKey, int] = {}
     for record in records:
         letter = classify(record.value, list(record.headers or ()))
-        eid = letter.event_id
-        if letter.kind != "failed" or eid is None:
+        event = letter.event
+        if letter.kind != "failed" or event is None:
             report.skipped[letter.kind] += 1
             continue
-        counts[eid] = max(counts.get(eid, 0), letter.replayed)
-        first[eid] = min(first.get(eid, record.timestamp), record.timestamp)
+        counts[event] = max(counts.get(event, 0), letter.replayed)
+        first[event] = min(first.get(event, record.timestamp), record.timestamp)
         if not selection.wants(letter, record.timestamp, now):
             report.skipped["not selected"] += 1
             continue
-        if eid in newest:
+        held = newest.get(event)
+        if held is not None:
             report.skipped["superseded"] += 1
-        newest[eid] = (record, letter)  # records come in offset order: later is newer
+            # Within a partition later is newer; across partitions (no key) the timestamps tell.
+            if (held[0].timestamp, held[0].offset) > (record.timestamp, record.offset):
+                continue
+        newest[event] = (record, letter)
     chosen = sorted(newest.items(), key=lambda er: (er[1][0].partition, er[1][0].offset))
-    report.replayed = [eid for eid, _ in chosen]
-    report.missing = sorted(selection.ids - counts.keys())
+    report.replayed = [event[1] for event, _ in chosen]
+    report.missing = sorted(selection.ids - {event[1] for event in counts})
     for _, (_, letter) in chosen:
         report.types[letter.type or ""] += 1
         if letter.function:
             report.failed_by[letter.function, letter.type or ""] += 1
-    return [Candidate(record, eid, counts[eid], first[eid]) for eid, (record, _) in chosen]
+    return [Candidate(record, event, counts[event], first[event]) for event, (record, _) in chosen]
 
 
-def outgoing(chosen: Collection[Candidate], counts: Mapping[str, int]) -> list[Outgoing]:
+def outgoing(chosen: Collection[Candidate], counts: Mapping[EventKey, int]) -> list[Outgoing]:
     """The records to produce: each event's original record, `faas_replayed` one more than its highest
     count on either topic (`counts`: the events topic's)."""
     return [
         Outgoing(
             c.record.key,
             c.record.value,
-            replay_headers(list(c.record.headers), max(c.replayed, counts.get(c.event_id, 0)) + 1),
+            replay_headers(list(c.record.headers), max(c.replayed, counts.get(c.event, 0)) + 1),
         )
         for c in chosen
     ]
@@ -212,7 +222,7 @@ async def replay(
     if dry_run or not chosen:
         return report
     since_ms = max(0, min(c.first_ms for c in chosen) - int(CLOCK_SKEW * 1000))
-    counts = await replay_counts(bootstrap, settings, [c.event_id for c in chosen], since_ms, progress)
+    counts = await replay_counts(bootstrap, settings, [c.event for c in chosen], since_ms, progress)
     records_out = outgoing(chosen, counts)
     producer = await reach(start_producer(bootstrap, settings))
     try:

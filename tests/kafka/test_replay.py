@@ -306,8 +306,9 @@ def test_classify_and_replay_headers() -> None:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ([("faas_replayed", b"2")], ("i", 2)),
-        ([("faas_replayed", b"1"), ("faas_replayed", b"5")], ("i", 5)),  # the last one, as the node reads it
+        ([("faas_replayed", b"2")], (("tests", "i"), 2)),
+        # The last one, as the node reads it.
+        ([("faas_replayed", b"1"), ("faas_replayed", b"5")], (("tests", "i"), 5)),
         ([], None),
         ([("faas_replayed", b"0")], None),
         ([("faas_replayed", b"-1")], None),
@@ -316,7 +317,7 @@ def test_classify_and_replay_headers() -> None:
     ],
 )
 def test_a_replayed_copy_on_the_events_topic_is_read_by_its_header(
-    extra: list[tuple[str, bytes | None]], expected: tuple[str, int] | None
+    extra: list[tuple[str, bytes | None]], expected: tuple[tuple[str, str], int] | None
 ) -> None:
     """The copies `faas replay` produced, as its count of earlier replays reads them: an event with a
     usable `faas_replayed`; anything else (no header, not a count, a record that is no event) is not."""
@@ -368,6 +369,63 @@ def test_back_to_back_replays_count_up(topics: Topics) -> None:
         assert r.returncode == 0 and r.stdout.splitlines()[-1] == "replayed 1, skipped 0", r.stdout + r.stderr
     counts = sorted(dict(m.headers)["faas_replayed"] for m in topics.produced(3))
     assert counts == [b"1", b"2", b"3"]
+
+
+def from_source(letter: Letter, source: bytes, key: bytes | None, value: bytes) -> Letter:
+    """`letter` as an event of `source`, with `key` and `value`."""
+    _, _, headers, ts = letter
+    return (key, value, [(k, source if k == "ce_source" else v) for k, v in headers], ts)
+
+
+def test_an_event_is_its_source_and_id(topics: Topics) -> None:
+    """1. Failed copies of two events with one ce_id from two sources (sys-a, key ka; sys-b, key kb), then
+       a second copy of sys-a's (it failed again), with no key, stamped a minute later.
+    2. `faas replay --dry-run --id d`, then `faas replay --id d`, then again.
+    Result: two events replayed (the ce_id listed twice), one superseded copy; each back with its own key
+    and value, sys-a's from its newest copy; the second replay counts each event on its own: 2 and 2."""
+    d = str(uuid.uuid4())
+    now_ms = int(time.time() * 1000)
+    a = from_source(failed(d), b"sys-a", b"ka", b'{"from": "a"}')
+    b = from_source(failed(d), b"sys-b", b"kb", b'{"from": "b"}')
+    again = from_source(failed(d), b"sys-a", None, b'{"from": "a, again"}')
+    topics.write([(*a[:3], now_ms - 60_000), (*b[:3], now_ms - 60_000), (*again[:3], now_ms)])
+    r = topics.replay("--dry-run", "--id", d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "dry run: replayed 0, skipped 1 (1 superseded); 2 would be replayed"
+    assert r.stdout.count(d) == 2, r.stdout
+    r = topics.replay("--id", d)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "replayed 2, skipped 1 (1 superseded)", r.stdout
+    first = {(m.key, m.value): dict(m.headers)["faas_replayed"] for m in topics.produced(2)}
+    assert first == {(None, b'{"from": "a, again"}'): b"1", (b"kb", b'{"from": "b"}'): b"1"}, first
+    assert topics.replay("--id", d).returncode == 0
+    second = [(m.value, dict(m.headers)["faas_replayed"]) for m in topics.produced(4)]
+    assert sorted(second) == [
+        (b'{"from": "a, again"}', b"1"),
+        (b'{"from": "a, again"}', b"2"),
+        (b'{"from": "b"}', b"1"),
+        (b'{"from": "b"}', b"2"),
+    ], second
+
+
+def test_the_newest_copy_is_the_latest_stamped_whatever_its_partition() -> None:
+    """Two copies of one event without a key, on partitions 0 (stamped later) and 1 (earlier), read in
+    (partition, offset) order. Result: the copy of partition 0 is replayed, the other superseded."""
+    from aiokafka import ConsumerRecord
+
+    _, _, headers, _ = failed("e")
+
+    def copy(partition: int, timestamp: int, value: bytes) -> Any:
+        return ConsumerRecord("dead", partition, 0, timestamp, 0, None, value, None, 0, 0, headers)
+
+    report = replay_module.Report()
+    chosen = replay_module.select(
+        [copy(0, 2_000, b'{"n": "newer"}'), copy(1, 1_000, b'{"n": "older"}')],
+        replay_module.Selection(),
+        time.time(),
+        report,
+    )
+    assert [c.record.value for c in chosen] == [b'{"n": "newer"}']
+    assert report.skipped == {"superseded": 1}
 
 
 def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics) -> None:
