@@ -357,10 +357,12 @@ def test_a_node_starting_without_a_secret_its_manifest_lists_serves_the_rest(
 
 
 def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Path, nodes: Start) -> None:
-    """FAAS_SECRETS_DIR not set, no `secrets/` beside the manifest, functions listing a secret: the node
+    """1. FAAS_SECRETS_DIR not set, no `secrets/` beside the manifest, functions listing a secret: the node
     starts; each listed secret is reported at its LINE:COL in the log and /readyz, those functions are
-    answered InstanceCrashed, `hog` serves."""
-    root, _, _ = project(tmp_path)
+    answered InstanceCrashed, `hog` serves. 2. The folder appears, with the secret in it (as a mount:
+    whole). Result: `reader` serves and the manifest errors are gone, with no edit of the manifest and no
+    write in the folder once it is there (nothing but its appearing tells the node)."""
+    root, mounted, value = project(tmp_path)
     n = nodes(root, None, kafka=False).wait_ready()
     log = n.log.read_text()
     assert re.search(
@@ -371,6 +373,14 @@ def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Pa
     assert len(errors) == 2, errors
     assert invoke(n, READER).status_code == 502
     assert invoke(n, HOG).status_code == 200
+    mounted.rename(root / "secrets")
+    wait_for(lambda: invoke(n, READER).status_code == 200, 10, message="served once the folder is there")
+    wait_for(
+        lambda: not httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"],
+        10,
+        message="the manifest errors gone",
+    )
+    assert value not in n.log.read_text()
 
 
 def test_a_secrets_dir_set_to_nowhere_stops_the_start(tmp_path: Path, nodes: Start) -> None:

@@ -5,7 +5,10 @@ replace, and the `..data` symlink swap by which Kubernetes updates a mounted Sec
 re-reads the secrets of the functions it serves and gives those whose values changed fresh instances
 (in-flight requests finish on the old ones), within the contract's 2 s. Mounts that send no file events
 (some network and bind mounts) are covered by a re-check every `RECHECK` seconds. A folder that does not
-exist (yet, or any more) is looked for again every `RECHECK` seconds; the watch never ends the node.
+exist (yet, or any more) is looked for every `APPEAR_POLL` seconds, and its appearing (or going) is a
+change like any other: the files it brings were never written while watched, so no file event would tell
+(a manifest edit rejected for a secret it now holds is checked again at once). The watch never ends the
+node.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ DEBOUNCE_MS = 100
 """watchfiles groups changes within this window (an editor's save is several events)."""
 RECHECK = 10.0
 """Seconds between re-checks without a file event."""
+APPEAR_POLL = 0.5
+"""Seconds between looks for a missing folder (a `stat`: the contract gives a changed secret 2 s)."""
 
 
 class SecretsWatcher:
@@ -36,16 +41,24 @@ class SecretsWatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         recheck = asyncio.create_task(self._recheck(stop))
+        present = self.folder.is_dir()
         try:
             while not stop.is_set():
                 if self.folder.is_dir():
+                    if not present:  # it appeared: what it holds is new
+                        present = True
+                        log.info("the secrets folder %s appeared", self.folder)
+                        self._changed(True)
                     try:
                         await self._watch(stop)
                     except Exception as exc:  # e.g. the folder was removed while watched
                         log.warning("watching the secrets folder %s stopped: %s", self.folder, exc)
+                if present and not self.folder.is_dir() and not stop.is_set():
+                    present = False  # it went: so did every secret in it
+                    self._changed(True)
                 if not stop.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await within(stop.wait(), RECHECK)
+                        await within(stop.wait(), APPEAR_POLL if not present else RECHECK)
         finally:
             recheck.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -71,6 +71,27 @@ async def test_a_folder_that_comes_and_goes(tmp_path: Path, monkeypatch: pytest.
     await within(task, 5)
 
 
+async def test_a_folder_appearing_or_going_is_a_change(tmp_path: Path) -> None:
+    """1. Watch a folder that does not exist. 2. Create it with a file in it (written once, before the
+    folder is watched). 3. Remove it. Result: 2 and 3 are each reported as a change (True) within 2 s,
+    with no re-check (RECHECK, 10 s) between: no file event tells of files a new folder brings."""
+    folder, seen, stop = tmp_path / "later", Recorder(), asyncio.Event()
+    task = asyncio.create_task(SecretsWatcher(folder, seen).run(stop))
+    await asyncio.sleep(0)  # the watch has looked once: the folder is missing
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "token").write_text("one-value")
+    staged.rename(folder)  # as a mount appears: whole
+    await within(seen.changed.wait(), 2)
+    assert seen == [True]
+    seen.changed.clear()
+    shutil.rmtree(folder)
+    await within(seen.changed.wait(), 2)
+    assert seen[-1] is True and False not in seen
+    stop.set()
+    await within(task, 5)
+
+
 async def test_a_failing_callback_does_not_end_the_watch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
