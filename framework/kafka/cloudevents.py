@@ -345,11 +345,6 @@ def reply_headers(correlation_id: str | None, traceparent: str | None = None) ->
     return headers
 
 
-def deadletter_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:
-    """The record's own headers, unchanged and in order, plus `faas_error` with the reason."""
-    return [*headers, (ERROR_HEADER, message[:MAX_MESSAGE].encode())]
-
-
 def event_headers(
     type_: str,
     id_: str,

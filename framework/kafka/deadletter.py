@@ -3,7 +3,8 @@
 A dead-letter record is an exact copy of the event record (key, value and headers, in order) plus `faas_*`
 headers saying why it is there:
 
-- a record that is not a valid event (BadEvent): `faas_error` (the reason) only;
+- a record that is not a valid event (BadEvent): `faas_error` (`BadEvent: reason`, in the form of a failed
+  event's) only;
 - a failed event (its reply was `ok: false` after any retries): `faas_error` (`Type: message`),
   `faas_function` (the failing function, empty when no function was to blame) and `faas_attempts` (the
   attempts it made: its last `ctx.attempt`).
@@ -35,6 +36,11 @@ Kind = Literal["failed", "bad_event", "foreign"]
 EventKey = tuple[str, str]
 """(ce_source, ce_id): what names one event (CloudEvents: an id is unique within its source), the source
 empty when the event has none."""
+
+
+def bad_event_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:
+    """The record's own headers, unchanged and in order, plus why it is no event."""
+    return [*headers, (ERROR, f"BadEvent: {message}"[:MAX_MESSAGE].encode())]
 
 
 def failed_headers(

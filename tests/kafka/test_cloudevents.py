@@ -12,7 +12,6 @@ from framework.kafka import cloudevents
 from framework.kafka.cloudevents import (
     BadRecord,
     Event,
-    deadletter_headers,
     event_headers,
     parse,
     reply_headers,
@@ -142,11 +141,6 @@ def test_reply_headers() -> None:
     assert h["ce_correlationid"] == b"e1" and h["content-type"] == b"application/json"
     assert h["ce_id"] != dict(reply_headers("e1"))["ce_id"]
     assert "ce_correlationid" not in dict(reply_headers(None))
-
-
-def test_deadletter_headers_keep_the_originals_in_order() -> None:
-    original: list[tuple[str, bytes | None]] = [("b", b"1"), ("a", None), ("b", b"2")]
-    assert deadletter_headers(original, "why") == [*original, ("faas_error", b"why")]
 
 
 def test_event_headers_round_trip() -> None:

@@ -20,7 +20,14 @@ from aiokafka import AIOKafkaProducer
 
 from framework.kafka import replay as replay_module
 from framework.kafka import topic_read
-from framework.kafka.deadletter import classify, failed_headers, replay_headers, replayed_copy
+from framework.kafka.deadletter import (
+    MAX_MESSAGE,
+    bad_event_headers,
+    classify,
+    failed_headers,
+    replay_headers,
+    replayed_copy,
+)
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
 from tests.support import (
@@ -276,6 +283,16 @@ async def test_an_address_that_never_answers_is_given_up_on(monkeypatch: pytest.
 def test_bad_since_is_a_usage_error(topics: Topics, since: str) -> None:
     r = topics.replay("--since", since)
     assert r.returncode == 2 and "--since" in r.stderr and "not a duration" in r.stderr, r.stderr
+
+
+def test_a_bad_event_copy_says_why_in_a_failed_copys_form() -> None:
+    """A BadEvent copy: the record's own headers, unchanged and in order (a null one too), then `faas_error`
+    `BadEvent: <reason>`, cut at MAX_MESSAGE; replay counts it apart, never replays it."""
+    original: list[tuple[str, bytes | None]] = [("b", b"1"), ("a", None), ("b", b"2")]
+    marked = bad_event_headers(original, "record value is not JSON")
+    assert marked == [*original, ("faas_error", b"BadEvent: record value is not JSON")]
+    assert len(bad_event_headers(original, "x" * 100_000)[-1][1] or b"") == MAX_MESSAGE
+    assert classify(b"{not json", marked).kind == "bad_event"
 
 
 def test_classify_and_replay_headers() -> None:

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
-from framework.kafka.deadletter import failed_headers
+from framework.kafka.deadletter import bad_event_headers, failed_headers
 from framework.kafka.options import MIB, ensure_topics, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
@@ -357,9 +357,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             span = tracing.start(event.traceparent, event.tracestate)
             reply = EventReply.failed(event.id, event.type, BadEvent(event.message))
             reply.traceparent = span.traceparent
-            copy = self.outbox.deadletter(
-                record.key, record.value, cloudevents.deadletter_headers(headers, event.message)
-            )
+            copy = self.outbox.deadletter(record.key, record.value, bad_event_headers(headers, event.message))
             await asyncio.gather(self.outbox.reply(event.replyto, record.key, reply, event.id), copy)
             return False
         for why in event.dropped:
