@@ -13,9 +13,10 @@ Choices where the binding leaves room:
   `ce_source`, `ce_subject`, `ce_time`, `ce_replyto`, `content-type`) that is not UTF-8, or that is given
   twice with different values, makes the record bad;
 - every other `ce_*` header is an extension, handed to the handler as `ctx.extensions` (section 3). An
-  extension that is not UTF-8, is over `MAX_EXTENSION_BYTES`, or whose name is not 1-20 lower-case letters
-  and digits (the CloudEvents naming rule) is dropped with a warning (`Event.dropped`): the event is
-  still served. Structured mode: other top-level attributes are extensions, scalars as strings;
+  extension that is not UTF-8, is over `MAX_EXTENSION_BYTES`, or whose name is not 1-128 lower-case
+  letters and digits (the CloudEvents naming rule: names *should* keep to 20, so a longer one is still an
+  attribute) is dropped with a warning (`Event.dropped`): the event is still served. Structured mode:
+  other top-level attributes are extensions, scalars as strings;
 - the trace context is `ce_traceparent` (distributed-tracing extension) or else a plain `traceparent`
   header, each with its own `tracestate`; over HTTP (`transport_first`) the transport's `traceparent` header
   comes first (section 11). When both are given, the first valid one is taken (`observe/tracing.py`
@@ -51,7 +52,7 @@ MAX_MESSAGE = 500
 MAX_EXTENSION_BYTES = 4096
 """Largest extension value (bytes) passed to a handler; larger ones are dropped with a warning."""
 
-_EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
+_EXT_NAME = re.compile(r"[a-z0-9]{1,128}")
 CORE = frozenset(("specversion", "type", "id", "source", "subject", "time", "replyto"))
 """Attributes with a place of their own; every other one is an extension."""
 _TRACE, _ATTRIBUTE = "trace", "attribute"
@@ -132,7 +133,7 @@ def parse(
                 continue  # not ours (a producer's own header)
             ext = lname[3:]
             if not _EXT_NAME.fullmatch(ext):
-                dropped.append(f"extension header {name!r}: the name is not 1-20 lower-case letters/digits")
+                dropped.append(f"extension header {name!r}: the name is not 1-128 lower-case letters/digits")
             elif len(raw) > MAX_EXTENSION_BYTES:
                 dropped.append(f"extension header {name}: {len(raw)} bytes, over {MAX_EXTENSION_BYTES}")
             else:
@@ -293,7 +294,7 @@ def _structured_extensions(doc: dict[str, object]) -> tuple[dict[str, str], list
             dropped.append(f"extension {name!r}: a {type(raw).__name__} is not an attribute value")
             continue
         if not _EXT_NAME.fullmatch(name):
-            dropped.append(f"extension {name!r}: the name is not 1-20 lower-case letters/digits")
+            dropped.append(f"extension {name!r}: the name is not 1-128 lower-case letters/digits")
         elif len(text.encode()) > MAX_EXTENSION_BYTES:
             dropped.append(f"extension {name}: over {MAX_EXTENSION_BYTES} bytes")
         else:

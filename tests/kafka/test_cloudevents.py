@@ -209,19 +209,22 @@ def test_the_first_valid_traceparent_wins(
 
 
 def test_bad_extensions_are_dropped_not_fatal() -> None:
-    """Non-UTF-8, oversized, or badly named extension headers are dropped with a reason each; the event
-    stays valid. A core attribute that is not UTF-8 still makes the record bad."""
+    """Non-UTF-8, oversized, or badly named extension headers (not lower-case letters and digits, or over
+    128 of them) are dropped with a reason each; the event stays valid, with a name over CloudEvents'
+    advised 20 kept. A core attribute that is not UTF-8 still makes the record bad."""
     headers = [
         *binary(),
         ("ce_bin", b"\xff"),
         ("ce_big", b"x" * (cloudevents.MAX_EXTENSION_BYTES + 1)),
         ("ce_bad-name", b"v"),
+        ("ce_" + "n" * 129, b"v"),
+        ("ce_averyveryverylongextensionname", b"long"),
         ("ce_ok", b"fine"),
     ]
     ev = cloudevents.parse(b"{}", headers, 1000)
     assert isinstance(ev, cloudevents.Event)
-    assert ev.extensions == {"ok": "fine"}
-    assert len(ev.dropped) == 3
+    assert ev.extensions == {"averyveryverylongextensionname": "long", "ok": "fine"}
+    assert len(ev.dropped) == 4
     assert any("ce_bin" in d and "UTF-8" in d for d in ev.dropped)
     assert any("ce_big" in d for d in ev.dropped) and any("ce_bad-name" in d for d in ev.dropped)
     bad = cloudevents.parse(b"{}", [*binary(), ("ce_subject", b"\xff")], 1000)
