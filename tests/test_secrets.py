@@ -43,6 +43,7 @@ async def leak(payload, ctx):
     ctx.log.info("ctx.log line %s", value)
     logging.getLogger("somelib").warning("library line %s", value)
     print("print line", value)
+    os.write(2, f"raw line {value}\\n".encode())
     raise RuntimeError(f"could not use {value}")
 
 async def hog(payload, ctx):
@@ -155,14 +156,21 @@ async def handle(payload, ctx):
 
 
 def test_values_are_redacted_before_they_leave_the_instance(tmp_path: Path, nodes: Start) -> None:
-    """1. `leak` logs the value with ctx.log and a library logger, prints it, and raises with it.
-    Result: the HTTP error says `***`; the node's log has each line with `***` and never the value."""
+    """1. `leak` logs the value with ctx.log and a library logger, prints it, writes it to descriptor 2, and
+    raises with it. Result: the HTTP error says `***`; the node's log has each line with `***` and never the
+    value."""
     root, folder, value = project(tmp_path)
     n = start(nodes, root, folder)
     r = invoke(n, LEAK)
     assert r.status_code == 500, r.text
     assert r.json()["error"] == {"type": "FunctionError", "message": "RuntimeError: could not use ***"}
-    wanted = ("ctx.log line ***", "library line ***", "print line ***", "RuntimeError: could not use ***")
+    wanted = (
+        "ctx.log line ***",
+        "library line ***",
+        "print line ***",
+        "raw line ***",
+        "RuntimeError: could not use ***",
+    )
     wait_for(lambda: all(w in n.log.read_text() for w in wanted), 20, message="redacted lines in the log")
     assert value not in n.log.read_text()
 

@@ -30,7 +30,9 @@ from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
+from framework.runtime.raw_output import RawLines, read_pipe
 from framework.runtime.template import Template
+from framework.runtime.worker.redact import Redactor
 from framework.types import Invocation
 
 GRACE = 1.0
@@ -95,6 +97,10 @@ class InstanceHandle:
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self._secrets = dict(secrets or {})
         """The values of the secrets the function lists; they reach the process in its start message only."""
+        self._redact: Redactor | None = None
+        """Made at the first raw output line (`_raw_line`)."""
+        self.raw: list[RawLines] = []
+        """The pipes of its descriptors 1 and 2 (`raw_output.py`); `done` at their end."""
         self.spec = spec
         self.warm = warm
         self.load = 0
@@ -151,7 +157,11 @@ class InstanceHandle:
             "node": self.node,
         }
         try:
-            main, logs = template.spawn(config)
+            main, logs, stdout, stderr = template.spawn(config)
+            self.raw = [
+                await read_pipe(stdout, "stdout", logging.INFO, self._raw_line),
+                await read_pipe(stderr, "stderr", logging.WARNING, self._raw_line),
+            ]
             self._logs = await connect(logs, self._on_log, self._on_logs_closed)
             self._main = await connect(main, self._on_frame, self._on_main_closed)
             async with asyncio.timeout(START_TIMEOUT):
@@ -223,10 +233,20 @@ class InstanceHandle:
         log.warning("%s", message, extra=self._extra)
         self._die(reason, hard=True, message=message)
 
+    def kill_group(self) -> None:
+        """SIGKILL what is left of the instance's process group: the processes its handlers started, once
+        the instance itself exited on its own (`close`)."""
+        self._kill()
+
     def close_logs(self) -> None:
-        """Close the log channel (normally it closes by itself when the process exits)."""
+        """Close the log channel and the pipes (normally they close by themselves when the process exits)."""
         if self._logs is not None:
             self._logs.close()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in self.raw:
+            pipe.close()
 
     # ---- channel callbacks ----
 
@@ -317,6 +337,14 @@ class InstanceHandle:
         if header.get("blocked"):
             self._on_blocked()
 
+    def _raw_line(self, source: str, level: int, text: str) -> None:
+        """A line the instance wrote below Python's streams (`raw_output.py`): no invocation's, redacted
+        here, since it never passed through the instance's own redaction."""
+        if self._redact is None:
+            self._redact = Redactor(self._secrets.values())
+        extra = {**self._extra, "invocation_id": None, "source": source}
+        instance_log.log(level, self._redact(text), extra=extra)
+
     def _keep_line(self, lines: LogCapture, inv: str, level: object, msg: object) -> None:
         """Keep a line of invocation `inv` if it is in flight here and wants a record (a line that trails
         its invocation's REPLY is not kept: the instance's record has it already)."""
@@ -345,6 +373,9 @@ class InstanceHandle:
 
     def _on_logs_closed(self, exc: Exception | None) -> None:
         self.exited.set()
+        # A process it started in a session of its own may hold its pipes on: read them a while, no longer.
+        if not all(pipe.done.done() for pipe in self.raw):
+            self._loop.call_later(LINES_WAIT, self._close_pipes)
         if self.on_gone is not None:
             self.on_gone(self)
 

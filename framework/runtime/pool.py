@@ -349,7 +349,13 @@ class FunctionPool:
         if not self._waiters:
             self.reap(time.monotonic())
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """The node stops: queued requests are answered Overloaded; an instance holding requests is killed
+        (they get InstanceCrashed), one holding none is closed, so it exits on its own and its last lines
+        (an unfinished one, what its descriptors 1 and 2 still hold) reach the node first."""
         self._fail_waiters(Overloaded("the node is stopping"))
         for inst in list(self.instances):
-            inst.kill()
+            if inst.load or inst.inflight or not inst.ready:
+                inst.kill()
+            else:
+                inst.close()

@@ -34,6 +34,11 @@ REAP_TICK = (0.05, 1.0)
 """Bounds (seconds) of the reaper's tick; within them it is a quarter of the shortest idle timeout."""
 
 
+PIPES_WAIT = 0.5
+"""Seconds a stop waits, once its instances and what they started are gone, for the rest of their raw
+output (`raw_output.py`)."""
+
+
 class Runtime:
     """Runs function instances on this node.
 
@@ -65,8 +70,8 @@ class Runtime:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="faas-reaper")
 
     async def stop(self, grace: float) -> None:
-        """Refuse new requests, wait up to `grace` seconds for in-flight ones, then kill every instance
-        (requests still held get InstanceCrashed) and the template."""
+        """Refuse new requests, wait up to `grace` seconds for in-flight ones, then stop every instance
+        (`FunctionPool.stop`: requests still held get InstanceCrashed) and the template."""
         self._stopping = True
         deadline = time.monotonic() + grace
         # Polls a sum over pools: simpler than an Event wired through every pool and instance.
@@ -77,9 +82,13 @@ class Runtime:
         await self._memory.stop()
         instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
         for pool in self._all_pools():
-            pool.kill()
-        if instances:  # let their log channels drain (last words), then close them
+            pool.stop()
+        if instances:  # let them exit and their log channels and pipes drain (last words), then close them
             await wait_or_cancel([asyncio.ensure_future(i.exited.wait()) for i in instances], 2)
+            for inst in instances:
+                inst.kill_group()  # what handlers started goes with them, as with a killed instance
+            # Their pipes end once those processes are gone too (they hold their descriptors 1 and 2).
+            await wait_or_cancel([asyncio.shield(p.done) for i in instances for p in i.raw], PIPES_WAIT)
             for inst in instances:
                 inst.close_logs()
         # The records of what those instances held, now that their last lines are in.

@@ -3,8 +3,9 @@
 The node cannot fork itself safely (its loop runs alongside aiokafka and uvicorn threads) and a fresh
 interpreter per instance costs ~100 ms+ of imports. So the node starts this small, single-threaded process
 once; it imports the instance code (asyncio, uvloop, orjson, logging, the framework) and then waits on a
-SOCK_SEQPACKET control socket. Each message is an instance config plus two file descriptors (the instance's
-main and log sockets, passed with SCM_RIGHTS); the template forks, and the child becomes the instance.
+SOCK_SEQPACKET control socket. Each message is an instance config plus four file descriptors passed with
+SCM_RIGHTS: the instance's main and log sockets, and the write ends of the pipes that become its descriptors
+1 and 2 (read by the node: `raw_output.py`); the template forks, and the child becomes the instance.
 
 Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
 instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. SIGCHLD is ignored
@@ -21,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -38,6 +39,17 @@ def instance_environ(environ: Mapping[str, str]) -> dict[str, str]:
     from framework.settings import SECRET_VARIABLES  # here: the template process itself never needs it
 
     return {k: v for k, v in environ.items() if k.upper() not in SECRET_VARIABLES}
+
+
+class Spawned(NamedTuple):
+    """The node's ends of a new instance's channels."""
+
+    main: socket.socket
+    logs: socket.socket
+    stdout: int
+    """The read end of the pipe that is the instance's descriptor 1."""
+    stderr: int
+    """The read end of the pipe that is the instance's descriptor 2."""
 
 
 class Template:
@@ -68,13 +80,17 @@ class Template:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def spawn(self, config: dict[str, Any]) -> tuple[socket.socket, socket.socket]:
-        """Ask for one instance; returns the node's ends of its main and log sockets.
+    def spawn(self, config: dict[str, Any]) -> Spawned:
+        """Ask for one instance; returns the node's ends of its main and log sockets and of the pipes of
+        its descriptors 1 and 2 (the caller owns all four).
 
         Restarts the template once if it died. Failures after that surface as EOF on the main socket.
         """
         main_ours, main_theirs = socket.socketpair()
         log_ours, log_theirs = socket.socketpair()
+        out_ours, out_theirs = os.pipe()
+        err_ours, err_theirs = os.pipe()
+        theirs = [main_theirs.fileno(), log_theirs.fileno(), out_theirs, err_theirs]
         try:
             for attempt in (1, 2):
                 if not self.alive():
@@ -82,18 +98,22 @@ class Template:
                     self.start()
                 assert self._ctrl is not None
                 try:
-                    socket.send_fds(
-                        self._ctrl, [orjson.dumps(config)], [main_theirs.fileno(), log_theirs.fileno()]
-                    )
+                    socket.send_fds(self._ctrl, [orjson.dumps(config)], theirs)
                     break
                 except OSError:
                     if attempt == 2:
+                        for fd in (out_ours, err_ours):
+                            os.close(fd)
+                        main_ours.close()
+                        log_ours.close()
                         raise
                     self.stop()
         finally:
             main_theirs.close()
             log_theirs.close()
-        return main_ours, log_ours
+            os.close(out_theirs)
+            os.close(err_theirs)
+        return Spawned(main_ours, log_ours, out_ours, err_ours)
 
     def stop(self) -> None:
         """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
@@ -114,12 +134,12 @@ def _serve(ctrl: socket.socket) -> None:
     me = os.getpid()
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(ctrl, _MAX_CONFIG, 2)
+            msg, fds, _, _ = socket.recv_fds(ctrl, _MAX_CONFIG, 4)
         except OSError:
             return
         if not msg:
             return  # the node closed the control socket (stopping, or gone)
-        if len(fds) != 2:
+        if len(fds) != 4:
             for fd in fds:
                 os.close(fd)
             continue
@@ -129,6 +149,10 @@ def _serve(ctrl: socket.socket) -> None:
             pid = -1  # the node sees EOF on the instance's socket and reports the failed start
         if pid == 0:
             ctrl.close()
+            os.dup2(fds[2], 1)  # inheritable: a subprocess's output goes the same way
+            os.dup2(fds[3], 2)
+            os.close(fds[2])
+            os.close(fds[3])
             server.main(orjson.loads(msg), fds[0], fds[1], me)
         for fd in fds:
             os.close(fd)

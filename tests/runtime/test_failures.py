@@ -13,6 +13,7 @@ import pytest
 
 from framework.errors import FunctionError, InstanceCrashed, Timeout
 from framework.runtime import Runtime
+from framework.settings import Settings
 from tests.runtime.conftest import SpecFactory, alive, call, sample, until
 
 
@@ -253,3 +254,26 @@ async def test_the_processes_a_handler_starts_go_with_its_instance(
     while alive(child):
         assert time.monotonic() < deadline, "the child of an instance that exited outlived it"
         await asyncio.sleep(0.02)
+
+
+async def test_a_stop_closes_idle_instances_and_takes_what_they_started(
+    spec: SpecFactory, settings: Settings
+) -> None:
+    """1. A handler starts a long `sleep` child and returns; another request holds a second instance in a
+    10 s sleep. 2. The runtime stops with no grace. Result: the held request is answered InstanceCrashed at
+    once (its instance killed); the idle instance exits on its own (closed, not killed: its last lines go
+    out first), and its child is gone with it; the stop takes well under the 2 s a close may take."""
+    runtime = Runtime(settings)
+    await runtime.start()
+    idle, busy = spec("spawn", max=1), spec("sleep", max=1)
+    value, _ = await call(runtime, idle)
+    [inst] = runtime._pool(idle).instances
+    held = asyncio.ensure_future(call(runtime, busy, {"sleep": 10}))
+    await until(lambda: runtime._pool(busy).instances and runtime._pool(busy).instances[0].inflight)
+    t = time.monotonic()
+    await runtime.stop(0)
+    assert time.monotonic() - t < 1.5
+    with pytest.raises(InstanceCrashed):
+        await held
+    assert inst.exited.is_set()
+    await until(lambda: not alive(value["child"]), timeout=5, message="the child gone with its instance")

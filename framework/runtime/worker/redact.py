@@ -10,6 +10,9 @@ Besides each value itself, its forms as they show up in text are redacted too: e
 repr), as in the repr of its UTF-8 bytes, and, for a multi-line value
 (a PEM key), each of its lines of at least 4 characters, since stdout reaches the node line by line.
 One compiled alternation, longest first, so a value that contains another is replaced whole.
+
+The node redacts what an instance writes below Python's streams with a `Redactor` of that instance's
+values (`runtime/raw_output.py`): those bytes never pass through the instance's own hook.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ MASK = "***"
 MIN_PART = 4
 """Shortest line of a multi-line value that is redacted on its own (shorter ones are common words)."""
 
-_pattern: re.Pattern[str] | None = None
-
 
 def forms(value: str) -> set[str]:
     """The spellings of `value` to look for: itself, its escaped forms and its lines."""
@@ -34,17 +35,30 @@ def forms(value: str) -> set[str]:
     return {f for f in found if len(f) >= MIN_PART}
 
 
+class Redactor:
+    """Replaces `values` (one function's secrets), in each of their `forms`, by `***`."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        every = set().union(*(forms(v) for v in values if v))
+        ordered = sorted(every, key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, text: str) -> str:
+        pattern = self.pattern
+        if pattern is None or not text:
+            return text
+        return pattern.sub(MASK, text)
+
+
+_installed = Redactor(())
+
+
 def install(values: Iterable[str]) -> None:
     """Redact `values` (the function's secrets) from now on in this process."""
-    global _pattern
-    every = set().union(*(forms(v) for v in values if v))
-    ordered = sorted(every, key=len, reverse=True)
-    _pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+    global _installed
+    _installed = Redactor(values)
 
 
 def redact(text: str) -> str:
     """`text` with every installed secret value replaced by `***`."""
-    pattern = _pattern
-    if pattern is None or not text:
-        return text
-    return pattern.sub(MASK, text)
+    return _installed(text)

@@ -1,0 +1,133 @@
+"""Output below Python's streams (framework/runtime/raw_output.py): `os.write` to descriptors 1 and 2 and a
+subprocess's output reach the node's log as lines of the instance, never the node's own stdout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from framework.control.manifest import FunctionSpec
+from framework.runtime.pools import Runtime
+from framework.runtime.raw_output import MAX_PARTIAL
+from framework.settings import Settings
+from framework.types import Invocation
+from tests.runtime.conftest import until
+from tests.support import run_cli, write_project
+
+RAW = """
+import os, subprocess, sys
+
+os.write(1, b"raw at import\\n")
+
+async def handle(payload, ctx):
+    os.write(1, b"fd1 in call\\n")
+    os.write(2, b"fd2 in call\\n")
+    subprocess.run([sys.executable, "-c", "print('child out')"], check=True)
+    e = "d\\u00e9j\\u00e0 vu\\n".encode()
+    os.write(1, e[:2])  # a UTF-8 character split between two writes
+    os.write(1, e[2:])
+    os.write(1, b"no newline yet")
+    return {"r": payload}
+
+async def big(payload, ctx):
+    view = memoryview(b"x" * 200_000 + b"\\n")
+    while view:  # the loop blocked meanwhile: only the node reads the pipe
+        view = view[os.write(2, view):]
+    return "done"
+"""
+
+
+def project(tmp_path: Path) -> Path:
+    u = str(uuid.uuid4())
+    manifest = f"functions:\n  - name: raw\n    uuid: {u}\n    handler: functions.raw:handle\n"
+    return write_project(tmp_path, manifest, {"raw": RAW})
+
+
+async def test_raw_output_becomes_lines_of_the_instance(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A handler module writes to descriptor 1 at import; its handler writes to 1 and 2 with `os.write`,
+    runs a subprocess that prints, writes a UTF-8 character in two parts, and ends with text and no newline.
+    2. The function is no longer served: its instance is closed and exits.
+    Result: the result is the handler's alone; after 1, each line is a log record of the instance (its
+    function and instance id, no invocation): `stdout` at INFO, `stderr` at WARNING, the split character
+    whole; after 2, the unfinished line too, read at the pipe's end."""
+    caplog.set_level(logging.INFO)
+    root = project(tmp_path)
+    spec = FunctionSpec(name="raw", uuid=str(uuid.uuid4()), handler="functions.raw:handle", root=root)
+    runtime = Runtime(Settings(log_level="INFO"))
+    await runtime.start()
+    try:
+        res = await runtime.invoke(spec, Invocation("inv-raw", "direct", None, b"7"))
+        assert orjson.loads(res.result) == {"r": 7}
+
+        def lines() -> dict[str, tuple[int, str, object, object, object]]:
+            return {
+                r.getMessage(): (
+                    r.levelno,
+                    getattr(r, "source", ""),
+                    getattr(r, "function", None),
+                    getattr(r, "instance_id", None),
+                    getattr(r, "invocation_id", None),
+                )
+                for r in caplog.records
+                if r.name == "faas.instance"
+            }
+
+        want = {
+            "raw at import": (logging.INFO, "stdout"),
+            "fd1 in call": (logging.INFO, "stdout"),
+            "fd2 in call": (logging.WARNING, "stderr"),
+            "child out": (logging.INFO, "stdout"),
+            "d\u00e9j\u00e0 vu": (logging.INFO, "stdout"),
+        }
+        await until(lambda: want.keys() <= lines().keys(), message=f"the lines {list(want)}")
+        got = lines()
+        for text, (level, source) in want.items():
+            assert got[text] == (level, source, "raw", res.instance_id, None), (text, got[text])
+        assert "no newline yet" not in got
+        runtime.apply([])
+        await until(lambda: "no newline yet" in lines(), message="the unfinished line as the instance exits")
+        assert lines()["no newline yet"] == (logging.INFO, "stdout", "raw", res.instance_id, None)
+    finally:
+        await runtime.stop(1)
+
+
+async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler writes 200,000 bytes and a newline to descriptor 2 from its blocked event loop. Result: it
+    returns (the node reads the pipe meanwhile); the bytes reach the node's log as WARNING lines of at most
+    MAX_PARTIAL plus a read's worth each, 200,000 `x` in all."""
+    caplog.set_level(logging.INFO)
+    root = project(tmp_path)
+    spec = FunctionSpec(name="big", uuid=str(uuid.uuid4()), handler="functions.raw:big", root=root)
+    runtime = Runtime(Settings(log_level="INFO"))
+    await runtime.start()
+    try:
+        res = await runtime.invoke(spec, Invocation("inv-big", "direct", None, b"null"))
+        assert orjson.loads(res.result) == "done"
+
+        def xs() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "faas.instance" and r.getMessage().startswith("x")]
+
+        await until(lambda: sum(len(r.getMessage()) for r in xs()) >= 200_000, message="every byte")
+        assert sum(len(r.getMessage()) for r in xs()) == 200_000
+        assert all(r.levelno == logging.WARNING and len(r.getMessage()) < 2 * MAX_PARTIAL for r in xs())
+    finally:
+        await runtime.stop(1)
+
+
+def test_faas_invoke_prints_the_result_alone(tmp_path: Path) -> None:
+    """`faas invoke raw` of a handler writing to descriptor 1 (itself and through a subprocess), ending with
+    text and no newline. Result: stdout is the result JSON alone (a script can parse it); the raw lines
+    are on stderr, in the log, the unfinished one too: the run waits for the pipes' end."""
+    root = project(tmp_path)
+    r = run_cli(root, "invoke", "raw", "--data", "5")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"r": 5} and r.stdout.count("\n") == 1, r.stdout
+    for line in ("raw at import", "fd1 in call", "fd2 in call", "child out", "no newline yet"):
+        assert line in r.stderr, (line, r.stderr)
