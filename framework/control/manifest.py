@@ -204,8 +204,9 @@ class RetrySpec(BaseModel):
 
     attempts: Count = Field(0, ge=0, le=10)
     """Extra attempts after a failure."""
-    backoff: Seconds = Field(0.5, ge=0, le=30)
-    """Seconds before the first retry, doubled each time, capped at 30 s."""
+    backoff: Seconds = Field(0.5, ge=0)
+    """Seconds before the first retry, doubled each time; every wait is capped at 30 s (a larger backoff
+    is that cap from the first retry on)."""
     on: tuple[Annotated[str, AfterValidator(_retryable)], ...] = ("Timeout", "InstanceCrashed", "Overloaded")
     """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
 
