@@ -70,6 +70,10 @@ async def _concurrent(call: Call, n: int, workers: int = 64) -> float:
     return (time.perf_counter() - started) / (n // workers * workers) * 1e6
 
 
+RAW_TIMEOUT = 60.0
+"""Seconds the raw round trips of one repetition may take in all."""
+
+
 class _Echo(asyncio.Protocol):
     """Either end of the raw round trip: the echoing end writes back what it reads; the calling end hands
     what it reads to the waiting call."""
@@ -92,6 +96,8 @@ class _Echo(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.echo:
             asyncio.get_running_loop().stop()
+        elif self.waiter is not None and not self.waiter.done():  # the echoing process is gone
+            self.waiter.set_exception(ConnectionError(f"the echoing process closed its end ({exc!r})"))
 
 
 def _echo_forever(sock: socket.socket) -> None:
@@ -123,8 +129,9 @@ async def _raw_round_trip(n: int) -> tuple[float, float]:
             transport.write(PAYLOAD)
             return await proto.waiter
 
-        await _sequential(call, min(n, 100))  # warm-up
-        return await _sequential(call, n)
+        async with asyncio.timeout(RAW_TIMEOUT):  # a stuck echo fails the baseline, not the suite
+            await _sequential(call, min(n, 100))  # warm-up
+            return await _sequential(call, n)
     finally:
         transport.close()
         await asyncio.to_thread(os.waitpid, pid, 0)

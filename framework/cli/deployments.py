@@ -428,7 +428,8 @@ class LiveFacts:
     live: bool
     """Whether the newest revision is a deploy: the function is served (`productive`), else `undeployed`."""
     modified: bool
-    """Live, productive in the working copy, and differing from the live revision."""
+    """Productive in the working copy, and differing from the newest revision (an undeploy too: deploying
+    the working copy would change what is served)."""
     deployed_at: str
     """When the newest revision was published: RFC 3339 UTC with milliseconds."""
 

@@ -200,11 +200,14 @@ class DeploymentLog:
         one still kept: written only for a number known to be ours, so a loser never forgets one."""
         records: list[tuple[str, bytes | None]] = []
         for rev in won:
-            old = {rev.revision - KEPT} if rev.revision > KEPT else set()
-            # Beyond the newest KEPT held: one a race left (numbered, then not tombstoned). By position,
-            # not by number, so a gap in the numbers (a hand-written record) never forgets one of them.
-            beyond = self.state.kept(rev.uuid)[KEPT:]
-            old |= {r.revision for r in beyond if r.revision <= rev.revision - KEPT}
+            # n - KEPT, and any held beyond the newest KEPT (one a race left: numbered, then not
+            # tombstoned); never one of the newest KEPT held, so a gap in the numbers (a hand-written
+            # record) keeps five all the same.
+            kept = self.state.kept(rev.uuid)
+            newest = {r.revision for r in kept[:KEPT]}
+            old = {r.revision for r in kept[KEPT:] if r.revision <= rev.revision - KEPT}
+            if rev.revision > KEPT and rev.revision - KEPT not in newest:
+                old.add(rev.revision - KEPT)
             records += [(revision_key(rev.uuid, n), None) for n in sorted(old)]
         if records:
             await self.write(records)

@@ -5,10 +5,12 @@ replace, and the `..data` symlink swap by which Kubernetes updates a mounted Sec
 re-reads the secrets of the functions it serves and gives those whose values changed fresh instances
 (in-flight requests finish on the old ones), within the contract's 2 s. Mounts that send no file events
 (some network and bind mounts) are covered by a re-check every `RECHECK` seconds. A folder that does not
-exist (yet, or any more) is looked for every `APPEAR_POLL` seconds, and its appearing (or going) is a
-change like any other: the files it brings were never written while watched, so no file event would tell
-(a manifest edit rejected for a secret it now holds is checked again at once). The watch never ends the
-node.
+exist (yet, or any more) is looked for every `APPEAR_POLL` seconds, and its appearing, going or being
+replaced (`mv new secrets`: another folder at the same path) is a change like any other: the files it
+brings were never written while watched, so no file event would tell (a manifest edit rejected for a secret
+it now holds is checked again at once). While watching, every `WATCH_TICK_MS` the watch checks that the
+folder is still the one it watches (inotify on a removed folder reports nothing more). The watch never ends
+the node.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +32,8 @@ RECHECK = 10.0
 """Seconds between re-checks without a file event."""
 APPEAR_POLL = 0.5
 """Seconds between looks for a missing folder (a `stat`: the contract gives a changed secret 2 s)."""
+WATCH_TICK_MS = 500
+"""Milliseconds between looks, while watching, at whether the folder is still the one watched."""
 
 
 class SecretsWatcher:
@@ -41,34 +46,74 @@ class SecretsWatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         recheck = asyncio.create_task(self._recheck(stop))
-        present = self.folder.is_dir()
+        known: tuple[int, int] | None = None  # the folder watched last (device, inode); None: none yet
+        first = True
         try:
             while not stop.is_set():
-                if self.folder.is_dir():
-                    if not present:  # it appeared: what it holds is new
-                        present = True
-                        log.info("the secrets folder %s appeared", self.folder)
-                        self._changed(True)
-                    try:
-                        await self._watch(stop)
-                    except Exception as exc:  # e.g. the folder was removed while watched
-                        log.warning("watching the secrets folder %s stopped: %s", self.folder, exc)
-                if present and not self.folder.is_dir() and not stop.is_set():
-                    present = False  # it went: so did every secret in it
-                    self._changed(True)
-                if not stop.is_set():
+                now = self._identity()
+                if now is None:  # missing: look again soon
+                    first = False
                     with contextlib.suppress(TimeoutError):
-                        await within(stop.wait(), APPEAR_POLL if not present else RECHECK)
+                        await within(stop.wait(), APPEAR_POLL)
+                    continue
+                found = not first and now != known  # it appeared, or was replaced: what it holds is new
+                first = False
+                if found:
+                    log.info("the secrets folder %s appeared", self.folder)
+                    self._changed(True)  # at once; and again once watched (see `_watch`)
+                known = now
+                gone = False
+                try:
+                    gone = await self._watch(stop, now, found)
+                except Exception as exc:
+                    log.warning("watching the secrets folder %s stopped: %s", self.folder, exc)
+                if stop.is_set():
+                    break
+                if gone or self._identity() != now:  # it went, or was replaced: so did every secret in it
+                    known = None
+                    self._changed(True)
+                    continue
+                with contextlib.suppress(TimeoutError):  # the watch failed: try again later
+                    await within(stop.wait(), RECHECK)
         finally:
             recheck.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recheck
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        from watchfiles import awatch
+    def _identity(self) -> tuple[int, int] | None:
+        """The folder's (device, inode), None when there is none."""
+        try:
+            st = self.folder.stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
-        async for _ in awatch(self.folder, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=True):
-            self._changed(True)
+    async def _watch(self, stop: asyncio.Event, identity: tuple[int, int], new: bool) -> bool:
+        """Report each change until `stop` (False), or until the folder watched is gone or replaced (True:
+        inotify then watches nothing, and watchfiles goes on, silent). Gone: its own deletion is among the
+        changes (a folder made in its place may even reuse its inode number), or what is at its path is
+        another folder (moved away and replaced). For a `new` folder the first yield (a change, or the first
+        tick) is reported too: the watch is set up by then, and files written before it would otherwise wait
+        for the next re-check."""
+        from watchfiles import Change, awatch
+
+        itself = {(Change.deleted, str(self.folder)), (Change.deleted, str(self.folder.absolute()))}
+        first = new
+        async for changes in awatch(
+            self.folder,
+            stop_event=stop,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            recursive=True,
+            yield_on_timeout=True,
+            rust_timeout=WATCH_TICK_MS,
+        ):
+            if not itself.isdisjoint(changes) or self._identity() != identity:
+                return True
+            if changes or first:
+                first = False
+                self._changed(True)
+        return False
 
     async def _recheck(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

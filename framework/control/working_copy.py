@@ -123,8 +123,7 @@ def undeploy_of(spec: FunctionSpec | None, newest: Revision | None, message: str
 
 
 def is_modified(candidate: Candidate | None, live: Revision | None) -> bool:
-    """A function is modified when it is productive and its working copy differs from its live revision
-    (`live`: the newest revision; an undeploy is no live revision, so an undeployed function is not)."""
-    if candidate is None or live is None or live.action != "deploy" or not candidate.spec.productive:
+    """A function is modified when it is productive and its working copy differs from its live revision."""
+    if candidate is None or live is None or not candidate.spec.productive:
         return False
     return candidate.revision is None or not candidate.revision.same_as(live)

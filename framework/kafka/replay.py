@@ -8,8 +8,9 @@ whose value is null stays null), in their dead-letter order per partition (so pe
 
 - An event is its (`ce_source`, `ce_id`): two events of different sources with one id are two events
   (CloudEvents makes an id unique within its source only). One dead-lettered more than once (it failed,
-  was replayed and failed again) is replayed once, from its newest copy (by timestamp: copies of an event
-  without a key may sit on different partitions); the older copies count as `superseded`.
+  was replayed and failed again) is replayed once, from its newest copy (the later offset in a partition;
+  by timestamp across partitions, where copies of an event without a key may sit); the older copies count
+  as `superseded`.
 - `faas_replayed` counts every replay, the successful ones too (a replay that succeeded leaves no
   dead-letter copy behind). The replayed copies themselves are the record of it: each is on the events
   topic with the event's id and its `faas_replayed`. So before producing, the events topic is read too,
@@ -173,8 +174,9 @@ def select(records: Collection[Record], selection: Selection, now: float, report
         held = newest.get(event)
         if held is not None:
             report.skipped["superseded"] += 1
-            # Within a partition later is newer; across partitions (no key) the timestamps tell.
-            if (held[0].timestamp, held[0].offset) > (record.timestamp, record.offset):
+            # Within a partition a later offset is newer (whatever the writers' clocks said); across
+            # partitions (copies of an event without a key) only the timestamps can tell.
+            if held[0].partition != record.partition and held[0].timestamp > record.timestamp:
                 continue
         newest[event] = (record, letter)
     chosen = sorted(newest.items(), key=lambda er: (er[1][0].partition, er[1][0].offset))

@@ -30,7 +30,7 @@ from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
-from framework.runtime.raw_output import RawLines, read_pipe
+from framework.runtime.raw_output import RawLines, read_socket
 from framework.runtime.template import Template
 from framework.runtime.worker.redact import Redactor
 from framework.types import Invocation
@@ -100,7 +100,7 @@ class InstanceHandle:
         self._redact: Redactor | None = None
         """Made at the first raw output line (`_raw_line`)."""
         self.raw: list[RawLines] = []
-        """The pipes of its descriptors 1 and 2 (`raw_output.py`); `done` at their end."""
+        """The sockets of its descriptors 1 and 2 (`raw_output.py`); `done` at their end."""
         self.spec = spec
         self.warm = warm
         self.load = 0
@@ -158,12 +158,19 @@ class InstanceHandle:
         }
         try:
             main, logs, stdout, stderr = template.spawn(config)
-            self.raw = [
-                await read_pipe(stdout, "stdout", logging.INFO, self._raw_line),
-                await read_pipe(stderr, "stderr", logging.WARNING, self._raw_line),
-            ]
-            self._logs = await connect(logs, self._on_log, self._on_logs_closed)
-            self._main = await connect(main, self._on_frame, self._on_main_closed)
+            unused = [main, logs, stdout, stderr]  # each until its transport takes it over
+            try:
+                self.raw.append(await read_socket(stdout, "stdout", logging.INFO, self._raw_line))
+                unused.remove(stdout)
+                self.raw.append(await read_socket(stderr, "stderr", logging.WARNING, self._raw_line))
+                unused.remove(stderr)
+                self._logs = await connect(logs, self._on_log, self._on_logs_closed)
+                unused.remove(logs)
+                self._main = await connect(main, self._on_frame, self._on_main_closed)
+                unused.remove(main)
+            finally:
+                for sock in unused:
+                    sock.close()
             async with asyncio.timeout(START_TIMEOUT):
                 await asyncio.shield(self.started)
         except BaseException as e:

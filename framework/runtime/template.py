@@ -4,8 +4,8 @@ The node cannot fork itself safely (its loop runs alongside aiokafka and uvicorn
 interpreter per instance costs ~100 ms+ of imports. So the node starts this small, single-threaded process
 once; it imports the instance code (asyncio, uvloop, orjson, logging, the framework) and then waits on a
 SOCK_SEQPACKET control socket. Each message is an instance config plus four file descriptors passed with
-SCM_RIGHTS: the instance's main and log sockets, and the write ends of the pipes that become its descriptors
-1 and 2 (read by the node: `raw_output.py`); the template forks, and the child becomes the instance.
+SCM_RIGHTS: the instance's main and log sockets, and the sockets that become its descriptors 1 and 2 (read
+by the node: `raw_output.py`); the template forks, and the child becomes the instance.
 
 Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
 instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. SIGCHLD is ignored
@@ -46,10 +46,10 @@ class Spawned(NamedTuple):
 
     main: socket.socket
     logs: socket.socket
-    stdout: int
-    """The read end of the pipe that is the instance's descriptor 1."""
-    stderr: int
-    """The read end of the pipe that is the instance's descriptor 2."""
+    stdout: socket.socket
+    """The other end of the socket that is the instance's descriptor 1."""
+    stderr: socket.socket
+    """The other end of the socket that is the instance's descriptor 2."""
 
 
 class Template:
@@ -81,39 +81,36 @@ class Template:
         return self._proc is not None and self._proc.poll() is None
 
     def spawn(self, config: dict[str, Any]) -> Spawned:
-        """Ask for one instance; returns the node's ends of its main and log sockets and of the pipes of
-        its descriptors 1 and 2 (the caller owns all four).
+        """Ask for one instance; returns the node's ends of its main and log sockets and of the sockets of
+        its descriptors 1 and 2 (the caller owns all four; none is left open when this raises).
 
         Restarts the template once if it died. Failures after that surface as EOF on the main socket.
         """
-        main_ours, main_theirs = socket.socketpair()
-        log_ours, log_theirs = socket.socketpair()
-        out_ours, out_theirs = os.pipe()
-        err_ours, err_theirs = os.pipe()
-        theirs = [main_theirs.fileno(), log_theirs.fileno(), out_theirs, err_theirs]
-        try:
+        with contextlib.ExitStack() as on_failure:
+            pairs: list[tuple[socket.socket, socket.socket]] = []
+            for _ in range(4):  # main, log, stdout, stderr
+                pair = socket.socketpair()
+                pairs.append(pair)
+                on_failure.callback(pair[0].close)
+                on_failure.callback(pair[1].close)
+            message = orjson.dumps(config)
             for attempt in (1, 2):
                 if not self.alive():
                     self.stop()
                     self.start()
                 assert self._ctrl is not None
                 try:
-                    socket.send_fds(self._ctrl, [orjson.dumps(config)], theirs)
+                    socket.send_fds(self._ctrl, [message], [theirs.fileno() for _, theirs in pairs])
                     break
                 except OSError:
                     if attempt == 2:
-                        for fd in (out_ours, err_ours):
-                            os.close(fd)
-                        main_ours.close()
-                        log_ours.close()
                         raise
                     self.stop()
-        finally:
-            main_theirs.close()
-            log_theirs.close()
-            os.close(out_theirs)
-            os.close(err_theirs)
-        return Spawned(main_ours, log_ours, out_ours, err_ours)
+            on_failure.pop_all()  # sent: our ends are the caller's
+        for _, theirs in pairs:
+            theirs.close()  # the template holds copies now
+        main, logs, stdout, stderr = (ours for ours, _ in pairs)
+        return Spawned(main, logs, stdout, stderr)
 
     def stop(self) -> None:
         """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
@@ -164,6 +161,14 @@ def main() -> None:
 
     ctrl_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     die_with_parent(parent)
+    # A node started with descriptor 0, 1 or 2 closed: a received socket would take that number, and an
+    # instance's `dup2` onto 1 and 2 would then close its own channel. Hold each one with /dev/null.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            os.set_inheritable(held, True)
     # Ctrl-C reaches the whole process group: let the node drain, it stops us (and so the instances) itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _serve(socket.socket(fileno=ctrl_fd))

@@ -365,8 +365,8 @@ def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, bro
     alpha` (it edits no manifest). 3. From a second copy of the project (the manifest there still says
     productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2` and, in JSON,
     undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive, 3, false,
-    its time, though the manifest says undeployed; 3 `undeployed r4` and null, false, null in the first
-    copy, whose manifest says productive (not `modified`: nothing is live)."""
+    its time, though the manifest says undeployed; 3 `modified r4` in the first copy, whose manifest says
+    productive (deploying it would change what is served), and in JSON undeployed with null, true, null."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path / "one", manifest(u), {"m": MODULE})
     other = write_project(tmp_path / "two", manifest(u), {"m": MODULE})
@@ -396,7 +396,7 @@ def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, bro
     assert isinstance(facts["deployed_at"], str) and facts["deployed_at"].endswith("Z"), facts
     assert run_cli(other, "undeploy", "alpha", env=env).returncode == 0
     (root / "functions.yaml").write_text(manifest(u))  # productive again in the first copy, not deployed
-    assert listed(root) == ("undeployed r4", unserved)
+    assert listed(root) == ("modified r4", {**unserved, "modified": True})
 
 
 def test_code_over_the_limit_fails_validate_and_deploy_at_each_functions_handler(

@@ -229,6 +229,29 @@ async def test_a_gap_in_the_numbers_keeps_the_newest_five_held() -> None:
     assert [r.revision for r in log.state.kept(a)] == [57, 56, 55, 54, 53]
 
 
+async def test_a_gap_inside_the_newest_five_forgets_none_of_them() -> None:
+    """Revisions 1-4 published, 5 never written, 6 written by hand; publish a change (7). Result: 7, 6,
+    4, 3, 2 are kept (the newest five held): 7 - 5 = 2 is one of them, so no tombstone for it; only 1 is
+    forgotten."""
+    a, code = new_id(), package(MODULE)
+    log = Recording(LogState())
+
+    def timed(timeout: int) -> Revision:
+        rev = revision(a, "alpha", code)
+        return dataclasses.replace(rev, spec={**rev.spec, "timeout": timeout})
+
+    await log.publish(revision(a, "alpha", code), code)
+    for timeout in (2, 3, 4):
+        await log.publish(timed(timeout), None)
+    await log.write([(f"rev:{a}:6", encode(dataclasses.replace(timed(6), revision=6)))])
+    assert [r.revision for r in log.state.kept(a)] == [6, 4, 3, 2, 1]
+    log.written.clear()
+    (rev, new) = await log.publish(timed(7), None)
+    assert (rev.revision, new) == (7, True)
+    assert [r.revision for r in log.state.kept(a)] == [7, 6, 4, 3, 2]
+    assert [k for k, v in log.written if v is None] == [f"rev:{a}:1"]
+
+
 class Recording(MemoryLog):
     """A log in memory that keeps what was written."""
 

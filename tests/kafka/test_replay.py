@@ -425,8 +425,9 @@ def test_an_event_is_its_source_and_id(topics: Topics) -> None:
 
 
 def test_the_newest_copy_is_the_latest_stamped_whatever_its_partition() -> None:
-    """Two copies of one event without a key, on partitions 0 (stamped later) and 1 (earlier), read in
-    (partition, offset) order. Result: the copy of partition 0 is replayed, the other superseded."""
+    """1. Two copies of one event without a key, on partitions 0 (stamped later) and 1 (earlier), read in
+    (partition, offset) order. 2. Two copies in one partition, the later one stamped earlier.
+    Result: 1 the copy of partition 0 is replayed, the other superseded; 2 the later one."""
     from aiokafka import ConsumerRecord
 
     _, _, headers, _ = failed("e")
@@ -443,6 +444,11 @@ def test_the_newest_copy_is_the_latest_stamped_whatever_its_partition() -> None:
     )
     assert [c.record.value for c in chosen] == [b'{"n": "newer"}']
     assert report.skipped == {"superseded": 1}
+    # In one partition the later offset is newer, even stamped earlier (another node's clock).
+    later = ConsumerRecord("dead", 0, 5, 1_000, 0, None, b'{"n": "later"}', None, 0, 0, headers)
+    first = copy(0, 2_000, b'{"n": "first"}')
+    chosen = replay_module.select([first, later], replay_module.Selection(), 0, replay_module.Report())
+    assert [c.record.value for c in chosen] == [b'{"n": "later"}']
 
 
 def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics) -> None:

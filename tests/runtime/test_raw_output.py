@@ -3,8 +3,11 @@ subprocess's output reach the node's log as lines of the instance, never the nod
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -13,7 +16,8 @@ import pytest
 
 from framework.control.manifest import FunctionSpec
 from framework.runtime.pools import Runtime
-from framework.runtime.raw_output import MAX_PARTIAL
+from framework.runtime.raw_output import LINES_PER_TURN, MAX_PARTIAL, RawLines
+from framework.runtime.template import Template
 from framework.settings import Settings
 from framework.types import Invocation
 from tests.runtime.conftest import until
@@ -100,8 +104,8 @@ async def test_raw_output_becomes_lines_of_the_instance(
 
 async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A handler writes 200,000 bytes and a newline to descriptor 2 from its blocked event loop. Result: it
-    returns (the node reads the pipe meanwhile); the bytes reach the node's log as WARNING lines of at most
-    MAX_PARTIAL plus a read's worth each, 200,000 `x` in all."""
+    returns (the node reads the socket meanwhile); the bytes reach the node's log as WARNING lines of at
+    most MAX_PARTIAL each, 200,000 `x` in all."""
     caplog.set_level(logging.INFO)
     root = project(tmp_path)
     spec = FunctionSpec(name="big", uuid=str(uuid.uuid4()), handler="functions.raw:big", root=root)
@@ -116,7 +120,7 @@ async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.Lo
 
         await until(lambda: sum(len(r.getMessage()) for r in xs()) >= 200_000, message="every byte")
         assert sum(len(r.getMessage()) for r in xs()) == 200_000
-        assert all(r.levelno == logging.WARNING and len(r.getMessage()) < 2 * MAX_PARTIAL for r in xs())
+        assert all(r.levelno == logging.WARNING and len(r.getMessage()) <= MAX_PARTIAL for r in xs())
     finally:
         await runtime.stop(1)
 
@@ -131,3 +135,54 @@ def test_faas_invoke_prints_the_result_alone(tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"r": 5} and r.stdout.count("\n") == 1, r.stdout
     for line in ("raw at import", "fd1 in call", "fd2 in call", "child out", "no newline yet"):
         assert line in r.stderr, (line, r.stderr)
+
+
+class Transport:
+    """Stands in for the loop's transport: records pauses and resumes."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+async def test_a_flood_is_logged_a_turn_at_a_time() -> None:
+    """1. One read brings 1,000 lines. 2. The loop turns. 3. The socket ends with a partial line.
+    Result: 1 logs LINES_PER_TURN lines and pauses reading (the writer waits, not the loop); 2 logs the rest
+    over the next turns, then resumes reading; 3 logs the partial line and sets `done`."""
+    got: list[str] = []
+    lines = RawLines("stdout", logging.INFO, lambda source, level, text: got.append(text))
+    transport = Transport()
+    lines.connection_made(transport)  # type: ignore[arg-type]
+    lines.data_received(b"".join(b"line %d\n" % i for i in range(1000)))
+    assert len(got) == LINES_PER_TURN and transport.calls == ["pause"]
+    await until(lambda: len(got) == 1000, message="every line")
+    assert got == [f"line {i}" for i in range(1000)]
+    await until(lambda: transport.calls == ["pause", "resume"], message="reading resumed")
+    lines.data_received(b"partial")
+    lines.connection_lost(None)
+    await asyncio.wait_for(lines.done, 5)
+    assert got[-1] == "partial" and len(got) == 1001
+
+
+def test_a_failed_spawn_leaves_no_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Template.spawn` whose template cannot be started (out of descriptors, say) raises, and every socket
+    it made for the instance is closed: ten failures leave as many descriptors open as before."""
+    template = Template()
+
+    def refuse() -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(template, "start", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        with pytest.raises(OSError, match="Too many open files"):
+            template.spawn({"function": "f"})
+    assert len(os.listdir("/proc/self/fd")) == before
