@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import resource
 import signal
 import socket
 from collections.abc import Awaitable, Iterator
@@ -374,9 +375,26 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open descriptors to its hard limit (what Go's runtime and most
+    servers do); returns the soft limit now. A node holds four per live instance (main and log channels,
+    the sockets of its descriptors 1 and 2) besides its clients and Kafka connections: a soft limit of
+    1,024, common by default, would cap a node near 250 instances."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):  # some sandboxes refuse: keep what there is
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
 def serve(settings: Settings, kafka: bool = True) -> int:
     """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
     logs.configure(settings.log_level, settings.log_format)
+    raise_open_files_limit()
     problem = folder_setting_problem(settings) or CodeCache(cache_dir(settings)).folder_problem()
     if problem is not None:
         log.error("%s", problem)

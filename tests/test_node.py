@@ -296,3 +296,24 @@ def test_a_stop_step_that_hangs_is_left_behind_and_named(caplog: pytest.LogCaptu
     assert [r.getMessage() for r in caplog.records] == [
         "stopping the stuck part took over 0 s: going on without it"
     ]
+
+
+def test_a_node_raises_its_open_files_limit(tmp_path: Path, nodes: Nodes) -> None:
+    """A node started with a soft limit of 256 open descriptors (a hard one above). Result: its soft limit
+    is the hard one (four descriptors per live instance would otherwise cap it near 60 instances)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.fail(f"this machine's hard limit ({hard}) leaves nothing to raise")  # never the case in CI
+    root = write_project(tmp_path, MANIFEST, {"h": HANDLERS})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the node started next
+    try:
+        n = nodes(root, None, kafka=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    n.wait_ready()
+    limits = Path(f"/proc/{n.proc.pid}/limits").read_text()
+    [line] = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert line.split()[3] == want or (want == "unlimited" and int(line.split()[3]) >= 1 << 20), line
