@@ -102,9 +102,11 @@ class SecretStore:
         if len(raw) > MAX_BYTES:
             raise SecretError(f"{where} is over {MAX_BYTES // 1024} KiB")
         try:
-            value = raw.decode("utf-8").rstrip("\r\n")
+            value = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise SecretError(f"{where} is not UTF-8 text") from None
+        # One trailing newline (`echo value > name`, or CRLF from an editor) goes; anything else is the value.
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
         if len(value) < MIN_CHARS:
             raise SecretError(
                 f"{where} holds {len(value)} character(s): values under {MIN_CHARS} characters are "

@@ -38,13 +38,18 @@ def store(tmp_path: Path) -> SecretStore:
 
 
 def test_value_is_the_file_without_its_trailing_newline(store: SecretStore) -> None:
+    """One trailing newline (or CRLF) goes; a second one is part of the value, as are other spaces."""
     (store.path / "a").write_text("value-1\n")
     (store.path / "b.key").write_text("line 1\nline 2\r\n")
     (store.path / "c_d-E").write_text("no newline")
-    assert store.values(["a", "b.key", "c_d-E"]) == {
+    (store.path / "two").write_text("value-2\n\n")
+    (store.path / "spaced").write_text(" value 3 \n")
+    assert store.values(["a", "b.key", "c_d-E", "two", "spaced"]) == {
         "a": "value-1",
         "b.key": "line 1\nline 2",
         "c_d-E": "no newline",
+        "two": "value-2\n",
+        "spaced": " value 3 ",
     }
 
 
