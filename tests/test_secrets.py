@@ -99,6 +99,18 @@ def invoke(n: Node, u: str, payload: object = None) -> httpx.Response:
     return httpx.post(f"{n.url}/functions/{u}/invoke", json=payload, timeout=60)
 
 
+def served_again(n: Node, value: str, within: float) -> None:
+    """Once the secret is there: `reader` serves and the manifest errors are gone within `within` seconds,
+    and its value never reached the node's log."""
+    wait_for(lambda: invoke(n, READER).status_code == 200, within, message="served once the secret is there")
+    wait_for(
+        lambda: not httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"],
+        within,
+        message="the manifest errors gone",
+    )
+    assert value not in n.log.read_text()
+
+
 def start(nodes: Start, root: Path, folder: Path, **env: str) -> Node:
     return nodes(root, None, kafka=False, env={"FAAS_SECRETS_DIR": str(folder), **env}).wait_ready()
 
@@ -355,13 +367,7 @@ def test_a_node_starting_without_a_secret_its_manifest_lists_serves_the_rest(
     assert "api_token" in r.json()["error"]["message"] and answer in r.json()["error"]["message"], r.text
     assert invoke(n, HOG).status_code == 200
     (folder / "api_token").write_text(value + "\n")
-    wait_for(lambda: invoke(n, READER).status_code == 200, 20, message="served once the secret exists")
-    wait_for(
-        lambda: not httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"],
-        20,
-        message="the manifest error gone",
-    )
-    assert value not in n.log.read_text()
+    served_again(n, value, 20)
 
 
 def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Path, nodes: Start) -> None:
@@ -382,13 +388,7 @@ def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Pa
     assert invoke(n, READER).status_code == 502
     assert invoke(n, HOG).status_code == 200
     mounted.rename(root / "secrets")
-    wait_for(lambda: invoke(n, READER).status_code == 200, 10, message="served once the folder is there")
-    wait_for(
-        lambda: not httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"],
-        10,
-        message="the manifest errors gone",
-    )
-    assert value not in n.log.read_text()
+    served_again(n, value, 10)
 
 
 def test_a_secrets_dir_set_to_nowhere_stops_the_start(tmp_path: Path, nodes: Start) -> None:

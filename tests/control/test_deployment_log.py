@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -34,6 +35,11 @@ MODULE = "async def handle(payload, ctx):\n    return 1\n"
 def revision(uuid: str, name: str, code: bytes, number: int = 1) -> Revision:
     spec = {"name": name, "uuid": uuid, "handler": "functions.m:handle", "state": "productive"}
     return Revision(uuid, name, number, "deploy", spec, sha256(code), "2026-01-01T00:00:00.000Z", "t@h")
+
+
+def with_timeout(rev: Revision, timeout: int) -> Revision:
+    """`rev` with another `timeout` in its spec: a change worth a revision of its own."""
+    return dataclasses.replace(rev, spec={**rev.spec, "timeout": timeout})
 
 
 def code_record(data: bytes) -> Record:
@@ -211,11 +217,7 @@ async def test_a_gap_in_the_numbers_keeps_the_newest_five_held() -> None:
     tombstone written; after 2 the newest five held are kept (57..53), the older ones tombstoned."""
     a, code = new_id(), package(MODULE)
     log = Recording(LogState())
-
-    def timed(timeout: int) -> Revision:
-        rev = revision(a, "alpha", code)
-        return dataclasses.replace(rev, spec={**rev.spec, "timeout": timeout})
-
+    timed = functools.partial(with_timeout, revision(a, "alpha", code))
     await log.publish(revision(a, "alpha", code), code)
     await log.publish(timed(2), None)
     await log.write([(f"rev:{a}:50", encode(revision(a, "alpha", code, 50)))])
@@ -235,11 +237,7 @@ async def test_a_gap_inside_the_newest_five_forgets_none_of_them() -> None:
     forgotten."""
     a, code = new_id(), package(MODULE)
     log = Recording(LogState())
-
-    def timed(timeout: int) -> Revision:
-        rev = revision(a, "alpha", code)
-        return dataclasses.replace(rev, spec={**rev.spec, "timeout": timeout})
-
+    timed = functools.partial(with_timeout, revision(a, "alpha", code))
     await log.publish(revision(a, "alpha", code), code)
     for timeout in (2, 3, 4):
         await log.publish(timed(timeout), None)

@@ -4,11 +4,13 @@ subprocess's output reach the node's log as lines of the instance, never the nod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -52,6 +54,22 @@ def project(tmp_path: Path) -> Path:
     return write_project(tmp_path, manifest, {"raw": RAW})
 
 
+def spec(tmp_path: Path, attr: str) -> FunctionSpec:
+    """A function of `project(tmp_path)` running `functions.raw:<attr>`."""
+    root = project(tmp_path)
+    return FunctionSpec(name=attr, uuid=str(uuid.uuid4()), handler=f"functions.raw:{attr}", root=root)
+
+
+@contextlib.asynccontextmanager
+async def started() -> AsyncIterator[Runtime]:
+    runtime = Runtime(Settings(log_level="INFO"))
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop(1)
+
+
 async def test_raw_output_becomes_lines_of_the_instance(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -62,12 +80,8 @@ async def test_raw_output_becomes_lines_of_the_instance(
     function and instance id, no invocation): `stdout` at INFO, `stderr` at WARNING, the split character
     whole; after 2, the unfinished line too, read at the pipe's end."""
     caplog.set_level(logging.INFO)
-    root = project(tmp_path)
-    spec = FunctionSpec(name="raw", uuid=str(uuid.uuid4()), handler="functions.raw:handle", root=root)
-    runtime = Runtime(Settings(log_level="INFO"))
-    await runtime.start()
-    try:
-        res = await runtime.invoke(spec, Invocation("inv-raw", "direct", None, b"7"))
+    async with started() as runtime:
+        res = await runtime.invoke(spec(tmp_path, "handle"), Invocation("inv-raw", "direct", None, b"7"))
         assert orjson.loads(res.result) == {"r": 7}
 
         def lines() -> dict[str, tuple[int, str, object, object, object]]:
@@ -98,8 +112,6 @@ async def test_raw_output_becomes_lines_of_the_instance(
         runtime.apply([])
         await until(lambda: "no newline yet" in lines(), message="the unfinished line as the instance exits")
         assert lines()["no newline yet"] == (logging.INFO, "stdout", "raw", res.instance_id, None)
-    finally:
-        await runtime.stop(1)
 
 
 async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -107,12 +119,8 @@ async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.Lo
     returns (the node reads the socket meanwhile); the bytes reach the node's log as WARNING lines of at
     most MAX_PARTIAL each, 200,000 `x` in all."""
     caplog.set_level(logging.INFO)
-    root = project(tmp_path)
-    spec = FunctionSpec(name="big", uuid=str(uuid.uuid4()), handler="functions.raw:big", root=root)
-    runtime = Runtime(Settings(log_level="INFO"))
-    await runtime.start()
-    try:
-        res = await runtime.invoke(spec, Invocation("inv-big", "direct", None, b"null"))
+    async with started() as runtime:
+        res = await runtime.invoke(spec(tmp_path, "big"), Invocation("inv-big", "direct", None, b"null"))
         assert orjson.loads(res.result) == "done"
 
         def xs() -> list[logging.LogRecord]:
@@ -121,8 +129,6 @@ async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.Lo
         await until(lambda: sum(len(r.getMessage()) for r in xs()) >= 200_000, message="every byte")
         assert sum(len(r.getMessage()) for r in xs()) == 200_000
         assert all(r.levelno == logging.WARNING and len(r.getMessage()) <= MAX_PARTIAL for r in xs())
-    finally:
-        await runtime.stop(1)
 
 
 def test_faas_invoke_prints_the_result_alone(tmp_path: Path) -> None:
