@@ -246,14 +246,15 @@ class InstanceHandle:
         self._kill()
 
     def close_logs(self) -> None:
-        """Close the log channel and the pipes (normally they close by themselves when the process exits)."""
+        """Close the log channel and the output sockets (normally they close by themselves when the process
+        exits)."""
         if self._logs is not None:
             self._logs.close()
-        self._close_pipes()
+        self._close_outputs()
 
-    def _close_pipes(self) -> None:
-        for pipe in self.raw:
-            pipe.close()
+    def _close_outputs(self) -> None:
+        for output in self.raw:
+            output.close()
 
     # ---- channel callbacks ----
 
@@ -380,9 +381,9 @@ class InstanceHandle:
 
     def _on_logs_closed(self, exc: Exception | None) -> None:
         self.exited.set()
-        # A process it started in a session of its own may hold its pipes on: read them a while, no longer.
-        if not all(pipe.done.done() for pipe in self.raw):
-            self._loop.call_later(LINES_WAIT, self._close_pipes)
+        # A process it started in a session of its own may hold its outputs on: read them a while, no longer.
+        if not all(output.done.done() for output in self.raw):
+            self._loop.call_later(LINES_WAIT, self._close_outputs)
         if self.on_gone is not None:
             self.on_gone(self)
 

@@ -34,7 +34,7 @@ REAP_TICK = (0.05, 1.0)
 """Bounds (seconds) of the reaper's tick; within them it is a quarter of the shortest idle timeout."""
 
 
-PIPES_WAIT = 0.5
+OUTPUTS_WAIT = 0.5
 """Seconds a stop waits, once its instances and what they started are gone, for the rest of their raw
 output (`raw_output.py`)."""
 
@@ -83,12 +83,12 @@ class Runtime:
         instances = [i for p in self._all_pools() for i in (*p.instances, *p.exiting)]
         for pool in self._all_pools():
             pool.stop()
-        if instances:  # let them exit and their log channels and pipes drain (last words), then close them
+        if instances:  # let them exit and their log channels and outputs drain (last words), then close them
             await wait_or_cancel([asyncio.ensure_future(i.exited.wait()) for i in instances], 2)
             for inst in instances:
                 inst.kill_group()  # what handlers started goes with them, as with a killed instance
-            # Their pipes end once those processes are gone too (they hold their descriptors 1 and 2).
-            await wait_or_cancel([asyncio.shield(p.done) for i in instances for p in i.raw], PIPES_WAIT)
+            # Their output sockets end once those processes are gone too (they hold descriptors 1 and 2).
+            await wait_or_cancel([asyncio.shield(o.done) for i in instances for o in i.raw], OUTPUTS_WAIT)
             for inst in instances:
                 inst.close_logs()
         # The records of what those instances held, now that their last lines are in.
