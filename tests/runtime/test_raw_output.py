@@ -80,8 +80,9 @@ async def test_raw_output_becomes_lines_of_the_instance(
     function and instance id, no invocation): `stdout` at INFO, `stderr` at WARNING, the split character
     whole; after 2, the unfinished line too, read at the pipe's end."""
     caplog.set_level(logging.INFO)
+    fn = spec(tmp_path, "handle")
     async with started() as runtime:
-        res = await runtime.invoke(spec(tmp_path, "handle"), Invocation("inv-raw", "direct", None, b"7"))
+        res = await runtime.invoke(fn, Invocation("inv-raw", "direct", None, b"7"))
         assert orjson.loads(res.result) == {"r": 7}
 
         def lines() -> dict[str, tuple[int, str, object, object, object]]:
@@ -107,11 +108,11 @@ async def test_raw_output_becomes_lines_of_the_instance(
         await until(lambda: want.keys() <= lines().keys(), message=f"the lines {list(want)}")
         got = lines()
         for text, (level, source) in want.items():
-            assert got[text] == (level, source, "raw", res.instance_id, None), (text, got[text])
+            assert got[text] == (level, source, fn.name, res.instance_id, None), (text, got[text])
         assert "no newline yet" not in got
         runtime.apply([])
         await until(lambda: "no newline yet" in lines(), message="the unfinished line as the instance exits")
-        assert lines()["no newline yet"] == (logging.INFO, "stdout", "raw", res.instance_id, None)
+        assert lines()["no newline yet"] == (logging.INFO, "stdout", fn.name, res.instance_id, None)
 
 
 async def test_a_line_longer_than_a_pipe_holds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
