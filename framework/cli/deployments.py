@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 from aiokafka.errors import KafkaError
@@ -39,7 +39,7 @@ from framework.control.manifest import FunctionSpec, Manifest, State
 from framework.control.manifest_edit import set_state
 from framework.control.registry import Registry
 from framework.control.revisions import Revision, author, now
-from framework.control.working_copy import candidates, is_modified, undeploy_of
+from framework.control.working_copy import candidates, live_status, undeploy_of
 from framework.errors import ManifestError
 from framework.settings import Settings
 
@@ -420,18 +420,15 @@ def _kept(settings: Settings, name: str) -> list[Revision]:
 
 @dataclass(frozen=True)
 class LiveFacts:
-    """What the deployment log says of one function, for `faas ls` (the fields of `GET /functions`): the log,
-    not the manifest, decides what is served (a rollback edits no manifest)."""
+    """What the deployment log says of one function, for `faas ls`: the log, not the manifest, decides what
+    is served (a rollback edits no manifest)."""
 
     newest: int
     """The newest revision's number (an undeploy's too)."""
     live: bool
     """Whether the newest revision is a deploy: the function is served (`productive`), else `undeployed`."""
-    modified: bool
-    """Productive in the working copy, and differing from the newest revision (an undeploy too: deploying
-    the working copy would change what is served)."""
-    deployed_at: str
-    """When the newest revision was published: RFC 3339 UTC with milliseconds."""
+    status: dict[str, Any]
+    """`revision`, `modified` and `deployed_at` as `GET /functions` gives them (`live_status`)."""
 
     @property
     def state(self) -> str:
@@ -439,9 +436,8 @@ class LiveFacts:
         return "productive" if self.live else "undeployed"
 
     @property
-    def revision(self) -> int | None:
-        """The live revision's number, as `GET /functions` gives it (None when undeployed)."""
-        return self.newest if self.live else None
+    def modified(self) -> bool:
+        return bool(self.status["modified"])
 
 
 def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
@@ -464,6 +460,6 @@ def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
     for spec in manifest.functions:
         rev = newest.get(spec.uuid)
         if rev is not None:
-            modified = is_modified(found.get(spec.uuid), rev)
-            facts[spec.uuid] = LiveFacts(rev.revision, rev.action == "deploy", modified, rev.deployed_at)
+            status = live_status(found.get(spec.uuid), rev)
+            facts[spec.uuid] = LiveFacts(rev.revision, rev.action == "deploy", status)
     return facts

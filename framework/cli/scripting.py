@@ -21,6 +21,7 @@ import orjson
 
 from framework.control.cron import next_fire
 from framework.control.manifest import FunctionSpec, Manifest
+from framework.control.working_copy import live_status
 
 if TYPE_CHECKING:
     from framework.cli.deployments import LiveFacts
@@ -82,9 +83,7 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
                 "events": list(f.events),
                 "schedules": schedules,
                 "keep_warm": warm,
-                "revision": None if live is None else live.revision,
-                "modified": live is not None and live.modified,
-                "deployed_at": None if live is None or not live.live else live.deployed_at,
+                **(live_status(None, None) if live is None else live.status),
             }
         )
     return json.dumps({"functions": out}, default=str)

@@ -31,7 +31,7 @@ from framework.control.log_state import LogState
 from framework.control.manifest import FunctionSpec, Manifest
 from framework.control.registry import Registry
 from framework.control.revisions import Revision, spec_from
-from framework.control.working_copy import Candidate, CodeZips, candidates, is_modified, undeploy_of
+from framework.control.working_copy import Candidate, CodeZips, candidates, live_status, undeploy_of
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
 
@@ -164,14 +164,8 @@ class Deployments:
             self.on_registry(self.registry())
 
     def status(self, uuid: str) -> dict[str, Any]:
-        """`revision`, `modified` and `deployed_at` of a `GET /functions` entry (null, false, null: never)."""
-        newest = self.log.state.newest(uuid)
-        live = newest if newest is not None and newest.action == "deploy" else None
-        return {
-            "revision": live.revision if live else None,
-            "modified": is_modified(self.candidates.get(uuid.lower()), newest),
-            "deployed_at": live.deployed_at if live else None,
-        }
+        """`revision`, `modified` and `deployed_at` of a `GET /functions` entry (`live_status`)."""
+        return live_status(self.candidates.get(uuid.lower()), self.log.state.newest(uuid))
 
     def revisions(self, uuid: str) -> list[dict[str, Any]] | None:
         """The kept revisions of `uuid`, newest first; None when neither the log nor the manifest has it."""

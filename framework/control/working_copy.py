@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from framework.control.manifest import FunctionSpec, Manifest
 from framework.control.revisions import (
@@ -120,6 +121,18 @@ def undeploy_of(spec: FunctionSpec | None, newest: Revision | None, message: str
         deployed_by=author(),
         message=message,
     )
+
+
+def live_status(candidate: Candidate | None, newest: Revision | None) -> dict[str, Any]:
+    """`revision`, `modified` and `deployed_at` of a `GET /functions` entry (section 12), from the
+    function's newest revision and its working copy: the live revision's number and time (null, null when
+    the newest is an undeploy; null, false, null when never deployed). `faas ls --json` gives the same."""
+    live = newest if newest is not None and newest.action == "deploy" else None
+    return {
+        "revision": live.revision if live else None,
+        "modified": is_modified(candidate, newest),
+        "deployed_at": live.deployed_at if live else None,
+    }
 
 
 def is_modified(candidate: Candidate | None, live: Revision | None) -> bool:
