@@ -196,8 +196,9 @@ class DeploymentLog:
         return self.state.revisions.get(rev.uuid.lower(), {}).get(rev.revision)
 
     async def _forget_old(self, won: list[Revision]) -> None:
-        """Tombstone, for each revision in `won` (each read back as ours), revision n-KEPT and any older
-        one still kept: written only for a number known to be ours, so a loser never forgets one."""
+        """Tombstone, for each revision in `won` (each read back as ours), revision n-KEPT and any older one
+        held beyond the newest KEPT, never one of those: written only for a number known to be ours, so a
+        loser never forgets one."""
         records: list[tuple[str, bytes | None]] = []
         for rev in won:
             # n - KEPT, and any held beyond the newest KEPT (one a race left: numbered, then not

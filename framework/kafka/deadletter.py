@@ -38,9 +38,14 @@ EventKey = tuple[str, str]
 empty when the event has none."""
 
 
+def _error(error_type: str, message: str) -> tuple[str, bytes]:
+    """`faas_error`: `Type: message`, cut at MAX_MESSAGE characters."""
+    return ERROR, f"{error_type}: {message}"[:MAX_MESSAGE].encode()
+
+
 def bad_event_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:
     """The record's own headers, unchanged and in order, plus why it is no event."""
-    return [*headers, (ERROR, f"BadEvent: {message}"[:MAX_MESSAGE].encode())]
+    return [*headers, _error("BadEvent", message)]
 
 
 def failed_headers(
@@ -49,7 +54,7 @@ def failed_headers(
     """The event's own headers, unchanged and in order, plus why it failed."""
     return [
         *headers,
-        (ERROR, f"{error_type}: {message}"[:MAX_MESSAGE].encode()),
+        _error(error_type, message),
         (FUNCTION, (function or "").encode()),
         (ATTEMPTS, str(attempts).encode()),
     ]

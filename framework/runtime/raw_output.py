@@ -65,9 +65,10 @@ class RawLines(asyncio.Protocol):
             for line in bytes(buf[:end]).split(b"\n"):
                 self._add(line)
             del buf[: end + 1]
-        while len(buf) >= MAX_PARTIAL:
-            self._lines.append(bytes(buf[:MAX_PARTIAL]))
-            del buf[:MAX_PARTIAL]
+        whole = len(buf) - len(buf) % MAX_PARTIAL  # what fills MAX_PARTIAL pieces goes out as such
+        if whole:
+            self._add(bytes(buf[:whole]))
+            del buf[:whole]
         self._turn()
 
     def _add(self, line: bytes) -> None:

@@ -109,8 +109,7 @@ class Template:
             on_failure.pop_all()  # sent: our ends are the caller's
         for _, theirs in pairs:
             theirs.close()  # the template holds copies now
-        main, logs, stdout, stderr = (ours for ours, _ in pairs)
-        return Spawned(main, logs, stdout, stderr)
+        return Spawned(*(ours for ours, _ in pairs))
 
     def stop(self) -> None:
         """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
