@@ -43,6 +43,8 @@ class EventReply:
     error: dict[str, Any] | None = None
     traceparent: str | None = None
     """The event's span (section 11): replies carry it as `ce_traceparent`, HTTP answers as `traceparent`."""
+    tracestate: str | None = None
+    """The caller's `tracestate`, passed on with the trace: replies carry it as `ce_tracestate`."""
     attempts: int = 1
     """Attempts the failing listener made (its last `ctx.attempt`): the dead-letter copy's `faas_attempts`."""
 
@@ -60,6 +62,11 @@ class EventReply:
     ) -> EventReply:
         """A reply whose chain failed with `exc`, in `spec` (None: before any listener ran)."""
         return cls(event_id, event, error=chain_error(exc, spec))
+
+    def in_trace(self, span: tracing.Span) -> EventReply:
+        """This reply, answering in `span`'s trace (its traceparent and the caller's tracestate)."""
+        self.traceparent, self.tracestate = span.traceparent, span.tracestate
+        return self
 
     def fail(self, spec: FunctionSpec, exc: BaseException) -> None:
         """Listener `spec` ended the chain with `exc` (after its retries)."""
@@ -247,7 +254,7 @@ class Invoker:
             span = tracing.start()
         if identity is None:
             identity = EventIdentity(event_id)
-        reply = EventReply(event_id, event_type, traceparent=span.traceparent)
+        reply = EventReply(event_id, event_type).in_trace(span)
         listeners = self.registry.listeners(event_type)
         if len(listeners) == 1:  # the common case: no task, no waiting set
             spec = listeners[0]

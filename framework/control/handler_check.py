@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 IMPORT_TIMEOUT = 30.0
@@ -17,7 +18,7 @@ IMPORT_TIMEOUT = 30.0
 _MARK = "@@faas-check@@ "
 _CHECK = f"""
 import importlib, json, os, sys
-sys.path.insert(0, os.getcwd())
+sys.path.insert(0, sys.argv[1])  # the view: the handlers' top-level package, nothing else of the project
 out, sys.stdout = sys.stdout, sys.stderr  # a module's prints must not mix with the report
 
 def check(handler, env):
@@ -39,18 +40,34 @@ for line in sys.stdin:
 
 
 def import_errors(root: Path, handlers: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Import each `module:attr` handler (with its env) in a subprocess run in `root`.
+    """Import each `module:attr` handler (with its env) in a subprocess run in `root`, seeing of `root` only
+    the handler's top-level package or module.
 
     Returns the problem of each handler that fails, e.g. `does not import: ModuleNotFoundError: ...`.
     A handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
     """
+    by_top: dict[str, dict[str, dict[str, str]]] = {}
+    for handler, env in handlers.items():
+        by_top.setdefault(handler.partition(":")[0].split(".")[0], {})[handler] = env
+    problems: dict[str, str] = {}
+    for top, group in by_top.items():
+        with tempfile.TemporaryDirectory(prefix="faas-check-") as view:
+            for source in (root / top, root / f"{top}.py"):
+                if source.exists():
+                    (Path(view) / source.name).symlink_to(source.resolve())
+            problems.update(_check(root, Path(view), group))
+    return problems
+
+
+def _check(root: Path, view: Path, handlers: dict[str, dict[str, str]]) -> dict[str, str]:
     results: dict[str, str | None] = {}
     pending = list(handlers)
     while pending:
         stdin = "".join(json.dumps([h, handlers[h]]) + "\n" for h in pending)
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", _CHECK],
+                # -P: `-c` would put the working directory, the whole project, first on the path.
+                [sys.executable, "-P", "-c", _CHECK, str(view)],
                 input=stdin,
                 capture_output=True,
                 text=True,

@@ -329,9 +329,12 @@ def _with(bad: BadRecord, message: str) -> BadRecord:
     return replace(bad, message=message[:MAX_MESSAGE])
 
 
-def reply_headers(correlation_id: str | None, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+def reply_headers(
+    correlation_id: str | None, traceparent: str | None = None, tracestate: str | None = None
+) -> list[tuple[str, bytes]]:
     """Headers of a combined reply (binary mode); `correlation_id` is the event's ce_id when known,
-    `traceparent` the event's span (section 11)."""
+    `traceparent` the event's span (section 11), `tracestate` the caller's, passed on with the trace as
+    W3C Trace Context asks (the distributed-tracing extension's `tracestate` attribute)."""
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_type", REPLY_TYPE),
@@ -343,6 +346,8 @@ def reply_headers(correlation_id: str | None, traceparent: str | None = None) ->
         headers.append(("ce_correlationid", correlation_id.encode()))
     if traceparent is not None:
         headers.append(("ce_traceparent", traceparent.encode()))
+        if tracestate is not None:
+            headers.append(("ce_tracestate", tracestate.encode()))
     return headers
 
 

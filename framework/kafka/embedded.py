@@ -108,11 +108,10 @@ class EmbeddedBroker:
         except OSError:
             return ""
 
-    def start(self, timeout: float = START_TIMEOUT) -> EmbeddedBroker:
-        if port_open(self.host, self.port):
-            raise BrokerError(f"port {self.bootstrap} is already in use; set FAAS_EMBEDDED_BROKER_PORT")
+    def command(self) -> list[str]:
+        """The broker's command line: memory storage, a new cluster id each time."""
         url = f"tcp://{self.bootstrap}"
-        cmd = [
+        return [
             broker_binary(),
             "broker",
             "--listener-url",
@@ -126,6 +125,11 @@ class EmbeddedBroker:
             "--cluster-id",
             f"faas-embedded-{secrets.token_hex(4)}",
         ]
+
+    def start(self, timeout: float = START_TIMEOUT) -> EmbeddedBroker:
+        if port_open(self.host, self.port):
+            raise BrokerError(f"port {self.bootstrap} is already in use; set FAAS_EMBEDDED_BROKER_PORT")
+        cmd = self.command()
         with self.log_path.open("wb") as log:
             # Own process group: a Ctrl-C in the terminal reaches the node, which then stops the broker last.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

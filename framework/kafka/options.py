@@ -41,6 +41,23 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+REQUEST_TIMEOUT_MS = 15_000
+"""Milliseconds a request may go unanswered before the client gives its connection up (aiokafka's default:
+40,000), for every long-lived client of the node: producers, readers, the group consumers. A broker that
+keeps a connection open and stops answering on it holds every later request on that connection (a fetch,
+a commit, a rejoin) until then: with the default, a node stayed unready for over 40 s after a broker
+restart, and an event waited 80 s for a fetch and a reply that each waited out one timeout
+(tests/faults/test_stalled_broker.py). The longest wait a broker may take legitimately is a JoinGroup's:
+the rebalance timeout (the group's session timeout, 10 s at most here) plus the broker's initial rebalance
+delay (3 s); a group consumer adds its fetch wait (`group_request_timeout_ms`)."""
+
+
+def group_request_timeout_ms(fetch_wait_ms: int) -> int:
+    """The request timeout of a consumer whose fetches the broker may hold `fetch_wait_ms`: a fetch must
+    not time out while the broker is still allowed to hold it."""
+    return REQUEST_TIMEOUT_MS + fetch_wait_ms
+
+
 def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
     """A consumer in no consumer group (not started): nothing to join, nothing committed, any number at once.
 
@@ -52,6 +69,7 @@ def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AI
     options: dict[str, Any] = {
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         **security_options(settings),
         **extra,
     }
@@ -116,6 +134,7 @@ async def start_producer(bootstrap: str, settings: Settings, **extra: Any) -> AI
         "bootstrap_servers": bootstrap,
         "acks": "all",
         "linger_ms": 2,
+        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         "max_request_size": max_request_size(settings),
         **security_options(settings),
         **extra,

@@ -70,7 +70,16 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = instance_environ(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-        args = [sys.executable, "-m", "framework.runtime.template", str(theirs.fileno()), str(os.getpid())]
+        # -P: `-m` would put the node's working directory (often the project folder) first on the path of
+        # every instance, and instances import their revision's code, never the working copy.
+        args = [
+            sys.executable,
+            "-P",
+            "-m",
+            "framework.runtime.template",
+            str(theirs.fileno()),
+            str(os.getpid()),
+        ]
         try:
             self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         finally:

@@ -141,6 +141,11 @@ def test_reply_headers() -> None:
     assert h["ce_correlationid"] == b"e1" and h["content-type"] == b"application/json"
     assert h["ce_id"] != dict(reply_headers("e1"))["ce_id"]
     assert "ce_correlationid" not in dict(reply_headers(None))
+    assert "ce_traceparent" not in h and "ce_tracestate" not in h
+    tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    traced = dict(reply_headers("e1", tp, "v=1,w=2"))
+    assert traced["ce_traceparent"] == tp.encode() and traced["ce_tracestate"] == b"v=1,w=2"
+    assert "ce_tracestate" not in dict(reply_headers("e1", tp))
 
 
 def test_event_headers_round_trip() -> None:

@@ -111,8 +111,10 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     sys.stderr = LogStream(sender, "stderr", logging.WARNING)
     os.environ.update(config["env"])
     thread_context.install()  # before the handler's module is imported: its threads log as their invocation
-    # The revision's code (FAAS_CACHE_DIR/<sha256>) first, then the project folder for anything not in it.
-    sys.path[:0] = dict.fromkeys([str(config.get("code") or config["root"]), str(config["root"])])
+    # The revision's code (FAAS_CACHE_DIR/<sha256>) and never the working copy (DESIGN.md section 12): a
+    # module the handler's package imports from beside it is not deployed, so it fails here as in
+    # `faas validate` (`control/handler_check.py`). The project folder only for a function with no revision.
+    sys.path.insert(0, str(config.get("code") or config["root"]))
     with contextlib.suppress(OSError):
         os.chdir(config["root"])
     if otel.enabled():  # after the fork: the provider's export thread must be this process's own

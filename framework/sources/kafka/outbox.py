@@ -68,7 +68,10 @@ class ReplyOutbox:
     ) -> None:
         """Hand `reply` to the producer; `part.done(record.offset)` once the broker acknowledged it."""
         topic = event.replyto or self.settings.replies_topic
-        value, headers = reply.to_json(), cloudevents.reply_headers(event.id, reply.traceparent)
+        value, headers = (
+            reply.to_json(),
+            cloudevents.reply_headers(event.id, reply.traceparent, reply.tracestate),
+        )
         gone = None if event.replyto is None else self._missing_topic
         acked = await self.sender.submit(topic, value, record.key, headers, permanent_if=gone)
         self.unacked += 1
@@ -144,7 +147,10 @@ class ReplyOutbox:
         """Send `reply` and wait for its acknowledgement. With the event's `record`, a reply the default
         topic refuses for good fails the event (`_refused`); without it, it is dropped with an error."""
         topic = replyto or self.settings.replies_topic
-        value, headers = reply.to_json(), cloudevents.reply_headers(event_id, reply.traceparent)
+        value, headers = (
+            reply.to_json(),
+            cloudevents.reply_headers(event_id, reply.traceparent, reply.tracestate),
+        )
         # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
         # answers: that is permanent. While the broker is away, everything is retried.
         gone = None if replyto is None else self._missing_topic
@@ -179,7 +185,11 @@ class ReplyOutbox:
         log.error("reply to event %s refused (%s): the event fails", reply.id, why)
         spec = max(reply.results, key=lambda done: len(done[1].result))[0] if reply.results else None
         failed = EventReply.failed(reply.id, reply.event, FunctionError(message), spec)
-        failed.traceparent, failed.attempts = reply.traceparent, reply.attempts
+        failed.traceparent, failed.tracestate, failed.attempts = (
+            reply.traceparent,
+            reply.tracestate,
+            reply.attempts,
+        )
         if reply.ok:
             function = None if spec is None else spec.name
             marked = failed_headers(

@@ -38,7 +38,7 @@ from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.deadletter import bad_event_headers, failed_headers
-from framework.kafka.options import MIB, ensure_topics, security_options
+from framework.kafka.options import MIB, ensure_topics, group_request_timeout_ms, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
 from framework.observe.spans import export_event
@@ -242,6 +242,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             bootstrap_servers=self.bootstrap,
             group_id=s.kafka_group_id,
             max_partition_fetch_bytes=max(MIB, 2 * s.max_payload_bytes),
+            request_timeout_ms=group_request_timeout_ms(s.kafka_fetch_wait_ms),
             **{**CONSUMER_OPTIONS, "fetch_max_wait_ms": s.kafka_fetch_wait_ms},
             **self.options,
         )
@@ -355,8 +356,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             # Answered in the trace it came with, like any event (section 11); else in a new one.
             span = tracing.start(event.traceparent, event.tracestate)
-            reply = EventReply.failed(event.id, event.type, BadEvent(event.message))
-            reply.traceparent = span.traceparent
+            reply = EventReply.failed(event.id, event.type, BadEvent(event.message)).in_trace(span)
             copy = self.outbox.deadletter(record.key, record.value, bad_event_headers(headers, event.message))
             await asyncio.gather(self.outbox.reply(event.replyto, record.key, reply, event.id), copy)
             return False
@@ -371,8 +371,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         except Exception as exc:  # a bug in the invoker; the event still gets an answer
             log.exception("event %s (%s) failed in the invoker", event.id, event.type)
-            reply = EventReply.failed(event.id, event.type, exc)
-            reply.traceparent = span.traceparent
+            reply = EventReply.failed(event.id, event.type, exc).in_trace(span)
         if not reply.ok and reply.error is not None:
             # Acknowledged before the reply is handed over: the reply's ack then marks the record done.
             error = reply.error

@@ -89,9 +89,10 @@ def test_redelivered_event_keeps_its_id_and_gets_new_invocation_ids(
 def test_caller_trace_reaches_ctx_reply_and_json_logs(node: Node, broker: EmbeddedBroker) -> None:
     """1. Produce an event with `ce_traceparent: 00-T-S-01`, a `ce_tracestate` and an extension.
     2. Read its reply; read the node's JSON log.
-    Result: ctx.trace_id is T, ctx.span_id is a new span (not S); the reply has `ce_traceparent` of trace T;
-    ctx.extensions holds traceparent, tracestate and the extension; the instance's log line of that
-    invocation carries trace_id T, the invocation's span_id and the handler's own `extra` field."""
+    Result: ctx.trace_id is T, ctx.span_id is a new span (not S); the reply has `ce_traceparent` of trace T
+    and the caller's `ce_tracestate`; ctx.extensions holds traceparent, tracestate and the extension; the
+    instance's log line of that invocation carries trace_id T, the invocation's span_id and the handler's own
+    `extra` field."""
     eid, tid, sid = new_id(), secrets.token_hex(16), secrets.token_hex(8)
     tp = f"00-{tid}-{sid}-01"
     headers = [
@@ -111,6 +112,7 @@ def test_caller_trace_reaches_ctx_reply_and_json_logs(node: Node, broker: Embedd
     out = TRACEPARENT.match(reply["headers"].get("ce_traceparent", ""))
     assert out is not None and out.group(1) == tid, reply["headers"]
     assert out.group(2) != res["span_id"], "the reply carries the event's span, the invocation's parent"
+    assert reply["headers"].get("ce_tracestate") == "vendor=abc", reply["headers"]
 
     def log_line() -> dict[str, Any] | None:
         for line in node.log.read_text(errors="replace").splitlines():
@@ -130,14 +132,16 @@ def test_plain_traceparent_header_and_malformed_ones(node: Node, broker: Embedde
     """1. Produce an event with a plain `traceparent` header (no ce_ prefix).
     2. Produce events with malformed trace contexts (upper case, all-zero trace id, short) and a malformed
        ce_time.
-    Result: 1 continues that trace (and it is not an extension); 2 are all answered ok, each in a new
-    trace, with ce_time passed on as it came."""
+    Result: 1 continues that trace (and it is not an extension), its reply without `ce_tracestate` (it came
+    with none); 2 are all answered ok, each in a new trace, with ce_time passed on as it came."""
     eid, tid = new_id(), secrets.token_hex(16)
     plain = ("traceparent", f"00-{tid}-{secrets.token_hex(8)}-01".encode())
     headers = [*ce_headers("ident.seen", eid), plain]
     produce(broker.bootstrap, node.events, [(None, b"1", headers)])
-    res = _result(_replies(node, broker, eid)[0])
+    reply = _replies(node, broker, eid)[0]
+    res = _result(reply)
     assert res["trace_id"] == tid and "traceparent" not in res["extensions"], res
+    assert "ce_tracestate" not in reply["headers"], reply["headers"]
     bad = [
         f"00-{tid.upper()}-{'a' * 16}-01",
         f"00-{'0' * 32}-{'a' * 16}-01",
@@ -229,12 +233,12 @@ def test_bad_records_are_answered_in_their_trace(node: Node, broker: EmbeddedBro
     """1. Produce records that are not valid events, each under a key of its own: a value that is not JSON
        with `ce_traceparent` of trace T1; a bad ce_specversion with a plain `traceparent` of T2; a value over
        FAAS_MAX_PAYLOAD_BYTES with `ce_traceparent` of T3; a structured envelope without `id` whose
-       `traceparent` attribute is of T4; one with no trace context; one with a malformed `ce_traceparent`;
-       one with no headers at all.
+       `traceparent` attribute is of T4 (the first with a `ce_tracestate`); one with no trace context; one
+       with a malformed `ce_traceparent`; one with no headers at all.
     2. Read their replies.
-    Result: every reply is a BadEvent reply carrying `ce_traceparent`: the first four continue T1-T4 in a
-    span of their own (not the caller's), the last three each start a new trace, as a valid event's reply
-    would."""
+    Result: every reply is a BadEvent reply carrying `ce_traceparent`: the first four continue T1-T4 in a span
+    of their own (not the caller's), the first passing its `ce_tracestate` on, the last three each start a new
+    trace, as a valid event's reply would."""
     tids = [secrets.token_hex(16) for _ in range(4)]
     caller = secrets.token_hex(8)
     tps = [f"00-{t}-{caller}-01" for t in tids]
@@ -247,7 +251,7 @@ def test_bad_records_are_answered_in_their_trace(node: Node, broker: EmbeddedBro
         return [("ce_specversion", specversion), *ce_headers("ident.seen", new_id())[1:], *extra]
 
     records: list[Record] = [
-        (keys[0], b"not json", h(("ce_traceparent", tps[0].encode()))),
+        (keys[0], b"not json", h(("ce_traceparent", tps[0].encode()), ("ce_tracestate", b"v=bad"))),
         (keys[1], b"{}", h(("traceparent", tps[1].encode()), specversion=b"0.3")),
         (keys[2], big, h(("ce_traceparent", tps[2].encode()))),
         (keys[3], json.dumps(envelope).encode(), structured),
@@ -269,3 +273,4 @@ def test_bad_records_are_answered_in_their_trace(node: Node, broker: EmbeddedBro
         else:
             assert trace_id not in tids and trace_id not in seen, (i, reply["headers"])
         seen.add(trace_id)
+        assert reply["headers"].get("ce_tracestate") == ("v=bad" if i == 0 else None), (i, reply["headers"])

@@ -1,0 +1,118 @@
+"""A TCP proxy in front of a broker that can stop answering on the connections it holds.
+
+A broker that accepts a request and never answers it (a half-dead network path, a broker stuck on one
+request) is the fault no restart shows: the connection stays open, nothing fails, and every later request
+on it waits behind the lost one until the client's request timeout gives the connection up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+from framework.kafka.embedded import EmbeddedBroker, free_port
+
+T = TypeVar("T")
+
+
+class AdvertisedBroker(EmbeddedBroker):
+    """The embedded broker, telling its clients to connect to `advertised_port` (the proxy) instead of the
+    port it listens on, so every connection after the bootstrap goes through the proxy too."""
+
+    def __init__(self, advertised_port: int) -> None:
+        super().__init__()
+        self.advertised_port = advertised_port
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        cmd[cmd.index("--advertised-listener-url") + 1] = f"tcp://{self.host}:{self.advertised_port}"
+        return cmd
+
+
+class _Link:
+    """One client connection and its upstream connection; `stalled` drops what either side sends."""
+
+    def __init__(self) -> None:
+        self.stalled = False
+        self.writers: list[asyncio.StreamWriter] = []
+
+
+class StallingProxy:
+    """Forwards 127.0.0.1:`port` to 127.0.0.1:`upstream` on a loop of its own (a thread). `stall()` turns
+    every connection open now into a black hole: bytes either way are read and dropped, nothing is closed.
+    Connections made afterwards are forwarded as before."""
+
+    def __init__(self, upstream: int, port: int | None = None) -> None:
+        self.upstream = upstream
+        self.port = port or free_port()
+        self._links: list[_Link] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stall-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[StallingProxy]:
+        self._thread.start()
+        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", self.port))
+        try:
+            yield self
+        finally:
+            self._call(self._close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def stall(self) -> int:
+        """Black-hole every connection open now; returns how many there are."""
+
+        async def mark() -> int:
+            for link in self._links:
+                link.stalled = True
+            return len(self._links)
+
+        return self._call(mark())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            client_w.close()
+            return
+        link = _Link()
+        link.writers = [client_w, up_w]
+        self._links.append(link)
+        await asyncio.gather(self._pump(client_r, up_w, link), self._pump(up_r, client_w, link))
+        for w in link.writers:
+            w.close()
+
+    @staticmethod
+    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: _Link) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if not link.stalled:
+                    dst.write(data)
+                    await dst.drain()
+        if not link.stalled:  # a black hole closes nothing; a forwarded close is passed on
+            with contextlib.suppress(OSError):
+                dst.close()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in self._links:
+            for w in link.writers:
+                w.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
