@@ -1,16 +1,25 @@
-"""The handler import check: import every `module:attribute` handler in one subprocess.
+"""The handler import check: import every `module:attribute` handler in a subprocess, as an instance would.
 
-Run in the manifest's folder, so a broken module can neither crash nor pollute the calling process; a
-handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
+An instance imports its revision's code, which is the handler's top-level package (or module) alone, never
+the rest of the working copy (DESIGN.md section 12). So the check imports each handler from a copy of the
+files its revision would carry (`snapshot.code_files`, the revision zip's own list): a module the package
+imports from beside it in the project, a linked folder the zip leaves out, a path climbed to from
+`__file__`, all fail here, at `faas validate` and `faas deploy`, and not at the first invocation. One
+subprocess per top-level name (usually one in all), run in the manifest's folder like an instance, so a
+broken module can neither crash nor pollute the calling process; a handler whose import kills or hangs
+the subprocess is blamed, and the rest are checked in a new one.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from framework.control.snapshot import code_files, top_level_of
 
 IMPORT_TIMEOUT = 30.0
 """Seconds one import-check subprocess may run before its current handler is blamed."""
@@ -39,9 +48,11 @@ for line in sys.stdin:
 """
 
 
-def import_errors(root: Path, handlers: dict[str, dict[str, str]]) -> dict[str, str]:
+def import_errors(
+    root: Path, handlers: dict[str, dict[str, str]], secrets: Path | None = None
+) -> dict[str, str]:
     """Import each `module:attr` handler (with its env) in a subprocess run in `root`, seeing of `root` only
-    the handler's top-level package or module.
+    a copy of what its revision would carry (less the `secrets` folder, as the revision's zip).
 
     Returns the problem of each handler that fails, e.g. `does not import: ModuleNotFoundError: ...`.
     A handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
@@ -52,9 +63,12 @@ def import_errors(root: Path, handlers: dict[str, dict[str, str]]) -> dict[str, 
     problems: dict[str, str] = {}
     for top, group in by_top.items():
         with tempfile.TemporaryDirectory(prefix="faas-check-") as view:
-            for source in (root / top, root / f"{top}.py"):
-                if source.exists():
-                    (Path(view) / source.name).symlink_to(source.resolve())
+            source = top_level_of(root, top)
+            if source is not None:  # else an installed module, or none: found on the path, or not at all
+                for path in code_files(source, secrets):
+                    copy = Path(view) / path.relative_to(source.parent)
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, copy)
             problems.update(_check(root, Path(view), group))
     return problems
 

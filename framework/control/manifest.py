@@ -547,7 +547,7 @@ def load_manifest(
             env = {k: v for k, v in env.items() if isinstance(k, str) and _usable(k, v)}  # bad: at `env`
             handlers.setdefault(handler, (env, []))[1].append(_key_at(item, "handler", at))
     if check_handlers and handlers:
-        found = import_errors(root, {h: env for h, (env, _) in handlers.items()})
+        found = import_errors(root, {h: env for h, (env, _) in handlers.items()}, secrets_dir)
         for handler, problem in found.items():
             for pos in handlers[handler][1]:
                 errors.add(pos, f"handler {handler!r} {problem}")

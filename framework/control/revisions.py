@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from framework.control.manifest import FunctionSpec
-from framework.control.snapshot import is_code, top_level
+from framework.control.snapshot import code_files, top_level
 
 Action = Literal["deploy", "undeploy"]
 ACTIONS: tuple[Action, ...] = ("deploy", "undeploy")
@@ -159,7 +159,7 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         if source is not None:
-            files = [source] if source.is_file() else sorted(_files(source, secrets))
+            files = code_files(source, secrets)
             size = 0
             for count, path in enumerate(files, 1):
                 content = path.read_bytes()
@@ -177,23 +177,6 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
             f"its code ({source}) zips to {len(data)} bytes, over FAAS_MAX_CODE_BYTES ({limit} bytes)"
         )
     return data
-
-
-def _files(folder: Path, secrets: Path | None = None) -> list[Path]:
-    out = []
-    for path in folder.rglob("*"):
-        if not path.is_file() or not is_code(path.relative_to(folder)):
-            continue
-        if secrets is not None and _within(path, secrets):
-            continue
-        out.append(path)
-    return out
-
-
-def _within(path: Path, folder: Path) -> bool:
-    """Whether `path` is in `folder`, by its own name or by what it links to (a secret mount's files are
-    links: Kubernetes points them at a hidden folder beside them)."""
-    return path.absolute().is_relative_to(folder) or path.resolve().is_relative_to(folder)
 
 
 def sha256(data: bytes) -> str:

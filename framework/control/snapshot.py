@@ -9,8 +9,10 @@ and deployment refuses a module that does not import.
 from __future__ import annotations
 
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
-from framework.control.manifest import FunctionSpec
+if TYPE_CHECKING:  # the manifest's import check (`handler_check`) uses this module: no cycle at run time
+    from framework.control.manifest import FunctionSpec
 
 
 def is_code(relative: PurePath) -> bool:
@@ -23,9 +25,37 @@ def is_code(relative: PurePath) -> bool:
 
 def top_level(spec: FunctionSpec) -> Path | None:
     """The handler's top-level package folder or module file under `root`, if it is there."""
-    top = spec.handler.partition(":")[0].split(".")[0]
-    folder = spec.root / top
+    return top_level_of(spec.root, spec.handler)
+
+
+def top_level_of(root: Path, handler: str) -> Path | None:
+    """`top_level` of a `module:attr` handler in the project folder `root` (a folder wins over a module
+    file of the same name, as in the revision)."""
+    top = handler.partition(":")[0].split(".")[0]
+    folder = root / top
     if folder.is_dir():
         return folder
-    module = spec.root / f"{top}.py"
+    module = root / f"{top}.py"
     return module if module.is_file() else None
+
+
+def code_files(source: Path, secrets: Path | None = None) -> list[Path]:
+    """The files a revision carries of the top-level package or module `source`, sorted: its code files
+    (`is_code`), as `rglob` finds them (it does not enter linked folders), less any inside the `secrets`
+    folder (FAAS_SECRETS_DIR, absolute)."""
+    if source.is_file():
+        return [source]
+    out = []
+    for path in source.rglob("*"):
+        if not path.is_file() or not is_code(path.relative_to(source)):
+            continue
+        if secrets is not None and _within(path, secrets):
+            continue
+        out.append(path)
+    return sorted(out)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path` is in `folder`, by its own name or by what it links to (a secret mount's files are
+    links: Kubernetes points them at a hidden folder beside them)."""
+    return path.absolute().is_relative_to(folder) or path.resolve().is_relative_to(folder)

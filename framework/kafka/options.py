@@ -43,19 +43,23 @@ def security_options(settings: Settings) -> dict[str, Any]:
 
 REQUEST_TIMEOUT_MS = 15_000
 """Milliseconds a request may go unanswered before the client gives its connection up (aiokafka's default:
-40,000), for every long-lived client of the node: producers, readers, the group consumers. A broker that
-keeps a connection open and stops answering on it holds every later request on that connection (a fetch,
-a commit, a rejoin) until then: with the default, a node stayed unready for over 40 s after a broker
-restart, and an event waited 80 s for a fetch and a reply that each waited out one timeout
-(tests/faults/test_stalled_broker.py). The longest wait a broker may take legitimately is a JoinGroup's:
-the rebalance timeout (the group's session timeout, 10 s at most here) plus the broker's initial rebalance
-delay (3 s); a group consumer adds its fetch wait (`group_request_timeout_ms`)."""
+40,000), the base of every long-lived client's timeout (`request_timeout_ms`): producers, readers, the
+group consumers. A broker that keeps a connection open and stops answering on it holds every later request
+on that connection (a fetch, a commit, a rejoin) until then: with the default, a node stayed unready for
+over 40 s after a broker restart, and an event waited 80 s for a fetch and a reply that each waited out
+one timeout (tests/faults/test_stalled_broker.py). The longest wait a broker may take legitimately is a
+JoinGroup's: the rebalance timeout (the group's session timeout, 10 s at most here) plus the broker's
+initial rebalance delay (3 s)."""
+SLOW_LINK_BYTES_PER_S = 4 * 1024 * 1024
+"""The slowest link a request's bytes are given time for (32 Mbit/s): aiokafka's timer runs from when a
+request is queued, so a 16 MiB dead-letter copy or code record gets 4 s more than a small request."""
 
 
-def group_request_timeout_ms(fetch_wait_ms: int) -> int:
-    """The request timeout of a consumer whose fetches the broker may hold `fetch_wait_ms`: a fetch must
-    not time out while the broker is still allowed to hold it."""
-    return REQUEST_TIMEOUT_MS + fetch_wait_ms
+def request_timeout_ms(largest_bytes: int = 0, fetch_wait_ms: int = 0) -> int:
+    """The request timeout of a client whose requests or responses may carry `largest_bytes` and whose
+    fetches the broker may hold `fetch_wait_ms` (a fetch must not time out while the broker may still hold
+    it): REQUEST_TIMEOUT_MS, plus the wait, plus the bytes at SLOW_LINK_BYTES_PER_S."""
+    return REQUEST_TIMEOUT_MS + fetch_wait_ms + largest_bytes * 1000 // SLOW_LINK_BYTES_PER_S
 
 
 def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
@@ -64,15 +68,19 @@ def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AI
     It reads what it is assigned (or `topics`, every partition of them) from the earliest offset, with
     auto-commit off and the TLS/SASL options of `security_options(settings)`. `extra` (e.g.
     `auto_offset_reset="latest"`, fetch sizes, or a client's own `security_protocol`) overrides any of
-    these but the group. Create it on the loop that will use it (aiokafka binds it there).
+    these but the group. Create it on the loop that will use it (aiokafka binds it there). Its request
+    timeout (`request_timeout_ms`) covers its fetch wait and its largest fetch, unless `extra` sets one.
     """
     options: dict[str, Any] = {
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         **security_options(settings),
         **extra,
     }
+    largest = options.get("fetch_max_bytes", options.get("max_partition_fetch_bytes", MIB))
+    options.setdefault(
+        "request_timeout_ms", request_timeout_ms(largest, options.get("fetch_max_wait_ms", 500))
+    )
     return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, **options)
 
 
@@ -99,7 +107,10 @@ async def ensure_topics(
     "Already exists" is fine (another node may create them at the same moment). The replication factor is
     the number of brokers, at most 3 (aiokafka's CreateTopics version cannot ask for the broker default).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS, **options)
+    # `options` may carry a client's own request timeout (an EventClient's): the admin keeps its own.
+    admin = AIOKafkaAdminClient(
+        **{**options, "bootstrap_servers": bootstrap, "request_timeout_ms": ADMIN_TIMEOUT_MS}
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -134,11 +145,11 @@ async def start_producer(bootstrap: str, settings: Settings, **extra: Any) -> AI
         "bootstrap_servers": bootstrap,
         "acks": "all",
         "linger_ms": 2,
-        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         "max_request_size": max_request_size(settings),
         **security_options(settings),
         **extra,
     }
+    opts.setdefault("request_timeout_ms", request_timeout_ms(opts["max_request_size"]))
     if settings.kafka_idempotence != "off":
         producer = AIOKafkaProducer(enable_idempotence=True, **opts)
         sender_log = logging.getLogger("aiokafka.producer.sender")

@@ -162,7 +162,9 @@ def start(traceparent: str | None = None, tracestate: str | None = None) -> Span
     trace_id, parent_id, flags = parsed
     flags = sampler.flags(trace_id, flags)
     state = tracestate.strip() if tracestate else None
-    if state is not None and (len(state) > MAX_TRACESTATE or not state.isprintable()):
+    # W3C allows printable ASCII only: anything else would not come out as it came in (HTTP headers are
+    # read as latin-1, replies written as UTF-8).
+    if state is not None and (len(state) > MAX_TRACESTATE or not (state.isascii() and state.isprintable())):
         state = None
     return Span(trace_id, new_span_id(), parent_id, flags, state or None, now, remote_parent=True)
 

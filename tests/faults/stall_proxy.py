@@ -37,6 +37,8 @@ class _Link:
 
     def __init__(self) -> None:
         self.stalled = False
+        self.closed = False
+        """Either side closed it: not a connection the node holds any more."""
         self.writers: list[asyncio.StreamWriter] = []
 
 
@@ -57,8 +59,8 @@ class StallingProxy:
     @contextlib.contextmanager
     def running(self) -> Iterator[StallingProxy]:
         self._thread.start()
-        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", self.port))
         try:
+            self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", self.port))
             yield self
         finally:
             self._call(self._close())
@@ -70,6 +72,7 @@ class StallingProxy:
         """Black-hole every connection open now; returns how many there are."""
 
         async def mark() -> int:
+            self._links = [link for link in self._links if not link.closed]
             for link in self._links:
                 link.stalled = True
             return len(self._links)
@@ -93,6 +96,7 @@ class StallingProxy:
         link.writers = [client_w, up_w]
         self._links.append(link)
         await asyncio.gather(self._pump(client_r, up_w, link), self._pump(up_r, client_w, link))
+        link.closed = True
         for w in link.writers:
             w.close()
 
@@ -103,6 +107,7 @@ class StallingProxy:
                 if not link.stalled:
                     dst.write(data)
                     await dst.drain()
+        link.closed = True
         if not link.stalled:  # a black hole closes nothing; a forwarded close is passed on
             with contextlib.suppress(OSError):
                 dst.close()
@@ -112,7 +117,7 @@ class StallingProxy:
             self._server.close()
         for link in self._links:
             for w in link.writers:
-                w.close()
+                w.transport.abort()  # nothing left to deliver, and the loop closes next
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

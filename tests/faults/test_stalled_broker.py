@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from framework.kafka.options import REQUEST_TIMEOUT_MS
+from framework.kafka.options import max_request_size, request_timeout_ms
+from framework.settings import Settings
 from tests.faults.stall_proxy import AdvertisedBroker, StallingProxy
 from tests.support import Node, ce_headers, consume, new_id, produce
 
@@ -30,9 +31,9 @@ def test_connections_that_stop_answering_are_given_up(project: Path, nodes: Call
     2. The proxy black-holes every connection open now (requests read, never answered, nothing closed):
        the node's fetch, commit, heartbeat and reply connections. New connections pass.
     3. An event is produced on a new connection.
-    Result: the node answers it once its client gives the silent connections up, within the consumer's
-    and the reply producer's request timeouts (REQUEST_TIMEOUT_MS each) and a rejoin, not aiokafka's 40 s
-    default twice over; the node never exits."""
+    Result: the node answers it once its clients give the silent connections up: within the consumer's and
+    the reply producer's request timeouts (`options.request_timeout_ms`, 15 s and 19 s) and a margin, not
+    aiokafka's 40 s default twice over; the node never exits."""
     proxy = StallingProxy(upstream=0)
     broker = AdvertisedBroker(advertised_port=proxy.port)
     proxy.upstream = broker.port
@@ -43,7 +44,7 @@ def test_connections_that_stop_answering_are_given_up(project: Path, nodes: Call
             node = nodes(project, bootstrap).wait_ready()
             reply_within(node, bootstrap, new_id(), 30)
             assert proxy.stall() >= 3, "the node holds its connections through the proxy"
-            bound = 2 * REQUEST_TIMEOUT_MS / 1000 + 15
+            bound = 2 * request_timeout_ms(max_request_size(Settings())) / 1000 + 15
             took = reply_within(node, bootstrap, new_id(), bound)
             print(f"answered {took:.1f} s after the stall")
             assert node.proc.poll() is None

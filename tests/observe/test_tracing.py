@@ -51,9 +51,10 @@ def test_valid_traceparent_is_continued() -> None:
     assert not unsampled.sampled and unsampled.traceparent.endswith("-00")
 
 
-def test_tracestate_over_the_limit_or_unprintable_is_dropped() -> None:
+def test_tracestate_over_the_limit_unprintable_or_not_ascii_is_dropped() -> None:
     assert tracing.start(VALID, "a=" + "x" * tracing.MAX_TRACESTATE).tracestate is None
     assert tracing.start(VALID, "a=b\x00").tracestate is None
+    assert tracing.start(VALID, "k=\u00e9").tracestate is None  # printable, but not W3C's ASCII
     assert tracing.start(VALID, "").tracestate is None
 
 

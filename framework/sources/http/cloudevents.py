@@ -106,7 +106,7 @@ async def receive(
         cut = inflight.error() if inflight is not None else None
         if cut is None:
             raise
-        reply = EventReply.failed(event.id, event.type, cut)
+        reply = EventReply.failed(event.id, event.type, cut).in_trace(span)  # answered in its trace too
     if invoker.exporter is not None:
         export_event(invoker.exporter, span, event, reply, "server", None)
     return reply_response(reply)

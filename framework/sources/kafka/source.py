@@ -38,7 +38,7 @@ from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.deadletter import bad_event_headers, failed_headers
-from framework.kafka.options import MIB, ensure_topics, group_request_timeout_ms, security_options
+from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
 from framework.observe.spans import export_event
@@ -238,11 +238,12 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             self.options,
         )
         await self.sender.start()
+        fetch_bytes = max(MIB, 2 * s.max_payload_bytes)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=s.kafka_group_id,
-            max_partition_fetch_bytes=max(MIB, 2 * s.max_payload_bytes),
-            request_timeout_ms=group_request_timeout_ms(s.kafka_fetch_wait_ms),
+            max_partition_fetch_bytes=fetch_bytes,
+            request_timeout_ms=request_timeout_ms(fetch_bytes, s.kafka_fetch_wait_ms),
             **{**CONSUMER_OPTIONS, "fetch_max_wait_ms": s.kafka_fetch_wait_ms},
             **self.options,
         )

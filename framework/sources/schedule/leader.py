@@ -27,7 +27,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from framework.kafka.options import ensure_topics, group_request_timeout_ms, security_options
+from framework.kafka.options import ensure_topics, request_timeout_ms, security_options
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import TOPIC_CONFIGS
 from framework.tasks import cancel_and_wait, within
@@ -144,7 +144,7 @@ class KafkaElection:
                     auto_offset_reset="latest",
                     session_timeout_ms=SESSION_TIMEOUT_MS,
                     heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-                    request_timeout_ms=group_request_timeout_ms(FETCH_WAIT_MS),
+                    request_timeout_ms=request_timeout_ms(fetch_wait_ms=FETCH_WAIT_MS),
                     fetch_max_wait_ms=FETCH_WAIT_MS,
                     **security_options(self.settings),
                 )

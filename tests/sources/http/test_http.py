@@ -484,9 +484,9 @@ def test_a_stopping_node_answers_calls_still_running_when_the_grace_is_up(
     """1. A node with FAAS_SHUTDOWN_GRACE=1.5 runs a direct invocation and an event over HTTP, each of a
     function that sleeps 20 s. 2. SIGTERM once both run.
     Result: both are answered when the grace is up (not after 20 s), in the contract's shape: the invocation
-    502 `InstanceCrashed` naming FAAS_SHUTDOWN_GRACE, the event 502 with a combined reply failed with it
-    (uvicorn's own timeout answered them a plain-text 500, and a grace under 1 s waited for the
-    instances' stop); the node exits 0."""
+    502 `InstanceCrashed` naming FAAS_SHUTDOWN_GRACE, the event 502 with a combined reply failed with it and
+    its `traceparent`, as any event's answer (uvicorn's own timeout answered them a plain-text 500, and a
+    grace under 1 s waited for the instances' stop); the node exits 0."""
     marks = tmp_path / "marks"
     marks.mkdir()
     root = write_project(tmp_path / "p", LINGERING, {"l": LINGER_MODULE})
@@ -515,6 +515,9 @@ def test_a_stopping_node_answers_calls_still_running_when_the_grace_is_up(
     body = event.json()
     assert event.status_code == 502 and body["ok"] is False, event.text
     assert body["error"]["type"] == "InstanceCrashed" and body["event"] == "linger", body
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", event.headers.get("traceparent", "")), (
+        event.headers
+    )
     assert 1.4 < took < 6, took
     assert node.proc.wait(30) == 0, node.tail()
 

@@ -1,0 +1,80 @@
+"""The handler import check sees of the project what a revision carries, as an instance does (section 12)."""
+
+from __future__ import annotations
+
+import py_compile
+from pathlib import Path
+
+from framework.control.handler_check import import_errors
+
+
+def project(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_a_module_beside_the_package_is_not_importable(tmp_path: Path) -> None:
+    root = project(
+        tmp_path,
+        {
+            "helpers.py": "VALUE = 1\n",
+            "functions/__init__.py": "",
+            "functions/h.py": "import helpers\n\ndef f(p, ctx):\n    return p\n",
+            "functions/ok.py": "from . import inner\n\ndef f(p, ctx):\n    return inner.VALUE\n",
+            "functions/inner.py": "VALUE = 2\n",
+        },
+    )
+    problems = import_errors(root, {"functions.h:f": {}, "functions.ok:f": {}})
+    assert problems == {"functions.h:f": "does not import: ModuleNotFoundError: No module named 'helpers'"}
+
+
+def test_a_path_climbed_to_from_file_is_the_copy_not_the_project(tmp_path: Path) -> None:
+    """A module that puts its project folder on the path through `__file__` finds the revision's folder
+    in an instance (the cache), so here the check's copy: not the working copy's `helpers`."""
+    climb = (
+        "import pathlib, sys\n"
+        "sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))\n"
+        "import helpers\n\ndef f(p, ctx):\n    return p\n"
+    )
+    root = project(
+        tmp_path, {"helpers.py": "VALUE = 1\n", "functions/__init__.py": "", "functions/h.py": climb}
+    )
+    problems = import_errors(root, {"functions.h:f": {}})
+    assert problems["functions.h:f"].startswith("does not import: ModuleNotFoundError"), problems
+
+
+def test_what_the_revision_leaves_out_is_left_out(tmp_path: Path) -> None:
+    """A compiled module without its source is not code (`snapshot.is_code`), nor is a module file shadowed
+    by a folder of its name: the revision carries the folder, so `report:f` is looked up in it."""
+    root = project(
+        tmp_path,
+        {
+            "functions/__init__.py": "",
+            "functions/h.py": "from . import compiled\n\ndef f(p, ctx):\n    return p\n",
+            "report.py": "def f(p, ctx):\n    return p\n",
+            "report/page.html": "<p></p>\n",
+        },
+    )
+    source = project(tmp_path / "src", {"compiled.py": "X = 1\n"}) / "compiled.py"
+    py_compile.compile(str(source), cfile=str(root / "functions" / "compiled.pyc"))
+    problems = import_errors(root, {"functions.h:f": {}, "report:f": {}})
+    assert problems["functions.h:f"].startswith("does not import: ImportError: cannot import name"), problems
+    assert problems["report:f"].startswith("does not import: AttributeError"), problems
+    # The same project, the compiled module in the package's source form: it imports.
+    (root / "functions" / "compiled.pyc").unlink()
+    (root / "functions" / "compiled.py").write_text("X = 1\n")
+    assert "functions.h:f" not in import_errors(root, {"functions.h:f": {}})
+
+
+def test_single_modules_installed_modules_and_env(tmp_path: Path) -> None:
+    """A top-level module file, a module of an installed package, and the function's env at import."""
+    root = project(
+        tmp_path,
+        {"solo.py": "import os\nLEVEL = os.environ['LEVEL']\n\ndef f(p, ctx):\n    return LEVEL\n"},
+    )
+    assert import_errors(root, {"solo:f": {"LEVEL": "3"}, "json:dumps": {}}) == {}
+    missing = import_errors(root, {"solo:f": {}})
+    assert missing == {"solo:f": "does not import: KeyError: 'LEVEL'"}
