@@ -173,7 +173,7 @@ class Node:
                 )
             log.warning("port %d is taken: using the Kafka broker already listening there", port)
             return f"127.0.0.1:{port}"
-        self.broker = EmbeddedBroker(port=port).start()
+        self.broker = EmbeddedBroker(port=port, owned=True).start()
         log.info("embedded broker (Tansu, memory only) on %s", self.broker.bootstrap)
         return self.broker.bootstrap
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     embedded broker, which holds a fetch this long even when records are there (each event waits up to it);
     Apache Kafka answers as soon as records arrive, so 500 there costs no latency and saves the CPU of
     idle polling."""
+    kafka_request_timeout_ms: int = Field(15_000, ge=5_000, le=300_000)
+    """Milliseconds a Kafka request may go unanswered before its client gives the connection up and opens a
+    new one (aiokafka's default: 40,000); clients add their fetch wait and the size of their largest
+    request (`kafka/options.py` `request_timeout_ms`). A broker that keeps a connection open and stops
+    answering on it holds every later request on it until then. Keep it above a JoinGroup's longest wait:
+    the session timeout (10 s) plus the broker's initial rebalance delay (3 s by default)."""
     events_topic: str = "faas.events"
     replies_topic: str = "faas.replies"
     deadletter_topic: str = "faas.deadletter"

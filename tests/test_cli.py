@@ -149,6 +149,23 @@ def test_broker_runs_until_sigterm(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in out and not port_open("127.0.0.1", port)
 
 
+def test_a_sigkilled_owner_takes_its_embedded_broker_with_it(tmp_path: Path) -> None:
+    """1. `faas broker --port P` (the broker runs in a session of its own, as under `faas run`, so a Ctrl-C
+       in a terminal reaches its owner first). 2. The owner alone is SIGKILLed.
+    Result: the port closes within seconds: the broker died with it (a `faas run` node starts its broker
+    the same way), instead of holding the port for the next `faas run` to take over as "the Kafka broker
+    already listening there"."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "framework", "broker", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=20, message="broker port open")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    wait_for(lambda: not port_open("127.0.0.1", port), timeout=10, message="the orphaned broker gone")
+
+
 # ---- in-process ----
 
 

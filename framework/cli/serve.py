@@ -22,7 +22,7 @@ def broker(settings: Settings, port: int | None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    b = EmbeddedBroker(port=settings.embedded_broker_port if port is None else port)
+    b = EmbeddedBroker(port=settings.embedded_broker_port if port is None else port, owned=True)
     try:
         b.start()
     except BrokerError as exc:

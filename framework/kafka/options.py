@@ -41,25 +41,22 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-REQUEST_TIMEOUT_MS = 15_000
-"""Milliseconds a request may go unanswered before the client gives its connection up (aiokafka's default:
-40,000), the base of every long-lived client's timeout (`request_timeout_ms`): producers, readers, the
-group consumers. A broker that keeps a connection open and stops answering on it holds every later request
-on that connection (a fetch, a commit, a rejoin) until then: with the default, a node stayed unready for
-over 40 s after a broker restart, and an event waited 80 s for a fetch and a reply that each waited out
-one timeout (tests/faults/test_stalled_broker.py). The longest wait a broker may take legitimately is a
-JoinGroup's: the rebalance timeout (the group's session timeout, 10 s at most here) plus the broker's
-initial rebalance delay (3 s)."""
 SLOW_LINK_BYTES_PER_S = 4 * 1024 * 1024
 """The slowest link a request's bytes are given time for (32 Mbit/s): aiokafka's timer runs from when a
 request is queued, so a 16 MiB dead-letter copy or code record gets 4 s more than a small request."""
 
 
-def request_timeout_ms(largest_bytes: int = 0, fetch_wait_ms: int = 0) -> int:
-    """The request timeout of a client whose requests or responses may carry `largest_bytes` and whose
-    fetches the broker may hold `fetch_wait_ms` (a fetch must not time out while the broker may still hold
-    it): REQUEST_TIMEOUT_MS, plus the wait, plus the bytes at SLOW_LINK_BYTES_PER_S."""
-    return REQUEST_TIMEOUT_MS + fetch_wait_ms + largest_bytes * 1000 // SLOW_LINK_BYTES_PER_S
+def request_timeout_ms(settings: Settings, largest_bytes: int = 0, fetch_wait_ms: int = 0) -> int:
+    """The request timeout of a long-lived client (producers, readers, the group consumers) whose requests
+    or responses may carry `largest_bytes` and whose fetches the broker may hold `fetch_wait_ms` (a fetch
+    must not time out while the broker may still hold it): FAAS_KAFKA_REQUEST_TIMEOUT_MS (15 s; aiokafka's
+    default is 40 s), plus the wait, plus the bytes at SLOW_LINK_BYTES_PER_S.
+
+    A broker that keeps a connection open and stops answering on it holds every later request on that
+    connection (a fetch, a commit, a rejoin) until the timeout gives it up: with aiokafka's default a node
+    stayed unready for over 40 s after a broker restart, and an event waited 80 s for a fetch and a reply
+    that each waited out one timeout (tests/faults/test_stalled_broker.py)."""
+    return settings.kafka_request_timeout_ms + fetch_wait_ms + largest_bytes * 1000 // SLOW_LINK_BYTES_PER_S
 
 
 def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AIOKafkaConsumer:
@@ -79,7 +76,7 @@ def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AI
     }
     largest = options.get("fetch_max_bytes", options.get("max_partition_fetch_bytes", MIB))
     options.setdefault(
-        "request_timeout_ms", request_timeout_ms(largest, options.get("fetch_max_wait_ms", 500))
+        "request_timeout_ms", request_timeout_ms(settings, largest, options.get("fetch_max_wait_ms", 500))
     )
     return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, **options)
 
@@ -149,7 +146,7 @@ async def start_producer(bootstrap: str, settings: Settings, **extra: Any) -> AI
         **security_options(settings),
         **extra,
     }
-    opts.setdefault("request_timeout_ms", request_timeout_ms(opts["max_request_size"]))
+    opts.setdefault("request_timeout_ms", request_timeout_ms(settings, opts["max_request_size"]))
     if settings.kafka_idempotence != "off":
         producer = AIOKafkaProducer(enable_idempotence=True, **opts)
         sender_log = logging.getLogger("aiokafka.producer.sender")

@@ -156,10 +156,16 @@ class Outgoing:
 
 
 def select(records: Collection[Record], selection: Selection, now: float, report: Report) -> list[Candidate]:
-    """The events to replay, in (partition, offset) order of their newest copy."""
+    """The events to replay, in (partition, offset) order of their newest copy.
+
+    An event is judged by its newest copy: a replayed event that failed again, in another function, is
+    that function's failure now (`--function` of the first one does not send it again), and `--since`
+    asks when it last failed. Older copies of a selected event count as superseded; every copy of an
+    event whose newest copy is not selected counts as not selected."""
     newest: dict[EventKey, tuple[Record, DeadLetter]] = {}
     counts: dict[EventKey, int] = {}
     first: dict[EventKey, int] = {}
+    copies: Counter[EventKey] = Counter()
     for record in records:
         letter = classify(record.value, list(record.headers or ()))
         event = letter.event
@@ -168,18 +174,26 @@ def select(records: Collection[Record], selection: Selection, now: float, report
             continue
         counts[event] = max(counts.get(event, 0), letter.replayed)
         first[event] = min(first.get(event, record.timestamp), record.timestamp)
-        if not selection.wants(letter, record.timestamp, now):
-            report.skipped["not selected"] += 1
-            continue
+        copies[event] += 1
         held = newest.get(event)
-        if held is not None:
-            report.skipped["superseded"] += 1
-            # Within a partition a later offset is newer (whatever the writers' clocks said); across
-            # partitions (copies of an event without a key) only the timestamps can tell.
-            if held[0].partition != record.partition and held[0].timestamp > record.timestamp:
-                continue
+        # Within a partition a later offset is newer (whatever the writers' clocks said); across
+        # partitions (copies of an event without a key) only the timestamps can tell.
+        if (
+            held is not None
+            and held[0].partition != record.partition
+            and held[0].timestamp > record.timestamp
+        ):
+            continue
         newest[event] = (record, letter)
-    chosen = sorted(newest.items(), key=lambda er: (er[1][0].partition, er[1][0].offset))
+    chosen: list[tuple[EventKey, tuple[Record, DeadLetter]]] = []
+    for event, (record, letter) in newest.items():
+        if selection.wants(letter, record.timestamp, now):
+            chosen.append((event, (record, letter)))
+            if copies[event] > 1:
+                report.skipped["superseded"] += copies[event] - 1
+        else:
+            report.skipped["not selected"] += copies[event]
+    chosen.sort(key=lambda er: (er[1][0].partition, er[1][0].offset))
     report.replayed = [event[1] for event, _ in chosen]
     report.missing = sorted(selection.ids - {event[1] for event in counts})
     for _, (_, letter) in chosen:

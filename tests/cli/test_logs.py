@@ -192,10 +192,12 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     """1. Put on the topic a record of an invocation that started 2 hours ago but reached Kafka just now (a
     node sends what it buffered while the broker was away), and three values that are not records (one is
     JSON with a lone surrogate escape).
-    2. `faas logs --since 1h`, `--since 3h`, `--invocation OLD_ID` (no --since), `--invocation NOSUCH`.
-    Result: 1h leaves the old record out (its `started_at` decides, not when it reached Kafka; the
-    embedded broker's offsets_for_times answers 0 anyway), 3h and --invocation show it; the bad values are
-    skipped, counted on stderr, exit 0; an id with no record is said so on stderr, exit 0."""
+    2. `faas logs --since 1h`, with no `--since`, `--since 3h`, `--invocation OLD_ID` (no --since),
+       `--invocation NOSUCH`.
+    Result: 1h and the default window (an hour) leave the old record out (its `started_at` decides, not
+    when it reached Kafka; the embedded broker's offsets_for_times answers 0 anyway), 3h and --invocation
+    show it; the bad values are skipped, counted on stderr, exit 0; an id with no record is said so on
+    stderr, exit 0."""
     old_id = new_id()
     old = {
         "invocation_id": old_id,
@@ -227,6 +229,8 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     fresh = invoke(cluster.nodes[1], ECHO, "fresh").json()["invocation_id"]
     recent = cluster.json_until("--since", "1h", want={fresh})
     assert old_id not in {x["invocation_id"] for x in recent}
+    default = cluster.json_until(want={fresh})  # no --since: the last hour (DESIGN.md section 13)
+    assert old_id not in {x["invocation_id"] for x in default}
     cluster.json_until("--since", "3h", want={old_id, fresh})
     r = cluster.logs("--invocation", old_id, "--json")
     assert r.returncode == 0 and [json.loads(x)["invocation_id"] for x in r.stdout.splitlines()] == [old_id]

@@ -15,6 +15,9 @@ from tests.support import Node, ce_headers, consume, new_id, produce
 
 pytestmark = pytest.mark.faults
 
+TIMEOUT = 6_000
+"""FAAS_KAFKA_REQUEST_TIMEOUT_MS of the node: shorter than the default, so the test takes 20 s, not 40."""
+
 
 def reply_within(node: Node, bootstrap: str, eid: str, timeout: float) -> float:
     """Produce one `fault.tick` event `eid`; seconds until its reply is on the replies topic."""
@@ -32,8 +35,8 @@ def test_connections_that_stop_answering_are_given_up(project: Path, nodes: Call
        the node's fetch, commit, heartbeat and reply connections. New connections pass.
     3. An event is produced on a new connection.
     Result: the node answers it once its clients give the silent connections up: within the consumer's and
-    the reply producer's request timeouts (`options.request_timeout_ms`, 15 s and 19 s) and a margin, not
-    aiokafka's 40 s default twice over; the node never exits."""
+    the reply producer's request timeouts (`options.request_timeout_ms`, here 6.5 s and 10 s) and a margin,
+    not aiokafka's 40 s default twice over; the node never exits."""
     proxy = StallingProxy(upstream=0)
     broker = AdvertisedBroker(advertised_port=proxy.port)
     proxy.upstream = broker.port
@@ -41,10 +44,11 @@ def test_connections_that_stop_answering_are_given_up(project: Path, nodes: Call
     try:
         with proxy.running():
             bootstrap = f"127.0.0.1:{proxy.port}"
-            node = nodes(project, bootstrap).wait_ready()
+            node = nodes(project, bootstrap, env={"FAAS_KAFKA_REQUEST_TIMEOUT_MS": str(TIMEOUT)}).wait_ready()
             reply_within(node, bootstrap, new_id(), 30)
             assert proxy.stall() >= 3, "the node holds its connections through the proxy"
-            bound = 2 * request_timeout_ms(max_request_size(Settings())) / 1000 + 15
+            settings = Settings(kafka_request_timeout_ms=TIMEOUT)
+            bound = 2 * request_timeout_ms(settings, max_request_size(settings)) / 1000 + 15
             took = reply_within(node, bootstrap, new_id(), bound)
             print(f"answered {took:.1f} s after the stall")
             assert node.proc.poll() is None

@@ -451,6 +451,29 @@ def test_the_newest_copy_is_the_latest_stamped_whatever_its_partition() -> None:
     assert [c.record.value for c in chosen] == [b'{"n": "later"}']
 
 
+def test_an_event_is_selected_by_its_newest_copy() -> None:
+    """1. Event e failed in f1 (copy at offset 0), was replayed and failed in f2 (offset 1, faas_replayed 1);
+    event g failed in f1 once. 2. Select `--function f1`, then `--function f2`.
+    Result: 1 only g: e's newest copy is f2's failure, so both its copies count as not selected; 2 e, from its
+    newest copy, its older copy superseded, and g not selected."""
+    from aiokafka import ConsumerRecord
+
+    def copy(offset: int, letter: Letter) -> Any:
+        key, value, headers, _ = letter
+        return ConsumerRecord("dead", 0, offset, 1_000 + offset, 0, key, value, None, 0, 0, headers)
+
+    records = [copy(0, failed("e", function="f1")), copy(1, failed("e", function="f2", replayed=1))]
+    records.append(copy(2, failed("g", function="f1")))
+    report = replay_module.Report()
+    chosen = replay_module.select(records, replay_module.Selection(function="f1"), 0, report)
+    assert [c.event[1] for c in chosen] == ["g"]
+    assert report.skipped == {"not selected": 2}
+    report = replay_module.Report()
+    chosen = replay_module.select(records, replay_module.Selection(function="f2"), 0, report)
+    assert [(c.event[1], c.record.offset, c.replayed) for c in chosen] == [("e", 1, 1)]
+    assert report.skipped == {"superseded": 1, "not selected": 1}
+
+
 def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics) -> None:
     """1. The events topic holds a replayed copy of a stamped 10 hours ago (faas_replayed 7) and one of a
        stamped now (faas_replayed 2); the dead-letter topic a failed copy of a stamped 1 hour ago.

@@ -243,7 +243,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             bootstrap_servers=self.bootstrap,
             group_id=s.kafka_group_id,
             max_partition_fetch_bytes=fetch_bytes,
-            request_timeout_ms=request_timeout_ms(fetch_bytes, s.kafka_fetch_wait_ms),
+            request_timeout_ms=request_timeout_ms(s, fetch_bytes, s.kafka_fetch_wait_ms),
             **{**CONSUMER_OPTIONS, "fetch_max_wait_ms": s.kafka_fetch_wait_ms},
             **self.options,
         )

@@ -144,7 +144,7 @@ class KafkaElection:
                     auto_offset_reset="latest",
                     session_timeout_ms=SESSION_TIMEOUT_MS,
                     heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-                    request_timeout_ms=request_timeout_ms(fetch_wait_ms=FETCH_WAIT_MS),
+                    request_timeout_ms=request_timeout_ms(self.settings, fetch_wait_ms=FETCH_WAIT_MS),
                     fetch_max_wait_ms=FETCH_WAIT_MS,
                     **security_options(self.settings),
                 )

@@ -241,6 +241,47 @@ def test_list_degrades_to_dashes_without_records_and_computes_stats_from_them(
     rec.assert_clean()
 
 
+SCHEDULED = """
+functions:
+  - name: ticker
+    uuid: eeeeeeee-5555-4000-8000-000000000001
+    handler: functions.tick:ok
+    state: productive
+    schedules: [{cron: "* * * * * */2"}]
+  - name: faller
+    uuid: eeeeeeee-5555-4000-8000-000000000002
+    handler: functions.tick:fail
+    state: productive
+    schedules: [{cron: "* * * * * */2"}]
+"""
+TICKS = {
+    "tick": "async def ok(payload, ctx):\n    return 1\n\nasync def fail(payload, ctx):\n    raise KeyError\n"
+}
+
+
+def test_list_shows_schedules_with_next_and_last_run(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node serves ticker and faller, each on a schedule every 2 s; faller raises. 2. Open /ui.
+    Result: each row's Schedules cell names its cron and the next fire time `GET /functions` gives (in
+    UTC), and, without a reload, its last run: ticker `ok`, faller `failed (FunctionError)`, each with its
+    time."""
+    root = write_project(tmp_path, SCHEDULED, TICKS)
+    n = nodes(root, None, kafka=False).wait_ready()
+    rec = ui(n)
+    page = rec.open(rec.page())
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    for name, last in (("ticker", "ok"), ("faller", r"failed \(FunctionError\)")):
+        cell = row_of(page, name).locator("td[data-label=Schedules]")
+        expect(cell).to_contain_text(re.compile(rf"^\* \* \* \* \* \*/2 next {stamp}"))
+        expect(cell).to_contain_text(re.compile(rf"last: {last} at {stamp}$"))
+    listed = {f["name"]: f for f in httpx.get(f"{n.url}/functions", timeout=30).json()["functions"]}
+    shown = row_of(page, "ticker").locator("td[data-label=Schedules]").inner_text()
+    next_fire = listed["ticker"]["schedules"][0]["next_fire"]
+    assert next_fire[:10] in shown, (next_fire, shown)
+    rec.assert_clean()
+
+
 # ---- a function's page ----
 
 
