@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     new one (aiokafka's default: 40,000); clients add their fetch wait and the size of their largest
     request (`kafka/options.py` `request_timeout_ms`). A broker that keeps a connection open and stops
     answering on it holds every later request on it until then. Keep it above a JoinGroup's longest wait:
-    the session timeout (10 s) plus the broker's initial rebalance delay (3 s by default)."""
+    the session timeout (10 s) plus the broker's initial rebalance delay (3 s by default); lower values are
+    for a group of one node (tests), where the join waits only for that delay."""
     events_topic: str = "faas.events"
     replies_topic: str = "faas.replies"
     deadletter_topic: str = "faas.deadletter"

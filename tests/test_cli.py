@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psutil
 import pytest
 from click.testing import CliRunner, Result
 
@@ -158,12 +160,19 @@ def test_a_sigkilled_owner_takes_its_embedded_broker_with_it(tmp_path: Path) -> 
     port = free_port()
     cmd = [sys.executable, "-m", "framework", "broker", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    brokers: list[psutil.Process] = []
     try:
         wait_for(lambda: port_open("127.0.0.1", port), timeout=20, message="broker port open")
-    finally:
+        brokers = psutil.Process(proc.pid).children()
+        assert brokers, "faas broker started no process"
         proc.kill()
         proc.wait(10)
-    wait_for(lambda: not port_open("127.0.0.1", port), timeout=10, message="the orphaned broker gone")
+        wait_for(lambda: not port_open("127.0.0.1", port), timeout=10, message="the orphaned broker gone")
+    finally:
+        proc.kill()
+        for child in brokers:  # a broker that outlived its owner must not hold the port for later tests
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 # ---- in-process ----

@@ -96,10 +96,14 @@ PR_SET_PDEATHSIG = 1
 def _dies_with(parent: int) -> Callable[[], None]:
     """A `preexec_fn`: the child is SIGKILLed when `parent`'s starting thread ends, and exits at once if
     `parent` is already gone (it died between the fork and the prctl). SIGKILL: a memory-only broker has
-    nothing to save, and nobody is left to escalate a SIGTERM it ignored."""
+    nothing to save, and nobody is left to escalate a SIGTERM it ignored. `prctl` is looked up here, in the
+    parent: the child, forked from a process with threads, only calls it."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
 
     def arm() -> None:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)
 

@@ -2,15 +2,18 @@
 
 The dead-letter topic is read from its start until nothing more comes, with no consumer group (nothing
 is committed, so a replay can be repeated and never disturbs another reader). Each record is classified
-(`deadletter.classify`); failed-event copies that match the selection are produced to the events topic
-again with their original key, value and headers (`faas_*` removed, `faas_replayed: n` added; a header
-whose value is null stays null), in their dead-letter order per partition (so per key). Choices:
+(`deadletter.classify`); the failed events whose newest copy matches the selection are produced to the
+events topic again with their original key, value and headers (`faas_*` removed, `faas_replayed: n`
+added; a header whose value is null stays null), in their dead-letter order per partition (so per key).
+Choices:
 
 - An event is its (`ce_source`, `ce_id`): two events of different sources with one id are two events
   (CloudEvents makes an id unique within its source only). One dead-lettered more than once (it failed,
   was replayed and failed again) is replayed once, from its newest copy (the later offset in a partition;
-  by timestamp across partitions, where copies of an event without a key may sit); the older copies count
-  as `superseded`.
+  by timestamp across partitions, where copies of an event without a key may sit, so the choice does not
+  depend on the order partitions are read in); the older copies count as `superseded`. The selection
+  judges an event by that copy: `--function f` replays the events f was the last to fail, `--since` those
+  that failed last within it.
 - `faas_replayed` counts every replay, the successful ones too (a replay that succeeded leaves no
   dead-letter copy behind). The replayed copies themselves are the record of it: each is on the events
   topic with the event's id and its `faas_replayed`. So before producing, the events topic is read too,
@@ -25,7 +28,7 @@ whose value is null stays null), in their dead-letter order per partition (so pe
   embedded broker, whose time lookups answer offset 0), which takes timestamps to grow with offsets: up to
   clock differences between producers, which CLOCK_SKEW covers. Reads go on until fetches come back empty
   (`topic_read`: the end offsets are a floor only).
-- `since` is checked against each dead-letter record's own timestamp, for the same reason (Tansu), and
+- `since` is checked against the newest copy's own record timestamp, for the same reason (Tansu), and
   reading the dead-letter topic from the start costs only time.
 - Skipped records are counted by reason: `bad_event`, `foreign`, `not selected`, `superseded`.
 """
@@ -162,7 +165,8 @@ def select(records: Collection[Record], selection: Selection, now: float, report
     that function's failure now (`--function` of the first one does not send it again), and `--since`
     asks when it last failed. Older copies of a selected event count as superseded; every copy of an
     event whose newest copy is not selected counts as not selected."""
-    newest: dict[EventKey, tuple[Record, DeadLetter]] = {}
+    in_partition: dict[tuple[EventKey, int], tuple[Record, DeadLetter]] = {}
+    """The newest copy of each event in each partition: the later offset (whatever the writers' clocks)."""
     counts: dict[EventKey, int] = {}
     first: dict[EventKey, int] = {}
     copies: Counter[EventKey] = Counter()
@@ -175,16 +179,16 @@ def select(records: Collection[Record], selection: Selection, now: float, report
         counts[event] = max(counts.get(event, 0), letter.replayed)
         first[event] = min(first.get(event, record.timestamp), record.timestamp)
         copies[event] += 1
+        held = in_partition.get((event, record.partition))
+        if held is None or held[0].offset < record.offset:
+            in_partition[event, record.partition] = (record, letter)
+    # Across partitions (copies of an event without a key) only the timestamps can tell; the partition
+    # breaks a tie, so the choice never depends on the order the partitions were read in.
+    newest: dict[EventKey, tuple[Record, DeadLetter]] = {}
+    for (event, _), (record, letter) in in_partition.items():
         held = newest.get(event)
-        # Within a partition a later offset is newer (whatever the writers' clocks said); across
-        # partitions (copies of an event without a key) only the timestamps can tell.
-        if (
-            held is not None
-            and held[0].partition != record.partition
-            and held[0].timestamp > record.timestamp
-        ):
-            continue
-        newest[event] = (record, letter)
+        if held is None or (held[0].timestamp, held[0].partition) < (record.timestamp, record.partition):
+            newest[event] = (record, letter)
     chosen: list[tuple[EventKey, tuple[Record, DeadLetter]]] = []
     for event, (record, letter) in newest.items():
         if selection.wants(letter, record.timestamp, now):

@@ -8,6 +8,7 @@ replay produced can be read back exactly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -472,6 +473,25 @@ def test_an_event_is_selected_by_its_newest_copy() -> None:
     chosen = replay_module.select(records, replay_module.Selection(function="f2"), 0, report)
     assert [(c.event[1], c.record.offset, c.replayed) for c in chosen] == [("e", 1, 1)]
     assert report.skipped == {"superseded": 1, "not selected": 1}
+
+
+def test_the_newest_copy_does_not_depend_on_the_order_partitions_are_read_in() -> None:
+    """Copies of one keyless event: on partition 0 at offsets 1 (stamped 250, failed in f1) and 2 (stamped
+    150 by a slow clock, f1); on partition 1 (stamped 200, failed in g). Read in every order, select
+    `--function g`. Result: always the copy of partition 1 (partition 0's newest is offset 2, stamped 150),
+    the two others superseded."""
+    from aiokafka import ConsumerRecord
+
+    def copy(partition: int, offset: int, timestamp: int, function: str) -> Any:
+        _, value, headers, _ = failed("e", function=function)
+        return ConsumerRecord("dead", partition, offset, timestamp, 0, None, value, None, 0, 0, headers)
+
+    records = [copy(0, 1, 250, "f1"), copy(1, 0, 200, "g"), copy(0, 2, 150, "f1")]
+    for order in itertools.permutations(records):
+        report = replay_module.Report()
+        chosen = replay_module.select(list(order), replay_module.Selection(function="g"), 0, report)
+        assert [(c.record.partition, c.record.offset) for c in chosen] == [(1, 0)], order
+        assert report.skipped == {"superseded": 2}, order
 
 
 def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics) -> None:
