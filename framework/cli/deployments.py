@@ -425,10 +425,13 @@ class LiveFacts:
 
     newest: int
     """The newest revision's number (an undeploy's too)."""
-    live: bool
-    """Whether the newest revision is a deploy: the function is served (`productive`), else `undeployed`."""
     status: dict[str, Any]
     """`revision`, `modified` and `deployed_at` as `GET /functions` gives them (`live_status`)."""
+
+    @property
+    def live(self) -> bool:
+        """Whether the newest revision is a deploy (it has a live revision): served, else `undeployed`."""
+        return self.status["revision"] is not None
 
     @property
     def state(self) -> str:
@@ -461,5 +464,5 @@ def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
         rev = newest.get(spec.uuid)
         if rev is not None:
             status = live_status(found.get(spec.uuid), rev)
-            facts[spec.uuid] = LiveFacts(rev.revision, rev.action == "deploy", status)
+            facts[spec.uuid] = LiveFacts(rev.revision, status)
     return facts

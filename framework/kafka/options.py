@@ -41,6 +41,8 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+AIOKAFKA_FETCH_WAIT_MS = 500
+"""aiokafka's default `fetch_max_wait_ms`: named because a consumer's request timeout must outlast it."""
 SLOW_LINK_BYTES_PER_S = 4 * 1024 * 1024
 """The slowest link a request's bytes are given time for (32 Mbit/s): aiokafka's timer runs from when a
 request is queued, so a 16 MiB dead-letter copy or code record gets 4 s more than a small request."""
@@ -76,7 +78,8 @@ def reader(bootstrap: str, settings: Settings, *topics: str, **extra: Any) -> AI
     }
     largest = options.get("fetch_max_bytes", options.get("max_partition_fetch_bytes", MIB))
     options.setdefault(
-        "request_timeout_ms", request_timeout_ms(settings, largest, options.get("fetch_max_wait_ms", 500))
+        "request_timeout_ms",
+        request_timeout_ms(settings, largest, options.get("fetch_max_wait_ms", AIOKAFKA_FETCH_WAIT_MS)),
     )
     return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, **options)
 

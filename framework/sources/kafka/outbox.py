@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("faas.kafka")
 
 
+def _encoded(reply: EventReply, correlation_id: str | None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A reply's value and headers: its JSON, in the trace it answers (`ce_traceparent`, `ce_tracestate`)."""
+    return reply.to_json(), cloudevents.reply_headers(correlation_id, reply.traceparent, reply.tracestate)
+
+
 class ReplyOutbox:
     """Sends the replies and dead-letter copies of one Kafka source through its `ReplyProducer`."""
 
@@ -68,10 +73,7 @@ class ReplyOutbox:
     ) -> None:
         """Hand `reply` to the producer; `part.done(record.offset)` once the broker acknowledged it."""
         topic = event.replyto or self.settings.replies_topic
-        value, headers = (
-            reply.to_json(),
-            cloudevents.reply_headers(event.id, reply.traceparent, reply.tracestate),
-        )
+        value, headers = _encoded(reply, event.id)
         gone = None if event.replyto is None else self._missing_topic
         acked = await self.sender.submit(topic, value, record.key, headers, permanent_if=gone)
         self.unacked += 1
@@ -147,10 +149,7 @@ class ReplyOutbox:
         """Send `reply` and wait for its acknowledgement. With the event's `record`, a reply the default
         topic refuses for good fails the event (`_refused`); without it, it is dropped with an error."""
         topic = replyto or self.settings.replies_topic
-        value, headers = (
-            reply.to_json(),
-            cloudevents.reply_headers(event_id, reply.traceparent, reply.tracestate),
-        )
+        value, headers = _encoded(reply, event_id)
         # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
         # answers: that is permanent. While the broker is away, everything is retried.
         gone = None if replyto is None else self._missing_topic

@@ -27,7 +27,12 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from framework.kafka.options import ensure_topics, request_timeout_ms, security_options
+from framework.kafka.options import (
+    AIOKAFKA_FETCH_WAIT_MS,
+    ensure_topics,
+    request_timeout_ms,
+    security_options,
+)
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import TOPIC_CONFIGS
 from framework.tasks import cancel_and_wait, within
@@ -38,9 +43,6 @@ SESSION_TIMEOUT_MS = 6_000
 """How long the broker waits for a silent member before taking its partitions (takeover after SIGKILL)."""
 HEARTBEAT_INTERVAL_MS = 1_500
 """Heartbeats per session: a quarter of the session timeout, so one lost heartbeat costs nothing."""
-FETCH_WAIT_MS = 500
-"""Milliseconds the broker may hold the leader's (empty) fetches: aiokafka's default, named because the
-consumer's request timeout must outlast it."""
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 """Backoff between attempts to reach the broker (the last value repeats)."""
 HOLD_SECONDS = SESSION_TIMEOUT_MS / 1000
@@ -144,8 +146,9 @@ class KafkaElection:
                     auto_offset_reset="latest",
                     session_timeout_ms=SESSION_TIMEOUT_MS,
                     heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-                    request_timeout_ms=request_timeout_ms(self.settings, fetch_wait_ms=FETCH_WAIT_MS),
-                    fetch_max_wait_ms=FETCH_WAIT_MS,
+                    request_timeout_ms=request_timeout_ms(
+                        self.settings, fetch_wait_ms=AIOKAFKA_FETCH_WAIT_MS
+                    ),
                     **security_options(self.settings),
                 )
                 consumer.subscribe([self.topic], listener=_Listener(self))
