@@ -16,6 +16,10 @@ class FaasError(Exception):
     status: ClassVar[int] = 500
     attempts: int = 1
     """Attempts made when this error ended an invocation's retries (DESIGN.md section 15)."""
+    cold_start: bool = False
+    """Whether the invocation this error ended started its instance (its span's `faas.coldstart`)."""
+    instance_id: str | None = None
+    """The instance that held the invocation when it ended with this error; None: it reached none."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -158,7 +158,7 @@ class Invoker:
             tracestate=span.tracestate,
         )
         token = tracing.current.set(span)
-        outcome = "ok"
+        failure: BaseException | None = None
         result: InvokeResult | None = None
         try:
             if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
@@ -169,12 +169,12 @@ class Invoker:
                 result = await self._attempt(spec, inv)
             return result
         except BaseException as exc:
-            outcome = outcome_of(exc)
+            failure = exc
             raise
         finally:
             tracing.current.reset(token)
             if self.exporter is not None:
-                self._export(spec, inv, span, outcome, result)
+                self._export(spec, inv, span, failure, result)
 
     def _served(self, uuid: str) -> FunctionSpec | None:
         """The function's productive revision now (the registry is replaced at each deploy)."""
@@ -201,19 +201,28 @@ class Invoker:
             self._observe(spec.name, inv.trigger, outcome, time.perf_counter() - started)
 
     def _export(
-        self, spec: FunctionSpec, inv: Invocation, span: tracing.Span, outcome: str, res: InvokeResult | None
+        self,
+        spec: FunctionSpec,
+        inv: Invocation,
+        span: tracing.Span,
+        failure: BaseException | None,
+        res: InvokeResult | None,
     ) -> None:
-        """The `invoke <function>` span, with the OpenTelemetry FaaS attributes (section 11)."""
+        """The `invoke <function>` span, with the OpenTelemetry FaaS attributes (section 11). A failed
+        invocation reports where it ran as a successful one does (`FaasError.cold_start`, `instance_id`)."""
         assert self.exporter is not None
+        cold, instance = (res.cold_start, res.instance_id) if res is not None else (False, None)
+        if isinstance(failure, FaasError):
+            cold, instance = failure.cold_start, failure.instance_id
         attributes: dict[str, str | bool | int | float] = {
             "faas.name": spec.name,
             "faas.id": spec.uuid,
             "faas.trigger": _OTEL_TRIGGER.get(inv.trigger, "other"),
             "faas.invocation_id": inv.invocation_id if res is None else res.invocation_id,
-            "faas.coldstart": bool(res is not None and res.cold_start),
+            "faas.coldstart": cold,
         }
-        if res is not None:
-            attributes["faas.instance"] = res.instance_id
+        if instance is not None:
+            attributes["faas.instance"] = instance
         if inv.identity is not None:
             attributes["cloudevents.event_id"] = inv.identity.event_id or ""
             attributes["cloudevents.event_type"] = inv.event or ""
@@ -221,7 +230,7 @@ class Invoker:
                 attributes["cloudevents.event_source"] = inv.identity.source
             if inv.identity.subject is not None:
                 attributes["cloudevents.event_subject"] = inv.identity.subject
-        error = None if outcome == "ok" else outcome
+        error = None if failure is None else outcome_of(failure)
         self.exporter.end(f"invoke {spec.name}", span, "internal", attributes, error)
 
     async def direct(

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     kafka_idempotence: Literal["auto", "on", "off"] = "auto"
     """`auto`: idempotent producer with acks=all on Apache Kafka, off on the embedded broker (no support)."""
 
+    @field_validator("manifest", mode="before")
+    @classmethod
+    def _manifest(cls, value: object) -> object:
+        if isinstance(value, str | Path) and str(value).strip() in ("", "."):  # Path("") is the folder "."
+            raise ValueError("an empty path: name the manifest file (default functions.yaml)")
+        return value
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap(cls, value: str) -> str:

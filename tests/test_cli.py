@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -303,6 +304,13 @@ def test_invoke_url_against_a_real_node(project: Path, nodes: Callable[..., Node
     assert r.returncode == 1 and "Unauthorized" in r.stderr, r.stderr
     r = run_cli(project, "invoke", "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02", "--url", n.url, env=keys)
     assert r.returncode == 1 and "NotFound" in r.stderr, r.stderr
+    # By name from a folder with no manifest: the node names what it serves.
+    elsewhere = project.parent / "no-project"
+    elsewhere.mkdir(exist_ok=True)
+    r = run_cli(elsewhere, "invoke", "alpha", "--url", n.url, "--data", "[3]", env=keys)
+    assert r.returncode == 0 and r.stdout == "[3]\n", r.stderr
+    r = run_cli(elsewhere, "invoke", "beta", "--url", n.url, env=keys)
+    assert r.returncode == 1 and r.stderr == f"no productive function named 'beta' on {n.url}\n", r.stderr
 
 
 def test_emit_against_a_real_node(project: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]) -> None:
@@ -341,11 +349,22 @@ def test_emit_against_a_real_node(project: Path, broker: EmbeddedBroker, nodes: 
 class _Handler(BaseHTTPRequestHandler):
     seen: list[tuple[str, str | None, bytes]] = []
 
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization"), b""))
+        listing = {"functions": [{"name": "alpha", "uuid": ALPHA.upper(), "state": "productive"}]}
+        data = json.dumps(listing).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.seen.append((self.path, self.headers.get("Authorization"), body))
         status, reply = (
-            (200, {"result": {"ok": 1}}) if "0b6f" in self.path else (404, {"error": {"type": "NotFound"}})
+            (200, {"result": {"ok": 1}})
+            if "0b6f" in self.path.lower()
+            else (404, {"error": {"type": "NotFound"}})
         )
         data = json.dumps(reply).encode()
         self.send_response(status)
@@ -366,8 +385,8 @@ def http_node() -> Iterator[str]:
 
 def test_invoke_over_http(project: Path, http_node: str) -> None:
     """1. `faas invoke alpha --url URL` with FAAS_API_KEYS set. 2. The same for beta's uuid (answers 404).
-    Result: the name resolves to alpha's uuid, the first key is the bearer, the result is printed;
-    the 404 body goes to stderr with exit 1.
+    Result: the node's `GET /functions` resolves the name to alpha's uuid (in the node's spelling), the
+    first key is the bearer of both calls, the result is printed; the 404 body goes to stderr with exit 1.
     """
     env = {"FAAS_MANIFEST": str(project / "functions.yaml"), "FAAS_API_KEYS": "k1,k2"}
     r = CliRunner().invoke(main, ["invoke", "alpha", "--url", http_node, "--data", "[1]"], env=env)
@@ -377,7 +396,8 @@ def test_invoke_over_http(project: Path, http_node: str) -> None:
     )
     assert r.exit_code == 1 and "NotFound" in r.output
     assert _Handler.seen == [
-        (f"/functions/{ALPHA}/invoke", "Bearer k1", b"[1]"),
+        ("/functions", "Bearer k1", b""),
+        (f"/functions/{ALPHA.upper()}/invoke", "Bearer k1", b"[1]"),
         ("/functions/1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02/invoke", "Bearer k1", b"null"),
     ]
 
@@ -395,7 +415,10 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any, fl
             self, type_: str, payload: Any, timeout: float, key: bytes | None = None, id: str | None = None
         ) -> dict[str, Any]:
             calls.append((self.bootstrap, type_, payload, timeout))
-            if type_ == "silent":
+            if type_ == "silent":  # no reply: the client's limit runs out
+                await asyncio.sleep(timeout)
+                raise TimeoutError
+            if type_ == "cut":  # a TimeoutError before the limit (a Ctrl-C while the client starts)
                 raise TimeoutError
             return {"id": "e1", "event": type_, "ok": type_ != "bad", "results": [], "error": None}
 
@@ -417,12 +440,15 @@ def test_emit_prints_the_reply(
     assert r.exit_code == 0 and json.loads(r.output)["ok"] is True, r.output
     r = CliRunner().invoke(main, ["emit", "bad"], env={"FAAS_KAFKA_BOOTSTRAP_SERVERS": "k:1"})
     assert r.exit_code == 1 and json.loads(r.output)["ok"] is False
-    r = CliRunner().invoke(main, ["emit", "silent", "--bootstrap", "b:2"])
-    assert r.exit_code == 1 and "no reply" in r.output
+    r = CliRunner().invoke(main, ["emit", "silent", "--bootstrap", "b:2", "--timeout", "0.2"])
+    assert r.exit_code == 1 and "no reply to the 'silent' event within 0.2 s" in r.output, r.output
+    r = CliRunner().invoke(main, ["emit", "cut", "--bootstrap", "b:2"])
+    assert r.exit_code == 1 and "gave up on the 'cut' event after 0.0 s" in r.output, r.output
     assert fake_client == [
         (broker.bootstrap, "ping", {"x": 1}, 3.0),
         ("k:1", "bad", None, 30.0),
-        ("b:2", "silent", None, 30.0),
+        ("b:2", "silent", None, 0.2),
+        ("b:2", "cut", None, 30.0),
     ]
 
 

@@ -26,6 +26,7 @@ from tests.support import Node, ce_headers, consume, new_id, produce, run_cli, w
 READER = "5ec5ec00-0000-4000-8000-000000000011"
 LEAK = "5ec5ec00-0000-4000-8000-000000000012"
 HOG = "5ec5ec00-0000-4000-8000-000000000013"
+PEEK = "5ec5ec00-0000-4000-8000-000000000015"
 
 MODULES = {
     "sec": """
@@ -45,6 +46,22 @@ async def leak(payload, ctx):
     print("print line", value)
     os.write(2, f"raw line {value}\\n".encode())
     raise RuntimeError(f"could not use {value}")
+
+async def peek(payload, ctx):
+    # What a function that lists no secret finds when it opens the secrets folder itself.
+    folder = payload["folder"]
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        names = [f"errno {e.errno}"]
+    read = {}
+    for name in ("api_token", "someone_elses"):
+        try:
+            with open(os.path.join(folder, name)) as f:
+                read[name] = f.read()
+        except OSError as e:
+            read[name] = f"errno {e.errno}"
+    return {"names": names, "read": read, "cwd_files": sorted(os.listdir("."))}
 
 async def hog(payload, ctx):
     payload = payload or {}
@@ -70,6 +87,10 @@ functions:
     state: productive
     events: [secret.leak]
     secrets: [api_token]
+  - name: peek
+    uuid: {PEEK}
+    handler: functions.sec:peek
+    state: productive
   - name: hog
     uuid: {HOG}
     handler: functions.sec:hog
@@ -132,6 +153,45 @@ def test_the_value_reaches_the_handler_and_nothing_else(tmp_path: Path, nodes: S
         assert value not in body, path
     assert n.stop() == 0
     assert value not in n.log.read_text()
+
+
+def test_a_function_cannot_open_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
+    """1. A node serves `reader` (lists api_token) and `peek` (lists none) from a secrets folder outside the
+       project holding api_token and someone_elses.
+    2. `peek` lists the folder and opens both files by their paths; `reader` reads its own secret.
+    Result: `peek` finds the folder empty and neither file there (every instance sees an empty read-only
+    folder in its place); `reader` still gets its value (from the node); the node still reads the folder (a
+    rotated value is served), and the files are untouched; nothing was logged about it."""
+    root, folder, value = project(tmp_path)
+    (folder / "someone_elses").write_text("other-value\n")
+    n = start(nodes, root, folder)
+    r = invoke(n, PEEK, {"folder": str(folder)})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert res["names"] == [] and res["read"] == {"api_token": "errno 2", "someone_elses": "errno 2"}, res
+    assert "functions.yaml" in res["cwd_files"], "the project folder stays the instances' own"
+    assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
+    rotated = f"tok-{uuid.uuid4().hex}"
+    (folder / "api_token").write_text(rotated + "\n")
+    wait_for(lambda: invoke(n, READER).json()["result"]["sha256"] == sha(rotated), 10, message="rotation")
+    assert sorted(p.name for p in folder.iterdir()) == ["api_token", "someone_elses"]
+    assert "can read the secrets folder" not in n.log.read_text()
+
+
+def test_a_secrets_folder_holding_the_code_stays_visible_and_says_so(tmp_path: Path, nodes: Start) -> None:
+    """1. A node whose FAAS_CACHE_DIR (the revisions' code) is inside its FAAS_SECRETS_DIR: hiding the
+       secrets folder would hide the code.
+    2. Invoke `peek` on that folder, and `reader`.
+    Result: both serve (nothing hidden), `peek` reads the file, and the node logs once that instances can
+    read the secrets folder, and why."""
+    root, folder, value = project(tmp_path)
+    n = start(nodes, root, folder, FAAS_CACHE_DIR=str(folder / "code-cache"))
+    r = invoke(n, PEEK, {"folder": str(folder)})
+    assert r.status_code == 200 and r.json()["result"]["read"]["api_token"] == value + "\n", r.text
+    assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
+    wait_for(lambda: "can read the secrets folder" in n.log.read_text(), 10, message="the warning")
+    lines = [line for line in n.log.read_text().splitlines() if "can read the secrets folder" in line]
+    assert len(lines) == 1 and "which instances need" in lines[0], lines
 
 
 ENVIRON = "5ec5ec00-0000-4000-8000-000000000014"

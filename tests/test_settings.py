@@ -74,6 +74,35 @@ def test_cli_manifest_option_overrides_the_environment(
     assert r.exit_code == 1 and "missing.yaml:1:1: cannot read the manifest" in r.output
 
 
+def test_an_empty_manifest_path_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty FAAS_MANIFEST (or `--manifest ''`) names no file: exit 2 saying so, not a manifest error about
+    the working directory (`Path("")` is `.`)."""
+    monkeypatch.setenv("FAAS_MANIFEST", "")
+    r = CliRunner().invoke(main, ["validate"])
+    assert r.exit_code == 2 and "FAAS_MANIFEST: an empty path" in r.output, r.output
+    monkeypatch.delenv("FAAS_MANIFEST")
+    r = CliRunner().invoke(main, ["--manifest", "", "validate"])
+    assert r.exit_code == 2 and "FAAS_MANIFEST: an empty path" in r.output, r.output
+
+
+def test_a_port_out_of_range_is_a_usage_error_naming_the_option() -> None:
+    """`faas run --port 70000` and `faas broker --port -1`: exit 2 naming --port (the broker's went to the
+    broker binary, which failed with exit 1)."""
+    for args in (["run", "--port", "70000"], ["broker", "--port", "-1"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "Invalid value for --port: " in r.output and "is not a port" in r.output
+
+
+def test_deploy_all_has_its_twin_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`faas deploy --all`'s environment twin is FAAS_DEPLOY_ALL (click would name it FAAS_DEPLOY_ALL_)."""
+    (tmp_path / "functions.yaml").write_text("functions: []\n")
+    monkeypatch.setenv("FAAS_DEPLOY_ALL", "1")
+    r = CliRunner().invoke(main, ["deploy"])
+    assert "Missing argument" not in r.output and r.exit_code in (0, 1), r.output
+    shown = " ".join(CliRunner().invoke(main, ["deploy", "--help"]).output.split())
+    assert "[env var: FAAS_DEPLOY_ALL]" in shown, shown
+
+
 def test_invalid_setting_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAAS_HTTP_PORT", "eighty")
     r = CliRunner().invoke(main, ["validate"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -72,11 +73,13 @@ def _api_key(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     return value
 
 
-def _post(url: str, payload: bytes, key: str | None) -> Any:
+def _call(url: str, payload: bytes | None, key: str | None) -> Any:
+    """POST `payload` (GET without one) to the node; its JSON answer, or exit 1 saying what went wrong."""
     # http.client sends header text as Latin-1: this text is the key's UTF-8 bytes, as the node reads them.
     bearer = f"Bearer {key}".encode().decode("latin-1") if key else None
     headers = {"Content-Type": "application/json"} | ({"Authorization": bearer} if bearer else {})
-    request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+    method = "GET" if payload is None else "POST"
+    request = urllib.request.Request(url, data=payload, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             return json.loads(response.read())
@@ -84,6 +87,16 @@ def _post(url: str, payload: bytes, key: str | None) -> Any:
         fail(exc.read().decode(errors="replace") or f"HTTP {exc.code}")
     except (urllib.error.URLError, TimeoutError) as exc:
         fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
+
+
+def _served_uuid(base: str, name: str, key: str | None) -> str:
+    """The uuid of the productive function named `name` on the node at `base` (`GET /functions`)."""
+    listing = _call(f"{base}/functions", None, key)
+    functions = listing.get("functions") if isinstance(listing, dict) else None
+    for entry in functions if isinstance(functions, list) else []:
+        if isinstance(entry, dict) and entry.get("name") == name and entry.get("state") == "productive":
+            return str(entry.get("uuid"))
+    fail(f"no productive function named {name!r} on {base}")
 
 
 data_option = option(
@@ -109,24 +122,24 @@ data_option = option(
 @pass_settings
 def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, api_key: str | None) -> None:
     """Invoke a function once and print its result JSON (locally: any state, as a test run)."""
-    is_uuid = looks_like_uuid(name_or_uuid)
-    spec = None
-    if not (url and is_uuid):
-        spec = Registry(load(settings, check_handlers=False)).find(name_or_uuid)
-        if spec is None:
-            fail(f"no function named {name_or_uuid!r} in {settings.manifest}")
     if url:
-        target = spec.uuid if spec is not None else name_or_uuid.lower()
+        base = url.rstrip("/")
         key = api_key or next(iter(settings.keys), None)
         if not api_key and key is not None and (problem := key_problem(key)) is not None:
             raise click.UsageError(f"invalid setting: FAAS_API_KEYS: the first key is not usable: {problem}")
-        body = _post(f"{url.rstrip('/')}/functions/{target}/invoke", data, key)
+        # A name is the node's to resolve: it serves what was deployed, whatever the working copy says.
+        target = (
+            name_or_uuid.lower() if looks_like_uuid(name_or_uuid) else _served_uuid(base, name_or_uuid, key)
+        )
+        body = _call(f"{base}/functions/{target}/invoke", data, key)
         click.echo(json.dumps(body.get("result") if isinstance(body, dict) else body))
         return
+    spec = Registry(load(settings, check_handlers=False)).find(name_or_uuid)
+    if spec is None:
+        fail(f"no function named {name_or_uuid!r} in {settings.manifest}")
     from framework.observe import logs
     from framework.runtime.pools import invoke_once
 
-    assert spec is not None
     # What the handler logs and prints goes to stderr (at FAAS_LOG_LEVEL), as a node's log would show it;
     # the result alone goes to stdout, for scripts.
     try:
@@ -166,11 +179,15 @@ def emit(
     except ValueError as exc:  # e.g. FAAS_REPLIES_TOPIC too long to name this host's reply topic after
         fail(str(exc))
     kafka_key = key.encode() if key is not None else None
+    started = time.monotonic()
     try:
         reply = asyncio.run(
             client.emit(event_type, orjson.loads(data), key=kafka_key, timeout=timeout, id=event_id or None)
         )
     except TimeoutError:
+        waited = time.monotonic() - started
+        if waited < timeout:  # not our limit: a Ctrl-C during the client's start comes out this way too
+            fail(f"gave up on the {event_type!r} event after {waited:.1f} s (interrupted, or {servers} hung)")
         fail(f"no reply to the {event_type!r} event within {timeout:g} s (is a node running on {servers}?)")
     except ConnectionError as exc:
         fail(f"cannot reach the Kafka broker at {servers}: {exc}")

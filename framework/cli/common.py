@@ -215,6 +215,15 @@ def seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> 
     return value
 
 
+def port_number(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """A TCP port, 0-65535 (0: any free one)."""
+    if value is not None and not 0 <= value <= 65535:
+        from_env = ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.ENVIRONMENT
+        hint = param.envvar if from_env and isinstance(param.envvar, str) else "/".join(param.opts)
+        raise click.BadParameter(f"{value} is not a port (0-65535)", param_hint=hint)
+    return value
+
+
 def utf8(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Text sent as UTF-8. Bytes in the command line that are not UTF-8 reach Python as lone surrogates,
     which no encoder takes."""

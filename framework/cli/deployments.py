@@ -181,7 +181,13 @@ def register(main: click.Group) -> None:
 
 @click.command()
 @click.argument("names", nargs=-1)
-@option("--all", "all_", is_flag=True, help="Every function the manifest marks productive.")
+@option(
+    "--all",
+    "all_",
+    is_flag=True,
+    envvar="FAAS_DEPLOY_ALL",  # click would name the twin after the parameter: FAAS_DEPLOY_ALL_
+    help="Every function the manifest marks productive.",
+)
 @option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str | None) -> None:

@@ -8,12 +8,12 @@ import threading
 
 import click
 
-from framework.cli.common import fail, option, pass_settings
+from framework.cli.common import fail, option, pass_settings, port_number
 from framework.settings import LOG_LEVELS, Settings
 
 
 @click.command()
-@option("--port", type=int, envvar="FAAS_EMBEDDED_BROKER_PORT", help="[default: 9092]")
+@option("--port", type=int, callback=port_number, envvar="FAAS_EMBEDDED_BROKER_PORT", help="[default: 9092]")
 @pass_settings
 def broker(settings: Settings, port: int | None) -> None:
     """Run the embedded (memory-only) Kafka broker in the foreground until SIGINT or SIGTERM."""
@@ -37,7 +37,7 @@ def broker(settings: Settings, port: int | None) -> None:
 @click.command()
 @option("--no-kafka", is_flag=True, help="Serve HTTP and schedules only.")
 @option("--host", envvar="FAAS_HTTP_HOST", help="HTTP address.  [default: 127.0.0.1]")
-@option("--port", type=int, envvar="FAAS_HTTP_PORT", help="HTTP port.  [default: 8080]")
+@option("--port", type=int, callback=port_number, envvar="FAAS_HTTP_PORT", help="HTTP port.  [default: 8080]")
 @option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
@@ -71,8 +71,6 @@ def run(
             )
         settings.http_host = host.strip()
     if port is not None:
-        if not 0 <= port <= 65535:
-            raise click.BadParameter(f"{port} is not a port (0-65535)", param_hint="--port")
         settings.http_port = port
     if log_level is not None:
         settings.log_level = log_level.upper()

@@ -377,8 +377,14 @@ def _validate(
     return None
 
 
+EMPTY_IS_DEFAULT = frozenset(("events", "schedules", "secrets", "env", "instances", "retry"))
+"""Keys whose empty value (`events:` with nothing after it, YAML null) means their default, as `functions:`
+does: none, or the defaults' own."""
+
+
 def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """`data` over `defaults`: `instances` field by field, `env` variable by variable, the rest per key."""
+    data = {k: v for k, v in data.items() if v is not None or k not in EMPTY_IS_DEFAULT}
     merged = {**{k: v for k, v in defaults.items() if k not in ("instances", "env")}, **data}
     for key in ("instances", "env"):
         if isinstance(defaults.get(key), dict) and isinstance(data.get(key, {}), dict):

@@ -47,7 +47,7 @@ REPLY_TYPE = b"faas.reply"
 REPLY_SOURCE = b"faas"
 ERROR_HEADER = "faas_error"
 MAX_MESSAGE = 500
-"""Characters of an error message kept in a BadEvent reply and the `faas_error` header."""
+"""Characters of a bad record's reason kept: its BadEvent reply's message and its copy's `faas_error`."""
 
 MAX_EXTENSION_BYTES = 4096
 """Largest extension value (bytes) passed to a handler; larger ones are dropped with a warning."""

@@ -29,7 +29,10 @@ FUNCTION = "faas_function"
 ATTEMPTS = "faas_attempts"
 REPLAYED = "faas_replayed"
 PREFIX = "faas_"
-MAX_MESSAGE = cloudevents.MAX_MESSAGE
+MAX_ERROR_CHARS = 65_536
+"""Characters of `faas_error`: a failed event's `Type: message` is whole up to this (its reply carries the
+message whole too); beyond it the text is cut and ends in `…`, so an exception text of megabytes cannot make
+the copy too large to produce. A bad record's reason is short already (`cloudevents.MAX_MESSAGE`)."""
 
 Headers = Sequence[tuple[str, bytes | None]]
 Kind = Literal["failed", "bad_event", "foreign"]
@@ -39,8 +42,11 @@ empty when the event has none."""
 
 
 def _error(error_type: str, message: str) -> tuple[str, bytes]:
-    """`faas_error`: `Type: message`, cut at MAX_MESSAGE characters."""
-    return ERROR, f"{error_type}: {message}"[:MAX_MESSAGE].encode()
+    """`faas_error`: `Type: message`, cut past MAX_ERROR_CHARS characters."""
+    text = f"{error_type}: {message}"
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "…"
+    return ERROR, text.encode(errors="replace")
 
 
 def bad_event_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:

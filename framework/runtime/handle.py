@@ -290,6 +290,8 @@ class InstanceHandle:
                 pending.fut.set_exception(exc)
         elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
+            if "exposed" in header:
+                _exposed_once(header["exposed"])
             if self.spec.instances.memory_mb is not None:
                 from framework.runtime.memory import check_at_start  # memory.py imports this module
 
@@ -470,3 +472,13 @@ class InstanceHandle:
                 os.killpg(self.pid, signal.SIGKILL)
         if self._logs is not None and self.pid == 0:
             self._logs.close()
+
+
+_exposures_told: set[str] = set()
+
+
+def _exposed_once(why: str) -> None:
+    """An instance's HELLO said it can read the secrets folder (`sandbox.py`): logged once per reason."""
+    if why not in _exposures_told:
+        _exposures_told.add(why)
+        log.warning("%s; a function can then read secrets it does not list", why)

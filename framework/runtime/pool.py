@@ -97,6 +97,9 @@ class FunctionPool:
         inst, cold = self._acquire() or await self._queue()
         try:
             result, ms = await inst.call(inv, cold)
+        except FaasError as exc:
+            _held(exc, inst, cold)
+            raise
         finally:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
@@ -109,6 +112,9 @@ class FunctionPool:
         self._reserve(inst)
         try:
             result, ms = await inst.call(inv, cold)
+        except FaasError as exc:
+            _held(exc, inst, cold)
+            raise
         finally:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
@@ -139,6 +145,8 @@ class FunctionPool:
             finally:
                 self._release(inst)
         except BaseException as exc:
+            if inst is not None and isinstance(exc, FaasError):
+                _held(exc, inst, cold)
             if answered:  # the instance answered with an error and rendered its record
                 record, ms, ok = answered[0]
                 self._recorder.keep(self.spec, inv, started, ms, ok, record)
@@ -359,3 +367,9 @@ class FunctionPool:
                 inst.kill()
             else:
                 inst.close()
+
+
+def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> None:
+    """Note on the error where the invocation ran: a failed invocation's span reports its cold start and
+    instance as a successful one's does (its `InvokeResult` carries them)."""
+    exc.cold_start, exc.instance_id = cold, inst.id

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from framework.control.deployments import cache_dir
 from framework.control.manifest import FunctionSpec
 from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
@@ -49,7 +50,10 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self._template = Template()
+        # Instances never see the secrets folder: their function's values come in their start message.
+        self._template = Template(
+            settings.secrets_path, [settings.manifest.resolve().parent, cache_dir(settings)]
+        )
         self._pools: dict[str, FunctionPool] = {}
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None

@@ -10,6 +10,9 @@ by the node: `raw_output.py`); the template forks, and the child becomes the ins
 Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
 instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. SIGCHLD is ignored
 here so the kernel reaps exited instances (no zombies).
+
+Before its first fork the template hides the secrets folder from itself and so from every instance
+(`sandbox.py`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
+
+from framework.runtime import sandbox
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _MAX_CONFIG = 1 << 20
@@ -57,7 +62,12 @@ class Template:
     PR_SET_PDEATHSIG to the thread that started the process, so a short-lived worker thread would take the
     template (and every instance) down with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, hide: Path | None = None, keep: Sequence[Path] = ()) -> None:
+        self.hide = hide
+        """The folder instances must not see (the secrets folder), kept visible to the node."""
+        self.keep = list(keep)
+        """Folders instances need (the project, the code cache): never hidden, so `hide` is not when it
+        holds one of them."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
 
@@ -79,6 +89,9 @@ class Template:
             "framework.runtime.template",
             str(theirs.fileno()),
             str(os.getpid()),
+            orjson.dumps(
+                {"hide": None if self.hide is None else str(self.hide), "keep": [str(p) for p in self.keep]}
+            ).decode(),
         ]
         try:
             self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
@@ -168,6 +181,7 @@ def main() -> None:
     from framework.runtime.worker.server import die_with_parent
 
     ctrl_fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    sandboxing = orjson.loads(sys.argv[3])
     die_with_parent(parent)
     # A node started with descriptor 0, 1 or 2 closed: a received socket would take that number, and an
     # instance's `dup2` onto 1 and 2 would then close its own channel. Hold each one with /dev/null.
@@ -179,6 +193,8 @@ def main() -> None:
             os.set_inheritable(held, True)
     # Ctrl-C reaches the whole process group: let the node drain, it stops us (and so the instances) itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sandboxing["hide"] is not None:  # still one thread here, as a user namespace takes
+        sandbox.exposed = sandbox.hide(Path(sandboxing["hide"]), [Path(p) for p in sandboxing["keep"]])
     _serve(socket.socket(fileno=ctrl_fd))
 
 

@@ -45,9 +45,17 @@ def usage_error(r: Result, option: str) -> str:
 
 
 class _Node(http.server.BaseHTTPRequestHandler):
-    """Answers every POST as a node would and keeps the Authorization header's bytes."""
+    """Answers `GET /functions` and every POST as a node would and keeps the Authorization header's bytes."""
 
     seen: list[bytes] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization", "").encode("latin-1"))
+        body = json.dumps({"functions": [{"name": "alpha", "uuid": ALPHA, "state": "productive"}]})
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -115,7 +123,7 @@ def test_a_utf8_api_key_goes_as_the_node_reads_it(root: Path, node: str) -> None
     keys (framework/sources/http/auth.py), so the node lets the call in."""
     r = faas(root, "invoke", "alpha", "--url", node, "--api-key", "你好")
     assert r.exit_code == 0 and r.stdout == '"done"\n', (r.output, r.exception)
-    assert _Node.seen == ["Bearer 你好".encode()]
+    assert _Node.seen == ["Bearer 你好".encode()] * 2  # the name looked up, then the call
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         pass

@@ -296,6 +296,29 @@ def test_values_are_plain_and_uuid_lower_case(tmp_path: Path) -> None:
     assert type(beta.schedules[0].payload) is dict
 
 
+def test_an_empty_key_is_its_default(tmp_path: Path) -> None:
+    """`events:` (or `schedules:`, `secrets:`, `env:`, `instances:`, `retry:`) with nothing after it is YAML
+    null: it means the key's default, as an empty `functions:` does, the defaults' own where there are."""
+    manifest = """\
+        defaults:
+          instances: {max: 3}
+          env: {A: a}
+        functions:
+          - name: alpha
+            uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+            handler: functions.mod:handle
+            events:
+            schedules:
+            secrets:
+            env:
+            instances:
+            retry:
+    """
+    (alpha,) = load_manifest(write_project(tmp_path, manifest, MODULES) / "functions.yaml").functions
+    assert (alpha.events, alpha.schedules, alpha.secrets, alpha.retry.attempts) == ((), (), (), 0)
+    assert alpha.env == {"A": "a"} and alpha.instances.max == 3
+
+
 def test_an_empty_functions_list_has_no_functions(tmp_path: Path) -> None:
     for text in ("functions: []\n", "# nothing yet\nfunctions:\n"):
         root = write_project(tmp_path, text)

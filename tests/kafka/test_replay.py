@@ -21,8 +21,9 @@ from aiokafka import AIOKafkaProducer
 
 from framework.kafka import replay as replay_module
 from framework.kafka import topic_read
+from framework.kafka.cloudevents import MAX_MESSAGE
 from framework.kafka.deadletter import (
-    MAX_MESSAGE,
+    MAX_ERROR_CHARS,
     bad_event_headers,
     classify,
     failed_headers,
@@ -288,12 +289,23 @@ def test_bad_since_is_a_usage_error(topics: Topics, since: str) -> None:
 
 def test_a_bad_event_copy_says_why_in_a_failed_copys_form() -> None:
     """A BadEvent copy: the record's own headers, unchanged and in order (a null one too), then `faas_error`
-    `BadEvent: <reason>`, cut at MAX_MESSAGE; replay counts it apart, never replays it."""
+    `BadEvent: <reason>` (a reason the parser cut at MAX_MESSAGE already); replay counts it apart, never
+    replays it."""
     original: list[tuple[str, bytes | None]] = [("b", b"1"), ("a", None), ("b", b"2")]
     marked = bad_event_headers(original, "record value is not JSON")
     assert marked == [*original, ("faas_error", b"BadEvent: record value is not JSON")]
-    assert len(bad_event_headers(original, "x" * 100_000)[-1][1] or b"") == MAX_MESSAGE
     assert classify(b"{not json", marked).kind == "bad_event"
+
+
+def test_a_failed_copy_carries_the_whole_error_up_to_its_cap() -> None:
+    """`faas_error` is the reply's `Type: message` as it is: a 10,000-character message whole (it was cut
+    at MAX_MESSAGE, 500, once); one past MAX_ERROR_CHARS is cut there and ends in an ellipsis, so an
+    exception text of megabytes cannot make the copy too large to produce."""
+    message = "é" + "x" * 10_000 + "END"
+    error = dict(failed_headers([], "FunctionError", message, "f", 1))["faas_error"]
+    assert error == f"FunctionError: {message}".encode() and len(message) > MAX_MESSAGE
+    cut = (dict(failed_headers([], "FunctionError", "y" * 1_000_000, "f", 1))["faas_error"] or b"").decode()
+    assert len(cut) == MAX_ERROR_CHARS + 1 and cut.endswith("y…") and cut.startswith("FunctionError: y")
 
 
 def test_classify_and_replay_headers() -> None:

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.support import Node, ce_headers, consume, new_id, produce, wait_for, 
 
 TRACED = "adadadad-0000-4000-8000-000000000001"
 TRACED_SYNC = "adadadad-0000-4000-8000-000000000002"
+FAILING = "adadadad-0000-4000-8000-000000000003"
 MANIFEST = f"""
 functions:
   - name: traced
@@ -33,6 +35,14 @@ functions:
     uuid: {TRACED_SYNC}
     handler: functions.otelsync:traced
     state: productive
+  - name: failing
+    uuid: {FAILING}
+    handler: functions.otelfail:fail
+    state: productive
+"""
+FAILING_MODULE = """
+async def fail(payload, ctx):
+    raise ValueError("no")
 """
 ASYNC_MODULE = """
 from opentelemetry import trace
@@ -128,7 +138,9 @@ def node(
     tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker, receiver: tuple[Receiver, str]
 ) -> Iterator[Node]:
     root = write_project(
-        tmp_path_factory.mktemp("otel"), MANIFEST, {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE}
+        tmp_path_factory.mktemp("otel"),
+        MANIFEST,
+        {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE, "otelfail": FAILING_MODULE},
     )
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver[1], "OTEL_BSP_SCHEDULE_DELAY": "100"}
     n = Node(root, broker.bootstrap, env=env).wait_ready()
@@ -191,6 +203,33 @@ def test_kafka_event_spans(node: Node, broker: EmbeddedBroker, receiver: tuple[R
     replies = consume(broker.bootstrap, node.replies, 10_000, timeout=30, ids={eid})
     mine = [x for x in replies if isinstance(x["value"], dict) and x["value"].get("id") == eid]
     assert mine and mine[0]["headers"]["ce_traceparent"] == f"00-{tid}-{event.span_id}-01", mine
+
+
+def test_failed_invocation_span_says_where_it_ran(node: Node, receiver: tuple[Receiver, str]) -> None:
+    """1. Invoke a handler that raises, twice, each with a traceparent of its own trace: the first call
+       starts its instance, the second finds it warm.
+    Result: each `invoke failing` span carries the same `faas.coldstart` and `faas.instance`
+    as the invocation's record (true, then false; the one instance): a failure reports where it ran as a
+    success does."""
+    rec, _ = receiver
+    seen = []
+    for _ in range(2):
+        tid = secrets.token_hex(16)
+        r = httpx.post(
+            f"{node.url}/functions/{FAILING}/invoke",
+            json={},
+            headers={"traceparent": f"00-{tid}-{secrets.token_hex(8)}-01"},
+            timeout=30,
+        )
+        assert r.status_code == 500 and r.json()["error"]["type"] == "FunctionError", r.text
+        record = httpx.get(f"{node.url}/invocations/{r.headers['faas-invocation-id']}", timeout=30).json()
+        span = wait_for(partial(rec.named, "invoke failing", tid), timeout=30, message="the span")[0]
+        seen.append((span.attributes["faas.coldstart"], span.attributes["faas.instance"]))
+        assert (span.attributes["faas.coldstart"], span.attributes["faas.instance"]) == (
+            record["cold_start"],
+            record["instance_id"],
+        ), (span.attributes, record)
+    assert [cold for cold, _ in seen] == [True, False] and seen[0][1] == seen[1][1], seen
 
 
 def test_unsampled_trace_is_not_exported(node: Node, receiver: tuple[Receiver, str]) -> None:

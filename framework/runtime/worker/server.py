@@ -41,6 +41,7 @@ from framework import heap
 from framework.context import Context
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
+from framework.runtime import sandbox
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact, thread_context
 from framework.runtime.worker.capture import CapturingSender, clean_text
@@ -200,7 +201,10 @@ class Server:
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
         heap.settle(collect=False)  # the handler is imported: what exists now lives as long as we do
         Watchdog(loop, self.function, self.instance_id).start()
-        conn.send(FrameKind.HELLO, {"pid": os.getpid()})
+        hello: Header = {"pid": os.getpid()}
+        if sandbox.exposed is not None:
+            hello["exposed"] = sandbox.exposed
+        conn.send(FrameKind.HELLO, hello)
         await self.closed
         return 0
 

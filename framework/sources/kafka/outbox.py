@@ -68,7 +68,7 @@ class ReplyOutbox:
         self,
         part: PartitionOffsets,
         record: ConsumerRecord[bytes, bytes],
-        event: cloudevents.Event,
+        event: cloudevents.Event | cloudevents.BadRecord,
         reply: EventReply,
     ) -> None:
         """Hand `reply` to the producer; `part.done(record.offset)` once the broker acknowledged it."""
@@ -84,7 +84,7 @@ class ReplyOutbox:
         self,
         part: PartitionOffsets,
         record: ConsumerRecord[bytes, bytes],
-        event: cloudevents.Event,
+        event: cloudevents.Event | cloudevents.BadRecord,
         reply: EventReply,
         acked: asyncio.Future[None],
     ) -> None:
@@ -104,7 +104,7 @@ class ReplyOutbox:
         self,
         part: PartitionOffsets,
         record: ConsumerRecord[bytes, bytes],
-        event: cloudevents.Event,
+        event: cloudevents.Event | cloudevents.BadRecord,
         reply: EventReply,
         why: BaseException | None,
     ) -> None:

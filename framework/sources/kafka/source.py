@@ -326,8 +326,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         handover.requested = self._stopping or tp in self._leaving
         self._handovers[handover] = tp
         try:
-            if await self._answer(part, record):
-                return  # handed to the producer: the acknowledgement marks it done
+            await self._answer(part, record)
+            return  # handed to the producer: the acknowledgement marks it done
         except Exception:  # nothing more can be done for it; the partition must not stall behind it
             log.exception(
                 "record %s-%d@%d could not be answered: skipped",
@@ -346,9 +346,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if now:
             log.info("handed over %d events waiting between attempts", now)
 
-    async def _answer(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> bool:
-        """Answer one record. True: its reply was handed over and will mark it done once acknowledged;
-        False: answered and acknowledged already (bad records: the reply and the dead-letter copy)."""
+    async def _answer(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Answer one record: its dead-letter copy (a bad or failed event) acknowledged first, then its reply
+        handed over (`reply_later`), which marks it done once acknowledged. Every reply goes that one way,
+        bad records' too, so the replies of one key land in the order of its records."""
         headers = list(record.headers or ())
         event = cloudevents.parse(record.value, headers, self.settings.max_payload_bytes)
         if isinstance(event, cloudevents.BadRecord):
@@ -358,9 +359,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             # Answered in the trace it came with, like any event (section 11); else in a new one.
             span = tracing.start(event.traceparent, event.tracestate)
             reply = EventReply.failed(event.id, event.type, BadEvent(event.message)).in_trace(span)
-            copy = self.outbox.deadletter(record.key, record.value, bad_event_headers(headers, event.message))
-            await asyncio.gather(self.outbox.reply(event.replyto, record.key, reply, event.id), copy)
-            return False
+            await self.outbox.deadletter(record.key, record.value, bad_event_headers(headers, event.message))
+            await self.outbox.reply_later(part, record, event, reply)
+            return
         for why in event.dropped:
             log.warning(
                 "event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why
@@ -383,7 +384,6 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.outbox.reply_later(part, record, event, reply)
         if self.invoker.exporter is not None:
             export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
-        return True
 
     # ---- rebalance (ConsumerRebalanceListener) ----
 

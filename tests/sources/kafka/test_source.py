@@ -263,6 +263,30 @@ def test_bad_records_get_badevent_replies_and_exact_dead_letter_copies(
     assert replies[cases[0][0]]["key"] == b"k"  # type: ignore[index]
 
 
+def test_replies_of_one_key_land_in_the_order_of_its_records(node: Node, broker: EmbeddedBroker) -> None:
+    """1. Produce 30 records under one new key: every third one not JSON (a BadEvent), every seventh one
+       an event whose listener fails (dead-lettered, then answered), the others good events.
+    Result: the replies of that key sit on their partition in the order of the records, bad and failed
+    ones included (a bad record's reply once overtook the replies of good events still being batched)."""
+    key = new_id().encode()
+    ids = [new_id() for _ in range(30)]
+    records: list[Record] = []
+    for i, eid in enumerate(ids):
+        if i % 3 == 1:
+            records.append((key, b"{bad", ce_headers("order.created", eid)))
+        elif i % 7 == 0:
+            records.append((key, b"{}", ce_headers("order.failed", eid)))
+        else:
+            records.append((key, b"{}", ce_headers("order.created", eid)))
+    produce(broker.bootstrap, node.events, records)
+    replies = [r for r in consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids=set(ids))]
+    mine = sorted((r for r in replies if r["key"] == key), key=lambda r: (r["partition"], r["offset"]))
+    assert len({r["partition"] for r in mine}) == 1, "one key, one partition"
+    got = [r["value"]["id"] for r in mine]
+    assert got == ids, [(ids.index(g), r["value"]["ok"]) for g, r in zip(got, mine, strict=True)]
+    assert [r["value"]["ok"] for r in mine] == [i % 3 != 1 and i % 7 != 0 for i in range(30)]
+
+
 def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: EmbeddedBroker) -> None:
     """1. An event whose listener returns 17 MiB, more than a reply may have (16 MiB), then a good event.
     2. Read the reply topic and the dead-letter topic.
