@@ -246,7 +246,9 @@ class Node:
             secrets_dir=self.settings.secrets_path,
             max_code_bytes=self.settings.max_code_bytes,
         )
-        secrets = SecretsWatcher(self.settings.secrets_path, self.secrets_changed)
+        secrets = SecretsWatcher(
+            self.settings.secrets_path, self.secrets_changed, self.runtime.secrets_folder_appeared
+        )
         stop_watch = asyncio.Event()
         tasks = [
             asyncio.create_task(server.serve_until_stopped([listening]), name="http"),

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     @field_validator("manifest", mode="before")
     @classmethod
     def _manifest(cls, value: object) -> object:
-        if isinstance(value, str | Path) and str(value).strip() in ("", "."):  # Path("") is the folder "."
+        if isinstance(value, str | Path) and Path(str(value).strip()) == Path("."):  # Path("") is "." too
             raise ValueError("an empty path: name the manifest file (default functions.yaml)")
         return value
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -61,7 +62,12 @@ async def peek(payload, ctx):
                 read[name] = f.read()
         except OSError as e:
             read[name] = f"errno {e.errno}"
-    return {"names": names, "read": read, "cwd_files": sorted(os.listdir("."))}
+    try:  # the node's own view of the files
+        with open(f"/proc/{payload['node']}/root{folder}/api_token") as f:
+            via_node = f.read()
+    except OSError as e:
+        via_node = f"errno {e.errno}"
+    return {"names": names, "read": read, "via_node": via_node, "cwd_files": sorted(os.listdir("."))}
 
 async def hog(payload, ctx):
     payload = payload or {}
@@ -158,17 +164,19 @@ def test_the_value_reaches_the_handler_and_nothing_else(tmp_path: Path, nodes: S
 def test_a_function_cannot_open_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
     """1. A node serves `reader` (lists api_token) and `peek` (lists none) from a secrets folder outside the
        project holding api_token and someone_elses.
-    2. `peek` lists the folder and opens both files by their paths; `reader` reads its own secret.
-    Result: `peek` finds the folder empty and neither file there (every instance sees an empty read-only
-    folder in its place); `reader` still gets its value (from the node); the node still reads the folder (a
-    rotated value is served), and the files are untouched; nothing was logged about it."""
+    2. `peek` lists the folder, opens both files by their paths and through the node's `/proc/PID/root`;
+       `reader` reads its own secret.
+    Result: `peek` finds the folder empty, neither file there (every instance sees an empty read-only folder
+    in its place) and the node's view refused; `reader` still gets its value (from the node); the node still
+    reads the folder (a rotated value is served), and the files are untouched; nothing was logged about it."""
     root, folder, value = project(tmp_path)
     (folder / "someone_elses").write_text("other-value\n")
     n = start(nodes, root, folder)
-    r = invoke(n, PEEK, {"folder": str(folder)})
+    r = invoke(n, PEEK, {"folder": str(folder), "node": n.proc.pid})
     assert r.status_code == 200, r.text
     res = r.json()["result"]
     assert res["names"] == [] and res["read"] == {"api_token": "errno 2", "someone_elses": "errno 2"}, res
+    assert res["via_node"] == "errno 13", "read through /proc/<node pid>/root: " + str(res)
     assert "functions.yaml" in res["cwd_files"], "the project folder stays the instances' own"
     assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
     rotated = f"tok-{uuid.uuid4().hex}"
@@ -176,6 +184,32 @@ def test_a_function_cannot_open_the_secrets_folder(tmp_path: Path, nodes: Start)
     wait_for(lambda: invoke(n, READER).json()["result"]["sha256"] == sha(rotated), 10, message="rotation")
     assert sorted(p.name for p in folder.iterdir()) == ["api_token", "someone_elses"]
     assert "can read the secrets folder" not in n.log.read_text()
+
+
+def test_a_folder_that_appears_or_is_replaced_is_hidden_too(tmp_path: Path, nodes: Start) -> None:
+    """1. A node starts with no secrets folder (the default `secrets`, absent: nothing to hide yet).
+    2. The folder appears with a secret; later it is deleted and made again (a rotation by replacement).
+    Result: after each, `peek` soon finds the folder empty (the node started its instances from a fresh
+    template, which hides the new folder), and the files are there for the node."""
+    root = write_project(tmp_path / "proj", MANIFEST, MODULES)
+    folder = root / "secrets"
+    n = nodes(root, None, kafka=False).wait_ready()
+
+    def peeked() -> dict[str, object]:
+        r = invoke(n, PEEK, {"folder": str(folder), "node": n.proc.pid})
+        assert r.status_code == 200, r.text
+        result: dict[str, object] = r.json()["result"]
+        return result
+
+    assert peeked()["names"] == ["errno 2"]
+    for value in ("first-value", "second-value"):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        (folder / "api_token").write_text(value + "\n")
+        wait_for(lambda: peeked()["names"] == [], 30, message=f"the folder hidden ({value})")
+        assert peeked()["read"] == {"api_token": "errno 2", "someone_elses": "errno 2"}
+        assert (folder / "api_token").read_text() == value + "\n"
 
 
 def test_a_secrets_folder_holding_the_code_stays_visible_and_says_so(tmp_path: Path, nodes: Start) -> None:
@@ -186,7 +220,7 @@ def test_a_secrets_folder_holding_the_code_stays_visible_and_says_so(tmp_path: P
     read the secrets folder, and why."""
     root, folder, value = project(tmp_path)
     n = start(nodes, root, folder, FAAS_CACHE_DIR=str(folder / "code-cache"))
-    r = invoke(n, PEEK, {"folder": str(folder)})
+    r = invoke(n, PEEK, {"folder": str(folder), "node": n.proc.pid})
     assert r.status_code == 200 and r.json()["result"]["read"]["api_token"] == value + "\n", r.text
     assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
     wait_for(lambda: "can read the secrets folder" in n.log.read_text(), 10, message="the warning")

@@ -27,6 +27,10 @@ IMPORT_TIMEOUT = 30.0
 _MARK = "@@faas-check@@ "
 _CHECK = f"""
 import importlib, json, os, sys
+from pathlib import Path
+if sys.argv[2]:  # as in instances (`runtime/sandbox.py`), module code run at import sees no secrets folder
+    from framework.runtime import sandbox
+    sandbox.hide(Path(sys.argv[2]), [Path(sys.argv[1]), Path.cwd()])
 sys.path.insert(0, sys.argv[1])  # the view: the handlers' top-level package, nothing else of the project
 out, sys.stdout = sys.stdout, sys.stderr  # a module's prints must not mix with the report
 
@@ -69,11 +73,13 @@ def import_errors(
                     copy = Path(view) / path.relative_to(source.parent)
                     copy.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, copy)
-            problems.update(_check(root, Path(view), group))
+            problems.update(_check(root, Path(view), group, secrets))
     return problems
 
 
-def _check(root: Path, view: Path, handlers: dict[str, dict[str, str]]) -> dict[str, str]:
+def _check(
+    root: Path, view: Path, handlers: dict[str, dict[str, str]], secrets: Path | None
+) -> dict[str, str]:
     results: dict[str, str | None] = {}
     pending = list(handlers)
     while pending:
@@ -81,7 +87,7 @@ def _check(root: Path, view: Path, handlers: dict[str, dict[str, str]]) -> dict[
         try:
             proc = subprocess.run(
                 # -P: `-c` would put the working directory, the whole project, first on the path.
-                [sys.executable, "-P", "-c", _CHECK, str(view)],
+                [sys.executable, "-P", "-c", _CHECK, str(view), "" if secrets is None else str(secrets)],
                 input=stdin,
                 capture_output=True,
                 text=True,

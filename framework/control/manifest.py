@@ -382,9 +382,13 @@ EMPTY_IS_DEFAULT = frozenset(("events", "schedules", "secrets", "env", "instance
 does: none, or the defaults' own."""
 
 
+def _without_empty(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None or k not in EMPTY_IS_DEFAULT}
+
+
 def _merge(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """`data` over `defaults`: `instances` field by field, `env` variable by variable, the rest per key."""
-    data = {k: v for k, v in data.items() if v is not None or k not in EMPTY_IS_DEFAULT}
+    data = _without_empty(data)
     merged = {**{k: v for k, v in defaults.items() if k not in ("instances", "env")}, **data}
     for key in ("instances", "env"):
         if isinstance(defaults.get(key), dict) and isinstance(data.get(key, {}), dict):
@@ -506,8 +510,10 @@ def load_manifest(
     defaults: dict[str, Any] = {}
     if doc.get("defaults") is not None:
         at = _key_at(doc, "defaults", (0, 0))
-        if _validate(DefaultsSpec, doc["defaults"], at, errors, prefix="defaults"):
-            defaults = _plain(doc["defaults"])
+        plain = _plain(doc["defaults"])
+        plain = _without_empty(plain) if isinstance(plain, dict) else plain
+        if _validate(DefaultsSpec, doc["defaults"], at, errors, data=plain, prefix="defaults"):
+            defaults = plain
     items = doc.get("functions")
     if "functions" not in doc:
         errors.add((0, 0), "no 'functions:' list ('functions: []' for none)")

@@ -40,9 +40,17 @@ class SecretsWatcher:
     """Calls `on_change(True)` after each change in `folder`, and `on_change(False)` every `RECHECK`
     seconds (a re-check, whether or not anything changed)."""
 
-    def __init__(self, folder: Path, on_change: Callable[[bool], object]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        on_change: Callable[[bool], object],
+        on_appeared: Callable[[], object] | None = None,
+    ) -> None:
         self.folder = folder
         self.on_change = on_change
+        self.on_appeared = on_appeared
+        """Called first when the folder appears or is replaced (a folder made in its place may even reuse its
+        inode number: its deletion tells)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         recheck = asyncio.create_task(self._recheck(stop))
@@ -60,6 +68,8 @@ class SecretsWatcher:
                 first = False
                 if found:
                     log.info("the secrets folder %s appeared", self.folder)
+                    if self.on_appeared is not None:
+                        self.on_appeared()
                     self._changed(True)  # at once; and again once watched (see `_watch`)
                 known = now
                 gone = False

@@ -49,6 +49,21 @@ def _error(error_type: str, message: str) -> tuple[str, bytes]:
     return ERROR, text.encode(errors="replace")
 
 
+def with_short_error(headers: Headers) -> list[tuple[str, bytes | None]] | None:
+    """`headers` with their `faas_error` cut to `cloudevents.MAX_MESSAGE` characters (marked `…`), for a
+    copy too large to produce with the whole message; None when it is that short already."""
+    out = list(headers)
+    for i in range(len(out) - 1, -1, -1):
+        name, value = out[i]
+        if name == ERROR and value is not None:
+            text = value.decode(errors="replace")
+            if len(text) <= cloudevents.MAX_MESSAGE:
+                return None
+            out[i] = (ERROR, (text[: cloudevents.MAX_MESSAGE] + "…").encode())
+            return out
+    return None
+
+
 def bad_event_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:
     """The record's own headers, unchanged and in order, plus why it is no event."""
     return [*headers, _error("BadEvent", message)]

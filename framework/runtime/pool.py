@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import logging
 import time
 from collections import deque
@@ -63,7 +64,8 @@ class FunctionPool:
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
-        self._template = template
+        self.template = template
+        """The template this pool's instances are forked from."""
         self._queue_timeout = queue_timeout
         self._log_level = log_level
         self._boots: set[asyncio.Task[None]] = set()
@@ -98,8 +100,7 @@ class FunctionPool:
         try:
             result, ms = await inst.call(inv, cold)
         except FaasError as exc:
-            _held(exc, inst, cold)
-            raise
+            raise _held(exc, inst, cold) from exc.__cause__
         finally:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
@@ -113,8 +114,7 @@ class FunctionPool:
         try:
             result, ms = await inst.call(inv, cold)
         except FaasError as exc:
-            _held(exc, inst, cold)
-            raise
+            raise _held(exc, inst, cold) from exc.__cause__
         finally:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
@@ -145,8 +145,7 @@ class FunctionPool:
             finally:
                 self._release(inst)
         except BaseException as exc:
-            if inst is not None and isinstance(exc, FaasError):
-                _held(exc, inst, cold)
+            own = _held(exc, inst, cold) if inst is not None and isinstance(exc, FaasError) else exc
             if answered:  # the instance answered with an error and rendered its record
                 record, ms, ok = answered[0]
                 self._recorder.keep(self.spec, inv, started, ms, ok, record)
@@ -167,7 +166,9 @@ class FunctionPool:
                     )
                     self.late_records.add(task)
                     task.add_done_callback(self.late_records.discard)
-            raise
+            if own is exc:
+                raise
+            raise own from exc.__cause__
         if answered:
             self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
         else:  # the instance's record was refused or missing (see the docstring): the node's own
@@ -309,7 +310,7 @@ class FunctionPool:
     async def _boot(self, inst: InstanceHandle) -> None:
         t0 = time.perf_counter()
         try:
-            await inst.start(self._template)
+            await inst.start(self.template)
         except FaasError as e:
             # Requests reserved on it get the error from `inst.started`; fail the queue too rather than
             # retrying a broken handler once per queued request.
@@ -369,7 +370,10 @@ class FunctionPool:
                 inst.close()
 
 
-def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> None:
-    """Note on the error where the invocation ran: a failed invocation's span reports its cold start and
-    instance as a successful one's does (its `InvokeResult` carries them)."""
-    exc.cold_start, exc.instance_id = cold, inst.id
+def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:
+    """The error, noting where the invocation ran: a failed invocation's span reports its cold start and
+    instance as a successful one's does (its `InvokeResult` carries them). A copy: an instance's failed
+    start is one exception, which every request that waited for it gets."""
+    own = copy.copy(exc)
+    own.cold_start, own.instance_id = cold, inst.id
+    return own

@@ -18,6 +18,7 @@ from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
 from framework.observe import tracing
 from framework.observe.metrics import Metrics
+from framework.runtime import sandbox
 from framework.runtime.handle import LINES_WAIT, InstanceHandle
 from framework.runtime.memory import MemoryGuard
 from framework.runtime.pool import FunctionPool
@@ -51,9 +52,10 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics or Metrics()
         # Instances never see the secrets folder: their function's values come in their start message.
-        self._template = Template(
-            settings.secrets_path, [settings.manifest.resolve().parent, cache_dir(settings)]
-        )
+        self._needed = [settings.manifest.resolve().parent, cache_dir(settings)]
+        self._template = Template(settings.secrets_path, self._needed)
+        self._old_templates: list[Template] = []
+        """Templates replaced by a fresh one (`_renew_template`), kept until their instances are gone."""
         self._pools: dict[str, FunctionPool] = {}
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
@@ -99,7 +101,9 @@ class Runtime:
         await wait_or_cancel([t for p in self._all_pools() for t in p.late_records], LINES_WAIT)
         self._pools.clear()
         self._retired.clear()
-        self._template.stop()
+        for template in (*self._old_templates, self._template):
+            template.stop()
+        self._old_templates.clear()
 
     def hurry(self) -> None:
         """A second signal: `stop` (under way or to come) waits no longer for requests in flight."""
@@ -146,7 +150,13 @@ class Runtime:
     def refresh_secrets(self) -> list[str]:
         """The secrets folder changed: retire the pool of every function whose secret values changed (or
         became unreadable, or readable again), so its next request gets a fresh instance while in-flight
-        ones finish on the old. Returns the names of those functions."""
+        ones finish on the old. Returns the names of those functions.
+
+        A folder that appeared, or was replaced, since the template started is not hidden from it
+        (`sandbox.py`): every function then gets instances of a fresh template, which hides it (told by the
+        watcher, `secrets_folder_appeared`, or seen here by its identity)."""
+        if self._template.hide is not None and sandbox.identity(self._template.hide) != self._template.hidden:
+            return self._renew_template()
         changed = []
         for name, pool in list(self._pools.items()):
             if not pool.spec.secrets:
@@ -157,6 +167,27 @@ class Runtime:
                 log.info("secrets of function %s changed: its next request gets a fresh instance", name)
                 self._retire(name)
         return changed
+
+    def secrets_folder_appeared(self) -> None:
+        """The secrets folder appeared, or another took its place: templates started before hide the old one
+        at most, so every function gets instances of a fresh template, which hides this one."""
+        if self._template.hide is not None:
+            self._renew_template()
+
+    def _renew_template(self) -> list[str]:
+        """A fresh template for every new instance; the old one stays until its instances are gone (they
+        die with it), and every pool is retired so that no new request reaches them."""
+        old = self._template
+        log.info(
+            "the secrets folder %s appeared or was replaced: every function gets fresh instances", old.hide
+        )
+        self._template = Template(old.hide, self._needed)
+        self._template.start()
+        self._old_templates.append(old)
+        names = list(self._pools)
+        for name in names:
+            self._retire(name)
+        return names
 
     def instance_count(self, name: str) -> int:
         """Live (or starting) instances of function `name`, those draining after a reload included."""
@@ -241,6 +272,11 @@ class Runtime:
             self._retired = [
                 p for p in self._retired if p.instances or p.queued or p.exiting or p.late_records
             ]
+            for old in [
+                t for t in self._old_templates if not any(p.template is t for p in self._all_pools())
+            ]:
+                old.stop()
+                self._old_templates.remove(old)
 
 
 async def invoke_once(spec: FunctionSpec, payload: bytes, settings: Settings | None = None) -> InvokeResult:

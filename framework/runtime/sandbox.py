@@ -3,19 +3,35 @@ did not list).
 
 An instance gets the values of the secrets its function lists from the node (`ctx.secrets`) and never needs
 the folder; but it runs as the node's user, so any handler could open the files of every other function's
-secrets. So the template (`template.py`), before it forks its first instance, moves itself into a mount
-namespace of its own where an empty, read-only tmpfs lies over the folder. Every instance forked from it
-inherits that view, at no cost per instance (about 0.5 ms once per template); the node's own view is
-unchanged (it reads the secrets and watches them for changes).
+secrets. So the template (`template.py`), before it forks its first instance, moves itself into a user and
+mount namespace of its own where an empty, read-only tmpfs lies over the folder. Every instance forked from
+it inherits that view, at no cost per instance (5-7 ms once per template, the trial in a child included);
+the node's own view is unchanged (it reads the secrets and watches them for changes).
 
-A mount namespace is root's for the asking; any other user gets one inside a user namespace of its own, with
-its uid and gid mapped to themselves, so files keep their owners and the node still signals its instances
-and reads their memory figures. Where neither is allowed (a container whose seccomp profile refuses
-`unshare`, a kernel without user namespaces), or where the folder holds the project or the code cache
-(hiding it would hide the code), the folder stays visible: `hide` says why, instances repeat it in their
-HELLO and the node logs it once. A folder missing when the template starts has nothing to hide then (the
-default `secrets` may not exist at all); one created later is hidden from the next template on (a node
-restart).
+What keeps a handler from getting around it:
+- a user namespace, for root too (the process's own uid and gid mapped to themselves): capabilities held
+  there reach nothing outside it, so `/proc/<node pid>/root` (the node's view of the files) is refused;
+- CAP_SYS_ADMIN and CAP_SYS_PTRACE given up (bounding set too): no unmounting the tmpfs, no entering
+  another namespace, no reading another process's memory; a non-root node's instances give up every
+  capability (they had none before);
+- not dumpable: another instance (of another function, holding its own secrets) cannot read this one's
+  memory or the template's (which receives every instance's start message) as the same user. The node
+  still can: it owns the namespace (root, or the same user), and reads `statm` and `children`, which need
+  no ptrace access.
+
+The whole sequence is tried first in a forked child: a kernel that lets a process enter a user namespace
+but not map its ids (Ubuntu's AppArmor restriction for unprivileged users) would otherwise leave the template
+in an unmapped namespace where every file looks owned by nobody. Where it cannot be done (a container whose
+seccomp profile refuses `unshare`, a kernel without user namespaces), or where the folder holds the project,
+the code cache or the interpreter (hiding it would hide the code), the folder stays visible: `hide` says
+why, instances repeat it in their HELLO and the node logs it once. A folder missing when the template starts
+has nothing to hide then; the node starts a fresh template when it appears or is replaced (`Runtime`).
+
+Side effects for handlers: programs that gain privileges on exec (setuid, file capabilities: `sudo`, some
+`ping`s) do not, supplementary groups and files of other users show as `nogroup`/`nobody` (a root node's
+handlers keep root's power over root's files only, and bind no port under 1024), `setgroups` is refused,
+and mounts the host makes later do not reach instances (the namespace's mounts are private, so none of ours
+reaches the host).
 """
 
 from __future__ import annotations
@@ -32,7 +48,9 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
-CAP_SYS_ADMIN = 21
+CAP_SYS_PTRACE, CAP_SYS_ADMIN = 19, 21
+CAP_LAST = 63
+"""Highest capability number tried when every one is dropped (the kernel refuses unknown ones: ignored)."""
 _CAPABILITY_VERSION_3 = 0x20080522
 TMPFS_OPTIONS = b"size=4k,mode=0555"
 """The empty folder shown in the secrets folder's place: read-only, nothing can be written to it."""
@@ -42,12 +60,21 @@ exposed: str | None = None
 which tell the node in their HELLO); None: hidden, or none to hide."""
 
 
+def identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder now, None when it is not there: another one means a fresh template."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def hide(folder: Path, keep: Sequence[Path]) -> str | None:
     """Lay an empty read-only tmpfs over `folder` for this process and the children it forks from now on.
 
     Returns None when the folder is hidden (or there is none to hide), else a sentence saying it is not and
     why. Call it while the process has a single thread: a threaded process cannot enter a user namespace.
-    `keep`: folders instances need (the project, the code cache), which must stay visible.
+    `keep`: folders instances need (the project, the code cache, the interpreter), which must stay visible.
     """
     try:
         real = folder.resolve(strict=True)
@@ -62,32 +89,78 @@ def _why_not(real: Path, keep: Sequence[Path]) -> str | None:
         if needed.resolve().is_relative_to(real):
             return f"it holds {needed}, which instances need"
     if not sys.platform.startswith("linux"):
-        return "hiding it takes a Linux mount namespace"
+        return "hiding it takes Linux namespaces"
+    problem = _in_child(real)  # a failure half-way must not strand this process
+    return problem if problem is not None else _enter(real)
+
+
+def _in_child(real: Path) -> str | None:
+    """`_enter` in a forked child, which reports how it went and exits."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, (_enter(real) or "").encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        told = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        return told or "the trial in a child process failed"
+    return told or None
+
+
+def _enter(real: Path) -> str | None:
     libc = ctypes.CDLL(None, use_errno=True)
-    problem = _enter_namespace(libc)
-    if problem is not None:
-        return problem
+    root = os.geteuid() == 0
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+        return _failed("unshare (user and mount namespaces)")
+    # A process whose ids changed (a node started by root dropping to a user) is not dumpable: its
+    # /proc/self files are then root's, and the maps could not be written.
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    try:
+        # Our own ids only (mapping more takes a process outside the namespace); the gid map takes setgroups
+        # denied first.
+        Path("/proc/self/setgroups").write_text("deny")
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    except OSError as exc:
+        return f"mapping the user namespace's ids: {exc.strerror or exc}"
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:  # nothing we mount reaches the node
         return _failed("mount --make-rprivate /")
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     if libc.mount(b"faas-hidden", os.fsencode(real), b"tmpfs", flags, TMPFS_OPTIONS) != 0:
         return _failed("mount tmpfs over it")
-    return _drop_admin(libc)
+    problem = _drop(libc, (CAP_SYS_ADMIN, CAP_SYS_PTRACE) if root else range(CAP_LAST + 1))
+    if problem is not None:
+        return problem
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        return _failed("prctl(PR_SET_DUMPABLE, 0)")
+    return None
 
 
-def _drop_admin(libc: ctypes.CDLL) -> str | None:
-    """Give up CAP_SYS_ADMIN for good (the bounding set too, so no program run later gets it back): without
-    it no handler can unmount the empty folder, or enter another mount namespace, to reach the secrets."""
-    if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0) != 0:
-        return _failed("dropping CAP_SYS_ADMIN from the bounding set")
+def _drop(libc: ctypes.CDLL, caps: Sequence[int] | range) -> str | None:
+    """Give up `caps` for good: the bounding set too, so no program run later gets them back."""
+    for cap in caps:
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and cap in (CAP_SYS_ADMIN, CAP_SYS_PTRACE):
+            return _failed(f"dropping capability {cap} from the bounding set")
     header = _CapHeader(_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     if libc.capget(ctypes.byref(header), data) != 0:
         return _failed("capget")
-    keep = ~(1 << CAP_SYS_ADMIN) & 0xFFFFFFFF
-    data[0].effective &= keep
-    data[0].permitted &= keep
-    data[0].inheritable &= keep
+    for cap in caps:
+        word, bit = divmod(cap, 32)
+        if word < 2:
+            keep = ~(1 << bit) & 0xFFFFFFFF
+            data[word].effective &= keep
+            data[word].permitted &= keep
+            data[word].inheritable &= keep
     if libc.capset(ctypes.byref(header), data) != 0:
         return _failed("capset")
     return None
@@ -103,26 +176,6 @@ class _CapData(ctypes.Structure):
         ("permitted", ctypes.c_uint32),
         ("inheritable", ctypes.c_uint32),
     ]
-
-
-def _enter_namespace(libc: ctypes.CDLL) -> str | None:
-    """A mount namespace of this process's own: directly (root), else inside a new user namespace."""
-    if os.geteuid() == 0 and libc.unshare(CLONE_NEWNS) == 0:
-        return None
-    uid, gid = os.geteuid(), os.getegid()
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
-        return _failed("unshare (mount and user namespaces)")
-    # A process whose ids changed (a node started by root dropping to a user) is not dumpable: its
-    # /proc/self files are then root's, and the maps could not be written.
-    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-    try:
-        # Map our ids to themselves; a user namespace's gid map takes setgroups denied first.
-        Path("/proc/self/setgroups").write_text("deny")
-        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
-    except OSError as exc:
-        return f"mapping the user namespace's ids: {exc.strerror or exc}"
-    return None
 
 
 def _failed(call: str) -> str:

@@ -65,9 +65,13 @@ class Template:
     def __init__(self, hide: Path | None = None, keep: Sequence[Path] = ()) -> None:
         self.hide = hide
         """The folder instances must not see (the secrets folder), kept visible to the node."""
-        self.keep = list(keep)
-        """Folders instances need (the project, the code cache): never hidden, so `hide` is not when it
-        holds one of them."""
+        # The interpreter's and the framework's folders too: a secrets folder around them stays visible.
+        self.keep = [*keep, Path(sys.prefix), Path(sys.base_prefix), Path(_PACKAGE_PARENT)]
+        """Folders instances need (the project, the code cache, the interpreter, the framework): never
+        hidden, so `hide` is not when it holds one of them."""
+        self.hidden: tuple[int, int] | None = None
+        """The identity (`sandbox.identity`) of the folder hidden when the process started: a folder that
+        appears or is replaced later is not hidden from it."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
 
@@ -78,6 +82,7 @@ class Template:
     def start(self) -> None:
         """Start the template process. Returns at once: it is ready in ~100 ms, requests queue meanwhile."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.hidden = None if self.hide is None else sandbox.identity(self.hide)
         env = instance_environ(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         # -P: `-m` would put the node's working directory (often the project folder) first on the path of

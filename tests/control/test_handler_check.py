@@ -78,3 +78,22 @@ def test_single_modules_installed_modules_and_env(tmp_path: Path) -> None:
     assert import_errors(root, {"solo:f": {"LEVEL": "3"}, "json:dumps": {}}) == {}
     missing = import_errors(root, {"solo:f": {}})
     assert missing == {"solo:f": "does not import: KeyError: 'LEVEL'"}
+
+
+def test_code_run_at_import_sees_no_secrets_folder(tmp_path: Path) -> None:
+    """A module that reads a secret file at import, as an instance would import it: the secrets folder is
+    empty there (`runtime/sandbox.py`), so the check says it does not import; with no secrets folder
+    given, the same module imports (the file is there)."""
+    token = tmp_path / "secrets" / "token"
+    root = project(
+        tmp_path,
+        {
+            "secrets/token": "hunter22\n",
+            "functions/__init__.py": "",
+            "functions/peek.py": f"TOKEN = open({str(token)!r}).read()\n\ndef f(p, ctx):\n    return p\n",
+        },
+    )
+    problems = import_errors(root, {"functions.peek:f": {}}, root / "secrets")
+    assert problems["functions.peek:f"].startswith("does not import: FileNotFoundError"), problems
+    assert import_errors(root, {"functions.peek:f": {}}) == {}
+    assert token.read_text() == "hunter22\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from framework.control import handler_check, manifest_edit
-from framework.control.manifest import FunctionSpec, ScheduleSpec, check_cron, load_manifest
+from framework.control.manifest import FunctionSpec, InstancesSpec, ScheduleSpec, check_cron, load_manifest
 from framework.errors import ManifestError
 from tests.support import write_project
 
@@ -317,6 +317,11 @@ def test_an_empty_key_is_its_default(tmp_path: Path) -> None:
     (alpha,) = load_manifest(write_project(tmp_path, manifest, MODULES) / "functions.yaml").functions
     assert (alpha.events, alpha.schedules, alpha.secrets, alpha.retry.attempts) == ((), (), (), 0)
     assert alpha.env == {"A": "a"} and alpha.instances.max == 3
+    under_defaults = manifest.replace("instances: {max: 3}", "instances:").replace("env: {A: a}", "env:")
+    (beta,) = load_manifest(
+        write_project(tmp_path / "b", under_defaults, MODULES) / "functions.yaml"
+    ).functions
+    assert beta.env == {} and beta.instances.max == InstancesSpec().max
 
 
 def test_an_empty_functions_list_has_no_functions(tmp_path: Path) -> None:

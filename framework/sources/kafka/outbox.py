@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaTimeoutError
 from framework.errors import FunctionError
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
-from framework.kafka.deadletter import failed_headers
+from framework.kafka.deadletter import failed_headers, with_short_error
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.kafka.replies import PermanentSendError, ReplyProducer
 
@@ -206,17 +206,22 @@ class ReplyOutbox:
     ) -> None:
         """Copy a record to the dead-letter topic and wait for the acknowledgement; `reason` is the
         metric's label: `bad_event` or `failed`."""
+        topic = self.settings.deadletter_topic
         try:
-            await self.sender.send(self.settings.deadletter_topic, value, key, headers)
+            await self.sender.send(topic, value, key, headers)
         except PermanentSendError as exc:
-            # E.g. bigger than the topic allows: keep the key, headers and the reason at least.
-            log.error("dead-letter copy refused (%s): sending it without its value", exc)
-            await self.sender.send(
-                self.settings.deadletter_topic,
-                None,
-                key,
-                [*headers, ("faas_deadletter_error", str(exc).encode())],
-            )
+            # E.g. bigger than the topic allows. A long error message goes first (the event must stay
+            # replayable), then the value: the key, headers and the reason are kept at least.
+            short = with_short_error(headers)
+            try:
+                if short is None:
+                    raise
+                await self.sender.send(topic, value, key, short)
+                log.warning("dead-letter copy refused (%s): sent with its faas_error cut short", exc)
+            except PermanentSendError:
+                log.error("dead-letter copy refused (%s): sending it without its value", exc)
+                marked = [*(short or headers), ("faas_deadletter_error", str(exc).encode())]
+                await self.sender.send(topic, None, key, marked)
         self.metrics.events_deadlettered.labels(reason).inc()
 
     def _missing_topic(self, exc: BaseException) -> bool:

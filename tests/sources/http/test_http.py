@@ -318,7 +318,7 @@ def test_schemathesis(node: Node, tmp_path: Path) -> None:
         "--max-examples",
         "25",
         "--max-time",
-        "30",  # bounds the stateful phase, which would run on: 93 scenarios, all 8 links, in 14 s here
+        "20",  # bounds the stateful phase, which would run on: 93 scenarios, all 8 links, in 14 s here
         "--workers",
         "1",
         "--request-timeout",

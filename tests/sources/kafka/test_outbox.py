@@ -1,0 +1,58 @@
+"""`ReplyOutbox.deadletter` when the broker refuses a copy for its size: a sender that refuses records over a
+byte limit stands in for the broker (the size rule is all that is under test)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, cast
+
+from framework.kafka.cloudevents import MAX_MESSAGE
+from framework.kafka.deadletter import failed_headers
+from framework.observe.metrics import Metrics
+from framework.settings import Settings
+from framework.sources.kafka.outbox import ReplyOutbox
+from framework.sources.kafka.replies import PermanentSendError
+
+
+class _SizedSender:
+    """Acknowledges a record of at most `limit` bytes (value and header values); refuses a larger one for
+    good, as a broker does a record over its topic's `max.message.bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent: list[tuple[bytes | None, list[tuple[str, bytes | None]]]] = []
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+    ) -> None:
+        size = len(value or b"") + sum(len(v or b"") for _, v in headers)
+        if size > self.limit:
+            raise PermanentSendError(f"MessageSizeTooLargeError: {size} bytes")
+        self.sent.append((value, list(headers)))
+
+
+def _copy(limit: int, value: bytes, message: str) -> tuple[bytes | None, dict[str, bytes | None]]:
+    sender = _SizedSender(limit)
+    outbox = ReplyOutbox(Settings(), Metrics(), cast(Any, sender), lambda: None)
+    headers = failed_headers([("ce_id", b"e1")], "FunctionError", message, "f", 1)
+    asyncio.run(outbox.deadletter(b"k", value, headers, "failed"))
+    assert len(sender.sent) == 1, sender.sent
+    sent_value, sent_headers = sender.sent[0]
+    return sent_value, dict(sent_headers)
+
+
+def test_a_copy_too_large_for_its_whole_error_keeps_its_value_with_the_error_cut() -> None:
+    """1. A failed event of 10,000 bytes whose error message is 20,000 characters, to a broker taking 12,000
+       bytes a record. 2. The same with a limit of 5,000 (the value alone does not fit). 3. A limit of 40,000.
+    Result: 1 keeps the value (the event stays replayable) with `faas_error` cut to MAX_MESSAGE characters
+    and marked; 2 sends the copy without its value, saying why; 3 sends everything whole."""
+    value, message = b"v" * 10_000, "m" * 20_000
+    sent_value, headers = _copy(12_000, value, message)
+    error = (headers["faas_error"] or b"").decode()
+    assert sent_value == value and len(error) == MAX_MESSAGE + 1 and error.endswith("…"), error[-20:]
+    assert "faas_deadletter_error" not in headers
+    sent_value, headers = _copy(5_000, value, message)
+    assert sent_value is None and b"MessageSizeTooLargeError" in (headers["faas_deadletter_error"] or b"")
+    sent_value, headers = _copy(40_000, value, message)
+    assert sent_value == value and headers["faas_error"] == f"FunctionError: {message}".encode()
