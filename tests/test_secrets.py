@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Node, ce_headers, consume, new_id, produce, run_cli, wait_for, write_project
+from tests.support import Node, ce_headers, consume, metric, new_id, produce, run_cli, wait_for, write_project
 
 READER = "5ec5ec00-0000-4000-8000-000000000011"
 LEAK = "5ec5ec00-0000-4000-8000-000000000012"
@@ -188,9 +188,11 @@ def test_a_function_cannot_open_the_secrets_folder(tmp_path: Path, nodes: Start)
 
 def test_a_folder_that_appears_or_is_replaced_is_hidden_too(tmp_path: Path, nodes: Start) -> None:
     """1. A node starts with no secrets folder (the default `secrets`, absent: nothing to hide yet).
-    2. The folder appears with a secret; later it is deleted and made again (a rotation by replacement).
+    2. The folder appears with a secret; later, while `reader` serves a 3 s call, it is deleted and made
+       again (a rotation by replacement, which may reuse the inode number).
     Result: after each, `peek` soon finds the folder empty (the node started its instances from a fresh
-    template, which hides the new folder), and the files are there for the node."""
+    template, which hides the new folder); the call in flight is answered (the old template stays until
+    its instances are gone); each change made one fresh template, and the files are there for the node."""
     root = write_project(tmp_path / "proj", MANIFEST, MODULES)
     folder = root / "secrets"
     n = nodes(root, None, kafka=False).wait_ready()
@@ -202,14 +204,25 @@ def test_a_folder_that_appears_or_is_replaced_is_hidden_too(tmp_path: Path, node
         return result
 
     assert peeked()["names"] == ["errno 2"]
+    in_flight: list[httpx.Response] = []
     for value in ("first-value", "second-value"):
         if folder.exists():
+            served_again(n, "first-value", 10)
+            slow = threading.Thread(target=lambda: in_flight.append(invoke(n, READER, {"sleep": 3})))
+            slow.start()
+            wait_for(
+                lambda: metric(n, "faas_inflight_requests", function="reader") >= 1, 10, message="in flight"
+            )
             shutil.rmtree(folder)
         folder.mkdir()
         (folder / "api_token").write_text(value + "\n")
         wait_for(lambda: peeked()["names"] == [], 30, message=f"the folder hidden ({value})")
         assert peeked()["read"] == {"api_token": "errno 2", "someone_elses": "errno 2"}
         assert (folder / "api_token").read_text() == value + "\n"
+    slow.join(30)
+    assert [r.status_code for r in in_flight] == [200], [r.text for r in in_flight]
+    renewals = n.log.read_text().count("appeared or was replaced: every function gets fresh instances")
+    assert renewals == 2, renewals
 
 
 def test_a_secrets_folder_holding_the_code_stays_visible_and_says_so(tmp_path: Path, nodes: Start) -> None:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from framework import sandbox
 from framework.control.snapshot import code_files, top_level_of
 
 IMPORT_TIMEOUT = 30.0
@@ -26,11 +27,14 @@ IMPORT_TIMEOUT = 30.0
 
 _MARK = "@@faas-check@@ "
 _CHECK = f"""
-import importlib, json, os, sys
+import importlib, importlib.util, json, os, sys
 from pathlib import Path
-if sys.argv[2]:  # as in instances (`runtime/sandbox.py`), module code run at import sees no secrets folder
-    from framework.runtime import sandbox
-    sandbox.hide(Path(sys.argv[2]), [Path(sys.argv[1]), Path.cwd()])
+hiding = json.loads(sys.argv[2])
+if hiding:  # as in instances (`framework/sandbox.py`), code run at import sees no secrets folder
+    spec = importlib.util.spec_from_file_location("faas_sandbox", hiding["sandbox"])  # by path: the
+    sandbox = importlib.util.module_from_spec(spec)  # framework may not be importable from here
+    spec.loader.exec_module(sandbox)
+    sandbox.hide(Path(hiding["hide"]), [Path(p) for p in hiding["keep"]])
 sys.path.insert(0, sys.argv[1])  # the view: the handlers' top-level package, nothing else of the project
 out, sys.stdout = sys.stdout, sys.stderr  # a module's prints must not mix with the report
 
@@ -77,6 +81,14 @@ def import_errors(
     return problems
 
 
+def _hiding(root: Path, view: Path, secrets: Path | None) -> str:
+    """What the check's process hides, for `_CHECK` (JSON; an empty object: nothing)."""
+    if secrets is None:
+        return "{}"
+    keep = [str(p) for p in sandbox.needed(root, view)]
+    return json.dumps({"sandbox": sandbox.__file__, "hide": str(secrets), "keep": keep})
+
+
 def _check(
     root: Path, view: Path, handlers: dict[str, dict[str, str]], secrets: Path | None
 ) -> dict[str, str]:
@@ -87,7 +99,7 @@ def _check(
         try:
             proc = subprocess.run(
                 # -P: `-c` would put the working directory, the whole project, first on the path.
-                [sys.executable, "-P", "-c", _CHECK, str(view), "" if secrets is None else str(secrets)],
+                [sys.executable, "-P", "-c", _CHECK, str(view), _hiding(root, view, secrets)],
                 input=stdin,
                 capture_output=True,
                 text=True,

@@ -106,6 +106,8 @@ class InstanceHandle:
         self.load = 0
         self.last_used = time.monotonic()
         self.pid = 0
+        self.template: Template | None = None
+        """The template it was forked from (set by `start`)."""
         self.ready = False
         self.dead = False
         self.exited = asyncio.Event()
@@ -139,6 +141,7 @@ class InstanceHandle:
 
     async def start(self, template: Template) -> None:
         """Fork the instance and wait for it to import its handler; failures land in `started` too."""
+        self.template = template
         config = {
             "function": self.spec.name,
             "uuid": self.spec.uuid,

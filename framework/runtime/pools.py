@@ -12,13 +12,13 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from framework import sandbox
 from framework.control.deployments import cache_dir
 from framework.control.manifest import FunctionSpec
 from framework.control.secrets import SecretError, SecretStore
 from framework.errors import Overloaded
 from framework.observe import tracing
 from framework.observe.metrics import Metrics
-from framework.runtime import sandbox
 from framework.runtime.handle import LINES_WAIT, InstanceHandle
 from framework.runtime.memory import MemoryGuard
 from framework.runtime.pool import FunctionPool

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from framework.runtime import sandbox
+from framework import sandbox
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _MAX_CONFIG = 1 << 20
@@ -65,8 +65,7 @@ class Template:
     def __init__(self, hide: Path | None = None, keep: Sequence[Path] = ()) -> None:
         self.hide = hide
         """The folder instances must not see (the secrets folder), kept visible to the node."""
-        # The interpreter's and the framework's folders too: a secrets folder around them stays visible.
-        self.keep = [*keep, Path(sys.prefix), Path(sys.base_prefix), Path(_PACKAGE_PARENT)]
+        self.keep = sandbox.needed(*keep)
         """Folders instances need (the project, the code cache, the interpreter, the framework): never
         hidden, so `hide` is not when it holds one of them."""
         self.hidden: tuple[int, int] | None = None

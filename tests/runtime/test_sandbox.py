@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from framework.runtime import sandbox
+from framework import sandbox
 
 NOBODY = 65534
 MNT_DETACH = 2
@@ -139,3 +140,63 @@ def test_a_folder_holding_what_instances_need_is_left_and_said_why(folder: Path)
     assert why is not None and str(folder) in why and "which instances need" in why
     assert sandbox.hide(folder.parent / "missing", []) is None
     assert [p.name for p in folder.iterdir()] == ["token"]
+
+
+def test_instances_cannot_read_each_other_and_the_node_reads_them(folder: Path) -> None:
+    """1. A child hides the folder (the template), then forks two instances, each of which takes a user
+       namespace of its own (`isolate`); instance A runs a program holding a secret in its environment.
+    2. Instance B reads that program's `/proc/PID/environ` and A's `/proc/PID/mem`; this process (the node)
+       reads A's `smaps_rollup` and the program's `environ`.
+    Result: B is refused both (EACCES: a program run with exec is dumpable again, so only the namespaces
+    keep siblings apart); the node reads both."""
+    if not _namespaces_allowed(None):
+        pytest.skip("this kernel refuses user namespaces: hide says so (test above)")
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the template
+        try:
+            assert sandbox.hide(folder, []) is None
+            ready_r, ready_w = os.pipe()
+            a = os.fork()
+            if a == 0:  # instance A: runs a program with a secret until the node has looked
+                assert sandbox.isolate() is None
+                program = subprocess.Popen(["sleep", "30"], env={"SECRET": "hunter22"})
+                os.write(ready_w, f"{os.getpid()} {program.pid}".encode())
+                os.read(go_r, 1)
+                program.kill()
+                program.wait()
+                os._exit(0)
+            a_pid, program_pid = map(int, os.read(ready_r, 100).split())
+            seen_r, seen_w = os.pipe()
+            b = os.fork()
+            if b == 0:  # instance B: looks at A's memory and at its program's environment
+                assert sandbox.isolate() is None
+                seen = {}
+                for what, path in (
+                    ("environ", f"/proc/{program_pid}/environ"),
+                    ("mem", f"/proc/{a_pid}/mem"),
+                ):
+                    try:
+                        Path(path).read_bytes()
+                        seen[what] = 0
+                    except OSError as exc:
+                        seen[what] = exc.errno or -1
+                os.write(seen_w, orjson.dumps(seen))
+                os._exit(0)
+            b_seen = orjson.loads(os.read(seen_r, 1000))
+            os.waitpid(b, 0)
+            os.write(report_w, orjson.dumps({"a": a_pid, "program": program_pid, "b": b_seen}))
+            os.waitpid(a, 0)
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    got = orjson.loads(os.read(report_r, 1000))
+    try:
+        rollup = Path(f"/proc/{got['a']}/smaps_rollup").read_text()
+        environ = Path(f"/proc/{got['program']}/environ").read_bytes()
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)
+    assert got["b"] == {"environ": errno.EACCES, "mem": errno.EACCES}, got
+    assert "Private_Dirty" in rollup and b"SECRET=hunter22" in environ

@@ -37,11 +37,10 @@ from typing import Any, NoReturn
 
 import orjson
 
-from framework import heap
+from framework import heap, sandbox
 from framework.context import Context
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
-from framework.runtime import sandbox
 from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact, thread_context
 from framework.runtime.worker.capture import CapturingSender, clean_text
@@ -92,6 +91,9 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
             os.setpgid(0, 0)
         # The template ignores SIGCHLD to auto-reap; handlers that run subprocesses need the default.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        isolated = sandbox.isolate()  # still one thread: a user namespace of its own (`sandbox.py`)
+        if isolated is not None:
+            sandbox.exposed = f"instances can read each other's memory: {isolated}"
         code = _main(config, main_fd, log_fd)
     except BaseException:
         traceback.print_exc()
