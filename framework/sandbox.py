@@ -145,7 +145,12 @@ def _in_child(real: Path, keep: Sequence[Path]) -> str | None:
     project in a user's 0750 home would not be: other users' files are nobody's in the namespace),
     reports how it went and exits."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        return f"a trial in a child process could not start: {exc.strerror or exc}"
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read_end)

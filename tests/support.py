@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import http.server
 import json
 import os
@@ -370,3 +371,21 @@ def _as_dict(m: Any) -> dict[str, Any]:
         "offset": m.offset,
         "headers": {k: v.decode(errors="replace") for k, v in (m.headers or [])},
     }
+
+
+CLONE_NEWUSER = 0x10000000
+
+
+def namespaces_allowed(uid: int | None) -> bool:
+    """Whether a process (as `uid`) may enter a user namespace here: then hiding must succeed."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWUSER) == 0 else 1)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0

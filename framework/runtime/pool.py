@@ -375,5 +375,7 @@ def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:
     instance as a successful one's does (its `InvokeResult` carries them). A copy: an instance's failed
     start is one exception, which every request that waited for it gets."""
     own = copy.copy(exc)
+    if hasattr(exc, "__notes__"):
+        own.__notes__ = list(exc.__notes__)  # its own list: a note added to one is not added to all
     own.cold_start, own.instance_id = cold, inst.id
     return own

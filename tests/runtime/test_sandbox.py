@@ -16,11 +16,11 @@ import orjson
 import pytest
 
 from framework import sandbox
+from tests.support import namespaces_allowed
 
 NOBODY = 65534
 MNT_DETACH = 2
 PR_GET_DUMPABLE = 3
-CLONE_NEWUSER = 0x10000000
 CAP_SYS_PTRACE, CAP_SYS_ADMIN = 19, 21
 
 
@@ -81,23 +81,8 @@ def _in_child(folder: Path, uid: int | None) -> dict[str, object]:
     return result
 
 
-def _namespaces_allowed(uid: int | None) -> bool:
-    """Whether a process (as `uid`) may enter a user namespace here: then hiding must succeed."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            if uid is not None:
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-            os._exit(0 if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWUSER) == 0 else 1)
-        finally:
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
-
-
 def _check(seen: dict[str, object], folder: Path, uid: int | None) -> None:
-    if _namespaces_allowed(uid):
+    if namespaces_allowed(uid):
         assert seen["why"] is None, seen
         assert seen["names"] == [] and seen["token"] == errno.ENOENT and seen["wrote"] is False, seen
         assert seen["umount"] == errno.EPERM and seen["names_after_umount"] == [], "unmounted: " + str(seen)
@@ -149,7 +134,7 @@ def test_instances_cannot_read_each_other_and_the_node_reads_them(folder: Path) 
        reads A's `smaps_rollup` and the program's `environ`.
     Result: B is refused both (EACCES: a program run with exec is dumpable again, so only the namespaces
     keep siblings apart); the node reads both."""
-    if not _namespaces_allowed(None):
+    if not namespaces_allowed(None):
         pytest.skip("this kernel refuses user namespaces: hide says so (test above)")
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
