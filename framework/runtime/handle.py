@@ -481,7 +481,8 @@ _exposures_told: set[str] = set()
 
 
 def _exposed_once(why: str) -> None:
-    """An instance's HELLO said it can read the secrets folder (`sandbox.py`): logged once per reason."""
+    """An instance's HELLO said it can read the secrets folder (`framework/sandbox.py`): logged once per
+    reason."""
     if why not in _exposures_told:
         _exposures_told.add(why)
         log.warning("%s; a function can then read secrets it does not list", why)

@@ -56,6 +56,8 @@ class Runtime:
         self._template = Template(settings.secrets_path, self._needed)
         self._old_templates: list[Template] = []
         """Templates replaced by a fresh one (`_renew_template`), kept until their instances are gone."""
+        self._folder_went = False
+        """The secrets folder went since the template started: the next one there is not hidden."""
         self._pools: dict[str, FunctionPool] = {}
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
@@ -153,9 +155,9 @@ class Runtime:
         ones finish on the old. Returns the names of those functions.
 
         A folder that appeared, or was replaced, since the template started is not hidden from it
-        (`sandbox.py`): every function then gets instances of a fresh template, which hides it (told by the
-        watcher, `secrets_folder_appeared`, or seen here by its identity)."""
-        if self._template.hide is not None and sandbox.identity(self._template.hide) != self._template.hidden:
+        (`framework/sandbox.py`): every function then gets instances of a fresh template, which hides it
+        (told by the watcher, `secrets_folder_appeared`, or seen here by its identity)."""
+        if self._hidden_elsewhere():
             return self._renew_template()
         changed = []
         for name, pool in list(self._pools.items()):
@@ -169,24 +171,41 @@ class Runtime:
         return changed
 
     def secrets_folder_appeared(self) -> None:
-        """The secrets folder appeared, or another took its place: templates started before hide the old one
-        at most, so every function gets instances of a fresh template, which hides this one."""
-        if self._template.hide is not None:
+        """The secrets folder appeared, or another took its place (even with the old one's inode number):
+        the template hides the old one at most."""
+        self._folder_went = True
+        if self._hidden_elsewhere():
             self._renew_template()
+
+    def _hidden_elsewhere(self) -> bool:
+        """Whether a secrets folder is there that the template does not hide: one that appeared, or took
+        the place of the one it hides. A folder gone only marks it so; the next one renews it, once."""
+        template = self._template
+        if template.hide is None or self._stopping:
+            return False
+        now = sandbox.identity(template.hide)
+        if now is None:
+            self._folder_went = self._folder_went or template.hidden is not None
+            return False
+        return now != template.hidden or self._folder_went
 
     def _renew_template(self) -> list[str]:
         """A fresh template for every new instance; the old one stays until its instances are gone (they
-        die with it), and every pool is retired so that no new request reaches them."""
+        die with it). Every pool is retired, and one still starting instances for its queue starts them
+        from the fresh template too."""
         old = self._template
         log.info(
             "the secrets folder %s appeared or was replaced: every function gets fresh instances", old.hide
         )
-        self._template = Template(old.hide, self._needed)
-        self._template.start()
+        self._template = fresh = Template(old.hide, self._needed)
+        fresh.start()
+        self._folder_went = False
         self._old_templates.append(old)
         names = list(self._pools)
         for name in names:
             self._retire(name)
+        for pool in self._retired:
+            pool.template = fresh
         return names
 
     def instance_count(self, name: str) -> int:
@@ -272,10 +291,9 @@ class Runtime:
             self._retired = [
                 p for p in self._retired if p.instances or p.queued or p.exiting or p.late_records
             ]
-            for old in [
-                t for t in self._old_templates if not any(p.template is t for p in self._all_pools())
-            ]:
-                old.stop()
+            forked = {i.template for p in self._all_pools() for i in (*p.instances, *p.exiting)}
+            for old in [t for t in self._old_templates if t not in forked]:
+                old.stop()  # none of its instances is left: they would die with it
                 self._old_templates.remove(old)
 
 

@@ -12,7 +12,7 @@ instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its 
 here so the kernel reaps exited instances (no zombies).
 
 Before its first fork the template hides the secrets folder from itself and so from every instance
-(`sandbox.py`).
+(`framework/sandbox.py`).
 """
 
 from __future__ import annotations

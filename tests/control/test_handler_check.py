@@ -83,7 +83,7 @@ def test_single_modules_installed_modules_and_env(tmp_path: Path) -> None:
 
 def test_code_run_at_import_sees_no_secrets_folder(tmp_path: Path) -> None:
     """A module that reads a secret file at import, as an instance would import it: the secrets folder is
-    empty there (`sandbox.py`), so the check says it does not import; with no secrets folder
+    empty there (`framework/sandbox.py`), so the check says it does not import; with no secrets folder
     given, the same module imports (the file is there)."""
     token = tmp_path / "secrets" / "token"
     root = project(

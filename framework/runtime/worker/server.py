@@ -91,7 +91,7 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
             os.setpgid(0, 0)
         # The template ignores SIGCHLD to auto-reap; handlers that run subprocesses need the default.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        isolated = sandbox.isolate()  # still one thread: a user namespace of its own (`sandbox.py`)
+        isolated = sandbox.isolate()  # still one thread: a user namespace of its own (`framework/sandbox.py`)
         if isolated is not None:
             sandbox.exposed = f"instances can read each other's memory: {isolated}"
         code = _main(config, main_fd, log_fd)
