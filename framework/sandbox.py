@@ -5,8 +5,8 @@ An instance gets the values of the secrets its function lists from the node (`ct
 the folder; but it runs as the node's user, so any handler could open the files of every other function's
 secrets. So the template (`template.py`), before it forks its first instance, moves itself into a user and
 mount namespace of its own where an empty, read-only tmpfs lies over the folder. Every instance forked from
-it inherits that view, at no cost per instance (5-7 ms once per template, the trial in a child included);
-the node's own view is unchanged (it reads the secrets and watches them for changes).
+it inherits that view (5-7 ms once per template, the trial in a child included); the node's own view is
+unchanged (it reads the secrets and watches them for changes).
 
 What keeps a handler from getting around it:
 - a user namespace, for root too (the process's own uid and gid mapped to themselves): capabilities held
@@ -24,10 +24,10 @@ but not map its ids (Ubuntu's AppArmor restriction for unprivileged users) would
 in an unmapped namespace where every file looks owned by nobody; the child also checks it can still read
 what instances need (a root node's project in a user's 0750 home would not be). Where it cannot be done (a
 container whose seccomp profile refuses `unshare`, a kernel without user namespaces), or where the folder
-holds the project,
-the code cache or the interpreter (hiding it would hide the code), the folder stays visible: `hide` says
-why, instances repeat it in their HELLO and the node logs it once. A folder missing when the template starts
-has nothing to hide then; the node starts a fresh template when it appears or is replaced (`Runtime`).
+holds the project, the code cache or the interpreter (hiding it would hide the code), the folder stays
+visible: `hide` says why, instances repeat it in their HELLO and the node logs it once. A folder missing
+when the template starts has nothing to hide then; the node starts a fresh template when it appears or is
+replaced (`Runtime`).
 
 Side effects for handlers: programs that gain privileges on exec (setuid, file capabilities: `sudo`, some
 `ping`s) do not, supplementary groups and files of other users show as `nogroup`/`nobody` (a root node's
@@ -99,17 +99,18 @@ def hide(folder: Path, keep: Sequence[Path]) -> str | None:
 
 
 def _why_not(real: Path, keep: Sequence[Path]) -> str | None:
-    for needed in keep:
-        if needed.resolve().is_relative_to(real):
-            return f"it holds {needed}, which instances need"
+    for folder in keep:
+        if folder.resolve().is_relative_to(real):
+            return f"it holds {folder}, which instances need"
     if not sys.platform.startswith("linux"):
         return "hiding it takes Linux namespaces"
-    problem = _in_child(real, keep)  # a failure half-way must not strand this process
+    libc = ctypes.CDLL(None, use_errno=True)
+    problem = _in_child(libc, real, keep)  # a failure half-way must not strand this process
     if problem is None:
-        problem = _enter(real)
+        problem = _enter(libc, real)
     if problem is None:
         global _libc
-        _libc = ctypes.CDLL(None, use_errno=True)  # loaded once here, for every instance's `isolate`
+        _libc = libc  # kept for every instance's `isolate`
     return problem
 
 
@@ -117,8 +118,9 @@ def isolate() -> str | None:
     """In a forked instance of a template that hid the folder: a user namespace of the instance's own, so
     no other instance can read its memory or its subprocesses' (`/proc/PID/mem`, `environ`: a program
     run with exec is dumpable again), whatever their dumpable flag; the node, which owns the namespaces
-    above, still reads it. The instance is dumpable again (the node reads its `smaps_rollup`) and holds no
-    capability. Returns why that could not be done, or None (also when there is nothing to do)."""
+    above, still reads it. The instance is dumpable again (the node reads its `smaps_rollup`); the
+    capabilities its namespace gives it reach nothing outside it. Returns why that could not be done, or
+    None (also when there is nothing to do)."""
     if _libc is None:
         return None
     uid, gid = os.geteuid(), os.getegid()
@@ -140,7 +142,7 @@ def isolate() -> str | None:
     return None
 
 
-def _in_child(real: Path, keep: Sequence[Path]) -> str | None:
+def _in_child(libc: ctypes.CDLL, real: Path, keep: Sequence[Path]) -> str | None:
     """`_enter` in a forked child, which then checks it can still read what instances need (a root node's
     project in a user's 0750 home would not be: other users' files are nobody's in the namespace),
     reports how it went and exits."""
@@ -154,10 +156,10 @@ def _in_child(real: Path, keep: Sequence[Path]) -> str | None:
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read_end)
-            problem = _enter(real)
-            for needed in keep:
-                if problem is None and needed.exists() and not os.access(needed, os.R_OK | os.X_OK):
-                    problem = f"in the namespace {needed}, which instances need, is not readable"
+            problem = _enter(libc, real)
+            for folder in keep:
+                if problem is None and folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
+                    problem = f"in the namespace {folder}, which instances need, is not readable"
             os.write(write_end, (problem or _DONE).encode())
         finally:
             os._exit(0)
@@ -171,8 +173,7 @@ def _in_child(real: Path, keep: Sequence[Path]) -> str | None:
     return told or "the trial in a child process ended without a word"
 
 
-def _enter(real: Path) -> str | None:
-    libc = ctypes.CDLL(None, use_errno=True)
+def _enter(libc: ctypes.CDLL, real: Path) -> str | None:
     root = os.geteuid() == 0
     uid, gid = os.geteuid(), os.getegid()
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
@@ -201,7 +202,7 @@ def _enter(real: Path) -> str | None:
     return None
 
 
-def _drop(libc: ctypes.CDLL, caps: Sequence[int] | range) -> str | None:
+def _drop(libc: ctypes.CDLL, caps: Sequence[int]) -> str | None:
     """Give up `caps` for good: the bounding set too, so no program run later gets them back."""
     for cap in caps:
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and cap in (CAP_SYS_ADMIN, CAP_SYS_PTRACE):

@@ -15,6 +15,7 @@ reply is refused is the event left without one (an error is logged): then no rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -213,12 +214,14 @@ class ReplyOutbox:
             # E.g. bigger than the topic allows. A long error message goes first (the event must stay
             # replayable), then the value: the key, headers and the reason are kept at least.
             short = with_short_error(headers)
-            try:
-                if short is None:
-                    raise
-                await self.sender.send(topic, value, key, short)
+            sent = False
+            if short is not None:
+                with contextlib.suppress(PermanentSendError):
+                    await self.sender.send(topic, value, key, short)
+                    sent = True
+            if sent:
                 log.warning("dead-letter copy refused (%s): sent with its faas_error cut short", exc)
-            except PermanentSendError:
+            else:
                 log.error("dead-letter copy refused (%s): sending it without its value", exc)
                 marked = [*(short or headers), ("faas_deadletter_error", str(exc).encode())]
                 await self.sender.send(topic, None, key, marked)
