@@ -12,8 +12,8 @@ import urllib.request
 from typing import Any
 
 import click
-import orjson
 
+from framework import json_exact
 from framework.cli import scripting
 from framework.cli.common import (
     bootstrap_option,
@@ -181,9 +181,9 @@ def emit(
     kafka_key = key.encode() if key is not None else None
     started = time.monotonic()
     try:
-        reply = asyncio.run(
-            client.emit(event_type, orjson.loads(data), key=kafka_key, timeout=timeout, id=event_id or None)
-        )
+        payload = json_exact.loads(data)
+        emitting = client.emit(event_type, payload, key=kafka_key, timeout=timeout, id=event_id or None)
+        reply = asyncio.run(emitting)
     except TimeoutError:
         waited = time.monotonic() - started
         if waited < timeout:  # not our limit: a Ctrl-C during the client's start comes out this way too

@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from framework import json_exact
 from framework.kafka.address import topic_named, topic_problem
 from framework.kafka.cloudevents import event_headers
 from framework.kafka.options import ensure_topics, reader, security_options, start_producer
@@ -115,7 +116,7 @@ class EventClient:
 
     def _deliver(self, value: bytes | None) -> None:
         try:
-            reply = orjson.loads(value or b"null")
+            reply = json_exact.loads(value or b"null")
         except orjson.JSONDecodeError:
             return
         if isinstance(reply, dict):
@@ -147,7 +148,7 @@ class EventClient:
         try:
             async with asyncio.timeout(timeout):
                 await self._producer.send_and_wait(
-                    self.events_topic, orjson.dumps(payload), key=key, headers=headers
+                    self.events_topic, json_exact.dumps(payload), key=key, headers=headers
                 )
                 return await future
         finally:

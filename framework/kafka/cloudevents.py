@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
+from framework import json_exact
 from framework.kafka.address import topic_problem
 from framework.observe.tracing import parse_traceparent
 from framework.types import EventIdentity, new_id
@@ -222,7 +223,7 @@ def _structured(
 ) -> Event | BadRecord:
     plain = _trace({}, trace)  # the envelope's attributes, when it has any, count as _trace says
     try:
-        doc = _check_json(value, max_payload)
+        doc = _check_json(value, max_payload, exact=True)
     except _Bad as exc:
         return BadRecord(f"structured mode: {exc}", None, None, None, *plain)
     if not isinstance(doc, dict):
@@ -259,7 +260,7 @@ def _structured(
             return _with(bad, f"structured mode: bad data_base64: {problem}")
     else:
         # The data is embedded in the envelope, so here (and only here) it is encoded again.
-        payload = orjson.dumps(doc.get("data"))
+        payload = json_exact.dumps(doc.get("data"))
     return Event(
         event_type,
         event_id,
@@ -302,13 +303,15 @@ def _structured_extensions(doc: dict[str, object]) -> tuple[dict[str, str], list
     return extensions, dropped
 
 
-def _check_json(value: bytes | None, max_payload: int) -> object:
+def _check_json(value: bytes | None, max_payload: int, exact: bool = False) -> object:
+    """The value of a record's JSON; `exact` (an envelope whose data is encoded again) keeps integers
+    beyond 64 bits exact (`json_exact.py`), which a check alone need not."""
     if not value:
         raise _Bad("empty record value (want a JSON payload)")
     if len(value) > max_payload:
         raise _Bad(f"record value of {len(value)} bytes is over FAAS_MAX_PAYLOAD_BYTES ({max_payload})")
     try:
-        return orjson.loads(value)
+        return json_exact.loads(value) if exact else orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         try:
             value.decode()

@@ -32,6 +32,10 @@ _LEN = struct.Struct(">I")
 _HEAD = struct.Struct(">IBI")  # frame length (bytes after these 4), kind, header length
 MAX_FRAME = 256 * 1024 * 1024
 """Frames above this (bytes) are a protocol error: the channel is closed."""
+MAX_RESULT = MAX_FRAME - 16 * 1024 * 1024
+"""Bytes of JSON a handler may return: what a REPLY frame holds, less room for its header and the
+invocation's record (which its caps keep to kilobytes). A larger result is the handler's error, answered
+as one, not a frame that would break the channel and crash the instance with every request it holds."""
 
 
 class FrameKind(IntEnum):

@@ -65,6 +65,21 @@ def test_structured_without_data_is_null_and_data_base64_is_decoded() -> None:
     assert isinstance(event, Event) and event.payload == b'{"a": [1]}'
 
 
+def test_structured_data_keeps_integers_beyond_64_bits() -> None:
+    """1. A structured event whose data holds integers orjson would read as floats (30 digits, 2**64,
+    -2**63 - 1) beside a float of 20 digits. Result: the payload carries each number as sent."""
+    value = (
+        b'{"specversion":"1.0","type":"t","id":"e1","data":{"a":123456789012345678901234567890,'
+        b'"b":[18446744073709551616,-9223372036854775809],"f":0.12345678901234567890}}'
+    )
+    event = parse(value, STRUCTURED, MAX)
+    assert isinstance(event, Event)
+    assert event.payload == (
+        b'{"a":123456789012345678901234567890,"b":[18446744073709551616,-9223372036854775809],'
+        b'"f":0.12345678901234568}'
+    )
+
+
 BAD = [
     # (value, headers, expected id, expected type, words in the message)
     (b"{not json", binary(), "e1", "order.created", "not JSON"),

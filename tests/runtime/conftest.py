@@ -118,6 +118,15 @@ FINITE = {"a": None, "s": "null", "f": [1.5, -0.0, 1e308], "t": (None,), "p": Po
 
 async def non_finite(payload, ctx):
     return NON_FINITE[payload] if payload else FINITE
+
+async def big_result(payload, ctx):
+    chunk = "x" * (1 << 20)
+    return [chunk] * payload  # `payload` MiB of JSON out of one MiB of memory
+
+def standard_streams(payload, ctx):
+    import subprocess, sys
+    done = subprocess.run(["sh", "-c", "echo from-child-$0", payload], stdout=sys.stdout, stderr=sys.stderr)
+    return [sys.stdout.fileno(), sys.stderr.fileno(), sys.stdout.encoding, done.returncode]
 """
 
 WARM = """

@@ -126,7 +126,7 @@ def test_sender_forwards_every_line_and_keeps_the_invocations(
     """Lines still reach the node (all of them, cleaned); only those of an open invocation are kept."""
     sender, peer = channel
     sender.capture.begin("inv-1")
-    stream = LogStream(sender, "stdout", logging.INFO)
+    stream = LogStream(sender, "stdout", logging.INFO, 1)
     token = current_invocation.set("inv-1")
     try:
         stream.write("mine\n")
@@ -156,7 +156,7 @@ def test_partial_lines_are_kept_per_invocation_and_end_with_it(
     Result: the halves go out as one line (a flush ends no line, so redaction sees it whole), b's line is
     its own and not glued to a's, and a's unfinished "tail" goes out when a ends, tagged a."""
     sender, peer = channel
-    stream = LogStream(sender, "stdout", logging.INFO)
+    stream = LogStream(sender, "stdout", logging.INFO, 1)
     a = current_invocation.set("a")
     try:
         stream.write("sec")
@@ -177,7 +177,7 @@ def test_partial_lines_are_kept_per_invocation_and_end_with_it(
 
 def test_a_partial_line_goes_out_at_its_bound(channel: tuple[CapturingSender, socket.socket]) -> None:
     sender, peer = channel
-    stream = LogStream(sender, "stdout", logging.INFO)
+    stream = LogStream(sender, "stdout", logging.INFO, 1)
     stream.write("x" * (LogStream.MAX_PARTIAL + 1))
     (frame,) = _frames(peer, 1)
     assert frame["msg"] == "x" * (LogStream.MAX_PARTIAL + 1) and frame["inv"] is None

@@ -128,6 +128,19 @@ async def test_non_json_return_is_function_error(runtime: Runtime, spec: SpecFac
         await call(runtime, spec("notjson"))
 
 
+async def test_a_result_too_large_for_a_reply_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A handler returns 241 MiB of JSON, more than a reply between instance and node holds.
+    2. It returns 1 MiB. Result: 1 is a FunctionError naming the size and the limit, not InstanceCrashed
+    (the frame would have broken the channel); the same instance answers 2."""
+    s = spec("big_result", timeout=20, max=1)
+    too_large = r"returned 252,\d{3},\d{3} bytes of JSON, over the 251,658,240 bytes"
+    with pytest.raises(FunctionError, match=too_large):
+        await call(runtime, s, 241)
+    [iid] = runtime.instance_ids(s.name)
+    value, res = await call(runtime, s, 1)
+    assert len(value) == 1 and len(value[0]) == 1 << 20 and res.instance_id == iid
+
+
 @pytest.mark.parametrize("handler", ["raise_async", "raise_sync"])
 @pytest.mark.parametrize(
     "kind",

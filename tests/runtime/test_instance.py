@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -16,9 +17,30 @@ import orjson
 import pytest
 
 from framework.runtime import Runtime, invoke_once
+from framework.types import Invocation
 from tests.runtime.conftest import WARM, SpecFactory, alive, call, sample, until
 from tests.runtime.conftest import inv as _inv
 from tests.support import wait_for, write_project
+
+
+async def test_integers_beyond_64_bits_reach_the_handler_and_come_back_exact(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A payload with integers orjson alone would read as floats (30 digits, 2**64, -2**63 - 1), echoed.
+    Result: the handler gets and returns them exact (the result's JSON holds the same digits)."""
+    raw = b'{"a":123456789012345678901234567890,"b":[18446744073709551616,-9223372036854775809]}'
+    res = await runtime.invoke(spec("echo"), Invocation("big-ints", "direct", None, raw))
+    assert json.loads(res.result)["payload"] == {
+        "a": 123456789012345678901234567890,
+        "b": [2**64, -(2**63) - 1],
+    }
+
+
+async def test_stdout_and_stderr_have_descriptors_for_programs(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A `def` handler runs a program with `stdout=sys.stdout, stderr=sys.stderr` and returns both
+    streams' `fileno()` and stdout's `encoding`. Result: 1, 2 and utf-8, and the program ran (exit 0)."""
+    value, _ = await call(runtime, spec("standard_streams"), "x")
+    assert value == [1, 2, "utf-8", 0]
 
 
 async def test_env_change_stays_in_its_instance(runtime: Runtime, spec: SpecFactory) -> None:

@@ -37,11 +37,11 @@ from typing import Any, NoReturn
 
 import orjson
 
-from framework import heap, sandbox
+from framework import heap, json_exact, sandbox
 from framework.context import Context
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
-from framework.runtime.protocol import BlockingSender, FrameKind, FrameProtocol, Header, connect
+from framework.runtime.protocol import MAX_RESULT, BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact, thread_context
 from framework.runtime.worker.capture import CapturingSender, clean_text
 from framework.runtime.worker.threads import HandlerThreads
@@ -110,8 +110,8 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     root = logging.getLogger()
     root.handlers[:] = [ForwardHandler(sender)]
     root.setLevel(config.get("log_level", "INFO"))
-    sys.stdout = LogStream(sender, "stdout", logging.INFO)
-    sys.stderr = LogStream(sender, "stderr", logging.WARNING)
+    sys.stdout = LogStream(sender, "stdout", logging.INFO, 1)
+    sys.stderr = LogStream(sender, "stderr", logging.WARNING, 2)
     os.environ.update(config["env"])
     thread_context.install()  # before the handler's module is imported: its threads log as their invocation
     # The revision's code (FAAS_CACHE_DIR/<sha256>) and never the working copy (DESIGN.md section 12): a
@@ -359,7 +359,7 @@ class Server:
         if trigger == "warmup":
             fn, is_async, args = self.hook, self.hook_async, (ctx,)
         else:
-            fn, is_async, args = self.fn, self.fn_async, (orjson.loads(tail), ctx)
+            fn, is_async, args = self.fn, self.fn_async, (json_exact.loads(tail), ctx)
         if fn is None:
             return b"null"
         if is_async:
@@ -370,11 +370,16 @@ class Server:
         if inspect.isawaitable(result):
             result = await result
         try:
-            body = orjson.dumps(result, option=_DUMPS_OPTS)
+            body = json_exact.dumps(result, option=_DUMPS_OPTS)
         except orjson.JSONEncodeError as e:
             raise _NotJson(
                 f"function {self.function} returned a value that is not JSON: {type(result).__name__} ({e})"
             ) from None
+        if len(body) > MAX_RESULT:
+            raise _NotJson(
+                f"function {self.function} returned {len(body):,} bytes of JSON, "
+                f"over the {MAX_RESULT:,} bytes a result may hold"
+            )
         # orjson writes NaN and infinities as `null`: only a body with `null` in it can hide one, so only such
         # a body pays for a walk of the value; any other pays one substring search (`find`: `in` on bytes
         # first tries its operand as an int, which costs twice as much).
@@ -407,7 +412,7 @@ class Server:
 
 
 class _NotJson(Exception):
-    """The handler's return value is not JSON-serialisable."""
+    """The handler's return value cannot be its result: not JSON, or larger than a reply holds."""
 
 
 def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:

