@@ -85,6 +85,8 @@ class Node:
         self.broker: EmbeddedBroker | None = None
         self.kafka: KafkaSource | None = None
         self.scheduler: Scheduler | None = None
+        self._served = False
+        """Whether the deployment log gave the node a table to serve yet (`serve_registry`)."""
         self.should_exit = asyncio.Event()
         self.stop_now = asyncio.Event()
         """A second SIGTERM/SIGINT: what is still in flight is cut at once, not at the end of the grace."""
@@ -143,7 +145,9 @@ class Node:
         self.runtime.apply(registry.functions)
         self.invoker.registry = registry
         if self.scheduler is not None:
-            self.scheduler.apply(registry)
+            # The first table the log gives is the node's start: its schedules catch up on its downtime.
+            self.scheduler.apply(registry, start=not self._served)
+            self._served = True
 
     def secrets_changed(self, event: bool) -> None:
         """The secrets folder changed: fresh instances where values changed; and a manifest edit rejected

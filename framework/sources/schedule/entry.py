@@ -48,6 +48,10 @@ class CronEntry:
     """Ticks waiting to run late, oldest first (a new leader's catch-up)."""
     drain: asyncio.Task[None] | None = None
     """The task that runs the `owed` ticks one after another (`runs.Runs.drain`), once started."""
+    late_until: datetime | None = None
+    """The newest tick a catch-up owed. A tick that falls due during the drain joins `owed` only while one
+    of those still waits: after them it is an overlap like any other, so a handler slower than its period
+    does not fall further behind with every run."""
     armed: datetime | None = None
     """When this node started walking the ticks (None while stopped): a new leader owes no tick before it, so
     a deploy or a cron change does not bring back ticks of the time before. `EPOCH` for the table a node

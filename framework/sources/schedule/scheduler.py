@@ -100,8 +100,6 @@ class Scheduler:
         self._term = 0
         """The leadership term whose catch-up is done: user schedules fire while it is the election's."""
         self._catchup: CatchUp | None = None
-        self._applied = False
-        """Whether `apply` ran: the first table is the node's start, not a deploy (`CronEntry.armed`)."""
 
     @property
     def is_leader(self) -> bool:
@@ -116,10 +114,13 @@ class Scheduler:
 
     # ---- the table ----
 
-    def apply(self, registry: Registry) -> None:
-        """Rebuild the table from `registry`: new and changed crons start, removed ones stop, runs go on."""
-        now, first = self._now(), not self._applied
-        self._applied = True
+    def apply(self, registry: Registry, start: bool = False) -> None:
+        """Rebuild the table from `registry`: new and changed crons start, removed ones stop, runs go on.
+
+        `start`: this is what the node serves at its start (the deployment log's first read), not a deploy,
+        so the ticks it missed while it was down are caught up (`CronEntry.armed`). The node's very first
+        table, before the log is read, serves nothing and is not its start."""
+        now = self._now()
         table: dict[tuple[str, CronKind, int], CronEntry] = {}
         for spec in registry.functions:
             crons: list[tuple[CronKind, int, str, str, Any]] = [
@@ -140,12 +141,12 @@ class Scheduler:
                         entry.last, entry.next_at, entry._ticks = old.last, old.next_at, old._ticks
                         entry.armed = old.armed
                         if spec.productive:  # its late ticks go on
-                            entry.owed, entry.drain = old.owed, old.drain
+                            entry.owed, entry.drain, entry.late_until = old.owed, old.drain, old.late_until
                 if not spec.productive:
                     entry.arm(None)
                 elif entry.next_at is None:
                     entry.arm(now)
-                    entry.armed = EPOCH if first else now
+                    entry.armed = EPOCH if start else now
                 table[(spec.name, kind, index)] = entry
         kept = {id(entry.owed) for entry in table.values()}
         for old in self.entries.values():
@@ -223,6 +224,8 @@ class Scheduler:
                 self.runs.skipped(entry.spec.name, "missed", missed)
             late += len(ticks)
             entry.owed.extend(ticks)
+            if ticks:
+                entry.late_until = ticks[-1]
             if not entry.draining:
                 entry.drain = self._start(entry, self.runs.drain(entry, entry.task))
         if late:
@@ -235,8 +238,8 @@ class Scheduler:
             log.warning("schedule %s: woke late, %s%d missed ticks skipped", entry, more, missed)
             self.runs.skipped(name, "missed", missed)
         if entry.running:
-            if entry.kind == "schedule" and entry.draining and len(entry.owed) < CATCH_UP_MAX:
-                entry.owed.append(tick)  # behind late ticks: in order, not an overlap
+            if entry.kind == "schedule" and entry.draining and self._behind_late(entry):
+                entry.owed.append(tick)  # behind late ticks still waiting: in order, not an overlap
             elif entry.kind == "schedule":
                 log.warning("schedule %s: previous run still going, tick %s skipped", entry, tick.isoformat())
                 self.runs.skipped(name, "overlap", 1)
@@ -244,6 +247,13 @@ class Scheduler:
             return
         run = self.runs.schedule(entry, tick) if entry.kind == "schedule" else self.runs.warm(entry)
         self._start(entry, run)
+
+    @staticmethod
+    def _behind_late(entry: CronEntry) -> bool:
+        """Whether a tick falling due now queues behind the catch-up: a late tick still waits (`owed` is in
+        order, so its first says) and the queue has room."""
+        late, owed = entry.late_until, entry.owed
+        return bool(owed) and late is not None and owed[0] <= late and len(owed) < CATCH_UP_MAX
 
     def _start(self, entry: CronEntry, run: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         name = f"schedule:{entry.spec.name}:{entry.kind}:{entry.index}"

@@ -80,7 +80,7 @@ class Cluster:
             ticks=self.ticks,
             clock=self.clock,
         )
-        self.sched.apply(registry(self.job))
+        self.sched.apply(registry(self.job), start=True)
 
     def run(self, second: float) -> None:
         self.clock.now = second
@@ -206,6 +206,29 @@ async def test_nothing_fires_before_the_read_and_what_falls_due_meanwhile_queues
     await settle(c.sched)
     assert c.fired == [S + 1, S + 2, S + 3, S + 4]
     assert sample(c.metrics, "faas_schedule_skipped_total", function="job", reason="overlap") == 0
+
+
+async def test_after_the_late_ticks_a_slow_run_makes_overlaps_not_a_queue() -> None:
+    """1. The newest record is S; the follower consumes S+1 and becomes leader; its late run of S+1 hangs
+    (a handler slower than the period). 2. S+2 and S+3 fall due while it runs. 3. It ends.
+    Result: S+2 and S+3 are overlaps (skipped, counted, recorded), as on a leader that never changed: no
+    late tick waited any more, so queueing them would only put the schedule further behind with every
+    run."""
+    c = Cluster(newest=S)
+    c.run(S + 1.25)
+    c.invoker.gate = asyncio.Event()
+    c.election.is_leader, c.election.term = True, c.election.term + 1
+    c.run(S + 1.25)
+    await until(lambda: c.ticks.answered > 0, message="the tick log read")
+    c.run(S + 1.5)
+    await until(lambda: len(c.invoker.calls) == 1, message="the late run")
+    c.run(S + 2)
+    c.run(S + 3)
+    c.invoker.gate.set()
+    await settle(c.sched)
+    assert c.fired == [S + 1]
+    assert sample(c.metrics, "faas_schedule_skipped_total", function="job", reason="overlap") == 2
+    assert c.ticks.records == [(c.key, S + i) for i in (1, 2, 3)]
 
 
 async def test_an_unreadable_log_fires_only_what_fell_due_since_taking_over(

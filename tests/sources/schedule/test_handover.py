@@ -98,3 +98,31 @@ def test_leadership_moves_without_losing_or_doubling_a_tick(
     lost = sorted(set(range(first, last + 1)) - set(fired))
     twice = sorted({t for t in fired if fired.count(t) > 1})
     assert not lost and not twice, f"lost {lost}, fired twice {twice} (ticks {first}..{last})\n{other.tail()}"
+
+
+def test_a_node_restarted_with_sigterm_catches_up_on_its_downtime(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: StartNode
+) -> None:
+    """1. A node alone with a per-second schedule whose handler appends its tick to a file; wait for its
+    first ticks. 2. SIGTERM it; let 4 s pass. 3. Start it again (same topics and group) and wait for three
+    ticks of the new process.
+    Result: every tick from the first one on fired exactly once, the ticks of the downtime included (the
+    new process fires them late, from the tick log): the node's first table from the deployment log is its
+    start, not a deploy."""
+    out = tmp_path / "out"
+    out.mkdir()
+    root = write_project(tmp_path / "proj", manifest(out), MODULES)
+    a = nodes(root, broker.bootstrap).wait_ready()
+    wait_for(lambda: len(ticks(out)) >= 2, 30, message="first ticks")
+    assert a.stop() == 0, a.tail()
+    stopped = time.time()
+    wait_for(lambda: time.time() >= stopped + 4, 10, message="a downtime of 4 s")
+    b = nodes(root, broker.bootstrap, tag=a.tag).wait_ready()
+    wait_for(
+        lambda: len([r for r in ticks(out) if owner(r, b) is b]) >= 3, 40, message=f"new ticks\n{b.tail()}"
+    )
+    fired = sorted(tick_of(r) for r in ticks(out))
+    first, last = fired[0], fired[-1]
+    lost = sorted(set(range(first, last + 1)) - set(fired))
+    twice = sorted({t for t in fired if fired.count(t) > 1})
+    assert not lost and not twice, f"lost {lost}, fired twice {twice} (ticks {first}..{last})\n{b.tail()}"
