@@ -1,0 +1,45 @@
+"""`framework/json_exact.py`: orjson's speed, Python's exactness for integers beyond 64 bits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from framework import json_exact
+
+BIG = 123456789012345678901234567890
+
+
+def test_integers_beyond_64_bits_are_read_exact_and_the_rest_as_orjson_reads_it() -> None:
+    raw = b'{"a":123456789012345678901234567890,"b":[18446744073709551616,-9223372036854775809],"c":1.5}'
+    assert json_exact.loads(raw) == {"a": BIG, "b": [2**64, -(2**63) - 1], "c": 1.5}
+    assert json_exact.loads(raw.decode()) == json_exact.loads(memoryview(raw))
+    # the edges orjson holds exactly itself, and long runs that are not integers
+    edges = b'[18446744073709551615,-9223372036854775808,0.12345678901234567890,"12345678901234567890"]'
+    assert json_exact.loads(edges) == orjson.loads(edges)
+
+
+@pytest.mark.parametrize(
+    "text", [b"NaN", b"[1e999]", b'"\\ud800"', b"[1,]", b"", b'{"a": 12345678901234567890']
+)
+def test_what_orjson_refuses_stays_refused(text: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        json_exact.loads(text)
+
+
+def test_integers_beyond_64_bits_are_written_and_other_refusals_keep_a_reason() -> None:
+    assert json_exact.dumps({"n": BIG, "s": "é"}) == b'{"n":123456789012345678901234567890,"s":"\xc3\xa9"}'
+    assert json_exact.dumps({1: 2}, option=orjson.OPT_NON_STR_KEYS) == b'{"1":2}'
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    with pytest.raises(orjson.JSONEncodeError, match="not JSON serializable"):
+        json_exact.dumps([BIG, Point(1)])
+    with pytest.raises(orjson.JSONEncodeError, match="Out of range float"):
+        json_exact.dumps([BIG, float("nan")])
+    with pytest.raises(orjson.JSONEncodeError, match="not JSON serializable"):
+        json_exact.dumps({1, 2})  # not the integer fallback's business: orjson's own refusal
