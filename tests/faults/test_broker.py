@@ -251,3 +251,45 @@ def test_replies_due_in_an_outage_arrive_after_it(project: Path, nodes: Callable
         assert node.proc.poll() is None
     finally:
         own.stop()
+
+
+async def replies_across_a_restart(node: Node, own: list[EmbeddedBroker]) -> tuple[list[str], set[str]]:
+    port = own[0].port
+    bootstrap = f"127.0.0.1:{port}"
+    ids, records = events("fault.tick", 40, keys=40)
+    p = await producer(bootstrap)
+    try:
+        async with ReplyReader(bootstrap, node.replies) as reader:
+            await send_all(p, node.events, records)
+            assert not await reader.wait(ids, 30), f"events before the restart unanswered\n{node.tail()}"
+    finally:
+        await within(p.stop(), 5)
+    own[0].kill()
+    own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-restart-{port}-2.log").start())
+    fresh, records = events("fault.tick", 40, keys=40)
+    p = await producer(bootstrap)
+    try:
+        await send_all(p, node.events, records, retry_for=20)  # at once: the node has not rejoined yet
+    finally:
+        await within(p.stop(), 5)
+    async with ReplyReader(bootstrap, node.replies) as reader:
+        return fresh, await reader.wait(fresh, 60)
+
+
+def test_replies_reach_a_restarted_memory_broker_whatever_its_partitions(
+    project: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node on a broker of its own answers 40 events over 40 keys (its reply producer now knows the
+    replies topic's partitions). 2. The broker is SIGKILLed and a new one starts on its port at once
+    (memory-only: no topics). 3. 40 new events over 40 keys are produced to it right away, before the node
+    rejoined. Result: every new event's reply is readable on the new broker. (A producer still writing to
+    the old broker's partitions gets them acknowledged by the new one, which then never serves them.)"""
+    port = free_port()
+    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-restart-{port}.log").start()]
+    try:
+        node = nodes(project, own[0].bootstrap).wait_ready()
+        fresh, missing = run_async(replies_across_a_restart(node, own))
+        assert not missing, f"{len(missing)} of {len(fresh)} replies unreadable\n{node.tail()}"
+    finally:
+        for b in own:
+            b.stop()

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidTopicError,
+    KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
     ProducerClosed,
@@ -70,6 +71,8 @@ class ReplyProducer:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._failing_since: float | None = None
+        self._stale = False
+        """Metadata to fetch again before the next send (`_fresh`): sends failed, or the broker changed."""
         self._closed = False
         self._retries: set[asyncio.Task[None]] = set()
         self._batches: ReplyBatches | None = None
@@ -77,6 +80,21 @@ class ReplyProducer:
 
     async def start(self) -> None:
         await self._get()
+
+    def metadata_stale(self) -> None:
+        """The broker may have been replaced (the probe saw a new cluster): fresh metadata before the next
+        send (`_fresh`)."""
+        self._stale = True
+
+    async def _fresh(self, producer: AIOKafkaProducer) -> None:
+        """Fetch the cluster's metadata again when sends failed or the broker changed since the last look.
+
+        A memory-only broker that restarted (the embedded one) acknowledges writes to partitions its topics
+        no longer have, and those records are never readable: the partitions of the producer's last look
+        must not outlive an outage. Raises (the send is then retried) while no broker answers."""
+        if not await producer.client.force_metadata_update():
+            raise KafkaConnectionError("no metadata from the broker")
+        self._stale = False
 
     async def _get(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -120,6 +138,8 @@ class ReplyProducer:
             producer: AIOKafkaProducer | None = None
             try:
                 producer = await self._get()
+                if self._stale:
+                    await self._fresh(producer)
                 future = await producer.send(topic, value=value, key=key, headers=list(headers))
                 await future
                 self._failing_since = None
@@ -154,6 +174,8 @@ class ReplyProducer:
         try:
             if producer is None or self._closed:
                 producer = await self._get()
+            if self._stale:
+                await self._fresh(producer)
             batches = self._batches
             if batches is None or batches.producer is not producer:
                 batches = self._batches = self._new_batches(producer)
@@ -238,6 +260,7 @@ class ReplyProducer:
             raise PermanentSendError(f"{type(exc).__name__}: {exc}") from exc
         now = time.monotonic()
         self._failing_since = self._failing_since or now
+        self._stale = True  # an outage, perhaps: the broker that answers next may be another (`_fresh`)
         log.warning("sending to %s failed (%r); retrying in %.1f s", topic, exc, delay)
         if producer is not None and now - self._failing_since > RECREATE_AFTER:
             await self._replace(producer)

@@ -490,6 +490,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
         joined = self.joined
         if new_cluster:
+            self.sender.metadata_stale()  # its partitions are the old broker's
             # Not a member of the new cluster's group until it assigns us partitions: not ready before
             # (`/readyz` said 200 for seconds after a broker restart, events unread meanwhile). Set before
             # any await; and a rejoin is asked for, so an assignment surely follows even when the new
@@ -502,3 +503,4 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             self._read_from_start()
         if joined and not set(wanted) <= topics:
             await ensure_topics(self.bootstrap, wanted, s.topic_partitions, self.options)
+            self.sender.metadata_stale()  # the topics made again have partitions of their own
