@@ -34,9 +34,16 @@ class Flow:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        stale = False
         while True:
             eid = new_id()
             try:
+                # After a failure, fresh metadata first: the restarted memory broker acknowledges a write to
+                # a partition it no longer has (the old broker's) and never serves it, which would count an
+                # event lost by this producer against the node (the node's reply producer does the same).
+                if stale and not await within(self.p.client.force_metadata_update(), 2):
+                    raise ConnectionError("no metadata yet")
+                stale = False
                 await within(
                     self.p.send_and_wait(
                         self.topic, b"{}", key=eid.encode(), headers=ce_headers("fault.tick", eid)
@@ -46,6 +53,7 @@ class Flow:
                 self.acked[eid] = time.monotonic()
             except Exception:  # the broker is away: the flow goes on trying
                 self.failed += 1
+                stale = True
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:

@@ -75,12 +75,19 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
-    root = write_project(tmp_path_factory.mktemp("ui"), MANIFEST, MODULES)
+def serving(
+    tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker, manifest: str, modules: dict[str, str]
+) -> Iterator[Node]:
+    """A node serving a project of its own for a whole module."""
+    root = write_project(tmp_path_factory.mktemp("ui"), manifest, modules)
     n = Node(root, broker.bootstrap).wait_ready()
     yield n
     n.kill()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
+    yield from serving(tmp_path_factory, broker, MANIFEST, MODULES)
 
 
 @pytest.fixture
@@ -613,10 +620,7 @@ BIG = '{"n": 9007199254740993, "big": 123456789012345678901234567890}'
 
 @pytest.fixture(scope="module")
 def odd_node(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroker) -> Iterator[Node]:
-    root = write_project(tmp_path_factory.mktemp("ui-odd"), ODD_MANIFEST, ODD_MODULES)
-    n = Node(root, broker.bootstrap).wait_ready()
-    yield n
-    n.kill()
+    yield from serving(tmp_path_factory, broker, ODD_MANIFEST, ODD_MODULES)
 
 
 def test_values_show_as_the_node_sent_them(odd_node: Node, ui: Callable[..., Recorder]) -> None:
