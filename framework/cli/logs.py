@@ -71,8 +71,10 @@ class Selection:
 
     def __init__(self, name: str | None, failed: bool, invocation: str | None, cutoff_ms: int | None) -> None:
         self.name = name
+        self.uuid = None if name is None else name.lower()
+        """NAME as a uuid: compared without case, as the HTTP API compares them."""
         self.failed = failed
-        self.invocation = invocation
+        self.invocation = None if invocation is None else invocation.lower()
         self.cutoff_ms = cutoff_ms
         self.skipped = 0
 
@@ -88,11 +90,12 @@ class Selection:
             return None
         if self.cutoff_ms is not None and _started_ms(record["started_at"], timestamp) < self.cutoff_ms:
             return None
-        if self.name is not None and self.name not in (record["function"], record["uuid"]):
+        named = self.name is None or self.name == record["function"]
+        if not named and self.uuid != str(record["uuid"]).lower():
             return None
         if self.failed and record["ok"] is not False:
             return None
-        if self.invocation is not None and record["invocation_id"] != self.invocation:
+        if self.invocation is not None and str(record["invocation_id"]).lower() != self.invocation:
             return None
         return record
 
@@ -201,7 +204,7 @@ async def read(
                 break
             for messages in (await consumer.getmany(timeout_ms=300)).values():
                 kept.extend(r for m in messages if (r := selection.pick(m.timestamp, m.value)) is not None)
-        for record in sorted(kept, key=lambda r: str(r.get("started_at"))):
+        for record in sorted(kept, key=lambda r: _started_ms(r.get("started_at"), 0)):  # offsets differ
             show(record)
         caught_up()
         if not follow:

@@ -2,7 +2,9 @@
 
 Starts it through the template, sends requests and matches replies, enforces the backstop deadline (a
 request not answered `GRACE` seconds after its time limit means the instance's loop is stuck: it is killed),
-forwards its logs into the node's log, and notices its death (EOF on its socket) at once.
+forwards its logs into the node's log, and notices its death (EOF on its socket) at once. An instance that
+died on its own stops taking requests at once; the ones it held are answered once the template has told how
+it ended (exit code or signal, `EXIT_STATUS_WAIT` at most), so the caller's error says it.
 
 With records on, the lines an invocation in flight logs are also kept here (`lines_of`), capped as the
 instance caps them: an instance that dies mid-invocation takes its own copy with it, and those lines are
@@ -31,7 +33,7 @@ from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.raw_output import RawLines, read_socket
-from framework.runtime.template import Template
+from framework.runtime.template import Template, describe_exit
 from framework.runtime.worker.redact import Redactor
 from framework.types import Invocation
 
@@ -44,6 +46,9 @@ CLOSE_GRACE = 2.0
 LINES_WAIT = 2.0
 """Seconds, at most, the record of an invocation a dead instance held waits for the rest of its lines
 (the log channel's EOF)."""
+EXIT_STATUS_WAIT = 0.5
+"""Seconds, at most, the requests of an instance that died on its own wait for its exit status before
+they are answered without it (the template sends it within a millisecond or so of the exit)."""
 
 log = logging.getLogger("faas.runtime")
 instance_log = logging.getLogger("faas.instance")
@@ -218,7 +223,7 @@ class InstanceHandle:
         except asyncio.CancelledError:
             if self._recording.get(inv.invocation_id) is pending:  # ids repeat only in odd cases: its own
                 del self._recording[inv.invocation_id]
-            if self._pending.pop(rid, None) is not None:  # the caller gave up: tell the instance to stop it
+            if self._pending.pop(rid, None) is not None and not self.dead:  # gave up: the instance stops it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
             if self._lines is not None and not self.dead and answered is None:  # nobody takes them
                 self._lines.discard(inv.invocation_id)  # also when its REPLY came as it was cancelled
@@ -293,6 +298,8 @@ class InstanceHandle:
                 pending.fut.set_exception(exc)
         elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
+            if self.template is not None:
+                self.template.forked_pid(self.id)  # told by the instance itself
             if "exposed" in header:
                 _exposed_once(header["exposed"])
             if self.spec.instances.memory_mb is not None:
@@ -321,14 +328,6 @@ class InstanceHandle:
 
     def _on_main_closed(self, exc: Exception | None) -> None:
         if not self.dead:
-            log.warning(
-                "instance %s (pid %s) of function %s exited with %d request(s) in flight",
-                self.id,
-                self.pid,
-                self.spec.name,
-                len(self._pending),
-                extra=self._extra,
-            )
             crashed = self.ready or not self.started.done()
             self._die("exit" if crashed else None, hard=False)
             self._kill()  # what its handlers started goes with it
@@ -420,25 +419,54 @@ class InstanceHandle:
         self, reason: str | None, hard: bool, late: float | None = None, message: str | None = None
     ) -> None:
         """Mark dead and answer every request held: Timeout for those past their limit at `late`, else
-        InstanceCrashed (with `message` when given). Runs once."""
+        InstanceCrashed (with `message` when given). An instance that exited on its own (`reason` "exit")
+        has them answered once its exit status is known (`_answer`). Runs once."""
         if self.dead:
             return
         self.dead = True
         self.ready = False
-        if not self.started.done():
-            self.started.set_exception(
-                InstanceCrashed(
-                    message or f"instance {self.id} of function {self.spec.name} exited while starting"
-                )
-            )
         if self._sweeper is not None:
             self._sweeper.cancel()
+        lines = self._lines
+        for pending in self._pending.values():
+            if lines is not None and pending.wants_record and pending.invocation_id not in lines:
+                lines.begin(pending.invocation_id)  # lines still on their way are its record's
+        self._recording.clear()
+        if not self.pid and self.template is not None:  # died before its HELLO: the template knows
+            self.pid = self.template.forked_pid(self.id) or 0
+        if reason == "exit" and message is None and self.template is not None and self.pid:
+            self.template.when_exited(self.pid, self._exited, EXIT_STATUS_WAIT)
+        else:
+            self._answer(reason, late, message)
+        if hard:
+            self._kill()
+        if self._main is not None:
+            self._main.close()
+        self._on_exit(self, reason)
+
+    def _exited(self, status: int | None) -> None:
+        """The instance died on its own and `status` tells how (None: unknown)."""
+        how = describe_exit(status)
+        log.warning(
+            "instance %s (pid %s) of function %s %s with %d request(s) in flight",
+            self.id,
+            self.pid,
+            self.spec.name,
+            how,
+            len(self._pending),
+            extra=self._extra,
+        )
+        starting = "" if self.started.done() else " while starting"
+        self._answer("exit", None, f"instance {self.id} of function {self.spec.name} {how}{starting}")
+
+    def _answer(self, reason: str | None, late: float | None, message: str | None) -> None:
+        """Answer what the dead instance held (see `_die`)."""
+        if not self.started.done():
+            starting = f"instance {self.id} of function {self.spec.name} exited while starting"
+            self.started.set_exception(InstanceCrashed(message or starting))
         for pending in self._pending.values():
             if pending.fut.done():
                 continue
-            lines, inv = self._lines, pending.invocation_id
-            if lines is not None and pending.wants_record and inv not in lines:
-                lines.begin(inv)  # lines still on their way are its record's
             if late is not None and late >= pending.deadline:
                 pending.fut.set_exception(
                     Timeout(
@@ -460,12 +488,6 @@ class InstanceHandle:
                     )
                 )
         self._pending.clear()
-        self._recording.clear()
-        if hard:
-            self._kill()
-        if self._main is not None:
-            self._main.close()
-        self._on_exit(self, reason)
 
     def _kill(self) -> None:
         """SIGKILL the instance's process group: the instance (its leader) and what its handlers started,

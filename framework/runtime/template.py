@@ -8,8 +8,14 @@ SCM_RIGHTS: the instance's main and log sockets, and the sockets that become its
 by the node: `raw_output.py`); the template forks, and the child becomes the instance.
 
 Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
-instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. SIGCHLD is ignored
-here so the kernel reaps exited instances (no zombies).
+instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node.
+
+Exit statuses: the template tells the node, on the control socket, each instance's pid as it forks it
+(`fork ID PID`: an instance that dies importing its handler never says its pid itself) and, having reaped
+it on SIGCHLD (so no zombies), its wait status (`exit PID STATUS`). The node reads them on its loop
+(`Template.when_exited`), so a request held by an instance that died is told how it ended ("exited with
+code 3", "was killed by signal 11 (SIGSEGV)"): only the parent can learn that, and the node is not the
+instances' parent.
 
 Before its first fork the template hides the secrets folder from itself and so from every instance
 (`framework/sandbox.py`).
@@ -17,14 +23,17 @@ Before its first fork the template hides the secrets folder from itself and so f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 import orjson
@@ -34,6 +43,29 @@ from framework import sandbox
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _MAX_CONFIG = 1 << 20
 """Largest instance config message, in bytes."""
+_KEPT = 256
+"""Exit statuses and forked pids kept unclaimed, the newest (instances the node closed or killed itself
+never ask for their status)."""
+
+ExitCallback = Callable[[int | None], None]
+"""Told an instance's wait status (`os.waitpid`'s), or None when it could not be learned in time."""
+
+
+def describe_exit(status: int | None) -> str:
+    """How a process ended, from its wait status: `exited with code 3`, `was killed by signal 11
+    (SIGSEGV)`; `exited` when the status is unknown."""
+    if status is None:
+        return "exited"
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            return f"was killed by signal {number}"
+        return f"was killed by signal {number} ({name})"
+    if os.WIFEXITED(status):
+        return f"exited with code {os.WEXITSTATUS(status)}"
+    return "exited"
 
 
 def instance_environ(environ: Mapping[str, str]) -> dict[str, str]:
@@ -73,6 +105,13 @@ class Template:
         appears or is replaced later is not hidden from it."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop reading exit statuses from the control socket (None: started without one)."""
+        self._statuses: OrderedDict[int, int] = OrderedDict()
+        """Exit statuses received and not asked for yet, by pid."""
+        self._forked: OrderedDict[str, int] = OrderedDict()
+        """Pids of the instances forked, by instance id, until asked for (`forked_pid`)."""
+        self._waiting: dict[int, tuple[ExitCallback, asyncio.TimerHandle]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -80,6 +119,8 @@ class Template:
 
     def start(self) -> None:
         """Start the template process. Returns at once: it is ready in ~100 ms, requests queue meanwhile."""
+        if self._ctrl is not None or self._proc is not None:  # a dead one's socket and process go first
+            self.stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.hidden = None if self.hide is None else sandbox.identity(self.hide)
         env = instance_environ(os.environ)
@@ -102,6 +143,65 @@ class Template:
         finally:
             theirs.close()
         self._ctrl = ours
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        if self._loop is not None:
+            self._loop.add_reader(ours.fileno(), self._read_statuses, ours)
+
+    def when_exited(self, pid: int, callback: ExitCallback, wait: float) -> None:
+        """Call `callback` with the wait status of instance `pid` once the template reaped it, or with None
+        after `wait` seconds (or at once, without a loop reading statuses). Call on the loop."""
+        status = self._statuses.pop(pid, None)
+        if status is not None or self._loop is None:
+            callback(status)
+            return
+        self._settle(pid, None)  # one callback per pid: a pid the kernel reused replaces the old one
+        timer = self._loop.call_later(wait, self._settle, pid, None)
+        self._waiting[pid] = (callback, timer)
+
+    def forked_pid(self, instance_id: str) -> int | None:
+        """The pid the instance `instance_id` was forked with, once (None: not told, or asked before)."""
+        return self._forked.pop(instance_id, None)
+
+    def _settle(self, pid: int, status: int | None) -> None:
+        waiting = self._waiting.pop(pid, None)
+        if waiting is not None:
+            callback, timer = waiting
+            timer.cancel()
+            callback(status)
+
+    def _read_statuses(self, ctrl: socket.socket) -> None:
+        """The control socket is readable: `fork ID PID` and `exit PID STATUS` messages, or EOF (the
+        template is gone)."""
+        while True:
+            try:
+                message = ctrl.recv(256, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self._stop_reading(ctrl)
+                return
+            with contextlib.suppress(ValueError):
+                kind, first, second = message.decode().split()
+                if kind == "fork":
+                    _keep(self._forked, first, int(second))
+                elif kind == "exit":
+                    pid, status = int(first), int(second)
+                    if pid in self._waiting:
+                        self._settle(pid, status)
+                    else:
+                        _keep(self._statuses, pid, status)
+
+    def _stop_reading(self, ctrl: socket.socket) -> None:
+        """No more statuses from this template: whoever waits for one is told it is unknown."""
+        if self._loop is not None and ctrl.fileno() >= 0:
+            self._loop.remove_reader(ctrl.fileno())
+        for pid in list(self._waiting):
+            self._settle(pid, None)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -140,6 +240,7 @@ class Template:
     def stop(self) -> None:
         """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
         if self._ctrl is not None:
+            self._stop_reading(self._ctrl)
             self._ctrl.close()
             self._ctrl = None
         if self._proc is not None:
@@ -149,10 +250,34 @@ class Template:
             self._proc = None
 
 
+def _keep(kept: OrderedDict[Any, int], key: object, value: int) -> None:
+    kept[key] = value
+    while len(kept) > _KEPT:
+        kept.popitem(last=False)
+
+
+def _reaper(ctrl: socket.socket) -> Callable[[int, FrameType | None], None]:
+    """The SIGCHLD handler: reap every exited instance and send the node its `PID STATUS`. Never blocks: a
+    node that does not read its control socket loses statuses, not the template's loop."""
+
+    def reap(_signum: int, _frame: FrameType | None) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            with contextlib.suppress(OSError):
+                ctrl.send(b"exit %d %d" % (pid, status), socket.MSG_DONTWAIT)
+
+    return reap
+
+
 def _serve(ctrl: socket.socket) -> None:
     from framework.runtime.worker import server  # the preload: everything an instance needs, imported once
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, _reaper(ctrl))
     me = os.getpid()
     while True:
         try:
@@ -166,8 +291,9 @@ def _serve(ctrl: socket.socket) -> None:
                 os.close(fd)
             continue
         try:
+            config = orjson.loads(msg)
             pid = os.fork()
-        except OSError:
+        except (OSError, orjson.JSONDecodeError):
             pid = -1  # the node sees EOF on the instance's socket and reports the failed start
         if pid == 0:
             ctrl.close()
@@ -175,7 +301,10 @@ def _serve(ctrl: socket.socket) -> None:
             os.dup2(fds[3], 2)
             os.close(fds[2])
             os.close(fds[3])
-            server.main(orjson.loads(msg), fds[0], fds[1], me)
+            server.main(config, fds[0], fds[1], me)
+        if pid > 0:
+            with contextlib.suppress(OSError):
+                ctrl.send(b"fork %s %d" % (str(config.get("instance_id")).encode(), pid), socket.MSG_DONTWAIT)
         for fd in fds:
             os.close(fd)
 

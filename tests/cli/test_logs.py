@@ -125,6 +125,7 @@ def test_two_nodes_name_and_failed(cluster: Cluster) -> None:
     assert len(boom) == 1 and boom[0]["node"] == "beta" and boom[0]["error"]["type"] == "FunctionError"
     assert all(x["ok"] is False for x in failed)
     assert cluster.json_until(ECHO, want={on_a}) == echo  # the uuid selects as the name does
+    assert cluster.json_until(ECHO.upper(), want={on_a}) == echo  # in any case, as the HTTP API takes it
 
 
 def test_one_invocation_readable(cluster: Cluster) -> None:
@@ -145,6 +146,8 @@ def test_one_invocation_readable(cluster: Cluster) -> None:
     assert lines[1].startswith("    ") and lines[1].rstrip().endswith(f"INFO    hello {toks[0]}")
     assert lines[2].startswith("    ") and lines[2].rstrip().endswith(f"second line {toks[0]}")
     assert ids[1] not in r.stdout and "\x1b[" not in r.stdout
+    upper = cluster.logs("--invocation", ids[0].upper())  # an id in capitals, as GET /invocations/{id} takes
+    assert upper.returncode == 0 and upper.stdout == r.stdout, upper.stderr
 
 
 def test_colours_on_a_terminal(cluster: Cluster) -> None:
@@ -190,14 +193,14 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes,
 
 def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) -> None:
     """1. Put on the topic a record of an invocation that started 2 hours ago but reached Kafka just now (a
-    node sends what it buffered while the broker was away), and three values that are not records (one is
-    JSON with a lone surrogate escape).
+    node sends what it buffered while the broker was away), one of 90 minutes ago written at +05:00, and
+    three values that are not records (one is JSON with a lone surrogate escape).
     2. `faas logs --since 1h`, with no `--since`, `--since 3h`, `--invocation OLD_ID` (no --since),
        `--invocation NOSUCH`.
     Result: 1h and the default window (an hour) leave the old record out (its `started_at` decides, not
     when it reached Kafka; the embedded broker's offsets_for_times answers 0 anyway), 3h and --invocation
-    show it; the bad values are skipped, counted on stderr, exit 0; an id with no record is said so on
-    stderr, exit 0."""
+    show it, 3h in time order; the bad values are skipped, counted on stderr, exit 0; an id with no record
+    is said so on stderr, exit 0."""
     old_id = new_id()
     old = {
         "invocation_id": old_id,
@@ -208,12 +211,16 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 7200)),
         "logs": [],
     }
+    # Another writer's record, 90 minutes old, its time at +05:00: as text it sorts after this hour's.
+    shifted = time.strftime("%Y-%m-%dT%H:%M:%S.000+05:00", time.gmtime(time.time() - 5400 + 5 * 3600))
+    offset = {**old, "invocation_id": new_id(), "started_at": shifted}
     now = int(time.time() * 1000)
     asyncio.run(
         _produce(
             cluster.bootstrap,
             cluster.topic,
             [
+                (ECHO.encode(), json.dumps(offset).encode(), now),
                 (ECHO.encode(), json.dumps(old).encode(), now),
                 (ECHO.encode(), b"\xff not json", now),
                 (ECHO.encode(), b'{"a": "record without the fields"}', now),
@@ -231,7 +238,9 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     assert old_id not in {x["invocation_id"] for x in recent}
     default = cluster.json_until(want={fresh})  # no --since: the last hour (DESIGN.md section 13)
     assert old_id not in {x["invocation_id"] for x in default}
-    cluster.json_until("--since", "3h", want={old_id, fresh})
+    ids = [old_id, offset["invocation_id"], fresh]
+    wide = cluster.json_until("--since", "3h", want=set(ids))
+    assert [x["invocation_id"] for x in wide if x["invocation_id"] in ids] == ids  # by time, any offset
     r = cluster.logs("--invocation", old_id, "--json")
     assert r.returncode == 0 and [json.loads(x)["invocation_id"] for x in r.stdout.splitlines()] == [old_id]
     assert "skipped 3 records that are not invocation records" in r.stderr

@@ -56,6 +56,13 @@ async def spawn(payload, ctx):
 async def exit1(payload, ctx):
     os._exit(1)
 
+async def segfault(payload, ctx):
+    import signal
+    if payload and "sleep" in payload:
+        await asyncio.sleep(payload["sleep"])
+        return {"pid": os.getpid()}
+    os.kill(os.getpid(), signal.SIGSEGV)
+
 async def setenv(payload, ctx):
     if payload.get("set"):
         os.environ["FLAG"] = payload["set"]
@@ -145,12 +152,16 @@ BROKEN = """
 raise RuntimeError("cannot import me")
 """
 
+EXITS = """
+import os
+os._exit(2)
+"""
+
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_project(
-        tmp_path_factory.mktemp("rt"), "functions: []\n", {"rt": HANDLERS, "warm": WARM, "broken": BROKEN}
-    )
+    modules = {"rt": HANDLERS, "warm": WARM, "broken": BROKEN, "exits": EXITS}
+    return write_project(tmp_path_factory.mktemp("rt"), "functions: []\n", modules)
 
 
 SpecFactory = Callable[..., FunctionSpec]

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from framework.errors import FunctionError, InstanceCrashed, Timeout
@@ -220,12 +221,36 @@ async def test_import_error_is_function_error(runtime: Runtime, spec: SpecFactor
 
 async def test_exit_is_instance_crashed_and_replaced(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("exit1", max=1)
-    with pytest.raises(InstanceCrashed):
+    with pytest.raises(InstanceCrashed, match=r"of function exit1 exited with code 1$"):
         await call(runtime, s)
     assert runtime.instance_count(s.name) == 0
     echo = spec("echo", name=s.name, max=1)
     value, res = await call(runtime, echo)
     assert res.cold_start and value["payload"] is None
+
+
+async def test_a_crash_says_which_signal_ended_the_instance(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. A handler that ends its process with SIGSEGV (as a crashing native library would), while another
+    request waits on the same instance. 2. A call after it.
+    Result: both held requests are answered InstanceCrashed naming the signal; the next call is served by a
+    fresh instance; the template reaped the dead one (no zombie left)."""
+    s = spec("segfault", max=1, concurrency=2)
+    waiting = asyncio.ensure_future(call(runtime, s, {"sleep": 30}))
+    await until(lambda: runtime.inflight() == 1)
+    with pytest.raises(InstanceCrashed, match=r"was killed by signal 11 \(SIGSEGV\)"):
+        await call(runtime, s)
+    with pytest.raises(InstanceCrashed, match=r"was killed by signal 11 \(SIGSEGV\)"):
+        await waiting
+    value, res = await call(runtime, s, {"sleep": 0})
+    assert res.cold_start
+    template = psutil.Process(runtime._template.pid)
+    assert all(child.pid == value["pid"] for child in template.children())
+
+
+async def test_an_instance_that_exits_while_importing_says_so(runtime: Runtime, spec: SpecFactory) -> None:
+    s = spec("handle", module="exits")
+    with pytest.raises(InstanceCrashed, match=r"exited with code 2 while starting$"):
+        await call(runtime, s)
 
 
 async def test_kill_9_is_instance_crashed(runtime: Runtime, spec: SpecFactory) -> None:
@@ -236,7 +261,7 @@ async def test_kill_9_is_instance_crashed(runtime: Runtime, spec: SpecFactory) -
     t = time.monotonic()
     os.kill(first["pid"], signal.SIGKILL)
     for fut in held:
-        with pytest.raises(InstanceCrashed):
+        with pytest.raises(InstanceCrashed, match=r"was killed by signal 9 \(SIGKILL\)"):
             await fut
     assert time.monotonic() - t < 2
     value, _ = await call(runtime, s, {"sleep": 0})

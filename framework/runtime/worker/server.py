@@ -89,7 +89,7 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
         # started too, which would otherwise outlive it (a child in a new session of its own still can).
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
-        # The template ignores SIGCHLD to auto-reap; handlers that run subprocesses need the default.
+        # The template reaps its children on SIGCHLD; handlers that run subprocesses need the default.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         isolated = sandbox.isolate()  # still one thread: a user namespace of its own (`framework/sandbox.py`)
         if isolated is not None:

@@ -1,0 +1,118 @@
+"""The template's report of how its instances ended: wait statuses read off the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+from framework.runtime.template import _KEPT, Template, describe_exit
+
+
+@pytest.mark.parametrize(
+    ("status", "told"),
+    [
+        (None, "exited"),
+        (0, "exited with code 0"),
+        (3 << 8, "exited with code 3"),
+        (signal.SIGSEGV, "was killed by signal 11 (SIGSEGV)"),
+        (signal.SIGKILL | 0x80, "was killed by signal 9 (SIGKILL)"),  # with a core dump
+        (100, "was killed by signal 100"),  # a number no name is known for
+    ],
+)
+def test_describe_exit(status: int | None, told: str) -> None:
+    assert describe_exit(status) == told
+
+
+def test_a_real_status_reads_as_described() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    assert describe_exit(status) == "exited with code 7"
+
+
+def _fed_template() -> tuple[Template, socket.socket]:
+    """A Template whose control socket is one end of a pair the test writes the template's messages to."""
+    template = Template()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    template._ctrl = ours
+    template._loop = asyncio.get_running_loop()
+    template._loop.add_reader(ours.fileno(), template._read_statuses, ours)
+    return template, theirs
+
+
+async def _told(fut: asyncio.Future[int | None], limit: float = 5.0) -> int | None:
+    async with asyncio.timeout(limit):
+        return await fut
+
+
+async def test_a_status_reaches_whoever_waits_for_it_whatever_comes_first() -> None:
+    """1. One waiter registers before its status arrives, another after. 2. Garbage and malformed
+    messages come between. Result: each waiter gets its own status; the garbage is ignored; a forked pid is
+    told once."""
+    template, theirs = _fed_template()
+    loop = asyncio.get_running_loop()
+    early: asyncio.Future[int | None] = loop.create_future()
+    template.when_exited(101, early.set_result, wait=10)
+    for message in (b"garbage", b"exit x y", b"exit 1", b"fork inst-1 202", b"exit 101 768", b"exit 102 11"):
+        theirs.send(message)
+    assert await _told(early) == 768
+    await _until(lambda: 102 in template._statuses)
+    late: asyncio.Future[int | None] = loop.create_future()
+    template.when_exited(102, late.set_result, wait=10)
+    assert late.result() == 11
+    assert template.forked_pid("inst-1") == 202
+    assert template.forked_pid("inst-1") is None
+    template.stop()
+    theirs.close()
+
+
+async def test_no_status_in_time_is_told_as_unknown() -> None:
+    template, theirs = _fed_template()
+    fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+    t = time.monotonic()
+    template.when_exited(4242, fut.set_result, wait=0.2)
+    assert await _told(fut) is None
+    assert 0.15 < time.monotonic() - t < 3
+    template.stop()
+    theirs.close()
+
+
+async def test_a_gone_template_tells_every_waiter_at_once() -> None:
+    """1. Two waiters with a long wait. 2. The template's end of the control socket closes (it died).
+    Result: both are told None at once, not after their wait."""
+    template, theirs = _fed_template()
+    loop = asyncio.get_running_loop()
+    futs: list[asyncio.Future[int | None]] = [loop.create_future() for _ in range(2)]
+    for pid, fut in zip((1, 2), futs, strict=True):
+        template.when_exited(pid, fut.set_result, wait=60)
+    theirs.close()
+    assert [await _told(f) for f in futs] == [None, None]
+    template.stop()
+
+
+async def test_unclaimed_statuses_are_bounded() -> None:
+    template, theirs = _fed_template()
+    for first in range(1, _KEPT + 50, 50):  # in rounds: the socket's buffer holds a few hundred messages
+        last = min(first + 50, _KEPT + 50)
+        for pid in range(first, last):
+            theirs.send(b"exit %d 0" % pid)
+        newest = last - 1
+        await _until(lambda: newest in template._statuses)  # noqa: B023 (awaited within the round)
+    assert len(template._statuses) == _KEPT
+    assert 1 not in template._statuses  # the oldest went first
+    template.stop()
+    theirs.close()
+
+
+async def _until(check: Callable[[], bool], limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
