@@ -2,15 +2,20 @@
 
 Prints the ce_id of each event replayed (or, with `--dry-run`, that would be), a progress line on stderr
 every few hundred records of a long replay, then `replayed N, skipped M (reasons)`. Exit 0 with the counts,
-1 when the broker cannot be reached or producing fails. Then, on stderr, a warning for each function that
-failed replayed events and no longer listens to their type as a productive function (undeployed, renamed,
-or its `events` changed), and for each of their types no productive function listens to (read from the
-deployment log, as `faas ls` reads it): the latter run nowhere, and their replies say ok with no results.
+1 when the broker cannot be reached or reading or producing fails. A replay whose producing failed part
+way still prints the ce_ids the broker acknowledged, then says on stderr why it stopped, the ce_ids sent
+and not acknowledged (they may have landed) and how many were not sent. After a replay, on stderr, a
+warning for each function that failed replayed events and no longer listens to their type as a productive
+function (undeployed, renamed, or its `events` changed), and for each of their types no productive
+function listens to (read from the deployment log, as `faas ls` reads it): the latter run nowhere, and
+their replies say ok with no results.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+from typing import NoReturn
 
 import click
 from aiokafka.errors import KafkaError
@@ -18,7 +23,7 @@ from aiokafka.errors import KafkaError
 from framework.cli.common import bootstrap_option, duration, fail, need_broker, option, quiet_kafka_client
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
-from framework.kafka.replay import Report, Selection, replay
+from framework.kafka.replay import ReplayStopped, Report, Selection, replay
 from framework.kafka.topic_read import BrokerUnreachable
 from framework.settings import Settings
 
@@ -61,8 +66,10 @@ def replay_command(
         report = asyncio.run(replay(servers, settings, selection, dry_run, progress))
     except BrokerUnreachable as exc:
         fail(f"cannot reach the Kafka broker at {servers}: {exc}")
+    except ReplayStopped as exc:
+        stopped(exc)
     except KafkaError as exc:
-        fail(f"replay failed: {exc!r}")
+        fail(f"replay failed, nothing replayed: reading from the broker at {servers}: {exc}")
     if report.topic_missing:
         click.echo(f"no dead-letter topic {settings.deadletter_topic!r}: nothing to replay", err=True)
     for event_id in report.missing:
@@ -73,6 +80,19 @@ def replay_command(
     if report.replayed:
         for line in unserved(settings, servers, report):
             click.echo(line, err=True)
+
+
+def stopped(exc: ReplayStopped) -> NoReturn:
+    """Producing failed part way: what went out, what may have, what did not; exit 1."""
+    for event_id in exc.report.replayed:
+        click.echo(event_id)
+    click.echo(f"replay stopped: the broker did not take a record: {exc}", err=True)
+    click.echo(f"replayed {len(exc.report.replayed)} (the ce_ids above, acknowledged)", err=True)
+    if exc.unconfirmed:
+        ids = " ".join(exc.unconfirmed)
+        click.echo(f"{len(exc.unconfirmed)} sent, not acknowledged (they may have landed): {ids}", err=True)
+    click.echo(f"{exc.unsent} not sent", err=True)
+    sys.exit(1)
 
 
 def unserved(settings: Settings, bootstrap: str, report: Report) -> list[str]:

@@ -24,10 +24,14 @@ Choices:
   (select with `--id`, `--since` to keep it short); a dry run skips it. Only records carrying
   `faas_replayed` are looked into, so memory stays small. Two replays of the same event running at the
   very same moment may both give the same n.
-- That first record is found by `topic_read.offsets_at` (a binary search on record timestamps on the
-  embedded broker, whose time lookups answer offset 0), which takes timestamps to grow with offsets: up to
-  clock differences between producers, which CLOCK_SKEW covers. Reads go on until fetches come back empty
-  (`topic_read`: the end offsets are a floor only).
+- That first record is found by `topic_read.offsets_at`: Kafka's time lookup. The embedded broker's
+  answers offset 0, and the events topic's producers may stamp records with times older than their
+  neighbours' (an event's own time), so no search on timestamps can be trusted there: on it the events
+  topic is read from its beginning (a development broker, whose topics live in memory). Reads go on
+  until fetches come back empty (`topic_read`: the end offsets are a floor only).
+- Producing stops at the first record the broker does not take: the error (`ReplayStopped`) says which
+  events it acknowledged (replayed), which it was sent but did not acknowledge (they may have landed),
+  and how many were never sent, so a second run can be chosen with `--id`.
 - `since` is checked against the newest copy's own record timestamp, for the same reason (Tansu), and
   reading the dead-letter topic from the start costs only time.
 - Skipped records are counted by reason: `bad_event`, `foreign`, `not selected`, `superseded`.
@@ -35,10 +39,16 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from framework.kafka.deadletter import DeadLetter, EventKey, classify, replay_headers, replayed_copy
 from framework.kafka.options import start_producer
@@ -52,11 +62,14 @@ from framework.kafka.topic_read import (
     reader_of,
     scan,
     started,
+    stop_quietly,
 )
 from framework.settings import Settings
 
 PROGRESS_EVERY = 500
 """Records produced between two progress lines (only replays longer than that print them)."""
+STOP_TIMEOUT = 10.0
+"""Seconds the producer may take to stop (it waits for what it holds; a broker gone holds it longer)."""
 CLOCK_SKEW = 300.0
 """Seconds the events topic is read from before the oldest selected dead letter: room for the clocks of
 the node that wrote it, of the host replaying, and of the events' producers to differ."""
@@ -130,11 +143,24 @@ async def replay_counts(
         tps = await partitions(consumer, settings.events_topic)
         if not tps:
             return counts
-        starts = await offsets_at(bootstrap, settings, consumer, tps, since_ms)
+        starts = await offsets_at(bootstrap, settings, consumer, tps, since_ms, ordered=False)
         await scan(consumer, starts, count, "count", progress)
         return counts
     finally:
-        await consumer.stop()
+        await stop_quietly(consumer)
+
+
+class ReplayStopped(Exception):
+    """Producing failed part way (the broker went away, or refused a record)."""
+
+    def __init__(self, report: Report, unconfirmed: list[str], unsent: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__)
+        self.report = report
+        """`replayed`: the ce_ids the broker acknowledged."""
+        self.unconfirmed = unconfirmed
+        """The ce_ids sent and not acknowledged: they may have landed."""
+        self.unsent = unsent
+        """Selected events never sent."""
 
 
 @dataclass(slots=True)
@@ -229,9 +255,10 @@ async def replay(
 ) -> Report:
     """Replay the selected failed events of FAAS_DEADLETTER_TOPIC to FAAS_EVENTS_TOPIC.
 
-    Raises BrokerUnreachable when the broker does not answer, KafkaError when producing fails (events
-    produced before that stay produced). `progress` is called every READ_PROGRESS_EVERY records read and
-    every PROGRESS_EVERY records produced (when more than that are to be).
+    Raises BrokerUnreachable when the broker does not answer, KafkaError when reading fails (nothing was
+    produced), ReplayStopped when producing fails (events acknowledged before that stay produced).
+    `progress` is called every READ_PROGRESS_EVERY records read and every PROGRESS_EVERY records produced
+    (when more than that are to be).
     """
     report = Report(dry_run=dry_run)
     records = await read_topic(bootstrap, settings.deadletter_topic, settings, progress)
@@ -246,16 +273,48 @@ async def replay(
     records_out = outgoing(chosen, counts)
     producer = await reach(start_producer(bootstrap, settings))
     try:
-        for start in range(0, len(records_out), PROGRESS_EVERY):
-            futures = [
-                await producer.send(settings.events_topic, value=r.value, key=r.key, headers=r.headers)
-                for r in records_out[start : start + PROGRESS_EVERY]
-            ]
-            for future in futures:
-                await future
-            done = min(start + PROGRESS_EVERY, len(records_out))
-            if progress is not None and len(records_out) > PROGRESS_EVERY:
-                progress("replay", done, len(records_out))
+        await _produce(producer, settings.events_topic, chosen, records_out, report, progress)
     finally:
-        await producer.stop()
+        with contextlib.suppress(Exception):  # a broker gone: its error is the one to tell
+            await asyncio.wait_for(producer.stop(), STOP_TIMEOUT)
     return report
+
+
+async def _produce(
+    producer: AIOKafkaProducer,
+    topic: str,
+    chosen: list[Candidate],
+    records_out: list[Outgoing],
+    report: Report,
+    progress: Progress | None,
+) -> None:
+    """Produce `records_out` (the records of `chosen`) in rounds of PROGRESS_EVERY, each awaited whole;
+    `report.replayed` becomes the ce_ids acknowledged. ReplayStopped at the first round that fails."""
+    ids = [c.event[1] for c in chosen]
+    report.replayed = []
+    for start in range(0, len(records_out), PROGRESS_EVERY):
+        sent: list[tuple[str, asyncio.Future[Any]]] = []
+        failure: BaseException | None = None
+        for event_id, r in zip(ids[start:], records_out[start : start + PROGRESS_EVERY], strict=False):
+            try:
+                sent.append(
+                    (event_id, await producer.send(topic, value=r.value, key=r.key, headers=r.headers))
+                )
+            except KafkaError as exc:
+                failure = exc
+                break
+        # Every outcome is taken, failed ones too: none is left for asyncio to report as never retrieved.
+        outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        unconfirmed = []
+        for (event_id, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                unconfirmed.append(event_id)
+            else:
+                report.replayed.append(event_id)
+        if failure is not None:
+            raise ReplayStopped(
+                report, unconfirmed, len(ids) - len(report.replayed) - len(unconfirmed), failure
+            )
+        if progress is not None and len(records_out) > PROGRESS_EVERY:
+            progress("replay", min(start + PROGRESS_EVERY, len(records_out)), len(records_out))

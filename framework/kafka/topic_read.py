@@ -11,6 +11,13 @@ group nothing is joined or committed, so a read can be repeated and never distur
   time. So the answer is checked against the timestamp of the record it names, and when that does not
   match the offset is found by a binary search on record timestamps (one small fetch per step), which
   takes timestamps to grow with offsets (clocks of different producers may differ: callers leave room).
+  That holds for a topic only the platform writes (the tick log), not for one other systems produce to:
+  a producer may stamp a record with its event's own time (an older one), and the search, landing on it,
+  would start past records it was looking for. There (`ordered=False`) the partition is read from its
+  beginning instead.
+- A read that fails (the broker gone mid-read) says why: stopping its consumer afterwards raises nothing
+  of its own (aiokafka's `stop` raises CancelledError once a fetch failed), unless the read itself is
+  being cancelled.
 """
 
 from __future__ import annotations
@@ -69,11 +76,24 @@ async def reach(start: Awaitable[T]) -> T:
         raise BrokerUnreachable(why_unreachable(exc)) from exc
 
 
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop `consumer`, raising nothing of its own: the error that ended a read is the one to tell. A
+    cancellation of the task stopping it still goes through."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:  # the read's own outcome (or error) is what the caller gets
+        pass
+
+
 async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     try:
         await reach(consumer.start())
     except BrokerUnreachable:
-        await consumer.stop()
+        await stop_quietly(consumer)
         raise
     # Let the consumer's own task start: a group-less consumer stopped before it ran raises CancelledError
     # from `stop` (aiokafka 0.14 awaits that task, cancelled before its first step).
@@ -153,7 +173,7 @@ async def read_topic(
         await scan(consumer, await consumer.beginning_offsets(tps), out.append, "read", progress)
         return out
     finally:
-        await consumer.stop()
+        await stop_quietly(consumer)
 
 
 async def _probe(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> tuple[int, int] | None:
@@ -181,9 +201,17 @@ async def _search(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: i
 
 
 async def offsets_at(
-    bootstrap: str, settings: Settings, consumer: AIOKafkaConsumer, tps: list[TopicPartition], at_ms: int
+    bootstrap: str,
+    settings: Settings,
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    at_ms: int,
+    ordered: bool = True,
 ) -> dict[TopicPartition, int]:
-    """Per partition, the offset of the first record stamped `at_ms` or later (or the end offset)."""
+    """Per partition, the offset of the first record stamped `at_ms` or later (or the end offset).
+
+    `ordered`: the topic's timestamps grow with its offsets (up to clock skew), so a broker that cannot
+    answer (Tansu) is searched; else such a partition is read from its beginning."""
     answers = await consumer.offsets_for_times({tp: at_ms for tp in tps})
     begins = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
@@ -200,8 +228,10 @@ async def offsets_at(
                 answer.timestamp,
             ):
                 starts[tp] = answer.offset  # the answer names a record that is what it says: Kafka's
-            else:
+            elif ordered:
                 starts[tp] = await _search(prober, tp, begins[tp], ends[tp], at_ms)
+            else:
+                starts[tp] = begins[tp]
     finally:
-        await prober.stop()
+        await stop_quietly(prober)
     return starts

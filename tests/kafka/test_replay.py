@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from framework.kafka import replay as replay_module
 from framework.kafka import topic_read
@@ -269,6 +274,96 @@ def test_unreachable_broker_exits_1_with_one_line(topics: Topics) -> None:
     assert len(lines) == 1 and lines[0].startswith("cannot reach the Kafka broker at"), r.stderr
 
 
+def _lost_broker(tmp_path: Path, letters: int) -> tuple[EmbeddedBroker, Topics]:
+    """A broker of the test's own (it gets killed), its dead-letter topic holding `letters` failed events."""
+    own = EmbeddedBroker(log_path=tmp_path / "lost-broker.log").start()
+    topics = Topics(own, tmp_path)
+    topics.write([failed(f"lost-{i:05d}") for i in range(letters)])
+    return own, topics
+
+
+def test_a_broker_lost_while_reading_is_the_reads_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A dead-letter topic of 30,000 failed events on a broker of its own. 2. `replay()`; the broker is
+    killed at the first progress line of the read.
+    Result: the read's own KafkaError (it stalled), not the CancelledError aiokafka's `stop` raised on top
+    of it (which `faas replay` printed as a traceback); nothing is produced."""
+    monkeypatch.setattr(topic_read, "READ_STALL", 2.0)
+    monkeypatch.setattr(topic_read, "READ_PROGRESS_EVERY", 1000)
+    own, topics = _lost_broker(tmp_path, 30_000)
+    settings = Settings(
+        deadletter_topic=topics.dead, events_topic=topics.events, kafka_request_timeout_ms=5000
+    )
+    try:
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage == "read":
+                own.kill()
+
+        async def run() -> None:
+            async with asyncio.timeout(60):
+                await replay_module.replay(
+                    own.bootstrap, settings, replay_module.Selection(), False, progress
+                )
+
+        with pytest.raises(KafkaError):
+            asyncio.run(run())
+    finally:
+        own.kill()
+
+
+def test_a_broker_lost_while_producing_says_what_went_out(tmp_path: Path) -> None:
+    """1. A dead-letter topic of 20,000 failed events on a broker of its own. 2. `faas replay`; the broker
+    is killed once its first progress line says 500 were replayed.
+    Result: exit 1; stdout lists the ce_ids the broker acknowledged (500 or more, in order); stderr says
+    the replay stopped, how many were acknowledged, sent without acknowledgement (named) and not sent,
+    adding up to 20,000; no traceback, no "never retrieved" future."""
+    own, topics = _lost_broker(tmp_path, 20_000)
+    env = {
+        **os.environ,
+        "FAAS_MANIFEST": str(tmp_path / "functions.yaml"),
+        "FAAS_KAFKA_BOOTSTRAP_SERVERS": own.bootstrap,
+        "FAAS_DEADLETTER_TOPIC": topics.dead,
+        "FAAS_EVENTS_TOPIC": topics.events,
+        "FAAS_DEPLOYMENTS_TOPIC": topics.deployments,
+        "FAAS_KAFKA_REQUEST_TIMEOUT_MS": "5000",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framework", "replay"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("replaying: "):
+                own.kill()
+                break
+        out, rest = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+        own.kill()
+    err = "".join(seen) + rest
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "never retrieved" not in err, err
+    acked = out.split()
+    assert len(acked) >= 500 and acked == sorted(acked), err
+    assert re.search(r"^replay stopped: the broker did not take a record: \w+", err, re.M), err
+    assert f"replayed {len(acked)} (the ce_ids above, acknowledged)" in err, err
+    unconfirmed = re.search(r"^(\d+) sent, not acknowledged \(they may have landed\): (.*)$", err, re.M)
+    maybe = unconfirmed[2].split() if unconfirmed else []
+    assert not unconfirmed or int(unconfirmed[1]) == len(maybe)
+    unsent = re.search(r"^(\d+) not sent$", err, re.M)
+    assert unsent is not None, err
+    assert len(acked) + len(maybe) + int(unsent[1]) == 20_000
+
+
 async def test_an_address_that_never_answers_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """1. `replay()` against a TCP listener that accepts connections and never answers (a wrong port, a
     proxy), the bound on reaching the broker lowered from 15 s to 1 s. Result: BrokerUnreachable saying
@@ -506,12 +601,15 @@ def test_the_newest_copy_does_not_depend_on_the_order_partitions_are_read_in() -
         assert report.skipped == {"superseded": 2}, order
 
 
-def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics) -> None:
-    """1. The events topic holds a replayed copy of a stamped 10 hours ago (faas_replayed 7) and one of a
-       stamped now (faas_replayed 2); the dead-letter topic a failed copy of a stamped 1 hour ago.
+def test_replay_counts_read_the_whole_events_topic_on_the_embedded_broker(topics: Topics) -> None:
+    """1. The events topic holds, in one partition: a replayed copy of a stamped 10 hours ago
+       (faas_replayed 7), one stamped now (faas_replayed 2), then 50 other events each in a batch of its
+       own, stamped 3 hours ago (producers may stamp records with their event's own time); the dead-letter
+       topic a failed copy of a stamped 1 hour ago.
     2. `faas replay --id a`.
-    Result: the new copy says faas_replayed 3: the events topic was read from (about) the dead letter's
-    time on, not from its start."""
+    Result: the new copy says faas_replayed 8: on the embedded broker, whose time lookups answer offset 0,
+    no search on timestamps that need not grow with offsets is trusted; the whole topic is read (before,
+    a search landed among the old-stamped events, skipped the copy saying 2, and the new copy said 1)."""
     a = str(uuid.uuid4())
     key, value, headers, _ = failed(a)
     original = [(k, v) for k, v in headers if not k.startswith("faas_")]
@@ -519,12 +617,20 @@ def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics)
     now_ms = int(time.time() * 1000)
 
     async def events() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=topics.bootstrap)
+        p = AIOKafkaProducer(bootstrap_servers=topics.bootstrap, linger_ms=0)
         await p.start()
         try:
             for n, ts in ((b"7", now_ms - 10 * hour_ms), (b"2", None)):
                 h = [*original, ("faas_replayed", n)]
                 await (await p.send(topics.events, value, key, partition=0, headers=h, timestamp_ms=ts))
+            old_ms = now_ms - 3 * hour_ms
+            for i in range(50):
+                other = ce_headers("t.other", str(uuid.uuid4()))
+                await (
+                    await p.send(
+                        topics.events, b"{}", b"o%d" % i, partition=0, headers=other, timestamp_ms=old_ms
+                    )
+                )
         finally:
             await p.stop()
 
@@ -532,8 +638,8 @@ def test_replay_counts_read_from_the_oldest_selected_dead_letter(topics: Topics)
     topics.write([(key, value, headers, now_ms - hour_ms)])
     r = topics.replay("--id", a)
     assert r.returncode == 0, r.stdout + r.stderr
-    replayed = [dict(m.headers)["faas_replayed"] for m in topics.produced(3)]
-    assert sorted(replayed) == [b"2", b"3", b"7"], replayed
+    copies = [dict(m.headers) for m in topics.produced(53)]
+    assert sorted(h["faas_replayed"] for h in copies if "faas_replayed" in h) == [b"2", b"7", b"8"]
 
 
 FIXABLE = "2e721e00-0000-4000-8000-0000000000f1"

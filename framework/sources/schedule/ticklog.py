@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from framework.kafka.options import start_producer
-from framework.kafka.topic_read import Record, offsets_at, partitions, reader_of, scan, started
+from framework.kafka.topic_read import Record, offsets_at, partitions, reader_of, scan, started, stop_quietly
 from framework.observe.records import node_name
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
@@ -144,7 +144,7 @@ class TickLog:
             starts = await offsets_at(self.bootstrap, self.settings, consumer, [tp], since_ms)
             await scan(consumer, starts, records.append, "read", None)
         finally:
-            await consumer.stop()
+            await stop_quietly(consumer)
         return newest(records, since_ms)
 
     # ---- the writer ----
