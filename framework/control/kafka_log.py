@@ -10,7 +10,11 @@ The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBa
 
 A lost log (a memory-only broker restarted: the end offset drops below what was read) is read again from
 0 and `on_reset` is called, so the node can publish again what it serves, in the order it was applied
-(`LogState.order`: validity depends on order).
+(`LogState.order`: validity depends on order). An end offset below what was read is not proof of that on
+its own: Tansu reports a partition's end as its last batch's base offset + 1, so after a batch of several
+records (a restore or mirror tool's; the platform writes one record a request) the end stays below the
+records read until the next write. So the log counts as lost only when it no longer holds the last record
+read (`_still_there`: one small fetch, once per end offset seen).
 
 A bad record never stops the reader: `LogState.apply` skips it with a warning and never raises, and
 `position` moves past each record as it is applied, so the records after a bad one in the same fetch
@@ -84,6 +88,10 @@ class KafkaLog(DeploymentLog):
         self._task: asyncio.Task[None] | None = None
         self._moved = asyncio.Event()
         self._low = 0
+        self._prober: AIOKafkaConsumer | None = None
+        """Reads one record to tell a lost log from Tansu's end offset (`_still_there`); made when needed."""
+        self._floor = -1
+        """An end offset below `position` that was found to be Tansu's floor, not a lost log."""
         self._listed_at = -math.inf
         """When (monotonic s) the broker last listed the topic before a write (`_topic_present`)."""
 
@@ -93,7 +101,7 @@ class KafkaLog(DeploymentLog):
 
     async def start(self) -> None:
         await self.stop()  # a start that failed halfway leaves clients behind
-        self._consumer = self._producer = self._task = None
+        self._consumer = self._producer = self._prober = self._task = None
         if self.create:
             await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
         consumer = reader(
@@ -121,7 +129,7 @@ class KafkaLog(DeploymentLog):
 
     async def stop(self) -> None:
         await cancel_and_wait([self._task])
-        for client in (self._consumer, self._producer):
+        for client in (self._consumer, self._producer, self._prober):
             if client is not None:
                 with contextlib.suppress(KafkaError, OSError):
                     await client.stop()
@@ -247,13 +255,37 @@ class KafkaLog(DeploymentLog):
             options = security_options(self.settings)
             await within(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_EVERY * 2)
             end = await within(self.end_offset(), CHECK_EVERY)
-        if end >= self.position:
+        if end >= self.position or end == self._floor:
             self._low = 0
+            return
+        if await within(self._still_there(self.position - 1), CHECK_EVERY):
+            self._floor, self._low = end, 0
             return
         self._low += 1
         if self._low >= 2:  # twice in a row, CHECK_EVERY apart: not a passing glitch
             self._low = 0
             self._reset(end)
+
+    async def _still_there(self, offset: int) -> bool:
+        """Whether the log still holds the record at `offset` (a lost one, started again, holds fewer
+        records: the fetch then answers from another offset, or nothing)."""
+        if self._prober is None:
+            prober = reader(
+                self.bootstrap,
+                self.settings,
+                max_partition_fetch_bytes=self.fetch_bytes,
+                fetch_max_bytes=self.fetch_bytes,
+                fetch_max_wait_ms=FETCH_WAIT_MS,
+            )
+            self._prober = prober  # before its start: `stop` closes one whose start failed halfway
+            await prober.start()
+            prober.assign([self.tp])
+        self._prober.seek(self.tp, offset)
+        for _ in range(2):
+            found = (await self._prober.getmany(self.tp, timeout_ms=POLL_MS, max_records=1)).get(self.tp)
+            if found:
+                return bool(found[0].offset == offset)
+        return False
 
 
 async def ensure_log_topic(bootstrap: str, topic: str, options: dict[str, Any]) -> bool:

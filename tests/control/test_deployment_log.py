@@ -99,6 +99,57 @@ async def test_records_after_a_bad_code_record_in_the_same_fetch_apply(
         await log.stop()
 
 
+async def test_a_batch_of_several_records_is_not_taken_for_a_lost_log(
+    tmp_path: Path, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A following log (end checks every 0.05 s). 2. Another tool produces three records in one batch
+    (a restore, a mirror), then, after ten end checks, a revision on its own.
+    Result: the broker's end offset stays below the records read (Tansu: the last batch's base offset + 1)
+    all the while, yet the log is not taken for lost: no reset, no "broker lost it" warning, one small
+    fetch to tell (not one per check); the revision after it applies."""
+    monkeypatch.setattr(kafka_log_module, "CHECK_EVERY", 0.05)
+    topic = f"t.deploy.{new_id()[:8]}"
+    log = kafka_log(tmp_path, broker, topic, follow=True)
+    resets: list[None] = []
+    log.on_reset = lambda: resets.append(None)
+    checks, probes = 0, 0
+    check_end, still_there = log._check_end, log._still_there
+
+    async def counted_check() -> None:
+        nonlocal checks
+        checks += 1
+        await check_end()
+
+    async def counted_probe(offset: int) -> bool:
+        nonlocal probes
+        probes += 1
+        return await still_there(offset)
+
+    log._check_end, log._still_there = counted_check, counted_probe  # type: ignore[method-assign]
+    u, code = new_id(), package(MODULE)
+    await log.start()
+    try:
+        with caplog.at_level(logging.WARNING, "faas.deployments"):
+            batch = [
+                code_record(code),
+                rev_record(revision(u, "alpha", code)),
+                code_record(package("x = 1\n")),
+            ]
+            await produce_async(broker.bootstrap, topic, batch)
+            await until(lambda: log.position == 3, 10, "the batch read")
+            assert await log.end_offset() < log.position  # the case at hand: the floor
+            seen = checks
+            await until(lambda: checks >= seen + 10, 10, "ten end checks")
+            assert await log.end_offset() < log.position
+            second = revision(u, "alpha", code, 2)
+            await produce_async(broker.bootstrap, topic, [rev_record(second)])
+            await until(lambda: log.state.newest(u) == second, 10, "revision 2 applied")
+        assert resets == [] and not [w for w in warnings(caplog) if "lost it" in w], warnings(caplog)
+        assert probes == 1
+    finally:
+        await log.stop()
+
+
 async def test_a_new_reader_skips_every_kind_of_unusable_zip(
     tmp_path: Path, broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
