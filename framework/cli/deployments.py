@@ -250,6 +250,12 @@ def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) ->
         fail(*(f"no function named {name!r} in {settings.manifest}" for name in elsewhere))
 
     async def publish(log: KafkaLog) -> Outcome:
+        # Every NAME is found first: a mistyped one undeploys none of the others (as `deploy` publishes
+        # nothing when one NAME is unknown), rather than taking some out of service and exiting 1.
+        found = {name: _uuid_of(log.state, None, name) for name in elsewhere}
+        unknown = ["!" + _unknown(settings, name) for name, uuid in found.items() if uuid is None]
+        if unknown:
+            return [*unknown, "!nothing undeployed"], []
         lines: list[str] = []
         done: list[FunctionSpec] = []
         for spec in specs:
@@ -257,12 +263,9 @@ def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) ->
             lines += said
             if not said[0].startswith("!"):
                 done.append(spec)
-        for name in elsewhere:
-            found = _uuid_of(log.state, None, name)
-            if found is None:
-                lines.append("!" + _unknown(settings, name))
-            else:
-                lines += await _undeploy_one(log, found, name, None, message)
+        for name, uuid in found.items():
+            assert uuid is not None
+            lines += await _undeploy_one(log, uuid, name, None, message)
         return lines, done
 
     _publish_then_set(settings, specs, "undeployed", publish)

@@ -59,9 +59,10 @@ def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, bro
 
 
 def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
-    """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy alpha`. 4. `faas rollback alpha`.
-    5. `faas rollback alpha --to 9`. Result: revision 1 deployed, the state line edited with its comment
-    kept; unchanged, revision 1; revision 2 undeployed; the rollback publishes revision 3 (rollback of 1);
+    """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy nosuch alpha`, then `faas undeploy
+    alpha`. 4. `faas rollback alpha`. 5. `faas rollback alpha --to 9`. Result: revision 1 deployed, the
+    state line edited with its comment kept; unchanged, revision 1; the mistyped name exits 1 having
+    undeployed nothing, then revision 2 undeployed; the rollback publishes revision 3 (rollback of 1);
     --to 9 exits 1 naming the kept revisions. The log holds the code record first, then the revision
     records.
     """
@@ -73,6 +74,10 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "deploy", "--all", env=env)
     assert r.stdout == "alpha: unchanged, revision 1\n", r.stderr
+    r = run_cli(root, "undeploy", "nosuch", "alpha", env=env)  # a typo takes nothing out of service
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert "'nosuch'" in r.stderr and "nothing undeployed" in r.stderr, r.stderr
+    assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "undeploy", "alpha", env=env)
     assert r.returncode == 0 and r.stdout == "alpha: revision 2 undeployed\n", r.stderr
     assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
