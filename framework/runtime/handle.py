@@ -229,6 +229,13 @@ class InstanceHandle:
                 self._lines.discard(inv.invocation_id)  # also when its REPLY came as it was cancelled
             raise
 
+    def known_pid(self) -> int:
+        """The instance's pid: said by its HELLO or, before that (while it imports its handler), by the
+        template that forked it; 0 while neither has."""
+        if not self.pid and self.template is not None:
+            self.pid = self.template.forked_pid(self.id) or 0
+        return self.pid
+
     @property
     def inflight(self) -> int:
         return len(self._pending)
@@ -432,8 +439,7 @@ class InstanceHandle:
             if lines is not None and pending.wants_record and pending.invocation_id not in lines:
                 lines.begin(pending.invocation_id)  # lines still on their way are its record's
         self._recording.clear()
-        if not self.pid and self.template is not None:  # died before its HELLO: the template knows
-            self.pid = self.template.forked_pid(self.id) or 0
+        self.known_pid()  # one that died before its HELLO: the template knows its pid
         if reason == "exit" and message is None and self.template is not None and self.pid:
             self.template.when_exited(self.pid, self._exited, EXIT_STATUS_WAIT)
         else:

@@ -1,9 +1,10 @@
 """`instances.memory_mb` (DESIGN.md section 14): the node samples each limited instance's memory.
 
-Every `PERIOD` seconds the guard reads `/proc/PID/statm` of each ready instance whose function has a
-limit (one `pread` on a descriptor kept open per instance: no open/close per sample), and kills the ones
-over it: their in-flight requests are answered `InstanceCrashed` naming the limit, and the next request
-gets a fresh instance. At 0.1 s, a handler allocating 100 MB/s is caught at most ~10 MB past its limit.
+Every `PERIOD` seconds the guard reads `/proc/PID/statm` of each live instance whose function has a
+limit, also while it imports its handler (a module that allocates at import is stopped there too), with
+one `pread` on a descriptor kept open per instance (no open/close per sample), and kills the ones over
+it: their in-flight requests are answered `InstanceCrashed` naming the limit, and the next request gets a
+fresh instance. At 0.1 s, a handler allocating 100 MB/s is caught at most ~10 MB past its limit.
 Functions without a limit cost nothing: the guard's task starts with the first limited pool. Cost, from
 `make bench`: about 0.3 % of one core for 20 idle limited instances (200 samples a second).
 
@@ -244,7 +245,7 @@ class MemoryGuard:
         seen = set()
         now = time.monotonic()
         for inst, limit_mb in self._limited():
-            if not inst.ready or inst.dead or not inst.pid:
+            if inst.dead or not inst.known_pid():
                 continue
             seen.add(inst.pid)
             rss = self._resident(inst.pid)

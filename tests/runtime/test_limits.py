@@ -99,6 +99,22 @@ async def handle(payload, ctx):
 """
 
 
+GROWING_IMPORT = """
+import os, time
+from pathlib import Path
+
+Path(os.environ["PIDFILE"]).write_text(str(os.getpid()))
+BALLAST = []
+for _ in range(40):  # 400 MB at ~100 MB/s, then a long import
+    BALLAST.append(bytearray(10 * 1024 * 1024))
+    time.sleep(0.1)
+time.sleep(30)
+
+async def handle(payload, ctx):
+    return "served"
+"""
+
+
 def kills(rt: Runtime, name: str, reason: str) -> float:
     value: float = rt.metrics.instance_kills.labels(name, reason)._value.get()
     return value
@@ -148,6 +164,41 @@ async def test_an_instance_over_its_limit_after_its_import_serves_nothing(
             await call(rt, s)
         assert "memory limit (instances.memory_mb: 64)" in crashed.value.message
         assert kills(rt, s.name, "memory") == n
+
+
+async def test_an_instance_growing_while_it_imports_is_stopped_there(
+    rt: Runtime, spec: SpecFactory, root: Path
+) -> None:
+    """1. A function whose module grows by 400 MB at ~100 MB/s while it imports, then takes 30 s more to
+    import; memory_mb 64. 2. Call it.
+    Result: InstanceCrashed naming the limit well before the import would have ended (the guard samples
+    an instance from its fork, not from its HELLO: the instance used to sit at 400 MB until its import
+    ended); its memory never passed the limit by more than a few samples of growth; the kill counted."""
+    (root / "functions" / "growing.py").write_text(GROWING_IMPORT)
+    pidfile = root / "growing.pid"
+    s = spec(
+        "handle", module="growing", root=root, timeout=30, max=1, memory_mb=64, env={"PIDFILE": str(pidfile)}
+    )
+    peak = [0]
+
+    async def sample() -> None:
+        while True:
+            if pidfile.exists() and pidfile.read_text():
+                peak[0] = max(peak[0], resident_bytes(int(pidfile.read_text())) or 0)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.ensure_future(sample())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(InstanceCrashed) as crashed:
+            await call(rt, s)
+    finally:
+        sampler.cancel()
+    assert "memory limit (instances.memory_mb: 64)" in crashed.value.message
+    assert loop.time() - started < 15, "killed only once its import ended"
+    assert peak[0] < (64 + 60) * 1024 * 1024, peak[0]
+    assert kills(rt, s.name, "memory") == 1
 
 
 async def test_processes_a_handler_starts_count_toward_the_limit(

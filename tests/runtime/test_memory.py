@@ -73,6 +73,9 @@ class FakeInstance:
         self.id, self.spec = "f-0", SimpleNamespace(name="f")
         self.killed: list[str] = []
 
+    def known_pid(self) -> int:
+        return self.pid
+
     def kill_for(self, reason: str, message: str) -> None:
         self.killed.append(f"{reason}: {message}")
 
