@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import click
@@ -345,8 +345,17 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
         if target is None:
             numbers = ", ".join(str(r.revision) for r in kept)
             return f"!{fn}: revision {to} is not kept (kept: {numbers})"
-        if target.action != "deploy" or target.code_sha256 not in log.state.codes:
-            return f"!{fn}: revision {target.revision} is an undeploy or lacks its code; pick another"
+        if target.action == "undeploy":  # back to not being served: an undeploy of its own
+            if newest.action == "undeploy":
+                return f"{fn}: unchanged, revision {newest.revision} is an undeploy too"
+            back = replace(
+                undeploy_of(None, newest, message or f"rollback to revision {target.revision}"),
+                rollback_of=target.revision,
+            )
+            rev, _ = await log.publish(back, None)
+            return f"{fn}: revision {rev.revision} undeployed (rollback of revision {target.revision})"
+        if target.code_sha256 not in log.state.codes:
+            return f"!{fn}: revision {target.revision} lacks its code (not on the log); pick another"
         name = str(target.spec.get("name"))
         holder = log.state.holder(name, newest.uuid)
         if holder is not None:

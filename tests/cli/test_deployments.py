@@ -60,11 +60,12 @@ def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, bro
 
 def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy nosuch alpha`, then `faas undeploy
-    alpha`. 4. `faas rollback alpha`. 5. `faas rollback alpha --to 9`. Result: revision 1 deployed, the
-    state line edited with its comment kept; unchanged, revision 1; the mistyped name exits 1 having
-    undeployed nothing, then revision 2 undeployed; the rollback publishes revision 3 (rollback of 1);
-    --to 9 exits 1 naming the kept revisions. The log holds the code record first, then the revision
-    records.
+    alpha`. 4. `faas rollback alpha`. 5. `faas rollback alpha --to 9`. 6. `faas rollback alpha --to 2` (the
+    undeploy), twice. Result: revision 1 deployed, the state line edited with its comment kept; unchanged,
+    revision 1; the mistyped name exits 1 having undeployed nothing, then revision 2 undeployed; the
+    rollback publishes revision 3 (rollback of 1); --to 9 exits 1 naming the kept revisions; --to 2
+    publishes revision 4, an undeploy (rollback of 2), then changes nothing. The log holds the code record
+    first, then the revision records.
     """
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
@@ -85,8 +86,20 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert r.returncode == 0 and "alpha: revision 3 deployed (rollback of revision 1)" in r.stdout, r.stderr
     r = run_cli(root, "rollback", "alpha", "--to", "9", env=env)
     assert r.returncode == 1 and "revision 9 is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
+    r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)  # back to the undeploy
+    assert r.returncode == 0 and r.stdout == "alpha: revision 4 undeployed (rollback of revision 2)\n", (
+        r.stderr
+    )
+    r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: unchanged, revision 4 is an undeploy too\n", r.stderr
     keys = records(broker.bootstrap, topic)
-    assert keys[0].startswith("code:") and keys[1:] == [f"rev:{u}:1", f"rev:{u}:2", f"rev:{u}:3"]
+    assert keys[0].startswith("code:") and keys[1:] == [f"rev:{u}:{n}" for n in (1, 2, 3, 4)]
+    fourth = topic_now(broker.bootstrap, topic)[-1]["value"]
+    assert (fourth["action"], fourth["rollback_of"], fourth["message"]) == (
+        "undeploy",
+        2,
+        "rollback to revision 2",
+    )
 
 
 def test_broker_down_exits_1_in_bounded_time(tmp_path: Path) -> None:
