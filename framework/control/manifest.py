@@ -197,12 +197,16 @@ SecretName = Annotated[str, AfterValidator(_secret_name)]
 """A secret's name, checked item by item so each bad one is reported at its own position."""
 
 
+MAX_RETRY_ATTEMPTS = 10
+"""The most `retry.attempts` a function may have: an event is tried at most 11 times."""
+
+
 class RetrySpec(BaseModel):
     """`retry:` of DESIGN.md section 15: event and scheduled invocations only."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attempts: Count = Field(0, ge=0, le=10)
+    attempts: Count = Field(0, ge=0, le=MAX_RETRY_ATTEMPTS)
     """Extra attempts after a failure."""
     backoff: Seconds = Field(0.5, ge=0)
     """Seconds before the first retry, doubled each time; every wait is capped at 30 s (a larger backoff

@@ -11,7 +11,8 @@ headers saying why it is there:
 
 `classify` reads a record back for `faas replay`: only failed-event copies can be replayed. BadEvent copies
 would fail the same way again, and records the platform did not write (no `faas_*` headers, a value or
-headers that do not make an event, a non-numeric `faas_attempts`) are foreign. A replayed record is the
+headers that do not make an event, an empty `faas_error`, a `faas_attempts` that is not a count the platform
+can write) are foreign. A replayed record is the
 original again: `faas_*` headers removed, `faas_replayed: <n>` added (n = 1 the first time; an event
 dead-lettered again after a replay carries its count on, so the next replay says n + 1).
 """
@@ -22,12 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from framework.control.manifest import MAX_RETRY_ATTEMPTS
 from framework.kafka import cloudevents
 
 ERROR = cloudevents.ERROR_HEADER
 FUNCTION = "faas_function"
 ATTEMPTS = "faas_attempts"
 REPLAYED = "faas_replayed"
+MAX_ATTEMPTS = 1 + MAX_RETRY_ATTEMPTS
+"""The most attempts a failed-event copy can say it took: a larger `faas_attempts` is no copy of ours."""
 PREFIX = "faas_"
 MAX_ERROR_CHARS = 65_536
 """Characters of `faas_error`: a failed event's `Type: message` is whole up to this (its reply carries the
@@ -123,23 +127,27 @@ def classify(value: bytes | None, headers: Headers) -> DeadLetter:
     error = _header(headers, ERROR)
     if error is None:
         return DeadLetter("foreign", "no faas_error header")
+    if not error:  # the platform always says why: `Type: message`
+        return DeadLetter("foreign", "faas_error is empty or null")
     function, attempts = _header(headers, FUNCTION), _header(headers, ATTEMPTS)
     if function is None and attempts is None:
         return DeadLetter("bad_event", "a BadEvent copy")
-    if function is None or attempts is None or not _count(attempts):
+    tries = _count(attempts)
+    if function is None or not tries or tries > MAX_ATTEMPTS:
         return DeadLetter("foreign", "faas_function or faas_attempts missing or not valid")
+    # Not the platform's own header on a dead-letter copy but the event's (a replayed event carries it):
+    # one its producer set to something else counts as no replay, the copy is still ours.
+    count = _count(_header(headers, REPLAYED)) or 0
     # The original headers: what the event was before the platform copied it.
     event = cloudevents.parse(value, strip(headers), max_payload=len(value or b"") + 1)
     if isinstance(event, cloudevents.BadRecord):
         return DeadLetter("foreign", f"not an event: {event.message}")
-    replayed = _header(headers, REPLAYED)
-    count = _count(replayed) if replayed is not None else 0
     try:
         name = function.decode()
     except UnicodeDecodeError:
         return DeadLetter("foreign", "faas_function is not UTF-8")
     return DeadLetter(
-        "failed", event_id=event.id, source=event.source, type=event.type, function=name, replayed=count or 0
+        "failed", event_id=event.id, source=event.source, type=event.type, function=name, replayed=count
     )
 
 

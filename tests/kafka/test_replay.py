@@ -419,6 +419,16 @@ def test_classify_and_replay_headers() -> None:
     assert classify(b"{}", [("faas_error", b"x")]).kind == "bad_event"
     assert classify(v, [*h[:-1], ("faas_attempts", b"many")]).kind == "foreign"
     assert classify(v, [*h[:-1], ("faas_attempts", b"0")]).kind == "foreign"
+    assert classify(v, [*h[:-1], ("faas_attempts", b"12")]).kind == "foreign"  # more than retries allow
+    assert classify(v, [*h[:-1], ("faas_attempts", b"99999999999999999999999")]).kind == "foreign"
+    assert classify(v, [*h[:-1], ("faas_attempts", b"11")]).kind == "failed"  # 1 + retry.attempts' 10
+    platform_error = next(i for i, (n, _) in enumerate(h) if n == "faas_error")
+    for empty in (None, b""):  # the platform always says why it failed
+        forged = [(n, empty if i == platform_error else x) for i, (n, x) in enumerate(h)]
+        assert classify(v, forged).kind == "foreign"
+    # faas_replayed comes with the event's own headers: a producer's odd one is no replay, the copy ours.
+    odd = [(n, b"zz" if n == "faas_replayed" else x) for n, x in h]
+    assert (classify(v, odd).kind, classify(v, odd).replayed) == ("failed", 0)
     assert classify(v, [(n, x) for n, x in h if n != "faas_function"]).kind == "foreign"
     assert classify(b"[1", h).kind == "foreign"
     assert classify(v, [*h, ("faas_function", b"\xff")]).kind == "foreign"
