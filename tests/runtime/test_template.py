@@ -8,10 +8,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from framework.runtime import Runtime
 from framework.runtime.template import _KEPT, Template, describe_exit
+from tests.runtime.conftest import SpecFactory, call
 
 
 @pytest.mark.parametrize(
@@ -116,3 +119,33 @@ async def _until(check: Callable[[], bool], limit: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def _mapped_kb(pid: int, name: str) -> int:
+    """Resident KB of the executable mappings of `name` in process `pid`."""
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if parts and "-" in parts[0] and not parts[0].endswith(":"):
+                inside = name in line and parts[1].startswith("r-x")
+            elif inside and parts[0] == "Rss:":
+                total += int(parts[1])
+    return total
+
+
+async def test_the_template_ran_a_loop_once_and_kept_nothing_of_it(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. One call (the template is up). Result: the template has run an instance's event loop (the uvloop
+    code the instance runs is resident in the template too, so instances share those pages instead of the
+    first one counting them as its own) and kept nothing of it: one thread, no epoll, eventfd or io_uring
+    descriptor."""
+    value, _ = await call(runtime, spec("echo"))
+    pid = runtime._template.pid
+    assert pid is not None
+    # Of the uvloop code an instance runs, the template has most resident (importing alone: a third).
+    assert _mapped_kb(pid, "uvloop/loop.") > 0.8 * _mapped_kb(value["pid"], "uvloop/loop.")
+    kinds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert not [k for k in kinds if any(x in k for x in ("eventpoll", "eventfd", "io_uring"))], kinds
+    assert "Threads:\t1\n" in Path(f"/proc/{pid}/status").read_text()  # noqa: ASYNC240
