@@ -198,7 +198,7 @@ class Template:
 
     def _stop_reading(self, ctrl: socket.socket) -> None:
         """No more statuses from this template: whoever waits for one is told it is unknown."""
-        if self._loop is not None and ctrl.fileno() >= 0:
+        if self._loop is not None and ctrl.fileno() >= 0 and not self._loop.is_closed():
             self._loop.remove_reader(ctrl.fileno())
         for pid in list(self._waiting):
             self._settle(pid, None)

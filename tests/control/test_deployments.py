@@ -349,6 +349,7 @@ def _serving_revision_2(
     return u, root, n
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. A broker of its own; a node (watch off) serving alpha, deployed twice (revisions 1 and 2).
     2. The broker is stopped and a new, empty one starts on the same port. Result: the node keeps
@@ -377,6 +378,7 @@ def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: 
             b.stop()
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_memory_broker_restarted_after_an_outage_serves_the_republished_log(
     tmp_path: Path, nodes: Callable[..., Node]
 ) -> None:

@@ -8,6 +8,12 @@ import pytest
 
 from tests.support import write_project
 
+
+@pytest.fixture(autouse=True)
+def _faults_kill_brokers(broker_kills: None) -> None:
+    """Every fault scenario may kill a broker under the test's own clients (`broker_kills`)."""
+
+
 TICK = "ffffffff-0000-4000-8000-000000000001"
 HOLD = "ffffffff-0000-4000-8000-000000000002"
 STUCK = "ffffffff-0000-4000-8000-000000000003"

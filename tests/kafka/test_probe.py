@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from framework.kafka.embedded import EmbeddedBroker
 from framework.kafka.options import ensure_topics
 from framework.kafka.probe import BrokerProbe
 from tests.support import LOGS
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_a_restarted_embedded_broker_is_a_new_cluster() -> None:
     """1. Probe a broker of our own, with a topic on it.
     2. Probe it again; SIGKILL it and probe; start a new one on the same port and probe until it answers.

@@ -282,6 +282,7 @@ def _lost_broker(tmp_path: Path, letters: int) -> tuple[EmbeddedBroker, Topics]:
     return own, topics
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_a_broker_lost_while_reading_is_the_reads_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,6 +314,7 @@ def test_a_broker_lost_while_reading_is_the_reads_error(
         own.kill()
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_a_broker_lost_while_producing_says_what_went_out(tmp_path: Path) -> None:
     """1. A dead-letter topic of 20,000 failed events on a broker of its own. 2. `faas replay`; the broker
     is killed once its first progress line says 500 were replayed.

@@ -235,6 +235,7 @@ async def test_unreachable_broker_buffers_then_drops_and_counts() -> None:
     assert metric(metrics, "faas_invocation_records_total") == 25
 
 
+@pytest.mark.usefixtures("broker_kills")
 async def test_records_wait_for_a_broker_that_comes_up(tmp_path: Path) -> None:
     """1. Records are made while no broker listens on the port.
     2. A broker starts there.
@@ -253,6 +254,7 @@ async def test_records_wait_for_a_broker_that_comes_up(tmp_path: Path) -> None:
         late.stop()
 
 
+@pytest.mark.usefixtures("broker_kills")
 async def test_records_made_in_an_outage_land_on_the_broker_that_comes_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -87,6 +88,7 @@ async def _topic_ids(bootstrap: str, topic: str, want: int, timeout: float) -> s
     return found
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_records_during_a_broker_outage(tmp_path: Path, nodes: Callable[..., Node]) -> None:
     """1. A node on a broker of its own invokes echo 5 times; their records are sent.
     2. The broker is SIGKILLed; 100 direct invocations run, 20 at a time.

@@ -434,6 +434,7 @@ def test_two_nodes_share_the_partitions(project: Path, broker: EmbeddedBroker, n
     assert len(per_node) == 2, f"one node answered everything: {per_node}"
 
 
+@pytest.mark.usefixtures("broker_kills")
 def test_broker_outage_turns_readyz_503_and_recovers(project: Path, nodes: Any) -> None:
     port = free_port()
     own = EmbeddedBroker(port=port).start()
