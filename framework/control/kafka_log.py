@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from framework.control.deployment_log import DeploymentLog
 from framework.control.log_state import LogState
 from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
+from framework.kafka.topic_read import first_at
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
 
@@ -104,13 +105,7 @@ class KafkaLog(DeploymentLog):
         self._consumer = self._producer = self._prober = self._task = None
         if self.create:
             await ensure_log_topic(self.bootstrap, self.topic, security_options(self.settings))
-        consumer = reader(
-            self.bootstrap,
-            self.settings,
-            max_partition_fetch_bytes=self.fetch_bytes,
-            fetch_max_bytes=self.fetch_bytes,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
+        consumer = self._reader()
         self._consumer = consumer  # before its start: `stop` closes one whose start failed halfway
         await consumer.start()
         # Asked from the cluster's topic list, as `_topic_present` asks: assigning the partition would have
@@ -270,22 +265,21 @@ class KafkaLog(DeploymentLog):
         """Whether the log still holds the record at `offset` (a lost one, started again, holds fewer
         records: the fetch then answers from another offset, or nothing)."""
         if self._prober is None:
-            prober = reader(
-                self.bootstrap,
-                self.settings,
-                max_partition_fetch_bytes=self.fetch_bytes,
-                fetch_max_bytes=self.fetch_bytes,
-                fetch_max_wait_ms=FETCH_WAIT_MS,
-            )
+            prober = self._reader()
             self._prober = prober  # before its start: `stop` closes one whose start failed halfway
             await prober.start()
-            prober.assign([self.tp])
-        self._prober.seek(self.tp, offset)
-        for _ in range(2):
-            found = (await self._prober.getmany(self.tp, timeout_ms=POLL_MS, max_records=1)).get(self.tp)
-            if found:
-                return bool(found[0].offset == offset)
-        return False
+        found = await first_at(self._prober, self.tp, offset)
+        return found is not None and found[0] == offset
+
+    def _reader(self) -> AIOKafkaConsumer:
+        """A group-less reader of the log, its fetches sized for the largest code record."""
+        return reader(
+            self.bootstrap,
+            self.settings,
+            max_partition_fetch_bytes=self.fetch_bytes,
+            fetch_max_bytes=self.fetch_bytes,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+        )
 
 
 async def ensure_log_topic(bootstrap: str, topic: str, options: dict[str, Any]) -> bool:

@@ -295,7 +295,8 @@ async def _produce(
     for start in range(0, len(records_out), PROGRESS_EVERY):
         sent: list[tuple[str, asyncio.Future[Any]]] = []
         failure: BaseException | None = None
-        for event_id, r in zip(ids[start:], records_out[start : start + PROGRESS_EVERY], strict=False):
+        end = start + PROGRESS_EVERY
+        for event_id, r in zip(ids[start:end], records_out[start:end], strict=True):
             try:
                 sent.append(
                     (event_id, await producer.send(topic, value=r.value, key=r.key, headers=r.headers))

@@ -176,7 +176,7 @@ async def read_topic(
         await stop_quietly(consumer)
 
 
-async def _probe(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> tuple[int, int] | None:
+async def first_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> tuple[int, int] | None:
     """(offset, timestamp ms) of the first record of `tp` at `offset` or later; None when there is none."""
     consumer.assign([tp])
     consumer.seek(tp, offset)
@@ -192,7 +192,7 @@ async def _search(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: i
     offsets (`hi`: none before it is)."""
     while lo < hi:
         mid = (lo + hi) // 2
-        found = await _probe(consumer, tp, mid)
+        found = await first_at(consumer, tp, mid)
         if found is None or found[1] >= at_ms:
             hi = mid
         else:
@@ -223,7 +223,7 @@ async def offsets_at(
             answer = answers.get(tp)
             if ends[tp] <= begins[tp] or answer is None:  # empty, or (Kafka) nothing that recent
                 starts[tp] = ends[tp]
-            elif answer.timestamp >= at_ms and await _probe(prober, tp, answer.offset) == (
+            elif answer.timestamp >= at_ms and await first_at(prober, tp, answer.offset) == (
                 answer.offset,
                 answer.timestamp,
             ):
