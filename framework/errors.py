@@ -20,6 +20,10 @@ class FaasError(Exception):
     """Whether the invocation this error ended started its instance (its span's `faas.coldstart`)."""
     instance_id: str | None = None
     """The instance that held the invocation when it ended with this error; None: it reached none."""
+    recorded: bool = False
+    """Whether the invocation this error ended has a record (section 13): an `Overloaded` from a full
+    queue has one, an `Overloaded` from a stopping node does not, and the HTTP source cannot tell them
+    apart by type."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -166,6 +166,8 @@ class FunctionPool:
                     )
                     self.late_records.add(task)
                     task.add_done_callback(self.late_records.discard)
+            if isinstance(own, FaasError):
+                own.recorded = True
             if own is exc:
                 raise
             raise own from exc.__cause__

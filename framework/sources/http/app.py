@@ -56,8 +56,9 @@ log = logging.getLogger("faas.http")
 
 
 RAN = frozenset({"FunctionError", "Timeout", "InstanceCrashed"})
-"""Error types of a direct invocation that ran (it has a record): its answer names it in the
-`faas-invocation-id` header."""
+"""Error types of a direct invocation that ran: its answer names it in the `faas-invocation-id` header
+(its record, when records are on, is `GET /invocations/{id}`). An error of an invocation that did not run
+but has a record (`FaasError.recorded`: an `Overloaded` from a full queue) names it too."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -208,7 +209,7 @@ class HttpSource:
                 raise cut from None
         except FaasError as exc:
             status, body = exc.status, error_body(exc.type, exc.message)
-            if exc.type in RAN:  # its record is GET /invocations/{id}: the body has no room for the id
+            if exc.type in RAN or exc.recorded:  # GET /invocations/{id}: the body has no room for the id
                 content_type = [*content_type, (b"faas-invocation-id", invocation_id.encode())]
         except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
             status, body, content_type = 400, b"", []

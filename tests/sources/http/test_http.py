@@ -197,6 +197,10 @@ def test_429_overloaded(node: Node) -> None:
         # The single instance holds one request and nothing may queue: the next one is Overloaded.
         r = invoke(node, BUSY, json={"sleep": 0})
         assert r.status_code == 429 and err(r) == "Overloaded", r.text
+        # It has a record, and the answer names it, as a failed invocation's does.
+        record = httpx.get(f"{node.url}/invocations/{r.headers['faas-invocation-id']}", timeout=10).json()
+        assert record["ok"] is False and record["error"]["type"] == "Overloaded", record
+        assert record["trigger"] == "direct" and record["function"] == "busy"
     finally:
         holder.join(10)
     assert held and held[0].status_code == 200
