@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def not_for_replies(self) -> frozenset[str]:
+        """Topics an event's `replyto` may not name: the platform's own, but for the replies topic. A reply
+        there would be read as an event, a dead letter, a tick, an invocation record, or a deployment
+        record under a key the sender chose (on a compacted log, it would replace that key's record)."""
+        return frozenset(getattr(self, name) for name in TOPICS) - {self.replies_topic}
+
+    @property
     def secrets_path(self) -> Path:
         """`secrets_dir` as an absolute path (relative to the manifest's folder)."""
         from framework.control.secrets import folder

@@ -161,6 +161,16 @@ def test_topics_and_group_a_node_cannot_work_with_are_refused(
     assert r.exit_code == 2 and problem in r.output, r.output
 
 
+def test_replies_may_go_to_no_topic_of_the_platforms_but_the_replies_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAAS_DEPLOYMENTS_TOPIC", "ops.deploys")
+    monkeypatch.setenv("FAAS_REPLIES_TOPIC", "ops.replies")
+    assert Settings().not_for_replies == {
+        "faas.events", "faas.deadletter", "faas.scheduler", "ops.deploys", "faas.invocations"
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("line", "problem"),
     [

@@ -112,12 +112,18 @@ class _Bad(Exception):
 
 
 def parse(
-    value: bytes | None, headers: Headers, max_payload: int, transport_first: bool = False
+    value: bytes | None,
+    headers: Headers,
+    max_payload: int,
+    transport_first: bool = False,
+    own_topics: frozenset[str] = frozenset(),
 ) -> Event | BadRecord:
     """Map one Kafka record to an Event, or say why it is not one. Never raises.
 
     `max_payload` is FAAS_MAX_PAYLOAD_BYTES: a larger record value is bad in either mode. `transport_first`:
     a plain `traceparent` header (the HTTP hop's, over HTTP) comes before the event's own extension.
+    `own_topics`: topics a reply may not be sent to (`Settings.not_for_replies`): an event naming one as its
+    `replyto` is bad, and its BadEvent reply goes to the default replies topic.
     """
     attrs: dict[str, str] = {}
     extensions: dict[str, str] = {}
@@ -154,12 +160,12 @@ def parse(
         if attrs.setdefault(lname, text) != text:  # which one is the event's? neither is taken
             bad_header = bad_header or f"header {name} is given twice, with different values"
     if attrs.get("content-type", "").lower().startswith(STRUCTURED):
-        return _structured(value, bad_header, max_payload, trace, transport_first)
+        return _structured(value, bad_header, max_payload, trace, transport_first, own_topics)
     event_id = attrs.get("ce_id") or None
     event_type = attrs.get("ce_type") or None
     traceparent, tracestate = _trace(extensions, trace, transport_first)
     try:
-        replyto = _replyto(attrs.get("ce_replyto"))
+        replyto = _replyto(attrs.get("ce_replyto"), own_topics)
     except _Bad as exc:
         return BadRecord(str(exc), event_id, event_type, None, traceparent, tracestate)
     try:
@@ -220,6 +226,7 @@ def _structured(
     max_payload: int,
     trace: dict[str, str],
     transport_first: bool = False,
+    own_topics: frozenset[str] = frozenset(),
 ) -> Event | BadRecord:
     plain = _trace({}, trace)  # the envelope's attributes, when it has any, count as _trace says
     try:
@@ -234,7 +241,7 @@ def _structured(
     event_id = event_id if isinstance(event_id, str) and event_id else None
     event_type = event_type if isinstance(event_type, str) and event_type else None
     try:
-        replyto = _replyto(doc.get("replyto"))
+        replyto = _replyto(doc.get("replyto"), own_topics)
     except _Bad as exc:
         return BadRecord(str(exc), event_id, event_type, None, traceparent, tracestate)
     bad = BadRecord("", event_id, event_type, replyto, traceparent, tracestate)
@@ -320,11 +327,15 @@ def _check_json(value: bytes | None, max_payload: int, exact: bool = False) -> o
         raise _Bad(f"record value is not JSON: {exc}") from None
 
 
-def _replyto(value: object) -> str | None:
+def _replyto(value: object, own_topics: frozenset[str]) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or topic_problem(value) is not None:
         raise _Bad(f"invalid reply topic {value!r}")
+    if value in own_topics:
+        raise _Bad(
+            f"reply topic {value!r} is one of the platform's own topics; replies may not be sent there"
+        )
     return value
 
 

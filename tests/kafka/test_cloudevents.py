@@ -145,6 +145,23 @@ def test_bad_record_keeps_a_valid_reply_topic() -> None:
     assert isinstance(bad, BadRecord) and bad.replyto == "caller.replies"
 
 
+@pytest.mark.parametrize("structured", [False, True])
+def test_a_reply_topic_of_the_platforms_own_is_refused(structured: bool) -> None:
+    """An event naming one of the node's own topics as its reply topic is bad, and its BadEvent reply
+    goes to the default topic: the event's producer cannot write into the deployment log that way."""
+    own = frozenset({"faas.deployments", "faas.events"})
+    for topic in own:
+        if structured:
+            bad = parse(envelope(replyto=topic), STRUCTURED, MAX, own_topics=own)
+        else:
+            bad = parse(b"{}", binary(ce_replyto=topic.encode()), MAX, own_topics=own)
+        assert isinstance(bad, BadRecord), topic
+        assert bad.replyto is None and (bad.id, bad.type) == ("e1", "order.created")
+        assert f"reply topic {topic!r} is one of the platform's own topics" in bad.message
+    event = parse(b"{}", binary(ce_replyto=b"faas.replies"), MAX, own_topics=own)
+    assert isinstance(event, Event) and event.replyto == "faas.replies"
+
+
 def test_null_header_values_are_ignored() -> None:
     headers: list[tuple[str, bytes | None]] = [*binary(), ("ce_extra", None)]
     assert isinstance(parse(b"1", headers, MAX), Event)

@@ -110,6 +110,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def __init__(self, settings: Settings, invoker: Invoker, metrics: Metrics, bootstrap: str) -> None:
         self.settings = settings
+        self._own_topics = settings.not_for_replies
         self.invoker = invoker
         self.metrics = metrics
         self.bootstrap = bootstrap
@@ -351,7 +352,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         handed over (`reply_later`), which marks it done once acknowledged. Every reply goes that one way,
         bad records' too, so the replies of one key land in the order of its records."""
         headers = list(record.headers or ())
-        event = cloudevents.parse(record.value, headers, self.settings.max_payload_bytes)
+        event = cloudevents.parse(
+            record.value, headers, self.settings.max_payload_bytes, own_topics=self._own_topics
+        )
         if isinstance(event, cloudevents.BadRecord):
             log.warning(
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message

@@ -32,6 +32,7 @@ from tests.support import (
     produce,
     run_cli,
     settled,
+    topic_now,
     wait_for,
     write_project,
 )
@@ -203,8 +204,9 @@ def test_no_listener_is_ok_with_empty_results(node: Node, broker: EmbeddedBroker
     assert v == {"id": eid, "event": "nobody.listens", "ok": True, "results": [], "error": None}
 
 
-def bad_records() -> list[tuple[str | None, Record]]:
-    """Twelve kinds of bad record, each marked with a `t_mark` header; with the id a reply must carry."""
+def bad_records(own_topic: str) -> list[tuple[str | None, Record]]:
+    """Thirteen kinds of bad record, each marked with a `t_mark` header; with the id a reply must carry.
+    `own_topic` is one of the node's own topics (not its replies topic), named as a reply topic."""
     structured = [("content-type", b"application/cloudevents+json")]
 
     def h(eid: str, **changes: bytes | None) -> list[Header]:
@@ -212,7 +214,7 @@ def bad_records() -> list[tuple[str | None, Record]]:
         base.update(changes)  # type: ignore[arg-type]
         return [(k, v) for k, v in base.items() if v is not None]
 
-    ids = [new_id() for _ in range(10)]
+    ids = [new_id() for _ in range(11)]
     return [
         (ids[0], (b"k", b"{not json", h(ids[0]))),
         (ids[1], (b"k", b"\xff\xfe\x00", h(ids[1]))),
@@ -226,13 +228,14 @@ def bad_records() -> list[tuple[str | None, Record]]:
         (ids[7], (b"s", orjson.dumps({"specversion": "1.0", "id": ids[7], "source": "t"}), structured)),
         (ids[8], (None, b"{}", h(ids[8], ce_type=b"\xff\xfe"))),
         (ids[9], (None, b"{}", h(ids[9], ce_replyto=b"not a topic!"))),
+        (ids[10], (f"rev:{ids[10]}:1".encode(), b"{}", h(ids[10], ce_replyto=own_topic.encode()))),
     ]
 
 
 def test_bad_records_get_badevent_replies_and_exact_dead_letter_copies(
     node: Node, broker: EmbeddedBroker
 ) -> None:
-    cases = bad_records()
+    cases = bad_records(node.deployments)
     marked = [(k, v, [*hs, ("t_mark", str(i).encode())]) for i, (_, (k, v, hs)) in enumerate(cases)]
     produce(broker.bootstrap, node.events, marked)
     good = new_id()
@@ -261,6 +264,11 @@ def test_bad_records_get_badevent_replies_and_exact_dead_letter_copies(
         assert v["ok"] is False and v["results"] == []
         assert v["error"]["type"] == "BadEvent" and v["error"]["function"] is None and v["error"]["message"]
     assert replies[cases[0][0]]["key"] == b"k"  # type: ignore[index]
+    # The event naming the node's deployment log as its reply topic is answered on the replies topic, and
+    # nothing is written to the log under the key it chose.
+    own = cast(str, cases[-1][0])
+    assert "platform's own topics" in replies[own]["value"]["error"]["message"]
+    assert f"rev:{own}:1".encode() not in {r["key"] for r in topic_now(broker.bootstrap, node.deployments)}
 
 
 def test_replies_of_one_key_land_in_the_order_of_its_records(node: Node, broker: EmbeddedBroker) -> None:
