@@ -115,6 +115,9 @@ class InstanceHandle:
         """The template it was forked from (set by `start`)."""
         self.ready = False
         self.dead = False
+        self._status_due = False
+        """Died on its own, its exit status not in yet: its process group is killed once it is (`_exited`),
+        so the status is its own end, not the node's kill."""
         self.exited = asyncio.Event()
         """Set when the process is gone (its log channel closed)."""
         self.on_gone: Callable[[InstanceHandle], None] | None = None
@@ -337,7 +340,8 @@ class InstanceHandle:
         if not self.dead:
             crashed = self.ready or not self.started.done()
             self._die("exit" if crashed else None, hard=False)
-            self._kill()  # what its handlers started goes with it
+            if not self._status_due:  # else once its status is in (`_exited`)
+                self._kill()  # what its handlers started goes with it
 
     def _on_log(self, kind: int, header: Header, tail: bytes) -> None:
         if kind != FrameKind.LOG:
@@ -441,6 +445,7 @@ class InstanceHandle:
         self._recording.clear()
         self.known_pid()  # one that died before its HELLO: the template knows its pid
         if reason == "exit" and message is None and self.template is not None and self.pid:
+            self._status_due = True
             self.template.when_exited(self.pid, self._exited, EXIT_STATUS_WAIT)
         else:
             self._answer(reason, late, message)
@@ -452,7 +457,15 @@ class InstanceHandle:
 
     def _exited(self, status: int | None) -> None:
         """The instance died on its own and `status` tells how (None: unknown)."""
+        # An instance that closed its channel may still be ending (its loop stopped: the runner cancels its
+        # tasks, then it exits with code 1). Still there after the wait: it closed the channel and stayed.
+        stayed = status is None and self._running()
+        if self._status_due:
+            self._status_due = False
+            self._kill()  # what its handlers started goes with it
         how = describe_exit(status)
+        if stayed:
+            how = "closed its connection to the node and did not exit (killed)"
         log.warning(
             "instance %s (pid %s) of function %s %s with %d request(s) in flight",
             self.id,
@@ -494,6 +507,18 @@ class InstanceHandle:
                     )
                 )
         self._pending.clear()
+
+    def _running(self) -> bool:
+        """Whether the instance's process is still there (the template reaps it once it ends)."""
+        if not self.pid:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def _kill(self) -> None:
         """SIGKILL the instance's process group: the instance (its leader) and what its handlers started,

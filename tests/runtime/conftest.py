@@ -63,6 +63,19 @@ async def segfault(payload, ctx):
         return {"pid": os.getpid()}
     os.kill(os.getpid(), signal.SIGSEGV)
 
+async def loop_stop(payload, ctx):
+    if payload and "sleep" in payload:
+        await asyncio.sleep(payload["sleep"])
+        return {"pid": os.getpid()}
+    asyncio.get_running_loop().stop()  # the instance's own loop: its server stops under its requests
+    await asyncio.sleep(30)
+
+async def close_channel(payload, ctx):
+    with open(payload["pid_file"], "w") as f:
+        f.write(str(os.getpid()))
+    os.closerange(3, 4096)  # the channels to the node among them
+    time.sleep(payload["block"])  # the loop held: the process stays, serving nothing
+
 async def setenv(payload, ctx):
     if payload.get("set"):
         os.environ["FLAG"] = payload["set"]

@@ -247,6 +247,44 @@ async def test_a_crash_says_which_signal_ended_the_instance(runtime: Runtime, sp
     assert all(child.pid == value["pid"] for child in template.children())
 
 
+async def test_a_handler_that_stops_its_loop_crashes_its_instance_not_the_other_requests(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A request sleeps on an instance. 2. Another request on it stops the instance's event loop.
+    Result: both are answered InstanceCrashed (retried by default, section 15), not FunctionError: the
+    sleeping one raised nothing (the loop's runner cancelled it on the way out). A fresh instance serves
+    the next call."""
+    s = spec("loop_stop", max=1, concurrency=2)
+    waiting = asyncio.ensure_future(call(runtime, s, {"sleep": 30}))
+    await until(lambda: runtime.inflight() == 1)
+    with pytest.raises(InstanceCrashed, match=r"of function loop-stop exited with code 1$"):
+        await call(runtime, s)
+    with pytest.raises(InstanceCrashed, match=r"of function loop-stop exited with code 1$"):
+        await waiting
+    value, res = await call(runtime, s, {"sleep": 0})
+    assert res.cold_start and value["pid"] > 0
+
+
+async def test_an_instance_that_closes_its_channel_and_stays_is_killed_and_says_so(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """1. A handler closes its instance's descriptors (its channels to the node) and holds its loop.
+    Result: InstanceCrashed within about a second, saying it closed its connection and was killed; the
+    process is gone and a fresh instance serves the next call."""
+    s = spec("close_channel", max=1, timeout=30)
+    t = time.monotonic()
+    with pytest.raises(
+        InstanceCrashed, match=r"closed its connection to the node and did not exit \(killed\)$"
+    ):
+        await call(runtime, s, {"block": 20, "pid_file": str(tmp_path / "pid")})
+    assert time.monotonic() - t < 5
+    pid = int((tmp_path / "pid").read_text())
+    await until(lambda: not alive(pid), timeout=5)
+    echo = spec("echo", name=s.name, max=1)
+    _, res = await call(runtime, echo)
+    assert res.cold_start
+
+
 async def test_an_instance_that_exits_while_importing_says_so(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("handle", module="exits")
     with pytest.raises(InstanceCrashed, match=r"exited with code 2 while starting$"):

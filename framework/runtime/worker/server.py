@@ -124,7 +124,15 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
         otel.setup_instance(config["function"], config["instance_id"])
     try:
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
-            return runner.run(Server(config, capture).serve(socket.socket(fileno=main_fd)))
+            server = Server(config, capture)
+            try:
+                return runner.run(server.serve(socket.socket(fileno=main_fd)))
+            except BaseException:
+                # The loop stopped under the server (a handler called `loop.stop()`) or the server failed:
+                # the runner now cancels the requests still running. They are this instance's crash, not
+                # their handlers' errors: left unanswered, the node answers them `InstanceCrashed`.
+                server.dying = True
+                raise
     finally:
         close_lines()
         otel.shutdown()
@@ -180,6 +188,8 @@ class Server:
         self.sweeper: asyncio.TimerHandle | None = None
         self.conn: FrameProtocol | None = None
         self.closed: asyncio.Future[None] | None = None
+        self.dying = False
+        """The instance is ending under its requests (see `_main`): a cancelled request sends no reply."""
 
     async def serve(self, sock: socket.socket) -> int:
         self.loop = loop = asyncio.get_running_loop()  # kept: asking costs a getpid() per call on 3.11
@@ -265,10 +275,10 @@ class Server:
             with otel.invocation_context(tp, header.get("ts")):
                 body = await self._call(rid, header, tail, inv, deadline, tp)
         except asyncio.CancelledError:
-            if rid in self.cancelled:
+            if rid in self.cancelled or self.dying:
                 if started is not None:
                     self.capture.end(inv)
-                return  # cancelled by the node: the caller is gone, nobody waits for a reply
+                return  # cancelled by the node (the caller is gone), or the instance is ending: no reply
             if rid in self.expired:
                 reply.update(
                     err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit"
