@@ -186,7 +186,13 @@ class InstanceHandle:
                 await asyncio.shield(self.started)
         except BaseException as e:
             if not self.started.done():
-                msg = f"instance {self.id} of {self.spec.name} failed to start: {type(e).__name__}: {e}"
+                if isinstance(e, TimeoutError):
+                    msg = (
+                        f"instance {self.id} of function {self.spec.name} did not start within "
+                        f"{START_TIMEOUT:g} s (importing its handler, running its warmup hook): killed"
+                    )
+                else:
+                    msg = f"instance {self.id} of {self.spec.name} failed to start: {type(e).__name__}: {e}"
                 self.started.set_exception(InstanceCrashed(msg))
             self._die(None if isinstance(e, FunctionError) else "start", hard=True)
             raise

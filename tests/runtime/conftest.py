@@ -170,10 +170,18 @@ import os
 os._exit(2)
 """
 
+HANGS = """
+import time
+time.sleep(30)
+
+async def handle(payload, ctx):
+    return "never"
+"""
+
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    modules = {"rt": HANDLERS, "warm": WARM, "broken": BROKEN, "exits": EXITS}
+    modules = {"rt": HANDLERS, "warm": WARM, "broken": BROKEN, "exits": EXITS, "hangs": HANGS}
     return write_project(tmp_path_factory.mktemp("rt"), "functions: []\n", modules)
 
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from framework.errors import FunctionError, InstanceCrashed, Timeout
-from framework.runtime import Runtime
+from framework.runtime import Runtime, handle
 from framework.settings import Settings
 from tests.runtime.conftest import SpecFactory, alive, call, sample, until
 
@@ -283,6 +283,26 @@ async def test_an_instance_that_closes_its_channel_and_stays_is_killed_and_says_
     echo = spec("echo", name=s.name, max=1)
     _, res = await call(runtime, echo)
     assert res.cold_start
+
+
+async def test_an_instance_that_does_not_start_in_time_is_killed_and_says_why(
+    runtime: Runtime, spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A module that sleeps at import, with the start limit at 1 s; two calls at once.
+    Result: both InstanceCrashed naming the limit and what was slow (the message used to end in an empty
+    `TimeoutError: `), after about that limit; no instance is left."""
+    monkeypatch.setattr(handle, "START_TIMEOUT", 1.0)
+    s = spec("handle", module="hangs", max=1)
+    t = time.monotonic()
+    outcomes = await asyncio.gather(call(runtime, s), call(runtime, s), return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, InstanceCrashed), outcome
+        assert outcome.message.endswith(
+            "of function handle did not start within 1 s (importing its handler, running its warmup hook)"
+            ": killed"
+        ), outcome.message
+    assert time.monotonic() - t < 5
+    await until(lambda: runtime.instance_count(s.name) == 0)
 
 
 async def test_an_instance_that_exits_while_importing_says_so(runtime: Runtime, spec: SpecFactory) -> None:
