@@ -6,7 +6,9 @@ uncaught page error and every dialog (an executed `alert` would open one), and c
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -355,6 +357,45 @@ def test_failing_invocation_shows_its_error_type_and_log_line_as_text(
     rec.assert_clean()
 
 
+def test_a_refresh_keeps_focus_and_waits_for_a_selection(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. breaker fails; open the Failed view and press Show on that failure (focus stays on its button).
+    2. breaker fails again, from outside. 3. Select the shown error's text; breaker fails a third time.
+    4. Clear the selection.
+    Result: 2 the list is redrawn with the new failure on top and the focus is still on the same
+    invocation's Hide button (it used to fall to the page); 3 the list is not redrawn while the text is
+    selected (two rounds later the third failure is not listed, the selection is intact); 4 it is then."""
+    first = invoke(node, BREAKER, {"fail": True, "say": "focus one"}).headers["faas-invocation-id"]
+    rec = ui(node)
+    page = rec.open(rec.page(), "#/failed")
+    row = page.locator("table.records tbody tr.failing").filter(has_text="focus one")
+    row.get_by_role("button", name="Show").click()
+    hide = row.get_by_role("button", name="Hide")
+    expect(hide).to_be_focused()
+    second = invoke(node, BREAKER, {"fail": True, "say": "focus two"}).headers["faas-invocation-id"]
+    expect(page.locator(f"#inv-{second}")).to_be_attached()
+    expect(hide).to_be_focused()
+    assert page.evaluate("document.activeElement.dataset.key") == f"logs:{first}"
+
+    page.evaluate(
+        """(id) => {
+          const r = document.createRange();
+          r.selectNodeContents(document.querySelector(`#inv-${id} p.error`));
+          document.getSelection().removeAllRanges();
+          document.getSelection().addRange(r);
+        }""",
+        first,
+    )
+    third = invoke(node, BREAKER, {"fail": True, "say": "focus three"}).headers["faas-invocation-id"]
+    for _ in range(2):  # two whole rounds
+        with page.expect_request(f"{node.url}/ui/session", timeout=WAIT):
+            pass
+    expect(page.locator(f"#inv-{third}")).not_to_be_attached()
+    assert "focus one" in page.evaluate("document.getSelection().toString()")
+    page.evaluate("document.getSelection().removeAllRanges()")
+    expect(page.locator(f"#inv-{third}")).to_be_attached()
+    rec.assert_clean()
+
+
 def test_function_page_updates_without_reload(node: Node, ui: Callable[..., Recorder]) -> None:
     """1. Open greeter's page and start typing a payload.
     2. Invoke greeter over HTTP from outside.
@@ -598,6 +639,7 @@ def test_event_with_a_failing_listener_shows_the_error(node: Node, ui: Callable[
 # ---- values a page could mangle ----
 
 ODD = "eeeeeeee-0000-4000-8000-0000000000d1"
+DOTS = "eeeeeeee-0000-4000-8000-0000000000d2"
 ODD_TYPE = "ui.odd/listeners"
 ODD_MANIFEST = f"""
 functions:
@@ -606,6 +648,11 @@ functions:
     handler: functions.odd:echo
     state: productive
     events: [{ODD_TYPE}]
+  - name: dots
+    uuid: {DOTS}
+    handler: functions.odd:dots
+    state: productive
+    events: [".", ".."]
 """
 ODD_MODULES = {
     "odd": """
@@ -613,6 +660,11 @@ ODD_MODULES = {
         ctx.log.info("\\x1b[31mred alert\\x1b[0m")
         ctx.log.info("y" * 6000)
         return payload
+
+    async def dots(payload, ctx):
+        if (payload or {}).get("fail"):
+            raise ValueError("\\x1b[31mred\\x1b[0m failure")
+        return {"dots": ctx.event}
     """
 }
 BIG = '{"n": 9007199254740993, "big": 123456789012345678901234567890}'
@@ -670,6 +722,42 @@ def test_an_event_type_ending_in_listeners_is_raised_from_the_page(
     [(_, url, headers)] = rec.calls("POST", "/events")
     assert url == odd_node.url + "/events" and headers["ce-type"] == "ui.odd%2Flisteners", (url, headers)
     rec.assert_clean()
+
+
+def test_event_types_a_url_cannot_carry_and_coloured_errors(
+    odd_node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. dots listens to `.` and `..`, which a browser takes as path steps in any URL (`/events/../x` is
+    `/x`). Open the Events view. 2. Raise `..`, then `.` with a payload that makes dots raise an error in
+    terminal colours. 3. Open the Failed view.
+    Result: 1 both types list dots as their listener, and no request failed (the page used to ask
+    `/listeners` and `/events/listeners`, 404, every round); 2 both went as `POST /events` with the type in
+    `ce-type`, the first ok with dots' result, the second showing the error without its escape codes;
+    3 the failure's summary shows no escape codes either."""
+    rec = ui(odd_node)
+    page = rec.open(rec.page(), "#/events")
+    for t in (".", ".."):
+        row = page.locator("tbody tr").filter(
+            has=page.locator("code", has_text=re.compile(rf"^{re.escape(t)}$"))
+        )
+        expect(row.locator("td[data-label='Productive listeners']")).to_have_text("dots")
+    out = page.locator("[data-f=out]")
+    page.get_by_label("Event type").fill("..")
+    page.get_by_role("button", name="Raise event").click()
+    expect(out.locator("tbody tr")).to_contain_text('"dots": ".."')
+    page.get_by_label("Event type").fill(".")
+    page.get_by_label("Payload").fill('{"fail": true}')
+    page.get_by_role("button", name="Raise event").click()
+    expect(out.locator("p.error").filter(has_text="FunctionError:")).to_have_text(
+        "FunctionError: ValueError: red failure (function dots)"
+    )
+    assert [h["ce-type"] for _, _, h in rec.calls("POST", "/events")] == ["..", "."]
+    assert not rec.calls("GET", "/listeners") and not rec.calls("GET", "/events/listeners")
+    page.get_by_role("link", name="Failed", exact=True).click()
+    summary = page.locator("table.records tbody tr.failing").filter(has_text="red failure").first
+    expect(summary.locator("td[data-label=Outcome]")).to_contain_text("FunctionError ValueError: red failure")
+    assert "\x1b" not in page.locator("main").inner_text()
+    rec.assert_clean(expected_failures=("/events",))
 
 
 def test_a_node_with_records_off_shows_dashes_not_zeros(
@@ -800,6 +888,57 @@ def test_disconnected_then_recovers_by_itself(
     assert page.evaluate("window.notReloaded") is True
     assert all("ERR_CONNECTION_REFUSED" in text for text, _ in rec.console_errors), rec.console_errors
     rec.assert_clean(expected_failures=("/",))
+
+
+def test_stale_data_and_a_hung_node_are_said_and_a_function_that_comes_back_is_shown(
+    tmp_path: Path, nodes: Callable[..., Node], ui: Callable[..., Recorder]
+) -> None:
+    """1. A node (no Kafka, watching its manifest); open greeter's page. 2. A proxy in front of the node
+    answers 502 to `GET /functions` (the page's route), then stops. 3. greeter leaves the manifest, then
+    comes back unchanged. 4. The node is stopped (SIGSTOP: it accepts connections and answers nothing),
+    then resumed.
+    Result: 2 a banner says the listing could not be refreshed and the page is not stamped "updated"
+    meanwhile (it used to claim fresh data it never got); it goes once the route answers. 3 the page says
+    greeter is not in the manifest, then shows it productive again (it used to stay "not in this node's
+    manifest" until reloaded). 4 the page shows "disconnected" (a poll unanswered for 8 s), and recovers
+    by itself."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    n = nodes(root, None, kafka=False).wait_ready()
+    rec = ui(n)
+    page = rec.open(rec.page(), f"#/fn/{GREETER}")
+    facts = page.locator("[data-f=facts]")
+    expect(facts).to_contain_text("productive")
+    expect(page.locator("#conn")).to_contain_text("connected, updated")
+
+    page.route(f"{n.url}/functions", lambda route: route.fulfill(status=502, body="bad gateway"))
+    problem = page.locator("#problem")
+    expect(problem).to_have_text(
+        "Could not refresh: GET /functions answered HTTP 502. What is shown may be out of date."
+    )
+    stamped = page.locator("#conn").inner_text()
+    for _ in range(2):  # one whole round at least, failed as well
+        with page.expect_request(f"{n.url}/ui/session", timeout=WAIT):
+            pass
+    expect(problem).to_be_visible()
+    assert page.locator("#conn").inner_text() == stamped
+    page.unroute(f"{n.url}/functions")
+    expect(problem).to_be_hidden()
+
+    manifest = root / "functions.yaml"
+    greeter = MANIFEST[MANIFEST.index("  - name: greeter") : MANIFEST.index("  - name: breaker")]
+    manifest.write_text(MANIFEST.replace(greeter, ""))
+    expect(facts).to_contain_text("not in this node's manifest")
+    manifest.write_text(MANIFEST)
+    expect(facts).to_contain_text("productive")
+    expect(page.get_by_role("heading", level=1)).to_have_text("greeter")
+
+    os.kill(n.proc.pid, signal.SIGSTOP)
+    try:
+        expect(page.locator("#conn")).to_have_text("disconnected", timeout=20_000)
+    finally:
+        os.kill(n.proc.pid, signal.SIGCONT)
+    expect(page.locator("#conn")).to_contain_text("connected, updated")
+    rec.assert_clean(expected_failures=("/functions",))
 
 
 def test_what_readyz_says_shows_in_a_banner(

@@ -6,17 +6,22 @@
 // - Every text reaches the page through textContent (el() below), never as HTML.
 // - It calls only the routes this node serves (GET /ui/session lists them): a browser logs every non-2xx
 //   answer as a console error, so a route that is missing shows "-" instead of being tried.
-// - A fetch that fails (node down) shows "disconnected"; polling goes on and the page recovers by itself.
+// - A fetch that fails (node down) or a poll unanswered for POLL_TIMEOUT_MS (node hung) shows
+//   "disconnected"; polling goes on and the page recovers by itself. A round a data route answered with an
+//   error is not stamped "updated": a banner says what is out of date.
+// - A refresh redraws a table only while no text in it is selected, and gives focus back to the control
+//   that had it (`data-key`): a traceback being copied or a keyboard user's place survives the refresh.
 // - Each round starts with GET /ui/session: what /readyz says shows in a banner (a broker outage, a refused
 //   manifest edit, a missing secret), without a 503 a browser would log.
 "use strict";
 
 const POLL_MS = 2000;
+const POLL_TIMEOUT_MS = 8000;  // a GET unanswered this long: the node is taken as not answering (hung)
 const WINDOW_MIN = 15;
 const KEY_STORE = "faas.apiKey";
 
 const state = { auth: false, routes: new Set(), key: null, online: null, view: null, timer: null,
-  busy: false, again: false };
+  busy: false, again: false, failures: [] };
 
 class Offline extends Error {}
 class Unauthorized extends Error {}
@@ -55,6 +60,22 @@ function replace(target, ...children) {
   target.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
 }
 
+// Whether the user has text selected in `target` (copying a traceback, say): its refresh waits.
+function selecting(target) {
+  const sel = document.getSelection();
+  return !!sel && !sel.isCollapsed && (target.contains(sel.anchorNode) || target.contains(sel.focusNode));
+}
+
+// `replace`, then focus back on the control with the `data-key` of the one focused before, if still there.
+function redraw(target, ...children) {
+  const active = document.activeElement;
+  const key = active && target.contains(active) ? active.dataset.key : undefined;
+  replace(target, ...children);
+  if (key === undefined) return;
+  const again = [...target.querySelectorAll("[data-key]")].find((e) => e.dataset.key === key);
+  if (again) again.focus();
+}
+
 const dash = "-";
 const show = (v) => (v === null || v === undefined || v === "" ? dash : String(v));
 const ms = (v) => (typeof v === "number" ? (v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)) + " ms" : dash);
@@ -86,15 +107,18 @@ function exactIntegers(key, value, context) {
 
 // {status, ok, body}; throws Offline when the node does not answer, Unauthorized on 401.
 async function api(path, opts) {
-  let resp;
+  // Reads time out (a hung node); an invoke or a raise may rightly take as long as the function runs.
+  const polling = !(opts && opts.method);
+  const signal = polling && AbortSignal.timeout ? AbortSignal.timeout(POLL_TIMEOUT_MS) : undefined;
+  let resp, text;
   try {
-    resp = await fetch(path, { cache: "no-store", ...(opts || {}), headers: headers(opts && opts.headers) });
+    resp = await fetch(path, { cache: "no-store", signal, ...(opts || {}), headers: headers(opts && opts.headers) });
+    text = await resp.text();
   } catch (e) {
     setOnline(false);
     throw new Offline(String(e));
   }
   setOnline(true);
-  const text = await resp.text();
   let body = null;
   try { body = text ? JSON.parse(text, exactIntegers) : null; } catch (e) { body = null; }
   if (resp.status === 401 && path !== "/ui/session") {
@@ -111,6 +135,7 @@ const has = (route) => state.routes.has(shape(route));
 async function getJSON(route, path) {
   if (!has(route)) return null;
   const r = await api(path);
+  if (!r.ok) state.failures.push("GET " + path + " answered HTTP " + r.status);
   return r.ok ? r.body : null;
 }
 
@@ -279,8 +304,8 @@ function durationChart(stats) {
 
 // ---- the functions list ----
 
-function fnLink(f) {
-  return el("a", { href: "#/fn/" + encodeURIComponent(f.uuid), text: f.name });
+function fnLink(f, key) {
+  return el("a", { href: "#/fn/" + encodeURIComponent(f.uuid), text: f.name, "data-key": key || "fn:" + f.uuid });
 }
 
 function stateBadge(value) {
@@ -324,10 +349,10 @@ function functionsView() {
       if (!list) return;
       const fns = list.functions || [];
       const sig = JSON.stringify([fns, stats && [...stats]]);
-      if (sig === last) return;
+      if (sig === last || selecting(p.rows)) return;
       last = sig;
       p.empty.hidden = fns.length > 0;
-      replace(p.rows, fns.map((f) => {
+      redraw(p.rows, fns.map((f) => {
         const st = stats ? stats.get(f.uuid) || EMPTY_STATS : null;
         const failing = st && st.failures > 0;
         return el("tr", { class: failing ? "failing" : null, "data-uuid": f.uuid },
@@ -379,7 +404,7 @@ function recordsTable(records, expanded, withFunction) {
     const detailId = "inv-" + id.replace(/[^A-Za-z0-9_-]/g, "");
     const what = ` logs and error of the invocation at ${when(r.started_at)}`;
     const btn = el("button", { type: "button", class: "small", "aria-expanded": open ? "true" : "false", "aria-controls": detailId,
-      "aria-label": (open ? "Hide" : "Show") + what, text: open ? "Hide" : "Show" });
+      "aria-label": (open ? "Hide" : "Show") + what, text: open ? "Hide" : "Show", "data-key": "logs:" + id });
     btn.addEventListener("click", () => {
       const now = !expanded.has(id);
       if (now) expanded.add(id); else expanded.delete(id);
@@ -390,9 +415,9 @@ function recordsTable(records, expanded, withFunction) {
     });
     body.append(el("tr", { class: r.ok ? null : "failing" },
       td("Started", when(r.started_at)),
-      withFunction ? td("Function", el("a", { href: "#/fn/" + encodeURIComponent(r.uuid || ""), text: show(r.function) })) : null,
+      withFunction ? td("Function", el("a", { href: "#/fn/" + encodeURIComponent(r.uuid || ""), text: show(r.function), "data-key": "fn:" + id })) : null,
       td("Trigger", show(r.trigger) + (r.event ? " (" + r.event + ")" : "")),
-      td("Outcome", outcome(r), r.error && r.error.message ? el("span", { class: "hint clip", text: " " + r.error.message }) : null),
+      td("Outcome", outcome(r), r.error && r.error.message ? el("span", { class: "hint clip", text: " " + plain(r.error.message) }) : null),
       td("Duration", ms(r.duration_ms)),
       td("Cold", r.cold_start ? "cold" : "warm"),
       td("Attempt", show(r.attempt)),
@@ -443,11 +468,15 @@ function readPayload(textarea, out) {
   return { body: raw };
 }
 
-// `POST /events/{type}`; a type ending in "/listeners" would name the listeners route there, so it goes
-// through `POST /events` in binary mode (percent-encoded `ce-type`, a fresh `ce-id`), as the README says.
+// A type a URL cannot carry as a path segment: a browser takes "." and ".." (also as %2E) as path steps.
+const pathStep = (type) => type === "." || type === "..";
+
+// `POST /events/{type}`; a type ending in "/listeners" would name the listeners route there, and "." or
+// ".." cannot be a segment (`pathStep`), so those go through `POST /events` in binary mode (percent-encoded
+// `ce-type`, a fresh `ce-id`), as the README says.
 function raiseRequest(type, body) {
   const json = { "Content-Type": "application/json" };
-  if (!/\/listeners$/.test(type)) return ["/events/" + encodeURIComponent(type), { method: "POST", body, headers: json }];
+  if (!/\/listeners$/.test(type) && !pathStep(type)) return ["/events/" + encodeURIComponent(type), { method: "POST", body, headers: json }];
   const id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
   const ce = { "ce-specversion": "1.0", "ce-type": encodeURIComponent(type), "ce-id": id, "ce-source": "faas-dashboard" };
   return ["/events", { method: "POST", body: body === undefined ? "null" : body, headers: { ...json, ...ce } }];
@@ -462,7 +491,7 @@ function ctrlEnter(textarea, form) {
 function errorOut(r) {
   const err = (r.body && r.body.error) || {};
   return el("div", {},
-    el("p", { class: "error" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), show(err.message)),
+    el("p", { class: "error" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), show(plain(err.message))),
     el("p", { class: "hint", text: "HTTP " + r.status }));
 }
 
@@ -506,6 +535,7 @@ function functionView(uuid) {
       const f = (list.functions || []).find((x) => String(x.uuid).toLowerCase() === uuid.toLowerCase());
       if (f) target = f.uuid;
       if (!f) {
+        lastFacts = lastRevisions = lastRecords = "";  // a function that comes back is drawn again
         p.name.textContent = "Unknown function";
         replace(p.facts, facts([["uuid", uuid], ["state", "not in this node's manifest"]]));
         p.invoke.disabled = true;  // a try would only earn a 404
@@ -539,9 +569,9 @@ function functionView(uuid) {
           : { name: f.name, uuid: f.uuid, state: f.state, events: f.events, schedules: f.schedules });
       }
       const sigRevs = JSON.stringify([revisions, live]);
-      if (sigRevs !== lastRevisions) {
+      if (sigRevs !== lastRevisions && !selecting(p.revisions)) {
         lastRevisions = sigRevs;
-        replace(p.revisions, revisions === null ? el("p", { class: "hint", text: dash + " (this node keeps no revisions)" })
+        redraw(p.revisions, revisions === null ? el("p", { class: "hint", text: dash + " (this node keeps no revisions)" })
           : !revisions.length ? el("p", { class: "hint", text: "Never deployed." })
           : el("table", { class: "list" },
             el("thead", {}, el("tr", {}, ["Revision", "Action", "Deployed at", "By", "Message"].map((h) => el("th", { scope: "col", text: h })))),
@@ -552,9 +582,9 @@ function functionView(uuid) {
       }
       const records = recs ? recs.invocations || [] : null;
       const sigRecs = JSON.stringify(records);
-      if (sigRecs !== lastRecords) {
+      if (sigRecs !== lastRecords && !selecting(p.invocations)) {
         lastRecords = sigRecs;
-        replace(p.invocations, records === null ? noRecords() : recordsTable(records, expanded, false));
+        redraw(p.invocations, records === null ? noRecords() : recordsTable(records, expanded, false));
       }
     },
   };
@@ -569,7 +599,7 @@ function replyOut(r) {
   return el("div", {},
     el("p", { class: reply.ok ? "ok" : "error" }, el("strong", { text: reply.ok ? "ok" : "failed" }),
       ` · event ${show(reply.event)} · id ${show(reply.id)} · HTTP ${r.status}`),
-    err ? el("p", { class: "error" }, el("strong", { text: show(err.type) + ": " }), show(err.message),
+    err ? el("p", { class: "error" }, el("strong", { text: show(err.type) + ": " }), show(plain(err.message)),
       err.function ? " (function " + err.function + ")" : "") : null,
     results.length ? el("table", { class: "list" },
       el("thead", {}, el("tr", {}, ["Function", "Outcome", "Duration", "Result"].map((h) => el("th", { scope: "col", text: h })))),
@@ -621,25 +651,28 @@ function eventsView() {
       // listing and the listeners were read either side of a change undone within a round.
       const serving = JSON.stringify([types, (list.functions || []).map((f) => [f.uuid, f.name, f.state, f.revision, f.events])]);
       if (serving !== asked || listeners.some((l) => !l) || ++rounds % 30 === 0) {
-        listeners = await Promise.all(types.map((t) =>
-          getJSON("/events/{type}/listeners", "/events/" + encodeURIComponent(t) + "/listeners")));
+        listeners = await Promise.all(types.map((t) => (pathStep(t)
+          // No URL names this type's listeners route (`pathStep`): the same answer, from the listing.
+          ? { functions: (list.functions || []).filter((f) => f.state === "productive" && (f.events || []).includes(t))
+            .map((f) => ({ name: f.name, uuid: f.uuid })) }
+          : getJSON("/events/{type}/listeners", "/events/" + encodeURIComponent(t) + "/listeners"))));
         asked = serving;
       }
       const sig = JSON.stringify([types, listeners]);
-      if (sig === last) return;
+      if (sig === last || selecting(p.types)) return;
       last = sig;
       replace(p.typelist, types.map((t) => el("option", { value: t })));
       if (!types.length) { replace(p.types, el("p", { class: "hint", text: "No function listens to an event." })); return; }
-      replace(p.types, el("table", { class: "list" },
+      redraw(p.types, el("table", { class: "list" },
         el("thead", {}, el("tr", {}, ["Event type", "Productive listeners", ""].map((h) => el("th", { scope: "col", text: h })))),
         el("tbody", {}, types.map((t, i) => {
           const fns = listeners[i] ? listeners[i].functions || [] : null;
-          const use = el("button", { type: "button", class: "small", text: "Raise…", "aria-label": "Raise " + t });
+          const use = el("button", { type: "button", class: "small", text: "Raise…", "aria-label": "Raise " + t, "data-key": "raise:" + t });
           use.addEventListener("click", () => { p.type.value = t; p.payload.focus(); });
           return el("tr", {},
             td("Event type", el("code", { text: t })),
             td("Productive listeners", fns === null ? dash : fns.length
-              ? fns.flatMap((f, j) => [j ? ", " : null, fnLink(f)]) : "none"),
+              ? fns.flatMap((f, j) => [j ? ", " : null, fnLink(f, "fn:" + t + ":" + f.uuid)]) : "none"),
             td("", use));
         }))));
     },
@@ -660,9 +693,9 @@ function failedView() {
       if (!body) return;
       const records = body.invocations || [];
       const sig = JSON.stringify(records);
-      if (sig === last) return;
+      if (sig === last || selecting(p.failed)) return;
       last = sig;
-      replace(p.failed, records.length ? recordsTable(records, expanded, true)
+      redraw(p.failed, records.length ? recordsTable(records, expanded, true)
         : el("p", { class: "hint", text: "No failed invocations." }));
     },
   };
@@ -722,8 +755,14 @@ async function tick() {
     }
     const view = state.view;
     if (view && view.name !== "login" && !document.hidden) {  // a hidden tab does not poll the node
+      state.failures = [];
       await view.update(view.root, view.parts);
-      if (state.view === view) { problem(""); stamp(); }
+      if (state.view === view && state.failures.length) {
+        problem("Could not refresh: " + state.failures[0] + ". What is shown may be out of date.");
+      } else if (state.view === view) {
+        problem("");
+        stamp();
+      }
     }
   } catch (e) {
     if (!(e instanceof Offline) && !(e instanceof Unauthorized)) problem("Could not show this view: " + e.message);
