@@ -2,9 +2,11 @@
 
 The election (`leader.py`) joins a consumer group on this one-partition topic; the leader also writes to
 it, one record per schedule tick it fires (or skips because the previous run is still going): partition 0,
-key `<function uuid>:<schedule index>`, value `{"tick": <epoch seconds>, "node": <node name>}`. A node that
-becomes leader reads the recent records back to learn the newest tick of each schedule (`catchup.py`
-decides what to fire from that).
+key `<function uuid>:<schedule index>`, value `{"tick": <epoch seconds>, "node": <node name>, "group":
+<FAAS_KAFKA_GROUP_ID>}`. A node that becomes leader reads the recent records back to learn the newest tick
+of each schedule (`catchup.py` decides what to fire from that), its own group's only: groups sharing a
+broker and this topic each fire their schedules, and another group's ticks say nothing of what this one
+missed. A record without `group` (written before it was added) counts for every group.
 
 - Writing stays off the firing path: `record` never awaits and never fails. It keeps the newest tick per
   key (an older one adds nothing) and wakes a task that produces them. A failed send is logged and its
@@ -51,8 +53,8 @@ LAST_TICK = 253_402_300_799
 """The greatest tick (epoch seconds) a record may hold: 9999-12-31T23:59:59Z, the last a datetime holds."""
 
 
-def parse(record: Record) -> tuple[str, int] | str:
-    """`(key, tick epoch seconds)` of a tick record, or why it is not one."""
+def parse(record: Record) -> tuple[str, int, str | None] | str:
+    """`(key, tick epoch seconds, group or None)` of a tick record, or why it is not one."""
     try:
         key = (record.key or b"").decode()
     except UnicodeDecodeError:
@@ -65,14 +67,20 @@ def parse(record: Record) -> tuple[str, int] | str:
     except orjson.JSONDecodeError:
         return "its value is not JSON"
     tick = value.get("tick") if isinstance(value, dict) else None
-    if type(tick) is not int or not 0 <= tick <= LAST_TICK or not isinstance(value.get("node"), str):
-        return 'its value is not {"tick": <epoch seconds>, "node": <name>}'
-    return key, tick
+    group = value.get("group") if isinstance(value, dict) else None
+    if (
+        type(tick) is not int
+        or not 0 <= tick <= LAST_TICK
+        or not isinstance(value.get("node"), str)
+        or not isinstance(group, str | None)
+    ):
+        return 'its value is not {"tick": <epoch seconds>, "node": <name>, "group": <group id>}'
+    return key, tick, group
 
 
-def newest(records: Iterable[Record], since_ms: int) -> dict[str, int]:
-    """The newest tick per key among `records` stamped `since_ms` or later; the others are skipped, and the
-    broken ones named in one warning."""
+def newest(records: Iterable[Record], since_ms: int, group: str) -> dict[str, int]:
+    """The newest tick per key among the records of `group` (or of none) stamped `since_ms` or later; the
+    others are skipped, and the broken ones named in one warning."""
     found: dict[str, int] = {}
     broken: list[str] = []
     for record in records:
@@ -82,7 +90,9 @@ def newest(records: Iterable[Record], since_ms: int) -> dict[str, int]:
         if isinstance(parsed, str):
             broken.append(f"offset {record.offset}: {parsed}")
             continue
-        key, tick = parsed
+        key, tick, writer = parsed
+        if writer is not None and writer != group:  # another group's leader fired it, not ours
+            continue
         found[key] = max(tick, found.get(key, tick))
     if broken:
         log.warning(
@@ -145,7 +155,7 @@ class TickLog:
             await scan(consumer, starts, records.append, "read", None)
         finally:
             await stop_quietly(consumer)
-        return newest(records, since_ms)
+        return newest(records, since_ms, self.settings.kafka_group_id)
 
     # ---- the writer ----
 
@@ -191,7 +201,7 @@ class TickLog:
     async def _send(self, producer: AIOKafkaProducer, batch: dict[str, int]) -> None:
         acks = []
         for key, tick in batch.items():
-            value = orjson.dumps({"tick": tick, "node": self.node})
+            value = orjson.dumps({"tick": tick, "node": self.node, "group": self.settings.kafka_group_id})
             acks.append(await producer.send(self.topic, value, key.encode(), partition=0))
         # Shielded: a timed-out round must not cancel futures aiokafka still owns.
         await asyncio.gather(*(asyncio.shield(ack) for ack in acks))

@@ -35,6 +35,7 @@ def record(key: bytes | None, value: bytes | None, timestamp: int = 0, offset: i
         (f"{UUID}:0".encode(), b'{"tick": -1, "node": "n"}', "not {"),
         (f"{UUID}:0".encode(), b'{"tick": 253402300800, "node": "n"}', "not {"),
         (f"{UUID}:0".encode(), b"[12]", "not {"),
+        (f"{UUID}:0".encode(), b'{"tick": 12, "node": "n", "group": 7}', "not {"),
         (None, b'{"tick": 12, "node": "n"}', "not <function uuid>"),
         (UUID.encode(), b'{"tick": 12, "node": "n"}', "not <function uuid>"),
         (f"{UUID}:x".encode(), b'{"tick": 12, "node": "n"}', "not <function uuid>"),
@@ -58,8 +59,23 @@ def test_newest_takes_the_greatest_tick_per_key_and_skips_old_and_broken(
         record(b"b:1", b'{"tick": 5, "node": "n1"}', 2_000, 4),
         record(b"a:0", b"garbage", 2_000, 5),
     ]
-    assert newest(good, 1_000) == {"a:0": 12, "b:1": 5}
+    assert newest(good, 1_000, "faas") == {"a:0": 12, "b:1": 5}
     assert "1 record(s) skipped" in caplog.text and "offset 5: its value is not JSON" in caplog.text
+
+
+def test_newest_counts_its_own_groups_ticks_and_those_of_none() -> None:
+    """Two groups share a broker and the topic, each firing its own schedules. Result: a group's newest
+    tick is its own leader's (or one written without a group, before groups were named); the other
+    group's newer ticks do not hide the ticks this one missed."""
+    records = [
+        record(b"a:0", b'{"tick": 10, "node": "n0"}', 2_000, 1),
+        record(b"a:0", b'{"tick": 20, "node": "n1", "group": "g1"}', 2_000, 2),
+        record(b"a:0", b'{"tick": 40, "node": "n2", "group": "g2"}', 2_000, 3),
+        record(b"b:0", b'{"tick": 50, "node": "n2", "group": "g2"}', 2_000, 4),
+    ]
+    assert newest(records, 1_000, "g1") == {"a:0": 20}
+    assert newest(records, 1_000, "g2") == {"a:0": 40, "b:0": 50}
+    assert newest(records, 1_000, "g3") == {"a:0": 10}
 
 
 def settings_for(tag: str) -> Settings:
@@ -84,6 +100,7 @@ async def test_ticks_written_are_read_back(broker: EmbeddedBroker) -> None:
     assert all(r.partition == 0 for r in raw)
     assert {r.key.decode(): orjson.loads(r.value)["tick"] for r in raw} == {first: 12, second: 5}
     assert {orjson.loads(r.value)["node"] for r in raw} == {f"node-{tag}"}
+    assert {orjson.loads(r.value)["group"] for r in raw} == {settings.kafka_group_id}
 
 
 async def test_broken_records_in_the_topic_are_skipped_with_a_warning(
