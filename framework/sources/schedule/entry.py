@@ -56,6 +56,9 @@ class CronEntry:
     """When this node started walking the ticks (None while stopped): a new leader owes no tick before it, so
     a deploy or a cron change does not bring back ticks of the time before. `EPOCH` for the table a node
     starts with, which may be older than the node: a restarted leader catches up on its own downtime."""
+    successor: CronEntry | None = field(default=None, repr=False)
+    """The entry that replaced this one in a reload with the same cron, payload and kind: a run still going
+    when it came writes its `last` there (`current`), not to a row no listing shows any more."""
     _ticks: Iterator[datetime] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
@@ -69,6 +72,14 @@ class CronEntry:
     @property
     def same_as(self) -> tuple[Any, ...]:
         return self.kind, self.cron, orjson.dumps(self.payload)
+
+    @property
+    def current(self) -> CronEntry:
+        """This entry, or the newest that replaced it (see `successor`)."""
+        entry = self
+        while entry.successor is not None:
+            entry = entry.successor
+        return entry
 
     @property
     def running(self) -> bool:

@@ -85,7 +85,13 @@ class Runs:
             log.exception("schedule %s: unexpected error", invocation_id)
             error = {"type": type(exc).__name__, "message": str(exc)}
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        entry.last = {"at": tick.isoformat(), "ok": error is None, "duration_ms": duration_ms, "error": error}
+        # The row listed now: a redeploy during the run replaced `entry` (the same schedule) in the table.
+        entry.current.last = {
+            "at": tick.isoformat(),
+            "ok": error is None,
+            "duration_ms": duration_ms,
+            "error": error,
+        }
         outcome = "ok" if error is None else error["type"]
         if self.metrics is not None:
             self.metrics.schedule_runs.labels(spec.name, outcome).inc()

@@ -138,6 +138,7 @@ class Scheduler:
                 if old is not None:
                     entry.task = old.task  # a changed cron must not start a second run next to the old one
                     if old.same_as == entry.same_as:
+                        old.successor = entry  # a run going on writes its result to this row
                         entry.last, entry.next_at, entry._ticks = old.last, old.next_at, old._ticks
                         entry.armed = old.armed
                         if spec.productive:  # its late ticks go on

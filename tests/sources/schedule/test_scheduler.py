@@ -319,6 +319,24 @@ async def test_reload_keeps_last_result_and_running_task() -> None:
     await settle(sched)
 
 
+async def test_a_run_going_through_reloads_writes_its_result_to_the_row_listed() -> None:
+    """1. A run starts and is held. 2. Two reloads with the same cron (a redeploy changing the function's
+    code or env). 3. The run ends. Result: the schedule's `last` in `status` is that run's (it was written to
+    the row the first reload had replaced, and stayed null until the next run, a day for a daily job)."""
+    sched, inv, clock, _, _ = make(spec())
+    inv.gate = asyncio.Event()
+    clock.now = T0 + 0.5
+    sched.run_due(clock.now)
+    await until(lambda: len(inv.calls) == 1)
+    sched.apply(registry(spec()))
+    sched.apply(registry(spec()))
+    assert sched.status("job")[0]["last"] is None
+    inv.gate.set()
+    await until(lambda: sched.status("job")[0]["last"] is not None)
+    last = sched.status("job")[0]["last"]
+    assert last["ok"] is True and last["at"].startswith("2023-11-14T22:13:21")
+
+
 async def test_timezone_and_several_schedules_in_status() -> None:
     s = FunctionSpec.model_validate(
         {
