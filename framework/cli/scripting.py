@@ -20,7 +20,7 @@ import click
 import orjson
 
 from framework.control.cron import next_fire
-from framework.control.manifest import FunctionSpec, Manifest
+from framework.control.manifest import Manifest
 from framework.control.working_copy import live_status
 
 if TYPE_CHECKING:
@@ -49,10 +49,11 @@ def validate_report(manifest: Manifest | None, errors: list[str]) -> str:
     return json.dumps({"ok": False, "errors": [error_entry(e) for e in errors]})
 
 
-def fires(spec: FunctionSpec, cron: str, timezone: str) -> str | None:
-    """When `cron` fires next for `spec` (ISO 8601 in `timezone`), or None: only productive functions fire
-    (as `GET /functions` says of the schedules it lists)."""
-    return next_fire(cron, timezone).isoformat(timespec="seconds") if spec.productive else None
+def fires(served: bool, cron: str, timezone: str) -> str | None:
+    """When `cron` fires next (ISO 8601 in `timezone`), or None when the function is not `served`: only
+    productive functions fire (as `GET /functions` says of the schedules it lists), and with a deployment
+    log, the log decides that, not the working copy (an undeployed function's copy may say productive)."""
+    return next_fire(cron, timezone).isoformat(timespec="seconds") if served else None
 
 
 def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
@@ -63,18 +64,19 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
     out = []
     for f in manifest.functions:
         live = facts.get(f.uuid)
+        served = f.productive if live is None else live.live
         schedules = [
             {
                 "cron": s.cron,
                 "timezone": s.timezone,
                 "payload": s.payload,
-                "next_fire": fires(f, s.cron, s.timezone),
+                "next_fire": fires(served, s.cron, s.timezone),
             }
             for s in f.schedules
         ]
         warm = None
         if f.keep_warm:
-            warm = {"cron": f.keep_warm, "next_fire": fires(f, f.keep_warm, "UTC")}
+            warm = {"cron": f.keep_warm, "next_fire": fires(served, f.keep_warm, "UTC")}
         out.append(
             {
                 "name": f.name,

@@ -67,9 +67,16 @@ def list_functions(settings: Settings, as_json: bool) -> None:
     for f in manifest.functions:
         crons = [(s.cron, s.timezone, "") for s in f.schedules]
         crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
-        when = [f"{k}{c} [{tz}] next {scripting.fires(f, c, tz) or '-'}" for c, tz, k in crons]
         live = facts.get(f.uuid)  # `productive r7`, `modified r7`, `undeployed r8`: as the log serves it
-        state = f.state if live is None else f"{'modified' if live.modified else live.state} r{live.newest}"
+        served = f.productive if live is None else live.live
+        when = [f"{k}{c} [{tz}] next {scripting.fires(served, c, tz) or '-'}" for c, tz, k in crons]
+        state: str
+        if live is None:
+            state = f.state
+        elif not live.live:  # modified too when this copy is productive: deploying it would serve it again
+            state = f"undeployed r{live.newest}" + (" (modified)" if live.modified else "")
+        else:
+            state = f"{'modified' if live.modified else 'productive'} r{live.newest}"
         rows.append((f.name, f.uuid, state, ",".join(f.events) or "-", "; ".join(when) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:

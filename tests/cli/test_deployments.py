@@ -383,8 +383,9 @@ def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, bro
     alpha` (it edits no manifest). 3. From a second copy of the project (the manifest there still says
     productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2` and, in JSON,
     undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive, 3, false,
-    its time, though the manifest says undeployed; 3 `modified r4` in the first copy, whose manifest says
-    productive (deploying it would change what is served), and in JSON undeployed with null, true, null."""
+    its time, though the manifest says undeployed; 3 `undeployed r4 (modified)` in the first copy, whose
+    manifest says productive (deploying it would change what is served), and in JSON undeployed with null,
+    true, null; its schedule has no next fire time in either (it used to show one, and `modified r4`)."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path / "one", manifest(u), {"m": MODULE})
     other = write_project(tmp_path / "two", manifest(u), {"m": MODULE})
@@ -413,8 +414,13 @@ def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, bro
     assert {**facts, "deployed_at": None} == {**unserved, "state": "productive", "revision": 3}
     assert isinstance(facts["deployed_at"], str) and facts["deployed_at"].endswith("Z"), facts
     assert run_cli(other, "undeploy", "alpha", env=env).returncode == 0
-    (root / "functions.yaml").write_text(manifest(u))  # productive again in the first copy, not deployed
-    assert listed(root) == ("modified r4", {**unserved, "modified": True})
+    # Productive again in the first copy, with a schedule, not deployed: nothing fires it.
+    (root / "functions.yaml").write_text(manifest(u) + "    schedules: [{cron: '0 3 * * *'}]\n")
+    assert listed(root) == ("undeployed r4", {**unserved, "modified": True})
+    [row] = [line for line in run_cli(root, "ls", env=env).stdout.splitlines() if line.startswith("alpha ")]
+    assert "undeployed r4 (modified)" in row and row.endswith("0 3 * * * [UTC] next -"), row
+    [entry] = json.loads(run_cli(root, "ls", "--json", env=env).stdout)["functions"]
+    assert [s["next_fire"] for s in entry["schedules"]] == [None]
 
 
 def test_code_over_the_limit_fails_validate_and_deploy_at_each_functions_handler(
