@@ -515,16 +515,16 @@ class InstanceHandle:
         self._pending.clear()
 
     def _running(self) -> bool:
-        """Whether the instance's process is still there (the template reaps it once it ends)."""
+        """Whether the instance's process is still running: there, and not a zombie its template has not
+        reaped yet (an ended process stays one until then)."""
         if not self.pid:
             return False
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone (or no /proc: then it is taken as gone)
             return False
-        except PermissionError:
-            return True
-        return True
+        return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
     def _kill(self) -> None:
         """SIGKILL the instance's process group: the instance (its leader) and what its handlers started,
