@@ -563,3 +563,115 @@ def test_a_twin_in_dotenv_reaches_a_real_faas_process(project: Path) -> None:
     assert r.returncode == 0 and "functions" in json.loads(r.stdout), r.stdout + r.stderr
     r = run_cli(project, "ls", env={**env, "FAAS_LS_AS_JSON": ""})
     assert r.returncode == 0 and r.stdout.startswith("NAME"), r.stdout + r.stderr
+
+
+# ---- broken input the CLI must name in one line (no traceback) ----
+
+
+class _Broken(BaseHTTPRequestHandler):
+    """Answers by path: `/cut/...` closes the connection without a word, `/page/...` answers 200 with an HTML
+    page (a proxy's login page, say), `/short/...` promises more body than it sends."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/cut/"):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        body = b"<html>sign in</html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) + (100 if self.path.startswith("/short/") else 0)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("prefix", "words"),
+    [("cut", "broke off its answer: RemoteDisconnected"), ("short", "broke off its answer: IncompleteRead"),
+     ("page", "answered 200 with something that is not JSON: is it a faas node?")],
+)  # fmt: skip
+def test_invoke_url_against_a_server_that_breaks_off_or_is_no_node(
+    project: Path, prefix: str, words: str
+) -> None:
+    """`faas invoke UUID --url` against a server that closes the connection mid-call (a node SIGKILLed), cuts
+    its body short, or answers 200 with HTML. Result: exit 1 and one line saying which (it was a traceback
+    from http.client or json)."""
+    with http_server(_Broken) as port:
+        r = faas(project, "invoke", ALPHA, "--url", f"http://127.0.0.1:{port}/{prefix}")
+    assert r.exit_code == 1 and words in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them(project: Path) -> None:
+    r = faas(project, "invoke", ALPHA, "--url", "http://user:s3cret@127.0.0.1:9/")
+    assert r.exit_code == 2 and "credentials in the URL are not used" in r.output, r.output
+    assert "s3cret" not in r.output
+
+
+def test_data_from_a_closed_standard_input_is_a_usage_error(project: Path) -> None:
+    """`--data @-` with standard input closed (as under some service managers). Result: exit 2 naming it,
+    not an AttributeError traceback."""
+    r = subprocess.run(
+        [sys.executable, "-m", "framework", "invoke", "beta", "--data", "@-"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),  # a child with no descriptor 0
+    )
+    assert r.returncode == 2 and "@-: there is no standard input (it is closed)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_new_where_functions_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "functions.yaml").write_text("functions: []\n")
+    (tmp_path / "functions").write_text("not a folder")
+    r = faas(tmp_path, "new", "a")
+    assert r.exit_code == 1 and "functions is not a folder" in r.output, r.output
+    assert "Traceback" not in r.output and "name: a" not in (tmp_path / "functions.yaml").read_text()
+
+
+@pytest.mark.parametrize("line", ['FAAS_LOG_LEVEL="DEBUG', "just words"])
+def test_a_dotenv_line_that_cannot_be_parsed_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, line: str
+) -> None:
+    """A `.env` line python-dotenv cannot parse (an unclosed quote; words without `=`) used to be skipped
+    with a warning naming no file, its setting silently left at its default. Result: exit 2 naming the
+    file and the line, not its text (it may hold a secret)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"FAAS_HTTP_PORT=8081\n{line}\n")
+    r = CliRunner().invoke(main, ["ls"])
+    assert r.exit_code == 2 and f"{tmp_path / '.env'}:2: not a NAME=value line" in r.output, r.output
+    assert line not in r.output
+
+
+def test_ls_shows_control_characters_escaped(tmp_path: Path) -> None:
+    """An event type holding ESC, BEL and a carriage return (the manifest takes any text). Result: `faas
+    ls` prints them escaped, never raw (they would drive the reader's terminal)."""
+    manifest = MANIFEST.replace("events: [ping]", 'events: ["x\\e[31mRED\\a", "y\\rz"]')
+    root = write_project(tmp_path, manifest, MODULES)
+    r = faas(root, "ls")
+    assert r.exit_code == 0, r.output
+    assert "x\\x1b[31mRED\\x07,y\\x0dz" in r.output, r.output
+    assert not any(c in r.output for c in "\x1b\x07\r")
+
+
+def test_ctrl_c_while_the_cli_loads_is_quiet(tmp_path: Path) -> None:
+    """SIGINT at several moments of `faas ls` starting (before, during and after the CLI's imports).
+    Result: never a traceback (one ran through the imports), whichever moment it lands in."""
+    for delay in (0.1, 0.2, 0.3, 0.4):
+        p = subprocess.Popen(
+            [str(Path(sys.executable).parent / "faas"), "ls"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        time.sleep(delay)  # the moment to interrupt at, not a wait for something to happen
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        assert b"Traceback" not in err, (delay, err.decode(errors="replace"))

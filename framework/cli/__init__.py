@@ -11,9 +11,11 @@ emit), `deployments` (deploy, undeploy, history, rollback), `logs`, `replay`; `c
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import click
+from dotenv.parser import parse_stream
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
@@ -34,6 +36,9 @@ from framework.settings import ENV_FILE, Settings
 @click.pass_context
 def main(ctx: click.Context, manifest: Path | None) -> None:
     """A self-hosted serverless function platform: functions invoked by Kafka events, HTTP and cron."""
+    problem = _dotenv_problem(Path(ENV_FILE))
+    if problem is not None:
+        raise click.UsageError(problem)
     try:
         ctx.obj = Settings(manifest=manifest) if manifest is not None else Settings()
     except ValidationError as exc:
@@ -44,6 +49,22 @@ def main(ctx: click.Context, manifest: Path | None) -> None:
         raise click.UsageError(f"invalid setting: {problems}") from None
     except (OSError, UnicodeDecodeError) as exc:  # the settings' `.env` (not UTF-8, unreadable)
         raise click.UsageError(f"cannot read {Path(ENV_FILE).resolve()}: {exc}") from None
+
+
+def _dotenv_problem(path: Path) -> str | None:
+    """Why `.env` cannot be read whole, or None. python-dotenv skips a line it cannot parse (an unclosed
+    quote, a word without `=`) with a warning that names no file, and the setting on it silently keeps its
+    default: a usage error instead, naming the line (not its text, which may hold a secret)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read {path.resolve()}: {exc}"
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            return f"{path.resolve()}:{binding.original.line}: not a NAME=value line (an unclosed quote?)"
+    return None
 
 
 def _message(error: ErrorDetails) -> str:

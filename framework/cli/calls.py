@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import sys
 import time
@@ -48,6 +49,8 @@ def node_url(ctx: click.Context, param: click.Parameter, value: str | None) -> s
         parts.port  # noqa: B018 - parsing the port is the check (a number in 0-65535)
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a URL: {exc}") from None
+    if parts.username is not None or parts.password is not None:  # not echoed: it may hold a password
+        raise click.BadParameter("credentials in the URL are not used: give the node's API key with --key")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(
             f"{value!r}: give an http or https URL with a host, e.g. http://127.0.0.1:8080"
@@ -82,11 +85,17 @@ def _call(url: str, payload: bytes | None, key: str | None) -> Any:
     request = urllib.request.Request(url, data=payload, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-            return json.loads(response.read())
+            body = response.read()
     except urllib.error.HTTPError as exc:
         fail(exc.read().decode(errors="replace") or f"HTTP {exc.code}")
     except (urllib.error.URLError, TimeoutError) as exc:
         fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
+    except (http.client.HTTPException, OSError) as exc:  # closed mid-answer, not HTTP, a cut body
+        fail(f"{url} broke off its answer: {type(exc).__name__}: {exc}")
+    try:
+        return json.loads(body)
+    except ValueError:
+        fail(f"{url} answered 200 with something that is not JSON: is it a faas node? ({body[:80]!r})")
 
 
 def _served_uuid(base: str, name: str, key: str | None) -> str:

@@ -75,6 +75,19 @@ def looks_like_uuid(text: str) -> bool:
     return UUID_FORM.fullmatch(text) is not None
 
 
+_C1 = tuple(range(0x80, 0xA0))
+_IN_TEXT = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1) if c not in (9, 10)}
+_IN_CELL = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1)}
+
+
+def shown(text: str, cell: bool = False) -> str:
+    """Text from outside (a handler's log line, a deployer's message, an event type) for a terminal: its
+    control characters escaped (`\\x1b`). Written raw, they would drive the reader's terminal (colours,
+    cursor moves, a cleared screen) or cut the line for `grep`. A table `cell` escapes tabs and line breaks
+    too: one row, one line."""
+    return text.translate(_IN_CELL if cell else _IN_TEXT)
+
+
 def fail(*lines: str) -> NoReturn:
     """Print `lines` on stderr and exit 1."""
     for line in lines:

@@ -29,6 +29,7 @@ from framework.cli.common import (
     option,
     pass_settings,
     quiet_kafka_client,
+    shown,
     utf8,
 )
 from framework.control.code_cache import verify
@@ -308,7 +309,8 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
         if r.rollback_of is not None:
             message = f"{message} (rollback of {r.rollback_of})".strip()
         live_mark = "live" if r.revision == live else ""
-        rows.append((str(r.revision), r.action, r.deployed_at, r.deployed_by, code, live_mark, message))
+        by, message = shown(r.deployed_by, cell=True), shown(message, cell=True)  # anyone's text
+        rows.append((str(r.revision), r.action, r.deployed_at, by, code, live_mark, message))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
         click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[6]]).rstrip())

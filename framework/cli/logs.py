@@ -46,6 +46,7 @@ from framework.cli.common import (
     option,
     pass_settings,
     quiet_kafka_client,
+    shown,
 )
 from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
@@ -116,15 +117,6 @@ def _duration(ms: Any) -> str:
     return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
 
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c not in (9, 10)}
-"""Control characters a handler's text may hold (NUL, ESC, ...), shown escaped: written raw, they would
-drive the reader's terminal (colours, cursor moves, a cleared screen) or cut the line for `grep`."""
-
-
-def _shown(text: str) -> str:
-    return text.translate(_CONTROLS)
-
-
 def render(record: dict[str, Any]) -> str:
     """The human form: the invocation's line, then its log lines indented. Text that came from a handler
     (its log lines and error message) has its control characters escaped."""
@@ -134,7 +126,7 @@ def render(record: dict[str, Any]) -> str:
         click.style("ok", fg="green")
         if ok
         else click.style(
-            f"{error.get('type', 'failed')}: {_shown(str(error.get('message', ''))[:300])}", fg="red"
+            f"{error.get('type', 'failed')}: {shown(str(error.get('message', ''))[:300])}", fg="red"
         )
     )
     parts = [
@@ -157,7 +149,7 @@ def render(record: dict[str, Any]) -> str:
             continue
         level = str(entry.get("level", ""))
         colour = "red" if level in ("ERROR", "CRITICAL") else "yellow" if level == "WARNING" else None
-        text = _shown(str(entry.get("message", ""))) + (" …" if entry.get("truncated") else "")
+        text = shown(str(entry.get("message", ""))) + (" …" if entry.get("truncated") else "")
         when = str(entry.get("time", ""))[11:23]  # the record's line has the date
         shown_level = click.style(f"{level:<7}", fg=colour) if colour else f"{level:<7}"  # no bare reset code
         head = f"    {click.style(when, dim=True)} {shown_level} "

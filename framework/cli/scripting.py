@@ -97,6 +97,8 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return b"null"
     if value == "@-":
+        if sys.stdin is None:  # closed (`<&-`), as under some service managers
+            raise click.BadParameter("@-: there is no standard input (it is closed)")
         raw = sys.stdin.buffer.read()
     elif value.startswith("@"):
         try:

@@ -10,7 +10,16 @@ from typing import Any
 import click
 
 from framework.cli import scripting
-from framework.cli.common import check_event_type, checked, code_zips, fail, load, option, pass_settings
+from framework.cli.common import (
+    check_event_type,
+    checked,
+    code_zips,
+    fail,
+    load,
+    option,
+    pass_settings,
+    shown,
+)
 from framework.control import manifest_edit
 from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
@@ -77,7 +86,8 @@ def list_functions(settings: Settings, as_json: bool) -> None:
             state = f"undeployed r{live.newest}" + (" (modified)" if live.modified else "")
         else:
             state = f"{'modified' if live.modified else 'productive'} r{live.newest}"
-        rows.append((f.name, f.uuid, state, ",".join(f.events) or "-", "; ".join(when) or "-"))
+        events = shown(",".join(f.events), cell=True)  # an event type may hold control characters
+        rows.append((f.name, f.uuid, state, events or "-", shown("; ".join(when), cell=True) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[4]]))
@@ -110,9 +120,14 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
     source = package / f"{module}.py"
     if source.exists():
         fail(f"{source} already exists")
-    package.mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").touch()
-    source.write_text(SCAFFOLD.format(name=name))
+    try:
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").touch()
+        source.write_text(SCAFFOLD.format(name=name))
+    except FileExistsError:  # `functions` is a file
+        fail(f"{package} is not a folder: the function's module goes there")
+    except OSError as exc:
+        fail(f"cannot write {source}: {exc.strerror}")
     entry: dict[str, Any] = {"name": name, "uuid": str(uuid.uuid4()), "handler": f"functions.{module}:handle"}
     entry["state"] = "draft"
     if events:

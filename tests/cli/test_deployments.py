@@ -60,12 +60,13 @@ def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, bro
 
 def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy nosuch alpha`, then `faas undeploy
-    alpha`. 4. `faas rollback alpha`. 5. `faas rollback alpha --to 9`. 6. `faas rollback alpha --to 2` (the
-    undeploy), twice. Result: revision 1 deployed, the state line edited with its comment kept; unchanged,
-    revision 1; the mistyped name exits 1 having undeployed nothing, then revision 2 undeployed; the
-    rollback publishes revision 3 (rollback of 1); --to 9 exits 1 naming the kept revisions; --to 2
-    publishes revision 4, an undeploy (rollback of 2), then changes nothing. The log holds the code record
-    first, then the revision records.
+    alpha`. 4. `faas rollback alpha` with a message holding control characters, then `faas history`.
+    5. `faas rollback alpha --to 9`. 6. `faas rollback alpha --to 2` (the undeploy), twice.
+    Result: revision 1 deployed, the state line edited with its comment kept; unchanged, revision 1; the
+    mistyped name exits 1 having undeployed nothing, then revision 2 undeployed; the rollback publishes
+    revision 3 (rollback of 1), whose message history prints escaped, on one line; --to 9 exits 1 naming
+    the kept revisions; --to 2 publishes revision 4, an undeploy (rollback of 2), then changes nothing.
+    The log holds the code record first, then the revision records.
     """
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
@@ -82,8 +83,11 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     r = run_cli(root, "undeploy", "alpha", env=env)
     assert r.returncode == 0 and r.stdout == "alpha: revision 2 undeployed\n", r.stderr
     assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
-    r = run_cli(root, "rollback", "alpha", env=env)
+    r = run_cli(root, "rollback", "alpha", "-m", "fix\nnext \x1b[31mRED\x1b[0m\x07", env=env)
     assert r.returncode == 0 and "alpha: revision 3 deployed (rollback of revision 1)" in r.stdout, r.stderr
+    r = run_cli(root, "history", "alpha", env=env)  # the message's control characters escaped, on one line
+    [third] = [line for line in r.stdout.splitlines() if line.startswith("3 ")]
+    assert third.endswith("fix\\x0anext \\x1b[31mRED\\x1b[0m\\x07 (rollback of 1)"), r.stdout
     r = run_cli(root, "rollback", "alpha", "--to", "9", env=env)
     assert r.returncode == 1 and "revision 9 is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
     r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)  # back to the undeploy
