@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -51,13 +52,17 @@ from framework.cli.common import (
 from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
 from framework.errors import ManifestError
-from framework.kafka.options import reader
+from framework.kafka.options import reader, security_options
+from framework.kafka.probe import BrokerProbe
 from framework.kafka.topic_read import CONNECT_TIMEOUT, why_unreachable
 from framework.settings import Settings
 from framework.tasks import within
 
 CLOSE_TIMEOUT = 5.0
 """Seconds closing the reader may take before the command exits anyway."""
+PROBE_EVERY = 2.0
+"""Seconds between the follower's probes of the cluster's id (`kafka/probe.py`), to notice a restarted
+embedded broker."""
 STALL_TIMEOUT = 30.0
 """Seconds without progress after which a read to the end gives up (a partition that never fills)."""
 REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
@@ -105,7 +110,7 @@ def _started_ms(started_at: object, fallback: int) -> int:
     """`started_at` (RFC 3339) as epoch milliseconds; `fallback` when it is not such a time."""
     if isinstance(started_at, str):
         with contextlib.suppress(ValueError):
-            when = datetime.fromisoformat(started_at)
+            when = datetime.fromisoformat(started_at.upper())  # RFC 3339 allows `t` and `z` too
             if when.tzinfo is not None:
                 return int(when.timestamp() * 1000)
     return fallback
@@ -207,15 +212,53 @@ async def read(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        while not stopping.is_set():
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for m in messages:
-                    new = selection.pick(m.timestamp, m.value)
-                    if new is not None:
-                        show(new)
+        # A broker that comes back as another cluster (the embedded one restarted: empty, a new id) holds a
+        # new topic: the offsets read so far mean nothing there. Tansu does not refuse a fetch beyond a
+        # partition's end, so the reader would wait there, skipping the first records of the new topic.
+        restarted = False
+
+        async def seen(topics: set[str], new_cluster: bool) -> None:
+            nonlocal restarted
+            restarted = restarted or new_cluster
+
+        probe = BrokerProbe(servers, security_options(settings), seen)
+        logging.getLogger("faas.kafka").setLevel(logging.ERROR)  # its outage lines are the node's, not ours
+        next_probe = 0.0
+        try:
+            while not stopping.is_set():
+                if loop.time() >= next_probe:
+                    next_probe = loop.time() + PROBE_EVERY
+                    await probe.once()
+                if restarted and await _start_over(consumer, topic):
+                    restarted = False
+                    click.echo(
+                        f"faas logs: {servers} is a new cluster (restarted?): reading {topic} from its start",
+                        err=True,
+                    )
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    for m in messages:
+                        new = selection.pick(m.timestamp, m.value)
+                        if new is not None:
+                            show(new)
+        finally:
+            await probe.close()
     finally:
         with contextlib.suppress(Exception):
             await within(consumer.stop(), CLOSE_TIMEOUT)
+
+
+async def _start_over(consumer: AIOKafkaConsumer, topic: str) -> bool:
+    """Read every partition of `topic` from its start (a new cluster's topic); False while it has none yet
+    (the nodes create it again with their next records)."""
+    if topic not in await consumer.topics():
+        return False
+    partitions = consumer.partitions_for_topic(topic) or set()
+    if not partitions:
+        return False
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return True
 
 
 async def _assign(

@@ -115,5 +115,10 @@ class BrokerProbe:
                     log.exception("kafka probe failed")
                 await asyncio.sleep(INTERVAL)
         finally:
-            if self._client is not None:
-                await self._client.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the probe's client (a later probe opens another)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

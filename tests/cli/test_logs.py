@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from framework.cli.logs import render
+from framework.cli.logs import _started_ms, render
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.support import Node, new_id, run_cli, wait_for, write_project
 
@@ -389,3 +390,88 @@ def test_a_handlers_control_characters_are_shown_escaped() -> None:
     assert "FunctionError: bad\\x00\\x1b[2J" in text
     assert "INFO    a\\x00b\\x1b[31mc\td\n" in text and "\x00" not in text and "\x1b[2J" not in text
     assert "INFO   \x1b[0m" not in text
+
+
+def _records(tag: str, n: int) -> list[bytes]:
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return [
+        json.dumps(
+            {"invocation_id": f"{tag}-{i}", "function": "echo", "uuid": ECHO, "trigger": "direct", "ok": True,
+             "started_at": now, "duration_ms": 1.0, "logs": []}
+        ).encode()
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def _produce_to_0(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send(topic, value, partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.usefixtures("broker_kills")
+def test_follow_reads_a_restarted_embedded_broker_from_its_start(tmp_path: Path) -> None:
+    """1. A broker of its own; 30 records on partition 0 of the invocations topic; `faas logs --follow
+    --json` prints them. 2. The broker is stopped and a new, empty one started on the same port (a
+    restarted embedded broker); 5 records are produced there.
+    Result: the 5 are printed, and stderr says the broker is a new cluster. (The reader used to wait at
+    offset 30 of the new topic: it printed nothing until the topic grew past 30, then skipped its first
+    30 records, silently.)"""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    port, topic = free_port(), f"t.inv.{new_id()[:8]}"
+    first = EmbeddedBroker(port=port).start()
+    second: EmbeddedBroker | None = None
+    env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": first.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framework", "logs", "--follow", "--json"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    seen: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: seen.extend(json.loads(line) for line in proc.stdout or []))
+    reader.start()
+    try:
+        asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", 30)))
+        wait_for(lambda: len(seen) >= 30, 60, 0.2, "the first 30 records followed")
+        first.stop()
+        second = EmbeddedBroker(port=port).start()
+        asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", 5)))
+        wait_for(
+            lambda: {f"new-{i}" for i in range(5)} <= {x["invocation_id"] for x in seen},
+            60,
+            0.2,
+            f"the new broker's 5 records followed: {[x['invocation_id'] for x in seen[30:]]}",
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        reader.join(10)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        for b in (first, second):
+            if b is not None:
+                b.stop()
+    assert code == 0, stderr
+    assert f"127.0.0.1:{port} is a new cluster (restarted?): reading {topic} from its start" in stderr, stderr
+    assert "Traceback" not in stderr
+
+
+def test_started_at_in_lower_case_is_a_time() -> None:
+    """RFC 3339 allows `t` and `z`: such a `started_at` (another tool's record) is a time for `--since` and
+    the order, not an unreadable one (it fell back to the Kafka timestamp: a record two hours old showed
+    under `--since 10m`, first)."""
+    upper = _started_ms("2026-12-05T23:54:36.407Z", 0)
+    assert (
+        upper == _started_ms("2026-12-05t23:54:36.407z", 0) == _started_ms("2026-12-06T00:54:36.407+01:00", 0)
+    )
+    assert upper == 1_796_514_876_407 and _started_ms("yesterday", 7) == 7

@@ -176,8 +176,13 @@ def test_partial_lines_are_kept_per_invocation_and_end_with_it(
 
 
 def test_a_partial_line_goes_out_at_its_bound(channel: tuple[CapturingSender, socket.socket]) -> None:
+    """1. `print` of a line over MAX_PARTIAL (text and newline are two writes), then of "next".
+    Result: two lines, the long one and "next": the newline after the cut ends the line sent, not an empty
+    line of its own (which took an entry of the record's cap, and showed a "1 more log entries dropped")."""
     sender, peer = channel
     stream = LogStream(sender, "stdout", logging.INFO, 1)
-    stream.write("x" * (LogStream.MAX_PARTIAL + 1))
-    (frame,) = _frames(peer, 1)
-    assert frame["msg"] == "x" * (LogStream.MAX_PARTIAL + 1) and frame["inv"] is None
+    print("x" * (LogStream.MAX_PARTIAL + 1), file=stream)
+    print("next", file=stream)
+    first, second = _frames(peer, 2)
+    assert first["msg"] == "x" * (LogStream.MAX_PARTIAL + 1) and first["inv"] is None
+    assert second["msg"] == "next"

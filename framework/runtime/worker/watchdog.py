@@ -155,6 +155,9 @@ class LogStream(io.TextIOBase):
         self._fd = fd
         self._partial: dict[str | None, str] = {}
         """The unfinished line of each invocation (None: of code serving none)."""
+        self._cut: set[str | None] = set()
+        """Invocations whose last write went out at MAX_PARTIAL: a newline written next ends that line, not
+        an empty one (`print` writes its text and its newline apart)."""
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
@@ -176,10 +179,17 @@ class LogStream(io.TextIOBase):
         inv = current_invocation.get()
         with self._lock:
             text = self._partial.pop(inv, "") + s
+            if self._cut and inv in self._cut:
+                self._cut.discard(inv)
+                if text.startswith("\n"):
+                    text = text[1:]
             if "\n" in text:
                 *lines, rest = text.split("\n")
             elif len(text) > self.MAX_PARTIAL:
                 lines, rest = [text], ""
+                self._cut.add(inv)
+            elif not text:
+                return len(s)
             else:
                 self._partial[inv] = text
                 return len(s)
@@ -194,9 +204,10 @@ class LogStream(io.TextIOBase):
 
     def end(self, inv: str | None) -> None:
         """Send what `inv` wrote after its last newline, as a line of its own (its invocation ended)."""
-        if inv not in self._partial:  # the common case, once per invocation: no lock taken
+        if inv not in self._partial and inv not in self._cut:  # the common case: no lock taken
             return
         with self._lock:
+            self._cut.discard(inv)
             line = self._partial.pop(inv, "")
         if line:
             self._emit(line, inv)
