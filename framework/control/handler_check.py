@@ -8,15 +8,26 @@ imports from beside it in the project, a linked folder the zip leaves out, a pat
 subprocess per top-level name (usually one in all), run in the manifest's folder like an instance, so a
 broken module can neither crash nor pollute the calling process; a handler whose import kills or hangs
 the subprocess is blamed, and the rest are checked in a new one.
+
+Each check is a handler with its function's `env`: two functions sharing a handler with different envs are
+two checks (the package is imported again, its modules forgotten, when the env changes), since a module
+that reads its env at import may work with one and not the other. The subprocess writes its report to a
+file and ends with `os._exit` once the last check is done, in a session of its own that is then killed:
+a thread or a process a module starts at import neither holds the check until its timeout (as a normal
+exit, or pipes it inherited, would) nor outlives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from framework import sandbox
@@ -25,8 +36,7 @@ from framework.control.snapshot import code_files, top_level_of
 IMPORT_TIMEOUT = 30.0
 """Seconds one import-check subprocess may run before its current handler is blamed."""
 
-_MARK = "@@faas-check@@ "
-_CHECK = f"""
+_CHECK = """
 import importlib, importlib.util, json, os, sys
 from pathlib import Path
 hiding = json.loads(sys.argv[2])
@@ -36,10 +46,10 @@ if hiding:  # as in instances (`framework/sandbox.py`), code run at import sees 
     spec.loader.exec_module(sandbox)
     sandbox.hide(Path(hiding["hide"]), [Path(p) for p in hiding["keep"]])
 sys.path.insert(0, sys.argv[1])  # the view: the handlers' top-level package, nothing else of the project
-out, sys.stdout = sys.stdout, sys.stderr  # a module's prints must not mix with the report
+out = open(sys.argv[4], "a")
+base = dict(os.environ)
 
 def check(handler, env):
-    os.environ.update(env)
     module, _, attr = handler.partition(":")
     try:
         obj = importlib.import_module(module)
@@ -49,26 +59,39 @@ def check(handler, env):
         return "does not import: %s: %s" % (type(exc).__name__, exc)
     return None if callable(obj) else "is not callable"
 
-for line in sys.stdin:
-    handler, env = json.loads(line)
-    out.write({_MARK!r} + json.dumps([handler, check(handler, env)]) + "\\n")
+last = None
+for index, handler, env in json.loads(Path(sys.argv[3]).read_text()):
+    if env != last:  # imported again under this env: what a module read of the last one is forgotten
+        if last is not None:
+            top = handler.partition(":")[0].split(".")[0]
+            for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[name]
+        os.environ.clear()
+        os.environ.update(base)
+        os.environ.update(env)
+        last = env
+    out.write(json.dumps([index, check(handler, env)]) + "\\n")
     out.flush()
+os._exit(0)  # not waiting for the threads an import started
 """
 
 
-def import_errors(
-    root: Path, handlers: dict[str, dict[str, str]], secrets: Path | None = None
-) -> dict[str, str]:
+Check = tuple[str, Mapping[str, str]]
+"""A `module:attr` handler and the env its function sets."""
+
+
+def import_errors(root: Path, checks: Sequence[Check], secrets: Path | None = None) -> dict[int, str]:
     """Import each `module:attr` handler (with its env) in a subprocess run in `root`, seeing of `root` only
     a copy of what its revision would carry (less the `secrets` folder, as the revision's zip).
 
-    Returns the problem of each handler that fails, e.g. `does not import: ModuleNotFoundError: ...`.
-    A handler whose import kills or hangs the subprocess is blamed, and the rest are checked in a new one.
+    Returns the problem of each check that fails, by its index in `checks`, e.g. `does not import:
+    ModuleNotFoundError: ...`. A handler whose import kills or hangs the subprocess is blamed, and the rest
+    are checked in a new one.
     """
-    by_top: dict[str, dict[str, dict[str, str]]] = {}
-    for handler, env in handlers.items():
-        by_top.setdefault(handler.partition(":")[0].split(".")[0], {})[handler] = env
-    problems: dict[str, str] = {}
+    by_top: dict[str, dict[int, Check]] = {}
+    for index, (handler, env) in enumerate(checks):
+        by_top.setdefault(handler.partition(":")[0].split(".")[0], {})[index] = (handler, env)
+    problems: dict[int, str] = {}
     for top, group in by_top.items():
         with tempfile.TemporaryDirectory(prefix="faas-check-") as view:
             source = top_level_of(root, top)
@@ -89,33 +112,46 @@ def _hiding(root: Path, view: Path, secrets: Path | None) -> str:
     return json.dumps({"sandbox": sandbox.__file__, "hide": str(secrets), "keep": keep})
 
 
-def _check(
-    root: Path, view: Path, handlers: dict[str, dict[str, str]], secrets: Path | None
-) -> dict[str, str]:
-    results: dict[str, str | None] = {}
-    pending = list(handlers)
-    while pending:
-        stdin = "".join(json.dumps([h, handlers[h]]) + "\n" for h in pending)
-        try:
-            proc = subprocess.run(
+def _check(root: Path, view: Path, checks: dict[int, Check], secrets: Path | None) -> dict[int, str]:
+    results: dict[int, str | None] = {}
+    pending = sorted(checks, key=lambda i: (json.dumps(checks[i][1], sort_keys=True), i))  # env by env
+    with tempfile.TemporaryDirectory(prefix="faas-check-io-") as io:
+        todo, report = Path(io) / "checks.json", Path(io) / "report"
+        while pending:
+            todo.write_text(json.dumps([[i, checks[i][0], dict(checks[i][1])] for i in pending]))
+            report.write_text("")
+            proc = subprocess.Popen(
                 # -P: `-c` would put the working directory, the whole project, first on the path.
-                [sys.executable, "-P", "-c", _CHECK, str(view), _hiding(root, view, secrets)],
-                input=stdin,
-                capture_output=True,
-                text=True,
+                [
+                    sys.executable,
+                    "-P",
+                    "-c",
+                    _CHECK,
+                    str(view),
+                    _hiding(root, view, secrets),
+                    str(todo),
+                    str(report),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # a module's prints: nobody reads them
+                stderr=subprocess.DEVNULL,
                 cwd=root,
-                timeout=IMPORT_TIMEOUT,
+                start_new_session=True,  # its own process group: what its imports start goes with it
             )
-            out, failure = proc.stdout, f"does not import: the import exited the process ({proc.returncode})"
-        except subprocess.TimeoutExpired as exc:
-            raw = exc.stdout or ""
-            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-            failure = f"does not import: the import did not finish within {IMPORT_TIMEOUT:g} s"
-        for line in out.splitlines():
-            if line.startswith(_MARK):
-                handler, problem = json.loads(line[len(_MARK) :])
-                results[handler] = problem
-        pending = [h for h in pending if h not in results]
-        if pending:
-            results[pending.pop(0)] = failure
-    return {h: p for h, p in results.items() if p is not None}
+            try:
+                code = proc.wait(IMPORT_TIMEOUT)
+                failure = f"does not import: the import exited the process ({code})"
+            except subprocess.TimeoutExpired:
+                failure = f"does not import: the import did not finish within {IMPORT_TIMEOUT:g} s"
+            finally:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for line in report.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    index, problem = json.loads(line)
+                    results[index] = problem
+            pending = [i for i in pending if i not in results]
+            if pending:
+                results[pending.pop(0)] = failure
+    return {i: p for i, p in results.items() if p is not None}

@@ -29,6 +29,7 @@ from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control import cron
@@ -329,6 +330,16 @@ def _key_at(node: CommentedMap, key: Any, fallback: tuple[int, int]) -> tuple[in
     return (data[0], data[1]) if data else fallback
 
 
+def _item_at(seq: CommentedSeq, index: int, fallback: tuple[int, int]) -> tuple[int, int]:
+    """Where item `index` of `seq` is written; the items of a tagged list (`events: !tag [a]`) have no
+    position of their own: `fallback` then."""
+    try:
+        pos = seq.lc.item(index)
+    except (KeyError, IndexError, TypeError):
+        pos = None
+    return (pos[0], pos[1]) if pos else fallback
+
+
 def _position(node: Any, loc: tuple[int | str, ...], fallback: tuple[int, int]) -> tuple[int, int]:
     """The deepest key or item of `loc` present in the YAML nodes (values merged from defaults are not)."""
     pos = fallback
@@ -336,7 +347,7 @@ def _position(node: Any, loc: tuple[int | str, ...], fallback: tuple[int, int]) 
         if isinstance(node, CommentedMap) and part in node:
             pos, node = _key_at(node, part, pos), node[part]
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-            pos, node = tuple(node.lc.item(part)), node[part]
+            pos, node = _item_at(node, part, pos), node[part]
         else:
             break
     return pos
@@ -452,8 +463,15 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
         where = f" ({exc.context} started at line {exc.context_mark.line + 1})" if exc.context_mark else ""
         problem = (exc.problem or "invalid YAML").replace("\n", " ")
         errors.add((mark.line, mark.column) if mark else (0, 0), f"YAML syntax error: {problem}{where}")
+    except ReaderError as exc:  # a control character: at its own line and column, on one line
+        at = min(max(exc.position, 0), len(text))
+        line_start = text.rfind("\n", 0, at) + 1
+        errors.add(
+            (text.count("\n", 0, at), at - line_start),
+            f"a control character (#x{exc.character:04x}) YAML does not allow in a manifest",
+        )
     except YAMLError as exc:
-        errors.add((0, 0), f"cannot read the manifest: {exc}")
+        errors.add((0, 0), "cannot read the manifest: " + " ".join(str(exc).split()))
     return None
 
 
@@ -467,17 +485,19 @@ def _check_secrets(item: CommentedMap, store: SecretStore, errors: ErrorCollecto
             try:
                 store.read(name)
             except SecretError as exc:
-                errors.add(tuple(names.lc.item(j)), str(exc))
+                errors.add(_item_at(names, j, _key_at(item, "secrets", (0, 0))), str(exc))
 
 
-def _check_listed_once(items: object, errors: ErrorCollector, what: str = "event type") -> None:
+def _check_listed_once(
+    items: object, errors: ErrorCollector, at: tuple[int, int], what: str = "event type"
+) -> None:
     """An item listed twice (an event type: it would run twice; a secret) is an error at the second."""
     if not isinstance(items, CommentedSeq):
         return
     first: dict[str, int] = {}
     for j, value in enumerate(items):
         if isinstance(value, str):
-            line, col = items.lc.item(j)
+            line, col = _item_at(items, j, at)
             if value in first:
                 errors.add((line, col), f"{what} {value!r} listed twice (first at line {first[value] + 1})")
             else:
@@ -529,14 +549,15 @@ def load_manifest(
         items = CommentedSeq()
     specs: list[FunctionSpec] = []
     seen: dict[tuple[str, str], tuple[int, int]] = {}  # (key, value) -> (item index, line)
-    handlers: dict[str, tuple[dict[str, str], list[tuple[int, int]]]] = {}
+    checks: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    """(handler, its env as JSON) to where each function naming it is: one import check each."""
     for i, item in enumerate(items):
-        at = tuple(items.lc.item(i))
+        at = _item_at(items, i, _key_at(doc, "functions", (0, 0)))
         if not isinstance(item, CommentedMap):
             errors.add(at, "each function should be a mapping with name, uuid and handler")
             continue
-        _check_listed_once(item.get("events"), errors)
-        _check_listed_once(item.get("secrets"), errors, "secret")
+        _check_listed_once(item.get("events"), errors, _key_at(item, "events", at))
+        _check_listed_once(item.get("secrets"), errors, _key_at(item, "secrets", at), "secret")
         for key in ("name", "uuid"):
             value = item.get(key)
             if isinstance(value, str):
@@ -561,11 +582,14 @@ def load_manifest(
             env = data.get("env")
             env = env if isinstance(env, dict) and all(isinstance(v, str) for v in env.values()) else {}
             env = {k: v for k, v in env.items() if isinstance(k, str) and _usable(k, v)}  # bad: at `env`
-            handlers.setdefault(handler, (env, []))[1].append(_key_at(item, "handler", at))
-    if check_handlers and handlers:
-        found = import_errors(root, {h: env for h, (env, _) in handlers.items()}, secrets_dir)
-        for handler, problem in found.items():
-            for pos in handlers[handler][1]:
+            key = (handler, json.dumps(env, sort_keys=True))
+            checks.setdefault(key, []).append(_key_at(item, "handler", at))
+    if check_handlers and checks:
+        keys = list(checks)
+        found = import_errors(root, [(h, json.loads(env)) for h, env in keys], secrets_dir)
+        for index, problem in found.items():
+            handler = keys[index][0]
+            for pos in checks[keys[index]]:
                 errors.add(pos, f"handler {handler!r} {problem}")
     if errors.found:
         raise ManifestError(errors.lines())

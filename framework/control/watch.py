@@ -113,6 +113,10 @@ class ManifestWatcher:
             log.error("manifest not readable, still serving the last good one: %s", exc)
             self.on_error([f"{self.path.name}: {exc}"])
             return
+        except Exception as exc:  # a bug in the check must not end the watch, and with it the node
+            log.exception("manifest edit could not be checked, still serving the last good one")
+            self.on_error([f"{self.path.name}: the edit could not be checked: {type(exc).__name__}: {exc}"])
+            return
         packages = handler_packages(manifest)
         if packages != self.packages:
             self.packages = packages

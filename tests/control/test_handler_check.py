@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import py_compile
+import time
 from pathlib import Path
+
+import psutil
 
 from framework.control.handler_check import import_errors
 from tests.support import namespaces_allowed
@@ -28,8 +31,8 @@ def test_a_module_beside_the_package_is_not_importable(tmp_path: Path) -> None:
             "functions/inner.py": "VALUE = 2\n",
         },
     )
-    problems = import_errors(root, {"functions.h:f": {}, "functions.ok:f": {}})
-    assert problems == {"functions.h:f": "does not import: ModuleNotFoundError: No module named 'helpers'"}
+    problems = import_errors(root, [("functions.h:f", {}), ("functions.ok:f", {})])
+    assert problems == {0: "does not import: ModuleNotFoundError: No module named 'helpers'"}
 
 
 def test_a_path_climbed_to_from_file_is_the_copy_not_the_project(tmp_path: Path) -> None:
@@ -43,8 +46,8 @@ def test_a_path_climbed_to_from_file_is_the_copy_not_the_project(tmp_path: Path)
     root = project(
         tmp_path, {"helpers.py": "VALUE = 1\n", "functions/__init__.py": "", "functions/h.py": climb}
     )
-    problems = import_errors(root, {"functions.h:f": {}})
-    assert problems["functions.h:f"].startswith("does not import: ModuleNotFoundError"), problems
+    problems = import_errors(root, [("functions.h:f", {})])
+    assert problems[0].startswith("does not import: ModuleNotFoundError"), problems
 
 
 def test_what_the_revision_leaves_out_is_left_out(tmp_path: Path) -> None:
@@ -61,13 +64,13 @@ def test_what_the_revision_leaves_out_is_left_out(tmp_path: Path) -> None:
     )
     source = project(tmp_path / "src", {"compiled.py": "X = 1\n"}) / "compiled.py"
     py_compile.compile(str(source), cfile=str(root / "functions" / "compiled.pyc"))
-    problems = import_errors(root, {"functions.h:f": {}, "report:f": {}})
-    assert problems["functions.h:f"].startswith("does not import: ImportError: cannot import name"), problems
-    assert problems["report:f"].startswith("does not import: AttributeError"), problems
+    problems = import_errors(root, [("functions.h:f", {}), ("report:f", {})])
+    assert problems[0].startswith("does not import: ImportError: cannot import name"), problems
+    assert problems[1].startswith("does not import: AttributeError"), problems
     # The same project, the compiled module in the package's source form: it imports.
     (root / "functions" / "compiled.pyc").unlink()
     (root / "functions" / "compiled.py").write_text("X = 1\n")
-    assert "functions.h:f" not in import_errors(root, {"functions.h:f": {}})
+    assert import_errors(root, [("functions.h:f", {})]) == {}
 
 
 def test_single_modules_installed_modules_and_env(tmp_path: Path) -> None:
@@ -76,9 +79,13 @@ def test_single_modules_installed_modules_and_env(tmp_path: Path) -> None:
         tmp_path,
         {"solo.py": "import os\nLEVEL = os.environ['LEVEL']\n\ndef f(p, ctx):\n    return LEVEL\n"},
     )
-    assert import_errors(root, {"solo:f": {"LEVEL": "3"}, "json:dumps": {}}) == {}
-    missing = import_errors(root, {"solo:f": {}})
-    assert missing == {"solo:f": "does not import: KeyError: 'LEVEL'"}
+    assert import_errors(root, [("solo:f", {"LEVEL": "3"}), ("json:dumps", {})]) == {}
+    missing = import_errors(root, [("solo:f", {})])
+    assert missing == {0: "does not import: KeyError: 'LEVEL'"}
+    # One handler, two functions' envs: each is checked with its own (the module is imported again).
+    both = [("solo:f", {"LEVEL": "3"}), ("solo:f", {}), ("solo:f", {"LEVEL": "4"})]
+    assert import_errors(root, both) == {1: "does not import: KeyError: 'LEVEL'"}
+    assert import_errors(root, both[::-1]) == {1: "does not import: KeyError: 'LEVEL'"}
 
 
 def test_code_run_at_import_sees_no_secrets_folder(tmp_path: Path) -> None:
@@ -94,10 +101,33 @@ def test_code_run_at_import_sees_no_secrets_folder(tmp_path: Path) -> None:
             "functions/peek.py": f"TOKEN = open({str(token)!r}).read()\n\ndef f(p, ctx):\n    return p\n",
         },
     )
-    problems = import_errors(root, {"functions.peek:f": {}}, root / "secrets")
+    problems = import_errors(root, [("functions.peek:f", {})], root / "secrets")
     if namespaces_allowed(None):
-        assert problems["functions.peek:f"].startswith("does not import: FileNotFoundError"), problems
+        assert problems[0].startswith("does not import: FileNotFoundError"), problems
     else:  # a kernel that refuses the namespace: the folder stays visible, as in instances
         assert problems == {}, problems
-    assert import_errors(root, {"functions.peek:f": {}}) == {}
+    assert import_errors(root, [("functions.peek:f", {})]) == {}
     assert token.read_text() == "hunter22\n"
+
+
+def test_threads_and_processes_started_at_import_neither_hold_the_check_nor_outlive_it(
+    tmp_path: Path,
+) -> None:
+    """A module that starts a thread that never ends and a child process at import (a non-daemon thread
+    kept the check's process from exiting: every check took its 30 s limit, and the child outlived it).
+    Result: the check is done in seconds, the handler imports, and the child is gone."""
+    pid_file = tmp_path / "child.pid"
+    module = (
+        "import subprocess, threading, time\n"
+        "threading.Thread(target=lambda: time.sleep(3600)).start()\n"
+        f"child = subprocess.Popen(['sleep', '3600'])\nopen({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "def f(p, ctx):\n    return p\n"
+    )
+    root = project(tmp_path, {"functions/__init__.py": "", "functions/busy.py": module})
+    started = time.monotonic()
+    assert import_errors(root, [("functions.busy:f", {})]) == {}
+    assert time.monotonic() - started < 15
+    assert (
+        not psutil.pid_exists(int(pid_file.read_text()))
+        or psutil.Process(int(pid_file.read_text())).status() == psutil.STATUS_ZOMBIE
+    )

@@ -226,6 +226,33 @@ def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_column(tmp_path: Path)
     assert len(errors) == 1 and errors[0].endswith("functions.yaml:8:13: not UTF-8 text: byte 0xe9"), errors
 
 
+def test_a_control_character_is_named_at_its_line_and_column(tmp_path: Path) -> None:
+    """A BEL in a name on line 8: the error is at 8:13, on one line (it was at 1:1, with the parser's
+    "position N" on a second line, which also went into `validate --json` and `/readyz`)."""
+    root = write_project(tmp_path, BASE, MODULES)
+    lines = (root / "functions.yaml").read_text().split("\n")
+    lines[7] = "  - name: bé\x07ta"
+    (root / "functions.yaml").write_text("\n".join(lines))
+    errors = errors_of(root)
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].endswith(
+        "functions.yaml:8:13: a control character (#x0007) YAML does not allow in a manifest"
+    )
+
+
+@pytest.mark.parametrize(
+    "tagged",
+    ["functions: !foo [1]", BASE.replace("events: [ping]", "events: !bar [ping, ping]"),
+     BASE.replace("events: [ping]", "events: [ping]\n    secrets: !t [a, a]")],
+)  # fmt: skip
+def test_tagged_lists_are_errors_at_a_line_not_a_traceback(tmp_path: Path, tagged: str) -> None:
+    """A YAML tag on a list (`!foo [1]`): its items have no positions of their own (a TypeError crashed
+    `validate`, and a node in watch mode stopped). Result: ManifestErrors at the list's key."""
+    root = write_project(tmp_path, tagged, MODULES)
+    errors = errors_of(root, check_handlers=False)
+    assert errors and all(re.search(r"functions\.yaml:\d+:\d+: ", e) for e in errors), errors
+
+
 def test_good_manifest_loads_with_root_and_defaults(tmp_path: Path) -> None:
     root = write_project(tmp_path, BASE, MODULES)
     m = load_manifest(root / "functions.yaml")
