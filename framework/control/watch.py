@@ -4,13 +4,20 @@ watchfiles (inotify on Linux) reports changes. Only the manifest's folder (not r
 folder may hold a `.venv` of thousands of folders) and the top-level packages of the handlers are
 watched. An edit is applied only when it passes everything `faas validate` checks, handlers importing
 included; a rejected edit leaves the last good manifest serving.
+
+A watched folder that is deleted and made again (a `git checkout` of a branch without it, a deploy script's
+`rm -rf` and copy) takes its inotify watch with it: `_changes` notices the folder gone or replaced (another
+inode, at its next batch or its next `RECHECK_MS`), waits for it to be back, watches it again and reloads
+once, since what was written meanwhile was not seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import stat
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from framework.control.manifest import Manifest, load_manifest
@@ -22,6 +29,10 @@ log = logging.getLogger("faas.reload")
 
 DEBOUNCE_MS = 150
 """watchfiles groups changes within this window; a deploy is served well within the contract's 2 s."""
+RECHECK_MS = 1000
+"""Milliseconds between checks that the watched folders are still there, when no change comes."""
+GONE_POLL = 0.2
+"""Seconds between looks for a watched folder that was deleted."""
 
 
 def handler_packages(manifest: Manifest) -> set[Path]:
@@ -56,23 +67,26 @@ class ManifestWatcher:
         self.on_error = on_error
         self.packages = handler_packages(manifest)
         self._packages_changed = asyncio.Event()
+        self._replaced = False
+        """A package folder was replaced: its new watch starts with a reload."""
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(self._watch_manifest(stop), self._watch_packages(stop))
 
     async def _watch_manifest(self, stop: asyncio.Event) -> None:
-        from watchfiles import awatch
-
-        async for changes in awatch(
-            self.resolved.parent, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=False
-        ):
-            paths = {Path(p) for _, p in changes}  # absolute: the watched folder is resolved
-            if self.resolved in paths or any(p.suffix == ".py" for p in paths):
+        async for paths in _changes([self.resolved.parent], stop, recursive=False):
+            # absolute paths: the watched folder is resolved
+            if paths is not None and paths & self.packages:  # a package folder deleted or made again
+                self._replaced = True  # watched anew (its old watch went with the old folder), and
+                self._packages_changed.set()  # reloaded once that watch is up
+            if (
+                paths is None
+                or self.resolved in paths
+                or any(p.suffix == ".py" or p in self.packages for p in paths)
+            ):
                 await self.reload()
 
     async def _watch_packages(self, stop: asyncio.Event) -> None:
-        from watchfiles import awatch
-
         while not stop.is_set():
             if not self.packages:
                 await _first(stop, self._packages_changed)
@@ -81,10 +95,9 @@ class ManifestWatcher:
             either = asyncio.Event()  # restart the watch when a reload names other packages
             relay = asyncio.create_task(_relay(either, stop, self._packages_changed))
             try:
-                async for changes in awatch(
-                    *self.packages, stop_event=either, debounce=DEBOUNCE_MS, step=50, recursive=True
-                ):
-                    if any(self._is_code(Path(p)) for _, p in changes):
+                replaced, self._replaced = self._replaced, False
+                async for paths in _changes(sorted(self.packages), either, recursive=True, again=replaced):
+                    if paths is None or any(self._is_code(p) for p in paths):
                         await self.reload()
             finally:
                 relay.cancel()
@@ -122,6 +135,53 @@ class ManifestWatcher:
             self.packages = packages
             self._packages_changed.set()
         self.on_change(manifest, code)
+
+
+async def _changes(
+    folders: Sequence[Path], stop: asyncio.Event, recursive: bool, again: bool = False
+) -> AsyncIterator[set[Path] | None]:
+    """The paths changed under `folders`, batch by batch, until `stop`; None once the folders, gone for a
+    while (or replaced: `again`), are watched again (what was written meanwhile was not seen)."""
+    from watchfiles import awatch
+
+    while not stop.is_set():
+        watched = _identities(folders)
+        if watched is None:
+            again = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), GONE_POLL)
+            continue
+        async for changes in awatch(
+            *folders,
+            stop_event=stop,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            recursive=recursive,
+            rust_timeout=RECHECK_MS,
+            yield_on_timeout=True,  # an empty batch now and then: the folders are looked at
+        ):
+            if again:  # the first batch comes once the watch is set up: a reload sees what came before
+                again = False
+                yield None
+            if changes:
+                yield {Path(p) for _, p in changes}
+            if _identities(folders) != watched:  # gone, or made again already: a new folder to watch
+                again = True
+                break
+
+
+def _identities(folders: Sequence[Path]) -> list[tuple[int, int]] | None:
+    """(device, inode) of each folder, or None when one is not a folder (any more)."""
+    found = []
+    for folder in folders:
+        try:
+            st = folder.stat()
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        found.append((st.st_dev, st.st_ino))
+    return found
 
 
 async def _first(*events: asyncio.Event) -> None:
