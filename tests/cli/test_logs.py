@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -250,21 +250,47 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     assert "no record of invocation 'no-such-invocation' on the topic" in r.stderr, r.stderr
 
 
+class Follower:
+    """`faas logs ARGS --follow --json` in a process of its own, its JSON lines collected in `seen` by a
+    thread; leaving the block sends SIGINT and keeps the exit `code` and `stderr`."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        self.args, self.env, self.cwd = args, env, cwd
+        self.seen: list[dict[str, Any]] = []
+        self.code: int | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> Follower:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "framework", "logs", *self.args, "--follow", "--json"],
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        lines: Iterable[str] = self.proc.stdout or []
+        self.reader = threading.Thread(target=lambda: self.seen.extend(json.loads(line) for line in lines))
+        self.reader.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self.proc
+        proc.send_signal(signal.SIGINT)
+        self.code = proc.wait(30)
+        self.reader.join(10)
+        self.stderr = proc.stderr.read() if proc.stderr else ""
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def test_follow_prints_new_invocations_and_ctrl_c_ends_quietly(cluster: Cluster) -> None:
     """1. `faas logs echo --follow --json --since 10m` runs. 2. echo is invoked on both nodes.
     3. SIGINT. Result: both invocations printed as they happen; exit 0 with no traceback."""
     env = {**os.environ, **cluster.env, "FAAS_MANIFEST": str(cluster.root / "functions.yaml")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "framework", "logs", "echo", "--follow", "--json", "--since", "10m"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    seen: list[dict[str, Any]] = []
-    reader = threading.Thread(target=lambda: seen.extend(json.loads(line) for line in proc.stdout or []))
-    reader.start()
-    try:
+    with Follower(["echo", "--since", "10m"], env) as follower:
+        seen, proc = follower.seen, follower.proc
         ids: set[str] = set()
         deadline = time.monotonic() + 90
         while not ids or not ids <= {x["invocation_id"] for x in seen}:
@@ -273,14 +299,7 @@ def test_follow_prints_new_invocations_and_ctrl_c_ends_quietly(cluster: Cluster)
             if len(ids) < 2:  # the reader may still be positioning: keep invoking until one shows
                 ids |= {invoke(n, ECHO, "follow").json()["invocation_id"] for n in cluster.nodes}
             time.sleep(0.5)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(30)
-        reader.join(10)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    code, stderr = follower.code, follower.stderr
     assert code == 0
     # Quiet: no traceback; at most the count of bad values an earlier test put on the topic.
     assert all(line.startswith("faas logs: skipped ") for line in stderr.splitlines()), stderr
@@ -427,40 +446,26 @@ def test_follow_reads_a_restarted_embedded_broker_from_its_start(tmp_path: Path)
     first = EmbeddedBroker(port=port).start()
     second: EmbeddedBroker | None = None
     env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": first.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "framework", "logs", "--follow", "--json"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    seen: list[dict[str, Any]] = []
-    reader = threading.Thread(target=lambda: seen.extend(json.loads(line) for line in proc.stdout or []))
-    reader.start()
+    follower = Follower([], env, cwd=root)
+    seen = follower.seen
     try:
-        asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", 30)))
-        wait_for(lambda: len(seen) >= 30, 60, 0.2, "the first 30 records followed")
-        first.stop()
-        second = EmbeddedBroker(port=port).start()
-        asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", 5)))
-        wait_for(
-            lambda: {f"new-{i}" for i in range(5)} <= {x["invocation_id"] for x in seen},
-            60,
-            0.2,
-            f"the new broker's 5 records followed: {[x['invocation_id'] for x in seen[30:]]}",
-        )
+        with follower:
+            asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", 30)))
+            wait_for(lambda: len(seen) >= 30, 60, 0.2, "the first 30 records followed")
+            first.stop()
+            second = EmbeddedBroker(port=port).start()
+            asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", 5)))
+            wait_for(
+                lambda: {f"new-{i}" for i in range(5)} <= {x["invocation_id"] for x in seen},
+                60,
+                0.2,
+                f"the new broker's 5 records followed: {[x['invocation_id'] for x in seen[30:]]}",
+            )
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(30)
-        reader.join(10)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
         for b in (first, second):
             if b is not None:
                 b.stop()
+    code, stderr = follower.code, follower.stderr
     assert code == 0, stderr
     assert f"127.0.0.1:{port} is a new cluster (restarted?): reading {topic} from its start" in stderr, stderr
     assert "Traceback" not in stderr
