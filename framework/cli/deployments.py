@@ -200,6 +200,9 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     code = code_zips(settings)
     manifest = load(settings, check_secrets=settings.secrets_path.is_dir(), code=code)
     specs = _targets(manifest, names, all_)
+    if not specs:  # `--all` with no productive function: said, not a silent exit 0 (nor a new log topic)
+        click.echo(f"nothing to deploy: no function in {settings.manifest} is productive")
+        return
     found = candidates(manifest, code, message)
 
     async def publish(log: KafkaLog) -> Outcome:

@@ -3,7 +3,8 @@
 Instances import a revision's handler from its folder here (`FunctionSpec.code`), never from the working
 copy, so deleting or editing `functions/` does not change what a node serves. A folder is written under
 a temporary name and renamed into place, so a folder that exists is complete; the zip itself is kept
-beside it (`<sha256>.zip`) so a node can publish the exact bytes again after the broker lost its log.
+beside it (`<sha256>.zip`, written whole and renamed into place too, and read back only when its sha256
+still matches) so a node can publish the exact bytes again after the broker lost its log.
 Entries are never removed while the node runs (a retired instance may still import from one).
 
 The zips come from the log, so any bytes may arrive: `store` turns every way unpacking can fail (not a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import tempfile
 import zipfile
@@ -51,10 +53,14 @@ class CodeCache:
         return self.path(sha).is_dir()
 
     def zip_bytes(self, sha: str) -> bytes | None:
+        """The zip kept beside folder `sha`, or None when there is none or it is not that zip (a file left
+        cut short by a crash or a full disk before writes were atomic, or edited by hand): publishing it
+        again would give every reader a code record it refuses."""
         try:
-            return (self.base / f"{sha}.zip").read_bytes()
+            data = (self.base / f"{sha}.zip").read_bytes()
         except OSError:
             return None
+        return data if sha256(data) == sha else None
 
     def store(self, sha: str, data: bytes) -> Path:
         """Unpack `data` (a zip whose sha256 must be `sha`) as `base/sha`; raises ValueError when corrupt."""
@@ -62,17 +68,32 @@ class CodeCache:
             raise ValueError(f"code record {sha[:12]}: its value's sha256 is {sha256(data)[:12]}")
         target = self.path(sha)
         if target.is_dir():
+            if self.zip_bytes(sha) is None:  # unpacked, but its zip is missing or not whole: keep it again
+                self._keep_zip(sha, data)
             return target
         self.base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
         try:
             _unpack(sha, data, tmp)
-            (self.base / f"{sha}.zip").write_bytes(data)
+            self._keep_zip(sha, data)
             with contextlib.suppress(OSError):  # another process raced us to the same content
                 tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def _keep_zip(self, sha: str, data: bytes) -> None:
+        """Write `<sha>.zip` under a temporary name and rename it into place: a reader (the republish after
+        a broker lost its log, another node sharing the folder) never sees a zip cut short."""
+        fd, staged = tempfile.mkstemp(dir=self.base, prefix=".zip-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(staged, self.base / f"{sha}.zip")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+            raise
 
 
 def verify(sha: str, data: bytes) -> None:

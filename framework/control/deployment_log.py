@@ -14,26 +14,28 @@ of a key wins, so two that pick the same number would both be told "revision N d
 them. `publish_all` therefore numbers only after its code records are acknowledged (reading the log to its end
 right before writing the revision records: a rival picks the same number only within one read and one produce
 round trip, not during a code upload), and after writing reads the log back, then once more to a fresh end
-offset. A revision whose key then holds another writer's record (same number, written later) lost: it is
-numbered and written again as the next number, or reported "unchanged" when it now equals the newest revision
-(two nodes watching the same files: one revision, whoever's time it carries), up to `PUBLISH_ATTEMPTS` times,
-then PublishFailed. Of the writers of one number the last keeps it, so each attempt settles at least one of
-them. Followers apply the lost record and then the winning one, so a node may serve the loser's revision for
-that moment.
+offset. The first record of a number wins: each publisher watches the records of its keys applied after it
+numbered (`_Contest`), and the first one readers accepted decides. Ours first: we keep the number, and write
+our record again if a rival's record has replaced it since (a rival that lost repairs that too; this covers
+one that died first, or an older publisher). Another's first: we lost; our record replaced it (the last
+record of a key wins), so we write the winner's record again, byte for byte, and number ours again as the
+next number, or report "unchanged" when it now equals the newest revision (two nodes watching the same
+files: one revision, the first one's time); up to `PUBLISH_ATTEMPTS` times, then PublishFailed. Of the
+writers of one number the first keeps it, so each attempt settles at least one of them, and a publisher
+told N is the one whose record N holds, however late a rival's record comes. (Deciding by the last record
+would tell both N whenever a rival that numbered before our record was appended appended its own only after
+our read back: three `faas deploy` at once do that about one time in ten.) Followers apply the loser's
+record and then the winner's again, so a node may serve the loser's revision for that moment.
 
 Tombstones are written only for revisions read back as the publisher's own, after the check: a loser
 writes none for a number it lost, and after its retry as n+1 it forgets n-4, which the winner's n and its
 own n+1 have pushed out of the newest `KEPT`. Numbers never go down (each attempt numbers after reading
 further), so no tombstone reaches into the newest `KEPT` of what is on the log.
 
-What is left: a rival that read the log before our revision record was appended, and whose own record
-for the same number is appended only after our second read of the end offset, replaces ours after we
-checked. Both are then told N, and N holds the rival's. Its numbering-to-append must outlast our
-acknowledgement, read back and one more end-offset round trip (a few round trips, against its usual one),
-so it takes a stall: a paused process, a produce retried after a timeout, a stalled network or an older
-publisher that numbers before writing its code. The reverse also remains: a publisher that fails after
-its record was acknowledged (the read back timing out) reports a failure although the revision may be
-published; `faas history` shows what is.
+What is left: a loser killed between its write and its repair, whose record landed after the winner's
+check, leaves the number holding the loser's record although the winner was told it (`faas history` shows
+what each number holds). The reverse also remains: a publisher that fails after its record was
+acknowledged (the read back timing out) reports a failure although the revision may be published.
 
 A bad record never stops the reader: `LogState.apply` skips it with a warning and never raises.
 """
@@ -44,7 +46,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import orjson
 from aiokafka.errors import KafkaError
 
 from framework.control.log_state import LogState
@@ -60,6 +64,27 @@ number at once, the one whose record comes last keeps it, so k publishers at onc
 def as_read(rev: Revision) -> Revision:
     """`rev` as a reader parses its record (the uuid lower case, the spec as JSON gives it back)."""
     return Revision.from_json(json.loads(encode(rev)))
+
+
+@dataclass
+class _Contest:
+    """The records of one revision's key applied after its publisher numbered it, in log order: each
+    value with the revision it made the key hold, None when readers refused it (module docstring)."""
+
+    rev: Revision
+    seen: list[tuple[bytes, Revision | None]] = field(default_factory=list)
+
+    def winner(self) -> tuple[bytes, Revision] | None:
+        """The first record readers accepted: whoever wrote it keeps the number."""
+        return next(((value, held) for value, held in self.seen if held is not None), None)
+
+
+def _parsed(value: bytes) -> Revision | None:
+    """`value` as `LogState.apply` parses a revision record; None when it is none."""
+    try:
+        return Revision.from_json(orjson.loads(value))
+    except ValueError:  # not JSON (orjson's error is a ValueError), or not a revision
+        return None
 
 
 class PublishFailed(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
@@ -83,6 +108,8 @@ class DeploymentLog:
         self.on_change: Callable[[], None] | None = None
         self.on_reset: Callable[[], None] | None = None
         self._lock = asyncio.Lock()
+        self._contests: dict[str, _Contest] = {}
+        """The revision keys a publication awaits, by key (`_observe`)."""
 
     async def start(self) -> None:
         """Read the whole log (and keep following it, where that applies)."""
@@ -111,11 +138,13 @@ class DeploymentLog:
         docstring, "Concurrent publishers"): the code records are written and acknowledged first (a
         revision is never on the log without its code); then the log is read to its end and the
         candidates are numbered; then the revision records are written, read back, and the log read once
-        more to a fresh end offset; each revision whose key now holds another writer's record is numbered
-        and written again (up to `PUBLISH_ATTEMPTS` times in all; "unchanged" if it now equals the
-        newest); only then are the tombstones of the revisions that fall out of the newest `KEPT`
-        written. Raises PublishFailed when a candidate keeps losing its number, or when readers refuse a
-        revision record (a warning says why); the others of the batch may be published then.
+        more to a fresh end offset; the first record readers accepted under each key since the numbering
+        keeps the number: ours (written again if a rival's replaced it), or another writer's (written
+        again, since ours replaced it, and ours numbered and written again: up to `PUBLISH_ATTEMPTS`
+        times in all; "unchanged" if it now equals the newest); only then are the tombstones of the
+        revisions that fall out of the newest `KEPT` written. Raises PublishFailed when a candidate keeps
+        losing its number, or when readers refuse a revision record (a warning says why); the others of
+        the batch may be published then.
         """
         async with self._lock:
             out: dict[int, tuple[Revision, bool]] = {}
@@ -141,32 +170,56 @@ class DeploymentLog:
                 if not numbered:  # each one unchanged
                     pending = []
                     break
-                await self.write([(rev.key, encode(rev)) for rev in numbered.values()])
-                await self.catch_up()
-                # Once more, to a fresh end offset: a rival's record for the same key acknowledged while
-                # we read back is seen too (what is left of the race: module docstring).
-                await self.catch_up()
+                # Watched from here on (no await since numbering): the records of these keys applied from
+                # now are the ones written by us and by rivals that picked the same numbers.
+                contests = {i: _Contest(rev) for i, rev in numbered.items()}
+                self._contests.update({c.rev.key: c for c in contests.values()})
+                values = {i: encode(rev) for i, rev in numbered.items()}  # once: encoding is not cheap
+                try:
+                    await self.write([(numbered[i].key, value) for i, value in values.items()])
+                    await self.catch_up()
+                    # Once more, to a fresh end offset: a rival's record acknowledged while we read back
+                    # is seen too, so a rival that lost repairs what it replaced before we move on.
+                    await self.catch_up()
+                finally:
+                    for contest in contests.values():
+                        self._contests.pop(contest.rev.key, None)
                 pending, won = [], []
-                for i, rev in numbered.items():
-                    held = self._held(rev)
-                    if held == as_read(rev):
-                        out[i] = (rev, True)
-                        won.append(rev)
-                    elif held is None:
+                repairs: list[tuple[str, bytes | None]] = []
+                for i, contest in contests.items():
+                    rev, mine = contest.rev, values[i]
+                    first = contest.winner()
+                    if first is None:
+                        why = "readers refused it: see the warning naming its key"
+                        if not any(value == mine for value, _ in contest.seen):
+                            why = "it was not read back"
                         failures.append(
                             f"{rev.function}: revision {rev.revision} was written but the log does not "
-                            "hold it (readers refused it: see the warning naming its key)"
+                            f"hold it ({why})"
                         )
-                    else:
-                        tried[i].append(rev.revision)
-                        pending.append(i)
-                        log.info(
-                            "%s: revision %d was taken by another publisher (%s at %s): publishing again",
-                            rev.function,
-                            rev.revision,
-                            held.deployed_by,
-                            held.deployed_at,
-                        )
+                        continue
+                    value, held = first
+                    if value == mine:
+                        out[i] = (rev, True)
+                        won.append(rev)
+                        if self._held(rev) != held:  # a rival's record replaced ours: ours is first
+                            repairs.append((rev.key, mine))
+                        continue
+                    # Another's record came first: it keeps the number, and ours replaced it.
+                    if self._held(rev) != held:
+                        repairs.append((rev.key, value))
+                    tried[i].append(rev.revision)
+                    pending.append(i)
+                    log.info(
+                        "%s: revision %d was taken by another publisher (%s at %s): publishing again",
+                        rev.function,
+                        rev.revision,
+                        held.deployed_by,
+                        held.deployed_at,
+                    )
+                if repairs:
+                    await self.write(repairs)
+                    await self.catch_up()
                 await self._forget_old(won)
                 if not pending:
                     break
@@ -194,6 +247,15 @@ class DeploymentLog:
     def _held(self, rev: Revision) -> Revision | None:
         """The revision the log holds under `rev`'s key, whoever wrote it."""
         return self.state.revisions.get(rev.uuid.lower(), {}).get(rev.revision)
+
+    def _observe(self, key: str | None, value: bytes | None) -> None:
+        """Called by the reader after applying each record: note it when a publication awaits its key."""
+        contest = self._contests.get(key or "")
+        if contest is None or value is None:
+            return
+        held = self._held(contest.rev)
+        accepted = held is not None and held == _parsed(value)
+        contest.seen.append((value, held if accepted else None))
 
     async def _forget_old(self, won: list[Revision]) -> None:
         """Tombstone, for each revision in `won` (each read back as ours), revision n-KEPT and any older one
@@ -260,5 +322,6 @@ class MemoryLog(DeploymentLog):
         changed = False
         for key, value in records:
             changed |= self.state.apply(key, value, "in memory")
+            self._observe(key, value)
         if changed:
             self._changed()

@@ -201,6 +201,7 @@ class KafkaLog(DeploymentLog):
                 key = msg.key.decode(errors="replace") if msg.key is not None else None
                 # Never raises: a bad record is a warning, and the ones after it in this batch still apply.
                 changed |= self.state.apply(key, msg.value, f"at offset {msg.offset}")
+                self._observe(key, msg.value)
                 self.position = msg.offset + 1
             # Past offsets compaction removed too (the consumer's position skips them; ours would wait).
             self.position = max(self.position, await self._consumer.position(self.tp))

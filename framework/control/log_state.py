@@ -15,14 +15,22 @@ its previous revisions. The trade-off: validity depends on log order, so a renam
 must come before the revision that takes it (publishers order a batch so; two functions cannot swap
 names in one step), and a log published again after a loss keeps the order of the original (`order`),
 so a reader of the copy refuses and accepts what a reader of the original did.
+
+Cost: what is served (`live`) and who holds each name are kept as records apply, each record updating
+the one function it concerns, so applying a record, `holder` and `claims` take constant time and
+`refused_names` time in the batch's size: a batch of n revisions (an edit of a package of n functions)
+costs O(n), not O(n²). `revisions` is therefore read-only outside `apply`. Several live functions may
+share a name only when a tombstone brought back an older revision of one of them (the name was free when
+that revision was read); `holder` names the one that took it first.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import orjson
 from pydantic import ValidationError
@@ -43,6 +51,7 @@ class LogState:
 
     def __init__(self, on_code: CodeSink | None = None) -> None:
         self.revisions: dict[str, dict[int, Revision]] = {}
+        """By uuid (lower case) and number. Read-only outside `apply`: `_live` and `_names` follow it."""
         self.codes: set[str] = set()
         self.keys: set[str] = set()
         """Keys present in the log as read since the last reset (to find what a lost log lacks)."""
@@ -51,6 +60,10 @@ class LogState:
         self.skipped = 0
         self._applied = 0
         self._on_code = on_code
+        self._live: dict[str, Revision] = {}
+        """uuid -> its newest revision, for each function whose newest revision is a deploy."""
+        self._names: dict[str, dict[str, None]] = {}
+        """name -> the uuids of the live functions served under it (in the order they took it)."""
 
     def newest(self, uuid: str) -> Revision | None:
         kept = self.revisions.get(uuid.lower())
@@ -65,21 +78,16 @@ class LogState:
         kept = self.revisions.get(uuid.lower())
         return max(kept) + 1 if kept else 1
 
-    def live(self) -> dict[str, Revision]:
-        """The newest revision of every function whose newest revision is a deploy: what is served."""
-        out = {}
-        for uuid in self.revisions:
-            newest = self.newest(uuid)
-            if newest is not None and newest.action == "deploy":
-                out[uuid] = newest
-        return out
+    def live(self) -> Mapping[str, Revision]:
+        """The newest revision of every function whose newest revision is a deploy: what is served. A
+        read-only view that follows the state."""
+        return MappingProxyType(self._live)
 
     def holder(self, name: str, besides: str) -> Revision | None:
         """The live revision of a function other than `besides` that is served under `name`, if any."""
-        for uuid, rev in self.live().items():
-            if uuid != besides.lower() and rev.spec.get("name") == name:
-                return rev
-        return None
+        besides = besides.lower()
+        uuid = next((u for u in self._names.get(name, ()) if u != besides), None)
+        return None if uuid is None else self._live[uuid]
 
     def listeners(self, event_type: str) -> list[str]:
         """The names of the functions served now that listen to `event_type`, sorted."""
@@ -102,15 +110,24 @@ class LogState:
         free first, then those taking a held name, so a rename in the batch frees its old name before it
         is taken. A cycle (two functions swapping names) is refused: no order frees a name first.
         """
-        served = {uuid: str(rev.spec.get("name")) for uuid, rev in self.live().items()}
+        held: dict[str, list[str]] = {}  # the names this batch touches: their holders as it goes
+        moved: dict[str, str | None] = {}  # uuid -> the name it is served under after the batch so far
+
+        def holders(name: str) -> list[str]:
+            return held.setdefault(name, list(self._names.get(name, ())))
+
         refused = {}
         for uuid, name in sorted(batch, key=lambda item: self.claims(*item)):  # stable, as publish_all's
             uuid = uuid.lower()
-            holder = next((u for u, n in served.items() if n == name and u != uuid), None)
-            if holder is None:
-                served[uuid] = name
-            else:
+            holder = next((u for u in holders(name) if u != uuid), None)
+            if holder is not None:
                 refused[uuid] = holder
+                continue
+            before = moved[uuid] if uuid in moved else _name(self._live.get(uuid))
+            if before is not None and uuid in holders(before):  # served under another name: freed
+                holders(before).remove(uuid)
+            holders(name).append(uuid)
+            moved[uuid] = name
         return refused
 
     def apply(self, key: str | None, value: bytes | None, where: str = "") -> bool:
@@ -146,7 +163,10 @@ class LogState:
             self.keys.discard(key)
             self.order.pop(key, None)
             kept = self.revisions.get(uuid, {})
-            return kept.pop(number, None) is not None
+            if kept.pop(number, None) is None:
+                return False
+            self._served_now(uuid)  # an older revision may be the newest now
+            return True
         try:  # orjson, not json: a lone surrogate (`"\\udcff"`) is not text every reader can encode again
             data = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -170,7 +190,34 @@ class LogState:
         self._applied += 1
         self.order[key] = self._applied
         self.revisions.setdefault(uuid, {})[number] = revision
+        self._served_now(uuid)
         return True
+
+    def _served_now(self, uuid: str) -> None:
+        """Update `_live` and `_names` for `uuid`, whose kept revisions changed."""
+        newest = self.newest(uuid)
+        before = self._live.get(uuid)
+        if newest is not None and newest.action == "deploy":
+            self._live[uuid] = newest
+        else:
+            self._live.pop(uuid, None)
+            newest = None
+        old, new = _name(before), _name(newest)
+        if old == new:
+            return
+        if old is not None:
+            holders = self._names[old]
+            del holders[uuid]
+            if not holders:
+                del self._names[old]
+        if new is not None:
+            self._names.setdefault(new, {})[uuid] = None
+
+
+def _name(rev: Revision | None) -> str | None:
+    """The name `rev` is served under (None: none, or not a deploy's)."""
+    name = None if rev is None else rev.spec.get("name")
+    return name if isinstance(name, str) else None
 
 
 def _check_spec(revision: Revision) -> str:

@@ -59,18 +59,25 @@ def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, bro
 
 
 def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
-    """1. `faas deploy alpha` on a draft. 2. Again. 3. `faas undeploy nosuch alpha`, then `faas undeploy
-    alpha`. 4. `faas rollback alpha` with a message holding control characters, then `faas history`.
-    5. `faas rollback alpha --to 9`. 6. `faas rollback alpha --to 2` (the undeploy), twice.
-    Result: revision 1 deployed, the state line edited with its comment kept; unchanged, revision 1; the
-    mistyped name exits 1 having undeployed nothing, then revision 2 undeployed; the rollback publishes
-    revision 3 (rollback of 1), whose message history prints escaped, on one line; --to 9 exits 1 naming
-    the kept revisions; --to 2 publishes revision 4, an undeploy (rollback of 2), then changes nothing.
-    The log holds the code record first, then the revision records.
+    """0. `faas deploy --all` while alpha is a draft. 1. `faas deploy alpha` on the draft. 2. Again.
+    3. `faas undeploy nosuch alpha`, then `faas undeploy alpha`. 4. `faas rollback alpha` with a message
+    holding control characters, then `faas history`. 5. `faas rollback alpha --to 9`. 6. `faas rollback
+    alpha --to 2` (the undeploy), twice.
+    Result: 0 says there is nothing to deploy (exit 0) and creates no log; revision 1 deployed, the state
+    line edited with its comment kept; unchanged, revision 1; the mistyped name exits 1 having undeployed
+    nothing, then revision 2 undeployed; the rollback publishes revision 3 (rollback of 1), whose message
+    history prints escaped, on one line; --to 9 exits 1 naming the kept revisions; --to 2 publishes
+    revision 4, an undeploy (rollback of 2), then changes nothing. The log holds the code record first,
+    then the revision records.
     """
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
     env = env_for(broker.bootstrap, topic)
+    r = run_cli(root, "deploy", "--all", env=env)
+    assert r.returncode == 0 and r.stdout.startswith("nothing to deploy: no function in "), (
+        r.stdout + r.stderr
+    )
+    assert not topic_exists(broker.bootstrap, topic)
     r = run_cli(root, "deploy", "alpha", "-m", "first", env=env)
     assert r.returncode == 0 and r.stdout == "alpha: revision 1 deployed\n", r.stderr
     assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()

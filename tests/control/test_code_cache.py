@@ -42,3 +42,20 @@ def test_a_zip_of_more_files_than_a_revision_holds_is_refused_unopened(
     assert list(cache.base.iterdir()) == []
     three = zip_of({f"functions/m{i}.py": "" for i in range(3)})
     assert len(list((cache.store(sha256(three), three) / "functions").iterdir())) == 3
+
+
+def test_a_kept_zip_cut_short_is_never_handed_out_and_is_written_whole_again(tmp_path: Path) -> None:
+    """1. Store a good zip. 2. Cut its kept `<sha>.zip` short (a crash or a full disk mid-write), and
+    check what the republish would read. 3. Store the same code again (the log read again).
+    Result: 2 reads None, not the cut bytes (publishing those would give every reader a code record it
+    refuses); 3 writes the zip whole again, read back as the stored bytes, and leaves no temporary file."""
+    good = package("VALUE = 3\n")
+    sha = sha256(good)
+    cache = CodeCache(tmp_path / "cache")
+    cache.store(sha, good)
+    assert cache.zip_bytes(sha) == good
+    (cache.base / f"{sha}.zip").write_bytes(good[: len(good) // 2])
+    assert cache.zip_bytes(sha) is None
+    cache.store(sha, good)
+    assert cache.zip_bytes(sha) == good
+    assert sorted(p.name for p in cache.base.iterdir()) == [sha, f"{sha}.zip"]

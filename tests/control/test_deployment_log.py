@@ -388,3 +388,46 @@ async def test_a_lost_log_whose_code_is_not_cached_says_so_once(caplog: pytest.L
     assert errors == [
         f"cannot publish {kept[0].key}, {kept[1].key} again: their code {asked[0][:12]} is not cached"
     ]
+
+
+async def test_publishing_a_batch_of_n_revisions_costs_work_linear_in_n(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. 300 functions are live. 2. A batch of a new revision of each is checked for names it would take
+    (`refused_names`) and published, counting the look-ups of a function's newest revision and the walks
+    over every function's revisions. Result: a few look-ups per revision and no walk over all functions
+    per revision (taking each name used to walk every live function: 300 look-ups per revision)."""
+    count = 300
+    ids, code, again = [new_id() for _ in range(count)], package(MODULE), package(MODULE + "# 2\n")
+    log = MemoryLog(LogState())
+    await log.publish_all([(revision(u, f"f{i}", code), code) for i, u in enumerate(ids)])
+    walks, lookups = [0], [0]
+
+    class Walked(dict[str, dict[int, Revision]]):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            walks[0] += 1
+            return super().__iter__()
+
+        def items(self):  # type: ignore[no-untyped-def]
+            walks[0] += 1
+            return super().items()
+
+        def values(self):  # type: ignore[no-untyped-def]
+            walks[0] += 1
+            return super().values()
+
+    newest = LogState.newest
+
+    def counted(state: LogState, uuid: str) -> Revision | None:
+        lookups[0] += 1
+        return newest(state, uuid)
+
+    log.state.revisions = Walked(log.state.revisions)
+    monkeypatch.setattr(LogState, "newest", counted)
+    batch: list[tuple[Revision, bytes | None]] = [
+        (revision(u, f"f{i}", again), again) for i, u in enumerate(ids)
+    ]
+    assert log.state.refused_names([(r.uuid, r.function) for r, _ in batch]) == {}
+    out = await log.publish_all(batch)
+    assert all(new for _, new in out) and {r.revision for r, _ in out} == {2}
+    assert walks[0] <= 2 and lookups[0] <= 10 * count, (walks, lookups)

@@ -1,8 +1,8 @@
 """Concurrent publishers on one deployment log: each is told the number that holds its own revision.
 
-The Kafka test runs two `KafkaLog`s in this process against the session's real broker (one following,
+The Kafka tests run two `KafkaLog`s in this process against the session's real broker (one following,
 as a node's; one reading once, as `faas deploy`'s), on a topic of their own. The in-memory tests stage
-the race exactly: a rival's record for the same key lands right after ours.
+the race exactly: a rival's record for the same key lands right before ours, or right after it.
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from framework.control.deployment_log import PUBLISH_ATTEMPTS, MemoryLog, PublishFailed
+from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.control.revisions import KEPT, Revision, code_key, encode, now, sha256
 from framework.kafka.embedded import EmbeddedBroker
+from framework.settings import Settings
 from tests.control.test_deployment_log import kafka_log
 from tests.control.zips import package
 from tests.support import new_id
@@ -81,12 +84,69 @@ async def test_two_publishers_at_once_each_get_a_number_of_their_own(
         await b.stop()
 
 
+class Stalled(KafkaLog):
+    """A `faas deploy` that stalls between numbering its revision and writing it (a paused process, a slow
+    scheduler): its first revision write waits for `go`, after setting `numbered`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.numbered, self.go = asyncio.Event(), asyncio.Event()
+
+    async def write(self, records: list[tuple[str, bytes | None]]) -> None:
+        if not self.go.is_set() and any(k.startswith("rev:") and v for k, v in records):
+            self.numbered.set()
+            await self.go.wait()
+        await super().write(records)
+
+
+async def test_a_rival_that_writes_the_same_number_after_our_check_takes_the_next_one(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. B (`faas deploy`) numbers its revision of alpha 1 and stalls before writing it. 2. A (a node,
+    following the log) publishes its revision, numbers it 1 too, and is told so. 3. B writes its record
+    for 1, which replaces A's (the last record of a key wins). Result: B sees that A's record came
+    first: it writes A's record again and is told revision 2; a fresh reader holds A's revision under 1
+    and B's under 2, as each was told (deciding by the last record, B was told 1 too, and 1 held B's)."""
+    topic = f"t.deploy.{new_id()[:8]}"
+    a = kafka_log(tmp_path / "a", broker, topic, follow=True)
+    b = Stalled(LogState(), Settings(deployments_topic=topic), broker.bootstrap, follow=False)
+    u, code_a, code_b = new_id(), code_of("a"), code_of("b")
+    await a.start()
+    await b.start()
+    try:
+        late = asyncio.create_task(b.publish(candidate(u, code_b, "b@test"), code_b))
+        await asyncio.wait_for(b.numbered.wait(), 10)
+        rev_a, new_a = await a.publish(candidate(u, code_a, "a@test"), code_a)
+        assert (rev_a.revision, new_a) == (1, True)
+        b.go.set()
+        rev_b, new_b = await asyncio.wait_for(late, 20)
+        assert (rev_b.revision, new_b, rev_b.code_sha256) == (2, True, sha256(code_b))
+        reader = kafka_log(tmp_path / "reader", broker, topic, follow=False)
+        await reader.start()
+        await reader.stop()
+        assert [r.revision for r in reader.state.kept(u)] == [2, 1]
+        assert reader.state.kept(u) == [rev_b, rev_a]
+        await a.catch_up()
+        assert a.state.kept(u) == reader.state.kept(u)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 class Contended(MemoryLog):
-    """A log in memory where, `times` times, a rival's record for the same key lands right after ours:
-    a concurrent publisher that picked the same number and came later. Keeps what was written."""
+    """A log in memory where, `times` times, a rival's record for the same key lands right before ours
+    (`first`: a concurrent publisher that picked the same number and appended first) or right after it
+    (a rival that does not repair what it replaced: an older publisher, or one killed first). Keeps what
+    we wrote (`written`) and the rival's revisions (`rivals`)."""
 
     def __init__(
-        self, state: LogState, rival_code: bytes, times: int, same_content: bool = False, only: str = ""
+        self,
+        state: LogState,
+        rival_code: bytes,
+        times: int,
+        same_content: bool = False,
+        only: str = "",
+        first: bool = True,
     ) -> None:
         super().__init__(state)
         self.only = only
@@ -94,37 +154,55 @@ class Contended(MemoryLog):
         self.rival_code = rival_code
         self.times = times
         self.same_content = same_content
+        self.first = first
         self.written: list[tuple[str, bytes | None]] = []
         self.rivals: list[Revision] = []
 
     async def write(self, records: list[tuple[str, bytes | None]]) -> None:
         self.written.extend(records)
-        await super().write(records)
         for key, value in records:
-            if not key.startswith("rev:") or value is None or self.times == 0:
+            rival = self._rival(key, value)
+            if rival is None:
+                await super().write([(key, value)])
                 continue
-            if self.only and not key.startswith(f"rev:{self.only}:"):
-                continue
-            self.times -= 1
-            mine = Revision.from_json(json.loads(value))
-            sha = mine.code_sha256 if self.same_content else sha256(self.rival_code)
-            rival = Revision(**{**mine.to_json(), "code_sha256": sha, "deployed_by": "rival@elsewhere"})
             tombstone = [(f"rev:{rival.uuid}:{rival.revision - KEPT}", None)] if rival.revision > KEPT else []
-            code = [(code_key(sha256(self.rival_code)), self.rival_code)]
-            await super().write([*code, (rival.key, encode(rival)), *tombstone])
+            theirs = [
+                (code_key(sha256(self.rival_code)), self.rival_code),
+                (rival.key, encode(rival)),
+                *tombstone,
+            ]
+            mine = [(key, value)]
+            for batch in (theirs, mine) if self.first else (mine, theirs):
+                await super().write(batch)
             self.rivals.append(rival)
+
+    def _rival(self, key: str, value: bytes | None) -> Revision | None:
+        """The rival's revision for the same number as our record (`key`, `value`), if one contends."""
+        if not key.startswith("rev:") or value is None or self.times == 0:
+            return None
+        if self.only and not key.startswith(f"rev:{self.only}:"):
+            return None
+        mine = Revision.from_json(json.loads(value))
+        if mine.deployed_by == RIVAL:  # the rival's record, written again by us
+            return None
+        self.times -= 1
+        sha = mine.code_sha256 if self.same_content else sha256(self.rival_code)
+        return Revision(**{**mine.to_json(), "code_sha256": sha, "deployed_by": RIVAL})
+
+
+RIVAL = "rival@elsewhere"
 
 
 def ours(log: Contended) -> list[str]:
-    """The keys of our own revision records and tombstones, in the order written."""
+    """The keys of the revision records and tombstones we wrote, in the order written."""
     return [k for k, v in log.written if k.startswith("rev:")]
 
 
-async def test_a_publisher_whose_number_a_rival_took_publishes_as_the_next_number() -> None:
-    """1. Alpha has revisions 1 to 5. 2. Publish new code while a rival publishes other code as revision
-    6 right after us. Result: we are told revision 7, which holds our code; 6 holds the rival's; we wrote
-    no tombstone for our lost 6, and the tombstone of 2 only once 7 was read back as ours; 3 to 7 are
-    kept."""
+async def test_a_publisher_whose_number_a_rival_took_first_publishes_as_the_next_number() -> None:
+    """1. Alpha has revisions 1 to 5. 2. Publish new code while a rival's revision 6 (other code) lands
+    right before ours. Result: we are told revision 7, which holds our code; 6 holds the rival's, which
+    we wrote again byte for byte after ours replaced it; we wrote no tombstone for our lost 6, and the
+    tombstone of 2 only once 7 was read back as ours; 3 to 7 are kept."""
     u = new_id()
     log = Contended(LogState(), code_of("rival"), times=0)
     for i in range(KEPT):
@@ -137,19 +215,34 @@ async def test_a_publisher_whose_number_a_rival_took_publishes_as_the_next_numbe
     assert log.state.newest(u) == rev
     assert log.state.kept(u)[1] == log.rivals[0] and log.rivals[0].revision == 6
     assert [r.revision for r in log.state.kept(u)] == [7, 6, 5, 4, 3]
-    assert ours(log) == [f"rev:{u}:6", f"rev:{u}:7", f"rev:{u}:2"]
+    assert ours(log) == [f"rev:{u}:6", f"rev:{u}:6", f"rev:{u}:7", f"rev:{u}:2"]
+    assert [v for k, v in log.written if k == f"rev:{u}:6"][1] == encode(log.rivals[0])
+
+
+async def test_a_rival_record_that_replaced_ours_is_undone() -> None:
+    """1. Publish alpha while a rival's revision 1 (other code) lands right after ours and the rival does
+    not repair it. Result: ours came first, so we are told revision 1 and write our record again: the
+    log holds ours under 1, and nothing under 2."""
+    u, code = new_id(), code_of("mine")
+    log = Contended(LogState(), code_of("rival"), times=1, first=False)
+    rev, new = await log.publish(candidate(u, code, "me@here"), code)
+    assert (rev.revision, new, rev.code_sha256) == (1, True, sha256(code))
+    assert log.state.kept(u) == [rev]
+    assert [(k, v) for k, v in log.written if k.startswith("rev:")] == [(rev.key, encode(rev))] * 2
 
 
 async def test_a_publisher_whose_number_a_rival_took_with_the_same_content_is_unchanged() -> None:
     """1. Two nodes watching the same files publish the same change: the rival's revision 1 (same action,
-    spec and code, another deployed_at and author) lands right after ours. Result: we are told
-    "unchanged, revision 1" with the rival's record, and write nothing more."""
+    spec and code, another deployed_at and author) lands right before ours. Result: we are told
+    "unchanged, revision 1" with the rival's record, which we wrote again after ours replaced it, and
+    we publish nothing more."""
     u, code = new_id(), code_of("same")
     log = Contended(LogState(), code, times=1, same_content=True)
     rev, new = await log.publish(candidate(u, code, "me@here"), code)
     assert (rev, new) == (log.rivals[0], False)
     assert [r.revision for r in log.state.kept(u)] == [1]
-    assert ours(log) == [f"rev:{u}:1"]
+    assert ours(log) == [f"rev:{u}:1", f"rev:{u}:1"]
+    assert log.written[-1] == (f"rev:{u}:1", encode(log.rivals[0]))
 
 
 async def test_a_publisher_that_keeps_losing_gives_up_with_an_error() -> None:
@@ -172,6 +265,7 @@ async def test_a_batch_retries_only_the_revisions_that_lost() -> None:
     out = await log.publish_all([(cand_u, code_u), (cand_v, code_v)])
     assert [(r.uuid, r.revision, new) for r, new in out] == [(u, 2, True), (v, 1, True)]
     assert log.state.newest(u) == out[0][0] and log.state.newest(v) == out[1][0]
+    assert log.state.kept(u)[1] == log.rivals[0]
 
 
 async def test_a_batch_that_fails_in_part_says_what_it_published() -> None:

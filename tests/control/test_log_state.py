@@ -167,3 +167,53 @@ def test_refused_names_predicts_what_readers_refuse(
     order = sorted(batch, key=lambda item: state.holder(item[1], item[0]) is not None)
     accepted = {uuid for uuid, name in order if apply(state, rev(uuid, state.next_number(uuid), name), 3)}
     assert accepted == {uuid for uuid, _ in batch} - set(refused)
+
+
+def by_definition(state: LogState) -> dict[str, str]:
+    """uuid -> name served, worked out from `revisions` alone: each function whose newest kept revision is
+    a deploy."""
+    out = {}
+    for uuid, kept in state.revisions.items():
+        if kept and kept[max(kept)].action == "deploy":
+            out[uuid] = kept[max(kept)].spec["name"]
+    return out
+
+
+def test_what_is_served_and_who_holds_each_name_follow_every_kind_of_record() -> None:
+    """1. alpha (A) deploys, then undeploys; B takes alpha. 2. A's undeploy is tombstoned: A's deploy is its
+    newest again, and alpha has two holders. 3. B's only revision is tombstoned. 4. A's code record is
+    tombstoned. 5. A renames itself beta, then C takes alpha. 6. The log is read again (keys cleared, the
+    same records applied). Result: after every step `live()` is what the kept revisions say, and `holder`
+    names a live function serving the name other than the one asked about (the first to hold it: B in
+    step 2), or None."""
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE)
+    live = state.live()  # a view: it follows the state
+
+    def check(holders: dict[tuple[str, str], str | None]) -> None:
+        assert served(state) == {u: r.spec["name"] for u, r in live.items()} == by_definition(state)
+        for (name, besides), uuid in holders.items():
+            found = state.holder(name, besides)
+            assert (found.uuid if found else None) == uuid, (name, besides)
+            assert state.claims(besides, name) is (uuid is not None)
+
+    apply(state, rev(A, 1, "alpha"), 1)
+    check({("alpha", B): A, ("alpha", A): None})
+    apply(state, rev(A, 2, "alpha", "undeploy"), 2)
+    assert apply(state, rev(B, 1, "alpha"), 3) is True
+    check({("alpha", A): B, ("alpha", C): B})
+    assert state.apply(revision_key(A, 2), None) is True
+    check({("alpha", C): B, ("alpha", B): A, ("alpha", A): B})
+    assert state.apply(revision_key(B, 1), None) is True
+    check({("alpha", C): A, ("alpha", A): None})
+    state.apply(code_key(sha256(CODE)), None)
+    state.apply(code_key(sha256(CODE)), CODE)
+    check({("alpha", C): A})
+    apply(state, rev(A, 3, "beta"), 4)
+    assert apply(state, rev(C, 1, "alpha"), 5) is True
+    check({("alpha", A): C, ("beta", C): A, ("gamma", C): None})
+    state.keys.clear()
+    for offset, r in enumerate([rev(A, 1, "alpha"), rev(A, 3, "beta"), rev(C, 1, "alpha")]):
+        assert apply(state, r, 6 + offset) is False
+    check({("alpha", A): C, ("beta", C): A})
+    assert state.refused_names([(B, "beta"), (B, "delta")]) == {B: A}

@@ -21,28 +21,36 @@ MANIFEST = "functions:\n" + "".join(
 MODULE = "async def handle(payload, ctx):\n    return 1\n"
 
 
-def test_a_look_zips_each_package_once_for_the_check_and_the_candidates(
+def test_a_look_zips_and_hashes_each_package_once_for_the_check_and_the_candidates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1. Three functions in one package; the manifest is loaded with a code check, then candidates are
-    made from the same look. 2. A fresh look does the same.
-    Result: one zip per look (not one per function, not one for the check and another for the candidates);
-    every candidate carries the bytes the check measured."""
+    made from the same look, twice. 2. A fresh look does the same.
+    Result: one zip and one sha256 per look (not one per function, not one for the check and another for
+    the candidates); every candidate carries the bytes the check measured and their sha256."""
     root = write_project(tmp_path / "p", MANIFEST, {"m": MODULE})
     made: list[bytes] = []
+    hashed: list[bytes] = []
 
-    def counting(*args: object) -> bytes:
+    def zipping(*args: object) -> bytes:
         data = code_zip(*args)  # type: ignore[arg-type]
         made.append(data)
         return data
 
-    monkeypatch.setattr(working_copy, "code_zip", counting)
+    def hashing(data: bytes) -> str:
+        hashed.append(data)
+        return sha256(data)
+
+    monkeypatch.setattr(working_copy, "code_zip", zipping)
+    monkeypatch.setattr(working_copy, "sha256", hashing)
     code = CodeZips(1 << 20)
     manifest = load_manifest(root / "functions.yaml", check_handlers=False, check_code=code)
     found = candidates(manifest, code)
-    assert len(made) == 1
+    assert candidates(manifest, code).keys() == found.keys()
+    assert len(made) == 1 and hashed == made
     assert {c.code for c in found.values()} == {made[0]}
-    assert candidates(manifest, code.fresh()) and len(made) == 2
+    assert {c.revision.code_sha256 for c in found.values() if c.revision} == {sha256(made[0])}
+    assert candidates(manifest, code.fresh()) and len(made) == 2 and len(hashed) == 2
 
 
 def test_candidates_publish_what_was_checked_even_when_files_change_between(tmp_path: Path) -> None:
