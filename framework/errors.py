@@ -22,8 +22,9 @@ class FaasError(Exception):
     """The instance that held the invocation when it ended with this error; None: it reached none."""
     recorded: bool = False
     """Whether the invocation this error ended has a record (section 13): an `Overloaded` from a full
-    queue has one, an `Overloaded` from a stopping node does not, and the HTTP source cannot tell them
-    apart by type."""
+    queue has one; one refusing a request before it became an invocation (a stopping node's, for a body
+    still arriving or a call it no longer starts) has none, and the HTTP source cannot tell them apart by
+    type."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

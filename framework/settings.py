@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(1_048_576, ge=1)
     http_body_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
     """Seconds an HTTP request body may go without a byte arriving before it is answered 400 (a client
-    that sends less than its Content-Length would otherwise hold the request for ever)."""
+    that sends less than its Content-Length would otherwise hold the request for ever). Also bounds a
+    request's head: one not whole this long after its connection opened (or its previous answer) is
+    answered 400, and a connection that sent nothing by then is closed."""
     max_inflight_events: int = Field(1000, ge=1)
     embedded_broker_port: int = Field(9092, ge=0, le=65535)
     log_level: str = "INFO"

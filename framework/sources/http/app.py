@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -58,7 +59,10 @@ log = logging.getLogger("faas.http")
 RAN = frozenset({"FunctionError", "Timeout", "InstanceCrashed"})
 """Error types of a direct invocation that ran: its answer names it in the `faas-invocation-id` header
 (its record, when records are on, is `GET /invocations/{id}`). An error of an invocation that did not run
-but has a record (`FaasError.recorded`: an `Overloaded` from a full queue) names it too."""
+but has a record (`FaasError.recorded`: an `Overloaded` from a full queue) names it too. A request refused
+before it became an invocation has neither, whatever its status: 400, 404, 413, and the 429 a stopping node
+answers a request whose body has not arrived (`body.py`), which has no payload to invoke with, as a 413 has
+none. The header only ever names a record that `GET /invocations/{id}` can find."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -265,7 +269,7 @@ class HttpSource:
     # ---- events ----
 
     async def listeners(self, request: Request) -> Response:
-        event: str = request.path_params["type"]
+        event = _path_type(request)
         functions = [{"name": f.name, "uuid": f.uuid} for f in self.invoker.registry.listeners(event)]
         return JSONResponse({"event": event, "functions": functions})
 
@@ -279,6 +283,7 @@ class HttpSource:
             event_id, bad_id = new_id(), exc
         try:
             payload = await self.body.read_request(request)  # its 413 comes before any 400 (section 5)
+            event = _path_type(request)
             try:
                 event_type(event)  # blank (`/events/%20`): no event can have it, as `faas emit` says
             except ValueError as exc:
@@ -286,11 +291,11 @@ class HttpSource:
             if bad_id is not None:
                 raise bad_id
         except FaasError as exc:
-            # Still the combined reply's shape, so callers read one format from this route; in the
-            # trace the headers name, as any answer to an event (section 11).
+            # A request refused before any listener ran is an error of the request, answered in the
+            # contract's error shape as `POST /events` answers it (section 5); in the trace the headers
+            # name, as any answer to an event (section 11).
             _, span = typed_event(event, event_id, headers, b"null")
-            failed = EventReply.failed(event_id, event, exc).to_json()
-            return JSONResponse(failed, exc.status, headers={"traceparent": span.traceparent})
+            return error_response(exc, headers={"traceparent": span.traceparent})
         ev, span = typed_event(event, event_id, headers, payload)
         invoker = self.invoker
         try:
@@ -338,6 +343,21 @@ class HttpSource:
             Route("/metrics", g(self.metrics), methods=["GET"]),
             Route("/openapi.json", g(self.openapi_json), methods=["GET"]),
         ]
+
+
+def _path_type(request: Request) -> str:
+    """The `{type}` of an event route. The server decodes `%XX` in the path with errors replaced, so a
+    type whose escapes are not UTF-8 (`/events/%FF`) would become another type (`\ufffd`) and be raised
+    or looked up as such: BadRequest, as `ce-type` that is not UTF-8 is on `POST /events`."""
+    event: str = request.path_params["type"]
+    if "\ufffd" in event:
+        try:
+            unquote_to_bytes((request.scope.get("raw_path") or b"").partition(b"?")[0]).decode()
+        except UnicodeDecodeError:
+            raise BadRequest(
+                "the event type in the path is not UTF-8 once its %XX escapes are decoded"
+            ) from None
+    return event
 
 
 class _InvokeRoute:

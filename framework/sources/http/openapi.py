@@ -160,6 +160,8 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
                     "200": _json(ref("EventReply"), "Every listener succeeded"),
                     **unauthorized,
                     **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                    "400": _error("BadRequest: the body is not JSON, or the type or ce-id is unusable"),
+                    "413": _error(INVOKE_ERRORS[413]),
                 },
             }
         },

@@ -173,7 +173,7 @@ def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> Non
        a traceparent and ce-source; 4. with a body that is not JSON.
     Result: 1 the response `traceparent` has the caller's trace id and the invocation's own span (=
     ctx.span_id); 2 a new trace, answered 200; 3 the reply's trace id is the caller's and the handler saw
-    the ce-source and the caller's trace; 4 the 400 (a failed combined reply) is in the caller's trace."""
+    the ce-source and the caller's trace; 4 the 400 (in the error shape) is in the caller's trace."""
     tid = secrets.token_hex(16)
     tp = f"00-{tid}-{secrets.token_hex(8)}-01"
     r = httpx.post(f"{node.url}/functions/{IDENT}/invoke", json=1, headers={"traceparent": tp}, timeout=30)
@@ -199,7 +199,7 @@ def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> Non
     m = TP.match(r.headers["traceparent"])
     assert m is not None and m.group(1) == tid, r.headers
     r = httpx.post(f"{node.url}/events/ce.seen", content=b"{nope", headers={"traceparent": tp}, timeout=30)
-    assert r.status_code == 400 and r.json()["ok"] is False, r.text
+    assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequest", r.text
     m = TP.match(r.headers.get("traceparent", ""))
     assert m is not None and m.group(1) == tid, r.headers
 

@@ -224,22 +224,44 @@ async def test_event_failure_status(client: httpx.AsyncClient, name: str, status
 
 
 async def test_event_bad_body(client: httpx.AsyncClient, fake: FakeNode) -> None:
-    r = await client.post("/events/ping", content=b"{nope", headers={"ce-id": "e-2"})
-    assert r.status_code == 400 and err(r) == "BadRequest"
-    assert r.json()["ok"] is False and r.json()["id"] == "e-2"
-    r = await client.post("/events/ping", content=b"1" * (LIMIT + 1))
-    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+    """A request refused before any listener ran is answered in the contract's error shape (section 5),
+    as `POST /events` answers it, with the traceparent of its trace; not in the combined reply's shape."""
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    for body, headers, status, error_type in [
+        (b"{nope", {"ce-id": "e-2", "traceparent": trace}, 400, "BadRequest"),
+        (b"1", {"ce-id": "%FF", "traceparent": trace}, 400, "BadRequest"),
+        (b"1" * (LIMIT + 1), {"traceparent": trace}, 413, "PayloadTooLarge"),
+    ]:
+        r = await client.post("/events/ping", content=body, headers=headers)
+        assert r.status_code == status and set(r.json()) == {"error"}, r.text
+        assert set(r.json()["error"]) == {"type", "message"} and err(r) == error_type, r.text
+        assert r.headers["traceparent"].startswith(trace[:36]), r.headers
     assert fake.runtime.payloads == []
 
 
 @pytest.mark.parametrize("event", ["%20", "%09%20"])
 async def test_a_blank_event_type_in_the_path_is_400(client: httpx.AsyncClient, event: str) -> None:
     """`POST /events/%20`: no event can have a blank type (the manifest and `faas emit` refuse it), so it is
-    400 BadRequest in the combined reply's shape, not an event nobody listens to."""
+    400 BadRequest in the contract's error shape, not an event nobody listens to."""
     r = await client.post(f"/events/{event}", json={})
     body = r.json()
-    assert r.status_code == 400 and body["ok"] is False and body["error"]["type"] == "BadRequest", body
+    assert r.status_code == 400 and set(body) == {"error"} and body["error"]["type"] == "BadRequest", body
     assert "must not be empty" in body["error"]["message"] and r.headers["traceparent"]
+
+
+async def test_an_event_type_whose_escapes_are_not_utf8_is_400(
+    client: httpx.AsyncClient, fake: FakeNode
+) -> None:
+    """`/events/%FF`: the server decodes the path with errors replaced, which made the type `\ufffd` and
+    raised an event the caller never named. It is 400 BadRequest on both event routes, as a `ce-type` that
+    is not UTF-8 is on `POST /events`; a type holding U+FFFD itself (`%EF%BF%BD`) is still served."""
+    for method, path in [("POST", "/events/a%FFb"), ("GET", "/events/a%FFb/listeners")]:
+        r = await client.request(method, path, content=b"1")
+        assert r.status_code == 400 and err(r) == "BadRequest", (path, r.text)
+        assert "not UTF-8" in r.json()["error"]["message"], r.text
+    r = await client.post("/events/a%EF%BF%BDb", content=b"1")
+    assert r.status_code == 200 and r.json()["event"] == "a\ufffdb", r.text
+    assert fake.runtime.payloads == []
 
 
 @pytest.mark.parametrize(
