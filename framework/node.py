@@ -119,6 +119,8 @@ class Node:
             "reasons": reasons,
             "functions": len(self.registry.functions),
             "manifest_errors": self.manifest_errors,
+            # An edit still being checked (a slow or hanging import holds the edits after it): said here.
+            "manifest_check": self.watcher.checking() if self.watcher is not None else None,
         }
         return ready, body
 
@@ -239,7 +241,7 @@ class Node:
             timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace) + CUT_MARGIN,
             # uvicorn's protocol (the C parser when installed), its 400 for what does not parse in the
             # contract's body; the loop is ours: `serve` runs on the uvloop loop `serve()` below created.
-            http=protocol(),
+            http=protocol(self.settings.http_body_timeout),
         )
         server = _EmbeddedServer(config)
         self.watcher = watcher = ManifestWatcher(
@@ -247,11 +249,12 @@ class Node:
             self.registry.manifest,
             self.apply_manifest,
             self.reject_manifest,
-            secrets_dir=self.settings.secrets_path,
+            # A function: a relative secrets folder moves with a re-pointed manifest link.
+            secrets_dir=lambda: self.settings.secrets_path,
             max_code_bytes=self.settings.max_code_bytes,
         )
         secrets = SecretsWatcher(
-            self.settings.secrets_path, self.secrets_changed, self.runtime.secrets_folder_appeared
+            lambda: self.settings.secrets_path, self.secrets_changed, self.runtime.secrets_folder_appeared
         )
         stop_watch = asyncio.Event()
         tasks = [
@@ -312,8 +315,8 @@ class Node:
         await _bounded("invocation records", self.records.stop(grace), grace + STOP_MARGIN)
         if self.deployments is not None:
             await _bounded("the deployment log", self.deployments.stop(), STOP_MARGIN)
-        if self.spans is not None:
-            self.spans.shutdown()
+        if self.spans is not None:  # off the loop: the second signal's cut keeps running meanwhile
+            await asyncio.to_thread(self.spans.shutdown)
         second.cancel()
         if self.broker is not None:
             self.broker.stop()

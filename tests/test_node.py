@@ -145,7 +145,9 @@ def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
     """1. A `hold` request (12 s) is in flight. 2. Its module is edited so that it no longer imports.
     Result: the edit is rejected (a located error in `/readyz`) while the request is still in flight (the
     in-flight gauge says so after the rejection); that request then answers 200; `echo` keeps serving;
-    3. a fixed module gives fresh instances and clears the error."""
+    3. The module is edited to hang at import: `/readyz` says which handler the check is importing.
+    4. A fixed module: the hanging check is given up for it, it gives fresh instances and clears the error
+    and the check line."""
     n = start(nodes, tmp_path)
     module = n.root / "functions" / "h.py"
     assert status(n, ECHO) == 200
@@ -163,13 +165,22 @@ def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
     assert in_flight[0].json()["result"] == "held"
     assert status(n, ECHO) == 200
 
+    module.write_text("import time\ntime.sleep(3600)\n" + HANDLERS)
+    check = wait_for(
+        lambda: "importing handler 'functions.h:" in (readyz(n).json()["manifest_check"] or ""),
+        timeout=10,
+        message="the hanging check shown in /readyz",
+    )
+    assert check and status(n, ECHO) == 200  # the last good manifest serves meanwhile
+
     module.write_text(HANDLERS.replace('"fn": ctx.function', '"fn": ctx.function, "v": 2'))
     wait_for(
         lambda: invoke(n, ECHO, {}).json()["result"].get("v") == 2,
-        timeout=5,
+        timeout=10,  # not the 30 s the hanging import would hold the check for
         message="fresh instances with the fixed module",
     )
     assert readyz(n).json()["manifest_errors"] == []
+    wait_for(lambda: readyz(n).json()["manifest_check"] is None, timeout=5, message="no check running")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -13,6 +13,15 @@
   only a broker's: `/readyz` names the last error meanwhile and turns 200 once the log is read.
 - Names: a function is not published under a name another live function holds (readers would refuse
   the revision, see `log_state`); that is logged as an error and the holder keeps serving.
+- The project folder (`root`: where instances run, and where a relative FAAS_CACHE_DIR starts) is the
+  folder the manifest's path resolves to when an edit is applied, so it follows a symlinked manifest that
+  is re-pointed (`..data` swapped, `current -> releases/X` re-pointed: the watcher loads the new target).
+  A relative cache moves with it, since the old folder is usually deleted after such a swap: the code of
+  every kept revision is unpacked again into the new folder's cache, from the old cache's zips or from the
+  working copy's (the old folder may be gone by the time the node notices: code found in neither is
+  logged), and code that reached the old cache only while it moved is fetched from there when served. The
+  trade-off: a re-point unpacks the kept revisions' code once more, on the loop (re-points are rare and
+  zips small). An absolute FAAS_CACHE_DIR never moves: the choice for a cache that outlives releases.
 Publications run one at a time, off the watcher's callback.
 """
 
@@ -56,16 +65,23 @@ class Deployments:
         watch: bool,
         code: CodeZips,
         on_registry: Callable[[Registry], None],
+        cache_dir: Path | None = None,
     ) -> None:
         self.log = deployment_log
         self.cache = cache
+        self.cache_dir = cache_dir
+        """FAAS_CACHE_DIR when relative: the cache follows the project folder (None: it stays at `cache`)."""
+        self._previous: CodeCache | None = None
+        """The cache a re-pointed manifest left behind: code not found in `cache` is looked for there when
+        served."""
         self.watch = watch
         self.code = code
         """The working copy's code: the look `working` was checked with (FAAS_MAX_CODE_BYTES, FAAS_SECRETS_DIR
         left out), so its candidates need no second zip."""
         self.on_registry = on_registry
         self.working = working
-        self.root = working.path.resolve().parent
+        self.root = project_folder(working)
+        """Where instances run: the folder of the manifest as last loaded."""
         self.candidates = candidates(working, code)
         self.ready = False
         self.fallback = False
@@ -157,7 +173,25 @@ class Deployments:
 
     def _served(self, rev: Revision) -> FunctionSpec:
         assert rev.code_sha256 is not None
-        return spec_from(rev.spec, self.root, self.cache.path(rev.code_sha256), rev.revision)
+        return spec_from(rev.spec, self.root, self._code(rev.code_sha256), rev.revision)
+
+    def _code(self, sha: str) -> Path:
+        """Where revision code `sha` is unpacked; after the cache moved (a re-pointed manifest), code that
+        reached the old cache only (a code record applied while the cache moved) is unpacked again here."""
+        path = self.cache.path(sha)
+        if self._previous is not None and not path.is_dir():
+            data = self._previous.zip_bytes(sha)
+            if data is not None:
+                self._store(sha, data)
+        return path
+
+    def _store(self, sha: str, data: bytes) -> bool:
+        try:
+            self.cache.store(sha, data)
+        except (ValueError, OSError) as exc:
+            log.error("cannot unpack revision code %s into %s: %s", sha[:12], self.cache.base, exc)
+            return False
+        return True
 
     def refresh(self) -> None:
         if self.ready or self.fallback:  # a log read halfway is not served: its end may change everything
@@ -183,9 +217,42 @@ class Deployments:
         self.working = manifest
         self.code = code if code is not None else self.code.fresh()
         self.candidates = candidates(manifest, self.code)
+        self._follow(project_folder(manifest))  # first: what is published now is unpacked in its cache
         if self.watch:
             self._spawn(self._deploy_changes(before, self.candidates), "watch-deploy")
         self.refresh()
+
+    def _follow(self, root: Path) -> None:
+        """The manifest was loaded from another folder (a re-pointed link): instances run there from now on,
+        and a relative cache moves there with the code of every kept revision (module docstring)."""
+        if root == self.root:
+            return
+        log.info("the manifest is now in %s (was %s): functions run there from now on", root, self.root)
+        self.root = root
+        if self.cache_dir is None or (root / self.cache_dir) == self.cache.base:
+            return
+        old, fresh = CodeCache(self.cache.base), CodeCache(root / self.cache_dir)
+        problem = fresh.folder_problem()
+        if problem is not None:
+            log.error("%s: keeping the code cache in %s", problem, old.base)
+            return
+        ours = {c.revision.code_sha256: c.code for c in self.candidates.values() if c.revision and c.code}
+        needed = {r.code_sha256 for u in list(self.log.state.revisions) for r in self.log.state.kept(u)}
+        self.cache.base = fresh.base  # in place: the log's reader stores code records through it
+        self._previous = old
+        lost = []
+        for sha in sorted(s for s in needed if s is not None):
+            data = old.zip_bytes(sha) or ours.get(sha)
+            if data is None or not self._store(sha, data):
+                lost.append(sha[:12])
+        if lost:
+            log.warning(
+                "the code of kept revisions (%s) is neither in the old cache %s nor in the working copy: "
+                "those revisions cannot start instances here (an absolute FAAS_CACHE_DIR outside the "
+                "folders a link is re-pointed between keeps it)",
+                ", ".join(lost),
+                old.base,
+            )
 
     async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> None:
         changed = []
@@ -290,9 +357,16 @@ class Deployments:
 
 
 def cache_dir(settings: Settings) -> Path:
-    """`FAAS_CACHE_DIR`, relative to the manifest's folder unless absolute."""
+    """`FAAS_CACHE_DIR`, relative to the manifest's folder unless absolute (the manifest's link resolved
+    now: it follows a re-pointed manifest, as `Deployments` moves its cache)."""
     base = settings.cache_dir
     return base if base.is_absolute() else settings.manifest.resolve().parent / base
+
+
+def project_folder(manifest: Manifest) -> Path:
+    """The folder of the file `manifest`'s path resolves to now (a link's target), as `cache_dir` and
+    `Settings.secrets_path` resolve it: called as a manifest is applied, right after its load."""
+    return manifest.path.resolve().parent
 
 
 def unserved(manifest: Manifest) -> Registry:
@@ -312,7 +386,7 @@ def open_deployments(
     `code` is the look `manifest` was checked with."""
     cache = CodeCache(cache_dir(settings))
     state = LogState(on_code=cache.store)
-    if bootstrap is None:
-        return Deployments(MemoryLog(state), cache, manifest, True, code, on_registry)
-    deployment_log = KafkaLog(state, settings, bootstrap)
-    return Deployments(deployment_log, cache, manifest, settings.watch, code, on_registry)
+    relative = None if settings.cache_dir.is_absolute() else settings.cache_dir
+    deployment_log = MemoryLog(state) if bootstrap is None else KafkaLog(state, settings, bootstrap)
+    watch = bootstrap is None or settings.watch
+    return Deployments(deployment_log, cache, manifest, watch, code, on_registry, relative)

@@ -2,6 +2,14 @@
 
 Every error is reported as `functions.yaml:LINE:COL: message` (1-based), all of them at once. Handlers
 are import-checked by `control.handler_check`; round-trip edits live in `control.manifest_edit`.
+
+A load is two steps: what the text says (`_read`: YAML, the models, duplicates; the same for the same
+bytes), then what else is on disk (secrets, code size, handler imports). The watcher keeps a
+`ManifestCache` between loads, so an edit of a handler module does not parse the manifest again, an edit
+of the manifest validates only the entries it changed (1,000 entries: about 0.3 s of parsing remains),
+and handlers are imported again only when what their import read changed (`ImportChecks`).
+The project folder (`FunctionSpec.root`, where handlers are imported from) is the folder of the file
+the path resolves to: for a symlinked manifest, the link's target's folder, looked up at each load.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,7 +42,7 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control import cron
-from framework.control.handler_check import import_errors
+from framework.control.handler_check import ImportChecks, import_errors
 from framework.control.secrets import SecretError, SecretStore, name_problem
 from framework.errors import INVOCATION_ERRORS, ManifestError
 from framework.settings import SECRET_VARIABLES
@@ -443,6 +452,11 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     except OSError as exc:
         errors.add((0, 0), f"cannot read the manifest: {exc}")
         return None
+    return parse_bytes(data, errors)
+
+
+def parse_bytes(data: bytes, errors: ErrorCollector) -> Any:
+    """`parse_yaml` of a manifest's bytes."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:  # at the bad byte's line and column, as a YAML error would be
@@ -475,17 +489,17 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     return None
 
 
-def _check_secrets(item: CommentedMap, store: SecretStore, errors: ErrorCollector) -> None:
-    """Each listed secret that cannot be read is an error at its own item of the `secrets:` list."""
+def _listed_secrets(item: CommentedMap) -> list[tuple[str, tuple[int, int]]]:
+    """Each secret `item` lists under a valid name, with the position of its item in `secrets:` (a secret
+    that cannot be read is an error there)."""
     names = item.get("secrets")
     if not isinstance(names, CommentedSeq):
-        return
-    for j, name in enumerate(names):
-        if isinstance(name, str) and name_problem(name) is None:
-            try:
-                store.read(name)
-            except SecretError as exc:
-                errors.add(_item_at(names, j, _key_at(item, "secrets", (0, 0))), str(exc))
+        return []
+    return [
+        (name, _item_at(names, j, _key_at(item, "secrets", (0, 0))))
+        for j, name in enumerate(names)
+        if isinstance(name, str) and name_problem(name) is None
+    ]
 
 
 def _check_listed_once(
@@ -504,30 +518,81 @@ def _check_listed_once(
                 first[value] = line
 
 
-def load_manifest(
-    path: Path,
-    check_handlers: bool = True,
-    secrets_dir: Path | None = None,
-    check_code: Callable[[FunctionSpec], str | None] | None = None,
-) -> Manifest:
-    """Load and check `path`; raise ManifestError listing every problem as `path:LINE:COL: message`.
+@dataclass(frozen=True)
+class _Read:
+    """What the text of a manifest says, whatever else is on disk: its problems, its functions (with where
+    each one's `handler` is written), the secrets they list and the handler checks to import."""
 
-    `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
-    folder, so a broken module can neither crash nor pollute this process. With `secrets_dir` (absolute),
-    every secret a function lists must be readable there (`control.secrets`), else it is an error at its item.
-    `check_code` (a `working_copy.CodeZips` look) says why a function's code cannot be deployed: an error at
-    its `handler`.
+    fatal: list[str] | None = None
+    """Problems that leave nothing else to check (unreadable, a syntax error, not a mapping)."""
+    errors: frozenset[tuple[int, int, str]] = frozenset()
+    specs: tuple[tuple[FunctionSpec, tuple[int, int]], ...] = ()
+    secrets: tuple[tuple[str, tuple[int, int]], ...] = ()
+    checks: tuple[tuple[tuple[str, str], tuple[tuple[int, int], ...]], ...] = ()
+    """(handler, its env as JSON) → where each function naming it is: one import check each."""
+
+
+class ManifestCache:
+    """What `load_manifest` keeps between loads of one working copy (the watcher's), so an edit costs what it
+    changed: the last text read, as parsed and validated (an edit of a handler module reads the manifest's
+    bytes only); each function entry as validated, by its value (an edit of the manifest validates the entries
+    it changed); and the handlers' import checks (`handler_check.ImportChecks`). Secrets and code are
+    checked again at every load. Not for several threads at once; `close` removes the check's copies.
     """
-    store = SecretStore(secrets_dir) if secrets_dir is not None else None
+
+    def __init__(self) -> None:
+        self.imports = ImportChecks()
+        self._last: tuple[tuple[str, str, bytes], _Read] | None = None
+        self._specs: dict[str, FunctionSpec] = {}
+
+    def close(self) -> None:
+        self.imports.close()
+
+    def read(self, path: Path, root: Path) -> _Read:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _Read(fatal=[f"{path}:1:1: cannot read the manifest: {exc}"])
+        key = (str(path), str(root), data)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        known, self._specs = self._specs, {}
+        if self._last is not None and self._last[0][1] != str(root):  # specs carry their root: not reused
+            known = {}
+        found = _read(path, root, data, known, self._specs)
+        self._last = (key, found)
+        return found
+
+
+def _value_key(data: Any) -> str | None:
+    """A key for an entry's plain value (its repr, which tells 1 from '1' and True from 1), or None when it
+    holds anything but JSON-like values, whose repr may not say all of it."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif value is not None and type(value) not in (str, int, float, bool):
+            return None
+    return repr(data)
+
+
+def _read(
+    path: Path, root: Path, raw: bytes, known: dict[str, FunctionSpec], keep: dict[str, FunctionSpec]
+) -> _Read:
+    """The bytes `raw` of the manifest at `path` checked on their own (`_Read`). `known`: entries validated
+    before, by `_value_key`; those validated now are added to `keep`."""
     errors = ErrorCollector(str(path))
-    root = path.resolve().parent
-    doc = parse_yaml(path, errors)
+    doc = parse_bytes(raw, errors)
     if errors.found:
-        raise ManifestError(errors.lines())
+        return _Read(fatal=errors.lines())
     if doc is None:  # an editor's truncate-then-write in watch mode would undeploy every function
-        raise ManifestError([f"{path}:1:1: the manifest is empty: write 'functions: []' for none"])
+        return _Read(fatal=[f"{path}:1:1: the manifest is empty: write 'functions: []' for none"])
     if not isinstance(doc, CommentedMap):
-        raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
+        return _Read(fatal=[f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
     for key in doc:  # `x-` keys are free, e.g. to hold YAML anchors (`x-common: &common`)
         if key not in ("functions", "defaults") and not str(key).startswith("x-"):
             errors.add(_key_at(doc, key, (0, 0)), f"unknown key {key!r} (expected 'functions' or 'defaults')")
@@ -547,10 +612,10 @@ def load_manifest(
     elif not isinstance(items, CommentedSeq):
         errors.add(_key_at(doc, "functions", (0, 0)), "functions: should be a list of functions")
         items = CommentedSeq()
-    specs: list[FunctionSpec] = []
+    specs: list[tuple[FunctionSpec, tuple[int, int]]] = []
+    secrets: list[tuple[str, tuple[int, int]]] = []
     seen: dict[tuple[str, str], tuple[int, int]] = {}  # (key, value) -> (item index, line)
     checks: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    """(handler, its env as JSON) to where each function naming it is: one import check each."""
     for i, item in enumerate(items):
         at = _item_at(items, i, _key_at(doc, "functions", (0, 0)))
         if not isinstance(item, CommentedMap):
@@ -569,14 +634,15 @@ def load_manifest(
         for internal in ("root", "code", "revision"):  # set by the loader and the node, never by the user
             if internal in data:
                 errors.add(_key_at(item, internal, at), f"unknown key {internal!r}")
-        spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})
-        if store is not None:
-            _check_secrets(item, store, errors)
+        value_key = _value_key(data)
+        spec = known.get(value_key) if value_key is not None else None
+        if spec is None:
+            spec = _validate(FunctionSpec, item, at, errors, data={**data, "root": root})
+        if spec is not None and value_key is not None:
+            keep[value_key] = spec
+        secrets.extend(_listed_secrets(item))
         if spec is not None:
-            specs.append(spec)
-            problem = check_code(spec) if check_code is not None else None
-            if problem is not None:
-                errors.add(_key_at(item, "handler", at), problem)
+            specs.append((spec, _key_at(item, "handler", at)))
         handler = item.get("handler")
         if isinstance(handler, str) and _HANDLER.match(handler):
             env = data.get("env")
@@ -584,13 +650,56 @@ def load_manifest(
             env = {k: v for k, v in env.items() if isinstance(k, str) and _usable(k, v)}  # bad: at `env`
             key = (handler, json.dumps(env, sort_keys=True))
             checks.setdefault(key, []).append(_key_at(item, "handler", at))
-    if check_handlers and checks:
-        keys = list(checks)
-        found = import_errors(root, [(h, json.loads(env)) for h, env in keys], secrets_dir)
+    return _Read(
+        errors=frozenset(errors.found),
+        specs=tuple(specs),
+        secrets=tuple(secrets),
+        checks=tuple((k, tuple(v)) for k, v in checks.items()),
+    )
+
+
+def load_manifest(
+    path: Path,
+    check_handlers: bool = True,
+    secrets_dir: Path | None = None,
+    check_code: Callable[[FunctionSpec], str | None] | None = None,
+    cache: ManifestCache | None = None,
+) -> Manifest:
+    """Load and check `path`; raise ManifestError listing every problem as `path:LINE:COL: message`.
+
+    `check_handlers` (default True) also imports every handler in one subprocess run in the manifest's
+    folder, so a broken module can neither crash nor pollute this process. With `secrets_dir` (absolute),
+    every secret a function lists must be readable there (`control.secrets`), else it is an error at its item.
+    `check_code` (a `working_copy.CodeZips` look) says why a function's code cannot be deployed: an error at
+    its `handler`. `cache` (the watcher's, kept between loads of this manifest) makes a load check again
+    only what changed since the last (`ManifestCache`); the result is the same.
+    """
+    root = path.resolve().parent
+    read = cache.read(path, root) if cache is not None else ManifestCache().read(path, root)
+    if read.fatal is not None:
+        raise ManifestError(read.fatal)
+    errors = ErrorCollector(str(path))
+    errors.found |= read.errors
+    if secrets_dir is not None:
+        store = SecretStore(secrets_dir)
+        for name, pos in read.secrets:
+            try:
+                store.read(name)
+            except SecretError as exc:
+                errors.add(pos, str(exc))
+    if check_code is not None:
+        for spec, pos in read.specs:
+            problem = check_code(spec)
+            if problem is not None:
+                errors.add(pos, problem)
+    if check_handlers and read.checks:
+        keys = [key for key, _ in read.checks]
+        imports = cache.imports if cache is not None else None
+        found = import_errors(root, [(h, json.loads(env)) for h, env in keys], secrets_dir, imports)
         for index, problem in found.items():
-            handler = keys[index][0]
-            for pos in checks[keys[index]]:
+            handler, _ = keys[index]
+            for pos in read.checks[index][1]:
                 errors.add(pos, f"handler {handler!r} {problem}")
     if errors.found:
         raise ManifestError(errors.lines())
-    return Manifest(path=path, functions=tuple(specs))
+    return Manifest(path=path, functions=tuple(spec for spec, _ in read.specs))

@@ -41,7 +41,9 @@ class SecretError(Exception):
 
 
 def folder(manifest: Path, secrets_dir: Path) -> Path:
-    """`FAAS_SECRETS_DIR` as an absolute path: relative ones start at the manifest's folder."""
+    """`FAAS_SECRETS_DIR` as an absolute path: relative ones start at the manifest's folder, the folder of the
+    file `manifest` resolves to now (a symlinked manifest re-pointed: the new target's). Callers that keep the
+    result look it up again to follow a re-point (`Runtime`, `SecretsWatcher` given a function)."""
     return (manifest.resolve().parent / secrets_dir).resolve()
 
 

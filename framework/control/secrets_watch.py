@@ -11,6 +11,9 @@ brings were never written while watched, so no file event would tell (a manifest
 it now holds is checked again at once). While watching, every `WATCH_TICK_MS` the watch checks that the
 folder is still the one it watches (inotify on a removed folder reports nothing more). The watch never ends
 the node.
+
+The folder may be given as a function that says where it is now (`Settings.secrets_path`, which follows a
+re-pointed symlinked manifest): a folder somewhere else is then a folder replaced, noticed at the next tick.
 """
 
 from __future__ import annotations
@@ -42,15 +45,20 @@ class SecretsWatcher:
 
     def __init__(
         self,
-        folder: Path,
+        folder: Path | Callable[[], Path],
         on_change: Callable[[bool], object],
         on_appeared: Callable[[], object] | None = None,
     ) -> None:
-        self.folder = folder
+        self._folder = folder
         self.on_change = on_change
         self.on_appeared = on_appeared
         """Called first when the folder appears or is replaced (a folder made in its place may even reuse its
         inode number: its deletion tells)."""
+
+    @property
+    def folder(self) -> Path:
+        """The folder to watch, as it is now."""
+        return self._folder() if callable(self._folder) else self._folder
 
     async def run(self, stop: asyncio.Event) -> None:
         recheck = asyncio.create_task(self._recheck(stop))
@@ -107,10 +115,11 @@ class SecretsWatcher:
         for the next re-check."""
         from watchfiles import Change, awatch
 
-        itself = {(Change.deleted, str(self.folder)), (Change.deleted, str(self.folder.absolute()))}
+        folder = self.folder
+        itself = {(Change.deleted, str(folder)), (Change.deleted, str(folder.absolute()))}
         first = new
         async for changes in awatch(
-            self.folder,
+            folder,
             stop_event=stop,
             debounce=DEBOUNCE_MS,
             step=50,

@@ -1,6 +1,12 @@
 """The node's runtime: one pool of instances per function, the template they fork from, and the reaper.
 
 The node, the invoker and the CLI talk only to `Runtime` (and `invoke_once` for `faas invoke NAME`).
+
+The project's folders (the secrets folder the template hides and secret values are read from, the
+folders it must leave visible) follow the manifest: they are looked up again, the manifest's link
+resolved, whenever the served functions or the secrets change. When a re-pointed manifest moved them
+(`current -> releases/X` re-pointed), every function gets instances of a fresh template that hides the
+new secrets folder, and values are read from there.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from framework import sandbox
@@ -52,7 +59,7 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics or Metrics()
         # Instances never see the secrets folder: their function's values come in their start message.
-        self._needed = [settings.manifest.resolve().parent, cache_dir(settings)]
+        self._needed = self._project_folders()
         self._template = Template(settings.secrets_path, self._needed)
         self._old_templates: list[Template] = []
         """Templates replaced by a fresh one (`_renew_template`), kept until their instances are gone."""
@@ -144,6 +151,7 @@ class Runtime:
 
     def apply(self, functions: Sequence[FunctionSpec]) -> None:
         """Manifest reload: retire the pool of every function whose spec changed or that vanished."""
+        self._follow_manifest()
         new = {f.name: f for f in functions}
         for name, pool in list(self._pools.items()):
             if new.get(name) != pool.spec:
@@ -157,6 +165,9 @@ class Runtime:
         A folder that appeared, or was replaced, since the template started is not hidden from it
         (`framework/sandbox.py`): every function then gets instances of a fresh template, which hides it
         (told by the watcher, `secrets_folder_appeared`, or seen here by its identity)."""
+        moved = self._follow_manifest()
+        if moved is not None:
+            return moved
         if self._hidden_elsewhere():
             return self._renew_template()
         changed = []
@@ -189,15 +200,30 @@ class Runtime:
             return False
         return now != template.hidden or self._folder_went
 
-    def _renew_template(self) -> list[str]:
+    def _project_folders(self) -> list[Path]:
+        """The folders instances must see (the template keeps them visible): the manifest's and the code
+        cache's, as the manifest's link resolves now."""
+        return [self.settings.manifest.resolve().parent, cache_dir(self.settings)]
+
+    def _follow_manifest(self) -> list[str] | None:
+        """When the manifest resolves to another folder now (its link re-pointed), that folder's secrets
+        folder is read and hidden: a fresh template for every function (their names returned); else None."""
+        if self._stopping:
+            return None
+        secrets, needed = self.settings.secrets_path, self._project_folders()
+        if secrets == self.secrets.path and needed == self._needed:
+            return None
+        self.secrets.path, self._needed = secrets, needed
+        return self._renew_template(f"the manifest's folder moved: secrets are read from {secrets} now")
+
+    def _renew_template(self, why: str = "") -> list[str]:
         """A fresh template for every new instance; the old one stays until its instances are gone (they
         die with it). Every pool is retired, and one still starting instances for its queue starts them
         from the fresh template too."""
         old = self._template
-        log.info(
-            "the secrets folder %s appeared or was replaced: every function gets fresh instances", old.hide
-        )
-        self._template = fresh = Template(old.hide, self._needed)
+        why = why or f"the secrets folder {old.hide} appeared or was replaced"
+        log.info("%s: every function gets fresh instances", why)
+        self._template = fresh = Template(self.secrets.path, self._needed)
         fresh.start()
         self._folder_went = False
         self._old_templates.append(old)

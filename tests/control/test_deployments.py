@@ -529,6 +529,60 @@ async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Pa
     await d.stop()
 
 
+async def test_a_re_pointed_manifest_moves_the_project_folder_and_a_relative_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process, on the in-memory log with watch off, FAAS_CACHE_DIR relative (`.faas`). 1. `current ->
+    a`; alpha deployed from a (revision 1). 2. `current` re-pointed to b (other code), the edit applied, a
+    deleted. 3. Re-pointed to c (a's code again), b deleted first, the edit applied. 4. Re-pointed to d
+    (other code), c deleted first, the edit applied. Result: after each step revision 1 is served from the
+    new folder (its `root`) with its code unpacked in that folder's `.faas`: copied from the old cache in 2,
+    from the working copy in 3 (the old cache was gone); in 4 it is in neither, and a warning names its
+    code; nothing is written into a deleted folder."""
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+
+    u = new_id()
+    folders = {
+        name: write_project(tmp_path / name, manifest(u), {"m": module(version)}).resolve()
+        for name, version in (("a", "v1"), ("b", "v2"), ("c", "v1"), ("d", "v3"))
+    }
+    current = tmp_path / "current"
+    current.symlink_to(folders["a"], target_is_directory=True)
+    cache = CodeCache(folders["a"] / ".faas")
+    served_now: list[Registry] = []
+    working = load_manifest(current / "functions.yaml")
+    log = MemoryLog(LogState(on_code=cache.store))
+    d = Deployments(log, cache, working, False, CodeZips(1 << 20), served_now.append, Path(".faas"))
+    await d.start()
+    code = sha256(candidates(working, CodeZips(1 << 20))[u].code or b"")
+
+    def re_point(to: str, delete: str | None) -> Path:
+        link = tmp_path / "current.new"
+        link.symlink_to(folders[to], target_is_directory=True)
+        os.replace(link, current)
+        if delete is not None:
+            shutil.rmtree(folders[delete])
+        d.working_copy_changed(load_manifest(current / "functions.yaml"))
+        alpha = served_now[-1].productive(u)
+        assert alpha is not None and alpha.revision == 1 and alpha.root == folders[to]
+        assert cache.base == folders[to] / ".faas" and alpha.code == cache.path(code)
+        return alpha.code
+
+    with caplog.at_level(logging.WARNING, "faas.deployments"):
+        assert (re_point("b", None) / "functions" / "m.py").read_text() == module("v1")
+        shutil.rmtree(folders["a"])
+        assert (re_point("c", "b") / "functions" / "m.py").read_text() == module("v1")
+        assert caplog.records == []
+        assert not re_point("d", "c").exists()
+    assert [r.getMessage() for r in caplog.records if code[:12] in r.getMessage()], caplog.text
+    assert not any(folders[name].exists() for name in "abc")
+    await d.stop()
+
+
 def test_broker_down_at_start_serves_the_working_copy_meanwhile(
     tmp_path: Path, nodes: Callable[..., Node]
 ) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import py_compile
+import threading
 import time
 from pathlib import Path
 
 import psutil
 
-from framework.control.handler_check import import_errors
-from tests.support import namespaces_allowed
+from framework.control.handler_check import CheckCancelled, ImportChecks, import_errors
+from tests.support import namespaces_allowed, wait_for
 
 
 def project(root: Path, files: dict[str, str]) -> Path:
@@ -131,3 +132,92 @@ def test_threads_and_processes_started_at_import_neither_hold_the_check_nor_outl
         not psutil.pid_exists(int(pid_file.read_text()))
         or psutil.Process(int(pid_file.read_text())).status() == psutil.STATUS_ZOMBIE
     )
+
+
+def test_a_kept_check_imports_again_only_what_an_edit_can_have_changed(tmp_path: Path) -> None:
+    """1. Five handlers in one package; `b` imports `shared`, `c` reads a data file at import; a first look
+    imports all five. 2. Nothing changed: none is imported. 3. `a.py` edited: `a` alone. 4. `shared.py`
+    edited: `b` alone (it imported it). 5. `table.json` edited: `c` alone. 6. A module added that no
+    handler names: none. 7. `d.py` shadowed by a package `d/` added beside it (which fails): `d` alone.
+    8. `shared.py` broken: `b`, and `d` (a failed check is always imported again). 9. Nothing changed:
+    those two again, no other. Result: the problems are those of a full check (the last look compares)."""
+    handle = "def f(p, ctx):\n    return p\n"
+    root = project(
+        tmp_path,
+        {
+            "functions/__init__.py": "",
+            "functions/a.py": handle,
+            "functions/b.py": "from functions import shared\n" + handle,
+            "functions/shared.py": "VALUE = 1\n",
+            "functions/c.py": "import json, pathlib\n"
+            "TABLE = json.loads((pathlib.Path(__file__).parent / 'table.json').read_text())\n" + handle,
+            "functions/table.json": "{}",
+            "functions/d.py": handle,
+            "functions/e.py": handle,
+        },
+    )
+    checks: list[tuple[str, dict[str, str]]] = [(f"functions.{name}:f", {}) for name in "abcde"]
+    cache = ImportChecks()
+    try:
+
+        def imported() -> list[str]:
+            cache.errors(root, checks)
+            return sorted(h.partition(":")[0].rpartition(".")[2] for h in cache.imported)
+
+        assert imported() == ["a", "b", "c", "d", "e"]
+        assert imported() == []
+        (root / "functions/a.py").write_text(handle + "# edited\n")
+        assert imported() == ["a"]
+        (root / "functions/shared.py").write_text("VALUE = 2\n")
+        assert imported() == ["b"]
+        (root / "functions/table.json").write_text('{"k": 1}')
+        assert imported() == ["c"]
+        (root / "functions/unused.py").write_text("X = 1\n")
+        assert imported() == []
+        project(root, {"functions/d/__init__.py": "raise ImportError('the package shadows the module')\n"})
+        assert imported() == ["d"]
+        (root / "functions/shared.py").write_text("raise RuntimeError('broken')\n")
+        problems = cache.errors(root, checks)
+        assert sorted(cache.imported) == ["functions.b:f", "functions.d:f"]  # d: failed at step 7
+        assert problems == {
+            1: "does not import: RuntimeError: broken",
+            3: "does not import: ImportError: the package shadows the module",
+        }
+        assert cache.errors(root, checks) == problems == import_errors(root, checks)
+        assert sorted(cache.imported) == ["functions.b:f", "functions.d:f"]
+    finally:
+        cache.close()
+
+
+def test_a_cancelled_check_stops_at_once_and_says_what_it_was_importing(tmp_path: Path) -> None:
+    """1. A handler whose import hangs is being checked. 2. `progress` names it while it runs. 3. Another
+    thread cancels. Result: the check raises CheckCancelled within seconds (not the 30 s limit), and the
+    next look is not affected (it fails on the import limit only if it hangs again; here it was fixed)."""
+    root = project(
+        tmp_path,
+        {"functions/__init__.py": "", "functions/slow.py": "import time\ntime.sleep(120)\n"},
+    )
+    cache = ImportChecks()
+    raised: list[BaseException] = []
+
+    def look() -> None:
+        try:
+            cache.errors(root, [("functions.slow:f", {})])
+        except CheckCancelled as exc:
+            raised.append(exc)
+
+    try:
+        worker = threading.Thread(target=look)
+        started = time.monotonic()
+        worker.start()
+        progress = wait_for(cache.progress, timeout=15, message="the import under way")
+        assert progress[0] == "functions.slow:f" and progress[1] <= time.time()
+        cache.cancel()
+        worker.join(10)
+        assert not worker.is_alive() and len(raised) == 1
+        assert time.monotonic() - started < 15
+        assert cache.progress() is None
+        (root / "functions/slow.py").write_text("def f(p, ctx):\n    return p\n")
+        assert cache.errors(root, [("functions.slow:f", {})]) == {}
+    finally:
+        cache.close()

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from framework.control import handler_check, manifest_edit
-from framework.control.manifest import FunctionSpec, InstancesSpec, ScheduleSpec, check_cron, load_manifest
+from framework.control import handler_check, manifest, manifest_edit
+from framework.control.manifest import (
+    FunctionSpec,
+    InstancesSpec,
+    ManifestCache,
+    ScheduleSpec,
+    check_cron,
+    load_manifest,
+)
 from framework.errors import ManifestError
 from tests.support import write_project
 
@@ -399,6 +407,55 @@ def test_a_hanging_import_is_blamed_after_the_timeout(
     root = write_project(tmp_path, edit({5: "    handler: functions.hang:handle"}), modules)
     errors = errors_of(root)
     assert lines_of(errors) == [5] and "did not finish within 0.5 s" in errors[0], errors
+
+
+def test_a_kept_load_reads_and_validates_again_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Load through a `ManifestCache`. 2. Load again, nothing changed. 3. Break the handler module.
+    4. Fix it and add a third function to the manifest. 5. Edit the manifest back to BASE.
+    Result: the text is parsed at 1, 4 and 5 only, and at 4 and 5 only the entries not seen before are
+    validated (none at 5); the broken module at 3 is an error at each function's `handler` line, as
+    without a cache; each load returns what a load without the cache returns."""
+    root = write_project(tmp_path, BASE, MODULES)
+    path = root / "functions.yaml"
+    parsed, validated = [], []
+    real_parse, real_validate = manifest.parse_bytes, manifest._validate
+
+    def parse(*args: Any) -> Any:
+        parsed.append(1)
+        return real_parse(*args)
+
+    def validate(model: Any, *args: Any, **kwargs: Any) -> Any:
+        validated.append(model.__name__)
+        return real_validate(model, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "parse_bytes", parse)
+    monkeypatch.setattr(manifest, "_validate", validate)
+    cache = ManifestCache()
+    try:
+        assert load_manifest(path, cache=cache) == load_manifest(path)
+        assert (len(parsed), validated) == (2, ["FunctionSpec"] * 4)
+        parsed.clear()
+        validated.clear()
+        assert load_manifest(path, cache=cache).functions[0].name == "alpha"
+        assert (parsed, validated) == ([], [])
+        (root / "functions" / "mod.py").write_text("raise ImportError('gone')\n")
+        with pytest.raises(ManifestError) as exc:
+            load_manifest(path, cache=cache)
+        assert lines_of(exc.value.errors) == [5, 10] and "ImportError: gone" in exc.value.errors[0]
+        assert (parsed, validated) == ([], [])
+        (root / "functions" / "mod.py").write_text(MODULES["mod"])
+        third = "  - name: gamma\n    uuid: 2d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c03\n"
+        third += "    handler: functions.mod:handle\n"
+        path.write_text(BASE + third)
+        assert [f.name for f in load_manifest(path, cache=cache).functions] == ["alpha", "beta", "gamma"]
+        assert (parsed, validated) == ([1], ["FunctionSpec"])
+        path.write_text(BASE)
+        assert load_manifest(path, cache=cache) == load_manifest(path)
+        assert (parsed, validated) == ([1, 1, 1], ["FunctionSpec"] * 3)  # the second load: no cache
+    finally:
+        cache.close()
 
 
 def test_check_cron_accepts_croniter_forms() -> None:

@@ -111,6 +111,36 @@ async def test_a_folder_appearing_going_or_replaced_is_a_change(tmp_path: Path) 
     await within(task, 5)
 
 
+async def test_a_folder_given_as_a_function_is_followed_where_it_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. Watch the folder a function names: `a/secrets` (a tick of 0.1 s). 2. The function names
+    `b/secrets` from now on (a re-pointed manifest). 3. A file changes in `b/secrets`, then one in
+    `a/secrets`. Result: the move is reported as a folder appearing (the runtime hides it) and a change
+    within a second; the change in b is reported; the one in a is not (b is the folder watched)."""
+    monkeypatch.setattr(secrets_watch, "WATCH_TICK_MS", 100)
+    old, new = tmp_path / "a" / "secrets", tmp_path / "b" / "secrets"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        (folder / "token").write_text("first-value")
+    where, seen, appeared, stop = [old], Recorder(), asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(SecretsWatcher(lambda: where[0], seen, appeared.set).run(stop))
+    await write_until_seen(old / "token", seen, 2)  # a is watched
+    where[0] = new
+    seen.changed.clear()
+    await within(appeared.wait(), 1)
+    await within(seen.changed.wait(), 1)
+    await asyncio.sleep(0.2)  # b's watch is set up (its first tick is reported too)
+    seen.changed.clear()
+    await write_until_seen(new / "token", seen, 2)
+    seen.changed.clear()
+    (old / "token").write_text("unwatched-value")
+    with pytest.raises(TimeoutError):
+        await within(seen.changed.wait(), 0.3)
+    stop.set()
+    await within(task, 5)
+
+
 async def test_a_failing_callback_does_not_end_the_watch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -76,6 +77,97 @@ async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path
         await until(lambda: any("return 2" in s for s in seen), "the folder made again seen")
         (root / "functions" / "mod.py").write_text(module.format(v=3))
         await until(lambda: any("return 3" in s for s in seen), "an edit in the new folder seen")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def configmap_swap(mount: Path, stamp: str, files: dict[str, str]) -> Path:
+    """Kubernetes' atomic update of a ConfigMap volume: the files in a new timestamped folder, a new
+    `..data_tmp` link to it renamed over `..data`, then the old folder removed. Returns the new folder."""
+    folder = mount / f"..{stamp}"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    old = (mount / "..data").resolve() if (mount / "..data").is_symlink() else None
+    os.symlink(folder.name, mount / "..data_tmp")
+    os.rename(mount / "..data_tmp", mount / "..data")
+    for name in files:  # the user-facing names: links through `..data`, made once
+        if not (mount / name).is_symlink():
+            os.symlink(f"..data/{name}", mount / name)
+    if old is not None:
+        shutil.rmtree(old)
+    return folder
+
+
+async def test_a_configmap_manifest_swapped_is_followed(tmp_path: Path) -> None:
+    """1. A watcher on `functions.yaml -> ..data/functions.yaml` of a ConfigMap mount, its handler module
+    `mod.py` beside it the same way. 2. The ConfigMap is updated (a new `..2026_b` folder, `..data`
+    re-pointed to it by a rename, the old folder removed), adding a function. 3. Updated again to `..2026_c`
+    with another module version. Result: each update reaches `on_change` with its manifest, handlers
+    imported from the new folder (the watch used to stay on the first folder: neither was seen)."""
+    entry = "  - name: {n}\n    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a0{i}\n    handler: mod:handle\n"
+    module = "async def handle(payload, ctx):\n    return {v}\n"
+
+    def files(names: list[str], v: int) -> dict[str, str]:
+        text = "functions:\n" + "".join(entry.format(n=n, i=i) for i, n in enumerate(names))
+        return {"functions.yaml": text, "mod.py": module.format(v=v)}
+
+    mount = tmp_path / "config"
+    mount.mkdir()
+    configmap_swap(mount, "2026_12_06_a", files(["alpha"], 1))
+    path = mount / "functions.yaml"
+    seen: list[tuple[list[str], Path]] = []
+    errors: list[list[str]] = []
+
+    def changed(manifest: Any, code: Any) -> None:
+        seen.append(([f.name for f in manifest.functions], manifest.functions[0].root))
+
+    watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        await until(lambda: not watcher.busy(), "the warm-up done")
+        b = configmap_swap(mount, "2026_12_06_b", files(["alpha", "beta"], 2))
+        await until(lambda: any(names == ["alpha", "beta"] for names, _ in seen), "the first swap seen")
+        assert seen[-1][1] == b and watcher.resolved == b / "functions.yaml"
+        c = configmap_swap(mount, "2026_12_06_c", files(["gamma"], 3))
+        await until(lambda: any(names == ["gamma"] for names, _ in seen), "the second swap seen")
+        assert seen[-1][1] == c and errors == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_an_edit_that_fixes_a_hanging_import_is_not_held_by_its_check(tmp_path: Path) -> None:
+    """1. A watcher on a working project. 2. The handler module is edited to hang at import (sleeps for
+    minutes). 3. Once `checking()` names the handler being imported, the module is fixed. Result: the fix
+    reaches `on_change` within seconds, not after the 30 s import limit of the hanging check, which was
+    stopped (nothing of it was applied, no error was reported); `checking()` is None again."""
+    module = "async def handle(payload, ctx):\n    return {v}\n"
+    root = write_project(tmp_path, MANIFEST, {"mod": module.format(v=1)})
+    path = root / "functions.yaml"
+    seen: list[str] = []
+    errors: list[list[str]] = []
+
+    def changed(manifest: Any, code: Any) -> None:
+        seen.append((root / "functions" / "mod.py").read_text())
+
+    watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        await until(lambda: not watcher.busy(), "the warm-up done")
+        (root / "functions" / "mod.py").write_text("import time\ntime.sleep(300)\n")
+        await until(lambda: "functions.mod:handle" in (watcher.checking() or ""), "the hanging check shown")
+        line = watcher.checking() or ""
+        assert line.startswith("functions.yaml: checking the working copy since "), line
+        started = time.monotonic()
+        (root / "functions" / "mod.py").write_text(module.format(v=2))
+        await until(lambda: any("return 2" in s for s in seen), "the fix applied", timeout=20)
+        assert time.monotonic() - started < 10
+        assert errors == [] and not any("sleep" in s for s in seen)
+        await until(lambda: watcher.checking() is None, "no check running")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
