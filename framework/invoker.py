@@ -4,12 +4,14 @@ The invoker knows nothing of Kafka or HTTP: sources hand it raw JSON payloads an
 Sources also hand it the event's identity and the span of the trace their work belongs to
 (`observe/tracing.py`): each invocation is a child span of it (a direct invocation's span is the one the
 source started), carried to the instance as `traceparent`. Event and scheduled invocations go through their
-function's retry policy (`framework.retry`); the attempts of one invocation share its span.
+function's retry policy (`framework.retry`): each attempt is an invocation of its own (section 15), so each
+is a span of its own, attempt 2 on a sibling of the first (same parent), exported when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -157,16 +159,24 @@ class Invoker:
             span.traceparent,
             tracestate=span.tracestate,
         )
+        if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
+            # Attempts 2, 3, ... are copies of `inv` with their own id, attempt number and span.
+            derived = invocation_id is not None
+            attempt = functools.partial(self._traced, span)
+            return await with_retries(spec, inv, derived, attempt, self._retried, self._served)
+        return await self._traced(span, spec, inv)
+
+    async def _traced(self, first: tracing.Span, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
+        """One attempt in its span: `first` for attempt 1, a sibling of it for the others."""
+        span = first
+        if inv.attempt > 1:
+            span = first.sibling()
+            inv = dataclasses.replace(inv, traceparent=span.traceparent)
         token = tracing.current.set(span)
         failure: BaseException | None = None
         result: InvokeResult | None = None
         try:
-            if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
-                # Attempts 2, 3, ... are copies of `inv` with their own id and attempt number.
-                derived = invocation_id is not None
-                result = await with_retries(spec, inv, derived, self._attempt, self._retried, self._served)
-            else:
-                result = await self._attempt(spec, inv)
+            result = await self._attempt(spec, inv)
             return result
         except BaseException as exc:
             failure = exc

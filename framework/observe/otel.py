@@ -15,20 +15,59 @@ its own batch processor is installed, and `invocation_context` makes the invocat
 OpenTelemetry context, so `trace.get_tracer(...).start_as_current_span(...)` in a handler makes a child of
 `invoke <function>`. `shutdown` flushes what is left when the instance exits on its own; an instance that is
 killed loses its unsent spans (at most `OTEL_BSP_SCHEDULE_DELAY`, default 5 s, of them).
+
+Export never fails or slows work, and never floods the log:
+
+- The `OTEL_BSP_*` values are read here (the SDK raises on a zero or negative one, which would stop the
+  node at start, and logs a traceback for one that is not a number): an invalid one is named in one
+  warning and its SDK default used instead. A provider that cannot be set up in an instance leaves that
+  instance's export off, with an error logged, instead of failing its start (every invocation would be
+  `InstanceCrashed`).
+- The exporter logs each failed batch and each retry (per process: the node and every instance), which
+  under load and a collector answering 500 is lines per second. `_Throttle` lets one record per level
+  through every `LOG_INTERVAL` seconds per process, the next one saying how many were held back.
+- Stopping waits at most `SHUTDOWN_TIMEOUT` seconds for the last spans (the SDK's own bound is 30 s, and
+  its exporter's 10 s request timeout and retries run within it): a collector that is down or silent
+  must not hold a stopping node, and the instances it waits for, that long.
+- The service name is `OTEL_SERVICE_NAME`, else `service.name` of `OTEL_RESOURCE_ATTRIBUTES` (the SDK's
+  order), else `faas`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from framework.observe import tracing
 from framework.observe.tracing import Span
 
+log = logging.getLogger("faas.otel")
+
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+SHUTDOWN_TIMEOUT = 2.0
+"""Seconds a stopping node or instance waits for its last spans to be exported."""
+LOG_INTERVAL = 60.0
+"""Seconds between two log records of one level from the exporter and its batch processor."""
+BATCH_VARIABLES = {
+    "OTEL_BSP_MAX_QUEUE_SIZE": ("max_queue_size", 2048),
+    "OTEL_BSP_SCHEDULE_DELAY": ("schedule_delay_millis", 5000),
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": ("max_export_batch_size", 512),
+    "OTEL_BSP_EXPORT_TIMEOUT": ("export_timeout_millis", 30000),
+}
+"""The batch processor's variables: its argument and the SDK's default (spans; milliseconds)."""
+_THROTTLED = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+)
+"""Loggers of the export path, whose records come per batch or per retry."""
 _provider: Any = None
 """The instance's TracerProvider once `setup_instance` ran (None: export off in this process)."""
 
@@ -43,17 +82,100 @@ def enabled(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
 
 
 def _resource(service: str, **attributes: str) -> Any:
+    """The SDK's resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) with `attributes`; `service`
+    names it only when the user did not (the SDK would say `unknown_service:python`)."""
     from opentelemetry.sdk.resources import Resource
 
-    name = os.environ.get("OTEL_SERVICE_NAME") or service
-    return Resource.create({"service.name": name, **attributes})
+    resource = Resource.create(attributes)
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": service}))
+    return resource
+
+
+def batch_settings(environ: Mapping[str, str] = os.environ) -> tuple[dict[str, int], list[str]]:
+    """The batch processor's arguments from `OTEL_BSP_*`, and what was wrong with them: a value that is
+    not a positive integer gives way to the SDK's default, a batch over the queue to the queue's size."""
+    values: dict[str, int] = {}
+    problems: list[str] = []
+    for variable, (argument, default) in BATCH_VARIABLES.items():
+        raw = environ.get(variable, "").strip()
+        if not raw:
+            values[argument] = default
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            problems.append(f"{variable}={raw!r} is not a positive integer: {default} is used")
+            value = default
+        values[argument] = value
+    queue, batch = values["max_queue_size"], values["max_export_batch_size"]
+    if batch > queue:
+        problems.append(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is over OTEL_BSP_MAX_QUEUE_SIZE={queue}: {queue} is used"
+        )
+        values["max_export_batch_size"] = queue
+    return values, problems
+
+
+class _Throttle(logging.Filter):
+    """One record per level every `interval` seconds; the next one let through counts those held back."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.lock = threading.Lock()  # the exporter's thread and the caller's may log at once
+        self.next: dict[int, float] = {}
+        self.held: dict[int, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            if now < self.next.get(record.levelno, 0.0):
+                self.held[record.levelno] = self.held.get(record.levelno, 0) + 1
+                return False
+            self.next[record.levelno] = now + self.interval
+            held = self.held.pop(record.levelno, 0)
+        if held:
+            record.msg = (
+                f"{record.getMessage()} ({held} more like it in the last {self.interval:g} s not logged)"
+            )
+            record.args = None
+        return True
+
+
+_throttle = _Throttle(LOG_INTERVAL)
 
 
 def _processor() -> Any:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    return BatchSpanProcessor(OTLPSpanExporter())
+    for name in _THROTTLED:
+        logger = logging.getLogger(name)
+        if _throttle not in logger.filters:
+            logger.addFilter(_throttle)
+    values, problems = batch_settings()
+    for problem in problems:
+        log.warning("OpenTelemetry: %s", problem)
+    return BatchSpanProcessor(
+        OTLPSpanExporter(),
+        max_queue_size=values["max_queue_size"],
+        schedule_delay_millis=values["schedule_delay_millis"],
+        max_export_batch_size=values["max_export_batch_size"],
+        export_timeout_millis=values["export_timeout_millis"],
+    )
+
+
+def _bounded_shutdown(shutdown: Any, timeout: float) -> None:
+    """Call `shutdown` (a flush, then stop) on a thread of its own; wait for it `timeout` seconds at most.
+    Past that the spans still unsent are lost: the daemon thread ends with the process."""
+    thread = threading.Thread(target=shutdown, name="otel-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("OpenTelemetry: the last spans were not exported within %g s: they are lost", timeout)
 
 
 class NodeExporter:
@@ -65,6 +187,13 @@ class NodeExporter:
         self.resource = _resource("faas", **{"service.version": version})
         self.scope = InstrumentationScope("framework", version)
         self.processor = _processor()
+        if tracing.sampler.unknown:
+            log.warning(
+                "OpenTelemetry: OTEL_TRACES_SAMPLER=%s is not a sampler this node knows: "
+                "parentbased_always_on is used (known: always_on, always_off, traceidratio and their "
+                "parentbased_ forms)",
+                tracing.sampler.unknown,
+            )
 
     def end(
         self,
@@ -96,9 +225,9 @@ class NodeExporter:
         )
         self.processor.on_end(finished)
 
-    def shutdown(self) -> None:
-        """Export what is queued (bounded by the processor's export timeout) and stop its thread."""
-        self.processor.shutdown()
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Export what is queued and stop the processor's thread, waiting `timeout` seconds at most."""
+        _bounded_shutdown(self.processor.shutdown, timeout)
 
 
 def _span_context(trace_id: str, span_id: str, span: Span, remote: bool) -> Any:
@@ -109,15 +238,20 @@ def _span_context(trace_id: str, span_id: str, span: Span, remote: bool) -> Any:
 
 
 def setup_instance(function: str, instance_id: str) -> None:
-    """In a freshly forked instance: install a global TracerProvider exporting over OTLP/HTTP."""
+    """In a freshly forked instance: install a global TracerProvider exporting over OTLP/HTTP. Never
+    raises: an instance whose export cannot be set up serves without it (the error is logged)."""
     global _provider
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
-    provider = TracerProvider(
-        resource=_resource("faas", **{"faas.name": function, "faas.instance": instance_id})
-    )
-    provider.add_span_processor(_processor())
+    try:
+        provider = TracerProvider(
+            resource=_resource("faas", **{"faas.name": function, "faas.instance": instance_id})
+        )
+        provider.add_span_processor(_processor())
+    except Exception as exc:  # the function's own `env` can hold OTEL_* values too
+        log.error("OpenTelemetry export is off in instance %s: %s", instance_id, exc)
+        return
     trace.set_tracer_provider(provider)
     _provider = provider
 
@@ -156,9 +290,10 @@ def _attached(traceparent: str, tracestate: str | None) -> Iterator[None]:
         context.detach(token)
 
 
-def shutdown() -> None:
-    """Flush the instance's spans before it exits (no-op when export is off)."""
+def shutdown(timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    """Flush the instance's spans before it exits, waiting `timeout` seconds at most (no-op when export is
+    off)."""
     global _provider
     if _provider is not None:
-        _provider.shutdown()
+        _bounded_shutdown(_provider.shutdown, timeout)
         _provider = None

@@ -68,7 +68,23 @@ class Span:
         """A new span of this trace whose parent is this one."""
         return Span(self.trace_id, new_span_id(), self.span_id, self.flags, self.tracestate, time.time_ns())
 
+    def sibling(self) -> Span:
+        """A new span of this trace with this one's parent (a retry's attempt beside the first attempt)."""
+        return Span(
+            self.trace_id,
+            new_span_id(),
+            self.parent_id,
+            self.flags,
+            self.tracestate,
+            time.time_ns(),
+            self.remote_parent,
+        )
 
+
+_SAMPLERS = frozenset(
+    prefix + rule for prefix in ("", "parentbased_") for rule in ("always_on", "always_off", "traceidratio")
+)
+"""The `OTEL_TRACES_SAMPLER` names of the SDK's own samplers (section 11; `framework` has no others)."""
 _KNOWN_FLAGS = ("00", "01")
 """Trace flags by their `sampled` bit (index 0: not sampled)."""
 
@@ -117,20 +133,28 @@ class Sampler:
     (the ratio of `traceidratio`, 0-1, default 1). Parent-based samplers keep a caller's decision and apply
     the rest to new traces only; the others decide every trace themselves. The ratio is the SDK's rule
     (the trace id's low 64 bits below ratio * 2**64), so every process decides a trace the same way.
-    Export costs per span (`make bench`, `costs`): a ratio of 0.1 pays about a tenth of it."""
+    Export costs per span (`make bench`, `costs`): a ratio of 0.1 pays about a tenth of it.
+
+    A name this node does not know is the default, `parentbased_always_on`, as the SDK takes it (so the
+    node and the SDK in its instances agree, and a caller's "not sampled" is kept); `unknown` holds it for
+    the warning the exporter logs."""
 
     parent_based: bool = True
     bound: int = 1 << 64
     """Sampled when the trace id's low 64 bits are below this."""
+    unknown: str | None = None
+    """The `OTEL_TRACES_SAMPLER` given when it names no sampler this node has."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Sampler:
         name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+        if name not in _SAMPLERS:
+            return cls(unknown=name)
         parent_based = name.startswith("parentbased_")
         rule = name.removeprefix("parentbased_")
         if rule == "always_off":
             return cls(parent_based, 0)
-        if rule != "traceidratio":  # always_on, and names of samplers this node does not have
+        if rule == "always_on":
             return cls(parent_based)
         try:
             ratio = min(max(float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1")), 0.0), 1.0)

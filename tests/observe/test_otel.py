@@ -8,10 +8,12 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +21,13 @@ import pytest
 
 from benchmarks.otlp import decode
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Node, ce_headers, consume, new_id, produce, wait_for, write_project
+from framework.observe import otel, tracing
+from tests.support import Node, ce_headers, consume, new_id, produce, silent_listener, wait_for, write_project
 
 TRACED = "adadadad-0000-4000-8000-000000000001"
 TRACED_SYNC = "adadadad-0000-4000-8000-000000000002"
 FAILING = "adadadad-0000-4000-8000-000000000003"
+FLAKY = "adadadad-0000-4000-8000-000000000004"
 MANIFEST = f"""
 functions:
   - name: traced
@@ -39,6 +43,12 @@ functions:
     uuid: {FAILING}
     handler: functions.otelfail:fail
     state: productive
+  - name: flaky
+    uuid: {FLAKY}
+    handler: functions.otelfail:fail
+    state: productive
+    events: [otel.retried]
+    retry: {{attempts: 2, backoff: 0.05, on: [FunctionError]}}
 """
 FAILING_MODULE = """
 async def fail(payload, ctx):
@@ -71,10 +81,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """An OTLP/HTTP traces endpoint: every span posted to `/v1/traces`, decoded."""
+    """An OTLP/HTTP traces endpoint: every span posted to `/v1/traces`, decoded; a request to a path under
+    `/fail` is answered 500 and counted in `failed` (a collector in trouble)."""
 
     spans: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    failed: int = 0
 
     def named(self, name: str, trace_id: str) -> list[Received]:
         with self.lock:
@@ -90,6 +102,13 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            if self.path.startswith("/fail"):
+                with receiver.lock:
+                    receiver.failed += 1
+                self.send_response(500)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             request = decode(body, self.headers.get("content-encoding", ""))
             found = []
             for rs in request.resource_spans:
@@ -232,6 +251,44 @@ def test_failed_invocation_span_says_where_it_ran(node: Node, receiver: tuple[Re
     assert [cold for cold, _ in seen] == [True, False] and seen[0][1] == seen[1][1], seen
 
 
+def test_each_retry_attempt_is_a_span_of_its_own(
+    node: Node, broker: EmbeddedBroker, receiver: tuple[Receiver, str]
+) -> None:
+    """1. Produce an event with `ce_traceparent` (trace T) for a listener that always fails and is retried
+    twice (`retry: {attempts: 2, on: [FunctionError]}`).
+    Result: three `invoke flaky` spans in trace T, each a child of the event's span, each with a span id and
+    `faas.invocation_id` of its own, each ended in error: every attempt is an invocation (section 15), and
+    every invocation a span (section 11); each attempt's record carries T."""
+    rec, _ = receiver
+    eid, tid = new_id(), secrets.token_hex(16)
+    headers = [
+        *ce_headers("otel.retried", eid),
+        ("ce_traceparent", f"00-{tid}-{secrets.token_hex(8)}-01".encode()),
+    ]
+    produce(broker.bootstrap, node.events, [(b"k", b"{}", headers)])
+    event = wait_for(lambda: rec.named("otel.retried process", tid), timeout=60, message="the event span")[0]
+    spans = wait_for(
+        lambda: (found := rec.named("invoke flaky", tid)) and len(found) >= 3 and found,
+        timeout=30,
+        message="three attempt spans",
+    )
+    assert len(spans) == 3, spans
+    assert {s.parent for s in spans} == {event.span_id}, (spans, event)
+    assert len({s.span_id for s in spans}) == 3, spans
+    ids = {s.attributes["faas.invocation_id"] for s in spans}
+    assert len(ids) == 3, spans
+    for invocation_id in ids:
+        record = httpx.get(f"{node.url}/invocations/{invocation_id}", timeout=30).json()
+        assert record["trace_id"] == tid and record["ok"] is False, record
+    assert sorted(
+        r["attempt"] for r in (httpx.get(f"{node.url}/invocations/{i}", timeout=30).json() for i in ids)
+    ) == [
+        1,
+        2,
+        3,
+    ]
+
+
 def test_unsampled_trace_is_not_exported(node: Node, receiver: tuple[Receiver, str]) -> None:
     """1. Invoke with a caller's traceparent whose sampled flag is off, then with a sampled one.
     Result: the sampled invocation's span arrives; none of the unsampled trace ever does (checked after the
@@ -265,3 +322,96 @@ def test_without_an_endpoint_nothing_of_opentelemetry_is_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_collector_in_trouble_and_bad_batch_settings_neither_stop_nor_flood_the_node(
+    tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """1. Start a node whose collector answers every export 500, with `OTEL_BSP_MAX_QUEUE_SIZE=0` (the SDK
+       refuses it) and a 20 ms batch delay.
+    2. Invoke a function whose handler makes a span of its own, six times, each once the collector has
+       refused one more batch.
+    Result: the node starts (the SDK alone raises at start) and warns once, naming the variable; every
+    invocation answers 200; the node and the instance each log the failed exports once, not per batch."""
+    rec, url = receiver
+    modules = {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE, "otelfail": FAILING_MODULE}
+    root = write_project(tmp_path, MANIFEST, modules)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"{url}/fail",
+        "OTEL_BSP_SCHEDULE_DELAY": "20",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "0",
+    }
+    n = Node(root, None, env=env, kafka=False).wait_ready()  # export alone is the subject: no Kafka
+    try:
+        for _ in range(6):
+            with rec.lock:
+                before = rec.failed
+            r = httpx.post(f"{n.url}/functions/{TRACED}/invoke", json={}, timeout=30)
+            assert r.status_code == 200, r.text
+            wait_for(lambda b=before: rec.failed > b, timeout=10, message="a refused export")  # type: ignore[misc]
+        with rec.lock:
+            refused = rec.failed
+        lines = n.log.read_text(errors="replace").splitlines()
+    finally:
+        n.kill()
+    assert refused >= 6, refused
+    warned = [line for line in lines if "OTEL_BSP_MAX_QUEUE_SIZE='0' is not a positive integer" in line]
+    assert warned and not [line for line in lines if "Traceback" in line], "\n".join(lines)
+    failures = [line for line in lines if "Failed to export" in line]
+    assert 1 <= len(failures) <= 2, "\n".join(failures)
+
+
+def test_batch_settings_fall_back_to_the_sdk_defaults() -> None:
+    values, problems = otel.batch_settings(
+        {
+            "OTEL_BSP_SCHEDULE_DELAY": "-5",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "abc",
+            "OTEL_BSP_EXPORT_TIMEOUT": " 100 ",
+        }
+    )
+    assert values == {
+        "max_queue_size": 2048,
+        "schedule_delay_millis": 5000,
+        "max_export_batch_size": 512,
+        "export_timeout_millis": 100,
+    }
+    assert [p.split("=")[0] for p in problems] == ["OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_SCHEDULE_DELAY"]
+    values, problems = otel.batch_settings({"OTEL_BSP_MAX_QUEUE_SIZE": "100"})
+    assert values["max_export_batch_size"] == 100 and "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=512" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("variables", "name"),
+    [
+        ({}, "faas"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=shop,deployment.environment=test"}, "shop"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=shop", "OTEL_SERVICE_NAME": "checkout"}, "checkout"),
+    ],
+)
+def test_service_name_is_the_users_before_ours(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], name: str
+) -> None:
+    """The SDK's order: `OTEL_SERVICE_NAME`, then `service.name` of `OTEL_RESOURCE_ATTRIBUTES`; `faas`
+    only when neither names the service (a user's `OTEL_RESOURCE_ATTRIBUTES` name was overridden)."""
+    for variable in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    resource = otel._resource("faas", **{"faas.name": "greet"})
+    assert resource.attributes["service.name"] == name and resource.attributes["faas.name"] == "greet"
+
+
+def test_stopping_with_a_silent_collector_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Point a node's exporter at a collector that accepts connections and never answers; end a span.
+    2. Shut the exporter down.
+    Result: it returns within `SHUTDOWN_TIMEOUT` (2 s) and a margin, not after the exporter's request
+    timeout (20 s here, 10 s by default): a stopping node is not held by its collector."""
+    with silent_listener() as port:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20")
+        exporter = otel.NodeExporter("test")
+        exporter.end("invoke x", tracing.start(), "internal", {"faas.name": "x"})
+        started = time.monotonic()
+        exporter.shutdown()
+        took = time.monotonic() - started
+    assert took < 4, took

@@ -131,3 +131,14 @@ def test_ratio_sampler_with_a_bad_argument_is_clamped_or_ignored(arg: str) -> No
     sampler = tracing.Sampler.from_environ(env)
     expected = "00" if arg == "-1" else "01"
     assert {sampler.flags(tracing.new_trace_id(), None) for _ in range(50)} == {expected}
+
+
+def test_unknown_sampler_is_the_default_and_keeps_a_callers_decision() -> None:
+    """A sampler name the node does not know is `parentbased_always_on`, as the SDK in its instances takes
+    it: a caller's "not sampled" stays so, never sampled anew and exported."""
+    sampler = tracing.Sampler.from_environ({"OTEL_TRACES_SAMPLER": "jaeger_remote"})
+    assert sampler.flags("4bf92f3577b34da6a3ce929d0e0e4736", "00") == "00"
+    assert sampler.flags("4bf92f3577b34da6a3ce929d0e0e4736", "01") == "01"
+    assert sampler.flags(tracing.new_trace_id(), None) == "01"
+    assert sampler.unknown == "jaeger_remote"  # for the exporter's warning
+    assert tracing.Sampler.from_environ({"OTEL_TRACES_SAMPLER": "Always_Off"}).unknown is None

@@ -293,6 +293,8 @@ class Watchdog:
         reported = False
         while True:
             time.sleep(BEAT)
+            if self._loop.is_closed():  # the instance is ending (a last flush may take a while)
+                return
             blocked = time.monotonic() - self._beat > BLOCK_THRESHOLD + BEAT
             if blocked and not reported:
                 reported = True
