@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import psutil
@@ -80,6 +80,7 @@ class Proc:
     ) -> None:
         self.name = name
         self.log = log
+        self._terminated = False
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
                 args,
@@ -128,9 +129,15 @@ class Proc:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.name} did not print {line!r} within {limit} s:\n{self.tail()}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.popen.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one would cut a node's drain short."""
+        if self.popen.poll() is None and not self._terminated:
+            self._terminated = True
             self.popen.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.terminate()
+        if self.popen.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
         # Whatever is left of the group (instances of a node that did not stop cleanly).
@@ -138,6 +145,16 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
         if self.popen.poll() is None:
             self.popen.wait(5)
+
+
+def stop_all(procs: Iterable[Proc | None], timeout: float = 15.0) -> None:
+    """Stop these children side by side: each gets its SIGTERM before any is waited for, so a node that
+    takes a while to leave its group does not hold up the others' stops."""
+    live = [p for p in procs if p is not None]
+    for proc in live:
+        proc.terminate()
+    for proc in live:
+        proc.stop(timeout)
 
 
 def start_node(

@@ -188,16 +188,12 @@ async def run_suite(
         for name, fn in SERVED.items():
             if only is None or name in only:
                 series += await _group(name, fn, env)
-        for proc in (env.node, env.bare, env.relay):
-            if proc is not None:
-                proc.stop()
+        procs.stop_all((env.node, env.bare, env.relay))
         for name, fn in QUIET.items():
             if only is None or name in only:
                 series += await _group(name, fn, env)
     finally:
-        for proc in (env.node, env.bare, env.relay):
-            if proc is not None:
-                proc.stop()
+        procs.stop_all((env.node, env.bare, env.relay))
         if broker is not None:
             broker.stop()
         failed = any(s.to_dict()["error"] for s in series)

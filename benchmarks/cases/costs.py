@@ -387,10 +387,7 @@ async def run(env: Env) -> list[Series]:
         for node in nodes.values():
             if node.client is not None:
                 await node.client.stop()
-            if node.proc is not None:
-                node.proc.stop()
-        if receiver is not None:
-            receiver.stop()
+        procs.stop_all([*(node.proc for node in nodes.values()), receiver])
     for pair in pairs:
         if not pair.series.samples and nodes[pair.on].error:
             pair.series.fail(nodes[pair.on].error or "")

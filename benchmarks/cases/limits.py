@@ -97,6 +97,5 @@ async def run(env: Env) -> list[Series]:
                 on.baseline_samples.append(b)
         on.extra.update(window_s=window, instances=INSTANCES, memory_mb=LIMIT_MB)
     finally:
-        with_limit.stop()
-        without.stop()
+        procs.stop_all((with_limit, without))
     return [on]

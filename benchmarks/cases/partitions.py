@@ -103,6 +103,5 @@ async def run(env: Env) -> list[Series]:
     finally:
         for client in clients:
             await client.stop()
-        for proc in started:
-            proc.stop()
+        procs.stop_all(started)
     return every

@@ -102,7 +102,7 @@ def test_event_between_attempts_is_answered_by_the_other_node(
         got = topic_now(broker.bootstrap, x.replies)
         return [r["value"] for r in got if isinstance(r["value"], dict) and r["value"].get("id") == eid]
 
-    answered = wait_for(replies, timeout=120, interval=1, message=f"a reply to {eid}")
+    answered = wait_for(replies, timeout=120, interval=0.1, message=f"a reply to {eid}")
     assert len(answered) == 1 and answered[0]["ok"] is True, answered
     assert answered[0]["results"][0]["result"] == {"node": other, "attempt": 1}
     rows = attempts(out, eid)
@@ -135,7 +135,7 @@ def test_rebalance_hands_a_waiting_event_over_without_waiting_out_its_backoff(
         got = topic_now(broker.bootstrap, a.replies)
         return [r["value"] for r in got if isinstance(r["value"], dict) and r["value"].get("id") == eid]
 
-    answered = wait_for(replies, timeout=60, interval=0.5, message=f"a reply to {eid}")
+    answered = wait_for(replies, timeout=60, interval=0.1, message=f"a reply to {eid}")
     assert time.monotonic() - failed_at < BACKOFF - 3, "the rebalance waited out the backoff"
     assert len(answered) == 1 and answered[0]["ok"] is True, answered
     assert answered[0]["results"][0]["result"]["attempt"] == 1

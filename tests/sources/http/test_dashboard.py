@@ -65,6 +65,10 @@ MODULES = {
 }
 WAIT = 30_000
 """Milliseconds a page gets to show something (a deadline, not a sleep: the machine is shared)."""
+POLL_MS = 2000
+"""The page's polling round (`POLL_MS` in the dashboard's app.js)."""
+POLL_TIMEOUT_MS = 8000
+"""How long the page waits for a read before it takes the node as hung (`POLL_TIMEOUT_MS` in app.js)."""
 
 expect.set_options(timeout=WAIT)
 
@@ -114,6 +118,14 @@ def invoke(n: Node, uuid: str, body: Any, key: str | None = None) -> httpx.Respo
 
 def row_of(page: Page, name: str) -> Any:
     return page.locator("tbody tr").filter(has=page.get_by_role("link", name=name, exact=True))
+
+
+def next_round(page: Page, path: str = "/functions") -> None:
+    """Move the page's clock (installed with `page.clock.install()`) on by a polling round, and wait until
+    the round it starts asks the node for `path`: a round without waiting one out. A round still running
+    (its timer not set yet) sets its timer when it ends, and the clock, which runs as well, fires it."""
+    with page.expect_request(lambda r: r.url.split("?")[0].endswith(path), timeout=WAIT):
+        page.clock.fast_forward(POLL_MS)
 
 
 def open_function(page: Page, name: str) -> None:
@@ -557,7 +569,9 @@ def test_events_view_asks_for_listeners_only_when_what_is_served_changes(
     root = write_project(tmp_path, MANIFEST, MODULES)
     n = nodes(root, broker.bootstrap).wait_ready()
     rec = ui(n)
-    page = rec.open(rec.page())
+    page = rec.page()
+    page.clock.install()  # the rounds are counted, not waited out (`next_round`)
+    rec.open(page)
     page.get_by_role("link", name="Events", exact=True).click()
     row = page.locator("tbody tr").filter(has=page.locator("code", has_text="ui.hello"))
     cell = row.locator("td[data-label='Productive listeners']")
@@ -569,8 +583,7 @@ def test_events_view_asks_for_listeners_only_when_what_is_served_changes(
     asked = count("/events/ui.hello/listeners")
     assert asked >= 1
     for _ in range(3):  # three more rounds (the sync API delivers request events while it waits)
-        with page.expect_request(lambda r: r.url.split("?")[0] == n.url + "/functions", timeout=WAIT):
-            pass
+        next_round(page)
     assert count("/events/ui.hello/listeners") == asked
     manifest = root / "functions.yaml"
     edited = manifest.read_text().replace("breaker\n    state: productive", "breaker\n    state: draft")
@@ -901,27 +914,30 @@ def test_stale_data_and_a_hung_node_are_said_and_a_function_that_comes_back_is_s
     meanwhile (it used to claim fresh data it never got); it goes once the route answers. 3 the page says
     greeter is not in the manifest, then shows it productive again (it used to stay "not in this node's
     manifest" until reloaded). 4 the page shows "disconnected" (a poll unanswered for 8 s), and recovers
-    by itself."""
+    by itself. The page's clock is moved on through the rounds and the 8 s rather than waited out."""
     root = write_project(tmp_path, MANIFEST, MODULES)
     n = nodes(root, None, kafka=False).wait_ready()
     rec = ui(n)
-    page = rec.open(rec.page(), f"#/fn/{GREETER}")
+    page = rec.page()
+    page.clock.install()
+    rec.open(page, f"#/fn/{GREETER}")
     facts = page.locator("[data-f=facts]")
     expect(facts).to_contain_text("productive")
     expect(page.locator("#conn")).to_contain_text("connected, updated")
 
     page.route(f"{n.url}/functions", lambda route: route.fulfill(status=502, body="bad gateway"))
     problem = page.locator("#problem")
+    next_round(page)
     expect(problem).to_have_text(
         "Could not refresh: GET /functions answered HTTP 502. What is shown may be out of date."
     )
     stamped = page.locator("#conn").inner_text()
     for _ in range(2):  # one whole round at least, failed as well
-        with page.expect_request(f"{n.url}/ui/session", timeout=WAIT):
-            pass
+        next_round(page, "/ui/session")
     expect(problem).to_be_visible()
     assert page.locator("#conn").inner_text() == stamped
     page.unroute(f"{n.url}/functions")
+    next_round(page)
     expect(problem).to_be_hidden()
 
     manifest = root / "functions.yaml"
@@ -934,9 +950,13 @@ def test_stale_data_and_a_hung_node_are_said_and_a_function_that_comes_back_is_s
 
     os.kill(n.proc.pid, signal.SIGSTOP)
     try:
+        next_round(page, "/ui/session")  # a round asks the node, which accepts and answers nothing
+        expect(page.locator("#conn")).to_have_text(re.compile("^connected"))  # not said before the timeout
+        page.clock.fast_forward(POLL_TIMEOUT_MS)  # ... for as long as the page waits for an answer
         expect(page.locator("#conn")).to_have_text("disconnected", timeout=20_000)
     finally:
         os.kill(n.proc.pid, signal.SIGCONT)
+    next_round(page, "/ui/session")
     expect(page.locator("#conn")).to_contain_text("connected, updated")
     rec.assert_clean(expected_failures=("/functions",))
 

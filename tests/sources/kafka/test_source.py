@@ -431,9 +431,11 @@ def test_5000_events_in_order_then_sigterm_hands_over_without_duplicates(
 
 def test_two_nodes_share_the_partitions(project: Path, broker: EmbeddedBroker, nodes: Any) -> None:
     tag = "pair" + new_id()[:6]
-    a = nodes(project, broker.bootstrap, tag=tag).wait_ready()
-    b = nodes(project, broker.bootstrap, tag=tag).wait_ready()
-    settled(a, b, 6)  # both sides of the rebalance b's join started are done
+    a = nodes(project, broker.bootstrap, tag=tag)
+    b = nodes(project, broker.bootstrap, tag=tag)  # started side by side, each joining the same group
+    a.wait_ready()
+    b.wait_ready()
+    settled(a, b, 6)  # both sides of the last rebalance are done
     ids, recs = seq_records(0, 600, 60)
     produce(broker.bootstrap, a.events, recs)
     got = seq_replies(broker, a.replies, ids, timeout=60)

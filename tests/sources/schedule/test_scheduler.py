@@ -622,9 +622,11 @@ def test_two_nodes_fire_once_and_survive_the_leader(
     out = tmp_path / "out"
     out.mkdir()
     root = write_project(tmp_path / "proj", "functions:" + ticker(out), MODULES)
-    a = nodes(root, broker.bootstrap).wait_ready()
-    b = nodes(root, broker.bootstrap, tag=a.tag).wait_ready()
-    # Both have joined once b's readiness shows and a few ticks went by; judge the ticks after that.
+    a = nodes(root, broker.bootstrap)
+    b = nodes(root, broker.bootstrap, tag=a.tag)  # started side by side: one group of two from the start
+    a.wait_ready()
+    b.wait_ready()
+    # Both have joined once both are ready and a few ticks went by; judge the ticks after that.
     start = len(wait_for(lambda: len(records(out / "ticks")) >= 3 and records(out / "ticks"), 30))
     rows = wait_for(lambda: (r := records(out / "ticks")[start:]) and len(r) >= 6 and r, 30, message="ticks")
     ticks = [tick_of(r) for r in rows]
