@@ -303,3 +303,69 @@ def test_events_from_producers_that_compress_are_answered(node: Node, broker: Em
     asyncio.run(send())
     for codec, eid in ids.items():
         assert _result(_replies(node, broker, eid)[0])["payload"] == {"codec": codec}, codec
+
+
+class _RawName(str):
+    """A header name whose UTF-8 encoding is `raw`, any bytes: what Go clients and librdkafka may send."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> _RawName:
+        name = super().__new__(cls, raw.decode("latin-1"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+def test_header_names_that_are_not_utf8_do_not_stop_the_partition(node: Node, broker: EmbeddedBroker) -> None:
+    """1. Produce, in one batch on one partition, an event with a header named by bytes that are not UTF-8
+    and an extension header `ce_` + such bytes (Kafka wants UTF-8 names; Go clients and librdkafka send
+    any bytes), then a plain event.
+    Result: both are answered ok, the first with its good extension only (the undecodable one dropped with a
+    warning). (aiokafka failed decoding the name: the node's consumer crashed, rejoined and crashed on the
+    same record for ever, and every partition it owned stopped.)"""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    first, second = new_id(), new_id()
+    records = [
+        (
+            [
+                *ce_headers("ident.seen", first),
+                (_RawName(b"x-\xff\xfe"), b"v"),
+                ("ce_good", b"yes"),
+                (_RawName(b"ce_\xc3"), b"w"),
+            ],
+            first,
+        ),
+        (ce_headers("ident.seen", second), second),
+    ]
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            batch = producer.create_batch()
+            # The compiled builder encodes names itself: the pure-Python one asks `_RawName.encode`.
+            batch._builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, 0, 1 << 20)
+            for headers, eid in records:
+                value = json.dumps({"eid": eid}).encode()
+                assert batch.append(key=b"raw-names", value=value, timestamp=None, headers=headers)
+            await (await producer.send_batch(batch, node.events, partition=0))
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    one, two = _result(_replies(node, broker, first)[0]), _result(_replies(node, broker, second)[0])
+    assert one["extensions"] == {"good": "yes"} and one["payload"] == {"eid": first}, one
+    assert two["payload"] == {"eid": second}, two
+    wait_for(
+        lambda: any(
+            first in x and "'ce_" in x and "xc3'" in x
+            for x in node.log.read_text(errors="replace").splitlines()
+        ),
+        timeout=30,
+        message="a warning naming the dropped extension",
+    )
