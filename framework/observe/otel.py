@@ -119,6 +119,25 @@ def batch_settings(environ: Mapping[str, str] = os.environ) -> tuple[dict[str, i
     return values, problems
 
 
+PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+"""The SDK's protocol choice, first match wins; this exporter speaks only `http/protobuf`."""
+
+
+def protocol_problem(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why the protocol asked for is not the one spans go out in (`grpc`, `http/json`), or None. A
+    collector listening for gRPC (port 4317) would refuse every export, and nothing would say why."""
+    for variable in PROTOCOL_VARIABLES:
+        asked = environ.get(variable, "").strip()
+        if asked:
+            if asked.lower() == "http/protobuf":
+                return None
+            return (
+                f"{variable}={asked!r} is not supported: spans are exported over OTLP/HTTP with protobuf "
+                "(point the endpoint at the collector's HTTP port, 4318 by default)"
+            )
+    return None
+
+
 class _Throttle(logging.Filter):
     """One record per level every `interval` seconds; the next one let through counts those held back."""
 
@@ -187,6 +206,9 @@ class NodeExporter:
         self.resource = _resource("faas", **{"service.version": version})
         self.scope = InstrumentationScope("framework", version)
         self.processor = _processor()
+        problem = protocol_problem()
+        if problem is not None:
+            log.warning("OpenTelemetry: %s", problem)
         if tracing.sampler.unknown:
             log.warning(
                 "OpenTelemetry: OTEL_TRACES_SAMPLER=%s is not a sampler this node knows: "

@@ -361,6 +361,32 @@ def test_a_collector_in_trouble_and_bad_batch_settings_neither_stop_nor_flood_th
     assert 1 <= len(failures) <= 2, "\n".join(failures)
 
 
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({}, None),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, None),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL='grpc'"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='http/json'",
+        ),
+        (  # the traces variable wins, as in the SDK
+            {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "HTTP/protobuf", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            None,
+        ),
+    ],
+)
+def test_a_protocol_other_than_http_protobuf_is_named(environ: dict[str, str], named: str | None) -> None:
+    """Result: a protocol the exporter does not speak (`grpc`, `http/json`) is named with the port to use
+    instead; `http/protobuf` (any case) or none is no problem."""
+    problem = otel.protocol_problem(environ)
+    if named is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(named) and "4318" in problem, problem
+
+
 def test_batch_settings_fall_back_to_the_sdk_defaults() -> None:
     values, problems = otel.batch_settings(
         {
