@@ -389,3 +389,18 @@ def namespaces_allowed(uid: int | None) -> bool:
         finally:
             os._exit(1)
     return os.waitpid(pid, 0)[1] == 0
+
+
+class RawHeaderName(str):
+    """A Kafka header name whose UTF-8 encoding is `raw`, any bytes: what Go clients and librdkafka may
+    send (aiokafka's builders encode a name with `.encode()`)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> RawHeaderName:
+        name = super().__new__(cls, raw.decode("latin-1"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw

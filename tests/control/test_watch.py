@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,7 @@ async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path
         seen.append((root / "functions" / "mod.py").read_text())
 
     watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append)
-    stop = asyncio.Event()
-    task = asyncio.create_task(watcher.run(stop))
-    try:
+    async with running(watcher):
         while not seen:  # an edit seen: the watch is up
             (root / "functions" / "mod.py").write_text(module.format(v=1))
             await until(lambda: bool(seen), "the first edit seen", timeout=1, fail=False)
@@ -77,9 +76,6 @@ async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path
         await until(lambda: any("return 2" in s for s in seen), "the folder made again seen")
         (root / "functions" / "mod.py").write_text(module.format(v=3))
         await until(lambda: any("return 3" in s for s in seen), "an edit in the new folder seen")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def configmap_swap(mount: Path, stamp: str, files: dict[str, str]) -> Path:
@@ -124,9 +120,7 @@ async def test_a_configmap_manifest_swapped_is_followed(tmp_path: Path) -> None:
         seen.append(([f.name for f in manifest.functions], manifest.functions[0].root))
 
     watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append)
-    stop = asyncio.Event()
-    task = asyncio.create_task(watcher.run(stop))
-    try:
+    async with running(watcher):
         await until(lambda: not watcher.busy(), "the warm-up done")
         b = configmap_swap(mount, "2026_12_06_b", files(["alpha", "beta"], 2))
         await until(lambda: any(names == ["alpha", "beta"] for names, _ in seen), "the first swap seen")
@@ -134,9 +128,6 @@ async def test_a_configmap_manifest_swapped_is_followed(tmp_path: Path) -> None:
         c = configmap_swap(mount, "2026_12_06_c", files(["gamma"], 3))
         await until(lambda: any(names == ["gamma"] for names, _ in seen), "the second swap seen")
         assert seen[-1][1] == c and errors == []
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_an_edit_that_fixes_a_hanging_import_is_not_held_by_its_check(tmp_path: Path) -> None:
@@ -154,9 +145,7 @@ async def test_an_edit_that_fixes_a_hanging_import_is_not_held_by_its_check(tmp_
         seen.append((root / "functions" / "mod.py").read_text())
 
     watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append)
-    stop = asyncio.Event()
-    task = asyncio.create_task(watcher.run(stop))
-    try:
+    async with running(watcher):
         await until(lambda: not watcher.busy(), "the warm-up done")
         (root / "functions" / "mod.py").write_text("import time\ntime.sleep(300)\n")
         await until(lambda: "functions.mod:handle" in (watcher.checking() or ""), "the hanging check shown")
@@ -168,6 +157,15 @@ async def test_an_edit_that_fixes_a_hanging_import_is_not_held_by_its_check(tmp_
         assert time.monotonic() - started < 10
         assert errors == [] and not any("sleep" in s for s in seen)
         await until(lambda: watcher.checking() is None, "no check running")
+
+
+@contextlib.asynccontextmanager
+async def running(watcher: ManifestWatcher) -> AsyncIterator[None]:
+    """`watcher` watching for the block's duration; stopped (and its task awaited) after it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        yield
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

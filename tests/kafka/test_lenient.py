@@ -10,25 +10,14 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.record.memory_records import MemoryRecords
 
 from framework.kafka.lenient import LenientRecords, install
-
-
-class _RawName(str):
-    raw: bytes
-
-    def __new__(cls, raw: bytes) -> _RawName:
-        name = super().__new__(cls, raw.decode("latin-1"))
-        name.raw = raw
-        return name
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
+from tests.support import RawHeaderName
 
 
 def _batch(codec: int) -> bytes:
     builder = _DefaultRecordBatchBuilderPy(2, codec, 0, -1, -1, 0, 1 << 20)
     builder.append(0, timestamp=1, key=b"a", value=b"1", headers=[("ok", b"x")])
     builder.append(
-        1, timestamp=1, key=b"b", value=b"2", headers=[(_RawName(b"h-\xff"), b"y"), ("ce_id", b"i")]
+        1, timestamp=1, key=b"b", value=b"2", headers=[(RawHeaderName(b"h-\xff"), b"y"), ("ce_id", b"i")]
     )
     builder.append(2, timestamp=1, key=b"c", value=None, headers=[])
     return bytes(builder.build())

@@ -13,7 +13,18 @@ from typing import Any
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
-from tests.support import Header, Node, Record, ce_headers, consume, new_id, produce, wait_for, write_project
+from tests.support import (
+    Header,
+    Node,
+    RawHeaderName,
+    Record,
+    ce_headers,
+    consume,
+    new_id,
+    produce,
+    wait_for,
+    write_project,
+)
 
 IDENT = "abababab-0000-4000-8000-000000000001"
 MANIFEST = f"""
@@ -305,20 +316,6 @@ def test_events_from_producers_that_compress_are_answered(node: Node, broker: Em
         assert _result(_replies(node, broker, eid)[0])["payload"] == {"codec": codec}, codec
 
 
-class _RawName(str):
-    """A header name whose UTF-8 encoding is `raw`, any bytes: what Go clients and librdkafka may send."""
-
-    raw: bytes
-
-    def __new__(cls, raw: bytes) -> _RawName:
-        name = super().__new__(cls, raw.decode("latin-1"))
-        name.raw = raw
-        return name
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
-
-
 def test_header_names_that_are_not_utf8_do_not_stop_the_partition(node: Node, broker: EmbeddedBroker) -> None:
     """1. Produce, in one batch on one partition, an event with a header named by bytes that are not UTF-8
     and an extension header `ce_` + such bytes (Kafka wants UTF-8 names; Go clients and librdkafka send
@@ -334,9 +331,9 @@ def test_header_names_that_are_not_utf8_do_not_stop_the_partition(node: Node, br
         (
             [
                 *ce_headers("ident.seen", first),
-                (_RawName(b"x-\xff\xfe"), b"v"),
+                (RawHeaderName(b"x-\xff\xfe"), b"v"),
                 ("ce_good", b"yes"),
-                (_RawName(b"ce_\xc3"), b"w"),
+                (RawHeaderName(b"ce_\xc3"), b"w"),
             ],
             first,
         ),
@@ -348,7 +345,7 @@ def test_header_names_that_are_not_utf8_do_not_stop_the_partition(node: Node, br
         await producer.start()
         try:
             batch = producer.create_batch()
-            # The compiled builder encodes names itself: the pure-Python one asks `_RawName.encode`.
+            # The compiled builder encodes names itself: the pure-Python one asks `RawHeaderName.encode`.
             batch._builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, 0, 1 << 20)
             for headers, eid in records:
                 value = json.dumps({"eid": eid}).encode()
