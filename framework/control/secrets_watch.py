@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,13 +48,14 @@ class SecretsWatcher:
         self,
         folder: Path | Callable[[], Path],
         on_change: Callable[[bool], object],
-        on_appeared: Callable[[], object] | None = None,
+        on_appeared: Callable[[float], object] | None = None,
     ) -> None:
         self._folder = folder
         self.on_change = on_change
         self.on_appeared = on_appeared
         """Called first when the folder appears or is replaced (a folder made in its place may even reuse its
-        inode number: its deletion tells)."""
+        inode number: its deletion tells), with the `time.monotonic()` at which the watch knew the one before
+        was gone: whatever looked at the folder after that saw the new one, or none."""
 
     @property
     def folder(self) -> Path:
@@ -63,12 +65,14 @@ class SecretsWatcher:
     async def run(self, stop: asyncio.Event) -> None:
         recheck = asyncio.create_task(self._recheck(stop))
         known: tuple[int, int] | None = None  # the folder watched last (device, inode); None: none yet
+        went_at: float | None = None  # when the watch knew the folder it watched (or none) was not there
         first = True
         try:
             while not stop.is_set():
                 now = self._identity()
                 if now is None:  # missing: look again soon
                     first = False
+                    went_at = time.monotonic() if went_at is None else went_at
                     with contextlib.suppress(TimeoutError):
                         await within(stop.wait(), APPEAR_POLL)
                     continue
@@ -77,9 +81,9 @@ class SecretsWatcher:
                 if found:
                     log.info("the secrets folder %s appeared", self.folder)
                     if self.on_appeared is not None:
-                        self.on_appeared()
+                        self.on_appeared(time.monotonic() if went_at is None else went_at)
                     self._changed(True)  # at once; and again once watched (see `_watch`)
-                known = now
+                known, went_at = now, None
                 gone = False
                 try:
                     gone = await self._watch(stop, now, found)
@@ -88,7 +92,7 @@ class SecretsWatcher:
                 if stop.is_set():
                     break
                 if gone or self._identity() != now:  # it went, or was replaced: so did every secret in it
-                    known = None
+                    known, went_at = None, time.monotonic()
                     self._changed(True)
                     continue
                 with contextlib.suppress(TimeoutError):  # the watch failed: try again later

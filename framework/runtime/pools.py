@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -181,10 +182,12 @@ class Runtime:
                 self._retire(name)
         return changed
 
-    def secrets_folder_appeared(self) -> None:
-        """The secrets folder appeared, or another took its place (even with the old one's inode number):
-        the template hides the old one at most."""
-        self._folder_went = True
+    def secrets_folder_appeared(self, went_at: float = math.inf) -> None:
+        """The secrets folder appeared, or another took its place (even with the old one's inode number),
+        after `went_at` (`time.monotonic()`): a template that looked at it before then hides the old one at
+        most; one that looked after (renewed by `refresh_secrets` meanwhile) hides the new one."""
+        if self._template.hidden_at < went_at:
+            self._folder_went = True
         if self._hidden_elsewhere():
             self._renew_template()
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -103,6 +105,8 @@ class Template:
         self.hidden: tuple[int, int] | None = None
         """The identity (`sandbox.identity`) of the folder hidden when the process started: a folder that
         appears or is replaced later is not hidden from it."""
+        self.hidden_at = -math.inf
+        """When `hidden` was read (`time.monotonic()`; -inf: not started)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,6 +126,7 @@ class Template:
         if self._ctrl is not None or self._proc is not None:  # a dead one's socket and process go first
             self.stop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.hidden_at = time.monotonic()
         self.hidden = None if self.hide is None else sandbox.identity(self.hide)
         env = instance_environ(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)

@@ -124,7 +124,8 @@ async def test_a_folder_given_as_a_function_is_followed_where_it_moves(
         folder.mkdir(parents=True)
         (folder / "token").write_text("first-value")
     where, seen, appeared, stop = [old], Recorder(), asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(SecretsWatcher(lambda: where[0], seen, appeared.set).run(stop))
+    watcher = SecretsWatcher(lambda: where[0], seen, lambda _went_at: appeared.set())
+    task = asyncio.create_task(watcher.run(stop))
     await write_until_seen(old / "token", seen, 2)  # a is watched
     where[0] = new
     seen.changed.clear()

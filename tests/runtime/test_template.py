@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from framework.runtime import Runtime
 from framework.runtime.template import _KEPT, Template, describe_exit
+from framework.settings import Settings
 from tests.runtime.conftest import SpecFactory, call
 
 
@@ -149,3 +151,35 @@ async def test_the_template_ran_a_loop_once_and_kept_nothing_of_it(
     kinds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     assert not [k for k in kinds if any(x in k for x in ("eventpoll", "eventfd", "io_uring"))], kinds
     assert "Threads:\t1\n" in Path(f"/proc/{pid}/status").read_text()  # noqa: ASYNC240
+
+
+async def test_a_replaced_secrets_folder_renews_the_template_once(tmp_path: Path) -> None:
+    """1. A runtime hides `secrets`.
+    2. The folder is replaced by another (another inode); the watcher knows it went; the runtime's own
+       re-read (`refresh_secrets`) sees the new folder first, then the watcher's report that it appeared
+       comes (the order the node's watcher may give).
+    3. It is deleted and made again in place, and only the watcher reports it.
+    Result: step 2 makes one fresh template, not two (the fresh one looked after the old folder went);
+    step 3 makes one, though the folder made in place may have the old one's inode number."""
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    rt = Runtime(Settings(manifest=tmp_path / "functions.yaml", secrets_dir=folder))
+    await rt.start()
+    try:
+        first = rt._template
+        (tmp_path / "new").mkdir()  # another inode for sure (a folder made in place may reuse the old one's)
+        shutil.rmtree(folder)
+        went_at = time.monotonic()
+        (tmp_path / "new").rename(folder)
+        rt.refresh_secrets()
+        second = rt._template
+        assert second is not first
+        rt.secrets_folder_appeared(went_at)
+        assert rt._template is second
+        shutil.rmtree(folder)
+        went_at = time.monotonic()
+        folder.mkdir()
+        rt.secrets_folder_appeared(went_at)
+        assert rt._template is not second
+    finally:
+        await rt.stop(0)
