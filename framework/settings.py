@@ -61,8 +61,13 @@ class Settings(BaseSettings):
     new one (aiokafka's default: 40,000); clients add their fetch wait and the size of their largest
     request (`kafka/options.py` `request_timeout_ms`). A broker that keeps a connection open and stops
     answering on it holds every later request on it until then. Keep it above a JoinGroup's longest wait:
-    the session timeout (10 s) plus the broker's initial rebalance delay (3 s by default); lower values are
-    for a group of one node (tests), where the join waits only for that delay."""
+    the session timeout (`kafka_session_timeout_ms`) plus the broker's initial rebalance delay (3 s by
+    default); lower values are for a group of one node (tests), where the join waits only for that delay."""
+    kafka_session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
+    """Milliseconds the group waits without a heartbeat from a node before it hands that node's partitions
+    to the others (a SIGKILLed node's, and on the embedded broker a stopped one's, which sends no LeaveGroup
+    it acts on); heartbeats go every third of it. At least 6,000, Apache Kafka's default
+    `group.min.session.timeout.ms`; a node whose loop stalls this long loses its partitions for a while."""
     events_topic: str = "faas.events"
     replies_topic: str = "faas.replies"
     deadletter_topic: str = "faas.deadletter"

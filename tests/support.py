@@ -176,6 +176,8 @@ class Node:
                 "FAAS_SCHEDULER_TOPIC": f"t.scheduler.{self.tag}",
                 "FAAS_KAFKA_GROUP_ID": f"t-{self.tag}",
                 "FAAS_LOG_FORMAT": "text",
+                # The shortest Apache Kafka accepts: a pair's hand-over takes ~9 s less than at the default.
+                "FAAS_KAFKA_SESSION_TIMEOUT_MS": "6000",
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -118,6 +118,16 @@ def test_fetch_wait_out_of_range_is_a_usage_error(monkeypatch: pytest.MonkeyPatc
     assert Settings().kafka_fetch_wait_ms == 500
 
 
+def test_session_timeout_out_of_range_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under Apache Kafka's minimum (6,000 ms) the group would refuse the node's join at every start."""
+    for value in ("5999", "300001", "10s"):
+        monkeypatch.setenv("FAAS_KAFKA_SESSION_TIMEOUT_MS", value)
+        r = CliRunner().invoke(main, ["validate"])
+        assert r.exit_code == 2 and "FAAS_KAFKA_SESSION_TIMEOUT_MS" in r.output, (value, r.output)
+    monkeypatch.setenv("FAAS_KAFKA_SESSION_TIMEOUT_MS", "45000")
+    assert Settings().kafka_session_timeout_ms == 45_000
+
+
 @pytest.mark.parametrize(
     ("keys", "problem"),
     [(",", "is set but holds no key"), (" , ,", "is set but holds no key")],

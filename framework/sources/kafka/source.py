@@ -97,8 +97,8 @@ LAG_INTERVAL = 2.0
 CONSUMER_OPTIONS: dict[str, Any] = {
     "auto_offset_reset": "earliest",  # a new group starts at the beginning: nothing produced earlier is lost
     "enable_auto_commit": False,
-    "session_timeout_ms": 10_000,  # a SIGKILLed node's partitions move on within ~13 s
-    "heartbeat_interval_ms": 3_000,
+    "session_timeout_ms": 10_000,  # FAAS_KAFKA_SESSION_TIMEOUT_MS, this default; a SIGKILLed node's
+    "heartbeat_interval_ms": 3_000,  # partitions move on within ~13 s on the embedded broker
     "max_poll_interval_ms": 300_000,  # far above the 30 s function limit; the poll loop never blocks anyway
     "metadata_max_age_ms": 30_000,
     # How long a fetch may wait for records (FAAS_KAFKA_FETCH_WAIT_MS, this default). aiokafka's 500 ms
@@ -247,7 +247,12 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             group_id=s.kafka_group_id,
             max_partition_fetch_bytes=fetch_bytes,
             request_timeout_ms=request_timeout_ms(s, fetch_bytes, s.kafka_fetch_wait_ms),
-            **{**CONSUMER_OPTIONS, "fetch_max_wait_ms": s.kafka_fetch_wait_ms},
+            **{
+                **CONSUMER_OPTIONS,
+                "fetch_max_wait_ms": s.kafka_fetch_wait_ms,
+                "session_timeout_ms": s.kafka_session_timeout_ms,
+                "heartbeat_interval_ms": s.kafka_session_timeout_ms // 3,
+            },
             **self.options,
         )
         consumer.subscribe([s.events_topic], listener=self)
