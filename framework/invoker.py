@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from framework.context import Trigger
-from framework.control.manifest import FunctionSpec
 from framework.control.registry import Registry
+from framework.control.spec import FunctionSpec
 from framework.errors import FaasError, FunctionError, NotFound
 from framework.observe import tracing
 from framework.retry import RETRIED_TRIGGERS, with_retries

@@ -22,10 +22,11 @@ import uvicorn
 from framework import __version__, heap
 from framework.control.code_cache import CodeCache
 from framework.control.deployments import Deployments, cache_dir, open_deployments, unserved
-from framework.control.manifest import Manifest, load_manifest
+from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
 from framework.control.secrets import folder_setting_problem, readiness_reasons
 from framework.control.secrets_watch import SecretsWatcher
+from framework.control.spec import Manifest
 from framework.control.watch import ManifestWatcher
 from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import replace
 
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.errors import FaasError
 from framework.types import Invocation, InvokeResult, new_id
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from framework.control.manifest import FunctionSpec, Manifest, RetrySpec
 from framework.control.registry import Registry
+from framework.control.spec import FunctionSpec, Manifest, RetrySpec
 from framework.errors import FunctionError, Timeout
 from framework.invoker import Invoker
 from framework.observe.metrics import Metrics

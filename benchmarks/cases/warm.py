@@ -25,7 +25,7 @@ from benchmarks.env import Env, baseline, guarded
 from benchmarks.project import fn_uuid
 from benchmarks.stats import Series, percentile
 from framework.context import Context
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.observe.metrics import Metrics
 from framework.runtime.pools import Runtime
 from framework.settings import Settings

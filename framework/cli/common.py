@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from dotenv import dotenv_values
 
-from framework.control.manifest import Manifest, event_type, load_manifest
+from framework.control.manifest import load_manifest
+from framework.control.spec import Manifest, event_type
 from framework.errors import ManifestError
 from framework.kafka.address import bootstrap_servers
 from framework.kafka.embedded import port_open, speaks_kafka

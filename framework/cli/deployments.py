@@ -36,10 +36,10 @@ from framework.control.code_cache import verify
 from framework.control.deployment_log import PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
-from framework.control.manifest import FunctionSpec, Manifest, State
 from framework.control.manifest_edit import set_state
 from framework.control.registry import Registry
 from framework.control.revisions import Revision, author, now
+from framework.control.spec import FunctionSpec, Manifest, State
 from framework.control.working_copy import candidates, live_status, undeploy_of
 from framework.errors import ManifestError
 from framework.settings import Settings

@@ -20,7 +20,7 @@ import click
 import orjson
 
 from framework.control.cron import next_fire
-from framework.control.manifest import Manifest
+from framework.control.spec import Manifest
 from framework.control.working_copy import live_status
 
 if TYPE_CHECKING:

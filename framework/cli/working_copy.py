@@ -21,9 +21,9 @@ from framework.cli.common import (
     shown,
 )
 from framework.control import manifest_edit
-from framework.control.manifest import NAME_PATTERN
 from framework.control.manifest_edit import add_function
 from framework.control.registry import Registry
+from framework.control.spec import NAME_PATTERN
 from framework.errors import ManifestError
 from framework.settings import Settings
 

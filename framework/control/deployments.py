@@ -37,9 +37,9 @@ from framework.control.code_cache import CodeCache
 from framework.control.deployment_log import DeploymentLog, MemoryLog, PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
-from framework.control.manifest import FunctionSpec, Manifest
 from framework.control.registry import Registry
 from framework.control.revisions import Revision, spec_from
+from framework.control.spec import FunctionSpec, Manifest
 from framework.control.working_copy import Candidate, CodeZips, candidates, live_status, undeploy_of
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within

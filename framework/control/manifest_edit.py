@@ -17,7 +17,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from framework.control.manifest import STATES, ErrorCollector, State, parse_yaml, round_trip_yaml
+from framework.control.manifest import ErrorCollector, parse_yaml, round_trip_yaml
+from framework.control.spec import STATES, State
 from framework.errors import ManifestError
 
 _SCALAR = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|[^\s#,\]}]+")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from framework.control.manifest import FunctionSpec, Manifest, load_manifest
+from framework.control.manifest import load_manifest
+from framework.control.spec import FunctionSpec, Manifest
 
 
 class Registry:

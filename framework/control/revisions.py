@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from framework.control.manifest import FunctionSpec
 from framework.control.snapshot import code_files, top_level
+from framework.control.spec import FunctionSpec
 
 Action = Literal["deploy", "undeploy"]
 ACTIONS: tuple[Action, ...] = ("deploy", "undeploy")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from framework.control.manifest import FunctionSpec
+    from framework.control.spec import FunctionSpec
     from framework.settings import Settings
 
 MAX_BYTES = 64 * 1024

@@ -12,7 +12,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the manifest's import check (`handler_check`) uses this module: no cycle at run time
-    from framework.control.manifest import FunctionSpec
+    from framework.control.spec import FunctionSpec
 
 
 def is_code(relative: PurePath) -> bool:

@@ -39,8 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from framework.control.handler_check import CheckCancelled
-from framework.control.manifest import Manifest, ManifestCache, load_manifest
+from framework.control.manifest import ManifestCache, load_manifest
 from framework.control.snapshot import is_code, top_level
+from framework.control.spec import Manifest
 from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError
 

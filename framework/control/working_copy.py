@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.control.manifest import FunctionSpec, Manifest
 from framework.control.revisions import (
     CodeTooLarge,
     Revision,
@@ -23,6 +22,7 @@ from framework.control.revisions import (
     spec_of,
 )
 from framework.control.snapshot import top_level
+from framework.control.spec import FunctionSpec, Manifest
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from framework.control.manifest import MAX_RETRY_ATTEMPTS
+from framework.control.spec import MAX_RETRY_ATTEMPTS
 from framework.kafka import cloudevents
 
 ERROR = cloudevents.ERROR_HEADER

@@ -34,7 +34,7 @@ from framework.observe.record_json import error_fields, render
 from framework.observe.stats import StatsBook
 
 if TYPE_CHECKING:
-    from framework.control.manifest import FunctionSpec
+    from framework.control.spec import FunctionSpec
     from framework.observe.metrics import Metrics
     from framework.observe.sender import RecordSender
     from framework.settings import Settings

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD

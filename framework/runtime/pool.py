@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.errors import FaasError, InstanceCrashed, Overloaded
 from framework.observe.metrics import Metrics
 from framework.runtime.handle import InstanceHandle

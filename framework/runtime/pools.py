@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from framework import sandbox
 from framework.control.deployments import cache_dir
-from framework.control.manifest import FunctionSpec
 from framework.control.secrets import SecretError, SecretStore
+from framework.control.spec import FunctionSpec
 from framework.errors import Overloaded
 from framework.observe import tracing
 from framework.observe.metrics import Metrics

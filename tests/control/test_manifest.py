@@ -9,14 +9,8 @@ from typing import Any
 import pytest
 
 from framework.control import handler_check, manifest, manifest_edit
-from framework.control.manifest import (
-    FunctionSpec,
-    InstancesSpec,
-    ManifestCache,
-    ScheduleSpec,
-    check_cron,
-    load_manifest,
-)
+from framework.control.manifest import ManifestCache, load_manifest
+from framework.control.spec import FunctionSpec, InstancesSpec, ScheduleSpec, check_cron
 from framework.errors import ManifestError
 from tests.support import write_project
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from framework.control.manifest import RetrySpec, load_manifest
+from framework.control.manifest import load_manifest
+from framework.control.spec import RetrySpec
 from framework.errors import ManifestError
 from tests.support import write_project
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from framework.control.manifest import FunctionSpec, load_manifest
+from framework.control.manifest import load_manifest
 from framework.control.secrets import MAX_BYTES, SecretError, SecretStore, folder, readiness_reasons
+from framework.control.spec import FunctionSpec
 from framework.errors import ManifestError
 from tests.support import run_cli, write_project
 

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.errors import Overloaded, Timeout
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.observe.metrics import Metrics

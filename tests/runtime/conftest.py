@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from framework.control.manifest import FunctionSpec, InstancesSpec
+from framework.control.spec import FunctionSpec, InstancesSpec
 from framework.runtime import Runtime
 from framework.settings import Settings
 from framework.types import Invocation, InvokeResult

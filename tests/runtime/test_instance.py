@@ -166,7 +166,7 @@ def test_instances_die_with_the_node(project: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, uuid
         from pathlib import Path
-        from framework.control.manifest import FunctionSpec
+        from framework.control.spec import FunctionSpec
         from framework.runtime import Runtime
         from framework.settings import Settings
         from framework.types import Invocation

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.runtime.pools import Runtime
 from framework.runtime.raw_output import LINES_PER_TURN, MAX_PARTIAL, RawLines
 from framework.runtime.template import Template

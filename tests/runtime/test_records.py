@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from framework.control.manifest import FunctionSpec, InstancesSpec
+from framework.control.spec import FunctionSpec, InstancesSpec
 from framework.errors import FunctionError, InstanceCrashed, Overloaded, Timeout
 from framework.observe import tracing
 from framework.observe.logs import TraceFilter

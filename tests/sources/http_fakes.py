@@ -8,8 +8,8 @@ from typing import Any, cast
 import httpx
 from starlette.applications import Starlette
 
-from framework.control.manifest import FunctionSpec, Manifest, ScheduleSpec
 from framework.control.registry import Registry
+from framework.control.spec import FunctionSpec, Manifest, ScheduleSpec
 from framework.errors import FaasError, FunctionError, InstanceCrashed, Overloaded, Timeout
 from framework.invoker import Invoker
 from framework.observe.metrics import Metrics

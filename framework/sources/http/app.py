@@ -29,8 +29,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from framework.control.manifest import FunctionSpec, event_type
 from framework.control.registry import Registry
+from framework.control.spec import FunctionSpec, event_type
 from framework.errors import BadRequest, FaasError, NotFound, status_of
 from framework.invoker import EventReply, new_id
 from framework.observe import tracing

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 
 from framework.control.cron import Cron
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 
 MAX_COUNTED = 10_000
 """Missed ticks counted one by one after a late wake-up; beyond that the count is capped (and says so)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from framework.context import Trigger
-from framework.control.manifest import FunctionSpec
+from framework.control.spec import FunctionSpec
 from framework.errors import FaasError
 from framework.observe import tracing
 from framework.sources.schedule.catchup import Ticks

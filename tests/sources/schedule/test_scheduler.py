@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from framework.context import Trigger
-from framework.control.manifest import FunctionSpec, Manifest, ScheduleSpec
 from framework.control.registry import Registry
+from framework.control.spec import FunctionSpec, Manifest, ScheduleSpec
 from framework.errors import Timeout
 from framework.kafka.embedded import EmbeddedBroker
 from framework.observe import tracing
