@@ -28,6 +28,11 @@ class PartitionOffsets:
         self.committed: int | None = None
         """The last offset committed to the broker (None: nothing yet in this assignment)."""
 
+    @property
+    def held(self) -> int:
+        """Records taken and not done yet (running, queued behind their key, or awaiting their ack)."""
+        return len(self._pending) - len(self._done)
+
     def take(self, offset: int) -> None:
         if self.next_offset is not None and offset < self.next_offset:
             return  # refetched after a seek: already tracked

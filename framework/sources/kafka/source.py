@@ -92,6 +92,10 @@ FINAL_COMMIT_WAIT = 5.0
 """Seconds a stopping node waits for its last commit (what it leaves uncommitted is answered again)."""
 FULL_POLL = 1.0
 """Seconds the poll loop waits for room before it polls with every partition paused (see `_wait_for_room`)."""
+PARTITION_SHARE = 0.75
+"""The share of FAAS_MAX_INFLIGHT_EVENTS one partition may hold while the node has others: a partition
+holding that many (one key's backlog behind a slow event, say) is paused until it is down to half of it,
+so the other partitions' events keep coming in rather than wait behind it."""
 LAG_INTERVAL = 2.0
 """Seconds between updates of the consumer-lag gauge."""
 CONSUMER_OPTIONS: dict[str, Any] = {
@@ -277,14 +281,35 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             if room <= 0:
                 await self._wait_for_room(consumer)
                 continue
-            if consumer.paused():
-                consumer.resume(*consumer.paused())
-            batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 1000))
+            paused = consumer.paused()
+            crowded, headroom = self._crowded(consumer, paused)
+            if paused != crowded:
+                consumer.resume(*(paused - crowded))
+                consumer.pause(*(crowded - paused))
+            batch = await consumer.getmany(timeout_ms=200, max_records=min(room, 1000, headroom))
             for tp, records in batch.items():
                 self.metrics.events_consumed.inc(len(records))
                 for record in records:
                     part = self.tracker.take(tp, record.offset)
                     self.runner.submit(tp, record.key, functools.partial(self._handle, part, record))
+
+    def _crowded(
+        self, consumer: AIOKafkaConsumer, paused: set[TopicPartition]
+    ) -> tuple[set[TopicPartition], int]:
+        """The partitions to keep paused, and the most records the next fetch may take so that no other
+        partition goes past PARTITION_SHARE of the limit. A partition that reached it stays paused until
+        down to half of it (a margin: one resumed is fetched again from its next offset). Nothing is
+        paused while the node has a single partition: it may hold all there is."""
+        limit = self.settings.max_inflight_events
+        assigned = consumer.assignment()
+        if len(assigned) < 2:
+            return set(), limit
+        cap = max(1, int(limit * PARTITION_SHARE))
+        held = {tp: p.held for tp, p in self.tracker.partitions.items() if tp in assigned}
+        crowded = {tp for tp, n in held.items() if n >= cap or (tp in paused and n > cap // 2)}
+        # A revoked partition is in neither set: aiokafka would raise on pausing one.
+        most = max((n for tp, n in held.items() if tp not in crowded), default=0)
+        return crowded, max(1, cap - most)
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
         """Full: wait until held records are done, at most FULL_POLL seconds. Waiting in a fetch instead

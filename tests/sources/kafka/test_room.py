@@ -7,6 +7,7 @@ Unit tests drive the poll loop with a consumer double (what it asks of aiokafka 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from framework.settings import Settings
 from framework.sources.kafka import source as source_module
 from framework.sources.kafka.source import KafkaSource
 from framework.tasks import within
+from tests.faults.kit import ReplyReader, producer, send_all
 from tests.support import ce_headers, consume, metric, new_id, produce, wait_for, write_project
 
 TP = TopicPartition("events", 0)
@@ -150,6 +152,70 @@ async def test_stop_wakes_a_full_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert consumer.fetches == []
 
 
+TP1 = TopicPartition("events", 1)
+
+
+class TwoPartitions(Consumer):
+    def assignment(self) -> set[TopicPartition]:
+        return {TP, TP1}
+
+
+async def test_a_partition_holding_most_of_the_limit_is_paused_and_the_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1. A source with FAAS_MAX_INFLIGHT_EVENTS=8 and two partitions; partition 0 holds 6 records (one
+       key's backlog: PARTITION_SHARE of 8).
+    2. Two of them are done, then one more.
+    Result: while partition 0 holds 6 it is paused and the loop fetches for the other (room 2); at 4 it
+    stays paused (the margin); at 3 (half of 6) it is resumed. A fetch never takes more than would bring
+    the other partition to 6."""
+    monkeypatch.setattr(source_module, "FULL_POLL", 60.0)
+    source = KafkaSource(Settings(max_inflight_events=8), cast(Any, None), Metrics(), "127.0.0.1:1")
+    consumer = TwoPartitions()
+    source.consumer = cast(Any, consumer)
+    part = source.tracker.take(TP, 0)
+    for offset in range(1, 6):
+        source.tracker.take(TP, offset)
+    source.runner.size = 6
+    poll = asyncio.create_task(source._poll())
+    try:
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.paused() == {TP}
+        assert consumer.fetches[-1] == (200, 2)
+        for offset in (0, 1):
+            part.done(offset)
+        source.runner._release(2)
+        consumer.fetched.clear()
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.paused() == {TP}, "resumed before it was down to half"
+        assert consumer.fetches[-1] == (200, 4)
+        part.done(2)
+        source.runner._release(1)
+        consumer.fetched.clear()
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.paused() == set()
+        assert consumer.fetches[-1] == (200, 3), "fetches at most what brings partition 0 back to 6"
+    finally:
+        await stop(source, poll)
+
+
+async def test_a_single_partition_may_hold_the_whole_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source with one partition holding 6 of 8 is not paused: it fetches the room there is (2)."""
+    monkeypatch.setattr(source_module, "FULL_POLL", 60.0)
+    source = KafkaSource(Settings(max_inflight_events=8), cast(Any, None), Metrics(), "127.0.0.1:1")
+    consumer = Consumer()
+    source.consumer = cast(Any, consumer)
+    for offset in range(6):
+        source.tracker.take(TP, offset)
+    source.runner.size = 6
+    poll = asyncio.create_task(source._poll())
+    try:
+        await within(consumer.fetched.wait(), 5)
+        assert consumer.paused() == set() and consumer.fetches[-1] == (200, 2)
+    finally:
+        await stop(source, poll)
+
+
 MANIFEST = """
 functions:
   - name: hold
@@ -157,6 +223,11 @@ functions:
     handler: functions.hold:hold
     state: productive
     events: [hold]
+  - name: quick
+    uuid: dddddddd-0000-4000-8000-000000000002
+    handler: functions.hold:quick
+    state: productive
+    events: [quick]
 """
 MODULES = {
     "hold": """
@@ -167,6 +238,9 @@ async def hold(payload, ctx):
     while not os.path.exists(payload["until"]):
         await asyncio.sleep(0.01)
     return "released"
+
+async def quick(payload, ctx):
+    return "quick"
 """
 }
 
@@ -228,3 +302,48 @@ async def test_a_commit_that_never_returns_holds_up_neither_commits_nor_a_rebala
     source.tracker.take(TP, 8).done(8)
     await within(source._commit(None), 5)
     assert consumer.commits == 2
+
+
+def test_one_keys_backlog_holds_up_its_own_partition_only(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Any
+) -> None:
+    """1. A node with FAAS_MAX_INFLIGHT_EVENTS=8; 20 events of one key on partition 0, whose handler waits
+       for a file: the first runs, the others queue behind it.
+    2. The node takes 6 of them (PARTITION_SHARE of 8) and leaves the rest on the topic.
+    3. 10 events of other keys arrive on partitions 1-5; then the file appears.
+    Result: the 10 are answered while the key is still held (before, the backlog took the whole limit and
+    they waited for it); then the key's 20 are answered, in order."""
+    root = write_project(tmp_path / "p", MANIFEST, MODULES)
+    started, release = tmp_path / "started", tmp_path / "release"
+    started.mkdir()
+    n = nodes(root, broker.bootstrap, env={"FAAS_MAX_INFLIGHT_EVENTS": "8"}).wait_ready()
+    payload = f'{{"started": "{started}", "until": "{release}"}}'.encode()
+    held = [f"held-{i}-{new_id()[:6]}" for i in range(20)]
+    others = [f"other-{i}-{new_id()[:6]}" for i in range(10)]
+
+    async def scenario() -> None:
+        p = await producer(broker.bootstrap)
+        try:
+            async with ReplyReader(broker.bootstrap, n.replies) as reader:
+                await send_all(p, n.events, [(b"K", payload, ce_headers("hold", i)) for i in held], 0)
+                deadline = time.monotonic() + 30
+                while metric(n, "faas_events_consumed_total") < 6 or not any(started.iterdir()):
+                    assert time.monotonic() < deadline, f"the key's events not taken\n{n.tail()}"
+                    await asyncio.sleep(0.1)
+                for index, eid in enumerate(others):
+                    record = (f"o{index}".encode(), b"{}", ce_headers("quick", eid))
+                    await send_all(p, n.events, [record], 1 + index % 5)
+                missing = await reader.wait(others, 30)
+                assert not missing, (
+                    f"{len(missing)} events of other partitions wait behind the key\n{n.tail()}"
+                )
+                assert not release.exists() and not set(held) & set(reader.first)
+                assert metric(n, "faas_events_consumed_total") == 16, "the key's partition took more than 6"
+                release.touch()
+                assert not await reader.wait(held, 60), n.tail()
+                assert [i for i in reader.first if i in set(held)] == held, "the key's replies out of order"
+                assert all(reader.first[i]["ok"] for i in held + others)
+        finally:
+            await p.stop()
+
+    asyncio.run(scenario())
