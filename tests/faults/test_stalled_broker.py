@@ -53,5 +53,9 @@ def test_connections_that_stop_answering_are_given_up(project: Path, nodes: Call
             took = reply_within(node, bootstrap, new_id(), bound)
             print(f"answered {took:.1f} s after the stall")
             assert node.proc.poll() is None
+            # 5 s is under the session timeout (6 s here) plus the broker's rebalance delay: said at start.
+            assert "FAAS_KAFKA_REQUEST_TIMEOUT_MS=5000 is not above FAAS_KAFKA_SESSION_TIMEOUT_MS=6000" in (
+                node.log.read_text()
+            )
     finally:
         broker.stop()

@@ -96,6 +96,9 @@ PARTITION_SHARE = 0.75
 """The share of FAAS_MAX_INFLIGHT_EVENTS one partition may hold while the node has others: a partition
 holding that many (one key's backlog behind a slow event, say) is paused until it is down to half of it,
 so the other partitions' events keep coming in rather than wait behind it."""
+JOIN_DELAY_MS = 3_000
+"""Apache Kafka's `group.initial.rebalance.delay.ms` default: a JoinGroup may wait the rebalance timeout
+(aiokafka's: the session timeout) plus this."""
 LAG_INTERVAL = 2.0
 """Seconds between updates of the consumer-lag gauge."""
 CONSUMER_OPTIONS: dict[str, Any] = {
@@ -142,6 +145,25 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._room_waiter: asyncio.Future[None] | None = None
         """Set while the poll loop waits for room; done once there is some (or the source stops)."""
         self.runner.on_release = self.outbox.on_release = self._room_freed
+        join_wait = settings.kafka_session_timeout_ms + JOIN_DELAY_MS
+        if self._request_timeout_ms() <= join_wait:
+            log.warning(
+                "FAAS_KAFKA_REQUEST_TIMEOUT_MS=%d is not above FAAS_KAFKA_SESSION_TIMEOUT_MS=%d plus the "
+                "broker's rebalance delay (%d ms): in a group of several nodes a rejoin may wait longer than "
+                "the request may, time out and start again; fine for a group of one node",
+                settings.kafka_request_timeout_ms,
+                settings.kafka_session_timeout_ms,
+                JOIN_DELAY_MS,
+            )
+
+    def _fetch_bytes(self) -> int:
+        """The most the consumer fetches from one partition at once: two of the largest events."""
+        return max(MIB, 2 * self.settings.max_payload_bytes)
+
+    def _request_timeout_ms(self) -> int:
+        """The consumer's request timeout: a fetch the broker may hold, and its bytes, included."""
+        s = self.settings
+        return request_timeout_ms(s, self._fetch_bytes(), s.kafka_fetch_wait_ms)
 
     # ---- lifecycle ----
 
@@ -245,12 +267,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             self.options,
         )
         await self.sender.start()
-        fetch_bytes = max(MIB, 2 * s.max_payload_bytes)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=s.kafka_group_id,
-            max_partition_fetch_bytes=fetch_bytes,
-            request_timeout_ms=request_timeout_ms(s, fetch_bytes, s.kafka_fetch_wait_ms),
+            max_partition_fetch_bytes=self._fetch_bytes(),
+            request_timeout_ms=self._request_timeout_ms(),
             **{
                 **CONSUMER_OPTIONS,
                 "fetch_max_wait_ms": s.kafka_fetch_wait_ms,
