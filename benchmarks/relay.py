@@ -2,8 +2,9 @@
 
 It consumes the events topic in a consumer group, produces each record's exact bytes (key, value, headers)
 to the reply topic, and commits once the broker acknowledged the batch: the same at-least-once shape as
-the node, minus the functions. It runs on uvloop with the node's consumer options (the same fetch wait,
-which shapes latency on Tansu), so the two differ only in the work between fetch and produce.
+the node, minus the functions. It runs on uvloop with the node's consumer options, read from the same
+environment (the same fetch wait, which shapes latency on Tansu), so the two differ only in the work
+between fetch and produce.
 `python -m benchmarks.relay BOOTSTRAP IN_TOPIC OUT_TOPIC GROUP`; it prints
 `ready` once it owns partitions.
 """
@@ -15,11 +16,13 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from framework.sources.kafka.source import CONSUMER_OPTIONS
+from framework.settings import Settings
+from framework.sources.kafka.source import consumer_options
 
 
 async def relay(bootstrap: str, in_topic: str, out_topic: str, group: str) -> None:
-    consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, group_id=group, **CONSUMER_OPTIONS)
+    options = consumer_options(Settings())
+    consumer = AIOKafkaConsumer(in_topic, bootstrap_servers=bootstrap, group_id=group, **options)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")  # as durable as the node's replies
     await producer.start()
     await consumer.start()

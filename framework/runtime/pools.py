@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -182,7 +181,7 @@ class Runtime:
                 self._retire(name)
         return changed
 
-    def secrets_folder_appeared(self, went_at: float = math.inf) -> None:
+    def secrets_folder_appeared(self, went_at: float) -> None:
         """The secrets folder appeared, or another took its place (even with the old one's inode number),
         after `went_at` (`time.monotonic()`): a template that looked at it before then hides the old one at
         most; one that looked after (renewed by `refresh_secrets` meanwhile) hides the new one."""

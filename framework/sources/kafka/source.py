@@ -104,14 +104,25 @@ LAG_INTERVAL = 2.0
 CONSUMER_OPTIONS: dict[str, Any] = {
     "auto_offset_reset": "earliest",  # a new group starts at the beginning: nothing produced earlier is lost
     "enable_auto_commit": False,
-    "session_timeout_ms": 10_000,  # FAAS_KAFKA_SESSION_TIMEOUT_MS, this default; a SIGKILLed node's
-    "heartbeat_interval_ms": 3_000,  # partitions move on within ~13 s on the embedded broker
     "max_poll_interval_ms": 300_000,  # far above the 30 s function limit; the poll loop never blocks anyway
     "metadata_max_age_ms": 30_000,
-    # How long a fetch may wait for records (FAAS_KAFKA_FETCH_WAIT_MS, this default). aiokafka's 500 ms
-    # default was most of an event's latency: Tansu holds a fetch that long even once records arrive.
-    "fetch_max_wait_ms": 20,
 }
+"""The events consumer's options that no setting changes (`consumer_options` adds those that do)."""
+
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """The events consumer's group and fetch options; the relay baseline of `make bench` takes them too.
+
+    The fetch wait is FAAS_KAFKA_FETCH_WAIT_MS (aiokafka's 500 ms default was most of an event's latency:
+    Tansu holds a fetch that long even once records arrive). The session timeout is
+    FAAS_KAFKA_SESSION_TIMEOUT_MS (at the default a SIGKILLed node's partitions move on within ~13 s on the
+    embedded broker), with a heartbeat every third of it."""
+    return {
+        **CONSUMER_OPTIONS,
+        "fetch_max_wait_ms": settings.kafka_fetch_wait_ms,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_session_timeout_ms // 3,
+    }
 
 
 class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -272,12 +283,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             group_id=s.kafka_group_id,
             max_partition_fetch_bytes=self._fetch_bytes(),
             request_timeout_ms=self._request_timeout_ms(),
-            **{
-                **CONSUMER_OPTIONS,
-                "fetch_max_wait_ms": s.kafka_fetch_wait_ms,
-                "session_timeout_ms": s.kafka_session_timeout_ms,
-                "heartbeat_interval_ms": s.kafka_session_timeout_ms // 3,
-            },
+            **consumer_options(s),
             **self.options,
         )
         consumer.subscribe([s.events_topic], listener=self)
