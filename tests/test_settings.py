@@ -109,23 +109,23 @@ def test_invalid_setting_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> No
     assert r.exit_code == 2 and "FAAS_HTTP_PORT" in r.output
 
 
-def test_fetch_wait_out_of_range_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value in ("0", "10001", "soon"):
-        monkeypatch.setenv("FAAS_KAFKA_FETCH_WAIT_MS", value)
+@pytest.mark.parametrize(
+    ("variable", "bad", "good"),
+    [
+        ("FAAS_KAFKA_FETCH_WAIT_MS", ("0", "10001", "soon"), 500),
+        # Under Apache Kafka's minimum (6,000 ms) the group would refuse the node's join at every start.
+        ("FAAS_KAFKA_SESSION_TIMEOUT_MS", ("5999", "300001", "10s"), 45_000),
+    ],
+)
+def test_kafka_millisecond_settings_out_of_range_are_usage_errors(
+    monkeypatch: pytest.MonkeyPatch, variable: str, bad: tuple[str, ...], good: int
+) -> None:
+    for value in bad:
+        monkeypatch.setenv(variable, value)
         r = CliRunner().invoke(main, ["validate"])
-        assert r.exit_code == 2 and "FAAS_KAFKA_FETCH_WAIT_MS" in r.output, (value, r.output)
-    monkeypatch.setenv("FAAS_KAFKA_FETCH_WAIT_MS", "500")
-    assert Settings().kafka_fetch_wait_ms == 500
-
-
-def test_session_timeout_out_of_range_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under Apache Kafka's minimum (6,000 ms) the group would refuse the node's join at every start."""
-    for value in ("5999", "300001", "10s"):
-        monkeypatch.setenv("FAAS_KAFKA_SESSION_TIMEOUT_MS", value)
-        r = CliRunner().invoke(main, ["validate"])
-        assert r.exit_code == 2 and "FAAS_KAFKA_SESSION_TIMEOUT_MS" in r.output, (value, r.output)
-    monkeypatch.setenv("FAAS_KAFKA_SESSION_TIMEOUT_MS", "45000")
-    assert Settings().kafka_session_timeout_ms == 45_000
+        assert r.exit_code == 2 and variable in r.output, (value, r.output)
+    monkeypatch.setenv(variable, str(good))
+    assert getattr(Settings(), variable.removeprefix("FAAS_").lower()) == good
 
 
 @pytest.mark.parametrize(
