@@ -43,3 +43,16 @@ def test_integers_beyond_64_bits_are_written_and_other_refusals_keep_a_reason() 
         json_exact.dumps([BIG, float("nan")])
     with pytest.raises(orjson.JSONEncodeError, match="not JSON serializable"):
         json_exact.dumps({1, 2})  # not the integer fallback's business: orjson's own refusal
+
+
+def test_dict_keys_beyond_64_bits_are_written_and_a_key_of_no_json_type_is_named() -> None:
+    """orjson refuses an integer key outside 64 bits, as it refuses such a value, and says of a tuple key
+    only that it "must a type serializable": `json` writes the first and names the type of the second."""
+    option = orjson.OPT_NON_STR_KEYS
+    assert json_exact.dumps({BIG: "x", -BIG: 1, 2: 3}, option=option) == (
+        b'{"123456789012345678901234567890":"x","-123456789012345678901234567890":1,"2":3}'
+    )
+    with pytest.raises(orjson.JSONEncodeError, match="keys must be str, int, float, bool or None, not tuple"):
+        json_exact.dumps({"outer": {(1, 2): "b"}}, option=option)
+    with pytest.raises(orjson.JSONEncodeError, match="Dict key must be str"):
+        json_exact.dumps({1: 2})  # without OPT_NON_STR_KEYS a non-str key is refused, as orjson says

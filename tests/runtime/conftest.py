@@ -44,6 +44,9 @@ async def boom(payload, ctx):
 async def notjson(payload, ctx):
     return {1, 2}
 
+async def odd_keys(payload, ctx):
+    return {10**30: "big", -1: "small"} if payload == "big" else {(1, 2): "pair"}
+
 async def spawn(payload, ctx):
     import subprocess
     child = subprocess.Popen(["sleep", "60"])

@@ -129,6 +129,18 @@ async def test_non_json_return_is_function_error(runtime: Runtime, spec: SpecFac
         await call(runtime, spec("notjson"))
 
 
+async def test_dict_keys_are_written_as_json_writes_them_or_refused_naming_their_type(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A handler returns a dict with an integer key beyond 64 bits. 2. One with a tuple key.
+    Result: 1 is answered with the keys as text, exact; 2 is a FunctionError naming the key's type."""
+    s = spec("odd_keys")
+    value, _ = await call(runtime, s, "big")
+    assert value == {str(10**30): "big", "-1": "small"}
+    with pytest.raises(FunctionError, match=r"not JSON: dict \(keys must be str, .* not tuple\)"):
+        await call(runtime, s, "pair")
+
+
 async def test_a_result_too_large_for_a_reply_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:
     """1. A handler returns 241 MiB of JSON, more than a reply between instance and node holds.
     2. It returns 1 MiB. Result: 1 is a FunctionError naming the size and the limit, not InstanceCrashed
