@@ -22,7 +22,8 @@ Choices where the binding leaves room:
   comes first (section 11). When both are given, the first valid one is taken (`observe/tracing.py`
   validates); when only one is, it is passed on as it is (a malformed one starts a new trace there);
 - `ce_time` is passed on as the string it is: a malformed time never fails an event;
-- structured mode accepts `data` (any JSON, missing = null) or `data_base64` (bytes that must be JSON).
+- structured mode accepts `data` (any JSON, missing = null) or `data_base64` (bytes that must be JSON), not
+  both: the JSON event format forbids it, and taking one would drop the other's data without a word.
 """
 
 from __future__ import annotations
@@ -259,6 +260,8 @@ def _structured(
             return _with(bad, f"structured mode: {name!r} must be a string, got {type(doc[name]).__name__}")
     source = doc.get("source")
     if "data_base64" in doc:
+        if "data" in doc:
+            return _with(bad, "structured mode: both 'data' and 'data_base64' are given (one at most)")
         try:
             payload = base64.b64decode(doc["data_base64"], validate=True)
             _check_json(payload, max_payload)

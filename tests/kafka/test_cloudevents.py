@@ -125,6 +125,13 @@ BAD = [
     (envelope(type=""), STRUCTURED, "e1", None, "'type' is empty"),
     (envelope(specversion="0.3"), STRUCTURED, "e1", "order.created", "specversion"),
     (envelope(data_base64="!!"), STRUCTURED, "e1", "order.created", "data_base64"),
+    (
+        envelope(data={"y": 2}, data_base64="MQ=="),
+        STRUCTURED,
+        "e1",
+        "order.created",
+        "both 'data' and 'data_base64'",
+    ),
     (envelope(replyto=5), STRUCTURED, "e1", "order.created", "invalid reply topic"),
 ]
 

@@ -132,7 +132,8 @@ def test_structured_mode_with_base64_data(node: Node) -> None:
 
 def test_failing_listener_and_bad_deliveries(node: Node) -> None:
     """1. A binary event whose listener raises. 2. Broken deliveries: no ce-id, no ce-type, structured
-       without id, a body that is not JSON, a body over FAAS_MAX_PAYLOAD_BYTES, a wrong ce-specversion.
+       without id, structured with both data and data_base64, a body that is not JSON, a body over
+       FAAS_MAX_PAYLOAD_BYTES, a wrong ce-specversion.
     Result: 1 is 500 with the combined reply (ok false, FunctionError) still as a binary-mode CloudEvent;
     2 are 400 BadRequest (413 PayloadTooLarge for the big one) naming what is wrong, each in the trace
     its `traceparent` header named (section 11: a response to an event carries its trace); the node
@@ -149,6 +150,14 @@ def test_failing_listener_and_bad_deliveries(node: Node) -> None:
             json.dumps({"specversion": "1.0", "type": "ce.seen", "data": {}}).encode(),
             400,
             "id",
+        ),
+        (
+            {"content-type": "application/cloudevents+json"},
+            json.dumps(
+                {"specversion": "1.0", "type": "ce.seen", "id": new_id(), "data": {}, "data_base64": "MQ=="}
+            ).encode(),
+            400,
+            "both 'data' and 'data_base64'",
         ),
         (_binary(new_id()), b"{not json", 400, "JSON"),
         (_binary(new_id()), b'"' + b"x" * 3000 + b'"', 413, "limit"),
