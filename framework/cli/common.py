@@ -19,6 +19,7 @@ from framework.control.spec import Manifest, event_type
 from framework.errors import ManifestError
 from framework.kafka.address import bootstrap_servers
 from framework.kafka.embedded import port_open, speaks_kafka
+from framework.observe.logs import escape_controls
 from framework.settings import ENV_FILE, Settings
 
 if TYPE_CHECKING:
@@ -76,17 +77,10 @@ def looks_like_uuid(text: str) -> bool:
     return UUID_FORM.fullmatch(text) is not None
 
 
-_C1 = tuple(range(0x80, 0xA0))
-_IN_TEXT = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1) if c not in (9, 10)}
-_IN_CELL = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1)}
-
-
 def shown(text: str, cell: bool = False) -> str:
-    """Text from outside (a handler's log line, a deployer's message, an event type) for a terminal: its
-    control characters escaped (`\\x1b`). Written raw, they would drive the reader's terminal (colours,
-    cursor moves, a cleared screen) or cut the line for `grep`. A table `cell` escapes tabs and line breaks
-    too: one row, one line."""
-    return text.translate(_IN_CELL if cell else _IN_TEXT)
+    """Text from outside (a handler's log line, a deployer's message, an event type) for a terminal, its
+    control characters escaped (`escape_controls`); a table `cell` escapes tabs and line breaks too."""
+    return escape_controls(text, keep_breaks=not cell)
 
 
 def fail(*lines: str) -> NoReturn:

@@ -25,14 +25,30 @@ _SKIPPED = STANDARD | {"color_message"}
 """Left out of JSON lines: uvicorn's `color_message` repeats `message` with terminal colour codes."""
 
 
+_C1 = tuple(range(0x80, 0xA0))
+_KEEP_BREAKS = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1) if c not in (9, 10)}
+_ONE_LINE = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1)}
+
+
+def escape_controls(text: str, keep_breaks: bool = True) -> str:
+    """Text others wrote (a handler's log line, a deployer's message), made safe for a terminal: its
+    control characters escaped (`\\x1b`). Written raw, they would drive the reader's terminal (colours,
+    cursor moves, a cleared screen) or cut the line for `grep`. Tabs and line breaks are kept unless
+    `keep_breaks` is false (a table cell: one row, one line)."""
+    return text.translate(_KEEP_BREAKS if keep_breaks else _ONE_LINE)
+
+
 class TextFormatter(logging.Formatter):
+    """`time level logger: message [tags]`, control characters escaped (instances forward what their
+    handlers print, and this format is read on a terminal)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         tags = " ".join(f"{k}={getattr(record, k)}" for k in TAGS if getattr(record, k, None) is not None)
-        return f"{line} [{tags}]" if tags else line
+        return escape_controls(f"{line} [{tags}]" if tags else line)
 
 
 class JsonFormatter(logging.Formatter):

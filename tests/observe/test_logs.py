@@ -29,6 +29,14 @@ def test_text_and_json_carry_tags() -> None:
     assert (data["function"], data["invocation_id"], data["instance_id"]) == ("greet", "inv-1", "i-2")
 
 
+def test_text_escapes_control_characters_but_keeps_line_breaks_and_tabs() -> None:
+    """A line an instance forwards may hold what a handler printed: ESC and NUL are escaped, a traceback's
+    line breaks and tabs are kept; the JSON format leaves the text to its encoder."""
+    rec = _record(msg="\x1b[2J%s\x00\n\tline two\x9b", function="greet")
+    assert TextFormatter().format(rec).endswith("\\x1b[2JAnn\\x00\n\tline two\\x9b [function=greet]")
+    assert orjson.loads(JsonFormatter().format(rec))["message"] == "\x1b[2JAnn\x00\n\tline two\x9b"
+
+
 def test_repeat_filter_lets_one_through_per_interval() -> None:
     f = RepeatFilter(interval=60)
     passed = [f.filter(_record("aiokafka.conn", "Unable to connect to %s")) for _ in range(100)]

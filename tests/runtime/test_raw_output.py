@@ -40,6 +40,11 @@ async def handle(payload, ctx):
     os.write(1, b"no newline yet")
     return {"r": payload}
 
+async def colours(payload, ctx):
+    print("\\x1b[31mred\\x1b[0m and a NUL \\x00 here", flush=True)
+    os.write(2, b"raw \\x1b[2J clear\\n")
+    return 1
+
 async def big(payload, ctx):
     view = memoryview(b"x" * 200_000 + b"\\n")
     while view:  # the loop blocked meanwhile: only the node reads the pipe
@@ -142,6 +147,21 @@ def test_faas_invoke_prints_the_result_alone(tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"r": 5} and r.stdout.count("\n") == 1, r.stdout
     for line in ("raw at import", "fd1 in call", "fd2 in call", "child out", "no newline yet"):
         assert line in r.stderr, (line, r.stderr)
+
+
+def test_control_characters_a_handler_prints_are_escaped_in_the_text_log(tmp_path: Path) -> None:
+    """`faas invoke colours` of a handler printing colour codes and a NUL, and writing a screen clear to
+    descriptor 2. Result: the log (text format, for a terminal) shows them escaped (`\\x1b`), none raw:
+    a handler cannot drive the operator's terminal."""
+    manifest = (
+        f"functions:\n  - name: colours\n    uuid: {uuid.uuid4()}\n    handler: functions.raw:colours\n"
+    )
+    root = write_project(tmp_path, manifest, {"raw": RAW})
+    r = run_cli(root, "invoke", "colours", env={"FAAS_LOG_FORMAT": "text"})
+    assert r.returncode == 0, r.stderr
+    assert "\\x1b[31mred\\x1b[0m and a NUL \\x00 here" in r.stderr, r.stderr
+    assert "raw \\x1b[2J clear" in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr and "\x00" not in r.stderr, r.stderr
 
 
 class Transport:
