@@ -393,6 +393,29 @@ def namespaces_allowed(uid: int | None) -> bool:
     return os.waitpid(pid, 0)[1] == 0
 
 
+def produce_one_batch(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Produce `records` (key, value, headers) as one batch on partition 0 through aiokafka's pure-Python
+    builder, so a `RawHeaderName` goes out as its bytes (the compiled builder encodes names itself)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            batch = producer.create_batch()
+            batch._builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, 0, 1 << 20)
+            for key, value, headers in records:
+                assert batch.append(key=key, value=value, timestamp=None, headers=headers)
+            await (await producer.send_batch(batch, topic, partition=0))
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
 class RawHeaderName(str):
     """A Kafka header name whose UTF-8 encoding is `raw`, any bytes: what Go clients and librdkafka may
     send (aiokafka's builders encode a name with `.encode()`)."""

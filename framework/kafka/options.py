@@ -3,7 +3,9 @@
 Every client (the node's consumer, producer, admin and probe clients, the scheduler's, the EventClient)
 takes its TLS/SASL options from `security_options`, so one set of `FAAS_KAFKA_*` settings covers them all.
 The readers that belong to no consumer group (`faas logs`, `faas replay`, the deployment log, the
-EventClient's replies) come from `reader`.
+EventClient's replies) come from `reader`. Importing this module makes every consumer of the process read
+a record whose header name is not UTF-8 instead of failing on it (`lenient.py`): the node's, and the CLI's
+readers of the events, dead-letter, invocations and deployments topics alike.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
+from framework.kafka import lenient
 from framework.settings import Settings
 
 log = logging.getLogger("faas.kafka")
+
+lenient.install()
 
 MIB = 1024 * 1024
 ADMIN_TIMEOUT_MS = 10_000

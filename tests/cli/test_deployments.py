@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from tests.support import consume, new_id, produce, run_cli, topic_exists, topic_now, write_project
+from tests.support import (
+    RawHeaderName,
+    consume,
+    new_id,
+    produce,
+    produce_one_batch,
+    run_cli,
+    topic_exists,
+    topic_now,
+    write_project,
+)
 
 pytestmark = pytest.mark.timeout(600)  # CLI processes on a shared, slow machine
 
@@ -505,3 +515,29 @@ def test_a_revision_whose_code_no_node_can_unpack_is_not_taken_for_live(
     assert "not a zip" in r.stderr, r.stderr  # the skipped record is said
     r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)
     assert r.returncode == 1 and "revision 2 is not kept" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_a_header_name_that_is_not_utf8_on_the_log_is_read_not_a_traceback(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. `faas deploy alpha`. 2. A record on the deployment log with a header named by bytes that are not
+    UTF-8 (Go clients and librdkafka send any bytes), a junk key and value. 3. `faas history alpha`,
+    `faas ls`, `faas deploy alpha` after a change.
+    Result: each exits 0 (history showing revision 1, deploy publishing revision 2) with no traceback:
+    the record is skipped with a warning (aiokafka's reader raised UnicodeDecodeError on it, and every
+    verb reading the log failed for as long as the log held it)."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    root = write_project(tmp_path, manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    r = run_cli(root, "deploy", "alpha", env=env)
+    assert r.returncode == 0 and r.stdout == "alpha: revision 1 deployed\n", r.stderr
+    produce_one_batch(broker.bootstrap, topic, [(b"junk", b"not json", [(RawHeaderName(b"x-\xff"), b"v")])])
+    r = run_cli(root, "history", "alpha", env=env)
+    assert r.returncode == 0 and re.search(r"^1 ", r.stdout, re.M), r.stdout + r.stderr
+    r2 = run_cli(root, "ls", env=env)
+    assert r2.returncode == 0 and "alpha" in r2.stdout, r2.stderr
+    (root / "functions" / "m.py").write_text(MODULE + "# changed\n")
+    r3 = run_cli(root, "deploy", "alpha", env=env)
+    assert r3.returncode == 0 and r3.stdout == "alpha: revision 2 deployed\n", r3.stderr
+    for done in (r, r2, r3):
+        assert "Traceback" not in done.stderr and "UnicodeDecodeError" not in done.stderr, done.stderr

@@ -25,7 +25,15 @@ from aiokafka import AIOKafkaProducer
 
 from framework.cli.logs import _started_ms, render
 from framework.kafka.embedded import EmbeddedBroker, free_port
-from tests.support import Node, new_id, run_cli, wait_for, write_project
+from tests.support import (
+    Node,
+    RawHeaderName,
+    new_id,
+    produce_one_batch,
+    run_cli,
+    wait_for,
+    write_project,
+)
 
 ECHO = "6c6c6c6c-0000-4000-8000-000000000001"
 BOOM = "6c6c6c6c-0000-4000-8000-000000000002"
@@ -390,6 +398,27 @@ def test_a_name_no_function_has_is_read_and_warned_about_when_nothing_matches(
     for quiet in ("boom", new_id()):
         r = logs(quiet)
         assert r.stdout == "" and r.stderr == "", (quiet, r.stderr)
+
+
+def test_a_header_name_that_is_not_utf8_is_read_not_a_traceback(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. An invocations topic with, in one batch, a record carrying a header named by bytes that are not
+    UTF-8 (Go clients and librdkafka send any bytes), then a plain one. 2. `faas logs --json`.
+    Result: exit 0 with both records, no traceback (aiokafka's reader raised UnicodeDecodeError: `faas
+    logs`, `replay`, `history`, `ls` and `deploy` failed on such a record while the topic held it)."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    topic = f"t.inv.{new_id()[:8]}"
+    odd, plain = _record("echo", ECHO), _record("boom", BOOM)
+    produce_one_batch(
+        broker.bootstrap,
+        topic,
+        [(ECHO.encode(), odd, [(RawHeaderName(b"x-\xff"), b"v")]), (BOOM.encode(), plain, [])],
+    )
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    r = run_cli(root, "logs", "--json", env=env, timeout=90)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [json.loads(line)["function"] for line in r.stdout.splitlines()] == ["echo", "boom"], r.stdout
 
 
 def test_a_handlers_control_characters_are_shown_escaped() -> None:

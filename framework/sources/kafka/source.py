@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from framework.errors import BadEvent
 from framework.invoker import EventReply
-from framework.kafka import cloudevents, lenient
+from framework.kafka import cloudevents
 from framework.kafka.deadletter import bad_event_headers, failed_headers
 from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options
 from framework.kafka.probe import BrokerProbe
@@ -55,8 +55,6 @@ if TYPE_CHECKING:
     from framework.settings import Settings
 
 log = logging.getLogger("faas.kafka")
-
-lenient.install()  # a header name that is not UTF-8 must not stop the consumer (`lenient.py`)
 
 
 class Invoker(Protocol):

@@ -22,6 +22,7 @@ from tests.support import (
     consume,
     new_id,
     produce,
+    produce_one_batch,
     wait_for,
     write_project,
 )
@@ -323,9 +324,6 @@ def test_header_names_that_are_not_utf8_do_not_stop_the_partition(node: Node, br
     Result: both are answered ok, the first with its good extension only (the undecodable one dropped with a
     warning). (aiokafka failed decoding the name: the node's consumer crashed, rejoined and crashed on the
     same record for ever, and every partition it owned stopped.)"""
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
-
     first, second = new_id(), new_id()
     records = [
         (
@@ -339,22 +337,11 @@ def test_header_names_that_are_not_utf8_do_not_stop_the_partition(node: Node, br
         ),
         (ce_headers("ident.seen", second), second),
     ]
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await producer.start()
-        try:
-            batch = producer.create_batch()
-            # The compiled builder encodes names itself: the pure-Python one asks `RawHeaderName.encode`.
-            batch._builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, 0, 1 << 20)
-            for headers, eid in records:
-                value = json.dumps({"eid": eid}).encode()
-                assert batch.append(key=b"raw-names", value=value, timestamp=None, headers=headers)
-            await (await producer.send_batch(batch, node.events, partition=0))
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
+    produce_one_batch(
+        broker.bootstrap,
+        node.events,
+        [(b"raw-names", json.dumps({"eid": eid}).encode(), headers) for headers, eid in records],
+    )
     one, two = _result(_replies(node, broker, first)[0]), _result(_replies(node, broker, second)[0])
     assert one["extensions"] == {"good": "yes"} and one["payload"] == {"eid": first}, one
     assert two["payload"] == {"eid": second}, two
