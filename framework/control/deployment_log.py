@@ -52,7 +52,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from framework.control.log_state import LogState
-from framework.control.revisions import KEPT, Revision, code_key, encode, revision_key
+from framework.control.revisions import KEPT, MAX_REVISION, Revision, code_key, encode, revision_key
 
 log = logging.getLogger("faas.deployments")
 
@@ -166,7 +166,14 @@ class DeploymentLog:
                     if newest is not None and candidate.same_as(newest):
                         out[i] = (newest, False)
                         continue
-                    numbered[i] = candidate.numbered(self.state.next_number(candidate.uuid))
+                    number = self.state.next_number(candidate.uuid)
+                    if number > MAX_REVISION:  # only a hand-written record numbers so high
+                        failures.append(
+                            f"{candidate.function}: revision {number - 1} is the highest a revision may "
+                            "have: publish the function under a new uuid"
+                        )
+                        continue
+                    numbered[i] = candidate.numbered(number)
                 if not numbered:  # each one unchanged
                     pending = []
                     break

@@ -31,6 +31,10 @@ Action = Literal["deploy", "undeploy"]
 ACTIONS: tuple[Action, ...] = ("deploy", "undeploy")
 KEPT = 5
 """Revisions kept per function (LivePerson Functions keeps 5): publishing n tombstones n - KEPT."""
+MAX_REVISION = 2**53 - 1
+"""The highest revision number: the largest integer every JSON reader holds exactly (JavaScript's, the
+dashboard's, among them). Readers refuse a record numbered above it, so a hand-written revision of 2**64
+cannot wedge a function (the next publication would be a number no reader takes)."""
 _LOCAL_FIELDS = {"root", "code", "revision"}
 """FunctionSpec fields that belong to one node, never to a revision."""
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -105,6 +109,8 @@ class Revision:
         number = data["revision"]
         if not isinstance(number, int) or isinstance(number, bool) or number < 1:
             raise ValueError(f"revision must be a positive integer, not {number!r}")
+        if number > MAX_REVISION:
+            raise ValueError(f"revision {number} is over {MAX_REVISION}, the highest a revision may have")
         if not isinstance(data["spec"], dict):
             raise ValueError("spec must be an object")
         sha = data["code_sha256"]

@@ -13,10 +13,11 @@ import pytest
 from framework.control import revisions
 from framework.control.code_cache import CodeCache
 from framework.control.cron import parse
-from framework.control.deployment_log import MemoryLog
+from framework.control.deployment_log import MemoryLog, PublishFailed
 from framework.control.log_state import LogState
 from framework.control.manifest import load_manifest
 from framework.control.revisions import (
+    MAX_REVISION,
     CodeTooLarge,
     Revision,
     code_key,
@@ -159,6 +160,7 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "spec": slow}).encode()),
         ("something-else", b"{}"),
         (code_key("cd" * 32), data),
+        (revision_key(U, 2**64 - 1), json.dumps({**rev.to_json(), "revision": 2**64 - 1}).encode()),
     ]
     with caplog.at_level(logging.WARNING, "faas.deployments"):
         for key, value in bad:
@@ -173,6 +175,7 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         "not a key",
         "sha256 is",
         "timeout",
+        "the highest a revision may have",
     )
     for why in whys:
         assert why in reasons, reasons
@@ -201,6 +204,29 @@ async def test_memory_log_keeps_five_and_identical_is_one(tmp_path: Path) -> Non
     assert [r.revision for r in log.state.kept(U)] == [8, 7, 6, 5, 4]
     assert log.state.live()[U].revision == 8 and log.state.next_number(U) == 9
     assert len(changes) == 8 + 3  # each new revision, then each tombstone (written once it is read back)
+
+
+async def test_the_highest_revision_number_refuses_a_next_one_by_name(tmp_path: Path) -> None:
+    """1. A hand-written revision numbered 2**64 - 1 on the log. 2. Publish a change. 3. A hand-written
+    revision numbered MAX_REVISION. 4. Publish a change.
+    Result: 1 is skipped (readers refuse it), so 2 is revision 1, not a number past 2**64 that no reader
+    would take (the function stayed unpublishable); 4 fails naming the function and why, publishing
+    nothing."""
+    root = project(tmp_path)
+    cand = candidate(root)
+    spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
+    code = code_zip(spec, 1 << 20)
+    log = MemoryLog(LogState())
+    huge = cand.numbered(1).to_json() | {"revision": 2**64 - 1}
+    assert log.state.apply(code_key(sha256(code)), code) is False
+    assert log.state.apply(revision_key(U, 2**64 - 1), json.dumps(huge).encode()) is False
+    first, new = await log.publish(cand, code)
+    assert (first.revision, new) == (1, True)
+    top = first.to_json() | {"revision": MAX_REVISION, "spec": {**cand.spec, "timeout": 7}}
+    assert log.state.apply(revision_key(U, MAX_REVISION), json.dumps(top).encode()) is True
+    with pytest.raises(PublishFailed, match=f"revision {MAX_REVISION} is the highest a revision may have"):
+        await log.publish(Revision(**{**cand.to_json(), "spec": {**cand.spec, "timeout": 8}}), code)
+    assert [r.revision for r in log.state.kept(U)] == [MAX_REVISION, 1]
 
 
 def test_cache_unpacks_by_sha_and_refuses_bad_zips(tmp_path: Path) -> None:
