@@ -179,12 +179,15 @@ class ReplyOutbox:
         self, record: ConsumerRecord[bytes, bytes], reply: EventReply, why: BaseException | None
     ) -> None:
         """The default reply topic refused `reply` for good: the event failed. It is dead-lettered (unless
-        it failed already, and so was) and answered `ok: false`, blaming the listener with the largest
-        result; a refusal of that small reply drops it (`reply` without the record)."""
+        it failed already, and so was) and answered `ok: false`, blaming the listener that failed (its error
+        made the reply too large) or else the one with the largest result; a refusal of that small reply
+        drops it (`reply` without the record)."""
         message = f"the reply could not be produced to {self.settings.replies_topic}: {why}"
         log.error("reply to event %s refused (%s): the event fails", reply.id, why)
         spec = max(reply.results, key=lambda done: len(done[1].result))[0] if reply.results else None
         failed = EventReply.failed(reply.id, reply.event, FunctionError(message), spec)
+        if reply.error is not None and failed.error is not None:
+            failed.error["function"], failed.error["uuid"] = reply.error["function"], reply.error["uuid"]
         failed.traceparent, failed.tracestate, failed.attempts = (
             reply.traceparent,
             reply.tracestate,

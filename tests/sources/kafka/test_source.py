@@ -102,6 +102,8 @@ async def slowpoke(payload, ctx):
     await asyncio.sleep(10)
 
 async def huge(payload, ctx):
+    if payload.get("raise"):
+        raise ValueError("E" * (17 * 1024 * 1024))
     return "x" * (17 * 1024 * 1024)  # over the producer's 16 MiB request limit
 
 async def seq(payload, ctx):
@@ -296,16 +298,24 @@ def test_replies_of_one_key_land_in_the_order_of_its_records(node: Node, broker:
 
 
 def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: EmbeddedBroker) -> None:
-    """1. An event whose listener returns 17 MiB, more than a reply may have (16 MiB), then a good event.
-    2. Read the reply topic and the dead-letter topic.
+    """1. An event whose listener returns 17 MiB, more than a reply may have (16 MiB), then a good event,
+    then one whose listener raises an error of 17 MiB. 2. Read the reply topic and the dead-letter topic.
     Result: the event is answered `ok: false` with a FunctionError blaming that listener and saying why,
     an exact copy of it is dead-lettered with `faas_error` and `faas_function`, and the next event is
-    answered: the event is not dropped without a trace."""
-    eid, good = new_id(), new_id()
+    answered: the event is not dropped without a trace. The third's substitute reply names the listener
+    that failed too (it named none: only a result was looked at)."""
+    eid, good, raised = new_id(), new_id(), new_id()
     headers = [*ce_headers("order.huge", eid), ("t_huge", eid.encode())]
     produce(broker.bootstrap, node.events, [(b"big", b'{"n": 1}', headers)])
     produce(broker.bootstrap, node.events, [(b"big", b"{}", ce_headers("order.created", good))])
-    replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids={eid, good}))
+    produce(broker.bootstrap, node.events, [(b"big", b'{"raise": 1}', ce_headers("order.huge", raised))])
+    replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids={eid, good, raised}))
+    failed = replies[raised]["value"]
+    assert failed["ok"] is False and "could not be produced" in failed["error"]["message"], failed
+    assert (failed["error"]["function"], failed["error"]["uuid"]) == (
+        "huge",
+        "cccccccc-0000-4000-8000-000000000008",
+    ), failed["error"]
     assert eid in replies, f"no reply to the event with the huge result; log:\n{node.tail()}"
     v = replies[eid]["value"]
     assert v["ok"] is False and v["results"] == [] and replies[eid]["key"] == b"big"
