@@ -72,6 +72,12 @@ def replay_command(
         fail(f"replay failed, nothing replayed: reading from the broker at {servers}: {exc}")
     if report.topic_missing:
         click.echo(f"no dead-letter topic {settings.deadletter_topic!r}: nothing to replay", err=True)
+    if report.events_missing:
+        fail(
+            f"no events topic {settings.events_topic!r} on {servers}: nothing replayed "
+            f"({len(report.replayed)} events would be): no node reads a topic that does not exist; is "
+            "FAAS_EVENTS_TOPIC right?"
+        )
     for event_id in report.missing:
         click.echo(f"no failed event with ce_id {event_id!r} on {settings.deadletter_topic}", err=True)
     for event_id in report.replayed:

@@ -103,6 +103,10 @@ class Report:
     skipped: Counter[str] = field(default_factory=Counter)
     dry_run: bool = False
     topic_missing: bool = False
+    """The dead-letter topic does not exist: nothing to replay."""
+    events_missing: bool = False
+    """The events topic does not exist: nothing was replayed (a broker that creates topics on first write
+    would make one no node reads, e.g. for a mistyped FAAS_EVENTS_TOPIC)."""
 
     missing: list[str] = field(default_factory=list)
     """`--id`s with no failed-event copy on the topic."""
@@ -127,9 +131,10 @@ async def replay_counts(
     events: Collection[EventKey],
     since_ms: int,
     progress: Progress | None = None,
-) -> dict[EventKey, int]:
+) -> dict[EventKey, int] | None:
     """How often each of `events` was replayed, as the highest `faas_replayed` on its copies on
-    FAAS_EVENTS_TOPIC stamped `since_ms` or later (read to the end); events with none are left out."""
+    FAAS_EVENTS_TOPIC stamped `since_ms` or later (read to the end); events with none are left out. None
+    when the events topic does not exist."""
     wanted = set(events)
     counts: dict[EventKey, int] = {}
 
@@ -141,6 +146,8 @@ async def replay_counts(
     consumer = await started(reader_of(bootstrap, settings))
     try:
         tps = await partitions(consumer, settings.events_topic)
+        if tps is None:
+            return None
         if not tps:
             return counts
         starts = await offsets_at(bootstrap, settings, consumer, tps, since_ms, ordered=False)
@@ -270,6 +277,9 @@ async def replay(
         return report
     since_ms = max(0, min(c.first_ms for c in chosen) - int(CLOCK_SKEW * 1000))
     counts = await replay_counts(bootstrap, settings, [c.event for c in chosen], since_ms, progress)
+    if counts is None:
+        report.events_missing = True  # `replayed` still names the events that would have been
+        return report
     records_out = outgoing(chosen, counts)
     producer = await reach(start_producer(bootstrap, settings))
     try:

@@ -36,6 +36,7 @@ from framework.kafka.deadletter import (
     replayed_copy,
 )
 from framework.kafka.embedded import EmbeddedBroker, free_port
+from framework.kafka.options import ensure_topics
 from framework.settings import Settings
 from tests.support import (
     Header,
@@ -82,7 +83,11 @@ class Topics:
         """A deployment log of its own: its live revisions say which replayed events some function runs."""
 
     def write(self, letters: list[Letter]) -> None:
+        """Dead-letter `letters`; the events topic is made too, as a node makes it (replay refuses a missing
+        one)."""
+
         async def go() -> None:
+            await ensure_topics(self.bootstrap, [self.events], 4, {})
             p = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
             await p.start()
             try:
@@ -263,6 +268,30 @@ def test_missing_topic_replays_nothing(topics: Topics) -> None:
     r = topics.replay()
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "replayed 0, skipped 0" and "no dead-letter topic" in r.stderr
+
+
+def test_a_missing_events_topic_is_refused_not_made(topics: Topics) -> None:
+    """1. A failed event on the dead-letter topic and no events topic (a mistyped FAAS_EVENTS_TOPIC).
+    2. `faas replay`. Result: exit 1 naming the topic and the setting, nothing produced, and the topic
+    still missing (a broker that creates topics on first write made one no node reads, and replay said
+    `replayed 1`)."""
+    topics.write([failed(uuid.uuid4().hex)])
+    missing = f"t.nosuch.{uuid.uuid4().hex[:8]}"
+    r = run_cli(
+        topics.root,
+        "replay",
+        env={
+            "FAAS_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap,
+            "FAAS_DEADLETTER_TOPIC": topics.dead,
+            "FAAS_EVENTS_TOPIC": missing,
+            "FAAS_DEPLOYMENTS_TOPIC": topics.deployments,
+        },
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stdout == "", r.stdout + r.stderr
+    assert f"no events topic {missing!r}" in r.stderr and "FAAS_EVENTS_TOPIC" in r.stderr, r.stderr
+    assert "1 events would be" in r.stderr, r.stderr
+    assert not topic_exists(topics.bootstrap, missing)
 
 
 def test_unreachable_broker_exits_1_with_one_line(topics: Topics) -> None:
