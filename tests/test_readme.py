@@ -88,3 +88,35 @@ def test_documented_routes_answer(tmp_path: Path, broker: EmbeddedBroker, nodes:
         r = httpx.request(method, url, json={"a": 1, "b": 2}, timeout=30)
         assert r.status_code not in (404, 405), (method, path, r.status_code, r.text)
         assert r.status_code < 500, (method, path, r.status_code, r.text)
+
+
+def _documented_options() -> list[tuple[str, str]]:
+    """(command, option) of every `--option` the README writes after `faas COMMAND` in one code span."""
+    found: set[tuple[str, str]] = set()
+    for span in re.findall(r"`(faas [^`]+)`", README):
+        words = span.split()
+        if len(words) < 2 or not re.fullmatch(r"[a-z]+", words[1]):
+            continue
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", span):
+            found.add((words[1], option))
+    return sorted(found)
+
+
+def test_every_documented_option_exists() -> None:
+    """1. Collect each `--option` the README shows in a `faas COMMAND ...` code span. Result: COMMAND (or
+    the `faas` group itself, for the options every command takes) has that option."""
+    import click
+
+    from framework.cli import main
+
+    documented = _documented_options()
+    assert len(documented) >= 20, documented
+    group = {o for p in main.params for o in [*p.opts, *p.secondary_opts]} | {"--help", "--version"}
+    missing = []
+    for command, option in documented:
+        cmd = main.commands.get(command)
+        assert isinstance(cmd, click.Command), f"`faas {command}` is not a command"
+        own = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
+        if option not in own | group:
+            missing.append(f"faas {command} {option}")
+    assert missing == [], missing
