@@ -3,6 +3,7 @@ drain, --no-kafka, the embedded broker, what a handler sees and logs."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -183,20 +184,29 @@ def test_broken_handler_keeps_serving(tmp_path: Path, nodes: Nodes) -> None:
     wait_for(lambda: readyz(n).json()["manifest_check"] is None, timeout=5, message="no check running")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-to-the-group", "SIGINT-to-the-group"],
+)
 def test_signal_drains_in_flight_requests(
-    tmp_path: Path, nodes: Nodes, broker: EmbeddedBroker, sig: signal.Signals
+    tmp_path: Path, nodes: Nodes, broker: EmbeddedBroker, sig: signal.Signals, group: bool
 ) -> None:
     """1. 20 requests are in flight (the in-flight gauge says so), each held until a file exists.
-    2. SIGTERM, or SIGINT; the node says it is draining. 3. The file is created.
-    Result: none had answered before the file; all 20 answer 200; the node exits 0."""
+    2. SIGTERM, or SIGINT, to the node or to its whole process group (what Ctrl-C, `kill -- -PGID` and
+    systemd's default KillMode=control-group do); the node says it is draining. 3. The file is created.
+    Result: none had answered before the file; all 20 answer 200; the node exits 0. (A group SIGTERM
+    killed the instances at once: their 20 requests were answered 502 InstanceCrashed.)"""
     n = start(nodes, tmp_path, broker.bootstrap)
     assert status(n, HOLD) == 200  # warm
     release = tmp_path / "release"
     with ThreadPoolExecutor(20) as pool:
         futures = [pool.submit(invoke, n, HOLD, {"until": str(release)}, 60) for _ in range(20)]
         wait_for(lambda: inflight(n, "hold") >= 20, timeout=30, message="20 requests in flight")
-        n.proc.send_signal(sig)
+        if group:  # the node runs in a session of its own: its process group's id is its pid
+            os.killpg(n.proc.pid, sig)
+        else:
+            n.proc.send_signal(sig)
         wait_for(lambda: f"{sig.name} received: draining" in n.tail(200), timeout=10, message="draining")
         assert not any(f.done() for f in futures), "a held request answered before its release"
         release.touch()

@@ -325,6 +325,10 @@ def _serve(ctrl: socket.socket) -> None:
             os.close(fd)
 
 
+def _left_to_the_node(_signum: int, _frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM in the template and its instances: nothing (the node decides when they stop)."""
+
+
 def main() -> None:
     """`python -m framework.runtime.template CONTROL_FD NODE_PID` (started by `Template.start`)."""
     from framework.runtime.worker.server import die_with_parent
@@ -340,8 +344,12 @@ def main() -> None:
         except OSError:
             held = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
             os.set_inheritable(held, True)
-    # Ctrl-C reaches the whole process group: let the node drain, it stops us (and so the instances) itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C reaches the whole process group, and a service manager may signal every process of the service
+    # (systemd's default KillMode=control-group sends SIGTERM to all of them, as `kill -- -PGID` does): the
+    # node drains, then stops us and so the instances, which inherit this. Caught, not ignored (SIG_IGN):
+    # a handler's own subprocesses get the default actions back when they exec, so terminate() works.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _left_to_the_node)
     if sandboxing["hide"] is not None:  # still one thread here, as a user namespace takes
         sandbox.exposed = sandbox.hide(Path(sandboxing["hide"]), [Path(p) for p in sandboxing["keep"]])
     _serve(socket.socket(fileno=ctrl_fd))

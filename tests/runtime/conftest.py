@@ -150,6 +150,15 @@ def standard_streams(payload, ctx):
     import subprocess, sys
     done = subprocess.run(["sh", "-c", "echo from-child-$0", payload], stdout=sys.stdout, stderr=sys.stderr)
     return [sys.stdout.fileno(), sys.stderr.fileno(), sys.stdout.encoding, done.returncode]
+
+def signal_children(payload, ctx):
+    import subprocess
+    codes = []
+    for stop in ("terminate", "send_signal"):  # SIGTERM, then SIGINT
+        child = subprocess.Popen(["sleep", "30"])
+        child.terminate() if stop == "terminate" else child.send_signal(2)
+        codes.append(child.wait(timeout=10))
+    return codes
 """
 
 WARM = """
