@@ -369,6 +369,43 @@ def test_failing_invocation_shows_its_error_type_and_log_line_as_text(
     rec.assert_clean()
 
 
+def test_each_failed_row_shows_its_own_details_whatever_its_id(
+    node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. The Failed view gets two failed records whose ids differ only in where their colons are
+    (`s:10:T` and `s1:0:T`, as scheduled invocations of functions `s` and `s1` have; the node's answer is
+    replaced in the browser: a pair so named needs eleven schedules fired in one second). 2. Show the
+    second. Result: its own error shows, not the first's; the first stays hidden. (Detail rows were
+    named from the id without its colons: both were `inv-s10T`, and Show opened the first.)"""
+    tick = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def record(invocation_id: str, function: str, message: str) -> dict[str, Any]:
+        return {
+            "invocation_id": invocation_id, "function": function, "uuid": BREAKER, "revision": None,
+            "trigger": "schedule", "event": None, "event_id": None, "trace_id": None, "node": "n",
+            "instance_id": "i", "started_at": tick, "duration_ms": 1.0, "cold_start": False, "attempt": 1,
+            "ok": False, "error": {"type": "FunctionError", "message": message}, "logs": [],
+        }  # fmt: skip
+
+    records = [record("s:10:T", "s", "the first failure"), record("s1:0:T", "s1", "the second failure")]
+    rec = ui(node)
+    page = rec.page()
+    page.route(
+        re.compile(r".*/invocations\?ok=false.*"),
+        lambda route: route.fulfill(json={"invocations": records}),
+    )
+    rec.open(page, "#/failed")
+    rows = page.locator("table.records tbody tr.failing")
+    expect(rows).to_have_count(2)
+    rows.filter(has_text="the second failure").get_by_role("button", name="Show").click()
+    shown = page.locator("tr.detail:not([hidden])")
+    expect(shown).to_have_count(1)
+    expect(shown.locator("p.error")).to_contain_text("the second failure")
+    ids = page.eval_on_selector_all("tr.detail", "rows => rows.map((r) => r.id)")
+    assert len(set(ids)) == 2, ids
+    rec.assert_clean()
+
+
 def test_a_refresh_keeps_focus_and_waits_for_a_selection(node: Node, ui: Callable[..., Recorder]) -> None:
     """1. breaker fails; open the Failed view and press Show on that failure (focus stays on its button).
     2. breaker fails again, from outside. 3. Select the shown error's text; breaker fails a third time.
@@ -654,6 +691,10 @@ def test_event_with_a_failing_listener_shows_the_error(node: Node, ui: Callable[
 ODD = "eeeeeeee-0000-4000-8000-0000000000d1"
 DOTS = "eeeeeeee-0000-4000-8000-0000000000d2"
 ODD_TYPE = "ui.odd/listeners"
+WIDE = "eeeeeeee-0000-4000-8000-0000000000d3"
+RTL_TYPE = "ui.rtl\u202e.x"
+"""An event type holding a right-to-left override (U+202E)."""
+LONG_TYPE = "ui." + "w" * 3000
 ODD_MANIFEST = f"""
 functions:
   - name: echoer
@@ -666,6 +707,11 @@ functions:
     handler: functions.odd:dots
     state: productive
     events: [".", ".."]
+  - name: wide
+    uuid: {WIDE}
+    handler: functions.odd:dots
+    state: productive
+    events: ["{RTL_TYPE}", "ui.after", "{LONG_TYPE}"]
 """
 ODD_MODULES = {
     "odd": """
@@ -715,6 +761,35 @@ def test_values_show_as_the_node_sent_them(odd_node: Node, ui: Callable[..., Rec
         page.get_by_role("button", name="Invoke").click()
         expect(out).to_contain_text("Invalid JSON, not sent")
     assert len(rec.calls("POST", "/functions/")) == 1
+    rec.assert_clean()
+
+
+def test_long_and_right_to_left_event_types_keep_the_page_in_shape(
+    odd_node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """wide listens to a type holding a right-to-left override, `ui.after`, and a 3,003-character type.
+    1. Open /ui. 2. Open wide's page. 3. Open the Events view.
+    Result: each type in wide's Events cell and fact is isolated in its own <bdi> (the override reversed
+    the types after it); no view is wider than the window (the fact and the events table made the page
+    about 27,000 px wide), and each Raise button keeps its label on one line (it was squeezed to a
+    letter's width)."""
+    rec = ui(odd_node)
+    page = rec.open(rec.page())
+    cell = row_of(page, "wide").locator("td[data-label=Events]")
+    expect(cell.locator("bdi")).to_have_count(3)
+    expect(cell.locator("bdi").nth(1)).to_have_text("ui.after")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    open_function(page, "wide")
+    fact = page.locator("dl.facts dd").filter(has=page.locator("bdi"))
+    expect(fact.locator("bdi")).to_have_count(3)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    page.get_by_role("link", name="Events", exact=True).click()
+    expect(page.locator("tbody tr").filter(has_text="ui.after")).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    heights = page.eval_on_selector_all(
+        "button[data-key^='raise:']", "bs => bs.map((b) => b.getBoundingClientRect().height)"
+    )
+    assert heights and max(heights) < 40, heights
     rec.assert_clean()
 
 

@@ -335,6 +335,14 @@ function schedulesCell(f) {
 }
 
 // One wrapper per cell: below 760 px a cell is a grid of its label and this wrapper.
+// Event types, each isolated (<bdi>): a right-to-left override in one must not reverse the ones after it.
+function eventList(types) {
+  if (!types || !types.length) return dash;
+  const out = el("span");
+  types.forEach((t, i) => out.append(...(i ? [", "] : []), el("bdi", { text: String(t) })));
+  return out;
+}
+
 function td(label, ...children) {
   return el("td", { "data-label": label }, el("div", {}, ...children));
 }
@@ -360,7 +368,7 @@ function functionsView() {
           td("State", stateBadge(f.state)),
           td("Revision", revisionText(f)),
           td("Modified", modifiedText(f)),
-          td("Events", (f.events || []).length ? (f.events || []).join(", ") : dash),
+          td("Events", eventList(f.events)),
           td("Instances", show(f.instances)),
           td("Schedules", schedulesCell(f)),
           td("Invocations", st ? el("span", { class: "metric" }, countChart(st), el("span", { text: st.count + " in 15 min" })) : dash),
@@ -393,15 +401,28 @@ function recordDetails(r) {
       : el("p", { class: "hint", text: "No log lines." }));
 }
 
+// The element id of an invocation's detail row: its id with `_` and every character outside [A-Za-z0-9-]
+// written as `_<hex>_`, one to one (dropping them made `s:10:T` and `s1:0:T` both `inv-s10T`); a second row
+// of one invocation in a table (a tick fired twice) gets `_2`, and so on.
+function detailIdOf(id, used) {
+  const base = "inv-" + id.replace(/[^A-Za-z0-9-]/g, (c) => "_" + c.charCodeAt(0).toString(16) + "_");
+  let name = base;
+  for (let n = 2; used.has(name); n++) name = base + "_" + n;
+  used.add(name);
+  return name;
+}
+
 // A table of records; `expanded` (a Set of invocation ids) survives re-renders.
 function recordsTable(records, expanded, withFunction) {
   if (!records.length) return el("p", { class: "hint", text: "No invocations yet." });
   const head = ["Started", ...(withFunction ? ["Function"] : []), "Trigger", "Outcome", "Duration", "Cold", "Attempt", "Revision", "Logs"];
   const body = el("tbody");
+  const used = new Set();
   for (const r of records) {
     const id = String(r.invocation_id);
     const open = expanded.has(id);
-    const detailId = "inv-" + id.replace(/[^A-Za-z0-9_-]/g, "");
+    const detailId = detailIdOf(id, used);
+    const detail = el("tr", { id: detailId, class: "detail" }, el("td", { colspan: head.length }, recordDetails(r)));
     const what = ` logs and error of the invocation at ${when(r.started_at)}`;
     const btn = el("button", { type: "button", class: "small", "aria-expanded": open ? "true" : "false", "aria-controls": detailId,
       "aria-label": (open ? "Hide" : "Show") + what, text: open ? "Hide" : "Show", "data-key": "logs:" + id });
@@ -411,7 +432,7 @@ function recordsTable(records, expanded, withFunction) {
       btn.setAttribute("aria-expanded", now ? "true" : "false");
       btn.setAttribute("aria-label", (now ? "Hide" : "Show") + what);
       btn.textContent = now ? "Hide" : "Show";
-      document.getElementById(detailId).hidden = !now;
+      detail.hidden = !now;
     });
     body.append(el("tr", { class: r.ok ? null : "failing" },
       td("Started", when(r.started_at)),
@@ -423,7 +444,6 @@ function recordsTable(records, expanded, withFunction) {
       td("Attempt", show(r.attempt)),
       td("Revision", typeof r.revision === "number" ? "r" + r.revision : dash),
       td("Logs", btn)));
-    const detail = el("tr", { id: detailId, class: "detail" }, el("td", { colspan: head.length }, recordDetails(r)));
     detail.hidden = !open;
     body.append(detail);
   }
@@ -562,7 +582,7 @@ function functionView(uuid) {
         replace(p.facts, facts([
           ["State", stateBadge(f.state)], ["UUID", el("code", { text: f.uuid })],
           ["Live revision", typeof live === "number" ? "r" + live : dash], ["Modified", modifiedText(f)],
-          ["Deployed at", when(f.deployed_at)], ["Events", (f.events || []).join(", ") || dash],
+          ["Deployed at", when(f.deployed_at)], ["Events", eventList(f.events)],
           ["Instances", show(f.instances)], ["Schedules", schedulesCell(f)]]));
         const liveRev = revisions && revisions.find((r) => r.revision === live);
         p.spec.textContent = pretty(liveRev && liveRev.spec ? liveRev.spec
