@@ -76,10 +76,15 @@ def owed(
 ) -> tuple[list[datetime], int]:
     """The ticks of `cron` strictly between `after` and `before`, oldest first, and how many of them were left
     out: more than `cap`, only the latest is returned. Ticks over CATCH_UP_WINDOW before `before` are not
-    looked at (a bogus record's tick 0 must not walk a per-second cron from 1970)."""
+    looked at (a bogus record's tick 0 must not walk a per-second cron from 1970).
+
+    Compared as instants (UTC): two times of one zone compare by their wall clocks, `fold` ignored, so in
+    the hour a fall-back repeats, a tick of the second pass looked no later than one of the first, and
+    arithmetic on them is wall-clock arithmetic too: a catch-up there lost its ticks."""
+    end = before.astimezone(UTC)
     ticks: list[datetime] = []
-    for tick in cron.ticks(max(after, before - timedelta(seconds=CATCH_UP_WINDOW))):
-        if tick >= before:
+    for tick in cron.ticks(max(after.astimezone(UTC), end - timedelta(seconds=CATCH_UP_WINDOW))):
+        if tick.astimezone(UTC) >= end:
             break
         ticks.append(tick)
     return (ticks[-1:], len(ticks) - 1) if len(ticks) > cap else (ticks, 0)

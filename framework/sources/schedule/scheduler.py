@@ -252,9 +252,12 @@ class Scheduler:
     @staticmethod
     def _behind_late(entry: CronEntry) -> bool:
         """Whether a tick falling due now queues behind the catch-up: a late tick still waits (`owed` is in
-        order, so its first says) and the queue has room."""
+        order, so its first says) and the queue has room. Compared as instants (UTC): ticks of one zone
+        compare by wall clock, and in a fall-back's repeated hour that puts the second pass first."""
         late, owed = entry.late_until, entry.owed
-        return bool(owed) and late is not None and owed[0] <= late and len(owed) < CATCH_UP_MAX
+        if not owed or late is None or len(owed) >= CATCH_UP_MAX:
+            return False
+        return owed[0].astimezone(UTC) <= late.astimezone(UTC)
 
     def _start(self, entry: CronEntry, run: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         name = f"schedule:{entry.spec.name}:{entry.kind}:{entry.index}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
@@ -12,6 +14,7 @@ from framework.control.cron import parse
 from framework.observe.metrics import Metrics
 from framework.settings import Settings
 from framework.sources.schedule.catchup import CATCH_UP_MAX, CATCH_UP_WINDOW, owed
+from framework.sources.schedule.entry import CronEntry
 from framework.sources.schedule.leader import KafkaElection
 from framework.sources.schedule.scheduler import Scheduler
 from tests.sources.schedule.test_scheduler import (
@@ -123,6 +126,28 @@ def test_owed_never_looks_past_the_window() -> None:
     cron = parse("* * * * * */1")
     ticks, missed = owed(cron, at(0), at(S))
     assert [t.timestamp() for t in ticks] == [S - 1] and missed == CATCH_UP_WINDOW - 2
+
+
+def test_owed_counts_instants_in_the_hour_a_fall_back_repeats() -> None:
+    """Europe/Berlin on 2026-10-25 goes from 03:00 CEST back to 02:00 CET at 01:00 UTC. 1. A per-minute
+    cron whose last recorded tick is 00:55 UTC (02:55 CEST) and whose next is 02:00 CET (01:00 UTC, the
+    repeated hour's second pass). 2. A per-second cron from 00:59:50 to 01:00:05 UTC.
+    Result: 1 owes 00:56 to 00:59 UTC; 2 owes the 14 seconds between. (Times of one zone compare by wall
+    clock, fold ignored: 02:56 CEST looked later than 02:00 CET, and nothing was owed.) A tick queues
+    behind late ticks by the same instants (`Scheduler._behind_late`)."""
+    minute = parse("* * * * *", "Europe/Berlin")
+    before = minute.next(datetime(2026, 10, 25, 0, 59, tzinfo=UTC))
+    assert before.timestamp() == datetime(2026, 10, 25, 1, 0, tzinfo=UTC).timestamp() and before.fold == 1
+    ticks, missed = owed(minute, datetime(2026, 10, 25, 0, 55, tzinfo=UTC), before)
+    assert [t.astimezone(UTC).strftime("%H:%M") for t in ticks] == ["00:56", "00:57", "00:58", "00:59"]
+    assert missed == 0
+    second = parse("* * * * * */1", "Europe/Berlin")
+    before = second.next(datetime(2026, 10, 25, 1, 0, 4, tzinfo=UTC))
+    ticks, missed = owed(second, datetime(2026, 10, 25, 0, 59, 50, tzinfo=UTC), before)
+    assert len(ticks) == 14 and missed == 0, [t.isoformat() for t in ticks]
+    first_pass, second_pass = ticks[0], ticks[-1]  # 02:59:51 CEST, 02:00:04 CET
+    entry = SimpleNamespace(owed=[first_pass], late_until=second_pass)
+    assert Scheduler._behind_late(cast(CronEntry, entry))
 
 
 def test_the_election_counts_terms_and_wakes_on_every_change() -> None:
