@@ -143,6 +143,9 @@ class ScheduleSpec(BaseModel):
             payload = json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"payload is not a JSON value: {exc}") from None
+        merged = _merged_keys(value)
+        if merged is not None:  # the round trip would keep the last of them, without a word
+            raise ValueError(f"payload keys {merged[0]!r} and {merged[1]!r} are one key in JSON")
         try:  # the runs' frames and records are orjson's: checked here, not at every tick
             orjson.dumps(payload)
         except orjson.JSONEncodeError as exc:
@@ -151,6 +154,26 @@ class ScheduleSpec(BaseModel):
                 "and nesting to 254 levels; write such a number as a string"
             ) from None
         return payload
+
+
+def _merged_keys(value: Any) -> tuple[Any, Any] | None:
+    """Two keys of one mapping in `value` that JSON writes alike (`1` and `"1"`, `true` and `"true"`)."""
+    if isinstance(value, dict):
+        seen: dict[str, Any] = {}
+        for key, item in value.items():
+            text = json.dumps({key: None})[1:-7]  # the key as JSON writes it: `"1"` for 1 and "1"
+            if text in seen:
+                return seen[text], key
+            seen[text] = key
+            found = _merged_keys(item)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _merged_keys(item)
+            if found is not None:
+                return found
+    return None
 
 
 class InstancesSpec(BaseModel):

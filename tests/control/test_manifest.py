@@ -119,6 +119,12 @@ CASES: dict[str, tuple[str, int, str]] = {
     "bad-keep-warm": (edit(append=['    keep_warm: "every 4 minutes"']), 11, "keep_warm: bad cron"),
     "bad-timezone": (edit(append=[*SCHEDULE, "        timezone: Mars/Olympus"]), 13, "unknown timezone"),
     "payload-nan": (edit(append=[*SCHEDULE, "        payload: .nan"]), 13, "not a JSON value"),
+    # Two keys JSON writes alike: the round trip to JSON kept the last one without a word.
+    "payload-merged-keys": (
+        edit(append=[*SCHEDULE, '        payload: {a: [{1: x, "1": y}]}']),
+        13,
+        "payload keys 1 and '1' are one key in JSON",
+    ),
     # Valid JSON the runs' orjson frames cannot carry: refused here, not by a node that then serves nothing.
     "payload-big-int": (
         edit(append=[*SCHEDULE, "        payload: {n: 123456789012345678901234567890}"]),
