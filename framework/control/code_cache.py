@@ -10,12 +10,16 @@ Entries are never removed while the node runs (a retired instance may still impo
 The zips come from the log, so any bytes may arrive: `store` turns every way unpacking can fail (not a
 zip, corrupt deflate data, encryption, an unknown compression method, a path outside the folder, a name
 the file system refuses, more files or bytes than a revision may hold, ...) into ValueError, the one
-exception the log's reader skips a record for, and leaves nothing of it behind.
+exception the log's reader skips a record for, and leaves nothing of it behind. A failure of this node's
+own disk (`LOCAL_ERRNOS`: full, over quota, read-only, not writable, I/O error, out of descriptors) is no
+fault of the record: it stays an OSError, and the reader keeps the record (`log_state.py`), so this node
+numbers revisions as every other node does, and unpacks the code again later (`Deployments._code`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -26,6 +30,21 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from framework.control.revisions import sha256, unpacked_problem
+
+LOCAL_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
+"""OSErrors of this node's disk, folder or process, whatever the zip holds."""
 
 
 class CodeCache:
@@ -136,6 +155,10 @@ def _with_zip(sha: str, data: bytes, use: Callable[[zipfile.ZipFile], T]) -> T:
             return use(z)
     except _Refused:
         raise
+    except OSError as exc:
+        if exc.errno in LOCAL_ERRNOS:  # this node's disk, not the bytes: not the record's fault
+            raise
+        raise ValueError(f"code record {sha[:12]}: cannot unpack it ({_kind(exc)}: {exc})") from None
     except (zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"code record {sha[:12]}: not a zip ({exc})") from None
     except Exception as exc:

@@ -176,10 +176,17 @@ class Deployments:
         return spec_from(rev.spec, self.root, self._code(rev.code_sha256), rev.revision)
 
     def _code(self, sha: str) -> Path:
-        """Where revision code `sha` is unpacked; after the cache moved (a re-pointed manifest), code that
-        reached the old cache only (a code record applied while the cache moved) is unpacked again here."""
+        """Where revision code `sha` is unpacked. Code this node's disk refused when the log was read (full,
+        read-only) is unpacked again here, each time what is served is worked out, until it is; after the
+        cache moved (a re-pointed manifest), code that reached the old cache only (a code record applied
+        while the cache moved) is unpacked again here."""
         path = self.cache.path(sha)
-        if self._previous is not None and not path.is_dir():
+        if path.is_dir():
+            return path
+        unstored = self.log.state.unstored.get(sha)  # this node's disk refused it when the log was read
+        if unstored is not None and self._store(sha, unstored):
+            del self.log.state.unstored[sha]
+        elif self._previous is not None:
             data = self._previous.zip_bytes(sha)
             if data is not None:
                 self._store(sha, data)

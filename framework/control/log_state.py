@@ -35,6 +35,7 @@ from types import MappingProxyType
 import orjson
 from pydantic import ValidationError
 
+from framework.control.code_cache import LOCAL_ERRNOS
 from framework.control.revisions import Revision, sha256, spec_from
 
 log = logging.getLogger("faas.deployments")
@@ -58,6 +59,9 @@ class LogState:
         self.order: dict[str, int] = {}
         """For each kept revision's key, when it was applied (a count): the log order to publish it in."""
         self.skipped = 0
+        self.unstored: dict[str, bytes] = {}
+        """Code records held whose `on_code` failed on this node's own disk (full, read-only...), by sha256:
+        the revisions using them are kept all the same, so numbering stays the cluster's."""
         self._applied = 0
         self._on_code = on_code
         self._live: dict[str, Revision] = {}
@@ -149,7 +153,20 @@ class LogState:
                 self.keys.discard(key)
                 return False
             if self._on_code is not None:
-                self._on_code(sha, value)
+                try:
+                    self._on_code(sha, value)
+                except OSError as exc:
+                    if exc.errno not in LOCAL_ERRNOS:
+                        raise
+                    self.unstored[sha] = value  # this node's disk, not the record (its sha256 matched)
+                    log.error(
+                        "deployment log: code record %s cannot be unpacked on this node (%s): kept, and "
+                        "unpacked again when a revision using it is served",
+                        sha[:12],
+                        exc,
+                    )
+                else:
+                    self.unstored.pop(sha, None)
             elif sha256(value) != sha:
                 raise ValueError(f"its value's sha256 is {sha256(value)[:12]}, not {sha[:12]}")
             self.codes.add(sha)

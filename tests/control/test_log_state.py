@@ -217,3 +217,33 @@ def test_what_is_served_and_who_holds_each_name_follow_every_kind_of_record() ->
         assert apply(state, r, 6 + offset) is False
     check({("alpha", A): C, ("beta", C): A})
     assert state.refused_names([(B, "beta"), (B, "delta")]) == {B: A}
+
+
+def test_code_this_nodes_disk_refuses_is_kept_so_numbering_stays_the_clusters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A state whose code sink fails with ENOSPC (this node's disk is full) for a code record. 2. A
+    revision using that code, numbered 2 after a revision 1. 3. The sink stores it when called again.
+    Result: the code record and revision 2 are kept (an error is logged, nothing is skipped), so the next
+    number is 3 as on every other node (skipping it had made this node publish a second revision 2 over
+    the first); the zip is held in `unstored` until it is stored."""
+    import errno
+
+    full = b"code while the disk is full"
+    calls: list[bytes] = []
+
+    def sink(sha: str, data: bytes) -> None:
+        calls.append(data)
+        if data == full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    state = LogState(on_code=sink)
+    assert state.apply(code_key(sha256(CODE)), CODE, "at offset 1") is False
+    assert apply(state, rev(A, 1, "alpha"), 2) is True
+    with caplog.at_level(logging.ERROR, "faas.deployments"):
+        assert state.apply(code_key(sha256(full)), full, "at offset 3") is False
+    second = Revision(**{**rev(A, 2, "alpha").to_json(), "code_sha256": sha256(full)})
+    assert apply(state, second, 4) is True
+    assert state.skipped == 0 and state.newest(A) == second and state.next_number(A) == 3
+    assert state.unstored == {sha256(full): full}
+    assert any("No space left on device" in r.getMessage() for r in caplog.records), caplog.records
