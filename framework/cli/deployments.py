@@ -324,7 +324,7 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
 @option(
     "--to",
     "to",
-    type=click.IntRange(min=1),
+    type=int,  # any number: one that is not kept (0, -1, ...) exits 1 naming the kept ones (section 12)
     help="Revision to go back to.  [default: the one before the live one]",
 )
 @option("-m", "--message", callback=utf8, help="Why: kept with the revision.")

@@ -84,8 +84,11 @@ def event_type(name: str) -> str:
     return name
 
 
-Count = Annotated[int, BeforeValidator(_not_bool)]
-"""A whole number of the manifest (`true` is not 1)."""
+MAX_COUNT = 2**53 - 1
+"""The largest count a manifest may give: every JSON reader holds it exactly (a revision carries the spec
+as JSON, and orjson reads an integer of 2**64 or more as a float, which no reader takes as a count)."""
+Count = Annotated[int, BeforeValidator(_not_bool), Field(le=MAX_COUNT)]
+"""A whole number of the manifest (`true` is not 1), at most MAX_COUNT."""
 Seconds = Annotated[float, BeforeValidator(_finite)]
 """A finite number of seconds (`.nan`, `.inf` and `true` are refused)."""
 EventType = Annotated[str, AfterValidator(event_type)]

@@ -71,12 +71,12 @@ def test_invalid_or_oversized_working_copy_publishes_nothing(tmp_path: Path, bro
 def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """0. `faas deploy --all` while alpha is a draft. 1. `faas deploy alpha` on the draft. 2. Again.
     3. `faas undeploy nosuch alpha`, then `faas undeploy alpha`. 4. `faas rollback alpha` with a message
-    holding control characters, then `faas history`. 5. `faas rollback alpha --to 9`. 6. `faas rollback
-    alpha --to 2` (the undeploy), twice.
+    holding control characters, then `faas history`. 5. `faas rollback alpha --to 9` (and 0, -1).
+    6. `faas rollback alpha --to 2` (the undeploy), twice.
     Result: 0 says there is nothing to deploy (exit 0) and creates no log; revision 1 deployed, the state
     line edited with its comment kept; unchanged, revision 1; the mistyped name exits 1 having undeployed
     nothing, then revision 2 undeployed; the rollback publishes revision 3 (rollback of 1), whose message
-    history prints escaped, on one line; --to 9 exits 1 naming the kept revisions; --to 2 publishes
+    history prints escaped, on one line; --to 9, 0 and -1 exit 1 naming the kept revisions; --to 2 publishes
     revision 4, an undeploy (rollback of 2), then changes nothing. The log holds the code record first,
     then the revision records.
     """
@@ -105,8 +105,9 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     r = run_cli(root, "history", "alpha", env=env)  # the message's control characters escaped, on one line
     [third] = [line for line in r.stdout.splitlines() if line.startswith("3 ")]
     assert third.endswith("fix\\x0anext \\x1b[31mRED\\x1b[0m\\x07 (rollback of 1)"), r.stdout
-    r = run_cli(root, "rollback", "alpha", "--to", "9", env=env)
-    assert r.returncode == 1 and "revision 9 is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
+    for missing in ("9", "0", "-1"):  # any number that is not kept: exit 1 (section 12), not a usage error
+        r = run_cli(root, "rollback", "alpha", "--to", missing, env=env)
+        assert r.returncode == 1 and f"revision {missing} is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
     r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)  # back to the undeploy
     assert r.returncode == 0 and r.stdout == "alpha: revision 4 undeployed (rollback of revision 2)\n", (
         r.stderr

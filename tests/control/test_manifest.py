@@ -102,6 +102,12 @@ CASES: dict[str, tuple[str, int, str]] = {
         12,
         "idle_timeout: a number is expected, not the text 'inf'",
     ),
+    # A count no JSON reader holds exactly: its revision would be refused by every reader of the log.
+    "instances-max-huge": (
+        edit(append=["    instances:", "      max: 18446744073709551616"]),
+        12,
+        "less than or equal to 9007199254740991",
+    ),
     "retry-attempts-quoted": (
         edit(append=["    retry: {attempts: '3'}"]),
         11,
