@@ -147,6 +147,9 @@ CASES: dict[str, tuple[str, int, str]] = {
         1,
         "over 100,000 values once its YAML aliases are expanded",
     ),
+    # 5 MB of comments after a valid manifest: ruamel would take minutes on it (50 MB: over 15), refused at
+    # once by its size.
+    "too-large": (edit() + ("# " + "x" * 1022 + "\n") * 5 * 1024, 1, "over the 4,194,304 a manifest may hold"),
     # No `functions:` at all is a mistake (an editor's truncated save), not "no functions": `[]` says that.
     "empty": ("", 1, "the manifest is empty"),
     "comments-only": ("# nothing yet\n", 1, "the manifest is empty"),
