@@ -170,6 +170,9 @@ MAX_BYTES = 4 * 1024 * 1024
 """Bytes a manifest may hold: thousands of functions (about 150 bytes each). ruamel's reading grows faster
 than the size (1 / 2 / 4 MB of comments: 0.9 / 1.7 / 4.0 s here), runs where nothing can stop it (a watch
 mode check, `faas run` start), and 50 MB did not finish in 15 minutes."""
+MAX_PROBLEM_CHARS = 300
+"""Characters of a YAML error's own text an error line keeps (a duplicate key's quotes both values: one
+140 KB line in `/readyz` for a long list)."""
 MAX_VALUES = 100_000
 """Values (scalars, lists, mappings) a manifest may hold once its YAML aliases are expanded: far more than a
 real manifest holds (a function is a few dozen), far fewer than an alias bomb's (eight levels of ten aliases
@@ -229,6 +232,8 @@ def parse_bytes(data: bytes, errors: ErrorCollector) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f" ({exc.context} started at line {exc.context_mark.line + 1})" if exc.context_mark else ""
         problem = (exc.problem or "invalid YAML").replace("\n", " ")
+        if len(problem) > MAX_PROBLEM_CHARS:  # a duplicate key's message quotes both values whole
+            problem = problem[:MAX_PROBLEM_CHARS] + "…"
         errors.add((mark.line, mark.column) if mark else (0, 0), f"YAML syntax error: {problem}{where}")
     except ReaderError as exc:  # a control character: at its own line and column, on one line
         at = min(max(exc.position, 0), len(text))

@@ -147,9 +147,19 @@ CASES: dict[str, tuple[str, int, str]] = {
         1,
         "over 100,000 values once its YAML aliases are expanded",
     ),
+    # A duplicate key's YAML error quotes both values: cut, not one line of 140 KB.
+    "duplicate-key-long": (
+        "functions: []\nx-a: [" + ", ".join(["1"] * 3000) + "]\nx-a: 2\n",
+        3,
+        "found duplicate key",
+    ),
     # 5 MB of comments after a valid manifest: ruamel would take minutes on it (50 MB: over 15), refused at
     # once by its size.
-    "too-large": (edit() + ("# " + "x" * 1022 + "\n") * 5 * 1024, 1, "over the 4,194,304 a manifest may hold"),
+    "too-large": (
+        edit() + ("# " + "x" * 1022 + "\n") * 5 * 1024,
+        1,
+        "over the 4,194,304 a manifest may hold",
+    ),
     # No `functions:` at all is a mistake (an editor's truncated save), not "no functions": `[]` says that.
     "empty": ("", 1, "the manifest is empty"),
     "comments-only": ("# nothing yet\n", 1, "the manifest is empty"),
@@ -230,6 +240,7 @@ def test_broken_manifest_names_the_line(tmp_path: Path, case: str) -> None:
     errors = errors_of(root)
     assert lines_of(errors) == [line], errors
     assert fragment in errors[0], errors
+    assert len(errors[0]) < 1000, f"an error line of {len(errors[0])} characters"
 
 
 def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_column(tmp_path: Path) -> None:
