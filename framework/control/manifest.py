@@ -34,6 +34,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control.handler_check import ImportChecks, import_errors
 from framework.control.secrets import SecretError, SecretStore, name_problem
+from framework.control.snapshot import top_level_of
 from framework.control.spec import (
     HANDLER_FORM,
     WORKING_COPY,
@@ -451,12 +452,26 @@ def load_manifest(
             if problem is not None:
                 errors.add(pos, problem)
     if check_handlers and read.checks:
-        keys = [key for key, _ in read.checks]
+        # A revision carries the handler's top-level package from the project folder (DESIGN.md section
+        # 12): a handler found elsewhere (`os:system`, an installed package) would be published as empty
+        # code and run whatever each node happens to have under that name.
+        outside = {i for i, ((h, _), _) in enumerate(read.checks) if top_level_of(root, h) is None}
+        for index in sorted(outside):
+            (handler, _), places = read.checks[index]
+            top = handler.partition(":")[0].split(".")[0]
+            for pos in places:
+                errors.add(
+                    pos,
+                    f"handler {handler!r} is not in the project: no {top}/ or {top}.py in {root} (a revision "
+                    "carries the handler's top-level package from the manifest's folder)",
+                )
+        checks = [c for i, c in enumerate(read.checks) if i not in outside]
+        keys = [key for key, _ in checks]
         imports = cache.imports if cache is not None else None
         found = import_errors(root, [(h, json.loads(env)) for h, env in keys], secrets_dir, imports)
         for index, problem in found.items():
             handler, _ = keys[index]
-            for pos in read.checks[index][1]:
+            for pos in checks[index][1]:
                 errors.add(pos, f"handler {handler!r} {problem}")
     if errors.found:
         raise ManifestError(errors.lines())

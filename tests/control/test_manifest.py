@@ -176,6 +176,10 @@ CASES: dict[str, tuple[str, int, str]] = {
     "handler-attr": (edit({10: "    handler: functions.mod:nope"}), 10, "AttributeError"),
     "handler-value": (edit({10: "    handler: functions.mod:VALUE"}), 10, "is not callable"),
     "handler-syntax": (edit({10: "    handler: functions.broken:handle"}), 10, "SyntaxError"),
+    # Found outside the project (the standard library, an installed package): a revision would carry no
+    # code, and each node would run whatever it has under that name.
+    "handler-stdlib": (edit({10: "    handler: os:system"}), 10, "'os:system' is not in the project: no os/"),
+    "handler-installed": (edit({10: "    handler: framework.cli:main"}), 10, "no framework/ or framework.py"),
     "yaml-syntax": (edit({7: "    events: [ping"}), 8, "started at line 7"),
     "yaml-duplicate-key": (edit(append=["    handler: functions.mod:handle"]), 11, "duplicate key"),
     "events-int": (edit({7: "    events: 5"}), 7, "events: should be a list"),
