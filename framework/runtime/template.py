@@ -344,10 +344,10 @@ def main() -> None:
         except OSError:
             held = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
             os.set_inheritable(held, True)
-    # Ctrl-C reaches the whole process group, and a service manager may signal every process of the service
-    # (systemd's default KillMode=control-group sends SIGTERM to all of them, as `kill -- -PGID` does): the
-    # node drains, then stops us and so the instances, which inherit this. Caught, not ignored (SIG_IGN):
-    # a handler's own subprocesses get the default actions back when they exec, so terminate() works.
+    # Ctrl-C and `kill -- -PGID` reach the node's whole process group, systemd's default KillMode (a
+    # control group) every process of the service: the node drains, then stops us and so the instances,
+    # which inherit this. Caught, not ignored (SIG_IGN): a program a handler runs gets the default actions
+    # back when it execs, and a process it forks gets them from the instance (`server.main`).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _left_to_the_node)
     if sandboxing["hide"] is not None:  # still one thread here, as a user namespace takes

@@ -152,12 +152,17 @@ def standard_streams(payload, ctx):
     return [sys.stdout.fileno(), sys.stderr.fileno(), sys.stdout.encoding, done.returncode]
 
 def signal_children(payload, ctx):
-    import subprocess
+    import multiprocessing, subprocess, time
     codes = []
     for stop in ("terminate", "send_signal"):  # SIGTERM, then SIGINT
         child = subprocess.Popen(["sleep", "30"])
         child.terminate() if stop == "terminate" else child.send_signal(2)
         codes.append(child.wait(timeout=10))
+    forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    forked.start()
+    forked.terminate()
+    forked.join(10)
+    codes.append(forked.exitcode)
     return codes
 """
 

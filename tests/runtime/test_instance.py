@@ -46,12 +46,14 @@ async def test_stdout_and_stderr_have_descriptors_for_programs(runtime: Runtime,
 async def test_a_handlers_subprocesses_stop_on_sigterm_and_sigint(
     runtime: Runtime, spec: SpecFactory
 ) -> None:
-    """1. A `def` handler starts `sleep 30` and terminates it, then starts another and sends it SIGINT.
-    Result: each ends by its signal (-15, -2) at once. The template and instances do not stop on either
-    signal (the node drains first), but a program a handler runs gets the default actions back: an
-    ignored signal (SIG_IGN) would have been inherited, and each wait would have run out."""
+    """1. A `def` handler starts `sleep 30` and terminates it, then starts another and sends it SIGINT,
+    then forks a `multiprocessing` process (no exec) and terminates it.
+    Result: each ends by its signal (-15, -2, -15) at once. The template and instances do not stop on
+    either signal (the node drains first), but a program a handler runs, and a process it forks, get the
+    default actions back: an ignored signal (SIG_IGN) would have been inherited by the program, and the
+    instance's own handler by the forked process, and each wait would have run out."""
     value, _ = await call(runtime, spec("signal_children", timeout=30), None)
-    assert value == [-signal.SIGTERM, -signal.SIGINT]
+    assert value == [-signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM]
 
 
 async def test_env_change_stays_in_its_instance(runtime: Runtime, spec: SpecFactory) -> None:

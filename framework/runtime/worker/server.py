@@ -80,6 +80,26 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _hold_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _release_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _default_stop_signals() -> None:
+    """In a process forked from an instance: SIGTERM ends it, SIGINT raises KeyboardInterrupt (Python's);
+    then the signals held across the fork arrive."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to restore there
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _release_stop_signals()
+
+
 def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
     """Entry point in the forked child; never returns. `config` is built by `handle.InstanceHandle`."""
     code = 1
@@ -91,6 +111,14 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
             os.setpgid(0, 0)
         # The template reaps its children on SIGCHLD; handlers that run subprocesses need the default.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # SIGTERM and SIGINT stay the template's (the node decides when an instance stops), but a process a
+        # handler forks without exec (multiprocessing) gets the defaults back, so terminate() stops it.
+        # Held (blocked) across the fork: one sent at once would otherwise meet the inherited handler.
+        os.register_at_fork(
+            before=_hold_stop_signals,
+            after_in_parent=_release_stop_signals,
+            after_in_child=_default_stop_signals,
+        )
         isolated = sandbox.isolate()  # still one thread: a user namespace of its own (`framework/sandbox.py`)
         if isolated is not None:
             sandbox.exposed = f"instances can read each other's memory: {isolated}"
