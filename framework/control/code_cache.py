@@ -11,9 +11,9 @@ The zips come from the log, so any bytes may arrive: `store` turns every way unp
 zip, corrupt deflate data, encryption, an unknown compression method, a path outside the folder, a name
 the file system refuses, more files or bytes than a revision may hold, ...) into ValueError, the one
 exception the log's reader skips a record for, and leaves nothing of it behind. A failure of this node's
-own disk (`LOCAL_ERRNOS`: full, over quota, read-only, not writable, I/O error, out of descriptors) is no
-fault of the record: it stays an OSError, and the reader keeps the record (`log_state.py`), so this node
-numbers revisions as every other node does, and unpacks the code again later (`Deployments._code`).
+own disk is no fault of the record: it stays an OSError (`LOCAL_ERRNOS` inside the zip's extraction, any
+OSError around it), and the reader keeps the record (`log_state.py`), so this node numbers revisions as
+every other node does, and unpacks the code again later (`Deployments._code`).
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ START_TIMEOUT = 30.0
 """Seconds one attempt to read the log may take before it is retried."""
 START_RETRY = (0.5, 5.0)
 """Seconds before the first retry of a failed start, doubled per failure up to the second."""
+UNPACK_RETRY = 10.0
+"""Seconds between attempts to unpack served code this node's disk refused (full, read-only)."""
 
 
 class Deployments:
@@ -72,6 +74,8 @@ class Deployments:
         self.cache_dir = cache_dir
         """FAAS_CACHE_DIR when relative: the cache follows the project folder (None: it stays at `cache`)."""
         self._previous: CodeCache | None = None
+        self._unpacking = False
+        """A later look at code this node's disk refused is planned (`_unpack_later`)."""
         """The cache a re-pointed manifest left behind: code not found in `cache` is looked for there when
         served."""
         self.watch = watch
@@ -184,13 +188,28 @@ class Deployments:
         if path.is_dir():
             return path
         unstored = self.log.state.unstored.get(sha)  # this node's disk refused it when the log was read
-        if unstored is not None and self._store(sha, unstored):
-            del self.log.state.unstored[sha]
+        if unstored is not None:
+            if self._store(sha, unstored):
+                del self.log.state.unstored[sha]
+            elif not self._unpacking:  # work out what is served again later: the disk may have room then
+                self._unpacking = True
+                self._spawn(self._unpack_later(), "unpack-code")
         elif self._previous is not None:
             data = self._previous.zip_bytes(sha)
             if data is not None:
                 self._store(sha, data)
         return path
+
+    async def _unpack_later(self) -> None:
+        try:
+            await asyncio.sleep(UNPACK_RETRY)
+        finally:
+            self._unpacking = False
+        self.refresh()
+
+    def _zip_bytes(self, sha: str) -> bytes | None:
+        """The zip of code `sha`: from the cache, or held in memory while this node's disk refuses it."""
+        return self.cache.zip_bytes(sha) or self.log.state.unstored.get(sha)
 
     def _store(self, sha: str, data: bytes) -> bool:
         try:
@@ -337,7 +356,7 @@ class Deployments:
         kept = [r for uuid in list(self.log.state.revisions) for r in self.log.state.kept(uuid)]
         for attempt in range(1, 31):
             try:
-                count = await self.log.republish(kept, self.cache.zip_bytes)
+                count = await self.log.republish(kept, self._zip_bytes)
             except Exception as exc:  # the broker may still be coming back: try again shortly
                 log.warning("publishing the lost deployment log again failed (%r), retrying", exc)
                 await asyncio.sleep(min(5.0, 0.5 * attempt))

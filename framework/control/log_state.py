@@ -35,7 +35,6 @@ from types import MappingProxyType
 import orjson
 from pydantic import ValidationError
 
-from framework.control.code_cache import LOCAL_ERRNOS
 from framework.control.revisions import Revision, sha256, spec_from
 
 log = logging.getLogger("faas.deployments")
@@ -44,7 +43,10 @@ _REV_KEY = re.compile(r"^rev:([0-9a-fA-F-]{36}):([1-9][0-9]*)$")
 _CODE_KEY = re.compile(r"^code:([0-9a-f]{64})$")
 
 CodeSink = Callable[[str, bytes], object]
-"""Called with (sha256, zip) for each code record; raises (ValueError, by convention) when unusable."""
+"""Called with (sha256, zip) for each code record; raises ValueError when the record is unusable (it is
+skipped), OSError when this node cannot keep it (its disk: the record is held, `LogState.unstored`)."""
+UNSTORED_BYTES = 64 * 1024 * 1024
+"""Bytes of code records a node holds in memory while its disk refuses them."""
 
 
 class LogState:
@@ -144,6 +146,25 @@ class LogState:
             log.warning("deployment log: skipped the record %s (key %r): %s", where, key, why)
             return False
 
+    def _hold(self, sha: str, value: bytes, exc: OSError) -> None:
+        """Keep the code record `sha` this node's disk refused, and its bytes (the oldest dropped beyond
+        UNSTORED_BYTES: those come back with the next start's read of the log)."""
+        self.unstored[sha] = value
+        log.error(
+            "deployment log: code record %s cannot be unpacked on this node (%s): kept, and unpacked again "
+            "when what is served is worked out",
+            sha[:12],
+            exc,
+        )
+        while sum(len(v) for v in self.unstored.values()) > UNSTORED_BYTES and len(self.unstored) > 1:
+            oldest = next(iter(self.unstored))
+            del self.unstored[oldest]
+            log.error(
+                "deployment log: code record %s dropped from memory (over %d bytes held)",
+                oldest[:12],
+                UNSTORED_BYTES,
+            )
+
     def _apply(self, key: str, value: bytes | None) -> bool:
         code = _CODE_KEY.match(key)
         if code is not None:
@@ -151,20 +172,13 @@ class LogState:
             if value is None:
                 self.codes.discard(sha)
                 self.keys.discard(key)
+                self.unstored.pop(sha, None)
                 return False
             if self._on_code is not None:
                 try:
                     self._on_code(sha, value)
-                except OSError as exc:
-                    if exc.errno not in LOCAL_ERRNOS:
-                        raise
-                    self.unstored[sha] = value  # this node's disk, not the record (its sha256 matched)
-                    log.error(
-                        "deployment log: code record %s cannot be unpacked on this node (%s): kept, and "
-                        "unpacked again when a revision using it is served",
-                        sha[:12],
-                        exc,
-                    )
+                except OSError as exc:  # this node's disk, not the record: the sink refuses bad bytes with
+                    self._hold(sha, value, exc)  # ValueError (code_cache.py), and the sha256 matched
                 else:
                     self.unstored.pop(sha, None)
             elif sha256(value) != sha:

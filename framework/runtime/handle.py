@@ -168,6 +168,12 @@ class InstanceHandle:
             "node": self.node,
         }
         try:
+            code = self.spec.code
+            if code is not None and not code.is_dir():  # this node's disk refused it (full, read-only)
+                raise FileNotFoundError(
+                    f"the code of its revision {self.spec.revision} is not unpacked on this node ({code}): "
+                    "see the node's log"
+                )
             main, logs, stdout, stderr = template.spawn(config)
             unused = [main, logs, stdout, stderr]  # each until its transport takes it over
             try:

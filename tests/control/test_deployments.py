@@ -529,20 +529,24 @@ async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Pa
     await d.stop()
 
 
-async def test_code_a_full_disk_refused_is_unpacked_once_there_is_room(tmp_path: Path) -> None:
-    """In process, on the in-memory log with watch off. 1. alpha deployed (revision 1). 2. The disk is full
-    (the cache's writes fail with ENOSPC); gamma is published from another folder. 3. There is room again;
-    what is served is worked out again (any change of the log or working copy does it).
+async def test_code_a_full_disk_refused_is_unpacked_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, on the in-memory log with watch off, looks at refused code every 0.05 s. 1. alpha
+    deployed (revision 1). 2. The disk is full (the cache's writes fail with ENOSPC); gamma is published
+    from another folder. 3. There is room again; nothing else changes.
     Result: 2 keeps gamma's revision (served, its code not unpacked yet) and the numbering (the next
     publication of gamma would be 2: skipping the record had made this node write a second revision 1);
-    after 3 gamma's code is in the cache and nothing is left to unpack."""
+    after 3 gamma's code is in the cache and nothing is left to unpack, by the planned look alone."""
     import errno
 
+    from framework.control import deployments
     from framework.control.code_cache import CodeCache
     from framework.control.deployment_log import MemoryLog
     from framework.control.deployments import Deployments
     from framework.control.log_state import LogState
     from framework.control.registry import Registry
+    from tests.runtime.conftest import until
 
     class FillingCache(CodeCache):
         full = False
@@ -552,6 +556,7 @@ async def test_code_a_full_disk_refused_is_unpacked_once_there_is_room(tmp_path:
                 raise OSError(errno.ENOSPC, "No space left on device")
             return super().store(sha, data)
 
+    monkeypatch.setattr(deployments, "UNPACK_RETRY", 0.05)
     ua, ug = new_id(), new_id()
     root = write_project(tmp_path / "p", manifest(ua), {"m": module("v1")})
     cache = FillingCache(tmp_path / "cache")
@@ -575,7 +580,7 @@ async def test_code_a_full_disk_refused_is_unpacked_once_there_is_room(tmp_path:
     assert gamma is not None and gamma.revision == 1 and gamma.code is not None and not gamma.code.is_dir()
     assert state.next_number(ug) == 2 and list(state.unstored) == [found.revision.code_sha256]
     cache.full = False
-    d.refresh()
+    await until(lambda: not state.unstored, message="the refused code unpacked by the planned look")
     gamma = served_now[-1].productive(ug)
     assert gamma is not None and gamma.code is not None
     assert (gamma.code / "functions" / "m.py").read_text() == module("g") and state.unstored == {}

@@ -141,6 +141,17 @@ async def test_dict_keys_are_written_as_json_writes_them_or_refused_naming_their
         await call(runtime, s, "pair")
 
 
+async def test_a_revision_whose_code_is_not_unpacked_here_is_refused_by_name(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """A revision served while this node's disk refused its code (its folder missing). Result: its
+    instance does not start, and the answer says why (it would have imported whatever it found under
+    that module name, the working copy's included)."""
+    missing = spec("echo").model_copy(update={"code": tmp_path / "not-unpacked", "revision": 4})
+    with pytest.raises(InstanceCrashed, match=r"the code of its revision 4 is not unpacked on this node"):
+        await call(runtime, missing, {})
+
+
 async def test_a_result_too_large_for_a_reply_is_function_error(runtime: Runtime, spec: SpecFactory) -> None:
     """1. A handler returns 241 MiB of JSON, more than a reply between instance and node holds.
     2. It returns 1 MiB. Result: 1 is a FunctionError naming the size and the limit, not InstanceCrashed
