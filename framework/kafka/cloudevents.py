@@ -260,7 +260,7 @@ def _structured(
             return _with(bad, f"structured mode: {name!r} must be a string, got {type(doc[name]).__name__}")
     source = doc.get("source")
     if "data_base64" in doc:
-        if "data" in doc:
+        if doc.get("data") is not None:  # `"data": null` beside it is taken as absent (serializers write it)
             return _with(bad, "structured mode: both 'data' and 'data_base64' are given (one at most)")
         try:
             payload = base64.b64decode(doc["data_base64"], validate=True)

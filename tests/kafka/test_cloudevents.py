@@ -63,6 +63,8 @@ def test_structured_without_data_is_null_and_data_base64_is_decoded() -> None:
     raw = base64.b64encode(b'{"a": [1]}').decode()
     event = parse(envelope(data_base64=raw), STRUCTURED, MAX)
     assert isinstance(event, Event) and event.payload == b'{"a": [1]}'
+    beside_null = parse(envelope(data=None, data_base64=raw), STRUCTURED, MAX)  # some serializers write it
+    assert isinstance(beside_null, Event) and beside_null.payload == b'{"a": [1]}'
 
 
 def test_structured_data_keeps_integers_beyond_64_bits() -> None:

@@ -186,7 +186,7 @@ class ReplyOutbox:
         log.error("reply to event %s refused (%s): the event fails", reply.id, why)
         spec = max(reply.results, key=lambda done: len(done[1].result))[0] if reply.results else None
         failed = EventReply.failed(reply.id, reply.event, FunctionError(message), spec)
-        if reply.error is not None and failed.error is not None:
+        if reply.error is not None and reply.error.get("function") and failed.error is not None:
             failed.error["function"], failed.error["uuid"] = reply.error["function"], reply.error["uuid"]
         failed.traceparent, failed.tracestate, failed.attempts = (
             reply.traceparent,

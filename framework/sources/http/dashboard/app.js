@@ -437,7 +437,7 @@ function recordsTable(records, expanded, withFunction) {
     body.append(el("tr", { class: r.ok ? null : "failing" },
       td("Started", when(r.started_at)),
       withFunction ? td("Function", el("a", { href: "#/fn/" + encodeURIComponent(r.uuid || ""), text: show(r.function), "data-key": "fn:" + id })) : null,
-      td("Trigger", show(r.trigger) + (r.event ? " (" + r.event + ")" : "")),
+      td("Trigger", show(r.trigger), ...(r.event ? [" (", el("bdi", { text: String(r.event) }), ")"] : [])),
       td("Outcome", outcome(r), r.error && r.error.message ? el("span", { class: "hint clip", text: " " + plain(r.error.message) }) : null),
       td("Duration", ms(r.duration_ms)),
       td("Cold", r.cold_start ? "cold" : "warm"),
