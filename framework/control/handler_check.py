@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from framework import sandbox
-from framework.control.snapshot import code_files, top_level_of
+from framework.control.snapshot import code_files, top_level_name, top_level_of
 
 IMPORT_TIMEOUT = 30.0
 """Seconds one import-check subprocess may run before its current handler is blamed."""
@@ -348,7 +348,7 @@ class ImportChecks:
             self.imported = []
             by_top: dict[str, dict[int, Check]] = {}
             for index, (handler, env) in enumerate(checks):
-                by_top.setdefault(handler.partition(":")[0].split(".")[0], {})[index] = (handler, env)
+                by_top.setdefault(top_level_name(handler), {})[index] = (handler, env)
             problems: dict[int, str] = {}
             keys: set[tuple[str, str, str, str]] = set()
             for top, group in by_top.items():

@@ -34,7 +34,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from framework.control.handler_check import ImportChecks, import_errors
 from framework.control.secrets import SecretError, SecretStore, name_problem
-from framework.control.snapshot import top_level_of
+from framework.control.snapshot import top_level_name, top_level_of
 from framework.control.spec import (
     HANDLER_FORM,
     WORKING_COPY,
@@ -199,11 +199,17 @@ def _expansion_problem(doc: Any) -> tuple[tuple[int, int], str] | None:
     return None
 
 
+def read_head(path: Path) -> bytes:
+    """The manifest's bytes, one more than MAX_BYTES at most: a larger file (or a link to /dev/zero) is
+    refused for its size (`parse_bytes`), not read whole."""
+    with path.open("rb") as f:
+        return f.read(MAX_BYTES + 1)
+
+
 def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
     """The round-trip document of `path` (None for an empty file); syntax errors go to `errors`."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_BYTES + 1)  # no more: a link to /dev/zero is refused for its size, not read
+        data = read_head(path)
     except OSError as exc:
         errors.add((0, 0), f"cannot read the manifest: {exc}")
         return None
@@ -213,7 +219,7 @@ def parse_yaml(path: Path, errors: ErrorCollector) -> Any:
 def parse_bytes(data: bytes, errors: ErrorCollector) -> Any:
     """`parse_yaml` of a manifest's bytes."""
     if len(data) > MAX_BYTES:
-        errors.add((0, 0), f"the manifest is {len(data):,} bytes, over the {MAX_BYTES:,} a manifest may hold")
+        errors.add((0, 0), f"the manifest is over the {MAX_BYTES:,} a manifest may hold (bytes: 4 MiB)")
         return None
     try:
         text = data.decode("utf-8")
@@ -310,8 +316,7 @@ class ManifestCache:
 
     def read(self, path: Path, root: Path) -> _Read:
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_BYTES + 1)  # what is over the limit is refused for its size, not read
+            data = read_head(path)
         except OSError as exc:
             return _Read(fatal=[f"{path}:1:1: cannot read the manifest: {exc}"])
         key = (str(path), str(root), data)
@@ -460,7 +465,7 @@ def load_manifest(
         outside = {i for i, ((h, _), _) in enumerate(read.checks) if top_level_of(root, h) is None}
         for index in sorted(outside):
             (handler, _), places = read.checks[index]
-            top = handler.partition(":")[0].split(".")[0]
+            top = top_level_name(handler)
             for pos in places:
                 errors.add(
                     pos,

@@ -28,10 +28,15 @@ def top_level(spec: FunctionSpec) -> Path | None:
     return top_level_of(spec.root, spec.handler)
 
 
+def top_level_name(handler: str) -> str:
+    """The top-level package or module of a `module:attr` handler (`functions` for `functions.greet:h`)."""
+    return handler.partition(":")[0].split(".")[0]
+
+
 def top_level_of(root: Path, handler: str) -> Path | None:
     """`top_level` of a `module:attr` handler in the project folder `root` (a folder wins over a module
     file of the same name, as in the revision)."""
-    top = handler.partition(":")[0].split(".")[0]
+    top = top_level_name(handler)
     folder = root / top
     if folder.is_dir():
         return folder

@@ -164,7 +164,7 @@ def _merged_keys(value: Any) -> tuple[Any, Any] | None:
     if isinstance(value, dict):
         seen: dict[str, Any] = {}
         for key, item in value.items():
-            text = json.dumps({key: None})[1:-7]  # the key as JSON writes it: `"1"` for 1 and "1"
+            text = key if isinstance(key, str) else json.dumps(key)  # as JSON writes a key: 1 as "1"
             if text in seen:
                 return seen[text], key
             seen[text] = key
