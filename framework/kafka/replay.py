@@ -63,6 +63,7 @@ from framework.kafka.topic_read import (
     scan,
     started,
     stop_quietly,
+    topic_exists,
 )
 from framework.settings import Settings
 
@@ -273,7 +274,10 @@ async def replay(
         report.topic_missing = True
         return report
     chosen = select(records, selection, time.time(), report)
-    if dry_run or not chosen:
+    if not chosen:
+        return report
+    if dry_run:  # the run it stands for would stop at a missing events topic: so does the dry run
+        report.events_missing = not await topic_exists(bootstrap, settings.events_topic, settings)
         return report
     since_ms = max(0, min(c.first_ms for c in chosen) - int(CLOCK_SKEW * 1000))
     counts = await replay_counts(bootstrap, settings, [c.event for c in chosen], since_ms, progress)

@@ -160,6 +160,15 @@ async def partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartit
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
+async def topic_exists(bootstrap: str, topic: str, settings: Settings) -> bool:
+    """Whether the broker has `topic` (one metadata request; nothing is created)."""
+    consumer = await started(reader_of(bootstrap, settings))
+    try:
+        return topic in await consumer.topics()
+    finally:
+        await stop_quietly(consumer)
+
+
 async def read_topic(
     bootstrap: str, topic: str, settings: Settings, progress: Progress | None = None
 ) -> list[Record] | None:

@@ -270,16 +270,18 @@ def test_missing_topic_replays_nothing(topics: Topics) -> None:
     assert r.stdout.strip() == "replayed 0, skipped 0" and "no dead-letter topic" in r.stderr
 
 
-def test_a_missing_events_topic_is_refused_not_made(topics: Topics) -> None:
+@pytest.mark.parametrize("dry_run", [False, True], ids=["replay", "dry-run"])
+def test_a_missing_events_topic_is_refused_not_made(topics: Topics, dry_run: bool) -> None:
     """1. A failed event on the dead-letter topic and no events topic (a mistyped FAAS_EVENTS_TOPIC).
-    2. `faas replay`. Result: exit 1 naming the topic and the setting, nothing produced, and the topic
-    still missing (a broker that creates topics on first write made one no node reads, and replay said
-    `replayed 1`)."""
+    2. `faas replay`, and `faas replay --dry-run`. Result: exit 1 naming the topic and the setting,
+    nothing produced, and the topic still missing (a broker that creates topics on first write made one
+    no node reads, and replay said `replayed 1`; the dry run said all was well)."""
     topics.write([failed(uuid.uuid4().hex)])
     missing = f"t.nosuch.{uuid.uuid4().hex[:8]}"
     r = run_cli(
         topics.root,
         "replay",
+        *(["--dry-run"] if dry_run else []),
         env={
             "FAAS_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap,
             "FAAS_DEADLETTER_TOPIC": topics.dead,
