@@ -31,7 +31,7 @@ PEEK = "5ec5ec00-0000-4000-8000-000000000015"
 
 MODULES = {
     "sec": """
-import asyncio, hashlib, logging, os
+import asyncio, hashlib, logging, os, sys
 
 async def reader(payload, ctx):
     await asyncio.sleep((payload or {}).get("sleep", 0))
@@ -46,6 +46,12 @@ async def leak(payload, ctx):
     logging.getLogger("somelib").warning("library line %s", value)
     print("print line", value)
     os.write(2, f"raw line {value}\\n".encode())
+    # Lines longer than 64 KiB go out in pieces, each redacted alone: the value where one is cut.
+    head = "long " + "z" * (65536 - 5 - 2)
+    sys.stdout.write(head)
+    sys.stdout.write(value[:6])  # the line passes 64 KiB here, before the value is whole
+    sys.stdout.write(value[6:] + " end of the long print\\n")
+    os.write(1, f"{head[:-2]}{value} end of the long raw line\\n".encode())
     raise RuntimeError(f"could not use {value}")
 
 async def peek(payload, ctx):
@@ -275,9 +281,11 @@ async def handle(payload, ctx):
 
 
 def test_values_are_redacted_before_they_leave_the_instance(tmp_path: Path, nodes: Start) -> None:
-    """1. `leak` logs the value with ctx.log and a library logger, prints it, writes it to descriptor 2, and
-    raises with it. Result: the HTTP error says `***`; the node's log has each line with `***` and never the
-    value."""
+    """1. `leak` logs the value with ctx.log and a library logger, prints it, writes it to descriptor 2,
+    writes two lines over 64 KiB with the value where such a line is cut (printed in parts, and to
+    descriptor 1), and raises with it. Result: the HTTP error says `***`; the node's log has each line with
+    `***` and never the value, nor the part of it after a cut (the long lines' pieces used to be redacted
+    one by one)."""
     root, folder, value = project(tmp_path)
     n = start(nodes, root, folder)
     r = invoke(n, LEAK)
@@ -288,10 +296,12 @@ def test_values_are_redacted_before_they_leave_the_instance(tmp_path: Path, node
         "library line ***",
         "print line ***",
         "raw line ***",
+        "*** end of the long print",
+        "*** end of the long raw line",
         "RuntimeError: could not use ***",
     )
     wait_for(lambda: all(w in n.log.read_text() for w in wanted), 20, message="redacted lines in the log")
-    assert value not in n.log.read_text()
+    assert value not in n.log.read_text() and value[6:] not in n.log.read_text()
 
 
 def test_rotation_gives_fresh_instances_within_2_s(tmp_path: Path, nodes: Start) -> None:

@@ -8,8 +8,9 @@ Refused, each with an error naming the secret and the folder (never the value): 
 where a file is expected, anything else that is not a regular file (a FIFO, a socket, a device: opening a
 FIFO for reading would block the node's loop until a writer came, so the file is opened non-blocking and
 its type checked before anything is read), a file over `MAX_BYTES` (64 KiB), text that is not UTF-8, and
-a value shorter than `MIN_CHARS` (4): instances replace every value by `***` in what they log, and a value
-of one to three characters would turn ordinary words of every log line into stars.
+a value shorter than `MIN_CHARS` (4), not counting whitespace around it: instances replace every value by
+`***` in what they log, and a value of one to three characters (or of blanks: an indent) would turn
+ordinary words of every log line into stars.
 
 Files are read when needed (a pool starts, the folder changed, a readiness check), never cached here:
 the files are small, and reading them again is what makes a rotated value visible.
@@ -113,6 +114,12 @@ class SecretStore:
             raise SecretError(
                 f"{where} holds {len(value)} character(s): values under {MIN_CHARS} characters are "
                 "refused, since redacting them would garble the logs"
+            )
+        if len(value.strip()) < MIN_CHARS:  # four spaces would star the indent of every traceback line
+            raise SecretError(
+                f"{where} holds {len(value.strip())} character(s) besides the whitespace around them: "
+                f"values under {MIN_CHARS} such characters are refused, since redacting them would garble "
+                "the logs"
             )
         return value
 

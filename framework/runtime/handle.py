@@ -177,9 +177,10 @@ class InstanceHandle:
             main, logs, stdout, stderr = template.spawn(config)
             unused = [main, logs, stdout, stderr]  # each until its transport takes it over
             try:
-                self.raw.append(await read_socket(stdout, "stdout", logging.INFO, self._raw_line))
+                secrets = self._redactor()
+                self.raw.append(await read_socket(stdout, "stdout", logging.INFO, self._raw_line, secrets))
                 unused.remove(stdout)
-                self.raw.append(await read_socket(stderr, "stderr", logging.WARNING, self._raw_line))
+                self.raw.append(await read_socket(stderr, "stderr", logging.WARNING, self._raw_line, secrets))
                 unused.remove(stderr)
                 self._logs = await connect(logs, self._on_log, self._on_logs_closed)
                 unused.remove(logs)
@@ -375,10 +376,14 @@ class InstanceHandle:
     def _raw_line(self, source: str, level: int, text: str) -> None:
         """A line the instance wrote below Python's streams (`raw_output.py`): no invocation's, redacted
         here, since it never passed through the instance's own redaction."""
+        extra = {**self._extra, "invocation_id": None, "source": source}
+        instance_log.log(level, self._redactor()(text), extra=extra)
+
+    def _redactor(self) -> Redactor:
+        """The instance's secrets as a Redactor, made once, when its output sockets are read."""
         if self._redact is None:
             self._redact = Redactor(self._secrets.values())
-        extra = {**self._extra, "invocation_id": None, "source": source}
-        instance_log.log(level, self._redact(text), extra=extra)
+        return self._redact
 
     def _keep_line(self, lines: LogCapture, inv: str, level: object, msg: object) -> None:
         """Keep a line of invocation `inv` if it is in flight here and wants a record (a line that trails

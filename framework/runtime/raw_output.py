@@ -13,8 +13,10 @@ file object, and the second close could hit a file another thread just opened).
 Trade-offs: the instance pays nothing (no thread, no code: its idle memory stays as it was), and the lines
 are read whatever the instance does, its loop blocked or the process killed (what a socket holds is read to
 its end). Such a line carries no invocation (invocations run side by side, and a subprocess's bytes come
-when they come), so it is in no invocation's record. A line goes out at its newline, at the end, or every
-`MAX_PARTIAL` bytes (a longer line is cut there, whatever the reads brought at once). The node spends
+when they come), so it is in no invocation's record. A line goes out at its newline, at the end, or in
+pieces of about `MAX_PARTIAL` bytes (a longer line is cut, whatever the reads brought at once), each cut
+where no form of a secret spans it (`Redactor.cut`: every piece is redacted on its own) and on a UTF-8
+character's boundary. The node spends
 nothing on an instance that writes nothing there, and at most `LINES_PER_TURN` lines per loop iteration on
 one that floods: reading then pauses until the next iteration, so the writer waits (its socket buffer
 full), not the node's other work.
@@ -27,6 +29,8 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
+
+from framework.runtime.worker.redact import Redactor
 
 MAX_PARTIAL = 64 * 1024
 """Bytes of a line without a newline kept before they go out as a line of their own."""
@@ -42,10 +46,12 @@ log = logging.getLogger("faas.runtime")
 class RawLines(asyncio.Protocol):
     """One socket's lines; `done` is set at its end (every writer gone, or `close`)."""
 
-    def __init__(self, source: str, level: int, emit: Emit) -> None:
+    def __init__(self, source: str, level: int, emit: Emit, redactor: Redactor | None = None) -> None:
         self.source = source
         self.level = level
         self._emit = emit
+        self._redactor = redactor or Redactor(())
+        """The instance's secrets, by which long lines are cut (`emit` redacts each piece)."""
         self._buf = bytearray()
         self._lines: deque[bytes] = deque()
         self._paused = False
@@ -65,19 +71,30 @@ class RawLines(asyncio.Protocol):
             for line in bytes(buf[:end]).split(b"\n"):
                 self._add(line)
             del buf[: end + 1]
-        whole = len(buf) - len(buf) % MAX_PARTIAL  # what fills MAX_PARTIAL pieces goes out as such
-        if whole:
-            self._add(bytes(buf[:whole]))
-            del buf[:whole]
+        # An unfinished line goes out in pieces once long, keeping back what a secret may begin in.
+        while len(buf) > MAX_PARTIAL + self._redactor.bytes_hold:
+            at = self._cut(buf)
+            self._lines.append(bytes(buf[:at]))
+            del buf[:at]
         self._turn()
 
     def _add(self, line: bytes) -> None:
-        """Queue a line, cut into MAX_PARTIAL pieces when longer (whatever the reads brought at once)."""
-        if len(line) <= MAX_PARTIAL:
-            self._lines.append(line)
-            return
-        for start in range(0, len(line), MAX_PARTIAL):
-            self._lines.append(line[start : start + MAX_PARTIAL])
+        """Queue a line, in pieces of MAX_PARTIAL bytes at most when longer (whatever the reads brought at
+        once)."""
+        while len(line) > MAX_PARTIAL:
+            at = self._cut(line)
+            self._lines.append(line[:at])
+            line = line[at:]
+        self._lines.append(line)
+
+    def _cut(self, data: bytes | bytearray) -> int:
+        """Where a piece of `data` (longer than MAX_PARTIAL) ends: at MAX_PARTIAL or before, where no
+        secret's form spans it and no UTF-8 character is split."""
+        at = self._redactor.cut(data, MAX_PARTIAL)
+        start = at
+        while at > start - 3 and at > 1 and data[at] & 0xC0 == 0x80:  # a continuation byte: step back
+            at -= 1
+        return at if at > 0 else MAX_PARTIAL
 
     def eof_received(self) -> bool:
         return False
@@ -119,11 +136,16 @@ class RawLines(asyncio.Protocol):
             log.exception("a raw output line of an instance was lost")
 
 
-async def read_socket(sock: socket.socket, source: str, level: int, emit: Emit) -> RawLines:
-    """Read `sock` (taken over: closed with the transport) on the running loop."""
+async def read_socket(
+    sock: socket.socket, source: str, level: int, emit: Emit, redactor: Redactor | None = None
+) -> RawLines:
+    """Read `sock` (taken over: closed with the transport) on the running loop; long lines are cut where
+    none of `redactor`'s secrets spans the cut."""
     loop = asyncio.get_running_loop()
     try:
-        _, protocol = await loop.create_unix_connection(lambda: RawLines(source, level, emit), sock=sock)
+        _, protocol = await loop.create_unix_connection(
+            lambda: RawLines(source, level, emit, redactor), sock=sock
+        )
     except BaseException:
         sock.close()
         raise

@@ -62,13 +62,27 @@ def test_value_is_the_file_without_its_trailing_newline(store: SecretStore) -> N
         (lambda p: (p / "name").write_bytes(b"x" * (MAX_BYTES + 1)), r"is over 64 KiB"),
         (lambda p: (p / "name").write_text("abc\n"), r"holds 3 character\(s\): values under 4 characters"),
         (lambda p: (p / "name").write_text("\n"), r"holds 0 character"),
+        (lambda p: (p / "name").write_text("    \n"), r"holds 0 character\(s\) besides the whitespace"),
+        (lambda p: (p / "name").write_text(" \tab \n"), r"holds 2 character\(s\) besides the whitespace"),
         (lambda p: (p / "name").write_bytes(b"\xff\xfe\xfdvalue"), r"is not UTF-8 text"),
         (lambda p: (p / "name").symlink_to(p / "gone"), r"secret 'name' is missing"),
         # Opening a FIFO for reading waits for a writer: the node's loop would hang on it.
         (lambda p: os.mkfifo(p / "name"), r"is not a regular file \(a FIFO, socket or device\)"),
         (lambda p: (p / "name").symlink_to("/dev/zero"), r"is not a regular file"),
     ],
-    ids=["missing", "folder", "too-big", "too-short", "empty", "not-utf8", "dangling-link", "fifo", "device"],
+    ids=[
+        "missing",
+        "folder",
+        "too-big",
+        "too-short",
+        "empty",
+        "blank",
+        "short-in-blanks",
+        "not-utf8",
+        "dangling-link",
+        "fifo",
+        "device",
+    ],
 )
 @pytest.mark.timeout(20)
 def test_unusable_secret_files(store: SecretStore, setup: object, message: str) -> None:

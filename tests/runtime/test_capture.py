@@ -14,6 +14,7 @@ import pytest
 
 from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind
+from framework.runtime.worker import redact
 from framework.runtime.worker.capture import CapturingSender, clean_text
 from framework.runtime.worker.watchdog import LogStream, current_invocation
 
@@ -186,3 +187,37 @@ def test_a_partial_line_goes_out_at_its_bound(channel: tuple[CapturingSender, so
     first, second = _frames(peer, 2)
     assert first["msg"] == "x" * (LogStream.MAX_PARTIAL + 1) and first["inv"] is None
     assert second["msg"] == "next"
+
+
+SECRET = "supersecretvalue1"
+LONG = LogStream.MAX_PARTIAL
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [
+        ["E1 " + "w" * (LONG - 4), SECRET[:7], SECRET[7:] + " " + "y" * 40, "\n"],
+        ["E1 " + "w" * (LONG - 8), SECRET[:2], SECRET[2:] + " " + "y" * 40, "\n"],
+        ["w" * (LONG + 10) + SECRET + "x" * 5, "\n"],
+    ],
+    ids=["halves-over-the-bound", "early-split", "one-write-ending-past-the-bound"],
+)
+def test_a_secret_across_a_partial_lines_bound_is_redacted(
+    channel: tuple[CapturingSender, socket.socket], writes: list[str]
+) -> None:
+    """1. A function with a secret writes a line longer than MAX_PARTIAL, the secret where the line is cut
+    (in two writes, or in one write that ends just past the bound), then a newline.
+    Result: two lines; the secret is in neither, not even in part; put together they are the text with
+    the secret replaced. Each piece used to be redacted alone: `...superse` then `cretvalue1 ...`."""
+    redact.install([SECRET])
+    try:
+        sender, peer = channel
+        stream = LogStream(sender, "stdout", logging.INFO, 1)
+        for text in writes:
+            stream.write(text)
+        frames = _frames(peer, 2)
+    finally:
+        redact.install(())
+    msgs = [str(f["msg"]) for f in frames]
+    assert "".join(msgs) == "".join(writes)[:-1].replace(SECRET, "***"), [m[-30:] for m in msgs]
+    assert all(SECRET[:4] not in m and SECRET[-4:] not in m for m in msgs), [m[-30:] for m in msgs]

@@ -20,6 +20,7 @@ from framework.control.spec import FunctionSpec
 from framework.runtime.pools import Runtime
 from framework.runtime.raw_output import LINES_PER_TURN, MAX_PARTIAL, RawLines
 from framework.runtime.template import Template
+from framework.runtime.worker.redact import Redactor
 from framework.settings import Settings
 from framework.types import Invocation
 from tests.runtime.conftest import until
@@ -197,6 +198,37 @@ async def test_a_flood_is_logged_a_turn_at_a_time() -> None:
     lines.connection_lost(None)
     await asyncio.wait_for(lines.done, 5)
     assert got[-1] == "partial" and len(got) == 1001
+
+
+SECRET = "supersecretvalue1 \u00e9t\u00e9"
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"B2 " + b"z" * (MAX_PARTIAL - 8) + SECRET.encode() + b" tail\n"],  # one read, one long line
+        [b"B2 " + b"z" * (MAX_PARTIAL - 8) + SECRET.encode()[:9], SECRET.encode()[9:] + b" tail", b"\n"],
+        [b"q" * (MAX_PARTIAL - 1) + "\u00e9".encode() + b"r" * 99, b"\n"],  # a character on the bound
+    ],
+    ids=["whole-line", "partial-line-in-reads", "utf8-on-the-bound"],
+)
+async def test_long_raw_lines_are_cut_around_secrets_and_characters(chunks: list[bytes]) -> None:
+    """1. A function with a secret (non-ASCII) writes below Python's streams a line longer than
+    MAX_PARTIAL with the secret on the bound: in one read, or in reads that split it; or a two-byte
+    character on the bound. 2. The node redacts each piece, as it does.
+    Result: the pieces put together are the line, the secret replaced; no piece holds part of it (each
+    piece used to be cut at MAX_PARTIAL exactly and redacted alone); no character is split in two."""
+    secrets = Redactor([SECRET])
+    got: list[str] = []
+    lines = RawLines("stdout", logging.INFO, lambda source, level, text: got.append(secrets(text)), secrets)
+    lines.connection_made(Transport())  # type: ignore[arg-type]
+    for chunk in chunks:
+        lines.data_received(chunk)
+    lines.connection_lost(None)
+    await asyncio.wait_for(lines.done, 5)
+    text = b"".join(chunks)[:-1].decode()
+    assert len(got) == 2 and "".join(got) == text.replace(SECRET, "***"), [g[-30:] for g in got]
+    assert all(SECRET[:4] not in g and SECRET[-4:] not in g and "\ufffd" not in g for g in got)
 
 
 def test_a_failed_spawn_leaves_no_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,10 @@ One compiled alternation, longest first, so a value that contains another is rep
 
 The node redacts what an instance writes below Python's streams with a `Redactor` of that instance's
 values (`runtime/raw_output.py`): those bytes never pass through the instance's own hook.
+
+Text is redacted a line at a time, and a line without a newline goes out in pieces once it is long (64
+KiB): each piece is cut where no form of a secret spans the cut (`cut`), and the unfinished line keeps
+its last `hold` characters (bytes) back until more comes, since a form may go on in the next write.
 """
 
 from __future__ import annotations
@@ -42,6 +46,33 @@ class Redactor:
         every = set().union(*(forms(v) for v in values if v))
         ordered = sorted(every, key=len, reverse=True)
         self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        encoded = sorted({f.encode("utf-8", "surrogatepass") for f in every}, key=len, reverse=True)
+        self.bytes_pattern = re.compile(b"|".join(map(re.escape, encoded))) if encoded else None
+        """The forms as UTF-8, for output read as bytes (`raw_output.py`)."""
+        self.hold = max(map(len, ordered), default=1) - 1
+        self.bytes_hold = max(map(len, encoded), default=1) - 1
+        """Characters (bytes) an unfinished line keeps back before a cut: a form may begin in them."""
+
+    def cut(self, text: str | bytes | bytearray, end: int) -> int:
+        """Where to cut `text` at or before `end` so that no form of a secret is cut in two: `end`, or the
+        start of a form spanning it (`text` must hold `hold` characters past `end`, or be the whole line).
+        Matches as redacting the whole line would find them (leftmost first), so a piece is redacted as its
+        line would have been."""
+        pattern: re.Pattern[str] | re.Pattern[bytes] | None = self.pattern
+        longest = self.hold + 1
+        if not isinstance(text, str):
+            pattern, longest = self.bytes_pattern, self.bytes_hold + 1
+        if pattern is None:
+            return end
+        at = end
+        while at > 0:
+            for m in pattern.finditer(text, max(0, at - longest + 1), at + longest - 1):  # type: ignore[arg-type]
+                if m.start() < at < m.end():
+                    at = m.start()
+                    break
+            else:
+                return at
+        return end  # forms overlapping back to the line's start (none found there alone): cut as asked
 
     def __call__(self, text: str) -> str:
         pattern = self.pattern
@@ -57,6 +88,11 @@ def install(values: Iterable[str]) -> None:
     """Redact `values` (the function's secrets) from now on in this process."""
     global _installed
     _installed = Redactor(values)
+
+
+def installed() -> Redactor:
+    """The values `install` gave (none before)."""
+    return _installed
 
 
 def redact(text: str) -> str:

@@ -18,13 +18,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import BlockingSender, FrameKind
-from framework.runtime.worker.redact import redact
+from framework.runtime.worker.redact import installed, redact
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -33,7 +33,7 @@ current_invocation: ContextVar[str | None] = ContextVar("faas_invocation", defau
 """The invocation the running code serves (set per request task; copied into handler threads)."""
 current_traceparent: ContextVar[str | None] = ContextVar("faas_traceparent", default=None)
 """The `traceparent` of that invocation's span: its log records carry `trace_id` and `span_id`."""
-_OWN = STANDARD | {"invocation_id", "blocked", "trace_id", "span_id"}
+_OWN = STANDARD | {"invocation_id", "blocked", "trace_id", "span_id", "traceparent"}
 _NUMBERS = (int, float, bool)
 
 
@@ -116,7 +116,8 @@ class ForwardHandler(logging.Handler):
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),
             }
-            tp = current_traceparent.get()
+            # A line logged by another thread about an invocation (the watchdog's) names its span itself.
+            tp = getattr(record, "traceparent", None) or current_traceparent.get()
             if tp is not None:
                 header["tp"] = tp
             extra = extra_fields(record)
@@ -135,9 +136,10 @@ class LogStream(io.TextIOBase):
     """Stands in for sys.stdout / sys.stderr: each complete line becomes a log record at `level`.
 
     A line is complete at its newline, when the invocation that wrote it ends (`end`: its record gets what
-    it wrote without a newline, the next invocation does not), or at `MAX_PARTIAL` characters. Partial lines
-    are kept per invocation (`current_invocation`), since invocations run side by side. A `flush` ends no
-    line: a line written in parts goes out whole, so a secret among its parts is redacted (section 14).
+    it wrote without a newline, the next invocation does not), or in pieces past `MAX_PARTIAL` characters,
+    each cut where no secret's form spans the cut (`Redactor.cut`). Partial lines are kept per invocation
+    (`current_invocation`), since invocations run side by side. A `flush` ends no line: a line written in
+    parts goes out whole, so a secret among its parts is redacted (section 14).
     Lines of no invocation (a thread started outside any invocation, at import) go out at their newline or
     when the instance stops."""
 
@@ -183,11 +185,15 @@ class LogStream(io.TextIOBase):
                 self._cut.discard(inv)
                 if text.startswith("\n"):
                     text = text[1:]
+            hold = installed().hold
             if "\n" in text:
                 *lines, rest = text.split("\n")
-            elif len(text) > self.MAX_PARTIAL:
-                lines, rest = [text], ""
-                self._cut.add(inv)
+            elif len(text) > self.MAX_PARTIAL + hold:
+                # What a secret's form may begin in stays: the rest of the form may come in the next write.
+                at = installed().cut(text, len(text) - hold) if hold else len(text)
+                lines, rest = [text[:at]], text[at:]
+                if not rest:
+                    self._cut.add(inv)
             elif not text:
                 return len(s)
             else:
@@ -273,8 +279,17 @@ class Watchdog:
     was running, and the loop thread's stack.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, function: str, instance_id: str) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        function: str,
+        instance_id: str,
+        traceparent_of: Callable[[str], str | None] = lambda inv: None,
+    ) -> None:
         self._loop = loop
+        self._traceparent_of = traceparent_of
+        """The span of a running invocation, by id: the warning is that invocation's log line, but is
+        logged from this thread, where its context variables are not set."""
         self._function = function
         self._instance_id = instance_id
         self._beat = time.monotonic()
@@ -325,5 +340,5 @@ class Watchdog:
             BLOCK_THRESHOLD * 1000,
             inv,
             stack,
-            extra={"invocation_id": inv, "blocked": True},
+            extra={"invocation_id": inv, "blocked": True, "traceparent": self._traceparent_of(inv)},
         )

@@ -56,3 +56,17 @@ def test_ascii_and_bytes_forms_of_a_non_ascii_value_are_replaced() -> None:
     redact.install([value])
     for text in (ascii(value), repr(value.encode()), repr(value), value):
         assert redact.redact(f"x {text} y") in ("x '***' y", "x b'***' y", "x *** y"), text
+
+
+def test_a_cut_never_splits_a_secret() -> None:
+    """`cut` moves a cut that would split a form of a secret to the form's start, in text and in bytes
+    (the UTF-8 of a non-ASCII value); elsewhere, and with no secrets, the cut stays where asked."""
+    r = redact.Redactor(["supersecretvalue1", "d\u00e9j\u00e0-s3cret"])
+    text = "z" * 10 + "supersecretvalue1" + " tail"
+    assert [r.cut(text, at) for at in (5, 10, 11, 26, 27, 30)] == [5, 10, 10, 10, 27, 30]
+    raw = ("a" * 7 + "d\u00e9j\u00e0-s3cret" + "b").encode()
+    assert [r.cut(raw, at) for at in (7, 8, 12, 20)] == [7, 7, 7, 20]
+    every = redact.forms("supersecretvalue1") | redact.forms("d\u00e9j\u00e0-s3cret")
+    assert r.hold == max(map(len, every)) - 1 == len(repr("d\u00e9j\u00e0-s3cret".encode())) - 4  # bytes repr
+    assert r.bytes_hold == max(len(f.encode()) for f in every) - 1
+    assert redact.Redactor(()).cut(text, 12) == 12 and redact.Redactor(()).hold == 0

@@ -13,6 +13,8 @@ import pytest
 from framework.runtime.protocol import BlockingSender, FrameKind, Header
 from framework.runtime.worker.watchdog import ForwardHandler, Watchdog, current_invocation
 
+TP = f"00-{'a' * 32}-{'b' * 16}-01"
+
 
 class Frames(BlockingSender):
     """A log channel that keeps what is sent."""
@@ -118,11 +120,12 @@ def test_a_loop_held_up_outside_any_invocation_blames_no_function(caplog: pytest
     then a task named like an invocation blocks it 0.4 s.
     Result: the first report says the loop did not run while no invocation ran (the machine, not the
     function) and is not flagged `blocked` (the node counts flagged ones against the function); the second
-    names the function and the invocation and is flagged."""
+    names the function and the invocation, is flagged, and carries the invocation's span (logged from the
+    watchdog's thread, where no context variable says it)."""
     caplog.set_level(logging.WARNING, "faas.watchdog")
     loop = asyncio.new_event_loop()
     try:
-        Watchdog(loop, "fn", "fn-1").start()
+        Watchdog(loop, "fn", "fn-1", {"inv-42": TP}.get).start()
 
         async def invocation() -> None:
             time.sleep(0.4)  # noqa: ASYNC251 - the blocking call under test
@@ -151,3 +154,15 @@ def test_a_loop_held_up_outside_any_invocation_blames_no_function(caplog: pytest
     assert "while no invocation ran" in idle.getMessage() and not getattr(idle, "blocked", False)
     assert "function fn blocked the event loop" in busy.getMessage() and "inv-42" in busy.getMessage()
     assert getattr(busy, "blocked", False) is True
+    assert getattr(busy, "traceparent", None) == TP and getattr(idle, "traceparent", None) is None
+
+
+def test_a_line_naming_its_span_is_forwarded_in_that_span(log: tuple[logging.Logger, Frames]) -> None:
+    """A record with a `traceparent` attribute (the watchdog's) goes with that span, not as an extra field;
+    one without goes with none here (no invocation's span is set in this test)."""
+    logger, frames = log
+    logger.warning("blocked", extra={"traceparent": TP})
+    logger.warning("plain")
+    named, plain = frames.sent
+    assert named["tp"] == TP and "traceparent" not in named.get("x", {})
+    assert "tp" not in plain
