@@ -163,7 +163,11 @@ class Invoker:
             # Attempts 2, 3, ... are copies of `inv` with their own id, attempt number and span.
             derived = invocation_id is not None
             attempt = functools.partial(self._traced, span)
-            return await with_retries(spec, inv, derived, attempt, self._retried, self._served)
+            token = tracing.current.set(span)  # the lines between attempts (a retry's wait) are in its trace
+            try:
+                return await with_retries(spec, inv, derived, attempt, self._retried, self._served)
+            finally:
+                tracing.current.reset(token)
         return await self._traced(span, spec, inv)
 
     async def _traced(self, first: tracing.Span, spec: FunctionSpec, inv: Invocation) -> InvokeResult:

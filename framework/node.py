@@ -14,6 +14,7 @@ import math
 import resource
 import signal
 import socket
+import threading
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
@@ -82,6 +83,8 @@ class Node:
         self.invoker = Invoker(self.runtime, unserved(manifest), self.metrics)
         self.spans = otel.NodeExporter(__version__) if otel.enabled() else None
         self.invoker.exporter = self.spans
+        self.spans_hurry = threading.Event()
+        """Set by a second signal: the node's last spans are not waited for (exported on a thread)."""
         self.manifest_errors: list[str] = []
         self.broker: EmbeddedBroker | None = None
         self.kafka: KafkaSource | None = None
@@ -317,7 +320,7 @@ class Node:
         if self.deployments is not None:
             await _bounded("the deployment log", self.deployments.stop(), STOP_MARGIN)
         if self.spans is not None:  # off the loop: the second signal's cut keeps running meanwhile
-            await asyncio.to_thread(self.spans.shutdown)
+            await asyncio.to_thread(self.spans.shutdown, otel.SHUTDOWN_TIMEOUT, self.spans_hurry)
         second.cancel()
         if self.broker is not None:
             self.broker.stop()
@@ -343,6 +346,7 @@ class Node:
             self.scheduler.hurry()
         self.runtime.hurry()
         self.records.hurry()
+        self.spans_hurry.set()
 
 
 BODY_DRAIN_MARGIN = 0.5

@@ -117,7 +117,7 @@ async def with_retries(
             n - 1,
             n,
             delay,
-            extra={"function": spec.name},
+            extra={"function": spec.name, "invocation_id": inv.invocation_id},  # the attempt that failed
         )
         if retried is not None:
             retried(spec.name, error.type)

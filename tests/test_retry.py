@@ -4,6 +4,7 @@ attempts, ids and delays, the error the last attempt ends with, metrics, and han
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,8 @@ from framework.control.registry import Registry
 from framework.control.spec import FunctionSpec, Manifest, RetrySpec
 from framework.errors import FunctionError, Timeout
 from framework.invoker import Invoker
+from framework.observe import tracing
+from framework.observe.logs import TraceFilter
 from framework.observe.metrics import Metrics
 from framework.retry import HANDOVER, Handover, attempt_id, with_retries
 from framework.runtime import Runtime
@@ -118,6 +121,25 @@ async def test_event_retried_until_it_succeeds_with_doubling_delays(project: Pat
     assert res.invocation_id == rows[2]["id"]
     assert rows[1]["t"] - rows[0]["t"] >= 0.2 and rows[2]["t"] - rows[1]["t"] >= 0.4, rows
     assert retries(inv, "until", "FunctionError") == 2
+
+
+async def test_the_line_between_attempts_names_the_failed_attempt_in_the_events_trace(
+    project: Path, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. `until` fails attempt 1; retry {attempts: 1, backoff: 0.05}. 2. Call it with the event trigger in
+    the event's span. Result: the node's "failed ... attempt 2 in" line carries the trace id and span id
+    of the event's span (section 11: log lines of an invocation carry them) and the failed attempt's
+    invocation id; it used to carry none of them."""
+    spec = make(project, "until", attempts=1, backoff=0.05, on=["FunctionError"])
+    inv = invoker(runtime, spec)
+    span = tracing.start(f"00-{'a' * 32}-{'b' * 16}-01")
+    caplog.handler.addFilter(TraceFilter())
+    with caplog.at_level(logging.INFO, logger="faas.retry"):
+        res = await inv.call(spec, payload(ok_on=2, tag="l"), "event", "t.x", span=span)
+    [first, _] = notes(project, "until", "l")
+    [line] = [r for r in caplog.records if "attempt 2 in" in r.getMessage()]
+    assert (getattr(line, "trace_id", None), getattr(line, "span_id", None)) == ("a" * 32, span.span_id)
+    assert getattr(line, "invocation_id", None) == first["id"] != res.invocation_id
 
 
 async def test_scheduled_attempts_have_derived_ids(project: Path, runtime: Runtime) -> None:

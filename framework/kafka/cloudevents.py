@@ -20,7 +20,9 @@ Choices where the binding leaves room:
 - the trace context is `ce_traceparent` (distributed-tracing extension) or else a plain `traceparent`
   header, each with its own `tracestate`; over HTTP (`transport_first`) the transport's `traceparent` header
   comes first (section 11). When both are given, the first valid one is taken (`observe/tracing.py`
-  validates); when only one is, it is passed on as it is (a malformed one starts a new trace there);
+  validates); when only one is, it is passed on as it is (a malformed one starts a new trace there). A
+  trace header given twice counts as HTTP reads a repeated field (`tracing.repeated`): `tracestate` lists
+  joined, two `traceparent`s malformed;
 - `ce_time` is passed on as the string it is: a malformed time never fails an event;
 - structured mode accepts `data` (any JSON, missing = null) or `data_base64` (bytes that must be JSON), not
   both: the JSON event format forbids it, and taking one would drop the other's data without a word.
@@ -38,7 +40,7 @@ import orjson
 
 from framework import json_exact
 from framework.kafka.address import topic_problem
-from framework.observe.tracing import parse_traceparent
+from framework.observe.tracing import parse_traceparent, repeated
 from framework.types import EventIdentity, new_id
 
 SPECVERSION = "1.0"
@@ -58,10 +60,10 @@ _EXT_NAME = re.compile(r"[a-z0-9]{1,128}")
 CORE = frozenset(("specversion", "type", "id", "source", "subject", "time", "replyto"))
 """Attributes with a place of their own; every other one is an extension."""
 _TRACE, _ATTRIBUTE = "trace", "attribute"
-_ROLES = {**{f"ce_{name}": _ATTRIBUTE for name in CORE}, "content-type": _ATTRIBUTE} | {
-    "traceparent": _TRACE,
-    "tracestate": _TRACE,
-}
+_TRACE_NAMES = ("traceparent", "tracestate")
+_ROLES = {**{f"ce_{name}": _ATTRIBUTE for name in CORE}, "content-type": _ATTRIBUTE} | dict.fromkeys(
+    _TRACE_NAMES, _TRACE
+)
 """Binary-mode headers with a place of their own, by lower-case name; other `ce_*` ones are extensions."""
 _STRUCTURED_OWN = CORE | {"data", "data_base64", "datacontenttype"}
 _STRING_ATTRIBUTES = ("source", "subject", "time", "datacontenttype", "dataschema")
@@ -146,12 +148,17 @@ def parse(
                 dropped.append(f"extension header {name}: {len(raw)} bytes, over {MAX_EXTENSION_BYTES}")
             else:
                 try:
-                    extensions[ext] = raw.decode()
+                    text = raw.decode()
                 except UnicodeDecodeError:
                     dropped.append(f"extension header {name} is not UTF-8")
+                else:
+                    if ext in extensions and ext in _TRACE_NAMES:
+                        text = repeated(ext, extensions[ext], text)
+                    extensions[ext] = text
             continue
         if role is _TRACE:
-            trace[lname] = raw.decode("latin-1")
+            text = raw.decode("latin-1")
+            trace[lname] = repeated(lname, trace[lname], text) if lname in trace else text
             continue
         try:
             text = raw.decode()

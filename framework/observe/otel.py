@@ -187,14 +187,28 @@ def _processor() -> Any:
     )
 
 
-def _bounded_shutdown(shutdown: Any, timeout: float) -> None:
-    """Call `shutdown` (a flush, then stop) on a thread of its own; wait for it `timeout` seconds at most.
-    Past that the spans still unsent are lost: the daemon thread ends with the process."""
+def _bounded_shutdown(shutdown: Any, timeout: float, hurry: threading.Event | None = None) -> None:
+    """Call `shutdown` (a flush, then stop) on a thread of its own; wait for it `timeout` seconds at most,
+    and no longer once `hurry` is set (a second signal). Past that the spans still unsent are lost: the
+    daemon thread ends with the process."""
     thread = threading.Thread(target=shutdown, name="otel-shutdown", daemon=True)
     thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
+    if hurry is None:
+        thread.join(timeout)
+    else:
+        end = time.monotonic() + timeout
+        while thread.is_alive() and not hurry.is_set() and time.monotonic() < end:
+            thread.join(HURRY_CHECK)
+    if not thread.is_alive():
+        return
+    if hurry is not None and hurry.is_set():
+        log.warning("OpenTelemetry: stopping at once: the last spans not exported yet are lost")
+    else:
         log.warning("OpenTelemetry: the last spans were not exported within %g s: they are lost", timeout)
+
+
+HURRY_CHECK = 0.02
+"""Seconds between two looks at `hurry` while the last spans are exported."""
 
 
 class NodeExporter:
@@ -215,6 +229,12 @@ class NodeExporter:
                 "parentbased_always_on is used (known: always_on, always_off, traceidratio and their "
                 "parentbased_ forms)",
                 tracing.sampler.unknown,
+            )
+        if tracing.sampler.bad_ratio is not None:
+            log.warning(
+                "OpenTelemetry: OTEL_TRACES_SAMPLER_ARG=%r is not a ratio from 0 to 1: %s is used",
+                tracing.sampler.bad_ratio,
+                f"{tracing.sampler.bound / (1 << 64):g}",
             )
 
     def end(
@@ -247,9 +267,10 @@ class NodeExporter:
         )
         self.processor.on_end(finished)
 
-    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        """Export what is queued and stop the processor's thread, waiting `timeout` seconds at most."""
-        _bounded_shutdown(self.processor.shutdown, timeout)
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT, hurry: threading.Event | None = None) -> None:
+        """Export what is queued and stop the processor's thread, waiting `timeout` seconds at most, and no
+        longer once `hurry` is set."""
+        _bounded_shutdown(self.processor.shutdown, timeout, hurry)
 
 
 def _span_context(trace_id: str, span_id: str, span: Span, remote: bool) -> Any:

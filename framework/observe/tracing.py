@@ -19,6 +19,7 @@ when an endpoint is configured.
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import random
 import time
@@ -144,6 +145,9 @@ class Sampler:
     """Sampled when the trace id's low 64 bits are below this."""
     unknown: str | None = None
     """The `OTEL_TRACES_SAMPLER` given when it names no sampler this node has."""
+    bad_ratio: str | None = None
+    """The `OTEL_TRACES_SAMPLER_ARG` given when it is not a ratio from 0 to 1 (not a number, NaN: 1 is
+    used; outside the range: the nearest bound), for the exporter's warning."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Sampler:
@@ -156,11 +160,15 @@ class Sampler:
             return cls(parent_based, 0)
         if rule == "always_on":
             return cls(parent_based)
+        given = environ.get("OTEL_TRACES_SAMPLER_ARG", "1")
         try:
-            ratio = min(max(float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1")), 0.0), 1.0)
+            ratio = float(given)
         except ValueError:
-            ratio = 1.0
-        return cls(parent_based, round(ratio * (1 << 64)))
+            ratio = math.nan
+        if math.isnan(ratio):  # NaN passes every comparison, and no bound can be made of it
+            return cls(parent_based, 1 << 64, bad_ratio=given)
+        clamped = min(max(ratio, 0.0), 1.0)
+        return cls(parent_based, round(clamped * (1 << 64)), bad_ratio=None if clamped == ratio else given)
 
     def flags(self, trace_id: str, parent_flags: str | None) -> str:
         """The flags of a span of `trace_id`; `parent_flags`: a caller's, None for a new trace. Only the
@@ -193,15 +201,24 @@ def start(traceparent: str | None = None, tracestate: str | None = None) -> Span
     return Span(trace_id, new_span_id(), parent_id, flags, state or None, now, remote_parent=True)
 
 
+def repeated(name: str, first: str, again: str) -> str:
+    """The value of trace header `name` (`traceparent` or `tracestate`, any prefix) given twice. HTTP joins
+    a repeated field's values with commas (RFC 9110), as W3C Trace Context asks of `tracestate`: its lists
+    are joined. A `traceparent` holds one value, so two make it malformed (empty here): the trace starts
+    anew, as the W3C test suite expects, rather than taking one of two callers' at random."""
+    if name.endswith("traceparent"):
+        return ""
+    return ",".join(part for part in (first, again) if part.strip())
+
+
 def from_headers(headers: list[tuple[bytes, bytes]]) -> Span:
     """`start` from raw ASGI headers (lower-case names); values that are not ASCII count as missing."""
-    traceparent = tracestate = None
+    found: dict[bytes, str] = {}
     for name, value in headers:
-        if name == b"traceparent":
-            traceparent = value.decode("latin-1")
-        elif name == b"tracestate":
-            tracestate = value.decode("latin-1")
-    return start(traceparent, tracestate)
+        if name == b"traceparent" or name == b"tracestate":
+            text = value.decode("latin-1")
+            found[name] = repeated(name.decode(), found[name], text) if name in found else text
+    return start(found.get(b"traceparent"), found.get(b"tracestate"))
 
 
 class Exporter(Protocol):

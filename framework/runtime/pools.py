@@ -69,7 +69,7 @@ class Runtime:
         self._retired: list[FunctionPool] = []
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
-        self._hurried = False
+        self._hurried = asyncio.Event()
         """A second signal: `stop` kills the instances now, not at the end of its grace."""
         self.secrets = SecretStore(settings.secrets_path)
         """Where instances' secret values are read from (DESIGN.md section 14)."""
@@ -90,7 +90,7 @@ class Runtime:
         self._stopping = True
         deadline = time.monotonic() + grace
         # Polls a sum over pools: simpler than an Event wired through every pool and instance.
-        while self.inflight() and time.monotonic() < deadline and not self._hurried:  # noqa: ASYNC110
+        while self.inflight() and time.monotonic() < deadline and not self._hurried.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await cancel_and_wait([self._reaper])
         self._reaper = None
@@ -99,7 +99,10 @@ class Runtime:
         for pool in self._all_pools():
             pool.stop()
         if instances:  # let them exit and their log channels and outputs drain (last words), then close them
-            await wait_or_cancel([asyncio.ensure_future(i.exited.wait()) for i in instances], 2)
+            # An instance's last act is exporting its spans (up to 2 s): a second signal waits no more.
+            await wait_or_cancel(
+                [asyncio.ensure_future(i.exited.wait()) for i in instances], 2, self._hurried
+            )
             for inst in instances:
                 inst.kill_group()  # what handlers started goes with them, as with a killed instance
             # Their output sockets end once those processes are gone too (they hold descriptors 1 and 2).
@@ -115,8 +118,9 @@ class Runtime:
         self._old_templates.clear()
 
     def hurry(self) -> None:
-        """A second signal: `stop` (under way or to come) waits no longer for requests in flight."""
-        self._hurried = True
+        """A second signal: `stop` (under way or to come) waits no longer for requests in flight, nor for
+        instances to exit."""
+        self._hurried.set()
 
     def invoke(self, spec: FunctionSpec, inv: Invocation) -> Coroutine[Any, Any, InvokeResult]:
         """Run `inv` on an instance of `spec`; await the result. A plain function handing back the pool's

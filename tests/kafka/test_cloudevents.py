@@ -243,6 +243,16 @@ def test_plain_trace_headers_count_when_no_ce_traceparent() -> None:
         ([("ce_traceparent", TP_A), ("ce_tracestate", "a=1"), ("traceparent", "zz")], True, (TP_A, "a=1")),
         # Only one, malformed: passed on as it is (the span starts a new trace); no tracestate of another.
         ([("ce_traceparent", "00-bad"), ("tracestate", "b=1")], False, ("00-bad", None)),
+        # A header given twice, as HTTP reads a repeated field: tracestate lists joined, two traceparents
+        # malformed (the other one, when valid, is taken; else none is).
+        ([("traceparent", TP_B), ("tracestate", "b=1"), ("tracestate", "c=2")], False, (TP_B, "b=1,c=2")),
+        (
+            [("ce_traceparent", TP_A), ("ce_tracestate", "a=1"), ("ce_tracestate", "z=9")],
+            True,
+            (TP_A, "a=1,z=9"),
+        ),
+        ([("traceparent", TP_A), ("traceparent", TP_B), ("tracestate", "b=1")], True, None),
+        ([("traceparent", TP_B), ("ce_traceparent", TP_A), ("ce_traceparent", TP_A)], False, (TP_B, None)),
     ],
 )
 def test_the_first_valid_traceparent_wins(
@@ -251,7 +261,7 @@ def test_the_first_valid_traceparent_wins(
     headers = [*binary(), *((n, v.encode()) for n, v in trace)]
     ev = cloudevents.parse(b"{}", headers, 1000, transport_first=transport_first)
     assert isinstance(ev, cloudevents.Event)
-    assert (ev.traceparent, ev.tracestate) == want
+    assert (ev.traceparent, ev.tracestate) == (want or (None, None))
 
 
 def test_bad_extensions_are_dropped_not_fatal() -> None:

@@ -5,6 +5,7 @@ instances, over HTTP and Kafka."""
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -441,3 +442,47 @@ def test_stopping_with_a_silent_collector_is_bounded(monkeypatch: pytest.MonkeyP
         exporter.shutdown()
         took = time.monotonic() - started
     assert took < 4, took
+
+
+def test_exporting_the_last_spans_ends_when_hurried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. A node's exporter pointed at a collector that never answers, holding a span. 2. Shut it down and
+    set its `hurry` (a second signal) 0.2 s later. Result: it returns at once, not after its 2 s."""
+    with silent_listener() as port:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20")
+        exporter = otel.NodeExporter("test")
+        exporter.end("invoke x", tracing.start(), "internal", {"faas.name": "x"})
+        hurry = threading.Event()
+        threading.Timer(0.2, hurry.set).start()
+        started = time.monotonic()
+        exporter.shutdown(otel.SHUTDOWN_TIMEOUT, hurry)
+        took = time.monotonic() - started
+    assert 0.15 < took < 1.5, took
+
+
+def test_a_second_signal_does_not_wait_for_a_silent_collector(tmp_path: Path) -> None:
+    """1. A node (no Kafka) whose collector accepts connections and never answers; one invocation of a
+       function that makes a span of its own, so the node and its instance both hold unsent spans.
+    2. SIGTERM; once the node drains, SIGTERM again.
+    Result: the node exits 0 soon after the second signal and says the last spans were not waited for.
+    Its two waits for them (the instances' exit, 2 s, then the node's own export, 2 s) used to run whole
+    after a second signal."""
+    modules = {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE, "otelfail": FAILING_MODULE}
+    root = write_project(tmp_path, MANIFEST, modules)
+    with silent_listener() as port:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "20"}
+        n = Node(root, None, env=env, kafka=False).wait_ready()
+        try:
+            r = httpx.post(f"{n.url}/functions/{TRACED}/invoke", json={}, timeout=30)
+            assert r.status_code == 200, r.text
+            n.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "received: draining" in n.log.read_text(), 10, message="the node draining")
+            second = time.monotonic()
+            n.proc.send_signal(signal.SIGTERM)
+            assert n.proc.wait(30) == 0, n.tail()
+            took = time.monotonic() - second
+        finally:
+            n.kill()
+    log = n.log.read_text(errors="replace")
+    assert "stopping at once: the last spans not exported yet are lost" in log, n.tail()
+    assert "were not exported within" not in log and took < 3, (took, n.tail())

@@ -60,7 +60,9 @@ def test_tracestate_over_the_limit_unprintable_or_not_ascii_is_dropped() -> None
 
 def test_child_spans_and_raw_headers() -> None:
     """`child` keeps the trace, flags and state with the parent's span as parent; `from_headers` reads raw
-    ASGI headers (the last of each name wins, as a proxy appending one would expect)."""
+    ASGI headers: a repeated `tracestate` is one list (W3C: combined as HTTP combines a repeated field), a
+    repeated `traceparent` is malformed and starts a new trace (as the W3C test suite expects; the last one
+    used to win)."""
     parent = tracing.start(VALID, "k=v")
     kids = [parent.child() for _ in range(100)]
     assert {k.trace_id for k in kids} == {T} and {k.parent_id for k in kids} == {parent.span_id}
@@ -68,6 +70,15 @@ def test_child_spans_and_raw_headers() -> None:
     span = tracing.from_headers([(b"traceparent", VALID.encode()), (b"tracestate", b"a=1"), (b"x", b"y")])
     assert (span.trace_id, span.parent_id, span.tracestate) == (T, S, "a=1")
     assert tracing.from_headers([(b"traceparent", b"\xff\xfe")]).trace_id != T
+    states = [(b"tracestate", b"a=1"), (b"tracestate", b" "), (b"tracestate", b"b=2,c=3")]
+    span = tracing.from_headers([(b"traceparent", VALID.encode()), *states])
+    assert (span.trace_id, span.tracestate) == (T, "a=1,b=2,c=3")
+    other = f"00-{'c' * 32}-{S}-01"
+    for twice in ([VALID, VALID], [VALID, other], [other, VALID]):
+        span = tracing.from_headers(
+            [*((b"traceparent", tp.encode()) for tp in twice), (b"tracestate", b"a=1")]
+        )
+        assert span.trace_id not in (T, "c" * 32) and span.parent_id is None and span.tracestate is None
 
 
 def test_ids_are_unique() -> None:
@@ -125,12 +136,17 @@ def test_ratio_sampler_decides_as_the_opentelemetry_sdk_does() -> None:
     assert sampler.flags(ids[0], "01") == "01"  # parent-based: the caller decided
 
 
-@pytest.mark.parametrize("arg", ["abc", "", "-1", "7"])
+@pytest.mark.parametrize("arg", ["abc", "", "-1", "7", "nan", "-inf", "inf"])
 def test_ratio_sampler_with_a_bad_argument_is_clamped_or_ignored(arg: str) -> None:
+    """Not a number (NaN too, which used to fail the import of this module, so the node did not start):
+    1; outside 0-1: the nearest bound. Either way kept for the exporter's warning."""
     env = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": arg}
     sampler = tracing.Sampler.from_environ(env)
-    expected = "00" if arg == "-1" else "01"
+    expected = "00" if arg in ("-1", "-inf") else "01"
     assert {sampler.flags(tracing.new_trace_id(), None) for _ in range(50)} == {expected}
+    assert sampler.bad_ratio == arg
+    env["OTEL_TRACES_SAMPLER_ARG"] = "0.5"
+    assert tracing.Sampler.from_environ(env).bad_ratio is None
 
 
 def test_unknown_sampler_is_the_default_and_keeps_a_callers_decision() -> None:

@@ -29,6 +29,21 @@ async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFac
     assert value["instance"] == iid  # the instance cut it off itself and lives on
 
 
+async def test_an_async_handler_that_blocks_its_loop_past_the_limit_is_answered_timeout(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. An `async def` handler (limit 1 s) blocks its loop with `time.sleep(1.5)`: nothing can cancel it
+    at the limit, and it returns within the node's 1 s kill grace. 2. A quick call after it.
+    Result: the first is answered Timeout (it used to be answered with its late result); the quick call
+    is served by the same instance, which was not killed."""
+    s = spec("block", timeout=1, max=1)
+    first, _ = await call(runtime, s, {"block": 0})
+    with pytest.raises(Timeout, match="blocked its instance's event loop"):
+        await call(runtime, s, {"block": 1.5})
+    value, _ = await call(runtime, s, {"block": 0})
+    assert value["unblocked"] == first["unblocked"]
+
+
 async def test_def_handler_threads_all_stuck_past_the_limit_give_a_fresh_instance(
     runtime: Runtime, spec: SpecFactory
 ) -> None:

@@ -199,6 +199,8 @@ class Server:
         # Read-only, and only the secrets the function lists (the node sends no others).
         self.secrets = MappingProxyType(dict(config.get("secrets", {})))
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.spans: dict[str, str] = {}
+        """The traceparent of each running invocation, by id (for the watchdog's line about one)."""
         self.log = logging.getLogger(f"function.{self.function}")
         self.threads = HandlerThreads(
             max(1, min(MAX_THREADS, config.get("concurrency", MAX_THREADS))),
@@ -240,7 +242,7 @@ class Server:
             return 1
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
         heap.settle(collect=False)  # the handler is imported: what exists now lives as long as we do
-        Watchdog(loop, self.function, self.instance_id).start()
+        Watchdog(loop, self.function, self.instance_id, self.spans.get).start()
         hello: Header = {"pid": os.getpid()}
         if sandbox.exposed is not None:
             hello["exposed"] = sandbox.exposed
@@ -297,11 +299,22 @@ class Server:
         # A request without one (an older node) still gets a span of a trace of its own.
         tp: str = header.get("tp") or tracing.start().traceparent
         current_traceparent.set(tp)
+        self.spans[inv] = tp
         reply: Header = {"id": rid}
         body = b""
         try:
             with otel.invocation_context(tp, header.get("ts")):
                 body = await self._call(rid, header, tail, inv, deadline, tp)
+            limit = self.deadlines.get(rid)
+            if limit is not None and self.loop.time() >= limit:
+                # Past the limit with no cancellation: the handler held the loop (a blocking call in an
+                # `async def`), so the sweep could not run before it returned. Late is late all the same.
+                body = b""
+                reply.update(
+                    err="Timeout",
+                    msg=f"function {self.function} ran past its {self.timeout:g} s limit (it blocked its "
+                    "instance's event loop, so it could not be cancelled at the limit)",
+                )
         except asyncio.CancelledError:
             if rid in self.cancelled or self.dying:
                 if started is not None:
@@ -326,6 +339,7 @@ class Server:
             self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
         finally:
             end_lines(inv)  # what it printed without a newline is its log, not the next invocation's
+            self.spans.pop(inv, None)
             self.tasks.pop(rid, None)
             self.deadlines.pop(rid, None)
             self.expired.discard(rid)

@@ -178,11 +178,12 @@ def test_failing_listener_and_bad_deliveries(node: Node) -> None:
 
 
 def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> None:
-    """1. Invoke directly with a caller's traceparent; 2. with a malformed one; 3. POST /events/{type} with
-       a traceparent and ce-source; 4. with a body that is not JSON.
+    """1. Invoke directly with a caller's traceparent; 2. with a malformed one, and with two; 3. POST
+       /events/{type} with a traceparent and ce-source; 4. with a body that is not JSON.
     Result: 1 the response `traceparent` has the caller's trace id and the invocation's own span (=
-    ctx.span_id); 2 a new trace, answered 200; 3 the reply's trace id is the caller's and the handler saw
-    the ce-source and the caller's trace; 4 the 400 (in the error shape) is in the caller's trace."""
+    ctx.span_id); 2 a new trace, answered 200 (two traceparents are malformed, W3C); 3 the reply's trace
+    id is the caller's and the handler saw the ce-source and the caller's trace; 4 the 400 (in the error
+    shape) is in the caller's trace."""
     tid = secrets.token_hex(16)
     tp = f"00-{tid}-{secrets.token_hex(8)}-01"
     r = httpx.post(f"{node.url}/functions/{IDENT}/invoke", json=1, headers={"traceparent": tp}, timeout=30)
@@ -196,6 +197,14 @@ def test_direct_invocation_and_typed_events_carry_traceparent(node: Node) -> Non
     )
     assert r.status_code == 200 and r.json()["result"]["trace_id"] != tid, r.text
     assert TP.match(r.headers["traceparent"]), r.headers
+    other = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    r = httpx.post(
+        f"{node.url}/functions/{IDENT}/invoke",
+        json=1,
+        headers=[("traceparent", tp), ("traceparent", other)],
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["result"]["trace_id"] not in (tid, other[3:35]), r.text
     r = httpx.post(
         f"{node.url}/events/ce.seen",
         json={"x": 1},
