@@ -122,40 +122,48 @@ def _duration(ms: Any) -> str:
     return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
 
 
+def _cell(value: object) -> str:
+    """A field of the invocation's line, on that one line, its control characters escaped: any field may
+    hold what a producer, an event's sender or a handler wrote (records are checked only at their head)."""
+    return shown(str(value), cell=True)
+
+
 def render(record: dict[str, Any]) -> str:
-    """The human form: the invocation's line, then its log lines indented. Text that came from a handler
-    (its log lines and error message) has its control characters escaped."""
+    """The human form: the invocation's line, then its log lines indented. Every field has its control
+    characters escaped (its log lines keep their line breaks); a field of the wrong type is shown as it
+    is, or left out (`logs` that is not a list), never an error."""
     ok = record.get("ok") is True
     error: dict[str, Any] = record["error"] if isinstance(record.get("error"), dict) else {}
     outcome = (
         click.style("ok", fg="green")
         if ok
         else click.style(
-            f"{error.get('type', 'failed')}: {shown(str(error.get('message', ''))[:300])}", fg="red"
+            f"{_cell(error.get('type', 'failed'))}: {_cell(str(error.get('message', ''))[:300])}", fg="red"
         )
     )
     parts = [
-        click.style(str(record.get("started_at")), dim=True),
-        click.style(str(record.get("function")), bold=True),
-        str(record.get("invocation_id")),
-        str(record.get("trigger")),
-        str(record.get("event") or "-"),
-        outcome.replace("\n", " "),
+        click.style(_cell(record.get("started_at")), dim=True),
+        click.style(_cell(record.get("function")), bold=True),
+        _cell(record.get("invocation_id")),
+        _cell(record.get("trigger")),
+        _cell(record.get("event") or "-"),
+        outcome,
         _duration(record.get("duration_ms")),
         "cold" if record.get("cold_start") else "warm",
     ]
     if isinstance(record.get("attempt"), int) and record["attempt"] > 1:
         parts.append(f"attempt {record['attempt']}")
     if record.get("node"):
-        parts.append(click.style(f"on {record['node']}", dim=True))
+        parts.append(click.style(f"on {_cell(record['node'])}", dim=True))
     lines = ["  ".join(parts)]
-    for entry in record.get("logs") or []:
+    entries = record.get("logs")
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict):
             continue
-        level = str(entry.get("level", ""))
+        level = _cell(entry.get("level", ""))
         colour = "red" if level in ("ERROR", "CRITICAL") else "yellow" if level == "WARNING" else None
         text = shown(str(entry.get("message", ""))) + (" …" if entry.get("truncated") else "")
-        when = str(entry.get("time", ""))[11:23]  # the record's line has the date
+        when = _cell(entry.get("time", ""))[11:23]  # the record's line has the date
         shown_level = click.style(f"{level:<7}", fg=colour) if colour else f"{level:<7}"  # no bare reset code
         head = f"    {click.style(when, dim=True)} {shown_level} "
         body = text.replace("\n", "\n" + " " * 8)

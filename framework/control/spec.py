@@ -87,8 +87,11 @@ def event_type(name: str) -> str:
 MAX_COUNT = 2**53 - 1
 """The largest count a manifest may give: every JSON reader holds it exactly (a revision carries the spec
 as JSON, and orjson reads an integer of 2**64 or more as a float, which no reader takes as a count)."""
-Count = Annotated[int, BeforeValidator(_not_bool), Field(le=MAX_COUNT)]
-"""A whole number of the manifest (`true` is not 1), at most MAX_COUNT."""
+Whole = Annotated[int, BeforeValidator(_not_bool)]
+"""A whole number of the manifest (`true` is not 1), for a field with a bound of its own below MAX_COUNT
+(one bound, so an error names the one that counts)."""
+Count = Annotated[Whole, Field(le=MAX_COUNT)]
+"""A whole number of the manifest, at most MAX_COUNT."""
 Seconds = Annotated[float, BeforeValidator(_finite)]
 """A finite number of seconds (`.nan`, `.inf` and `true` are refused)."""
 EventType = Annotated[str, AfterValidator(event_type)]
@@ -192,7 +195,7 @@ class InstancesSpec(BaseModel):
     """Seconds an idle instance lives before it goes cold."""
     queue: Count = Field(1000, ge=0)
     """Requests that may wait when every instance is full; beyond that: Overloaded."""
-    memory_mb: Count | None = Field(None, ge=32, le=1024 * 1024)
+    memory_mb: Whole | None = Field(None, ge=32, le=1024 * 1024)
     """Resident memory limit of one instance in MiB (DESIGN.md section 14); None: no limit."""
 
 
@@ -227,7 +230,7 @@ class RetrySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attempts: Count = Field(0, ge=0, le=MAX_RETRY_ATTEMPTS)
+    attempts: Whole = Field(0, ge=0, le=MAX_RETRY_ATTEMPTS)
     """Extra attempts after a failure."""
     backoff: Seconds = Field(0.5, ge=0)
     """Seconds before the first retry, doubled each time; every wait is capped at 30 s (a larger backoff

@@ -203,13 +203,15 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes,
 def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) -> None:
     """1. Put on the topic a record of an invocation that started 2 hours ago but reached Kafka just now (a
     node sends what it buffered while the broker was away), one of 90 minutes ago written at +05:00, and
-    three values that are not records (one is JSON with a lone surrogate escape).
+    three values that are not records (one is JSON with a lone surrogate escape), and a record whose
+    `logs` is not a list and whose event type and node hold terminal escapes and a line break.
     2. `faas logs --since 1h`, with no `--since`, `--since 3h`, `--invocation OLD_ID` (no --since),
        `--invocation NOSUCH`.
     Result: 1h and the default window (an hour) leave the old record out (its `started_at` decides, not
     when it reached Kafka; the embedded broker's offsets_for_times answers 0 anyway), 3h and --invocation
-    show it, 3h in time order; the bad values are skipped, counted on stderr, exit 0; an id with no record
-    is said so on stderr, exit 0."""
+    show it, 3h in time order; the bad values are skipped, counted on stderr, exit 0; the odd record is
+    one line with its escapes shown escaped (it was a TypeError traceback, and raw escapes before that);
+    an id with no record is said so on stderr, exit 0."""
     old_id = new_id()
     old = {
         "invocation_id": old_id,
@@ -223,6 +225,14 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     # Another writer's record, 90 minutes old, its time at +05:00: as text it sorts after this hour's.
     shifted = time.strftime("%Y-%m-%dT%H:%M:%S.000+05:00", time.gmtime(time.time() - 5400 + 5 * 3600))
     offset = {**old, "invocation_id": new_id(), "started_at": shifted}
+    # Any producer (or a handler that rewrote its instance's renderer) can write such a record.
+    odd = {
+        **old,
+        "invocation_id": new_id(),
+        "logs": 5,
+        "event": "ev\x1b[31mred\nline2",
+        "node": "n\x1b]0;t\x07",
+    }
     now = int(time.time() * 1000)
     asyncio.run(
         _produce(
@@ -231,6 +241,7 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
             [
                 (ECHO.encode(), json.dumps(offset).encode(), now),
                 (ECHO.encode(), json.dumps(old).encode(), now),
+                (ECHO.encode(), json.dumps(odd).encode(), now),
                 (ECHO.encode(), b"\xff not json", now),
                 (ECHO.encode(), b'{"a": "record without the fields"}', now),
                 # A lone surrogate escape: JSON that names no character, which no terminal could print.
@@ -253,6 +264,10 @@ def test_since_checks_record_times_and_bad_values_are_skipped(cluster: Cluster) 
     r = cluster.logs("--invocation", old_id, "--json")
     assert r.returncode == 0 and [json.loads(x)["invocation_id"] for x in r.stdout.splitlines()] == [old_id]
     assert "skipped 3 records that are not invocation records" in r.stderr
+    r = cluster.logs("--invocation", str(odd["invocation_id"]))  # the human form, every field from outside
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.count("\n") == 1 and "\x1b" not in r.stdout, r.stdout
+    assert "ev\\x1b[31mred\\x0aline2" in r.stdout and "on n\\x1b]0;t\\x07" in r.stdout, r.stdout
     r = cluster.logs("--invocation", "no-such-invocation")
     assert r.returncode == 0 and r.stdout == "", r.stdout
     assert "no record of invocation 'no-such-invocation' on the topic" in r.stderr, r.stderr

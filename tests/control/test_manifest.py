@@ -210,6 +210,17 @@ CASES: dict[str, tuple[str, int, str]] = {
         "not the text '128MB' (a plain number, without a unit)",
     ),
     "memory-huge": (edit(append=["    instances:", "      memory_mb: 99999999999999"]), 12, "memory_mb"),
+    # Past every count: the error names the field's own bound, not the ceiling of counts in general.
+    "memory-past-every-count": (
+        edit(append=["    instances:", "      memory_mb: 9007199254740993"]),
+        12,
+        "less than or equal to 1048576",
+    ),
+    "retry-attempts-past-every-count": (
+        edit(append=["    retry: {attempts: 9007199254740993}"]),
+        11,
+        "retry.attempts: Input should be less than or equal to 10",
+    ),
     "instances-max": (edit(append=["    instances:", "      max: 0"]), 12, "instances.max"),
     "instances-concurrency": (edit(append=["    instances:", "      concurrency: 0"]), 12, "concurrency"),
     "instances-idle": (edit(append=["    instances:", "      idle_timeout: 0"]), 12, "greater than 0"),
