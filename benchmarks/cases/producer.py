@@ -5,9 +5,9 @@ share is lost in the noise of a saturated machine. This group takes that share a
 records (`record_json.render`, three functions, about 400 bytes each) go to the suite's broker once through
 a `RecordSender` (`observe/sender.py`: bounded buffer, a round per 0.5 s, fresh metadata each round, one
 batch per partition) and once through the strongest raw form of the same work: aiokafka's own
-`create_batch`/`send_batch` per partition, each key's partition computed once, every acknowledgement
-awaited, no buffer and no metadata round. Both run in this process on the suite's loop, in alternating
-rounds, each on a fresh 6-partition topic (Tansu's in-memory log slows as a topic grows).
+`create_batch`/`send_batch` per partition, each key's partition computed once, the sender's codec, every
+acknowledgement awaited, no buffer and no metadata round. Both run in this process on the suite's loop, in
+alternating rounds, each on a fresh 6-partition topic (Tansu's in-memory log slows as a topic grows).
 
 Series: `records producer CPU per record` (us, this process's CPU time from the first record offered to
 the last acknowledged, divided by the records); its `extra` holds the broker's CPU per record on both
@@ -33,7 +33,7 @@ from benchmarks.stats import Series
 from framework.kafka.partitioner import KeyHashes
 from framework.observe.record_json import render
 from framework.observe.records import RecordCounters
-from framework.observe.sender import BATCH_BYTES, MAX_BATCH, RecordSender
+from framework.observe.sender import BATCH_BYTES, COMPRESSION, MAX_BATCH, RecordSender
 from framework.settings import Settings
 
 FUNCTIONS = 3
@@ -104,7 +104,9 @@ async def _sender(env: Env, records: list[Record], broker_cpu: list[float]) -> f
 async def _raw(env: Env, records: list[Record], broker_cpu: list[float]) -> float:
     topic = f"bench.producer.raw.{uuid.uuid4().hex[:8]}"
     await create_topics(env.bootstrap, [topic], 6)
-    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all", max_batch_size=BATCH_BYTES)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=env.bootstrap, acks="all", max_batch_size=BATCH_BYTES, compression_type=COMPRESSION
+    )
     await producer.start()
     try:
         partitions = sorted(await producer.partitions_for(topic))

@@ -50,6 +50,12 @@ MAX_BATCH = 10_000
 """Records taken from the buffer per round."""
 BATCH_BYTES = 1024 * 1024
 """Bytes of one produce batch (aiokafka's default is 16 KiB: dozens of batches per round otherwise)."""
+COMPRESSION = "snappy"
+"""Codec of the records' batches. Records are JSON with names repeated in each: snappy shrinks a batch about
+threefold, and the embedded broker's CPU per record stored with it, while this process spends no more
+(less bytes to frame and write). 50,000 records of 406 bytes, raw aiokafka batches, CPU per record in the
+producer / the broker, medians of 4 rounds: none 2.2 / 1.45 us, snappy 1.94 / 0.52, zstd 2.58 / 0.36,
+lz4 3.95 / 0.41. Every Kafka client reads snappy (aiokafka through cramjam, a dependency)."""
 SEND_TIMEOUT = 10.0
 """Seconds a round may take (metadata, send, acknowledgement) before its records are dropped."""
 BACKOFF = (0.5, 5.0)
@@ -185,6 +191,7 @@ class RecordSender:
                 client_id="faas-records",
                 request_timeout_ms=int(SEND_TIMEOUT * 1000),
                 max_batch_size=BATCH_BYTES,
+                compression_type=COMPRESSION,
             )
             try:
                 async with asyncio.timeout(SEND_TIMEOUT):
