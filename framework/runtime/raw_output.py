@@ -16,10 +16,9 @@ its end). Such a line carries no invocation (invocations run side by side, and a
 when they come), so it is in no invocation's record. A line goes out at its newline, at the end, or in
 pieces of about `MAX_PARTIAL` bytes (a longer line is cut, whatever the reads brought at once), each cut
 where no form of a secret spans it (`Redactor.cut`: every piece is redacted on its own) and on a UTF-8
-character's boundary. The node spends
-nothing on an instance that writes nothing there, and at most `LINES_PER_TURN` lines per loop iteration on
-one that floods: reading then pauses until the next iteration, so the writer waits (its socket buffer
-full), not the node's other work.
+character's boundary. The node spends nothing on an instance that writes nothing there, and at most
+`LINES_PER_TURN` lines per loop iteration on one that floods: reading then pauses until the next
+iteration, so the writer waits (its socket buffer full), not the node's other work.
 """
 
 from __future__ import annotations
