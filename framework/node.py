@@ -118,6 +118,7 @@ class Node:
         reasons.extend(self.deployments.not_ready() if self.deployments else ["deployments: not started"])
         ready = not reasons
         reasons.extend(readiness_reasons(self.registry.functions, self.runtime.secrets))
+        reasons.extend(self.deployments.problems() if self.deployments else [])
         body: dict[str, Any] = {
             "ready": ready,
             "reasons": reasons,

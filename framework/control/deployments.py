@@ -91,6 +91,9 @@ class Deployments:
         self.fallback = False
         """The log could not be read in time: the working copy is served until it is."""
         self.booted = False
+        self.refused: dict[str, str] = {}
+        """Functions of the working copy whose publication was refused (a live function holds the name),
+        by uuid: said by `problems` (on `/readyz` and the dashboard) until one is published or leaves."""
         self.error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Lock = asyncio.Lock()
@@ -142,6 +145,10 @@ class Deployments:
         if self.booted:
             return []
         return [f"deployments: {self.error or 'reading the deployment log'}"]
+
+    def problems(self) -> list[str]:
+        """What the working copy asked for that was not published (the node serves, so it stays ready)."""
+        return [self.refused[uuid] for uuid in sorted(self.refused)]
 
     async def stop(self) -> None:
         await cancel_and_wait(list(self._tasks))
@@ -281,6 +288,8 @@ class Deployments:
             )
 
     async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> None:
+        productive = {uuid.lower() for uuid, cand in after.items() if cand.spec.productive}
+        self.refused = {uuid: why for uuid, why in self.refused.items() if uuid in productive}
         changed = []
         for uuid, cand in after.items():
             old = before.get(uuid)
@@ -316,14 +325,17 @@ class Deployments:
         )
         for cand in cands:
             holder = refused.get(cand.spec.uuid.lower())
-            if holder is not None:
-                log.error(
-                    "function %s (%s) not deployed: live function %s has that name (names are unique; "
-                    "two functions cannot swap names in one step: rename through a free name)",
-                    cand.spec.name,
-                    cand.spec.uuid,
-                    holder,
-                )
+            uuid = cand.spec.uuid.lower()
+            if holder is None:
+                self.refused.pop(uuid, None)
+                continue
+            why = (
+                f"function {cand.spec.name} ({cand.spec.uuid}) not deployed: live function {holder} has that "
+                "name (names are unique; two functions cannot swap names in one step: rename through a free "
+                "name)"
+            )
+            self.refused[uuid] = why
+            log.error("%s", why)
         items = [
             (c.revision, c.code)
             for c in cands

@@ -42,10 +42,13 @@ def _read(path: Path) -> tuple[list[str], Any]:
 
 
 def _write(path: Path, lines: list[str], check: Any) -> None:
-    """Check the edited text parses to what we meant, then replace the file atomically (a node watches it)."""
+    """Check the edited text parses to what we meant, then replace the file atomically (a node watches it).
+    A manifest that is a symbolic link (`current -> releases/X`, a ConfigMap's) has the file it points at
+    replaced, and stays a link: replacing the link itself would cut the project loose from where it lives."""
     text = "".join(lines)
     if not check(round_trip_yaml().load(text)):
         raise RuntimeError(f"could not edit {path} safely; edit it by hand")
+    path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:

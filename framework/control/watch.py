@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import stat
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -39,8 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from framework.control.handler_check import CheckCancelled
-from framework.control.manifest import ManifestCache, load_manifest
-from framework.control.snapshot import is_code, top_level
+from framework.control.manifest import ManifestCache, load_manifest, read_head
+from framework.control.snapshot import is_code, top_level, top_level_name
 from framework.control.spec import Manifest
 from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError
@@ -64,6 +65,20 @@ POLL = 0.1
 
 _Outcome = tuple[Manifest, CodeZips | None] | list[str] | None
 """A check's result: the manifest and its code look, the errors of a rejected edit, or None (stopped)."""
+
+
+_HANDLER = re.compile(r"""handler\s*:\s*["']?([A-Za-z_][A-Za-z0-9_]*)""")
+"""A `handler:` value's top-level name, read from the manifest's text: a hint of what to watch, taken from
+an edit that was rejected too (its handler's package may be what comes next)."""
+
+
+def handler_tops(path: Path) -> set[str]:
+    """The top-level package or module names the `handler:` lines of the manifest at `path` name now."""
+    try:
+        text = read_head(path).decode("utf-8", "replace")
+    except OSError:
+        return set()
+    return set(_HANDLER.findall(text))
 
 
 def handler_packages(manifest: Manifest) -> set[Path]:
@@ -100,6 +115,9 @@ class ManifestWatcher:
         self.on_change = on_change
         self.on_error = on_error
         self.packages = handler_packages(manifest)
+        self.tops = {top_level_name(spec.handler) for spec in manifest.functions}
+        """The handlers' top-level names in the manifest's text as last read, a rejected edit's included: a
+        folder of such a name made in the project is a change to check, and is watched from then on."""
         self.cache = ManifestCache()
         """What the checks keep between edits (`ManifestCache`), so an edit costs what it changed."""
         self._packages_changed = asyncio.Event()
@@ -170,15 +188,23 @@ class ManifestWatcher:
     def _apply(self, outcome: _Outcome) -> None:
         if outcome is None:
             return
+        self._follow_packages()
         if isinstance(outcome, list):
             self.on_error(outcome)
             return
         manifest, code = outcome
-        packages = handler_packages(manifest)
+        self.on_change(manifest, code)
+
+    def _follow_packages(self) -> None:
+        """Watch the folders of the handlers the manifest names now, those of a rejected edit too: a package
+        made after the edit that names it is then seen, and its files as they are written."""
+        root = self.resolved.parent
+        packages = {(root / top).resolve() for top in self.tops if (root / top).is_dir()}
         if packages != self.packages:
+            if packages - self.packages:
+                self._replaced = True  # a new folder: what was written in it before its watch began is read
             self.packages = packages
             self._packages_changed.set()
-        self.on_change(manifest, code)
 
     async def _check(self, asked: int) -> _Outcome:
         """One check, in a thread (handlers are imported in a subprocess: the loop stays free); stopped when
@@ -215,6 +241,7 @@ class ManifestWatcher:
 
     def _load(self) -> _Outcome:
         """Load and check the manifest (in a worker thread); never raises."""
+        self.tops = handler_tops(self.path)
         try:
             secrets_dir = self.secrets_dir
             code = None if self.max_code_bytes is None else CodeZips(self.max_code_bytes, secrets_dir)
@@ -261,7 +288,7 @@ class ManifestWatcher:
         return folders
 
     def _concerns(self, paths: set[Path]) -> bool:
-        names = {self.path.name, self.resolved.name}
+        names = {self.path.name, self.resolved.name, *self.tops}
         return any(p.name in names or p.suffix == ".py" or p in self.packages for p in paths)
 
     async def _watch_manifest(self, stop: asyncio.Event) -> None:

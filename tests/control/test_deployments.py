@@ -825,12 +825,22 @@ async def test_a_name_held_from_elsewhere_is_not_published(
     assert alpha is not None and alpha.uuid == g and alpha.productive and reg.productive(u) is None
 
 
+async def _published(d: Any, root: Path) -> None:
+    """The working copy at `root` handed to `d` as watch mode does, and its publication awaited."""
+    d.working_copy_changed(load_manifest(root / "functions.yaml"))
+    publishing = list(d._tasks)  # the watch's publication runs in a task of its own
+    assert publishing
+    done, _ = await asyncio.wait(publishing, timeout=10)
+    assert len(done) == len(publishing)
+
+
 async def test_a_swap_of_two_names_is_not_published(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """In process, on the in-memory log, watch on. 1. alpha (U1) and beta (U2) are deployed (bootstrap).
-    2. The working copy swaps their names. Result: neither is published (readers would refuse both: no
-    order frees a name first): one error each, naming the holder and saying names cannot be swapped in
-    one step; both keep serving their revision 1 under their old names, and the log has no skipped record.
-    """
+    2. The working copy swaps their names. 3. The swap is undone. Result: 2 publishes neither (readers
+    would refuse both: no order frees a name first): one error each, naming the holder and saying names
+    cannot be swapped in one step, also in `problems` (which /readyz and the dashboard show: they were in
+    the log only); both keep serving their revision 1 under their old names, and the log has no skipped
+    record. 3 clears the problems."""
     from framework.control.code_cache import CodeCache
     from framework.control.deployment_log import MemoryLog
     from framework.control.deployments import Deployments
@@ -862,12 +872,13 @@ async def test_a_swap_of_two_names_is_not_published(tmp_path: Path, caplog: pyte
     )
     (root / "functions.yaml").write_text(swapped)
     with caplog.at_level(logging.WARNING, "faas.deployments"):
-        d.working_copy_changed(load_manifest(root / "functions.yaml"))
-        publishing = list(d._tasks)  # the watch's publication runs in a task of its own
-        assert publishing
-        done, _ = await asyncio.wait(publishing, timeout=10)
-        assert len(done) == len(publishing)
+        await _published(d, root)
+    refusals = d.problems()  # on /readyz and the dashboard, not only in the log
+    (root / "functions.yaml").write_text(text)  # the swap undone
+    await _published(d, root)
     await d.stop()
+    assert len(refusals) == 2 and all("cannot swap names" in r for r in refusals), refusals
+    assert d.problems() == []
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2 and all("cannot swap names" in m for m in messages), messages
     assert u1 in messages[0] + messages[1] and u2 in messages[0] + messages[1]

@@ -560,6 +560,23 @@ def test_set_state_changes_only_the_value(tmp_path: Path) -> None:
     assert load_manifest(path).functions[0].state == "undeployed"
 
 
+def test_edits_of_a_symlinked_manifest_go_to_the_file_it_points_at(tmp_path: Path) -> None:
+    """1. A project under releases/r2 and `functions.yaml -> releases/r2/functions.yaml` beside it (a
+    `current -> releases/X` layout). 2. `set_state`, then `add_function` (what deploy, undeploy and `faas
+    new` do). Result: the link is still a link; the file it points at has both edits (the link used to be
+    replaced by a plain file, and the project's code, beside the target, no longer beside the manifest)."""
+    real = write_project(tmp_path / "releases" / "r2", COMMENTED, MODULES) / "functions.yaml"
+    link = tmp_path / "functions.yaml"
+    link.symlink_to(real)
+    manifest_edit.set_state(link, "alpha", "productive")
+    manifest_edit.add_function(link, ENTRY)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    loaded = load_manifest(real)
+    assert [f.name for f in loaded.functions] == ["alpha", "beta", "gamma", "delta"]
+    assert loaded.functions[0].state == "productive"
+    assert [p.name for p in real.parent.iterdir() if p.name.startswith(".functions.yaml")] == []
+
+
 def test_set_state_inserts_a_missing_state_after_the_handler(tmp_path: Path) -> None:
     path = write_project(tmp_path, COMMENTED, MODULES) / "functions.yaml"
     manifest_edit.set_state(path, "beta", "productive")

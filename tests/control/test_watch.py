@@ -159,6 +159,31 @@ async def test_an_edit_that_fixes_a_hanging_import_is_not_held_by_its_check(tmp_
         await until(lambda: watcher.checking() is None, "no check running")
 
 
+async def test_a_package_made_after_the_edit_naming_it_is_seen(tmp_path: Path) -> None:
+    """1. A watcher on a project serving `functions/`. 2. The manifest gains a function whose handler is in
+    `latepkg`, not there yet: rejected. 3. `latepkg/` is made, then its modules written. Result: the edit
+    is applied with the new package, without another touch of the manifest (the new folder was not
+    watched, and the node kept the error until an unrelated edit)."""
+    root = write_project(tmp_path, MANIFEST, {"mod": "async def handle(payload, ctx):\n    return 1\n"})
+    path = root / "functions.yaml"
+    applied: list[list[str]] = []
+    errors: list[list[str]] = []
+    watcher = ManifestWatcher(
+        path, load_manifest(path), lambda m, c: applied.append([f.name for f in m.functions]), errors.append
+    )
+    late = "  - name: late\n    uuid: 77777777-2222-4333-8444-555555555555\n    handler: latepkg.mod:handle\n"
+    async with running(watcher):
+        while not errors:  # until the watch is up and has seen the edit
+            path.write_text(MANIFEST + late)
+            await until(lambda: bool(errors), "the edit naming latepkg rejected", timeout=1, fail=False)
+        assert any("latepkg" in line for line in errors[-1]), errors[-1]
+        (root / "latepkg").mkdir()
+        await asyncio.sleep(0.3)  # the folder alone first, as `mkdir` then an editor would make it
+        (root / "latepkg" / "__init__.py").write_text("")
+        (root / "latepkg" / "mod.py").write_text("def handle(payload, ctx):\n    return 'late'\n")
+        await until(lambda: ["alpha", "late"] in applied, "the edit applied once latepkg is there")
+
+
 @contextlib.asynccontextmanager
 async def running(watcher: ManifestWatcher) -> AsyncIterator[None]:
     """`watcher` watching for the block's duration; stopped (and its task awaited) after it."""
