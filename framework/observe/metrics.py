@@ -137,7 +137,11 @@ class Metrics:
             registry=r,
         )
         self.consumer_lag = Gauge(
-            "faas_consumer_lag", "Records behind the partition end.", ["topic", "partition"], registry=r
+            "faas_consumer_lag",
+            "Records of the partition not answered yet: its end less the oldest record still running or "
+            "waiting behind its key (the fetch position when none is).",
+            ["topic", "partition"],
+            registry=r,
         )
         self.schedule_runs = Counter(
             "faas_schedule_runs",

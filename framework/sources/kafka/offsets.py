@@ -33,6 +33,11 @@ class PartitionOffsets:
         """Records taken and not done yet (running, queued behind their key, or awaiting their ack)."""
         return len(self._pending) - len(self._done)
 
+    @property
+    def oldest(self) -> int | None:
+        """The oldest offset taken and not done (None when every one is): where the partition's work is."""
+        return self._pending[0] if self._pending else None
+
     def take(self, offset: int) -> None:
         if self.next_offset is not None and offset < self.next_offset:
             return  # refetched after a seek: already tracked

@@ -111,7 +111,7 @@ class ReplyOutbox:
     ) -> None:
         try:
             if self._falls_back(event.replyto, event.id, why):
-                await self.reply(None, record.key, reply, event.id, record)
+                await self.reply(None, record.key, reply, event.id, record, asked=event.replyto)
             else:
                 await self._refused(record, reply, why)
         finally:
@@ -146,9 +146,12 @@ class ReplyOutbox:
         reply: EventReply,
         event_id: str | None,
         record: ConsumerRecord[bytes, bytes] | None = None,
+        asked: str | None = None,
     ) -> None:
         """Send `reply` and wait for its acknowledgement. With the event's `record`, a reply the default
-        topic refuses for good fails the event (`_refused`); without it, it is dropped with an error."""
+        topic refuses for good fails the event (`_refused`); without it, it is dropped with an error.
+        `asked`: the caller's reply topic, when this is the default topic standing in for it (its refusal
+        of the reply is why): the failure reply goes there, where the caller waits."""
         topic = replyto or self.settings.replies_topic
         value, headers = _encoded(reply, event_id)
         # A caller's reply topic that does not exist (and is not auto-created) times out while the broker
@@ -158,9 +161,9 @@ class ReplyOutbox:
             await self.sender.send(topic, value, key, headers, permanent_if=gone)
         except PermanentSendError as exc:
             if self._falls_back(replyto, event_id, exc):
-                await self.reply(None, key, reply, event_id, record)
+                await self.reply(None, key, reply, event_id, record, asked=replyto)
             elif record is not None:
-                await self._refused(record, reply, exc)
+                await self._refused(record, reply, exc, asked)
             else:
                 log.error("reply to event %s dropped: %s", event_id, exc)
             return
@@ -176,13 +179,21 @@ class ReplyOutbox:
         return True
 
     async def _refused(
-        self, record: ConsumerRecord[bytes, bytes], reply: EventReply, why: BaseException | None
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        reply: EventReply,
+        why: BaseException | None,
+        asked: str | None = None,
     ) -> None:
         """The default reply topic refused `reply` for good: the event failed. It is dead-lettered (unless
         it failed already, and so was) and answered `ok: false`, blaming the listener that failed (its error
-        made the reply too large) or else the one with the largest result; a refusal of that small reply
-        drops it (`reply` without the record)."""
-        message = f"the reply could not be produced to {self.settings.replies_topic}: {why}"
+        made the reply too large) or else the one with the largest result. That small reply goes to the
+        caller's reply topic (`asked`) when the event named one, which refused only the large reply (the
+        caller waits there), else to the default; a refusal of it drops it (`reply` without the record)."""
+        tried = (
+            self.settings.replies_topic if asked is None else f"{asked} nor to {self.settings.replies_topic}"
+        )
+        message = f"the reply could not be produced to {tried}: {why}"
         log.error("reply to event %s refused (%s): the event fails", reply.id, why)
         spec = max(reply.results, key=lambda done: len(done[1].result))[0] if reply.results else None
         failed = EventReply.failed(reply.id, reply.event, FunctionError(message), spec)
@@ -199,7 +210,7 @@ class ReplyOutbox:
                 list(record.headers or ()), "FunctionError", message, function, reply.attempts
             )
             await self.deadletter(record.key, record.value, marked, "failed")
-        await self.reply(None, record.key, failed, reply.id)
+        await self.reply(asked, record.key, failed, reply.id)
 
     async def deadletter(
         self,

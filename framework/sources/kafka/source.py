@@ -539,9 +539,13 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 position = await within(consumer.position(tp), 1)
             except (KafkaError, TimeoutError, AssertionError):
                 continue
-            if highwater is not None:
-                lag = max(0, highwater - position)
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            if highwater is None or tp not in consumer.assignment():  # revoked meanwhile: its series is gone
+                continue
+            # From the oldest record not answered yet: those fetched and waiting behind their key count.
+            part = self.tracker.partitions.get(tp)
+            oldest = part.oldest if part is not None else None
+            lag = max(0, highwater - (position if oldest is None else min(oldest, position)))
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def _topics_seen(self, topics: set[str], new_cluster: bool) -> None:
         """After a probe: a new cluster (a memory-only broker that restarted, say) holds none of the logs

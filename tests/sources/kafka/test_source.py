@@ -303,13 +303,21 @@ def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: Embedd
     Result: the event is answered `ok: false` with a FunctionError blaming that listener and saying why,
     an exact copy of it is dead-lettered with `faas_error` and `faas_function`, and the next event is
     answered: the event is not dropped without a trace. The third's substitute reply names the listener
-    that failed too (it named none: only a result was looked at)."""
-    eid, good, raised = new_id(), new_id(), new_id()
+    that failed too (it named none: only a result was looked at). A fourth, the first again with a
+    `ce_replyto` topic of its own: its `ok: false` reply is on that topic, where its caller waits (it went
+    to the default topic, which refused the large reply as well)."""
+    eid, good, raised, asked = new_id(), new_id(), new_id(), new_id()
+    own = f"t.own.replies.{new_id()[:8]}"
     headers = [*ce_headers("order.huge", eid), ("t_huge", eid.encode())]
     produce(broker.bootstrap, node.events, [(b"big", b'{"n": 1}', headers)])
     produce(broker.bootstrap, node.events, [(b"big", b"{}", ce_headers("order.created", good))])
     produce(broker.bootstrap, node.events, [(b"big", b'{"raise": 1}', ce_headers("order.huge", raised))])
+    to_own = [*ce_headers("order.huge", asked), ("ce_replyto", own.encode())]
+    produce(broker.bootstrap, node.events, [(b"big", b'{"n": 1}', to_own)])
     replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids={eid, good, raised}))
+    theirs = by_id(consume(broker.bootstrap, own, 1, timeout=30, ids={asked}))[asked]["value"]
+    assert theirs["ok"] is False and theirs["error"]["function"] == "huge", theirs
+    assert f"could not be produced to {own} nor to {node.replies}" in theirs["error"]["message"], theirs
     failed = replies[raised]["value"]
     assert failed["ok"] is False and "could not be produced" in failed["error"]["message"], failed
     assert (failed["error"]["function"], failed["error"]["uuid"]) == (
