@@ -74,10 +74,10 @@ class Deployments:
         self.cache_dir = cache_dir
         """FAAS_CACHE_DIR when relative: the cache follows the project folder (None: it stays at `cache`)."""
         self._previous: CodeCache | None = None
-        self._unpacking = False
-        """A later look at code this node's disk refused is planned (`_unpack_later`)."""
         """The cache a re-pointed manifest left behind: code not found in `cache` is looked for there when
         served."""
+        self._unpacking = False
+        """A later look at code this node's disk refused is planned (`_unpack_later`)."""
         self.watch = watch
         self.code = code
         """The working copy's code: the look `working` was checked with (FAAS_MAX_CODE_BYTES, FAAS_SECRETS_DIR
@@ -324,8 +324,8 @@ class Deployments:
             [(c.spec.uuid, c.spec.name) for c in cands if c.revision is not None]
         )
         for cand in cands:
-            holder = refused.get(cand.spec.uuid.lower())
             uuid = cand.spec.uuid.lower()
+            holder = refused.get(uuid)
             if holder is None:
                 self.refused.pop(uuid, None)
                 continue

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from framework.control.handler_check import CheckCancelled
 from framework.control.manifest import ManifestCache, load_manifest, read_head
-from framework.control.snapshot import is_code, top_level, top_level_name
+from framework.control.snapshot import is_code, top_level_name
 from framework.control.spec import Manifest
 from framework.control.working_copy import CodeZips
 from framework.errors import ManifestError
@@ -81,12 +81,6 @@ def handler_tops(path: Path) -> set[str]:
     return set(_HANDLER.findall(text))
 
 
-def handler_packages(manifest: Manifest) -> set[Path]:
-    """Folders of the handlers' top-level packages (a module beside the manifest needs none)."""
-    found = (top_level(spec) for spec in manifest.functions)
-    return {path.resolve() for path in found if path is not None and path.is_dir()}
-
-
 class ManifestWatcher:
     """Calls `on_change(manifest, code)` after a valid edit (`code`: the zips it was checked with, None when
     code is not checked), `on_error(lines)` after a bad one."""
@@ -114,10 +108,10 @@ class ManifestWatcher:
         (None: not checked)."""
         self.on_change = on_change
         self.on_error = on_error
-        self.packages = handler_packages(manifest)
         self.tops = {top_level_name(spec.handler) for spec in manifest.functions}
         """The handlers' top-level names in the manifest's text as last read, a rejected edit's included: a
         folder of such a name made in the project is a change to check, and is watched from then on."""
+        self.packages = self._package_folders()
         self.cache = ManifestCache()
         """What the checks keep between edits (`ManifestCache`), so an edit costs what it changed."""
         self._packages_changed = asyncio.Event()
@@ -198,13 +192,18 @@ class ManifestWatcher:
     def _follow_packages(self) -> None:
         """Watch the folders of the handlers the manifest names now, those of a rejected edit too: a package
         made after the edit that names it is then seen, and its files as they are written."""
-        root = self.resolved.parent
-        packages = {(root / top).resolve() for top in self.tops if (root / top).is_dir()}
+        packages = self._package_folders()
         if packages != self.packages:
             if packages - self.packages:
                 self._replaced = True  # a new folder: what was written in it before its watch began is read
             self.packages = packages
             self._packages_changed.set()
+
+    def _package_folders(self) -> set[Path]:
+        """The folders of the handlers' top-level packages in the project (a module beside the manifest
+        needs none)."""
+        root = self.resolved.parent
+        return {(root / top).resolve() for top in self.tops if (root / top).is_dir()}
 
     async def _check(self, asked: int) -> _Outcome:
         """One check, in a thread (handlers are imported in a subprocess: the loop stays free); stopped when

@@ -102,8 +102,6 @@ class InstanceHandle:
         self.id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self._secrets = dict(secrets or {})
         """The values of the secrets the function lists; they reach the process in its start message only."""
-        self._redact: Redactor | None = None
-        """Made at the first raw output line (`_raw_line`)."""
         self.raw: list[RawLines] = []
         """The sockets of its descriptors 1 and 2 (`raw_output.py`); `done` at their end."""
         self.spec = spec
@@ -177,7 +175,7 @@ class InstanceHandle:
             main, logs, stdout, stderr = template.spawn(config)
             unused = [main, logs, stdout, stderr]  # each until its transport takes it over
             try:
-                secrets = self._redactor()
+                secrets = Redactor(self._secrets.values())
                 self.raw.append(await read_socket(stdout, "stdout", logging.INFO, self._raw_line, secrets))
                 unused.remove(stdout)
                 self.raw.append(await read_socket(stderr, "stderr", logging.WARNING, self._raw_line, secrets))
@@ -374,16 +372,10 @@ class InstanceHandle:
             self._on_blocked()
 
     def _raw_line(self, source: str, level: int, text: str) -> None:
-        """A line the instance wrote below Python's streams (`raw_output.py`): no invocation's, redacted
-        here, since it never passed through the instance's own redaction."""
+        """A line the instance wrote below Python's streams (`raw_output.py`): no invocation's, redacted by
+        its reader, since it never passed through the instance's own redaction."""
         extra = {**self._extra, "invocation_id": None, "source": source}
-        instance_log.log(level, self._redactor()(text), extra=extra)
-
-    def _redactor(self) -> Redactor:
-        """The instance's secrets as a Redactor, made once, when its output sockets are read."""
-        if self._redact is None:
-            self._redact = Redactor(self._secrets.values())
-        return self._redact
+        instance_log.log(level, text, extra=extra)
 
     def _keep_line(self, lines: LogCapture, inv: str, level: object, msg: object) -> None:
         """Keep a line of invocation `inv` if it is in flight here and wants a record (a line that trails

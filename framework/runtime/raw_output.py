@@ -6,7 +6,7 @@ without capturing its output) went to the descriptors the instance inherited: th
 untagged, or under `faas invoke` into the result on the terminal. So the node hands each instance two
 stream sockets as its descriptors 1 and 2 (`template.py`) and reads their other ends on its loop: each line
 becomes a log record of the instance, `stdout` at INFO and `stderr` at WARNING, tagged with its function and
-instance, redacted with the function's secrets (`worker/redact.Redactor`). Sockets, not pipes: the loop's
+instance, redacted here with the function's secrets (`worker/redact.Redactor`). Sockets, not pipes: the loop's
 transport owns a socket outright (a pipe's descriptor would be closed twice, once by uvloop and once by its
 file object, and the second close could hit a file another thread just opened).
 
@@ -37,7 +37,7 @@ LINES_PER_TURN = 200
 """Lines logged per loop iteration, at most, from one socket (about 17 us each: a few ms per turn)."""
 
 Emit = Callable[[str, int, str], None]
-"""Called with (source: `stdout` or `stderr`, level, line) for each line."""
+"""Called with (source: `stdout` or `stderr`, level, line) for each line, redacted."""
 
 log = logging.getLogger("faas.runtime")
 
@@ -50,7 +50,8 @@ class RawLines(asyncio.Protocol):
         self.level = level
         self._emit = emit
         self._redactor = redactor or Redactor(())
-        """The instance's secrets, by which long lines are cut (`emit` redacts each piece)."""
+        """The instance's secrets: each line is redacted with them, and a long one cut where none spans the
+        cut (each piece is redacted on its own)."""
         self._buf = bytearray()
         self._lines: deque[bytes] = deque()
         self._paused = False
@@ -130,7 +131,7 @@ class RawLines(asyncio.Protocol):
 
     def _line(self, raw: bytes) -> None:
         try:
-            self._emit(self.source, self.level, raw.decode("utf-8", "replace"))
+            self._emit(self.source, self.level, self._redactor(raw.decode("utf-8", "replace")))
         except Exception:  # a bug in the emitter must not end the reading (and block the writer)
             log.exception("a raw output line of an instance was lost")
 
@@ -138,8 +139,8 @@ class RawLines(asyncio.Protocol):
 async def read_socket(
     sock: socket.socket, source: str, level: int, emit: Emit, redactor: Redactor | None = None
 ) -> RawLines:
-    """Read `sock` (taken over: closed with the transport) on the running loop; long lines are cut where
-    none of `redactor`'s secrets spans the cut."""
+    """Read `sock` (taken over: closed with the transport) on the running loop, its lines redacted with
+    `redactor`'s secrets."""
     loop = asyncio.get_running_loop()
     try:
         _, protocol = await loop.create_unix_connection(

@@ -220,7 +220,7 @@ async def test_long_raw_lines_are_cut_around_secrets_and_characters(chunks: list
     piece used to be cut at MAX_PARTIAL exactly and redacted alone); no character is split in two."""
     secrets = Redactor([SECRET])
     got: list[str] = []
-    lines = RawLines("stdout", logging.INFO, lambda source, level, text: got.append(secrets(text)), secrets)
+    lines = RawLines("stdout", logging.INFO, lambda source, level, text: got.append(text), secrets)
     lines.connection_made(Transport())  # type: ignore[arg-type]
     for chunk in chunks:
         lines.data_received(chunk)

@@ -185,12 +185,12 @@ class LogStream(io.TextIOBase):
                 self._cut.discard(inv)
                 if text.startswith("\n"):
                     text = text[1:]
-            hold = installed().hold
+            secrets = installed()
             if "\n" in text:
                 *lines, rest = text.split("\n")
-            elif len(text) > self.MAX_PARTIAL + hold:
+            elif len(text) > self.MAX_PARTIAL + secrets.hold:
                 # What a secret's form may begin in stays: the rest of the form may come in the next write.
-                at = installed().cut(text, len(text) - hold) if hold else len(text)
+                at = secrets.cut(text, len(text) - secrets.hold)
                 lines, rest = [text[:at]], text[at:]
                 if not rest:
                     self._cut.add(inv)
