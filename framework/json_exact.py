@@ -15,10 +15,13 @@ So both directions go through orjson first and fall back to `json` only where or
   (compact, UTF-8, NaN refused). A value that `json` cannot write either (a dataclass or a NaN beside a
   huge integer) is refused with `json`'s reason, and so is a dict key of a type neither can write, whose
   orjson message names no type.
+
+`dumps` also refuses, with `OPT_NON_STR_KEYS`, a dict two of whose keys are written as one JSON key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -30,6 +33,8 @@ _LONG_RUN = b"0" * 19
 """A run of digits long enough to hold an integer orjson reads as a float."""
 _TOO_BIG = ("Integer exceeds 64-bit range", "Dict integer key must be within 64-bit range")
 """orjson's messages when it refuses to write an integer (a value, a dict key)."""
+_STR_KEY = "Dict key must be str"
+"""orjson's message for a dict key that is not a string, without `OPT_NON_STR_KEYS`."""
 _BAD_KEY = "Dict key must a type serializable"
 """The start of orjson's message for a dict key it cannot write: its text names no type (and misses a
 word), so `json`, which can write no such key either, gives the reason instead ("... not tuple")."""
@@ -48,7 +53,59 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
 
 
 def dumps(value: Any, option: int | None = None) -> bytes:
-    """`value` as compact JSON bytes; raises orjson.JSONEncodeError (a TypeError) when it is not JSON."""
+    """`value` as compact JSON bytes; raises orjson.JSONEncodeError (a TypeError) when it is not JSON.
+
+    With `orjson.OPT_NON_STR_KEYS`, a dict key that is not a string is written as one (`1` as `"1"`), unless
+    two keys of one dict would be written alike (`1` and `"1"`), which is refused: the JSON object would
+    hold one key twice, and a reader keeps one of the values. Only a value that has such a key pays for the
+    look (it is written twice: orjson stops at the first such key without the option)."""
+    if option is None or not option & orjson.OPT_NON_STR_KEYS:
+        return _dumps(value, option)
+    try:
+        return _dumps(value, option & ~orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        if not str(exc).startswith(_STR_KEY):
+            raise
+    body = _dumps(value, option)
+    _refuse_clashing_keys(value)
+    return body
+
+
+def _refuse_clashing_keys(value: Any) -> None:
+    """Raise orjson.JSONEncodeError naming two keys of one dict in `value` that are written alike. Only
+    called on values written already, so they hold no cycle; its own stack, so depth costs no frames."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+            if all(type(k) is str for k in v):
+                continue
+            written: dict[str, Any] = {}
+            for key in v:
+                text = key if type(key) is str else _key_text(key)
+                if text in written:
+                    raise orjson.JSONEncodeError(
+                        f"dict keys {written[text]!r} and {key!r} are both written as the JSON key {text!r}"
+                    )
+                written[text] = key
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            stack.extend(getattr(v, f.name) for f in dataclasses.fields(v))
+
+
+def _key_text(key: Any) -> str:
+    """The JSON text of a dict key that is not a string, as `dumps` writes it."""
+    one = {key: None}
+    try:
+        written = orjson.loads(orjson.dumps(one, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: `json` writes it
+        written = json.loads(json.dumps(one))
+    return str(next(iter(written)))
+
+
+def _dumps(value: Any, option: int | None) -> bytes:
     try:
         return orjson.dumps(value, option=option)
     except orjson.JSONEncodeError as exc:

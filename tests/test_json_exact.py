@@ -56,3 +56,20 @@ def test_dict_keys_beyond_64_bits_are_written_and_a_key_of_no_json_type_is_named
         json_exact.dumps({"outer": {(1, 2): "b"}}, option=option)
     with pytest.raises(orjson.JSONEncodeError, match="Dict key must be str"):
         json_exact.dumps({1: 2})  # without OPT_NON_STR_KEYS a non-str key is refused, as orjson says
+
+
+def test_non_string_keys_written_alike_are_refused() -> None:
+    """Keys written as one JSON key (1 and "1", True and "true", a huge integer and its text), at any depth;
+    keys that differ stay, as does a value of string keys only."""
+    opt = orjson.OPT_NON_STR_KEYS
+    for value, first, second in [
+        ({1: "a", "1": "b"}, "1", "'1'"),
+        ([{"x": {True: 1, "true": 2}}], "True", "'true'"),
+        ((0, {"y": {BIG: 1, str(BIG): 2}}), str(BIG), f"'{BIG}'"),
+    ]:
+        with pytest.raises(orjson.JSONEncodeError, match=f"dict keys {first} and {second} are both written"):
+            json_exact.dumps(value, option=opt)
+    assert (
+        json_exact.dumps({1: "a", "2": {None: 3, 1.5: 4}}, option=opt) == b'{"1":"a","2":{"null":3,"1.5":4}}'
+    )
+    assert json_exact.dumps({"1": {"1": 1}}, option=opt) == b'{"1":{"1":1}}'

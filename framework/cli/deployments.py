@@ -415,6 +415,9 @@ def _uuid_of(state: LogState, uuid: str | None, name: str) -> str | None:
         rev for known in state.revisions if (rev := state.newest(known)) is not None and rev.function == name
     ]
     named.sort(key=lambda rev: (rev.action == "deploy", state.order.get(rev.key, -1)))
+    if not named:  # renamed since: the function a kept revision last gave this name
+        named = [rev for known in state.revisions for rev in state.kept(known)[1:] if rev.function == name]
+        named.sort(key=lambda rev: state.order.get(rev.key, -1))
     return named[-1].uuid.lower() if named else None
 
 
@@ -438,6 +441,8 @@ def _kept(settings: Settings, name: str) -> list[Revision]:
         fail(str(exc))
     if kept is None:
         fail(_unknown(settings, name))
+    if uuid is None and kept and name not in (kept[0].function, kept[0].uuid.lower()):
+        click.echo(f"{name}: renamed since, now {kept[0].function}", err=True)
     return kept
 
 

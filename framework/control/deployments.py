@@ -168,10 +168,14 @@ class Deployments:
             rev = live.get(spec.uuid)
             if rev is not None:
                 specs.append(self._served(rev))
+            elif self.log.state.newest(spec.uuid) is not None:
+                # Its newest revision is an undeploy: undeployed cluster-wide, as `faas ls` says, whatever the
+                # working copy's state (a draft or productive copy is not served until it is deployed).
+                specs.append(
+                    spec if spec.state == "undeployed" else spec.model_copy(update={"state": "undeployed"})
+                )
             elif spec.productive:  # productive in the working copy only: listed, not served
-                newest = self.log.state.newest(spec.uuid)
-                state = "undeployed" if newest is not None else "draft"
-                specs.append(spec.model_copy(update={"state": state}))
+                specs.append(spec.model_copy(update={"state": "draft"}))
             else:
                 specs.append(spec)
         for uuid, rev in sorted(live.items(), key=lambda item: item[1].function):

@@ -142,8 +142,19 @@ def check(handler, env):
         for part in attr.split("."):
             obj = getattr(obj, part)
     except BaseException as exc:
-        return "does not import: %s: %s" % (type(exc).__name__, exc)
+        return "does not import: %s: %s" % (type(exc).__name__, located(exc))
     return None if callable(obj) else "is not callable"
+
+def located(exc):  # the message, with the innermost line of the project's code it was raised at
+    if isinstance(exc, SyntaxError) and str(exc.filename or "").startswith(inside[0]):
+        return "%s (%s, line %s)" % (exc.msg, exc.filename[len(inside[0]):], exc.lineno)
+    where, tb = None, exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.startswith(inside[0]):
+            where = (name[len(inside[0]):], tb.tb_lineno)
+        tb = tb.tb_next
+    return str(exc) if where is None else "%s (%s, line %d)" % (exc, *where)
 
 def depends(handler):  # what the import of `handler` went through, at any depth
     parts = handler.partition(":")[0].split(".")

@@ -288,6 +288,27 @@ def test_history_outside_a_working_copy_shows_the_live_function_of_that_name(
     assert r.returncode == 1 and "no earlier deployed revision" in r.stderr, r.stderr
 
 
+def test_history_by_a_name_given_up_in_a_rename_finds_the_function(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. Deploy alpha. 2. Rename it beta in the manifest (the same uuid) and deploy beta. 3. `faas history
+    alpha`. Result: the function's two revisions, beta's live, and a line on stderr naming its name now;
+    `faas history gamma` (never a name) still exits 1."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
+    (a / "functions.yaml").write_text((a / "functions.yaml").read_text().replace("name: alpha", "name: beta"))
+    assert run_cli(a, "deploy", "beta", env=env).returncode == 0
+    r = run_cli(a, "history", "alpha", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    kept = [(rev["uuid"], rev["revision"], rev["function"], rev["live"]) for rev in json.loads(r.stdout)]
+    assert kept == [(u, 2, "beta", True), (u, 1, "alpha", False)], kept
+    assert r.stderr.strip() == "alpha: renamed since, now beta", r.stderr
+    r = run_cli(a, "history", "gamma", env=env)
+    assert r.returncode == 1 and "no function named 'gamma'" in r.stderr, r.stderr
+
+
 def test_undeploy_takes_down_a_live_function_the_manifest_no_longer_holds(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:

@@ -238,7 +238,8 @@ def test_watch_mode_deploys_every_valid_edit(
 ) -> None:
     """1. Node in watch mode (the default) serving alpha v1. 2. Edit the module to v2. 3. Break the
     module. 4. Set alpha's state to draft. Result: after 2, v2 is served as revision 2 within 5 s; 3 is
-    rejected (no revision, v2 still served); after 4, an undeploy revision 3 and alpha answers 404.
+    rejected (no revision, v2 still served); after 4, an undeploy revision 3, alpha answers 404, and both
+    `GET /functions` and `faas ls` say it is undeployed (the log's word, not the working copy's draft).
     """
     u = new_id()
     root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
@@ -255,6 +256,9 @@ def test_watch_mode_deploys_every_valid_edit(
     wait_for(lambda: served(n, u) is None, 5, message="alpha no longer served")
     revs = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"]
     assert revs[0]["action"] == "undeploy"
+    assert entry(n, u)["state"] == "undeployed"
+    listed = json.loads(run_cli(root, "ls", "--json", env=cli_env(n, broker.bootstrap)).stdout)["functions"]
+    assert [f["state"] for f in listed if f["uuid"] == u] == ["undeployed"]
 
 
 def test_watch_mode_deploys_an_edit_of_a_data_file_in_the_package(

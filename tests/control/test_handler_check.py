@@ -33,7 +33,9 @@ def test_a_module_beside_the_package_is_not_importable(tmp_path: Path) -> None:
         },
     )
     problems = import_errors(root, [("functions.h:f", {}), ("functions.ok:f", {})])
-    assert problems == {0: "does not import: ModuleNotFoundError: No module named 'helpers'"}
+    assert problems == {
+        0: "does not import: ModuleNotFoundError: No module named 'helpers' (functions/h.py, line 1)"
+    }
 
 
 def test_a_path_climbed_to_from_file_is_the_copy_not_the_project(tmp_path: Path) -> None:
@@ -82,11 +84,31 @@ def test_single_modules_installed_modules_and_env(tmp_path: Path) -> None:
     )
     assert import_errors(root, [("solo:f", {"LEVEL": "3"}), ("json:dumps", {})]) == {}
     missing = import_errors(root, [("solo:f", {})])
-    assert missing == {0: "does not import: KeyError: 'LEVEL'"}
+    assert missing == {0: "does not import: KeyError: 'LEVEL' (solo.py, line 2)"}
     # One handler, two functions' envs: each is checked with its own (the module is imported again).
     both = [("solo:f", {"LEVEL": "3"}), ("solo:f", {}), ("solo:f", {"LEVEL": "4"})]
-    assert import_errors(root, both) == {1: "does not import: KeyError: 'LEVEL'"}
-    assert import_errors(root, both[::-1]) == {1: "does not import: KeyError: 'LEVEL'"}
+    assert import_errors(root, both) == {1: "does not import: KeyError: 'LEVEL' (solo.py, line 2)"}
+    assert import_errors(root, both[::-1]) == {1: "does not import: KeyError: 'LEVEL' (solo.py, line 2)"}
+
+
+def test_a_failed_import_names_the_line_of_the_project_it_failed_at(tmp_path: Path) -> None:
+    """A syntax error, and an error raised in the standard library called from a module the handler's
+    imports: each names the file (relative to the project) and line of the project's code, not the
+    basename Python gives a syntax error nor the library's own line."""
+    root = project(
+        tmp_path,
+        {
+            "functions/__init__.py": "",
+            "functions/broken.py": "X = 1\n\ndef f(p, ctx:\n    return p\n",
+            "functions/h.py": "from functions import table\n\ndef f(p, ctx):\n    return p\n",
+            "functions/table.py": "import json\n\n\nROWS = json.loads('{oops')\n",
+        },
+    )
+    problems = import_errors(root, [("functions.broken:f", {}), ("functions.h:f", {})])
+    assert problems[0].startswith("does not import: SyntaxError: "), problems
+    assert problems[0].endswith(" (functions/broken.py, line 3)"), problems
+    assert problems[1].startswith("does not import: JSONDecodeError: Expecting property name"), problems
+    assert problems[1].endswith(" (functions/table.py, line 4)"), problems
 
 
 def test_code_run_at_import_sees_no_secrets_folder(tmp_path: Path) -> None:
@@ -180,8 +202,9 @@ def test_a_kept_check_imports_again_only_what_an_edit_can_have_changed(tmp_path:
         problems = cache.errors(root, checks)
         assert sorted(cache.imported) == ["functions.b:f", "functions.d:f"]  # d: failed at step 7
         assert problems == {
-            1: "does not import: RuntimeError: broken",
-            3: "does not import: ImportError: the package shadows the module",
+            1: "does not import: RuntimeError: broken (functions/shared.py, line 1)",
+            3: "does not import: ImportError: the package shadows the module"
+            " (functions/d/__init__.py, line 1)",
         }
         assert cache.errors(root, checks) == problems == import_errors(root, checks)
         assert sorted(cache.imported) == ["functions.b:f", "functions.d:f"]

@@ -45,6 +45,8 @@ async def notjson(payload, ctx):
     return {1, 2}
 
 async def odd_keys(payload, ctx):
+    if payload == "clash":
+        return {"rows": [{1: "int", "1": "text"}]}
     return {10**30: "big", -1: "small"} if payload == "big" else {(1, 2): "pair"}
 
 async def spawn(payload, ctx):

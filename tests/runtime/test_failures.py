@@ -147,13 +147,16 @@ async def test_non_json_return_is_function_error(runtime: Runtime, spec: SpecFac
 async def test_dict_keys_are_written_as_json_writes_them_or_refused_naming_their_type(
     runtime: Runtime, spec: SpecFactory
 ) -> None:
-    """1. A handler returns a dict with an integer key beyond 64 bits. 2. One with a tuple key.
-    Result: 1 is answered with the keys as text, exact; 2 is a FunctionError naming the key's type."""
+    """1. A handler returns a dict with an integer key beyond 64 bits. 2. One with a tuple key. 3. A nested
+    dict with keys 1 and "1". Result: 1 is answered with the keys as text, exact; 2 is a FunctionError
+    naming the key's type; 3 one naming both keys (JSON would hold "1" twice, a reader keeping one)."""
     s = spec("odd_keys")
     value, _ = await call(runtime, s, "big")
     assert value == {str(10**30): "big", "-1": "small"}
     with pytest.raises(FunctionError, match=r"not JSON: dict \(keys must be str, .* not tuple\)"):
         await call(runtime, s, "pair")
+    with pytest.raises(FunctionError, match=r"not JSON: dict \(dict keys 1 and '1' are both written as"):
+        await call(runtime, s, "clash")
 
 
 async def test_a_revision_whose_code_is_not_unpacked_here_is_refused_by_name(
