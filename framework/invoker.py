@@ -333,8 +333,8 @@ class Invoker:
     async def warmup(self, spec: FunctionSpec) -> int:
         """Keep-warm: ensure a live instance and run the `warmup` hook in each; never reaches `handle`."""
         outcome = "ok"
-        try:
-            return await self.runtime.warmup(spec)
+        try:  # each warm-up ends a span of its own, as any invocation does
+            return await self.runtime.warmup(spec, None if self.exporter is None else self._export)
         except BaseException as exc:
             outcome = outcome_of(exc)
             raise

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,11 @@ from framework.runtime.template import Template
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, wait_or_cancel
 from framework.types import Invocation, InvokeResult
+
+WarmupEnded = Callable[
+    [FunctionSpec, Invocation, tracing.Span, BaseException | None, InvokeResult | None], None
+]
+"""What `Runtime.warmup` tells of each warm-up that ended: (spec, invocation, its span, failure, result)."""
 
 if TYPE_CHECKING:
     from framework.observe.records import Recorder
@@ -129,10 +134,11 @@ class Runtime:
             raise Overloaded("the node is stopping")
         return self._pool(spec).invoke(inv)
 
-    async def warmup(self, spec: FunctionSpec) -> int:
+    async def warmup(self, spec: FunctionSpec, ended: WarmupEnded | None = None) -> int:
         """Call the module's `warmup(ctx)` hook (never `handle`) in every live instance of `spec`, starting
         one first if there is none (that start is not a cold start for later requests). Returns how many
-        instances ran it; raises the first error when none did."""
+        instances ran it; raises the first error when none did. `ended` is told of each warm-up once it
+        ended (the invoker exports its span)."""
         if self._stopping:
             raise Overloaded("the node is stopping")
         pool = self._pool(spec)
@@ -141,13 +147,19 @@ class Runtime:
             pool.start(warm=True)
         targets = [i for i in pool.instances if not i.dead]
         # Each warm-up is an invocation of its own, at the root of a trace of its own (nothing triggered it).
+        spans = [tracing.start() for _ in targets]
         calls = [
-            Invocation(str(uuid.uuid4()), "warmup", None, b"null", None, tracing.start().traceparent)
-            for _ in targets
+            Invocation(str(uuid.uuid4()), "warmup", None, b"null", None, span.traceparent) for span in spans
         ]
         results = await asyncio.gather(
             *(pool.call_on(i, inv) for i, inv in zip(targets, calls, strict=True)), return_exceptions=True
         )
+        if ended is not None:
+            for span, inv, result in zip(spans, calls, results, strict=True):
+                if isinstance(result, BaseException):
+                    ended(spec, inv, span, result, None)
+                else:
+                    ended(spec, inv, span, None, result)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors and len(errors) == len(results):
             raise errors[0]

@@ -29,6 +29,7 @@ TRACED = "adadadad-0000-4000-8000-000000000001"
 TRACED_SYNC = "adadadad-0000-4000-8000-000000000002"
 FAILING = "adadadad-0000-4000-8000-000000000003"
 FLAKY = "adadadad-0000-4000-8000-000000000004"
+WARM = "adadadad-0000-4000-8000-000000000005"
 MANIFEST = f"""
 functions:
   - name: traced
@@ -50,6 +51,18 @@ functions:
     state: productive
     events: [otel.retried]
     retry: {{attempts: 2, backoff: 0.05, on: [FunctionError]}}
+  - name: warm
+    uuid: {WARM}
+    handler: functions.otelwarm:handle
+    state: productive
+    keep_warm: "* * * * * */1"
+"""
+WARM_MODULE = """
+async def handle(payload, ctx):
+    return None
+
+async def warmup(ctx):
+    pass
 """
 FAILING_MODULE = """
 async def fail(payload, ctx):
@@ -160,7 +173,12 @@ def node(
     root = write_project(
         tmp_path_factory.mktemp("otel"),
         MANIFEST,
-        {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE, "otelfail": FAILING_MODULE},
+        {
+            "otelfn": ASYNC_MODULE,
+            "otelsync": SYNC_MODULE,
+            "otelfail": FAILING_MODULE,
+            "otelwarm": WARM_MODULE,
+        },
     )
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver[1], "OTEL_BSP_SCHEDULE_DELAY": "100"}
     n = Node(root, broker.bootstrap, env=env).wait_ready()
@@ -290,6 +308,32 @@ def test_each_retry_attempt_is_a_span_of_its_own(
     ]
 
 
+def test_a_warm_up_is_a_span_of_its_own(node: Node, receiver: tuple[Receiver, str]) -> None:
+    """1. `warm` has a per-second keep-warm. Result: an `invoke warm` span with `faas.trigger` timer, at the
+    root of a trace of its own (nothing triggered it), whose invocation id and trace id are those of a
+    warm-up record: a warm-up is an invocation (section 13), and every invocation a span (section 11)."""
+    rec, _ = receiver
+
+    def warm_spans() -> list[Received]:
+        with rec.lock:
+            return [s for s in rec.spans if s.name == "invoke warm"]
+
+    span = wait_for(warm_spans, timeout=60, message="a warm-up span")[0]
+    assert span.attributes["faas.trigger"] == "timer" and span.parent == "", span
+    record = wait_for(
+        lambda: (
+            (
+                r := httpx.get(f"{node.url}/invocations/{span.attributes['faas.invocation_id']}", timeout=30)
+            ).status_code
+            == 200
+            and r.json()
+        ),
+        timeout=30,
+        message="the warm-up's record",
+    )
+    assert (record["trigger"], record["trace_id"], record["ok"]) == ("warmup", span.trace_id, True), record
+
+
 def test_unsampled_trace_is_not_exported(node: Node, receiver: tuple[Receiver, str]) -> None:
     """1. Invoke with a caller's traceparent whose sampled flag is off, then with a sampled one.
     Result: the sampled invocation's span arrives; none of the unsampled trace ever does (checked after the
@@ -335,7 +379,12 @@ def test_a_collector_in_trouble_and_bad_batch_settings_neither_stop_nor_flood_th
     Result: the node starts (the SDK alone raises at start) and warns once, naming the variable; every
     invocation answers 200; the node and the instance each log the failed exports once, not per batch."""
     rec, url = receiver
-    modules = {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE, "otelfail": FAILING_MODULE}
+    modules = {
+        "otelfn": ASYNC_MODULE,
+        "otelsync": SYNC_MODULE,
+        "otelfail": FAILING_MODULE,
+        "otelwarm": WARM_MODULE,
+    }
     root = write_project(tmp_path, MANIFEST, modules)
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"{url}/fail",
@@ -455,7 +504,12 @@ def test_a_second_signal_does_not_wait_for_a_silent_collector(tmp_path: Path) ->
     Result: the node exits 0 soon after the second signal and says the last spans were not waited for.
     Its two waits for them (the instances' exit, 2 s, then the node's own export, 2 s) used to run whole
     after a second signal."""
-    modules = {"otelfn": ASYNC_MODULE, "otelsync": SYNC_MODULE, "otelfail": FAILING_MODULE}
+    modules = {
+        "otelfn": ASYNC_MODULE,
+        "otelsync": SYNC_MODULE,
+        "otelfail": FAILING_MODULE,
+        "otelwarm": WARM_MODULE,
+    }
     root = write_project(tmp_path, MANIFEST, modules)
     with silent_listener() as port:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "20"}
