@@ -471,12 +471,12 @@ class LiveFacts:
         return bool(self.status["modified"])
 
 
-def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
-    """The log's facts of each function of `manifest` that has a revision, by uuid; {} without a broker
-    (and when it cannot be reached, which is said on stderr)."""
+def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts] | None:
+    """The log's facts of each function of `manifest` that has a revision, by uuid; None without a broker
+    (and when it cannot be reached, which is said on stderr): the log was not read."""
     bootstrap = broker_of(settings)
     if bootstrap is None:
-        return {}
+        return None
 
     async def read(log: KafkaLog) -> dict[str, Revision | None]:
         return {spec.uuid: log.state.newest(spec.uuid) for spec in manifest.functions}
@@ -485,7 +485,7 @@ def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts]:
         newest = with_log(settings, bootstrap, read, LS_TIMEOUT)
     except ConnectionError as exc:
         click.echo(f"(revisions unknown: {exc})", err=True)
-        return {}
+        return None
     found = candidates(manifest, code_zips(settings))
     facts = {}
     for spec in manifest.functions:

@@ -20,7 +20,7 @@ import click
 import orjson
 
 from framework.control.cron import next_fire
-from framework.control.spec import Manifest
+from framework.control.spec import FunctionSpec, Manifest
 from framework.control.working_copy import live_status
 
 if TYPE_CHECKING:
@@ -56,15 +56,27 @@ def fires(served: bool, cron: str, timezone: str) -> str | None:
     return next_fire(cron, timezone).isoformat(timespec="seconds") if served else None
 
 
-def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
+def served_state(f: FunctionSpec, facts: Mapping[str, LiveFacts] | None) -> tuple[str, bool]:
+    """The state `f` is served in, as `GET /functions` gives it, and whether it is served: as the log says
+    when it has a revision of `f`; `draft` when it has none and the working copy says productive (never
+    deployed: no node serves it); the working copy's word when the log was not read (`facts` None)."""
+    if facts is None:
+        return f.state, f.productive
+    live = facts.get(f.uuid)
+    if live is not None:
+        return live.state, live.live
+    return ("draft" if f.productive else f.state), False
+
+
+def listing(manifest: Manifest, facts: Mapping[str, LiveFacts] | None) -> str:
     """`faas ls --json`: every function with its schedules' next fire times (ISO 8601, their timezone) and,
-    as `GET /functions` gives them, the `state` it is served in and its live revision's `revision`,
-    `modified` and `deployed_at` (the manifest's state and null, false, null for a function the log has no
-    revision of, or when the log could not be read; null, false, null for an undeployed one)."""
+    as `GET /functions` gives them, the `state` it is served in (`served_state`) and its live revision's
+    `revision`, `modified` and `deployed_at` (null, false, null for a function the log has no revision of,
+    when the log could not be read, and for an undeployed one)."""
     out = []
     for f in manifest.functions:
-        live = facts.get(f.uuid)
-        served = f.productive if live is None else live.live
+        live = None if facts is None else facts.get(f.uuid)
+        state, served = served_state(f, facts)
         schedules = [
             {
                 "cron": s.cron,
@@ -81,7 +93,7 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts]) -> str:
             {
                 "name": f.name,
                 "uuid": f.uuid,
-                "state": f.state if live is None else live.state,
+                "state": state,
                 "events": list(f.events),
                 "schedules": schedules,
                 "keep_warm": warm,

@@ -76,12 +76,12 @@ def list_functions(settings: Settings, as_json: bool) -> None:
     for f in manifest.functions:
         crons = [(s.cron, s.timezone, "") for s in f.schedules]
         crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
-        live = facts.get(f.uuid)  # `productive r7`, `modified r7`, `undeployed r8`: as the log serves it
-        served = f.productive if live is None else live.live
+        live = None if facts is None else facts.get(f.uuid)  # `productive r7`, `undeployed r8`: as served
+        state, served = scripting.served_state(f, facts)
         when = [f"{k}{c} [{tz}] next {scripting.fires(served, c, tz) or '-'}" for c, tz, k in crons]
-        state: str
         if live is None:
-            state = f.state
+            if f.productive and not served:  # productive here, never deployed: no node serves it
+                state = "draft (productive here, not deployed)"
         elif not live.live:  # modified too when this copy is productive: deploying it would serve it again
             state = f"undeployed r{live.newest}" + (" (modified)" if live.modified else "")
         else:

@@ -371,14 +371,15 @@ def no_log(topic: str) -> str:
 def test_only_deploy_creates_a_missing_deployment_log(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. A topic name no log has (as a mistyped FAAS_DEPLOYMENTS_TOPIC would be): `faas ls`, `faas history
     alpha`, `faas rollback alpha`, `faas undeploy alpha`. 2. `faas deploy alpha`, then `faas history alpha`.
-    Result: at 1 each verb says on stderr that there is no such log and reads it as empty (ls: no revision;
+    Result: at 1 each verb says on stderr that there is no such log and reads it as empty (ls: no revision,
+    so the productive alpha is a draft no node serves;
     history: no revisions; rollback: exit 1, none kept; undeploy: not deployed), and the broker still has
     no such topic afterwards; at 2 deploy creates it and history lists revision 1 without the note."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path, manifest(u), {"m": MODULE})
     env = env_for(broker.bootstrap, topic)
     r = run_cli(root, "ls", env=env)
-    assert r.returncode == 0 and f"{u}  productive " in r.stdout and " r1" not in r.stdout, r.stdout
+    assert r.returncode == 0 and f"{u}  draft (productive here, not deployed) " in r.stdout, r.stdout
     assert r.stderr.splitlines() == [no_log(topic)], r.stderr
     r = run_cli(root, "history", "alpha", env=env)
     assert (r.returncode, r.stdout, r.stderr) == (0, "alpha: no revisions\n", no_log(topic) + "\n")
@@ -399,7 +400,8 @@ def test_only_deploy_creates_a_missing_deployment_log(tmp_path: Path, broker: Em
 
 def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. `faas ls --json` before any deploy. 2. `faas deploy alpha`, then `ls --json`. 3. Edit the module,
-    then `ls --json` and `ls`. Result: `revision`, `modified`, `deployed_at` are null, false, null at 1;
+    then `ls --json` and `ls`. Result: `state`, `revision`, `modified`, `deployed_at` are draft (productive
+    in the working copy, but no node serves it), null, false, null at 1, as `GET /functions` says; productive,
     1, false and the revision's time at 2; 1 and true at 3, where the table says `modified r1`."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path, manifest(u), {"m": MODULE})
@@ -411,10 +413,10 @@ def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker
         [entry] = json.loads(r.stdout)["functions"]
         return {k: entry[k] for k in ("state", "revision", "modified", "deployed_at")}
 
-    assert listed() == {"state": "productive", "revision": None, "modified": False, "deployed_at": None}
+    assert listed() == {"state": "draft", "revision": None, "modified": False, "deployed_at": None}
     assert run_cli(root, "deploy", "alpha", env=env).returncode == 0
     facts = listed()
-    assert facts["revision"] == 1 and facts["modified"] is False, facts
+    assert facts["state"] == "productive" and facts["revision"] == 1 and facts["modified"] is False, facts
     assert isinstance(facts["deployed_at"], str) and facts["deployed_at"].endswith("Z"), facts
     (root / "functions" / "m.py").write_text(MODULE.replace("ctx.revision", "ctx.revision, 'v': 2"))
     assert listed() == {**facts, "modified": True}
