@@ -363,10 +363,18 @@ as after SIGKILL)."""
 
 
 async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
+    """One step of the stop: however it ends (late, failed), the steps after it still run."""
     try:
         await within(stopping, seconds)
     except TimeoutError:
         log.warning("stopping %s took over %.0f s: going on without it", step, seconds)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("stopping %s was cut short by a cancelled task of its own: going on without it", step)
+    except Exception:
+        log.exception("stopping %s failed: going on without it", step)
 
 
 def _start_problems(settings: Settings, code: CodeZips) -> list[str]:

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from framework.control.deployment_log import DeploymentLog
 from framework.control.log_state import LogState
-from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer
+from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer, stop_quietly
 from framework.kafka.topic_read import first_at
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
@@ -126,8 +126,7 @@ class KafkaLog(DeploymentLog):
         await cancel_and_wait([self._task])
         for client in (self._consumer, self._producer, self._prober):
             if client is not None:
-                with contextlib.suppress(KafkaError, OSError):
-                    await client.stop()
+                await stop_quietly(client)  # with the broker gone too: a stop always ends
 
     async def write(self, records: list[tuple[str, bytes | None]]) -> None:
         # A log read as missing never publishes: its reader is not on the partition to read the write back.

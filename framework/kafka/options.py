@@ -10,6 +10,7 @@ readers of the events, dead-letter, invocations and deployments topics alike.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -178,3 +179,26 @@ async def start_producer(bootstrap: str, settings: Settings, **extra: Any) -> AI
         await producer.stop()
         raise
     return producer
+
+
+async def stop_quietly(
+    client: AIOKafkaConsumer | AIOKafkaProducer, seconds: float | None = None
+) -> Exception | None:
+    """Stop `client` (within `seconds`, when given), raising nothing of its own: returns what went wrong,
+    for the caller to log or not (the error that ended a read is the one to tell). A cancellation of the
+    task stopping it still goes through.
+
+    With the broker gone, aiokafka's fetcher, closing, re-raises the CancelledError of a fetch it cancelled
+    while that fetch waited out its retry backoff. That is not a cancellation of the caller
+    (`Task.cancelling()` tells them apart), and a stop must still end: it is returned as any error is."""
+    try:
+        async with asyncio.timeout(seconds):
+            await client.stop()
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return RuntimeError(f"a fetch cancelled while the client stopped: {exc!r}")
+    except Exception as exc:
+        return exc
+    return None

@@ -51,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from framework.kafka.deadletter import DeadLetter, EventKey, classify, replay_headers, replayed_copy
-from framework.kafka.options import start_producer
+from framework.kafka.options import start_producer, stop_quietly
 from framework.kafka.topic_read import (
     Progress,
     Record,
@@ -62,7 +62,6 @@ from framework.kafka.topic_read import (
     reader_of,
     scan,
     started,
-    stop_quietly,
     topic_exists,
 )
 from framework.settings import Settings

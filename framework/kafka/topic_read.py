@@ -30,7 +30,7 @@ from typing import TypeAlias, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from framework.kafka.options import reader
+from framework.kafka.options import reader, stop_quietly
 from framework.settings import Settings
 
 READ_STALL = 30.0
@@ -74,19 +74,6 @@ async def reach(start: Awaitable[T]) -> T:
             return await start
     except (KafkaConnectionError, OSError, TimeoutError) as exc:
         raise BrokerUnreachable(why_unreachable(exc)) from exc
-
-
-async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
-    """Stop `consumer`, raising nothing of its own: the error that ended a read is the one to tell. A
-    cancellation of the task stopping it still goes through."""
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-    except Exception:  # the read's own outcome (or error) is what the caller gets
-        pass
 
 
 async def started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:

@@ -153,6 +153,27 @@ def test_broker_outage_and_return(project: Path, nodes: Callable[..., Node]) -> 
             b.stop()
 
 
+def test_a_node_stopped_while_its_broker_is_down_stops_cleanly(
+    project: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. A node on a broker of its own, ready. 2. The broker is SIGKILLed; `/readyz` turns 503 and the
+    node's Kafka clients go on retrying. 3. SIGTERM. Result: the node exits 0 within its bounds, having
+    logged its `stopped:` summary, with no traceback: every step of the stop ran, though the clients' stops
+    met fetches cancelled in their retry backoff."""
+    port = free_port()
+    own = EmbeddedBroker(port=port, log_path=LOGS / f"broker-stop-{port}.log").start()
+    try:
+        node = nodes(project, own.bootstrap).wait_ready()
+        own.kill()
+        wait_for(lambda: unready(node), timeout=15, interval=0.2, message="readyz 503 once the broker died")
+        code = node.stop(signal.SIGTERM, timeout=40)
+        out = node.tail(400)
+        assert code == 0, out
+        assert "Traceback" not in out and "stopped: " in out, out
+    finally:
+        own.stop()
+
+
 TICKER = """
 functions:
   - name: ticker

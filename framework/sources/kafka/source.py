@@ -38,7 +38,7 @@ from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.kafka.deadletter import bad_event_headers, failed_headers
-from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options
+from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options, stop_quietly
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
 from framework.observe.spans import export_event
@@ -369,10 +369,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _close_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
-            try:
-                await within(consumer.stop(), 10)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("closing the kafka consumer: %r", exc)
+            problem = await stop_quietly(consumer, 10)
+            if problem is not None:
+                log.warning("closing the kafka consumer: %r", problem)
 
     # ---- one record ----
 

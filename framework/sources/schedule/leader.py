@@ -19,7 +19,6 @@ the broker they elect a new leader after the session times out, and both fire un
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,10 +31,11 @@ from framework.kafka.options import (
     ensure_topics,
     request_timeout_ms,
     security_options,
+    stop_quietly,
 )
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import TOPIC_CONFIGS
-from framework.tasks import cancel_and_wait, within
+from framework.tasks import cancel_and_wait
 
 log = logging.getLogger("faas.scheduler.leader")
 
@@ -166,5 +166,4 @@ class KafkaElection:
             finally:
                 if consumer is not None:
                     # Leaving the group hands partition 0 over at once instead of after the session timeout.
-                    with contextlib.suppress(Exception):
-                        await within(consumer.stop(), 5)
+                    await stop_quietly(consumer, 5)

@@ -31,8 +31,8 @@ from collections.abc import Iterable
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from framework.kafka.options import start_producer
-from framework.kafka.topic_read import Record, offsets_at, partitions, reader_of, scan, started, stop_quietly
+from framework.kafka.options import start_producer, stop_quietly
+from framework.kafka.topic_read import Record, offsets_at, partitions, reader_of, scan, started
 from framework.observe.records import node_name
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
