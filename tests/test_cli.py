@@ -610,6 +610,13 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(project: Path) 
     r = faas(project, "invoke", ALPHA, "--url", "http://user:s3cret@127.0.0.1:9/")
     assert r.exit_code == 2 and "credentials in the URL are not used" in r.output, r.output
     assert "s3cret" not in r.output
+    # The option it names is the one that exists.
+    named = r.output.rsplit("with ", 1)[1].split()[0]
+    assert named == "--api-key", r.output
+    assert (
+        "no such option"
+        not in faas(project, "invoke", ALPHA, named, "k", "--url", "http://127.0.0.1:9/").output.lower()
+    )
 
 
 def test_data_from_a_closed_standard_input_is_a_usage_error(project: Path) -> None:

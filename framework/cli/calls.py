@@ -50,7 +50,9 @@ def node_url(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a URL: {exc}") from None
     if parts.username is not None or parts.password is not None:  # not echoed: it may hold a password
-        raise click.BadParameter("credentials in the URL are not used: give the node's API key with --key")
+        raise click.BadParameter(
+            "credentials in the URL are not used: give the node's API key with --api-key"
+        )
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(
             f"{value!r}: give an http or https URL with a host, e.g. http://127.0.0.1:8080"

@@ -76,6 +76,10 @@ def check_expression(cron: str, strict: bool = False) -> None:
     try:
         croniter(cron)
     except (CroniterError, ValueError, KeyError) as exc:
+        if "hash_id" in str(exc):  # croniter's wording names its own argument, which no manifest gives
+            raise ValueError(
+                f"bad cron {cron!r}: the hashed field H (Jenkins) is not supported: write the value"
+            ) from exc
         raise ValueError(f"bad cron {cron!r}: {exc}") from exc
     try:  # valid fields can still name a date that never comes, e.g. `0 0 31 2 *`
         croniter(cron, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)

@@ -79,8 +79,10 @@ def _finite(value: Any) -> Any:
 def event_type(name: str) -> str:
     """`name` as an event type (the manifest's `events`, `faas emit TYPE`, `faas new --event`); ValueError
     when it is blank."""
-    if not name.strip():
+    if not name:
         raise ValueError("an event type must not be empty")
+    if not name.strip():
+        raise ValueError("an event type must not be only whitespace")
     return name
 
 

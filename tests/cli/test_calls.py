@@ -152,7 +152,7 @@ def client(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     ("args", "option", "problem"),
     [
         (["", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type must not be empty"),
-        (["  ", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type must not be empty"),
+        (["  ", "--bootstrap", "k:1"], "EVENT_TYPE", "an event type must not be only whitespace"),
         (["\udcff", "--bootstrap", "k:1"], "EVENT_TYPE", "is not valid UTF-8"),
         (["ping", "--key", "\udcff"], "--key", "is not valid UTF-8"),
         (["ping", "--id", "id-\udcff"], "--id", "is not valid UTF-8"),

@@ -169,6 +169,11 @@ CASES: dict[str, tuple[str, int, str]] = {
     "timezone-posix": (edit(append=[*SCHEDULE, "        timezone: posix/Europe/Berlin"]), 13, "unknown"),
     "timezone-factory": (edit(append=[*SCHEDULE, "        timezone: Factory"]), 13, "unknown timezone"),
     "cron-random": (edit(append=[*SCHEDULE[:1], '      - cron: "R 9 * * *"']), 12, "random field R"),
+    "cron-hashed": (
+        edit(append=[*SCHEDULE[:1], '      - cron: "H(0-30) 9 * * *"']),
+        12,
+        "the hashed field H (Jenkins) is not supported: write the value",
+    ),
     "cron-reboot": (edit(append=[*SCHEDULE[:1], "      - cron: '@reboot'"]), 12, "the shortcuts are @yearly"),
     "schedule-key": (edit(append=[*SCHEDULE, "        every: 5"]), 13, "'schedules[0].every'"),
     "handler-form": (edit({10: "    handler: functions.mod"}), 10, "module:attribute"),

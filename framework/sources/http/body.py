@@ -114,7 +114,7 @@ class BodyReader:
             del reads[task]
         if chunks is not None:
             body = b"".join(chunks)
-        return _checked(body)
+        return _checked(body, scope)
 
     def drain_by(self, deadline: float) -> None:
         """The node is stopping: end the reads still in progress at loop time `deadline` with Overloaded,
@@ -145,16 +145,34 @@ class BodyReader:
             self._sweeper = None
 
 
-def _checked(body: bytes) -> bytes:
+def _checked(body: bytes, scope: Scope) -> bytes:
     """`body` if it is JSON (`null` when empty), else BadRequest saying what is wrong."""
     if not body:
         return NULL
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        # What went wrong is looked for only now: a valid body pays for none of it.
+        coding = _content_encoding(scope)
+        if coding is not None:
+            raise BadRequest(
+                f"body is encoded (Content-Encoding: {coding}): the node reads JSON as sent, uncompressed"
+            ) from None
+        if not body.strip():
+            raise BadRequest("body holds only whitespace: send JSON, or no body for null") from None
         try:  # orjson words bad UTF-8 as "str is not valid UTF-8: surrogates not allowed"
             body.decode()
         except UnicodeDecodeError as bad:
             raise BadRequest(f"body is not UTF-8 (byte {bad.start}): JSON must be UTF-8") from None
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     return body
+
+
+def _content_encoding(scope: Scope) -> str | None:
+    """The request's `Content-Encoding` when it is not `identity` (shown escaped), else None."""
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            shown: str = value.decode("latin-1").encode("unicode_escape").decode("ascii")
+            return shown[:100]
+    return None

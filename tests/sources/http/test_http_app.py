@@ -73,6 +73,27 @@ async def test_a_body_that_is_not_utf8_is_named_so(client: httpx.AsyncClient) ->
     )
 
 
+async def test_an_encoded_body_and_one_of_whitespace_are_named_so(client: httpx.AsyncClient) -> None:
+    """A gzip body sent with `Content-Encoding: gzip` (the node does not decode bodies), and a body of blanks.
+    Result: each 400 naming what is wrong; `Content-Encoding: identity` on plain JSON is taken."""
+    import gzip
+
+    r = await client.post(
+        f"/functions/{ECHO}/invoke", content=gzip.compress(b'{"a": 1}'), headers={"content-encoding": "gzip"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["message"] == (
+        "body is encoded (Content-Encoding: gzip): the node reads JSON as sent, uncompressed"
+    ), r.text
+    r = await client.post(f"/functions/{ECHO}/invoke", content=b" \n\t ")
+    assert r.status_code == 400 and r.json()["error"]["message"] == (
+        "body holds only whitespace: send JSON, or no body for null"
+    ), r.text
+    r = await client.post(
+        f"/functions/{ECHO}/invoke", content=b"{}", headers={"content-encoding": "identity"}
+    )
+    assert r.status_code == 200, r.text
+
+
 async def test_limit_is_inclusive(client: httpx.AsyncClient) -> None:
     at_limit = b'"' + b"x" * (LIMIT - 2) + b'"'
     assert (await client.post(f"/functions/{ECHO}/invoke", content=at_limit)).status_code == 200
@@ -246,7 +267,7 @@ async def test_a_blank_event_type_in_the_path_is_400(client: httpx.AsyncClient, 
     r = await client.post(f"/events/{event}", json={})
     body = r.json()
     assert r.status_code == 400 and set(body) == {"error"} and body["error"]["type"] == "BadRequest", body
-    assert "must not be empty" in body["error"]["message"] and r.headers["traceparent"]
+    assert "must not be only whitespace" in body["error"]["message"] and r.headers["traceparent"]
 
 
 async def test_an_event_type_whose_escapes_are_not_utf8_is_400(
