@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from framework.kafka.address import bootstrap_servers, topic_problem
@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     """Partitions of topics the node creates when they are missing."""
     queue_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     """Seconds a request may wait for a free instance before it is answered `Overloaded`."""
+    _from_files: set[str] = PrivateAttr(default_factory=set)
+    """The secret settings read from their files in the secrets folder (`_secret_files`)."""
     api_keys: SecretStr = SecretStr("")
     """Comma-separated bearer keys; when set, `/functions*` and `/events*` require one. Secret. A value that
     is set but holds no key (`,`) is refused rather than read as "no auth"."""
@@ -174,6 +176,7 @@ class Settings(BaseSettings):
                 value = _secret_file(self.secrets_path, f"FAAS_{name.upper()}")
                 if value is not None:
                     setattr(self, name, SecretStr(value))
+                    self._from_files.add(name)
         _check_keys(self.api_keys.get_secret_value(), self.keys)
         _check_distinct_topics({name: getattr(self, name) for name in TOPICS})
         return self
@@ -194,7 +197,28 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+        return _split_keys(self.api_keys.get_secret_value())
+
+    @property
+    def keys_follow_file(self) -> bool:
+        """Whether the API keys were read from the file `FAAS_API_KEYS` in the secrets folder (neither the
+        environment nor `.env` gave them): the node then follows that file's rotations."""
+        return "api_keys" in self._from_files
+
+    def keys_in_file(self) -> list[str]:
+        """The keys the file `FAAS_API_KEYS` in the secrets folder holds now; ValueError saying why there are
+        none (the file gone, unreadable, or holding no key)."""
+        value = _secret_file(self.secrets_path, "FAAS_API_KEYS")
+        if value is None:
+            raise ValueError(f"FAAS_API_KEYS is no longer in the secrets folder {self.secrets_path}")
+        keys = _split_keys(value)
+        if not keys:
+            raise ValueError("FAAS_API_KEYS holds no key (keys are separated by commas)")
+        return keys
+
+
+def _split_keys(raw: str) -> list[str]:
+    return [k.strip() for k in raw.split(",") if k.strip()]
 
 
 def _check_distinct_topics(topics: dict[str, str]) -> None:

@@ -523,17 +523,51 @@ def test_a_secrets_dir_set_to_nowhere_stops_the_start(tmp_path: Path, nodes: Sta
 
 
 def test_api_keys_from_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
-    """1. `FAAS_API_KEYS` is a file in the secrets folder. Result: calls need that key; it is never logged."""
+    """1. `FAAS_API_KEYS` is a file in the secrets folder. 2. It is replaced in one step (written beside,
+    renamed over) by another key. 3. It is replaced by a file holding no key, then removed.
+    Result: at 1 calls need that key; at 2, within 2 s, the new key is taken and the old one refused, on the
+    invoke route, the other API routes and the dashboard's session alike; at 3 the rotated key stays in force
+    (auth never turns off while running) and `/readyz` says why; no key is ever logged."""
     root, folder, _ = project(tmp_path)
     (folder / "FAAS_API_KEYS").write_text("key-from-a-file-77\n")
     n = start(nodes, root, folder, FAAS_LOG_LEVEL="DEBUG")
     assert invoke(n, READER).status_code == 401
-    r = httpx.post(
-        f"{n.url}/functions/{READER}/invoke", headers={"Authorization": "Bearer key-from-a-file-77"}
+
+    def answers(key: str) -> tuple[int, int, bool]:
+        bearer = {"Authorization": f"Bearer {key}"}
+        invoked = httpx.post(f"{n.url}/functions/{READER}/invoke", headers=bearer, timeout=30).status_code
+        listed = httpx.get(f"{n.url}/functions", headers=bearer, timeout=30).status_code
+        session = httpx.get(f"{n.url}/ui/session", headers=bearer, timeout=30).json()["key_ok"]
+        return invoked, listed, session
+
+    assert answers("key-from-a-file-77") == (200, 200, True)
+    (folder / "FAAS_API_KEYS.new").write_text("rotated-key-88, second-key-99\n")
+    (folder / "FAAS_API_KEYS.new").rename(folder / "FAAS_API_KEYS")
+    wait_for(lambda: answers("rotated-key-88") == (200, 200, True), 2, message="the rotated key in force")
+    assert answers("second-key-99") == (200, 200, True)
+    assert answers("key-from-a-file-77") == (401, 401, False)
+
+    def reasons() -> list[str]:
+        found: list[str] = httpx.get(f"{n.url}/readyz", timeout=10).json()["reasons"]
+        return found
+
+    (folder / "FAAS_API_KEYS.new").write_text(" , ,,,, \n")
+    (folder / "FAAS_API_KEYS.new").rename(folder / "FAAS_API_KEYS")
+    wait_for(
+        lambda: any(r.startswith("api keys: FAAS_API_KEYS holds no key") for r in reasons()),
+        5,
+        message=f"the keyless file named\n{n.tail()}",
     )
-    assert r.status_code == 200
+    assert answers("rotated-key-88") == (200, 200, True) and invoke(n, READER).status_code == 401
+    (folder / "FAAS_API_KEYS").unlink()
+    wait_for(
+        lambda: any("no longer in the secrets folder" in r for r in reasons()), 5, message="removal named"
+    )
+    assert answers("rotated-key-88") == (200, 200, True) and invoke(n, READER).status_code == 401
     n.stop()
-    assert "key-from-a-file-77" not in n.log.read_text()
+    log = n.log.read_text()
+    assert "API keys rotated: 2 in force" in log, log
+    assert all(key not in log for key in ("key-from-a-file-77", "rotated-key-88", "second-key-99")), log
 
 
 def test_memory_limit_on_a_real_node(tmp_path: Path, nodes: Start) -> None:

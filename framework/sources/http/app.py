@@ -36,7 +36,7 @@ from framework.invoker import EventReply, new_id
 from framework.observe import tracing
 from framework.observe.spans import export_event
 from framework.settings import Settings
-from framework.sources.http.auth import BearerAuth
+from framework.sources.http.auth import ApiKeys, BearerAuth
 from framework.sources.http.body import BodyReader
 from framework.sources.http.cloudevents import kafka_headers, receive, typed_event, typed_event_id
 from framework.sources.http.dashboard import Dashboard
@@ -388,7 +388,12 @@ class App(Starlette):
     """Starlette, with `POST /functions/{uuid}/invoke` answered before its middleware stack."""
 
     def __init__(
-        self, source: HttpSource, auth: BearerAuth | None, counters: RequestCounters, **kwargs: Any
+        self,
+        source: HttpSource,
+        auth: BearerAuth | None,
+        keys: ApiKeys,
+        counters: RequestCounters,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # A path with a trailing slash is another path: 404 in the contract's body, not an empty 307 that a
@@ -396,6 +401,8 @@ class App(Starlette):
         self.router.redirect_slashes = False
         self.source = source
         self.auth = auth
+        self.keys = keys
+        """The API keys in force (`ApiKeys.replace` rotates them); empty: the API is open."""
         self.requests = RequestMetrics(counters, self.router.routes)
 
     def drain_by(self, deadline: float) -> None:
@@ -441,7 +448,7 @@ def create_app(
     invocations: InvocationLog | None = None,
 ) -> App:
     """The Starlette app the node serves with uvicorn; `invocations` adds the routes of section 13."""
-    keys = settings.keys
+    keys = ApiKeys(settings.keys)  # one holder for every check: a rotation reaches them all
     middleware = [Middleware(BearerAuth, keys=keys)] if keys else []
     source = HttpSource(settings, invoker, schedules, readiness, metrics, deployments)
     routes = source.routes()
@@ -455,6 +462,7 @@ def create_app(
     return App(
         source,
         BearerAuth(_no_app, keys) if keys else None,
+        keys,
         metrics,
         routes=routes,
         middleware=middleware,

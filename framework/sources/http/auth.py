@@ -19,12 +19,41 @@ PROTECTED_PREFIXES = ("/functions", "/events", "/invocations")
 """Paths that need a key; health, readiness, metrics and the OpenAPI document stay open."""
 
 
+class ApiKeys:
+    """The keys in force, shared by every check of one app, so a rotation (`replace`) reaches them all at
+    once. Never empty: auth is on for the node's life once it started with keys."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.encoded = [k.encode() for k in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self.encoded)
+
+    def replace(self, keys: Iterable[str]) -> bool:
+        """Put `keys` in force (one assignment: a check in progress sees the old list or the new whole);
+        False, changing nothing, when they are the keys in force already."""
+        encoded = [k.encode() for k in keys]
+        if not encoded:
+            raise ValueError("no key: the keys in force stay (API keys are not turned off while running)")
+        if encoded == self.encoded:
+            return False
+        self.encoded = encoded
+        return True
+
+    def matches(self, token: bytes) -> bool:
+        # Compare with every key, without stopping at a match: the timing reveals nothing about the keys.
+        found = False
+        for key in self.encoded:
+            found |= hmac.compare_digest(token, key)
+        return found
+
+
 class BearerAuth:
     """Answers 401 `Unauthorized` unless `Authorization: Bearer <key>` carries one of `keys`."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys | Iterable[str]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.keys = keys if isinstance(keys, ApiKeys) else ApiKeys(keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -44,12 +73,5 @@ class BearerAuth:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and self.matches(token.strip())
+                return scheme.lower() == b"bearer" and self.keys.matches(token.strip())
         return False
-
-    def matches(self, token: bytes) -> bool:
-        # Compare with every key, without stopping at a match: the timing reveals nothing about the keys.
-        found = False
-        for key in self.keys:
-            found |= hmac.compare_digest(token, key)
-        return found

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from framework.sources.http.auth import BearerAuth
+from framework.sources.http.auth import ApiKeys, BearerAuth
 from framework.sources.http.responses import JSONResponse
 
 ASSETS = {
@@ -67,7 +67,7 @@ class Dashboard:
 
     def __init__(
         self,
-        keys: Iterable[str],
+        keys: ApiKeys | Iterable[str],
         readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
         unlisted: Iterable[str] = (),
     ) -> None:
@@ -75,8 +75,8 @@ class Dashboard:
         self.unlisted = frozenset(unlisted)
         """Route paths the session does not list: served, but with nothing the page should show (the
         invocation routes of a node with records off)."""
-        self.keys = list(keys)
-        self.auth = BearerAuth(_no_app, self.keys) if self.keys else None
+        keys = keys if isinstance(keys, ApiKeys) else ApiKeys(keys)
+        self.auth = BearerAuth(_no_app, keys) if keys else None
         self.assets = load_assets()
 
     def asset(self, name: str) -> Response:

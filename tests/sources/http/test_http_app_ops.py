@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Message
 
 from framework import __version__
-from framework.sources.http.auth import BearerAuth
+from framework.sources.http.auth import ApiKeys, BearerAuth
 from tests.sources.http_fakes import ECHO, LIMIT, UNKNOWN, FakeNode, app_for, client_for, err
 
 if TYPE_CHECKING:
@@ -65,8 +65,23 @@ def test_auth_matches_exact_bytes() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError
 
-    auth = BearerAuth(app, ["k"])
-    assert auth.matches(b"k") and not auth.matches(b"") and not auth.matches(b"K") and not auth.matches(b"kk")
+    keys = BearerAuth(app, ["k"]).keys
+    assert keys.matches(b"k") and not keys.matches(b"") and not keys.matches(b"K") and not keys.matches(b"kk")
+
+
+def test_keys_rotate_in_place_and_never_turn_off() -> None:
+    """`ApiKeys.replace`: the new keys in force for every check sharing the holder, the old ones refused;
+    the same keys again change nothing; no key at all is refused (auth stays on)."""
+    keys = ApiKeys(["old"])
+    auth = BearerAuth(lambda *_: None, keys)  # type: ignore[arg-type]
+    bearer = {"headers": [(b"authorization", b"Bearer new")]}
+    assert not auth.allowed(bearer)
+    assert keys.replace(["new", "other"]) is True and auth.allowed(bearer)
+    assert not auth.allowed({"headers": [(b"authorization", b"Bearer old")]})
+    assert keys.replace(["new", "other"]) is False
+    with pytest.raises(ValueError, match="no key"):
+        keys.replace([])
+    assert auth.allowed(bearer)
 
 
 # ---- operations ----
