@@ -22,6 +22,7 @@ So both directions go through orjson first and fall back to `json` only where or
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from typing import Any
 
@@ -33,8 +34,6 @@ _LONG_RUN = b"0" * 19
 """A run of digits long enough to hold an integer orjson reads as a float."""
 _TOO_BIG = ("Integer exceeds 64-bit range", "Dict integer key must be within 64-bit range")
 """orjson's messages when it refuses to write an integer (a value, a dict key)."""
-_STR_KEY = "Dict key must be str"
-"""orjson's message for a dict key that is not a string, without `OPT_NON_STR_KEYS`."""
 _BAD_KEY = "Dict key must a type serializable"
 """The start of orjson's message for a dict key it cannot write: its text names no type (and misses a
 word), so `json`, which can write no such key either, gives the reason instead ("... not tuple")."""
@@ -57,50 +56,81 @@ def dumps(value: Any, option: int | None = None) -> bytes:
 
     With `orjson.OPT_NON_STR_KEYS`, a dict key that is not a string is written as one (`1` as `"1"`), unless
     two keys of one dict would be written alike (`1` and `"1"`), which is refused: the JSON object would
-    hold one key twice, and a reader keeps one of the values. Only a value that has such a key pays for the
-    look (it is written twice: orjson stops at the first such key without the option)."""
+    hold one key twice, and a reader keeps one of the values. A value of string keys only is written once,
+    by orjson, as without the option; any other (a non-string key, an integer beyond 64 bits) is written
+    again and walked for such keys (`_refuse_clashing_keys`, about 0.65 us per dict or list it holds: a
+    result of 20,000 small dicts takes 15 ms where orjson alone takes 2 ms; a small dict, 2.4 us where
+    orjson takes 0.2)."""
     if option is None or not option & orjson.OPT_NON_STR_KEYS:
         return _dumps(value, option)
     try:
-        return _dumps(value, option & ~orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError as exc:
-        if not str(exc).startswith(_STR_KEY):
-            raise
+        return orjson.dumps(value, option=option & ~orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        pass  # a non-string key, an integer beyond 64 bits, or no JSON at all: the slow path tells which
     body = _dumps(value, option)
     _refuse_clashing_keys(value)
     return body
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+"""Types that hold no dict: not pushed on the walk's stack."""
+_KEY_TEXT: dict[Any, str] = {True: "true", False: "false", None: "null"}
+"""Keys whose JSON text is not their `str`."""
+
+
 def _refuse_clashing_keys(value: Any) -> None:
-    """Raise orjson.JSONEncodeError naming two keys of one dict in `value` that are written alike. Only
-    called on values written already, so they hold no cycle; its own stack, so depth costs no frames."""
+    """Raise orjson.JSONEncodeError naming two keys of one dict in `value` that are written alike, in the
+    containers orjson writes (dicts, lists, tuples, enums' values, dataclasses' members as orjson picks
+    them). Only called on values written already, so they hold no cycle; its own stack, so depth costs no
+    frames."""
     stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    leaves = _LEAVES
     while stack:
-        v = stack.pop()
+        v = pop()
         if isinstance(v, dict):
-            stack.extend(v.values())
+            extend([item for item in v.values() if type(item) not in leaves])
             if all(type(k) is str for k in v):
                 continue
             written: dict[str, Any] = {}
             for key in v:
-                text = key if type(key) is str else _key_text(key)
+                kind = type(key)
+                if kind is str:
+                    text = key
+                elif kind is int:
+                    text = str(key)
+                elif key is None or kind is bool:
+                    text = _KEY_TEXT[key]
+                else:
+                    text = _key_text(key)
                 if text in written:
                     raise orjson.JSONEncodeError(
                         f"dict keys {written[text]!r} and {key!r} are both written as the JSON key {text!r}"
                     )
                 written[text] = key
         elif isinstance(v, list | tuple):
-            stack.extend(v)
+            extend([item for item in v if type(item) not in leaves])
+        elif isinstance(v, enum.Enum):
+            push(v.value)
         elif dataclasses.is_dataclass(v) and not isinstance(v, type):
-            stack.extend(getattr(v, f.name) for f in dataclasses.fields(v))
+            extend(_members(v))
+
+
+def _members(instance: Any) -> list[Any]:
+    """What orjson writes of a dataclass instance: its `__dict__` (attributes set after `__init__`
+    included), else its fields; never a name starting with `_`."""
+    attributes: dict[str, Any] | None = getattr(instance, "__dict__", None)
+    if attributes is not None:
+        return [item for name, item in attributes.items() if not name.startswith("_")]
+    return [getattr(instance, f.name) for f in dataclasses.fields(instance) if not f.name.startswith("_")]
 
 
 def _key_text(key: Any) -> str:
-    """The JSON text of a dict key that is not a string, as `dumps` writes it."""
+    """The JSON text of a dict key that is not a string, an int, a bool or None, as `dumps` writes it."""
     one = {key: None}
     try:
         written = orjson.loads(orjson.dumps(one, option=orjson.OPT_NON_STR_KEYS))
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits: `json` writes it
+    except orjson.JSONEncodeError:  # an integer subclass beyond 64 bits: `json` writes it
         written = json.loads(json.dumps(one))
     return str(next(iter(written)))
 

@@ -73,3 +73,27 @@ def test_non_string_keys_written_alike_are_refused() -> None:
         json_exact.dumps({1: "a", "2": {None: 3, 1.5: 4}}, option=opt) == b'{"1":"a","2":{"null":3,"1.5":4}}'
     )
     assert json_exact.dumps({"1": {"1": 1}}, option=opt) == b'{"1":{"1":1}}'
+
+
+def test_clashing_keys_are_looked_for_where_orjson_writes_and_only_there() -> None:
+    """A clash in a dataclass attribute set after `__init__` (orjson writes `__dict__`) and one after an
+    integer beyond 64 bits (written by `json`) are refused; one in a dataclass field starting with `_`
+    (orjson leaves it out) is not, and the value is written as before."""
+    opt = orjson.OPT_NON_STR_KEYS
+
+    @dataclasses.dataclass
+    class Later:
+        m: dict[object, int]
+
+        def __post_init__(self) -> None:
+            self.extra = {1: 1, "1": 2}
+
+    @dataclasses.dataclass
+    class Private:
+        m: dict[object, int]
+        _cache: dict[object, int]
+
+    for value in (Later({1: 1}), {"id": BIG, "by_day": {1: "a", "1": "b"}}):
+        with pytest.raises(orjson.JSONEncodeError, match="dict keys 1 and '1' are both written"):
+            json_exact.dumps(value, option=opt)
+    assert json_exact.dumps(Private({1: 1}, {1: 1, "1": 2}), option=opt) == b'{"m":{"1":1}}'

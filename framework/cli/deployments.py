@@ -257,7 +257,7 @@ def undeploy(settings: Settings, names: tuple[str, ...], message: str | None) ->
         # Every NAME is found first: a mistyped one undeploys none of the others (as `deploy` publishes
         # nothing when one NAME is unknown), rather than taking some out of service and exiting 1.
         found = {name: _uuid_of(log.state, None, name) for name in elsewhere}
-        unknown = ["!" + _unknown(settings, name) for name, uuid in found.items() if uuid is None]
+        unknown = ["!" + _unknown(settings, name, log.state) for name, uuid in found.items() if uuid is None]
         if unknown:
             return [*unknown, "!nothing undeployed"], []
         lines: list[str] = []
@@ -337,7 +337,7 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
     async def publish(log: KafkaLog) -> str:
         found = _uuid_of(log.state, uuid, fn)
         if found is None:
-            return "!" + _unknown(settings, fn)
+            return "!" + _unknown(settings, fn, log.state)
         kept = log.state.kept(found)
         if not kept:
             return f"!{fn}: no revisions kept"
@@ -415,13 +415,28 @@ def _uuid_of(state: LogState, uuid: str | None, name: str) -> str | None:
         rev for known in state.revisions if (rev := state.newest(known)) is not None and rev.function == name
     ]
     named.sort(key=lambda rev: (rev.action == "deploy", state.order.get(rev.key, -1)))
-    if not named:  # renamed since: the function a kept revision last gave this name
-        named = [rev for known in state.revisions for rev in state.kept(known)[1:] if rev.function == name]
-        named.sort(key=lambda rev: state.order.get(rev.key, -1))
     return named[-1].uuid.lower() if named else None
 
 
-def _unknown(settings: Settings, name: str) -> str:
+def _renamed(state: LogState, name: str) -> Revision | None:
+    """The newest revision of the function a kept revision last gave the name `name`, which it no longer
+    has (renamed since); None when no kept revision had it."""
+    had = [rev for known in state.revisions for rev in state.kept(known)[1:] if rev.function == name]
+    if not had:
+        return None
+    last = max(had, key=lambda rev: state.order.get(rev.key, -1))
+    return state.newest(last.uuid)
+
+
+def _unknown(settings: Settings, name: str, state: LogState | None = None) -> str:
+    """The refusal of a NAME neither the manifest nor the log knows; one a function had before a rename
+    names the function's name now (acting on it by an old name could take down or rename what a script
+    never meant)."""
+    now = None if state is None else _renamed(state, name)
+    if now is not None:
+        return (
+            f"no function is named {name!r} now: function {now.uuid} had that name, and is {now.function!r}"
+        )
     return f"no function named {name!r} in {settings.manifest} or the deployment log"
 
 
@@ -433,6 +448,11 @@ def _kept(settings: Settings, name: str) -> list[Revision]:
 
     async def read(log: KafkaLog) -> list[Revision] | None:
         found = _uuid_of(log.state, uuid, fn)
+        if found is None:  # reading only: a name given up in a rename shows that function's history
+            renamed = _renamed(log.state, fn)
+            if renamed is not None:
+                click.echo(f"{fn}: renamed since, now {renamed.function}", err=True)
+                found = renamed.uuid
         return None if found is None else log.state.kept(found)
 
     try:
@@ -441,8 +461,6 @@ def _kept(settings: Settings, name: str) -> list[Revision]:
         fail(str(exc))
     if kept is None:
         fail(_unknown(settings, name))
-    if uuid is None and kept and name not in (kept[0].function, kept[0].uuid.lower()):
-        click.echo(f"{name}: renamed since, now {kept[0].function}", err=True)
     return kept
 
 

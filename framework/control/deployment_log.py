@@ -5,9 +5,9 @@ records through the topic; `MemoryLog` is the same log in the node's memory, for
 
 - A write is done when read back: `publish` writes the code record, waits for its acknowledgement, then
   the revision record, reads the log back to check that the revision is its own, then writes the
-  tombstone of revision n-5, and (when following) waits until the follower has applied them, so the
-  caller sees its own write;
-- tombstones forget: the newest `KEPT` revisions of each function stay.
+  tombstone of revision n-5 (and of the code records only the forgotten revisions used), and (when
+  following) waits until the follower has applied them, so the caller sees its own write;
+- tombstones forget: the newest `KEPT` revisions of each function stay, and the code records they use.
 
 Concurrent publishers (two `faas deploy` at once, two watching nodes) cannot lock a topic, and the last record
 of a key wins, so two that pick the same number would both be told "revision N deployed" while N holds one of
@@ -196,6 +196,14 @@ class DeploymentLog:
                 for i, contest in contests.items():
                     rev, mine = contest.rev, values[i]
                     first = contest.winner()
+                    if first is None and self._code_forgotten(rev, items[i][1]):
+                        # A rival forgot its code (`_orphans`) between our look and our write: again.
+                        tried[i].append(rev.revision)
+                        pending.append(i)
+                        log.info(
+                            "%s: its code record was forgotten meanwhile: publishing again", rev.function
+                        )
+                        continue
                     if first is None:
                         why = "readers refused it: see the warning naming its key"
                         if not any(value == mine for value, _ in contest.seen):
@@ -251,6 +259,10 @@ class DeploymentLog:
                 codes[code_key(sha)] = code
         return list(codes.items())
 
+    def _code_forgotten(self, rev: Revision, code: bytes | None) -> bool:
+        """Whether `rev` was refused for lacking a code record this publisher holds and can write again."""
+        return rev.action == "deploy" and code is not None and rev.code_sha256 not in self.state.codes
+
     def _held(self, rev: Revision) -> Revision | None:
         """The revision the log holds under `rev`'s key, whoever wrote it."""
         return self.state.revisions.get(rev.uuid.lower(), {}).get(rev.revision)
@@ -267,8 +279,9 @@ class DeploymentLog:
     async def _forget_old(self, won: list[Revision]) -> None:
         """Tombstone, for each revision in `won` (each read back as ours), revision n-KEPT and any older one
         held beyond the newest KEPT, never one of those: written only for a number known to be ours, so a
-        loser never forgets one."""
+        loser never forgets one. Then the code records only those forgotten revisions used (`_orphans`)."""
         records: list[tuple[str, bytes | None]] = []
+        forgotten: list[Revision] = []
         for rev in won:
             # n - KEPT, and any held beyond the newest KEPT (one a race left: numbered, then not
             # tombstoned); never one of the newest KEPT held, so a gap in the numbers (a hand-written
@@ -279,9 +292,29 @@ class DeploymentLog:
             if rev.revision > KEPT and rev.revision - KEPT not in newest:
                 old.add(rev.revision - KEPT)
             records += [(revision_key(rev.uuid, n), None) for n in sorted(old)]
+            forgotten += [r for r in kept if r.revision in old]
+        records += [(code_key(sha), None) for sha in self._orphans(forgotten)]
         if records:
             await self.write(records)
             await self.catch_up()
+
+    def _orphans(self, forgotten: list[Revision]) -> list[str]:
+        """The code records of `forgotten` revisions that no other kept revision (of any function) uses:
+        without their tombstones the log, which every node reads whole at start, would grow by a zip per
+        change for ever. Only codes of revisions forgotten now: a code record written for a revision not
+        numbered yet (a rival publisher's) is never one of them. A rival that found such a code on the
+        log, and so did not write it again, is refused its revision; it publishes again, code first
+        (`publish_all`)."""
+        gone = {(r.uuid.lower(), r.revision) for r in forgotten}
+        used = {
+            r.code_sha256
+            for uuid, numbers in self.state.revisions.items()
+            for n, r in numbers.items()
+            if (uuid, n) not in gone
+        }
+        return sorted(
+            {r.code_sha256 for r in forgotten if r.code_sha256 is not None} - used & self.state.codes
+        )
 
     def _claims(self, candidate: Revision) -> bool:
         """Whether `candidate` is a deploy taking a held name (`LogState.claims`): written last."""

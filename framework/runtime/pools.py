@@ -146,20 +146,24 @@ class Runtime:
         if not pool.instances:
             pool.start(warm=True)
         targets = [i for i in pool.instances if not i.dead]
+
         # Each warm-up is an invocation of its own, at the root of a trace of its own (nothing triggered it).
-        spans = [tracing.start() for _ in targets]
-        calls = [
-            Invocation(str(uuid.uuid4()), "warmup", None, b"null", None, span.traceparent) for span in spans
-        ]
-        results = await asyncio.gather(
-            *(pool.call_on(i, inv) for i, inv in zip(targets, calls, strict=True)), return_exceptions=True
-        )
-        if ended is not None:
-            for span, inv, result in zip(spans, calls, results, strict=True):
-                if isinstance(result, BaseException):
-                    ended(spec, inv, span, result, None)
-                else:
-                    ended(spec, inv, span, None, result)
+        async def warm(instance: InstanceHandle) -> InvokeResult:
+            span = tracing.start()
+            inv = Invocation(str(uuid.uuid4()), "warmup", None, b"null", None, span.traceparent)
+            failure: BaseException | None = None
+            result: InvokeResult | None = None
+            try:
+                result = await pool.call_on(instance, inv)
+                return result
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:  # each its own end: a slow instance's warm-up does not stretch the others' spans
+                if ended is not None:
+                    ended(spec, inv, span, failure, result)
+
+        results = await asyncio.gather(*(warm(i) for i in targets), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors and len(errors) == len(results):
             raise errors[0]

@@ -292,8 +292,10 @@ def test_history_by_a_name_given_up_in_a_rename_finds_the_function(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
     """1. Deploy alpha. 2. Rename it beta in the manifest (the same uuid) and deploy beta. 3. `faas history
-    alpha`. Result: the function's two revisions, beta's live, and a line on stderr naming its name now;
-    `faas history gamma` (never a name) still exits 1."""
+    alpha`. 4. `faas undeploy alpha`, `faas rollback alpha`. Result: 3 lists the function's two revisions,
+    beta's live, with a line on stderr naming its name now; 4 exits 1 naming beta and changes nothing (an
+    old name in a script must not take down or rename the function); `faas history gamma` (never a name)
+    still exits 1."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
     env = env_for(broker.bootstrap, topic)
@@ -305,6 +307,12 @@ def test_history_by_a_name_given_up_in_a_rename_finds_the_function(
     kept = [(rev["uuid"], rev["revision"], rev["function"], rev["live"]) for rev in json.loads(r.stdout)]
     assert kept == [(u, 2, "beta", True), (u, 1, "alpha", False)], kept
     assert r.stderr.strip() == "alpha: renamed since, now beta", r.stderr
+    for verb in ("undeploy", "rollback"):
+        r = run_cli(a, verb, "alpha", env=env)
+        assert r.returncode == 1, (verb, r.stdout, r.stderr)
+        assert f"no function is named 'alpha' now: function {u} had that name, and is 'beta'" in r.stderr
+    r = run_cli(a, "history", "beta", "--json", env=env)
+    assert [(rev["revision"], rev["live"]) for rev in json.loads(r.stdout)] == [(2, True), (1, False)]
     r = run_cli(a, "history", "gamma", env=env)
     assert r.returncode == 1 and "no function named 'gamma'" in r.stderr, r.stderr
 

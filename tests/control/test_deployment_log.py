@@ -301,6 +301,54 @@ async def test_a_gap_inside_the_newest_five_forgets_none_of_them() -> None:
     assert [k for k, v in log.written if v is None] == [f"rev:{a}:1"]
 
 
+async def test_a_code_record_is_forgotten_with_the_last_kept_revision_using_it() -> None:
+    """1. alpha published six times with codes c1..c6 (revision 1 falls out); beta uses c2. 2. alpha's
+    revision 7 (c7): revision 2 falls out. 3. alpha's revision 8 goes back to c4; revision 3 falls out.
+    Result: 1 tombstones c1 (nothing kept uses it); 2 tombstones no code (beta's revision uses c2); 3
+    tombstones c3, and c4 stays (revisions 4 and 8 use it). The log then holds exactly the codes its kept
+    revisions use."""
+    a, b = new_id(), new_id()
+    codes = {i: package(MODULE + f"# {i}\n") for i in range(1, 8)}
+    log = Recording(LogState())
+    await log.publish(revision(b, "beta", codes[2]), codes[2])
+    for i in range(1, 6):
+        await log.publish(revision(a, "alpha", codes[i], i), codes[i])
+    log.written.clear()
+    await log.publish(revision(a, "alpha", codes[6], 6), codes[6])
+    assert [k for k, v in log.written if v is None] == [f"rev:{a}:1", code_key(sha256(codes[1]))]
+    log.written.clear()
+    await log.publish(revision(a, "alpha", codes[7], 7), codes[7])
+    assert [k for k, v in log.written if v is None] == [f"rev:{a}:2"]
+    log.written.clear()
+    (rev, new) = await log.publish(revision(a, "alpha", codes[4], 8), codes[4])
+    assert (rev.revision, new) == (8, True)
+    assert [k for k, v in log.written if v is None] == [f"rev:{a}:3", code_key(sha256(codes[3]))]
+    used = {r.code_sha256 for uuid in (a, b) for r in log.state.kept(uuid)}
+    assert log.state.codes == used == {sha256(codes[i]) for i in (2, 4, 5, 6, 7)}
+
+
+async def test_a_code_forgotten_under_a_publisher_is_written_again() -> None:
+    """1. alpha's revision 1 uses code X, which is on the log. 2. A publisher of beta with code X looks at
+    the log (X is there: no code record to write), and before its revision record lands a rival forgets X
+    (its tombstone). Result: readers refuse that revision record (no code), so the publisher writes X
+    again and its revision after it: beta is published, served with X, and the log holds X."""
+    a, b, code = new_id(), new_id(), package(MODULE)
+    log = Recording(LogState())
+    await log.publish(revision(a, "alpha", code), code)
+    forget = [(code_key(sha256(code)), None)]
+
+    async def rival_first(records: list[tuple[str, bytes | None]]) -> None:
+        if forget and any(key.startswith(f"rev:{b}:") for key, _ in records):
+            await MemoryLog.write(log, [forget.pop()])
+        await Recording.write(log, records)
+
+    log.write = rival_first  # type: ignore[method-assign]
+    (rev, new) = await log.publish(revision(b, "beta", code), code)
+    assert (rev.uuid, rev.revision, new) == (b, 1, True)
+    assert log.state.live()[b].code_sha256 == sha256(code) and sha256(code) in log.state.codes
+    assert [k for k, _ in log.written].count(code_key(sha256(code))) == 2  # alpha's, then again for beta
+
+
 class Recording(MemoryLog):
     """A log in memory that keeps what was written."""
 

@@ -28,7 +28,6 @@ from tests.support import (
     LOGS,
     Node,
     Record,
-    consume,
     new_id,
     produce,
     run_cli,
@@ -73,6 +72,21 @@ def served(n: Node, uuid: str) -> dict[str, Any] | None:
 def entry(n: Node, uuid: str) -> dict[str, Any]:
     functions = httpx.get(f"{n.url}/functions", timeout=10).json()["functions"]
     return next(f for f in functions if f["uuid"] == uuid)
+
+
+def held_codes(n: Node, uuid: str) -> set[str]:
+    """The code record keys the kept revisions of `uuid` use."""
+    revs = httpx.get(f"{n.url}/functions/{uuid}/revisions", timeout=10).json()["revisions"]
+    return {f"code:{x['code_sha256']}" for x in revs}
+
+
+def live_code_keys(bootstrap: str, n: Node) -> set[str]:
+    """The code record keys whose last record on the deployment log is not a tombstone: what a reader of
+    the compacted log keeps."""
+    last: dict[str, object] = {}
+    for r in topic_now(bootstrap, n.deployments):
+        last[r["key"].decode()] = r["value"]
+    return {k for k, v in last.items() if k.startswith("code:") and v is not None}
 
 
 def kept(n: Node, uuid: str) -> list[int]:
@@ -139,9 +153,10 @@ def test_seven_deploys_keep_five_and_rollback_is_a_revision(
 ) -> None:
     """1. Node (watch off) serving alpha v0 as revision 1. 2. Edit and `faas deploy` six times (v1..v6).
     3. `faas history`, `faas rollback alpha --to 4`, `faas rollback alpha --to 1`.
-    Result: revisions 3..7 are kept (the log holds tombstones for 1 and 2); history lists them newest
-    first with 7 live; the rollback is revision 8 with revision 4's code (v3) and rollback_of 4, served;
-    rolling back to 1 (not kept) exits 1 naming the kept ones.
+    Result: revisions 3..7 are kept (the log holds tombstones for 1 and 2, and for their code records,
+    which no kept revision uses); history lists them newest first with 7 live; the rollback is revision 8
+    with revision 4's code (v3) and rollback_of 4, served, and the log then holds the code records of the
+    kept revisions only; rolling back to 1 (not kept) exits 1 naming the kept ones.
     """
     u = new_id()
     root = write_project(tmp_path / "p", manifest(u), {"m": module("v0")})
@@ -154,9 +169,12 @@ def test_seven_deploys_keep_five_and_rollback_is_a_revision(
     assert "alpha: revision 7 deployed" in deploy(root, env, "alpha", "-m", "cut 6")
     wait_for(lambda: served(n, u) == {"v": "v6", "rev": 7}, 10, message="revision 7 served")
     assert kept(n, u) == [7, 6, 5, 4, 3]
-    records = consume(broker.bootstrap, n.deployments, 100, timeout=5)
+    records = topic_now(broker.bootstrap, n.deployments)
     tombstones = {r["key"].decode() for r in records if r["value"] is None}
-    assert tombstones == {f"rev:{u}:1", f"rev:{u}:2"}
+    assert {k for k in tombstones if k.startswith("rev:")} == {f"rev:{u}:1", f"rev:{u}:2"}
+    forgotten_codes = {k for k in tombstones if k.startswith("code:")}
+    assert len(forgotten_codes) == 2 and not forgotten_codes & held_codes(n, u), (forgotten_codes, records)
+    assert live_code_keys(broker.bootstrap, n) == held_codes(n, u)
     r = run_cli(root, "history", "alpha", env=env)
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines()[1:] if line.strip()]
@@ -168,8 +186,9 @@ def test_seven_deploys_keep_five_and_rollback_is_a_revision(
     assert r.returncode == 0 and "revision 8 deployed (rollback of revision 4)" in r.stdout, r.stderr
     wait_for(lambda: served(n, u) == {"v": "v3", "rev": 8}, 10, message="the rollback served")
     revs = httpx.get(f"{n.url}/functions/{u}/revisions", timeout=10).json()["revisions"]
-    assert (revs[0]["rollback_of"] == 4 and revs[0]["code_sha256"] == revs[-1 - 0]["code_sha256"]) or True
+    assert revs[0]["rollback_of"] == 4
     assert revs[0]["code_sha256"] == next(x for x in revs if x["revision"] == 4)["code_sha256"]
+    assert live_code_keys(broker.bootstrap, n) == held_codes(n, u)  # revision 3's code (v2) forgotten too
     r = run_cli(root, "rollback", "alpha", "--to", "1", env=env)
     assert r.returncode == 1 and "revision 1 is not kept (kept: 8, 7, 6, 5, 4)" in r.stderr, r.stderr
     assert served(n, u) == {"v": "v3", "rev": 8}

@@ -21,7 +21,8 @@ PROTECTED_PREFIXES = ("/functions", "/events", "/invocations")
 
 class ApiKeys:
     """The keys in force, shared by every check of one app, so a rotation (`replace`) reaches them all at
-    once. Never empty: auth is on for the node's life once it started with keys."""
+    once. Empty for a node started without keys (the API is open); a rotation never empties it: auth stays
+    on for the node's life once it started with keys."""
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.encoded = [k.encode() for k in keys]
