@@ -16,7 +16,6 @@ import signal
 import socket
 import threading
 from collections.abc import Awaitable, Iterator
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -40,7 +39,7 @@ from framework.observe.records import InvocationRecords, node_name
 from framework.runtime.pools import Runtime
 from framework.settings import Settings
 from framework.sources.http.app import App, create_app
-from framework.sources.http.auth import ApiKeys
+from framework.sources.http.key_file import KeyFile
 from framework.sources.http.listen import BindError, bind, protocol
 from framework.sources.kafka.source import KafkaSource
 from framework.sources.schedule.scheduler import Scheduler
@@ -99,10 +98,8 @@ class Node:
         self.started = False
         self.watcher: ManifestWatcher | None = None
         self._rechecks: set[asyncio.Task[None]] = set()
-        self.api_keys: ApiKeys | None = None
-        """The HTTP API's keys in force, once the app is made (rotated by `_follow_api_keys`)."""
-        self.keys_problem: str | None = None
-        """Why the file `FAAS_API_KEYS` was not put in force, while that holds (on `/readyz`)."""
+        self.key_file: KeyFile | None = None
+        """The HTTP API's keys, following their file (once the app is made)."""
 
     @property
     def registry(self) -> Registry:
@@ -125,8 +122,8 @@ class Node:
         ready = not reasons
         reasons.extend(readiness_reasons(self.registry.functions, self.runtime.secrets))
         reasons.extend(self.deployments.problems() if self.deployments else [])
-        if self.keys_problem is not None:
-            reasons.append(f"api keys: {self.keys_problem}")
+        if self.key_file is not None and self.key_file.problem is not None:
+            reasons.append(f"api keys: {self.key_file.problem}")
         body: dict[str, Any] = {
             "ready": ready,
             "reasons": reasons,
@@ -168,33 +165,12 @@ class Node:
         """The secrets folder changed: fresh instances where values changed; and a manifest edit rejected
         for a missing secret is checked again, since adding the file may be what makes it valid."""
         self.runtime.refresh_secrets()
-        self._follow_api_keys()
+        if self.key_file is not None:
+            self.key_file.check()
         if event and self.manifest_errors and self.watcher is not None:
             task = asyncio.get_running_loop().create_task(self.watcher.reload())
             self._rechecks.add(task)
             task.add_done_callback(self._rechecks.discard)
-
-    def _follow_api_keys(self) -> None:
-        """Keys read from the file `FAAS_API_KEYS` follow it: a rotation is in force at once, for every
-        request after it. A file gone, unreadable or holding no key leaves the keys in force (auth never
-        turns off while running), and so does a file that appears on a node started without keys (the API
-        stays open until a restart): each is logged once and named on `/readyz`."""
-        if self.api_keys is None:
-            return
-        problem: str | None = None
-        if self.api_keys and self.settings.keys_follow_file:
-            try:
-                if self.api_keys.replace(self.settings.keys_in_file()):
-                    log.info("API keys rotated: %d in force", len(self.api_keys.encoded))
-            except ValueError as exc:
-                problem = f"{exc}: the keys in force stay"
-        elif not self.api_keys and _exists(self.settings.secrets_path / "FAAS_API_KEYS"):
-            problem = (
-                "FAAS_API_KEYS appeared in the secrets folder: the API stays open until the node restarts"
-            )
-        if problem is not None and problem != self.keys_problem:
-            log.error("%s", problem)
-        self.keys_problem = problem
 
     def reject_manifest(self, errors: list[str]) -> None:
         self.manifest_errors = errors
@@ -265,7 +241,7 @@ class Node:
             self.deployments,
             self.records,
         )
-        self.api_keys = app.keys
+        self.key_file = KeyFile(self.settings, app.keys)
         config = uvicorn.Config(
             app,
             host=self.settings.http_host,
@@ -392,13 +368,6 @@ STOP_MARGIN = 10.0
 """Seconds a stop step may run past its own grace before the node goes on without it: a stop never hangs
 (a step that hangs is logged by name; what it left is redone by Kafka's redelivery or lost with the process,
 as after SIGKILL)."""
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a folder that cannot be searched: nothing to say of the file
-        return False
 
 
 async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
