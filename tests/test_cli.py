@@ -298,8 +298,10 @@ def test_invoke_url_against_a_real_node(project: Path, nodes: Callable[..., Node
     n = nodes(project, None, kafka=False, env=keys).wait_ready()
     r = run_cli(project, "invoke", "alpha", "--url", n.url, "--data", "[1]", env=keys)
     assert r.returncode == 0 and r.stdout == "[1]\n", r.stderr
-    r = run_cli(project, "invoke", "alpha", "--url", n.url, "--api-key", "k2", "--data", '{"b": 2}')
-    assert r.returncode == 0 and json.loads(r.stdout) == {"b": 2}, r.stderr
+    r = run_cli(project, "invoke", "alpha", "--url", n.url, "--api-key", "k2", "--data", '{"b": 2, "c": "é"}')
+    assert r.returncode == 0 and r.stdout == '{"b":2,"c":"é"}\n', r.stderr  # compact, as a local run prints
+    local = run_cli(project, "invoke", "alpha", "--data", '{"b": 2, "c": "é"}')
+    assert local.returncode == 0 and local.stdout == r.stdout, (local.stdout, local.stderr)
     r = run_cli(project, "invoke", "alpha", "--url", n.url, "--api-key", "wrong")
     assert r.returncode == 1 and "Unauthorized" in r.stderr, r.stderr
     r = run_cli(project, "invoke", "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02", "--url", n.url, env=keys)

@@ -143,7 +143,8 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
             name_or_uuid.lower() if looks_like_uuid(name_or_uuid) else _served_uuid(base, name_or_uuid, key)
         )
         body = _call(f"{base}/functions/{target}/invoke", data, key)
-        click.echo(json.dumps(body.get("result") if isinstance(body, dict) else body))
+        # As a local run prints it: the result alone, compact, as the instance wrote it.
+        click.echo(json_exact.dumps(body.get("result") if isinstance(body, dict) else body).decode())
         return
     spec = Registry(load(settings, check_handlers=False)).find(name_or_uuid)
     if spec is None:

@@ -42,6 +42,7 @@ class _Minute:
 
 
 def _percentile(bins: list[int], count: int, longest: float, q: float) -> float | None:
+    """The `q` quantile in milliseconds, rounded to the microsecond (as records' `duration_ms` are)."""
     if count == 0:
         return None
     rank = max(1, math.ceil(q * count))
@@ -49,8 +50,8 @@ def _percentile(bins: list[int], count: int, longest: float, q: float) -> float 
     for i, n in enumerate(bins):
         seen += n
         if seen >= rank:
-            return min(BOUNDS[i], longest) if i < len(BOUNDS) else longest
-    return longest
+            return round(min(BOUNDS[i], longest) if i < len(BOUNDS) else longest, 3)
+    return round(longest, 3)
 
 
 def _summary(bins: list[int], count: int, failures: int, longest: float) -> dict[str, Any]:

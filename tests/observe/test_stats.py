@@ -51,3 +51,14 @@ def test_book_gives_zeros_for_a_function_that_never_ran() -> None:
     empty = book.of("u2", "two", T0)
     assert empty["count"] == 0 and empty["function"] == "two" and len(empty["minutes"]) == WINDOW_MINUTES
     assert book.of("u1", "renamed", T0)["count"] == 0  # a renamed function starts a fresh history
+
+
+def test_percentiles_are_rounded_to_the_microsecond() -> None:
+    """A longest duration of many decimals caps p99: it is given to the microsecond, as records give
+    `duration_ms`, not as the float it was measured as."""
+    s = FunctionStats("u", "f")
+    s.observe(T0, 0.25, ok=True)
+    s.observe(T0, 0.6996709998929873, ok=True)
+    snap = s.snapshot(T0)
+    assert snap["p99_ms"] == 0.7 and snap["minutes"][-1]["p99_ms"] == 0.7
+    assert all(round(v, 3) == v for v in (snap["p50_ms"], snap["p99_ms"]))
