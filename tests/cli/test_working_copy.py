@@ -19,7 +19,7 @@ functions: []
 
 @pytest.mark.parametrize(
     ("event", "problem"),
-    [("", "must not be empty"), (" ", "must not be empty"), ("\udcff", "is not valid UTF-8")],
+    [("", "must not be empty"), (" ", "must not be only whitespace"), ("\udcff", "is not valid UTF-8")],
 )
 def test_new_refuses_an_event_type_no_event_can_have(tmp_path: Path, event: str, problem: str) -> None:
     """`faas new ok1 --event EVENT` with an empty type (a CloudEvent's type is never empty) or command-line
