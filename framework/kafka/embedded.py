@@ -25,6 +25,8 @@ START_TIMEOUT = 20.0
 ANSWER_TIMEOUT = 5.0
 """Seconds a listener has to answer `speaks_kafka`. A broker answers in milliseconds; the margin is for a
 loaded machine, and only a listener that is not Kafka (silent, or waiting for more bytes) waits it out."""
+CLUSTER_ID_PREFIX = "faas-embedded-"
+"""The start of every embedded broker's cluster id: how a client tells it talks to one (`kafka/group.py`)."""
 API_VERSIONS = 18
 """The Kafka API key of ApiVersions, the first request every client sends (version 0 is never retired)."""
 UNSUPPORTED_VERSION = 35
@@ -152,7 +154,7 @@ class EmbeddedBroker:
             # A new id at each start: it keeps nothing, and a node that outlives it tells the new broker
             # from the old one by the id (kafka/probe.py), not by which topics happen to exist yet.
             "--cluster-id",
-            f"faas-embedded-{secrets.token_hex(4)}",
+            f"{CLUSTER_ID_PREFIX}{secrets.token_hex(4)}",
         ]
 
     def start(self, timeout: float = START_TIMEOUT) -> EmbeddedBroker:

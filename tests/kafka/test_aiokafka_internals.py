@@ -54,3 +54,14 @@ def test_the_rejoin_the_source_asks_for_after_a_broker_restart_exists() -> None:
     from aiokafka.consumer.group_coordinator import GroupCoordinator
 
     assert _params(GroupCoordinator.request_rejoin) == ["self"]
+
+
+def test_the_leave_step_a_silent_stop_replaces_exists() -> None:
+    """`kafka/group.py` replaces the coordinator's `_maybe_leave_group` (awaited by `close`, itself by the
+    consumer's `stop`) and calls `reset_generation`, and asks for the cluster id on `AIOKafkaClient.send`."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert inspect.iscoroutinefunction(GroupCoordinator._maybe_leave_group)
+    assert "_maybe_leave_group" in inspect.getsource(GroupCoordinator.close)
+    assert _params(GroupCoordinator.reset_generation) == ["self"]
+    assert inspect.iscoroutinefunction(AIOKafkaClient.send)

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from framework.errors import BadEvent
 from framework.invoker import EventReply
-from framework.kafka import cloudevents
+from framework.kafka import cloudevents, group
 from framework.kafka.deadletter import bad_event_headers, failed_headers
 from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options, stop_quietly
 from framework.kafka.probe import BrokerProbe
@@ -369,6 +369,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _close_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
+            known = self.probe.cluster_id
+            await group.before_stop(consumer, None if known is None else group.is_embedded(known))
             problem = await stop_quietly(consumer, 10)
             if problem is not None:
                 log.warning("closing the kafka consumer: %r", problem)

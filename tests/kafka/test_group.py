@@ -1,0 +1,83 @@
+"""`framework/kafka/group.py`: group consumers on the embedded broker stop without LeaveGroup, on a broker
+of this test's own (the bug it avoids leaves a group unjoinable for as long as the broker runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from framework.kafka import group
+from framework.kafka.embedded import EmbeddedBroker
+from tests.support import LOGS, run_async
+
+SESSION_MS = 6000
+
+
+def consumer(bootstrap: str, name: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        "t",
+        bootstrap_servers=bootstrap,
+        group_id="g",
+        client_id=name,
+        session_timeout_ms=SESSION_MS,
+        heartbeat_interval_ms=SESSION_MS // 3,
+        request_timeout_ms=SESSION_MS + 10_000,
+    )
+
+
+async def assigned_within(c: AIOKafkaConsumer, seconds: float) -> float | None:
+    """Seconds until `c` holds partitions (polling it, as a node does), or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        await c.getmany(timeout_ms=200)
+        if c.assignment():
+            return time.monotonic() - started
+    return None
+
+
+async def two_stopped_follower_first(bootstrap: str) -> float | None:
+    """A joins, then B (a rebalance: A leads); both stop, the follower B first, each through
+    `group.before_stop`, as the node's consumers do. Then C joins: seconds until it holds partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("t", 6, 1)])
+    finally:
+        await admin.close()
+    a, b = consumer(bootstrap, "A"), consumer(bootstrap, "B")
+    await a.start()
+    assert await assigned_within(a, 30) is not None, "A never joined"
+    await b.start()
+    polling = asyncio.create_task(assigned_within(a, 60))
+    try:
+        assert await assigned_within(b, 40) is not None, "B never joined"
+    finally:
+        polling.cancel()
+    cluster = await group.cluster_id(a)
+    assert group.is_embedded(cluster), cluster
+    for leaving in (b, a):  # the follower first: the order that left the group unjoinable
+        await group.before_stop(leaving)
+        await asyncio.wait_for(leaving.stop(), 20)
+    c = consumer(bootstrap, "C")
+    await asyncio.wait_for(c.start(), 30)
+    try:
+        return await assigned_within(c, 45)
+    finally:
+        await asyncio.wait_for(c.stop(), 10)
+
+
+def test_a_group_whose_members_stop_at_once_can_be_joined_again() -> None:
+    """1. Consumers A then B join group g on an embedded broker of their own. 2. Both stop, the follower
+    first, each as the node stops its consumers. 3. C joins g. Result: C gets partitions once the
+    stopped members' sessions have timed out (with a LeaveGroup each, as aiokafka sends by default, the
+    broker kept the departed leader and C never got one: 3 runs in 3 without `before_stop`)."""
+    broker = EmbeddedBroker(log_path=LOGS / "broker-group.log").start()
+    try:
+        took = run_async(two_stopped_follower_first(broker.bootstrap))
+    finally:
+        broker.stop()
+    assert took is not None, "C never got a partition: the group was left unjoinable"
+    assert took < 3 * SESSION_MS / 1000 + 10, took
