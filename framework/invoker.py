@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import functools
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -177,18 +178,28 @@ class Invoker:
             span = first.sibling()
             inv = dataclasses.replace(inv, traceparent=span.traceparent)
         token = tracing.current.set(span)
+        try:
+            if self.exporter is None:
+                return await self._attempt(spec, inv)
+            return await self._exported(spec, inv, span, self._attempt(spec, inv))
+        finally:
+            tracing.current.reset(token)
+
+    async def _exported(
+        self, spec: FunctionSpec, inv: Invocation, span: tracing.Span, work: Awaitable[InvokeResult]
+    ) -> InvokeResult:
+        """Await `work`, the invocation `inv`, then end its span on the exporter, however it ended."""
+        assert self.exporter is not None
         failure: BaseException | None = None
         result: InvokeResult | None = None
         try:
-            result = await self._attempt(spec, inv)
+            result = await work
             return result
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            tracing.current.reset(token)
-            if self.exporter is not None:
-                self._export(spec, inv, span, failure, result)
+            self._export(spec, inv, span, failure, result)
 
     def _served(self, uuid: str) -> FunctionSpec | None:
         """The function's productive revision now (the registry is replaced at each deploy)."""
@@ -334,7 +345,7 @@ class Invoker:
         """Keep-warm: ensure a live instance and run the `warmup` hook in each; never reaches `handle`."""
         outcome = "ok"
         try:  # each warm-up ends a span of its own, as any invocation does
-            return await self.runtime.warmup(spec, None if self.exporter is None else self._export)
+            return await self.runtime.warmup(spec, None if self.exporter is None else self._exported)
         except BaseException as exc:
             outcome = outcome_of(exc)
             raise

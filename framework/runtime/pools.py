@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +34,8 @@ from framework.settings import Settings
 from framework.tasks import cancel_and_wait, wait_or_cancel
 from framework.types import Invocation, InvokeResult
 
-WarmupEnded = Callable[
-    [FunctionSpec, Invocation, tracing.Span, BaseException | None, InvokeResult | None], None
-]
-"""What `Runtime.warmup` tells of each warm-up that ended: (spec, invocation, its span, failure, result)."""
+InSpan = Callable[[FunctionSpec, Invocation, tracing.Span, Awaitable[InvokeResult]], Awaitable[InvokeResult]]
+"""Runs an invocation (the awaitable) as the span given: how `Runtime.warmup` has its warm-ups exported."""
 
 if TYPE_CHECKING:
     from framework.observe.records import Recorder
@@ -134,11 +132,11 @@ class Runtime:
             raise Overloaded("the node is stopping")
         return self._pool(spec).invoke(inv)
 
-    async def warmup(self, spec: FunctionSpec, ended: WarmupEnded | None = None) -> int:
+    async def warmup(self, spec: FunctionSpec, traced: InSpan | None = None) -> int:
         """Call the module's `warmup(ctx)` hook (never `handle`) in every live instance of `spec`, starting
         one first if there is none (that start is not a cold start for later requests). Returns how many
-        instances ran it; raises the first error when none did. `ended` is told of each warm-up once it
-        ended (the invoker exports its span)."""
+        instances ran it; raises the first error when none did. `traced` runs each warm-up in its span (the
+        invoker's: it exports the span)."""
         if self._stopping:
             raise Overloaded("the node is stopping")
         pool = self._pool(spec)
@@ -151,17 +149,9 @@ class Runtime:
         async def warm(instance: InstanceHandle) -> InvokeResult:
             span = tracing.start()
             inv = Invocation(str(uuid.uuid4()), "warmup", None, b"null", None, span.traceparent)
-            failure: BaseException | None = None
-            result: InvokeResult | None = None
-            try:
-                result = await pool.call_on(instance, inv)
-                return result
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:  # each its own end: a slow instance's warm-up does not stretch the others' spans
-                if ended is not None:
-                    ended(spec, inv, span, failure, result)
+            call = pool.call_on(instance, inv)
+            # Each in its own span: a slow instance's warm-up does not stretch the others'.
+            return await (call if traced is None else traced(spec, inv, span, call))
 
         results = await asyncio.gather(*(warm(i) for i in targets), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
