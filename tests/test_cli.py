@@ -392,7 +392,7 @@ def test_invoke_over_http(project: Path, http_node: str) -> None:
     """
     env = {"FAAS_MANIFEST": str(project / "functions.yaml"), "FAAS_API_KEYS": "k1,k2"}
     r = CliRunner().invoke(main, ["invoke", "alpha", "--url", http_node, "--data", "[1]"], env=env)
-    assert r.exit_code == 0 and r.output == '{"ok": 1}\n', r.output
+    assert r.exit_code == 0 and r.output == '{"ok":1}\n', r.output
     r = CliRunner().invoke(
         main, ["invoke", "1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02", "--url", http_node], env=env
     )
