@@ -312,9 +312,8 @@ class DeploymentLog:
             for n, r in numbers.items()
             if (uuid, n) not in gone
         }
-        return sorted(
-            {r.code_sha256 for r in forgotten if r.code_sha256 is not None} - used & self.state.codes
-        )
+        orphans = {r.code_sha256 for r in forgotten if r.code_sha256 is not None} - used
+        return sorted(orphans & self.state.codes)
 
     def _claims(self, candidate: Revision) -> bool:
         """Whether `candidate` is a deploy taking a held name (`LogState.claims`): written last."""
