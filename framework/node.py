@@ -43,7 +43,7 @@ from framework.sources.http.key_file import KeyFile
 from framework.sources.http.listen import BindError, bind, protocol
 from framework.sources.kafka.source import KafkaSource
 from framework.sources.schedule.scheduler import Scheduler
-from framework.tasks import within
+from framework.tasks import cancelled_here, within
 
 log = logging.getLogger("faas.node")
 
@@ -377,8 +377,7 @@ async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
     except TimeoutError:
         log.warning("stopping %s took over %.0f s: going on without it", step, seconds)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if cancelled_here():
             raise
         log.warning("stopping %s was cut short by a cancelled task of its own: going on without it", step)
     except Exception:

@@ -18,6 +18,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def cancelled_here() -> bool:
+    """Whether the running task is being cancelled: a cancellation of the caller, not a CancelledError that
+    only came out of work it awaited (aiokafka, closing with the broker gone, re-raises the CancelledError
+    of a task of its own it cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def within(work: Awaitable[T], seconds: float) -> T:
     """Await `work` for at most `seconds`; TimeoutError after that (the work is cancelled)."""
     async with asyncio.timeout(seconds):

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.protocol.metadata import MetadataRequest
 
 from framework.kafka.embedded import CLUSTER_ID_PREFIX
+from framework.kafka.options import stop_quietly
 from framework.tasks import within
 
 log = logging.getLogger("faas.kafka")
@@ -67,11 +68,14 @@ def leave_silently(consumer: AIOKafkaConsumer) -> None:
     coordinator._maybe_leave_group = reset_only
 
 
-async def before_stop(consumer: AIOKafkaConsumer, embedded: bool | None = None) -> None:
-    """Call before `consumer.stop()`: on the embedded broker (asked when `embedded` is None) the stop will
-    not send LeaveGroup."""
+async def stop_member(
+    consumer: AIOKafkaConsumer, seconds: float, embedded: bool | None = None
+) -> Exception | None:
+    """Stop a group consumer within `seconds` (`stop_quietly`: returns what went wrong), without LeaveGroup
+    on the embedded broker (asked when `embedded` is None)."""
     if embedded is None:
         embedded = is_embedded(await cluster_id(consumer))
     if embedded:
         leave_silently(consumer)
         log.debug("embedded broker: group %s is left by session timeout", consumer._group_id)
+    return await stop_quietly(consumer, seconds)

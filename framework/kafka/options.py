@@ -21,6 +21,7 @@ from aiokafka.helpers import create_ssl_context
 
 from framework.kafka import lenient
 from framework.settings import Settings
+from framework.tasks import cancelled_here
 
 log = logging.getLogger("faas.kafka")
 
@@ -190,13 +191,12 @@ async def stop_quietly(
 
     With the broker gone, aiokafka's fetcher, closing, re-raises the CancelledError of a fetch it cancelled
     while that fetch waited out its retry backoff. That is not a cancellation of the caller
-    (`Task.cancelling()` tells them apart), and a stop must still end: it is returned as any error is."""
+    (`tasks.cancelled_here` tells them apart), and a stop must still end: it is returned as any error is."""
     try:
         async with asyncio.timeout(seconds):
             await client.stop()
     except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if cancelled_here():
             raise
         return RuntimeError(f"a fetch cancelled while the client stopped: {exc!r}")
     except Exception as exc:

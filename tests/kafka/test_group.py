@@ -40,7 +40,7 @@ async def assigned_within(c: AIOKafkaConsumer, seconds: float) -> float | None:
 
 async def two_stopped_follower_first(bootstrap: str) -> float | None:
     """A joins, then B (a rebalance: A leads); both stop, the follower B first, each through
-    `group.before_stop`, as the node's consumers do. Then C joins: seconds until it holds partitions."""
+    `group.stop_member`, as the node's consumers do. Then C joins: seconds until it holds partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -59,8 +59,7 @@ async def two_stopped_follower_first(bootstrap: str) -> float | None:
     cluster = await group.cluster_id(a)
     assert group.is_embedded(cluster), cluster
     for leaving in (b, a):  # the follower first: the order that left the group unjoinable
-        await group.before_stop(leaving)
-        await asyncio.wait_for(leaving.stop(), 20)
+        assert await group.stop_member(leaving, 20) is None
     c = consumer(bootstrap, "C")
     await asyncio.wait_for(c.start(), 30)
     try:
@@ -73,7 +72,7 @@ def test_a_group_whose_members_stop_at_once_can_be_joined_again() -> None:
     """1. Consumers A then B join group g on an embedded broker of their own. 2. Both stop, the follower
     first, each as the node stops its consumers. 3. C joins g. Result: C gets partitions once the
     stopped members' sessions have timed out (with a LeaveGroup each, as aiokafka sends by default, the
-    broker kept the departed leader and C never got one: 3 runs in 3 without `before_stop`)."""
+    broker kept the departed leader and C never got one: 3 runs in 3 without `leave_silently`)."""
     broker = EmbeddedBroker(log_path=LOGS / "broker-group.log").start()
     try:
         took = run_async(two_stopped_follower_first(broker.bootstrap))

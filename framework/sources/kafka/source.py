@@ -38,7 +38,7 @@ from framework.errors import BadEvent
 from framework.invoker import EventReply
 from framework.kafka import cloudevents, group
 from framework.kafka.deadletter import bad_event_headers, failed_headers
-from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options, stop_quietly
+from framework.kafka.options import MIB, ensure_topics, request_timeout_ms, security_options
 from framework.kafka.probe import BrokerProbe
 from framework.observe import tracing
 from framework.observe.spans import export_event
@@ -370,8 +370,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             known = self.probe.cluster_id
-            await group.before_stop(consumer, None if known is None else group.is_embedded(known))
-            problem = await stop_quietly(consumer, 10)
+            problem = await group.stop_member(
+                consumer, 10, None if known is None else group.is_embedded(known)
+            )
             if problem is not None:
                 log.warning("closing the kafka consumer: %r", problem)
 

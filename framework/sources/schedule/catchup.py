@@ -41,7 +41,7 @@ from typing import Protocol
 
 from framework.control.cron import Cron
 from framework.sources.schedule.entry import CronEntry
-from framework.tasks import within
+from framework.tasks import cancelled_here, within
 
 log = logging.getLogger("faas.scheduler")
 
@@ -95,8 +95,7 @@ async def read_newest(ticks: Ticks, since: float) -> dict[str, int]:
     try:
         return await within(ticks.newest(since), READ_TIMEOUT)
     except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():  # this read was cancelled: not a failure to read
+        if cancelled_here():  # this read was cancelled: not a failure to read
             raise
         failure: BaseException = exc  # a Kafka client's own task cancelled under it
     except Exception as exc:

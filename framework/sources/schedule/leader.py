@@ -33,7 +33,6 @@ from framework.kafka.options import (
     ensure_topics,
     request_timeout_ms,
     security_options,
-    stop_quietly,
 )
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import TOPIC_CONFIGS
@@ -169,5 +168,4 @@ class KafkaElection:
                 if consumer is not None:
                     # Leaving the group hands partition 0 over at once instead of after the session timeout
                     # (but on the embedded broker, where a leave can leave the group unjoinable: group.py).
-                    await group.before_stop(consumer)
-                    await stop_quietly(consumer, 5)
+                    await group.stop_member(consumer, 5)
