@@ -213,8 +213,12 @@ class Settings(BaseSettings):
             raise ValueError(f"FAAS_API_KEYS is no longer in the secrets folder {self.secrets_path}")
         keys = _split_keys(value)
         if not keys:
-            raise ValueError("FAAS_API_KEYS holds no key (keys are separated by commas)")
+            raise ValueError(f"FAAS_API_KEYS {_NO_KEY}")
         return keys
+
+
+_NO_KEY = "holds no key (keys are separated by commas)"
+"""Why a FAAS_API_KEYS value gives no key, at start (`_check_keys`) and in a rotated file (`keys_in_file`)."""
 
 
 def _split_keys(raw: str) -> list[str]:
@@ -236,7 +240,7 @@ def _check_distinct_topics(topics: dict[str, str]) -> None:
 def _check_keys(raw: str, keys: list[str]) -> None:
     """ValueError when FAAS_API_KEYS is set but would turn auth off without a word."""
     if raw.strip() and not keys:
-        raise ValueError("FAAS_API_KEYS is set but holds no key (keys are separated by commas)")
+        raise ValueError(f"FAAS_API_KEYS is set but {_NO_KEY}")
 
 
 SECRET_SETTINGS = ("api_keys", "kafka_sasl_password")

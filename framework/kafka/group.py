@@ -25,10 +25,10 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.protocol.metadata import MetadataRequest
 
 from framework.kafka.embedded import CLUSTER_ID_PREFIX
 from framework.kafka.options import stop_quietly
+from framework.kafka.probe import ask_metadata, cluster_id_in
 from framework.tasks import within
 
 log = logging.getLogger("faas.kafka")
@@ -44,16 +44,11 @@ def is_embedded(cluster_id: str | None) -> bool:
 
 async def cluster_id(consumer: AIOKafkaConsumer) -> str | None:
     """The broker's cluster id, asked on the consumer's own connection; None when it cannot be told."""
-    client: Any = consumer._client  # aiokafka's cluster metadata drops the id: a request of our own
     try:
-        node = client.get_random_node()
-        if node is None:
-            return None
-        response = await within(client.send(node, MetadataRequest([])), ASK_TIMEOUT)  # no topic: the id only
+        response = await within(ask_metadata(consumer._client, []), ASK_TIMEOUT)
     except Exception:
         return None
-    found = getattr(response, "cluster_id", None)
-    return found if isinstance(found, str) else None
+    return cluster_id_in(response)
 
 
 def leave_silently(consumer: AIOKafkaConsumer) -> None:

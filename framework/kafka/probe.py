@@ -35,6 +35,21 @@ STALE_AFTER = 5.0
 """Seconds without a successful probe after which the broker counts as unreachable."""
 
 
+async def ask_metadata(client: AIOKafkaClient, topics: list[str] | None) -> Any:
+    """A metadata response for `topics` (None: all, []: none, the cluster's id only), asked on `client`'s
+    own connection: a request of our own, since aiokafka's cluster metadata drops the cluster id."""
+    node = client.get_random_node()
+    if node is None:
+        raise KafkaError("no broker known")
+    return await client.send(node, MetadataRequest(topics))
+
+
+def cluster_id_in(response: Any) -> str | None:
+    """The cluster id a metadata response carries (None from a broker older than Kafka 1.0)."""
+    found = getattr(response, "cluster_id", None)
+    return found if isinstance(found, str) else None
+
+
 class BrokerProbe:
     """Probe the cluster; `on_metadata(topics, new_cluster)` runs after each success: `new_cluster` is
     True when the cluster id differs from the one the last successful probe read (never on the first)."""
@@ -96,14 +111,9 @@ class BrokerProbe:
                 await client.close()
                 raise
             self._client = client
-        client = self._client
-        node = client.get_random_node()
-        if node is None:
-            raise KafkaError("no broker known")
-        # A request of our own, not fetch_all_metadata: aiokafka's cluster metadata drops the id.
-        response = await client.send(node, MetadataRequest(None))
+        response = await ask_metadata(self._client, None)
         topics = {str(t[1]) for t in response.topics if t[0] == 0}
-        return topics, getattr(response, "cluster_id", None)
+        return topics, cluster_id_in(response)
 
     async def run(self) -> None:
         """Probe every INTERVAL seconds until cancelled."""
