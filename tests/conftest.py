@@ -1,8 +1,10 @@
-"""Session fixtures: one real Tansu broker on a free port for the whole run, and node starters."""
+"""Session fixtures: one real Tansu broker on a free port for the whole run (for each test process, under
+pytest-xdist), and node starters."""
 
 from __future__ import annotations
 
 import gc
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +18,8 @@ from tests.support import LOGS, Node
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """A real broker; when it fails to start, the error carries its log."""
-    b = EmbeddedBroker(log_path=LOGS / "broker-session.log").start()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # each test process has a broker of its own
+    b = EmbeddedBroker(log_path=LOGS / f"broker-session-{worker}.log").start()
     yield b
     b.stop()
 
