@@ -7,8 +7,12 @@ sees the same moments of the machine's load. Each round produces `--events` even
 a key per event with `--keys 0`) to one node and waits for every reply; it prints events/s and the CPU per
 event of the node, of its instances, of the broker and of this load client, then the medians per tree.
 
-Example, the working tree against the last commit:
+A TREE may carry settings for its node after a colon (`TREE:NAME=VALUE,NAME=VALUE`), so one tree can be
+measured against itself with a setting changed.
+
+Examples, the working tree against the last commit, and invocation records off against on:
     git worktree add /tmp/base HEAD && python -m benchmarks.ab --rounds 5 /tmp/base .
+    python -m benchmarks.ab --rounds 5 .:FAAS_RECORDS=false .
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ PARTS = ("node", "instances", "broker", "client")
 @dataclass
 class _Tree:
     path: Path
+    label: str
     node: Proc
     client: EventClient
     rates: list[float] = field(default_factory=list)
@@ -74,7 +79,23 @@ async def _round(tree: _Tree, broker_pid: int, event_type: str, events: int, key
     )
 
 
-async def run(trees: list[Path], rounds: int, events: int, listeners: int, keys: int | None) -> None:
+def parse_tree(arg: str) -> tuple[Path, dict[str, str]]:
+    """`TREE` or `TREE:NAME=VALUE,NAME=VALUE`: the tree's path and its node's extra settings."""
+    path, _, spec = arg.partition(":")
+    settings: dict[str, str] = {}
+    for item in filter(None, spec.split(",")):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"{arg}: {item!r} is not NAME=VALUE")
+        settings[name.strip()] = value
+    return Path(path).resolve(), settings
+
+
+Trees = list[tuple[str, Path, dict[str, str]]]
+"""Each tree's argument (its label), path and node settings."""
+
+
+async def run(trees: Trees, rounds: int, events: int, listeners: int, keys: int | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="faas-ab-"))
     (tmp / "logs").mkdir()
     project = write_project(tmp / "project", FULL)
@@ -83,16 +104,17 @@ async def run(trees: list[Path], rounds: int, events: int, listeners: int, keys:
     event_type = EVENT_TYPES[listeners]
     started: list[_Tree] = []
     try:
-        for i, path in enumerate(trees):
+        for i, (label, path, settings) in enumerate(trees):
             tag = uuid.uuid4().hex[:8]
             names = ("events", "replies", "deadletter", "scheduler", "deployments")
             topics = {name: f"ab.{name}.{tag}" for name in names}
             await create_topics(broker.bootstrap, [topics["events"], topics["replies"]], 6)
             port, logs = free_port(), tmp / "logs"
-            extra = {"PYTHONPATH": str(path)}
+            extra = {"PYTHONPATH": str(path), "FAAS_INVOCATIONS_TOPIC": f"ab.invocations.{tag}", **settings}
             group, name = f"ab-{tag}", f"node{i}"
             node = start_node(project.root, port, broker.bootstrap, topics, group, logs, name, extra)
-            tree = _Tree(path, node, EventClient(broker.bootstrap, topics["events"], topics["replies"], True))
+            client = EventClient(broker.bootstrap, topics["events"], topics["replies"], True)
+            tree = _Tree(path, label, node, client)
             started.append(tree)
             await node.wait_http_ready(port, "/readyz", READY_TIMEOUT)
             await tree.client.start()
@@ -100,10 +122,10 @@ async def run(trees: list[Path], rounds: int, events: int, listeners: int, keys:
         for r in range(rounds):
             for tree in started:
                 line = await _round(tree, broker.proc.pid, event_type, events, keys)
-                print(f"round {r + 1} {tree.path}: {line}", flush=True)
+                print(f"round {r + 1} {tree.label}: {line}", flush=True)
         for tree in started:
             cpu = "  ".join(f"{part} {statistics.median(tree.cpu[part]):6.1f}" for part in PARTS)
-            print(f"median {tree.path}: {statistics.median(tree.rates):8.0f} events/s  us/event: {cpu}")
+            print(f"median {tree.label}: {statistics.median(tree.rates):8.0f} events/s  us/event: {cpu}")
     finally:
         for tree in started:
             await tree.client.stop()
@@ -114,16 +136,23 @@ async def run(trees: list[Path], rounds: int, events: int, listeners: int, keys:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0])
-    parser.add_argument("trees", nargs="+", help="source trees (each holding a `framework` package)")
+    parser.add_argument(
+        "trees", nargs="+", help="source trees (each with a `framework` package): TREE[:NAME=VALUE,...]"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="rounds per tree (default 5)")
     parser.add_argument("--events", type=int, default=FULL.event_count, help="events per round")
     parser.add_argument("--listeners", type=int, choices=sorted(EVENT_TYPES), default=1)
     parser.add_argument("--keys", type=int, default=64, help="keys the events spread over; 0: one per event")
     args = parser.parse_args(argv)
-    trees = [Path(tree).resolve() for tree in args.trees]
-    for tree in trees:
-        if not (tree / "framework" / "__init__.py").exists():
-            parser.error(f"{tree}: no framework package there")
+    trees: Trees = []
+    for arg in args.trees:
+        try:
+            path, settings = parse_tree(arg)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if not (path / "framework" / "__init__.py").exists():
+            parser.error(f"{path}: no framework package there")
+        trees.append((arg, path, settings))
     import uvloop
 
     uvloop.run(run(trees, args.rounds, args.events, args.listeners, args.keys or None))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.ab import parse_tree
 from benchmarks.procs import cpu_seconds
 from benchmarks.stats import Series, percentile
 
@@ -101,15 +102,18 @@ def test_quick_suite_writes_well_formed_json(tmp_path: Path) -> None:
 
 
 def test_ab_harness_measures_a_tree_and_refuses_a_tree_without_the_framework(tmp_path: Path) -> None:
-    """1. `python -m benchmarks.ab` on a folder with no `framework` package: a usage error naming it.
-    2. On this repository, one round of 200 events.
+    """1. `python -m benchmarks.ab` on a folder with no `framework` package, then with a setting that is not
+    NAME=VALUE: usage errors naming them. 2. On this repository with records off, one round of 200 events.
     Result: the round and the median lines give events/s and the CPU per event of each part."""
     bad = subprocess.run(
         [sys.executable, "-m", "benchmarks.ab", str(tmp_path)], cwd=REPO, capture_output=True, text=True
     )
     assert bad.returncode == 2 and f"{tmp_path}: no framework package there" in bad.stderr
+    ab = [sys.executable, "-m", "benchmarks.ab"]
+    bad = subprocess.run([*ab, f"{REPO}:FAAS_RECORDS"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'FAAS_RECORDS' is not NAME=VALUE" in bad.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ab", "--rounds", "1", "--events", "200", str(REPO)],
+        [*ab, "--rounds", "1", "--events", "200", f"{REPO}:FAAS_RECORDS=false"],
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,3 +124,14 @@ def test_ab_harness_measures_a_tree_and_refuses_a_tree_without_the_framework(tmp
         assert rate > 0, line
         for part in ("node", "instances", "broker", "client"):
             assert f" {part} " in line, line
+
+
+def test_ab_tree_arguments_carry_settings() -> None:
+    assert parse_tree(".") == (Path(".").resolve(), {})
+    assert parse_tree("/x:FAAS_RECORDS=false,FAAS_LOG_LEVEL=DEBUG") == (
+        Path("/x"),
+        {"FAAS_RECORDS": "false", "FAAS_LOG_LEVEL": "DEBUG"},
+    )
+    assert parse_tree("/x:A=") == (Path("/x"), {"A": ""})
+    with pytest.raises(ValueError, match="'=1' is not NAME=VALUE"):
+        parse_tree("/x:=1")
