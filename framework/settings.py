@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str = ""
     kafka_idempotence: Literal["auto", "on", "off"] = "auto"
     """`auto`: idempotent producer with acks=all on Apache Kafka, off on the embedded broker (no support)."""
+    kafka_leave_group: Literal["auto", "on", "off"] = "auto"
+    """Whether a stopping node's group consumers send LeaveGroup. `auto`: they do, except on the embedded
+    broker, where a leave can leave the group unjoinable (Tansu 0.6.0, `kafka/group.py`); `off`: never (a
+    Tansu broker not started by faas); `on`: always. Without a leave, partitions move after the session
+    timeout."""
 
     @field_validator("manifest", mode="before")
     @classmethod

@@ -128,6 +128,15 @@ def test_kafka_millisecond_settings_out_of_range_are_usage_errors(
     assert getattr(Settings(), variable.removeprefix("FAAS_").lower()) == good
 
 
+def test_leave_group_takes_auto_on_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().kafka_leave_group == "auto"
+    monkeypatch.setenv("FAAS_KAFKA_LEAVE_GROUP", "off")
+    assert Settings().kafka_leave_group == "off"
+    monkeypatch.setenv("FAAS_KAFKA_LEAVE_GROUP", "never")
+    r = CliRunner().invoke(main, ["validate"])
+    assert r.exit_code == 2 and "FAAS_KAFKA_LEAVE_GROUP" in r.output and "'auto', 'on' or 'off'" in r.output
+
+
 @pytest.mark.parametrize(
     ("keys", "problem"),
     [(",", "is set but holds no key"), (" , ,", "is set but holds no key")],

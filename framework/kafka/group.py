@@ -12,7 +12,9 @@ the leader first: 5 s).
 A member that goes silent is removed when its session times out, and the group forms again with a live
 leader. Tansu does not rebalance on a leave anyway (README, Scale-out), so leaving bought the others
 little there: on the embedded broker the node's group consumers stop without leaving (their partitions
-move after the session timeout, as a SIGKILLed node's do); on any other broker they leave as usual.
+move after the session timeout, as a SIGKILLed node's do); on any other broker they leave as usual. A
+Tansu the node did not start has a cluster id of its own choosing, so it cannot be told from Kafka:
+FAAS_KAFKA_LEAVE_GROUP=off says so (`on` forces the leave).
 
 aiokafka has no public way to stop without leaving (only static membership, which changes more than
 this): `leave_silently` replaces the coordinator's leave step (`tests/kafka/test_aiokafka_internals.py`
@@ -22,7 +24,7 @@ fails when a release moves it).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer
 
@@ -33,6 +35,8 @@ from framework.tasks import within
 
 log = logging.getLogger("faas.kafka")
 
+LeavePolicy = Literal["auto", "on", "off"]
+"""FAAS_KAFKA_LEAVE_GROUP (settings.py)."""
 ASK_TIMEOUT = 2.0
 """Seconds a stopping consumer spends asking the broker for its cluster id."""
 
@@ -64,13 +68,16 @@ def leave_silently(consumer: AIOKafkaConsumer) -> None:
 
 
 async def stop_member(
-    consumer: AIOKafkaConsumer, seconds: float, embedded: bool | None = None
+    consumer: AIOKafkaConsumer, seconds: float, leave: LeavePolicy = "auto", cluster: str | None = None
 ) -> Exception | None:
-    """Stop a group consumer within `seconds` (`stop_quietly`: returns what went wrong), without LeaveGroup
-    on the embedded broker (asked when `embedded` is None)."""
-    if embedded is None:
-        embedded = is_embedded(await cluster_id(consumer))
-    if embedded:
+    """Stop a group consumer within `seconds` (`stop_quietly`: returns what went wrong). `leave` is
+    FAAS_KAFKA_LEAVE_GROUP: with `auto`, no LeaveGroup on the embedded broker, told by `cluster` (the
+    cluster id, asked on the consumer's connection when None)."""
+    if leave == "auto":
+        silent = is_embedded(cluster if cluster is not None else await cluster_id(consumer))
+    else:
+        silent = leave == "off"
+    if silent:
         leave_silently(consumer)
-        log.debug("embedded broker: group %s is left by session timeout", consumer._group_id)
+        log.debug("group %s: left by session timeout (FAAS_KAFKA_LEAVE_GROUP=%s)", consumer._group_id, leave)
     return await stop_quietly(consumer, seconds)

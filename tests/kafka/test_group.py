@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -16,11 +19,11 @@ from tests.support import LOGS, run_async
 SESSION_MS = 6000
 
 
-def consumer(bootstrap: str, name: str) -> AIOKafkaConsumer:
+def consumer(bootstrap: str, name: str, topic: str = "t", group_id: str = "g") -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        "t",
+        topic,
         bootstrap_servers=bootstrap,
-        group_id="g",
+        group_id=group_id,
         client_id=name,
         session_timeout_ms=SESSION_MS,
         heartbeat_interval_ms=SESSION_MS // 3,
@@ -79,3 +82,44 @@ def test_a_group_whose_members_stop_at_once_can_be_joined_again() -> None:
     finally:
         broker.stop()
     assert took is not None, "C never got a partition in 45 s: the group was left unjoinable"
+
+
+async def sends_leave_group(bootstrap: str, policy: group.LeavePolicy, cluster: str | None) -> bool:
+    """A consumer joins a group of its own, then stops through `group.stop_member` with `policy`: whether
+    its coordinator went on to send LeaveGroup (aiokafka's leave step ran)."""
+    tag = uuid.uuid4().hex[:8]
+    c = consumer(bootstrap, f"leave-{policy}", f"leave-{tag}", f"leave-{tag}")
+    await c.start()
+    left: list[bool] = []
+    try:
+        assert await assigned_within(c, 30) is not None, "never joined"
+        coordinator: Any = c._coordinator
+        leave = coordinator._maybe_leave_group
+
+        async def spy() -> None:
+            left.append(True)
+            await leave()
+
+        coordinator._maybe_leave_group = spy  # replaced again by `leave_silently` when it goes silent
+        assert await group.stop_member(c, 20, policy, cluster) is None
+    finally:
+        await c.stop()
+    return bool(left)
+
+
+@pytest.mark.parametrize(
+    ("policy", "cluster", "leaves"),
+    [
+        ("auto", None, False),  # the embedded broker, told by its cluster id (asked)
+        ("auto", "some-kafka-cluster", True),  # any other broker
+        ("off", "some-kafka-cluster", False),  # a Tansu faas did not start
+        ("on", None, True),  # forced, even on the embedded broker
+    ],
+)
+def test_leave_group_follows_the_setting(
+    broker: Any, policy: group.LeavePolicy, cluster: str | None, leaves: bool
+) -> None:
+    """FAAS_KAFKA_LEAVE_GROUP: 1. A consumer joins a group on the session's embedded broker. 2. It stops as
+    the node stops its consumers, with the setting's value and the cluster id the node knows (None: asked).
+    Result: LeaveGroup is sent with `on`, and with `auto` on a broker that is not the embedded one."""
+    assert run_async(sends_leave_group(broker.bootstrap, policy, cluster)) is leaves

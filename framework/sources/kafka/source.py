@@ -369,10 +369,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _close_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
-            known = self.probe.cluster_id
-            problem = await group.stop_member(
-                consumer, 10, None if known is None else group.is_embedded(known)
-            )
+            leave = self.settings.kafka_leave_group
+            problem = await group.stop_member(consumer, 10, leave, self.probe.cluster_id)
             if problem is not None:
                 log.warning("closing the kafka consumer: %r", problem)
 

@@ -168,4 +168,4 @@ class KafkaElection:
                 if consumer is not None:
                     # Leaving the group hands partition 0 over at once instead of after the session timeout
                     # (but on the embedded broker, where a leave can leave the group unjoinable: group.py).
-                    await group.stop_member(consumer, 5)
+                    await group.stop_member(consumer, 5, self.settings.kafka_leave_group)
