@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 Trigger = Literal["event", "direct", "schedule", "warmup"]
+
+
+class Secrets(Mapping[str, str]):
+    """`ctx.secrets`: the function's secrets, read-only. A name the function does not list is a KeyError
+    that says so (a bare `KeyError: 'name'` left the author looking for a typo in the wrong place)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, name: str) -> str:
+        try:
+            return self._values[name]
+        except KeyError:
+            listed = ", ".join(sorted(self._values)) or "none"
+            raise KeyError(
+                f"{name!r} is not a secret of this function: add it to its `secrets:` in functions.yaml "
+                f"(listed: {listed})"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Secrets({sorted(self._values)})"  # the names only: a repr is printed and logged
 
 
 @dataclass

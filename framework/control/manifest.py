@@ -448,7 +448,10 @@ def load_manifest(
     errors.found |= read.errors
     if secrets_dir is not None:
         store = SecretStore(secrets_dir)
+        refused = {(line, col) for line, col, _ in errors.found}
         for name, pos in read.secrets:
+            if pos in refused:  # a name no function may list: whether its file is there says nothing more
+                continue
             try:
                 store.read(name)
             except SecretError as exc:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -125,6 +126,11 @@ def descendants(pid: int, limit: int = MAX_FAMILY) -> list[int]:
     return found[:limit]
 
 
+def _megabytes(size: int) -> str:
+    """`size` bytes in MB to a tenth, rounded up: a size just over a limit never reads as the limit."""
+    return f"{math.ceil(size * 10 / MIB) / 10:.1f} MB"
+
+
 def over_limit(
     inst: InstanceHandle, rss: int | None, limit_mb: int, started: tuple[int, int] = (0, 0)
 ) -> str | None:
@@ -134,10 +140,10 @@ def over_limit(
     held, count = started
     if rss is None or rss + held <= limit_mb * MIB:
         return None
-    total = f"{(rss + held) / MIB:.0f} MB"
+    total = _megabytes(rss + held)
     if count:
         plural = "es" if count > 1 else ""
-        total += f", {held / MIB:.0f} MB of it in {count} process{plural} it started"
+        total += f", {_megabytes(held)} of it in {count} process{plural} it started"
     return (
         f"instance {inst.id} of function {inst.spec.name} was killed: its resident memory "
         f"({total}) went over the function's memory limit (instances.memory_mb: {limit_mb})"

@@ -179,6 +179,26 @@ functions:
     )
 
 
+def test_a_refused_name_is_not_also_looked_for(tmp_path: Path) -> None:
+    """1. A function lists FAAS_API_KEYS (the node's own secret) and a missing name; no secrets folder.
+    Result: FAAS_API_KEYS is refused once, at its item; only the other item says the folder is missing
+    (the same position used to get both problems)."""
+    manifest = f"""\
+functions:
+  - name: reader
+    uuid: {UUID}1
+    handler: functions.mod:handle
+    secrets: [FAAS_API_KEYS, other]
+"""
+    root = write_project(tmp_path / "proj", manifest, MODULES)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root / "functions.yaml", check_handlers=False, secrets_dir=tmp_path / "none")
+    errors = info.value.errors
+    assert len(errors) == 2, errors
+    assert "secrets[0]: 'FAAS_API_KEYS' is the node's own secret setting" in errors[0]
+    assert "secret 'other': the secrets folder" in errors[1] and "does not exist" in errors[1]
+
+
 def test_readiness_reasons_name_productive_functions_only(store: SecretStore) -> None:
     (store.path / "here").write_text("present\n")
     specs = [

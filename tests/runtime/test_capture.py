@@ -189,35 +189,69 @@ def test_a_partial_line_goes_out_at_its_bound(channel: tuple[CapturingSender, so
     assert second["msg"] == "next"
 
 
+def test_a_long_print_of_a_function_with_secrets_is_one_line(
+    channel: tuple[CapturingSender, socket.socket],
+) -> None:
+    """1. A function with a secret prints a line over MAX_PARTIAL in which the secret stands, then another.
+    Result: the long line is one line, the secret replaced (its last characters used to be held back in
+    case a secret began there, and the newline then sent them as a line of their own, an entry more)."""
+    redact.install([SECRET])
+    try:
+        sender, peer = channel
+        stream = LogStream(sender, "stdout", logging.INFO, 1)
+        text = "h" * 1000 + SECRET + "h" * (LogStream.MAX_PARTIAL + 1)
+        print(text, file=stream)
+        print("next", file=stream)
+        frames = _until_end(stream, peer)
+    finally:
+        redact.install(())
+    assert [f["msg"] for f in frames] == [text.replace(SECRET, "***"), "next"]
+
+
 SECRET = "supersecretvalue1"
 LONG = LogStream.MAX_PARTIAL
 
 
+def _until_end(stream: LogStream, peer: socket.socket) -> list[dict[str, object]]:
+    """The frames sent until a line "END" written now."""
+    stream.write("END\n")
+    frames: list[dict[str, object]] = []
+    while not frames or frames[-1]["msg"] != "END":
+        frames += _frames(peer, 1)
+    return frames[:-1]
+
+
 @pytest.mark.parametrize(
-    "writes",
+    ("writes", "lines"),
     [
-        ["E1 " + "w" * (LONG - 4), SECRET[:7], SECRET[7:] + " " + "y" * 40, "\n"],
-        ["E1 " + "w" * (LONG - 8), SECRET[:2], SECRET[2:] + " " + "y" * 40, "\n"],
-        ["w" * (LONG + 10) + SECRET + "x" * 5, "\n"],
+        (["E1 " + "w" * (LONG - 4), SECRET[:7], SECRET[7:] + " " + "y" * 40, "\n"], 1),
+        (["E1 " + "w" * (LONG - 8), SECRET[:2], SECRET[2:] + " " + "y" * 40, "\n"], 1),
+        (["w" * (LONG + 10) + SECRET + "x" * 5, "\n"], 1),
+        (["w" * (LONG + 20) + SECRET[:5], SECRET[5:] + "x", "\n"], 2),
     ],
-    ids=["halves-over-the-bound", "early-split", "one-write-ending-past-the-bound"],
+    ids=["halves-over-the-bound", "early-split", "one-write-ending-past-the-bound", "form-begun-at-the-end"],
 )
 def test_a_secret_across_a_partial_lines_bound_is_redacted(
-    channel: tuple[CapturingSender, socket.socket], writes: list[str]
+    channel: tuple[CapturingSender, socket.socket], writes: list[str], lines: int
 ) -> None:
     """1. A function with a secret writes a line longer than MAX_PARTIAL, the secret where the line is cut
-    (in two writes, or in one write that ends just past the bound), then a newline.
-    Result: two lines; the secret is in neither, not even in part; put together they are the text with
-    the secret replaced. Each piece used to be redacted alone: `...superse` then `cretvalue1 ...`."""
+    (in two writes, or in one write that ends just past the bound, or one that ends in its first letters),
+    then a newline.
+    Result: the secret is in no line, not even in part; put together they are the text with the secret
+    replaced. Each piece used to be redacted alone: `...superse` then `cretvalue1 ...`. Only a write past
+    the bound that ends in the secret's first letters makes two lines (they are held back for the rest);
+    one that ends in no beginning of it goes out whole, and the newline after it ends it: one line, as
+    without secrets."""
     redact.install([SECRET])
     try:
         sender, peer = channel
         stream = LogStream(sender, "stdout", logging.INFO, 1)
         for text in writes:
             stream.write(text)
-        frames = _frames(peer, 2)
+        frames = _until_end(stream, peer)
     finally:
         redact.install(())
+    assert len(frames) == lines, [str(f["msg"])[-30:] for f in frames]
     msgs = [str(f["msg"]) for f in frames]
     assert "".join(msgs) == "".join(writes)[:-1].replace(SECRET, "***"), [m[-30:] for m in msgs]
     assert all(SECRET[:4] not in m and SECRET[-4:] not in m for m in msgs), [m[-30:] for m in msgs]

@@ -41,11 +41,13 @@ async def secrets(payload, ctx):
         writable = False
     try:
         other = ctx.secrets["unlisted"]
-    except KeyError:
+    except KeyError as e:
         other = None
+        unlisted = str(e)
     await asyncio.sleep(payload.get("sleep", 0) if payload else 0)
-    return {"secrets": listed, "writable": writable, "other": other,
-            "environ": any(v in str(dict(os.environ)) for v in listed.values()), "pid": os.getpid()}
+    return {"secrets": listed, "writable": writable, "other": other, "unlisted": unlisted,
+            "repr": repr(ctx.secrets), "pid": os.getpid(),
+            "environ": any(v in str(dict(os.environ)) for v in listed.values())}
 
 CHILD = '''
 import sys, time
@@ -243,6 +245,11 @@ async def test_ctx_secrets_holds_only_the_listed_ones(rt: Runtime, spec: SpecFac
     value, _ = await call(rt, s)
     assert value["secrets"] == {"token": "tok-0123456789"}  # trailing newline removed
     assert value["writable"] is False and value["other"] is None and value["environ"] is False
+    assert value["unlisted"] == (
+        "\"'unlisted' is not a secret of this function: add it to its `secrets:` in functions.yaml "
+        '(listed: token)"'
+    )
+    assert value["repr"] == "Secrets(['token'])"  # names, never values
 
 
 async def test_a_missing_secret_answers_instance_crashed(rt: Runtime, spec: SpecFactory, root: Path) -> None:

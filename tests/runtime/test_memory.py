@@ -157,3 +157,14 @@ def test_a_process_is_charged_its_anonymous_memory_not_the_files_it_maps(
     assert own_bytes(pid, anonymous_bytes(pid)) == anonymous_bytes(pid) < 20 * MIB
     monkeypatch.setattr(memory, "unique_bytes", lambda pid: None)
     assert own_bytes(pid, anonymous_bytes(pid)) == anonymous_bytes(pid) < 20 * MIB
+
+
+def test_a_size_just_over_the_limit_never_reads_as_the_limit() -> None:
+    """A message said "its resident memory (64 MB) went over ... memory_mb: 64": sizes are rounded up to
+    a tenth of a MB, so one just over the limit reads as more than it."""
+    inst = cast(InstanceHandle, FakeInstance(1))
+    assert memory.over_limit(inst, 64 * MIB, 64) is None
+    message = memory.over_limit(inst, 64 * MIB + 1, 64)
+    assert message is not None and "its resident memory (64.1 MB) went over" in message
+    message = memory.over_limit(inst, 60 * MIB, 64, (5 * MIB + 2, 2))
+    assert message is not None and "(65.1 MB, 5.1 MB of it in 2 processes it started)" in message

@@ -6,8 +6,9 @@ and traceback of an error it answers. The instance installs its function's secre
 (`install`); until then, and for functions without secrets, `redact` returns the text as is.
 
 Besides each value itself, its forms as they show up in text are redacted too: escaped as in a `repr`,
-`ascii()` or JSON string (a value with quotes, backslashes or non-ASCII characters, in an exception's
-repr), as in the repr of its UTF-8 bytes, and, for a multi-line value
+`ascii()` or JSON string, with non-ASCII characters escaped or not (a value with quotes, backslashes or
+non-ASCII characters, in an exception's repr, or written by `json.dumps(..., ensure_ascii=False)`, orjson
+or pydantic), as in the repr of its UTF-8 bytes, and, for a multi-line value
 (a PEM key), each of its lines of at least 4 characters, since stdout reaches the node line by line.
 One compiled alternation, longest first, so a value that contains another is replaced whole.
 
@@ -16,7 +17,9 @@ values (`runtime/raw_output.py`): those bytes never pass through the instance's 
 
 Text is redacted a line at a time, and a line without a newline goes out in pieces once it is long (64
 KiB): each piece is cut where no form of a secret spans the cut (`cut`), and the unfinished line keeps
-its last `hold` characters (bytes) back until more comes, since a form may go on in the next write.
+back what may begin a form until more comes, since the form may go on in the next write: in an instance
+the characters from which its tail begins a form (`open_at`), in the node's raw output its last
+`bytes_hold` bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ MIN_PART = 4
 def forms(value: str) -> set[str]:
     """The spellings of `value` to look for: itself, its escaped forms and its lines."""
     found = {value, repr(value)[1:-1], ascii(value)[1:-1], json.dumps(value)[1:-1]}
+    found.add(json.dumps(value, ensure_ascii=False)[1:-1])  # JSON as orjson and pydantic write it
     found.add(repr(value.encode("utf-8", "surrogatepass"))[2:-1])  # a `bytes` repr, as of `value.encode()`
     if "\n" in value:
         found.update(line.strip() for line in value.splitlines())
@@ -52,6 +56,25 @@ class Redactor:
         self.hold = max(map(len, ordered), default=1) - 1
         self.bytes_hold = max(map(len, encoded), default=1) - 1
         """Characters (bytes) an unfinished line keeps back before a cut: a form may begin in them."""
+        self._by_first: dict[str, list[str]] = {}
+        """The forms by their first character (`open_at`)."""
+        for form in ordered:
+            self._by_first.setdefault(form[0], []).append(form)
+
+    def open_at(self, text: str) -> int:
+        """Where the end of `text` may hold the beginning of a form (its rest still to be written): the first
+        position from which what is left of `text` begins a form; `len(text)` when there is none. A cut there
+        keeps back only what a secret may begin in, so an unfinished line's tail is rarely held (at most
+        `hold` positions, each one dict lookup unless its character begins a form)."""
+        n = len(text)
+        by_first = self._by_first
+        for at in range(max(0, n - self.hold), n):
+            starting = by_first.get(text[at])
+            if starting is not None:
+                tail = text[at:]
+                if any(form.startswith(tail) for form in starting):
+                    return at
+        return n
 
     def cut(self, text: str | bytes | bytearray, end: int) -> int:
         """Where to cut `text` at or before `end` so that no form of a secret is cut in two: `end`, or the

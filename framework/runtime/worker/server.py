@@ -32,13 +32,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any, NoReturn
 
 import orjson
 
 from framework import heap, json_exact, sandbox
-from framework.context import Context
+from framework.context import Context, Secrets
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import MAX_RESULT, BlockingSender, FrameKind, FrameProtocol, Header, connect
@@ -197,7 +196,7 @@ class Server:
         self.node: str = config.get("node") or ""
         """The node's name, for the invocation records this instance renders."""
         # Read-only, and only the secrets the function lists (the node sends no others).
-        self.secrets = MappingProxyType(dict(config.get("secrets", {})))
+        self.secrets = Secrets(config.get("secrets", {}))
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.spans: dict[str, str] = {}
         """The traceparent of each running invocation, by id (for the watchdog's line about one)."""

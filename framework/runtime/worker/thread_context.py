@@ -8,7 +8,8 @@ and no record, though DESIGN.md section 13 leaves out only the lines of threads 
 `sys.flags.thread_inherit_context` and as opentelemetry-instrumentation-threading does for a trace:
 
 - `Thread.start` copies the caller's context and runs the thread's `run` in it: the invocation, its trace
-  (`current_traceparent`) and its OpenTelemetry span;
+  (`current_traceparent`) and its OpenTelemetry span; an exception `run` raises is reported
+  (`threading.excepthook`) in it too, so its traceback is the invocation's log;
 - `ThreadPoolExecutor.submit` (and so `loop.run_in_executor`) runs each call in a copy of the submitter's
   context, and starts the pool's threads (lazily, on a submit) in an empty one: a worker thread serves
   every invocation's calls, so its own code (a future's done-callbacks) belongs to none.
@@ -38,9 +39,20 @@ def _run_in(context: contextvars.Context, run: Callable[[], object], thread: thr
     """`run()` in `context`; then the thread drops the wrapper, which refers to the thread: a finished
     thread is freed at once, not by the garbage collector with its starter's context."""
     try:
-        context.run(run)
+        context.run(_reported, run, thread)
     finally:
         vars(thread).pop("run", None)
+
+
+def _reported(run: Callable[[], object], thread: threading.Thread) -> None:
+    """`run()`; what it raises is handed to `threading.excepthook` here, in the thread's context, as
+    `Thread` would hand it after `run` returned (outside that context: the traceback, the invocation's
+    own log, reached the node untagged and no record)."""
+    try:
+        run()
+    except BaseException as exc:  # SystemExit too: the hook leaves it out, as for any thread
+        threading.excepthook(threading.ExceptHookArgs((type(exc), exc, exc.__traceback__, thread)))
+        del exc  # no cycle through the frame
 
 
 def install() -> None:

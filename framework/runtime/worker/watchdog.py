@@ -64,10 +64,11 @@ def message_text(record: logging.LogRecord) -> str:
 
 def extra_fields(record: logging.LogRecord) -> dict[str, object]:
     """The fields a caller passed in `extra`, JSON-safe (anything else as its `str()`, or a note when that
-    raises) and text redacted (secrets), for the node."""
+    raises), text and names redacted (secrets), for the node."""
     out: dict[str, object] = {}
     for key, value in record.__dict__.items():
         if key not in _OWN and value is not None:
+            key = redact(key)  # a name is text too: `extra={token: ...}` must not log the token
             if isinstance(value, _NUMBERS):
                 out[key] = value
                 continue
@@ -189,8 +190,9 @@ class LogStream(io.TextIOBase):
             if "\n" in text:
                 *lines, rest = text.split("\n")
             elif len(text) > self.MAX_PARTIAL + secrets.hold:
-                # What a secret's form may begin in stays: the rest of the form may come in the next write.
-                at = secrets.cut(text, len(text) - secrets.hold)
+                # What may begin a secret's form stays: its rest may come in the next write. Only that:
+                # a tail held back would go out as a line of its own at the newline `print` writes next.
+                at = secrets.cut(text, secrets.open_at(text))
                 lines, rest = [text[:at]], text[at:]
                 if not rest:
                     self._cut.add(inv)

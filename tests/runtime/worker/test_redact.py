@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from framework.runtime.worker import redact
@@ -38,6 +40,15 @@ def test_escaped_forms_are_replaced() -> None:
     assert redact.redact('{"k": "it\'s\\\\secret"}') == '{"k": "***"}'
 
 
+def test_json_without_ascii_escapes_is_replaced() -> None:
+    """A value with a quote and non-ASCII characters as `json.dumps(..., ensure_ascii=False)`, orjson and
+    pydantic write it: the quote escaped, the rest as is (neither the ASCII JSON form nor the repr)."""
+    value = 'pa"ss\\wörd€x'
+    redact.install([value])
+    for text in (json.dumps({"k": value}, ensure_ascii=False), orjson.dumps({"k": value}).decode()):
+        assert redact.redact(text).replace(" ", "") == '{"k":"***"}', text
+
+
 def test_lines_of_a_multi_line_value_are_replaced_one_by_one() -> None:
     """stdout reaches the node line by line, so each line of a PEM key is redacted on its own."""
     pem = "-----BEGIN KEY-----\nMIIBVgIBADANBgkq\nab\n-----END KEY-----\n"
@@ -70,3 +81,11 @@ def test_a_cut_never_splits_a_secret() -> None:
     assert r.hold == max(map(len, every)) - 1 == len(repr("d\u00e9j\u00e0-s3cret".encode())) - 4  # bytes repr
     assert r.bytes_hold == max(len(f.encode()) for f in every) - 1
     assert redact.Redactor(()).cut(text, 12) == 12 and redact.Redactor(()).hold == 0
+
+
+def test_open_at_finds_where_a_form_may_begin_at_the_end() -> None:
+    r = redact.Redactor(["supersecret", "pa'ss"])
+    assert r.open_at("text sup") == 5  # "sup" begins "supersecret"
+    assert r.open_at("text pa'") == 5 and r.open_at("text pa\\") == 8  # no form of "pa'ss" has a "\\"
+    assert r.open_at("text supx") == 9 and r.open_at("") == 0
+    assert r.open_at("s" * 40) == 39  # "ss", "sss"... begin no form: only the last "s" does

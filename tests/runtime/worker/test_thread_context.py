@@ -97,3 +97,39 @@ def test_threads_and_pool_calls_carry_the_context_of_who_starts_them() -> None:
         ("second start", "False"),
     ]
     assert names == "False submit_in_context"
+
+
+RAISING = textwrap.dedent(
+    """
+    import contextvars, sys, threading
+    from framework.runtime.worker import thread_context
+
+    var = contextvars.ContextVar("var", default="none")
+    seen = []
+    threading.excepthook = lambda a: seen.append((var.get(), type(a.exc_value).__name__, a.thread.name))
+    thread_context.install()
+
+    def fail():
+        raise ValueError("thread died")
+
+    def leave():
+        sys.exit(3)
+
+    var.set("inv-1")
+    for target, name in ((fail, "failing"), (leave, "leaving")):
+        t = threading.Thread(target=target, name=name)
+        t.start()
+        t.join()
+    print(seen)
+    """
+)
+
+
+def test_what_a_thread_raises_is_reported_in_its_context() -> None:
+    """1. Under a context variable set to inv-1, a thread raises ValueError, another SystemExit.
+    Result: `threading.excepthook` gets each once, with the thread, while the variable reads inv-1 (it was
+    called after `run`, outside the thread's context: a traceback printed there was no invocation's)."""
+    root = Path(__file__).resolve().parents[3]
+    r = subprocess.run([sys.executable, "-c", RAISING], capture_output=True, text=True, timeout=60, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[('inv-1', 'ValueError', 'failing'), ('inv-1', 'SystemExit', 'leaving')]"

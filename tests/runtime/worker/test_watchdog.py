@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from framework.runtime.protocol import BlockingSender, FrameKind, Header
+from framework.runtime.worker import redact
 from framework.runtime.worker.watchdog import ForwardHandler, Watchdog, current_invocation
 
 TP = f"00-{'a' * 32}-{'b' * 16}-01"
@@ -113,6 +114,19 @@ def test_extra_values_that_cannot_be_printed_are_named_by_type(log: tuple[loggin
         "odd": "<Unprintable could not be formatted>",
         "n": 3,
     }
+
+
+def test_extra_names_and_values_are_redacted(log: tuple[logging.Logger, Frames]) -> None:
+    """1. A function with a secret logs with `extra` holding the secret as a value and as a name.
+    Result: neither reaches the node; both are `***`."""
+    logger, frames = log
+    redact.install(["token_version_TWO"])
+    try:
+        logger.info("with extra", extra={"tok": "token_version_TWO", "token_version_TWO": "v"})
+    finally:
+        redact.install(())
+    [sent] = frames.sent
+    assert sent["x"] == {"tok": "***", "***": "v"}
 
 
 def test_a_loop_held_up_outside_any_invocation_blames_no_function(caplog: pytest.LogCaptureFixture) -> None:
