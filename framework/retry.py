@@ -10,13 +10,18 @@ seconds (`backoff`, doubled per retry, at most 30 s), up to `retry.attempts` mor
 - The error that ends the attempts carries `attempts` (the last `ctx.attempt`), which the Kafka source
   writes into the dead-letter copy.
 - Each retry starts on the function's revision served at that moment (a fix deployed during a backoff
-  runs), under that revision's policy; a function no longer productive gets no more attempts.
+  runs), under that revision's policy; a function no longer productive, or an event's listener whose
+  revision no longer lists the event's type, gets no more attempts.
 
 Handing over: a source that must give its event back while the event waits between attempts (a
 rebalance took its partition, the node stops) does not wait out the backoff. It sets a `Handover` in the
 context of the task that runs the event (`HANDOVER`); `Handover.request()` cancels that task at once if
 it is in a backoff, or as soon as it enters one. Its record then stays uncommitted and the partition's
 next owner redoes the event from attempt 1 (at-least-once). A running attempt is never cut short by this.
+
+Giving up: a scheduled run has no next owner (its tick is written as fired, so no leader fires it again).
+Its `Handover(give_up=True)`, requested when the node stops, ends the attempts instead: a run waiting
+between attempts, or entering a wait, stops at once with the last attempt's error, and says so in the log.
 """
 
 from __future__ import annotations
@@ -41,25 +46,50 @@ Attempt = Callable[[FunctionSpec, Invocation], Awaitable[InvokeResult]]
 
 
 class Handover:
-    """Lets a source take back the event a task runs while that event waits between attempts."""
+    """Lets a source take back the event a task runs while that event waits between attempts, or (with
+    `give_up`) end the attempts of a run that has no other owner."""
 
-    __slots__ = ("owner", "requested", "waiting")
+    __slots__ = ("_requested", "give_up", "owner", "requested", "waiting")
 
-    def __init__(self, owner: asyncio.Task[object] | None = None) -> None:
+    def __init__(self, owner: asyncio.Task[object] | None = None, give_up: bool = False) -> None:
         self.owner = owner or asyncio.current_task()
         """The task to cancel: the one that runs the event (its listeners' tasks go with it)."""
+        self.give_up = give_up
+        """Requested, the attempts end with the last error instead: nobody cancels anything."""
         self.requested = False
         self.waiting = 0
         """Backoffs in progress under this handover (one per retrying listener of the event)."""
+        self._requested: asyncio.Event | None = None
+        """Set by `request`: ends the backoffs of a `give_up` handover (made by the first: the Kafka
+        source makes a handover per event, which never needs one)."""
 
     def request(self) -> bool:
         """Hand the event over: cancel its task now if it waits between attempts (True), else as soon as
-        it starts to wait (False: it is running an attempt, or has none to retry)."""
+        it starts to wait (False: it is running an attempt, or has none to retry). With `give_up`, the
+        waits end instead, and no new one begins."""
         self.requested = True
+        if self._requested is not None:
+            self._requested.set()
+        if self.give_up:
+            return bool(self.waiting)
         if self.waiting and self.owner is not None:
             self.owner.cancel()
             return True
         return False
+
+    async def wait(self, delay: float) -> bool:
+        """Sleep `delay` seconds unless requested first; whether it was (a `give_up` handover)."""
+        if not self.requested:
+            if self._requested is None:
+                self._requested = asyncio.Event()
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._requested.wait(), delay)
+            except TimeoutError:
+                pass
+            finally:
+                self.waiting -= 1
+        return self.requested
 
 
 HANDOVER: ContextVar[Handover | None] = ContextVar("faas_retry_handover", default=None)
@@ -88,8 +118,8 @@ async def with_retries(
 
     `current(uuid)` gives the function's productive revision now (None: not productive any more). Each
     retry runs on the revision served when it starts, under that revision's policy, as a new invocation
-    would: a fix deployed during the backoff is what the next attempt runs, and an undeploy ends the
-    attempts (the last error stands)."""
+    would: a fix deployed during the backoff is what the next attempt runs, and an undeploy, or a revision
+    that no longer lists the event's type, ends the attempts (the last error stands)."""
     given = first.invocation_id if derived_ids else None
     error: FaasError | None = None
     n = 1
@@ -99,6 +129,9 @@ async def with_retries(
             now = current(spec.uuid)
             if now is None and error is not None:
                 log.info("%s is no longer productive: attempt %d not made", spec.name, n)
+                raise error
+            if now is not None and first.trigger == "event" and first.event not in now.events and error:
+                log.info("%s no longer listens to %s: attempt %d not made", spec.name, first.event, n)
                 raise error
             spec = now or spec
         try:
@@ -121,14 +154,27 @@ async def with_retries(
         )
         if retried is not None:
             retried(spec.name, error.type)
-        await _backoff(spec.name, delay)
+        if await _backoff(spec.name, delay):
+            log.warning(
+                "%s: attempt %d not made: the node is stopping (the run ends with attempt %d's %s)",
+                spec.name,
+                n,
+                n - 1,
+                error.type,
+                extra={"function": spec.name, "invocation_id": inv.invocation_id},
+            )
+            raise error
 
 
-async def _backoff(name: str, delay: float) -> None:
+async def _backoff(name: str, delay: float) -> bool:
+    """Wait `delay` seconds before the next attempt; True when the attempts must end instead (a
+    `give_up` handover requested)."""
     handover = HANDOVER.get()
     if handover is None:
         await asyncio.sleep(delay)
-        return
+        return False
+    if handover.give_up:
+        return await handover.wait(delay)
     handover.waiting += 1
     try:
         if handover.requested and handover.owner is not None:
@@ -138,3 +184,4 @@ async def _backoff(name: str, delay: float) -> None:
         await asyncio.sleep(delay)
     finally:
         handover.waiting -= 1
+    return False

@@ -112,7 +112,7 @@ async def test_event_retried_until_it_succeeds_with_doubling_delays(project: Pat
     2. Call it with the event trigger.
     Result: attempt 3's result; attempts 1, 2, 3 with three fresh invocation ids; the gaps are at least
     0.2 s and 0.4 s; two retries counted under FunctionError."""
-    spec = make(project, "until", attempts=3, backoff=0.2, on=["FunctionError"])
+    spec = make(project, "until", ("t.x",), attempts=3, backoff=0.2, on=["FunctionError"])
     inv = invoker(runtime, spec)
     res = await inv.call(spec, payload(ok_on=3, tag="e"), "event", "t.x")
     assert orjson.loads(res.result) == {"attempt": 3}
@@ -130,7 +130,7 @@ async def test_the_line_between_attempts_names_the_failed_attempt_in_the_events_
     the event's span. Result: the node's "failed ... attempt 2 in" line carries the trace id and span id
     of the event's span (section 11: log lines of an invocation carry them) and the failed attempt's
     invocation id; it used to carry none of them."""
-    spec = make(project, "until", attempts=1, backoff=0.05, on=["FunctionError"])
+    spec = make(project, "until", ("t.x",), attempts=1, backoff=0.05, on=["FunctionError"])
     inv = invoker(runtime, spec)
     span = tracing.start(f"00-{'a' * 32}-{'b' * 16}-01")
     caplog.handler.addFilter(TraceFilter())
@@ -216,7 +216,7 @@ async def test_handover_requested_mid_attempt_lets_it_finish_then_hands_over(
     """1. `slow_fail` takes 1 s, then fails; retried after 10 s. Request the handover while attempt 1 runs.
     Result: request() says not now; attempt 1 runs to its end (1 s), then the task is cancelled at once
     instead of waiting out the backoff."""
-    spec = make(project, "slow_fail", attempts=2, backoff=10, on=["FunctionError"])
+    spec = make(project, "slow_fail", ("t.m",), attempts=2, backoff=10, on=["FunctionError"])
     inv = invoker(runtime, spec)
     handover: list[Handover] = []
     started = time.monotonic()
@@ -236,6 +236,43 @@ async def test_handover_requested_mid_attempt_lets_it_finish_then_hands_over(
         await task
     took = time.monotonic() - started
     assert 1 <= took < 8, took
+
+
+@pytest.mark.parametrize("when", ["in-backoff", "mid-attempt"])
+async def test_a_give_up_handover_ends_the_attempts_with_the_last_error(
+    project: Path, runtime: Runtime, caplog: pytest.LogCaptureFixture, when: str
+) -> None:
+    """1. A scheduled run of `slow_fail` (1 s, then fails; retried after 10 s) in a task with a give-up
+    Handover, as the scheduler runs it. 2. The node stops: the handover is requested while the run waits
+    for attempt 2 (in-backoff) or while attempt 1 runs (mid-attempt).
+    Result: the run ends at once (after attempt 1, for mid-attempt) with attempt 1's FunctionError, not
+    cancelled and not after the backoff; attempt 2 is never made, and the log says why."""
+    spec = make(project, "slow_fail", attempts=3, backoff=10, on=["FunctionError"])
+    inv = invoker(runtime, spec)
+    handover = Handover(give_up=True)
+
+    async def run() -> Any:
+        HANDOVER.set(handover)
+        return await inv.call(spec, payload(sleep=1, tag=when), "schedule", None, f"slow_fail:0:{when}")
+
+    task = asyncio.create_task(run())
+    deadline = time.monotonic() + 30
+    if when == "in-backoff":
+        while not handover.waiting:
+            assert time.monotonic() < deadline and not task.done(), "never waited between attempts"
+            await asyncio.sleep(0.02)
+    else:
+        while not notes(project, "slow_fail", when):
+            assert time.monotonic() < deadline, "attempt 1 never started"
+            await asyncio.sleep(0.02)
+    asked = time.monotonic()
+    assert handover.request() is (when == "in-backoff")
+    with caplog.at_level(logging.WARNING, "faas.retry"), pytest.raises(FunctionError) as ended:
+        await task
+    assert time.monotonic() - asked < (1 if when == "in-backoff" else 3)
+    assert ended.value.attempts == 1
+    assert [r["attempt"] for r in notes(project, "slow_fail", when)] == [1]
+    assert "slow-fail: attempt 2 not made: the node is stopping" in caplog.text
 
 
 async def test_every_attempt_keeps_the_event_identity_and_trace() -> None:
@@ -270,7 +307,7 @@ async def _deployed_in_the_backoff(
 ) -> asyncio.Future[InvokeResult]:
     """An event of `until` (retry {attempts, backoff: 1}) whose attempt 1 fails; once it ran, revision 2 of
     the function (`update` applied to its spec) is what the node serves. Returns the call, still waiting."""
-    spec = make(project, "until", attempts=attempts, backoff=1, on=["FunctionError"])
+    spec = make(project, "until", events=("t.x",), attempts=attempts, backoff=1, on=["FunctionError"])
     inv = invoker(runtime, spec)
     call = asyncio.ensure_future(inv.call(spec, payload(ok_on=9, tag=tag), "event", "t.x"))
     deadline = time.monotonic() + 10
@@ -301,3 +338,15 @@ async def test_an_undeploy_during_the_backoff_ends_the_attempts(project: Path, r
         await asyncio.wait_for(call, 15)
     assert failed.value.attempts == 1 and "attempt 1 fails" in failed.value.message
     assert [r["attempt"] for r in notes(project, "until", "gone")] == [1]
+
+
+async def test_a_revision_that_stops_listening_ends_the_attempts(project: Path, runtime: Runtime) -> None:
+    """1. An event t.x of `until` fails attempt 1; retry {attempts: 3, backoff: 1}. 2. During the backoff a
+    revision that listens to t.y instead is deployed.
+    Result: no attempt 2 (the function no longer takes t.x events, as `faas replay` would judge it); the
+    call ends with attempt 1's error."""
+    call = await _deployed_in_the_backoff(project, runtime, "moved", 3, events=("t.y",))
+    with pytest.raises(FunctionError) as failed:
+        await asyncio.wait_for(call, 15)
+    assert failed.value.attempts == 1 and "attempt 1 fails" in failed.value.message
+    assert [r["attempt"] for r in notes(project, "until", "moved")] == [1]

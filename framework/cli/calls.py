@@ -200,7 +200,11 @@ def emit(
         waited = time.monotonic() - started
         if waited < timeout:  # not our limit: a Ctrl-C during the client's start comes out this way too
             fail(f"gave up on the {event_type!r} event after {waited:.1f} s (interrupted, or {servers} hung)")
-        fail(f"no reply to the {event_type!r} event within {timeout:g} s (is a node running on {servers}?)")
+        fail(
+            f"no reply to the {event_type!r} event within {timeout:g} s: no node on {servers} answered it "
+            "yet (none running, or a listener still retrying it: its reply may come later; `faas logs` "
+            "shows its attempts)"
+        )
     except ConnectionError as exc:
         fail(f"cannot reach the Kafka broker at {servers}: {exc}")
     click.echo(json.dumps(reply))

@@ -67,7 +67,7 @@ def replay_command(
     except BrokerUnreachable as exc:
         fail(f"cannot reach the Kafka broker at {servers}: {exc}")
     except ReplayStopped as exc:
-        stopped(exc)
+        stopped(exc, servers)
     except KafkaError as exc:
         fail(f"replay failed, nothing replayed: reading from the broker at {servers}: {exc}")
     if report.topic_missing:
@@ -80,6 +80,8 @@ def replay_command(
         )
     for event_id in report.missing:
         click.echo(f"no failed event with ce_id {event_id!r} on {settings.deadletter_topic}", err=True)
+    for line in unmatched(selection, report, settings.deadletter_topic):
+        click.echo(line, err=True)
     for event_id in report.replayed:
         click.echo(event_id)
     click.echo(report.summary())
@@ -88,11 +90,23 @@ def replay_command(
             click.echo(line, err=True)
 
 
-def stopped(exc: ReplayStopped) -> NoReturn:
+def unmatched(selection: Selection, report: Report, topic: str) -> list[str]:
+    """A line for a `--function` or `--type` no failed event on the topic has (names and types are
+    matched exactly, as the dead letters carry them: a uuid or another case selects nothing)."""
+    lines = []
+    asked = (("function", selection.function, report.functions), ("type", selection.type, report.all_types))
+    for what, value, seen in asked:
+        if value is not None and value not in seen:
+            there = ", ".join(sorted(seen)[:10]) or "none"
+            lines.append(f"no failed event of {what} {value!r} on {topic} ({what}s there: {there})")
+    return lines
+
+
+def stopped(exc: ReplayStopped, servers: str) -> NoReturn:
     """Producing failed part way: what went out, what may have, what did not; exit 1."""
     for event_id in exc.report.replayed:
         click.echo(event_id)
-    click.echo(f"replay stopped: the broker did not take a record: {exc}", err=True)
+    click.echo(f"replay stopped: the broker at {servers} did not take a record: {exc}", err=True)
     click.echo(f"replayed {len(exc.report.replayed)} (the ce_ids above, acknowledged)", err=True)
     if exc.unconfirmed:
         ids = " ".join(exc.unconfirmed)

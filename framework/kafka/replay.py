@@ -110,6 +110,11 @@ class Report:
 
     missing: list[str] = field(default_factory=list)
     """`--id`s with no failed-event copy on the topic."""
+    functions: set[str] = field(default_factory=set)
+    """The functions that failed the events on the topic (their newest copies' `faas_function`), to say
+    which a `--function` that selected nothing could have meant."""
+    all_types: set[str] = field(default_factory=set)
+    """The types of the failed events on the topic, for a `--type` that selected nothing."""
     types: Counter[str] = field(default_factory=Counter)
     """The replayed events (or, in a dry run, those to be) by CloudEvent type."""
     failed_by: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -157,11 +162,22 @@ async def replay_counts(
         await stop_quietly(consumer)
 
 
+_SAID = {
+    "KafkaTimeoutError": "no acknowledgement within the request timeout (FAAS_KAFKA_REQUEST_TIMEOUT_MS)",
+    "KafkaConnectionError": "the connection to the broker was lost",
+    "RequestTimedOutError": "the broker did not answer within the request timeout",
+}
+"""What an aiokafka error that says nothing but its class name means, by that name."""
+
+
 class ReplayStopped(Exception):
     """Producing failed part way (the broker went away, or refused a record)."""
 
     def __init__(self, report: Report, unconfirmed: list[str], unsent: int, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__)
+        name, text = type(cause).__name__, str(cause)
+        if text in ("", name):  # aiokafka's errors often say only their class name
+            text = _SAID.get(name, "")
+        super().__init__(f"{name}: {text}" if text else name)
         self.report = report
         """`replayed`: the ce_ids the broker acknowledged."""
         self.unconfirmed = unconfirmed
@@ -192,7 +208,9 @@ class Outgoing:
 
 
 def select(records: Collection[Record], selection: Selection, now: float, report: Report) -> list[Candidate]:
-    """The events to replay, in (partition, offset) order of their newest copy.
+    """The events to replay, in (partition, offset) order of their oldest copy: the order they first
+    failed in, which is their key's order (a replay that failed again writes a newer copy after the later
+    events' copies, and ordering by it would replay the key's events backwards).
 
     An event is judged by its newest copy: a replayed event that failed again, in another function, is
     that function's failure now (`--function` of the first one does not send it again), and `--since`
@@ -202,6 +220,8 @@ def select(records: Collection[Record], selection: Selection, now: float, report
     """The newest copy of each event in each partition: the later offset (whatever the writers' clocks)."""
     counts: dict[EventKey, int] = {}
     first: dict[EventKey, int] = {}
+    origin: dict[EventKey, tuple[int, int]] = {}
+    """(partition, offset) of each event's oldest copy: where it first failed."""
     copies: Counter[EventKey] = Counter()
     for record in records:
         letter = classify(record.value, list(record.headers or ()))
@@ -211,6 +231,8 @@ def select(records: Collection[Record], selection: Selection, now: float, report
             continue
         counts[event] = max(counts.get(event, 0), letter.replayed)
         first[event] = min(first.get(event, record.timestamp), record.timestamp)
+        place = (record.partition, record.offset)
+        origin[event] = min(origin.get(event, place), place)
         copies[event] += 1
         held = in_partition.get((event, record.partition))
         if held is None or held[0].offset < record.offset:
@@ -224,13 +246,17 @@ def select(records: Collection[Record], selection: Selection, now: float, report
             newest[event] = (record, letter)
     chosen: list[tuple[EventKey, tuple[Record, DeadLetter]]] = []
     for event, (record, letter) in newest.items():
+        if letter.function:
+            report.functions.add(letter.function)
+        if letter.type:
+            report.all_types.add(letter.type)
         if selection.wants(letter, record.timestamp, now):
             chosen.append((event, (record, letter)))
             if copies[event] > 1:
                 report.skipped["superseded"] += copies[event] - 1
         else:
             report.skipped["not selected"] += copies[event]
-    chosen.sort(key=lambda er: (er[1][0].partition, er[1][0].offset))
+    chosen.sort(key=lambda er: origin[er[0]])
     report.replayed = [event[1] for event, _ in chosen]
     report.missing = sorted(selection.ids - {event[1] for event in counts})
     for _, (_, letter) in chosen:

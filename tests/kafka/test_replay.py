@@ -166,6 +166,8 @@ def test_every_failed_event_replayed_once_others_counted_apart(topics: Topics) -
         (("--since", "1h"), ["a", "b"]),
         (("--since", "1d"), ["a", "b", "c"]),
         (("--function", "nobody"), []),
+        (("--function", "F2"), []),  # names match exactly
+        (("--type", "t.ONE"), []),
         (("--id", "ghost", "--id", "a"), ["a"]),
     ],
 )
@@ -173,7 +175,8 @@ def test_selection(topics: Topics, args: tuple[str, ...], expected: list[str]) -
     """1. Failed copies of a (t.one, f1), b (t.two, f2) and c (t.one, f3, dead-lettered 5 hours ago).
     2. `faas replay --dry-run` with a selection.
     Result: exactly the selected ce_ids are listed, the others counted as not selected, nothing produced;
-    an `--id` with no copy on the topic is named on stderr."""
+    an `--id` with no copy on the topic is named on stderr, and so is a `--function` or `--type` no copy
+    has, with those the topic holds."""
     ids = {n: str(uuid.uuid4()) for n in "abc"}
     old = int((time.time() - 5 * 3600) * 1000)
     k, v, h, _ = failed(ids["c"], "t.one", "f3")
@@ -187,6 +190,11 @@ def test_selection(topics: Topics, args: tuple[str, ...], expected: list[str]) -
     assert lines[-1] == f"dry run: replayed 0, skipped {skipped}{reasons}; {len(expected)} would be replayed"
     assert records_now(topics.bootstrap, topics.events) == []
     assert ("no failed event with ce_id 'ghost'" in r.stderr) == ("ghost" in args), r.stderr
+    # A --function or --type no failed event has is said, with what the topic holds.
+    for flag, what, seen in (("--function", "function", "f1, f2, f3"), ("--type", "type", "t.one, t.two")):
+        value = args[args.index(flag) + 1] if flag in args else None
+        said = f"no failed event of {what} {value!r} on {topics.dead} ({what}s there: {seen})"
+        assert (said in r.stderr) == (value is not None and value not in seen.split(", ")), r.stderr
 
 
 LISTENER = """
@@ -387,7 +395,9 @@ def test_a_broker_lost_while_producing_says_what_went_out(tmp_path: Path) -> Non
     assert "Traceback" not in err and "never retrieved" not in err, err
     acked = out.split()
     assert len(acked) >= 500 and acked == sorted(acked), err
-    assert re.search(r"^replay stopped: the broker did not take a record: \w+", err, re.M), err
+    stop = re.search(r"^replay stopped: the broker at (\S+) did not take a record: (\w+)(.*)$", err, re.M)
+    assert stop is not None and stop[1] == own.bootstrap, err
+    assert stop[3] != f": {stop[2]}", err  # an error that says only its name is said in words
     assert f"replayed {len(acked)} (the ce_ids above, acknowledged)" in err, err
     unconfirmed = re.search(r"^(\d+) sent, not acknowledged \(they may have landed\): (.*)$", err, re.M)
     maybe = unconfirmed[2].split() if unconfirmed else []
@@ -625,6 +635,23 @@ def test_an_event_is_selected_by_its_newest_copy() -> None:
     assert report.skipped == {"superseded": 1, "not selected": 1}
 
 
+def test_events_of_a_key_are_replayed_in_the_order_they_first_failed() -> None:
+    """1. Events a then b of one key fail (copies at offsets 0 and 1); a is replayed alone and fails again
+    (offset 2, faas_replayed 1). 2. Select both. Result: a, then b (by their oldest copies): ordered by the
+    newest copies, b came first, and the key's events were replayed backwards."""
+    from aiokafka import ConsumerRecord
+
+    def copy(offset: int, letter: Letter) -> Any:
+        _, value, headers, _ = letter
+        return ConsumerRecord("dead", 3, offset, 1_000 + offset, 0, b"K", value, None, 0, 0, headers)
+
+    records = [copy(0, failed("a")), copy(1, failed("b")), copy(2, failed("a", replayed=1))]
+    report = replay_module.Report()
+    chosen = replay_module.select(records, replay_module.Selection(), 0, report)
+    assert [(c.event[1], c.record.offset) for c in chosen] == [("a", 2), ("b", 1)]
+    assert report.replayed == ["a", "b"] and report.skipped == {"superseded": 1}
+
+
 def test_the_newest_copy_does_not_depend_on_the_order_partitions_are_read_in() -> None:
     """Copies of one keyless event: on partition 0 at offsets 1 (stamped 250, failed in f1) and 2 (stamped
     150 by a slow clock, f1); on partition 1 (stamped 200, failed in g). Read in every order, select
@@ -783,3 +810,14 @@ def test_replay_count_survives_successful_replays(
         e for e in records_now(broker.bootstrap, node.events) if dict(e.headers).get("ce_id") == eid.encode()
     ]
     assert [dict(e.headers).get("faas_replayed") for e in events] == [None, b"1", b"2", b"3", b"4"]
+
+
+def test_an_error_that_says_only_its_name_is_said_in_words() -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    stopped = replay_module.ReplayStopped(replay_module.Report(), [], 3, KafkaTimeoutError())
+    assert str(stopped) == (
+        "KafkaTimeoutError: no acknowledgement within the request timeout (FAAS_KAFKA_REQUEST_TIMEOUT_MS)"
+    )
+    assert str(replay_module.ReplayStopped(replay_module.Report(), [], 0, ValueError("x"))) == "ValueError: x"
+    assert str(replay_module.ReplayStopped(replay_module.Report(), [], 0, OSError())) == "OSError"

@@ -21,6 +21,7 @@ from framework.context import Trigger
 from framework.control.spec import FunctionSpec
 from framework.errors import FaasError
 from framework.observe import tracing
+from framework.retry import HANDOVER, Handover
 from framework.sources.schedule.catchup import Ticks
 from framework.sources.schedule.entry import CronEntry
 from framework.types import InvokeResult
@@ -57,6 +58,14 @@ class Runs:
         self.invoker = invoker
         self.metrics = metrics
         self.ticks = ticks
+        self._retrying: set[Handover] = set()
+        """The handovers of the schedule runs in progress (`stop_retrying`)."""
+
+    def stop_retrying(self) -> None:
+        """The node stops: runs waiting between attempts end now with their last error, and runs in an
+        attempt make no other (their ticks are written: no leader fires them again)."""
+        for handover in self._retrying:
+            handover.request()
 
     def record(self, entry: CronEntry, tick: datetime) -> None:
         """Write `tick` of `entry` to the tick log (none without Kafka): this leader dealt with it."""
@@ -77,6 +86,9 @@ class Runs:
         payload = orjson.dumps(entry.payload)
         started = time.perf_counter()
         error: dict[str, str] | None = None
+        handover = Handover(give_up=True)
+        HANDOVER.set(handover)  # this task's own context
+        self._retrying.add(handover)
         try:
             await self.invoker.call(spec, payload, "schedule", invocation_id=invocation_id, span=span)
         except FaasError as exc:
@@ -84,6 +96,8 @@ class Runs:
         except Exception as exc:  # a bug below us must not kill the schedule
             log.exception("schedule %s: unexpected error", invocation_id)
             error = {"type": type(exc).__name__, "message": str(exc)}
+        finally:
+            self._retrying.discard(handover)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         # The row listed now: a redeploy during the run replaced `entry` (the same schedule) in the table.
         entry.current.last = {

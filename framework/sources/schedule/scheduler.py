@@ -293,6 +293,7 @@ class Scheduler:
         if self.ticks is not None:  # before leaving the group: the next leader reads this one's last ticks
             await self.ticks.stop()
         await self.election.stop()
+        self.runs.stop_retrying()  # a backoff is no work in flight: the grace is not waited out for one
         runs = list(self._runs)
         if runs:
             await wait_or_cancel(runs, self.settings.shutdown_grace, self._hurry)

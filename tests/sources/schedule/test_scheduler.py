@@ -4,6 +4,7 @@ end-to-end runs of `faas run` nodes (DESIGN.md sections 2, 3 and 7)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -17,16 +18,17 @@ import pytest
 
 from framework.context import Trigger
 from framework.control.registry import Registry
-from framework.control.spec import FunctionSpec, Manifest, ScheduleSpec
-from framework.errors import Timeout
+from framework.control.spec import FunctionSpec, Manifest, RetrySpec, ScheduleSpec
+from framework.errors import FunctionError, Timeout
 from framework.kafka.embedded import EmbeddedBroker
 from framework.observe import tracing
 from framework.observe.logs import TraceFilter
 from framework.observe.metrics import Metrics
+from framework.retry import with_retries
 from framework.settings import Settings
 from framework.sources.schedule.leader import KafkaElection
 from framework.sources.schedule.scheduler import Scheduler
-from framework.types import InvokeResult
+from framework.types import Invocation, InvokeResult
 from tests.support import Node, wait_for, write_project
 
 StartNode = Callable[..., Node]
@@ -414,6 +416,51 @@ async def test_a_second_signal_cancels_runs_in_flight_at_once() -> None:
     sched.hurry()
     await asyncio.wait_for(stopping, 3)
     assert time.monotonic() - started < 1
+
+
+class RetryingInvoker(FakeInvoker):
+    """Every call fails with FunctionError and is retried under its spec's policy, as the invoker does."""
+
+    async def call(
+        self,
+        spec: FunctionSpec,
+        payload: bytes,
+        trigger: Trigger,
+        event: str | None = None,
+        invocation_id: str | None = None,
+        *,
+        span: tracing.Span | None = None,
+    ) -> InvokeResult:
+        async def attempt(current: FunctionSpec, inv: Invocation) -> InvokeResult:
+            self.calls.append((current.name, payload, trigger, inv.invocation_id))
+            raise FunctionError("boom")
+
+        first = Invocation(invocation_id or "", trigger, event, payload)
+        return await with_retries(spec, first, True, attempt)
+
+
+async def test_stopping_ends_a_run_waiting_between_attempts_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """1. A per-second schedule that always fails, retried after 20 s (3 attempts); FAAS_SHUTDOWN_GRACE=30.
+    2. Once its run waits for attempt 2, stop. Result: stop returns at once, not after the backoff nor the
+    grace; attempt 2 is never made; the run is recorded and counted as failed with FunctionError, and the
+    log says the attempt was not made because the node stops (it used to retry for the whole grace, then
+    drop the run without a word)."""
+    invoker = RetryingInvoker()
+    sched = Scheduler(Settings(shutdown_grace=30), invoker, metrics := Metrics(), None)
+    retried = spec().model_copy(update={"retry": RetrySpec(attempts=2, backoff=20, on=("FunctionError",))})
+    sched.apply(registry(retried))
+    await sched.start()
+    await until(lambda: any(h.waiting for h in sched.runs._retrying), 5, "a run waiting for attempt 2")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(sched.stop(), 5)
+    assert time.monotonic() - started < 1
+    ids = [call[3] for call in invoker.calls]
+    assert ids and all(i is not None and not i.endswith(":2") for i in ids), ids  # attempt 1s only
+    [row] = sched.status("job")
+    assert row["last"]["ok"] is False and row["last"]["error"]["type"] == "FunctionError"
+    assert sample(metrics, "faas_schedule_runs_total", function="job", outcome="FunctionError") >= 1
+    assert "job: attempt 2 not made: the node is stopping" in caplog.text
 
 
 async def test_apply_wakes_the_loop() -> None:
