@@ -50,6 +50,8 @@ class EventReply:
     """The caller's `tracestate`, passed on with the trace: replies carry it as `ce_tracestate`."""
     attempts: int = 1
     """Attempts the failing listener made (its last `ctx.attempt`): the dead-letter copy's `faas_attempts`."""
+    listeners: int = 0
+    """The productive listeners the event was handed to (finished or not: a chain abort cancels some)."""
 
     @property
     def ok(self) -> bool:
@@ -290,6 +292,7 @@ class Invoker:
             identity = EventIdentity(event_id)
         reply = EventReply(event_id, event_type).in_trace(span)
         listeners = self.registry.listeners(event_type)
+        reply.listeners = len(listeners)
         if len(listeners) == 1:  # the common case: no task, no waiting set
             spec = listeners[0]
             try:

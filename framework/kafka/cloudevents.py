@@ -120,13 +120,15 @@ def parse(
     max_payload: int,
     transport_first: bool = False,
     own_topics: frozenset[str] = frozenset(),
+    reply_topic: bool = True,
 ) -> Event | BadRecord:
     """Map one Kafka record to an Event, or say why it is not one. Never raises.
 
     `max_payload` is FAAS_MAX_PAYLOAD_BYTES: a larger record value is bad in either mode. `transport_first`:
     a plain `traceparent` header (the HTTP hop's, over HTTP) comes before the event's own extension.
     `own_topics`: topics a reply may not be sent to (`Settings.not_for_replies`): an event naming one as its
-    `replyto` is bad, and its BadEvent reply goes to the default replies topic.
+    `replyto` is bad, and its BadEvent reply goes to the default replies topic. Without `reply_topic` (over
+    HTTP, where the reply is the response) `replyto` is neither read nor checked: there it is usually a URL.
     """
     attrs: dict[str, str] = {}
     extensions: dict[str, str] = {}
@@ -168,12 +170,15 @@ def parse(
         if attrs.setdefault(lname, text) != text:  # which one is the event's? neither is taken
             bad_header = bad_header or f"header {name} is given twice, with different values"
     if attrs.get("content-type", "").lower().startswith(STRUCTURED):
-        return _structured(value, bad_header, max_payload, trace, transport_first, own_topics)
+        return _structured(value, bad_header, max_payload, trace, transport_first, own_topics, reply_topic)
     event_id = attrs.get("ce_id") or None
     event_type = attrs.get("ce_type") or None
     traceparent, tracestate = _trace(extensions, trace, transport_first)
+    if extensions.get("traceparent") == "":  # given twice (`repeated`): not the handler's to see either
+        del extensions["traceparent"]
+        dropped.append("extension header ce_traceparent is given twice (a new trace is started)")
     try:
-        replyto = _replyto(attrs.get("ce_replyto"), own_topics)
+        replyto = _replyto(attrs.get("ce_replyto"), own_topics) if reply_topic else None
     except _Bad as exc:
         return BadRecord(str(exc), event_id, event_type, None, traceparent, tracestate)
     try:
@@ -235,6 +240,7 @@ def _structured(
     trace: dict[str, str],
     transport_first: bool = False,
     own_topics: frozenset[str] = frozenset(),
+    reply_topic: bool = True,
 ) -> Event | BadRecord:
     plain = _trace({}, trace)  # the envelope's attributes, when it has any, count as _trace says
     try:
@@ -249,7 +255,7 @@ def _structured(
     event_id = event_id if isinstance(event_id, str) and event_id else None
     event_type = event_type if isinstance(event_type, str) and event_type else None
     try:
-        replyto = _replyto(doc.get("replyto"), own_topics)
+        replyto = _replyto(doc.get("replyto"), own_topics) if reply_topic else None
     except _Bad as exc:
         return BadRecord(str(exc), event_id, event_type, None, traceparent, tracestate)
     bad = BadRecord("", event_id, event_type, replyto, traceparent, tracestate)

@@ -14,27 +14,37 @@ from framework.observe.tracing import Exporter, Span
 
 if TYPE_CHECKING:
     from framework.invoker import EventReply
-    from framework.kafka.cloudevents import Event
+    from framework.kafka.cloudevents import BadRecord, Event
 
 
 def export_event(
-    exporter: Exporter, span: Span, event: Event, reply: EventReply, kind: str, topic: str | None
+    exporter: Exporter,
+    span: Span,
+    event: Event | BadRecord,
+    reply: EventReply,
+    kind: str,
+    topic: str | None,
 ) -> None:
-    """End `span`, the span of `event` answered by `reply`; `topic` is the Kafka topic (None over HTTP)."""
+    """End `span`, the span of `event` answered by `reply`; `topic` is the Kafka topic (None over HTTP).
+    A record that is no valid event (`BadRecord`, answered BadEvent) gets its span too, named by its type
+    when it had one (`event process` otherwise): its reply carries this span as its trace parent."""
     attributes: dict[str, str | bool | int | float] = {
-        "cloudevents.event_id": event.id,
-        "cloudevents.event_type": event.type,
         "cloudevents.event_spec_version": "1.0",
         "faas.trigger": "pubsub",
-        "faas.listeners": len(reply.results) + (reply.error is not None),
+        "faas.listeners": reply.listeners,
     }
-    if event.source is not None:
-        attributes["cloudevents.event_source"] = event.source
-    if event.subject is not None:
-        attributes["cloudevents.event_subject"] = event.subject
+    if event.id is not None:
+        attributes["cloudevents.event_id"] = event.id
+    if event.type is not None:
+        attributes["cloudevents.event_type"] = event.type
+    source, subject = getattr(event, "source", None), getattr(event, "subject", None)
+    if source is not None:
+        attributes["cloudevents.event_source"] = source
+    if subject is not None:
+        attributes["cloudevents.event_subject"] = subject
     if topic is not None:  # over HTTP (`POST /events*`) no messaging system is involved
         attributes["messaging.system"] = "kafka"
         attributes["messaging.destination.name"] = topic
         attributes["messaging.operation.type"] = "process"
     error = None if reply.error is None else f"{reply.error['type']}: {reply.error.get('message')}"
-    exporter.end(f"{event.type} process", span, kind, attributes, error)
+    exporter.end(f"{event.type or 'event'} process", span, kind, attributes, error)

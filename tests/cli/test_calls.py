@@ -213,3 +213,13 @@ def test_emit_with_no_room_for_this_hosts_reply_topic_says_so(root: Path) -> Non
     r = faas(root, "emit", "ping", FAAS_REPLIES_TOPIC="r" * 245, FAAS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
     assert "leaves no room under 249 characters" in r.stderr and "Traceback" not in r.output, r.output
+
+
+def test_emit_to_an_unreachable_broker_names_it_once(root: Path) -> None:
+    """`faas emit` with nothing listening at FAAS_KAFKA_BOOTSTRAP_SERVERS: exit 1, one line naming the broker
+    once (it read "cannot reach the Kafka broker at X: cannot reach Kafka at X: ...")."""
+    r = faas(root, "emit", "ping", "--timeout", "5", FAAS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].count("127.0.0.1:1") == 1, r.stderr
+    assert "cannot reach Kafka at 127.0.0.1:1" in lines[0], r.stderr

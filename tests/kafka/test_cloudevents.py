@@ -264,6 +264,16 @@ def test_the_first_valid_traceparent_wins(
     assert (ev.traceparent, ev.tracestate) == (want or (None, None))
 
 
+def test_a_traceparent_extension_given_twice_is_dropped_not_seen_empty() -> None:
+    """`ce_traceparent` twice: the event starts a new trace (as before), and its extensions no longer hold
+    an empty `traceparent` for the handler to see: it is dropped, with a reason."""
+    headers = [*binary(), ("ce_traceparent", TP_A.encode()), ("ce_traceparent", TP_A.encode())]
+    ev = cloudevents.parse(b"{}", headers, 1000)
+    assert isinstance(ev, cloudevents.Event)
+    assert ev.traceparent is None and "traceparent" not in ev.extensions
+    assert ev.dropped == ["extension header ce_traceparent is given twice (a new trace is started)"]
+
+
 def test_bad_extensions_are_dropped_not_fatal() -> None:
     """Non-UTF-8, oversized, or badly named extension headers (not lower-case letters and digits, or over
     128 of them) are dropped with a reason each; the event stays valid, with a name over CloudEvents'

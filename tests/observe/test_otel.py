@@ -233,6 +233,7 @@ def test_kafka_event_spans(node: Node, broker: EmbeddedBroker, receiver: tuple[R
         eid,
         "otel.seen",
     ), a
+    assert a["faas.listeners"] == 1, a  # the productive listeners of otel.seen
     invoke = wait_for(lambda: rec.named("invoke traced", tid), timeout=30, message="the invoke span")[0]
     assert invoke.parent == event.span_id, (invoke, event)
     assert invoke.attributes["faas.trigger"] == "pubsub" and invoke.attributes["cloudevents.event_id"] == eid
@@ -241,6 +242,36 @@ def test_kafka_event_spans(node: Node, broker: EmbeddedBroker, receiver: tuple[R
     replies = consume(broker.bootstrap, node.replies, 10_000, timeout=30, ids={eid})
     mine = [x for x in replies if isinstance(x["value"], dict) and x["value"].get("id") == eid]
     assert mine and mine[0]["headers"]["ce_traceparent"] == f"00-{tid}-{event.span_id}-01", mine
+
+
+def test_refused_events_have_the_span_their_answer_names(
+    node: Node, broker: EmbeddedBroker, receiver: tuple[Receiver, str]
+) -> None:
+    """1. Produce a record of type otel.seen whose value is no JSON, with `ce_traceparent` (trace T1).
+    2. `POST /events` of a body that is no JSON, with `traceparent` (trace T2).
+    Result: each is refused (a BadEvent reply; a 400) naming as its trace parent a span that reached the
+    collector (`otel.seen process` / `event process`, a child of the caller's span): it was never exported,
+    so a trace continued from the answer had a parent that did not exist."""
+    rec, _ = receiver
+    eid, tid, sid = new_id(), secrets.token_hex(16), secrets.token_hex(8)
+    headers = [*ce_headers("otel.seen", eid), ("ce_traceparent", f"00-{tid}-{sid}-01".encode())]
+    produce(broker.bootstrap, node.events, [(b"k", b"nope", headers)])
+    span = wait_for(lambda: rec.named("otel.seen process", tid), timeout=60, message="its span")[0]
+    assert span.parent == sid and span.attributes["cloudevents.event_id"] == eid, span
+    replies = consume(broker.bootstrap, node.replies, 10_000, timeout=30, ids={eid})
+    mine = [x for x in replies if isinstance(x["value"], dict) and x["value"].get("id") == eid]
+    assert mine and mine[0]["value"]["error"]["type"] == "BadEvent", mine
+    assert mine[0]["headers"]["ce_traceparent"] == f"00-{tid}-{span.span_id}-01", mine
+    tid2, sid2 = secrets.token_hex(16), secrets.token_hex(8)
+    r = httpx.post(
+        f"{node.url}/events",
+        content=b"nope",
+        headers={"content-type": "application/json", "traceparent": f"00-{tid2}-{sid2}-01"},
+        timeout=30,
+    )
+    assert r.status_code == 400, r.text
+    refused = wait_for(lambda: rec.named("event process", tid2), timeout=30, message="the refused one's span")
+    assert refused[0].parent == sid2 and r.headers["traceparent"] == f"00-{tid2}-{refused[0].span_id}-01"
 
 
 def test_failed_invocation_span_says_where_it_ran(node: Node, receiver: tuple[Receiver, str]) -> None:

@@ -34,6 +34,7 @@ from framework.invoker import EventReply
 from framework.kafka import cloudevents
 from framework.observe import tracing
 from framework.observe.spans import export_event
+from framework.observe.tracing import Exporter
 from framework.sources.http.body import BodyReader
 from framework.sources.http.responses import JSONResponse, error_response
 from framework.types import new_id
@@ -93,10 +94,10 @@ async def receive(
     try:
         body = await reader.read_request(request)
     except FaasError as exc:  # the body is what is wrong: the trace context the headers alone give
-        return _refused(exc, cloudevents.parse(b"null", headers, reader.limit, transport_first=True))
-    event = cloudevents.parse(body, headers, reader.limit, transport_first=True)
+        return _refused(exc, _parse(b"null", headers, reader.limit), invoker.exporter)
+    event = _parse(body, headers, reader.limit)
     if isinstance(event, cloudevents.BadRecord):
-        return _refused(BadRequest(event.message.replace("ce_", "ce-")), event)
+        return _refused(BadRequest(event.message.replace("ce_", "ce-")), event, invoker.exporter)
     for why in event.dropped:
         log.warning("event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why)
     span = tracing.start(event.traceparent, event.tracestate)
@@ -112,8 +113,22 @@ async def receive(
     return reply_response(reply)
 
 
-def _refused(exc: FaasError, event: cloudevents.Event | cloudevents.BadRecord) -> Response:
+def _parse(
+    body: bytes, headers: list[tuple[str, bytes | None]], limit: int
+) -> cloudevents.Event | cloudevents.BadRecord:
+    """The event of an HTTP delivery: the hop's trace context first; `replyto` ignored (the reply is the
+    response, and an HTTP event's `replyto` is usually a URL, no topic)."""
+    return cloudevents.parse(body, headers, limit, transport_first=True, reply_topic=False)
+
+
+def _refused(
+    exc: FaasError, event: cloudevents.Event | cloudevents.BadRecord, exporter: Exporter | None
+) -> Response:
+    """The answer to a delivery refused before any listener ran, in its own span (exported: the answer
+    names it as its trace parent)."""
     span = tracing.start(event.traceparent, event.tracestate)
+    if exporter is not None:
+        export_event(exporter, span, event, EventReply.failed(event.id, event.type, exc), "server", None)
     return error_response(exc, headers={"traceparent": span.traceparent})
 
 
@@ -128,7 +143,7 @@ def typed_event(
     """
     own = [(n, v) for n, v in headers if n.lower() not in ("ce_type", "ce_id", "content-type")]
     own += [("ce_type", event_type.encode()), ("ce_id", event_id.encode())]
-    event = cloudevents.parse(payload, own, len(payload), transport_first=True)
+    event = _parse(payload, own, len(payload))
     if isinstance(event, cloudevents.BadRecord):
         return cloudevents.Event(event_type, event_id, payload), tracing.start(
             event.traceparent, event.tracestate

@@ -421,6 +421,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             reply = EventReply.failed(event.id, event.type, BadEvent(event.message)).in_trace(span)
             await self.outbox.deadletter(record.key, record.value, bad_event_headers(headers, event.message))
             await self.outbox.reply_later(part, record, event, reply)
+            if self.invoker.exporter is not None:  # the reply names this span: it must exist
+                export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
             return
         for why in event.dropped:
             log.warning(

@@ -262,6 +262,26 @@ def test_both_event_routes_read_one_ce_id_and_the_http_hop_trace_first(node: Nod
     assert r.json()["result"]["traceparent"].endswith("-01"), r.text
 
 
+def test_replyto_is_ignored_over_http(node: Node) -> None:
+    """1. `POST /events` binary mode with `ce-replyto` a URL; 2. structured mode with a `replyto` URL;
+    3. `POST /events/{type}` with `ce-replyto` a URL beside `ce-source` and `ce-subject`.
+    Result: each is served (the reply is the response: a replyto names no Kafka topic there, and is
+    usually a URL), and 3 keeps the caller's source and subject. They used to be a 400 "invalid reply
+    topic", and 3 lost its identity."""
+    url = "https://example.com/replies"
+    r = httpx.post(f"{node.url}/events", content=b"1", headers=_binary(new_id(), **{"ce-replyto": url}))
+    assert r.status_code == 200 and _result(r.json())["payload"] == 1, r.text
+    doc = {"specversion": "1.0", "type": "ce.seen", "id": new_id(), "source": "s", "replyto": url, "data": 2}
+    structured = {"content-type": "application/cloudevents+json"}
+    r = httpx.post(f"{node.url}/events", content=json.dumps(doc), headers=structured, timeout=30)
+    assert r.status_code == 200 and _result(r.json())["payload"] == 2, r.text
+    typed = {"ce-replyto": url, "ce-source": "mysrc", "ce-subject": "mysub"}
+    r = httpx.post(f"{node.url}/events/ce.seen", content=b"3", headers=typed, timeout=30)
+    assert r.status_code == 200, r.text
+    result = _result(r.json())
+    assert (result["source"], result["subject"], result["payload"]) == ("mysrc", "mysub", 3), result
+
+
 def test_an_event_type_with_a_slash_has_its_routes(node: Node) -> None:
     """`acme.com/order.created` is a valid event type: `GET /events/{type}/listeners` and
     `POST /events/{type}` serve it, written with the `/` as is or percent-encoded (they answered 404)."""
