@@ -206,8 +206,8 @@ def emit(
             "shows its attempts)"
         )
     except ConnectionError as exc:
-        said = str(exc)  # the client's own error may name the broker already
-        fail(said if servers in said else f"cannot reach the Kafka broker at {servers}: {said}")
+        cause = exc.__cause__ or exc  # the client's own message names the broker already
+        fail(f"cannot reach the Kafka broker at {servers}: {cause}")
     click.echo(json.dumps(reply))
     if not reply.get("ok"):
         sys.exit(1)

@@ -322,10 +322,17 @@ class DeploymentLog:
         )
 
     async def republish(self, revisions: list[Revision], code: Callable[[str], bytes | None]) -> int:
-        """Write again the `revisions` (and their code) the log no longer holds; returns how many."""
+        """Write again the `revisions` (and their code) the log no longer holds; returns how many.
+
+        A function the new log holds revisions of already is left as the log has it: one deployed since
+        the loss (`faas deploy` right after the broker came back) must stay the newest, and the kept
+        revisions, numbered higher, would bury it. (Another node's republish looks the same, and wrote the
+        same records.)"""
         count = 0
         async with self._lock:
             await self.catch_up()
+            on_log = {key.split(":")[1].lower() for key in self.state.keys if key.startswith("rev:")}
+            passed: dict[str, list[int]] = {}  # function uuid -> its kept revisions not published again
             # In the order first applied: a reader of the copy then refuses and accepts what one of the
             # original did (a revision taking a name is valid only after the rename that freed it).
             order = self.state.order
@@ -333,6 +340,9 @@ class DeploymentLog:
             lost: dict[str, list[str]] = {}  # code not cached: the revisions needing it, said once below
             for rev in sorted(revisions, key=lambda r: (order.get(r.key, 0), r.revision)):
                 if rev.key in self.state.keys:
+                    continue
+                if rev.uuid.lower() in on_log:
+                    passed.setdefault(f"{rev.function} ({rev.uuid})", []).append(rev.revision)
                     continue
                 sha = rev.code_sha256
                 if sha is not None and code_key(sha) not in self.state.keys and code_key(sha) not in written:
@@ -346,6 +356,18 @@ class DeploymentLog:
                 count += 1
             for sha, keys in lost.items():
                 log.error("cannot publish %s again: their code %s is not cached", ", ".join(keys), sha[:12])
+            for function, numbers in passed.items():
+                log.warning(
+                    "%s: published since the broker lost the log; its kept revisions %s are not published "
+                    "again (the new log's history of it starts there)",
+                    function,
+                    ", ".join(map(str, sorted(numbers))),
+                )
+            if passed:  # forgotten here too, as a tombstone would: what the new log holds is served
+                for rev in revisions:
+                    if rev.uuid.lower() in on_log and rev.key not in self.state.keys:
+                        self.state.apply(rev.key, None, "a lost log")
+                self._changed()
             await self.catch_up()
         return count
 

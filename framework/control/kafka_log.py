@@ -8,13 +8,13 @@ The habits of a config store on a compacted topic (Kafka Connect's KafkaConfigBa
 - writes (`publish`, in `deployment_log.py`) are read back through the same reader, and go only to a
   topic the broker lists: one it lost is created again first, with a new producer (`_topic_present`).
 
-A lost log (a memory-only broker restarted: the end offset drops below what was read) is read again from
-0 and `on_reset` is called, so the node can publish again what it serves, in the order it was applied
-(`LogState.order`: validity depends on order). An end offset below what was read is not proof of that on
-its own: Tansu reports a partition's end as its last batch's base offset + 1, so after a batch of several
-records (a restore or mirror tool's; the platform writes one record a request) the end stays below the
-records read until the next write. So the log counts as lost only when it no longer holds the last record
-read (`_still_there`: one small fetch, once per end offset seen).
+A lost log (a memory-only broker restarted: its cluster id changes, or the end offset drops below what
+was read) is read again from 0 and `on_reset` is called, so the node can publish again what it serves, in
+the order it was applied (`LogState.order`: validity depends on order). An end offset below what was read
+is not proof of that on its own: Tansu reports a partition's end as its last batch's base offset + 1, so
+after a batch of several records (a restore or mirror tool's; the platform writes one record a request)
+the end stays below the records read until the next write. So the log counts as lost only when it no
+longer holds the last record read (`_still_there`: one small fetch, once per end offset seen).
 
 A bad record never stops the reader: `LogState.apply` skips it with a warning and never raises, and
 `position` moves past each record as it is applied, so the records after a bad one in the same fetch
@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from framework.control.deployment_log import DeploymentLog
 from framework.control.log_state import LogState
+from framework.kafka.group import cluster_id
 from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer, stop_quietly
 from framework.kafka.topic_read import first_at
 from framework.settings import Settings
@@ -95,6 +96,8 @@ class KafkaLog(DeploymentLog):
         """An end offset below `position` that was found to be Tansu's floor, not a lost log."""
         self._listed_at = -math.inf
         """When (monotonic s) the broker last listed the topic before a write (`_topic_present`)."""
+        self._cluster: str | None = None
+        """The cluster id the log was read from (None until known): another one is another broker."""
 
     @property
     def fetch_bytes(self) -> int:
@@ -120,6 +123,7 @@ class KafkaLog(DeploymentLog):
             await consumer.seek_to_beginning(self.tp)
         await self.catch_up()
         if self.follow:
+            self._cluster = self._cluster or await cluster_id(consumer)
             self._task = asyncio.create_task(self._follow(), name="deployment-log")
 
     async def stop(self) -> None:
@@ -209,15 +213,14 @@ class KafkaLog(DeploymentLog):
             if changed and self.follow:
                 self._changed()
 
-    def _reset(self, end: int) -> None:
+    def _reset(self, why: str) -> None:
         log.warning(
-            "deployment log %s: its end offset %d is below the %d records read (the broker lost it): "
-            "reading it again and publishing again what this node serves",
+            "deployment log %s: %s (the broker lost it): reading it again and publishing again what this "
+            "node serves",
             self.topic,
-            end,
-            self.position,
+            why,
         )
-        self.position = 0
+        self.position, self._floor = 0, -1
         self.state.keys.clear()
         assert self._consumer is not None
         self._consumer.seek(self.tp, 0)
@@ -243,7 +246,19 @@ class KafkaLog(DeploymentLog):
                 await asyncio.sleep(FOLLOW_RETRY)
 
     async def _check_end(self) -> None:
-        """Notice a lost log: its end offset below our position, or the topic gone (then create it)."""
+        """Notice a lost log: another cluster id, its end offset below our position, or the topic gone
+        (then create it)."""
+        assert self._consumer is not None
+        cluster = await cluster_id(self._consumer)
+        if cluster is not None:
+            before, self._cluster = self._cluster, cluster
+            if before is not None and cluster != before:
+                # Another cluster (the memory-only broker restarted): whatever its log holds, it is not
+                # what was read. Its end offset alone can miss it: a deploy right after the restart can
+                # make the new log as long as the old one before a check sees it shorter.
+                self._low = 0
+                self._reset(f"the cluster id {before} became {cluster}")
+                return
         try:
             end = await within(self.end_offset(), CHECK_EVERY)
         except KafkaError:
@@ -259,7 +274,7 @@ class KafkaLog(DeploymentLog):
         self._low += 1
         if self._low >= 2:  # twice in a row, CHECK_EVERY apart: not a passing glitch
             self._low = 0
-            self._reset(end)
+            self._reset(f"its end offset {end} is below the {self.position} records read")
 
     async def _still_there(self, offset: int) -> bool:
         """Whether the log still holds the record at `offset` (a lost one, started again, holds fewer

@@ -103,8 +103,11 @@ def cli_env(n: Node, bootstrap: str) -> dict[str, str]:
     }
 
 
-def publish(root: Path, n: Node, bootstrap: str, message: str) -> list[tuple[int, bool]]:
-    """Publish the working copy's alpha the way `faas deploy` does, in this process."""
+def publish(
+    root: Path, n: Node, bootstrap: str, message: str, create: bool = False
+) -> list[tuple[int, bool]]:
+    """Publish the working copy's alpha the way `faas deploy` does, in this process (`create`: as `deploy`
+    does, making the log when the broker has none)."""
     settings = Settings(manifest=root / "functions.yaml", deployments_topic=n.deployments)
     found = candidates(load_manifest(settings.manifest), CodeZips(settings.max_code_bytes), message)
     items = [(c.revision, c.code) for c in found.values() if c.revision is not None]
@@ -112,7 +115,7 @@ def publish(root: Path, n: Node, bootstrap: str, message: str) -> list[tuple[int
     async def work(log: KafkaLog) -> list[tuple[int, bool]]:
         return [(rev.revision, new) for rev, new in await log.publish_all(items)]
 
-    return with_log(settings, bootstrap, work, 60)
+    return with_log(settings, bootstrap, work, 60, create)
 
 
 def deploy(root: Path, env: dict[str, str], *args: str) -> str:
@@ -396,6 +399,44 @@ def test_restarted_memory_broker_gets_the_revisions_back(tmp_path: Path, nodes: 
         (root / "functions" / "m.py").write_text(module("v3"))
         assert publish(root, n, own[1].bootstrap, "third") == [(3, True)]
         wait_for(lambda: served(n, u) == {"v": "v3", "rev": 3}, 10, message="revision 3 served")
+    finally:
+        for b in own:
+            b.stop()
+
+
+@pytest.mark.usefixtures("broker_kills")
+@pytest.mark.parametrize("deploys", [1, 2])
+def test_a_deploy_right_after_a_broker_restart_is_what_is_served(
+    tmp_path: Path, nodes: Callable[..., Node], deploys: int
+) -> None:
+    """1. A broker of its own; a node (watch off) serving alpha, deployed twice (revisions 1 and 2: four
+    records on the log). 2. The broker is stopped and a new, empty one starts on the same port; at once,
+    alpha is deployed `deploys` times from the working copy (v9, then v10). Result: the node serves the
+    last of those, and it is the log's newest revision of alpha (whether the node published its kept
+    revisions again before the deploys, which then number on from them, or after).
+    (With 2 the new log was as long as the old one before the node's check saw it shorter: the node went
+    on serving the old revision 2 while the log's revision 2 was v10. With 1 the node noticed, but
+    published its kept revision 2 again over the fresh revision 1.)"""
+    port = free_port()
+    own = [EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}.log").start()]
+    try:
+        u, root, n = _serving_revision_2(tmp_path, nodes, own[0])
+        own[0].stop()
+        own.append(EmbeddedBroker(port=port, log_path=LOGS / f"broker-deploy-{port}-2.log").start())
+        for version in ["v9", "v10"][:deploys]:
+            (root / "functions" / "m.py").write_text(module(version))
+            [(number, new)] = publish(root, n, own[1].bootstrap, version, create=True)
+            assert new
+        # The node may republish before the deploys (they then number on from its revisions) or after;
+        # either way the last deploy is the newest revision, and served.
+        want = {"v": version, "rev": number}
+        wait_for(lambda: served(n, u) == want, 60, interval=0.5, message=f"{want} served")
+        republished = "kept revisions again"  # what the node's republish wrote, once it is done
+        wait_for(lambda: republished in n.log.read_text(errors="replace"), 30, message="the republish")
+        keys = {r["key"].decode() for r in topic_now(own[1].bootstrap, n.deployments)}
+        numbers = {int(k.rsplit(":", 1)[1]) for k in keys if k.startswith(f"rev:{u}:")}
+        assert max(numbers) == number, (numbers, number)
+        assert served(n, u) == want
     finally:
         for b in own:
             b.stop()
