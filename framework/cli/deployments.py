@@ -367,7 +367,7 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
             return _clash_line(log.state, name, holder.uuid)
         cand = Revision(
             uuid=newest.uuid,
-            function=newest.function,
+            function=name,  # the name the revision serves: a rollback across a rename restores the old one
             revision=0,
             action="deploy",
             spec=target.spec,
@@ -380,7 +380,8 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
         rev, new = await log.publish(cand, None)
         if not new:
             return f"{fn}: unchanged, revision {rev.revision} equals revision {target.revision}"
-        return f"{fn}: revision {rev.revision} deployed (rollback of revision {target.revision})"
+        renamed = f", served as {name} again" if name != newest.function else ""
+        return f"{fn}: revision {rev.revision} deployed (rollback of revision {target.revision}{renamed})"
 
     try:
         line = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)

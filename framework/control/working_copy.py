@@ -119,7 +119,9 @@ def undeploy_of(spec: FunctionSpec | None, newest: Revision | None, message: str
     log knows (then `newest` names it)."""
     if spec is not None:
         uuid, name = spec.uuid, spec.name
+        # Under the working copy's name, in its spec too: a revision's `function` is the name its spec holds.
         base = spec_of(spec, "undeployed") if newest is None else {**newest.spec, "state": "undeployed"}
+        base["name"] = name
     elif newest is not None:
         uuid, name, base = newest.uuid, newest.function, {**newest.spec, "state": "undeployed"}
     else:

@@ -317,6 +317,35 @@ def test_history_by_a_name_given_up_in_a_rename_finds_the_function(
     assert r.returncode == 1 and "no function named 'gamma'" in r.stderr, r.stderr
 
 
+def test_a_rollback_across_a_rename_names_the_function_as_it_is_served(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. Deploy alpha; rename it beta (the same uuid) and deploy beta. 2. `faas rollback beta` (to
+    revision 1, named alpha). 3. `faas history alpha`, `faas undeploy beta`, `faas undeploy alpha`.
+    Result: 2 says revision 3 is served as alpha again, and revision 3's `function` is alpha, as its spec
+    (it said beta, while every node served alpha: `undeploy beta` then took down what ran as alpha);
+    3 the history lists it under alpha, `undeploy beta` exits 1 naming alpha, `undeploy alpha` works."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
+    (a / "functions.yaml").write_text((a / "functions.yaml").read_text().replace("name: alpha", "name: beta"))
+    assert run_cli(a, "deploy", "beta", env=env).returncode == 0
+    r = run_cli(a, "rollback", "beta", env=env)
+    assert (
+        r.returncode == 0
+        and "beta: revision 3 deployed (rollback of revision 1, served as alpha again)" in (r.stdout)
+    ), r.stdout + r.stderr
+    r = run_cli(tmp_path, "history", "alpha", "--json", env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    newest = json.loads(r.stdout)[0]
+    assert (newest["revision"], newest["function"], newest["spec"]["name"]) == (3, "alpha", "alpha"), newest
+    r = run_cli(tmp_path, "undeploy", "beta", env=env)
+    assert r.returncode == 1 and f"function {u} had that name, and is 'alpha'" in r.stderr, r.stderr
+    r = run_cli(tmp_path, "undeploy", "alpha", env=env)
+    assert r.returncode == 0 and "alpha: revision 4 undeployed" in r.stdout, r.stdout + r.stderr
+
+
 def test_undeploy_takes_down_a_live_function_the_manifest_no_longer_holds(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:

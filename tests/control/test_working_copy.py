@@ -70,3 +70,27 @@ def test_candidates_publish_what_was_checked_even_when_files_change_between(tmp_
     }
     later = candidates(manifest, code.fresh())
     assert all(c.code is None and c.error and "FAAS_MAX_CODE_BYTES" in c.error for c in later.values())
+
+
+def test_an_undeploy_of_a_renamed_function_holds_one_name() -> None:
+    """The working copy renamed echo to echo2 and undeploys it: the undeploy revision's `function` and its
+    spec's name are both echo2 (the spec said echo, from the newest revision, and lookups by name went
+    astray), its code and the rest of the spec the newest revision's."""
+    from framework.control.revisions import Revision
+    from framework.control.spec import FunctionSpec
+
+    newest = Revision(
+        uuid=UUIDS[0],
+        function="echo",
+        revision=4,
+        action="deploy",
+        spec={"name": "echo", "uuid": UUIDS[0], "handler": "functions.m:handle", "state": "productive"},
+        code_sha256="ab" * 32,
+        deployed_at="2026-12-06T00:00:00.000Z",
+        deployed_by="me",
+    )
+    spec = FunctionSpec(name="echo2", uuid=UUIDS[0], handler="functions.m:other", state="draft")
+    undeploy = working_copy.undeploy_of(spec, newest, "gone")
+    assert (undeploy.function, undeploy.spec["name"], undeploy.action) == ("echo2", "echo2", "undeploy")
+    assert undeploy.spec["handler"] == "functions.m:handle" and undeploy.spec["state"] == "undeployed"
+    assert undeploy.code_sha256 == "ab" * 32
