@@ -50,7 +50,10 @@ POLL_MS = 200
 FETCH_WAIT_MS = 100
 """Milliseconds the broker may hold a fetch with no new records: bounds how late a revision is seen."""
 CHECK_EVERY = 2.0
-"""Seconds between checks of the end offset, to notice a log that was lost (broker restarted empty)."""
+"""Seconds between checks of the cluster id and end offset, to notice a log that was lost (broker restarted
+empty)."""
+CHECK_TIMEOUT = 2.0
+"""Seconds each request of a check may take (a timed-out check is tried again at the next)."""
 FOLLOW_RETRY = 0.5
 """Seconds the follower waits after a failed fetch before the next one."""
 TOPIC_CHECK_EVERY = 1.0
@@ -260,15 +263,15 @@ class KafkaLog(DeploymentLog):
                 self._reset(f"the cluster id {before} became {cluster}")
                 return
         try:
-            end = await within(self.end_offset(), CHECK_EVERY)
+            end = await within(self.end_offset(), CHECK_TIMEOUT)
         except KafkaError:
             options = security_options(self.settings)
-            await within(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_EVERY * 2)
-            end = await within(self.end_offset(), CHECK_EVERY)
+            await within(ensure_log_topic(self.bootstrap, self.topic, options), CHECK_TIMEOUT * 2)
+            end = await within(self.end_offset(), CHECK_TIMEOUT)
         if end >= self.position or end == self._floor:
             self._low = 0
             return
-        if await within(self._still_there(self.position - 1), CHECK_EVERY):
+        if await within(self._still_there(self.position - 1), CHECK_TIMEOUT):
             self._floor, self._low = end, 0
             return
         self._low += 1
