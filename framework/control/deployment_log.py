@@ -332,7 +332,7 @@ class DeploymentLog:
         async with self._lock:
             await self.catch_up()
             on_log = {key.split(":")[1].lower() for key in self.state.keys if key.startswith("rev:")}
-            passed: dict[str, list[int]] = {}  # function uuid -> its kept revisions not published again
+            passed: list[Revision] = []  # kept revisions of functions on the new log: not published again
             # In the order first applied: a reader of the copy then refuses and accepts what one of the
             # original did (a revision taking a name is valid only after the rename that freed it).
             order = self.state.order
@@ -342,7 +342,7 @@ class DeploymentLog:
                 if rev.key in self.state.keys:
                     continue
                 if rev.uuid.lower() in on_log:
-                    passed.setdefault(f"{rev.function} ({rev.uuid})", []).append(rev.revision)
+                    passed.append(rev)
                     continue
                 sha = rev.code_sha256
                 if sha is not None and code_key(sha) not in self.state.keys and code_key(sha) not in written:
@@ -356,17 +356,18 @@ class DeploymentLog:
                 count += 1
             for sha, keys in lost.items():
                 log.error("cannot publish %s again: their code %s is not cached", ", ".join(keys), sha[:12])
-            for function, numbers in passed.items():
+            numbers: dict[str, list[int]] = {}
+            for rev in passed:  # forgotten here too, as a tombstone would: what the new log holds is served
+                self.state.apply(rev.key, None, "a lost log")
+                numbers.setdefault(f"{rev.function} ({rev.uuid})", []).append(rev.revision)
+            for function, kept in numbers.items():
                 log.warning(
                     "%s: published since the broker lost the log; its kept revisions %s are not published "
                     "again (the new log's history of it starts there)",
                     function,
-                    ", ".join(map(str, sorted(numbers))),
+                    ", ".join(map(str, sorted(kept))),
                 )
-            if passed:  # forgotten here too, as a tombstone would: what the new log holds is served
-                for rev in revisions:
-                    if rev.uuid.lower() in on_log and rev.key not in self.state.keys:
-                        self.state.apply(rev.key, None, "a lost log")
+            if passed:
                 self._changed()
             await self.catch_up()
         return count
