@@ -288,6 +288,18 @@ def test_history_outside_a_working_copy_shows_the_live_function_of_that_name(
     assert r.returncode == 1 and "no earlier deployed revision" in r.stderr, r.stderr
 
 
+def deployed_then_renamed(tmp_path: Path, broker: EmbeddedBroker) -> tuple[str, Path, dict[str, str]]:
+    """alpha deployed (revision 1), then renamed beta in the manifest (the same uuid) and deployed
+    (revision 2), on a log of its own: (its uuid, the project, the CLI's environment)."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
+    (a / "functions.yaml").write_text((a / "functions.yaml").read_text().replace("name: alpha", "name: beta"))
+    assert run_cli(a, "deploy", "beta", env=env).returncode == 0
+    return u, a, env
+
+
 def test_history_by_a_name_given_up_in_a_rename_finds_the_function(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
@@ -296,12 +308,7 @@ def test_history_by_a_name_given_up_in_a_rename_finds_the_function(
     beta's live, with a line on stderr naming its name now; 4 exits 1 naming beta and changes nothing (an
     old name in a script must not take down or rename the function); `faas history gamma` (never a name)
     still exits 1."""
-    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
-    a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
-    env = env_for(broker.bootstrap, topic)
-    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
-    (a / "functions.yaml").write_text((a / "functions.yaml").read_text().replace("name: alpha", "name: beta"))
-    assert run_cli(a, "deploy", "beta", env=env).returncode == 0
+    u, a, env = deployed_then_renamed(tmp_path, broker)
     r = run_cli(a, "history", "alpha", "--json", env=env)
     assert r.returncode == 0, r.stderr
     kept = [(rev["uuid"], rev["revision"], rev["function"], rev["live"]) for rev in json.loads(r.stdout)]
@@ -325,12 +332,7 @@ def test_a_rollback_across_a_rename_names_the_function_as_it_is_served(
     Result: 2 says revision 3 is served as alpha again, and revision 3's `function` is alpha, as its spec
     (it said beta, while every node served alpha: `undeploy beta` then took down what ran as alpha);
     3 the history lists it under alpha, `undeploy beta` exits 1 naming alpha, `undeploy alpha` works."""
-    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
-    a = write_project(tmp_path / "a", manifest(u, "draft"), {"m": MODULE})
-    env = env_for(broker.bootstrap, topic)
-    assert run_cli(a, "deploy", "alpha", env=env).returncode == 0
-    (a / "functions.yaml").write_text((a / "functions.yaml").read_text().replace("name: alpha", "name: beta"))
-    assert run_cli(a, "deploy", "beta", env=env).returncode == 0
+    u, a, env = deployed_then_renamed(tmp_path, broker)
     r = run_cli(a, "rollback", "beta", env=env)
     assert (
         r.returncode == 0

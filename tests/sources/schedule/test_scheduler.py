@@ -39,7 +39,9 @@ WARM = "dddddddd-0000-4000-8000-00000000000f"
 
 
 class FakeInvoker:
-    """Records calls; `gate`, when set, holds every run until it is set (to test overlap)."""
+    """Records calls; `gate`, when set, holds every run until it is set (to test overlap); `fail` fails
+    them; with `retried`, each call is retried under its spec's policy, as the invoker does (each attempt
+    recorded)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, bytes, str, str | None]] = []
@@ -47,6 +49,7 @@ class FakeInvoker:
         self.warmups: list[str] = []
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
+        self.retried = False
 
     async def call(
         self,
@@ -58,7 +61,18 @@ class FakeInvoker:
         *,
         span: tracing.Span | None = None,
     ) -> InvokeResult:
-        self.calls.append((spec.name, payload, trigger, invocation_id))
+        first = Invocation(invocation_id or "", trigger, event, payload)
+        if not self.retried:
+            return await self._attempt(spec, first, span)
+
+        async def attempt(current: FunctionSpec, inv: Invocation) -> InvokeResult:
+            return await self._attempt(current, inv, span)
+
+        return await with_retries(spec, first, True, attempt)
+
+    async def _attempt(self, spec: FunctionSpec, inv: Invocation, span: tracing.Span | None) -> InvokeResult:
+        invocation_id = inv.invocation_id or None
+        self.calls.append((spec.name, inv.payload, inv.trigger, invocation_id))
         self.spans.append(span)
         if self.gate is not None:
             await self.gate.wait()
@@ -418,34 +432,14 @@ async def test_a_second_signal_cancels_runs_in_flight_at_once() -> None:
     assert time.monotonic() - started < 1
 
 
-class RetryingInvoker(FakeInvoker):
-    """Every call fails with FunctionError and is retried under its spec's policy, as the invoker does."""
-
-    async def call(
-        self,
-        spec: FunctionSpec,
-        payload: bytes,
-        trigger: Trigger,
-        event: str | None = None,
-        invocation_id: str | None = None,
-        *,
-        span: tracing.Span | None = None,
-    ) -> InvokeResult:
-        async def attempt(current: FunctionSpec, inv: Invocation) -> InvokeResult:
-            self.calls.append((current.name, payload, trigger, inv.invocation_id))
-            raise FunctionError("boom")
-
-        first = Invocation(invocation_id or "", trigger, event, payload)
-        return await with_retries(spec, first, True, attempt)
-
-
 async def test_stopping_ends_a_run_waiting_between_attempts_at_once(caplog: pytest.LogCaptureFixture) -> None:
     """1. A per-second schedule that always fails, retried after 20 s (3 attempts); FAAS_SHUTDOWN_GRACE=30.
     2. Once its run waits for attempt 2, stop. Result: stop returns at once, not after the backoff nor the
     grace; attempt 2 is never made; the run is recorded and counted as failed with FunctionError, and the
     log says the attempt was not made because the node stops (it used to retry for the whole grace, then
     drop the run without a word)."""
-    invoker = RetryingInvoker()
+    invoker = FakeInvoker()
+    invoker.fail, invoker.retried = FunctionError("boom"), True
     sched = Scheduler(Settings(shutdown_grace=30), invoker, metrics := Metrics(), None)
     retried = spec().model_copy(update={"retry": RetrySpec(attempts=2, backoff=20, on=("FunctionError",))})
     sched.apply(registry(retried))
