@@ -36,6 +36,9 @@ TOPICS = (
 """The settings naming a topic of the platform's: each its own (replies read as events would loop)."""
 
 
+Switch = Literal["auto", "on", "off"]
+"""A setting the node decides (`auto`) unless it is turned `on` or `off`."""
+
 ENV_FILE = ".env"
 """The file settings (and the CLI's option twins) are also read from, relative to the working directory."""
 
@@ -124,9 +127,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str = ""
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
-    kafka_idempotence: Literal["auto", "on", "off"] = "auto"
+    kafka_idempotence: Switch = "auto"
     """`auto`: idempotent producer with acks=all on Apache Kafka, off on the embedded broker (no support)."""
-    kafka_leave_group: Literal["auto", "on", "off"] = "auto"
+    kafka_leave_group: Switch = "auto"
     """Whether a stopping node's group consumers send LeaveGroup. `auto`: they do, except on the embedded
     broker, where a leave can leave the group unjoinable (Tansu 0.6.0, `kafka/group.py`); `off`: never (a
     Tansu broker not started by faas); `on`: always. Without a leave, partitions move after the session

@@ -24,19 +24,18 @@ fails when a release moves it).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from framework.kafka.embedded import CLUSTER_ID_PREFIX
 from framework.kafka.options import stop_quietly
 from framework.kafka.probe import ask_metadata, cluster_id_in
+from framework.settings import Switch
 from framework.tasks import within
 
 log = logging.getLogger("faas.kafka")
 
-LeavePolicy = Literal["auto", "on", "off"]
-"""FAAS_KAFKA_LEAVE_GROUP (settings.py)."""
 ASK_TIMEOUT = 2.0
 """Seconds a stopping consumer spends asking the broker for its cluster id."""
 
@@ -68,7 +67,7 @@ def leave_silently(consumer: AIOKafkaConsumer) -> None:
 
 
 async def stop_member(
-    consumer: AIOKafkaConsumer, seconds: float, leave: LeavePolicy = "auto", cluster: str | None = None
+    consumer: AIOKafkaConsumer, seconds: float, leave: Switch = "auto", cluster: str | None = None
 ) -> Exception | None:
     """Stop a group consumer within `seconds` (`stop_quietly`: returns what went wrong). `leave` is
     FAAS_KAFKA_LEAVE_GROUP: with `auto`, no LeaveGroup on the embedded broker, told by `cluster` (the

@@ -202,3 +202,22 @@ async def stop_quietly(
     except Exception as exc:
         return exc
     return None
+
+
+_SAID = {
+    "KafkaTimeoutError": "no acknowledgement within the request timeout (FAAS_KAFKA_REQUEST_TIMEOUT_MS)",
+    "KafkaConnectionError": "the connection to the broker was lost",
+    "RequestTimedOutError": "the broker did not answer within the request timeout",
+}
+"""What an aiokafka error that says nothing but its class name means, by that name."""
+
+
+def said(exc: BaseException) -> str:
+    """`exc` as one line that names its type once: aiokafka's broker errors already name theirs
+    (`[Error 10] MessageSizeTooLargeError: ...`), and many say nothing else (then `_SAID` speaks)."""
+    name, text = type(exc).__name__, str(exc)
+    if text in ("", name):
+        text = _SAID.get(name, "")
+    if name in text:
+        return text
+    return f"{name}: {text}" if text else name

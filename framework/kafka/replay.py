@@ -51,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from framework.kafka.deadletter import DeadLetter, EventKey, classify, replay_headers, replayed_copy
-from framework.kafka.options import start_producer, stop_quietly
+from framework.kafka.options import said, start_producer, stop_quietly
 from framework.kafka.topic_read import (
     Progress,
     Record,
@@ -162,22 +162,11 @@ async def replay_counts(
         await stop_quietly(consumer)
 
 
-_SAID = {
-    "KafkaTimeoutError": "no acknowledgement within the request timeout (FAAS_KAFKA_REQUEST_TIMEOUT_MS)",
-    "KafkaConnectionError": "the connection to the broker was lost",
-    "RequestTimedOutError": "the broker did not answer within the request timeout",
-}
-"""What an aiokafka error that says nothing but its class name means, by that name."""
-
-
 class ReplayStopped(Exception):
     """Producing failed part way (the broker went away, or refused a record)."""
 
     def __init__(self, report: Report, unconfirmed: list[str], unsent: int, cause: BaseException) -> None:
-        name, text = type(cause).__name__, str(cause)
-        if text in ("", name):  # aiokafka's errors often say only their class name
-            text = _SAID.get(name, "")
-        super().__init__(f"{name}: {text}" if text else name)
+        super().__init__(said(cause))
         self.report = report
         """`replayed`: the ce_ids the broker acknowledged."""
         self.unconfirmed = unconfirmed

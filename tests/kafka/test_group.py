@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from framework.kafka import group
 from framework.kafka.embedded import EmbeddedBroker
+from framework.settings import Switch
 from tests.support import LOGS, run_async
 
 SESSION_MS = 6000
@@ -84,7 +85,7 @@ def test_a_group_whose_members_stop_at_once_can_be_joined_again() -> None:
     assert took is not None, "C never got a partition in 45 s: the group was left unjoinable"
 
 
-async def sends_leave_group(bootstrap: str, policy: group.LeavePolicy, cluster: str | None) -> bool:
+async def sends_leave_group(bootstrap: str, policy: Switch, cluster: str | None) -> bool:
     """A consumer joins a group of its own, then stops through `group.stop_member` with `policy`: whether
     its coordinator went on to send LeaveGroup (aiokafka's leave step ran)."""
     tag = uuid.uuid4().hex[:8]
@@ -117,7 +118,7 @@ async def sends_leave_group(bootstrap: str, policy: group.LeavePolicy, cluster: 
     ],
 )
 def test_leave_group_follows_the_setting(
-    broker: Any, policy: group.LeavePolicy, cluster: str | None, leaves: bool
+    broker: Any, policy: Switch, cluster: str | None, leaves: bool
 ) -> None:
     """FAAS_KAFKA_LEAVE_GROUP: 1. A consumer joins a group on the session's embedded broker. 2. It stops as
     the node stops its consumers, with the setting's value and the cluster id the node knows (None: asked).

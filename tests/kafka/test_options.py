@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from framework.kafka.embedded import EmbeddedBroker
-from framework.kafka.options import max_request_size, reader, security_options, start_producer
+from framework.kafka.options import max_request_size, reader, said, security_options, start_producer
 from framework.settings import Settings
 from tests.support import new_id, produce_async
 
@@ -116,3 +116,17 @@ async def test_readers_each_read_the_whole_topic(broker: EmbeddedBroker) -> None
     finally:
         for r in readers:
             await r.stop()
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (MessageSizeTooLargeError("5 bytes"), "[Error 10] MessageSizeTooLargeError: 5 bytes"),
+        (KafkaTimeoutError(), "KafkaTimeoutError: no acknowledgement within the request timeout"),
+        (OSError("refused"), "OSError: refused"),
+        (RuntimeError(), "RuntimeError"),
+    ],
+)
+def test_an_error_is_said_naming_its_type_once(error: BaseException, line: str) -> None:
+    """aiokafka's broker errors name their type in their text; those that say nothing else get a meaning."""
+    assert said(error).startswith(line) and said(error).count(type(error).__name__) == 1

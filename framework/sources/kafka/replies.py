@@ -27,7 +27,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from framework.kafka.options import max_request_size, start_producer
+from framework.kafka.options import max_request_size, said, start_producer
 from framework.settings import Settings
 from framework.sources.kafka.batching import ReplyBatches
 from framework.tasks import within
@@ -253,11 +253,11 @@ class ReplyProducer:
         """Classify one failed attempt: raise PermanentSendError, or log it (and maybe replace the
         producer) so the caller retries after `delay`. Anything not a Kafka or socket error is re-raised."""
         if isinstance(exc, PERMANENT):
-            raise PermanentSendError(f"{type(exc).__name__}: {exc}") from exc
+            raise PermanentSendError(said(exc)) from exc
         if not isinstance(exc, KafkaError | OSError):
             raise exc
         if permanent_if is not None and permanent_if(exc):
-            raise PermanentSendError(f"{type(exc).__name__}: {exc}") from exc
+            raise PermanentSendError(said(exc)) from exc
         now = time.monotonic()
         self._failing_since = self._failing_since or now
         self._stale = True  # an outage, perhaps: the broker that answers next may be another (`_fresh`)

@@ -329,6 +329,7 @@ def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: Embedd
     assert v["ok"] is False and v["results"] == [] and replies[eid]["key"] == b"big"
     assert v["error"]["type"] == "FunctionError" and v["error"]["function"] == "huge"
     assert "could not be produced" in v["error"]["message"], v["error"]
+    assert v["error"]["message"].count("MessageSizeTooLargeError") == 1, v["error"]  # not restated
     assert replies[good]["value"]["ok"] is True
     copies: list[Any] = []
     want, deadline = 1, time.monotonic() + 20
