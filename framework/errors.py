@@ -51,6 +51,13 @@ class Unauthorized(FaasError):
     status = 401
 
 
+class Forbidden(FaasError):
+    """A request a web page of another site made the browser send, or one for a host name the node does not
+    serve (`sources/http/browsers.py`). Not in the contract, which is silent on browsers."""
+
+    status = 403
+
+
 class NotFound(FaasError):
     """Unknown UUID, or a function that is not productive."""
 
@@ -106,6 +113,7 @@ ERRORS: dict[str, type[FaasError]] = {
     for cls in (
         BadRequest,
         Unauthorized,
+        Forbidden,
         NotFound,
         PayloadTooLarge,
         Overloaded,

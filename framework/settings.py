@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     manifest: Path = Path("functions.yaml")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    http_allowed_hosts: str = ""
+    """Comma-separated host names HTTP requests may be sent to (the `Host` header, without its port), besides
+    loopback names; `*`: any. Empty: loopback names only when `http_host` is a loopback address, any name
+    otherwise (`sources/http/browsers.py`: a web page must not reach a developer's node by a name of its
+    own)."""
     kafka_bootstrap_servers: str = ""
     """Comma-separated `host:port` list; empty starts the embedded broker (DESIGN.md section 8)."""
     kafka_group_id: str = "faas"

@@ -38,6 +38,7 @@ from framework.observe.spans import export_event
 from framework.settings import Settings
 from framework.sources.http.auth import ApiKeys, BearerAuth
 from framework.sources.http.body import BodyReader
+from framework.sources.http.browsers import BrowserGuard
 from framework.sources.http.cloudevents import kafka_headers, receive, typed_event, typed_event_id
 from framework.sources.http.dashboard import Dashboard
 from framework.sources.http.invocations import PATHS as invocation_paths
@@ -393,6 +394,7 @@ class App(Starlette):
         auth: BearerAuth | None,
         keys: ApiKeys,
         counters: RequestCounters,
+        guard: BrowserGuard,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -404,6 +406,7 @@ class App(Starlette):
         self.keys = keys
         """The API keys in force (`ApiKeys.replace` rotates them); empty: the API is open."""
         self.requests = RequestMetrics(counters, self.router.routes)
+        self.guard = guard
 
     def drain_by(self, deadline: float) -> None:
         """The node is stopping: requests still waiting for their body at loop time `deadline` are
@@ -423,6 +426,10 @@ class App(Starlette):
         assert task is not None
         tasks.add(task)
         try:
+            refused = self.guard.problem(scope)
+            if refused is not None:  # before anything else, the bearer check included (as a firewall's)
+                await self.requests.track(error_response(refused), scope, receive, send)
+                return
             if scope["method"] == "POST" and not scope.get("root_path"):
                 path: str = scope["path"]
                 if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
@@ -464,6 +471,7 @@ def create_app(
         BearerAuth(_no_app, keys) if keys else None,
         keys,
         metrics,
+        BrowserGuard(settings.http_host, settings.http_allowed_hosts),
         routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: _http_exception},

@@ -20,7 +20,7 @@ def _described(name: str) -> str:
 
 INVOKE_ERRORS = {
     ERRORS[name].status: _described(name)
-    for name in ("BadRequest", "NotFound", "PayloadTooLarge", *INVOCATION_ERRORS)
+    for name in ("BadRequest", "Forbidden", "NotFound", "PayloadTooLarge", *INVOCATION_ERRORS)
 }
 
 EVENT_ERRORS = {
@@ -160,6 +160,7 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
                     "200": _json(ref("EventReply"), "Every listener succeeded"),
                     **unauthorized,
                     **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                    "403": _error(_described("Forbidden")),
                     "400": _error("BadRequest: the body is not JSON, or the type or ce-id is unusable"),
                     "413": _error(INVOKE_ERRORS[413]),
                 },
@@ -185,6 +186,7 @@ def _paths(auth: list[dict[str, list[str]]]) -> dict[str, Any]:
                     "200": _json(ref("EventReply"), "Every listener succeeded"),
                     **unauthorized,
                     **{str(code): _json(ref("EventReply"), text) for code, text in EVENT_ERRORS.items()},
+                    "403": _error(_described("Forbidden")),
                     "400": _error("BadRequest: not JSON, or an event without its type or id"),
                     "413": _error(INVOKE_ERRORS[413]),
                 },

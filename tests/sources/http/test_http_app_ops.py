@@ -156,7 +156,7 @@ async def test_openapi_validates(keys: str) -> None:
         "/ui/session",
     }
     invoke = spec["paths"]["/functions/{uuid}/invoke"]["post"]
-    expected = {"200", "400", "404", "413", "429", "500", "502", "504"} | ({"401"} if keys else set())
+    expected = {"200", "400", "403", "404", "413", "429", "500", "502", "504"} | ({"401"} if keys else set())
     assert set(invoke["responses"]) == expected
     assert ("security" in invoke) == bool(keys)
 
