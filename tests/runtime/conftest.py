@@ -88,6 +88,12 @@ async def setenv(payload, ctx):
     env = os.environ
     return {"flag": env.get("FLAG"), "instance": ctx.instance_id, "greeting": env.get("GREETING")}
 
+async def swallow(payload, ctx):
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        return "returned after the cancellation"
+
 async def self_cancel(payload, ctx):
     inner = asyncio.ensure_future(asyncio.sleep(10))
     inner.cancel()

@@ -29,6 +29,21 @@ async def test_async_timeout_cancels_the_request(runtime: Runtime, spec: SpecFac
     assert value["instance"] == iid  # the instance cut it off itself and lives on
 
 
+async def test_a_handler_that_returns_after_the_cancellation_at_its_limit_is_answered_timeout(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A handler with a 1 s limit catches the CancelledError it gets at the limit and returns a value.
+    Result: Timeout, as the contract says of a handler at its limit, not its late result; the instance
+    serves on."""
+    s = spec("swallow", timeout=1, max=1)
+    with pytest.raises(Timeout, match="ran past its 1 s limit"):
+        await call(runtime, s, {})
+    [iid] = runtime.instance_ids(s.name)
+    with pytest.raises(Timeout):
+        await call(runtime, s, {})
+    assert runtime.instance_ids(s.name) == [iid]
+
+
 async def test_an_async_handler_that_blocks_its_loop_past_the_limit_is_answered_timeout(
     runtime: Runtime, spec: SpecFactory
 ) -> None:
@@ -130,9 +145,10 @@ async def test_a_handlers_own_cancellation_is_function_error(runtime: Runtime, s
     Result: FunctionError at once, not a wait for the limit and a killed instance; the instance serves on."""
     s = spec("self_cancel", timeout=5, max=1)
     t = time.monotonic()
-    with pytest.raises(FunctionError, match="CancelledError"):
+    with pytest.raises(FunctionError, match="CancelledError") as info:
         await call(runtime, s, {})
     assert time.monotonic() - t < 2
+    assert "await inner" in "".join(getattr(info.value, "__notes__", []))  # its traceback, as any error's
     [iid] = runtime.instance_ids(s.name)
     with pytest.raises(FunctionError):
         await call(runtime, s, {})

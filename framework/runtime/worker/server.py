@@ -305,7 +305,14 @@ class Server:
             with otel.invocation_context(tp, header.get("ts")):
                 body = await self._call(rid, header, tail, inv, deadline, tp)
             limit = self.deadlines.get(rid)
-            if limit is not None and self.loop.time() >= limit:
+            if rid in self.expired:  # it caught the cancellation at its limit and returned all the same
+                body = b""
+                reply.update(
+                    err="Timeout",
+                    msg=f"function {self.function} ran past its {self.timeout:g} s limit (it went on after "
+                    "the cancellation at the limit; what it returned then is dropped)",
+                )
+            elif limit is not None and self.loop.time() >= limit:
                 # Past the limit with no cancellation: the handler held the loop (a blocking call in an
                 # `async def`), so the sweep could not run before it returned. Late is late all the same.
                 body = b""
@@ -324,7 +331,12 @@ class Server:
                     err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit"
                 )
             else:  # the handler's own CancelledError (e.g. an awaited task of its own was cancelled)
-                reply.update(err="FunctionError", msg=f"function {self.function} raised CancelledError")
+                reply.update(
+                    err="FunctionError",
+                    msg=f"function {self.function} raised CancelledError",
+                    tb=redact.redact(traceback.format_exc()),
+                )
+                self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
         except _NotJson as e:
             reply.update(err="FunctionError", msg=redact.redact(str(e)))
         except BaseException as e:  # not only Exception: whatever the handler raises, the caller gets a reply

@@ -39,6 +39,7 @@ from framework.settings import Settings
 from framework.sources.http.auth import ApiKeys, BearerAuth
 from framework.sources.http.body import BodyReader
 from framework.sources.http.browsers import BrowserGuard
+from framework.sources.http.callers import CallerLeft, Callers
 from framework.sources.http.cloudevents import kafka_headers, receive, typed_event, typed_event_id
 from framework.sources.http.dashboard import Dashboard
 from framework.sources.http.invocations import PATHS as invocation_paths
@@ -176,6 +177,7 @@ class HttpSource:
         self.metrics_renderer = metrics
         self.body = BodyReader(settings.max_payload_bytes, settings.http_body_timeout)
         self.inflight = InflightRequests()
+        self.callers = Callers()
         self.openapi = orjson.dumps(openapi_document(auth=bool(settings.keys)))
 
     # ---- functions ----
@@ -187,8 +189,19 @@ class HttpSource:
         invoker = self.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
         payload = await self.body.read(scope, receive)
-        # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
-        res = await invoker.direct(uuid, payload, span, invocation_id)
+        task = asyncio.current_task()
+        assert task is not None
+        self.callers.add(task, receive)
+        try:
+            # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
+            res = await invoker.direct(uuid, payload, span, invocation_id)
+        except asyncio.CancelledError:
+            if self.callers.hung_up(task):
+                task.uncancel()
+                raise CallerLeft from None
+            raise
+        finally:
+            self.callers.discard(task)
         return orjson.dumps(
             {
                 "invocation_id": res.invocation_id,
@@ -218,6 +231,8 @@ class HttpSource:
                 content_type = [*content_type, (b"faas-invocation-id", invocation_id.encode())]
         except ClientDisconnect:  # the caller left mid-body: nobody reads this answer
             status, body, content_type = 400, b"", []
+        except CallerLeft:  # and its invocation was cancelled: no answer is sent to nobody
+            return CALLER_LEFT
         except Exception:
             log.exception("unexpected error serving POST %s", scope["path"])
             status, body = 500, error_body(INTERNAL_ERROR, "internal error; see the node's log")
@@ -381,6 +396,9 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(error_type, str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
+CALLER_LEFT = 499
+"""The status a direct invocation whose caller hung up is counted under (nginx's "client closed request");
+nothing is sent."""
 _INVOKE_PREFIX, _INVOKE_SUFFIX = "/functions/", "/invoke"
 _INVOKE_ROUTE = "/functions/{uuid}/invoke"
 
