@@ -321,6 +321,7 @@ class InstanceHandle:
             self.pid = header["pid"]
             if self.template is not None:
                 self.template.forked_pid(self.id)  # told by the instance itself
+                self.template.watch(self.pid, lambda: self._on_main_closed(None))
             if "exposed" in header:
                 _exposed_once(header["exposed"])
             if self.spec.instances.memory_mb is not None:
@@ -453,6 +454,8 @@ class InstanceHandle:
                 lines.begin(pending.invocation_id)  # lines still on their way are its record's
         self._recording.clear()
         self.known_pid()  # one that died before its HELLO: the template knows its pid
+        if self.template is not None and self.pid:
+            self.template.unwatch(self.pid)
         if reason == "exit" and message is None and self.template is not None and self.pid:
             self._status_due = True
             self.template.when_exited(self.pid, self._exited, EXIT_STATUS_WAIT)

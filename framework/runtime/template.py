@@ -116,6 +116,8 @@ class Template:
         self._forked: OrderedDict[str, int] = OrderedDict()
         """Pids of the instances forked, by instance id, until asked for (`forked_pid`)."""
         self._waiting: dict[int, tuple[ExitCallback, asyncio.TimerHandle]] = {}
+        self._live: dict[int, Callable[[], None]] = {}
+        """What to call when an instance the node holds exits, by pid (`watch`)."""
 
     @property
     def pid(self) -> int | None:
@@ -166,6 +168,15 @@ class Template:
         timer = self._loop.call_later(wait, self._settle, pid, None)
         self._waiting[pid] = (callback, timer)
 
+    def watch(self, pid: int, gone: Callable[[], None]) -> None:
+        """Call `gone` if instance `pid` exits before `unwatch(pid)`. Its channel's end is not enough: a
+        process its handler forked holds the channel open after the instance itself died, and its callers
+        would wait for that process, or for their time limit, to hear it crashed."""
+        self._live[pid] = gone
+
+    def unwatch(self, pid: int) -> None:
+        self._live.pop(pid, None)
+
     def forked_pid(self, instance_id: str) -> int | None:
         """The pid the instance `instance_id` was forked with, once (None: not told, or asked before)."""
         return self._forked.pop(instance_id, None)
@@ -200,6 +211,9 @@ class Template:
                         self._settle(pid, status)
                     else:
                         _keep(self._statuses, pid, status)
+                        gone = self._live.pop(pid, None)
+                        if gone is not None:  # it died; its channel may not say so (`watch`)
+                            gone()
 
     def _stop_reading(self, ctrl: socket.socket) -> None:
         """No more statuses from this template: whoever waits for one is told it is unknown."""

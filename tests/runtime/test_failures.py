@@ -409,6 +409,25 @@ async def test_the_processes_a_handler_starts_go_with_its_instance(
         await asyncio.sleep(0.02)
 
 
+async def test_an_instance_that_exits_while_a_process_it_forked_holds_its_channel_is_crashed_at_once(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """1. A handler forks a child that sleeps 60 s (it holds the instance's channel to the node open), then
+    exits its instance with code 3. Result: InstanceCrashed saying "exited with code 3" within seconds, not
+    after the child or the 30 s limit; the child goes with its instance; the next call gets a fresh one."""
+    s = spec("fork_exit", timeout=30, max=1)
+    note = tmp_path / "child"
+    started = time.monotonic()
+    with pytest.raises(InstanceCrashed, match="exited with code 3"):
+        await call(runtime, s, {"note": str(note)})
+    assert time.monotonic() - started < 5, "the crash was told only when the channel closed"
+    child = int(note.read_text())
+    deadline = time.monotonic() + 10
+    while alive(child):
+        assert time.monotonic() < deadline, "the forked child outlived its instance"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_stop_closes_idle_instances_and_takes_what_they_started(
     spec: SpecFactory, settings: Settings
 ) -> None:
