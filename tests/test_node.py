@@ -25,6 +25,7 @@ ECHO = "cccccccc-0000-4000-8000-000000000001"
 DRAFT = "cccccccc-0000-4000-8000-000000000002"
 HOLD = "cccccccc-0000-4000-8000-000000000003"
 PROBE = "cccccccc-0000-4000-8000-000000000004"
+SPAWN = "cccccccc-0000-4000-8000-000000000005"
 
 MANIFEST = f"""
 # the node's functions
@@ -40,6 +41,10 @@ functions:
   - name: hold
     uuid: {HOLD}
     handler: functions.h:hold
+    state: productive
+  - name: spawn
+    uuid: {SPAWN}
+    handler: functions.h:spawn
     state: productive
   - name: probe
     uuid: {PROBE}
@@ -60,6 +65,10 @@ async def hold(payload, ctx):
         while not os.path.exists(payload["until"]):
             await asyncio.sleep(0.02)
     return "held"
+
+def spawn(payload, ctx):
+    import subprocess
+    return subprocess.Popen(["sleep", "300"]).pid
 
 async def probe(payload, ctx):
     print("to stderr:", payload, file=sys.stderr, flush=True)
@@ -214,6 +223,28 @@ def test_signal_drains_in_flight_requests(
     assert codes == [200] * 20
     assert n.proc.wait(40) == 0, n.tail()
     assert f"{sig.name} received: draining" in n.tail(200)
+
+
+def test_a_killed_node_leaves_no_process_its_handlers_started(tmp_path: Path, nodes: Nodes) -> None:
+    """1. A handler starts `sleep 300` and returns its pid (the child is in its instance's process group,
+    which no death signal reaches). 2. The node alone is SIGKILLed, as the OOM killer would.
+    Result: the sleep is gone within seconds with the template and the instance (it lived on, reparented)."""
+    node = start(nodes, tmp_path)
+    r = invoke(node, SPAWN)
+    assert r.status_code == 200, r.text
+    child = r.json()["result"]
+    assert _running(child)
+    os.kill(node.proc.pid, signal.SIGKILL)
+    node.proc.wait(10)
+    wait_for(lambda: not _running(child), 10, message="the handler's child gone")
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_no_kafka_ready_without_a_broker(tmp_path: Path, nodes: Nodes) -> None:

@@ -8,7 +8,10 @@ SCM_RIGHTS: the instance's main and log sockets, and the sockets that become its
 by the node: `raw_output.py`); the template forks, and the child becomes the instance.
 
 Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
-instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node.
+instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. The processes a
+handler starts are in its instance's process group, and no death signal reaches them: so the template's
+death signal is SIGHUP, caught, and it kills every instance's group before it goes (a SIGKILLed node
+leaves no `sleep` its handlers started behind).
 
 Exit statuses: the template tells the node, on the control socket, each instance's pid as it forks it
 (`fork ID PID`: an instance that dies importing its handler never says its pid itself) and, having reaped
@@ -275,6 +278,18 @@ def _keep(kept: OrderedDict[Any, int], key: object, value: int) -> None:
         kept.popitem(last=False)
 
 
+_instances: set[int] = set()
+"""Pids of the instances forked and not reaped yet: each is its process group's id (`server.main`)."""
+
+
+def _end_instances(_signum: int, _frame: FrameType | None) -> None:
+    """The node died (the SIGHUP of PR_SET_PDEATHSIG): kill every instance with what it started, then go."""
+    for pid in list(_instances):  # a SIGCHLD's reap may change the set meanwhile
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    os._exit(1)
+
+
 def _reaper(ctrl: socket.socket) -> Callable[[int, FrameType | None], None]:
     """The SIGCHLD handler: reap every exited instance and send the node its `PID STATUS`. Never blocks: a
     node that does not read its control socket loses statuses, not the template's loop."""
@@ -287,6 +302,7 @@ def _reaper(ctrl: socket.socket) -> Callable[[int, FrameType | None], None]:
                 return
             if pid == 0:
                 return
+            _instances.discard(pid)
             with contextlib.suppress(OSError):
                 ctrl.send(b"exit %d %d" % (pid, status), socket.MSG_DONTWAIT)
 
@@ -326,6 +342,8 @@ def _serve(ctrl: socket.socket) -> None:
         except (OSError, orjson.JSONDecodeError):
             pid = -1  # the node sees EOF on the instance's socket and reports the failed start
         if pid == 0:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # the node is the template's parent, not ours
+            _instances.clear()
             ctrl.close()
             os.dup2(fds[2], 1)  # inheritable: a subprocess's output goes the same way
             os.dup2(fds[3], 2)
@@ -333,6 +351,7 @@ def _serve(ctrl: socket.socket) -> None:
             os.close(fds[3])
             server.main(config, fds[0], fds[1], me)
         if pid > 0:
+            _instances.add(pid)
             with contextlib.suppress(OSError):
                 ctrl.send(b"fork %s %d" % (str(config.get("instance_id")).encode(), pid), socket.MSG_DONTWAIT)
         for fd in fds:
@@ -349,7 +368,8 @@ def main() -> None:
 
     ctrl_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     sandboxing = orjson.loads(sys.argv[3])
-    die_with_parent(parent)
+    signal.signal(signal.SIGHUP, _end_instances)
+    die_with_parent(parent, signal.SIGHUP)
     # A node started with descriptor 0, 1 or 2 closed: a received socket would take that number, and an
     # instance's `dup2` onto 1 and 2 would then close its own channel. Hold each one with /dev/null.
     for fd in (0, 1, 2):
