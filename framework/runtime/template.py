@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -45,7 +46,11 @@ import orjson
 
 from framework import sandbox
 
+log = logging.getLogger("faas.runtime")
+
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+FORK_WAIT = 2.0
+"""Seconds after which an instance asked for and not forked is looked into (a fork takes milliseconds)."""
 _MAX_CONFIG = 1 << 20
 """Largest instance config message, in bytes."""
 _KEPT = 256
@@ -119,6 +124,8 @@ class Template:
         self._forked: OrderedDict[str, int] = OrderedDict()
         """Pids of the instances forked, by instance id, until asked for (`forked_pid`)."""
         self._waiting: dict[int, tuple[ExitCallback, asyncio.TimerHandle]] = {}
+        self._unforked: dict[str, asyncio.TimerHandle] = {}
+        """Instances asked for and not reported forked yet, by id: each with its FORK_WAIT timer."""
         self._live: dict[int, Callable[[], None]] = {}
         """What to call when an instance the node holds exits, by pid (`watch`)."""
 
@@ -208,6 +215,9 @@ class Template:
                 kind, first, second = message.decode().split()
                 if kind == "fork":
                     _keep(self._forked, first, int(second))
+                    timer = self._unforked.pop(first, None)
+                    if timer is not None:
+                        timer.cancel()
                 elif kind == "exit":
                     pid, status = int(first), int(second)
                     if pid in self._waiting:
@@ -255,9 +265,26 @@ class Template:
                         raise
                     self.stop()
             on_failure.pop_all()  # sent: our ends are the caller's
+        if self._loop is not None:
+            instance_id = str(config.get("instance_id"))
+            self._unforked[instance_id] = self._loop.call_later(
+                FORK_WAIT, self._not_forked, instance_id, self._proc
+            )
         for _, theirs in pairs:
             theirs.close()  # the template holds copies now
         return Spawned(*(ours for ours, _ in pairs))
+
+    def _not_forked(self, instance_id: str, proc: subprocess.Popen[bytes] | None) -> None:
+        """An instance asked for FORK_WAIT seconds ago is not forked yet: a template that was stopped (a
+        handler's `os.kill(os.getppid(), SIGSTOP)`: instances are its children) is continued; otherwise
+        every cold start of every function would wait out its start timeout, and fail, for ever."""
+        self._unforked.pop(instance_id, None)
+        if proc is None or proc is not self._proc or proc.poll() is not None:
+            return
+        if _state(proc.pid) in ("T", "t"):
+            log.warning("the template process (pid %d) was stopped: continued (SIGCONT)", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
@@ -270,6 +297,15 @@ class Template:
                 self._proc.kill()
             self._proc.wait()
             self._proc = None
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in /proc (`T`: stopped), or "" when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 def _keep(kept: OrderedDict[Any, int], key: object, value: int) -> None:

@@ -58,6 +58,11 @@ async def spawn(payload, ctx):
         os._exit(1)  # leaves its child behind
     return {"child": child.pid, "pid": os.getpid()}
 
+async def stop_template(payload, ctx):
+    import signal
+    os.kill(os.getppid(), signal.SIGSTOP)  # the template: every instance's parent
+    return os.getppid()
+
 async def fork_exit(payload, ctx):
     child = os.fork()
     if child == 0:  # holds every descriptor of its instance, the node's channel too

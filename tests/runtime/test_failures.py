@@ -428,6 +428,22 @@ async def test_an_instance_that_exits_while_a_process_it_forked_holds_its_channe
         await asyncio.sleep(0.02)
 
 
+async def test_a_template_a_handler_stopped_is_continued_and_cold_starts_go_on(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A handler stops the template process (SIGSTOP to its parent). 2. Another function starts cold.
+    Result: it is served within seconds (FORK_WAIT, then the template is continued), not failed after the
+    60 s start timeout, as every cold start after it was."""
+    template, _ = await call(runtime, spec("stop_template"))
+    try:
+        started = time.monotonic()
+        value, res = await call(runtime, spec("echo"), {"n": 1})
+        assert value["payload"] == {"n": 1} and res.cold_start
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(template, signal.SIGCONT)
+
+
 async def test_a_stop_closes_idle_instances_and_takes_what_they_started(
     spec: SpecFactory, settings: Settings
 ) -> None:
