@@ -147,10 +147,20 @@ class InvocationRecords:
         """Set once Kafka is known; records made before (or without Kafka) stay in memory only."""
 
     def keep(
-        self, spec: FunctionSpec, inv: Invocation, started: float, duration_ms: float, ok: bool, record: bytes
+        self,
+        spec: FunctionSpec,
+        inv: Invocation,
+        started: float,
+        duration_ms: float,
+        ok: bool,
+        record: bytes,
+        counted: bool = True,
     ) -> None:
+        """`counted`: in the dashboard's stats. An invocation cancelled before it ended (a chain's abort, a
+        caller that hung up, a stop) is not: it neither failed nor ran its course, and its duration is cut."""
         self._recent.append((inv.invocation_id, spec, inv.trigger, ok, record))
-        self.stats.observe(spec.uuid, spec.name, started, duration_ms, ok)
+        if counted:
+            self.stats.observe(spec.uuid, spec.name, started, duration_ms, ok)
         if self.sender is not None:
             self.counters.made += 1
             self.sender.offer(spec.uuid.encode(), record)
@@ -185,7 +195,8 @@ class InvocationRecords:
             None if error is None else error_of(error),
             logs,
         )
-        self.keep(spec, inv, started, duration_ms, error is None, record)
+        cancelled = isinstance(error, asyncio.CancelledError)
+        self.keep(spec, inv, started, duration_ms, error is None, record, counted=not cancelled)
 
     def send_to(self, bootstrap: str) -> None:
         """Produce every record from now on to FAAS_INVOCATIONS_TOPIC on `bootstrap` (call on the loop)."""

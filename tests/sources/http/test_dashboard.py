@@ -51,7 +51,10 @@ functions:
 """
 MODULES = {
     "uih": """
+    import asyncio
+
     async def greeter(payload, ctx):
+        await asyncio.sleep((payload or {}).get("sleep", 0))
         word = (payload or {}).get("word", "nobody")
         ctx.log.info("greeting %s", word)
         return {"shout": word.upper(), "fn": ctx.function}
@@ -684,6 +687,58 @@ def test_event_with_a_failing_listener_shows_the_error(node: Node, ui: Callable[
     expect(out).to_contain_text("Enter an event type.")
     assert len(rec.calls("POST", "/events/")) == 2
     rec.assert_clean(expected_failures=("/events/ui.hello",))
+
+
+def test_a_listener_cancelled_by_the_chain_abort_is_not_shown_as_failing(
+    node: Node, ui: Callable[..., Recorder]
+) -> None:
+    """1. Raise ui.hello with {"fail": true, "sleep": 5}: breaker fails at once, which cancels greeter, still
+    asleep. 2. Open the functions list, greeter's page and the failed view.
+    Result: greeter's record says Cancelled; its failures stay as they were (none), its row is not red, its
+    record shows Cancelled without the failure colour, and the failed view lists breaker's failure, not it.
+    """
+    reply = httpx.post(f"{node.url}/events/ui.hello", json={"fail": True, "sleep": 5}, timeout=30).json()
+    assert reply["error"]["function"] == "breaker", reply
+    event = reply["id"]
+
+    def greeter_cancelled() -> Any:
+        records = httpx.get(f"{node.url}/invocations", params={"function": "greeter"}, timeout=30).json()
+        return [r for r in records["invocations"] if (r["error"] or {}).get("type") == "Cancelled"]
+
+    [cancelled] = wait_for(greeter_cancelled, 30, message="greeter's cancelled record")
+    stats = httpx.get(f"{node.url}/invocations/stats", timeout=30).json()
+    greeter = next(f for f in stats["functions"] if f["function"] == "greeter")
+    assert greeter["failures"] == 0, greeter
+    rec = ui(node)
+    page = rec.open(rec.page())
+    expect(row_of(page, "greeter").locator("td[data-label=Failures]")).to_have_text("0")
+    expect(row_of(page, "greeter")).not_to_have_class(re.compile("failing"))
+    open_function(page, "greeter")
+    row = page.locator("tbody tr", has_text="Cancelled").first
+    expect(row).to_be_visible()
+    expect(row).not_to_have_class(re.compile("failing"))
+    page.goto(f"{node.url}/ui#/failed")
+    expect(page.locator("main")).to_contain_text("breaker")
+    expect(page.locator("main")).not_to_contain_text(cancelled["invocation_id"][:8])
+    assert event
+    rec.assert_clean()
+
+
+def test_an_error_of_megabytes_keeps_the_page_in_shape(node: Node, ui: Callable[..., Recorder]) -> None:
+    """1. On breaker's page, invoke with a message of 1,000,000 characters to raise (the payload's limit is
+    1 MiB).
+    Result: the HTTP answer carries it whole; the page shows its first 4,000 characters and says how many
+    more there are, in a box of bounded height: the page stays about a screen tall and no wider."""
+    rec = ui(node)
+    page = rec.open(rec.page())
+    open_function(page, "breaker")
+    page.get_by_label("Payload").fill('{"fail": true, "say": "' + "E" * 1_000_000 + '"}')
+    page.get_by_role("button", name="Invoke").click()
+    out = page.locator("[data-f=out]")
+    expect(out).to_contain_text("more characters)")
+    assert page.evaluate("document.documentElement.scrollHeight") < 4000
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    rec.assert_clean(expected_failures=(f"/functions/{BREAKER}/invoke",))
 
 
 # ---- values a page could mangle ----

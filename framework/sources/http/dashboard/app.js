@@ -85,6 +85,12 @@ const pretty = (v) => JSON.stringify(v, null, 2);
 // sequences) removed, not shown as a box and brackets.
 const ansi = /\x1b\[[0-?]*[ -\/]*[@-~]/g;
 const plain = (v) => (typeof v === "string" ? v.replace(ansi, "") : v);
+const MESSAGE_CHARS = 4000; // as an invocation record's error message (record_json.MAX_ERROR_CHARS)
+// An answer's error message as shown: a handler may raise one of megabytes, which the HTTP answer carries.
+const message = (v) => {
+  const text = show(plain(v));
+  return text.length > MESSAGE_CHARS ? `${text.slice(0, MESSAGE_CHARS)}… (${text.length - MESSAGE_CHARS} more characters)` : text;
+};
 
 // ---- the API ----
 
@@ -382,8 +388,11 @@ function functionsView() {
 
 // ---- invocation records (a function's page, the failed view) ----
 
+const cancelled = (r) => !r.ok && !!r.error && r.error.type === "Cancelled";
+
 function outcome(r) {
   if (r.ok) return el("span", { class: "ok", text: "ok" });
+  if (cancelled(r)) return el("span", { class: "hint", text: "Cancelled" }); // it did not fail
   const type = (r.error && r.error.type) || "failed";
   return el("span", { class: "error strong", text: type });
 }
@@ -434,7 +443,7 @@ function recordsTable(records, expanded, withFunction) {
       btn.textContent = now ? "Hide" : "Show";
       detail.hidden = !now;
     });
-    body.append(el("tr", { class: r.ok ? null : "failing" },
+    body.append(el("tr", { class: r.ok || cancelled(r) ? null : "failing" },
       td("Started", when(r.started_at)),
       withFunction ? td("Function", el("a", { href: "#/fn/" + encodeURIComponent(r.uuid || ""), text: show(r.function), "data-key": "fn:" + id })) : null,
       td("Trigger", show(r.trigger), ...(r.event ? [" (", el("bdi", { text: String(r.event) }), ")"] : [])),
@@ -511,7 +520,7 @@ function ctrlEnter(textarea, form) {
 function errorOut(r) {
   const err = (r.body && r.body.error) || {};
   return el("div", {},
-    el("p", { class: "error" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), show(plain(err.message))),
+    el("p", { class: "error box" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), message(err.message)),
     el("p", { class: "hint", text: "HTTP " + r.status }));
 }
 
@@ -619,7 +628,7 @@ function replyOut(r) {
   return el("div", {},
     el("p", { class: reply.ok ? "ok" : "error" }, el("strong", { text: reply.ok ? "ok" : "failed" }),
       ` · event ${show(reply.event)} · id ${show(reply.id)} · HTTP ${r.status}`),
-    err ? el("p", { class: "error" }, el("strong", { text: show(err.type) + ": " }), show(plain(err.message)),
+    err ? el("p", { class: "error box" }, el("strong", { text: show(err.type) + ": " }), message(err.message),
       err.function ? " (function " + err.function + ")" : "") : null,
     results.length ? el("table", { class: "list" },
       el("thead", {}, el("tr", {}, ["Function", "Outcome", "Duration", "Result"].map((h) => el("th", { scope: "col", text: h })))),
@@ -711,7 +720,8 @@ function failedView() {
       if (!has("/invocations")) { if (last !== "none") { last = "none"; replace(p.failed, noRecords()); } return; }
       const body = await getJSON("/invocations", "/invocations?ok=false&limit=100");
       if (!body) return;
-      const records = body.invocations || [];
+      // A cancelled invocation (a chain's abort, a caller that hung up, a stop) did not fail: not listed.
+      const records = (body.invocations || []).filter((r) => !cancelled(r));
       const sig = JSON.stringify(records);
       if (sig === last || selecting(p.failed)) return;
       last = sig;
