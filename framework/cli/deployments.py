@@ -12,13 +12,16 @@ Everything that talks to the broker is bounded by `BROKER_TIMEOUT` seconds: exit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import click
 from aiokafka.errors import KafkaError
+from ruamel.yaml.error import YAMLError
 
 from framework.cli.common import (
     broker_of,
@@ -126,15 +129,16 @@ def _clash_line(state: LogState, name: str, holder: str) -> str:
     )
 
 
-def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> None:
+def _set_states(settings: Settings, specs: list[FunctionSpec], state: State) -> dict[str, str]:
+    """Set `state` in the manifest for each of `specs`; returns why it could not be, by function name."""
+    problems = {}
     for spec in specs:
         if spec.state != state:
             try:
                 set_state(settings.manifest, spec.name, state)
-            except (OSError, RuntimeError, LookupError, ManifestError) as exc:
-                # Published already (e.g. from a read-only checkout in a container): say so, not fail.
-                why = f"published, but could not set state: {state} in {settings.manifest}: {exc}"
-                click.echo(f"{spec.name}: {why}", err=True)
+            except (OSError, RuntimeError, LookupError, ManifestError, YAMLError) as exc:
+                problems[spec.name] = f"could not set state: {state}: {exc}"  # each names the file
+    return problems
 
 
 Outcome = tuple[list[str], list[FunctionSpec]]
@@ -157,21 +161,46 @@ def _publish_then_set(
     """
     bootstrap = broker_of(settings)
     if bootstrap is None:
-        _set_states(settings, specs, state)
+        problems = _set_states(settings, specs, state)
         for spec in specs:
-            click.echo(f"{spec.name}: {state} in {settings.manifest} ({NO_BROKER})")
+            if spec.name not in problems:
+                click.echo(f"{spec.name}: {state} in {settings.manifest} ({NO_BROKER})")
+        if problems:
+            fail(*(f"{name}: {why}; nothing published" for name, why in problems.items()))
         return
     try:
         lines, published = with_log(settings, bootstrap, publish, BROKER_TIMEOUT, create)
     except ConnectionError as exc:
         fail(str(exc))
-    _set_states(settings, published, state)
-    for line in lines:
-        if not line.startswith("!"):
-            click.echo(line)
+    # What is published is said whatever follows: Ctrl-C from here on waits for these few lines.
+    with _no_interrupt():
+        problems = _set_states(settings, published, state)
+        for line in lines:
+            if not line.startswith("!"):
+                click.echo(line)
     failed = [line[1:] for line in lines if line.startswith("!")]
+    # The revision is the log's; a manifest left behind it says the old state (`faas ls`: modified).
+    failed += [f"{name}: published, but {why}; set it by hand" for name, why in problems.items()]
     if failed:
         fail(*failed)
+
+
+@contextlib.contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """Hold SIGINT off for a block that must not stop half-way (it takes milliseconds); one that came
+    meanwhile is raised at its end."""
+    came: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    except ValueError:  # not the main thread: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came:
+        raise KeyboardInterrupt
 
 
 def register(main: click.Group) -> None:

@@ -1,21 +1,27 @@
 """Round-trip edits of `functions.yaml`: `set_state` and `add_function` change only the lines they must.
 
 Comments, layout and line ends survive; each edit is checked to parse to what was meant, then written
-atomically (a node watches the file).
+atomically (a node watches the file). Edits made at once (`faas new a & faas new b`, two deploys) take
+turns: each holds an `flock` on the manifest's folder from its read to its write, so none is lost to
+another's replace. The lock is on the folder, not the file: every edit replaces the file, and a lock on
+the one read would be on a file no longer there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
 
 from framework.control.manifest import ErrorCollector, parse_yaml, round_trip_yaml
 from framework.control.spec import STATES, State
@@ -32,6 +38,22 @@ def _find(doc: Any, name: str) -> CommentedMap:
     raise LookupError(f"no function named {name!r} in the manifest")
 
 
+@contextlib.contextmanager
+def _turn(path: Path) -> Iterator[None]:
+    """Hold the manifest's edit lock (see the module's docstring); a folder that cannot be opened (none
+    yet, no permission) is not locked: the edit then fails on its own terms."""
+    try:
+        fd = os.open(Path(os.path.realpath(path)).parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
 def _read(path: Path) -> tuple[list[str], Any]:
     errors = ErrorCollector(str(path))
     doc = parse_yaml(path, errors)
@@ -46,7 +68,11 @@ def _write(path: Path, lines: list[str], check: Any) -> None:
     A manifest that is a symbolic link (`current -> releases/X`, a ConfigMap's) has the file it points at
     replaced, and stays a link: replacing the link itself would cut the project loose from where it lives."""
     text = "".join(lines)
-    if not check(round_trip_yaml().load(text)):
+    try:
+        meant = check(round_trip_yaml().load(text))
+    except (YAMLError, LookupError):  # the edit broke what another line refers to (an alias, say)
+        meant = False
+    if not meant:
         raise RuntimeError(f"could not edit {path} safely; edit it by hand")
     path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -92,9 +118,20 @@ def set_state(path: Path, name: str, state: State) -> None:
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}")
+    with _turn(path):
+        _set_state(path, name, state)
+
+
+def _set_state(path: Path, name: str, state: State) -> None:
     lines, doc = _read(path)
     item = _find(doc, name)
     own = item.lc.data  # key -> [key line, key col, value line, value col]; merged (`<<:`) keys are absent
+    if "state" in own:  # an anchor's value is another entry's too, an alias's is another's own
+        key_line, key_col = own["state"][:2]
+        if lines[key_line][key_col:].partition(":")[2].lstrip().startswith(("&", "*")):
+            raise RuntimeError(
+                f"{path}:{key_line + 1}: the state of {name} is a YAML anchor or alias; set it by hand"
+            )
     if "state" in own and isinstance(item["state"], str) and own["state"][2] == own["state"][0]:
         line, col = own["state"][2:]
         match = _SCALAR.match(lines[line], col)
@@ -119,6 +156,11 @@ def add_function(path: Path, entry: dict[str, Any]) -> None:
 
     Lists in `entry` are written in flow style (`events: [a.b]`). Creates `functions:` when missing.
     """
+    with _turn(path):
+        _add_function(path, entry)
+
+
+def _add_function(path: Path, entry: dict[str, Any]) -> None:
     lines, doc = _read(path) if path.exists() else ([], None)
     if doc is not None and not isinstance(doc, CommentedMap):
         raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])

@@ -159,6 +159,57 @@ def test_without_a_broker_deploy_and_undeploy_only_edit_the_manifest(tmp_path: P
     assert "state: undeployed   # kept as written" in text, text
 
 
+ANCHORED = """
+functions:
+  - name: alpha
+    uuid: {uuid}
+    handler: functions.m:handle
+    state: &st draft
+  - name: beta
+    uuid: {other}
+    handler: functions.m:handle
+    state: *st
+"""
+
+
+def test_a_state_the_manifest_cannot_take_exits_1_saying_what_was_done(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. alpha's state is a YAML anchor (`&st draft`) that beta's aliases: it cannot be set by an edit of
+    one line. 2. `faas deploy alpha` without a broker. 3. The same with a broker.
+    Result: 2 exits 1 saying the state could not be set and nothing was published, and claims no success
+    on stdout; 3 says revision 1 deployed, then exits 1: published, but the manifest could not be set, by
+    line, with no traceback. The manifest is unchanged both times."""
+    root = write_project(tmp_path, ANCHORED.format(uuid=new_id(), other=new_id()), {"m": MODULE})
+    before = (root / "functions.yaml").read_text()
+    alone = {"FAAS_EMBEDDED_BROKER_PORT": str(free_port()), "FAAS_KAFKA_BOOTSTRAP_SERVERS": ""}
+    r = run_cli(root, "deploy", "alpha", env=alone)
+    assert r.returncode == 1 and r.stdout == "", r.stdout + r.stderr
+    assert "could not set state: productive: " in r.stderr, r.stderr
+    assert "functions.yaml:5: the state of alpha is a YAML anchor" in r.stderr, r.stderr
+    assert "nothing published" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli(root, "deploy", "alpha", env=env_for(broker.bootstrap, f"t.deploy.{new_id()[:8]}"))
+    assert r.returncode == 1 and "alpha: revision 1 deployed" in r.stdout, r.stdout + r.stderr
+    assert "alpha: published, but could not set state: productive" in r.stderr, r.stderr
+    assert "set it by hand" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (root / "functions.yaml").read_text() == before
+
+
+def test_new_functions_made_at_once_are_all_in_the_manifest(tmp_path: Path) -> None:
+    """1. Six `faas new` processes at once in one project. Result: each exits 0 and the manifest lists all
+    six (before, a run kept only some, leaving handler files no entry names)."""
+    root = write_project(tmp_path, "functions: []\n", {})
+    env = {**os.environ, "FAAS_MANIFEST": str(root / "functions.yaml")}
+    names = [f"fn{i}" for i in range(6)]
+    command = [sys.executable, "-m", "framework", "new"]
+    procs = [subprocess.Popen([*command, n], cwd=root, env=env, stderr=subprocess.PIPE) for n in names]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    r = run_cli(root, "ls", "--json")
+    assert sorted(f["name"] for f in json.loads(r.stdout)["functions"]) == names, r.stdout + r.stderr
+
+
 def test_history_and_rollback_of_a_function_no_one_knows_exit_1(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 from pathlib import Path
 from typing import Any
@@ -675,3 +676,57 @@ def test_add_function_to_other_layouts(tmp_path: Path, text: str, expected: str)
     after = path.read_text()
     assert expected in after and after.startswith(text.split("[]")[0])
     assert load_manifest(path, check_handlers=False).functions[-1].name == "delta"
+
+
+def _deploy_in_a_process(path: str, name: str) -> None:
+    manifest_edit.set_state(Path(path), name, "productive")
+
+
+def _add_in_a_process(path: str, name: str) -> None:
+    manifest_edit.add_function(Path(path), {"name": name, "uuid": f"{name}-uuid", "handler": "functions.m:h"})
+
+
+def test_edits_made_at_once_take_turns_and_none_is_lost(tmp_path: Path) -> None:
+    """1. Eight processes at once each add a function to one manifest (as `faas new` does); then eight set
+    a state each (as deploys do). Result: all eight entries are there, each productive: none of the edits
+    was lost to another's read-edit-replace of the file (before, a run kept 3 to 5 of them)."""
+    path = tmp_path / "functions.yaml"
+    path.write_text("functions: []\n")
+    names = [f"f{i}" for i in range(8)]
+    context = multiprocessing.get_context("spawn")
+    for target in (_add_in_a_process, _deploy_in_a_process):
+        workers = [context.Process(target=target, args=(str(path), name)) for name in names]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+            assert w.exitcode == 0
+    entries = {f["name"]: f.get("state") for f in round_trip(path)["functions"]}
+    assert entries == dict.fromkeys(names, "productive"), entries
+
+
+def round_trip(path: Path) -> Any:
+    from framework.control.manifest import round_trip_yaml
+
+    return round_trip_yaml().load(path.read_text())
+
+
+def test_a_state_that_is_an_anchor_or_alias_is_refused_by_line(tmp_path: Path) -> None:
+    """1. alpha's state is `&st draft`, beta's `*st` (one value for both). 2. Set each to productive.
+    Result: each is refused naming its line, and the file is unchanged: an edit of the anchor would change
+    beta too, or leave its alias pointing at nothing."""
+    text = (
+        "functions:\n"
+        "  - {name: alpha, uuid: a, handler: functions.m:h, state: &st draft}\n"
+        "  - name: beta\n"
+        "    uuid: b\n"
+        "    handler: functions.m:h\n"
+        "    state: *st\n"
+    )
+    path = tmp_path / "functions.yaml"
+    path.write_text(text)
+    for name, line in (("alpha", 2), ("beta", 6)):
+        refused = rf"functions.yaml:{line}: the state of {name} is a YAML anchor"
+        with pytest.raises(RuntimeError, match=refused):
+            manifest_edit.set_state(path, name, "productive")
+    assert path.read_text() == text
