@@ -52,11 +52,10 @@ from framework.cli.common import (
 from framework.control.manifest import load_manifest
 from framework.control.registry import Registry
 from framework.errors import ManifestError
-from framework.kafka.options import reader, security_options
+from framework.kafka.options import reader, said, security_options, stop_quietly
 from framework.kafka.probe import BrokerProbe
 from framework.kafka.topic_read import CONNECT_TIMEOUT, why_unreachable
 from framework.settings import Settings
-from framework.tasks import within
 
 CLOSE_TIMEOUT = 5.0
 """Seconds closing the reader may take before the command exits anyway."""
@@ -232,11 +231,16 @@ async def read(
         probe = BrokerProbe(servers, security_options(settings), seen)
         logging.getLogger("faas.kafka").setLevel(logging.ERROR)  # its outage lines are the node's, not ours
         next_probe = 0.0
+        lost = False
         try:
             while not stopping.is_set():
                 if loop.time() >= next_probe:
                     next_probe = loop.time() + PROBE_EVERY
                     await probe.once()
+                    if lost != (probe.unreachable_for() is not None):
+                        lost = not lost  # said once each way: the reader waits for the broker meanwhile
+                        said = "does not answer: waiting for it" if lost else "answers again"
+                        click.echo(f"faas logs: the broker at {servers} {said}", err=True)
                 if restarted and await _start_over(consumer, topic):
                     restarted = False
                     click.echo(
@@ -251,8 +255,8 @@ async def read(
         finally:
             await probe.close()
     finally:
-        with contextlib.suppress(Exception):
-            await within(consumer.stop(), CLOSE_TIMEOUT)
+        await stop_quietly(consumer, CLOSE_TIMEOUT)  # with the broker gone, aiokafka's stop re-raises its
+        # own fetch's CancelledError: not ours, and no traceback at a Ctrl-C
 
 
 async def _start_over(consumer: AIOKafkaConsumer, topic: str) -> bool:
@@ -274,10 +278,14 @@ async def _assign(
 ) -> list[TopicPartition]:
     """Assign every partition of `topic` and seek to `--since`; waits for the topic when following."""
     while True:
-        if topic in await consumer.topics():
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if partitions:
-                break
+        try:
+            if topic in await consumer.topics():
+                partitions = consumer.partitions_for_topic(topic) or set()
+                if partitions:
+                    break
+        except KafkaError as exc:  # the broker went while we wait for the topic to appear
+            if not follow:
+                raise Unreachable(said(exc)) from exc
         if not follow:
             return []
         await asyncio.sleep(1)

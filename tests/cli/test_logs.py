@@ -280,6 +280,8 @@ class Follower:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         self.args, self.env, self.cwd = args, env, cwd
         self.seen: list[dict[str, Any]] = []
+        self.said: list[str] = []
+        """Its stderr lines so far."""
         self.code: int | None = None
         self.stderr = ""
 
@@ -295,6 +297,9 @@ class Follower:
         lines: Iterable[str] = self.proc.stdout or []
         self.reader = threading.Thread(target=lambda: self.seen.extend(json.loads(line) for line in lines))
         self.reader.start()
+        errors: Iterable[str] = self.proc.stderr or []
+        self.listener = threading.Thread(target=lambda: self.said.extend(errors))
+        self.listener.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -302,7 +307,8 @@ class Follower:
         proc.send_signal(signal.SIGINT)
         self.code = proc.wait(30)
         self.reader.join(10)
-        self.stderr = proc.stderr.read() if proc.stderr else ""
+        self.listener.join(10)
+        self.stderr = "".join(self.said)
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -513,6 +519,33 @@ def test_follow_reads_a_restarted_embedded_broker_from_its_start(tmp_path: Path)
     assert code == 0, stderr
     assert f"127.0.0.1:{port} is a new cluster (restarted?): reading {topic} from its start" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_follow_waits_out_a_broker_that_went_and_ctrl_c_ends_quietly(tmp_path: Path) -> None:
+    """1. A broker of its own; one follower reads a topic with 3 records, another waits for a topic that is
+    not there yet. 2. The broker stops. 3. SIGINT to both.
+    Result: the first says once that the broker does not answer and that it waits; both keep running until
+    the SIGINT, then exit 0 with no traceback (they printed aiokafka's tracebacks: the stop re-raised a
+    fetch's cancellation, and the wait for the topic raised the metadata error)."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    topic = f"t.inv.{new_id()[:8]}"
+    broker = EmbeddedBroker(port=free_port()).start()
+    env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    reading = Follower([], env, cwd=root)
+    waiting = Follower([], {**env, "FAAS_INVOCATIONS_TOPIC": f"{topic}.later"}, cwd=root)
+    try:
+        with reading, waiting:
+            asyncio.run(_produce_to_0(broker.bootstrap, topic, _records("r", 3)))
+            wait_for(lambda: len(reading.seen) >= 3, 60, 0.2, "the 3 records followed")
+            broker.stop()
+            outage_said = lambda: any("does not answer" in line for line in reading.said)  # noqa: E731
+            wait_for(outage_said, 60, 0.2, "the outage said")
+            assert reading.proc.poll() is None and waiting.proc.poll() is None, reading.said + waiting.said
+    finally:
+        broker.stop()
+    for follower in (reading, waiting):
+        assert follower.code == 0 and "Traceback" not in follower.stderr, follower.stderr
+    assert f"the broker at {broker.bootstrap} does not answer: waiting for it" in reading.stderr
 
 
 def test_started_at_in_lower_case_is_a_time() -> None:
