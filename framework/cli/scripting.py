@@ -103,6 +103,12 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts] | None) -> str:
     return json.dumps({"functions": out}, default=str)
 
 
+MIB = 1024 * 1024
+MAX_DATA_BYTES = 64 * MIB
+"""Most `--data @FILE` reads: far over any payload a node takes (FAAS_MAX_PAYLOAD_BYTES, 1 MiB by default),
+and a bound on what `@/dev/zero` or an endless pipe costs."""
+
+
 def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes:
     """`--data`: a JSON text, `@file` holding one, or `@-` for standard input; the payload's bytes (`null`
     when not given)."""
@@ -111,10 +117,11 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value == "@-":
         if sys.stdin is None:  # closed (`<&-`), as under some service managers
             raise click.BadParameter("@-: there is no standard input (it is closed)")
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(MAX_DATA_BYTES + 1)
     elif value.startswith("@"):
         try:
-            raw = Path(value[1:]).read_bytes()
+            with Path(value[1:]).open("rb") as f:
+                raw = f.read(MAX_DATA_BYTES + 1)
         except OSError as exc:
             raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
     else:
@@ -122,6 +129,9 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
             raw = value.encode()  # command-line bytes that are not UTF-8 arrive as lone surrogates
         except UnicodeEncodeError:
             raise click.BadParameter("not valid JSON: the text is not valid UTF-8") from None
+    if len(raw) > MAX_DATA_BYTES:  # `@/dev/zero` would fill the memory
+        where = "standard input" if value == "@-" else value[1:]
+        raise click.BadParameter(f"{where} holds over {MAX_DATA_BYTES // MIB} MiB: no payload is that large")
     try:  # orjson, as the node reads payloads: a lone surrogate escape ("\\udcff") is not valid JSON text
         orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

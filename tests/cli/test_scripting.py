@@ -122,6 +122,13 @@ def test_invoke_data_from_stdin_and_bad_input(project: Path) -> None:
     assert r.exit_code == 2 and "standard input" in r.output, r.output
 
 
+def test_data_from_an_endless_file_is_refused_at_its_bound(project: Path) -> None:
+    """`faas invoke echo --data @/dev/zero`. Result: exit 2 saying the file holds over 64 MiB, after reading
+    that much (it read until the memory ran out, then printed a MemoryError traceback)."""
+    r = faas(project, "invoke", "echo", "--data", "@/dev/zero")
+    assert r.exit_code == 2 and "/dev/zero holds over 64 MiB" in r.output, r.output
+
+
 def test_emit_with_key_id_and_source(project: Path, broker: EmbeddedBroker) -> None:
     """1. A node on the broker. 2. `faas emit cli.seen --key K --id ID --source S --data @-`.
     Result: exit 0, the printed reply has id ID; the handler saw key K, event id ID and source S; the record
