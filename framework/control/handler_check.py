@@ -57,7 +57,7 @@ IMPORT_TIMEOUT = 30.0
 """Seconds one import-check subprocess may run before its current handler is blamed."""
 
 _CHECK = """
-import builtins, importlib, importlib.util, json, os, sys
+import builtins, importlib, importlib.util, inspect, json, os, sys
 from pathlib import Path
 hiding = json.loads(sys.argv[2])
 if hiding:  # as in instances (`framework/sandbox.py`), code run at import sees no secrets folder
@@ -143,7 +143,16 @@ def check(handler, env):
             obj = getattr(obj, part)
     except BaseException as exc:
         return "does not import: %s: %s" % (type(exc).__name__, located(exc))
-    return None if callable(obj) else "is not callable"
+    if not callable(obj):
+        return "is not callable"
+    try:  # an instance calls handle(payload, ctx): one that cannot take that would fail every call
+        signature = inspect.signature(obj)
+        signature.bind(None, None)
+    except TypeError:
+        return "cannot be called as handle(payload, ctx): its parameters are %s" % (signature,)
+    except ValueError:  # no signature to read (some builtins): the call will tell
+        pass
+    return None
 
 def located(exc):  # the message, with the innermost line of the project's code it was raised at
     if isinstance(exc, SyntaxError) and str(exc.filename or "").startswith(inside[0]):

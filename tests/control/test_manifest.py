@@ -28,7 +28,10 @@ functions:
     handler: functions.mod:handle
 """
 MODULES = {
-    "mod": "VALUE = 5\nasync def handle(payload, ctx):\n    return payload\n",
+    "mod": "VALUE = 5\nasync def handle(payload, ctx):\n    return payload\n"
+    "def bare():\n    return 1\n"
+    "def three(a, b, c):\n    return 1\n"
+    "def loose(payload, *rest, **named):\n    return 1\n",
     "broken": "def handle(payload, ctx)\n    return 1\n",
 }
 
@@ -181,6 +184,9 @@ CASES: dict[str, tuple[str, int, str]] = {
     "handler-missing": (edit({10: "    handler: functions.nope:handle"}), 10, "ModuleNotFoundError"),
     "handler-attr": (edit({10: "    handler: functions.mod:nope"}), 10, "AttributeError"),
     "handler-value": (edit({10: "    handler: functions.mod:VALUE"}), 10, "is not callable"),
+    # Every call would fail with a TypeError; `loose` (payload, *rest, **named) takes the call and passes.
+    "handler-no-parameters": (edit({10: "    handler: functions.mod:bare"}), 10, "its parameters are ()"),
+    "handler-three-parameters": (edit({10: "    handler: functions.mod:three"}), 10, "handle(payload, ctx)"),
     "handler-syntax": (edit({10: "    handler: functions.broken:handle"}), 10, "SyntaxError"),
     # Found outside the project (the standard library, an installed package): a revision would carry no
     # code, and each node would run whatever it has under that name.
@@ -262,6 +268,13 @@ def test_broken_manifest_names_the_line(tmp_path: Path, case: str) -> None:
     assert lines_of(errors) == [line], errors
     assert fragment in errors[0], errors
     assert len(errors[0]) < 1000, f"an error line of {len(errors[0])} characters"
+
+
+def test_a_handler_that_takes_the_call_in_any_form_passes(tmp_path: Path) -> None:
+    """`loose(payload, *rest, **named)` takes handle(payload, ctx): not refused by the signature check."""
+    root = write_project(tmp_path, edit({10: "    handler: functions.mod:loose"}), MODULES)
+    loaded = load_manifest(root / "functions.yaml", check_handlers=True)
+    assert [f.handler for f in loaded.functions][-1] == "functions.mod:loose"
 
 
 def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_column(tmp_path: Path) -> None:
