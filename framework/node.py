@@ -94,6 +94,8 @@ class Node:
         """Whether the deployment log gave the node a table to serve yet (`serve_registry`)."""
         self.should_exit = asyncio.Event()
         self.stop_now = asyncio.Event()
+        self.early_signals: list[int] = []
+        """SIGINT and SIGTERM that came while `serve` was starting, before the loop took them over."""
         """A second SIGTERM/SIGINT: what is still in flight is cut at once, not at the end of the grace."""
         self.started = False
         self.watcher: ManifestWatcher | None = None
@@ -218,6 +220,8 @@ class Node:
             self.settings.http_port = listening.getsockname()[1]
             self.records.node = node_name(self.settings)
         self._install_signal_handlers()
+        for sig in self.early_signals:  # the stop asked for while starting: nothing serves before it
+            self._on_signal(sig)
         await self.runtime.start()
         bootstrap = self._bootstrap() if self.kafka_enabled else None
         if bootstrap is not None and self.settings.records:
@@ -423,6 +427,11 @@ def raise_open_files_limit() -> int:
 
 def serve(settings: Settings, kafka: bool = True) -> int:
     """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
+    # From the start, a signal only sets a flag (checking the manifest's handlers takes a second or more):
+    # a Ctrl-C then stops the node as one while it serves does, exit 0, not a KeyboardInterrupt.
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     logs.configure(settings.log_level, settings.log_format)
     raise_open_files_limit()
     problem = folder_setting_problem(settings) or CodeCache(cache_dir(settings)).folder_problem()
@@ -440,8 +449,13 @@ def serve(settings: Settings, kafka: bool = True) -> int:
         log.error("cannot read the manifest %s: %s", settings.manifest, exc)
         return 1
 
+    if early:
+        log.info("%s received while starting: stopped", signal.Signals(early[0]).name)
+        return 0
+
     async def run() -> int:
         node = Node(settings, manifest, kafka, code)
+        node.early_signals = early
         if problems:
             # Not reasons to refuse to start: a function lacking a secret is answered InstanceCrashed
             # naming it (DESIGN.md section 14), one whose code cannot be deployed is not deployed, the

@@ -225,6 +225,41 @@ def test_signal_drains_in_flight_requests(
     assert f"{sig.name} received: draining" in n.tail(200)
 
 
+SLOW_IMPORT = """
+import os, time
+open(os.environ["T_IMPORTING"], "w").close()
+time.sleep(3)
+
+async def handle(payload, ctx):
+    return payload
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_starting_stops_the_node_with_exit_0(
+    tmp_path: Path, nodes: Nodes, sig: signal.Signals
+) -> None:
+    """1. A node starts whose handler takes 3 s to import (checked before the node serves). 2. While that
+    import runs, SIGINT (Ctrl-C) or SIGTERM. Result: the node stops, exit 0, saying the signal came while it
+    started; no traceback and no "Aborted!" (SIGINT was a KeyboardInterrupt there: exit 1)."""
+    manifest = f"""
+functions:
+  - name: slow
+    uuid: {ECHO}
+    handler: functions.slow:handle
+    state: productive
+"""
+    root = write_project(tmp_path, manifest, {"slow": SLOW_IMPORT})
+    importing = tmp_path / "importing"
+    n = nodes(root, None, kafka=False, env={"T_IMPORTING": str(importing)})
+    wait_for(importing.exists, 30, message="the handler's import under way")
+    n.proc.send_signal(sig)
+    assert n.proc.wait(30) == 0, n.tail()
+    out = n.tail(200)
+    assert f"{sig.name} received while starting: stopped" in out, out
+    assert "Traceback" not in out and "Aborted" not in out, out
+
+
 def test_a_killed_node_leaves_no_process_its_handlers_started(tmp_path: Path, nodes: Nodes) -> None:
     """1. A handler starts `sleep 300` and returns its pid (the child is in its instance's process group,
     which no death signal reaches). 2. The node alone is SIGKILLed, as the OOM killer would.
