@@ -15,7 +15,7 @@ import resource
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -425,14 +425,17 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def serve(settings: Settings, kafka: bool = True) -> int:
-    """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop)."""
+def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -> int:
+    """`faas run`: serve until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop). `unknown`:
+    what to warn of the `FAAS_*` names set that no setting reads (`cli.common.unknown_names`)."""
     # From the start, a signal only sets a flag (checking the manifest's handlers takes a second or more):
     # a Ctrl-C then stops the node as one while it serves does, exit 0, not a KeyboardInterrupt.
     early: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
     logs.configure(settings.log_level, settings.log_format)
+    for line in unknown:
+        log.warning("%s", line)
     raise_open_files_limit()
     problem = folder_setting_problem(settings) or CodeCache(cache_dir(settings)).folder_problem()
     if problem is not None:

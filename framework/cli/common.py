@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -60,6 +61,31 @@ def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     every option of the `faas` command is one."""
     attrs.setdefault("show_envvar", True)
     return click.option(*decls, cls=TwinOption, **attrs)
+
+
+def unknown_names(root: click.Command) -> list[str]:
+    """A line for each `FAAS_*` name set in the environment or `.env` that is no setting and no option's
+    twin of any verb under `root`, with the name it was likely meant to be (a misspelt one is otherwise
+    read by nobody, silently: `FAAS_HTTP_PROT=9000` serves on 8080)."""
+    known = {f"FAAS_{name.upper()}" for name in Settings.model_fields}
+
+    def walk(command: click.Command, prefix: str) -> None:
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name:
+                known.add(f"{prefix}_{param.name.upper()}")
+                known.update([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{prefix}_{name.upper().replace('-', '_')}")
+
+    walk(root, "FAAS")
+    given = {*os.environ, *(k for k in dotenv_values(ENV_FILE) if k)}
+    unknown = sorted(n for n in {g.upper() for g in given} if n.startswith("FAAS_") and n not in known)
+    said = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        meant = f" (did you mean {close[0]}?)" if close else ""
+        said.append(f"{name} is set but is no setting: ignored{meant}")
+    return said
 
 
 ANSWER_TIMEOUT = 2.0

@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from framework.cli.common import fail, option, pass_settings, port_number
+from framework.cli.common import fail, option, pass_settings, port_number, unknown_names
 from framework.settings import LOG_LEVELS, Settings
 
 
@@ -77,4 +77,5 @@ def run(
     if watch is not None:
         settings.watch = watch
 
-    sys.exit(serve(settings, kafka=not no_kafka))
+    root = click.get_current_context().find_root().command
+    sys.exit(serve(settings, kafka=not no_kafka, unknown=unknown_names(root)))

@@ -169,9 +169,11 @@ def test_emit_with_key_id_and_source(project: Path, broker: EmbeddedBroker) -> N
 
 
 def test_run_host_port_and_log_level(project: Path) -> None:
-    """1. `faas run --no-kafka --host 127.0.0.1 --port P --log-level warning` (the settings say otherwise).
+    """1. `faas run --no-kafka --host 127.0.0.1 --port P --log-level warning` (the settings say otherwise),
+    with a misspelt setting in the environment (FAAS_HTTP_PROT) and a twin of another verb's option.
     2. `faas run --port 70000`.
-    Result: 1 serves on P, and its log has no INFO lines (the 'serving' line is INFO); 2 exits 2."""
+    Result: 1 serves on P, and its log has no INFO lines (the 'serving' line is INFO) and warns of the
+    misspelt name, naming the setting meant, not of the twin; 2 exits 2."""
     port = free_port()
     log = LOGS / f"cli-run-{port}.log"
     env = {
@@ -179,6 +181,8 @@ def test_run_host_port_and_log_level(project: Path) -> None:
         "FAAS_MANIFEST": str(project / "functions.yaml"),
         "FAAS_HTTP_PORT": "1",
         "FAAS_LOG_LEVEL": "DEBUG",
+        "FAAS_HTTP_PROT": "9",
+        "FAAS_LOGS_SINCE": "2h",
     }
     args = ["run", "--no-kafka", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     with log.open("w") as out:
@@ -207,6 +211,8 @@ def test_run_host_port_and_log_level(project: Path) -> None:
     text = log.read_text()
     assert proc.returncode == 0, text
     assert "serving" not in text and " INFO " not in text, text
+    said = "FAAS_HTTP_PROT is set but is no setting: ignored (did you mean FAAS_HTTP_PORT?)"
+    assert said in text and "FAAS_LOGS_SINCE" not in text, text
     r = faas(project, "run", "--port", "70000")
     assert r.exit_code == 2 and "70000" in r.output, r.output
 
