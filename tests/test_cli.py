@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -289,6 +289,30 @@ def test_invoke_locally_in_a_fresh_instance(tmp_path: Path) -> None:
     assert r.stdout == ""
 
 
+def test_a_local_invoke_imports_what_a_revision_would_carry(tmp_path: Path) -> None:
+    """1. `add` imports `helpers`, a module beside the manifest (no revision carries it: only the handler's
+    top-level package). 2. `faas invoke add`, then `faas validate`. 3. `helpers` moved into the package.
+    Result: 2 fails both ways, naming the missing module (the test run used to import it from the project
+    and succeed, while deploy refused it); after 3 the invoke prints the helper's value."""
+    manifest = """
+functions:
+  - name: add
+    uuid: 3d8b5e3a-5f3b-4e3c-9c9a-7f4b0a6d8c09
+    handler: functions.add:handle
+"""
+    add = "import helpers\n\nasync def handle(payload, ctx):\n    return helpers.V\n"
+    root = write_project(tmp_path, manifest, {"add": add})
+    (root / "helpers.py").write_text("V = 'helped'\n")
+    r = run_cli(root, "invoke", "add")
+    assert r.returncode == 1 and "No module named 'helpers'" in r.stderr, (r.stdout, r.stderr)
+    r = run_cli(root, "validate")
+    assert r.returncode == 1 and "No module named 'helpers'" in r.stderr, (r.stdout, r.stderr)
+    (root / "helpers.py").rename(root / "functions" / "helpers.py")
+    (root / "functions" / "add.py").write_text(add.replace("import helpers", "from functions import helpers"))
+    r = run_cli(root, "invoke", "add")
+    assert r.returncode == 0 and json.loads(r.stdout) == "helped", (r.stdout, r.stderr)
+
+
 def test_invoke_url_against_a_real_node(project: Path, nodes: Callable[..., Node]) -> None:
     """1. A real node (`faas run --no-kafka`, FAAS_API_KEYS=k1,k2). 2. `faas invoke alpha --url` with the same
     keys; with `--api-key k2`; with a wrong key; for beta's uuid (a draft).
@@ -457,7 +481,7 @@ def test_emit_prints_the_reply(
 def test_run_calls_serve_and_exits_with_its_code(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
     calls: list[tuple[Path, bool]] = []
 
-    def serve(settings: Any, kafka: bool = True) -> int:
+    def serve(settings: Any, kafka: bool = True, unknown: Sequence[str] = ()) -> int:
         calls.append((settings.manifest, kafka))
         return 3
 
@@ -477,7 +501,7 @@ def test_option_twins_are_read_from_dotenv_below_the_environment(
     empty, decides alone, as it does for a setting)."""
     calls: list[bool] = []
 
-    def serve(settings: Any, kafka: bool = True) -> int:
+    def serve(settings: Any, kafka: bool = True, unknown: Sequence[str] = ()) -> int:
         calls.append(kafka)
         return 0
 

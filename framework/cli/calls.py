@@ -6,10 +6,12 @@ import asyncio
 import http.client
 import json
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +21,7 @@ from framework.cli import scripting
 from framework.cli.common import (
     bootstrap_option,
     check_event_type,
+    code_zips,
     fail,
     load,
     looks_like_uuid,
@@ -149,16 +152,26 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
     spec = Registry(load(settings, check_handlers=False)).find(name_or_uuid)
     if spec is None:
         fail(f"no function named {name_or_uuid!r} in {settings.manifest}")
+    from framework.control.code_cache import CodeCache
     from framework.observe import logs
     from framework.runtime.pools import invoke_once
 
-    # What the handler logs and prints goes to stderr (at FAAS_LOG_LEVEL), as a node's log would show it;
-    # the result alone goes to stdout, for scripts.
-    try:
-        with logs.configured(settings.log_level, settings.log_format):
-            result = asyncio.run(invoke_once(spec, data, settings))
-    except FaasError as exc:
-        fail(f"{exc.type}: {exc.message}")
+    # The code a revision would carry (the handler's top-level package, the secrets folder left out),
+    # unpacked as a node unpacks it: a test run imports what a deploy would publish, not the whole project
+    # (a `helpers.py` beside the manifest imports here only if it would on a node).
+    code = code_zips(settings).code_of(spec)
+    if isinstance(code, str):
+        fail(f"{spec.name}: its code cannot be a revision's: {code}")
+    zipped, sha = code
+    with tempfile.TemporaryDirectory(prefix="faas-invoke-") as unpacked:
+        spec = spec.model_copy(update={"code": CodeCache(Path(unpacked)).store(sha, zipped)})
+        # What the handler logs and prints goes to stderr (at FAAS_LOG_LEVEL), as a node's log would show
+        # it; the result alone goes to stdout, for scripts.
+        try:
+            with logs.configured(settings.log_level, settings.log_format):
+                result = asyncio.run(invoke_once(spec, data, settings))
+        except FaasError as exc:
+            fail(f"{exc.type}: {exc.message}")
     click.echo(result.result.decode())
 
 
