@@ -94,9 +94,9 @@ class Node:
         """Whether the deployment log gave the node a table to serve yet (`serve_registry`)."""
         self.should_exit = asyncio.Event()
         self.stop_now = asyncio.Event()
+        """A second SIGTERM/SIGINT: what is still in flight is cut at once, not at the end of the grace."""
         self.early_signals: list[int] = []
         """SIGINT and SIGTERM that came while `serve` was starting, before the loop took them over."""
-        """A second SIGTERM/SIGINT: what is still in flight is cut at once, not at the end of the grace."""
         self.started = False
         self.watcher: ManifestWatcher | None = None
         self._rechecks: set[asyncio.Task[None]] = set()

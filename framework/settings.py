@@ -52,10 +52,10 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     http_allowed_hosts: str = ""
-    """Comma-separated host names HTTP requests may be sent to (the `Host` header, without its port), besides
-    loopback names; `*`: any. Empty: loopback names only when `http_host` is a loopback address, any name
-    otherwise (`sources/http/browsers.py`: a web page must not reach a developer's node by a name of its
-    own)."""
+    """Comma-separated domain names HTTP requests may be sent to (the `Host` header; a port is ignored)
+    besides `localhost`, and whose pages may call the node; `*`: any. Empty: only `localhost` names when
+    `http_host` is a loopback address, any name otherwise (`sources/http/browsers.py`: a web page must not
+    reach a developer's node by a name of its own). Addresses and one-label names always pass."""
     kafka_bootstrap_servers: str = ""
     """Comma-separated `host:port` list; empty starts the embedded broker (DESIGN.md section 8)."""
     kafka_group_id: str = "faas"

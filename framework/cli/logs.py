@@ -239,8 +239,8 @@ async def read(
                     await probe.once()
                     if lost != (probe.unreachable_for() is not None):
                         lost = not lost  # said once each way: the reader waits for the broker meanwhile
-                        said = "does not answer: waiting for it" if lost else "answers again"
-                        click.echo(f"faas logs: the broker at {servers} {said}", err=True)
+                        news = "does not answer: waiting for it" if lost else "answers again"
+                        click.echo(f"faas logs: the broker at {servers} {news}", err=True)
                 if restarted and await _start_over(consumer, topic):
                     restarted = False
                     click.echo(

@@ -145,13 +145,14 @@ def check(handler, env):
         return "does not import: %s: %s" % (type(exc).__name__, located(exc))
     if not callable(obj):
         return "is not callable"
+    try:  # the signature called, not a wrapped function's (a decorator may change what it takes)
+        signature = inspect.signature(obj, follow_wrapped=False)
+    except (TypeError, ValueError):  # none to read (some builtins, an odd __signature__): the call will tell
+        return None
     try:  # an instance calls handle(payload, ctx): one that cannot take that would fail every call
-        signature = inspect.signature(obj)
         signature.bind(None, None)
     except TypeError:
         return "cannot be called as handle(payload, ctx): its parameters are %s" % (signature,)
-    except ValueError:  # no signature to read (some builtins): the call will tell
-        pass
     return None
 
 def located(exc):  # the message, with the innermost line of the project's code it was raised at

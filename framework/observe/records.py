@@ -110,15 +110,15 @@ class RecordCounters:
         )
 
 
-Kept = tuple[str, "FunctionSpec", str, bool, bytes]
-"""A record on the ring: (invocation id, spec, trigger, ok, the record's JSON) — the filters' fields beside
-the bytes, which are parsed only when read."""
+Kept = tuple[str, "FunctionSpec", str, bool, bytes, bool]
+"""A record on the ring: (invocation id, spec, trigger, ok, the record's JSON, cancelled) — the filters'
+fields beside the bytes, which are parsed only when read."""
 
 
 def _parsed(kept: Kept) -> dict[str, Any]:
     """A kept record, parsed. Instances render them, and a handler runs in the same process: one that
     mangled its instance's renderer must not break the node's reads (the node checked only the head)."""
-    invocation_id, spec, trigger, ok, record = kept
+    invocation_id, spec, trigger, ok, record, _ = kept
     try:
         return orjson.loads(record)  # type: ignore[no-any-return]
     except orjson.JSONDecodeError as exc:
@@ -158,7 +158,7 @@ class InvocationRecords:
     ) -> None:
         """`counted`: in the dashboard's stats. An invocation cancelled before it ended (a chain's abort, a
         caller that hung up, a stop) is not: it neither failed nor ran its course, and its duration is cut."""
-        self._recent.append((inv.invocation_id, spec, inv.trigger, ok, record))
+        self._recent.append((inv.invocation_id, spec, inv.trigger, ok, record, not counted))
         if counted:
             self.stats.observe(spec.uuid, spec.name, started, duration_ms, ok)
         if self.sender is not None:
@@ -223,19 +223,23 @@ class InvocationRecords:
         ok: bool | None = None,
         trigger: str | None = None,
         limit: int = 100,
+        cancelled: bool | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest records first; `function` matches the name or the uuid."""
+        """The newest records first; `function` matches the name or the uuid; `cancelled`: only the
+        invocations cancelled before they ended (True), or none of them (False)."""
         out: list[dict[str, Any]] = []
         if limit <= 0:
             return out
         lowered = function.lower() if function is not None else None  # uuids in any case
         for kept in reversed(self._recent):
-            _, spec, kept_trigger, kept_ok, _ = kept
+            _, spec, kept_trigger, kept_ok, _, kept_cancelled = kept
             if function is not None and function != spec.name and lowered != spec.uuid.lower():
                 continue
             if ok is not None and kept_ok is not ok:
                 continue
             if trigger is not None and kept_trigger != trigger:
+                continue
+            if cancelled is not None and kept_cancelled is not cancelled:
                 continue
             out.append(_parsed(kept))
             if len(out) >= limit:

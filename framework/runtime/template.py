@@ -9,9 +9,10 @@ by the node: `raw_output.py`); the template forks, and the child becomes the ins
 
 Lifetime: the template dies with the node (PR_SET_PDEATHSIG, and EOF on its control socket), and each
 instance dies with the template (PR_SET_PDEATHSIG), so no instance outlives its node. The processes a
-handler starts are in its instance's process group, and no death signal reaches them: so the template's
-death signal is SIGHUP, caught, and it kills every instance's group before it goes (a SIGKILLed node
-leaves no `sleep` its handlers started behind).
+handler starts are in its instance's process group, and no death signal reaches them: so the template
+kills an instance's group when it reaps the instance (an instance leaves on its own when the node's end of
+its channel closes), and every live instance's group when the node is gone (its death signal, NODE_DIED,
+or the end of the control socket). A SIGKILLed node leaves no `sleep` its handlers started behind.
 
 Exit statuses: the template tells the node, on the control socket, each instance's pid as it forks it
 (`fork ID PID`: an instance that dies importing its handler never says its pid itself) and, having reaped
@@ -182,6 +183,9 @@ class Template:
         """Call `gone` if instance `pid` exits before `unwatch(pid)`. Its channel's end is not enough: a
         process its handler forked holds the channel open after the instance itself died, and its callers
         would wait for that process, or for their time limit, to hear it crashed."""
+        if pid in self._statuses and self._loop is not None:  # it died before it said hello
+            self._loop.call_soon(gone)
+            return
         self._live[pid] = gone
 
     def unwatch(self, pid: int) -> None:
@@ -318,11 +322,21 @@ _instances: set[int] = set()
 """Pids of the instances forked and not reaped yet: each is its process group's id (`server.main`)."""
 
 
-def _end_instances(_signum: int, _frame: FrameType | None) -> None:
-    """The node died (the SIGHUP of PR_SET_PDEATHSIG): kill every instance with what it started, then go."""
+NODE_DIED = signal.SIGRTMIN + 2
+"""The template's death signal (PR_SET_PDEATHSIG): a real-time signal nothing else sends. Not SIGHUP, which a
+terminal's hang-up sends the whole process group: under `nohup` the node ignores it, and so must we."""
+
+
+def _kill_instances() -> None:
+    """Kill every instance with what it started (its process group)."""
     for pid in list(_instances):  # a SIGCHLD's reap may change the set meanwhile
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def _end_instances(_signum: int, _frame: FrameType | None) -> None:
+    """The node died (NODE_DIED): kill every instance with what it started, then go."""
+    _kill_instances()
     os._exit(1)
 
 
@@ -339,6 +353,10 @@ def _reaper(ctrl: socket.socket) -> Callable[[int, FrameType | None], None]:
             if pid == 0:
                 return
             _instances.discard(pid)
+            # What it started goes with it (its process group: the node does the same, but an instance
+            # leaves on its own when the node dies, before our death signal comes).
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
                 ctrl.send(b"exit %d %d" % (pid, status), socket.MSG_DONTWAIT)
 
@@ -372,13 +390,17 @@ def _serve(ctrl: socket.socket) -> None:
             for fd in fds:
                 os.close(fd)
             continue
+        # SIGCHLD held from the fork until the pid is in `_instances`: an instance that dies at once is
+        # reaped after that, not before (its pid would stay in the set, and a reused one be killed).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             config = orjson.loads(msg)
             pid = os.fork()
         except (OSError, orjson.JSONDecodeError):
             pid = -1  # the node sees EOF on the instance's socket and reports the failed start
         if pid == 0:
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # the node is the template's parent, not ours
+            signal.signal(NODE_DIED, signal.SIG_DFL)  # the node is the template's parent, not ours
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _instances.clear()
             ctrl.close()
             os.dup2(fds[2], 1)  # inheritable: a subprocess's output goes the same way
@@ -388,14 +410,16 @@ def _serve(ctrl: socket.socket) -> None:
             server.main(config, fds[0], fds[1], me)
         if pid > 0:
             _instances.add(pid)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # before its exit status, if it dies at once
                 ctrl.send(b"fork %s %d" % (str(config.get("instance_id")).encode(), pid), socket.MSG_DONTWAIT)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for fd in fds:
             os.close(fd)
 
 
 def _left_to_the_node(_signum: int, _frame: FrameType | None) -> None:
-    """SIGINT and SIGTERM in the template and its instances: nothing (the node decides when they stop)."""
+    """SIGINT, SIGTERM and SIGHUP in the template and its instances: nothing (the node decides when they
+    stop: a terminal's hang-up that a `nohup` node ignores leaves them serving)."""
 
 
 def main() -> None:
@@ -404,8 +428,8 @@ def main() -> None:
 
     ctrl_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     sandboxing = orjson.loads(sys.argv[3])
-    signal.signal(signal.SIGHUP, _end_instances)
-    die_with_parent(parent, signal.SIGHUP)
+    signal.signal(NODE_DIED, _end_instances)
+    die_with_parent(parent, NODE_DIED)
     # A node started with descriptor 0, 1 or 2 closed: a received socket would take that number, and an
     # instance's `dup2` onto 1 and 2 would then close its own channel. Hold each one with /dev/null.
     for fd in (0, 1, 2):
@@ -418,11 +442,15 @@ def main() -> None:
     # control group) every process of the service: the node drains, then stops us and so the instances,
     # which inherit this. Caught, not ignored (SIG_IGN): a program a handler runs gets the default actions
     # back when it execs, and a process it forks gets them from the instance (`server.main`).
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _left_to_the_node)
     if sandboxing["hide"] is not None:  # still one thread here, as a user namespace takes
         sandbox.exposed = sandbox.hide(Path(sandboxing["hide"]), [Path(p) for p in sandboxing["keep"]])
     _serve(socket.socket(fileno=ctrl_fd))
+    # The node closed the control socket: stopping, or gone (a dying process's descriptors close before its
+    # children get their death signal, so this comes first). Instances die with us either way (theirs is
+    # SIGKILL); what they started would not.
+    _kill_instances()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,16 @@ MODULES = {
     "mod": "VALUE = 5\nasync def handle(payload, ctx):\n    return payload\n"
     "def bare():\n    return 1\n"
     "def three(a, b, c):\n    return 1\n"
-    "def loose(payload, *rest, **named):\n    return 1\n",
+    "def loose(payload, *rest, **named):\n    return 1\n"
+    "import functools\n"
+    "def takes_payload(fn):\n"
+    "    @functools.wraps(fn)\n"
+    "    async def wrapper(payload, ctx):\n"
+    "        return await fn(payload)\n"
+    "    return wrapper\n"
+    "@takes_payload\n"
+    "async def wrapped(payload):\n"
+    "    return payload\n",
     "broken": "def handle(payload, ctx)\n    return 1\n",
 }
 
@@ -271,10 +280,12 @@ def test_broken_manifest_names_the_line(tmp_path: Path, case: str) -> None:
 
 
 def test_a_handler_that_takes_the_call_in_any_form_passes(tmp_path: Path) -> None:
-    """`loose(payload, *rest, **named)` takes handle(payload, ctx): not refused by the signature check."""
-    root = write_project(tmp_path, edit({10: "    handler: functions.mod:loose"}), MODULES)
-    loaded = load_manifest(root / "functions.yaml", check_handlers=True)
-    assert [f.handler for f in loaded.functions][-1] == "functions.mod:loose"
+    """`loose(payload, *rest, **named)`, and a decorator's `(payload, ctx)` wrapper of `wrapped(payload)`
+    (`functools.wraps`), take handle(payload, ctx): neither is refused by the signature check."""
+    for handler in ("functions.mod:loose", "functions.mod:wrapped"):
+        root = write_project(tmp_path / handler, edit({10: f"    handler: {handler}"}), MODULES)
+        loaded = load_manifest(root / "functions.yaml", check_handlers=True)
+        assert [f.handler for f in loaded.functions][-1] == handler
 
 
 def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_column(tmp_path: Path) -> None:

@@ -183,3 +183,29 @@ async def test_a_replaced_secrets_folder_renews_the_template_once(tmp_path: Path
         assert rt._template is not second
     finally:
         await rt.stop(0)
+
+
+async def test_a_hang_up_while_the_node_lives_leaves_the_instances_alone(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. An instance serves. 2. SIGHUP reaches the template while its node (this process) lives, as a
+    terminal's hang-up reaches the process group of a `nohup faas run`. Result: the template and the
+    instance live on and the next call is served by the same instance (the template's SIGHUP is its node's
+    death signal, and only then kills every instance)."""
+    s = spec("echo", max=1)
+    value, _ = await call(runtime, s)
+    template = runtime._template
+    assert template.pid is not None
+    os.kill(template.pid, signal.SIGHUP)
+    await call(runtime, spec("echo", name="other", max=1))  # a cold start: through the template's loop
+    again, _ = await call(runtime, s)
+    assert again["instance"] == value["instance"] and template.alive()
+    assert _running(value["pid"])
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -21,6 +21,8 @@ from typing import Any
 
 from starlette.types import Receive
 
+MESSAGES = 100
+"""Messages a watcher reads past the body before it gives up (a server that keeps sending empty ones)."""
 WATCH_AFTER = 0.1
 """Seconds between the rounds that start watchers: an invocation is watched from 0.1-0.2 s on."""
 
@@ -70,11 +72,16 @@ class Callers:
             self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._round)
 
     async def _watch(self, task: asyncio.Task[Any], receive: Receive) -> None:
-        try:
-            message = await receive()
-        except Exception:  # a server that cannot tell: the invocation runs on
+        for _ in range(MESSAGES):  # uvicorn sends nothing more after the body but the disconnect
+            try:
+                message = await receive()
+            except Exception:  # a server that cannot tell: the invocation runs on
+                return
+            if message["type"] == "http.disconnect":
+                break
+        else:
             return
-        if message["type"] == "http.disconnect" and task in self._receives:
+        if task in self._receives:
             self._gone.add(task)
             self._watchers.pop(task, None)
             task.cancel()

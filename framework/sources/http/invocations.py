@@ -2,8 +2,9 @@
 
 - `GET /invocations?function=&ok=&trigger=&limit=`: `{"invocations": [...]}`, newest first. `function` is a
   name or a uuid, `ok` is `true` or `false`, `trigger` one of `event`, `direct`, `schedule`, `warmup`,
-  `limit` 0..FAAS_RECENT_INVOCATIONS (default 100). A bad value, or a filter given twice, is 400
-  `BadRequest` naming the parameter; other parameters are ignored.
+  `limit` 0..FAAS_RECENT_INVOCATIONS (default 100); beyond the contract, `cancelled=false` leaves out the
+  invocations cancelled before they ended (the dashboard's failed view: they did not fail). A bad value,
+  or a filter given twice, is 400 `BadRequest` naming the parameter; other parameters are ignored.
 - `GET /invocations/{invocation_id}`: the record with its logs, 404 `NotFound` if this node has none.
 - `GET /functions/{uuid}/stats`: the function's last 15 minutes (count, failures, p50_ms, p99_ms, and the
   same per minute, oldest first): what the dashboard charts. 404 for a uuid the manifest does not know.
@@ -28,7 +29,7 @@ from framework.sources.http.responses import JSONResponse
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 TRIGGERS = ("event", "direct", "schedule", "warmup")
-QUERY = ("function", "ok", "trigger", "limit")
+QUERY = ("function", "ok", "trigger", "limit", "cancelled")
 """The filters of `GET /invocations` (the OpenAPI document describes each)."""
 DEFAULT_LIMIT = 100
 
@@ -40,7 +41,7 @@ class InvocationLog(Protocol):
     """How many records are kept (FAAS_RECENT_INVOCATIONS)."""
 
     def recent(
-        self, function: str | None, ok: bool | None, trigger: str | None, limit: int
+        self, function: str | None, ok: bool | None, trigger: str | None, limit: int, cancelled: bool | None
     ) -> list[dict[str, Any]]: ...
 
     def get(self, invocation_id: str) -> dict[str, Any] | None: ...
@@ -93,6 +94,7 @@ class InvocationRoutes:
             _bool("ok", q.get("ok")),
             trigger,
             _limit(q.get("limit"), self.log.capacity),
+            _bool("cancelled", q.get("cancelled")),
         )
         return JSONResponse({"invocations": records})
 
@@ -154,6 +156,11 @@ def openapi_paths(auth: bool) -> dict[str, Any]:
                     _query("ok", "Only successes (`true`) or failures (`false`).", {"type": "boolean"}),
                     _query("trigger", "Only this trigger.", {"type": "string", "enum": list(TRIGGERS)}),
                     _query("limit", "Records at most.", {"type": "integer", "minimum": 0, "default": 100}),
+                    _query(
+                        "cancelled",
+                        "Only invocations cancelled before they ended (`true`), or none of them (`false`).",
+                        {"type": "boolean"},
+                    ),
                 ],
                 "responses": {
                     "200": _json(ref("InvocationList"), "The records"),

@@ -34,57 +34,54 @@ MODULES = {
 }
 
 
-def scope(method: str, host: str | None, origin: str | None = None, agent: str | None = "Mozilla/5.0") -> Any:
-    """A request's scope; `agent` is its `User-Agent` (a browser's by default)."""
+def scope(method: str, host: str | None, origin: str | None = None, agent: str = "curl/8.5.0") -> Any:
+    """A request's scope (its `User-Agent` changes nothing: a page's script may set it)."""
     headers = [] if host is None else [(b"host", host.encode())]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
-    if agent is not None:
-        headers.append((b"user-agent", agent.encode()))
+    headers.append((b"user-agent", agent.encode()))
     return {"type": "http", "method": method, "headers": headers}
 
 
 @pytest.mark.parametrize(
     ("bind", "allowed", "method", "host", "origin", "refused"),
     [
-        ("127.0.0.1", "", "POST", "127.0.0.1:8080", None, False),  # a navigation
+        ("127.0.0.1", "", "POST", "127.0.0.1:8080", None, False),  # curl, the CLI
         ("127.0.0.1", "", "POST", "127.0.0.1:8080", "http://127.0.0.1:8080", False),  # the dashboard
         ("127.0.0.1", "", "POST", "localhost:8080", "http://localhost:8080", False),
         ("127.0.0.1", "", "POST", "[::1]:8080", "http://[::1]:8080", False),
+        ("127.0.0.1", "", "POST", "LocalHost.:8080", "http://localhost:8080", False),
         ("127.0.0.1", "", "POST", "127.0.0.1:8080", "http://evil.example", True),  # CSRF
         ("127.0.0.1", "", "POST", "127.0.0.1:8080", "http://127.0.0.1:9999", True),  # another local port
         ("127.0.0.1", "", "POST", "127.0.0.1:8080", "null", True),  # a sandboxed frame, a file
+        ("127.0.0.1", "", "POST", "127.0.0.1:8080", "http://[::1", True),  # an origin that does not parse
         ("127.0.0.1", "", "GET", "127.0.0.1:8080", "http://evil.example", False),  # reads change nothing
-        ("127.0.0.1", "", "GET", "evil.example:8080", None, True),  # DNS rebinding
+        ("127.0.0.1", "", "GET", "evil.example:8080", None, True),  # DNS rebinding, whatever its agent
+        ("127.0.0.1", "", "POST", "evil.example:8080", "http://evil.example:8080", True),
+        ("127.0.0.1", "", "GET", "x", None, False),  # one label: no attacker's DNS answers for it
+        ("127.0.0.1", "", "GET", "127.0.1.1:8080", None, False),  # an address: no DNS at all
         ("127.0.0.1", "evil.example", "GET", "evil.example:8080", None, False),
+        ("127.0.0.1", "evil.example:8443", "GET", "evil.example:8080", None, False),  # a listed port: ignored
         ("127.0.0.1", "*", "GET", "evil.example:8080", None, False),
         ("0.0.0.0", "", "GET", "faas.internal:8080", None, False),  # reached under names it cannot know
-        ("0.0.0.0", "", "POST", "faas.internal:8080", "https://faas.internal:8080", False),  # a TLS proxy
+        ("0.0.0.0", "", "POST", "faas.internal", "https://faas.internal", False),  # a TLS proxy
+        ("0.0.0.0", "", "POST", "faas.internal:443", "https://faas.internal", False),  # default ports
+        ("0.0.0.0", "", "POST", "faas.internal:8443", "https://faas.internal", True),
         ("0.0.0.0", "", "POST", "faas.internal:8080", "http://evil.example", True),
         ("0.0.0.0", "faas.internal", "GET", "other.internal", None, True),
+        ("0.0.0.0", "faas.internal", "GET", "10.1.2.3:8080", None, False),  # a probe by the pod's address
+        # A proxy that sends its own Host: the page's name is listed.
+        ("127.0.0.1", "faas.example.com", "POST", "127.0.0.1:8080", "https://faas.example.com", False),
         ("127.0.0.1", "", "POST", None, None, False),  # HTTP/1.0: no Host, no browser
     ],
 )
 def test_the_guard_refuses_cross_site_requests_and_foreign_hosts(
     bind: str, allowed: str, method: str, host: str | None, origin: str | None, refused: bool
 ) -> None:
-    problem = BrowserGuard(bind, allowed).problem(scope(method, host, origin))
+    problem = BrowserGuard(bind, allowed).problem(scope(method, host, origin, agent="Mozilla/5.0"))
     assert (problem is not None) is refused, problem
     if problem is not None:
         assert problem.status == 403 and problem.type == "Forbidden"
-
-
-def test_what_no_browser_sends_is_not_checked() -> None:
-    """A client that is not a browser (no `Origin`, `Sec-Fetch-Site` nor a `Mozilla/` agent) may name any
-    host: a test's `Host: x`, a proxy's name."""
-    guard = BrowserGuard("127.0.0.1", "")
-    assert guard.problem(scope("POST", "x", agent=None)) is None
-    assert guard.problem(scope("GET", "evil.example:8080", agent="curl/8.5.0")) is None
-    assert guard.problem(scope("GET", "evil.example:8080")) is not None
-    fetched = scope("GET", "evil.example:8080", agent=None)
-    fetched["headers"].append((b"sec-fetch-site", b"same-origin"))
-    assert guard.problem(fetched) is not None
-    assert guard.problem(scope("POST", "127.0.0.1:8080", "http://evil.example", agent=None)) is not None
 
 
 def test_loopback_names() -> None:

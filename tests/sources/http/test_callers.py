@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support import Node, wait_for, write_project
+from tests.support import Node, metric, wait_for, write_project
 
 SLOW = "cacacaca-0000-4000-8000-000000000001"
 MANIFEST = f"""
@@ -40,27 +40,39 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     n.kill()
 
 
-async def _abandon(url: str, payload: float, after: float) -> None:
-    async with httpx.AsyncClient() as client:
-        with pytest.raises(httpx.TimeoutException):
-            await client.post(url, json=payload, timeout=after)
+async def _hang_up_once_held(node: Node, calls: int, payload: float) -> None:
+    """Open `calls` connections, each sending a whole invocation of `slow`; once the node holds them all
+    (running or queued: the in-flight gauge), close every connection without reading an answer."""
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST /functions/{SLOW}/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    writers = []
+    for _ in range(calls):
+        _, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(head + body)
+        await writer.drain()
+        writers.append(writer)
+    await asyncio.to_thread(
+        wait_for, lambda: metric(node, "faas_inflight_requests", function="slow") >= calls, 30, 0.05, "held"
+    )
+    for writer in writers:
+        writer.close()
 
 
 def test_calls_whose_callers_hung_up_give_their_places_to_callers_still_there(node: Node) -> None:
     """1. `slow` has one instance of 2 slots and a queue of 2. 2. Four callers each ask for a 4 s call and
-    hang up after 0.3 s: two calls run, two are queued. 3. A fifth caller asks for a 0.1 s call.
-    Result: the fifth is answered 200 within 2 s, not 429 nor after the abandoned calls; the four are
-    recorded as cancelled (not run to their end as if someone waited), and counted under status 499."""
+    hang up once the node holds all four: two run, two are queued. 3. A fifth caller asks for a 0.1 s call.
+    Result: the node lets go of the four within 3 s, well before they would have ended, and the fifth is
+    answered 200, not 429 Overloaded; the four are recorded as cancelled (not run to their end as if
+    someone waited), and counted under status 499."""
     url = f"{node.url}/functions/{SLOW}/invoke"
-
-    async def four() -> None:
-        await asyncio.gather(*(_abandon(url, 4, 0.3) for _ in range(4)))
-
-    asyncio.run(four())
-    started = time.monotonic()
+    asyncio.run(_hang_up_once_held(node, 4, 4))
+    # Let go of well before the 4 s the calls would run (they are watched from 0.1-0.2 s on).
+    wait_for(lambda: metric(node, "faas_inflight_requests", function="slow") == 0, 3, 0.05, "places freed")
     r = httpx.post(url, json=0.1, timeout=30)
     assert r.status_code == 200 and r.json()["result"] == 0.1, r.text
-    assert time.monotonic() - started < 2, "the fifth call waited behind calls nobody waits for"
 
     def abandoned() -> list[dict[str, object]]:
         records = httpx.get(f"{node.url}/invocations", params={"function": "slow"}, timeout=30).json()

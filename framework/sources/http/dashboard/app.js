@@ -718,10 +718,10 @@ function failedView() {
     build() {},
     async update(root, p) {
       if (!has("/invocations")) { if (last !== "none") { last = "none"; replace(p.failed, noRecords()); } return; }
-      const body = await getJSON("/invocations", "/invocations?ok=false&limit=100");
-      if (!body) return;
       // A cancelled invocation (a chain's abort, a caller that hung up, a stop) did not fail: not listed.
-      const records = (body.invocations || []).filter((r) => !cancelled(r));
+      const body = await getJSON("/invocations", "/invocations?ok=false&cancelled=false&limit=100");
+      if (!body) return;
+      const records = body.invocations || [];
       const sig = JSON.stringify(records);
       if (sig === last || selecting(p.failed)) return;
       last = sig;
