@@ -183,14 +183,19 @@ class HttpSource:
     # ---- functions ----
 
     async def invoke_body(
-        self, uuid: str, scope: Scope, receive: Receive, span: tracing.Span, invocation_id: str
+        self,
+        uuid: str,
+        scope: Scope,
+        receive: Receive,
+        span: tracing.Span,
+        invocation_id: str,
+        task: asyncio.Task[Any],
     ) -> bytes:
-        """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's."""
+        """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's; `task`
+        the request's (cancelled if its caller hangs up)."""
         invoker = self.invoker
         invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
         payload = await self.body.read(scope, receive)
-        task = asyncio.current_task()
-        assert task is not None
         self.callers.add(task, receive)
         try:
             # `direct` looks the function up again: one that left `productive` meanwhile gets no new work.
@@ -211,15 +216,21 @@ class HttpSource:
             }
         )
 
-    async def invoke_asgi(self, uuid: str, scope: Scope, receive: Receive, send: Send) -> int:
+    async def invoke_asgi(
+        self, uuid: str, scope: Scope, receive: Receive, send: Send, task: asyncio.Task[Any] | None = None
+    ) -> int:
         """`POST /functions/{uuid}/invoke` on raw ASGI messages: the route's one implementation.
-        Returns the status sent; the response carries the invocation's `traceparent`."""
+        Returns the status sent; the response carries the invocation's `traceparent`. `task`: the request's,
+        when the caller has it at hand."""
         content_type: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         span = tracing.from_headers(scope["headers"])
         invocation_id = new_id()
         try:
             try:
-                status, body = 200, await self.invoke_body(uuid, scope, receive, span, invocation_id)
+                # The request's task, as the caller found it (`current_task` costs a getpid() on 3.11).
+                task = task or asyncio.current_task()
+                assert task is not None
+                status, body = 200, await self.invoke_body(uuid, scope, receive, span, invocation_id, task)
             except asyncio.CancelledError:
                 cut = self.inflight.error()  # the node's stop ran out of grace: said in the contract's body
                 if cut is None:
@@ -455,7 +466,7 @@ class App(Starlette):
                     # The route's `{uuid}` is one non-empty path segment; the bearer check comes first.
                     if uuid and "/" not in uuid and (self.auth is None or self.auth.allowed(scope)):
                         started = time.perf_counter()
-                        status = await self.source.invoke_asgi(uuid, scope, receive, send)
+                        status = await self.source.invoke_asgi(uuid, scope, receive, send, task)
                         self.requests.observe(_INVOKE_ROUTE, "POST", status, time.perf_counter() - started)
                         return
             await self.requests.track(super().__call__, scope, receive, send)
