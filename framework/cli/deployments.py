@@ -187,20 +187,13 @@ def _publish_then_set(
 
 @contextlib.contextmanager
 def _no_interrupt() -> Iterator[None]:
-    """Hold SIGINT off for a block that must not stop half-way (it takes milliseconds); one that came
-    meanwhile is raised at its end."""
-    came: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-    except ValueError:  # not the main thread: nothing to hold
-        yield
-        return
+    """Hold SIGINT off (blocked) for a block that must not stop half-way (it takes milliseconds); one that
+    came meanwhile is delivered at its end."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if came:
-        raise KeyboardInterrupt
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def register(main: click.Group) -> None:

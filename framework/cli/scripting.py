@@ -103,8 +103,7 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts] | None) -> str:
     return json.dumps({"functions": out}, default=str)
 
 
-MIB = 1024 * 1024
-MAX_DATA_BYTES = 64 * MIB
+MAX_DATA_BYTES = 64 * 1024 * 1024
 """Most `--data @FILE` reads: far over any payload a node takes (FAAS_MAX_PAYLOAD_BYTES, 1 MiB by default),
 and a bound on what `@/dev/zero` or an endless pipe costs."""
 
@@ -131,7 +130,7 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
             raise click.BadParameter("not valid JSON: the text is not valid UTF-8") from None
     if len(raw) > MAX_DATA_BYTES:  # `@/dev/zero` would fill the memory
         where = "standard input" if value == "@-" else value[1:]
-        raise click.BadParameter(f"{where} holds over {MAX_DATA_BYTES // MIB} MiB: no payload is that large")
+        raise click.BadParameter(f"{where} holds over {MAX_DATA_BYTES >> 20} MiB: no payload is that large")
     try:  # orjson, as the node reads payloads: a lone surrogate escape ("\\udcff") is not valid JSON text
         orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -33,7 +33,7 @@ from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.raw_output import RawLines, read_socket
-from framework.runtime.template import Template, describe_exit
+from framework.runtime.template import Template, describe_exit, process_state
 from framework.runtime.worker.redact import Redactor
 from framework.types import Invocation
 
@@ -523,14 +523,7 @@ class InstanceHandle:
     def _running(self) -> bool:
         """Whether the instance's process is still running: there, and not a zombie its template has not
         reaped yet (an ended process stays one until then)."""
-        if not self.pid:
-            return False
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # gone (or no /proc: then it is taken as gone)
-            return False
-        return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+        return bool(self.pid) and process_state(self.pid) not in ("", "Z", "X")  # "": gone, or no /proc
 
     def _kill(self) -> None:
         """SIGKILL the instance's process group: the instance (its leader) and what its handlers started,

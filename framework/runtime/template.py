@@ -285,7 +285,7 @@ class Template:
         self._unforked.pop(instance_id, None)
         if proc is None or proc is not self._proc or proc.poll() is not None:
             return
-        if _state(proc.pid) in ("T", "t"):
+        if process_state(proc.pid) in ("T", "t"):
             log.warning("the template process (pid %d) was stopped: continued (SIGCONT)", proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGCONT)
@@ -303,8 +303,9 @@ class Template:
             self._proc = None
 
 
-def _state(pid: int) -> str:
-    """The process's state letter in /proc (`T`: stopped), or "" when it cannot be read."""
+def process_state(pid: int) -> str:
+    """The process's state letter in /proc (`T`: stopped, `Z`: a zombie not reaped yet), or "" when it
+    cannot be read (gone, or no /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rpartition(b")")[2].split()[0].decode()
