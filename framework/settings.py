@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     """Folder of secret files (relative to the manifest's folder)."""
     cache_dir: Path = Path(".faas")
     """Folder of unpacked revision code (relative to the manifest's folder)."""
+    cache_idle: float = Field(3600.0, ge=1, allow_inf_nan=False)
+    """Seconds the code of a forgotten revision (no longer on the deployment log) stays in FAAS_CACHE_DIR
+    after its last use before the node removes it."""
     max_code_bytes: int = Field(1_048_576, ge=1)
     """Largest zipped handler package a revision may carry."""
 

@@ -5,7 +5,9 @@ copy, so deleting or editing `functions/` does not change what a node serves. A 
 a temporary name and renamed into place, so a folder that exists is complete; the zip itself is kept
 beside it (`<sha256>.zip`, written whole and renamed into place too, and read back only when its sha256
 still matches) so a node can publish the exact bytes again after the broker lost its log.
-Entries are never removed while the node runs (a retired instance may still import from one).
+Entries are removed only by `prune`: the code of no revision the log still holds, used by no instance of
+this node, and untouched for a while (`Deployments` sweeps the cache every `PRUNE_EVERY` seconds). Without
+it the folder grew by a revision's code at every save in watch mode, for good.
 
 The zips come from the log, so any bytes may arrive: `store` turns every way unpacking can fail (not a
 zip, corrupt deflate data, encryption, an unknown compression method, a path outside the folder, a name
@@ -22,10 +24,12 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shutil
 import tempfile
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -45,6 +49,9 @@ LOCAL_ERRNOS = frozenset(
     }
 )
 """OSErrors of this node's disk, folder or process, whatever the zip holds."""
+
+_ENTRY = re.compile(r"^(?:([0-9a-f]{64})(\.zip)?|\.(?:unpack|zip|check|prune)-.*)$")
+"""The names this cache writes: `<sha256>`, `<sha256>.zip`, and temporary ones (group 1 empty)."""
 
 
 class CodeCache:
@@ -87,6 +94,8 @@ class CodeCache:
             raise ValueError(f"code record {sha[:12]}: its value's sha256 is {sha256(data)[:12]}")
         target = self.path(sha)
         if target.is_dir():
+            with contextlib.suppress(OSError):  # in use again: `prune` (of any node sharing it) leaves it
+                os.utime(target)
             if self.zip_bytes(sha) is None:  # unpacked, but its zip is missing or not whole: keep it again
                 self._keep_zip(sha, data)
             return target
@@ -101,6 +110,53 @@ class CodeCache:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def prune(self, keep: Collection[str], idle: float) -> list[str]:
+        """Remove the code (folder and zip) of every sha256 not in `keep` whose newest entry is at least
+        `idle` seconds old, and what an interrupted write left (temporary names that old); returns the
+        sha256s removed. The code in `keep` is marked used now, so a node sharing the folder that reads
+        another log (and so keeps other code) leaves it while this node sweeps more often than every `idle`
+        seconds. A folder is renamed away before it is deleted, so it is whole or gone for any reader.
+        Names this cache does not write are left alone. Blocking file work: call it in a thread."""
+        cutoff = time.time() - idle
+        newest: dict[str, float] = {}
+        try:
+            names = os.listdir(self.base)
+        except OSError:
+            return []
+        for name in names:
+            match = _ENTRY.match(name)
+            if match is None:
+                continue
+            if match.group(1) in keep:
+                with contextlib.suppress(OSError):
+                    os.utime(self.base / name)
+                continue
+            try:
+                mtime = (self.base / name).lstat().st_mtime
+            except OSError:
+                continue
+            sha = match.group(1)
+            if sha is None:  # a temporary entry: a crash or a full disk left it
+                if mtime < cutoff:
+                    _remove(self.base / name)
+            else:
+                newest[sha] = max(newest.get(sha, mtime), mtime)
+        removed = []
+        for sha, mtime in sorted(newest.items()):
+            if mtime >= cutoff:
+                continue
+            folder = self.path(sha)
+            if folder.is_dir():
+                gone = self.base / f".prune-{sha}"
+                try:
+                    folder.rename(gone)
+                except OSError:
+                    continue
+                _remove(gone)
+            _remove(self.base / f"{sha}.zip")
+            removed.append(sha)
+        return removed
+
     def _keep_zip(self, sha: str, data: bytes) -> None:
         """Write `<sha>.zip` under a temporary name and rename it into place: a reader (the republish after
         a broker lost its log, another node sharing the folder) never sees a zip cut short."""
@@ -113,6 +169,15 @@ class CodeCache:
             with contextlib.suppress(OSError):
                 os.unlink(staged)
             raise
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree, whatever is left of it; errors are ignored (the next sweep retries)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def verify(sha: str, data: bytes) -> None:

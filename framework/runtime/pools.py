@@ -315,6 +315,10 @@ class Runtime:
         pool.retire()
         self._retired.append(pool)
 
+    def code_in_use(self) -> list[Path]:
+        """The code folders of every pool, retiring ones too: their instances import from them."""
+        return [p.spec.code for p in self._all_pools() if p.spec.code is not None]
+
     def _all_pools(self) -> list[FunctionPool]:
         return [*self._pools.values(), *self._retired]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,61 @@ def test_a_kept_zip_cut_short_is_never_handed_out_and_is_written_whole_again(tmp
     cache.store(sha, good)
     assert cache.zip_bytes(sha) == good
     assert sorted(p.name for p in cache.base.iterdir()) == [sha, f"{sha}.zip"]
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set `path`'s times `seconds` into the past."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_prune_removes_forgotten_code_untouched_for_the_idle_time(tmp_path: Path) -> None:
+    """1. Store three codes; age two of them (folder and zip) two hours, and leave the third fresh. 2. Add
+    what an interrupted write leaves (an old `.unpack-*` folder, a fresh `.zip-*` file) and a file of the
+    user's own, both old. 3. Prune with one of the old codes kept, an idle time of an hour.
+    Result: only the old code not kept is removed, folder and zip; the kept one is marked used (its times
+    now); the fresh one stays; the old temporary folder goes, the fresh temporary file and the user's file
+    stay; a second prune removes nothing more."""
+    cache = CodeCache(tmp_path / "cache")
+    old, kept, fresh = (package(f"VALUE = {i}\n") for i in range(3))
+    for data in (old, kept, fresh):
+        cache.store(sha256(data), data)
+    for data in (old, kept):
+        _age(cache.path(sha256(data)), 7200)
+        _age(cache.base / f"{sha256(data)}.zip", 7200)
+    (cache.base / ".unpack-crashed").mkdir()
+    (cache.base / ".unpack-crashed" / "m.py").write_text("")
+    _age(cache.base / ".unpack-crashed", 7200)
+    (cache.base / ".zip-writing").write_bytes(b"")
+    (cache.base / "notes.txt").write_text("mine")
+    _age(cache.base / "notes.txt", 7200)
+    assert cache.prune({sha256(kept)}, 3600) == [sha256(old)]
+    names = {p.name for p in cache.base.iterdir()}
+    assert names == {
+        sha256(kept),
+        f"{sha256(kept)}.zip",
+        sha256(fresh),
+        f"{sha256(fresh)}.zip",
+        ".zip-writing",
+        "notes.txt",
+    }
+    assert time.time() - cache.path(sha256(kept)).stat().st_mtime < 60
+    assert cache.zip_bytes(sha256(kept)) == kept
+    assert cache.prune({sha256(kept)}, 3600) == []
+
+
+def test_code_read_again_from_the_log_is_marked_used(tmp_path: Path) -> None:
+    """1. Store a code and age it two hours. 2. Store it again (a node sharing the folder read its record).
+    3. Prune keeping nothing, idle time an hour. Result: nothing is removed: 2 marked it used."""
+    cache = CodeCache(tmp_path / "cache")
+    data = package("VALUE = 4\n")
+    cache.store(sha256(data), data)
+    _age(cache.path(sha256(data)), 7200)
+    _age(cache.base / f"{sha256(data)}.zip", 7200)
+    cache.store(sha256(data), data)
+    assert cache.prune(set(), 3600) == []
+    assert cache.has(sha256(data))
+
+
+def test_a_prune_of_a_folder_that_is_not_there_removes_nothing(tmp_path: Path) -> None:
+    assert CodeCache(tmp_path / "missing").prune(set(), 1) == []

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,11 @@ functions:
 def served(n: Node, uuid: str) -> dict[str, Any] | None:
     r = httpx.post(f"{n.url}/functions/{uuid}/invoke", json={}, timeout=30)
     return r.json()["result"] if r.status_code == 200 else None
+
+
+def serves(n: Node, uuid: str, result: dict[str, Any]) -> Callable[[], bool]:
+    """Whether `n` answers `uuid` with `result` now (a condition for `wait_for`)."""
+    return lambda: served(n, uuid) == result
 
 
 def entry(n: Node, uuid: str) -> dict[str, Any]:
@@ -987,3 +993,70 @@ def test_code_over_the_limit_is_a_manifest_error_at_start_and_in_watch_mode(
     second = nodes(root, None, kafka=False, env=env).wait_ready()
     assert any("over FAAS_MAX_CODE_BYTES (2000" in e for e in errors(second)), errors(second)
     assert served(second, u) is None
+
+
+def test_the_code_cache_keeps_only_the_code_of_kept_revisions(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode with FAAS_CACHE_IDLE=1, serving alpha v0 as revision 1; its cache holds a
+    folder an interrupted unpack left two hours ago and a file of the user's. 2. Edit the module six times
+    (v1..v6), each served before the next. Result: the log forgets revisions 1 and 2 and their code, and
+    within 10 s the cache holds exactly the folder and zip of each kept revision's code (five), without
+    the interrupted unpack, with the user's file; alpha still serves v6 as revision 7; a rollback to a kept
+    revision is served from the cache.
+    """
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v0")})
+    cache = root / ".faas"
+    (cache / ".unpack-crashed").mkdir(parents=True)
+    (cache / "notes.txt").write_text("mine")
+    then = time.time() - 7200
+    os.utime(cache / ".unpack-crashed", (then, then))
+    n = nodes(root, broker.bootstrap, env={"FAAS_CACHE_IDLE": "1"}).wait_ready()
+    assert served(n, u) == {"v": "v0", "rev": 1}
+    seen: set[str] = set()
+    for i in range(1, 7):
+        seen |= {p.name for p in cache.iterdir() if len(p.name) == 64}
+        (root / "functions" / "m.py").write_text(module(f"v{i}"))
+        wait_for(serves(n, u, {"v": f"v{i}", "rev": i + 1}), 10, message=f"v{i} served")
+    wait_for(lambda: kept(n, u) == [7, 6, 5, 4, 3], 10, message="revisions 1 and 2 forgotten")
+    held = {key.removeprefix("code:") for key in held_codes(n, u)}
+    assert len(held) == 5 and len(seen - held) == 2, (seen, held)
+    want = {*held, *(f"{sha}.zip" for sha in held), "notes.txt"}
+    wait_for(lambda: {p.name for p in cache.iterdir()} == want, 10, message="the forgotten code pruned")
+    assert served(n, u) == {"v": "v6", "rev": 7}
+    r = run_cli(root, "rollback", "alpha", "--to", "3", env=cli_env(n, broker.bootstrap))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: served(n, u) == {"v": "v2", "rev": 8}, 10, message="the rollback served")
+
+
+async def test_a_prune_leaves_the_code_an_instance_runs_from(tmp_path: Path) -> None:
+    """In process, on the in-memory log. 1. alpha deployed (revision 1). 2. Two codes the log never held,
+    two hours old, are in the cache; the node's instances run from one of them (a retiring pool of a
+    forgotten revision). 3. Prune with an idle time of an hour. Result: only the other one is removed;
+    alpha's code stays."""
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from tests.control.zips import package
+
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    cache = CodeCache(tmp_path / "cache")
+    working = load_manifest(root / "functions.yaml")
+    state = LogState(on_code=cache.store)
+    d = Deployments(MemoryLog(state), cache, working, False, CodeZips(1 << 20), lambda _: None)
+    await d.start()
+    running, unused = package("VALUE = 1\n"), package("VALUE = 2\n")
+    then = time.time() - 7200
+    for data in (running, unused):
+        cache.store(sha256(data), data)
+        for path in (cache.path(sha256(data)), cache.base / f"{sha256(data)}.zip"):
+            os.utime(path, (then, then))
+    d.in_use = lambda: [cache.path(sha256(running))]
+    assert await d.prune(3600) == [sha256(unused)]
+    alpha = d.registry().productive(u)
+    assert alpha is not None and alpha.code is not None and alpha.code.is_dir()
+    assert cache.has(sha256(running)) and not cache.has(sha256(unused))
+    await d.stop()
