@@ -252,7 +252,7 @@ def _name(rev: Revision | None) -> str | None:
 
 
 def _check_spec(revision: Revision) -> str:
-    """A deploy revision's spec must be a function this node can serve, with the record's uuid.
+    """A deploy revision's spec must be a function this node can serve, with the record's uuid and name.
 
     Returns the name it would be served under.
     """
@@ -264,4 +264,6 @@ def _check_spec(revision: Revision) -> str:
         raise ValueError(f"its spec is not a valid function ({where}: {first['msg']})") from None
     if spec.uuid != revision.uuid:
         raise ValueError(f"its spec is function {spec.uuid}, not {revision.uuid}")
+    if spec.name != revision.function:  # `faas history` would list it under one name, nodes serve another
+        raise ValueError(f"its spec names the function {spec.name!r}, the record {revision.function!r}")
     return spec.name

@@ -139,7 +139,7 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
     """1. Apply a code record and a good revision. 2. Apply: a value that is not JSON, a message holding a
     lone surrogate escape, an unknown action,
     a deploy whose code record is missing, a value for another key, specs that are no valid function, a
-    foreign key, a code record whose sha256 does not match. Result: each is skipped with a log line naming
+    deploy whose `function` is not its spec's name, a foreign key, a code record whose sha256 does not match. Result: each is skipped with a log line naming
     why; the good revision stays the newest."""
     root = project(tmp_path)
     rev = candidate(root).numbered(1)
@@ -158,6 +158,7 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         (revision_key(U, 3), json.dumps({**rev.to_json(), "revision": 2}).encode()),
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "spec": {"name": "x"}}).encode()),
         (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "spec": slow}).encode()),
+        (revision_key(U, 2), json.dumps({**rev.to_json(), "revision": 2, "function": "other"}).encode()),
         ("something-else", b"{}"),
         (code_key("cd" * 32), data),
         (revision_key(U, 2**64 - 1), json.dumps({**rev.to_json(), "revision": 2**64 - 1}).encode()),
@@ -176,6 +177,7 @@ def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.
         "sha256 is",
         "timeout",
         "the highest a revision may have",
+        "the record 'other'",
     )
     for why in whys:
         assert why in reasons, reasons
