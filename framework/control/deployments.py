@@ -7,6 +7,9 @@
   the log is deployed, so a fresh cluster (or a memory-only broker that restarted) serves the manifest.
 - Watch mode: each valid change of the working copy publishes a revision of each function it changed
   (or `undeploy` for one that left `productive` or the manifest). Off: changes only update `modified`.
+  What changed is measured against the working copy as last published whole, so an edit whose
+  publication failed (the broker away) is published again, every `WATCH_RETRY` seconds, until it is:
+  `problems` says so meanwhile. Later edits join it.
 - A lost log (broker restarted empty): the node publishes again the kept revisions it knows; identical
   copies from several nodes are the same records.
 - Start: reading the log is tried again, with backoff (0.5 s doubling to 5 s), after any failure, not
@@ -58,6 +61,8 @@ START_RETRY = (0.5, 5.0)
 """Seconds before the first retry of a failed start, doubled per failure up to the second."""
 UNPACK_RETRY = 10.0
 """Seconds between attempts to unpack served code this node's disk refused (full, read-only)."""
+WATCH_RETRY = (1.0, 30.0)
+"""Seconds before publishing a failed watch-mode edit again, doubled per failure up to the second."""
 PRUNE_EVERY = 600.0
 """Seconds between sweeps of the code cache at most (the first one that long after the log is read)."""
 
@@ -98,6 +103,14 @@ class Deployments:
         self.root = project_folder(working)
         """Where instances run: the folder of the manifest as last loaded."""
         self.candidates = candidates(working, code)
+        self._published = self.candidates
+        """The working copy as last published whole (at start: as loaded, which the node does not publish
+        unless bootstrapping): watch mode publishes what differs from it."""
+        self._publishing: asyncio.Task[None] | None = None
+        self._again = False
+        """An edit came while `_publishing` ran: it goes round once more."""
+        self.unpublished: str | None = None
+        """Why watch mode's last attempt to publish the working copy failed (None: nothing is waiting)."""
         self.ready = False
         self.fallback = False
         """The log could not be read in time: the working copy is served until it is."""
@@ -111,7 +124,7 @@ class Deployments:
         """Sweeps the code cache once the log is read (`prune`)."""
         self._queue: asyncio.Lock = asyncio.Lock()
         deployment_log.on_change = self.refresh
-        deployment_log.on_reset = lambda: self._spawn(self._republish(), "republish")
+        deployment_log.on_reset = self._on_reset
 
     # ---- lifecycle ----
 
@@ -163,7 +176,8 @@ class Deployments:
 
     def problems(self) -> list[str]:
         """What the working copy asked for that was not published (the node serves, so it stays ready)."""
-        return [self.refused[uuid] for uuid in sorted(self.refused)]
+        waiting = [] if self.unpublished is None else [self.unpublished]
+        return [*waiting, *(self.refused[uuid] for uuid in sorted(self.refused))]
 
     async def stop(self) -> None:
         await cancel_and_wait([*self._tasks, self._pruning])
@@ -265,13 +279,15 @@ class Deployments:
     def working_copy_changed(self, manifest: Manifest, code: CodeZips | None = None) -> None:
         """A valid edit: in watch mode publish what changed; in any mode update `modified`. `code` is the
         look the edit was checked with (None: a new one)."""
-        before = self.candidates
         self.working = manifest
         self.code = code if code is not None else self.code.fresh()
         self.candidates = candidates(manifest, self.code)
         self._follow(project_folder(manifest))  # first: what is published now is unpacked in its cache
         if self.watch:
-            self._spawn(self._deploy_changes(before, self.candidates), "watch-deploy")
+            if self._publishing is None or self._publishing.done():
+                self._publishing = self._spawn(self._publish_edits(), "watch-deploy")
+            else:
+                self._again = True
         self.refresh()
 
     def _follow(self, root: Path) -> None:
@@ -306,7 +322,29 @@ class Deployments:
                 old.base,
             )
 
-    async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> None:
+    async def _publish_edits(self) -> None:
+        """Publish what the working copy changed since it was last published whole, until it all is."""
+        delay, most = WATCH_RETRY
+        while True:
+            self._again = False
+            target = self.candidates
+            try:
+                failed = await self._deploy_changes(self._published, target)
+            except Exception as exc:  # the broker away, most often: the next round tries again
+                failed = repr(exc)
+            if failed is None:
+                self._published, self.unpublished = target, None
+                if not self._again:
+                    return
+                delay = WATCH_RETRY[0]
+                continue
+            self.unpublished = f"deployments: the working copy's changes are not published yet ({failed})"
+            log.warning("%s; trying again in %g s", self.unpublished, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, most)
+
+    async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> str | None:
+        """Publish what `after` changed from `before`; returns why a publication failed, or None."""
         productive = {uuid.lower() for uuid, cand in after.items() if cand.spec.productive}
         self.refused = {uuid: why for uuid, why in self.refused.items() if uuid in productive}
         changed = []
@@ -329,13 +367,14 @@ class Deployments:
         for uuid, old in before.items():
             if uuid not in after and old.spec.productive:
                 await self._undeploy(old.spec)
-        await self._deploy(*changed)
+        return await self._deploy(*changed)
 
     async def _bootstrap(self) -> None:
         missing = [c for u, c in self.candidates.items() if c.spec.productive and not self.log.state.kept(u)]
-        await self._deploy(*missing)
+        await self._deploy(*missing)  # what fails is logged; a broker's error fails the start, tried again
 
-    async def _deploy(self, *cands: Candidate) -> None:
+    async def _deploy(self, *cands: Candidate) -> str | None:
+        """Publish `cands` (those with a revision and a free name); returns why a publication failed."""
         for cand in cands:
             if cand.revision is None:
                 log.error("function %s not deployed: %s", cand.spec.name, cand.error)
@@ -361,7 +400,7 @@ class Deployments:
             if c.revision is not None and c.spec.uuid.lower() not in refused
         ]
         if not items:
-            return
+            return None
         failures: list[str] = []
         async with self._queue:
             try:
@@ -373,6 +412,7 @@ class Deployments:
                 log.info("function %s: revision %d deployed", rev.function, rev.revision)
         for why in failures:
             log.error("not deployed: %s", why)
+        return "; ".join(failures) or None
 
     async def _undeploy(self, spec: FunctionSpec) -> None:
         newest = self.log.state.newest(spec.uuid)
@@ -382,6 +422,9 @@ class Deployments:
             rev, new = await self.log.publish(undeploy_of(spec, newest), None)
         if new:
             log.info("function %s: revision %d undeploys it", rev.function, rev.revision)
+
+    def _on_reset(self) -> None:
+        self._spawn(self._republish(), "republish")
 
     async def _republish(self) -> None:
         kept = [r for uuid in list(self.log.state.revisions) for r in self.log.state.kept(uuid)]
@@ -424,10 +467,11 @@ class Deployments:
             )
         return removed
 
-    def _spawn(self, work: Any, name: str) -> None:
+    def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(work, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _guard(self, work: Any, name: str) -> None:
         try:

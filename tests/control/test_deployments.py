@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -1060,3 +1061,35 @@ async def test_a_prune_leaves_the_code_an_instance_runs_from(tmp_path: Path) -> 
     assert alpha is not None and alpha.code is not None and alpha.code.is_dir()
     assert cache.has(sha256(running)) and not cache.has(sha256(unused))
     await d.stop()
+
+
+def test_a_watch_mode_edit_made_while_the_broker_is_away_is_published_when_it_is_back(
+    tmp_path: Path, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode on a broker of its own, serving alpha v1 as revision 1. 2. The broker freezes
+    (SIGSTOP); alpha is edited to v2. 3. The broker answers again (SIGCONT). Result: during 2 `/readyz`
+    says the working copy's changes are not published yet, and v1 is still served; after 3, v2 is served
+    as revision 2 within 60 s, with no edit after it, and `/readyz` no longer says so."""
+    own = EmbeddedBroker(port=free_port(), log_path=LOGS / f"broker-watch-{new_id()[:8]}.log").start()
+    try:
+        u = new_id()
+        root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+        n = nodes(root, own.bootstrap).wait_ready()
+        assert served(n, u) == {"v": "v1", "rev": 1}
+        assert own.proc is not None
+        own.proc.send_signal(signal.SIGSTOP)
+        try:
+            (root / "functions" / "m.py").write_text(module("v2"))
+
+            def waiting() -> bool:
+                reasons = httpx.get(f"{n.url}/readyz", timeout=10).json()["reasons"]
+                return any("not published yet" in r for r in reasons)
+
+            wait_for(waiting, 60, message="readyz says the edit waits")
+            assert served(n, u) == {"v": "v1", "rev": 1}
+        finally:
+            own.proc.send_signal(signal.SIGCONT)
+        wait_for(serves(n, u, {"v": "v2", "rev": 2}), 60, message="the edit published after the outage")
+        wait_for(lambda: not waiting(), 10, message="readyz no longer says the edit waits")
+    finally:
+        own.stop()

@@ -137,10 +137,10 @@ def record(rev: Revision) -> tuple[str, bytes]:
 
 def test_state_skips_corrupt_and_foreign_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """1. Apply a code record and a good revision. 2. Apply: a value that is not JSON, a message holding a
-    lone surrogate escape, an unknown action,
-    a deploy whose code record is missing, a value for another key, specs that are no valid function, a
-    deploy whose `function` is not its spec's name, a foreign key, a code record whose sha256 does not match. Result: each is skipped with a log line naming
-    why; the good revision stays the newest."""
+    lone surrogate escape, an unknown action, a deploy whose code record is missing, a value for another
+    key, specs that are no valid function, a deploy whose `function` is not its spec's name, a foreign key,
+    a code record whose sha256 does not match. Result: each is skipped with a log line naming why; the good
+    revision stays the newest."""
     root = project(tmp_path)
     rev = candidate(root).numbered(1)
     spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
