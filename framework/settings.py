@@ -9,6 +9,7 @@ in a mounted folder must not change, say, the HTTP port.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal
@@ -233,12 +234,17 @@ class Settings(BaseSettings):
         return keys
 
 
-_NO_KEY = "holds no key (keys are separated by commas)"
+_NO_KEY = "holds no key (keys are separated by commas or line breaks)"
 """Why a FAAS_API_KEYS value gives no key, at start (`_check_keys`) and in a rotated file (`keys_in_file`)."""
 
 
 def _split_keys(raw: str) -> list[str]:
-    return [k.strip() for k in raw.split(",") if k.strip()]
+    """The keys of a FAAS_API_KEYS value: separated by commas or line breaks (a file of one key per line:
+    no header can carry a line break, so no key holds one)."""
+    return [k.strip() for k in _KEY_SEPARATORS.split(raw) if k.strip()]
+
+
+_KEY_SEPARATORS = re.compile(r"[,\r\n]")
 
 
 def _check_distinct_topics(topics: dict[str, str]) -> None:

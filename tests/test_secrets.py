@@ -524,10 +524,11 @@ def test_a_secrets_dir_set_to_nowhere_stops_the_start(tmp_path: Path, nodes: Sta
 
 def test_api_keys_from_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
     """1. `FAAS_API_KEYS` is a file in the secrets folder. 2. It is replaced in one step (written beside,
-    renamed over) by another key. 3. It is replaced by a file holding no key, then removed.
-    Result: at 1 calls need that key; at 2, within 2 s, the new key is taken and the old one refused, on the
-    invoke route, the other API routes and the dashboard's session alike; at 3 the rotated key stays in force
-    (auth never turns off while running) and `/readyz` says why; no key is ever logged."""
+    renamed over) by two keys separated by a comma, then by two keys on lines of their own. 3. It is
+    replaced by a file holding no key, then removed.
+    Result: at 1 calls need that key; at 2, within 2 s, the new keys are taken and the old ones refused, on
+    the invoke route, the other API routes and the dashboard's session alike; at 3 the rotated keys stay in
+    force (auth never turns off while running) and `/readyz` says why; no key is ever logged."""
     root, folder, _ = project(tmp_path)
     (folder / "FAAS_API_KEYS").write_text("key-from-a-file-77\n")
     n = start(nodes, root, folder, FAAS_LOG_LEVEL="DEBUG")
@@ -546,6 +547,10 @@ def test_api_keys_from_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
     wait_for(lambda: answers("rotated-key-88") == (200, 200, True), 2, message="the rotated key in force")
     assert answers("second-key-99") == (200, 200, True)
     assert answers("key-from-a-file-77") == (401, 401, False)
+    (folder / "FAAS_API_KEYS.new").write_text("line-key-1111\r\nline-key-2222\n")  # one key per line
+    (folder / "FAAS_API_KEYS.new").rename(folder / "FAAS_API_KEYS")
+    wait_for(lambda: answers("line-key-2222") == (200, 200, True), 2, message="a key per line in force")
+    assert answers("line-key-1111") == (200, 200, True) and answers("rotated-key-88") == (401, 401, False)
 
     def reasons() -> list[str]:
         found: list[str] = httpx.get(f"{n.url}/readyz", timeout=10).json()["reasons"]
@@ -558,16 +563,17 @@ def test_api_keys_from_the_secrets_folder(tmp_path: Path, nodes: Start) -> None:
         5,
         message=f"the keyless file named\n{n.tail()}",
     )
-    assert answers("rotated-key-88") == (200, 200, True) and invoke(n, READER).status_code == 401
+    assert answers("line-key-1111") == (200, 200, True) and invoke(n, READER).status_code == 401
     (folder / "FAAS_API_KEYS").unlink()
     wait_for(
         lambda: any("no longer in the secrets folder" in r for r in reasons()), 5, message="removal named"
     )
-    assert answers("rotated-key-88") == (200, 200, True) and invoke(n, READER).status_code == 401
+    assert answers("line-key-2222") == (200, 200, True) and invoke(n, READER).status_code == 401
     n.stop()
     log = n.log.read_text()
     assert "API keys rotated: 2 in force" in log, log
-    assert all(key not in log for key in ("key-from-a-file-77", "rotated-key-88", "second-key-99")), log
+    secrets = ("key-from-a-file-77", "rotated-key-88", "second-key-99", "line-key-1111", "line-key-2222")
+    assert all(key not in log for key in secrets), log
 
 
 def test_memory_limit_on_a_real_node(tmp_path: Path, nodes: Start) -> None:

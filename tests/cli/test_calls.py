@@ -113,9 +113,9 @@ def test_an_api_key_that_cannot_go_in_a_header_is_a_usage_error(root: Path, node
 
 
 def test_the_default_key_from_faas_api_keys_is_checked_without_showing_it(root: Path, node: str) -> None:
-    r = faas(root, "invoke", "alpha", "--url", node, FAAS_API_KEYS="line\nbreak-key,k2")
+    r = faas(root, "invoke", "alpha", "--url", node, FAAS_API_KEYS="tab\tin-key,k2")
     assert r.exit_code == 2 and "invalid setting: FAAS_API_KEYS: the first key is not usable" in r.stderr
-    assert "break-key" not in r.output and _Node.seen == []
+    assert "in-key" not in r.output and _Node.seen == []
 
 
 def test_a_utf8_api_key_goes_as_the_node_reads_it(root: Path, node: str) -> None:
