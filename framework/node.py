@@ -235,7 +235,7 @@ class Node:
         self.deployments = open_deployments(
             self.settings, self.working, self.code, bootstrap, self.serve_registry
         )
-        self.deployments.in_use = self.runtime.code_in_use
+        self.deployments.upkeep.in_use = self.runtime.code_in_use
         self.deployments.begin()
         app = create_app(
             self.settings,

@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import orjson
@@ -119,6 +119,11 @@ class DeploymentLog:
 
     async def catch_up(self) -> None:
         """Return once every record written before the call is applied."""
+
+    async def code_records(self, shas: Collection[str]) -> dict[str, bytes]:
+        """The values of those code records `shas` the log holds now, by sha256 (read afresh from its
+        start: for code whose folder went). A log in memory keeps no records: it has none."""
+        return {}
 
     async def write(self, records: list[tuple[str, bytes | None]]) -> None:
         """Write `records` in order and wait until every one is acknowledged."""

@@ -25,10 +25,7 @@
   logged), and code that reached the old cache only while it moved is fetched from there when served. The
   trade-off: a re-point unpacks the kept revisions' code once more, on the loop (re-points are rare and
   zips small). An absolute FAAS_CACHE_DIR never moves: the choice for a cache that outlives releases.
-- Pruning: every `PRUNE_EVERY` seconds (or FAAS_CACHE_IDLE, if shorter) the cache loses the code the log
-  no longer holds (a code record is tombstoned with the last kept revision that used it) that no instance
-  of this node runs and that no node sharing the folder touched for FAAS_CACHE_IDLE seconds (a node on the
-  same folder may read another log, or be behind this one): watch mode writes a revision's code per save.
+- The cache's upkeep (code that went missing, code the log forgot): `code_upkeep.py`.
 Publications run one at a time, off the watcher's callback.
 """
 
@@ -36,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from framework.control.code_cache import CodeCache
+from framework.control.code_upkeep import CodeUpkeep
 from framework.control.deployment_log import DeploymentLog, MemoryLog, PublishFailed
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
@@ -63,8 +61,6 @@ UNPACK_RETRY = 10.0
 """Seconds between attempts to unpack served code this node's disk refused (full, read-only)."""
 WATCH_RETRY = (1.0, 30.0)
 """Seconds before publishing a failed watch-mode edit again, doubled per failure up to the second."""
-PRUNE_EVERY = 600.0
-"""Seconds between sweeps of the code cache at most (the first one that long after the log is read)."""
 
 
 class Deployments:
@@ -85,8 +81,6 @@ class Deployments:
         self.cache = cache
         self.cache_dir = cache_dir
         """FAAS_CACHE_DIR when relative: the cache follows the project folder (None: it stays at `cache`)."""
-        self.cache_idle = cache_idle
-        """Seconds forgotten code stays in the cache after its last use (FAAS_CACHE_IDLE)."""
         self._previous: CodeCache | None = None
         """The cache a re-pointed manifest left behind: code not found in `cache` is looked for there when
         served."""
@@ -97,8 +91,6 @@ class Deployments:
         """The working copy's code: the look `working` was checked with (FAAS_MAX_CODE_BYTES, FAAS_SECRETS_DIR
         left out), so its candidates need no second zip."""
         self.on_registry = on_registry
-        self.in_use: Callable[[], Collection[Path]] = tuple
-        """The code folders this node's instances run from (retiring ones too): never pruned."""
         self.working = working
         self.root = project_folder(working)
         """Where instances run: the folder of the manifest as last loaded."""
@@ -120,8 +112,7 @@ class Deployments:
         by uuid: said by `problems` (on `/readyz` and the dashboard) until one is published or leaves."""
         self.error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pruning: asyncio.Task[None] | None = None
-        """Sweeps the code cache once the log is read (`prune`)."""
+        self.upkeep = CodeUpkeep(deployment_log, cache, self._store, self._elsewhere, cache_idle)
         self._queue: asyncio.Lock = asyncio.Lock()
         deployment_log.on_change = self.refresh
         deployment_log.on_reset = self._on_reset
@@ -166,8 +157,7 @@ class Deployments:
         await self._bootstrap()
         self.booted = True
         self.error = None
-        if self._pruning is None:
-            self._pruning = asyncio.create_task(self._prune_forever(), name="prune-code")
+        self.upkeep.start()
 
     def not_ready(self) -> list[str]:
         if self.booted:
@@ -180,7 +170,7 @@ class Deployments:
         return [*waiting, *(self.refused[uuid] for uuid in sorted(self.refused))]
 
     async def stop(self) -> None:
-        await cancel_and_wait([*self._tasks, self._pruning])
+        await cancel_and_wait([*self._tasks, *self.upkeep.tasks()])
         await self.log.stop()
 
     # ---- what is served ----
@@ -246,6 +236,14 @@ class Deployments:
         finally:
             self._unpacking = False
         self.refresh()
+
+    def _elsewhere(self, sha: str) -> bytes | None:
+        """The zip of code `sha` outside the cache: the working copy's, or the cache a re-pointed manifest
+        left (for `CodeUpkeep`)."""
+        for cand in self.candidates.values():
+            if cand.revision is not None and cand.revision.code_sha256 == sha and cand.code is not None:
+                return cand.code
+        return self._previous.zip_bytes(sha) if self._previous is not None else None
 
     def _zip_bytes(self, sha: str) -> bytes | None:
         """The zip of code `sha`: from the cache, or held in memory while this node's disk refuses it."""
@@ -441,31 +439,6 @@ class Deployments:
             "gave up publishing the lost deployment log again after 30 attempts: nodes that start now will "
             "not serve these revisions; restart this node (or deploy again) once the broker takes them"
         )
-
-    async def _prune_forever(self) -> None:
-        while True:
-            await asyncio.sleep(max(min(PRUNE_EVERY, self.cache_idle), 1.0))
-            try:
-                await self.prune(self.cache_idle)
-            except Exception as exc:  # the next sweep tries again
-                log.error("code cache %s: the sweep failed: %r", self.cache.base, exc)
-
-    async def prune(self, idle: float) -> list[str]:
-        """Remove the cached code nothing needs any more and untouched for `idle` seconds (module
-        docstring); returns the sha256s removed."""
-        state = self.log.state
-        keep = {*state.codes, *state.unstored}
-        keep.update(r.code_sha256 for u in list(state.revisions) for r in state.kept(u) if r.code_sha256)
-        keep.update(path.name for path in self.in_use() if path.parent == self.cache.base)
-        removed = await asyncio.to_thread(self.cache.prune, keep, idle)
-        if removed:
-            log.info(
-                "code cache %s: removed the code of %d forgotten revision(s) (%s)",
-                self.cache.base,
-                len(removed),
-                ", ".join(sha[:12] for sha in removed),
-            )
-        return removed
 
     def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(work, name), name=name)

@@ -29,17 +29,19 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Collection
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from framework.control.deployment_log import DeploymentLog
 from framework.control.log_state import LogState
+from framework.control.revisions import code_key
 from framework.kafka.group import cluster_id
 from framework.kafka.options import ADMIN_TIMEOUT_MS, reader, security_options, start_producer, stop_quietly
-from framework.kafka.topic_read import first_at
+from framework.kafka.topic_read import first_at, scan
 from framework.settings import Settings
 from framework.tasks import cancel_and_wait, within
 
@@ -215,6 +217,27 @@ class KafkaLog(DeploymentLog):
             self._moved.set()  # first: a failing on_change must not keep a publisher waiting to read back
             if changed and self.follow:
                 self._changed()
+
+    async def code_records(self, shas: Collection[str]) -> dict[str, bytes]:
+        wanted = {code_key(sha): sha for sha in shas}
+        found: dict[str, bytes] = {}
+
+        def keep(record: ConsumerRecord[bytes, bytes]) -> None:
+            sha = wanted.get(record.key.decode(errors="replace")) if record.key is not None else None
+            if sha is None:
+                return
+            if record.value is None:  # tombstoned since
+                found.pop(sha, None)
+            else:
+                found[sha] = record.value
+
+        consumer = self._reader()  # of its own: the follower's position is the log's state
+        try:
+            await consumer.start()
+            await scan(consumer, await consumer.beginning_offsets([self.tp]), keep, "code", None)
+        finally:
+            await stop_quietly(consumer)
+        return found
 
     def _reset(self, why: str) -> None:
         log.warning(

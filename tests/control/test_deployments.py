@@ -1055,8 +1055,8 @@ async def test_a_prune_leaves_the_code_an_instance_runs_from(tmp_path: Path) -> 
         cache.store(sha256(data), data)
         for path in (cache.path(sha256(data)), cache.base / f"{sha256(data)}.zip"):
             os.utime(path, (then, then))
-    d.in_use = lambda: [cache.path(sha256(running))]
-    assert await d.prune(3600) == [sha256(unused)]
+    d.upkeep.in_use = lambda: [cache.path(sha256(running))]
+    assert await d.upkeep.prune(3600) == [sha256(unused)]
     alpha = d.registry().productive(u)
     assert alpha is not None and alpha.code is not None and alpha.code.is_dir()
     assert cache.has(sha256(running)) and not cache.has(sha256(unused))
@@ -1093,3 +1093,24 @@ def test_a_watch_mode_edit_made_while_the_broker_is_away_is_published_when_it_is
         wait_for(lambda: not waiting(), 10, message="readyz no longer says the edit waits")
     finally:
         own.stop()
+
+
+def test_code_deleted_under_a_running_node_is_unpacked_again_from_the_log(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node (watch off) serving alpha and beta, one package, as revision 1 (v1); alpha answers. 2. The
+    working copy is edited to v2, not deployed. 3. The node's cache folder is deleted (as `git clean -fdX`
+    does). Result: within 20 s beta, which needs its first instance, answers v1 from revision 1 (its code
+    neither in the cache nor in the working copy, but on the log), and the node's log says so."""
+    u, b = new_id(), new_id()
+    beta = f"  - name: beta\n    uuid: {b}\n    handler: functions.m:handle\n    state: productive\n"
+    text = manifest(u) + beta
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    n = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    (root / "functions" / "m.py").write_text(module("v2"))
+    wait_for(lambda: entry(n, u)["modified"] is True, 10, message="the edit seen")
+    shutil.rmtree(root / ".faas")
+    wait_for(serves(n, b, {"v": "v1", "rev": 1}), 20, message=f"beta started from the log's code\n{n.tail()}")
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    assert "unpacked again from the log" in n.log.read_text()

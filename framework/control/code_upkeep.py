@@ -1,0 +1,141 @@
+"""Keeping `FAAS_CACHE_DIR` in step with the deployment log while a node runs (DESIGN.md section 12).
+
+Two loops, started once the log is read:
+- Missing code: every `CODE_CHECK_EVERY` seconds the code of each served revision must be unpacked. Code
+  whose folder went (the cache deleted under a running node: `git clean -fdX`, a temp cleaner) is unpacked
+  again from the zip beside it, the working copy, or the folder a re-pointed manifest left, else from the
+  log's code record, read from the log's start by a reader of its own at most every `FETCH_EVERY` seconds.
+  Until then no new instance of that revision can start; running ones go on.
+- Pruning: every `PRUNE_EVERY` seconds (or FAAS_CACHE_IDLE, if shorter) the cache loses the code the log no
+  longer holds (a code record is tombstoned with the last kept revision that used it) that no instance of
+  this node runs and that went unused for FAAS_CACHE_IDLE seconds (`CodeCache.prune`, which marks what is
+  kept as used, so nodes sharing the folder but reading other logs keep each other's code while they run).
+  Watch mode makes a revision per save: without this the folder grew by an unpacked package per save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from framework.control.code_cache import CodeCache
+from framework.control.deployment_log import DeploymentLog
+
+log = logging.getLogger("faas.deployments")
+
+CODE_CHECK_EVERY = 2.0
+"""Seconds between checks that the code of every served revision is unpacked."""
+FETCH_EVERY = 30.0
+"""Seconds between readings of the log for code still missing (found nowhere else)."""
+PRUNE_EVERY = 600.0
+"""Seconds between sweeps of the code cache at most (the first one that long after the log is read)."""
+
+
+class CodeUpkeep:
+    """The code cache's two loops (module docstring); `store` unpacks code (False: it could not)."""
+
+    def __init__(
+        self,
+        deployment_log: DeploymentLog,
+        cache: CodeCache,
+        store: Callable[[str, bytes], bool],
+        elsewhere: Callable[[str], bytes | None],
+        idle: float,
+    ) -> None:
+        self.log = deployment_log
+        self.cache = cache
+        self._store = store
+        self._elsewhere = elsewhere
+        """The zip of code `sha` from outside the cache (the working copy, an old cache), or None."""
+        self.idle = idle
+        """Seconds forgotten code stays in the cache after its last use (FAAS_CACHE_IDLE)."""
+        self.in_use: Callable[[], Collection[Path]] = tuple
+        """The code folders this node's instances run from (retiring ones too): never pruned."""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fetched_at = -math.inf
+        """When the log was last read for missing code (loop time)."""
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._check_forever(), name="check-code"),
+                asyncio.create_task(self._prune_forever(), name="prune-code"),
+            ]
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return self._tasks
+
+    # ---- missing code ----
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CODE_CHECK_EVERY)
+            try:
+                missing = self.check()
+                if missing and asyncio.get_running_loop().time() - self._fetched_at >= FETCH_EVERY:
+                    self._fetched_at = asyncio.get_running_loop().time()
+                    await self._fetch(missing)
+            except Exception as exc:  # the next check tries again
+                log.error("code cache %s: the check failed: %r", self.cache.base, exc)
+
+    def check(self) -> list[str]:
+        """Unpack again, from what this node holds, the code of served revisions whose folder went;
+        returns the sha256s found nowhere here (only the log has them)."""
+        state = self.log.state
+        shas = {r.code_sha256 for r in state.live().values() if r.code_sha256}
+        missing = []
+        for sha in sorted(s for s in shas if not self.cache.has(s) and s not in state.unstored):
+            data = self.cache.zip_bytes(sha) or self._elsewhere(sha)
+            if data is not None and self._store(sha, data):
+                log.warning(
+                    "the code %s of a served revision was gone from %s: unpacked again",
+                    sha[:12],
+                    self.cache.base,
+                )
+            else:
+                missing.append(sha)
+        return missing
+
+    async def _fetch(self, shas: list[str]) -> None:
+        log.warning(
+            "the code of served revisions (%s) is gone from %s: reading it from the deployment log",
+            ", ".join(sha[:12] for sha in shas),
+            self.cache.base,
+        )
+        found = await self.log.code_records(shas)
+        for sha in shas:
+            data = found.get(sha)
+            if data is None:
+                log.error("the code %s of a served revision is not on the deployment log either", sha[:12])
+            elif self._store(sha, data):
+                log.warning("the code %s of a served revision was unpacked again from the log", sha[:12])
+
+    # ---- pruning ----
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(min(PRUNE_EVERY, self.idle), 1.0))
+            try:
+                await self.prune(self.idle)
+            except Exception as exc:  # the next sweep tries again
+                log.error("code cache %s: the sweep failed: %r", self.cache.base, exc)
+
+    async def prune(self, idle: float) -> list[str]:
+        """Remove the cached code nothing needs any more and untouched for `idle` seconds (module
+        docstring); returns the sha256s removed."""
+        state = self.log.state
+        keep = {*state.codes, *state.unstored}
+        keep.update(r.code_sha256 for u in list(state.revisions) for r in state.kept(u) if r.code_sha256)
+        keep.update(path.name for path in self.in_use() if path.parent == self.cache.base)
+        removed = await asyncio.to_thread(self.cache.prune, keep, idle)
+        if removed:
+            log.info(
+                "code cache %s: removed the code of %d forgotten revision(s) (%s)",
+                self.cache.base,
+                len(removed),
+                ", ".join(sha[:12] for sha in removed),
+            )
+        return removed
