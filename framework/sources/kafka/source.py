@@ -144,6 +144,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._hurry = asyncio.Event()
         """Set by `hurry`: a stop in progress stops waiting for in-flight events."""
         self._reread = False
+        """The next assignment reads its partitions from their start (`_read_from_start`)."""
+        self._starting: AIOKafkaConsumer | None = None
+        """The consumer `_open` is starting: aiokafka's start waits for the first assignment, so the
+        listener is called before `consumer` is set."""
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.outbox = ReplyOutbox(settings, metrics, self.sender, self.probe.unreachable_for)
@@ -285,11 +289,14 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             **self.options,
         )
         consumer.subscribe([s.events_topic], listener=self)
+        self._starting = consumer
         try:
             await consumer.start()
         except BaseException:
             await consumer.stop()
             raise
+        finally:
+            self._starting = None
         self.consumer = consumer
 
     @property
@@ -479,10 +486,13 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True
-        if self._reread and self.consumer is not None and assigned:
+        # The consumer being started too: a flag left for the next rebalance would read every partition
+        # this node keeps then from 0 again, long after the new log was read (all of it answered twice).
+        consumer = self.consumer or self._starting
+        if self._reread and consumer is not None and assigned:
             self._reread = False
             for tp in assigned:
-                self.consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
+                consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
         log.info(
             "joined group %s with partitions %s",
             self.settings.kafka_group_id,

@@ -386,3 +386,29 @@ async def test_lag_counts_what_is_not_answered_and_never_a_revoked_partition() -
     registry = source.metrics.registry
     assert registry.get_sample_value("faas_consumer_lag", {"topic": "t", "partition": "0"}) == 7
     assert registry.get_sample_value("faas_consumer_lag", {"topic": "t", "partition": "1"}) is None
+
+
+async def test_a_read_from_the_start_asked_before_the_consumer_started_is_done_at_its_first_assignment(
+    broker: EmbeddedBroker,
+) -> None:
+    """On the real broker. 1. A source is told its events log is new (a broker restart seen by its probe)
+    while it has no consumer yet. 2. It opens its consumer (aiokafka's start waits for the first assignment,
+    so the listener runs before the source holds the consumer). Result: that assignment reads from the
+    start, and nothing is left for the next one (a later rebalance then read every partition the node kept
+    from 0 again: all of it answered twice)."""
+    topic, group_id = f"events-{new_id()[:8]}", f"group-{new_id()[:8]}"
+    settings = Settings(
+        events_topic=topic,
+        replies_topic=f"{topic}-replies",
+        deadletter_topic=f"{topic}-dead",
+        kafka_group_id=group_id,
+    )
+    source = KafkaSource(settings, cast(Any, None), Metrics(), broker.bootstrap)
+    source._read_from_start()
+    try:
+        await within(source._open(), 60)
+        assert source.consumer is not None and source.consumer.assignment()
+        assert source._reread is False
+    finally:
+        await within(source._close_consumer(), 30)
+        await within(source.sender.stop(), 30)
