@@ -389,6 +389,12 @@ async def _bounded(step: str, stopping: Awaitable[Any], seconds: float) -> None:
         log.exception("stopping %s failed: going on without it", step)
 
 
+def serves_the_log_alone(settings: Settings, kafka: bool) -> bool:
+    """Whether this node serves only what the deployment log holds, never its working copy: watch mode off,
+    on a broker of its own choosing (not the embedded one `faas run` starts for a laptop)."""
+    return kafka and bool(settings.kafka_bootstrap_servers) and not settings.watch
+
+
 def _start_problems(settings: Settings, code: CodeZips) -> list[str]:
     """The `functions.yaml:LINE:COL` errors of a manifest otherwise valid: secrets it lists that this node
     cannot read (missing, unreadable, too short) and code over FAAS_MAX_CODE_BYTES (zipped into `code`).
@@ -442,16 +448,27 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
     if problem is not None:
         log.error("%s", problem)
         return 1
+    code = CodeZips(settings.max_code_bytes, settings.secrets_path)
     try:
         manifest = load_manifest(settings.manifest)
-        code = CodeZips(settings.max_code_bytes, settings.secrets_path)
         problems = _start_problems(settings, code)
-    except ManifestError as exc:
-        log.error("invalid manifest:\n%s", "\n".join(exc.errors))
-        return 1
-    except OSError as exc:
-        log.error("cannot read the manifest %s: %s", settings.manifest, exc)
-        return 1
+    except (ManifestError, OSError) as exc:
+        if isinstance(exc, ManifestError):
+            errors, said = exc.errors, "invalid manifest:\n" + "\n".join(exc.errors)
+        else:
+            errors = [f"{settings.manifest}: cannot read it ({exc})"]
+            said = f"cannot read the manifest {settings.manifest}: {exc}"
+        if not serves_the_log_alone(settings, kafka):
+            log.error("%s", said)
+            return 1
+        # A cluster node serves what the deployment log says: a broken working copy must not turn its
+        # restart into an outage. It starts without one, as after a rejected edit, and `/readyz` says why.
+        log.error(
+            "%s\nwatch mode is off: serving what the deployment log holds, without the working copy", said
+        )
+        manifest, problems, rejected = Manifest(path=settings.manifest), [], errors
+    else:
+        rejected = []
 
     if early:
         log.info("%s received while starting: stopped", signal.Signals(early[0]).name)
@@ -466,6 +483,8 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
             # others serve; edits and the secrets folder's watch re-check them.
             log.warning("the working copy has problems, serving the rest:\n%s", "\n".join(problems))
             node.manifest_errors = problems
+        if rejected:
+            node.reject_manifest(rejected)
         return await node.main()
 
     try:

@@ -1114,3 +1114,36 @@ def test_code_deleted_under_a_running_node_is_unpacked_again_from_the_log(
     wait_for(serves(n, b, {"v": "v1", "rev": 1}), 20, message=f"beta started from the log's code\n{n.tail()}")
     assert served(n, u) == {"v": "v1", "rev": 1}
     assert "unpacked again from the log" in n.log.read_text()
+
+
+def test_a_node_without_watch_mode_starts_on_a_broken_working_copy_and_serves_the_log(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. A node (watch off) bootstraps alpha v1 as revision 1, and stops. 2. The manifest is broken (a
+    negative timeout) and a node (watch off) starts on the same log. 3. The manifest is fixed. 4. A node
+    in watch mode starts on the broken manifest.
+    Result: 2 gets ready and serves revision 1, with `/readyz` naming the error by line (a restart of a
+    cluster node is not an outage for a typo); after 3 the error is gone; 4 exits 1 naming it (a laptop's
+    node serves its working copy: it cannot go on without one)."""
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v1")})
+    first = nodes(root, broker.bootstrap, env=NO_WATCH).wait_ready()
+    assert served(first, u) == {"v": "v1", "rev": 1}
+    assert first.stop() == 0
+    (root / "functions.yaml").write_text(manifest(u).lstrip("\n") + "    timeout: -1\n")
+    n = nodes(root, broker.bootstrap, tag=first.tag, env=NO_WATCH).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+
+    def manifest_errors() -> list[str]:
+        found: list[str] = httpx.get(f"{n.url}/readyz", timeout=10).json()["manifest_errors"]
+        return found
+
+    errors = manifest_errors()
+    assert len(errors) == 1 and re.search(r"functions\.yaml:\d+:\d+: .*timeout", errors[0]), errors
+    (root / "functions.yaml").write_text(manifest(u).lstrip("\n"))
+    wait_for(lambda: not manifest_errors(), 10, message="the fixed manifest taken")
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    (root / "functions.yaml").write_text(manifest(u).lstrip("\n") + "    timeout: -1\n")
+    watching = nodes(root, broker.bootstrap, tag=first.tag)
+    assert watching.proc.wait(60) == 1
+    assert "invalid manifest" in watching.log.read_text() and "timeout" in watching.log.read_text()
