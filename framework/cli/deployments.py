@@ -352,9 +352,12 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
 @option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def rollback(settings: Settings, name: str, to: int | None, message: str | None) -> None:
-    """Publish a new revision with the spec and code of an earlier one."""
-    uuid, fn = _identify(settings, name)
+    """Publish a new revision with the spec and code of an earlier one, and set the function's state in
+    the manifest to what it now is (productive, or undeployed for a rollback to an undeploy)."""
+    entry = _entry(settings, name)
+    uuid, fn = (entry.uuid, entry.name) if entry is not None else (None, name)
     bootstrap = need_broker(settings)
+    state: list[State] = []  # what the function is once the rollback is published
 
     async def publish(log: KafkaLog) -> str:
         found = _uuid_of(log.state, uuid, fn)
@@ -372,11 +375,16 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
         if target is None:
             numbers = ", ".join(str(r.revision) for r in kept)
             return f"!{fn}: revision {to} is not kept (kept: {numbers})"
-        if target.action == "undeploy":  # back to not being served: an undeploy of its own
+        if target.action == "undeploy":  # back to not being served: revision N's spec and code, undeployed
+            state.append("undeployed")
             if newest.action == "undeploy":
                 return f"{fn}: unchanged, revision {newest.revision} is an undeploy too"
             back = replace(
-                undeploy_of(None, newest, message or f"rollback to revision {target.revision}"),
+                target,
+                revision=0,
+                deployed_at=now(),
+                deployed_by=author(),
+                message=message or f"rollback to revision {target.revision}",
                 rollback_of=target.revision,
             )
             rev, _ = await log.publish(back, None)
@@ -400,6 +408,7 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
             rollback_of=target.revision,
         )
         rev, new = await log.publish(cand, None)
+        state.append("productive")
         if not new:
             return f"{fn}: unchanged, revision {rev.revision} equals revision {target.revision}"
         renamed = f", served as {name} again" if name != newest.function else ""
@@ -411,17 +420,27 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
         fail(str(exc))
     if line.startswith("!"):
         fail(line[1:])
-    click.echo(line)
+    with _no_interrupt():  # what is published is said whatever follows
+        problems = _set_states(settings, [entry], state[0]) if entry is not None and state else {}
+        click.echo(line)
+    if problems:
+        fail(*(f"{name}: published, but {why}; set it by hand" for name, why in problems.items()))
+
+
+def _entry(settings: Settings, name: str) -> FunctionSpec | None:
+    """The manifest's entry named NAME (a name or uuid); None outside a working copy, or when the manifest
+    does not hold it (the log alone knows the function then)."""
+    if not settings.manifest.exists():
+        return None
+    try:
+        return Registry(load(settings, check_handlers=False)).find(name)
+    except SystemExit:  # an invalid manifest (its errors are shown): the log may still know the function
+        return None
 
 
 def _identify(settings: Settings, name: str) -> tuple[str | None, str]:
     """(uuid, name) from the manifest when it names NAME (a name or uuid), else (None, NAME)."""
-    if not settings.manifest.exists():  # outside a working copy: the log alone knows the function
-        return (None, name)
-    try:
-        spec = Registry(load(settings, check_handlers=False)).find(name)
-    except SystemExit:  # an invalid manifest (its errors are shown): the log may still know the function
-        spec = None
+    spec = _entry(settings, name)
     return (spec.uuid, spec.name) if spec is not None else (None, name)
 
 

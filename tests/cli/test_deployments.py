@@ -102,6 +102,7 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "rollback", "alpha", "-m", "fix\nnext \x1b[31mRED\x1b[0m\x07", env=env)
     assert r.returncode == 0 and "alpha: revision 3 deployed (rollback of revision 1)" in r.stdout, r.stderr
+    assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "history", "alpha", env=env)  # the message's control characters escaped, on one line
     [third] = [line for line in r.stdout.splitlines() if line.startswith("3 ")]
     assert third.endswith("fix\\x0anext \\x1b[31mRED\\x1b[0m\\x07 (rollback of 1)"), r.stdout
@@ -112,16 +113,19 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert r.returncode == 0 and r.stdout == "alpha: revision 4 undeployed (rollback of revision 2)\n", (
         r.stderr
     )
+    assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)
     assert r.returncode == 0 and r.stdout == "alpha: unchanged, revision 4 is an undeploy too\n", r.stderr
     keys = records(broker.bootstrap, topic)
     assert keys[0].startswith("code:") and keys[1:] == [f"rev:{u}:{n}" for n in (1, 2, 3, 4)]
-    fourth = topic_now(broker.bootstrap, topic)[-1]["value"]
+    revisions = [r["value"] for r in topic_now(broker.bootstrap, topic) if r["key"].startswith(b"rev:")]
+    second, fourth = revisions[1], revisions[3]
     assert (fourth["action"], fourth["rollback_of"], fourth["message"]) == (
         "undeploy",
         2,
         "rollback to revision 2",
     )
+    assert (fourth["spec"], fourth["code_sha256"]) == (second["spec"], second["code_sha256"])  # revision 2's
 
 
 def test_broker_down_exits_1_in_bounded_time(tmp_path: Path) -> None:
@@ -515,10 +519,10 @@ def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker
 
 def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. `faas deploy alpha`, then `faas undeploy alpha` (the manifest says undeployed). 2. `faas rollback
-    alpha` (it edits no manifest). 3. From a second copy of the project (the manifest there still says
-    productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2` and, in JSON,
-    undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive, 3, false,
-    its time, though the manifest says undeployed; 3 `undeployed r4 (modified)` in the first copy, whose
+    alpha` (the manifest says productive again). 3. From a second copy of the project (the manifest there
+    still says productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2` and, in
+    JSON, undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive, 3,
+    false, its time; 3 `undeployed r4 (modified)` in the first copy, whose
     manifest says productive (deploying it would change what is served), and in JSON undeployed with null,
     true, null; its schedule has no next fire time in either (it used to show one, and `modified r4`)."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
@@ -543,7 +547,7 @@ def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, bro
     assert listed(root) == ("undeployed r2", unserved)
     r = run_cli(root, "rollback", "alpha", env=env)
     assert r.returncode == 0 and "revision 3 deployed" in r.stdout, r.stdout + r.stderr
-    assert "state: undeployed" in (root / "functions.yaml").read_text()
+    assert "state: productive" in (root / "functions.yaml").read_text()
     row, facts = listed(root)
     assert row == "productive r3", row
     assert {**facts, "deployed_at": None} == {**unserved, "state": "productive", "revision": 3}
