@@ -96,7 +96,13 @@ class FunctionPool:
 
     async def _invoke(self, inv: Invocation) -> InvokeResult:
         self.check_available()
-        inst, cold = self._acquire() or await self._queue()
+        slot = self._acquire()
+        if slot is None:
+            try:
+                slot = await self._queue()
+            except Moved as moved:
+                return await moved.to.invoke(inv)
+        inst, cold = slot
         try:
             result, ms = await inst.call(inv, cold)
         except FaasError as exc:
@@ -145,6 +151,8 @@ class FunctionPool:
             finally:
                 self._release(inst)
         except BaseException as exc:
+            if isinstance(exc, Moved):  # it waited in the queue of a retired pool: not an end, the successor
+                return await exc.to.invoke(inv)  # records it
             own = _held(exc, inst, cold) if inst is not None and isinstance(exc, FaasError) else exc
             if answered:  # the instance answered with an error and rendered its record
                 record, ms, ok = answered[0]
@@ -360,6 +368,15 @@ class FunctionPool:
         if not self._waiters:
             self.reap(time.monotonic())
 
+    def hand_queue_to(self, successor: FunctionPool) -> None:
+        """Send the requests queued here (this pool is retired) to `successor`, oldest first: they have not
+        started, so they run on the new revision, while the ones in flight finish here."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(Moved(successor))
+        self.reap(time.monotonic())
+
     def stop(self) -> None:
         """The node stops: queued requests are answered Overloaded; an instance holding requests is killed
         (they get InstanceCrashed), one holding none is closed, so it exits on its own and its last lines
@@ -370,6 +387,14 @@ class FunctionPool:
                 inst.kill()
             else:
                 inst.close()
+
+
+class Moved(Exception):
+    """A queued request's pool was retired for another (`hand_queue_to`): it goes there."""
+
+    def __init__(self, to: FunctionPool) -> None:
+        super().__init__(to.spec.name)
+        self.to = to
 
 
 def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:

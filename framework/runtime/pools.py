@@ -164,7 +164,12 @@ class Runtime:
         self._follow_manifest()
         new = {f.name: f for f in functions}
         for name, pool in list(self._pools.items()):
-            if new.get(name) != pool.spec:
+            spec = new.get(name)
+            if spec == pool.spec:
+                continue
+            if spec is not None and pool.queued:  # its queued requests go to the new revision's pool
+                self._pool(spec)
+            else:
                 self._retire(name)
 
     def refresh_secrets(self) -> list[str]:
@@ -267,7 +272,8 @@ class Runtime:
         if pool is not None and (pool.spec is spec or pool.spec == spec):
             pool.spec = spec  # an equal spec from a reloaded manifest: compare by identity from now on
             return pool
-        if pool is not None:
+        old = pool
+        if old is not None:
             self._retire(spec.name)
         if not self._template.alive():
             self._template.start()
@@ -289,6 +295,8 @@ class Runtime:
         )
         if spec.instances.memory_mb is not None:
             self._memory.ensure_started()
+        if old is not None and old.queued:  # not started yet: they run on the new spec
+            old.hand_queue_to(pool)
         return pool
 
     def _read_secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], str | None]:

@@ -30,6 +30,7 @@ from tests.support import (
     LOGS,
     Node,
     Record,
+    metric,
     new_id,
     produce,
     run_cli,
@@ -1147,3 +1148,38 @@ def test_a_node_without_watch_mode_starts_on_a_broken_working_copy_and_serves_th
     watching = nodes(root, broker.bootstrap, tag=first.tag)
     assert watching.proc.wait(60) == 1
     assert "invalid manifest" in watching.log.read_text() and "timeout" in watching.log.read_text()
+
+
+@pytest.mark.parametrize("records", ["true", "false"])
+def test_a_request_queued_when_a_revision_lands_runs_on_the_new_revision(
+    tmp_path: Path, nodes: Callable[..., Node], records: str
+) -> None:
+    """1. Node in watch mode (log in memory, invocation records on or off: two paths through the pool)
+    serving alpha v1, one instance of concurrency 1. 2. A call
+    sleeping 4 s runs; a second call queues behind it. 3. The module is edited to v2 (revision 2).
+    Result: the queued call answers v2 from revision 2 while the first is still running (it waited for
+    the old instance, and could run into the queue's timeout, while a new one was free); the first call
+    finishes on revision 1."""
+    u = new_id()
+    text = manifest(u) + "    instances: {max: 1, concurrency: 1}\n"
+    root = write_project(tmp_path / "p", text, {"m": module("v1")})
+    n = nodes(root, None, kafka=False, env={"FAAS_RECORDS": records}).wait_ready()
+    assert served(n, u) == {"v": "v1", "rev": 1}
+    results: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def call(name: str, payload: dict[str, Any]) -> None:
+        r = httpx.post(f"{n.url}/functions/{u}/invoke", json=payload, timeout=60)
+        results[name] = (time.monotonic(), r.json())
+
+    slow = threading.Thread(target=call, args=("slow", {"sleep": 4}))
+    slow.start()
+    wait_for(lambda: metric(n, "faas_inflight_requests", function="alpha") == 1, 10, message="slow runs")
+    queued = threading.Thread(target=call, args=("queued", {}))
+    queued.start()
+    wait_for(lambda: metric(n, "faas_queued_requests", function="alpha") == 1, 10, message="one queued")
+    (root / "functions" / "m.py").write_text(module("v2"))
+    queued.join(30)
+    slow.join(30)
+    assert results["queued"][1]["result"] == {"v": "v2", "rev": 2}, results
+    assert results["slow"][1]["result"] == {"v": "v1", "rev": 1}, results
+    assert results["queued"][0] < results["slow"][0], results
