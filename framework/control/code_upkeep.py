@@ -4,7 +4,8 @@ Two loops, started once the log is read:
 - Missing code: every `CODE_CHECK_EVERY` seconds the code of each served revision must be unpacked. Code
   whose folder went (the cache deleted under a running node: `git clean -fdX`, a temp cleaner) is unpacked
   again from the zip beside it, the working copy, or the folder a re-pointed manifest left, else from the
-  log's code record, read from the log's start by a reader of its own at most every `FETCH_EVERY` seconds.
+  log's code record, read from the log's start by a reader of its own. Each code is tried at most every
+  `FETCH_EVERY` seconds (a disk that refuses it, full or read-only, is not tried, and logged, every check).
   Until then no new instance of that revision can start; running ones go on.
 - Pruning: every `PRUNE_EVERY` seconds (or FAAS_CACHE_IDLE, if shorter) the cache loses the code the log no
   longer holds (a code record is tombstoned with the last kept revision that used it) that no instance of
@@ -55,8 +56,9 @@ class CodeUpkeep:
         self.in_use: Callable[[], Collection[Path]] = tuple
         """The code folders this node's instances run from (retiring ones too): never pruned."""
         self._tasks: list[asyncio.Task[None]] = []
-        self._fetched_at = -math.inf
-        """When the log was last read for missing code (loop time)."""
+        self._tried: dict[str, float] = {}
+        """When the code of each sha256 found missing was last unpacked again (loop time): a disk that
+        refuses it (full, read-only) is tried every FETCH_EVERY seconds, not every check."""
 
     def start(self) -> None:
         if not self._tasks:
@@ -75,8 +77,7 @@ class CodeUpkeep:
             await asyncio.sleep(CODE_CHECK_EVERY)
             try:
                 missing = self.check()
-                if missing and asyncio.get_running_loop().time() - self._fetched_at >= FETCH_EVERY:
-                    self._fetched_at = asyncio.get_running_loop().time()
+                if missing:  # each at most every FETCH_EVERY seconds (`check`)
                     await self._fetch(missing)
             except Exception as exc:  # the next check tries again
                 log.error("code cache %s: the check failed: %r", self.cache.base, exc)
@@ -86,8 +87,14 @@ class CodeUpkeep:
         returns the sha256s found nowhere here (only the log has them)."""
         state = self.log.state
         shas = {r.code_sha256 for r in state.live().values() if r.code_sha256}
+        gone = sorted(s for s in shas if not self.cache.has(s) and s not in state.unstored)
+        now = asyncio.get_running_loop().time()
+        self._tried = {sha: at for sha, at in self._tried.items() if sha in gone}
         missing = []
-        for sha in sorted(s for s in shas if not self.cache.has(s) and s not in state.unstored):
+        for sha in gone:
+            if now - self._tried.get(sha, -math.inf) < FETCH_EVERY:
+                continue
+            self._tried[sha] = now
             data = self.cache.zip_bytes(sha) or self._elsewhere(sha)
             if data is not None and self._store(sha, data):
                 log.warning(
