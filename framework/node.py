@@ -452,21 +452,21 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
     try:
         manifest = load_manifest(settings.manifest)
         problems = _start_problems(settings, code)
-    except (ManifestError, OSError) as exc:
-        if isinstance(exc, ManifestError):
-            errors, said = exc.errors, "invalid manifest:\n" + "\n".join(exc.errors)
-        else:
-            errors = [f"{settings.manifest}: cannot read it ({exc})"]
-            said = f"cannot read the manifest {settings.manifest}: {exc}"
+    except ManifestError as exc:
+        said = "invalid manifest:\n" + "\n".join(exc.errors)
         if not serves_the_log_alone(settings, kafka):
             log.error("%s", said)
             return 1
         # A cluster node serves what the deployment log says: a broken working copy must not turn its
         # restart into an outage. It starts without one, as after a rejected edit, and `/readyz` says why.
+        # (A manifest it cannot read at all is more likely a wrong FAAS_MANIFEST: that still stops it.)
         log.error(
             "%s\nwatch mode is off: serving what the deployment log holds, without the working copy", said
         )
-        manifest, problems, rejected = Manifest(path=settings.manifest), [], errors
+        manifest, problems, rejected = Manifest(path=settings.manifest), [], exc.errors
+    except OSError as exc:
+        log.error("cannot read the manifest %s: %s", settings.manifest, exc)
+        return 1
     else:
         rejected = []
 

@@ -352,8 +352,10 @@ def history(settings: Settings, name: str, as_json: bool) -> None:
 @option("-m", "--message", callback=utf8, help="Why: kept with the revision.")
 @pass_settings
 def rollback(settings: Settings, name: str, to: int | None, message: str | None) -> None:
-    """Publish a new revision with the spec and code of an earlier one, and set the function's state in
-    the manifest to what it now is (productive, or undeployed for a rollback to an undeploy)."""
+    """Publish a new revision with the spec and code of an earlier one. A rollback to an undeploy sets the
+    function `undeployed` in the manifest, as `faas undeploy` does; a rollback to a deploy leaves the
+    manifest alone: marking it productive would have a watch-mode node publish the working copy over the
+    rollback."""
     entry = _entry(settings, name)
     uuid, fn = (entry.uuid, entry.name) if entry is not None else (None, name)
     bootstrap = need_broker(settings)
@@ -408,7 +410,6 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
             rollback_of=target.revision,
         )
         rev, new = await log.publish(cand, None)
-        state.append("productive")
         if not new:
             return f"{fn}: unchanged, revision {rev.revision} equals revision {target.revision}"
         renamed = f", served as {name} again" if name != newest.function else ""

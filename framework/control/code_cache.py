@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Collection
@@ -59,6 +61,9 @@ class CodeCache:
 
     def __init__(self, base: Path) -> None:
         self.base = base
+        self._lock = threading.Lock()
+        """Held by `store` and by `prune` for each code it removes (`prune` runs in a thread): a code stored
+        while a sweep runs is never removed by it, nor its fresh zip."""
 
     def folder_problem(self) -> str | None:
         """Why revisions cannot be unpacked here (the folder cannot be made, or written to), or None.
@@ -92,68 +97,82 @@ class CodeCache:
         """Unpack `data` (a zip whose sha256 must be `sha`) as `base/sha`; raises ValueError when corrupt."""
         if sha256(data) != sha:
             raise ValueError(f"code record {sha[:12]}: its value's sha256 is {sha256(data)[:12]}")
-        target = self.path(sha)
-        if target.is_dir():
-            with contextlib.suppress(OSError):  # in use again: `prune` (of any node sharing it) leaves it
-                os.utime(target)
-            if self.zip_bytes(sha) is None:  # unpacked, but its zip is missing or not whole: keep it again
+        with self._lock:
+            target = self.path(sha)
+            if target.is_dir():
+                with contextlib.suppress(OSError):  # in use again: `prune` (of any node sharing it) leaves it
+                    os.utime(target)
+                if (
+                    self.zip_bytes(sha) is None
+                ):  # unpacked, but its zip is missing or not whole: keep it again
+                    self._keep_zip(sha, data)
+                return target
+            self.base.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
+            try:
+                _unpack(sha, data, tmp)
                 self._keep_zip(sha, data)
+                with contextlib.suppress(OSError):  # another process raced us to the same content
+                    tmp.rename(target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             return target
-        self.base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
-        try:
-            _unpack(sha, data, tmp)
-            self._keep_zip(sha, data)
-            with contextlib.suppress(OSError):  # another process raced us to the same content
-                tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+
+    def touch(self, shas: Collection[str]) -> None:
+        """Mark the code `shas` used now (those this cache holds), so `prune` of a node sharing the folder
+        leaves it. Blocking file work: call it in a thread."""
+        base = self.base
+        for sha in shas:
+            for name in (sha, f"{sha}.zip"):
+                with contextlib.suppress(OSError):
+                    os.utime(base / name)
 
     def prune(self, keep: Collection[str], idle: float) -> list[str]:
         """Remove the code (folder and zip) of every sha256 not in `keep` whose newest entry is at least
         `idle` seconds old, and what an interrupted write left (temporary names that old); returns the
-        sha256s removed. The code in `keep` is marked used now, so a node sharing the folder that reads
-        another log (and so keeps other code) leaves it while this node sweeps more often than every `idle`
-        seconds. A folder is renamed away before it is deleted, so it is whole or gone for any reader.
-        Names this cache does not write are left alone. Blocking file work: call it in a thread."""
+        sha256s removed. The code in `keep` is marked used now (`touch`). A folder is renamed away before it
+        is deleted, so it is whole or gone for any reader. Names this cache does not write are left alone.
+        Blocking file work: call it in a thread."""
+        base = self.base  # once: a re-pointed manifest moves `base` (`Deployments._follow`)
         cutoff = time.time() - idle
         newest: dict[str, float] = {}
         try:
-            names = os.listdir(self.base)
+            names = os.listdir(base)
         except OSError:
             return []
+        present = set(names)
+        self.touch([sha for sha in keep if sha in present or f"{sha}.zip" in present])
         for name in names:
             match = _ENTRY.match(name)
-            if match is None:
-                continue
-            if match.group(1) in keep:
-                with contextlib.suppress(OSError):
-                    os.utime(self.base / name)
+            if match is None or match.group(1) in keep:
                 continue
             try:
-                mtime = (self.base / name).lstat().st_mtime
+                mtime = (base / name).lstat().st_mtime
             except OSError:
                 continue
             sha = match.group(1)
             if sha is None:  # a temporary entry: a crash or a full disk left it
                 if mtime < cutoff:
-                    _remove(self.base / name)
+                    _remove(base / name)
             else:
                 newest[sha] = max(newest.get(sha, mtime), mtime)
         removed = []
         for sha, mtime in sorted(newest.items()):
             if mtime >= cutoff:
                 continue
-            folder = self.path(sha)
-            if folder.is_dir():
-                gone = self.base / f".prune-{sha}"
+            gone = base / f".prune-{sha}"
+            with self._lock:  # `store` may have used it since the listing: looked at again
+                if _newest_mtime(base, sha) >= cutoff:
+                    continue
                 try:
-                    folder.rename(gone)
+                    (base / sha).rename(gone)
+                except FileNotFoundError:
+                    pass
                 except OSError:
                     continue
-                _remove(gone)
-            _remove(self.base / f"{sha}.zip")
+                with contextlib.suppress(OSError):
+                    (base / f"{sha}.zip").unlink()
+            _remove(gone)
             removed.append(sha)
         return removed
 
@@ -169,6 +188,15 @@ class CodeCache:
             with contextlib.suppress(OSError):
                 os.unlink(staged)
             raise
+
+
+def _newest_mtime(base: Path, sha: str) -> float:
+    """The newest modification time of code `sha`'s folder and zip in `base` (-inf when neither is)."""
+    newest = -math.inf
+    for name in (sha, f"{sha}.zip"):
+        with contextlib.suppress(OSError):
+            newest = max(newest, (base / name).lstat().st_mtime)
+    return newest
 
 
 def _remove(path: Path) -> None:

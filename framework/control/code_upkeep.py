@@ -7,11 +7,13 @@ Two loops, started once the log is read:
   log's code record, read from the log's start by a reader of its own. Each code is tried at most every
   `FETCH_EVERY` seconds (a disk that refuses it, full or read-only, is not tried, and logged, every check).
   Until then no new instance of that revision can start; running ones go on.
-- Pruning: every `PRUNE_EVERY` seconds (or FAAS_CACHE_IDLE, if shorter) the cache loses the code the log no
-  longer holds (a code record is tombstoned with the last kept revision that used it) that no instance of
-  this node runs and that went unused for FAAS_CACHE_IDLE seconds (`CodeCache.prune`, which marks what is
-  kept as used, so nodes sharing the folder but reading other logs keep each other's code while they run).
-  Watch mode makes a revision per save: without this the folder grew by an unpacked package per save.
+- Pruning: every `PRUNE_EVERY` seconds (or half of FAAS_CACHE_IDLE, if shorter) the cache loses the code
+  the log no longer holds (a code record is tombstoned with the last kept revision that used it) that no
+  instance of this node runs and that went unused for FAAS_CACHE_IDLE seconds (`CodeCache.prune`). Watch
+  mode makes a revision per save: without this the folder grew by an unpacked package per save.
+- Marking: every `TOUCH_EVERY` seconds (or half of FAAS_CACHE_IDLE, if shorter) the code this node keeps is
+  marked used, so nodes sharing the folder but reading other logs keep each other's code while they run,
+  as long as each one's FAAS_CACHE_IDLE is over a minute.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ FETCH_EVERY = 30.0
 """Seconds between readings of the log for code still missing (found nowhere else)."""
 PRUNE_EVERY = 600.0
 """Seconds between sweeps of the code cache at most (the first one that long after the log is read)."""
+TOUCH_EVERY = 30.0
+"""Seconds between markings of the code this node keeps as used, at most."""
 
 
 class CodeUpkeep:
@@ -56,6 +60,8 @@ class CodeUpkeep:
         self.in_use: Callable[[], Collection[Path]] = tuple
         """The code folders this node's instances run from (retiring ones too): never pruned."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._touched_at = -math.inf
+        """When the code this node keeps was last marked used (loop time)."""
         self._tried: dict[str, float] = {}
         """When the code of each sha256 found missing was last unpacked again (loop time): a disk that
         refuses it (full, read-only) is tried every FETCH_EVERY seconds, not every check."""
@@ -79,6 +85,10 @@ class CodeUpkeep:
                 missing = self.check()
                 if missing:  # each at most every FETCH_EVERY seconds (`check`)
                     await self._fetch(missing)
+                now = asyncio.get_running_loop().time()
+                if now - self._touched_at >= min(TOUCH_EVERY, self.idle / 2):
+                    self._touched_at = now
+                    await asyncio.to_thread(self.cache.touch, self.kept())
             except Exception as exc:  # the next check tries again
                 log.error("code cache %s: the check failed: %r", self.cache.base, exc)
 
@@ -96,14 +106,14 @@ class CodeUpkeep:
                 continue
             self._tried[sha] = now
             data = self.cache.zip_bytes(sha) or self._elsewhere(sha)
-            if data is not None and self._store(sha, data):
+            if data is None:
+                missing.append(sha)  # only the log has it
+            elif self._store(sha, data):  # a disk that refuses it is said by `store`
                 log.warning(
                     "the code %s of a served revision was gone from %s: unpacked again",
                     sha[:12],
                     self.cache.base,
                 )
-            else:
-                missing.append(sha)
         return missing
 
     async def _fetch(self, shas: list[str]) -> None:
@@ -124,20 +134,25 @@ class CodeUpkeep:
 
     async def _prune_forever(self) -> None:
         while True:
-            await asyncio.sleep(max(min(PRUNE_EVERY, self.idle), 1.0))
+            await asyncio.sleep(max(min(PRUNE_EVERY, self.idle / 2), 1.0))
             try:
                 await self.prune(self.idle)
             except Exception as exc:  # the next sweep tries again
                 log.error("code cache %s: the sweep failed: %r", self.cache.base, exc)
 
-    async def prune(self, idle: float) -> list[str]:
-        """Remove the cached code nothing needs any more and untouched for `idle` seconds (module
-        docstring); returns the sha256s removed."""
+    def kept(self) -> set[str]:
+        """The code this node keeps: what its log holds (and kept revisions use), and what its instances
+        run from."""
         state = self.log.state
         keep = {*state.codes, *state.unstored}
         keep.update(r.code_sha256 for u in list(state.revisions) for r in state.kept(u) if r.code_sha256)
         keep.update(path.name for path in self.in_use() if path.parent == self.cache.base)
-        removed = await asyncio.to_thread(self.cache.prune, keep, idle)
+        return keep
+
+    async def prune(self, idle: float) -> list[str]:
+        """Remove the cached code nothing needs any more and untouched for `idle` seconds (module
+        docstring); returns the sha256s removed."""
+        removed = await asyncio.to_thread(self.cache.prune, self.kept(), idle)
         if removed:
             log.info(
                 "code cache %s: removed the code of %d forgotten revision(s) (%s)",

@@ -32,6 +32,7 @@ Publications run one at a time, off the watcher's callback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,10 @@ class Deployments:
         self._publishing: asyncio.Task[None] | None = None
         self._again = False
         """An edit came while `_publishing` ran: it goes round once more."""
+        self._edited = asyncio.Event()
+        """Set by an edit: a publication waiting to try again tries at once."""
+        self._log_read = asyncio.Event()
+        """Set once the log is read: edits are published against what it holds, not before."""
         self.unpublished: str | None = None
         """Why watch mode's last attempt to publish the working copy failed (None: nothing is waiting)."""
         self.ready = False
@@ -156,6 +161,7 @@ class Deployments:
         self.refresh()
         await self._bootstrap()
         self.booted = True
+        self._log_read.set()
         self.error = None
         self.upkeep.start()
 
@@ -286,6 +292,7 @@ class Deployments:
                 self._publishing = self._spawn(self._publish_edits(), "watch-deploy")
             else:
                 self._again = True
+                self._edited.set()
         self.refresh()
 
     def _follow(self, root: Path) -> None:
@@ -324,6 +331,7 @@ class Deployments:
         """Publish what the working copy changed since it was last published whole, until it all is."""
         delay, most = WATCH_RETRY
         while True:
+            await self._log_read.wait()
             self._again = False
             target = self.candidates
             try:
@@ -338,8 +346,10 @@ class Deployments:
                 continue
             self.unpublished = f"deployments: the working copy's changes are not published yet ({failed})"
             log.warning("%s; trying again in %g s", self.unpublished, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, most)
+            self._edited.clear()
+            with contextlib.suppress(TimeoutError):  # a new edit tries at once (within 2 s, section 12)
+                await asyncio.wait_for(self._edited.wait(), delay)
+            delay = WATCH_RETRY[0] if self._edited.is_set() else min(delay * 2, most)
 
     async def _deploy_changes(self, before: dict[str, Candidate], after: dict[str, Candidate]) -> str | None:
         """Publish what `after` changed from `before`; returns why a publication failed, or None."""

@@ -98,10 +98,14 @@ class FunctionPool:
         self.check_available()
         slot = self._acquire()
         if slot is None:
+            successor: FunctionPool | None = None
             try:
                 slot = await self._queue()
             except Moved as moved:
-                return await moved.to.invoke(inv)
+                successor = moved.to
+            if successor is not None:  # outside the handler: its errors are not chained to the move
+                return await successor.invoke(inv)
+            assert slot is not None
         inst, cold = slot
         try:
             result, ms = await inst.call(inv, cold)
@@ -138,6 +142,7 @@ class FunctionPool:
         answered: list[tuple[bytes, float, bool]] = []
         inst: InstanceHandle | None = None
         cold = False
+        successor: FunctionPool | None = None
         try:
             if on is None:
                 self.check_available()
@@ -150,9 +155,11 @@ class FunctionPool:
                 result, ms = await inst.call(inv, cold, started, answered)
             finally:
                 self._release(inst)
+        except (
+            Moved
+        ) as moved:  # it waited in the queue of a retired pool: not an end, the successor records it
+            successor = moved.to
         except BaseException as exc:
-            if isinstance(exc, Moved):  # it waited in the queue of a retired pool: not an end, the successor
-                return await exc.to.invoke(inv)  # records it
             own = _held(exc, inst, cold) if inst is not None and isinstance(exc, FaasError) else exc
             if answered:  # the instance answered with an error and rendered its record
                 record, ms, ok = answered[0]
@@ -179,6 +186,9 @@ class FunctionPool:
             if own is exc:
                 raise
             raise own from exc.__cause__
+        if successor is not None:  # outside the handlers: its errors are not chained to the move
+            return await successor.invoke(inv)
+        assert inst is not None
         if answered:
             self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
         else:  # the instance's record was refused or missing (see the docstring): the node's own

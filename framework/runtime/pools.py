@@ -167,8 +167,9 @@ class Runtime:
             spec = new.get(name)
             if spec == pool.spec:
                 continue
-            if spec is not None and pool.queued:  # its queued requests go to the new revision's pool
-                self._pool(spec)
+            # Its queued requests (not started yet) go to the same function's next pool, if it is served.
+            if spec is not None and pool.queued and spec.uuid == pool.spec.uuid and spec.productive:
+                pool.hand_queue_to(self._pool(spec))  # `_pool` retires `pool`
             else:
                 self._retire(name)
 
@@ -272,8 +273,7 @@ class Runtime:
         if pool is not None and (pool.spec is spec or pool.spec == spec):
             pool.spec = spec  # an equal spec from a reloaded manifest: compare by identity from now on
             return pool
-        old = pool
-        if old is not None:
+        if pool is not None:
             self._retire(spec.name)
         if not self._template.alive():
             self._template.start()
@@ -295,8 +295,6 @@ class Runtime:
         )
         if spec.instances.memory_mb is not None:
             self._memory.ensure_started()
-        if old is not None and old.queued:  # not started yet: they run on the new spec
-            old.hand_queue_to(pool)
         return pool
 
     def _read_secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], str | None]:

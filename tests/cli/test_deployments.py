@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.control.manifest_edit import set_state
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.support import (
     RawHeaderName,
@@ -102,13 +103,15 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "rollback", "alpha", "-m", "fix\nnext \x1b[31mRED\x1b[0m\x07", env=env)
     assert r.returncode == 0 and "alpha: revision 3 deployed (rollback of revision 1)" in r.stdout, r.stderr
-    assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()
+    # Left alone: a watch-mode node would publish the working copy over the rollback if it turned productive.
+    assert "    state: undeployed   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "history", "alpha", env=env)  # the message's control characters escaped, on one line
     [third] = [line for line in r.stdout.splitlines() if line.startswith("3 ")]
     assert third.endswith("fix\\x0anext \\x1b[31mRED\\x1b[0m\\x07 (rollback of 1)"), r.stdout
     for missing in ("9", "0", "-1"):  # any number that is not kept: exit 1 (section 12), not a usage error
         r = run_cli(root, "rollback", "alpha", "--to", missing, env=env)
         assert r.returncode == 1 and f"revision {missing} is not kept (kept: 3, 2, 1)" in r.stderr, r.stderr
+    set_state(root / "functions.yaml", "alpha", "productive")  # as the live revision 3 is
     r = run_cli(root, "rollback", "alpha", "--to", "2", env=env)  # back to the undeploy
     assert r.returncode == 0 and r.stdout == "alpha: revision 4 undeployed (rollback of revision 2)\n", (
         r.stderr
@@ -519,12 +522,13 @@ def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker
 
 def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, broker: EmbeddedBroker) -> None:
     """1. `faas deploy alpha`, then `faas undeploy alpha` (the manifest says undeployed). 2. `faas rollback
-    alpha` (the manifest says productive again). 3. From a second copy of the project (the manifest there
-    still says productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2` and, in
-    JSON, undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive, 3,
-    false, its time; 3 `undeployed r4 (modified)` in the first copy, whose
-    manifest says productive (deploying it would change what is served), and in JSON undeployed with null,
-    true, null; its schedule has no next fire time in either (it used to show one, and `modified r4`)."""
+    alpha` (to a deploy: it leaves the manifest alone). 3. From a second copy of the project (the manifest
+    there still says productive), `faas undeploy alpha`; `ls` in the first copy. Result: 1 `undeployed r2`
+    and, in JSON, undeployed with null, false, null (as `GET /functions`); 2 `productive r3` and productive,
+    3, false, its time, though the manifest says undeployed; 3 `undeployed r4 (modified)` in the first copy,
+    whose manifest says productive (deploying it would change what is served), and in JSON undeployed with
+    null, true, null; its schedule has no next fire time in either (it used to show one, and `modified
+    r4`)."""
     u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
     root = write_project(tmp_path / "one", manifest(u), {"m": MODULE})
     other = write_project(tmp_path / "two", manifest(u), {"m": MODULE})
@@ -547,7 +551,7 @@ def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, bro
     assert listed(root) == ("undeployed r2", unserved)
     r = run_cli(root, "rollback", "alpha", env=env)
     assert r.returncode == 0 and "revision 3 deployed" in r.stdout, r.stdout + r.stderr
-    assert "state: productive" in (root / "functions.yaml").read_text()
+    assert "state: undeployed" in (root / "functions.yaml").read_text()
     row, facts = listed(root)
     assert row == "productive r3", row
     assert {**facts, "deployed_at": None} == {**unserved, "state": "productive", "revision": 3}

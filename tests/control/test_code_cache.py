@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -119,3 +121,34 @@ def test_code_read_again_from_the_log_is_marked_used(tmp_path: Path) -> None:
 
 def test_a_prune_of_a_folder_that_is_not_there_removes_nothing(tmp_path: Path) -> None:
     assert CodeCache(tmp_path / "missing").prune(set(), 1) == []
+
+
+def test_code_stored_while_a_prune_runs_is_not_removed(tmp_path: Path) -> None:
+    """1. Store a code and age it two hours. 2. Prune keeping nothing; the code is stored again (read from
+    the log) after the sweep looked at its age, just before it removes it. Result: nothing is removed;
+    folder and zip are whole (the sweep looks again, under the lock `store` holds, before removing)."""
+    cache = CodeCache(tmp_path / "cache")
+    data = package("VALUE = 5\n")
+    sha = sha256(data)
+    cache.store(sha, data)
+    _age(cache.path(sha), 7200)
+    _age(cache.base / f"{sha}.zip", 7200)
+
+    class StoredFirst:
+        """The cache's lock, but the first taker lets `store` run first (as the loop would meanwhile)."""
+
+        def __init__(self) -> None:
+            self.lock, self.stored = threading.Lock(), False
+
+        def __enter__(self) -> None:
+            if not self.stored:
+                self.stored = True
+                cache.store(sha, data)
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    cache._lock = cast(Any, StoredFirst())
+    assert cache.prune(set(), 3600) == []
+    assert cache.has(sha) and cache.zip_bytes(sha) == data

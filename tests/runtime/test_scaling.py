@@ -78,3 +78,26 @@ async def test_queue_timeout_is_overloaded(runtime: Runtime, spec: SpecFactory, 
     assert 0.4 < time.monotonic() - t < 2
     assert runtime.inflight() == 1  # the timed-out waiter left the queue
     busy.cancel()
+
+
+@pytest.mark.parametrize("successor", ["another function of the name", "not served"])
+async def test_a_queued_request_goes_only_to_the_same_functions_served_pool(
+    runtime: Runtime, spec: SpecFactory, successor: str
+) -> None:
+    """1. `x` (one instance of concurrency 1) runs a 1 s call; a second call queues behind it. 2. The table
+    changes: `x` is now another function's name (another uuid), or `x` is no longer served (undeployed).
+    Result: the queued call stays on the pool it queued in and runs there once the first ends (it is not
+    handed to another function's handler, nor to a function that is not served)."""
+    first = spec("sleep", name="x", max=1, concurrency=1)
+    running = asyncio.create_task(call(runtime, first, {"sleep": 1}))
+    await until(lambda: runtime.inflight() == 1, message="the first call runs")
+    queued = asyncio.create_task(call(runtime, first, {"sleep": 0}))
+    await until(lambda: runtime._pools["x"].queued == 1, message="the second call queued")
+    if successor == "not served":
+        runtime.apply([first.model_copy(update={"state": "undeployed"})])
+    else:
+        runtime.apply([spec("echo", name="x")])
+    value, result = await queued
+    assert "payload" not in value and result.instance_id is not None, value  # `sleep`'s answer, not `echo`'s
+    _, first_result = await running
+    assert result.instance_id == first_result.instance_id  # the same instance, of the first pool

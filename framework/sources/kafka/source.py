@@ -536,7 +536,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.tracker.forget(list(self.tracker.partitions))
         # The group may never rebalance (same member, same partitions): without a new assignment the
         # fetcher would go on at the old log's positions and skip the new log's first records.
-        consumer = self.consumer
+        consumer = self.consumer or self._starting
         if consumer is not None:
             for tp in consumer.assignment():
                 consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
