@@ -1183,3 +1183,37 @@ def test_a_request_queued_when_a_revision_lands_runs_on_the_new_revision(
     assert results["queued"][1]["result"] == {"v": "v2", "rev": 2}, results
     assert results["slow"][1]["result"] == {"v": "v1", "rev": 1}, results
     assert results["queued"][0] < results["slow"][0], results
+
+
+def test_the_code_a_running_call_imports_from_is_kept_until_it_ends(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Callable[..., Node]
+) -> None:
+    """1. Node in watch mode with FAAS_CACHE_IDLE=1, serving alpha v0 as revision 1. 2. A call sleeping
+    20 s starts on revision 1. 3. The module is edited six times (v1..v6), each served before the next:
+    the log forgets revisions 1 and 2 and their code. Result: while the call runs, revision 2's code is
+    pruned but revision 1's stays (an instance of the node runs from it); the call answers v0 from
+    revision 1; then revision 1's code is pruned too."""
+    u = new_id()
+    root = write_project(tmp_path / "p", manifest(u), {"m": module("v0")})
+    cache = root / ".faas"
+    n = nodes(root, broker.bootstrap, env={"FAAS_CACHE_IDLE": "1"}).wait_ready()
+    assert served(n, u) == {"v": "v0", "rev": 1}
+    codes = [{p.name for p in cache.iterdir() if len(p.name) == 64}]
+    results: list[dict[str, Any]] = []
+    slow = threading.Thread(
+        target=lambda: results.append(
+            httpx.post(f"{n.url}/functions/{u}/invoke", json={"sleep": 20}, timeout=60).json()
+        )
+    )
+    slow.start()
+    wait_for(lambda: metric(n, "faas_inflight_requests", function="alpha") == 1, 10, message="the call runs")
+    for i in range(1, 7):
+        (root / "functions" / "m.py").write_text(module(f"v{i}"))
+        wait_for(serves(n, u, {"v": f"v{i}", "rev": i + 1}), 10, message=f"v{i} served")
+        codes.append({p.name for p in cache.iterdir() if len(p.name) == 64} - set().union(*codes))
+    first, second = (next(iter(c)) for c in codes[:2])
+    wait_for(lambda: not (cache / second).exists(), 10, message="revision 2's code pruned")
+    assert slow.is_alive() and (cache / first).is_dir(), "revision 1's code went while its call ran"
+    slow.join(60)
+    assert results and results[0]["result"] == {"v": "v0", "rev": 1}, results
+    wait_for(lambda: not (cache / first).exists(), 20, message="revision 1's code pruned once its call ended")
