@@ -366,12 +366,13 @@ _OTEL_TRIGGER = {"event": "pubsub", "direct": "http", "schedule": "timer", "warm
 
 
 def outcome_of(exc: BaseException) -> str:
-    """The `outcome` label of an invocation that raised `exc`: its contract error type, `cancelled`, or
+    """The `outcome` label of an invocation that raised `exc`: its contract error type, `Cancelled` (as its
+    record's error type), or
     `FunctionError` for anything else (a bug, reported as the function's failure, as `chain_error` does)."""
     if isinstance(exc, FaasError):
         return exc.type
     if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
+        return "Cancelled"
     return FunctionError.__name__
 
 

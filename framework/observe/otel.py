@@ -73,8 +73,12 @@ _provider: Any = None
 
 
 def enabled(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
-    """Export is on: an OTLP endpoint is set, the SDK is not disabled and the `otel` extra is installed."""
+    """Export is on: an OTLP endpoint is set, the SDK is not disabled (`OTEL_SDK_DISABLED=true`), no trace
+    exporter is asked for by name (`OTEL_TRACES_EXPORTER=none`: the only other exporter here is OTLP's)
+    and the `otel` extra is installed."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return False
     if not any(environ.get(name) for name in ENDPOINT_VARIABLES):
         return False

@@ -81,7 +81,11 @@ def error_of(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, FaasError):
         kind, message = exc.type, exc.message
     elif isinstance(exc, asyncio.CancelledError):
-        kind, message = "Cancelled", "the invocation was cancelled before it ended (chain abort, shutdown)"
+        kind, message = (
+            "Cancelled",
+            "the invocation was cancelled before it ended (its caller hung up, its event's chain aborted, "
+            "or the node stopped)",
+        )
     else:
         kind, message = "FunctionError", repr(exc)
     return error_fields(kind, message)

@@ -559,3 +559,19 @@ def test_a_second_signal_does_not_wait_for_a_silent_collector(tmp_path: Path) ->
     log = n.log.read_text(errors="replace")
     assert "stopping at once: the last spans not exported yet are lost" in log, n.tail()
     assert "were not exported within" not in log and took < 3, (took, n.tail())
+
+
+@pytest.mark.parametrize(
+    ("variables", "on"),
+    [
+        ({}, True),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": " None "}, False),
+        ({"OTEL_SDK_DISABLED": "true"}, False),
+    ],
+)
+def test_export_follows_the_standard_switches(variables: dict[str, str], on: bool) -> None:
+    """An endpoint set, with `OTEL_TRACES_EXPORTER` or `OTEL_SDK_DISABLED` as the OpenTelemetry spec reads
+    them: `none` (any case) and `true` turn export off."""
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", **variables}
+    assert otel.enabled(environ) is on

@@ -111,7 +111,8 @@ def test_a_record_that_is_not_json_does_not_break_reads() -> None:
 
 def test_errors() -> None:
     assert error_of(Timeout("too slow")) == {"type": "Timeout", "message": "too slow"}
-    assert error_of(asyncio.CancelledError())["type"] == "Cancelled"
+    cancelled = error_of(asyncio.CancelledError())
+    assert cancelled["type"] == "Cancelled" and "caller hung up" in cancelled["message"], cancelled
     assert error_of(RuntimeError("x")) == {"type": "FunctionError", "message": "RuntimeError('x')"}
     long = error_of(Overloaded("m" * 100_000))["message"]
     assert len(long) == MAX_ERROR_CHARS + 1 and long.endswith("…")

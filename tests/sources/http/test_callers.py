@@ -84,6 +84,8 @@ def test_calls_whose_callers_hung_up_give_their_places_to_callers_still_there(no
     metrics = httpx.get(f"{node.url}/metrics", timeout=30).text
     line = next(ln for ln in metrics.splitlines() if 'status="499"' in ln and "_total" in ln)
     assert line.endswith(" 4.0"), line
+    # The outcome label is the record's error type, as Timeout and Overloaded are.
+    assert metric(node, "faas_invocations_total", function="slow", outcome="Cancelled") == 4
 
 
 def test_a_call_whose_caller_stays_is_not_cancelled(node: Node) -> None:
