@@ -172,9 +172,17 @@ def _publish_then_set(
         lines, published = with_log(settings, bootstrap, publish, BROKER_TIMEOUT, create)
     except ConnectionError as exc:
         fail(str(exc))
+    _say_published(settings, lines, published, state)
+
+
+def _say_published(
+    settings: Settings, lines: list[str], published: list[FunctionSpec], state: State | None
+) -> None:
+    """After a publication: set `state` in the manifest for `published` (None: no edit), print `lines`, and
+    exit 1 naming what failed (the lines starting with `!`, and the edits that could not be made)."""
     # What is published is said whatever follows: Ctrl-C from here on waits for these few lines.
     with _no_interrupt():
-        problems = _set_states(settings, published, state)
+        problems = _set_states(settings, published, state) if state is not None else {}
         for line in lines:
             if not line.startswith("!"):
                 click.echo(line)
@@ -419,13 +427,7 @@ def rollback(settings: Settings, name: str, to: int | None, message: str | None)
         line = with_log(settings, bootstrap, publish, BROKER_TIMEOUT)
     except ConnectionError as exc:
         fail(str(exc))
-    if line.startswith("!"):
-        fail(line[1:])
-    with _no_interrupt():  # what is published is said whatever follows
-        problems = _set_states(settings, [entry], state[0]) if entry is not None and state else {}
-        click.echo(line)
-    if problems:
-        fail(*(f"{name}: published, but {why}; set it by hand" for name, why in problems.items()))
+    _say_published(settings, [line], [entry] if entry is not None else [], state[0] if state else None)
 
 
 def _entry(settings: Settings, name: str) -> FunctionSpec | None:

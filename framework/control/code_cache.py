@@ -102,9 +102,8 @@ class CodeCache:
             if target.is_dir():
                 with contextlib.suppress(OSError):  # in use again: `prune` (of any node sharing it) leaves it
                     os.utime(target)
-                if (
-                    self.zip_bytes(sha) is None
-                ):  # unpacked, but its zip is missing or not whole: keep it again
+                # Unpacked, but its zip is missing or not whole: kept again.
+                if self.zip_bytes(sha) is None:
                     self._keep_zip(sha, data)
                 return target
             self.base.mkdir(parents=True, exist_ok=True)
@@ -135,34 +134,27 @@ class CodeCache:
         Blocking file work: call it in a thread."""
         base = self.base  # once: a re-pointed manifest moves `base` (`Deployments._follow`)
         cutoff = time.time() - idle
-        newest: dict[str, float] = {}
         try:
             names = os.listdir(base)
         except OSError:
             return []
         present = set(names)
         self.touch([sha for sha in keep if sha in present or f"{sha}.zip" in present])
+        candidates: set[str] = set()
         for name in names:
             match = _ENTRY.match(name)
             if match is None or match.group(1) in keep:
                 continue
-            try:
-                mtime = (base / name).lstat().st_mtime
-            except OSError:
-                continue
-            sha = match.group(1)
-            if sha is None:  # a temporary entry: a crash or a full disk left it
-                if mtime < cutoff:
-                    _remove(base / name)
-            else:
-                newest[sha] = max(newest.get(sha, mtime), mtime)
+            if match.group(1) is not None:
+                candidates.add(match.group(1))
+            elif _newest_mtime(base, name) < cutoff:  # a temporary entry: a crash or a full disk left it
+                _remove(base / name)
         removed = []
-        for sha, mtime in sorted(newest.items()):
-            if mtime >= cutoff:
-                continue
+        for sha in sorted(candidates):
             gone = base / f".prune-{sha}"
-            with self._lock:  # `store` may have used it since the listing: looked at again
-                if _newest_mtime(base, sha) >= cutoff:
+            with self._lock:  # its age looked at under the lock: `store` may be using it right now
+                newest = _newest_mtime(base, sha, f"{sha}.zip")
+                if newest >= cutoff or newest == -math.inf:  # used since, or gone already
                     continue
                 try:
                     (base / sha).rename(gone)
@@ -190,10 +182,10 @@ class CodeCache:
             raise
 
 
-def _newest_mtime(base: Path, sha: str) -> float:
-    """The newest modification time of code `sha`'s folder and zip in `base` (-inf when neither is)."""
+def _newest_mtime(base: Path, *names: str) -> float:
+    """The newest modification time of the entries `names` in `base` (-inf when none is there)."""
     newest = -math.inf
-    for name in (sha, f"{sha}.zip"):
+    for name in names:
         with contextlib.suppress(OSError):
             newest = max(newest, (base / name).lstat().st_mtime)
     return newest

@@ -1,6 +1,6 @@
 """Keeping `FAAS_CACHE_DIR` in step with the deployment log while a node runs (DESIGN.md section 12).
 
-Two loops, started once the log is read:
+Two loops, started once the log is read, the first of which also marks the code in use:
 - Missing code: every `CODE_CHECK_EVERY` seconds the code of each served revision must be unpacked. Code
   whose folder went (the cache deleted under a running node: `git clean -fdX`, a temp cleaner) is unpacked
   again from the zip beside it, the working copy, or the folder a re-pointed manifest left, else from the
@@ -32,7 +32,7 @@ log = logging.getLogger("faas.deployments")
 CODE_CHECK_EVERY = 2.0
 """Seconds between checks that the code of every served revision is unpacked."""
 FETCH_EVERY = 30.0
-"""Seconds between readings of the log for code still missing (found nowhere else)."""
+"""Seconds between attempts to unpack each missing code again (from this node's copies, or else the log)."""
 PRUNE_EVERY = 600.0
 """Seconds between sweeps of the code cache at most (the first one that long after the log is read)."""
 TOUCH_EVERY = 30.0

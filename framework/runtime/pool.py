@@ -155,9 +155,7 @@ class FunctionPool:
                 result, ms = await inst.call(inv, cold, started, answered)
             finally:
                 self._release(inst)
-        except (
-            Moved
-        ) as moved:  # it waited in the queue of a retired pool: not an end, the successor records it
+        except Moved as moved:  # queued in a retired pool: not an end, the successor records it
             successor = moved.to
         except BaseException as exc:
             own = _held(exc, inst, cold) if inst is not None and isinstance(exc, FaasError) else exc
