@@ -247,11 +247,38 @@ class _Passed:
     state: tuple[object, ...]
 
 
+VIEW_PREFIX = "faas-check-"
+"""A view's folder in the temporary directory is `faas-check-<pid>-<random>`, pid of the process it serves."""
+
+
+def _remove_stale_views() -> None:
+    """Remove the views of processes that are gone: a node SIGKILLed (the OOM killer, a machine's stop)
+    leaves its view behind, a copy of the package per kill. A folder whose process is alive, whoever it
+    is now (a pid can be reused), stays."""
+    base = Path(tempfile.gettempdir())
+    for path in base.glob(f"{VIEW_PREFIX}*-*"):
+        pid = path.name[len(VIEW_PREFIX) :].partition("-")[0]
+        if not pid.isdigit():  # `faas-check-io-...`, a check's report folder, is not a view
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError):  # alive, another user's; or no pid at all
+            pass
+
+
 class _View:
     """The copy of one top-level package the checks import from; kept between looks, updated file by file."""
 
+    _swept = False
+    """Whether this process removed the stale views yet (once: the first view it makes)."""
+
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="faas-check-"))
+        if not _View._swept:
+            _View._swept = True
+            _remove_stale_views()
+        self.path = Path(tempfile.mkdtemp(prefix=f"{VIEW_PREFIX}{os.getpid()}-"))
         # Removed by `cleanup`, else when the view is collected or the process exits (no warning then).
         self.cleanup = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
         self.files: dict[str, str] = {}

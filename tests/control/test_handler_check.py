@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import py_compile
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
+from framework.control import handler_check
 from framework.control.handler_check import CheckCancelled, ImportChecks, import_errors
 from tests.support import namespaces_allowed, wait_for
 
@@ -244,3 +251,47 @@ def test_a_cancelled_check_stops_at_once_and_says_what_it_was_importing(tmp_path
         assert cache.errors(root, [("functions.slow:f", {})]) == {}
     finally:
         cache.close()
+
+
+def test_the_view_of_a_killed_process_is_removed_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A process checks a project's handlers (its view, a copy of the package, lands in the temporary
+    directory), then is SIGKILLed before it can remove the view. 2. This process checks the project.
+    Result: the killed process's view is gone; this process's own view, and a folder that is not a view,
+    stay."""
+    root = project(
+        tmp_path / "p", {"functions/__init__.py": "", "functions/h.py": "def f(p, ctx):\n    return p\n"}
+    )
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    (temp / "faas-check-io-kept").mkdir()
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from pathlib import Path\nfrom framework.control.handler_check import ImportChecks\n"
+            "checks = ImportChecks()\nassert checks.errors(Path(sys.argv[1]), [('functions.h:f', {})]) == {}\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(root),
+        ],
+        env={**os.environ, "TMPDIR": str(temp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [p.name for p in temp.iterdir() if p.name != "faas-check-io-kept"]
+    assert len(left) == 1 and left[0].startswith("faas-check-"), left
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(handler_check._View, "_swept", False)
+    checks = ImportChecks()
+    try:
+        assert checks.errors(root, [("functions.h:f", {})]) == {}
+        now = sorted(p.name for p in temp.iterdir())
+        assert left[0] not in now
+        assert "faas-check-io-kept" in now
+        assert any(name.startswith(f"faas-check-{os.getpid()}-") for name in now), now
+    finally:
+        checks.close()
