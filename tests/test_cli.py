@@ -708,3 +708,33 @@ def test_ctrl_c_while_the_cli_loads_is_quiet(tmp_path: Path) -> None:
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
         assert b"Traceback" not in err, (delay, err.decode(errors="replace"))
+
+
+def test_an_output_that_cannot_be_written_is_one_line(project: Path) -> None:
+    """1. `faas ls` with its standard output on /dev/full (a full disk). 2. `faas ls --json` with its
+    standard output closed. Result: 1. exit 1 and one line naming the error, no traceback; 2. exit 2
+    saying so (click dropped every line it printed, and the command exited 0: an emitted event's reply
+    lost without a word)."""
+    env = {**os.environ, "FAAS_MANIFEST": str(project / "functions.yaml")}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(
+            [sys.executable, "-m", "framework", "ls"],
+            cwd=project,
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == "faas: cannot write its output: No space left on device\n"
+    closed = subprocess.run(
+        ["sh", "-c", f'exec "{sys.executable}" -m framework ls --json >&-'],
+        cwd=project,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 2, closed.stderr
+    assert closed.stderr == "faas: standard output is closed: redirect it to a file, or to /dev/null\n"

@@ -25,6 +25,7 @@ from framework.cli.common import (
     fail,
     load,
     looks_like_uuid,
+    named,
     need_broker,
     option,
     pass_settings,
@@ -181,8 +182,8 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
 @option("--timeout", type=float, callback=seconds, default=30.0, help="Seconds.")
 @bootstrap_option
 @option("--key", callback=utf8, help="The event's Kafka key (UTF-8).  [default: none]")
-@option("--id", "event_id", callback=utf8, help="The event's ce_id.  [default: a new UUID]")
-@option("--source", callback=utf8, help="The event's ce_source.  [default: faas-client]")
+@option("--id", "event_id", callback=named, help="The event's ce_id.  [default: a new UUID]")
+@option("--source", callback=named, help="The event's ce_source.  [default: faas-client]")
 @pass_settings
 def emit(
     settings: Settings,
@@ -200,14 +201,16 @@ def emit(
     servers = need_broker(settings, bootstrap)
     quiet_kafka_client()  # a failure is said in one line below
     try:
-        client = EventClient(servers, settings=settings, source=source or "faas-client")
+        client = EventClient(
+            servers, settings=settings, source=source if source is not None else "faas-client"
+        )
     except ValueError as exc:  # e.g. FAAS_REPLIES_TOPIC too long to name this host's reply topic after
         fail(str(exc))
     kafka_key = key.encode() if key is not None else None
     started = time.monotonic()
     try:
         payload = json_exact.loads(data)
-        emitting = client.emit(event_type, payload, key=kafka_key, timeout=timeout, id=event_id or None)
+        emitting = client.emit(event_type, payload, key=kafka_key, timeout=timeout, id=event_id)
         reply = asyncio.run(emitting)
     except TimeoutError:
         waited = time.monotonic() - started

@@ -266,6 +266,14 @@ def utf8(ctx: click.Context, param: click.Parameter, value: str | None) -> str |
     return value
 
 
+def named(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`utf8`, and not empty: an attribute a CloudEvent must not leave empty (`--id`, `--source`), which an
+    unset shell variable would otherwise turn into the default without a word."""
+    if value is not None and not value:
+        raise click.BadParameter("is empty: give a value, or leave the option out for the default")
+    return utf8(ctx, param, value)
+
+
 def _require_utf8(text: str) -> None:
     try:
         text.encode()

@@ -114,12 +114,20 @@ def _header(headers: Headers, name: str) -> bytes | None:
     return found
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest attempt or replay count taken from a header; a larger one is no count (the platform never
+writes one: `faas_replayed: 9...9` of 4,300 digits made `str(n + 1)` raise, and every replay fail)."""
+
+
 def _count(raw: bytes | None) -> int | None:
+    """A header's count, or None: not there, not a decimal number, negative or beyond MAX_COUNT."""
+    if raw is None or len(raw) > 10:  # int() of a long text costs, and beyond 10 digits it is over anyway
+        return None
     try:
-        n = int((raw or b"").decode())
+        n = int(raw.decode())
     except (UnicodeDecodeError, ValueError):
         return None
-    return n if n >= 0 else None
+    return n if 0 <= n <= MAX_COUNT else None
 
 
 def classify(value: bytes | None, headers: Headers) -> DeadLetter:

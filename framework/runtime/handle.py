@@ -478,6 +478,8 @@ class InstanceHandle:
         how = describe_exit(status)
         if stayed:
             how = "closed its connection to the node and did not exit (killed)"
+        elif status is None and self.template is not None and self.template.died is not None:
+            how = f"exited: the template process it was forked from {self.template.died}"
         log.warning(
             "instance %s (pid %s) of function %s %s with %d request(s) in flight",
             self.id,

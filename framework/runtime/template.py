@@ -79,6 +79,11 @@ def describe_exit(status: int | None) -> str:
     return "exited"
 
 
+def _wait_status(returncode: int) -> int:
+    """A `Popen.returncode` (negative: the signal) as the wait status `describe_exit` reads."""
+    return -returncode if returncode < 0 else returncode << 8
+
+
 def instance_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """The node's environment for its instances, without the node's secret settings (FAAS_API_KEYS,
     FAAS_KAFKA_SASL_PASSWORD, in any case, as pydantic-settings reads them): a handler would otherwise see
@@ -129,6 +134,9 @@ class Template:
         """Instances asked for and not reported forked yet, by id: each with its FORK_WAIT timer."""
         self._live: dict[int, Callable[[], None]] = {}
         """What to call when an instance the node holds exits, by pid (`watch`)."""
+        self.died: str | None = None
+        """How this template process died under the node, e.g. `was killed by signal 9 (SIGKILL)` (None: it
+        lives, or the node stopped it). Every instance dies with it, and their exit statuses with it."""
 
     @property
     def pid(self) -> int | None:
@@ -138,6 +146,7 @@ class Template:
         """Start the template process. Returns at once: it is ready in ~100 ms, requests queue meanwhile."""
         if self._ctrl is not None or self._proc is not None:  # a dead one's socket and process go first
             self.stop()
+        self.died = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.hidden_at = time.monotonic()
         self.hidden = None if self.hide is None else sandbox.identity(self.hide)
@@ -172,7 +181,7 @@ class Template:
         """Call `callback` with the wait status of instance `pid` once the template reaped it, or with None
         after `wait` seconds (or at once, without a loop reading statuses). Call on the loop."""
         status = self._statuses.pop(pid, None)
-        if status is not None or self._loop is None:
+        if status is not None or self._loop is None or self.died is not None:
             callback(status)
             return
         self._settle(pid, None)  # one callback per pid: a pid the kernel reused replaces the old one
@@ -213,6 +222,8 @@ class Template:
             except OSError:
                 message = b""
             if not message:
+                if ctrl is self._ctrl:  # not stopped by the node: it died under it (a handler killed it?)
+                    self._died()
                 self._stop_reading(ctrl)
                 return
             with contextlib.suppress(ValueError):
@@ -231,6 +242,21 @@ class Template:
                         gone = self._live.pop(pid, None)
                         if gone is not None:  # it died; its channel may not say so (`watch`)
                             gone()
+
+    def _died(self) -> None:
+        """The template's end of the control socket closed while the node held it: say so once, and how."""
+        proc = self._proc
+        code = None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(0.05)  # its socket closes a moment before it can be reaped
+        self.died = "ended" if code is None else describe_exit(_wait_status(code))
+        log.warning(
+            "the template process (pid %s) %s, and every instance of every function with it; the next "
+            "call starts a new one (a handler that kills its parent process, `os.getppid()`, does this)",
+            None if proc is None else proc.pid,
+            self.died,
+        )
 
     def _stop_reading(self, ctrl: socket.socket) -> None:
         """No more statuses from this template: whoever waits for one is told it is unknown."""

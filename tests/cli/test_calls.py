@@ -157,6 +157,8 @@ def client(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         (["ping", "--key", "\udcff"], "--key", "is not valid UTF-8"),
         (["ping", "--id", "id-\udcff"], "--id", "is not valid UTF-8"),
         (["ping", "--source", "\udcff"], "--source", "is not valid UTF-8"),
+        (["ping", "--id", ""], "--id", "is empty"),  # an unset shell variable: not a new UUID unsaid
+        (["ping", "--source", ""], "--source", "is empty"),
         (["ping", "--data", '"\udcff"'], "--data", "not valid UTF-8"),
         (["ping", "--data", '"\\udcff"'], "--data", "invalid high surrogate"),
         (["ping", "--timeout", "nan"], "--timeout", "nan is not a number of seconds over 0"),
@@ -168,7 +170,8 @@ def client(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 def test_emit_refuses_what_it_cannot_send(
     root: Path, client: list[dict[str, Any]], args: list[str], option: str, problem: str
 ) -> None:
-    """`faas emit` with an empty event type (a record without ce_type, answered BadEvent), command-line
+    """`faas emit` with an empty event type (a record without ce_type, answered BadEvent), an empty id or
+    source (which became the default without a word), command-line
     bytes that are not UTF-8 in a value that goes on the wire, or a timeout that is not finite and over 0
     (nan waited for ever): exit 2 naming the option or argument; nothing is produced."""
     error = usage_error(faas(root, "emit", *args, FAAS_KAFKA_BOOTSTRAP_SERVERS="k:1"), option)

@@ -472,6 +472,10 @@ def test_classify_and_replay_headers() -> None:
     # faas_replayed comes with the event's own headers: a producer's odd one is no replay, the copy ours.
     odd = [(n, b"zz" if n == "faas_replayed" else x) for n, x in h]
     assert (classify(v, odd).kind, classify(v, odd).replayed) == ("failed", 0)
+    # 4,300 nines parse (Python's limit), but their successor would not print: `faas replay` raised.
+    for huge in (b"9" * 4300, str(2**31).encode()):
+        big = [(n, huge if n == "faas_replayed" else x) for n, x in h]
+        assert (classify(v, big).kind, classify(v, big).replayed) == ("failed", 0)
     assert classify(v, [(n, x) for n, x in h if n != "faas_function"]).kind == "foreign"
     assert classify(b"[1", h).kind == "foreign"
     assert classify(v, [*h, ("faas_function", b"\xff")]).kind == "foreign"

@@ -63,6 +63,11 @@ async def stop_template(payload, ctx):
     os.kill(os.getppid(), signal.SIGSTOP)  # the template: every instance's parent
     return os.getppid()
 
+async def kill_template(payload, ctx):
+    import signal
+    os.kill(os.getppid(), signal.SIGKILL)  # the template: every instance of every function dies with it
+    await asyncio.sleep(30)
+
 async def fork_exit(payload, ctx):
     child = os.fork()
     if child == 0:  # holds every descriptor of its instance, the node's channel too

@@ -14,7 +14,7 @@ import pytest
 
 from framework.observe.log_capture import LogCapture
 from framework.runtime.protocol import BlockingSender, FrameKind
-from framework.runtime.worker import redact
+from framework.runtime.worker import redact, watchdog
 from framework.runtime.worker.capture import CapturingSender, clean_text
 from framework.runtime.worker.watchdog import LogStream, current_invocation
 
@@ -255,3 +255,42 @@ def test_a_secret_across_a_partial_lines_bound_is_redacted(
     msgs = [str(f["msg"]) for f in frames]
     assert "".join(msgs) == "".join(writes)[:-1].replace(SECRET, "***"), [m[-30:] for m in msgs]
     assert all(SECRET[:4] not in m and SECRET[-4:] not in m for m in msgs), [m[-30:] for m in msgs]
+
+
+def test_a_line_longer_than_max_line_goes_out_in_pieces(
+    channel: tuple[CapturingSender, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. With MAX_LINE at 3,000 characters, a function with a secret prints a line of 7,000 whose secret
+    spans the first 3,000's bound, then logs a message of 7,000 through `logging`.
+    Result: each goes out in pieces of MAX_LINE at most (the node holds a line whole: one `print` of
+    100 MB took it to 552 MB), the printed one cut before the secret, not through it; put together, the
+    pieces are the texts with the secret replaced, and the record got them as entries of the invocation."""
+    monkeypatch.setattr(watchdog, "MAX_LINE", 3000)
+    redact.install([SECRET])
+    try:
+        sender, peer = channel
+        stream = LogStream(sender, "stdout", logging.INFO, 1)
+        printed = "p" * 2990 + SECRET + "q" * (7000 - 2990 - len(SECRET))
+        logged = "l" * 7000
+        sender.capture.begin("inv-1")
+        token = current_invocation.set("inv-1")
+        try:
+            print(printed, file=stream)
+            logging.getLogger("h").addHandler(handler := watchdog.ForwardHandler(sender))
+            try:
+                logging.getLogger("h").warning(logged)
+            finally:
+                logging.getLogger("h").removeHandler(handler)
+        finally:
+            current_invocation.reset(token)
+        frames = _frames(peer, 6)
+        logs = sender.capture.end("inv-1")
+    finally:
+        redact.install(())
+    msgs = [str(f["msg"]) for f in frames]
+    lengths = [len(m) for m in msgs]
+    assert lengths == [2990, 3000 - len(SECRET) + 3, 1010, 3000, 3000, 1000], lengths
+    assert "".join(msgs[:3]) == printed.replace(SECRET, "***") and "".join(msgs[3:]) == logged
+    assert all(f["inv"] == "inv-1" for f in frames)
+    assert logs is not None  # a cap of 1,000 characters: the first piece cut, the five others counted
+    assert [e["message"] for e in logs][1:] == ["5 more log entries dropped"] and logs[0]["truncated"]

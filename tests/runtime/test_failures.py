@@ -444,6 +444,30 @@ async def test_a_template_a_handler_stopped_is_continued_and_cold_starts_go_on(
         os.kill(template, signal.SIGCONT)
 
 
+async def test_a_template_a_handler_killed_is_named_in_the_log_and_the_answers(
+    runtime: Runtime, spec: SpecFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. Another function's call is in flight (a 30 s sleep). 2. A handler SIGKILLs the template process,
+    its parent. Result: both calls are answered InstanceCrashed naming the template's death (they said
+    only "exited"), the node's log says once that the template died and how; the next call is served by
+    a new template."""
+    sleeper = spec("sleep", max=1)
+    victim = asyncio.ensure_future(call(runtime, sleeper, {"sleep": 30}))
+    await until(lambda: runtime._pool(sleeper).instances and runtime._pool(sleeper).instances[0].inflight)
+    with pytest.raises(InstanceCrashed) as killer:
+        await call(runtime, spec("kill_template"))
+    with pytest.raises(InstanceCrashed) as held:
+        await victim
+    for answered in (killer, held):
+        assert "the template process it was forked from was killed by signal 9 (SIGKILL)" in str(
+            answered.value
+        ) or "the template process it was forked from ended" in str(answered.value), answered.value
+    died = [r.getMessage() for r in caplog.records if "the template process (pid" in r.getMessage()]
+    assert len(died) == 1 and "every instance of every function" in died[0], died
+    value, res = await call(runtime, spec("echo"), {"n": 2})
+    assert value["payload"] == {"n": 2} and res.cold_start
+
+
 async def test_a_stop_closes_idle_instances_and_takes_what_they_started(
     spec: SpecFactory, settings: Settings
 ) -> None:

@@ -5,6 +5,7 @@ Every status code comes from a real request; one module-scoped node serves most 
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -79,6 +80,7 @@ functions:
 MODULES = {
     "h": """
 import asyncio
+import http.client
 import os
 import re
 import socket
@@ -165,6 +167,29 @@ def test_413_chunked_without_content_length(node: Node) -> None:
     r = invoke(node, ECHO, content=chunks())
     assert "content-length" not in r.request.headers
     assert r.status_code == 413 and err(r) == "PayloadTooLarge"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_413_reaches_a_client_still_sending_its_body(node: Node, chunked: bool) -> None:
+    """1. POST a 10 MB body (ten times the limit), with its Content-Length or chunked, through
+    `http.client` with `Connection: close`, as urllib and so `faas invoke --url` send it: the whole body
+    before reading, never waiting for `100 Continue`; the node then closes once it has answered.
+    Result: the client reads the 413 PayloadTooLarge, not "connection reset by peer" or "broken pipe"
+    (the node answered, then closed under the unread body), and the node goes on answering."""
+    big = b'"' + b"x" * (10 * 1024 * 1024) + b'"'
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
+    path, close = f"/functions/{ECHO}/invoke", {"Connection": "close"}
+    try:
+        if chunked:
+            parts = (big[i : i + 65536] for i in range(0, len(big), 65536))
+            conn.request("POST", path, body=parts, headers=close, encode_chunked=True)
+        else:
+            conn.request("POST", path, body=big, headers=close)
+        r = conn.getresponse()
+        assert r.status == 413 and orjson.loads(r.read())["error"]["type"] == "PayloadTooLarge"
+    finally:
+        conn.close()
+    assert invoke(node, ECHO, json=1).status_code == 200
 
 
 def test_limit_is_exact(node: Node) -> None:

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from starlette.types import Message
 
+from framework.sources.http import body as http_body
 from tests.sources.http_fakes import (
     DRAFT,
     ECHO,
@@ -101,8 +102,11 @@ async def test_limit_is_inclusive(client: httpx.AsyncClient) -> None:
     assert r.status_code == 413 and err(r) == "PayloadTooLarge"
 
 
-async def test_too_large_by_content_length_is_not_read(fake: FakeNode) -> None:
-    """A declared length over the limit is answered before the app asks for a single body chunk."""
+async def _refused(
+    fake: FakeNode, declared: int | None, chunks: int, expect: bool = False
+) -> tuple[int, list[Message]]:
+    """Send a body of `chunks` chunks of 10 bytes (`declared` its Content-Length, None: chunked) straight
+    to the app; the number of chunks it asked for, and what it sent."""
     app = app_for(fake)
     received = 0
     sent: list[Message] = []
@@ -110,41 +114,52 @@ async def test_too_large_by_content_length_is_not_read(fake: FakeNode) -> None:
     async def receive() -> Message:
         nonlocal received
         received += 1
-        return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+        return {"type": "http.request", "body": b"x" * 10, "more_body": received < chunks}
 
     async def send(message: Message) -> None:
         sent.append(message)
 
+    headers = [] if declared is None else [(b"content-length", str(declared).encode())]
     scope = {
         "type": "http",
         "method": "POST",
         "path": f"/functions/{ECHO}/invoke",
         "raw_path": b"",
         "query_string": b"",
-        "headers": [(b"content-length", str(LIMIT * 10).encode())],
+        "headers": headers + ([(b"expect", b"100-continue")] if expect else []),
         "http_version": "1.1",
         "scheme": "http",
         "server": ("node", 80),
         "root_path": "",
     }
     await app(scope, receive, send)
-    assert received == 0 and sent[0]["status"] == 413
+    assert sent[0]["status"] == 413
     assert orjson.loads(sent[1]["body"])["error"]["type"] == "PayloadTooLarge"
+    return received, sent
 
 
-async def test_too_large_chunked(client: httpx.AsyncClient, fake: FakeNode) -> None:
-    pulled = 0
+async def test_a_body_over_the_limit_is_read_to_its_end_before_the_413(
+    fake: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client still sending when the 413 goes out would see its connection reset, not the 413: a body
+    over the limit is read and dropped to its end (declared or chunked), up to LINGER_BYTES, and nothing
+    of it is invoked."""
+    monkeypatch.setattr(http_body, "LINGER_BYTES", LIMIT * 20)
+    chunks = LIMIT * 10 // 10
+    assert (await _refused(fake, LIMIT * 10, chunks))[0] == chunks
+    assert (await _refused(fake, None, chunks))[0] == chunks
+    assert fake.runtime.payloads == []
 
-    async def chunks() -> AsyncIterator[bytes]:
-        nonlocal pulled
-        for _ in range(100):
-            pulled += 1
-            yield b"1" * 100
 
-    r = await client.post(f"/functions/{ECHO}/invoke", content=chunks())
-    assert r.status_code == 413 and err(r) == "PayloadTooLarge"
-    assert "content-length" not in r.request.headers
-    assert pulled == LIMIT // 100 + 1  # reading stopped at the first chunk over the limit
+async def test_a_body_beyond_the_linger_limit_or_awaiting_100_continue_is_not_read(
+    fake: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Declared beyond LINGER_BYTES, or sent only after `100 Continue`: answered before the app asks for a
+    single chunk. Chunked beyond it: reading stops at the first chunk past LINGER_BYTES."""
+    monkeypatch.setattr(http_body, "LINGER_BYTES", LIMIT * 2)
+    assert (await _refused(fake, LIMIT * 2 + 1, 10**6))[0] == 0
+    assert (await _refused(fake, LIMIT + 1, 10**6, expect=True))[0] == 0
+    assert (await _refused(fake, None, 10**6))[0] == LIMIT * 2 // 10 + 1
     assert fake.runtime.payloads == []
 
 
