@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import psutil
 import pytest
 from click.testing import CliRunner, Result
@@ -738,3 +739,30 @@ def test_an_output_that_cannot_be_written_is_one_line(project: Path) -> None:
     )
     assert closed.returncode == 2, closed.stderr
     assert closed.stderr == "faas: standard output is closed: redirect it to a file, or to /dev/null\n"
+
+
+def test_a_node_runs_with_its_standard_output_closed(project: Path) -> None:
+    """1. `faas run --no-kafka` with standard output closed (a node logs to stderr and prints no result).
+    Result: it serves (`/readyz` 200), as it did before a closed output became a usage error of the
+    commands that print one."""
+    port = free_port()
+    env = {**os.environ, "FAAS_MANIFEST": str(project / "functions.yaml"), "FAAS_WATCH": "false"}
+    node = subprocess.Popen(
+        ["sh", "-c", f'exec "{sys.executable}" -m framework run --no-kafka --port {port} >&-'],
+        cwd=project,
+        env=env,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _ready(port), 45, message="the node ready")
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(30)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

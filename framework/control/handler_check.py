@@ -35,6 +35,7 @@ imports everything, as before.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -248,24 +249,32 @@ class _Passed:
 
 
 VIEW_PREFIX = "faas-check-"
-"""A view's folder in the temporary directory is `faas-check-<pid>-<random>`, pid of the process it serves."""
+"""A view's folder in the temporary directory: `faas-check-<pid>-<random>`, pid of the process it serves."""
+VIEW_LOCK = ".faas-check.lock"
+"""A file in each view that its process holds an exclusive `flock` on for as long as it lives: the kernel
+drops the lock when the process dies, however it dies, whatever pid namespace looks at it."""
 
 
 def _remove_stale_views() -> None:
     """Remove the views of processes that are gone: a node SIGKILLed (the OOM killer, a machine's stop)
-    leaves its view behind, a copy of the package per kill. A folder whose process is alive, whoever it
-    is now (a pid can be reused), stays."""
+    leaves its view behind, a copy of the package per kill. Only a view of this user whose lock nobody
+    holds goes: a live process holds its lock (in this pid namespace or another sharing the folder), and
+    a folder without a lock file is no view of ours, or one being made. Housekeeping: it never fails a
+    check."""
     base = Path(tempfile.gettempdir())
-    for path in base.glob(f"{VIEW_PREFIX}*-*"):
-        pid = path.name[len(VIEW_PREFIX) :].partition("-")[0]
-        if not pid.isdigit():  # `faas-check-io-...`, a check's report folder, is not a view
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (PermissionError, OverflowError):  # alive, another user's; or no pid at all
-            pass
+    with contextlib.suppress(OSError):
+        for path in base.glob(f"{VIEW_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if path.is_symlink() or path.lstat().st_uid != os.getuid():
+                    continue
+                fd = os.open(path / VIEW_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process lives
+                finally:
+                    os.close(fd)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class _View:
@@ -279,8 +288,10 @@ class _View:
             _View._swept = True
             _remove_stale_views()
         self.path = Path(tempfile.mkdtemp(prefix=f"{VIEW_PREFIX}{os.getpid()}-"))
+        lock = os.open(self.path / VIEW_LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the process ends (or `cleanup`): the view is in use
         # Removed by `cleanup`, else when the view is collected or the process exits (no warning then).
-        self.cleanup = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
+        self.cleanup = weakref.finalize(self, _remove_view, self.path, lock)
         self.files: dict[str, str] = {}
         """Relative path (to the project) → sha256 of what was copied there."""
 
@@ -296,6 +307,11 @@ class _View:
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, copy)
                 self.files[rel] = digest
+
+
+def _remove_view(path: Path, lock: int) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(lock)
 
 
 class _Look:

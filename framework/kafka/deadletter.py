@@ -177,4 +177,4 @@ def strip(headers: Headers) -> list[tuple[str, bytes | None]]:
 
 def replay_headers(headers: Headers, replayed: int) -> list[tuple[str, bytes | None]]:
     """The original event's headers again, with `faas_replayed: <replayed>`."""
-    return [*strip(headers), (REPLAYED, str(replayed).encode())]
+    return [*strip(headers), (REPLAYED, str(min(replayed, MAX_COUNT)).encode())]  # read back as a count

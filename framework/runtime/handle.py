@@ -476,10 +476,11 @@ class InstanceHandle:
             self._status_due = False
             self._kill()  # what its handlers started goes with it
         how = describe_exit(status)
-        if stayed:
-            how = "closed its connection to the node and did not exit (killed)"
-        elif status is None and self.template is not None and self.template.died is not None:
+        if status is None and self.template is not None and self.template.died is not None:
+            # Its status died with the template; it may still be exiting (`stayed` would blame it).
             how = f"exited: the template process it was forked from {self.template.died}"
+        elif stayed:
+            how = "closed its connection to the node and did not exit (killed)"
         log.warning(
             "instance %s (pid %s) of function %s %s with %d request(s) in flight",
             self.id,

@@ -253,45 +253,60 @@ def test_a_cancelled_check_stops_at_once_and_says_what_it_was_importing(tmp_path
         cache.close()
 
 
+_CHECK_THEN = (
+    "import os, signal, sys, time\n"
+    "from pathlib import Path\n"
+    "from framework.control.handler_check import ImportChecks\n"
+    "checks = ImportChecks()\n"
+    "assert checks.errors(Path(sys.argv[1]), [('functions.h:f', {})]) == {}\n"
+    "print('checked', flush=True)\n"
+    "if sys.argv[2] == 'die':\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "time.sleep(60)\n"
+)
+"""A process that checks the project in argv[1], then dies by SIGKILL (argv[2] `die`) or lives on."""
+
+
 def test_the_view_of_a_killed_process_is_removed_by_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1. A process checks a project's handlers (its view, a copy of the package, lands in the temporary
-    directory), then is SIGKILLed before it can remove the view. 2. This process checks the project.
-    Result: the killed process's view is gone; this process's own view, and a folder that is not a view,
-    stay."""
+    directory), then is SIGKILLed before it can remove the view. 2. Another process checks it and lives
+    on. 3. This process checks the project.
+    Result: the killed process's view is gone; the live process's view, this process's own and a folder
+    that is no view stay. (Whether a view's process lives is told by the lock it holds on a file in it,
+    not by its pid, which another pid namespace sharing the folder would not see.)"""
     root = project(
         tmp_path / "p", {"functions/__init__.py": "", "functions/h.py": "def f(p, ctx):\n    return p\n"}
     )
     temp = tmp_path / "tmp"
     temp.mkdir()
     (temp / "faas-check-io-kept").mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
     killed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import os, signal, sys\n"
-            "from pathlib import Path\nfrom framework.control.handler_check import ImportChecks\n"
-            "checks = ImportChecks()\nassert checks.errors(Path(sys.argv[1]), [('functions.h:f', {})]) == {}\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n",
-            str(root),
-        ],
-        env={**os.environ, "TMPDIR": str(temp)},
+        [sys.executable, "-c", _CHECK_THEN, str(root), "die"],
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    left = [p.name for p in temp.iterdir() if p.name != "faas-check-io-kept"]
-    assert len(left) == 1 and left[0].startswith("faas-check-"), left
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    monkeypatch.setattr(handler_check._View, "_swept", False)
+    [dead] = [p.name for p in temp.iterdir() if p.name != "faas-check-io-kept"]
+    living = subprocess.Popen(
+        [sys.executable, "-c", _CHECK_THEN, str(root), "live"], env=env, stdout=subprocess.PIPE, text=True
+    )
     checks = ImportChecks()
     try:
+        assert living.stdout is not None and living.stdout.readline() == "checked\n"
+        [alive] = [p.name for p in temp.iterdir() if p.name not in ("faas-check-io-kept", dead)]
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        monkeypatch.setattr(handler_check._View, "_swept", False)
         assert checks.errors(root, [("functions.h:f", {})]) == {}
         now = sorted(p.name for p in temp.iterdir())
-        assert left[0] not in now
-        assert "faas-check-io-kept" in now
+        assert dead not in now
+        assert alive in now and "faas-check-io-kept" in now
         assert any(name.startswith(f"faas-check-{os.getpid()}-") for name in now), now
     finally:
         checks.close()
+        living.kill()
+        living.communicate()

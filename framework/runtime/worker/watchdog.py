@@ -100,23 +100,24 @@ timer on the loop and a thread waking 20 times a second, nothing per request."""
 
 
 MAX_LINE = 1024 * 1024
-"""Characters of one log line (a `print`, a log record's message) at most; a longer one goes out in pieces
-of this size, each an entry of its own. The node holds a line whole on its loop, at about five times its
-size in memory: one `print` of 100 MB took a node to 552 MB and held its loop 8.8 s."""
+"""Characters (not bytes) of one log line (a `print`, a log record's message) at most; a longer one goes
+out in pieces of this size, each an entry of its own. The node holds a line whole on its loop, at about
+five times its size in memory: one `print` of 100 MB took a node to 552 MB and held its loop 8.8 s."""
 
 
 def pieces(line: str) -> list[str]:
-    """`line` cut in pieces of MAX_LINE characters at most, each cut where no installed secret's form spans
-    it (so each piece is redacted as its line would have been)."""
-    if len(line) <= MAX_LINE:
-        return [line]
+    """`line` (longer than MAX_LINE) cut in pieces of MAX_LINE characters at most, each cut where no
+    installed secret's form spans it (so each piece is redacted as its line would have been)."""
     cut = installed().cut
     out: list[str] = []
-    while len(line) > MAX_LINE:
-        at = cut(line, MAX_LINE)
-        out.append(line[:at])
-        line = line[at:]
-    out.append(line)
+    start = 0
+    while len(line) - start > MAX_LINE:
+        at = cut(line, start + MAX_LINE)
+        if at <= start:  # forms overlapping back past the piece's start: cut as asked
+            at = start + MAX_LINE
+        out.append(line[start:at])
+        start = at
+    out.append(line[start:])
     return out
 
 
@@ -145,9 +146,13 @@ class ForwardHandler(logging.Handler):
             extra = extra_fields(record)
             if extra:
                 header["x"] = extra
-            for piece in pieces(msg):
-                header["msg"] = redact(piece)
+            if len(msg) <= MAX_LINE:
+                header["msg"] = redact(msg)
                 self._sender.send(FrameKind.LOG, header)
+            else:
+                for piece in pieces(msg):
+                    header["msg"] = redact(piece)
+                    self._sender.send(FrameKind.LOG, header)
         except Exception:
             self.handleError(record)
 
@@ -260,6 +265,10 @@ class LogStream(io.TextIOBase):
         tp = current_traceparent.get()
         if tp is not None:
             header["tp"] = tp
+        if len(line) <= MAX_LINE:
+            header["msg"] = redact(line)
+            self._sender.send(FrameKind.LOG, header)
+            return
         for piece in pieces(line):
             header["msg"] = redact(piece)
             self._sender.send(FrameKind.LOG, header)
