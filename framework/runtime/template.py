@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -134,6 +134,9 @@ class Template:
         """Instances asked for and not reported forked yet, by id: each with its FORK_WAIT timer."""
         self._live: dict[int, Callable[[], None]] = {}
         """What to call when an instance the node holds exits, by pid (`watch`)."""
+        self._backlog: deque[tuple[bytes, list[socket.socket]]] = deque()
+        """Spawn messages the control socket had no room for yet, each with the instance's ends of its
+        sockets (kept open until sent): sent in order as the template reads (`_flush`)."""
         self.died: str | None = None
         """How this template process died under the node, e.g. `was killed by signal 9 (SIGKILL)` (None: it
         lives, or the node stopped it). Every instance dies with it, and their exit statuses with it."""
@@ -175,6 +178,7 @@ class Template:
         except RuntimeError:
             self._loop = None
         if self._loop is not None:
+            ours.setblocking(False)  # as uvloop's `add_reader` leaves it anyway: a send never blocks the loop
             self._loop.add_reader(ours.fileno(), self._read_statuses, ours)
 
     def when_exited(self, pid: int, callback: ExitCallback, wait: float) -> None:
@@ -282,27 +286,74 @@ class Template:
                 on_failure.callback(pair[0].close)
                 on_failure.callback(pair[1].close)
             message = orjson.dumps(config)
+            sent = False
             for attempt in (1, 2):
                 if not self.alive():
                     self.stop()
                     self.start()
                 assert self._ctrl is not None
                 try:
-                    socket.send_fds(self._ctrl, [message], [theirs.fileno() for _, theirs in pairs])
+                    if not self._backlog:  # else behind them: spawns keep their order
+                        socket.send_fds(self._ctrl, [message], [theirs.fileno() for _, theirs in pairs])
+                        sent = True
+                    break
+                except BlockingIOError:
+                    # The loop's reader made the socket non-blocking (uvloop's `add_reader` does), and the
+                    # template is busy forking: a burst of cold starts (300 schedules on one minute) fills
+                    # its buffer after about 160. It lives: wait for room, never stop it (that killed every
+                    # instance of every function).
                     break
                 except OSError:
                     if attempt == 2:
                         raise
                     self.stop()
-            on_failure.pop_all()  # sent: our ends are the caller's
+            if not sent:
+                self._backlog.append((message, [theirs for _, theirs in pairs]))
+                self._wait_for_room()
+            on_failure.pop_all()  # sent or queued: our ends are the caller's
         if self._loop is not None:
             instance_id = str(config.get("instance_id"))
             self._unforked[instance_id] = self._loop.call_later(
                 FORK_WAIT, self._not_forked, instance_id, self._proc
             )
-        for _, theirs in pairs:
-            theirs.close()  # the template holds copies now
+        if sent:
+            for _, theirs in pairs:
+                theirs.close()  # the template holds copies now
         return Spawned(*(ours for ours, _ in pairs))
+
+    def _wait_for_room(self) -> None:
+        """Send the backlog once the control socket has room (at once without a loop: it blocks then)."""
+        if self._loop is None or self._ctrl is None:
+            self._flush()
+            return
+        if len(self._backlog) == 1:  # the first queued: nobody waits for room yet
+            self._loop.add_writer(self._ctrl.fileno(), self._flush)
+
+    def _flush(self) -> None:
+        """Send what the backlog holds, in order, while the control socket takes it."""
+        ctrl = self._ctrl
+        while self._backlog and ctrl is not None:
+            message, theirs = self._backlog[0]
+            try:
+                socket.send_fds(ctrl, [message], [sock.fileno() for sock in theirs])
+            except BlockingIOError:
+                return  # the writer calls again when there is room
+            except OSError:  # the template is gone: those instances never start (their sockets end)
+                self._drop_backlog()
+                return
+            self._backlog.popleft()
+            for sock in theirs:
+                sock.close()
+        self._drop_backlog()
+
+    def _drop_backlog(self) -> None:
+        """Close what is still queued (its instances see their sockets end: a failed start) and stop
+        waiting for room."""
+        if self._loop is not None and self._ctrl is not None and not self._loop.is_closed():
+            self._loop.remove_writer(self._ctrl.fileno())
+        while self._backlog:
+            for sock in self._backlog.popleft()[1]:
+                sock.close()
 
     def _not_forked(self, instance_id: str, proc: subprocess.Popen[bytes] | None) -> None:
         """An instance asked for FORK_WAIT seconds ago is not forked yet: a template that was stopped (a
@@ -318,6 +369,7 @@ class Template:
 
     def stop(self) -> None:
         """Kill the template; its instances get SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
+        self._drop_backlog()
         if self._ctrl is not None:
             self._stop_reading(self._ctrl)
             self._ctrl.close()

@@ -209,3 +209,32 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_burst_of_spawns_beyond_the_sockets_room_waits_and_kills_nothing() -> None:
+    """1. A running template is stopped (SIGSTOP), so it reads none of the spawns sent to it. 2. 300
+    instances are asked for, more than its control socket holds. 3. It is continued.
+    Result: every spawn returned (none raised); the same template process lives on (a full socket used to
+    make the node stop it, and every instance of every function died with it); once it catches up, it has
+    forked every instance asked for, in order (the newest 250 are known by their ids); nothing is queued."""
+    template = Template()
+    template.start()
+    pid = template.pid
+    assert pid is not None
+    spawned: list[tuple[socket.socket, ...]] = []
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        for i in range(300):  # an instance of a config this bare exits at once: the fork is what counts
+            spawned.append(template.spawn({"instance_id": f"burst-{i}"}))
+        assert template._backlog, "the socket never filled: the case is not made"
+        os.kill(pid, signal.SIGCONT)
+        await _until(lambda: not template._backlog, 30)
+        assert template.pid == pid and template.alive() and template.died is None
+        await _until(lambda: template._forked.get("burst-299") is not None, 30)
+        assert all(template.forked_pid(f"burst-{i}") is not None for i in range(50, 300))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        template.stop()
+        for sockets in spawned:
+            for sock in sockets:
+                sock.close()
