@@ -479,3 +479,33 @@ async def test_publishing_a_batch_of_n_revisions_costs_work_linear_in_n(
     out = await log.publish_all(batch)
     assert all(new for _, new in out) and {r.revision for r, _ in out} == {2}
     assert walks[0] <= 2 and lookups[0] <= 10 * count, (walks, lookups)
+
+
+async def test_a_stream_of_revisions_is_told_a_few_times_not_once_a_fetch(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. A following log counts its tellings (`on_change`: each rebuilds the node's whole registry).
+    2. Another log publishes 200 revisions (a save of a package of 200 functions: one record per request).
+    Result: every revision is applied, and the last telling saw them all; the follower told a few times
+    (one at once, then at most one per CHANGE_EVERY), not after each fetch (with 1,000 functions that
+    took minutes to serve one edit)."""
+    topic = f"t.deploy.{new_id()[:8]}"
+    follower = kafka_log(tmp_path / "f", broker, topic, follow=True)
+    publisher = kafka_log(tmp_path / "p", broker, topic, follow=False)
+    code = package(MODULE)
+    ids = [new_id() for _ in range(200)]
+    seen: list[int] = []
+    follower.on_change = lambda: seen.append(sum(follower.state.newest(u) is not None for u in ids))
+    await follower.start()
+    await publisher.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        await publisher.publish_all([(revision(u, f"f{i}", code), code) for i, u in enumerate(ids)])
+        took = asyncio.get_running_loop().time() - started
+        await until(lambda: seen and seen[-1] == len(ids), 10, "a telling that saw every revision")
+        allowed = 2 + took / kafka_log_module.CHANGE_EVERY
+        assert len(seen) <= allowed, (len(seen), allowed, took)
+        assert len(seen) < len(ids) / 4, seen
+    finally:
+        await publisher.stop()
+        await follower.stop()
