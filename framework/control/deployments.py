@@ -86,6 +86,8 @@ class Deployments:
         """The cache a re-pointed manifest left behind: code not found in `cache` is looked for there when
         served."""
         self._unpacking = False
+        self._specs: dict[str, tuple[Revision, FunctionSpec]] = {}
+        """The revision last served of each function, by uuid, and the spec made of it (`_served`)."""
         """A later look at code this node's disk refused is planned (`_unpack_later`)."""
         self.watch = watch
         self.code = code
@@ -206,14 +208,26 @@ class Deployments:
         for uuid, rev in sorted(live.items(), key=lambda item: item[1].function):
             if uuid not in seen:
                 specs.append(self._served(rev))
+        if len(self._specs) > 2 * len(live):  # forget the specs of functions no longer served
+            self._specs = {uuid: made for uuid, made in self._specs.items() if uuid in live}
         # Names stay unique: a served function wins over a working-copy entry of the same name.
         served_names = {s.name for s in specs if s.revision is not None}
         specs = [s for s in specs if s.revision is not None or s.name not in served_names]
         return Registry(self.working.model_copy(update={"functions": tuple(specs)}))
 
     def _served(self, rev: Revision) -> FunctionSpec:
+        """The spec served for `rev`. A revision read from the log is never changed, so its spec is made
+        once (validating 1,000 specs each time what is served is worked out took a node seconds per
+        deploy), and made again for another revision object (read anew: a lost log published again) or
+        when where it runs from moved (a re-pointed manifest, code unpacked again elsewhere)."""
         assert rev.code_sha256 is not None
-        return spec_from(rev.spec, self.root, self._code(rev.code_sha256), rev.revision)
+        code = self._code(rev.code_sha256)
+        made = self._specs.get(rev.uuid)
+        if made is not None and made[0] is rev and made[1].root == self.root and made[1].code == code:
+            return made[1]
+        spec = spec_from(rev.spec, self.root, code, rev.revision)
+        self._specs[rev.uuid] = (rev, spec)
+        return spec
 
     def _code(self, sha: str) -> Path:
         """Where revision code `sha` is unpacked. Code this node's disk refused when the log was read (full,

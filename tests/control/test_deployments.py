@@ -601,6 +601,58 @@ async def test_served_registry_follows_the_log_not_the_working_copy(tmp_path: Pa
     await d.stop()
 
 
+async def test_a_revisions_spec_is_made_once_while_it_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, on the in-memory log with watch off. 1. alpha and gamma served (revision 1 each).
+    2. What is served is worked out three more times (as every change read from the log does); then
+    gamma gets a revision 2. Result: alpha's spec is the same object throughout, made once (validating
+    every served spec each time took a node with 1,000 functions seconds per deploy); gamma's is made
+    again for its new revision, and serves it."""
+    from framework.control.code_cache import CodeCache
+    from framework.control.deployment_log import MemoryLog
+    from framework.control.deployments import Deployments
+    from framework.control.log_state import LogState
+    from framework.control.registry import Registry
+    from framework.control.revisions import spec_from
+    from framework.control.spec import FunctionSpec
+
+    made: list[str] = []
+    real = spec_from
+
+    def counted(data: dict[str, Any], *rest: Any) -> FunctionSpec:
+        made.append(data["name"])
+        return real(data, *rest)
+
+    monkeypatch.setattr("framework.control.deployments.spec_from", counted)
+    ua, ug = new_id(), new_id()
+    root = write_project(tmp_path / "p", manifest(ua), {"m": module("v1")})
+    cache = CodeCache(tmp_path / "cache")
+    served_now: list[Registry] = []
+    working = load_manifest(root / "functions.yaml")
+    d = Deployments(
+        MemoryLog(LogState(on_code=cache.store)), cache, working, False, CodeZips(1 << 20), served_now.append
+    )
+    await d.start()
+    other = write_project(tmp_path / "other", manifest(ug).replace("alpha", "gamma"), {"m": module("g")})
+    found = candidates(load_manifest(other / "functions.yaml"), CodeZips(1 << 20))[ug]
+    assert found.revision is not None
+    await d.log.publish(found.revision, found.code)
+    alpha = served_now[-1].productive(ua)
+    for _ in range(3):
+        d.refresh()
+        assert served_now[-1].productive(ua) is alpha
+    assert made.count("alpha") == 1 and made.count("gamma") == 1, made
+    (other / "functions" / "m.py").write_text(module("g2"))
+    again = candidates(load_manifest(other / "functions.yaml"), CodeZips(1 << 20))[ug]
+    assert again.revision is not None
+    await d.log.publish(again.revision, again.code)
+    gamma = served_now[-1].productive(ug)
+    assert gamma is not None and gamma.revision == 2 and made.count("gamma") == 2
+    assert served_now[-1].productive(ua) is alpha
+    await d.stop()
+
+
 async def test_code_a_full_disk_refused_is_unpacked_once_there_is_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
