@@ -266,7 +266,12 @@ class Runtime:
     # ---- internals ----
 
     def _inflight_of(self, name: str) -> int:
-        return sum(p.load for p in self._all_pools() if p.spec.name == name)
+        """Requests held by `name`'s pools. Read by `/metrics` once per function, from the thread that
+        renders it: one look-up (a walk over every pool, per function, made a scrape of 1,000 functions
+        quadratic), and reads that a change on the loop meanwhile cannot break."""
+        pool = self._pools.get(name)
+        held = pool.load if pool is not None else 0
+        return held + sum(p.load for p in tuple(self._retired) if p.spec.name == name)
 
     def _pool(self, spec: FunctionSpec) -> FunctionPool:
         pool = self._pools.get(spec.name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +107,41 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     r = await client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"] == CONTENT_TYPE_LATEST
     assert 'faas_invocations_total{function="echo",outcome="ok",trigger="direct"} 1.0' in r.text
+
+
+async def test_a_slow_metrics_render_holds_no_other_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. /metrics renders for 0.5 s of Python (as 1,000 functions' series take a second or more).
+    2. /healthz is asked for while it renders. Result: /healthz is answered before /metrics: the render
+    runs off the loop (on it, every request and event waited for it)."""
+    node = FakeNode()
+    render = node.metrics.render
+
+    rendering = threading.Event()
+
+    def slow() -> bytes:
+        rendering.set()
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:  # CPU, holding the GIL in turns, as the real render does
+            pass
+        return render()
+
+    monkeypatch.setattr(node.metrics, "render", slow)
+    done: list[str] = []
+    async with client_for(node) as c:
+
+        async def get(path: str) -> None:
+            r = await c.get(path)
+            assert r.status_code == 200
+            done.append(path)
+
+        scrape = asyncio.ensure_future(get("/metrics"))
+        deadline = time.monotonic() + 5
+        while not rendering.is_set():  # the render under way (on the loop, this wait itself would hang)
+            assert time.monotonic() < deadline, "the render never started"
+            await asyncio.sleep(0.01)
+        await get("/healthz")
+        await scrape
+    assert done == ["/healthz", "/metrics"]
 
 
 async def test_metrics_as_prometheus_users_expect(client: httpx.AsyncClient) -> None:
