@@ -242,7 +242,10 @@ class Server:
             return 1
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
         heap.settle(collect=False)  # the handler is imported: what exists now lives as long as we do
-        Watchdog(loop, self.function, self.instance_id, self.spans.get).start()
+        self.watchdog = Watchdog(
+            loop, self.function, self.instance_id, self.spans.get, lambda: bool(self.tasks)
+        )
+        self.watchdog.start()
         hello: Header = {"pid": os.getpid()}
         if sandbox.exposed is not None:
             hello["exposed"] = sandbox.exposed
@@ -277,6 +280,8 @@ class Server:
             rid: int = header["id"]
             loop = self.loop
             self.tasks[rid] = loop.create_task(self.run(rid, header, tail), name=header["inv"])
+            if not self.watchdog.ticking:
+                self.watchdog.wake()
             self.deadlines[rid] = deadline = loop.time() + self.timeout
             if self.sweeper is None:
                 self.sweeper = loop.call_at(deadline, self._sweep)

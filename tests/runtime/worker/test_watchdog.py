@@ -180,3 +180,43 @@ def test_a_line_naming_its_span_is_forwarded_in_that_span(log: tuple[logging.Log
     named, plain = frames.sent
     assert named["tp"] == TP and "traceparent" not in named.get("x", {})
     assert "tp" not in plain
+
+
+def test_an_idle_instance_is_not_watched_until_an_invocation_wakes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. A watchdog whose instance holds no invocation (`busy` false). 2. The loop is held up 0.4 s.
+    3. An invocation comes (`wake`, `busy` true) and blocks the loop 0.4 s.
+    Result: the heartbeat stopped once idle (no 20 Hz wake-ups: 1,000 idle instances took 129% of a core)
+    and the idle stall is not reported (a loaded machine logged thousands of them); the invocation's is."""
+    caplog.set_level(logging.WARNING, "faas.watchdog")
+    loop = asyncio.new_event_loop()
+    held = [False]
+    try:
+        dog = Watchdog(loop, "fn", "fn-1", busy=lambda: held[0])
+        dog.start()
+
+        def reports() -> int:
+            return sum(r.name == "faas.watchdog" for r in caplog.records)
+
+        async def main() -> None:
+            deadline = time.monotonic() + 5
+            while dog.ticking:  # its first beat finds nothing held, and stops
+                assert time.monotonic() < deadline, "the heartbeat went on while idle"
+                await asyncio.sleep(0.02)
+            time.sleep(0.4)  # noqa: ASYNC251 - the loop held up while idle
+            await asyncio.sleep(0.2)  # a look of the thread would have come meanwhile
+            assert reports() == 0
+            held[0] = True
+            dog.wake()
+            await asyncio.sleep(0)
+            time.sleep(0.4)  # noqa: ASYNC251 - the invocation's stall
+            while reports() < 1:
+                assert time.monotonic() < deadline + 5, "no report of the invocation's stall"
+                await asyncio.sleep(0.02)
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    [found] = [r for r in caplog.records if r.name == "faas.watchdog"]
+    assert "function fn blocked the event loop" in found.getMessage()  # the stall under the invocation
