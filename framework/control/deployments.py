@@ -86,9 +86,9 @@ class Deployments:
         """The cache a re-pointed manifest left behind: code not found in `cache` is looked for there when
         served."""
         self._unpacking = False
+        """A later look at code this node's disk refused is planned (`_unpack_later`)."""
         self._specs: dict[str, tuple[Revision, FunctionSpec]] = {}
         """The revision last served of each function, by uuid, and the spec made of it (`_served`)."""
-        """A later look at code this node's disk refused is planned (`_unpack_later`)."""
         self.watch = watch
         self.code = code
         """The working copy's code: the look `working` was checked with (FAAS_MAX_CODE_BYTES, FAAS_SECRETS_DIR

@@ -209,6 +209,9 @@ class KafkaLog(DeploymentLog):
                 await within(self._moved.wait(), READ_BACK_TIMEOUT)
             else:
                 await self._fetch()
+        if self._telling is not None:  # read back: served when this returns (ready means served)
+            self._telling.cancel()
+            self._told()
 
     async def _fetch(self) -> None:
         assert self._consumer is not None

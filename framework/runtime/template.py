@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -303,8 +304,8 @@ class Template:
                     # its buffer after about 160. It lives: wait for room, never stop it (that killed every
                     # instance of every function).
                     break
-                except OSError:
-                    if attempt == 2:
+                except OSError as exc:
+                    if attempt == 2 or exc.errno == errno.EMSGSIZE:  # that config is too large: its fault
                         raise
                     self.stop()
             if not sent:
@@ -338,9 +339,11 @@ class Template:
                 socket.send_fds(ctrl, [message], [sock.fileno() for sock in theirs])
             except BlockingIOError:
                 return  # the writer calls again when there is room
-            except OSError:  # the template is gone: those instances never start (their sockets end)
-                self._drop_backlog()
-                return
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:  # the template is gone: those instances never start
+                    self._drop_backlog()
+                    return
+                # That config alone is too large (four 64 KiB secrets): its instance never starts.
             self._backlog.popleft()
             for sock in theirs:
                 sock.close()

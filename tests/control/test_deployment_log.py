@@ -509,3 +509,25 @@ async def test_a_stream_of_revisions_is_told_a_few_times_not_once_a_fetch(
     finally:
         await publisher.stop()
         await follower.stop()
+
+
+async def test_what_a_following_log_publishes_is_told_when_the_publication_returns(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """1. A following log (a node's) publishes 30 revisions itself, as a node does at its start and in
+    watch mode. Result: when the publication returns, the telling has seen all 30 (a node turns ready, or
+    logs "revision N deployed", then: it must serve them), though tellings are otherwise held back up to
+    CHANGE_EVERY (without this, 17 of 30 were served at ready)."""
+    topic = f"t.deploy.{new_id()[:8]}"
+    log = kafka_log(tmp_path, broker, topic, follow=True)
+    log.create = True
+    code = package(MODULE)
+    ids = [new_id() for _ in range(30)]
+    seen: list[int] = []
+    log.on_change = lambda: seen.append(sum(log.state.newest(u) is not None for u in ids))
+    await log.start()
+    try:
+        await log.publish_all([(revision(u, f"f{i}", code), code) for i, u in enumerate(ids)])
+        assert seen and seen[-1] == len(ids), seen
+    finally:
+        await log.stop()

@@ -176,6 +176,8 @@ class HttpSource:
         self.readiness_view = readiness
         self.deployments = deployments
         self.metrics_renderer = metrics
+        self._rendering: asyncio.Future[bytes] | None = None
+        """The `/metrics` render under way, which concurrent scrapes share."""
         self.body = BodyReader(settings.max_payload_bytes, settings.http_body_timeout)
         self.inflight = InflightRequests()
         self.callers = Callers()
@@ -352,8 +354,11 @@ class HttpSource:
 
     async def metrics(self, request: Request) -> Response:
         # In a thread: with 1,000 functions the text is about 3 MB and takes a second or more to render,
-        # which on the loop held every request and event that long (the thread takes turns with it).
-        body = await asyncio.to_thread(self.metrics_renderer.render)
+        # which on the loop held every request and event that long (the thread takes turns with it). One
+        # render at a time: scrapes that come meanwhile get its text, not a thread each.
+        if self._rendering is None or self._rendering.done():
+            self._rendering = asyncio.ensure_future(asyncio.to_thread(self.metrics_renderer.render))
+        body = await asyncio.shield(self._rendering)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_json(self, request: Request) -> Response:
