@@ -716,27 +716,21 @@ def test_an_output_that_cannot_be_written_is_one_line(project: Path) -> None:
     standard output closed. Result: 1. exit 1 and one line naming the error, no traceback; 2. exit 2
     saying so (click dropped every line it printed, and the command exited 0: an emitted event's reply
     lost without a word)."""
-    env = {**os.environ, "FAAS_MANIFEST": str(project / "functions.yaml")}
-    with open("/dev/full", "w") as full:
-        r = subprocess.run(
-            [sys.executable, "-m", "framework", "ls"],
+
+    def faas_ls(out: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", "-c", f'exec "{sys.executable}" -m framework ls {out}'],
             cwd=project,
-            env=env,
-            stdout=full,
+            env={**os.environ, "FAAS_MANIFEST": str(project / "functions.yaml")},
             stderr=subprocess.PIPE,
             text=True,
             timeout=60,
         )
+
+    r = faas_ls("> /dev/full")
     assert r.returncode == 1, r.stderr
     assert r.stderr == "faas: cannot write its output: No space left on device\n"
-    closed = subprocess.run(
-        ["sh", "-c", f'exec "{sys.executable}" -m framework ls --json >&-'],
-        cwd=project,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-    )
+    closed = faas_ls("--json >&-")
     assert closed.returncode == 2, closed.stderr
     assert closed.stderr == "faas: standard output is closed: redirect it to a file, or to /dev/null\n"
 
