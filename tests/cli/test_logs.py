@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -537,6 +538,9 @@ def test_follow_waits_out_a_broker_that_went_and_ctrl_c_ends_quietly(tmp_path: P
         with reading, waiting:
             asyncio.run(_produce_to_0(broker.bootstrap, topic, _records("r", 3)))
             wait_for(lambda: len(reading.seen) >= 3, 60, 0.2, "the 3 records followed")
+            # The waiting one says nothing: its connection to the broker says it started (a start that
+            # fails is the other case, exit 1, "cannot reach": tested apart).
+            wait_for(lambda: _connected(waiting.proc.pid, broker.port), 60, 0.2, "the waiting one started")
             broker.stop()
             outage_said = lambda: any("does not answer" in line for line in reading.said)  # noqa: E731
             wait_for(outage_said, 60, 0.2, "the outage said")
@@ -546,6 +550,15 @@ def test_follow_waits_out_a_broker_that_went_and_ctrl_c_ends_quietly(tmp_path: P
     for follower in (reading, waiting):
         assert follower.code == 0 and "Traceback" not in follower.stderr, follower.stderr
     assert f"the broker at {broker.bootstrap} does not answer: waiting for it" in reading.stderr
+
+
+def _connected(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an established TCP connection to `port` on this machine."""
+    try:
+        connections = psutil.Process(pid).net_connections("tcp")
+    except psutil.Error:
+        return False
+    return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in connections)
 
 
 def test_started_at_in_lower_case_is_a_time() -> None:
