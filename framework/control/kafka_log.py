@@ -241,8 +241,7 @@ class KafkaLog(DeploymentLog):
         loop = asyncio.get_running_loop()
         due = self._told_at + CHANGE_EVERY
         if loop.time() >= due:
-            self._told_at = loop.time()
-            self._changed()
+            self._told()
         else:
             self._telling = loop.call_at(due, self._told)
 

@@ -310,7 +310,10 @@ class Template:
                     self.stop()
             if not sent:
                 self._backlog.append((message, [theirs for _, theirs in pairs]))
-                self._wait_for_room()
+                if len(self._backlog) == 1:  # the first queued: nobody waits for room yet
+                    # Only a loop's socket is non-blocking (`start`), so only then is anything queued.
+                    assert self._loop is not None and self._ctrl is not None
+                    self._loop.add_writer(self._ctrl.fileno(), self._flush)
             on_failure.pop_all()  # sent or queued: our ends are the caller's
         if self._loop is not None:
             instance_id = str(config.get("instance_id"))
@@ -321,14 +324,6 @@ class Template:
             for _, theirs in pairs:
                 theirs.close()  # the template holds copies now
         return Spawned(*(ours for ours, _ in pairs))
-
-    def _wait_for_room(self) -> None:
-        """Send the backlog once the control socket has room (at once without a loop: it blocks then)."""
-        if self._loop is None or self._ctrl is None:
-            self._flush()
-            return
-        if len(self._backlog) == 1:  # the first queued: nobody waits for room yet
-            self._loop.add_writer(self._ctrl.fileno(), self._flush)
 
     def _flush(self) -> None:
         """Send what the backlog holds, in order, while the control socket takes it."""

@@ -122,6 +122,18 @@ def pieces(line: str) -> list[str]:
     return out
 
 
+def send_line(sender: BlockingSender, header: dict[str, object], text: str) -> None:
+    """Send `text` redacted as the `msg` of LOG frames of `header`: one frame, or one per piece (`pieces`)
+    when it is longer than MAX_LINE."""
+    if len(text) <= MAX_LINE:
+        header["msg"] = redact(text)
+        sender.send(FrameKind.LOG, header)
+        return
+    for piece in pieces(text):
+        header["msg"] = redact(piece)
+        sender.send(FrameKind.LOG, header)
+
+
 class ForwardHandler(logging.Handler):
     """Root handler of an instance: every record goes to the node, tagged with the invocation."""
 
@@ -147,13 +159,7 @@ class ForwardHandler(logging.Handler):
             extra = extra_fields(record)
             if extra:
                 header["x"] = extra
-            if len(msg) <= MAX_LINE:
-                header["msg"] = redact(msg)
-                self._sender.send(FrameKind.LOG, header)
-            else:
-                for piece in pieces(msg):
-                    header["msg"] = redact(piece)
-                    self._sender.send(FrameKind.LOG, header)
+            send_line(self._sender, header, msg)
         except Exception:
             self.handleError(record)
 
@@ -266,13 +272,7 @@ class LogStream(io.TextIOBase):
         tp = current_traceparent.get()
         if tp is not None:
             header["tp"] = tp
-        if len(line) <= MAX_LINE:
-            header["msg"] = redact(line)
-            self._sender.send(FrameKind.LOG, header)
-            return
-        for piece in pieces(line):
-            header["msg"] = redact(piece)
-            self._sender.send(FrameKind.LOG, header)
+        send_line(self._sender, header, line)
 
 
 def _streams() -> list[LogStream]:
