@@ -260,3 +260,7 @@ class InvocationRecords:
     def function_stats(self, uuid: str, name: str) -> dict[str, Any]:
         """Counts, failures, p50/p99 of the last 15 minutes, overall and per minute (zeros when none)."""
         return self.stats.of(uuid, name)
+
+    def ran_lately(self, uuid: str, name: str) -> bool:
+        """Whether the function has an invocation in the stats' 15 minutes."""
+        return self.stats.ran(uuid, name)

@@ -129,6 +129,14 @@ class StatsBook:
             stats = self._by_uuid[uuid] = FunctionStats(uuid, name)
         stats.observe(now, duration_ms, ok)
 
+    def ran(self, uuid: str, name: str, now: float | None = None) -> bool:
+        """Whether the function was invoked here within the window (a few comparisons, no snapshot)."""
+        stats = self._by_uuid.get(uuid)
+        if stats is None or stats.name != name:
+            return False
+        current = int((time.time() if now is None else now) // 60)
+        return any(b is not None and current - WINDOW_MINUTES < b.minute <= current for b in stats.ring)
+
     def of(self, uuid: str, name: str, now: float | None = None) -> dict[str, Any]:
         """The function's window; all zeros when it has not run here in that time."""
         stats = self._by_uuid.get(uuid)

@@ -53,6 +53,16 @@ def test_book_gives_zeros_for_a_function_that_never_ran() -> None:
     assert book.of("u1", "renamed", T0)["count"] == 0  # a renamed function starts a fresh history
 
 
+def test_ran_is_true_only_within_the_window_and_for_the_same_name() -> None:
+    book = StatsBook()
+    assert not book.ran("u1", "one", T0)
+    book.observe("u1", "one", T0, 3.0, ok=False)
+    assert book.ran("u1", "one", T0) and book.ran("u1", "one", T0 + 60 * (WINDOW_MINUTES - 1))
+    assert not book.ran("u1", "one", T0 + 60 * WINDOW_MINUTES)  # left the window
+    assert not book.ran("u1", "one", T0 - 60)  # a clock set back: that minute is not in the window
+    assert not book.ran("u1", "renamed", T0)
+
+
 def test_percentiles_are_rounded_to_the_microsecond() -> None:
     """A longest duration of many decimals caps p99: it is given to the microsecond, as records give
     `duration_ms`, not as the float it was measured as."""

@@ -157,6 +157,10 @@ def test_list_matches_the_manifest(node: Node, ui: Callable[..., Recorder]) -> N
         expect(row.locator("td[data-label=Events]")).to_have_text("ui.hello")
         expect(row.locator("td[data-label=Instances]")).to_have_text(re.compile(r"^\d+$"))
     expect(row_of(page, "greeter").locator("td[data-label=Invocations] svg")).to_be_visible()
+    # sketch never ran: the page asks for the active functions only and shows it with zeros, not dashes
+    expect(row_of(page, "sketch").locator("td[data-label=Invocations]")).to_have_text("0 in 15 min")
+    asked = [url for _, url, _ in rec.calls("GET", "/invocations/stats")]
+    assert asked and all(url.endswith("/invocations/stats?active=true") for url in asked), asked
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280, "wider than the window"
     rec.assert_clean()
 

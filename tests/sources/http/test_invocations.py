@@ -115,6 +115,29 @@ async def test_stats_routes(fake: FakeNode, client: httpx.AsyncClient) -> None:
     assert next(s for s in every if s["function"] == "echo")["count"] == 2
 
 
+async def test_active_stats_leave_out_the_functions_not_invoked_lately(
+    fake: FakeNode, client: httpx.AsyncClient
+) -> None:
+    """1. Invoke echo once (drafty never runs). 2. GET /invocations/stats with active=true, false, none.
+    Result: active=true lists echo alone, with its count; false and none list every function; a bad or
+    repeated value is 400 naming the parameter."""
+    record(fake)
+    active = (await client.get("/invocations/stats", params={"active": "true"})).json()["functions"]
+    assert [(s["function"], s["count"]) for s in active] == [("echo", 1)]
+    names = [f.name for f in fake.registry.functions]
+    assert len(names) > 1
+    for query in ("?active=false", ""):
+        every = (await client.get(f"/invocations/stats{query}")).json()["functions"]
+        assert [s["function"] for s in every] == names
+    for query, message in (
+        ("active=yes", "query parameter 'active' must be true or false, not 'yes'"),
+        ("active=true&active=true", "query parameter 'active' is given 2 times: give it once"),
+    ):
+        r = await client.get(f"/invocations/stats?{query}")
+        assert r.status_code == 400 and err(r) == "BadRequest"
+        assert r.json()["error"]["message"] == message
+
+
 async def test_routes_need_the_key_when_keys_are_set() -> None:
     fake = FakeNode(keys="k1")
     inv = record(fake)

@@ -239,7 +239,7 @@ function percentile(sorted, q) {
 async function loadStats() {
   const byUuid = new Map();
   if (has("/invocations/stats")) {
-    const body = await getJSON("/invocations/stats", "/invocations/stats");
+    const body = await getJSON("/invocations/stats", "/invocations/stats?active=true");
     for (const s of (body && body.functions) || []) byUuid.set(s.uuid, s);
     return byUuid;
   }
