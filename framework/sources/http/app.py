@@ -37,7 +37,7 @@ from framework.observe import tracing
 from framework.observe.spans import export_event
 from framework.settings import Settings
 from framework.sources.http.auth import ApiKeys, BearerAuth
-from framework.sources.http.body import BodyReader
+from framework.sources.http.body import BodyReader, discard
 from framework.sources.http.browsers import BrowserGuard
 from framework.sources.http.callers import CallerLeft, Callers
 from framework.sources.http.cloudevents import kafka_headers, receive, typed_event, typed_event_id
@@ -197,7 +197,11 @@ class HttpSource:
         """Direct invocation: the 200 body, or the FaasError to answer. `span` is the invocation's; `task`
         the request's (cancelled if its caller hangs up)."""
         invoker = self.invoker
-        invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
+        try:
+            invoker.lookup(uuid)  # 404 before the body is read (the contract's check order)
+        except FaasError:
+            await discard(scope, receive)  # so the 404 reaches a client still sending
+            raise
         payload = await self.body.read(scope, receive)
         self.callers.add(task, receive)
         try:
@@ -410,6 +414,7 @@ class _InvokeRoute:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Unknown routes and wrong methods, in the contract's error shape instead of Starlette's plain text."""
     assert isinstance(exc, HTTPException)
+    await discard(request.scope, request.receive)  # the router answers before any body is read
     if exc.status_code == 404:
         return error_response(NotFound(f"no route {request.method} {request.url.path}"), headers=exc.headers)
     error_type = "MethodNotAllowed" if exc.status_code == 405 else "BadRequest"
@@ -466,6 +471,7 @@ class App(Starlette):
         try:
             refused = self.guard.problem(scope)
             if refused is not None:  # before anything else, the bearer check included (as a firewall's)
+                await discard(scope, receive)
                 await self.requests.track(error_response(refused), scope, receive, send)
                 return
             if scope["method"] == "POST" and not scope.get("root_path"):

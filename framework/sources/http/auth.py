@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from framework.errors import Unauthorized
+from framework.sources.http.body import discard
 from framework.sources.http.responses import error_response
 
 PROTECTED_PREFIXES = ("/functions", "/events", "/invocations")
@@ -62,6 +63,7 @@ class BearerAuth:
             and scope["path"].startswith(PROTECTED_PREFIXES)
             and not self.allowed(scope)
         ):
+            await discard(scope, receive)  # so the 401 reaches a client still sending its body
             response = error_response(
                 Unauthorized("a valid 'Authorization: Bearer <key>' header is required"),
                 headers={"WWW-Authenticate": "Bearer"},

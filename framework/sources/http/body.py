@@ -10,7 +10,9 @@ A body over the limit is still read, and thrown away, up to `LINGER_BYTES`, befo
 lingering close): a server that answers and closes while the client is still sending resets the
 connection, and most clients (httpx, requests, `faas invoke --url`) then report the reset, "connection
 reset by peer", and never the 413 waiting in their receive buffer. A body declared beyond `LINGER_BYTES`,
-or one whose client waits for `100 Continue` before sending it, is refused before a byte is read.
+or one whose client waits for `100 Continue` before sending it, is refused before a byte is read. A request
+answered without its body being wanted (an unknown function or route, a missing key) gets the same lingering
+read (`discard`).
 
 A stopping node gives in-flight requests its grace, then uvicorn cancels what is left and answers it with a
 plain-text 500. So the node tells the reader when the grace is about to end (`drain_by`), and the requests
@@ -51,6 +53,26 @@ def declared_length(scope: Scope) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() else None
     return None
+
+
+async def discard(scope: Scope, receive: Receive) -> None:
+    """Read and drop the body of a request answered without it (401, 403, 404, 405), so the answer reaches
+    a client still sending (the lingering read of the 413, `LINGER_BYTES` and `LINGER_SECONDS` at most).
+    Nothing is read from a client that waits for `100 Continue` (it would be asked to send) or one whose
+    body is declared beyond `LINGER_BYTES`; a request without a body costs one `receive`."""
+    declared = declared_length(scope)
+    if _waits_to_send(scope) or (declared is not None and declared > LINGER_BYTES):
+        return
+    size = 0
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while True:
+                message = await receive()
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False) or size > LINGER_BYTES:
+                    return
+    except TimeoutError:
+        return
 
 
 class BodyReader:

@@ -169,26 +169,56 @@ def test_413_chunked_without_content_length(node: Node) -> None:
     assert r.status_code == 413 and err(r) == "PayloadTooLarge"
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_a_413_reaches_a_client_still_sending_its_body(node: Node, chunked: bool) -> None:
-    """1. POST a 10 MB body (ten times the limit), with its Content-Length or chunked, through
-    `http.client` with `Connection: close`, as urllib and so `faas invoke --url` send it: the whole body
-    before reading, never waiting for `100 Continue`; the node then closes once it has answered.
-    Result: the client reads the 413 PayloadTooLarge, not "connection reset by peer" or "broken pipe"
-    (the node answered, then closed under the unread body), and the node goes on answering."""
-    big = b'"' + b"x" * (10 * 1024 * 1024) + b'"'
+def send_whole_body(
+    node: Node, path: str, body: bytes, chunked: bool, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """POST `body` through `http.client` with `Connection: close`, as urllib and so `faas invoke --url`
+    send it: the whole body before reading, never waiting for `100 Continue`. Returns the answer's status
+    and error type; a node that answered, then closed under the unread body, makes this raise
+    "connection reset by peer" or "broken pipe" instead."""
     conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=30)
-    path, close = f"/functions/{ECHO}/invoke", {"Connection": "close"}
+    sent = {"Connection": "close", **(headers or {})}
     try:
         if chunked:
-            parts = (big[i : i + 65536] for i in range(0, len(big), 65536))
-            conn.request("POST", path, body=parts, headers=close, encode_chunked=True)
+            parts = (body[i : i + 65536] for i in range(0, len(body), 65536))
+            conn.request("POST", path, body=parts, headers=sent, encode_chunked=True)
         else:
-            conn.request("POST", path, body=big, headers=close)
+            conn.request("POST", path, body=body, headers=sent)
         r = conn.getresponse()
-        assert r.status == 413 and orjson.loads(r.read())["error"]["type"] == "PayloadTooLarge"
+        return r.status, orjson.loads(r.read())["error"]["type"]
     finally:
         conn.close()
+
+
+BIG = b'"' + b"x" * (10 * 1024 * 1024) + b'"'
+"""A 10 MB JSON body: ten times the module node's limit, far beyond a socket's buffers."""
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_413_reaches_a_client_still_sending_its_body(node: Node, chunked: bool) -> None:
+    """1. POST a 10 MB body (ten times the limit), with its Content-Length or chunked (`send_whole_body`).
+    Result: the client reads the 413 PayloadTooLarge, and the node goes on answering."""
+    assert send_whole_body(node, f"/functions/{ECHO}/invoke", BIG, chunked) == (413, "PayloadTooLarge")
+    assert invoke(node, ECHO, json=1).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize(
+    ("path", "headers", "answer"),
+    [
+        (f"/functions/{UNKNOWN}/invoke", {}, (404, "NotFound")),
+        ("/no/such/route", {}, (404, "NotFound")),
+        ("/healthz", {}, (405, "MethodNotAllowed")),
+        (f"/functions/{ECHO}/invoke", {"Origin": "http://elsewhere.example"}, (403, "Forbidden")),
+    ],
+)
+def test_an_early_answer_reaches_a_client_still_sending_its_body(
+    node: Node, path: str, headers: dict[str, str], answer: tuple[int, str], chunked: bool
+) -> None:
+    """1. POST a 10 MB body to an unknown function, an unknown route, a GET-only route, and from another
+    site's page (`send_whole_body`). Result: the client reads the 404, 405 or 403 the node answers before
+    reading a byte of the body, not a reset, and the node goes on answering."""
+    assert send_whole_body(node, path, BIG, chunked, headers) == answer
     assert invoke(node, ECHO, json=1).status_code == 200
 
 
@@ -387,6 +417,15 @@ def test_401_before_everything(keyed: Node) -> None:
     for path in ("/functions", f"/functions/{ECHO}", "/events/ping/listeners"):
         assert httpx.get(keyed.url + path).status_code == 401
     assert httpx.post(keyed.url + "/events/ping", json={}).status_code == 401
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_401_reaches_a_client_still_sending_its_body(keyed: Node, chunked: bool) -> None:
+    """1. POST a 10 MB body with a wrong key to the invoke route and to `/events/ping`.
+    Result: the client reads the 401, not a reset."""
+    for path in (f"/functions/{ECHO}/invoke", "/events/ping"):
+        wrong = {"Authorization": "Bearer nope"}
+        assert send_whole_body(keyed, path, BIG, chunked, wrong) == (401, "Unauthorized"), path
 
 
 def test_keys_accepted_and_open_routes(keyed: Node) -> None:
