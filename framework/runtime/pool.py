@@ -86,25 +86,27 @@ class FunctionPool:
         if self.unavailable is not None:
             raise InstanceCrashed(f"function {self.spec.name} cannot start an instance: {self.unavailable}")
 
-    def invoke(self, inv: Invocation) -> Coroutine[Any, Any, InvokeResult]:
+    def invoke(self, inv: Invocation, moved_by: float | None = None) -> Coroutine[Any, Any, InvokeResult]:
         """Run `inv` on an instance (queueing for one when all are busy); await the result.
 
-        The duration histogram is the invoker's to observe (once per invocation, wall time)."""
+        `moved_by`: the loop time its queue wait ends, for a request queued in a retired pool and moved
+        here (`Moved`): its wait goes on rather than starting again. The duration histogram is the
+        invoker's to observe (once per invocation, wall time)."""
         if self._recorder is not None:
-            return self._recorded(inv, None)
-        return self._invoke(inv)
+            return self._recorded(inv, None, moved_by)
+        return self._invoke(inv, moved_by)
 
-    async def _invoke(self, inv: Invocation) -> InvokeResult:
+    async def _invoke(self, inv: Invocation, moved_by: float | None) -> InvokeResult:
         self.check_available()
         slot = self._acquire()
         if slot is None:
             successor: FunctionPool | None = None
             try:
-                slot = await self._queue()
+                slot = await self._queue(moved_by)
             except Moved as moved:
-                successor = moved.to
+                successor, moved_by = moved.to, moved.deadline
             if successor is not None:  # outside the handler: its errors are not chained to the move
-                return await successor.invoke(inv)
+                return await successor.invoke(inv, moved_by)
             assert slot is not None
         inst, cold = slot
         try:
@@ -129,7 +131,9 @@ class FunctionPool:
             self._release(inst)
         return InvokeResult(inv.invocation_id, result, ms, cold, inst.id)
 
-    async def _recorded(self, inv: Invocation, on: InstanceHandle | None) -> InvokeResult:
+    async def _recorded(
+        self, inv: Invocation, on: InstanceHandle | None, moved_by: float | None = None
+    ) -> InvokeResult:
         """`invoke` (or `call_on` instance `on`), telling the recorder how it ended, whatever happened.
 
         The instance that answers renders the record itself (`record_json.py`) and sends it with its
@@ -146,7 +150,7 @@ class FunctionPool:
         try:
             if on is None:
                 self.check_available()
-                inst, cold = self._acquire() or await self._queue()
+                inst, cold = self._acquire() or await self._queue(moved_by)
             else:
                 cold = not on.ready  # a warm-up that started the instance waited for it (section 3)
                 self._reserve(on)
@@ -156,7 +160,7 @@ class FunctionPool:
             finally:
                 self._release(inst)
         except Moved as moved:  # queued in a retired pool: not an end, the successor records it
-            successor = moved.to
+            successor, moved_by = moved.to, moved.deadline
         except BaseException as exc:
             own = _held(exc, inst, cold) if inst is not None and isinstance(exc, FaasError) else exc
             if answered:  # the instance answered with an error and rendered its record
@@ -185,7 +189,7 @@ class FunctionPool:
                 raise
             raise own from exc.__cause__
         if successor is not None:  # outside the handlers: its errors are not chained to the move
-            return await successor.invoke(inv)
+            return await successor.invoke(inv, moved_by)
         assert inst is not None
         if answered:
             self._recorder.keep(self.spec, inv, started, ms, True, answered[0][0])
@@ -245,17 +249,21 @@ class FunctionPool:
             return None
         return inst, self._reserve(inst)
 
-    async def _queue(self) -> Slot:
+    async def _queue(self, moved_by: float | None = None) -> Slot:
+        """Wait for a slot, oldest first, until the queue timeout, or `moved_by` (see `invoke`). The moved
+        requests wake in their order, before anything that arrives after the move, so they keep it here."""
         if len(self._waiters) >= self.spec.instances.queue:
             raise Overloaded(
                 f"function {self.spec.name}: {self.spec.instances.max} instance(s) busy and "
                 f"{len(self._waiters)} request(s) queued"
             )
-        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._queue_timeout if moved_by is None else moved_by
+        fut: asyncio.Future[Slot] = loop.create_future()
         self._waiters.append(fut)
         self._m_queued.inc()
         try:
-            async with asyncio.timeout(self._queue_timeout):
+            async with asyncio.timeout_at(deadline):
                 return await fut
         except BaseException as e:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -263,6 +271,8 @@ class FunctionPool:
             fut.cancel()
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
+            if isinstance(e, Moved):
+                e.deadline = deadline
             if isinstance(e, TimeoutError):
                 raise Overloaded(
                     f"function {self.spec.name}: no free instance within {self._queue_timeout:g} s"
@@ -403,6 +413,8 @@ class Moved(Exception):
     def __init__(self, to: FunctionPool) -> None:
         super().__init__(to.spec.name)
         self.to = to
+        self.deadline: float | None = None
+        """The loop time the request's queue wait ends, set by the waiter it reached."""
 
 
 def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:
