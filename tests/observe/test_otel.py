@@ -30,6 +30,7 @@ TRACED_SYNC = "adadadad-0000-4000-8000-000000000002"
 FAILING = "adadadad-0000-4000-8000-000000000003"
 FLAKY = "adadadad-0000-4000-8000-000000000004"
 WARM = "adadadad-0000-4000-8000-000000000005"
+TICKING = "adadadad-0000-4000-8000-000000000006"
 MANIFEST = f"""
 functions:
   - name: traced
@@ -57,6 +58,17 @@ functions:
     state: productive
     keep_warm: "* * * * * */1"
 """
+SCHEDULED = f"""
+  - name: ticking
+    uuid: {TICKING}
+    handler: functions.otelfail:fail
+    state: productive
+    schedules:
+      - cron: "* * * * * */1"
+    retry: {{attempts: 1, backoff: 0.05, on: [FunctionError]}}
+"""
+"""A failing schedule, retried: the module's node serves it; the node whose collector is in trouble does not
+(its instance would log its own failed exports)."""
 WARM_MODULE = """
 async def handle(payload, ctx):
     return None
@@ -172,7 +184,7 @@ def node(
 ) -> Iterator[Node]:
     root = write_project(
         tmp_path_factory.mktemp("otel"),
-        MANIFEST,
+        MANIFEST + SCHEDULED,
         {
             "otelfn": ASYNC_MODULE,
             "otelsync": SYNC_MODULE,
@@ -363,6 +375,29 @@ def test_a_warm_up_is_a_span_of_its_own(node: Node, receiver: tuple[Receiver, st
         message="the warm-up's record",
     )
     assert (record["trigger"], record["trace_id"], record["ok"]) == ("warmup", span.trace_id, True), record
+
+
+def test_a_schedule_run_is_a_span_over_its_attempts(node: Node, receiver: tuple[Receiver, str]) -> None:
+    """1. `ticking` runs every second, always fails, and is retried once.
+    Result: a `schedule ticking` span (`faas.trigger` timer, its cron and tick time) at the root of a trace
+    of its own, and its two attempts, `invoke ticking` spans with their own invocation ids, both its
+    children: a retried run's attempts share a parent, as an event's do."""
+    rec, _ = receiver
+
+    def runs() -> list[Received]:
+        with rec.lock:
+            return [s for s in rec.spans if s.name == "schedule ticking"]
+
+    def attempts(run: Received) -> list[Received]:
+        return [s for s in rec.named("invoke ticking", run.trace_id) if s.parent == run.span_id]
+
+    run = wait_for(runs, timeout=60, message="a schedule run's span")[0]
+    assert run.parent == "" and run.attributes["faas.trigger"] == "timer", run
+    assert run.attributes["faas.cron"] == "* * * * * */1" and run.attributes["faas.name"] == "ticking", run
+    assert run.attributes["faas.time"].startswith("20"), run
+    both = wait_for(lambda: len(found := attempts(run)) == 2 and found, timeout=30, message="two attempts")
+    assert len({s.attributes["faas.invocation_id"] for s in both}) == 2, both
+    assert all(s.attributes["faas.trigger"] == "timer" for s in both), both
 
 
 def test_unsampled_trace_is_not_exported(node: Node, receiver: tuple[Receiver, str]) -> None:

@@ -1,10 +1,13 @@
 """One run of a schedule tick or a keep-warm cron, as the scheduler's tasks (`scheduler.py`) start them.
 
-A schedule run makes its own span and makes it current for its task, so the log filter (`observe/logs.py`)
-tags the run's lines with it; its invocation id is `{function}:{index}:{tick epoch seconds}`, the same on
-every node. The tick is written to the tick log (`ticklog.py`) as the run starts, not when it ends: a run
-that outlives its leader must not be fired again by the next one. A failing run is recorded in the entry's
-`last` and counted (`faas_schedule_runs{outcome}`), never raised: the loop must go on.
+A schedule run makes its own span, the root of a trace of its own, and makes it current for its task, so
+the log filter (`observe/logs.py`) tags the run's lines with it. Its invocation is that span's child, and so
+is each retry attempt (siblings, as an event's attempts are under the event's span); with OpenTelemetry
+export on, the run's span is exported as `schedule <function>` (`faas.trigger: timer`, `faas.cron`,
+`faas.time`), whether or not it failed. Its invocation id is `{function}:{index}:{tick epoch seconds}`,
+the same on every node. The tick is written to the tick log (`ticklog.py`) as the run starts, not when it
+ends: a run that outlives its leader must not be fired again by the next one. A failing run is recorded in
+the entry's `last` and counted (`faas_schedule_runs{outcome}`), never raised: the loop must go on.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class Target(Protocol):
 
     async def warmup(self, spec: FunctionSpec) -> int: ...
 
+    exporter: tracing.Exporter | None
+    """Where finished spans go (None: export is off)."""
+
 
 class Runs:
     """The runs of one scheduler: invoking through `invoker`, counting in `metrics`, writing to `ticks`."""
@@ -77,10 +83,11 @@ class Runs:
             self.metrics.schedule_skipped.labels(name, reason).inc(count)
 
     async def schedule(self, entry: CronEntry, tick: datetime) -> None:
-        # The span is made here rather than by the invoker, and made current for this run's task.
+        # The spans are made here rather than by the invoker; the run's is current for this run's task.
         self.record(entry, tick)
-        span = tracing.start()
-        tracing.current.set(span)
+        run = tracing.start()
+        tracing.current.set(run)
+        span = run.child()
         spec = entry.spec
         invocation_id = f"{spec.name}:{entry.index}:{int(tick.timestamp())}"
         payload = orjson.dumps(entry.payload)
@@ -106,6 +113,16 @@ class Runs:
             "duration_ms": duration_ms,
             "error": error,
         }
+        exporter = self.invoker.exporter
+        if exporter is not None:
+            attributes: dict[str, str | bool | int | float] = {
+                "faas.trigger": "timer",
+                "faas.name": spec.name,
+                "faas.cron": entry.cron.expression,
+                "faas.time": tick.isoformat(),
+            }
+            failed = None if error is None else f"{error['type']}: {error['message']}"
+            exporter.end(f"schedule {spec.name}", run, "internal", attributes, failed)
         outcome = "ok" if error is None else error["type"]
         if self.metrics is not None:
             self.metrics.schedule_runs.labels(spec.name, outcome).inc()

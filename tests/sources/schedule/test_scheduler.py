@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class FakeInvoker:
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
         self.retried = False
+        self.exporter: tracing.Exporter | None = None
 
     async def call(
         self,
@@ -194,8 +196,9 @@ async def test_failure_is_recorded_and_counted() -> None:
 async def test_run_log_lines_carry_the_trace_of_their_invocation(caplog: pytest.LogCaptureFixture) -> None:
     """1. A per-second schedule; the node's trace filter on the captured log lines. 2. Run a tick that
     succeeds, then one that fails.
-    Result: each run hands the invoker a span of a new trace, and its "schedule run ok" / "schedule run
-    failed" line carries that span's trace_id and span_id; nothing is left current after the runs."""
+    Result: each run hands the invoker a span of a new trace, the child of the run's span, and its
+    "schedule run ok" / "schedule run failed" line carries the run's span (trace_id and span_id); nothing
+    is left current after the runs."""
     caplog.handler.addFilter(TraceFilter())
     caplog.set_level("INFO", "faas.scheduler")
     sched, inv, clock, _, _ = make(spec())
@@ -207,11 +210,11 @@ async def test_run_log_lines_carry_the_trace_of_their_invocation(caplog: pytest.
     lines = [r for r in caplog.records if r.name == "faas.scheduler"]
     assert [r.getMessage().split(" in ")[0] for r in lines] == ["schedule run ok", "schedule run failed"]
     for line, span, (_, _, _, invocation_id) in zip(lines, inv.spans, inv.calls, strict=True):
-        assert span is not None and span.parent_id is None, "a run starts a trace of its own"
+        assert span is not None and span.parent_id is not None, "the invocation is a child of the run"
         assert getattr(line, "invocation_id", None) == invocation_id
         assert (getattr(line, "trace_id", None), getattr(line, "span_id", None)) == (
             span.trace_id,
-            span.span_id,
+            span.parent_id,
         )
     assert inv.spans[0] is not None and inv.spans[1] is not None
     assert inv.spans[0].trace_id != inv.spans[1].trace_id
@@ -727,7 +730,7 @@ def test_json_log_lines_of_a_run_carry_its_trace(tmp_path: Path, nodes: StartNod
     that fails (`broken`); each handler records its ctx.invocation_id, trace_id and span_id.
     2. Read the node's `faas.scheduler` lines of those runs.
     Result: the "schedule run ok" line of a `fine` run and the "schedule run failed" line of a `broken` run
-    carry the trace_id and span_id the handler saw in that invocation."""
+    carry the trace_id the handler saw in that invocation, and the span of the run, not the invocation's."""
     out = tmp_path / "out"
     out.mkdir()
     manifest = "functions:" + "".join(
@@ -762,4 +765,7 @@ def test_json_log_lines_of_a_run_carry_its_trace(tmp_path: Path, nodes: StartNod
     for run, line in runs:
         expected = "schedule run ok" if run["fn"] == "fine" else "schedule run failed"
         assert line["message"].startswith(expected) and line["function"] == run["fn"], line
-        assert (line.get("trace_id"), line.get("span_id")) == (run["trace_id"], run["span_id"]), (run, line)
+        # The run's span: the trace of the invocation, whose span is its child (the unit test above)
+        assert line.get("trace_id") == run["trace_id"], (run, line)
+        span_id = line.get("span_id", "")
+        assert re.fullmatch("[0-9a-f]{16}", span_id) and span_id != run["span_id"], line
