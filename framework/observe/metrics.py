@@ -159,5 +159,26 @@ class Metrics:
             "faas_manifest_reloads", "Manifest reloads by outcome.", ["outcome"], registry=r
         )
 
+        self._per_function = [
+            (family, list(family._labelnames).index("function"))
+            for family in vars(self).values()
+            if isinstance(family, Counter | Gauge | Histogram) and "function" in family._labelnames
+        ]
+        """The families labelled by function, with the label's position (`forget`)."""
+
+    def forget(self, function: str) -> None:
+        """Remove every series of `function` (it left what the node serves, and no instance of it is left):
+        a project whose functions are renamed or removed over weeks of watch-mode edits does not carry their
+        series for ever. A function that comes back starts its counters at zero, as after a restart."""
+        for family, at in self._per_function:
+            labelled = {
+                tuple(sample.labels[name] for name in family._labelnames)
+                for metric in family.collect()
+                for sample in metric.samples
+            }
+            for values in labelled:
+                if values[at] == function:
+                    family.remove(*values)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

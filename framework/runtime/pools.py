@@ -70,6 +70,10 @@ class Runtime:
         """The secrets folder went since the template started: the next one there is not hidden."""
         self._pools: dict[str, FunctionPool] = {}
         self._retired: list[FunctionPool] = []
+        self._served: set[str] = set()
+        """The names of the functions `apply` was last given."""
+        self._left: set[str] = set()
+        """Functions that left what is served: their metric series go once no pool of theirs is left."""
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
         self._hurried = asyncio.Event()
@@ -163,6 +167,8 @@ class Runtime:
         """Manifest reload: retire the pool of every function whose spec changed or that vanished."""
         self._follow_manifest()
         new = {f.name: f for f in functions}
+        self._left = (self._left | self._served) - new.keys()
+        self._served = set(new)
         for name, pool in list(self._pools.items()):
             spec = new.get(name)
             if spec == pool.spec:
@@ -344,6 +350,11 @@ class Runtime:
             self._retired = [
                 p for p in self._retired if p.instances or p.queued or p.exiting or p.late_records
             ]
+            if self._left:
+                pooled = {p.spec.name for p in self._all_pools()}
+                for name in self._left - pooled:
+                    self.metrics.forget(name)
+                self._left &= pooled
             forked = {i.template for p in self._all_pools() for i in (*p.instances, *p.exiting)}
             for old in [t for t in self._old_templates if t not in forked]:
                 old.stop()  # none of its instances is left: they would die with it

@@ -130,3 +130,32 @@ async def test_a_queued_request_moved_to_a_new_revision_keeps_its_queue_wait(
     running.cancel()
     moved.cancel()
     await asyncio.gather(running, moved, return_exceptions=True)
+
+
+async def test_the_series_of_a_function_that_left_go_once_its_instances_are_gone(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. Serve `gone` and `kept`; invoke each once (one call of `gone` still running, 1 s).
+    2. Apply a table without `gone`.
+    Result: `gone`'s series (invocations, instances, kill reasons, ...) stay while its retired instance
+    finishes the call, then leave /metrics; `kept`'s stay as they were."""
+    gone = spec("sleep", name="gone", max=1).model_copy(update={"state": "productive"})
+    kept = spec("echo", name="kept").model_copy(update={"state": "productive"})
+    runtime.apply([gone, kept])
+    await call(runtime, kept)
+    await call(runtime, gone, {"sleep": 0})
+    running = asyncio.create_task(call(runtime, gone, {"sleep": 1}))
+    await until(lambda: runtime.inflight() == 1, message="gone's call runs")
+    runtime.metrics.invocations.labels("gone", "direct", "ok").inc()  # as the invoker counts one
+
+    def series(function: str) -> list[str]:
+        text = runtime.metrics.render().decode()
+        return [line for line in text.splitlines() if f'function="{function}"' in line]
+
+    before = series("kept")
+    assert any(line.startswith("faas_invocations_total") for line in series("gone"))
+    runtime.apply([kept])
+    assert series("gone"), "the retired instance still runs a call"
+    await running
+    await until(lambda: not series("gone"), timeout=10, message="gone's series removed")
+    assert series("kept") == before
