@@ -11,10 +11,11 @@ So both directions go through orjson first and fall back to `json` only where or
   counts as valid JSON. The run is found by mapping every digit to `0` and everything else to a space
   (`bytes.translate`) and searching for 19 zeros: 0.6 us for a 476-byte payload (orjson reads it in 1.8
   us) and 1 ms per MB (orjson: 6 ms), where a regex (`[0-9]{19}`) took 5.4 us and 14 ms;
-- `dumps`: only when orjson refuses an integer (a value or a dict key), the value is written by `json`
-  (compact, UTF-8, NaN refused). A value that `json` cannot write either (a dataclass or a NaN beside a
-  huge integer) is refused with `json`'s reason, and so is a dict key of a type neither can write, whose
-  orjson message names no type.
+- `dumps`: only when orjson refuses an integer (a value or a dict key), or a value nested deeper than the
+  254 levels it writes (it reads 1,024), the value is written by `json` (compact, UTF-8, NaN refused; for
+  depth, with the recursion limit raised by `DEEP` for the call, and refused beyond 1,024 levels). A value
+  that `json` cannot write either (a dataclass or a NaN beside a huge integer) is refused with `json`'s
+  reason, and so is a dict key of a type neither can write, whose orjson message names no type.
 
 `dumps` also refuses, with `OPT_NON_STR_KEYS`, a dict two of whose keys are written as one JSON key.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import sys
 from typing import Any
 
 import orjson
@@ -34,6 +36,13 @@ _LONG_RUN = b"0" * 19
 """A run of digits long enough to hold an integer orjson reads as a float."""
 _TOO_BIG = ("Integer exceeds 64-bit range", "Dict integer key must be within 64-bit range")
 """orjson's messages when it refuses to write an integer (a value, a dict key)."""
+_TOO_DEEP = "Recursion limit reached"
+"""orjson's message for a value nested deeper than 254 levels."""
+DEEP = 1100
+"""Levels of recursion added for `json` to write a value orjson finds too deep: the 1,024 levels orjson
+reads (so any JSON the node takes can be written back), with room for the caller's own frames."""
+_DEEPER = "nested deeper than 1,024 levels"
+"""The refusal of a value too deep for any reader of the platform's JSON."""
 _BAD_KEY = "Dict key must a type serializable"
 """The start of orjson's message for a dict key it cannot write: its text names no type (and misses a
 word), so `json`, which can write no such key either, gives the reason instead ("... not tuple")."""
@@ -140,9 +149,24 @@ def _dumps(value: Any, option: int | None) -> bytes:
         return orjson.dumps(value, option=option)
     except orjson.JSONEncodeError as exc:
         reason = str(exc)
-        if not reason.startswith(_TOO_BIG) and not reason.startswith(_BAD_KEY):
+        deep = reason.startswith(_TOO_DEEP)
+        if not deep and not reason.startswith(_TOO_BIG) and not reason.startswith(_BAD_KEY):
             raise
+        limit = sys.getrecursionlimit()
+        if deep:  # the C encoder counts a level of recursion per level of nesting
+            sys.setrecursionlimit(limit + DEEP)
         try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        except (TypeError, ValueError, RecursionError) as refused:  # what else is wrong with it
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            raise orjson.JSONEncodeError(_DEEPER) from None
+        except (TypeError, ValueError) as refused:  # what else is wrong with it
             raise orjson.JSONEncodeError(str(refused)) from None
+        finally:
+            if deep:
+                sys.setrecursionlimit(limit)
+        if deep:  # no deeper than orjson reads, so every reader of the platform's JSON reads it back
+            try:
+                orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise orjson.JSONEncodeError(_DEEPER) from None
+        return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import orjson
 import pytest
@@ -97,3 +98,29 @@ def test_clashing_keys_are_looked_for_where_orjson_writes_and_only_there() -> No
         with pytest.raises(orjson.JSONEncodeError, match="dict keys 1 and '1' are both written"):
             json_exact.dumps(value, option=opt)
     assert json_exact.dumps(Private({1: 1}, {1: 1, "1": 2}), option=opt) == b'{"m":{"1":1}}'
+
+
+def nested(depth: int, leaf: object = None) -> object:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [255, 600, 1023])
+def test_values_deeper_than_orjson_writes_are_written_up_to_what_it_reads(depth: int) -> None:
+    """orjson writes 254 levels and reads 1,024: a value it reads (an envelope's data, a handler's result)
+    is written back, exact (a huge integer at the bottom too), and the recursion limit is as it was."""
+    limit = sys.getrecursionlimit()
+    text = json_exact.dumps(nested(depth, BIG))
+    assert text.count(b"[") + text.count(b"{") == depth and str(BIG).encode() in text
+    assert json_exact.loads(text) == nested(depth, BIG) if depth < 900 else orjson.loads(text)  # == recurses
+    assert sys.getrecursionlimit() == limit
+
+
+@pytest.mark.parametrize("depth", [1025, 1200, 5000])
+def test_values_deeper_than_any_reader_reads_are_refused_naming_the_depth(depth: int) -> None:
+    limit = sys.getrecursionlimit()
+    with pytest.raises(orjson.JSONEncodeError, match="nested deeper than 1,024 levels"):
+        json_exact.dumps(nested(depth))
+    assert sys.getrecursionlimit() == limit

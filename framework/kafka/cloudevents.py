@@ -355,6 +355,12 @@ def _replyto(value: object, own_topics: frozenset[str]) -> str | None:
     return value
 
 
+def unreadable(exc: Exception) -> BadRecord:
+    """The bad record of one `parse` failed on with `exc` (a bug: it returns BadRecord for any input), so
+    the record is answered BadEvent and copied to the dead-letter topic rather than lost."""
+    return BadRecord(f"the record could not be read: {type(exc).__name__}: {exc}"[:MAX_MESSAGE], None, None)
+
+
 def _with(bad: BadRecord, message: str) -> BadRecord:
     return replace(bad, message=message[:MAX_MESSAGE])
 

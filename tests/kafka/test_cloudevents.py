@@ -82,6 +82,17 @@ def test_structured_data_keeps_integers_beyond_64_bits() -> None:
     )
 
 
+@pytest.mark.parametrize("depth", [255, 1022])
+def test_structured_data_nested_deeper_than_orjson_writes_is_the_payload(depth: int) -> None:
+    """1. A structured event whose data nests 255 or 1,022 levels (orjson writes 254; the envelope adds a
+    level, and orjson reads 1,024). Result: an event whose payload is that data, as binary mode would
+    carry it; it was an error the parse did not catch (a 500 over HTTP, a record skipped over Kafka)."""
+    data = b"[" * depth + b"0" + b"]" * depth
+    value = b'{"specversion":"1.0","type":"t","id":"e1","data":' + data + b"}"
+    event = parse(value, STRUCTURED, 1 << 20)
+    assert isinstance(event, Event) and event.payload == data
+
+
 BAD = [
     # (value, headers, expected id, expected type, words in the message)
     (b"{not json", binary(), "e1", "order.created", "not JSON"),

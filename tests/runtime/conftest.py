@@ -170,6 +170,12 @@ FINITE = {"a": None, "s": "null", "f": [1.5, -0.0, 1e308], "t": (None,), "p": Po
 async def non_finite(payload, ctx):
     return NON_FINITE[payload] if payload else FINITE
 
+async def nested(payload, ctx):
+    value = payload["leaf"]
+    for _ in range(payload["depth"]):
+        value = [value]
+    return value
+
 async def big_result(payload, ctx):
     chunk = "x" * (1 << 20)
     return [chunk] * payload  # `payload` MiB of JSON out of one MiB of memory

@@ -255,6 +255,20 @@ async def test_non_finite_float_is_not_json(runtime: Runtime, spec: SpecFactory,
         await call(runtime, spec("non_finite"), case)
 
 
+async def test_a_result_nested_as_deep_as_json_is_read_is_a_result(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A handler returns lists nested 1,024 levels deep (orjson writes 254, reads 1,024); then 1,025.
+    Result: the first is the result; the second a FunctionError saying how deep is too deep."""
+    value, _ = await call(runtime, spec("nested"), {"depth": 1024, "leaf": "bottom"})
+    depth = 0
+    while isinstance(value, list):
+        value, depth = value[0], depth + 1
+    assert (depth, value) == (1024, "bottom")
+    with pytest.raises(FunctionError, match=r"not JSON: list \(nested deeper than 1,024 levels\)"):
+        await call(runtime, spec("nested"), {"depth": 1025, "leaf": 1})
+
+
 async def test_values_that_encode_as_null_stay_results(runtime: Runtime, spec: SpecFactory) -> None:
     """1. A handler returns None, the string "null" and finite floats (also a float key).
     Result: the value, as JSON."""

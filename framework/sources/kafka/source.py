@@ -416,9 +416,13 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         handed over (`reply_later`), which marks it done once acknowledged. Every reply goes that one way,
         bad records' too, so the replies of one key land in the order of its records."""
         headers = list(record.headers or ())
-        event = cloudevents.parse(
-            record.value, headers, self.settings.max_payload_bytes, own_topics=self._own_topics
-        )
+        try:
+            event = cloudevents.parse(
+                record.value, headers, self.settings.max_payload_bytes, own_topics=self._own_topics
+            )
+        except Exception as exc:  # a bug of the parser: the record is still answered, as a bad one, and kept
+            log.exception("record %s-%d@%d could not be read", record.topic, record.partition, record.offset)
+            event = cloudevents.unreadable(exc)
         if isinstance(event, cloudevents.BadRecord):
             log.warning(
                 "bad record %s-%d@%d: %s", record.topic, record.partition, record.offset, event.message

@@ -182,6 +182,28 @@ def test_structured_mode_with_own_reply_topic(node: Node, broker: EmbeddedBroker
     assert v["ok"] is True and v["results"][0]["result"]["got"] == [1]
 
 
+def test_a_structured_event_nested_deeper_than_orjson_writes_is_served(
+    node: Node, broker: EmbeddedBroker
+) -> None:
+    """1. Produce a structured event whose data nests 600 levels (orjson writes 254, reads 1,024).
+    Result: its listeners get it and reply, `a` with the data as it was sent; the record was skipped,
+    with no reply and no dead-letter copy, when re-encoding the data raised."""
+    eid, data = new_id(), b"[" * 600 + b"7" + b"]" * 600
+    value = b'{"specversion":"1.0","type":"order.created","id":"%s","source":"t","data":%s}' % (
+        eid.encode(),
+        data,
+    )
+    structured = [("content-type", b"application/cloudevents+json")]
+    produce(broker.bootstrap, node.events, [(b"d", value, structured)])
+    v = reply_to(broker, node.replies, eid)["value"]
+    assert v["ok"] is True, v
+    got = v["results"][0]["result"]["got"]
+    depth = 0
+    while isinstance(got, list):
+        got, depth = got[0], depth + 1
+    assert (depth, got) == (600, 7)
+
+
 @pytest.mark.parametrize(
     ("event", "function", "error"),
     [("order.failed", "failer", "FunctionError"), ("order.slow", "slowpoke", "Timeout")],
