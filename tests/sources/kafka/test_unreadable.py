@@ -23,7 +23,7 @@ class Outbox:
         self.replies: list[Any] = []
 
     async def deadletter(
-        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]], reason: str
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]], why: str = ""
     ) -> None:
         self.copies.append((key, value, dict(headers)))
 
