@@ -355,6 +355,30 @@ def _replyto(value: object, own_topics: frozenset[str]) -> str | None:
     return value
 
 
+SHOWN_REASONS = 3
+"""Reasons of dropped attributes named in the one warning of an event (`dropped_warning`)."""
+SHOWN_CHARS = 200
+"""Characters of an id, a type or a reason shown in that warning: each may be as long as a header."""
+
+
+def _shown(text: str | None) -> str:
+    text = str(text)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
+
+
+def dropped_warning(event_id: str | None, event_type: str | None, dropped: Sequence[str]) -> str:
+    """The one warning line for what an event dropped (`Event.dropped`): its first reasons, how many
+    there were, each text shortened. One line per event, whatever it carries: a record of 1,800 bad
+    headers made 1,800 lines, each with an id and a type of up to a header's size (72 MB of log for one
+    64 KB request)."""
+    shown = "; ".join(_shown(why) for why in dropped[:SHOWN_REASONS])
+    more = f" (and {len(dropped) - SHOWN_REASONS:,} more)" if len(dropped) > SHOWN_REASONS else ""
+    return (
+        f"event {_shown(event_id)} ({_shown(event_type)}): {len(dropped):,} attribute(s) dropped, the event "
+        f"is served without them: {shown}{more}"
+    )
+
+
 def unreadable(exc: Exception) -> BadRecord:
     """The bad record of one `parse` failed on with `exc` (a bug: it returns BadRecord for any input), so
     the record is answered BadEvent and copied to the dead-letter topic rather than lost."""

@@ -98,8 +98,8 @@ async def receive(
     event = _parse(body, headers, reader.limit)
     if isinstance(event, cloudevents.BadRecord):
         return _refused(BadRequest(event.message.replace("ce_", "ce-")), event, invoker.exporter)
-    for why in event.dropped:
-        log.warning("event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why)
+    if event.dropped:
+        log.warning("%s", cloudevents.dropped_warning(event.id, event.type, event.dropped))
     span = tracing.start(event.traceparent, event.tracestate)
     try:
         reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
@@ -148,8 +148,8 @@ def typed_event(
         return cloudevents.Event(event_type, event_id, payload), tracing.start(
             event.traceparent, event.tracestate
         )
-    for why in event.dropped:
-        log.warning("event %s (%s): %s: dropped, the event is served without it", event_id, event_type, why)
+    if event.dropped:
+        log.warning("%s", cloudevents.dropped_warning(event_id, event_type, event.dropped))
     return event, tracing.start(event.traceparent, event.tracestate)
 
 

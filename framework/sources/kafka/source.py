@@ -435,10 +435,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             if self.invoker.exporter is not None:  # the reply names this span: it must exist
                 export_event(self.invoker.exporter, span, event, reply, "consumer", record.topic)
             return
-        for why in event.dropped:
-            log.warning(
-                "event %s (%s): %s: dropped, the event is served without it", event.id, event.type, why
-            )
+        if event.dropped:
+            log.warning("%s", cloudevents.dropped_warning(event.id, event.type, event.dropped))
         span = tracing.start(event.traceparent, event.tracestate)
         try:
             reply = await self.invoker.event(

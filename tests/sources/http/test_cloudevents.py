@@ -304,3 +304,22 @@ def test_openapi_describes_the_sink(node: Node) -> None:
     schema = op["requestBody"]["content"]["application/cloudevents+json"]["schema"]
     assert set(schema["required"]) == {"specversion", "type", "id"}, schema
     assert {"200", "400", "413"} <= set(op["responses"]), op
+
+
+@pytest.mark.parametrize("route", ["/events", "/events/ce.seen"])
+def test_thousands_of_bad_extension_headers_make_one_short_warning(node: Node, route: str) -> None:
+    """1. POST an event with a 20,000-character id and 1,500 extension headers whose names CloudEvents
+    does not allow (`ce-e_N`), to `POST /events` and to `POST /events/{type}`.
+    Result: it is served with none of them; the node logs one warning for it, a few hundred characters long,
+    naming the count and the first reasons (it logged a line per header, each with the whole id: 72 MB of
+    log for one 64 KB request)."""
+    eid = new_id() + "x" * 20_000
+    bad = {f"ce-e_{i}": "v" for i in range(1500)}
+    headers = {**_binary(eid), **bad} if route == "/events" else {"ce-id": eid, **bad}
+    before = node.log.stat().st_size
+    r = httpx.post(f"{node.url}{route}", content=b"{}", headers=headers, timeout=30)
+    assert r.status_code == 200 and _result(r.json())["extensions"] == {}, r.text[:500]
+    grown = node.log.read_bytes()[before:].decode(errors="replace")
+    [line] = [x for x in grown.splitlines() if "dropped" in x]
+    assert "1,500 attribute(s) dropped" in line and "'ce_e_0'" in line and "(and 1,497 more)" in line, line
+    assert eid[:36] in line and len(line) < 2000, len(line)
