@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -190,7 +191,11 @@ class MemoryGuard:
                 "this kernel lists no process's children (/proc/PID/task/TID/children): the processes "
                 "instances start are not counted toward instances.memory_mb"
             )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="faas-memory-guard")
+        # In a context of its own: started by the first limited instance's call, it would log every kill
+        # on the node in that call's trace.
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="faas-memory-guard", context=contextvars.Context()
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from framework.errors import FunctionError, InstanceCrashed
+from framework.observe import tracing
+from framework.observe.logs import TraceFilter
 from framework.runtime import Runtime
 from framework.runtime.memory import resident_bytes
 from framework.settings import Settings
@@ -151,6 +153,33 @@ async def test_over_the_memory_limit_the_instance_is_killed(
     assert peak[0] < (64 + 40) * 1024 * 1024, peak[0]
     value, res = await call(rt, s)
     assert value["pid"] != first["pid"] and res.cold_start
+
+
+async def test_a_memory_kill_is_logged_outside_the_trace_of_the_call_that_started_the_guard(
+    rt: Runtime, spec: SpecFactory, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. In trace A, call `grow` (memory_mb 64): its instance is the first with a limit, so the call
+    starts the memory guard. 2. In trace B, make it grow past the limit.
+    Result: the kill's warning does not carry trace A (the guard's task kept the first call's context, so
+    every kill on the node, of any function, was logged in that one unrelated trace)."""
+    caplog.handler.addFilter(TraceFilter())
+    caplog.set_level(logging.WARNING, "faas.runtime")
+    s = spec("grow", module="lim", root=root, timeout=30, max=1, memory_mb=64)
+    first = tracing.start()
+    token = tracing.current.set(first)
+    try:
+        await call(rt, s)
+    finally:
+        tracing.current.reset(token)
+    token = tracing.current.set(tracing.start())
+    try:
+        with pytest.raises(InstanceCrashed, match="memory"):
+            await call(rt, s, {"mb": 200, "hold": 20})
+    finally:
+        tracing.current.reset(token)
+    killed = [r for r in caplog.records if "memory" in r.getMessage() and "64" in r.getMessage()]
+    assert killed, [r.getMessage() for r in caplog.records]
+    assert all(getattr(r, "trace_id", None) != first.trace_id for r in killed), killed
 
 
 async def test_an_instance_over_its_limit_after_its_import_serves_nothing(

@@ -23,6 +23,7 @@ shape instead: the client learns to send it again, elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -116,7 +117,9 @@ class BodyReader:
         reads = self._reads
         reads[task] = loop.time()
         if self._sweeper is None:
-            self._sweeper = loop.create_task(self._sweep(), name="http body deadlines")
+            self._sweeper = loop.create_task(
+                self._sweep(), name="http body deadlines", context=contextvars.Context()
+            )
         # The ASGI messages directly rather than `request.stream()`: this is the invoke route's hot path.
         body = b""
         chunks: list[bytes] | None = None

@@ -11,6 +11,7 @@ DefaultPartitioner would (murmur2 of the key), so a key's replies keep to one pa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -94,7 +95,10 @@ class ReplyBatches:
             lane.builder.append(key=key, value=value, timestamp=None, headers=headers)
         lane.entries.append(entry)
         if lane.task is None:  # starts after this loop iteration: records appended meanwhile ride along
-            lane.task = self._loop.create_task(self._ship(topic, partition, lane))
+            # Its own context: not the trace of the event whose reply happened to start it.
+            lane.task = self._loop.create_task(
+                self._ship(topic, partition, lane), context=contextvars.Context()
+            )
 
     async def _ship(self, topic: str, partition: int, lane: _Lane) -> None:
         """Hand the lane's batches over one after another, each once the previous one is acknowledged (or
