@@ -41,7 +41,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from framework.observe import tracing
@@ -171,7 +171,9 @@ class _Throttle(logging.Filter):
 _throttle = _Throttle(LOG_INTERVAL)
 
 
-def _processor() -> Any:
+def _processor(redact: Callable[[str], str] | None = None) -> Any:
+    """The batch processor exporting over OTLP/HTTP; with `redact` (an instance's secrets), each span's
+    texts pass through it first (`span_redaction.py`)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -182,8 +184,13 @@ def _processor() -> Any:
     values, problems = batch_settings()
     for problem in problems:
         log.warning("OpenTelemetry: %s", problem)
+    exporter: Any = OTLPSpanExporter()
+    if redact is not None:
+        from framework.observe.span_redaction import RedactingExporter
+
+        exporter = RedactingExporter(exporter, redact)
     return BatchSpanProcessor(
-        OTLPSpanExporter(),
+        exporter,
         max_queue_size=values["max_queue_size"],
         schedule_delay_millis=values["schedule_delay_millis"],
         max_export_batch_size=values["max_export_batch_size"],
@@ -284,9 +291,10 @@ def _span_context(trace_id: str, span_id: str, span: Span, remote: bool) -> Any:
     return SpanContext(int(trace_id, 16), int(span_id, 16), remote, TraceFlags(int(span.flags, 16)), state)
 
 
-def setup_instance(function: str, instance_id: str) -> None:
-    """In a freshly forked instance: install a global TracerProvider exporting over OTLP/HTTP. Never
-    raises: an instance whose export cannot be set up serves without it (the error is logged)."""
+def setup_instance(function: str, instance_id: str, redact: Callable[[str], str] | None = None) -> None:
+    """In a freshly forked instance: install a global TracerProvider exporting over OTLP/HTTP, each span's
+    texts passed through `redact` first when given (the function has secrets). Never raises: an instance
+    whose export cannot be set up serves without it (the error is logged)."""
     global _provider
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -295,7 +303,7 @@ def setup_instance(function: str, instance_id: str) -> None:
         provider = TracerProvider(
             resource=_resource("faas", **{"faas.name": function, "faas.instance": instance_id})
         )
-        provider.add_span_processor(_processor())
+        provider.add_span_processor(_processor(redact))
     except Exception as exc:  # the function's own `env` can hold OTEL_* values too
         log.error("OpenTelemetry export is off in instance %s: %s", instance_id, exc)
         return

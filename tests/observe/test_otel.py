@@ -31,6 +31,9 @@ FAILING = "adadadad-0000-4000-8000-000000000003"
 FLAKY = "adadadad-0000-4000-8000-000000000004"
 WARM = "adadadad-0000-4000-8000-000000000005"
 TICKING = "adadadad-0000-4000-8000-000000000006"
+KEYED = "adadadad-0000-4000-8000-000000000007"
+CARD_KEY = "sk_live_5f3e2d1c0b"
+"""The value of the secret `card_key`, which `keyed` reads."""
 MANIFEST = f"""
 functions:
   - name: traced
@@ -57,6 +60,24 @@ functions:
     handler: functions.otelwarm:handle
     state: productive
     keep_warm: "* * * * * */1"
+"""
+SECRET_USER = f"""
+  - name: keyed
+    uuid: {KEYED}
+    handler: functions.otelkeyed:charge
+    state: productive
+    secrets: [card_key]
+"""
+KEYED_MODULE = """
+from opentelemetry import trace
+
+tracer = trace.get_tracer("handler")
+
+async def charge(payload, ctx):
+    key = ctx.secrets["card_key"]
+    with tracer.start_as_current_span("charge " + key) as span:
+        span.set_attribute("card", key)
+        raise RuntimeError("declined for " + key)
 """
 SCHEDULED = f"""
   - name: ticking
@@ -103,6 +124,10 @@ class Received:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     trace_state: str = ""
+    status: str = ""
+    """The status message."""
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Each event's name and attributes."""
 
 
 @dataclass
@@ -152,6 +177,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                                 attributes,
                                 resource,
                                 s.trace_state,
+                                s.status.message,
+                                [(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in s.events],
                             )
                         )
             with receiver.lock:
@@ -184,14 +211,17 @@ def node(
 ) -> Iterator[Node]:
     root = write_project(
         tmp_path_factory.mktemp("otel"),
-        MANIFEST + SCHEDULED,
+        MANIFEST + SCHEDULED + SECRET_USER,
         {
             "otelfn": ASYNC_MODULE,
             "otelsync": SYNC_MODULE,
             "otelfail": FAILING_MODULE,
             "otelwarm": WARM_MODULE,
+            "otelkeyed": KEYED_MODULE,
         },
     )
+    (root / "secrets").mkdir()
+    (root / "secrets" / "card_key").write_text(CARD_KEY + "\n")
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver[1], "OTEL_BSP_SCHEDULE_DELAY": "100"}
     n = Node(root, broker.bootstrap, env=env).wait_ready()
     yield n
@@ -398,6 +428,24 @@ def test_a_schedule_run_is_a_span_over_its_attempts(node: Node, receiver: tuple[
     both = wait_for(lambda: len(found := attempts(run)) == 2 and found, timeout=30, message="two attempts")
     assert len({s.attributes["faas.invocation_id"] for s in both}) == 2, both
     assert all(s.attributes["faas.trigger"] == "timer" for s in both), both
+
+
+def test_a_handlers_own_span_carries_no_secret_value(node: Node, receiver: tuple[Receiver, str]) -> None:
+    """1. `keyed` reads the secret `card_key`, names a span of its own after it, sets it as an attribute,
+    and raises an error holding it inside that span (the SDK records the exception on the span).
+    Result: the call fails with the value masked, and the handler's span reaches the collector with `***`
+    in its name, attribute, status and exception event, the value nowhere (it went out in clear)."""
+    rec, _ = receiver
+    r = httpx.post(f"{node.url}/functions/{KEYED}/invoke", json={}, timeout=30)
+    assert r.status_code == 500 and "declined for ***" in r.text and CARD_KEY not in r.text, r.text
+    tid = r.headers["traceparent"].split("-")[1]
+    [span] = wait_for(lambda: rec.named("charge ***", tid), timeout=30, message="the handler's span")
+    assert span.attributes["card"] == "***" and span.status == "RuntimeError: declined for ***", span
+    [(name, attributes)] = span.events
+    assert name == "exception" and attributes["exception.message"] == "declined for ***", span
+    with rec.lock:
+        everything = repr([s for s in rec.spans if s.trace_id == tid])
+    assert CARD_KEY not in everything and "declined for ***" in everything, everything
 
 
 def test_unsampled_trace_is_not_exported(node: Node, receiver: tuple[Receiver, str]) -> None:

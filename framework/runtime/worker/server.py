@@ -149,7 +149,8 @@ def _main(config: Header, main_fd: int, log_fd: int) -> int:
     with contextlib.suppress(OSError):
         os.chdir(config["root"])
     if otel.enabled():  # after the fork: the provider's export thread must be this process's own
-        otel.setup_instance(config["function"], config["instance_id"])
+        secret = redact.installed().pattern is not None  # installed above: a rotation starts new instances
+        otel.setup_instance(config["function"], config["instance_id"], redact.redact if secret else None)
     try:
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
             server = Server(config, capture)

@@ -1,0 +1,73 @@
+"""Secret values kept out of exported spans (framework/observe/span_redaction.py): every text of a span."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, SpanContext, StatusCode
+from opentelemetry.trace.status import Status
+
+from framework.observe.span_redaction import RedactingExporter, redacted
+from framework.runtime.worker.redact import Redactor
+
+SECRET = "sk_live_0123456789"
+redact = Redactor([SECRET])
+
+
+def context(span_id: int) -> SpanContext:
+    return SpanContext(0xABC, span_id, is_remote=False)
+
+
+def span_with_secrets() -> ReadableSpan:
+    return ReadableSpan(
+        name=f"charge {SECRET}",
+        context=context(2),
+        parent=context(1),
+        attributes={"card": SECRET, "n": 3, "many": (f"a {SECRET}", "b"), "flag": True},
+        events=[
+            Event(
+                "exception",
+                {"exception.message": f"declined {SECRET}", "exception.stacktrace": f"line\n{SECRET!r}"},
+                5,
+            )
+        ],
+        links=[Link(context(3), {"why": f"retry of {SECRET}"})],
+        status=Status(StatusCode.ERROR, f"RuntimeError: declined {SECRET}"),
+        start_time=1,
+        end_time=9,
+    )
+
+
+def test_every_text_of_a_span_is_redacted_and_the_rest_kept() -> None:
+    span = redacted(span_with_secrets(), redact)
+    assert SECRET not in repr(span.to_json())
+    assert span.name == "charge ***" and span.status.description == "RuntimeError: declined ***"
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {}) == {"card": "***", "n": 3, "many": ("a ***", "b"), "flag": True}
+    [event] = span.events
+    assert event.name == "exception" and event.timestamp == 5
+    assert dict(event.attributes or {}) == {
+        "exception.message": "declined ***",
+        "exception.stacktrace": "line\n'***'",
+    }
+    assert dict(span.links[0].attributes or {}) == {"why": "retry of ***"}
+    assert (span.context, span.parent, span.start_time, span.end_time) == (context(2), context(1), 1, 9)
+
+
+class Collected(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def test_the_exporter_hands_on_redacted_copies() -> None:
+    inner = Collected()
+    exporter = RedactingExporter(inner, redact)
+    assert exporter.export([span_with_secrets()]) is SpanExportResult.SUCCESS
+    [span] = inner.spans
+    assert SECRET not in repr(span.to_json()) and span.name == "charge ***"
