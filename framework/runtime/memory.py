@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from framework.observe import otel
 from framework.runtime.handle import InstanceHandle
 
 PERIOD = 0.1
@@ -157,7 +158,14 @@ def check_at_start(inst: InstanceHandle) -> str | None:
     limit_mb = inst.spec.instances.memory_mb
     if limit_mb is None or not inst.pid:
         return None
-    return over_limit(inst, resident_bytes(inst.pid), limit_mb)
+    message = over_limit(inst, resident_bytes(inst.pid), limit_mb)
+    if message is None:
+        return None
+    # Over before serving anything: no call can ever run under this limit, so say what holds the memory.
+    message += " before it served a call (the interpreter, the platform and its imports hold that much"
+    if otel.enabled():
+        message += "; OpenTelemetry export, on for this node, about 15 MB of it"
+    return message + "): raise the limit"
 
 
 class MemoryGuard:

@@ -182,18 +182,25 @@ async def test_a_memory_kill_is_logged_outside_the_trace_of_the_call_that_starte
     assert all(getattr(r, "trace_id", None) != first.trace_id for r in killed), killed
 
 
+@pytest.mark.parametrize("export", [False, True])
 async def test_an_instance_over_its_limit_after_its_import_serves_nothing(
-    rt: Runtime, spec: SpecFactory, root: Path
+    rt: Runtime, spec: SpecFactory, root: Path, monkeypatch: pytest.MonkeyPatch, export: bool
 ) -> None:
     """1. A function whose module allocates 150 MB at import, memory_mb 64. 2. Call it twice.
-    Result: each call is InstanceCrashed naming the limit (its instance was killed at its HELLO, before
-    serving: it used to answer the first call and be killed after), each kill counted as `memory`."""
+    Result: each call is InstanceCrashed naming the limit and saying no call can run under it (its instance
+    was killed at its HELLO, before serving: it used to answer the first call and be killed after), each
+    kill counted as `memory`; with OpenTelemetry export on, what it holds of that is said too."""
+    if export:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     (root / "functions" / "ballast.py").write_text(HEAVY_IMPORT)
     s = spec("handle", module="ballast", root=root, timeout=30, max=1, memory_mb=64)
     for n in (1, 2):
         with pytest.raises(InstanceCrashed) as crashed:
             await call(rt, s)
-        assert "memory limit (instances.memory_mb: 64)" in crashed.value.message
+        message = crashed.value.message
+        assert "memory limit (instances.memory_mb: 64) before it served a call (the interpreter" in message
+        assert message.endswith("): raise the limit"), message
+        assert ("; OpenTelemetry export, on for this node, about 15 MB of it" in message) is export, message
         assert kills(rt, s.name, "memory") == n
 
 
