@@ -747,6 +747,24 @@ def test_an_error_of_megabytes_keeps_the_page_in_shape(node: Node, ui: Callable[
     rec.assert_clean(expected_failures=(f"/functions/{BREAKER}/invoke",))
 
 
+BROKEN_WORDS = """() => {
+  const broken = [];
+  const walk = document.createTreeWalker(document.querySelector("main"), NodeFilter.SHOW_TEXT);
+  for (let text = walk.nextNode(); text; text = walk.nextNode()) {
+    const word = text.textContent.trim();
+    if (!text.parentElement.closest("td") || !/^[A-Za-z0-9.]{1,12}$/.test(word)) continue;
+    const range = document.createRange();
+    range.selectNodeContents(text);
+    const tops = [...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top));
+    const lines = new Set(tops).size;
+    const label = text.parentElement.closest("td").dataset.label;
+    if (lines > 1) broken.push(`${label}: ${word} on ${lines} lines`);
+  }
+  return broken;
+}"""
+"""The short words (one text node) in table cells that the page breaks over several lines."""
+
+
 # ---- values a page could mangle ----
 
 ODD = "eeeeeeee-0000-4000-8000-0000000000d1"
@@ -829,11 +847,16 @@ def test_long_and_right_to_left_event_types_keep_the_page_in_shape(
     odd_node: Node, ui: Callable[..., Recorder]
 ) -> None:
     """wide listens to a type holding a right-to-left override, `ui.after`, and a 3,003-character type.
-    1. Open /ui. 2. Open wide's page. 3. Open the Events view.
+    1. Raise the long type over HTTP. 2. Open /ui. 3. Open wide's page. 4. Open the Events view.
     Result: each type in wide's Events cell and fact is isolated in its own <bdi> (the override reversed
     the types after it); no view is wider than the window (the fact and the events table made the page
-    about 27,000 px wide), and each Raise button keeps its label on one line (it was squeezed to a
-    letter's width)."""
+    about 27,000 px wide), each Raise button keeps its label on one line (it was squeezed to a letter's
+    width), and beside the long type in the recent invocations the short words (warm, 1, r1) stay whole
+    (the Cold column showed "war" over "m")."""
+    for n in (1, 2):  # the second is warm: "warm" is wider than "cold"
+        headers = {"ce-specversion": "1.0", "ce-type": LONG_TYPE, "ce-id": f"long-{n}", "ce-source": "t"}
+        raised = httpx.post(f"{odd_node.url}/events", content=b"{}", headers=headers, timeout=30)
+        assert raised.status_code in (200, 500), raised.text[:300]
     rec = ui(odd_node)
     page = rec.open(rec.page())
     cell = row_of(page, "wide").locator("td[data-label=Events]")
@@ -844,6 +867,8 @@ def test_long_and_right_to_left_event_types_keep_the_page_in_shape(
     fact = page.locator("dl.facts dd").filter(has=page.locator("bdi"))
     expect(fact.locator("bdi")).to_have_count(3)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    expect(page.locator("td[data-label=Cold]").first).to_be_visible()
+    assert page.evaluate(BROKEN_WORDS) == []
     page.get_by_role("link", name="Events", exact=True).click()
     expect(page.locator("tbody tr").filter(has_text="ui.after")).to_have_count(1)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
