@@ -48,12 +48,21 @@ def _waits_to_send(scope: Scope) -> bool:
     return any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"])
 
 
-def declared_length(scope: Scope) -> int | None:
-    """The `Content-Length` header as an int, or None; read from the raw ASGI headers (no Headers object)."""
+def _framing(scope: Scope) -> tuple[int | None, bytes | None]:
+    """The `Content-Length` header as an int (None: absent or not a number) and the `Transfer-Encoding`
+    header, from the raw ASGI headers (no Headers object)."""
+    length = coding = None
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            length = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            coding = value
+    return length, coding
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The `Content-Length` header as an int, or None."""
+    return _framing(scope)[0]
 
 
 async def discard(scope: Scope, receive: Receive) -> None:
@@ -103,7 +112,14 @@ class BodyReader:
         `LINGER_BYTES` or its client waits for `100 Continue` (module docstring).
         """
         limit = self.limit
-        declared = declared_length(scope)
+        declared, coding = _framing(scope)
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # The server decodes the chunks of `gzip, chunked` and passes the gzip on: refused, not misread.
+            await discard(scope, receive)  # so the 400 reaches a client still sending
+            raise BadRequest(
+                f"Transfer-Encoding {coding.decode('latin-1')!r} is not supported: send the body chunked or "
+                "with a Content-Length, not encoded"
+            )
         too_large: PayloadTooLarge | None = None
         if declared is not None and declared > limit:
             too_large = PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")

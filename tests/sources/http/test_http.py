@@ -5,6 +5,7 @@ Every status code comes from a real request; one module-scoped node serves most 
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import os
 import re
@@ -493,6 +494,23 @@ def test_a_body_shorter_than_its_content_length_is_answered_400(node: Node) -> N
     status, body, _ = raw_request(node, chunked, [b"2\r\n[1\r\n"])
     assert status == 400 and "after 2 bytes" in body["error"]["message"], body
     assert invoke(node, ECHO, json={"still": "serving"}).json()["result"]["echo"] == {"still": "serving"}
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate, chunked", "x-unknown, chunked"])
+@pytest.mark.parametrize("path", [f"/functions/{ECHO}/invoke", "/events/ping", "/events"])
+def test_a_transfer_coding_other_than_chunked_is_refused_naming_it(node: Node, coding: str, path: str) -> None:
+    """1. POST a body sent with `Transfer-Encoding: gzip, chunked` (or another coding before chunked),
+    gzipped as it says, on each route that reads a body.
+    Result: 400 BadRequest naming the coding, on the same connection's answer; the node decodes only the
+    chunks, so the gzip was taken for the body ("not UTF-8"), and a plain body sent so was served as if
+    the coding were not there."""
+    body = gzip.compress(b'{"a": 1}')
+    head = f"POST {path} HTTP/1.1\nHost: x\nContent-Type: application/json\nTransfer-Encoding: {coding}\n"
+    if path == "/events":
+        head += "ce-specversion: 1.0\nce-type: ping\nce-id: te-1\nce-source: t\n"
+    status, answer, _ = raw_request(node, head, [b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)])
+    assert status == 400 and answer["error"]["type"] == "BadRequest", answer
+    assert answer["error"]["message"].startswith(f"Transfer-Encoding {coding!r} is not supported"), answer
 
 
 def test_a_slow_body_that_keeps_coming_is_served(node: Node) -> None:
