@@ -498,7 +498,9 @@ def test_a_body_shorter_than_its_content_length_is_answered_400(node: Node) -> N
 
 @pytest.mark.parametrize("coding", ["gzip, chunked", "deflate, chunked", "x-unknown, chunked"])
 @pytest.mark.parametrize("path", [f"/functions/{ECHO}/invoke", "/events/ping", "/events"])
-def test_a_transfer_coding_other_than_chunked_is_refused_naming_it(node: Node, coding: str, path: str) -> None:
+def test_a_transfer_coding_other_than_chunked_is_refused_naming_it(
+    node: Node, coding: str, path: str
+) -> None:
     """1. POST a body sent with `Transfer-Encoding: gzip, chunked` (or another coding before chunked),
     gzipped as it says, on each route that reads a body.
     Result: 400 BadRequest naming the coding, on the same connection's answer; the node decodes only the
