@@ -169,7 +169,8 @@ def parse(
             continue
         if attrs.setdefault(lname, text) != text:  # which one is the event's? neither is taken
             bad_header = bad_header or f"header {name} is given twice, with different values"
-    if attrs.get("content-type", "").lower().startswith(STRUCTURED):
+    media = attrs.get("content-type", "").partition(";")[0].strip().lower()  # `; charset=utf-8` aside
+    if media == STRUCTURED:
         return _structured(value, bad_header, max_payload, trace, transport_first, own_topics, reply_topic)
     event_id = attrs.get("ce_id") or None
     event_type = attrs.get("ce_type") or None
@@ -186,8 +187,10 @@ def parse(
             raise _Bad(bad_header)
         if attrs.get("ce_specversion", SPECVERSION) != SPECVERSION:
             raise _Bad(f"unsupported ce_specversion {attrs['ce_specversion']!r} (want {SPECVERSION})")
-        if attrs.get("content-type", "").lower().startswith(BATCH):
+        if media == BATCH:
             raise _Bad(f"batch mode ({BATCH}) is not supported: send one event per message")
+        if media.startswith("application/cloudevents"):  # +xml, +avro, +protobuf: formats not read here
+            raise _Bad(f"structured mode in {media!r} is not supported: send {STRUCTURED} or binary mode")
         if event_type is None:
             raise _Bad("empty ce_type header" if "ce_type" in attrs else "missing ce_type header")
         if event_id is None:

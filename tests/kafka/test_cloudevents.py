@@ -58,6 +58,19 @@ def test_structured_event() -> None:
     assert event == Event("order.created", "e1", b'{"item":1}', "s", "r.t")
 
 
+def test_the_content_type_is_matched_as_a_media_type() -> None:
+    """`application/cloudevents+json` in any case and with parameters is structured mode; a type that only
+    begins so (`+jsonx`) is a format not read here, refused naming it (it was read as JSON)."""
+    for given in (b"Application/CloudEvents+JSON ; charset=utf-8", b"application/cloudevents+json"):
+        event = parse(envelope(data=[1]), [("content-type", given)], MAX)
+        assert isinstance(event, Event) and event.payload == b"[1]", given
+    longer = parse(
+        envelope(), [*binary()[:2], *binary()[3:], ("content-type", b"application/cloudevents+jsonx")], MAX
+    )
+    assert isinstance(longer, BadRecord), longer
+    assert longer.message.startswith("structured mode in 'application/cloudevents+jsonx' is not supported")
+
+
 def test_structured_without_data_is_null_and_data_base64_is_decoded() -> None:
     assert parse(envelope(), STRUCTURED, MAX) == Event("order.created", "e1", b"null", "s")
     raw = base64.b64encode(b'{"a": [1]}').decode()
@@ -118,6 +131,13 @@ BAD = [
         "e1",
         "order.created",
         "batch mode",
+    ),
+    (
+        envelope(),
+        [*binary()[:2], *binary()[3:], ("content-type", b"application/cloudevents+xml")],
+        "e1",
+        "order.created",
+        "structured mode in 'application/cloudevents+xml' is not supported",
     ),
     (
         envelope(data_base64=base64.b64encode(b"{no").decode()),
