@@ -34,7 +34,7 @@ from framework.observe.logs import STANDARD
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.raw_output import RawLines, read_socket
 from framework.runtime.template import Template, describe_exit, process_state
-from framework.runtime.worker.redact import Redactor
+from framework.runtime.worker.redact import shared
 from framework.types import Invocation
 
 GRACE = 1.0
@@ -175,7 +175,7 @@ class InstanceHandle:
             main, logs, stdout, stderr = template.spawn(config)
             unused = [main, logs, stdout, stderr]  # each until its transport takes it over
             try:
-                secrets = Redactor(self._secrets.values())
+                secrets = shared(tuple(self._secrets.values()))
                 self.raw.append(await read_socket(stdout, "stdout", logging.INFO, self._raw_line, secrets))
                 unused.remove(stdout)
                 self.raw.append(await read_socket(stderr, "stderr", logging.WARNING, self._raw_line, secrets))

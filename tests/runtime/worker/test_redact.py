@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from framework.runtime.worker import redact
+from framework.runtime.worker.redact import Redactor, alternation
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +92,48 @@ def test_open_at_finds_where_a_form_may_begin_at_the_end() -> None:
     assert r.open_at("text pa'") == 5 and r.open_at("text pa\\") == 8  # no form of "pa'ss" has a "\\"
     assert r.open_at("text supx") == 9 and r.open_at("") == 0
     assert r.open_at("s" * 40) == 39  # "ss", "sss"... begin no form: only the last "s" does
+
+
+def test_the_trie_matches_as_a_flat_alternation_longest_first() -> None:
+    """`alternation` against the flat alternation it replaces, on words sharing beginnings, words inside
+    others, one word the start of another, regex metacharacters, non-ASCII, over random texts made of
+    their pieces: the same matches, so the same redaction."""
+    rng = random.Random(7)
+    alphabet = "ab.*(é\n"
+    for _ in range(200):
+        words = sorted(
+            {
+                "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+                for _ in range(rng.randint(1, 12))
+            },
+            key=len,
+            reverse=True,
+        )
+        flat = re.compile("|".join(map(re.escape, words)))
+        trie = re.compile(alternation(words))
+        for _ in range(20):
+            text = "".join(rng.choice([*words, "x", "a", "é"]) for _ in range(rng.randint(0, 12)))
+            assert [m.span() for m in trie.finditer(text)] == [m.span() for m in flat.finditer(text)], (
+                words,
+                text,
+            )
+
+
+def test_a_bundle_of_many_lines_is_redacted_line_by_line_in_text_and_bytes() -> None:
+    """A certificate bundle of 300 lines: each of its lines is replaced wherever it shows, in text and in the
+    bytes of raw output, and the bundle whole is one mask."""
+    lines = [f"MII{i:04d}" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" + f"{i:04d}" for i in range(300)]
+    bundle = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----"
+    redactor = Redactor([bundle])
+    assert redactor(f"got {lines[150]} and {lines[7]}.") == "got *** and ***."
+    assert redactor(bundle) == "***"
+    assert redactor.bytes_pattern is not None
+    assert redactor.bytes_pattern.sub(b"***", f"<{lines[299]}>".encode()) == b"<***>"
+
+
+def test_the_node_builds_a_set_of_values_once() -> None:
+    """`shared`: the node asks for one per instance it starts; the same values give the same Redactor."""
+    first = redact.shared(("tok-0123456789", "other-value"))
+    assert redact.shared(("tok-0123456789", "other-value")) is first
+    assert redact.shared(("tok-0123456789",)) is not first
+    assert first("a tok-0123456789 b") == "a *** b"
