@@ -49,9 +49,14 @@ class Handover:
     """Lets a source take back the event a task runs while that event waits between attempts, or (with
     `give_up`) end the attempts of a run that has no other owner."""
 
-    __slots__ = ("_requested", "give_up", "owner", "requested", "waiting")
+    __slots__ = ("_requested", "give_up", "on_wait", "owner", "requested", "waiting")
 
-    def __init__(self, owner: asyncio.Task[object] | None = None, give_up: bool = False) -> None:
+    def __init__(
+        self,
+        owner: asyncio.Task[object] | None = None,
+        give_up: bool = False,
+        on_wait: Callable[[Handover, int], None] | None = None,
+    ) -> None:
         self.owner = owner or asyncio.current_task()
         """The task to cancel: the one that runs the event (its listeners' tasks go with it)."""
         self.give_up = give_up
@@ -59,6 +64,10 @@ class Handover:
         self.requested = False
         self.waiting = 0
         """Backoffs in progress under this handover (one per retrying listener of the event)."""
+        self.on_wait = on_wait
+        """Told `(self, 1)` when the event starts to wait between attempts (its first backoff in progress)
+        and `(self, -1)` when it stops (none is): the Kafka source does not count a waiting event as work
+        in flight."""
         self._requested: asyncio.Event | None = None
         """Set by `request`: ends the backoffs of a `give_up` handover (made by the first: the Kafka
         source makes a handover per event, which never needs one)."""
@@ -176,6 +185,8 @@ async def _backoff(name: str, delay: float) -> bool:
     if handover.give_up:
         return await handover.wait(delay)
     handover.waiting += 1
+    if handover.waiting == 1 and handover.on_wait is not None:
+        handover.on_wait(handover, 1)
     try:
         if handover.requested and handover.owner is not None:
             # Handed over before this backoff began; the sleep below ends at once.
@@ -184,4 +195,6 @@ async def _backoff(name: str, delay: float) -> bool:
         await asyncio.sleep(delay)
     finally:
         handover.waiting -= 1
+        if handover.waiting == 0 and handover.on_wait is not None:
+            handover.on_wait(handover, -1)
     return False

@@ -153,6 +153,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self.outbox = ReplyOutbox(settings, metrics, self.sender, self.probe.unreachable_for)
         self._handovers: dict[Handover, TopicPartition] = {}
         """The events running now, by partition: those waiting between attempts can be handed over."""
+        self._waiting: dict[TopicPartition, int] = {}
+        """Events waiting between attempts, by partition: not work in flight (`room`)."""
+        self._waiting_total = 0
+        self._on_wait = self._waits
         self._leaving: set[TopicPartition] = set()
         """Partitions being revoked: their events that start now are handed over at their first backoff."""
         self._room_waiter: asyncio.Future[None] | None = None
@@ -302,8 +306,20 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
     @property
     def room(self) -> int:
         """Records the poll loop may take now: FAAS_MAX_INFLIGHT_EVENTS less those held (running, queued,
-        or waiting for their reply's acknowledgement)."""
-        return self.runner.room - self.outbox.unacked
+        or waiting for their reply's acknowledgement), not counting up to as many again that wait between
+        retry attempts: a burst of failing events in their backoffs would hold every slot, and every other
+        key and function of the node would wait for them (minutes, with long backoffs), doing nothing."""
+        return self.runner.room - self.outbox.unacked + min(self._waiting_total, self.runner.limit)
+
+    def _waits(self, handover: Handover, delta: int) -> None:
+        """An event starts (+1) or stops (-1) waiting between attempts (`Handover.on_wait`)."""
+        tp = self._handovers.get(handover)
+        if tp is None:
+            return
+        self._waiting_total += delta
+        self._waiting[tp] = self._waiting.get(tp, 0) + delta
+        if delta > 0:
+            self._room_freed()
 
     async def _poll(self) -> None:
         consumer = self.consumer
@@ -337,7 +353,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         if len(assigned) < 2:
             return set(), limit
         cap = max(1, int(limit * PARTITION_SHARE))
-        held = {tp: p.held for tp, p in self.tracker.partitions.items() if tp in assigned}
+        waiting = self._waiting  # events in a backoff hold no slot (`room`): nor do they crowd a partition
+        held = {
+            tp: p.held - waiting.get(tp, 0) for tp, p in self.tracker.partitions.items() if tp in assigned
+        }
         crowded = {tp for tp, n in held.items() if n >= cap or (tp in paused and n > cap // 2)}
         # A revoked partition is in neither set: aiokafka would raise on pausing one.
         most = max((n for tp, n in held.items() if tp not in crowded), default=0)
@@ -385,7 +404,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _handle(self, part: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> None:
         # The loop given: `current_task()` without one asks `get_running_loop()`, a getpid() per event.
-        handover = Handover(asyncio.current_task(self.runner.loop))
+        handover = Handover(asyncio.current_task(self.runner.loop), on_wait=self._on_wait)
         HANDOVER.set(handover)  # this chain task's context: its listeners' tasks inherit it
         tp = TopicPartition(record.topic, record.partition)
         handover.requested = self._stopping or tp in self._leaving

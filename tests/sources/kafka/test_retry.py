@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,55 @@ def test_dead_letters_counted_by_reason(rig: dict[str, Any], broker: EmbeddedBro
     assert dict(failed_copy.headers)["faas_attempts"] == b"1"  # FunctionError is not in nope's `on`
     assert metric(node, "faas_events_deadlettered_total", reason="bad_event") == bad_before + 1
     assert metric(node, "faas_events_deadlettered_total", reason="failed") == failed_before + 1
+
+
+STORM = """
+functions:
+  - name: storm
+    uuid: 2e721e00-0000-4000-8000-000000000021
+    handler: functions.st:storm
+    state: productive
+    events: [st.storm]
+    retry: {attempts: 2, backoff: 10, on: [FunctionError]}
+  - name: ping
+    uuid: 2e721e00-0000-4000-8000-000000000022
+    handler: functions.st:ping
+    state: productive
+    events: [st.ping]
+"""
+STORM_MODULE = """
+async def storm(payload, ctx):
+    raise RuntimeError(f"down on attempt {ctx.attempt}")
+
+async def ping(payload, ctx):
+    return "pong"
+"""
+
+
+def test_events_waiting_between_attempts_leave_room_for_other_keys(
+    tmp_path: Path, broker: EmbeddedBroker, nodes: Any
+) -> None:
+    """1. A node with FAAS_MAX_INFLIGHT_EVENTS=8; `storm` always fails and is retried after 10 s, then 20 s.
+    2. Produce 8 storm events on 8 keys; once each has failed its first attempt (8 retries counted),
+       produce a `ping` event on another key.
+    Result: ping is answered within a few seconds, while the storm events wait out their backoffs; they
+    held every slot before, and the ping waited about 30 s for the first of them to end."""
+    root = write_project(tmp_path, STORM, {"st": STORM_MODULE})
+    node = nodes(root, broker.bootstrap, env={"FAAS_MAX_INFLIGHT_EVENTS": "8"}).wait_ready()
+    produce(
+        broker.bootstrap,
+        node.events,
+        [(f"k{i}".encode(), b"{}", ce_headers("st.storm", new_id())) for i in range(8)],
+    )
+    wait_for(
+        lambda: metric(node, "faas_retries_total", function="storm") >= 8,
+        timeout=60,
+        message="8 storm events waiting between attempts",
+    )
+    eid = new_id()
+    produced = time.monotonic()
+    produce(broker.bootstrap, node.events, [(b"other", b"{}", ce_headers("st.ping", eid))])
+    replies_of(broker, node, {eid}, timeout=60)
+    took = time.monotonic() - produced
+    assert took < 8, f"ping answered {took:.1f} s after it was produced"
+    assert metric(node, "faas_retries_total", function="storm") == 8, "still in their first backoff"

@@ -412,3 +412,16 @@ async def test_a_read_from_the_start_asked_before_the_consumer_started_is_done_a
     finally:
         await within(source._close_consumer(), 30)
         await within(source.sender.stop(), 30)
+
+
+def test_events_waiting_between_attempts_count_toward_the_room_up_to_the_limit_again() -> None:
+    """The room leaves out events in a backoff, up to FAAS_MAX_INFLIGHT_EVENTS of them: what a node holds
+    stays bounded (twice the limit) however many events fail at once."""
+    source, _ = full_source(8)
+    assert source.room == 0
+    source._waiting_total = 5  # five of the eight held wait between attempts
+    assert source.room == 5
+    source.runner.size, source._waiting_total = 16, 16  # as many again taken, all of them waiting
+    assert source.room == 0
+    source.runner.size, source._waiting_total = 20, 20
+    assert source.room == -4
