@@ -315,6 +315,7 @@ class Node:
         now = asyncio.get_running_loop().time()
         app.drain_by(now + max(grace - BODY_DRAIN_MARGIN, 0))
         app.cut_at(now + grace, grace)
+        app.end_retries()  # an HTTP event has no next owner to redo it: its retries end now
         stop_watch.set()
         # The three sources drain side by side, so the whole stop stays within one grace period.
         http = asyncio.gather(*tasks, return_exceptions=True)

@@ -333,7 +333,8 @@ class HttpSource:
         ev, span = typed_event(event, event_id, headers, payload)
         invoker = self.invoker
         try:
-            reply = await invoker.event(event, event_id, payload, ev.identity(), span)
+            with self.inflight.retries_end_on_stop():
+                reply = await invoker.event(event, event_id, payload, ev.identity(), span)
         except asyncio.CancelledError:
             cut = self.inflight.error()
             if cut is None:
@@ -460,6 +461,10 @@ class App(Starlette):
         """The node is stopping: requests whose function has not answered at loop time `deadline` are
         answered 502 `InstanceCrashed` (`stopping.py`)."""
         self.source.inflight.cut_at(deadline, grace, why)
+
+    def end_retries(self) -> None:
+        """The node is stopping: events raised over HTTP make no more retry attempts (`stopping.py`)."""
+        self.source.inflight.end_retries()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

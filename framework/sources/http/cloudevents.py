@@ -102,7 +102,11 @@ async def receive(
         log.warning("%s", cloudevents.dropped_warning(event.id, event.type, event.dropped))
     span = tracing.start(event.traceparent, event.tracestate)
     try:
-        reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
+        if inflight is None:
+            reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
+        else:
+            with inflight.retries_end_on_stop():
+                reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
     except asyncio.CancelledError:
         cut = inflight.error() if inflight is not None else None
         if cut is None:

@@ -8,14 +8,22 @@ CANCEL, as when a caller leaves), and the route answers 502 `InstanceCrashed` in
 instance is about to be stopped with the node). Without this, uvicorn's own graceful-shutdown timeout
 cancelled those requests and answered a plain-text 500 that no client of the contract can read.
 
+An event raised over HTTP (`POST /events*`) that waits between retry attempts when the node stops has no
+next owner to hand it to (a Kafka event's partition has one): its attempts end at once with the last one's
+error (`retries_end_on_stop`), as a scheduled run's do, and its caller gets that answer instead of waiting
+while the node makes attempts after its SIGTERM (a 10 s and a 20 s backoff held a stop 31.5 s).
+
 Tracking costs a set insert and removal per request (about 0.1 us); nothing runs until the node stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 from framework.errors import InstanceCrashed
+from framework.retry import HANDOVER, Handover
 
 
 class InflightRequests:
@@ -26,6 +34,30 @@ class InflightRequests:
         self.cut = False
         """The grace is up: a request cancelled now was cancelled here (`error`)."""
         self._why = ""
+        self._retrying: set[Handover] = set()
+        """The handovers of the HTTP events in progress (`retries_end_on_stop`)."""
+        self._stopping = False
+
+    @contextlib.contextmanager
+    def retries_end_on_stop(self) -> Iterator[None]:
+        """Run an HTTP event's invocation within this: its retries end once the node stops (`end_retries`)."""
+        handover = Handover(give_up=True)
+        token = HANDOVER.set(handover)  # the listeners' tasks, made within, inherit it
+        self._retrying.add(handover)
+        if self._stopping:
+            handover.request()
+        try:
+            yield
+        finally:
+            self._retrying.discard(handover)
+            HANDOVER.reset(token)
+
+    def end_retries(self) -> None:
+        """The node stops: events waiting between attempts end now with their last error, and those in an
+        attempt make no other."""
+        self._stopping = True
+        for handover in self._retrying:
+            handover.request()
 
     def cut_at(self, deadline: float, grace: float, why: str | None = None) -> None:
         """Cut what is still in flight at loop time `deadline` (the end of the `grace` seconds); `why`

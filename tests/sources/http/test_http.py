@@ -668,3 +668,48 @@ def test_bytes_that_are_not_http_get_the_contract_400(node: Node, head: str) -> 
     assert status == 400 and body["error"]["type"] == "BadRequest", body
     assert body["error"]["message"].startswith("not a valid HTTP/1.1 request"), body
     assert httpx.post(f"{node.url}/functions/{ECHO}/invoke", json={"a": 1}, timeout=30).status_code == 200
+
+
+RETRIED_EVENT = """
+functions:
+  - name: storm
+    uuid: aaaaaaaa-0000-4000-8000-0000000000a1
+    handler: functions.st:storm
+    state: productive
+    events: [st.storm]
+    retry: {attempts: 2, backoff: 10, on: [FunctionError]}
+"""
+
+
+@pytest.mark.parametrize("route", ["/events/st.storm", "/events"])
+def test_sigterm_ends_the_retries_of_an_http_event_at_once(
+    tmp_path: Path, nodes: Callable[..., Node], route: str
+) -> None:
+    """1. POST an event whose listener always fails and is retried after 10 s, then 20 s.
+    2. Once its first attempt failed (a retry counted), SIGTERM the node.
+    Result: the caller is answered at once with the first attempt's FunctionError, its attempts 1 (no
+    attempt is made after the signal), and the node exits within seconds; it made attempts 2 and 3
+    after the signal and exited 31.5 s later, when the caller got its answer (an HTTP event has no next
+    owner to redo it, as a Kafka event's partition has)."""
+    module = 'async def storm(payload, ctx):\n    raise RuntimeError(f"down on attempt {ctx.attempt}")\n'
+    root = write_project(tmp_path, RETRIED_EVENT, {"st": module})
+    node = nodes(root, None, kafka=False).wait_ready()
+    headers = {"ce-specversion": "1.0", "ce-type": "st.storm", "ce-id": "e-1", "ce-source": "t"}
+    answer: list[httpx.Response] = []
+    caller = threading.Thread(
+        target=lambda: answer.append(httpx.post(node.url + route, json={}, headers=headers, timeout=60))
+    )
+    caller.start()
+    wait_for(lambda: metric(node, "faas_retries_total", function="storm") >= 1, timeout=30)
+    signalled = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    caller.join(30)
+    answered = time.monotonic() - signalled
+    assert node.proc.wait(30) == 0
+    exited = time.monotonic() - signalled
+    [r] = answer
+    body = r.json()
+    assert r.status_code == 500 and body["error"]["type"] == "FunctionError", body
+    assert "down on attempt 1" in body["error"]["message"], body
+    assert answered < 5 and exited < 8, (answered, exited)
+    assert "attempt 2 not made: the node is stopping" in node.log.read_text(errors="replace")
