@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from framework.control import cron
@@ -239,6 +240,15 @@ class RetrySpec(BaseModel):
     is that cap from the first retry on)."""
     on: tuple[Annotated[str, AfterValidator(_retryable)], ...] = ("Timeout", "InstanceCrashed", "Overloaded")
     """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
+
+    @model_validator(mode="after")
+    def _attempts_can_happen(self) -> RetrySpec:
+        if self.attempts and not self.on:
+            raise ValueError(
+                f"'on' lists no error type, so its {self.attempts} attempt(s) never happen: list the error "
+                "types to retry, or set attempts: 0"
+            )
+        return self
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before `attempt` (2, 3, ...): backoff doubled per retry, at most 30."""

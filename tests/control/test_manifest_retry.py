@@ -75,6 +75,11 @@ def test_delay_doubles_and_is_capped_at_30_s() -> None:
         ("    retry: {on: Timeout}", "7:13", "retry.on: should be a list"),
         ("    retry: {tries: 3}", "7:13", "unknown key 'retry.tries'"),
         ("    retry: 3", "7:5", "retry: should be a mapping"),
+        (
+            "    retry: {attempts: 3, on: []}",
+            "7:5",
+            "retry: 'on' lists no error type, so its 3 attempt(s) never happen",
+        ),
     ],
 )
 def test_bad_retry_values_are_named_at_their_line(
@@ -86,6 +91,11 @@ def test_bad_retry_values_are_named_at_their_line(
     errors = errors_of(root)
     assert len(errors) == 1, errors
     assert errors[0].startswith(f"{root / 'functions.yaml'}:{where}: {message}"), errors
+
+
+def test_no_error_type_and_no_attempt_is_no_retry() -> None:
+    """`on: []` with `attempts: 0` (the default) is a valid way to say "never retried"."""
+    assert RetrySpec(on=()).attempts == 0
 
 
 def test_every_bad_retry_value_is_reported(tmp_path: Path) -> None:
