@@ -123,7 +123,16 @@ async def scan(
     quiet = 0
     while left:
         if time.monotonic() > stalled_at:
-            raise KafkaError(f"reading {topic} stalled with {len(left)} partitions unread")
+            unread = sorted(left, key=lambda tp: tp.partition)
+            at = [await consumer.position(tp) for tp in unread]
+            where = ", ".join(
+                f"{tp.partition} (at offset {n} of {ends[tp]})" for tp, n in zip(unread, at, strict=True)
+            )
+            raise KafkaError(
+                f"reading {topic} stalled: no record came for {READ_STALL:g} s from partition(s) {where}, "
+                "whose end offsets say there are more (an embedded broker restarted under its producers "
+                "acknowledges records it does not keep; a restart of it empties the topic)"
+            )
         batch = await consumer.getmany(*left, timeout_ms=FETCH_WAIT_MS)
         quiet = 0 if batch else quiet + 1
         if quiet >= QUIET_FETCHES:  # nothing more where a partition's position reached its end offset

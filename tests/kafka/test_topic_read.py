@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any, cast
 
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from framework.kafka import topic_read
 from framework.kafka.embedded import EmbeddedBroker
@@ -134,3 +137,40 @@ async def test_a_read_ends_while_records_keep_coming(broker: EmbeddedBroker) -> 
         stop.set()
         await writer
     assert got[:20] == list(range(20)), got[:25]
+
+
+class GhostRecords:
+    """A consumer whose partition's end offset says 3 records and whose fetches bring none (the embedded
+    broker after a restart under its producers)."""
+
+    def __init__(self) -> None:
+        self.positions: dict[TopicPartition, int] = {}
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        pass
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 3 for tp in tps}
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
+        await asyncio.sleep(0.01)
+        return {}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+
+async def test_a_read_that_stalls_names_the_partitions_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. Read a topic whose partition 4's end offset says there are records no fetch brings.
+    Result: the read fails after READ_STALL naming the topic, the partition, its offset and end, and the
+    likely cause (it said only "stalled with 1 partitions unread")."""
+    monkeypatch.setattr(topic_read, "READ_STALL", 0.2)
+    tp = TopicPartition("faas.deadletter", 4)
+    with pytest.raises(KafkaError) as failed:
+        await topic_read.scan(cast(Any, GhostRecords()), {tp: 0}, lambda r: None, "read", None)
+    message = str(failed.value)
+    assert "stalled: no record came for 0.2 s from partition(s) 4 (at offset 0 of 3)" in message
+    assert "embedded broker restarted" in message
