@@ -25,7 +25,7 @@ from framework.control.registry import Registry
 from framework.control.spec import FunctionSpec
 from framework.errors import FaasError, FunctionError, NotFound
 from framework.observe import tracing
-from framework.retry import RETRIED_TRIGGERS, with_retries
+from framework.retry import HANDOVER, RETRIED_TRIGGERS, with_retries
 from framework.tasks import cancel_and_wait
 from framework.types import EventIdentity, Invocation, InvokeResult, new_id
 
@@ -162,16 +162,25 @@ class Invoker:
             span.traceparent,
             tracestate=span.tracestate,
         )
-        if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
-            # Attempts 2, 3, ... are copies of `inv` with their own id, attempt number and span.
-            derived = invocation_id is not None
-            attempt = functools.partial(self._traced, span)
-            token = tracing.current.set(span)  # the lines between attempts (a retry's wait) are in its trace
-            try:
-                return await with_retries(spec, inv, derived, attempt, self._retried, self._served)
-            finally:
-                tracing.current.reset(token)
-        return await self._traced(span, spec, inv)
+        # The event's handover counts its listener invocations in progress: one waiting between attempts
+        # while another runs holds an instance still (`Handover.on_wait`).
+        handover = HANDOVER.get() if trigger == "event" else None
+        if handover is not None:
+            handover.enter()
+        try:
+            if trigger in RETRIED_TRIGGERS and spec.retry.attempts:
+                # Attempts 2, 3, ... are copies of `inv` with their own id, attempt number and span.
+                derived = invocation_id is not None
+                attempt = functools.partial(self._traced, span)
+                token = tracing.current.set(span)  # the lines between attempts (a retry's wait): its trace
+                try:
+                    return await with_retries(spec, inv, derived, attempt, self._retried, self._served)
+                finally:
+                    tracing.current.reset(token)
+            return await self._traced(span, spec, inv)
+        finally:
+            if handover is not None:
+                handover.leave()
 
     async def _traced(self, first: tracing.Span, spec: FunctionSpec, inv: Invocation) -> InvokeResult:
         """One attempt in its span: `first` for attempt 1, a sibling of it for the others."""

@@ -26,6 +26,7 @@ import dataclasses
 import enum
 import json
 import sys
+import threading
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ _TOO_DEEP = "Recursion limit reached"
 DEEP = 1100
 """Levels of recursion added for `json` to write a value orjson finds too deep: the 1,024 levels orjson
 reads (so any JSON the node takes can be written back), with room for the caller's own frames."""
+_DEEP_WRITE = threading.Lock()
 _DEEPER = "nested deeper than 1,024 levels"
 """The refusal of a value too deep for any reader of the platform's JSON."""
 _BAD_KEY = "Dict key must a type serializable"
@@ -152,17 +154,24 @@ def _dumps(value: Any, option: int | None) -> bytes:
         deep = reason.startswith(_TOO_DEEP)
         if not deep and not reason.startswith(_TOO_BIG) and not reason.startswith(_BAD_KEY):
             raise
-        limit = sys.getrecursionlimit()
-        if deep:  # the C encoder counts a level of recursion per level of nesting
-            sys.setrecursionlimit(limit + DEEP)
-        try:
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        except RecursionError:
-            raise orjson.JSONEncodeError(_DEEPER) from None
-        except (TypeError, ValueError) as refused:  # what else is wrong with it
-            raise orjson.JSONEncodeError(str(refused)) from None
-        finally:
-            if deep:
+        if not deep:
+            try:
+                return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError, RecursionError) as refused:  # what else is wrong with it
+                raise orjson.JSONEncodeError(str(refused)) from None
+        # The recursion limit is the process's: one deep write at a time raises and restores it.
+        with _DEEP_WRITE:
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(limit + DEEP)  # the C encoder counts a level per level of nesting
+            try:
+                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            except RecursionError:
+                raise orjson.JSONEncodeError(_DEEPER) from None
+            except (TypeError, ValueError) as refused:  # it holds what only orjson writes (a datetime, ...)
+                raise orjson.JSONEncodeError(
+                    f"nested deeper than the 254 levels orjson writes: {refused}"
+                ) from None
+            finally:
                 sys.setrecursionlimit(limit)
         if deep:  # no deeper than orjson reads, so every reader of the platform's JSON reads it back
             try:

@@ -49,7 +49,7 @@ class Handover:
     """Lets a source take back the event a task runs while that event waits between attempts, or (with
     `give_up`) end the attempts of a run that has no other owner."""
 
-    __slots__ = ("_requested", "give_up", "on_wait", "owner", "requested", "waiting")
+    __slots__ = ("_requested", "_told", "active", "give_up", "on_wait", "owner", "requested", "waiting")
 
     def __init__(
         self,
@@ -57,17 +57,20 @@ class Handover:
         give_up: bool = False,
         on_wait: Callable[[Handover, int], None] | None = None,
     ) -> None:
-        self.owner = owner or asyncio.current_task()
+        self.owner = owner if owner is not None or give_up else asyncio.current_task()
         """The task to cancel: the one that runs the event (its listeners' tasks go with it)."""
         self.give_up = give_up
         """Requested, the attempts end with the last error instead: nobody cancels anything."""
         self.requested = False
         self.waiting = 0
         """Backoffs in progress under this handover (one per retrying listener of the event)."""
+        self.active = 0
+        """Listener invocations of the event in progress (`enter`, `leave`), those in a backoff included."""
         self.on_wait = on_wait
-        """Told `(self, 1)` when the event starts to wait between attempts (its first backoff in progress)
-        and `(self, -1)` when it stops (none is): the Kafka source does not count a waiting event as work
-        in flight."""
+        """Told `(self, 1)` when the event starts to wait between attempts (every listener invocation in
+        progress is in a backoff: none holds an instance) and `(self, -1)` when it stops: the Kafka source
+        does not count a waiting event as work in flight."""
+        self._told = False
         self._requested: asyncio.Event | None = None
         """Set by `request`: ends the backoffs of a `give_up` handover (made by the first: the Kafka
         source makes a handover per event, which never needs one)."""
@@ -85,6 +88,24 @@ class Handover:
             self.owner.cancel()
             return True
         return False
+
+    def enter(self) -> None:
+        """A listener invocation of the event begins (the invoker's `call`)."""
+        self.active += 1
+        if self._told:
+            self._tell()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.waiting:
+            self._tell()
+
+    def _tell(self) -> None:
+        """Tell `on_wait` when whether the event waits changed."""
+        now = 0 < self.active <= self.waiting
+        if now != self._told and self.on_wait is not None:
+            self._told = now
+            self.on_wait(self, 1 if now else -1)
 
     async def wait(self, delay: float) -> bool:
         """Sleep `delay` seconds unless requested first; whether it was (a `give_up` handover)."""
@@ -185,8 +206,7 @@ async def _backoff(name: str, delay: float) -> bool:
     if handover.give_up:
         return await handover.wait(delay)
     handover.waiting += 1
-    if handover.waiting == 1 and handover.on_wait is not None:
-        handover.on_wait(handover, 1)
+    handover._tell()
     try:
         if handover.requested and handover.owner is not None:
             # Handed over before this backoff began; the sleep below ends at once.
@@ -195,6 +215,5 @@ async def _backoff(name: str, delay: float) -> bool:
         await asyncio.sleep(delay)
     finally:
         handover.waiting -= 1
-        if handover.waiting == 0 and handover.on_wait is not None:
-            handover.on_wait(handover, -1)
+        handover._tell()
     return False

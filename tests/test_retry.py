@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from framework import retry
 from framework.control.registry import Registry
 from framework.control.spec import FunctionSpec, Manifest, RetrySpec
 from framework.errors import FunctionError, Timeout
@@ -350,3 +351,37 @@ async def test_a_revision_that_stops_listening_ends_the_attempts(project: Path, 
         await asyncio.wait_for(call, 15)
     assert failed.value.attempts == 1 and "attempt 1 fails" in failed.value.message
     assert [r["attempt"] for r in notes(project, "until", "moved")] == [1]
+
+
+async def test_an_event_waits_only_while_every_listener_invocation_is_in_a_backoff() -> None:
+    """A handover told `on_wait` (the Kafka source's room): listener A fails and backs off while B still
+    runs an attempt (it holds an instance: not waiting); once B ends, the event waits; when A's backoff
+    ends, it does not. Each change is told once, in order, and the tellings balance."""
+    told: list[int] = []
+    handover = Handover(asyncio.current_task(), on_wait=lambda h, delta: told.append(delta))
+    HANDOVER.set(handover)
+    b_entered, b_done, a_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def listener_a() -> None:
+        handover.enter()
+        try:
+            await b_entered.wait()  # the fan-out starts every listener before any attempt ends
+            a_waits.set()
+            await retry._backoff("a", 0.3)
+        finally:
+            handover.leave()
+
+    async def listener_b() -> None:
+        handover.enter()
+        b_entered.set()
+        try:
+            await a_waits.wait()
+            await asyncio.sleep(0.1)  # an attempt still running beside A's backoff
+            assert told == [], "B runs: the event is not waiting"
+        finally:
+            handover.leave()
+            b_done.set()
+
+    await asyncio.gather(listener_a(), listener_b())
+    assert b_done.is_set() and told == [1, -1], told
+    assert (handover.active, handover.waiting) == (0, 0)

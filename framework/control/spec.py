@@ -242,8 +242,9 @@ class RetrySpec(BaseModel):
     """Error types retried; each checked on its own, so an error names the item's LINE:COL."""
 
     @model_validator(mode="after")
-    def _attempts_can_happen(self) -> RetrySpec:
-        if self.attempts and not self.on:
+    def _attempts_can_happen(self, info: ValidationInfo) -> RetrySpec:
+        # The working copy's only: a revision published with it before this rule keeps being served.
+        if _strict(info) and self.attempts and not self.on:
             raise ValueError(
                 f"'on' lists no error type, so its {self.attempts} attempt(s) never happen: list the error "
                 "types to retry, or set attempts: 0"

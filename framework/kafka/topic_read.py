@@ -129,9 +129,9 @@ async def scan(
                 f"{tp.partition} (at offset {n} of {ends[tp]})" for tp, n in zip(unread, at, strict=True)
             )
             raise KafkaError(
-                f"reading {topic} stalled: no record came for {READ_STALL:g} s from partition(s) {where}, "
-                "whose end offsets say there are more (an embedded broker restarted under its producers "
-                "acknowledges records it does not keep; a restart of it empties the topic)"
+                f"reading {topic} stalled: no record came for {READ_STALL:g} s, and the end offsets of "
+                f"partition(s) {where} say there are more (the embedded broker, restarted under producers "
+                "still sending, acknowledges records it does not keep)"
             )
         batch = await consumer.getmany(*left, timeout_ms=FETCH_WAIT_MS)
         quiet = 0 if batch else quiet + 1

@@ -8,6 +8,8 @@ dashboards use): `disable_created_metrics` is process-wide, so it is called once
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -166,19 +168,15 @@ class Metrics:
         ]
         """The families labelled by function, with the label's position (`forget`)."""
 
-    def forget(self, function: str) -> None:
-        """Remove every series of `function` (it left what the node serves, and no instance of it is left):
-        a project whose functions are renamed or removed over weeks of watch-mode edits does not carry their
-        series for ever. A function that comes back starts its counters at zero, as after a restart."""
+    def forget(self, functions: Collection[str]) -> None:
+        """Remove every series of `functions` (they left what the node serves, and no instance of theirs is
+        left): a project whose functions are renamed or removed over weeks of watch-mode edits does not
+        carry their series for ever. A function that comes back starts its counters at zero, as after a
+        restart. One pass over the label sets each family holds (no rendering: `collect` built every
+        sample of every function, 175 ms a name at 1,000 functions, on the node's loop)."""
         for family, at in self._per_function:
-            labelled = {
-                tuple(sample.labels[name] for name in family._labelnames)
-                for metric in family.collect()
-                for sample in metric.samples
-            }
-            for values in labelled:
-                if values[at] == function:
-                    family.remove(*values)
+            for values in [v for v in list(family._metrics) if v[at] in functions]:
+                family.remove(*values)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -146,10 +146,17 @@ def over_limit(
     if count:
         plural = "es" if count > 1 else ""
         total += f", {_megabytes(held)} of it in {count} process{plural} it started"
-    return (
+    message = (
         f"instance {inst.id} of function {inst.spec.name} was killed: its resident memory "
         f"({total}) went over the function's memory limit (instances.memory_mb: {limit_mb})"
     )
+    if inst.ready:
+        return message
+    # Over before serving anything (importing, or at its HELLO): no call can ever run under this limit.
+    message += " before it served a call (the interpreter, the platform and its imports hold that much"
+    if otel.enabled():
+        message += "; OpenTelemetry export, on for this node, about 15 MB of it"
+    return message + "): raise the limit"
 
 
 def check_at_start(inst: InstanceHandle) -> str | None:
@@ -158,14 +165,7 @@ def check_at_start(inst: InstanceHandle) -> str | None:
     limit_mb = inst.spec.instances.memory_mb
     if limit_mb is None or not inst.pid:
         return None
-    message = over_limit(inst, resident_bytes(inst.pid), limit_mb)
-    if message is None:
-        return None
-    # Over before serving anything: no call can ever run under this limit, so say what holds the memory.
-    message += " before it served a call (the interpreter, the platform and its imports hold that much"
-    if otel.enabled():
-        message += "; OpenTelemetry export, on for this node, about 15 MB of it"
-    return message + "): raise the limit"
+    return over_limit(inst, resident_bytes(inst.pid), limit_mb)
 
 
 class MemoryGuard:

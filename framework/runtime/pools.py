@@ -352,8 +352,9 @@ class Runtime:
             ]
             if self._left:
                 pooled = {p.spec.name for p in self._all_pools()}
-                for name in self._left - pooled:
-                    self.metrics.forget(name)
+                gone = self._left - pooled
+                if gone:
+                    self.metrics.forget(gone)
                 self._left &= pooled
             forked = {i.template for p in self._all_pools() for i in (*p.instances, *p.exiting)}
             for old in [t for t in self._old_templates if t not in forked]:

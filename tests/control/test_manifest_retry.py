@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.control import revisions
 from framework.control.manifest import load_manifest
 from framework.control.spec import RetrySpec
 from framework.errors import ManifestError
@@ -96,6 +97,20 @@ def test_bad_retry_values_are_named_at_their_line(
 def test_no_error_type_and_no_attempt_is_no_retry() -> None:
     """`on: []` with `attempts: 0` (the default) is a valid way to say "never retried"."""
     assert RetrySpec(on=()).attempts == 0
+
+
+def test_a_revision_published_with_attempts_and_no_error_type_is_still_served(tmp_path: Path) -> None:
+    """The rule is the working copy's: a revision published before it, read from the deployment log, is
+    the spec it was (skipping it would stop serving the function after an upgrade)."""
+    data = {
+        "name": "old",
+        "uuid": "12121212-0000-4000-8000-000000000009",
+        "handler": "functions.h:h",
+        "state": "productive",
+        "retry": {"attempts": 3, "on": []},
+    }
+    spec = revisions.spec_from(data, tmp_path, None, 4)
+    assert (spec.retry.attempts, spec.retry.on, spec.revision) == (3, (), 4)
 
 
 def test_every_bad_retry_value_is_reported(tmp_path: Path) -> None:

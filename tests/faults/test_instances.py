@@ -49,7 +49,11 @@ async def crash_with_full_batch(node: Node, broker: EmbeddedBroker, pidfile: Pat
             0.1,
             "100 held",
         )
-        victim = int(await asyncio.to_thread(pidfile.read_text))
+        # Every held call writes the file (truncated, then written): read it until it holds a pid.
+        written = await asyncio.to_thread(
+            wait_for, lambda: (text := pidfile.read_text().strip()).isdigit() and text, 10, 0.05, "the pid"
+        )
+        victim = int(written)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
 

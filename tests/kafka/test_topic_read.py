@@ -172,5 +172,8 @@ async def test_a_read_that_stalls_names_the_partitions_and_why(monkeypatch: pyte
     with pytest.raises(KafkaError) as failed:
         await topic_read.scan(cast(Any, GhostRecords()), {tp: 0}, lambda r: None, "read", None)
     message = str(failed.value)
-    assert "stalled: no record came for 0.2 s from partition(s) 4 (at offset 0 of 3)" in message
-    assert "embedded broker restarted" in message
+    assert (
+        "stalled: no record came for 0.2 s, and the end offsets of partition(s) 4 (at offset 0 of 3)"
+        in message
+    )
+    assert "the embedded broker, restarted under producers" in message

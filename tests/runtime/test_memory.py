@@ -168,3 +168,17 @@ def test_a_size_just_over_the_limit_never_reads_as_the_limit() -> None:
     assert message is not None and "its resident memory (64.1 MB) went over" in message
     message = memory.over_limit(inst, 60 * MIB, 64, (5 * MIB + 2, 2))
     assert message is not None and "(65.1 MB, 5.1 MB of it in 2 processes it started)" in message
+    assert message.endswith("(instances.memory_mb: 64)"), message  # it served: no more is said
+
+
+def test_an_instance_over_its_limit_before_it_served_is_told_to_raise_it() -> None:
+    """Killed while importing or at its HELLO (not ready): no call can run under this limit, so the message
+    says so, whether the guard's sample or the check at the HELLO found it."""
+    fake = FakeInstance(1)
+    fake.ready = False
+    message = memory.over_limit(cast(InstanceHandle, fake), 70 * MIB, 64)
+    assert message is not None
+    assert message.endswith(
+        "went over the function's memory limit (instances.memory_mb: 64) before it served a call (the "
+        "interpreter, the platform and its imports hold that much): raise the limit"
+    ), message

@@ -103,28 +103,29 @@ async def test_a_queued_request_goes_only_to_the_same_functions_served_pool(
     assert result.instance_id == first_result.instance_id  # the same instance, of the first pool
 
 
-@pytest.mark.parametrize("settings", [Settings(queue_timeout=2.0)])
+@pytest.mark.parametrize("settings", [Settings(queue_timeout=4.0)])
 async def test_a_queued_request_moved_to_a_new_revision_keeps_its_queue_wait(
     runtime: Runtime, spec: SpecFactory, settings: Settings
 ) -> None:
-    """1. `x` (one instance of concurrency 1, queue timeout 2 s) runs a 5 s call; two more queue behind it.
-    2. 1.2 s later a new revision of `x` is applied (its code changed; same uuid, one instance).
+    """1. `x` (one instance of concurrency 1, queue timeout 4 s) runs a 10 s call; two more queue behind it.
+    2. 1.5 s later a new revision of `x` is applied (its code changed; same uuid, one instance).
     Result: both queued calls move to the new revision's pool: the first starts its instance and runs
-    (5 s), the second queues there and is answered Overloaded 2 s after it first queued, not 2 s after the
-    move (3.2 s)."""
+    (10 s), the second queues there and is answered Overloaded 4 s after it first queued, not 4 s after the
+    move (5.5 s)."""
     first = spec("sleep", name="x", max=1, concurrency=1).model_copy(update={"state": "productive"})
-    running = asyncio.create_task(call(runtime, first, {"sleep": 5}))
+    running = asyncio.create_task(call(runtime, first, {"sleep": 10}))
     await until(lambda: runtime.inflight() == 1, message="the first call runs")
-    moved = asyncio.create_task(call(runtime, first, {"sleep": 5}))
+    moved = asyncio.create_task(call(runtime, first, {"sleep": 10}))
     queued_at = time.monotonic()
     last = asyncio.create_task(call(runtime, first, {"sleep": 0}))
     await until(lambda: runtime._pools["x"].queued == 2, message="two calls queued")
-    await asyncio.sleep(1.2)  # part of the queued calls' wait goes by on the old revision
+    await asyncio.sleep(1.5)  # part of the queued calls' wait goes by on the old revision
+    assert not last.done(), "still queued in the old pool"
     runtime.apply([first.model_copy(update={"env": {"REVISION": "2"}})])
-    with pytest.raises(Overloaded, match=r"no free instance within 2 s"):
+    with pytest.raises(Overloaded, match=r"no free instance within 4 s"):
         await last
     waited = time.monotonic() - queued_at
-    assert 1.9 < waited < 2.9, f"answered {waited:.2f} s after it queued"
+    assert 3.9 < waited < 5.2, f"answered {waited:.2f} s after it queued"
     assert not moved.done()  # it runs on the new revision's instance
     await until(lambda: runtime.instance_count("x") == 2, message="the new revision's instance")
     running.cancel()

@@ -54,6 +54,7 @@ def alternation(words: Iterable[str]) -> str:
     """A regex matching any of `words`, the longest one where several match at a place (as a flat
     alternation sorted longest first does), built as a trie: one branch per distinct next character, runs
     without a branch written as plain text, an ending inside a longer word as an optional rest."""
+    words = list(words)
     trie: dict[str, dict[str, Any]] = {}
     for word in words:
         node = trie
@@ -75,7 +76,10 @@ def alternation(words: Iterable[str]) -> str:
             rest = f"(?:{rest})?"
         return "".join(run) + rest
 
-    return written(trie)
+    try:
+        return written(trie)
+    except RecursionError:  # hundreds of forms each the start of the next: the flat list has no depth
+        return "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
 
 
 class Redactor:

@@ -37,6 +37,9 @@ SWEEP_EVERY = 1.0
 LINGER_BYTES = 64 * 1024 * 1024
 """Bytes of a body over the limit read and thrown away before its 413 is sent (64 MiB: about half a second
 at 1 Gb/s); beyond it the connection is closed under the client."""
+LINGER_IDLE = 5.0
+"""Seconds `discard` waits for the next piece of a body nobody asked for (nginx's `lingering_timeout`): a
+client without a key cannot hold a request longer by trickling one."""
 LINGER_SECONDS = 30.0
 """Seconds such a body may take in all (nginx's `lingering_time`): a client trickling it, a byte per
 FAAS_HTTP_BODY_TIMEOUT, gets its 413 then, and the connection is closed under it."""
@@ -55,8 +58,8 @@ def _framing(scope: Scope) -> tuple[int | None, bytes | None]:
     for name, value in scope["headers"]:
         if name == b"content-length":
             length = int(value) if value.isdigit() else None
-        elif name == b"transfer-encoding":
-            coding = value
+        elif name == b"transfer-encoding":  # lines given twice are one list (`gzip` then `chunked`)
+            coding = value if coding is None else coding + b", " + value
     return length, coding
 
 
@@ -77,7 +80,8 @@ async def discard(scope: Scope, receive: Receive) -> None:
     try:
         async with asyncio.timeout(LINGER_SECONDS):
             while True:
-                message = await receive()
+                async with asyncio.timeout(LINGER_IDLE):
+                    message = await receive()
                 size += len(message.get("body", b""))
                 if not message.get("more_body", False) or size > LINGER_BYTES:
                     return

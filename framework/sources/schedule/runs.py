@@ -103,6 +103,9 @@ class Runs:
         except Exception as exc:  # a bug below us must not kill the schedule
             log.exception("schedule %s: unexpected error", invocation_id)
             error = {"type": type(exc).__name__, "message": str(exc)}
+        except asyncio.CancelledError:  # the node's stop: the run's span still ends (its children did)
+            self._end_span(entry, tick, run, {"type": "Cancelled", "message": "the node stopped"})
+            raise
         finally:
             self._retrying.discard(handover)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -113,16 +116,7 @@ class Runs:
             "duration_ms": duration_ms,
             "error": error,
         }
-        exporter = self.invoker.exporter
-        if exporter is not None:
-            attributes: dict[str, str | bool | int | float] = {
-                "faas.trigger": "timer",
-                "faas.name": spec.name,
-                "faas.cron": entry.cron.expression,
-                "faas.time": tick.isoformat(),
-            }
-            failed = None if error is None else f"{error['type']}: {error['message']}"
-            exporter.end(f"schedule {spec.name}", run, "internal", attributes, failed)
+        self._end_span(entry, tick, run, error)
         outcome = "ok" if error is None else error["type"]
         if self.metrics is not None:
             self.metrics.schedule_runs.labels(spec.name, outcome).inc()
@@ -131,6 +125,22 @@ class Runs:
             log.info("schedule run ok in %.1f ms", duration_ms, extra=tags)
         else:
             log.warning("schedule run failed in %.1f ms: %s", duration_ms, error, extra=tags)
+
+    def _end_span(
+        self, entry: CronEntry, tick: datetime, run: tracing.Span, error: dict[str, str] | None
+    ) -> None:
+        """Export the run's span `run` (with OpenTelemetry export on), failed with `error` when given."""
+        exporter = self.invoker.exporter
+        if exporter is None:
+            return
+        attributes: dict[str, str | bool | int | float] = {
+            "faas.trigger": "timer",
+            "faas.name": entry.spec.name,
+            "faas.cron": entry.cron.expression,
+            "faas.time": tick.isoformat(),
+        }
+        failed = None if error is None else f"{error['type']}: {error['message']}"
+        exporter.end(f"schedule {entry.spec.name}", run, "internal", attributes, failed)
 
     async def drain(self, entry: CronEntry, previous: asyncio.Task[None] | None) -> None:
         """Run `entry.owed` one tick after another, once the run going before is done."""

@@ -220,6 +220,36 @@ async def test_run_log_lines_carry_the_trace_of_their_invocation(caplog: pytest.
     assert inv.spans[0].trace_id != inv.spans[1].trace_id
 
 
+class Spans:
+    """An exporter that keeps what it is given: (name, span, error)."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, tracing.Span, str | None]] = []
+
+    def end(
+        self, name: str, span: tracing.Span, kind: str, attributes: object, error: str | None = None
+    ) -> None:
+        self.ended.append((name, span, error))
+
+
+async def test_a_run_cancelled_by_the_stop_still_ends_its_span() -> None:
+    """1. With export on, a run whose invocation does not end; its task is cancelled (a stop's cut).
+    Result: the run's span is exported, failed as Cancelled, and it is the parent of the span the invoker
+    was given (whose own span the invoker ends): the trace has its root (it was never exported)."""
+    sched, inv, clock, _, _ = make(spec())
+    spans = inv.exporter = Spans()
+    inv.gate = asyncio.Event()
+    clock.now = T0 + 0.5
+    sched.run_due(clock.now)
+    await until(lambda: len(inv.calls) == 1)
+    [task] = [e.task for e in sched.entries.values() if e.task is not None]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    [(name, run, error)] = spans.ended
+    assert name == "schedule job" and error == "Cancelled: the node stopped", spans.ended
+    assert inv.spans[0] is not None and inv.spans[0].parent_id == run.span_id
+
+
 async def test_overlap_skips_the_tick() -> None:
     """1. A run that does not finish. 2. The next tick comes. Result: no second run, one `overlap` skip."""
     sched, inv, clock, metrics, _ = make(spec())
