@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, Status
 
 Redact = Callable[[str], str]
@@ -37,19 +39,31 @@ def _attributes(attributes: Mapping[str, Any] | None, redact: Redact) -> dict[st
     return {key: _value(value, redact) for key, value in attributes.items()}
 
 
+def _counted(items: list[Any], dropped: int) -> BoundedList[Any]:
+    """`items`, carrying the count of those the SDK dropped over its limits (exported with the span)."""
+    bounded: BoundedList[Any] = BoundedList.from_seq(None, items)
+    bounded.dropped = dropped
+    return bounded
+
+
 def redacted(span: ReadableSpan, redact: Redact) -> ReadableSpan:
-    """A copy of `span` with `redact` applied to every text it holds."""
+    """A copy of `span` with `redact` applied to every text it holds; the counts of what the SDK dropped
+    over its limits (attributes, events, links) are kept."""
     status = span.status
     if status.description:
         status = Status(status.status_code, redact(status.description))
+    attributes = BoundedAttributes(attributes=_attributes(span.attributes, redact), immutable=False)
+    attributes.dropped = span.dropped_attributes
+    events = [Event(redact(e.name), _attributes(e.attributes, redact), e.timestamp) for e in span.events]
+    links = [Link(link.context, _attributes(link.attributes, redact)) for link in span.links]
     return ReadableSpan(
         name=redact(span.name),
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes=_attributes(span.attributes, redact),
-        events=[Event(redact(e.name), _attributes(e.attributes, redact), e.timestamp) for e in span.events],
-        links=[Link(link.context, _attributes(link.attributes, redact)) for link in span.links],
+        attributes=attributes,
+        events=_counted(events, span.dropped_events),
+        links=_counted(links, span.dropped_links),
         kind=span.kind,
         status=status,
         start_time=span.start_time,

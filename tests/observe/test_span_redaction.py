@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, SpanContext, StatusCode
 from opentelemetry.trace.status import Status
 
@@ -71,3 +73,18 @@ def test_the_exporter_hands_on_redacted_copies() -> None:
     assert exporter.export([span_with_secrets()]) is SpanExportResult.SUCCESS
     [span] = inner.spans
     assert SECRET not in repr(span.to_json()) and span.name == "charge ***"
+
+
+def test_the_counts_of_what_the_sdk_dropped_are_kept() -> None:
+    """A span over the SDK's limits says how many attributes, events and links it dropped: the copy says
+    the same (it said 0)."""
+    attributes = BoundedAttributes(attributes={"card": SECRET}, immutable=False)
+    attributes.dropped = 2
+    events: BoundedList[Event] = BoundedList.from_seq(None, [Event("e", {"m": SECRET}, 5)])
+    events.dropped = 3
+    links: BoundedList[Link] = BoundedList.from_seq(None, [])
+    links.dropped = 4
+    span = ReadableSpan(name="n", context=context(2), attributes=attributes, events=events, links=links)
+    copy = redacted(span, redact)
+    assert (copy.dropped_attributes, copy.dropped_events, copy.dropped_links) == (2, 3, 4)
+    assert dict(copy.attributes or {}) == {"card": "***"}
