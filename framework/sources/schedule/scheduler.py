@@ -12,6 +12,11 @@ wakes the loop, so a manifest reload is cheap and takes effect at once.
 - Only productive functions fire; the others keep their entries for `status` (with `next_fire` null).
 - No catch-up storm: a loop that wakes late (suspended machine, stalled loop) fires the latest due tick once
   and counts the ticks it missed (`faas_schedule_skipped{reason="missed"}`).
+- A loop that wakes more than `LATE_WAKE` seconds after it meant to (the process was stopped: SIGSTOP, a
+  frozen VM) holds user schedules for a heartbeat round and a little more (`_hold_until`): its leadership
+  and its table are what they were before the stall, and both may be stale (a successor took over, a
+  function was undeployed meanwhile: a frozen leader fired an undeployed function's tick as it woke). By
+  then the election has heard from the group and the deployment log been read.
 - No overlap: a tick that comes while the schedule's previous run is still going is skipped
   (`faas_schedule_skipped{reason="overlap"}`), except behind a catch-up, where it queues.
 - Each run's invocation id is deterministic, `{function}:{index}:{tick epoch seconds}` (arq's habit), so a
@@ -45,6 +50,8 @@ log = logging.getLogger("faas.scheduler")
 
 MAX_SLEEP = 30.0
 """Seconds the loop sleeps at most, so a wall-clock jump (NTP, suspend) is noticed within this time."""
+LATE_WAKE = 5.0
+"""Seconds past its planned wake-up after which the loop takes itself for stalled (module docstring)."""
 
 
 class Election(Protocol):
@@ -100,6 +107,8 @@ class Scheduler:
         self._term = 0
         """The leadership term whose catch-up is done: user schedules fire while it is the election's."""
         self._catchup: CatchUp | None = None
+        self._hold_until = 0.0
+        """`time.monotonic()` before which user schedules do not fire: the loop woke from a stall."""
 
     @property
     def is_leader(self) -> bool:
@@ -192,7 +201,7 @@ class Scheduler:
     def _leading(self, at: datetime) -> bool:
         """Whether user schedules fire now: on the leader, once its term's catch-up read is done (a new
         term starts that read here)."""
-        if not self.election.is_leader:
+        if not self.election.is_leader or time.monotonic() < self._hold_until:
             self._drop_catchup()
             return False
         term = self.election.term
@@ -272,8 +281,25 @@ class Scheduler:
         while True:
             self._wake.clear()
             wake = self.run_due(self.clock())
+            sleep = min(max(wake - self.clock(), 0.0), MAX_SLEEP)
+            planned = time.monotonic() + sleep
             with contextlib.suppress(TimeoutError):
-                await within(self._wake.wait(), min(max(wake - self.clock(), 0.0), MAX_SLEEP))
+                await within(self._wake.wait(), sleep)
+            self._check_stall(time.monotonic() - planned)
+
+    def _check_stall(self, late: float) -> None:
+        """The loop woke `late` seconds after it meant to: past LATE_WAKE, hold user schedules until the
+        election had a heartbeat round (a third of the session timeout) and 2 s more."""
+        if late <= LATE_WAKE or isinstance(self.election, AlwaysLeader):
+            return
+        hold = self.settings.kafka_session_timeout_ms / 3000 + 2.0
+        self._hold_until = time.monotonic() + hold
+        log.warning(
+            "the scheduler woke %.1f s late (the process was stopped or starved): schedules hold for %.1f s, "
+            "until this node's leadership and its table of functions are known to be current",
+            late,
+            hold,
+        )
 
     async def start(self) -> None:
         """Join the election (in the background) and start the tick log and the firing loop."""

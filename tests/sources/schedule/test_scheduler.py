@@ -250,6 +250,41 @@ async def test_a_run_cancelled_by_the_stop_still_ends_its_span() -> None:
     assert inv.spans[0] is not None and inv.spans[0].parent_id == run.span_id
 
 
+async def test_a_loop_that_woke_from_a_stall_holds_user_schedules_for_a_heartbeat_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. The loop wakes 25 s after it meant to (its process was stopped, as a frozen leader is).
+    2. A tick falls due at once, and another after the hold.
+    Result: the first is not fired (the leadership and the table it would fire from predate the stall: a
+    frozen leader fired an undeployed function's tick as it woke), with a warning saying why and for how
+    long; keep-warm is not held; once the hold is over, the next tick fires."""
+    sched, inv, clock, _, _ = make(spec(), spec("warm", cron="", keep_warm="* * * * * */1"))
+    sched._check_stall(25.0)
+    assert "the scheduler woke 25.0 s late" in caplog.text and "hold for 5.3 s" in caplog.text
+    clock.now = T0 + 0.5
+    sched.run_due(clock.now)
+    await settle(sched)
+    assert [c[0] for c in inv.calls] == [], "no user schedule fires during the hold"
+    assert inv.warmups == ["warm"]
+    sched._hold_until = 0.0  # the hold is over
+    clock.now = T0 + 1.5
+    sched.run_due(clock.now)
+    await settle(sched)
+    assert [c[0] for c in inv.calls] == ["job"]
+
+
+async def test_a_late_wake_of_a_node_without_kafka_holds_nothing() -> None:
+    """Without Kafka the node is the only one (`AlwaysLeader`): nobody else fires, nothing to confirm."""
+    invoker, clock = FakeInvoker(), Clock()
+    sched = Scheduler(Settings(), invoker, Metrics(), None, clock=clock)
+    sched.apply(registry(spec()))
+    sched._check_stall(25.0)
+    clock.now = T0 + 0.5
+    sched.run_due(clock.now)
+    await settle(sched)
+    assert [c[0] for c in invoker.calls] == ["job"]
+
+
 async def test_overlap_skips_the_tick() -> None:
     """1. A run that does not finish. 2. The next tick comes. Result: no second run, one `overlap` skip."""
     sched, inv, clock, metrics, _ = make(spec())
