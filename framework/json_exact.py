@@ -156,7 +156,7 @@ def _dumps(value: Any, option: int | None) -> bytes:
             raise
         if not deep:
             try:
-                return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+                return _by_json(value)
             except (TypeError, ValueError, RecursionError) as refused:  # what else is wrong with it
                 raise orjson.JSONEncodeError(str(refused)) from None
         # The recursion limit is the process's: one deep write at a time raises and restores it.
@@ -164,7 +164,7 @@ def _dumps(value: Any, option: int | None) -> bytes:
             limit = sys.getrecursionlimit()
             sys.setrecursionlimit(limit + DEEP)  # the C encoder counts a level per level of nesting
             try:
-                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+                text = _by_json(value)
             except RecursionError:
                 raise orjson.JSONEncodeError(_DEEPER) from None
             except (TypeError, ValueError) as refused:  # it holds what only orjson writes (a datetime, ...)
@@ -173,9 +173,13 @@ def _dumps(value: Any, option: int | None) -> bytes:
                 ) from None
             finally:
                 sys.setrecursionlimit(limit)
-        if deep:  # no deeper than orjson reads, so every reader of the platform's JSON reads it back
-            try:
-                orjson.loads(text)
-            except orjson.JSONDecodeError:
-                raise orjson.JSONEncodeError(_DEEPER) from None
+        try:  # no deeper than orjson reads, so every reader of the platform's JSON reads it back
+            orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise orjson.JSONEncodeError(_DEEPER) from None
         return text
+
+
+def _by_json(value: Any) -> bytes:
+    """`value` written by Python's `json` as orjson writes: compact, UTF-8, NaN refused."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

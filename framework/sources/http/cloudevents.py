@@ -85,7 +85,7 @@ def reply_response(reply: EventReply) -> Response:
 
 
 async def receive(
-    invoker: Invoker, request: Request, reader: BodyReader, inflight: InflightRequests | None = None
+    invoker: Invoker, request: Request, reader: BodyReader, inflight: InflightRequests
 ) -> Response:
     """Serve one CloudEvent delivered over HTTP. A delivery refused (400 bad, 413 too large, 429 from a
     stopping node) is answered in the trace it came with, as an event is (section 11); one a stopping node
@@ -102,13 +102,10 @@ async def receive(
         log.warning("%s", cloudevents.dropped_warning(event.id, event.type, event.dropped))
     span = tracing.start(event.traceparent, event.tracestate)
     try:
-        if inflight is None:
+        with inflight.retries_end_on_stop():
             reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
-        else:
-            with inflight.retries_end_on_stop():
-                reply = await invoker.event(event.type, event.id, event.payload, event.identity(), span)
     except asyncio.CancelledError:
-        cut = inflight.error() if inflight is not None else None
+        cut = inflight.error()
         if cut is None:
             raise
         reply = EventReply.failed(event.id, event.type, cut).in_trace(span)  # answered in its trace too
