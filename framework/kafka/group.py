@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.protocol.commit import OffsetCommitRequest
 
 from framework.kafka.embedded import CLUSTER_ID_PREFIX
 from framework.kafka.options import stop_quietly
@@ -52,6 +53,15 @@ async def cluster_id(consumer: AIOKafkaConsumer) -> str | None:
     except Exception:
         return None
     return cluster_id_in(response)
+
+
+def expelled(consumer: AIOKafkaConsumer | None) -> bool:
+    """Whether the group no longer counts `consumer` a member: a heartbeat or commit was answered that its
+    member id or generation is unknown (its session timed out: a stopped or stalled process, or a broker
+    that restarted empty), and aiokafka reset its generation before rejoining (aiokafka internal, pinned in
+    tests/kafka/test_aiokafka_internals.py)."""
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    return coordinator is not None and coordinator.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID
 
 
 def leave_silently(consumer: AIOKafkaConsumer) -> None:

@@ -31,6 +31,7 @@ from framework.control.spec import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
+from framework.runtime.family import kill_family, parent_of
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.raw_output import RawLines, read_socket
 from framework.runtime.template import Template, describe_exit, process_state
@@ -112,6 +113,10 @@ class InstanceHandle:
         self.template: Template | None = None
         """The template it was forked from (set by `start`)."""
         self.ready = False
+        self.ready_at = 0.0
+        """Loop time it turned ready (0 before): a request queued before then waited for its start."""
+        self.threads: int | None = None
+        """The calls a `def` handler's instance runs at once, said by its HELLO (None: `async def`)."""
         self.dead = False
         self._status_due = False
         """Died on its own, its exit status not in yet: its process group is killed once it is (`_exited`),
@@ -130,6 +135,10 @@ class InstanceHandle:
         # Requests sent, in send order = deadline order (one timeout per spec): one timer armed at the
         # earliest backstop deadline watches them all, cheaper than a timer per request.
         self._pending: dict[int, _Pending] = {}
+        self._abandoned: dict[int, float] = {}
+        """Requests the node cancelled (a caller that gave up, a chain's abort) that the instance has not
+        said ended, with their deadlines: one that runs on past its limit gets the instance killed, as a
+        request past its limit does (a handler can swallow the cancellation)."""
         self._recording: dict[str, _Pending] = {}
         """The requests of `_pending` whose caller wants a record, by invocation id: a line's invocation is
         looked up here (a scan of `_pending` was O(requests in flight) per line of a finished one)."""
@@ -196,6 +205,7 @@ class InstanceHandle:
                         f"instance {self.id} of function {self.spec.name} did not start within "
                         f"{START_TIMEOUT:g} s (importing its handler, running its warmup hook): killed"
                     )
+                    log.warning("%s (pid %s)", msg, self.known_pid() or "unknown", extra=self._extra)
                 else:
                     msg = f"instance {self.id} of {self.spec.name} failed to start: {type(e).__name__}: {e}"
                 self.started.set_exception(InstanceCrashed(msg))
@@ -239,6 +249,9 @@ class InstanceHandle:
                 del self._recording[inv.invocation_id]
             if self._pending.pop(rid, None) is not None and not self.dead:  # gave up: the instance stops it
                 self._main.send(FrameKind.CANCEL, {"id": rid})
+                self._abandoned[rid] = deadline
+                if self._sweeper is None:
+                    self._sweeper = loop.call_at(deadline + GRACE, self._late)
             if self._lines is not None and not self.dead and answered is None:  # nobody takes them
                 self._lines.discard(inv.invocation_id)  # also when its REPLY came as it was cancelled
             raise
@@ -290,8 +303,9 @@ class InstanceHandle:
     def _on_frame(self, kind: int, header: Header, tail: bytes) -> None:
         if kind == FrameKind.REPLY:
             pending = self._pending.pop(header["id"], None)
-            if pending is None:
-                return  # cancelled meanwhile
+            if pending is None:  # cancelled meanwhile: this says it ended (`gone`), or crossed the CANCEL
+                self._abandoned.pop(header["id"], None)
+                return
             if self._recording.get(pending.invocation_id) is pending:
                 del self._recording[pending.invocation_id]
             if pending.fut.done():
@@ -319,6 +333,7 @@ class InstanceHandle:
                 pending.fut.set_exception(exc)
         elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
+            self.threads = header.get("threads")
             if self.template is not None:
                 self.template.forked_pid(self.id)  # told by the instance itself
                 self.template.watch(self.pid, lambda: self._on_main_closed(None))
@@ -331,7 +346,7 @@ class InstanceHandle:
                 if over is not None:  # before it serves anything: its callers are told why
                     self.kill_for("memory", over)
                     return
-            self.ready = True
+            self.ready, self.ready_at = True, self._loop.time()
             if not self.started.done():
                 self.started.set_result(None)
         elif kind == FrameKind.INIT_ERROR and not self.started.done():
@@ -416,23 +431,28 @@ class InstanceHandle:
         """Kill the instance if its oldest request is GRACE past its time limit, unanswered (loop stuck)."""
         self._sweeper = None
         first = next(iter(self._pending.values()), None)
-        if self.dead or first is None:
+        abandoned = min(self._abandoned.values(), default=None)  # cancel order is not deadline order
+        if self.dead or (first is None and abandoned is None):
             return
-        loop = asyncio.get_running_loop()
-        if first.deadline + GRACE > loop.time() + 0.001:
-            self._sweeper = loop.call_at(first.deadline + GRACE, self._late)
+        deadline = min(d for d in (None if first is None else first.deadline, abandoned) if d is not None)
+        loop = self._loop
+        if deadline + GRACE > loop.time() + 0.001:
+            self._sweeper = loop.call_at(deadline + GRACE, self._late)
             return
         log.warning(
-            "instance %s (pid %s) of function %s did not cut off a request %.1f s past its "
-            "%g s limit: killing it",
+            "instance %s (pid %s) of function %s did not cut off a request%s %.1f s past its %g s limit: "
+            "killing it",
             self.id,
             self.pid,
             self.spec.name,
+            ""
+            if first is not None and first.deadline == deadline
+            else " it was told to stop (its caller gave up, or its event's chain aborted)",
             GRACE,
             self.spec.timeout,
             extra=self._extra,
         )
-        self._die("blocked", hard=True, late=asyncio.get_running_loop().time())
+        self._die("blocked", hard=True, late=loop.time())
 
     # ---- death ----
 
@@ -453,6 +473,7 @@ class InstanceHandle:
             if lines is not None and pending.wants_record and pending.invocation_id not in lines:
                 lines.begin(pending.invocation_id)  # lines still on their way are its record's
         self._recording.clear()
+        self._abandoned.clear()
         self.known_pid()  # one that died before its HELLO: the template knows its pid
         if self.template is not None and self.pid:
             self.template.unwatch(self.pid)
@@ -515,7 +536,8 @@ class InstanceHandle:
                     InstanceCrashed(
                         f"instance {self.id} of function {self.spec.name} "
                         + (
-                            "was killed: another request blocked its loop"
+                            "was killed: another request ran past its time limit without stopping (a "
+                            "blocked event loop, or a handler that ignores its cancellation)"
                             if reason == "blocked"
                             else "exited"
                         )
@@ -529,11 +551,15 @@ class InstanceHandle:
         return bool(self.pid) and process_state(self.pid) not in ("", "Z", "X")  # "": gone, or no /proc
 
     def _kill(self) -> None:
-        """SIGKILL the instance's process group: the instance (its leader) and what its handlers started,
-        also when the instance itself has already exited (its children may not have)."""
+        """SIGKILL the instance and what its handlers started (`family.py`): while it lives, its process tree
+        too (a process that left its group, or an instance a handler moved out of it); once it is gone, its
+        process group (its children may not be)."""
         if self.pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
+            if self.template is not None and parent_of(self.pid) == self.template.pid:  # not reaped: ours
+                kill_family(self.pid)
+            else:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
         if self._logs is not None and self.pid == 0:
             self._logs.close()
 

@@ -22,8 +22,7 @@ allocated; file pages, reclaimable, are not counted), less the pages it still sh
   anonymous memory. A process whose `smaps_rollup` cannot be read (a non-dumpable or setuid program, a
   kernel before 4.14) is counted by its bound.
 A process whose parent exited before it (a double fork) leaves the tree and is not counted; one started in
-a session of its own (`start_new_session=True`) is counted, though `InstanceHandle` cannot kill it with the
-instance's process group.
+a session of its own (`start_new_session=True`) is counted, though the kill leaves it alone (`family.py`).
 Platforms without `/proc` (macOS) cannot be sampled; the guard then logs that once and stops. A kernel
 without `/proc/PID/task/TID/children` (built without CONFIG_PROC_CHILDREN) counts the instances alone, and
 the guard says so once.
@@ -43,14 +42,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from framework.observe import otel
+from framework.runtime.family import descendants
 from framework.runtime.handle import InstanceHandle
 
 PERIOD = 0.1
 """Seconds between two samples of the same instance."""
 FAMILY_PERIOD = 0.5
 """Seconds between two walks of an instance's process tree (a new child is counted within this long)."""
-MAX_FAMILY = 256
-"""Processes of one instance's tree counted, at most (a fork bomb is not walked to its end)."""
 MIB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -105,27 +103,6 @@ def own_bytes(pid: int, anonymous: int) -> int:
     the instance's)."""
     unique = unique_bytes(pid)
     return anonymous if unique is None else min(anonymous, unique)
-
-
-def descendants(pid: int, limit: int = MAX_FAMILY) -> list[int]:
-    """The processes started by `pid` and by those, breadth first, at most `limit` ([] when it is gone).
-    Each thread's children are listed apart (a child forked by a worker thread is that thread's)."""
-    found: list[int] = []
-    parents = [pid]
-    while parents and len(found) < limit:
-        parent = parents.pop(0)
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue  # gone meanwhile
-        for tid in threads:
-            try:
-                children = [int(c) for c in _read(f"/proc/{parent}/task/{tid}/children").split()]
-            except (OSError, ValueError):
-                continue
-            found.extend(children)
-            parents.extend(children)
-    return found[:limit]
 
 
 def _megabytes(size: int) -> str:

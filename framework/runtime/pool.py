@@ -64,6 +64,9 @@ class FunctionPool:
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
+        self._capacity = spec.instances.concurrency
+        """Requests an instance takes: `concurrency`, or fewer for a `def` handler with fewer threads (told
+        by its first instance's HELLO; the instances starting before it take `concurrency`)."""
         self.template = template
         """The template this pool's instances are forked from."""
         self._queue_timeout = queue_timeout
@@ -229,7 +232,7 @@ class FunctionPool:
     def _pick(self) -> InstanceHandle | None:
         best: InstanceHandle | None = None
         starting: InstanceHandle | None = None
-        limit = self.spec.instances.concurrency
+        limit = self._capacity
         for inst in self.instances:
             if inst.load >= limit or inst.dead:
                 continue
@@ -258,13 +261,16 @@ class FunctionPool:
                 f"{len(self._waiters)} request(s) queued"
             )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._queue_timeout if moved_by is None else moved_by
+        queued = loop.time()
+        deadline = queued + self._queue_timeout if moved_by is None else moved_by
         fut: asyncio.Future[Slot] = loop.create_future()
         self._waiters.append(fut)
         self._m_queued.inc()
         try:
             async with asyncio.timeout_at(deadline):
-                return await fut
+                inst, cold = await fut
+            # Its instance turned ready while it waited: it waited for that start (DESIGN.md section 3).
+            return inst, cold or (inst.ready_at > queued and not inst.warm)
         except BaseException as e:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._release(fut.result()[0])  # a slot arrived as we gave up: hand it back
@@ -346,6 +352,10 @@ class FunctionPool:
             return
         except Exception:
             return
+        if inst.threads is not None and inst.threads < self._capacity:
+            # A `def` handler: calls beyond its threads would wait inside the instance, their time limit
+            # running; they start another instance or wait in this queue instead.
+            self._capacity = inst.threads
         if not inst.warm:
             self._metrics.cold_starts.labels(self.spec.name).inc()
             self._metrics.cold_start_seconds.labels(self.spec.name).observe(time.perf_counter() - t0)

@@ -40,7 +40,8 @@ as one, not a frame that would break the channel and crash the instance with eve
 
 class FrameKind(IntEnum):
     HELLO = 1
-    """instance → node, once the handler imported: `{"pid"}`."""
+    """instance → node, once the handler imported: `{"pid"}`, and `"threads"` (how many `def` calls it runs
+    at once) for a `def` handler."""
     INIT_ERROR = 2
     """instance → node: the handler failed to import: `{"msg", "tb"}`."""
     REQUEST = 3
@@ -51,9 +52,10 @@ class FrameKind(IntEnum):
     REPLY = 4
     """instance → node: `{"id", "ms"}` + raw result JSON, or `{"id", "ms", "err", "msg", "tb"}`; when the
     request had `"s"`, the invocation's record (JSON, with what it logged: observe/record_json.py,
-    worker/capture.py) as the frame's trailer (`"r"`, see `FrameProtocol.send`)."""
+    worker/capture.py) as the frame's trailer (`"r"`, see `FrameProtocol.send`). `{"id", "gone": 1}`: a
+    request the node cancelled has ended (the node watches its time limit until then)."""
     CANCEL = 5
-    """node → instance: `{"id"}`; the caller gave up (no reply expected)."""
+    """node → instance: `{"id"}`; the caller gave up (no answer expected, only the `gone` REPLY)."""
     LOG = 6
     """instance → node on the log channel: `{"lvl", "name", "msg", "inv", "blocked"}`; optional `"tp"` (the
     invocation's traceparent) and `"x"` (the record's own `extra` fields)."""

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from framework import sandbox
+from framework.runtime.family import kill_family
 
 log = logging.getLogger("faas.runtime")
 
@@ -405,10 +406,9 @@ terminal's hang-up sends the whole process group: under `nohup` the node ignores
 
 
 def _kill_instances() -> None:
-    """Kill every instance with what it started (its process group)."""
+    """Kill every instance with what it started (its process group and tree: `family.py`)."""
     for pid in list(_instances):  # a SIGCHLD's reap may change the set meanwhile
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+        kill_family(pid)
 
 
 def _end_instances(_signum: int, _frame: FrameType | None) -> None:

@@ -20,6 +20,7 @@ STUCK = "ffffffff-0000-4000-8000-000000000003"
 BUSY_A = "ffffffff-0000-4000-8000-000000000004"
 BUSY_B = "ffffffff-0000-4000-8000-000000000005"
 SLOW = "ffffffff-0000-4000-8000-000000000006"
+KEYED = "ffffffff-0000-4000-8000-000000000007"
 
 MANIFEST = f"""
 functions:
@@ -55,6 +56,11 @@ functions:
     handler: functions.f:slow
     state: productive
     instances: {{max: 1, concurrency: 4, queue: 8}}
+  - name: keyed
+    uuid: {KEYED}
+    handler: functions.f:keyed
+    state: productive
+    events: [fault.keyed]
 """
 
 MODULES = {
@@ -87,6 +93,15 @@ async def busy(payload, ctx):
 async def slow(payload, ctx):
     await asyncio.sleep(0.1)
     return "done"
+
+async def keyed(payload, ctx):
+    import json, time
+    started = time.time()
+    await asyncio.sleep(0.1)
+    run = {"key": ctx.key, "node": os.environ.get("T_NODE"), "start": started, "end": time.time()}
+    with open(os.environ["T_RUNS"], "a") as f:  # one short append per run: whole lines
+        f.write(json.dumps(run) + "\\n")
+    return {"node": os.environ.get("T_NODE")}
 """
 }
 

@@ -65,3 +65,16 @@ def test_the_leave_step_a_silent_stop_replaces_exists() -> None:
     assert "_maybe_leave_group" in inspect.getsource(GroupCoordinator.close)
     assert _params(GroupCoordinator.reset_generation) == ["self"]
     assert inspect.iscoroutinefunction(AIOKafkaClient.send)
+
+
+def test_an_expelled_member_is_told_by_its_generation() -> None:
+    """`kafka/group.py` `expelled`: a coordinator told its member id or generation is unknown resets its
+    `generation` to the default (-1) before it rejoins, and the revocation runs before the new join."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.protocol.commit import OffsetCommitRequest
+
+    assert OffsetCommitRequest.DEFAULT_GENERATION_ID == -1
+    assert "self.generation = OffsetCommitRequest.DEFAULT_GENERATION_ID" in inspect.getsource(
+        GroupCoordinator.reset_generation
+    )
+    assert "on_partitions_revoked" in inspect.getsource(GroupCoordinator._on_join_prepare)

@@ -114,6 +114,29 @@ async def swallow(payload, ctx):
     except asyncio.CancelledError:
         return "returned after the cancellation"
 
+async def stubborn(payload, ctx):
+    if payload.get("quick") is not None:
+        await asyncio.sleep(payload["quick"])
+        return os.getpid()
+    while True:  # every cancellation swallowed: it ends only with its process
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+
+async def escape(payload, ctx):
+    with open(payload["note"], "w") as f:
+        f.write(str(os.getpid()))
+    os.setpgid(0, os.getpgid(os.getppid()))  # out of its own group, into its template's
+    time.sleep(payload["block"])  # its loop held: only a kill ends it
+    return os.getpid()
+
+async def own_group(payload, ctx):
+    import subprocess
+    child = subprocess.Popen(["sleep", "300"], process_group=0)
+    session = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    return {"child": child.pid, "session": session.pid, "pid": os.getpid()}
+
 async def self_cancel(payload, ctx):
     inner = asyncio.ensure_future(asyncio.sleep(10))
     inner.cancel()

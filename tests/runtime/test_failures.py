@@ -44,6 +44,53 @@ async def test_a_handler_that_returns_after_the_cancellation_at_its_limit_is_ans
     assert runtime.instance_ids(s.name) == [iid]
 
 
+async def test_a_call_whose_caller_gave_up_is_still_held_to_its_time_limit(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A handler (limit 3 s, one instance) that swallows every cancellation gets a call whose caller
+    gives up after 0.3 s (the node cancels it). 2. A quick call (0.1 s) to the same instance; then, 2 s
+    after the first call, one that takes 2.5 s. Result: the quick call is served; the instance, still
+    running the abandoned call past its limit, is killed GRACE after that limit (4 s), and the last call,
+    within its own limit then, is answered InstanceCrashed saying why, not served. (The abandoned call ran
+    on with no limit at all: the node stopped watching it at the cancellation.)"""
+    s = spec("stubborn", timeout=3, max=1)
+    gave_up = asyncio.ensure_future(call(runtime, s, {}))
+    await until(lambda: any(i.ready for p in runtime._all_pools() for i in p.instances), 30, "instance up")
+    sent = time.monotonic()
+    await asyncio.sleep(0.3)  # the call is under way in the handler when its caller gives up
+    gave_up.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gave_up
+    pid, _ = await call(runtime, s, {"quick": 0.1})
+    await asyncio.sleep(max(0.0, sent + 2 - time.monotonic()))  # the last call's limit ends after the kill
+    with pytest.raises(InstanceCrashed, match="ran past its time limit without stopping"):
+        await call(runtime, s, {"quick": 2.5})
+    assert time.monotonic() - sent < 3 + handle.GRACE + 1.5
+    await until(lambda: not alive(pid), 5, "the instance gone")
+
+
+async def test_a_cancelled_call_that_stops_frees_its_instance_of_the_watch(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A call (limit 1 s) sleeping 10 s is given up by its caller after 0.3 s: the handler stops at the
+    cancellation. 2. Once its limit and the kill grace are past, a quick call.
+    Result: the quick call is served by the same instance (the instance said the call ended, so nothing
+    counts it past its limit)."""
+    s = spec("sleep", timeout=1, max=1)
+    first, _ = await call(runtime, s, {"sleep": 0})
+    started = time.monotonic()
+    gave_up = asyncio.ensure_future(call(runtime, s, {"sleep": 10}))
+    await asyncio.sleep(0.3)
+    gave_up.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gave_up
+    [inst] = [i for p in runtime._all_pools() for i in p.instances]
+    await until(lambda: not inst._abandoned, 5, "the instance's word that the call ended")
+    await asyncio.sleep(max(0.0, started + 1 + handle.GRACE + 0.3 - time.monotonic()))  # past the backstop
+    value, _ = await call(runtime, s, {"sleep": 0})
+    assert value["instance"] == first["instance"] and alive(value["pid"])
+
+
 async def test_an_async_handler_that_blocks_its_loop_past_the_limit_is_answered_timeout(
     runtime: Runtime, spec: SpecFactory
 ) -> None:
@@ -357,11 +404,12 @@ async def test_an_instance_that_closes_its_channel_and_stays_is_killed_and_says_
 
 
 async def test_an_instance_that_does_not_start_in_time_is_killed_and_says_why(
-    runtime: Runtime, spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, spec: SpecFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """1. A module that sleeps at import, with the start limit at 1 s; two calls at once.
     Result: both InstanceCrashed naming the limit and what was slow (the message used to end in an empty
-    `TimeoutError: `), after about that limit; no instance is left."""
+    `TimeoutError: `), after about that limit; no instance is left; the node's log says so too (it said
+    nothing, unlike every other kill)."""
     monkeypatch.setattr(handle, "START_TIMEOUT", 1.0)
     s = spec("handle", module="hangs", max=1)
     t = time.monotonic()
@@ -374,6 +422,8 @@ async def test_an_instance_that_does_not_start_in_time_is_killed_and_says_why(
         ), outcome.message
     assert time.monotonic() - t < 5
     await until(lambda: runtime.instance_count(s.name) == 0)
+    said = [r.getMessage() for r in caplog.records if r.name == "faas.runtime" and r.levelname == "WARNING"]
+    assert any("did not start within 1 s" in line and "(pid " in line for line in said), said
 
 
 async def test_an_instance_that_exits_while_importing_says_so(runtime: Runtime, spec: SpecFactory) -> None:

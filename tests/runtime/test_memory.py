@@ -16,12 +16,12 @@ from typing import cast
 import pytest
 
 from framework.runtime import memory
+from framework.runtime.family import descendants
 from framework.runtime.handle import InstanceHandle
 from framework.runtime.memory import (
     MIB,
     MemoryGuard,
     anonymous_bytes,
-    descendants,
     own_bytes,
     resident_bytes,
     unique_bytes,

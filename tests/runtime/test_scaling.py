@@ -43,6 +43,37 @@ async def test_least_loaded_routing_and_cold_flags(runtime: Runtime, spec: SpecF
     assert not res.cold_start
 
 
+async def test_requests_queued_behind_a_starting_instance_are_cold_starts(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. Three calls at once to a cold function with one instance taking one request at a time.
+    Result: all three say `cold_start` (the two queued behind the first waited for the instance's start
+    too: they said false, as they got the instance after it was ready), and so did their handlers; a
+    fourth call after them does not."""
+    s = spec("echo", max=1, concurrency=1, queue=5)
+    results = await asyncio.gather(*(call(runtime, s, {}) for _ in range(3)))
+    assert [res.cold_start for _, res in results] == [True, True, True]
+    assert [value["cold"] for value, _ in results] == [True, True, True]
+    value, res = await call(runtime, s, {})
+    assert not res.cold_start and not value["cold"]
+
+
+async def test_def_handler_calls_beyond_an_instances_threads_go_to_another_instance(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A `def` handler (limit 3 s, up to 2 instances, `concurrency` 100 by default) is warm on one
+    instance, whose HELLO said it runs 64 calls at once. 2. 80 calls of 2 s at once.
+    Result: all 80 answered, on two instances: 64 on the first, the rest on a second one. (All 80 went to
+    the first, where 16 waited for a thread for 2 s of their 3 s limit and were answered Timeout.)"""
+    s = spec("sync_sleep", timeout=3, max=2)
+    await call(runtime, s, {"sleep": 0})
+    results = await asyncio.gather(*(call(runtime, s, {"sleep": 2}) for _ in range(80)))
+    per_instance: dict[str, int] = {}
+    for value, _ in results:
+        per_instance[value["instance"]] = per_instance.get(value["instance"], 0) + 1
+    assert sorted(per_instance.values()) == [16, 64], per_instance
+
+
 async def test_idle_instance_goes_cold(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("echo", max=1, idle_timeout=1)
     first, r1 = await call(runtime, s)

@@ -40,6 +40,7 @@ from framework import heap, json_exact, sandbox
 from framework.context import Context, Secrets
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
+from framework.runtime.family import kill_descendants
 from framework.runtime.protocol import MAX_RESULT, BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact, thread_context
 from framework.runtime.worker.capture import CapturingSender, clean_text
@@ -64,8 +65,10 @@ except ImportError:  # pragma: no cover - uvloop is an optional speed-up
     _loop_factory = None
 
 PR_SET_PDEATHSIG = 1
-MAX_THREADS = 16
-"""Threads for `def` handlers per instance (fewer when `concurrency` is lower)."""
+MAX_THREADS = 64
+"""Threads for `def` handlers per instance (fewer when `concurrency` is lower). The HELLO says how many, and
+the node sends an instance no more `def` calls than that (`pool.py`): a call waiting here for a thread
+would spend its time limit waiting. Made only as calls need them (`ThreadPoolExecutor`)."""
 
 _DUMPS_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
@@ -126,6 +129,10 @@ def main(config: Header, main_fd: int, log_fd: int, parent: int) -> NoReturn:
     except BaseException:
         traceback.print_exc()
     finally:
+        # What its handlers started in groups of their own goes with it (its own group goes by the
+        # template's reap, and by the node's kill); a crash skips this, the node's kill does not.
+        with contextlib.suppress(BaseException):
+            kill_descendants(os.getpid())
         os._exit(code)
 
 
@@ -248,6 +255,8 @@ class Server:
         )
         self.watchdog.start()
         hello: Header = {"pid": os.getpid()}
+        if not self.fn_async:
+            hello["threads"] = self.threads.size
         if sandbox.exposed is not None:
             hello["exposed"] = sandbox.exposed
         conn.send(FrameKind.HELLO, hello)
@@ -293,6 +302,14 @@ class Server:
             if running is not None:
                 self.cancelled.add(rid)
                 running.cancel()
+                # The node watches its time limit until told it ended: a handler that swallows the
+                # cancellation and runs on past its limit gets the instance killed, as at a timeout.
+                running.add_done_callback(functools.partial(self._stopped, rid))
+
+    def _stopped(self, rid: int, _task: asyncio.Task[None]) -> None:
+        """A request the node cancelled has ended (or never began): tell the node (a REPLY with `gone`)."""
+        if self.conn is not None and not self.dying:
+            self.conn.send(FrameKind.REPLY, {"id": rid, "gone": 1})
 
     async def run(self, rid: int, header: Header, tail: bytes) -> None:
         t0 = time.perf_counter()

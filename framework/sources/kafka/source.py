@@ -483,12 +483,15 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         tps = list(revoked)
         if not tps:
             return
-        # Queued records of these partitions run too (see `stop`), within the same bound.
+        # Queued records of these partitions run too (see `stop`), within the same bound, unless the group
+        # has given them to other members already (`_taken_over`).
         deadline = time.monotonic() + REVOKE_WAIT
         self._leaving.update(tps)
         self._hand_over(tps)
         try:
-            if not await self.runner.drain(tps, REVOKE_WAIT):
+            if await self._taken_over(tps):
+                await self.runner.drain(tps, 0)
+            elif not await self.runner.drain(tps, REVOKE_WAIT):
                 log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
         finally:
             self._leaving.difference_update(tps)
@@ -504,6 +507,28 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in tps:
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    async def _taken_over(self, tps: list[TopicPartition]) -> bool:
+        """When the group expelled this node (its session timed out: the process was stopped or stalled),
+        `tps` have other owners already, answering from the last commit: the events queued here are dropped
+        and the running ones cancelled now, rather than run beside the new owner's (two nodes on one key at
+        once, every event answered twice). Not after a broker restart (another cluster id, or none known),
+        whose old log no other node holds: those run, as at any rebalance."""
+        consumer = self.consumer or self._starting
+        if not group.expelled(consumer) or consumer is None:
+            return False
+        now = await group.cluster_id(consumer)
+        if now is None or now != self.probe.cluster_id:
+            return False
+        dropped = self.runner.drop_queued(tps)
+        log.warning(
+            "rebalance: the group dropped this node (its session timed out: was the process stopped or "
+            "stalled?) and gave partitions %s to others, which answer their events from the last commit: "
+            "%d queued events dropped, the running ones cancelled",
+            sorted(tp.partition for tp in tps),
+            dropped,
+        )
+        return True
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True
@@ -574,11 +599,31 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             if highwater is None or tp not in consumer.assignment():  # revoked meanwhile: its series is gone
                 continue
+            if highwater < position:
+                self._log_replaced(consumer, tp, highwater, position)
+                continue
             # From the oldest record not answered yet: those fetched and waiting behind their key count.
             part = self.tracker.partitions.get(tp)
             oldest = part.oldest if part is not None else None
             lag = max(0, highwater - (position if oldest is None else min(oldest, position)))
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _log_replaced(self, consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, position: int) -> None:
+        """A partition whose log ends (as its last fetch said) below the position this node read up to holds
+        another log: the topic was deleted and made again, and the group kept its offsets (Tansu does), or
+        it lost records. Its position and commits would skip the new log's first records until it grew
+        past them, so it is read from its start. A new log that grew past the position before this check
+        (every `LAG_INTERVAL`) cannot be told from the old one: Kafka's topic ids would, aiokafka has none."""
+        log.warning(
+            "partition %d of %s ends at offset %d, below the %d this node read: the topic was deleted and "
+            "made again (or lost records); reading the partition from its start",
+            tp.partition,
+            tp.topic,
+            end,
+            position,
+        )
+        self.tracker.forget([tp])
+        consumer.seek(tp, 0)  # below the log start, auto_offset_reset=earliest applies
 
     async def _topics_seen(self, topics: set[str], new_cluster: bool) -> None:
         """After a probe: a new cluster (a memory-only broker that restarted, say) holds none of the logs
