@@ -54,7 +54,7 @@ from framework.control.registry import Registry
 from framework.errors import ManifestError
 from framework.kafka.options import reader, said, security_options, stop_quietly
 from framework.kafka.probe import BrokerProbe
-from framework.kafka.topic_read import CONNECT_TIMEOUT, why_unreachable
+from framework.kafka.topic_read import CONNECT_TIMEOUT, stall_message, why_unreachable
 from framework.settings import Settings
 
 CLOSE_TIMEOUT = 5.0
@@ -69,6 +69,10 @@ REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
 
 class Unreachable(Exception):
     """The broker could not be reached."""
+
+
+class Stalled(Exception):
+    """A read to the end made no progress for STALL_TIMEOUT seconds: the broker does not serve the rest."""
 
 
 class Selection:
@@ -199,6 +203,7 @@ async def read(
         # times their size (59,553 records took 194 MB), and a busy hour holds a million.
         kept: list[tuple[int, bytes]] = []
         stalled_at, last = time.monotonic(), -1
+        stalled: str | None = None
         while True:
             positions = {tp: await consumer.position(tp) for tp in tps}
             if all(positions[tp] >= end[tp] for tp in tps):
@@ -207,6 +212,10 @@ async def read(
             if progress != last:
                 stalled_at, last = time.monotonic(), progress
             elif time.monotonic() - stalled_at > STALL_TIMEOUT:
+                # Not the end: what was read is shown, and then why the rest is not (exit 1), unless
+                # following, where new records may still come.
+                left = {tp: at for tp, at in positions.items() if at < end[tp]}
+                stalled = stall_message(topic, left, end, STALL_TIMEOUT)
                 break
             for messages in (await consumer.getmany(timeout_ms=300)).values():
                 for m in messages:
@@ -215,6 +224,10 @@ async def read(
         kept.sort(key=lambda item: item[0])  # by start: offsets follow the ends, and partitions differ
         for _, value in kept:
             show(orjson.loads(value))
+        if stalled is not None and not follow:
+            raise Stalled(stalled)
+        if stalled is not None:
+            click.echo(f"faas logs: {stalled}; following new records", err=True)
         caught_up()
         if not follow:
             return
@@ -282,6 +295,7 @@ async def _assign(
     consumer: AIOKafkaConsumer, topic: str, selection: Selection, follow: bool
 ) -> list[TopicPartition]:
     """Assign every partition of `topic` and seek to `--since`; waits for the topic when following."""
+    told = False
     while True:
         try:
             if topic in await consumer.topics():
@@ -291,6 +305,13 @@ async def _assign(
         except KafkaError as exc:  # the broker went while we wait for the topic to appear
             if not follow:
                 raise Unreachable(said(exc)) from exc
+        if not told:
+            told = True  # silence read as "no records", and a typo in the name went unseen
+            click.echo(
+                f"faas logs: the broker has no topic {topic} (FAAS_INVOCATIONS_TOPIC): no node has recorded "
+                "an invocation there yet" + ("; waiting for it" if follow else ""),
+                err=True,
+            )
         if not follow:
             return []
         await asyncio.sleep(1)
@@ -367,6 +388,9 @@ def logs(
         asyncio.run(read(servers, settings, selection, follow, show, caught_up))
     except Unreachable as exc:
         click.echo(f"faas logs: cannot reach the Kafka broker at {servers}: {exc}", err=True)
+        sys.exit(1)
+    except Stalled as exc:
+        click.echo(f"faas logs: {exc} (the records above are those read before)", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends --follow: quietly, exit 0

@@ -15,6 +15,7 @@ the path resolves to: for a symlinked manifest, the link's target's folder, look
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -200,10 +201,24 @@ def _expansion_problem(doc: Any) -> tuple[tuple[int, int], str] | None:
 
 
 def read_head(path: Path) -> bytes:
-    """The manifest's bytes, one more than MAX_BYTES at most: a larger file (or a link to /dev/zero) is
-    refused for its size (`parse_bytes`), not read whole."""
+    """The manifest's bytes, one more than MAX_BYTES at most: a larger file is refused for its size
+    (`parse_bytes`), not read whole. Anything but a regular file or a folder is refused before it is opened
+    (`check_regular`)."""
+    check_regular(path)
     with path.open("rb") as f:
         return f.read(MAX_BYTES + 1)
+
+
+def check_regular(path: Path) -> None:
+    """Raise OSError when `path` (its links followed) exists and is a FIFO, a socket or a device: opening a
+    FIFO waits for a writer, a device never ends, and an edit would replace the device node itself (as
+    root, `faas --manifest /dev/null new` made /dev/null a plain file)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing, or unreadable: the open says so on its own terms
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(f"{path} is not a regular file (a FIFO, socket or device)")
 
 
 def parse_yaml(path: Path, errors: ErrorCollector) -> Any:

@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from framework.control.manifest import ErrorCollector, parse_yaml, round_trip_yaml
+from framework.control.manifest import ErrorCollector, check_regular, parse_yaml, round_trip_yaml
 from framework.control.spec import STATES, State
 from framework.errors import ManifestError
 
@@ -76,6 +76,7 @@ def _write(path: Path, lines: list[str], check: Any) -> None:
     if not meant:
         raise RuntimeError(f"could not edit {path} safely; edit it by hand")
     path = Path(os.path.realpath(path))
+    check_regular(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:

@@ -97,6 +97,20 @@ def reader_of(bootstrap: str, settings: Settings, fetch_bytes: int = READ_FETCH_
     )
 
 
+def stall_message(
+    topic: str, at: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int], seconds: float
+) -> str:
+    """Why a read to the end of `topic` gave up: the partitions left, their positions `at` and `ends`."""
+    where = ", ".join(
+        f"{tp.partition} (at offset {at[tp]} of {ends[tp]})" for tp in sorted(at, key=lambda t: t.partition)
+    )
+    return (
+        f"reading {topic} stalled: no record came for {seconds:g} s, and the end offsets of partition(s) "
+        f"{where} say there are more (the broker does not serve them: the embedded broker, restarted under "
+        "producers still sending, acknowledges records it does not keep)"
+    )
+
+
 async def scan(
     consumer: AIOKafkaConsumer,
     starts: Mapping[TopicPartition, int],
@@ -123,16 +137,8 @@ async def scan(
     quiet = 0
     while left:
         if time.monotonic() > stalled_at:
-            unread = sorted(left, key=lambda tp: tp.partition)
-            at = [await consumer.position(tp) for tp in unread]
-            where = ", ".join(
-                f"{tp.partition} (at offset {n} of {ends[tp]})" for tp, n in zip(unread, at, strict=True)
-            )
-            raise KafkaError(
-                f"reading {topic} stalled: no record came for {READ_STALL:g} s, and the end offsets of "
-                f"partition(s) {where} say there are more (the embedded broker, restarted under producers "
-                "still sending, acknowledges records it does not keep)"
-            )
+            at = {tp: await consumer.position(tp) for tp in left}
+            raise KafkaError(stall_message(topic, at, ends, READ_STALL))
         batch = await consumer.getmany(*left, timeout_ms=FETCH_WAIT_MS)
         quiet = 0 if batch else quiet + 1
         if quiet >= QUIET_FETCHES:  # nothing more where a partition's position reached its end offset

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from framework.cli.logs import _started_ms, render
 from framework.kafka.embedded import EmbeddedBroker, free_port
+from tests.faults.stall_proxy import AdvertisedBroker, StallingProxy
 from tests.support import (
     Node,
     RawHeaderName,
@@ -342,6 +343,44 @@ def test_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot reach the Kafka broker at 127.0.0.1:{port}" in lines[0], r.stderr
+
+
+def test_a_broker_that_stops_serving_reads_is_an_error_not_an_empty_answer(tmp_path: Path) -> None:
+    """1. 20 records on the invocations topic, through a proxy in front of the broker. 2. The proxy drops
+    every Fetch request from then on (a broker that stops serving reads). 3. `faas logs --since 1h`.
+    Result: exit 1 after the stall limit, naming the partition, its position and its end offset (it
+    printed nothing, as if the topic were empty, and exited 0; `--invocation` of a record that is there
+    said "no record")."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    port = free_port()
+    broker = AdvertisedBroker(port).start()
+    try:
+        with StallingProxy(broker.port, port).running() as proxy:
+            bootstrap = f"127.0.0.1:{port}"
+            topic = f"t.invocations.{new_id()[:8]}"
+            asyncio.run(_produce_to_0(bootstrap, topic, _records("stalled", 20)))
+            proxy.drop_fetches = True
+            env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+            r = run_cli(root, "logs", "--since", "1h", env=env, timeout=120)
+    finally:
+        broker.stop()
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    # Of 1, not 20: Tansu's end offset is its last batch's first offset + 1 (one batch of 20 here).
+    assert f"reading {topic} stalled" in r.stderr and "0 (at offset 0 of " in r.stderr, r.stderr
+
+
+def test_a_topic_that_does_not_exist_is_said(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """`faas logs` with FAAS_INVOCATIONS_TOPIC naming no topic: exit 0 with nothing to print, and one line
+    saying the topic is not there (a typo in its name went unseen: no output at all)."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    topic = f"t.none.{new_id()[:8]}"
+    env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    r = run_cli(root, "logs", env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.strip() == (
+        f"faas logs: the broker has no topic {topic} (FAAS_INVOCATIONS_TOPIC): no node has recorded an "
+        "invocation there yet"
+    ), r.stderr
 
 
 @pytest.mark.parametrize("since", ["10", "5x", "-1m", "m"])

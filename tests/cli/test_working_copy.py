@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,22 @@ def test_new_completes_a_manifest_without_a_functions_list(tmp_path: Path, text:
     assert r.exit_code == 0, (r.output, r.exception)
     assert path.read_text().startswith(text) and "name: hello" in path.read_text()
     assert [f.name for f in load_manifest(path, check_handlers=False).functions] == ["hello"]
+
+
+@pytest.mark.parametrize("command", [["validate"], ["new", "qq"], ["ls"]])
+def test_a_manifest_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path, command: list[str]) -> None:
+    """`faas --manifest PIPE ...` where PIPE is a FIFO (the same goes for a socket or a device, such as
+    /dev/null). Result: exit 1 saying it is not a regular file, and `new` writes no module. (Reading it
+    waited for a writer for ever; `new` on /dev/null, as root, replaced the device with a plain file.)"""
+    fifo = tmp_path / "functions.yaml"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "framework", "--manifest", str(fifo), *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"{fifo} is not a regular file (a FIFO, socket or device)" in done.stderr, done.stderr
+    assert not (tmp_path / "functions").exists()

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from framework.kafka.embedded import EmbeddedBroker, free_port
 
 T = TypeVar("T")
+FETCH = 1
+"""Kafka's api key of a Fetch request."""
 
 
 class AdvertisedBroker(EmbeddedBroker):
@@ -45,7 +47,9 @@ class _Link:
 class StallingProxy:
     """Forwards 127.0.0.1:`port` to 127.0.0.1:`upstream` on a loop of its own (a thread). `stall()` turns
     every connection open now into a black hole: bytes either way are read and dropped, nothing is closed.
-    Connections made afterwards are forwarded as before."""
+    Connections made afterwards are forwarded as before. With `drop_fetches` set, every Fetch request is
+    dropped (read, never forwarded, never answered) and the rest forwarded: a broker that stops serving
+    reads."""
 
     def __init__(self, upstream: int, port: int | None = None) -> None:
         self.upstream = upstream
@@ -55,6 +59,7 @@ class StallingProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="stall-proxy", daemon=True)
         self._server: asyncio.Server | None = None
+        self.drop_fetches = False
 
     @contextlib.contextmanager
     def running(self) -> Iterator[StallingProxy]:
@@ -95,7 +100,7 @@ class StallingProxy:
         link = _Link()
         link.writers = [client_w, up_w]
         self._links.append(link)
-        await asyncio.gather(self._pump(client_r, up_w, link), self._pump(up_r, client_w, link))
+        await asyncio.gather(self._requests(client_r, up_w, link), self._pump(up_r, client_w, link))
         link.closed = True
         for w in link.writers:
             w.close()
@@ -109,6 +114,21 @@ class StallingProxy:
                     await dst.drain()
         link.closed = True
         if not link.stalled:  # a black hole closes nothing; a forwarded close is passed on
+            with contextlib.suppress(OSError):
+                dst.close()
+
+    async def _requests(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: _Link) -> None:
+        """The client's side: Kafka requests (a 4-byte size, then the api key), each forwarded whole."""
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                head = await src.readexactly(4)
+                body = await src.readexactly(int.from_bytes(head, "big"))
+                if link.stalled or (self.drop_fetches and int.from_bytes(body[:2], "big") == FETCH):
+                    continue
+                dst.write(head + body)
+                await dst.drain()
+        link.closed = True
+        if not link.stalled:
             with contextlib.suppress(OSError):
                 dst.close()
 

@@ -8,7 +8,7 @@ import logging
 import orjson
 
 from framework.observe import tracing
-from framework.observe.logs import JsonFormatter, RepeatFilter, TextFormatter, TraceFilter
+from framework.observe.logs import JsonFormatter, RepeatFilter, TextFormatter, TraceFilter, escape_controls
 from framework.runtime.worker import redact
 from framework.runtime.worker.watchdog import InvocationLog, extra_fields
 
@@ -35,6 +35,15 @@ def test_text_escapes_control_characters_but_keeps_line_breaks_and_tabs() -> Non
     rec = _record(msg="\x1b[2J%s\x00\n\tline two\x9b", function="greet")
     assert TextFormatter().format(rec).endswith("\\x1b[2JAnn\\x00\n\tline two\\x9b [function=greet]")
     assert orjson.loads(JsonFormatter().format(rec))["message"] == "\x1b[2JAnn\x00\n\tline two\x9b"
+
+
+def test_bidirectional_controls_and_unicode_line_breaks_are_escaped() -> None:
+    """A handler's line with a right-to-left override, an isolate and a line separator (they reorder or
+    break how the rest of the line shows on a terminal that honours them): each escaped, in the node's
+    text log and in `faas logs` (`escape_controls`), where they went out raw; other non-ASCII text stays."""
+    line = "user=bob \u202eadmin\u2066 ok\u2028forged line é"
+    assert escape_controls(line) == "user=bob \\u202eadmin\\u2066 ok\\u2028forged line é"
+    assert escape_controls("a\u2029b", keep_breaks=False) == "a\\u2029b"
 
 
 def test_repeat_filter_lets_one_through_per_interval() -> None:

@@ -294,3 +294,25 @@ def test_a_line_longer_than_max_line_goes_out_in_pieces(
     assert all(f["inv"] == "inv-1" for f in frames)
     assert logs is not None  # a cap of 1,000 characters: the first piece cut, the five others counted
     assert [e["message"] for e in logs][1:] == ["5 more log entries dropped"] and logs[0]["truncated"]
+
+
+def test_bytes_written_a_piece_at_a_time_are_decoded_whole_and_redacted(
+    channel: tuple[CapturingSender, socket.socket],
+) -> None:
+    """1. With the secret `pässwörd-42` installed, invocation a writes `token=pässwörd-42\\n` to
+    `sys.stdout.buffer` one byte at a time (the cuts fall inside its two-byte characters), then `h` and
+    the first byte of `é` and ends. Result: the first line is `token=***` (each write was decoded on its
+    own: `p\\ufffd\\ufffdssw...`, which the redaction did not match), the second `h\\ufffd` once a ended."""
+    sender, peer = channel
+    stream = LogStream(sender, "stdout", logging.INFO, 1)
+    redact.install(["pässwörd-42"])
+    a = current_invocation.set("a")
+    try:
+        for byte in "token=pässwörd-42\n".encode():
+            stream.buffer.write(bytes([byte]))
+        stream.buffer.write(b"h" + "é".encode()[:1])
+        stream.end("a")
+    finally:
+        current_invocation.reset(a)
+        redact.install([])
+    assert [f["msg"] for f in _frames(peer, 2)] == ["token=***", "h\ufffd"]

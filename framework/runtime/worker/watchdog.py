@@ -12,6 +12,7 @@ a `try` block, free until something raises.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import io
 import logging
 import sys
@@ -194,6 +195,9 @@ class LogStream(io.TextIOBase):
         self._fd = fd
         self._partial: dict[str | None, str] = {}
         """The unfinished line of each invocation (None: of code serving none)."""
+        self._decoders: dict[str | None, codecs.IncrementalDecoder] = {}
+        """A UTF-8 decoder per invocation writing bytes (`buffer`): a character split across two writes
+        (`shutil.copyfileobj`, a byte at a time) is decoded whole, and so is a secret holding it."""
         self._cut: set[str | None] = set()
         """Invocations whose last write went out at MAX_PARTIAL: a newline written next ends that line, not
         an empty one (`print` writes its text and its newline apart)."""
@@ -243,22 +247,36 @@ class LogStream(io.TextIOBase):
             self._emit(line, inv)
         return len(s)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Bytes written to `buffer`: UTF-8, a bad byte U+FFFD; a character cut at the end waits for its
+        rest (the invocation's next write, or its end)."""
+        inv = current_invocation.get()
+        with self._lock:
+            decoder = self._decoders.get(inv)
+            if decoder is None:
+                decoder = self._decoders[inv] = _utf8("replace")
+            text = decoder.decode(data)
+        if text:
+            self.write(text)
+
     def flush(self) -> None:
         """Nothing to do: lines go out as they end (see the class)."""
 
     def end(self, inv: str | None) -> None:
         """Send what `inv` wrote after its last newline, as a line of its own (its invocation ended)."""
-        if inv not in self._partial and inv not in self._cut:  # the common case: no lock taken
+        if inv not in self._partial and inv not in self._cut and inv not in self._decoders:  # no lock taken
             return
         with self._lock:
+            decoder = self._decoders.pop(inv, None)
+            tail = "" if decoder is None else decoder.decode(b"", final=True)  # a character cut short: U+FFFD
             self._cut.discard(inv)
-            line = self._partial.pop(inv, "")
+            line = self._partial.pop(inv, "") + tail
         if line:
             self._emit(line, inv)
 
     def close_lines(self) -> None:
         """Send every unfinished line (the instance stops)."""
-        for inv in list(self._partial):
+        for inv in {*self._partial, *self._decoders}:
             self.end(inv)
 
     def _emit(self, line: str, inv: str | None) -> None:
@@ -291,6 +309,9 @@ def close_lines() -> None:
         stream.close_lines()
 
 
+_utf8 = codecs.getincrementaldecoder("utf-8")
+
+
 class BinaryLines(io.RawIOBase):
     """The binary side of a `LogStream`: a handler writing raw (even garbage) bytes to stdout still logs."""
 
@@ -302,7 +323,7 @@ class BinaryLines(io.RawIOBase):
 
     def write(self, b: ReadableBuffer) -> int:
         data = bytes(b)
-        self._text.write(data.decode("utf-8", "replace"))
+        self._text.write_bytes(data)
         return len(data)
 
     def flush(self) -> None:
