@@ -298,14 +298,14 @@ async def _assign(
     told = False
     while True:
         try:
-            if topic in await consumer.topics():
-                partitions = consumer.partitions_for_topic(topic) or set()
-                if partitions:
-                    break
+            listed = topic in await consumer.topics()
+            if listed and (partitions := consumer.partitions_for_topic(topic) or set()):
+                break
         except KafkaError as exc:  # the broker went while we wait for the topic to appear
             if not follow:
                 raise Unreachable(said(exc)) from exc
-        if not told:
+            listed = True  # unknown: not said to be missing
+        if not told and not listed:
             told = True  # silence read as "no records", and a typo in the name went unseen
             click.echo(
                 f"faas logs: the broker has no topic {topic} (FAAS_INVOCATIONS_TOPIC): no node has recorded "

@@ -555,7 +555,10 @@ class InstanceHandle:
         too (a process that left its group, or an instance a handler moved out of it); once it is gone, its
         process group (its children may not be)."""
         if self.pid:
-            if self.template is not None and parent_of(self.pid) == self.template.pid:  # not reaped: ours
+            # Still running, and still a child of its template: not reaped, so the pid is its own (a pid
+            # reaped and reused by the template's next fork would pass the parent check alone).
+            ours = self.template is not None and not self.exited.is_set()
+            if ours and self.template is not None and parent_of(self.pid) == self.template.pid:
                 kill_family(self.pid)
             else:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

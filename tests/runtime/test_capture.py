@@ -316,3 +316,6 @@ def test_bytes_written_a_piece_at_a_time_are_decoded_whole_and_redacted(
         current_invocation.reset(a)
         redact.install([])
     assert [f["msg"] for f in _frames(peer, 2)] == ["token=***", "h\ufffd"]
+    for i in range(100):  # whole lines from threads of no invocation, or of ended ones: no decoder kept
+        stream.buffer.write(f"line {i}\n".encode())
+    assert not stream._decoders

@@ -256,6 +256,8 @@ class LogStream(io.TextIOBase):
             if decoder is None:
                 decoder = self._decoders[inv] = _utf8("replace")
             text = decoder.decode(data)
+            if not decoder.getstate()[0]:  # nothing held back: no decoder left per writer (a thread's)
+                del self._decoders[inv]
         if text:
             self.write(text)
 

@@ -158,6 +158,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._waiting_total = 0
         self._on_wait = self._waits
         self._leaving: set[TopicPartition] = set()
+        self._short: dict[TopicPartition, int] = {}
+        """Partitions whose last lag check found their log ending below the position (`_update_lag`)."""
+        self._member_of: str | None = None
+        """The cluster id the probe knew at the last assignment: the cluster of the group this node is in."""
         """Partitions being revoked: their events that start now are handed over at their first backoff."""
         self._room_waiter: asyncio.Future[None] | None = None
         """Set while the poll loop waits for room; done once there is some (or the source stops)."""
@@ -505,6 +509,7 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._commit(tps)
         self.tracker.forget(tps)
         for tp in tps:
+            self._short.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
@@ -517,8 +522,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self.consumer or self._starting
         if not group.expelled(consumer) or consumer is None:
             return False
+        # The cluster this node joined, not the probe's latest: after a broker restart the probe may see the
+        # new cluster before this runs, and the restart would pass for an expulsion.
         now = await group.cluster_id(consumer)
-        if now is None or now != self.probe.cluster_id:
+        if now is None or now != self._member_of:
             return False
         dropped = self.runner.drop_queued(tps)
         log.warning(
@@ -532,6 +539,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.joined = True
+        # Stale at worst (the probe has not seen a new cluster yet): `_taken_over` then drains, as it did.
+        self._member_of = self.probe.cluster_id
         # The consumer being started too: a flag left for the next rebalance would read every partition
         # this node keeps then from 0 again, long after the new log was read (all of it answered twice).
         consumer = self.consumer or self._starting
@@ -600,8 +609,14 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
             if highwater is None or tp not in consumer.assignment():  # revoked meanwhile: its series is gone
                 continue
             if highwater < position:
-                self._log_replaced(consumer, tp, highwater, position)
+                # Twice in a row, LAG_INTERVAL apart: once may be a newly elected leader's watermark, which
+                # trails the old leader's for a fetch round (Kafka; KIP-207).
+                if self._short.pop(tp, None) is None:
+                    self._short[tp] = highwater
+                else:
+                    self._log_replaced(consumer, tp, highwater, position)
                 continue
+            self._short.pop(tp, None)
             # From the oldest record not answered yet: those fetched and waiting behind their key count.
             part = self.tracker.partitions.get(tp)
             oldest = part.oldest if part is not None else None
@@ -612,8 +627,9 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         """A partition whose log ends (as its last fetch said) below the position this node read up to holds
         another log: the topic was deleted and made again, and the group kept its offsets (Tansu does), or
         it lost records. Its position and commits would skip the new log's first records until it grew
-        past them, so it is read from its start. A new log that grew past the position before this check
-        (every `LAG_INTERVAL`) cannot be told from the old one: Kafka's topic ids would, aiokafka has none."""
+        past them, so it is read from its start (a log that lost its last records, after an unclean leader
+        election, is read again whole: at-least-once). A new log that grew past the position before the
+        checks cannot be told from the old one: Kafka's topic ids would, aiokafka has none."""
         log.warning(
             "partition %d of %s ends at offset %d, below the %d this node read: the topic was deleted and "
             "made again (or lost records); reading the partition from its start",

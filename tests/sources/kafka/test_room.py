@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 from aiokafka import TopicPartition
 
+from framework.kafka import group
 from framework.kafka.embedded import EmbeddedBroker
 from framework.observe.metrics import Metrics
 from framework.settings import Settings
@@ -388,6 +389,44 @@ async def test_lag_counts_what_is_not_answered_and_never_a_revoked_partition() -
     assert registry.get_sample_value("faas_consumer_lag", {"topic": "t", "partition": "1"}) is None
 
 
+class ShortConsumer:
+    """A consumer at position 100 of partition 0, whose fetches report the log ending at `highwater`;
+    seeks are recorded."""
+
+    def __init__(self) -> None:
+        self.highwaters = [98, 100, 40, 40]
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("t", 0)}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.highwaters[0]
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 100
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_a_log_that_ends_below_the_position_twice_in_a_row_is_read_from_its_start() -> None:
+    """Lag checks of a partition read to 100 whose fetches report its end at 98 (a newly elected Kafka
+    leader's watermark, trailing the old one's for a fetch round), 100, then 40 and 40 (the topic was
+    deleted and made again). Result: only the second 40 in a row makes it read from offset 0; a single
+    short end, which a leader change gives, does not (it read the whole partition again: every event
+    answered twice)."""
+    source = KafkaSource(Settings(), cast(Any, None), Metrics(), "127.0.0.1:1")
+    consumer = ShortConsumer()
+    source.consumer = cast(Any, consumer)
+    seeks_after = []
+    while consumer.highwaters:
+        await source._update_lag()
+        seeks_after.append(len(consumer.seeks))
+        consumer.highwaters.pop(0)
+    assert seeks_after == [0, 0, 0, 1] and consumer.seeks == [(TopicPartition("t", 0), 0)]
+
+
 async def test_a_read_from_the_start_asked_before_the_consumer_started_is_done_at_its_first_assignment(
     broker: EmbeddedBroker,
 ) -> None:
@@ -425,3 +464,33 @@ def test_events_waiting_between_attempts_count_toward_the_room_up_to_the_limit_a
     assert source.room == 0
     source.runner.size, source._waiting_total = 20, 20
     assert source.room == -4
+
+
+class Coordinator:
+    generation = -1  # aiokafka's reset: the group no longer knows this member
+
+
+class ExpelledConsumer:
+    _coordinator = Coordinator()
+
+
+@pytest.mark.parametrize(
+    ("joined", "now", "taken"),
+    [("c1", "c1", True), ("c1", "c2", False), (None, "c1", False), ("c1", None, False)],
+)
+async def test_only_an_expulsion_on_the_cluster_joined_gives_the_queue_up(
+    monkeypatch: pytest.MonkeyPatch, joined: str | None, now: str | None, taken: bool
+) -> None:
+    """A revocation after aiokafka reset this member's generation, the node having joined on cluster
+    `joined` and the broker now answering as `now`. Result: the queue is given up only when both are
+    known and the same (the group dropped this node; others own its partitions); after a broker restart
+    (another id, however soon the probe saw it) the node runs what it holds, as no one else has it."""
+    source = KafkaSource(Settings(), cast(Any, None), Metrics(), "127.0.0.1:1")
+    source.consumer = cast(Any, ExpelledConsumer())
+    source._member_of = joined
+
+    async def cluster_id(consumer: object) -> str | None:
+        return now
+
+    monkeypatch.setattr(group, "cluster_id", cluster_id)
+    assert await source._taken_over([TopicPartition("t", 0)]) is taken
