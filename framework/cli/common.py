@@ -274,6 +274,14 @@ def named(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
     return utf8(ctx, param, value)
 
 
+def all_named(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """`named` for a repeatable option: an empty value (an unset shell variable) is a usage error, not a
+    filter that quietly selects nothing."""
+    for value in values:
+        named(ctx, param, value)
+    return values
+
+
 def _require_utf8(text: str) -> None:
     try:
         text.encode()

@@ -20,7 +20,16 @@ from typing import NoReturn
 import click
 from aiokafka.errors import KafkaError
 
-from framework.cli.common import bootstrap_option, duration, fail, need_broker, option, quiet_kafka_client
+from framework.cli.common import (
+    all_named,
+    bootstrap_option,
+    duration,
+    fail,
+    named,
+    need_broker,
+    option,
+    quiet_kafka_client,
+)
 from framework.control.kafka_log import KafkaLog
 from framework.control.log_state import LogState
 from framework.kafka.replay import ReplayStopped, Report, Selection, replay
@@ -29,9 +38,11 @@ from framework.settings import Settings
 
 
 @click.command(name="replay")
-@option("--id", "ids", multiple=True, help="Replay the event with this ce_id (repeatable).")
-@option("--function", help="Only events whose failing function is NAME.")
-@option("--type", "event_type", help="Only events of this CloudEvent type.")
+@option(
+    "--id", "ids", multiple=True, callback=all_named, help="Replay the event with this ce_id (repeatable)."
+)
+@option("--function", callback=named, help="Only events whose failing function is NAME.")
+@option("--type", "event_type", callback=named, help="Only events of this CloudEvent type.")
 @option(
     "--since",
     callback=duration,
