@@ -29,9 +29,8 @@ _C1 = tuple(range(0x80, 0xA0))
 _BIDI_AND_BREAKS = (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0x2028, 0x2029)
 """Bidirectional embeddings, overrides, isolates and marks (which reorder how the rest of a line shows: text
 others wrote could make a line read as something else), and the line and paragraph separators."""
-_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1)} | {c: f"\\u{c:04x}" for c in _BIDI_AND_BREAKS}
-_KEEP_BREAKS = {c: text for c, text in _ESCAPED.items() if c not in (9, 10)}
-_ONE_LINE = _ESCAPED
+_ONE_LINE = {c: f"\\x{c:02x}" for c in (*range(32), 127, *_C1)} | {c: f"\\u{c:04x}" for c in _BIDI_AND_BREAKS}
+_KEEP_BREAKS = {c: text for c, text in _ONE_LINE.items() if c not in (9, 10)}
 
 
 def escape_controls(text: str, keep_breaks: bool = True) -> str:

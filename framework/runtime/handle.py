@@ -431,10 +431,12 @@ class InstanceHandle:
         """Kill the instance if its oldest request is GRACE past its time limit, unanswered (loop stuck)."""
         self._sweeper = None
         first = next(iter(self._pending.values()), None)
-        abandoned = min(self._abandoned.values(), default=None)  # cancel order is not deadline order
-        if self.dead or (first is None and abandoned is None):
+        deadlines = list(self._abandoned.values())  # cancel order is not deadline order: all of them
+        if first is not None:
+            deadlines.append(first.deadline)
+        if self.dead or not deadlines:
             return
-        deadline = min(d for d in (None if first is None else first.deadline, abandoned) if d is not None)
+        deadline = min(deadlines)
         loop = self._loop
         if deadline + GRACE > loop.time() + 0.001:
             self._sweeper = loop.call_at(deadline + GRACE, self._late)
@@ -557,8 +559,8 @@ class InstanceHandle:
         if self.pid:
             # Still running, and still a child of its template: not reaped, so the pid is its own (a pid
             # reaped and reused by the template's next fork would pass the parent check alone).
-            ours = self.template is not None and not self.exited.is_set()
-            if ours and self.template is not None and parent_of(self.pid) == self.template.pid:
+            template = self.template
+            if template is not None and not self.exited.is_set() and parent_of(self.pid) == template.pid:
                 kill_family(self.pid)
             else:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

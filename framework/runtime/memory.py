@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from framework.observe import otel
-from framework.runtime.family import descendants
+from framework.runtime.family import descendants, read_small
 from framework.runtime.handle import InstanceHandle
 
 PERIOD = 0.1
@@ -64,19 +64,10 @@ def resident_bytes(pid: int) -> int | None:
         return None
 
 
-def _read(path: str) -> bytes:
-    """A small /proc file's bytes (64 KiB at most): os.open and one read, 4 times cheaper than `open`."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
-
-
 def anonymous_bytes(pid: int) -> int:
     """Anonymous resident memory of process `pid` (statm's resident less shared), 0 when it is gone."""
     try:
-        fields = _read(f"/proc/{pid}/statm").split()
+        fields = read_small(f"/proc/{pid}/statm").split()
         return max(0, int(fields[1]) - int(fields[2])) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
@@ -86,7 +77,7 @@ def unique_bytes(pid: int) -> int | None:
     """Unique set size of process `pid` (memory only it maps: what its exit frees); None when it cannot be
     read (gone, not ours to read, or a kernel without `smaps_rollup`)."""
     try:
-        text = _read(f"/proc/{pid}/smaps_rollup")
+        text = read_small(f"/proc/{pid}/smaps_rollup")
     except OSError:
         return None
     total = 0

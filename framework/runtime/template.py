@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from framework import sandbox
-from framework.runtime.family import kill_family
+from framework.runtime.family import kill_family, stat_fields
 
 log = logging.getLogger("faas.runtime")
 
@@ -383,11 +383,8 @@ class Template:
 def process_state(pid: int) -> str:
     """The process's state letter in /proc (`T`: stopped, `Z`: a zombie not reaped yet), or "" when it
     cannot be read (gone, or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0].decode()
-    except (OSError, IndexError):
-        return ""
+    fields = stat_fields(pid)
+    return fields[0].decode() if fields else ""
 
 
 def _keep(kept: OrderedDict[Any, int], key: object, value: int) -> None:

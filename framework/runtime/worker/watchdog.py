@@ -252,12 +252,10 @@ class LogStream(io.TextIOBase):
         rest (the invocation's next write, or its end)."""
         inv = current_invocation.get()
         with self._lock:
-            decoder = self._decoders.get(inv)
-            if decoder is None:
-                decoder = self._decoders[inv] = _utf8("replace")
+            decoder = self._decoders.pop(inv, None) or _utf8("replace")
             text = decoder.decode(data)
-            if not decoder.getstate()[0]:  # nothing held back: no decoder left per writer (a thread's)
-                del self._decoders[inv]
+            if decoder.getstate()[0]:  # kept only while it holds part of a character (not one per thread)
+                self._decoders[inv] = decoder
         if text:
             self.write(text)
 

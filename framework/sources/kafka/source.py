@@ -158,11 +158,11 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         self._waiting_total = 0
         self._on_wait = self._waits
         self._leaving: set[TopicPartition] = set()
+        """Partitions being revoked: their events that start now are handed over at their first backoff."""
         self._short: dict[TopicPartition, int] = {}
         """Partitions whose last lag check found their log ending below the position (`_update_lag`)."""
         self._member_of: str | None = None
         """The cluster id the probe knew at the last assignment: the cluster of the group this node is in."""
-        """Partitions being revoked: their events that start now are handed over at their first backoff."""
         self._room_waiter: asyncio.Future[None] | None = None
         """Set while the poll loop waits for room; done once there is some (or the source stops)."""
         self.runner.on_release = self.outbox.on_release = self._room_freed
