@@ -35,6 +35,12 @@ Slot = tuple[InstanceHandle, bool]
 KILL_REASONS = {"memory": "memory", "blocked": "timeout", "exit": "crash", "start": "crash"}
 """`faas_instance_kills_total` reason of each way an instance ends against its will."""
 
+START_BACKOFF = (0.1, 10.0)
+"""Seconds a function waits before its next instance start once two starts in a row have failed, doubled
+with each further failure, at most the second figure. The first failure costs nothing (the next request
+gets a fresh instance, DESIGN.md section 3); without a pause, a module that cannot start forked an instance
+per request, about 500 a second under load, each answered the same error."""
+
 
 class FunctionPool:
     """The instances of one function built from one spec. `retired` pools take no new requests."""
@@ -64,6 +70,11 @@ class FunctionPool:
         """Instances that stopped serving but whose process has not exited yet."""
         self.retired = False
         self._waiters: deque[asyncio.Future[Slot]] = deque()
+        self._failed_starts = 0
+        """Instance starts that failed in a row (an instance that started resets it)."""
+        self._start_error: FaasError | None = None
+        self._starts_from = 0.0
+        """`time.monotonic()` before which no instance starts (`START_BACKOFF`)."""
         self._capacity = spec.instances.concurrency
         """Requests an instance takes: `concurrency`, or fewer for a `def` handler with fewer threads (told
         by its first instance's HELLO; the instances starting before it take `concurrency`)."""
@@ -85,9 +96,25 @@ class FunctionPool:
     # ---- requests ----
 
     def check_available(self) -> None:
-        """Raise InstanceCrashed when no instance of this pool can start (see `unavailable`)."""
+        """Raise InstanceCrashed when no instance of this pool can start (see `unavailable`); raise the last
+        start's error when its starts keep failing and none is live to wait for (`START_BACKOFF`)."""
         if self.unavailable is not None:
             raise InstanceCrashed(f"function {self.spec.name} cannot start an instance: {self.unavailable}")
+        if self._starts_from and not self._may_start() and not self._live():
+            raise self._start_refused()
+
+    def _may_start(self) -> bool:
+        return time.monotonic() >= self._starts_from
+
+    def _live(self) -> bool:
+        return any(not i.dead for i in self.instances)
+
+    def _start_refused(self) -> FaasError:
+        last = self._start_error
+        assert last is not None
+        wait = max(0.0, self._starts_from - time.monotonic())
+        said = f"{self._failed_starts} starts in a row failed: the next in {wait:.1f} s"
+        return type(last)(f"{last.message} ({said})")
 
     def invoke(self, inv: Invocation, moved_by: float | None = None) -> Coroutine[Any, Any, InvokeResult]:
         """Run `inv` on an instance (queueing for one when all are busy); await the result.
@@ -246,7 +273,7 @@ class FunctionPool:
     def _acquire(self) -> Slot | None:
         """A slot right now, or None (the caller queues). Newcomers never overtake queued requests."""
         inst = None if self._waiters else self._pick()
-        if inst is None and len(self.instances) < self.spec.instances.max:
+        if inst is None and len(self.instances) < self.spec.instances.max and self._may_start():
             inst = self.start(warm=False)
         if inst is None:
             return None
@@ -304,6 +331,10 @@ class FunctionPool:
         while self._waiters:
             inst = self._pick()
             if inst is None and len(self.instances) < self.spec.instances.max:
+                if not self._may_start():
+                    if not self._live():  # nothing to wait for: they get what a start would give them
+                        self._fail_waiters(self._start_refused())
+                    return
                 inst = self.start(warm=False)
             if inst is None:
                 return
@@ -348,10 +379,15 @@ class FunctionPool:
         except FaasError as e:
             # Requests reserved on it get the error from `inst.started`; fail the queue too rather than
             # retrying a broken handler once per queued request.
+            self._start_failed(e)
             self._fail_waiters(type(e)(e.message))
             return
-        except Exception:
+        except Exception:  # a start timeout, a failed fork: `started` holds what its requests were told
+            told = inst.started.exception() if inst.started.done() else None
+            if isinstance(told, FaasError):
+                self._start_failed(told)
             return
+        self._failed_starts, self._starts_from, self._start_error = 0, 0.0, None
         if inst.threads is not None and inst.threads < self._capacity:
             # A `def` handler: calls beyond its threads would wait inside the instance, their time limit
             # running; they start another instance or wait in this queue instead.
@@ -363,6 +399,22 @@ class FunctionPool:
             "instance %s of %s ready in %.1f ms", inst.id, self.spec.name, (time.perf_counter() - t0) * 1e3
         )
         self._dispatch()
+
+    def _start_failed(self, error: FaasError) -> None:
+        self._failed_starts += 1
+        self._start_error = error
+        if self._failed_starts < 2:
+            return
+        low, high = START_BACKOFF
+        pause = min(high, low * 2 ** (self._failed_starts - 2))
+        self._starts_from = time.monotonic() + pause
+        log.warning(
+            "function %s: %d instance starts in a row failed: the next in %.1f s (the last: %s)",
+            self.spec.name,
+            self._failed_starts,
+            pause,
+            error.message,
+        )
 
     def _on_exit(self, inst: InstanceHandle, reason: str | None) -> None:
         if not inst.exited.is_set():

@@ -239,6 +239,15 @@ BROKEN = """
 raise RuntimeError("cannot import me")
 """
 
+FLAKY = """
+import os
+if os.path.exists(os.environ["FLAKY_FLAG"]):
+    raise RuntimeError("cannot import me yet")
+
+async def handle(payload, ctx):
+    return os.getpid()
+"""
+
 EXITS = """
 import os
 os._exit(2)
@@ -255,7 +264,7 @@ async def handle(payload, ctx):
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    modules = {"rt": HANDLERS, "warm": WARM, "broken": BROKEN, "exits": EXITS, "hangs": HANGS}
+    modules = {"rt": HANDLERS, "warm": WARM, "broken": BROKEN, "flaky": FLAKY, "exits": EXITS, "hangs": HANGS}
     return write_project(tmp_path_factory.mktemp("rt"), "functions: []\n", modules)
 
 

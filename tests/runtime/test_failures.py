@@ -8,12 +8,14 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from framework.errors import FunctionError, InstanceCrashed, Timeout
 from framework.runtime import Runtime, handle
+from framework.runtime.template import Template
 from framework.settings import Settings
 from tests.runtime.conftest import SpecFactory, alive, call, sample, until
 
@@ -335,6 +337,61 @@ async def test_import_error_is_function_error(runtime: Runtime, spec: SpecFactor
     with pytest.raises(FunctionError, match="RuntimeError: cannot import me"):
         await call(runtime, s)
     assert runtime.instance_count(s.name) == 0
+
+
+async def test_a_function_whose_instances_fail_to_start_is_not_forked_per_request(
+    runtime: Runtime, spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A module that fails at import; calls one after another for 1.5 s. 2. A fixed spec of the same
+    function (a deploy). Result: every call is answered the import's error, later ones adding that starts
+    keep failing and when the next is; the instances forked stay within the backoff's doubling (0, 0.1,
+    0.2, 0.4, 0.8 s after the second failure: 6; one per call before, hundreds); the fixed spec is served
+    at once."""
+    forks = 0
+    spawn = Template.spawn
+
+    def counted(self: Template, config: dict[str, Any]) -> Any:
+        nonlocal forks
+        forks += 1
+        return spawn(self, config)
+
+    monkeypatch.setattr(Template, "spawn", counted)
+    s = spec("handle", module="broken", max=2)
+    calls, refused = 0, 0
+    t = time.monotonic()
+    while time.monotonic() - t < 1.5:
+        with pytest.raises(FunctionError, match="RuntimeError: cannot import me") as caught:
+            await call(runtime, s)
+        calls += 1
+        refused += "starts in a row failed: the next in" in caught.value.message
+    assert calls > 20 and refused > calls / 2, (calls, refused)
+    assert 3 <= forks <= 8, forks
+    value, res = await call(runtime, spec("echo", name=s.name))
+    assert res.cold_start and value["payload"] is None
+
+
+async def test_a_function_whose_start_failure_passes_starts_again_after_its_pause(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """1. A module that fails at import while a flag file exists: two calls fail (the second starts the
+    pause). 2. The flag removed; calls until one is served. Result: served within the pause (0.1 s) and a
+    start, and the calls before it were answered the start's error, none another."""
+    flag = tmp_path / "flag"
+    flag.touch()
+    s = spec("handle", module="flaky", env={"FLAKY_FLAG": str(flag)})
+    for _ in range(2):
+        with pytest.raises(FunctionError, match="cannot import me yet"):
+            await call(runtime, s)
+    flag.unlink()
+    t = time.monotonic()
+    while True:
+        try:
+            pid, res = await call(runtime, s)
+            break
+        except FunctionError as e:
+            assert "cannot import me yet" in e.message
+            assert time.monotonic() - t < 3
+    assert alive(pid) and res.cold_start
 
 
 async def test_exit_is_instance_crashed_and_replaced(runtime: Runtime, spec: SpecFactory) -> None:
