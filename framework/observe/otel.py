@@ -171,9 +171,9 @@ class _Throttle(logging.Filter):
 _throttle = _Throttle(LOG_INTERVAL)
 
 
-def _processor(redact: Callable[[str], str] | None = None) -> Any:
+def _processor(redact: Callable[[str], str] | None = None, lengths: Any = None) -> Any:
     """The batch processor exporting over OTLP/HTTP; with `redact` (an instance's secrets), each span's
-    texts pass through it first (`span_redaction.py`)."""
+    texts pass through it first, then are cut to `lengths` (`span_redaction.py`)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -188,7 +188,7 @@ def _processor(redact: Callable[[str], str] | None = None) -> Any:
     if redact is not None:
         from framework.observe.span_redaction import RedactingExporter
 
-        exporter = RedactingExporter(exporter, redact)
+        exporter = RedactingExporter(exporter, redact, lengths)
     return BatchSpanProcessor(
         exporter,
         max_queue_size=values["max_queue_size"],
@@ -300,10 +300,16 @@ def setup_instance(function: str, instance_id: str, redact: Callable[[str], str]
     from opentelemetry.sdk.trace import TracerProvider
 
     try:
+        limits, lengths = None, None
+        if redact is not None:  # values recorded whole, cut once redacted (`span_redaction.py`)
+            from framework.observe.span_redaction import unlimited
+
+            limits, lengths = unlimited()
         provider = TracerProvider(
-            resource=_resource("faas", **{"faas.name": function, "faas.instance": instance_id})
+            resource=_resource("faas", **{"faas.name": function, "faas.instance": instance_id}),
+            span_limits=limits,
         )
-        provider.add_span_processor(_processor(redact))
+        provider.add_span_processor(_processor(redact, lengths))
     except Exception as exc:  # the function's own `env` can hold OTEL_* values too
         log.error("OpenTelemetry export is off in instance %s: %s", instance_id, exc)
         return

@@ -4,18 +4,24 @@ is on.
 A handler's own spans carry what it gives them, and what the SDK records for it: an exception that leaves
 a span becomes its status description and an `exception` event holding the message and the traceback. Such
 text leaves the instance as surely as a log line does, so it passes the same `redact` (`worker/redact.py`)
-first: the name, every string attribute (in sequences and mappings too), the events' and links' attributes
-and the status description of each span, copied (a finished span is read-only) just before export. A
-function without secrets pays nothing: its instance exports without this.
+first: the name, every attribute's key and its value (text, and bytes as UTF-8, in sequences and mappings
+too), the events' and links' attributes and the status description of each span, copied (a finished span
+is read-only) just before export. A function without secrets pays nothing: its instance exports without
+this.
+
+The SDK cuts a long text value to `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` (or
+`OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`) as it is set, and a secret cut in two is no longer one to find. So an
+instance with secrets records values whole (`unlimited`) and they are cut here, after the redaction, to
+the same lengths (`Lengths`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, Status
@@ -23,20 +29,42 @@ from opentelemetry.trace import Link, Status
 Redact = Callable[[str], str]
 
 
-def _value(value: Any, redact: Redact) -> Any:
+class Lengths(NamedTuple):
+    """The longest text value of a span's attributes and of its events' and links' (None: no limit)."""
+
+    span: int | None
+    other: int | None
+
+
+WHOLE = Lengths(None, None)
+
+
+def unlimited() -> tuple[SpanLimits, Lengths]:
+    """The SDK's span limits (from the environment) without their value lengths, and those lengths."""
+    limits = SpanLimits()
+    lengths = Lengths(limits.max_span_attribute_length, limits.max_attribute_length)
+    limits.max_span_attribute_length = limits.max_attribute_length = None
+    return limits, lengths
+
+
+def _value(value: Any, redact: Redact, cut: int | None) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return redact(value)[:cut]
+    if isinstance(value, bytes):  # bytes the SDK keeps as they are (`surrogateescape`: any bytes, exactly)
+        return redact(value.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
     if isinstance(value, Mapping):
-        return {key: _value(item, redact) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        return tuple(_value(item, redact) for item in value)
+        return {redact(key): _value(item, redact, cut) for key, item in value.items()}
+    if isinstance(value, Sequence):
+        return tuple(_value(item, redact, cut) for item in value)
     return value
 
 
-def _attributes(attributes: Mapping[str, Any] | None, redact: Redact) -> dict[str, Any] | None:
+def _attributes(
+    attributes: Mapping[str, Any] | None, redact: Redact, cut: int | None
+) -> dict[str, Any] | None:
     if not attributes:
         return None
-    return {key: _value(value, redact) for key, value in attributes.items()}
+    return {redact(key): _value(value, redact, cut) for key, value in attributes.items()}
 
 
 def _counted(items: list[Any], dropped: int) -> BoundedList[Any]:
@@ -46,16 +74,18 @@ def _counted(items: list[Any], dropped: int) -> BoundedList[Any]:
     return bounded
 
 
-def redacted(span: ReadableSpan, redact: Redact) -> ReadableSpan:
-    """A copy of `span` with `redact` applied to every text it holds; the counts of what the SDK dropped
-    over its limits (attributes, events, links) are kept."""
+def redacted(span: ReadableSpan, redact: Redact, lengths: Lengths = WHOLE) -> ReadableSpan:
+    """A copy of `span` with `redact` applied to every text it holds, text values then cut to `lengths`;
+    the counts of what the SDK dropped over its limits (attributes, events, links) are kept."""
     status = span.status
     if status.description:
         status = Status(status.status_code, redact(status.description))
-    attributes = BoundedAttributes(attributes=_attributes(span.attributes, redact), immutable=False)
+    own = _attributes(span.attributes, redact, lengths.span)
+    attributes = BoundedAttributes(attributes=own, immutable=False)
     attributes.dropped = span.dropped_attributes
-    events = [Event(redact(e.name), _attributes(e.attributes, redact), e.timestamp) for e in span.events]
-    links = [Link(link.context, _attributes(link.attributes, redact)) for link in span.links]
+    cut = lengths.other
+    events = [Event(redact(e.name), _attributes(e.attributes, redact, cut), e.timestamp) for e in span.events]
+    links = [Link(link.context, _attributes(link.attributes, redact, cut)) for link in span.links]
     return ReadableSpan(
         name=redact(span.name),
         context=span.context,
@@ -75,12 +105,13 @@ def redacted(span: ReadableSpan, redact: Redact) -> ReadableSpan:
 class RedactingExporter(SpanExporter):
     """`exporter`, given each span through `redacted`."""
 
-    def __init__(self, exporter: SpanExporter, redact: Redact) -> None:
+    def __init__(self, exporter: SpanExporter, redact: Redact, lengths: Lengths = WHOLE) -> None:
         self.exporter = exporter
         self.redact = redact
+        self.lengths = lengths
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.exporter.export([redacted(span, self.redact) for span in spans])
+        return self.exporter.export([redacted(span, self.redact, self.lengths) for span in spans])
 
     def shutdown(self) -> None:
         self.exporter.shutdown()

@@ -77,7 +77,10 @@ class FunctionPool:
         """`time.monotonic()` before which no instance starts (`START_BACKOFF`)."""
         self._capacity = spec.instances.concurrency
         """Requests an instance takes: `concurrency`, or fewer for a `def` handler with fewer threads (told
-        by its first instance's HELLO; the instances starting before it take `concurrency`)."""
+        by its first instance's HELLO; the requests that reserved a starting instance before then and are
+        beyond it look again once it started: `_take`)."""
+        self._told = False
+        """Whether an instance of this pool has started, so `_capacity` is known."""
         self.template = template
         """The template this pool's instances are forked from."""
         self._queue_timeout = queue_timeout
@@ -128,7 +131,7 @@ class FunctionPool:
 
     async def _invoke(self, inv: Invocation, moved_by: float | None) -> InvokeResult:
         self.check_available()
-        slot = self._acquire()
+        slot = await self._take()
         if slot is None:
             successor: FunctionPool | None = None
             try:
@@ -180,7 +183,7 @@ class FunctionPool:
         try:
             if on is None:
                 self.check_available()
-                inst, cold = self._acquire() or await self._queue(moved_by)
+                inst, cold = await self._take() or await self._queue(moved_by)
             else:
                 cold = not on.ready  # a warm-up that started the instance waited for it (section 3)
                 self._reserve(on)
@@ -278,6 +281,29 @@ class FunctionPool:
         if inst is None:
             return None
         return inst, self._reserve(inst)
+
+    async def _take(self) -> Slot | None:
+        """`_acquire`; and when the slot is on an instance that starts before any of this pool did, once it
+        started, whether its place there is within what the instance takes (a `def` handler's threads, told
+        by its HELLO): if not, the slot is given back and `_acquire` asked again (another instance, or the
+        queue), rather than waiting inside the instance for a thread while its time limit runs."""
+        slot = self._acquire()
+        if slot is None or not slot[1] or self._told:
+            return slot
+        inst = slot[0]
+        place = inst.load  # nothing it holds has ended before it starts
+        try:
+            await asyncio.shield(inst.started)
+        except asyncio.CancelledError:
+            self._release(inst)
+            raise
+        except Exception:
+            return slot  # its call says how the start failed
+        self._learn(inst)  # its requests wake before `_boot` does
+        if place <= self._capacity:
+            return slot
+        self._release(inst)
+        return self._acquire()
 
     async def _queue(self, moved_by: float | None = None) -> Slot:
         """Wait for a slot, oldest first, until the queue timeout, or `moved_by` (see `invoke`). The moved
@@ -388,10 +414,7 @@ class FunctionPool:
                 self._start_failed(told)
             return
         self._failed_starts, self._starts_from, self._start_error = 0, 0.0, None
-        if inst.threads is not None and inst.threads < self._capacity:
-            # A `def` handler: calls beyond its threads would wait inside the instance, their time limit
-            # running; they start another instance or wait in this queue instead.
-            self._capacity = inst.threads
+        self._learn(inst)
         if not inst.warm:
             self._metrics.cold_starts.labels(self.spec.name).inc()
             self._metrics.cold_start_seconds.labels(self.spec.name).observe(time.perf_counter() - t0)
@@ -399,6 +422,14 @@ class FunctionPool:
             "instance %s of %s ready in %.1f ms", inst.id, self.spec.name, (time.perf_counter() - t0) * 1e3
         )
         self._dispatch()
+
+    def _learn(self, inst: InstanceHandle) -> None:
+        """What a started instance takes: a `def` handler's instance says its threads (its HELLO). Calls
+        beyond them would wait inside the instance, their time limit running; they start another instance
+        or wait in this queue instead."""
+        self._told = True
+        if inst.threads is not None and inst.threads < self._capacity:
+            self._capacity = inst.threads
 
     def _start_failed(self, error: FaasError) -> None:
         self._failed_starts += 1

@@ -67,6 +67,7 @@ SECRET_USER = f"""
     handler: functions.otelkeyed:charge
     state: productive
     secrets: [card_key]
+    env: {{OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT: "40"}}
 """
 KEYED_MODULE = """
 from opentelemetry import trace
@@ -77,6 +78,10 @@ async def charge(payload, ctx):
     key = ctx.secrets["card_key"]
     with tracer.start_as_current_span("charge " + key) as span:
         span.set_attribute("card", key)
+        span.set_attribute("raw", b"card=" + key.encode())
+        span.set_attribute("by-" + key, "x")
+        span.set_attribute("long", "p" * 30 + key)
+        span.add_event("looked up", {"of-" + key: 1})
         raise RuntimeError("declined for " + key)
 """
 SCHEDULED = f"""
@@ -431,17 +436,23 @@ def test_a_schedule_run_is_a_span_over_its_attempts(node: Node, receiver: tuple[
 
 
 def test_a_handlers_own_span_carries_no_secret_value(node: Node, receiver: tuple[Receiver, str]) -> None:
-    """1. `keyed` reads the secret `card_key`, names a span of its own after it, sets it as an attribute,
-    and raises an error holding it inside that span (the SDK records the exception on the span).
-    Result: the call fails with the value masked, and the handler's span reaches the collector with `***`
-    in its name, attribute, status and exception event, the value nowhere (it went out in clear)."""
+    """1. `keyed` reads the secret `card_key`, names a span of its own after it, sets it as an attribute
+    (as text, inside bytes, in a key, after 30 characters with the SDK's value length limit at 40), adds an
+    event with it in a key, and raises an error holding it inside that span (the SDK records the exception
+    on the span). Result: the call fails with the value masked, and the handler's span reaches the collector
+    with `***` in its name, attributes, keys, status and events, the long value cut after its redaction,
+    the value nowhere (it went out in clear; in bytes, in keys and, cut to its first 10 characters, in the
+    long value, until they were redacted too)."""
     rec, _ = receiver
     r = httpx.post(f"{node.url}/functions/{KEYED}/invoke", json={}, timeout=30)
     assert r.status_code == 500 and "declined for ***" in r.text and CARD_KEY not in r.text, r.text
     tid = r.headers["traceparent"].split("-")[1]
     [span] = wait_for(lambda: rec.named("charge ***", tid), timeout=30, message="the handler's span")
     assert span.attributes["card"] == "***" and span.status == "RuntimeError: declined for ***", span
-    [(name, attributes)] = span.events
+    assert span.attributes["raw"] == b"card=***" and span.attributes["by-***"] == "x", span
+    assert span.attributes["long"] == "p" * 30 + "***", span
+    [(looked, keyed), (name, attributes)] = span.events
+    assert looked == "looked up" and keyed == {"of-***": 1}, span
     assert name == "exception" and attributes["exception.message"] == "declined for ***", span
     with rec.lock:
         everything = repr([s for s in rec.spans if s.trace_id == tid])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -11,7 +12,7 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, SpanContext, StatusCode
 from opentelemetry.trace.status import Status
 
-from framework.observe.span_redaction import RedactingExporter, redacted
+from framework.observe.span_redaction import Lengths, RedactingExporter, redacted, unlimited
 from framework.runtime.worker.redact import Redactor
 
 SECRET = "sk_live_0123456789"
@@ -88,3 +89,49 @@ def test_the_counts_of_what_the_sdk_dropped_are_kept() -> None:
     copy = redacted(span, redact)
     assert (copy.dropped_attributes, copy.dropped_events, copy.dropped_links) == (2, 3, 4)
     assert dict(copy.attributes or {}) == {"card": "***"}
+
+
+def test_keys_and_bytes_are_redacted_too() -> None:
+    """Attribute keys (of the span, its events and links) and bytes values hold text as much as values do:
+    each is redacted, bytes that are not UTF-8 kept exactly."""
+    span = ReadableSpan(
+        name="n",
+        context=context(2),
+        attributes={
+            f"k-{SECRET}": 1,
+            "raw": SECRET.encode() + b"\xff\x00",
+            "list": (b"x" + SECRET.encode(),),
+        },
+        events=[Event("e", {f"of {SECRET}": "v"}, 5)],
+        links=[Link(context(3), {SECRET: True})],
+    )
+    copy = redacted(span, redact)
+    assert dict(copy.attributes or {}) == {"k-***": 1, "raw": b"***\xff\x00", "list": (b"x***",)}
+    assert dict(copy.events[0].attributes or {}) == {"of ***": "v"}
+    assert dict(copy.links[0].attributes or {}) == {"***": True}
+
+
+def test_long_values_are_cut_after_their_redaction_to_the_sdks_lengths() -> None:
+    """A value cut before its redaction would leave the start of a secret; cut after it, the mask is whole:
+    span attributes to the span length, events' and links' to the other."""
+    span = ReadableSpan(
+        name="n",
+        context=context(2),
+        attributes={"long": "p" * 10 + SECRET + "q" * 20, "many": ("p" * 10 + SECRET,)},
+        events=[Event("e", {"m": "x" * 3 + SECRET}, 5)],
+    )
+    copy = redacted(span, redact, Lengths(span=14, other=5))
+    assert dict(copy.attributes or {}) == {"long": "p" * 10 + "***q", "many": ("p" * 10 + "***",)}
+    assert dict(copy.events[0].attributes or {}) == {"m": "xxx**"}
+
+
+def test_the_sdk_limits_lose_only_their_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment's value lengths are handed to the exporter and taken out of the SDK's limits; its
+    other limits stay."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "40")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "50")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "7")
+    limits, lengths = unlimited()
+    assert lengths == Lengths(40, 50)
+    assert (limits.max_span_attribute_length, limits.max_attribute_length) == (None, None)
+    assert limits.max_events == 7

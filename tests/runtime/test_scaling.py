@@ -74,6 +74,22 @@ async def test_def_handler_calls_beyond_an_instances_threads_go_to_another_insta
     assert sorted(per_instance.values()) == [16, 64], per_instance
 
 
+async def test_def_handler_calls_beyond_its_first_instances_threads_go_to_another_once_it_started(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A `def` handler (limit 3 s, up to 2 instances, `concurrency` 100) with no instance yet. 2. 80 calls
+    of 2 s at once: all reserve its first instance while it starts, before its HELLO says it runs 64 calls
+    at once. Result: all 80 answered, 64 on the first instance and 16 on a second, all cold starts. (The 16
+    beyond its threads waited inside it for 2 s of their 3 s limit and were answered Timeout.)"""
+    s = spec("sync_sleep", timeout=3, max=2)
+    results = await asyncio.gather(*(call(runtime, s, {"sleep": 2}) for _ in range(80)))
+    per_instance: dict[str, int] = {}
+    for value, _ in results:
+        per_instance[value["instance"]] = per_instance.get(value["instance"], 0) + 1
+    assert sorted(per_instance.values()) == [16, 64], per_instance
+    assert all(res.cold_start for _, res in results)
+
+
 async def test_idle_instance_goes_cold(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("echo", max=1, idle_timeout=1)
     first, r1 = await call(runtime, s)

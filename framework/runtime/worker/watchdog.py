@@ -148,7 +148,7 @@ class ForwardHandler(logging.Handler):
             inv = getattr(record, "invocation_id", None) or current_invocation.get()
             header: dict[str, object] = {
                 "lvl": record.levelno,
-                "name": record.name,
+                "name": redact(record.name),  # `getLogger("client." + token)` names it
                 "msg": "",
                 "inv": inv,
                 "blocked": bool(getattr(record, "blocked", False)),

@@ -82,15 +82,37 @@ def _bad_request(msg: str) -> bytes:
 
 class _ContractBadRequest:
     """Mixed into uvicorn's protocols: their one plain-text answer, in the contract's shape, and a
-    lingering close after it (see `LINGER`)."""
+    lingering close after it (see `LINGER`). Bytes that do not parse after pipelined requests are answered
+    after those (HTTP/1.1 answers in order): uvicorn wrote its 400 at once, then closed the connection
+    under the request being served, whose answer was lost ("Cannot call write() after write_eof()" in the
+    node's log) and whose invocation was cancelled as if its caller had left."""
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
+    cycle: Any
+    """uvicorn's request-response cycle of the last request parsed (None before the first request)."""
     _refused = False
-    """The 400 is sent: what the client still sends is read and dropped until the connection closes."""
+    """The 400 is due: what the client still sends is read and dropped until the connection closes."""
+    _held: str | None = None
+    """The message of a 400 due once the requests before it are answered."""
 
     def send_400_response(self, msg: str) -> None:
         self._refused = True
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete and not cycle.disconnected:
+            self._held = msg
+            return
+        self._refuse(msg)
+
+    def on_response_complete(self) -> None:
+        uvicorn_protocol: Any = super()
+        uvicorn_protocol.on_response_complete()  # starts the next pipelined request, if any
+        held = self._held
+        if held is not None and self.cycle.response_complete and not self.transport.is_closing():
+            self._held = None
+            self._refuse(held)
+
+    def _refuse(self, msg: str) -> None:
         self.transport.write(_bad_request(msg))
         if not self.transport.can_write_eof():
             self.transport.close()

@@ -129,6 +129,22 @@ def test_extra_names_and_values_are_redacted(log: tuple[logging.Logger, Frames])
     assert sent["x"] == {"tok": "***", "***": "v"}
 
 
+def test_a_logger_named_after_a_secret_is_redacted() -> None:
+    """1. A function with a secret logs through `logging.getLogger("client." + secret)`.
+    Result: the record's name, which the node's log shows as its `source`, reaches the node as
+    `client.***` (it went in clear)."""
+    frames = Frames()
+    logger = logging.Logger("client.token_version_TWO")
+    logger.addHandler(ForwardHandler(frames))
+    redact.install(["token_version_TWO"])
+    try:
+        logger.warning("hello")
+    finally:
+        redact.install(())
+    [sent] = frames.sent
+    assert sent["name"] == "client.***" and sent["msg"] == "hello"
+
+
 def test_a_loop_held_up_outside_any_invocation_blames_no_function(caplog: pytest.LogCaptureFixture) -> None:
     """1. A watchdog on a loop. 2. A plain callback (no task: no invocation's code) blocks the loop 0.4 s;
     then a task named like an invocation blocks it 0.4 s.
