@@ -275,7 +275,7 @@ def ce_headers(type_: str, id_: str, replyto: str | None = None) -> list[Header]
 async def produce_async(bootstrap: str, topic: str, records: list[Record]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8_000_000)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=40_000_000)  # records of 17 MiB too
     await p.start()
     try:
         futs = [await p.send(topic, value=v, key=k, headers=h) for k, v, h in records]

@@ -68,6 +68,36 @@ def with_short_error(headers: Headers) -> list[tuple[str, bytes | None]] | None:
     return None
 
 
+TRIMMED_HEADER = 65_536
+"""Bytes (name and value) of one header a trimmed copy keeps at most (`trimmed`)."""
+TRIMMED_TOTAL = 1 << 20
+"""Bytes of all the headers a trimmed copy keeps at most."""
+
+
+def trimmed(headers: Headers, why: str) -> list[tuple[str, bytes | None]]:
+    """For a copy refused even without its value (its headers alone are over the broker's limit): the headers
+    that fit `TRIMMED_HEADER` each and `TRIMMED_TOTAL` in all, the last ones first (ours: `faas_error`,
+    `faas_function`, `faas_attempts` come after the event's), in their order, plus `faas_deadletter_error`
+    saying `why` and naming the headers left out with their sizes."""
+    kept: list[tuple[str, bytes | None]] = []
+    left: list[str] = []
+    total = 0
+    for name, value in reversed(headers):
+        size = len(name) + len(value or b"")
+        if size > TRIMMED_HEADER or total + size > TRIMMED_TOTAL:
+            left.append(f"{name[:64]!r} ({size} bytes)")
+            continue
+        total += size
+        kept.append((name, value))
+    kept.reverse()
+    note = f"{why}; sent without its value and the headers {', '.join(reversed(left))}" if left else why
+    return [*kept, (DEADLETTER_ERROR, note.encode())]
+
+
+DEADLETTER_ERROR = "faas_deadletter_error"
+"""Why a dead-letter copy is not exact (too large for the topic: `ReplyOutbox.deadletter`)."""
+
+
 def bad_event_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:
     """The record's own headers, unchanged and in order, plus why it is no event."""
     return [*headers, _error("BadEvent", message)]

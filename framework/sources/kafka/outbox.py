@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaTimeoutError
 from framework.errors import FunctionError
 from framework.invoker import EventReply
 from framework.kafka import cloudevents
-from framework.kafka.deadletter import failed_headers, with_short_error
+from framework.kafka.deadletter import DEADLETTER_ERROR, failed_headers, trimmed, with_short_error
 from framework.sources.kafka.offsets import OffsetTracker, PartitionOffsets
 from framework.sources.kafka.replies import PermanentSendError, ReplyProducer
 
@@ -237,9 +237,36 @@ class ReplyOutbox:
                 log.warning("dead-letter copy refused (%s): sent with its faas_error cut short", exc)
             else:
                 log.error("dead-letter copy refused (%s): sending it without its value", exc)
-                marked = [*(short or headers), ("faas_deadletter_error", str(exc).encode())]
-                await self.sender.send(topic, None, key, marked)
+                marked = [*(short or headers), (DEADLETTER_ERROR, str(exc).encode())]
+                try:
+                    await self.sender.send(topic, None, key, marked)
+                except PermanentSendError as again:  # its headers (or key) alone are over the limit
+                    if not await self._stripped(topic, key, short or headers, again):
+                        return  # the event is answered all the same: its reply is small
         self.metrics.events_deadlettered.labels(reason).inc()
+
+    async def _stripped(
+        self, topic: str, key: bytes | None, headers: list[tuple[str, bytes | None]], exc: Exception
+    ) -> bool:
+        """The last resorts for a dead-letter copy: without its large headers (`trimmed`), then without its
+        key too. False when even that is refused: the copy is given up, and said so."""
+        marked = trimmed(headers, str(exc))
+        for kept_key in (key, None) if key is not None else (None,):
+            try:
+                await self.sender.send(topic, None, kept_key, marked)
+            except PermanentSendError as again:
+                exc = again
+                continue
+            log.error(
+                "dead-letter copy refused (%s): sent without its value, large headers%s",
+                exc,
+                "" if kept_key is not None else " and key",
+            )
+            return True
+        log.error(
+            "dead-letter copy refused even without its value, large headers and key (%s): none sent", exc
+        )
+        return False
 
     def _missing_topic(self, exc: BaseException) -> bool:
         return isinstance(exc, KafkaTimeoutError) and self._broker_away() is None

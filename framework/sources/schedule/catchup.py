@@ -119,7 +119,7 @@ class CatchUp:
         for entry in entries:
             if entry.kind != "schedule" or entry.next_at is None or entry.armed is None:
                 continue
-            last = newest.get(entry.key)
+            last = newest.get(entry.key, newest.get(entry.index_key))
             after = self.taken if last is None else datetime.fromtimestamp(last, UTC)
             ticks, missed = owed(entry.cron, max(after, entry.armed), entry.next_at)
             if ticks:

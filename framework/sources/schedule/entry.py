@@ -11,6 +11,8 @@ the cron, payload or state changed (then the late ticks are dropped).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,9 +66,19 @@ class CronEntry:
     def __str__(self) -> str:
         return f"{self.spec.name}[{self.index}] {self.cron.expression!r} ({self.cron.timezone})"
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """`<function uuid>:<schedule index>`: the schedule's key in the tick log, the same on every node."""
+        """`<function uuid>:s<12 hex digits>`: the schedule's key in the tick log, the same on every node.
+        Named by what the schedule is (its cron, time zone and payload), not by its place in the manifest:
+        a deploy that removed the schedule before it would otherwise give it the ticks of the one that held
+        its index, and a node starting after that deploy fired again the ticks it had already run."""
+        what = orjson.dumps([self.cron.expression, self.cron.timezone, self.payload])
+        return f"{self.spec.uuid}:s{hashlib.sha256(what).hexdigest()[:12]}"
+
+    @property
+    def index_key(self) -> str:
+        """`<function uuid>:<schedule index>`: the key ticks were written under before `key` (read as a
+        fallback, so a leader change right after an upgrade still catches up)."""
         return f"{self.spec.uuid}:{self.index}"
 
     @property

@@ -2,11 +2,13 @@
 
 The election (`leader.py`) joins a consumer group on this one-partition topic; the leader also writes to
 it, one record per schedule tick it fires (or skips because the previous run is still going): partition 0,
-key `<function uuid>:<schedule index>`, value `{"tick": <epoch seconds>, "node": <node name>, "group":
-<FAAS_KAFKA_GROUP_ID>}`. A node that becomes leader reads the recent records back to learn the newest tick
-of each schedule (`catchup.py` decides what to fire from that), its own group's only: groups sharing a
-broker and this topic each fire their schedules, and another group's ticks say nothing of what this one
-missed. A record without `group` (written before it was added) counts for every group.
+key `<function uuid>:s<12 hex digits>` (the schedule by what it is: `entry.CronEntry.key`; records written
+before that are keyed `<function uuid>:<schedule index>`, and read too), value `{"tick": <epoch seconds>,
+"node": <node name>, "group": <FAAS_KAFKA_GROUP_ID>}`. A node that becomes leader reads the recent records
+back to learn the newest tick of each schedule (`catchup.py` decides what to fire from that), its own
+group's only: groups sharing a broker and this topic each fire their schedules, and another group's ticks
+say nothing of what this one missed. A record without `group` (written before it was added) counts for
+every group.
 
 - Writing stays off the firing path: `record` never awaits and never fails. It keeps the newest tick per
   key (an older one adds nothing) and wakes a task that produces them. A failed send is logged and its
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterable
 
 import orjson
@@ -53,15 +56,19 @@ LAST_TICK = 253_402_300_799
 """The greatest tick (epoch seconds) a record may hold: 9999-12-31T23:59:59Z, the last a datetime holds."""
 
 
+_SCHEDULE = re.compile(r"s[0-9a-f]{12}|[0-9]+")
+"""A key's schedule part: its digest (`entry.CronEntry.key`), or its index in records written before."""
+
+
 def parse(record: Record) -> tuple[str, int, str | None] | str:
     """`(key, tick epoch seconds, group or None)` of a tick record, or why it is not one."""
     try:
         key = (record.key or b"").decode()
     except UnicodeDecodeError:
         return "its key is not UTF-8"
-    uuid, _, index = key.rpartition(":")
-    if not uuid or not (index.isascii() and index.isdigit()):
-        return f"its key {key[:80]!r} is not <function uuid>:<schedule index>"
+    uuid, _, schedule = key.rpartition(":")
+    if not uuid or not _SCHEDULE.fullmatch(schedule):
+        return f"its key {key[:80]!r} is not <function uuid>:s<12 hex digits> (or :<schedule index>)"
     try:
         value = orjson.loads(record.value or b"")
     except orjson.JSONDecodeError:

@@ -56,3 +56,55 @@ def test_a_copy_too_large_for_its_whole_error_keeps_its_value_with_the_error_cut
     assert sent_value is None and b"MessageSizeTooLargeError" in (headers["faas_deadletter_error"] or b"")
     sent_value, headers = _copy(40_000, value, message)
     assert sent_value == value and headers["faas_error"] == f"FunctionError: {message}".encode()
+
+
+class _KeyedSender(_SizedSender):
+    """Counts the key and the header names too, as a broker's record size does."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.keys: list[bytes | None] = []
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+    ) -> None:
+        size = len(value or b"") + len(key or b"") + sum(len(n) + len(v or b"") for n, v in headers)
+        if size > self.limit:
+            raise PermanentSendError(f"MessageSizeTooLargeError: {size} bytes")
+        self.sent.append((value, list(headers)))
+        self.keys.append(key)
+
+
+def _stripped(limit: int, key: bytes, headers: list[tuple[str, bytes | None]]) -> _KeyedSender:
+    sender = _KeyedSender(limit)
+    outbox = ReplyOutbox(Settings(), Metrics(), cast(Any, sender), lambda: None)
+    marked = failed_headers(headers, "FunctionError", "boom", "f", 2)
+    asyncio.run(outbox.deadletter(key, b"v" * 100, marked, "failed"))
+    return sender
+
+
+OURS = ["faas_error", "faas_function", "faas_attempts", "faas_deadletter_error"]
+
+
+def test_a_copy_whose_headers_alone_are_too_large_keeps_ours_and_names_what_it_left_out() -> None:
+    """1. A failed event with a 200,000-byte header `x-big` among small ones, to a broker taking 10,000
+    bytes a record (the copy is refused whole, and without its value). 2. The same with a key of 20,000
+    bytes. Result: 1 is sent without its value and `x-big`, every other header kept in order, ours too
+    (`faas_error`, `faas_function`, `faas_attempts`: still replayable), `faas_deadletter_error` naming
+    `x-big` and its size; 2 the same, without its key. (The copy raised, and the event was skipped without
+    its reply: answered zero times.)"""
+    headers: list[tuple[str, bytes | None]] = [("ce_id", b"e1"), ("x-big", b"b" * 200_000), ("ce_type", b"t")]
+    sender = _stripped(10_000, b"k", headers)
+    [(value, sent)] = sender.sent
+    assert value is None and sender.keys == [b"k"]
+    assert [name for name, _ in sent] == ["ce_id", "ce_type", *OURS], sent
+    why = dict(sent)["faas_deadletter_error"] or b""
+    assert b"MessageSizeTooLargeError" in why and b"'x-big' (200005 bytes)" in why, why
+    sender = _stripped(10_000, b"k" * 20_000, headers)
+    assert sender.keys == [None] and [n for n, _ in sender.sent[0][1]] == ["ce_id", "ce_type", *OURS]
+
+
+def test_a_copy_refused_however_small_is_given_up_and_the_event_still_answered() -> None:
+    """A broker taking 10 bytes a record: no copy fits. Result: `deadletter` returns (no copy, nothing
+    counted) instead of raising, so the event's reply still goes out."""
+    assert _stripped(10, b"k", [("ce_id", b"e1")]).sent == []

@@ -366,6 +366,36 @@ def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: Embedd
     assert marks["faas_function"] == b"huge" and marks["faas_error"].startswith(b"FunctionError: ")
 
 
+def test_a_bad_record_whose_headers_alone_are_too_large_to_copy_is_answered_and_copied_without_them(
+    node: Node, broker: EmbeddedBroker
+) -> None:
+    """1. A record that is no event (its value is not JSON) with a 17 MiB header `x-big`: more than a
+    dead-letter copy may have (16 MiB), with or without its value. Then a good event of the same key.
+    Result: both are answered (BadEvent, then ok), in order; the dead-letter copy keeps the key and every
+    other header, `faas_error` included, with neither the value nor `x-big`, and `faas_deadletter_error`
+    naming `x-big` and its size. (The copy raised and the record was skipped: no reply, no copy, its offset
+    passed: answered zero times.)"""
+    bad, good, key = new_id(), new_id(), new_id().encode()
+    headers = [*ce_headers("order.created", bad), ("x-big", b"b" * (17 << 20)), ("t_mark", bad.encode())]
+    produce(broker.bootstrap, node.events, [(key, b"{bad", headers)])
+    produce(broker.bootstrap, node.events, [(key, b"{}", ce_headers("order.created", good))])
+    replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids={bad, good}))
+    assert replies[bad]["value"]["error"]["type"] == "BadEvent", replies[bad]
+    assert replies[good]["value"]["ok"] is True and replies[bad]["offset"] < replies[good]["offset"]
+    copies: list[Any] = []
+    want, deadline = 1, time.monotonic() + 20
+    while not copies and time.monotonic() < deadline:  # other tests' copies share the topic
+        every = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, want, deadline - time.monotonic()))
+        copies = [d for d in every if dict(d.headers).get("t_mark") == bad.encode()]
+        want = len(every) + 1
+    [copy] = copies
+    names = [name for name, _ in copy.headers]
+    assert copy.key == key and copy.value is None and "x-big" not in names, names
+    assert names[:-2] == [name for name, _ in headers if name != "x-big"] and names[-2] == "faas_error"
+    why = dict(copy.headers)["faas_deadletter_error"]
+    assert f"'x-big' ({5 + (17 << 20)} bytes)".encode() in why, why
+
+
 def test_event_client_round_trip(node: Node, broker: EmbeddedBroker) -> None:
     async def go() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
         async with EventClient(broker.bootstrap, events_topic=node.events) as client:

@@ -68,10 +68,11 @@ class FakeTicks:
 class Cluster:
     """One scheduler on a fake clock as a follower, its election, its invoker and its tick log."""
 
-    def __init__(self, newest: int | None = None, **spec_fields: str) -> None:
+    def __init__(self, newest: int | None = None, by_index: bool = False, **spec_fields: str) -> None:
+        """`newest`: the tick log's newest tick of the schedule, under its key (`by_index`: under the key
+        of records written before schedules were keyed by what they are, `<uuid>:<index>`)."""
         self.job = spec(**spec_fields)
-        self.key = f"{self.job.uuid}:0"
-        self.ticks = FakeTicks({} if newest is None else {self.key: newest})
+        self.ticks = FakeTicks()
         self.invoker, self.clock, self.metrics = FakeInvoker(), Clock(), Metrics()
         self.election = FakeElection(leader=False)
         self.sched = Scheduler(
@@ -84,6 +85,9 @@ class Cluster:
             clock=self.clock,
         )
         self.sched.apply(registry(self.job), start=True)
+        self.key = self.sched.entries[(self.job.name, "schedule", 0)].key
+        if newest is not None:
+            self.ticks.known[f"{self.job.uuid}:0" if by_index else self.key] = newest
 
     def run(self, second: float) -> None:
         self.clock.now = second
@@ -185,6 +189,33 @@ async def test_new_leader_fires_the_ticks_since_the_last_recorded_one_then_goes_
     await settle(c.sched)
     assert c.fired == [S + 1, S + 2, S + 3, S + 4], "the normal loop fired no caught-up tick again"
     assert c.ticks.records == [(c.key, S + i) for i in (1, 2, 3, 4)]
+
+
+async def test_a_record_keyed_by_the_schedules_index_is_read_too() -> None:
+    """1. As above, the tick log's newest (S) written under `<uuid>:0`, as before schedules were keyed by
+    what they are. Result: the same catch-up, and the new ticks written under the new key."""
+    c = Cluster(newest=S, by_index=True)
+    c.run(S + 3.25)
+    await c.take_over(S + 3.25)
+    assert c.fired == [S + 1, S + 2, S + 3]
+    assert c.key.startswith(f"{c.job.uuid}:s") and c.ticks.records[0] == (c.key, S + 1)
+
+
+async def test_a_schedule_that_moved_in_the_manifest_catches_up_from_its_own_ticks() -> None:
+    """1. A node's first table (as after a restart) holds one schedule, per second, payload "B": a deploy
+    while no node ran removed the schedule before it, so it is index 0 now. The tick log holds the removed
+    schedule's newest tick (S - 30, keyed by what that schedule was) and this one's (S + 2, run under its
+    old index). 2. It becomes leader at S + 4.25.
+    Result: S + 3 and S + 4 fire, nothing before: this schedule's own ticks bound its catch-up. (Keyed by
+    index, the removed schedule's records were taken for its own, and S - 29 to S + 2, which had run, ran
+    again under new ids.)"""
+    c = Cluster(payload="B")
+    other = CronEntry("schedule", c.job, 0, parse("* * * * *"), "A")
+    assert other.key != c.key and other.key.startswith(f"{c.job.uuid}:s")
+    c.ticks.known.update({other.key: S - 30, c.key: S + 2})
+    c.run(S + 4.25)
+    await c.take_over(S + 4.25)
+    assert c.fired == [S + 3, S + 4]
 
 
 async def test_no_record_no_catch_up() -> None:
