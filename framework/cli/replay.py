@@ -25,7 +25,6 @@ from framework.cli.common import (
     bootstrap_option,
     duration,
     fail,
-    named,
     need_broker,
     option,
     quiet_kafka_client,
@@ -41,8 +40,20 @@ from framework.settings import Settings
 @option(
     "--id", "ids", multiple=True, callback=all_named, help="Replay the event with this ce_id (repeatable)."
 )
-@option("--function", callback=named, help="Only events whose failing function is NAME.")
-@option("--type", "event_type", callback=named, help="Only events of this CloudEvent type.")
+@option(
+    "--function",
+    "functions",
+    multiple=True,
+    callback=all_named,
+    help="Only events whose failing function is NAME (repeatable: any of them).",
+)
+@option(
+    "--type",
+    "event_types",
+    multiple=True,
+    callback=all_named,
+    help="Only events of this CloudEvent type (repeatable: any of them).",
+)
 @option(
     "--since",
     callback=duration,
@@ -54,15 +65,15 @@ from framework.settings import Settings
 def replay_command(
     settings: Settings,
     ids: tuple[str, ...],
-    function: str | None,
-    event_type: str | None,
+    functions: tuple[str, ...],
+    event_types: tuple[str, ...],
     since: float | None,
     dry_run: bool,
     bootstrap: str | None,
 ) -> None:
     """Produce dead-lettered failed events to the events topic again (none selected: every one)."""
     servers = need_broker(settings, bootstrap)
-    selection = Selection(frozenset(ids), function, event_type, since)
+    selection = Selection(frozenset(ids), frozenset(functions), frozenset(event_types), since)
 
     def progress(stage: str, done: int, total: int | None) -> None:
         if stage == "read":
@@ -105,9 +116,9 @@ def unmatched(selection: Selection, report: Report, topic: str) -> list[str]:
     """A line for a `--function` or `--type` no failed event on the topic has (names and types are
     matched exactly, as the dead letters carry them: a uuid or another case selects nothing)."""
     lines = []
-    asked = (("function", selection.function, report.functions), ("type", selection.type, report.all_types))
-    for what, value, seen in asked:
-        if value is not None and value not in seen:
+    asked = (("function", selection.functions, report.functions), ("type", selection.types, report.all_types))
+    for what, values, seen in asked:
+        for value in sorted(values - seen):
             there = ", ".join(sorted(seen)[:10]) or "none"
             lines.append(f"no failed event of {what} {value!r} on {topic} ({what}s there: {there})")
     return lines

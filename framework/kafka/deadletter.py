@@ -168,7 +168,9 @@ def classify(value: bytes | None, headers: Headers) -> DeadLetter:
     if not error:  # the platform always says why: `Type: message`
         return DeadLetter("foreign", "faas_error is empty or null")
     function, attempts = _header(headers, FUNCTION), _header(headers, ATTEMPTS)
-    if function is None and attempts is None:
+    # The type in `faas_error` first: a record no event can carry `faas_function` and `faas_attempts` of
+    # its own (copied back from a dead-letter topic), and its copy is still a BadEvent one.
+    if error.startswith(b"BadEvent:") or (function is None and attempts is None):
         return DeadLetter("bad_event", "a BadEvent copy")
     tries = _count(attempts)
     if function is None or not tries or tries > MAX_ATTEMPTS:

@@ -80,17 +80,19 @@ class Selection:
     """Which failed events to replay; an empty selection takes every one."""
 
     ids: frozenset[str] = frozenset()
-    function: str | None = None
-    type: str | None = None
+    functions: frozenset[str] = frozenset()
+    """Only events one of these functions failed (none: any)."""
+    types: frozenset[str] = frozenset()
+    """Only events of one of these types (none: any)."""
     since: float | None = None
     """Seconds: only records dead-lettered at most this long ago."""
 
     def wants(self, letter: DeadLetter, timestamp_ms: int, now: float) -> bool:
         if self.ids and letter.event_id not in self.ids:
             return False
-        if self.function is not None and letter.function != self.function:
+        if self.functions and letter.function not in self.functions:
             return False
-        if self.type is not None and letter.type != self.type:
+        if self.types and letter.type not in self.types:
             return False
         return self.since is None or timestamp_ms / 1000 >= now - self.since
 
