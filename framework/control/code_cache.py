@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from framework.control.revisions import sha256, unpacked_problem
+from framework.control.snapshot import CACHE_TAG
 
 LOCAL_ERRNOS = frozenset(
     {
@@ -72,10 +73,20 @@ class CodeCache:
         try:
             self.base.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryDirectory(dir=self.base, prefix=".check-").cleanup()
+            self._tag()
         except OSError as exc:
             why = exc.strerror or exc
             return f"FAAS_CACHE_DIR {self.base}: no revision code can be unpacked there ({why})"
         return None
+
+    def _tag(self) -> None:
+        """Mark the folder a cache (`snapshot.CACHE_TAG`): never part of a revision's code."""
+        tag = self.base / CACHE_TAG
+        if not tag.exists():
+            tag.write_text(
+                "Signature: 8a477f597d28d172789f06886806bc55\n"
+                "# The code of faas revisions, unpacked: made again as needed (https://bford.info/cachedir/)\n"
+            )
 
     def path(self, sha: str) -> Path:
         return self.base / sha
@@ -110,6 +121,7 @@ class CodeCache:
             tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
             try:
                 _unpack(sha, data, tmp)
+                self._tag()  # a folder made again since the start (removed by hand) is tagged again
                 self._keep_zip(sha, data)
                 with contextlib.suppress(OSError):  # another process raced us to the same content
                     tmp.rename(target)

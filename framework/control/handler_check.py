@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,11 +207,23 @@ Check = tuple[str, Mapping[str, str]]
 """A `module:attr` handler and the env its function sets."""
 
 
+Zipped = Callable[[Path], Mapping[str, bytes] | None]
+"""The files of a top-level package as its revision's zip holds them (path relative to the project: bytes),
+or None when there is no zip of it (`working_copy.CodeZips.files_in`)."""
+
+
 def import_errors(
-    root: Path, checks: Sequence[Check], secrets: Path | None = None, cache: ImportChecks | None = None
+    root: Path,
+    checks: Sequence[Check],
+    secrets: Path | None = None,
+    cache: ImportChecks | None = None,
+    zipped: Zipped | None = None,
 ) -> dict[int, str]:
     """Import each `module:attr` handler (with its env) in a subprocess run in `root`, seeing of `root` only
-    a copy of what its revision would carry (less the `secrets` folder, as the revision's zip).
+    a copy of what its revision would carry (less the `secrets` folder, as the revision's zip). With
+    `zipped`, that copy is made from the zip itself, so what is checked is what is published, whatever
+    changes in the working copy meanwhile (read apart, a file saved between the zip and the copy was
+    published unchecked: a deploy said "deployed" of code that did not import).
 
     Returns the problem of each check that fails, by its index in `checks`, e.g. `does not import:
     ModuleNotFoundError: ...`. A handler whose import kills or hangs the subprocess is blamed, and the rest
@@ -219,10 +231,10 @@ def import_errors(
     dependencies did not change is not imported again.
     """
     if cache is not None:
-        return cache.errors(root, checks, secrets)
+        return cache.errors(root, checks, secrets, zipped)
     once = ImportChecks()
     try:
-        return once.errors(root, checks, secrets)
+        return once.errors(root, checks, secrets, zipped)
     finally:
         once.close()
 
@@ -295,8 +307,8 @@ class _View:
         self.files: dict[str, str] = {}
         """Relative path (to the project) → sha256 of what was copied there."""
 
-    def sync(self, wanted: dict[str, tuple[Path, str]]) -> None:
-        """Make the copy hold exactly `wanted` (relative path → its source and sha256)."""
+    def sync(self, wanted: dict[str, tuple[Path | bytes, str]]) -> None:
+        """Make the copy hold exactly `wanted` (relative path → its source file or content, and sha256)."""
         for rel in [r for r in self.files if r not in wanted]:
             with contextlib.suppress(OSError):
                 (self.path / rel).unlink()
@@ -305,7 +317,10 @@ class _View:
             if self.files.get(rel) != digest:
                 copy = self.path / rel
                 copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, copy)
+                if isinstance(source, bytes):
+                    copy.write_bytes(source)
+                else:
+                    shutil.copyfile(source, copy)
                 self.files[rel] = digest
 
 
@@ -404,7 +419,9 @@ class ImportChecks:
             self._views.clear()
             self._passed.clear()
 
-    def errors(self, root: Path, checks: Sequence[Check], secrets: Path | None = None) -> dict[int, str]:
+    def errors(
+        self, root: Path, checks: Sequence[Check], secrets: Path | None = None, zipped: Zipped | None = None
+    ) -> dict[int, str]:
         """`import_errors` of `checks`, importing only those not known to pass."""
         with self._lock:
             with self._guard:
@@ -416,7 +433,7 @@ class ImportChecks:
             problems: dict[int, str] = {}
             keys: set[tuple[str, str, str, str]] = set()
             for top, group in by_top.items():
-                problems.update(self._group(root, top, group, secrets, keys))
+                problems.update(self._group(root, top, group, secrets, keys, zipped))
             self._passed = {k: v for k, v in self._passed.items() if k in keys}  # what is gone, forgotten
             return problems
 
@@ -427,13 +444,18 @@ class ImportChecks:
         group: dict[int, Check],
         secrets: Path | None,
         keys: set[tuple[str, str, str, str]],
+        zipped: Zipped | None,
     ) -> dict[int, str]:
         source = top_level_of(root, top)
         view = self._views.get(root / top)
         if view is None:
             view = self._views[root / top] = _View()
-        wanted: dict[str, tuple[Path, str]] = {}
-        if source is not None:  # else an installed module, or none: found on the path, or not at all
+        wanted: dict[str, tuple[Path | bytes, str]] = {}
+        files = None if source is None or zipped is None else zipped(source)
+        if files is not None:  # what the revision's zip holds
+            for rel, content in files.items():
+                wanted[rel] = (content, hashlib.sha256(content).hexdigest())
+        elif source is not None:  # else an installed module, or none: found on the path, or not at all
             for path in code_files(source, secrets):
                 digest = self._digest(path)
                 if digest is not None:  # gone since it was listed: as if it had not been

@@ -26,8 +26,10 @@ that revision was read); `holder` names the one that took it first.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +38,7 @@ import orjson
 from pydantic import ValidationError
 
 from framework.control.revisions import Revision, sha256, spec_from
+from framework.control.snapshot import top_level_name
 
 log = logging.getLogger("faas.deployments")
 
@@ -56,6 +59,9 @@ class LogState:
         self.revisions: dict[str, dict[int, Revision]] = {}
         """By uuid (lower case) and number. Read-only outside `apply`: `_live` and `_names` follow it."""
         self.codes: set[str] = set()
+        self.tops: dict[str, frozenset[str]] = {}
+        """The top-level names (`pkg`, `mod.py`) in each code record's zip, by sha256: a deploy revision's
+        handler must be in its code (`_check_handler`)."""
         self.keys: set[str] = set()
         """Keys present in the log as read since the last reset (to find what a lost log lacks)."""
         self.order: dict[str, int] = {}
@@ -171,6 +177,7 @@ class LogState:
             sha = code.group(1)
             if value is None:
                 self.codes.discard(sha)
+                self.tops.pop(sha, None)
                 self.keys.discard(key)
                 self.unstored.pop(sha, None)
                 return False
@@ -184,6 +191,7 @@ class LogState:
             elif sha256(value) != sha:
                 raise ValueError(f"its value's sha256 is {sha256(value)[:12]}, not {sha[:12]}")
             self.codes.add(sha)
+            self.tops[sha] = _tops(value)
             self.keys.add(key)
             return False
         rev = _REV_KEY.match(key)
@@ -207,7 +215,10 @@ class LogState:
             raise ValueError(f"value is revision {revision.revision} of {revision.uuid}, not of its key")
         if revision.action == "deploy" and revision.code_sha256 not in self.codes:
             raise ValueError(f"its code record code:{revision.code_sha256} is missing")
-        name = _check_spec(revision) if revision.action == "deploy" else None
+        name = None
+        if revision.action == "deploy":
+            name = _check_spec(revision)
+            _check_handler(revision, self.tops.get(revision.code_sha256 or "", frozenset()))
         if self.revisions.get(uuid, {}).get(number) == revision:  # read again (a lost log): as before
             self.keys.add(key)
             return False
@@ -249,6 +260,26 @@ def _name(rev: Revision | None) -> str | None:
     """The name `rev` is served under (None: none, or not a deploy's)."""
     name = None if rev is None else rev.spec.get("name")
     return name if isinstance(name, str) else None
+
+
+def _tops(data: bytes) -> frozenset[str]:
+    """The first component of each name in zip `data` (none when it is no zip)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return frozenset(name.split("/", 1)[0] for name in z.namelist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return frozenset()
+
+
+def _check_handler(revision: Revision, tops: frozenset[str]) -> None:
+    """A deploy revision's handler must be in its code: its top-level package or module is what the zip
+    holds (`faas deploy` refuses any other). A hand-written record naming another (`os:system`, an installed
+    package) would run whatever each node has under that name, none of it the revision's."""
+    handler = str(revision.spec.get("handler", ""))
+    top = top_level_name(handler)
+    if top not in tops and f"{top}.py" not in tops:
+        held = ", ".join(sorted(tops)[:5]) or "nothing"
+        raise ValueError(f"its handler {handler!r} is not in its code, which holds {held}")
 
 
 def _check_spec(revision: Revision) -> str:

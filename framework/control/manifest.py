@@ -493,7 +493,8 @@ def load_manifest(
         checks = [c for i, c in enumerate(read.checks) if i not in outside]
         keys = [key for key, _ in checks]
         imports = cache.imports if cache is not None else None
-        found = import_errors(root, [(h, json.loads(env)) for h, env in keys], secrets_dir, imports)
+        zipped = getattr(check_code, "files_in", None)  # a `CodeZips` look: import what it zipped
+        found = import_errors(root, [(h, json.loads(env)) for h, env in keys], secrets_dir, imports, zipped)
         for index, problem in found.items():
             handler, _ = keys[index]
             for pos in checks[index][1]:

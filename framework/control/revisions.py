@@ -49,8 +49,9 @@ MAX_FILES = 50_000
 """Files a revision's code may hold."""
 
 
-class CodeTooLarge(ValueError):
-    """The zipped handler package is over FAAS_MAX_CODE_BYTES, or over MAX_UNPACKED_BYTES or MAX_FILES."""
+class CodeRefused(ValueError):
+    """The handler package cannot be a revision's code: zipped, over FAAS_MAX_CODE_BYTES, or over
+    MAX_UNPACKED_BYTES or MAX_FILES; or it holds a file whose name a zip cannot hold."""
 
 
 def unpacked_problem(files: int, size: int) -> str | None:
@@ -158,8 +159,8 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
 
     A `secrets` folder (FAAS_SECRETS_DIR, absolute) inside the package is left out: secret values are
     never part of a revision (DESIGN.md section 12), and every node reads them from its own folder.
-    Raises CodeTooLarge when the zip is over `limit` bytes, or its files over what a node unpacks
-    (`unpacked_problem`).
+    Raises CodeRefused when a file's name is not UTF-8, when the zip is over `limit` bytes, or its files
+    over what a node unpacks (`unpacked_problem`).
     """
     source = top_level(spec)
     buf = io.BytesIO()
@@ -172,17 +173,31 @@ def code_zip(spec: FunctionSpec, limit: int, secrets: Path | None = None) -> byt
                 size += len(content)
                 problem = unpacked_problem(count, size)
                 if problem is not None:
-                    raise CodeTooLarge(f"its code ({source}): {problem}")
-                info = zipfile.ZipInfo(path.relative_to(source.parent).as_posix(), _EPOCH)
+                    raise CodeRefused(f"its code ({source}): {problem}")
+                name = path.relative_to(source.parent).as_posix()
+                if not _utf8(name):
+                    raise CodeRefused(
+                        f"its code ({source}) holds a file whose name is not UTF-8: {name!r}; rename or "
+                        "remove it (a revision's zip names its files in UTF-8)"
+                    )
+                info = zipfile.ZipInfo(name, _EPOCH)
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 z.writestr(info, content)
     data = buf.getvalue()
     if len(data) > limit:
-        raise CodeTooLarge(
+        raise CodeRefused(
             f"its code ({source}) zips to {len(data)} bytes, over FAAS_MAX_CODE_BYTES ({limit} bytes)"
         )
     return data
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # bytes a file system name held that are not UTF-8 (surrogate escapes)
+        return False
+    return True
 
 
 def sha256(data: bytes) -> str:

@@ -8,6 +8,7 @@ and deployment refuses a module that does not import.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
@@ -44,19 +45,30 @@ def top_level_of(root: Path, handler: str) -> Path | None:
     return module if module.is_file() else None
 
 
+CACHE_TAG = "CACHEDIR.TAG"
+"""A file marking a cache folder (https://bford.info/cachedir/): the code cache writes one, and no revision
+carries a folder holding it. A FAAS_CACHE_DIR inside a handler package was zipped into each revision, whose
+unpacking changed the package again: watch mode published revision after revision on its own."""
+
+
 def code_files(source: Path, secrets: Path | None = None) -> list[Path]:
     """The files a revision carries of the top-level package or module `source`, sorted: its code files
-    (`is_code`), as `rglob` finds them (it does not enter linked folders), less any inside the `secrets`
-    folder (FAAS_SECRETS_DIR, absolute)."""
+    (`is_code`), not entering linked folders, less any inside the `secrets` folder (FAAS_SECRETS_DIR,
+    absolute) or in a cache folder (`CACHE_TAG`)."""
     if source.is_file():
         return [source]
     out = []
-    for path in source.rglob("*"):
-        if not path.is_file() or not is_code(path.relative_to(source)):
+    for folder, dirs, files in os.walk(source):
+        if CACHE_TAG in files:
+            dirs.clear()
             continue
-        if secrets is not None and _within(path, secrets):
-            continue
-        out.append(path)
+        for name in files:
+            path = Path(folder, name)
+            if not path.is_file() or not is_code(path.relative_to(source)):
+                continue
+            if secrets is not None and _within(path, secrets):
+                continue
+            out.append(path)
     return sorted(out)
 
 

@@ -360,22 +360,46 @@ async def _changes(
                 await asyncio.wait_for(stop.wait(), GONE_POLL)
             yield set()
             continue
-        async for changes in awatch(
-            *folders,
-            stop_event=stop,
-            debounce=DEBOUNCE_MS,
-            step=50,
-            recursive=recursive,
-            rust_timeout=RECHECK_MS,
-            yield_on_timeout=True,  # an empty batch now and then: the folders are looked at
-        ):
-            if again:  # the first batch comes once the watch is set up: a reload sees what came before
-                again = False
-                yield None
-            yield {Path(p) for _, p in changes}
-            if _identities(folders) != watched:  # gone, or made again already: a new folder to watch
-                again = True
-                break
+        try:
+            async for changes in awatch(
+                *folders,
+                stop_event=stop,
+                debounce=DEBOUNCE_MS,
+                step=50,
+                recursive=recursive,
+                rust_timeout=RECHECK_MS,
+                yield_on_timeout=True,  # an empty batch now and then: the folders are looked at
+            ):
+                if again:  # the first batch comes once the watch is set up: a reload sees what came before
+                    again = False
+                    yield None
+                yield {Path(p) for _, p in changes}
+                if _identities(folders) != watched:  # gone, or made again already: a new folder to watch
+                    again = True
+                    break
+        except Exception as exc:
+            failure = _watcher_failure(exc)
+            if failure is None:
+                raise
+            # One file named in bytes that are not UTF-8 ended watchfiles' watch, and the node with it.
+            log.warning("watching %s: %s; watching again", ", ".join(map(str, folders)), failure)
+            again = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), GONE_POLL)
+
+
+def _watcher_failure(exc: BaseException) -> str | None:
+    """The message of watchfiles' own error (a path it cannot decode: a file name that is not UTF-8),
+    raised alone or in a task group's ExceptionGroup; None for any other error."""
+    from watchfiles._rust_notify import WatchfilesRustInternalError  # not exported by the package
+
+    if isinstance(exc, WatchfilesRustInternalError):
+        return str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_watcher_failure(e) for e in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return "; ".join(f for f in found if f is not None)
+    return None
 
 
 def _identities(folders: Sequence[Path]) -> list[tuple[int, int]] | None:

@@ -8,12 +8,14 @@ counts as modified.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from framework.control.revisions import (
-    CodeTooLarge,
+    CodeRefused,
     Revision,
     author,
     code_zip,
@@ -62,7 +64,7 @@ class CodeZips:
         if source not in self._zips:
             try:
                 self._zips[source] = code_zip(spec, self.limit, self.secrets)
-            except CodeTooLarge as exc:
+            except CodeRefused as exc:
                 self._zips[source] = str(exc)
             except OSError as exc:
                 self._zips[source] = f"cannot read its code: {exc}"
@@ -72,6 +74,16 @@ class CodeZips:
         if source not in self._digests:
             self._digests[source] = sha256(data)
         return data, self._digests[source]
+
+    def files_in(self, source: Path) -> dict[str, bytes] | None:
+        """The files of the zip of top-level package `source` (path relative to the project: content), for
+        the import check to import exactly that (`handler_check.import_errors`); None when it was not
+        zipped in this look, or could not be."""
+        data = self._zips.get(source)
+        if not isinstance(data, bytes):
+            return None
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return {info.filename: z.read(info) for info in z.infolist() if not info.is_dir()}
 
     def __call__(self, spec: FunctionSpec) -> str | None:
         """For `load_manifest(check_code=...)`: why `spec`'s code cannot be deployed, reported at its

@@ -13,6 +13,7 @@ import pytest
 from framework.control import revisions
 from framework.control.code_cache import CodeCache
 from framework.control.revisions import sha256
+from framework.control.snapshot import code_files
 from tests.control.zips import BROKEN, package, zip_of
 
 
@@ -62,7 +63,7 @@ def test_a_kept_zip_cut_short_is_never_handed_out_and_is_written_whole_again(tmp
     assert cache.zip_bytes(sha) is None
     cache.store(sha, good)
     assert cache.zip_bytes(sha) == good
-    assert sorted(p.name for p in cache.base.iterdir()) == [sha, f"{sha}.zip"]
+    assert sorted(p.name for p in cache.base.iterdir()) == sorted([sha, f"{sha}.zip", "CACHEDIR.TAG"])
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -100,6 +101,7 @@ def test_prune_removes_forgotten_code_untouched_for_the_idle_time(tmp_path: Path
         f"{sha256(fresh)}.zip",
         ".zip-writing",
         "notes.txt",
+        "CACHEDIR.TAG",
     }
     assert time.time() - cache.path(sha256(kept)).stat().st_mtime < 60
     assert cache.zip_bytes(sha256(kept)) == kept
@@ -152,3 +154,21 @@ def test_code_stored_while_a_prune_runs_is_not_removed(tmp_path: Path) -> None:
     cache._lock = cast(Any, StoredFirst())
     assert cache.prune(set(), 3600) == []
     assert cache.has(sha) and cache.zip_bytes(sha) == data
+
+
+def test_a_cache_inside_a_handler_package_is_never_part_of_its_code(tmp_path: Path) -> None:
+    """1. A package `functions/` and FAAS_CACHE_DIR at `functions/cache`. 2. A revision of it is unpacked
+    there. Result: the cache folder is tagged (`CACHEDIR.TAG`), and the package's code files, so its zip,
+    are what they were before: the unpacked copy is not in them. (It was, so each revision's unpacking
+    changed the package, and watch mode published revision after revision of itself.)"""
+    root = tmp_path / "p"
+    (root / "functions").mkdir(parents=True)
+    (root / "functions" / "m.py").write_text("VALUE = 1\n")
+    before = code_files(root / "functions")
+    cache = CodeCache(root / "functions" / "cache")
+    assert cache.folder_problem() is None
+    data = package("VALUE = 2\n")
+    cache.store(sha256(data), data)
+    assert (cache.base / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    assert (cache.path(sha256(data)) / "functions" / "m.py").is_file()
+    assert code_files(root / "functions") == before == [root / "functions" / "m.py"]

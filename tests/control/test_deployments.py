@@ -1076,7 +1076,7 @@ def test_the_code_cache_keeps_only_the_code_of_kept_revisions(
     wait_for(lambda: kept(n, u) == [7, 6, 5, 4, 3], 10, message="revisions 1 and 2 forgotten")
     held = {key.removeprefix("code:") for key in held_codes(n, u)}
     assert len(held) == 5 and len(seen - held) == 2, (seen, held)
-    want = {*held, *(f"{sha}.zip" for sha in held), "notes.txt"}
+    want = {*held, *(f"{sha}.zip" for sha in held), "notes.txt", "CACHEDIR.TAG"}
     wait_for(lambda: {p.name for p in cache.iterdir()} == want, 10, message="the forgotten code pruned")
     assert served(n, u) == {"v": "v6", "rev": 7}
     r = run_cli(root, "rollback", "alpha", "--to", "3", env=cli_env(n, broker.bootstrap))

@@ -11,10 +11,11 @@ import pytest
 
 from framework.control.log_state import LogState
 from framework.control.revisions import Revision, code_key, encode, revision_key, sha256
+from tests.control.zips import package
 
 A = "2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10"
 B = "9b1d4c2e-0f3a-4e5b-8c6d-7e8f9a0b1c2d"
-CODE = b"the code"
+CODE = package("async def handle(payload, ctx):\n    return 1\n")
 
 
 def spec(uuid: str, name: str) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def test_code_this_nodes_disk_refuses_is_kept_so_numbering_stays_the_clusters(
     the first); the zip is held in `unstored` until it is stored."""
     import errno
 
-    full = b"code while the disk is full"
+    full = package("# code while the disk is full\n")
     calls: list[bytes] = []
 
     def sink(sha: str, data: bytes) -> None:
@@ -248,3 +249,20 @@ def test_code_this_nodes_disk_refuses_is_kept_so_numbering_stays_the_clusters(
     assert any("No space left on device" in r.getMessage() for r in caplog.records), caplog.records
     state.apply(code_key(sha256(full)), None, "at offset 5")  # a tombstone: nothing to hold any more
     assert state.unstored == {}
+
+
+def test_a_revision_whose_handler_is_not_in_its_code_is_refused() -> None:
+    """1. A code record holding package `functions/`. 2. Hand-written deploy revisions using it whose
+    handlers are `operator:is_not` (a standard module), `os:system` and `other.m:handle` (no such package in
+    the code), then one whose handler is in it. Result: the first three are skipped, naming the handler and
+    what the code holds (every node served `operator.is_not`, the revision's code unused); the last is
+    served."""
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE, "at offset 1")
+    for number, handler in enumerate(("operator:is_not", "os:system", "other.m:handle"), 1):
+        forged = Revision(
+            **{**rev(A, number, "alpha").to_json(), "spec": {**spec(A, "alpha"), "handler": handler}}
+        )
+        assert apply(state, forged, 1 + number) is False
+    assert state.skipped == 3 and state.live() == {}
+    assert apply(state, rev(A, 4, "alpha"), 5) is True and served(state) == {A: "alpha"}

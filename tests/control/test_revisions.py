@@ -18,7 +18,7 @@ from framework.control.log_state import LogState
 from framework.control.manifest import load_manifest
 from framework.control.revisions import (
     MAX_REVISION,
-    CodeTooLarge,
+    CodeRefused,
     Revision,
     code_key,
     code_zip,
@@ -91,29 +91,44 @@ def test_code_zip_is_deterministic_and_content_addressed(tmp_path: Path) -> None
 
 
 def test_code_over_the_limit_is_an_error_naming_it(tmp_path: Path) -> None:
-    """1. A module of random bytes bigger than the limit. Result: CodeTooLarge naming FAAS_MAX_CODE_BYTES
+    """1. A module of random bytes bigger than the limit. Result: CodeRefused naming FAAS_MAX_CODE_BYTES
     and the size; the working copy's candidate carries that error instead of a revision."""
     import os
 
     root = project(tmp_path, MODULE + f"BLOB = {os.urandom(4000).hex()!r}\n")
     spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
-    with pytest.raises(CodeTooLarge, match=r"over FAAS_MAX_CODE_BYTES \(1000 bytes\)"):
+    with pytest.raises(CodeRefused, match=r"over FAAS_MAX_CODE_BYTES \(1000 bytes\)"):
         code_zip(spec, 1000)
     found = candidates(load_manifest(root / "functions.yaml", check_handlers=False), CodeZips(1000))[U]
     assert found.revision is None and found.error is not None and "FAAS_MAX_CODE_BYTES" in found.error
+
+
+def test_a_file_named_in_bytes_that_are_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
+    """1. A file `bad\\xffname.txt` in the package (a name no zip holds). Result: CodeRefused naming it; the
+    manifest loaded with a code check is refused at the handler, one line, no traceback (`faas validate`,
+    `faas deploy` and a starting node raised UnicodeEncodeError)."""
+    import os
+
+    root = project(tmp_path)
+    os.close(os.open(os.path.join(os.fsencode(root / "functions"), b"bad\xffname.txt"), os.O_CREAT, 0o644))
+    spec = load_manifest(root / "functions.yaml", check_handlers=False).functions[0]
+    with pytest.raises(CodeRefused, match=r"not UTF-8: 'functions/bad\\udcffname.txt'; rename or remove it"):
+        code_zip(spec, 1 << 20)
+    with pytest.raises(ManifestError, match=r"functions.yaml:\d+:\d+: .*is not UTF-8"):
+        load_manifest(root / "functions.yaml", check_handlers=False, check_code=CodeZips(1 << 20))
 
 
 def test_code_that_unpacks_over_what_a_node_takes_is_refused_before_it_zips(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1. Lower the unpacked limit to 10,000 bytes. 2. A module with a comment of 20,000 `x` (it zips to a
-    few dozen bytes, far under FAAS_MAX_CODE_BYTES). Result: CodeTooLarge naming the size and the limit,
+    few dozen bytes, far under FAAS_MAX_CODE_BYTES). Result: CodeRefused naming the size and the limit,
     the error the candidate carries: nodes would refuse to unpack it (`code_cache`), so no revision is
     made of it."""
     monkeypatch.setattr(revisions, "MAX_UNPACKED_BYTES", 10_000)
     root = project(tmp_path, MODULE + "# " + "x" * 20_000 + "\n")
     manifest = load_manifest(root / "functions.yaml", check_handlers=False)
-    with pytest.raises(CodeTooLarge, match=r"its files take \d+ bytes, over the 10000"):
+    with pytest.raises(CodeRefused, match=r"its files take \d+ bytes, over the 10000"):
         code_zip(manifest.functions[0], 1 << 20)
     found = candidates(manifest, CodeZips(1 << 20))[U]
     assert found.revision is None and found.error is not None and "over the 10000" in found.error

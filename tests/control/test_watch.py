@@ -78,6 +78,37 @@ async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path
         await until(lambda: any("return 3" in s for s in seen), "an edit in the new folder seen")
 
 
+async def test_a_file_named_in_bytes_that_are_not_utf8_neither_ends_the_watch_nor_deploys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A watcher on a project. 2. A file whose name is not UTF-8 (`bad\\xffname.txt`, as an archive of
+    cp437 names unpacks) lands in the handler package. 3. The module is edited.
+    Result: 2 is rejected, saying which file and why, and logged as a watch restarted (watchfiles raised on
+    its name and ended the watch: the node stopped, with `FAAS_WATCH` on or off); once the file is removed,
+    3 reaches `on_change`."""
+    module = "async def handle(payload, ctx):\n    return {v!r}\n"
+    root = write_project(tmp_path, MANIFEST, {"mod": module.format(v=1)})
+    path = root / "functions.yaml"
+    seen: list[str] = []
+    errors: list[list[str]] = []
+
+    def changed(manifest: Any, code: Any) -> None:
+        seen.append((root / "functions" / "mod.py").read_text())
+
+    watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append, max_code_bytes=1 << 20)
+    bad = os.path.join(os.fsencode(root / "functions"), b"bad\xffname.txt")
+    async with running(watcher):
+        while not seen:  # an edit seen: the watch is up
+            (root / "functions" / "mod.py").write_text(module.format(v=1))
+            await until(lambda: bool(seen), "the first edit seen", timeout=1, fail=False)
+        os.close(os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644))
+        await until(lambda: any("is not UTF-8" in line for e in errors for line in e), "the name refused")
+        assert "watching again" in caplog.text, caplog.text
+        os.unlink(bad)
+        (root / "functions" / "mod.py").write_text(module.format(v=2))
+        await until(lambda: any("return 2" in s for s in seen), "the next edit seen")
+
+
 def configmap_swap(mount: Path, stamp: str, files: dict[str, str]) -> Path:
     """Kubernetes' atomic update of a ConfigMap volume: the files in a new timestamped folder, a new
     `..data_tmp` link to it renamed over `..data`, then the old folder removed. Returns the new folder."""

@@ -11,6 +11,7 @@ from framework.control import working_copy
 from framework.control.manifest import load_manifest
 from framework.control.revisions import code_zip, sha256
 from framework.control.working_copy import CodeZips, candidates
+from framework.errors import ManifestError
 from tests.support import write_project
 
 UUIDS = [f"2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e1{i}" for i in range(3)]
@@ -70,6 +71,28 @@ def test_candidates_publish_what_was_checked_even_when_files_change_between(tmp_
     }
     later = candidates(manifest, code.fresh())
     assert all(c.code is None and c.error and "FAAS_MAX_CODE_BYTES" in c.error for c in later.values())
+
+
+@pytest.mark.parametrize("zipped", ["broken", "fixed"])
+def test_the_import_check_imports_what_was_zipped_not_what_is_on_disk_now(
+    tmp_path: Path, zipped: str
+) -> None:
+    """1. A look zips the package while its module has a syntax error, then the file is fixed on disk
+    (an editor's save during a deploy); the manifest is checked, handlers imported, with that look.
+    2. The other way round: zipped fixed, broken on disk. Result: 1 is refused (the zip, which would be
+    published, does not import), 2 passes (it imports). (The check read the files again after the zip: 1
+    passed, and `faas deploy` published code that did not import; 2 was refused.)"""
+    broken = "async def handle(payload, ctx)\n    return 1\n"
+    root = write_project(tmp_path / "p", MANIFEST, {"m": broken if zipped == "broken" else MODULE})
+    code = CodeZips(1 << 20)
+    manifest = load_manifest(root / "functions.yaml", check_handlers=False, check_code=code)
+    assert all(code(spec) is None for spec in manifest.functions)  # zipped now, in this look
+    (root / "functions" / "m.py").write_text(MODULE if zipped == "broken" else broken)
+    if zipped == "broken":
+        with pytest.raises(ManifestError, match="SyntaxError"):
+            load_manifest(root / "functions.yaml", check_code=code)
+    else:
+        assert load_manifest(root / "functions.yaml", check_code=code).functions == manifest.functions
 
 
 def test_an_undeploy_of_a_renamed_function_holds_one_name() -> None:
