@@ -1,11 +1,14 @@
 """Per-function aggregates of the last 15 minutes, for the dashboard: counts, failures, p50 and p99.
 
 Each function has a ring of 15 one-minute buckets. A bucket holds a count, a failure count, the longest
-duration and a histogram of durations over fixed log-spaced bins (each 25 % wider than the one before, from
-0.05 ms to 60 s), so recording an invocation is a few integer operations and a bisect, and a percentile is
-read from at most 15 x 58 counters. Percentiles are the upper edge of the bin they fall in (never above the
-longest duration seen), so they are within 25 % of the exact value, which is what a small chart needs.
-Buckets older than the window are reset when their slot comes round again; nothing runs in the background.
+duration and a histogram of durations over fixed log-spaced bins (each 10 % wider than the one before, from
+0.05 ms to 60 s: 149 counters of 4 bytes, 9 KB a function for the window), so recording an invocation is a
+few integer operations and a bisect, and a percentile is read from at most 15 x 149 counters. A percentile
+is placed within the bin it falls in by its rank there (linearly, at the middle of its share of the bin),
+never above the longest duration seen: within 10 % of the exact value, usually within 5 % (the middle of a
+bin), and the longest duration exactly. (Given as the bin's upper
+edge with bins 25 % wide, a median of 200 ms showed as 241.) Buckets older than the window are reset when
+their slot comes round again; nothing runs in the background.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import bisect
 import math
 import time
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
 WINDOW_MINUTES = 15
@@ -21,7 +26,7 @@ _BOUNDS: list[float] = []
 _b = 0.05
 while _b < 60_000:
     _BOUNDS.append(round(_b, 4))
-    _b *= 1.25
+    _b *= 1.1
 BOUNDS: tuple[float, ...] = tuple(_BOUNDS)
 """Upper edges (milliseconds) of the duration bins; one more bin holds everything above the last."""
 
@@ -38,23 +43,29 @@ class _Minute:
         self.count = 0
         self.failures = 0
         self.longest = 0.0
-        self.bins = [0] * (len(BOUNDS) + 1)
+        self.bins = array("I", bytes(4 * (len(BOUNDS) + 1)))
 
 
-def _percentile(bins: list[int], count: int, longest: float, q: float) -> float | None:
+def _percentile(bins: Sequence[int], count: int, longest: float, q: float) -> float | None:
     """The `q` quantile in milliseconds, rounded to the microsecond (as records' `duration_ms` are)."""
     if count == 0:
         return None
     rank = max(1, math.ceil(q * count))
+    if rank == count:  # the longest: known exactly
+        return round(longest, 3)
     seen = 0
     for i, n in enumerate(bins):
+        if n and seen + n >= rank:
+            if i >= len(BOUNDS):
+                break
+            lower = BOUNDS[i - 1] if i else 0.0
+            estimate = lower + (BOUNDS[i] - lower) * (rank - seen - 0.5) / n  # the middle of its share
+            return round(min(estimate, longest), 3)
         seen += n
-        if seen >= rank:
-            return round(min(BOUNDS[i], longest) if i < len(BOUNDS) else longest, 3)
     return round(longest, 3)
 
 
-def _summary(bins: list[int], count: int, failures: int, longest: float) -> dict[str, Any]:
+def _summary(bins: Sequence[int], count: int, failures: int, longest: float) -> dict[str, Any]:
     return {
         "count": count,
         "failures": failures,

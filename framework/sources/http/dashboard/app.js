@@ -334,7 +334,7 @@ function schedulesCell(f) {
   return el("ul", { class: "plain" }, list.map((s) => {
     const last = s.last;
     const lastText = last ? (last.ok ? "ok" : "failed" + (last.error ? " (" + (last.error.type || last.error) + ")" : ""))
-      + " at " + when(last.at) : "not run yet";
+      + " at " + when(last.at) : "none on this node (the scheduler leader's node runs it)";  // known there only
     return el("li", {}, el("code", { text: s.cron }), " next ", when(s.next_fire), el("br"),
       el("span", { class: last && !last.ok ? "error" : "hint", text: "last: " + lastText }));
   }));
@@ -400,7 +400,7 @@ function outcome(r) {
 function recordDetails(r) {
   const logs = r.logs || [];
   return el("div", { class: "details" },
-    r.error ? el("p", { class: "error" }, el("strong", { text: show(r.error.type) + ": " }), show(plain(r.error.message))) : null,
+    r.error ? el("p", { class: "error box" }, el("strong", { text: show(r.error.type) + ": " }), el("bdi", { text: message(r.error.message) })) : null,
     el("p", { class: "hint", text: `invocation ${show(r.invocation_id)} · instance ${show(r.instance_id)} · node ${show(r.node)}`
       + ` · trace ${show(r.trace_id)}` + (r.event_id ? ` · event id ${r.event_id}` : "") }),
     logs.length
@@ -520,7 +520,7 @@ function ctrlEnter(textarea, form) {
 function errorOut(r) {
   const err = (r.body && r.body.error) || {};
   return el("div", {},
-    el("p", { class: "error box" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), message(err.message)),
+    el("p", { class: "error box" }, el("strong", { text: show(err.type || "HTTP " + r.status) + ": " }), el("bdi", { text: message(err.message) })),
     el("p", { class: "hint", text: "HTTP " + r.status }));
 }
 
@@ -575,7 +575,7 @@ function functionView(uuid) {
         getJSON("/functions/{uuid}/revisions", "/functions/" + encodeURIComponent(f.uuid) + "/revisions"),
         getJSON("/invocations", "/invocations?limit=50&function=" + encodeURIComponent(f.uuid)),
       ]);
-      document.title = f.name + " · faas dashboard";
+      if (state.view && state.view.parts === p) document.title = f.name + " · faas dashboard";  // not if left meanwhile
       p.name.textContent = f.name;
       // Only productive functions are invocable over HTTP; a try would only earn a 404.
       const invocable = f.state === "productive";
@@ -627,9 +627,12 @@ function replyOut(r) {
   const err = reply.error;
   return el("div", {},
     el("p", { class: reply.ok ? "ok" : "error" }, el("strong", { text: reply.ok ? "ok" : "failed" }),
-      ` · event ${show(reply.event)} · id ${show(reply.id)} · HTTP ${r.status}`),
-    err ? el("p", { class: "error box" }, el("strong", { text: show(err.type) + ": " }), message(err.message),
-      err.function ? " (function " + err.function + ")" : "") : null,
+      // Each text of the event in an isolate of its own: a right-to-left override in one must not
+      // reverse what follows it (the id, the status) on the page.
+      " · event ", el("bdi", { text: show(reply.event) }), " · id ", el("bdi", { text: show(reply.id) }),
+      ` · HTTP ${r.status}`),
+    err ? el("p", { class: "error box" }, el("strong", { text: show(err.type) + ": " }), el("bdi", { text: message(err.message) }),
+      err.function ? el("span", {}, " (function ", el("bdi", { text: err.function }), ")") : "") : null,
     results.length ? el("table", { class: "list" },
       el("thead", {}, el("tr", {}, ["Function", "Outcome", "Duration", "Result"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, results.map((x) => el("tr", {},
