@@ -78,7 +78,7 @@ class FunctionPool:
         self._capacity = spec.instances.concurrency
         """Requests an instance takes: `concurrency`, or fewer for a `def` handler with fewer threads (told
         by its first instance's HELLO; the requests that reserved a starting instance before then and are
-        beyond it look again once it started: `_take`)."""
+        beyond it look again once it started: `_first_start`)."""
         self._told = False
         """Whether an instance of this pool has started, so `_capacity` is known."""
         self.template = template
@@ -131,7 +131,9 @@ class FunctionPool:
 
     async def _invoke(self, inv: Invocation, moved_by: float | None) -> InvokeResult:
         self.check_available()
-        slot = await self._take()
+        slot = self._acquire()
+        if slot is not None and slot[1] and not self._told:  # a cold start before any: `_first_start`
+            slot = await self._first_start(slot)
         if slot is None:
             successor: FunctionPool | None = None
             try:
@@ -183,7 +185,10 @@ class FunctionPool:
         try:
             if on is None:
                 self.check_available()
-                inst, cold = await self._take() or await self._queue(moved_by)
+                slot = self._acquire()
+                if slot is not None and slot[1] and not self._told:
+                    slot = await self._first_start(slot)
+                inst, cold = slot or await self._queue(moved_by)
             else:
                 cold = not on.ready  # a warm-up that started the instance waited for it (section 3)
                 self._reserve(on)
@@ -282,14 +287,12 @@ class FunctionPool:
             return None
         return inst, self._reserve(inst)
 
-    async def _take(self) -> Slot | None:
-        """`_acquire`; and when the slot is on an instance that starts before any of this pool did, once it
-        started, whether its place there is within what the instance takes (a `def` handler's threads, told
-        by its HELLO): if not, the slot is given back and `_acquire` asked again (another instance, or the
-        queue), rather than waiting inside the instance for a thread while its time limit runs."""
-        slot = self._acquire()
-        if slot is None or not slot[1] or self._told:
-            return slot
+    async def _first_start(self, slot: Slot) -> Slot | None:
+        """For a slot on an instance that starts before any of this pool did: once it started, whether its
+        place there is within what the instance takes (a `def` handler's threads, told by its HELLO). If
+        not, the slot is given back and `_acquire` asked again (another instance, or the queue), rather
+        than waiting inside the instance for a thread while its time limit runs. Off the common path: only
+        the requests of a pool's first start come here."""
         inst = slot[0]
         place = inst.load  # nothing it holds has ended before it starts
         try:
