@@ -266,7 +266,9 @@ def test_cache_unpacks_by_sha_and_refuses_bad_zips(tmp_path: Path) -> None:
         z.writestr("../escape.py", "x")
     with pytest.raises(ValueError, match="unsafe path"):
         cache.store(sha256(evil.getvalue()), evil.getvalue())
-    assert sorted(p.name for p in cache.base.iterdir()) == sorted([sha256(data), f"{sha256(data)}.zip"])
+    assert sorted(p.name for p in cache.base.iterdir()) == sorted(
+        [sha256(data), f"{sha256(data)}.zip", "CACHEDIR.TAG"]
+    )
     assert not (tmp_path / "escape.py").exists()
 
 
