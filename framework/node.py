@@ -29,7 +29,7 @@ from framework.control.secrets import folder_setting_problem, readiness_reasons
 from framework.control.secrets_watch import SecretsWatcher
 from framework.control.spec import Manifest
 from framework.control.watch import ManifestWatcher
-from framework.control.working_copy import CodeZips
+from framework.control.working_copy import CodeZips, Quiet
 from framework.errors import ManifestError
 from framework.invoker import Invoker
 from framework.kafka.embedded import BrokerError, EmbeddedBroker, port_open, speaks_kafka
@@ -451,7 +451,8 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
         return 1
     code = CodeZips(settings.max_code_bytes, settings.secrets_path)
     try:
-        manifest = load_manifest(settings.manifest)
+        # Zipped first, and the import check imports the zips: what is published is what was checked.
+        manifest = load_manifest(settings.manifest, check_code=Quiet(code))
         problems = _start_problems(settings, code)
     except ManifestError as exc:
         said = "invalid manifest:\n" + "\n".join(exc.errors)

@@ -277,7 +277,9 @@ def _check_handler(revision: Revision, tops: frozenset[str]) -> None:
     package) would run whatever each node has under that name, none of it the revision's."""
     handler = str(revision.spec.get("handler", ""))
     top = top_level_name(handler)
-    if top not in tops and f"{top}.py" not in tops:
+    # An empty zip is what `faas deploy` published for a handler outside the project before it refused
+    # those: such a revision, written then, is served as it was.
+    if tops and top not in tops and f"{top}.py" not in tops:
         held = ", ".join(sorted(tops)[:5]) or "nothing"
         raise ValueError(f"its handler {handler!r} is not in its code, which holds {held}")
 

@@ -394,7 +394,8 @@ def _watcher_failure(exc: BaseException) -> str | None:
     from watchfiles._rust_notify import WatchfilesRustInternalError  # not exported by the package
 
     if isinstance(exc, WatchfilesRustInternalError):
-        return str(exc)
+        text = str(exc)
+        return text if "decode path" in text else None  # another of its errors ends the watch, as before
     if isinstance(exc, BaseExceptionGroup):
         found = [_watcher_failure(e) for e in exc.exceptions]
         if found and all(f is not None for f in found):

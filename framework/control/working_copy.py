@@ -97,6 +97,19 @@ class CodeZips:
         return CodeZips(self.limit, self.secrets)
 
 
+class Quiet:
+    """For `load_manifest(check_code=...)` when the code's problems are reported by a later load (a starting
+    node's): zips each function's code into `zips`, so the import check imports the zip (`files_in`), and
+    reports nothing."""
+
+    def __init__(self, zips: CodeZips) -> None:
+        self.files_in = zips.files_in
+        self._zips = zips
+
+    def __call__(self, spec: FunctionSpec) -> None:
+        self._zips.zip_of(spec)
+
+
 def candidates(
     manifest: Manifest, zips: CodeZips, message: str | None = None, by: str | None = None
 ) -> dict[str, Candidate]:

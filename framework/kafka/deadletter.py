@@ -70,28 +70,38 @@ def with_short_error(headers: Headers) -> list[tuple[str, bytes | None]] | None:
 
 TRIMMED_HEADER = 65_536
 """Bytes (name and value) of one header a trimmed copy keeps at most (`trimmed`)."""
-TRIMMED_TOTAL = 1 << 20
-"""Bytes of all the headers a trimmed copy keeps at most."""
+TRIMMED_TOTAL = 256 * 1024
+"""Bytes of all the headers a trimmed copy keeps at most: well under a broker's smallest usual record
+limit (Kafka's default `message.max.bytes` is 1 MiB)."""
+TRIMMED_NAMED = 20
+"""Headers left out that `faas_deadletter_error` names, at most (then how many more)."""
 
 
 def trimmed(headers: Headers, why: str) -> list[tuple[str, bytes | None]]:
     """For a copy refused even without its value (its headers alone are over the broker's limit): the headers
-    that fit `TRIMMED_HEADER` each and `TRIMMED_TOTAL` in all, the last ones first (ours: `faas_error`,
-    `faas_function`, `faas_attempts` come after the event's), in their order, plus `faas_deadletter_error`
-    saying `why` and naming the headers left out with their sizes."""
-    kept: list[tuple[str, bytes | None]] = []
-    left: list[str] = []
+    that fit `TRIMMED_HEADER` each and `TRIMMED_TOTAL` in all, the CloudEvents and platform ones (`ce_*`,
+    `faas_*`: what a replay needs) first, then the others from the last, kept in their order; plus
+    `faas_deadletter_error` saying `why` and naming the headers left out with their sizes."""
+    ours = [i for i, (name, _) in enumerate(headers) if name.startswith(("ce_", PREFIX))]
+    mine = set(ours)
+    others = [i for i in reversed(range(len(headers))) if i not in mine]
+    kept: set[int] = set()
+    left: list[int] = []
     total = 0
-    for name, value in reversed(headers):
+    for i in (*ours, *others):
+        name, value = headers[i]
         size = len(name) + len(value or b"")
         if size > TRIMMED_HEADER or total + size > TRIMMED_TOTAL:
-            left.append(f"{name[:64]!r} ({size} bytes)")
+            left.append(i)
             continue
         total += size
-        kept.append((name, value))
-    kept.reverse()
-    note = f"{why}; sent without its value and the headers {', '.join(reversed(left))}" if left else why
-    return [*kept, (DEADLETTER_ERROR, note.encode())]
+        kept.add(i)
+    left.sort()
+    named = [f"{headers[i][0][:64]!r} ({len(headers[i][0]) + len(headers[i][1] or b'')} bytes)" for i in left]
+    if len(named) > TRIMMED_NAMED:
+        named = [*named[:TRIMMED_NAMED], f"and {len(named) - TRIMMED_NAMED} more"]
+    note = f"{why}; sent without its value and the headers {', '.join(named)}" if named else why
+    return [*(headers[i] for i in sorted(kept)), (DEADLETTER_ERROR, note.encode())]
 
 
 DEADLETTER_ERROR = "faas_deadletter_error"

@@ -75,6 +75,10 @@ class FunctionPool:
         self._start_error: FaasError | None = None
         self._starts_from = 0.0
         """`time.monotonic()` before which no instance starts (`START_BACKOFF`)."""
+        self._failed_at = 0.0
+        """`time.monotonic()` of the last failed start: starts begun before it failed in the same round."""
+        self._resume: asyncio.TimerHandle | None = None
+        """Dispatches the queue when a pause ends (its requests may wait on busy instances only)."""
         self._capacity = spec.instances.concurrency
         """Requests an instance takes: `concurrency`, or fewer for a `def` handler with fewer threads (told
         by its first instance's HELLO; the requests that reserved a starting instance before then and are
@@ -132,7 +136,7 @@ class FunctionPool:
     async def _invoke(self, inv: Invocation, moved_by: float | None) -> InvokeResult:
         self.check_available()
         slot = self._acquire()
-        if slot is not None and slot[1] and not self._told:  # a cold start before any: `_first_start`
+        if not self._told and slot is not None and not slot[0].ready:  # before any start: `_first_start`
             slot = await self._first_start(slot)
         if slot is None:
             successor: FunctionPool | None = None
@@ -186,7 +190,7 @@ class FunctionPool:
             if on is None:
                 self.check_available()
                 slot = self._acquire()
-                if slot is not None and slot[1] and not self._told:
+                if not self._told and slot is not None and not slot[0].ready:
                     slot = await self._first_start(slot)
                 inst, cold = slot or await self._queue(moved_by)
             else:
@@ -280,7 +284,9 @@ class FunctionPool:
 
     def _acquire(self) -> Slot | None:
         """A slot right now, or None (the caller queues). Newcomers never overtake queued requests."""
-        inst = None if self._waiters else self._pick()
+        if self._waiters:  # queued during a pause: a newcomer starts no instance ahead of them
+            return None
+        inst = self._pick()
         if inst is None and len(self.instances) < self.spec.instances.max and self._may_start():
             inst = self.start(warm=False)
         if inst is None:
@@ -303,7 +309,7 @@ class FunctionPool:
         except Exception:
             return slot  # its call says how the start failed
         self._learn(inst)  # its requests wake before `_boot` does
-        if place <= self._capacity:
+        if place <= self._capacity or self.retired:  # retired meanwhile: no new instance of it
             return slot
         self._release(inst)
         return self._acquire()
@@ -403,20 +409,24 @@ class FunctionPool:
 
     async def _boot(self, inst: InstanceHandle) -> None:
         t0 = time.perf_counter()
+        begun = time.monotonic()
         try:
             await inst.start(self.template)
         except FaasError as e:
             # Requests reserved on it get the error from `inst.started`; fail the queue too rather than
             # retrying a broken handler once per queued request.
-            self._start_failed(e)
+            self._start_failed(e, begun)
             self._fail_waiters(type(e)(e.message))
             return
         except Exception:  # a start timeout, a failed fork: `started` holds what its requests were told
             told = inst.started.exception() if inst.started.done() else None
             if isinstance(told, FaasError):
-                self._start_failed(told)
+                self._start_failed(told, begun)
             return
         self._failed_starts, self._starts_from, self._start_error = 0, 0.0, None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         self._learn(inst)
         if not inst.warm:
             self._metrics.cold_starts.labels(self.spec.name).inc()
@@ -434,14 +444,24 @@ class FunctionPool:
         if inst.threads is not None and inst.threads < self._capacity:
             self._capacity = inst.threads
 
-    def _start_failed(self, error: FaasError) -> None:
-        self._failed_starts += 1
+    def _start_failed(self, error: FaasError, begun: float) -> None:
+        """A start begun at `begun` (`time.monotonic()`) failed. Starts begun before the last failure are
+        of its round (a burst starts several at once): they count once, not one pause doubling each."""
         self._start_error = error
+        now = time.monotonic()
+        same_round = begun < self._failed_at
+        self._failed_at = now
+        if same_round:
+            return
+        self._failed_starts += 1
         if self._failed_starts < 2:
             return
         low, high = START_BACKOFF
         pause = min(high, low * 2 ** (self._failed_starts - 2))
-        self._starts_from = time.monotonic() + pause
+        self._starts_from = now + pause
+        if self._resume is not None:
+            self._resume.cancel()
+        self._resume = asyncio.get_running_loop().call_later(pause, self._dispatch)
         log.warning(
             "function %s: %d instance starts in a row failed: the next in %.1f s (the last: %s)",
             self.spec.name,
@@ -496,6 +516,9 @@ class FunctionPool:
         (they get InstanceCrashed), one holding none is closed, so it exits on its own and its last lines
         (an unfinished one, what its descriptors 1 and 2 still hold) reach the node first."""
         self._fail_waiters(Overloaded("the node is stopping"))
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         for inst in list(self.instances):
             if inst.load or inst.inflight or not inst.ready:
                 inst.kill()

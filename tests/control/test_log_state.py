@@ -11,7 +11,7 @@ import pytest
 
 from framework.control.log_state import LogState
 from framework.control.revisions import Revision, code_key, encode, revision_key, sha256
-from tests.control.zips import package
+from tests.control.zips import package, zip_of
 
 A = "2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10"
 B = "9b1d4c2e-0f3a-4e5b-8c6d-7e8f9a0b1c2d"
@@ -266,3 +266,15 @@ def test_a_revision_whose_handler_is_not_in_its_code_is_refused() -> None:
         assert apply(state, forged, 1 + number) is False
     assert state.skipped == 3 and state.live() == {}
     assert apply(state, rev(A, 4, "alpha"), 5) is True and served(state) == {A: "alpha"}
+
+
+def test_a_revision_with_empty_code_of_a_handler_outside_the_project_is_still_served() -> None:
+    """A revision `faas deploy` wrote before it refused handlers outside the project: an empty code zip, a
+    handler of an installed package. Result: served as before (only code that holds other packages refuses
+    a handler it does not hold)."""
+    empty = zip_of({})
+    state = LogState()
+    state.apply(code_key(sha256(empty)), empty, "at offset 1")
+    legacy = {**spec(A, "alpha"), "handler": "installed_pkg.mod:handle"}
+    old = Revision(**{**rev(A, 1, "alpha").to_json(), "spec": legacy, "code_sha256": sha256(empty)})
+    assert apply(state, old, 2) is True and served(state) == {A: "alpha"}

@@ -240,11 +240,12 @@ raise RuntimeError("cannot import me")
 """
 
 FLAKY = """
-import os
+import asyncio, os
 if os.path.exists(os.environ["FLAKY_FLAG"]):
     raise RuntimeError("cannot import me yet")
 
 async def handle(payload, ctx):
+    await asyncio.sleep(payload or 0)
     return os.getpid()
 """
 

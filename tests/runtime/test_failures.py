@@ -394,6 +394,43 @@ async def test_a_function_whose_start_failure_passes_starts_again_after_its_paus
     assert alive(pid) and res.cold_start
 
 
+async def test_a_burst_of_failed_starts_counts_as_one(runtime: Runtime, spec: SpecFactory) -> None:
+    """1. Ten calls at once to a module that fails at import (up to 10 instances): ten starts fail together.
+    2. One more call. Result: it gets a fresh instance (its error is the import's, with no pause said):
+    one round of starts failed, not ten in a row (which paused starts for the longest, 10 s, at once)."""
+    s = spec("handle", module="broken", max=10, concurrency=1)
+    outcomes = await asyncio.gather(*(call(runtime, s) for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(o, FunctionError) for o in outcomes), outcomes
+    with pytest.raises(FunctionError) as caught:
+        await call(runtime, s)
+    assert "starts in a row failed" not in caught.value.message, caught.value.message
+
+
+async def test_a_request_queued_during_a_pause_is_served_when_it_ends(
+    runtime: Runtime, spec: SpecFactory, tmp_path: Path
+) -> None:
+    """1. A function (one call per instance, two instances) whose one live instance is busy for 8 s.
+    2. Its module then fails at import: four calls fail (a pause of 0.4 s then). 3. The module is fixed,
+    and a call comes during the pause. Result: that call, queued behind the busy instance, is served by a
+    new instance once the pause ends, in well under the queue's 5 s (nothing looked at the queue when the
+    pause ended: it waited for the busy instance or its timeout, answered Overloaded)."""
+    flag = tmp_path / "flag"
+    s = spec("handle", module="flaky", env={"FLAKY_FLAG": str(flag)}, max=2, concurrency=1)
+    busy = asyncio.ensure_future(call(runtime, s, 8))
+    await until(lambda: any(i.ready for p in runtime._all_pools() for i in p.instances), 30, "busy")
+    flag.touch()
+    for _ in range(4):
+        with pytest.raises(FunctionError, match="cannot import me yet"):
+            await call(runtime, s)
+    flag.unlink()
+    t = time.monotonic()
+    pid, res = await call(runtime, s)
+    assert time.monotonic() - t < 2 and res.cold_start and alive(pid)
+    busy.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await busy
+
+
 async def test_exit_is_instance_crashed_and_replaced(runtime: Runtime, spec: SpecFactory) -> None:
     s = spec("exit1", max=1)
     with pytest.raises(InstanceCrashed, match=r"of function exit1 exited with code 1$"):

@@ -99,7 +99,9 @@ class _ContractBadRequest:
     def send_400_response(self, msg: str) -> None:
         self._refused = True
         cycle = getattr(self, "cycle", None)
-        if cycle is not None and not cycle.response_complete and not cycle.disconnected:
+        # Held only behind whole requests: bytes that break the body of the request being read refuse it
+        # at once (its app would wait for the rest of a body that never parses).
+        if cycle is not None and not (cycle.response_complete or cycle.disconnected or cycle.more_body):
             self._held = msg
             return
         self._refuse(msg)

@@ -119,7 +119,9 @@ class CatchUp:
         for entry in entries:
             if entry.kind != "schedule" or entry.next_at is None or entry.armed is None:
                 continue
-            last = newest.get(entry.key, newest.get(entry.index_key))
+            # The newer of the two keys: a node of the version before writes by index (a rolling upgrade).
+            found = [t for t in (newest.get(entry.key), newest.get(entry.index_key)) if t is not None]
+            last = max(found) if found else None
             after = self.taken if last is None else datetime.fromtimestamp(last, UTC)
             ticks, missed = owed(entry.cron, max(after, entry.armed), entry.next_at)
             if ticks:

@@ -108,3 +108,20 @@ def test_a_copy_refused_however_small_is_given_up_and_the_event_still_answered()
     """A broker taking 10 bytes a record: no copy fits. Result: `deadletter` returns (no copy, nothing
     counted) instead of raising, so the event's reply still goes out."""
     assert _stripped(10, b"k", [("ce_id", b"e1")]).sent == []
+
+
+def test_a_trimmed_copy_keeps_the_events_and_our_headers_first_and_names_a_few_left_out() -> None:
+    """3,000 headers of 1,000 bytes after `ce_id` and before ours. Result: `ce_id` and ours kept whatever
+    the others' bulk, the headers kept within 256 KiB, and the note names 20 left out, then how many more
+    (it named every one: 44 KB for 3,000)."""
+    from framework.kafka.deadletter import TRIMMED_TOTAL, trimmed
+
+    many: list[tuple[str, bytes | None]] = [(f"x-{i}", b"h" * 1000) for i in range(3000)]
+    headers = failed_headers([("ce_id", b"e1"), *many], "FunctionError", "boom", "f", 2)
+    kept = trimmed(headers, "too large")
+    names = [name for name, _ in kept]
+    assert names[0] == "ce_id" and names[-4:] == OURS, names[-5:]
+    assert sum(len(n) + len(v or b"") for n, v in kept[:-1]) <= TRIMMED_TOTAL
+    note = (kept[-1][1] or b"").decode()
+    assert note.startswith("too large; sent without its value and the headers 'x-0' (1003 bytes)"), note[:80]
+    assert note.endswith(f"and {3000 - (len(kept) - 5) - 20} more") and len(note) < 1000, note[-80:]

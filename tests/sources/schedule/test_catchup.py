@@ -201,6 +201,17 @@ async def test_a_record_keyed_by_the_schedules_index_is_read_too() -> None:
     assert c.key.startswith(f"{c.job.uuid}:s") and c.ticks.records[0] == (c.key, S + 1)
 
 
+async def test_the_newer_of_the_two_keys_bounds_the_catch_up() -> None:
+    """In a rolling upgrade a node of the version before writes ticks by index: the tick log holds S + 1 by
+    the schedule's key and S + 3 by its index. Leadership comes at S + 5.25. Result: S + 4 and S + 5 fire
+    (the key's older record alone would run S + 2 and S + 3 again)."""
+    c = Cluster()
+    c.ticks.known.update({c.key: S + 1, f"{c.job.uuid}:0": S + 3})
+    c.run(S + 5.25)
+    await c.take_over(S + 5.25)
+    assert c.fired == [S + 4, S + 5]
+
+
 async def test_a_schedule_that_moved_in_the_manifest_catches_up_from_its_own_ticks() -> None:
     """1. A node's first table (as after a restart) holds one schedule, per second, payload "B": a deploy
     while no node ran removed the schedule before it, so it is index 0 now. The tick log holds the removed
