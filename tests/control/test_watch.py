@@ -51,13 +51,15 @@ async def test_an_edit_whose_check_fails_unexpectedly_is_an_error_not_the_end_of
     assert len(changes) == 1 and errors == errors[:1]
 
 
-async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None:
-    """1. A watcher on a project whose handler package is `functions/`. 2. The folder is deleted and made
-    again with a changed module (a checkout, a deploy script's `rm -rf` and copy). 3. The module is edited
-    again. Result: 2 and 3 each reach `on_change` with the new code (the watch used to stay on the deleted
-    folder: neither was seen)."""
-    module = "async def handle(payload, ctx):\n    return {v!r}\n"
-    root = write_project(tmp_path, MANIFEST, {"mod": module.format(v=1)})
+MODULE = "async def handle(payload, ctx):\n    return {v!r}\n"
+
+
+def watched(
+    tmp_path: Path, limit: int | None = None
+) -> tuple[Path, ManifestWatcher, list[str], list[list[str]]]:
+    """A project whose module returns 1, its watcher, the module's text at each change it reports, and the
+    errors it reports."""
+    root = write_project(tmp_path, MANIFEST, {"mod": MODULE.format(v=1)})
     path = root / "functions.yaml"
     seen: list[str] = []
     errors: list[list[str]] = []
@@ -65,16 +67,25 @@ async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path
     def changed(manifest: Any, code: Any) -> None:
         seen.append((root / "functions" / "mod.py").read_text())
 
-    watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append)
+    watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append, max_code_bytes=limit)
+    return root, watcher, seen, errors
+
+
+async def test_a_package_folder_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None:
+    """1. A watcher on a project whose handler package is `functions/`. 2. The folder is deleted and made
+    again with a changed module (a checkout, a deploy script's `rm -rf` and copy). 3. The module is edited
+    again. Result: 2 and 3 each reach `on_change` with the new code (the watch used to stay on the deleted
+    folder: neither was seen)."""
+    root, watcher, seen, errors = watched(tmp_path)
     async with running(watcher):
         while not seen:  # an edit seen: the watch is up
-            (root / "functions" / "mod.py").write_text(module.format(v=1))
+            (root / "functions" / "mod.py").write_text(MODULE.format(v=1))
             await until(lambda: bool(seen), "the first edit seen", timeout=1, fail=False)
         shutil.rmtree(root / "functions")
         await until(lambda: bool(errors) or bool(seen), "the deletion seen")
-        write_project(tmp_path, MANIFEST, {"mod": module.format(v=2)})
+        write_project(tmp_path, MANIFEST, {"mod": MODULE.format(v=2)})
         await until(lambda: any("return 2" in s for s in seen), "the folder made again seen")
-        (root / "functions" / "mod.py").write_text(module.format(v=3))
+        (root / "functions" / "mod.py").write_text(MODULE.format(v=3))
         await until(lambda: any("return 3" in s for s in seen), "an edit in the new folder seen")
 
 
@@ -86,26 +97,17 @@ async def test_a_file_named_in_bytes_that_are_not_utf8_neither_ends_the_watch_no
     Result: 2 is rejected, saying which file and why, and logged as a watch restarted (watchfiles raised on
     its name and ended the watch: the node stopped, with `FAAS_WATCH` on or off); once the file is removed,
     3 reaches `on_change`."""
-    module = "async def handle(payload, ctx):\n    return {v!r}\n"
-    root = write_project(tmp_path, MANIFEST, {"mod": module.format(v=1)})
-    path = root / "functions.yaml"
-    seen: list[str] = []
-    errors: list[list[str]] = []
-
-    def changed(manifest: Any, code: Any) -> None:
-        seen.append((root / "functions" / "mod.py").read_text())
-
-    watcher = ManifestWatcher(path, load_manifest(path), changed, errors.append, max_code_bytes=1 << 20)
+    root, watcher, seen, errors = watched(tmp_path, limit=1 << 20)
     bad = os.path.join(os.fsencode(root / "functions"), b"bad\xffname.txt")
     async with running(watcher):
         while not seen:  # an edit seen: the watch is up
-            (root / "functions" / "mod.py").write_text(module.format(v=1))
+            (root / "functions" / "mod.py").write_text(MODULE.format(v=1))
             await until(lambda: bool(seen), "the first edit seen", timeout=1, fail=False)
         os.close(os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644))
         await until(lambda: any("is not UTF-8" in line for e in errors for line in e), "the name refused")
         assert "watching again" in caplog.text, caplog.text
         os.unlink(bad)
-        (root / "functions" / "mod.py").write_text(module.format(v=2))
+        (root / "functions" / "mod.py").write_text(MODULE.format(v=2))
         await until(lambda: any("return 2" in s for s in seen), "the next edit seen")
 
 

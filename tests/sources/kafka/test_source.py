@@ -319,6 +319,18 @@ def test_replies_of_one_key_land_in_the_order_of_its_records(node: Node, broker:
     assert [r["value"]["ok"] for r in mine] == [i % 3 != 1 and i % 7 != 0 for i in range(30)]
 
 
+def marked_copies(broker: EmbeddedBroker, node: Node, header: str, value: str) -> list[Any]:
+    """The dead-letter copies whose `header` is `value`, once there are any (within 20 s): other tests'
+    copies share the topic."""
+    copies: list[Any] = []
+    want, deadline = 1, time.monotonic() + 20
+    while not copies and time.monotonic() < deadline:
+        every = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, want, deadline - time.monotonic()))
+        copies = [d for d in every if dict(d.headers).get(header) == value.encode()]
+        want = len(every) + 1
+    return copies
+
+
 def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: EmbeddedBroker) -> None:
     """1. An event whose listener returns 17 MiB, more than a reply may have (16 MiB), then a good event,
     then one whose listener raises an error of 17 MiB. 2. Read the reply topic and the dead-letter topic.
@@ -353,12 +365,7 @@ def test_a_reply_too_large_to_produce_fails_the_event(node: Node, broker: Embedd
     assert "could not be produced" in v["error"]["message"], v["error"]
     assert v["error"]["message"].count("MessageSizeTooLargeError") == 1, v["error"]  # not restated
     assert replies[good]["value"]["ok"] is True
-    copies: list[Any] = []
-    want, deadline = 1, time.monotonic() + 20
-    while not copies and time.monotonic() < deadline:  # other tests' copies share the topic
-        every = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, want, deadline - time.monotonic()))
-        copies = [d for d in every if dict(d.headers).get("t_huge") == eid.encode()]
-        want = len(every) + 1
+    copies = marked_copies(broker, node, "t_huge", eid)
     assert len(copies) == 1, "one dead-letter copy of the event"
     copy = copies[0]
     marks = dict(copy.headers)
@@ -382,12 +389,7 @@ def test_a_bad_record_whose_headers_alone_are_too_large_to_copy_is_answered_and_
     replies = by_id(consume(broker.bootstrap, node.replies, 100_000, timeout=30, ids={bad, good}))
     assert replies[bad]["value"]["error"]["type"] == "BadEvent", replies[bad]
     assert replies[good]["value"]["ok"] is True and replies[bad]["offset"] < replies[good]["offset"]
-    copies: list[Any] = []
-    want, deadline = 1, time.monotonic() + 20
-    while not copies and time.monotonic() < deadline:  # other tests' copies share the topic
-        every = asyncio.run(consume_raw(broker.bootstrap, node.deadletter, want, deadline - time.monotonic()))
-        copies = [d for d in every if dict(d.headers).get("t_mark") == bad.encode()]
-        want = len(every) + 1
+    copies = marked_copies(broker, node, "t_mark", bad)
     [copy] = copies
     names = [name for name, _ in copy.headers]
     assert copy.key == key and copy.value is None and "x-big" not in names, names
