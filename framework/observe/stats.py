@@ -2,13 +2,15 @@
 
 Each function has a ring of 15 one-minute buckets. A bucket holds a count, a failure count, the longest
 duration and a histogram of durations over fixed log-spaced bins (each 10 % wider than the one before, from
-0.05 ms to 60 s: 149 counters of 4 bytes, 9 KB a function for the window), so recording an invocation is a
-few integer operations and a bisect, and a percentile is read from at most 15 x 149 counters. A percentile
-is placed within the bin it falls in by its rank there (linearly, at the middle of its share of the bin),
-never above the longest duration seen: within 10 % of the exact value, usually within 5 % (the middle of a
-bin), and the longest duration exactly. (Given as the bin's upper
-edge with bins 25 % wide, a median of 200 ms showed as 241.) Buckets older than the window are reset when
-their slot comes round again; nothing runs in the background.
+0.05 ms to 60 s: 148 bins), kept as the counts of the bins that hold any (a function's durations fill a
+few), so recording an invocation is a few integer operations, a bisect and a dict update (about 0.4 us),
+and a snapshot reads only those counts: 211 us for a function with 15 full minutes of widely spread
+durations, 83 us for narrow ones, against 324 and 186 us summing a counter per bin (143 and 107 us with
+the 58 bins 25 % wide before; `timeit` in process). A percentile is placed within the bin it falls in by
+its rank there (linearly, at the middle of its share of the bin), never above the longest duration seen:
+within 10 % of the exact value, usually within 5 %, and the longest duration exactly. (Given as the bin's
+upper edge with bins 25 % wide, a median of 200 ms showed as 241.) Buckets older than the window are reset
+when their slot comes round again; nothing runs in the background.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 WINDOW_MINUTES = 15
@@ -43,10 +44,11 @@ class _Minute:
         self.count = 0
         self.failures = 0
         self.longest = 0.0
-        self.bins = array("I", bytes(4 * (len(BOUNDS) + 1)))
+        self.bins: dict[int, int] = {}
+        """Bin index (into BOUNDS; len(BOUNDS) for above the last) -> invocations in it, for bins with any."""
 
 
-def _percentile(bins: Sequence[int], count: int, longest: float, q: float) -> float | None:
+def _percentile(bins: Mapping[int, int], count: int, longest: float, q: float) -> float | None:
     """The `q` quantile in milliseconds, rounded to the microsecond (as records' `duration_ms` are)."""
     if count == 0:
         return None
@@ -54,8 +56,9 @@ def _percentile(bins: Sequence[int], count: int, longest: float, q: float) -> fl
     if rank == count:  # the longest: known exactly
         return round(longest, 3)
     seen = 0
-    for i, n in enumerate(bins):
-        if n and seen + n >= rank:
+    for i in sorted(bins):
+        n = bins[i]
+        if seen + n >= rank:
             if i >= len(BOUNDS):
                 break
             lower = BOUNDS[i - 1] if i else 0.0
@@ -65,7 +68,7 @@ def _percentile(bins: Sequence[int], count: int, longest: float, q: float) -> fl
     return round(longest, 3)
 
 
-def _summary(bins: Sequence[int], count: int, failures: int, longest: float) -> dict[str, Any]:
+def _summary(bins: Mapping[int, int], count: int, failures: int, longest: float) -> dict[str, Any]:
     return {
         "count": count,
         "failures": failures,
@@ -95,19 +98,21 @@ class FunctionStats:
             bucket.failures += 1
         if duration_ms > bucket.longest:
             bucket.longest = duration_ms
-        bucket.bins[bisect.bisect_left(BOUNDS, duration_ms)] += 1
+        i = bisect.bisect_left(BOUNDS, duration_ms)
+        bins = bucket.bins
+        bins[i] = bins.get(i, 0) + 1
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """Totals of the window and one entry per minute, oldest first (minutes with no invocation too)."""
         current = int((time.time() if now is None else now) // 60)
-        total = [0] * (len(BOUNDS) + 1)
+        total: dict[int, int] = {}
         count = failures = 0
         longest = 0.0
         minutes = []
         for minute in range(current - WINDOW_MINUTES + 1, current + 1):
             bucket = self.ring[minute % WINDOW_MINUTES]
             if bucket is None or bucket.minute != minute:
-                minutes.append({"minute": minute_start(minute), **_summary([], 0, 0, 0.0)})
+                minutes.append({"minute": minute_start(minute), **_summary({}, 0, 0, 0.0)})
                 continue
             minutes.append(
                 {
@@ -118,7 +123,8 @@ class FunctionStats:
             count += bucket.count
             failures += bucket.failures
             longest = max(longest, bucket.longest)
-            total = [a + b for a, b in zip(total, bucket.bins, strict=True)]
+            for i, n in bucket.bins.items():
+                total[i] = total.get(i, 0) + n
         return {
             "function": self.name,
             "uuid": self.uuid,
