@@ -68,6 +68,10 @@ def with_short_error(headers: Headers) -> list[tuple[str, bytes | None]] | None:
     return None
 
 
+DEADLETTER_ERROR = "faas_deadletter_error"
+"""Why a dead-letter copy is not exact (too large for the topic: `ReplyOutbox.deadletter`)."""
+
+
 TRIMMED_HEADER = 65_536
 """Bytes (name and value) of one header a trimmed copy keeps at most (`trimmed`)."""
 TRIMMED_TOTAL = 256 * 1024
@@ -86,26 +90,21 @@ def trimmed(headers: Headers, why: str) -> list[tuple[str, bytes | None]]:
     mine = set(ours)
     others = [i for i in reversed(range(len(headers))) if i not in mine]
     kept: set[int] = set()
-    left: list[int] = []
+    left: list[tuple[int, int]] = []
     total = 0
     for i in (*ours, *others):
         name, value = headers[i]
         size = len(name) + len(value or b"")
         if size > TRIMMED_HEADER or total + size > TRIMMED_TOTAL:
-            left.append(i)
+            left.append((i, size))
             continue
         total += size
         kept.add(i)
-    left.sort()
-    named = [f"{headers[i][0][:64]!r} ({len(headers[i][0]) + len(headers[i][1] or b'')} bytes)" for i in left]
+    named = [f"{headers[i][0][:64]!r} ({size} bytes)" for i, size in sorted(left)]
     if len(named) > TRIMMED_NAMED:
         named = [*named[:TRIMMED_NAMED], f"and {len(named) - TRIMMED_NAMED} more"]
     note = f"{why}; sent without its value and the headers {', '.join(named)}" if named else why
     return [*(headers[i] for i in sorted(kept)), (DEADLETTER_ERROR, note.encode())]
-
-
-DEADLETTER_ERROR = "faas_deadletter_error"
-"""Why a dead-letter copy is not exact (too large for the topic: `ReplyOutbox.deadletter`)."""
 
 
 def bad_event_headers(headers: Headers, message: str) -> list[tuple[str, bytes | None]]:

@@ -42,10 +42,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from framework.observe import tracing
 from framework.observe.tracing import Span
+
+if TYPE_CHECKING:  # imported at run time only where export is on (it imports opentelemetry)
+    from framework.observe.span_redaction import Lengths
 
 log = logging.getLogger("faas.otel")
 
@@ -171,7 +174,7 @@ class _Throttle(logging.Filter):
 _throttle = _Throttle(LOG_INTERVAL)
 
 
-def _processor(redact: Callable[[str], str] | None = None, lengths: Any = None) -> Any:
+def _processor(redact: Callable[[str], str] | None = None, lengths: Lengths | None = None) -> Any:
     """The batch processor exporting over OTLP/HTTP; with `redact` (an instance's secrets), each span's
     texts pass through it first, then are cut to `lengths` (`span_redaction.py`)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

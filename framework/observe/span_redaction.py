@@ -105,10 +105,10 @@ def redacted(span: ReadableSpan, redact: Redact, lengths: Lengths = WHOLE) -> Re
 class RedactingExporter(SpanExporter):
     """`exporter`, given each span through `redacted`."""
 
-    def __init__(self, exporter: SpanExporter, redact: Redact, lengths: Lengths = WHOLE) -> None:
+    def __init__(self, exporter: SpanExporter, redact: Redact, lengths: Lengths | None = None) -> None:
         self.exporter = exporter
         self.redact = redact
-        self.lengths = lengths
+        self.lengths = WHOLE if lengths is None else lengths
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return self.exporter.export([redacted(span, self.redact, self.lengths) for span in spans])
