@@ -37,7 +37,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from framework.control.cron import Cron
 from framework.sources.schedule.entry import CronEntry
@@ -60,6 +60,10 @@ class Ticks(Protocol):
 
     def record(self, key: str, tick: int) -> None:
         """Note that schedule `key` dealt with `tick` (epoch seconds); never awaits, never fails."""
+        ...
+
+    def result(self, key: str, tick: int, last: dict[str, Any]) -> None:
+        """Note how the run of `tick` of schedule `key` went; never awaits, never fails."""
         ...
 
     async def newest(self, since: float) -> dict[str, int]:

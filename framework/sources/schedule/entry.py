@@ -5,7 +5,8 @@ the leader and on followers alike (followers consume ticks without firing them, 
 time). `owed` holds ticks a new leader fires late, oldest first, one run after another (`catchup.py`);
 while a task works through them (`draining`) a tick that falls due queues behind them instead of being
 skipped as an overlap. A reload hands `task` to the entry's successor, and `drain` and `owed` too unless
-the cron, payload or state changed (then the late ticks are dropped).
+the cron, payload or state changed (then the late ticks are dropped). How its runs went is kept by the
+schedule's key, not here (`last_runs.py`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class CronEntry:
     next_at: datetime | None = None
     """The next tick while the function is productive, else None."""
     task: asyncio.Task[None] | None = None
-    last: dict[str, Any] | None = None
     owed: deque[datetime] = field(default_factory=deque)
     """Ticks waiting to run late, oldest first (a new leader's catch-up)."""
     drain: asyncio.Task[None] | None = None
@@ -58,9 +58,6 @@ class CronEntry:
     """When this node started walking the ticks (None while stopped): a new leader owes no tick before it, so
     a deploy or a cron change does not bring back ticks of the time before. `EPOCH` for the table a node
     starts with, which may be older than the node: a restarted leader catches up on its own downtime."""
-    successor: CronEntry | None = field(default=None, repr=False)
-    """The entry that replaced this one in a reload with the same cron, payload and kind: a run still going
-    when it came writes its `last` there (`current`), not to a row no listing shows any more."""
     _ticks: Iterator[datetime] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
@@ -84,14 +81,6 @@ class CronEntry:
     @property
     def same_as(self) -> tuple[Any, ...]:
         return self.kind, self.cron, orjson.dumps(self.payload)
-
-    @property
-    def current(self) -> CronEntry:
-        """This entry, or the newest that replaced it (see `successor`)."""
-        entry = self
-        while entry.successor is not None:
-            entry = entry.successor
-        return entry
 
     @property
     def running(self) -> bool:
@@ -120,11 +109,12 @@ class CronEntry:
             self.next_at = next(self._ticks)
         return latest, count
 
-    def status(self) -> dict[str, Any]:
+    def status(self, last: dict[str, Any] | None) -> dict[str, Any]:
+        """The schedule's row in a listing; `last`: its newest run's result (`last_runs.LastRuns`)."""
         return {
             "cron": self.cron.expression,
             "timezone": self.cron.timezone,
             "payload": self.payload,
             "next_fire": None if self.next_at is None else self.next_at.isoformat(),
-            "last": self.last,
+            "last": last,
         }

@@ -6,8 +6,9 @@ is each retry attempt (siblings, as an event's attempts are under the event's sp
 export on, the run's span is exported as `schedule <function>` (`faas.trigger: timer`, `faas.cron`,
 `faas.time`), whether or not it failed. Its invocation id is `{function}:{index}:{tick epoch seconds}`,
 the same on every node. The tick is written to the tick log (`ticklog.py`) as the run starts, not when it
-ends: a run that outlives its leader must not be fired again by the next one. A failing run is recorded in
-the entry's `last` and counted (`faas_schedule_runs{outcome}`), never raised: the loop must go on.
+ends: a run that outlives its leader must not be fired again by the next one; its result is written there
+too when it ends, for every node's listing (`last_runs.py`). A failing run is recorded so and counted
+(`faas_schedule_runs{outcome}`), never raised: the loop must go on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from framework.observe import tracing
 from framework.retry import HANDOVER, Handover
 from framework.sources.schedule.catchup import Ticks
 from framework.sources.schedule.entry import CronEntry
+from framework.sources.schedule.last_runs import LastRuns
 from framework.types import InvokeResult
 
 if TYPE_CHECKING:
@@ -60,10 +62,13 @@ class Target(Protocol):
 class Runs:
     """The runs of one scheduler: invoking through `invoker`, counting in `metrics`, writing to `ticks`."""
 
-    def __init__(self, invoker: Target, metrics: Metrics | None, ticks: Ticks | None) -> None:
+    def __init__(
+        self, invoker: Target, metrics: Metrics | None, ticks: Ticks | None, last_runs: LastRuns
+    ) -> None:
         self.invoker = invoker
         self.metrics = metrics
         self.ticks = ticks
+        self.last_runs = last_runs
         self._retrying: set[Handover] = set()
         """The handovers of the schedule runs in progress (`stop_retrying`)."""
 
@@ -109,13 +114,11 @@ class Runs:
         finally:
             self._retrying.discard(handover)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        # The row listed now: a redeploy during the run replaced `entry` (the same schedule) in the table.
-        entry.current.last = {
-            "at": tick.isoformat(),
-            "ok": error is None,
-            "duration_ms": duration_ms,
-            "error": error,
-        }
+        # By key, not on `entry`: a redeploy during the run may have replaced the row (the same schedule).
+        last = {"at": tick.isoformat(), "ok": error is None, "duration_ms": duration_ms, "error": error}
+        self.last_runs.note(entry.key, int(tick.timestamp()), last)
+        if self.ticks is not None:
+            self.ticks.result(entry.key, int(tick.timestamp()), last)
         self._end_span(entry, tick, run, error)
         outcome = "ok" if error is None else error["type"]
         if self.metrics is not None:

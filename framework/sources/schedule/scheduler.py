@@ -10,6 +10,8 @@ wakes the loop, so a manifest reload is cheap and takes effect at once.
   (`ticklog.py`), and a node that takes leadership first fires, late and in order, the ticks due since the
   newest one recorded (`catchup.py`, which also says what can still be lost or doubled).
 - Only productive functions fire; the others keep their entries for `status` (with `next_fire` null).
+- Each schedule's `last` (in `status`) is the same on every node: the leader writes each run's result to
+  the tick log and every node follows it (`last_runs.py`).
 - No catch-up storm: a loop that wakes late (suspended machine, stalled loop) fires the latest due tick once
   and counts the ticks it missed (`faas_schedule_skipped{reason="missed"}`).
 - A loop that wakes more than `LATE_WAKE` seconds after it meant to (the process was stopped: SIGSTOP, a
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from framework.control.cron import parse
 from framework.sources.schedule.catchup import CATCH_UP_MAX, CATCH_UP_WINDOW, CatchUp, Ticks, read_newest
 from framework.sources.schedule.entry import EPOCH, MAX_COUNTED, CronEntry, CronKind
+from framework.sources.schedule.last_runs import Follower, LastRuns
 from framework.sources.schedule.leader import AlwaysLeader, KafkaElection
 from framework.sources.schedule.runs import Runs, Target
 from framework.sources.schedule.ticklog import TickLog
@@ -97,7 +100,9 @@ class Scheduler:
             AlwaysLeader() if bootstrap is None else KafkaElection(settings, bootstrap, wake=self._wake.set)
         )
         self.ticks = ticks or (None if bootstrap is None else TickLog(settings, bootstrap))
-        self.runs = Runs(invoker, metrics, self.ticks)
+        self.last_runs = LastRuns()
+        self.follower = None if bootstrap is None else Follower(settings, bootstrap, self.last_runs)
+        self.runs = Runs(invoker, metrics, self.ticks, self.last_runs)
         self.clock = clock
         self.entries: dict[tuple[str, CronKind, int], CronEntry] = {}
         self._runs: set[asyncio.Task[None]] = set()
@@ -147,8 +152,7 @@ class Scheduler:
                 if old is not None:
                     entry.task = old.task  # a changed cron must not start a second run next to the old one
                     if old.same_as == entry.same_as:
-                        old.successor = entry  # a run going on writes its result to this row
-                        entry.last, entry.next_at, entry._ticks = old.last, old.next_at, old._ticks
+                        entry.next_at, entry._ticks = old.next_at, old._ticks
                         entry.armed = old.armed
                         if spec.productive:  # its late ticks go on
                             entry.owed, entry.drain, entry.late_until = old.owed, old.drain, old.late_until
@@ -169,10 +173,14 @@ class Scheduler:
         """The schedules of function `name`, in manifest order (keep-warm is not listed).
 
         Each: `cron`, `timezone`, `payload`, `next_fire` (ISO 8601 in the schedule's timezone; null unless the
-        function is productive) and `last` (`at`, `ok`, `duration_ms`, `error`; null until this node ran it:
-        only the leader runs user schedules).
+        function is productive) and `last` (`at`, `ok`, `duration_ms`, `error` of its newest run, whichever
+        node ran it: `last_runs.py`; null until one did).
         """
-        return [e.status() for (fn, kind, _), e in self.entries.items() if fn == name and kind == "schedule"]
+        return [
+            e.status(self.last_runs.get(e.key))
+            for (fn, kind, _), e in self.entries.items()
+            if fn == name and kind == "schedule"
+        ]
 
     # ---- firing ----
 
@@ -305,6 +313,8 @@ class Scheduler:
         """Join the election (in the background) and start the tick log and the firing loop."""
         if self.ticks is not None:
             self.ticks.start()
+        if self.follower is not None:
+            self.follower.start()
         await self.election.start()
         self._loop = asyncio.create_task(self._run(), name="scheduler")
 
@@ -319,6 +329,8 @@ class Scheduler:
         if self.ticks is not None:  # before leaving the group: the next leader reads this one's last ticks
             await self.ticks.stop()
         await self.election.stop()
+        if self.follower is not None:
+            await self.follower.stop()
         self.runs.stop_retrying()  # a backoff is no work in flight: the grace is not waited out for one
         runs = list(self._runs)
         if runs:

@@ -4,16 +4,19 @@ The election (`leader.py`) joins a consumer group on this one-partition topic; t
 it, one record per schedule tick it fires (or skips because the previous run is still going): partition 0,
 key `<function uuid>:s<12 hex digits>` (the schedule by what it is: `entry.CronEntry.key`; records written
 before that are keyed `<function uuid>:<schedule index>`, and read too), value `{"tick": <epoch seconds>,
-"node": <node name>, "group": <FAAS_KAFKA_GROUP_ID>}`. A node that becomes leader reads the recent records
+"node": <node name>, "group": <FAAS_KAFKA_GROUP_ID>}`; once the tick's run ended, the same again with its
+result, `"last": {"at", "ok", "duration_ms", "error"}` (every node follows those: `last_runs.py`). A node
+that becomes leader reads the recent records
 back to learn the newest tick of each schedule (`catchup.py` decides what to fire from that), its own
 group's only: groups sharing a broker and this topic each fire their schedules, and another group's ticks
 say nothing of what this one missed. A record without `group` (written before it was added) counts for
 every group.
 
-- Writing stays off the firing path: `record` never awaits and never fails. It keeps the newest tick per
-  key (an older one adds nothing) and wakes a task that produces them. A failed send is logged and its
-  ticks are tried again after a pause (`BACKOFF`), so the buffer holds one tick per schedule at most,
-  whatever the outage. A tick the next leader does not find may fire again there (at-least-once).
+- Writing stays off the firing path: `record` and `result` never await and never fail. They keep the
+  newest tick (and the newest result) per key, an older one adds nothing, and wake a task that produces
+  them. A failed send is logged and its records are tried again after a pause (`BACKOFF`), so the buffer
+  holds two records per schedule at most, whatever the outage. A tick the next leader does not find may
+  fire again there (at-least-once).
 - `stop` gives the writer up to `STOP_FLUSH` seconds; the scheduler calls it before leaving the election
   group, so the next leader reads the last tick of this one.
 - Reading (`newest`) uses `kafka/topic_read.py`: partition 0 from the first record stamped `since` on
@@ -30,6 +33,8 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -54,14 +59,30 @@ TOPIC_CONFIGS = {"retention.ms": str(24 * 3600 * 1000), "segment.ms": str(3600 *
 a day is there to look at, and retention drops whole segments only, hence hourly ones."""
 LAST_TICK = 253_402_300_799
 """The greatest tick (epoch seconds) a record may hold: 9999-12-31T23:59:59Z, the last a datetime holds."""
+MESSAGE_CHARS = 4_096
+"""Characters of a run's error message a result record holds (what a listing needs, far below the
+broker's record limit); a longer one, written or read, is cut to this and ends in `...`."""
 
 
 _SCHEDULE = re.compile(r"s[0-9a-f]{12}|[0-9]+")
 """A key's schedule part: its digest (`entry.CronEntry.key`), or its index in records written before."""
 
 
-def parse(record: Record) -> tuple[str, int, str | None] | str:
-    """`(key, tick epoch seconds, group or None)` of a tick record, or why it is not one."""
+Results = dict[str, tuple[int, dict[str, Any]]]
+"""Per schedule key, a tick (epoch seconds) and its run's result."""
+
+
+class TickRecord(NamedTuple):
+    key: str
+    tick: int
+    """Epoch seconds."""
+    group: str | None
+    last: dict[str, Any] | None
+    """The run's result (`at`, `ok`, `duration_ms`, `error`), in a record written when the run ended."""
+
+
+def parse(record: Record) -> TickRecord | str:
+    """The tick record `record` holds, or why it is not one."""
     try:
         key = (record.key or b"").decode()
     except UnicodeDecodeError:
@@ -82,7 +103,44 @@ def parse(record: Record) -> tuple[str, int, str | None] | str:
         or not isinstance(group, str | None)
     ):
         return 'its value is not {"tick": <epoch seconds>, "node": <name>, "group": <group id>}'
-    return key, tick, group
+    last = value.get("last")
+    if last is not None:
+        last = run_result(last)
+        if last is None:
+            return 'its "last" is not {"at": <time>, "ok": <bool>, "duration_ms": <number>, "error": ...}'
+    return TickRecord(key, tick, group, last)
+
+
+def run_result(value: object) -> dict[str, Any] | None:
+    """`value` as a run's result (the message cut to MESSAGE_CHARS), or None when it is not one: `at` a
+    time, `ok` true with `error` null or false with `error` `{"type", "message"}` (strings), `duration_ms`
+    a number from 0."""
+    if not isinstance(value, dict) or set(value) != {"at", "ok", "duration_ms", "error"}:
+        return None
+    at, ok, duration, error = value["at"], value["ok"], value["duration_ms"], value["error"]
+    if not isinstance(at, str) or len(at) > 64 or type(ok) is not bool:
+        return None
+    try:
+        datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    if type(duration) not in (int, float) or not 0 <= duration < 1e12:
+        return None
+    if ok:
+        return value if error is None else None
+    if (
+        not isinstance(error, dict)
+        or set(error) != {"type", "message"}
+        or not isinstance(error["type"], str)
+        or not isinstance(error["message"], str)
+        or len(error["type"]) > 200
+    ):
+        return None
+    return {**value, "error": {"type": error["type"], "message": cut(error["message"])}}
+
+
+def cut(message: str) -> str:
+    return message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 3] + "..."
 
 
 def newest(records: Iterable[Record], since_ms: int, group: str) -> dict[str, int]:
@@ -97,10 +155,9 @@ def newest(records: Iterable[Record], since_ms: int, group: str) -> dict[str, in
         if isinstance(parsed, str):
             broken.append(f"offset {record.offset}: {parsed}")
             continue
-        key, tick, writer = parsed
-        if writer is not None and writer != group:  # another group's leader fired it, not ours
+        if parsed.group is not None and parsed.group != group:  # another group's leader fired it, not ours
             continue
-        found[key] = max(tick, found.get(key, tick))
+        found[parsed.key] = max(parsed.tick, found.get(parsed.key, parsed.tick))
     if broken:
         log.warning(
             "tick log: %d record(s) skipped, not tick records (%s)", len(broken), "; ".join(broken[:3])
@@ -118,6 +175,8 @@ class TickLog:
         self.node = node_name(settings)
         self._pending: dict[str, int] = {}
         """Per key, the newest tick not written yet."""
+        self._results: Results = {}
+        """Per key, the newest tick's result not written yet."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         """Set while nothing waits to be written."""
@@ -135,6 +194,13 @@ class TickLog:
         self._idle.clear()
         self._wake.set()
 
+    def result(self, key: str, tick: int, last: dict[str, Any]) -> None:
+        """Note how the run of `tick` of schedule `key` went (`last`: `at`, `ok`, `duration_ms`, `error`)."""
+        if tick >= self._results.get(key, (-1, last))[0]:
+            self._results[key] = (tick, last)
+        self._idle.clear()
+        self._wake.set()
+
     async def stop(self) -> None:
         """Write what is pending (at most STOP_FLUSH seconds), then stop; what is left is dropped."""
         if self._task is not None:
@@ -145,6 +211,8 @@ class TickLog:
         if self._pending:
             left = len(self._pending)
             log.warning("tick log: %d tick(s) not written at stop: the next leader may fire them again", left)
+        if self._results:
+            log.warning("tick log: %d run result(s) not written at stop", len(self._results))
         await self._close()
 
     async def newest(self, since: float) -> dict[str, int]:
@@ -172,14 +240,18 @@ class TickLog:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, {}
-            if not batch:
+            results, self._results = self._results, {}
+            if not batch and not results:
                 self._idle.set()
                 continue
             try:
-                await within(self._send(await self._started(), batch), SEND_TIMEOUT)
+                await within(self._send(await self._started(), batch, results), SEND_TIMEOUT)
             except Exception as exc:
                 for key, tick in batch.items():  # tried again, unless a newer tick came meanwhile
                     self._pending[key] = max(tick, self._pending.get(key, tick))
+                for key, (tick, last) in results.items():  # likewise, unless a newer result came
+                    if tick > self._results.get(key, (-1, last))[0]:
+                        self._results[key] = (tick, last)
                 if not failing:
                     log.warning("tick log: cannot write to %s (%r); retrying", self.topic, exc)
                 failing = True
@@ -191,7 +263,7 @@ class TickLog:
             if failing:
                 log.info("tick log: writing to %s again", self.topic)
             pause, failing = BACKOFF[0], False
-            if not self._pending:
+            if not self._pending and not self._results:
                 self._idle.set()
 
     async def _started(self) -> AIOKafkaProducer:
@@ -205,10 +277,16 @@ class TickLog:
             )
         return self._producer
 
-    async def _send(self, producer: AIOKafkaProducer, batch: dict[str, int]) -> None:
+    async def _send(self, producer: AIOKafkaProducer, batch: dict[str, int], results: Results) -> None:
         acks = []
+        group = self.settings.kafka_group_id
         for key, tick in batch.items():
-            value = orjson.dumps({"tick": tick, "node": self.node, "group": self.settings.kafka_group_id})
+            value = orjson.dumps({"tick": tick, "node": self.node, "group": group})
+            acks.append(await producer.send(self.topic, value, key.encode(), partition=0))
+        for key, (tick, last) in results.items():  # after the ticks: a reader sees a run's tick first
+            if last["error"] is not None:
+                last = {**last, "error": {**last["error"], "message": cut(last["error"]["message"])}}
+            value = orjson.dumps({"tick": tick, "node": self.node, "group": group, "last": last})
             acks.append(await producer.send(self.topic, value, key.encode(), partition=0))
         # Shielded: a timed-out round must not cancel futures aiokafka still owns.
         await asyncio.gather(*(asyncio.shield(ack) for ack in acks))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -43,12 +43,16 @@ class FakeTicks:
     def __init__(self, known: dict[str, int] | None = None) -> None:
         self.known = dict(known or {})
         self.records: list[tuple[str, int]] = []
+        self.results: list[tuple[str, int, dict[str, Any]]] = []
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
         self.answered = 0
 
     def record(self, key: str, tick: int) -> None:
         self.records.append((key, tick))
+
+    def result(self, key: str, tick: int, last: dict[str, Any]) -> None:
+        self.results.append((key, tick, last))
 
     async def newest(self, since: float) -> dict[str, int]:
         if self.gate is not None:

@@ -15,7 +15,7 @@ from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.kafka.options import ensure_topics
 from framework.kafka.topic_read import Record
 from framework.settings import Settings
-from framework.sources.schedule.ticklog import TOPIC_CONFIGS, TickLog, newest, parse
+from framework.sources.schedule.ticklog import MESSAGE_CHARS, TOPIC_CONFIGS, TickLog, newest, parse
 from tests.support import consume_raw
 
 UUID = "dddddddd-0000-4000-8000-0000000000b1"
@@ -45,6 +45,48 @@ def record(key: bytes | None, value: bytes | None, timestamp: int = 0, offset: i
 def test_parse_names_what_is_wrong(key: bytes | None, value: bytes, why: str) -> None:
     reason = parse(record(key, value))
     assert isinstance(reason, str) and why in reason
+
+
+GOOD = {"at": "2026-12-07T10:00:00+01:00", "ok": True, "duration_ms": 3, "error": None}
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        "ok",
+        {"at": "2026-12-07T10:00:00+01:00", "ok": True, "duration_ms": 3},
+        {**GOOD, "extra": 1},
+        {**GOOD, "at": "at ten"},
+        {**GOOD, "at": "2026-12-07T10:00:00+01:00" * 4},
+        {**GOOD, "ok": 1},
+        {**GOOD, "duration_ms": -1},
+        {**GOOD, "duration_ms": "3"},
+        {**GOOD, "duration_ms": True},
+        {**GOOD, "error": {"type": "FunctionError", "message": "ok but failed"}},
+        {**GOOD, "ok": False},
+        {**GOOD, "ok": False, "error": {"type": "FunctionError"}},
+        {**GOOD, "ok": False, "error": {"type": 7, "message": "m"}},
+        {**GOOD, "ok": False, "error": {"type": "T" * 201, "message": "m"}},
+    ],
+)
+def test_parse_refuses_a_result_that_is_not_one(last: object) -> None:
+    value = orjson.dumps({"tick": 12, "node": "n", "last": last})
+    reason = parse(record(f"{UUID}:s0123456789ab".encode(), value))
+    assert isinstance(reason, str) and 'its "last" is not' in reason
+
+
+def test_parse_takes_a_result_and_cuts_a_long_message() -> None:
+    key = f"{UUID}:s0123456789ab"
+    assert parse(record(key.encode(), orjson.dumps({"tick": 12, "node": "n", "last": GOOD}))) == (
+        key,
+        12,
+        None,
+        GOOD,
+    )
+    failed = {**GOOD, "ok": False, "error": {"type": "Timeout", "message": "m" * 5_000}}
+    parsed = parse(record(key.encode(), orjson.dumps({"tick": 12, "node": "n", "last": failed})))
+    assert not isinstance(parsed, str) and parsed.last is not None
+    assert parsed.last["error"]["message"] == "m" * (MESSAGE_CHARS - 3) + "..."
 
 
 def test_newest_takes_the_greatest_tick_per_key_and_skips_old_and_broken(
@@ -101,6 +143,38 @@ async def test_ticks_written_are_read_back(broker: EmbeddedBroker) -> None:
     assert {r.key.decode(): orjson.loads(r.value)["tick"] for r in raw} == {first: 12, second: 5}
     assert {orjson.loads(r.value)["node"] for r in raw} == {f"node-{tag}"}
     assert {orjson.loads(r.value)["group"] for r in raw} == {settings.kafka_group_id}
+
+
+async def test_results_are_written_after_their_ticks_and_cut(broker: EmbeddedBroker) -> None:
+    """1. Record a tick and then its result (failed, a message of 10,000 characters), and a newer tick and an
+    older result of another schedule; stop. 2. Read the topic raw.
+    Result: each tick record, then each result record (the tick's record again with `last`, its message cut
+    to MESSAGE_CHARS); the catch-up's newest ticks are those of either kind."""
+    tag = uuid.uuid4().hex[:8]
+    settings = settings_for(tag)
+    await ensure_topics(broker.bootstrap, [settings.scheduler_topic], 1, {}, TOPIC_CONFIGS)
+    log = TickLog(settings, broker.bootstrap)
+    log.start()
+    first, second = f"{UUID}:s0123456789ab", f"{UUID}:s0123456789ac"
+    failed = {**GOOD, "ok": False, "error": {"type": "FunctionError", "message": "x" * 10_000}}
+    log.record(first, 10)
+    log.result(first, 10, failed)
+    log.record(second, 30)
+    log.result(second, 20, GOOD)
+    log.result(second, 19, {**GOOD, "duration_ms": 9})  # older than the pending one: adds nothing
+    await log.stop()
+    raw = await consume_raw(broker.bootstrap, settings.scheduler_topic, 10, 4)
+    values = [(r.key.decode(), orjson.loads(r.value)) for r in raw]
+    assert [(key, value["tick"], "last" in value) for key, value in values] == [
+        (first, 10, False),
+        (second, 30, False),
+        (first, 10, True),
+        (second, 20, True),
+    ]
+    cut = values[2][1]["last"]["error"]["message"]
+    assert len(cut) == MESSAGE_CHARS and cut.endswith("...")
+    assert values[3][1]["last"] == GOOD
+    assert await TickLog(settings, broker.bootstrap).newest(time.time() - 60) == {first: 10, second: 30}
 
 
 async def test_broken_records_in_the_topic_are_skipped_with_a_warning(

@@ -334,7 +334,7 @@ function schedulesCell(f) {
   return el("ul", { class: "plain" }, list.map((s) => {
     const last = s.last;
     const lastText = last ? (last.ok ? "ok" : "failed" + (last.error ? " (" + (last.error.type || last.error) + ")" : ""))
-      + " at " + when(last.at) : "none on this node (the scheduler leader's node runs it)";  // known there only
+      + " at " + when(last.at) : "none yet";
     return el("li", {}, el("code", { text: s.cron }), " next ", when(s.next_fire), el("br"),
       el("span", { class: last && !last.ok ? "error" : "hint", text: "last: " + lastText }));
   }));
