@@ -4,10 +4,10 @@ is on.
 A handler's own spans carry what it gives them, and what the SDK records for it: an exception that leaves
 a span becomes its status description and an `exception` event holding the message and the traceback. Such
 text leaves the instance as surely as a log line does, so it passes the same `redact` (`worker/redact.py`)
-first: the name, every attribute's key and its value (text, and bytes as UTF-8, in sequences and mappings
-too), the events' and links' attributes and the status description of each span, copied (a finished span
-is read-only) just before export. A function without secrets pays nothing: its instance exports without
-this.
+first: the name, every attribute's key (keys that become one are told apart) and its value (text, and
+bytes as UTF-8, in sequences and mappings too), the events' and links' attributes and the status
+description of each span, copied (a finished span is read-only) just before export. A function without
+secrets pays nothing: its instance exports without this.
 
 The SDK cuts a long text value to `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` (or
 `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`) as it is set, and a secret cut in two is no longer one to find. So an
@@ -53,10 +53,22 @@ def _value(value: Any, redact: Redact, cut: int | None) -> Any:
     if isinstance(value, bytes):  # bytes the SDK keeps as they are (`surrogateescape`: any bytes, exactly)
         return redact(value.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
     if isinstance(value, Mapping):
-        return {redact(key): _value(item, redact, cut) for key, item in value.items()}
+        return _keyed(value, redact, cut)
     if isinstance(value, Sequence):
         return tuple(_value(item, redact, cut) for item in value)
     return value
+
+
+def _keyed(items: Mapping[str, Any], redact: Redact, cut: int | None) -> dict[str, Any]:
+    """`items` with keys and values redacted. Two keys that differ only in their secrets redact to one: the
+    second and later get ` (2)`, ` (3)`, ... rather than replace the first."""
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        name = redact(key)
+        if name in out:
+            name = next(f"{name} ({n})" for n in range(2, len(out) + 3) if f"{name} ({n})" not in out)
+        out[name] = _value(value, redact, cut)
+    return out
 
 
 def _attributes(
@@ -64,7 +76,7 @@ def _attributes(
 ) -> dict[str, Any] | None:
     if not attributes:
         return None
-    return {redact(key): _value(value, redact, cut) for key, value in attributes.items()}
+    return _keyed(attributes, redact, cut)
 
 
 def _counted(items: list[Any], dropped: int) -> BoundedList[Any]:

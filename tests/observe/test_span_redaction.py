@@ -111,6 +111,24 @@ def test_keys_and_bytes_are_redacted_too() -> None:
     assert dict(copy.links[0].attributes or {}) == {"***": True}
 
 
+def test_keys_that_redact_to_one_are_all_kept() -> None:
+    """Two attribute keys that differ only in a secret (and one that reads as the second's new name) each
+    keep their value under a name of its own."""
+    other = "pk_live_9876543210"
+    span = ReadableSpan(
+        name="n",
+        context=context(2),
+        attributes={f"user {SECRET}": 1, f"user {other}": 2, "user *** (2)": 3, "user ***x": 4},
+    )
+    copy = redacted(span, Redactor([SECRET, other]))
+    assert dict(copy.attributes or {}) == {
+        "user ***": 1,
+        "user *** (2)": 2,
+        "user *** (2) (2)": 3,
+        "user ***x": 4,
+    }
+
+
 def test_long_values_are_cut_after_their_redaction_to_the_sdks_lengths() -> None:
     """A value cut before its redaction would leave the start of a secret; cut after it, the mask is whole:
     span attributes to the span length, events' and links' to the other."""
