@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from framework.kafka import security
 from framework.kafka.address import bootstrap_servers, topic_problem
 
 
@@ -131,6 +132,7 @@ class Settings(BaseSettings):
     # Production Kafka options (Apache Kafka); the embedded broker needs none of them.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""
+    """One of `security.MECHANISMS`; empty: PLAIN (with a SASL protocol)."""
     kafka_sasl_username: str = ""
     kafka_sasl_password: SecretStr = SecretStr("")
     kafka_ssl_cafile: str = ""
@@ -164,6 +166,11 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is no topic: {problem}")
         return value
 
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _mechanism(cls, value: str) -> str:
+        return security.mechanism(value)
+
     @field_validator("kafka_group_id")
     @classmethod
     def _group(cls, value: str) -> str:
@@ -196,6 +203,11 @@ class Settings(BaseSettings):
                     self._from_files.add(name)
         _check_keys(self.api_keys.get_secret_value(), self.keys)
         _check_distinct_topics({name: getattr(self, name) for name in TOPICS})
+        protocol = self.kafka_security_protocol
+        password = self.kafka_sasl_password.get_secret_value()
+        security.check(protocol, self.kafka_sasl_mechanism, self.kafka_sasl_username, password)
+        if protocol.endswith("SSL"):  # built once here to say what is wrong; each client builds its own
+            security.context(self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
         return self
 
     @property

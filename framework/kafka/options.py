@@ -17,9 +17,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
-from aiokafka.helpers import create_ssl_context
 
-from framework.kafka import lenient
+from framework.kafka import lenient, security
 from framework.settings import Settings
 from framework.tasks import cancelled_here
 
@@ -40,10 +39,8 @@ def security_options(settings: Settings) -> dict[str, Any]:
         opts["sasl_plain_username"] = settings.kafka_sasl_username or None
         opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value() or None
     if settings.kafka_security_protocol.endswith("SSL"):
-        opts["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile or None,
-            certfile=settings.kafka_ssl_certfile or None,
-            keyfile=settings.kafka_ssl_keyfile or None,
+        opts["ssl_context"] = security.context(
+            settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
         )
     return opts
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import time
-from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
@@ -18,32 +16,6 @@ from tests.support import new_id, produce_async
 
 def test_plaintext_has_no_security_options() -> None:
     assert security_options(Settings()) == {"security_protocol": "PLAINTEXT"}
-
-
-def test_sasl_ssl_options_pass_through(tmp_path: Path) -> None:
-    """1. Settings for SASL_SSL with SCRAM and a CA file. Result: every aiokafka client gets the mechanism,
-    the credentials and a TLS context."""
-    s = Settings(
-        kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="SCRAM-SHA-512",
-        kafka_sasl_username="svc",
-        kafka_sasl_password="secret",
-    )
-    opts = security_options(s)
-    assert opts["security_protocol"] == "SASL_SSL"
-    assert (opts["sasl_mechanism"], opts["sasl_plain_username"], opts["sasl_plain_password"]) == (
-        "SCRAM-SHA-512",
-        "svc",
-        "secret",
-    )
-    assert isinstance(opts["ssl_context"], ssl.SSLContext)
-    plain = security_options(Settings(kafka_security_protocol="SASL_PLAINTEXT"))
-    assert plain["sasl_mechanism"] == "PLAIN" and "ssl_context" not in plain
-
-
-def test_missing_ca_file_is_an_error() -> None:
-    with pytest.raises(OSError):
-        security_options(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile="/nonexistent/ca.pem"))
 
 
 def test_request_size_leaves_room_for_dead_letter_copies() -> None:
