@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from framework import __version__, heap
+from framework import __version__, heap, sandbox
 from framework.control.code_cache import CodeCache
 from framework.control.deployments import Deployments, cache_dir, open_deployments, unserved
 from framework.control.manifest import load_manifest
@@ -37,7 +37,7 @@ from framework.observe import logs, otel
 from framework.observe.metrics import Metrics
 from framework.observe.records import InvocationRecords, node_name
 from framework.runtime.pools import Runtime
-from framework.settings import Settings
+from framework.settings import SECRET_VARIABLES, Settings
 from framework.sources.http.app import App, create_app
 from framework.sources.http.key_file import KeyFile
 from framework.sources.http.listen import BindError, bind, protocol
@@ -442,6 +442,7 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
     logs.configure(settings.log_level, settings.log_format)
+    sandbox.scrub_environ(SECRET_VARIABLES)  # handlers could read them in /proc/<node pid>/environ
     for line in unknown:
         log.warning("%s", line)
     raise_open_files_limit()

@@ -29,6 +29,13 @@ visible: `hide` says why, instances repeat it in their HELLO and the node logs i
 when the template starts has nothing to hide then; the node starts a fresh template when it appears or is
 replaced (`Runtime`).
 
+The node's own environment: `/proc/<node pid>/environ` is the block the node was started with, readable by
+any process of its user that may trace it, the instances included (the namespaces above do not refuse it:
+the node is an ancestor, and dumpable), and `FAAS_API_KEYS` and `FAAS_KAFKA_SASL_PASSWORD` may be in it.
+Clearing `os.environ` would not change that block, so the node overwrites those values in it with `*`
+once its settings are read (`scrub_environ`, about 50 us); its settings keep the values, and the processes
+it starts get environments without them.
+
 Side effects for handlers: programs that gain privileges on exec (setuid, file capabilities: `sudo`, some
 `ping`s) do not, supplementary groups and files of other users show as `nogroup`/`nobody` (a root node's
 handlers keep root's power over root's files only, and bind no port under 1024), `setgroups` is refused,
@@ -238,3 +245,26 @@ class _CapData(ctypes.Structure):
 def _failed(call: str) -> str:
     errno = ctypes.get_errno()
     return f"{call}: {os.strerror(errno)}"
+
+
+def scrub_environ(names: frozenset[str]) -> int:
+    """Overwrite with `*`, in this process's initial environment block (what `/proc/self/environ` shows), the
+    values of the variables `names` (upper case; matched in any case). Returns how many were overwritten: 0
+    where the block's bounds cannot be read or do not hold what `/proc/self/environ` says (nothing is
+    written then). `os.environ`, a copy made at start, keeps the values."""
+    try:
+        stat = Path("/proc/self/stat").read_bytes().rsplit(b")", 1)[1].split()
+        start, end = int(stat[47]), int(stat[48])  # fields 50 and 51, env_start and env_end (Linux 3.5)
+        block = Path("/proc/self/environ").read_bytes()
+    except (OSError, IndexError, ValueError):
+        return 0
+    if not block or len(block) > end - start or ctypes.string_at(start, len(block)) != block:
+        return 0
+    count = offset = 0
+    for entry in block.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep and value and name.decode("utf-8", "replace").upper() in names:
+            ctypes.memset(start + offset + len(name) + 1, ord("*"), len(value))
+            count += 1
+        offset += len(entry) + 1
+    return count

@@ -253,8 +253,10 @@ ENVIRON = "5ec5ec00-0000-4000-8000-000000000014"
 def test_the_nodes_own_secret_settings_never_reach_an_instance(tmp_path: Path, nodes: Start) -> None:
     """1. A node started with FAAS_API_KEYS and FAAS_KAFKA_SASL_PASSWORD in its environment (one of them
     in lower case, as pydantic-settings also reads it). 2. A handler returns what it finds of them in
-    `os.environ` and `ctx.env`.
-    Result: nothing: a function sees only the secrets it lists (section 14), and cannot print the node's."""
+    `os.environ` and `ctx.env`, and the values of them it reads in the node's `/proc/<pid>/environ` (the
+    node's environment as it started, not `os.environ`).
+    Result: nothing in its own; in the node's, both, overwritten with `*`: a function sees only the secrets
+    it lists (section 14), and cannot print the node's."""
     manifest = f"""\
 functions:
   - name: environ
@@ -265,8 +267,18 @@ functions:
     module = """
 import os
 
+def secret(name):
+    return "api_keys" in name.lower() or "sasl" in name.lower()
+
 async def handle(payload, ctx):
-    return sorted({k for k in (*os.environ, *ctx.env) if "api_keys" in k.lower() or "sasl" in k.lower()})
+    template = os.getppid()
+    node = int(open(f"/proc/{template}/stat").read().rpartition(")")[2].split()[1])
+    with open(f"/proc/{node}/environ", "rb") as f:
+        block = [entry.decode().partition("=") for entry in f.read().split(b"\\0")]
+    return {
+        "own": sorted({k for k in (*os.environ, *ctx.env) if secret(k)}),
+        "node": sorted(value for name, _, value in block if secret(name)),
+    }
 """
     root = write_project(tmp_path / "proj", manifest, {"env": module})
     key, password = f"key-{uuid.uuid4().hex}", f"pw-{uuid.uuid4().hex}"
@@ -275,7 +287,10 @@ async def handle(payload, ctx):
     r = httpx.post(
         f"{n.url}/functions/{ENVIRON}/invoke", headers={"Authorization": f"Bearer {key}"}, timeout=60
     )
-    assert r.status_code == 200 and r.json()["result"] == [], r.text
+    assert r.status_code == 200 and r.json()["result"] == {
+        "own": [],
+        "node": sorted(["*" * len(key), "*" * len(password)]),
+    }, r.text
     assert n.stop() == 0
     assert key not in n.log.read_text() and password not in n.log.read_text()
 

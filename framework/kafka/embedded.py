@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from framework.settings import SECRET_VARIABLES
+
 START_TIMEOUT = 20.0
 """Seconds to wait for the broker to accept connections (it is usually ready in milliseconds)."""
 ANSWER_TIMEOUT = 5.0
@@ -169,6 +171,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_dies_with(os.getpid()) if self.owned and sys.platform == "linux" else None,
+                env={k: v for k, v in os.environ.items() if k.upper() not in SECRET_VARIABLES},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from framework.kafka.embedded import EmbeddedBroker, free_port, speaks_kafka
 from tests.support import http_server, silent_listener
 
@@ -62,3 +64,20 @@ def test_listeners_that_are_not_kafka() -> None:
             started = time.monotonic()
             assert not speaks_kafka("127.0.0.1", port, SHORT), listener.__name__
             assert time.monotonic() - started < SHORT + 2, listener.__name__
+
+
+def test_the_broker_gets_no_secret_setting_of_its_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1. The node's environment holds FAAS_API_KEYS (and the SASL password in lower case). 2. Start a broker.
+    Result: neither is in the broker's environment, which any process of the user (a handler) may read in
+    `/proc/<pid>/environ`; other variables are."""
+    monkeypatch.setenv("FAAS_API_KEYS", "key-of-the-node")
+    monkeypatch.setenv("faas_kafka_sasl_password", "password-of-the-node")
+    monkeypatch.setenv("OTHER_VARIABLE", "kept")
+    b = EmbeddedBroker().start()
+    try:
+        assert b.proc is not None
+        with open(f"/proc/{b.proc.pid}/environ", "rb") as f:
+            names = {entry.partition(b"=")[0].decode() for entry in f.read().split(b"\0")}
+    finally:
+        b.stop()
+    assert "OTHER_VARIABLE" in names and not {"FAAS_API_KEYS", "faas_kafka_sasl_password"} & names
