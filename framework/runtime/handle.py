@@ -267,6 +267,16 @@ class InstanceHandle:
     def inflight(self) -> int:
         return len(self._pending)
 
+    @property
+    def overdue(self) -> bool:
+        """Whether a request it holds (or was told to stop) is past its time limit, unanswered: the instance
+        is killed `GRACE` after that unless it answers, so no new request should go there meanwhile (one
+        got "another request ran past its time limit")."""
+        first = next(iter(self._pending.values()), None)  # in send order, which is deadline order
+        if first is not None and first.deadline <= self._loop.time():
+            return True
+        return bool(self._abandoned) and min(self._abandoned.values()) <= self._loop.time()
+
     def close(self) -> None:
         """Graceful stop (idle or retired): the instance exits when its main channel closes."""
         if not self.dead:

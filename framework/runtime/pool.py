@@ -273,7 +273,7 @@ class FunctionPool:
         starting: InstanceHandle | None = None
         limit = self._capacity
         for inst in self.instances:
-            if inst.load >= limit or inst.dead:
+            if inst.load >= limit or inst.dead or (inst.load and inst.overdue):  # overdue: killed soon
                 continue
             if inst.ready:
                 if best is None or inst.load < best.load:
