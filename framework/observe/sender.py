@@ -15,7 +15,7 @@ Failure handling trades completeness for never slowing an invocation down:
 - a batch the broker does not acknowledge within `SEND_TIMEOUT` seconds is dropped (not resent: it may have
   landed, and a record is not worth a duplicate) and the producer is replaced;
 - at shutdown the buffer gets `FAAS_SHUTDOWN_GRACE` (at most `STOP_FLUSH`) seconds to drain; what is left is
-  dropped.
+  dropped, and a last warning says so whenever the one before was (the counters end with the process).
 Every drop is counted (`faas_invocation_records_dropped_total`), every acknowledged record too
 (`faas_invocation_records_sent_total`), so sent + dropped = made once the buffer is empty, and warnings are
 logged at most every `WARN_EVERY` seconds.
@@ -134,6 +134,9 @@ class RecordSender:
         if self._buf:
             self._drop(len(self._buf), "still buffered at shutdown")
             self._buf.clear()
+        if self._dropped_since_warning:  # the last word, whenever the last warning was: the counters die here
+            c = self.counters
+            self._warn(f"at shutdown ({c.made} made, {c.sent} sent, {c.dropped} dropped in all)", always=True)
         await self._close()
 
     # ---- the task ----
@@ -163,6 +166,7 @@ class RecordSender:
                 self._drop(len(batch), "cancelled at shutdown")
                 raise
             except NotSent as exc:
+                self._inflight = 0  # back in the buffer: counted there once, not twice
                 self._put_back(batch)
                 self._warn(f"invocation records wait: {exc}")
                 failed = None
@@ -227,6 +231,8 @@ class RecordSender:
                     builder.append(key=key, value=value, timestamp=None, headers=[])  # an empty one takes it
                 count += 1
             acks.append((count, await producer.send_batch(builder, self.topic, partition=partition)))
+        for _, ack in acks:  # a round cut short (timeout, stop) leaves them: their failure is not news
+            ack.add_done_callback(_retrieved)
         # Shielded: a timed-out round must not cancel futures aiokafka still owns.
         outcomes = await asyncio.gather(*(asyncio.shield(ack) for _, ack in acks), return_exceptions=True)
         failed = 0
@@ -258,9 +264,9 @@ class RecordSender:
         self._dropped_since_warning += count
         self._warn(why)
 
-    def _warn(self, why: str) -> None:
+    def _warn(self, why: str, always: bool = False) -> None:
         now = time.monotonic()
-        if now - self._warned_at < WARN_EVERY:
+        if now - self._warned_at < WARN_EVERY and not always:
             return
         self._warned_at = now
         log.warning(
@@ -270,3 +276,9 @@ class RecordSender:
             self.buffered,
         )
         self._dropped_since_warning = 0
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a send's outcome as seen (asyncio logs "exception was never retrieved" otherwise)."""
+    if not future.cancelled():
+        future.exception()
