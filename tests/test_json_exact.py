@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import subprocess
 import sys
+import zoneinfo
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -125,3 +130,189 @@ def test_values_deeper_than_any_reader_reads_are_refused_naming_the_depth(depth:
     with pytest.raises(orjson.JSONEncodeError, match="nested deeper than 1,024 levels"):
         json_exact.dumps(nested(depth))
     assert sys.getrecursionlimit() == limit
+
+
+class _Fixed(datetime.tzinfo):
+    """A user's tzinfo that behaves: a fixed offset, the way the docs' examples write one."""
+
+    def __init__(self, offset: datetime.timedelta) -> None:
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return self.offset
+
+    def dst(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return datetime.timedelta(0)
+
+    def tzname(self, dt: datetime.datetime | None) -> str:
+        return "fixed"
+
+
+@dataclasses.dataclass
+class _Plain:
+    x: int
+    when: datetime.datetime
+    _private: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Slots:
+    x: int
+    init_only: dataclasses.InitVar[int] = 0
+    shared: ClassVar[int] = 3
+    _private: int = 1
+
+
+@dataclasses.dataclass
+class _OnSlots(_Slots):
+    y: int = 2
+
+
+def _later() -> _Plain:
+    value = _Plain(1, datetime.datetime(2024, 5, 1))
+    value.extra = "set after __init__"  # type: ignore[attr-defined]
+    return value
+
+
+_PARIS, _NEW_YORK = zoneinfo.ZoneInfo("Europe/Paris"), zoneinfo.ZoneInfo("America/New_York")
+_WRITTEN_AS_ORJSON_WROTE = {
+    "naive": datetime.datetime(2024, 5, 1, 12, 30, 5),
+    "naive-us": datetime.datetime(2024, 5, 1, 12, 30, 5, 40),
+    "year-5": datetime.datetime(5, 1, 2, 3, 4, 5, 600000),
+    "utc": datetime.datetime(2024, 5, 1, 12, 30, 5, 123456, tzinfo=datetime.UTC),
+    "plus-5:30": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=5.5))),
+    "minus-3:30": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone(-datetime.timedelta(hours=3.5))),
+    "seconds-up": datetime.datetime(2024, 5, 1, tzinfo=_Fixed(datetime.timedelta(hours=5, seconds=30))),
+    "seconds-to-60": datetime.datetime(2024, 5, 1, tzinfo=_Fixed(datetime.timedelta(minutes=59, seconds=45))),
+    "minus-seconds": datetime.datetime(2024, 5, 1, tzinfo=_Fixed(-datetime.timedelta(hours=5, seconds=30))),
+    "seconds-down": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone(datetime.timedelta(seconds=29))),
+    "minus-1us": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone(-datetime.timedelta(microseconds=1))),
+    "paris-summer": datetime.datetime(2024, 7, 1, 9, tzinfo=_PARIS),
+    "new-york-lmt": datetime.datetime(1800, 1, 1, tzinfo=_NEW_YORK),
+    "user-tzinfo": datetime.datetime(2024, 5, 1, 1, tzinfo=_Fixed(datetime.timedelta(hours=-8))),
+    "date": datetime.date(7, 8, 9),
+    "time": [datetime.time(0), datetime.time(23, 59, 59, 999999)],
+    "dataclass": {"p": _Plain(1, datetime.datetime(2024, 5, 1, tzinfo=_PARIS), 5)},
+    "set-after-init": _later(),
+    "slots": _Slots(1),
+    "dict-on-slots": _OnSlots(1),  # orjson writes its `__dict__`: `y`, not the base's slot `x`
+}
+
+
+@pytest.mark.parametrize("value", _WRITTEN_AS_ORJSON_WROTE.values(), ids=_WRITTEN_AS_ORJSON_WROTE)
+@pytest.mark.parametrize("option", [None, orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY])
+def test_datetimes_and_dataclasses_are_written_as_orjson_wrote_them(
+    value: object, option: int | None
+) -> None:
+    """Well-behaved datetimes (naive, UTC, offsets east and west, offsets with seconds that orjson rounds to
+    the minute, zoneinfo, a user's tzinfo), dates, times and dataclasses (plain, `_` fields, attributes set
+    after `__init__`, slots with ClassVar and InitVar, a dict-backed subclass of a slots class), written by
+    `dumps`, which hands them to Python code (`_default`) rather than to orjson's native code.
+    Result: the very bytes orjson's native code writes for them."""
+    assert json_exact.dumps(value, option=option) == orjson.dumps(value, option=option)
+
+
+def test_what_orjson_refused_of_them_stays_refused_as_it_said() -> None:
+    """A time with a tzinfo, and a subclass of a dataclass that is not a dataclass itself (orjson looks for
+    `__dataclass_fields__` in the class's own dict). Result: refused with orjson's own message."""
+
+    class NotItself(_Plain):
+        pass
+
+    for value in (datetime.time(1, tzinfo=datetime.UTC), NotItself(1, datetime.datetime(2024, 5, 1))):
+        with pytest.raises(orjson.JSONEncodeError) as ours:
+            json_exact.dumps(value)
+        with pytest.raises(orjson.JSONEncodeError) as theirs:
+            orjson.dumps(value)
+        assert str(ours.value) == str(theirs.value)
+
+
+_BROKEN = """
+import dataclasses, datetime, json, sys
+import orjson
+from framework import json_exact
+
+class Raises(datetime.tzinfo):
+    def utcoffset(self, dt): raise RuntimeError("tz boom")
+    def dst(self, dt): return None
+
+class Returns(datetime.tzinfo):
+    def __init__(self, offset): self.offset = offset
+    def utcoffset(self, dt): return self.offset
+    def dst(self, dt): return None
+
+@dataclasses.dataclass(slots=True)
+class Unset:
+    x: int
+
+@dataclasses.dataclass
+class Keyed:
+    x: int
+
+empty = Keyed(1)
+empty.__dict__[""] = 5
+cases = {
+    "raises": {"when": datetime.datetime(2020, 1, 1, tzinfo=Raises())},
+    "not-a-timedelta": [datetime.datetime(2020, 1, 1, tzinfo=Returns("+01:00"))],
+    "a-day-or-more": datetime.datetime(2020, 1, 1, tzinfo=Returns(datetime.timedelta(hours=30))),
+    "unknown-offset": datetime.datetime(2020, 1, 1, tzinfo=Returns(None)),
+    "slot-never-set": {"rows": [Unset.__new__(Unset)]},
+    "empty-name": empty,
+}
+for name, value in cases.items():
+    for option in (None, orjson.OPT_NON_STR_KEYS):
+        try:
+            out = ["written", json_exact.dumps(value, option=option).decode()]
+        except orjson.JSONEncodeError as exc:
+            out = ["refused", str(exc)]
+        print(json.dumps([name, *out]), flush=True)
+"""
+
+
+def test_broken_datetimes_and_dataclasses_are_refused_not_a_crash() -> None:
+    """In a process of its own (orjson's native code crashed the process on them), `dumps` of: a datetime
+    whose tzinfo's `utcoffset()` raises, returns a str, returns 30 hours, returns None; a `slots=True`
+    dataclass whose field was never set; a dataclass whose `__dict__` holds the key "".
+    Result: the process lives; each is refused saying what is wrong (the type, the field, the reason),
+    with and without OPT_NON_STR_KEYS, except the unknown offset (a naive time to Python: written without
+    an offset, as `isoformat` writes it, where orjson wrote `+00:00` read from no timedelta) and the empty
+    name (written: orjson took its first character to check for `_`, and found none)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BROKEN], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stdout[-500:]} {done.stderr[-2000:]}"
+    outcomes: dict[str, set[tuple[str, str]]] = {}
+    for line in done.stdout.splitlines():
+        name, how, text = json.loads(line)
+        outcomes.setdefault(name, set()).add((how, text))
+    tz = "datetime.datetime with a tzinfo of type {} whose UTC offset cannot be read: {}"
+    assert outcomes == {
+        "raises": {("refused", tz.format("Raises", "RuntimeError: tz boom"))},
+        "not-a-timedelta": {
+            (
+                "refused",
+                tz.format(
+                    "Returns", "TypeError: tzinfo.utcoffset() must return None or timedelta, not 'str'"
+                ),
+            )
+        },
+        "a-day-or-more": {
+            (
+                "refused",
+                tz.format(
+                    "Returns",
+                    "ValueError: offset must be a timedelta strictly between -timedelta(hours=24) and "
+                    "timedelta(hours=24).",
+                ),
+            )
+        },
+        "unknown-offset": {("written", '"2020-01-01T00:00:00"')},
+        "slot-never-set": {
+            (
+                "refused",
+                "dataclass Unset: field 'x' cannot be read: "
+                "AttributeError: 'Unset' object has no attribute 'x'",
+            )
+        },
+        "empty-name": {("written", '{"x":1,"":5}')},
+    }

@@ -8,8 +8,12 @@ Every request the node does not cancel gets a reply, whatever the handler does: 
 BaseException too, SystemExit and KeyboardInterrupt included, or an exception whose `str()` raises) is a
 FunctionError, so one bad request never leaves the node waiting for a limit and then killing an instance
 that serves others. Only `asyncio.CancelledError` is told apart: the node's cancel, the time limit, or the
-handler's own. A result must be JSON: orjson writes NaN and infinities as `null`, so a body containing
-`null` (and only such a body: the common path pays one substring search) is checked for them.
+handler's own. What the reply says of a failure is bounded: the message and the traceback are formatted
+once (`failure_text`), each exception's message cut at `MAX_MESSAGE` characters where no secret spans the
+cut, then redacted. A result must be JSON: orjson writes NaN and infinities as `null`, so a body containing
+`null` (and only such a body: the common path pays one substring search) is checked for them; datetimes and
+dataclasses are written by `json_exact`'s Python code, never orjson's native code, which crashed the
+instance on a broken one (a `utcoffset()` that raises, a slot never set): that is a FunctionError too.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from framework.runtime.worker.watchdog import (
     current_invocation,
     current_traceparent,
     end_lines,
-    exception_text,
+    failure_text,
+    type_name,
 )
 
 try:
@@ -236,14 +241,14 @@ class Server:
         try:
             self.fn, self.hook = load_handler(self.handler)
         except BaseException as e:
+            message, tb = failure_text(e, sys.exc_info()[2])
             conn.send(
                 FrameKind.INIT_ERROR,
                 {
                     "msg": redact.redact(
-                        f"handler {self.handler!r} of function {self.function} failed "
-                        f"to import: {type(e).__name__}: {e}"
+                        f"handler {self.handler!r} of function {self.function} failed to import: {message}"
                     ),
-                    "tb": redact.redact(traceback.format_exc()),
+                    "tb": redact.redact(tb),
                 },
             )
             conn.close()
@@ -345,7 +350,7 @@ class Server:
                     msg=f"function {self.function} ran past its {self.timeout:g} s limit (it blocked its "
                     "instance's event loop, so it could not be cancelled at the limit)",
                 )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
             if rid in self.cancelled or self.dying:
                 if started is not None:
                     self.capture.end(inv)
@@ -355,23 +360,24 @@ class Server:
                     err="Timeout", msg=f"function {self.function} ran past its {self.timeout:g} s limit"
                 )
             else:  # the handler's own CancelledError (e.g. an awaited task of its own was cancelled)
+                _, tb = failure_text(e, sys.exc_info()[2])
                 reply.update(
                     err="FunctionError",
                     msg=f"function {self.function} raised CancelledError",
-                    tb=redact.redact(traceback.format_exc()),
+                    tb=redact.redact(tb),
                 )
-                self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
+                self._log_failure(inv, tb)
         except _NotJson as e:
             reply.update(err="FunctionError", msg=redact.redact(str(e)))
         except BaseException as e:  # not only Exception: whatever the handler raises, the caller gets a reply
             if type(e) is GeneratorExit and asyncio.current_task(self.loop) is not self.tasks.get(rid):
                 raise  # this coroutine is being closed (collected, or its loop shut), not stepped: no reply
-            reply.update(
-                err="FunctionError",
-                msg=redact.redact(exception_text(e)),
-                tb=redact.redact(traceback.format_exc()),
-            )
-            self.log.error("invocation %s failed", inv, exc_info=True, extra={"invocation_id": inv})
+            # Formatted once, each message cut (`failure_text`): a message of 300 MB formatted, redacted and
+            # logged whole held the loop past the time limit. Cut where no secret spans the cut, so the
+            # redaction of what is kept misses none.
+            message, tb = failure_text(e, sys.exc_info()[2])
+            reply.update(err="FunctionError", msg=redact.redact(message), tb=redact.redact(tb))
+            self._log_failure(inv, tb)
         finally:
             end_lines(inv)  # what it printed without a newline is its log, not the next invocation's
             self.spans.pop(inv, None)
@@ -395,6 +401,11 @@ class Server:
                 self.log.exception("invocation %s: its record could not be made", inv)
         assert self.conn is not None
         self.conn.send(FrameKind.REPLY, reply, body, record)
+
+    def _log_failure(self, inv: str, tb: str) -> None:
+        """Log that invocation `inv` failed, with its traceback `tb` as formatted for the reply (the log
+        redacts it): formatted again from the exception (`exc_info`), its messages would be whole."""
+        self.log.error("invocation %s failed\n%s", inv, tb.rstrip(), extra={"invocation_id": inv})
 
     def _record(self, header: Header, inv: str, started: float, ms: float, reply: Header, tp: str) -> bytes:
         """The invocation's record (DESIGN.md section 13), with what it logged; sent after the result."""
@@ -460,7 +471,7 @@ class Server:
             body = json_exact.dumps(result, option=_DUMPS_OPTS)
         except orjson.JSONEncodeError as e:
             raise _NotJson(
-                f"function {self.function} returned a value that is not JSON: {type(result).__name__} ({e})"
+                f"function {self.function} returned a value that is not JSON: {type_name(type(result))} ({e})"
             ) from None
         if len(body) > MAX_RESULT:
             raise _NotJson(
@@ -474,7 +485,7 @@ class Server:
             bad = _non_finite(result)
             if bad is not None:
                 raise _NotJson(
-                    f"function {self.function} returned a value that is not JSON: {type(result).__name__} "
+                    f"function {self.function} returned a value that is not JSON: {type_name(type(result))} "
                     f"({bad!r} is not a JSON number)"
                 )
         return body

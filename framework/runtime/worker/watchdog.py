@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from framework.observe.logs import STANDARD
@@ -38,13 +39,103 @@ _OWN = STANDARD | {"invocation_id", "blocked", "trace_id", "span_id", "tracepare
 _NUMBERS = (int, float, bool)
 
 
-def exception_text(e: BaseException) -> str:
-    """`Type: message` of an exception, even one whose `str()` raises (then a fallback, as tracebacks do)."""
+MAX_MESSAGE = 65_536
+"""Characters of an exception's message kept in what an instance answers and logs of a failure (the reply's
+message, each message in its traceback); past it the message is cut, and says how many characters were cut.
+A handler raising a 100 MB message had it sent whole to its caller and logged as 100 lines of 1 MiB; at
+300 MB, formatting and logging it on the loop ran past the time limit and the instance was killed. The same
+as a dead letter's `faas_error` keeps (`kafka/deadletter.MAX_ERROR_CHARS`), which the reply's message
+feeds; an invocation record keeps 4,000 of it (`observe/record_json.MAX_ERROR_CHARS`)."""
+
+_TYPE_NAME = type.__dict__["__name__"]
+"""The `__name__` slot of every class, read past a metaclass that hides it behind a property of its own."""
+
+
+def type_name(kind: type) -> str:
+    """`kind.__name__`; when that raises or is not a str (a metaclass's property), the name the class was
+    created with (a property cannot hide the slot itself)."""
+    try:
+        name = kind.__name__
+    except BaseException:  # its metaclass's code: anything may come out of it
+        name = None
+    return name if type(name) is str else str(_TYPE_NAME.__get__(kind))
+
+
+def cut_text(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, or its first `limit` characters at most and a note of how many were cut. Cut where no form of
+    an installed secret spans the cut (`Redactor.cut`), so that redacting the result redacts every secret
+    the whole text held there; cut at `limit` only when forms overlap back to the start (as `pieces`)."""
+    if len(text) <= limit:
+        return text
+    at = installed().cut(text, limit)
+    if at <= 0:
+        at = limit
+    return f"{text[:at]}… ({len(text) - at:,} more characters cut)"
+
+
+def exception_text(e: BaseException, limit: int | None = None) -> str:
+    """`Type: message` of an exception, even one whose `str()` raises (then a fallback, as tracebacks do) or
+    whose type's `__name__` does (`type_name`); the message cut at `limit` characters (`cut_text`), if
+    given."""
     try:
         text = str(e)
     except BaseException:  # its own code: SystemExit or anything else may come out of it
         text = "<exception str() failed>"
-    return f"{type(e).__name__}: {text}"
+    if limit is not None:
+        text = cut_text(text, limit)
+    return f"{type_name(type(e))}: {text}"
+
+
+def failure_text(e: BaseException, tb: TracebackType | None) -> tuple[str, str]:
+    """`Type: message` of `e` and its traceback `tb` as `traceback.format_exception` writes it, each
+    message in both cut at MAX_MESSAGE characters (`cut_text`): `str()` is called once per exception of the
+    chain and a huge message is never copied whole. Neither is redacted. Whatever `e` is (its `str()`, its
+    type's name, its chain raising), both come back: the traceback then as far as it can be formatted."""
+    try:
+        te = traceback.TracebackException(type(e), e, tb)  # `str()` of each exception of the chain, once
+    except BaseException as exc:  # an attribute of the chain that raises (`__cause__`, `__traceback__`)
+        message = exception_text(e, MAX_MESSAGE)
+        try:
+            stack = "".join(traceback.format_tb(tb))
+        except BaseException:
+            stack = ""
+        why = exception_text(exc, MAX_MESSAGE)
+        return (
+            message,
+            f"Traceback (most recent call last):\n{stack}{message}\n(its chain could not be read: {why})\n",
+        )
+    message = f"{type_name(type(e))}: {cut_text(str(te))}"
+    _cut_messages(te)
+    try:
+        return message, "".join(te.format())
+    except BaseException as exc:
+        return (
+            message,
+            f"(its traceback could not be formatted: {exception_text(exc, MAX_MESSAGE)})\n{message}\n",
+        )
+
+
+def _cut_messages(top: traceback.TracebackException) -> None:
+    """Cut the message of each exception of `top`'s chain (causes, contexts, a group's members) as
+    `cut_text` does; one whose type's name cannot be read is written under the name `type_name` finds."""
+    stack, seen = [top], set()
+    while stack:
+        te = stack.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        # `_str` is the message `format` writes (CPython 3.11-3.13); `str(te)` is its public read.
+        te.__dict__["_str"] = cut_text(str(te))
+        kind = te.exc_type
+        if kind is not None:
+            try:
+                names: tuple[object, object] = (kind.__qualname__, kind.__module__)  # what `format` reads
+            except BaseException:  # a metaclass's property
+                names = (None, None)
+            if type(names[0]) is not str:
+                te.__dict__["exc_type"] = None  # then `format` writes the message alone: the name goes in it
+                te.__dict__["_str"] = f"{type_name(kind)}: {te}"
+        stack.extend(t for t in (te.__cause__, te.__context__, *(te.exceptions or ())) if t is not None)
 
 
 def message_text(record: logging.LogRecord) -> str:
@@ -336,6 +427,11 @@ class Watchdog:
     The loop bumps a heartbeat every `BEAT` seconds; a daemon thread checks it. Once per blocking episode it
     logs a WARNING (flagged `blocked`, which the node counts) naming the function, the invocation whose task
     was running, and the loop thread's stack.
+
+    A heartbeat tells when the loop last ran only to within a beat, so the thread reports a stall once the
+    beat is `BLOCK_THRESHOLD + BEAT` old (never a shorter one): a block of 100 to 150 ms can go unreported.
+    Timing each step of each request exactly would report those too, at 0.4 to 0.6 us a step on every
+    invocation's path (a coroutine wrapper timing each `send`): left out.
 
     It watches only while the instance holds an invocation (`busy`; `wake` when one starts): a stall then
     holds requests up, and an idle instance has none to hold. Idle, both the heartbeat and the thread

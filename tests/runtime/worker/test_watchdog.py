@@ -12,7 +12,14 @@ import pytest
 
 from framework.runtime.protocol import BlockingSender, FrameKind, Header
 from framework.runtime.worker import redact
-from framework.runtime.worker.watchdog import ForwardHandler, Watchdog, current_invocation
+from framework.runtime.worker.watchdog import (
+    MAX_MESSAGE,
+    ForwardHandler,
+    Watchdog,
+    current_invocation,
+    exception_text,
+    failure_text,
+)
 
 TP = f"00-{'a' * 32}-{'b' * 16}-01"
 
@@ -236,3 +243,44 @@ def test_an_idle_instance_is_not_watched_until_an_invocation_wakes_it(
         loop.close()
     [found] = [r for r in caplog.records if r.name == "faas.watchdog"]
     assert "function fn blocked the event loop" in found.getMessage()  # the stall under the invocation
+
+
+def test_a_message_cut_where_a_secret_spans_the_cut_leaks_no_part_of_it() -> None:
+    """1. A function with a secret raises an exception whose message holds the secret across the
+    MAX_MESSAGE-th character, after a message of MAX_MESSAGE - 5 characters. Result: the reply's message
+    (`failure_text`, then redacted as the server does) is cut before the secret: not even its first 5
+    characters are kept (cut at MAX_MESSAGE, they were, and redaction, which sees no whole secret, kept
+    them); it says how many characters were cut."""
+    secret = "token_version_TWO"
+    redact.install([secret])
+    try:
+        error = ValueError("e" * (MAX_MESSAGE - 5) + secret + "tail")
+        message, tb = failure_text(error, None)
+        message, tb = redact.redact(message), redact.redact(tb)
+    finally:
+        redact.install(())
+    assert secret[:5] not in message and secret[:5] not in tb
+    assert message.endswith(f"e… ({len(secret) + len('tail')} more characters cut)")
+
+
+class _Named(type):
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]  # the oddity under test
+        raise RuntimeError("name boom")
+
+
+class _WeirdName(Exception, metaclass=_Named):
+    pass
+
+
+def test_an_exception_type_whose_name_raises_is_named_all_the_same() -> None:
+    """An exception whose type's `__name__` raises (a metaclass's property). Result: its text and its
+    traceback name it by the name it was created with (reading the name raised out of the server's
+    handler of failures: the request was never answered)."""
+    try:
+        raise _WeirdName("odd")
+    except _WeirdName as e:
+        message, tb = failure_text(e, sys.exc_info()[2])
+        assert exception_text(e) == "_WeirdName: odd"
+    assert message == "_WeirdName: odd"
+    assert tb.startswith("Traceback (most recent call last):") and tb.endswith("_WeirdName: odd\n")
