@@ -7,6 +7,7 @@ import http.client
 import json
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -38,12 +39,16 @@ from framework.errors import FaasError
 from framework.settings import Settings
 
 HTTP_TIMEOUT = 120.0
-"""Seconds `invoke --url` waits for the node: longer than a queue wait plus the 30 s time limit."""
+"""Seconds `invoke --url` waits for the node's answer by default (`--timeout`): longer than what a node
+takes at most with its default settings, a queue wait (30 s), an instance's start (60 s) and the longest
+time limit (30 s). The CLI cannot know the function's own limit: the node serves what was deployed."""
+LIST_TIMEOUT = 10.0
+"""Seconds `invoke NAME --url` waits for the node's `GET /functions` (a node lists from memory at once)."""
 
 
 def node_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """`--url`: an http or https URL naming a host. urllib fails on anything else with a traceback, and
-    on other schemes (ftp://) only after the whole HTTP_TIMEOUT."""
+    on other schemes (ftp://) only after the whole `--timeout`."""
     if value is None:
         return None
     if not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
@@ -82,22 +87,41 @@ def _api_key(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     return value
 
 
-def _call(url: str, payload: bytes | None, key: str | None) -> Any:
-    """POST `payload` (GET without one) to the node; its JSON answer, or exit 1 saying what went wrong."""
+def _call(url: str, payload: bytes | None, key: str | None, timeout: float, late: str) -> Any:
+    """POST `payload` (GET without one) to the node; its JSON answer, or exit 1 saying what went wrong
+    (`late` when no whole answer came within `timeout` seconds, connecting included).
+
+    The call runs on a thread of its own, waited for `timeout` seconds at most: urllib's timeout bounds
+    each read alone, and a node trickling a header line every few seconds held the call for ever. A call
+    given up on is left to the process's exit (a daemon thread)."""
     # http.client sends header text as Latin-1: this text is the key's UTF-8 bytes, as the node reads them.
     bearer = f"Bearer {key}".encode().decode("latin-1") if key else None
     headers = {"Content-Type": "application/json"} | ({"Authorization": bearer} if bearer else {})
     method = "GET" if payload is None else "POST"
     request = urllib.request.Request(url, data=payload, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        fail(exc.read().decode(errors="replace") or f"HTTP {exc.code}")
-    except (urllib.error.URLError, TimeoutError) as exc:
-        fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
-    except (http.client.HTTPException, OSError) as exc:  # closed mid-answer, not HTTP, a cut body
-        fail(f"{url} broke off its answer: {type(exc).__name__}: {exc}")
+    answer: list[bytes] = []
+    problem: list[str] = []
+
+    def fetch() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                answer.append(response.read())
+        except urllib.error.HTTPError as exc:
+            problem.append(exc.read().decode(errors="replace") or f"HTTP {exc.code}")
+        except (urllib.error.URLError, TimeoutError) as exc:
+            problem.append(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
+        except (http.client.HTTPException, OSError) as exc:  # closed mid-answer, not HTTP, a cut body
+            problem.append(f"{url} broke off its answer: {type(exc).__name__}: {exc}")
+
+    started = time.monotonic()
+    call = threading.Thread(target=fetch, name="faas-call", daemon=True)
+    call.start()
+    call.join(timeout)
+    if call.is_alive() or (problem and time.monotonic() - started >= timeout):  # urllib's own timeout
+        fail(late)
+    if problem:
+        fail(problem[0])
+    body = answer[0]
     try:
         return json.loads(body)
     except ValueError:
@@ -106,7 +130,8 @@ def _call(url: str, payload: bytes | None, key: str | None) -> Any:
 
 def _served_uuid(base: str, name: str, key: str | None) -> str:
     """The uuid of the productive function named `name` on the node at `base` (`GET /functions`)."""
-    listing = _call(f"{base}/functions", None, key)
+    late = f"{base} did not list its functions within {LIST_TIMEOUT:g} s (GET /functions): is it a faas node?"
+    listing = _call(f"{base}/functions", None, key, LIST_TIMEOUT, late)
     functions = listing.get("functions") if isinstance(listing, dict) else None
     for entry in functions if isinstance(functions, list) else []:
         if isinstance(entry, dict) and entry.get("name") == name and entry.get("state") == "productive":
@@ -114,9 +139,17 @@ def _served_uuid(base: str, name: str, key: str | None) -> str:
     fail(f"no productive function named {name!r} on {base}")
 
 
+def _data(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes:
+    """`scripting.json_data`, with `@` alone (an unset shell variable after it) said as such: reading the
+    path '' said "cannot read : Is a directory"."""
+    if value == "@":
+        raise click.BadParameter("@ names no file (the path after it is empty): give @FILE, or @- for stdin")
+    return scripting.json_data(ctx, param, value)
+
+
 data_option = option(
     "--data",
-    callback=scripting.json_data,
+    callback=_data,
     help="JSON payload, @FILE holding one, or @- to read standard input.  [default: null]",
 )
 
@@ -134,8 +167,22 @@ data_option = option(
     callback=_api_key,
     help="Bearer key for --url.  [default: the first of FAAS_API_KEYS]",
 )
+@option(
+    "--timeout",
+    type=float,
+    callback=seconds,
+    default=HTTP_TIMEOUT,
+    help=f"Seconds --url waits for the node's whole answer (queue, start, run).  [default: {HTTP_TIMEOUT:g}]",
+)
 @pass_settings
-def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, api_key: str | None) -> None:
+def invoke(
+    settings: Settings,
+    name_or_uuid: str,
+    data: bytes,
+    url: str | None,
+    api_key: str | None,
+    timeout: float,
+) -> None:
     """Invoke a function once and print its result JSON (locally: any state, as a test run)."""
     if url:
         base = url.rstrip("/")
@@ -146,7 +193,11 @@ def invoke(settings: Settings, name_or_uuid: str, data: bytes, url: str | None, 
         target = (
             name_or_uuid.lower() if looks_like_uuid(name_or_uuid) else _served_uuid(base, name_or_uuid, key)
         )
-        body = _call(f"{base}/functions/{target}/invoke", data, key)
+        late = (
+            f"no answer from {base} within {timeout:g} s (--timeout): the invocation may still run there "
+            "(`faas logs` shows its record)"
+        )
+        body = _call(f"{base}/functions/{target}/invoke", data, key, timeout, late)
         # As a local run prints it: the result alone, compact, as the instance wrote it.
         click.echo(json_exact.dumps(body.get("result") if isinstance(body, dict) else body).decode())
         return

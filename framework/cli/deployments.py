@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 from aiokafka.errors import KafkaError
+from click.core import ParameterSource
 from ruamel.yaml.error import YAMLError
 
 from framework.cli.common import (
@@ -225,6 +226,14 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
     """Validate the working copy and publish a revision of each NAME (that changed)."""
     if not names and not all_:
         raise click.UsageError("Missing argument 'NAMES...': name a function to deploy, or use --all")
+    if names and all_:  # `NAME... | --all`: deploying everything when names were given is not what was said
+        from_env = click.get_current_context().get_parameter_source("all_") is ParameterSource.ENVIRONMENT
+        why = (
+            "FAAS_DEPLOY_ALL is set, which is --all"
+            if from_env
+            else "--all deploys every productive function"
+        )
+        raise click.UsageError(f"give NAMEs or --all, not both ({why})")
     # Secrets are checked where the deploying machine has the secrets folder (a CI runner may not).
     # The candidates reuse the zips the check made: what was checked is what is published.
     code = code_zips(settings)

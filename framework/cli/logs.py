@@ -330,6 +330,13 @@ async def _assign(
     return tps
 
 
+def _invocation_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--invocation`: not empty (an unset shell variable), which matched nothing and exited 0 saying so."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give an invocation id, or leave the option out")
+    return value
+
+
 @click.command(name="logs")
 @click.argument("name", required=False)
 @option(
@@ -338,7 +345,7 @@ async def _assign(
     help="How far back: 30s, 10m, 2h, 7d.  [default: 1h; the whole topic with --invocation]",
 )
 @option("--failed", is_flag=True, help="Only invocations that failed.")
-@option("--invocation", "invocation_id", help="Only this invocation id.")
+@option("--invocation", "invocation_id", callback=_invocation_id, help="Only this invocation id.")
 @option("--follow", "-f", is_flag=True, help="Keep printing new invocations until Ctrl-C.")
 @option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
 @bootstrap_option

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import click
@@ -111,30 +113,49 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
             param_hint="NAME",
         )
     path = settings.manifest
+    folder = path.resolve().parent
+    if not folder.is_dir():  # a mistyped --manifest would silently start a new project there
+        fail(f"cannot create {path}: its folder {folder} does not exist")
     # A file without `functions:` yet (empty, comments, `defaults:`) is one `new` starts, not an error.
     listed = manifest_edit.lists_functions(path)
     if listed and Registry(load(settings, check_handlers=False)).by_name(name) is not None:
         fail(f"a function named {name!r} already exists in {path}")
     module = name.replace("-", "_")
-    package = path.resolve().parent / "functions"
+    package = folder / "functions"
     source = package / f"{module}.py"
     if source.exists():
         fail(f"{source} already exists")
-    try:
-        package.mkdir(parents=True, exist_ok=True)
-        (package / "__init__.py").touch()
-        source.write_text(SCAFFOLD.format(name=name))
-    except FileExistsError:  # `functions` is a file
-        fail(f"{package} is not a folder: the function's module goes there")
-    except OSError as exc:
-        fail(f"cannot write {source}: {exc.strerror}")
     entry: dict[str, Any] = {"name": name, "uuid": str(uuid.uuid4()), "handler": f"functions.{module}:handle"}
     entry["state"] = "draft"
     if events:
         entry["events"] = list(events)
+    made: list[Path] = []  # what to take back when the manifest is not written after all
+
+    def write_module() -> None:
+        try:
+            if not package.is_dir():
+                package.mkdir()
+                made.append(package)
+            if not (package / "__init__.py").exists():
+                made.append(package / "__init__.py")
+                (package / "__init__.py").touch()
+            made.append(source)
+            source.write_text(SCAFFOLD.format(name=name))
+        except FileExistsError:  # `functions` is a file
+            raise RuntimeError(f"{package} is not a folder: the function's module goes there") from None
+        except OSError as exc:
+            raise RuntimeError(f"cannot write {source}: {exc.strerror}") from None
+
     try:
-        add_function(path, entry)
+        # The module is written only once the manifest is known to take the entry (a flow-style list
+        # does not): a refused `new` leaves no file behind.
+        add_function(path, entry, before_write=write_module)
     except (ManifestError, RuntimeError, OSError) as exc:
-        source.unlink()
+        for made_path in reversed(made):
+            with contextlib.suppress(OSError):
+                if made_path.is_dir():
+                    made_path.rmdir()
+                else:
+                    made_path.unlink()
         fail(str(exc))
     click.echo(f"created {source} and a draft entry {name} ({entry['uuid']}) in {path}")

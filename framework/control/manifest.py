@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -99,12 +99,16 @@ def _item_at(seq: CommentedSeq, index: int, fallback: tuple[int, int]) -> tuple[
 
 def _position(node: Any, loc: tuple[int | str, ...], fallback: tuple[int, int]) -> tuple[int, int]:
     """The deepest key or item of `loc` present in the YAML nodes (values merged from defaults are not)."""
-    pos = fallback
-    for part in loc:
-        if isinstance(node, CommentedMap) and part in node:
-            pos, node = _key_at(node, part, pos), node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-            pos, node = _item_at(node, part, pos), node[part]
+    pos: tuple[int, int] = fallback
+    key: Any
+    for key in loc:
+        if isinstance(node, CommentedMap) and isinstance(key, str) and key not in node:
+            # A key written as a date is its text in the validated values (`_plain`): `2024-01-01:`.
+            key = next((k for k in node if isinstance(k, date) and _plain(k) == key), key)
+        if isinstance(node, CommentedMap) and key in node:
+            pos, node = _key_at(node, key, pos), node[key]
+        elif isinstance(node, CommentedSeq) and isinstance(key, int) and 0 <= key < len(node):
+            pos, node = _item_at(node, key, pos), node[key]
         else:
             break
     return pos
@@ -125,8 +129,6 @@ def _message(err: ErrorDetails, prefix: str) -> str:
         what = "should be a list"
     elif kind in ("dict_type", "model_type"):
         what = "should be a mapping"
-    elif err["loc"] and err["loc"][-1] == "[key]":
-        what = "keys must be strings"
     else:
         what = err["msg"]
     return f"{where}: {what}" if where else what
@@ -145,8 +147,51 @@ def _validate(
         return model.model_validate(_plain(node) if data is None else data, context=WORKING_COPY)
     except ValidationError as exc:
         for err in exc.errors():
-            errors.add(_position(node, err["loc"], at), _message(err, prefix))
+            # A key that is not a string is reported where it is written (`_key_problems`); pydantic's
+            # loc has it as text ("('a', 'b')"), which no longer finds it.
+            if err["type"] != "invalid_key" and "[key]" not in err["loc"]:
+                errors.add(_position(node, err["loc"], at), _message(err, prefix))
     return None
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in the manifest's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, ScalarBoolean)):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):  # a key written as a list reads as a tuple
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _key_problems(nodes: list[Any], errors: ErrorCollector) -> None:
+    """Every key in the mappings of `nodes` that is not a string, as an error at the key's own position. A
+    date is a string here (`_plain` makes it its text); `payload` values are not looked into (any value:
+    their keys are the handler's business). Each node is looked at once, however many aliases name it."""
+    seen: set[int] = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, CommentedSeq):
+            stack.extend(node)
+        elif isinstance(node, CommentedMap):
+            for key, value in node.items():
+                if not isinstance(key, (str, date)):  # a merged (`<<:`) key: at the mapping it went into
+                    errors.add(_key_at(node, key, (node.lc.line, node.lc.col)), _key_message(key))
+                elif key != "payload":
+                    stack.append(value)
+
+
+def _key_message(key: Any) -> str:
+    return f"a key must be a string, not {_kind(key)}"
 
 
 EMPTY_IS_DEFAULT = frozenset(("events", "schedules", "secrets", "env", "instances", "retry"))
@@ -375,8 +420,14 @@ def _read(
     if not isinstance(doc, CommentedMap):
         return _Read(fatal=[f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
     for key in doc:  # `x-` keys are free, e.g. to hold YAML anchors (`x-common: &common`)
-        if key not in ("functions", "defaults") and not str(key).startswith("x-"):
-            errors.add(_key_at(doc, key, (0, 0)), f"unknown key {key!r} (expected 'functions' or 'defaults')")
+        if not isinstance(key, (str, date)):
+            errors.add(_key_at(doc, key, (0, 0)), _key_message(key))
+        elif key not in ("functions", "defaults") and not str(key).startswith("x-"):
+            unknown = _plain(key)
+            errors.add(
+                _key_at(doc, key, (0, 0)), f"unknown key {unknown!r} (expected 'functions' or 'defaults')"
+            )
+    _key_problems([doc.get("defaults"), doc.get("functions")], errors)
     defaults: dict[str, Any] = {}
     if doc.get("defaults") is not None:
         at = _key_at(doc, "defaults", (0, 0))

@@ -15,7 +15,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,13 @@ def _read(path: Path) -> tuple[list[str], Any]:
 
 
 def _write(path: Path, lines: list[str], check: Any) -> None:
-    """Check the edited text parses to what we meant, then replace the file atomically (a node watches it).
-    A manifest that is a symbolic link (`current -> releases/X`, a ConfigMap's) has the file it points at
-    replaced, and stays a link: replacing the link itself would cut the project loose from where it lives."""
+    """`_checked`, then `_replace`."""
+    _replace(path, _checked(path, lines, check))
+
+
+def _checked(path: Path, lines: list[str], check: Any) -> str:
+    """The edited text, once checked to parse to what we meant (`check` of the new document is true);
+    RuntimeError when it does not, OSError when `path` is no file to replace (`check_regular`)."""
     text = "".join(lines)
     try:
         meant = check(round_trip_yaml().load(text))
@@ -75,6 +79,14 @@ def _write(path: Path, lines: list[str], check: Any) -> None:
         meant = False
     if not meant:
         raise RuntimeError(f"could not edit {path} safely; edit it by hand")
+    check_regular(Path(os.path.realpath(path)))
+    return text
+
+
+def _replace(path: Path, text: str) -> None:
+    """Replace the file with `text` atomically (a node watches it). A manifest that is a symbolic link
+    (`current -> releases/X`, a ConfigMap's) has the file it points at replaced, and stays a link:
+    replacing the link itself would cut the project loose from where it lives."""
     path = Path(os.path.realpath(path))
     check_regular(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -153,16 +165,26 @@ def _set_state(path: Path, name: str, state: State) -> None:
     _write(path, lines, lambda new: _find(new, name).get("state") == state)
 
 
-def add_function(path: Path, entry: dict[str, Any]) -> None:
+def add_function(path: Path, entry: dict[str, Any], before_write: Callable[[], None] | None = None) -> None:
     """Append `entry` (a function's keys, in order) to `functions:`; the other lines stay byte-identical.
 
     Lists in `entry` are written in flow style (`events: [a.b]`). Creates `functions:` when missing.
+    `before_write` (default: none) runs once the edit is made and checked, just before the file is
+    replaced: `faas new` writes the function's module there, so a manifest that cannot take the entry (a
+    flow-style list, not a mapping) leaves no module behind. What it raises leaves the manifest as it was.
+
+    Raises ManifestError when the file cannot be read or added to, RuntimeError when the edit would not
+    parse to what was meant.
     """
     with _turn(path):
-        _add_function(path, entry)
+        text = _add_function(path, entry)
+        if before_write is not None:
+            before_write()
+        _replace(path, text)
 
 
-def _add_function(path: Path, entry: dict[str, Any]) -> None:
+def _add_function(path: Path, entry: dict[str, Any]) -> str:
+    """The manifest's text with `entry` added (`_checked`)."""
     lines, doc = _read(path) if path.exists() else ([], None)
     if doc is not None and not isinstance(doc, CommentedMap):
         raise ManifestError([f"{path}:1:1: the top level must be a mapping with a 'functions:' list"])
@@ -201,4 +223,4 @@ def _add_function(path: Path, entry: dict[str, Any]) -> None:
     block = [" " * dash + "-" + " " * (content - dash - 1) + rendered[0] + eol]
     block += [" " * content + r + eol for r in rendered[1:]]
     lines[at:at] = block
-    _write(path, lines, lambda new: _find(new, str(entry["name"])) is not None)
+    return _checked(path, lines, lambda new: _find(new, str(entry["name"])) is not None)

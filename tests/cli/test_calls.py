@@ -3,9 +3,13 @@ each is a usage error (exit 2) naming the option, never a traceback, a hang or a
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import socket
 import sys
+import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,9 +101,9 @@ def test_a_url_that_is_no_node_is_a_usage_error(
     """`faas invoke alpha --url URL` (also by uuid) with a URL urllib cannot call as a node: exit 2 with one
     line naming --url and what is wrong, at once (an ftp:// URL used to wait out the whole HTTP timeout,
     here shortened so that a wait fails the test instead of stalling it)."""
-    monkeypatch.setattr("framework.cli.calls.HTTP_TIMEOUT", 1.0)
+    monkeypatch.setattr("framework.cli.calls.LIST_TIMEOUT", 1.0)
     for target in ("alpha", ALPHA):
-        error = usage_error(faas(root, "invoke", target, "--url", url), "--url")
+        error = usage_error(faas(root, "invoke", target, "--url", url, "--timeout", "1"), "--url")
         assert problem in error, error
 
 
@@ -129,6 +133,104 @@ def test_a_utf8_api_key_goes_as_the_node_reads_it(root: Path, node: str) -> None
         pass
 
     assert BearerAuth(app, ["你好"]).allowed({"headers": [(b"authorization", _Node.seen[0])]})
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
+@contextlib.contextmanager
+def stalling_node(how: str) -> Iterator[str]:
+    """A real socket server that accepts each connection, reads the request and then, by `how`: says
+    nothing (`silent`), or sends a status line and a header line every 0.2 s without ever ending the head
+    (`trickle`), or a whole head promising 100 bytes of body and a byte of it every 0.2 s
+    (`trickle-body`); yields its URL. Each keeps the connection open until the test ends."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client cut it
+            conn.recv(65536)
+            if how == "trickle":
+                conn.sendall(HEAD)
+            elif how == "trickle-body":
+                conn.sendall(HEAD + b"Content-Length: 100\r\n\r\n")
+            while not stop.wait(0.2):
+                if how == "trickle":
+                    conn.sendall(b"X-Wait: 1\r\n")
+                elif how == "trickle-body":
+                    conn.sendall(b" ")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test ended
+            while True:
+                threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.timeout(60)  # a call bounded per read only would wait 120 s, or for ever on a trickle
+@pytest.mark.parametrize("how", ["silent", "trickle", "trickle-body"])
+def test_invoke_gives_a_node_that_does_not_answer_up_at_the_timeout(root: Path, how: str) -> None:
+    """1. A node accepts the call and stays silent, or trickles its header (a line every 0.2 s, never
+    done), or trickles its body. 2. `faas invoke UUID --url URL --timeout 1`.
+    Result: exit 1 after about 1 s with one line naming the node and the timeout (a socket timeout bounds
+    each read alone: a trickling node held the call for ever)."""
+    with stalling_node(how) as url:
+        started = time.monotonic()
+        r = faas(root, "invoke", ALPHA, "--url", url, "--timeout", "1")
+        took = time.monotonic() - started
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert r.stderr == (
+        f"no answer from {url} within 1 s (--timeout): the invocation may still run there "
+        "(`faas logs` shows its record)\n"
+    )
+    assert took < 5, took
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["silent", "trickle"])
+def test_invoke_by_name_gives_a_node_that_does_not_list_up_at_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """1. A node accepts `GET /functions` and stays silent, or trickles its header. 2. `faas invoke NAME
+    --url URL` with the listing's bound (LIST_TIMEOUT, 10 s) set to 0.5 s, the call's (`--timeout`) left at
+    120 s. Result: exit 1 within a few seconds, one line saying the node did not list its functions in
+    time (the listing waited as long as an invocation may, 120 s, or for ever)."""
+    monkeypatch.setattr("framework.cli.calls.LIST_TIMEOUT", 0.5)
+    with stalling_node(how) as url:
+        started = time.monotonic()
+        r = faas(root, "invoke", "alpha", "--url", url)
+        took = time.monotonic() - started
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert r.stderr == f"{url} did not list its functions within 0.5 s (GET /functions): is it a faas node?\n"
+    assert took < 5, took
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_invoke_timeout_must_be_seconds_over_0(root: Path, node: str, value: str) -> None:
+    error = usage_error(faas(root, "invoke", ALPHA, "--url", node, "--timeout", value), "--timeout")
+    assert "is not a number of seconds over 0" in error, error
+    assert _Node.seen == []
+
+
+def test_invoke_answered_in_time_prints_the_result(root: Path, node: str) -> None:
+    """The deadline does not cut a call answered before it: `--timeout 5` on a node that answers."""
+    r = faas(root, "invoke", "alpha", "--url", node, "--timeout", "5")
+    assert r.exit_code == 0 and r.stdout == '"done"\n', (r.output, r.exception)
+
+
+@pytest.mark.parametrize("verb", [["invoke", "alpha"], ["emit", "ping", "--bootstrap", "k:1"]])
+def test_data_at_with_no_path_says_the_path_is_empty(root: Path, verb: list[str]) -> None:
+    """`--data @` (`--data @$FILE` with FILE unset): a usage error saying no file was named (it said
+    "cannot read : Is a directory")."""
+    error = usage_error(faas(root, *verb, "--data", "@"), "--data")
+    assert "@ names no file (the path after it is empty)" in error, error
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from framework.cli import main
 from framework.control.manifest_edit import set_state
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.support import (
@@ -199,6 +201,31 @@ def test_a_state_the_manifest_cannot_take_exits_1_saying_what_was_done(
     assert r.returncode == 1 and "alpha: revision 1 deployed" in r.stdout, r.stdout + r.stderr
     assert "alpha: published, but could not set state: productive" in r.stderr, r.stderr
     assert "set it by hand" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (root / "functions.yaml").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "why"),
+    [
+        (["--all", "alpha"], {}, "--all deploys every productive function"),
+        (["alpha", "--all"], {}, "--all deploys every productive function"),
+        (["alpha"], {"FAAS_DEPLOY_ALL": "1"}, "FAAS_DEPLOY_ALL is set, which is --all"),
+    ],
+)
+def test_deploy_names_with_all_is_a_usage_error(
+    tmp_path: Path, args: list[str], env: dict[str, str], why: str
+) -> None:
+    """1. alpha (productive) and beta (a draft) in the manifest. 2. `faas deploy --all alpha` (or with
+    FAAS_DEPLOY_ALL set). Result: exit 2 with one line saying to give NAMEs or --all (DESIGN.md: `NAME... |
+    --all`), before any broker is looked for; the manifest is unchanged. (It deployed every productive
+    function, whatever the names said.)"""
+    text = manifest(new_id()) + f"  - {{name: beta, uuid: {new_id()}, handler: functions.m:handle}}\n"
+    root = write_project(tmp_path, text, {"m": MODULE})
+    before = (root / "functions.yaml").read_text()
+    env = {**env, "FAAS_MANIFEST": str(root / "functions.yaml"), "FAAS_KAFKA_BOOTSTRAP_SERVERS": "k:1"}
+    r = CliRunner().invoke(main, ["deploy", *args], env=env)
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert r.stderr.splitlines()[-1] == f"Error: give NAMEs or --all, not both ({why})", r.stderr
     assert (root / "functions.yaml").read_text() == before
 
 

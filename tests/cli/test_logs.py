@@ -23,7 +23,9 @@ import httpx
 import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
+from click.testing import CliRunner
 
+from framework.cli import main
 from framework.cli.logs import _started_ms, render
 from framework.kafka.embedded import EmbeddedBroker, free_port
 from tests.faults.stall_proxy import AdvertisedBroker, StallingProxy
@@ -390,6 +392,22 @@ def test_bad_since_is_a_usage_error(tmp_path: Path, since: str) -> None:
     root = write_project(tmp_path, MANIFEST, MODULES)
     r = run_cli(root, "logs", "--since", since, timeout=60)
     assert r.returncode == 2 and "--since" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_invocation_id_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    """`faas logs --invocation ''` (an unset shell variable): exit 2 naming --invocation, before any broker
+    is reached (it read the whole topic, then exited 0 with "no record of invocation ''")."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    r = CliRunner().invoke(
+        main,
+        ["logs", "--invocation", value],
+        env={"FAAS_MANIFEST": str(root / "functions.yaml"), "FAAS_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+    )
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert r.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--invocation': is empty: give an invocation id, or leave the option out"
+    ), r.stderr
 
 
 def _record(function: str, uuid: str) -> bytes:

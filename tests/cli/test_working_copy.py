@@ -54,6 +54,36 @@ def test_new_in_a_folder_without_a_manifest_creates_one(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["functions", "functions.yaml"]
 
 
+def test_new_with_a_manifest_in_a_folder_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    """`faas --manifest DIR/missing/functions.yaml new a` (a mistyped path). Result: exit 1 with one line
+    naming the folder; neither the folder, functions/a.py nor the manifest is created (they were, exit 0:
+    the typo became a new project)."""
+    path = tmp_path / "missing" / "functions.yaml"
+    r = CliRunner().invoke(main, ["--manifest", str(path), "new", "a"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert r.stderr == f"cannot create {path}: its folder {path.parent} does not exist\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("package", [False, True], ids=["no-package", "package"])
+def test_new_on_a_flow_style_functions_list_writes_no_file(tmp_path: Path, package: bool) -> None:
+    """1. A manifest whose functions list is flow style (`functions: [{...}]`), with or without a
+    `functions/` package already. 2. `faas new zed`. Result: exit 1 saying the list cannot be appended to;
+    the manifest is unchanged and no file is made (functions/__init__.py was left behind, the folder too)."""
+    text = "functions: [{name: a, uuid: 2f7c1e3a-6a53-4a5b-9a55-3b2f0c1d9e10, handler: functions.a:handle}]\n"
+    path = tmp_path / "functions.yaml"
+    path.write_text(text)
+    if package:
+        (tmp_path / "functions").mkdir()
+        (tmp_path / "functions" / "a.py").write_text("async def handle(payload, ctx):\n    return 1\n")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    r = CliRunner().invoke(main, ["new", "zed"], env={"FAAS_MANIFEST": str(path)})
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "cannot append to a flow-style functions list" in r.stderr, r.stderr
+    assert path.read_text() == text
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("text", ["", "# functions come here\n", "defaults: {timeout: 5}\n"])
 def test_new_completes_a_manifest_without_a_functions_list(tmp_path: Path, text: str) -> None:
     """`faas new hello` on an empty manifest, a comment-only one and one with `defaults:` only (which load

@@ -210,7 +210,7 @@ CASES: dict[str, tuple[str, int, str]] = {
     # The operating system refuses these: the cause, at `env`, not a handler that "does not import".
     "env-key-equals": (edit(append=['    env: {"A=B": x}']), 11, "'A=B' is no environment variable name"),
     "env-key-empty": (edit(append=['    env: {"": x}']), 11, "'' is no environment variable name"),
-    "env-key-int": (edit(append=["    env: {1: x}"]), 11, "env[1]"),
+    "env-key-int": (edit(append=["    env: {1: x}"]), 11, "11:11: a key must be a string, not a number"),
     "env-value-nul": (edit(append=['    env: {A: "a\\0b"}']), 11, "the value of 'A' holds a NUL"),
     "defaults-env-key": ('defaults:\n  env: {"A=B": x}\n' + BASE, 2, "'A=B' is no environment"),
     "events-twice": (edit({7: "    events: [ping, pong, ping]"}), 7, "event type 'ping' listed twice"),
@@ -324,6 +324,52 @@ def test_tagged_lists_are_errors_at_a_line_not_a_traceback(tmp_path: Path, tagge
     root = write_project(tmp_path, tagged, MODULES)
     errors = errors_of(root, check_handlers=False)
     assert errors and all(re.search(r"functions\.yaml:\d+:\d+: ", e) for e in errors), errors
+
+
+NON_STRING_KEYS = """\
+defaults:
+  ? {d: 1}
+  : 1
+functions:
+  - name: alpha
+    uuid: 0b6f3c1e-3f1d-4c1a-9a7e-5d2f8e4b6a01
+    handler: functions.mod:handle
+    ? [a, b]
+    : 1
+    ~: 1
+    env: {1: x, false: y}
+    instances: {3: 4}
+    schedules:
+      - {cron: "* * * * *", payload: {1: one}, 2.5: x}
+? [top]
+: 1
+"""
+
+
+def test_a_key_that_is_not_a_string_is_named_where_it_is_written(tmp_path: Path) -> None:
+    """1. Keys that are not strings: a mapping in `defaults`; a list (`? [a, b]`, on line 8 of an entry
+    that starts on line 5) and null (`~`) in an entry; a number and a boolean in its `env`; a number in
+    `instances` and in a schedule; a list at the top level. Result: one error each at the key's own
+    LINE:COL, saying what the key is in plain words (they were at the entry's first line, as
+    `('a', 'b'): Keys should be strings` or `None: ...`). A schedule's payload (any value) keeps its own."""
+    root = write_project(tmp_path, NON_STRING_KEYS, MODULES)
+    assert [e.split("functions.yaml:")[1] for e in errors_of(root)] == [
+        "2:5: a key must be a string, not a mapping",
+        "8:7: a key must be a string, not a list",
+        "10:5: a key must be a string, not null",
+        "11:11: a key must be a string, not a number",
+        "11:17: a key must be a string, not a boolean",
+        "12:17: a key must be a string, not a number",
+        "14:48: a key must be a string, not a number",
+        "15:3: a key must be a string, not a list",
+    ]
+
+
+def test_a_key_written_as_a_date_is_named_where_it_is_written(tmp_path: Path) -> None:
+    """`2024-01-01: 1` in an entry (YAML reads it as a date, the check as its text): `unknown key` at the
+    key's line, not at the entry's first."""
+    root = write_project(tmp_path, edit(append=["    2024-01-01: 1"]), MODULES)
+    assert errors_of(root) == [f"{root / 'functions.yaml'}:11:5: unknown key '2024-01-01'"]
 
 
 def test_good_manifest_loads_with_root_and_defaults(tmp_path: Path) -> None:
@@ -700,6 +746,29 @@ def test_add_function_to_other_layouts(tmp_path: Path, text: str, expected: str)
     after = path.read_text()
     assert expected in after and after.startswith(text.split("[]")[0])
     assert load_manifest(path, check_handlers=False).functions[-1].name == "delta"
+
+
+def test_add_function_runs_before_write_only_for_an_edit_it_can_make(tmp_path: Path) -> None:
+    """1. `add_function` on a flow-style functions list, with a `before_write` hook. 2. On a block list,
+    with a hook that raises. 3. With a hook that succeeds. Result: 1 raises ManifestError without calling
+    the hook; 2 leaves the manifest as it was; 3 calls the hook once, before the file holds the entry."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("functions: [{name: x, uuid: 1c7a4d2f-4e2a-4d2b-8b8f-6e3a9f5c7b02, handler: m:h}]\n")
+    calls: list[str] = []
+    with pytest.raises(ManifestError, match="cannot append to a flow-style functions list"):
+        manifest_edit.add_function(flow, ENTRY, before_write=lambda: calls.append("flow"))
+    assert calls == []
+    path = tmp_path / "functions.yaml"
+    path.write_text("functions: []\n")
+
+    def refuse() -> None:
+        raise RuntimeError("no room for the module")
+
+    with pytest.raises(RuntimeError, match="no room for the module"):
+        manifest_edit.add_function(path, ENTRY, before_write=refuse)
+    assert path.read_text() == "functions: []\n"
+    manifest_edit.add_function(path, ENTRY, before_write=lambda: calls.append(path.read_text()))
+    assert calls == ["functions: []\n"] and "name: delta" in path.read_text()
 
 
 def _deploy_in_a_process(path: str, name: str) -> None:
