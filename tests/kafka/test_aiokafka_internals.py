@@ -1,8 +1,9 @@
 """The aiokafka internals the node relies on, checked against the installed release (pyproject pins aiokafka
 below the next minor version for them): when a release moves or renames one, this fails before a node does.
 
-Used by `sources/kafka/batching.py` (hand-built reply batches), `kafka/probe.py` (the metadata probe) and
-`sources/kafka/source.py` (a rejoin after a broker restart).
+Used by `sources/kafka/batching.py` (hand-built reply batches), `kafka/probe.py` (the metadata probe),
+`sources/kafka/replies.py` (a failed metadata refresh) and `sources/kafka/source.py` (a rejoin after a
+broker restart).
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ async def test_batching_internals_are_where_batching_uses_them() -> None:
     size = DefaultRecordBatchBuilder.estimate_size_in_bytes(b"k", b"{}", [("h", b"v")])
     assert isinstance(size, int) and size > 0
     assert DefaultPartitioner()(b"key", [0, 1, 2], [0, 1, 2]) == (murmur2(b"key") & 0x7FFFFFFF) % 3
+
+
+def test_the_refresh_times_the_reply_producer_reads_exist() -> None:
+    """`ClusterMetadata._last_refresh_ms` and `_last_successful_refresh_ms`: a failed refresh sets the first
+    only (`replies.ReplyProducer._refresh_failed`)."""
+    cluster = ClusterMetadata()
+    assert cluster._last_refresh_ms == cluster._last_successful_refresh_ms == 0
+    cluster.failed_update(RuntimeError("broker away"))
+    assert cluster._last_refresh_ms > cluster._last_successful_refresh_ms
 
 
 def test_probe_internals() -> None:

@@ -86,8 +86,19 @@ class ReplyProducer:
         send (`_fresh`)."""
         self._stale = True
 
+    @staticmethod
+    def _refresh_failed(producer: AIOKafkaProducer) -> bool:
+        """Whether the producer's last metadata refresh failed (aiokafka internals, pinned in
+        tests/kafka/test_aiokafka_internals.py). aiokafka refreshes once when a connection breaks; with the
+        broker away that fails, and it tries again only `metadata_max_age_ms` (5 min) later. A broker back
+        under the same cluster id (Tansu's default) refuses no send to a partition its topic no longer
+        has, so nothing else would say the producer's partitions are a lost broker's."""
+        cluster = producer.client.cluster
+        return bool(cluster._last_refresh_ms > cluster._last_successful_refresh_ms)
+
     async def _fresh(self, producer: AIOKafkaProducer) -> None:
-        """Fetch the cluster's metadata again when sends failed or the broker changed since the last look.
+        """Fetch the cluster's metadata again when sends failed, the broker changed or was away since the
+        last look, or the producer's own refresh failed (`_refresh_failed`).
 
         A memory-only broker that restarted (the embedded one) acknowledges writes to partitions its topics
         no longer have, and those records are never readable: the partitions of the producer's last look
@@ -138,7 +149,7 @@ class ReplyProducer:
             producer: AIOKafkaProducer | None = None
             try:
                 producer = await self._get()
-                if self._stale:
+                if self._stale or self._refresh_failed(producer):
                     await self._fresh(producer)
                 future = await producer.send(topic, value=value, key=key, headers=list(headers))
                 await future
@@ -174,7 +185,7 @@ class ReplyProducer:
         try:
             if producer is None or self._closed:
                 producer = await self._get()
-            if self._stale:
+            if self._stale or self._refresh_failed(producer):
                 await self._fresh(producer)
             batches = self._batches
             if batches is None or batches.producer is not producer:

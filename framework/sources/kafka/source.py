@@ -647,8 +647,8 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         s = self.settings
         wanted = [s.events_topic, s.replies_topic, s.deadletter_topic]
         joined = self.joined
-        if new_cluster:
-            self.sender.metadata_stale()  # its partitions are the old broker's
+        if new_cluster or self.probe.error is not None:  # a new cluster, or back after an outage
+            self.sender.metadata_stale()  # its partitions may be the old broker's (same cluster id: Tansu's)
             # Not a member of the new cluster's group until it assigns us partitions: not ready before
             # (`/readyz` said 200 for seconds after a broker restart, events unread meanwhile). Set before
             # any await; and a rejoin is asked for, so an assignment surely follows even when the new
