@@ -117,6 +117,11 @@ class InstanceHandle:
         """Loop time it turned ready (0 before): a request queued before then waited for its start."""
         self.threads: int | None = None
         """The calls a `def` handler's instance runs at once, said by its HELLO (None: `async def`)."""
+        self.held = 0
+        """Of those, how many threads still run calls whose callers were answered (a HELD frame): the pool
+        routes no call to them."""
+        self.on_room: Callable[[], None] | None = None
+        """Called when `held` falls: a thread is free again for a queued request."""
         self.dead = False
         self._status_due = False
         """Died on its own, its exit status not in yet: its process group is killed once it is (`_exited`),
@@ -341,6 +346,11 @@ class InstanceHandle:
                 if header.get("tb"):
                     exc.add_note(header["tb"])
                 pending.fut.set_exception(exc)
+        elif kind == FrameKind.HELD:
+            freed = header["n"] < self.held
+            self.held = header["n"]
+            if freed and self.on_room is not None:
+                self.on_room()
         elif kind == FrameKind.HELLO:
             self.pid = header["pid"]
             self.threads = header.get("threads")

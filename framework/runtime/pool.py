@@ -273,7 +273,9 @@ class FunctionPool:
         starting: InstanceHandle | None = None
         limit = self._capacity
         for inst in self.instances:
-            if inst.load >= limit or inst.dead or (inst.load and inst.overdue):  # overdue: killed soon
+            # `held`: threads of a `def` handler's instance that run calls answered without them; `overdue`:
+            # it holds a request past its limit, and is killed soon.
+            if inst.load + inst.held >= limit or inst.dead or (inst.load and inst.overdue):
                 continue
             if inst.ready:
                 if best is None or inst.load < best.load:
@@ -377,6 +379,11 @@ class FunctionPool:
             if not fut.done():  # a cancelled waiter may linger until its task runs
                 fut.set_result((inst, self._reserve(inst)))
 
+    def _room(self) -> None:
+        """A thread an abandoned call held is free again: a queued request may take it."""
+        if self._waiters:
+            self._dispatch()
+
     def _fail_waiters(self, exc: Exception) -> None:
         while self._waiters:
             fut = self._waiters.popleft()
@@ -397,6 +404,7 @@ class FunctionPool:
             log_caps=self._log_caps,
             node=None if self._recorder is None else self._recorder.node,
         )
+        inst.on_room = self._room
         self.instances.append(inst)
         self._m_instances.inc()
         # In an empty context, not the invocation's that made it start: the instance's channels run their

@@ -59,6 +59,9 @@ class FrameKind(IntEnum):
     LOG = 6
     """instance → node on the log channel: `{"lvl", "name", "msg", "inv", "blocked"}`; optional `"tp"` (the
     invocation's traceparent) and `"x"` (the record's own `extra` fields)."""
+    HELD = 7
+    """instance → node, `def` handlers only: `{"n"}`, how many of its threads still run calls whose callers
+    were answered (timed out or cancelled), each time that changes (`worker/threads.py`)."""
 
 
 def encode(kind: int, header: Header, tail: bytes = b"") -> bytes:

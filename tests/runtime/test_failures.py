@@ -170,6 +170,44 @@ async def test_a_def_call_cancelled_before_its_limit_leaves_the_instance_serving
     assert value["instance"] == first and runtime.instance_ids(s.name) == [first]
 
 
+async def test_a_def_call_answered_without_its_thread_keeps_that_thread_from_new_calls(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A `def` handler (limit 2 s, one instance, two threads) gets a call of 12 s: answered Timeout at 2 s,
+    its thread runs on. 2. Two calls of 1.5 s at once.
+    Result: both are served, one after the other on the one thread left (the second waits in the node's
+    queue, where its time limit does not run); before, the node sent both to the instance, whose second
+    waited there for a thread with its limit running, and was answered Timeout."""
+    s = spec("sync_sleep", timeout=2, max=1, concurrency=2)
+    with pytest.raises(Timeout):
+        await call(runtime, s, {"sleep": 12})
+    [pool] = [p for p in runtime._all_pools() if p.spec.name == s.name]
+    await until(lambda: pool.instances[0].held == 1, 5, "the instance telling its thread is held")
+    both = await asyncio.gather(call(runtime, s, {"sleep": 1.5}), call(runtime, s, {"sleep": 1.5}))
+    assert [value["instance"] for value, _ in both] == [pool.instances[0].id] * 2
+
+
+async def test_a_def_call_whose_caller_left_keeps_its_thread_from_new_calls(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A `def` handler (limit 5 s, at most two instances, one thread each) runs a call of 8 s whose caller
+    gives up after 0.5 s. 2. A quick call.
+    Result: served at once by a second instance. Before, it went to the first, whose only thread still ran
+    the abandoned call: it waited there until that call's limit passed and the instance, its every thread
+    stuck, left, and was answered InstanceCrashed "exited with code 0"."""
+    s = spec("sync_sleep", timeout=5, max=2, concurrency=1)
+    value, _ = await call(runtime, s, {"sleep": 0})
+    first = value["instance"]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await call(runtime, s, {"sleep": 8})
+    [pool] = [p for p in runtime._all_pools() if p.spec.name == s.name]
+    await until(lambda: pool.instances[0].held == 1, 5, "the instance telling its thread is held")
+    t = time.monotonic()
+    value, _ = await call(runtime, s, {"sleep": 0})
+    assert value["instance"] != first and time.monotonic() - t < 3
+
+
 async def test_blocked_loop_kills_instance(runtime: Runtime, spec: SpecFactory) -> None:
     """1. A started instance (limit 1 s) gets a request that blocks its loop for 8 s. 2. Once that request
     is past its limit, and before the node kills the instance (1 s after that limit), a second request.

@@ -219,6 +219,7 @@ class Server:
             max(1, min(MAX_THREADS, config.get("concurrency", MAX_THREADS))),
             f"handler-{self.function}",
             self._all_stuck,
+            self._held,
         )
 
         self.expired: set[int] = set()
@@ -267,6 +268,12 @@ class Server:
         conn.send(FrameKind.HELLO, hello)
         await self.closed
         return 0
+
+    def _held(self, count: int) -> None:
+        """Tell the node how many threads abandoned calls hold (`threads.py`): it sends no call beyond the
+        threads free."""
+        if self.conn is not None and not self.dying:
+            self.conn.send(FrameKind.HELD, {"n": count})
 
     def _all_stuck(self, stuck: int) -> None:
         """Every handler thread runs a call past its time limit: leave, so the node starts a fresh instance

@@ -10,6 +10,12 @@ may be never. Then it leaves (`on_all_stuck`), so the node answers what it still
 and starts a fresh instance for the next request (our choice: the instance did answer the cancellations,
 but an instance that can serve nothing is worth replacing). Counting costs nothing on the common path: a
 done callback and a timer only on a call that was abandoned.
+
+The node is told how many threads abandoned calls hold (`on_held`, at each change: when a call is abandoned
+with its thread running, and when such a thread returns), stuck or not: it routes no more calls to the
+instance than it has threads free. Without that a call sent to an instance whose only thread ran an
+abandoned one waited in the instance for a thread, its own limit running (Timeout for a call that did
+nothing wrong), or was answered InstanceCrashed when the instance left with every thread stuck.
 """
 
 from __future__ import annotations
@@ -24,12 +30,21 @@ from typing import Any
 class HandlerThreads:
     """A pool of `size` threads that counts the ones left running by abandoned calls past their limit."""
 
-    def __init__(self, size: int, name: str, on_all_stuck: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        size: int,
+        name: str,
+        on_all_stuck: Callable[[int], None],
+        on_held: Callable[[int], None] | None = None,
+    ) -> None:
         self.size = size
         self.pool = ThreadPoolExecutor(size, thread_name_prefix=name)
         self.stuck = 0
         """Threads still running a call whose caller was answered and whose time limit has passed."""
+        self.held = 0
+        """Threads still running a call whose caller was answered (stuck or not yet)."""
         self._on_all_stuck = on_all_stuck
+        self._on_held = on_held
 
     async def run(self, call: Callable[[], Any], deadline: float) -> Any:
         """`call()` on a thread; `deadline` is the call's time limit in loop time. Cancelling this abandons
@@ -41,7 +56,14 @@ class HandlerThreads:
             if not job.done():  # started (a queued job is cancelled with the wrapper): it runs on
                 loop = asyncio.get_running_loop()
                 loop.call_at(deadline, self._late, job, loop)
+                self._held_by(1)
+                job.add_done_callback(lambda _: _soon(loop, lambda: self._held_by(-1)))
             raise
+
+    def _held_by(self, change: int) -> None:
+        self.held += change
+        if self._on_held is not None:
+            self._on_held(self.held)
 
     def _late(self, job: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         """An abandoned call's time limit passed: its thread is stuck if the call still runs."""
