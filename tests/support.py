@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from framework.kafka.embedded import free_port
+from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.settings import Settings
 
 LOGS = Path(tempfile.gettempdir()) / "faas-test-logs"
@@ -141,6 +141,16 @@ def run_cli(
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+class SameIdBroker(EmbeddedBroker):
+    """An embedded broker started without `--cluster-id`: Tansu's default id, the same at every start (as
+    DESIGN.md section 8's command starts it), so a restart cannot be told by the id."""
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        at = cmd.index("--cluster-id")
+        return cmd[:at] + cmd[at + 2 :]
 
 
 class Node:

@@ -14,9 +14,12 @@ said on stderr (exit 0, as for a NAME). Output: one line per
 invocation (time, function, the full invocation id, trigger, event, outcome, duration, cold/warm, the
 attempt when over 1, the node), its log lines indented below; colours only on a terminal (and never with
 `NO_COLOR`); `--json` prints each record as one JSON line. Values on the topic that are not invocation
-records are skipped and counted on stderr. An unreachable broker is one line on stderr and exit 1. A NAME
-that matches no record and is neither a function of the manifest nor a uuid gets one warning line on
-stderr, exit 0: records of functions since removed stay on the topic, so only the topic can say.
+records are skipped and counted on stderr (after each fetch while following). A follower reads the topic
+again from its start when the broker comes back as another cluster (the probe's id) or no longer holds the
+last record read of a partition (`_replaced`: a broker restarted under the same id). An unreachable broker
+is one line on stderr and exit 1. A NAME that matches no record and is neither a function of the manifest
+nor a uuid gets one warning line on stderr, exit 0: records of functions since removed stay on the topic,
+so only the topic can say.
 """
 
 from __future__ import annotations
@@ -54,7 +57,15 @@ from framework.control.registry import Registry
 from framework.errors import ManifestError
 from framework.kafka.options import reader, said, security_options, stop_quietly
 from framework.kafka.probe import BrokerProbe
-from framework.kafka.topic_read import CONNECT_TIMEOUT, stall_message, why_unreachable
+from framework.kafka.topic_read import (
+    CONNECT_TIMEOUT,
+    PROBE_FETCH_BYTES,
+    first_at,
+    reader_of,
+    stall_message,
+    started,
+    why_unreachable,
+)
 from framework.settings import Settings
 
 CLOSE_TIMEOUT = 5.0
@@ -62,6 +73,9 @@ CLOSE_TIMEOUT = 5.0
 PROBE_EVERY = 2.0
 """Seconds between the follower's probes of the cluster's id (`kafka/probe.py`), to notice a restarted
 embedded broker."""
+QUIET = 1.0
+"""Seconds without new records after which the follower checks the next ones are of the log it was reading
+(`_replaced`)."""
 STALL_TIMEOUT = 30.0
 """Seconds without progress after which a read to the end gives up (a partition that never fills)."""
 REQUIRED = ("invocation_id", "function", "uuid", "trigger", "ok", "started_at")
@@ -86,6 +100,17 @@ class Selection:
         self.invocation = None if invocation is None else invocation.lower()
         self.cutoff_ms = cutoff_ms
         self.skipped = 0
+        self.told = 0
+        """Of `skipped`, how many were said on stderr already (`tell_skipped`)."""
+
+    def tell_skipped(self) -> None:
+        """Say on stderr how many records were skipped since the last time it was said."""
+        if self.skipped > self.told:
+            click.echo(
+                f"faas logs: skipped {self.skipped - self.told} records that are not invocation records",
+                err=True,
+            )
+            self.told = self.skipped
 
     def pick(self, timestamp: int, value: bytes | None) -> dict[str, Any] | None:
         """The record, parsed, if selected; `timestamp` (the Kafka record's, ms) stands in for `started_at`
@@ -193,6 +218,10 @@ async def read(
         with contextlib.suppress(Exception):
             await consumer.stop()
         raise Unreachable(why_unreachable(exc) or type(exc).__name__) from exc
+    except asyncio.CancelledError:  # Ctrl-C while connecting: closed, not left to the collector's warning
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        raise
     try:
         tps = await _assign(consumer, topic, selection, follow)
         if not tps:
@@ -202,6 +231,8 @@ async def read(
         # The selected records' bytes as fetched, with their start: a parsed record takes about three
         # times their size (59,553 records took 194 MB), and a busy hour holds a million.
         kept: list[tuple[int, bytes]] = []
+        last_read: dict[TopicPartition, tuple[int, int]] = {}
+        """Per partition, the offset and timestamp of the last record read (`_replaced`)."""
         stalled_at, last = time.monotonic(), -1
         stalled: str | None = None
         while True:
@@ -217,10 +248,12 @@ async def read(
                 left = {tp: at for tp, at in positions.items() if at < end[tp]}
                 stalled = stall_message(topic, left, end, STALL_TIMEOUT)
                 break
-            for messages in (await consumer.getmany(timeout_ms=300)).values():
+            for tp, messages in (await consumer.getmany(timeout_ms=300)).items():
                 for m in messages:
                     if (r := selection.pick(m.timestamp, m.value)) is not None:
                         kept.append((_started_ms(r["started_at"], m.timestamp), m.value or b""))
+                if messages:
+                    last_read[tp] = (messages[-1].offset, messages[-1].timestamp)
         kept.sort(key=lambda item: item[0])  # by start: offsets follow the ends, and partitions differ
         for _, value in kept:
             show(orjson.loads(value))
@@ -248,33 +281,75 @@ async def read(
 
         probe = BrokerProbe(servers, security_options(settings), seen)
         logging.getLogger("faas.kafka").setLevel(logging.ERROR)  # its outage lines are the node's, not ours
-        next_probe = 0.0
+        prober: AIOKafkaConsumer | None = None
+        """A reader of small fetches for `_replaced`, started once the broker answers."""
+
+        async def replaced(tps: set[TopicPartition]) -> bool:
+            nonlocal prober
+            if prober is None:
+                with contextlib.suppress(Exception):  # tried again at the next look
+                    prober = await started(reader_of(servers, settings, PROBE_FETCH_BYTES))
+            read = {tp: last_read[tp] for tp in tps if tp in last_read}
+            return prober is not None and bool(read) and await _replaced(prober, read)
+
+        gone = f"no longer holds the records read of {topic} (restarted?)"
+        next_probe = last_records = 0.0
         lost = False
+        why = "is a new cluster (restarted?)"
         try:
             while not stopping.is_set():
                 if loop.time() >= next_probe:
                     next_probe = loop.time() + PROBE_EVERY
-                    await probe.once()
+                    if await probe.once() and not restarted and await replaced(set(last_read)):
+                        restarted, why = True, gone
                     if lost != (probe.unreachable_for() is not None):
                         lost = not lost  # said once each way: the reader waits for the broker meanwhile
                         news = "does not answer: waiting for it" if lost else "answers again"
                         click.echo(f"faas logs: the broker at {servers} {news}", err=True)
                 if restarted and await _start_over(consumer, topic):
                     restarted = False
-                    click.echo(
-                        f"faas logs: {servers} is a new cluster (restarted?): reading {topic} from its start",
-                        err=True,
-                    )
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    last_read.clear()
+                    click.echo(f"faas logs: {servers} {why}: reading {topic} from its start", err=True)
+                    why = "is a new cluster (restarted?)"
+                fetched = await consumer.getmany(timeout_ms=500)
+                # Records after a quiet spell (an outage is one) may be a new log's, at offsets past the old
+                # position: looked at before they are shown (they are read again from the start then).
+                if fetched and loop.time() - last_records >= QUIET and await replaced(set(fetched)):
+                    restarted, why = True, gone
+                    continue
+                if fetched:
+                    last_records = loop.time()
+                for tp, messages in fetched.items():
                     for m in messages:
                         new = selection.pick(m.timestamp, m.value)
                         if new is not None:
                             show(new)
+                    if messages:
+                        last_read[tp] = (messages[-1].offset, messages[-1].timestamp)
+                selection.tell_skipped()
         finally:
             await probe.close()
+            if prober is not None:
+                await stop_quietly(prober, CLOSE_TIMEOUT)
     finally:
         await stop_quietly(consumer, CLOSE_TIMEOUT)  # with the broker gone, aiokafka's stop re-raises its
         # own fetch's CancelledError: not ours, and no traceback at a Ctrl-C
+
+
+async def _replaced(prober: AIOKafkaConsumer, last_read: dict[TopicPartition, tuple[int, int]]) -> bool:
+    """Whether a partition no longer holds, at its offset, the last record read of it (the same timestamp):
+    a broker that came back empty under the same cluster id (Tansu started without `--cluster-id`) that the
+    probe cannot tell. Its end offset alone cannot say: Tansu gives a partition's end as its last batch's
+    base offset + 1, below records read, and a new log may have grown past the old position already. One
+    small fetch per partition read, every PROBE_EVERY seconds; a fetch that fails says nothing."""
+    for tp, (offset, timestamp) in list(last_read.items()):
+        try:
+            found = await first_at(prober, tp, offset)
+        except (KafkaError, OSError):
+            return False
+        if found != (offset, timestamp):
+            return True
+    return False
 
 
 async def _start_over(consumer: AIOKafkaConsumer, topic: str) -> bool:
@@ -405,10 +480,7 @@ def logs(
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's exit flush quiet
         return
-    if selection.skipped:
-        click.echo(
-            f"faas logs: skipped {selection.skipped} records that are not invocation records", err=True
-        )
+    selection.tell_skipped()
 
 
 def _unknown(settings: Settings, name: str) -> bool:

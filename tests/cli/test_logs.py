@@ -32,9 +32,11 @@ from tests.faults.stall_proxy import AdvertisedBroker, StallingProxy
 from tests.support import (
     Node,
     RawHeaderName,
+    SameIdBroker,
     new_id,
     produce_one_batch,
     run_cli,
+    silent_listener,
     wait_for,
     write_project,
 )
@@ -581,6 +583,41 @@ def test_follow_reads_a_restarted_embedded_broker_from_its_start(tmp_path: Path)
     assert "Traceback" not in stderr
 
 
+@pytest.mark.usefixtures("broker_kills")
+def test_follow_reads_a_broker_restarted_under_the_same_cluster_id_from_its_start(tmp_path: Path) -> None:
+    """1. A broker started without `--cluster-id` (DESIGN.md section 8's command: the same id at every
+    start); 5 records on partition 0; `faas logs --follow --json` prints them. 2. The broker is killed and
+    started again empty on the same port; 8 records are produced there.
+    Result: all 8 are printed, and stderr says the broker no longer holds the records read. (Only the last 3
+    were, silently: the reader went on from offset 5 of the new topic, and the probe saw the same id.)"""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    port, topic = free_port(), f"t.inv.{new_id()[:8]}"
+    first = SameIdBroker(port=port).start()
+    second: EmbeddedBroker | None = None
+    env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": first.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    follower = Follower([], env, cwd=root)
+    seen = follower.seen
+    try:
+        with follower:
+            asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", 5)))
+            wait_for(lambda: len(seen) >= 5, 60, 0.2, "the first 5 records followed")
+            first.kill()
+            second = SameIdBroker(port=port).start()
+            asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", 8)))
+            wait_for(
+                lambda: {f"new-{i}" for i in range(8)} <= {x["invocation_id"] for x in seen},
+                60,
+                0.2,
+                f"the new broker's 8 records followed: {[x['invocation_id'] for x in seen[5:]]}",
+            )
+    finally:
+        for b in (first, second):
+            if b is not None:
+                b.stop()
+    assert follower.code == 0 and "Traceback" not in follower.stderr, follower.stderr
+    assert f"no longer holds the records read of {topic} (restarted?)" in follower.stderr, follower.stderr
+
+
 def test_follow_waits_out_a_broker_that_went_and_ctrl_c_ends_quietly(tmp_path: Path) -> None:
     """1. A broker of its own; one follower reads a topic with 3 records, another waits for a topic that is
     not there yet. 2. The broker stops. 3. SIGINT to both.
@@ -609,6 +646,34 @@ def test_follow_waits_out_a_broker_that_went_and_ctrl_c_ends_quietly(tmp_path: P
     for follower in (reading, waiting):
         assert follower.code == 0 and "Traceback" not in follower.stderr, follower.stderr
     assert f"the broker at {broker.bootstrap} does not answer: waiting for it" in reading.stderr
+
+
+def test_follow_says_what_it_skipped_as_it_follows(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. `faas logs --follow` on a topic with one record. 2. Two values that are no invocation records, then
+    a record. Result: while it still runs, stderr says it skipped 2 (it said so only once stopped)."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    topic = f"t.inv.{new_id()[:8]}"
+    env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
+    with Follower([], env, cwd=root) as follower:
+        asyncio.run(_produce_to_0(broker.bootstrap, topic, _records("a", 1)))
+        wait_for(lambda: len(follower.seen) >= 1, 60, 0.2, "the first record followed")
+        asyncio.run(_produce_to_0(broker.bootstrap, topic, [b"not json", b"[1]", *_records("b", 1)]))
+        wait_for(lambda: len(follower.seen) >= 2, 60, 0.2, "the record after the bad ones followed")
+        skipped = "faas logs: skipped 2 records that are not invocation records\n"
+        wait_for(lambda: skipped in follower.said, 10, 0.1, f"the skipped ones said: {follower.said}")
+    assert follower.code == 0 and follower.stderr.count("skipped") == 1, follower.stderr
+
+
+def test_ctrl_c_while_connecting_ends_quietly(tmp_path: Path) -> None:
+    """1. `faas logs --follow` on a port that accepts connections and never answers. 2. SIGINT once it is
+    connected. Result: no warning of an unclosed consumer (the consumer's start was cancelled and the
+    consumer left to the collector), no traceback."""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    with silent_listener() as port:
+        env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+        with Follower([], env, cwd=root) as follower:
+            wait_for(lambda: _connected(follower.proc.pid, port), 30, 0.1, "connected to the silent port")
+    assert "Unclosed" not in follower.stderr and "Traceback" not in follower.stderr, follower.stderr
 
 
 def _connected(pid: int, port: int) -> bool:

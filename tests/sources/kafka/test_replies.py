@@ -16,14 +16,7 @@ from framework.kafka.partitioner import KeyHashes
 from framework.settings import Settings
 from framework.sources.kafka.replies import ReplyProducer
 from framework.tasks import within
-
-
-class SameIdBroker(EmbeddedBroker):
-    """An embedded broker started without `--cluster-id`: Tansu's default id, the same at every start."""
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        return cmd[: cmd.index("--cluster-id")] + cmd[cmd.index("--cluster-id") + 2 :]
+from tests.support import SameIdBroker
 
 
 async def replies_on(bootstrap: str, topic: str, value: bytes) -> list[int]:
