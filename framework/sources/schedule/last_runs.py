@@ -18,7 +18,8 @@ the leader's at once, the others' within about FETCH_WAIT_MS of the write.
   those skipped since the last). Every
   CHECK_EVERY seconds it asks the broker's cluster id: a broker that came back as another cluster (the
   embedded one restarted empty, whose new log starts again at offset 0, below this reader's position) is
-  read again from its start.
+  read again from its start; so is a log whose end is below the position and that no longer holds the
+  last record read (a broker restarted under the same id), unless it grew past the position before.
 - Cost: one more consumer per node, in no group, whose fetches the broker holds FETCH_WAIT_MS when there is
   nothing new: two small requests a second on an idle node.
 """
@@ -35,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framework.kafka.group import cluster_id
 from framework.kafka.options import reader, stop_quietly
-from framework.kafka.topic_read import Record, offsets_at, partitions, started
+from framework.kafka.topic_read import Record, first_at, offsets_at, partitions, started
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import parse
 from framework.tasks import cancel_and_wait
@@ -77,7 +78,7 @@ class _Missing(Exception):
 
 
 class _ClusterChanged(Exception):
-    """The broker answers as another cluster: its log is another."""
+    """The broker answers as another cluster, or no longer holds what was read: its log is another."""
 
 
 class Follower:
@@ -127,7 +128,7 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except _ClusterChanged:
-                log.info("last runs: the broker is another cluster now; reading %s again", self.topic)
+                log.info("last runs: the broker holds another log now; reading %s again", self.topic)
                 self._position = None
                 continue
             except Exception as exc:
@@ -173,6 +174,19 @@ class Follower:
                 if seen is not None and self._cluster is not None and seen != self._cluster:
                     self._cluster = seen
                     raise _ClusterChanged(seen)
+                if not await self._still_there(consumer, tp):
+                    raise _ClusterChanged(seen)
+
+    async def _still_there(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        """Whether the log still holds the last record read, when its end is below the position (a broker
+        restarted empty under the same cluster id: Tansu's default id). An end below it is no proof alone:
+        Tansu gives a partition's end as its last batch's base offset + 1."""
+        position = self._position
+        if not position or (await consumer.end_offsets([tp]))[tp] >= position:
+            return True
+        found = await first_at(consumer, tp, position - 1)
+        consumer.seek(tp, position)
+        return found is not None and found[0] == position - 1
 
     def _apply(self, record: Record) -> str | None:
         """Note the result `record` holds; why it is not a tick record, when it is not."""

@@ -16,12 +16,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from framework.kafka.embedded import EmbeddedBroker
+from framework.kafka.embedded import EmbeddedBroker, free_port
 from framework.kafka.options import ensure_topics
 from framework.settings import Settings
+from framework.sources.schedule import last_runs
 from framework.sources.schedule.last_runs import WINDOW, Follower, LastRuns
 from framework.sources.schedule.ticklog import MESSAGE_CHARS, TOPIC_CONFIGS, TickLog
-from tests.support import Node, wait_for, write_project
+from tests.support import Node, SameIdBroker, wait_for, write_project
 
 KEY = "dddddddd-0000-4000-8000-0000000000c1:s0123456789ab"
 OTHER = "dddddddd-0000-4000-8000-0000000000c1:s0123456789ac"
@@ -141,6 +142,40 @@ async def test_a_follower_reads_only_its_window(broker: EmbeddedBroker) -> None:
         assert runs.get(OTHER) is None, "a result stamped before the window is not read"
     finally:
         await follower.stop()
+
+
+@pytest.mark.usefixtures("broker_kills")
+async def test_a_follower_reads_a_log_restarted_under_the_same_cluster_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A broker that keeps its cluster id across restarts (Tansu's default); 30 results in the topic; a
+    follower reads them. 2. The broker is killed and started again, empty, and one result written there.
+    Result: the follower has it: it saw its log no longer holds the last record read, and read the new one
+    from its start (it waited at offset 30 of the new log, past every record there)."""
+    monkeypatch.setattr(last_runs, "CHECK_EVERY", 0.5)
+    port = free_port()
+    first = SameIdBroker(port=port, log_path=tmp_path / "first.log").start()
+    second: EmbeddedBroker | None = None
+    settings = settings_for(uuid.uuid4().hex[:8])
+    runs = LastRuns()
+    follower = Follower(settings, first.bootstrap, runs)
+    try:
+        await ensure_topics(first.bootstrap, [settings.scheduler_topic], 1, {}, TOPIC_CONFIGS)
+        old = [(OTHER, orjson.dumps({"tick": t, "node": "n", "last": result()})) for t in range(30)]
+        await produce(first.bootstrap, settings.scheduler_topic, old)
+        follower.start()
+        await until(lambda: runs.get(OTHER) is not None, 20, "the old results")
+        first.kill()
+        second = SameIdBroker(port=port, log_path=tmp_path / "second.log").start()
+        await ensure_topics(second.bootstrap, [settings.scheduler_topic], 1, {}, TOPIC_CONFIGS)
+        new = orjson.dumps({"tick": 99, "node": "n", "last": result("2026-12-07T12:00:00+00:00")})
+        await produce(second.bootstrap, settings.scheduler_topic, [(KEY, new)])
+        await until(lambda: runs.get(KEY) is not None, 30, "the result written after the restart")
+    finally:
+        await follower.stop()
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 MODULES = {
