@@ -545,42 +545,52 @@ async def _produce_to_0(bootstrap: str, topic: str, values: list[bytes]) -> None
         await producer.stop()
 
 
-@pytest.mark.usefixtures("broker_kills")
-def test_follow_reads_a_restarted_embedded_broker_from_its_start(tmp_path: Path) -> None:
-    """1. A broker of its own; 30 records on partition 0 of the invocations topic; `faas logs --follow
-    --json` prints them. 2. The broker is stopped and a new, empty one started on the same port (a
-    restarted embedded broker); 5 records are produced there.
-    Result: the 5 are printed, and stderr says the broker is a new cluster. (The reader used to wait at
-    offset 30 of the new topic: it printed nothing until the topic grew past 30, then skipped its first
-    30 records, silently.)"""
-    root = write_project(tmp_path, MANIFEST, MODULES)
+def _follow_across_a_restart(
+    root: Path, kind: type[EmbeddedBroker], old: int, new: int
+) -> tuple[Follower, int, str]:
+    """A broker of `kind` on a port of its own; `old` records on partition 0 of an invocations topic, which
+    `faas logs --follow --json` prints; the broker killed and started again on the port, empty; `new`
+    records produced there, waited for in the follower's output. Returns the follower (ended), the port
+    and the topic."""
     port, topic = free_port(), f"t.inv.{new_id()[:8]}"
-    first = EmbeddedBroker(port=port).start()
+    first = kind(port=port).start()
     second: EmbeddedBroker | None = None
     env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": first.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
     follower = Follower([], env, cwd=root)
     seen = follower.seen
     try:
         with follower:
-            asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", 30)))
-            wait_for(lambda: len(seen) >= 30, 60, 0.2, "the first 30 records followed")
-            first.stop()
-            second = EmbeddedBroker(port=port).start()
-            asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", 5)))
+            asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", old)))
+            wait_for(lambda: len(seen) >= old, 60, 0.2, f"the first {old} records followed")
+            first.kill()
+            second = kind(port=port).start()
+            asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", new)))
             wait_for(
-                lambda: {f"new-{i}" for i in range(5)} <= {x["invocation_id"] for x in seen},
+                lambda: {f"new-{i}" for i in range(new)} <= {x["invocation_id"] for x in seen},
                 60,
                 0.2,
-                f"the new broker's 5 records followed: {[x['invocation_id'] for x in seen[30:]]}",
+                f"the new broker's {new} records followed: {[x['invocation_id'] for x in seen[old:]]}",
             )
     finally:
         for b in (first, second):
             if b is not None:
                 b.stop()
-    code, stderr = follower.code, follower.stderr
-    assert code == 0, stderr
-    assert f"127.0.0.1:{port} is a new cluster (restarted?): reading {topic} from its start" in stderr, stderr
-    assert "Traceback" not in stderr
+    assert follower.code == 0 and "Traceback" not in follower.stderr, follower.stderr
+    return follower, port, topic
+
+
+@pytest.mark.usefixtures("broker_kills")
+def test_follow_reads_a_restarted_embedded_broker_from_its_start(tmp_path: Path) -> None:
+    """1. A broker of its own; 30 records on partition 0 of the invocations topic; `faas logs --follow
+    --json` prints them. 2. The broker is killed and a new, empty one started on the same port (a
+    restarted embedded broker); 5 records are produced there.
+    Result: the 5 are printed, and stderr says the broker is a new cluster. (The reader used to wait at
+    offset 30 of the new topic: it printed nothing until the topic grew past 30, then skipped its first
+    30 records, silently.)"""
+    root = write_project(tmp_path, MANIFEST, MODULES)
+    follower, port, topic = _follow_across_a_restart(root, EmbeddedBroker, 30, 5)
+    said = f"127.0.0.1:{port} is a new cluster (restarted?): reading {topic} from its start"
+    assert said in follower.stderr, follower.stderr
 
 
 @pytest.mark.usefixtures("broker_kills")
@@ -591,30 +601,7 @@ def test_follow_reads_a_broker_restarted_under_the_same_cluster_id_from_its_star
     Result: all 8 are printed, and stderr says the broker no longer holds the records read. (Only the last 3
     were, silently: the reader went on from offset 5 of the new topic, and the probe saw the same id.)"""
     root = write_project(tmp_path, MANIFEST, MODULES)
-    port, topic = free_port(), f"t.inv.{new_id()[:8]}"
-    first = SameIdBroker(port=port).start()
-    second: EmbeddedBroker | None = None
-    env = {**os.environ, "FAAS_KAFKA_BOOTSTRAP_SERVERS": first.bootstrap, "FAAS_INVOCATIONS_TOPIC": topic}
-    follower = Follower([], env, cwd=root)
-    seen = follower.seen
-    try:
-        with follower:
-            asyncio.run(_produce_to_0(first.bootstrap, topic, _records("old", 5)))
-            wait_for(lambda: len(seen) >= 5, 60, 0.2, "the first 5 records followed")
-            first.kill()
-            second = SameIdBroker(port=port).start()
-            asyncio.run(_produce_to_0(second.bootstrap, topic, _records("new", 8)))
-            wait_for(
-                lambda: {f"new-{i}" for i in range(8)} <= {x["invocation_id"] for x in seen},
-                60,
-                0.2,
-                f"the new broker's 8 records followed: {[x['invocation_id'] for x in seen[5:]]}",
-            )
-    finally:
-        for b in (first, second):
-            if b is not None:
-                b.stop()
-    assert follower.code == 0 and "Traceback" not in follower.stderr, follower.stderr
+    follower, _, topic = _follow_across_a_restart(root, SameIdBroker, 5, 8)
     assert f"no longer holds the records read of {topic} (restarted?)" in follower.stderr, follower.stderr
 
 
