@@ -116,7 +116,7 @@ def _call(url: str, payload: bytes | None, key: str | None, timeout: float, late
     started = time.monotonic()
     call = threading.Thread(target=fetch, name="faas-call", daemon=True)
     call.start()
-    call.join(timeout)
+    call.join(min(timeout, threading.TIMEOUT_MAX))
     if call.is_alive() or (problem and time.monotonic() - started >= timeout):  # urllib's own timeout
         fail(late)
     if problem:

@@ -60,6 +60,7 @@ from framework.kafka.probe import BrokerProbe
 from framework.kafka.topic_read import (
     CONNECT_TIMEOUT,
     PROBE_FETCH_BYTES,
+    answers,
     first_at,
     reader_of,
     stall_message,
@@ -347,6 +348,8 @@ async def _replaced(prober: AIOKafkaConsumer, last_read: dict[TopicPartition, tu
             found = await first_at(prober, tp, offset)
         except (KafkaError, OSError):
             return False
+        if found is None and not await answers(prober, tp):
+            return False  # a broker too slow to answer the fetch says nothing
         if found != (offset, timestamp):
             return True
     return False

@@ -198,6 +198,17 @@ async def first_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) 
     return None
 
 
+async def answers(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """Whether the broker answers a request about `tp` now (its end offset, within FETCH_WAIT_MS * 5): a
+    `first_at` that found nothing is then taken at its word, not for a broker too slow to answer."""
+    try:
+        async with asyncio.timeout(FETCH_WAIT_MS * 5 / 1000):
+            await consumer.end_offsets([tp])
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    return True
+
+
 async def _search(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int, at_ms: int) -> int:
     """The first offset in [lo, hi] whose record is stamped `at_ms` or later, as if timestamps grew with
     offsets (`hi`: none before it is)."""

@@ -121,7 +121,7 @@ class InstanceHandle:
         """Of those, how many threads still run calls whose callers were answered (a HELD frame): the pool
         routes no call to them."""
         self.on_room: Callable[[], None] | None = None
-        """Called when `held` falls: a thread is free again for a queued request."""
+        """Called when `held` falls (a thread is free again) or a request the node cancelled has ended."""
         self.dead = False
         self._status_due = False
         """Died on its own, its exit status not in yet: its process group is killed once it is (`_exited`),
@@ -319,7 +319,8 @@ class InstanceHandle:
         if kind == FrameKind.REPLY:
             pending = self._pending.pop(header["id"], None)
             if pending is None:  # cancelled meanwhile: this says it ended (`gone`), or crossed the CANCEL
-                self._abandoned.pop(header["id"], None)
+                if self._abandoned.pop(header["id"], None) is not None and self.on_room is not None:
+                    self.on_room()  # no longer `overdue` for it: requests queued meanwhile may come
                 return
             if self._recording.get(pending.invocation_id) is pending:
                 del self._recording[pending.invocation_id]

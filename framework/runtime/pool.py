@@ -275,7 +275,7 @@ class FunctionPool:
         for inst in self.instances:
             # `held`: threads of a `def` handler's instance that run calls answered without them; `overdue`:
             # it holds a request past its limit, and is killed soon.
-            if inst.load + inst.held >= limit or inst.dead or (inst.load and inst.overdue):
+            if inst.load + inst.held >= limit or inst.dead or inst.overdue:
                 continue
             if inst.ready:
                 if best is None or inst.load < best.load:
@@ -380,7 +380,8 @@ class FunctionPool:
                 fut.set_result((inst, self._reserve(inst)))
 
     def _room(self) -> None:
-        """A thread an abandoned call held is free again: a queued request may take it."""
+        """A thread an abandoned call held is free again, or a call the node gave up on ended: a queued
+        request may take its place."""
         if self._waiters:
             self._dispatch()
 

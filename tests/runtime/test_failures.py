@@ -170,6 +170,32 @@ async def test_a_def_call_cancelled_before_its_limit_leaves_the_instance_serving
     assert value["instance"] == first and runtime.instance_ids(s.name) == [first]
 
 
+async def test_no_request_goes_to_an_idle_instance_about_to_be_killed(
+    runtime: Runtime, spec: SpecFactory
+) -> None:
+    """1. A handler that swallows every cancellation (limit 2 s, at most two instances) gets a call whose
+    caller gives up after 0.3 s: the instance holds no request, but runs the abandoned call on. 2. Once that
+    call is past its limit (the instance is killed 1 s later), a quick call.
+    Result: served by another instance (it went to the idle-looking one and was answered InstanceCrashed at
+    the kill)."""
+    s = spec("stubborn", timeout=2, max=2)
+    gave_up = asyncio.ensure_future(call(runtime, s, {}))
+
+    def overdue() -> list[InstanceHandle]:
+        return [i for p in runtime._all_pools() for i in p.instances if i.overdue]
+
+    await until(lambda: any(i.ready for p in runtime._all_pools() for i in p.instances), 30, "instance up")
+    await asyncio.sleep(0.3)  # the call is under way in the handler when its caller gives up
+    gave_up.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gave_up
+    await until(overdue, 10, "the abandoned call past its limit")
+    [stuck] = overdue()
+    assert stuck.load == 0
+    pid, _ = await call(runtime, s, {"quick": 0})
+    assert pid != stuck.pid
+
+
 async def test_a_def_call_answered_without_its_thread_keeps_that_thread_from_new_calls(
     runtime: Runtime, spec: SpecFactory
 ) -> None:

@@ -116,16 +116,25 @@ def failure_text(e: BaseException, tb: TracebackType | None) -> tuple[str, str]:
 
 
 def _cut_messages(top: traceback.TracebackException) -> None:
-    """Cut the message of each exception of `top`'s chain (causes, contexts, a group's members) as
-    `cut_text` does; one whose type's name cannot be read is written under the name `type_name` finds."""
+    """Cut the message, notes and (a SyntaxError's) `msg` and `text` of each exception of `top`'s chain
+    (causes, contexts, a group's members) as `cut_text` does; one whose type's name cannot be read is
+    written under the name `type_name` finds."""
     stack, seen = [top], set()
     while stack:
         te = stack.pop()
         if id(te) in seen:
             continue
         seen.add(id(te))
-        # `_str` is the message `format` writes (CPython 3.11-3.13); `str(te)` is its public read.
+        # `_str` is the message `format` writes (CPython 3.11-3.13); `str(te)` is its public read. Notes
+        # and a SyntaxError's `msg` and `text` are written as they are: cut too (a new list, not the
+        # exception's own).
         te.__dict__["_str"] = cut_text(str(te))
+        notes = te.__dict__.get("__notes__")
+        if isinstance(notes, list | tuple):
+            te.__dict__["__notes__"] = [cut_text(n) if isinstance(n, str) else n for n in notes]
+        for field in ("msg", "text"):
+            if isinstance(te.__dict__.get(field), str):
+                te.__dict__[field] = cut_text(te.__dict__[field])
         kind = te.exc_type
         if kind is not None:
             try:

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framework.kafka.group import cluster_id
 from framework.kafka.options import reader, stop_quietly
-from framework.kafka.topic_read import Record, first_at, offsets_at, partitions, started
+from framework.kafka.topic_read import Record, answers, first_at, offsets_at, partitions, started
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import parse
 from framework.tasks import cancel_and_wait
@@ -49,6 +49,8 @@ FETCH_WAIT_MS = 500
 """Milliseconds the broker may hold a fetch with nothing new: how late a follower sees a result, at most."""
 FETCH_BYTES = 1024 * 1024
 """Bytes per fetch (a day of a per-second schedule is about 170,000 small records)."""
+BATCH = 500
+"""Records applied per round between two turns of the event loop (about 5 ms of it)."""
 CHECK_EVERY = 10.0
 """Seconds between checks of the broker's cluster id."""
 BACKOFF = (0.5, 5.0)
@@ -161,7 +163,9 @@ class Follower:
         checked = time.monotonic()
         while True:
             broken: list[str] = []
-            for record in (await consumer.getmany(tp, timeout_ms=FETCH_WAIT_MS * 2)).get(tp, ()):
+            # At most BATCH records a round: the loop is not held while a day of them is read at start.
+            fetched = await consumer.getmany(tp, timeout_ms=FETCH_WAIT_MS * 2, max_records=BATCH)
+            for record in fetched.get(tp, ()):
                 why = self._apply(record)
                 if why is not None:
                     broken.append(f"offset {record.offset}: {why}")
@@ -186,10 +190,15 @@ class Follower:
             return True
         found = await first_at(consumer, tp, position - 1)
         consumer.seek(tp, position)
-        return found is not None and found[0] == position - 1
+        if found is None:  # nothing came back: gone, or a broker that did not answer the fetch in time
+            return not await answers(consumer, tp)
+        return found[0] == position - 1
 
     def _apply(self, record: Record) -> str | None:
-        """Note the result `record` holds; why it is not a tick record, when it is not."""
+        """Note the result `record` holds; why it is not a tick record, when it is not. A record that cannot
+        hold a result (most are tick records) is not parsed: 0.3 against 10 us."""
+        if record.value is None or b'"last"' not in record.value:
+            return None
         parsed = parse(record)
         if isinstance(parsed, str):
             return parsed

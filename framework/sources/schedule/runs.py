@@ -29,6 +29,7 @@ from framework.retry import HANDOVER, Handover
 from framework.sources.schedule.catchup import Ticks
 from framework.sources.schedule.entry import CronEntry
 from framework.sources.schedule.last_runs import LastRuns
+from framework.sources.schedule.ticklog import cut
 from framework.types import InvokeResult
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ class Runs:
             self._retrying.discard(handover)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         # By key, not on `entry`: a redeploy during the run may have replaced the row (the same schedule).
-        last = {"at": tick.isoformat(), "ok": error is None, "duration_ms": duration_ms, "error": error}
+        kept = error if error is None else {**error, "message": cut(error["message"])}  # as the log keeps it
+        last = {"at": tick.isoformat(), "ok": error is None, "duration_ms": duration_ms, "error": kept}
         self.last_runs.note(entry.key, int(tick.timestamp()), last)
         if self.ticks is not None:
             self.ticks.result(entry.key, int(tick.timestamp()), last)

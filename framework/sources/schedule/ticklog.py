@@ -195,7 +195,8 @@ class TickLog:
         self._wake.set()
 
     def result(self, key: str, tick: int, last: dict[str, Any]) -> None:
-        """Note how the run of `tick` of schedule `key` went (`last`: `at`, `ok`, `duration_ms`, `error`)."""
+        """Note how the run of `tick` of schedule `key` went (`last`: `at`, `ok`, `duration_ms`, `error`, its
+        message cut to MESSAGE_CHARS already: `cut`)."""
         if tick >= self._results.get(key, (-1, last))[0]:
             self._results[key] = (tick, last)
         self._idle.clear()
@@ -284,8 +285,6 @@ class TickLog:
             value = orjson.dumps({"tick": tick, "node": self.node, "group": group})
             acks.append(await producer.send(self.topic, value, key.encode(), partition=0))
         for key, (tick, last) in results.items():  # after the ticks: a reader sees a run's tick first
-            if last["error"] is not None:
-                last = {**last, "error": {**last["error"], "message": cut(last["error"]["message"])}}
             value = orjson.dumps({"tick": tick, "node": self.node, "group": group, "last": last})
             acks.append(await producer.send(self.topic, value, key.encode(), partition=0))
         # Shielded: a timed-out round must not cancel futures aiokafka still owns.

@@ -245,6 +245,22 @@ def test_an_idle_instance_is_not_watched_until_an_invocation_wakes_it(
     assert "function fn blocked the event loop" in found.getMessage()  # the stall under the invocation
 
 
+def test_notes_and_a_syntax_errors_text_are_cut_too() -> None:
+    """An exception with a note of 1,000,000 characters; a SyntaxError whose message and source line are as
+    long. Result: the traceback is bounded (the notes, and the SyntaxError's `msg` and `text`, which the
+    formatter writes as they are, were whole)."""
+    noted = ValueError("small")
+    noted.add_note("n" * 1_000_000)
+    long_line = SyntaxError("m" * 1_000_000, ("f.py", 1, 1, "t" * 1_000_000))
+    for error in (noted, long_line):
+        try:
+            raise error
+        except Exception as e:
+            message, tb = failure_text(e, sys.exc_info()[2])
+        assert len(message) < MAX_MESSAGE + 100 and len(tb) < 3 * MAX_MESSAGE, (len(message), len(tb))
+        assert "more characters cut)" in tb
+
+
 def test_a_message_cut_where_a_secret_spans_the_cut_leaks_no_part_of_it() -> None:
     """1. A function with a secret raises an exception whose message holds the secret across the
     MAX_MESSAGE-th character, after a message of MAX_MESSAGE - 5 characters. Result: the reply's message

@@ -29,6 +29,7 @@ from framework.retry import with_retries
 from framework.settings import Settings
 from framework.sources.schedule.leader import KafkaElection
 from framework.sources.schedule.scheduler import Scheduler
+from framework.sources.schedule.ticklog import MESSAGE_CHARS
 from framework.types import Invocation, InvokeResult
 from tests.support import Node, wait_for, write_project
 
@@ -191,6 +192,19 @@ async def test_failure_is_recorded_and_counted() -> None:
     last = sched.status("job")[0]["last"]
     assert last["ok"] is False and last["error"] == {"type": "Timeout", "message": "ran past 1 s"}
     assert sample(metrics, "faas_schedule_runs_total", function="job", outcome="Timeout") == 1
+
+
+async def test_a_long_error_is_listed_as_every_node_lists_it() -> None:
+    """A run fails with a message of 10,000 characters. Result: its `last` holds the message cut to the
+    4,096 characters the tick log keeps, on this node too (it listed the whole message until the result
+    came back from the log, cut)."""
+    sched, inv, clock, _, _ = make(spec())
+    inv.fail = FunctionError("x" * 10_000)
+    clock.now = T0 + 0.5
+    sched.run_due(clock.now)
+    await settle(sched)
+    message = sched.status("job")[0]["last"]["error"]["message"]
+    assert len(message) == MESSAGE_CHARS and message.endswith("...")
 
 
 async def test_run_log_lines_carry_the_trace_of_their_invocation(caplog: pytest.LogCaptureFixture) -> None:
