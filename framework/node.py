@@ -16,9 +16,11 @@ import signal
 import socket
 import threading
 from collections.abc import Awaitable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from dotenv import dotenv_values
 
 from framework import __version__, heap, sandbox
 from framework.control.code_cache import CodeCache
@@ -37,7 +39,7 @@ from framework.observe import logs, otel
 from framework.observe.metrics import Metrics
 from framework.observe.records import InvocationRecords, node_name
 from framework.runtime.pools import Runtime
-from framework.settings import SECRET_VARIABLES, Settings
+from framework.settings import ENV_FILE, SECRET_VARIABLES, Settings
 from framework.sources.http.app import App, create_app
 from framework.sources.http.key_file import KeyFile
 from framework.sources.http.listen import BindError, bind, protocol
@@ -417,6 +419,16 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def _in_dotenv(names: frozenset[str]) -> list[str]:
+    """Which of the setting variables `names` `.env` sets (a file of the working directory: the project's
+    folder, as a rule, which instances read as the node does)."""
+    try:
+        given = dotenv_values(ENV_FILE)
+    except (OSError, UnicodeDecodeError):  # the settings said so already, or `.env` is not there
+        return []
+    return sorted(name.upper() for name, value in given.items() if value and name.upper() in names)
+
+
 def raise_open_files_limit() -> int:
     """Raise this process's soft limit of open descriptors to its hard limit (what Go's runtime and most
     servers do); returns the soft limit now. A node holds four per live instance (main and log channels,
@@ -443,6 +455,15 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
         signal.signal(sig, lambda signum, _frame: early.append(signum))
     logs.configure(settings.log_level, settings.log_format)
     sandbox.scrub_environ(SECRET_VARIABLES)  # handlers could read them in /proc/<node pid>/environ
+    for name in _in_dotenv(SECRET_VARIABLES):
+        log.warning(
+            "%s is set in %s, which every function's code can read: put it in the secrets folder (a file "
+            "named %s in %s), which instances cannot see",
+            name,
+            Path(ENV_FILE).resolve(),
+            name,
+            settings.secrets_path,
+        )
     for line in unknown:
         log.warning("%s", line)
     raise_open_files_limit()

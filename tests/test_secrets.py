@@ -247,6 +247,70 @@ def test_a_secrets_folder_holding_the_code_stays_visible_and_says_so(tmp_path: P
     assert len(lines) == 1 and "which instances need" in lines[0], lines
 
 
+def test_a_secret_setting_in_dotenv_is_warned_of(tmp_path: Path, nodes: Start) -> None:
+    """1. The project's `.env` (in the node's working directory) sets FAAS_API_KEYS. 2. Start a node.
+    Result: it serves with that key, and its log says the file is readable by every function's code and
+    where the key belongs instead, without the key itself."""
+    root, folder, _ = project(tmp_path)
+    key = f"dotenv-key-{uuid.uuid4().hex}"
+    (root / ".env").write_text(f"FAAS_API_KEYS={key}\n")
+    n = start(nodes, root, folder)
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(n.url + "/functions", headers=headers, timeout=10).status_code == 200
+    said = "FAAS_API_KEYS is set in " + str(root / ".env") + ", which every function's code can read"
+    wait_for(lambda: said in n.log.read_text(), 10, message=f"the warning\n{n.tail()}")
+    assert key not in n.log.read_text()
+
+
+SCAN = "5ec5ec00-0000-4000-8000-000000000016"
+
+
+def test_no_instance_finds_another_functions_secret_in_its_memory(tmp_path: Path, nodes: Start) -> None:
+    """1. `reader` lists a secret of 2,000 characters; it is invoked (its instance gets the secret in its
+    start message, through the template every instance is forked from). 2. `scan`, which lists no secret,
+    reads all of its own memory (`/proc/self/mem`) for it, in a fresh instance.
+    Result: not found. (It was, four times: the template parsed each start message, and the freed copies
+    of the secrets were in every later fork.)"""
+    manifest = (
+        MANIFEST
+        + f"""\
+  - name: scan
+    uuid: {SCAN}
+    handler: functions.scan:handle
+    state: productive
+    timeout: 30
+"""
+    )
+    scan = """
+import re
+
+async def handle(payload, ctx):
+    pattern = re.compile(re.escape(payload["prefix"].encode()) + rb"q{2000}END")
+    found = 0
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5].startswith("[v")):
+                continue
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(lo)
+                found += len(pattern.findall(mem.read(hi - lo)))
+            except (OSError, OverflowError, ValueError):
+                continue
+    return found
+"""
+    root = write_project(tmp_path / "proj", manifest, {**MODULES, "scan": scan})
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    prefix = f"long-{uuid.uuid4().hex}-"
+    (folder / "api_token").write_text(prefix + "q" * 2000 + "END\n")
+    n = start(nodes, root, folder)
+    assert invoke(n, READER).status_code == 200
+    r = invoke(n, SCAN, {"prefix": prefix})
+    assert r.status_code == 200 and r.json()["result"] == 0, r.text
+
+
 ENVIRON = "5ec5ec00-0000-4000-8000-000000000014"
 
 

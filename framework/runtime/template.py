@@ -23,10 +23,18 @@ instances' parent.
 
 Before its first fork the template hides the secrets folder from itself and so from every instance
 (`framework/sandbox.py`).
+
+The secrets an instance gets travel in its start message, and every instance is a copy of the template's
+memory: what the template once held of another function's secrets, freed but not overwritten, a handler
+could find in its own memory (`/proc/self/mem`: a 1.6 KB secret found four times). So the message carries
+the secrets apart (`config` JSON, a NUL, the secrets JSON), received into one buffer the template keeps;
+the template parses only the first part, the instance the second, and the template zeroes the second once
+it has forked.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
@@ -287,7 +295,9 @@ class Template:
                 pairs.append(pair)
                 on_failure.callback(pair[0].close)
                 on_failure.callback(pair[1].close)
-            message = orjson.dumps(config)
+            # The secrets apart, after a NUL (JSON text holds none): the template never parses them.
+            shown = {key: value for key, value in config.items() if key != "secrets"}
+            message = orjson.dumps(shown) + b"\0" + orjson.dumps(config.get("secrets") or {})
             sent = False
             for attempt in (1, 2):
                 if not self.alive():
@@ -453,12 +463,13 @@ def _serve(ctrl: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, _reaper(ctrl))
     _warm(server._loop_factory)
     me = os.getpid()
+    buffer = bytearray(_MAX_CONFIG)  # the only copy of a message here: its secrets are zeroed in it
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(ctrl, _MAX_CONFIG, 4)
+            size, fds = _received(ctrl, buffer)
         except OSError:
             return
-        if not msg:
+        if not size:
             return  # the node closed the control socket (stopping, or gone)
         if len(fds) != 4:
             for fd in fds:
@@ -467,12 +478,14 @@ def _serve(ctrl: socket.socket) -> None:
         # SIGCHLD held from the fork until the pid is in `_instances`: an instance that dies at once is
         # reaped after that, not before (its pid would stay in the set, and a reused one be killed).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        split = buffer.find(b"\0", 0, size)
         try:
-            config = orjson.loads(msg)
+            config = orjson.loads(memoryview(buffer)[: split if split >= 0 else size])
             pid = os.fork()
         except (OSError, orjson.JSONDecodeError):
             pid = -1  # the node sees EOF on the instance's socket and reports the failed start
         if pid == 0:
+            config["secrets"] = orjson.loads(bytes(buffer[split + 1 : size])) if split >= 0 else {}
             signal.signal(NODE_DIED, signal.SIG_DFL)  # the node is the template's parent, not ours
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _instances.clear()
@@ -482,6 +495,8 @@ def _serve(ctrl: socket.socket) -> None:
             os.close(fds[2])
             os.close(fds[3])
             server.main(config, fds[0], fds[1], me)
+        if split >= 0:
+            buffer[split:size] = bytes(size - split)  # the secrets gone before the next fork copies them
         if pid > 0:
             _instances.add(pid)
             with contextlib.suppress(OSError):  # before its exit status, if it dies at once
@@ -489,6 +504,17 @@ def _serve(ctrl: socket.socket) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for fd in fds:
             os.close(fd)
+
+
+def _received(ctrl: socket.socket, buffer: bytearray) -> tuple[int, list[int]]:
+    """One message into `buffer` (no other copy of it is made) and the descriptors sent with it, as
+    `socket.recv_fds` takes them (at most 4)."""
+    fds = array.array("i")
+    size, ancillary, _, _ = ctrl.recvmsg_into([buffer], socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return size, list(fds)
 
 
 def _left_to_the_node(_signum: int, _frame: FrameType | None) -> None:
