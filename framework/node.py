@@ -162,7 +162,8 @@ class Node:
         self.invoker.registry = registry
         if self.scheduler is not None:
             # The first table the log gives is the node's start: its schedules catch up on its downtime.
-            self.scheduler.apply(registry, start=not self._served)
+            since = None if self.deployments is None else self.deployments.productive_since
+            self.scheduler.apply(registry, start=not self._served, since=since)
             self._served = True
 
     def secrets_changed(self, event: bool) -> None:

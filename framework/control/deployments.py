@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,16 @@ class Deployments:
     def status(self, uuid: str) -> dict[str, Any]:
         """`revision`, `modified` and `deployed_at` of a `GET /functions` entry (`live_status`)."""
         return live_status(self.candidates.get(uuid.lower()), self.log.state.newest(uuid))
+
+    def productive_since(self, uuid: str) -> float | None:
+        """Epoch seconds since which `uuid` has been served without a break (`LogState.productive_since`);
+        None when not known. A scheduler starting owes no tick from before it (a new leader caught up ticks
+        that fell while the function was undeployed)."""
+        since = self.log.state.productive_since(uuid)
+        try:
+            return None if not since else datetime.fromisoformat(since).timestamp()
+        except ValueError:  # a hand-written record's time
+            return None
 
     def revisions(self, uuid: str) -> list[dict[str, Any]] | None:
         """The kept revisions of `uuid`, newest first; None when neither the log nor the manifest has it."""

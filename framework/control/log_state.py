@@ -86,6 +86,19 @@ class LogState:
         kept = self.revisions.get(uuid.lower(), {})
         return [kept[n] for n in sorted(kept, reverse=True)]
 
+    def productive_since(self, uuid: str) -> str | None:
+        """`deployed_at` of the deploy that made `uuid` served without a break since (the first deploy after
+        its last undeploy, or its revision 1); None when it is not served, or when the kept revisions do not
+        reach back that far (older ones were dropped)."""
+        since: str | None = None
+        for rev in self.kept(uuid):  # newest first
+            if rev.action != "deploy":
+                return since
+            since = rev.deployed_at
+            if rev.revision == 1:
+                return since
+        return None
+
     def next_number(self, uuid: str) -> int:
         kept = self.revisions.get(uuid.lower())
         return max(kept) + 1 if kept else 1

@@ -125,6 +125,29 @@ def test_order_is_the_order_revisions_were_applied_in() -> None:
     assert sorted(state.order, key=state.order.__getitem__) == [revision_key(A, 1), revision_key(B, 2)]
 
 
+def test_productive_since_is_the_first_deploy_after_the_last_undeploy() -> None:
+    """Deploys 1 and 2, an undeploy 3, deploys 4 and 5 (each stamped with its number). Result: served since
+    4's time; after a new undeploy, not served (None); a function whose revision 1 is kept and never
+    undeployed: since 1; one whose older revisions were dropped and never undeployed: unknown (None)."""
+
+    def at(r: Revision) -> Revision:
+        return Revision.from_json({**r.to_json(), "deployed_at": f"2026-12-07T10:00:0{r.revision}+00:00"})
+
+    state = LogState()
+    state.apply(code_key(sha256(CODE)), CODE)
+    actions = ["deploy", "deploy", "undeploy", "deploy", "deploy"]
+    for n, action in enumerate(actions, start=1):
+        apply(state, at(rev(A, n, "alpha", action)), n)
+    assert state.productive_since(A) == "2026-12-07T10:00:04+00:00"
+    apply(state, at(rev(A, 6, "alpha", "undeploy")), 6)
+    assert state.productive_since(A) is None
+    apply(state, at(rev(B, 1, "beta")), 7)
+    apply(state, at(rev(B, 2, "beta")), 8)
+    assert state.productive_since(B) == "2026-12-07T10:00:01+00:00"
+    state.apply(revision_key(B, 1), None)  # dropped from the kept history
+    assert state.productive_since(B) is None
+
+
 def test_a_refused_record_leaves_the_state_as_it_was() -> None:
     """1. alpha live (A). 2. A revision of B named alpha. Result: nothing of B is kept: no key, no
     number taken (B's next revision is 1), no order; the live set is unchanged."""

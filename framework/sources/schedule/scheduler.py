@@ -128,12 +128,18 @@ class Scheduler:
 
     # ---- the table ----
 
-    def apply(self, registry: Registry, start: bool = False) -> None:
+    def apply(
+        self,
+        registry: Registry,
+        start: bool = False,
+        since: Callable[[str], float | None] | None = None,
+    ) -> None:
         """Rebuild the table from `registry`: new and changed crons start, removed ones stop, runs go on.
 
         `start`: this is what the node serves at its start (the deployment log's first read), not a deploy,
-        so the ticks it missed while it was down are caught up (`CronEntry.armed`). The node's very first
-        table, before the log is read, serves nothing and is not its start."""
+        so the ticks it missed while it was down are caught up (`CronEntry.armed`), back to when each
+        function was last deployed after an undeploy (`since(uuid)`, epoch seconds; None: no bound). The
+        node's very first table, before the log is read, serves nothing and is not its start."""
         now = self._now()
         table: dict[tuple[str, CronKind, int], CronEntry] = {}
         for spec in registry.functions:
@@ -160,7 +166,11 @@ class Scheduler:
                     entry.arm(None)
                 elif entry.next_at is None:
                     entry.arm(now)
-                    entry.armed = EPOCH if start else now
+                    entry.armed = now
+                    if start:  # its downtime is caught up, not a time the function was not served
+                        served = None if since is None else since(spec.uuid)
+                        bound = EPOCH if served is None else datetime.fromtimestamp(served, UTC)
+                        entry.armed = min(now, bound)
                 table[(spec.name, kind, index)] = entry
         kept = {id(entry.owed) for entry in table.values()}
         for old in self.entries.values():

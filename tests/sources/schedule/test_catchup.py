@@ -72,9 +72,16 @@ class FakeTicks:
 class Cluster:
     """One scheduler on a fake clock as a follower, its election, its invoker and its tick log."""
 
-    def __init__(self, newest: int | None = None, by_index: bool = False, **spec_fields: str) -> None:
+    def __init__(
+        self,
+        newest: int | None = None,
+        by_index: bool = False,
+        since: float | None = None,
+        **spec_fields: str,
+    ) -> None:
         """`newest`: the tick log's newest tick of the schedule, under its key (`by_index`: under the key
-        of records written before schedules were keyed by what they are, `<uuid>:<index>`)."""
+        of records written before schedules were keyed by what they are, `<uuid>:<index>`). `since`: when
+        the function was last deployed after an undeploy, as the deployment log says (None: not known)."""
         self.job = spec(**spec_fields)
         self.ticks = FakeTicks()
         self.invoker, self.clock, self.metrics = FakeInvoker(), Clock(), Metrics()
@@ -88,7 +95,7 @@ class Cluster:
             ticks=self.ticks,
             clock=self.clock,
         )
-        self.sched.apply(registry(self.job), start=True)
+        self.sched.apply(registry(self.job), start=True, since=lambda uuid: since)
         self.key = self.sched.entries[(self.job.name, "schedule", 0)].key
         if newest is not None:
             self.ticks.known[f"{self.job.uuid}:0" if by_index else self.key] = newest
@@ -360,6 +367,17 @@ async def test_a_node_that_just_started_catches_up_on_its_own_downtime() -> None
     starts at S+0.5. 2. It consumes S+1..S+3 while it joins, and becomes leader.
     Result: S-2..S+3 fire: the ticks from before it started too."""
     c = Cluster(newest=S - 3)
+    c.run(S + 3.25)
+    await c.take_over(S + 3.25)
+    assert c.fired == list(range(S - 2, S + 4))
+
+
+async def test_a_node_that_just_started_owes_no_tick_from_before_the_functions_last_deploy() -> None:
+    """1. The newest record is S-5 (fired before the function was undeployed); it was deployed again at
+    S-2.5, while no node ran; the node starts at S+0.5. 2. It consumes S+1..S+3 and becomes leader.
+    Result: S-2..S+3 fire, not S-4..S-3: those fell while the function was undeployed (a new leader fired
+    them, as if it had only been down)."""
+    c = Cluster(newest=S - 5, since=S - 2.5)
     c.run(S + 3.25)
     await c.take_over(S + 3.25)
     assert c.fired == list(range(S - 2, S + 4))
