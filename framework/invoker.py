@@ -23,7 +23,7 @@ import orjson
 from framework.context import Trigger
 from framework.control.registry import Registry
 from framework.control.spec import FunctionSpec
-from framework.errors import FaasError, FunctionError, NotFound
+from framework.errors import FaasError, FunctionError, NotFound, Overloaded
 from framework.observe import tracing
 from framework.retry import HANDOVER, RETRIED_TRIGGERS, with_retries
 from framework.tasks import cancel_and_wait
@@ -104,10 +104,15 @@ class EventReply:
 class Invoker:
     """Runs invocations through the runtime and counts them. `registry` is swapped by the node on reload."""
 
-    def __init__(self, runtime: Runtime, registry: Registry, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, registry: Registry, metrics: Metrics | None = None, serving: bool = True
+    ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.metrics = metrics
+        self._starting: asyncio.Event | None = None if serving else asyncio.Event()
+        """Set (and dropped) by `serving`: until then `registry` is not what the node serves (its deployment
+        log is not read yet), so an event waits and a direct call is refused. None: serving."""
         # prometheus-client's labels() costs microseconds per call: keep the children of the hot path.
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
@@ -277,7 +282,15 @@ class Invoker:
         spec = self.lookup(uuid)
         return await self.call(spec, payload, "direct", invocation_id=invocation_id, span=span)
 
+    def serving(self) -> None:
+        """`registry` is what the node serves from now on (its deployment log was read)."""
+        if self._starting is not None:
+            self._starting.set()
+            self._starting = None
+
     def lookup(self, uuid: str) -> FunctionSpec:
+        if self._starting is not None:  # 404 would say no such function: it is not known yet
+            raise Overloaded("the node is starting: it has not read its deployment log yet; try again")
         spec = self.registry.productive(uuid)
         if spec is None:
             raise NotFound(f"no productive function with uuid {uuid}")
@@ -295,6 +308,8 @@ class Invoker:
 
         `span` is the event's span (a new trace when None); each listener's invocation is a child of it.
         """
+        if self._starting is not None:  # who listens is not known before the deployment log is read:
+            await self._starting.wait()  # answered then, not as an event nothing listens to
         if span is None:
             span = tracing.start()
         if identity is None:

@@ -83,7 +83,7 @@ class Node:
         self.code = code if code is not None else CodeZips(settings.max_code_bytes, settings.secrets_path)
         """The working copy's code as of the look `working` was checked with (its candidates reuse it)."""
         self.deployments: Deployments | None = None
-        self.invoker = Invoker(self.runtime, unserved(manifest), self.metrics)
+        self.invoker = Invoker(self.runtime, unserved(manifest), self.metrics, serving=False)
         self.spans = otel.NodeExporter(__version__) if otel.enabled() else None
         self.invoker.exporter = self.spans
         self.spans_hurry = threading.Event()
@@ -160,6 +160,7 @@ class Node:
         once its in-flight work ends (the retired pool finishes it)."""
         self.runtime.apply(registry.functions)
         self.invoker.registry = registry
+        self.invoker.serving()
         if self.scheduler is not None:
             # The first table the log gives is the node's start: its schedules catch up on its downtime.
             since = None if self.deployments is None else self.deployments.productive_since

@@ -19,18 +19,20 @@ object, which no setting can give)."""
 
 
 def mechanism(value: str) -> str:
-    """FAAS_KAFKA_SASL_MECHANISM in upper case (empty: PLAIN, aiokafka's default); ValueError if unknown."""
-    name = value.strip().upper()
-    if name and name not in MECHANISMS:
-        raise ValueError(f"{value!r} is no SASL mechanism a client can use: one of {', '.join(MECHANISMS)}")
-    return name
+    """FAAS_KAFKA_SASL_MECHANISM in upper case (empty: PLAIN, aiokafka's default, with a SASL protocol)."""
+    return value.strip().upper()
 
 
 def check(protocol: str, sasl_mechanism: str, username: str, password: str) -> None:
     """ValueError naming the settings when a SASL protocol lacks what its mechanism needs."""
-    if not protocol.startswith("SASL"):
+    if not protocol.startswith("SASL"):  # not used: what it says is not looked at (an earlier setup's)
         return
     name = sasl_mechanism or "PLAIN"
+    if name not in MECHANISMS:
+        raise ValueError(
+            f"FAAS_KAFKA_SASL_MECHANISM {sasl_mechanism!r} is no SASL mechanism a client can use: one of "
+            f"{', '.join(MECHANISMS)}"
+        )
     if name == "GSSAPI":
         if importlib.util.find_spec("gssapi") is None:
             raise ValueError("FAAS_KAFKA_SASL_MECHANISM=GSSAPI needs the gssapi package (pip install gssapi)")

@@ -24,7 +24,7 @@ TLS = Path(__file__).parent.parent / "data" / "tls"
     [
         (
             {"FAAS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "FAAS_KAFKA_SASL_MECHANISM": "bogus"},
-            "FAAS_KAFKA_SASL_MECHANISM: 'bogus' is no SASL mechanism",
+            "FAAS_KAFKA_SASL_MECHANISM 'BOGUS' is no SASL mechanism",
         ),
         (
             {"FAAS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "FAAS_KAFKA_SASL_MECHANISM": "OAUTHBEARER"},
@@ -110,3 +110,5 @@ def test_usable_security_settings_make_the_clients_options(tmp_path: Path) -> No
     )
     assert sasl["sasl_mechanism"] == "PLAIN" and "ssl_context" not in sasl
     assert security_options(Settings()) == {"security_protocol": "PLAINTEXT"}
+    # A mechanism is looked at only with a SASL protocol: an earlier setup's value does not stop a start.
+    assert Settings(kafka_sasl_mechanism="OAUTHBEARER").kafka_security_protocol == "PLAINTEXT"
