@@ -60,8 +60,7 @@ from framework.kafka.probe import BrokerProbe
 from framework.kafka.topic_read import (
     CONNECT_TIMEOUT,
     PROBE_FETCH_BYTES,
-    answers,
-    first_at,
+    holds,
     reader_of,
     stall_message,
     started,
@@ -345,13 +344,10 @@ async def _replaced(prober: AIOKafkaConsumer, last_read: dict[TopicPartition, tu
     small fetch per partition read, every PROBE_EVERY seconds; a fetch that fails says nothing."""
     for tp, (offset, timestamp) in list(last_read.items()):
         try:
-            found = await first_at(prober, tp, offset)
+            if not await holds(prober, tp, offset, timestamp):
+                return True
         except (KafkaError, OSError):
             return False
-        if found is None and not await answers(prober, tp):
-            return False  # a broker too slow to answer the fetch says nothing
-        if found != (offset, timestamp):
-            return True
     return False
 
 

@@ -198,15 +198,22 @@ async def first_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) 
     return None
 
 
-async def answers(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
-    """Whether the broker answers a request about `tp` now (its end offset, within FETCH_WAIT_MS * 5): a
-    `first_at` that found nothing is then taken at its word, not for a broker too slow to answer."""
+async def holds(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, timestamp: int | None = None
+) -> bool:
+    """Whether `tp` still holds the record read at `offset` (stamped `timestamp`, when given): one small
+    fetch (`first_at`, which moves `consumer`). A look that finds nothing proves the record gone only when
+    the broker answers meanwhile (its end offset, within FETCH_WAIT_MS * 5): a broker too slow to answer
+    the fetch says nothing, and the record counts as held."""
+    found = await first_at(consumer, tp, offset)
+    if found is not None:
+        return found[0] == offset and (timestamp is None or found[1] == timestamp)
     try:
         async with asyncio.timeout(FETCH_WAIT_MS * 5 / 1000):
             await consumer.end_offsets([tp])
     except (KafkaError, OSError, TimeoutError):
-        return False
-    return True
+        return True
+    return False
 
 
 async def _search(consumer: AIOKafkaConsumer, tp: TopicPartition, lo: int, hi: int, at_ms: int) -> int:

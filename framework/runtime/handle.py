@@ -277,10 +277,13 @@ class InstanceHandle:
         """Whether a request it holds (or was told to stop) is past its time limit, unanswered: the instance
         is killed `GRACE` after that unless it answers, so no new request should go there meanwhile (one
         got "another request ran past its time limit")."""
+        if not self._pending and not self._abandoned:  # an idle instance: no clock read
+            return False
+        now = self._loop.time()
         first = next(iter(self._pending.values()), None)  # in send order, which is deadline order
-        if first is not None and first.deadline <= self._loop.time():
-            return True
-        return bool(self._abandoned) and min(self._abandoned.values()) <= self._loop.time()
+        return (first is not None and first.deadline <= now) or any(
+            d <= now for d in self._abandoned.values()
+        )
 
     def close(self) -> None:
         """Graceful stop (idle or retired): the instance exits when its main channel closes."""

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from framework.kafka.group import cluster_id
 from framework.kafka.options import reader, stop_quietly
-from framework.kafka.topic_read import Record, answers, first_at, offsets_at, partitions, started
+from framework.kafka.topic_read import Record, holds, offsets_at, partitions, started
 from framework.settings import Settings
 from framework.sources.schedule.ticklog import parse
 from framework.tasks import cancel_and_wait
@@ -188,11 +188,9 @@ class Follower:
         position = self._position
         if not position or (await consumer.end_offsets([tp]))[tp] >= position:
             return True
-        found = await first_at(consumer, tp, position - 1)
+        held = await holds(consumer, tp, position - 1)
         consumer.seek(tp, position)
-        if found is None:  # nothing came back: gone, or a broker that did not answer the fetch in time
-            return not await answers(consumer, tp)
-        return found[0] == position - 1
+        return held
 
     def _apply(self, record: Record) -> str | None:
         """Note the result `record` holds; why it is not a tick record, when it is not. A record that cannot
