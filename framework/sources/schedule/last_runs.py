@@ -200,7 +200,7 @@ class Follower:
         parsed = parse(record)
         if isinstance(parsed, str):
             return parsed
-        if parsed.last is not None and parsed.group in (None, self.group):
+        if parsed.last is not None and parsed.of(self.group):
             self.runs.note(parsed.key, parsed.tick, parsed.last)
         return None
 

@@ -80,6 +80,11 @@ class TickRecord(NamedTuple):
     last: dict[str, Any] | None
     """The run's result (`at`, `ok`, `duration_ms`, `error`), in a record written when the run ended."""
 
+    def of(self, group: str) -> bool:
+        """Whether it counts for consumer group `group`: written by its leader, or without a group (before
+        records named theirs). Another group's leader fired its own schedules, not ours."""
+        return self.group is None or self.group == group
+
 
 def parse(record: Record) -> TickRecord | str:
     """The tick record `record` holds, or why it is not one."""
@@ -155,7 +160,7 @@ def newest(records: Iterable[Record], since_ms: int, group: str) -> dict[str, in
         if isinstance(parsed, str):
             broken.append(f"offset {record.offset}: {parsed}")
             continue
-        if parsed.group is not None and parsed.group != group:  # another group's leader fired it, not ours
+        if not parsed.of(group):
             continue
         found[parsed.key] = max(parsed.tick, found.get(parsed.key, parsed.tick))
     if broken:
