@@ -138,3 +138,17 @@ def status_of(error_type: str | None) -> int:
 def from_name(error_type: str, message: str) -> FaasError:
     """Rebuild an error from its contract name (unknown names become `FunctionError`)."""
     return ERRORS.get(error_type, FunctionError)(message)
+
+
+_TYPE_NAME = type.__dict__["__name__"]
+"""The `__name__` slot of every class, read past a metaclass that hides it behind a property of its own."""
+
+
+def type_name(kind: type) -> str:
+    """`kind.__name__` of a user's class (an exception's, a result's); when that raises or is not a str (a
+    metaclass's property), the name the class was created with (a property cannot hide the slot itself)."""
+    try:
+        name = kind.__name__
+    except BaseException:  # its metaclass's code: anything may come out of it
+        name = None
+    return name if type(name) is str else str(_TYPE_NAME.__get__(kind))

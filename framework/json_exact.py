@@ -47,6 +47,8 @@ from typing import Any
 
 import orjson
 
+from framework.errors import type_name
+
 _DIGITS_AS_ZEROS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
 """A `bytes.translate` table: each ASCII digit to `0`, every other byte to a space."""
 _LONG_RUN = b"0" * 19
@@ -216,7 +218,7 @@ def _aware_text(value: datetime.datetime, tz: datetime.tzinfo) -> str:
                 offset = value.utcoffset()
         except BaseException as exc:  # the tzinfo's own code: anything may come out of it
             raise _Refused(
-                f"datetime.datetime with a tzinfo of type {_type_name(kind)} whose UTC offset cannot be "
+                f"datetime.datetime with a tzinfo of type {type_name(kind)} whose UTC offset cannot be "
                 f"read: {_reason(exc)}"
             ) from None
     wall = value.replace(tzinfo=None).isoformat()
@@ -247,7 +249,7 @@ def _dataclass_members(instance: Any) -> dict[str, Any]:
         attributes = None
     if attributes is not None and "__slots__" not in kind.__dict__:
         if type(attributes) is not dict:
-            raise _Refused(f"dataclass {_type_name(kind)} has a __dict__ that is not a dict")
+            raise _Refused(f"dataclass {type_name(kind)} has a __dict__ that is not a dict")
         for name in attributes:
             if type(name) is not str or name[:1] == "_":
                 break
@@ -257,7 +259,7 @@ def _dataclass_members(instance: Any) -> dict[str, Any]:
         for name, item in attributes.items():
             if type(name) is not str:
                 raise _Refused(
-                    f"dataclass {_type_name(kind)} has an attribute named by a {_type_name(type(name))}, "
+                    f"dataclass {type_name(kind)} has an attribute named by a {type_name(type(name))}, "
                     "not a str"
                 )
             if name[:1] != "_":
@@ -272,18 +274,9 @@ def _dataclass_members(instance: Any) -> dict[str, Any]:
             members[name] = getattr(instance, name)
         except BaseException as exc:  # a slot never set raises AttributeError; a descriptor anything
             raise _Refused(
-                f"dataclass {_type_name(kind)}: field {name!r} cannot be read: {_reason(exc)}"
+                f"dataclass {type_name(kind)}: field {name!r} cannot be read: {_reason(exc)}"
             ) from None
     return members
-
-
-def _type_name(kind: type) -> str:
-    """`kind.__name__`, or a placeholder when that raises or is not a string (a metaclass's property)."""
-    try:
-        name = kind.__name__
-    except BaseException:
-        return "<type whose __name__ raised>"
-    return name if type(name) is str else "<type whose __name__ is not a str>"
 
 
 def _reason(exc: BaseException) -> str:
@@ -294,7 +287,7 @@ def _reason(exc: BaseException) -> str:
         text = "<exception str() failed>"
     if len(text) > _REASON_CHARS:
         text = text[:_REASON_CHARS] + "…"
-    return f"{_type_name(type(exc))}: {text}"
+    return f"{type_name(type(exc))}: {text}"
 
 
 def _key_text(key: Any) -> str:

@@ -42,6 +42,7 @@ import orjson
 
 from framework import heap, json_exact, sandbox
 from framework.context import Context, Secrets
+from framework.errors import type_name
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
 from framework.runtime.family import kill_descendants
@@ -59,7 +60,6 @@ from framework.runtime.worker.watchdog import (
     current_traceparent,
     end_lines,
     failure_text,
-    type_name,
 )
 
 try:

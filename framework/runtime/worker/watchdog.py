@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from framework.errors import type_name
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import BlockingSender, FrameKind
 from framework.runtime.worker.redact import installed, redact
@@ -46,19 +47,6 @@ A handler raising a 100 MB message had it sent whole to its caller and logged as
 300 MB, formatting and logging it on the loop ran past the time limit and the instance was killed. The same
 as a dead letter's `faas_error` keeps (`kafka/deadletter.MAX_ERROR_CHARS`), which the reply's message
 feeds; an invocation record keeps 4,000 of it (`observe/record_json.MAX_ERROR_CHARS`)."""
-
-_TYPE_NAME = type.__dict__["__name__"]
-"""The `__name__` slot of every class, read past a metaclass that hides it behind a property of its own."""
-
-
-def type_name(kind: type) -> str:
-    """`kind.__name__`; when that raises or is not a str (a metaclass's property), the name the class was
-    created with (a property cannot hide the slot itself)."""
-    try:
-        name = kind.__name__
-    except BaseException:  # its metaclass's code: anything may come out of it
-        name = None
-    return name if type(name) is str else str(_TYPE_NAME.__get__(kind))
 
 
 def cut_text(text: str, limit: int = MAX_MESSAGE) -> str:
