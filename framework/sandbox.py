@@ -4,9 +4,12 @@ did not list).
 An instance gets the values of the secrets its function lists from the node (`ctx.secrets`) and never needs
 the folder; but it runs as the node's user, so any handler could open the files of every other function's
 secrets. So the template (`template.py`), before it forks its first instance, moves itself into a user and
-mount namespace of its own where an empty, read-only tmpfs lies over the folder. Every instance forked from
-it inherits that view (5-7 ms once per template, the trial in a child included); the node's own view is
-unchanged (it reads the secrets and watches them for changes).
+mount namespace of its own where an empty, read-only tmpfs lies over the folder, and where the folders
+instances need (the project, the code cache, the interpreter and the framework) are read-only: a handler that
+could write them would reach every secret, through another function's module or a `.pth` file the next
+template runs before it hides anything. Every instance forked from it inherits that view (5-7 ms once per
+template, the trial in a child included); the node's own view is unchanged (it reads the secrets and
+watches them for changes, and writes the code cache, whose new entries instances see as they appear).
 
 What keeps a handler from getting around it:
 - a user namespace, for root too (the process's own uid and gid mapped to themselves): capabilities held
@@ -48,14 +51,26 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import site
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND = 1024, 2048, 4096
+MS_REC, MS_PRIVATE, MS_RELATIME = 1 << 14, 1 << 18, 1 << 21
+_KEPT_FLAGS = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+"""A mount's flags (`statvfs`) a read-only remount must carry over: in a user namespace the kernel refuses
+to clear flags the mount had when the namespace was made (they are locked)."""
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 CAP_SYS_PTRACE, CAP_SYS_ADMIN = 19, 21
@@ -76,9 +91,29 @@ _libc: ctypes.CDLL | None = None
 
 
 def needed(*folders: Path) -> list[Path]:
-    """`folders` and what every process of the platform needs besides: the interpreter's folders and the
-    framework's own. A secrets folder holding any of them stays visible (`hide`)."""
-    return [*folders, Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parents[1]]
+    """`folders` and what every process of the platform needs besides: the interpreter's folders, the
+    user's site-packages when the interpreter reads one (`user_site`), the folders of PYTHONPATH and the
+    framework's own; all code a template runs. A secrets folder holding any of them stays visible (`hide`)."""
+    python_path = [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    user = user_site()
+    return [
+        *folders,
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        *([] if user is None else [user]),
+        *python_path,
+        Path(__file__).resolve().parents[1],
+    ]
+
+
+def user_site() -> Path | None:
+    """The user's site-packages folder, when the interpreter would read it (not in a virtualenv) and it is
+    there. When it is not there, the template starts without it (`-s`): a handler that made it would
+    otherwise plant a `.pth` file the next template runs."""
+    if not site.ENABLE_USER_SITE:
+        return None
+    folder = Path(site.getusersitepackages())
+    return folder if folder.is_dir() else None
 
 
 def identity(folder: Path) -> tuple[int, int] | None:
@@ -114,7 +149,7 @@ def _why_not(real: Path, keep: Sequence[Path]) -> str | None:
     libc = ctypes.CDLL(None, use_errno=True)
     problem = _in_child(libc, real, keep)  # a failure half-way must not strand this process
     if problem is None:
-        problem = _enter(libc, real)
+        problem = _enter(libc, real, keep)
     if problem is None:
         global _libc
         _libc = libc  # kept for every instance's `isolate`
@@ -163,7 +198,7 @@ def _in_child(libc: ctypes.CDLL, real: Path, keep: Sequence[Path]) -> str | None
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read_end)
-            problem = _enter(libc, real)
+            problem = _enter(libc, real, keep)
             for folder in keep:
                 if problem is None and folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
                     problem = f"in the namespace {folder}, which instances need, is not readable"
@@ -180,7 +215,7 @@ def _in_child(libc: ctypes.CDLL, real: Path, keep: Sequence[Path]) -> str | None
     return told or "the trial in a child process ended without a word"
 
 
-def _enter(libc: ctypes.CDLL, real: Path) -> str | None:
+def _enter(libc: ctypes.CDLL, real: Path, keep: Sequence[Path]) -> str | None:
     root = os.geteuid() == 0
     uid, gid = os.geteuid(), os.getegid()
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
@@ -198,6 +233,9 @@ def _enter(libc: ctypes.CDLL, real: Path) -> str | None:
         return f"mapping the user namespace's ids: {exc.strerror or exc}"
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:  # nothing we mount reaches the node
         return _failed("mount --make-rprivate /")
+    problem = _read_only(libc, keep)
+    if problem is not None:
+        return problem
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     if libc.mount(b"faas-hidden", os.fsencode(real), b"tmpfs", flags, TMPFS_OPTIONS) != 0:
         return _failed("mount tmpfs over it")
@@ -206,6 +244,26 @@ def _enter(libc: ctypes.CDLL, real: Path) -> str | None:
         return problem
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         return _failed("prctl(PR_SET_DUMPABLE, 0)")
+    return None
+
+
+def _read_only(libc: ctypes.CDLL, folders: Sequence[Path]) -> str | None:
+    """Bind each of `folders` that exists onto itself, read-only (outer folders first, so an inner one is
+    bound again inside its outer one's view). A handler that could write them would reach every secret:
+    another function's module, or a `.pth` file the next template runs before it hides anything."""
+    existing = {folder.resolve() for folder in folders if folder.is_dir()}
+    real = sorted((folder for folder in existing if folder.parent != folder), key=lambda p: len(p.parts))
+    for folder in real:
+        path = os.fsencode(folder)
+        if libc.mount(path, path, None, MS_BIND | MS_REC, None) != 0:
+            return _failed(f"mount --rbind {folder}")
+        kept = os.statvfs(folder).f_flag
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for st_flag, ms_flag in _KEPT_FLAGS:
+            if kept & st_flag:
+                flags |= ms_flag
+        if libc.mount(None, path, None, flags, None) != 0:
+            return _failed(f"mount -o remount,bind,ro {folder}")
     return None
 
 

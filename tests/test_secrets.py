@@ -7,11 +7,13 @@ the instance's business, and a node without a consumer group to join is ready in
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import sysconfig
 import threading
 import time
 import uuid
@@ -245,6 +247,76 @@ def test_a_secrets_folder_holding_the_code_stays_visible_and_says_so(tmp_path: P
     wait_for(lambda: "can read the secrets folder" in n.log.read_text(), 10, message="the warning")
     lines = [line for line in n.log.read_text().splitlines() if "can read the secrets folder" in line]
     assert len(lines) == 1 and "which instances need" in lines[0], lines
+
+
+EROFS = errno.EROFS
+PLANT = "5ec5ec00-0000-4000-8000-000000000017"
+PLANTER = """
+import errno, os, sysconfig, tempfile
+
+async def plant(payload, ctx):
+    # What a function's author would write to reach other functions' secrets: its own module in the code
+    # cache, the working copy's module and the manifest, a `.pth` file the next template would run.
+    targets = {
+        "own module": __file__,
+        "cache entry": os.path.join(os.path.dirname(os.path.dirname(__file__)), "planted.txt"),
+        "working copy": payload["module"],
+        "manifest": payload["manifest"],
+        "site-packages": os.path.join(sysconfig.get_paths()["purelib"], "planted.pth"),
+    }
+    seen = {}
+    for what, path in targets.items():
+        try:
+            with open(path, "a") as f:
+                f.write("import os\\n")
+            seen[what] = 0
+        except OSError as e:
+            seen[what] = e.errno
+    with tempfile.NamedTemporaryFile() as f:  # scratch space stays the function's
+        f.write(b"scratch")
+        seen["tmp"] = 0
+    return seen
+"""
+
+
+def test_a_function_cannot_write_the_code_the_cache_or_the_interpreter(tmp_path: Path, nodes: Start) -> None:
+    """1. A node with a secrets folder serves `plant`, which appends to its own module (in the code cache),
+       writes a file in the cache, appends to the working copy's module and to the manifest, and writes a
+       `.pth` file in the interpreter's site-packages; then it writes a temporary file.
+    2. Invoke it; then invoke `reader` on a fresh instance.
+    Result: every write but the temporary file's is refused (EROFS: instances see those folders
+    read-only), the files are unchanged, and `reader` still serves its secret."""
+    manifest = (
+        MANIFEST
+        + f"""\
+  - name: plant
+    uuid: {PLANT}
+    handler: functions.plant:plant
+    state: productive
+"""
+    )
+    root = write_project(tmp_path / "proj", manifest, {**MODULES, "plant": PLANTER})
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    value = f"tok-{uuid.uuid4().hex}"
+    (folder / "api_token").write_text(value + "\n")
+    module, yaml = root / "functions" / "plant.py", root / "functions.yaml"
+    before = {path: path.read_bytes() for path in (module, yaml)}
+    planted = Path(sysconfig.get_paths()["purelib"]) / "planted.pth"
+    n = start(nodes, root, folder)
+    try:
+        r = invoke(n, PLANT, {"module": str(module), "manifest": str(yaml)})
+        assert r.status_code == 200, r.text
+        seen = r.json()["result"]
+        refused = dict.fromkeys(
+            ("own module", "cache entry", "working copy", "manifest", "site-packages"), EROFS
+        )
+        assert seen == {**refused, "tmp": 0}, seen
+        assert {path: path.read_bytes() for path in (module, yaml)} == before
+        assert not planted.exists()
+    finally:
+        planted.unlink(missing_ok=True)  # this test's virtualenv is every test's
+    assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
 
 
 def test_a_secret_setting_in_dotenv_is_warned_of(tmp_path: Path, nodes: Start) -> None:

@@ -20,6 +20,7 @@ every other node does, and unpacks the code again later (`Deployments._code`).
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import errno
 import io
@@ -60,8 +61,11 @@ _ENTRY = re.compile(r"^(?:([0-9a-f]{64})(\.zip)?|\.(?:unpack|zip|check|prune)-.*
 class CodeCache:
     """Content-addressed folders under `base` (the manifest folder's `.faas` by default)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, compile_code: bool = False) -> None:
         self.base = base
+        self.compile_code = compile_code
+        """Byte-compile each folder stored, on a thread of its own (`compiled`): a node's instances may not
+        write the cache (`sandbox.py`), so without it each of their cold starts compiles its modules."""
         self._lock = threading.Lock()
         """Held by `store` and by `prune` for each code it removes (`prune` runs in a thread): a code stored
         while a sweep runs is never removed by it, nor its fresh zip."""
@@ -127,7 +131,9 @@ class CodeCache:
                     tmp.rename(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            return target
+        if self.compile_code:
+            threading.Thread(target=compiled, args=(target,), name="faas-compile", daemon=True).start()
+        return target
 
     def touch(self, shas: Collection[str]) -> None:
         """Mark the code `shas` used now (those this cache holds), so `prune` of a node sharing the folder
@@ -226,6 +232,15 @@ def verify(sha: str, data: bytes) -> None:
 class _Refused(ValueError):
     """A zip refused before anything is unpacked: an entry that would land outside the folder, or more
     files or bytes than a revision's code may hold (`revisions.unpacked_problem`)."""
+
+
+def compiled(folder: Path) -> None:
+    """Byte-compile the modules of `folder` into its `__pycache__` folders, as an import would (each file
+    written whole and renamed into place, so an instance reads a whole one or none). Off the loop: a
+    revision may hold megabytes of source. A module that does not compile is left to its import, which
+    says why; a folder pruned meanwhile is no matter."""
+    with contextlib.suppress(Exception):
+        compileall.compile_dir(folder, quiet=2, workers=1)
 
 
 def _unpack(sha: str, data: bytes, into: Path) -> None:

@@ -518,7 +518,7 @@ def open_deployments(
 ) -> Deployments:
     """The node's deployments on the Kafka log, or (no Kafka) on a log in memory with watch mode on;
     `code` is the look `manifest` was checked with."""
-    cache = CodeCache(cache_dir(settings))
+    cache = CodeCache(cache_dir(settings), compile_code=True)
     state = LogState(on_code=cache.store)
     relative = None if settings.cache_dir.is_absolute() else settings.cache_dir
     deployment_log = MemoryLog(state) if bootstrap is None else KafkaLog(state, settings, bootstrap)

@@ -170,6 +170,7 @@ class Template:
         args = [
             sys.executable,
             "-P",
+            *(["-s"] if sandbox.user_site() is None else []),  # no user site-packages, or one a handler made
             "-m",
             "framework.runtime.template",
             str(theirs.fileno()),

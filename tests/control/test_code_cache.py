@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from framework.control.code_cache import CodeCache
 from framework.control.revisions import sha256
 from framework.control.snapshot import code_files
 from tests.control.zips import BROKEN, package, zip_of
+from tests.support import wait_for
 
 
 @pytest.mark.parametrize("broken", list(BROKEN))
@@ -172,3 +175,35 @@ def test_a_cache_inside_a_handler_package_is_never_part_of_its_code(tmp_path: Pa
     assert (cache.base / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
     assert (cache.path(sha256(data)) / "functions" / "m.py").is_file()
     assert code_files(root / "functions") == before == [root / "functions" / "m.py"]
+
+
+def test_a_nodes_cache_byte_compiles_what_it_stores_off_the_callers_thread(tmp_path: Path) -> None:
+    """1. A node's cache (`compile_code`) stores a package with a good module and one that does not compile.
+    2. Import the good module from the stored folder with writing bytecode off (as an instance, which sees
+       the cache read-only, does).
+    Result: the good module's `.pyc` appears in its `__pycache__` (written by a thread of the cache's, not
+    by `store`'s caller), the import loads it rather than the source, and the broken module has none; a
+    cache without `compile_code` (the CLI's) writes none."""
+    data = zip_of(
+        {"functions/__init__.py": "", "functions/m.py": "VALUE = 7\n", "functions/bad.py": "def (\n"}
+    )
+    sha = sha256(data)
+    cache = CodeCache(tmp_path / "node", compile_code=True)
+    folder = cache.store(sha, data)
+    pyc = folder / "functions" / "__pycache__" / f"m.{sys.implementation.cache_tag}.pyc"
+    wait_for(pyc.exists, 10, message="the module compiled")
+    assert not list((folder / "functions" / "__pycache__").glob("bad.*"))
+    # The source changed behind the compiled file's back (same size and time): what the import gives says
+    # which of the two it read.
+    source = folder / "functions" / "m.py"
+    stat = source.stat()
+    source.write_text("VALUE = 8\n")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import functions.m as m; print(m.VALUE)"
+    out = subprocess.run(
+        [sys.executable, "-B", "-c", probe, str(folder)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "7", out
+    plain = CodeCache(tmp_path / "cli")
+    plain_folder = plain.store(sha, data)
+    assert not (plain_folder / "functions" / "__pycache__").exists()

@@ -213,7 +213,7 @@ async def test_an_instance_growing_while_it_imports_is_stopped_there(
     an instance from its fork, not from its HELLO: the instance used to sit at 400 MB until its import
     ended); its memory never passed the limit by more than a few samples of growth; the kill counted."""
     (root / "functions" / "growing.py").write_text(GROWING_IMPORT)
-    pidfile = root / "growing.pid"
+    pidfile = root.parent / "growing.pid"  # outside the project, which instances see read-only
     s = spec(
         "handle", module="growing", root=root, timeout=30, max=1, memory_mb=64, env={"PIDFILE": str(pidfile)}
     )

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import shutil
+import site
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -127,6 +128,78 @@ def test_a_folder_holding_what_instances_need_is_left_and_said_why(folder: Path)
     assert [p.name for p in folder.iterdir()] == ["token"]
 
 
+def _writes_in_child(folder: Path, keep: list[Path], uid: int | None) -> dict[str, object]:
+    """Fork; the child (as `uid` when given) hides `folder` keeping `keep`, then reads and writes in each
+    kept folder and tries to make it writable again; it reports the errno of each (0: it could)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            if uid is not None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            seen: dict[str, object] = {"why": sandbox.hide(folder, keep)}
+            libc = ctypes.CDLL(None, use_errno=True)
+            for place in keep:
+                try:
+                    (place / "code.py").read_text()
+                    (place / "planted.pth").write_text("import os\n")
+                    seen[f"{place.name}:write"] = 0
+                except OSError as exc:
+                    seen[f"{place.name}:write"] = exc.errno
+                flags = sandbox.MS_REMOUNT | sandbox.MS_BIND
+                refused = libc.mount(None, os.fsencode(place), None, flags, None) != 0
+                seen[f"{place.name}:remount"] = ctypes.get_errno() if refused else 0
+                seen[f"{place.name}:umount"] = (
+                    ctypes.get_errno() if libc.umount2(os.fsencode(place), 2) else 0
+                )
+            os.write(write_end, orjson.dumps(seen))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    assert data, "the child reported nothing"
+    result: dict[str, object] = orjson.loads(data)
+    return result
+
+
+@pytest.mark.parametrize("uid", [None, NOBODY], ids=["as this user", "as nobody"])
+def test_what_instances_need_is_read_only_for_them(folder: Path, uid: int | None) -> None:
+    """1. A project folder holding the code cache, and a folder on another mount with flags of its own
+       (`/dev/shm`: nosuid, nodev), both readable by anyone, each with a module.
+    2. A child hides the secrets folder keeping those three, then writes a `.pth` file in each, tries to
+       remount each writable and to unmount each.
+    Result: every write is refused (EROFS), the remount and the unmount too (EPERM: the child holds no
+    CAP_SYS_ADMIN); here the three folders are as they were and stay writable."""
+    if uid is not None and os.getuid() != 0:
+        pytest.skip("not root: the case above already runs as an unprivileged user")
+    if not namespaces_allowed(uid):
+        pytest.skip("this kernel refuses user namespaces: hide says so (test above)")
+    project = folder.parent / "project"
+    cache = project / ".faas"
+    shm = Path(tempfile.mkdtemp(prefix="faas-sandbox-", dir="/dev/shm"))
+    try:
+        for place in (project, cache, shm):
+            place.mkdir(exist_ok=True)
+            place.chmod(0o777)
+            (place / "code.py").write_text("x = 1\n")
+            (place / "code.py").chmod(0o644)
+        seen = _writes_in_child(folder, [project, cache, shm], uid)
+        assert seen["why"] is None, seen
+        for place in (project, cache, shm):
+            assert seen[f"{place.name}:write"] == errno.EROFS, seen
+            assert seen[f"{place.name}:remount"] == errno.EPERM, seen
+            assert seen[f"{place.name}:umount"] == errno.EPERM, seen
+            assert not (place / "planted.pth").exists()
+            (place / "ours.txt").write_text("still writable here")
+    finally:
+        shutil.rmtree(shm)
+
+
 def test_instances_cannot_read_each_other_and_the_node_reads_them(folder: Path) -> None:
     """1. A child hides the folder (the template), then forks two instances, each of which takes a user
        namespace of its own (`isolate`); instance A runs a program holding a secret in its environment.
@@ -185,3 +258,22 @@ def test_instances_cannot_read_each_other_and_the_node_reads_them(folder: Path) 
         os.waitpid(pid, 0)
     assert got["b"] == {"environ": errno.EACCES, "mem": errno.EACCES}, got
     assert "Private_Dirty" in rollup and b"SECRET=hunter22" in environ
+
+
+def test_the_folders_of_code_include_pythonpath_and_an_existing_user_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folders kept visible and made read-only: PYTHONPATH's (a `sitecustomize.py` there runs in every
+    template) and the user's site-packages (`.pth` files) when the interpreter reads it and it is there;
+    when it is not there, `user_site` is None and the template starts without one (`-s`), so a handler
+    cannot make it."""
+    user = tmp_path / "user-site"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "a"), "", str(tmp_path / "b")]))
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(site, "getusersitepackages", lambda: str(user))
+    assert sandbox.user_site() is None
+    assert {tmp_path / "a", tmp_path / "b"} <= set(sandbox.needed()) and user not in sandbox.needed()
+    user.mkdir()
+    assert sandbox.user_site() == user and user in sandbox.needed()
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", False)  # a virtualenv's interpreter reads none
+    assert sandbox.user_site() is None
