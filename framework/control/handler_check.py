@@ -139,21 +139,39 @@ sys.addaudithook(audit)
 def check(handler, env):
     module, _, attr = handler.partition(":")
     try:
-        obj = real_import_module(module)
+        mod = obj = real_import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except BaseException as exc:
         return "does not import: %s: %s" % (type(exc).__name__, located(exc))
     if not callable(obj):
         return "is not callable"
+    # An instance calls handle(payload, ctx), and its module's `warmup(ctx)` on keep-warm calls (when it
+    # is callable: an instance ignores a `warmup` that is not, so every keep-warm call would do nothing).
+    problem = takes(obj, 2, "handle(payload, ctx)")
+    try:
+        hook = getattr(mod, "warmup", None)
+    except BaseException as exc:
+        return "its module's warmup cannot be read: %s: %s" % (type(exc).__name__, located(exc))
+    if problem is None and hook is not None:
+        if not callable(hook):
+            return "its module's warmup (the keep-warm hook, warmup(ctx)) is not callable but %s" % (
+                type(hook).__name__,
+            )
+        problem = takes(hook, 1, "warmup(ctx)")
+        if problem is not None:
+            problem = "its module's warmup " + problem
+    return problem
+
+def takes(fn, count, form):  # why `fn` cannot be called with `count` arguments, or None
     try:  # the signature called, not a wrapped function's (a decorator may change what it takes)
-        signature = inspect.signature(obj, follow_wrapped=False)
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):  # none to read (some builtins, an odd __signature__): the call will tell
         return None
-    try:  # an instance calls handle(payload, ctx): one that cannot take that would fail every call
-        signature.bind(None, None)
+    try:
+        signature.bind(*([None] * count))
     except TypeError:
-        return "cannot be called as handle(payload, ctx): its parameters are %s" % (signature,)
+        return "cannot be called as %s: its parameters are %s" % (form, signature)
     return None
 
 def located(exc):  # the message, with the innermost line of the project's code it was raised at

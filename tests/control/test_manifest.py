@@ -42,6 +42,9 @@ MODULES = {
     "async def wrapped(payload):\n"
     "    return payload\n",
     "broken": "def handle(payload, ctx)\n    return 1\n",
+    "warm_value": "warmup = 5\nasync def handle(payload, ctx):\n    return 1\n",
+    "warm_args": "async def warmup(ctx, extra):\n    pass\nasync def handle(payload, ctx):\n    return 1\n",
+    "warm_good": "def warmup(ctx=None):\n    pass\nasync def handle(payload, ctx):\n    return 1\n",
 }
 
 
@@ -197,6 +200,17 @@ CASES: dict[str, tuple[str, int, str]] = {
     "handler-no-parameters": (edit({10: "    handler: functions.mod:bare"}), 10, "its parameters are ()"),
     "handler-three-parameters": (edit({10: "    handler: functions.mod:three"}), 10, "handle(payload, ctx)"),
     "handler-syntax": (edit({10: "    handler: functions.broken:handle"}), 10, "SyntaxError"),
+    # A module's `warmup` is its keep-warm hook: one an instance would ignore, or whose every call would fail.
+    "warmup-value": (
+        edit({10: "    handler: functions.warm_value:handle"}),
+        10,
+        "its module's warmup (the keep-warm hook, warmup(ctx)) is not callable but int",
+    ),
+    "warmup-parameters": (
+        edit({10: "    handler: functions.warm_args:handle"}),
+        10,
+        "its module's warmup cannot be called as warmup(ctx): its parameters are (ctx, extra)",
+    ),
     # Found outside the project (the standard library, an installed package): a revision would carry no
     # code, and each node would run whatever it has under that name.
     "handler-stdlib": (edit({10: "    handler: os:system"}), 10, "'os:system' is not in the project: no os/"),
@@ -281,8 +295,9 @@ def test_broken_manifest_names_the_line(tmp_path: Path, case: str) -> None:
 
 def test_a_handler_that_takes_the_call_in_any_form_passes(tmp_path: Path) -> None:
     """`loose(payload, *rest, **named)`, and a decorator's `(payload, ctx)` wrapper of `wrapped(payload)`
-    (`functools.wraps`), take handle(payload, ctx): neither is refused by the signature check."""
-    for handler in ("functions.mod:loose", "functions.mod:wrapped"):
+    (`functools.wraps`), take handle(payload, ctx): neither is refused by the signature check; nor is a
+    module whose `warmup(ctx=None)` takes warmup(ctx)."""
+    for handler in ("functions.mod:loose", "functions.mod:wrapped", "functions.warm_good:handle"):
         root = write_project(tmp_path / handler, edit({10: f"    handler: {handler}"}), MODULES)
         loaded = load_manifest(root / "functions.yaml", check_handlers=True)
         assert [f.handler for f in loaded.functions][-1] == handler

@@ -495,6 +495,10 @@ class KafkaSource(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             if await self._taken_over(tps):
                 await self.runner.drain(tps, 0)
+                # Replies still being retried (a send that failed while the process stood still) would land
+                # after the new owner's answers to the same events: given up, their records uncommitted.
+                # An expelled member loses its whole assignment, so every retry is one of `tps`.
+                self.outbox.cancel()
             elif not await self.runner.drain(tps, REVOKE_WAIT):
                 log.warning("rebalance: events still running after %.0f s were cancelled", REVOKE_WAIT)
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -494,3 +495,52 @@ async def test_only_an_expulsion_on_the_cluster_joined_gives_the_queue_up(
 
     monkeypatch.setattr(group, "cluster_id", cluster_id)
     assert await source._taken_over([TopicPartition("t", 0)]) is taken
+
+
+class RecordedCommits:
+    def __init__(self) -> None:
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(dict(offsets))
+
+
+@pytest.mark.parametrize("expelled", [True, False], ids=["expelled", "ordinary rebalance"])
+async def test_an_expelled_nodes_replies_still_being_retried_are_given_up(
+    monkeypatch: pytest.MonkeyPatch, expelled: bool
+) -> None:
+    """1. A source holds record 7 of a partition, answered, whose reply is being retried (every send fails:
+       no broker answers), as after a process stood still past its session timeout.
+    2. The partition is revoked, the group having dropped this node (`_taken_over`), or at an ordinary
+       rebalance.
+    Result: expelled: the retry is cancelled at once (sent later, the reply would land after the new
+    owner's answer to the same event) and record 7 is not committed; ordinary: the hand-over waits for the
+    reply (REVOKE_WAIT, 0.5 s here) with the retry still going, as before."""
+    monkeypatch.setattr(source_module, "REVOKE_WAIT", 0.5)
+    source = KafkaSource(Settings(), cast(Any, None), Metrics(), "127.0.0.1:1")
+    consumer = RecordedCommits()
+    source.consumer = cast(Any, consumer)
+
+    async def taken_over(tps: list[TopicPartition]) -> bool:
+        return expelled
+
+    monkeypatch.setattr(source, "_taken_over", taken_over)
+    part = source.tracker.take(TP, 7)
+    record = SimpleNamespace(key=b"k", offset=7)
+    event = SimpleNamespace(replyto=None, id="e-7")
+    reply = SimpleNamespace(to_json=lambda: b"{}", traceparent=None, tracestate=None, ok=True)
+    await source.outbox.reply_later(part, cast(Any, record), cast(Any, event), cast(Any, reply))
+    sender = source.outbox.sender
+    retries = set(sender._retries)  # the send failed at once: retried from now on
+    assert source.tracker.acking([TP]) and retries
+    await within(source.on_partitions_revoked([TP]), 30)
+    if expelled:
+        await asyncio.sleep(0)  # the cancelled task's last step
+        assert all(task.done() for task in retries) and not sender._retries
+        assert not source.tracker.acking([TP])
+        committed = [offsets[TP] for offsets in consumer.committed if TP in offsets]
+        assert all(offset <= 7 for offset in committed), committed
+    else:
+        assert not any(task.done() for task in retries)
+        sender.cancel_retries()
+    await sender.stop()
