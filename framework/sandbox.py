@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import site
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND = 1024, 2048, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME = 1 << 14, 1 << 18, 1 << 21
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+"""An octal escape in `/proc/self/mountinfo` (`\\040` for a space)."""
 _KEPT_FLAGS = (
     (os.ST_NOSUID, MS_NOSUID),
     (os.ST_NODEV, MS_NODEV),
@@ -91,9 +94,10 @@ _libc: ctypes.CDLL | None = None
 
 
 def needed(*folders: Path) -> list[Path]:
-    """`folders` and what every process of the platform needs besides: the interpreter's folders, the
-    user's site-packages when the interpreter reads one (`user_site`), the folders of PYTHONPATH and the
-    framework's own; all code a template runs. A secrets folder holding any of them stays visible (`hide`)."""
+    """`folders` and what every process of the platform needs besides: the interpreter's folders and
+    import path (`sys.path`: site-packages, folders `.pth` files add), the user's site-packages when the
+    interpreter reads one (`user_site`), the folders of PYTHONPATH and the framework's own; all code a
+    template runs. A secrets folder holding any of them stays visible (`hide`)."""
     python_path = [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     user = user_site()
     return [
@@ -102,6 +106,7 @@ def needed(*folders: Path) -> list[Path]:
         Path(sys.base_prefix),
         *([] if user is None else [user]),
         *python_path,
+        *(Path(p) for p in sys.path if p),
         Path(__file__).resolve().parents[1],
     ]
 
@@ -198,7 +203,10 @@ def _in_child(libc: ctypes.CDLL, real: Path, keep: Sequence[Path]) -> str | None
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read_end)
-            problem = _enter(libc, real, keep)
+            try:
+                problem = _enter(libc, real, keep)
+            except Exception as exc:  # said, not a trial that "ended without a word"
+                problem = f"{type(exc).__name__}: {exc}"
             for folder in keep:
                 if problem is None and folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
                     problem = f"in the namespace {folder}, which instances need, is not readable"
@@ -248,23 +256,56 @@ def _enter(libc: ctypes.CDLL, real: Path, keep: Sequence[Path]) -> str | None:
 
 
 def _read_only(libc: ctypes.CDLL, folders: Sequence[Path]) -> str | None:
-    """Bind each of `folders` that exists onto itself, read-only (outer folders first, so an inner one is
-    bound again inside its outer one's view). A handler that could write them would reach every secret:
-    another function's module, or a `.pth` file the next template runs before it hides anything."""
-    existing = {folder.resolve() for folder in folders if folder.is_dir()}
-    real = sorted((folder for folder in existing if folder.parent != folder), key=lambda p: len(p.parts))
-    for folder in real:
+    """Bind each of `folders` that exists onto itself, read-only, with every mount below it (a volume on
+    the project's `functions/`, say); outer folders first, so an inner one is bound again inside its outer
+    one's view. A handler that could write them would reach every secret: another function's module, or a
+    `.pth` file the next template runs before it hides anything."""
+    for folder in bound(folders):
         path = os.fsencode(folder)
         if libc.mount(path, path, None, MS_BIND | MS_REC, None) != 0:
             return _failed(f"mount --rbind {folder}")
-        kept = os.statvfs(folder).f_flag
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for st_flag, ms_flag in _KEPT_FLAGS:
-            if kept & st_flag:
-                flags |= ms_flag
-        if libc.mount(None, path, None, flags, None) != 0:
-            return _failed(f"mount -o remount,bind,ro {folder}")
+        for point in _mounts_under(folder):
+            try:
+                kept = os.statvfs(point).f_flag
+            except OSError as exc:
+                return f"reading the flags of {point}: {exc.strerror or exc}"
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+            for st_flag, ms_flag in _KEPT_FLAGS:
+                if kept & st_flag:
+                    flags |= ms_flag
+            if libc.mount(None, os.fsencode(point), None, flags, None) != 0:
+                return _failed(f"mount -o remount,bind,ro {point}")
     return None
+
+
+def bound(folders: Sequence[Path]) -> list[str]:
+    """The folders `_read_only` binds: those of `folders` there now, each once (links resolved), outer
+    first; not `/` (the whole file system read-only would leave a function no `/tmp`)."""
+    real = {os.path.realpath(folder) for folder in folders if os.path.exists(folder)} - {os.sep}
+    return sorted(real, key=lambda p: p.count(os.sep))
+
+
+def writable_in(pid: int, folder: str) -> bool:
+    """Whether `folder` is writable in the view of process `pid` (a template that bound it read-only):
+    a folder removed and made again on the node's side is unmounted from every other view, which then
+    shows the new one, writable. False when that view cannot be looked at (the process is gone)."""
+    try:
+        return not os.statvfs(f"/proc/{pid}/root{folder}").f_flag & os.ST_RDONLY
+    except OSError:
+        return False
+
+
+def _mounts_under(folder: str) -> list[str]:
+    """The mount points at `folder` and below it in this process's view (`/proc/self/mountinfo`), outer
+    first; a point with mounts stacked on it once (a remount changes the one on top, the one seen)."""
+    points = set()
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            # The fifth field, with space, tab, newline and backslash written as octal escapes.
+            point = os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), line.split()[4]))
+            if point == folder or point.startswith(folder + os.sep):
+                points.add(point)
+    return sorted(points, key=lambda p: p.count(os.sep))
 
 
 def _drop(libc: ctypes.CDLL, caps: Sequence[int]) -> str | None:

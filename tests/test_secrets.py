@@ -319,6 +319,45 @@ def test_a_function_cannot_write_the_code_the_cache_or_the_interpreter(tmp_path:
     assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
 
 
+def test_a_code_cache_replaced_by_hand_gets_a_fresh_template(tmp_path: Path, nodes: Start) -> None:
+    """1. A node with a secrets folder and a code cache outside the project serves `plant`.
+    2. The cache is removed by hand and made again (the kernel then unmounts the read-only view of it
+       from the template's namespace, which shows the new folder, writable). 3. `plant`'s module is
+       edited (watch mode: a new revision, unpacked into the new cache), and `plant` invoked.
+    Result: the node says the cache was replaced and starts a fresh template within the secrets folder's
+    re-read (10 s); `plant` serves the new revision and still cannot write the cache (EROFS)."""
+    manifest = (
+        MANIFEST
+        + f"""\
+  - name: plant
+    uuid: {PLANT}
+    handler: functions.plant:plant
+    state: productive
+"""
+    )
+    root = write_project(tmp_path / "proj", manifest, {**MODULES, "plant": PLANTER})
+    folder, cache = tmp_path / "mounted", tmp_path / "cache"
+    folder.mkdir()
+    (folder / "api_token").write_text("tok-0123456789\n")
+    module, yaml = root / "functions" / "plant.py", root / "functions.yaml"
+    payload = {"module": str(module), "manifest": str(yaml)}
+    n = start(nodes, root, folder, FAAS_CACHE_DIR=str(cache))
+    assert invoke(n, PLANT, payload).json()["result"]["cache entry"] == EROFS
+    shutil.rmtree(cache)
+    cache.mkdir()
+    said = f"{cache}, which instances see read-only, was replaced: every function gets fresh instances"
+    wait_for(lambda: said in n.log.read_text(), 20, message=f"the fresh template\n{n.tail()}")
+    module.write_text(PLANTER + "# revision 2\n")
+
+    def served() -> object:
+        r = invoke(n, PLANT, payload)
+        return r.status_code == 200 and r.json()["result"]
+
+    result = wait_for(served, 30, message=f"the new revision served\n{n.tail()}")
+    assert result["cache entry"] == EROFS and result["own module"] == EROFS, result
+    assert not list(cache.glob("*/planted.txt"))
+
+
 def test_a_secret_setting_in_dotenv_is_warned_of(tmp_path: Path, nodes: Start) -> None:
     """1. The project's `.env` (in the node's working directory) sets FAAS_API_KEYS. 2. Start a node.
     Result: it serves with that key, and its log says the file is readable by every function's code and

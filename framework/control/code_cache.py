@@ -20,14 +20,16 @@ every other node does, and unpacks the code again later (`Deployments._code`).
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import errno
 import io
 import math
 import os
+import queue
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -64,7 +66,7 @@ class CodeCache:
     def __init__(self, base: Path, compile_code: bool = False) -> None:
         self.base = base
         self.compile_code = compile_code
-        """Byte-compile each folder stored, on a thread of its own (`compiled`): a node's instances may not
+        """Byte-compile each folder stored, in the background (`compile_later`): a node's instances may not
         write the cache (`sandbox.py`), so without it each of their cold starts compiles its modules."""
         self._lock = threading.Lock()
         """Held by `store` and by `prune` for each code it removes (`prune` runs in a thread): a code stored
@@ -120,6 +122,8 @@ class CodeCache:
                 # Unpacked, but its zip is missing or not whole: kept again.
                 if self.zip_bytes(sha) is None:
                     self._keep_zip(sha, data)
+                if self.compile_code:  # stored before compiling began, or its compile was cut short
+                    compile_later(target)
                 return target
             self.base.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
@@ -132,7 +136,7 @@ class CodeCache:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if self.compile_code:
-            threading.Thread(target=compiled, args=(target,), name="faas-compile", daemon=True).start()
+            compile_later(target)
         return target
 
     def touch(self, shas: Collection[str]) -> None:
@@ -234,13 +238,49 @@ class _Refused(ValueError):
     files or bytes than a revision's code may hold (`revisions.unpacked_problem`)."""
 
 
-def compiled(folder: Path) -> None:
-    """Byte-compile the modules of `folder` into its `__pycache__` folders, as an import would (each file
-    written whole and renamed into place, so an instance reads a whole one or none). Off the loop: a
-    revision may hold megabytes of source. A module that does not compile is left to its import, which
-    says why; a folder pruned meanwhile is no matter."""
-    with contextlib.suppress(Exception):
-        compileall.compile_dir(folder, quiet=2, workers=1)
+_COMPILE = """
+import compileall, ctypes, os, py_compile, signal, sys
+try:  # killed with the thread that started it, so with the node, whose stop then leaves no process behind
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit()
+os.nice(10)
+for folder in sys.argv[2:]:
+    compileall.compile_dir(folder, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+"""
+"""Byte-compile each folder given into its `__pycache__` folders, as an import would (each file written
+whole and renamed into place, so an instance reads a whole one or none; those up to date are left)."""
+COMPILE_TIMEOUT = 600.0
+"""Seconds one compiling process may take before it is killed (the folders' imports compile then)."""
+_to_compile: queue.SimpleQueue[Path] = queue.SimpleQueue()
+_compiler: threading.Thread | None = None
+_compiler_lock = threading.Lock()
+
+
+def compile_later(folder: Path) -> None:
+    """Have `folder` byte-compiled soon, in a process of its own at low priority, one at a time: compiling
+    holds the interpreter's lock a module at a time (100 revisions compiled on threads of the node held its
+    loop up to 0.4 s at once), and a revision may hold megabytes of source. A module that does not compile
+    is left to its import, which says why; a folder pruned meanwhile is no matter."""
+    global _compiler
+    _to_compile.put(folder)
+    with _compiler_lock:
+        if _compiler is None or not _compiler.is_alive():
+            _compiler = threading.Thread(target=_compile_forever, name="faas-compile", daemon=True)
+            _compiler.start()
+
+
+def _compile_forever() -> None:
+    while True:
+        folders = {_to_compile.get()}
+        with contextlib.suppress(queue.Empty):
+            while True:  # what queued meanwhile goes in the same process
+                folders.add(_to_compile.get_nowait())
+        args = [sys.executable, "-I", "-c", _COMPILE, str(os.getpid()), *map(str, sorted(folders))]
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=COMPILE_TIMEOUT)
 
 
 def _unpack(sha: str, data: bytes, into: Path) -> None:

@@ -60,6 +60,7 @@ IMPORT_TIMEOUT = 30.0
 _CHECK = """
 import builtins, importlib, importlib.util, inspect, json, os, sys
 from pathlib import Path
+out = open(sys.argv[4], "a")  # before hiding: the temporary folder may be in the project, read-only then
 hiding = json.loads(sys.argv[2])
 if hiding:  # as in instances (`framework/sandbox.py`), code run at import sees no secrets folder
     spec = importlib.util.spec_from_file_location("faas_sandbox", hiding["sandbox"])  # by path: the
@@ -68,7 +69,6 @@ if hiding:  # as in instances (`framework/sandbox.py`), code run at import sees 
     sandbox.hide(Path(hiding["hide"]), [Path(p) for p in hiding["keep"]])
 view = sys.argv[1]
 sys.path.insert(0, view)  # the view: the handlers' top-level package, nothing else of the project
-out = open(sys.argv[4], "a")
 base = dict(os.environ)
 inside = (view + os.sep, os.getcwd() + os.sep)  # the copy, the project
 edges = {}  # module of the view -> the module names it imported, or tried to

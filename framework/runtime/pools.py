@@ -190,8 +190,9 @@ class Runtime:
         moved = self._follow_manifest()
         if moved is not None:
             return moved
-        if self._hidden_elsewhere():
-            return self._renew_template()
+        stale = self._stale_view()
+        if stale is not None:
+            return self._renew_template(stale)
         changed = []
         for name, pool in list(self._pools.items()):
             if not pool.spec.secrets:
@@ -209,20 +210,32 @@ class Runtime:
         most; one that looked after (renewed by `refresh_secrets` meanwhile) hides the new one."""
         if self._template.hidden_at < went_at:
             self._folder_went = True
-        if self._hidden_elsewhere():
-            self._renew_template()
+        stale = self._stale_view()
+        if stale is not None:
+            self._renew_template(stale)
 
-    def _hidden_elsewhere(self) -> bool:
-        """Whether a secrets folder is there that the template does not hide: one that appeared, or took
-        the place of the one it hides. A folder gone only marks it so; the next one renews it, once."""
+    def _stale_view(self) -> str | None:
+        """Why the template's view of the files is out of date, or None. A secrets folder is there that it
+        does not hide (one that appeared, or took the place of the one it hides: a folder gone only marks it
+        so; the next one renews it, once), or a folder of code it keeps read-only was replaced."""
         template = self._template
         if template.hide is None or self._stopping:
-            return False
+            return None
         now = sandbox.identity(template.hide)
         if now is None:
             self._folder_went = self._folder_went or template.hidden is not None
-            return False
-        return now != template.hidden or self._folder_went
+            return None
+        if now != template.hidden or self._folder_went:
+            return f"the secrets folder {template.hide} appeared or was replaced"
+        pid = template.pid
+        # Only once the template hid the folder (its view shows another one there) are the folders of code
+        # read-only in its view: not yet while it starts, never where the kernel refused the namespace.
+        if pid is None or sandbox.identity(Path(f"/proc/{pid}/root{template.hide}")) in (None, now):
+            return None
+        for folder in template.kept:
+            if sandbox.writable_in(pid, folder):
+                return f"{folder}, which instances see read-only, was replaced"
+        return None
 
     def _project_folders(self) -> list[Path]:
         """The folders instances must see (the template keeps them visible): the manifest's and the code
@@ -240,12 +253,11 @@ class Runtime:
         self.secrets.path, self._needed = secrets, needed
         return self._renew_template(f"the manifest's folder moved: secrets are read from {secrets} now")
 
-    def _renew_template(self, why: str = "") -> list[str]:
+    def _renew_template(self, why: str) -> list[str]:
         """A fresh template for every new instance; the old one stays until its instances are gone (they
         die with it). Every pool is retired, and one still starting instances for its queue starts them
         from the fresh template too."""
         old = self._template
-        why = why or f"the secrets folder {old.hide} appeared or was replaced"
         log.info("%s: every function gets fresh instances", why)
         self._template = fresh = Template(self.secrets.path, self._needed)
         fresh.start()

@@ -125,7 +125,13 @@ class Template:
         """The folder instances must not see (the secrets folder), kept visible to the node."""
         self.keep = sandbox.needed(*keep)
         """Folders instances need (the project, the code cache, the interpreter, the framework): never
-        hidden, so `hide` is not when it holds one of them."""
+        hidden, so `hide` is not when it holds one of them; read-only for instances where it is hidden."""
+        self._user_site = sandbox.user_site() is not None
+        """Whether the user's site-packages was there, so in `keep`: else the template starts without one
+        (`-s`), whenever it starts (a handler that made it and killed its template gets no `.pth` run)."""
+        self.kept: list[str] = []
+        """The folders of `keep` there when the process started and hid the secrets folder (`sandbox.bound`),
+        read-only for its instances as long as none is replaced (`sandbox.writable_in`)."""
         self.hidden: tuple[int, int] | None = None
         """The identity (`sandbox.identity`) of the folder hidden when the process started: a folder that
         appears or is replaced later is not hidden from it."""
@@ -163,14 +169,17 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.hidden_at = time.monotonic()
         self.hidden = None if self.hide is None else sandbox.identity(self.hide)
+        self.kept = [] if self.hidden is None else sandbox.bound(self.keep)
         env = instance_environ(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        # Only folders there now: one made later would not be read-only (a `sitecustomize.py` planted).
+        python_path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.exists(p)]
+        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_PARENT, *python_path])
         # -P: `-m` would put the node's working directory (often the project folder) first on the path of
         # every instance, and instances import their revision's code, never the working copy.
         args = [
             sys.executable,
             "-P",
-            *(["-s"] if sandbox.user_site() is None else []),  # no user site-packages, or one a handler made
+            *([] if self._user_site else ["-s"]),
             "-m",
             "framework.runtime.template",
             str(theirs.fileno()),
@@ -181,6 +190,9 @@ class Template:
         ]
         try:
             self._proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+        except BaseException:  # no process (out of memory or descriptors): no socket left open either
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._ctrl = ours

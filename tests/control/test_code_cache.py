@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -177,13 +178,14 @@ def test_a_cache_inside_a_handler_package_is_never_part_of_its_code(tmp_path: Pa
     assert code_files(root / "functions") == before == [root / "functions" / "m.py"]
 
 
-def test_a_nodes_cache_byte_compiles_what_it_stores_off_the_callers_thread(tmp_path: Path) -> None:
+def test_a_nodes_cache_byte_compiles_what_it_stores_in_the_background(tmp_path: Path) -> None:
     """1. A node's cache (`compile_code`) stores a package with a good module and one that does not compile.
     2. Import the good module from the stored folder with writing bytecode off (as an instance, which sees
-       the cache read-only, does).
-    Result: the good module's `.pyc` appears in its `__pycache__` (written by a thread of the cache's, not
-    by `store`'s caller), the import loads it rather than the source, and the broken module has none; a
-    cache without `compile_code` (the CLI's) writes none."""
+       the cache read-only, does). 3. The compiled files are removed and the same code is stored again (a
+       node started on a cache whose folders were never compiled, or whose compile was cut short).
+    Result: the good module's `.pyc` appears in its `__pycache__`, the import loads it rather than the
+    source, the broken module has none; 3 compiles it again; a cache without `compile_code` (the CLI's)
+    compiles nothing."""
     data = zip_of(
         {"functions/__init__.py": "", "functions/m.py": "VALUE = 7\n", "functions/bad.py": "def (\n"}
     )
@@ -204,6 +206,9 @@ def test_a_nodes_cache_byte_compiles_what_it_stores_off_the_callers_thread(tmp_p
         [sys.executable, "-B", "-c", probe, str(folder)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "7", out
+    shutil.rmtree(folder / "functions" / "__pycache__")
+    cache.store(sha, data)
+    wait_for(pyc.exists, 10, message="compiled again")
     plain = CodeCache(tmp_path / "cli")
     plain_folder = plain.store(sha, data)
     assert not (plain_folder / "functions" / "__pycache__").exists()

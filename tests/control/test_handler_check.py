@@ -140,6 +140,33 @@ def test_code_run_at_import_sees_no_secrets_folder(tmp_path: Path) -> None:
     assert token.read_text() == "hunter22\n"
 
 
+def test_a_temporary_folder_inside_the_project_still_takes_the_checks_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A project with a secrets folder whose temporary folder (TMPDIR) lies inside it. 2. Check a good
+    handler and one whose module writes beside itself at import.
+    Result: the good one passes (the check's results file, in the temporary folder, is opened before the
+    project turns read-only for the imported code: it used to fail as "the import exited the process");
+    the writing one does not import (EROFS), as in an instance."""
+    root = project(
+        tmp_path,
+        {
+            "secrets/token": "hunter22\n",
+            "functions/__init__.py": "",
+            "functions/h.py": "def f(p, ctx):\n    return p\n",
+            "functions/w.py": "open(__file__ + '.note', 'w')\n\ndef f(p, ctx):\n    return p\n",
+        },
+    )
+    temp = root / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    problems = import_errors(root, [("functions.h:f", {}), ("functions.w:f", {})], root / "secrets")
+    if not namespaces_allowed(None):  # the folder stays visible and nothing is read-only
+        assert problems == {}, problems
+        return
+    assert list(problems) == [1] and "Read-only file system" in problems[1], problems
+
+
 def test_threads_and_processes_started_at_import_neither_hold_the_check_nor_outlive_it(
     tmp_path: Path,
 ) -> None:

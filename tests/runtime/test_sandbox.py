@@ -277,3 +277,45 @@ def test_the_folders_of_code_include_pythonpath_and_an_existing_user_site(
     assert sandbox.user_site() == user and user in sandbox.needed()
     monkeypatch.setattr(site, "ENABLE_USER_SITE", False)  # a virtualenv's interpreter reads none
     assert sandbox.user_site() is None
+
+
+def test_a_mount_inside_a_kept_folder_is_read_only_too(folder: Path) -> None:
+    """1. As root, a child takes a mount namespace of its own and mounts a tmpfs on `project/functions`
+       (a volume on the code, as `docker run -v ./functions:/app/functions` makes), with a module in it.
+    2. It hides the secrets folder keeping the project, then writes in the project and in the mount.
+    Result: both writes are refused (EROFS): the project's bind carries the mounts below it, and each is
+    made read-only (before, the mount stayed writable: a handler could rewrite a module there)."""
+    if os.getuid() != 0:
+        pytest.skip("mounting the volume takes root")
+    if not namespaces_allowed(None):
+        pytest.skip("this kernel refuses user namespaces: hide says so (test above)")
+    project = folder.parent / "project"
+    (project / "functions").mkdir(parents=True)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.unshare(sandbox.CLONE_NEWNS) == 0
+            assert libc.mount(None, b"/", None, sandbox.MS_REC | sandbox.MS_PRIVATE, None) == 0
+            volume = os.fsencode(project / "functions")
+            assert libc.mount(b"volume", volume, b"tmpfs", 0, b"size=64k") == 0
+            (project / "functions" / "m.py").write_text("x = 1\n")
+            seen: dict[str, object] = {"why": sandbox.hide(folder, [project])}
+            for name, path in (("project", project / "a.pth"), ("volume", project / "functions" / "m.py")):
+                try:
+                    with open(path, "a") as f:
+                        f.write("import os\n")
+                    seen[name] = 0
+                except OSError as exc:
+                    seen[name] = exc.errno
+            os.write(write_end, orjson.dumps(seen))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    seen = orjson.loads(data)
+    assert seen == {"why": None, "project": errno.EROFS, "volume": errno.EROFS}, seen

@@ -6,7 +6,9 @@ import asyncio
 import os
 import shutil
 import signal
+import site
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -242,3 +244,37 @@ async def test_a_burst_of_spawns_beyond_the_sockets_room_waits_and_kills_nothing
         for sockets in spawned:
             for sock in sockets:
                 sock.close()
+
+
+class _Started(Exception):
+    """Raised in place of starting the template process: its arguments are all that is under test."""
+
+
+def test_a_user_site_made_after_the_handle_never_reaches_a_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A node's template handle is made while the user's site-packages folder is not there. 2. The
+    folder appears (a handler made it, with a `.pth` file), and the template is started (again: a handler
+    can kill its template). 3. A handle made while the folder is there starts one.
+    Result: 2 starts the interpreter without the user's site-packages (`-s`: the folder was not kept
+    read-only, so what is in it must not run before the secrets folder is hidden); 3 with it (it is
+    among the folders kept read-only)."""
+    user = tmp_path / "user-site"
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(site, "getusersitepackages", lambda: str(user))
+    started: list[list[str]] = []
+
+    def popen(args: list[str], **options: object) -> None:
+        started.append(args)
+        raise _Started
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    early = Template()
+    user.mkdir()
+    with pytest.raises(_Started):
+        early.start()
+    late = Template()
+    with pytest.raises(_Started):
+        late.start()
+    assert "-s" in started[0] and user not in early.keep
+    assert "-s" not in started[1] and user in late.keep
