@@ -111,6 +111,19 @@ def needed(*folders: Path) -> list[Path]:
     ]
 
 
+def link_holders(path: Path) -> list[Path]:
+    """The folders holding a link on the way to `path` (`/srv/app` for `/srv/app/current/functions.yaml`
+    where `current -> releases/7`): kept read-only, no handler re-points the link or writes the release
+    it would point to next."""
+    holders, walked = [], Path(path.anchor)
+    for part in path.absolute().parts[1:]:
+        walked = walked / part
+        if walked.is_symlink():
+            holders.append(walked.parent.resolve())
+            walked = walked.resolve()
+    return holders
+
+
 def user_site() -> Path | None:
     """The user's site-packages folder, when the interpreter would read it (not in a virtualenv) and it is
     there. When it is not there, the template starts without it (`-s`): a handler that made it would
@@ -159,6 +172,12 @@ def _why_not(real: Path, keep: Sequence[Path]) -> str | None:
         global _libc
         _libc = libc  # kept for every instance's `isolate`
     return problem
+
+
+def isolating() -> bool:
+    """Whether this process hid the secrets folder (or was forked from one that did): then the folders of
+    code are read-only here."""
+    return _libc is not None
 
 
 def isolate() -> str | None:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
+from framework.runtime.worker import watchdog
 from tests.support import Node, ce_headers, consume, metric, new_id, produce, run_cli, wait_for, write_project
 
 READER = "5ec5ec00-0000-4000-8000-000000000011"
@@ -120,9 +121,12 @@ def sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def project(tmp_path: Path, manifest: str = MANIFEST) -> tuple[Path, Path, str]:
-    """A project whose secrets folder lives outside it (a mount); returns (root, folder, value)."""
-    root = write_project(tmp_path / "proj", manifest, MODULES)
+def project(
+    tmp_path: Path, manifest: str = MANIFEST, modules: dict[str, str] | None = None
+) -> tuple[Path, Path, str]:
+    """A project whose secrets folder lives outside it (a mount), with `modules` beside the usual ones;
+    returns (root, folder, value)."""
+    root = write_project(tmp_path / "proj", manifest, {**MODULES, **(modules or {})})
     folder = tmp_path / "mounted"
     folder.mkdir()
     value = f"tok-{uuid.uuid4().hex}"
@@ -263,6 +267,7 @@ async def plant(payload, ctx):
         "working copy": payload["module"],
         "manifest": payload["manifest"],
         "site-packages": os.path.join(sysconfig.get_paths()["purelib"], "planted.pth"),
+        **payload.get("more", {}),
     }
     seen = {}
     for what, path in targets.items():
@@ -276,30 +281,38 @@ async def plant(payload, ctx):
         f.write(b"scratch")
         seen["tmp"] = 0
     return seen
+
+async def scribble(payload, ctx):
+    open(__file__, "a")  # the error a handler that does not catch it gets
 """
+
+
+SCRIBBLE = "5ec5ec00-0000-4000-8000-000000000019"
+PLANTING = (
+    MANIFEST
+    + f"""\
+  - name: plant
+    uuid: {PLANT}
+    handler: functions.plant:plant
+    state: productive
+  - name: scribble
+    uuid: {SCRIBBLE}
+    handler: functions.plant:scribble
+    state: productive
+"""
+)
 
 
 def test_a_function_cannot_write_the_code_the_cache_or_the_interpreter(tmp_path: Path, nodes: Start) -> None:
     """1. A node with a secrets folder serves `plant`, which appends to its own module (in the code cache),
        writes a file in the cache, appends to the working copy's module and to the manifest, and writes a
        `.pth` file in the interpreter's site-packages; then it writes a temporary file.
-    2. Invoke it; then invoke `reader` on a fresh instance.
+    2. Invoke it; then invoke `reader` on a fresh instance; then `scribble`, which opens its module to
+       write and lets the error out.
     Result: every write but the temporary file's is refused (EROFS: instances see those folders
-    read-only), the files are unchanged, and `reader` still serves its secret."""
-    manifest = (
-        MANIFEST
-        + f"""\
-  - name: plant
-    uuid: {PLANT}
-    handler: functions.plant:plant
-    state: productive
-"""
-    )
-    root = write_project(tmp_path / "proj", manifest, {**MODULES, "plant": PLANTER})
-    folder = tmp_path / "mounted"
-    folder.mkdir()
-    value = f"tok-{uuid.uuid4().hex}"
-    (folder / "api_token").write_text(value + "\n")
+    read-only), the files are unchanged, and `reader` still serves its secret; `scribble`'s error says
+    why the file system is read-only and where to write instead."""
+    root, folder, value = project(tmp_path, PLANTING, {"plant": PLANTER})
     module, yaml = root / "functions" / "plant.py", root / "functions.yaml"
     before = {path: path.read_bytes() for path in (module, yaml)}
     planted = Path(sysconfig.get_paths()["purelib"]) / "planted.pth"
@@ -317,6 +330,52 @@ def test_a_function_cannot_write_the_code_the_cache_or_the_interpreter(tmp_path:
     finally:
         planted.unlink(missing_ok=True)  # this test's virtualenv is every test's
     assert invoke(n, READER).json()["result"]["sha256"] == sha(value)
+    error = invoke(n, SCRIBBLE).json()["error"]
+    assert error["type"] == "FunctionError" and "Read-only file system" in error["message"], error
+    assert error["message"].endswith(watchdog.READ_ONLY), error  # why, said
+
+
+def test_a_release_link_and_the_releases_beside_it_are_read_only_too(tmp_path: Path, nodes: Start) -> None:
+    """1. A deploy root holding `releases/A` and `releases/B` and the link `current -> releases/A`; a node
+       runs `current/functions.yaml` with a secrets folder outside it.
+    2. `plant` writes the next release's module (`releases/B/functions/plant.py`) and a link in the root
+       (`current.new`, as a re-pointing would).
+    Result: both refused (EROFS): a handler neither re-points the node's manifest nor writes the code
+    watch mode would publish once it is re-pointed (both used to succeed)."""
+    base = tmp_path / "deploy"
+    for release in ("A", "B"):
+        write_project(base / "releases" / release, PLANTING, {**MODULES, "plant": PLANTER})
+    (base / "current").symlink_to(Path("releases") / "A")
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    (folder / "api_token").write_text("tok-0123456789\n")
+    n = start(nodes, base / "current", folder)
+    module, yaml = base / "current" / "functions" / "plant.py", base / "current" / "functions.yaml"
+    more = {
+        "next release": str(base / "releases" / "B" / "functions" / "plant.py"),
+        "link": str(base / "current.new"),
+    }
+    r = invoke(n, PLANT, {"module": str(module), "manifest": str(yaml), "more": more})
+    assert r.status_code == 200, r.text
+    seen = r.json()["result"]
+    assert seen["next release"] == EROFS and seen["link"] == EROFS, seen
+    assert not (base / "current.new").exists()
+
+
+def test_a_local_test_run_sees_its_code_read_only_as_a_node_does(tmp_path: Path) -> None:
+    """1. A project with a secrets folder. 2. `faas invoke plant` (a local run, its code unpacked in a
+       temporary folder).
+    Result: its writes are refused as on a node (the unpacked code too: it used to be writable, so a test
+    run passed where a node failed)."""
+    root, folder, _ = project(tmp_path, PLANTING, {"plant": PLANTER})
+    module, yaml = root / "functions" / "plant.py", root / "functions.yaml"
+    data = json.dumps({"module": str(module), "manifest": str(yaml)})
+    done = run_cli(root, "invoke", "plant", "--data", data, env={"FAAS_SECRETS_DIR": str(folder)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["own module"] == EROFS and seen["cache entry"] == EROFS and seen["working copy"] == EROFS, (
+        seen
+    )
 
 
 def test_a_code_cache_replaced_by_hand_gets_a_fresh_template(tmp_path: Path, nodes: Start) -> None:
@@ -326,19 +385,8 @@ def test_a_code_cache_replaced_by_hand_gets_a_fresh_template(tmp_path: Path, nod
        edited (watch mode: a new revision, unpacked into the new cache), and `plant` invoked.
     Result: the node says the cache was replaced and starts a fresh template within the secrets folder's
     re-read (10 s); `plant` serves the new revision and still cannot write the cache (EROFS)."""
-    manifest = (
-        MANIFEST
-        + f"""\
-  - name: plant
-    uuid: {PLANT}
-    handler: functions.plant:plant
-    state: productive
-"""
-    )
-    root = write_project(tmp_path / "proj", manifest, {**MODULES, "plant": PLANTER})
-    folder, cache = tmp_path / "mounted", tmp_path / "cache"
-    folder.mkdir()
-    (folder / "api_token").write_text("tok-0123456789\n")
+    root, folder, _ = project(tmp_path, PLANTING, {"plant": PLANTER})
+    cache = tmp_path / "cache"
     module, yaml = root / "functions" / "plant.py", root / "functions.yaml"
     payload = {"module": str(module), "manifest": str(yaml)}
     n = start(nodes, root, folder, FAAS_CACHE_DIR=str(cache))

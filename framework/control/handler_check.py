@@ -152,15 +152,15 @@ def check(handler, env):
     try:
         hook = getattr(mod, "warmup", None)
     except BaseException as exc:
-        return "its module's warmup cannot be read: %s: %s" % (type(exc).__name__, located(exc))
+        return "has a module whose warmup cannot be read: %s: %s" % (type(exc).__name__, located(exc))
     if problem is None and hook is not None:
         if not callable(hook):
-            return "its module's warmup (the keep-warm hook, warmup(ctx)) is not callable but %s" % (
+            return "has a module whose warmup (the keep-warm hook, warmup(ctx)) is not callable but %s" % (
                 type(hook).__name__,
             )
         problem = takes(hook, 1, "warmup(ctx)")
         if problem is not None:
-            problem = "its module's warmup " + problem
+            problem = "has a module whose warmup " + problem
     return problem
 
 def takes(fn, count, form):  # why `fn` cannot be called with `count` arguments, or None

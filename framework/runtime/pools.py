@@ -58,9 +58,11 @@ class Runtime:
     name and rebuilt (the old one retired) whenever the spec a caller passes differs from the pool's.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, code: Sequence[Path] = ()) -> None:
+        """`code`: folders of code its instances import besides the code cache (a local test run's)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._code = list(code)
         # Instances never see the secrets folder: their function's values come in their start message.
         self._needed = self._project_folders()
         self._template = Template(settings.secrets_path, self._needed)
@@ -238,9 +240,12 @@ class Runtime:
         return None
 
     def _project_folders(self) -> list[Path]:
-        """The folders instances must see (the template keeps them visible): the manifest's and the code
-        cache's, as the manifest's link resolves now."""
-        return [self.settings.manifest.resolve().parent, cache_dir(self.settings)]
+        """The folders instances must see (the template keeps them visible, and read-only): the manifest's
+        and the code cache's, as the manifest's link resolves now, the folders holding a link on the way to
+        the manifest (`sandbox.link_holders`), and the code given at the start (a local test run's)."""
+        manifest = self.settings.manifest
+        holders = sandbox.link_holders(manifest)
+        return [manifest.resolve().parent, *holders, cache_dir(self.settings), *self._code]
 
     def _follow_manifest(self) -> list[str] | None:
         """When the manifest resolves to another folder now (its link re-pointed), that folder's secrets
@@ -376,7 +381,7 @@ class Runtime:
 
 async def invoke_once(spec: FunctionSpec, payload: bytes, settings: Settings | None = None) -> InvokeResult:
     """`faas invoke NAME` without `--url`: run `spec` (any state) once in a fresh instance, then stop."""
-    runtime = Runtime(settings or Settings())
+    runtime = Runtime(settings or Settings(), code=[] if spec.code is None else [spec.code])
     await runtime.start()
     try:
         return await runtime.invoke(spec, Invocation(str(uuid.uuid4()), "direct", None, payload))

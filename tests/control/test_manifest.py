@@ -204,12 +204,12 @@ CASES: dict[str, tuple[str, int, str]] = {
     "warmup-value": (
         edit({10: "    handler: functions.warm_value:handle"}),
         10,
-        "its module's warmup (the keep-warm hook, warmup(ctx)) is not callable but int",
+        "has a module whose warmup (the keep-warm hook, warmup(ctx)) is not callable but int",
     ),
     "warmup-parameters": (
         edit({10: "    handler: functions.warm_args:handle"}),
         10,
-        "its module's warmup cannot be called as warmup(ctx): its parameters are (ctx, extra)",
+        "has a module whose warmup cannot be called as warmup(ctx): its parameters are (ctx, extra)",
     ),
     # Found outside the project (the standard library, an installed package): a revision would carry no
     # code, and each node would run whatever it has under that name.

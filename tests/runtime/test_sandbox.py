@@ -10,7 +10,7 @@ import shutil
 import site
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -38,8 +38,8 @@ def folder() -> Iterator[Path]:
     shutil.rmtree(base)
 
 
-def _in_child(folder: Path, uid: int | None) -> dict[str, object]:
-    """Fork; the child (as `uid` when given) calls `hide(folder)` and reports what it then sees."""
+def _reported(uid: int | None, look: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Fork; the child (as `uid` when given) runs `look` and sends back what it returns."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -49,28 +49,7 @@ def _in_child(folder: Path, uid: int | None) -> dict[str, object]:
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
-            why = sandbox.hide(folder, [])
-            seen: dict[str, object] = {"why": why, "names": sorted(os.listdir(folder)), "uid": os.getuid()}
-            try:
-                seen["token"] = (folder / "token").read_text()
-            except OSError as exc:
-                seen["token"] = exc.errno
-            try:
-                (folder / "new").write_text("x")
-                seen["wrote"] = True
-            except OSError:
-                seen["wrote"] = False
-            libc = ctypes.CDLL(None, use_errno=True)
-            seen["umount"] = ctypes.get_errno() if libc.umount2(os.fsencode(folder), MNT_DETACH) else 0
-            seen["names_after_umount"] = sorted(os.listdir(folder))
-            try:  # the parent's view of the files, which a root process could otherwise take
-                seen["via_parent"] = Path(f"/proc/{os.getppid()}/root{folder}/token").read_text()
-            except OSError as exc:
-                seen["via_parent"] = exc.errno
-            status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines())
-            seen["caps"] = int(status["CapEff"], 16)
-            seen["dumpable"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
-            os.write(write_end, orjson.dumps(seen))
+            os.write(write_end, orjson.dumps(look()))
         finally:
             os._exit(0)
     os.close(write_end)
@@ -80,6 +59,36 @@ def _in_child(folder: Path, uid: int | None) -> dict[str, object]:
     assert data, "the child reported nothing"
     result: dict[str, object] = orjson.loads(data)
     return result
+
+
+def _in_child(folder: Path, uid: int | None) -> dict[str, object]:
+    """A child (as `uid` when given) calls `hide(folder)` and reports what it then sees."""
+
+    def look() -> dict[str, object]:
+        why = sandbox.hide(folder, [])
+        seen: dict[str, object] = {"why": why, "names": sorted(os.listdir(folder)), "uid": os.getuid()}
+        try:
+            seen["token"] = (folder / "token").read_text()
+        except OSError as exc:
+            seen["token"] = exc.errno
+        try:
+            (folder / "new").write_text("x")
+            seen["wrote"] = True
+        except OSError:
+            seen["wrote"] = False
+        libc = ctypes.CDLL(None, use_errno=True)
+        seen["umount"] = ctypes.get_errno() if libc.umount2(os.fsencode(folder), MNT_DETACH) else 0
+        seen["names_after_umount"] = sorted(os.listdir(folder))
+        try:  # the parent's view of the files, which a root process could otherwise take
+            seen["via_parent"] = Path(f"/proc/{os.getppid()}/root{folder}/token").read_text()
+        except OSError as exc:
+            seen["via_parent"] = exc.errno
+        status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        seen["caps"] = int(status["CapEff"], 16)
+        seen["dumpable"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+        return seen
+
+    return _reported(uid, look)
 
 
 def _check(seen: dict[str, object], folder: Path, uid: int | None) -> None:
@@ -129,48 +138,32 @@ def test_a_folder_holding_what_instances_need_is_left_and_said_why(folder: Path)
 
 
 def _writes_in_child(folder: Path, keep: list[Path], uid: int | None) -> dict[str, object]:
-    """Fork; the child (as `uid` when given) hides `folder` keeping `keep`, then reads and writes in each
-    kept folder and tries to make it writable again; it reports the errno of each (0: it could)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            if uid is not None:
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-            seen: dict[str, object] = {"why": sandbox.hide(folder, keep)}
-            libc = ctypes.CDLL(None, use_errno=True)
-            for place in keep:
-                try:
-                    (place / "code.py").read_text()
-                    (place / "planted.pth").write_text("import os\n")
-                    seen[f"{place.name}:write"] = 0
-                except OSError as exc:
-                    seen[f"{place.name}:write"] = exc.errno
-                flags = sandbox.MS_REMOUNT | sandbox.MS_BIND
-                refused = libc.mount(None, os.fsencode(place), None, flags, None) != 0
-                seen[f"{place.name}:remount"] = ctypes.get_errno() if refused else 0
-                seen[f"{place.name}:umount"] = (
-                    ctypes.get_errno() if libc.umount2(os.fsencode(place), 2) else 0
-                )
-            os.write(write_end, orjson.dumps(seen))
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    assert data, "the child reported nothing"
-    result: dict[str, object] = orjson.loads(data)
-    return result
+    """A child (as `uid` when given) hides `folder` keeping `keep`, then reads and writes in each kept
+    folder and tries to make it writable again; it reports the errno of each (0: it could)."""
+
+    def look() -> dict[str, object]:
+        seen: dict[str, object] = {"why": sandbox.hide(folder, keep)}
+        libc = ctypes.CDLL(None, use_errno=True)
+        for place in keep:
+            try:
+                (place / "code.py").read_text()
+                (place / "planted.pth").write_text("import os\n")
+                seen[f"{place.name}:write"] = 0
+            except OSError as exc:
+                seen[f"{place.name}:write"] = exc.errno
+            flags = sandbox.MS_REMOUNT | sandbox.MS_BIND
+            refused = libc.mount(None, os.fsencode(place), None, flags, None) != 0
+            seen[f"{place.name}:remount"] = ctypes.get_errno() if refused else 0
+            seen[f"{place.name}:umount"] = ctypes.get_errno() if libc.umount2(os.fsencode(place), 2) else 0
+        return seen
+
+    return _reported(uid, look)
 
 
 @pytest.mark.parametrize("uid", [None, NOBODY], ids=["as this user", "as nobody"])
 def test_what_instances_need_is_read_only_for_them(folder: Path, uid: int | None) -> None:
-    """1. A project folder holding the code cache, and a folder on another mount with flags of its own
-       (`/dev/shm`: nosuid, nodev), both readable by anyone, each with a module.
+    """1. A project folder holding the code cache, and a folder on another mount (`/dev/shm`, on most
+       systems with flags of its own, nosuid and nodev, which the remount must keep), each with a module.
     2. A child hides the secrets folder keeping those three, then writes a `.pth` file in each, tries to
        remount each writable and to unmount each.
     Result: every write is refused (EROFS), the remount and the unmount too (EPERM: the child holds no
@@ -291,31 +284,23 @@ def test_a_mount_inside_a_kept_folder_is_read_only_too(folder: Path) -> None:
         pytest.skip("this kernel refuses user namespaces: hide says so (test above)")
     project = folder.parent / "project"
     (project / "functions").mkdir(parents=True)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_end)
-            libc = ctypes.CDLL(None, use_errno=True)
-            assert libc.unshare(sandbox.CLONE_NEWNS) == 0
-            assert libc.mount(None, b"/", None, sandbox.MS_REC | sandbox.MS_PRIVATE, None) == 0
-            volume = os.fsencode(project / "functions")
-            assert libc.mount(b"volume", volume, b"tmpfs", 0, b"size=64k") == 0
-            (project / "functions" / "m.py").write_text("x = 1\n")
-            seen: dict[str, object] = {"why": sandbox.hide(folder, [project])}
-            for name, path in (("project", project / "a.pth"), ("volume", project / "functions" / "m.py")):
-                try:
-                    with open(path, "a") as f:
-                        f.write("import os\n")
-                    seen[name] = 0
-                except OSError as exc:
-                    seen[name] = exc.errno
-            os.write(write_end, orjson.dumps(seen))
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    seen = orjson.loads(data)
+
+    def look() -> dict[str, object]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.unshare(sandbox.CLONE_NEWNS) == 0
+        assert libc.mount(None, b"/", None, sandbox.MS_REC | sandbox.MS_PRIVATE, None) == 0
+        volume = os.fsencode(project / "functions")
+        assert libc.mount(b"volume", volume, b"tmpfs", 0, b"size=64k") == 0
+        (project / "functions" / "m.py").write_text("x = 1\n")
+        seen: dict[str, object] = {"why": sandbox.hide(folder, [project])}
+        for name, path in (("project", project / "a.pth"), ("volume", project / "functions" / "m.py")):
+            try:
+                with open(path, "a") as f:
+                    f.write("import os\n")
+                seen[name] = 0
+            except OSError as exc:
+                seen[name] = exc.errno
+        return seen
+
+    seen = _reported(None, look)
     assert seen == {"why": None, "project": errno.EROFS, "volume": errno.EROFS}, seen

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import errno
 import io
 import logging
 import sys
@@ -24,6 +25,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from framework import sandbox
 from framework.errors import type_name
 from framework.observe.logs import STANDARD
 from framework.runtime.protocol import BlockingSender, FrameKind
@@ -74,6 +76,14 @@ def exception_text(e: BaseException, limit: int | None = None) -> str:
     return f"{type_name(type(e))}: {text}"
 
 
+READ_ONLY = (
+    " (the folders of code, the project's included, are read-only for functions on a node with a secrets "
+    "folder: write under /tmp or tempfile's folder)"
+)
+"""Said after a failure to write a read-only file system in an instance that sees the code read-only
+(`sandbox.py`): the message alone would not say why."""
+
+
 def failure_text(e: BaseException, tb: TracebackType | None) -> tuple[str, str]:
     """`Type: message` of `e` and its traceback `tb` as `traceback.format_exception` writes it, each
     message in both cut at MAX_MESSAGE characters (`cut_text`): `str()` is called once per exception of the
@@ -93,6 +103,8 @@ def failure_text(e: BaseException, tb: TracebackType | None) -> tuple[str, str]:
             f"Traceback (most recent call last):\n{stack}{message}\n(its chain could not be read: {why})\n",
         )
     message = f"{type_name(type(e))}: {cut_text(str(te))}"
+    if isinstance(e, OSError) and e.errno == errno.EROFS and sandbox.isolating():
+        message += READ_ONLY
     _cut_messages(te)
     try:
         return message, "".join(te.format())

@@ -58,6 +58,14 @@ _Submission = tuple[
 """A submitted record: its future, then `ReplyProducer._retry`'s arguments."""
 
 
+def _stale_partition(exc: BaseException) -> bool:
+    """aiokafka's own check refusing a partition its metadata no longer has (`AssertionError`): a lane
+    made for a partition of a topic that came back with fewer (a memory-only broker restarted). The send
+    is retried with fresh metadata, which picks a partition the topic has; given up, its event was left
+    unanswered and its partition's commits held until the next rebalance."""
+    return isinstance(exc, AssertionError) and "Unrecognized partition" in str(exc)
+
+
 class PermanentSendError(Exception):
     """The broker refused the record for good (too large, bad topic, not authorised)."""
 
@@ -265,7 +273,7 @@ class ReplyProducer:
         producer) so the caller retries after `delay`. Anything not a Kafka or socket error is re-raised."""
         if isinstance(exc, PERMANENT):
             raise PermanentSendError(said(exc)) from exc
-        if not isinstance(exc, KafkaError | OSError):
+        if not isinstance(exc, KafkaError | OSError) and not _stale_partition(exc):
             raise exc
         if permanent_if is not None and permanent_if(exc):
             raise PermanentSendError(said(exc)) from exc

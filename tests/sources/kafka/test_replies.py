@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -77,3 +78,30 @@ async def test_a_reply_after_a_restart_under_the_same_cluster_id_is_readable(tmp
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_a_partition_the_metadata_no_longer_has_is_sent_again_not_given_up(
+    broker: EmbeddedBroker,
+) -> None:
+    """1. A reply's batch is refused by aiokafka's own check, `AssertionError('Unrecognized partition')`, as
+    for a lane made for a partition its topic no longer has (a broker back with fewer partitions).
+    Result: the reply is sent again, with fresh metadata, and acknowledged (it used to be given up: its
+    event unanswered and its partition's commits held until the next rebalance)."""
+    sender = ReplyProducer(broker.bootstrap, Settings())
+    await sender.start()
+    try:
+        producer = await sender._get()
+        real = producer.send_batch
+        refused: list[tuple[Any, ...]] = []
+
+        async def refusing(*args: Any, **kwargs: Any) -> Any:
+            if not refused:
+                refused.append(args)
+                raise AssertionError("Unrecognized partition")
+            return await real(*args, **kwargs)
+
+        producer.send_batch = refusing
+        await within(await sender.submit("rep-stale", b"v", b"k", []), 30)
+        assert refused and await replies_on(broker.bootstrap, "rep-stale", b"v")
+    finally:
+        await within(sender.stop(), 10)
