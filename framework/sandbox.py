@@ -54,8 +54,10 @@ import os
 import re
 import site
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -93,20 +95,39 @@ _libc: ctypes.CDLL | None = None
 """Set once `hide` made its namespace: then each instance makes one of its own (`isolate`)."""
 
 
-def needed(*folders: Path) -> list[Path]:
+class CodePath(NamedTuple):
+    """The import path a node's templates get, fixed when the node starts (`at_start`), whatever later
+    template starts or replaces another: a folder made after it would not be read-only for instances, and
+    what a handler planted there (a `sitecustomize.py`, a `.pth` file) would run in the next template
+    before it hides anything."""
+
+    python_path: tuple[str, ...]
+    """The folders of PYTHONPATH there at the start."""
+    user_site: Path | None
+    """The user's site-packages, when the interpreter reads one (not in a virtualenv) and it was there at
+    the start; else templates start without it (`-s`)."""
+
+    @classmethod
+    def at_start(cls) -> CodePath:
+        python_path = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        return cls(tuple(p for p in python_path if p and os.path.exists(p)), user_site())
+
+
+def needed(*folders: Path, code_path: CodePath | None = None) -> list[Path]:
     """`folders` and what every process of the platform needs besides: the interpreter's folders and
-    import path (`sys.path`: site-packages, folders `.pth` files add), the user's site-packages when the
-    interpreter reads one (`user_site`), the folders of PYTHONPATH and the framework's own; all code a
-    template runs. A secrets folder holding any of them stays visible (`hide`)."""
-    python_path = [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    user = user_site()
+    import path (`sys.path`: site-packages, folders `.pth` files add; not its first entry, the script's
+    folder or the working directory, which templates do not read), `code_path`'s folders (`CodePath`,
+    now when not given) and the framework's own; all code a template runs. A secrets folder holding any
+    of them stays visible (`hide`)."""
+    code_path = code_path or CodePath.at_start()
+    imports = sys.path if sys.flags.safe_path else sys.path[1:]
     return [
         *folders,
         Path(sys.prefix),
         Path(sys.base_prefix),
-        *([] if user is None else [user]),
-        *python_path,
-        *(Path(p) for p in sys.path if p),
+        *([] if code_path.user_site is None else [code_path.user_site]),
+        *(Path(p) for p in code_path.python_path),
+        *(Path(p) for p in imports if p),
         Path(__file__).resolve().parents[1],
     ]
 
@@ -126,8 +147,7 @@ def link_holders(path: Path) -> list[Path]:
 
 def user_site() -> Path | None:
     """The user's site-packages folder, when the interpreter would read it (not in a virtualenv) and it is
-    there. When it is not there, the template starts without it (`-s`): a handler that made it would
-    otherwise plant a `.pth` file the next template runs."""
+    there now."""
     if not site.ENABLE_USER_SITE:
         return None
     folder = Path(site.getusersitepackages())
@@ -287,6 +307,8 @@ def _read_only(libc: ctypes.CDLL, folders: Sequence[Path]) -> str | None:
             try:
                 kept = os.statvfs(point).f_flag
             except OSError as exc:
+                if point != folder:  # a mount below it this user may not look at (FUSE): nor may handlers
+                    continue
                 return f"reading the flags of {point}: {exc.strerror or exc}"
             flags = MS_REMOUNT | MS_BIND | MS_RDONLY
             for st_flag, ms_flag in _KEPT_FLAGS:
@@ -299,13 +321,17 @@ def _read_only(libc: ctypes.CDLL, folders: Sequence[Path]) -> str | None:
 
 def bound(folders: Sequence[Path]) -> list[str]:
     """The folders `_read_only` binds: those of `folders` there now, each once (links resolved), outer
-    first; not `/` (the whole file system read-only would leave a function no `/tmp`)."""
-    real = {os.path.realpath(folder) for folder in folders if os.path.exists(folder)} - {os.sep}
-    return sorted(real, key=lambda p: p.count(os.sep))
+    first; never one that is or holds the temporary folder or the home folder (`/`, `/home`, a link's
+    folder in `~`), which functions write (caches, scratch files): those stay as they are."""
+    real = {os.path.realpath(folder) for folder in folders if os.path.exists(folder)}
+    spared = {os.path.realpath(tempfile.gettempdir()), os.path.realpath(os.path.expanduser("~")), "/tmp"}
+    kept = {f for f in real if not any(s == f or s.startswith(f.rstrip(os.sep) + os.sep) for s in spared)}
+    return sorted(kept, key=lambda p: p.count(os.sep))
 
 
 def writable_in(pid: int, folder: str) -> bool:
-    """Whether `folder` is writable in the view of process `pid` (a template that bound it read-only):
+    """Whether `folder` is writable in the view of process `pid` (an instance of a template that bound it
+    read-only):
     a folder removed and made again on the node's side is unmounted from every other view, which then
     shows the new one, writable. False when that view cannot be looked at (the process is gone)."""
     try:

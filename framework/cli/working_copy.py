@@ -45,6 +45,14 @@ async def handle(payload: Any, ctx: Context) -> Any:
 '''
 
 
+GITIGNORE = """\
+# Secret values (FAAS_SECRETS_DIR's default) and the node's unpacked revisions (FAAS_CACHE_DIR's).
+secrets/
+.faas/
+"""
+"""What `faas new` writes as a new project's `.gitignore`."""
+
+
 @click.command()
 @option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_settings
@@ -130,6 +138,7 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
     if events:
         entry["events"] = list(events)
     made: list[Path] = []  # what to take back when the manifest is not written after all
+    starting = not path.exists()  # a new project: it gets a `.gitignore` too, unless it has one
 
     def write_module() -> None:
         try:
@@ -159,3 +168,8 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
                     made_path.unlink()
         fail(str(exc))
     click.echo(f"created {source} and a draft entry {name} ({entry['uuid']}) in {path}")
+    ignore = folder / ".gitignore"
+    if starting and not ignore.exists():
+        with contextlib.suppress(OSError):  # a convenience: the function is made either way
+            ignore.write_text(GITIGNORE)
+            click.echo(f"created {ignore} (secrets/ and the code cache .faas/ stay out of git)")

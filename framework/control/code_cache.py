@@ -248,15 +248,22 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit()
 os.nice(10)
 for folder in sys.argv[2:]:
+    if not os.path.isdir(folder):  # pruned meanwhile: compiling would make its folders again
+        continue
     compileall.compile_dir(folder, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 """
 """Byte-compile each folder given into its `__pycache__` folders, as an import would (each file written
 whole and renamed into place, so an instance reads a whole one or none; those up to date are left)."""
 COMPILE_TIMEOUT = 600.0
 """Seconds one compiling process may take before it is killed (the folders' imports compile then)."""
+COMPILE_BATCH = 20
+"""Folders one compiling process takes at most (a node reading its log at start queues every revision's)."""
 _to_compile: queue.SimpleQueue[Path] = queue.SimpleQueue()
+"""Folders waiting for the compiling thread."""
 _compiler: threading.Thread | None = None
+"""The thread that runs the compiling processes, one at a time (started with the first folder)."""
 _compiler_lock = threading.Lock()
+"""Held while `_compiler` is looked at and started."""
 
 
 def compile_later(folder: Path) -> None:
@@ -273,10 +280,11 @@ def compile_later(folder: Path) -> None:
 
 
 def _compile_forever() -> None:
+    """Compile what is queued, COMPILE_BATCH folders a process, for the life of the process."""
     while True:
         folders = {_to_compile.get()}
         with contextlib.suppress(queue.Empty):
-            while True:  # what queued meanwhile goes in the same process
+            while len(folders) < COMPILE_BATCH:  # what queued meanwhile goes in the same process
                 folders.add(_to_compile.get_nowait())
         args = [sys.executable, "-I", "-c", _COMPILE, str(os.getpid()), *map(str, sorted(folders))]
         with contextlib.suppress(OSError, subprocess.SubprocessError):

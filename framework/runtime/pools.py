@@ -65,7 +65,9 @@ class Runtime:
         self._code = list(code)
         # Instances never see the secrets folder: their function's values come in their start message.
         self._needed = self._project_folders()
-        self._template = Template(settings.secrets_path, self._needed)
+        self._code_path = sandbox.CodePath.at_start()
+        """The import path of every template this runtime starts, fixed now (`sandbox.CodePath`)."""
+        self._template = Template(settings.secrets_path, self._needed, self._code_path)
         self._old_templates: list[Template] = []
         """Templates replaced by a fresh one (`_renew_template`), kept until their instances are gone."""
         self._folder_went = False
@@ -229,9 +231,14 @@ class Runtime:
             return None
         if now != template.hidden or self._folder_went:
             return f"the secrets folder {template.hide} appeared or was replaced"
-        pid = template.pid
+        # Looked at through an instance of the template (they share its mount namespace, and, unlike the
+        # template, may be looked into by a node that is not root); with none, no one can write there.
+        pid = next(
+            (i.pid for p in self._pools.values() for i in p.instances if i.template is template and i.pid),
+            None,
+        )
         # Only once the template hid the folder (its view shows another one there) are the folders of code
-        # read-only in its view: not yet while it starts, never where the kernel refused the namespace.
+        # read-only in its view: never where the kernel refused the namespace.
         if pid is None or sandbox.identity(Path(f"/proc/{pid}/root{template.hide}")) in (None, now):
             return None
         for folder in template.kept:
@@ -264,7 +271,7 @@ class Runtime:
         from the fresh template too."""
         old = self._template
         log.info("%s: every function gets fresh instances", why)
-        self._template = fresh = Template(self.secrets.path, self._needed)
+        self._template = fresh = Template(self.secrets.path, self._needed, self._code_path)
         fresh.start()
         self._folder_went = False
         self._old_templates.append(old)

@@ -120,15 +120,16 @@ class Template:
     PR_SET_PDEATHSIG to the thread that started the process, so a short-lived worker thread would take the
     template (and every instance) down with it."""
 
-    def __init__(self, hide: Path | None = None, keep: Sequence[Path] = ()) -> None:
+    def __init__(
+        self, hide: Path | None = None, keep: Sequence[Path] = (), code_path: sandbox.CodePath | None = None
+    ) -> None:
         self.hide = hide
         """The folder instances must not see (the secrets folder), kept visible to the node."""
-        self.keep = sandbox.needed(*keep)
+        self.code_path = code_path or sandbox.CodePath.at_start()
+        """The import path the process gets, each time it starts: the node's, fixed at its start."""
+        self.keep = sandbox.needed(*keep, code_path=self.code_path)
         """Folders instances need (the project, the code cache, the interpreter, the framework): never
         hidden, so `hide` is not when it holds one of them; read-only for instances where it is hidden."""
-        self._user_site = sandbox.user_site() is not None
-        """Whether the user's site-packages was there, so in `keep`: else the template starts without one
-        (`-s`), whenever it starts (a handler that made it and killed its template gets no `.pth` run)."""
         self.kept: list[str] = []
         """The folders of `keep` there when the process started and hid the secrets folder (`sandbox.bound`),
         read-only for its instances as long as none is replaced (`sandbox.writable_in`)."""
@@ -171,15 +172,13 @@ class Template:
         self.hidden = None if self.hide is None else sandbox.identity(self.hide)
         self.kept = [] if self.hidden is None else sandbox.bound(self.keep)
         env = instance_environ(os.environ)
-        # Only folders there now: one made later would not be read-only (a `sitecustomize.py` planted).
-        python_path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.exists(p)]
-        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_PARENT, *python_path])
+        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_PARENT, *self.code_path.python_path])
         # -P: `-m` would put the node's working directory (often the project folder) first on the path of
         # every instance, and instances import their revision's code, never the working copy.
         args = [
             sys.executable,
             "-P",
-            *([] if self._user_site else ["-s"]),
+            *([] if self.code_path.user_site is not None else ["-s"]),
             "-m",
             "framework.runtime.template",
             str(theirs.fileno()),

@@ -43,7 +43,8 @@ def test_new_refuses_an_event_type_no_event_can_have(tmp_path: Path, event: str,
 def test_new_in_a_folder_without_a_manifest_creates_one(tmp_path: Path) -> None:
     """`faas new hello` where no functions.yaml exists yet. Result: exit 0; functions.yaml is created with
     the draft entry (readable by others as the umask allows, not mkstemp's 0600), functions/hello.py
-    exists and no temporary file is left (before: a FileNotFoundError traceback, a stray module and a
+    exists, a `.gitignore` keeps `secrets/` and `.faas/` out of git (a project's own, later, is left as it
+    is) and no temporary file is left (before: a FileNotFoundError traceback, a stray module and a
     `.functions.yaml.*` file, so a second try failed on the module)."""
     path = tmp_path / "functions.yaml"
     r = CliRunner().invoke(main, ["new", "hello"], env={"FAAS_MANIFEST": str(path)})
@@ -51,7 +52,11 @@ def test_new_in_a_folder_without_a_manifest_creates_one(tmp_path: Path) -> None:
     assert "name: hello" in path.read_text() and "state: draft" in path.read_text()
     assert path.stat().st_mode & 0o044, oct(path.stat().st_mode)
     assert (tmp_path / "functions" / "hello.py").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["functions", "functions.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gitignore", "functions", "functions.yaml"]
+    assert (tmp_path / ".gitignore").read_text().splitlines()[1:] == ["secrets/", ".faas/"]
+    (tmp_path / ".gitignore").write_text("mine\n")  # a project's own is never touched
+    r = CliRunner().invoke(main, ["new", "second"], env={"FAAS_MANIFEST": str(path)})
+    assert r.exit_code == 0 and (tmp_path / ".gitignore").read_text() == "mine\n", r.output
 
 
 def test_new_with_a_manifest_in_a_folder_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:

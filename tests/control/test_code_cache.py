@@ -190,6 +190,8 @@ def test_a_nodes_cache_byte_compiles_what_it_stores_in_the_background(tmp_path: 
         {"functions/__init__.py": "", "functions/m.py": "VALUE = 7\n", "functions/bad.py": "def (\n"}
     )
     sha = sha256(data)
+    plain = CodeCache(tmp_path / "cli")
+    plain_folder = plain.store(sha, data)  # before the node's: compiled by now, were it queued at all
     cache = CodeCache(tmp_path / "node", compile_code=True)
     folder = cache.store(sha, data)
     pyc = folder / "functions" / "__pycache__" / f"m.{sys.implementation.cache_tag}.pyc"
@@ -209,6 +211,4 @@ def test_a_nodes_cache_byte_compiles_what_it_stores_in_the_background(tmp_path: 
     shutil.rmtree(folder / "functions" / "__pycache__")
     cache.store(sha, data)
     wait_for(pyc.exists, 10, message="compiled again")
-    plain = CodeCache(tmp_path / "cli")
-    plain_folder = plain.store(sha, data)
     assert not (plain_folder / "functions" / "__pycache__").exists()

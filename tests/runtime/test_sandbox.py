@@ -257,19 +257,42 @@ def test_the_folders_of_code_include_pythonpath_and_an_existing_user_site(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The folders kept visible and made read-only: PYTHONPATH's (a `sitecustomize.py` there runs in every
-    template) and the user's site-packages (`.pth` files) when the interpreter reads it and it is there;
-    when it is not there, `user_site` is None and the template starts without one (`-s`), so a handler
-    cannot make it."""
-    user = tmp_path / "user-site"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "a"), "", str(tmp_path / "b")]))
+    template) and the user's site-packages (`.pth` files) when the interpreter reads it; each only if it is
+    there when the import path is fixed (`CodePath.at_start`), as a template started later gets it too."""
+    user, here, missing = tmp_path / "user-site", tmp_path / "a", tmp_path / "b"
+    here.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), "", str(missing)]))
     monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
     monkeypatch.setattr(site, "getusersitepackages", lambda: str(user))
-    assert sandbox.user_site() is None
-    assert {tmp_path / "a", tmp_path / "b"} <= set(sandbox.needed()) and user not in sandbox.needed()
+    early = sandbox.CodePath.at_start()
+    assert early == sandbox.CodePath((str(here),), None)
     user.mkdir()
-    assert sandbox.user_site() == user and user in sandbox.needed()
+    missing.mkdir()
+    assert here in sandbox.needed(code_path=early) and user not in sandbox.needed(code_path=early)
+    assert missing not in sandbox.needed(code_path=early)
+    late = sandbox.CodePath.at_start()
+    assert late.user_site == user and user in sandbox.needed(code_path=late)
     monkeypatch.setattr(site, "ENABLE_USER_SITE", False)  # a virtualenv's interpreter reads none
     assert sandbox.user_site() is None
+
+
+def test_no_folder_holding_the_home_or_temporary_folder_is_bound(tmp_path: Path) -> None:
+    """`bound` leaves out `/`, the temporary folder and the home folder and every folder holding one (a
+    link's folder in `~`, say): functions write caches and scratch files there. Folders inside them, and
+    elsewhere, are bound, each once and outer first."""
+    home = Path(os.path.expanduser("~"))
+    project = tmp_path / "project"
+    (project / "functions").mkdir(parents=True)
+    folders = [
+        Path("/"),
+        Path(tempfile.gettempdir()),
+        home,
+        home.parent,
+        project / "functions",
+        project,
+        project,
+    ]
+    assert sandbox.bound(folders) == [os.path.realpath(project), os.path.realpath(project / "functions")]
 
 
 def test_a_mount_inside_a_kept_folder_is_read_only_too(folder: Path) -> None:

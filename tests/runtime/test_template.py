@@ -253,28 +253,35 @@ class _Started(Exception):
 def test_a_user_site_made_after_the_handle_never_reaches_a_template(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1. A node's template handle is made while the user's site-packages folder is not there. 2. The
-    folder appears (a handler made it, with a `.pth` file), and the template is started (again: a handler
-    can kill its template). 3. A handle made while the folder is there starts one.
-    Result: 2 starts the interpreter without the user's site-packages (`-s`: the folder was not kept
-    read-only, so what is in it must not run before the secrets folder is hidden); 3 with it (it is
-    among the folders kept read-only)."""
-    user = tmp_path / "user-site"
+    """1. A node's template handle is made while the user's site-packages folder and a PYTHONPATH folder
+    are not there. 2. Both appear (a handler made them, with a `.pth` file and a `sitecustomize.py`), and
+    the template is started (again: a handler can kill its template). 3. A handle made while they are
+    there starts one.
+    Result: 2 starts the interpreter without the user's site-packages (`-s`) nor that folder on its
+    PYTHONPATH (they were not kept read-only, so what is in them must not run before the secrets folder is
+    hidden); 3 with both (they are among the folders kept read-only)."""
+    user, planted = tmp_path / "user-site", tmp_path / "later"
     monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
     monkeypatch.setattr(site, "getusersitepackages", lambda: str(user))
+    monkeypatch.setenv("PYTHONPATH", str(planted))
     started: list[list[str]] = []
+    environs: list[dict[str, str]] = []
 
-    def popen(args: list[str], **options: object) -> None:
+    def popen(args: list[str], env: dict[str, str], **options: object) -> None:
         started.append(args)
+        environs.append(env)
         raise _Started
 
     monkeypatch.setattr(subprocess, "Popen", popen)
     early = Template()
     user.mkdir()
+    planted.mkdir()
     with pytest.raises(_Started):
         early.start()
     late = Template()
     with pytest.raises(_Started):
         late.start()
     assert "-s" in started[0] and user not in early.keep
+    assert str(planted) not in environs[0]["PYTHONPATH"].split(os.pathsep)
     assert "-s" not in started[1] and user in late.keep
+    assert str(planted) in environs[1]["PYTHONPATH"].split(os.pathsep)
