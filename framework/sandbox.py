@@ -212,6 +212,10 @@ def isolate() -> str | None:
     uid, gid = os.geteuid(), os.getegid()
     if _libc.unshare(CLONE_NEWUSER) != 0:
         return _failed("unshare (the instance's user namespace)")
+    # Dumpable again, before the maps: a process that is not has its /proc/self files owned by root, so a
+    # node that is not root could not write them. The node reads its `smaps_rollup` and looks at its view
+    # of the files; the namespaces, not the flag, keep other instances out.
+    _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     try:
         for name, ids in (("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
             fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
@@ -222,9 +226,7 @@ def isolate() -> str | None:
     except OSError as exc:
         return f"mapping the instance's user namespace ids: {exc.strerror or exc}"
     # The capabilities the new namespace gives reach nothing outside it: they are left (dropping them
-    # would cost a quarter of a millisecond more per cold start). Dumpable again: the node reads its
-    # `smaps_rollup` (the namespaces, not the flag, keep other instances out).
-    _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    # would cost a quarter of a millisecond more per cold start).
     return None
 
 

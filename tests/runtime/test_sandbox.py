@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from framework import sandbox
@@ -327,3 +328,55 @@ def test_a_mount_inside_a_kept_folder_is_read_only_too(folder: Path) -> None:
 
     seen = _reported(None, look)
     assert seen == {"why": None, "project": errno.EROFS, "volume": errno.EROFS}, seen
+
+
+def test_an_instance_of_a_node_that_is_not_root_maps_its_ids(folder: Path) -> None:
+    """1. As `nobody`: a process (the node) forks the template, which hides the folder and forks an
+       instance that takes a user namespace of its own (`isolate`) and waits.
+    2. The node reads the instance's `smaps_rollup` and looks at its view of the folder.
+    Result: `isolate` succeeds, the instance runs as `nobody` (its ids mapped: it wrote its maps after
+    making itself dumpable again; before, a node that was not root got "Permission denied" and every
+    instance ran unmapped, as 65534 in no map, with a warning that instances could read each other's
+    memory), and the node reads what it needs (its memory figure, its view)."""
+    if os.getuid() != 0:
+        pytest.skip("becoming nobody takes root (as a user, the template tests run this path)")
+    if not namespaces_allowed(NOBODY):
+        pytest.skip("this kernel refuses user namespaces: hide says so (test above)")
+
+    def node() -> dict[str, object]:
+        report_r, report_w = os.pipe()
+        go_r, go_w = os.pipe()
+        template = os.fork()
+        if template == 0:  # pragma: no cover - the template
+            try:
+                assert sandbox.hide(folder, []) is None
+                instance = os.fork()
+                if instance == 0:
+                    why = sandbox.isolate()
+                    mapped = Path("/proc/self/uid_map").read_text().split()
+                    os.write(report_w, orjson.dumps({"why": why, "uid": os.getuid(), "map": mapped}))
+                    os.read(go_r, 1)
+                    os._exit(0)
+                os.waitpid(instance, 0)
+            finally:
+                os._exit(0)
+        told: dict[str, object] = orjson.loads(os.read(report_r, 1000))
+        instance_pid = next(p.pid for p in psutil.Process(template).children())
+        try:
+            told["rollup"] = "Private_Dirty" in Path(f"/proc/{instance_pid}/smaps_rollup").read_text()
+            told["view"] = sorted(os.listdir(f"/proc/{instance_pid}/root{folder}"))
+        except OSError as exc:
+            told["node"] = str(exc)
+        finally:
+            os.write(go_w, b"x")
+            os.waitpid(template, 0)
+        return told
+
+    seen = _reported(NOBODY, node)
+    assert seen == {
+        "why": None,
+        "uid": NOBODY,
+        "map": [str(NOBODY), str(NOBODY), "1"],
+        "rollup": True,
+        "view": [],
+    }, seen
