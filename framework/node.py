@@ -168,12 +168,13 @@ class Node:
             self._served = True
 
     def secrets_changed(self, event: bool) -> None:
-        """The secrets folder changed: fresh instances where values changed; and a manifest edit rejected
-        for a missing secret is checked again, since adding the file may be what makes it valid."""
+        """The secrets folder changed: fresh instances where values changed; and in watch mode the working
+        copy is checked again, since a secret it lists may be missing now (a manifest error at its
+        `LINE:COL`, DESIGN.md section 14) or there again (an edit rejected for it applies)."""
         self.runtime.refresh_secrets()
         if self.key_file is not None:
             self.key_file.check()
-        if event and self.manifest_errors and self.watcher is not None:
+        if event and self.watcher is not None:
             task = asyncio.get_running_loop().create_task(self.watcher.reload())
             self._rechecks.add(task)
             task.add_done_callback(self._rechecks.discard)

@@ -671,6 +671,31 @@ def test_watch_rejects_an_edit_listing_a_missing_secret(tmp_path: Path, nodes: S
     wait_for(lambda: not rejected(), 20, message="edit applied once the secret exists")
 
 
+def test_watch_says_a_secret_file_deleted_is_missing_and_clears_it_when_back(
+    tmp_path: Path, nodes: Start
+) -> None:
+    """1. A node in watch mode serves `reader`, which lists api_token. 2. The file is deleted. 3. It is
+    written again.
+    Result: 2 is a manifest error at the item's LINE:COL in /readyz (before, only once the manifest was
+    edited), `reader` answers InstanceCrashed naming the secret; 3 clears the error and `reader` serves."""
+    root, folder, value = project(tmp_path)
+    n = start(nodes, root, folder)
+    assert invoke(n, READER).status_code == 200
+
+    def errors() -> list[str]:
+        found: list[str] = httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"]
+        return found
+
+    (folder / "api_token").unlink()
+    said = wait_for(errors, 20, message=f"the missing secret in /readyz\n{n.tail()}")
+    assert any(re.search(r"functions\.yaml:\d+:\d+: secret 'api_token' is missing", e) for e in said), said
+    r = invoke(n, READER)
+    assert r.status_code == 502 and "api_token" in r.json()["error"]["message"], r.text
+    (folder / "api_token").write_text(value + "\n")
+    wait_for(lambda: not errors(), 20, message="the error cleared")
+    served_again(n, value, 20)
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
