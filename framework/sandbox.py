@@ -327,15 +327,15 @@ def bound(folders: Sequence[Path]) -> list[str]:
     folder in `~`), which functions write (caches, scratch files): those stay as they are."""
     real = {os.path.realpath(folder) for folder in folders if os.path.exists(folder)}
     spared = {os.path.realpath(tempfile.gettempdir()), os.path.realpath(os.path.expanduser("~")), "/tmp"}
-    kept = {f for f in real if not any(s == f or s.startswith(f.rstrip(os.sep) + os.sep) for s in spared)}
+    kept = {folder for folder in real if not any(Path(s).is_relative_to(folder) for s in spared)}
     return sorted(kept, key=lambda p: p.count(os.sep))
 
 
 def writable_in(pid: int, folder: str) -> bool:
     """Whether `folder` is writable in the view of process `pid` (an instance of a template that bound it
-    read-only):
-    a folder removed and made again on the node's side is unmounted from every other view, which then
-    shows the new one, writable. False when that view cannot be looked at (the process is gone)."""
+    read-only): a folder removed and made again on the node's side is unmounted from every other view,
+    which then shows the new one, writable. False when that view cannot be looked at (the process is
+    gone)."""
     try:
         return not os.statvfs(f"/proc/{pid}/root{folder}").f_flag & os.ST_RDONLY
     except OSError:
@@ -350,7 +350,7 @@ def _mounts_under(folder: str) -> list[str]:
         for line in table:
             # The fifth field, with space, tab, newline and backslash written as octal escapes.
             point = os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), line.split()[4]))
-            if point == folder or point.startswith(folder + os.sep):
+            if Path(point).is_relative_to(folder):
                 points.add(point)
     return sorted(points, key=lambda p: p.count(os.sep))
 

@@ -138,12 +138,18 @@ def invoke(n: Node, u: str, payload: object = None) -> httpx.Response:
     return httpx.post(f"{n.url}/functions/{u}/invoke", json=payload, timeout=60)
 
 
+def manifest_errors(n: Node) -> list[str]:
+    """The node's manifest errors, as `/readyz` lists them."""
+    errors: list[str] = httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"]
+    return errors
+
+
 def served_again(n: Node, value: str, within: float) -> None:
     """Once the secret is there: `reader` serves and the manifest errors are gone within `within` seconds,
     and its value never reached the node's log."""
     wait_for(lambda: invoke(n, READER).status_code == 200, within, message="served once the secret is there")
     wait_for(
-        lambda: not httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"],
+        lambda: not manifest_errors(n),
         within,
         message="the manifest errors gone",
     )
@@ -659,16 +665,12 @@ def test_watch_rejects_an_edit_listing_a_missing_secret(tmp_path: Path, nodes: S
     )
     (root / "functions.yaml").write_text(text)
 
-    def rejected() -> list[str]:
-        errors: list[str] = httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"]
-        return errors
-
-    errors = wait_for(rejected, 20, message="edit rejected")
+    errors = wait_for(lambda: manifest_errors(n), 20, message="edit rejected")
     assert any(re.search(r"functions\.yaml:8:9: secret 'not_there' is missing", e) for e in errors), errors
     assert httpx.get(n.url + "/readyz", timeout=10).status_code == 200
     assert invoke(n, READER).status_code == 200
     (folder / "not_there").write_text("here now\n")
-    wait_for(lambda: not rejected(), 20, message="edit applied once the secret exists")
+    wait_for(lambda: not manifest_errors(n), 20, message="edit applied once the secret exists")
 
 
 def test_watch_says_a_secret_file_deleted_is_missing_and_clears_it_when_back(
@@ -682,17 +684,13 @@ def test_watch_says_a_secret_file_deleted_is_missing_and_clears_it_when_back(
     n = start(nodes, root, folder)
     assert invoke(n, READER).status_code == 200
 
-    def errors() -> list[str]:
-        found: list[str] = httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"]
-        return found
-
     (folder / "api_token").unlink()
-    said = wait_for(errors, 20, message=f"the missing secret in /readyz\n{n.tail()}")
+    said = wait_for(lambda: manifest_errors(n), 20, message=f"the missing secret in /readyz\n{n.tail()}")
     assert any(re.search(r"functions\.yaml:\d+:\d+: secret 'api_token' is missing", e) for e in said), said
     r = invoke(n, READER)
     assert r.status_code == 502 and "api_token" in r.json()["error"]["message"], r.text
     (folder / "api_token").write_text(value + "\n")
-    wait_for(lambda: not errors(), 20, message="the error cleared")
+    wait_for(lambda: not manifest_errors(n), 20, message="the error cleared")
     served_again(n, value, 20)
 
 
@@ -763,7 +761,7 @@ def test_a_missing_default_folder_is_an_error_at_each_listed_secret(tmp_path: Pa
         r"functions\.yaml:6:15: .*secrets folder .*proj/secrets \(FAAS_SECRETS_DIR\) does not exist", log
     )
     assert re.search(r"functions\.yaml:12:15: .*does not exist", log), log
-    errors = httpx.get(n.url + "/readyz", timeout=10).json()["manifest_errors"]
+    errors = manifest_errors(n)
     assert len(errors) == 2, errors
     assert invoke(n, READER).status_code == 502
     assert invoke(n, HOG).status_code == 200

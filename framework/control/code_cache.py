@@ -122,20 +122,18 @@ class CodeCache:
                 # Unpacked, but its zip is missing or not whole: kept again.
                 if self.zip_bytes(sha) is None:
                     self._keep_zip(sha, data)
-                if self.compile_code:  # stored before compiling began, or its compile was cut short
-                    compile_later(target)
-                return target
-            self.base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
-            try:
-                _unpack(sha, data, tmp)
-                self._tag()  # a folder made again since the start (removed by hand) is tagged again
-                self._keep_zip(sha, data)
-                with contextlib.suppress(OSError):  # another process raced us to the same content
-                    tmp.rename(target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        if self.compile_code:
+            else:
+                self.base.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=self.base, prefix=".unpack-"))
+                try:
+                    _unpack(sha, data, tmp)
+                    self._tag()  # a folder made again since the start (removed by hand) is tagged again
+                    self._keep_zip(sha, data)
+                    with contextlib.suppress(OSError):  # another process raced us to the same content
+                        tmp.rename(target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        if self.compile_code:  # a folder there already too: stored before compiling began, or cut short
             compile_later(target)
         return target
 

@@ -270,7 +270,8 @@ class ReplyProducer:
         delay: float,
     ) -> None:
         """Classify one failed attempt: raise PermanentSendError, or log it (and maybe replace the
-        producer) so the caller retries after `delay`. Anything not a Kafka or socket error is re-raised."""
+        producer) so the caller retries after `delay`. Anything not a Kafka or socket error, nor a partition
+        the metadata no longer has (`_stale_partition`), is re-raised."""
         if isinstance(exc, PERMANENT):
             raise PermanentSendError(said(exc)) from exc
         if not isinstance(exc, KafkaError | OSError) and not _stale_partition(exc):
