@@ -1,7 +1,8 @@
 """Node-side handle of one instance process.
 
 Starts it through the template, sends requests and matches replies, enforces the backstop deadline (a
-request not answered `GRACE` seconds after its time limit means the instance's loop is stuck: it is killed),
+request not answered `GRACE` seconds after its time limit means the instance's loop is stuck: it is killed;
+time this node stood still does not count, `run_clock.py`),
 forwards its logs into the node's log, and notices its death (EOF on its socket) at once. An instance that
 died on its own stops taking requests at once; the ones it held are answered once the template has told how
 it ended (exit code or signal, `EXIT_STATUS_WAIT` at most), so the caller's error says it.
@@ -31,6 +32,7 @@ from framework.control.spec import FunctionSpec
 from framework.errors import FunctionError, InstanceCrashed, Timeout, from_name
 from framework.observe.log_capture import LogCapture
 from framework.observe.logs import STANDARD
+from framework.run_clock import RUN_CLOCK, keep
 from framework.runtime.family import kill_family, parent_of
 from framework.runtime.protocol import FrameKind, FrameProtocol, Header, connect
 from framework.runtime.raw_output import RawLines, read_socket
@@ -63,7 +65,8 @@ None."""
 class _Pending:
     fut: asyncio.Future[tuple[bytes, float]]
     deadline: float
-    """Loop time at which the request's time limit passes."""
+    """When the request's time limit passes, in `RUN_CLOCK` time (the loop's, less what this node stood
+    still)."""
     answered: list[tuple[bytes, float, bool]] | None = None
     """Where the record the instance rendered goes, with its duration (ms) and success (the caller's list),
     if the caller asked for one."""
@@ -132,6 +135,7 @@ class InstanceHandle:
         """Called when the process is gone (after `on_exit`, which fires as soon as it stops serving)."""
         # Kept: `asyncio.get_running_loop()` costs a getpid() system call per call on Python 3.11.
         self._loop = asyncio.get_running_loop()
+        keep(self._loop)  # the clock its time limits are kept in (`run_clock.py`)
         self.started: asyncio.Future[None] = self._loop.create_future()
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         self._log_level = log_level
@@ -235,12 +239,12 @@ class InstanceHandle:
         loop = self._loop
         self._seq = rid = self._seq + 1
         fut: asyncio.Future[tuple[bytes, float]] = loop.create_future()
-        deadline = loop.time() + self.spec.timeout
+        deadline = RUN_CLOCK.now(loop) + self.spec.timeout
         self._pending[rid] = pending = _Pending(fut, deadline, answered, inv.invocation_id)
         if answered is not None:
             self._recording[inv.invocation_id] = pending
         if self._sweeper is None:
-            self._sweeper = loop.call_at(deadline + GRACE, self._late)
+            self._sweeper = loop.call_at(RUN_CLOCK.at(deadline + GRACE), self._late)
         header = {"id": rid, "inv": inv.invocation_id, "t": inv.trigger, "e": inv.event, "c": cold}
         if inv.identity is not None or inv.traceparent is not None or inv.attempt != 1:
             header.update(inv.frame_fields())
@@ -256,7 +260,7 @@ class InstanceHandle:
                 self._main.send(FrameKind.CANCEL, {"id": rid})
                 self._abandoned[rid] = deadline
                 if self._sweeper is None:
-                    self._sweeper = loop.call_at(deadline + GRACE, self._late)
+                    self._sweeper = loop.call_at(RUN_CLOCK.at(deadline + GRACE), self._late)
             if self._lines is not None and not self.dead and answered is None:  # nobody takes them
                 self._lines.discard(inv.invocation_id)  # also when its REPLY came as it was cancelled
             raise
@@ -279,7 +283,7 @@ class InstanceHandle:
         got "another request ran past its time limit")."""
         if not self._pending and not self._abandoned:  # an idle instance: no clock read
             return False
-        now = self._loop.time()
+        now = RUN_CLOCK.now(self._loop)
         first = next(iter(self._pending.values()), None)  # in send order, which is deadline order
         return (first is not None and first.deadline <= now) or any(
             d <= now for d in self._abandoned.values()
@@ -462,8 +466,8 @@ class InstanceHandle:
             return
         deadline = min(deadlines)
         loop = self._loop
-        if deadline + GRACE > loop.time() + 0.001:
-            self._sweeper = loop.call_at(deadline + GRACE, self._late)
+        if not RUN_CLOCK.passed(loop, deadline + GRACE):  # not yet, or this node stood still meanwhile
+            self._sweeper = loop.call_at(RUN_CLOCK.at(deadline + GRACE), self._late)
             return
         log.warning(
             "instance %s (pid %s) of function %s did not cut off a request%s %.1f s past its %g s limit: "
@@ -478,7 +482,7 @@ class InstanceHandle:
             self.spec.timeout,
             extra=self._extra,
         )
-        self._die("blocked", hard=True, late=loop.time())
+        self._die("blocked", hard=True, late=RUN_CLOCK.now(loop))
 
     # ---- death ----
 

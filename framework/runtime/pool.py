@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from framework.control.spec import FunctionSpec
 from framework.errors import FaasError, InstanceCrashed, Overloaded
 from framework.observe.metrics import Metrics
+from framework.run_clock import RUN_CLOCK
 from framework.runtime.handle import InstanceHandle
 from framework.runtime.template import Template
 from framework.types import Invocation, InvokeResult
@@ -326,13 +327,14 @@ class FunctionPool:
             )
         loop = asyncio.get_running_loop()
         queued = loop.time()
-        deadline = queued + self._queue_timeout if moved_by is None else moved_by
+        # In `RUN_CLOCK` time: a node that stood still (stopped, a paused VM) does not fail its queue for it.
+        deadline = RUN_CLOCK.now(loop) + self._queue_timeout if moved_by is None else moved_by
         fut: asyncio.Future[Slot] = loop.create_future()
         self._waiters.append(fut)
         self._m_queued.inc()
+        timer = loop.call_at(RUN_CLOCK.at(deadline), _expire, loop, fut, deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                inst, cold = await fut
+            inst, cold = await fut
             # Its instance turned ready while it waited: it waited for that start (DESIGN.md section 3).
             return inst, cold or (inst.ready_at > queued and not inst.warm)
         except BaseException as e:
@@ -349,6 +351,7 @@ class FunctionPool:
                 ) from None
             raise
         finally:
+            timer.cancel()  # one it re-armed finds its waiter done
             self._m_queued.dec()
 
     def _reserve(self, inst: InstanceHandle) -> bool:
@@ -542,7 +545,7 @@ class Moved(Exception):
         super().__init__(to.spec.name)
         self.to = to
         self.deadline: float | None = None
-        """The loop time the request's queue wait ends, set by the waiter it reached."""
+        """When the request's queue wait ends (`RUN_CLOCK` time), set by the waiter it reached."""
 
 
 def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:
@@ -554,3 +557,14 @@ def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:
         own.__notes__ = list(exc.__notes__)  # its own list: a note added to one is not added to all
     own.cold_start, own.instance_id = cold, inst.id
     return own
+
+
+def _expire(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Slot], deadline: float) -> None:
+    """A queued request's wait ends at `deadline` (`RUN_CLOCK` time) with TimeoutError, unless it was served
+    (or the node stood still: then later)."""
+    if fut.done():
+        return
+    if RUN_CLOCK.passed(loop, deadline):
+        fut.set_exception(TimeoutError())
+    else:
+        loop.call_at(RUN_CLOCK.at(deadline), _expire, loop, fut, deadline)

@@ -61,6 +61,7 @@ functions:
     handler: functions.f:keyed
     state: productive
     events: [fault.keyed]
+    timeout: 5
 """
 
 MODULES = {

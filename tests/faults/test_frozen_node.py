@@ -14,7 +14,7 @@ import pytest
 
 from framework.kafka.embedded import EmbeddedBroker
 from tests.faults.kit import ReplyReader, events, producer, send_all
-from tests.support import Node, new_id, settled, wait_for
+from tests.support import Node, new_id, records_now, settled, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -50,7 +50,8 @@ def test_a_node_frozen_past_its_session_timeout_leaves_its_queued_events_to_thei
     answers their events from the last commit. 3. b is continued (SIGCONT).
     Result: every event is answered; b says the group dropped it and that it dropped its queue; no key
     runs on both nodes at once (b used to run its whole queue beside a for up to 5 s: hundreds of runs on
-    keys a was running, every one of them answered twice)."""
+    keys a was running, every one of them answered twice); no event is a dead letter (b's instances used to
+    be killed as stuck as it ran again, their answers unread, and what they held failed `Timeout`)."""
     runs = tmp_path / "runs.jsonl"
     tag = "frozen" + new_id()[:6]
     env = {"FAAS_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_MS), "T_RUNS": str(runs)}
@@ -82,3 +83,8 @@ def test_a_node_frozen_past_its_session_timeout_leaves_its_queued_events_to_thei
     both = overlaps(runs)
     assert len(both) <= 2, f"{len(both)} runs of a key on both nodes at once, e.g. {both[:5]}"
     wait_for(lambda: "the group dropped this node" in b.log.read_text(errors="replace"), 30, message=b.tail())
+    # What b's instances answered while b stood still was read as b ran again: nothing of it was failed
+    # (Timeout, its instances killed as stuck) and sent to the dead-letter topic.
+    assert "did not cut off" not in b.log.read_text(errors="replace"), b.tail()
+    dead = records_now(broker.bootstrap, a.deadletter)
+    assert not dead, f"{len(dead)} dead letters, e.g. {dead[:2]}"

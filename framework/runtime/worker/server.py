@@ -2,7 +2,8 @@
 
 Forked by the template (see template.py) with two sockets to the node. `async def` handlers run on the
 instance's own loop (uvloop when installed); `def` handlers run in a small thread pool. Each request gets
-its own task, its own deadline (`timeout` seconds from when the instance received it) and its own reply.
+its own task, its own deadline (`timeout` seconds from when the instance received it, less any time the
+process stood still: stopped, or a paused VM, `run_clock.py`) and its own reply.
 
 Every request the node does not cancel gets a reply, whatever the handler does: anything it raises (a
 BaseException too, SystemExit and KeyboardInterrupt included, or an exception whose `str()` raises) is a
@@ -45,6 +46,7 @@ from framework.context import Context, Secrets
 from framework.errors import type_name
 from framework.observe import otel, record_json, tracing
 from framework.observe.log_capture import LogCapture
+from framework.run_clock import RUN_CLOCK
 from framework.runtime.family import kill_descendants
 from framework.runtime.protocol import MAX_RESULT, BlockingSender, FrameKind, FrameProtocol, Header, connect
 from framework.runtime.worker import redact, thread_context
@@ -226,8 +228,9 @@ class Server:
         """Requests cancelled for running past their limit (answered Timeout)."""
         self.cancelled: set[int] = set()
         """Requests the node cancelled (answered by nobody)."""
-        # Deadlines (loop time) of running requests, in arrival order = deadline order (one timeout for all),
-        # checked by one timer armed at the earliest: cheaper than a timer per request.
+        # Deadlines of running requests (`RUN_CLOCK` time: time the process stood still does not count), in
+        # arrival order = deadline order (one timeout for all), checked by one timer armed at the earliest:
+        # cheaper than a timer per request.
         self.deadlines: dict[int, float] = {}
         self.sweeper: asyncio.TimerHandle | None = None
         self.conn: FrameProtocol | None = None
@@ -304,9 +307,9 @@ class Server:
             self.tasks[rid] = loop.create_task(self.run(rid, header, tail), name=header["inv"])
             if not self.watchdog.ticking:
                 self.watchdog.wake()
-            self.deadlines[rid] = deadline = loop.time() + self.timeout
+            self.deadlines[rid] = deadline = RUN_CLOCK.now(loop) + self.timeout
             if self.sweeper is None:
-                self.sweeper = loop.call_at(deadline, self._sweep)
+                self.sweeper = loop.call_at(RUN_CLOCK.at(deadline), self._sweep)
         elif kind == FrameKind.CANCEL:
             rid = header["id"]
             running = self.tasks.pop(rid, None)  # popped here too: a task cancelled before it began never
@@ -348,9 +351,12 @@ class Server:
                     msg=f"function {self.function} ran past its {self.timeout:g} s limit (it went on after "
                     "the cancellation at the limit; what it returned then is dropped)",
                 )
-            elif limit is not None and self.loop.time() >= limit:
+            elif (
+                limit is not None and RUN_CLOCK.now(self.loop) >= limit and RUN_CLOCK.passed(self.loop, limit)
+            ):
                 # Past the limit with no cancellation: the handler held the loop (a blocking call in an
                 # `async def`), so the sweep could not run before it returned. Late is late all the same.
+                # (Sampled only then: a stop just ended is counted first, and the common path pays nothing.)
                 body = b""
                 reply.update(
                     err="Timeout",
@@ -471,7 +477,8 @@ class Server:
             result = await fn(*args)
         else:
             call = functools.partial(contextvars.copy_context().run, _in_thread, fn, *args)
-            result = await self.threads.run(call, self.deadlines.get(rid, self.loop.time() + self.timeout))
+            limit = self.deadlines.get(rid, RUN_CLOCK.now(self.loop) + self.timeout)
+            result = await self.threads.run(call, RUN_CLOCK.at(limit))
         if inspect.isawaitable(result):
             result = await result
         try:
@@ -501,11 +508,12 @@ class Server:
         """Cancel every request past its time limit (remembering why: it is answered Timeout)."""
         loop = asyncio.get_running_loop()
         self.sweeper = None
-        now = loop.time() + 0.001  # timers may fire a hair early
+        RUN_CLOCK.sample()  # a stop just ended is counted before anything is cut off for it
+        now = RUN_CLOCK.now(loop) + 0.001  # timers may fire a hair early
         due: list[int] = []
         for rid, deadline in self.deadlines.items():
             if deadline > now:
-                self.sweeper = loop.call_at(deadline, self._sweep)
+                self.sweeper = loop.call_at(RUN_CLOCK.at(deadline), self._sweep)
                 break
             due.append(rid)
         for rid in due:

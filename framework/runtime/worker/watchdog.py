@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from framework import sandbox
 from framework.errors import type_name
 from framework.observe.logs import STANDARD
+from framework.run_clock import RUN_CLOCK
 from framework.runtime.protocol import BlockingSender, FrameKind
 from framework.runtime.worker.redact import installed, redact
 
@@ -446,6 +447,10 @@ class Watchdog:
     holds requests up, and an idle instance has none to hold. Idle, both the heartbeat and the thread
     sleep: 1,000 idle warm instances took 129% of a core for their 20 Hz wake-ups, and on a loaded machine
     logged thousands of "did not run" warnings about loops that had nothing to run.
+
+    The thread is also what samples the instance's `RUN_CLOCK` (the clock its time limits are kept in) while
+    it holds an invocation; a gap it counts as a stop (the process was stopped, or not scheduled) is not
+    reported as a block.
     """
 
     def __init__(
@@ -480,6 +485,7 @@ class Watchdog:
             return
         self.ticking = True
         self._beat = time.monotonic()  # before the thread looks: a stale beat would read as a stall
+        RUN_CLOCK.restart()  # its sampler slept: the gap since says nothing of a stop
         self._awake.set()
         self._loop.call_later(BEAT, self._tick)
 
@@ -493,12 +499,18 @@ class Watchdog:
 
     def _watch(self) -> None:
         reported = False
+        stood = RUN_CLOCK.stood
         while True:
             self._awake.wait()
             time.sleep(BEAT)
             if self._loop.is_closed():  # the instance is ending (a last flush may take a while)
                 return
             if not self._awake.is_set():  # it went idle meanwhile: its last beat says nothing
+                reported = False
+                continue
+            RUN_CLOCK.sample()  # the sampler of the clock the time limits are kept in
+            if RUN_CLOCK.stood != stood:  # the process stood still (here or by the loop's count): not blocked
+                stood = RUN_CLOCK.stood
                 reported = False
                 continue
             blocked = time.monotonic() - self._beat > BLOCK_THRESHOLD + BEAT
