@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from framework.run_clock import RUN_CLOCK
+
 Trigger = Literal["event", "direct", "schedule", "warmup"]
 
 
@@ -75,7 +77,14 @@ class Context:
     """1 for the first try, 2, 3, ... for retries (section 15)."""
     secrets: Mapping[str, str] = field(default_factory=dict)
     """The secrets the function lists, name -> value (section 14)."""
+    stood: float | None = field(default=None, repr=False)
+    """`RUN_CLOCK.stood` when the request arrived, in an instance: what the instance stands still after it
+    (stopped, a paused VM) does not count against the limit, nor against `remaining()`. None elsewhere."""
 
     def remaining(self) -> float:
-        """Seconds left before the time limit (never negative)."""
-        return max(0.0, self.deadline - time.time())
+        """Seconds left before the time limit (never negative): `deadline` less the time now, plus, in an
+        instance, what it stood still since the request arrived (`deadline` itself stays as it was set)."""
+        if self.stood is None:
+            return max(0.0, self.deadline - time.time())
+        RUN_CLOCK.sample()  # a stop just ended is counted, though no sampler has run since (a `def` handler)
+        return max(0.0, self.deadline + (RUN_CLOCK.stood - self.stood) - time.time())

@@ -16,9 +16,16 @@ invocation; in a node, a loop timer, `keep`), so a long gap means nothing of the
   `Timeout` stands), nor is an instance's loop blocked in a sleep, since its watchdog thread samples beside
   it; a node's loop blocked in a call that uses no CPU for over `GAP` is counted (the node blocked there has
   bigger trouble; its limits are only more lenient by that much);
+- a call that holds the GIL while it waits without CPU (a C extension that blocks without releasing it) is
+  counted in an instance: its watchdog thread cannot run either, and nothing tells that gap from a stop.
+  Such a call that returns within the node's grace after the limit is answered, not `Timeout`; one that
+  blocks longer is still killed by the node (its own clock ran);
 - a process runnable but not scheduled for over `GAP` (an overloaded machine) is counted too: it could not
   run either;
-- a counted stop is its whole gap, so up to one sampling interval more than the stop itself.
+- a counted stop is its gap less `EVERY` (the run time a gap may hold before or after the stop), so a
+  process that only runs in short bursts between stops (a freezer or CPU quota with a long period, a host
+  taking the VM's CPUs away) still sees its limits come: each gap moves its clock at least `EVERY`. A gap
+  counted whole let a stuck instance of such a node live for good.
 
 Limits are kept in this clock's time (`now`: the loop's time less what was counted), timers that enforce one
 are armed at `at(limit)` in the loop's time, and each of them samples first and re-arms if its limit moved:
@@ -28,9 +35,12 @@ was held moves nothing: a limit set later is `now() + seconds` and its timer fir
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # `framework.Context` reads this module: importing the package stays light (no asyncio)
+    import asyncio
 
 GAP = 0.5
 """Seconds between two samples past which the gap may be a stop (samples come every `EVERY` while the
@@ -39,7 +49,8 @@ BUSY = 0.25
 """Share of a gap the process's CPU time must stay under for the gap to count as stood still (a loop
 blocked in a computation uses about 1.0 of it)."""
 EVERY = 0.1
-"""Seconds between the node's samples (`keep`); an instance's watchdog samples at its own beat, 0.05 s."""
+"""Seconds between the node's samples (`keep`; an instance's watchdog samples every 0.05 s), and the part of
+a counted gap that is not counted."""
 
 
 class RunClock:
@@ -59,7 +70,7 @@ class RunClock:
         with self._lock:
             wall, cpu = time.monotonic(), time.process_time()
             gap = wall - self._wall
-            counted = gap if gap > GAP and cpu - self._cpu < gap * BUSY else 0.0
+            counted = gap - EVERY if gap > GAP and cpu - self._cpu < gap * BUSY else 0.0
             self._wall, self._cpu = wall, cpu
             self.stood += counted
             return counted

@@ -127,8 +127,8 @@ class FunctionPool:
     def invoke(self, inv: Invocation, moved_by: float | None = None) -> Coroutine[Any, Any, InvokeResult]:
         """Run `inv` on an instance (queueing for one when all are busy); await the result.
 
-        `moved_by`: the loop time its queue wait ends, for a request queued in a retired pool and moved
-        here (`Moved`): its wait goes on rather than starting again. The duration histogram is the
+        `moved_by`: when its queue wait ends (`RUN_CLOCK` time), for a request queued in a retired pool and
+        moved here (`Moved`): its wait goes on rather than starting again. The duration histogram is the
         invoker's to observe (once per invocation, wall time)."""
         if self._recorder is not None:
             return self._recorded(inv, None, moved_by)

@@ -259,8 +259,14 @@ class Server:
             return 1
         self.fn_async, self.hook_async = _is_async(self.fn), _is_async(self.hook)
         heap.settle(collect=False)  # the handler is imported: what exists now lives as long as we do
+        # Busy while it holds a request or a thread runs an abandoned call: the watchdog samples `RUN_CLOCK`,
+        # which that call's limit is kept in (`threads.py`), only while busy.
         self.watchdog = Watchdog(
-            loop, self.function, self.instance_id, self.spans.get, lambda: bool(self.tasks)
+            loop,
+            self.function,
+            self.instance_id,
+            self.spans.get,
+            lambda: bool(self.tasks) or self.threads.held > 0,
         )
         self.watchdog.start()
         hello: Header = {"pid": os.getpid()}
@@ -460,6 +466,7 @@ class Server:
             attempt=header.get("a", 1),
             revision=self.revision,
             secrets=self.secrets,
+            stood=RUN_CLOCK.stood,
         )
         ev: Header | None = header.get("ev")
         if ev is not None:
@@ -478,7 +485,7 @@ class Server:
         else:
             call = functools.partial(contextvars.copy_context().run, _in_thread, fn, *args)
             limit = self.deadlines.get(rid, RUN_CLOCK.now(self.loop) + self.timeout)
-            result = await self.threads.run(call, RUN_CLOCK.at(limit))
+            result = await self.threads.run(call, limit)
         if inspect.isawaitable(result):
             result = await result
         try:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from framework.run_clock import RUN_CLOCK
+
 
 class HandlerThreads:
     """A pool of `size` threads that counts the ones left running by abandoned calls past their limit."""
@@ -47,15 +49,15 @@ class HandlerThreads:
         self._on_held = on_held
 
     async def run(self, call: Callable[[], Any], deadline: float) -> Any:
-        """`call()` on a thread; `deadline` is the call's time limit in loop time. Cancelling this abandons
-        the call (the thread, if it started, runs on)."""
+        """`call()` on a thread; `deadline` is the call's time limit in `RUN_CLOCK` time. Cancelling this
+        abandons the call (the thread, if it started, runs on)."""
         job = self.pool.submit(call)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             if not job.done():  # started (a queued job is cancelled with the wrapper): it runs on
                 loop = asyncio.get_running_loop()
-                loop.call_at(deadline, self._late, job, loop)
+                loop.call_at(RUN_CLOCK.at(deadline), self._late, job, loop, deadline)
                 self._held_by(1)
                 job.add_done_callback(lambda _: _soon(loop, lambda: self._held_by(-1)))
             raise
@@ -65,9 +67,12 @@ class HandlerThreads:
         if self._on_held is not None:
             self._on_held(self.held)
 
-    def _late(self, job: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def _late(self, job: Future[Any], loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         """An abandoned call's time limit passed: its thread is stuck if the call still runs."""
         if job.done():
+            return
+        if not RUN_CLOCK.passed(loop, deadline):  # the process stood still meanwhile: its limit moved
+            loop.call_at(RUN_CLOCK.at(deadline), self._late, job, loop, deadline)
             return
         self.stuck += 1
         job.add_done_callback(lambda _: _soon(loop, self._freed))

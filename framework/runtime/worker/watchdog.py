@@ -443,14 +443,14 @@ class Watchdog:
     Timing each step of each request exactly would report those too, at 0.4 to 0.6 us a step on every
     invocation's path (a coroutine wrapper timing each `send`): left out.
 
-    It watches only while the instance holds an invocation (`busy`; `wake` when one starts): a stall then
-    holds requests up, and an idle instance has none to hold. Idle, both the heartbeat and the thread
-    sleep: 1,000 idle warm instances took 129% of a core for their 20 Hz wake-ups, and on a loaded machine
-    logged thousands of "did not run" warnings about loops that had nothing to run.
+    It watches only while the instance holds an invocation or a thread runs an abandoned call (`busy`; `wake`
+    when one starts): a stall then holds requests up, and an idle instance has none to hold. Idle, both the
+    heartbeat and the thread sleep: 1,000 idle warm instances took 129% of a core for their 20 Hz wake-ups,
+    and on a loaded machine logged thousands of "did not run" warnings about loops that had nothing to run.
 
     The thread is also what samples the instance's `RUN_CLOCK` (the clock its time limits are kept in) while
-    it holds an invocation; a gap it counts as a stop (the process was stopped, or not scheduled) is not
-    reported as a block.
+    it holds an invocation; a gap counted as a stop (the process was stopped, or not scheduled) is said in a
+    line of its own, not reported as a block (`_stood`).
     """
 
     def __init__(
@@ -509,7 +509,8 @@ class Watchdog:
                 reported = False
                 continue
             RUN_CLOCK.sample()  # the sampler of the clock the time limits are kept in
-            if RUN_CLOCK.stood != stood:  # the process stood still (here or by the loop's count): not blocked
+            if RUN_CLOCK.stood != stood:  # the process stood still (here or by the loop's count)
+                self._stood(RUN_CLOCK.stood - stood)
                 stood = RUN_CLOCK.stood
                 reported = False
                 continue
@@ -519,6 +520,25 @@ class Watchdog:
                 self._report()
             elif not blocked:
                 reported = False
+
+    def _stood(self, seconds: float) -> None:
+        """Say that the instance did not run for `seconds` (`RUN_CLOCK` counted them), without the `blocked`
+        flag: a stopped process is not a function blocking its loop, but a call holding the GIL while it
+        waits looks the same from here, and that one is the function's."""
+        task = asyncio.current_task(self._loop)
+        inv = task.get_name() if task is not None else None
+        self._log.warning(
+            "instance %s (function %s) did not run for %.1f s%s: the process was stopped (a frozen node or "
+            "VM, SIGSTOP) or not scheduled, or a call held the GIL while it waited; time limits leave that "
+            "time out",
+            self._instance_id,
+            self._function,
+            seconds,
+            f" in invocation {inv}" if inv is not None else "",
+            extra={"invocation_id": inv, "traceparent": self._traceparent_of(inv)}
+            if inv is not None
+            else None,
+        )
 
     def _report(self) -> None:
         task = asyncio.current_task(self._loop)  # read from this thread: the task running on the loop

@@ -4,7 +4,9 @@ uvicorn bounds neither how long a body may take to arrive nor the pause between 
 sends fewer bytes than its `Content-Length` (or stops a chunked body) would hold a request, and whatever
 it queued for, for ever. A body that brings no byte for `FAAS_HTTP_BODY_TIMEOUT` seconds is answered 400.
 The deadline is kept by one sweep per second over the reads in progress, not a timer per request:
-`asyncio.timeout` costs about 5 us per request on this path, a dict entry about 0.2 us.
+`asyncio.timeout` costs about 5 us per request on this path, a dict entry about 0.2 us. Time the node stood
+still (stopped, a paused VM) does not count: what the client sent meanwhile waits unread, not stalled
+(`framework/run_clock.py`).
 
 A body over the limit is still read, and thrown away, up to `LINGER_BYTES`, before the 413 goes out (nginx's
 lingering close): a server that answers and closes while the client is still sending resets the
@@ -30,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope
 
 from framework.errors import BadRequest, Overloaded, PayloadTooLarge
+from framework.run_clock import RUN_CLOCK, keep
 
 NULL = b"null"
 SWEEP_EVERY = 1.0
@@ -135,7 +138,7 @@ class BodyReader:
         if self._stop_at is not None and loop.time() >= self._stop_at:
             raise too_large or Overloaded("the node is stopping: the request body was not read")
         reads = self._reads
-        reads[task] = loop.time()
+        reads[task] = RUN_CLOCK.now(loop)
         if self._sweeper is None:
             self._sweeper = loop.create_task(
                 self._sweep(), name="http body deadlines", context=contextvars.Context()
@@ -167,7 +170,7 @@ class BodyReader:
                         chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
-                reads[task] = loop.time()
+                reads[task] = RUN_CLOCK.now(loop)
         except asyncio.CancelledError:
             stopping = self._expired.pop(task, None)
             if stopping is None:
@@ -209,10 +212,12 @@ class BodyReader:
         """Cancel the reads that made no progress for `idle` seconds; ends when none is in progress
         (the next read starts it again), so an idle node has no timer."""
         loop = asyncio.get_running_loop()
+        keep(loop)
         try:
             while self._reads:
                 await asyncio.sleep(SWEEP_EVERY)
-                stalled_since = loop.time() - self.idle
+                RUN_CLOCK.sample()  # a node that stood still: what came meanwhile waits unread, not stalled
+                stalled_since = RUN_CLOCK.now(loop) - self.idle
                 for task, progressed in list(self._reads.items()):
                     if progressed <= stalled_since and task not in self._expired:
                         self._expired[task] = False

@@ -23,7 +23,9 @@ length). The protocol here adds both bounds, each answered with the same 400, th
 - `head_timeout` seconds (`FAAS_HTTP_BODY_TIMEOUT` when the node passes it, else 10) for a head to
   arrive, counted from the connection's opening or its previous answer. A connection that sent no byte
   of a new request by then is closed without an answer, as uvicorn closes an idle keep-alive one.
-  A request being served is not timed here: its body and its function have their own bounds.
+  A request being served is not timed here: its body and its function have their own bounds. Time the
+  node stood still (stopped, a paused VM) does not count: a head sent meanwhile waits unread, and the
+  timer that finds it due counts the stop first (`framework/run_clock.py`).
 
 The cost is one timer per connection, re-armed once per `head_timeout` while the connection lives, and
 four overridden parser callbacks per request (under 1 us in all, measured with `timeit` in process).
@@ -39,6 +41,8 @@ from typing import Any
 import h11
 import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from framework.run_clock import RUN_CLOCK, keep
 
 
 class BindError(Exception):
@@ -132,14 +136,16 @@ class _HeadDeadline(_ContractBadRequest, asyncio.Protocol):
     cycle: Any
     """uvicorn's request-response cycle in progress (None before the first request)."""
     _waiting_since = 0.0
-    """Loop time since which the connection waits for a request's head."""
+    """Since when the connection waits for a request's head (`RUN_CLOCK` time: a node that stood still
+    meanwhile does not count that time)."""
     _head_begun = False
     """A byte of the awaited head arrived."""
     _timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._waiting_since = self.loop.time()
+        keep(self.loop)
+        self._waiting_since = RUN_CLOCK.now(self.loop)
         self._timer = self.loop.call_later(self.head_timeout, self._check_head)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -157,7 +163,7 @@ class _HeadDeadline(_ContractBadRequest, asyncio.Protocol):
         super().data_received(data)
 
     def on_response_complete(self) -> None:
-        self._waiting_since = self.loop.time()
+        self._waiting_since = RUN_CLOCK.now(self.loop)
         self._head_begun = False
         uvicorn_protocol: Any = super()
         uvicorn_protocol.on_response_complete()
@@ -166,7 +172,8 @@ class _HeadDeadline(_ContractBadRequest, asyncio.Protocol):
         self._timer = None
         if self._refused or self.transport.is_closing():
             return
-        now = self.loop.time()
+        RUN_CLOCK.sample()  # a stop just ended is counted: the head may wait unread (`run_clock.py`)
+        now = RUN_CLOCK.now(self.loop)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             due = now + self.head_timeout  # a request being served: checked again after it
@@ -178,7 +185,7 @@ class _HeadDeadline(_ContractBadRequest, asyncio.Protocol):
                 else:
                     self.transport.close()  # nothing asked: closed as an idle keep-alive connection is
                 return
-        self._timer = self.loop.call_at(due, self._check_head)
+        self._timer = self.loop.call_at(RUN_CLOCK.at(due), self._check_head)
 
 
 TOO_LARGE = f"its head is over {HEAD_LIMIT // 1024} KiB"

@@ -1,4 +1,5 @@
-"""`def` handler threads inside an instance (framework/runtime/worker/threads.py), without a node."""
+"""`def` handler threads inside an instance (framework/runtime/worker/threads.py), without a node. Limits are
+in `RUN_CLOCK` time, kept by `keep` on the test's loop (as an instance's watchdog keeps it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from typing import Any
 
 import pytest
 
+from framework.run_clock import RUN_CLOCK, keep
 from framework.runtime.worker.threads import HandlerThreads
+
+
+def _now() -> float:
+    """`RUN_CLOCK` time on the running loop, which samples it from now on."""
+    loop = asyncio.get_running_loop()
+    keep(loop)
+    return RUN_CLOCK.now(loop)
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
@@ -43,7 +52,7 @@ async def test_abandoned_calls_past_their_limit_count_until_their_threads_return
     release = threading.Event()
     alarms: list[int] = []
     threads = HandlerThreads(2, "t", alarms.append)
-    now = asyncio.get_running_loop().time()
+    now = _now()
     await _abandon(threads, release, now)
     await _until(lambda: threads.stuck == 1)
     assert alarms == []
@@ -63,12 +72,11 @@ async def test_a_call_cancelled_before_its_limit_is_stuck_only_once_the_limit_pa
     release = threading.Event()
     alarms: list[int] = []
     threads = HandlerThreads(1, "t", alarms.append)
-    loop = asyncio.get_running_loop()
-    limit = loop.time() + 0.3
+    limit = _now() + 0.3
     await _abandon(threads, release, limit)
     assert threads.stuck == 0 and alarms == []
     await _until(lambda: alarms == [1])
-    assert loop.time() >= limit and threads.stuck == 1
+    assert RUN_CLOCK.now(asyncio.get_running_loop()) >= limit and threads.stuck == 1
     release.set()
     await _until(lambda: threads.stuck == 0)
 
@@ -77,12 +85,12 @@ async def test_a_call_cancelled_before_its_limit_is_stuck_only_once_the_limit_pa
     checks: list[bool] = []
     late = early._late
 
-    def checked(job: Any, at: asyncio.AbstractEventLoop) -> None:
+    def checked(job: Any, at: asyncio.AbstractEventLoop, deadline: float) -> None:
         checks.append(job.done())
-        late(job, at)
+        late(job, at, deadline)
 
     early._late = checked  # type: ignore[method-assign,assignment]
-    await _abandon(early, quick, loop.time() + 0.3)
+    await _abandon(early, quick, _now() + 0.3)
     quick.set()  # returns before its limit
     await _until(lambda: checks == [True])  # the limit's check ran and found the call done
     assert early.stuck == 0 and alarms == [1]
@@ -93,7 +101,7 @@ async def test_a_call_cancelled_before_its_thread_started_is_not_stuck() -> None
     before it starts. Result: no thread counts as stuck for it (the queued job is dropped)."""
     release = threading.Event()
     threads = HandlerThreads(1, "t", lambda n: None)
-    now = asyncio.get_running_loop().time()
+    now = _now()
     busy = asyncio.ensure_future(threads.run(lambda: release.wait(10), now + 10))
     queued = asyncio.ensure_future(threads.run(lambda: "never", now))
     await asyncio.sleep(0)  # both tasks have submitted their job: the second waits behind the first
