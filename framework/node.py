@@ -219,7 +219,9 @@ class Node:
         try:  # first: a port in use must fail the start before the node joins any consumer group
             listening = bind(self.settings.http_host, self.settings.http_port)
         except BindError as exc:
-            log.error("%s", exc)
+            log.error(
+                "%s (the node's HTTP address: FAAS_HTTP_HOST and FAAS_HTTP_PORT, or --host and --port)", exc
+            )
             return 1
         if self.settings.http_port == 0:  # an ephemeral port: the real one in logs and the node's name
             self.settings.http_port = listening.getsockname()[1]

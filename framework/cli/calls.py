@@ -107,7 +107,7 @@ def _call(url: str, payload: bytes | None, key: str | None, timeout: float, late
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 answer.append(response.read())
         except urllib.error.HTTPError as exc:
-            problem.append(exc.read().decode(errors="replace") or f"HTTP {exc.code}")
+            problem.append(_error_text(exc.code, exc.read()))
         except (urllib.error.URLError, TimeoutError) as exc:
             problem.append(f"cannot reach {url}: {getattr(exc, 'reason', exc)}")
         except (http.client.HTTPException, OSError) as exc:  # closed mid-answer, not HTTP, a cut body
@@ -126,6 +126,16 @@ def _call(url: str, payload: bytes | None, key: str | None, timeout: float, late
         return json.loads(body)
     except ValueError:
         fail(f"{url} answered 200 with something that is not JSON: is it a faas node? ({body[:80]!r})")
+
+
+def _error_text(status: int, body: bytes) -> str:
+    """A node's error answer as a local call prints a failure, `Type: message` (the contract's error body);
+    any other body as it came, or the status when there is none."""
+    try:
+        error = json.loads(body)["error"]
+        return f"{error['type']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace") or f"HTTP {status}"
 
 
 def _served_uuid(base: str, name: str, key: str | None) -> str:

@@ -261,12 +261,21 @@ def deploy(settings: Settings, names: tuple[str, ...], all_: bool, message: str 
         lines = [
             f"{rev.function}: revision {rev.revision} deployed"
             if new
-            else f"{rev.function}: unchanged, revision {rev.revision}"
+            else f"{rev.function}: unchanged, revision {rev.revision}" + _message_dropped(rev, message)
             for rev, new in (results[i] for i in sorted(results))
         ]
         return lines + [f"!not published: {why}" for why in failures], [specs[i] for i in sorted(results)]
 
     _publish_then_set(settings, specs, "productive", publish, create=True)
+
+
+def _message_dropped(rev: Revision, message: str | None) -> str:
+    """What `-m` became when nothing was published: the live revision keeps its own message (revisions are
+    never edited), which may be none, when a node in watch mode published the change first."""
+    if message is None or rev.message == message:
+        return ""
+    by = f" (published by {rev.deployed_by})" if rev.deployed_by else ""
+    return f"{by}: nothing new to publish, so -m is not kept (revisions are never edited)"
 
 
 @click.command()
@@ -527,6 +536,8 @@ class LiveFacts:
     """The newest revision's number (an undeploy's too)."""
     status: dict[str, Any]
     """`revision`, `modified` and `deployed_at` as `GET /functions` gives them (`live_status`)."""
+    spec: dict[str, Any] | None = None
+    """The live revision's spec (what nodes serve: its events and schedules), None when undeployed."""
 
     @property
     def live(self) -> bool:
@@ -564,5 +575,6 @@ def live_facts(settings: Settings, manifest: Manifest) -> dict[str, LiveFacts] |
         rev = newest.get(spec.uuid)
         if rev is not None:
             status = live_status(found.get(spec.uuid), rev)
-            facts[spec.uuid] = LiveFacts(rev.revision, status)
+            served = rev.spec if status["revision"] is not None else None
+            facts[spec.uuid] = LiveFacts(rev.revision, status, served)
     return facts

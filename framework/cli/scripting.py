@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,32 @@ def fires(served: bool, cron: str, timezone: str) -> str | None:
     return next_fire(cron, timezone).isoformat(timespec="seconds") if served else None
 
 
+def in_live_revision(
+    f: FunctionSpec, facts: Mapping[str, LiveFacts] | None
+) -> Callable[[str, str | None], bool]:
+    """Whether a schedule (`cron`, `timezone`) or, with timezone None, the keep-warm cron of the working
+    copy's `f` is in its live revision: only those fire, whatever the working copy says (a schedule added
+    and not deployed yet does not). All are, as far as can be told, when the log was not read or has no
+    live revision of `f` (`served_state` then decides whether anything fires)."""
+    live = None if facts is None else facts.get(f.uuid)
+    spec = None if live is None else live.spec
+    if spec is None:
+        return lambda cron, timezone: True
+    crons = {(s.get("cron"), s.get("timezone")) for s in spec.get("schedules") or [] if isinstance(s, dict)}
+    warm = spec.get("keep_warm")
+    return lambda cron, timezone: (cron == warm) if timezone is None else (cron, timezone) in crons
+
+
+def undeployed_events(f: FunctionSpec, facts: Mapping[str, LiveFacts] | None) -> list[str]:
+    """The working copy's event types of `f` that its live revision does not listen to (none when the log was
+    not read or has no live revision of `f`)."""
+    live = None if facts is None else facts.get(f.uuid)
+    if live is None or live.spec is None:
+        return []
+    served = set(live.spec.get("events") or [])
+    return [e for e in f.events if e not in served]
+
+
 def served_state(f: FunctionSpec, facts: Mapping[str, LiveFacts] | None) -> tuple[str, bool]:
     """The state `f` is served in, as `GET /functions` gives it, and whether it is served: as the log says
     when it has a revision of `f`; `draft` when it has none and the working copy says productive (never
@@ -77,18 +103,20 @@ def listing(manifest: Manifest, facts: Mapping[str, LiveFacts] | None) -> str:
     for f in manifest.functions:
         live = None if facts is None else facts.get(f.uuid)
         state, served = served_state(f, facts)
+        live_has = in_live_revision(f, facts)
         schedules = [
             {
                 "cron": s.cron,
                 "timezone": s.timezone,
                 "payload": s.payload,
-                "next_fire": fires(served, s.cron, s.timezone),
+                "next_fire": fires(served and live_has(s.cron, s.timezone), s.cron, s.timezone),
             }
             for s in f.schedules
         ]
         warm = None
         if f.keep_warm:
-            warm = {"cron": f.keep_warm, "next_fire": fires(served, f.keep_warm, "UTC")}
+            warming = served and live_has(f.keep_warm, None)
+            warm = {"cron": f.keep_warm, "next_fire": fires(warming, f.keep_warm, "UTC")}
         out.append(
             {
                 "name": f.name,

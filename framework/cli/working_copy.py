@@ -84,11 +84,21 @@ def list_functions(settings: Settings, as_json: bool) -> None:
         return
     rows = [("NAME", "UUID", "STATE", "EVENTS", "SCHEDULES")]
     for f in manifest.functions:
-        crons = [(s.cron, s.timezone, "") for s in f.schedules]
-        crons += [(f.keep_warm, "UTC", "keep_warm ")] if f.keep_warm else []
+        crons: list[tuple[str, str, str | None, str]] = [
+            (s.cron, s.timezone, s.timezone, "") for s in f.schedules
+        ]
+        crons += [(f.keep_warm, "UTC", None, "keep_warm ")] if f.keep_warm else []
         live = None if facts is None else facts.get(f.uuid)  # `productive r7`, `undeployed r8`: as served
         state, served = scripting.served_state(f, facts)
-        when = [f"{k}{c} [{tz}] next {scripting.fires(served, c, tz) or '-'}" for c, tz, k in crons]
+        live_has = scripting.in_live_revision(
+            f, facts
+        )  # a schedule edited in, not deployed yet, does not fire
+        when = [
+            f"{k}{c} [{tz}] next {scripting.fires(served, c, tz) or '-'}"
+            if live_has(c, zone)
+            else f"{k}{c} [{tz}] not deployed"
+            for c, tz, zone, k in crons
+        ]
         if live is None:
             if f.productive and not served:  # productive here, never deployed: no node serves it
                 state = "draft (productive here, not deployed)"
@@ -96,7 +106,9 @@ def list_functions(settings: Settings, as_json: bool) -> None:
             state = f"undeployed r{live.newest}" + (" (modified)" if live.modified else "")
         else:
             state = f"{'modified' if live.modified else 'productive'} r{live.newest}"
-        events = shown(",".join(f.events), cell=True)  # an event type may hold control characters
+        pending = scripting.undeployed_events(f, facts)
+        listed = [f"{e} (not deployed)" if e in pending else e for e in f.events]
+        events = shown(",".join(listed), cell=True)  # an event type may hold control characters
         rows.append((f.name, f.uuid, state, events or "-", shown("; ".join(when), cell=True) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:

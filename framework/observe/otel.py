@@ -20,9 +20,13 @@ Export never fails or slows work, and never floods the log:
 
 - The `OTEL_BSP_*` values are read here (the SDK raises on a zero or negative one, which would stop the
   node at start, and logs a traceback for one that is not a number): an invalid one is named in one
-  warning and its SDK default used instead. A provider that cannot be set up in an instance leaves that
-  instance's export off, with an error logged, instead of failing its start (every invocation would be
-  `InstanceCrashed`).
+  warning and its SDK default used instead. So are the span limits (`LIMIT_VARIABLES`): the SDK raises on
+  one that is not a non-negative integer as it is imported or as a provider is made, which stopped the node
+  at start, or every instance of a function whose `env` held it; `drop_bad_limits` names and removes it
+  first (the node's environment, which instances inherit, and an instance's own). An endpoint without
+  `http://` or `https://`, which the exporter cannot send to, is named at start (`endpoint_problem`). A
+  provider that cannot be set up in an instance leaves that instance's export off, with an error logged,
+  instead of failing its start (every invocation would be `InstanceCrashed`).
 - The exporter logs each failed batch and each retry (per process: the node and every instance), which
   under load and a collector answering 500 is lines per second. `_Throttle` lets one record per level
   through every `LOG_INTERVAL` seconds per process, the next one saying how many were held back.
@@ -41,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from framework.observe import tracing
@@ -124,6 +128,52 @@ def batch_settings(environ: Mapping[str, str] = os.environ) -> tuple[dict[str, i
         )
         values["max_export_batch_size"] = queue
     return values, problems
+
+
+LIMIT_VARIABLES = (
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+)
+"""The SDK's span limits, each a non-negative integer (empty: unset); it raises on any other value."""
+
+
+def drop_bad_limits(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove from `environ` each of `LIMIT_VARIABLES` whose value the SDK would raise on, and say what was
+    wrong with each: the SDK's default is used instead. Call before anything imports the SDK."""
+    problems = []
+    for variable in LIMIT_VARIABLES:
+        raw = environ.get(variable)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            ok = int(raw.strip()) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            del environ[variable]
+            problems.append(f"{variable}={raw!r} is not a non-negative integer: the SDK's default is used")
+    return problems
+
+
+def endpoint_problem(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why the endpoint spans go to cannot be sent to (no `http://` or `https://`), or None. The exporter
+    would only fail each batch, naming neither the variable nor the scheme."""
+    for variable in ENDPOINT_VARIABLES:
+        endpoint = environ.get(variable, "").strip()
+        if endpoint:
+            if endpoint.lower().startswith(("http://", "https://")):
+                return None
+            return (
+                f"{variable}={endpoint!r} has no scheme: no span can be exported (write "
+                f"http://{endpoint} or https://{endpoint})"
+            )
+    return None
 
 
 PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -229,14 +279,17 @@ class NodeExporter:
     """The node's spans (events and invocations), exported with the ids `observe/tracing.py` gave them."""
 
     def __init__(self, version: str) -> None:
+        # Before the SDK is imported (it reads one limit then): instances inherit the environment cleaned.
+        for limit in drop_bad_limits(os.environ):
+            log.warning("OpenTelemetry: %s", limit)
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.resource = _resource("faas", **{"service.version": version})
         self.scope = InstrumentationScope("framework", version)
         self.processor = _processor()
-        problem = protocol_problem()
-        if problem is not None:
-            log.warning("OpenTelemetry: %s", problem)
+        for problem in (protocol_problem(), endpoint_problem()):
+            if problem is not None:
+                log.warning("OpenTelemetry: %s", problem)
         if tracing.sampler.unknown:
             log.warning(
                 "OpenTelemetry: OTEL_TRACES_SAMPLER=%s is not a sampler this node knows: "
@@ -299,10 +352,12 @@ def setup_instance(function: str, instance_id: str, redact: Callable[[str], str]
     texts passed through `redact` first when given (the function has secrets). Never raises: an instance
     whose export cannot be set up serves without it (the error is logged)."""
     global _provider
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-
+    for limit in drop_bad_limits(os.environ):  # the function's own `env` (the node's was cleaned at start)
+        log.error("OpenTelemetry in instance %s: %s", instance_id, limit)
     try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+
         limits, lengths = None, None
         if redact is not None:  # values recorded whole, cut once redacted (`span_redaction.py`)
             from framework.observe.span_redaction import unlimited

@@ -77,7 +77,8 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     holding control characters, then `faas history`. 5. `faas rollback alpha --to 9` (and 0, -1).
     6. `faas rollback alpha --to 2` (the undeploy), twice.
     Result: 0 says there is nothing to deploy (exit 0) and creates no log; revision 1 deployed, the state
-    line edited with its comment kept; unchanged, revision 1; the mistyped name exits 1 having undeployed
+    line edited with its comment kept; unchanged, revision 1 (with another `-m`, saying the message is not
+    kept: no revision was published to keep it); the mistyped name exits 1 having undeployed
     nothing, then revision 2 undeployed; the rollback publishes revision 3 (rollback of 1), whose message
     history prints escaped, on one line; --to 9, 0 and -1 exit 1 naming the kept revisions; --to 2 publishes
     revision 4, an undeploy (rollback of 2), then changes nothing. The log holds the code record first,
@@ -96,6 +97,11 @@ def test_deploy_undeploy_history_and_rollback_errors(tmp_path: Path, broker: Emb
     assert "    state: productive   # kept as written\n" in (root / "functions.yaml").read_text()
     r = run_cli(root, "deploy", "--all", env=env)
     assert r.stdout == "alpha: unchanged, revision 1\n", r.stderr
+    r = run_cli(root, "deploy", "alpha", "-m", "first", env=env)  # the message it has: nothing to say
+    assert r.stdout == "alpha: unchanged, revision 1\n", r.stderr
+    r = run_cli(root, "deploy", "alpha", "-m", "a reason", env=env)  # as after watch mode published it
+    assert r.returncode == 0 and r.stdout.startswith("alpha: unchanged, revision 1 (published by "), r.stdout
+    assert r.stdout.endswith(": nothing new to publish, so -m is not kept (revisions are never edited)\n")
     r = run_cli(root, "undeploy", "nosuch", "alpha", env=env)  # a typo takes nothing out of service
     assert r.returncode == 1 and r.stdout == "", r.stdout
     assert "'nosuch'" in r.stderr and "nothing undeployed" in r.stderr, r.stderr
@@ -545,6 +551,36 @@ def test_ls_json_gives_the_revision_facts_the_table_shows(tmp_path: Path, broker
     (root / "functions" / "m.py").write_text(MODULE.replace("ctx.revision", "ctx.revision, 'v': 2"))
     assert listed() == {**facts, "modified": True}
     assert "modified r1" in run_cli(root, "ls", env=env).stdout
+
+
+def test_ls_names_events_and_schedules_not_deployed_yet(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    """1. alpha deployed with event `a.seen` and a schedule `0 1 * * *`. 2. The manifest edited, not
+    deployed: event `b.seen` and a schedule `0 3 * * *` added, keep-warm set. 3. `faas ls` and `ls --json`.
+    Result: the table says `b.seen (not deployed)` and `0 3 * * * [UTC] not deployed` (and so for
+    keep_warm), the deployed schedule its next fire time; in JSON the new schedule and keep-warm have no
+    next fire time, the deployed one has (it showed a next fire time for schedules no node fires)."""
+    u, topic = new_id(), f"t.deploy.{new_id()[:8]}"
+    first = manifest(u) + '    events: [a.seen]\n    schedules:\n      - cron: "0 1 * * *"\n'
+    root = write_project(tmp_path, first, {"m": MODULE})
+    env = env_for(broker.bootstrap, topic)
+    assert run_cli(root, "deploy", "alpha", env=env).returncode == 0
+    edited = (
+        manifest(u)
+        + '    events: [a.seen, b.seen]\n    keep_warm: "*/5 * * * *"\n    schedules:\n'
+        + '      - cron: "0 1 * * *"\n      - cron: "0 3 * * *"\n'
+    )
+    (root / "functions.yaml").write_text(edited)
+    r = run_cli(root, "ls", env=env)
+    assert r.returncode == 0, r.stderr
+    [row] = [line for line in r.stdout.splitlines() if line.startswith("alpha ")]
+    assert "a.seen,b.seen (not deployed)" in row, row
+    assert "0 1 * * * [UTC] next 20" in row and "0 3 * * * [UTC] not deployed" in row, row
+    assert "keep_warm */5 * * * * [UTC] not deployed" in row, row
+    r = run_cli(root, "ls", "--json", env=env)
+    [entry] = json.loads(r.stdout)["functions"]
+    fires = {s["cron"]: s["next_fire"] for s in entry["schedules"]}
+    assert fires["0 3 * * *"] is None and isinstance(fires["0 1 * * *"], str), fires
+    assert entry["keep_warm"]["next_fire"] is None, entry
 
 
 def test_ls_shows_the_state_the_log_serves_not_the_manifests(tmp_path: Path, broker: EmbeddedBroker) -> None:

@@ -81,8 +81,8 @@ def test_run_uses_a_kafka_broker_already_on_the_port(
 
 def test_run_exits_1_when_its_http_port_is_taken(tmp_path: Path) -> None:
     """1. Something listens on the HTTP port. 2. `faas run --no-kafka --port PORT`. Result: exit 1 (the
-    contract's failure code, not uvicorn's 3) with the log line saying the address is in use, and no
-    traceback."""
+    contract's failure code, not uvicorn's 3) with the log line saying the address is in use and which
+    settings choose it, and no traceback."""
     root = write_project(tmp_path, manifest(), {"m": MODULE})
     with silent_listener() as port:
         env = {"FAAS_LOG_FORMAT": "text", "FAAS_WATCH": "false"}
@@ -91,6 +91,7 @@ def test_run_exits_1_when_its_http_port_is_taken(tmp_path: Path) -> None:
     assert f"error while attempting to bind on address ('127.0.0.1', {port}): address already in use" in (
         r.stderr
     ), r.stderr
+    assert "FAAS_HTTP_PORT" in r.stderr and "--port" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
 
 

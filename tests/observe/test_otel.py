@@ -669,3 +669,98 @@ def test_export_follows_the_standard_switches(variables: dict[str, str], on: boo
     them: `none` (any case) and `true` turn export off."""
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", **variables}
     assert otel.enabled(environ) is on
+
+
+def test_bad_span_limits_neither_stop_the_node_nor_its_instances(
+    tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """1. Start a node with `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=abc` (the SDK raises on it as it is imported),
+       serving a function whose own `env` sets `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=-5` (the SDK raises on it
+       as an instance makes its provider) and whose handler makes a span of its own.
+    2. Invoke it with a traceparent.
+    Result: the node starts, warning once with the variable named; the invocation answers 200; the instance
+    logs an error naming its variable, and its export stays on: the handler's span reaches the collector as
+    the child of the invocation's (the node stopped with a traceback; every call was InstanceCrashed)."""
+    rec, url = receiver
+    manifest = f"""
+functions:
+  - name: limited
+    uuid: {TRACED}
+    handler: functions.otelfn:traced
+    state: productive
+    env: {{OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: "-5"}}
+"""
+    root = write_project(tmp_path, manifest, {"otelfn": ASYNC_MODULE})
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "abc",
+    }
+    n = Node(root, None, env=env, kafka=False).wait_ready()
+    try:
+        tid, sid = secrets.token_hex(16), secrets.token_hex(8)
+        r = httpx.post(
+            f"{n.url}/functions/{TRACED}/invoke",
+            json={},
+            headers={"traceparent": f"00-{tid}-{sid}-01"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        invoke = wait_for(lambda: rec.named("invoke limited", tid), timeout=30, message="the invoke span")[0]
+        work = wait_for(lambda: rec.named("handler-work", tid), timeout=30, message="the handler's span")[0]
+        assert work.parent == invoke.span_id, (work, invoke)
+        lines = n.log.read_text(errors="replace")
+    finally:
+        n.kill()
+    assert "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT='abc' is not a non-negative integer" in lines, lines
+    assert "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT='-5' is not a non-negative integer" in lines, lines
+    assert "Traceback" not in lines and "export is off" not in lines, lines
+
+
+def test_drop_bad_limits_removes_only_what_the_sdk_would_refuse() -> None:
+    """Result: values that are not non-negative integers (`abc`, `-5`, `1.5`) are removed and named, each
+    once; a good value, an empty one (the SDK's "unset") and other variables stay."""
+    environ = {
+        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "abc",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "-5",
+        "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": "1.5",
+        "OTEL_SPAN_EVENT_COUNT_LIMIT": " 10 ",
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "abc",
+    }
+    problems = otel.drop_bad_limits(environ)
+    assert environ == {
+        "OTEL_SPAN_EVENT_COUNT_LIMIT": " 10 ",
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "abc",
+    }
+    assert [p.split("=")[0] for p in problems] == [
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+    ], problems
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "HTTPS://collector"}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT='127.0.0.1:4318'"),
+        (  # the traces variable wins, as in the SDK
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4318/v1/traces",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT='collector:4318/v1/traces'",
+        ),
+    ],
+)
+def test_an_endpoint_without_a_scheme_is_named(environ: dict[str, str], named: str | None) -> None:
+    """Result: an endpoint the exporter cannot send to (no `http://` or `https://`) is named, with the
+    form to write; one with a scheme (any case) is no problem."""
+    problem = otel.endpoint_problem(environ)
+    if named is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(named) and "http://" in problem, problem
