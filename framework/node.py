@@ -196,7 +196,13 @@ class Node:
                     "broker: free the port, set FAAS_EMBEDDED_BROKER_PORT to a free one, or set "
                     "FAAS_KAFKA_BOOTSTRAP_SERVERS to your Kafka cluster"
                 )
-            log.warning("port %d is taken: using the Kafka broker already listening there", port)
+            log.warning(
+                "port %d is taken: using the Kafka broker already listening there "
+                "(FAAS_EMBEDDED_BROKER_PORT); this node joins whatever uses it: nodes of another project "
+                "there share its deployment log and consumer group, so each serves the other's functions. "
+                "For a broker of its own, set FAAS_EMBEDDED_BROKER_PORT to a free port",
+                port,
+            )
             return f"127.0.0.1:{port}"
         self.broker = EmbeddedBroker(port=port, owned=True).start()
         log.info("embedded broker (Tansu, memory only) on %s", self.broker.bootstrap)
@@ -472,7 +478,7 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
     for line in unknown:
         log.warning("%s", line)
     raise_open_files_limit()
-    problem = folder_setting_problem(settings) or CodeCache(cache_dir(settings)).folder_problem()
+    problem = folder_setting_problem(settings)
     if problem is not None:
         log.error("%s", problem)
         return 1
@@ -498,6 +504,11 @@ def serve(settings: Settings, kafka: bool = True, unknown: Sequence[str] = ()) -
         return 1
     else:
         rejected = []
+    # Made (and checked) once there is a manifest to serve: a start that fails on it leaves no `.faas/`.
+    problem = CodeCache(cache_dir(settings)).folder_problem()
+    if problem is not None:
+        log.error("%s", problem)
+        return 1
 
     if early:
         log.info("%s received while starting: stopped", signal.Signals(early[0]).name)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from framework.cli import scripting
 from framework.cli.common import (
@@ -115,6 +116,22 @@ def list_functions(settings: Settings, as_json: bool) -> None:
         click.echo("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[4]]))
 
 
+def _enclosing_manifest(settings: Settings) -> Path | None:
+    """The `functions.yaml` of a folder above this one, when the manifest is the default one (not given by
+    --manifest, FAAS_MANIFEST or `.env`) and there is none here: `faas new` would start a second project
+    inside that one."""
+    source = click.get_current_context().find_root().get_parameter_source("manifest")
+    if source is not ParameterSource.DEFAULT or settings.manifest != Path("functions.yaml"):
+        return None
+    if settings.manifest.exists():
+        return None
+    for parent in Path.cwd().resolve().parents:
+        found = parent / "functions.yaml"
+        if found.is_file():
+            return found
+    return None
+
+
 @click.command()
 @click.argument("name")
 @option(
@@ -136,6 +153,12 @@ def new(settings: Settings, name: str, events: tuple[str, ...]) -> None:
     folder = path.resolve().parent
     if not folder.is_dir():  # a mistyped --manifest would silently start a new project there
         fail(f"cannot create {path}: its folder {folder} does not exist")
+    enclosing = _enclosing_manifest(settings)
+    if enclosing is not None:  # run in `functions/` by mistake: a project in a project, zipped into its code
+        fail(
+            f"{folder} is inside the project of {enclosing}: run `faas new` in {enclosing.parent}, or give "
+            "--manifest (or FAAS_MANIFEST) to start a project here"
+        )
     # A file without `functions:` yet (empty, comments, `defaults:`) is one `new` starts, not an error.
     listed = manifest_edit.lists_functions(path)
     if listed and Registry(load(settings, check_handlers=False)).by_name(name) is not None:

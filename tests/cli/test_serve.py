@@ -69,12 +69,14 @@ def test_run_uses_a_kafka_broker_already_on_the_port(
 ) -> None:
     """1. The test broker (Tansu) listens on FAAS_EMBEDDED_BROKER_PORT. 2. `faas run` with no
     FAAS_KAFKA_BOOTSTRAP_SERVERS. Result: the node starts no broker of its own, says it uses the one
-    there, and turns ready on it."""
+    there (and that it shares it with whatever else uses it, naming the setting for one of its own), and
+    turns ready on it."""
     root = write_project(tmp_path, manifest(), {"m": MODULE})
     env = {"FAAS_KAFKA_BOOTSTRAP_SERVERS": "", "FAAS_EMBEDDED_BROKER_PORT": str(broker.port)}
     n = nodes(root, None, env=env).wait_ready(timeout=90)
     tail = n.tail(200)
     assert f"port {broker.port} is taken: using the Kafka broker already listening there" in tail, tail
+    assert "each serves the other's functions" in tail and "set FAAS_EMBEDDED_BROKER_PORT" in tail, tail
     assert "embedded broker (Tansu" not in tail, tail
     assert n.stop() == 0, n.tail()
 
@@ -136,6 +138,15 @@ def test_run_refuses_a_cache_folder_it_cannot_write(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"FAAS_CACHE_DIR {tmp_path / 'file' / 'cache'}: no revision code can be unpacked there" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_run_without_a_manifest_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`faas run --no-kafka` in a folder with no `functions.yaml`. Result: exit 1 naming the manifest, and
+    the folder stays empty (it was left holding an empty `.faas/`, the code cache made before the manifest
+    was read)."""
+    r = run_cli(tmp_path, "run", "--no-kafka", "--port", str(free_port()), env={"FAAS_LOG_FORMAT": "text"})
+    assert r.returncode == 1 and "functions.yaml" in r.stderr, r.stdout + r.stderr
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
 def test_port_0_serves_on_a_free_port_and_says_which(tmp_path: Path) -> None:

@@ -118,3 +118,26 @@ def test_a_manifest_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path, comm
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert f"{fifo} is not a regular file (a FIFO, socket or device)" in done.stderr, done.stderr
     assert not (tmp_path / "functions").exists()
+
+
+def test_new_inside_a_project_refuses_to_start_a_second_one(tmp_path: Path) -> None:
+    """1. A project (`functions.yaml`, `functions/`). 2. `faas new x` run in `functions/` with no manifest
+    given. 3. The same with `--manifest functions.yaml`. Result: 2 exits 1 naming the enclosing manifest and
+    what to do, and writes nothing (it made `functions/functions.yaml` and `functions/functions/x.py`, a
+    project inside the code of the first); 3 starts the project it was told to."""
+    root = write_project(tmp_path, "functions: []\n", {"a": "async def handle(p, ctx):\n    return p\n"})
+    inside = root / "functions"
+    before = sorted(p.name for p in inside.iterdir())
+    env = {k: v for k, v in os.environ.items() if k != "FAAS_MANIFEST"}
+
+    def new(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "framework", *args]
+        return subprocess.run(command, cwd=inside, env=env, capture_output=True, text=True, timeout=60)
+
+    r = new("new", "x")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"is inside the project of {root / 'functions.yaml'}" in r.stderr and "--manifest" in r.stderr
+    assert sorted(p.name for p in inside.iterdir()) == before
+    r = new("--manifest", "functions.yaml", "new", "x")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (inside / "functions.yaml").is_file() and (inside / "functions" / "x.py").is_file()
