@@ -10,7 +10,8 @@ its partitions answered them.
 `RUN_CLOCK` counts the time this process stood still: a gap of over `GAP` seconds between two of its samples
 in which the process used under `BUSY` of the gap in CPU time (all its threads). While the process runs,
 something samples it every `EVERY` seconds or so (in an instance, its watchdog thread while it holds an
-invocation; in a node, a loop timer, `keep`), so a long gap means nothing of the process ran:
+invocation or a thread runs an abandoned call; in a node, a loop timer, `keep`), so a long gap means nothing
+of the process ran:
 
 - a loop blocked in a computation uses a core through the gap, so it is not counted (a blocked loop's
   `Timeout` stands), nor is an instance's loop blocked in a sleep, since its watchdog thread samples beside
@@ -102,9 +103,9 @@ RUN_CLOCK = RunClock()
 
 class Keeper:
     """Samples a clock every `EVERY` seconds on one loop at a time (the node's: nothing else samples there).
-    `keep(loop)` is called by each instance handle as it starts, so whatever holds limits has it running: a
-    clock nobody sampled would count every idle stretch as stood still, and a timer that re-arms for a stop
-    would re-arm for good."""
+    `keep(loop)` is called by whatever keeps a limit on a loop (each instance handle as it starts, each HTTP
+    connection, the body reader), so the clock runs wherever limits are held: a clock nobody sampled would
+    count every idle stretch as stood still, and a timer that re-arms for a stop would re-arm for good."""
 
     def __init__(self, clock: RunClock) -> None:
         self._clock = clock
