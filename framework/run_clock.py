@@ -29,7 +29,8 @@ of the process ran:
   counted whole let a stuck instance of such a node live for good.
 
 Limits are kept in this clock's time (`now`: the loop's time less what was counted), timers that enforce one
-are armed at `at(limit)` in the loop's time, and each of them samples first and re-arms if its limit moved:
+are armed at `at(limit)` in the loop's time, and each of them samples first and re-arms if its limit moved
+(`RunClock.call_at` for a timer with nothing else to decide):
 a stop is counted by whichever runs first after it, the sampler or the timer. What was counted while no limit
 was held moves nothing: a limit set later is `now() + seconds` and its timer fires that many seconds later.
 """
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # `framework.Context` reads this module: importing the package stays light (no asyncio)
     import asyncio
+    from collections.abc import Callable
 
 GAP = 0.5
 """Seconds between two samples past which the gap may be a stop (samples come every `EVERY` while the
@@ -95,6 +97,22 @@ class RunClock:
         counted before it acts). Timers may fire a hair early: 1 ms is allowed."""
         self.sample()
         return self.now(loop) + 0.001 >= limit
+
+    def call_at(
+        self, loop: asyncio.AbstractEventLoop, limit: float, callback: Callable[..., object], *args: object
+    ) -> asyncio.TimerHandle:
+        """`callback(*args)` on `loop` once `limit` (this clock's time) has passed: a timer armed at
+        `at(limit)`, armed again as often as the process stood still meanwhile (the limit moved). The handle
+        is the first timer's: cancelling it after a re-arm cancels nothing, so a callback that may be
+        re-armed checks that it still has work."""
+
+        def due() -> None:
+            if self.passed(loop, limit):
+                callback(*args)
+            else:
+                loop.call_at(self.at(limit), due)
+
+        return loop.call_at(self.at(limit), due)
 
 
 RUN_CLOCK = RunClock()

@@ -63,8 +63,7 @@ def in_live_revision(
     copy's `f` is in its live revision: only those fire, whatever the working copy says (a schedule added
     and not deployed yet does not). All are, as far as can be told, when the log was not read or has no
     live revision of `f` (`served_state` then decides whether anything fires)."""
-    live = None if facts is None else facts.get(f.uuid)
-    spec = None if live is None else live.spec
+    spec = _live_spec(f, facts)
     if spec is None:
         return lambda cron, timezone: True
     crons = {(s.get("cron"), s.get("timezone")) for s in spec.get("schedules") or [] if isinstance(s, dict)}
@@ -75,11 +74,17 @@ def in_live_revision(
 def undeployed_events(f: FunctionSpec, facts: Mapping[str, LiveFacts] | None) -> list[str]:
     """The working copy's event types of `f` that its live revision does not listen to (none when the log was
     not read or has no live revision of `f`)."""
-    live = None if facts is None else facts.get(f.uuid)
-    if live is None or live.spec is None:
+    spec = _live_spec(f, facts)
+    if spec is None:
         return []
-    served = set(live.spec.get("events") or [])
+    served = set(spec.get("events") or [])
     return [e for e in f.events if e not in served]
+
+
+def _live_spec(f: FunctionSpec, facts: Mapping[str, LiveFacts] | None) -> dict[str, Any] | None:
+    """The spec of `f`'s live revision, None when the log was not read or has no live revision of it."""
+    live = None if facts is None else facts.get(f.uuid)
+    return None if live is None else live.spec
 
 
 def served_state(f: FunctionSpec, facts: Mapping[str, LiveFacts] | None) -> tuple[str, bool]:

@@ -91,9 +91,8 @@ def list_functions(settings: Settings, as_json: bool) -> None:
         crons += [(f.keep_warm, "UTC", None, "keep_warm ")] if f.keep_warm else []
         live = None if facts is None else facts.get(f.uuid)  # `productive r7`, `undeployed r8`: as served
         state, served = scripting.served_state(f, facts)
-        live_has = scripting.in_live_revision(
-            f, facts
-        )  # a schedule edited in, not deployed yet, does not fire
+        # A schedule edited in and not deployed yet does not fire.
+        live_has = scripting.in_live_revision(f, facts)
         when = [
             f"{k}{c} [{tz}] next {scripting.fires(served, c, tz) or '-'}"
             if live_has(c, zone)

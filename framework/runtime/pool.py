@@ -332,7 +332,7 @@ class FunctionPool:
         fut: asyncio.Future[Slot] = loop.create_future()
         self._waiters.append(fut)
         self._m_queued.inc()
-        timer = loop.call_at(RUN_CLOCK.at(deadline), _expire, loop, fut, deadline)
+        timer = RUN_CLOCK.call_at(loop, deadline, _expire, fut)
         try:
             inst, cold = await fut
             # Its instance turned ready while it waited: it waited for that start (DESIGN.md section 3).
@@ -559,12 +559,7 @@ def _held(exc: FaasError, inst: InstanceHandle, cold: bool) -> FaasError:
     return own
 
 
-def _expire(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Slot], deadline: float) -> None:
-    """A queued request's wait ends at `deadline` (`RUN_CLOCK` time) with TimeoutError, unless it was served
-    (or the node stood still: then later)."""
-    if fut.done():
-        return
-    if RUN_CLOCK.passed(loop, deadline):
+def _expire(fut: asyncio.Future[Slot]) -> None:
+    """A queued request's wait has reached its deadline: it ends with TimeoutError, unless it was served."""
+    if not fut.done():
         fut.set_exception(TimeoutError())
-    else:
-        loop.call_at(RUN_CLOCK.at(deadline), _expire, loop, fut, deadline)

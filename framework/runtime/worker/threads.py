@@ -57,7 +57,7 @@ class HandlerThreads:
         except asyncio.CancelledError:
             if not job.done():  # started (a queued job is cancelled with the wrapper): it runs on
                 loop = asyncio.get_running_loop()
-                loop.call_at(RUN_CLOCK.at(deadline), self._late, job, loop, deadline)
+                RUN_CLOCK.call_at(loop, deadline, self._late, job, loop)
                 self._held_by(1)
                 job.add_done_callback(lambda _: _soon(loop, lambda: self._held_by(-1)))
             raise
@@ -67,12 +67,9 @@ class HandlerThreads:
         if self._on_held is not None:
             self._on_held(self.held)
 
-    def _late(self, job: Future[Any], loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    def _late(self, job: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         """An abandoned call's time limit passed: its thread is stuck if the call still runs."""
         if job.done():
-            return
-        if not RUN_CLOCK.passed(loop, deadline):  # the process stood still meanwhile: its limit moved
-            loop.call_at(RUN_CLOCK.at(deadline), self._late, job, loop, deadline)
             return
         self.stuck += 1
         job.add_done_callback(lambda _: _soon(loop, self._freed))

@@ -85,9 +85,9 @@ async def test_a_call_cancelled_before_its_limit_is_stuck_only_once_the_limit_pa
     checks: list[bool] = []
     late = early._late
 
-    def checked(job: Any, at: asyncio.AbstractEventLoop, deadline: float) -> None:
+    def checked(job: Any, at: asyncio.AbstractEventLoop) -> None:
         checks.append(job.done())
-        late(job, at, deadline)
+        late(job, at)
 
     early._late = checked  # type: ignore[method-assign,assignment]
     await _abandon(early, quick, _now() + 0.3)
